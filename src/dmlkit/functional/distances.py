@@ -1,0 +1,106 @@
+"""Pairwise (all-pairs) and row-wise distance and similarity functions.
+
+All-pairs functions map ``x (n, d)`` and ``y (m, d)`` to an ``(n, m)`` matrix; row-wise
+functions map two ``(n, d)`` tensors to ``(n,)``. Euclidean distances use the
+``|x|^2 + |y|^2 - 2 x.y`` expansion (one matmul) clamped at zero, with a gradient-safe
+square root.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+_EPS = 1e-12
+
+
+def l2_normalize(x: Tensor, eps: float = _EPS) -> Tensor:
+    """Scale each row of ``x (n, d)`` to unit L2 norm (zero rows stay zero)."""
+    return x / x.norm(p=2, dim=-1, keepdim=True).clamp_min(eps)
+
+
+def safe_sqrt(x: Tensor, eps: float = _EPS) -> Tensor:
+    """``sqrt(x)`` whose gradient is zero (not inf/NaN) where ``x == 0``."""
+    zero = x <= eps
+    out = torch.sqrt(torch.where(zero, torch.ones_like(x), x))
+    return torch.where(zero, torch.zeros_like(x), out)
+
+
+def pairwise_squared_euclidean(x: Tensor, y: Tensor | None = None) -> Tensor:
+    """All-pairs squared Euclidean distance, ``(n, d), (m, d) -> (n, m)``."""
+    y_is_x = y is None
+    y = x if y is None else y
+    x_sq = (x * x).sum(dim=1, keepdim=True)  # (n, 1)
+    y_sq = x_sq if y_is_x else (y * y).sum(dim=1, keepdim=True)  # (m, 1)
+    d2 = x_sq + y_sq.T - 2.0 * (x @ y.T)  # (n, m)
+    d2 = d2.clamp_min(0.0)
+    if y_is_x and d2.shape[0] == d2.shape[1]:
+        # exact zeros on the diagonal (the expansion leaves rounding noise there)
+        d2.diagonal().zero_()
+    return d2
+
+
+def pairwise_euclidean(x: Tensor, y: Tensor | None = None) -> Tensor:
+    """All-pairs Euclidean distance, ``(n, d), (m, d) -> (n, m)``."""
+    return safe_sqrt(pairwise_squared_euclidean(x, y))
+
+
+def pairwise_dot(x: Tensor, y: Tensor | None = None) -> Tensor:
+    """All-pairs inner product, ``(n, d), (m, d) -> (n, m)``."""
+    y = x if y is None else y
+    return x @ y.T
+
+
+def pairwise_cosine(x: Tensor, y: Tensor | None = None) -> Tensor:
+    """All-pairs cosine similarity, ``(n, d), (m, d) -> (n, m)``."""
+    xn = l2_normalize(x)
+    yn = xn if y is None else l2_normalize(y)
+    return xn @ yn.T
+
+
+def rowwise_squared_euclidean(x: Tensor, y: Tensor) -> Tensor:
+    """Row-wise squared Euclidean distance, ``(n, d), (n, d) -> (n,)``."""
+    diff = x - y
+    return (diff * diff).sum(dim=1)
+
+
+def rowwise_euclidean(x: Tensor, y: Tensor) -> Tensor:
+    """Row-wise Euclidean distance, ``(n, d), (n, d) -> (n,)``."""
+    return safe_sqrt(rowwise_squared_euclidean(x, y))
+
+
+def rowwise_dot(x: Tensor, y: Tensor) -> Tensor:
+    """Row-wise inner product, ``(n, d), (n, d) -> (n,)``."""
+    return (x * y).sum(dim=1)
+
+
+def rowwise_cosine(x: Tensor, y: Tensor) -> Tensor:
+    """Row-wise cosine similarity, ``(n, d), (n, d) -> (n,)``."""
+    return (l2_normalize(x) * l2_normalize(y)).sum(dim=1)
+
+
+def check_embeddings(x: Tensor, name: str = "embeddings") -> None:
+    """Raise a clear error unless ``x`` is a finite floating ``(n, d)`` tensor."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 2:
+        raise ValueError(f"{name} must have shape (n, dim), got shape {tuple(x.shape)}")
+    if not torch.is_floating_point(x):
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if x.numel() and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or infinite values")
+
+
+__all__ = [
+    "l2_normalize",
+    "safe_sqrt",
+    "pairwise_squared_euclidean",
+    "pairwise_euclidean",
+    "pairwise_dot",
+    "pairwise_cosine",
+    "rowwise_squared_euclidean",
+    "rowwise_euclidean",
+    "rowwise_dot",
+    "rowwise_cosine",
+    "check_embeddings",
+]

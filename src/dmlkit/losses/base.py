@@ -1,0 +1,130 @@
+"""Base class of every metric-learning loss.
+
+Signature (shared by every loss)::
+
+    loss(embeddings, labels=None, *, indices=None, ref_embeddings=None, ref_labels=None)
+
+* ``labels`` only: the loss uses every valid tuple of the batch;
+* ``labels`` and ``indices`` (e.g. a miner's output): only those tuples;
+* ``indices`` only: weak supervision (pairs / triplets with no class labels);
+* ``ref_embeddings`` / ``ref_labels``: positives and negatives come from a reference set
+  (memory bank, other processes) while anchors come from ``embeddings``.
+
+Inputs are validated once here; half-precision inputs are promoted to fp32 and the loss
+runs with autocast disabled, so margins and softmaxes never run in fp16.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from dmlkit.distances.base import BaseDistance
+from dmlkit.distances.euclidean import EuclideanDistance
+from dmlkit.functional.distances import check_embeddings
+from dmlkit.functional.labels import check_labels
+from dmlkit.functional.tuples import IndexTuple, as_index_tuple, check_indices
+
+
+class BaseMetricLoss(nn.Module):
+    """Validation, precision handling and the zero-loss convention for every loss.
+
+    Subclasses implement :meth:`compute_loss`. Class attributes:
+
+    ``requires_labels``
+        True for losses that cannot run from ``indices`` alone (proxy / classifier losses).
+    ``accepts_indices``
+        False for losses that ignore tuples (proxy / classifier losses).
+    """
+
+    requires_labels: bool = False
+    accepts_indices: bool = True
+
+    def __init__(self, distance: BaseDistance | None = None) -> None:
+        super().__init__()
+        self.distance = distance if distance is not None else self.default_distance()
+
+    @staticmethod
+    def default_distance() -> BaseDistance:
+        return EuclideanDistance()
+
+    def compute_loss(
+        self,
+        embeddings: Tensor,
+        labels: Tensor | None,
+        indices: IndexTuple | None,
+        ref_embeddings: Tensor | None,
+        ref_labels: Tensor | None,
+    ) -> Tensor:
+        raise NotImplementedError
+
+    def forward(
+        self,
+        embeddings: Tensor,
+        labels: Tensor | None = None,
+        *,
+        indices: Any = None,
+        ref_embeddings: Tensor | None = None,
+        ref_labels: Tensor | None = None,
+    ) -> Tensor:
+        check_embeddings(embeddings)
+        n = embeddings.shape[0]
+        if labels is not None:
+            check_labels(labels, n)
+        if ref_embeddings is not None:
+            check_embeddings(ref_embeddings, "ref_embeddings")
+            if ref_embeddings.shape[1] != embeddings.shape[1]:
+                raise ValueError(
+                    f"ref_embeddings have dim {ref_embeddings.shape[1]}, "
+                    f"embeddings have dim {embeddings.shape[1]}"
+                )
+            if ref_labels is None and labels is not None:
+                raise ValueError("ref_embeddings were given with labels but without ref_labels")
+        if ref_labels is not None:
+            if ref_embeddings is None:
+                raise ValueError("ref_labels were given without ref_embeddings")
+            check_labels(ref_labels, ref_embeddings.shape[0], "ref_labels")
+        if indices is not None:
+            if not self.accepts_indices:
+                raise ValueError(f"{type(self).__name__} does not use tuple indices")
+            indices = as_index_tuple(indices)
+            m = n if ref_embeddings is None else ref_embeddings.shape[0]
+            check_indices(indices, n, m)
+        if labels is None and (indices is None or self.requires_labels):
+            need = "labels" if self.requires_labels else "labels or indices"
+            raise ValueError(f"{type(self).__name__} needs {need}")
+        if n == 0:
+            return self.zero_loss(embeddings)
+
+        # margins and softmaxes in fp32, whatever the autocast state
+        if embeddings.dtype in (torch.float16, torch.bfloat16):
+            embeddings = embeddings.float()
+        if ref_embeddings is not None and ref_embeddings.dtype in (torch.float16, torch.bfloat16):
+            ref_embeddings = ref_embeddings.float()
+        with torch.autocast(device_type=embeddings.device.type, enabled=False):
+            return self.compute_loss(embeddings, labels, indices, ref_embeddings, ref_labels)
+
+    def zero_loss(self, embeddings: Tensor) -> Tensor:
+        """A scalar 0 connected to the graph, so ``backward()`` works (with zero grads)."""
+        zero = embeddings.sum() * 0.0
+        for p in self.parameters():
+            if p.requires_grad:
+                zero = zero + p.sum() * 0.0
+        return zero
+
+
+def mean_nonzero(values: Tensor, like: Tensor) -> Tensor:
+    """Mean of the strictly positive entries of ``values`` (0 if there are none).
+
+    pytorch-metric-learning's ``AvgNonZeroReducer``. ``like`` keeps the graph connected
+    when ``values`` is empty.
+    """
+    if values.numel() == 0:
+        return like.sum() * 0.0
+    count = (values > 0).sum()
+    return values.sum() / count.clamp_min(1)
+
+
+__all__ = ["BaseMetricLoss", "mean_nonzero"]

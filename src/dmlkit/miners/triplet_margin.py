@@ -1,0 +1,82 @@
+"""Triplet-margin miner: all triplets filtered by how much they violate the margin."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from dmlkit.distances.base import BaseDistance
+from dmlkit.functional.chunking import chunk_size_for, row_chunks
+from dmlkit.functional.labels import pos_neg_masks
+from dmlkit.functional.tuples import Triplets
+from dmlkit.miners.base import BaseMiner
+from dmlkit.registry import register_miner
+
+TripletType = Literal["all", "hard", "semihard", "easy"]
+
+
+@register_miner("triplet_margin")
+class TripletMarginMiner(BaseMiner):
+    """Triplets selected by their margin ``gap = d(a, n) - d(a, p)`` (similarity: ``s_ap - s_an``).
+
+    * ``"all"``: ``gap <= margin`` (every triplet that still has a loss);
+    * ``"hard"``: ``gap <= 0`` (the negative is at least as close as the positive);
+    * ``"semihard"``: ``0 < gap <= margin`` (FaceNet's semi-hard negatives);
+    * ``"easy"``: ``gap > margin``.
+
+    Same triplets, in the same order, as pytorch-metric-learning's ``TripletMarginMiner``.
+    Anchors are processed in chunks, so memory is O(chunk * m^2) plus the output.
+
+    Parameters
+    ----------
+    margin : float
+        The margin of the triplet loss the triplets are mined for.
+    type_of_triplets : {"all", "hard", "semihard", "easy"}
+    distance : BaseDistance, optional
+        Default :class:`~dmlkit.distances.EuclideanDistance` on normalized embeddings.
+    """
+
+    def __init__(
+        self,
+        margin: float = 0.2,
+        type_of_triplets: TripletType = "all",
+        distance: BaseDistance | None = None,
+    ) -> None:
+        super().__init__(distance=distance)
+        if type_of_triplets not in ("all", "hard", "semihard", "easy"):
+            raise ValueError(
+                f"type_of_triplets must be 'all', 'hard', 'semihard' or 'easy', "
+                f"got {type_of_triplets!r}"
+            )
+        self.margin = float(margin)
+        self.type_of_triplets = type_of_triplets
+
+    def mine(
+        self, embeddings: Tensor, labels: Tensor, ref_embeddings: Tensor, ref_labels: Tensor, same_set: bool
+    ) -> Triplets:
+        x = self.distance.maybe_normalize(embeddings)
+        ref = self.distance.maybe_normalize(ref_embeddings)
+        n, m = x.shape[0], ref.shape[0]
+        sign = -1.0 if self.distance.is_similarity else 1.0
+        out: list[tuple[Tensor, Tensor, Tensor]] = []
+        for a, b in row_chunks(n, chunk_size_for(n, m * m)):
+            e = sign * self.distance.compute_matrix(x[a:b], ref)  # (c, m), smaller = closer
+            pos, neg = pos_neg_masks(labels[a:b], ref_labels, exclude_self=same_set, row_offset=a)
+            gap = e[:, None, :] - e[:, :, None]  # (c, m_p, m_n): e_an - e_ap
+            valid = pos[:, :, None] & neg[:, None, :]  # (c, m, m)
+            if self.type_of_triplets == "easy":
+                keep = gap > self.margin
+            else:
+                keep = gap <= self.margin
+                if self.type_of_triplets == "hard":
+                    keep &= gap <= 0
+                elif self.type_of_triplets == "semihard":
+                    keep &= gap > 0
+            ai, pi, ni = torch.where(valid & keep)
+            out.append((ai + a, pi, ni))
+        if not out:
+            empty = torch.empty(0, dtype=torch.long, device=x.device)
+            return Triplets(empty, empty, empty)
+        return Triplets(*(torch.cat(parts) for parts in zip(*out)))

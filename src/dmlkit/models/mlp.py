@@ -1,0 +1,58 @@
+"""Multi-layer perceptron embedder for vectors (tabular data, flattened images, features)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from dmlkit.models.heads import EmbeddingHead
+from dmlkit.registry import register_model
+
+
+@register_model("mlp")
+class MLPEmbedder(nn.Module):
+    """``(n, in_features) -> (n, dim)``: Linear-BatchNorm-ReLU blocks, then an embedding head.
+
+    Inputs with more than two dimensions are flattened after the batch dimension.
+
+    Parameters
+    ----------
+    in_features : int
+    dim : int
+        Embedding dimension.
+    hidden : sequence of int
+        Widths of the hidden layers.
+    dropout : float
+    normalize : bool
+        L2-normalize the embeddings.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        dim: int = 64,
+        hidden: Sequence[int] = (256,),
+        dropout: float = 0.0,
+        normalize: bool = True,
+    ) -> None:
+        super().__init__()
+        if in_features < 1 or dim < 1:
+            raise ValueError(f"in_features and dim must be >= 1, got {in_features}, {dim}")
+        layers: list[nn.Module] = []
+        width = in_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.BatchNorm1d(h), nn.ReLU(inplace=True)]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = h
+        self.body = nn.Sequential(*layers)
+        self.head = EmbeddingHead(width, dim, normalize=normalize)
+        self.in_features = in_features
+        self.dim = dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.flatten(1).float()  # (n, in_features)
+        if x.shape[1] != self.in_features:
+            raise ValueError(f"expected {self.in_features} input features, got {x.shape[1]}")
+        return self.head(self.body(x))  # (n, dim)

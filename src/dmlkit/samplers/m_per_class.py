@@ -1,0 +1,101 @@
+"""Class-balanced batches: ``m`` samples from each of ``batch_size // m`` classes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+from dmlkit.registry import register_sampler
+
+
+@register_sampler("m_per_class")
+class MPerClassSampler(Sampler[list[int]]):
+    """Batch sampler yielding index lists with ``m`` items of each of ``batch_size // m`` classes.
+
+    Classes are visited in a shuffled cycle, so every class appears about equally often;
+    within a class, items are drawn without replacement while enough remain (with
+    replacement for classes smaller than ``m``). Deterministic given ``seed`` and the
+    epoch set by :meth:`set_epoch`. Use as ``DataLoader(ds, batch_sampler=sampler)``.
+
+    Parameters
+    ----------
+    labels : sequence of int, array or tensor of shape (n,)
+        Class label of each dataset item.
+    m : int
+        Items per class in a batch (>= 2 so every anchor has a positive).
+    batch_size : int
+        Items per batch; a multiple of ``m``.
+    num_batches : int, optional
+        Batches per epoch; default ``len(labels) // batch_size`` (at least 1).
+    seed : int
+        Seed of the sampler's own generator (no global random state is touched).
+    """
+
+    def __init__(
+        self,
+        labels: Sequence[int] | np.ndarray | torch.Tensor,
+        m: int = 4,
+        batch_size: int = 64,
+        num_batches: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        labels_np = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
+        if labels_np.ndim != 1:
+            raise ValueError(f"labels must be 1-D, got shape {labels_np.shape}")
+        if m < 1:
+            raise ValueError(f"m must be >= 1, got {m}")
+        if batch_size < m or batch_size % m:
+            raise ValueError(f"batch_size ({batch_size}) must be a positive multiple of m ({m})")
+        self.classes, inverse = np.unique(labels_np, return_inverse=True)
+        self.classes_per_batch = batch_size // m
+        if self.classes_per_batch > len(self.classes):
+            raise ValueError(
+                f"batch_size // m = {self.classes_per_batch} classes per batch, but the data "
+                f"has only {len(self.classes)} classes; lower batch_size or raise m"
+            )
+        order = np.argsort(inverse, kind="stable")
+        bounds = np.cumsum(np.bincount(inverse, minlength=len(self.classes)))[:-1]
+        self._members = np.split(order, bounds)  # one index array per class
+        self.m = m
+        self.batch_size = batch_size
+        self.num_batches = num_batches if num_batches is not None else max(1, len(labels_np) // batch_size)
+        if self.num_batches < 1:
+            raise ValueError(f"num_batches must be >= 1, got {self.num_batches}")
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next iteration draw the batches of ``epoch`` (deterministically)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        n_classes = len(self.classes)
+        pools = [rng.permutation(idx) for idx in self._members]
+        cursors = [0] * n_classes
+        class_cycle = rng.permutation(n_classes)
+        pos = 0
+        for _ in range(self.num_batches):
+            if pos + self.classes_per_batch > n_classes:
+                class_cycle = rng.permutation(n_classes)
+                pos = 0
+            chosen = class_cycle[pos : pos + self.classes_per_batch]
+            pos += self.classes_per_batch
+            batch: list[int] = []
+            for c in chosen:
+                pool = pools[c]
+                if len(pool) < self.m:
+                    batch.extend(rng.choice(pool, size=self.m, replace=True).tolist())
+                    continue
+                if cursors[c] + self.m > len(pool):
+                    pools[c] = pool = rng.permutation(pool)
+                    cursors[c] = 0
+                batch.extend(pool[cursors[c] : cursors[c] + self.m].tolist())
+                cursors[c] += self.m
+            yield batch
