@@ -137,7 +137,7 @@ def test_miner_contract(name):
     for t in out:
         assert t.dtype == torch.long and not t.requires_grad
     again = make(MINERS, name)(x, y)
-    assert all(torch.equal(a, b) for a, b in zip(out, again))
+    assert all(torch.equal(a, b) for a, b in zip(out, again, strict=True))
     config = config_of(miner)
     assert config_of(build_from_config(MINERS, config)) == config
     # a batch where every sample is its own class yields no tuple with a positive

@@ -82,8 +82,7 @@ class Registry(Generic[T]):
             if unknown:
                 allowed = sorted(set(sig.parameters) - {"self"})
                 raise ValueError(
-                    f"{self.family} {name!r} got unknown parameter(s) {unknown}; "
-                    f"allowed: {allowed}"
+                    f"{self.family} {name!r} got unknown parameter(s) {unknown}; allowed: {allowed}"
                 )
         return cls(**params)
 
@@ -121,7 +120,11 @@ def import_package_members(package: str, namespace: dict[str, Any], skip: set[st
             continue
         module = importlib.import_module(f"{package}.{info.name}")
         for name, obj in vars(module).items():
-            if inspect.isclass(obj) and obj.__module__ == module.__name__ and not name.startswith("_"):
+            if (
+                inspect.isclass(obj)
+                and obj.__module__ == module.__name__
+                and not name.startswith("_")
+            ):
                 namespace[name] = obj
                 exported.append(name)
     return sorted(exported)
@@ -187,7 +190,9 @@ def build_from_config(registry: Registry[T], config: dict[str, Any] | str) -> T:
         if sub is None or value is None:
             continue
         if isinstance(value, list):
-            params[key] = [build_from_config(sub, v) if isinstance(v, (dict, str)) else v for v in value]
+            params[key] = [
+                build_from_config(sub, v) if isinstance(v, (dict, str)) else v for v in value
+            ]
         elif isinstance(value, (dict, str)):
             params[key] = build_from_config(sub, value)
     return registry.build(config["name"], **params)

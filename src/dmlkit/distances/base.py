@@ -50,7 +50,9 @@ class BaseDistance(nn.Module):
         """Row-wise values ``(n, d), (n, d) -> (n,)``."""
         _check_2d(x, y)
         if x.shape != y.shape:
-            raise ValueError(f"pairwise needs equal shapes, got {tuple(x.shape)} and {tuple(y.shape)}")
+            raise ValueError(
+                f"pairwise needs equal shapes, got {tuple(x.shape)} and {tuple(y.shape)}"
+            )
         return self.compute_rowwise(self.maybe_normalize(x), self.maybe_normalize(y))
 
     def margin(self, closer: Tensor, farther: Tensor) -> Tensor:

@@ -87,7 +87,11 @@ class TripletMarginLoss(BaseMetricLoss):
         d_an = self.distance.pairwise(a, n)  # (T,)
         if self.swap:
             d_pn = self.distance.pairwise(p, n)  # (T,)
-            d_an = torch.maximum(d_an, d_pn) if self.distance.is_similarity else torch.minimum(d_an, d_pn)
+            d_an = (
+                torch.maximum(d_an, d_pn)
+                if self.distance.is_similarity
+                else torch.minimum(d_an, d_pn)
+            )
         violation = self._violation(d_ap, d_an)  # (T,)
         return mean_nonzero(self._cost(violation), embeddings)
 
@@ -98,7 +102,11 @@ class TripletMarginLoss(BaseMetricLoss):
 
     # -- all triplets, exact, via sorting --------------------------------------------------
     def _all_triplets_sorted(
-        self, embeddings: Tensor, labels: Tensor, ref_embeddings: Tensor | None, ref_labels: Tensor | None
+        self,
+        embeddings: Tensor,
+        labels: Tensor,
+        ref_embeddings: Tensor | None,
+        ref_labels: Tensor | None,
     ) -> Tensor:
         x = self.distance.maybe_normalize(embeddings)  # (n, d)
         ref = x if ref_embeddings is None else self.distance.maybe_normalize(ref_embeddings)
@@ -109,12 +117,16 @@ class TripletMarginLoss(BaseMetricLoss):
 
         def chunk_terms(xc: Tensor, ref_: Tensor, lc: Tensor, start: int) -> tuple[Tensor, Tensor]:
             e = sign * self.distance.compute_matrix(xc, ref_)  # (c, m), smaller = closer
-            pos, neg = pos_neg_masks(lc, full_ref_labels, exclude_self=exclude_self, row_offset=start)
+            pos, neg = pos_neg_masks(
+                lc, full_ref_labels, exclude_self=exclude_self, row_offset=start
+            )
             neg_sorted, _ = torch.sort(e.masked_fill(~neg, float("inf")), dim=1)  # (c, m)
             finite = torch.where(torch.isinf(neg_sorted), torch.zeros_like(neg_sorted), neg_sorted)
             prefix = F.pad(torch.cumsum(finite.double(), dim=1), (1, 0))  # (c, m + 1)
             thresh = e + margin  # (c, m): violation > 0  <=>  e_an < e_ap + margin
-            cnt = torch.searchsorted(neg_sorted.detach().contiguous(), thresh.detach().contiguous())  # (c, m)
+            cnt = torch.searchsorted(
+                neg_sorted.detach().contiguous(), thresh.detach().contiguous()
+            )  # (c, m)
             cnt = cnt * pos  # only real positives contribute
             per_pos = cnt * thresh.double() - prefix.gather(1, cnt)  # (c, m) sum over negatives
             return per_pos.sum().to(e.dtype), cnt.sum()
@@ -131,7 +143,11 @@ class TripletMarginLoss(BaseMetricLoss):
 
     # -- all triplets, dense (swap / smooth) -------------------------------------------------
     def _all_triplets_dense(
-        self, embeddings: Tensor, labels: Tensor, ref_embeddings: Tensor | None, ref_labels: Tensor | None
+        self,
+        embeddings: Tensor,
+        labels: Tensor,
+        ref_embeddings: Tensor | None,
+        ref_labels: Tensor | None,
     ) -> Tensor:
         x = self.distance.maybe_normalize(embeddings)  # (n, d)
         ref = x if ref_embeddings is None else self.distance.maybe_normalize(ref_embeddings)
@@ -141,12 +157,18 @@ class TripletMarginLoss(BaseMetricLoss):
 
         def chunk_terms(xc: Tensor, ref_: Tensor, lc: Tensor, start: int) -> tuple[Tensor, Tensor]:
             d = self.distance.compute_matrix(xc, ref_)  # (c, m)
-            pos, neg = pos_neg_masks(lc, full_ref_labels, exclude_self=exclude_self, row_offset=start)
+            pos, neg = pos_neg_masks(
+                lc, full_ref_labels, exclude_self=exclude_self, row_offset=start
+            )
             d_ap = d[:, :, None]  # (c, m, 1)
             d_an = d[:, None, :]  # (c, 1, m)
             if d_ref is not None:
                 d_pn = d_ref[None, :, :]  # (1, m, m)
-                d_an = torch.maximum(d_an, d_pn) if self.distance.is_similarity else torch.minimum(d_an, d_pn)
+                d_an = (
+                    torch.maximum(d_an, d_pn)
+                    if self.distance.is_similarity
+                    else torch.minimum(d_an, d_pn)
+                )
             valid = pos[:, :, None] & neg[:, None, :]  # (c, m, m)
             cost = self._cost(self._violation(d_ap, d_an)) * valid  # (c, m, m)
             return cost.sum(), (cost > 0).sum()

@@ -31,7 +31,12 @@ class BatchHardMiner(BaseMiner):
         super().__init__(distance=distance)
 
     def mine(
-        self, embeddings: Tensor, labels: Tensor, ref_embeddings: Tensor, ref_labels: Tensor, same_set: bool
+        self,
+        embeddings: Tensor,
+        labels: Tensor,
+        ref_embeddings: Tensor,
+        ref_labels: Tensor,
+        same_set: bool,
     ) -> Triplets:
         x = self.distance.maybe_normalize(embeddings)
         ref = self.distance.maybe_normalize(ref_embeddings)

@@ -54,7 +54,12 @@ class TripletMarginMiner(BaseMiner):
         self.type_of_triplets = type_of_triplets
 
     def mine(
-        self, embeddings: Tensor, labels: Tensor, ref_embeddings: Tensor, ref_labels: Tensor, same_set: bool
+        self,
+        embeddings: Tensor,
+        labels: Tensor,
+        ref_embeddings: Tensor,
+        ref_labels: Tensor,
+        same_set: bool,
     ) -> Triplets:
         x = self.distance.maybe_normalize(embeddings)
         ref = self.distance.maybe_normalize(ref_embeddings)
@@ -79,4 +84,4 @@ class TripletMarginMiner(BaseMiner):
         if not out:
             empty = torch.empty(0, dtype=torch.long, device=x.device)
             return Triplets(empty, empty, empty)
-        return Triplets(*(torch.cat(parts) for parts in zip(*out)))
+        return Triplets(*(torch.cat(parts) for parts in zip(*out, strict=True)))

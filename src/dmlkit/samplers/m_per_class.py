@@ -61,7 +61,9 @@ class MPerClassSampler(Sampler[list[int]]):
         self._members = np.split(order, bounds)  # one index array per class
         self.m = m
         self.batch_size = batch_size
-        self.num_batches = num_batches if num_batches is not None else max(1, len(labels_np) // batch_size)
+        self.num_batches = (
+            num_batches if num_batches is not None else max(1, len(labels_np) // batch_size)
+        )
         if self.num_batches < 1:
             raise ValueError(f"num_batches must be >= 1, got {self.num_batches}")
         self.seed = seed
