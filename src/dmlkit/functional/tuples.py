@@ -84,11 +84,13 @@ def pairs_to_triplets(pairs: Pairs) -> Triplets:
 
 
 def triplets_to_pairs(triplets: Triplets) -> Pairs:
-    """Split triplets into their (deduplicated) positive and negative pairs."""
+    """The positive pair ``(a, p)`` and negative pair ``(a, n)`` of each triplet.
+
+    Pairs shared by several triplets are kept once per triplet (as in
+    pytorch-metric-learning), so pair losses weight them by how often they were mined.
+    """
     a, p, n = triplets
-    pos = torch.unique(torch.stack([a, p], dim=1), dim=0) if a.numel() else a.new_empty(0, 2)
-    negp = torch.unique(torch.stack([a, n], dim=1), dim=0) if a.numel() else a.new_empty(0, 2)
-    return Pairs(pos[:, 0], pos[:, 1], negp[:, 0], negp[:, 1])
+    return Pairs(a, p, a, n)
 
 
 def check_indices(indices: IndexTuple, n: int, m: int) -> None:
