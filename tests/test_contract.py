@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import torch
 
-from dmlkit.functional.tuples import Pairs, Triplets
+from dmlkit.functional.tuples import Pairs, Quadruplets, Triplets
 from dmlkit.registry import LOSSES, MINERS, build_from_config, config_of
 
 NUM_CLASSES = 4
@@ -133,7 +133,7 @@ def test_miner_contract(name):
     x, y = batch(n=16)
     x.requires_grad_(True)
     out = miner(x, y)
-    assert isinstance(out, (Pairs, Triplets))
+    assert isinstance(out, (Pairs, Triplets, Quadruplets))
     for t in out:
         assert t.dtype == torch.long and not t.requires_grad
     again = make(MINERS, name)(x, y)
@@ -142,7 +142,7 @@ def test_miner_contract(name):
     assert config_of(build_from_config(MINERS, config)) == config
     # a batch where every sample is its own class yields no tuple with a positive
     none = miner(x, torch.arange(16))
-    if isinstance(none, Triplets):
+    if isinstance(none, (Triplets, Quadruplets)):
         assert none.anchor.numel() == 0
     else:
         assert none.a1.numel() == 0
