@@ -1,0 +1,21 @@
+"""Configuration schema of training runs (dataclasses <-> YAML)."""
+
+from dmlkit.config.schema import (
+    DATA_SOURCES,
+    Config,
+    DataConfig,
+    OptimizerConfig,
+    ScheduleConfig,
+    TrainingConfig,
+    load_config,
+)
+
+__all__ = [
+    "Config",
+    "DataConfig",
+    "OptimizerConfig",
+    "ScheduleConfig",
+    "TrainingConfig",
+    "load_config",
+    "DATA_SOURCES",
+]

@@ -1,0 +1,304 @@
+"""The training configuration: dataclasses that round-trip to YAML.
+
+``model``, ``loss``, ``miner`` and ``sampler`` are ``{"name": ..., **params}`` mappings
+resolved through the registries, so any registered class works by name::
+
+    loss: {name: triplet_margin, margin: 0.1}
+    miner: {name: batch_hard}
+
+Unknown keys are errors that name the key and its section.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DATA_SOURCES = ("digits", "fashion_mnist", "idx", "npz", "image_folder")
+
+
+@dataclass
+class DataConfig:
+    """Where the data comes from and how it is split into training and held-out parts.
+
+    Attributes
+    ----------
+    name : {"digits", "fashion_mnist", "idx", "npz", "image_folder"}
+    path : str, optional
+        File or directory (``idx``: a directory of MNIST-format files; ``fashion_mnist``:
+        defaults to Debian's ``/usr/share/datasets/fashion-mnist``).
+    part, heldout_part : {"train", "test", "all"}
+        Official part of IDX datasets to train on, and to take held-out data from
+        (``None``: split ``part`` itself).
+    x_key, labels_key : str
+        Array names in an ``.npz`` file.
+    image_size : int, optional
+        Resize side of images read from a folder; ``color`` is ``"grayscale"`` or ``"rgb"``.
+    split : {"stratified", "classes"}
+        ``"stratified"``: a seeded ``test_fraction`` of each class is held out.
+        ``"classes"``: train on ``train_classes``, evaluate on unseen ``test_classes``.
+    max_per_class, max_heldout_per_class : int, optional
+        Seeded caps on items per class, to keep runs short.
+    seed : int
+        Seed of the split and of the caps.
+    """
+
+    name: str = "digits"
+    path: str | None = None
+    part: str = "train"
+    heldout_part: str | None = None
+    x_key: str = "x"
+    labels_key: str = "labels"
+    image_size: int | None = None
+    color: str = "grayscale"
+    split: str = "stratified"
+    test_fraction: float = 0.5
+    train_classes: list[int] | None = None
+    test_classes: list[int] | None = None
+    max_per_class: int | None = None
+    max_heldout_per_class: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _choice("data", "name", self.name, DATA_SOURCES)
+        _choice("data", "split", self.split, ("stratified", "classes"))
+        _choice("data", "color", self.color, ("grayscale", "rgb"))
+        _choice("data", "part", self.part, ("train", "test", "all"))
+        if self.heldout_part is not None:
+            _choice("data", "heldout_part", self.heldout_part, ("train", "test", "all"))
+        if self.split == "classes" and not self.train_classes:
+            raise ValueError("data.split 'classes' needs data.train_classes")
+        if self.split == "stratified" and not 0.0 < self.test_fraction < 1.0:
+            raise ValueError(f"data.test_fraction must be in (0, 1), got {self.test_fraction}")
+        if self.name in ("idx", "npz", "image_folder") and not self.path:
+            raise ValueError(f"data.name {self.name!r} needs data.path")
+
+
+@dataclass
+class OptimizerConfig:
+    """``name`` in adam / adamw / sgd; ``loss_lr`` is the rate of loss parameters (proxies)."""
+
+    name: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    loss_lr: float | None = None
+
+    def __post_init__(self) -> None:
+        _choice("optimizer", "name", self.name, ("adam", "adamw", "sgd"))
+        if self.lr <= 0:
+            raise ValueError(f"optimizer.lr must be > 0, got {self.lr}")
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning-rate schedule, stepped every batch: cosine / step / none, linear warmup."""
+
+    name: str = "cosine"
+    warmup_epochs: float = 0.0
+    step_size: int = 10
+    gamma: float = 0.1
+    min_lr_ratio: float = 0.0
+
+    def __post_init__(self) -> None:
+        _choice("schedule", "name", self.name, ("cosine", "step", "none"))
+        if self.warmup_epochs < 0 or self.step_size < 1:
+            raise ValueError("schedule.warmup_epochs must be >= 0 and step_size >= 1")
+
+
+@dataclass
+class TrainingConfig:
+    """Epochs, seed, device, mixed precision, validation and early stopping.
+
+    ``batch_size`` is used when no sampler is configured and for embedding.
+    ``val_fraction`` of the training items (stratified) is held back for per-epoch
+    validation (MAP@R); ``patience`` epochs without improvement stop training early and
+    the best epoch's weights are kept.
+    """
+
+    epochs: int = 20
+    batch_size: int = 128
+    seed: int = 0
+    device: str = "cpu"
+    amp: bool = False
+    val_fraction: float = 0.0
+    patience: int | None = None
+    grad_clip: float | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("training.epochs and training.batch_size must be >= 1")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"training.val_fraction must be in [0, 1), got {self.val_fraction}")
+
+
+@dataclass
+class Config:
+    """A whole training run; ``name`` names its default output directory."""
+
+    name: str = "run"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: dict[str, Any] = field(default_factory=lambda: {"name": "mlp"})
+    loss: dict[str, Any] = field(default_factory=lambda: {"name": "triplet_margin"})
+    miner: dict[str, Any] | None = None
+    sampler: dict[str, Any] | None = None
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Config:
+        if not isinstance(raw, dict):
+            raise TypeError(f"a config must be a mapping, got {type(raw).__name__}")
+        _reject_unknown("config", raw, cls)
+        kwargs: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in raw:
+                continue
+            value = raw[f.name]
+            sub = _SECTIONS.get(f.name)
+            if sub is not None:
+                kwargs[f.name] = _section(f.name, sub, value)
+            elif f.name in _COMPONENTS:
+                kwargs[f.name] = _component(f.name, value)
+            else:
+                kwargs[f.name] = str(value)
+        return cls(**kwargs)
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        import yaml
+
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @classmethod
+    def from_yaml(cls, source: str | Path) -> Config:
+        """Parse YAML text, or read a ``.yaml`` / ``.yml`` file given as a path."""
+        import yaml
+
+        is_path = isinstance(source, Path) or (
+            "\n" not in source and source.strip().endswith((".yaml", ".yml"))
+        )
+        if is_path:
+            path = Path(source)
+            if not path.is_file():
+                raise FileNotFoundError(f"config file not found: {path}")
+            source = path.read_text()
+        raw = yaml.safe_load(source) or {}
+        return cls.from_dict(raw)
+
+    def check(self) -> None:
+        """Resolve component names and parameters against the registries (clear errors)."""
+        from dmlkit.registry import LOSSES, MINERS, MODELS, SAMPLERS
+
+        for section, registry in (
+            ("model", MODELS), ("loss", LOSSES), ("miner", MINERS), ("sampler", SAMPLERS)
+        ):  # fmt: skip
+            spec = getattr(self, section)
+            if spec is None:
+                continue
+            cls = registry.get(spec["name"])
+            allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
+            unknown = sorted(set(spec) - {"name"} - allowed)
+            if unknown:
+                raise ValueError(
+                    f"unknown key(s) {unknown} in section {section!r} ({section} "
+                    f"{spec['name']!r}); allowed: {sorted(allowed)}"
+                )
+
+
+_SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "optimizer": OptimizerConfig,
+    "schedule": ScheduleConfig,
+    "training": TrainingConfig,
+}
+_COMPONENTS = ("model", "loss", "miner", "sampler")
+
+
+def _choice(section: str, key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{section}.{key} must be one of {list(allowed)}, got {value!r}")
+
+
+def _reject_unknown(section: str, raw: dict[str, Any], cls: type) -> None:
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(raw) - set(names))
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in section {section!r}; allowed: {names}")
+
+
+def _section(name: str, cls: type, value: Any) -> Any:
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, dict):
+        raise TypeError(f"section {name!r} must be a mapping, got {value!r}")
+    _reject_unknown(name, value, cls)
+    defaults = cls()
+    kwargs = {k: _coerce(name, k, v, getattr(defaults, k)) for k, v in value.items()}
+    return cls(**kwargs)
+
+
+def _coerce(section: str, key: str, value: Any, default: Any) -> Any:
+    """Make YAML scalars match the field's default type (``1e-3`` parses as a string)."""
+    if value is None or default is None:
+        if isinstance(value, str) and key in ("lr", "loss_lr"):
+            return float(value)
+        return value
+    try:
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if isinstance(default, float):
+            return float(value)
+        if isinstance(default, int):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{section}.{key} must be a {type(default).__name__}, got {value!r}"
+        ) from None
+    return value
+
+
+def _component(name: str, value: Any) -> dict[str, Any] | None:
+    if value is None:
+        if name in ("model", "loss"):
+            raise ValueError(f"section {name!r} is required")
+        return None
+    if isinstance(value, str):
+        return {"name": value}
+    if not isinstance(value, dict) or "name" not in value:
+        raise ValueError(f"section {name!r} must be {{name: ..., **params}}, got {value!r}")
+    return dict(value)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and check a YAML config file."""
+    config = Config.from_yaml(Path(path))
+    config.check()
+    return config
+
+
+__all__ = [
+    "Config",
+    "DataConfig",
+    "OptimizerConfig",
+    "ScheduleConfig",
+    "TrainingConfig",
+    "load_config",
+    "DATA_SOURCES",
+]

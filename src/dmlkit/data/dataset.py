@@ -1,0 +1,85 @@
+"""In-memory datasets: arrays plus int64 labels, and their subsets."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+
+class ArrayDataset(Dataset):
+    """A dataset held in memory: inputs ``x`` of shape ``(n, ...)`` and labels ``(n,)``.
+
+    Images are stored as ``(n, C, H, W)`` float32 in ``[0, 1]``; vectors as ``(n, d)``.
+
+    Parameters
+    ----------
+    x : array-like or Tensor of shape (n, ...)
+        Inputs; floating arrays become float32, integer arrays are kept as given.
+    labels : array-like or Tensor of shape (n,)
+        Integer class labels (stored as an int64 tensor).
+    class_names : sequence of str, optional
+        Name of each class id (``class_names[label]``).
+    """
+
+    def __init__(
+        self,
+        x: Tensor | np.ndarray | Sequence,
+        labels: Tensor | np.ndarray | Sequence[int],
+        class_names: Sequence[str] | None = None,
+    ) -> None:
+        x_t = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x)
+        if x_t.is_floating_point():
+            x_t = x_t.float()
+        y = torch.as_tensor(np.asarray(labels) if not isinstance(labels, Tensor) else labels)
+        if y.dim() != 1:
+            raise ValueError(f"labels must be 1-D, got shape {tuple(y.shape)}")
+        if y.is_floating_point() and not torch.equal(y, y.round()):
+            raise ValueError("labels must be integers, got non-integer floats")
+        if x_t.dim() < 1 or x_t.shape[0] != y.shape[0]:
+            raise ValueError(
+                f"x has {x_t.shape[0] if x_t.dim() else 0} rows but labels has {y.shape[0]}"
+            )
+        self.x = x_t
+        self.labels = y.long()
+        if self.labels.numel() and int(self.labels.min()) < 0:
+            raise ValueError(f"labels must be >= 0, got {int(self.labels.min())}")
+        self.class_names = list(class_names) if class_names is not None else None
+
+    @property
+    def num_classes(self) -> int:
+        """Number of distinct labels present."""
+        return int(torch.unique(self.labels).numel())
+
+    @property
+    def classes(self) -> list[int]:
+        """Sorted distinct labels present."""
+        return torch.unique(self.labels).tolist()
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        return self.x[index], self.labels[index]
+
+    def get_batch(self, indices: Sequence[int] | Tensor) -> tuple[Tensor, Tensor]:
+        """``(x[indices], labels[indices])`` in one indexing operation (no per-item collate)."""
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return self.x[idx], self.labels[idx]
+
+    def subset(self, indices: Sequence[int] | Tensor | np.ndarray) -> ArrayDataset:
+        """The items at ``indices`` (a copy), keeping ``class_names``."""
+        idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        return ArrayDataset(self.x[idx], self.labels[idx], self.class_names)
+
+    def __repr__(self) -> str:
+        return (
+            f"ArrayDataset(n={len(self)}, x_shape={tuple(self.x.shape[1:])}, "
+            f"num_classes={self.num_classes})"
+        )
+
+
+__all__ = ["ArrayDataset"]

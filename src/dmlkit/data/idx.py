@@ -1,0 +1,138 @@
+"""IDX files (the MNIST / Fashion-MNIST format), gzip-compressed or not.
+
+An IDX file is a 4-byte magic number ``0 0 <type> <ndim>``, ``ndim`` big-endian int32
+sizes, then the values in C order (LeCun et al., the MNIST database).
+"""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+
+from dmlkit.data.dataset import ArrayDataset
+
+_IDX_TYPES = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_NAMES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]  # fmt: skip
+#: file stems of the official parts of MNIST-format datasets
+IDX_PARTS = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read one IDX file (``.gz`` or raw, detected from its first bytes) into an array."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"IDX file not found: {path}")
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
+        raise ValueError(f"{path} is not an IDX file (bad magic number {raw[:4]!r})")
+    dtype, ndim = _IDX_TYPES[raw[2]], raw[3]
+    header = 4 + 4 * ndim
+    shape = tuple(int(s) for s in np.frombuffer(raw[4:header], dtype=">i4"))
+    count = int(np.prod(shape)) if shape else 1
+    if len(raw) - header != count * dtype.itemsize:
+        raise ValueError(
+            f"{path}: header says shape {shape} ({count * dtype.itemsize} bytes of data), "
+            f"file holds {len(raw) - header}"
+        )
+    return (
+        np.frombuffer(raw, dtype=dtype, offset=header)
+        .reshape(shape)
+        .astype(dtype.newbyteorder("="))
+    )
+
+
+def _find(directory: Path, stem: str) -> Path | None:
+    for suffix in (".gz", ""):
+        candidate = directory / f"{stem}{suffix}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_idx(
+    images: str | Path,
+    labels: str | Path,
+    class_names: list[str] | None = None,
+) -> ArrayDataset:
+    """An image IDX file and its label IDX file as ``(n, 1, H, W)`` float32 in ``[0, 1]``."""
+    x = read_idx(images)
+    y = read_idx(labels)
+    if x.ndim == 3:
+        x = x[:, None]  # (n, 1, H, W)
+    scale = 255.0 if x.dtype == np.uint8 else 1.0  # 8-bit pixels -> [0, 1]
+    x = x.astype(np.float32) / scale
+    return ArrayDataset(x, y.astype(np.int64), class_names)
+
+
+def load_idx_dir(
+    directory: str | Path,
+    part: str = "train",
+    class_names: list[str] | None = None,
+    install_hint: str = "",
+) -> ArrayDataset:
+    """A part (``"train"``, ``"test"`` or ``"all"``) of an MNIST-format directory.
+
+    Looks for ``train-images-idx3-ubyte[.gz]`` / ``train-labels-idx1-ubyte[.gz]`` and the
+    ``t10k-*`` files of the test part.
+    """
+    directory = Path(directory)
+    if part == "all":
+        parts = [load_idx_dir(directory, p, class_names, install_hint) for p in ("train", "test")]
+        return ArrayDataset(
+            np.concatenate([p.x.numpy() for p in parts]),
+            np.concatenate([p.labels.numpy() for p in parts]),
+            class_names,
+        )
+    if part not in IDX_PARTS:
+        raise ValueError(f"part must be 'train', 'test' or 'all', got {part!r}")
+    stems = IDX_PARTS[part]
+    found = [_find(directory, s) for s in stems]
+    if any(f is None for f in found):
+        missing = [s for s, f in zip(stems, found, strict=True) if f is None]
+        raise FileNotFoundError(
+            f"IDX files {missing} (optionally .gz) not found in {directory}. {install_hint}".strip()
+        )
+    return load_idx(found[0], found[1], class_names)  # type: ignore[arg-type]
+
+
+def load_fashion_mnist(part: str = "train", directory: str | Path | None = None) -> ArrayDataset:
+    """Fashion-MNIST (Xiao et al. 2017): 28x28 grayscale clothes, 10 classes.
+
+    Read from Debian's ``dataset-fashion-mnist`` package by default
+    (``/usr/share/datasets/fashion-mnist``) or from ``directory``.
+    """
+    hint = (
+        "Install it with `apt-get update && apt-get install -y dataset-fashion-mnist` "
+        f"(files go to {FASHION_MNIST_DIR}), or put the four IDX files in a directory "
+        "and give its path."
+    )
+    return load_idx_dir(directory or FASHION_MNIST_DIR, part, FASHION_MNIST_NAMES, hint)
+
+
+__all__ = [
+    "read_idx",
+    "load_idx",
+    "load_idx_dir",
+    "load_fashion_mnist",
+    "FASHION_MNIST_DIR",
+    "FASHION_MNIST_NAMES",
+]

@@ -1,0 +1,84 @@
+"""A folder of images with one sub-folder per class (``root/<class>/<image>``), via Pillow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from dmlkit.data.dataset import ArrayDataset
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
+
+
+def _pillow():  # imported lazily: Pillow is an optional dependency
+    try:
+        from PIL import Image
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "reading image folders needs Pillow: "
+            "pip install 'dmlkit[images]' (or pip install pillow)"
+        ) from err
+    return Image
+
+
+def to_mode(image, color: Literal["grayscale", "rgb"]):  # noqa: ANN001, ANN201 - PIL types
+    """Convert a PIL image to 8-bit grayscale (``"L"``) or ``"RGB"``."""
+    if color not in ("grayscale", "rgb"):
+        raise ValueError(f"color must be 'grayscale' or 'rgb', got {color!r}")
+    return image.convert("L" if color == "grayscale" else "RGB")
+
+
+def resize(image, size: int | tuple[int, int]):  # noqa: ANN001, ANN201 - PIL types
+    """Resize a PIL image to ``size`` (side, or ``(height, width)``) with bilinear filtering."""
+    height, width = (size, size) if isinstance(size, int) else size
+    if height < 1 or width < 1:
+        raise ValueError(f"size must be positive, got {size!r}")
+    return image.resize((width, height), resample=_pillow().BILINEAR)
+
+
+def to_array(image) -> np.ndarray:  # noqa: ANN001 - PIL type
+    """A PIL image as a float32 ``(C, H, W)`` array in ``[0, 1]``."""
+    a = np.asarray(image, dtype=np.float32) / 255.0
+    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+
+
+def load_image_folder(
+    root: str | Path,
+    image_size: int | tuple[int, int] | None = None,
+    color: Literal["grayscale", "rgb"] = "rgb",
+) -> ArrayDataset:
+    """Every image under ``root/<class_name>/`` as ``(n, C, H, W)`` float32 in ``[0, 1]``.
+
+    Class ids follow the sorted sub-folder names (``class_names`` keeps them). Without
+    ``image_size`` all images must share one size.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
+    if not class_dirs:
+        raise ValueError(f"{root} has no class sub-folders (expected root/<class>/<image>)")
+    image_cls = _pillow()
+    arrays: list[np.ndarray] = []
+    labels: list[int] = []
+    for label, class_dir in enumerate(class_dirs):
+        files = sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        for file in files:
+            with image_cls.open(file) as img:
+                img = to_mode(img, color)
+                if image_size is not None:
+                    img = resize(img, image_size)
+                arrays.append(to_array(img))
+            labels.append(label)
+    if not arrays:
+        raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {root}")
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        raise ValueError(f"images under {root} differ in size {sorted(shapes)}; set image_size")
+    names = [p.name for p in class_dirs]
+    return ArrayDataset(np.stack(arrays), np.asarray(labels, dtype=np.int64), names)
+
+
+__all__ = ["load_image_folder", "to_mode", "resize", "to_array", "IMAGE_SUFFIXES"]

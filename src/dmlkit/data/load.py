@@ -1,0 +1,125 @@
+"""``load_dataset(spec)``: one entry point from a data config (or a short spec string)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from dmlkit.config.schema import DataConfig
+from dmlkit.data.dataset import ArrayDataset
+from dmlkit.data.digits import load_digits
+from dmlkit.data.idx import IDX_PARTS, load_fashion_mnist, load_idx_dir
+from dmlkit.data.image_folder import load_image_folder
+from dmlkit.data.npz import load_npz
+from dmlkit.data.splits import class_split, limit_per_class, select_classes, stratified_split
+
+
+def data_config(spec: DataConfig | dict[str, Any] | str | Path) -> DataConfig:
+    """Normalize a data spec to a :class:`DataConfig`.
+
+    Strings: ``"digits"``, ``"fashion_mnist"``, ``"fashion_mnist:test"`` (a source and
+    its part), a ``.npz`` file, a directory (MNIST-format IDX files, else an image folder
+    with one sub-folder per class), or a ``.yaml`` config whose ``data`` section is used.
+    """
+    if isinstance(spec, DataConfig):
+        return spec
+    if isinstance(spec, dict):
+        from dmlkit.config.schema import _section
+
+        return _section("data", DataConfig, spec)
+    if not isinstance(spec, (str, Path)):
+        raise TypeError(f"a data spec must be a DataConfig, dict or string, got {type(spec)}")
+    text = str(spec)
+    name, _, part = text.partition(":")
+    if name in ("digits", "fashion_mnist") and not Path(text).exists():
+        return DataConfig(name=name, part=part or "train")
+    path = Path(text)
+    if path.suffix in (".yaml", ".yml"):
+        from dmlkit.config.schema import Config
+
+        return Config.from_yaml(path).data
+    if not path.exists():
+        raise FileNotFoundError(
+            f"data {text!r} is neither a known dataset (digits, fashion_mnist[:train|test]) "
+            "nor an existing .npz file, IDX directory, image folder or .yaml config"
+        )
+    if path.is_file():
+        if path.suffix == ".npz":
+            return DataConfig(name="npz", path=str(path))
+        raise ValueError(
+            f"unknown data format {path.suffix or path.name!r} for {path}: expected a .npz "
+            "file, a directory of IDX files or of class sub-folders of images, or a .yaml config"
+        )
+    if any(path.glob(f"{IDX_PARTS['train'][0]}*")) or any(path.glob(f"{IDX_PARTS['test'][0]}*")):
+        return DataConfig(name="idx", path=str(path), part=part or "train")
+    return DataConfig(name="image_folder", path=str(path))
+
+
+def load_dataset(
+    spec: DataConfig | dict[str, Any] | str | Path, part: str | None = None
+) -> ArrayDataset:
+    """Load the whole dataset a spec names (before any split).
+
+    Parameters
+    ----------
+    spec : DataConfig, dict, or str
+        See :func:`data_config`.
+    part : {"train", "test", "all"}, optional
+        Official part of IDX datasets; default ``spec.part``.
+    """
+    cfg = data_config(spec)
+    part = part or cfg.part
+    if cfg.name == "digits":
+        return load_digits()
+    if cfg.name == "fashion_mnist":
+        return load_fashion_mnist(part, cfg.path)
+    if cfg.name == "idx":
+        return load_idx_dir(cfg.path, part)  # type: ignore[arg-type]
+    if cfg.name == "npz":
+        return load_npz(cfg.path, cfg.x_key, cfg.labels_key)  # type: ignore[arg-type]
+    if cfg.name == "image_folder":
+        return load_image_folder(cfg.path, cfg.image_size, cfg.color)  # type: ignore[arg-type]
+    raise ValueError(f"unknown data source {cfg.name!r}")
+
+
+def split_dataset(
+    spec: DataConfig | dict[str, Any] | str | Path,
+) -> tuple[ArrayDataset, ArrayDataset]:
+    """The ``(train, heldout)`` datasets a data config describes.
+
+    ``split: stratified`` holds out a seeded ``test_fraction`` of each class;
+    ``split: classes`` trains on ``train_classes`` and holds out ``test_classes`` (unseen).
+    With ``heldout_part`` (IDX datasets) the held-out side comes from that official part.
+    """
+    cfg = data_config(spec)
+    data = load_dataset(cfg)
+    if cfg.heldout_part is not None and cfg.heldout_part != cfg.part:
+        other = load_dataset(cfg, part=cfg.heldout_part)
+        if cfg.split == "classes":
+            train, _ = class_split(data, cfg.train_classes, cfg.test_classes)  # type: ignore[arg-type]
+            _, heldout = class_split(other, cfg.train_classes, cfg.test_classes)  # type: ignore[arg-type]
+        else:
+            train, heldout = data, other
+    elif cfg.split == "classes":
+        train, heldout = class_split(data, cfg.train_classes, cfg.test_classes)  # type: ignore[arg-type]
+    else:
+        train, heldout = stratified_split(data, cfg.test_fraction, cfg.seed)
+    if cfg.max_per_class is not None:
+        train = limit_per_class(train, cfg.max_per_class, cfg.seed)
+    if cfg.max_heldout_per_class is not None:
+        heldout = limit_per_class(heldout, cfg.max_heldout_per_class, cfg.seed + 1)
+    return train, heldout
+
+
+def describe(cfg: DataConfig) -> str:
+    """A one-line description of a data config (for logs and tables)."""
+    fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    defaults = {f.name: getattr(DataConfig(), f.name) for f in dataclasses.fields(cfg)}
+    changed = {k: v for k, v in fields.items() if v != defaults[k] and k != "name"}
+    return cfg.name + (
+        "" if not changed else " " + " ".join(f"{k}={v}" for k, v in changed.items())
+    )
+
+
+__all__ = ["data_config", "load_dataset", "split_dataset", "describe", "select_classes"]

@@ -1,0 +1,42 @@
+"""NumPy ``.npz`` archives holding an input array and a label array."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from dmlkit.data.dataset import ArrayDataset
+
+
+def load_npz(path: str | Path, x_key: str = "x", labels_key: str = "labels") -> ArrayDataset:
+    """Load ``x`` and ``labels`` arrays from an ``.npz`` file.
+
+    Integer image arrays of ``uint8`` are scaled to ``[0, 1]``; ``(n, H, W)`` arrays of
+    uint8 become ``(n, 1, H, W)``. Other arrays are kept as they are (floats as float32).
+    An optional ``class_names`` array of strings is read when present.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f".npz file not found: {path}")
+    with np.load(path, allow_pickle=False) as archive:
+        keys = list(archive.keys())
+        for key in (x_key, labels_key):
+            if key not in archive:
+                raise KeyError(
+                    f"{path} has no array {key!r}; arrays present: {keys}. "
+                    "Set x_key / labels_key in the data config."
+                )
+        x = archive[x_key]
+        labels = archive[labels_key]
+        names = [str(n) for n in archive["class_names"]] if "class_names" in archive else None
+    if x.dtype == np.uint8:
+        x = x.astype(np.float32) / 255.0
+        if x.ndim == 3:
+            x = x[:, None]  # (n, 1, H, W)
+    if labels.dtype.kind not in "iu":
+        raise ValueError(f"{path}: {labels_key!r} must hold integer labels, got {labels.dtype}")
+    return ArrayDataset(x, labels.astype(np.int64), names)
+
+
+__all__ = ["load_npz"]
