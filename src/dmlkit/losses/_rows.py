@@ -1,0 +1,161 @@
+"""Per-anchor ("row") machinery shared by the pair- and tuple-based losses.
+
+Every pair loss here is a function of one anchor's row of the ``(n, m)`` distance
+matrix and of two weight rows saying which entries are positives and negatives. The
+rows come either from labels or from mined index tuples (as multiplicities, so a pair
+listed twice counts twice), and are walked in chunks with recomputation in backward so
+that peak memory is O(chunk * m), never O(n * m).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import Tensor
+
+from dmlkit.distances.base import BaseDistance
+from dmlkit.functional import chunking
+from dmlkit.functional.labels import pos_neg_masks
+from dmlkit.functional.tuples import IndexTuple, Pairs
+
+
+def masked_logsumexp(
+    x: Tensor, keep: Tensor, *, weights: Tensor | None = None, add_one: bool = False
+) -> Tensor:
+    """``log(sum_j w_j exp(x_j) [+ 1])`` over the kept entries of each row, ``(c, m) -> (c,)``.
+
+    Rows with no kept entry give 0 (pytorch-metric-learning's convention), with a finite
+    zero gradient: no ``-inf - -inf`` and no ``log(0)`` ever reaches autograd.
+    ``weights`` are multiplicities (a pair listed ``k`` times counts ``k`` times).
+    """
+    neg_inf = torch.finfo(x.dtype).min
+    z = x.masked_fill(~keep, neg_inf)  # (c, m)
+    peak = z.amax(dim=1, keepdim=True).detach()  # (c, 1)
+    if add_one:
+        peak = peak.clamp_min(0.0)
+    e = torch.exp(z - peak) * keep  # (c, m), exactly 0 off the mask
+    if weights is not None:
+        e = e * weights
+    s = e.sum(dim=1)  # (c,)
+    if add_one:
+        s = s + torch.exp(-peak.squeeze(1))
+    any_kept = keep.any(dim=1)  # (c,)
+    safe = torch.where(any_kept, s, torch.ones_like(s))
+    return torch.where(any_kept, peak.squeeze(1) + torch.log(safe), torch.zeros_like(s))
+
+
+def as_pairs(indices: IndexTuple) -> Pairs:
+    """Positive and negative pairs of any tuple, keeping duplicates (PML's ``convert_to_pairs``).
+
+    A triplet ``(a, p, n)`` contributes the positive pair ``(a, p)`` and the negative pair
+    ``(a, n)``; quadruplets use their first three members.
+    """
+    if isinstance(indices, Pairs):
+        return indices
+    a, p, n = indices[0], indices[1], indices[2]
+    return Pairs(a, p, a, n)
+
+
+class RowWeights:
+    """Positive / negative weight rows ``(c, m)`` for a chunk of anchors.
+
+    From ``labels`` (0/1, anchors never their own positive when the reference set is the
+    batch) or from ``pairs`` (multiplicities of each listed pair).
+    """
+
+    def __init__(
+        self,
+        labels: Tensor | None,
+        ref_labels: Tensor | None,
+        pairs: Pairs | None,
+        m: int,
+        exclude_self: bool,
+    ) -> None:
+        self.labels = labels
+        self.ref_labels = labels if ref_labels is None else ref_labels
+        self.pairs = pairs
+        self.m = m
+        self.exclude_self = exclude_self
+
+    def __call__(self, start: int, stop: int, dtype: torch.dtype, device) -> tuple[Tensor, Tensor]:
+        if self.pairs is None:
+            pos, neg = pos_neg_masks(
+                self.labels[start:stop],
+                self.ref_labels,
+                exclude_self=self.exclude_self,
+                row_offset=start,
+            )  # (c, m)
+            return pos.to(dtype), neg.to(dtype)
+        a1, p, a2, n = self.pairs
+        return (
+            _count_rows(a1, p, start, stop, self.m, dtype, device),
+            _count_rows(a2, n, start, stop, self.m, dtype, device),
+        )
+
+
+def _count_rows(rows: Tensor, cols: Tensor, start: int, stop: int, m: int, dtype, device) -> Tensor:
+    out = torch.zeros(stop - start, m, dtype=dtype, device=device)  # (c, m)
+    sel = (rows >= start) & (rows < stop)
+    ones = torch.ones(int(sel.sum()), dtype=dtype, device=device)
+    return out.index_put_((rows[sel] - start, cols[sel]), ones, accumulate=True)
+
+
+def chunk_bounds(n_rows: int, elems_per_row: int) -> tuple[int, Iterator[tuple[int, int]]]:
+    """Rows per chunk under the current :data:`~dmlkit.functional.chunking.DEFAULT_BUDGET`."""
+    chunk = chunking.chunk_size_for(n_rows, elems_per_row, chunking.DEFAULT_BUDGET)
+    return chunk, chunking.row_chunks(n_rows, chunk)
+
+
+def sum_over_chunks(
+    fn: Callable[..., Tensor],
+    n_rows: int,
+    elems_per_row: int,
+    *tensors: Tensor,
+) -> Tensor:
+    """``sum_k fn(start_k, stop_k, *tensors)`` over row chunks, each recomputed in backward.
+
+    ``fn`` returns a fixed-size 1-D tensor of partial sums (e.g. a loss sum and a count).
+    """
+    chunk, bounds = chunk_bounds(n_rows, elems_per_row)
+    total: Tensor | None = None
+    for a, b in bounds:
+        part = chunking.maybe_checkpoint(
+            lambda *ts, a=a, b=b: fn(a, b, *ts), *tensors, enabled=chunk < n_rows
+        )
+        total = part if total is None else total + part
+    if total is None:
+        raise ValueError("sum_over_chunks needs at least one row")
+    return total
+
+
+def pack(*values: Tensor) -> Tensor:
+    """Stack scalar partial sums (losses, counts) into one 1-D tensor of the first's dtype."""
+    return torch.stack([v.to(values[0].dtype) for v in values])
+
+
+def setup_rows(
+    distance: BaseDistance,
+    embeddings: Tensor,
+    labels: Tensor | None,
+    indices: IndexTuple | None,
+    ref_embeddings: Tensor | None,
+    ref_labels: Tensor | None,
+) -> tuple[Tensor, Tensor, RowWeights]:
+    """Normalized queries ``(n, d)``, references ``(m, d)`` and their weight-row source."""
+    x = distance.maybe_normalize(embeddings)  # (n, d)
+    ref = x if ref_embeddings is None else distance.maybe_normalize(ref_embeddings)  # (m, d)
+    pairs = None if indices is None else as_pairs(indices)
+    weights = RowWeights(labels, ref_labels, pairs, ref.shape[0], ref_embeddings is None)
+    return x, ref, weights
+
+
+__all__ = [
+    "masked_logsumexp",
+    "as_pairs",
+    "RowWeights",
+    "chunk_bounds",
+    "sum_over_chunks",
+    "setup_rows",
+    "pack",
+]

@@ -1,0 +1,92 @@
+"""Multi-similarity loss (Wang, Han, Huang, Dong & Scott, CVPR 2019)."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from dmlkit.distances.base import BaseDistance
+from dmlkit.distances.cosine import CosineSimilarity
+from dmlkit.functional.tuples import IndexTuple
+from dmlkit.losses._rows import masked_logsumexp, pack, setup_rows, sum_over_chunks
+from dmlkit.losses.base import BaseMetricLoss
+from dmlkit.registry import register_loss
+
+
+@register_loss("multi_similarity")
+class MultiSimilarityLoss(BaseMetricLoss):
+    r"""Soft weighting of every positive and negative pair of an anchor.
+
+    For anchor :math:`i` with positives :math:`P_i` and negatives :math:`N_i` and
+    similarities :math:`S_{ij}`:
+
+    .. math::
+
+        \ell_i = \frac{1}{\alpha}\log\Big(1 + \sum_{j \in P_i} e^{-\alpha (S_{ij} - \lambda)}\Big)
+               + \frac{1}{\beta}\log\Big(1 + \sum_{k \in N_i} e^{\beta (S_{ik} - \lambda)}\Big)
+
+    with :math:`\lambda` = ``base``, and the loss is the mean of :math:`\ell_i` over all
+    anchors (anchors without pairs contribute 0), as pytorch-metric-learning's
+    ``MultiSimilarityLoss`` with its default reducer. For a distance the signs flip.
+    The pair-mining step of the paper is a separate miner.
+
+    Parameters
+    ----------
+    alpha, beta : float
+        Scales of the positive and negative terms.
+    base : float
+        Similarity offset :math:`\lambda`.
+    distance : BaseDistance, optional
+        Default :class:`~dmlkit.distances.CosineSimilarity`.
+
+    Notes
+    -----
+    All pairs are processed in anchor chunks recomputed in backward: memory O(chunk * m).
+    Wang et al., "Multi-Similarity Loss with General Pair Weighting for Deep Metric
+    Learning", CVPR 2019.
+    """
+
+    def __init__(
+        self,
+        alpha: float = 2.0,
+        beta: float = 50.0,
+        base: float = 0.5,
+        distance: BaseDistance | None = None,
+    ) -> None:
+        super().__init__(distance=distance)
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+        self.base = float(base)
+
+    @staticmethod
+    def default_distance() -> BaseDistance:
+        return CosineSimilarity()
+
+    def compute_loss(
+        self,
+        embeddings: Tensor,
+        labels: Tensor | None,
+        indices: IndexTuple | None,
+        ref_embeddings: Tensor | None,
+        ref_labels: Tensor | None,
+    ) -> Tensor:
+        x, ref, weights = setup_rows(
+            self.distance, embeddings, labels, indices, ref_embeddings, ref_labels
+        )
+        sign = 1.0 if self.distance.is_similarity else -1.0
+
+        def chunk_terms(start: int, stop: int, x_: Tensor, ref_: Tensor) -> Tensor:
+            mat = self.distance.compute_matrix(x_[start:stop], ref_)  # (c, m)
+            pos_w, neg_w = weights(start, stop, mat.dtype, mat.device)  # (c, m)
+            pos, neg = pos_w > 0, neg_w > 0
+            pos_exp = sign * (self.base - mat)  # (c, m): > 0 when a positive is far
+            neg_exp = sign * (mat - self.base)  # (c, m): > 0 when a negative is close
+            pos_term = masked_logsumexp(self.alpha * pos_exp, pos, add_one=True)  # (c,)
+            neg_term = masked_logsumexp(self.beta * neg_exp, neg, add_one=True)  # (c,)
+            loss = pos_term / self.alpha + neg_term / self.beta  # (c,)
+            return pack(loss.sum(), pos.sum() + neg.sum())
+
+        total, n_pairs = sum_over_chunks(chunk_terms, x.shape[0], 4 * ref.shape[0], x, ref)
+        if n_pairs == 0:
+            return self.zero_loss(embeddings)
+        return total / x.shape[0]
+
