@@ -1,0 +1,157 @@
+"""Retrieval metrics over embeddings: Precision@1, Recall@K, Precision@K, R-Precision,
+MAP@R, mAP and MRR, overall and per class.
+
+Definitions follow Musgrave, Belongie and Lim, "A Metric Learning Reality Check" (ECCV
+2020); values equal pytorch-metric-learning's ``AccuracyCalculator`` (with ``k=None``):
+
+* the reference set is ranked by distance, ties broken by reference index (lower first),
+  see :mod:`dmlkit.functional.retrieval`;
+* ``R`` = number of references relevant to a query (``same_label`` is True), the query
+  itself excluded in leave-one-out;
+* queries with ``R == 0`` are left out of every average (``num_queries`` counts the rest);
+* ``recall_at_k`` is the metric-learning Recall@K: 1 if any relevant item is in the top k;
+* ``precision_at_k`` is (relevant items in the top k) / k;
+* ``r_precision`` = (relevant in the top R) / R; ``map_at_r`` = (1/R) sum over the top R
+  of P(i) * rel(i); ``mean_average_precision`` is the same sum over the full ranking;
+  ``mean_reciprocal_rank`` averages 1 / rank of the first relevant item.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dmlkit.functional.distances import check_embeddings
+from dmlkit.functional.labels import check_labels
+from dmlkit.functional.retrieval import canonical_metric, retrieval_per_query
+
+DEFAULT_K = (1, 2, 4, 8)
+_RENAME = {"average_precision": "mean_average_precision",
+           "reciprocal_rank": "mean_reciprocal_rank"}
+
+
+def _as_tensor(x, name: str, labels: bool = False) -> Tensor:
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
+    if labels and x.dim() == 1 and x.dtype != torch.long:
+        x = x.long() if not torch.is_floating_point(x) or bool((x == x.round()).all()) else x
+    return x
+
+
+def _check_inputs(query, query_labels, reference, reference_labels):
+    query = _as_tensor(query, "query")
+    query_labels = _as_tensor(query_labels, "query_labels", labels=True)
+    check_embeddings(query, "query")
+    check_labels(query_labels, query.shape[0], "query_labels")
+    if (reference is None) != (reference_labels is None):
+        raise ValueError("pass reference and reference_labels together, or neither")
+    if reference is not None:
+        reference = _as_tensor(reference, "reference")
+        reference_labels = _as_tensor(reference_labels, "reference_labels", labels=True)
+        check_embeddings(reference, "reference")
+        check_labels(reference_labels, reference.shape[0], "reference_labels")
+        if reference.shape[1] != query.shape[1]:
+            raise ValueError(
+                f"query has dim {query.shape[1]} but reference has dim {reference.shape[1]}"
+            )
+    return query, query_labels, reference, reference_labels
+
+
+def _ks(k: int | Sequence[int] | None) -> tuple[int, ...]:
+    if k is None:
+        return DEFAULT_K
+    if isinstance(k, int):
+        return (k,)
+    return tuple(int(v) for v in k)
+
+
+def retrieval_metrics(
+    query,
+    query_labels,
+    reference=None,
+    reference_labels=None,
+    *,
+    k: int | Sequence[int] | None = None,
+    metric: str = "euclidean",
+    ref_includes_query: bool = False,
+    average_precision: bool = True,
+    reciprocal_rank: bool = True,
+    per_class: bool = False,
+    chunk_size: int | None = None,
+) -> dict:
+    """Exact retrieval metrics of ``query`` embeddings against a reference set.
+
+    Parameters
+    ----------
+    query, query_labels : Tensor or ndarray
+        ``(n, d)`` embeddings and their labels (``(n,)`` classes, ``(n, L)`` hierarchical,
+        ``(n, C)`` bool multi-label).
+    reference, reference_labels : Tensor or ndarray, optional
+        ``(m, d)`` gallery and labels; ``None`` = leave-one-out on ``query``.
+    k : int or sequence of int, optional
+        Cutoffs of Recall@K and Precision@K (default ``(1, 2, 4, 8)``).
+    metric : str
+        ``"euclidean"`` (default, as ``AccuracyCalculator``), ``"cosine"`` or ``"dot"``.
+    ref_includes_query : bool
+        The first ``n`` reference rows are the queries; each query skips its own row.
+    average_precision, reciprocal_rank : bool
+        Also compute full mAP (an ``O(m log m)`` sort per query) and MRR.
+    per_class : bool
+        Add ``"per_class": {label: {metric: value, "count": n}}`` (label = class id, or a
+        tuple for ``(n, L)`` labels).
+
+    Returns
+    -------
+    dict
+        ``precision_at_1``, ``r_precision``, ``map_at_r``, ``recall_at_{k}``,
+        ``precision_at_{k}``, ``mean_average_precision``, ``mean_reciprocal_rank``
+        (floats, NaN when no query has a relevant reference), ``num_queries`` (queries
+        with at least one relevant reference) and ``metric``.
+    """
+    query, query_labels, reference, reference_labels = _check_inputs(
+        query, query_labels, reference, reference_labels
+    )
+    metric = canonical_metric(metric)
+    with torch.no_grad():
+        values = retrieval_per_query(
+            query, query_labels, reference, reference_labels, metric=metric, k=_ks(k),
+            ref_includes_query=ref_includes_query, average_precision=average_precision,
+            reciprocal_rank=reciprocal_rank, chunk_size=chunk_size,
+        )
+    valid = values.pop("num_relevant") > 0  # (n,)
+    result: dict = {}
+    for name, val in values.items():
+        v = val[valid]
+        result[_RENAME.get(name, name)] = float(v.mean()) if v.numel() else float("nan")
+    result["num_queries"] = int(valid.sum())
+    result["metric"] = metric
+    if per_class:
+        result["per_class"] = _per_class(values, query_labels, valid)
+    return result
+
+
+def _per_class(values: dict[str, Tensor], labels: Tensor, valid: Tensor) -> dict:
+    """Average each per-query value within each query label (lone queries left out)."""
+    if labels.dim() == 1:
+        keys, inverse = torch.unique(labels, return_inverse=True)
+        names = [int(v) for v in keys]
+    else:
+        keys, inverse = torch.unique(labels, dim=0, return_inverse=True)
+        names = [tuple(int(x) for x in row) for row in keys]
+    counts = torch.bincount(inverse[valid], minlength=len(names)).to(torch.float64)
+    out: dict = {name: {"count": int(c)} for name, c in zip(names, counts, strict=True)}
+    for metric_name, val in values.items():
+        sums = torch.zeros(len(names), dtype=torch.float64)
+        sums.index_add_(0, inverse[valid], val[valid].to(torch.float64))
+        means = sums / counts  # NaN for classes without evaluable queries
+        for name, mean in zip(names, means.tolist(), strict=True):
+            out[name][_RENAME.get(metric_name, metric_name)] = mean
+    return out
+
+
+__all__ = ["DEFAULT_K", "retrieval_metrics"]

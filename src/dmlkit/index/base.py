@@ -1,0 +1,208 @@
+"""Shared surface of every nearest-neighbour index: ids, per-item metadata, I/O checks.
+
+An index stores vectors under int64 ids (given, or assigned 0, 1, 2, ... after the
+largest id so far) and optional metadata per item: an integer ``label`` (``-1`` = none),
+a source ``path`` and a JSON ``payload``. ``search`` returns ids, never storage rows.
+Scores are squared L2 distances for ``metric="l2"`` (smaller = closer) and similarities
+for ``"ip"`` / ``"cosine"`` (larger = closer), as in faiss.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+METRICS = ("l2", "ip", "cosine")
+
+
+def to_numpy_2d(x: Any, dim: int, name: str = "x") -> np.ndarray:
+    """``x`` as a C-contiguous float32 ``(n, dim)`` array (torch or numpy in)."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array or torch.Tensor, got {type(x).__name__}")
+    if x.ndim == 1 and x.shape[0] == dim:
+        x = x[None, :]
+    if x.ndim != 2 or x.shape[1] != dim:
+        raise ValueError(f"{name} must have shape (n, {dim}), got {x.shape}")
+    if not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
+        raise TypeError(f"{name} must be real numbers, got dtype {x.dtype}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if not np.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return x
+
+
+def _as_ids(ids: Any, n: int) -> np.ndarray:
+    if isinstance(ids, torch.Tensor):
+        ids = ids.detach().cpu().numpy()
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or ids.shape[0] != n:
+        raise ValueError(f"ids must have shape ({n},), got {ids.shape}")
+    if ids.size and not np.issubdtype(ids.dtype, np.integer):
+        raise TypeError(f"ids must be integers, got dtype {ids.dtype}")
+    return ids.astype(np.int64)
+
+
+class BaseIndex:
+    """Ids, metadata and argument checks shared by :class:`ExactIndex` and ``FaissIndex``.
+
+    Parameters
+    ----------
+    dim : int
+        Vector dimension.
+    metric : str
+        ``"l2"``, ``"ip"`` (inner product) or ``"cosine"``.
+    """
+
+    kind = "base"
+
+    def __init__(self, dim: int, metric: str = "l2") -> None:
+        if not isinstance(dim, (int, np.integer)) or isinstance(dim, bool) or dim < 1:
+            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+        self.dim = int(dim)
+        self.metric = metric
+        self._ids = np.zeros(0, dtype=np.int64)
+        self._labels = np.zeros(0, dtype=np.int64)
+        self._paths: list[str | None] = []
+        self._payloads: list[Any] = []
+        self._row_of: dict[int, int] | None = None
+
+    # -- to implement ------------------------------------------------------------------
+    def _add_vectors(self, x: np.ndarray, ids: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _remove_rows(self, keep: np.ndarray, ids: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _search_rows(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    # -- public API --------------------------------------------------------------------
+    @property
+    def ntotal(self) -> int:
+        """Number of stored items."""
+        return int(self._ids.shape[0])
+
+    @property
+    def ids(self) -> np.ndarray:
+        """``(ntotal,)`` int64 ids in storage order (a copy)."""
+        return self._ids.copy()
+
+    def __len__(self) -> int:
+        return self.ntotal
+
+    def add(
+        self,
+        x: Any,
+        ids: Any = None,
+        *,
+        labels: Any = None,
+        paths: Sequence[str | None] | None = None,
+        payloads: Sequence[Any] | None = None,
+    ) -> np.ndarray:
+        """Add ``(n, dim)`` vectors; returns their ``(n,)`` int64 ids.
+
+        ``labels`` (``(n,)`` non-negative ints), ``paths`` (n strings) and ``payloads``
+        (n JSON-serialisable values) are optional per-item metadata.
+        """
+        x = to_numpy_2d(x, self.dim)
+        n = x.shape[0]
+        if ids is None:
+            start = int(self._ids.max()) + 1 if self.ntotal else 0
+            ids = np.arange(start, start + n, dtype=np.int64)
+        ids = _as_ids(ids, n)
+        if np.unique(ids).size != n or np.isin(ids, self._ids).any():
+            raise ValueError("ids must be unique and not already in the index")
+        lab = np.full(n, -1, dtype=np.int64) if labels is None else _as_ids(labels, n)
+        if labels is not None and (lab < 0).any():
+            raise ValueError("labels must be non-negative integers (-1 is reserved for none)")
+        paths = [None] * n if paths is None else [None if p is None else str(p) for p in paths]
+        payloads = [None] * n if payloads is None else list(payloads)
+        if len(paths) != n or len(payloads) != n:
+            raise ValueError(f"paths and payloads must have {n} entries")
+        json.dumps(payloads)  # raises TypeError early for non-JSON payloads
+        self._add_vectors(x, ids)
+        self._ids = np.concatenate([self._ids, ids])
+        self._labels = np.concatenate([self._labels, lab])
+        self._paths += paths
+        self._payloads += payloads
+        self._row_of = None
+        return ids
+
+    def remove(self, ids: Any) -> int:
+        """Remove the items with these ids (unknown ids are ignored); returns the count."""
+        ids = np.atleast_1d(_as_ids(np.atleast_1d(np.asarray(ids)), np.size(ids)))
+        drop = np.isin(self._ids, ids)
+        if not drop.any():
+            return 0
+        keep = ~drop
+        self._remove_rows(keep, self._ids[drop])
+        self._ids, self._labels = self._ids[keep], self._labels[keep]
+        rows = np.flatnonzero(keep)
+        self._paths = [self._paths[i] for i in rows]
+        self._payloads = [self._payloads[i] for i in rows]
+        self._row_of = None
+        return int(drop.sum())
+
+    def search(self, q: Any, k: int) -> tuple[Any, Any]:
+        """``k`` nearest neighbours of each query.
+
+        Returns
+        -------
+        scores : float32 ``(n, k)``
+            Squared L2 distances (``"l2"``) or similarities; ``inf`` / ``-inf`` where padded.
+        ids : int64 ``(n, k)``
+            Neighbour ids in ranking order, ``-1`` where fewer than ``k`` items exist.
+
+        Torch tensors in give torch tensors out; anything else gives numpy arrays.
+        """
+        is_torch = isinstance(q, torch.Tensor)
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        qa = to_numpy_2d(q, self.dim, "q")
+        scores, rows = self._search_rows(qa, int(k))
+        ids = np.where(rows >= 0, self._ids[np.clip(rows, 0, None)], -1).astype(np.int64)
+        scores = scores.astype(np.float32)
+        if is_torch:
+            return torch.from_numpy(scores), torch.from_numpy(ids)
+        return scores, ids
+
+    def metadata(self, ids: Any) -> list[dict[str, Any] | None]:
+        """Per-id metadata dicts (``id``, ``label``, ``path``, ``payload``); None if unknown."""
+        if self._row_of is None:
+            self._row_of = {int(i): r for r, i in enumerate(self._ids)}
+        out: list[dict[str, Any] | None] = []
+        for i in np.asarray(ids).reshape(-1).tolist():
+            r = self._row_of.get(int(i))
+            if r is None:
+                out.append(None)
+                continue
+            lab = int(self._labels[r])
+            out.append({"id": int(i), "label": None if lab < 0 else lab,
+                        "path": self._paths[r], "payload": self._payloads[r]})
+        return out
+
+    def labels_of(self, ids: Any) -> np.ndarray:
+        """Labels of ``ids`` (any shape), ``-1`` for unknown ids or unlabelled items."""
+        ids = np.asarray(ids)
+        order = np.argsort(self._ids, kind="stable")
+        sorted_ids = self._ids[order]
+        pos = np.clip(np.searchsorted(sorted_ids, ids), 0, max(self.ntotal - 1, 0))
+        found = (self.ntotal > 0) & (sorted_ids[pos] == ids) if self.ntotal else np.zeros(
+            ids.shape, dtype=bool)
+        labels = self._labels[order][pos] if self.ntotal else np.zeros(ids.shape, np.int64)
+        return np.where(found, labels, -1).astype(np.int64)
+
+    def __repr__(self) -> str:
+        name = type(self).__name__
+        return f"{name}(dim={self.dim}, metric={self.metric!r}, ntotal={self.ntotal})"
+
+
+__all__ = ["METRICS", "BaseIndex", "to_numpy_2d"]

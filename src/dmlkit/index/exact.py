@@ -1,0 +1,139 @@
+"""Exact (brute-force) nearest-neighbour index in torch: the reference for every other."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from dmlkit.functional.chunking import row_chunks
+from dmlkit.functional.retrieval import (
+    knn,
+    prepare_vectors,
+    ranking_keys,
+    scores_from_keys,
+)
+from dmlkit.index.base import BaseIndex, to_numpy_2d
+
+_TORCH_METRIC = {"l2": "euclidean", "ip": "dot", "cosine": "cosine"}
+
+
+class ExactIndex(BaseIndex):
+    """Brute-force index: exact neighbours, chunked so large galleries fit.
+
+    Queries stream through the gallery in blocks of ``query_chunk x ref_chunk`` scores,
+    so a 1M x 128 gallery needs its own 512 MB plus one block. Ties are broken by
+    storage order (earlier-added first), as faiss's flat indexes do.
+
+    Parameters
+    ----------
+    dim : int
+        Vector dimension.
+    metric : str
+        ``"l2"`` (scores = squared distances), ``"ip"`` or ``"cosine"`` (similarities).
+    query_chunk, ref_chunk : int
+        Block shape of the score matrix computed at a time.
+
+    Examples
+    --------
+    >>> index = ExactIndex(4)
+    >>> ids = index.add(np.eye(4, dtype=np.float32))
+    >>> scores, found = index.search(np.eye(4, dtype=np.float32)[:1], k=2)
+    >>> found.tolist()
+    [[0, 1]]
+    """
+
+    kind = "exact"
+
+    def __init__(
+        self, dim: int, metric: str = "l2", *, query_chunk: int = 1024, ref_chunk: int = 1 << 16
+    ) -> None:
+        super().__init__(dim, metric)
+        if query_chunk < 1 or ref_chunk < 1:
+            raise ValueError(f"chunks must be >= 1, got {query_chunk}, {ref_chunk}")
+        self.query_chunk = int(query_chunk)
+        self.ref_chunk = int(ref_chunk)
+        self._parts: list[torch.Tensor] = []
+        self._data = torch.zeros((0, self.dim), dtype=torch.float32)
+
+    # -- storage -----------------------------------------------------------------------
+    @property
+    def vectors(self) -> torch.Tensor:
+        """``(ntotal, dim)`` float32 stored vectors (as added, not normalized)."""
+        if self._parts:
+            self._data = torch.cat([self._data, *self._parts])
+            self._parts = []
+        return self._data
+
+    def _add_vectors(self, x: np.ndarray, ids: np.ndarray) -> None:
+        self._parts.append(torch.from_numpy(x.copy()))
+
+    def _remove_rows(self, keep: np.ndarray, ids: np.ndarray) -> None:
+        self._data = self.vectors[torch.from_numpy(keep)].clone()
+
+    def reconstruct(self, ids: Any) -> np.ndarray:
+        """Stored vectors of ``ids`` as ``(len(ids), dim)`` float32."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        order = np.argsort(self._ids)
+        pos = np.searchsorted(self._ids[order], ids)
+        if (pos >= self.ntotal).any() or (self._ids[order][np.minimum(pos, self.ntotal - 1)]
+                                          != ids).any():
+            raise KeyError(f"unknown ids among {ids.tolist()[:10]}")
+        return self.vectors[torch.from_numpy(order[pos])].numpy().copy()
+
+    # -- search ------------------------------------------------------------------------
+    def _search_rows(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        with torch.no_grad():
+            scores, rows = knn(
+                torch.from_numpy(q), self.vectors, k, metric=_TORCH_METRIC[self.metric],
+                exclude_self=False, query_chunk=self.query_chunk, ref_chunk=self.ref_chunk,
+            )
+        return scores.numpy(), rows.numpy()
+
+    def range_search(self, q: Any, threshold: float) -> tuple[Any, Any, Any]:
+        """Every neighbour within ``threshold``, faiss-style.
+
+        ``threshold`` is in score units: squared L2 distance ``<= threshold`` for
+        ``"l2"``, similarity ``>= threshold`` for ``"ip"`` / ``"cosine"``.
+
+        Returns
+        -------
+        lims : int64 ``(n + 1,)``
+            Query ``i``'s results are ``scores[lims[i]:lims[i+1]]``, ``ids[...]``.
+        scores : float32 ``(total,)``
+        ids : int64 ``(total,)``
+            Within each query, ordered closest first (ties by storage order).
+        """
+        is_torch = isinstance(q, torch.Tensor)
+        qa = to_numpy_2d(q, self.dim, "q")
+        metric = _TORCH_METRIC[self.metric]
+        bound = float(threshold) if metric == "euclidean" else -float(threshold)
+        data = self.vectors
+        ref = prepare_vectors(data, metric)
+        counts, all_scores, all_rows = [], [], []
+        with torch.no_grad():
+            for s, e in row_chunks(qa.shape[0], self.query_chunk):
+                qp = prepare_vectors(torch.from_numpy(qa[s:e]), metric)
+                keys = ranking_keys(qp, ref)  # (c, m)
+                inside = keys <= bound  # (c, m)
+                rows, cols = inside.nonzero(as_tuple=True)  # row-major: by query, then column
+                vals = keys[rows, cols]
+                # closest first within each query, stable on storage order
+                order = torch.sort(vals, stable=True).indices
+                order = order[torch.sort(rows[order], stable=True).indices]
+                counts.append(inside.sum(dim=1))
+                all_scores.append(scores_from_keys(vals[order], metric))
+                all_rows.append(cols[order])
+        counts_t = torch.cat(counts) if counts else torch.zeros(0, dtype=torch.long)
+        lims = np.concatenate([[0], np.cumsum(counts_t.numpy())]).astype(np.int64)
+        scores = torch.cat(all_scores).numpy().astype(np.float32) if all_scores else np.zeros(
+            0, np.float32)
+        rows_np = torch.cat(all_rows).numpy() if all_rows else np.zeros(0, np.int64)
+        ids = self._ids[rows_np].astype(np.int64)
+        if is_torch:
+            return torch.from_numpy(lims), torch.from_numpy(scores), torch.from_numpy(ids)
+        return lims, scores, ids
+
+
+__all__ = ["ExactIndex"]
