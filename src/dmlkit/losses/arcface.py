@@ -1,0 +1,85 @@
+"""ArcFace / additive angular margin loss (Deng et al., CVPR 2019; arXiv 1801.07698)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from dmlkit.losses.weight_classifier import CosineMarginLoss
+from dmlkit.registry import register_loss
+
+
+def cos_plus_angle(cos: Tensor, angle: float) -> Tensor:
+    """``cos(acos(cos) + angle)`` for the target logit, stable and monotone in the angle.
+
+    Computed as ``c cos m - sqrt(1 - c^2) sin m`` with ``1 - c^2`` clamped at the dtype's
+    epsilon, so the gradient is finite even at ``|c| = 1`` (where ``acos`` has none).
+    Where ``theta + m`` would pass ``pi`` (``c < -cos m``) the logit continues linearly as
+    ``c - m sin m`` so it keeps decreasing with the angle (ArcFace's "easy margin" fix).
+    """
+    c = cos.clamp(-1.0, 1.0)  # (c,)
+    eps = torch.finfo(c.dtype).eps
+    sin = torch.sqrt((1.0 - c * c).clamp_min(eps))  # (c,)
+    shifted = c * math.cos(angle) - sin * math.sin(angle)  # (c,)
+    fallback = c - angle * math.sin(angle)  # (c,)
+    return torch.where(c >= -math.cos(angle), shifted, fallback)
+
+
+@register_loss("arcface")
+class ArcFaceLoss(CosineMarginLoss):
+    """Cross-entropy over ``scale * cos`` with an additive angular margin on the target.
+
+    ``L = -1/B sum_i log( e^{s cos(t_i + m)} /
+    (e^{s cos(t_i + m)} + sum_{c != y_i} e^{s cos t_c}) )``
+    where ``t_c`` is the angle between ``x_i`` and the normalized class weight ``W_c``.
+    For ``t_i > pi - m`` the target logit is ``cos t_i - m sin m`` (keeps it monotone).
+
+    Parameters
+    ----------
+    num_classes : int
+        Number of classes ``C``.
+    embedding_size : int
+        Embedding dimension ``D``.
+    margin : float
+        Angular margin ``m`` in **degrees** (28.6 degrees ~ 0.5 rad, the paper's value).
+    scale : float
+        Logit scale ``s``.
+
+    Attributes
+    ----------
+    weight : nn.Parameter of shape (C, D)
+        Class weights (pytorch-metric-learning's ``W`` is its transpose).
+
+    Matches pytorch-metric-learning's ``ArcFaceLoss`` (value and gradient) away from
+    ``|cos| = 1``, where this one keeps a finite gradient.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        embedding_size: int,
+        margin: float = 28.6,
+        scale: float = 64.0,
+    ) -> None:
+        super().__init__(num_classes, embedding_size)
+        self._set_margin_and_scale(margin, scale)
+
+    def _set_margin_and_scale(self, margin: float, scale: float) -> None:
+        if not 0 <= margin < 180:
+            raise ValueError(f"margin must be an angle in degrees in [0, 180), got {margin}")
+        if not scale > 0:
+            raise ValueError(f"scale must be > 0, got {scale}")
+        self.margin = float(margin)
+        self.scale = float(scale)
+
+    @property
+    def margin_radians(self) -> float:
+        return math.radians(self.margin)
+
+    def target_logit(self, cos_target: Tensor) -> Tensor:  # (c,)
+        return cos_plus_angle(cos_target, self.margin_radians)
+
+    def scale_logits(self, logits: Tensor, norms: Tensor) -> Tensor:  # (c, C)
+        return logits * self.scale

@@ -1,0 +1,84 @@
+"""Proxy-Anchor loss (Kim et al., "Proxy Anchor Loss for Deep Metric Learning", CVPR 2020)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from dmlkit.functional.chunking import chunk_size_for, maybe_checkpoint, row_chunks
+from dmlkit.functional.distances import l2_normalize
+from dmlkit.losses.weight_classifier import WeightClassifierLoss
+from dmlkit.registry import register_loss
+
+
+def _log1p_sum_exp(logits: Tensor) -> Tensor:
+    """``log(1 + sum_rows exp(logits))`` per column, ``(n, c) -> (c,)``; -inf entries drop out."""
+    zeros = logits.new_zeros(1, logits.shape[1])  # (1, c)
+    return torch.logsumexp(torch.cat([logits, zeros], dim=0), dim=0)  # (c,)
+
+
+@register_loss("proxy_anchor")
+class ProxyAnchorLoss(WeightClassifierLoss):
+    """Each proxy is an anchor that pulls its class's samples and pushes all others.
+
+    With cosine similarity ``s(x, p)``, ``P+`` the proxies with a positive in the batch,
+    ``X_p+`` / ``X_p-`` the batch samples of / not of proxy ``p``'s class:
+
+    ``L = 1/|P+| sum_{p in P+} log(1 + sum_{x in X_p+} e^{-alpha (s(x,p) - margin)})
+        + 1/|P|  sum_{p in P}  log(1 + sum_{x in X_p-} e^{ alpha (s(x,p) + margin)})``
+
+    Computed in chunks of proxies (each chunk recomputed in backward), so memory is
+    ``O(B * chunk)`` rather than ``O(B * C)``.
+
+    Parameters
+    ----------
+    num_classes : int
+        Number of classes ``C`` (= proxies).
+    embedding_size : int
+        Embedding dimension ``D``.
+    margin : float
+        Margin ``delta`` of the paper.
+    alpha : float
+        Scaling factor ``alpha`` of the paper.
+
+    Attributes
+    ----------
+    proxies : nn.Parameter of shape (C, D)
+        Kaiming-normal initialized (``mode="fan_out"``), as in the paper's code.
+
+    Matches pytorch-metric-learning's ``ProxyAnchorLoss`` (value and gradient).
+    """
+
+    def __init__(
+        self, num_classes: int, embedding_size: int, margin: float = 0.1, alpha: float = 32.0
+    ) -> None:
+        super().__init__(num_classes, embedding_size)
+        if not alpha > 0:
+            raise ValueError(f"alpha must be > 0, got {alpha}")
+        self.margin = float(margin)
+        self.alpha = float(alpha)
+        self.proxies = nn.Parameter(torch.empty(num_classes, embedding_size))
+        nn.init.kaiming_normal_(self.proxies, mode="fan_out")
+
+    def class_loss(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        x = l2_normalize(embeddings)  # (B, D)
+        p = l2_normalize(self.proxies.to(x.dtype))  # (C, D)
+        alpha, margin = self.alpha, self.margin
+
+        def chunk_terms(x_: Tensor, pc: Tensor, lab: Tensor, start: int) -> Tensor:
+            cos = x_ @ pc.T  # (B, c)
+            classes = torch.arange(start, start + pc.shape[0], device=lab.device)  # (c,)
+            pos = lab[:, None] == classes[None, :]  # (B, c)
+            pos_term = _log1p_sum_exp((-alpha * (cos - margin)).masked_fill(~pos, float("-inf")))
+            neg_term = _log1p_sum_exp((alpha * (cos + margin)).masked_fill(pos, float("-inf")))
+            return torch.stack([pos_term.sum(), neg_term.sum()])  # (2,)
+
+        n_classes = p.shape[0]
+        chunk = chunk_size_for(n_classes, 6 * x.shape[0], self.chunk_budget)
+        sums = x.new_zeros(2)
+        for a, b in row_chunks(n_classes, chunk):
+            split = chunk < n_classes
+            sums = sums + maybe_checkpoint(chunk_terms, x, p[a:b], labels, a, enabled=split)
+        with_pos = torch.zeros(n_classes, dtype=torch.bool, device=labels.device)
+        with_pos[labels] = True
+        return sums[0] / with_pos.sum().clamp_min(1) + sums[1] / n_classes

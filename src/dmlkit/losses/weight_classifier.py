@@ -1,0 +1,187 @@
+"""Shared machinery of the classifier and proxy losses (one or more learnable vectors per class).
+
+Two bases live here:
+
+* :class:`WeightClassifierLoss` validates class labels, refuses tuples and reference sets,
+  and sums per-sample losses over row chunks with recomputation in backward, so a batch
+  of 16384 embeddings against many classes never holds a full ``(B, C)`` logit matrix
+  (and its softmax and gradient) at once;
+* :class:`CosineMarginLoss` is softmax cross-entropy over scaled cosines to L2-normalized
+  class weights, with a hook that modifies the target-class cosine (the margin). The
+  normalized-softmax, SphereFace, CosFace, ArcFace and sub-center ArcFace losses are it
+  with different hooks.
+
+Class vectors are stored as ``(num_classes * per_class, embedding_size)`` parameters,
+rows ``c * per_class + k`` for the ``k``-th vector of class ``c`` (pytorch-metric-learning
+stores the transpose for its margin losses).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dmlkit.distances.base import BaseDistance
+from dmlkit.distances.cosine import CosineSimilarity
+from dmlkit.functional.chunking import DEFAULT_BUDGET, chunk_size_for, maybe_checkpoint, row_chunks
+from dmlkit.functional.distances import l2_normalize
+from dmlkit.functional.tuples import IndexTuple
+from dmlkit.losses.base import BaseMetricLoss
+
+
+def check_positive_int(name: str, value: int) -> int:
+    """``value`` as an int, or a ValueError/TypeError naming it."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return value
+
+
+def check_class_labels(labels: Tensor, num_classes: int) -> None:
+    """Raise unless ``labels`` are ``(n,)`` class ids in ``[0, num_classes)``."""
+    if labels.dim() != 1:
+        raise ValueError(
+            f"this loss needs class labels of shape (n,), got shape {tuple(labels.shape)}"
+        )
+    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+        bad = labels[(labels < 0) | (labels >= num_classes)][0].item()
+        raise ValueError(f"label {bad} is outside [0, num_classes={num_classes})")
+
+
+class WeightClassifierLoss(BaseMetricLoss):
+    """Base of losses that compare each embedding with learnable class vectors.
+
+    Subclasses implement :meth:`class_loss`. They use labels, never tuples
+    (``accepts_indices = False``), and have no reference-set form.
+    """
+
+    requires_labels = True
+    accepts_indices = False
+    #: elements of a per-chunk intermediate (tests lower it to exercise the chunked path)
+    chunk_budget: int = DEFAULT_BUDGET
+
+    def __init__(self, num_classes: int, embedding_size: int, distance: BaseDistance | None = None):
+        super().__init__(distance=distance)
+        self.num_classes = check_positive_int("num_classes", num_classes)
+        self.embedding_size = check_positive_int("embedding_size", embedding_size)
+
+    @staticmethod
+    def default_distance() -> BaseDistance:
+        return CosineSimilarity()
+
+    def compute_loss(
+        self,
+        embeddings: Tensor,
+        labels: Tensor | None,
+        indices: IndexTuple | None,
+        ref_embeddings: Tensor | None,
+        ref_labels: Tensor | None,
+    ) -> Tensor:
+        if ref_embeddings is not None:
+            raise ValueError(f"{type(self).__name__} does not use ref_embeddings")
+        if labels is None:
+            raise ValueError(f"{type(self).__name__} needs labels")
+        check_class_labels(labels, self.num_classes)
+        if embeddings.shape[1] != self.embedding_size:
+            raise ValueError(
+                f"embeddings have dim {embeddings.shape[1]}, "
+                f"but embedding_size={self.embedding_size}"
+            )
+        return self.class_loss(embeddings, labels)
+
+    def class_loss(self, embeddings: Tensor, labels: Tensor) -> Tensor:  # scalar
+        raise NotImplementedError
+
+    def chunked_row_sum(
+        self,
+        fn: Callable[..., tuple[Tensor, Tensor]],
+        embeddings: Tensor,
+        labels: Tensor,
+        *tensors: Tensor,
+        elems_per_row: int,
+    ) -> tuple[Tensor, Tensor]:
+        """Sum ``fn(x_chunk, labels_chunk, *tensors) -> (loss_sum, count)`` over row chunks.
+
+        Each chunk is recomputed in backward when the batch is split, so peak memory is
+        ``O(chunk * elems_per_row)``.
+        """
+        n = embeddings.shape[0]
+        chunk = chunk_size_for(n, elems_per_row, self.chunk_budget)
+        total = embeddings.new_zeros(())
+        count = torch.zeros((), dtype=torch.long, device=embeddings.device)
+        for a, b in row_chunks(n, chunk):
+            s, c = maybe_checkpoint(fn, embeddings[a:b], labels[a:b], *tensors, enabled=chunk < n)
+            total = total + s
+            count = count + c
+        return total, count
+
+
+class CosineMarginLoss(WeightClassifierLoss):
+    """Softmax cross-entropy over ``scale * cos(x, W_c)`` with a modified target logit.
+
+    Subclasses override :meth:`target_logit` (the margin) and, if needed,
+    :meth:`scale_logits`. The loss is the mean over the batch.
+    """
+
+    def __init__(self, num_classes: int, embedding_size: int, per_class: int = 1) -> None:
+        super().__init__(num_classes, embedding_size)
+        self._per_class = check_positive_int("per_class", per_class)
+        self.weight = nn.Parameter(torch.empty(num_classes * per_class, embedding_size))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Standard-normal class weights (uniform directions once normalized)."""
+        nn.init.normal_(self.weight)
+
+    def target_logit(self, cos_target: Tensor) -> Tensor:  # (c,) -> (c,)
+        return cos_target
+
+    def scale_logits(self, logits: Tensor, norms: Tensor) -> Tensor:  # (c, C), (c, 1)
+        raise NotImplementedError
+
+    def class_cosines(self, x: Tensor, w: Tensor) -> Tensor:
+        """Cosine of unit ``x (c, D)`` to each class (max over a class's vectors), ``(c, C)``."""
+        cos = x @ w.T  # (c, C * K)
+        if self._per_class > 1:
+            cos = cos.view(x.shape[0], self.num_classes, self._per_class).amax(dim=2)  # (c, C)
+        return cos
+
+    def _logits(self, x: Tensor, labels: Tensor | None, w: Tensor) -> Tensor:
+        norms = x.norm(dim=1, keepdim=True)  # (c, 1)
+        cos = self.class_cosines(l2_normalize(x), w)  # (c, C)
+        if labels is not None:
+            target = self.target_logit(cos.gather(1, labels[:, None]).squeeze(1))  # (c,)
+            cos = cos.scatter(1, labels[:, None], target[:, None])  # (c, C)
+        return self.scale_logits(cos, norms)  # (c, C)
+
+    def logits(self, embeddings: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Scaled class logits ``(n, C)``; with ``labels`` the target margins are applied.
+
+        Without labels these are the classifier's scores for prediction.
+        """
+        w = l2_normalize(self.weight.to(embeddings.dtype))  # (C * K, D)
+        return self._logits(embeddings, labels, w)
+
+    def class_loss(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        w = l2_normalize(self.weight.to(embeddings.dtype))  # (C * K, D)
+
+        def chunk_terms(xc: Tensor, lc: Tensor, w_: Tensor) -> tuple[Tensor, Tensor]:
+            loss = F.cross_entropy(self._logits(xc, lc, w_), lc, reduction="sum")
+            return loss, torch.tensor(xc.shape[0], device=xc.device)
+
+        total, count = self.chunked_row_sum(
+            chunk_terms, embeddings, labels, w, elems_per_row=4 * w.shape[0]
+        )
+        return total / count.clamp_min(1)
+
+
+__all__ = [
+    "WeightClassifierLoss",
+    "CosineMarginLoss",
+    "check_positive_int",
+    "check_class_labels",
+]
