@@ -38,6 +38,10 @@ class CircleLoss(BaseMetricLoss):
         Relaxation margin.
     gamma : float
         Scale.
+    detach_weights : bool
+        Treat the self-paced weights :math:`a_p, a_n` as constants in backward (the
+        paper's and pytorch-metric-learning's choice). ``False`` differentiates through
+        them, which makes the gradient the exact derivative of the loss value.
     distance : BaseDistance, optional
         Must be a similarity; default :class:`~dmlkit.distances.CosineSimilarity`.
 
@@ -48,7 +52,11 @@ class CircleLoss(BaseMetricLoss):
     """
 
     def __init__(
-        self, m: float = 0.4, gamma: float = 80.0, distance: BaseDistance | None = None
+        self,
+        m: float = 0.4,
+        gamma: float = 80.0,
+        detach_weights: bool = True,
+        distance: BaseDistance | None = None,
     ) -> None:
         super().__init__(distance=distance)
         if not self.distance.is_similarity:
@@ -58,6 +66,7 @@ class CircleLoss(BaseMetricLoss):
             )
         self.m = float(m)
         self.gamma = float(gamma)
+        self.detach_weights = detach_weights
 
     @staticmethod
     def default_distance() -> BaseDistance:
@@ -80,8 +89,9 @@ class CircleLoss(BaseMetricLoss):
             s = self.distance.compute_matrix(x_[start:stop], ref_)  # (c, m)
             pos_w, neg_w = weights(start, stop, s.dtype, s.device)  # (c, m)
             pos, neg = pos_w > 0, neg_w > 0
-            logit_p = -gamma * torch.relu(1 + m - s.detach()) * (s - (1 - m))  # (c, m)
-            logit_n = gamma * torch.relu(s.detach() + m) * (s - m)  # (c, m)
+            s_w = s.detach() if self.detach_weights else s
+            logit_p = -gamma * torch.relu(1 + m - s_w) * (s - (1 - m))  # (c, m)
+            logit_n = gamma * torch.relu(s_w + m) * (s - m)  # (c, m)
             z = masked_logsumexp(logit_p, pos) + masked_logsumexp(logit_n, neg)  # (c,)
             valid = pos.any(dim=1) & neg.any(dim=1)  # (c,)
             loss = F.softplus(z) * valid  # (c,)
