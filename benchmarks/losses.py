@@ -1,0 +1,458 @@
+"""Loss speed and peak memory: dmlkit against pytorch-metric-learning, side by side.
+
+For every (loss, batch size, library) a fresh subprocess imports both libraries, builds
+the same inputs from a fixed seed, caps its address space, resets the kernel's peak-RSS
+counter and then times forward + backward (one warm-up call, then the median of several
+repeats). Peak memory is the rise of the peak RSS (VmHWM / ru_maxrss, reset through
+``/proc/self/clear_refs``) above the RSS just before the first call: it counts every
+allocation torch makes during forward and backward, inputs excluded.
+
+Inputs: ``B`` L2-normalized random embeddings of dimension ``--dim`` with
+``requires_grad``, labels ``arange(B) // 4`` (``B / 4`` classes with 4 samples each, the
+batch an ``MPerClassSampler(m=4)`` yields; proxy losses get ``num_classes = B / 4`` with
+proxies copied from one seeded tensor so both libraries start from the same weights).
+The loss value of the warm-up call of each side is compared before the timings count.
+
+Usage::
+
+    python benchmarks/losses.py                      # all losses, B in 256..16384
+    python benchmarks/losses.py --sizes 256 1024 --losses contrastive ntxent --repeats 3
+
+Writes ``benchmarks/results/losses.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from _common import format_table, machine_info, write_json
+
+SIZES = [256, 1024, 4096, 16384]
+PER_CLASS = 4
+#: losses over every pair / triplet of the batch (the memory target applies to these)
+ALL_TUPLE = {"contrastive", "triplet_all", "multi_similarity", "ntxent"}
+
+
+# -- the cases: the same loss, same parameters, in both libraries --------------------------
+@dataclass(frozen=True)
+class Case:
+    name: str
+    description: str
+    dmlkit: Callable[[int, int], tuple[Callable[..., Any], Any]]
+    pml: Callable[[int, int], tuple[Callable[..., Any], Any]]
+    #: layout of the seeded weight tensor copied into the loss: None, "CxD" or "DxC"
+    proxies: bool = False
+
+
+def _dml(name: str, **params: Any):
+    from dmlkit.registry import LOSSES
+
+    return LOSSES.build(name, **params)
+
+
+def _plain(loss: Any) -> tuple[Callable[..., Any], Any]:
+    return (lambda x, y: loss(x, y)), loss
+
+
+def _dml_batch_hard(c: int, d: int):
+    from dmlkit.registry import MINERS
+
+    miner = MINERS.build("batch_hard")
+    loss = _dml("triplet_margin", margin=0.05)
+    return (lambda x, y: loss(x, y, indices=miner(x, y))), loss
+
+
+def _pml_batch_hard(c: int, d: int):
+    from pytorch_metric_learning import losses, miners
+
+    miner = miners.BatchHardMiner()
+    loss = losses.TripletMarginLoss(margin=0.05)
+    return (lambda x, y: loss(x, y, miner(x, y))), loss
+
+
+def _pml(cls_name: str, **params: Any):
+    from pytorch_metric_learning import losses
+
+    return getattr(losses, cls_name)(**params)
+
+
+CASES: dict[str, Case] = {
+    c.name: c
+    for c in [
+        Case(
+            "contrastive",
+            "all pairs, pos_margin=0, neg_margin=1, Euclidean",
+            lambda c, d: _plain(_dml("contrastive", pos_margin=0.0, neg_margin=1.0)),
+            lambda c, d: _plain(_pml("ContrastiveLoss", pos_margin=0.0, neg_margin=1.0)),
+        ),
+        Case(
+            "triplet_all",
+            "all triplets, margin=0.05, Euclidean",
+            lambda c, d: _plain(_dml("triplet_margin", margin=0.05)),
+            lambda c, d: _plain(_pml("TripletMarginLoss", margin=0.05)),
+        ),
+        Case(
+            "triplet_batch_hard",
+            "BatchHardMiner + TripletMarginLoss(margin=0.05), mining timed too",
+            _dml_batch_hard,
+            _pml_batch_hard,
+        ),
+        Case(
+            "multi_similarity",
+            "alpha=2, beta=50, base=0.5, cosine",
+            lambda c, d: _plain(_dml("multi_similarity", alpha=2.0, beta=50.0, base=0.5)),
+            lambda c, d: _plain(_pml("MultiSimilarityLoss", alpha=2, beta=50, base=0.5)),
+        ),
+        Case(
+            "ntxent",
+            "temperature=0.07, cosine, every positive pair an anchor",
+            lambda c, d: _plain(_dml("ntxent", temperature=0.07)),
+            lambda c, d: _plain(_pml("NTXentLoss", temperature=0.07)),
+        ),
+        Case(
+            "arcface",
+            "margin=28.6 deg, scale=64, num_classes=B/4",
+            lambda c, d: _plain(
+                _dml("arcface", num_classes=c, embedding_size=d, margin=28.6, scale=64.0)
+            ),
+            lambda c, d: _plain(
+                _pml("ArcFaceLoss", num_classes=c, embedding_size=d, margin=28.6, scale=64)
+            ),
+            proxies=True,
+        ),
+        Case(
+            "proxy_anchor",
+            "margin=0.1, alpha=32, num_classes=B/4",
+            lambda c, d: _plain(
+                _dml("proxy_anchor", num_classes=c, embedding_size=d, margin=0.1, alpha=32.0)
+            ),
+            lambda c, d: _plain(
+                _pml("ProxyAnchorLoss", num_classes=c, embedding_size=d, margin=0.1, alpha=32)
+            ),
+            proxies=True,
+        ),
+    ]
+}
+
+
+# -- worker: one (loss, B, library) in a fresh process -------------------------------------
+def _copy_weights(module: Any, weights: Any) -> None:
+    """Copy the seeded ``(C, D)`` weights into the loss's single parameter.
+
+    A ``(D, C)`` parameter (pytorch-metric-learning's ``ArcFaceLoss.W``) gets the
+    transpose; which layout applies is read from the shape, so ``C != D`` is required.
+    """
+    params = list(module.parameters())
+    if len(params) != 1:
+        raise RuntimeError(
+            f"expected one weight tensor in {type(module).__name__}, got {len(params)}"
+        )
+    p = params[0]
+    c, d = weights.shape
+    if c == d:
+        raise RuntimeError(
+            "num_classes == dim makes the weight layout ambiguous; change B or --dim"
+        )
+    src = weights if tuple(p.shape) == (c, d) else weights.T
+    if tuple(src.shape) != tuple(p.shape):
+        raise RuntimeError(f"weight shape {tuple(p.shape)} fits neither {(c, d)} nor {(d, c)}")
+    with __import__("torch").no_grad():
+        p.copy_(src)
+
+
+def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    import gc
+
+    import pytorch_metric_learning.losses  # noqa: F401
+    import pytorch_metric_learning.miners  # noqa: F401
+    import torch
+    import torch.nn.functional as F
+    from _common import cap_address_space, peak_rss_mb, reset_peak_rss, rss_mb
+
+    import dmlkit.losses  # noqa: F401  (both libraries loaded in every worker: same baseline)
+    import dmlkit.miners  # noqa: F401
+
+    torch.set_num_threads(spec["threads"])
+    out: dict[str, Any] = {"status": "ok", "idle_rss_mb": rss_mb()}
+    out["as_limit_gb"] = cap_address_space(spec["mem_cap_gb"])
+    b, dim = spec["B"], spec["dim"]
+    n_classes = max(1, b // PER_CLASS)
+    g = torch.Generator().manual_seed(spec["seed"])
+    x0 = F.normalize(torch.randn(b, dim, generator=g), dim=1)  # (B, D)
+    labels = torch.arange(b) // PER_CLASS  # (B,)
+    weights = torch.randn(n_classes, dim, generator=g)  # (C, D)
+    case = CASES[spec["loss"]]
+    try:
+        step, module = (case.dmlkit if spec["lib"] == "dmlkit" else case.pml)(n_classes, dim)
+        if case.proxies:
+            _copy_weights(module, weights)
+    except Exception as e:  # a loss not (yet) in the library, a bad parameter name
+        out.update(status="unavailable", error=f"{type(e).__name__}: {e}")
+        return out
+    x = x0.clone().requires_grad_(True)
+
+    def run_once() -> tuple[float, float]:
+        x.grad = None
+        module.zero_grad(set_to_none=True)
+        t0 = time.perf_counter()
+        loss = step(x, labels)
+        loss.backward()
+        elapsed = time.perf_counter() - t0
+        return float(loss.detach()), elapsed
+
+    gc.collect()
+    base = reset_peak_rss()
+    try:
+        value, first = run_once()
+        out.update(value=value, first_s=first)
+        n = max(1, min(spec["repeats"], int(spec["budget_s"] / max(first, 1e-9))))
+        times = [run_once()[1] for _ in range(n)]
+    except (MemoryError, RuntimeError) as e:
+        msg = str(e)
+        memory = isinstance(e, MemoryError) or "alloc" in msg.lower() or "memory" in msg.lower()
+        out.update(status="fail (mem cap)" if memory else "error", error=msg[:300])
+        out["peak_mb"] = peak_rss_mb() - base
+        return out
+    out.update(times_s=times, median_s=statistics.median(times), min_s=min(times))
+    out["peak_mb"] = peak_rss_mb() - base
+    out["grad_finite"] = bool(torch.isfinite(x.grad).all())
+    return out
+
+
+def launch(spec: dict[str, Any], time_cap: float) -> dict[str, Any]:
+    """Run one case in a fresh interpreter; a kill at ``time_cap`` is "skipped (time cap)"."""
+    cmd = [sys.executable, __file__, "--worker", json.dumps(spec)]
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=time_cap)
+    except subprocess.TimeoutExpired:
+        return {"status": "skipped (time cap)", "wall_s": time.perf_counter() - t0}
+    wall = time.perf_counter() - t0
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            res = json.loads(line[len("RESULT ") :])
+            res["wall_s"] = wall
+            return res
+    tail = (proc.stderr or proc.stdout)[-300:]
+    return {"status": f"fail (exit {proc.returncode})", "error": tail, "wall_s": wall}
+
+
+# -- driver ------------------------------------------------------------------------------
+def _ratio(num: float | None, den: float | None) -> float | None:
+    if num is None or den is None or den <= 0:
+        return None
+    return num / den
+
+
+def _ms(res: dict[str, Any]) -> float | None:
+    return res["median_s"] * 1e3 if res.get("status") == "ok" else None
+
+
+def _mb(res: dict[str, Any]) -> float | None:
+    return res["peak_mb"] if res.get("status") == "ok" else None
+
+
+def _cell(res: dict[str, Any], value: float | None) -> Any:
+    return value if value is not None else res.get("status", "?")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--sizes", type=int, nargs="+", default=SIZES)
+    ap.add_argument("--losses", nargs="+", default=list(CASES), choices=list(CASES))
+    ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=5, help="timed repeats after one warm-up")
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=20.0,
+        help="fewer repeats (at least 1) when the warm-up says they would exceed this",
+    )
+    ap.add_argument(
+        "--time-cap",
+        type=float,
+        default=120.0,
+        help="seconds per (loss, B, library) process, start-up included",
+    )
+    ap.add_argument(
+        "--mem-cap-gb",
+        type=float,
+        default=8.0,
+        help="RLIMIT_AS headroom above the idle worker's address space",
+    )
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="losses.json")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.worker:
+        print("RESULT " + json.dumps(run_worker(json.loads(args.worker))), flush=True)
+        return 0
+
+    info = machine_info(args.threads)
+    print(f"torch.set_num_threads({args.threads}); {info['cpu_count']} CPUs; torch {info['torch']}")
+    print(
+        f"memory: peak RSS rise (VmHWM reset via /proc/self/clear_refs) in a fresh process per "
+        f"case; address space capped at idle + {args.mem_cap_gb} GB (RLIMIT_AS); "
+        f"time cap {args.time_cap:.0f} s per case"
+    )
+    print(f"labels: arange(B) // {PER_CLASS} (B/{PER_CLASS} classes); dim={args.dim}\n", flush=True)
+
+    records: list[dict[str, Any]] = []
+    failed_at: dict[tuple[str, str], int] = {}
+    for name in args.losses:
+        for b in sorted(args.sizes):
+            res: dict[str, dict[str, Any]] = {}
+            for lib in ("dmlkit", "pml"):
+                if (name, lib) in failed_at:
+                    res[lib] = {"status": f"skipped (failed at B={failed_at[name, lib]})"}
+                    continue
+                spec = {
+                    "loss": name,
+                    "B": b,
+                    "lib": lib,
+                    "dim": args.dim,
+                    "seed": args.seed,
+                    "repeats": args.repeats,
+                    "budget_s": args.budget_s,
+                    "mem_cap_gb": args.mem_cap_gb,
+                    "threads": args.threads,
+                }
+                res[lib] = launch(spec, args.time_cap)
+                if res[lib]["status"] not in ("ok", "unavailable", "error"):
+                    failed_at[name, lib] = b
+            d, p = res["dmlkit"], res["pml"]
+            rel = None
+            if "value" in d and "value" in p:
+                rel = abs(d["value"] - p["value"]) / max(abs(p["value"]), 1e-12)
+            rec = {
+                "loss": name,
+                "B": b,
+                "dmlkit": d,
+                "pml": p,
+                "value_rel_diff": rel,
+                "speed_ratio": _ratio(_ms(p), _ms(d)),
+                "memory_ratio": _ratio(_mb(d), _mb(p)),
+            }
+            records.append(rec)
+            print(
+                f"{name:>18} B={b:<6} dmlkit {_cell(d, _ms(d))} ms {_cell(d, _mb(d))} MB | "
+                f"pml {_cell(p, _ms(p))} ms {_cell(p, _mb(p))} MB | value rel diff "
+                f"{'-' if rel is None else f'{rel:.1e}'}",
+                flush=True,
+            )
+            for lib, r in res.items():
+                if r.get("error"):
+                    print(f"    {lib}: {r['status']}: {r['error'][:200]}", flush=True)
+
+    rows = [
+        [
+            r["loss"],
+            r["B"],
+            _cell(r["dmlkit"], _ms(r["dmlkit"])),
+            _cell(r["pml"], _ms(r["pml"])),
+            r["speed_ratio"],
+            _cell(r["dmlkit"], _mb(r["dmlkit"])),
+            _cell(r["pml"], _mb(r["pml"])),
+            r["memory_ratio"],
+            None if r["value_rel_diff"] is None else f"{r['value_rel_diff']:.0e}",
+        ]
+        for r in records
+    ]
+    print()
+    print(
+        format_table(
+            rows,
+            [
+                "loss",
+                "B",
+                "dmlkit ms",
+                "PML ms",
+                "speed x (PML/dmlkit)",
+                "dmlkit MB",
+                "PML MB",
+                "mem ratio (dmlkit/PML)",
+                "value rel diff",
+            ],
+        )
+    )
+    summary = summarize(records)
+    print("\nsummary:")
+    for key, value in summary.items():
+        print(f"  {key}: {value}")
+    path = write_json(
+        args.out,
+        {
+            "info": info,
+            "args": {k: v for k, v in vars(args).items() if k != "worker"},
+            "per_class": PER_CLASS,
+            "records": records,
+            "summary": summary,
+        },
+    )
+    print(f"\nwrote {path}")
+    return 0
+
+
+def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
+    at_1024 = [r["speed_ratio"] for r in records if r["B"] == 1024 and r["speed_ratio"] is not None]
+    mem = {
+        f"{r['loss']}@{r['B']}": (
+            round(r["memory_ratio"], 3)
+            if r["memory_ratio"] is not None
+            else f"dmlkit {r['dmlkit']['status']}, PML {r['pml']['status']}"
+        )
+        for r in records
+        if r["loss"] in ALL_TUPLE
+    }
+    # ratios of a few MB are allocator noise: judge memory where PML needs >= 64 MB or fails
+    judged = [
+        r
+        for r in records
+        if r["loss"] in ALL_TUPLE
+        and (
+            (_mb(r["pml"]) or 0) >= 64
+            or (r["pml"].get("status", "").startswith(("fail", "skipped")))
+        )
+    ]
+    mem_ok = all(
+        (r["memory_ratio"] is not None and r["memory_ratio"] <= 0.5)
+        or (r["dmlkit"].get("status") == "ok" and r["pml"].get("status") != "ok")
+        for r in judged
+    )
+    pml_only = [
+        f"{r['loss']}@{r['B']} (dmlkit: {r['dmlkit']['status']})"
+        for r in records
+        if r["pml"].get("status") == "ok" and r["dmlkit"].get("status") != "ok"
+    ]
+    bad_values = [
+        f"{r['loss']}@{r['B']}: {r['value_rel_diff']:.1e}"
+        for r in records
+        if r["value_rel_diff"] is not None and r["value_rel_diff"] > 1e-4
+    ]
+    med = statistics.median(at_1024) if at_1024 else None
+    return {
+        "median_speed_ratio_at_1024": None if med is None else round(med, 3),
+        "speed_target_met (>= 2x at B=1024)": None if med is None else med >= 2.0,
+        "all_tuple_memory_ratios": mem,
+        "memory_target_met (<= 0.5 where PML peak >= 64 MB or PML fails)": mem_ok
+        if judged
+        else None,
+        "pml_runs_dmlkit_fails": pml_only,
+        "values_disagreeing (rel diff > 1e-4)": bad_values,
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
