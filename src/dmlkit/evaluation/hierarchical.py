@@ -1,0 +1,180 @@
+"""Hierarchy-aware retrieval metrics for ``(n, L)`` labels (coarsest level first).
+
+Definitions (``L`` levels; the *shared depth* ``s(q, r)`` of a query and a reference is
+the number of leading levels on which their labels agree, ``0..L``):
+
+* **per-level metrics** ``{metric}_level_{l}``: the ordinary retrieval metrics of
+  :func:`dmlkit.evaluation.retrieval_metrics` (Precision@1, R-Precision, MAP@R,
+  Recall@K, Precision@K) where a reference is relevant when it agrees with the query
+  on levels ``0..l`` (``s >= l + 1``). Level ``L - 1`` is the usual leaf-class
+  evaluation; coarser levels ask whether neighbours at least come from the right
+  super-class. ``R`` (and so the ranking depth) grows at coarse levels.
+* **hierarchical precision** ``hierarchical_precision_at_{k}``: each of a query's ``k``
+  nearest references earns credit ``s(q, r) / L`` (1 for the same leaf class, ``1/L`` for
+  agreeing only at the coarsest level, 0 for another top-level class);
+  ``HP@k = mean over queries of (1/k) sum of credits``. All queries count.
+* **hierarchical nDCG** ``hierarchical_ndcg_at_{k}``: the same graded gain
+  ``s(q, r) / L`` with the discount ``1 / log2(rank + 1)``, divided by the best
+  achievable value (the references' ``k`` largest shared depths in order). Queries
+  whose every reference has ``s = 0`` are left out.
+
+Neighbours are ranked exactly with :func:`dmlkit.functional.retrieval.knn` (ties broken
+by reference index), the ranking every dmlkit retrieval metric uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dmlkit.evaluation.retrieval import DEFAULT_K, retrieval_metrics
+from dmlkit.functional.chunking import chunk_size_for, row_chunks
+from dmlkit.functional.hierarchy import shared_depth
+from dmlkit.functional.retrieval import canonical_metric, knn
+
+
+def _labels(x, name: str) -> Tensor:
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
+    if x.dim() != 2:
+        raise ValueError(f"{name} must be hierarchical labels (n, L), got shape {tuple(x.shape)}")
+    if torch.is_floating_point(x) or x.dtype == torch.bool:
+        raise TypeError(f"{name} must be integer labels, got dtype {x.dtype}")
+    return x.long()
+
+
+def _embeddings(x, name: str) -> Tensor:
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
+    return x
+
+
+def hierarchical_retrieval_metrics(
+    query,
+    query_labels,
+    reference=None,
+    reference_labels=None,
+    *,
+    k: int | Sequence[int] | None = None,
+    metric: str = "euclidean",
+    ref_includes_query: bool = False,
+    chunk_size: int | None = None,
+) -> dict:
+    """Per-level and graded retrieval metrics for hierarchical labels.
+
+    Parameters
+    ----------
+    query, query_labels : Tensor or ndarray
+        ``(n, d)`` embeddings and ``(n, L)`` labels, coarsest level first.
+    reference, reference_labels : Tensor or ndarray, optional
+        ``(m, d)`` gallery and ``(m, L)`` labels; ``None`` = leave-one-out on ``query``.
+    k : int or sequence of int, optional
+        Cutoffs (default ``(1, 2, 4, 8)``) of Recall@K / Precision@K per level and of the
+        hierarchical precision and nDCG.
+    metric : str
+        ``"euclidean"``, ``"cosine"`` or ``"dot"``.
+    ref_includes_query : bool
+        The first ``n`` reference rows are the queries; each query skips its own row.
+    chunk_size : int, optional
+        Queries per chunk (default: from a memory budget).
+
+    Returns
+    -------
+    dict
+        ``{name}_level_{l}`` for every per-level metric (see the module docstring),
+        ``hierarchical_precision_at_{k}``, ``hierarchical_ndcg_at_{k}``, ``num_levels``,
+        ``num_queries`` and ``metric``.
+    """
+    query = _embeddings(query, "query")
+    query_labels = _labels(query_labels, "query_labels")
+    if (reference is None) != (reference_labels is None):
+        raise ValueError("pass reference and reference_labels together, or neither")
+    if reference is not None:
+        reference = _embeddings(reference, "reference")
+        reference_labels = _labels(reference_labels, "reference_labels")
+        if reference_labels.shape[1] != query_labels.shape[1]:
+            raise ValueError(
+                f"query_labels have {query_labels.shape[1]} levels, "
+                f"reference_labels {reference_labels.shape[1]}"
+            )
+    metric = canonical_metric(metric)
+    ks = DEFAULT_K if k is None else ((k,) if isinstance(k, int) else tuple(int(v) for v in k))
+    if any(v < 1 for v in ks):
+        raise ValueError(f"k values must be >= 1, got {list(ks)}")
+    levels = query_labels.shape[1]
+
+    result: dict = {}
+    for level in range(levels):
+        ref_l = None if reference_labels is None else reference_labels[:, : level + 1]
+        per_level = retrieval_metrics(
+            query, query_labels[:, : level + 1], reference, ref_l, k=ks, metric=metric,
+            ref_includes_query=ref_includes_query, average_precision=False,
+            reciprocal_rank=False, chunk_size=chunk_size,
+        )
+        for name, value in per_level.items():
+            if name != "metric":
+                result[f"{name}_level_{level}"] = value
+    with torch.no_grad():
+        result.update(_graded(query, query_labels, reference, reference_labels, ks, metric,
+                              ref_includes_query, chunk_size))
+    result["num_levels"] = levels
+    result["num_queries"] = int(query.shape[0])
+    result["metric"] = metric
+    return result
+
+
+def _graded(
+    query: Tensor,
+    query_labels: Tensor,
+    reference: Tensor | None,
+    reference_labels: Tensor | None,
+    ks: Sequence[int],
+    metric: str,
+    ref_includes_query: bool,
+    chunk_size: int | None,
+) -> dict[str, float]:
+    """Hierarchical precision@k and nDCG@k (see the module docstring)."""
+    exclude_self = reference is None or ref_includes_query
+    ref = query if reference is None else reference
+    ref_labels = query_labels if reference_labels is None else reference_labels
+    n, m = query.shape[0], ref.shape[0]
+    levels = query_labels.shape[1]
+    k_max = min(max(ks), m - int(exclude_self))
+    out: dict[str, float] = {}
+    if n == 0 or k_max < 1:
+        for kv in ks:
+            out[f"hierarchical_precision_at_{kv}"] = float("nan")
+            out[f"hierarchical_ndcg_at_{kv}"] = float("nan")
+        return out
+    _, idx = knn(query, ref, k_max, metric=metric, exclude_self=exclude_self)  # (n, K)
+    eq = query_labels[:, None, :] == ref_labels[idx]  # (n, K, L)
+    gain = eq.long().cumprod(dim=2).sum(dim=2).to(torch.float64) / levels  # (n, K)
+    # ideal gains: each query's K largest shared depths over the whole reference set
+    ideal = torch.empty(n, k_max, dtype=torch.float64)
+    chunk = chunk_size or chunk_size_for(n, m * (levels + 2))
+    for s, e in row_chunks(n, chunk):
+        depth = shared_depth(query_labels[s:e], ref_labels)  # (c, m)
+        if exclude_self:
+            rows = torch.arange(e - s)
+            depth[rows, rows + s] = -1
+        ideal[s:e] = depth.topk(k_max, dim=1).values.to(torch.float64) / levels  # (c, K)
+    discount = 1.0 / torch.log2(torch.arange(2, k_max + 2, dtype=torch.float64))  # (K,)
+    for kv in ks:
+        kk = min(kv, k_max)
+        out[f"hierarchical_precision_at_{kv}"] = float(gain[:, :kk].sum(dim=1).mean() / kk)
+        dcg = (gain[:, :kk] * discount[:kk]).sum(dim=1)  # (n,)
+        idcg = (ideal[:, :kk] * discount[:kk]).sum(dim=1)  # (n,)
+        ok = idcg > 0
+        value = (dcg[ok] / idcg[ok]).mean() if ok.any() else torch.tensor(float("nan"))
+        out[f"hierarchical_ndcg_at_{kv}"] = float(value)
+    return out
+
+
+__all__ = ["hierarchical_retrieval_metrics"]
