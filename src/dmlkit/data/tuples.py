@@ -1,0 +1,313 @@
+"""Weak supervision: datasets of labelled pairs or triplets of items, without class labels.
+
+A :class:`TupleDataset` holds a table of tuples ``(T, k)`` whose entries reference items
+(rows of a feature array, or image files) plus, for pairs, a ``similar`` flag. A batch
+of tuples becomes ``(inputs, None, indices)``: ``inputs (u, ...)`` are the distinct items
+the batch references (each loaded once) and ``indices`` a :class:`~dmlkit.functional.Pairs`
+(similar pairs positive, dissimilar negative) or :class:`~dmlkit.functional.Triplets`
+over them, so any tuple loss trains with ``loss(model(inputs), indices=indices)``.
+
+CSV files have a header: ``item_a,item_b,similar`` for pairs and
+``anchor,positive,negative`` for triplets. Entries are integer rows of a feature array
+(``.npy``, or an ``.npz`` array) or image paths (relative to the CSV's folder).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from dmlkit.functional.tuples import IndexTuple, Pairs, Triplets
+
+TupleKind = Literal["pairs", "triplets"]
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "pairs": ("item_a", "item_b", "similar"),
+    "triplets": ("anchor", "positive", "negative"),
+}
+
+
+def tuples_to_indices(rows: Tensor, similar: Tensor | None = None) -> tuple[Tensor, IndexTuple]:
+    """Deduplicate the items of a batch of tuples and index the tuples into them.
+
+    Parameters
+    ----------
+    rows : Tensor (b, 2) or (b, 3), int64
+        Item ids of each pair / triplet.
+    similar : Tensor (b,) bool, optional
+        For pairs: which are similar (positive) pairs. Required iff ``rows`` has 2 columns.
+
+    Returns
+    -------
+    unique : Tensor (u,)
+        Distinct item ids in ascending order (the batch's items).
+    indices : Pairs or Triplets
+        Positions in ``unique``: ``Pairs(a1, p, a2, n)`` (similar pairs ``(a1, p)``,
+        dissimilar ``(a2, n)``) or ``Triplets(anchor, positive, negative)``.
+    """
+    if rows.dim() != 2 or rows.shape[1] not in (2, 3):
+        raise ValueError(f"rows must have shape (b, 2) or (b, 3), got {tuple(rows.shape)}")
+    unique, inverse = torch.unique(rows, return_inverse=True)  # (u,), (b, k)
+    if rows.shape[1] == 3:
+        if similar is not None:
+            raise ValueError("similar is only meaningful for pairs")
+        return unique, Triplets(inverse[:, 0], inverse[:, 1], inverse[:, 2])
+    if similar is None or similar.shape != rows.shape[:1]:
+        raise ValueError("pairs need a similar flag per pair, shape (b,)")
+    sim = similar.bool()
+    return unique, Pairs(inverse[sim, 0], inverse[sim, 1], inverse[~sim, 0], inverse[~sim, 1])
+
+
+class TupleDataset(Dataset):
+    """Pairs or triplets of items; item ``i`` is the ``i``-th tuple.
+
+    Parameters
+    ----------
+    tuples : array-like (T, 2) or (T, 3) of int
+        Item ids of each pair / triplet (rows of ``items``).
+    items : Tensor (N, ...) or sequence of str
+        The items: a feature / image array, or image file paths (loaded on demand).
+    similar : array-like (T,) of {0, 1}, optional
+        Required for pairs: 1 for a similar pair, 0 for a dissimilar one.
+    image_size : int, optional
+        Resize side for image files; ``color`` is ``"grayscale"`` or ``"rgb"``.
+
+    Attributes
+    ----------
+    kind : {"pairs", "triplets"}
+    labels : None
+        There are no class labels (the trainer then samples plain shuffled batches).
+    """
+
+    labels = None
+
+    def __init__(
+        self,
+        tuples: Tensor | np.ndarray | Sequence[Sequence[int]],
+        items: Tensor | np.ndarray | Sequence[str],
+        similar: Tensor | np.ndarray | Sequence[int] | None = None,
+        image_size: int | None = None,
+        color: Literal["grayscale", "rgb"] = "grayscale",
+    ) -> None:
+        t = torch.as_tensor(np.asarray(tuples), dtype=torch.long)
+        if t.dim() != 2 or t.shape[1] not in (2, 3):
+            raise ValueError(f"tuples must have shape (T, 2) or (T, 3), got {tuple(t.shape)}")
+        self.kind: TupleKind = "pairs" if t.shape[1] == 2 else "triplets"
+        if isinstance(items, (Tensor, np.ndarray)):
+            self.items: Tensor | list[str] = torch.as_tensor(np.asarray(items))
+            if self.items.is_floating_point():
+                self.items = self.items.float()
+        else:
+            self.items = [str(p) for p in items]
+        n_items = len(self.items)
+        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= n_items):
+            bad = int(t.min()) if int(t.min()) < 0 else int(t.max())
+            raise ValueError(f"tuples reference item {bad}, outside [0, {n_items - 1}]")
+        if self.kind == "pairs":
+            if similar is None:
+                raise ValueError("pairs need similar flags (1 similar, 0 dissimilar)")
+            s = torch.as_tensor(np.asarray(similar)).flatten()
+            if s.shape[0] != t.shape[0] or not bool(((s == 0) | (s == 1)).all()):
+                raise ValueError(f"similar must be {t.shape[0]} values in {{0, 1}}")
+            self.similar: Tensor | None = s.bool()
+        else:
+            if similar is not None:
+                raise ValueError("similar flags are only for pairs")
+            self.similar = None
+        self.tuples = t
+        self.image_size = image_size
+        self.color = color
+
+    def __len__(self) -> int:
+        return int(self.tuples.shape[0])
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor | None]:
+        """``(item ids (k,), similar or None)`` of one tuple; items load in :meth:`collate`."""
+        return self.tuples[index], None if self.similar is None else self.similar[index]
+
+    def load_items(self, ids: Tensor) -> Tensor:
+        """The inputs ``(u, ...)`` of items ``ids (u,)``."""
+        if isinstance(self.items, Tensor):
+            return self.items[ids]
+        from dmlkit.data.image_folder import _pillow, resize, to_array, to_mode
+
+        image_cls = _pillow()
+        arrays = []
+        for i in ids.tolist():
+            with image_cls.open(self.items[i]) as img:
+                img = to_mode(img, self.color)
+                if self.image_size is not None:
+                    img = resize(img, self.image_size)
+                arrays.append(to_array(img))
+        return torch.from_numpy(np.stack(arrays))
+
+    def collate(self, batch: list[tuple[Tensor, Tensor | None]]) -> tuple[Tensor, None, IndexTuple]:
+        """Items of :meth:`__getitem__` -> ``(inputs (u, ...), None, Pairs | Triplets)``."""
+        rows = torch.stack([b[0] for b in batch])  # (b, k)
+        similar = None if self.similar is None else torch.stack([b[1] for b in batch])
+        return self._batch(rows, similar)
+
+    def get_batch(self, indices: Sequence[int] | Tensor) -> tuple[Tensor, None, IndexTuple]:
+        """The batch of the tuples at ``indices`` in one indexing call."""
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        similar = None if self.similar is None else self.similar[idx]
+        return self._batch(self.tuples[idx], similar)
+
+    def _batch(self, rows: Tensor, similar: Tensor | None) -> tuple[Tensor, None, IndexTuple]:
+        unique, indices = tuples_to_indices(rows, similar)
+        return self.load_items(unique), None, indices
+
+    def example(self) -> Tensor:
+        """One input (no batch dimension), for shape inference."""
+        return self.load_items(torch.zeros(1, dtype=torch.long))[0]
+
+    def subset(self, indices: Sequence[int] | Tensor | np.ndarray) -> TupleDataset:
+        """The tuples at ``indices`` over the same items."""
+        idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        return TupleDataset(
+            self.tuples[idx],
+            self.items,
+            None if self.similar is None else self.similar[idx],
+            self.image_size,
+            self.color,
+        )
+
+    def __repr__(self) -> str:
+        return f"TupleDataset(kind={self.kind!r}, tuples={len(self)}, items={len(self.items)})"
+
+
+def load_features(path: str | Path, key: str = "x") -> Tensor:
+    """A feature array from ``.npy``, or array ``key`` of an ``.npz`` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"feature file not found: {path}")
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as archive:
+            if key not in archive:
+                raise KeyError(f"{path} has no array {key!r}; arrays present: {list(archive)}")
+            x = archive[key]
+    elif path.suffix == ".npy":
+        x = np.load(path, allow_pickle=False)
+    else:
+        raise ValueError(f"features must be a .npy or .npz file, got {path.name!r}")
+    if x.dtype == np.uint8:
+        x = x.astype(np.float32) / 255.0
+    return torch.from_numpy(np.ascontiguousarray(x))
+
+
+def read_tuples_csv(
+    path: str | Path,
+    kind: TupleKind,
+    features: str | Path | None = None,
+    features_key: str = "x",
+    image_size: int | None = None,
+    color: Literal["grayscale", "rgb"] = "grayscale",
+) -> TupleDataset:
+    """Read pairs (``item_a,item_b,similar``) or triplets (``anchor,positive,negative``).
+
+    With ``features`` the entries are integer rows of that array; without, they are
+    image paths (relative ones resolved against the CSV's folder).
+    """
+    if kind not in COLUMNS:
+        raise ValueError(f"kind must be 'pairs' or 'triplets', got {kind!r}")
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"tuple file not found: {path}")
+    columns = COLUMNS[kind]
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in columns if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(
+                f"{path} lacks column(s) {missing}; {kind} need a header {','.join(columns)}"
+            )
+        records = [[row[c].strip() for c in columns] for row in reader]
+    refs = [r[:3] if kind == "triplets" else r[:2] for r in records]
+    similar = [int(r[2]) for r in records] if kind == "pairs" else None
+    if features is not None:
+        try:
+            tuples = np.asarray(refs, dtype=np.int64).reshape(len(refs), -1)
+        except ValueError:
+            raise ValueError(f"{path}: with features, entries must be integer rows") from None
+        return TupleDataset(tuples, load_features(features, features_key), similar)
+    ids: dict[str, int] = {}
+    for row in refs:
+        for ref in row:
+            ids.setdefault(ref, len(ids))
+    tuples = np.asarray([[ids[ref] for ref in row] for row in refs], dtype=np.int64)
+    files = [str(p if Path(p).is_absolute() else path.parent / p) for p in ids]
+    return TupleDataset(tuples.reshape(len(refs), -1), files, similar, image_size, color)
+
+
+def write_tuples_csv(path: str | Path, tuples: Tensor | np.ndarray, similar: Any = None) -> Path:
+    """Write pairs (with ``similar``) or triplets with the header :func:`read_tuples_csv` reads."""
+    t = np.asarray(tuples)
+    kind: TupleKind = "pairs" if t.shape[1] == 2 else "triplets"
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(COLUMNS[kind])
+        for i, row in enumerate(t.tolist()):
+            writer.writerow(row + ([int(np.asarray(similar)[i])] if kind == "pairs" else []))
+    return path
+
+
+def triplets_from_labels(labels: Tensor | np.ndarray, num_triplets: int, seed: int = 0) -> Tensor:
+    """``(T, 3)`` uniform random triplets ``(anchor, positive, negative)`` from class labels.
+
+    Simulates weak supervision from a labelled dataset (the labels are then discarded).
+    Anchors come from classes with at least two items. O(n log n + T) time and memory.
+    """
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    if num_triplets < 1:
+        raise ValueError(f"num_triplets must be >= 1, got {num_triplets}")
+    g = torch.Generator().manual_seed(seed)
+    order = torch.argsort(y, stable=True)  # items grouped by class
+    _, inverse, counts = torch.unique(y, return_inverse=True, return_counts=True)
+    starts = torch.cumsum(counts, 0) - counts  # (C,) first sorted position of each class
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(y))  # sorted position of each item
+    eligible = torch.where(counts[inverse] >= 2)[0]  # anchors that have a positive
+    if eligible.numel() == 0 or counts.numel() < 2:
+        raise ValueError("triplets need a class with two items and at least two classes")
+    anchors = eligible[torch.randint(len(eligible), (num_triplets,), generator=g)]  # (T,)
+    c = inverse[anchors]  # (T,) class of each anchor
+
+    def uniform_below(high: Tensor) -> Tensor:  # one integer in [0, high) per entry
+        return (torch.rand(high.shape, generator=g) * high).long().clamp_max(high - 1)
+
+    p_pos = starts[c] + uniform_below(counts[c] - 1)  # a class position, skipping the anchor
+    p_pos = p_pos + (p_pos >= rank[anchors]).long()
+    n_pos = uniform_below(len(y) - counts[c])  # a position outside the anchor's class
+    n_pos = n_pos + (n_pos >= starts[c]).long() * counts[c]
+    return torch.stack([anchors, order[p_pos], order[n_pos]], dim=1)  # (T, 3)
+
+
+def pairs_from_labels(
+    labels: Tensor | np.ndarray, num_pairs: int, seed: int = 0, similar_fraction: float = 0.5
+) -> tuple[Tensor, Tensor]:
+    """``(T, 2)`` random pairs and their ``(T,)`` similar flags, drawn from class labels."""
+    trip = triplets_from_labels(labels, num_pairs, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    similar = torch.rand(num_pairs, generator=g) < similar_fraction  # (T,)
+    second = torch.where(similar, trip[:, 1], trip[:, 2])
+    return torch.stack([trip[:, 0], second], dim=1), similar.long()
+
+
+__all__ = [
+    "TupleDataset",
+    "tuples_to_indices",
+    "read_tuples_csv",
+    "write_tuples_csv",
+    "load_features",
+    "triplets_from_labels",
+    "pairs_from_labels",
+    "COLUMNS",
+]
