@@ -24,6 +24,11 @@ DIM = 8
 SPECIAL: dict[str, dict[str, Any]] = {
     # exact gradient (the default treats circle loss's self-paced weights as constants)
     "circle": {"detach_weights": False},
+    # a memory holding exactly the current batch, with live gradients, is a pure function
+    # of the batch (the default detaches the memory, so gradcheck would see a different loss)
+    "cross_batch_memory": {"memory_size": 8, "detach_batch": False},
+    "weighted_sum": {"losses": [LOSSES.build("contrastive"), LOSSES.build("multi_similarity")],
+                     "weights": [1.0, 0.5]},
 }
 
 
