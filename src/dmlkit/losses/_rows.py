@@ -150,6 +150,21 @@ def setup_rows(
     return x, ref, weights
 
 
+def positive_pairs(labels: Tensor, ref_labels: Tensor | None) -> tuple[Tensor, Tensor]:
+    """All positive pairs, row-major, built in row chunks (no ``(n, m)`` mask at once)."""
+    full_ref = labels if ref_labels is None else ref_labels
+    rows, cols = [], []
+    _, bounds = chunk_bounds(labels.shape[0], full_ref.shape[0])
+    for start, stop in bounds:
+        pos, _ = pos_neg_masks(
+            labels[start:stop], full_ref, exclude_self=ref_labels is None, row_offset=start
+        )  # (c, m)
+        i, j = torch.where(pos)
+        rows.append(i + start)
+        cols.append(j)
+    return torch.cat(rows), torch.cat(cols)
+
+
 __all__ = [
     "masked_logsumexp",
     "as_pairs",
@@ -158,4 +173,5 @@ __all__ = [
     "sum_over_chunks",
     "setup_rows",
     "pack",
+    "positive_pairs",
 ]

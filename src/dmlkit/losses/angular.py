@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import Tensor
 
 from dmlkit.distances.base import BaseDistance
 from dmlkit.functional.labels import same_label
 from dmlkit.functional.tuples import IndexTuple
-from dmlkit.losses._rows import RowWeights, as_pairs, masked_logsumexp, pack, sum_over_chunks
+from dmlkit.losses._rows import (
+    RowWeights,
+    as_pairs,
+    masked_logsumexp,
+    pack,
+    positive_pairs,
+    sum_over_chunks,
+)
 from dmlkit.losses.base import BaseMetricLoss
 from dmlkit.registry import register_loss
 
@@ -67,7 +73,7 @@ class AngularLoss(BaseMetricLoss):
         m = ref.shape[0]
         pairs = None if indices is None else as_pairs(indices)
         if pairs is None:
-            a, p = _positive_pairs(labels, ref_labels)
+            a, p = positive_pairs(labels, ref_labels)
             any_neg = bool((~same_label(labels, full_ref_labels)).any())
         else:
             a, p, any_neg = pairs.a1, pairs.p, pairs.a2.numel() > 0
@@ -92,21 +98,3 @@ class AngularLoss(BaseMetricLoss):
 
         (total,) = sum_over_chunks(chunk_terms, a.numel(), 4 * m, x, ref)
         return total / a.numel()
-
-
-def _positive_pairs(labels: Tensor, ref_labels: Tensor | None) -> tuple[Tensor, Tensor]:
-    """All positive pairs, row-major, built in row chunks (no ``(n, m)`` mask at once)."""
-    from dmlkit.functional.labels import pos_neg_masks
-    from dmlkit.losses._rows import chunk_bounds
-
-    full_ref = labels if ref_labels is None else ref_labels
-    rows, cols = [], []
-    _, bounds = chunk_bounds(labels.shape[0], full_ref.shape[0])
-    for start, stop in bounds:
-        pos, _ = pos_neg_masks(
-            labels[start:stop], full_ref, exclude_self=ref_labels is None, row_offset=start
-        )  # (c, m)
-        i, j = torch.where(pos)
-        rows.append(i + start)
-        cols.append(j)
-    return torch.cat(rows), torch.cat(cols)

@@ -89,4 +89,3 @@ class MultiSimilarityLoss(BaseMetricLoss):
         if n_pairs == 0:
             return self.zero_loss(embeddings)
         return total / x.shape[0]
-
