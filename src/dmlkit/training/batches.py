@@ -1,0 +1,50 @@
+"""The default batch sampler when a config names none: seeded shuffled batches."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+from torch.utils.data import Sampler
+
+
+class RandomBatchSampler(Sampler[list[int]]):
+    """Shuffled batches of ``batch_size`` indices of ``range(n)``, deterministic per epoch.
+
+    The last incomplete batch is dropped when ``drop_last`` (default), so batch-norm and
+    tuple losses never see a batch of one.
+
+    Parameters
+    ----------
+    n : int
+        Number of items.
+    batch_size : int
+    seed : int
+    drop_last : bool
+    """
+
+    def __init__(
+        self, n: int, batch_size: int = 128, seed: int = 0, drop_last: bool = True
+    ) -> None:
+        if n < 1 or batch_size < 1:
+            raise ValueError(f"n and batch_size must be >= 1, got {n}, {batch_size}")
+        self.n = n
+        self.batch_size = min(batch_size, n)
+        self.seed = seed
+        self.drop_last = drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.n, self.batch_size)
+        return full + (1 if rest and not self.drop_last else 0)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        for i in range(len(self)):
+            yield order[i * self.batch_size : (i + 1) * self.batch_size].tolist()
+
+
+__all__ = ["RandomBatchSampler"]

@@ -1,0 +1,102 @@
+"""Build a run's components (model, loss, miner, sampler) from its config and its data.
+
+Shape parameters the data determines are filled in when the config leaves them out:
+``in_features`` / ``in_channels`` / ``image_size`` of the model, ``num_classes`` /
+``embedding_size`` of proxy and classifier losses. :func:`resolve_config` writes them
+into the config, so a saved run rebuilds its model without its data.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from typing import Any
+
+from torch import Tensor, nn
+from torch.utils.data import Sampler
+
+from dmlkit.config.schema import Config
+from dmlkit.registry import LOSSES, MINERS, MODELS, SAMPLERS, build_from_config
+from dmlkit.training.batches import RandomBatchSampler
+
+
+def _params(registry: Any, name: str) -> set[str]:
+    return set(inspect.signature(registry.get(name).__init__).parameters) - {"self"}
+
+
+def model_shape_params(spec: dict[str, Any], example: Tensor) -> dict[str, Any]:
+    """Model parameters that ``example`` (one input, no batch dim) implies and ``spec`` lacks."""
+    params = _params(MODELS, spec["name"])
+    filled: dict[str, Any] = {}
+    if "in_features" in params and "in_features" not in spec:
+        filled["in_features"] = int(example.numel())
+    if "in_channels" in params and "in_channels" not in spec:
+        filled["in_channels"] = int(example.shape[0]) if example.dim() == 3 else 1
+    if "image_size" in params and "image_size" not in spec and example.dim() >= 2:
+        filled["image_size"] = int(example.shape[-1])
+    return filled
+
+
+def embedding_dim(model_spec: dict[str, Any]) -> int | None:
+    """The embedding dimension a model config gives (``dim``), else the class default."""
+    if "dim" in model_spec:
+        return int(model_spec["dim"])
+    param = inspect.signature(MODELS.get(model_spec["name"]).__init__).parameters.get("dim")
+    return None if param is None or param.default is inspect.Parameter.empty else int(param.default)
+
+
+def resolve_config(config: Config, example: Tensor, num_classes: int) -> Config:
+    """A copy of ``config`` with the data-dependent model and loss parameters filled in."""
+    config = copy.deepcopy(config)
+    config.model.update(model_shape_params(config.model, example))
+    loss_params = _params(LOSSES, config.loss["name"])
+    if "num_classes" in loss_params and "num_classes" not in config.loss:
+        config.loss["num_classes"] = int(num_classes)
+    dim = embedding_dim(config.model)
+    for key in ("embedding_size", "embedding_dim"):
+        if key in loss_params and key not in config.loss and dim is not None:
+            config.loss[key] = dim
+    config.check()
+    return config
+
+
+def build_model(config: Config) -> nn.Module:
+    return build_from_config(MODELS, config.model)
+
+
+def build_loss(config: Config) -> nn.Module:
+    return build_from_config(LOSSES, config.loss)
+
+
+def build_miner(config: Config) -> nn.Module | None:
+    return None if config.miner is None else build_from_config(MINERS, config.miner)
+
+
+def build_sampler(config: Config, labels: Tensor | None, n: int) -> Sampler:
+    """The configured batch sampler over ``n`` items (labels and seed filled in).
+
+    Without a ``sampler`` section: :class:`RandomBatchSampler` of ``training.batch_size``.
+    """
+    seed = config.training.seed
+    if config.sampler is None:
+        return RandomBatchSampler(n, config.training.batch_size, seed=seed)
+    spec = dict(config.sampler)
+    params = _params(SAMPLERS, spec["name"])
+    if "labels" in params and "labels" not in spec:
+        if labels is None:
+            raise ValueError(f"sampler {spec['name']!r} needs labels; the training data has none")
+        spec["labels"] = labels
+    if "seed" in params and "seed" not in spec:
+        spec["seed"] = seed
+    return SAMPLERS.build(spec.pop("name"), **spec)
+
+
+__all__ = [
+    "resolve_config",
+    "model_shape_params",
+    "embedding_dim",
+    "build_model",
+    "build_loss",
+    "build_miner",
+    "build_sampler",
+]

@@ -1,0 +1,283 @@
+"""Offline hard-negative mining: between epochs, embed the whole training set and find
+each item's hardest negatives with an exact chunked k-nearest-neighbour search.
+
+In-batch miners only see the negatives a random batch happens to hold; mining over the
+dataset finds the globally hardest ones (as in FaceNet's offline variant, Schroff et al.
+2015, and hard-negative mining for retrieval generally). Three levels of use:
+
+* :func:`hardest_negatives` / :func:`mine_hard_triplets`: pure functions on embeddings;
+* :class:`OfflineHardNegativeSampler`: a batch sampler whose ``set_epoch`` (called by
+  the :class:`~dmlkit.training.Trainer` at the start of every epoch) re-embeds the data
+  with the current model, mines triplets, and yields batches that hold each triplet's
+  anchor, positive and hard negative together, so any miner and loss sees them;
+* ``sampler.tuple_dataset()``: the mined triplets as a weak-supervision
+  :class:`~dmlkit.data.tuples.TupleDataset` (batches with explicit ``Triplets``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Sampler
+
+from dmlkit.distances.base import BaseDistance
+from dmlkit.distances.euclidean import EuclideanDistance
+from dmlkit.functional.chunking import chunk_size_for, row_chunks
+from dmlkit.functional.labels import pos_neg_masks
+from dmlkit.functional.tuples import Triplets
+
+PositiveRule = Literal["random", "hardest"]
+
+
+@torch.no_grad()
+def hardest_negatives(
+    embeddings: Tensor,
+    labels: Tensor,
+    k: int,
+    distance: BaseDistance | None = None,
+    budget: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The ``k`` closest items of another class for every item (exact, chunked).
+
+    Parameters
+    ----------
+    embeddings : Tensor (n, dim)
+    labels : Tensor (n,) or (n, L) or (n, C) bool
+        Any label kind :func:`~dmlkit.functional.same_label` understands.
+    k : int
+    distance : BaseDistance, optional
+        Default :class:`~dmlkit.distances.EuclideanDistance` on normalized embeddings.
+    budget : int, optional
+        Elements of the ``(chunk, n)`` distance block (default 16M).
+
+    Returns
+    -------
+    values : Tensor (n, k) float
+        Distances (or similarities), closest first; ``inf`` (``-inf``) where padded.
+    indices : Tensor (n, k) int64
+        Item ids of the negatives; ``-1`` where an item has fewer than ``k`` negatives.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    distance = distance if distance is not None else EuclideanDistance()
+    x = distance.maybe_normalize(embeddings.detach().float())
+    n = x.shape[0]
+    sign = -1.0 if distance.is_similarity else 1.0
+    kk = min(k, n)
+    values = x.new_full((n, k), float("inf"))
+    indices = torch.full((n, k), -1, dtype=torch.long, device=x.device)
+    chunk = chunk_size_for(n, 2 * n) if budget is None else chunk_size_for(n, n, budget)
+    for a, b in row_chunks(n, chunk):
+        e = sign * distance.compute_matrix(x[a:b], x)  # (c, n), smaller = closer
+        _, neg = pos_neg_masks(labels[a:b], labels, exclude_self=False)  # (c, n)
+        v, i = e.masked_fill(~neg, float("inf")).topk(kk, dim=1, largest=False)  # (c, kk)
+        values[a:b, :kk] = v
+        indices[a:b, :kk] = torch.where(torch.isinf(v), torch.full_like(i, -1), i)
+    return sign * values, indices
+
+
+@torch.no_grad()
+def mine_hard_triplets(
+    embeddings: Tensor,
+    labels: Tensor,
+    k: int = 10,
+    triplets_per_anchor: int = 1,
+    positive: PositiveRule = "random",
+    distance: BaseDistance | None = None,
+    seed: int = 0,
+) -> Triplets:
+    """Triplets ``(a, p, n)`` over a whole dataset with ``n`` among ``a``'s ``k`` hardest negatives.
+
+    Each anchor with a positive and a negative gets ``triplets_per_anchor`` triplets;
+    negatives are drawn uniformly (with replacement) from its ``k`` hardest (sampling
+    from the top ``k`` instead of always the hardest tempers label noise), positives
+    uniformly among its class (``"random"``) or its farthest positive (``"hardest"``).
+
+    Parameters
+    ----------
+    embeddings : Tensor (n, dim)
+    labels : Tensor (n,) int
+        Class labels.
+    k, triplets_per_anchor : int
+    positive : {"random", "hardest"}
+    distance : BaseDistance, optional
+    seed : int
+        Seed of the draws (no global random state is used).
+
+    Returns
+    -------
+    Triplets
+        Item ids, each ``(T,)`` int64, grouped by anchor.
+    """
+    if labels.dim() != 1:
+        raise ValueError(
+            f"offline mining needs class labels of shape (n,), got {tuple(labels.shape)}"
+        )
+    if positive not in ("random", "hardest"):
+        raise ValueError(f"positive must be 'random' or 'hardest', got {positive!r}")
+    if triplets_per_anchor < 1:
+        raise ValueError(f"triplets_per_anchor must be >= 1, got {triplets_per_anchor}")
+    distance = distance if distance is not None else EuclideanDistance()
+    _, neg_idx = hardest_negatives(embeddings, labels, k, distance)  # (n, k)
+    labels = labels.to(neg_idx.device)
+    g = torch.Generator().manual_seed(seed)
+    n_valid = (neg_idx >= 0).sum(dim=1)  # (n,)
+    _, inverse, class_sizes = torch.unique(labels, return_inverse=True, return_counts=True)
+    counts = class_sizes[inverse]  # (n,) size of each item's class
+    anchors = torch.where((n_valid > 0) & (counts >= 2))[0]  # (r,)
+    t = triplets_per_anchor
+    a = anchors.repeat_interleave(t)  # (r * t,)
+    pick = (torch.rand(a.shape, generator=g).to(a.device) * n_valid[a]).long()  # (r * t,)
+    negatives = neg_idx[a, pick.clamp_max(n_valid[a] - 1)]
+    if positive == "hardest":
+        positives = _farthest_positive(embeddings, labels, distance)[a]
+    else:
+        positives = _random_positive(labels, a, g)
+    return Triplets(a, positives, negatives)
+
+
+def _farthest_positive(embeddings: Tensor, labels: Tensor, distance: BaseDistance) -> Tensor:
+    """``(n,)`` id of each item's farthest same-class item (itself when it has none)."""
+    x = distance.maybe_normalize(embeddings.detach().float())
+    n = x.shape[0]
+    sign = -1.0 if distance.is_similarity else 1.0
+    out = torch.arange(n, device=x.device)
+    for a, b in row_chunks(n, chunk_size_for(n, 2 * n)):
+        e = sign * distance.compute_matrix(x[a:b], x)  # (c, n)
+        pos, _ = pos_neg_masks(labels[a:b], labels, exclude_self=True, row_offset=a)
+        v, i = e.masked_fill(~pos, -float("inf")).max(dim=1)  # (c,)
+        out[a:b] = torch.where(torch.isinf(v), out[a:b], i)
+    return out
+
+
+def _random_positive(labels: Tensor, anchors: Tensor, g: torch.Generator) -> Tensor:
+    """One uniform same-class item (not the anchor) per anchor, O(n log n + T)."""
+    order = torch.argsort(labels, stable=True)  # items grouped by class
+    _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
+    starts = torch.cumsum(counts, 0) - counts  # (C,)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(labels), device=labels.device)
+    c = inverse[anchors]
+    r = (torch.rand(anchors.shape, generator=g).to(anchors.device) * (counts[c] - 1)).long()
+    pos = starts[c] + r.clamp_max(counts[c] - 2)
+    return order[pos + (pos >= rank[anchors]).long()]
+
+
+class OfflineHardNegativeSampler(Sampler[list[int]]):
+    """Batches built around hard triplets mined over the whole dataset each epoch.
+
+    ``set_epoch(epoch)`` (the trainer calls it before every epoch) embeds the dataset
+    with ``model`` in eval mode, mines triplets with :func:`mine_hard_triplets`
+    (re-mining every ``every`` epochs), and shuffles them; iteration yields lists of
+    dataset indices, each the union of ``batch_size // 3`` triplets (so a batch holds
+    every mined anchor together with its positive and its hard negative). Deterministic
+    given ``seed``, the epoch and the model's weights.
+
+    Parameters
+    ----------
+    dataset : ArrayDataset-like
+        Has ``x`` (inputs) and ``labels`` (n,) attributes.
+    model : nn.Module
+        The model being trained (the same object the trainer updates).
+    batch_size : int
+        At most this many items per batch (>= 3).
+    k, triplets_per_anchor, positive, distance :
+        See :func:`mine_hard_triplets`.
+    num_batches : int, optional
+        Batches per epoch; default ``len(dataset) * triplets_per_anchor // (batch_size // 3)``.
+    every : int
+        Re-mine every ``every`` epochs.
+    embed_batch_size : int
+    seed : int
+    """
+
+    def __init__(
+        self,
+        dataset,  # noqa: ANN001 - any dataset with .x and .labels
+        model: nn.Module,
+        batch_size: int = 96,
+        k: int = 10,
+        triplets_per_anchor: int = 1,
+        positive: PositiveRule = "random",
+        distance: BaseDistance | None = None,
+        num_batches: int | None = None,
+        every: int = 1,
+        embed_batch_size: int = 512,
+        seed: int = 0,
+    ) -> None:
+        if batch_size < 3:
+            raise ValueError(f"batch_size must be >= 3, got {batch_size}")
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        self.dataset = dataset
+        self.model = model
+        self.batch_size = batch_size
+        self.k = k
+        self.triplets_per_anchor = triplets_per_anchor
+        self.positive = positive
+        self.distance = distance
+        per_batch = batch_size // 3
+        self.num_batches = num_batches or max(1, len(dataset) * triplets_per_anchor // per_batch)
+        self.every = every
+        self.embed_batch_size = embed_batch_size
+        self.seed = seed
+        self.epoch = 0
+        self.triplets: Triplets | None = None
+        self._mined_epoch: int | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select ``epoch``; mine with the current model when it is a mining epoch."""
+        self.epoch = int(epoch)
+        mining_epoch = self.epoch - self.epoch % self.every
+        if self._mined_epoch != mining_epoch or self.triplets is None:
+            self.triplets = self.mine(seed=self.seed + mining_epoch)
+            self._mined_epoch = mining_epoch
+
+    def mine(self, seed: int | None = None) -> Triplets:
+        """Embed the dataset with the current model and mine its hard triplets."""
+        from dmlkit.training.run import embed
+
+        device = next(self.model.parameters()).device
+        emb, labels = embed(self.model, self.dataset, self.embed_batch_size, device)
+        return mine_hard_triplets(
+            emb,
+            labels,
+            self.k,
+            self.triplets_per_anchor,
+            self.positive,
+            self.distance,
+            self.seed if seed is None else seed,
+        )
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        if self.triplets is None:
+            self.set_epoch(self.epoch)
+        trip = torch.stack(list(self.triplets), dim=1).cpu().numpy()  # (T, 3)
+        if len(trip) == 0:
+            raise ValueError("no triplet could be mined: every class needs two items")
+        rng = np.random.default_rng([self.seed, self.epoch])
+        per_batch = self.batch_size // 3
+        need = self.num_batches * per_batch
+        order = np.concatenate([rng.permutation(len(trip)) for _ in range(-(-need // len(trip)))])
+        for i in range(self.num_batches):
+            rows = trip[order[i * per_batch : (i + 1) * per_batch]]  # (per_batch, 3)
+            _, first = np.unique(rows.ravel(), return_index=True)
+            yield rows.ravel()[np.sort(first)].tolist()  # distinct items, in triplet order
+
+    def tuple_dataset(self):  # noqa: ANN201 - avoids importing the data layer at module load
+        """The current mined triplets as a :class:`~dmlkit.data.tuples.TupleDataset`."""
+        from dmlkit.data.tuples import TupleDataset
+
+        if self.triplets is None:
+            self.set_epoch(self.epoch)
+        return TupleDataset(torch.stack(list(self.triplets), dim=1).cpu(), self.dataset.x)
+
+
+__all__ = ["hardest_negatives", "mine_hard_triplets", "OfflineHardNegativeSampler"]

@@ -1,0 +1,65 @@
+"""Optimizer over model and loss parameters, and the per-batch learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from dmlkit.config.schema import OptimizerConfig, ScheduleConfig
+
+
+def build_optimizer(
+    config: OptimizerConfig, model: nn.Module, loss: nn.Module
+) -> torch.optim.Optimizer:
+    """Adam / AdamW / SGD over the model's parameters and the loss's (proxies, class weights).
+
+    Loss parameters form a second group with learning rate ``loss_lr`` (default ``lr``).
+    """
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": config.lr}]
+    loss_params = [p for p in loss.parameters() if p.requires_grad]
+    if loss_params:
+        groups.append({"params": loss_params, "lr": config.loss_lr or config.lr})
+    if config.name == "adam":
+        return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+    if config.name == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+    if config.name == "sgd":
+        return torch.optim.SGD(
+            groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+    raise ValueError(f"unknown optimizer {config.name!r}; known: adam, adamw, sgd")
+
+
+def lr_factor(config: ScheduleConfig, step: int, steps_per_epoch: int, epochs: int) -> float:
+    """Multiplier of the base learning rate at (0-based) batch ``step``.
+
+    Linear warmup over ``warmup_epochs``, then cosine decay to ``min_lr_ratio`` at the
+    last step (``cosine``), a factor ``gamma`` every ``step_size`` epochs (``step``), or
+    constant (``none``).
+    """
+    total = max(1, steps_per_epoch * epochs)
+    warmup = int(round(config.warmup_epochs * steps_per_epoch))
+    if step < warmup:
+        return (step + 1) / warmup
+    if config.name == "cosine":
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (
+            1 + math.cos(math.pi * progress)
+        )
+    if config.name == "step":
+        return config.gamma ** (step // (config.step_size * steps_per_epoch))
+    return 1.0
+
+
+def build_scheduler(
+    config: ScheduleConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A ``LambdaLR`` following :func:`lr_factor`, to be stepped after every batch."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(config, step, steps_per_epoch, epochs)
+    )
+
+
+__all__ = ["build_optimizer", "build_scheduler", "lr_factor"]

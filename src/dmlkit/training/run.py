@@ -1,0 +1,209 @@
+"""Run directories: train one end to end, and reload, embed and split what it used.
+
+A run directory holds ``config.yaml`` (resolved config), ``model.pt`` (weights only,
+``torch.load(path, weights_only=True)``), ``checkpoint.pt`` (everything needed to
+resume), ``metrics.json`` (held-out retrieval metrics of the learned metric, and of the
+raw inputs under ``"baseline"``) and ``train.log`` (one line per epoch).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from dmlkit.config.schema import Config
+from dmlkit.data.dataset import ArrayDataset
+from dmlkit.data.load import split_dataset
+from dmlkit.data.splits import stratified_split
+from dmlkit.training.build import build_model, resolve_config
+from dmlkit.training.checkpoint import atomic_save, load_checkpoint
+from dmlkit.training.trainer import CHECKPOINT, Trainer
+
+CONFIG_FILE = "config.yaml"
+MODEL_FILE = "model.pt"
+METRICS_FILE = "metrics.json"
+METRIC_KEYS = (
+    "precision_at_1", "r_precision", "map_at_r",
+    "recall_at_1", "recall_at_2", "recall_at_4", "recall_at_8",
+)  # fmt: skip
+
+
+@dataclass
+class Run:
+    """A trained run: its directory, resolved config and model (in eval mode)."""
+
+    run_dir: Path
+    config: Config
+    model: nn.Module
+    metrics: dict[str, Any] | None = None
+
+
+@dataclass
+class RunResult:
+    """What :func:`train_run` produced."""
+
+    run_dir: Path
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def build_splits(config: Config) -> tuple[ArrayDataset, ArrayDataset]:
+    """The ``(train, heldout)`` datasets of a run (train before any validation carve-out)."""
+    return split_dataset(config.data)
+
+
+def embed(
+    model: nn.Module,
+    data: ArrayDataset | Tensor | tuple[Tensor, Tensor],
+    batch_size: int = 512,
+    device: str | torch.device = "cpu",
+) -> tuple[Tensor, Tensor | None]:
+    """Embed ``data`` with ``model`` in eval mode, without gradients.
+
+    Returns ``(embeddings, labels)``: a float32 CPU tensor ``(n, dim)`` and the labels
+    (``None`` for a bare input tensor). The model's train/eval mode is restored after.
+    """
+    if isinstance(data, Tensor):
+        x, labels = data, None
+    elif isinstance(data, tuple):
+        x, labels = data
+    else:
+        x, labels = data.x, data.labels
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    was_training = model.training
+    model.eval()
+    parts = []
+    with torch.no_grad():
+        for i in range(0, x.shape[0], batch_size):
+            parts.append(model(x[i : i + batch_size].to(device)).float().cpu())  # (b, dim)
+    model.train(was_training)
+    dim = getattr(model, "dim", 0)
+    emb = torch.cat(parts) if parts else torch.empty(0, dim)
+    return emb, labels
+
+
+def heldout_metrics(
+    model: nn.Module, heldout: ArrayDataset, device: str | torch.device = "cpu"
+) -> dict[str, Any]:
+    """Leave-one-out retrieval metrics of the learned embeddings and of the raw inputs."""
+    from dmlkit.evaluation import retrieval_metrics
+
+    emb, labels = embed(model, heldout, device=device)
+    learned = retrieval_metrics(emb, labels)
+    raw = retrieval_metrics(heldout.x.flatten(1).float(), heldout.labels)
+    metrics: dict[str, Any] = {k: learned[k] for k in METRIC_KEYS}
+    metrics["baseline"] = {k: raw[k] for k in METRIC_KEYS}
+    metrics["num_queries"] = learned["num_queries"]
+    return metrics
+
+
+def train_run(
+    config: Config,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    log: Any = print,
+    callbacks: tuple = (),
+) -> RunResult:
+    """Train as ``config`` says, writing a complete run directory to ``out_dir``.
+
+    With ``resume`` the run continues from ``out_dir/checkpoint.pt``.
+    """
+    out_dir = Path(out_dir)
+    if resume and not (out_dir / CHECKPOINT).is_file():
+        raise FileNotFoundError(f"cannot resume: no {CHECKPOINT} in {out_dir}")
+    if not resume and (out_dir / CHECKPOINT).is_file():
+        raise FileExistsError(
+            f"{out_dir} already holds a run; resume it (--resume) or choose another --out"
+        )
+    threads = torch.get_num_threads()
+    if config.training.num_threads is not None:
+        torch.set_num_threads(config.training.num_threads)
+    try:
+        return _train_run(config, out_dir, resume, log, callbacks)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_run(
+    config: Config, out_dir: Path, resume: bool, log: Any, callbacks: tuple
+) -> RunResult:
+    start = time.perf_counter()
+    train, heldout = build_splits(config)
+    val = None
+    if config.training.val_fraction > 0:
+        train, val = stratified_split(train, config.training.val_fraction, config.data.seed + 1)
+    resolved = resolve_config(config, train.x[0], int(train.labels.max()) + 1)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    resolved.to_yaml(out_dir / CONFIG_FILE)
+    log(
+        f"training on {len(train)} items ({train.num_classes} classes), "
+        f"held out {len(heldout)} items ({heldout.num_classes} classes)"
+        + (f", validating on {len(val)}" if val is not None else "")
+    )
+    trainer = Trainer(resolved, train, val_data=val, out_dir=out_dir, log=log, callbacks=callbacks)
+    history = trainer.fit(resume=resume)
+    atomic_save(trainer.model.state_dict(), out_dir / MODEL_FILE)
+    metrics = heldout_metrics(trainer.model, heldout, device=trainer.device)
+    seconds = time.perf_counter() - start
+    metrics["train_seconds"] = round(seconds, 2)
+    (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    return RunResult(out_dir, metrics, history, seconds)
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
+    """Reload a run directory: its config and its model in eval mode.
+
+    Uses ``model.pt``, or the last checkpoint's weights for a run that did not finish.
+    """
+    run_dir = Path(run_dir)
+    config_path = run_dir / CONFIG_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a dmlkit run directory (no {CONFIG_FILE})")
+    config = Config.from_yaml(config_path)
+    model = build_model(config)
+    if (run_dir / MODEL_FILE).is_file():
+        state = torch.load(run_dir / MODEL_FILE, map_location=device, weights_only=True)
+    elif (run_dir / CHECKPOINT).is_file():
+        state = load_checkpoint(run_dir / CHECKPOINT, map_location=device)["model"]
+    else:
+        raise FileNotFoundError(f"{run_dir} holds neither {MODEL_FILE} nor {CHECKPOINT}")
+    model.load_state_dict(state)
+    model.to(device).eval()
+    metrics_path = run_dir / METRICS_FILE
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
+    return Run(run_dir, config, model, metrics)
+
+
+def metrics_table(metrics: dict[str, Any]) -> str:
+    """A plain-text table: raw inputs vs the learned metric on the held-out data."""
+    names = {
+        "precision_at_1": "P@1", "r_precision": "R-Precision", "map_at_r": "MAP@R",
+        "recall_at_1": "Recall@1", "recall_at_2": "Recall@2",
+        "recall_at_4": "Recall@4", "recall_at_8": "Recall@8",
+    }  # fmt: skip
+    rows = [f"{'metric':<12} {'raw inputs':>10} {'learned':>10}"]
+    for key, label in names.items():
+        rows.append(f"{label:<12} {metrics['baseline'][key]:>10.4f} {metrics[key]:>10.4f}")
+    return "\n".join(rows)
+
+
+__all__ = [
+    "Run",
+    "RunResult",
+    "build_splits",
+    "embed",
+    "heldout_metrics",
+    "load_run",
+    "metrics_table",
+    "train_run",
+    "METRIC_KEYS",
+]

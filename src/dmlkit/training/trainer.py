@@ -1,0 +1,301 @@
+"""The training loop: sampler -> model -> miner -> loss -> optimizer, with exact resume."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset, default_collate
+
+from dmlkit.config.schema import Config
+from dmlkit.functional.tuples import IndexTuple, as_index_tuple
+from dmlkit.training.build import build_loss, build_miner, build_model, build_sampler
+from dmlkit.training.checkpoint import atomic_save, load_checkpoint
+from dmlkit.training.optim import build_optimizer, build_scheduler
+from dmlkit.training.rng import get_rng_state, rng_scope, set_rng_state
+
+CHECKPOINT = "checkpoint.pt"
+LOG = "train.log"
+Callback = Callable[["Trainer", dict[str, Any]], None]
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` picks CUDA when available, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class Trainer:
+    """Trains an embedding model on a dataset as a :class:`~dmlkit.config.Config` says.
+
+    Every epoch: batches from the sampler (``set_epoch(epoch)``), a loss per batch
+    (:meth:`batch_loss`), an optimizer and scheduler step, optional validation MAP@R on
+    ``val_data`` with early stopping, and (with ``out_dir``) an atomically written
+    checkpoint plus one line of ``train.log``. ``fit(resume=True)`` continues from the
+    checkpoint with the same weights, optimizer, scheduler, RNG states and epoch, so an
+    interrupted run ends bit-identical to an uninterrupted one.
+
+    Parameters
+    ----------
+    config : Config
+        Model and loss sections resolved (see :func:`~dmlkit.training.resolve_config`).
+    train_data : Dataset
+        Items ``(input, label)``; datasets with ``get_batch(indices)`` are fetched in one
+        indexing call, others through ``collate_fn``. Batches are ``(inputs, labels)`` or
+        ``(inputs, labels_or_None, indices)`` with ``indices`` Pairs/Triplets over the batch.
+    val_data : Dataset with ``.x`` and ``.labels``, optional
+        Validation items (leave-one-out retrieval metrics each epoch).
+    out_dir : path, optional
+        Where checkpoints and ``train.log`` go; without it nothing is written.
+    model, loss, miner, sampler : optional
+        Ready-made components instead of the configured ones.
+    collate_fn : callable, optional
+        Turns a list of items into a batch (default ``torch.utils.data.default_collate``).
+    callbacks : sequence of callable, optional
+        ``callback(trainer, record)`` after each epoch's checkpoint.
+    log : callable, optional
+        Receives human-readable messages (default: ``print``).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        train_data: Dataset,
+        *,
+        val_data: Any = None,
+        out_dir: str | Path | None = None,
+        model: nn.Module | None = None,
+        loss: nn.Module | None = None,
+        miner: nn.Module | None = None,
+        sampler: Any = None,
+        collate_fn: Callable[[list[Any]], Any] | None = None,
+        callbacks: Sequence[Callback] = (),
+        log: Callable[[str], None] | None = print,
+    ) -> None:
+        self.config = config
+        self.train_data = train_data
+        self.val_data = val_data
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.device = resolve_device(config.training.device)
+        with rng_scope(config.training.seed):  # deterministic initial weights
+            self.model = (model if model is not None else build_model(config)).to(self.device)
+            self.loss = (loss if loss is not None else build_loss(config)).to(self.device)
+        self.miner = miner if miner is not None else build_miner(config)
+        labels = getattr(train_data, "labels", None)
+        self.sampler = (
+            sampler if sampler is not None else build_sampler(config, labels, len(train_data))
+        )
+        self.collate_fn = collate_fn or default_collate
+        self.callbacks = list(callbacks)
+        self.log = log or (lambda _msg: None)
+        self.optimizer = build_optimizer(config.optimizer, self.model, self.loss)
+        self.scheduler = build_scheduler(
+            config.schedule, self.optimizer, len(self.sampler), config.training.epochs
+        )
+        self.amp_dtype = torch.bfloat16 if self.device.type == "cpu" else torch.float16
+        use_scaler = config.training.amp and self.amp_dtype == torch.float16
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+        self.epoch = 0  # completed epochs
+        self.best_metric = -math.inf
+        self.best_epoch = 0
+        self.best_state: dict[str, Any] | None = None
+        self.bad_epochs = 0
+        self.history: list[dict[str, Any]] = []
+
+    # -- one batch ---------------------------------------------------------------------
+    def fetch(self, indices: list[int]) -> Any:
+        """The batch of the items at ``indices``."""
+        get_batch = getattr(self.train_data, "get_batch", None)
+        if get_batch is not None:
+            return get_batch(indices)
+        return self.collate_fn([self.train_data[i] for i in indices])
+
+    @staticmethod
+    def unpack(batch: Any) -> tuple[Any, Tensor | None, IndexTuple | None]:
+        """``(inputs, labels)`` or ``(inputs, labels_or_None, indices)`` -> a 3-tuple."""
+        if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
+            raise TypeError("a batch must be (inputs, labels) or (inputs, labels_or_None, indices)")
+        if len(batch) == 2:
+            return batch[0], batch[1], None
+        return batch[0], batch[1], None if batch[2] is None else as_index_tuple(tuple(batch[2]))
+
+    def batch_loss(self, batch: Any) -> Tensor:
+        """The loss of one batch: embed, mine (when labels and no given indices), score."""
+        inputs, labels, indices = self.unpack(batch)
+        inputs = inputs.to(self.device, non_blocking=True)
+        if labels is not None:
+            labels = labels.to(self.device)
+        if indices is not None:
+            indices = type(indices)(*(t.to(self.device) for t in indices))
+        embeddings = self.model(inputs)  # (B, dim)
+        if indices is None and self.miner is not None and labels is not None:
+            indices = self.miner(embeddings, labels)
+        return self.loss(embeddings, labels, indices=indices)
+
+    # -- epochs ------------------------------------------------------------------------
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        from tqdm.auto import tqdm
+
+        tc = self.config.training
+        self.model.train()
+        self.loss.train()
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+        total, count, start = 0.0, 0, time.perf_counter()
+        bar = tqdm(
+            total=len(self.sampler), desc=f"epoch {epoch + 1}/{tc.epochs}", leave=False,
+            disable=not tc.progress, dynamic_ncols=True,
+        )  # fmt: skip
+        try:
+            for step, indices in enumerate(self.sampler):
+                batch = self.fetch(indices)
+                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=tc.amp):
+                    loss = self.batch_loss(batch)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"loss is {float(loss)} at epoch {epoch + 1}, batch {step + 1}; "
+                        "lower optimizer.lr or check the data"
+                    )
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
+                if tc.grad_clip is not None:
+                    self.scaler.unscale_(self.optimizer)
+                    params = list(self.model.parameters()) + list(self.loss.parameters())
+                    nn.utils.clip_grad_norm_(params, tc.grad_clip)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.scheduler.step()
+                total += float(loss.detach())
+                count += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{total / count:.4f}")
+        finally:
+            bar.close()
+        return {
+            "epoch": epoch + 1,
+            "loss": total / max(count, 1),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "seconds": time.perf_counter() - start,
+        }
+
+    def validate(self) -> dict[str, float]:
+        """Leave-one-out retrieval metrics of the validation items."""
+        from dmlkit.evaluation import retrieval_metrics
+        from dmlkit.training.run import embed
+
+        emb, labels = embed(self.model, self.val_data, batch_size=512, device=self.device)
+        m = retrieval_metrics(emb, labels)
+        return {f"val_{k}": m[k] for k in ("precision_at_1", "r_precision", "map_at_r")}
+
+    def fit(self, resume: bool = False) -> list[dict[str, Any]]:
+        """Train for ``training.epochs`` epochs (from the checkpoint when ``resume``)."""
+        tc = self.config.training
+        with rng_scope(tc.seed + 1):
+            if resume:
+                self.load(self.checkpoint_path)
+                self.log(f"resumed from {self.checkpoint_path} after epoch {self.epoch}")
+            try:
+                while self.epoch < tc.epochs:
+                    record = self.train_epoch(self.epoch)
+                    stop = self._after_epoch(record)
+                    if stop:
+                        self.log(f"early stop: no val MAP@R gain for {tc.patience} epochs")
+                        break
+            except BaseException as err:
+                where = self.checkpoint_path if self.out_dir else None
+                kept = f"checkpoint of epoch {self.epoch} kept at {where}" if where else ""
+                self.log(
+                    f"training stopped during epoch {self.epoch + 1} "
+                    f"({type(err).__name__}: {err}). {kept}"
+                    + ("; continue with resume (dmlkit train --resume)" if where else "")
+                )
+                raise
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state["model"])
+            self.loss.load_state_dict(self.best_state["loss"])
+        return self.history
+
+    def _after_epoch(self, record: dict[str, Any]) -> bool:
+        tc = self.config.training
+        stop = False
+        if self.val_data is not None:
+            record.update(self.validate())
+            score = record["val_map_at_r"]
+            if score > self.best_metric:
+                self.best_metric, self.best_epoch, self.bad_epochs = score, record["epoch"], 0
+                self.best_state = {
+                    "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+                    "loss": {k: v.detach().clone() for k, v in self.loss.state_dict().items()},
+                }
+            else:
+                self.bad_epochs += 1
+                stop = tc.patience is not None and self.bad_epochs >= tc.patience
+        self.epoch = record["epoch"]
+        self.history.append(record)
+        line = " ".join(
+            f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()
+        )
+        if self.out_dir is not None:
+            self.save(self.checkpoint_path)
+            with open(self.out_dir / LOG, "a") as f:
+                f.write(line + "\n")
+        if not tc.progress:
+            self.log(line)
+        for callback in self.callbacks:
+            callback(self, record)
+        return stop
+
+    # -- checkpoints -------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        if self.out_dir is None:
+            raise ValueError("this trainer has no out_dir, so no checkpoint")
+        return self.out_dir / CHECKPOINT
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "loss": self.loss.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "best_metric": self.best_metric,
+            "best_epoch": self.best_epoch,
+            "best_state": self.best_state,
+            "bad_epochs": self.bad_epochs,
+            "history": self.history,
+            "rng": get_rng_state(),
+            "sampler_epoch": getattr(self.sampler, "epoch", self.epoch),
+        }
+
+    def save(self, path: str | Path) -> None:
+        atomic_save(self.state_dict(), path)
+
+    def load(self, path: str | Path) -> None:
+        """Restore everything :meth:`state_dict` holds (the caller keeps its config)."""
+        state = load_checkpoint(path, map_location=self.device)
+        self.model.load_state_dict(state["model"])
+        self.loss.load_state_dict(state["loss"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch = int(state["epoch"])
+        self.best_metric = float(state["best_metric"])
+        self.best_epoch = int(state["best_epoch"])
+        self.best_state = state["best_state"]
+        self.bad_epochs = int(state["bad_epochs"])
+        self.history = list(state["history"])
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(int(state["sampler_epoch"]))
+        set_rng_state(state["rng"])
+
+
+__all__ = ["Trainer", "resolve_device", "CHECKPOINT", "LOG"]
