@@ -1,5 +1,6 @@
 """Configuration schema of training runs (dataclasses <-> YAML)."""
 
+from dmlkit.config.defaults import digits_config
 from dmlkit.config.schema import (
     DATA_SOURCES,
     Config,
@@ -17,5 +18,6 @@ __all__ = [
     "ScheduleConfig",
     "TrainingConfig",
     "load_config",
+    "digits_config",
     "DATA_SOURCES",
 ]

@@ -1,0 +1,116 @@
+"""``dmlkit train`` and ``dmlkit embed``: thin over :mod:`dmlkit.training`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+RUNS_DIR = Path("runs")
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _latest_run(name: str) -> Path | None:
+    """The newest ``runs/<name>-*`` directory holding a checkpoint."""
+    candidates = [p for p in RUNS_DIR.glob(f"{name}-*") if (p / "checkpoint.pt").is_file()]
+    return max(candidates, key=lambda p: p.stat().st_mtime, default=None)
+
+
+def train(
+    config: Path | None = typer.Argument(
+        None, help="YAML config; default: the digits job (configs/digits.yaml)."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Run directory; default runs/<name>-<timestamp>."
+    ),
+    epochs: int | None = typer.Option(None, "--epochs", help="Override training.epochs."),
+    seed: int | None = typer.Option(None, "--seed", help="Override training.seed."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the run in --out (default: the newest matching run)."
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
+) -> None:
+    """Train an embedding; write config, weights, checkpoint, metrics and log to a run directory.
+
+    Prints the held-out retrieval metrics of the raw inputs next to the learned metric.
+    """
+    from dmlkit.config import Config, digits_config, load_config
+    from dmlkit.training import metrics_table, train_run
+
+    try:
+        cfg = load_config(config) if config is not None else digits_config()
+        if resume:
+            out = out if out is not None else _latest_run(cfg.name)
+            if out is None:
+                raise _fail(
+                    f"no run of {cfg.name!r} with a checkpoint under {RUNS_DIR}/; use --out"
+                )
+            if seed is not None:
+                raise _fail("--seed cannot change on --resume")
+            saved = out / "config.yaml"
+            if not saved.is_file():
+                raise _fail(f"cannot resume: {saved} not found")
+            cfg = Config.from_yaml(saved)
+        if epochs is not None:
+            cfg.training.epochs = epochs
+        if seed is not None:
+            cfg.training.seed = seed
+        cfg.training.progress = progress
+        cfg.check()
+        if out is None:
+            out = RUNS_DIR / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        typer.echo(f"{'resuming' if resume else 'run directory'}: {out}")
+        result = train_run(cfg, out, resume=resume, log=typer.echo)
+    except (FileNotFoundError, FileExistsError, ValueError, TypeError, KeyError) as err:
+        raise _fail(str(err)) from None
+    except KeyboardInterrupt:
+        raise _fail(
+            "interrupted; resume with: dmlkit train --resume --out " + str(out), 130
+        ) from None
+    typer.echo(f"\nheld-out retrieval ({result.metrics['num_queries']} queries, leave-one-out):")
+    typer.echo(metrics_table(result.metrics))
+    typer.echo(f"\n{result.seconds:.1f} s; wrote {out}/ (model.pt, metrics.json, train.log, ...)")
+
+
+def embed(
+    run_dir: Path = typer.Argument(..., help="A run directory written by dmlkit train."),
+    data: str = typer.Option(
+        "heldout",
+        "--data",
+        help="'heldout' or 'train' (the run's splits), a dataset name (digits, "
+        "fashion_mnist[:test]), a .npz file, an IDX or image folder, or a .yaml config.",
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Output .npz (embeddings, labels)."),
+    batch_size: int = typer.Option(512, "--batch-size"),
+    device: str = typer.Option("cpu", "--device"),
+) -> None:
+    """Embed a dataset with a trained run's model and save it as .npz."""
+    import numpy as np
+
+    from dmlkit.data import load_dataset
+    from dmlkit.training import build_splits, load_run
+    from dmlkit.training import embed as embed_data
+
+    try:
+        run = load_run(run_dir, device=device)
+        if data in ("heldout", "train"):
+            train_set, heldout = build_splits(run.config)
+            dataset = heldout if data == "heldout" else train_set
+        else:
+            dataset = load_dataset(data)
+        emb, labels = embed_data(run.model, dataset, batch_size=batch_size, device=device)
+    except (FileNotFoundError, ValueError, TypeError, KeyError) as err:
+        raise _fail(str(err)) from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, embeddings=emb.numpy(), labels=labels.numpy())
+    typer.echo(f"wrote {emb.shape[0]} embeddings of dim {emb.shape[1]} to {out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)
+    app.command("embed")(embed)
