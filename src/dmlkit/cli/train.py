@@ -72,8 +72,15 @@ def train(
         raise _fail(
             "interrupted; resume with: dmlkit train --resume --out " + str(out), 130
         ) from None
-    typer.echo(f"\nheld-out retrieval ({result.metrics['num_queries']} queries, leave-one-out):")
-    typer.echo(metrics_table(result.metrics))
+    if "num_tuples" in result.metrics:  # weak supervision evaluated on held-out tuples
+        from dmlkit.training.weak import tuple_metrics_table
+
+        typer.echo(f"\nheld-out {cfg.data.kind} ({result.metrics['num_tuples']}):")
+        typer.echo(tuple_metrics_table(result.metrics))
+    else:
+        queries = result.metrics["num_queries"]
+        typer.echo(f"\nheld-out retrieval ({queries} queries, leave-one-out):")
+        typer.echo(metrics_table(result.metrics))
     typer.echo(f"\n{result.seconds:.1f} s; wrote {out}/ (model.pt, metrics.json, train.log, ...)")
 
 

@@ -44,6 +44,11 @@ class DataConfig:
         Seeded caps on items per class, to keep runs short.
     seed : int
         Seed of the split and of the caps.
+    kind : {"labels", "pairs", "triplets"}
+        ``"labels"``: class-labelled items. ``"pairs"`` / ``"triplets"``: weak supervision
+        (see :mod:`dmlkit.training.weak`): tuples from the CSV file ``tuples`` (entries are
+        rows of the ``features`` .npy/.npz array, or image paths), else ``num_tuples``
+        tuples drawn from the labelled source above, whose labels are then dropped.
     """
 
     name: str = "digits"
@@ -61,6 +66,10 @@ class DataConfig:
     max_per_class: int | None = None
     max_heldout_per_class: int | None = None
     seed: int = 0
+    kind: str = "labels"
+    tuples: str | None = None
+    features: str | None = None
+    num_tuples: int = 5000
 
     def __post_init__(self) -> None:
         _choice("data", "name", self.name, DATA_SOURCES)
@@ -75,6 +84,9 @@ class DataConfig:
             raise ValueError(f"data.test_fraction must be in (0, 1), got {self.test_fraction}")
         if self.name in ("idx", "npz", "image_folder") and not self.path:
             raise ValueError(f"data.name {self.name!r} needs data.path")
+        _choice("data", "kind", self.kind, ("labels", "pairs", "triplets"))
+        if self.kind == "labels" and (self.tuples or self.features):
+            raise ValueError("data.tuples / data.features need data.kind 'pairs' or 'triplets'")
 
 
 @dataclass

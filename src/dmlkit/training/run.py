@@ -136,6 +136,10 @@ def train_run(
 def _train_run(
     config: Config, out_dir: Path, resume: bool, log: Any, callbacks: tuple
 ) -> RunResult:
+    if config.data.kind != "labels":  # pairs / triplets without class labels
+        from dmlkit.training.weak import train_weak_run
+
+        return train_weak_run(config, out_dir, resume, log, callbacks)
     start = time.perf_counter()
     train, heldout = build_splits(config)
     val = None

@@ -1,0 +1,189 @@
+"""Weakly supervised runs: train from pairs or triplets without class labels.
+
+Selected by the config's ``data.kind`` (``"pairs"`` or ``"triplets"``):
+
+* with ``data.tuples`` (a CSV file, see :mod:`dmlkit.data.tuples`) the tuples come from
+  that file (entries are rows of ``data.features`` or image paths); a seeded
+  ``data.test_fraction`` of the tuples is held out and the run reports how often the
+  learned metric ranks them right (triplet accuracy, or pair ROC AUC);
+* without it, ``data.num_tuples`` tuples are drawn (seeded) from the training part of
+  the labelled source ``data.name``, whose labels are then dropped; the held-out part
+  keeps its labels, so the run reports the usual retrieval metrics, comparable with a
+  fully supervised run on the same split.
+
+Batches are ``(unique items, None, Pairs | Triplets)``; any tuple loss trains from them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dmlkit.config.schema import Config
+from dmlkit.data.dataset import ArrayDataset
+from dmlkit.data.load import split_dataset
+from dmlkit.data.splits import stratified_split
+from dmlkit.data.tuples import (
+    TupleDataset,
+    pairs_from_labels,
+    read_tuples_csv,
+    triplets_from_labels,
+)
+from dmlkit.distances.base import BaseDistance
+from dmlkit.distances.euclidean import EuclideanDistance
+from dmlkit.registry import LOSSES
+from dmlkit.training.build import resolve_config
+from dmlkit.training.checkpoint import atomic_save
+from dmlkit.training.run import CONFIG_FILE, METRICS_FILE, MODEL_FILE, RunResult, heldout_metrics
+from dmlkit.training.trainer import Trainer
+
+TUPLE_METRICS = {"triplets": "triplet_accuracy", "pairs": "pair_auc"}
+
+
+@dataclass
+class WeakSplits:
+    """Training tuples, and what the run is evaluated on (one of the last two)."""
+
+    train: TupleDataset
+    val: ArrayDataset | None = None
+    heldout: ArrayDataset | None = None
+    heldout_tuples: TupleDataset | None = None
+
+
+def build_weak_splits(config: Config) -> WeakSplits:
+    """The training tuples and the held-out data of a weakly supervised config."""
+    dc = config.data
+    if dc.kind not in TUPLE_METRICS:
+        raise ValueError(f"data.kind must be 'pairs' or 'triplets' here, got {dc.kind!r}")
+    if dc.tuples is not None:
+        if config.training.val_fraction > 0:
+            raise ValueError("training.val_fraction needs labels; a tuple file has none")
+        full = read_tuples_csv(dc.tuples, dc.kind, dc.features, dc.x_key, dc.image_size, dc.color)
+        order = np.random.default_rng(dc.seed).permutation(len(full))
+        n_test = int(round(dc.test_fraction * len(full)))
+        if not 0 < n_test < len(full):
+            raise ValueError(
+                f"{len(full)} tuples cannot be split with test_fraction {dc.test_fraction}"
+            )
+        return WeakSplits(full.subset(order[n_test:]), heldout_tuples=full.subset(order[:n_test]))
+    train, heldout = split_dataset(dc)
+    val = None
+    if config.training.val_fraction > 0:
+        train, val = stratified_split(train, config.training.val_fraction, dc.seed + 1)
+    if dc.kind == "triplets":
+        tuples = TupleDataset(triplets_from_labels(train.labels, dc.num_tuples, dc.seed), train.x)
+    else:
+        rows, similar = pairs_from_labels(train.labels, dc.num_tuples, dc.seed)
+        tuples = TupleDataset(rows, train.x, similar)
+    return WeakSplits(tuples, val=val, heldout=heldout)
+
+
+@torch.no_grad()
+def tuple_metrics(
+    model: nn.Module | None,
+    tuples: TupleDataset,
+    distance: BaseDistance | None = None,
+    device: str | torch.device = "cpu",
+    batch_size: int = 512,
+) -> dict[str, float]:
+    """How well embeddings (``model=None``: the raw inputs, flattened) rank held-out tuples.
+
+    Triplets: ``triplet_accuracy``, the fraction with ``d(a, p) < d(a, n)``.
+    Pairs: ``pair_auc``, the ROC AUC of closeness as a score for "similar".
+    """
+    distance = distance if distance is not None else EuclideanDistance()
+    ids = torch.unique(tuples.tuples)  # (u,) every referenced item
+    parts = []
+    was_training = model.training if model is not None else False
+    if model is not None:
+        model.eval()
+    for i in range(0, len(ids), batch_size):
+        x = tuples.load_items(ids[i : i + batch_size])
+        parts.append(x.flatten(1).float() if model is None else model(x.to(device)).float().cpu())
+    if model is not None:
+        model.train(was_training)
+    emb = torch.zeros(int(tuples.tuples.max()) + 1, parts[0].shape[1])  # (N, dim) by item id
+    emb[ids] = torch.cat(parts)
+    rows = tuples.tuples
+    d_first = distance.pairwise(emb[rows[:, 0]], emb[rows[:, 1]])  # (T,)
+    closeness = d_first if distance.is_similarity else -d_first
+    if tuples.kind == "triplets":
+        d_neg = distance.pairwise(emb[rows[:, 0]], emb[rows[:, 2]])  # (T,)
+        neg_closeness = d_neg if distance.is_similarity else -d_neg
+        return {"triplet_accuracy": float((closeness > neg_closeness).double().mean())}
+    from sklearn.metrics import roc_auc_score
+
+    return {"pair_auc": float(roc_auc_score(tuples.similar.numpy(), closeness.numpy()))}
+
+
+def tuple_metrics_table(metrics: dict[str, Any]) -> str:
+    """Raw inputs vs the learned metric on held-out tuples, as plain text."""
+    rows = [f"{'metric':<18} {'raw inputs':>10} {'learned':>10}"]
+    for key in TUPLE_METRICS.values():
+        if key in metrics:
+            rows.append(f"{key:<18} {metrics['baseline'][key]:>10.4f} {metrics[key]:>10.4f}")
+    return "\n".join(rows)
+
+
+def train_weak_run(
+    config: Config, out_dir: Path, resume: bool, log: Any, callbacks: tuple
+) -> RunResult:
+    """:func:`~dmlkit.training.train_run` for ``data.kind`` pairs / triplets."""
+    start = time.perf_counter()
+    loss_cls = LOSSES.get(config.loss["name"])
+    if getattr(loss_cls, "requires_labels", False) or not getattr(
+        loss_cls, "accepts_indices", True
+    ):
+        raise ValueError(
+            f"loss {config.loss['name']!r} needs class labels; pairs / triplets train tuple "
+            "losses (contrastive, triplet_margin, multi_similarity, ...)"
+        )
+    if config.miner is not None:
+        raise ValueError("miners need class labels; remove the miner section for tuple data")
+    splits = build_weak_splits(config)
+    resolved = resolve_config(config, splits.train.example(), 0)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    resolved.to_yaml(out_dir / CONFIG_FILE)
+    evaluated = (
+        f"held out {len(splits.heldout)} labelled items"
+        if splits.heldout is not None
+        else f"held out {len(splits.heldout_tuples)} {config.data.kind}"
+    )
+    log(
+        f"training on {len(splits.train)} {config.data.kind} of {len(splits.train.items)} "
+        f"items (no class labels), {evaluated}"
+    )
+    trainer = Trainer(
+        resolved, splits.train, val_data=splits.val, out_dir=out_dir, log=log, callbacks=callbacks
+    )
+    history = trainer.fit(resume=resume)
+    atomic_save(trainer.model.state_dict(), out_dir / MODEL_FILE)
+    if splits.heldout is not None:
+        metrics = heldout_metrics(trainer.model, splits.heldout, device=trainer.device)
+    else:
+        held = splits.heldout_tuples
+        distance = getattr(trainer.loss, "distance", None)
+        metrics = tuple_metrics(trainer.model, held, distance, trainer.device)
+        metrics["baseline"] = tuple_metrics(None, held, distance)
+        metrics["num_tuples"] = len(held)
+    seconds = time.perf_counter() - start
+    metrics["train_seconds"] = round(seconds, 2)
+    (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    return RunResult(out_dir, metrics, history, seconds)
+
+
+__all__ = [
+    "WeakSplits",
+    "build_weak_splits",
+    "tuple_metrics",
+    "tuple_metrics_table",
+    "train_weak_run",
+    "TUPLE_METRICS",
+]
