@@ -340,6 +340,9 @@ def test_arcface_gradient_finite_at_unit_cosine():
     out = loss_fn(x, y)
     out.backward()
     assert torch.isfinite(out) and torch.isfinite(x.grad).all()
+    pml = pml_losses.ArcFaceLoss(num_classes=C, embedding_size=D)
+    pml.W.data = loss_fn.weight.detach().T.clone()
+    assert torch.allclose(out, pml(x.detach(), y), rtol=1e-5)  # same value (PML's grad is NaN)
     assert torch.isfinite(loss_fn.weight.grad).all()
     x2 = (-loss_fn.weight.detach()[[0]]).clone().requires_grad_(True)  # cos = -1
     loss_fn(x2, torch.tensor([0])).backward()

@@ -15,13 +15,13 @@ def cos_plus_angle(cos: Tensor, angle: float) -> Tensor:
     """``cos(acos(cos) + angle)`` for the target logit, stable and monotone in the angle.
 
     Computed as ``c cos m - sqrt(1 - c^2) sin m`` with ``1 - c^2`` clamped at the dtype's
-    epsilon, so the gradient is finite even at ``|c| = 1`` (where ``acos`` has none).
+    smallest normal number, so the value is exact and the gradient finite even at
+    ``|c| = 1`` (where ``acos`` has none: pytorch-metric-learning's gradient is NaN there).
     Where ``theta + m`` would pass ``pi`` (``c < -cos m``) the logit continues linearly as
     ``c - m sin m`` so it keeps decreasing with the angle (ArcFace's "easy margin" fix).
     """
     c = cos.clamp(-1.0, 1.0)  # (c,)
-    eps = torch.finfo(c.dtype).eps
-    sin = torch.sqrt((1.0 - c * c).clamp_min(eps))  # (c,)
+    sin = torch.sqrt((1.0 - c * c).clamp_min(torch.finfo(c.dtype).tiny))  # (c,)
     shifted = c * math.cos(angle) - sin * math.sin(angle)  # (c,)
     fallback = c - angle * math.sin(angle)  # (c,)
     return torch.where(c >= -math.cos(angle), shifted, fallback)
