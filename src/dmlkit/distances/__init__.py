@@ -8,6 +8,7 @@ from dmlkit.distances.base import BaseDistance
 from dmlkit.distances.cosine import CosineSimilarity
 from dmlkit.distances.dot_product import DotProductSimilarity
 from dmlkit.distances.euclidean import EuclideanDistance
+from dmlkit.distances.mahalanobis import MahalanobisDistance
 
 
 def build_distance(spec: str | dict[str, Any] | BaseDistance | None) -> BaseDistance | None:
@@ -32,5 +33,6 @@ __all__ = [
     "CosineSimilarity",
     "DotProductSimilarity",
     "EuclideanDistance",
+    "MahalanobisDistance",
     "build_distance",
 ]
