@@ -46,7 +46,7 @@ def canonical_metric(metric: str) -> str:
 
 
 def prepare_vectors(x: Tensor, metric: str) -> tuple[Tensor, Tensor | None]:
-    """``(vectors, squared norms or None)`` ready for :func:`ranking_keys`."""
+    """``(vectors, squared norms or None)``: float, L2-normalized for ``"cosine"``."""
     metric = canonical_metric(metric)
     x = x if x.dtype in (torch.float32, torch.float64) else x.float()
     if metric == "cosine":
@@ -56,44 +56,58 @@ def prepare_vectors(x: Tensor, metric: str) -> tuple[Tensor, Tensor | None]:
     return x, None
 
 
-def ranking_keys(
-    query: tuple[Tensor, Tensor | None], reference: tuple[Tensor, Tensor | None]
-) -> Tensor:
-    """Ranking keys ``(c, m)`` (smaller = closer) of prepared queries against references."""
-    q, q_sq = query
-    r, r_sq = reference
-    prod = q @ r.T  # (c, m)
-    if q_sq is None:
-        return prod.neg_()
-    # squared euclidean: |q|^2 + |r|^2 - 2 q.r, clamped like faiss
-    return prod.mul_(-2.0).add_(r_sq[None, :]).add_(q_sq[:, None]).clamp_min_(0.0)
+def prepare_reference(reference: Tensor, metric: str) -> tuple[Tensor, Tensor | None]:
+    """Reference ready for :func:`ranking_keys`: ``(matrix (d, m), bias (m,) or None)``.
+
+    Euclidean keys are ``|r|^2 - 2 q.r`` (the squared distance minus the query's constant
+    ``|q|^2``, same order and ties within a row) and similarity keys are ``-q.r``, so one
+    ``addmm`` per block gives them; the factors ``-2`` and ``-1`` are exact in floating
+    point.
+    """
+    r, r_sq = prepare_vectors(reference, metric)
+    if r_sq is None:
+        return (-r).T.contiguous(), None
+    return (-2.0 * r).T.contiguous(), r_sq
 
 
-def scores_from_keys(keys: Tensor, metric: str) -> Tensor:
-    """Turn ranking keys back into scores: squared L2 distance, or the similarity."""
-    return keys if canonical_metric(metric) == "euclidean" else -keys
+def ranking_keys(query: Tensor, reference: tuple[Tensor, Tensor | None]) -> Tensor:
+    """Ranking keys ``(c, m)`` (smaller = closer) of prepared queries against a prepared
+    reference (see :func:`prepare_reference`)."""
+    mat, bias = reference
+    if bias is None:
+        return query @ mat  # (c, m)
+    return torch.addmm(bias[None, :], query, mat)  # (c, m)
+
+
+def scores_from_keys(keys: Tensor, metric: str, query_sq: Tensor | None = None) -> Tensor:
+    """Scores from ranking keys: squared L2 distance (clamped at 0), or the similarity."""
+    if canonical_metric(metric) == "euclidean":
+        return (keys + query_sq[:, None]).clamp_min(0.0)
+    return -keys
 
 
 def topk_lexicographic(keys: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """The ``k`` smallest keys per row in ``(key, column)`` order: ``(c, k)`` values, indices.
 
     Among equal keys lower columns come first, and a tie that straddles the k-th
-    position keeps the lowest columns, so the result is deterministic.
+    position keeps the lowest columns, so the result is deterministic. One ``topk`` of
+    ``k + 1`` finds the rows where a tie straddles the boundary (the k-th and (k+1)-th
+    smallest keys are equal); only those rows are redone exactly.
     """
     c, m = keys.shape
     k = min(int(k), m)
     if k <= 0 or c == 0:
         empty = keys.new_empty((c, max(k, 0)))
         return empty, torch.empty((c, max(k, 0)), dtype=torch.long, device=keys.device)
-    if k == m:
+    if 4 * k >= m:
         vals, idx = keys.sort(dim=1, stable=True)
-        return vals, idx
-    vals, idx = torch.topk(keys, k, dim=1, largest=False, sorted=False)  # (c, k)
-    kth = vals.max(dim=1, keepdim=True).values  # (c, 1) boundary key
-    cut = (keys == kth).sum(dim=1) > (vals == kth).sum(dim=1)  # (c,) boundary tie was cut
+        return vals[:, :k], idx[:, :k]
+    vals, idx = torch.topk(keys, k + 1, dim=1, largest=False, sorted=True)  # (c, k + 1)
+    cut = vals[:, k] == vals[:, k - 1]  # (c,) a tie straddles the k-th position
+    vals, idx = vals[:, :k].contiguous(), idx[:, :k].contiguous()
     if bool(cut.any()):
         rows = cut.nonzero().squeeze(1)
-        sub, t = keys[rows], kth[rows]  # (r, m), (r, 1)
+        sub, t = keys[rows], vals[rows, k - 1 :]  # (r, m), (r, 1) boundary key
         below = sub < t
         tied = sub == t
         need = k - below.sum(dim=1, keepdim=True)  # (r, 1) ties to keep, lowest columns first
@@ -132,6 +146,8 @@ def knn(
         (scores are similarities).
     exclude_self : bool, optional
         Skip reference ``i`` for query ``i`` (default: True when ``reference`` is None).
+    query_chunk, ref_chunk : int
+        Shape of the block of keys computed at once.
 
     Returns
     -------
@@ -146,16 +162,15 @@ def knn(
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k}")
     n, m = query.shape[0], reference.shape[0]
-    ref_p = prepare_vectors(reference, metric)
-    dtype = ref_p[0].dtype
-    out_keys = torch.full((n, k), float("inf"), dtype=dtype, device=query.device)
+    mat, bias = prepare_reference(reference, metric)
+    out_keys = torch.full((n, k), float("inf"), dtype=mat.dtype, device=query.device)
     out_idx = torch.full((n, k), -1, dtype=torch.long, device=query.device)
     for s, e in row_chunks(n, query_chunk):
-        q_p = prepare_vectors(query[s:e].to(dtype), metric)
+        q, q_sq = prepare_vectors(query[s:e].to(mat.dtype), metric)
         cand_keys, cand_idx = [], []
         for rs, re_ in row_chunks(m, ref_chunk):
-            block = (ref_p[0][rs:re_], None if ref_p[1] is None else ref_p[1][rs:re_])
-            keys = ranking_keys(q_p, block)  # (c, b)
+            block = (mat[:, rs:re_], None if bias is None else bias[rs:re_])
+            keys = ranking_keys(q, block)  # (c, b)
             if exclude_self:
                 rows = torch.arange(s, e, device=keys.device)
                 hit = (rows >= rs) & (rows < re_)
@@ -164,15 +179,18 @@ def knn(
             cand_keys.append(v)
             cand_idx.append(i + rs)
         v, i = torch.cat(cand_keys, dim=1), torch.cat(cand_idx, dim=1)  # (c, blocks * k)
-        if len(cand_keys) > 1:
+        if len(cand_keys) > 1:  # merge blocks: (key, index) order, first k
             i, perm = i.sort(dim=1)
             v, perm2 = v.gather(1, perm).sort(dim=1, stable=True)
             i = i.gather(1, perm2)
         kk = min(k, v.shape[1])
-        out_keys[s:e, :kk], out_idx[s:e, :kk] = v[:, :kk], i[:, :kk]
-    out_idx[torch.isinf(out_keys)] = -1
-    scores = scores_from_keys(out_keys, metric)
-    return scores, out_idx
+        out_keys[s:e, :kk] = scores_from_keys(v[:, :kk], metric, q_sq)
+        out_idx[s:e, :kk] = i[:, :kk]
+    pad = torch.isinf(out_keys)
+    out_idx[pad] = -1
+    if canonical_metric(metric) != "euclidean":
+        out_keys[pad] = float("-inf")
+    return out_keys, out_idx
 
 
 def retrieval_per_query(
@@ -194,7 +212,8 @@ def retrieval_per_query(
     row is excluded (leave-one-out); ``ref_includes_query=True`` means the same for a
     reference whose first ``n`` rows are the queries. Relevance is
     ``same_label(query_labels, reference_labels)``, so multi-label and hierarchical labels
-    work. ``R`` is the number of relevant references of a query.
+    work (class labels take an equivalent faster path). ``R`` is the number of relevant
+    references of a query.
 
     Returns
     -------
@@ -206,68 +225,90 @@ def retrieval_per_query(
         ``R == 0`` are meaningless; callers drop them.
     """
     ks = sorted({int(v) for v in k})
-    if any(v < 1 for v in ks):
+    if not ks or ks[0] < 1:
         raise ValueError(f"k values must be >= 1, got {list(k)}")
     exclude_self = reference is None or ref_includes_query
     if reference is None:
         reference, reference_labels = query, query_labels
     n, m = query.shape[0], reference.shape[0]
+    if exclude_self and m < n:
+        raise ValueError(f"the reference ({m} rows) cannot include all {n} queries")
     m_eff = m - int(exclude_self)
-    ref_p = prepare_vectors(reference, metric)
-    dtype = ref_p[0].dtype
+    ref = prepare_reference(reference, metric)
+    classes = query_labels.dim() == 1
+    if classes:  # R from label counts, no (c, m) relation needed for the top-R metrics
+        uniq, counts = torch.unique(reference_labels, return_counts=True)
+        pos = torch.searchsorted(uniq, query_labels).clamp_max(max(len(uniq) - 1, 0))
+        found = uniq[pos] == query_labels if len(uniq) else torch.zeros_like(query_labels,
+                                                                              dtype=torch.bool)
+        r_all = torch.where(found, counts[pos] if len(uniq) else 0, 0) - int(exclude_self)
     chunk = chunk_size or chunk_size_for(n, m, RETRIEVAL_BUDGET)
     out: dict[str, list[Tensor]] = {}
     for s, e in row_chunks(n, chunk):
-        keys = ranking_keys(prepare_vectors(query[s:e].to(dtype), metric), ref_p)  # (c, m)
-        rel = same_label(query_labels[s:e], reference_labels)  # (c, m)
+        q, _ = prepare_vectors(query[s:e].to(ref[0].dtype), metric)
+        keys = ranking_keys(q, ref)  # (c, m)
+        rows = torch.arange(e - s, device=keys.device)
         if exclude_self:
-            rows = torch.arange(e - s, device=keys.device)
             keys[rows, rows + s] = float("inf")
-            rel[rows, rows + s] = False
-        for name, val in _chunk_values(keys, rel, ks, m_eff, average_precision,
-                                       reciprocal_rank).items():
+        rel = None
+        if not classes or average_precision or reciprocal_rank:
+            rel = same_label(query_labels[s:e], reference_labels)  # (c, m)
+            if exclude_self:
+                rel[rows, rows + s] = False
+        r = r_all[s:e] if classes else rel.sum(dim=1)  # (c,)
+        depth = min(max(int(r.max()) if e > s else 0, ks[-1], 1), m_eff)
+        _, idx = topk_lexicographic(keys, depth)  # (c, K)
+        if classes:
+            hits = reference_labels[idx] == query_labels[s:e, None]  # (c, K)
+        else:
+            hits = rel.gather(1, idx)  # (c, K)
+        vals = _top_values(hits, r, ks)
+        if reciprocal_rank:
+            vals["reciprocal_rank"] = _reciprocal_rank(keys, rel)
+        if average_precision:
+            vals["average_precision"] = _average_precision(keys, rel, r)
+        for name, val in vals.items():
             out.setdefault(name, []).append(val)
     if not out:  # no queries
         return {"num_relevant": torch.zeros(0, dtype=torch.long)}
     return {name: torch.cat(vals) for name, vals in out.items()}
 
 
-def _chunk_values(
-    keys: Tensor, rel: Tensor, ks: list[int], m_eff: int, ap: bool, rr: bool
-) -> dict[str, Tensor]:
-    """Per-query values for one chunk of ranking keys ``(c, m)`` and relevance ``(c, m)``."""
-    c, m = keys.shape
-    r = rel.sum(dim=1)  # (c,) R per query
-    r_f = r.to(torch.float64).clamp_min(1.0)
-    depth = min(max(int(r.max()) if c else 0, ks[-1], 1), m_eff)
-    _, idx = topk_lexicographic(keys, depth)  # (c, K)
-    hits = rel.gather(1, idx)  # (c, K) bool, ranking order
+def _top_values(hits: Tensor, r: Tensor, ks: list[int]) -> dict[str, Tensor]:
+    """Metrics from the top-K relevance ``hits (c, K)`` (ranking order) and ``R (c,)``."""
+    depth = hits.shape[1]
+    r_f = r.to(torch.float64).clamp_min(1.0)  # (c,)
     csum = hits.cumsum(dim=1)  # (c, K)
-    pos = torch.arange(1, depth + 1, device=keys.device, dtype=torch.float64)  # (K,)
-    in_r = pos[None, :] <= r[:, None]  # (c, K) within the first R
+    pos = torch.arange(1, depth + 1, device=hits.device, dtype=torch.float64)  # (K,)
+    in_r = hits & (pos[None, :] <= r[:, None])  # (c, K) relevant within the first R
     vals: dict[str, Tensor] = {"num_relevant": r}
     vals["precision_at_1"] = hits[:, 0].to(torch.float64)
     for kv in ks:
         vals[f"recall_at_{kv}"] = hits[:, :kv].any(dim=1).to(torch.float64)
         vals[f"precision_at_{kv}"] = hits[:, :kv].sum(dim=1).to(torch.float64) / kv
-    vals["r_precision"] = (hits & in_r).sum(dim=1).to(torch.float64) / r_f
-    prec_at_hits = torch.where(hits & in_r, csum / pos, 0.0)  # (c, K) float64
-    vals["map_at_r"] = prec_at_hits.sum(dim=1) / r_f
-    if rr:
-        # rank of the first relevant = 1 + number of references ranked before it
-        inf = torch.tensor(float("inf"), dtype=keys.dtype, device=keys.device)
-        best = torch.where(rel, keys, inf).min(dim=1, keepdim=True).values  # (c, 1)
-        first = (rel & (keys == best)).to(torch.uint8).argmax(dim=1, keepdim=True)  # (c, 1)
-        cols = torch.arange(m, device=keys.device)[None, :]
-        before = (keys < best) | ((keys == best) & (cols < first))  # (c, m)
-        vals["reciprocal_rank"] = 1.0 / (before.sum(dim=1).to(torch.float64) + 1.0)
-    if ap:
-        order = keys.argsort(dim=1, stable=True)  # (c, m) full ranking
-        full_hits = rel.gather(1, order)  # (c, m)
-        full_pos = torch.arange(1, m + 1, device=keys.device, dtype=torch.float64)
-        prec = torch.where(full_hits, full_hits.cumsum(dim=1) / full_pos, 0.0)
-        vals["average_precision"] = prec.sum(dim=1) / r_f
+    vals["r_precision"] = in_r.sum(dim=1).to(torch.float64) / r_f
+    vals["map_at_r"] = torch.where(in_r, csum / pos, 0.0).sum(dim=1) / r_f
     return vals
+
+
+def _reciprocal_rank(keys: Tensor, rel: Tensor) -> Tensor:
+    """1 / (1 + references ranked before the first relevant one), ``(c,)`` float64."""
+    inf = torch.tensor(float("inf"), dtype=keys.dtype, device=keys.device)
+    best = torch.where(rel, keys, inf).amin(dim=1, keepdim=True)  # (c, 1)
+    first = (rel & (keys == best)).to(torch.uint8).argmax(dim=1, keepdim=True)  # (c, 1)
+    cols = torch.arange(keys.shape[1], device=keys.device)[None, :]
+    before = (keys < best) | ((keys == best) & (cols < first))  # (c, m)
+    return 1.0 / (before.sum(dim=1).to(torch.float64) + 1.0)
+
+
+def _average_precision(keys: Tensor, rel: Tensor, r: Tensor) -> Tensor:
+    """Average precision over the full ranking (a stable sort per row), ``(c,)``."""
+    m = keys.shape[1]
+    order = keys.argsort(dim=1, stable=True)  # (c, m)
+    hits = rel.gather(1, order)  # (c, m)
+    pos = torch.arange(1, m + 1, device=keys.device, dtype=torch.float64)
+    prec = torch.where(hits, hits.cumsum(dim=1) / pos, 0.0)
+    return prec.sum(dim=1) / r.to(torch.float64).clamp_min(1.0)
 
 
 __all__ = [
@@ -277,6 +318,7 @@ __all__ = [
     "ranking_keys",
     "scores_from_keys",
     "topk_lexicographic",
+    "prepare_reference",
     "knn",
     "retrieval_per_query",
 ]

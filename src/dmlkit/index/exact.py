@@ -10,6 +10,7 @@ import torch
 from dmlkit.functional.chunking import row_chunks
 from dmlkit.functional.retrieval import (
     knn,
+    prepare_reference,
     prepare_vectors,
     ranking_keys,
     scores_from_keys,
@@ -108,22 +109,21 @@ class ExactIndex(BaseIndex):
         is_torch = isinstance(q, torch.Tensor)
         qa = to_numpy_2d(q, self.dim, "q")
         metric = _TORCH_METRIC[self.metric]
-        bound = float(threshold) if metric == "euclidean" else -float(threshold)
-        data = self.vectors
-        ref = prepare_vectors(data, metric)
+        ref = prepare_reference(self.vectors, metric)
         counts, all_scores, all_rows = [], [], []
         with torch.no_grad():
             for s, e in row_chunks(qa.shape[0], self.query_chunk):
-                qp = prepare_vectors(torch.from_numpy(qa[s:e]), metric)
-                keys = ranking_keys(qp, ref)  # (c, m)
-                inside = keys <= bound  # (c, m)
-                rows, cols = inside.nonzero(as_tuple=True)  # row-major: by query, then column
-                vals = keys[rows, cols]
+                q, q_sq = prepare_vectors(torch.from_numpy(qa[s:e]), metric)
+                scores = scores_from_keys(ranking_keys(q, ref), metric, q_sq)  # (c, m)
+                inside = scores <= threshold if metric == "euclidean" else scores >= threshold
+                rows, cols = inside.nonzero(as_tuple=True)  # by query, then column
+                vals = scores[rows, cols]
                 # closest first within each query, stable on storage order
-                order = torch.sort(vals, stable=True).indices
+                key = vals if metric == "euclidean" else -vals
+                order = torch.sort(key, stable=True).indices
                 order = order[torch.sort(rows[order], stable=True).indices]
                 counts.append(inside.sum(dim=1))
-                all_scores.append(scores_from_keys(vals[order], metric))
+                all_scores.append(vals[order])
                 all_rows.append(cols[order])
         counts_t = torch.cat(counts) if counts else torch.zeros(0, dtype=torch.long)
         lims = np.concatenate([[0], np.cumsum(counts_t.numpy())]).astype(np.int64)
