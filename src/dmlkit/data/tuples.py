@@ -259,35 +259,63 @@ def write_tuples_csv(path: str | Path, tuples: Tensor | np.ndarray, similar: Any
     return path
 
 
+class LabelGroups:
+    """Items grouped by class label, for uniform draws of same- or other-class items.
+
+    O(n log n) to build, O(1) per draw (no ``(T, n)`` mask).
+
+    Parameters
+    ----------
+    labels : Tensor or array (n,) of int
+    """
+
+    def __init__(self, labels: Tensor | np.ndarray) -> None:
+        y = torch.as_tensor(labels if isinstance(labels, Tensor) else np.asarray(labels))
+        if y.dim() != 1 or y.is_floating_point():
+            raise ValueError(f"labels must be (n,) integers, got {y.dtype} {tuple(y.shape)}")
+        self.order = torch.argsort(y, stable=True)  # items grouped by class
+        _, self.inverse, self.counts = torch.unique(y, return_inverse=True, return_counts=True)
+        self.starts = torch.cumsum(self.counts, 0) - self.counts  # (C,) first sorted position
+        self.rank = torch.empty_like(self.order)
+        self.rank[self.order] = torch.arange(len(y), device=y.device)  # sorted position
+        self.class_size = self.counts[self.inverse]  # (n,) size of each item's class
+
+    @staticmethod
+    def _uniform_below(high: Tensor, g: torch.Generator) -> Tensor:
+        """One integer in ``[0, high)`` per entry of ``high``."""
+        u = torch.rand(high.shape, generator=g).to(high.device)
+        return (u * high).long().clamp_max(high - 1)
+
+    def positives(self, anchors: Tensor, g: torch.Generator) -> Tensor:
+        """A uniform same-class item other than the anchor, per anchor (class size >= 2)."""
+        c = self.inverse[anchors]
+        pos = self.starts[c] + self._uniform_below(self.counts[c] - 1, g)
+        return self.order[pos + (pos >= self.rank[anchors]).long()]
+
+    def negatives(self, anchors: Tensor, g: torch.Generator) -> Tensor:
+        """A uniform item of another class, per anchor."""
+        c = self.inverse[anchors]
+        pos = self._uniform_below(len(self.order) - self.counts[c], g)
+        return self.order[pos + (pos >= self.starts[c]).long() * self.counts[c]]
+
+
 def triplets_from_labels(labels: Tensor | np.ndarray, num_triplets: int, seed: int = 0) -> Tensor:
     """``(T, 3)`` uniform random triplets ``(anchor, positive, negative)`` from class labels.
 
     Simulates weak supervision from a labelled dataset (the labels are then discarded).
     Anchors come from classes with at least two items. O(n log n + T) time and memory.
     """
-    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     if num_triplets < 1:
         raise ValueError(f"num_triplets must be >= 1, got {num_triplets}")
-    g = torch.Generator().manual_seed(seed)
-    order = torch.argsort(y, stable=True)  # items grouped by class
-    _, inverse, counts = torch.unique(y, return_inverse=True, return_counts=True)
-    starts = torch.cumsum(counts, 0) - counts  # (C,) first sorted position of each class
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(len(y))  # sorted position of each item
-    eligible = torch.where(counts[inverse] >= 2)[0]  # anchors that have a positive
-    if eligible.numel() == 0 or counts.numel() < 2:
+    groups = LabelGroups(labels)
+    eligible = torch.where(groups.class_size >= 2)[0]  # anchors that have a positive
+    if eligible.numel() == 0 or groups.counts.numel() < 2:
         raise ValueError("triplets need a class with two items and at least two classes")
+    g = torch.Generator().manual_seed(seed)
     anchors = eligible[torch.randint(len(eligible), (num_triplets,), generator=g)]  # (T,)
-    c = inverse[anchors]  # (T,) class of each anchor
-
-    def uniform_below(high: Tensor) -> Tensor:  # one integer in [0, high) per entry
-        return (torch.rand(high.shape, generator=g) * high).long().clamp_max(high - 1)
-
-    p_pos = starts[c] + uniform_below(counts[c] - 1)  # a class position, skipping the anchor
-    p_pos = p_pos + (p_pos >= rank[anchors]).long()
-    n_pos = uniform_below(len(y) - counts[c])  # a position outside the anchor's class
-    n_pos = n_pos + (n_pos >= starts[c]).long() * counts[c]
-    return torch.stack([anchors, order[p_pos], order[n_pos]], dim=1)  # (T, 3)
+    positives = groups.positives(anchors, g)
+    negatives = groups.negatives(anchors, g)
+    return torch.stack([anchors, positives, negatives], dim=1)  # (T, 3)
 
 
 def pairs_from_labels(
@@ -308,6 +336,7 @@ __all__ = [
     "write_tuples_csv",
     "load_features",
     "triplets_from_labels",
+    "LabelGroups",
     "pairs_from_labels",
     "COLUMNS",
 ]

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Sampler
 
+from dmlkit.data.tuples import LabelGroups, TupleDataset
 from dmlkit.distances.base import BaseDistance
 from dmlkit.distances.euclidean import EuclideanDistance
 from dmlkit.functional.chunking import chunk_size_for, row_chunks
@@ -126,9 +127,8 @@ def mine_hard_triplets(
     labels = labels.to(neg_idx.device)
     g = torch.Generator().manual_seed(seed)
     n_valid = (neg_idx >= 0).sum(dim=1)  # (n,)
-    _, inverse, class_sizes = torch.unique(labels, return_inverse=True, return_counts=True)
-    counts = class_sizes[inverse]  # (n,) size of each item's class
-    anchors = torch.where((n_valid > 0) & (counts >= 2))[0]  # (r,)
+    groups = LabelGroups(labels)
+    anchors = torch.where((n_valid > 0) & (groups.class_size >= 2))[0]  # (r,)
     t = triplets_per_anchor
     a = anchors.repeat_interleave(t)  # (r * t,)
     pick = (torch.rand(a.shape, generator=g).to(a.device) * n_valid[a]).long()  # (r * t,)
@@ -136,7 +136,7 @@ def mine_hard_triplets(
     if positive == "hardest":
         positives = _farthest_positive(embeddings, labels, distance)[a]
     else:
-        positives = _random_positive(labels, a, g)
+        positives = groups.positives(a, g)
     return Triplets(a, positives, negatives)
 
 
@@ -152,19 +152,6 @@ def _farthest_positive(embeddings: Tensor, labels: Tensor, distance: BaseDistanc
         v, i = e.masked_fill(~pos, -float("inf")).max(dim=1)  # (c,)
         out[a:b] = torch.where(torch.isinf(v), out[a:b], i)
     return out
-
-
-def _random_positive(labels: Tensor, anchors: Tensor, g: torch.Generator) -> Tensor:
-    """One uniform same-class item (not the anchor) per anchor, O(n log n + T)."""
-    order = torch.argsort(labels, stable=True)  # items grouped by class
-    _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
-    starts = torch.cumsum(counts, 0) - counts  # (C,)
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(len(labels), device=labels.device)
-    c = inverse[anchors]
-    r = (torch.rand(anchors.shape, generator=g).to(anchors.device) * (counts[c] - 1)).long()
-    pos = starts[c] + r.clamp_max(counts[c] - 2)
-    return order[pos + (pos >= rank[anchors]).long()]
 
 
 class OfflineHardNegativeSampler(Sampler[list[int]]):
@@ -271,10 +258,8 @@ class OfflineHardNegativeSampler(Sampler[list[int]]):
             _, first = np.unique(rows.ravel(), return_index=True)
             yield rows.ravel()[np.sort(first)].tolist()  # distinct items, in triplet order
 
-    def tuple_dataset(self):  # noqa: ANN201 - avoids importing the data layer at module load
+    def tuple_dataset(self) -> TupleDataset:
         """The current mined triplets as a :class:`~dmlkit.data.tuples.TupleDataset`."""
-        from dmlkit.data.tuples import TupleDataset
-
         if self.triplets is None:
             self.set_epoch(self.epoch)
         return TupleDataset(torch.stack(list(self.triplets), dim=1).cpu(), self.dataset.x)
