@@ -159,7 +159,7 @@ class Trainer:
                     loss = self.batch_loss(batch)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
-                        f"loss is {float(loss)} at epoch {epoch + 1}, batch {step + 1}; "
+                        f"loss is {float(loss.detach())} at epoch {epoch + 1}, batch {step + 1}; "
                         "lower optimizer.lr or check the data"
                     )
                 self.optimizer.zero_grad(set_to_none=True)

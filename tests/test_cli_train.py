@@ -1,0 +1,99 @@
+"""`dmlkit train` / `dmlkit embed` end to end on a tiny run (typer's CliRunner)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from dmlkit.cli.main import app
+from dmlkit.training import embed, load_run
+from dmlkit.training.run import METRIC_KEYS
+
+TINY = """
+name: tiny
+data: {name: digits, max_per_class: 10, max_heldout_per_class: 10}
+model: {name: mlp, dim: 8, hidden: [16]}
+loss: {name: triplet_margin, margin: 0.2}
+miner: {name: batch_hard}
+sampler: {name: m_per_class, m: 2, batch_size: 10}
+training: {epochs: 2, num_threads: 1}
+"""
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    (root / "tiny.yaml").write_text(TINY)
+    out = root / "run"
+    result = runner.invoke(
+        app, ["train", str(root / "tiny.yaml"), "--out", str(out), "--no-progress"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "MAP@R" in result.output and str(out) in result.output
+    return out
+
+
+def test_run_directory_contents(run_dir):
+    for name in ("config.yaml", "model.pt", "checkpoint.pt", "metrics.json", "train.log"):
+        assert (run_dir / name).is_file(), name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for key in METRIC_KEYS:
+        assert 0.0 <= metrics[key] <= 1.0 and 0.0 <= metrics["baseline"][key] <= 1.0
+    assert len((run_dir / "train.log").read_text().splitlines()) == 2
+    state = torch.load(run_dir / "model.pt", weights_only=True)
+    run = load_run(run_dir)
+    assert not run.model.training
+    for key, value in run.model.state_dict().items():
+        assert torch.equal(value, state[key])
+    assert run.config.model["in_features"] == 64  # resolved shape saved with the run
+
+
+def test_embed_command(run_dir, tmp_path):
+    out = tmp_path / "emb.npz"
+    result = runner.invoke(app, ["embed", str(run_dir), "--data", "heldout", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    saved = np.load(out)
+    run = load_run(run_dir)
+    from dmlkit.training import build_splits
+
+    _, heldout = build_splits(run.config)
+    expected, labels = embed(run.model, heldout)
+    np.testing.assert_allclose(saved["embeddings"], expected.numpy(), rtol=1e-6, atol=1e-6)
+    assert saved["labels"].tolist() == labels.tolist() and saved["embeddings"].shape[1] == 8
+    result = runner.invoke(app, ["embed", str(run_dir), "--data", "digits", "--out", str(out)])
+    assert result.exit_code == 0 and np.load(out)["embeddings"].shape == (1797, 8)
+
+
+def test_resume_extends_and_refuses_overwrite(run_dir, tmp_path):
+    again = runner.invoke(app, ["train", str(run_dir / "config.yaml"), "--out", str(run_dir)])
+    assert again.exit_code == 1 and "already holds a run" in again.output
+    result = runner.invoke(
+        app, ["train", "--resume", "--out", str(run_dir), "--epochs", "3", "--no-progress"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "after epoch 2" in result.output
+    assert len((run_dir / "train.log").read_text().splitlines()) == 3
+
+
+def test_clear_errors(tmp_path):
+    result = runner.invoke(app, ["train", str(tmp_path / "missing.yaml")])
+    assert result.exit_code == 1 and "config file not found" in result.output
+    (tmp_path / "bad.yaml").write_text("training: {epochz: 1}\n")
+    result = runner.invoke(app, ["train", str(tmp_path / "bad.yaml")])
+    assert result.exit_code == 1 and "epochz" in result.output
+    result = runner.invoke(app, ["train", "--resume", "--out", str(tmp_path / "none")])
+    assert result.exit_code == 1 and "config.yaml" in result.output
+
+
+def test_help_does_not_import_torch():
+    code = "import sys, dmlkit.cli.main; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

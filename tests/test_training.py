@@ -1,0 +1,240 @@
+"""Trainer: determinism, exact resume, weak-supervision batches, schedules, config YAML."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from dmlkit.config import Config, DataConfig, TrainingConfig, digits_config
+from dmlkit.data import ArrayDataset, split_dataset
+from dmlkit.functional import Triplets
+from dmlkit.samplers import MPerClassSampler
+from dmlkit.training import RandomBatchSampler, Trainer, resolve_config, rng_scope
+from dmlkit.training.build import build_sampler
+from dmlkit.training.optim import lr_factor
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models train fastest on one thread (and do not fight over shared cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def small_config(epochs: int = 3, **training) -> Config:
+    cfg = Config(
+        name="tiny",
+        data=DataConfig(name="digits", max_per_class=12, seed=0),
+        model={"name": "mlp", "dim": 16, "hidden": [32], "dropout": 0.1},
+        loss={"name": "triplet_margin", "margin": 0.2},
+        miner={"name": "batch_hard"},
+        sampler={"name": "m_per_class", "m": 4, "batch_size": 20},
+        training=TrainingConfig(epochs=epochs, progress=False, **training),
+    )
+    cfg.schedule.warmup_epochs = 1
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+    train, heldout = split_dataset(small_config().data)
+    return train, heldout
+
+
+def make_trainer(cfg, data, out_dir=None, **kw):
+    resolved = resolve_config(cfg, data.x[0], int(data.labels.max()) + 1)
+    return Trainer(resolved, data, out_dir=out_dir, log=None, **kw)
+
+
+def weights(trainer):
+    return {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+
+def test_seeded_runs_are_identical_and_seeds_differ(tiny_data):
+    train, _ = tiny_data
+    a, b = make_trainer(small_config(), train), make_trainer(small_config(), train)
+    a.fit()
+    b.fit()
+    c = make_trainer(small_config(seed=1), train)
+    c.fit()
+    wa, wb, wc = weights(a), weights(b), weights(c)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+    assert len(a.history) == 3 and all(np.isfinite(r["loss"]) for r in a.history)
+
+
+def test_interrupted_then_resumed_is_bit_identical(tiny_data, tmp_path):
+    train, _ = tiny_data
+    full = make_trainer(small_config(epochs=4), train, out_dir=tmp_path / "full")
+    full.fit()
+
+    def interrupt(trainer, record):
+        if record["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "cut"
+    first = make_trainer(small_config(epochs=4), train, out_dir=out, callbacks=[interrupt])
+    with pytest.raises(KeyboardInterrupt):
+        first.fit()
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["epoch"] == 2 and "rng" in ckpt and "optimizer" in ckpt and "config" in ckpt
+    # an unrelated draw between the two processes must not matter
+    torch.rand(7)
+    second = make_trainer(small_config(epochs=4), train, out_dir=out)
+    second.fit(resume=True)
+    wf, ws = weights(full), weights(second)
+    assert all(torch.equal(wf[k], ws[k]) for k in wf)
+    assert [r["loss"] for r in second.history] == [r["loss"] for r in full.history]
+    assert len((out / "train.log").read_text().splitlines()) == 4
+
+
+def test_nan_loss_keeps_checkpoint(tiny_data, tmp_path):
+    train, _ = tiny_data
+    trainer = make_trainer(small_config(epochs=3), train, out_dir=tmp_path)
+    real = trainer.batch_loss
+    calls = {"n": 0}
+
+    def broken(batch):
+        calls["n"] += 1
+        loss = real(batch)
+        return loss * float("nan") if calls["n"] > len(trainer.sampler) else loss
+
+    trainer.batch_loss = broken
+    with pytest.raises(FloatingPointError, match="epoch 2"):
+        trainer.fit()
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["epoch"] == 1
+
+
+def test_weak_supervision_batches():
+    """Batches of (inputs, None, Triplets) train without labels or a miner."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 6, generator=gen)
+
+    class TripletBatches(torch.utils.data.Dataset):
+        def __len__(self):
+            return 40
+
+        def __getitem__(self, i):
+            return x[i]
+
+    def collate(items):
+        inputs = torch.stack(items)
+        n = inputs.shape[0]
+        a = torch.arange(n - 2)
+        return inputs, None, Triplets(a, a + 1, a + 2)
+
+    cfg = small_config(epochs=2)
+    cfg.miner = None
+    cfg.sampler = None
+    cfg.training.batch_size = 10
+    cfg.model = {"name": "mlp", "in_features": 6, "dim": 4, "hidden": [8]}
+    trainer = Trainer(cfg, TripletBatches(), collate_fn=collate, log=None)
+    before = weights(trainer)
+    history = trainer.fit()
+    assert len(history) == 2 and history[0]["loss"] > 0
+    assert not all(torch.equal(before[k], v) for k, v in weights(trainer).items())
+
+
+def test_validation_and_early_stopping(tiny_data):
+    train, _ = tiny_data
+    cfg = small_config(epochs=6, patience=1)
+    trainer = make_trainer(cfg, train, val_data=train.subset(range(0, len(train), 2)))
+    trainer.loss.margin = 0.0  # nothing to learn: val MAP@R cannot keep improving
+    history = trainer.fit()
+    assert all("val_map_at_r" in r for r in history)
+    best = max(r["val_map_at_r"] for r in history)
+    assert trainer.best_metric == best and trainer.best_state is not None
+    if len(history) < 6:  # stopped early: the last epoch did not improve on the best
+        assert history[-1]["val_map_at_r"] <= best
+
+
+def test_samplers_deterministic_with_set_epoch():
+    labels = torch.arange(5).repeat_interleave(8)
+    for sampler in (
+        RandomBatchSampler(40, 8, seed=3),
+        build_sampler(small_config(), labels, 40),
+    ):
+        sampler.set_epoch(1)
+        e1 = list(sampler)
+        sampler.set_epoch(2)
+        e2 = list(sampler)
+        sampler.set_epoch(1)
+        assert list(sampler) == e1 and e1 != e2
+    built = build_sampler(small_config(), labels, 40)
+    assert isinstance(built, MPerClassSampler) and built.seed == 0
+
+
+def test_lr_schedule():
+    cfg = small_config().schedule
+    cfg.warmup_epochs = 1
+    steps = [lr_factor(cfg, s, steps_per_epoch=4, epochs=3) for s in range(12)]
+    assert steps[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert steps[-1] < 0.05 and all(a >= b for a, b in zip(steps[3:], steps[4:], strict=False))
+    cfg.name, cfg.warmup_epochs, cfg.step_size, cfg.gamma = "step", 0, 1, 0.5
+    assert [lr_factor(cfg, s, 2, 3) for s in (0, 2, 5)] == [1.0, 0.5, 0.25]
+
+
+def test_rng_scope_restores_global_state():
+    torch.manual_seed(11)
+    np.random.seed(11)
+    random.seed(11)
+    expected = (torch.rand(1), np.random.rand(), random.random())
+    torch.manual_seed(11)
+    np.random.seed(11)
+    random.seed(11)
+    with rng_scope(0):
+        inside = torch.rand(1)
+    with rng_scope(0):
+        assert torch.equal(torch.rand(1), inside)
+        np.random.rand()
+        random.random()
+    assert torch.equal(torch.rand(1), expected[0])
+    assert np.random.rand() == expected[1] and random.random() == expected[2]
+
+
+def test_config_yaml_round_trip(tmp_path):
+    cfg = small_config()
+    cfg.optimizer.loss_lr = 0.01
+    path = tmp_path / "c.yaml"
+    cfg.to_yaml(path)
+    assert Config.from_yaml(path) == cfg
+    assert Config.from_yaml(cfg.to_yaml()) == cfg
+    assert Config.from_yaml("configs/digits.yaml") == digits_config()
+    Config.from_yaml("configs/fashion_mnist_unseen.yaml").check()
+    # YAML 1.1 reads 1e-3 as a string; the schema coerces it
+    assert Config.from_yaml("optimizer: {lr: 1e-3}").optimizer.lr == 1e-3
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("trainig: {epochs: 2}", "unknown key.*'trainig'"),
+        ("training: {epoch: 2}", r"unknown key.*'epoch'.*section 'training'"),
+        ("loss: {name: triplet_margin, margn: 0.1}", r"'margn'.*section 'loss'"),
+        ("loss: {name: no_such_loss}", "unknown loss 'no_such_loss'"),
+        ("optimizer: {name: lbfgs}", "optimizer.name"),
+        ("training: {epochs: many}", "training.epochs must be a int"),
+    ],
+)
+def test_config_errors_name_the_key(text, match):
+    with pytest.raises(ValueError, match=match):
+        Config.from_yaml(text).check()
+
+
+def test_resolve_fills_shapes_and_proxy_sizes():
+    cfg = small_config()
+    cfg.model = {"name": "small_cnn", "dim": 8, "width": 4}
+    cfg.loss = {"name": "normalized_softmax"}
+    resolved = resolve_config(cfg, torch.zeros(1, 8, 8), num_classes=10)
+    assert resolved.model["in_channels"] == 1 and resolved.model["image_size"] == 8
+    assert resolved.loss["num_classes"] == 10 and resolved.loss["embedding_size"] == 8
+    assert "num_classes" not in cfg.loss  # the input config is not modified
+    data = ArrayDataset(torch.rand(20, 1, 8, 8), torch.arange(10).repeat(2))
+    trainer = Trainer(resolved, data, log=None)
+    n_loss = sum(p.numel() for p in trainer.loss.parameters())
+    assert n_loss > 0 and len(trainer.optimizer.param_groups) == 2
