@@ -1,0 +1,189 @@
+"""Mahalanobis learners on frozen deep embeddings, and their pickle-free persistence.
+
+The bridge between the two halves of dmlkit: embed a trained run's data, fit a classical
+learner on the embeddings (a linear map on top of the frozen network) and compare raw
+embeddings with the learned metric on the run's held-out split. A learned metric is
+saved as ``components.npy`` (the ``(k, d)`` map ``L``) plus ``metric.json`` (method,
+parameters, shapes); nothing is pickled and loading never executes code.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+COMPONENTS_FILE = "components.npy"
+METRIC_FILE = "metric.json"
+EVAL_KEYS = ("precision_at_1", "r_precision", "map_at_r")
+
+
+@dataclass
+class EmbeddedSplits:
+    """Train / held-out embeddings (float64 ndarrays) and labels (int64 ndarrays)."""
+
+    train: np.ndarray
+    train_labels: np.ndarray
+    heldout: np.ndarray
+    heldout_labels: np.ndarray
+
+
+def make_learner(method: str, params: dict[str, Any] | None = None) -> Any:
+    """A learner by name (``nca``, ``lmnn``, ``itml``, ``lfda``) with keyword ``params``."""
+    import inspect
+
+    from dmlkit.classical import LEARNERS
+
+    if method not in LEARNERS:
+        raise ValueError(f"unknown method {method!r}; known: {sorted(LEARNERS)}")
+    cls = LEARNERS[method]
+    params = dict(params or {})
+    allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise ValueError(f"{method} got unknown parameter(s) {unknown}; allowed: {sorted(allowed)}")
+    return cls(**params)
+
+
+def fit_on_embeddings(
+    embeddings: Any, labels: Any, method: str = "nca", params: dict[str, Any] | None = None
+) -> Any:
+    """Fit ``method`` on frozen ``embeddings (n, dim)`` with class ``labels (n,)``."""
+    emb = np.asarray(embeddings.detach().cpu() if hasattr(embeddings, "detach") else embeddings,
+                     dtype=np.float64)
+    lab = np.asarray(labels.cpu() if hasattr(labels, "cpu") else labels)
+    return make_learner(method, params).fit(emb, lab)
+
+
+def embed_run(run_dir: str | Path, device: str = "cpu", batch_size: int = 512) -> EmbeddedSplits:
+    """Embed a run's train and held-out splits with its trained model (no gradients)."""
+    from dmlkit.training.run import build_splits, embed, load_run
+
+    run = load_run(run_dir, device=device)
+    if getattr(run.config.data, "kind", "labels") != "labels":
+        raise ValueError(
+            f"{run_dir} was trained from {run.config.data.kind}; fitting a metric on its "
+            "embeddings needs class labels (data.kind: labels)"
+        )
+    train, heldout = build_splits(run.config)
+    parts = []
+    for split in (train, heldout):
+        emb, labels = embed(run.model, split, batch_size=batch_size, device=device)
+        parts += [emb.double().numpy(), labels.numpy().astype(np.int64)]
+    return EmbeddedSplits(*parts)
+
+
+def load_embeddings(source: str | Path, device: str = "cpu") -> EmbeddedSplits:
+    """Embeddings from a run directory, or from an ``.npz`` file with arrays
+    ``embeddings``, ``labels`` and optionally ``heldout_embeddings``, ``heldout_labels``
+    (without them the training arrays are also the held-out ones)."""
+    source = Path(source)
+    if source.is_dir():
+        return embed_run(source, device=device)
+    if source.suffix != ".npz" or not source.is_file():
+        raise ValueError(f"{source} is neither a run directory nor an .npz file")
+    with np.load(source, allow_pickle=False) as data:
+        missing = {"embeddings", "labels"} - set(data.files)
+        if missing:
+            raise ValueError(f"{source} lacks array(s) {sorted(missing)}")
+        train, labels = data["embeddings"], data["labels"]
+        held = data["heldout_embeddings"] if "heldout_embeddings" in data.files else train
+        held_labels = data["heldout_labels"] if "heldout_labels" in data.files else labels
+    return EmbeddedSplits(train.astype(np.float64), labels.astype(np.int64),
+                          held.astype(np.float64), held_labels.astype(np.int64))
+
+
+def fit_on_run(
+    run_dir: str | Path, method: str = "nca", params: dict[str, Any] | None = None,
+    device: str = "cpu",
+) -> tuple[Any, EmbeddedSplits]:
+    """Fit ``method`` on the train-split embeddings of a run; returns it and the splits."""
+    splits = embed_run(run_dir, device=device)
+    return fit_on_embeddings(splits.train, splits.train_labels, method, params), splits
+
+
+def evaluate_metric(components: np.ndarray | None, splits: EmbeddedSplits,
+                    n_neighbors: int = 3) -> dict[str, Any]:
+    """Raw embeddings vs ``x -> L x`` on the held-out split.
+
+    Leave-one-out retrieval (P@1, R-Precision, MAP@R) on the held-out embeddings, and,
+    when every held-out class occurs in training, ``n_neighbors``-NN accuracy of held-out
+    items against the training items. ``components=None`` evaluates raw embeddings only.
+    """
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from dmlkit.evaluation import retrieval_metrics
+
+    def scores(tr: np.ndarray, held: np.ndarray) -> dict[str, float]:
+        ret = retrieval_metrics(held.astype(np.float32), splits.heldout_labels)
+        out = {k: float(ret[k]) for k in EVAL_KEYS}
+        if np.isin(splits.heldout_labels, splits.train_labels).all():
+            knn = KNeighborsClassifier(n_neighbors=n_neighbors).fit(tr, splits.train_labels)
+            out["knn_accuracy"] = float(knn.score(held, splits.heldout_labels))
+        return out
+
+    result: dict[str, Any] = {"raw": scores(splits.train, splits.heldout)}
+    if components is not None:
+        L = np.asarray(components, dtype=np.float64)
+        result["learned"] = scores(splits.train @ L.T, splits.heldout @ L.T)
+    return result
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return repr(value)
+
+
+def save_metric(learner: Any, out_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``components.npy`` and ``metric.json`` for a fitted learner into ``out_dir``."""
+    from dmlkit.classical import LEARNERS
+
+    L = np.asarray(learner.components_, dtype=np.float64)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / (COMPONENTS_FILE + ".tmp.npy")
+    np.save(tmp, L, allow_pickle=False)
+    tmp.replace(out / COMPONENTS_FILE)
+    names = {cls: name for name, cls in LEARNERS.items()}
+    meta = {
+        "method": names.get(type(learner), type(learner).__name__),
+        "class": f"{type(learner).__module__}.{type(learner).__name__}",
+        "params": {k: _jsonable(v) for k, v in learner.get_params().items()},
+        "n_features_in": int(L.shape[1]),
+        "n_components": int(L.shape[0]),
+        **(extra or {}),
+    }
+    (out / METRIC_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    return out
+
+
+def load_metric(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
+    """``(components (k, d), metadata)`` from a directory written by :func:`save_metric`."""
+    path = Path(path)
+    comp = path / COMPONENTS_FILE
+    if not comp.is_file():
+        raise FileNotFoundError(f"{path} holds no {COMPONENTS_FILE}")
+    L = np.load(comp, allow_pickle=False)
+    if L.ndim != 2 or not np.issubdtype(L.dtype, np.floating) or not np.isfinite(L).all():
+        raise ValueError(f"{comp} must hold a finite float (k, d) matrix, got {L.shape} {L.dtype}")
+    meta_file = path / METRIC_FILE
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    return L, meta
+
+
+def load_distance(path: str | Path, squared: bool = False) -> Any:
+    """A saved metric as a dmlkit ``MahalanobisDistance``."""
+    import torch
+
+    from dmlkit.distances.mahalanobis import MahalanobisDistance
+
+    L, _ = load_metric(path)
+    return MahalanobisDistance(components=torch.from_numpy(L), squared=squared)

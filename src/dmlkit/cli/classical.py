@@ -1,0 +1,99 @@
+"""``dmlkit classical fit|evaluate``: Mahalanobis learners on frozen embeddings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+classical_app = typer.Typer(
+    help="Classical Mahalanobis metric learning (NCA, LMNN, ITML, LFDA) on frozen embeddings.",
+    no_args_is_help=True,
+)
+
+
+def _params(items: list[str]) -> dict[str, Any]:
+    import yaml
+
+    params: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"--param needs key=value, got {item!r}")
+        params[key.strip()] = yaml.safe_load(value)
+    return params
+
+
+def _table(result: dict[str, Any]) -> str:
+    keys = list(result["raw"])
+    rows = [f"{'metric':<16} {'raw':>8}" + (f" {'learned':>8}" if "learned" in result else "")]
+    for key in keys:
+        row = f"{key:<16} {result['raw'][key]:>8.4f}"
+        if "learned" in result:
+            row += f" {result['learned'][key]:>8.4f}"
+        rows.append(row)
+    return "\n".join(rows)
+
+
+@classical_app.command("fit")
+def fit(
+    source: Path = typer.Argument(..., help="Run directory, or .npz with embeddings/labels."),
+    method: str = typer.Option("nca", "--method", "-m", help="nca, lmnn, itml or lfda."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output: components.npy + metric.json."),
+    param: list[str] = typer.Option([], "--param", "-p", help="Learner parameter key=value."),
+    device: str = typer.Option("cpu", "--device", help="Device for embedding the run."),
+) -> None:
+    """Fit a Mahalanobis metric on the train-split embeddings; save it and evaluate it."""
+    import time
+
+    from dmlkit.classical.frozen import (
+        evaluate_metric,
+        fit_on_embeddings,
+        load_embeddings,
+        save_metric,
+    )
+
+    try:
+        params = _params(param)
+        splits = load_embeddings(source, device=device)
+        start = time.perf_counter()
+        learner = fit_on_embeddings(splits.train, splits.train_labels, method, params)
+        seconds = time.perf_counter() - start
+        result = evaluate_metric(learner.components_, splits)
+        save_metric(learner, out, extra={"source": str(source), "fit_seconds": round(seconds, 3),
+                                         "evaluation": result})
+    except (ValueError, FileNotFoundError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from err
+    typer.echo(f"{method}: fit on {splits.train.shape[0]} x {splits.train.shape[1]} in "
+               f"{seconds:.2f} s -> {out}")
+    typer.echo(_table(result))
+
+
+@classical_app.command("evaluate")
+def evaluate(
+    source: Path = typer.Argument(..., help="Run directory, or .npz with embeddings/labels."),
+    metric: Path = typer.Option(..., "--metric", help="Directory written by `classical fit`."),
+    device: str = typer.Option("cpu", "--device", help="Device for embedding the run."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Compare raw embeddings with a saved learned metric on the held-out split."""
+    from dmlkit.classical.frozen import evaluate_metric, load_embeddings, load_metric
+
+    try:
+        components, _ = load_metric(metric)
+        splits = load_embeddings(source, device=device)
+        if components.shape[1] != splits.heldout.shape[1]:
+            raise ValueError(f"metric expects dim {components.shape[1]}, embeddings have "
+                             f"{splits.heldout.shape[1]}")
+        result = evaluate_metric(components, splits)
+    except (ValueError, FileNotFoundError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from err
+    typer.echo(json.dumps(result, indent=2) if as_json else _table(result))
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(classical_app, name="classical")
