@@ -238,3 +238,20 @@ def test_resolve_fills_shapes_and_proxy_sizes():
     trainer = Trainer(resolved, data, log=None)
     n_loss = sum(p.numel() for p in trainer.loss.parameters())
     assert n_loss > 0 and len(trainer.optimizer.param_groups) == 2
+
+
+def test_trains_on_tuple_dataset():
+    """Weakly supervised triplets (no class labels) go through the default sampler."""
+    from dmlkit.data import TupleDataset, triplets_from_labels
+
+    gen = torch.Generator().manual_seed(1)
+    labels = torch.arange(4).repeat_interleave(10)
+    items = torch.randn(40, 5, generator=gen) + labels[:, None].float()
+    ds = TupleDataset(triplets_from_labels(labels, 60, seed=0), items)
+    cfg = small_config(epochs=2)
+    cfg.miner, cfg.sampler = None, None
+    cfg.training.batch_size = 16
+    cfg = resolve_config(cfg, ds.example(), num_classes=1)
+    trainer = Trainer(cfg, ds, log=None)
+    history = trainer.fit()
+    assert len(history) == 2 and len(trainer.sampler) == 3 and history[0]["loss"] > 0

@@ -4,6 +4,7 @@ Sources: scikit-learn's digits (embedded), IDX files (MNIST, Fashion-MNIST), ``.
 arrays and folders of images with one sub-folder per class. :func:`load_dataset` reads
 any of them from the ``data`` section of a config; :func:`split_dataset` gives the
 training and held-out parts (stratified, or class-disjoint for unseen-class evaluation).
+:class:`TupleDataset` holds weakly supervised pairs or triplets (no class labels).
 """
 
 from dmlkit.data.dataset import ArrayDataset
@@ -18,6 +19,13 @@ from dmlkit.data.splits import (
     select_classes,
     stratified_indices,
     stratified_split,
+)
+from dmlkit.data.tuples import (
+    TupleDataset,
+    pairs_from_labels,
+    read_tuples_csv,
+    triplets_from_labels,
+    write_tuples_csv,
 )
 
 __all__ = [
@@ -38,4 +46,9 @@ __all__ = [
     "select_classes",
     "stratified_indices",
     "stratified_split",
+    "TupleDataset",
+    "pairs_from_labels",
+    "read_tuples_csv",
+    "triplets_from_labels",
+    "write_tuples_csv",
 ]

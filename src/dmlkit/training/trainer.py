@@ -123,7 +123,10 @@ class Trainer:
             raise TypeError("a batch must be (inputs, labels) or (inputs, labels_or_None, indices)")
         if len(batch) == 2:
             return batch[0], batch[1], None
-        return batch[0], batch[1], None if batch[2] is None else as_index_tuple(tuple(batch[2]))
+        indices = batch[2]
+        if isinstance(indices, list):
+            indices = tuple(indices)
+        return batch[0], batch[1], None if indices is None else as_index_tuple(indices)
 
     def batch_loss(self, batch: Any) -> Tensor:
         """The loss of one batch: embed, mine (when labels and no given indices), score."""
