@@ -418,3 +418,20 @@ def test_distances_other_than_the_default():
         CircleLoss(distance=EuclideanDistance())
     with pytest.raises(ValueError, match="Euclidean"):
         FastAPLoss(distance=CosineSimilarity())
+
+
+@pytest.mark.parametrize(
+    "cls", [NTXentLoss, SupConLoss, MultiSimilarityLoss, CircleLoss, GeneralizedLiftedStructureLoss]
+)
+def test_multi_label_relation_equals_the_same_pairs_given_as_indices(cls):
+    """Labels go through ``same_label``: multi-labels (share any) work like explicit pairs."""
+    x, _, _, _ = data(10)
+    g = torch.Generator().manual_seed(3)
+    multi = torch.rand(N, 3, generator=g) < 0.4  # (n, C) bool
+    same = (multi.float() @ multi.float().T) > 0
+    eye = torch.eye(N, dtype=torch.bool)
+    a1, p = torch.where(same & ~eye)
+    a2, n = torch.where(~same)
+    by_labels = cls()(x, multi)
+    by_pairs = cls()(x, indices=Pairs(a1, p, a2, n))
+    assert torch.allclose(by_labels, by_pairs)
