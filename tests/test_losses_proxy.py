@@ -395,3 +395,19 @@ def test_large_batch_is_chunked():
     ref = ProxyAnchorLoss(num_classes=300, embedding_size=16)
     ref.load_state_dict(loss_fn.state_dict())
     assert torch.allclose(out, ref(x, y), rtol=1e-5)
+
+
+def test_fused_chunks_weights_only_no_grad_and_no_double_backward():
+    whole, chunked = build("arcface"), build("arcface")
+    chunked.chunk_budget = 80
+    x, y = data(9, n=20)
+    whole(x, y).backward()  # embeddings without grad: only the weights get one
+    out = chunked(x, y)
+    out.backward()
+    assert torch.allclose(whole.weight.grad, chunked.weight.grad, atol=1e-10)
+    with torch.no_grad():
+        assert torch.allclose(chunked(x, y), out.detach())
+    xg = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(chunked(xg, y), xg, create_graph=True)
+    with pytest.raises(RuntimeError):
+        torch.autograd.grad(g.sum(), xg)

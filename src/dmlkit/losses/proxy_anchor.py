@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from dmlkit.functional.chunking import chunk_size_for, maybe_checkpoint, row_chunks
+from dmlkit.functional.chunking import chunk_size_for
 from dmlkit.functional.distances import l2_normalize
-from dmlkit.losses.weight_classifier import WeightClassifierLoss
+from dmlkit.losses.weight_classifier import WeightClassifierLoss, fused_chunk_sum
 from dmlkit.registry import register_loss
 
 
@@ -27,7 +27,8 @@ class ProxyAnchorLoss(WeightClassifierLoss):
     ``L = 1/|P+| sum_{p in P+} log(1 + sum_{x in X_p+} e^{-alpha (s(x,p) - margin)})
         + 1/|P|  sum_{p in P}  log(1 + sum_{x in X_p-} e^{ alpha (s(x,p) + margin)})``
 
-    Computed in chunks of proxies (each chunk recomputed in backward), so memory is
+    Computed in chunks of proxies (each chunk's gradient taken at once, see
+    :func:`~dmlkit.losses.weight_classifier.fused_chunk_sum`), so memory is
     ``O(B * chunk)`` rather than ``O(B * C)``.
 
     Parameters
@@ -64,21 +65,22 @@ class ProxyAnchorLoss(WeightClassifierLoss):
         x = l2_normalize(embeddings)  # (B, D)
         p = l2_normalize(self.proxies.to(x.dtype))  # (C, D)
         alpha, margin = self.alpha, self.margin
+        n_classes = p.shape[0]
+        with_pos = torch.zeros(n_classes, dtype=torch.bool, device=labels.device)
+        with_pos[labels] = True
+        pos_div = with_pos.sum().clamp_min(1).to(x.dtype)  # |P+|
 
-        def chunk_terms(x_: Tensor, pc: Tensor, lab: Tensor, start: int) -> Tensor:
+        def chunk_terms(x_: Tensor, pc: Tensor, classes: Tensor, lab: Tensor):
             cos = x_ @ pc.T  # (B, c)
-            classes = torch.arange(start, start + pc.shape[0], device=lab.device)  # (c,)
             pos = lab[:, None] == classes[None, :]  # (B, c)
             pos_term = _log1p_sum_exp((-alpha * (cos - margin)).masked_fill(~pos, float("-inf")))
             neg_term = _log1p_sum_exp((alpha * (cos + margin)).masked_fill(pos, float("-inf")))
-            return torch.stack([pos_term.sum(), neg_term.sum()])  # (2,)
+            value = pos_term.sum() / pos_div + neg_term.sum() / n_classes
+            return value, torch.zeros((), dtype=torch.long, device=x_.device)
 
-        n_classes = p.shape[0]
         chunk = chunk_size_for(n_classes, 6 * x.shape[0], self.chunk_budget)
-        sums = x.new_zeros(2)
-        for a, b in row_chunks(n_classes, chunk):
-            split = chunk < n_classes
-            sums = sums + maybe_checkpoint(chunk_terms, x, p[a:b], labels, a, enabled=split)
-        with_pos = torch.zeros(n_classes, dtype=torch.bool, device=labels.device)
-        with_pos[labels] = True
-        return sums[0] / with_pos.sum().clamp_min(1) + sums[1] / n_classes
+        classes = torch.arange(n_classes, device=labels.device)  # (C,)
+        total, _ = fused_chunk_sum(
+            chunk_terms, n_classes, chunk, (x, p, classes, labels), (False, True, True, False)
+        )
+        return total

@@ -3,9 +3,9 @@
 Two bases live here:
 
 * :class:`WeightClassifierLoss` validates class labels, refuses tuples and reference sets,
-  and sums per-sample losses over row chunks with recomputation in backward, so a batch
-  of 16384 embeddings against many classes never holds a full ``(B, C)`` logit matrix
-  (and its softmax and gradient) at once;
+  and sums per-sample losses over row chunks (:func:`fused_chunk_sum`: each chunk's
+  gradient is taken right away), so a batch of 16384 embeddings against many classes
+  never holds a full ``(B, C)`` logit matrix (and its softmax and gradient) at once;
 * :class:`CosineMarginLoss` is softmax cross-entropy over scaled cosines to L2-normalized
   class weights, with a hook that modifies the target-class cosine (the margin). The
   normalized-softmax, SphereFace, CosFace, ArcFace and sub-center ArcFace losses are it
@@ -18,15 +18,16 @@ stores the transpose for its margin losses).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from dmlkit.distances.base import BaseDistance
 from dmlkit.distances.cosine import CosineSimilarity
-from dmlkit.functional.chunking import DEFAULT_BUDGET, chunk_size_for, maybe_checkpoint, row_chunks
+from dmlkit.functional.chunking import DEFAULT_BUDGET, chunk_size_for, row_chunks
 from dmlkit.functional.distances import l2_normalize
 from dmlkit.functional.tuples import IndexTuple
 from dmlkit.losses.base import BaseMetricLoss
@@ -106,18 +107,87 @@ class WeightClassifierLoss(BaseMetricLoss):
     ) -> tuple[Tensor, Tensor]:
         """Sum ``fn(x_chunk, labels_chunk, *tensors) -> (loss_sum, count)`` over row chunks.
 
-        Each chunk is recomputed in backward when the batch is split, so peak memory is
-        ``O(chunk * elems_per_row)``.
+        See :func:`fused_chunk_sum`: peak memory is ``O(chunk * elems_per_row)`` and each
+        chunk is evaluated once.
         """
         n = embeddings.shape[0]
         chunk = chunk_size_for(n, elems_per_row, self.chunk_budget)
-        total = embeddings.new_zeros(())
-        count = torch.zeros((), dtype=torch.long, device=embeddings.device)
+        sliced = (True, True) + (False,) * len(tensors)
+        return fused_chunk_sum(fn, n, chunk, (embeddings, labels, *tensors), sliced)
+
+
+def fused_chunk_sum(
+    fn: Callable[..., tuple[Tensor, Tensor]],
+    n: int,
+    chunk: int,
+    inputs: Sequence[Tensor],
+    sliced: Sequence[bool],
+) -> tuple[Tensor, Tensor]:
+    """``sum over chunks [a, b) of fn(*chunk_inputs) -> (value, count)``, memory-bounded.
+
+    ``chunk_inputs[i]`` is ``inputs[i][a:b]`` where ``sliced[i]``, else ``inputs[i]``.
+    When the work is split and gradients are needed, each chunk's gradient with respect
+    to every input is computed right after its value (one forward and one backward per
+    chunk, nothing recomputed), accumulated into input-sized buffers, and scaled by the
+    incoming gradient in backward. Peak memory is one chunk's intermediates plus the
+    inputs' sizes, never the whole ``(n, ...)`` graph. Second derivatives are not
+    supported on this path (backward raises).
+    """
+    grad_wanted = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+    if chunk >= n or not grad_wanted:
+        like = next(t for t in inputs if t.is_floating_point())
+        total = like.new_zeros(())
+        count = torch.zeros((), dtype=torch.long, device=like.device)
         for a, b in row_chunks(n, chunk):
-            s, c = maybe_checkpoint(fn, embeddings[a:b], labels[a:b], *tensors, enabled=chunk < n)
-            total = total + s
-            count = count + c
+            s, c = fn(*[t[a:b] if sl else t for t, sl in zip(inputs, sliced, strict=True)])
+            total, count = total + s, count + c
         return total, count
+    return _FusedChunkSum.apply(fn, n, chunk, tuple(sliced), *inputs)
+
+
+class _FusedChunkSum(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, fn, n, chunk, sliced, *inputs):  # type: ignore[override]
+        needs = ctx.needs_input_grad[4:]
+        grads = [
+            torch.zeros_like(t) if need else None for t, need in zip(inputs, needs, strict=True)
+        ]
+        like = next(t for t in inputs if t.is_floating_point())
+        total = like.new_zeros(())
+        count = torch.zeros((), dtype=torch.long, device=like.device)
+        for a, b in row_chunks(n, chunk):
+            with torch.enable_grad():
+                local = [
+                    (t[a:b] if sl else t).detach().requires_grad_(need)
+                    for t, sl, need in zip(inputs, sliced, needs, strict=True)
+                ]
+                s, c = fn(*local)
+                wrt = [v for v, need in zip(local, needs, strict=True) if need]
+                if s.requires_grad:
+                    parts = iter(torch.autograd.grad(s, wrt, allow_unused=True))
+                else:  # this chunk does not depend on the inputs
+                    parts = iter([None] * len(wrt))
+            for i, need in enumerate(needs):
+                g = next(parts) if need else None
+                if g is None:
+                    continue
+                if sliced[i]:
+                    grads[i][a:b] += g
+                else:
+                    grads[i] += g
+            total = total + s.detach()
+            count = count + c
+        ctx.needs = needs
+        ctx.save_for_backward(*[g for g in grads if g is not None])
+        ctx.mark_non_differentiable(count)
+        return total, count
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_total, grad_count):  # type: ignore[override]
+        saved = iter(ctx.saved_tensors)
+        out = [grad_total * next(saved) if need else None for need in ctx.needs]
+        return (None, None, None, None, *out)
 
 
 class CosineMarginLoss(WeightClassifierLoss):
@@ -184,4 +254,5 @@ __all__ = [
     "CosineMarginLoss",
     "check_positive_int",
     "check_class_labels",
+    "fused_chunk_sum",
 ]
