@@ -28,7 +28,8 @@ from dmlkit.data.tuples import LabelGroups, TupleDataset
 from dmlkit.distances.base import BaseDistance
 from dmlkit.distances.euclidean import EuclideanDistance
 from dmlkit.functional.chunking import chunk_size_for, row_chunks
-from dmlkit.functional.labels import pos_neg_masks
+from dmlkit.functional.distances import pairwise_squared_euclidean
+from dmlkit.functional.labels import pos_neg_masks, same_label
 from dmlkit.functional.tuples import Triplets
 
 PositiveRule = Literal["random", "hardest"]
@@ -68,15 +69,20 @@ def hardest_negatives(
     x = distance.maybe_normalize(embeddings.detach().float())
     n = x.shape[0]
     sign = -1.0 if distance.is_similarity else 1.0
+    # Euclidean: rank by the squared distance (same order), take roots of the k kept only
+    root = isinstance(distance, EuclideanDistance) and not distance.squared
     kk = min(k, n)
     values = x.new_full((n, k), float("inf"))
     indices = torch.full((n, k), -1, dtype=torch.long, device=x.device)
-    chunk = chunk_size_for(n, 2 * n) if budget is None else chunk_size_for(n, n, budget)
+    chunk = chunk_size_for(n, 4 * n) if budget is None else chunk_size_for(n, n, budget)
     for a, b in row_chunks(n, chunk):
-        e = sign * distance.compute_matrix(x[a:b], x)  # (c, n), smaller = closer
-        _, neg = pos_neg_masks(labels[a:b], labels, exclude_self=False)  # (c, n)
-        v, i = e.masked_fill(~neg, float("inf")).topk(kk, dim=1, largest=False)  # (c, kk)
-        values[a:b, :kk] = v
+        if root:
+            e = pairwise_squared_euclidean(x[a:b], x)  # (c, n)
+        else:
+            e = sign * distance.compute_matrix(x[a:b], x)  # (c, n), smaller = closer
+        same = same_label(labels[a:b], labels)  # (c, n)
+        v, i = e.masked_fill_(same, float("inf")).topk(kk, dim=1, largest=False)  # (c, kk)
+        values[a:b, :kk] = v.sqrt() if root else v
         indices[a:b, :kk] = torch.where(torch.isinf(v), torch.full_like(i, -1), i)
     return sign * values, indices
 
