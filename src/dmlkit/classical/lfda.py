@@ -9,7 +9,12 @@ import scipy.linalg
 import torch
 from torch import Tensor
 
-from dmlkit.classical.mahalanobis import MahalanobisMixin, check_n_components, resolve_device
+from dmlkit.classical.mahalanobis import (
+    MahalanobisMixin,
+    check_n_components,
+    resolve_device,
+    solver_threads,
+)
 
 
 def lfda_scatter(X: Tensor, labels: Tensor, n_neighbors: int) -> tuple[Tensor, Tensor]:
@@ -99,9 +104,11 @@ class LFDA(MahalanobisMixin):
                 or self.n_neighbors < 1:
             raise ValueError(f"n_neighbors must be a positive int, got {self.n_neighbors!r}")
         device = resolve_device(self.device)
-        S_lb, S_lw = lfda_scatter(
-            torch.from_numpy(X).to(device), torch.from_numpy(codes).to(device), self.n_neighbors
-        )
+        with solver_threads(device, n * n * d):
+            S_lb, S_lw = lfda_scatter(
+                torch.from_numpy(X).to(device), torch.from_numpy(codes).to(device),
+                self.n_neighbors,
+            )
         S_lb, S_lw = S_lb.cpu().numpy(), S_lw.cpu().numpy()
         ridge = float(self.reg) * max(np.trace(S_lw) / d, 1e-12)
         vals, vecs = scipy.linalg.eigh(S_lb, S_lw + ridge * np.eye(d))  # ascending

@@ -16,6 +16,7 @@ from dmlkit.classical.mahalanobis import (
     init_components,
     lbfgs,
     resolve_device,
+    solver_threads,
     weighted_pair_grad,
 )
 from dmlkit.functional.chunking import chunk_size_for, row_chunks
@@ -173,13 +174,14 @@ class LMNN(MahalanobisMixin):
         Xt = torch.from_numpy(X).to(device)
         yt = torch.from_numpy(codes).to(device)
         k = min(self.n_neighbors, X.shape[0] - 1)
-        targets, valid = target_neighbors(Xt, yt, k)
-        if not bool(valid.any()):
-            raise ValueError("LMNN needs a class with at least 2 samples; every class has 1")
         mu = float(self.mu)
-        L, self.n_iter_, self.objective_ = lbfgs(
-            lambda Lt: lmnn_loss_grad(Lt, Xt, yt, targets, valid, mu),
-            L0, device, self.max_iter, self.tol, self.verbose, "LMNN",
-        )
+        with solver_threads(device, X.shape[0] ** 2 * X.shape[1]):
+            targets, valid = target_neighbors(Xt, yt, k)
+            if not bool(valid.any()):
+                raise ValueError("LMNN needs a class with at least 2 samples; every class has 1")
+            L, self.n_iter_, self.objective_ = lbfgs(
+                lambda Lt: lmnn_loss_grad(Lt, Xt, yt, targets, valid, mu),
+                L0, device, self.max_iter, self.tol, self.verbose, "LMNN",
+            )
         self.components_ = L
         return self

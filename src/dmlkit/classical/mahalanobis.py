@@ -16,7 +16,8 @@ and gradient).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,8 @@ except ImportError:  # pragma: no cover - older scikit-learn
 Tensor = torch.Tensor
 #: elements of a per-chunk intermediate in the solvers (16M doubles = 128 MB)
 CHUNK_BUDGET = 1 << 24
+#: below this many ``n * n * d`` multiply-adds per evaluation a CPU solve runs on one thread
+SMALL_WORK = 1 << 26
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -49,6 +52,25 @@ def resolve_device(device: str | torch.device) -> torch.device:
         return torch.device(device)
     except (RuntimeError, TypeError) as err:
         raise ValueError(f"device must be 'auto', 'cpu', 'cuda[:i]', got {device!r}") from err
+
+
+@contextmanager
+def solver_threads(device: torch.device, work: int) -> Iterator[None]:
+    """Run a small CPU solve on one torch thread, restoring the count afterwards.
+
+    On small problems thread hand-offs dominate each matmul (and on a loaded machine a
+    2-thread pool can be 10-25x slower than one thread), so ``work < SMALL_WORK`` on the
+    CPU is solved single-threaded. The thread count is process-wide while this runs.
+    """
+    if device.type != "cpu" or work >= SMALL_WORK or torch.get_num_threads() == 1:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def check_pairs(pairs: Any, n_features: int | None = None) -> np.ndarray:

@@ -16,6 +16,7 @@ from dmlkit.classical.mahalanobis import (
     init_components,
     lbfgs,
     resolve_device,
+    solver_threads,
     weighted_pair_grad,
 )
 from dmlkit.functional.chunking import chunk_size_for, row_chunks
@@ -127,9 +128,10 @@ class NCA(MahalanobisMixin):
         device = resolve_device(self.device)
         Xt = torch.from_numpy(X).to(device)
         yt = torch.from_numpy(codes).to(device)
-        L, self.n_iter_, self.objective_ = lbfgs(
-            lambda Lt: nca_loss_grad(Lt, Xt, yt),
-            L0, device, self.max_iter, self.tol, self.verbose, "NCA",
-        )
+        with solver_threads(device, X.shape[0] ** 2 * X.shape[1]):
+            L, self.n_iter_, self.objective_ = lbfgs(
+                lambda Lt: nca_loss_grad(Lt, Xt, yt),
+                L0, device, self.max_iter, self.tol, self.verbose, "NCA",
+            )
         self.components_ = L
         return self
