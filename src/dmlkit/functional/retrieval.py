@@ -107,14 +107,15 @@ def topk_lexicographic(keys: Tensor, k: int) -> tuple[Tensor, Tensor]:
     vals, idx = vals[:, :k].contiguous(), idx[:, :k].contiguous()
     if bool(cut.any()):
         rows = cut.nonzero().squeeze(1)
-        sub, t = keys[rows], vals[rows, k - 1 :]  # (r, m), (r, 1) boundary key
+        sub = keys.index_select(0, rows)  # (r, m)
+        t = vals.index_select(0, rows)[:, k - 1 :]  # (r, 1) boundary key
         below = sub < t
         tied = sub == t
         need = k - below.sum(dim=1, keepdim=True)  # (r, 1) ties to keep, lowest columns first
         take = below | (tied & (tied.cumsum(dim=1) <= need))  # exactly k per row
         cols = take.nonzero()[:, 1].view(len(rows), k)  # (r, k) ascending columns
-        idx[rows] = cols
-        vals[rows] = sub.gather(1, cols)
+        idx.index_copy_(0, rows, cols)
+        vals.index_copy_(0, rows, sub.gather(1, cols))
     idx, perm = idx.sort(dim=1)  # column order first ...
     vals = vals.gather(1, perm)
     vals, perm = vals.sort(dim=1, stable=True)  # ... then key order, stable on columns
@@ -171,10 +172,9 @@ def knn(
         for rs, re_ in row_chunks(m, ref_chunk):
             block = (mat[:, rs:re_], None if bias is None else bias[rs:re_])
             keys = ranking_keys(q, block)  # (c, b)
-            if exclude_self:
-                rows = torch.arange(s, e, device=keys.device)
-                hit = (rows >= rs) & (rows < re_)
-                keys[hit.nonzero().squeeze(1), rows[hit] - rs] = float("inf")
+            lo, hi = max(s, rs), min(e, re_)
+            if exclude_self and lo < hi:  # query i's own row is reference i
+                keys[lo - s : hi - s, lo - rs : hi - rs].diagonal().fill_(float("inf"))
             v, i = topk_lexicographic(keys, k)
             cand_keys.append(v)
             cand_idx.append(i + rs)
@@ -239,27 +239,29 @@ def retrieval_per_query(
     if classes:  # R from label counts, no (c, m) relation needed for the top-R metrics
         uniq, counts = torch.unique(reference_labels, return_counts=True)
         pos = torch.searchsorted(uniq, query_labels).clamp_max(max(len(uniq) - 1, 0))
-        found = uniq[pos] == query_labels if len(uniq) else torch.zeros_like(query_labels,
-                                                                              dtype=torch.bool)
-        r_all = torch.where(found, counts[pos] if len(uniq) else 0, 0) - int(exclude_self)
+        if len(uniq):
+            found = uniq.index_select(0, pos) == query_labels
+            r_all = torch.where(found, counts.index_select(0, pos), 0) - int(exclude_self)
+        else:
+            r_all = torch.full_like(query_labels, -int(exclude_self))
     chunk = chunk_size or chunk_size_for(n, m, RETRIEVAL_BUDGET)
     out: dict[str, list[Tensor]] = {}
     for s, e in row_chunks(n, chunk):
         q, _ = prepare_vectors(query[s:e].to(ref[0].dtype), metric)
         keys = ranking_keys(q, ref)  # (c, m)
-        rows = torch.arange(e - s, device=keys.device)
-        if exclude_self:
-            keys[rows, rows + s] = float("inf")
+        if exclude_self:  # (advanced indexing is slow on busy CPUs; views are not)
+            keys[:, s:e].diagonal().fill_(float("inf"))
         rel = None
         if not classes or average_precision or reciprocal_rank:
             rel = same_label(query_labels[s:e], reference_labels)  # (c, m)
             if exclude_self:
-                rel[rows, rows + s] = False
+                rel[:, s:e].diagonal().fill_(False)
         r = r_all[s:e] if classes else rel.sum(dim=1)  # (c,)
         depth = min(max(int(r.max()) if e > s else 0, ks[-1], 1), m_eff)
         _, idx = topk_lexicographic(keys, depth)  # (c, K)
         if classes:
-            hits = reference_labels[idx] == query_labels[s:e, None]  # (c, K)
+            hits = reference_labels.index_select(0, idx.reshape(-1)).view(idx.shape)
+            hits = hits == query_labels[s:e, None]  # (c, K)
         else:
             hits = rel.gather(1, idx)  # (c, K)
         vals = _top_values(hits, r, ks)

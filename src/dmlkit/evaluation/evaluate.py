@@ -1,0 +1,171 @@
+"""One entry point for every metric over embeddings, and for a trained run directory."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dmlkit.evaluation.clustering import clustering_metrics
+from dmlkit.evaluation.few_shot import few_shot_accuracy
+from dmlkit.evaluation.retrieval import retrieval_metrics
+from dmlkit.evaluation.verification import pair_scores, pairs_from_labels, verification_metrics
+
+SECTIONS = ("retrieval", "clustering", "verification", "few_shot")
+
+
+def evaluate_embeddings(
+    embeddings,
+    labels,
+    ref_embeddings=None,
+    ref_labels=None,
+    *,
+    metric: str = "euclidean",
+    k: Sequence[int] = (1, 2, 4, 8),
+    sections: Sequence[str] = SECTIONS,
+    seed: int = 0,
+    max_pairs: int = 1_000_000,
+    n_folds: int = 10,
+    few_shot: Sequence[tuple[int, int]] = ((5, 1), (5, 5)),
+    episodes: int = 600,
+    per_class: bool = False,
+    out: str | Path | None = None,
+) -> dict[str, Any]:
+    """Retrieval, clustering, verification and few-shot metrics of labelled embeddings.
+
+    Parameters
+    ----------
+    embeddings, labels : Tensor or ndarray
+        ``(n, d)`` query embeddings and their labels.
+    ref_embeddings, ref_labels : optional
+        A separate gallery for retrieval (default: leave-one-out on ``embeddings``).
+    metric : str
+        ``"euclidean"``, ``"cosine"`` or ``"dot"``; verification scores are the matching
+        similarity (negated distance for euclidean).
+    sections : sequence of str
+        Subset of ``("retrieval", "clustering", "verification", "few_shot")``.
+    seed : int
+        Seeds k-means, pair sampling, cross-validation folds and episodes.
+    max_pairs : int
+        Verification uses all pairs of the set, or this many sampled ones.
+    few_shot : sequence of (n_way, k_shot)
+        Episode settings; settings the data cannot support are skipped with a note.
+    out : path, optional
+        Also write the result as JSON (atomically).
+
+    Returns
+    -------
+    dict
+        ``{"retrieval": {...}, "clustering": {...}, "verification": {...},
+        "few_shot": {"5way_1shot": {...}, ...}, "num_embeddings": n, "metric": metric}``.
+    """
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        raise ValueError(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
+    x = torch.as_tensor(embeddings)
+    y = torch.as_tensor(labels)
+    result: dict[str, Any] = {"num_embeddings": int(x.shape[0]), "metric": metric,
+                              "seed": seed}
+    if "retrieval" in sections:
+        result["retrieval"] = retrieval_metrics(
+            x, y, ref_embeddings, ref_labels, k=k, metric=metric, per_class=per_class)
+    flat_labels = y.dim() == 1
+    if "clustering" in sections:
+        result["clustering"] = (
+            clustering_metrics(x, y, seed=seed, normalize=metric == "cosine") if flat_labels
+            else {"skipped": "clustering needs (n,) class labels"})
+    if "verification" in sections:
+        i, j, same = pairs_from_labels(y, max_pairs=max_pairs, seed=seed)
+        if same.all() or not same.any():
+            result["verification"] = {"skipped": "need both same and different pairs"}
+        else:
+            x_a = x.index_select(0, torch.from_numpy(i))
+            scores = pair_scores(x_a, x.index_select(0, torch.from_numpy(j)), metric)
+            result["verification"] = verification_metrics(scores, same, n_folds=n_folds,
+                                                          seed=seed)
+    if "few_shot" in sections:
+        shots: dict[str, Any] = {}
+        for n_way, k_shot in few_shot:
+            name = f"{n_way}way_{k_shot}shot"
+            if not flat_labels:
+                shots[name] = {"skipped": "few-shot episodes need (n,) class labels"}
+                continue
+            try:
+                shots[name] = few_shot_accuracy(x, y, n_way=n_way, k_shot=k_shot,
+                                                episodes=episodes, metric=metric, seed=seed)
+            except ValueError as err:
+                shots[name] = {"skipped": str(err)}
+        result["few_shot"] = shots
+    if out is not None:
+        write_json(result, out)
+    return result
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    data: Any = None,
+    *,
+    out: str | Path | None = None,
+    device: str = "cpu",
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Embed a run's held-out data (or ``data``, any ``load_dataset`` spec) with its
+    model and evaluate it with :func:`evaluate_embeddings`; ``out`` defaults to
+    ``RUN_DIR/evaluation.json``."""
+    from dmlkit.training.run import build_splits, embed, load_run
+
+    run = load_run(run_dir, device=device)
+    if data is None:
+        _, dataset = build_splits(run.config)
+        source = "heldout"
+    else:
+        from dmlkit.data import load_dataset
+
+        dataset = load_dataset(data)
+        source = str(data)
+    emb, labels = embed(run.model, dataset, device=device)
+    if labels is None:
+        raise ValueError("evaluation needs labelled data")
+    out = Path(run_dir) / "evaluation.json" if out is None else out
+    result = evaluate_embeddings(emb, labels, **kwargs)
+    result["run_dir"], result["data"] = str(run_dir), source
+    write_json(result, out)
+    return result
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k) if not isinstance(k, tuple) else "/".join(map(str, k)): _plain(v)
+                for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        return None if math.isnan(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def write_json(result: dict[str, Any], path: str | Path) -> Path:
+    """Write ``result`` as JSON atomically (temp file, then rename); NaN becomes null."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(_plain(result), f, indent=2, allow_nan=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+__all__ = ["SECTIONS", "evaluate_embeddings", "evaluate_run", "write_json"]

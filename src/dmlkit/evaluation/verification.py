@@ -1,0 +1,153 @@
+"""Verification: is a pair "same" or "different"? ROC, AUC, EER, TAR@FAR, k-fold accuracy
+(the LFW protocol of Huang et al. 2007) and a FAR-targeted threshold calibrator."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
+
+from dmlkit.functional.retrieval import canonical_metric
+from dmlkit.functional.verification import (
+    auc,
+    check_scored_pairs,
+    equal_error_rate,
+    kfold_accuracy,
+    roc_curve,
+    tar_at_far,
+    threshold_between,
+)
+
+DEFAULT_FARS = (1e-1, 1e-2, 1e-3, 1e-4)
+
+
+def pair_scores(x_a, x_b, metric: str = "cosine") -> np.ndarray:
+    """Row-wise similarity ``(n,)`` of paired embeddings ``(n, d)``: cosine similarity,
+    inner product (``"dot"``) or negated Euclidean distance (``"euclidean"``)."""
+    a, b = (np.asarray(v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v,
+                       dtype=np.float64) for v in (x_a, x_b))
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"paired embeddings must both be (n, d), got {a.shape}, {b.shape}")
+    metric = canonical_metric(metric)
+    if metric == "euclidean":
+        return -np.sqrt(((a - b) ** 2).sum(axis=1))
+    dot = (a * b).sum(axis=1)
+    if metric == "dot":
+        return dot
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return dot / np.maximum(norms, 1e-12)
+
+
+def pairs_from_labels(
+    labels, *, max_pairs: int | None = 1_000_000, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs ``(i, j, is_same)`` of one labelled set: all ``i < j`` pairs, or, when there
+    are more than ``max_pairs``, that many distinct pairs drawn uniformly (seeded)."""
+    y = torch.as_tensor(labels)
+    n = y.shape[0]
+    total = n * (n - 1) // 2
+    if n < 2:
+        raise ValueError(f"need at least 2 items to form pairs, got {n}")
+    if max_pairs is None or total <= max_pairs:
+        i, j = torch.triu_indices(n, n, offset=1)
+    else:
+        rng = np.random.default_rng(seed)
+        flat = np.sort(rng.choice(total, size=int(max_pairs), replace=False))
+        # invert the row-major enumeration of the strict upper triangle
+        i_np = (n - 0.5 - np.sqrt((n - 0.5) ** 2 - 2.0 * flat)).astype(np.int64)
+        start = i_np * (2 * n - i_np - 1) // 2
+        i_np = np.where(flat < start, i_np - 1, i_np)
+        start = i_np * (2 * n - i_np - 1) // 2
+        i_np = np.where(flat >= start + (n - 1 - i_np), i_np + 1, i_np)
+        start = i_np * (2 * n - i_np - 1) // 2
+        i, j = torch.from_numpy(i_np), torch.from_numpy(flat - start + i_np + 1)
+    same = _rowwise_same(y[i], y[j])
+    return i.numpy(), j.numpy(), same.numpy()
+
+
+def _rowwise_same(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise form of ``same_label`` for matched rows ``(n, ...)`` -> ``(n,)`` bool
+    (equal class; equal at every hierarchy level; multi-labels sharing any label)."""
+    if a.dim() == 1:
+        return a == b
+    if a.dtype == torch.bool:
+        return (a & b).any(dim=1)
+    return (a == b).all(dim=1)
+
+
+def verification_metrics(
+    scores, is_same, *, fars: Sequence[float] = DEFAULT_FARS, n_folds: int = 10, seed: int = 0
+) -> dict:
+    """AUC, EER, TAR at each FAR and k-fold accuracy of scored pairs.
+
+    Returns
+    -------
+    dict
+        ``auc``, ``eer``, ``eer_threshold``, ``tar_at_far_{far:g}`` per FAR,
+        ``accuracy_mean``, ``accuracy_std``, ``num_pairs``, ``num_same``.
+    """
+    s, y = check_scored_pairs(scores, is_same)
+    fpr, tpr, thr = roc_curve(s, y)
+    eer, eer_t = equal_error_rate(fpr, tpr, thr)
+    out = {"auc": auc(fpr, tpr), "eer": eer, "eer_threshold": eer_t}
+    for far in fars:
+        out[f"tar_at_far_{far:g}"] = tar_at_far(fpr, tpr, far)
+    cv = kfold_accuracy(s, y, n_folds=min(n_folds, s.size), seed=seed)
+    out["accuracy_mean"], out["accuracy_std"] = cv["accuracy_mean"], cv["accuracy_std"]
+    out["num_pairs"], out["num_same"] = int(s.size), int(y.sum())
+    return out
+
+
+class ThresholdCalibrator(BaseEstimator):
+    """Pick the score threshold whose false-accept rate meets a target (scikit-learn API).
+
+    ``fit(scores, is_same)`` chooses the lowest threshold (highest TAR) whose FAR on the
+    fitting pairs is ``<= target_far``; ``predict(scores)`` is ``scores >= threshold_``.
+
+    Parameters
+    ----------
+    target_far : float
+        Largest acceptable false-accept rate, in ``(0, 1)``.
+
+    Attributes
+    ----------
+    threshold_ : float
+    far_, tar_ : float
+        False- and true-accept rates at ``threshold_`` on the fitting pairs.
+    n_same_, n_different_ : int
+    """
+
+    def __init__(self, target_far: float = 1e-3) -> None:
+        self.target_far = target_far
+
+    def fit(self, scores, is_same) -> ThresholdCalibrator:
+        if not 0.0 < float(self.target_far) < 1.0:
+            raise ValueError(f"target_far must be in (0, 1), got {self.target_far!r}")
+        s, y = check_scored_pairs(scores, is_same)
+        fpr, tpr, thr = roc_curve(s, y)
+        i = int(np.flatnonzero(fpr <= self.target_far)[-1])
+        self.threshold_ = threshold_between(thr, i)
+        self.far_, self.tar_ = float(fpr[i]), float(tpr[i])
+        self.n_same_, self.n_different_ = int(y.sum()), int((~y).sum())
+        return self
+
+    def decision_function(self, scores) -> np.ndarray:
+        """Signed margin ``scores - threshold_`` (positive = accepted as same)."""
+        check_is_fitted(self, "threshold_")
+        return np.asarray(scores, dtype=np.float64).reshape(-1) - self.threshold_
+
+    def predict(self, scores) -> np.ndarray:
+        """``(n,)`` bool: accepted as the same identity/class."""
+        return self.decision_function(scores) >= 0.0
+
+
+__all__ = [
+    "DEFAULT_FARS",
+    "pair_scores",
+    "pairs_from_labels",
+    "verification_metrics",
+    "ThresholdCalibrator",
+]

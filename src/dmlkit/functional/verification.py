@@ -1,0 +1,146 @@
+"""Verification math on scored pairs: ROC curve, AUC, EER, TAR at FAR, best threshold.
+
+Scores are similarities: larger means "same". A pair is predicted "same" when its score
+is ``>= threshold``. ROC points are taken at every distinct score (plus a first point at
+``+inf`` where nothing is accepted), as scikit-learn's ``roc_curve`` with
+``drop_intermediate=False`` does, so AUC equals ``roc_auc_score``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def check_scored_pairs(scores, is_same) -> tuple[np.ndarray, np.ndarray]:
+    """``(scores float64 (n,), is_same bool (n,))`` with both classes present."""
+    s = np.asarray(scores.detach().cpu() if hasattr(scores, "detach") else scores)
+    y = np.asarray(is_same.detach().cpu() if hasattr(is_same, "detach") else is_same)
+    s = s.astype(np.float64).reshape(-1)
+    if y.dtype != np.bool_:
+        if not np.isin(y, (0, 1)).all():
+            raise ValueError("is_same must be boolean or 0/1")
+        y = y.astype(bool)
+    y = y.reshape(-1)
+    if s.shape != y.shape:
+        raise ValueError(f"scores {s.shape} and is_same {y.shape} must have the same length")
+    if not np.isfinite(s).all():
+        raise ValueError("scores contain NaN or infinite values")
+    if y.all() or not y.any():
+        raise ValueError("need both same and different pairs")
+    return s, y
+
+
+def roc_curve(scores, is_same) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(fpr, tpr, thresholds)`` at every distinct score, highest threshold first.
+
+    ``thresholds[0]`` is ``+inf`` (accept nothing); point ``i`` accepts pairs with
+    ``score >= thresholds[i]``.
+    """
+    s, y = check_scored_pairs(scores, is_same)
+    order = np.argsort(-s, kind="stable")  # (n,) descending scores
+    return _roc_sorted(s[order], y[order])
+
+
+def _roc_sorted(s: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ROC of scores already sorted in descending order."""
+    last = np.r_[np.flatnonzero(np.diff(s)), s.size - 1]  # last index of each distinct score
+    tps = np.cumsum(y)[last]
+    fps = (last + 1) - tps
+    tpr = np.r_[0.0, tps / y.sum()]
+    fpr = np.r_[0.0, fps / (~y).sum()]
+    return fpr, tpr, np.r_[np.inf, s[last]]
+
+
+def auc(fpr: np.ndarray, tpr: np.ndarray) -> float:
+    """Area under a ROC curve by the trapezoidal rule."""
+    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2.0))
+
+
+def equal_error_rate(
+    fpr: np.ndarray, tpr: np.ndarray, thresholds: np.ndarray
+) -> tuple[float, float]:
+    """``(eer, threshold)``: where FAR equals FRR, linearly interpolated between points."""
+    gap = (1.0 - tpr) - fpr  # FRR - FAR, non-increasing along the curve
+    i = int(np.argmax(gap <= 0.0))  # first point where FAR >= FRR (gap[-1] = -1 <= 0)
+    if i == 0 or gap[i] == 0.0:
+        return float(fpr[i]), float(thresholds[i])
+    t = gap[i - 1] / (gap[i - 1] - gap[i])
+    eer = fpr[i - 1] + t * (fpr[i] - fpr[i - 1])
+    hi = thresholds[i - 1] if np.isfinite(thresholds[i - 1]) else thresholds[i]
+    return float(eer), float(hi + t * (thresholds[i] - hi))
+
+
+def tar_at_far(fpr: np.ndarray, tpr: np.ndarray, far: float) -> float:
+    """Highest true-accept rate among ROC points whose false-accept rate is ``<= far``."""
+    ok = fpr <= far
+    return float(tpr[ok].max())  # the first point (0, 0) always qualifies
+
+
+def threshold_between(thresholds: np.ndarray, i: int) -> float:
+    """A threshold accepting exactly what ROC point ``i`` accepts, midway to the next score."""
+    if i == 0:
+        return float(thresholds[1] + 1.0) if thresholds.size > 1 else float("inf")
+    if i == thresholds.size - 1:
+        return float(thresholds[i] - 1.0)
+    return float((thresholds[i] + thresholds[i + 1]) / 2.0)
+
+
+def best_accuracy_threshold(scores, is_same) -> tuple[float, float]:
+    """``(threshold, accuracy)`` maximizing accuracy of ``score >= threshold``.
+
+    Among equally accurate points the highest threshold wins; the threshold lies midway
+    between the accepted and the next lower score.
+    """
+    s, y = check_scored_pairs(scores, is_same)
+    order = np.argsort(-s, kind="stable")
+    return _best_sorted(s[order], y[order])
+
+
+def _best_sorted(s: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    fpr, tpr, thr = _roc_sorted(s, y)
+    n_pos, n_neg = y.sum(), (~y).sum()
+    acc = (tpr * n_pos + (1.0 - fpr) * n_neg) / y.size  # (points,)
+    i = int(np.argmax(acc))
+    return threshold_between(thr, i), float(acc[i])
+
+
+def kfold_accuracy(
+    scores, is_same, *, n_folds: int = 10, seed: int = 0, shuffle: bool = True
+) -> dict:
+    """Verification accuracy under k-fold cross-validation (the LFW protocol).
+
+    For each fold the accuracy-maximizing threshold is chosen on the other ``k - 1``
+    folds and applied to the held-out fold. Returns ``accuracy_mean``, ``accuracy_std``
+    (population std over folds), per-fold ``accuracies`` and ``thresholds``.
+    """
+    s, y = check_scored_pairs(scores, is_same)
+    if not 2 <= n_folds <= s.size:
+        raise ValueError(f"n_folds must be in [2, {s.size}], got {n_folds}")
+    order = np.random.default_rng(seed).permutation(s.size) if shuffle else np.arange(s.size)
+    by_score = np.argsort(-s, kind="stable")  # sort once; folds keep this order
+    s_sorted, y_sorted = s[by_score], y[by_score]
+    accs, thrs = [], []
+    for fold in np.array_split(order, n_folds):
+        train = np.ones(s.size, dtype=bool)
+        train[fold] = False
+        train_sorted = train[by_score]
+        s_tr, y_tr = s_sorted[train_sorted], y_sorted[train_sorted]
+        if y_tr.all() or not y_tr.any():
+            raise ValueError("a training split has only one kind of pair; use fewer folds")
+        t, _ = _best_sorted(s_tr, y_tr)
+        accs.append(float(((s[fold] >= t) == y[fold]).mean()))
+        thrs.append(t)
+    return {"accuracy_mean": float(np.mean(accs)), "accuracy_std": float(np.std(accs)),
+            "accuracies": accs, "thresholds": thrs}
+
+
+__all__ = [
+    "check_scored_pairs",
+    "roc_curve",
+    "auc",
+    "equal_error_rate",
+    "tar_at_far",
+    "threshold_between",
+    "best_accuracy_threshold",
+    "kfold_accuracy",
+]
