@@ -106,7 +106,7 @@ class LFDA(MahalanobisMixin):
         device = resolve_device(self.device)
         with solver_threads(device, n * n * d):
             S_lb, S_lw = lfda_scatter(
-                torch.from_numpy(X).to(device), torch.from_numpy(codes).to(device),
+                torch.tensor(X, device=device), torch.from_numpy(codes).to(device),
                 self.n_neighbors,
             )
         S_lb, S_lw = S_lb.cpu().numpy(), S_lw.cpu().numpy()

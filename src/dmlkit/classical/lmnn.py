@@ -171,7 +171,7 @@ class LMNN(MahalanobisMixin):
         k_out = check_n_components(self.n_components, X.shape[1])
         L0 = init_components(self.init, X, codes, k_out, self.random_state)
         device = resolve_device(self.device)
-        Xt = torch.from_numpy(X).to(device)
+        Xt = torch.tensor(X, device=device)
         yt = torch.from_numpy(codes).to(device)
         k = min(self.n_neighbors, X.shape[0] - 1)
         mu = float(self.mu)

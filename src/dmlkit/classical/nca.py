@@ -47,21 +47,22 @@ def nca_loss_grad(
     """
     n = X.shape[0]
     Z = X @ L.T  # (n, k)
-    z_sq = (Z * Z).sum(dim=1)  # (n,)
+    neg_z_sq = -(Z * Z).sum(dim=1)  # (n,)
     loss = X.new_zeros(())
     g = L.new_zeros(L.shape)  # (k, d)
     col_sums = X.new_zeros(n)  # (n,)
     for start, stop in row_chunks(n, chunk_size_for(n, n, budget)):
         rows = torch.arange(start, stop, device=X.device)  # (c,)
         Zc, Xc = Z[start:stop], X[start:stop]  # (c, k), (c, d)
-        D = (z_sq[start:stop, None] + z_sq[None, :] - 2.0 * Zc @ Z.T).clamp_min(0.0)  # (c, n)
-        D[rows - start, rows] = float("inf")
-        p = torch.softmax(-D, dim=1)  # (c, n)
+        # -|z_i - z_m|^2 up to the row constant -|z_i|^2, which softmax ignores
+        logits = torch.addmm(neg_z_sq[None, :], Zc, Z.T, alpha=2.0)  # (c, n)
+        logits[rows - start, rows] = float("-inf")
+        p = torch.softmax(logits, dim=1)  # (c, n)
         same = labels[start:stop, None] == labels[None, :]  # (c, n)
-        same[rows - start, rows] = False
-        p_i = (p * same).sum(dim=1)  # (c,)
+        p_same = torch.where(same, p, 0.0)  # (c, n), zero on the diagonal since p_ii = 0
+        p_i = p_same.sum(dim=1)  # (c,)
         loss = loss - p_i.sum()
-        W = p * (same.to(p.dtype) - p_i[:, None])  # (c, n) = dLoss/dD
+        W = p_same.sub_(p * p_i[:, None])  # (c, n) = dLoss/dD = p_im (s_im - p_i)
         g_c, s_c = weighted_pair_grad(W, Xc, Zc, X, L)
         g, col_sums = g + g_c, col_sums + s_c
     return loss, finish_pair_grad(g, col_sums, X, Z)
@@ -126,7 +127,7 @@ class NCA(MahalanobisMixin):
         k = check_n_components(self.n_components, X.shape[1])
         L0 = init_components(self.init, X, codes, k, self.random_state)
         device = resolve_device(self.device)
-        Xt = torch.from_numpy(X).to(device)
+        Xt = torch.tensor(X, device=device)
         yt = torch.from_numpy(codes).to(device)
         with solver_threads(device, X.shape[0] ** 2 * X.shape[1]):
             L, self.n_iter_, self.objective_ = lbfgs(
