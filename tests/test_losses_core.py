@@ -184,13 +184,13 @@ def test_chunked_equals_unchunked(make, monkeypatch):
     full = make()(x, y)
     g_full = torch.autograd.grad(full, x)[0]
     monkeypatch.setattr(chunking, "DEFAULT_BUDGET", 50)  # forces one row per chunk
-    import dmlkit.losses.contrastive as c
+    monkeypatch.setattr(chunking, "EAGER_BUDGET", 50)  # same for the gradient-per-chunk paths
+    monkeypatch.setattr(chunking, "EAGER_MIN_ROWS", 1)
     import dmlkit.losses.triplet_margin as t
 
-    for mod in (c, t):
-        monkeypatch.setattr(
-            mod, "chunk_size_for", lambda n, e, budget=50: chunking.chunk_size_for(n, e, budget)
-        )
+    monkeypatch.setattr(
+        t, "chunk_size_for", lambda n, e, budget=50: chunking.chunk_size_for(n, e, budget)
+    )
     small = make()(x, y)
     g_small = torch.autograd.grad(small, x)[0]
     assert small.item() == pytest.approx(full.item(), abs=1e-10)

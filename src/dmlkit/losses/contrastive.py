@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from dmlkit.distances.base import BaseDistance
-from dmlkit.functional.chunking import chunk_size_for, maybe_checkpoint, row_chunks
+from dmlkit.functional.chunking import chunked_sum, eager_chunk_size
 from dmlkit.functional.labels import pos_neg_masks
 from dmlkit.functional.tuples import IndexTuple, Pairs, triplets_to_pairs
 from dmlkit.losses.base import BaseMetricLoss, mean_nonzero
@@ -82,22 +82,24 @@ class ContrastiveLoss(BaseMetricLoss):
         exclude_self = ref_embeddings is None
         n, m = x.shape[0], ref.shape[0]
 
-        def chunk_terms(xc: Tensor, ref_: Tensor, lc: Tensor, start: int) -> tuple[Tensor, Tensor]:
+        def chunk_terms(a: int, b: int, x_: Tensor, ref_: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            xc = x_[a:b]  # (c, d)
             d = self.distance.compute_matrix(xc, ref_)  # (c, m)
             pos, neg = pos_neg_masks(
-                lc, full_ref_labels, exclude_self=exclude_self, row_offset=start
+                labels[a:b], full_ref_labels, exclude_self=exclude_self, row_offset=a
             )
-            pos_cost = self._pos_cost(d) * pos  # (c, m)
-            neg_cost = self._neg_cost(d) * neg  # (c, m)
-            sums = torch.stack([pos_cost.sum(), neg_cost.sum()])  # (2,)
+            # positives: the matrix's values, but the gradient of the row-wise distance of
+            # the (few) positive pairs, so their backward never walks the (c, m) matrix
+            i, j = torch.where(pos)  # (P,), (P,)
+            d_rows = self.distance.compute_rowwise(xc[i], ref_[j])  # (P,)
+            d_pos = d_rows + (d.detach()[i, j] - d_rows.detach())  # (P,)
+            pos_cost = self._pos_cost(d_pos)  # (P,)
+            neg_cost = torch.where(neg, self._neg_cost(d), 0.0)  # (c, m)
             counts = torch.stack([(pos_cost > 0).sum(), (neg_cost > 0).sum()])  # (2,)
-            return sums, counts
+            return pos_cost.sum(), neg_cost.sum(), counts  # separate scalars: see chunked_sum
 
-        sums = x.new_zeros(2)
-        counts = torch.zeros(2, dtype=torch.long, device=x.device)
-        chunk = chunk_size_for(n, m * 4)
-        for a, b in row_chunks(n, chunk):
-            s, c = maybe_checkpoint(chunk_terms, x[a:b], ref, labels[a:b], a, enabled=chunk < n)
-            sums = sums + s
-            counts = counts + c
-        return (sums / counts.clamp_min(1)).sum()
+        # gradients are taken chunk by chunk: small chunks cost no recomputation and keep
+        # peak memory far below one (n, m) matrix
+        pos_sum, neg_sum, counts = chunked_sum(chunk_terms, n, eager_chunk_size(n, m), x, ref)
+        counts = counts.clamp_min(1)
+        return pos_sum / counts[0] + neg_sum / counts[1]

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dmlkit.distances.base import BaseDistance
-from dmlkit.functional.chunking import chunk_size_for, maybe_checkpoint, row_chunks
+from dmlkit.functional.chunking import chunk_size_for, chunked_sum, eager_chunk_size
 from dmlkit.functional.labels import pos_neg_masks
 from dmlkit.functional.tuples import IndexTuple, Pairs, Triplets, pairs_to_triplets
 from dmlkit.losses.base import BaseMetricLoss, mean_nonzero
@@ -115,10 +115,10 @@ class TripletMarginLoss(BaseMetricLoss):
         sign = -1.0 if self.distance.is_similarity else 1.0
         margin = self.margin
 
-        def chunk_terms(xc: Tensor, ref_: Tensor, lc: Tensor, start: int) -> tuple[Tensor, Tensor]:
-            e = sign * self.distance.compute_matrix(xc, ref_)  # (c, m), smaller = closer
+        def chunk_terms(a: int, b: int, x_: Tensor, ref_: Tensor) -> tuple[Tensor, Tensor]:
+            e = sign * self.distance.compute_matrix(x_[a:b], ref_)  # (c, m), smaller = closer
             pos, neg = pos_neg_masks(
-                lc, full_ref_labels, exclude_self=exclude_self, row_offset=start
+                labels[a:b], full_ref_labels, exclude_self=exclude_self, row_offset=a
             )
             neg_sorted, _ = torch.sort(e.masked_fill(~neg, float("inf")), dim=1)  # (c, m)
             finite = torch.where(torch.isinf(neg_sorted), torch.zeros_like(neg_sorted), neg_sorted)
@@ -132,13 +132,8 @@ class TripletMarginLoss(BaseMetricLoss):
             return per_pos.sum().to(e.dtype), cnt.sum()
 
         n, m = x.shape[0], ref.shape[0]
-        total = x.new_zeros(())
-        count = torch.zeros((), dtype=torch.long, device=x.device)
-        chunk = chunk_size_for(n, m * 8)
-        for a, b in row_chunks(n, chunk):
-            s, c = maybe_checkpoint(chunk_terms, x[a:b], ref, labels[a:b], a, enabled=chunk < n)
-            total = total + s
-            count = count + c
+        # gradients are taken chunk by chunk, so small chunks cost no recomputation
+        total, count = chunked_sum(chunk_terms, n, eager_chunk_size(n, m), x, ref)
         return total / count.clamp_min(1)
 
     # -- all triplets, dense (swap / smooth) -------------------------------------------------
@@ -155,15 +150,17 @@ class TripletMarginLoss(BaseMetricLoss):
         exclude_self = ref_embeddings is None
         d_ref = self.distance.compute_matrix(ref, ref) if self.swap else None  # (m, m)
 
-        def chunk_terms(xc: Tensor, ref_: Tensor, lc: Tensor, start: int) -> tuple[Tensor, Tensor]:
-            d = self.distance.compute_matrix(xc, ref_)  # (c, m)
+        def chunk_terms(
+            a: int, b: int, x_: Tensor, ref_: Tensor, *d_ref_: Tensor
+        ) -> tuple[Tensor, Tensor]:
+            d = self.distance.compute_matrix(x_[a:b], ref_)  # (c, m)
             pos, neg = pos_neg_masks(
-                lc, full_ref_labels, exclude_self=exclude_self, row_offset=start
+                labels[a:b], full_ref_labels, exclude_self=exclude_self, row_offset=a
             )
             d_ap = d[:, :, None]  # (c, m, 1)
             d_an = d[:, None, :]  # (c, 1, m)
-            if d_ref is not None:
-                d_pn = d_ref[None, :, :]  # (1, m, m)
+            if d_ref_:
+                d_pn = d_ref_[0][None, :, :]  # (1, m, m)
                 d_an = (
                     torch.maximum(d_an, d_pn)
                     if self.distance.is_similarity
@@ -174,11 +171,8 @@ class TripletMarginLoss(BaseMetricLoss):
             return cost.sum(), (cost > 0).sum()
 
         n, m = x.shape[0], ref.shape[0]
-        total = x.new_zeros(())
-        count = torch.zeros((), dtype=torch.long, device=x.device)
         chunk = chunk_size_for(n, m * m * 4)
-        for a, b in row_chunks(n, chunk):
-            s, c = maybe_checkpoint(chunk_terms, x[a:b], ref, labels[a:b], a, enabled=chunk < n)
-            total = total + s
-            count = count + c
+        # d_ref goes in as an argument: chunked_sum differentiates only through arguments
+        extra = () if d_ref is None else (d_ref,)
+        total, count = chunked_sum(chunk_terms, n, chunk, x, ref, *extra)
         return total / count.clamp_min(1)
