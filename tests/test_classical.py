@@ -322,3 +322,18 @@ def test_itml_pairs_api():
         ITML().fit(pairs, sim[:-1])
     with pytest.raises(ValueError, match="positive definite"):
         ITML(prior=-np.eye(2)).fit(pairs, sim)
+
+
+def test_nca_objective_and_gradient_equal_scikit_learn():
+    from sklearn.datasets import load_iris
+
+    X, y = load_iris(return_X_y=True)
+    L = np.random.RandomState(0).randn(2, 4) * 0.3
+    est = NeighborhoodComponentsAnalysis()
+    if not hasattr(est, "_loss_grad_lbfgs"):
+        pytest.skip("scikit-learn's private NCA objective moved")
+    est.n_iter_ = 0
+    loss, grad = est._loss_grad_lbfgs(L.ravel(), X, y[:, None] == y[None, :], -1.0)
+    ours, our_grad = nca_loss_grad(torch.from_numpy(L), torch.from_numpy(X), torch.from_numpy(y))
+    assert float(ours) == pytest.approx(loss, rel=1e-10)
+    np.testing.assert_allclose(our_grad.numpy().ravel(), grad, rtol=1e-8, atol=1e-10)
