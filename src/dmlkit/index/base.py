@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from dmlkit.index.io import IndexFormatError, load_array, load_json, read_manifest, write_index_dir
 
 METRICS = ("l2", "ip", "cosine")
 
@@ -81,7 +84,20 @@ class BaseIndex:
     def _remove_rows(self, keep: np.ndarray, ids: np.ndarray) -> None:
         raise NotImplementedError
 
-    def _search_rows(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _search_ids(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores (n, k), ids (n, k))`` of float32 queries ``q``, ids ``-1`` padded."""
+        raise NotImplementedError
+
+    def _params(self) -> dict[str, Any]:
+        """Constructor arguments (besides dim and metric) saved in the manifest."""
+        return {}
+
+    def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Kind-specific ``(arrays, file writers)`` to save."""
+        raise NotImplementedError
+
+    def _restore(self, path: Path, manifest: dict[str, Any]) -> None:
+        """Load kind-specific state from a checked index directory."""
         raise NotImplementedError
 
     # -- public API --------------------------------------------------------------------
@@ -167,9 +183,8 @@ class BaseIndex:
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         qa = to_numpy_2d(q, self.dim, "q")
-        scores, rows = self._search_rows(qa, int(k))
-        ids = np.where(rows >= 0, self._ids[np.clip(rows, 0, None)], -1).astype(np.int64)
-        scores = scores.astype(np.float32)
+        scores, ids = self._search_ids(qa, int(k))
+        scores, ids = scores.astype(np.float32), ids.astype(np.int64)
         if is_torch:
             return torch.from_numpy(scores), torch.from_numpy(ids)
         return scores, ids
@@ -200,9 +215,68 @@ class BaseIndex:
         labels = self._labels[order][pos] if self.ntotal else np.zeros(ids.shape, np.int64)
         return np.where(found, labels, -1).astype(np.int64)
 
+    # -- persistence -------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write the index to directory ``path`` atomically (see :mod:`dmlkit.index.io`)."""
+        arrays, writers = self._state()
+        header = {"kind": self.kind, "dim": self.dim, "metric": self.metric,
+                  "count": self.ntotal, "params": self._params()}
+        arrays = {"ids": self._ids, "labels": self._labels, **arrays}
+        meta = {"paths": self._paths, "payloads": self._payloads}
+        return write_index_dir(path, header, arrays, {"metadata.json": meta}, writers)
+
+    @classmethod
+    def load(cls, path: str | Path) -> BaseIndex:
+        """Load an index directory, refusing corrupt, truncated or mismatched files.
+
+        ``BaseIndex.load`` returns whichever kind was saved; a subclass only its kind.
+        """
+        path = Path(path)
+        manifest = read_manifest(path)
+        kinds = {sub.kind: sub for sub in _subclasses(BaseIndex)}
+        target = kinds.get(manifest["kind"])
+        if target is None:
+            raise IndexFormatError(f"{path}: unknown index kind {manifest['kind']!r}")
+        if cls is not BaseIndex and target is not cls:
+            raise IndexFormatError(f"{path} holds a {manifest['kind']} index, not {cls.kind}")
+        params = manifest.get("params", {})
+        if not isinstance(params, dict):
+            raise IndexFormatError(f"{path}: manifest params must be an object")
+        try:
+            index = target(manifest["dim"], manifest["metric"], **params)
+        except (TypeError, ValueError) as err:
+            raise IndexFormatError(f"{path}: bad manifest parameters: {err}") from None
+        n = manifest["count"]
+        index._ids = load_array(path, "ids", (n,), np.dtype(np.int64))
+        index._labels = load_array(path, "labels", (n,), np.dtype(np.int64))
+        if np.unique(index._ids).size != n:
+            raise IndexFormatError(f"{path}: duplicate ids")
+        meta = load_json(path, "metadata.json")
+        if (not isinstance(meta, dict) or not isinstance(meta.get("paths"), list)
+                or not isinstance(meta.get("payloads"), list)
+                or len(meta["paths"]) != n or len(meta["payloads"]) != n):
+            raise IndexFormatError(f"{path}: metadata.json does not describe {n} items")
+        index._paths, index._payloads = meta["paths"], meta["payloads"]
+        index._restore(path, manifest)
+        return index
+
     def __repr__(self) -> str:
         name = type(self).__name__
         return f"{name}(dim={self.dim}, metric={self.metric!r}, ntotal={self.ntotal})"
 
 
-__all__ = ["METRICS", "BaseIndex", "to_numpy_2d"]
+def _subclasses(cls: type) -> list[type]:
+    out = []
+    for sub in cls.__subclasses__():
+        out += [sub, *_subclasses(sub)]
+    return out
+
+
+def load_index(path: str | Path) -> BaseIndex:
+    """Load any saved index directory (exact or faiss)."""
+    import dmlkit.index  # noqa: F401  (registers every kind)
+
+    return BaseIndex.load(path)
+
+
+__all__ = ["METRICS", "BaseIndex", "load_index", "to_numpy_2d"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ from dmlkit.functional.retrieval import (
     scores_from_keys,
 )
 from dmlkit.index.base import BaseIndex, to_numpy_2d
+from dmlkit.index.io import IndexFormatError, load_array
 
 _TORCH_METRIC = {"l2": "euclidean", "ip": "dot", "cosine": "cosine"}
 
@@ -84,13 +86,29 @@ class ExactIndex(BaseIndex):
         return self.vectors[torch.from_numpy(order[pos])].numpy().copy()
 
     # -- search ------------------------------------------------------------------------
-    def _search_rows(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _search_ids(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         with torch.no_grad():
             scores, rows = knn(
                 torch.from_numpy(q), self.vectors, k, metric=_TORCH_METRIC[self.metric],
                 exclude_self=False, query_chunk=self.query_chunk, ref_chunk=self.ref_chunk,
             )
-        return scores.numpy(), rows.numpy()
+        rows_np = rows.numpy()
+        ids = np.where(rows_np >= 0, self._ids[np.clip(rows_np, 0, None)], -1)
+        return scores.numpy(), ids
+
+    # -- persistence -------------------------------------------------------------------
+    def _params(self) -> dict[str, Any]:
+        return {"query_chunk": self.query_chunk, "ref_chunk": self.ref_chunk}
+
+    def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        return {"vectors": self.vectors.numpy()}, {}
+
+    def _restore(self, path: Path, manifest: dict[str, Any]) -> None:
+        shape = (manifest["count"], self.dim)
+        data = load_array(path, "vectors", shape, np.dtype(np.float32))
+        if not np.isfinite(data).all():
+            raise IndexFormatError(f"{path}: vectors.npy contains NaN or infinite values")
+        self._data, self._parts = torch.from_numpy(data), []
 
     def range_search(self, q: Any, threshold: float) -> tuple[Any, Any, Any]:
         """Every neighbour within ``threshold``, faiss-style.

@@ -1,0 +1,178 @@
+"""Approximate (or exact) faiss indexes behind the :class:`~dmlkit.index.BaseIndex` surface.
+
+faiss is optional (``pip install faiss-cpu``, or the ``faiss`` extra) and imported only
+when a :class:`FaissIndex` is built or loaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dmlkit.index.base import BaseIndex, to_numpy_2d
+from dmlkit.index.io import IndexFormatError
+
+
+def import_faiss() -> Any:
+    """Import faiss, or raise an ImportError that says how to install it."""
+    try:
+        import faiss
+    except ImportError:
+        raise ImportError(
+            "FaissIndex needs faiss, which is not installed: pip install faiss-cpu "
+            "(or pip install 'dmlkit[faiss]'); ExactIndex needs nothing extra"
+        ) from None
+    return faiss
+
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12).astype(np.float32)
+
+
+class FaissIndex(BaseIndex):
+    """A faiss index built from a factory string, with dmlkit ids and metadata.
+
+    Parameters
+    ----------
+    dim : int
+        Vector dimension.
+    metric : str
+        ``"l2"`` (scores = squared distances), ``"ip"`` or ``"cosine"`` (vectors are
+        L2-normalized and searched by inner product).
+    factory : str
+        A ``faiss.index_factory`` description: ``"Flat"``, ``"IVF1024,Flat"``,
+        ``"HNSW32"``, ``"IVF256,PQ16"``, ``"PQ16"`` ...
+    nprobe : int, optional
+        IVF lists visited per query.
+    ef_search : int, optional
+        HNSW search breadth.
+
+    Notes
+    -----
+    Indexes that need training (IVF, PQ) are trained on the first ``add`` unless
+    :meth:`train` was called. Items are stored under their ids (``IndexIDMap2`` where
+    the index has no ids of its own). HNSW graphs cannot remove items.
+    """
+
+    kind = "faiss"
+
+    def __init__(
+        self,
+        dim: int,
+        metric: str = "l2",
+        factory: str = "Flat",
+        *,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+    ) -> None:
+        super().__init__(dim, metric)
+        if not isinstance(factory, str) or not factory:
+            raise ValueError(f"factory must be a non-empty faiss factory string, got {factory!r}")
+        self.factory = factory
+        self.nprobe = nprobe
+        self.ef_search = ef_search
+        faiss = import_faiss()
+        faiss_metric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+        try:
+            base = faiss.index_factory(self.dim, factory, faiss_metric)
+        except RuntimeError as err:
+            raise ValueError(f"faiss cannot build {factory!r}: {err}") from None
+        self.index = base if _has_own_ids(faiss, base) else faiss.IndexIDMap2(base)
+        self._apply_search_params()
+
+    # -- faiss specifics ---------------------------------------------------------------
+    def _apply_search_params(self) -> None:
+        faiss = import_faiss()
+        space = faiss.ParameterSpace()
+        if self.nprobe is not None:
+            space.set_index_parameter(self.index, "nprobe", int(self.nprobe))
+        if self.ef_search is not None:
+            space.set_index_parameter(self.index, "efSearch", int(self.ef_search))
+
+    @property
+    def is_trained(self) -> bool:
+        return bool(self.index.is_trained)
+
+    def train(self, x: Any) -> FaissIndex:
+        """Train the quantizers (IVF centroids, PQ codebooks) on ``(n, dim)`` vectors."""
+        xa = self._prep(to_numpy_2d(x, self.dim))
+        self.index.train(xa)
+        return self
+
+    def _prep(self, x: np.ndarray) -> np.ndarray:
+        return _normalize(x) if self.metric == "cosine" else x
+
+    def _add_vectors(self, x: np.ndarray, ids: np.ndarray) -> None:
+        x = self._prep(x)
+        if not self.index.is_trained:
+            self.index.train(x)
+        self.index.add_with_ids(x, ids)
+
+    def _remove_rows(self, keep: np.ndarray, ids: np.ndarray) -> None:
+        faiss = import_faiss()
+        try:
+            self.index.remove_ids(faiss.IDSelectorBatch(ids.astype(np.int64)))
+        except RuntimeError as err:
+            raise NotImplementedError(
+                f"faiss index {self.factory!r} cannot remove items ({err}); rebuild it "
+                "without them, or use a Flat or IVF index"
+            ) from None
+
+    def _search_ids(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        scores, ids = self.index.search(self._prep(q), k)
+        pad = ids < 0
+        scores[pad] = np.inf if self.metric == "l2" else -np.inf
+        return scores, ids
+
+    def range_search(self, q: Any, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """faiss range search: ``(lims, scores, ids)``, closest first within each query.
+
+        faiss's convention: squared L2 distance ``< threshold`` for ``"l2"``, similarity
+        ``> threshold`` for ``"ip"`` / ``"cosine"`` (approximate for IVF/HNSW/PQ).
+        """
+        qa = self._prep(to_numpy_2d(q, self.dim, "q"))
+        lims, scores, ids = self.index.range_search(qa, float(threshold))
+        for i in range(qa.shape[0]):  # order each query's hits like search does
+            a, b = lims[i], lims[i + 1]
+            key = scores[a:b] if self.metric == "l2" else -scores[a:b]
+            order = np.lexsort((ids[a:b], key))
+            scores[a:b], ids[a:b] = scores[a:b][order], ids[a:b][order]
+        return lims.astype(np.int64), scores.astype(np.float32), ids.astype(np.int64)
+
+    # -- persistence -------------------------------------------------------------------
+    def _params(self) -> dict[str, Any]:
+        return {"factory": self.factory, "nprobe": self.nprobe, "ef_search": self.ef_search}
+
+    def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        faiss = import_faiss()
+        return {}, {"faiss.index": lambda p: faiss.write_index(self.index, str(p))}
+
+    def _restore(self, path: Path, manifest: dict[str, Any]) -> None:
+        faiss = import_faiss()
+        if "faiss.index" not in manifest["files"]:
+            raise IndexFormatError(f"{path}: manifest lists no faiss.index")
+        try:
+            index = faiss.read_index(str(path / "faiss.index"))
+        except RuntimeError as err:
+            raise IndexFormatError(f"{path / 'faiss.index'} is not a faiss index: {err}") from None
+        if index.d != self.dim or index.ntotal != manifest["count"]:
+            raise IndexFormatError(
+                f"{path}: faiss.index has dim {index.d} and {index.ntotal} items, the "
+                f"manifest says dim {self.dim} and {manifest['count']}"
+            )
+        self.index = index
+        self._apply_search_params()
+
+
+def _has_own_ids(faiss: Any, index: Any) -> bool:
+    """True for indexes that store explicit ids (IVF family)."""
+    try:
+        faiss.extract_index_ivf(index)
+        return True
+    except RuntimeError:
+        return False
+
+
+__all__ = ["FaissIndex", "import_faiss"]

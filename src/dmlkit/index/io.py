@@ -1,0 +1,166 @@
+"""Versioned on-disk format of indexes: a directory, written atomically, checked on load.
+
+Layout of an index directory::
+
+    manifest.json    {"format": "dmlkit-index", "version": 1, "kind", "dim", "metric",
+                      "count", "params": {...}, "files": {name: {"sha256", "bytes"}}}
+    ids.npy          (count,) int64
+    labels.npy       (count,) int64, -1 = no label
+    metadata.json    {"paths": [...], "payloads": [...]}
+    vectors.npy      (count, dim) float32         (exact indexes)
+    faiss.index      faiss.write_index output     (faiss indexes)
+
+Arrays are read with ``numpy.load(allow_pickle=False)`` and nothing is ever unpickled.
+Every file's size and SHA-256 are checked against the manifest before it is parsed, so a
+corrupt, truncated, swapped or foreign file is refused with :class:`IndexFormatError`.
+Writes go to a temporary sibling directory that is renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT = "dmlkit-index"
+VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class IndexFormatError(ValueError):
+    """An index directory is missing, corrupt, truncated or does not match its manifest."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_index_dir(
+    path: str | Path,
+    header: dict[str, Any],
+    arrays: dict[str, np.ndarray],
+    json_files: dict[str, Any],
+    writers: dict[str, Callable[[Path], None]] | None = None,
+) -> Path:
+    """Write an index directory atomically.
+
+    ``header`` holds ``kind``, ``dim``, ``metric``, ``count`` and ``params``; ``arrays``
+    become ``NAME.npy``; ``json_files`` become JSON files; ``writers`` write other files
+    (given their destination path).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    try:
+        names: list[str] = []
+        for name, arr in arrays.items():
+            np.save(tmp / f"{name}.npy", np.ascontiguousarray(arr), allow_pickle=False)
+            names.append(f"{name}.npy")
+        for name, obj in json_files.items():
+            (tmp / name).write_text(json.dumps(obj))
+            names.append(name)
+        for name, write in (writers or {}).items():
+            write(tmp / name)
+            names.append(name)
+        files = {n: {"sha256": _sha256(tmp / n), "bytes": (tmp / n).stat().st_size}
+                 for n in names}
+        manifest = {"format": FORMAT, "version": VERSION, **header, "files": files}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        for n in [*names, MANIFEST]:  # flush file contents before the rename publishes them
+            fd = os.open(tmp / n, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        old = None
+        if path.exists():
+            if not (path / MANIFEST).exists() and any(path.iterdir()):
+                raise FileExistsError(f"{path} exists and is not an index directory")
+            old = path.parent / f".{path.name}.old-{os.getpid()}"
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The checked manifest of an index directory (files are verified too)."""
+    path = Path(path)
+    mpath = path / MANIFEST
+    if not mpath.is_file():
+        raise IndexFormatError(f"{path} is not an index directory (no {MANIFEST})")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise IndexFormatError(f"{mpath} is not valid JSON: {err}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise IndexFormatError(f"{mpath} is not a {FORMAT} manifest")
+    if manifest.get("version") != VERSION:
+        raise IndexFormatError(
+            f"{path} has format version {manifest.get('version')!r}; this dmlkit reads "
+            f"version {VERSION}"
+        )
+    for key, kind in (("kind", str), ("dim", int), ("metric", str), ("count", int),
+                      ("files", dict)):
+        if not isinstance(manifest.get(key), kind):
+            raise IndexFormatError(f"{mpath}: field {key!r} missing or not a {kind.__name__}")
+    for name, info in manifest["files"].items():
+        if "/" in name or "\\" in name or name.startswith("."):
+            raise IndexFormatError(f"{mpath}: bad file name {name!r}")
+        fpath = path / name
+        if not fpath.is_file():
+            raise IndexFormatError(f"{path}: missing file {name}")
+        size = fpath.stat().st_size
+        if size != info.get("bytes"):
+            raise IndexFormatError(
+                f"{fpath} has {size} bytes, the manifest says {info.get('bytes')} (truncated?)")
+        if _sha256(fpath) != info.get("sha256"):
+            raise IndexFormatError(f"{fpath} does not match its SHA-256 (corrupt or replaced)")
+    return manifest
+
+
+def load_array(path: Path, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """Load ``NAME.npy`` without pickle and check its shape and dtype."""
+    fpath = path / f"{name}.npy"
+    try:
+        arr = np.load(fpath, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise IndexFormatError(f"{fpath} is not a readable .npy array: {err}") from None
+    if arr.shape != shape or arr.dtype != dtype:
+        raise IndexFormatError(
+            f"{fpath} holds {arr.dtype} {arr.shape}, expected {np.dtype(dtype)} {shape}")
+    return arr
+
+
+def load_json(path: Path, name: str) -> Any:
+    try:
+        return json.loads((path / name).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as err:
+        raise IndexFormatError(f"{path / name} is not valid JSON: {err}") from None
+
+
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "MANIFEST",
+    "IndexFormatError",
+    "write_index_dir",
+    "read_manifest",
+    "load_array",
+    "load_json",
+]
