@@ -62,7 +62,7 @@ def nca_loss_grad(
         p_same = torch.where(same, p, 0.0)  # (c, n), zero on the diagonal since p_ii = 0
         p_i = p_same.sum(dim=1)  # (c,)
         loss = loss - p_i.sum()
-        W = p_same.sub_(p * p_i[:, None])  # (c, n) = dLoss/dD = p_im (s_im - p_i)
+        W = p_same.addcmul_(p, p_i[:, None], value=-1.0)  # (c, n) = dLoss/dD = p(s - p_i)
         g_c, s_c = weighted_pair_grad(W, Xc, Zc, X, L)
         g, col_sums = g + g_c, col_sums + s_c
     return loss, finish_pair_grad(g, col_sums, X, Z)
