@@ -116,15 +116,16 @@ def evaluate_run(
     device: str = "cpu",
     **kwargs: Any,
 ) -> dict[str, Any]:
-    """Embed a run's held-out data (or ``data``, any ``load_dataset`` spec) with its
-    model and evaluate it with :func:`evaluate_embeddings`; ``out`` defaults to
-    ``RUN_DIR/evaluation.json``."""
+    """Embed a run's held-out data (``data``: ``"heldout"`` (default), ``"train"``, or any
+    ``dmlkit.data.load_dataset`` spec) with its model and evaluate it with
+    :func:`evaluate_embeddings`; ``out`` defaults to ``RUN_DIR/evaluation.json``."""
     from dmlkit.training.run import build_splits, embed, load_run
 
     run = load_run(run_dir, device=device)
-    if data is None:
-        _, dataset = build_splits(run.config)
-        source = "heldout"
+    if data is None or data in ("heldout", "train"):
+        train_set, heldout = build_splits(run.config)
+        dataset = train_set if data == "train" else heldout
+        source = data or "heldout"
     else:
         from dmlkit.data import load_dataset
 

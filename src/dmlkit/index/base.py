@@ -76,6 +76,8 @@ class BaseIndex:
         self._paths: list[str | None] = []
         self._payloads: list[Any] = []
         self._row_of: dict[int, int] | None = None
+        #: free-form JSON saved with the index (e.g. the run and data it was built from)
+        self.info: dict[str, Any] = {}
 
     # -- to implement ------------------------------------------------------------------
     def _add_vectors(self, x: np.ndarray, ids: np.ndarray) -> None:
@@ -220,7 +222,7 @@ class BaseIndex:
         """Write the index to directory ``path`` atomically (see :mod:`dmlkit.index.io`)."""
         arrays, writers = self._state()
         header = {"kind": self.kind, "dim": self.dim, "metric": self.metric,
-                  "count": self.ntotal, "params": self._params()}
+                  "count": self.ntotal, "params": self._params(), "info": self.info}
         arrays = {"ids": self._ids, "labels": self._labels, **arrays}
         meta = {"paths": self._paths, "payloads": self._payloads}
         return write_index_dir(path, header, arrays, {"metadata.json": meta}, writers)
@@ -257,6 +259,7 @@ class BaseIndex:
                 or len(meta["paths"]) != n or len(meta["payloads"]) != n):
             raise IndexFormatError(f"{path}: metadata.json does not describe {n} items")
         index._paths, index._payloads = meta["paths"], meta["payloads"]
+        index.info = manifest.get("info") if isinstance(manifest.get("info"), dict) else {}
         index._restore(path, manifest)
         return index
 
