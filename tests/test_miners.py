@@ -418,3 +418,24 @@ def test_distance_weighted_skips_anchors_without_weighted_negatives():
     # nonzero_loss_cutoff below the cutoff gives every negative weight 0
     out = DistanceWeightedMiner(cutoff=0.5, nonzero_loss_cutoff=0.4)(x, y)
     assert out.anchor.numel() == 0
+
+
+def test_quadruplet_miner_feeds_quadruplet_loss():
+    """Dropping non-violating quadruplets leaves the (mean-over-non-zero) loss unchanged."""
+    from dmlkit.registry import LOSSES
+
+    if "quadruplet" not in LOSSES:
+        pytest.skip("no quadruplet loss registered")
+    g = torch.Generator().manual_seed(15)
+    y = torch.arange(32) % 4
+    x = torch.randn(4, 8, generator=g)[y] + 0.35 * torch.randn(32, 8, generator=g)  # clusters
+    x.requires_grad_(True)
+    loss_fn = LOSSES.build("quadruplet", margin=0.3, margin2=0.1)
+    hardest = QuadrupletMiner("hardest")(x, y)
+    violating = QuadrupletMiner("violating", margin=0.3, margin2=0.1)(x, y)
+    full = loss_fn(x, y, indices=hardest)
+    kept = loss_fn(x, y, indices=violating)
+    assert full.item() > 0 and 0 < len(violating.anchor) < len(hardest.anchor)
+    assert kept.item() == pytest.approx(full.item(), rel=1e-6)
+    kept.backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
