@@ -255,3 +255,30 @@ def test_trains_on_tuple_dataset():
     trainer = Trainer(cfg, ds, log=None)
     history = trainer.fit()
     assert len(history) == 2 and len(trainer.sampler) == 3 and history[0]["loss"] > 0
+
+
+def test_mixed_precision_bf16_on_cpu(tiny_data):
+    train, _ = tiny_data
+    trainer = make_trainer(small_config(epochs=1, amp=True), train)
+    assert trainer.amp_dtype == torch.bfloat16
+    history = trainer.fit()
+    assert np.isfinite(history[0]["loss"])
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+
+
+def test_atomic_save_keeps_old_file_on_failure(tmp_path, monkeypatch):
+    from dmlkit.training import atomic_save
+
+    path = tmp_path / "ckpt.pt"
+    atomic_save({"epoch": 1}, path)
+
+    def broken_save(obj, f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_save({"epoch": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"epoch": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]
