@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.cluster import KMeans
-from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
 
 from dmlkit.functional.distances import l2_normalize
 
@@ -24,6 +22,8 @@ def kmeans_labels(
         raise ValueError(f"embeddings must have shape (n, d), got {x.shape}")
     if not 1 <= n_clusters <= x.shape[0]:
         raise ValueError(f"n_clusters must be in [1, {x.shape[0]}], got {n_clusters}")
+    from sklearn.cluster import KMeans  # imported here: scikit-learn is slow to import
+
     km = KMeans(n_clusters=n_clusters, n_init=n_init, max_iter=max_iter, random_state=seed)
     return km.fit_predict(x)
 
@@ -64,6 +64,8 @@ def clustering_metrics(
     if normalize:
         x = l2_normalize(x.float())
     n_clusters = int(np.unique(y).size) if n_clusters is None else int(n_clusters)
+    from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
+
     pred = kmeans_labels(x, n_clusters, seed=seed, n_init=n_init)
     return {
         "nmi": float(normalized_mutual_info_score(y, pred)),

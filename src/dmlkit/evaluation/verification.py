@@ -7,8 +7,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator
-from sklearn.utils.validation import check_is_fitted
 
 from dmlkit.functional.retrieval import canonical_metric
 from dmlkit.functional.verification import (
@@ -101,7 +99,7 @@ def verification_metrics(
     return out
 
 
-class ThresholdCalibrator(BaseEstimator):
+class ThresholdCalibrator:
     """Pick the score threshold whose false-accept rate meets a target (scikit-learn API).
 
     ``fit(scores, is_same)`` chooses the lowest threshold (highest TAR) whose FAR on the
@@ -123,6 +121,21 @@ class ThresholdCalibrator(BaseEstimator):
     def __init__(self, target_far: float = 1e-3) -> None:
         self.target_far = target_far
 
+    def get_params(self, deep: bool = True) -> dict[str, float]:
+        """Constructor parameters (scikit-learn API)."""
+        return {"target_far": self.target_far}
+
+    def set_params(self, **params: float) -> ThresholdCalibrator:
+        """Set constructor parameters (scikit-learn API)."""
+        for name, value in params.items():
+            if name not in self.get_params():
+                raise ValueError(f"unknown parameter {name!r} of ThresholdCalibrator")
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        return f"ThresholdCalibrator(target_far={self.target_far!r})"
+
     def fit(self, scores, is_same) -> ThresholdCalibrator:
         if not 0.0 < float(self.target_far) < 1.0:
             raise ValueError(f"target_far must be in (0, 1), got {self.target_far!r}")
@@ -136,7 +149,11 @@ class ThresholdCalibrator(BaseEstimator):
 
     def decision_function(self, scores) -> np.ndarray:
         """Signed margin ``scores - threshold_`` (positive = accepted as same)."""
-        check_is_fitted(self, "threshold_")
+        if not hasattr(self, "threshold_"):
+            from sklearn.exceptions import NotFittedError  # a ValueError and AttributeError
+
+            raise NotFittedError(
+                "this ThresholdCalibrator is not fitted yet; call fit(scores, is_same) first")
         return np.asarray(scores, dtype=np.float64).reshape(-1) - self.threshold_
 
     def predict(self, scores) -> np.ndarray:

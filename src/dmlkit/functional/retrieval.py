@@ -56,27 +56,28 @@ def prepare_vectors(x: Tensor, metric: str) -> tuple[Tensor, Tensor | None]:
     return x, None
 
 
-def prepare_reference(reference: Tensor, metric: str) -> tuple[Tensor, Tensor | None]:
-    """Reference ready for :func:`ranking_keys`: ``(matrix (d, m), bias (m,) or None)``.
+def prepare_reference(reference: Tensor, metric: str) -> tuple[Tensor, bool]:
+    """Reference ready for :func:`ranking_keys`: ``(matrix (d', m), augmented)``.
 
     Euclidean keys are ``|r|^2 - 2 q.r`` (the squared distance minus the query's constant
-    ``|q|^2``, same order and ties within a row) and similarity keys are ``-q.r``, so one
-    ``addmm`` per block gives them; the factors ``-2`` and ``-1`` are exact in floating
-    point.
+    ``|q|^2``: same order and ties within a row); the reference is stored as
+    ``[-2 r; |r|^2]`` (``d + 1`` rows, ``augmented=True``) so that one matrix product with
+    ``[q, 1]`` yields the keys without another pass over them. Similarity keys are
+    ``-q.r``. The factors ``-2`` and ``-1`` are exact in floating point.
     """
     r, r_sq = prepare_vectors(reference, metric)
     if r_sq is None:
-        return (-r).T.contiguous(), None
-    return (-2.0 * r).T.contiguous(), r_sq
+        return (-r).T.contiguous(), False
+    return torch.cat([-2.0 * r, r_sq[:, None]], dim=1).T.contiguous(), True  # (d + 1, m)
 
 
-def ranking_keys(query: Tensor, reference: tuple[Tensor, Tensor | None]) -> Tensor:
+def ranking_keys(query: Tensor, reference: tuple[Tensor, bool]) -> Tensor:
     """Ranking keys ``(c, m)`` (smaller = closer) of prepared queries against a prepared
     reference (see :func:`prepare_reference`)."""
-    mat, bias = reference
-    if bias is None:
-        return query @ mat  # (c, m)
-    return torch.addmm(bias[None, :], query, mat)  # (c, m)
+    mat, augmented = reference
+    if augmented:
+        query = torch.cat([query, query.new_ones(query.shape[0], 1)], dim=1)  # (c, d + 1)
+    return query @ mat  # (c, m)
 
 
 def scores_from_keys(keys: Tensor, metric: str, query_sq: Tensor | None = None) -> Tensor:
@@ -163,14 +164,14 @@ def knn(
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k}")
     n, m = query.shape[0], reference.shape[0]
-    mat, bias = prepare_reference(reference, metric)
+    mat, augmented = prepare_reference(reference, metric)
     out_keys = torch.full((n, k), float("inf"), dtype=mat.dtype, device=query.device)
     out_idx = torch.full((n, k), -1, dtype=torch.long, device=query.device)
     for s, e in row_chunks(n, query_chunk):
         q, q_sq = prepare_vectors(query[s:e].to(mat.dtype), metric)
         cand_keys, cand_idx = [], []
         for rs, re_ in row_chunks(m, ref_chunk):
-            block = (mat[:, rs:re_], None if bias is None else bias[rs:re_])
+            block = (mat[:, rs:re_], augmented)
             keys = ranking_keys(q, block)  # (c, b)
             lo, hi = max(s, rs), min(e, re_)
             if exclude_self and lo < hi:  # query i's own row is reference i

@@ -1,0 +1,114 @@
+"""Retrieval metrics: dmlkit against pytorch-metric-learning's AccuracyCalculator.
+
+Both compute Precision@1, R-Precision and MAP@R, leave-one-out, on the same embeddings
+in the same process: dmlkit with ``retrieval_metrics`` (exact chunked torch kNN),
+pytorch-metric-learning with ``AccuracyCalculator(k="max_bin_count")`` (faiss
+``IndexFlatL2``, its default). The data has class structure: ``n`` points of dimension
+``--dim`` in ``n / per_class`` classes, ``center[class] + noise``.
+
+Usage::
+
+    python benchmarks/evaluation.py                         # 10k, 100k, 300k
+    python benchmarks/evaluation.py --sizes 10000 --repeats 3
+
+Writes ``benchmarks/results/evaluation.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import time
+
+import torch
+from _common import format_table, machine_info, write_json
+
+#: size -> number of classes
+CLASSES = {10_000: 100, 100_000: 1000, 300_000: 1000}
+KEYS = {"precision_at_1": "precision_at_1", "r_precision": "r_precision",
+        "map_at_r": "mean_average_precision_at_r"}
+
+
+def make_data(n: int, dim: int, classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % classes
+    labels = labels[torch.randperm(n, generator=g)]
+    centers = torch.randn(classes, dim, generator=g)
+    x = centers[labels] + 2.0 * torch.randn(n, dim, generator=g)  # (n, dim)
+    return x.float(), labels
+
+
+def run_dmlkit(x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    from dmlkit.evaluation import retrieval_metrics
+
+    r = retrieval_metrics(x, y, k=(1,), average_precision=False, reciprocal_rank=False)
+    return {k: r[k] for k in KEYS}
+
+
+def run_pml(x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
+    calc = AccuracyCalculator(include=tuple(KEYS.values()), k="max_bin_count",
+                              device=torch.device("cpu"))
+    r = calc.get_accuracy(x, y)
+    return {k: r[v] for k, v in KEYS.items()}
+
+
+def timed(fn, *args) -> tuple[float, dict[str, float]]:
+    gc.collect()
+    t = time.perf_counter()
+    out = fn(*args)
+    return time.perf_counter() - t, out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(CLASSES))
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    import faiss
+
+    faiss.omp_set_num_threads(args.threads)
+    # imports and first calls outside the timings (scikit-learn, faiss, torch kernels)
+    x0, y0 = make_data(500, args.dim, 10, args.seed)
+    run_dmlkit(x0, y0)
+    run_pml(x0, y0)
+    rows, records = [], []
+    for n in args.sizes:
+        classes = CLASSES.get(n, max(2, n // 100))
+        x, y = make_data(n, args.dim, classes, args.seed)
+        t_ours, t_pml = [], []
+        for rep in range(args.repeats):  # alternate the order to spread machine noise
+            order = [("dmlkit", run_dmlkit), ("pml", run_pml)]
+            for name, fn in order if rep % 2 == 0 else order[::-1]:
+                seconds, values = timed(fn, x, y)
+                (t_ours if name == "dmlkit" else t_pml).append(seconds)
+                if name == "dmlkit":
+                    ours = values
+                else:
+                    theirs = values
+        diff = max(abs(ours[k] - theirs[k]) for k in KEYS)
+        a, b = statistics.median(t_ours), statistics.median(t_pml)
+        rec = {"n": n, "dim": args.dim, "classes": classes, "dmlkit_s": t_ours, "pml_s": t_pml,
+               "speedup": b / a, "dmlkit": ours, "pml": theirs, "max_abs_diff": diff}
+        records.append(rec)
+        rows.append([n, classes, a, b, b / a, ours["precision_at_1"], theirs["precision_at_1"],
+                     ours["r_precision"], theirs["r_precision"], ours["map_at_r"],
+                     theirs["map_at_r"], diff])
+        print(f"n={n}: dmlkit {a:.2f} s, pml {b:.2f} s, x{b / a:.2f}, max |diff| {diff:.2e}",
+              flush=True)
+    headers = ["n", "classes", "dmlkit s", "pml s", "pml/dmlkit", "P@1 dmlkit", "P@1 pml",
+               "RP dmlkit", "RP pml", "MAP@R dmlkit", "MAP@R pml", "max |diff|"]
+    print(format_table(rows, headers))
+    path = write_json("evaluation.json", {"machine": machine_info(args.threads), "args": vars(args),
+                                     "results": records})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

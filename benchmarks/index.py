@@ -1,0 +1,102 @@
+"""Nearest-neighbour search: dmlkit's ExactIndex against faiss Flat / IVF / HNSW.
+
+A gallery of ``--gallery`` vectors (default 1M, dimension 128) with cluster structure
+(``center[cluster] + noise``, 1000 clusters) and ``--queries`` queries from the same
+distribution. Each index is built once (build time includes training), then searched
+for the ``k = 10`` nearest neighbours of every query; queries/s is the median of
+``--repeats`` searches. Recall@10 is measured against ExactIndex (the reference); the
+Flat row also checks that faiss's exact index returns the same neighbours.
+
+Usage::
+
+    python benchmarks/index.py                          # 1M gallery
+    python benchmarks/index.py --gallery 100000 --queries 500
+
+Writes ``benchmarks/results/index.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+from _common import format_table, machine_info, write_json
+
+FACTORIES = [("Flat", {}), ("IVF1024,Flat", {"nprobe": 8}), ("IVF1024,Flat", {"nprobe": 32}),
+             ("HNSW32", {"ef_search": 64})]
+
+
+def make_data(n: int, q: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((1000, dim)).astype(np.float32)
+    gallery = centers[rng.integers(0, 1000, n)] + rng.standard_normal((n, dim), np.float32)
+    queries = centers[rng.integers(0, 1000, q)] + rng.standard_normal((q, dim), np.float32)
+    return gallery, queries
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    hits = [len(np.intersect1d(a, b)) for a, b in zip(found, truth, strict=True)]
+    return float(np.mean(hits) / truth.shape[1])
+
+
+def bench(index, gallery, queries, k, repeats):
+    t = time.perf_counter()
+    index.add(gallery)
+    build = time.perf_counter() - t
+    times, ids = [], None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        _, ids = index.search(queries, k)
+        times.append(time.perf_counter() - t)
+    return build, queries.shape[0] / statistics.median(times), ids
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--gallery", type=int, default=1_000_000)
+    parser.add_argument("--queries", type=int, default=2000)
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--skip", nargs="*", default=[], help="factories to leave out")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    import faiss
+
+    from dmlkit.index import ExactIndex, FaissIndex
+
+    faiss.omp_set_num_threads(args.threads)
+    gallery, queries = make_data(args.gallery, args.queries, args.dim, 0)
+    rows, records = [], []
+    exact = ExactIndex(args.dim, "l2")
+    build, qps, truth = bench(exact, gallery, queries, args.k, args.repeats)
+    rows.append(["ExactIndex (torch)", "", build, qps, 1.0])
+    records.append({"index": "exact", "build_s": build, "qps": qps, "recall_at_10": 1.0})
+    print(f"exact: {qps:.0f} q/s", flush=True)
+    del exact
+    for factory, params in FACTORIES:
+        if factory in args.skip:
+            continue
+        index = FaissIndex(args.dim, "l2", factory, **params)
+        build, qps, ids = bench(index, gallery, queries, args.k, args.repeats)
+        r = recall(ids, truth)
+        same = float((ids == truth).mean())
+        label = ", ".join(f"{k}={v}" for k, v in params.items())
+        rows.append([f"faiss {factory}", label, build, qps, r])
+        records.append({"index": factory, "params": params, "build_s": build, "qps": qps,
+                        "recall_at_10": r, "identical_ids": same})
+        print(f"{factory} {label}: {qps:.0f} q/s, recall@10 {r:.4f}, build {build:.1f} s",
+              flush=True)
+        del index
+    print(format_table(rows, ["index", "params", "build s", "queries/s", "recall@10"]))
+    path = write_json("index.json", {"machine": machine_info(args.threads), "args": vars(args),
+                                     "results": records})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
