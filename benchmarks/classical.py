@@ -65,7 +65,9 @@ def timed_fit(make: Any, Xtr: np.ndarray, ytr: np.ndarray, Xte: np.ndarray,
             acc = knn_accuracy(est.transform(Xtr), ytr, est.transform(Xte), yte)
         if not np.isfinite(est.transform(Xte[:5])).all():
             raise ValueError("non-finite transform")
-        return {"accuracy": acc, "fit_s": seconds}
+        n_iter = getattr(est, "n_iter_", None)
+        return {"accuracy": acc, "fit_s": seconds,
+                "n_iter": None if n_iter is None else int(n_iter)}
     except Exception as err:  # noqa: BLE001 - a failing peer is a result, not a crash
         return {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"}
 
@@ -184,8 +186,10 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp()) / "splits.npz"
     np.savez(tmp, **splits)
     # warm torch up once so one-time initialisation is not charged to the first fit
-    dmlkit_factory("nca", 0)().set_params(max_iter=2).fit(np.eye(4)[[0, 1, 2, 3] * 3],
-                                                           [0, 1] * 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dmlkit_factory("nca", 0)().set_params(max_iter=2).fit(np.eye(4)[[0, 1, 2, 3] * 3],
+                                                               [0, 1] * 6)
 
     records: list[dict[str, Any]] = []
     for name in args.datasets:
@@ -205,7 +209,8 @@ def main() -> None:
                     runs["metric-learn"] = run_ml(args.ml_python, spec, args.timeout)
                 for impl, res in runs.items():
                     records.append({**base, "method": method, "impl": impl, **res})
-                    shown = res.get("error") or f"acc {res['accuracy']:.4f}  {res['fit_s']:.2f} s"
+                    shown = res.get("error") or (
+                        f"acc {res['accuracy']:.4f}  {res['fit_s']:.2f} s  n_iter {res['n_iter']}")
                     print(f"  {key:<9} {method:<5} {impl:<12} {shown}", flush=True)
 
     rows, summary = [], []

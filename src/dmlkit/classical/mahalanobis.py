@@ -252,8 +252,8 @@ def warn_no_convergence(name: str, max_iter: int) -> None:
 class MahalanobisMixin(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Base of the learners: everything that follows from a fitted ``components_``.
 
-    Attributes (after ``fit``)
-    --------------------------
+    Attributes
+    ----------
     components_ : ndarray of shape (n_components, n_features)
         The linear map ``L``; the learned distance is ``|L (x - y)|``.
     n_features_in_ : int
