@@ -266,12 +266,11 @@ ALL_MINERS = [
 
 @pytest.mark.parametrize("make", ALL_MINERS)
 def test_chunked_equals_unchunked(make, monkeypatch):
-    import importlib
+    import dmlkit.miners.base as base
 
     x, y = data(n=30, seed=8)
     full = make()(x, y)
-    module = importlib.import_module(type(make()).__module__)
-    monkeypatch.setattr(module, "chunk_size_for", lambda n, e, budget=0: 4)
+    monkeypatch.setattr(base, "chunk_size_for", lambda n, e, budget=0: 4)
     small = make()(x, y)
     if isinstance(full, Triplets):  # random draws: compare the triplets per anchor
         assert Counter(full.anchor.tolist()) == Counter(small.anchor.tolist())

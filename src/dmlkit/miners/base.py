@@ -1,20 +1,23 @@
 """Base class of every miner: ``miner(embeddings, labels, ref_embeddings=None, ref_labels=None)``.
 
-A miner returns :class:`~dmlkit.functional.Pairs` or :class:`~dmlkit.functional.Triplets`
-of indices (anchors into ``embeddings``, positives / negatives into the reference set)
-and never builds a graph.
+A miner returns :class:`~dmlkit.functional.Pairs`, :class:`~dmlkit.functional.Triplets`
+(or :class:`~dmlkit.functional.Quadruplets`) of indices (anchors into ``embeddings``,
+positives / negatives into the reference set) and never builds a graph.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
 
 from dmlkit.distances.base import BaseDistance
 from dmlkit.distances.euclidean import EuclideanDistance
+from dmlkit.functional.chunking import chunk_size_for, row_chunks
 from dmlkit.functional.distances import check_embeddings
-from dmlkit.functional.labels import check_labels
-from dmlkit.functional.tuples import Pairs, Triplets
+from dmlkit.functional.labels import check_labels, pos_neg_masks
+from dmlkit.functional.tuples import IndexTuple, Pairs, Quadruplets, Triplets
 
 
 class BaseMiner(nn.Module):
@@ -34,8 +37,31 @@ class BaseMiner(nn.Module):
         ref_embeddings: Tensor,
         ref_labels: Tensor,
         same_set: bool,
-    ) -> Pairs | Triplets:
+    ) -> Pairs | Triplets | Quadruplets:
         raise NotImplementedError
+
+    def row_blocks(
+        self,
+        x: Tensor,
+        labels: Tensor,
+        ref: Tensor,
+        ref_labels: Tensor,
+        same_set: bool,
+        elems_per_row: int = 4,
+    ) -> Iterator[tuple[int, Tensor, Tensor, Tensor]]:
+        """Walk the anchors in row chunks (O(chunk * m) memory per block).
+
+        ``x (n, dim)`` and ``ref (m, dim)`` are already normalized. Yields
+        ``(start, mat (c, m), pos (c, m), neg (c, m))``: the chunk's first anchor index,
+        its distance (or similarity) rows and positive / negative masks (an anchor is
+        never its own positive when ``same_set``). ``elems_per_row`` scales the chunk
+        to the temporaries a miner keeps per matrix entry.
+        """
+        n, m = x.shape[0], ref.shape[0]
+        for a, b in row_chunks(n, chunk_size_for(n, m * elems_per_row)):
+            mat = self.distance.compute_matrix(x[a:b], ref)  # (c, m)
+            pos, neg = pos_neg_masks(labels[a:b], ref_labels, exclude_self=same_set, row_offset=a)
+            yield a, mat, pos, neg
 
     def forward(
         self,
@@ -43,7 +69,7 @@ class BaseMiner(nn.Module):
         labels: Tensor,
         ref_embeddings: Tensor | None = None,
         ref_labels: Tensor | None = None,
-    ) -> Pairs | Triplets:
+    ) -> Pairs | Triplets | Quadruplets:
         check_embeddings(embeddings)
         check_labels(labels, embeddings.shape[0])
         if (ref_embeddings is None) != (ref_labels is None):
@@ -64,4 +90,14 @@ class BaseMiner(nn.Module):
             return self.mine(emb, labels, ref, ref_l, same_set)
 
 
-__all__ = ["BaseMiner"]
+def cat_tuples(
+    parts: list[tuple[Tensor, ...]], kind: type[IndexTuple], device: torch.device
+) -> IndexTuple:
+    """Concatenate per-chunk index tuples into one ``kind`` (empty when there are none)."""
+    if not parts:
+        empty = torch.empty(0, dtype=torch.long, device=device)
+        return kind(*(empty for _ in kind._fields))
+    return kind(*(torch.cat(p) for p in zip(*parts, strict=True)))
+
+
+__all__ = ["BaseMiner", "cat_tuples"]

@@ -10,10 +10,8 @@ import torch
 from torch import Tensor
 
 from dmlkit.distances.base import BaseDistance
-from dmlkit.functional.chunking import chunk_size_for, row_chunks
-from dmlkit.functional.labels import pos_neg_masks
 from dmlkit.functional.tuples import Pairs
-from dmlkit.miners.base import BaseMiner
+from dmlkit.miners.base import BaseMiner, cat_tuples
 from dmlkit.registry import register_miner
 
 Strategy = Literal["easy", "semihard", "hard", "all"]
@@ -82,16 +80,12 @@ class BatchEasyHardMiner(BaseMiner):
     ) -> Pairs:
         x = self.distance.maybe_normalize(embeddings)
         ref = self.distance.maybe_normalize(ref_embeddings)
-        n, m = x.shape[0], ref.shape[0]
         sign = -1.0 if self.distance.is_similarity else 1.0
-        parts: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
-        for a, b in row_chunks(n, chunk_size_for(n, m * 4)):
-            d = self.distance.compute_matrix(x[a:b], ref)  # (c, m)
-            pos, neg = pos_neg_masks(labels[a:b], ref_labels, exclude_self=same_set, row_offset=a)
-            parts.append(self._mine_chunk(sign * d, d, pos, neg, a))
-        if not parts:  # no anchors
-            parts = [tuple(torch.empty(0, dtype=torch.long, device=x.device) for _ in range(4))]
-        return Pairs(*(torch.cat(p) for p in zip(*parts, strict=True)))
+        parts = [
+            self._mine_chunk(sign * d, d, pos, neg, a)
+            for a, d, pos, neg in self.row_blocks(x, labels, ref, ref_labels, same_set)
+        ]
+        return cat_tuples(parts, Pairs, x.device)
 
     def _mine_chunk(
         self, e: Tensor, d: Tensor, pos: Tensor, neg: Tensor, offset: int

@@ -8,10 +8,8 @@ from torch import Tensor
 
 from dmlkit.distances.base import BaseDistance
 from dmlkit.distances.euclidean import EuclideanDistance
-from dmlkit.functional.chunking import chunk_size_for, row_chunks
-from dmlkit.functional.labels import pos_neg_masks
 from dmlkit.functional.tuples import Triplets
-from dmlkit.miners.base import BaseMiner
+from dmlkit.miners.base import BaseMiner, cat_tuples
 from dmlkit.registry import register_miner
 
 
@@ -92,12 +90,9 @@ class DistanceWeightedMiner(BaseMiner):
     ) -> Triplets:
         x = self.distance.maybe_normalize(embeddings)
         ref = self.distance.maybe_normalize(ref_embeddings)
-        n, m = x.shape[0], ref.shape[0]
         gen = self._generator(x.device)
         out: list[tuple[Tensor, Tensor, Tensor]] = []
-        for a, b in row_chunks(n, chunk_size_for(n, m * 8)):
-            dist = self.distance.compute_matrix(x[a:b], ref)  # (c, m)
-            pos, neg = pos_neg_masks(labels[a:b], ref_labels, exclude_self=same_set, row_offset=a)
+        for a, dist, pos, neg in self.row_blocks(x, labels, ref, ref_labels, same_set, 8):
             w = self.negative_weights(dist, neg, x.shape[1])  # (c, m)
             n_pos = pos.sum(dim=1)  # (c,)
             ok = (n_pos > 0) & (w.sum(dim=1) > 0)  # (c,)
@@ -111,10 +106,7 @@ class DistanceWeightedMiner(BaseMiner):
             take = torch.arange(draws, device=x.device)[None, :] < per_anchor[:, None]
             anchors = (rows + a)[:, None].expand(-1, draws)  # (r, draws)
             out.append((anchors[take], p[take], nn[take]))
-        if not out:
-            empty = torch.empty(0, dtype=torch.long, device=x.device)
-            return Triplets(empty, empty, empty)
-        return Triplets(*(torch.cat(parts) for parts in zip(*out, strict=True)))
+        return cat_tuples(out, Triplets, x.device)
 
 
 __all__ = ["DistanceWeightedMiner"]

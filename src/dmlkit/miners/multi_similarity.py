@@ -8,10 +8,8 @@ from torch import Tensor
 
 from dmlkit.distances.base import BaseDistance
 from dmlkit.distances.cosine import CosineSimilarity
-from dmlkit.functional.chunking import chunk_size_for, row_chunks
-from dmlkit.functional.labels import pos_neg_masks
 from dmlkit.functional.tuples import Pairs
-from dmlkit.miners.base import BaseMiner
+from dmlkit.miners.base import BaseMiner, cat_tuples
 from dmlkit.registry import register_miner
 
 _INF = float("inf")
@@ -52,12 +50,10 @@ class MultiSimilarityMiner(BaseMiner):
     ) -> Pairs:
         x = self.distance.maybe_normalize(embeddings)
         ref = self.distance.maybe_normalize(ref_embeddings)
-        n, m = x.shape[0], ref.shape[0]
         sign = -1.0 if self.distance.is_similarity else 1.0
         parts: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
-        for a, b in row_chunks(n, chunk_size_for(n, m * 4)):
-            e = sign * self.distance.compute_matrix(x[a:b], ref)  # (c, m), smaller = closer
-            pos, neg = pos_neg_masks(labels[a:b], ref_labels, exclude_self=same_set, row_offset=a)
+        for a, mat, pos, neg in self.row_blocks(x, labels, ref, ref_labels, same_set):
+            e = sign * mat  # (c, m), smaller = closer
             closest_neg = e.masked_fill(~neg, _INF).min(dim=1, keepdim=True).values  # (c, 1)
             farthest_pos = e.masked_fill(~pos, -_INF).max(dim=1, keepdim=True).values  # (c, 1)
             # +-inf thresholds (no negative / no positive) keep nothing
@@ -66,9 +62,7 @@ class MultiSimilarityMiner(BaseMiner):
             a1, p = torch.where(hard_pos)
             a2, nn = torch.where(hard_neg)
             parts.append((a1 + a, p, a2 + a, nn))
-        if not parts:  # no anchors
-            parts = [tuple(torch.empty(0, dtype=torch.long, device=x.device) for _ in range(4))]
-        return Pairs(*(torch.cat(p) for p in zip(*parts, strict=True)))
+        return cat_tuples(parts, Pairs, x.device)
 
 
 __all__ = ["MultiSimilarityMiner"]

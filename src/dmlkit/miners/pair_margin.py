@@ -6,10 +6,8 @@ import torch
 from torch import Tensor
 
 from dmlkit.distances.base import BaseDistance
-from dmlkit.functional.chunking import chunk_size_for, row_chunks
-from dmlkit.functional.labels import pos_neg_masks
 from dmlkit.functional.tuples import Pairs
-from dmlkit.miners.base import BaseMiner
+from dmlkit.miners.base import BaseMiner, cat_tuples
 from dmlkit.registry import register_miner
 
 
@@ -52,11 +50,8 @@ class PairMarginMiner(BaseMiner):
     ) -> Pairs:
         x = self.distance.maybe_normalize(embeddings)
         ref = self.distance.maybe_normalize(ref_embeddings)
-        n, m = x.shape[0], ref.shape[0]
         parts: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
-        for a, b in row_chunks(n, chunk_size_for(n, m * 4)):
-            d = self.distance.compute_matrix(x[a:b], ref)  # (c, m)
-            pos, neg = pos_neg_masks(labels[a:b], ref_labels, exclude_self=same_set, row_offset=a)
+        for a, d, pos, neg in self.row_blocks(x, labels, ref, ref_labels, same_set):
             if self.distance.is_similarity:
                 pos &= d < self.pos_margin
                 neg &= d > self.neg_margin
@@ -66,9 +61,7 @@ class PairMarginMiner(BaseMiner):
             a1, p = torch.where(pos)
             a2, nn = torch.where(neg)
             parts.append((a1 + a, p, a2 + a, nn))
-        if not parts:  # no anchors
-            parts = [tuple(torch.empty(0, dtype=torch.long, device=x.device) for _ in range(4))]
-        return Pairs(*(torch.cat(p) for p in zip(*parts, strict=True)))
+        return cat_tuples(parts, Pairs, x.device)
 
 
 __all__ = ["PairMarginMiner"]

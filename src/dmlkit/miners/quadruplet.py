@@ -9,10 +9,9 @@ import torch
 from torch import Tensor
 
 from dmlkit.distances.base import BaseDistance
-from dmlkit.functional.chunking import chunk_size_for, row_chunks
 from dmlkit.functional.labels import pos_neg_masks
 from dmlkit.functional.tuples import Quadruplets
-from dmlkit.miners.base import BaseMiner
+from dmlkit.miners.base import BaseMiner, cat_tuples
 from dmlkit.registry import register_miner
 
 QuadrupletType = Literal["hardest", "violating"]
@@ -74,12 +73,10 @@ class QuadrupletMiner(BaseMiner):
     ) -> Quadruplets:
         x = self.distance.maybe_normalize(embeddings)
         ref = self.distance.maybe_normalize(ref_embeddings)
-        n, m = x.shape[0], ref.shape[0]
         sign = -1.0 if self.distance.is_similarity else 1.0
         parts: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
-        for a, b in row_chunks(n, chunk_size_for(n, m * 8)):
-            e = sign * self.distance.compute_matrix(x[a:b], ref)  # (c, m)
-            pos, neg = pos_neg_masks(labels[a:b], ref_labels, exclude_self=same_set, row_offset=a)
+        for a, mat, pos, neg in self.row_blocks(x, labels, ref, ref_labels, same_set, 8):
+            e = sign * mat  # (c, m), smaller = closer
             e_ap, p_idx = e.masked_fill(~pos, -_INF).max(dim=1)  # (c,)
             e_an, n_idx = e.masked_fill(~neg, _INF).min(dim=1)  # (c,)
             e_n = sign * self.distance.compute_matrix(ref[n_idx], ref)  # (c, m): from each n
@@ -89,11 +86,9 @@ class QuadrupletMiner(BaseMiner):
             keep = pos.any(dim=1) & neg.any(dim=1) & cand.any(dim=1)  # (c,)
             if self.type_of_quadruplets == "violating":
                 keep &= (e_ap - e_an + self.margin > 0) | (e_ap - e_nn2 + self.margin2 > 0)
-            rows = torch.arange(a, b, device=x.device)
+            rows = torch.arange(a, a + e.shape[0], device=x.device)
             parts.append((rows[keep], p_idx[keep], n_idx[keep], n2_idx[keep]))
-        if not parts:  # no anchors
-            parts = [tuple(torch.empty(0, dtype=torch.long, device=x.device) for _ in range(4))]
-        return Quadruplets(*(torch.cat(p) for p in zip(*parts, strict=True)))
+        return cat_tuples(parts, Quadruplets, x.device)
 
 
 __all__ = ["QuadrupletMiner"]
