@@ -21,6 +21,7 @@ from dmlkit.functional.labels import (
     same_label_at_level,
     self_mask,
 )
+from dmlkit.functional.retrieval import knn, retrieval_per_query, topk_lexicographic
 from dmlkit.functional.tuples import (
     IndexTuple,
     Pairs,
@@ -56,6 +57,9 @@ __all__ = [
     "same_label",
     "same_label_at_level",
     "self_mask",
+    "knn",
+    "retrieval_per_query",
+    "topk_lexicographic",
     "IndexTuple",
     "Pairs",
     "Quadruplets",
