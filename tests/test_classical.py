@@ -10,11 +10,12 @@ import torch
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.neighbors import KNeighborsClassifier, NeighborhoodComponentsAnalysis
 
-from dmlkit.classical import ITML, LFDA, LMNN, NCA, ITMLSupervised
+from dmlkit.classical import ITML, LFDA, LMNN, MLKR, NCA, ITMLSupervised
 from dmlkit.classical.itml import itml_bregman, sample_pairs
 from dmlkit.classical.lfda import lfda_scatter
 from dmlkit.classical.lmnn import lmnn_loss_grad, target_neighbors
 from dmlkit.classical.mahalanobis import ManualGradObjective
+from dmlkit.classical.mlkr import mlkr_loss_grad
 from dmlkit.classical.nca import nca_loss_grad
 
 LABEL_LEARNERS = [
@@ -340,3 +341,35 @@ def test_nca_objective_and_gradient_equal_scikit_learn():
     ours, our_grad = nca_loss_grad(torch.from_numpy(L), torch.from_numpy(X), torch.from_numpy(y))
     assert float(ours) == pytest.approx(loss, rel=1e-10)
     np.testing.assert_allclose(our_grad.numpy().ravel(), grad, rtol=1e-8, atol=1e-10)
+
+
+def test_mlkr_objective_matches_loop_reference_and_gradcheck():
+    X, _, L = small(seed=4)
+    y = torch.linspace(-1, 2, X.shape[0], dtype=torch.float64)
+    loss, grad = mlkr_loss_grad(L, X, y, budget=30)
+    Lr = L.clone().requires_grad_(True)
+    Z = X @ Lr.T
+    ref = X.new_zeros(())
+    for i in range(X.shape[0]):
+        k = torch.stack([torch.exp(-((Z[i] - Z[j]) ** 2).sum()) for j in range(X.shape[0])])
+        k = torch.cat([k[:i], k[i + 1 :]])
+        yo = torch.cat([y[:i], y[i + 1 :]])
+        ref = ref + (y[i] - (k * yo).sum() / k.sum()) ** 2
+    ref.backward()
+    assert torch.allclose(loss, ref, atol=1e-10) and torch.allclose(grad, Lr.grad, atol=1e-8)
+    Lg = L.clone().requires_grad_(True)
+    fn = lambda A: ManualGradObjective.apply(A, lambda B: mlkr_loss_grad(B, X, y, 30))  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (Lg,), eps=1e-6, atol=1e-5)
+
+
+def test_mlkr_down_weights_noise_for_regression():
+    rng = np.random.RandomState(0)
+    X = np.column_stack([3 * rng.rand(100), 3 * rng.randn(100)])
+    y = np.sin(X[:, 0])
+    est = MLKR(device="cpu").fit(X, y)
+    M = est.get_mahalanobis_matrix()
+    assert M[1, 1] < 0.01 * M[0, 0] and np.linalg.eigvalsh(M).min() >= -1e-9
+    with pytest.raises(ValueError, match="NaN"):
+        MLKR(device="cpu").fit(np.where(X > 2, np.nan, X), y)
+    with pytest.raises(ValueError, match="class labels"):
+        MLKR(init="lda", device="cpu").fit(X, y)

@@ -13,7 +13,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from dmlkit.classical import ITML, LFDA, LMNN, NCA, ITMLSupervised
+from dmlkit.classical import ITML, LFDA, LMNN, MLKR, NCA, ITMLSupervised
 
 
 @parametrize_with_checks(
@@ -22,6 +22,7 @@ from dmlkit.classical import ITML, LFDA, LMNN, NCA, ITMLSupervised
         LMNN(max_iter=2, device="cpu"),
         ITMLSupervised(max_iter=2, n_constraints=20),
         LFDA(device="cpu"),
+        MLKR(max_iter=2, device="cpu"),
     ]
 )
 def test_sklearn_estimator_checks(estimator, check):
@@ -43,7 +44,7 @@ def test_pipeline_and_grid_search():
     assert grid.best_estimator_[0].components_.shape[0] == grid.best_params_["nca__n_components"]
 
 
-@pytest.mark.parametrize("cls", [NCA, LMNN, ITML, ITMLSupervised, LFDA])
+@pytest.mark.parametrize("cls", [NCA, LMNN, ITML, ITMLSupervised, LFDA, MLKR])
 def test_params_round_trip_and_clone(cls):
     est = cls()
     params = est.get_params()
