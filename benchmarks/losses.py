@@ -168,68 +168,112 @@ def _copy_weights(module: Any, weights: Any) -> None:
         p.copy_(src)
 
 
-def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    import gc
+class _Side:
+    """One library's loss on the shared inputs: ``call()`` runs forward + backward."""
 
+    def __init__(self, spec: dict[str, Any], lib: str, inputs: tuple[Any, Any, Any]) -> None:
+        x0, labels, weights = inputs
+        case = CASES[spec["loss"]]
+        n_classes, dim = weights.shape
+        self.step, self.module = (case.dmlkit if lib == "dmlkit" else case.pml)(n_classes, dim)
+        if case.proxies:
+            _copy_weights(self.module, weights)
+        self.x = x0.clone().requires_grad_(True)
+        self.labels = labels
+
+    def call(self) -> tuple[float, float]:
+        self.x.grad = None
+        self.module.zero_grad(set_to_none=True)
+        t0 = time.perf_counter()
+        loss = self.step(self.x, self.labels)
+        loss.backward()
+        elapsed = time.perf_counter() - t0
+        return float(loss.detach()), elapsed
+
+
+def _setup(spec: dict[str, Any]) -> tuple[dict[str, Any], tuple[Any, Any, Any]]:
     import pytorch_metric_learning.losses  # noqa: F401
     import pytorch_metric_learning.miners  # noqa: F401
     import torch
     import torch.nn.functional as F
-    from _common import cap_address_space, peak_rss_mb, reset_peak_rss, rss_mb
+    from _common import cap_address_space, rss_mb
 
     import dmlkit.losses  # noqa: F401  (both libraries loaded in every worker: same baseline)
     import dmlkit.miners  # noqa: F401
 
     torch.set_num_threads(spec["threads"])
-    out: dict[str, Any] = {"status": "ok", "idle_rss_mb": rss_mb()}
-    out["as_limit_gb"] = cap_address_space(spec["mem_cap_gb"])
+    info: dict[str, Any] = {"idle_rss_mb": rss_mb()}
+    info["as_limit_gb"] = cap_address_space(spec["mem_cap_gb"])
     b, dim = spec["B"], spec["dim"]
-    n_classes = max(1, b // PER_CLASS)
     g = torch.Generator().manual_seed(spec["seed"])
     x0 = F.normalize(torch.randn(b, dim, generator=g), dim=1)  # (B, D)
     labels = torch.arange(b) // PER_CLASS  # (B,)
-    weights = torch.randn(n_classes, dim, generator=g)  # (C, D)
-    case = CASES[spec["loss"]]
+    weights = torch.randn(max(1, b // PER_CLASS), dim, generator=g)  # (C, D)
+    return info, (x0, labels, weights)
+
+
+def _failure(e: BaseException) -> dict[str, Any]:
+    msg = str(e)
+    memory = isinstance(e, MemoryError) or "alloc" in msg.lower() or "memory" in msg.lower()
+    return {"status": "fail (mem cap)" if memory else "error", "error": msg[:300]}
+
+
+def memory_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """Peak RSS of one library's forward + backward, alone in this process.
+
+    ``cold_peak_mb``: first call (one-time initialisations included). ``peak_mb``: a
+    later call, after ``malloc_trim`` handed freed heap back, so memory the allocator
+    kept from the first call is not mistaken for free headroom.
+    """
+    import ctypes
+    import gc
+
+    from _common import peak_rss_mb, reset_peak_rss
+
+    out, inputs = _setup(spec)
     try:
-        step, module = (case.dmlkit if spec["lib"] == "dmlkit" else case.pml)(n_classes, dim)
-        if case.proxies:
-            _copy_weights(module, weights)
-    except Exception as e:  # a loss not (yet) in the library, a bad parameter name
-        out.update(status="unavailable", error=f"{type(e).__name__}: {e}")
-        return out
-    x = x0.clone().requires_grad_(True)
-
-    def run_once() -> tuple[float, float]:
-        x.grad = None
-        module.zero_grad(set_to_none=True)
-        t0 = time.perf_counter()
-        loss = step(x, labels)
-        loss.backward()
-        elapsed = time.perf_counter() - t0
-        return float(loss.detach()), elapsed
-
+        side = _Side(spec, spec["lib"], inputs)
+    except Exception as e:  # a loss missing from the library, a bad parameter name
+        return {**out, "status": "unavailable", "error": f"{type(e).__name__}: {e}"}
+    trim = ctypes.CDLL("libc.so.6").malloc_trim
     gc.collect()
     base = reset_peak_rss()
     try:
-        value, first = run_once()
-        out.update(value=value, first_s=first)
-        n = max(1, min(spec["repeats"], int(spec["budget_s"] / max(first, 1e-9))))
-        times = [run_once()[1] for _ in range(n)]
-    except (MemoryError, RuntimeError) as e:
-        msg = str(e)
-        memory = isinstance(e, MemoryError) or "alloc" in msg.lower() or "memory" in msg.lower()
-        out.update(status="fail (mem cap)" if memory else "error", error=msg[:300])
+        value, first = side.call()
+        out.update(value=value, first_s=first, cold_peak_mb=peak_rss_mb() - base)
+        gc.collect()
+        trim(0)
+        base = reset_peak_rss()
+        side.call()
         out["peak_mb"] = peak_rss_mb() - base
-        return out
-    out.update(times_s=times, median_s=statistics.median(times), min_s=min(times))
-    out["peak_mb"] = peak_rss_mb() - base
-    out["grad_finite"] = bool(torch.isfinite(x.grad).all())
+    except (MemoryError, RuntimeError) as e:
+        return {**out, **_failure(e), "peak_mb_at_failure": peak_rss_mb() - base}
+    out["status"] = "ok"
     return out
 
 
-def launch(spec: dict[str, Any], time_cap: float) -> dict[str, Any]:
-    """Run one case in a fresh interpreter; a kill at ``time_cap`` is "skipped (time cap)"."""
-    cmd = [sys.executable, __file__, "--worker", json.dumps(spec)]
+def timing_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """Forward + backward times of the libraries in ``spec["libs"]``, interleaved.
+
+    Both sides live in one process and alternate call by call (the order flips every
+    round), so load from other processes on the machine hits both alike.
+    """
+    out, inputs = _setup(spec)
+    sides = {lib: _Side(spec, lib, inputs) for lib in spec["libs"]}
+    values = {lib: side.call()[0] for lib, side in sides.items()}  # warm-up + value check
+    times: dict[str, list[float]] = {lib: [] for lib in sides}
+    order = list(sides)
+    for r in range(spec["repeats"]):
+        for lib in order if r % 2 == 0 else order[::-1]:
+            times[lib].append(sides[lib].call()[1])
+    out["values"] = values
+    out["times_s"] = times
+    return out
+
+
+def launch(mode: str, spec: dict[str, Any], time_cap: float) -> dict[str, Any]:
+    """Run one worker in a fresh interpreter; a kill at ``time_cap`` is "skipped (time cap)"."""
+    cmd = [sys.executable, __file__, "--worker", mode, json.dumps(spec)]
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=time_cap)
@@ -240,9 +284,33 @@ def launch(spec: dict[str, Any], time_cap: float) -> dict[str, Any]:
         if line.startswith("RESULT "):
             res = json.loads(line[len("RESULT ") :])
             res["wall_s"] = wall
+            res.setdefault("status", "ok")
             return res
     tail = (proc.stderr or proc.stdout)[-300:]
     return {"status": f"fail (exit {proc.returncode})", "error": tail, "wall_s": wall}
+
+
+def measure(spec: dict[str, Any], args: argparse.Namespace, skip: dict[str, str]) -> dict[str, Any]:
+    """Memory of each library (own processes), then their interleaved timings."""
+    res: dict[str, dict[str, Any]] = {}
+    for lib in ("dmlkit", "pml"):
+        if lib in skip:
+            res[lib] = {"status": skip[lib]}
+        else:
+            res[lib] = launch("memory", {**spec, "lib": lib}, args.time_cap)
+    ok = [lib for lib in res if res[lib]["status"] == "ok"]
+    if ok:
+        slowest = max(res[lib]["first_s"] for lib in ok)
+        repeats = max(1, min(args.repeats, int(args.budget_s / max(slowest, 1e-9) / len(ok))))
+        timing = launch("timing", {**spec, "libs": ok, "repeats": repeats}, args.time_cap)
+        for lib in ok:
+            if timing.get("status") != "ok":
+                res[lib].update(status=f"timing {timing['status']}", error=timing.get("error"))
+                continue
+            t = timing["times_s"][lib]
+            res[lib].update(times_s=t, median_s=statistics.median(t), min_s=min(t), repeats=len(t))
+            res[lib]["timing_value"] = timing["values"][lib]
+    return res
 
 
 # -- driver ------------------------------------------------------------------------------
@@ -293,44 +361,48 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="losses.json")
-    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     if args.worker:
-        print("RESULT " + json.dumps(run_worker(json.loads(args.worker))), flush=True)
+        mode, spec = args.worker[0], json.loads(args.worker[1])
+        result = memory_worker(spec) if mode == "memory" else timing_worker(spec)
+        print("RESULT " + json.dumps(result), flush=True)
         return 0
 
     info = machine_info(args.threads)
     print(f"torch.set_num_threads({args.threads}); {info['cpu_count']} CPUs; torch {info['torch']}")
     print(
-        f"memory: peak RSS rise (VmHWM reset via /proc/self/clear_refs) in a fresh process per "
-        f"case; address space capped at idle + {args.mem_cap_gb} GB (RLIMIT_AS); "
-        f"time cap {args.time_cap:.0f} s per case"
+        "memory: peak RSS rise (VmHWM reset via /proc/self/clear_refs) during a warm "
+        "forward+backward, one fresh process per (loss, B, library); address space capped "
+        f"at idle + {args.mem_cap_gb} GB (RLIMIT_AS); time cap {args.time_cap:.0f} s per process"
     )
-    print(f"labels: arange(B) // {PER_CLASS} (B/{PER_CLASS} classes); dim={args.dim}\n", flush=True)
+    print(
+        "time: median of interleaved dmlkit/PML calls in one process, after one warm-up; "
+        f"labels arange(B) // {PER_CLASS} (B/{PER_CLASS} classes); dim={args.dim}\n",
+        flush=True,
+    )
 
     records: list[dict[str, Any]] = []
     failed_at: dict[tuple[str, str], int] = {}
     for name in args.losses:
         for b in sorted(args.sizes):
-            res: dict[str, dict[str, Any]] = {}
+            spec = {
+                "loss": name,
+                "B": b,
+                "dim": args.dim,
+                "seed": args.seed,
+                "mem_cap_gb": args.mem_cap_gb,
+                "threads": args.threads,
+            }
+            skip = {
+                lib: f"skipped (failed at B={failed_at[name, lib]})"
+                for lib in ("dmlkit", "pml")
+                if (name, lib) in failed_at
+            }
+            res = measure(spec, args, skip)
             for lib in ("dmlkit", "pml"):
-                if (name, lib) in failed_at:
-                    res[lib] = {"status": f"skipped (failed at B={failed_at[name, lib]})"}
-                    continue
-                spec = {
-                    "loss": name,
-                    "B": b,
-                    "lib": lib,
-                    "dim": args.dim,
-                    "seed": args.seed,
-                    "repeats": args.repeats,
-                    "budget_s": args.budget_s,
-                    "mem_cap_gb": args.mem_cap_gb,
-                    "threads": args.threads,
-                }
-                res[lib] = launch(spec, args.time_cap)
-                if res[lib]["status"] not in ("ok", "unavailable", "error"):
+                if res[lib]["status"].startswith(("fail", "skipped (time")):
                     failed_at[name, lib] = b
             d, p = res["dmlkit"], res["pml"]
             rel = None

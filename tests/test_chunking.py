@@ -1,10 +1,11 @@
-"""chunked_sum: values and gradients equal the unchunked computation, on every path."""
+"""chunked_sum and distance surrogates: gradients equal plain autograd, on every path."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from dmlkit.distances import CosineSimilarity, DotProductSimilarity, EuclideanDistance
 from dmlkit.functional.chunking import EAGER_MAX_OUTPUTS, chunked_sum, eager_chunk_size
 
 
@@ -84,3 +85,31 @@ def test_zero_rows_raise():
     x = torch.randn(0, 3, requires_grad=True)
     with pytest.raises(ValueError, match="at least one row"):
         chunked_sum(lambda a, b, x_: x_[a:b].sum(), 0, 1, x)
+
+
+@pytest.mark.parametrize(
+    "distance",
+    [
+        EuclideanDistance(),
+        EuclideanDistance(squared=True),
+        EuclideanDistance(normalize_embeddings=False),
+        CosineSimilarity(),
+        DotProductSimilarity(normalize_embeddings=False),
+    ],
+    ids=["euclidean", "squared", "euclidean-raw", "cosine", "dot-raw"],
+)
+def test_matrix_surrogate_gradient_equals_autograd(distance):
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(6, 5, generator=g, dtype=torch.float64)
+    y = torch.randn(7, 5, generator=g, dtype=torch.float64)
+    y[2] = x[1]  # a zero distance: its gradient is zero on both paths
+    x, y = distance.maybe_normalize(x), distance.maybe_normalize(y)
+    grad = torch.randn(6, 7, generator=g, dtype=torch.float64)
+    xa, ya = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
+    want = torch.autograd.grad((distance.compute_matrix(xa, ya) * grad).sum(), (xa, ya))
+    xs, ys = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
+    with torch.no_grad():
+        mat = distance.compute_matrix(x, y)
+    got = torch.autograd.grad(distance.matrix_surrogate(xs, ys, grad, mat), (xs, ys))
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b)

@@ -55,6 +55,17 @@ class BaseDistance(nn.Module):
             )
         return self.compute_rowwise(self.maybe_normalize(x), self.maybe_normalize(y))
 
+    def matrix_surrogate(self, x: Tensor, y: Tensor, grad: Tensor, mat: Tensor) -> Tensor:
+        """A scalar whose gradient w.r.t. ``x``, ``y`` is ``sum_ij grad_ij * d mat_ij``.
+
+        ``mat = compute_matrix(x, y)`` (already normalized inputs) and ``grad`` ``(n, m)``
+        are constants. A loss can compute its ``(n, m)`` terms without autograd, take
+        their derivative ``grad`` in closed form and backpropagate through the distance
+        with this scalar: for the built-in distances only ``(n, d)``-sized tensors enter
+        the graph. This default differentiates ``compute_matrix`` again.
+        """
+        return (self.compute_matrix(x, y) * grad).sum()
+
     def margin(self, closer: Tensor, farther: Tensor) -> Tensor:
         """How much ``closer`` beats ``farther``'s closeness: positive = violation-free.
 

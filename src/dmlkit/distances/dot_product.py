@@ -30,3 +30,6 @@ class DotProductSimilarity(BaseDistance):
 
     def compute_rowwise(self, x: Tensor, y: Tensor) -> Tensor:
         return F.rowwise_dot(x, y)
+
+    def matrix_surrogate(self, x: Tensor, y: Tensor, grad: Tensor, mat: Tensor) -> Tensor:
+        return (x * (grad @ y)).sum()  # gradients grad @ y and grad^T @ x

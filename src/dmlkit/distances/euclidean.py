@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from dmlkit.distances.base import BaseDistance
@@ -36,6 +37,17 @@ class EuclideanDistance(BaseDistance):
         if self.squared:
             return F.rowwise_squared_euclidean(x, y)
         return F.rowwise_euclidean(x, y)
+
+    def matrix_surrogate(self, x: Tensor, y: Tensor, grad: Tensor, mat: Tensor) -> Tensor:
+        # d2_ij = |x_i|^2 + |y_j|^2 - 2 x_i.y_j, so sum_ij h_ij d2_ij / 2 has gradient
+        # rowsum(h) x - h y (w.r.t. x) and colsum(h) y - h^T x (w.r.t. y)
+        if self.squared:
+            h = 2.0 * grad  # (n, m)
+        else:  # d = sqrt(d2): d d / d d2 = 1 / (2 d); zero where d = 0, as safe_sqrt
+            h = torch.where(mat > 0, grad / mat.clamp_min(1e-30), 0.0)  # (n, m)
+        h_rows, h_cols = h.sum(dim=1), h.sum(dim=0)  # (n,), (m,)
+        sq = 0.5 * (h_rows @ (x * x).sum(dim=1) + h_cols @ (y * y).sum(dim=1))  # ()
+        return sq - (x * (h @ y)).sum()
 
     def extra_repr(self) -> str:
         return f"squared={self.squared}, " + super().extra_repr()

@@ -82,21 +82,30 @@ class ContrastiveLoss(BaseMetricLoss):
         exclude_self = ref_embeddings is None
         n, m = x.shape[0], ref.shape[0]
 
+        sign = -1.0 if self.distance.is_similarity else 1.0
+
         def chunk_terms(a: int, b: int, x_: Tensor, ref_: Tensor) -> tuple[Tensor, Tensor, Tensor]:
             xc = x_[a:b]  # (c, d)
-            d = self.distance.compute_matrix(xc, ref_)  # (c, m)
+            with torch.no_grad():
+                d = self.distance.compute_matrix(xc, ref_)  # (c, m)
             pos, neg = pos_neg_masks(
                 labels[a:b], full_ref_labels, exclude_self=exclude_self, row_offset=a
             )
-            # positives: the matrix's values, but the gradient of the row-wise distance of
-            # the (few) positive pairs, so their backward never walks the (c, m) matrix
+            # positives (few): the matrix's values, the gradient of their row-wise distances
             i, j = torch.where(pos)  # (P,), (P,)
             d_rows = self.distance.compute_rowwise(xc[i], ref_[j])  # (P,)
-            d_pos = d_rows + (d.detach()[i, j] - d_rows.detach())  # (P,)
-            pos_cost = self._pos_cost(d_pos)  # (P,)
+            pos_cost = self._pos_cost(d_rows + (d[i, j] - d_rows.detach()))  # (P,)
+            # negatives (all the rest): cost and its derivative in closed form, then one
+            # surrogate carries the gradient through the distance
             neg_cost = torch.where(neg, self._neg_cost(d), 0.0)  # (c, m)
-            counts = torch.stack([(pos_cost > 0).sum(), (neg_cost > 0).sum()])  # (2,)
-            return pos_cost.sum(), neg_cost.sum(), counts  # separate scalars: see chunked_sum
+            active = neg_cost > 0  # (c, m)
+            neg_sum = neg_cost.sum()
+            if xc.requires_grad or ref_.requires_grad:
+                grad = active.to(d.dtype) * -sign  # (c, m): d neg_cost / d d
+                s = self.distance.matrix_surrogate(xc, ref_, grad, d)
+                neg_sum = neg_sum + (s - s.detach())
+            counts = torch.stack([(pos_cost > 0).sum(), active.sum()])  # (2,)
+            return pos_cost.sum(), neg_sum, counts  # separate scalars: see chunked_sum
 
         # gradients are taken chunk by chunk: small chunks cost no recomputation and keep
         # peak memory far below one (n, m) matrix
