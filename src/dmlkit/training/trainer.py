@@ -248,8 +248,7 @@ class Trainer:
             self.save(self.checkpoint_path)
             with open(self.out_dir / LOG, "a") as f:
                 f.write(line + "\n")
-        if not tc.progress:
-            self.log(line)
+        self.log(line)
         for callback in self.callbacks:
             callback(self, record)
         return stop
