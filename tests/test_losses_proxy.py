@@ -334,19 +334,25 @@ def test_center_loss_combines_with_softmax_and_compacts_classes():
 
 def test_arcface_gradient_finite_at_unit_cosine():
     torch.manual_seed(0)
-    loss_fn = ArcFaceLoss(C, D)
+    loss_fn = ArcFaceLoss(C, D).double()
     x = loss_fn.weight.detach()[[0, 1, 2]].clone().requires_grad_(True)  # cos = 1 to own class
     y = torch.tensor([0, 1, 2])
     out = loss_fn(x, y)
     out.backward()
     assert torch.isfinite(out) and torch.isfinite(x.grad).all()
-    pml = pml_losses.ArcFaceLoss(num_classes=C, embedding_size=D)
-    pml.W.data = loss_fn.weight.detach().T.clone()
-    assert torch.allclose(out, pml(x.detach(), y), rtol=1e-5)  # same value (PML's grad is NaN)
     assert torch.isfinite(loss_fn.weight.grad).all()
+    expected = naive_margin_softmax(x.detach(), y, loss_fn.weight.detach(), arc_target(28.6),
+                                    lambda c, xi: 64.0 * c)
+    assert torch.allclose(out, expected, rtol=1e-6)
+    pml = pml_losses.ArcFaceLoss(num_classes=C, embedding_size=D).double()
+    pml.W.data = loss_fn.weight.detach().T.clone()
+    assert torch.allclose(out, pml(x.detach(), y), rtol=1e-6)  # same value (PML's grad is NaN)
     x2 = (-loss_fn.weight.detach()[[0]]).clone().requires_grad_(True)  # cos = -1
     loss_fn(x2, torch.tensor([0])).backward()
     assert torch.isfinite(x2.grad).all()
+    x3 = loss_fn.weight.detach()[[0]].float().clone().requires_grad_(True)  # fp32 too
+    loss_fn.float()(x3, torch.tensor([0])).backward()
+    assert torch.isfinite(x3.grad).all()
 
 
 def test_half_inputs_are_computed_in_fp32():

@@ -81,5 +81,5 @@ class ArcFaceLoss(CosineMarginLoss):
     def target_logit(self, cos_target: Tensor) -> Tensor:  # (c,)
         return cos_plus_angle(cos_target, self.margin_radians)
 
-    def scale_logits(self, logits: Tensor, norms: Tensor) -> Tensor:  # (c, C)
-        return logits * self.scale
+    def scale_logits(self, logits: Tensor, x: Tensor) -> Tensor:  # (c, C)
+        return logits.mul_(self.scale)

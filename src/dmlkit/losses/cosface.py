@@ -47,5 +47,5 @@ class CosFaceLoss(CosineMarginLoss):
     def target_logit(self, cos_target: Tensor) -> Tensor:  # (c,)
         return cos_target - self.margin
 
-    def scale_logits(self, logits: Tensor, norms: Tensor) -> Tensor:  # (c, C)
-        return logits * self.scale
+    def scale_logits(self, logits: Tensor, x: Tensor) -> Tensor:  # (c, C)
+        return logits.mul_(self.scale)

@@ -39,5 +39,5 @@ class NormalizedSoftmaxLoss(CosineMarginLoss):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)
 
-    def scale_logits(self, logits: Tensor, norms: Tensor) -> Tensor:  # (c, C)
-        return logits / self.temperature
+    def scale_logits(self, logits: Tensor, x: Tensor) -> Tensor:  # (c, C)
+        return logits.div_(self.temperature)

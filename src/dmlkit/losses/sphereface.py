@@ -74,5 +74,5 @@ class SphereFaceLoss(CosineMarginLoss):
             sign = 1.0 - 2.0 * torch.remainder(k, 2.0)  # (-1)^k
         return sign * cos_multiple_angle(cos_target, self.margin) - 2.0 * k
 
-    def scale_logits(self, logits: Tensor, norms: Tensor) -> Tensor:  # (c, C), (c, 1)
-        return logits * norms * self.scale
+    def scale_logits(self, logits: Tensor, x: Tensor) -> Tensor:  # (c, C), (c, D)
+        return logits * x.norm(dim=1, keepdim=True) * self.scale  # by |x_i| (c, 1)

@@ -210,23 +210,36 @@ class CosineMarginLoss(WeightClassifierLoss):
     def target_logit(self, cos_target: Tensor) -> Tensor:  # (c,) -> (c,)
         return cos_target
 
-    def scale_logits(self, logits: Tensor, norms: Tensor) -> Tensor:  # (c, C), (c, 1)
+    def scale_logits(self, logits: Tensor, x: Tensor) -> Tensor:  # (c, C), (c, D) -> (c, C)
+        """Scale the margin-adjusted cosines (may work in place on ``logits``)."""
         raise NotImplementedError
 
     def class_cosines(self, x: Tensor, w: Tensor) -> Tensor:
-        """Cosine of unit ``x (c, D)`` to each class (max over a class's vectors), ``(c, C)``."""
+        """Cosine of unit ``x (c, D)`` to each class (max over a class's vectors), ``(c, C)``.
+
+        Returns a fresh tensor that callers may modify in place.
+        """
         cos = x @ w.T  # (c, C * K)
         if self._per_class > 1:
-            cos = cos.view(x.shape[0], self.num_classes, self._per_class).amax(dim=2)  # (c, C)
-        return cos
+            cos = cos.view(x.shape[0], self.num_classes, self._per_class).max(dim=2).values
+        return cos  # (c, C)
+
+    def target_cosines(self, x: Tensor, labels: Tensor, w: Tensor) -> Tensor:
+        """Cosine of unit ``x (c, D)`` to its own class ``labels (c,)``, row-wise, ``(c,)``."""
+        if self._per_class == 1:
+            return (x * w[labels]).sum(dim=1)  # (c,)
+        own = w.view(self.num_classes, self._per_class, -1)[labels]  # (c, K, D)
+        return torch.einsum("cd,ckd->ck", x, own).max(dim=1).values  # (c,)
 
     def _logits(self, x: Tensor, labels: Tensor | None, w: Tensor) -> Tensor:
-        norms = x.norm(dim=1, keepdim=True)  # (c, 1)
-        cos = self.class_cosines(l2_normalize(x), w)  # (c, C)
+        xn = l2_normalize(x)  # (c, D)
+        cos = self.class_cosines(xn, w)  # (c, C), fresh: matmul / max keep no copy of it
         if labels is not None:
-            target = self.target_logit(cos.gather(1, labels[:, None]).squeeze(1))  # (c,)
-            cos = cos.scatter(1, labels[:, None], target[:, None])  # (c, C)
-        return self.scale_logits(cos, norms)  # (c, C)
+            # the target cosine is recomputed row-wise so that ``cos`` can be overwritten
+            # in place (scatter_ and the scale save nothing): two (c, C) passes fewer
+            target = self.target_logit(self.target_cosines(xn, labels, w))  # (c,)
+            cos.scatter_(1, labels[:, None], target[:, None].to(cos.dtype))  # (c, C)
+        return self.scale_logits(cos, x)  # (c, C)
 
     def logits(self, embeddings: Tensor, labels: Tensor | None = None) -> Tensor:
         """Scaled class logits ``(n, C)``; with ``labels`` the target margins are applied.
