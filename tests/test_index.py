@@ -65,8 +65,13 @@ def test_padding_remove_metadata_and_range_search():
     assert index.add(x[:1]).tolist() == [3]  # new ids continue after the largest
 
 
-def test_bad_inputs_raise():
+def test_bad_inputs_raise(tmp_path):
     index = ExactIndex(3)
+    scores, ids = index.search(np.zeros((2, 3), np.float32), 2)  # empty index: all padding
+    assert (ids == -1).all() and np.isinf(scores).all()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileExistsError):
+        index.save(tmp_path / "file")
     with pytest.raises(ValueError, match="shape"):
         index.add(np.zeros((2, 4), np.float32))
     index.add(np.zeros((2, 3), np.float32), ids=[1, 2])

@@ -179,6 +179,8 @@ def knn(
             v, i = topk_lexicographic(keys, k)
             cand_keys.append(v)
             cand_idx.append(i + rs)
+        if not cand_keys:  # empty reference: every row stays padded
+            continue
         v, i = torch.cat(cand_keys, dim=1), torch.cat(cand_idx, dim=1)  # (c, blocks * k)
         if len(cand_keys) > 1:  # merge blocks: (key, index) order, first k
             i, perm = i.sort(dim=1)

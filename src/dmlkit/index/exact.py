@@ -93,6 +93,8 @@ class ExactIndex(BaseIndex):
                 exclude_self=False, query_chunk=self.query_chunk, ref_chunk=self.ref_chunk,
             )
         rows_np = rows.numpy()
+        if self.ntotal == 0:
+            return scores.numpy(), rows_np
         ids = np.where(rows_np >= 0, self._ids[np.clip(rows_np, 0, None)], -1)
         return scores.numpy(), ids
 

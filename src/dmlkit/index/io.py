@@ -85,7 +85,7 @@ def write_index_dir(
                 os.close(fd)
         old = None
         if path.exists():
-            if not (path / MANIFEST).exists() and any(path.iterdir()):
+            if path.is_file() or (not (path / MANIFEST).exists() and any(path.iterdir())):
                 raise FileExistsError(f"{path} exists and is not an index directory")
             old = path.parent / f".{path.name}.old-{os.getpid()}"
             os.replace(path, old)
