@@ -5,9 +5,13 @@ references are ordered by a *ranking key* where smaller is closer (squared Eucli
 distance, or the negated similarity for ``"cosine"`` / ``"dot"``), and **ties are broken
 by reference index, lower first**. This is the order faiss's flat indexes return, so the
 metrics equal pytorch-metric-learning's ``AccuracyCalculator`` (which ranks with
-``faiss.IndexFlatL2``) even when many distances tie. Euclidean ranking uses squared
-distances (``|q|^2 + |r|^2 - 2 q.r`` clamped at 0, as faiss does), never their square
-root, which could merge distinct values into new ties.
+``faiss.IndexFlatL2``) even when many distances tie. Euclidean ranking uses
+``|r|^2 - 2 q.r`` (the squared distance minus the query's own constant ``|q|^2``, one
+matrix product), never a square root, which could merge distinct values into new ties.
+Exact ties (e.g. integer-valued embeddings) are reproduced exactly; distances that differ
+only by float32 rounding may be ordered differently from faiss, whose matrix products
+round differently, so on real-valued embeddings the metrics agree with
+``AccuracyCalculator`` to about 1e-7 rather than bit for bit.
 
 Queries are processed in row chunks, so memory is ``O(chunk * m)``: no ``(n, m)`` matrix
 is ever formed. Definitions follow Musgrave, Belongie and Lim, "A Metric Learning Reality
