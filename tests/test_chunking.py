@@ -113,3 +113,25 @@ def test_matrix_surrogate_gradient_equals_autograd(distance):
     got = torch.autograd.grad(distance.matrix_surrogate(xs, ys, grad, mat), (xs, ys))
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_loss_stacked_with_counts_takes_gradients_once():
+    # the pack() pattern of the pair losses: no recomputation in backward
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(9, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    calls = []
+
+    def part(a: int, b: int, x_: torch.Tensor) -> torch.Tensor:
+        calls.append((a, b))
+        d = torch.cdist(x_[a:b], x_)  # (c, n)
+        return torch.stack([torch.exp(-d).sum(), (d < 1).sum().to(d.dtype)])
+
+    out = chunked_sum(part, 9, 4, x)
+    n_forward = len(calls)
+    (out[0] * 2.0 + out[1]).backward()
+    assert len(calls) == n_forward == 3
+    xr = x.detach().clone().requires_grad_(True)
+    ref = part(0, 9, xr)
+    (ref[0] * 2.0).backward()
+    torch.testing.assert_close(out.detach(), ref.detach())
+    torch.testing.assert_close(x.grad, xr.grad)

@@ -65,8 +65,8 @@ def chunked_sum(fn: Callable[..., Any], n_rows: int, chunk: int, *tensors: torch
 
     ``fn`` returns a tensor or a tuple of tensors of fixed shapes (partial sums, counts).
     Under autograd each chunk's graph lives only while that chunk is computed: when the
-    differentiable outputs are at most :data:`EAGER_MAX_OUTPUTS` separate scalars (a
-    loss sum or two; return them as separate tensors, not stacked), their gradients
+    differentiable outputs are at most :data:`EAGER_MAX_OUTPUTS` scalars (a loss sum
+    or two, as separate tensors or stacked with non-differentiable counts), their gradients
     with respect to ``tensors`` are taken right away and kept (sizes of ``tensors``), so
     backward is a weighted sum with no recomputation; other outputs are recomputed
     chunk by chunk in backward instead (checkpointing).
@@ -101,6 +101,25 @@ def _add_parts(total: Any, parts: tuple[torch.Tensor, ...]) -> tuple[torch.Tenso
     return tuple(t + p for t, p in zip(total, parts, strict=True))
 
 
+def _differentiable_elements(part: torch.Tensor) -> list[int] | None:
+    """Flat indices of ``part`` that carry a gradient; None when that is unknown.
+
+    A scalar is its own element. A 1-D ``torch.stack`` of scalars (partial sums next
+    to counts) is read through its autograd node: the backward of one element walks
+    only that element's graph, so counts cost nothing. Other vectors: None.
+    """
+    if not part.requires_grad:
+        return []
+    if part.numel() == 1:
+        return [0]
+    node = part.grad_fn
+    if part.dim() == 1 and node is not None and type(node).__name__ == "StackBackward0":
+        nexts = node.next_functions
+        if len(nexts) == part.numel():
+            return [k for k, (fn, _) in enumerate(nexts) if fn is not None]
+    return None
+
+
 class _ChunkedSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, fn, n_rows, chunk, *tensors):  # type: ignore[override]
@@ -117,22 +136,21 @@ class _ChunkedSum(torch.autograd.Function):
                 raw = fn(a, b, *leaves)
             single = isinstance(raw, torch.Tensor)
             parts = _as_tuple(raw)
-            diff = [j for j, p in enumerate(parts) if p.requires_grad]
-            # eager only for a few differentiable scalars: the backward of one element
-            # of a stacked vector would walk the graphs of all its elements
-            eager = len(diff) <= EAGER_MAX_OUTPUTS and all(parts[j].numel() == 1 for j in diff)
-            if diff and not eager:
+            elements = [_differentiable_elements(p) for p in parts]
+            comps = [(j, k) for j, ks in enumerate(elements) for k in ks or []]
+            eager = len(comps) <= EAGER_MAX_OUTPUTS and all(ks is not None for ks in elements)
+            if not eager:
                 recompute.append((a, b))
-            for c, j in enumerate(diff if eager else []):
-                with torch.enable_grad():  # the reshape is recorded too
-                    target = parts[j].reshape(())
+            for c, (j, k) in enumerate(comps if eager else []):
+                with torch.enable_grad():  # selecting the element is recorded too
+                    target = parts[j].reshape(-1)[k]
                 gs = torch.autograd.grad(
                     target,
                     [leaves[i] for i in wanted],
-                    retain_graph=c < len(diff) - 1,
+                    retain_graph=c < len(comps) - 1,
                     allow_unused=True,
                 )
-                acc = grads.setdefault((j, 0), [None] * len(wanted))
+                acc = grads.setdefault((j, k), [None] * len(wanted))
                 for s, g in enumerate(gs):
                     if g is not None:
                         acc[s] = g if acc[s] is None else acc[s] + g

@@ -113,20 +113,18 @@ def sum_over_chunks(
     elems_per_row: int,
     *tensors: Tensor,
 ) -> Tensor:
-    """``sum_k fn(start_k, stop_k, *tensors)`` over row chunks, each recomputed in backward.
+    """``sum_k fn(start_k, stop_k, *tensors)`` over row chunks, one chunk's memory at a time.
 
     ``fn`` returns a fixed-size 1-D tensor of partial sums (e.g. a loss sum and a count).
+    Through :func:`~dmlkit.functional.chunking.chunked_sum`: a chunk's gradient is taken
+    as soon as it is computed (a loss sum stacked with counts), larger outputs are
+    recomputed in backward. Chunks hold ~128K-element matrices, never fewer than 64 rows.
     """
-    chunk, bounds = chunk_bounds(n_rows, elems_per_row)
-    total: Tensor | None = None
-    for a, b in bounds:
-        part = chunking.maybe_checkpoint(
-            lambda *ts, a=a, b=b: fn(a, b, *ts), *tensors, enabled=chunk < n_rows
-        )
-        total = part if total is None else total + part
-    if total is None:
+    if n_rows < 1:
         raise ValueError("sum_over_chunks needs at least one row")
-    return total
+    chunk, _ = chunk_bounds(n_rows, elems_per_row)
+    chunk = min(chunk, chunking.eager_chunk_size(n_rows, max(1, elems_per_row // 4)))
+    return chunking.chunked_sum(fn, n_rows, chunk, *tensors)
 
 
 def pack(*values: Tensor) -> Tensor:
