@@ -82,8 +82,13 @@ def test_config_round_trip():
 
 @pytest.mark.parametrize(
     "kwargs,match",
-    [({"grid": 0}, "grid"), ({"grid": 1.5}, "grid"), ({"dropout": 1.0}, "dropout"),
-     ({"dropout": -0.1}, "dropout"), ({"image_size": 3}, "image_size")],
+    [
+        ({"grid": 0}, "grid"),
+        ({"grid": 1.5}, "grid"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"dropout": -0.1}, "dropout"),
+        ({"image_size": 3}, "image_size"),
+    ],
 )
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

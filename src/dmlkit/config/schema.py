@@ -44,6 +44,9 @@ class DataConfig:
         Seeded caps on items per class, to keep runs short.
     seed : int
         Seed of the split and of the caps.
+    augment_shift, augment_hflip : int, bool
+        Training-image augmentation (:mod:`dmlkit.data.augment`): random shifts of up to
+        ``augment_shift`` pixels and random left-right flips, seeded by ``seed``.
     kind : {"labels", "pairs", "triplets"}
         ``"labels"``: class-labelled items. ``"pairs"`` / ``"triplets"``: weak supervision
         (see :mod:`dmlkit.training.weak`): tuples from the CSV file ``tuples`` (entries are
@@ -66,6 +69,8 @@ class DataConfig:
     max_per_class: int | None = None
     max_heldout_per_class: int | None = None
     seed: int = 0
+    augment_shift: int = 0
+    augment_hflip: bool = False
     kind: str = "labels"
     tuples: str | None = None
     features: str | None = None
@@ -84,6 +89,8 @@ class DataConfig:
             raise ValueError(f"data.test_fraction must be in (0, 1), got {self.test_fraction}")
         if self.name in ("idx", "npz", "image_folder") and not self.path:
             raise ValueError(f"data.name {self.name!r} needs data.path")
+        if self.augment_shift < 0:
+            raise ValueError(f"data.augment_shift must be >= 0, got {self.augment_shift}")
         _choice("data", "kind", self.kind, ("labels", "pairs", "triplets"))
         if self.kind == "labels" and (self.tuples or self.features):
             raise ValueError("data.tuples / data.features need data.kind 'pairs' or 'triplets'")

@@ -59,6 +59,16 @@ def build_splits(config: Config) -> tuple[ArrayDataset, ArrayDataset]:
     return split_dataset(config.data)
 
 
+def augmented(train: ArrayDataset, config: Config) -> ArrayDataset:
+    """``train`` with the augmentation ``config.data`` asks for (itself when none)."""
+    cfg = config.data
+    if cfg.augment_shift == 0 and not cfg.augment_hflip:
+        return train
+    from dmlkit.data.augment import AugmentedDataset
+
+    return AugmentedDataset(train, cfg.augment_shift, cfg.augment_hflip, seed=cfg.seed)
+
+
 def embed(
     model: nn.Module,
     data: ArrayDataset | Tensor | tuple[Tensor, Tensor],
@@ -146,6 +156,7 @@ def _train_run(
     if config.training.val_fraction > 0:
         train, val = stratified_split(train, config.training.val_fraction, config.data.seed + 1)
     resolved = resolve_config(config, train.x[0], int(train.labels.max()) + 1)
+    train = augmented(train, config)
     out_dir.mkdir(parents=True, exist_ok=True)
     resolved.to_yaml(out_dir / CONFIG_FILE)
     log(
@@ -203,6 +214,7 @@ def metrics_table(metrics: dict[str, Any]) -> str:
 __all__ = [
     "Run",
     "RunResult",
+    "augmented",
     "build_splits",
     "embed",
     "heldout_metrics",
