@@ -16,11 +16,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dmlkit.distances.base import BaseDistance
-from dmlkit.functional.chunking import chunk_size_for, maybe_checkpoint, row_chunks
+from dmlkit.functional.chunking import chunk_size_for
 from dmlkit.functional.hierarchy import as_hierarchical, shared_depth, shared_depth_rowwise
-from dmlkit.functional.labels import self_mask
 from dmlkit.functional.tuples import IndexTuple, Pairs, Triplets, pairs_to_triplets
 from dmlkit.losses.base import BaseMetricLoss, mean_nonzero
+from dmlkit.losses.weight_classifier import fused_chunk_sum
 from dmlkit.registry import register_loss
 
 
@@ -38,7 +38,8 @@ class HierarchicalTripletLoss(BaseMetricLoss):
     negative from another super-class must be farther than one from a sibling class.
     Every triplet of the batch is used, exactly, in ``O(n m log m)`` time: subtracting
     each negative's margin from its distance turns the sum into a plain margin-0 triplet
-    sum that prefix sums over sorted negatives evaluate per positive.
+    sum that prefix sums over sorted negatives evaluate per positive. Anchors are taken
+    in row chunks (each chunk's gradient computed at once), so memory is ``O(chunk m)``.
 
     Parameters
     ----------
@@ -134,12 +135,13 @@ class HierarchicalTripletLoss(BaseMetricLoss):
         table = torch.tensor(self.margin_table(levels), dtype=x.dtype, device=x.device)  # (L,)
         sign = -1.0 if self.distance.is_similarity else 1.0
 
-        def chunk_terms(xc: Tensor, ref_: Tensor, lc: Tensor, start: int) -> tuple[Tensor, Tensor]:
+        def chunk_terms(xc: Tensor, ref_: Tensor, lc: Tensor, rows: Tensor) -> tuple[Tensor, ...]:
             e = sign * self.distance.compute_matrix(xc, ref_)  # (c, m), smaller = closer
             depth = shared_depth(lc, ref_labels)  # (c, m)
             pos = depth == levels  # (c, m)
             if exclude_self:
-                pos = pos & ~self_mask(pos.shape[0], pos.shape[1], start, pos.device)
+                cols = torch.arange(pos.shape[1], device=pos.device)  # (m,)
+                pos = pos & (rows[:, None] != cols[None, :])  # (c, m)
             neg = depth < levels  # (c, m)
             # e_ap - e_an + m_s = e_ap - (e_an - m_s): margin-0 triplets on shifted negatives
             shifted = e - table[depth.clamp_max(levels - 1)]  # (c, m)
@@ -153,11 +155,9 @@ class HierarchicalTripletLoss(BaseMetricLoss):
             return per_pos.sum().to(e.dtype), cnt.sum()
 
         n, m = x.shape[0], ref.shape[0]
-        total = x.new_zeros(())
-        count = torch.zeros((), dtype=torch.long, device=x.device)
         chunk = chunk_size_for(n, m * (8 + levels))
-        for a, b in row_chunks(n, chunk):
-            s, c = maybe_checkpoint(chunk_terms, x[a:b], ref, labels[a:b], a, enabled=chunk < n)
-            total = total + s
-            count = count + c
+        rows = torch.arange(n, device=x.device)  # (n,) batch index of each anchor
+        total, count = fused_chunk_sum(
+            chunk_terms, n, chunk, (x, ref, labels, rows), (True, False, True, True)
+        )
         return total / count.clamp_min(1)
