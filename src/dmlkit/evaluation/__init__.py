@@ -3,6 +3,7 @@
 from dmlkit.evaluation.clustering import clustering_metrics, kmeans_labels
 from dmlkit.evaluation.evaluate import SECTIONS, evaluate_embeddings, evaluate_run, write_json
 from dmlkit.evaluation.few_shot import few_shot_accuracy
+from dmlkit.evaluation.hierarchical import hierarchical_retrieval_metrics
 from dmlkit.evaluation.retrieval import DEFAULT_K, retrieval_metrics
 from dmlkit.evaluation.verification import (
     DEFAULT_FARS,
@@ -21,6 +22,7 @@ __all__ = [
     "evaluate_embeddings",
     "evaluate_run",
     "few_shot_accuracy",
+    "hierarchical_retrieval_metrics",
     "kmeans_labels",
     "pair_scores",
     "pairs_from_labels",
