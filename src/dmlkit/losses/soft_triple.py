@@ -82,7 +82,7 @@ class SoftTripleLoss(WeightClassifierLoss):
     def _class_similarity(self, x: Tensor, w: Tensor) -> Tensor:
         """``S_c`` for unit ``x (c, D)`` and unit centers ``w (C*K, D)`` -> ``(c, C)``."""
         sim = (x @ w.T).view(x.shape[0], self.num_classes, self.centers_per_class)  # (c, C, K)
-        prob = torch.softmax(sim / self.gamma, dim=2)  # (c, C, K)
+        prob = torch.softmax(sim * (1.0 / self.gamma), dim=2)  # (c, C, K)
         return (prob * sim).sum(dim=2)  # (c, C)
 
     def logits(self, embeddings: Tensor) -> Tensor:
