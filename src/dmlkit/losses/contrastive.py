@@ -6,8 +6,9 @@ import torch
 from torch import Tensor
 
 from dmlkit.distances.base import BaseDistance
+from dmlkit.distances.euclidean import EuclideanDistance
 from dmlkit.functional.chunking import chunked_sum, eager_chunk_size
-from dmlkit.functional.labels import pos_neg_masks
+from dmlkit.functional.labels import same_label
 from dmlkit.functional.tuples import IndexTuple, Pairs, triplets_to_pairs
 from dmlkit.losses.base import BaseMetricLoss, mean_nonzero
 from dmlkit.registry import register_loss
@@ -87,21 +88,24 @@ class ContrastiveLoss(BaseMetricLoss):
         def chunk_terms(a: int, b: int, x_: Tensor, ref_: Tensor) -> tuple[Tensor, Tensor, Tensor]:
             xc = x_[a:b]  # (c, d)
             with torch.no_grad():
-                d = self.distance.compute_matrix(xc, ref_)  # (c, m)
-            pos, neg = pos_neg_masks(
-                labels[a:b], full_ref_labels, exclude_self=exclude_self, row_offset=a
-            )
+                d = _matrix(self.distance, xc, ref_)  # (c, m)
+            same = same_label(labels[a:b], full_ref_labels)  # (c, m)
             # positives (few): the matrix's values, the gradient of their row-wise distances
-            i, j = torch.where(pos)  # (P,), (P,)
+            i, j = torch.where(same)  # (P,), (P,)
+            if exclude_self:
+                keep = i + a != j
+                i, j = i[keep], j[keep]
             d_rows = self.distance.compute_rowwise(xc[i], ref_[j])  # (P,)
             pos_cost = self._pos_cost(d_rows + (d[i, j] - d_rows.detach()))  # (P,)
             # negatives (all the rest): cost and its derivative in closed form, then one
             # surrogate carries the gradient through the distance
-            neg_cost = torch.where(neg, self._neg_cost(d), 0.0)  # (c, m)
-            active = neg_cost > 0  # (c, m)
-            neg_sum = neg_cost.sum()
+            with torch.no_grad():
+                neg_cost = d - self.neg_margin if sign < 0 else self.neg_margin - d  # (c, m)
+                neg_cost.clamp_min_(0.0).masked_fill_(same, 0.0)
+                active = neg_cost > 0  # (c, m)
+                neg_sum = neg_cost.sum()
             if xc.requires_grad or ref_.requires_grad:
-                grad = active.to(d.dtype) * -sign  # (c, m): d neg_cost / d d
+                grad = active.to(d.dtype).mul_(-sign)  # (c, m): d neg_cost / d d
                 s = self.distance.matrix_surrogate(xc, ref_, grad, d)
                 neg_sum = neg_sum + (s - s.detach())
             counts = torch.stack([(pos_cost > 0).sum(), active.sum()])  # (2,)
@@ -112,3 +116,15 @@ class ContrastiveLoss(BaseMetricLoss):
         pos_sum, neg_sum, counts = chunked_sum(chunk_terms, n, eager_chunk_size(n, m), x, ref)
         counts = counts.clamp_min(1)
         return pos_sum / counts[0] + neg_sum / counts[1]
+
+
+def _matrix(distance: BaseDistance, x: Tensor, y: Tensor) -> Tensor:
+    """``distance.compute_matrix(x, y)`` without autograd; Euclidean in 4-6 fused passes."""
+    if type(distance) is not EuclideanDistance:
+        return distance.compute_matrix(x, y)
+    y_sq = (y * y).sum(dim=1)  # (m,)
+    d2 = torch.addmm(y_sq[None, :], x, y.T, alpha=-2.0)  # (c, m): |y|^2 - 2 x.y
+    d2.add_((x * x).sum(dim=1, keepdim=True)).clamp_min_(0.0)
+    if distance.squared:
+        return d2
+    return d2.masked_fill_(d2 <= 1e-12, 0.0).sqrt_()  # safe_sqrt's zeros
