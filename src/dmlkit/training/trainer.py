@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -153,7 +154,8 @@ class Trainer:
         total, count, start = 0.0, 0, time.perf_counter()
         bar = tqdm(
             total=len(self.sampler), desc=f"epoch {epoch + 1}/{tc.epochs}", leave=False,
-            disable=not tc.progress, dynamic_ncols=True,
+            # a live bar on terminals only; logs and pipes get the per-epoch lines
+            disable=not tc.progress or not sys.stderr.isatty(), dynamic_ncols=True,
         )  # fmt: skip
         try:
             for step, indices in enumerate(self.sampler):
