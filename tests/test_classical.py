@@ -232,6 +232,35 @@ def test_nca_matches_scikit_learn():
     assert abs(acc[0] - acc[1]) <= 0.02
 
 
+def test_nca_dense_wide_map_and_float32_match_float64():
+    from dmlkit.classical.nca import nca_loss_grad_dense, same_label_weights
+
+    X, y, _ = small(seed=2)
+    L = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    same = same_label_weights(y, torch.float64)
+    loss, grad = nca_loss_grad_dense(L, X, same)  # k > d: the (A X) first branch
+    Lr = L.clone().requires_grad_(True)
+    ref = nca_reference(Lr, X, y)
+    ref.backward()
+    assert torch.allclose(loss, ref, atol=1e-10)
+    assert torch.allclose(grad, Lr.grad, atol=1e-8)
+    loss32, grad32 = nca_loss_grad_dense(L.float(), X.float(), same.float())
+    assert loss32.dtype == torch.float64
+    assert float(loss32) == pytest.approx(float(ref.detach()), abs=1e-4)
+    assert torch.allclose(grad32.double(), Lr.grad, atol=1e-4)
+    from sklearn.datasets import load_iris
+    from sklearn.preprocessing import StandardScaler
+
+    Xi, yi = load_iris(return_X_y=True)
+    Xi = StandardScaler().fit_transform(Xi)
+    f64 = NCA(init="identity", device="cpu").fit(Xi, yi)
+    f32 = NCA(init="identity", device="cpu", precision="float32").fit(Xi, yi)
+    assert f32.objective_ == pytest.approx(f64.objective_, rel=1e-4)
+    assert f32.components_.dtype == np.float64
+    with pytest.raises(ValueError, match="float16"):
+        NCA(precision="float16", device="cpu").fit(Xi, yi)
+
+
 def test_low_rank_components_and_random_state():
     X, y = toy(n=60)
     X = np.column_stack([X, np.random.RandomState(3).randn(60, 3)])  # (60, 5)
