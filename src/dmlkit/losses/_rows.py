@@ -127,6 +127,46 @@ def sum_over_chunks(
     return chunking.chunked_sum(fn, n_rows, chunk, *tensors)
 
 
+#: most elements of an ``(n, m)`` matrix for the single-pass path of the pair losses
+#: (2M floats = 8 MB in fp32): above it they walk row chunks
+FUSED_BUDGET = 1 << 21
+
+
+def use_fused(x: Tensor, ref: Tensor, labels: Tensor | None, indices: object) -> bool:
+    """Whether a pair loss may take its one-pass path (labels, small ``(n, m)``, float)."""
+    return (
+        indices is None
+        and labels is not None
+        and x.shape[0] * ref.shape[0] <= min(FUSED_BUDGET, chunking.DEFAULT_BUDGET)
+        and x.is_floating_point()
+    )
+
+
+class _WithGrads(torch.autograd.Function):
+    """``value`` whose gradients w.r.t. ``x`` and ``ref`` were computed in closed form."""
+
+    @staticmethod
+    def forward(ctx, value, x, ref, gx, gref):  # type: ignore[override]
+        ctx.save_for_backward(gx, gref)
+        return value.clone()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):  # type: ignore[override]
+        gx, gref = ctx.saved_tensors
+        return None, gx * g, gref * g, None, None
+
+
+def with_grads(value: Tensor, x: Tensor, ref: Tensor, gx: Tensor, gref: Tensor) -> Tensor:
+    """Attach precomputed gradients ``gx`` ``(n, d)`` and ``gref`` ``(m, d)`` to ``value``.
+
+    When ``ref`` is ``x`` autograd adds the two. No double backward.
+    """
+    if not (torch.is_grad_enabled() and (x.requires_grad or ref.requires_grad)):
+        return value
+    return _WithGrads.apply(value, x, ref, gx, gref)
+
+
 def pack(*values: Tensor) -> Tensor:
     """Stack scalar partial sums (losses, counts) into one 1-D tensor of the first's dtype."""
     return torch.stack([v.to(values[0].dtype) for v in values])
@@ -171,5 +211,8 @@ __all__ = [
     "sum_over_chunks",
     "setup_rows",
     "pack",
+    "FUSED_BUDGET",
+    "use_fused",
+    "with_grads",
     "positive_pairs",
 ]

@@ -10,6 +10,7 @@ from dmlkit.distances.euclidean import EuclideanDistance
 from dmlkit.functional.chunking import chunked_sum, eager_chunk_size
 from dmlkit.functional.labels import same_label
 from dmlkit.functional.tuples import IndexTuple, Pairs, triplets_to_pairs
+from dmlkit.losses._rows import use_fused, with_grads
 from dmlkit.losses.base import BaseMetricLoss, mean_nonzero
 from dmlkit.registry import register_loss
 
@@ -82,6 +83,9 @@ class ContrastiveLoss(BaseMetricLoss):
         full_ref_labels = labels if ref_labels is None else ref_labels
         exclude_self = ref_embeddings is None
         n, m = x.shape[0], ref.shape[0]
+        euclid = type(self.distance) is EuclideanDistance and not self.distance.squared
+        if euclid and use_fused(x, ref, labels, None):
+            return self._fused(x, ref, same_label(labels, full_ref_labels), exclude_self)
 
         sign = -1.0 if self.distance.is_similarity else 1.0
 
@@ -116,6 +120,37 @@ class ContrastiveLoss(BaseMetricLoss):
         pos_sum, neg_sum, counts = chunked_sum(chunk_terms, n, eager_chunk_size(n, m), x, ref)
         counts = counts.clamp_min(1)
         return pos_sum / counts[0] + neg_sum / counts[1]
+
+
+    def _fused(self, x: Tensor, ref: Tensor, same: Tensor, exclude_self: bool) -> Tensor:
+        """Whole-matrix Euclidean path: loss and its closed-form gradient in one pass."""
+        need_grad = torch.is_grad_enabled() and (x.requires_grad or ref.requires_grad)
+        with torch.no_grad():
+            xd, rd = x.detach(), ref.detach()
+            d = torch.addmm((rd * rd).sum(dim=1)[None, :], xd, rd.T, alpha=-2.0)  # (n, m)
+            d.add_((xd * xd).sum(dim=1, keepdim=True))
+            torch.threshold_(d, 1e-12, 0.0).sqrt_()  # safe_sqrt: 0 below 1e-12
+            i, j = torch.where(same)  # (P,) positive pairs
+            if exclude_self:
+                keep = i != j
+                i, j = i[keep], j[keep]
+            d_pos = d[i, j]  # (P,)
+            pos_cost = (d_pos - self.pos_margin).clamp_min_(0.0)  # (P,)
+            pos_act = pos_cost > 0  # (P,)
+            n_pos = pos_act.sum().clamp_min(1)
+            t = torch.sub(self.neg_margin, d).masked_fill_(same, 0.0).relu_()  # (n, m)
+            n_neg = torch.count_nonzero(t).clamp_min(1)
+            loss = pos_cost.sum() / n_pos + t.sum() / n_neg
+            if not need_grad:
+                return loss
+            # h = (d loss / d d) / d, scaled by -n_neg: -1 on active negatives
+            h = t.sign_().div_(d).nan_to_num_(0.0, 0.0, 0.0)  # (n, m); 0 where d = 0
+            hp = torch.where(pos_act & (d_pos > 0), -n_neg / (n_pos * d_pos), 0.0)  # (P,)
+            h.index_put_((i, j), hp, accumulate=True)
+            scale = -1.0 / n_neg
+            gx = (h.sum(dim=1, keepdim=True) * xd - h @ rd).mul_(scale)  # (n, d)
+            gr = (h.sum(dim=0)[:, None] * rd - h.T @ xd).mul_(scale)  # (m, d)
+        return with_grads(loss, x, ref, gx, gr)
 
 
 def _matrix(distance: BaseDistance, x: Tensor, y: Tensor) -> Tensor:

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from dmlkit.distances.base import BaseDistance
 from dmlkit.distances.cosine import CosineSimilarity
+from dmlkit.functional.labels import same_label
 from dmlkit.functional.tuples import IndexTuple
-from dmlkit.losses._rows import masked_logsumexp, pack, setup_rows, sum_over_chunks
+from dmlkit.losses._rows import (
+    masked_logsumexp,
+    pack,
+    setup_rows,
+    sum_over_chunks,
+    use_fused,
+    with_grads,
+)
 from dmlkit.losses.base import BaseMetricLoss
 from dmlkit.registry import register_loss
 
@@ -72,6 +81,8 @@ class MultiSimilarityLoss(BaseMetricLoss):
         x, ref, weights = setup_rows(
             self.distance, embeddings, labels, indices, ref_embeddings, ref_labels
         )
+        if type(self.distance) is CosineSimilarity and use_fused(x, ref, labels, indices):
+            return self._fused(x, ref, labels, ref_labels, ref_embeddings is None)
         sign = 1.0 if self.distance.is_similarity else -1.0
 
         def chunk_terms(start: int, stop: int, x_: Tensor, ref_: Tensor) -> Tensor:
@@ -89,3 +100,40 @@ class MultiSimilarityLoss(BaseMetricLoss):
         if n_pairs == 0:
             return self.zero_loss(embeddings)
         return total / x.shape[0]
+
+    def _fused(
+        self, x: Tensor, ref: Tensor, labels: Tensor, ref_labels: Tensor | None, no_self: bool
+    ) -> Tensor:
+        """Whole-matrix cosine path: loss and closed-form softmax gradients in one pass."""
+        n, m = x.shape[0], ref.shape[0]
+        if no_self and m == 1:
+            return self.zero_loss(x)
+        need_grad = torch.is_grad_enabled() and (x.requires_grad or ref.requires_grad)
+        a, b, lam = self.alpha, self.beta, self.base
+        with torch.no_grad():
+            xd, rd = x.detach(), ref.detach()
+            same = same_label(labels, labels if ref_labels is None else ref_labels)  # (n, m)
+            i, j = torch.where(same)  # (P,)
+            if no_self:
+                keep = i != j
+                i, j = i[keep], j[keep]
+            zp = (xd[i] * rd[j]).sum(dim=1).sub_(lam).mul_(-a)  # (P,): -alpha (S - base)
+            # negatives: z = beta (S - base), positives masked out, per-row shift >= 0
+            z = torch.addmm(xd.new_full((1, 1), -b * lam), xd, rd.T, alpha=b)  # (n, m)
+            z.masked_fill_(same, float("-inf"))
+            zn_peak = z.amax(dim=1).clamp_min_(0.0)  # (n,)
+            e = z.sub_(zn_peak[:, None]).exp_()  # (n, m), 0 off the negatives
+            sn = e.sum(dim=1).add_(torch.exp(-zn_peak))  # (n,)
+            neg_term = (zn_peak + sn.log()) / b  # (n,)
+            zp_peak = z.new_zeros(n).scatter_reduce_(0, i, zp, "amax")  # (n,), >= 0
+            ep = (zp - zp_peak[i]).exp_()  # (P,)
+            sp = torch.exp(-zp_peak).index_add_(0, i, ep)  # (n,)
+            pos_term = (zp_peak + sp.log()) / a  # (n,)
+            loss = (pos_term.sum() + neg_term.sum()) / n
+            if not need_grad:
+                return loss
+            # d loss / d S: e_neg / (n sn) on negatives, -e_pos / (n sp) on positives
+            g = e.mul_((1.0 / (n * sn))[:, None])  # (n, m)
+            g.index_put_((i, j), -ep / (n * sp[i]), accumulate=True)
+            gx, gr = g @ rd, g.T @ xd  # (n, d), (m, d)
+        return with_grads(loss, x, ref, gx, gr)
