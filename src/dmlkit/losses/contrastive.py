@@ -121,7 +121,6 @@ class ContrastiveLoss(BaseMetricLoss):
         counts = counts.clamp_min(1)
         return pos_sum / counts[0] + neg_sum / counts[1]
 
-
     def _fused(self, x: Tensor, ref: Tensor, same: Tensor, exclude_self: bool) -> Tensor:
         """Whole-matrix Euclidean path: loss and its closed-form gradient in one pass."""
         need_grad = torch.is_grad_enabled() and (x.requires_grad or ref.requires_grad)
@@ -149,6 +148,8 @@ class ContrastiveLoss(BaseMetricLoss):
             h.index_put_((i, j), hp, accumulate=True)
             scale = -1.0 / n_neg
             gx = (h.sum(dim=1, keepdim=True) * xd - h @ rd).mul_(scale)  # (n, d)
+            if exclude_self:  # ref is x and h symmetric: the ref gradient equals gx
+                return with_grads(loss, x, ref, gx, gx)
             gr = (h.sum(dim=0)[:, None] * rd - h.T @ xd).mul_(scale)  # (m, d)
         return with_grads(loss, x, ref, gx, gr)
 
