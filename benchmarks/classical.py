@@ -15,7 +15,11 @@ default set). Everything runs single-threaded (OMP/OpenBLAS/MKL and torch thread
 machine's load affects all libraries alike. Also reproduces scikit-learn's NCA example
 on iris (3-NN, test_size=0.7, stratified, random_state=42: 0.9333 raw, 0.9619 NCA).
 
-    python benchmarks/classical.py [--seeds 3] [--datasets iris digits]
+    python benchmarks/classical.py [--seeds 3] [--repeats 3] [--datasets iris digits]
+
+NCA is fitted by dmlkit (its float32 default, and ``precision="float64"`` as ``dmlkit-fp64``) and
+scikit-learn in turn ``--repeats`` times per seed, keeping each one's fastest fit, so
+the ratio is taken under the same load.
 
 Writes ``benchmarks/results/classical.json``.
 """
@@ -124,6 +128,33 @@ def dmlkit_factory(method: str, seed: int) -> Any:
     return lambda: LFDA(device="cpu")
 
 
+def nca_runs(seed: int, repeats: int, Xtr: np.ndarray, ytr: np.ndarray, Xte: np.ndarray,
+             yte: np.ndarray) -> dict[str, dict[str, Any]]:
+    """dmlkit NCA (float32 default, float64) and scikit-learn's, fitted ``repeats`` times in turn.
+
+    Interleaving puts the three under the same machine load; each keeps its fastest fit
+    (fits are deterministic, so accuracy and ``n_iter`` are the same in every repeat).
+    """
+    from sklearn.neighbors import NeighborhoodComponentsAnalysis
+
+    from dmlkit.classical import NCA
+
+    makers = {
+        "dmlkit": dmlkit_factory("nca", seed),
+        "dmlkit-fp64": lambda: NCA(max_iter=NCA_MAX_ITER, random_state=seed, device="cpu",
+                                   precision="float64"),
+        "sklearn": lambda: NeighborhoodComponentsAnalysis(max_iter=NCA_MAX_ITER,
+                                                          random_state=seed),
+    }
+    best: dict[str, dict[str, Any]] = {}
+    for _ in range(repeats):
+        for impl, make in makers.items():
+            res = timed_fit(make, Xtr, ytr, Xte, yte)
+            if impl not in best or res.get("fit_s", np.inf) < best[impl].get("fit_s", np.inf):
+                best[impl] = res
+    return best
+
+
 def load(name: str) -> tuple[np.ndarray, np.ndarray]:
     from sklearn import datasets
 
@@ -150,6 +181,8 @@ def nca_example() -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="interleaved NCA fits per seed and implementation (fastest kept)")
     ap.add_argument("--datasets", nargs="+", default=["iris", "digits"])
     ap.add_argument("--methods", nargs="+", default=list(METHODS[:4]), choices=METHODS)
     ap.add_argument("--ml-python", default="/tmp/ml-venv/bin/python")
@@ -163,7 +196,6 @@ def main() -> None:
 
     import torch
     from sklearn.model_selection import train_test_split
-    from sklearn.neighbors import NeighborhoodComponentsAnalysis
     from sklearn.preprocessing import StandardScaler
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -205,10 +237,11 @@ def main() -> None:
             records.append({**base, "method": "euclidean", "impl": "raw",
                             "accuracy": knn_accuracy(Xtr, ytr, Xte, yte), "fit_s": 0.0})
             for method in args.methods:
-                runs = {"dmlkit": timed_fit(dmlkit_factory(method, seed), Xtr, ytr, Xte, yte)}
                 if method == "nca":
-                    runs["sklearn"] = timed_fit(lambda s=seed: NeighborhoodComponentsAnalysis(
-                        max_iter=NCA_MAX_ITER, random_state=s), Xtr, ytr, Xte, yte)
+                    runs = nca_runs(seed, args.repeats, Xtr, ytr, Xte, yte)
+                else:
+                    runs = {"dmlkit": timed_fit(dmlkit_factory(method, seed), Xtr, ytr, Xte,
+                                                yte)}
                 if have_ml:
                     spec = {"data": str(tmp), "key": key, "method": method, "seed": seed}
                     runs["metric-learn"] = run_ml(args.ml_python, spec, args.timeout)
@@ -224,7 +257,7 @@ def main() -> None:
             mine = [r for r in records if r["dataset"] == name and r["method"] == method
                     and r["impl"] in ("dmlkit", "raw")]
             t_mine = float(np.median([r["fit_s"] for r in mine]))
-            for impl in ("raw", "dmlkit", "sklearn", "metric-learn"):
+            for impl in ("raw", "dmlkit", "dmlkit-fp64", "sklearn", "metric-learn"):
                 rs = [r for r in records if r["dataset"] == name and r["method"] == method
                       and r["impl"] == impl]
                 if not rs:
@@ -238,7 +271,8 @@ def main() -> None:
                     "accuracy_mean": float(np.mean(acc)) if acc else None,
                     "accuracy_std": float(np.std(acc)) if acc else None,
                     "fit_s_median": t,
-                    "time_vs_dmlkit": t / t_mine if impl not in ("dmlkit", "raw") and ok else None,
+                    "time_vs_dmlkit": t / t_mine if impl not in ("dmlkit", "raw") and ok
+                    else None,
                     "errors": sorted({r["error"] for r in rs if "error" in r}),
                 }
                 summary.append(entry)
@@ -254,7 +288,8 @@ def main() -> None:
         if e["errors"]:
             print(f"  {e['dataset']} {e['method']} {e['impl']}: {e['errors'][0]}")
     path = write_json(args.out, {
-        "machine": machine_info(1), "seeds": args.seeds, "test_size": 0.5,
+        "machine": machine_info(1), "seeds": args.seeds, "nca_repeats": args.repeats,
+        "test_size": 0.5,
         "metric_learn": have_ml, "sklearn_nca_example": example,
         "summary": summary, "records": records,
     })

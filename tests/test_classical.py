@@ -253,7 +253,7 @@ def test_nca_dense_wide_map_and_float32_match_float64():
 
     Xi, yi = load_iris(return_X_y=True)
     Xi = StandardScaler().fit_transform(Xi)
-    f64 = NCA(init="identity", device="cpu").fit(Xi, yi)
+    f64 = NCA(init="identity", device="cpu", precision="float64").fit(Xi, yi)
     f32 = NCA(init="identity", device="cpu", precision="float32").fit(Xi, yi)
     assert f32.objective_ == pytest.approx(f64.objective_, rel=1e-4)
     assert f32.components_.dtype == np.float64

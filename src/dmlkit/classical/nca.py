@@ -117,8 +117,8 @@ class NCA(MahalanobisMixin):
 
     Learns ``L`` maximising the expected leave-one-out accuracy of a stochastic
     (softmax) nearest-neighbour classifier, ``sum_i p_i``, with L-BFGS. The objective and
-    its closed-form gradient are computed by torch in float64 in row chunks (memory
-    ``O(chunk * n)``), on the GPU when there is one.
+    its closed-form gradient are computed by torch (in one ``(n, n)`` block, or in row
+    chunks of memory ``O(chunk * n)`` for large ``n``), on the GPU when there is one.
 
     Parameters
     ----------
@@ -137,12 +137,14 @@ class NCA(MahalanobisMixin):
         Seed for ``init='random'`` and PCA.
     device : str
         ``"auto"`` (CUDA if available), ``"cpu"`` or ``"cuda"``.
-    precision : {'float64', 'float32'}
+    precision : {'float32', 'float64'}
         Arithmetic of the ``O(n^2 k)`` products, the softmax and the gradient.
-        ``'float32'`` is about twice as fast on CPUs (and much faster on most GPUs);
-        the objective is still summed in float64 and L-BFGS runs in float64, but the
-        gradient carries ~1e-6 relative error, so the solver can stop at a slightly
-        different point. ``'float64'`` matches scikit-learn to rounding.
+        ``'float32'`` (default) is 2-3x faster on CPUs (more on most GPUs); the
+        objective is still summed in float64 and L-BFGS runs in float64, but the
+        gradient carries ~1e-6 relative error, so the solver may stop at a slightly
+        different point (on iris and digits: the same iterations, objective within
+        2e-7 relative, the same 3-NN accuracy). ``'float64'`` follows scikit-learn's
+        ``NeighborhoodComponentsAnalysis`` to rounding.
 
     Attributes
     ----------
@@ -162,7 +164,7 @@ class NCA(MahalanobisMixin):
         verbose: bool = False,
         random_state: Any = None,
         device: str = "auto",
-        precision: str = "float64",
+        precision: str = "float32",
     ) -> None:
         self.n_components = n_components
         self.init = init
