@@ -149,8 +149,9 @@ class ContrastiveLoss(BaseMetricLoss):
             scale = -1.0 / n_neg
             gx = (h.sum(dim=1, keepdim=True) * xd - h @ rd).mul_(scale)  # (n, d)
             if exclude_self:  # ref is x and h symmetric: the ref gradient equals gx
-                return with_grads(loss, x, ref, gx, gx)
-            gr = (h.sum(dim=0)[:, None] * rd - h.T @ xd).mul_(scale)  # (m, d)
+                gr = gx
+            else:
+                gr = (h.sum(dim=0)[:, None] * rd - h.T @ xd).mul_(scale)  # (m, d)
         return with_grads(loss, x, ref, gx, gr)
 
 
