@@ -217,8 +217,9 @@ def lbfgs(
 ) -> tuple[np.ndarray, int, float]:
     """Minimise ``fn(L) -> (loss, grad)`` with scipy's L-BFGS-B; warn at ``max_iter``.
 
-    The objective and gradient are computed by torch on ``device`` in float64; only the
-    ``(k, d)`` parameter crosses to the host per evaluation. Returns ``(L, n_iter, loss)``.
+    The objective and gradient are computed by torch on ``device`` (in the precision
+    ``fn`` chooses; the solver itself runs in float64); only the ``(k, d)`` parameter
+    crosses to the host per evaluation. Returns ``(L, n_iter, loss)``.
     """
     from scipy.optimize import minimize
 
