@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor
 
+from dmlkit.functional.distances import l2_normalize
+from dmlkit.losses._rows import with_grads
 from dmlkit.losses.weight_classifier import CosineMarginLoss
 from dmlkit.registry import register_loss
 
@@ -83,3 +85,28 @@ class ArcFaceLoss(CosineMarginLoss):
 
     def scale_logits(self, logits: Tensor, x: Tensor) -> Tensor:  # (c, C)
         return logits.mul_(self.scale)
+
+    def class_loss(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        n, n_cls = embeddings.shape[0], self.weight.shape[0]
+        if type(self) is not ArcFaceLoss or n * n_cls > self.chunk_budget:
+            return super().class_loss(embeddings, labels)
+        # one pass: softmax cross-entropy and its closed-form gradient w.r.t. the cosines
+        xn = l2_normalize(embeddings)  # (n, D)
+        wn = l2_normalize(self.weight.to(embeddings.dtype))  # (C, D)
+        s = self.scale
+        with torch.no_grad():
+            xd, wd = xn.detach(), wn.detach()
+            with torch.enable_grad():
+                ct = (xd * wd[labels]).sum(dim=1).requires_grad_(True)  # (n,) target cosines
+                tl = self.target_logit(ct)  # (n,)
+                (dtl,) = torch.autograd.grad(tl.sum(), ct)  # (n,): elementwise derivative
+            tl = tl.detach()
+            logits = (xd @ wd.T).scatter_(1, labels[:, None], tl[:, None]).mul_(s)  # (n, C)
+            lse = torch.logsumexp(logits, dim=1)  # (n,)
+            loss = (lse - s * tl).mean()
+            # d loss / d cos = s/n (softmax - onehot), times d target / d cos on the target
+            g = logits.sub_(lse[:, None]).exp_().mul_(s / n)  # (n, C)
+            g_t = (g.gather(1, labels[:, None]).squeeze(1) - s / n) * dtl  # (n,)
+            g.scatter_(1, labels[:, None], g_t[:, None])
+            gx, gw = g @ wd, g.T @ xd  # (n, D), (C, D)
+        return with_grads(loss, xn, wn, gx, gw)
