@@ -43,6 +43,9 @@ _ALIASES = {
 RETRIEVAL_BUDGET = 1 << 27
 #: smaller chunks when full average precision is on (it sorts every row: ~8 arrays per key)
 FULL_RANKING_BUDGET = 1 << 24
+#: query-reference pairs from which the top-R metrics use threshold filtering
+#: (:func:`dmlkit.functional.exact_topk.exact_topk`) instead of a selection over whole rows
+FILTER_MIN_PAIRS = 1 << 24
 
 
 def canonical_metric(metric: str) -> str:
@@ -244,6 +247,7 @@ def retrieval_per_query(
     if not ks or ks[0] < 1:
         raise ValueError(f"k values must be >= 1, got {list(k)}")
     exclude_self = reference is None or ref_includes_query
+    self_is_ref = reference is None
     if reference is None:
         reference, reference_labels = query, query_labels
     n, m = query.shape[0], reference.shape[0]
@@ -260,6 +264,10 @@ def retrieval_per_query(
             r_all = torch.where(found, counts.index_select(0, pos), 0) - int(exclude_self)
         else:
             r_all = torch.full_like(query_labels, -int(exclude_self))
+    if (classes and not average_precision and not reciprocal_rank and chunk_size is None
+            and n * m >= FILTER_MIN_PAIRS and m_eff > 0):
+        return _filtered_top_values(query, query_labels, reference, reference_labels,
+                                    r_all, ks, metric, self_is_ref, exclude_self)
     budget = FULL_RANKING_BUDGET if average_precision else RETRIEVAL_BUDGET
     chunk = chunk_size or chunk_size_for(n, m, budget)
     out: dict[str, list[Tensor]] = {}
@@ -291,6 +299,26 @@ def retrieval_per_query(
             out.setdefault(name, []).append(val)
     if not out:  # no queries
         return {"num_relevant": torch.zeros(0, dtype=torch.long)}
+    return {name: torch.cat(vals) for name, vals in out.items()}
+
+
+def _filtered_top_values(query, query_labels, reference, reference_labels, r_all, ks,
+                         metric, self_is_ref, exclude_self) -> dict[str, Tensor]:
+    """Top-R metrics from each query's ``max(R, k)`` nearest references, found by
+    threshold filtering (leave-one-out computes each pair's distance once)."""
+    from dmlkit.functional.exact_topk import exact_topk
+
+    m_eff = reference.shape[0] - int(exclude_self)
+    depth = r_all.clamp_min(ks[-1]).clamp(1, m_eff)  # (n,)
+    _, idx = exact_topk(query, None if self_is_ref else reference, depth, metric=metric,
+                        exclude_self=exclude_self)  # (n, D), -1 beyond a query's depth
+    out: dict[str, list[Tensor]] = {}
+    for s, e in row_chunks(query.shape[0], 1 << 14):
+        block = idx[s:e]
+        hits = reference_labels.index_select(0, block.clamp_min(0).view(-1)).view(block.shape)
+        hits = (hits == query_labels[s:e, None]) & (block >= 0)  # (c, D)
+        for name, val in _top_values(hits, r_all[s:e], ks).items():
+            out.setdefault(name, []).append(val)
     return {name: torch.cat(vals) for name, vals in out.items()}
 
 
