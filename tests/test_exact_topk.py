@@ -95,6 +95,13 @@ def test_worker_threads_and_seed_do_not_change_the_result():
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
+def test_self_included_when_asked():
+    x = ints(200, 4, -5, 5, seed=9)
+    keys, idx = exact_topk(x, None, 7, exclude_self=False, block=64)
+    want_keys, want_idx = full_sort(x, x, 7, False)
+    assert torch.equal(idx, want_idx) and torch.equal(keys, want_keys)
+
+
 def test_float32_input_and_depth_clamped_to_available():
     x = ints(50, 4, -5, 5, seed=8).float()
     keys, idx = exact_topk(x, None, 80, block=16)

@@ -43,8 +43,11 @@ from dmlkit.functional.retrieval import canonical_metric, prepare_vectors, topk_
 #: references per block (and queries per block in leave-one-out); the first block of the
 #: seeded reference order is the threshold sample
 DEFAULT_BLOCK = 2048
-#: references per group minimum
-DEFAULT_GROUP = 16
+#: references per group minimum in the threshold sample
+SAMPLE_GROUP = 16
+#: the filter's group size is about sqrt(_GROUP_COST / admitted fraction): larger groups
+#: make fewer minima to compare, smaller ones fewer keys to read again per admitted group
+_GROUP_COST = 0.44
 #: standard deviations of margin in the sample rank of the threshold
 _MARGIN_SD = 3.0
 #: bytes per candidate (float32 key + int32 index); the buffers are capped at this budget
@@ -74,7 +77,7 @@ def exact_topk(
     metric: str = "euclidean",
     exclude_self: bool | None = None,
     block: int = DEFAULT_BLOCK,
-    group: int = DEFAULT_GROUP,
+    group: int | None = None,
     seed: int = 0,
     workers: int | None = None,
 ) -> tuple[Tensor, Tensor]:
@@ -96,8 +99,11 @@ def exact_topk(
     exclude_self : bool, optional
         Skip reference ``i`` for query ``i`` (default: True when ``reference`` is None;
         with a reference, its first ``n`` rows must be the queries).
-    block, group : int
-        References per block of keys, and per group minimum (speed only).
+    block : int
+        References per block of keys (speed only).
+    group : int, optional
+        References per group minimum in the filter (speed only; default: from the
+        expected fraction of admitted keys).
     seed : int
         Seed of the reference visiting order (speed only: results do not depend on it).
     workers : int, optional
@@ -113,13 +119,13 @@ def exact_topk(
         ``(n, D)`` int64 reference rows, ``-1`` beyond a query's depth.
     """
     metric = canonical_metric(metric)
-    symmetric = reference is None
-    exclude_self = symmetric if exclude_self is None else bool(exclude_self)
-    ref = query if symmetric else reference
+    exclude_self = reference is None if exclude_self is None else bool(exclude_self)
+    ref = query if reference is None else reference
+    symmetric = reference is None and exclude_self  # leave-one-out
     n, m = query.shape[0], ref.shape[0]
     if exclude_self and m < n:
         raise ValueError(f"the reference ({m} rows) cannot include all {n} queries")
-    if block < 1 or group < 1:
+    if block < 1 or (group is not None and group < 1):
         raise ValueError(f"block and group must be >= 1, got {block}, {group}")
     m_eff = m - int(exclude_self)
     depth_t = torch.as_tensor(depth, dtype=torch.long).expand(n).clamp(0, max(m_eff, 0))
@@ -129,7 +135,8 @@ def exact_topk(
     out_idx = torch.full((n, d_max), -1, dtype=torch.long, device=query.device)
     if d_max == 0:
         return out_keys, out_idx
-    run = _Filter(query.to(dtype), ref.to(dtype), depth_t, metric, symmetric, exclude_self,
+    self_index = torch.arange(n, device=query.device) if exclude_self and not symmetric else None
+    run = _Filter(query.to(dtype), ref.to(dtype), depth_t, metric, symmetric, self_index,
                   block, group, seed)
     if workers is None:
         workers = 2 if torch.get_num_threads() > 1 else 1
@@ -146,13 +153,18 @@ class _Filter:
     counting them so that overflowing queries are recomputed.
     """
 
-    def __init__(self, query, ref, depth, metric, symmetric, exclude_self, block, group, seed):
+    def __init__(self, query, ref, depth, metric, symmetric, self_index, block, group, seed,
+                 nested=False):
         self.n, self.m = query.shape[0], ref.shape[0]
         self.depth, self.metric = depth, metric
-        self.symmetric, self.exclude_self = symmetric, exclude_self
-        self.group = group
+        self.symmetric, self.self_index = symmetric, self_index
+        self.exclude_self = symmetric or self_index is not None
+        self.group, self.seed, self.nested = group, seed, nested
         self.block = max(1, min(block, self.m))
-        self.m_eff = self.m - int(exclude_self)
+        self.m_eff = self.m - int(self.exclude_self)
+        self.col_bounds = _bounds(self.m, self.block, self.block)  # the first: sample
+        self.row_bounds = self.col_bounds if symmetric else _bounds(self.n, self.block,
+                                                                    self.block)
         gen = torch.Generator().manual_seed(seed)
         self.order = torch.randperm(self.m, generator=gen).to(query.device)  # visit order
         self.order32 = self.order.to(torch.int32)
@@ -163,41 +175,44 @@ class _Filter:
         self.a = augmented(q, metric, "query")  # (n, d')
         self.bt = augmented(ref.index_select(0, self.order), metric, "reference").T.contiguous()
         self.query, self.ref = query, ref
-        if exclude_self and not symmetric:  # query i's own reference, as a visit position
+        if self_index is not None:  # each query's own reference, as a visit position
             inv = torch.empty_like(self.order)
             inv[self.order] = torch.arange(self.m, device=self.order.device)
-            self.self_pos = inv[: self.n]
+            self.self_pos = inv.index_select(0, self_index)
         self.thresh = self.a.new_full((self.n,), float("inf"))
         self.seen: dict[int, tuple[int, int]] = {}  # query block -> (references, blocks)
-        self.locks: dict[int, threading.Lock] = {
-            r0: threading.Lock() for r0 in range(0, self.n, self.block)
-        }
+        self.locks = {r0: threading.Lock() for r0, _ in self.row_bounds}
         self.local = threading.local()
         self._plan()
 
     # ---- thresholds and buffer sizes --------------------------------------------------
     def _plan(self) -> None:
         """Sample rank ``j`` per query, the candidate capacity, and the buffers."""
-        s = min(self.block, self.m) - int(self.exclude_self)  # sample keys per query
-        g_count = max(1, s // self.group)  # group minima in the sample
+        s = self.col_bounds[0][1] - int(self.exclude_self)  # sample keys per query
+        g_count = max(1, s // SAMPLE_GROUP)  # group minima in the sample
         d = self.depth.to(torch.float64)
         mu = d * s / max(self.m_eff, 1)  # expected sample keys among a query's top depth
         j = torch.ceil(mu + _MARGIN_SD * mu.sqrt() + 1.0)
         j = torch.minimum(torch.minimum(j, d), torch.tensor(float(g_count)))
         self.j = j.long().clamp_min(1)  # (n,)
-        self.use_groups = s >= self.group * 2
-        if self.use_groups:  # the j-th of g_count minima of `group` keys: quantile of a key
-            frac = 1.0 - (1.0 - self.j.double() / g_count) ** (1.0 / self.group)
+        self.use_groups = s >= SAMPLE_GROUP * 2
+        if self.use_groups:  # the j-th of g_count minima of 16 keys: quantile of a key
+            frac = 1.0 - (1.0 - self.j.double() / g_count) ** (1.0 / SAMPLE_GROUP)
             frac = torch.where(self.j >= g_count, torch.ones_like(frac), frac)
         else:
             frac = self.j.double() / max(s, 1)
         expect = self._expected_fill(float(frac.max()) if self.n else 0.0)
+        if self.group is None:  # a power of two near sqrt(cost / admitted fraction)
+            admitted = min(max(expect, 1.0) / max(self.m_eff, 1), 1.0)
+            power = round(math.log2(math.sqrt(_GROUP_COST / admitted)))
+            self.group = 1 << min(max(power, 2), 5)  # 4 .. 32
         cap = int(math.ceil(1.3 * expect + 32))
         budget_rows = _CANDIDATE_BUDGET // (8 * max(self.n, 1)) - 1
         self.cap = max(int(self.depth.max()), min(cap, self.m_eff, budget_rows))
         self.cand_keys = self.a.new_full((self.n, self.cap + 1), float("inf"))
-        self.cand_idx = torch.full((self.n, self.cap + 1), -1, dtype=torch.int32,
-                                   device=self.a.device)
+        # (entries past a query's fill are never trusted: their keys stay inf)
+        self.cand_idx = torch.empty((self.n, self.cap + 1), dtype=torch.int32,
+                                    device=self.a.device)
         self.fill = torch.zeros(self.n, dtype=torch.long, device=self.a.device)
 
     def _expected_fill(self, frac0: float) -> float:
@@ -205,8 +220,8 @@ class _Filter:
         the first refinement, then the fraction each refinement leaves."""
         d = float(self.depth.max()) if self.n else 0.0
         total, seen, count, frac = 0.0, 0, 0, frac0
-        while seen < self.m_eff:
-            width = min(self.block, self.m_eff - seen)
+        for c0, c1 in self.col_bounds:
+            width = c1 - c0
             total += frac * width
             seen, count = seen + width, count + 1
             if self._refines(count, seen):
@@ -225,11 +240,12 @@ class _Filter:
         s, r = keys.shape if transposed else keys.shape[::-1]
         j = self.j[r0 : r0 + r]
         if self.use_groups:
-            body = (s // self.group) * self.group
+            g = SAMPLE_GROUP
+            body = (s // g) * g
             if transposed:
-                mins = keys[:body].view(self.group, body // self.group, r).amin(dim=0).T
+                mins = keys[:body].view(g, body // g, r).amin(dim=0).T
             else:
-                mins = keys[:, :body].view(r, self.group, body // self.group).amin(dim=1)
+                mins = keys[:, :body].view(r, g, body // g).amin(dim=1)
         else:
             mins = keys.T if transposed else keys
         jm = min(int(j.max()), mins.shape[1])
@@ -259,8 +275,12 @@ class _Filter:
             return
         jm = int(j[ok].max())
         width = int(fill.max().clamp(jm, self.cap))
-        vals, _ = torch.topk(self.cand_keys[r0:r1, :width], jm, dim=1, largest=False)
-        t = vals.gather(1, (j.clamp(1, jm) - 1)[:, None]).squeeze(1)
+        keys = self.cand_keys[r0:r1, :width]
+        if int(j[ok].min()) == jm:  # one rank for all: the largest of the jm smallest
+            t = torch.topk(keys, jm, dim=1, largest=False, sorted=False)[0].amax(dim=1)
+        else:
+            vals, _ = torch.topk(keys, jm, dim=1, largest=False, sorted=True)
+            t = vals.gather(1, (j.clamp(1, jm) - 1)[:, None]).squeeze(1)
         cur = self.thresh[r0:r1]
         self.thresh[r0:r1] = torch.where(ok, torch.minimum(cur, t), cur)
 
@@ -268,14 +288,13 @@ class _Filter:
     def scan(self, workers: int) -> None:
         """Filter every block of keys, on ``workers`` threads (one torch thread each when
         several: the many small operations of a block scale poorly across threads)."""
-        b = self.block
-        starts = list(range(0, self.n, b))
+        blocks = self.row_bounds
         if self.symmetric:  # the sample block first, then its row, then the rest
-            phases = [[(0, 0)], [(0, j0) for j0 in starts[1:]],
-                      [(i0, j0) for i0 in starts[1:] for j0 in starts if j0 >= i0]]
+            phases = [[(blocks[0], blocks[0])], [(blocks[0], bj) for bj in blocks[1:]],
+                      [(bi, bj) for i, bi in enumerate(blocks[1:], 1) for bj in blocks[i:]]]
             run = self._pair
         else:  # one task per query block: its blocks of references in visit order
-            phases = [starts]
+            phases = [blocks]
             run = self._query_block
         workers = max(1, min(int(workers), max(len(p) for p in phases)))
         if workers == 1:
@@ -295,7 +314,9 @@ class _Filter:
     def _buffer(self) -> Tensor:
         buf = getattr(self.local, "buf", None)
         if buf is None:
-            buf = self.local.buf = self.a.new_empty(self.block * self.block)
+            rows = max(r1 - r0 for r0, r1 in self.row_bounds)
+            cols = max(c1 - c0 for c0, c1 in self.col_bounds)
+            buf = self.local.buf = self.a.new_empty(rows * cols)
         return buf
 
     def _keys(self, r0: int, r1: int, c0: int, c1: int) -> Tensor:
@@ -314,10 +335,9 @@ class _Filter:
                     out[hit, pos[hit] - c0] = float("inf")
         return out
 
-    def _pair(self, task: tuple[int, int]) -> None:
-        """Leave-one-out block ``(i0, j0)``, ``i0 <= j0``: its rows and its columns."""
-        i0, j0 = task
-        i1, j1 = min(i0 + self.block, self.n), min(j0 + self.block, self.n)
+    def _pair(self, task) -> None:
+        """Leave-one-out block ``(rows, columns)`` above the diagonal: both directions."""
+        (i0, i1), (j0, j1) = task
         keys = self._keys(i0, i1, j0, j1)
         if i0 == 0:  # the sample block: thresholds of the column queries
             self._set_thresholds(keys, j0, transposed=j0 > 0)
@@ -331,11 +351,10 @@ class _Filter:
                 self._append(*found, j0, i0)
                 self._seen(j0, j1, i1 - i0)
 
-    def _query_block(self, i0: int) -> None:
-        """Queries ``i0:i0 + block`` against every block of references."""
-        i1 = min(i0 + self.block, self.n)
-        for j0 in range(0, self.m, self.block):
-            j1 = min(j0 + self.block, self.m)
+    def _query_block(self, bounds: tuple[int, int]) -> None:
+        """Queries ``r0:r1`` against every block of references, the sample first."""
+        i0, i1 = bounds
+        for j0, j1 in self.col_bounds:
             keys = self._keys(i0, i1, j0, j1)
             if j0 == 0:
                 self._set_thresholds(keys, i0)
@@ -353,12 +372,14 @@ class _Filter:
         if body:
             gc = body // g
             mins = keys[:, :body].view(r, g, gc).amin(dim=1)  # (r, gc): columns h + s * gc
-            pr, ph = (mins <= t[:, None]).nonzero(as_tuple=True)
-            if len(pr):  # read the g keys of each admitted group, one stride at a time
-                col = ph + torch.arange(0, body, gc, device=keys.device)[:, None]  # (g, P)
-                v = keys.view(-1).index_select(0, (pr * c + col).view(-1)).view(g, -1)
-                kp, ks = (v <= t[pr]).T.nonzero(as_tuple=True)  # by row
-                parts.append((pr[kp], col[ks, kp], v[ks, kp]))
+            hit = (mins <= t[:, None]).view(-1).nonzero().squeeze(1)  # row * gc + h
+            if len(hit):  # read the g keys of each admitted group
+                pr, ph = hit.div(gc, rounding_mode="floor"), hit.remainder(gc)
+                steps = torch.arange(0, body, gc, device=keys.device)  # (g,)
+                v = keys.view(-1).index_select(0, ((pr * c + ph)[:, None] + steps).view(-1))
+                kept = (v.view(-1, g) <= t[pr][:, None]).view(-1).nonzero().squeeze(1)
+                kp = kept.div(g, rounding_mode="floor")  # by row
+                parts.append((pr[kp], ph[kp] + kept.remainder(g) * gc, v[kept]))
         if body < c:
             pr, pc = (keys[:, body:] <= t[:, None]).nonzero(as_tuple=True)
             parts.append((pr, pc + body, keys[pr, pc + body]))
@@ -375,27 +396,30 @@ class _Filter:
         if body:
             gr = body // g
             mins = keys[:body].view(g, gr, c).amin(dim=0)  # (gr, c): rows h + s * gr
-            ph, pj = (mins <= t).nonzero(as_tuple=True)
-            if len(ph):  # read the g keys of each admitted group, one stride at a time
-                krow = ph + torch.arange(0, body, gr, device=keys.device)[:, None]  # (g, P)
-                v = keys.view(-1).index_select(0, (krow * c + pj).view(-1)).view(g, -1)
-                ks, kp = (v <= t[pj]).nonzero(as_tuple=True)
-                parts.append((pj[kp], krow[ks, kp], v[ks, kp]))
+            hit = (mins <= t).T.reshape(-1).nonzero().squeeze(1)  # query * gr + h
+            if len(hit):  # read the g keys of each admitted group
+                pj, ph = hit.div(gr, rounding_mode="floor"), hit.remainder(gr)
+                steps = torch.arange(0, body * c, gr * c, device=keys.device)  # (g,)
+                v = keys.view(-1).index_select(0, ((ph * c + pj)[:, None] + steps).view(-1))
+                kept = (v.view(-1, g) <= t[pj][:, None]).view(-1).nonzero().squeeze(1)
+                kp = kept.div(g, rounding_mode="floor")  # by query
+                parts.append((pj[kp], ph[kp] + kept.remainder(g) * gr, v[kept]))
         if body < r:
-            pi, pj = (keys[body:] <= t).nonzero(as_tuple=True)
+            pj, pi = (keys[body:] <= t).T.nonzero(as_tuple=True)
             parts.append((pj, pi + body, keys[pi + body, pj]))
-        rows, cols, vals = _by_row(parts, presorted=False)
-        return rows, cols, vals
+        return _by_row(parts)
 
     def _append(self, rows: Tensor, cols: Tensor, vals: Tensor, r0: int, c0: int) -> None:
         """Write candidates (local query rows, sorted; local visit columns; keys)."""
         p = len(rows)
         if not p:
             return
+        counts = torch.bincount(rows)
+        first = (torch.cumsum(counts, 0) - counts).index_select(0, rows)
+        rank = torch.arange(p, device=rows.device) - first  # (p,) position within its row
         rows = rows + r0
-        rank = torch.arange(p, device=rows.device) - torch.searchsorted(rows, rows)
         pos = (self.fill.index_select(0, rows) + rank).clamp_max_(self.cap)  # cap: discarded
-        self.fill.index_add_(0, rows, torch.ones_like(rows))
+        self.fill[r0 : r0 + len(counts)] += counts
         flat = rows * (self.cap + 1) + pos
         self.cand_keys.view(-1).index_copy_(0, flat, vals)
         self.cand_idx.view(-1).index_copy_(0, flat, self.order32.index_select(0, cols + c0))
@@ -404,41 +428,65 @@ class _Filter:
     def select(self, out_keys: Tensor, out_idx: Tensor) -> None:
         """Exact top ``depth`` per query into ``out_keys``, ``out_idx`` (original rows)."""
         d_max = out_keys.shape[1]
-        target = self.rows if self.symmetric else torch.arange(self.n, device=out_keys.device)
         steps = torch.arange(d_max, device=out_keys.device)[None, :]
         bad = []
         for s, e in row_chunks(self.n, max(1, (1 << 24) // self.cap)):
             width = int(self.fill[s:e].max().clamp(d_max, self.cap))
             keys = self.cand_keys[s:e, :width]  # (c, width)
             depth = self.depth[s:e]
-            # every key <= the final threshold is here: enough of them makes the row exact
-            count = (keys <= self.thresh[s:e, None]).sum(dim=1)
-            good = (count >= depth) & (self.fill[s:e] <= self.cap)
             vals, cols = _lex_smallest(keys, self.cand_idx[s:e, :width], d_max)
+            # every key <= the final threshold is here: a row is exact when its depth-th
+            # smallest candidate is one of them (and nothing was discarded)
+            last = vals.gather(1, (depth - 1).clamp_min(0)[:, None]).squeeze(1)
+            good = ((last <= self.thresh[s:e]) | (depth == 0)) & (self.fill[s:e] <= self.cap)
             beyond = steps >= depth[:, None]
-            out_keys[target[s:e]] = vals.masked_fill(beyond, float("inf"))
-            out_idx[target[s:e]] = cols.masked_fill(beyond, -1)
+            vals.masked_fill_(beyond, float("inf"))
+            cols.masked_fill_(beyond, -1)
+            if self.symmetric:
+                rows = self.rows[s:e]
+                out_keys[rows], out_idx[rows] = vals, cols
+            else:
+                out_keys[s:e], out_idx[s:e] = vals, cols
             bad.append((~good).nonzero().squeeze(1) + s)
         bad = torch.cat(bad)
         if len(bad):  # recompute those queries against every reference
-            rows = target[bad]
-            out_keys[rows], out_idx[rows] = self._direct(rows, d_max, self.depth[bad])
+            rows = self.rows[bad] if self.symmetric else bad
+            out_keys[rows], out_idx[rows] = self._redo(rows, d_max, self.depth[bad])
 
-    def _direct(self, qrows: Tensor, d_max: int, depth: Tensor) -> tuple[Tensor, Tensor]:
-        """Exact top ``d_max`` of original queries ``qrows`` by a full pass (rare rows)."""
+    def _redo(self, qrows: Tensor, d_max: int, depth: Tensor) -> tuple[Tensor, Tensor]:
+        """Exact top ``d_max`` of original queries ``qrows`` against every reference: a
+        fresh filter with a new sample, or a full pass for a few rows or a second try."""
+        own = None
+        if self.exclude_self:
+            own = qrows if self.symmetric else self.self_index.index_select(0, qrows)
+        if not self.nested and len(qrows) * self.m >= (1 << 24):
+            keys = torch.full((len(qrows), d_max), float("inf"), dtype=self.a.dtype,
+                              device=qrows.device)
+            idx = torch.full((len(qrows), d_max), -1, dtype=torch.long, device=qrows.device)
+            sub = _Filter(self.query.index_select(0, qrows), self.ref, depth, self.metric,
+                          False, own, self.block, None, self.seed + 1, nested=True)
+            sub.scan(1)
+            sub.select(keys, idx)
+            return keys, idx
         a = augmented(self.query.index_select(0, qrows), self.metric, "query")
         bt = augmented(self.ref, self.metric, "reference").T
         vals_out, cols_out = [], []
         for s, e in row_chunks(len(qrows), 256):
             keys = a[s:e] @ bt  # (c, m), columns in original order
-            if self.exclude_self:
-                keys[torch.arange(e - s), qrows[s:e]] = float("inf")
+            if own is not None:
+                keys[torch.arange(e - s), own[s:e]] = float("inf")
             v, i = topk_lexicographic(keys, d_max)
             vals_out.append(v)
             cols_out.append(i)
         vals, cols = torch.cat(vals_out), torch.cat(cols_out)
         beyond = torch.arange(d_max, device=vals.device)[None, :] >= depth[:, None]
         return vals.masked_fill(beyond, float("inf")), cols.masked_fill(beyond, -1)
+
+
+def _bounds(total: int, first: int, step: int) -> list[tuple[int, int]]:
+    """``[(0, first), (first, first + step), ...]`` covering ``range(total)``."""
+    cuts = [0, *range(min(first, total), total, step), total]
+    return [(a, b) for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a]
 
 
 def _by_row(parts, presorted: bool = True) -> tuple[Tensor, Tensor, Tensor]:
@@ -459,18 +507,16 @@ def _lex_smallest(vals: Tensor, cols: Tensor, k: int) -> tuple[Tensor, Tensor]:
     r, c = vals.shape
     k = min(k, c)
     v, pos = torch.topk(vals, min(k + 1, c), dim=1, largest=False, sorted=True)
-    cc = cols.gather(1, pos).long()
-    if k < c:  # a tie straddling the k-th position: sort those rows in full
-        cut = (v[:, k] == v[:, k - 1]).nonzero().squeeze(1)
-        v, cc = v[:, :k], cc[:, :k]
-        if len(cut):
-            sv, sc = _lex_sort(vals.index_select(0, cut), cols.index_select(0, cut).long())
-            v, cc = v.clone(), cc.clone()
-            v[cut], cc[cut] = sv[:, :k], sc[:, :k]
-    tied = ((v[:, 1:] == v[:, :-1]) & (v[:, 1:] < float("inf"))).any(dim=1).nonzero().squeeze(1)
-    if len(tied):  # equal keys inside the top k: order them by column
-        v, cc = v.clone(), cc.clone()
-        v[tied], cc[tied] = _lex_sort(v[tied], cc[tied])
+    fix = (v[:, 1:k] == v[:, : k - 1]) & (v[:, 1:k] < float("inf"))  # ties inside the top k
+    fix = fix.any(dim=1)
+    if k < c:  # or straddling the k-th position
+        fix |= v[:, k] == v[:, k - 1]
+    v = v[:, :k].contiguous()
+    cc = cols.gather(1, pos[:, :k]).long()
+    rows = fix.nonzero().squeeze(1)
+    if len(rows):  # order those rows in full by (key, column)
+        sv, sc = _lex_sort(vals.index_select(0, rows), cols.index_select(0, rows).long())
+        v[rows], cc[rows] = sv[:, :k], sc[:, :k]
     return v, cc
 
 
@@ -485,4 +531,4 @@ def _lex_sort(vals: Tensor, cols: Tensor) -> tuple[Tensor, Tensor]:
     return vals, torch.where(cols == big, -1, cols)
 
 
-__all__ = ["DEFAULT_BLOCK", "DEFAULT_GROUP", "augmented", "exact_topk"]
+__all__ = ["DEFAULT_BLOCK", "SAMPLE_GROUP", "augmented", "exact_topk"]
