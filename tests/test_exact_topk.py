@@ -88,6 +88,16 @@ def test_unlucky_thresholds_fall_back_to_exact(monkeypatch):
     assert torch.equal(idx, full_sort(x, x, 50, True)[1])
 
 
+@pytest.mark.parametrize("reference", [False, True])
+def test_memory_budget_splits_queries(monkeypatch, reference):
+    monkeypatch.setattr(et, "_CANDIDATE_BUDGET", 8 * (3 * 20 + 64) * 90)  # 90 queries
+    x = ints(400, 6, -8, 8, seed=10)
+    ref = torch.cat([x, ints(100, 6, -8, 8, seed=11)]) if reference else None
+    keys, idx = exact_topk(x, ref, 20, block=64, exclude_self=True)
+    want_keys, want_idx = full_sort(x, x if ref is None else ref, 20, True)
+    assert torch.equal(idx, want_idx) and torch.equal(keys, want_keys)
+
+
 def test_worker_threads_and_seed_do_not_change_the_result():
     x = ints(900, 8, -10, 10, seed=7)
     a = exact_topk(x, None, 30, block=100, workers=1, seed=0)

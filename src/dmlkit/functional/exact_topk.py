@@ -1,26 +1,28 @@
-"""Exact k-nearest-neighbour ranking of large sets by threshold filtering.
+"""Exact k-nearest-neighbour ranking of large sets by threshold filtering (CPU).
 
 :func:`exact_topk` returns, for every query, its ``depth`` nearest references in the
 ranking order of :mod:`dmlkit.functional.retrieval` (smaller key first, ties by lower
 reference index). It is exact: the result equals a full sort of every row.
 
-How it avoids sorting or selecting over whole rows (which costs more than the matrix
-product itself):
+Selecting over whole rows costs more than the matrix product itself on a CPU, so:
 
 1. **Threshold from a sample.** References are visited in a seeded random order, so the
    first block of references is a uniform sample. Each query's keys against it are
-   reduced to minima over groups of ``group`` references; the ``j``-th smallest group
-   minimum ``t`` has at least ``j`` keys ``<= t``, and ``j`` is chosen from the sample
-   size so that, with overwhelming probability, at least ``depth`` keys of the whole row
-   are ``<= t`` while only a few times ``depth`` are.
-2. **Filter.** Every block of keys is reduced to group minima (a vectorized pass); only
-   groups whose minimum is ``<= t`` are read again, and only their keys ``<= t`` are kept
-   as candidates (key, reference index) in a per-query buffer.
-3. **Select.** A row whose candidates number at least ``depth`` holds every key up to its
-   ``depth``-th smallest (that key is ``<= t``), so ranking the candidates by
-   ``(key, index)`` is exact. Rows with too few candidates (an unlucky sample) or too
-   many (massive ties overflow the buffer) are recomputed directly against all
-   references. Correctness never depends on the sample; only speed does.
+   reduced to minima over groups of 16 references; the ``j``-th smallest minimum ``t``
+   has at least ``j`` keys ``<= t``, and ``j`` is chosen from the sample size so that,
+   with high probability, at least ``depth`` keys of the whole row are ``<= t`` while
+   only a small multiple of ``depth`` are. Each time a query has seen twice as many
+   references, ``t`` is lowered the same way from the keys it kept (those references are
+   a larger uniform sample).
+2. **Filter.** Every block of keys is reduced to minima over groups of strided columns
+   (a vectorized pass); only groups whose minimum is ``<= t`` are read again, and only
+   their keys ``<= t`` are kept as candidates (key, reference index) in a per-query
+   buffer.
+3. **Select.** A query whose ``depth``-th smallest candidate is ``<= t`` holds every key
+   up to it (all keys ``<= t`` were kept), so ranking its candidates by ``(key, index)``
+   is exact. The rare others (an unlucky sample, or massive ties overflowing the buffer)
+   are filtered again with a fresh sample, then by a full pass. Correctness never
+   depends on the sample; only speed does.
 
 Leave-one-out (``reference=None``) uses symmetry: the key of a pair ``(i, j)`` is the
 same for row ``i`` and row ``j`` (squared Euclidean distance ``|x_i|^2 + |x_j|^2 -
@@ -50,7 +52,8 @@ SAMPLE_GROUP = 16
 _GROUP_COST = 0.44
 #: standard deviations of margin in the sample rank of the threshold
 _MARGIN_SD = 3.0
-#: bytes per candidate (float32 key + int32 index); the buffers are capped at this budget
+#: bytes of candidate buffers (8 per candidate: float32 key, int32 index); larger problems
+#: are split into groups of queries (each against every reference, without symmetry)
 _CANDIDATE_BUDGET = 4 << 30
 
 
@@ -135,13 +138,21 @@ def exact_topk(
     out_idx = torch.full((n, d_max), -1, dtype=torch.long, device=query.device)
     if d_max == 0:
         return out_keys, out_idx
-    self_index = torch.arange(n, device=query.device) if exclude_self and not symmetric else None
-    run = _Filter(query.to(dtype), ref.to(dtype), depth_t, metric, symmetric, self_index,
-                  block, group, seed)
     if workers is None:
         workers = 2 if torch.get_num_threads() > 1 else 1
-    run.scan(workers)
-    run.select(out_keys, out_idx)
+    query, ref = query.to(dtype), ref.to(dtype)
+    rows_fit = max(1, _CANDIDATE_BUDGET // (8 * (3 * d_max + 64)))  # queries per buffer
+    if n <= rows_fit:
+        own = torch.arange(n, device=query.device) if exclude_self and not symmetric else None
+        run = _Filter(query, ref, depth_t, metric, symmetric, own, block, group, seed)
+        run.scan(workers)
+        run.select(out_keys, out_idx)
+        return out_keys, out_idx
+    for s, e in row_chunks(n, rows_fit):  # bounded memory: groups of queries
+        own = torch.arange(s, e, device=query.device) if exclude_self else None
+        run = _Filter(query[s:e], ref, depth_t[s:e], metric, False, own, block, group, seed)
+        run.scan(workers)
+        run.select(out_keys[s:e], out_idx[s:e])
     return out_keys, out_idx
 
 
@@ -206,7 +217,7 @@ class _Filter:
             admitted = min(max(expect, 1.0) / max(self.m_eff, 1), 1.0)
             power = round(math.log2(math.sqrt(_GROUP_COST / admitted)))
             self.group = 1 << min(max(power, 2), 5)  # 4 .. 32
-        cap = int(math.ceil(1.3 * expect + 32))
+        cap = int(math.ceil(1.2 * expect + 32))
         budget_rows = _CANDIDATE_BUDGET // (8 * max(self.n, 1)) - 1
         self.cap = max(int(self.depth.max()), min(cap, self.m_eff, budget_rows))
         self.cand_keys = self.a.new_full((self.n, self.cap + 1), float("inf"))

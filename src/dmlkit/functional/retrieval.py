@@ -46,6 +46,8 @@ FULL_RANKING_BUDGET = 1 << 24
 #: query-reference pairs from which the top-R metrics use threshold filtering
 #: (:func:`dmlkit.functional.exact_topk.exact_topk`) instead of a selection over whole rows
 FILTER_MIN_PAIRS = 1 << 24
+#: most neighbour slots (queries x deepest R) the filtering path holds at once
+FILTER_MAX_SLOTS = 1 << 27
 
 
 def canonical_metric(metric: str) -> str:
@@ -254,7 +256,6 @@ def retrieval_per_query(
     if exclude_self and m < n:
         raise ValueError(f"the reference ({m} rows) cannot include all {n} queries")
     m_eff = m - int(exclude_self)
-    ref = prepare_reference(reference, metric)
     classes = query_labels.dim() == 1
     if classes:  # R from label counts, no (c, m) relation needed for the top-R metrics
         uniq, counts = torch.unique(reference_labels, return_counts=True)
@@ -265,9 +266,11 @@ def retrieval_per_query(
         else:
             r_all = torch.full_like(query_labels, -int(exclude_self))
     if (classes and not average_precision and not reciprocal_rank and chunk_size is None
-            and n * m >= FILTER_MIN_PAIRS and m_eff > 0):
+            and n * m >= FILTER_MIN_PAIRS and m_eff > 0 and query.device.type == "cpu"
+            and n * min(max(int(r_all.max()), ks[-1]), m_eff) <= FILTER_MAX_SLOTS):
         return _filtered_top_values(query, query_labels, reference, reference_labels,
                                     r_all, ks, metric, self_is_ref, exclude_self)
+    ref = prepare_reference(reference, metric)
     budget = FULL_RANKING_BUDGET if average_precision else RETRIEVAL_BUDGET
     chunk = chunk_size or chunk_size_for(n, m, budget)
     out: dict[str, list[Tensor]] = {}
