@@ -14,6 +14,7 @@ from dmlkit.functional.distances import (
     rowwise_squared_euclidean,
     safe_sqrt,
 )
+from dmlkit.functional.exact_topk import exact_topk
 from dmlkit.functional.labels import (
     check_labels,
     pos_neg_masks,
@@ -57,6 +58,7 @@ __all__ = [
     "same_label",
     "same_label_at_level",
     "self_mask",
+    "exact_topk",
     "knn",
     "retrieval_per_query",
     "topk_lexicographic",

@@ -39,6 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from torch import Tensor
 
+from dmlkit.functional.block_filter import cols_at_most, lex_smallest, rows_at_most
 from dmlkit.functional.chunking import row_chunks
 from dmlkit.functional.retrieval import canonical_metric, prepare_vectors, topk_lexicographic
 
@@ -352,12 +353,12 @@ class _Filter:
         keys = self._keys(i0, i1, j0, j1)
         if i0 == 0:  # the sample block: thresholds of the column queries
             self._set_thresholds(keys, j0, transposed=j0 > 0)
-        found = self._from_rows(keys, i0)
+        found = rows_at_most(keys, self.thresh[i0:i1], self.group)
         with self.locks[i0]:
             self._append(*found, i0, j0)
             self._seen(i0, i1, j1 - j0)
         if j0 != i0:
-            found = self._from_cols(keys, j0)
+            found = cols_at_most(keys, self.thresh[j0:j1], self.group)
             with self.locks[j0]:
                 self._append(*found, j0, i0)
                 self._seen(j0, j1, i1 - i0)
@@ -369,56 +370,8 @@ class _Filter:
             keys = self._keys(i0, i1, j0, j1)
             if j0 == 0:
                 self._set_thresholds(keys, i0)
-            self._append(*self._from_rows(keys, i0), i0, j0)
+            self._append(*rows_at_most(keys, self.thresh[i0:i1], self.group), i0, j0)
             self._seen(i0, i1, j1 - j0)
-
-    def _from_rows(self, keys: Tensor, r0: int) -> tuple[Tensor, Tensor, Tensor]:
-        """Keys ``<=`` the thresholds of queries ``r0 + i`` (the rows of ``keys``):
-        ``(row, column, key)``, sorted by row."""
-        r, c = keys.shape
-        g = self.group
-        t = self.thresh[r0 : r0 + r]
-        body = c - c % g
-        parts = []
-        if body:
-            gc = body // g
-            mins = keys[:, :body].view(r, g, gc).amin(dim=1)  # (r, gc): columns h + s * gc
-            hit = (mins <= t[:, None]).view(-1).nonzero().squeeze(1)  # row * gc + h
-            if len(hit):  # read the g keys of each admitted group
-                pr, ph = hit.div(gc, rounding_mode="floor"), hit.remainder(gc)
-                steps = torch.arange(0, body, gc, device=keys.device)  # (g,)
-                v = keys.view(-1).index_select(0, ((pr * c + ph)[:, None] + steps).view(-1))
-                kept = (v.view(-1, g) <= t[pr][:, None]).view(-1).nonzero().squeeze(1)
-                kp = kept.div(g, rounding_mode="floor")  # by row
-                parts.append((pr[kp], ph[kp] + kept.remainder(g) * gc, v[kept]))
-        if body < c:
-            pr, pc = (keys[:, body:] <= t[:, None]).nonzero(as_tuple=True)
-            parts.append((pr, pc + body, keys[pr, pc + body]))
-        return _by_row(parts)
-
-    def _from_cols(self, keys: Tensor, r0: int) -> tuple[Tensor, Tensor, Tensor]:
-        """Keys ``<=`` the thresholds of queries ``r0 + j`` (the columns of ``keys``):
-        ``(query, row of keys, key)``, sorted by query."""
-        r, c = keys.shape
-        g = self.group
-        t = self.thresh[r0 : r0 + c]
-        body = r - r % g
-        parts = []
-        if body:
-            gr = body // g
-            mins = keys[:body].view(g, gr, c).amin(dim=0)  # (gr, c): rows h + s * gr
-            hit = (mins <= t).T.reshape(-1).nonzero().squeeze(1)  # query * gr + h
-            if len(hit):  # read the g keys of each admitted group
-                pj, ph = hit.div(gr, rounding_mode="floor"), hit.remainder(gr)
-                steps = torch.arange(0, body * c, gr * c, device=keys.device)  # (g,)
-                v = keys.view(-1).index_select(0, ((ph * c + pj)[:, None] + steps).view(-1))
-                kept = (v.view(-1, g) <= t[pj][:, None]).view(-1).nonzero().squeeze(1)
-                kp = kept.div(g, rounding_mode="floor")  # by query
-                parts.append((pj[kp], ph[kp] + kept.remainder(g) * gr, v[kept]))
-        if body < r:
-            pj, pi = (keys[body:] <= t).T.nonzero(as_tuple=True)
-            parts.append((pj, pi + body, keys[pi + body, pj]))
-        return _by_row(parts)
 
     def _append(self, rows: Tensor, cols: Tensor, vals: Tensor, r0: int, c0: int) -> None:
         """Write candidates (local query rows, sorted; local visit columns; keys)."""
@@ -445,7 +398,7 @@ class _Filter:
             width = int(self.fill[s:e].max().clamp(d_max, self.cap))
             keys = self.cand_keys[s:e, :width]  # (c, width)
             depth = self.depth[s:e]
-            vals, cols = _lex_smallest(keys, self.cand_idx[s:e, :width], d_max)
+            vals, cols = lex_smallest(keys, self.cand_idx[s:e, :width], d_max)
             # every key <= the final threshold is here: a row is exact when its depth-th
             # smallest candidate is one of them (and nothing was discarded)
             last = vals.gather(1, (depth - 1).clamp_min(0)[:, None]).squeeze(1)
@@ -498,48 +451,6 @@ def _bounds(total: int, first: int, step: int) -> list[tuple[int, int]]:
     """``[(0, first), (first, first + step), ...]`` covering ``range(total)``."""
     cuts = [0, *range(min(first, total), total, step), total]
     return [(a, b) for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a]
-
-
-def _by_row(parts, presorted: bool = True) -> tuple[Tensor, Tensor, Tensor]:
-    """Concatenate ``(row, column, key)`` parts, sorted by row (stable)."""
-    if not parts:
-        empty = torch.empty(0, dtype=torch.long)
-        return empty, empty, torch.empty(0)
-    if len(parts) == 1 and presorted:
-        return parts[0]
-    rows, cols, vals = (torch.cat(x) for x in zip(*parts, strict=True))
-    rows, perm = rows.sort(stable=True)
-    return rows, cols.index_select(0, perm), vals.index_select(0, perm)
-
-
-def _lex_smallest(vals: Tensor, cols: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """The ``k`` smallest ``(val, col)`` pairs per row, in that order: ``(r, k)`` keys and
-    int64 columns. Columns are explicit (not positions): candidates come in any order."""
-    r, c = vals.shape
-    k = min(k, c)
-    v, pos = torch.topk(vals, min(k + 1, c), dim=1, largest=False, sorted=True)
-    fix = (v[:, 1:k] == v[:, : k - 1]) & (v[:, 1:k] < float("inf"))  # ties inside the top k
-    fix = fix.any(dim=1)
-    if k < c:  # or straddling the k-th position
-        fix |= v[:, k] == v[:, k - 1]
-    v = v[:, :k].contiguous()
-    cc = cols.gather(1, pos[:, :k]).long()
-    rows = fix.nonzero().squeeze(1)
-    if len(rows):  # order those rows in full by (key, column)
-        sv, sc = _lex_sort(vals.index_select(0, rows), cols.index_select(0, rows).long())
-        v[rows], cc[rows] = sv[:, :k], sc[:, :k]
-    return v, cc
-
-
-def _lex_sort(vals: Tensor, cols: Tensor) -> tuple[Tensor, Tensor]:
-    """Sort each row by ``(val, col)``: columns first, then values (stable); padding
-    (column ``-1``) goes last among equal keys."""
-    big = torch.iinfo(cols.dtype).max
-    cols, perm = torch.where(cols < 0, big, cols).sort(dim=1)
-    vals = vals.gather(1, perm)
-    vals, perm = vals.sort(dim=1, stable=True)
-    cols = cols.gather(1, perm)
-    return vals, torch.where(cols == big, -1, cols)
 
 
 __all__ = ["DEFAULT_BLOCK", "SAMPLE_GROUP", "augmented", "exact_topk"]

@@ -1,0 +1,102 @@
+"""Kernels of :mod:`dmlkit.functional.exact_topk`: the keys of a block at most a
+per-query threshold, and ranking candidates by ``(key, index)``.
+
+A block of keys is first reduced to minima over groups of ``g`` strided keys (one
+vectorized pass); only the groups whose minimum is at most the threshold are read again.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def rows_at_most(keys: Tensor, t: Tensor, g: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Entries of ``keys (r, c)`` at most ``t[i]`` in row ``i``: ``(row, column, key)``
+    sorted by row (within a row, in no particular order)."""
+    r, c = keys.shape
+    body = c - c % g
+    parts = []
+    if body:
+        gc = body // g
+        mins = keys[:, :body].view(r, g, gc).amin(dim=1)  # (r, gc): columns h + s * gc
+        hit = (mins <= t[:, None]).view(-1).nonzero().squeeze(1)  # row * gc + h
+        if len(hit):  # read the g keys of each admitted group
+            pr, ph = hit.div(gc, rounding_mode="floor"), hit.remainder(gc)
+            steps = torch.arange(0, body, gc, device=keys.device)  # (g,)
+            v = keys.view(-1).index_select(0, ((pr * c + ph)[:, None] + steps).view(-1))
+            kept = (v.view(-1, g) <= t[pr][:, None]).view(-1).nonzero().squeeze(1)
+            kp = kept.div(g, rounding_mode="floor")  # by row
+            parts.append((pr[kp], ph[kp] + kept.remainder(g) * gc, v[kept]))
+    if body < c:
+        pr, pc = (keys[:, body:] <= t[:, None]).nonzero(as_tuple=True)
+        parts.append((pr, pc + body, keys[pr, pc + body]))
+    return _by_row(parts, keys)
+
+
+def cols_at_most(keys: Tensor, t: Tensor, g: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Entries of ``keys (r, c)`` at most ``t[j]`` in column ``j``: ``(column, row, key)``
+    sorted by column."""
+    r, c = keys.shape
+    body = r - r % g
+    parts = []
+    if body:
+        gr = body // g
+        mins = keys[:body].view(g, gr, c).amin(dim=0)  # (gr, c): rows h + s * gr
+        hit = (mins <= t).T.reshape(-1).nonzero().squeeze(1)  # column * gr + h
+        if len(hit):  # read the g keys of each admitted group
+            pj, ph = hit.div(gr, rounding_mode="floor"), hit.remainder(gr)
+            steps = torch.arange(0, body * c, gr * c, device=keys.device)  # (g,)
+            v = keys.view(-1).index_select(0, ((ph * c + pj)[:, None] + steps).view(-1))
+            kept = (v.view(-1, g) <= t[pj][:, None]).view(-1).nonzero().squeeze(1)
+            kp = kept.div(g, rounding_mode="floor")  # by column
+            parts.append((pj[kp], ph[kp] + kept.remainder(g) * gr, v[kept]))
+    if body < r:
+        pj, pi = (keys[body:] <= t).T.nonzero(as_tuple=True)
+        parts.append((pj, pi + body, keys[pi + body, pj]))
+    return _by_row(parts, keys)
+
+
+def _by_row(parts, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Concatenate ``(row, column, key)`` parts, each sorted by row, into one sorted."""
+    if not parts:
+        empty = torch.empty(0, dtype=torch.long, device=like.device)
+        return empty, empty, like.new_empty(0)
+    if len(parts) == 1:
+        return parts[0]
+    rows, cols, vals = (torch.cat(x) for x in zip(*parts, strict=True))
+    rows, perm = rows.sort(stable=True)
+    return rows, cols.index_select(0, perm), vals.index_select(0, perm)
+
+
+def lex_smallest(vals: Tensor, cols: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The ``k`` smallest ``(val, col)`` pairs per row, in that order: ``(r, k)`` keys and
+    int64 columns. Columns are explicit (not positions): candidates come in any order."""
+    r, c = vals.shape
+    k = min(k, c)
+    v, pos = torch.topk(vals, min(k + 1, c), dim=1, largest=False, sorted=True)
+    fix = (v[:, 1:k] == v[:, : k - 1]) & (v[:, 1:k] < float("inf"))  # ties inside the top k
+    fix = fix.any(dim=1)
+    if k < c:  # or straddling the k-th position
+        fix |= v[:, k] == v[:, k - 1]
+    v = v[:, :k].contiguous()
+    cc = cols.gather(1, pos[:, :k]).long()
+    rows = fix.nonzero().squeeze(1)
+    if len(rows):  # order those rows in full by (key, column)
+        sv, sc = lex_sort(vals.index_select(0, rows), cols.index_select(0, rows).long())
+        v[rows], cc[rows] = sv[:, :k], sc[:, :k]
+    return v, cc
+
+
+def lex_sort(vals: Tensor, cols: Tensor) -> tuple[Tensor, Tensor]:
+    """Sort each row by ``(val, col)``: columns first, then values (stable); padding
+    (column ``-1``) goes last among equal keys."""
+    big = torch.iinfo(cols.dtype).max
+    cols, perm = torch.where(cols < 0, big, cols).sort(dim=1)
+    vals = vals.gather(1, perm)
+    vals, perm = vals.sort(dim=1, stable=True)
+    cols = cols.gather(1, perm)
+    return vals, torch.where(cols == big, -1, cols)
+
+
+__all__ = ["cols_at_most", "lex_smallest", "lex_sort", "rows_at_most"]
