@@ -6,10 +6,10 @@ import pytest
 import torch
 from test_retrieval_metrics import KS, _compare_pml, _pml, _pml_ref_includes_query, naive_metrics
 
-import dmlkit.functional.exact_topk as et
 import dmlkit.functional.retrieval as fr
+import dmlkit.functional.topk_filter as et
 from dmlkit.evaluation import retrieval_metrics
-from dmlkit.functional.exact_topk import exact_topk
+from dmlkit.functional.topk_filter import exact_topk
 
 
 def full_sort(q, r, depth, exclude_self, metric="euclidean"):

@@ -14,7 +14,6 @@ from dmlkit.functional.distances import (
     rowwise_squared_euclidean,
     safe_sqrt,
 )
-from dmlkit.functional.exact_topk import exact_topk
 from dmlkit.functional.labels import (
     check_labels,
     pos_neg_masks,
@@ -23,6 +22,7 @@ from dmlkit.functional.labels import (
     self_mask,
 )
 from dmlkit.functional.retrieval import knn, retrieval_per_query, topk_lexicographic
+from dmlkit.functional.topk_filter import exact_topk
 from dmlkit.functional.tuples import (
     IndexTuple,
     Pairs,

@@ -1,4 +1,4 @@
-"""Kernels of :mod:`dmlkit.functional.exact_topk`: the keys of a block at most a
+"""Kernels of :mod:`dmlkit.functional.topk_filter`: the keys of a block at most a
 per-query threshold, and ranking candidates by ``(key, index)``.
 
 A block of keys is first reduced to minima over groups of ``g`` strided keys (one

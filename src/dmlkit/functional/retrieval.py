@@ -44,7 +44,7 @@ RETRIEVAL_BUDGET = 1 << 27
 #: smaller chunks when full average precision is on (it sorts every row: ~8 arrays per key)
 FULL_RANKING_BUDGET = 1 << 24
 #: query-reference pairs from which the top-R metrics use threshold filtering
-#: (:func:`dmlkit.functional.exact_topk.exact_topk`) instead of a selection over whole rows
+#: (:func:`dmlkit.functional.topk_filter.exact_topk`) instead of a selection over whole rows
 FILTER_MIN_PAIRS = 1 << 24
 #: most neighbour slots (queries x deepest R) the filtering path holds at once
 FILTER_MAX_SLOTS = 1 << 27
@@ -309,7 +309,7 @@ def _filtered_top_values(query, query_labels, reference, reference_labels, r_all
                          metric, self_is_ref, exclude_self) -> dict[str, Tensor]:
     """Top-R metrics from each query's ``max(R, k)`` nearest references, found by
     threshold filtering (leave-one-out computes each pair's distance once)."""
-    from dmlkit.functional.exact_topk import exact_topk
+    from dmlkit.functional.topk_filter import exact_topk
 
     m_eff = reference.shape[0] - int(exclude_self)
     depth = r_all.clamp_min(ks[-1]).clamp(1, m_eff)  # (n,)
