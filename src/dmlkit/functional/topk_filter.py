@@ -319,7 +319,12 @@ class _Filter:
         try:
             with ThreadPoolExecutor(workers) as pool:
                 for phase in phases:
-                    list(pool.map(run, phase))  # (re-raises a worker's error)
+                    if len(phase) == 1:  # a lone block gets every thread
+                        torch.set_num_threads(threads)
+                        run(phase[0])
+                        torch.set_num_threads(max(1, threads // workers))
+                    else:
+                        list(pool.map(run, phase))  # (re-raises a worker's error)
         finally:
             torch.set_num_threads(threads)
 
