@@ -127,6 +127,14 @@ def test_bad_arguments_raise():
         exact_topk(x, None, 2, block=0)
     with pytest.raises(ValueError, match="metric"):
         exact_topk(x, None, 2, metric="manhattan")
+    with pytest.raises(ValueError, match="reference must be"):
+        exact_topk(x, torch.randn(10, 4), 2)
+    with pytest.raises(ValueError, match="depth must be"):
+        exact_topk(x, None, torch.ones(3, dtype=torch.long))
+    bad = x.clone()
+    bad[2, 1] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        exact_topk(bad, None, 2)
 
 
 @pytest.fixture

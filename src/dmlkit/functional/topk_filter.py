@@ -126,7 +126,14 @@ def exact_topk(
     exclude_self = reference is None if exclude_self is None else bool(exclude_self)
     ref = query if reference is None else reference
     symmetric = reference is None and exclude_self  # leave-one-out
+    for name, x in (("query", query), ("reference", ref)):
+        if x.dim() != 2 or x.shape[1] != query.shape[-1]:
+            raise ValueError(f"{name} must be (rows, {query.shape[-1]}), got {tuple(x.shape)}")
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{name} has non-finite values")
     n, m = query.shape[0], ref.shape[0]
+    if isinstance(depth, Tensor) and depth.dim() and depth.shape != (n,):
+        raise ValueError(f"depth must be an int or ({n},), got {tuple(depth.shape)}")
     if exclude_self and m < n:
         raise ValueError(f"the reference ({m} rows) cannot include all {n} queries")
     if block < 1 or (group is not None and group < 1):
