@@ -216,3 +216,15 @@ def test_filtered_and_sorted_paths_agree_with_full_metrics_requested(filtered):
     for name in ("precision_at_1", "r_precision", "map_at_r", "recall_at_8"):
         assert top[name] == pytest.approx(full[name], abs=1e-12), name
     _compare_pml(full, _pml(x, y))
+
+
+@pytest.mark.parametrize("metric", ["cosine", "dot"])
+def test_filtered_similarity_metrics_equal_naive_reference(filtered, metric):
+    g = torch.Generator().manual_seed(13)
+    x = torch.randn(260, 6, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 8, (260,), generator=g)
+    got = retrieval_metrics(x, y, metric=metric, **TOP_R)
+    want, nq = naive_metrics(x.numpy(), y.numpy(), x.numpy(), y.numpy(), True, metric)
+    assert got["num_queries"] == nq
+    for name in ("precision_at_1", "r_precision", "map_at_r", "recall_at_4", "precision_at_8"):
+        assert got[name] == pytest.approx(want[name], abs=1e-9), name
