@@ -112,7 +112,8 @@ def exact_topk(
         Seed of the reference visiting order (speed only: results do not depend on it).
     workers : int, optional
         Threads filtering blocks at once (default: 2 when torch uses several threads),
-        each running torch on its share of the threads.
+        each running torch on its share of the threads (``torch.set_num_threads`` is
+        lowered for the duration of the call, process-wide, then restored).
 
     Returns
     -------
