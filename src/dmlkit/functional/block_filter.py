@@ -11,6 +11,21 @@ import torch
 from torch import Tensor
 
 
+def row_minima(keys: Tensor, g: int) -> Tensor:
+    """Minima of each row of ``keys (r, c)`` over groups of ``g`` strided columns
+    ``h, h + c', h + 2c', ...`` (``c' = c // g``; a tail of ``c % g`` columns is left
+    out): ``(r, c')``."""
+    r, c = keys.shape
+    return keys[:, : c - c % g].view(r, g, c // g).amin(dim=1)
+
+
+def col_minima(keys: Tensor, g: int) -> Tensor:
+    """Minima of each column of ``keys (r, c)`` over groups of ``g`` strided rows:
+    ``(r // g, c)``."""
+    r, c = keys.shape
+    return keys[: r - r % g].view(g, r // g, c).amin(dim=0)
+
+
 def rows_at_most(keys: Tensor, t: Tensor, g: int) -> tuple[Tensor, Tensor, Tensor]:
     """Entries of ``keys (r, c)`` at most ``t[i]`` in row ``i``: ``(row, column, key)``
     sorted by row (within a row, in no particular order)."""
@@ -19,7 +34,7 @@ def rows_at_most(keys: Tensor, t: Tensor, g: int) -> tuple[Tensor, Tensor, Tenso
     parts = []
     if body:
         gc = body // g
-        mins = keys[:, :body].view(r, g, gc).amin(dim=1)  # (r, gc): columns h + s * gc
+        mins = row_minima(keys, g)  # (r, gc): columns h + s * gc
         hit = (mins <= t[:, None]).view(-1).nonzero().squeeze(1)  # row * gc + h
         if len(hit):  # read the g keys of each admitted group
             pr, ph = hit.div(gc, rounding_mode="floor"), hit.remainder(gc)
@@ -42,7 +57,7 @@ def cols_at_most(keys: Tensor, t: Tensor, g: int) -> tuple[Tensor, Tensor, Tenso
     parts = []
     if body:
         gr = body // g
-        mins = keys[:body].view(g, gr, c).amin(dim=0)  # (gr, c): rows h + s * gr
+        mins = col_minima(keys, g)  # (gr, c): rows h + s * gr
         hit = (mins <= t).T.reshape(-1).nonzero().squeeze(1)  # column * gr + h
         if len(hit):  # read the g keys of each admitted group
             pj, ph = hit.div(gr, rounding_mode="floor"), hit.remainder(gr)
@@ -99,4 +114,4 @@ def lex_sort(vals: Tensor, cols: Tensor) -> tuple[Tensor, Tensor]:
     return vals, torch.where(cols == big, -1, cols)
 
 
-__all__ = ["cols_at_most", "lex_smallest", "lex_sort", "rows_at_most"]
+__all__ = ["col_minima", "cols_at_most", "lex_smallest", "lex_sort", "row_minima", "rows_at_most"]

@@ -269,7 +269,7 @@ def retrieval_per_query(
             and n * m >= FILTER_MIN_PAIRS and m_eff > 0 and query.device.type == "cpu"
             and n * min(max(int(r_all.max()), ks[-1]), m_eff) <= FILTER_MAX_SLOTS):
         return _filtered_top_values(query, query_labels, reference, reference_labels,
-                                    r_all, ks, metric, self_is_ref, exclude_self)
+                                    r_all, ks, metric, self_is_ref, exclude_self, m_eff)
     ref = prepare_reference(reference, metric)
     budget = FULL_RANKING_BUDGET if average_precision else RETRIEVAL_BUDGET
     chunk = chunk_size or chunk_size_for(n, m, budget)
@@ -306,12 +306,11 @@ def retrieval_per_query(
 
 
 def _filtered_top_values(query, query_labels, reference, reference_labels, r_all, ks,
-                         metric, self_is_ref, exclude_self) -> dict[str, Tensor]:
+                         metric, self_is_ref, exclude_self, m_eff) -> dict[str, Tensor]:
     """Top-R metrics from each query's ``max(R, k)`` nearest references, found by
     threshold filtering (leave-one-out computes each pair's distance once)."""
     from dmlkit.functional.topk_filter import exact_topk
 
-    m_eff = reference.shape[0] - int(exclude_self)
     depth = r_all.clamp_min(ks[-1]).clamp(1, m_eff)  # (n,)
     _, idx = exact_topk(query, None if self_is_ref else reference, depth, metric=metric,
                         exclude_self=exclude_self)  # (n, D), -1 beyond a query's depth

@@ -39,7 +39,13 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from torch import Tensor
 
-from dmlkit.functional.block_filter import cols_at_most, lex_smallest, rows_at_most
+from dmlkit.functional.block_filter import (
+    col_minima,
+    cols_at_most,
+    lex_smallest,
+    row_minima,
+    rows_at_most,
+)
 from dmlkit.functional.chunking import row_chunks
 from dmlkit.functional.retrieval import canonical_metric, prepare_vectors, topk_lexicographic
 
@@ -56,6 +62,12 @@ _MARGIN_SD = 3.0
 #: bytes of candidate buffers (8 per candidate: float32 key, int32 index); larger problems
 #: are split into groups of queries (each against every reference, without symmetry)
 _CANDIDATE_BUDGET = 4 << 30
+
+
+def _rank_bound(mu):
+    """Sample rank whose key lies beyond a query's top ``depth`` with high probability,
+    when ``mu`` of the sampled keys are expected among that top (float or tensor)."""
+    return mu + _MARGIN_SD * mu**0.5 + 1.0
 
 
 def augmented(x: Tensor, metric: str, side: str) -> Tensor:
@@ -151,15 +163,11 @@ def exact_topk(
         workers = 2 if torch.get_num_threads() > 1 else 1
     query, ref = query.to(dtype), ref.to(dtype)
     rows_fit = max(1, _CANDIDATE_BUDGET // (8 * (3 * d_max + 64)))  # queries per buffer
-    if n <= rows_fit:
-        own = torch.arange(n, device=query.device) if exclude_self and not symmetric else None
-        run = _Filter(query, ref, depth_t, metric, symmetric, own, block, group, seed)
-        run.scan(workers)
-        run.select(out_keys, out_idx)
-        return out_keys, out_idx
-    for s, e in row_chunks(n, rows_fit):  # bounded memory: groups of queries
-        own = torch.arange(s, e, device=query.device) if exclude_self else None
-        run = _Filter(query[s:e], ref, depth_t[s:e], metric, False, own, block, group, seed)
+    if n > rows_fit:  # bounded memory: groups of queries, each against every reference
+        symmetric = False
+    for s, e in row_chunks(n, n if symmetric else rows_fit):
+        own = torch.arange(s, e, device=query.device) if exclude_self and not symmetric else None
+        run = _Filter(query[s:e], ref, depth_t[s:e], metric, symmetric, own, block, group, seed)
         run.scan(workers)
         run.select(out_keys[s:e], out_idx[s:e])
     return out_keys, out_idx
@@ -182,18 +190,17 @@ class _Filter:
         self.group, self.seed, self.nested = group, seed, nested
         self.block = max(1, min(block, self.m))
         self.m_eff = self.m - int(self.exclude_self)
-        self.col_bounds = _bounds(self.m, self.block, self.block)  # the first: sample
-        self.row_bounds = self.col_bounds if symmetric else _bounds(self.n, self.block,
-                                                                    self.block)
+        self.col_bounds = list(row_chunks(self.m, self.block))  # the first: the sample
+        self.row_bounds = self.col_bounds if symmetric else list(row_chunks(self.n, self.block))
         gen = torch.Generator().manual_seed(seed)
         self.order = torch.randperm(self.m, generator=gen).to(query.device)  # visit order
         self.order32 = self.order.to(torch.int32)
         self.rows = self.order if symmetric else None  # query visit order (symmetric)
         if symmetric:  # per-query depths in visit order
             self.depth = depth.index_select(0, self.rows)
-        q = query.index_select(0, self.rows) if symmetric else query
-        self.a = augmented(q, metric, "query")  # (n, d')
-        self.bt = augmented(ref.index_select(0, self.order), metric, "reference").T.contiguous()
+        r = ref.index_select(0, self.order)  # references in visit order
+        self.a = augmented(r if symmetric else query, metric, "query")  # (n, d')
+        self.bt = augmented(r, metric, "reference").T.contiguous()
         self.query, self.ref = query, ref
         if self_index is not None:  # each query's own reference, as a visit position
             inv = torch.empty_like(self.order)
@@ -212,8 +219,8 @@ class _Filter:
         g_count = max(1, s // SAMPLE_GROUP)  # group minima in the sample
         d = self.depth.to(torch.float64)
         mu = d * s / max(self.m_eff, 1)  # expected sample keys among a query's top depth
-        j = torch.ceil(mu + _MARGIN_SD * mu.sqrt() + 1.0)
-        j = torch.minimum(torch.minimum(j, d), torch.tensor(float(g_count)))
+        j = torch.minimum(torch.minimum(torch.ceil(_rank_bound(mu)), d),
+                          torch.tensor(float(g_count)))
         self.j = j.long().clamp_min(1)  # (n,)
         self.use_groups = s >= SAMPLE_GROUP * 2
         if self.use_groups:  # the j-th of g_count minima of 16 keys: quantile of a key
@@ -246,7 +253,7 @@ class _Filter:
             seen, count = seen + width, count + 1
             if self._refines(count, seen):
                 mu = d * seen / max(self.m_eff, 1)
-                frac = min(frac, min(math.ceil(mu + _MARGIN_SD * math.sqrt(mu) + 1.0), d) / seen)
+                frac = min(frac, min(math.ceil(_rank_bound(mu)), d) / seen)
         return total
 
     def _refines(self, count: int, seen: int) -> bool:
@@ -261,11 +268,7 @@ class _Filter:
         j = self.j[r0 : r0 + r]
         if self.use_groups:
             g = SAMPLE_GROUP
-            body = (s // g) * g
-            if transposed:
-                mins = keys[:body].view(g, body // g, r).amin(dim=0).T
-            else:
-                mins = keys[:, :body].view(r, g, body // g).amin(dim=1)
+            mins = col_minima(keys, g).T if transposed else row_minima(keys, g)
         else:
             mins = keys.T if transposed else keys
         jm = min(int(j.max()), mins.shape[1])
@@ -288,7 +291,7 @@ class _Filter:
         keeps the result exact; a tighter one admits fewer keys)."""
         d = self.depth[r0:r1].to(torch.float64)
         mu = d * seen / max(self.m_eff, 1)
-        j = torch.minimum(torch.ceil(mu + _MARGIN_SD * mu.sqrt() + 1.0), d).long()
+        j = torch.minimum(torch.ceil(_rank_bound(mu)), d).long()
         fill = self.fill[r0:r1]
         ok = (j >= 1) & (fill >= j) & (fill <= self.cap)
         if not bool(ok.any()):
@@ -458,12 +461,6 @@ class _Filter:
         vals, cols = torch.cat(vals_out), torch.cat(cols_out)
         beyond = torch.arange(d_max, device=vals.device)[None, :] >= depth[:, None]
         return vals.masked_fill(beyond, float("inf")), cols.masked_fill(beyond, -1)
-
-
-def _bounds(total: int, first: int, step: int) -> list[tuple[int, int]]:
-    """``[(0, first), (first, first + step), ...]`` covering ``range(total)``."""
-    cuts = [0, *range(min(first, total), total, step), total]
-    return [(a, b) for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a]
 
 
 __all__ = ["DEFAULT_BLOCK", "SAMPLE_GROUP", "augmented", "exact_topk"]
