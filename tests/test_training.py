@@ -68,9 +68,17 @@ def test_seeded_runs_are_identical_and_seeds_differ(tiny_data):
     assert len(a.history) == 3 and all(np.isfinite(r["loss"]) for r in a.history)
 
 
-def test_interrupted_then_resumed_is_bit_identical(tiny_data, tmp_path):
+@pytest.mark.parametrize("miner", ["batch_hard", "distance_weighted"])
+def test_interrupted_then_resumed_is_bit_identical(tiny_data, tmp_path, miner):
+    """Resuming equals not stopping, with a miner that draws from its own generator too."""
     train, _ = tiny_data
-    full = make_trainer(small_config(epochs=4), train, out_dir=tmp_path / "full")
+
+    def config(epochs):
+        cfg = small_config(epochs=epochs)
+        cfg.miner = {"name": miner}
+        return cfg
+
+    full = make_trainer(config(epochs=4), train, out_dir=tmp_path / "full")
     full.fit()
 
     def interrupt(trainer, record):
@@ -78,14 +86,14 @@ def test_interrupted_then_resumed_is_bit_identical(tiny_data, tmp_path):
             raise KeyboardInterrupt
 
     out = tmp_path / "cut"
-    first = make_trainer(small_config(epochs=4), train, out_dir=out, callbacks=[interrupt])
+    first = make_trainer(config(epochs=4), train, out_dir=out, callbacks=[interrupt])
     with pytest.raises(KeyboardInterrupt):
         first.fit()
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["epoch"] == 2 and "rng" in ckpt and "optimizer" in ckpt and "config" in ckpt
     # an unrelated draw between the two processes must not matter
     torch.rand(7)
-    second = make_trainer(small_config(epochs=4), train, out_dir=out)
+    second = make_trainer(config(epochs=4), train, out_dir=out)
     second.fit(resume=True)
     wf, ws = weights(full), weights(second)
     assert all(torch.equal(wf[k], ws[k]) for k in wf)

@@ -3,6 +3,8 @@ Deep Embedding Learning", ICCV 2017)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -27,7 +29,9 @@ class DistanceWeightedMiner(BaseMiner):
     grouped by anchor). Anchors with no positive or no weighted negative are skipped.
 
     Randomness comes from the miner's own generator seeded with ``seed`` (one per
-    device, advancing with every call); the global RNG is never touched.
+    device, advancing with every call); the global RNG is never touched. The generators'
+    states are part of the miner's ``state_dict``, so a resumed run draws what an
+    uninterrupted one would.
 
     Parameters
     ----------
@@ -68,6 +72,18 @@ class DistanceWeightedMiner(BaseMiner):
         if key not in self._generators:
             self._generators[key] = torch.Generator(device=device).manual_seed(self.seed)
         return self._generators[key]
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"seed": self.seed,
+                "generators": {k: g.get_state() for k, g in self._generators.items()}}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.seed = int(state["seed"])
+        self._generators = {}
+        for key, rng in state["generators"].items():
+            gen = torch.Generator(device=torch.device(key))
+            gen.set_state(rng.cpu() if isinstance(rng, torch.Tensor) else torch.as_tensor(rng))
+            self._generators[key] = gen
 
     def negative_weights(self, dist: Tensor, neg: Tensor, dim: int) -> Tensor:
         """Unnormalized weights ``(c, m)`` of negatives at ``dist (c, m)`` in ``R^dim``."""

@@ -268,6 +268,7 @@ class Trainer:
             "epoch": self.epoch,
             "model": self.model.state_dict(),
             "loss": self.loss.state_dict(),
+            "miner": self.miner.state_dict() if self.miner is not None else {},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -288,6 +289,8 @@ class Trainer:
         state = load_checkpoint(path, map_location=self.device)
         self.model.load_state_dict(state["model"])
         self.loss.load_state_dict(state["loss"])
+        if self.miner is not None and state.get("miner"):  # (its RNG: exact resume)
+            self.miner.load_state_dict(state["miner"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
