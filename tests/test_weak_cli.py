@@ -75,6 +75,27 @@ def test_cli_trains_from_tuple_csv(digits_files, kind, loss, metric):
     assert emb.shape == (5, 16)
 
 
+def test_tuple_file_run_has_no_default_splits(digits_files, tmp_path):
+    """embed / evaluate / index build of a tuple-file run refuse the config's default
+    dataset (digits) in place of held-out data, and work on data named explicitly."""
+    config = write_config(digits_files, "triplets", {"name": "triplet_margin"})
+    run = tmp_path / "run"
+    args = ["train", str(config), "--out", str(run), "--no-progress", "--epochs", "1"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    for cmd in (["embed", str(run), "--out", str(tmp_path / "e.npz")],
+                ["evaluate", str(run)],
+                ["index", "build", str(run), "--out", str(tmp_path / "idx")]):
+        result = CliRunner().invoke(app, cmd)
+        assert result.exit_code != 0, cmd
+        assert "trained from the triplets" in result.output and "Traceback" not in result.output
+    ds = load_digits()
+    np.savez(tmp_path / "labelled.npz", x=ds.x[:50].flatten(1).numpy(), labels=ds.labels[:50])
+    result = CliRunner().invoke(app, ["embed", str(run), "--data", str(tmp_path / "labelled.npz"),
+                                      "--out", str(tmp_path / "e.npz")])
+    assert result.exit_code == 0, result.output
+    assert np.load(tmp_path / "e.npz")["embeddings"].shape == (50, 16)
+
+
 def test_run_metrics_equal_recomputed_tuple_metrics(digits_files):
     """Learned metric vs raw inputs, on the held-out triplets of the same file."""
     from dmlkit.training.weak import build_weak_splits, tuple_metrics

@@ -55,7 +55,17 @@ class RunResult:
 
 
 def build_splits(config: Config) -> tuple[ArrayDataset, ArrayDataset]:
-    """The ``(train, heldout)`` datasets of a run (train before any validation carve-out)."""
+    """The ``(train, heldout)`` datasets of a run (train before any validation carve-out).
+
+    A run trained from a tuple file has no labelled splits: a clear error, never the
+    config's default dataset in their place.
+    """
+    if config.data.tuples is not None:
+        raise ValueError(
+            f"this run was trained from the {config.data.kind} in {config.data.tuples}, "
+            "which have no labelled train/held-out split; name the data explicitly "
+            "(a dataset name, a labelled .npz file, an IDX or image folder)"
+        )
     return split_dataset(config.data)
 
 
