@@ -101,6 +101,41 @@ def test_interrupted_then_resumed_is_bit_identical(tiny_data, tmp_path, miner):
     assert len((out / "train.log").read_text().splitlines()) == 4
 
 
+def test_offline_mining_from_config_resumes_exactly(tiny_data, tmp_path):
+    """``sampler: {name: offline_hard_negative}`` trains from a config (the trainer hands
+    it the data and the model), and resuming between two mining epochs reuses the
+    triplets mined before the interruption."""
+    train, _ = tiny_data
+
+    def config():
+        cfg = small_config(epochs=5)
+        cfg.sampler = {"name": "offline_hard_negative", "batch_size": 21, "k": 3, "every": 2,
+                       "distance": {"name": "euclidean"}}
+        cfg.check()
+        return cfg
+
+    full = make_trainer(config(), train, out_dir=tmp_path / "full")
+    assert type(full.sampler).__name__ == "OfflineHardNegativeSampler"
+    assert full.sampler.model is full.model and full.sampler.dataset is train
+    full.fit()
+
+    def interrupt(trainer, record):
+        if record["epoch"] == 3:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "cut"
+    first = make_trainer(config(), train, out_dir=out, callbacks=[interrupt])
+    with pytest.raises(KeyboardInterrupt):
+        first.fit()
+    saved = torch.load(out / "checkpoint.pt", weights_only=True)["sampler"]
+    assert saved["mined_epoch"] == 2 and saved["triplets"].shape[1] == 3
+    second = make_trainer(config(), train, out_dir=out)
+    second.fit(resume=True)
+    wf, ws = weights(full), weights(second)
+    assert all(torch.equal(wf[k], ws[k]) for k in wf)
+    assert [r["loss"] for r in second.history] == [r["loss"] for r in full.history]
+
+
 def test_nan_loss_keeps_checkpoint(tiny_data, tmp_path):
     train, _ = tiny_data
     trainer = make_trainer(small_config(epochs=3), train, out_dir=tmp_path)
@@ -213,7 +248,8 @@ def test_config_yaml_round_trip(tmp_path):
     assert Config.from_yaml(path) == cfg
     assert Config.from_yaml(cfg.to_yaml()) == cfg
     assert Config.from_yaml("configs/digits.yaml") == digits_config()
-    Config.from_yaml("configs/fashion_mnist_unseen.yaml").check()
+    for path in ("fashion_mnist_unseen", "digits_offline_mining", "weak_triplets_digits"):
+        Config.from_yaml(f"configs/{path}.yaml").check()
     # YAML 1.1 reads 1e-3 as a string; the schema coerces it
     assert Config.from_yaml("optimizer: {lr: 1e-3}").optimizer.lr == 1e-3
 

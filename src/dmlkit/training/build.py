@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.utils.data import Sampler
 
 from dmlkit.config.schema import Config
-from dmlkit.registry import LOSSES, MINERS, MODELS, SAMPLERS, build_from_config
+from dmlkit.registry import DISTANCES, LOSSES, MINERS, MODELS, SAMPLERS, build_from_config
 from dmlkit.training.batches import RandomBatchSampler
 
 
@@ -72,8 +72,16 @@ def build_miner(config: Config) -> nn.Module | None:
     return None if config.miner is None else build_from_config(MINERS, config.miner)
 
 
-def build_sampler(config: Config, labels: Tensor | None, n: int) -> Sampler:
-    """The configured batch sampler over ``n`` items (labels and seed filled in).
+def build_sampler(
+    config: Config,
+    labels: Tensor | None,
+    n: int,
+    dataset: Any = None,
+    model: nn.Module | None = None,
+) -> Sampler:
+    """The configured batch sampler over ``n`` items (labels, seed and, for samplers that
+    mine with the model being trained, ``dataset`` and ``model`` filled in; a nested
+    ``distance`` config is built).
 
     Without a ``sampler`` section: :class:`RandomBatchSampler` of ``training.batch_size``.
     """
@@ -88,6 +96,13 @@ def build_sampler(config: Config, labels: Tensor | None, n: int) -> Sampler:
         spec["labels"] = labels
     if "seed" in params and "seed" not in spec:
         spec["seed"] = seed
+    for key, value in (("dataset", dataset), ("model", model)):
+        if key in params and key not in spec:
+            if value is None:
+                raise ValueError(f"sampler {spec['name']!r} needs the training {key}")
+            spec[key] = value
+    if isinstance(spec.get("distance"), (dict, str)):
+        spec["distance"] = build_from_config(DISTANCES, spec["distance"])
     return SAMPLERS.build(spec.pop("name"), **spec)
 
 

@@ -17,7 +17,7 @@ dataset finds the globally hardest ones (as in FaceNet's offline variant, Schrof
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ from dmlkit.functional.chunking import chunk_size_for, row_chunks
 from dmlkit.functional.distances import pairwise_squared_euclidean
 from dmlkit.functional.labels import pos_neg_masks, same_label
 from dmlkit.functional.tuples import Triplets
+from dmlkit.registry import register_sampler
 
 PositiveRule = Literal["random", "hardest"]
 
@@ -160,6 +161,7 @@ def _farthest_positive(embeddings: Tensor, labels: Tensor, distance: BaseDistanc
     return out
 
 
+@register_sampler("offline_hard_negative")
 class OfflineHardNegativeSampler(Sampler[list[int]]):
     """Batches built around hard triplets mined over the whole dataset each epoch.
 
@@ -168,7 +170,10 @@ class OfflineHardNegativeSampler(Sampler[list[int]]):
     (re-mining every ``every`` epochs), and shuffles them; iteration yields lists of
     dataset indices, each the union of ``batch_size // 3`` triplets (so a batch holds
     every mined anchor together with its positive and its hard negative). Deterministic
-    given ``seed``, the epoch and the model's weights.
+    given ``seed``, the epoch and the model's weights; :meth:`state_dict` holds the mined
+    triplets, so a resumed run (re-mining only every ``every`` epochs) batches exactly as
+    an uninterrupted one. From a config (``sampler: {name: offline_hard_negative, ...}``)
+    the trainer supplies ``dataset`` and ``model``.
 
     Parameters
     ----------
@@ -229,6 +234,17 @@ class OfflineHardNegativeSampler(Sampler[list[int]]):
         if self._mined_epoch != mining_epoch or self.triplets is None:
             self.triplets = self.mine(seed=self.seed + mining_epoch)
             self._mined_epoch = mining_epoch
+
+    def state_dict(self) -> dict[str, Any]:
+        """The epoch and the triplets mined for it (what a resumed run needs)."""
+        trip = None if self.triplets is None else torch.stack(list(self.triplets), 1).cpu()
+        return {"epoch": self.epoch, "mined_epoch": self._mined_epoch, "triplets": trip}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch = int(state["epoch"])
+        mined, trip = state["mined_epoch"], state["triplets"]
+        self._mined_epoch = None if mined is None else int(mined)
+        self.triplets = None if trip is None else Triplets(*trip.long().unbind(1))
 
     def mine(self, seed: int | None = None) -> Triplets:
         """Embed the dataset with the current model and mine its hard triplets."""

@@ -90,7 +90,8 @@ class Trainer:
         self.miner = miner if miner is not None else build_miner(config)
         labels = getattr(train_data, "labels", None)
         self.sampler = (
-            sampler if sampler is not None else build_sampler(config, labels, len(train_data))
+            sampler if sampler is not None
+            else build_sampler(config, labels, len(train_data), train_data, self.model)
         )
         self.collate_fn = collate_fn or default_collate
         self.callbacks = list(callbacks)
@@ -279,6 +280,7 @@ class Trainer:
             "history": self.history,
             "rng": get_rng_state(),
             "sampler_epoch": getattr(self.sampler, "epoch", self.epoch),
+            "sampler": self.sampler.state_dict() if hasattr(self.sampler, "state_dict") else {},
         }
 
     def save(self, path: str | Path) -> None:
@@ -300,6 +302,8 @@ class Trainer:
         self.best_state = state["best_state"]
         self.bad_epochs = int(state["bad_epochs"])
         self.history = list(state["history"])
+        if state.get("sampler") and hasattr(self.sampler, "load_state_dict"):
+            self.sampler.load_state_dict(state["sampler"])  # (e.g. triplets mined earlier)
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(int(state["sampler_epoch"]))
         set_rng_state(state["rng"])
