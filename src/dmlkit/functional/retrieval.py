@@ -28,6 +28,7 @@ from torch import Tensor
 from dmlkit.functional.chunking import chunk_size_for, row_chunks
 from dmlkit.functional.distances import l2_normalize
 from dmlkit.functional.labels import same_label
+from dmlkit.functional.relevant_ranks import ClassMembers, relevant_ranks
 
 _ALIASES = {
     "euclidean": "euclidean",
@@ -271,6 +272,9 @@ def retrieval_per_query(
         return _filtered_top_values(query, query_labels, reference, reference_labels,
                                     r_all, ks, metric, self_is_ref, exclude_self, m_eff)
     ref = prepare_reference(reference, metric)
+    # full AP of class labels: ranks of the relevant references by counting (the reciprocal
+    # rank comes with them); otherwise a relation and sorting
+    members = ClassMembers(reference_labels) if classes and average_precision else None
     budget = FULL_RANKING_BUDGET if average_precision else RETRIEVAL_BUDGET
     chunk = chunk_size or chunk_size_for(n, m, budget)
     out: dict[str, list[Tensor]] = {}
@@ -281,10 +285,8 @@ def retrieval_per_query(
         if exclude_self:  # (advanced indexing is slow on busy CPUs; views are not)
             keys[:, s:e].diagonal().fill_(float("inf"))
         rel = None
-        if not classes or average_precision or reciprocal_rank:
-            rel = same_label(query_labels[s:e], reference_labels)  # (c, m)
-            if exclude_self:
-                rel[:, s:e].diagonal().fill_(False)
+        if not classes or (members is None and reciprocal_rank):
+            rel = _relation(query_labels[s:e], reference_labels, s, exclude_self)  # (c, m)
         r = r_all[s:e] if classes else rel.sum(dim=1)  # (c,)
         depth = min(max(int(r.max()) if e > s else 0, ks[-1], 1), m_eff)
         _, idx = topk_lexicographic(keys, depth)  # (c, K)
@@ -294,10 +296,14 @@ def retrieval_per_query(
         else:
             hits = rel.gather(1, idx)  # (c, K)
         vals = _top_values(hits, r, ks)
-        if reciprocal_rank:
-            vals["reciprocal_rank"] = _reciprocal_rank(keys, rel)
-        if average_precision:
-            vals["average_precision"] = _average_precision(keys, rel, r)
+        if members is not None:  # ranks of the relevant references by counting
+            vals.update(_counted_values(keys, query_labels[s:e], reference_labels, members, r,
+                                        s, exclude_self, average_precision, reciprocal_rank))
+        else:
+            if reciprocal_rank:
+                vals["reciprocal_rank"] = _reciprocal_rank(keys, rel)
+            if average_precision:
+                vals["average_precision"] = _average_precision(keys, rel, r)
         for name, val in vals.items():
             out.setdefault(name, []).append(val)
     if not out:  # no queries
@@ -339,6 +345,44 @@ def _top_values(hits: Tensor, r: Tensor, ks: list[int]) -> dict[str, Tensor]:
     vals["r_precision"] = in_r.sum(dim=1).to(torch.float64) / r_f
     vals["map_at_r"] = torch.where(in_r, csum / pos, 0.0).sum(dim=1) / r_f
     return vals
+
+
+def _relation(query_labels: Tensor, reference_labels: Tensor, s: int, exclude_self: bool,
+              rows: Tensor | None = None) -> Tensor:
+    """Relevance ``(c, m)`` of chunk queries ``s + rows`` (all when ``rows`` is None),
+    each query's own reference row excluded when ``exclude_self``."""
+    rows = torch.arange(len(query_labels)) if rows is None else rows
+    rel = same_label(query_labels.index_select(0, rows), reference_labels)  # (c, m)
+    if exclude_self:
+        rel[torch.arange(len(rows)), rows + s] = False
+    return rel
+
+
+def _counted_values(keys, query_labels, reference_labels, members, r, s, exclude_self,
+                    average_precision, reciprocal_rank) -> dict[str, Tensor]:
+    """Full AP and reciprocal rank of a chunk from the counted ranks of its relevant
+    references (:mod:`dmlkit.functional.relevant_ranks`); rows with exact ties between a
+    relevant key and another key are ranked by sorting instead."""
+    cols, valid = members.members(query_labels)
+    ranks, tied = relevant_ranks(keys, cols, valid, r)  # (c, w), (c,)
+    r_f = r.to(torch.float64).clamp_min(1.0)
+    out = {}
+    if average_precision:
+        k = torch.arange(1, ranks.shape[1] + 1, dtype=torch.float64, device=keys.device)
+        terms = torch.where(k[None, :] <= r[:, None], k / ranks.clamp_min(1), 0.0)
+        out["average_precision"] = terms.sum(dim=1) / r_f
+    if reciprocal_rank:
+        first = ranks[:, 0] if ranks.shape[1] else torch.ones_like(r)
+        out["reciprocal_rank"] = torch.where(r > 0, 1.0 / first.clamp_min(1).double(), 0.0)
+    rows = tied.nonzero().squeeze(1)
+    if len(rows):  # ties broken by reference index: rank those rows by sorting
+        rel = _relation(query_labels, reference_labels, s, exclude_self, rows)
+        sub = keys.index_select(0, rows)
+        if average_precision:
+            out["average_precision"][rows] = _average_precision(sub, rel, r[rows])
+        if reciprocal_rank:
+            out["reciprocal_rank"][rows] = _reciprocal_rank(sub, rel)
+    return out
 
 
 def _reciprocal_rank(keys: Tensor, rel: Tensor) -> Tensor:
