@@ -39,6 +39,9 @@ def test_evaluate_run(run_dir, tmp_path):
                               "--sections", "retrieval,clustering,verification,few_shot"])
     assert res.exit_code == 0, res.output
     assert "map_at_r" in res.output and "few-shot 5way_1shot" in res.output
+    # progress: each section's start and time (on stderr)
+    assert "retrieval (200 queries, leave-one-out) ..." in res.stderr
+    assert "verification: " in res.stderr and "map_at_r" not in res.stderr
     saved = json.loads(out.read_text())
     assert saved["num_embeddings"] == 200 and saved["data"] == "heldout"
     from dmlkit.evaluation import retrieval_metrics

@@ -68,7 +68,8 @@ def evaluate(
     from dmlkit.evaluation import evaluate_embeddings, evaluate_run
 
     options = {"metric": metric, "sections": [s.strip() for s in sections.split(",") if s],
-               "seed": seed, "episodes": episodes, "per_class": per_class}
+               "seed": seed, "episodes": episodes, "per_class": per_class,
+               "log": lambda line: typer.echo(line, err=True)}  # progress, on stderr
     try:
         if run_dir.suffix == ".npz" and run_dir.is_file():
             import numpy as np

@@ -6,7 +6,9 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,7 @@ def evaluate_embeddings(
     episodes: int = 600,
     per_class: bool = False,
     out: str | Path | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Retrieval, clustering, verification and few-shot metrics of labelled embeddings.
 
@@ -59,6 +62,9 @@ def evaluate_embeddings(
         Episode settings; settings the data cannot support are skipped with a note.
     out : path, optional
         Also write the result as JSON (atomically).
+    log : callable, optional
+        Receives a line as each section starts and ends, with its time (progress on
+        large sets).
 
     Returns
     -------
@@ -74,38 +80,60 @@ def evaluate_embeddings(
     result: dict[str, Any] = {"num_embeddings": int(x.shape[0]), "metric": metric,
                               "seed": seed}
     if "retrieval" in sections:
-        result["retrieval"] = retrieval_metrics(
-            x, y, ref_embeddings, ref_labels, k=k, metric=metric, per_class=per_class)
+        gallery = "leave-one-out" if ref_embeddings is None else f"{len(ref_embeddings)} references"
+        with _section(log, f"retrieval ({x.shape[0]} queries, {gallery})"):
+            result["retrieval"] = retrieval_metrics(
+                x, y, ref_embeddings, ref_labels, k=k, metric=metric, per_class=per_class)
     flat_labels = y.dim() == 1
     if "clustering" in sections:
-        result["clustering"] = (
-            clustering_metrics(x, y, seed=seed, normalize=metric == "cosine") if flat_labels
-            else {"skipped": "clustering needs (n,) class labels"})
+        with _section(log, "clustering (k-means)"):
+            result["clustering"] = (
+                clustering_metrics(x, y, seed=seed, normalize=metric == "cosine")
+                if flat_labels else {"skipped": "clustering needs (n,) class labels"})
     if "verification" in sections:
-        i, j, same = pairs_from_labels(y, max_pairs=max_pairs, seed=seed)
-        if same.all() or not same.any():
-            result["verification"] = {"skipped": "need both same and different pairs"}
-        else:
-            x_a = x.index_select(0, torch.from_numpy(i))
-            scores = pair_scores(x_a, x.index_select(0, torch.from_numpy(j)), metric)
-            result["verification"] = verification_metrics(scores, same, n_folds=n_folds,
-                                                          seed=seed)
+        with _section(log, "verification"):
+            result["verification"] = _verification(x, y, metric, max_pairs, n_folds, seed)
     if "few_shot" in sections:
-        shots: dict[str, Any] = {}
-        for n_way, k_shot in few_shot:
-            name = f"{n_way}way_{k_shot}shot"
-            if not flat_labels:
-                shots[name] = {"skipped": "few-shot episodes need (n,) class labels"}
-                continue
-            try:
-                shots[name] = few_shot_accuracy(x, y, n_way=n_way, k_shot=k_shot,
-                                                episodes=episodes, metric=metric, seed=seed)
-            except ValueError as err:
-                shots[name] = {"skipped": str(err)}
-        result["few_shot"] = shots
+        with _section(log, f"few-shot ({episodes} episodes per setting)"):
+            result["few_shot"] = _few_shot(x, y, flat_labels, few_shot, episodes, metric, seed)
     if out is not None:
         write_json(result, out)
     return result
+
+
+@contextmanager
+def _section(log: Callable[[str], None] | None, name: str) -> Iterator[None]:
+    """Report the start and the duration of one section to ``log``."""
+    start = time.perf_counter()
+    if log is not None:
+        log(f"{name} ...")
+    yield
+    if log is not None:
+        log(f"{name}: {time.perf_counter() - start:.1f} s")
+
+
+def _verification(x, y, metric, max_pairs, n_folds, seed) -> dict[str, Any]:
+    i, j, same = pairs_from_labels(y, max_pairs=max_pairs, seed=seed)
+    if same.all() or not same.any():
+        return {"skipped": "need both same and different pairs"}
+    x_a = x.index_select(0, torch.from_numpy(i))
+    scores = pair_scores(x_a, x.index_select(0, torch.from_numpy(j)), metric)
+    return verification_metrics(scores, same, n_folds=n_folds, seed=seed)
+
+
+def _few_shot(x, y, flat_labels, settings, episodes, metric, seed) -> dict[str, Any]:
+    shots: dict[str, Any] = {}
+    for n_way, k_shot in settings:
+        name = f"{n_way}way_{k_shot}shot"
+        if not flat_labels:
+            shots[name] = {"skipped": "few-shot episodes need (n,) class labels"}
+            continue
+        try:
+            shots[name] = few_shot_accuracy(x, y, n_way=n_way, k_shot=k_shot,
+                                            episodes=episodes, metric=metric, seed=seed)
+        except ValueError as err:
+            shots[name] = {"skipped": str(err)}
+    return shots
 
 
 def evaluate_run(
