@@ -116,8 +116,11 @@ def _verification(x, y, metric, max_pairs, n_folds, seed) -> dict[str, Any]:
     i, j, same = pairs_from_labels(y, max_pairs=max_pairs, seed=seed)
     if same.all() or not same.any():
         return {"skipped": "need both same and different pairs"}
-    x_a = x.index_select(0, torch.from_numpy(i))
-    scores = pair_scores(x_a, x.index_select(0, torch.from_numpy(j)), metric)
+    i, j = torch.from_numpy(i), torch.from_numpy(j)
+    step = 1 << 16  # pairs per chunk: no (pairs, d) copies of the embeddings
+    scores = np.concatenate([
+        pair_scores(x.index_select(0, i[s : s + step]), x.index_select(0, j[s : s + step]), metric)
+        for s in range(0, len(i), step)])
     return verification_metrics(scores, same, n_folds=n_folds, seed=seed)
 
 

@@ -22,21 +22,27 @@ from dmlkit.functional.verification import (
 DEFAULT_FARS = (1e-1, 1e-2, 1e-3, 1e-4)
 
 
-def pair_scores(x_a, x_b, metric: str = "cosine") -> np.ndarray:
+def pair_scores(x_a, x_b, metric: str = "cosine", chunk: int = 1 << 15) -> np.ndarray:
     """Row-wise similarity ``(n,)`` of paired embeddings ``(n, d)``: cosine similarity,
-    inner product (``"dot"``) or negated Euclidean distance (``"euclidean"``)."""
-    a, b = (np.asarray(v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v,
-                       dtype=np.float64) for v in (x_a, x_b))
-    if a.shape != b.shape or a.ndim != 2:
-        raise ValueError(f"paired embeddings must both be (n, d), got {a.shape}, {b.shape}")
+    inner product (``"dot"``) or negated Euclidean distance (``"euclidean"``), computed in
+    float64, ``chunk`` pairs at a time (no float64 copy of the whole input)."""
+    a, b = (v.detach().cpu() if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v))
+            for v in (x_a, x_b))
+    if a.shape != b.shape or a.dim() != 2:
+        raise ValueError(
+            f"paired embeddings must both be (n, d), got {tuple(a.shape)}, {tuple(b.shape)}")
     metric = canonical_metric(metric)
-    if metric == "euclidean":
-        return -np.sqrt(((a - b) ** 2).sum(axis=1))
-    dot = (a * b).sum(axis=1)
-    if metric == "dot":
-        return dot
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return dot / np.maximum(norms, 1e-12)
+    out = np.empty(a.shape[0], dtype=np.float64)
+    for s in range(0, a.shape[0], chunk):
+        ca, cb = a[s : s + chunk].double(), b[s : s + chunk].double()
+        if metric == "euclidean":
+            val = -((ca - cb) ** 2).sum(dim=1).sqrt()
+        else:
+            val = (ca * cb).sum(dim=1)
+            if metric == "cosine":
+                val = val / (ca.norm(dim=1) * cb.norm(dim=1)).clamp_min(1e-12)
+        out[s : s + chunk] = val.numpy()
+    return out
 
 
 def pairs_from_labels(
