@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from test_retrieval_metrics import naive_metrics
 
 from dmlkit.evaluation import retrieval_metrics
 from dmlkit.functional.relevant_ranks import ClassMembers, relevant_ranks
@@ -60,8 +61,6 @@ def test_excluded_references_and_ties_are_flagged():
 def test_metrics_with_some_exact_ties_equal_the_loop_reference():
     """Real-valued embeddings with a few exact duplicates: most rows are counted, the
     tied ones sorted; full AP and MRR match the loop reference either way."""
-    from test_retrieval_metrics import naive_metrics
-
     g = torch.Generator().manual_seed(5)
     y = torch.randint(0, 6, (150,), generator=g)
     x = torch.randn(6, 4, generator=g)[y] + 0.8 * torch.randn(150, 4, generator=g)
@@ -72,3 +71,15 @@ def test_metrics_with_some_exact_ties_equal_the_loop_reference():
         want, _ = naive_metrics(x.numpy(), y.numpy(), xr.numpy(), yr.numpy(), loo)
         for name in ("mean_average_precision", "mean_reciprocal_rank", "map_at_r"):
             assert abs(got[name] - want[name]) < 1e-9, name
+
+
+def test_chunks_without_any_relevant_reference():
+    """A chunk of queries whose classes are all absent from the reference."""
+    g = torch.Generator().manual_seed(3)
+    x, xr = torch.randn(12, 3, generator=g), torch.randn(20, 3, generator=g)
+    y, yr = torch.arange(12) % 4, torch.arange(20) % 2  # classes 2 and 3 are absent
+    got = retrieval_metrics(x, y, xr, yr, chunk_size=1)
+    want, nq = naive_metrics(x.numpy(), y.numpy(), xr.numpy(), yr.numpy(), False)
+    assert got["num_queries"] == nq == 6
+    for name in ("mean_average_precision", "mean_reciprocal_rank"):
+        assert abs(got[name] - want[name]) < 1e-9, name

@@ -73,6 +73,8 @@ def relevant_ranks(keys: Tensor, cols: Tensor, valid: Tensor, r: Tensor) -> tupl
         depend on reference indices. Their ``ranks`` are not to be used.
     """
     c, w = cols.shape
+    if w == 0:  # no query of these has a relevant reference
+        return cols.new_zeros(c, 0), torch.zeros(c, dtype=torch.bool, device=keys.device)
     inf = torch.tensor(float("inf"), dtype=keys.dtype, device=keys.device)
     probes = torch.where(valid, keys.gather(1, cols), inf).sort(dim=1).values  # (c, w)
     place = torch.searchsorted(probes, keys)  # (c, m): probes strictly below each key
@@ -81,7 +83,7 @@ def relevant_ranks(keys: Tensor, cols: Tensor, valid: Tensor, r: Tensor) -> tupl
     ranks = hist.cumsum(dim=1)[:, :w]  # keys <= the k-th probe (itself included)
     # exact when the only key equal to each probe is the probe's own
     own = place < r[:, None]
-    equal = own & (probes.gather(1, place.clamp_max(max(w - 1, 0))) == keys)
+    equal = own & (probes.gather(1, place.clamp_max(w - 1)) == keys)
     tied = equal.sum(dim=1) != r
     if w > 1:
         k = torch.arange(1, w, device=keys.device)[None, :]
