@@ -351,10 +351,11 @@ def _relation(query_labels: Tensor, reference_labels: Tensor, s: int, exclude_se
               rows: Tensor | None = None) -> Tensor:
     """Relevance ``(c, m)`` of chunk queries ``s + rows`` (all when ``rows`` is None),
     each query's own reference row excluded when ``exclude_self``."""
-    rows = torch.arange(len(query_labels)) if rows is None else rows
+    device = query_labels.device
+    rows = torch.arange(len(query_labels), device=device) if rows is None else rows
     rel = same_label(query_labels.index_select(0, rows), reference_labels)  # (c, m)
     if exclude_self:
-        rel[torch.arange(len(rows)), rows + s] = False
+        rel[torch.arange(len(rows), device=device), rows + s] = False
     return rel
 
 
