@@ -29,46 +29,39 @@ def col_minima(keys: Tensor, g: int) -> Tensor:
 def rows_at_most(keys: Tensor, t: Tensor, g: int) -> tuple[Tensor, Tensor, Tensor]:
     """Entries of ``keys (r, c)`` at most ``t[i]`` in row ``i``: ``(row, column, key)``
     sorted by row (within a row, in no particular order)."""
-    r, c = keys.shape
-    body = c - c % g
-    parts = []
-    if body:
-        gc = body // g
-        mins = row_minima(keys, g)  # (r, gc): columns h + s * gc
-        hit = (mins <= t[:, None]).view(-1).nonzero().squeeze(1)  # row * gc + h
-        if len(hit):  # read the g keys of each admitted group
-            pr, ph = hit.div(gc, rounding_mode="floor"), hit.remainder(gc)
-            steps = torch.arange(0, body, gc, device=keys.device)  # (g,)
-            v = keys.view(-1).index_select(0, ((pr * c + ph)[:, None] + steps).view(-1))
-            kept = (v.view(-1, g) <= t[pr][:, None]).view(-1).nonzero().squeeze(1)
-            kp = kept.div(g, rounding_mode="floor")  # by row
-            parts.append((pr[kp], ph[kp] + kept.remainder(g) * gc, v[kept]))
-    if body < c:
-        pr, pc = (keys[:, body:] <= t[:, None]).nonzero(as_tuple=True)
-        parts.append((pr, pc + body, keys[pr, pc + body]))
-    return _by_row(parts, keys)
+    return _at_most(keys, t, g, transposed=False)
 
 
 def cols_at_most(keys: Tensor, t: Tensor, g: int) -> tuple[Tensor, Tensor, Tensor]:
     """Entries of ``keys (r, c)`` at most ``t[j]`` in column ``j``: ``(column, row, key)``
     sorted by column."""
+    return _at_most(keys, t, g, transposed=True)
+
+
+def _at_most(keys: Tensor, t: Tensor, g: int, transposed: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Entries at most their owner's threshold, owners being the rows of ``keys`` (or its
+    columns when ``transposed``): ``(owner, position, key)`` sorted by owner. Works on
+    flat offsets ``owner * so + position * sp`` of the row-major block, without copying
+    it."""
     r, c = keys.shape
-    body = r - r % g
+    length, so, sp = (r, 1, c) if transposed else (c, c, 1)
+    body = length - length % g
     parts = []
     if body:
-        gr = body // g
-        mins = col_minima(keys, g)  # (gr, c): rows h + s * gr
-        hit = (mins <= t).T.reshape(-1).nonzero().squeeze(1)  # column * gr + h
-        if len(hit):  # read the g keys of each admitted group
-            pj, ph = hit.div(gr, rounding_mode="floor"), hit.remainder(gr)
-            steps = torch.arange(0, body * c, gr * c, device=keys.device)  # (g,)
-            v = keys.view(-1).index_select(0, ((ph * c + pj)[:, None] + steps).view(-1))
-            kept = (v.view(-1, g) <= t[pj][:, None]).view(-1).nonzero().squeeze(1)
-            kp = kept.div(g, rounding_mode="floor")  # by column
-            parts.append((pj[kp], ph[kp] + kept.remainder(g) * gr, v[kept]))
-    if body < r:
-        pj, pi = (keys[body:] <= t).T.nonzero(as_tuple=True)
-        parts.append((pj, pi + body, keys[pi + body, pj]))
+        gl = body // g
+        mins = col_minima(keys, g).T if transposed else row_minima(keys, g)  # (owners, gl)
+        hit = (mins <= t[:, None]).reshape(-1).nonzero().squeeze(1)  # owner * gl + h
+        if len(hit):  # read the g keys of each admitted group: positions h + s * gl
+            po, ph = hit.div(gl, rounding_mode="floor"), hit.remainder(gl)
+            steps = torch.arange(0, body * sp, gl * sp, device=keys.device)  # (g,)
+            v = keys.view(-1).index_select(0, ((po * so + ph * sp)[:, None] + steps).view(-1))
+            kept = (v.view(-1, g) <= t[po][:, None]).view(-1).nonzero().squeeze(1)
+            kp = kept.div(g, rounding_mode="floor")  # by owner
+            parts.append((po[kp], ph[kp] + kept.remainder(g) * gl, v[kept]))
+    if body < length:  # the tail positions, compared directly
+        tail = keys[body:].T if transposed else keys[:, body:]  # (owners, length - body)
+        po, pp = (tail <= t[:, None]).nonzero(as_tuple=True)
+        parts.append((po, pp + body, tail[po, pp]))
     return _by_row(parts, keys)
 
 

@@ -15,13 +15,15 @@ Rows with such an exact tie (ranked by reference index, see
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import torch
 from torch import Tensor
 
 
 class ClassMembers:
-    """References grouped by class label: ``members(labels)`` lists, for each query
-    label, the reference rows of that class (padded).
+    """References grouped by class label: how many a query label has (:meth:`sizes`)
+    and which rows they are (:meth:`members`, padded).
 
     Parameters
     ----------
@@ -30,22 +32,36 @@ class ClassMembers:
     """
 
     def __init__(self, reference_labels: Tensor) -> None:
-        self.order = torch.argsort(reference_labels, stable=True)  # rows grouped by class
-        self.classes, counts = torch.unique(reference_labels, return_counts=True)
-        self.counts = counts
-        self.starts = torch.cumsum(counts, 0) - counts
+        self.labels = reference_labels
+        self.classes, self.counts = torch.unique(reference_labels, return_counts=True)
+        self.starts = torch.cumsum(self.counts, 0) - self.counts
+
+    @cached_property
+    def order(self) -> Tensor:
+        """Reference rows grouped by class (only :meth:`members` needs it)."""
+        return torch.argsort(self.labels, stable=True)
+
+    def _lookup(self, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """``(class position, references of that class)`` per label (0 when absent)."""
+        if len(self.classes) == 0:
+            zero = torch.zeros_like(labels)
+            return zero, zero
+        pos = torch.searchsorted(self.classes, labels).clamp_max(len(self.classes) - 1)
+        return pos, torch.where(self.classes[pos] == labels, self.counts[pos], 0)
+
+    def sizes(self, labels: Tensor) -> Tensor:
+        """``(c,)`` number of references with each label."""
+        return self._lookup(labels)[1]
 
     def members(self, labels: Tensor) -> tuple[Tensor, Tensor]:
         """``(cols (c, w), valid (c, w))``: the reference rows of each label's class,
         ``w`` the largest such class (entries past a class's size are not valid)."""
-        if len(self.classes) == 0:
-            empty = torch.zeros(len(labels), 0, dtype=torch.long, device=labels.device)
-            return empty, empty.bool()
-        pos = torch.searchsorted(self.classes, labels).clamp_max(len(self.classes) - 1)
-        count = torch.where(self.classes[pos] == labels, self.counts[pos], 0)  # (c,)
+        pos, count = self._lookup(labels)
         width = int(count.max()) if len(count) else 0
         offs = torch.arange(width, device=labels.device)[None, :]  # (1, w)
         valid = offs < count[:, None]  # (c, w)
+        if len(self.classes) == 0:
+            return offs.expand(len(labels), 0), valid
         flat = (self.starts[pos][:, None] + offs).clamp_max(len(self.order) - 1)
         return self.order[flat], valid
 

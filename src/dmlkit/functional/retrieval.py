@@ -259,13 +259,8 @@ def retrieval_per_query(
     m_eff = m - int(exclude_self)
     classes = query_labels.dim() == 1
     if classes:  # R from label counts, no (c, m) relation needed for the top-R metrics
-        uniq, counts = torch.unique(reference_labels, return_counts=True)
-        pos = torch.searchsorted(uniq, query_labels).clamp_max(max(len(uniq) - 1, 0))
-        if len(uniq):
-            found = uniq.index_select(0, pos) == query_labels
-            r_all = torch.where(found, counts.index_select(0, pos), 0) - int(exclude_self)
-        else:
-            r_all = torch.full_like(query_labels, -int(exclude_self))
+        members = ClassMembers(reference_labels)
+        r_all = members.sizes(query_labels) - int(exclude_self)
     if (classes and not average_precision and not reciprocal_rank and chunk_size is None
             and n * m >= FILTER_MIN_PAIRS and m_eff > 0 and query.device.type == "cpu"
             and n * min(max(int(r_all.max()), ks[-1]), m_eff) <= FILTER_MAX_SLOTS):
@@ -274,7 +269,7 @@ def retrieval_per_query(
     ref = prepare_reference(reference, metric)
     # full AP of class labels: ranks of the relevant references by counting (the reciprocal
     # rank comes with them); otherwise a relation and sorting
-    members = ClassMembers(reference_labels) if classes and average_precision else None
+    counted = classes and average_precision
     budget = FULL_RANKING_BUDGET if average_precision else RETRIEVAL_BUDGET
     chunk = chunk_size or chunk_size_for(n, m, budget)
     out: dict[str, list[Tensor]] = {}
@@ -285,7 +280,7 @@ def retrieval_per_query(
         if exclude_self:  # (advanced indexing is slow on busy CPUs; views are not)
             keys[:, s:e].diagonal().fill_(float("inf"))
         rel = None
-        if not classes or (members is None and reciprocal_rank):
+        if not classes or (not counted and reciprocal_rank):
             rel = _relation(query_labels[s:e], reference_labels, s, exclude_self)  # (c, m)
         r = r_all[s:e] if classes else rel.sum(dim=1)  # (c,)
         depth = min(max(int(r.max()) if e > s else 0, ks[-1], 1), m_eff)
@@ -296,9 +291,9 @@ def retrieval_per_query(
         else:
             hits = rel.gather(1, idx)  # (c, K)
         vals = _top_values(hits, r, ks)
-        if members is not None:  # ranks of the relevant references by counting
+        if counted:  # ranks of the relevant references by counting
             vals.update(_counted_values(keys, query_labels[s:e], reference_labels, members, r,
-                                        s, exclude_self, average_precision, reciprocal_rank))
+                                        s, exclude_self, reciprocal_rank))
         else:
             if reciprocal_rank:
                 vals["reciprocal_rank"] = _reciprocal_rank(keys, rel)
@@ -360,18 +355,16 @@ def _relation(query_labels: Tensor, reference_labels: Tensor, s: int, exclude_se
 
 
 def _counted_values(keys, query_labels, reference_labels, members, r, s, exclude_self,
-                    average_precision, reciprocal_rank) -> dict[str, Tensor]:
-    """Full AP and reciprocal rank of a chunk from the counted ranks of its relevant
+                    reciprocal_rank) -> dict[str, Tensor]:
+    """Full AP (and the reciprocal rank) of a chunk from the counted ranks of its relevant
     references (:mod:`dmlkit.functional.relevant_ranks`); rows with exact ties between a
     relevant key and another key are ranked by sorting instead."""
     cols, valid = members.members(query_labels)
     ranks, tied = relevant_ranks(keys, cols, valid, r)  # (c, w), (c,)
     r_f = r.to(torch.float64).clamp_min(1.0)
-    out = {}
-    if average_precision:
-        k = torch.arange(1, ranks.shape[1] + 1, dtype=torch.float64, device=keys.device)
-        terms = torch.where(k[None, :] <= r[:, None], k / ranks.clamp_min(1), 0.0)
-        out["average_precision"] = terms.sum(dim=1) / r_f
+    k = torch.arange(1, ranks.shape[1] + 1, dtype=torch.float64, device=keys.device)
+    terms = torch.where(k[None, :] <= r[:, None], k / ranks.clamp_min(1), 0.0)
+    out = {"average_precision": terms.sum(dim=1) / r_f}
     if reciprocal_rank:
         first = ranks[:, 0] if ranks.shape[1] else torch.ones_like(r)
         out["reciprocal_rank"] = torch.where(r > 0, 1.0 / first.clamp_min(1).double(), 0.0)
@@ -379,8 +372,7 @@ def _counted_values(keys, query_labels, reference_labels, members, r, s, exclude
     if len(rows):  # ties broken by reference index: rank those rows by sorting
         rel = _relation(query_labels, reference_labels, s, exclude_self, rows)
         sub = keys.index_select(0, rows)
-        if average_precision:
-            out["average_precision"][rows] = _average_precision(sub, rel, r[rows])
+        out["average_precision"][rows] = _average_precision(sub, rel, r[rows])
         if reciprocal_rank:
             out["reciprocal_rank"][rows] = _reciprocal_rank(sub, rel)
     return out

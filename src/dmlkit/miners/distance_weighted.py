@@ -82,7 +82,7 @@ class DistanceWeightedMiner(BaseMiner):
         self._generators = {}
         for key, rng in state["generators"].items():
             gen = torch.Generator(device=torch.device(key))
-            gen.set_state(rng.cpu() if isinstance(rng, torch.Tensor) else torch.as_tensor(rng))
+            gen.set_state(rng.cpu())
             self._generators[key] = gen
 
     def negative_weights(self, dist: Tensor, neg: Tensor, dim: int) -> Tensor:
