@@ -65,7 +65,8 @@ def evaluate(
     device: str = typer.Option("cpu", "--device"),
 ) -> None:
     """Retrieval, clustering, verification and few-shot metrics, printed and saved as JSON."""
-    from dmlkit.evaluation import evaluate_embeddings, evaluate_run
+    from dmlkit.evaluation import evaluate_embeddings
+    from dmlkit.runs import evaluate_run
 
     options = {"metric": metric, "sections": [s.strip() for s in sections.split(",") if s],
                "seed": seed, "episodes": episodes, "per_class": per_class,

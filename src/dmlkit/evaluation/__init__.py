@@ -1,7 +1,7 @@
 """Metrics over embeddings: retrieval, clustering, verification and few-shot."""
 
 from dmlkit.evaluation.clustering import clustering_metrics, kmeans_labels
-from dmlkit.evaluation.evaluate import SECTIONS, evaluate_embeddings, evaluate_run, write_json
+from dmlkit.evaluation.evaluate import SECTIONS, evaluate_embeddings, write_json
 from dmlkit.evaluation.few_shot import few_shot_accuracy
 from dmlkit.evaluation.hierarchical import hierarchical_retrieval_metrics
 from dmlkit.evaluation.retrieval import DEFAULT_K, retrieval_metrics
@@ -20,7 +20,6 @@ __all__ = [
     "ThresholdCalibrator",
     "clustering_metrics",
     "evaluate_embeddings",
-    "evaluate_run",
     "few_shot_accuracy",
     "hierarchical_retrieval_metrics",
     "kmeans_labels",

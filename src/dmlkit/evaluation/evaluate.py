@@ -139,39 +139,6 @@ def _few_shot(x, y, flat_labels, settings, episodes, metric, seed) -> dict[str, 
     return shots
 
 
-def evaluate_run(
-    run_dir: str | Path,
-    data: Any = None,
-    *,
-    out: str | Path | None = None,
-    device: str = "cpu",
-    **kwargs: Any,
-) -> dict[str, Any]:
-    """Embed a run's held-out data (``data``: ``"heldout"`` (default), ``"train"``, or any
-    ``dmlkit.data.load_dataset`` spec) with its model and evaluate it with
-    :func:`evaluate_embeddings`; ``out`` defaults to ``RUN_DIR/evaluation.json``."""
-    from dmlkit.training.run import build_splits, embed, load_run
-
-    run = load_run(run_dir, device=device)
-    if data is None or data in ("heldout", "train"):
-        train_set, heldout = build_splits(run.config)
-        dataset = train_set if data == "train" else heldout
-        source = data or "heldout"
-    else:
-        from dmlkit.data import load_dataset
-
-        dataset = load_dataset(data)
-        source = str(data)
-    emb, labels = embed(run.model, dataset, device=device)
-    if labels is None:
-        raise ValueError("evaluation needs labelled data")
-    out = Path(run_dir) / "evaluation.json" if out is None else out
-    result = evaluate_embeddings(emb, labels, **kwargs)
-    result["run_dir"], result["data"] = str(run_dir), source
-    write_json(result, out)
-    return result
-
-
 def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k) if not isinstance(k, tuple) else "/".join(map(str, k)): _plain(v)
@@ -200,4 +167,4 @@ def write_json(result: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
-__all__ = ["SECTIONS", "evaluate_embeddings", "evaluate_run", "write_json"]
+__all__ = ["SECTIONS", "evaluate_embeddings", "write_json"]
