@@ -1,0 +1,13 @@
+"""Applications of a learned metric, one kit per module, with scikit-learn's contract.
+
+Each kit works on any ``(n, d)`` float array, on the embeddings of any embedder, or on a
+dmlkit run directory.
+"""
+
+from dmlkit.apps.deep_svdd import DeepSVDD
+from dmlkit.apps.outliers import MetricOutlierDetector
+
+__all__ = [
+    "DeepSVDD",
+    "MetricOutlierDetector",
+]

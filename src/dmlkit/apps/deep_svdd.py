@@ -1,0 +1,172 @@
+"""Deep SVDD (Ruff et al., "Deep One-Class Classification", ICML 2018), one-class variant.
+
+A bias-free network ``phi`` is trained so that normal data falls close to a fixed centre
+``c`` (the mean of the initial network's outputs on the training data):
+
+    min_W  1/n sum_i ||phi(x_i; W) - c||^2  +  weight decay,
+
+and a point's anomaly score is ``||phi(x) - c||^2``. Training runs on dmlkit's
+:class:`~dmlkit.training.Trainer` (random batches, Adam, cosine schedule).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, OutlierMixin
+from sklearn.utils.validation import check_is_fitted
+from torch import Tensor, nn
+
+from dmlkit.apps.embedding import embed_inputs, validate_inputs
+
+
+class OneClassObjective(nn.Module):
+    """Mean squared distance of the embeddings to a fixed ``center`` (a buffer)."""
+
+    def __init__(self, center: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("center", center.detach().clone())
+
+    def forward(self, embeddings: Tensor, labels: Tensor | None = None, *, indices: Any = None,
+                ref_embeddings: Tensor | None = None, ref_labels: Tensor | None = None) -> Tensor:
+        return (embeddings - self.center).pow(2).sum(1).mean()  # scalar
+
+
+class DeepSVDD(OutlierMixin, BaseEstimator):
+    """One-class Deep SVDD with scikit-learn's outlier-detector API.
+
+    Parameters
+    ----------
+    model : {"auto", "mlp", "cnn"}
+        ``"cnn"``: the bias-free LeNet-style CNN (images ``(n, C, H, W)``, or flat rows
+        with ``image_shape``); ``"mlp"``: a bias-free MLP; ``"auto"``: the CNN for image
+        arrays or when ``image_shape`` is given, else the MLP.
+    image_shape : tuple (C, H, W), optional
+        Shape of one image when ``X`` holds flattened images.
+    dim : int
+        Output dimension of the network.
+    epochs, batch_size, lr, weight_decay : training settings (Adam).
+    center_eps : float
+        Centre coordinates closer to 0 than this are pushed to ``+-center_eps`` (a zero
+        coordinate is trivially reachable by zeroing weights).
+    contamination : float in (0, 0.5]
+        Fraction of training points left outside the threshold ``offset_``.
+    random_state : int
+
+    Attributes
+    ----------
+    model_ : torch.nn.Module
+    center_ : numpy.ndarray of shape (dim,)
+    offset_ : float
+    """
+
+    def __init__(
+        self,
+        model: str = "auto",
+        *,
+        image_shape: tuple[int, int, int] | None = None,
+        dim: int = 32,
+        epochs: int = 30,
+        batch_size: int = 128,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-6,
+        center_eps: float = 0.1,
+        contamination: float = 0.1,
+        random_state: int = 0,
+    ) -> None:
+        self.model = model
+        self.image_shape = image_shape
+        self.dim = dim
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.center_eps = center_eps
+        self.contamination = contamination
+        self.random_state = random_state
+
+    def _inputs(self, X: Any, reset: bool) -> np.ndarray:
+        return validate_inputs(self, X, reset=reset, images=True).astype(np.float32, copy=False)
+
+    def _model_spec(self, X: np.ndarray) -> dict[str, Any]:
+        kind = self.model
+        if kind not in ("auto", "mlp", "cnn"):
+            raise ValueError(f"model must be 'auto', 'mlp' or 'cnn', got {kind!r}")
+        shape = tuple(self.image_shape) if self.image_shape is not None else (
+            (1, *X.shape[1:]) if X.ndim == 3 else tuple(X.shape[1:]) if X.ndim == 4 else None)
+        if kind == "auto":
+            kind = "cnn" if shape is not None else "mlp"
+        if kind == "mlp":
+            return {"name": "bias_free_mlp", "in_features": int(np.prod(X.shape[1:])),
+                    "dim": int(self.dim)}
+        if shape is None or len(shape) != 3 or int(np.prod(shape)) != self.n_features_in_:
+            raise ValueError(
+                f"model 'cnn' needs images: X of shape (n, C, H, W), or flat rows with "
+                f"image_shape=(C, H, W) matching {self.n_features_in_} features; got "
+                f"image_shape {self.image_shape}"
+            )
+        return {"name": "bias_free_cnn", "in_channels": int(shape[0]),
+                "image_size": [int(shape[1]), int(shape[2])], "dim": int(self.dim)}
+
+    def fit(self, X: Any, y: Any = None) -> DeepSVDD:
+        """Train on normal data ``X``; ``y`` is ignored."""
+        from dmlkit.config.schema import Config
+        from dmlkit.data.dataset import ArrayDataset
+        from dmlkit.training import Trainer
+
+        if not 0.0 < float(self.contamination) <= 0.5:
+            raise ValueError(f"contamination must be in (0, 0.5], got {self.contamination!r}")
+        X = self._inputs(X, reset=True)
+        if X.shape[0] < 2:
+            raise ValueError(f"DeepSVDD needs 2 or more training points, got n_samples={len(X)}")
+        config = Config.from_dict({
+            "model": self._model_spec(X),
+            "loss": {"name": "contrastive"},  # unused: the one-class objective is passed in
+            "optimizer": {"name": "adam", "lr": float(self.lr),
+                          "weight_decay": float(self.weight_decay)},
+            "training": {"epochs": int(self.epochs), "batch_size": int(self.batch_size),
+                         "seed": int(self.random_state), "progress": False},
+        })
+        data = ArrayDataset(X, np.zeros(len(X), dtype=np.int64))
+        trainer = Trainer(config, data, loss=OneClassObjective(torch.zeros(int(self.dim))),
+                          log=None)
+        center = self._initial_center(trainer.model, data.x)
+        trainer.loss.center.copy_(center)
+        trainer.fit()
+        self.model_ = trainer.model.eval()
+        self.center_ = center.numpy()
+        self.offset_ = float(np.quantile(self._score(X), float(self.contamination)))
+        return self
+
+    def _initial_center(self, model: nn.Module, x: Tensor) -> Tensor:
+        model.train()  # batch statistics, as during training
+        with torch.no_grad():
+            outs = [model(x[s : s + 512]) for s in range(0, len(x), 512)]
+        c = torch.cat(outs).mean(0)  # (dim,)
+        eps = float(self.center_eps)
+        small = c.abs() < eps
+        c[small & (c < 0)] = -eps
+        c[small & (c >= 0)] = eps
+        return c
+
+    def _score(self, X: np.ndarray) -> np.ndarray:
+        z = embed_inputs(self.model_, X, batch_size=1024).double()  # (n, dim)
+        return -(z - torch.from_numpy(self.center_).double()).pow(2).sum(1).numpy()
+
+    def score_samples(self, X: Any) -> np.ndarray:
+        """``(n,)`` normality scores: the negated squared distance to the centre."""
+        check_is_fitted(self, "offset_")
+        return self._score(self._inputs(X, reset=False))
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """``score_samples(X) - offset_``: negative for outliers."""
+        return self.score_samples(X) - self.offset_
+
+    def predict(self, X: Any) -> np.ndarray:
+        """``+1`` for inliers, ``-1`` for outliers."""
+        return np.where(self.decision_function(X) >= 0, 1, -1)
+
+
+__all__ = ["DeepSVDD", "OneClassObjective"]

@@ -1,0 +1,131 @@
+"""Turn whatever a user hands an application kit into embeddings.
+
+Kits accept raw features (no embedder), a torch module or any callable, a dmlkit run
+directory, or ask for a metric to be learned on labelled data first; this module is the
+one place that resolves those.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def dense_array(X: Any) -> np.ndarray:
+    """``X`` as a numpy array (tensors moved to the CPU); sparse matrices are refused."""
+    import scipy.sparse
+
+    if scipy.sparse.issparse(X):
+        raise TypeError("sparse input is not supported: pass a dense array (X.toarray())")
+    if isinstance(X, torch.Tensor):
+        X = X.detach().cpu().numpy()
+    return np.asarray(X)
+
+
+def validate_inputs(estimator: Any, X: Any, *, reset: bool, images: bool) -> np.ndarray:
+    """Checked float inputs for a scikit-learn-style kit.
+
+    Rows ``(n, d)`` go through scikit-learn's ``validate_data`` (its messages, and
+    ``n_features_in_``); with ``images`` true, ``(n, C, H, W)``-like arrays are accepted
+    too, checked for finiteness and for the fitted number of values per row.
+    """
+    from sklearn.utils.validation import validate_data
+
+    X = dense_array(X)
+    if X.ndim <= 2 or not images:
+        return validate_data(estimator, X, reset=reset, dtype=[np.float32, np.float64])
+    if X.dtype.kind not in "biuf":
+        raise TypeError(f"X must be real numbers, got dtype {X.dtype}")
+    if X.shape[0] == 0:
+        raise ValueError(f"Found array with 0 sample(s) (shape={X.shape})")
+    X = X.astype(np.float32, copy=False)
+    if not np.isfinite(X).all():
+        raise ValueError("Input X contains NaN or infinity")
+    per_row = int(np.prod(X.shape[1:]))
+    if reset:
+        estimator.n_features_in_ = per_row
+    elif per_row != estimator.n_features_in_:
+        raise ValueError(
+            f"X has {per_row} features, but {type(estimator).__name__} is expecting "
+            f"{estimator.n_features_in_} features as input"
+        )
+    return X
+
+
+def embed_inputs(embedder: Any, X: Any, *, batch_size: int = 1024) -> torch.Tensor:
+    """``(n, dim)`` float32 CPU embeddings of ``X`` (rows as given when ``embedder`` is None).
+
+    ``embedder`` is None, a :class:`torch.nn.Module` (run in eval mode, no gradients, in
+    batches), a dmlkit run directory (its model), or a callable taking a float32 array
+    and returning ``(n, dim)`` array-likes.
+    """
+    x = torch.as_tensor(np.asarray(X, dtype=np.float32))
+    if embedder is None:
+        return x.flatten(1).contiguous()
+    if isinstance(embedder, (str, Path)):
+        from dmlkit.runs import load_run
+
+        embedder = load_run(embedder).model
+    if isinstance(embedder, torch.nn.Module):
+        from dmlkit.runs import embed
+
+        z, _ = embed(embedder, x, batch_size=batch_size)
+    elif callable(embedder):
+        parts = [np.asarray(embedder(x[s : s + batch_size].numpy()), dtype=np.float32)
+                 for s in range(0, len(x), batch_size)]
+        z = torch.from_numpy(np.concatenate(parts)) if parts else torch.zeros(0, 0)
+    else:
+        raise TypeError(
+            "embedder must be None, a torch.nn.Module, a callable or a run directory, got "
+            f"{type(embedder).__name__}"
+        )
+    if z.dim() != 2 or z.shape[0] != x.shape[0]:
+        raise ValueError(f"the embedder returned shape {tuple(z.shape)} for {x.shape[0]} rows")
+    if not torch.isfinite(z).all():
+        raise ValueError("the embedder returned NaN or infinite embeddings")
+    return z
+
+
+#: the metric trained by ``embedder="learn"``: an MLP on multi-similarity pairs
+LEARN_DEFAULTS: dict[str, Any] = {
+    "model": {"name": "mlp", "dim": 64, "hidden": [256]},
+    "loss": {"name": "multi_similarity"},
+    "miner": {"name": "multi_similarity", "epsilon": 0.1},
+    "sampler": {"name": "m_per_class", "m": 8, "batch_size": 128},
+    "optimizer": {"name": "adam", "lr": 1e-3},
+    "training": {"epochs": 15, "progress": False},
+}
+
+
+def learn_embedder(
+    X: np.ndarray, labels: np.ndarray, overrides: dict[str, Any] | None, seed: int
+) -> torch.nn.Module:
+    """Train an embedding model on labelled ``X`` with dmlkit's Trainer (in eval mode)."""
+    from dmlkit.config.schema import Config
+    from dmlkit.data.dataset import ArrayDataset
+    from dmlkit.training import Trainer, resolve_config
+
+    raw = copy.deepcopy(LEARN_DEFAULTS)
+    for section, value in (overrides or {}).items():
+        if isinstance(value, dict) and isinstance(raw.get(section), dict):
+            raw[section].update(value)
+        else:
+            raw[section] = value
+    raw.setdefault("training", {})["seed"] = int(seed)
+    classes, codes = np.unique(labels, return_inverse=True)
+    sampler = raw.get("sampler") or {}
+    if sampler.get("name") == "m_per_class":  # fewer classes than a batch wants: smaller batch
+        m = int(sampler.get("m", 4))
+        sampler["batch_size"] = min(int(sampler.get("batch_size", 128)), m * len(classes))
+    data = ArrayDataset(np.asarray(X, dtype=np.float32), codes.astype(np.int64))
+    config = resolve_config(Config.from_dict(raw), data.x[0], data.num_classes)
+    trainer = Trainer(config, data, log=None)
+    trainer.fit()
+    return trainer.model.eval()
+
+
+__all__ = ["validate_inputs", "dense_array", "embed_inputs", "learn_embedder", "LEARN_DEFAULTS"]

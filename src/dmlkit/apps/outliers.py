@@ -1,0 +1,232 @@
+"""Anomaly detection by distance in a (learned) metric space, with scikit-learn's API.
+
+:class:`MetricOutlierDetector` is fitted on normal data only and scores new points by how
+far they lie from it: the distance to their k nearest normal neighbours (``"knn"``), to
+the nearest class prototype (``"prototype"``: class means when labels are given, k-means
+centres otherwise) or the Mahalanobis distance to the nearest class under one shared,
+shrunk covariance (``"mahalanobis"``, Lee et al., NeurIPS 2018). Scores are computed
+over raw features, over any embedder's output, or over a dmlkit run's embeddings; with
+``embedder="learn"`` and labelled normal classes a metric is first trained on them with
+dmlkit's :class:`~dmlkit.training.Trainer`, so that "far from every normal class" is
+measured in a space that separates those classes.
+
+As in scikit-learn, ``score_samples`` is higher for more normal points,
+``decision_function = score_samples - offset_`` is negative for outliers and ``predict``
+returns ``+1`` (inlier) / ``-1`` (outlier). ``offset_`` is the ``contamination``
+quantile of the *leave-one-out* scores of the training points (each scored against the
+others), so on new normal data about a ``contamination`` fraction is flagged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, OutlierMixin
+from sklearn.utils.validation import check_is_fitted
+
+from dmlkit.apps.embedding import embed_inputs, learn_embedder, validate_inputs
+
+METHODS = ("knn", "prototype", "mahalanobis")
+
+
+class MetricOutlierDetector(OutlierMixin, BaseEstimator):
+    """Outlier detector scoring points by their distance to normal data in a metric space.
+
+    Parameters
+    ----------
+    method : {"knn", "prototype", "mahalanobis"}
+        ``"knn"``: mean distance to the ``n_neighbors`` nearest normal points.
+        ``"prototype"``: distance to the nearest class mean (labels given to ``fit``) or
+        to the nearest of ``n_prototypes`` k-means centres. ``"mahalanobis"``: Mahalanobis
+        distance to the nearest class mean (one Gaussian without labels), under a shared
+        Ledoit-Wolf covariance.
+    n_neighbors : int
+        Neighbours averaged by ``"knn"``.
+    n_prototypes : int
+        k-means centres of ``"prototype"`` when ``fit`` gets no labels.
+    normalize : bool
+        L2-normalize the (embedded) vectors first, so that distances are cosine-like.
+    contamination : float in (0, 0.5]
+        Expected fraction of outliers; sets ``offset_``.
+    embedder : None, "learn", torch.nn.Module, callable or path
+        ``None``: score the features as they are. A module or callable maps a float32
+        ``(n, ...)`` array or tensor to ``(n, dim)`` embeddings. A path is a dmlkit run
+        directory whose model embeds the inputs. ``"learn"``: train a metric on the
+        labelled normal classes passed to ``fit`` (at least two), see ``learn_config``.
+    learn_config : dict, optional
+        Overrides of the training config used by ``embedder="learn"`` (sections ``model``,
+        ``loss``, ``miner``, ``sampler``, ``optimizer``, ``training``).
+    batch_size : int
+        Rows embedded at a time.
+    random_state : int
+        Seed of k-means and of metric learning.
+
+    Attributes
+    ----------
+    offset_ : float
+        Threshold on ``score_samples``: points below it are outliers.
+    n_features_in_ : int
+    embedder_ : object or None
+        The embedder used (the trained one with ``"learn"``).
+    """
+
+    def __init__(
+        self,
+        method: str = "knn",
+        *,
+        n_neighbors: int = 5,
+        n_prototypes: int = 10,
+        normalize: bool = False,
+        contamination: float = 0.1,
+        embedder: Any = None,
+        learn_config: dict[str, Any] | None = None,
+        batch_size: int = 1024,
+        random_state: int = 0,
+    ) -> None:
+        self.method = method
+        self.n_neighbors = n_neighbors
+        self.n_prototypes = n_prototypes
+        self.normalize = normalize
+        self.contamination = contamination
+        self.embedder = embedder
+        self.learn_config = learn_config
+        self.batch_size = batch_size
+        self.random_state = random_state
+
+    # -- fitting ------------------------------------------------------------------------
+    def _check_params(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {list(METHODS)}, got {self.method!r}")
+        if isinstance(self.contamination, bool) or not isinstance(
+            self.contamination, (int, float)
+        ) or not 0.0 < float(self.contamination) <= 0.5:
+            raise ValueError(f"contamination must be in (0, 0.5], got {self.contamination!r}")
+        if int(self.n_neighbors) < 1 or int(self.n_prototypes) < 1:
+            raise ValueError(
+                f"n_neighbors and n_prototypes must be >= 1, got {self.n_neighbors}, "
+                f"{self.n_prototypes}"
+            )
+
+    def fit(self, X: Any, y: Any = None) -> MetricOutlierDetector:
+        """Fit on normal data ``X`` ``(n, ...)``; ``y`` (optional) are their class labels."""
+        self._check_params()
+        X = self._validate(X, reset=True)
+        labels = None
+        if y is not None:
+            labels = np.asarray(y)
+            if labels.ndim != 1 or labels.shape[0] != X.shape[0]:
+                raise ValueError(
+                    f"y must be 1-D with one label per row of X ({X.shape[0]}), got shape "
+                    f"{labels.shape}"
+                )
+        if isinstance(self.embedder, str) and self.embedder == "learn":
+            if labels is None or np.unique(labels).size < 2:
+                raise ValueError(
+                    'embedder="learn" trains a metric on labelled normal classes: pass y '
+                    "with at least two classes to fit"
+                )
+            self.embedder_ = learn_embedder(X, labels, self.learn_config, self.random_state)
+        else:
+            self.embedder_ = self.embedder
+        z = self._embed(X)  # (n, d)
+        if z.shape[0] < 2:
+            raise ValueError(f"fit needs at least 2 normal points, got n_samples={z.shape[0]}")
+        self._fit_scores(z, labels)
+        train_scores = self._scores(z, leave_one_out=True)
+        self.offset_ = float(np.quantile(train_scores, float(self.contamination)))
+        return self
+
+    def _fit_scores(self, z: torch.Tensor, labels: np.ndarray | None) -> None:
+        self.reference_ = z
+        self.prototypes_ = None
+        self.precision_ = None
+        if self.method == "knn":
+            return
+        if labels is not None:
+            classes, inverse = np.unique(labels, return_inverse=True)
+            inv = torch.from_numpy(inverse)
+            centres = torch.stack([z[inv == c].mean(0) for c in range(len(classes))])
+        else:
+            inv, centres = self._kmeans(z)
+        self.prototypes_ = centres  # (C, d)
+        self.assignment_ = inv  # (n,)
+        if self.method == "mahalanobis":
+            from sklearn.covariance import LedoitWolf
+
+            resid = (z - centres[inv]).double().numpy()
+            cov = LedoitWolf(assume_centered=True).fit(resid).covariance_
+            self.precision_ = torch.from_numpy(np.linalg.pinv(cov, hermitian=True))
+
+    def _kmeans(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from sklearn.cluster import KMeans
+
+        if self.method == "mahalanobis":  # one Gaussian of all normal data
+            return torch.zeros(len(z), dtype=torch.long), z.mean(0, keepdim=True)
+        k = min(int(self.n_prototypes), len(z))
+        km = KMeans(n_clusters=k, n_init=3, random_state=self.random_state).fit(z.numpy())
+        return (torch.from_numpy(km.labels_.astype(np.int64)),
+                torch.from_numpy(km.cluster_centers_).float())
+
+    # -- scoring ------------------------------------------------------------------------
+    def _validate(self, X: Any, reset: bool) -> np.ndarray:
+        return validate_inputs(self, X, reset=reset, images=self.embedder is not None)
+
+    def _embed(self, X: np.ndarray) -> torch.Tensor:
+        z = embed_inputs(self.embedder_, X, batch_size=self.batch_size)  # (n, d) float32
+        if self.normalize:
+            z = torch.nn.functional.normalize(z, dim=1)
+        return z
+
+    def _scores(self, z: torch.Tensor, leave_one_out: bool = False) -> np.ndarray:
+        """Normality scores (negated distances) of embedded rows ``z``."""
+        if self.method == "knn":
+            from dmlkit.functional.retrieval import knn
+
+            k = min(int(self.n_neighbors), len(self.reference_) - int(leave_one_out))
+            sq, _ = knn(z.double(), None if leave_one_out else self.reference_.double(), k)
+            dist = sq.clamp_min(0).sqrt().mean(1)  # (n,)
+        else:
+            diff = z.double()[:, None, :] - self.prototypes_.double()[None]  # (n, C, d)
+            if self.precision_ is None:
+                d2 = diff.pow(2).sum(-1)  # (n, C)
+            else:
+                d2 = torch.einsum("ncd,de,nce->nc", diff, self.precision_, diff)
+            dist = d2.clamp_min(0).min(1).values.sqrt()  # (n,)
+        return (-dist).numpy()
+
+    def score_samples(self, X: Any) -> np.ndarray:
+        """``(n,)`` normality scores: higher is more normal (the negated distance)."""
+        check_is_fitted(self, "offset_")
+        z = self._embed(self._validate(X, reset=False))
+        chunks = [self._scores(z[s : s + 4096]) for s in range(0, len(z), 4096)]
+        return np.concatenate(chunks) if chunks else np.zeros(0)
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """``score_samples(X) - offset_``: negative for outliers."""
+        return self.score_samples(X) - self.offset_
+
+    def predict(self, X: Any) -> np.ndarray:
+        """``+1`` for inliers, ``-1`` for outliers."""
+        return np.where(self.decision_function(X) >= 0, 1, -1)
+
+    def fit_predict(self, X: Any, y: Any = None) -> np.ndarray:
+        """Fit on ``X`` and label its own points by their leave-one-out scores."""
+        self.fit(X, y)
+        z = self._embed(self._validate(X, reset=False))
+        return np.where(self._scores(z, leave_one_out=True) >= self.offset_, 1, -1)
+
+    def __sklearn_tags__(self):  # noqa: D105
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        return tags
+
+
+def is_run_dir(value: Any) -> bool:
+    """Whether ``value`` names a dmlkit run directory."""
+    return isinstance(value, (str, Path)) and (Path(value) / "config.yaml").is_file()
+
+
+__all__ = ["MetricOutlierDetector", "METHODS", "is_run_dir"]

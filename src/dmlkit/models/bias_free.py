@@ -1,0 +1,95 @@
+"""Bias-free embedders for one-class objectives (Deep SVDD).
+
+Deep SVDD (Ruff et al., ICML 2018) maps normal data close to a fixed centre ``c``. A
+network with bias terms could map *every* input to ``c`` (a constant function) and
+reach zero loss; without biases, and with batch norm that has no learned shift, the
+only way to be close to ``c`` is to respond to the input. These models therefore have
+no bias in any layer and no affine batch norm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from dmlkit.registry import register_model
+
+
+@register_model("bias_free_mlp")
+class BiasFreeMLP(nn.Module):
+    """``(n, in_features) -> (n, dim)``: bias-free Linear-BatchNorm(no affine)-LeakyReLU.
+
+    Parameters
+    ----------
+    in_features : int
+    dim : int
+        Output (embedding) dimension.
+    hidden : sequence of int
+        Hidden widths.
+    """
+
+    def __init__(self, in_features: int, dim: int = 32, hidden: Sequence[int] = (128, 64)) -> None:
+        super().__init__()
+        if in_features < 1 or dim < 1:
+            raise ValueError(f"in_features and dim must be >= 1, got {in_features}, {dim}")
+        layers: list[nn.Module] = []
+        width = in_features
+        for h in hidden:
+            layers += [nn.Linear(width, h, bias=False), nn.BatchNorm1d(h, eps=1e-4, affine=False),
+                       nn.LeakyReLU(0.1)]
+            width = h
+        layers.append(nn.Linear(width, dim, bias=False))
+        self.net = nn.Sequential(*layers)
+        self.in_features, self.dim = in_features, dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.flatten(1).float()  # (n, in_features)
+        if x.shape[1] != self.in_features:
+            raise ValueError(f"expected {self.in_features} input features, got {x.shape[1]}")
+        return self.net(x)  # (n, dim)
+
+
+@register_model("bias_free_cnn")
+class BiasFreeCNN(nn.Module):
+    """LeNet-style bias-free CNN of Ruff et al. for small images: ``(n, C, H, W) -> (n, dim)``.
+
+    Two 5x5 convolutions (8 and 4 channels) with non-affine batch norm, leaky ReLU and 2x2
+    max pooling, then a bias-free linear map to ``dim``. Flat inputs ``(n, C*H*W)`` are
+    reshaped with ``in_channels`` and ``image_size`` (an int for square images or
+    ``(H, W)``).
+    """
+
+    def __init__(
+        self, in_channels: int = 1, image_size: int | Sequence[int] = 28, dim: int = 32
+    ) -> None:
+        super().__init__()
+        h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        if min(h, w) < 4 or in_channels < 1 or dim < 1:
+            raise ValueError(
+                f"BiasFreeCNN needs images of at least 4x4 pixels, in_channels >= 1 and "
+                f"dim >= 1; got image_size {image_size}, in_channels {in_channels}, dim {dim}"
+            )
+        self.in_channels, self.image_size, self.dim = in_channels, (h, w), dim
+
+        def block(c_in: int, c_out: int) -> list[nn.Module]:
+            return [nn.Conv2d(c_in, c_out, 5, padding=2, bias=False),
+                    nn.BatchNorm2d(c_out, eps=1e-4, affine=False), nn.LeakyReLU(0.1),
+                    nn.MaxPool2d(2)]
+
+        self.features = nn.Sequential(*block(in_channels, 8), *block(8, 4))
+        self.out = nn.Linear(4 * (h // 4) * (w // 4), dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        (h, w), c = self.image_size, self.in_channels
+        x = x.float()
+        if x.dim() == 2:
+            x = x.view(-1, c, h, w)
+        elif x.dim() == 3:
+            x = x.unsqueeze(1)
+        if tuple(x.shape[1:]) != (c, h, w):
+            raise ValueError(f"expected images of shape {(c, h, w)}, got {tuple(x.shape[1:])}")
+        return self.out(self.features(x).flatten(1))  # (n, dim)
+
+
+__all__ = ["BiasFreeMLP", "BiasFreeCNN"]
