@@ -180,3 +180,34 @@ def test_deep_svdd_cnn_on_images_and_flat_rows():
     b = DeepSVDD(epochs=1, batch_size=16, image_shape=(1, 12, 10)).fit(imgs.reshape(64, -1))
     np.testing.assert_allclose(a.score_samples(imgs), b.score_samples(imgs.reshape(64, -1)),
                                rtol=1e-5)
+
+
+def test_cli_detect_anomalies(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from dmlkit.cli.main import app
+
+    normal, far = blobs(n=200)
+    fresh, _ = blobs(n=50, seed=9)
+    np.savez(tmp_path / "normal.npz", x=normal)
+    np.savez(tmp_path / "data.npz", x=np.vstack([fresh, far]),
+             anomaly=np.r_[np.zeros(50), np.ones(20)].astype(int))
+    out = tmp_path / "scores.csv"
+    res = CliRunner().invoke(app, ["detect-anomalies", "--normal", str(tmp_path / "normal.npz"),
+                                   "--data", str(tmp_path / "data.npz"), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    rows = np.loadtxt(out, delimiter=",", skiprows=1)
+    det = MetricOutlierDetector().fit(normal)
+    np.testing.assert_allclose(rows[:, 1], det.score_samples(np.vstack([fresh, far])), rtol=1e-6)
+    assert rows[50:, 2].all()  # the far cluster is flagged
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["auroc"] == pytest.approx(1.0) and summary["rows"] == 70
+    np.save(tmp_path / "bad.npy", np.full((3, 5), np.nan))
+    res = CliRunner().invoke(app, ["detect-anomalies", "--normal", str(tmp_path / "bad.npy"),
+                                   "--data", str(tmp_path / "data.npz"), "--out", str(out)])
+    assert res.exit_code == 2 and "NaN" in res.output
+    res = CliRunner().invoke(app, ["detect-anomalies", "--normal", str(tmp_path / "none.npz"),
+                                   "--data", str(tmp_path / "data.npz")])
+    assert res.exit_code == 2 and "not found" in res.output

@@ -1,0 +1,109 @@
+"""``dmlkit detect-anomalies``: fit a detector on normal data, score a file, write scores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+
+def read_rows(path: Path, key: str, extra: str) -> tuple[Any, Any]:
+    """``(x, extra_or_None)`` from a ``.npz`` (array ``key``, and ``extra`` when present),
+    a ``.npy`` or a numeric ``.csv`` (with or without a header line)."""
+    import numpy as np
+
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        with np.load(path, allow_pickle=False) as f:
+            if key not in f:
+                raise ValueError(f"{path} has no array {key!r} (arrays: {sorted(f.files)}); "
+                                 "name it with --key")
+            return f[key], (f[extra] if extra in f else None)
+    if suffix == ".npy":
+        return np.load(path, allow_pickle=False), None
+    if suffix == ".csv":
+        with open(path) as f:
+            first = f.readline()
+        skip = 0 if all(_is_number(v) for v in first.strip().split(",")) else 1
+        return np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2), None
+    raise ValueError(f"{path}: expected a .npz, .npy or .csv file")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("detect-anomalies")
+    def detect_anomalies(
+        run_dir: Path = typer.Argument(
+            None, help="Run directory whose model embeds the inputs (omit: raw features)."),
+        normal: Path = typer.Option(..., "--normal", help="Normal data to fit on (.npz/.npy/.csv)"),
+        data: Path = typer.Option(..., "--data", help="Data to score (.npz/.npy/.csv)."),
+        out: Path = typer.Option(Path("anomaly_scores.csv"), "--out", "-o",
+                                 help="CSV of row, score, outlier (+ a .json summary)."),
+        method: str = typer.Option("knn", "--method", help="knn, prototype, mahalanobis or "
+                                   "deep_svdd."),
+        contamination: float = typer.Option(0.1, "--contamination"),
+        n_neighbors: int = typer.Option(5, "--k", help="Neighbours of the knn score."),
+        key: str = typer.Option("x", "--key", help="Array name in .npz files."),
+    ) -> None:
+        """Score how anomalous each row of --data is, relative to --normal.
+
+        Higher scores are more normal (scikit-learn's convention); rows below the
+        threshold set by --contamination are flagged as outliers. When --data carries
+        an ``anomaly`` (or ``labels``) array, AUROC and average precision are reported.
+        """
+        import numpy as np
+
+        from dmlkit.apps import DeepSVDD, MetricOutlierDetector
+        from dmlkit.evaluation import write_json
+
+        try:
+            x_normal, y_normal = read_rows(normal, key, "labels")
+            x, truth = read_rows(data, key, "anomaly")
+            if method == "deep_svdd":
+                if run_dir is not None:
+                    raise ValueError("deep_svdd trains its own network: omit RUN_DIR")
+                det: Any = DeepSVDD(contamination=contamination)
+                det.fit(x_normal)
+            else:
+                det = MetricOutlierDetector(method, n_neighbors=n_neighbors,
+                                            contamination=contamination, embedder=run_dir)
+                det.fit(x_normal, y_normal if method != "knn" else None)
+            scores = det.score_samples(x)
+        except (ValueError, TypeError, FileNotFoundError) as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(2) from None
+        flags = scores < det.offset_
+        out.parent.mkdir(parents=True, exist_ok=True)
+        rows = np.column_stack([np.arange(len(scores)), scores, flags.astype(int)])
+        tmp = out.with_name(f".{out.name}.tmp")
+        np.savetxt(tmp, rows, delimiter=",", header="row,score,outlier", comments="",
+                   fmt=["%d", "%.8g", "%d"])
+        tmp.replace(out)
+        summary: dict[str, Any] = {
+            "method": method, "run_dir": str(run_dir) if run_dir else None,
+            "normal": str(normal), "data": str(data), "rows": int(len(scores)),
+            "flagged": int(flags.sum()), "threshold": float(det.offset_),
+            "contamination": contamination,
+        }
+        if truth is not None and len(truth) == len(scores) and len(np.unique(truth)) == 2:
+            from sklearn.metrics import average_precision_score, roc_auc_score
+
+            anomalous = truth != 0
+            summary["auroc"] = float(roc_auc_score(anomalous, -scores))
+            summary["average_precision"] = float(average_precision_score(anomalous, -scores))
+        write_json(summary, out.with_suffix(".json"))
+        typer.echo(f"{summary['flagged']} of {summary['rows']} rows flagged as outliers "
+                   f"(threshold {summary['threshold']:.6g}); scores in {out}")
+        for name in ("auroc", "average_precision"):
+            if name in summary:
+                typer.echo(f"{name:18s} {summary[name]:.4f}")
