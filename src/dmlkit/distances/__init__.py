@@ -9,6 +9,7 @@ from dmlkit.distances.cosine import CosineSimilarity
 from dmlkit.distances.dot_product import DotProductSimilarity
 from dmlkit.distances.euclidean import EuclideanDistance
 from dmlkit.distances.mahalanobis import MahalanobisDistance
+from dmlkit.distances.snr import SNRDistance
 
 
 def build_distance(spec: str | dict[str, Any] | BaseDistance | None) -> BaseDistance | None:
@@ -34,5 +35,6 @@ __all__ = [
     "DotProductSimilarity",
     "EuclideanDistance",
     "MahalanobisDistance",
+    "SNRDistance",
     "build_distance",
 ]
