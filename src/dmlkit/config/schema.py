@@ -137,6 +137,10 @@ class TrainingConfig:
     validation (MAP@R); ``patience`` epochs without improvement stop training early and
     the best epoch's weights are kept. ``num_threads`` sets torch's intra-op threads for
     the run (small models train fastest on one thread).
+    ``val_classes`` holds out whole training classes instead (a fraction of the classes,
+    drawn with ``data.seed + 1``, or a list of class ids), so validation, early stopping
+    and the kept checkpoint measure generalization to unseen classes
+    (:mod:`dmlkit.data.class_folds`); each side keeps at least two classes.
     """
 
     epochs: int = 20
@@ -149,12 +153,21 @@ class TrainingConfig:
     grad_clip: float | None = None
     progress: bool = True
     num_threads: int | None = None
+    val_classes: float | list[int] | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("training.epochs and training.batch_size must be >= 1")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"training.val_fraction must be in [0, 1), got {self.val_fraction}")
+        _check_val_classes(self.val_classes)
+        if isinstance(self.val_classes, tuple):  # YAML writes lists
+            self.val_classes = list(self.val_classes)
+        if self.val_classes is not None and self.val_fraction > 0:
+            raise ValueError(
+                "training.val_fraction and training.val_classes both set; choose one "
+                f"(val_fraction {self.val_fraction}, val_classes {self.val_classes!r})"
+            )
 
 
 @dataclass
@@ -244,6 +257,29 @@ _SECTIONS: dict[str, type] = {
     "training": TrainingConfig,
 }
 _COMPONENTS = ("model", "loss", "miner", "sampler")
+
+
+def _check_val_classes(value: Any) -> None:
+    """``training.val_classes``: None, a fraction in (0, 1), or a list of >= 2 class ids."""
+    if value is None:
+        return
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not 0.0 < value < 1.0:
+            raise ValueError(
+                f"training.val_classes as a fraction must be in (0, 1), got {value!r} "
+                "(give a list to name class ids)"
+            )
+        return
+    if not isinstance(value, (list, tuple)) or not all(
+        isinstance(c, int) and not isinstance(c, bool) for c in value
+    ):
+        raise TypeError(
+            f"training.val_classes must be a fraction or a list of class ids, got {value!r}"
+        )
+    if len(set(value)) < 2:
+        raise ValueError(
+            f"training.val_classes {list(value)} leaves fewer than 2 classes for validation"
+        )
 
 
 def _choice(section: str, key: str, value: Any, allowed: tuple[str, ...]) -> None:

@@ -3,7 +3,8 @@
 A run directory holds ``config.yaml`` (resolved config), ``model.pt`` (weights only,
 ``torch.load(path, weights_only=True)``), ``checkpoint.pt`` (everything needed to
 resume), ``metrics.json`` (held-out retrieval metrics of the learned metric, and of the
-raw inputs under ``"baseline"``) and ``train.log`` (one line per epoch).
+raw inputs under ``"baseline"``; the per-epoch records under ``"history"``, and with
+validation the epoch kept under ``"validation"``) and ``train.log`` (one line per epoch).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dmlkit.data.load import split_dataset
 from dmlkit.data.splits import stratified_split
 from dmlkit.training.build import build_model, resolve_config
 from dmlkit.training.checkpoint import atomic_save, load_checkpoint
+from dmlkit.training.frozen_features import frozen_feature_data
 from dmlkit.training.trainer import CHECKPOINT, Trainer
 
 CONFIG_FILE = "config.yaml"
@@ -77,6 +79,24 @@ def augmented(train: ArrayDataset, config: Config) -> ArrayDataset:
     from dmlkit.data.augment import AugmentedDataset
 
     return AugmentedDataset(train, cfg.augment_shift, cfg.augment_hflip, seed=cfg.seed)
+
+
+def validation_split(
+    train: ArrayDataset, config: Config
+) -> tuple[ArrayDataset, ArrayDataset | None]:
+    """``(train, val)``: the validation items ``config.training`` holds back, if any.
+
+    ``val_classes`` holds out whole classes (:func:`~dmlkit.data.class_folds.holdout_classes`),
+    ``val_fraction`` a stratified share of every class; both seeded by ``data.seed + 1``.
+    """
+    tc = config.training
+    if tc.val_classes is not None:
+        from dmlkit.data.class_folds import holdout_classes
+
+        return holdout_classes(train, tc.val_classes, config.data.seed + 1)
+    if tc.val_fraction > 0:
+        return stratified_split(train, tc.val_fraction, config.data.seed + 1)
+    return train, None
 
 
 def embed(
@@ -157,15 +177,18 @@ def _train_run(
     config: Config, out_dir: Path, resume: bool, log: Any, callbacks: tuple
 ) -> RunResult:
     if config.data.kind != "labels":  # pairs / triplets without class labels
+        if config.training.val_classes is not None:
+            raise ValueError(
+                f"training.val_classes needs class labels; data.kind is {config.data.kind!r}"
+            )
         from dmlkit.training.weak import train_weak_run
 
         return train_weak_run(config, out_dir, resume, log, callbacks)
     start = time.perf_counter()
     train, heldout = build_splits(config)
-    val = None
-    if config.training.val_fraction > 0:
-        train, val = stratified_split(train, config.training.val_fraction, config.data.seed + 1)
+    train, val = validation_split(train, config)
     resolved = resolve_config(config, train.x[0], int(train.labels.max()) + 1)
+    train, val = frozen_feature_data(resolved, train, val, log)  # cached, if frozen backbone
     train = augmented(train, config)
     out_dir.mkdir(parents=True, exist_ok=True)
     resolved.to_yaml(out_dir / CONFIG_FILE)
@@ -173,6 +196,7 @@ def _train_run(
         f"training on {len(train)} items ({train.num_classes} classes), "
         f"held out {len(heldout)} items ({heldout.num_classes} classes)"
         + (f", validating on {len(val)}" if val is not None else "")
+        + (f" of classes {val.classes}" if config.training.val_classes is not None else "")
     )
     trainer = Trainer(resolved, train, val_data=val, out_dir=out_dir, log=log, callbacks=callbacks)
     history = trainer.fit(resume=resume)
@@ -180,6 +204,14 @@ def _train_run(
     metrics = heldout_metrics(trainer.model, heldout, device=trainer.device)
     seconds = time.perf_counter() - start
     metrics["train_seconds"] = round(seconds, 2)
+    if val is not None:  # the per-epoch validation curve and the epoch kept
+        metrics["validation"] = {
+            "classes": val.classes if config.training.val_classes is not None else None,
+            "num_items": len(val),
+            "best_epoch": trainer.best_epoch,
+            "best_map_at_r": trainer.best_metric,
+        }
+    metrics["history"] = history
     (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
     return RunResult(out_dir, metrics, history, seconds)
 
@@ -231,5 +263,6 @@ __all__ = [
     "load_run",
     "metrics_table",
     "train_run",
+    "validation_split",
     "METRIC_KEYS",
 ]

@@ -227,6 +227,15 @@ class Trainer:
             self.loss.load_state_dict(self.best_state["loss"])
         return self.history
 
+    def run_epoch(self) -> tuple[dict[str, Any], bool]:
+        """Train, validate and record the next epoch: ``(record, stop)``.
+
+        For callers that drive several trainers in turn (class-disjoint folds); they own
+        the random state, which :meth:`fit` otherwise scopes to ``training.seed + 1``.
+        """
+        record = self.train_epoch(self.epoch)
+        return record, self._after_epoch(record)
+
     def _after_epoch(self, record: dict[str, Any]) -> bool:
         tc = self.config.training
         stop = False

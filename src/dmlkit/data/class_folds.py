@@ -1,0 +1,137 @@
+"""Class-disjoint validation: hold out whole training classes, and K class-disjoint folds.
+
+Metric learning is judged on classes it never saw, so model selection is too: the
+validation side of every split here holds classes that are absent from its training
+side. Both sides keep at least two classes (retrieval over a single class is trivially
+perfect and says nothing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from dmlkit.data.dataset import ArrayDataset
+from dmlkit.data.splits import select_classes
+
+MIN_CLASSES = 2
+
+
+def choose_val_classes(
+    classes: Sequence[int], val_classes: float | Sequence[int], seed: int = 0
+) -> list[int]:
+    """The validation classes that ``val_classes`` names among ``classes``.
+
+    Parameters
+    ----------
+    classes : sequence of int
+        The classes of the training data.
+    val_classes : float or sequence of int
+        A fraction in (0, 1): ``round(fraction * len(classes))`` classes drawn with a
+        seeded generator; or the class ids themselves.
+    seed : int
+        Seed of the draw (fractions only).
+
+    Returns
+    -------
+    list of int
+        Sorted validation class ids.
+
+    Raises
+    ------
+    ValueError
+        A fraction outside (0, 1), ids not in ``classes`` or repeated, or a choice that
+        leaves fewer than two classes for training or for validation.
+    TypeError
+        ``val_classes`` neither a number nor a sequence of integers.
+    """
+    present = sorted({int(c) for c in classes})
+    if isinstance(val_classes, bool):
+        raise TypeError(
+            f"val_classes must be a fraction or a list of class ids, got {val_classes!r}"
+        )
+    if isinstance(val_classes, (float, int, np.floating, np.integer)):
+        fraction = float(val_classes)
+        if not 0.0 < fraction < 1.0:
+            raise ValueError(
+                f"val_classes as a fraction must be in (0, 1), got {val_classes!r} "
+                "(give a list to name class ids)"
+            )
+        count = int(round(fraction * len(present)))
+        rng = np.random.default_rng(seed)
+        chosen = sorted(int(c) for c in rng.permutation(present)[:count])
+        what = f"val_classes {val_classes} of {len(present)} classes"
+    else:
+        if isinstance(val_classes, str) or not all(
+            isinstance(c, (int, np.integer)) and not isinstance(c, bool) for c in val_classes
+        ):
+            raise TypeError(
+                f"val_classes must be a fraction or a list of class ids, got {val_classes!r}"
+            )
+        chosen = sorted(int(c) for c in val_classes)
+        if len(set(chosen)) != len(chosen):
+            raise ValueError(f"val_classes {list(val_classes)} repeats a class")
+        missing = sorted(set(chosen) - set(present))
+        if missing:
+            raise ValueError(f"val_classes {missing} are not among the training classes {present}")
+        what = f"val_classes {chosen}"
+    _check_sides(what, len(present) - len(chosen), len(chosen), present)
+    return chosen
+
+
+def _check_sides(what: str, n_train: int, n_val: int, present: list[int]) -> None:
+    if n_val < MIN_CLASSES or n_train < MIN_CLASSES:
+        raise ValueError(
+            f"{what} leaves {n_train} class(es) for training and {n_val} for validation "
+            f"(training classes: {present}); each side needs at least {MIN_CLASSES}"
+        )
+
+
+def holdout_classes(
+    data: ArrayDataset, val_classes: float | Sequence[int], seed: int = 0
+) -> tuple[ArrayDataset, ArrayDataset]:
+    """Split ``data`` into ``(train, val)`` with whole classes held out for validation.
+
+    See :func:`choose_val_classes` for ``val_classes``; labels keep their ids.
+    """
+    chosen = choose_val_classes(data.classes, val_classes, seed)
+    rest = sorted(set(int(c) for c in data.classes) - set(chosen))
+    return select_classes(data, rest), select_classes(data, chosen)
+
+
+def class_folds(classes: Sequence[int], k: int, seed: int = 0) -> list[tuple[list[int], list[int]]]:
+    """``k`` class-disjoint folds: ``(train_classes, val_classes)`` per fold.
+
+    The classes are shuffled with a seeded generator and dealt into ``k`` groups of
+    near-equal size; fold ``i`` validates on group ``i`` and trains on the others, so
+    every class is validated on exactly once.
+
+    Raises
+    ------
+    ValueError
+        ``k < 2``, or so many folds that a fold would validate on fewer than two classes
+        or train on fewer than two (``k`` at most ``len(classes) // 2``).
+    """
+    present = sorted({int(c) for c in classes})
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"the number of folds must be an int, got {k!r}")
+    if k < 2:
+        raise ValueError(f"class folds need k >= 2, got {k}")
+    if k > len(present) // MIN_CLASSES:
+        raise ValueError(
+            f"{k} class folds of {len(present)} classes {present} would validate on fewer "
+            f"than {MIN_CLASSES} classes; use at most {len(present) // MIN_CLASSES} folds"
+        )
+    order = np.random.default_rng(seed).permutation(present)
+    groups = np.array_split(order, k)
+    folds = []
+    for group in groups:
+        val = sorted(int(c) for c in group)
+        train = sorted(set(present) - set(val))
+        _check_sides(f"fold validating on {val}", len(train), len(val), present)
+        folds.append((train, val))
+    return folds
+
+
+__all__ = ["choose_val_classes", "holdout_classes", "class_folds", "MIN_CLASSES"]
