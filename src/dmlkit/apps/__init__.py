@@ -5,9 +5,15 @@ dmlkit run directory.
 """
 
 from dmlkit.apps.deep_svdd import DeepSVDD
+from dmlkit.apps.few_shot import FewShotClassifier
+from dmlkit.apps.identifier import Identifier
 from dmlkit.apps.outliers import MetricOutlierDetector
+from dmlkit.apps.verifier import Verifier
 
 __all__ = [
     "DeepSVDD",
+    "FewShotClassifier",
+    "Identifier",
     "MetricOutlierDetector",
+    "Verifier",
 ]

@@ -52,12 +52,16 @@ def write_index_dir(
     arrays: dict[str, np.ndarray],
     json_files: dict[str, Any],
     writers: dict[str, Callable[[Path], None]] | None = None,
+    *,
+    format_name: str = FORMAT,
+    version: int = VERSION,
 ) -> Path:
     """Write an index directory atomically.
 
     ``header`` holds ``kind``, ``dim``, ``metric``, ``count`` and ``params``; ``arrays``
     become ``NAME.npy``; ``json_files`` become JSON files; ``writers`` write other files
-    (given their destination path).
+    (given their destination path). ``format_name`` and ``version`` label the manifest,
+    so other saved objects (the application kits) reuse this format under their own name.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -75,7 +79,7 @@ def write_index_dir(
             names.append(name)
         files = {n: {"sha256": _sha256(tmp / n), "bytes": (tmp / n).stat().st_size}
                  for n in names}
-        manifest = {"format": FORMAT, "version": VERSION, **header, "files": files}
+        manifest = {"format": format_name, "version": version, **header, "files": files}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         for n in [*names, MANIFEST]:  # flush file contents before the rename publishes them
             fd = os.open(tmp / n, os.O_RDONLY)
@@ -98,7 +102,9 @@ def write_index_dir(
     return path
 
 
-def read_manifest(path: str | Path) -> dict[str, Any]:
+def read_manifest(
+    path: str | Path, *, format_name: str = FORMAT, version: int = VERSION
+) -> dict[str, Any]:
     """The checked manifest of an index directory (files are verified too)."""
     path = Path(path)
     mpath = path / MANIFEST
@@ -108,12 +114,12 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         manifest = json.loads(mpath.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise IndexFormatError(f"{mpath} is not valid JSON: {err}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise IndexFormatError(f"{mpath} is not a {FORMAT} manifest")
-    if manifest.get("version") != VERSION:
+    if not isinstance(manifest, dict) or manifest.get("format") != format_name:
+        raise IndexFormatError(f"{mpath} is not a {format_name} manifest")
+    if manifest.get("version") != version:
         raise IndexFormatError(
             f"{path} has format version {manifest.get('version')!r}; this dmlkit reads "
-            f"version {VERSION}"
+            f"version {version}"
         )
     for key, kind in (("kind", str), ("dim", int), ("metric", str), ("count", int),
                       ("files", dict)):

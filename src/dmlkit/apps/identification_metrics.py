@@ -1,0 +1,210 @@
+"""Identification metrics: CMC and mAP under the re-identification protocol, and the
+open-set rates DIR@FAR and the open-set ROC.
+
+Re-identification (Zheng et al., ICCV 2015, "Scalable Person Re-identification: A
+Benchmark", the Market-1501 protocol): each query ranks the whole gallery by similarity;
+gallery items with the query's identity *and* the query's camera (or session, or any
+key) are removed from its ranking, so that a match must come from another view. CMC at
+rank r is the fraction of queries whose first match is within the top r; AP is the mean
+of the precision at each match's rank (the convention of open-reid and torchreid). Queries
+without any match left in the gallery are skipped (reported as ``num_skipped``).
+Multi-shot queries pool all query items of one group (by default one identity under one
+camera) into one query: the mean embedding (``"mean"``) or the best score of any member
+for each gallery item (``"max"``).
+
+Open-set identification (Phillips et al., FRVT; Jain & Li, Handbook of Face
+Recognition): a query of an enrolled identity is *detected and identified* at threshold
+t when its top-1 gallery identity is correct and its top-1 score is ``>= t``; a query of
+an unknown identity raises a *false alarm* when its top-1 score is ``>= t``. DIR@FAR is
+the detection-and-identification rate at the threshold whose false-alarm rate is at most
+FAR.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from dmlkit.functional.retrieval import canonical_metric
+
+
+def far_threshold(impostor_scores: Any, far: float) -> float:
+    """Lowest threshold at which at most a ``far`` fraction of ``impostor_scores`` is
+    ``>= threshold`` (a score just above the ``floor(far * m)``-th highest impostor)."""
+    s = np.sort(np.asarray(impostor_scores, dtype=np.float64).reshape(-1))[::-1]
+    if s.size == 0:
+        raise ValueError("need at least one impostor (unknown) score to set a threshold")
+    if not np.isfinite(s).all():
+        raise ValueError("impostor scores contain NaN or infinite values")
+    if not 0.0 < float(far) < 1.0:
+        raise ValueError(f"far must be in (0, 1), got {far!r}")
+    allowed = int(np.floor(float(far) * s.size))  # false accepts we may make
+    return float(np.nextafter(s[min(allowed, s.size - 1)], np.inf))
+
+
+def dir_at_far(
+    known_scores: Any, known_correct: Any, unknown_scores: Any, fars: Sequence[float]
+) -> dict[str, float]:
+    """DIR at each FAR: ``dir_at_far_{far:g}`` (and the threshold, ``threshold_at_far_*``).
+
+    ``known_scores`` ``(n,)`` and ``known_correct`` ``(n,)`` bool are the top-1 scores and
+    rank-1 correctness of queries of enrolled identities; ``unknown_scores`` ``(m,)`` the
+    top-1 scores of queries of identities not enrolled.
+    """
+    ks = np.asarray(known_scores, dtype=np.float64).reshape(-1)
+    ok = np.asarray(known_correct, dtype=bool).reshape(-1)
+    if ks.shape != ok.shape or ks.size == 0:
+        raise ValueError(f"need matching, non-empty known scores and flags, got {ks.shape}, "
+                         f"{ok.shape}")
+    out = {}
+    for far in fars:
+        t = far_threshold(unknown_scores, far)
+        out[f"dir_at_far_{far:g}"] = float((ok & (ks >= t)).mean())
+        out[f"threshold_at_far_{far:g}"] = t
+    return out
+
+
+def open_set_roc(
+    known_scores: Any, known_correct: Any, unknown_scores: Any, max_points: int = 1000
+) -> dict[str, list[float]]:
+    """Open-set ROC as data: ``far`` (false-alarm rate on unknowns) against ``dir`` at
+    each distinct unknown score used as threshold (thinned to ``max_points``)."""
+    ks = np.asarray(known_scores, dtype=np.float64).reshape(-1)
+    ok = np.asarray(known_correct, dtype=bool).reshape(-1)
+    us = np.sort(np.asarray(unknown_scores, dtype=np.float64).reshape(-1))  # ascending
+    thr = np.unique(np.r_[us, np.inf])[::-1]  # (t,) from +inf down
+    if thr.size > max_points:
+        thr = thr[np.linspace(0, thr.size - 1, max_points).round().astype(int)]
+    far = 1.0 - np.searchsorted(us, thr, side="left") / max(us.size, 1)  # frac >= t
+    good = np.sort(ks[ok])
+    dir_ = (good.size - np.searchsorted(good, thr, side="left")) / max(ks.size, 1)
+    return {"thresholds": thr.tolist(), "far": far.tolist(), "dir": dir_.tolist()}
+
+
+def _similarity(q: np.ndarray, g: np.ndarray, metric: str) -> np.ndarray:
+    """``(nq, ng)`` float64 similarity (negated squared distance for Euclidean)."""
+    if metric == "euclidean":
+        return 2.0 * (q @ g.T) - (q * q).sum(1)[:, None] - (g * g).sum(1)[None, :]
+    return q @ g.T
+
+
+def reid_metrics(
+    query: Any,
+    gallery: Any,
+    query_ids: Any,
+    gallery_ids: Any,
+    query_cams: Any = None,
+    gallery_cams: Any = None,
+    *,
+    metric: str = "euclidean",
+    max_rank: int = 50,
+    multi_shot: str | None = None,
+    query_groups: Any = None,
+    junk_ids: Sequence[Any] = (),
+    chunk: int = 256,
+) -> dict[str, Any]:
+    """CMC and mAP of queries against a gallery under the re-identification protocol.
+
+    Parameters
+    ----------
+    query, gallery : ``(nq, d)``, ``(ng, d)`` embeddings.
+    query_ids, gallery_ids : ``(nq,)``, ``(ng,)`` identities.
+    query_cams, gallery_cams : ``(nq,)``, ``(ng,)``, optional
+        Camera (or any) key; gallery items sharing a query's identity and key are
+        excluded from its ranking. Without keys nothing is excluded.
+    metric : {"euclidean", "cosine", "dot"}
+    max_rank : int
+        Length of the returned CMC curve.
+    multi_shot : {None, "mean", "max"}
+        Pool the queries of each group into one query (see the module notes).
+    query_groups : ``(nq,)``, optional
+        Group of each query for ``multi_shot`` (default: identity and key).
+    junk_ids : identities whose gallery items are never ranked (e.g. Market's ``-1``).
+
+    Returns
+    -------
+    dict
+        ``cmc`` (list of ``max_rank`` rates), ``rank1``, ``rank5``, ``rank10``, ``map``,
+        ``num_queries`` (scored), ``num_skipped`` (no valid match).
+    """
+    metric = canonical_metric(metric)
+    q = np.asarray(query, dtype=np.float64)
+    g = np.asarray(gallery, dtype=np.float64)
+    qid, gid = np.asarray(query_ids).reshape(-1), np.asarray(gallery_ids).reshape(-1)
+    if q.ndim != 2 or g.ndim != 2 or q.shape[1] != g.shape[1]:
+        raise ValueError(f"query and gallery must be (n, d) with one d, got {q.shape}, {g.shape}")
+    if g.shape[0] == 0 or q.shape[0] == 0:
+        raise ValueError(f"query and gallery must be non-empty, got {q.shape[0]}, {g.shape[0]}")
+    if qid.shape[0] != q.shape[0] or gid.shape[0] != g.shape[0]:
+        raise ValueError(f"ids must have {q.shape[0]} and {g.shape[0]} entries, got "
+                         f"{qid.shape[0]}, {gid.shape[0]}")
+    if not (np.isfinite(q).all() and np.isfinite(g).all()):
+        raise ValueError("embeddings contain NaN or infinite values")
+    if (query_cams is None) != (gallery_cams is None):
+        raise ValueError("pass camera keys for both queries and gallery, or for neither")
+    qcam = None if query_cams is None else np.asarray(query_cams).reshape(-1)
+    gcam = None if gallery_cams is None else np.asarray(gallery_cams).reshape(-1)
+    if qcam is not None and (qcam.shape != qid.shape or gcam.shape != gid.shape):
+        raise ValueError("camera keys must have one entry per query and per gallery item")
+    if multi_shot not in (None, "mean", "max"):
+        raise ValueError(f"multi_shot must be None, 'mean' or 'max', got {multi_shot!r}")
+    if metric == "cosine":
+        q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+        g = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
+    # groups: one list of query rows per (pooled) query
+    if multi_shot is None:
+        groups = [np.array([i]) for i in range(q.shape[0])]
+    else:
+        if query_groups is None:  # one group per (identity, key)
+            _, a = np.unique(qid, return_inverse=True)
+            _, b = np.unique(qcam if qcam is not None else qid, return_inverse=True)
+            key = a.astype(np.int64) * (int(b.max()) + 1) + b
+        else:
+            key = np.asarray(query_groups).reshape(-1)
+            if key.shape != qid.shape:
+                raise ValueError(f"query_groups must have {qid.shape[0]} entries")
+        _, inverse = np.unique(key, return_inverse=True)
+        order = np.argsort(inverse, kind="stable")
+        groups = np.split(order, np.flatnonzero(np.diff(inverse[order])) + 1)
+    junk = np.isin(gid, np.asarray(list(junk_ids))) if len(junk_ids) else np.zeros(gid.shape,
+                                                                                  bool)
+    cmc = np.zeros(max_rank)
+    aps: list[float] = []
+    skipped = 0
+    for s in range(0, len(groups), chunk):
+        block = groups[s : s + chunk]
+        if multi_shot == "max":
+            rows = np.concatenate(block)
+            sim_all = _similarity(q[rows], g, metric)  # (members, ng)
+            starts = np.cumsum([0] + [len(b) for b in block[:-1]])
+            sim = np.maximum.reduceat(sim_all, starts, axis=0)  # (groups, ng)
+        else:
+            qq = np.stack([q[b].mean(0) for b in block])  # (groups, d)
+            sim = _similarity(qq, g, metric)  # (groups, ng)
+        for r, b in enumerate(block):
+            i = b[0]
+            keep = ~junk
+            if qcam is not None:
+                keep &= ~((gid == qid[i]) & (gcam == qcam[i]))
+            order = np.argsort(-sim[r][keep], kind="stable")
+            match = gid[keep][order] == qid[i]  # (kept,) in rank order
+            if not match.any():
+                skipped += 1
+                continue
+            hits = np.flatnonzero(match)
+            if hits[0] < max_rank:
+                cmc[hits[0]:] += 1
+            aps.append(float(np.mean(np.arange(1, hits.size + 1) / (hits + 1))))
+    n = len(aps)
+    if n == 0:
+        raise ValueError("no query has a valid match in the gallery")
+    cmc /= n
+    return {"cmc": cmc.tolist(), "rank1": float(cmc[0]),
+            "rank5": float(cmc[min(4, max_rank - 1)]),
+            "rank10": float(cmc[min(9, max_rank - 1)]),
+            "map": float(np.mean(aps)), "num_queries": n, "num_skipped": skipped}
+
+
+__all__ = ["far_threshold", "dir_at_far", "open_set_roc", "reid_metrics"]

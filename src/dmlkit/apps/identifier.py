@@ -1,0 +1,349 @@
+"""Open-set identification: who is this, among the enrolled identities, or nobody known?
+
+:class:`Identifier` enrolls a gallery (many items per identity) in a
+:mod:`dmlkit.index` index (exact, or any faiss factory string, so a million-item gallery
+works), ranks identities for each query by their best-matching item (``"nearest"``) or by
+their prototype, the mean embedding (``"prototype"``), and rejects queries whose top
+score is below a threshold calibrated for a target false-alarm rate. Identities can be
+enrolled and removed one at a time without rebuilding the gallery.
+
+Calibration without unknown queries: each calibration item (a seeded sample of the
+gallery) plays an unknown person by leaving its whole identity out; its best score
+against the *other* identities is an impostor score, and the threshold admits at most a
+``target_far`` fraction of them. ``calibrate(X_unknown)`` re-fits it on real unknowns.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.validation import check_is_fitted
+
+from dmlkit.apps.embedding import embed_inputs, validate_inputs
+from dmlkit.apps.identification_metrics import dir_at_far, far_threshold, open_set_roc
+from dmlkit.apps.persistence import load_kit, load_kit_index, save_kit
+
+MODES = ("nearest", "prototype")
+INDEX_METRIC = {"cosine": "cosine", "euclidean": "l2", "dot": "ip"}
+
+
+class Identifier(ClassifierMixin, BaseEstimator):
+    """Open-set identification over an enrolled gallery (scikit-learn classifier API).
+
+    Parameters
+    ----------
+    mode : {"nearest", "prototype"}
+        Score an identity by its best gallery item, or by its mean embedding.
+    metric : {"cosine", "euclidean", "dot"}
+        Scores are cosine similarity, negated Euclidean distance or inner product.
+    index : str
+        ``"exact"`` (:class:`~dmlkit.index.ExactIndex`) or a faiss factory string
+        (``"Flat"``, ``"HNSW32"``, ``"IVF1024,Flat"``; HNSW cannot ``remove``).
+    target_far : float in (0, 1), optional
+        False-alarm rate of the rejection threshold. ``None``: closed set (never reject).
+    unknown_label : object
+        What :meth:`predict` returns for rejected queries.
+    calibration_size : int
+        Gallery items used to calibrate the threshold (a seeded sample).
+    embedder : None, torch.nn.Module, callable or path
+        Maps inputs to embeddings (``None``: the rows as given; a path: a run directory).
+    batch_size : int
+    random_state : int
+
+    Attributes
+    ----------
+    classes_ : ndarray
+        Enrolled identities, sorted.
+    threshold_ : float
+        Queries with top score below it are unknown (``-inf`` in closed-set use).
+    index_ : BaseIndex
+        Gallery items (``"nearest"``, id per item, label = identity code) or prototypes
+        (``"prototype"``, id = identity code).
+    identities_ : ndarray
+        Identity of each code (codes are never reused); ``counts_`` items per code.
+    n_features_in_ : int
+    """
+
+    def __init__(
+        self,
+        *,
+        mode: str = "nearest",
+        metric: str = "cosine",
+        index: str = "exact",
+        target_far: float | None = 1e-2,
+        unknown_label: Any = -1,
+        calibration_size: int = 5000,
+        embedder: Any = None,
+        batch_size: int = 1024,
+        random_state: int = 0,
+    ) -> None:
+        self.mode = mode
+        self.metric = metric
+        self.index = index
+        self.target_far = target_far
+        self.unknown_label = unknown_label
+        self.calibration_size = calibration_size
+        self.embedder = embedder
+        self.batch_size = batch_size
+        self.random_state = random_state
+
+    # -- enrolment ----------------------------------------------------------------------
+    def _embed(self, X: Any, *, reset: bool) -> np.ndarray:
+        X = validate_inputs(self, X, reset=reset, images=self.embedder is not None)
+        return embed_inputs(self.embedder, X, batch_size=self.batch_size).numpy()
+
+    def _new_index(self, dim: int) -> Any:
+        from dmlkit.index import ExactIndex, FaissIndex
+
+        metric = INDEX_METRIC[self.metric]
+        if self.index == "exact":
+            return ExactIndex(dim, metric)
+        return FaissIndex(dim, metric, self.index)
+
+    def fit(self, X: Any, y: Any) -> Identifier:
+        """Enroll gallery ``X`` ``(n, ...)`` with identities ``y`` ``(n,)`` (replacing any
+        earlier gallery) and calibrate the rejection threshold."""
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.metric not in INDEX_METRIC:
+            raise ValueError(f"metric must be one of {tuple(INDEX_METRIC)}, got {self.metric!r}")
+        if self.target_far is not None and not 0.0 < float(self.target_far) < 1.0:
+            raise ValueError(f"target_far must be in (0, 1) or None, got {self.target_far!r}")
+        z = self._embed(X, reset=True)
+        y = self._check_y(y, z.shape[0])
+        self.index_ = self._new_index(z.shape[1])
+        self.identities_ = y[:0].copy()
+        self.counts_ = np.zeros(0, dtype=np.int64)
+        self.sums_ = np.zeros((0, z.shape[1]))
+        self._add(z, y)
+        self._calibrate(z, y)
+        return self
+
+    @staticmethod
+    def _check_y(y: Any, n: int) -> np.ndarray:
+        from sklearn.utils.multiclass import check_classification_targets
+
+        if y is None:
+            raise ValueError("enrolling needs identities y, one per row")
+        y = np.asarray(y)
+        check_classification_targets(y)
+        if y.ndim != 1 or y.shape[0] != n:
+            raise ValueError(f"y must have shape ({n},), got {y.shape}")
+        if y.dtype.hasobject:
+            y = y.astype(str)
+        return y
+
+    def enroll(self, X: Any, y: Any) -> Identifier:
+        """Add gallery items ``X`` of identities ``y`` (new or enrolled) without rebuilding.
+
+        The threshold is kept; :meth:`calibrate` re-fits it to the new gallery.
+        """
+        check_is_fitted(self, "index_")
+        z = self._embed(X, reset=False)
+        self._add(z, self._check_y(y, z.shape[0]))
+        return self
+
+    def _codes(self, y: np.ndarray, create: bool) -> np.ndarray:
+        known = {v: c for c, v in enumerate(self.identities_.tolist())}
+        new = [v for v in dict.fromkeys(y.tolist()) if v not in known]
+        if new and create:
+            try:
+                self.identities_ = np.concatenate([self.identities_, np.asarray(new)])
+            except TypeError:
+                raise TypeError("identities must share one type (numbers or strings)") from None
+            self.counts_ = np.r_[self.counts_, np.zeros(len(new), np.int64)]
+            self.sums_ = np.vstack([self.sums_, np.zeros((len(new), self.sums_.shape[1]))])
+            known.update({v: len(known) + i for i, v in enumerate(new)})
+        return np.array([known.get(v, -1) for v in y.tolist()], dtype=np.int64)
+
+    def _add(self, z: np.ndarray, y: np.ndarray) -> None:
+        codes = self._codes(y, create=True)
+        np.add.at(self.counts_, codes, 1)
+        if self.mode == "nearest":
+            self.index_.add(z, labels=codes)
+        else:
+            np.add.at(self.sums_, codes, z.astype(np.float64))
+            touched = np.unique(codes)
+            self.index_.remove(touched)
+            self.index_.add((self.sums_[touched] / self.counts_[touched, None]), touched,
+                            labels=touched)
+        self._refresh()
+
+    def _refresh(self) -> None:
+        self.classes_ = np.sort(self.identities_[self.counts_ > 0])
+
+    def remove(self, identities: Any) -> Identifier:
+        """Remove every gallery item of these enrolled identities."""
+        check_is_fitted(self, "index_")
+        ids = np.atleast_1d(np.asarray(identities))
+        codes = self._codes(ids, create=False)
+        unknown = [v for v, c in zip(ids.tolist(), codes.tolist(), strict=True)
+                   if c < 0 or self.counts_[c] == 0]
+        if unknown:
+            raise ValueError(f"cannot remove identities that are not enrolled: {unknown[:10]}")
+        if self.mode == "nearest":
+            items = self.index_.ids
+            self.index_.remove(items[np.isin(self.index_.labels_of(items), codes)])
+        else:
+            self.index_.remove(codes)
+            self.sums_[codes] = 0.0
+        self.counts_[codes] = 0
+        self._refresh()
+        return self
+
+    # -- ranking ------------------------------------------------------------------------
+    def _search(self, z: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Identity codes ``(n, k)`` (``-1`` padded) and scores ``(n, k)`` of ``z``."""
+        if self.index_.ntotal == 0:
+            raise ValueError("the gallery is empty: enroll identities first")
+        n_ids = int((self.counts_ > 0).sum())
+        k_items = k if self.mode == "prototype" else k * int(self.counts_.max())
+        scores, ids = self.index_.search(z, min(k_items, self.index_.ntotal))
+        scores = scores.astype(np.float64)
+        if self.metric == "euclidean":
+            scores = -np.sqrt(np.maximum(scores, 0.0))
+        codes = ids if self.mode == "prototype" else self.index_.labels_of(ids)
+        out_c = np.full((z.shape[0], k), -1, dtype=np.int64)
+        out_s = np.full((z.shape[0], k), -np.inf)
+        for r in range(z.shape[0]):
+            row = codes[r]
+            valid = row >= 0
+            uniq, first = np.unique(row[valid], return_index=True)  # best item per identity
+            take = np.sort(first)[: min(k, n_ids)]
+            out_c[r, : take.size] = row[valid][take]
+            out_s[r, : take.size] = scores[r][valid][take]
+        return out_c, out_s
+
+    def identify(self, X: Any, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` identities ``(n, k)`` and their scores ``(n, k)`` for each query.
+
+        Identities are ranked by score (no rejection); rows hold fewer than ``k`` when
+        fewer are enrolled, padded with ``unknown_label`` and ``-inf``.
+        """
+        check_is_fitted(self, "index_")
+        if not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        codes, scores = self._search(self._embed(X, reset=False), int(k))
+        return self._names(codes), scores
+
+    def _names(self, codes: np.ndarray) -> np.ndarray:
+        names = self.identities_[np.clip(codes, 0, None)]
+        if (codes < 0).any():
+            names = names.astype(object)
+            names[codes < 0] = self.unknown_label
+        return names
+
+    def predict(self, X: Any) -> np.ndarray:
+        """``(n,)`` best identity of each query, ``unknown_label`` where rejected."""
+        check_is_fitted(self, "index_")
+        codes, scores = self._search(self._embed(X, reset=False), 1)
+        codes = np.where(scores[:, 0] >= self.threshold_, codes[:, 0], -1)
+        return self._names(codes)
+
+    # -- calibration --------------------------------------------------------------------
+    def calibrate(self, X: Any, y: Any = None) -> Identifier:
+        """Re-fit ``threshold_`` for ``target_far`` on the current gallery.
+
+        Without ``y``, ``X`` are queries of identities *not* enrolled: their top scores
+        are the impostor scores. With ``y``, ``X`` are labelled items of enrolled
+        identities, each scored against the other identities (its own left out).
+        """
+        check_is_fitted(self, "index_")
+        z = self._embed(X, reset=False)
+        self._calibrate(z, None if y is None else self._check_y(y, z.shape[0]))
+        return self
+
+    def _calibrate(self, z: np.ndarray, y: np.ndarray | None) -> None:
+        if self.target_far is None:
+            self.threshold_ = -np.inf
+            return
+        if y is None:
+            impostor = self._search(z, 1)[1][:, 0]
+        else:
+            if int((self.counts_ > 0).sum()) < 2:
+                raise ValueError(
+                    "open-set calibration needs at least two enrolled identities (classes); "
+                    "pass target_far=None for a closed set")
+            own = self._codes(y, create=False)
+            rng = np.random.default_rng(self.random_state)
+            pick = rng.permutation(z.shape[0])[: int(self.calibration_size)]
+            codes, scores = self._search(z[pick], 2)
+            other = np.where(codes[:, 0] != own[pick], 0, 1)  # best identity not its own
+            impostor = scores[np.arange(pick.size), other]
+        self.threshold_ = far_threshold(impostor, float(self.target_far))
+
+    # -- evaluation ---------------------------------------------------------------------
+    def evaluate(self, X: Any, y: Any, *, fars: tuple[float, ...] = (1e-2,),
+                 max_rank: int = 20, curves: bool = False) -> dict[str, Any]:
+        """Open-set metrics of queries ``X`` with true identities ``y``.
+
+        Queries of enrolled identities give the CMC curve (``rank1``, ``rank5``); those
+        of other identities are the unknowns of ``dir_at_far_*`` and of the false-alarm
+        rate at ``threshold_``. ``curves`` adds the open-set ROC.
+        """
+        check_is_fitted(self, "index_")
+        z = self._embed(X, reset=False)
+        y = self._check_y(y, z.shape[0])
+        codes, scores = self._search(z, max_rank)
+        truth = self._codes(y, create=False)
+        known = (truth >= 0) & (self.counts_[np.clip(truth, 0, None)] > 0)
+        if not known.any():
+            raise ValueError("no query belongs to an enrolled identity")
+        hit = codes[known] == truth[known][:, None]  # (nk, max_rank)
+        cmc = np.cumsum(hit, axis=1).clip(0, 1).mean(0)
+        correct = hit[:, 0]
+        out: dict[str, Any] = {
+            "cmc": cmc.tolist(), "rank1": float(cmc[0]), "rank5": float(cmc[min(4, max_rank - 1)]),
+            "mrr": float(np.where(hit.any(1), 1.0 / (hit.argmax(1) + 1), 0.0).mean()),
+            "num_known": int(known.sum()), "num_unknown": int((~known).sum()),
+            "threshold": float(self.threshold_),
+            "dir_at_threshold": float((correct & (scores[known, 0] >= self.threshold_)).mean()),
+        }
+        if (~known).any():
+            unknown_top = scores[~known, 0]
+            out["far_at_threshold"] = float((unknown_top >= self.threshold_).mean())
+            out.update(dir_at_far(scores[known, 0], correct, unknown_top, fars))
+            if curves:
+                out["open_set_roc"] = open_set_roc(scores[known, 0], correct, unknown_top)
+        return out
+
+    # -- persistence --------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write the gallery and threshold to directory ``path`` (no pickle)."""
+        check_is_fitted(self, "index_")
+        if self.identities_.dtype.hasobject:
+            raise TypeError("identities must be numbers or strings to be saved")
+        return save_kit(path, self, arrays={"identities": self.identities_,
+                                            "counts": self.counts_, "sums": self.sums_},
+                        state={"threshold_": float(self.threshold_)},
+                        count=self.index_.ntotal, index=self.index_)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Identifier:
+        """Load an identifier saved by :meth:`save` (checked; no pickle)."""
+        from dmlkit.index.io import IndexFormatError
+
+        ident, state, arrays = load_kit(path, cls)
+        try:
+            ident.threshold_ = float(state["threshold_"])
+            ident.identities_, ident.counts_ = arrays["identities"], arrays["counts"]
+            ident.sums_ = arrays["sums"]
+        except (KeyError, TypeError, ValueError) as err:
+            raise IndexFormatError(f"{path}: incomplete identifier state ({err})") from None
+        ident.index_ = load_kit_index(path)
+        if (ident.counts_.shape != ident.identities_.shape
+                or ident.index_.dim != ident.n_features_in_):
+            raise IndexFormatError(f"{path}: gallery arrays do not match each other")
+        ident._refresh()
+        return ident
+
+    def __sklearn_tags__(self):  # noqa: D105
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        return tags
+
+
+__all__ = ["Identifier", "MODES"]

@@ -1,0 +1,147 @@
+"""Saving and loading application kits without pickle.
+
+A fitted kit is a directory in the format of :mod:`dmlkit.index.io` (written atomically,
+every file's size and SHA-256 checked against the manifest on load, arrays read with
+``allow_pickle=False``), labelled ``"format": "dmlkit-kit"`` with its own version::
+
+    manifest.json   {"format": "dmlkit-kit", "version": 1, "kind": "Verifier", "dim",
+                     "metric", "count", "params": {...}, "files": {...}}
+    state.json      the kit's learned scalars and lists
+    NAME.npy        its learned arrays (shapes and dtypes listed in state.json)
+    index.*         the files of a nearest-neighbour index, for kits that hold one
+
+Constructor parameters must be JSON values; an ``embedder`` is saved only as a run
+directory path (a module or callable cannot be written without pickle).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dmlkit.index.io import IndexFormatError, load_array, load_json, read_manifest, write_index_dir
+
+KIT_FORMAT = "dmlkit-kit"
+KIT_VERSION = 1
+STATE = "state.json"
+INDEX_PREFIX = "index."
+
+
+def _json_params(estimator: Any) -> dict[str, Any]:
+    params = estimator.get_params(deep=False)
+    out: dict[str, Any] = {}
+    for name, value in params.items():
+        if isinstance(value, Path):
+            value = str(value)
+        if value is None or isinstance(value, (bool, int, float, str)):
+            out[name] = value
+        elif isinstance(value, (list, tuple, dict)):
+            import json
+
+            try:
+                json.dumps(value)
+            except TypeError:
+                raise TypeError(f"parameter {name}={value!r} is not JSON; cannot save") from None
+            out[name] = value
+        else:
+            raise TypeError(
+                f"parameter {name} is a {type(value).__name__}, which cannot be saved without "
+                "pickle; pass a run directory path (or embed the data first) to save this kit"
+            )
+    return out
+
+
+def save_kit(
+    path: str | Path,
+    estimator: Any,
+    *,
+    arrays: dict[str, np.ndarray],
+    state: dict[str, Any],
+    count: int,
+    index: Any = None,
+) -> Path:
+    """Write a fitted ``estimator`` to directory ``path`` atomically.
+
+    ``arrays`` become ``NAME.npy``; ``state`` (JSON) becomes ``state.json``; ``index`` (a
+    :class:`~dmlkit.index.BaseIndex`) is saved with its files prefixed ``index.``.
+    """
+    arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    state = dict(state)
+    state["arrays"] = {k: {"shape": list(v.shape), "dtype": v.dtype.str} for k, v in arrays.items()}
+    header = {
+        "kind": type(estimator).__name__,
+        "dim": int(getattr(estimator, "n_features_in_", 0)),
+        "metric": str(getattr(estimator, "metric", "")),
+        "count": int(count),
+        "params": _json_params(estimator),
+    }
+    path = Path(path)
+    with tempfile.TemporaryDirectory(dir=path.parent if path.parent.exists() else None) as tmp:
+        writers = {}
+        if index is not None:
+            index_dir = Path(tmp) / "index"
+            index.save(index_dir)
+            for f in sorted(index_dir.iterdir()):
+                writers[INDEX_PREFIX + f.name] = lambda dst, src=f: shutil.copyfile(src, dst)
+        return write_index_dir(path, header, arrays, {STATE: state}, writers,
+                               format_name=KIT_FORMAT, version=KIT_VERSION)
+
+
+def load_kit(path: str | Path, cls: type) -> tuple[Any, dict[str, Any], dict[str, np.ndarray]]:
+    """``(estimator with its saved params, state, arrays)`` of a kit directory.
+
+    Raises :class:`~dmlkit.index.IndexFormatError` (a ``ValueError``) for a missing,
+    corrupt, truncated or foreign directory, or one holding another kind of kit.
+    """
+    path = Path(path)
+    manifest = read_manifest(path, format_name=KIT_FORMAT, version=KIT_VERSION)
+    if manifest["kind"] != cls.__name__:
+        raise IndexFormatError(f"{path} holds a {manifest['kind']}, not a {cls.__name__}")
+    params = manifest.get("params")
+    if not isinstance(params, dict):
+        raise IndexFormatError(f"{path}: manifest params must be an object")
+    try:
+        estimator = cls(**params)
+    except (TypeError, ValueError) as err:
+        raise IndexFormatError(f"{path}: bad saved parameters: {err}") from None
+    state = load_json(path, STATE)
+    if not isinstance(state, dict) or not isinstance(state.get("arrays"), dict):
+        raise IndexFormatError(f"{path}/{STATE} is not a kit state")
+    arrays = {}
+    for name, info in state["arrays"].items():
+        try:
+            shape, dtype = tuple(int(s) for s in info["shape"]), np.dtype(info["dtype"])
+        except (KeyError, TypeError, ValueError):
+            raise IndexFormatError(f"{path}/{STATE}: bad description of array {name!r}") from None
+        if dtype.hasobject:
+            raise IndexFormatError(f"{path}/{STATE}: array {name!r} has object dtype")
+        arrays[name] = load_array(path, name, shape, dtype)
+    if manifest["dim"]:
+        estimator.n_features_in_ = int(manifest["dim"])
+    return estimator, state, arrays
+
+
+def load_kit_index(path: str | Path) -> Any:
+    """The nearest-neighbour index saved inside a kit directory (already checked)."""
+    from dmlkit.index import load_index
+
+    path = Path(path)
+    names = [f for f in path.iterdir() if f.name.startswith(INDEX_PREFIX)]
+    if not names:
+        raise IndexFormatError(f"{path} holds no index files")
+    with tempfile.TemporaryDirectory() as tmp:
+        for f in names:
+            dst = Path(tmp) / f.name[len(INDEX_PREFIX):]
+            try:
+                os.link(f, dst)
+            except OSError:
+                shutil.copyfile(f, dst)
+        return load_index(tmp)
+
+
+__all__ = ["KIT_FORMAT", "KIT_VERSION", "save_kit", "load_kit", "load_kit_index"]

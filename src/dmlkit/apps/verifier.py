@@ -1,0 +1,312 @@
+"""Verification: decide whether two items show the same identity, with a fitted threshold.
+
+:class:`Verifier` scores a pair by the similarity of its embeddings (cosine by default),
+fits a decision threshold on labelled pairs (or on pairs drawn from a labelled set) for a
+target false-accept rate or for the best accuracy, and maps scores to a calibrated
+probability of "same" (Platt scaling or isotonic regression). It reports AUC, EER and
+TAR@FAR with 95% bootstrap intervals, and ROC / DET curves as data. Inputs are raw
+features (no embedder), or anything :func:`~dmlkit.apps.embedding.embed_inputs` accepts:
+a torch module, a callable or a dmlkit run directory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
+
+from dmlkit.apps.embedding import embed_inputs, validate_inputs
+from dmlkit.apps.persistence import load_kit, save_kit
+from dmlkit.apps.verification_stats import bootstrap_intervals, verification_curves
+from dmlkit.evaluation.verification import (
+    ThresholdCalibrator,
+    pair_scores,
+    pairs_from_labels,
+    verification_metrics,
+)
+from dmlkit.functional.verification import best_accuracy_threshold, check_scored_pairs
+
+CALIBRATIONS = ("platt", "isotonic", None)
+METRICS = ("cosine", "euclidean", "dot")
+
+
+def check_pairs(pairs: Any, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``(i, j, is_same or None)`` of a pair list naming rows of an ``n``-row set.
+
+    ``pairs`` is a tuple ``(i, j)`` or ``(i, j, is_same)`` of equal-length arrays, or an
+    ``(m, 2)`` / ``(m, 3)`` integer array.
+    """
+    if isinstance(pairs, np.ndarray) and pairs.ndim == 2 and pairs.shape[1] in (2, 3):
+        pairs = tuple(pairs.T)
+    if not isinstance(pairs, (tuple, list)) or len(pairs) not in (2, 3):
+        raise TypeError("pairs must be (i, j) or (i, j, is_same) arrays, or an (m, 2|3) array")
+    cols = [np.asarray(p).reshape(-1) for p in pairs]
+    if len({c.shape[0] for c in cols}) != 1:
+        raise ValueError(f"pair columns have different lengths: {[c.shape[0] for c in cols]}")
+    if cols[0].size == 0:
+        raise ValueError("pairs is empty")
+    i, j = cols[0], cols[1]
+    for name, c in (("i", i), ("j", j)):
+        if not np.issubdtype(c.dtype, np.integer):
+            raise TypeError(f"pair rows {name} must be integers, got dtype {c.dtype}")
+        bad = np.flatnonzero((c < 0) | (c >= n))
+        if bad.size:
+            raise ValueError(
+                f"pair {int(bad[0])} names row {int(c[bad[0]])}, which does not exist "
+                f"(the data has {n} rows)")
+    same = None
+    if len(cols) == 3:
+        same = cols[2]
+        if same.dtype != np.bool_ and not np.isin(same, (0, 1)).all():
+            raise ValueError("is_same of pairs must be boolean or 0/1")
+        same = same.astype(bool)
+    return i.astype(np.int64), j.astype(np.int64), same
+
+
+class Verifier(BaseEstimator):
+    """Same-or-different decisions on pairs, with a threshold fitted on labelled pairs.
+
+    Parameters
+    ----------
+    metric : {"cosine", "euclidean", "dot"}
+        Pair score: cosine similarity, negated Euclidean distance or inner product.
+    target_far : float in (0, 1), optional
+        Fit the lowest threshold whose false-accept rate on the fitting pairs is at most
+        this. ``None``: the threshold of best accuracy.
+    calibration : {"platt", "isotonic", None}
+        How ``predict_proba`` maps scores to P(same), fitted on the same pairs.
+    max_pairs : int
+        When fitting on a labelled set, at most this many of its pairs (seeded draw).
+    n_bootstrap : int
+        Bootstrap replicates of the 95% intervals reported by :meth:`evaluate`.
+    fars : sequence of float
+        FARs at which :meth:`evaluate` reports TAR.
+    embedder : None, torch.nn.Module, callable or path
+        Maps inputs to embeddings (``None``: use the rows as given; a path: a run
+        directory whose model embeds raw inputs).
+    batch_size : int
+        Rows embedded at a time.
+    random_state : int
+        Seed of pair drawing and of the bootstrap.
+
+    Attributes
+    ----------
+    threshold_ : float
+        Pairs with score ``>= threshold_`` are accepted as "same".
+    far_, tar_ : float
+        False- and true-accept rates at ``threshold_`` on the fitting pairs.
+    n_pairs_, n_same_ : int
+    n_features_in_ : int
+
+    Examples
+    --------
+    >>> v = Verifier(target_far=1e-2).fit(X, y)       # doctest: +SKIP
+    >>> v.predict(X[:5], X[5:10])                      # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        *,
+        metric: str = "cosine",
+        target_far: float | None = None,
+        calibration: str | None = "platt",
+        max_pairs: int = 200_000,
+        n_bootstrap: int = 1000,
+        fars: Sequence[float] = (1e-3, 1e-2, 1e-1),
+        embedder: Any = None,
+        batch_size: int = 1024,
+        random_state: int = 0,
+    ) -> None:
+        self.metric = metric
+        self.target_far = target_far
+        self.calibration = calibration
+        self.max_pairs = max_pairs
+        self.n_bootstrap = n_bootstrap
+        self.fars = fars
+        self.embedder = embedder
+        self.batch_size = batch_size
+        self.random_state = random_state
+
+    # -- inputs -------------------------------------------------------------------------
+    def _embed(self, X: Any, *, reset: bool) -> np.ndarray:
+        X = validate_inputs(self, X, reset=reset, images=self.embedder is not None)
+        return embed_inputs(self.embedder, X, batch_size=self.batch_size).numpy()
+
+    def _labelled_pairs(self, X: Any, y: Any, pairs: Any, *, reset: bool):
+        """Embedded pair members ``(z_a, z_b, is_same)`` of a set and its pairs or labels."""
+        z = self._embed(X, reset=reset)
+        labels = None
+        if y is not None:
+            labels = np.asarray(y)
+            if labels.ndim != 1 or labels.shape[0] != z.shape[0]:
+                raise ValueError(f"y must have shape ({z.shape[0]},), got {labels.shape}")
+        if pairs is None:
+            if labels is None:
+                raise ValueError("pass labels y (pairs are drawn from them) or pairs")
+            if np.unique(labels).size < 2:
+                raise ValueError(
+                    f"a calibration set needs at least two identities; y has only {labels[0]!r}")
+            i, j, same = pairs_from_labels(labels, max_pairs=self.max_pairs,
+                                           seed=self.random_state)
+        else:
+            i, j, same = check_pairs(pairs, z.shape[0])
+            if same is None:
+                if labels is None:
+                    raise ValueError("pairs without is_same need labels y")
+                same = labels[i] == labels[j]
+        return z[i], z[j], np.asarray(same, dtype=bool)
+
+    def _check_params(self) -> None:
+        if self.metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
+        if self.calibration not in CALIBRATIONS:
+            raise ValueError(f"calibration must be one of {CALIBRATIONS}, got "
+                             f"{self.calibration!r}")
+        if self.target_far is not None and not 0.0 < float(self.target_far) < 1.0:
+            raise ValueError(f"target_far must be in (0, 1) or None, got {self.target_far!r}")
+
+    # -- fitting ------------------------------------------------------------------------
+    def fit(self, X: Any, y: Any = None, *, pairs: Any = None) -> Verifier:
+        """Fit the threshold on pairs of ``X`` ``(n, ...)``.
+
+        ``pairs`` (rows of ``X``, optionally with ``is_same``) names the pairs; without it
+        pairs are drawn from the labels ``y`` ``(n,)``.
+        """
+        self._check_params()
+        z_a, z_b, same = self._labelled_pairs(X, y, pairs, reset=True)
+        return self._fit_scores(pair_scores(z_a, z_b, self.metric), same)
+
+    def fit_pairs(self, X_a: Any, X_b: Any, is_same: Any) -> Verifier:
+        """Fit on explicit pairs: rows of ``X_a`` and ``X_b`` ``(m, ...)``, ``is_same`` ``(m,)``."""
+        self._check_params()
+        z_a = self._embed(X_a, reset=True)
+        z_b = self._embed(X_b, reset=False)
+        return self._fit_scores(self._pair_scores(z_a, z_b), is_same)
+
+    def _pair_scores(self, z_a: np.ndarray, z_b: np.ndarray) -> np.ndarray:
+        if z_a.shape != z_b.shape:
+            raise ValueError(f"pair members have different shapes: {z_a.shape}, {z_b.shape}")
+        return pair_scores(z_a, z_b, self.metric)
+
+    def _fit_scores(self, scores: np.ndarray, is_same: Any) -> Verifier:
+        s, y = check_scored_pairs(scores, is_same)
+        if self.target_far is None:
+            self.threshold_, _ = best_accuracy_threshold(s, y)
+        else:
+            self.threshold_ = ThresholdCalibrator(float(self.target_far)).fit(s, y).threshold_
+        accepted = s >= self.threshold_
+        self.far_ = float(accepted[~y].mean())
+        self.tar_ = float(accepted[y].mean())
+        self.n_pairs_, self.n_same_ = int(s.size), int(y.sum())
+        self.platt_ = np.zeros(2)
+        self.isotonic_ = np.zeros((2, 0))
+        if self.calibration == "platt":
+            from sklearn.linear_model import LogisticRegression
+
+            lr = LogisticRegression(C=1e6).fit(s[:, None], y)
+            self.platt_ = np.array([lr.coef_[0, 0], lr.intercept_[0]])
+        elif self.calibration == "isotonic":
+            from sklearn.isotonic import IsotonicRegression
+
+            iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(s, y)
+            self.isotonic_ = np.stack([iso.X_thresholds_, iso.y_thresholds_])  # (2, t)
+        return self
+
+    # -- deciding -----------------------------------------------------------------------
+    def score_pairs(self, X_a: Any, X_b: Any) -> np.ndarray:
+        """``(m,)`` float64 similarity of each pair (larger = more alike)."""
+        check_is_fitted(self, "threshold_")
+        return self._pair_scores(self._embed(X_a, reset=False), self._embed(X_b, reset=False))
+
+    def decision_function(self, X_a: Any, X_b: Any) -> np.ndarray:
+        """``score - threshold_``: non-negative for pairs accepted as "same"."""
+        return self.score_pairs(X_a, X_b) - self.threshold_
+
+    def predict(self, X_a: Any, X_b: Any) -> np.ndarray:
+        """``(m,)`` bool: True where the pair is accepted as the same identity."""
+        return self.decision_function(X_a, X_b) >= 0.0
+
+    def predict_proba(self, X_a: Any, X_b: Any) -> np.ndarray:
+        """``(m, 2)`` calibrated probabilities of [different, same]."""
+        if self.calibration is None:
+            raise ValueError("predict_proba needs calibration='platt' or 'isotonic'")
+        p = self.proba_from_scores(self.score_pairs(X_a, X_b))
+        return np.stack([1.0 - p, p], axis=1)
+
+    def proba_from_scores(self, scores: Any) -> np.ndarray:
+        """``(m,)`` calibrated P(same) of pair scores."""
+        check_is_fitted(self, "threshold_")
+        s = np.asarray(scores, dtype=np.float64).reshape(-1)
+        if self.calibration == "platt":
+            return 1.0 / (1.0 + np.exp(-(self.platt_[0] * s + self.platt_[1])))
+        if self.calibration == "isotonic":
+            return np.interp(s, self.isotonic_[0], self.isotonic_[1])
+        raise ValueError("this Verifier has no calibration")
+
+    # -- evaluating ---------------------------------------------------------------------
+    def evaluate(self, X: Any, y: Any = None, *, pairs: Any = None,
+                 curves: bool = False) -> dict[str, Any]:
+        """Metrics on pairs of a labelled set (or the given ``pairs`` of its rows).
+
+        Returns :func:`~dmlkit.evaluation.verification_metrics`'s keys, ``ci95`` (95%
+        bootstrap intervals of ``eer`` and each ``tar_at_far_*``), the accuracy, FAR and
+        TAR at ``threshold_``, and with ``curves`` the ROC / DET data.
+        """
+        check_is_fitted(self, "threshold_")
+        z_a, z_b, same = self._labelled_pairs(X, y, pairs, reset=False)
+        return self.evaluate_scores(self._pair_scores(z_a, z_b), same, curves=curves)
+
+    def evaluate_pairs(self, X_a: Any, X_b: Any, is_same: Any, *,
+                       curves: bool = False) -> dict[str, Any]:
+        """:meth:`evaluate` on explicit pairs."""
+        return self.evaluate_scores(self.score_pairs(X_a, X_b), is_same, curves=curves)
+
+    def evaluate_scores(self, scores: Any, is_same: Any, *, curves: bool = False) -> dict:
+        """:meth:`evaluate` on pair scores already computed."""
+        check_is_fitted(self, "threshold_")
+        s, y = check_scored_pairs(scores, is_same)
+        fars = tuple(float(f) for f in self.fars)
+        out: dict[str, Any] = verification_metrics(s, y, fars=fars, seed=self.random_state)
+        out["ci95"] = bootstrap_intervals(s, y, fars=fars, n_bootstrap=self.n_bootstrap,
+                                          seed=self.random_state)
+        accepted = s >= self.threshold_
+        out["threshold"] = float(self.threshold_)
+        out["accuracy_at_threshold"] = float((accepted == y).mean())
+        out["far_at_threshold"] = float(accepted[~y].mean())
+        out["tar_at_threshold"] = float(accepted[y].mean())
+        if curves:
+            out["curves"] = verification_curves(s, y)
+        return out
+
+    # -- persistence --------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write the fitted verifier to directory ``path`` (JSON + arrays, no pickle)."""
+        check_is_fitted(self, "threshold_")
+        state = {"threshold_": self.threshold_, "far_": self.far_, "tar_": self.tar_,
+                 "n_pairs_": self.n_pairs_, "n_same_": self.n_same_}
+        return save_kit(path, self, arrays={"platt": self.platt_, "isotonic": self.isotonic_},
+                        state=state, count=self.n_pairs_)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Verifier:
+        """Load a verifier saved by :meth:`save` (checked; see :mod:`dmlkit.apps.persistence`)."""
+        from dmlkit.index.io import IndexFormatError
+
+        v, state, arrays = load_kit(path, cls)
+        try:
+            v.threshold_ = float(state["threshold_"])
+            v.far_, v.tar_ = float(state["far_"]), float(state["tar_"])
+            v.n_pairs_, v.n_same_ = int(state["n_pairs_"]), int(state["n_same_"])
+            v.platt_, v.isotonic_ = arrays["platt"], arrays["isotonic"]
+        except (KeyError, TypeError, ValueError) as err:
+            raise IndexFormatError(f"{path}: incomplete verifier state ({err})") from None
+        if v.platt_.shape != (2,) or v.isotonic_.ndim != 2 or v.isotonic_.shape[0] != 2:
+            raise IndexFormatError(f"{path}: calibration arrays have the wrong shape")
+        return v
+
+
+__all__ = ["Verifier", "check_pairs", "CALIBRATIONS"]
