@@ -29,6 +29,8 @@ SPECIAL: dict[str, dict[str, Any]] = {
     "cross_batch_memory": {"memory_size": 8, "detach_batch": False},
     "weighted_sum": {"losses": [LOSSES.build("contrastive"), LOSSES.build("multi_similarity")],
                      "weights": [1.0, 0.5]},
+    # pytorch-metric-learning's required parameters and names
+    "ranked_list": {"margin": 0.4, "Tn": 1.0},
 }
 
 
