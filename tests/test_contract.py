@@ -27,6 +27,8 @@ SPECIAL: dict[str, dict[str, Any]] = {
     # a memory holding exactly the current batch, with live gradients, is a pure function
     # of the batch (the default detaches the memory, so gradcheck would see a different loss)
     "cross_batch_memory": {"memory_size": 8, "detach_batch": False},
+    # momentum 1: the histogram is the current batch's, so the loss is a pure function
+    "dynamic_soft_margin": {"momentum": 1.0},
     "weighted_sum": {"losses": [LOSSES.build("contrastive"), LOSSES.build("multi_similarity")],
                      "weights": [1.0, 0.5]},
     # pytorch-metric-learning's required parameters and names
@@ -50,6 +52,13 @@ def make(registry, name: str, **overrides: Any):
     return cls(**params)
 
 
+def call(loss_fn, x, y, **kwargs):
+    """``loss_fn(x, y)``; two-view losses without labels get a second view made from ``x``."""
+    if getattr(loss_fn, "takes_labels", True):
+        return loss_fn(x, y, **kwargs)
+    return loss_fn(x, ref_embeddings=0.5 * x.roll(1, 0) + 0.1, **kwargs)
+
+
 def batch(n: int = 16, dtype=torch.float32, seed: int = 0, classes: int = NUM_CLASSES):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, DIM, generator=g, dtype=dtype)
@@ -62,12 +71,12 @@ def test_loss_scalar_backward_and_determinism(name):
     loss_fn = make(LOSSES, name)
     x, y = batch()
     x.requires_grad_(True)
-    out = loss_fn(x, y)
+    out = call(loss_fn, x, y)
     assert out.dim() == 0 and torch.isfinite(out)
     out.backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
     assert x.grad.abs().sum() > 0, "loss on a random batch should have a non-zero gradient"
-    again = make(LOSSES, name)(x.detach(), y)
+    again = call(make(LOSSES, name), x.detach(), y)
     assert torch.allclose(out.detach(), again.detach())
 
 
@@ -76,7 +85,7 @@ def test_loss_gradcheck_fp64(name):
     loss_fn = make(LOSSES, name).double()
     x, y = batch(n=8, dtype=torch.float64, seed=1)
     x.requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda e: loss_fn(e, y), (x,), eps=1e-6, atol=1e-4)
+    assert torch.autograd.gradcheck(lambda e: call(loss_fn, e, y), (x,), eps=1e-6, atol=1e-4)
 
 
 @pytest.mark.parametrize("name", LOSSES.names())
@@ -84,6 +93,8 @@ def test_loss_without_valid_tuples_is_connected_zero(name):
     loss_fn = make(LOSSES, name)
     if getattr(loss_fn, "requires_labels", False):
         pytest.skip("classifier/proxy losses have a loss for every labelled sample")
+    if not getattr(loss_fn, "takes_labels", True):
+        pytest.skip("two-view losses have no tuples")
     # a single sample has no pair at all
     x1 = torch.randn(1, DIM, requires_grad=True)
     out = loss_fn(x1, torch.zeros(1, dtype=torch.long))
@@ -105,7 +116,7 @@ def test_loss_without_valid_tuples_is_connected_zero(name):
 def test_loss_empty_batch_is_connected_zero(name):
     loss_fn = make(LOSSES, name)
     x = torch.zeros(0, DIM, requires_grad=True)
-    out = loss_fn(x, torch.zeros(0, dtype=torch.long))
+    out = call(loss_fn, x, torch.zeros(0, dtype=torch.long))
     assert out.item() == 0.0
     out.backward()
 
@@ -117,7 +128,11 @@ def test_loss_bad_inputs_raise(name):
     with pytest.raises(ValueError, match="NaN"):
         bad = x.clone()
         bad[0, 0] = float("nan")
-        loss_fn(bad, y)
+        call(loss_fn, bad, y)
+    if not getattr(loss_fn, "takes_labels", True):
+        with pytest.raises(ValueError, match="shape"):
+            call(loss_fn, x[0], y)
+        return
     with pytest.raises(ValueError, match="length"):
         loss_fn(x, y[:-1])
     with pytest.raises(ValueError, match="shape"):
@@ -134,7 +149,7 @@ def test_loss_config_round_trip(name):
     assert config_of(rebuilt) == config
     rebuilt.load_state_dict(loss_fn.state_dict())
     x, y = batch()
-    assert torch.allclose(loss_fn(x, y), rebuilt(x, y))
+    assert torch.allclose(call(loss_fn, x, y), call(rebuilt, x, y))
 
 
 @pytest.mark.parametrize("name", MINERS.names())
