@@ -1,15 +1,17 @@
 """Retrieval metrics: dmlkit against pytorch-metric-learning's AccuracyCalculator.
 
 Both compute Precision@1, R-Precision and MAP@R, leave-one-out, on the same embeddings
-in the same process: dmlkit with ``retrieval_metrics`` (exact kNN by threshold filtering,
-:func:`dmlkit.functional.exact_topk`),
+in the same process: dmlkit with ``retrieval_metrics(x, y)`` **with its defaults**
+(which also give Recall@1/2/4/8 and Precision@1/2/4/8; exact kNN by threshold filtering,
+:func:`dmlkit.functional.exact_topk`, on large sets),
 pytorch-metric-learning with ``AccuracyCalculator(k="max_bin_count")`` (faiss
 ``IndexFlatL2``, its default). The data has class structure: ``n`` points of dimension
 ``--dim`` in ``n / per_class`` classes, ``center[class] + noise``.
 
 Usage::
 
-    python benchmarks/evaluation.py                         # 10k, 100k, 300k
+    python benchmarks/evaluation.py                         # 1k, 10k, 50k, 100k
+    python benchmarks/evaluation.py --sizes 300000          # one run: ~5 minutes
     python benchmarks/evaluation.py --sizes 10000 --repeats 3
     python benchmarks/evaluation.py --sizes 300000 --queries 30000   # 30k queries, 300k gallery
 
@@ -27,7 +29,9 @@ import torch
 from _common import format_table, machine_info, write_json
 
 #: size -> number of classes
-CLASSES = {10_000: 100, 100_000: 1000, 300_000: 1000}
+CLASSES = {1_000: 10, 10_000: 100, 50_000: 500, 100_000: 1000, 300_000: 1000}
+#: sizes run by default (300k is asked for with --sizes: one run takes minutes)
+DEFAULT_SIZES = [1_000, 10_000, 50_000, 100_000]
 KEYS = {"precision_at_1": "precision_at_1", "r_precision": "r_precision",
         "map_at_r": "mean_average_precision_at_r"}
 
@@ -44,11 +48,10 @@ def make_data(n: int, dim: int, classes: int, seed: int) -> tuple[torch.Tensor, 
 def run_dmlkit(x: torch.Tensor, y: torch.Tensor, nq: int) -> dict[str, float]:
     from dmlkit.evaluation import retrieval_metrics
 
-    opts = {"k": (1,), "average_precision": False, "reciprocal_rank": False}
-    if nq >= x.shape[0]:  # leave-one-out
-        r = retrieval_metrics(x, y, **opts)
+    if nq >= x.shape[0]:  # leave-one-out, defaults
+        r = retrieval_metrics(x, y)
     else:  # the first nq items query the whole set, each skipping itself
-        r = retrieval_metrics(x[:nq], y[:nq], x, y, ref_includes_query=True, **opts)
+        r = retrieval_metrics(x[:nq], y[:nq], x, y, ref_includes_query=True)
     return {k: r[k] for k in KEYS}
 
 
@@ -73,7 +76,7 @@ def timed(fn, *args) -> tuple[float, dict[str, float]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=list(CLASSES))
+    parser.add_argument("--sizes", type=int, nargs="+", default=DEFAULT_SIZES)
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)

@@ -55,6 +55,21 @@ def test_evaluate_run(run_dir, tmp_path):
     assert bad.exit_code == 1 and "error" in bad.output
 
 
+def test_evaluate_full_ranking_flag(run_dir, tmp_path):
+    """Full mAP and MRR only with --full-ranking; the default keeps the top-R metrics."""
+    outs = {}
+    for flags in ([], ["--full-ranking"]):
+        out = tmp_path / f"ev{len(flags)}.json"
+        res = runner.invoke(app, ["evaluate", str(run_dir), "--out", str(out),
+                                  "--sections", "retrieval", *flags])
+        assert res.exit_code == 0, res.output
+        assert "retrieval (200 queries, leave-one-out) ..." in res.stderr
+        outs[len(flags)] = json.loads(out.read_text())["retrieval"]
+    assert "mean_average_precision" not in outs[0]
+    assert 0.0 < outs[1]["mean_average_precision"] <= 1.0
+    assert outs[1]["mean_reciprocal_rank"] >= outs[1]["precision_at_1"]
+    assert outs[1]["map_at_r"] == outs[0]["map_at_r"]
+
 def test_index_build_and_search(run_dir, tmp_path):
     index_dir = tmp_path / "ix"
     res = runner.invoke(app, ["index", "build", str(run_dir), "--data", "heldout",

@@ -67,7 +67,8 @@ def test_metrics_with_some_exact_ties_equal_the_loop_reference():
     x[10:15] = x[20]  # exact duplicates: tied distances
     separate = {"reference": x[:90], "reference_labels": y[:90]}
     for kwargs, (xr, yr, loo) in (({}, (x, y, True)), (separate, (x[:90], y[:90], False))):
-        got = retrieval_metrics(x, y, **kwargs, chunk_size=23)
+        got = retrieval_metrics(x, y, **kwargs, chunk_size=23, average_precision=True,
+                                reciprocal_rank=True)
         want, _ = naive_metrics(x.numpy(), y.numpy(), xr.numpy(), yr.numpy(), loo)
         for name in ("mean_average_precision", "mean_reciprocal_rank", "map_at_r"):
             assert abs(got[name] - want[name]) < 1e-9, name
@@ -78,7 +79,8 @@ def test_chunks_without_any_relevant_reference():
     g = torch.Generator().manual_seed(3)
     x, xr = torch.randn(12, 3, generator=g), torch.randn(20, 3, generator=g)
     y, yr = torch.arange(12) % 4, torch.arange(20) % 2  # classes 2 and 3 are absent
-    got = retrieval_metrics(x, y, xr, yr, chunk_size=1)
+    got = retrieval_metrics(x, y, xr, yr, chunk_size=1, average_precision=True,
+                            reciprocal_rank=True)
     want, nq = naive_metrics(x.numpy(), y.numpy(), xr.numpy(), yr.numpy(), False)
     assert got["num_queries"] == nq == 6
     for name in ("mean_average_precision", "mean_reciprocal_rank"):

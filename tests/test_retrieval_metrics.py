@@ -12,6 +12,8 @@ from dmlkit.evaluation import retrieval_metrics
 from dmlkit.functional.retrieval import knn, topk_lexicographic
 
 KS = (1, 2, 4, 8)
+#: the full-ranking metrics, off by default
+FULL = {"average_precision": True, "reciprocal_rank": True}
 
 
 def naive_metrics(q, ql, r, rl, exclude_self, metric="euclidean", same=None):
@@ -69,10 +71,10 @@ def test_against_naive_reference(separate, metric):
         xr, yr = tied_data(90, x.shape[1], 9, seed=3)
         if metric == "cosine":
             xr = torch.randn(90, 5, generator=torch.Generator().manual_seed(4))
-        got = retrieval_metrics(x, y, xr, yr, metric=metric, chunk_size=17)
+        got = retrieval_metrics(x, y, xr, yr, metric=metric, chunk_size=17, **FULL)
         want, nq = naive_metrics(x.numpy(), y.numpy(), xr.numpy(), yr.numpy(), False, metric)
     else:
-        got = retrieval_metrics(x, y, metric=metric, chunk_size=17)
+        got = retrieval_metrics(x, y, metric=metric, chunk_size=17, **FULL)
         want, nq = naive_metrics(x.numpy(), y.numpy(), x.numpy(), y.numpy(), True, metric)
     assert got["num_queries"] == nq
     for name, v in want.items():
@@ -83,7 +85,7 @@ def test_multilabel_and_hierarchical_labels_against_naive():
     g = torch.Generator().manual_seed(5)
     x = torch.randint(0, 3, (60, 3), generator=g).float()
     multi = torch.rand(60, 4, generator=g) < 0.3
-    got = retrieval_metrics(x, multi, chunk_size=11)
+    got = retrieval_metrics(x, multi, chunk_size=11, **FULL)
     want, nq = naive_metrics(x.numpy(), multi.numpy(), x.numpy(), multi.numpy(), True,
                              same=lambda a, b: bool((a & b).any()))
     assert got["num_queries"] == nq
@@ -91,7 +93,7 @@ def test_multilabel_and_hierarchical_labels_against_naive():
         assert got[name] == pytest.approx(v, abs=1e-9), name
     hier = torch.stack([torch.randint(0, 2, (60,), generator=g),
                         torch.randint(0, 3, (60,), generator=g)], dim=1)
-    got = retrieval_metrics(x, hier)
+    got = retrieval_metrics(x, hier, **FULL)
     want, _ = naive_metrics(x.numpy(), hier.numpy(), x.numpy(), hier.numpy(), True)
     for name, v in want.items():
         assert got[name] == pytest.approx(v, abs=1e-9), name
@@ -129,20 +131,20 @@ def _compare_pml(got, want):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_equals_pml_with_ties(seed):
     x, y = tied_data(250, 5, 12, seed)
-    _compare_pml(retrieval_metrics(x, y), _pml(x, y))
+    _compare_pml(retrieval_metrics(x, y, **FULL), _pml(x, y))
     xr, yr = tied_data(200, 5, 15, seed + 10)  # some query classes absent from reference
-    _compare_pml(retrieval_metrics(x, y, xr, yr), _pml(x, y, xr, yr))
+    _compare_pml(retrieval_metrics(x, y, xr, yr, **FULL), _pml(x, y, xr, yr))
 
 
 def test_equals_pml_on_digits():
     datasets = pytest.importorskip("sklearn.datasets")
     xd, yd = datasets.load_digits(return_X_y=True)
     x, y = torch.from_numpy(xd[:900]).float(), torch.from_numpy(yd[:900])
-    _compare_pml(retrieval_metrics(x, y), _pml(x, y))
-    _compare_pml(retrieval_metrics(x[:300], y[:300], x[300:], y[300:]),
+    _compare_pml(retrieval_metrics(x, y, **FULL), _pml(x, y))
+    _compare_pml(retrieval_metrics(x[:300], y[:300], x[300:], y[300:], **FULL),
                  _pml(x[:300], y[:300], x[300:], y[300:]))
     # the reference holds the queries first: each query skips its own row, as in PML
-    _compare_pml(retrieval_metrics(x[:300], y[:300], x, y, ref_includes_query=True),
+    _compare_pml(retrieval_metrics(x[:300], y[:300], x, y, ref_includes_query=True, **FULL),
                  _pml_ref_includes_query(x[:300], y[:300], x, y))
 
 
@@ -192,3 +194,17 @@ def test_knn_matches_bruteforce_and_pads():
     assert (i.numpy() == want).all()
     d, i = knn(x[:2], x[:3], 5)
     assert (i[:, 3:] == -1).all() and torch.isinf(d[:, 3:]).all()
+
+
+def test_defaults_skip_the_full_ranking_metrics():
+    """Defaults: the top-R metrics only; full mAP and MRR when asked, top-R values equal."""
+    x, y = tied_data(120, 3, 4, seed=2)
+    default = retrieval_metrics(x, y)
+    assert "mean_average_precision" not in default and "mean_reciprocal_rank" not in default
+    assert {"precision_at_1", "r_precision", "map_at_r", "recall_at_8", "precision_at_8",
+            "num_queries", "metric"} <= set(default)
+    full = retrieval_metrics(x, y, **FULL)
+    want, _ = naive_metrics(x.numpy(), y.numpy(), x.numpy(), y.numpy(), True)
+    assert full["mean_reciprocal_rank"] == pytest.approx(want["mean_reciprocal_rank"], abs=1e-9)
+    for name, v in default.items():
+        assert full[name] == v, name

@@ -62,6 +62,9 @@ def evaluate(
     seed: int = typer.Option(0, "--seed"),
     episodes: int = typer.Option(600, "--episodes", help="Few-shot episodes per setting."),
     per_class: bool = typer.Option(False, "--per-class", help="Per-class retrieval in JSON."),
+    full_ranking: bool = typer.Option(
+        False, "--full-ranking", help="Also mAP over the full ranking and MRR (slower)."
+    ),
     device: str = typer.Option("cpu", "--device"),
 ) -> None:
     """Retrieval, clustering, verification and few-shot metrics, printed and saved as JSON."""
@@ -70,6 +73,7 @@ def evaluate(
 
     options = {"metric": metric, "sections": [s.strip() for s in sections.split(",") if s],
                "seed": seed, "episodes": episodes, "per_class": per_class,
+               "full_ranking": full_ranking,
                "log": lambda line: typer.echo(line, err=True)}  # progress, on stderr
     try:
         if run_dir.suffix == ".npz" and run_dir.is_file():

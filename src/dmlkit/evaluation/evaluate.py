@@ -38,6 +38,7 @@ def evaluate_embeddings(
     few_shot: Sequence[tuple[int, int]] = ((5, 1), (5, 5)),
     episodes: int = 600,
     per_class: bool = False,
+    full_ranking: bool = False,
     out: str | Path | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
@@ -60,6 +61,9 @@ def evaluate_embeddings(
         Verification uses all pairs of the set, or this many sampled ones.
     few_shot : sequence of (n_way, k_shot)
         Episode settings; settings the data cannot support are skipped with a note.
+    full_ranking : bool
+        Also compute retrieval's ``mean_average_precision`` and ``mean_reciprocal_rank``
+        (a pass over every query's whole ranking: several times slower on large sets).
     out : path, optional
         Also write the result as JSON (atomically).
     log : callable, optional
@@ -83,7 +87,8 @@ def evaluate_embeddings(
         gallery = "leave-one-out" if ref_embeddings is None else f"{len(ref_embeddings)} references"
         with _section(log, f"retrieval ({x.shape[0]} queries, {gallery})"):
             result["retrieval"] = retrieval_metrics(
-                x, y, ref_embeddings, ref_labels, k=k, metric=metric, per_class=per_class)
+                x, y, ref_embeddings, ref_labels, k=k, metric=metric, per_class=per_class,
+                average_precision=full_ranking, reciprocal_rank=full_ranking)
     flat_labels = y.dim() == 1
     if "clustering" in sections:
         with _section(log, "clustering (k-means)"):

@@ -14,6 +14,13 @@ Definitions follow Musgrave, Belongie and Lim, "A Metric Learning Reality Check"
 * ``r_precision`` = (relevant in the top R) / R; ``map_at_r`` = (1/R) sum over the top R
   of P(i) * rel(i); ``mean_average_precision`` is the same sum over the full ranking;
   ``mean_reciprocal_rank`` averages 1 / rank of the first relevant item.
+
+Keys of the result: by default ``precision_at_1``, ``recall_at_{k}``, ``precision_at_{k}``,
+``r_precision``, ``map_at_r``, ``num_queries`` and ``metric``. These need only each
+query's ``max(R, k)`` nearest references, found by exact threshold filtering on large
+sets. ``mean_average_precision`` and ``mean_reciprocal_rank`` need the rank of relevant
+items anywhere in the full ranking (an ``O(m)`` pass per query), so they are computed
+only when asked: ``average_precision=True`` / ``reciprocal_rank=True``.
 """
 
 from __future__ import annotations
@@ -79,8 +86,8 @@ def retrieval_metrics(
     k: int | Sequence[int] | None = None,
     metric: str = "euclidean",
     ref_includes_query: bool = False,
-    average_precision: bool = True,
-    reciprocal_rank: bool = True,
+    average_precision: bool = False,
+    reciprocal_rank: bool = False,
     per_class: bool = False,
     chunk_size: int | None = None,
 ) -> dict:
@@ -100,7 +107,9 @@ def retrieval_metrics(
     ref_includes_query : bool
         The first ``n`` reference rows are the queries; each query skips its own row.
     average_precision, reciprocal_rank : bool
-        Also compute full mAP (an ``O(m log m)`` sort per query) and MRR.
+        Also compute ``mean_average_precision`` (over the full ranking) and
+        ``mean_reciprocal_rank``. Off by default: each needs a pass over every
+        query's whole row, several times the cost of the default metrics on large sets.
     per_class : bool
         Add ``"per_class": {label: {metric: value, "count": n}}`` (label = class id, or a
         tuple for ``(n, L)`` labels).
@@ -109,9 +118,9 @@ def retrieval_metrics(
     -------
     dict
         ``precision_at_1``, ``r_precision``, ``map_at_r``, ``recall_at_{k}``,
-        ``precision_at_{k}``, ``mean_average_precision``, ``mean_reciprocal_rank``
-        (floats, NaN when no query has a relevant reference), ``num_queries`` (queries
-        with at least one relevant reference) and ``metric``.
+        ``precision_at_{k}`` (floats, NaN when no query has a relevant reference),
+        ``num_queries`` (queries with at least one relevant reference) and ``metric``;
+        ``mean_average_precision`` and ``mean_reciprocal_rank`` when asked for.
     """
     query, query_labels, reference, reference_labels = _check_inputs(
         query, query_labels, reference, reference_labels
