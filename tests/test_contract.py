@@ -29,6 +29,9 @@ SPECIAL: dict[str, dict[str, Any]] = {
     "cross_batch_memory": {"memory_size": 8, "detach_batch": False},
     # momentum 1: the histogram is the current batch's, so the loss is a pure function
     "dynamic_soft_margin": {"momentum": 1.0},
+    "multiple_losses": {"losses": {"a": LOSSES.build("contrastive"),
+                                   "b": LOSSES.build("multi_similarity")},
+                        "weights": {"a": 1.0, "b": 0.5}},
     "weighted_sum": {"losses": [LOSSES.build("contrastive"), LOSSES.build("multi_similarity")],
                      "weights": [1.0, 0.5]},
     # pytorch-metric-learning's required parameters and names

@@ -193,6 +193,11 @@ def build_from_config(registry: Registry[T], config: dict[str, Any] | str) -> T:
             params[key] = [
                 build_from_config(sub, v) if isinstance(v, (dict, str)) else v for v in value
             ]
+        elif isinstance(value, dict) and "name" not in value:  # {key: config} by name
+            params[key] = {
+                k: build_from_config(sub, v) if isinstance(v, (dict, str)) else v
+                for k, v in value.items()
+            }
         elif isinstance(value, (dict, str)):
             params[key] = build_from_config(sub, value)
     return registry.build(config["name"], **params)

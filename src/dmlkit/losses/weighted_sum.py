@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import Tensor, nn
@@ -10,6 +11,8 @@ from dmlkit.functional.tuples import IndexTuple
 from dmlkit.losses.base import BaseMetricLoss
 from dmlkit.registry import register_loss
 
+Losses = Sequence[BaseMetricLoss] | Mapping[str, BaseMetricLoss]
+
 
 @register_loss("weighted_sum")
 class WeightedSumLoss(BaseMetricLoss):
@@ -17,16 +20,18 @@ class WeightedSumLoss(BaseMetricLoss):
 
     ``tuples_k`` are mined by ``miners[k]`` when it is given (against the reference set
     when there is one), else the ``indices`` passed in (to the losses that take them).
-    pytorch-metric-learning's ``MultipleLosses`` in list form.
+    When any miner is given, passing ``indices`` as well is an error (the miners decide).
+    This is pytorch-metric-learning's ``MultipleLosses`` (see :class:`MultipleLosses` for
+    its argument order), in list or dict form.
 
     Parameters
     ----------
-    losses : list of BaseMetricLoss
+    losses : list of BaseMetricLoss, or dict name -> BaseMetricLoss
         At least one loss.
-    weights : list of float, optional
-        One weight per loss (default 1 each).
-    miners : list of (BaseMiner or None), optional
-        One entry per loss.
+    weights : list of float, or dict name -> float, optional
+        One weight per loss (default 1 each); a dict must name every loss.
+    miners : list of (BaseMiner or None), or dict name -> BaseMiner, optional
+        A list has one entry per loss; a dict names some of the losses.
 
     Examples
     --------
@@ -37,36 +42,67 @@ class WeightedSumLoss(BaseMetricLoss):
 
     def __init__(
         self,
-        losses: list[BaseMetricLoss],
-        weights: list[float] | None = None,
-        miners: list[Any] | None = None,
+        losses: Losses,
+        weights: Sequence[float] | Mapping[str, float] | None = None,
+        miners: Sequence[Any] | Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(distance=None)
-        losses = list(losses)
-        if not losses or not all(isinstance(f, BaseMetricLoss) for f in losses):
-            raise ValueError(f"losses must be a non-empty list of losses, got {losses!r}")
-        k = len(losses)
-        weights = [1.0] * k if weights is None else [float(w) for w in weights]
-        if len(weights) != k:
-            raise ValueError(f"got {len(weights)} weights for {k} losses")
-        if miners is not None and len(miners) != k:
-            raise ValueError(f"got {len(miners)} miners for {k} losses")
-        self.loss_modules = nn.ModuleList(losses)
-        self.weights = weights
-        self._miners = None if miners is None else list(miners)
-        self.miner_modules = nn.ModuleList([m for m in (miners or []) if m is not None])
-        self.requires_labels = any(f.requires_labels for f in losses) or any(
-            m is not None for m in (miners or [])
+        keys = list(losses) if isinstance(losses, Mapping) else None
+        loss_list = [losses[k] for k in keys] if keys is not None else list(losses)
+        if not loss_list or not all(isinstance(f, BaseMetricLoss) for f in loss_list):
+            raise ValueError(f"losses must be a non-empty list or dict of losses, got {losses!r}")
+        k = len(loss_list)
+        self._keys = keys
+        weight_list = self._per_loss("weights", weights, keys, k, complete=True)
+        miner_list = self._per_loss("miners", miners, keys, k, complete=False)
+        self.loss_modules = nn.ModuleList(loss_list)
+        self._weights = [1.0 if w is None else float(w) for w in weight_list]
+        self._miners = None if miners is None else miner_list
+        self.miner_modules = nn.ModuleList([m for m in miner_list if m is not None])
+        self.requires_labels = any(f.requires_labels for f in loss_list) or any(
+            m is not None for m in miner_list
         )
-        self.accepts_indices = any(f.accepts_indices for f in losses)
+        self.accepts_indices = any(f.accepts_indices for f in loss_list)
+
+    @staticmethod
+    def _per_loss(
+        what: str, values: Any, keys: list[str] | None, k: int, *, complete: bool
+    ) -> list[Any]:
+        """``values`` as one entry per loss (None where absent)."""
+        if values is None:
+            return [None] * k
+        if keys is None:
+            if isinstance(values, Mapping):
+                raise ValueError(f"{what} must be a list when losses are a list")
+            values = list(values)
+            if len(values) != k:
+                raise ValueError(f"got {len(values)} {what} for {k} losses")
+            return values
+        if not isinstance(values, Mapping):
+            raise ValueError(f"{what} must be a dict when losses are a dict")
+        unknown = sorted(set(values) - set(keys))
+        if unknown:
+            raise ValueError(f"{what} name(s) {unknown} are not losses; losses: {keys}")
+        if complete and set(values) != set(keys):
+            raise ValueError(f"{what} must name every loss {keys}, got {sorted(values)}")
+        return [values.get(key) for key in keys]
+
+    def _as_given(self, values: list[Any]) -> Any:
+        if self._keys is None:
+            return values
+        return {key: v for key, v in zip(self._keys, values, strict=True) if v is not None}
 
     @property
-    def losses(self) -> list[BaseMetricLoss]:
-        return list(self.loss_modules)
+    def losses(self) -> Any:
+        return self._as_given(list(self.loss_modules))
 
     @property
-    def miners(self) -> list[Any] | None:
-        return None if self._miners is None else list(self._miners)
+    def weights(self) -> Any:
+        return self._as_given(list(self._weights))
+
+    @property
+    def miners(self) -> Any:
+        return None if self._miners is None else self._as_given(list(self._miners))
 
     def compute_loss(
         self,
@@ -76,8 +112,12 @@ class WeightedSumLoss(BaseMetricLoss):
         ref_embeddings: Tensor | None,
         ref_labels: Tensor | None,
     ) -> Tensor:
+        if indices is not None and self._miners is not None and any(
+            m is not None for m in self._miners
+        ):
+            raise ValueError(f"{type(self).__name__} has miners: do not pass indices too")
         total = self.zero_loss(embeddings)
-        for k, (loss_fn, weight) in enumerate(zip(self.loss_modules, self.weights, strict=True)):
+        for k, (loss_fn, weight) in enumerate(zip(self.loss_modules, self._weights, strict=True)):
             miner = None if self._miners is None else self._miners[k]
             tuples = indices if loss_fn.accepts_indices else None
             if miner is not None:
@@ -91,3 +131,6 @@ class WeightedSumLoss(BaseMetricLoss):
             )
             total = total + weight * value
         return total
+
+
+__all__ = ["WeightedSumLoss"]
