@@ -22,6 +22,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from dmlkit.apps.embedding import embed_inputs, validate_inputs
 from dmlkit.apps.persistence import load_kit, save_kit
+from dmlkit.apps.targets import check_targets
 
 METHODS = ("prototype", "knn")
 SCALES = ("fixed", "learned")
@@ -92,8 +93,6 @@ class FewShotClassifier(ClassifierMixin, BaseEstimator):
 
     def fit(self, X: Any, y: Any) -> FewShotClassifier:
         """Store the support set ``X`` ``(n, ...)`` with classes ``y`` ``(n,)``."""
-        from sklearn.utils.multiclass import check_classification_targets
-
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.metric not in ("cosine", "euclidean", "dot"):
@@ -105,10 +104,7 @@ class FewShotClassifier(ClassifierMixin, BaseEstimator):
         if not float(self.temperature) > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
         z = self._embed(X, reset=True)
-        y = np.asarray(y)
-        if y.ndim != 1 or y.shape[0] != z.shape[0]:
-            raise ValueError(f"y must have shape ({z.shape[0]},), got {y.shape}")
-        check_classification_targets(y)
+        y = check_targets(y, z.shape[0])
         self.classes_, codes = np.unique(y, return_inverse=True)
         self.support_, self.support_codes_ = z, codes.astype(np.int64)
         counts = np.bincount(codes, minlength=self.classes_.size)

@@ -25,6 +25,7 @@ from sklearn.utils.validation import check_is_fitted
 from dmlkit.apps.embedding import embed_inputs, validate_inputs
 from dmlkit.apps.identification_metrics import dir_at_far, far_threshold, open_set_roc
 from dmlkit.apps.persistence import load_kit, load_kit_index, save_kit
+from dmlkit.apps.targets import check_targets
 
 MODES = ("nearest", "prototype")
 INDEX_METRIC = {"cosine": "cosine", "euclidean": "l2", "dot": "ip"}
@@ -124,17 +125,7 @@ class Identifier(ClassifierMixin, BaseEstimator):
 
     @staticmethod
     def _check_y(y: Any, n: int) -> np.ndarray:
-        from sklearn.utils.multiclass import check_classification_targets
-
-        if y is None:
-            raise ValueError("enrolling needs identities y, one per row")
-        y = np.asarray(y)
-        check_classification_targets(y)
-        if y.ndim != 1 or y.shape[0] != n:
-            raise ValueError(f"y must have shape ({n},), got {y.shape}")
-        if y.dtype.hasobject:
-            y = y.astype(str)
-        return y
+        return check_targets(y, n)
 
     def enroll(self, X: Any, y: Any) -> Identifier:
         """Add gallery items ``X`` of identities ``y`` (new or enrolled) without rebuilding.
@@ -230,9 +221,15 @@ class Identifier(ClassifierMixin, BaseEstimator):
         return self._names(codes), scores
 
     def _names(self, codes: np.ndarray) -> np.ndarray:
+        """Identities of codes, ``unknown_label`` for ``-1`` (kept in the identities'
+        dtype when it fits there, else an object array)."""
         names = self.identities_[np.clip(codes, 0, None)]
         if (codes < 0).any():
-            names = names.astype(object)
+            try:
+                dtype = np.result_type(names.dtype, np.asarray(self.unknown_label).dtype)
+            except TypeError:  # numbers and strings mixed
+                dtype = np.dtype(object)
+            names = names.astype(dtype)
             names[codes < 0] = self.unknown_label
         return names
 
@@ -265,8 +262,8 @@ class Identifier(ClassifierMixin, BaseEstimator):
         else:
             if int((self.counts_ > 0).sum()) < 2:
                 raise ValueError(
-                    "open-set calibration needs at least two enrolled identities (classes); "
-                    "pass target_far=None for a closed set")
+                    "open-set calibration needs at least two enrolled identities, got one "
+                    "class; pass target_far=None for a closed set")
             own = self._codes(y, create=False)
             rng = np.random.default_rng(self.random_state)
             pick = rng.permutation(z.shape[0])[: int(self.calibration_size)]

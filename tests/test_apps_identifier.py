@@ -1,0 +1,163 @@
+"""Identifier: ranking against loops, incremental galleries, calibration, persistence."""
+
+import numpy as np
+import pytest
+from sklearn.exceptions import NotFittedError
+
+from dmlkit.apps import Identifier
+from dmlkit.apps.identification_metrics import far_threshold
+from dmlkit.index import IndexFormatError
+
+
+def blobs(n_classes=8, per_class=6, d=5, noise=0.7, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(n_classes, d))
+    y = np.repeat(np.arange(n_classes), per_class)
+    return (centers[y] + noise * rng.normal(size=(y.size, d))).astype(np.float32), y
+
+
+def sim(q, g, metric):
+    q, g = q.astype(np.float64), g.astype(np.float64)
+    if metric == "cosine":
+        q = q / np.linalg.norm(q, axis=1, keepdims=True)
+        g = g / np.linalg.norm(g, axis=1, keepdims=True)
+    if metric == "euclidean":
+        return -np.sqrt(((q[:, None] - g[None]) ** 2).sum(-1))
+    return q @ g.T
+
+
+def loop_identity_scores(q, x, y, mode, metric):
+    """(n, C) score of each identity: best item, or the prototype."""
+    classes = np.unique(y)
+    if mode == "prototype":
+        protos = np.stack([x[y == c].astype(np.float64).mean(0) for c in classes])
+        return classes, sim(q, protos, metric)
+    s = sim(q, x, metric)
+    return classes, np.stack([s[:, y == c].max(1) for c in classes], 1)
+
+
+@pytest.mark.parametrize("mode", ["nearest", "prototype"])
+@pytest.mark.parametrize("metric", ["cosine", "euclidean", "dot"])
+def test_identify_matches_loop(mode, metric):
+    x, y = blobs()
+    q, _ = blobs(seed=1)
+    ident = Identifier(mode=mode, metric=metric, target_far=None).fit(x, y)
+    names, scores = ident.identify(q, k=3)
+    classes, ref = loop_identity_scores(q, x, y, mode, metric)
+    order = np.argsort(-ref, axis=1, kind="stable")[:, :3]
+    np.testing.assert_allclose(scores, np.take_along_axis(ref, order, 1), rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(names, classes[order])
+    np.testing.assert_array_equal(ident.predict(q), classes[order[:, 0]])
+
+
+def test_faiss_flat_agrees_with_exact():
+    x, y = blobs()
+    q, _ = blobs(seed=2)
+    a = Identifier(index="exact").fit(x, y)
+    b = Identifier(index="Flat").fit(x, y)
+    np.testing.assert_array_equal(a.identify(q, 4)[0], b.identify(q, 4)[0])
+    np.testing.assert_allclose(a.identify(q, 4)[1], b.identify(q, 4)[1], atol=1e-5)
+    assert a.threshold_ == pytest.approx(b.threshold_, abs=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["nearest", "prototype"])
+def test_incremental_enroll_and_remove_equal_a_rebuild(mode):
+    x, y = blobs()
+    q, _ = blobs(seed=3)
+    full = Identifier(mode=mode, target_far=None).fit(x, y)
+    part = Identifier(mode=mode, target_far=None).fit(x[y < 4], y[y < 4])
+    part.enroll(x[y >= 4][::2], y[y >= 4][::2]).enroll(x[y >= 4][1::2], y[y >= 4][1::2])
+    np.testing.assert_array_equal(part.classes_, full.classes_)
+    np.testing.assert_array_equal(part.identify(q, 3)[0], full.identify(q, 3)[0])
+    np.testing.assert_allclose(part.identify(q, 3)[1], full.identify(q, 3)[1], atol=1e-5)
+    part.remove([2, 5])
+    keep = ~np.isin(y, [2, 5])
+    rebuilt = Identifier(mode=mode, target_far=None).fit(x[keep], y[keep])
+    np.testing.assert_array_equal(part.classes_, rebuilt.classes_)
+    np.testing.assert_array_equal(part.identify(q, 3)[0], rebuilt.identify(q, 3)[0])
+    # a removed identity can come back
+    part.enroll(x[y == 2], y[y == 2])
+    assert 2 in part.classes_
+
+
+def test_leave_identity_out_calibration_matches_loop():
+    x, y = blobs()
+    ident = Identifier(target_far=0.1).fit(x, y)
+    s = sim(x, x, "cosine")
+    impostor = [max(s[i, y != y[i]]) for i in range(len(y))]
+    assert ident.threshold_ == pytest.approx(far_threshold(impostor, 0.1), abs=1e-5)
+    # with real unknowns: the false-alarm rate on them meets the target
+    unknown, _ = blobs(n_classes=30, seed=9)
+    ident.calibrate(unknown)
+    _, scores = ident.identify(unknown, k=1)
+    assert (scores[:, 0] >= ident.threshold_).mean() <= 0.1
+
+
+def test_open_set_predict_and_evaluate():
+    x, y = blobs(n_classes=10, noise=0.3)
+    q, yq = blobs(n_classes=10, noise=0.3, seed=0)  # same centres
+    known = y < 5
+    ident = Identifier(target_far=0.05, unknown_label=-1).fit(x[known], y[known])
+    pred = ident.predict(q)
+    assert set(np.unique(pred)) <= set(range(5)) | {-1}
+    out = ident.evaluate(q, yq, fars=(0.05,), max_rank=5, curves=True)
+    assert out["num_known"] == known.sum() and out["num_unknown"] == (~known).sum()
+    _, ref = loop_identity_scores(q[yq < 5], x[known], y[known], "nearest", "cosine")
+    rank = (ref > ref[np.arange(len(ref)), yq[yq < 5]][:, None]).sum(1)  # 0 = first
+    np.testing.assert_allclose(out["cmc"], [(rank <= r).mean() for r in range(5)])
+    assert out["dir_at_far_0.05"] <= out["rank1"]
+    assert out["open_set_roc"]["far"][0] == 0.0
+    # unknown queries not rejected by predict are the false alarms at threshold_
+    assert out["far_at_threshold"] == pytest.approx((pred[yq >= 5] != -1).mean())
+
+
+def test_string_identities_and_unknown_label():
+    x, y = blobs()
+    names = np.array([f"person{c}" for c in y])
+    ident = Identifier(unknown_label="nobody", target_far=0.01).fit(x, names)
+    far_away = np.full((2, 5), 50.0, dtype=np.float32)
+    far_away[1] *= -1
+    assert set(ident.predict(np.vstack([x[:3], far_away]))) <= set(names) | {"nobody"}
+    ident.remove("person3")
+    assert "person3" not in ident.classes_
+
+
+def test_save_load_round_trip(tmp_path):
+    x, y = blobs()
+    q, _ = blobs(seed=4)
+    for index in ("exact", "Flat"):
+        for mode in ("nearest", "prototype"):
+            ident = Identifier(mode=mode, index=index).fit(x, y)
+            ident.save(tmp_path / f"{index}-{mode}")
+            back = Identifier.load(tmp_path / f"{index}-{mode}")
+            np.testing.assert_array_equal(back.identify(q, 3)[0], ident.identify(q, 3)[0])
+            assert back.threshold_ == ident.threshold_
+            back.enroll(x[:2], [100, 100]).remove([0])  # still incremental after loading
+    path = tmp_path / "exact-nearest"
+    (path / "index.vectors.npy").write_bytes(b"\x93NUMPY junk")
+    with pytest.raises(IndexFormatError):
+        Identifier.load(path)
+
+
+def test_bad_input():
+    x, y = blobs()
+    with pytest.raises(NotFittedError):
+        Identifier().predict(x)
+    with pytest.raises(ValueError, match="0 sample"):
+        Identifier().fit(x[:0], y[:0])
+    ident = Identifier(target_far=None).fit(x, y)
+    with pytest.raises(ValueError, match=r"not enrolled: \[42\]"):
+        ident.remove([42])
+    with pytest.raises(ValueError, match="features"):
+        ident.predict(x[:, :3])
+    with pytest.raises(ValueError, match="NaN"):
+        ident.enroll(np.full((1, 5), np.nan), [1])
+    with pytest.raises(ValueError, match="one label per row"):
+        ident.enroll(x[:3], [1, 2])
+    ident.remove(np.unique(y))
+    with pytest.raises(ValueError, match="gallery is empty"):
+        ident.predict(x[:2])
+    with pytest.raises(ValueError, match="one class"):
+        Identifier(target_far=0.01).fit(x[:6], y[:6])
+    with pytest.raises(ValueError, match="mode"):
+        Identifier(mode="centroid").fit(x, y)
