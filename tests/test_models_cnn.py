@@ -93,3 +93,38 @@ def test_config_round_trip():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SmallCNN(**kwargs)
+
+
+@pytest.mark.parametrize("grid", [1, 3])
+def test_non_square_images_in_every_layout(grid):
+    """56 x 46 images (faces): 4-D, 3-D and flat inputs give the same embeddings."""
+    torch.manual_seed(0)
+    model = SmallCNN(image_size=(56, 46), width=4, dim=8, grid=grid).eval()
+    assert len(model.body) == 5  # three blocks (min(56, 46) >= 16), pool, flatten
+    x = torch.rand(5, 1, 56, 46, generator=torch.Generator().manual_seed(1))
+    out = model(x)
+    assert out.shape == (5, 8) and torch.isfinite(out).all()
+    assert torch.allclose(model(x[:, 0]), out) and torch.allclose(model(x.flatten(1)), out)
+    fmap = model.body[:3](x)  # (5, 16, 14, 11): rows and columns pooled separately
+    assert fmap.shape[-2:] == (14, 11)
+    rotated = SmallCNN(image_size=(46, 56), width=4, dim=8, grid=grid).eval()
+    rotated.load_state_dict(model.state_dict())  # same weights, transposed images
+    assert rotated(x.transpose(2, 3)).shape == (5, 8)
+    out.sum().backward()  # trains on them
+    assert model.head.linear.weight.grad is not None
+
+
+def test_non_square_size_round_trips_and_is_checked():
+    model = SmallCNN(image_size=(56, 46), width=4, dim=8)
+    cfg = config_of(model)
+    assert cfg["image_size"] == [56, 46]
+    rebuilt = build_from_config(MODELS, cfg)
+    assert rebuilt.hw == (56, 46)
+    with pytest.raises(ValueError, match="2576 features"):
+        model(torch.rand(2, 56 * 56))
+    with pytest.raises(ValueError, match="image_size"):
+        SmallCNN(image_size=(56, 3))
+    with pytest.raises(TypeError, match="image_size"):
+        SmallCNN(image_size=(56, 46, 3))
+    # a square side still means square (and the 8 x 8 digits keep two blocks)
+    assert SmallCNN(image_size=8).hw == (8, 8) and len(SmallCNN(image_size=8).body) == 4

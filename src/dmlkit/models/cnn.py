@@ -1,6 +1,9 @@
-"""A small convolutional embedder for single- or few-channel images (8x8 digits, 28x28 MNIST)."""
+"""A small convolutional embedder for single- or few-channel images (8x8 digits, 28x28
+MNIST, 56x46 faces: square or not)."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from torch import Tensor, nn
 
@@ -19,12 +22,31 @@ def _block(c_in: int, c_out: int, pool: bool) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def _height_width(image_size: int | Sequence[int]) -> tuple[int, int]:
+    """``(H, W)`` from an int side or an ``(H, W)`` pair, each >= 4."""
+    if isinstance(image_size, bool):
+        raise TypeError(f"image_size must be an int or (H, W), got {image_size!r}")
+    if isinstance(image_size, int):
+        hw = (image_size, image_size)
+    elif (isinstance(image_size, Sequence) and len(image_size) == 2
+          and all(isinstance(v, int) and not isinstance(v, bool) for v in image_size)):
+        hw = (int(image_size[0]), int(image_size[1]))
+    else:
+        raise TypeError(f"image_size must be an int or (H, W), got {image_size!r}")
+    if min(hw) < 4:
+        raise ValueError(f"image_size must be >= 4 on each side, got {image_size}")
+    return hw
+
+
 @register_model("small_cnn")
 class SmallCNN(nn.Module):
     """``(n, C, H, W) -> (n, dim)``: conv blocks, average pooling, embedding head.
 
-    Accepts ``(n, H, W)`` and flat ``(n, C*H*W)`` inputs too (reshaped with
-    ``in_channels`` and ``image_size``). Images of side >= 16 get a third pooled block.
+    Images need not be square: ``H != W`` works (e.g. 56 x 46 faces), since the
+    convolutions and the adaptive pooling take any ``H, W >= 4``; give ``image_size`` as
+    ``(H, W)`` for flat inputs of non-square images. Accepts ``(n, H, W)`` and flat
+    ``(n, C*H*W)`` inputs too (reshaped with ``in_channels`` and ``image_size``). Images
+    whose shorter side is >= 16 get a third pooled block.
     ``grid=1`` is global average pooling; ``grid=k`` average-pools the last feature map
     to a ``k x k`` grid and flattens it (``channels * k * k`` features), so the embedding
     keeps where in the image a pattern is, which transfers better to unseen classes.
@@ -32,8 +54,10 @@ class SmallCNN(nn.Module):
     Parameters
     ----------
     in_channels : int
-    image_size : int
-        Side of the (square) input images.
+    image_size : int or (int, int)
+        Side of square images, or ``(H, W)``. Used to reshape flat inputs and to decide
+        the third block (``min(H, W) >= 16``); ``(n, C, H, W)`` inputs of another size
+        are accepted as they come.
     dim : int
         Embedding dimension.
     width : int
@@ -49,7 +73,7 @@ class SmallCNN(nn.Module):
     def __init__(
         self,
         in_channels: int = 1,
-        image_size: int = 28,
+        image_size: int | Sequence[int] = 28,
         dim: int = 64,
         width: int = 32,
         normalize: bool = True,
@@ -57,21 +81,21 @@ class SmallCNN(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        if image_size < 4:
-            raise ValueError(f"image_size must be >= 4, got {image_size}")
+        hw = _height_width(image_size)
         if not isinstance(grid, int) or grid < 1:
             raise ValueError(f"grid must be an int >= 1, got {grid!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.in_channels = in_channels
-        self.image_size = image_size
+        self.image_size = image_size if isinstance(image_size, int) else hw
+        self.hw = hw  # (H, W)
         self.width = width
         self.normalize = normalize
         self.grid = grid
         self.dropout = dropout
         blocks = [_block(in_channels, width, pool=True), _block(width, 2 * width, pool=True)]
         channels = 2 * width
-        if image_size >= 16:
+        if min(hw) >= 16:
             blocks.append(_block(channels, 2 * channels, pool=False))
             channels *= 2
         pooled: list[nn.Module] = [nn.AdaptiveAvgPool2d(grid), nn.Flatten()]
@@ -83,11 +107,12 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.float()
-        s, c = self.image_size, self.in_channels
+        (h, w), c = self.hw, self.in_channels
         if x.dim() == 2:
-            if x.shape[1] != c * s * s:
-                raise ValueError(f"flat input must have {c * s * s} features, got {x.shape[1]}")
-            x = x.view(-1, c, s, s)
+            if x.shape[1] != c * h * w:
+                raise ValueError(f"flat input must have {c * h * w} features ({c} x {h} x {w}), "
+                                 f"got {x.shape[1]}")
+            x = x.view(-1, c, h, w)
         elif x.dim() == 3:
             x = x.unsqueeze(1)
         if x.dim() != 4 or x.shape[1] != c:
