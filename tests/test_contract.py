@@ -36,6 +36,8 @@ SPECIAL: dict[str, dict[str, Any]] = {
                      "weights": [1.0, 0.5]},
     # pytorch-metric-learning's required parameters and names
     "ranked_list": {"margin": 0.4, "Tn": 1.0},
+    "p2s_grad": {"descriptors_dim": 8},
+    "manifold": {"l": 8, "K": 4},
 }
 
 
