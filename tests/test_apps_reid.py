@@ -105,7 +105,7 @@ def test_far_threshold_and_dir():
     correct = np.array([True, True, False, True])
     out = dir_at_far(known, correct, unknown, [0.1, 0.3])
     assert out["dir_at_far_0.1"] == pytest.approx(0.5)  # 0.95 and 0.85 (0.82 is wrong)
-    assert out["dir_at_far_0.3"] == pytest.approx(0.5)  # t just above 0.6: 0.95, 0.85 correct, 0.82 wrong
+    assert out["dir_at_far_0.3"] == pytest.approx(0.5)  # t just above 0.6
     roc = open_set_roc(known, correct, unknown)
     assert roc["far"][0] == 0.0 and roc["dir"][0] == 0.0  # threshold +inf
     assert roc["far"][-1] == 1.0 and roc["dir"][-1] == pytest.approx(0.75)

@@ -185,6 +185,11 @@ class Identifier(ClassifierMixin, BaseEstimator):
         self._refresh()
         return self
 
+    def embed(self, X: Any) -> np.ndarray:
+        """``(n, dim)`` float32 embeddings of ``X`` as the gallery sees them."""
+        check_is_fitted(self, "index_")
+        return self._embed(X, reset=False)
+
     # -- ranking ------------------------------------------------------------------------
     def _search(self, z: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Identity codes ``(n, k)`` (``-1`` padded) and scores ``(n, k)`` of ``z``."""
