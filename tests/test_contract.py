@@ -160,7 +160,8 @@ def test_loss_config_round_trip(name):
 @pytest.mark.parametrize("name", MINERS.names())
 def test_miner_contract(name):
     miner = make(MINERS, name)
-    x, y = batch(n=16)
+    label_free = not getattr(miner, "takes_labels", True)
+    x, y = batch(n=15 if label_free else 16)
     x.requires_grad_(True)
     out = miner(x, y)
     assert isinstance(out, (Pairs, Triplets, Quadruplets))
@@ -170,6 +171,11 @@ def test_miner_contract(name):
     assert all(torch.equal(a, b) for a, b in zip(out, again, strict=True))
     config = config_of(miner)
     assert config_of(build_from_config(MINERS, config)) == config
+    if label_free:  # the batch layout decides: labels change nothing, a bad layout raises
+        assert all(torch.equal(a, b) for a, b in zip(miner(x, torch.arange(15)), out, strict=True))
+        with pytest.raises(ValueError):
+            miner(torch.randn(16, DIM))
+        return
     # a batch where every sample is its own class yields no tuple with a positive
     none = miner(x, torch.arange(16))
     if isinstance(none, (Triplets, Quadruplets)):

@@ -11,6 +11,7 @@ from dmlkit.distances.base import BaseDistance
 from dmlkit.functional.chunking import chunk_size_for, row_chunks
 from dmlkit.functional.labels import pos_neg_masks
 from dmlkit.functional.tuples import Triplets
+from dmlkit.miners._matrix import miner_matrix
 from dmlkit.miners.base import BaseMiner
 from dmlkit.registry import register_miner
 
@@ -26,7 +27,11 @@ class TripletMarginMiner(BaseMiner):
     * ``"semihard"``: ``0 < gap <= margin`` (FaceNet's semi-hard negatives);
     * ``"easy"``: ``gap > margin``.
 
-    Same triplets, in the same order, as pytorch-metric-learning's ``TripletMarginMiner``.
+    Same triplets, in the same order, as pytorch-metric-learning's ``TripletMarginMiner``
+    for every type and margin, with or without a reference set, ties included: the
+    matrix entries are computed as there (``torch.cdist`` for Euclidean distances), and
+    ``gap`` is one subtraction of two entries, so triplets on a threshold fall on the
+    same side. Any distance.
     Anchors are processed in chunks, so memory is O(chunk * m^2) plus the output.
 
     Parameters
@@ -67,7 +72,7 @@ class TripletMarginMiner(BaseMiner):
         sign = -1.0 if self.distance.is_similarity else 1.0
         out: list[tuple[Tensor, Tensor, Tensor]] = []
         for a, b in row_chunks(n, chunk_size_for(n, m * m)):
-            e = sign * self.distance.compute_matrix(x[a:b], ref)  # (c, m), smaller = closer
+            e = sign * miner_matrix(self.distance, x[a:b], ref)  # (c, m), smaller = closer
             pos, neg = pos_neg_masks(labels[a:b], ref_labels, exclude_self=same_set, row_offset=a)
             gap = e[:, None, :] - e[:, :, None]  # (c, m_p, m_n): e_an - e_ap
             valid = pos[:, :, None] & neg[:, None, :]  # (c, m, m)
