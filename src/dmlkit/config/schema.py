@@ -47,6 +47,10 @@ class DataConfig:
     augment_shift, augment_hflip : int, bool
         Training-image augmentation (:mod:`dmlkit.data.augment`): random shifts of up to
         ``augment_shift`` pixels and random left-right flips, seeded by ``seed``.
+    augment : dict, optional
+        More image augmentation, per batch on the tensors (:class:`dmlkit.data.augment_ops.
+        AugmentPolicy`): ``crop_scale``, ``crop_ratio``, ``degrees``, ``translate``,
+        ``hflip``, ``vflip``, ``brightness``, ``contrast``, ``saturation``. Off by default.
     kind : {"labels", "pairs", "triplets"}
         ``"labels"``: class-labelled items. ``"pairs"`` / ``"triplets"``: weak supervision
         (see :mod:`dmlkit.training.weak`): tuples from the CSV file ``tuples`` (entries are
@@ -71,6 +75,7 @@ class DataConfig:
     seed: int = 0
     augment_shift: int = 0
     augment_hflip: bool = False
+    augment: dict[str, Any] | None = None
     kind: str = "labels"
     tuples: str | None = None
     features: str | None = None
@@ -91,6 +96,10 @@ class DataConfig:
             raise ValueError(f"data.name {self.name!r} needs data.path")
         if self.augment_shift < 0:
             raise ValueError(f"data.augment_shift must be >= 0, got {self.augment_shift}")
+        if self.augment is not None:
+            from dmlkit.data.augment_ops import AugmentPolicy
+
+            AugmentPolicy.from_dict(self.augment)  # unknown keys, bad ranges: errors
         _choice("data", "kind", self.kind, ("labels", "pairs", "triplets"))
         if self.kind == "labels" and (self.tuples or self.features):
             raise ValueError("data.tuples / data.features need data.kind 'pairs' or 'triplets'")

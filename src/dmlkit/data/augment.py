@@ -1,4 +1,6 @@
-"""Seeded, batched image augmentation: random shifts and horizontal flips.
+"""Seeded, batched image augmentation: random shifts and horizontal flips, and any
+:class:`~dmlkit.data.augment_ops.AugmentPolicy` (random resized crops, flips, small
+rotations / affine maps, colour jitter of 3-channel images).
 
 Everything draws from an explicit ``torch.Generator``; :class:`AugmentedDataset` seeds
 one per batch from its own ``seed`` and the batch's item indices, so a batch is
@@ -15,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dmlkit.data.augment_ops import AugmentPolicy
 from dmlkit.data.dataset import ArrayDataset
 
 
@@ -84,10 +87,17 @@ class AugmentedDataset(ArrayDataset):
     hflip : bool
         Mirror a random half of each batch left-right.
     seed : int
+    policy : AugmentPolicy or dict, optional
+        Further augmentation applied after the shift and flip (a config's ``data.augment``).
     """
 
     def __init__(
-        self, data: ArrayDataset, shift: int = 0, hflip: bool = False, seed: int = 0
+        self,
+        data: ArrayDataset,
+        shift: int = 0,
+        hflip: bool = False,
+        seed: int = 0,
+        policy: AugmentPolicy | dict | None = None,
     ) -> None:
         if not isinstance(data, ArrayDataset):
             raise TypeError(f"data must be an ArrayDataset, got {type(data).__name__}")
@@ -100,6 +110,7 @@ class AugmentedDataset(ArrayDataset):
         self.shift = shift
         self.hflip = hflip
         self.seed = seed
+        self.policy = AugmentPolicy.from_dict(policy)
 
     def generator_for(self, indices: Sequence[int] | Tensor) -> torch.Generator:
         """The generator that augments the batch of ``indices``."""
@@ -111,7 +122,10 @@ class AugmentedDataset(ArrayDataset):
 
     def get_batch(self, indices: Sequence[int] | Tensor) -> tuple[Tensor, Tensor]:
         x, labels = super().get_batch(indices)  # (b, C, H, W), (b,)
-        x = random_shift_flip(x, self.shift, self.hflip, self.generator_for(indices))
+        generator = self.generator_for(indices)
+        x = random_shift_flip(x, self.shift, self.hflip, generator)
+        if self.policy.geometric or self.policy.colour:
+            x = self.policy(x, generator)  # (b, C, H, W)
         return x, labels
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:

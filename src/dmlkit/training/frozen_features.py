@@ -51,7 +51,7 @@ def frozen_feature_data(
     cls = MODELS.get(config.model["name"])
     if not hasattr(cls, "backbone_features") or config.model.get("mode", "frozen") != "frozen":
         return train, val
-    if config.data.augment_shift or config.data.augment_hflip:
+    if config.data.augment_shift or config.data.augment_hflip or config.data.augment:
         raise ValueError(
             "data augmentation has no effect on a frozen backbone's cached features: "
             "turn it off, or set model.mode: finetune"

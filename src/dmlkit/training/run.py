@@ -75,11 +75,13 @@ def build_splits(config: Config) -> tuple[ArrayDataset, ArrayDataset]:
 def augmented(train: ArrayDataset, config: Config) -> ArrayDataset:
     """``train`` with the augmentation ``config.data`` asks for (itself when none)."""
     cfg = config.data
-    if cfg.augment_shift == 0 and not cfg.augment_hflip:
+    if cfg.augment_shift == 0 and not cfg.augment_hflip and not cfg.augment:
         return train
     from dmlkit.data.augment import AugmentedDataset
 
-    return AugmentedDataset(train, cfg.augment_shift, cfg.augment_hflip, seed=cfg.seed)
+    return AugmentedDataset(
+        train, cfg.augment_shift, cfg.augment_hflip, seed=cfg.seed, policy=cfg.augment
+    )
 
 
 def validation_split(

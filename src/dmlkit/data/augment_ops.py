@@ -1,0 +1,201 @@
+"""Batched, seeded image augmentations on tensors: random resized crops, flips, small
+rotations / affine maps, and colour jitter of 3-channel images.
+
+Every function takes ``(n, C, H, W)`` images and a ``torch.Generator`` and returns a new
+tensor of the same shape; each image gets its own random parameters. Geometric maps are
+one ``affine_grid`` + ``grid_sample`` (bilinear, zero padding), so a crop, a rotation and
+a translation cost one resampling together. :class:`AugmentPolicy` bundles the settings
+(as in a config's ``data.augment`` mapping) and applies them in a fixed order.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _uniform(n: int, low: float, high: float, generator: torch.Generator | None) -> Tensor:
+    return low + (high - low) * torch.rand(n, generator=generator)  # (n,)
+
+
+def _check_images(images: Tensor) -> None:
+    if not isinstance(images, Tensor) or images.dim() != 4:
+        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise ValueError(f"images must be a (n, C, H, W) tensor, got {shape}")
+
+
+def _range(name: str, value: Any, low: float, high: float) -> tuple[float, float]:
+    pair = tuple(float(v) for v in value)
+    if len(pair) != 2 or not low <= pair[0] <= pair[1] <= high:
+        raise ValueError(
+            f"{name} must be a pair (a, b) with {low} <= a <= b <= {high}, got {value!r}"
+        )
+    return pair  # type: ignore[return-value]
+
+
+def random_affine_matrices(
+    n: int,
+    generator: torch.Generator | None,
+    crop_scale: tuple[float, float] = (1.0, 1.0),
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    degrees: float = 0.0,
+    translate: float = 0.0,
+    hflip: bool = False,
+    vflip: bool = False,
+) -> Tensor:
+    """Per-image ``(n, 2, 3)`` matrices mapping output to input coordinates in ``[-1, 1]``.
+
+    A random resized crop keeps a fraction in ``crop_scale`` of the area with aspect
+    ratio (log-uniform) in ``crop_ratio``, narrowed where a side would leave the image
+    (so ``crop_scale = (1, 1)`` is the whole image), at a random place inside the image; then a
+    rotation by up to ``degrees``, a shift by up to ``translate`` of the side, and flips
+    of a random half of the images.
+    """
+    area = _uniform(n, *crop_scale, generator)  # (n,)
+    log_ratio = _uniform(n, math.log(crop_ratio[0]), math.log(crop_ratio[1]), generator)
+    ratio = torch.minimum(torch.maximum(log_ratio.exp(), area), 1 / area)  # both sides <= 1
+    sx = (area * ratio).sqrt()  # (n,) crop width / image width
+    sy = (area / ratio).sqrt()  # (n,)
+    cx = (1 - sx) * _uniform(n, -1.0, 1.0, generator)  # crop centre inside the image
+    cy = (1 - sy) * _uniform(n, -1.0, 1.0, generator)
+    angle = _uniform(n, -degrees, degrees, generator) * (math.pi / 180)
+    tx = _uniform(n, -translate, translate, generator) * 2  # [-1, 1] spans the side
+    ty = _uniform(n, -translate, translate, generator) * 2
+    fx = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0) if hflip else 1.0
+    fy = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0) if vflip else 1.0
+    cos, sin = angle.cos(), angle.sin()
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = sx * cos * fx
+    theta[:, 0, 1] = -sx * sin * fy
+    theta[:, 1, 0] = sy * sin * fx
+    theta[:, 1, 1] = sy * cos * fy
+    theta[:, 0, 2] = cx + tx
+    theta[:, 1, 2] = cy + ty
+    return theta  # (n, 2, 3)
+
+
+def warp(images: Tensor, theta: Tensor) -> Tensor:
+    """Resample ``(n, C, H, W)`` images through ``(n, 2, 3)`` affine maps (bilinear, zeros)."""
+    _check_images(images)
+    grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def color_jitter(
+    images: Tensor,
+    generator: torch.Generator | None,
+    brightness: float = 0.0,
+    contrast: float = 0.0,
+    saturation: float = 0.0,
+) -> Tensor:
+    """Scale brightness, contrast (around each image's mean grey) and saturation (around
+    each pixel's grey) by factors uniform in ``[1 - s, 1 + s]``; 3-channel images only.
+    Values are clamped to ``[0, 1]``."""
+    _check_images(images)
+    if images.shape[1] != 3:
+        raise ValueError(f"colour jitter needs 3-channel images, got {images.shape[1]} channels")
+    n = images.shape[0]
+    weights = images.new_tensor([0.299, 0.587, 0.114])[None, :, None, None]  # (1, 3, 1, 1)
+    out = images
+    if brightness > 0:
+        out = out * _uniform(n, 1 - brightness, 1 + brightness, generator)[:, None, None, None]
+    if contrast > 0:
+        mean = (out * weights).sum(1, keepdim=True).mean(dim=(2, 3), keepdim=True)  # (n,1,1,1)
+        factor = _uniform(n, 1 - contrast, 1 + contrast, generator)[:, None, None, None]
+        out = mean + factor * (out - mean)
+    if saturation > 0:
+        grey = (out * weights).sum(1, keepdim=True)  # (n, 1, H, W)
+        factor = _uniform(n, 1 - saturation, 1 + saturation, generator)[:, None, None, None]
+        out = grey + factor * (out - grey)
+    return out.clamp(0.0, 1.0)
+
+
+@dataclass
+class AugmentPolicy:
+    """Augmentation settings (a config's ``data.augment`` mapping); all off by default.
+
+    Attributes
+    ----------
+    crop_scale : (float, float)
+        Area fraction of the random resized crop (``(1, 1)``: no crop).
+    crop_ratio : (float, float)
+        Aspect-ratio range of the crop.
+    degrees : float
+        Largest rotation, in degrees.
+    translate : float
+        Largest shift, as a fraction of the side.
+    hflip, vflip : bool
+        Mirror a random half of each batch left-right / upside-down.
+    brightness, contrast, saturation : float
+        Colour jitter strengths (3-channel images; ignored for grey ones).
+    """
+
+    crop_scale: tuple[float, float] = (1.0, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    degrees: float = 0.0
+    translate: float = 0.0
+    hflip: bool = False
+    vflip: bool = False
+    brightness: float = 0.0
+    contrast: float = 0.0
+    saturation: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.crop_scale = _range("augment.crop_scale", self.crop_scale, 0.01, 1.0)
+        self.crop_ratio = _range("augment.crop_ratio", self.crop_ratio, 0.1, 10.0)
+        if not 0 <= self.degrees <= 180:
+            raise ValueError(f"augment.degrees must be in [0, 180], got {self.degrees}")
+        if not 0 <= self.translate < 1:
+            raise ValueError(f"augment.translate must be in [0, 1), got {self.translate}")
+        for name in ("brightness", "contrast", "saturation"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"augment.{name} must be in [0, 1), got {getattr(self, name)}")
+
+    @classmethod
+    def from_dict(cls, spec: dict[str, Any] | AugmentPolicy | None) -> AugmentPolicy:
+        """A policy from a config mapping; unknown keys are errors naming the key."""
+        if spec is None:
+            return cls()
+        if isinstance(spec, AugmentPolicy):
+            return spec
+        if not isinstance(spec, dict):
+            raise TypeError(f"data.augment must be a mapping, got {type(spec).__name__}")
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(spec) - known)
+        if unknown:
+            raise ValueError(f"unknown data.augment key(s) {unknown}; known: {sorted(known)}")
+        return cls(**spec)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @property
+    def geometric(self) -> bool:
+        return (self.crop_scale != (1.0, 1.0) or self.degrees > 0 or self.translate > 0
+                or self.hflip or self.vflip)  # fmt: skip
+
+    @property
+    def colour(self) -> bool:
+        return self.brightness > 0 or self.contrast > 0 or self.saturation > 0
+
+    def __call__(self, images: Tensor, generator: torch.Generator | None) -> Tensor:
+        """Augment ``(n, C, H, W)`` images: geometry first, then colour (3 channels)."""
+        _check_images(images)
+        out = images.float()
+        if self.geometric and images.shape[0] > 0:
+            theta = random_affine_matrices(
+                images.shape[0], generator, self.crop_scale, self.crop_ratio,
+                self.degrees, self.translate, self.hflip, self.vflip,
+            )  # fmt: skip
+            out = warp(out, theta)  # (n, C, H, W)
+        if self.colour and images.shape[1] == 3 and images.shape[0] > 0:
+            out = color_jitter(out, generator, self.brightness, self.contrast, self.saturation)
+        return out if out is not images else images.clone()
+
+
+__all__ = ["AugmentPolicy", "random_affine_matrices", "warp", "color_jitter"]
