@@ -38,6 +38,8 @@ def test_prototype_scores_match_loop(metric):
         xs /= np.linalg.norm(xs, axis=1, keepdims=True)
         qs /= np.linalg.norm(qs, axis=1, keepdims=True)
     protos = np.stack([xs[y == c].mean(0) for c in range(6)])
+    if metric == "cosine":  # cosine to the prototype
+        protos /= np.linalg.norm(protos, axis=1, keepdims=True)
     if metric == "euclidean":
         score = -((qs[:, None] - protos[None]) ** 2).sum(-1)
     else:
@@ -97,6 +99,22 @@ def test_episodes_reuse_few_shot_accuracy_and_match_classifier():
     assert np.mean(accs) == pytest.approx(out["accuracy"])
     with pytest.raises(ValueError, match="classes have"):
         clf.evaluate_episodes(x, y, n_way=20, k_shot=1)
+
+
+def test_cosine_episodes_use_cosine_to_the_prototype():
+    x, y = blobs(n_classes=8, per_class=12, d=3, noise=1.5)
+    x = x + 3.0  # far from the origin: prototype norms differ, so it matters
+    out = FewShotClassifier(metric="cosine").evaluate_episodes(
+        x, y, n_way=5, k_shot=3, n_query=4, episodes=25, seed=1)
+    rng = np.random.default_rng(1)
+    u = x / np.linalg.norm(x, axis=1, keepdims=True)
+    accs = []
+    for _ in range(25):
+        sup, qry = sample_episode(y, 5, 3, 4, rng, np.unique(y))
+        protos = u[sup].mean(1)
+        cos = u[qry.ravel()] @ protos.T / np.linalg.norm(protos, axis=1)
+        accs.append((cos.argmax(1) == np.repeat(np.arange(5), 4)).mean())
+    assert out["accuracy"] == pytest.approx(np.mean(accs))
 
 
 def test_save_load_round_trip(tmp_path):

@@ -6,9 +6,9 @@ the similarity to its prototype, the mean support embedding (Snell et al., NeurI
 support items (``"knn"``; 1-NN by default). ``predict_proba`` is the softmax of
 ``temperature * score``; with ``scale="learned"`` the temperature is fitted by minimising
 the leave-one-out negative log-likelihood of the support set (classes with at least two
-items). Scores follow :func:`~dmlkit.evaluation.few_shot_accuracy`: ``"cosine"`` works on
-L2-normalized embeddings (prototypes are their mean) by inner product, ``"euclidean"``
-on the negated squared distance, ``"dot"`` on the inner product.
+items). Scores follow :func:`~dmlkit.evaluation.few_shot_accuracy`: ``"cosine"`` is the
+cosine similarity (to the mean direction of a class's normalized support embeddings, for
+prototypes), ``"euclidean"`` the negated squared distance, ``"dot"`` the inner product.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ class FewShotClassifier(ClassifierMixin, BaseEstimator):
     ----------
     classes_ : ndarray (C,)
     prototypes_ : ndarray (C, d)
+        Class means of the support embeddings (normalized again for ``"cosine"``).
     support_ : ndarray (n, d)
         Support embeddings (normalized for ``"cosine"``); ``support_codes_`` their class.
     temperature_ : float
@@ -110,11 +111,17 @@ class FewShotClassifier(ClassifierMixin, BaseEstimator):
         counts = np.bincount(codes, minlength=self.classes_.size)
         sums = np.zeros((self.classes_.size, z.shape[1]))
         np.add.at(sums, codes, z)
-        self.prototypes_ = sums / counts[:, None]
+        self.prototypes_ = self._unit(sums / counts[:, None])
         self.temperature_ = float(self.temperature)
         if self.scale == "learned":
             self.temperature_ = self._learn_temperature(z, codes, counts, sums)
         return self
+
+    def _unit(self, v: np.ndarray) -> np.ndarray:
+        """Rows of ``v`` L2-normalized under ``"cosine"`` (as they are otherwise)."""
+        if self.metric != "cosine":
+            return v
+        return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
 
     def _sim(self, q: np.ndarray, ref: np.ndarray) -> np.ndarray:
         """``(nq, nr)`` similarity: inner product, or negated squared distance."""
@@ -148,7 +155,7 @@ class FewShotClassifier(ClassifierMixin, BaseEstimator):
             return float(self.temperature)
         if self.method == "prototype":  # own prototype without the item itself
             scores = self._sim(z, self.prototypes_)
-            own = (sums[codes] - z) / np.maximum(counts[codes] - 1, 1)[:, None]
+            own = self._unit((sums[codes] - z) / np.maximum(counts[codes] - 1, 1)[:, None])
             own_sim = (z * own).sum(1)
             if self.metric == "euclidean":
                 own_sim = -((z - own) ** 2).sum(1)
@@ -194,9 +201,8 @@ class FewShotClassifier(ClassifierMixin, BaseEstimator):
         fitted = getattr(self, "n_features_in_", None)
         z = self._embed(X, reset=fitted is None)
         classifier = "prototype" if self.method == "prototype" else "nearest_neighbor"
-        metric = "dot" if self.metric == "cosine" else self.metric  # z already normalized
         out = few_shot_accuracy(z, np.asarray(y), n_way=n_way, k_shot=k_shot, n_query=n_query,
-                                episodes=episodes, classifier=classifier, metric=metric,
+                                episodes=episodes, classifier=classifier, metric=self.metric,
                                 seed=seed)
         out["metric"] = self.metric
         return out

@@ -68,7 +68,7 @@ def read_pairs(path: Path) -> Any:
     return rows.astype(np.int64)
 
 
-def _split(n: int, labels: Any, fraction: float, seed: int) -> tuple[Any, Any]:
+def split_rows(n: int, labels: Any, fraction: float, seed: int) -> tuple[Any, Any]:
     """Seeded split of ``n`` rows (stratified by labels when given)."""
     import numpy as np
 
@@ -138,13 +138,13 @@ def register(app: typer.Typer) -> None:
                 result = v.evaluate(x, y, pairs=None if pairs is None else read_pairs(pairs))
             elif pairs is not None:
                 rows = read_pairs(pairs)
-                fit_rows, eval_rows = _split(len(rows), None, 0.5, seed)
+                fit_rows, eval_rows = split_rows(len(rows), None, 0.5, seed)
                 v.fit(x, y, pairs=rows[fit_rows])
                 result = v.evaluate(x, y, pairs=rows[eval_rows])
             else:
                 if y is None:
                     raise ValueError(f"{data} has no labels: pass --pairs with is_same")
-                fit_rows, eval_rows = _split(len(y), y, 0.5, seed)
+                fit_rows, eval_rows = split_rows(len(y), y, 0.5, seed)
                 v.fit(x[fit_rows], y[fit_rows])
                 result = v.evaluate(x[eval_rows], np.asarray(y)[eval_rows])
             if save is not None:

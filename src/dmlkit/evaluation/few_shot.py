@@ -84,6 +84,8 @@ def few_shot_accuracy(
         if classifier == "prototype":
             xs = xs.reshape(n_way, k_shot, -1).mean(axis=1)  # (n_way, d)
             owner = np.arange(n_way)
+            if metric == "cosine":  # cosine to the prototype: the mean direction
+                xs = xs / np.maximum(np.linalg.norm(xs, axis=1, keepdims=True), 1e-12)
         if metric == "euclidean":  # |s|^2 - 2 q.s: the distance order within each query
             keys = (xs * xs).sum(axis=1)[None, :] - 2.0 * (xq @ xs.T)  # (nq, s)
         else:
