@@ -74,12 +74,24 @@ def all_triplets(labels: Tensor, ref_labels: Tensor | None = None) -> Triplets:
 
 
 def pairs_to_triplets(pairs: Pairs) -> Triplets:
-    """Join positive and negative pairs that share an anchor into triplets."""
+    """Join positive and negative pairs that share an anchor into triplets.
+
+    Ordered by positive pair, then by negative pair (pytorch-metric-learning's order).
+    """
     a1, p, a2, n = pairs
     if a1.numel() == 0 or a2.numel() == 0:
         return empty_triplets(a1.device)
-    match = a1[:, None] == a2[None, :]  # (P, N)
-    i, j = torch.where(match)
+    # the negative pairs grouped by anchor (stable: each group keeps its order), and each
+    # positive pair's group as a range: O(P log N + T), never a (P, N) match matrix
+    order = torch.argsort(a2, stable=True)  # (N,)
+    a2_sorted = a2[order]  # (N,)
+    a1 = a1.contiguous()
+    lo = torch.searchsorted(a2_sorted, a1)  # (P,)
+    count = torch.searchsorted(a2_sorted, a1, right=True) - lo  # (P,)
+    i = torch.repeat_interleave(torch.arange(a1.numel(), device=a1.device), count)  # (T,)
+    start = torch.cumsum(count, 0) - count  # (P,) first triplet of each positive pair
+    offset = torch.arange(i.numel(), device=a1.device) - start[i]  # (T,)
+    j = order[lo[i] + offset]  # (T,)
     return Triplets(a1[i], p[i], n[j])
 
 

@@ -11,6 +11,7 @@ from dmlkit.functional.chunking import chunked_sum, eager_chunk_size
 from dmlkit.functional.labels import same_label
 from dmlkit.functional.tuples import IndexTuple, Pairs, triplets_to_pairs
 from dmlkit.losses._rows import use_fused, with_grads
+from dmlkit.losses._tuple_distances import closed_form_loss, pair_distances, use_matrix
 from dmlkit.losses.base import BaseMetricLoss, mean_nonzero
 from dmlkit.registry import register_loss
 
@@ -64,12 +65,33 @@ class ContrastiveLoss(BaseMetricLoss):
         if indices is None:
             return self._all_pairs(embeddings, labels, ref_embeddings, ref_labels)
         pairs = indices if isinstance(indices, Pairs) else triplets_to_pairs(indices[:3])
-        ref = embeddings if ref_embeddings is None else ref_embeddings
-        d_pos = self.distance.pairwise(embeddings[pairs.a1], ref[pairs.p])  # (P,)
-        d_neg = self.distance.pairwise(embeddings[pairs.a2], ref[pairs.n])  # (N,)
+        requests = [(pairs.a1, pairs.p), (pairs.a2, pairs.n)]
+        n, dim = embeddings.shape
+        m = n if ref_embeddings is None else ref_embeddings.shape[0]
+        if use_matrix(n, m, pairs.a1.numel() + pairs.a2.numel(), dim):
+            # many pairs: one matrix, costs and their derivatives in closed form
+            return closed_form_loss(
+                self.distance, embeddings, ref_embeddings, requests, self._pair_terms
+            )
+        (d_pos, d_neg), _ = pair_distances(
+            self.distance, embeddings, ref_embeddings, requests
+        )  # (P,), (N,): few pairs, their rows gathered
         return mean_nonzero(self._pos_cost(d_pos), embeddings) + mean_nonzero(
             self._neg_cost(d_neg), embeddings
         )
+
+    def _pair_terms(self, d: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        """Loss of the ``(P,)`` positive and ``(N,)`` negative distances, and its derivatives."""
+        sign = -1.0 if self.distance.is_similarity else 1.0
+        pos = d[0].sub_(self.pos_margin).mul_(sign).clamp_min_(0.0)  # (P,) cost
+        neg = d[1].sub_(self.neg_margin).mul_(-sign).clamp_min_(0.0)  # (N,) cost
+        n_pos = (pos > 0).sum().clamp_min(1)
+        n_neg = (neg > 0).sum().clamp_min(1)
+        value = pos.sum() / n_pos + neg.sum() / n_neg
+        return value, [
+            (pos > 0).to(pos.dtype) * (sign / n_pos),
+            (neg > 0).to(neg.dtype) * (-sign / n_neg),
+        ]
 
     def _all_pairs(
         self,

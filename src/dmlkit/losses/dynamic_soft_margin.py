@@ -15,6 +15,7 @@ from dmlkit.functional.chunking import chunk_size_for, chunked_sum, row_chunks
 from dmlkit.functional.distances import check_embeddings
 from dmlkit.functional.labels import pos_neg_masks
 from dmlkit.functional.tuples import IndexTuple, Pairs, Triplets, pairs_to_triplets
+from dmlkit.losses._tuple_distances import pair_distances
 from dmlkit.losses.base import BaseMetricLoss
 from dmlkit.registry import register_loss
 
@@ -134,16 +135,18 @@ class DynamicSoftMarginLoss(BaseMetricLoss):
         ref_embeddings: Tensor | None,
         ref_labels: Tensor | None,
     ) -> Tensor:
-        ref = embeddings if ref_embeddings is None else ref_embeddings
         if indices is not None:
             trip = (
                 pairs_to_triplets(indices) if isinstance(indices, Pairs)
                 else Triplets(*indices[:3])
             )
-            a = embeddings[trip.anchor]
-            data = self.distance.pairwise(a, ref[trip.positive]) - self.distance.pairwise(
-                a, ref[trip.negative]
-            )  # (T,)
+            (d_ap, d_an), _ = pair_distances(
+                self.distance,
+                embeddings,
+                ref_embeddings,
+                [(trip.anchor, trip.positive), (trip.anchor, trip.negative)],
+            )  # (T,) each, no (T, dim) copies
+            data = d_ap - d_an  # (T,)
             return self._weighted_mean(data, embeddings)
         return self._all_triplets(embeddings, labels, ref_embeddings, ref_labels)
 

@@ -19,6 +19,7 @@ from dmlkit.distances.base import BaseDistance
 from dmlkit.functional.chunking import chunk_size_for
 from dmlkit.functional.hierarchy import as_hierarchical, shared_depth, shared_depth_rowwise
 from dmlkit.functional.tuples import IndexTuple, Pairs, Triplets, pairs_to_triplets
+from dmlkit.losses._tuple_distances import pair_distances
 from dmlkit.losses.base import BaseMetricLoss, mean_nonzero
 from dmlkit.losses.weight_classifier import fused_chunk_sum
 from dmlkit.registry import register_loss
@@ -107,7 +108,6 @@ class HierarchicalTripletLoss(BaseMetricLoss):
         trip = pairs_to_triplets(indices) if isinstance(indices, Pairs) else Triplets(*indices[:3])
         if trip.anchor.numel() == 0:
             return self.zero_loss(embeddings)
-        ref = embeddings if ref_embeddings is None else ref_embeddings
         if labels is None:
             finest = self.margins[-1] if self.margins is not None else self.margin
             m = embeddings.new_full(trip.anchor.shape, finest)  # (T,)
@@ -116,8 +116,12 @@ class HierarchicalTripletLoss(BaseMetricLoss):
             table = torch.tensor(self.margin_table(levels), dtype=embeddings.dtype)
             depth = shared_depth_rowwise(labels[trip.anchor], ref_labels[trip.negative])  # (T,)
             m = table.to(embeddings.device)[depth.clamp_max(levels - 1)]  # (T,)
-        d_ap = self.distance.pairwise(embeddings[trip.anchor], ref[trip.positive])  # (T,)
-        d_an = self.distance.pairwise(embeddings[trip.anchor], ref[trip.negative])  # (T,)
+        (d_ap, d_an), _ = pair_distances(
+            self.distance,
+            embeddings,
+            ref_embeddings,
+            [(trip.anchor, trip.positive), (trip.anchor, trip.negative)],
+        )  # (T,) each, no (T, dim) copies
         sign = -1.0 if self.distance.is_similarity else 1.0
         return mean_nonzero(torch.relu(sign * (d_ap - d_an) + m), embeddings)
 

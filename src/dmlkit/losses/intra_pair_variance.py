@@ -10,6 +10,7 @@ from dmlkit.distances.base import BaseDistance
 from dmlkit.distances.cosine import CosineSimilarity
 from dmlkit.functional.tuples import IndexTuple
 from dmlkit.losses._rows import as_pairs, pack, setup_rows, sum_over_chunks
+from dmlkit.losses._tuple_distances import pair_distances
 from dmlkit.losses.base import BaseMetricLoss
 from dmlkit.registry import register_loss
 
@@ -104,14 +105,16 @@ class IntraPairVarianceLoss(BaseMetricLoss):
         a1, p, a2, n = as_pairs(indices)
         if a1.numel() <= 1 and a2.numel() <= 1:
             return self.zero_loss(embeddings)
-        ref = embeddings if ref_embeddings is None else ref_embeddings
         total = self.zero_loss(embeddings)
         zero = total
+        (s_p, s_n), _ = pair_distances(
+            self.distance, embeddings, ref_embeddings, [(a1, p), (a2, n)]
+        )  # (P,), (N,): no (T, dim) copies
         if a1.numel():
-            s = self.distance.pairwise(embeddings[a1], ref[p])  # (P,)
+            s = s_p
             total = total + self._terms(s, s.mean(), zero)[0].mean()
         if a2.numel():
-            s = self.distance.pairwise(embeddings[a2], ref[n])  # (N,)
+            s = s_n
             total = total + self._terms(s, zero, s.mean())[1].mean()
         return total
 

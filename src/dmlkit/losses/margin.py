@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -10,6 +11,7 @@ from torch import Tensor, nn
 from dmlkit.distances.base import BaseDistance
 from dmlkit.functional.tuples import IndexTuple, Pairs, Triplets, pairs_to_triplets
 from dmlkit.losses._rows import pack, setup_rows, sum_over_chunks
+from dmlkit.losses._tuple_distances import pair_distances
 from dmlkit.losses.base import BaseMetricLoss
 from dmlkit.registry import register_loss
 
@@ -37,16 +39,23 @@ class MarginLoss(BaseMetricLoss):
         :math:`\alpha`.
     nu : float
         Weight of the :math:`\beta` regularizer (used when ``learn_beta``).
-    beta : float
-        Initial boundary.
+    beta : float or sequence of float
+        Initial boundary (or the ``(C,)`` / ``(1,)`` values of a saved loss).
     triplets_per_anchor : "all"
         Only ``"all"``; use a miner to select fewer triplets.
     learn_beta : bool
-        Make :math:`\beta` an ``nn.Parameter`` (attribute ``betas``).
+        Make :math:`\beta` an ``nn.Parameter``.
     num_classes : int, optional
         One :math:`\beta` per class (labels must be class ids) instead of a global one.
     distance : BaseDistance, optional
         Default :class:`~dmlkit.distances.EuclideanDistance` on normalized embeddings.
+
+    Attributes
+    ----------
+    beta : Tensor of shape (C,) or (1,)
+        As in pytorch-metric-learning: an ``nn.Parameter`` (state-dict key ``beta``)
+        with ``learn_beta``, else a tensor outside the state dict, so state dicts load
+        across the two libraries in both directions. ``betas`` is the same tensor.
 
     Notes
     -----
@@ -58,7 +67,7 @@ class MarginLoss(BaseMetricLoss):
         self,
         margin: float = 0.2,
         nu: float = 0.0,
-        beta: float = 1.2,
+        beta: float | Sequence[float] = 1.2,
         triplets_per_anchor: Literal["all"] = "all",
         learn_beta: bool = False,
         num_classes: int | None = None,
@@ -74,26 +83,38 @@ class MarginLoss(BaseMetricLoss):
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.margin = float(margin)
         self.nu = float(nu)
-        self.beta = float(beta)
         self.triplets_per_anchor = triplets_per_anchor
         self.learn_beta = learn_beta
         self.num_classes = num_classes
-        betas = torch.full((num_classes or 1,), float(beta))  # (C,) or (1,)
+        size = num_classes or 1
+        if isinstance(beta, (int, float)):
+            betas = torch.full((size,), float(beta))  # (C,) or (1,)
+        else:  # the values a config of a (trained) loss holds
+            betas = torch.as_tensor(beta, dtype=torch.float32).detach().clone().reshape(-1)
+            if betas.numel() != size:
+                raise ValueError(f"beta holds {betas.numel()} values, expected {size}")
+        # pytorch-metric-learning's layout: a (C,) or (1,) tensor named beta, a Parameter
+        # when learned (in the state dict), else a plain tensor (not in the state dict)
         if learn_beta:
-            self.betas = nn.Parameter(betas)
+            self.beta = nn.Parameter(betas)
         else:
-            self.register_buffer("betas", betas)
+            self.register_buffer("beta", betas, persistent=False)
+
+    @property
+    def betas(self) -> Tensor:
+        """The boundary tensor ``beta`` (older name)."""
+        return self.beta
 
     def _beta_of(self, anchor_labels: Tensor | None, count: int) -> Tensor:
-        if self.betas.numel() == 1:
-            return self.betas.expand(count)  # (count,)
+        if self.beta.numel() == 1:
+            return self.beta.expand(count)  # (count,)
         if anchor_labels is None or anchor_labels.dim() != 1:
             raise ValueError("MarginLoss with num_classes needs (n,) class-id labels")
-        if anchor_labels.numel() and int(anchor_labels.max()) >= self.betas.numel():
+        if anchor_labels.numel() and int(anchor_labels.max()) >= self.beta.numel():
             raise ValueError(
                 f"label {int(anchor_labels.max())} is outside num_classes={self.num_classes}"
             )
-        return self.betas[anchor_labels]  # (count,)
+        return self.beta[anchor_labels]  # (count,)
 
     def _terms(self, d_ap: Tensor, d_an: Tensor, beta: Tensor) -> tuple[Tensor, Tensor]:
         if self.distance.is_similarity:
@@ -121,8 +142,8 @@ class MarginLoss(BaseMetricLoss):
         zero = self.zero_loss(embeddings)
         loss = total / divisor if divisor > 0 else zero
         if self.learn_beta:
-            if self.betas.numel() == 1:
-                loss = loss + self.nu * self.betas.sum()
+            if self.beta.numel() == 1:
+                loss = loss + self.nu * self.beta.sum()
             elif divisor > 0:
                 loss = loss + reg / divisor
         return loss + zero
@@ -135,12 +156,15 @@ class MarginLoss(BaseMetricLoss):
         ref_embeddings: Tensor | None,
     ) -> tuple[Tensor, Tensor, int, Tensor]:
         trip = pairs_to_triplets(indices) if isinstance(indices, Pairs) else Triplets(*indices[:3])
-        ref = embeddings if ref_embeddings is None else ref_embeddings
         t = trip.anchor.numel()
         anchor_labels = None if labels is None else labels[trip.anchor]
         beta = self._beta_of(anchor_labels, t).to(embeddings.dtype)  # (T,)
-        d_ap = self.distance.pairwise(embeddings[trip.anchor], ref[trip.positive])  # (T,)
-        d_an = self.distance.pairwise(embeddings[trip.anchor], ref[trip.negative])  # (T,)
+        (d_ap, d_an), _ = pair_distances(
+            self.distance,
+            embeddings,
+            ref_embeddings,
+            [(trip.anchor, trip.positive), (trip.anchor, trip.negative)],
+        )  # (T,) each, no (T, dim) copies
         pos_l, neg_l = self._terms(d_ap, d_an, beta)  # (T,), (T,)
         divisor = (pos_l > 0).sum() + (neg_l > 0).sum()
         return (pos_l + neg_l).sum(), divisor, t, self.nu * beta.sum()
@@ -155,7 +179,7 @@ class MarginLoss(BaseMetricLoss):
         x, ref, weights = setup_rows(
             self.distance, embeddings, labels, None, ref_embeddings, ref_labels
         )
-        per_class = self.betas.numel() > 1
+        per_class = self.beta.numel() > 1
         if per_class:
             self._beta_of(labels, labels.shape[0])  # validates the labels
 
@@ -176,6 +200,6 @@ class MarginLoss(BaseMetricLoss):
             return pack(total, div, n_trip, reg)
 
         total, divisor, n_trip, reg = sum_over_chunks(
-            chunk_terms, x.shape[0], 6 * ref.shape[0], x, ref, self.betas
+            chunk_terms, x.shape[0], 6 * ref.shape[0], x, ref, self.beta
         )
         return total, divisor.round(), int(n_trip.round()), reg

@@ -9,6 +9,7 @@ from torch import Tensor
 from dmlkit.distances.base import BaseDistance
 from dmlkit.functional.tuples import IndexTuple, Pairs, Quadruplets, Triplets, pairs_to_triplets
 from dmlkit.losses._rows import RowWeights, pack, positive_pairs, sum_over_chunks
+from dmlkit.losses._tuple_distances import pair_distances
 from dmlkit.losses.base import BaseMetricLoss, mean_nonzero
 from dmlkit.registry import register_loss
 
@@ -75,17 +76,24 @@ class QuadrupletLoss(BaseMetricLoss):
         ref_embeddings: Tensor | None,
         ref_labels: Tensor | None,
     ) -> Tensor:
-        ref = embeddings if ref_embeddings is None else ref_embeddings
         if indices is None:
             return self._all_tuples(embeddings, labels, ref_embeddings, ref_labels)
         trip = pairs_to_triplets(indices) if isinstance(indices, Pairs) else Triplets(*indices[:3])
         if trip.anchor.numel() == 0:
             return self.zero_loss(embeddings)
-        e_ap = self._far(embeddings[trip.anchor], ref[trip.positive])  # (T,)
-        e_an = self._far(embeddings[trip.anchor], ref[trip.negative])  # (T,)
+        quad = isinstance(indices, Quadruplets)
+        (e_ap, e_an), ref_d = pair_distances(
+            self.distance,
+            embeddings,
+            ref_embeddings,
+            [(trip.anchor, trip.positive), (trip.anchor, trip.negative)],
+            ref_requests=[(indices.negative, indices.negative2)] if quad else (),
+        )  # (T,) each, from one matrix or one gather: no (T, dim) copies
+        if self.distance.is_similarity:
+            e_ap, e_an, ref_d = -e_ap, -e_an, [-v for v in ref_d]
         loss = mean_nonzero(torch.relu(e_ap - e_an + self.margin), embeddings)
-        if isinstance(indices, Quadruplets):
-            e_nn = self._far(ref[indices.negative], ref[indices.negative2])  # (T,)
+        if quad:
+            e_nn = ref_d[0]  # (T,)
             loss = loss + mean_nonzero(torch.relu(e_ap - e_nn + self.margin2), embeddings)
         return loss
 

@@ -10,6 +10,7 @@ from dmlkit.distances.base import BaseDistance
 from dmlkit.distances.cosine import CosineSimilarity
 from dmlkit.functional.tuples import IndexTuple
 from dmlkit.losses._rows import as_pairs, pack, setup_rows, sum_over_chunks
+from dmlkit.losses._tuple_distances import pair_distances
 from dmlkit.losses.base import BaseMetricLoss
 from dmlkit.registry import register_loss
 
@@ -88,9 +89,9 @@ class ThresholdConsistentMarginLoss(BaseMetricLoss):
     ) -> Tensor:
         if indices is not None:
             a1, p, a2, n = as_pairs(indices)
-            ref = embeddings if ref_embeddings is None else ref_embeddings
-            s_p = self.distance.pairwise(embeddings[a1], ref[p])  # (P,)
-            s_n = self.distance.pairwise(embeddings[a2], ref[n])  # (N,)
+            (s_p, s_n), _ = pair_distances(
+                self.distance, embeddings, ref_embeddings, [(a1, p), (a2, n)]
+            )  # (P,), (N,): no (T, dim) copies
             ones_p, ones_n = torch.ones_like(s_p), torch.ones_like(s_n)
             zp, zn = torch.zeros_like(s_p), torch.zeros_like(s_n)
             sum_p, _, cnt_p, _ = self._parts(s_p, ones_p, zp)

@@ -12,8 +12,23 @@ from dmlkit.distances.base import BaseDistance
 from dmlkit.functional.chunking import chunk_size_for, chunked_sum, eager_chunk_size
 from dmlkit.functional.labels import pos_neg_masks
 from dmlkit.functional.tuples import IndexTuple, Pairs, Triplets, pairs_to_triplets
+from dmlkit.losses._rows import RowWeights
+from dmlkit.losses._tuple_distances import (
+    closed_form_loss,
+    pair_distances,
+    triplet_count,
+    use_matrix,
+)
 from dmlkit.losses.base import BaseMetricLoss, mean_nonzero
 from dmlkit.registry import register_loss
+
+#: mined pairs are joined into triplets only when there are fewer than this many per
+#: entry of the (n, m) matrix; above it each anchor's negatives are sorted instead
+SORTED_RATIO = 2
+
+
+def _n_ref(embeddings: Tensor, ref_embeddings: Tensor | None) -> int:
+    return embeddings.shape[0] if ref_embeddings is None else ref_embeddings.shape[0]
 
 
 @register_loss("triplet_margin")
@@ -78,15 +93,29 @@ class TripletMarginLoss(BaseMetricLoss):
             if self.swap or self.smooth_loss:
                 return self._all_triplets_dense(embeddings, labels, ref_embeddings, ref_labels)
             return self._all_triplets_sorted(embeddings, labels, ref_embeddings, ref_labels)
+        plain = not (self.swap or self.smooth_loss)
+        if plain and isinstance(indices, Pairs):
+            n, m = embeddings.shape[0], _n_ref(embeddings, ref_embeddings)
+            if triplet_count(indices, n) > SORTED_RATIO * n * m:
+                return self._pairs_sorted(embeddings, indices, ref_embeddings)
         trip = pairs_to_triplets(indices) if isinstance(indices, Pairs) else Triplets(*indices[:3])
         if trip.anchor.numel() == 0:
             return self.zero_loss(embeddings)
-        ref = embeddings if ref_embeddings is None else ref_embeddings
-        a, p, n = embeddings[trip.anchor], ref[trip.positive], ref[trip.negative]
-        d_ap = self.distance.pairwise(a, p)  # (T,)
-        d_an = self.distance.pairwise(a, n)  # (T,)
+        if plain:
+            n, m, dim = embeddings.shape[0], _n_ref(embeddings, ref_embeddings), embeddings.shape[1]
+            if use_matrix(n, m, 2 * trip.anchor.numel(), dim):
+                return self._given_closed_form(embeddings, trip, ref_embeddings)
+        # the distances come from one matrix (or one gather when the triplets are few):
+        # no (T, dim) copies of the anchor / positive / negative rows
+        (d_ap, d_an), ref_d = pair_distances(
+            self.distance,
+            embeddings,
+            ref_embeddings,
+            [(trip.anchor, trip.positive), (trip.anchor, trip.negative)],
+            ref_requests=[(trip.positive, trip.negative)] if self.swap else (),
+        )  # (T,) each
         if self.swap:
-            d_pn = self.distance.pairwise(p, n)  # (T,)
+            d_pn = ref_d[0]  # (T,)
             d_an = (
                 torch.maximum(d_an, d_pn)
                 if self.distance.is_similarity
@@ -99,6 +128,63 @@ class TripletMarginLoss(BaseMetricLoss):
         if self.distance.is_similarity:
             return d_an - d_ap + self.margin
         return d_ap - d_an + self.margin
+
+    # -- given triplets, many: one matrix, loss and gradient in closed form -----------------
+    def _given_closed_form(
+        self, embeddings: Tensor, trip: Triplets, ref_embeddings: Tensor | None
+    ) -> Tensor:
+        """Mean non-zero hinge over ``T`` triplets read from one ``(n, m)`` matrix.
+
+        A handful of ``(T,)`` passes without autograd; the active triplets' weights go
+        back through the matrix's closed-form gradient (see ``closed_form_loss``).
+        """
+        sign = -1.0 if self.distance.is_similarity else 1.0
+
+        def terms(d: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+            v = d[0].sub_(d[1])  # (T,) d_ap - d_an
+            if sign < 0:
+                v.neg_()
+            v.add_(self.margin)  # (T,) violation
+            active = v > 0  # (T,)
+            count = active.sum().clamp_min(1)
+            value = v.clamp_min_(0.0).sum() / count
+            w = active.to(v.dtype).mul_(sign / count)  # (T,) d loss / d d_ap
+            return value, [w, -w]
+
+        requests = [(trip.anchor, trip.positive), (trip.anchor, trip.negative)]
+        return closed_form_loss(self.distance, embeddings, ref_embeddings, requests, terms)
+
+    # -- mined pairs joined into triplets, without listing them -----------------------------
+    def _pairs_sorted(
+        self, embeddings: Tensor, pairs: Pairs, ref_embeddings: Tensor | None
+    ) -> Tensor:
+        """Every triplet ``(a, p, n)`` joined from a positive pair ``(a, p)`` and a negative
+        pair ``(a, n)``, as :func:`~dmlkit.functional.pairs_to_triplets` would list them
+        (duplicates count as often as listed), summed per anchor through its sorted
+        negatives' weighted prefix sums: O(n m log m), never O(T)."""
+        x = self.distance.maybe_normalize(embeddings)  # (n, d)
+        ref = x if ref_embeddings is None else self.distance.maybe_normalize(ref_embeddings)
+        n, m = x.shape[0], ref.shape[0]
+        weights = RowWeights(None, None, pairs, m, ref_embeddings is None)
+        sign = -1.0 if self.distance.is_similarity else 1.0
+        margin = self.margin
+
+        def chunk_terms(a: int, b: int, x_: Tensor, ref_: Tensor) -> tuple[Tensor, Tensor]:
+            e = sign * self.distance.compute_matrix(x_[a:b], ref_)  # (c, m), smaller = closer
+            wp, wn = weights(a, b, torch.float64, e.device)  # (c, m) multiplicities
+            neg_sorted, order = torch.sort(e.masked_fill(wn == 0, float("inf")), dim=1)
+            w_sorted = wn.gather(1, order)  # (c, m)
+            finite = torch.where(torch.isinf(neg_sorted), torch.zeros_like(neg_sorted), neg_sorted)
+            prefix_w = F.pad(torch.cumsum(w_sorted, dim=1), (1, 0))  # (c, m + 1)
+            prefix_e = F.pad(torch.cumsum(finite.double() * w_sorted, dim=1), (1, 0))
+            thresh = e + margin  # (c, m): violated by negatives with e_an < e_ap + margin
+            k = torch.searchsorted(neg_sorted.detach().contiguous(), thresh.detach().contiguous())
+            cnt = prefix_w.gather(1, k) * wp  # (c, m) violating triplets of each positive
+            per_pos = cnt * thresh.double() - prefix_e.gather(1, k) * wp  # (c, m)
+            return per_pos.sum().to(e.dtype), cnt.sum()
+
+        total, count = chunked_sum(chunk_terms, n, eager_chunk_size(n, m), x, ref)
+        return total / count.clamp_min(1)
 
     # -- all triplets, exact, via sorting --------------------------------------------------
     def _all_triplets_sorted(
