@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dmlkit.config.tune import TuneConfig
+
 DATA_SOURCES = ("digits", "fashion_mnist", "idx", "npz", "image_folder")
 
 
@@ -192,9 +194,13 @@ class Config:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    tune: TuneConfig | None = None  # the search space of `dmlkit tune` (dmlkit.config.tune)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        raw = dataclasses.asdict(self)
+        if raw["tune"] is None:  # configs without a search space stay as they were
+            del raw["tune"]
+        return raw
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Config:
@@ -211,6 +217,8 @@ class Config:
                 kwargs[f.name] = _section(f.name, sub, value)
             elif f.name in _COMPONENTS:
                 kwargs[f.name] = _component(f.name, value)
+            elif f.name == "tune":
+                kwargs[f.name] = None if value is None else TuneConfig.from_dict(value)
             else:
                 kwargs[f.name] = str(value)
         return cls(**kwargs)

@@ -1,0 +1,87 @@
+"""``dmlkit tune`` and ``dmlkit crossval``: thin over :mod:`dmlkit.tuning`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+RUNS_DIR = Path("runs")
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def tune(
+    config: Path = typer.Argument(..., help="YAML config with a tune: section (its space)."),
+    trials: int = typer.Option(..., "--trials", "-n", help="Trials in the whole study."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Directory of best.yaml and study.db; default runs/<name>-tune."
+    ),
+    storage: str | None = typer.Option(
+        None, "--storage", help="SQLAlchemy URL of the study (default: sqlite in --out)."
+    ),
+    study: str | None = typer.Option(None, "--study", help="Study name (default: config name)."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the study, or join it as another worker."
+    ),
+) -> None:
+    """Search the config's tune.space with Optuna; score = mean MAP@R over class-disjoint
+    folds of the training classes. Writes the best config as best.yaml.
+
+    Start more workers on the same study (same config and --out, or --storage) with
+    --resume; they share the trial count.
+    """
+    from dmlkit.config import load_config
+    from dmlkit.tuning import tune as run_tune
+
+    try:
+        cfg = load_config(config)
+        out_dir = out if out is not None else RUNS_DIR / f"{cfg.name}-tune"
+        summary = run_tune(
+            cfg, trials, out_dir, resume=resume, storage=storage, study_name=study, log=typer.echo
+        )
+    except (ImportError, FileNotFoundError, FileExistsError, ValueError, TypeError) as err:
+        raise _fail(str(err)) from None
+    except KeyboardInterrupt:
+        raise _fail("interrupted; continue with the same command and --resume", 130) from None
+    counts = ", ".join(f"{k.lower()} {v}" for k, v in sorted(summary.counts.items()))
+    typer.echo(f"\nstudy {summary.study_name!r} ({summary.storage}): {counts}")
+    if summary.best_trial is None:
+        typer.echo("no trial completed yet")
+        return
+    typer.echo(
+        f"best: trial {summary.best_trial}, mean fold MAP@R {summary.best_value:.4f}; "
+        f"config written to {summary.best_config}"
+    )
+
+
+def crossval(
+    config: Path = typer.Argument(..., help="YAML config (e.g. a best.yaml of dmlkit tune)."),
+    folds: int | None = typer.Option(None, "--folds", "-k", help="Default: tune.folds or 3."),
+    seed: int | None = typer.Option(None, "--seed", help="Fold seed; default: tune.seed or 0."),
+) -> None:
+    """Score a config on class-disjoint folds of its training classes (mean MAP@R)."""
+    from dmlkit.config import load_config
+    from dmlkit.training.cross_validation import cross_validate
+
+    try:
+        cfg = load_config(config)
+        k = folds if folds is not None else (cfg.tune.folds if cfg.tune is not None else 3)
+        s = seed if seed is not None else (cfg.tune.seed if cfg.tune is not None else 0)
+        result = cross_validate(cfg, k, seed=s, log=typer.echo)
+    except (FileNotFoundError, ValueError, TypeError) as err:
+        raise _fail(str(err)) from None
+    for i, fold in enumerate(result.folds):
+        typer.echo(
+            f"fold {i}: validate on classes {fold.val_classes}: MAP@R "
+            f"{fold.best_map_at_r:.6f} (epoch {fold.best_epoch})"
+        )
+    typer.echo(f"mean MAP@R over {k} class-disjoint folds: {result.score:.6f}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("tune")(tune)
+    app.command("crossval")(crossval)

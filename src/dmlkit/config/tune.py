@@ -1,0 +1,251 @@
+"""The ``tune:`` section of a config: a search space and how ``dmlkit tune`` searches it.
+
+::
+
+    tune:
+      folds: 3                  # class-disjoint folds of the TRAINING classes
+      seed: 0                   # assigns classes to folds; seeds the search
+      space:                    # dotted config paths; applied in this order
+        loss:                   # a whole component: one of these
+          choices: [{name: triplet_margin, margin: 0.1}, multi_similarity]
+        loss.margin: {low: 0.05, high: 0.4, when: {loss.name: triplet_margin}}
+        optimizer.lr: {low: 1.0e-4, high: 1.0e-2, log: true}
+        model.dim: {choices: [32, 64, 128]}
+        miner: {choices: [null, batch_hard]}
+        sampler.m: {choices: [4, 8]}
+        training.epochs: {low: 2, high: 6}
+
+A parameter is ``{choices: [...]}`` (categorical: numbers, strings, null, or whole
+component mappings) or ``{low, high}`` with optional ``log`` and ``step`` (integers when
+``low`` and ``high`` both are). ``when: {path: value or [values]}`` samples it only when
+the config built so far matches. Setting a component's ``name`` keeps only the keys the
+new component accepts. Paths that choose the data or its classes cannot be tuned.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+SEARCH_ALGORITHMS = ("tpe", "random")
+PRUNERS = ("median", "none")
+SECTIONS = ("model", "loss", "miner", "sampler", "optimizer", "schedule", "training", "data")
+COMPONENTS = ("model", "loss", "miner", "sampler")
+FROZEN = {
+    "data": {"name", "path", "part", "heldout_part", "split", "test_fraction", "train_classes",
+             "test_classes", "kind", "tuples", "features", "x_key", "labels_key"},
+    "training": {"val_classes", "val_fraction", "seed", "device", "progress"},
+}  # fmt: skip
+_SPEC_KEYS = {"choices", "low", "high", "log", "step", "when"}
+
+
+@dataclass
+class TuneConfig:
+    """How ``dmlkit tune`` searches (see the module docstring for ``space``).
+
+    Attributes
+    ----------
+    folds : int
+        Class-disjoint folds of the training classes; the objective is their mean MAP@R.
+    seed : int
+        Seed of the fold assignment and of the first worker's search.
+    algorithm : {"tpe", "random"}
+        Optuna's sampler: tree-structured Parzen estimator or random search.
+    startup_trials : int
+        Random trials before TPE models the results, and trials before pruning starts.
+    pruner : {"median", "none"}
+        Stop a trial whose per-epoch mean fold MAP@R is below the median of earlier
+        trials at the same epoch.
+    warmup_epochs : int
+        Epochs of every trial that are never pruned.
+    storage : str, optional
+        SQLAlchemy URL of the study (default: a SQLite file in the tuning directory).
+    study_name : str, optional
+        Default: the config's ``name``.
+    heartbeat_seconds : int
+        A running trial's heartbeat period; one silent for four periods belongs to a dead
+        worker (on another machine) and is marked failed.
+    space : dict
+        Dotted config path -> parameter spec.
+    """
+
+    folds: int = 3
+    seed: int = 0
+    algorithm: str = "tpe"
+    startup_trials: int = 5
+    pruner: str = "median"
+    warmup_epochs: int = 1
+    storage: str | None = None
+    study_name: str | None = None
+    heartbeat_seconds: int = 30
+    space: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for key in ("folds", "seed", "startup_trials", "warmup_epochs", "heartbeat_seconds"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"tune.{key} must be an int, got {value!r}")
+        if self.folds < 2:
+            raise ValueError(f"tune.folds must be >= 2, got {self.folds}")
+        if self.startup_trials < 0 or self.warmup_epochs < 0 or self.heartbeat_seconds < 1:
+            raise ValueError("tune.startup_trials, warmup_epochs must be >= 0, heartbeat >= 1")
+        if self.algorithm not in SEARCH_ALGORITHMS:
+            raise ValueError(
+                f"tune.algorithm must be one of {list(SEARCH_ALGORITHMS)}, got {self.algorithm!r}"
+            )
+        if self.pruner not in PRUNERS:
+            raise ValueError(f"tune.pruner must be one of {list(PRUNERS)}, got {self.pruner!r}")
+        if not isinstance(self.space, dict):
+            raise TypeError(f"tune.space must be a mapping of paths to specs, got {self.space!r}")
+        self.space = {str(path): _check_spec(str(path), spec) for path, spec in self.space.items()}
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> TuneConfig:
+        if isinstance(raw, TuneConfig):
+            return raw
+        if not isinstance(raw, dict):
+            raise TypeError(f"section 'tune' must be a mapping, got {raw!r}")
+        names = list(inspect.signature(cls).parameters)
+        unknown = sorted(set(raw) - set(names))
+        if unknown:
+            raise ValueError(f"unknown key(s) {unknown} in section 'tune'; allowed: {names}")
+        return cls(**raw)
+
+
+def _number(path: str, key: str, value: Any) -> int | float:
+    if isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"tune.space[{path!r}].{key} must be a number, got {value!r}")
+    return value
+
+
+def _check_spec(path: str, spec: Any) -> dict[str, Any]:
+    """Validate one parameter spec; return it with numbers parsed."""
+    section, _, key = path.partition(".")
+    if section not in SECTIONS:
+        raise ValueError(f"tune.space path {path!r} must start with one of {list(SECTIONS)}")
+    if not key and section not in COMPONENTS:
+        raise ValueError(f"tune.space path {path!r} needs a key, e.g. {section}.<key>")
+    if key in FROZEN.get(section, ()):
+        raise ValueError(
+            f"tune.space path {path!r} cannot be tuned: it chooses the data, its classes or "
+            "the validation, which must stay fixed for scores to be comparable"
+        )
+    if "." in key:
+        raise ValueError(f"tune.space path {path!r} is nested too deep (section.key at most)")
+    if not isinstance(spec, dict):
+        raise TypeError(
+            f"tune.space[{path!r}] must be a mapping ({{choices: ...}} or "
+            f"{{low: ..., high: ...}}), got {spec!r}"
+        )
+    unknown = sorted(set(spec) - _SPEC_KEYS)
+    if unknown:
+        raise ValueError(
+            f"unknown key(s) {unknown} in tune.space[{path!r}]; allowed: {sorted(_SPEC_KEYS)}"
+        )
+    spec = dict(spec)
+    if "choices" in spec:
+        if {"low", "high", "log", "step"} & set(spec):
+            raise ValueError(f"tune.space[{path!r}] has both choices and a range")
+        choices = spec["choices"]
+        if not isinstance(choices, list) or not choices:
+            raise ValueError(f"tune.space[{path!r}].choices must be a non-empty list")
+        labels = [choice_label(c) for c in choices]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"tune.space[{path!r}].choices repeats a value: {choices}")
+    elif "low" in spec and "high" in spec:
+        low = spec["low"] = _number(path, "low", spec["low"])
+        high = spec["high"] = _number(path, "high", spec["high"])
+        if not low < high:
+            raise ValueError(f"tune.space[{path!r}] needs low < high, got {low} and {high}")
+        if spec.get("log") and low <= 0:
+            raise ValueError(f"tune.space[{path!r}] log range needs low > 0, got {low}")
+        if "step" in spec:
+            spec["step"] = _number(path, "step", spec["step"])
+            if spec["step"] <= 0 or spec.get("log"):
+                raise ValueError(f"tune.space[{path!r}].step must be > 0 and without log")
+    else:
+        raise ValueError(f"tune.space[{path!r}] needs choices, or low and high")
+    when = spec.get("when")
+    if when is not None and not isinstance(when, dict):
+        raise TypeError(f"tune.space[{path!r}].when must map paths to values, got {when!r}")
+    return spec
+
+
+def is_int_range(spec: dict[str, Any]) -> bool:
+    """Whether a ``{low, high}`` spec samples integers."""
+    return all(
+        isinstance(spec.get(k), int) and not isinstance(spec.get(k), bool) for k in ("low", "high")
+    ) and isinstance(spec.get("step", 1), int)
+
+
+def choice_label(choice: Any) -> Any:
+    """The value a categorical choice is stored as: itself, or JSON for a mapping/list."""
+    if choice is None or isinstance(choice, (bool, int, float, str)):
+        return choice
+    return json.dumps(choice, sort_keys=True)
+
+
+def get_path(raw: dict[str, Any], path: str) -> Any:
+    """The value at ``section.key`` of a config dict (``None`` where a part is missing)."""
+    section, _, key = path.partition(".")
+    value = raw.get(section)
+    if not key:
+        return value
+    return value.get(key) if isinstance(value, dict) else None
+
+
+def condition_holds(raw: dict[str, Any], when: dict[str, Any] | None) -> bool:
+    """Whether every ``path: value or [values]`` of ``when`` matches ``raw``."""
+    for path, wanted in (when or {}).items():
+        allowed = wanted if isinstance(wanted, list) else [wanted]
+        if get_path(raw, path) not in allowed:
+            return False
+    return True
+
+
+def set_path(raw: dict[str, Any], path: str, value: Any) -> None:
+    """Set ``section.key`` (or a whole section) of a config dict in place.
+
+    A component set to a name string becomes ``{name: ...}``; a new ``name`` for a
+    component keeps only the keys the new registered class accepts.
+    """
+    section, _, key = path.partition(".")
+    if not key:
+        raw[section] = {"name": value} if isinstance(value, str) else copy.deepcopy(value)
+        return
+    current = raw.get(section)
+    if current is None:
+        if section in COMPONENTS and key != "name":
+            raise ValueError(f"tune.space sets {path!r} but the config has no {section!r}")
+        current = {}
+    current = dict(current)
+    if key == "name" and section in COMPONENTS and current.get("name") != value:
+        accepted = _accepted_keys(section, value)
+        current = {k: v for k, v in current.items() if k in accepted}
+    current[key] = value
+    raw[section] = current
+
+
+def _accepted_keys(section: str, name: str) -> set[str]:
+    from dmlkit.registry import LOSSES, MINERS, MODELS, SAMPLERS
+
+    registry = {"model": MODELS, "loss": LOSSES, "miner": MINERS, "sampler": SAMPLERS}[section]
+    return set(inspect.signature(registry.get(name).__init__).parameters) - {"self"}
+
+
+__all__ = [
+    "TuneConfig",
+    "choice_label",
+    "condition_holds",
+    "get_path",
+    "is_int_range",
+    "set_path",
+]

@@ -1,0 +1,96 @@
+"""Turn a ``tune.space`` and an Optuna trial into a trial's config."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Protocol
+
+from dmlkit.config.schema import Config
+from dmlkit.config.tune import choice_label, condition_holds, is_int_range, set_path
+
+
+class Suggester(Protocol):
+    """The part of ``optuna.Trial`` a search space needs."""
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any: ...
+
+    def suggest_int(
+        self, name: str, low: int, high: int, *, step: int = 1, log: bool = False
+    ) -> int: ...
+
+    def suggest_float(
+        self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
+    ) -> float: ...
+
+
+def suggest(trial: Suggester, path: str, spec: dict[str, Any]) -> Any:
+    """Sample the value of one parameter (named by its ``path``)."""
+    if "choices" in spec:
+        choices = spec["choices"]
+        labels = [choice_label(c) for c in choices]
+        label = trial.suggest_categorical(path, labels)
+        return copy.deepcopy(choices[labels.index(label)])
+    log = bool(spec.get("log", False))
+    if is_int_range(spec):
+        return trial.suggest_int(path, spec["low"], spec["high"], step=spec.get("step", 1), log=log)
+    step = spec.get("step")
+    return trial.suggest_float(
+        path, float(spec["low"]), float(spec["high"]),
+        step=None if step is None else float(step), log=log,
+    )  # fmt: skip
+
+
+def trial_config(config: Config, trial: Suggester) -> tuple[Config, dict[str, Any]]:
+    """The config of one trial and the values it chose (path -> value).
+
+    Parameters are sampled in the order of ``config.tune.space``; one whose ``when``
+    does not match the config built so far is skipped. The result is checked against
+    the registries, so an impossible combination raises ``ValueError`` naming it.
+    """
+    if config.tune is None or not config.tune.space:
+        raise ValueError("the config has no tune.space to search (see dmlkit.config.tune)")
+    raw = config.to_dict()
+    chosen: dict[str, Any] = {}
+    for path, spec in config.tune.space.items():
+        if not condition_holds(raw, spec.get("when")):
+            continue
+        value = suggest(trial, path, spec)
+        set_path(raw, path, value)
+        chosen[path] = value
+    try:
+        result = Config.from_dict(raw)
+        result.check()
+    except (TypeError, KeyError) as err:
+        raise ValueError(f"the trial's parameters {chosen} make an invalid config: {err}") from err
+    return result, chosen
+
+
+class FixedTrial:
+    """A :class:`Suggester` that returns given values (to rebuild a trial's config)."""
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        self.params = params
+
+    def _get(self, name: str) -> Any:
+        if name not in self.params:
+            raise ValueError(f"no value given for tune parameter {name!r}")
+        return self.params[name]
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        value = self._get(name)
+        if value not in choices:
+            raise ValueError(f"{name}: {value!r} is not one of {choices}")
+        return value
+
+    def suggest_int(
+        self, name: str, low: int, high: int, *, step: int = 1, log: bool = False
+    ) -> int:
+        return int(self._get(name))
+
+    def suggest_float(
+        self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
+    ) -> float:
+        return float(self._get(name))
+
+
+__all__ = ["FixedTrial", "Suggester", "suggest", "trial_config"]

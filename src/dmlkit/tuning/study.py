@@ -1,0 +1,415 @@
+"""``dmlkit tune``: an Optuna study over a config's ``tune.space``, in an RDB many workers share.
+
+Each trial samples a config (:func:`~dmlkit.tuning.space.trial_config`), scores it by
+:func:`~dmlkit.training.cross_validation.cross_validate` (mean MAP@R over class-disjoint
+folds of the *training* classes; the held-out classes are never read), reports the
+per-epoch mean so the pruner can stop a poor trial early, and ends COMPLETE, PRUNED or
+FAIL (an invalid or diverging config, with its ``error``). ``trials`` is the size of the
+whole study: workers started on the same storage and study share the count, and a worker
+that was killed leaves a RUNNING trial that the next worker (or ``resume``) marks FAIL
+without counting it. After every completed trial the best config is written as a YAML
+that ``dmlkit train`` runs and ``dmlkit crossval`` re-scores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dmlkit.config.schema import Config
+from dmlkit.tuning.space import trial_config
+
+STUDY_FILE = "study.db"
+BEST_FILE = "best.yaml"
+BEST_JSON = "best.json"
+
+
+def require_optuna() -> Any:
+    """Import Optuna, or say how to install it."""
+    try:
+        import optuna
+    except ImportError as err:
+        raise ImportError(
+            "dmlkit tune needs Optuna and SQLAlchemy: pip install 'dmlkit[tune]'"
+        ) from err
+    return optuna
+
+
+@dataclass
+class TuneSummary:
+    """Where a worker left the study."""
+
+    study_name: str
+    storage: str
+    counts: dict[str, int]
+    best_value: float | None
+    best_trial: int | None
+    best_config: Path | None
+
+
+def storage_url(config: Config, out_dir: Path) -> str:
+    """``tune.storage``, else a SQLite file ``study.db`` in ``out_dir``."""
+    if config.tune is not None and config.tune.storage:
+        return config.tune.storage
+    return f"sqlite:///{(out_dir / STUDY_FILE).resolve()}"
+
+
+def open_storage(url: str, heartbeat_seconds: int) -> Any:
+    """An RDB storage with heartbeats; SQLite waits for locks instead of failing at once."""
+    optuna = require_optuna()
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    kwargs = {"connect_args": {"timeout": 300}} if url.startswith("sqlite") else {}
+    for attempt in range(10):  # workers starting together race to create the tables
+        try:
+            with warnings.catch_warnings():  # heartbeats are flagged experimental
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs=kwargs,
+                    heartbeat_interval=heartbeat_seconds, grace_period=4 * heartbeat_seconds,
+                )  # fmt: skip
+        except (OperationalError, IntegrityError):  # another worker made them first
+            if attempt == 9:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def fingerprint(config: Config) -> str:
+    """The config as a study remembers it (without where it is stored or shown)."""
+    raw = config.to_dict()
+    raw["training"].pop("progress", None)
+    for key in ("storage", "study_name"):
+        raw.get("tune", {}).pop(key, None)
+    return json.dumps(raw, sort_keys=True)
+
+
+def open_study(config: Config, storage: Any, study_name: str, resume: bool) -> tuple[Any, bool]:
+    """Create the study, or join it with ``resume``; ``(study, created)``."""
+    optuna = require_optuna()
+    tune = config.tune
+    if tune is None:
+        raise ValueError("the config has no tune: section")
+    pruner = (
+        optuna.pruners.MedianPruner(
+            n_startup_trials=tune.startup_trials, n_warmup_steps=tune.warmup_epochs
+        )
+        if tune.pruner == "median"
+        else optuna.pruners.NopPruner()
+    )
+
+    def sampler(seed: int) -> Any:
+        if tune.algorithm == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        return optuna.samplers.TPESampler(n_startup_trials=tune.startup_trials, seed=seed)
+
+    try:  # the first worker seeds the search with tune.seed; others with their own pid
+        study = optuna.create_study(
+            storage=storage, study_name=study_name, direction="maximize",
+            sampler=sampler(tune.seed), pruner=pruner,
+        )  # fmt: skip
+        study.set_user_attr("config", fingerprint(config))
+        return study, True
+    except optuna.exceptions.DuplicatedStudyError:
+        if not resume:
+            raise FileExistsError(
+                f"study {study_name!r} already exists in {_safe(storage)}; continue it or join "
+                "it as another worker with --resume, or name another study (--study, --out)"
+            ) from None
+    import numpy as np
+
+    seed = int(np.random.SeedSequence([tune.seed, os.getpid()]).generate_state(1)[0])
+    study = optuna.load_study(
+        study_name=study_name, storage=storage, sampler=sampler(seed), pruner=pruner
+    )
+    saved = study.user_attrs.get("config")
+    if saved is not None and saved != fingerprint(config):
+        raise ValueError(
+            f"study {study_name!r} was started from a different config; resume it with the "
+            "same YAML, or name another study (--study, --out)"
+        )
+    return study, False
+
+
+def _safe(storage: Any) -> str:
+    url = getattr(storage, "url", str(storage))
+    return url.split("@")[-1] if "@" in url else url  # no passwords in messages
+
+
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fail_stale_trials(study: Any, log: Callable[[str], None]) -> list[int]:
+    """Mark FAIL the RUNNING trials whose worker is gone; their numbers.
+
+    A worker on this machine is gone when its process is; one elsewhere when its
+    heartbeat is older than the grace period.
+    """
+    optuna = require_optuna()
+    running = optuna.trial.TrialState.RUNNING
+    host = socket.gethostname()
+    stale = []
+    for trial in study.get_trials(deepcopy=False, states=(running,)):
+        worker_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
+        if worker_host == host and pid.isdigit() and not _alive(int(pid)):
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+            stale.append(trial.number)
+    before = {t.number for t in study.get_trials(deepcopy=False, states=(running,))}
+    optuna.storages.fail_stale_trials(study)
+    after = {t.number for t in study.get_trials(deepcopy=False, states=(running,))}
+    stale += sorted(before - after)
+    if stale:
+        log(f"marked FAIL the running trial(s) {stale} of workers that are gone")
+    return stale
+
+
+def counts_toward_total(trial: Any) -> bool:
+    """Finished trials, live running ones and failures of the config itself count; trials
+    of killed workers and surplus trials do not."""
+    state = trial.state.name
+    return state in ("COMPLETE", "PRUNED", "RUNNING") or (
+        state == "FAIL" and "error" in trial.user_attrs
+    )
+
+
+def state_counts(study: Any) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for trial in study.get_trials(deepcopy=False):
+        counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
+    return counts
+
+
+class _Heartbeat:
+    """Records a running trial's heartbeat every ``interval`` seconds, in a thread."""
+
+    def __init__(self, storage: Any, trial_id: int, interval: int) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._beat, args=(storage, trial_id, interval), daemon=True
+        )
+        self._thread.start()
+
+    def _beat(self, storage: Any, trial_id: int, interval: int) -> None:
+        while True:
+            storage.record_heartbeat(trial_id)
+            if self._stop.wait(interval):
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def write_best(study: Any, config: Config, out_dir: Path, storage: str) -> Path | None:
+    """Write the best completed trial's config (``best.yaml``) and summary (``best.json``)."""
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    if not complete:
+        return None
+    best = max(complete, key=lambda t: (t.value, -t.number))
+    best_config = Config.from_dict(best.user_attrs["config"])
+    if best_config.tune is not None:
+        best_config.tune.space = {}  # the chosen point, not the space
+    folds = config.tune.folds if config.tune is not None else "?"
+    header = (
+        f"# Best of study {study.study_name!r}: trial {best.number}, mean MAP@R "
+        f"{best.value:.6f} over {folds} class-disjoint folds of the training classes.\n"
+        f"# Re-score: dmlkit crossval {BEST_FILE}    Train: dmlkit train {BEST_FILE}\n"
+    )
+    path = out_dir / BEST_FILE
+    atomic_write_text(path, header + best_config.to_yaml())
+    summary = {
+        "study": study.study_name, "storage": storage.split("@")[-1], "trial": best.number,
+        "value": best.value, "params": best.params, "folds": best.user_attrs.get("folds"),
+    }  # fmt: skip
+    atomic_write_text(out_dir / BEST_JSON, json.dumps(summary, indent=2) + "\n")
+    return path
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def tune(
+    config: Config,
+    trials: int,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    storage: str | None = None,
+    study_name: str | None = None,
+    log: Callable[[str], None] = print,
+) -> TuneSummary:
+    """Run one worker of the study until it holds ``trials`` counted trials.
+
+    Parameters
+    ----------
+    config : Config
+        With a ``tune`` section whose ``space`` is searched.
+    trials : int
+        Size of the whole study (all workers, all restarts).
+    out_dir : path
+        Where ``best.yaml``, ``best.json`` and (by default) ``study.db`` go.
+    resume : bool
+        Continue the study, or join it as one more worker; without it an existing
+        study is an error.
+    storage, study_name : str, optional
+        Override ``tune.storage`` (any SQLAlchemy URL) and ``tune.study_name``.
+    log : callable
+        Receives progress lines.
+    """
+    optuna = require_optuna()
+
+    if config.tune is None or not config.tune.space:
+        raise ValueError("the config has no tune: section with a space to search")
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        raise ValueError(f"trials must be an int >= 1, got {trials!r}")
+    tc = config.tune
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    url = storage or storage_url(config, out_dir)
+    name = study_name or tc.study_name or config.name
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with warnings.catch_warnings():  # heartbeats outside Study.optimize are by design here
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage")
+        return _tune(config, trials, out_dir, url, name, resume, log)
+
+
+def _tune(
+    config: Config, trials: int, out_dir: Path, url: str, name: str, resume: bool, log: Callable
+) -> TuneSummary:
+    optuna = require_optuna()
+    from dmlkit.training.cross_validation import cross_validate
+
+    tc = config.tune
+    if tc is None:
+        raise ValueError("the config has no tune: section")
+    rdb = open_storage(url, tc.heartbeat_seconds)
+    study, created = open_study(config, rdb, name, resume)
+    log(f"{'created' if created else 'joined'} study {name!r} in {_safe(rdb)} (worker {WORKER})")
+    fail_stale_trials(study, log)
+    states = optuna.trial.TrialState
+    while True:
+        if sum(map(counts_toward_total, study.get_trials(deepcopy=False))) >= trials:
+            break
+        trial = study.ask()
+        trial.set_user_attr("worker", WORKER)
+        earlier = [
+            t for t in study.get_trials(deepcopy=False)
+            if t.number < trial.number and counts_toward_total(t)
+        ]  # fmt: skip
+        if len(earlier) >= trials:  # another worker took the last place first
+            trial.set_user_attr("surplus", True)
+            study.tell(trial, state=states.FAIL)
+            break
+        _run_trial(study, trial, config, trials, rdb, log, cross_validate)
+        write_best(study, config, out_dir, url)
+        fail_stale_trials(study, log)
+    best_path = write_best(study, config, out_dir, url)
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == states.COMPLETE]
+    best = max(complete, key=lambda t: (t.value, -t.number)) if complete else None
+    return TuneSummary(
+        name, _safe(rdb), state_counts(study),
+        None if best is None else best.value, None if best is None else best.number, best_path,
+    )  # fmt: skip
+
+
+def _run_trial(
+    study: Any, trial: Any, config: Config, total: int, rdb: Any, log: Callable, cross_validate: Any
+) -> None:
+    optuna = require_optuna()
+    states = optuna.trial.TrialState
+    tc = config.tune
+    if tc is None:
+        raise ValueError("the config has no tune: section")
+    heartbeat = _Heartbeat(rdb, trial._trial_id, tc.heartbeat_seconds)
+    start = time.perf_counter()
+    tag = f"trial {trial.number}"
+    try:
+        try:
+            cfg, chosen = trial_config(config, trial)
+            trial.set_user_attr("config", cfg.to_dict())
+            log(f"{tag}: " + " ".join(f"{k}={_short(v)}" for k, v in chosen.items()))
+
+            def on_epoch(epoch: int, mean: float, _bests: list[float]) -> None:
+                trial.report(mean, epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at epoch {epoch} (mean MAP@R {mean:.4f})")
+
+            result = cross_validate(
+                cfg, tc.folds, seed=tc.seed, on_epoch=on_epoch, log=lambda m: log(f"{tag} {m}")
+            )
+            trial.set_user_attr("folds", result.to_dict()["folds"])
+        except optuna.TrialPruned as err:
+            study.tell(trial, state=states.PRUNED)
+            log(f"{tag} {err}")
+            return
+        except (ValueError, TypeError, FloatingPointError) as err:  # the config's own fault
+            trial.set_user_attr("error", f"{type(err).__name__}: {err}")
+            study.tell(trial, state=states.FAIL)
+            log(f"{tag} failed: {type(err).__name__}: {err}")
+            return
+        except BaseException:
+            study.tell(trial, state=states.FAIL)  # not the config's fault: not counted
+            raise
+        study.tell(trial, result.score)
+    finally:
+        heartbeat.stop()
+    best = study.best_trial
+    done = sum(map(counts_toward_total, study.get_trials(deepcopy=False, states=_finished())))
+    log(
+        f"{tag} finished: mean MAP@R {result.score:.4f} in {time.perf_counter() - start:.1f} s "
+        f"(best: trial {best.number}, {best.value:.4f}; {done}/{total} trials done)"
+    )
+
+
+def _finished() -> tuple:
+    states = require_optuna().trial.TrialState
+    return (states.COMPLETE, states.PRUNED, states.FAIL)
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+
+
+__all__ = [
+    "TuneSummary",
+    "counts_toward_total",
+    "fail_stale_trials",
+    "open_study",
+    "open_storage",
+    "require_optuna",
+    "storage_url",
+    "tune",
+    "write_best",
+]
