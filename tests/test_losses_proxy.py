@@ -147,7 +147,7 @@ CASES = {
         lambda: NormalizedSoftmaxLoss(C, D, temperature=0.1),
         lambda x, y, m: naive_margin_softmax(x, y, m.weight, lambda c: c, lambda c, xi: c / 0.1),
         lambda: pml_losses.NormalizedSoftmaxLoss(C, D, temperature=0.1),
-        "weight", "W",
+        "W", "W",
     ),
     "cosface": (
         lambda: CosFaceLoss(C, D, margin=0.35, scale=8.0),
@@ -155,7 +155,7 @@ CASES = {
             x, y, m.weight, lambda c: c - 0.35, lambda c, xi: 8.0 * c
         ),
         lambda: pml_losses.CosFaceLoss(num_classes=C, embedding_size=D, margin=0.35, scale=8.0),
-        "weight", "W",
+        "W", "W",
     ),
     "arcface": (
         lambda: ArcFaceLoss(C, D, **ARC),
@@ -163,7 +163,7 @@ CASES = {
             x, y, m.weight, arc_target(28.6), lambda c, xi: 8.0 * c
         ),
         lambda: pml_losses.ArcFaceLoss(C, D, **ARC),
-        "weight", "W",
+        "W", "W",
     ),
     "arcface_big_margin": (  # exercises the theta + m > pi branch
         lambda: ArcFaceLoss(C, D, margin=100.0, scale=4.0),
@@ -171,7 +171,7 @@ CASES = {
             x, y, m.weight, arc_target(100.0), lambda c, xi: 4.0 * c
         ),
         lambda: pml_losses.ArcFaceLoss(C, D, margin=100.0, scale=4.0),
-        "weight", "W",
+        "W", "W",
     ),
     "subcenter_arcface": (
         lambda: SubCenterArcFaceLoss(C, D, sub_centers=3, **ARC),
@@ -181,7 +181,7 @@ CASES = {
         lambda: pml_losses.SubCenterArcFaceLoss(
             num_classes=C, embedding_size=D, sub_centers=3, **ARC
         ),
-        "weight", "W",
+        "W", "W",
     ),
     "sphereface": (
         lambda: SphereFaceLoss(C, D, margin=4, scale=0.5),
@@ -189,7 +189,7 @@ CASES = {
             x, y, m.weight, sphere_target(4), lambda c, xi: 0.5 * xi.norm() * c
         ),
         lambda: pml_losses.SphereFaceLoss(C, D, margin=4, scale=0.5),
-        "weight", "W",
+        "W", "W",
     ),
     "proxy_nca": (
         lambda: ProxyNCALoss(C, D, softmax_scale=3.0),
@@ -209,7 +209,7 @@ CASES = {
         lambda: pml_losses.SoftTripleLoss(
             C, D, centers_per_class=3, la=20, gamma=0.1, margin=0.01
         ),
-        "centers", "fc",
+        "fc", "fc",
     ),
 }
 
@@ -347,7 +347,7 @@ def test_arcface_gradient_finite_at_unit_cosine():
     out = loss_fn(x, y)
     out.backward()
     assert torch.isfinite(out) and torch.isfinite(x.grad).all()
-    assert torch.isfinite(loss_fn.weight.grad).all()
+    assert torch.isfinite(loss_fn.W.grad).all()
     expected = naive_margin_softmax(x.detach(), y, loss_fn.weight.detach(), arc_target(28.6),
                                     lambda c, xi: 64.0 * c)
     assert torch.allclose(out, expected, rtol=1e-6)
@@ -418,7 +418,7 @@ def test_fused_chunks_weights_only_no_grad_and_no_double_backward():
     whole(x, y).backward()  # embeddings without grad: only the weights get one
     out = chunked(x, y)
     out.backward()
-    assert torch.allclose(whole.weight.grad, chunked.weight.grad, atol=1e-10)
+    assert torch.allclose(whole.W.grad, chunked.W.grad, atol=1e-10)
     with torch.no_grad():
         assert torch.allclose(chunked(x, y), out.detach())
     xg = x.clone().requires_grad_(True)

@@ -29,8 +29,9 @@ class CosFaceLoss(CosineMarginLoss):
 
     Attributes
     ----------
-    weight : nn.Parameter of shape (C, D)
-        Class weights (pytorch-metric-learning's ``W`` is its transpose).
+    W : nn.Parameter of shape (D, C)
+        Class weights in pytorch-metric-learning's name and layout (state dicts load
+        across the two libraries); ``weight`` is the ``(C, D)`` row view ``W.T``.
 
     Matches pytorch-metric-learning's ``CosFaceLoss`` (value and gradient).
     """

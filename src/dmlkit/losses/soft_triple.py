@@ -10,7 +10,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dmlkit.functional.distances import l2_normalize
-from dmlkit.losses.weight_classifier import WeightClassifierLoss, check_positive_int
+from dmlkit.losses.weight_classifier import (
+    WeightClassifierLoss,
+    check_positive_int,
+    transposed_key_hook,
+)
 from dmlkit.registry import register_loss
 
 
@@ -47,9 +51,11 @@ class SoftTripleLoss(WeightClassifierLoss):
 
     Attributes
     ----------
-    centers : nn.Parameter of shape (C * K, D)
-        Row ``c * K + k`` is center ``k`` of class ``c`` (pytorch-metric-learning's
-        ``fc`` is the transpose, same column order).
+    fc : nn.Parameter of shape (D, C * K)
+        Column ``c * K + k`` is center ``k`` of class ``c``: pytorch-metric-learning's
+        name, shape and order, so state dicts load across the two libraries.
+    centers : Tensor of shape (C * K, D)
+        The same centers as rows (a view of ``fc``).
 
     With ``tau = 0`` matches pytorch-metric-learning's ``SoftTripleLoss`` (value and gradient).
     """
@@ -75,9 +81,16 @@ class SoftTripleLoss(WeightClassifierLoss):
         self.margin = float(margin)
         self.tau = float(tau)
         n_centers = num_classes * centers_per_class
-        self.centers = nn.Parameter(torch.empty(n_centers, embedding_size))
+        # pytorch-metric-learning's layout and name: fc is (D, C * K), column c * K + k
+        self.fc = nn.Parameter(torch.empty(embedding_size, n_centers))
         bound = 1.0 / math.sqrt(n_centers)  # kaiming-uniform(a=sqrt(5)) on the (D, C*K) layout
-        nn.init.uniform_(self.centers, -bound, bound)
+        nn.init.uniform_(self.fc, -bound, bound)
+        self._register_load_state_dict_pre_hook(transposed_key_hook("centers", "fc"))
+
+    @property
+    def centers(self) -> Tensor:
+        """The centers as rows, ``(C * K, D)``: a view of ``fc`` (``fc.T``)."""
+        return self.fc.T
 
     def _class_similarity(self, x: Tensor, w: Tensor) -> Tensor:
         """``S_c`` for unit ``x (c, D)`` and unit centers ``w (C*K, D)`` -> ``(c, C)``."""

@@ -35,9 +35,10 @@ class SubCenterArcFaceLoss(ArcFaceLoss):
 
     Attributes
     ----------
-    weight : nn.Parameter of shape (C * K, D)
-        Row ``c * K + k`` is sub-center ``k`` of class ``c`` (pytorch-metric-learning's
-        ``W`` is the transpose, same column order).
+    W : nn.Parameter of shape (D, C * K)
+        Column ``c * K + k`` is sub-center ``k`` of class ``c``: pytorch-metric-learning's
+        name, shape and order (state dicts load across the two libraries); ``weight``
+        is the ``(C * K, D)`` row view ``W.T``.
 
     Matches pytorch-metric-learning's ``SubCenterArcFaceLoss`` (value and gradient).
     """

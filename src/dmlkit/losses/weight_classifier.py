@@ -11,9 +11,10 @@ Two bases live here:
   normalized-softmax, SphereFace, CosFace, ArcFace and sub-center ArcFace losses are it
   with different hooks.
 
-Class vectors are stored as ``(num_classes * per_class, embedding_size)`` parameters,
-rows ``c * per_class + k`` for the ``k``-th vector of class ``c`` (pytorch-metric-learning
-stores the transpose for its margin losses).
+Class vectors are stored as pytorch-metric-learning stores them, so state dicts load
+across the two libraries: ``W`` of shape ``(embedding_size, num_classes * per_class)``,
+column ``c * per_class + k`` for the ``k``-th vector of class ``c``; ``weight`` is its
+``(num_classes * per_class, embedding_size)`` row view.
 """
 
 from __future__ import annotations
@@ -51,6 +52,19 @@ def check_class_labels(labels: Tensor, num_classes: int) -> None:
     if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
         bad = labels[(labels < 0) | (labels >= num_classes)][0].item()
         raise ValueError(f"label {bad} is outside [0, num_classes={num_classes})")
+
+
+def transposed_key_hook(old: str, new: str) -> Callable[..., None]:
+    """A load-state-dict pre-hook reading a ``(rows, D)`` tensor saved under ``old`` as
+    ``new`` of shape ``(D, rows)`` (state saved before the class vectors took
+    pytorch-metric-learning's layout)."""
+
+    def hook(state_dict: dict, prefix: str, *args: object) -> None:
+        key_old, key_new = prefix + old, prefix + new
+        if key_old in state_dict and key_new not in state_dict:
+            state_dict[key_new] = state_dict.pop(key_old).T.contiguous()
+
+    return hook
 
 
 class WeightClassifierLoss(BaseMetricLoss):
@@ -200,12 +214,19 @@ class CosineMarginLoss(WeightClassifierLoss):
     def __init__(self, num_classes: int, embedding_size: int, per_class: int = 1) -> None:
         super().__init__(num_classes, embedding_size)
         self._per_class = check_positive_int("per_class", per_class)
-        self.weight = nn.Parameter(torch.empty(num_classes * per_class, embedding_size))
+        # pytorch-metric-learning's layout and name: W is (D, C * K), column c * K + k
+        self.W = nn.Parameter(torch.empty(embedding_size, num_classes * per_class))
         self.reset_parameters()
+        self._register_load_state_dict_pre_hook(transposed_key_hook("weight", "W"))
+
+    @property
+    def weight(self) -> Tensor:
+        """The class vectors as rows, ``(C * K, D)``: a view of ``W`` (``W.T``)."""
+        return self.W.T
 
     def reset_parameters(self) -> None:
         """Standard-normal class weights (uniform directions once normalized)."""
-        nn.init.normal_(self.weight)
+        nn.init.normal_(self.W)
 
     def target_logit(self, cos_target: Tensor) -> Tensor:  # (c,) -> (c,)
         return cos_target
@@ -268,4 +289,5 @@ __all__ = [
     "check_positive_int",
     "check_class_labels",
     "fused_chunk_sum",
+    "transposed_key_hook",
 ]
