@@ -8,8 +8,10 @@ from torch import Tensor
 from dmlkit.distances.base import BaseDistance
 from dmlkit.distances.cosine import CosineSimilarity
 from dmlkit.functional.labels import same_label
-from dmlkit.functional.tuples import IndexTuple
+from dmlkit.functional.tuples import IndexTuple, Pairs
 from dmlkit.losses._rows import (
+    FUSED_BUDGET,
+    as_pairs,
     masked_logsumexp,
     pack,
     setup_rows,
@@ -81,8 +83,16 @@ class MultiSimilarityLoss(BaseMetricLoss):
         x, ref, weights = setup_rows(
             self.distance, embeddings, labels, indices, ref_embeddings, ref_labels
         )
-        if type(self.distance) is CosineSimilarity and use_fused(x, ref, labels, indices):
-            return self._fused(x, ref, labels, ref_labels, ref_embeddings is None)
+        cosine = type(self.distance) is CosineSimilarity
+        if cosine and use_fused(x, ref, labels, indices):
+            same = same_label(labels, labels if ref_labels is None else ref_labels)  # (n, m)
+            pos = same
+            if ref_embeddings is None:
+                pos = same & ~torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
+            return self._fused(x, ref, pos, ~same)
+        if cosine and indices is not None and x.shape[0] * ref.shape[0] <= FUSED_BUDGET:
+            pairs = as_pairs(indices)
+            return self._fused(x, ref, *_pair_masks(pairs, x.shape[0], ref.shape[0]))
         sign = 1.0 if self.distance.is_similarity else -1.0
 
         def chunk_terms(start: int, stop: int, x_: Tensor, ref_: Tensor) -> Tensor:
@@ -101,34 +111,35 @@ class MultiSimilarityLoss(BaseMetricLoss):
             return self.zero_loss(embeddings)
         return total / x.shape[0]
 
-    def _fused(
-        self, x: Tensor, ref: Tensor, labels: Tensor, ref_labels: Tensor | None, no_self: bool
-    ) -> Tensor:
-        """Whole-matrix cosine path: loss and closed-form softmax gradients in one pass."""
-        n, m = x.shape[0], ref.shape[0]
-        if no_self and m == 1:
-            return self.zero_loss(x)
+    def _fused(self, x: Tensor, ref: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
+        """Whole-matrix cosine path: loss and closed-form softmax gradients in one pass.
+
+        ``pos``, ``neg`` ``(n, m)`` bool: the pairs of each anchor (from labels, or the
+        listed pairs of a miner, each counted once as pytorch-metric-learning does).
+        """
+        n = x.shape[0]
         need_grad = torch.is_grad_enabled() and (x.requires_grad or ref.requires_grad)
         a, b, lam = self.alpha, self.beta, self.base
+        i, j = torch.where(pos)  # (P,)
+        if i.numel() == 0 and not bool(neg.any()):
+            return self.zero_loss(x) + ref.sum() * 0.0
         with torch.no_grad():
             xd, rd = x.detach(), ref.detach()
-            same = same_label(labels, labels if ref_labels is None else ref_labels)  # (n, m)
-            i, j = torch.where(same)  # (P,)
-            if no_self:
-                keep = i != j
-                i, j = i[keep], j[keep]
             zp = (xd[i] * rd[j]).sum(dim=1).sub_(lam).mul_(-a)  # (P,): -alpha (S - base)
-            # negatives: z = beta (S - base), positives masked out, per-row shift >= 0
+            # negatives: z = beta (S - base), other entries masked out, per-row shift >= 0
             z = torch.addmm(xd.new_full((1, 1), -b * lam), xd, rd.T, alpha=b)  # (n, m)
-            z.masked_fill_(same, float("-inf"))
+            z.masked_fill_(~neg, float("-inf"))
             zn_peak = z.amax(dim=1).clamp_min_(0.0)  # (n,)
             e = z.sub_(zn_peak[:, None]).exp_()  # (n, m), 0 off the negatives
             sn = e.sum(dim=1).add_(torch.exp(-zn_peak))  # (n,)
-            neg_term = (zn_peak + sn.log()) / b  # (n,)
+            has_neg = neg.any(dim=1)  # (n,): anchors without negatives add 0
+            neg_term = torch.where(has_neg, (zn_peak + sn.log()) / b, 0.0)  # (n,)
             zp_peak = z.new_zeros(n).scatter_reduce_(0, i, zp, "amax")  # (n,), >= 0
             ep = (zp - zp_peak[i]).exp_()  # (P,)
             sp = torch.exp(-zp_peak).index_add_(0, i, ep)  # (n,)
-            pos_term = (zp_peak + sp.log()) / a  # (n,)
+            has_pos = torch.zeros(n, dtype=torch.bool, device=x.device)
+            has_pos[i] = True
+            pos_term = torch.where(has_pos, (zp_peak + sp.log()) / a, 0.0)  # (n,)
             loss = (pos_term.sum() + neg_term.sum()) / n
             if not need_grad:
                 return loss
@@ -137,3 +148,11 @@ class MultiSimilarityLoss(BaseMetricLoss):
             g.index_put_((i, j), -ep / (n * sp[i]), accumulate=True)
             gx, gr = g @ rd, g.T @ xd  # (n, d), (m, d)
         return with_grads(loss, x, ref, gx, gr)
+
+
+def _pair_masks(pairs: Pairs, n: int, m: int) -> tuple[Tensor, Tensor]:
+    """``(n, m)`` bool masks of the listed positive and negative pairs."""
+    a1, p, a2, nn = pairs
+    pos = torch.bincount(p + a1 * m, minlength=n * m).view(n, m) > 0  # (n, m)
+    neg = torch.bincount(nn + a2 * m, minlength=n * m).view(n, m) > 0  # (n, m)
+    return pos, neg
