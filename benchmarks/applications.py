@@ -157,6 +157,42 @@ def cli_jobs(run_dir: Path, x, y, fit, test, args) -> dict:
     return out
 
 
+def scale_check(n: int, index: str, per_identity: int = 10, dim: int = 64,
+                queries: int = 10_000) -> dict:
+    """A gallery of ``n`` synthetic items (``per_identity`` per identity) in ``index``:
+    times of enrolling (with calibration), identifying, enrolling one more
+    identity and removing 100, and rank-1 of queries of enrolled identities."""
+    import torch
+
+    from dmlkit.apps import Identifier
+
+    gen = torch.Generator().manual_seed(0)
+    n_ids = n // per_identity
+    centers = torch.randn(n_ids, dim, generator=gen)
+    y = torch.arange(n_ids).repeat_interleave(per_identity)
+    x = (centers[y] + 0.6 * torch.randn(n, dim, generator=gen)).numpy()
+    qy = torch.randint(0, n_ids, (queries,), generator=gen)
+    q = (centers[qy] + 0.6 * torch.randn(queries, dim, generator=gen)).numpy()
+    out: dict = {"index": index, "items": n, "identities": n_ids, "dim": dim,
+                 "queries": queries}
+    t = time.time()
+    ident = Identifier(index=index).fit(x, y.numpy())
+    out["fit_seconds"] = time.time() - t
+    t = time.time()
+    pred = ident.predict(q)
+    out["identify_seconds"] = time.time() - t
+    out["rank1_or_rejected_wrong"] = float((pred == qy.numpy()).mean())
+    t = time.time()
+    ident.enroll(x[:per_identity], np.full(per_identity, n_ids + 1))
+    out["enroll_one_identity_seconds"] = time.time() - t
+    t = time.time()
+    ident.remove(np.arange(100))
+    out["remove_100_identities_seconds"] = time.time() - t
+    out["ntotal_after"] = ident.index_.ntotal
+    print(f"scale: {out}", flush=True)
+    return out
+
+
 def fmt(value, ci=None) -> str:
     if isinstance(value, str):
         return "n/a"
@@ -175,7 +211,16 @@ def main() -> None:
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--skip-cli", action="store_true")
+    parser.add_argument("--scale", type=int, default=0, help="Only the scale check of an "
+                        "Identifier with this many gallery items, added to the results file.")
+    parser.add_argument("--scale-index", default="Flat", help="exact or a faiss factory.")
     args = parser.parse_args()
+    if args.scale:
+        report = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+        report.setdefault("scale", {})[args.scale_index] = scale_check(args.scale,
+                                                                       args.scale_index)
+        write_json(report, RESULTS)
+        return
     report: dict = {"far": FAR, "bootstrap": args.bootstrap, "episodes": args.episodes,
                     "command": " ".join(["python", "benchmarks/applications.py", *sys.argv[1:]])}
     for name, config in DATASETS.items():
@@ -211,8 +256,9 @@ def print_tables(report: dict) -> None:
             print(f"{rep:20s} {fmt(v['eer'], v['eer_ci95']):26s} "
                   f"{fmt(v['tar_at_far'], v['tar_ci95']):26s} "
                   f"{v['test_far_at_fitted_threshold']:>20.4f}")
-        print(f"{'open set':20s} {'mode':10s} {'rank-1':>7s} {'item mAP':>8s} {'DIR@FAR=1e-2':>13s} "
-              f"{'DIR at calibrated t':>20s} {'FAR at calibrated t':>20s}")
+        print(f"{'open set':20s} {'mode':10s} {'rank-1':>7s} {'item mAP':>8s} "
+              f"{'DIR@FAR=1e-2':>13s} {'DIR at calibrated t':>20s} "
+              f"{'FAR at calibrated t':>20s}")
         for rep in reps:
             for mode in ("identification", "identification_prototype"):
                 i = r[rep][mode]

@@ -161,3 +161,39 @@ def test_bad_input():
         Identifier(target_far=0.01).fit(x[:6], y[:6])
     with pytest.raises(ValueError, match="mode"):
         Identifier(mode="centroid").fit(x, y)
+
+
+def test_search_depth_keeps_a_correct_prefix():
+    x, y = blobs(n_classes=6, per_class=30)
+    q, _ = blobs(n_classes=6, per_class=2, seed=5)
+    full = Identifier(target_far=None).fit(x, y)
+    shallow = Identifier(target_far=None, search_depth=8).fit(x, y)
+    names, scores = full.identify(q, k=4)
+    got, got_s = shallow.identify(q, k=4)
+    found = got != -1
+    assert found[:, 0].all() and not found.all()  # top-1 always, the tail may be cut
+    np.testing.assert_array_equal(got[found], names[found])
+    np.testing.assert_allclose(got_s[found], scores[found], atol=1e-6)
+
+
+def test_run_directory_as_embedder(tmp_path):
+    from dmlkit.config import Config
+    from dmlkit.data import load_digits
+    from dmlkit.runs import embed, load_run
+    from dmlkit.training import train_run
+
+    cfg = Config.from_dict({
+        "data": {"name": "digits", "max_per_class": 10, "max_heldout_per_class": 10},
+        "model": {"name": "mlp", "dim": 8, "hidden": [16]},
+        "training": {"epochs": 1, "progress": False}})
+    train_run(cfg, tmp_path / "run", log=lambda *a: None)
+    data = load_digits()
+    x, y = data.x.numpy()[:200], data.labels.numpy()[:200]
+    z, _ = embed(load_run(tmp_path / "run").model, data.x[:200])
+    a = Identifier(embedder=tmp_path / "run").fit(x[:150], y[:150])
+    b = Identifier().fit(z[:150].numpy(), y[:150])
+    np.testing.assert_array_equal(a.identify(x[150:])[0], b.identify(z[150:].numpy())[0])
+    assert a.threshold_ == pytest.approx(b.threshold_, abs=1e-5)
+    a.save(tmp_path / "kit")  # the run path is a saveable parameter
+    back = Identifier.load(tmp_path / "kit")
+    np.testing.assert_array_equal(back.predict(x[150:]), a.predict(x[150:]))

@@ -28,6 +28,7 @@ from dmlkit.apps.persistence import load_kit, load_kit_index, save_kit
 from dmlkit.apps.targets import check_targets
 
 MODES = ("nearest", "prototype")
+QUERY_CHUNK = 1024
 INDEX_METRIC = {"cosine": "cosine", "euclidean": "l2", "dot": "ip"}
 
 
@@ -49,6 +50,11 @@ class Identifier(ClassifierMixin, BaseEstimator):
         What :meth:`predict` returns for rejected queries.
     calibration_size : int
         Gallery items used to calibrate the threshold (a seeded sample).
+    search_depth : int
+        Most gallery items searched per query in ``"nearest"`` mode to rank identities
+        (fewer when ``k`` times the largest identity's item count is smaller). Top-1 is
+        always exact; a top-``k`` list may come back short when identities have more
+        than ``search_depth / k`` items.
     embedder : None, torch.nn.Module, callable or path
         Maps inputs to embeddings (``None``: the rows as given; a path: a run directory).
     batch_size : int
@@ -64,7 +70,8 @@ class Identifier(ClassifierMixin, BaseEstimator):
         Gallery items (``"nearest"``, id per item, label = identity code) or prototypes
         (``"prototype"``, id = identity code).
     identities_ : ndarray
-        Identity of each code (codes are never reused); ``counts_`` items per code.
+        Identity of each code (codes are never reused); ``counts_`` items per code;
+        ``item_codes_`` the code of each gallery item id (``-1``: removed).
     n_features_in_ : int
     """
 
@@ -77,6 +84,7 @@ class Identifier(ClassifierMixin, BaseEstimator):
         target_far: float | None = 1e-2,
         unknown_label: Any = -1,
         calibration_size: int = 5000,
+        search_depth: int = 4096,
         embedder: Any = None,
         batch_size: int = 1024,
         random_state: int = 0,
@@ -87,6 +95,7 @@ class Identifier(ClassifierMixin, BaseEstimator):
         self.target_far = target_far
         self.unknown_label = unknown_label
         self.calibration_size = calibration_size
+        self.search_depth = search_depth
         self.embedder = embedder
         self.batch_size = batch_size
         self.random_state = random_state
@@ -118,6 +127,7 @@ class Identifier(ClassifierMixin, BaseEstimator):
         self.index_ = self._new_index(z.shape[1])
         self.identities_ = y[:0].copy()
         self.counts_ = np.zeros(0, dtype=np.int64)
+        self.item_codes_ = np.zeros(0, dtype=np.int64)
         self.sums_ = np.zeros((0, z.shape[1]))
         self._add(z, y)
         self._calibrate(z, y)
@@ -154,7 +164,11 @@ class Identifier(ClassifierMixin, BaseEstimator):
         codes = self._codes(y, create=True)
         np.add.at(self.counts_, codes, 1)
         if self.mode == "nearest":
-            self.index_.add(z, labels=codes)
+            ids = self.index_.add(z, labels=codes)
+            grown = np.full(max(int(ids.max()) + 1, self.item_codes_.size), -1, np.int64)
+            grown[: self.item_codes_.size] = self.item_codes_
+            grown[ids] = codes
+            self.item_codes_ = grown
         else:
             np.add.at(self.sums_, codes, z.astype(np.float64))
             touched = np.unique(codes)
@@ -176,8 +190,9 @@ class Identifier(ClassifierMixin, BaseEstimator):
         if unknown:
             raise ValueError(f"cannot remove identities that are not enrolled: {unknown[:10]}")
         if self.mode == "nearest":
-            items = self.index_.ids
-            self.index_.remove(items[np.isin(self.index_.labels_of(items), codes)])
+            items = np.flatnonzero(np.isin(self.item_codes_, codes))
+            self.index_.remove(items)
+            self.item_codes_[items] = -1
         else:
             self.index_.remove(codes)
             self.sums_[codes] = 0.0
@@ -195,22 +210,34 @@ class Identifier(ClassifierMixin, BaseEstimator):
         """Identity codes ``(n, k)`` (``-1`` padded) and scores ``(n, k)`` of ``z``."""
         if self.index_.ntotal == 0:
             raise ValueError("the gallery is empty: enroll identities first")
-        n_ids = int((self.counts_ > 0).sum())
-        k_items = k if self.mode == "prototype" else k * int(self.counts_.max())
-        scores, ids = self.index_.search(z, min(k_items, self.index_.ntotal))
-        scores = scores.astype(np.float64)
-        if self.metric == "euclidean":
-            scores = -np.sqrt(np.maximum(scores, 0.0))
-        codes = ids if self.mode == "prototype" else self.index_.labels_of(ids)
+        # an identity's best item comes before its others, so the first k * (largest
+        # identity) items hold the top k identities; deeper than search_depth items, the
+        # list may come back shorter than k (padded), never in a wrong order
+        depth = k if self.mode == "prototype" else min(
+            k * int(self.counts_.max()), max(k, int(self.search_depth)))
+        depth = min(depth, self.index_.ntotal)
         out_c = np.full((z.shape[0], k), -1, dtype=np.int64)
         out_s = np.full((z.shape[0], k), -np.inf)
-        for r in range(z.shape[0]):
-            row = codes[r]
-            valid = row >= 0
-            uniq, first = np.unique(row[valid], return_index=True)  # best item per identity
-            take = np.sort(first)[: min(k, n_ids)]
-            out_c[r, : take.size] = row[valid][take]
-            out_s[r, : take.size] = scores[r][valid][take]
+        for start in range(0, z.shape[0], QUERY_CHUNK):
+            part = slice(start, start + QUERY_CHUNK)
+            scores, ids = self.index_.search(z[part], depth)  # (c, depth)
+            scores = scores.astype(np.float64)
+            if self.metric == "euclidean":
+                scores = -np.sqrt(np.maximum(scores, 0.0))
+            codes = ids if self.mode == "prototype" else np.where(
+                ids >= 0, self.item_codes_[np.clip(ids, 0, None)], -1)
+            # first occurrence of each identity along each row
+            order = np.argsort(codes, axis=1, kind="stable")
+            ranked = np.take_along_axis(codes, order, 1)
+            first_sorted = np.ones_like(ranked, dtype=bool)
+            first_sorted[:, 1:] = ranked[:, 1:] != ranked[:, :-1]
+            first = np.zeros_like(first_sorted)
+            np.put_along_axis(first, order, first_sorted, 1)
+            first &= codes >= 0
+            rank = np.cumsum(first, axis=1)  # (c, depth) 1-based identity rank
+            rows, cols = np.nonzero(first & (rank <= k))
+            out_c[part][rows, rank[rows, cols] - 1] = codes[rows, cols]
+            out_s[part][rows, rank[rows, cols] - 1] = scores[rows, cols]
         return out_c, out_s
 
     def identify(self, X: Any, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
@@ -319,7 +346,8 @@ class Identifier(ClassifierMixin, BaseEstimator):
         if self.identities_.dtype.hasobject:
             raise TypeError("identities must be numbers or strings to be saved")
         return save_kit(path, self, arrays={"identities": self.identities_,
-                                            "counts": self.counts_, "sums": self.sums_},
+                                            "counts": self.counts_, "sums": self.sums_,
+                                            "item_codes": self.item_codes_},
                         state={"threshold_": float(self.threshold_)},
                         count=self.index_.ntotal, index=self.index_)
 
@@ -332,12 +360,16 @@ class Identifier(ClassifierMixin, BaseEstimator):
         try:
             ident.threshold_ = float(state["threshold_"])
             ident.identities_, ident.counts_ = arrays["identities"], arrays["counts"]
-            ident.sums_ = arrays["sums"]
+            ident.sums_, ident.item_codes_ = arrays["sums"], arrays["item_codes"]
         except (KeyError, TypeError, ValueError) as err:
             raise IndexFormatError(f"{path}: incomplete identifier state ({err})") from None
         ident.index_ = load_kit_index(path)
+        ids = ident.index_.ids
         if (ident.counts_.shape != ident.identities_.shape
-                or ident.index_.dim != ident.n_features_in_):
+                or ident.sums_.shape != (ident.counts_.size, ident.index_.dim)
+                or (ident.mode == "nearest" and ids.size and (
+                    ids.max() >= ident.item_codes_.size
+                    or (ident.item_codes_[ids] < 0).any()))):
             raise IndexFormatError(f"{path}: gallery arrays do not match each other")
         ident._refresh()
         return ident
