@@ -18,7 +18,8 @@ from dmlkit.config import Config  # noqa: E402
 from dmlkit.training import train_run  # noqa: E402
 from dmlkit.training.cross_validation import cross_validate  # noqa: E402
 from dmlkit.tuning import tune  # noqa: E402
-from dmlkit.tuning.study import counts_toward_total, open_storage, open_study  # noqa: E402
+from dmlkit.tuning.study import open_storage, open_study  # noqa: E402
+from dmlkit.tuning.workers import counts_toward_total  # noqa: E402
 
 CONFIG = """
 name: tiny
@@ -154,3 +155,11 @@ def test_resume_after_kill_9_fails_the_zombie_and_completes_the_count(tmp_path: 
     assert len([t for t in study.trials if counts_toward_total(t)]) == 4
     assert len(study.trials) == 5  # 4 counted + the killed one
     assert (out / "best.yaml").is_file()
+
+
+def test_too_many_folds_fail_before_any_trial(tmp_path: Path) -> None:
+    text = write_config(tmp_path).read_text().replace("folds: 2", "folds: 4")
+    config = Config.from_yaml(text)
+    with pytest.raises(ValueError, match="4 class folds of 6 classes"):
+        tune(config, 2, tmp_path / "out", log=lambda _m: None)
+    assert not (tmp_path / "out" / "study.db").exists()

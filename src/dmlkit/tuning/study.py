@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import tempfile
-import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -27,21 +25,18 @@ from typing import Any
 
 from dmlkit.config.schema import Config
 from dmlkit.tuning.space import trial_config
+from dmlkit.tuning.workers import (
+    Heartbeat,
+    counts_toward_total,
+    fail_stale_trials,
+    require_optuna,
+    state_counts,
+    worker_id,
+)
 
 STUDY_FILE = "study.db"
 BEST_FILE = "best.yaml"
 BEST_JSON = "best.json"
-
-
-def require_optuna() -> Any:
-    """Import Optuna, or say how to install it."""
-    try:
-        import optuna
-    except ImportError as err:
-        raise ImportError(
-            "dmlkit tune needs Optuna and SQLAlchemy: pip install 'dmlkit[tune]'"
-        ) from err
-    return optuna
 
 
 @dataclass
@@ -145,80 +140,6 @@ def _safe(storage: Any) -> str:
     return url.split("@")[-1] if "@" in url else url  # no passwords in messages
 
 
-WORKER = f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def fail_stale_trials(study: Any, log: Callable[[str], None]) -> list[int]:
-    """Mark FAIL the RUNNING trials whose worker is gone; their numbers.
-
-    A worker on this machine is gone when its process is; one elsewhere when its
-    heartbeat is older than the grace period.
-    """
-    optuna = require_optuna()
-    running = optuna.trial.TrialState.RUNNING
-    host = socket.gethostname()
-    stale = []
-    for trial in study.get_trials(deepcopy=False, states=(running,)):
-        worker_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
-        if worker_host == host and pid.isdigit() and not _alive(int(pid)):
-            study.tell(trial.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
-            stale.append(trial.number)
-    before = {t.number for t in study.get_trials(deepcopy=False, states=(running,))}
-    optuna.storages.fail_stale_trials(study)
-    after = {t.number for t in study.get_trials(deepcopy=False, states=(running,))}
-    stale += sorted(before - after)
-    if stale:
-        log(f"marked FAIL the running trial(s) {stale} of workers that are gone")
-    return stale
-
-
-def counts_toward_total(trial: Any) -> bool:
-    """Finished trials, live running ones and failures of the config itself count; trials
-    of killed workers and surplus trials do not."""
-    state = trial.state.name
-    return state in ("COMPLETE", "PRUNED", "RUNNING") or (
-        state == "FAIL" and "error" in trial.user_attrs
-    )
-
-
-def state_counts(study: Any) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for trial in study.get_trials(deepcopy=False):
-        counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
-    return counts
-
-
-class _Heartbeat:
-    """Records a running trial's heartbeat every ``interval`` seconds, in a thread."""
-
-    def __init__(self, storage: Any, trial_id: int, interval: int) -> None:
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._beat, args=(storage, trial_id, interval), daemon=True
-        )
-        self._thread.start()
-
-    def _beat(self, storage: Any, trial_id: int, interval: int) -> None:
-        while True:
-            storage.record_heartbeat(trial_id)
-            if self._stop.wait(interval):
-                return
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def write_best(study: Any, config: Config, out_dir: Path, storage: str) -> Path | None:
     """Write the best completed trial's config (``best.yaml``) and summary (``best.json``)."""
     complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
@@ -312,16 +233,18 @@ def _tune(
     tc = config.tune
     if tc is None:
         raise ValueError("the config has no tune: section")
+    _check_folds(config)
     rdb = open_storage(url, tc.heartbeat_seconds)
     study, created = open_study(config, rdb, name, resume)
-    log(f"{'created' if created else 'joined'} study {name!r} in {_safe(rdb)} (worker {WORKER})")
-    fail_stale_trials(study, log)
+    verb = "created" if created else "joined"
+    log(f"{verb} study {name!r} in {_safe(rdb)} (worker {worker_id()})")
+    fail_stale_trials(study, 4 * tc.heartbeat_seconds, log)
     states = optuna.trial.TrialState
     while True:
         if sum(map(counts_toward_total, study.get_trials(deepcopy=False))) >= trials:
             break
         trial = study.ask()
-        trial.set_user_attr("worker", WORKER)
+        trial.set_user_attr("worker", worker_id())
         earlier = [
             t for t in study.get_trials(deepcopy=False)
             if t.number < trial.number and counts_toward_total(t)
@@ -332,7 +255,7 @@ def _tune(
             break
         _run_trial(study, trial, config, trials, rdb, log, cross_validate)
         write_best(study, config, out_dir, url)
-        fail_stale_trials(study, log)
+        fail_stale_trials(study, 4 * tc.heartbeat_seconds, log)
     best_path = write_best(study, config, out_dir, url)
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == states.COMPLETE]
     best = max(complete, key=lambda t: (t.value, -t.number)) if complete else None
@@ -340,6 +263,19 @@ def _tune(
         name, _safe(rdb), state_counts(study),
         None if best is None else best.value, None if best is None else best.number, best_path,
     )  # fmt: skip
+
+
+def _check_folds(config: Config) -> None:
+    """Fail before the first trial when the training classes cannot make the folds."""
+    from dmlkit.data.class_folds import class_folds
+    from dmlkit.training.run import build_splits
+
+    if config.tune is None:
+        raise ValueError("the config has no tune: section")
+    if config.data.kind != "labels":
+        raise ValueError(f"dmlkit tune needs class labels; data.kind is {config.data.kind!r}")
+    train, _ = build_splits(config)
+    class_folds(train.classes, config.tune.folds, config.tune.seed)
 
 
 def _run_trial(
@@ -350,7 +286,7 @@ def _run_trial(
     tc = config.tune
     if tc is None:
         raise ValueError("the config has no tune: section")
-    heartbeat = _Heartbeat(rdb, trial._trial_id, tc.heartbeat_seconds)
+    heartbeat = Heartbeat(rdb, trial._trial_id, tc.heartbeat_seconds)
     start = time.perf_counter()
     tag = f"trial {trial.number}"
     try:
@@ -404,11 +340,8 @@ def _short(value: Any) -> str:
 
 __all__ = [
     "TuneSummary",
-    "counts_toward_total",
-    "fail_stale_trials",
     "open_study",
     "open_storage",
-    "require_optuna",
     "storage_url",
     "tune",
     "write_best",
