@@ -8,9 +8,11 @@ from dmlkit.apps.deep_svdd import DeepSVDD
 from dmlkit.apps.few_shot import FewShotClassifier
 from dmlkit.apps.identifier import Identifier
 from dmlkit.apps.outliers import MetricOutlierDetector
+from dmlkit.apps.recommender import CMLRecommender
 from dmlkit.apps.verifier import Verifier
 
 __all__ = [
+    "CMLRecommender",
     "DeepSVDD",
     "FewShotClassifier",
     "Identifier",

@@ -1,0 +1,326 @@
+"""Collaborative metric learning (Hsieh et al., "Collaborative Metric Learning", WWW 2017).
+
+Users and items live in one Euclidean space; a user's recommendations are the nearest
+items they have not interacted with. Training pulls each observed (user, item) pair
+together and pushes sampled negative items out of a margin:
+
+    L = sum_(u,i) w_ui [m + d(u, i)^2 - min_(k in N_ui) d(u, k)^2]_+  +  lambda_f L_f,
+
+with ``N_ui`` ``n_negatives`` items sampled uniformly among those ``u`` has not seen, and
+the WARP-style weight ``w_ui = log(1 + floor(J * M / U))`` (``M`` of the ``U`` sampled
+negatives violate the margin, ``J`` items in all), which estimates the positive's rank.
+Every embedding is kept in the unit ball (the norm constraint ``||.|| <= max_norm``).
+Given item features, an MLP ``f`` is trained to map an item's features onto its
+embedding (``L_f = sum_i ||f(x_i) - v_i||^2``), which places cold-start items.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
+from torch import nn
+
+
+class CMLRecommender(BaseEstimator):
+    """Recommend the nearest unseen items in a jointly learned user-item metric space.
+
+    Parameters
+    ----------
+    dim : int
+        Embedding dimension.
+    margin : float
+        Hinge margin ``m`` on squared distances.
+    n_negatives : int
+        Negatives ``U`` sampled per positive pair.
+    epochs, batch_size, lr : training settings (Adam over the embedding tables).
+    max_norm : float
+        Radius of the ball every embedding is kept in.
+    feature_weight : float
+        Weight ``lambda_f`` of the feature loss (used when ``fit`` gets item features).
+    feature_hidden : sequence of int
+        Hidden widths of the feature MLP.
+    random_state : int
+
+    Attributes
+    ----------
+    user_ids_, item_ids_ : numpy.ndarray
+        Known ids, in embedding-row order.
+    user_embeddings_, item_embeddings_ : torch.Tensor
+        ``(n_users, dim)``, ``(n_items, dim)``.
+    """
+
+    def __init__(
+        self,
+        *,
+        dim: int = 64,
+        margin: float = 0.5,
+        n_negatives: int = 20,
+        epochs: int = 30,
+        batch_size: int = 512,
+        lr: float = 3e-3,
+        max_norm: float = 1.0,
+        feature_weight: float = 1.0,
+        feature_hidden: Sequence[int] = (256,),
+        random_state: int = 0,
+    ) -> None:
+        self.dim = dim
+        self.margin = margin
+        self.n_negatives = n_negatives
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.max_norm = max_norm
+        self.feature_weight = feature_weight
+        self.feature_hidden = feature_hidden
+        self.random_state = random_state
+
+    # -- fitting ------------------------------------------------------------------------
+    def fit(self, users: Any, items: Any, item_features: Any = None) -> CMLRecommender:
+        """Learn from observed ``(users[t], items[t])`` pairs (implicit feedback).
+
+        ``item_features`` (optional) is ``(n_items, f)`` in the order of the sorted
+        distinct item ids (``np.unique(items)``), or a mapping ``{item_id: features}``.
+        """
+        users, items = _ids(users, "users"), _ids(items, "items")
+        if len(users) != len(items):
+            raise ValueError(f"users and items differ in length: {len(users)} != {len(items)}")
+        if len(users) == 0:
+            raise ValueError("no interactions to fit on")
+        for name, value in (("dim", self.dim), ("n_negatives", self.n_negatives),
+                            ("epochs", self.epochs), ("batch_size", self.batch_size)):
+            if int(value) < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        self.user_ids_, u = np.unique(users, return_inverse=True)
+        self.item_ids_, i = np.unique(items, return_inverse=True)
+        if len(self.item_ids_) < 2:
+            raise ValueError("need at least 2 distinct items to rank")
+        feats = self._features(item_features) if item_features is not None else None
+        gen = torch.Generator().manual_seed(int(self.random_state))
+        n_users, n_items, d = len(self.user_ids_), len(self.item_ids_), int(self.dim)
+        user_emb = nn.Embedding(n_users, d)
+        item_emb = nn.Embedding(n_items, d)
+        with torch.no_grad():
+            user_emb.weight.copy_(torch.randn(n_users, d, generator=gen) / d**0.5)
+            item_emb.weight.copy_(torch.randn(n_items, d, generator=gen) / d**0.5)
+        params = list(user_emb.parameters()) + list(item_emb.parameters())
+        self.feature_net_ = None
+        if feats is not None:
+            torch.manual_seed(int(self.random_state))
+            self.feature_net_ = _mlp(feats.shape[1], d, self.feature_hidden)
+            params += list(self.feature_net_.parameters())
+        opt = torch.optim.Adam(params, lr=float(self.lr))
+        pairs = torch.from_numpy(np.stack([u, i], 1).astype(np.int64))  # (P, 2)
+        seen = np.unique(u.astype(np.int64) * n_items + i)  # sorted pair keys
+        self.seen_ = seen
+        self.history_: list[float] = []
+        for _ in range(int(self.epochs)):
+            order = torch.randperm(len(pairs), generator=gen)
+            total = 0.0
+            for s in range(0, len(pairs), int(self.batch_size)):
+                batch = pairs[order[s : s + int(self.batch_size)]]  # (B, 2)
+                neg = self._negatives(batch, n_items, seen, gen)  # (B, U)
+                loss = self._loss(user_emb, item_emb, batch, neg, n_items)
+                if feats is not None:
+                    it = batch[:, 1].unique()
+                    target = item_emb(it).detach()
+                    loss = loss + float(self.feature_weight) * (
+                        self.feature_net_(feats[it]) - target).pow(2).sum(1).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                with torch.no_grad():  # the norm constraint
+                    _clip(user_emb.weight, float(self.max_norm))
+                    _clip(item_emb.weight, float(self.max_norm))
+                total += float(loss.detach()) * len(batch)
+            self.history_.append(total / len(pairs))
+        self.user_embeddings_ = user_emb.weight.detach().clone()
+        self.item_embeddings_ = item_emb.weight.detach().clone()
+        self._user_index = {str(v): k for k, v in enumerate(self.user_ids_)}
+        self._item_index = {str(v): k for k, v in enumerate(self.item_ids_)}
+        return self
+
+    def _features(self, item_features: Any) -> torch.Tensor:
+        if isinstance(item_features, dict):
+            missing = [i for i in self.item_ids_ if i not in item_features]
+            if missing:
+                raise ValueError(f"item_features lacks {len(missing)} item(s), e.g. {missing[0]!r}")
+            item_features = np.stack([np.asarray(item_features[i]) for i in self.item_ids_])
+        feats = np.asarray(item_features, dtype=np.float32)
+        if feats.ndim != 2 or feats.shape[0] != len(self.item_ids_):
+            raise ValueError(
+                f"item_features must be (n_items={len(self.item_ids_)}, f), got {feats.shape}")
+        if not np.isfinite(feats).all():
+            raise ValueError("item_features contain NaN or infinity")
+        return torch.from_numpy(feats)
+
+    def _negatives(self, batch: torch.Tensor, n_items: int, seen: np.ndarray,
+                   gen: torch.Generator) -> torch.Tensor:
+        """``(B, U)`` items drawn uniformly; draws that hit a seen pair are redrawn once."""
+        neg = torch.randint(n_items, (len(batch), int(self.n_negatives)), generator=gen)
+        keys = (batch[:, :1] * n_items + neg).numpy()
+        hit = _member(keys, seen)
+        if hit.any():
+            redraw = torch.randint(n_items, (int(hit.sum()),), generator=gen)
+            neg[torch.from_numpy(hit)] = redraw
+        return neg
+
+    def _loss(self, user_emb: nn.Embedding, item_emb: nn.Embedding, batch: torch.Tensor,
+              neg: torch.Tensor, n_items: int) -> torch.Tensor:
+        u = user_emb(batch[:, 0])  # (B, d)
+        d_pos = (u - item_emb(batch[:, 1])).pow(2).sum(1)  # (B,)
+        d_neg = (u[:, None, :] - item_emb(neg)).pow(2).sum(2)  # (B, U)
+        violations = (float(self.margin) + d_pos[:, None] - d_neg) > 0  # (B, U)
+        rank = torch.floor(n_items * violations.sum(1).float() / neg.shape[1])  # (B,)
+        weight = torch.log1p(rank).detach()
+        hinge = (float(self.margin) + d_pos - d_neg.min(1).values).clamp_min(0)  # (B,)
+        return (weight * hinge).mean()
+
+    # -- using it -----------------------------------------------------------------------
+    def _user_rows(self, users: Any) -> np.ndarray:
+        check_is_fitted(self, "item_embeddings_")
+        users = _ids(users, "users")
+        rows = np.array([self._user_index.get(str(v), -1) for v in users], dtype=np.int64)
+        if (rows < 0).any():
+            unknown = str(users[rows < 0][0])
+            raise ValueError(f"unknown user id {unknown!r}: it was not in the data given to fit")
+        return rows
+
+    def scores(self, users: Any) -> np.ndarray:
+        """``(n_users, n_items)`` scores (negated squared distances) of every item."""
+        rows = self._user_rows(users)
+        u = self.user_embeddings_[torch.from_numpy(rows)]
+        return (-torch.cdist(u, self.item_embeddings_).pow(2)).numpy()
+
+    def recommend(self, users: Any, k: int = 10, *, exclude_seen: bool = True) -> np.ndarray:
+        """``(n_users, k)`` item ids, nearest first, from a :class:`dmlkit.index.ExactIndex`
+        over the items; items a user interacted with in ``fit`` are skipped. Where a user
+        has fewer than ``k`` unseen items the row is padded with ``""``."""
+        from dmlkit.index import ExactIndex
+
+        rows = self._user_rows(users)
+        n_items = len(self.item_ids_)
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        k = min(int(k), n_items)
+        index = ExactIndex(int(self.dim), "l2")
+        index.add(self.item_embeddings_.numpy(), ids=np.arange(n_items))
+        starts = np.searchsorted(self.seen_, rows * n_items)
+        ends = np.searchsorted(self.seen_, (rows + 1) * n_items)
+        depth = min(n_items, k + (int((ends - starts).max()) if exclude_seen else 0))
+        _, found = index.search(self.user_embeddings_[torch.from_numpy(rows)].numpy(), depth)
+        out = np.full((len(rows), k), "", dtype=self.item_ids_.dtype)
+        for r, (row, s, e) in enumerate(zip(rows, starts, ends, strict=False)):
+            cand = found[r][found[r] >= 0]
+            if exclude_seen:
+                cand = cand[~np.isin(cand, self.seen_[s:e] - row * n_items)]
+            out[r, : min(k, len(cand))] = self.item_ids_[cand[:k]]
+        return out
+
+    def place_items(self, features: Any) -> np.ndarray:
+        """Embeddings ``(n, dim)`` of cold-start items from their features."""
+        check_is_fitted(self, "item_embeddings_")
+        if self.feature_net_ is None:
+            raise ValueError("cold-start placement needs item_features at fit time")
+        x = np.asarray(features, dtype=np.float32)
+        if x.ndim != 2 or not np.isfinite(x).all():
+            raise ValueError(f"features must be a finite (n, f) array, got shape {x.shape}")
+        with torch.no_grad():
+            z = self.feature_net_(torch.from_numpy(x))
+            _clip(z, float(self.max_norm))
+        return z.numpy()
+
+    def add_items(self, item_ids: Any, features: Any) -> CMLRecommender:
+        """Add cold-start items, placed by their features; they become recommendable."""
+        item_ids = _ids(item_ids, "item_ids")
+        known = [i for i in item_ids if str(i) in self._item_index]
+        if known:
+            raise ValueError(f"item id {str(known[0])!r} already exists")
+        z = torch.from_numpy(self.place_items(features))
+        if len(z) != len(item_ids):
+            raise ValueError(f"{len(item_ids)} ids but {len(z)} feature rows")
+        n_old = len(self.item_ids_)
+        self.item_ids_ = np.concatenate([self.item_ids_.astype(object), item_ids.astype(object)]
+                                        ).astype(str)
+        self.item_embeddings_ = torch.cat([self.item_embeddings_, z])
+        users, items = np.divmod(self.seen_, n_old)  # re-key seen pairs for the new item count
+        self.seen_ = users * len(self.item_ids_) + items
+        self._item_index = {str(v): k for k, v in enumerate(self.item_ids_)}
+        return self
+
+
+    # -- persistence --------------------------------------------------------------------
+    def save(self, path: Any) -> Any:
+        """Write the fitted recommender to directory ``path`` (no pickle; checked on load)."""
+        from dmlkit.apps.persistence import save_kit
+
+        check_is_fitted(self, "item_embeddings_")
+        arrays = {"user_ids": self.user_ids_.astype(str), "item_ids": self.item_ids_.astype(str),
+                  "user_embeddings": self.user_embeddings_.numpy(),
+                  "item_embeddings": self.item_embeddings_.numpy(), "seen": self.seen_}
+        if self.feature_net_ is not None:
+            for key, value in self.feature_net_.state_dict().items():
+                arrays[f"feature_net.{key}"] = value.numpy()
+        state = {"history": self.history_,
+                 "feature_in": None if self.feature_net_ is None else
+                 int(self.feature_net_[0].in_features)}
+        return save_kit(path, self, arrays=arrays, state=state, count=len(self.item_ids_))
+
+    @classmethod
+    def load(cls, path: Any) -> CMLRecommender:
+        """A recommender saved with :meth:`save`."""
+        from dmlkit.apps.persistence import load_kit
+
+        model, state, arrays = load_kit(path, cls)
+        model.user_ids_, model.item_ids_ = arrays["user_ids"], arrays["item_ids"]
+        model.user_embeddings_ = torch.from_numpy(arrays["user_embeddings"].copy())
+        model.item_embeddings_ = torch.from_numpy(arrays["item_embeddings"].copy())
+        model.seen_ = arrays["seen"]
+        model.history_ = list(state.get("history", []))
+        model.feature_net_ = None
+        if state.get("feature_in"):
+            net = _mlp(int(state["feature_in"]), int(model.dim), model.feature_hidden)
+            net.load_state_dict({k[len("feature_net."):]: torch.from_numpy(v.copy())
+                                 for k, v in arrays.items() if k.startswith("feature_net.")})
+            model.feature_net_ = net
+        model._user_index = {str(v): k for k, v in enumerate(model.user_ids_)}
+        model._item_index = {str(v): k for k, v in enumerate(model.item_ids_)}
+        return model
+
+
+def _ids(values: Any, name: str) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.ndim == 0:
+        arr = arr.reshape(1)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise ValueError(f"{name} contain NaN")
+    return arr.astype(str)
+
+
+def _member(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
+    pos = np.searchsorted(sorted_keys, keys).clip(max=len(sorted_keys) - 1)
+    return sorted_keys[pos] == keys
+
+
+def _clip(weight: torch.Tensor, max_norm: float) -> None:
+    norms = weight.norm(dim=1, keepdim=True)  # (n, 1)
+    weight.mul_(torch.where(norms > max_norm, max_norm / norms.clamp_min(1e-12), 1.0))
+
+
+def _mlp(n_in: int, n_out: int, hidden: Sequence[int]) -> nn.Module:
+    layers: list[nn.Module] = []
+    width = n_in
+    for h in hidden:
+        layers += [nn.Linear(width, int(h)), nn.ReLU()]
+        width = int(h)
+    layers.append(nn.Linear(width, n_out))
+    return nn.Sequential(*layers)
+
+
+__all__ = ["CMLRecommender"]
