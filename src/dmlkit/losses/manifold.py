@@ -7,11 +7,11 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dmlkit.distances.base import BaseDistance
 from dmlkit.distances.cosine import CosineSimilarity
+from dmlkit.functional.distances import l2_normalize
 from dmlkit.functional.tuples import IndexTuple
 from dmlkit.losses.base import BaseMetricLoss
 from dmlkit.losses.weight_classifier import check_class_labels, check_positive_int
@@ -174,7 +174,8 @@ class ManifoldLoss(BaseMetricLoss):
         s_bar = d_inv_sqrt[:, None] * s * d_inv_sqrt[None, :]  # (n + K, n + K)
         f = (1.0 - self.alpha) * torch.linalg.inv(eye - self.alpha * s_bar)  # (n + K, n + K)
         f_emb, f_prox = f[:n], f[n:]  # (n, n + K), (K, n + K)
-        ctx = F.cosine_similarity(f_emb[:, None, :], f_prox[None, :, :], dim=-1)  # (n, K)
+        # cosines of the rows (F.cosine_similarity's eps: norms clamped at 1e-8), as a product
+        ctx = l2_normalize(f_emb, eps=1e-8) @ l2_normalize(f_prox, eps=1e-8).T  # (n, K)
         loss_ctx = _hinge_softplus(ctx, labels, self.margin)
         if math.isinf(self.lambdaC):
             return loss_ctx
