@@ -226,3 +226,31 @@ def test_frozen_run_trains_the_head_on_cached_features(tmp_path):
     cfg.data.augment_hflip = True
     with pytest.raises(ValueError, match="augmentation"):
         train_run(cfg, tmp_path / "run2", log=lambda _m: None)
+
+
+def test_residual_head_starts_at_the_pretrained_metric_and_learns():
+    torch.manual_seed(0)
+    model = EfficientNetLite0Embedder(resolution=32, head_type="residual", taps=[14])
+    plain = EfficientNetLite0Embedder(resolution=32, head_type="none", taps=[14])
+    x = torch.rand(4, 3, 12, 12)
+    out = model(x)
+    with torch.no_grad():
+        assert model.dim == 192 and torch.allclose(out, plain(x), atol=1e-6)
+    out[:, 0].sum().backward()
+    assert model.head.linear.weight.grad.abs().sum() > 0
+
+
+def test_pixel_group_is_the_pooled_image_beside_the_features():
+    model = EfficientNetLite0Embedder(resolution=32, head_type="none", taps=[14], pixels=4,
+                                      in_channels=1)  # fmt: skip
+    assert model.feature_dim == 16 + 192
+    x = torch.rand(3, 1, 32, 32)
+    with torch.no_grad():
+        feats = model.backbone_features(model.prepare(x))  # (3, 208)
+    pooled = torch.tensor([[x[k, 0, 8 * i : 8 * i + 8, 8 * j : 8 * j + 8].mean().item()
+                            for i in range(4) for j in range(4)] for k in range(3)])  # fmt: skip
+    ref = pooled / pooled.norm(dim=1, keepdim=True)
+    assert torch.allclose(feats[:, :16], ref, atol=1e-5)
+    assert torch.allclose(feats[:, 16:].norm(dim=1), torch.ones(3), atol=1e-5)
+    with pytest.raises(ValueError, match="1-channel"):
+        model(torch.rand(2, 3, 32, 32))

@@ -49,6 +49,21 @@ def _tap_channels(tap: int) -> int:
     return outs[tap]
 
 
+class ResidualHead(nn.Module):
+    """``(n, F) -> (n, F)``: ``f + W f + b`` (``W``, ``b`` zero at the start), optionally
+    L2-normalized: the untrained features' metric plus a learned correction."""
+
+    def __init__(self, features: int, normalize: bool = True) -> None:
+        super().__init__()
+        self.linear = nn.Linear(features, features)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+        self.norm = L2Normalize() if normalize else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(x + self.linear(x))  # (n, F)
+
+
 @register_model("efficientnet_lite0")
 class EfficientNetLite0Embedder(nn.Module):
     """``(n, C, H, W)`` images in ``[0, 1]`` (or ``(n, feature_dim)`` cached backbone
@@ -63,8 +78,15 @@ class EfficientNetLite0Embedder(nn.Module):
         Side the images are resized to (>= 32; ImageNet's is 224, small values are fast).
     taps : sequence of int
         Pooled features to concatenate: block outputs ``0..15`` or ``16`` (head conv).
-    head_type : {"linear", "mlp", "none"}
-        Trainable head; ``"none"`` gives the (L2-normalized) backbone features untrained.
+    pixels : int
+        When > 0, the image itself, average-pooled to ``pixels x pixels`` (values in
+        ``[0, 1]``, ``in_channels`` channels) and L2-normalized, is one more feature group
+        before the backbone's: the raw-pixel metric, which pretrained features lack on
+        small, aligned images (digits, clothes), is kept beside them.
+    head_type : {"linear", "mlp", "residual", "none"}
+        Trainable head; ``"residual"`` is ``f + W f`` with ``W`` starting at zero (training
+        starts from the pretrained metric and learns a correction; ``dim`` is
+        ``feature_dim``); ``"none"`` gives the (L2-normalized) backbone features untrained.
     hidden : int
         Width of the MLP head's hidden layer.
     trainable_blocks : int, optional
@@ -89,6 +111,7 @@ class EfficientNetLite0Embedder(nn.Module):
         mode: str = "frozen",
         resolution: int = 64,
         taps: tuple[int, ...] | list[int] = (HEAD_TAP,),
+        pixels: int = 0,
         head_type: str = "linear",
         hidden: int = 512,
         trainable_blocks: int | None = None,
@@ -102,13 +125,17 @@ class EfficientNetLite0Embedder(nn.Module):
         super().__init__()
         if mode not in ("frozen", "finetune"):
             raise ValueError(f"mode must be 'frozen' or 'finetune', got {mode!r}")
-        if head_type not in ("linear", "mlp", "none"):
-            raise ValueError(f"head_type must be 'linear', 'mlp' or 'none', got {head_type!r}")
+        if head_type not in ("linear", "mlp", "residual", "none"):
+            raise ValueError(
+                f"head_type must be 'linear', 'mlp', 'residual' or 'none', got {head_type!r}"
+            )
         if not isinstance(resolution, int) or resolution < MIN_RESOLUTION:
             raise ValueError(f"resolution must be an int >= {MIN_RESOLUTION}, got {resolution!r}")
         taps = tuple(int(t) for t in taps)
         if not taps or any(not 0 <= t <= HEAD_TAP for t in taps) or len(set(taps)) != len(taps):
             raise ValueError(f"taps must be distinct block indices in 0..{HEAD_TAP}, got {taps}")
+        if not isinstance(pixels, int) or pixels < 0:
+            raise ValueError(f"pixels must be an int >= 0, got {pixels!r}")
         if in_channels not in (1, 3):
             raise ValueError(f"in_channels must be 1 (grey) or 3 (RGB), got {in_channels}")
         if image_size is not None and image_size < MIN_IMAGE_SIDE:
@@ -124,11 +151,12 @@ class EfficientNetLite0Embedder(nn.Module):
         if dim < 1:
             raise ValueError(f"dim must be >= 1, got {dim}")
         self.dim, self.mode, self.resolution, self.taps = dim, mode, resolution, taps
+        self.pixels = pixels
         self.head_type, self.hidden = head_type, hidden
         self.trainable_blocks, self.backbone_lr_scale = trainable_blocks, backbone_lr_scale
         self.normalize, self.in_channels, self.image_size = normalize, in_channels, image_size
         self.weights, self.cache_dir = weights, cache_dir
-        self.feature_dim = sum(_tap_channels(t) for t in taps)
+        self.feature_dim = sum(_tap_channels(t) for t in taps) + in_channels * pixels**2
         if image_size is not None and in_channels * image_size**2 == self.feature_dim:
             raise ValueError(
                 f"flat {in_channels}x{image_size}x{image_size} images cannot be told from "
@@ -146,13 +174,15 @@ class EfficientNetLite0Embedder(nn.Module):
             self.backbone.head.requires_grad_(True)
         self.backbone.classifier.requires_grad_(False)
         self.head = self._make_head()
-        if head_type == "none":
+        if head_type in ("none", "residual"):
             self.dim = self.feature_dim
         self.train()  # the backbone's batch norms use their running statistics from the start
 
     def _make_head(self) -> nn.Module:
         if self.head_type == "none":
             return L2Normalize() if self.normalize else nn.Identity()
+        if self.head_type == "residual":
+            return ResidualHead(self.feature_dim, normalize=self.normalize)
         if self.head_type == "linear":
             return EmbeddingHead(self.feature_dim, self.dim, normalize=self.normalize)
         return nn.Sequential(
@@ -196,6 +226,10 @@ class EfficientNetLite0Embedder(nn.Module):
                 f"efficientnet_lite0 takes images of side >= {MIN_IMAGE_SIDE}, "
                 f"got {tuple(x.shape[-2:])}"
             )
+        if self.pixels > 0 and x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"expected {self.in_channels}-channel images (in_channels), got {x.shape[1]}"
+            )
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)  # (n, 3, H, W)
         r = self.resolution
@@ -204,8 +238,14 @@ class EfficientNetLite0Embedder(nn.Module):
         return x * (255.0 / 128.0) - 127.0 / 128.0  # (n, 3, r, r)
 
     def backbone_features(self, images: Tensor) -> Tensor:
-        """Normalized images ``(n, 3, r, r)`` -> concatenated pooled taps ``(n, feature_dim)``."""
+        """Normalized images ``(n, 3, r, r)`` -> concatenated pooled taps ``(n, feature_dim)``
+        (the pooled pixels first when ``pixels > 0``)."""
         net = self.backbone
+        groups: list[Tensor] = []
+        if self.pixels > 0:
+            plain = (images[:, : self.in_channels] * 128.0 + 127.0) / 255.0  # back to [0, 1]
+            pooled_px = F.adaptive_avg_pool2d(plain, self.pixels).flatten(1)  # (n, C p p)
+            groups.append(l2_normalize(pooled_px))
         first = NUM_BLOCKS
         if self.mode == "finetune":
             first = 0 if self.trainable_blocks is None else NUM_BLOCKS - self.trainable_blocks
@@ -220,7 +260,8 @@ class EfficientNetLite0Embedder(nn.Module):
                 pooled[i] = h.mean(dim=(2, 3))  # (n, c_i)
         if HEAD_TAP in self.taps:
             pooled[HEAD_TAP] = net.head(h).mean(dim=(2, 3))  # (n, 1280)
-        return torch.cat([l2_normalize(pooled[t]) for t in self.taps], dim=1)  # (n, F)
+        groups += [l2_normalize(pooled[t]) for t in self.taps]
+        return torch.cat(groups, dim=1)  # (n, F)
 
     def embed_features(self, features: Tensor) -> Tensor:
         """Backbone features ``(n, feature_dim)`` -> embeddings ``(n, dim)``."""
