@@ -4,8 +4,9 @@ A run directory holds ``config.yaml`` (resolved config), ``model.pt`` (weights o
 ``torch.load(path, weights_only=True)``), ``checkpoint.pt`` (everything needed to
 resume), ``metrics.json`` (held-out retrieval metrics of the learned metric; of the
 L2-normalized raw inputs, the field's usual baseline, under ``"baseline"``, and of the
-raw inputs as they are under ``"baseline_unnormalized"``; the per-epoch records under ``"history"``, and with
-validation the epoch kept under ``"validation"``) and ``train.log`` (one line per epoch).
+raw inputs as they are under ``"baseline_unnormalized"``; the per-epoch records under
+``"history"``, and with validation the epoch kept under ``"validation"``) and
+``train.log`` (one line per epoch).
 """
 
 from __future__ import annotations
