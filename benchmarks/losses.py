@@ -143,6 +143,160 @@ CASES: dict[str, Case] = {
 }
 
 
+# -- the rest of the library's catalogue: histogram ... PNP (same parameters both sides) ----
+def _pml_manifold(c: int, d: int):
+    loss = _pml("ManifoldLoss", l=d, K=c)
+    return (lambda x, y: loss(x, None, y)), loss  # meta-classes in the indices slot there
+
+
+CATALOGUE_CASES = [
+    Case(
+        "histogram",
+        "n_bins=100, cosine, all unordered pairs",
+        lambda c, d: _plain(_dml("histogram")),
+        lambda c, d: _plain(_pml("HistogramLoss")),
+    ),
+    Case(
+        "ranked_list",
+        "margin=0.4, Tn=1, Tp=0 (RLL-Simpler), Euclidean",
+        lambda c, d: _plain(_dml("ranked_list", margin=0.4, Tn=1.0)),
+        lambda c, d: _plain(_pml("RankedListLoss", margin=0.4, Tn=1.0)),
+    ),
+    Case(
+        "tuplet_margin",
+        "margin=5.73 deg, scale=64, cosine",
+        lambda c, d: _plain(_dml("tuplet_margin")),
+        lambda c, d: _plain(_pml("TupletMarginLoss")),
+    ),
+    Case(
+        "snr_contrastive",
+        "pos_margin=0, neg_margin=1, SNR distance",
+        lambda c, d: _plain(_dml("signal_to_noise_ratio_contrastive")),
+        lambda c, d: _plain(_pml("SignalToNoiseRatioContrastiveLoss")),
+    ),
+    Case(
+        "nca",
+        "softmax_scale=1, squared Euclidean",
+        lambda c, d: _plain(_dml("nca")),
+        lambda c, d: _plain(_pml("NCALoss")),
+    ),
+    Case(
+        "pnp",
+        "variant O, anneal=0.01, cosine",
+        lambda c, d: _plain(_dml("pnp")),
+        lambda c, d: _plain(_pml("PNPLoss")),
+    ),
+    Case(
+        "large_margin_softmax",
+        "margin=4, scale=1, num_classes=B/4",
+        lambda c, d: _plain(_dml("large_margin_softmax", num_classes=c, embedding_size=d)),
+        lambda c, d: _plain(_pml("LargeMarginSoftmaxLoss", num_classes=c, embedding_size=d)),
+        proxies=True,
+    ),
+    Case(
+        "p2s_grad",
+        "num_classes=B/4",
+        lambda c, d: _plain(_dml("p2s_grad", descriptors_dim=d, num_classes=c)),
+        lambda c, d: _plain(_pml("P2SGradLoss", descriptors_dim=d, num_classes=c)),
+        proxies=True,
+    ),
+    Case(
+        "manifold",
+        "K=B/4 proxies, meta-class = label, lambdaC=1, alpha=0.8",
+        lambda c, d: _plain(_dml("manifold", l=d, K=c)),
+        _pml_manifold,
+        proxies=True,
+    ),
+]
+CASES.update({c.name: c for c in CATALOGUE_CASES})
+
+
+# -- more of the catalogue: dynamic soft margin ... multiple losses (same parameters) ---------
+def _pml_dynamic_soft_margin(c: int, d: int):
+    loss = _pml("DynamicSoftMarginLoss")
+
+    def step(x, y):
+        loss.hist_ = loss.hist_.detach()  # its stored histogram keeps the last graph
+        return loss(x, y)
+
+    return step, loss
+
+
+def _two_views(loss: Any, pml: bool) -> tuple[Callable[..., Any], Any]:
+    """First half of the batch as view 1, second half as view 2 (no labels)."""
+
+    def step(x, y):
+        h = x.shape[0] // 2
+        return loss(x[:h], ref_emb=x[h:]) if pml else loss(x[:h], ref_embeddings=x[h:])
+
+    return step, loss
+
+
+def _dml_multiple(c: int, d: int):
+    from dmlkit.registry import MINERS
+
+    loss = _dml("multiple_losses", losses=[_dml("contrastive"), _dml("triplet_margin",
+                margin=0.1)], miners=[None, MINERS.build("multi_similarity")],
+                weights=[1.0, 0.5])  # fmt: skip
+    return _plain(loss)
+
+
+def _pml_multiple(c: int, d: int):
+    from pytorch_metric_learning import miners
+
+    loss = _pml("MultipleLosses", losses=[_pml("ContrastiveLoss"), _pml("TripletMarginLoss",
+                margin=0.1)], miners=[None, miners.MultiSimilarityMiner()],
+                weights=[1.0, 0.5])  # fmt: skip
+    return _plain(loss)
+
+
+MORE_CASES = [
+    Case(
+        "dynamic_soft_margin",
+        "all triplets, min_val=-2, num_bins=10, momentum=0.01",
+        lambda c, d: _plain(_dml("dynamic_soft_margin")),
+        _pml_dynamic_soft_margin,
+    ),
+    Case(
+        "intra_pair_variance",
+        "all pairs, pos_eps=neg_eps=0.01, cosine",
+        lambda c, d: _plain(_dml("intra_pair_variance")),
+        lambda c, d: _plain(_pml("IntraPairVarianceLoss")),
+    ),
+    Case(
+        "instance",
+        "gamma=64, cosine, (B, B) cross-entropy",
+        lambda c, d: _plain(_dml("instance")),
+        lambda c, d: _plain(_pml("InstanceLoss")),
+    ),
+    Case(
+        "vicreg",
+        "two views = the batch's halves, lambda=mu=25, nu=1",
+        lambda c, d: _two_views(_dml("vicreg"), pml=False),
+        lambda c, d: _two_views(_pml("VICRegLoss"), pml=True),
+    ),
+    Case(
+        "threshold_consistent_margin",
+        "all pairs, margins 0.9 / 0.5, cosine",
+        lambda c, d: _plain(_dml("threshold_consistent_margin")),
+        lambda c, d: _plain(_pml("ThresholdConsistentMarginLoss")),
+    ),
+    Case(
+        "smooth_ap",
+        "temperature=0.01, groups of B/4 (pytorch-metric-learning's blocks)",
+        lambda c, d: _plain(_dml("smooth_ap")),
+        lambda c, d: _plain(_pml("SmoothAPLoss")),
+    ),
+    Case(
+        "multiple_losses",
+        "contrastive + 0.5 x triplet(0.1) on multi-similarity-mined tuples",
+        _dml_multiple,
+        _pml_multiple,
+    ),
+]
+CASES.update({c.name: c for c in MORE_CASES})
+
+
 # -- worker: one (loss, B, library) in a fresh process -------------------------------------
 def _copy_weights(module: Any, weights: Any) -> None:
     """Copy the seeded ``(C, D)`` weights into the loss's single parameter.

@@ -281,3 +281,17 @@ def test_config_round_trip_keeps_the_library_names(name, kwargs):
     x, y = batch(9)
     x = x.float()
     torch.testing.assert_close(loss(x, y), rebuilt(x, y))
+
+
+@pytest.mark.parametrize("name", ["large_margin_softmax", "p2s_grad"])
+def test_chunked_equals_one_chunk(name):
+    kwargs = {"num_classes": C}
+    kwargs.update({"embedding_size": DIM} if name == "large_margin_softmax" else
+                  {"descriptors_dim": DIM})
+    loss = LOSSES.build(name, **kwargs).double()
+    x, y = batch(10)
+    x = torch.cat([x] * 5)
+    y = torch.cat([y] * 5)
+    whole = run(loss, x, y)
+    loss.chunk_budget = 3 * C  # a few rows per chunk
+    assert_same(whole, run(loss, x, y))

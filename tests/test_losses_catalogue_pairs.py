@@ -286,3 +286,32 @@ def test_distance_type_is_checked():
     got = NCALoss(distance=CosineSimilarity())(x, y)
     want = pml_losses.NCALoss(distance=pml_distances.CosineSimilarity())(x, y)
     torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [SignalToNoiseRatioContrastiveLoss(), TupletMarginLoss(scale=8.0), NCALoss()],
+    ids=["snr_contrastive", "tuplet_margin", "nca"],
+)
+@pytest.mark.parametrize("with_ref", [False, True])
+def test_chunked_equals_one_chunk(loss, with_ref, monkeypatch):
+    from dmlkit.functional import chunking
+    from dmlkit.losses import _rows
+
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(150, DIM, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 12, (150,), generator=g)
+    r = torch.randn(90, DIM, generator=g, dtype=torch.float64) if with_ref else None
+    ry = torch.randint(0, 12, (90,), generator=g) if with_ref else None
+    whole = value_and_grads(ours_call(loss, y, None, ry), x, r)
+    monkeypatch.setattr(chunking, "DEFAULT_BUDGET", 2048)
+    monkeypatch.setattr(chunking, "EAGER_BUDGET", 512)
+    monkeypatch.setattr(chunking, "EAGER_MIN_ROWS", 4)
+    monkeypatch.setattr(_rows, "FUSED_BUDGET", 0)
+    parts = value_and_grads(ours_call(loss, y, None, ry), x, r)
+    assert_same(whole, parts)
+
+
+def test_tuplet_margin_keeps_degrees():
+    loss = TupletMarginLoss(margin=5.73)
+    assert loss.margin == 5.73 and loss.margin_radians == pytest.approx(0.1000073, rel=1e-6)

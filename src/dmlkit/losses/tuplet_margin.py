@@ -76,6 +76,11 @@ class TupletMarginLoss(BaseMetricLoss):
     def default_distance() -> BaseDistance:
         return CosineSimilarity()
 
+    @property
+    def margin_radians(self) -> float:
+        """The margin in radians (pytorch-metric-learning keeps this in ``margin``)."""
+        return math.radians(self.margin)
+
     def compute_loss(
         self,
         embeddings: Tensor,
@@ -87,7 +92,7 @@ class TupletMarginLoss(BaseMetricLoss):
         x, ref, weights = setup_rows(
             self.distance, embeddings, labels, indices, ref_embeddings, ref_labels
         )
-        beta, s = math.radians(self.margin), self.scale
+        beta, s = self.margin_radians, self.scale
 
         def chunk_terms(start: int, stop: int, x_: Tensor, ref_: Tensor) -> Tensor:
             cos = self.distance.compute_matrix(x_[start:stop], ref_)  # (c, m)
