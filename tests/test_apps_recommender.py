@@ -144,3 +144,33 @@ def test_cml_errors_persistence_and_cold_start(tmp_path):
     (tmp_path / "cml" / "item_embeddings.npy").write_bytes(b"junk")
     with pytest.raises(ValueError):
         CMLRecommender.load(tmp_path / "cml")
+
+
+def test_cli_recommend_train_evaluate_top(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from dmlkit.cli.main import app
+
+    users, items = planted()
+    rows = [f"{u},{i},1,{t}" for t, (u, i) in enumerate(zip(users, items, strict=True))]
+    (tmp_path / "data.csv").write_text("user,item,rating,timestamp\n" + "\n".join(rows) + "\n")
+    runner = CliRunner()
+    res = runner.invoke(app, ["recommend", "train", str(tmp_path / "data.csv"), "--out",
+                              str(tmp_path / "m"), "--epochs", "3", "--dim", "4"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["recommend", "evaluate", str(tmp_path / "m"), "--data",
+                              str(tmp_path / "data.csv"), "-k", "5"])
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["users"] == 40 and 0.0 <= metrics["recall_at_5"] <= 1.0
+    res = runner.invoke(app, ["recommend", "top", str(tmp_path / "m"), "-u", "u0", "-k", "3"])
+    assert res.exit_code == 0 and res.output.startswith("u0\t")
+    assert len(res.output.split("\t")[1].split()) == 3
+    res = runner.invoke(app, ["recommend", "top", str(tmp_path / "m"), "-u", "ghost"])
+    assert res.exit_code == 2 and "unknown user id 'ghost'" in res.output
+    (tmp_path / "empty.csv").write_text("")
+    res = runner.invoke(app, ["recommend", "train", str(tmp_path / "empty.csv"), "--out",
+                              str(tmp_path / "m2")])
+    assert res.exit_code == 2 and "empty" in res.output and not (tmp_path / "m2").exists()

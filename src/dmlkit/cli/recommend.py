@@ -1,0 +1,121 @@
+"""``dmlkit recommend train|evaluate|top``: collaborative metric learning from interactions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+recommend_app = typer.Typer(
+    help="Recommendation by collaborative metric learning (users and items in one space).",
+    no_args_is_help=True,
+)
+
+DATA_HELP = ("Interactions: a user,item[,rating,timestamp] CSV/TSV, a .inter file, or "
+             "'movielens-100k' (from the recbole wheel).")
+
+
+def _read(data: str, min_rating: float | None) -> Any:
+    from dmlkit.data.interactions import movielens_100k_path, read_interactions
+
+    path = movielens_100k_path() if data == "movielens-100k" else Path(data)
+    return read_interactions(path, min_rating=min_rating)
+
+
+def _split(interactions: Any, holdout: str) -> tuple[Any, Any]:
+    from dmlkit.data.interactions import leave_last_out
+
+    if holdout == "none":
+        return interactions, None
+    if holdout != "last":
+        raise ValueError(f"--holdout must be 'last' or 'none', got {holdout!r}")
+    return leave_last_out(interactions)
+
+
+def _fail(err: Exception) -> None:
+    typer.echo(f"error: {err}", err=True)
+    raise typer.Exit(2) from None
+
+
+@recommend_app.command("train")
+def train(
+    data: str = typer.Argument(..., help=DATA_HELP),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory for the fitted model."),
+    holdout: str = typer.Option("last", "--holdout",
+                                help="'last': leave each user's latest interaction out "
+                                     "(for evaluate); 'none': train on everything."),
+    min_rating: float = typer.Option(None, "--min-rating", help="Keep ratings >= this."),
+    dim: int = typer.Option(64, "--dim"),
+    margin: float = typer.Option(1.0, "--margin"),
+    epochs: int = typer.Option(30, "--epochs"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Fit a CML recommender and save it."""
+    from dmlkit.apps import CMLRecommender
+
+    try:
+        train_part, _ = _split(_read(data, min_rating), holdout)
+        model = CMLRecommender(dim=dim, margin=margin, epochs=epochs, random_state=seed)
+        model.fit(train_part.users, train_part.items)
+        model.save(out)
+    except (ValueError, FileNotFoundError) as err:
+        _fail(err)
+    typer.echo(f"trained on {len(train_part)} interactions of {len(model.user_ids_)} users and "
+               f"{len(model.item_ids_)} items (final loss {model.history_[-1]:.4f}); saved to "
+               f"{out}")
+
+
+@recommend_app.command("evaluate")
+def evaluate(
+    model_dir: Path = typer.Argument(..., help="Directory written by 'recommend train'."),
+    data: str = typer.Option(..., "--data", help=DATA_HELP),
+    min_rating: float = typer.Option(None, "--min-rating"),
+    k: int = typer.Option(10, "-k"),
+    out: Path = typer.Option(None, "--out", help="JSON file (default MODEL_DIR.json)."),
+) -> None:
+    """Recall@k, NDCG@k and coverage on each user's held-out latest interaction."""
+    import numpy as np
+
+    from dmlkit.apps import CMLRecommender
+    from dmlkit.evaluation import write_json
+    from dmlkit.evaluation.recommendation import recommendation_metrics
+
+    try:
+        model = CMLRecommender.load(model_dir)
+        _, test = _split(_read(data, min_rating), "last")
+        known = np.isin(test.users, model.user_ids_) & np.isin(test.items, model.item_ids_)
+        if not known.any():
+            raise ValueError("no held-out interaction has a user and item the model knows")
+        users, items = test.users[known], test.items[known]
+        metrics = recommendation_metrics(model.recommend(users, k), [[i] for i in items],
+                                         len(model.item_ids_), k)
+    except (ValueError, FileNotFoundError) as err:
+        _fail(err)
+    metrics["skipped_unknown"] = int((~known).sum())
+    target = out or model_dir.with_suffix(".json")
+    write_json(metrics, target)
+    for key, value in metrics.items():
+        typer.echo(f"{key:16s} {value:.4f}" if isinstance(value, float) else f"{key:16s} {value}")
+    typer.echo(f"wrote {target}")
+
+
+@recommend_app.command("top")
+def top(
+    model_dir: Path = typer.Argument(..., help="Directory written by 'recommend train'."),
+    user: list[str] = typer.Option(..., "--user", "-u", help="User id (repeatable)."),
+    k: int = typer.Option(10, "-k"),
+) -> None:
+    """The top-k unseen items of each user, nearest first."""
+    from dmlkit.apps import CMLRecommender
+
+    try:
+        recs = CMLRecommender.load(model_dir).recommend(user, k)
+    except (ValueError, FileNotFoundError) as err:
+        _fail(err)
+    for u, row in zip(user, recs, strict=True):
+        typer.echo(f"{u}\t" + " ".join(i for i in row if i))
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(recommend_app, name="recommend")
