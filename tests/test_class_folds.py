@@ -129,9 +129,20 @@ def test_train_run_rejects_val_classes_leaving_one_training_class(tmp_path) -> N
 def test_cross_validate_folds_equal_single_runs(tmp_path) -> None:
     cfg = small_config(epochs=2)
     seen: list[tuple[int, float]] = []
-    result = cross_validate(cfg, 2, seed=0, on_epoch=lambda e, m, _b: seen.append((e, m)))
+    result = cross_validate(cfg, 2, seed=0, on_epoch=lambda e, m: seen.append((e, m)))
     assert [e for e, _ in seen] == [1, 2] and result.curve == [m for _, m in seen]
-    assert result.score == pytest.approx(np.mean([f.best_map_at_r for f in result.folds]))
+    finals = [f.curve[-1] for f in result.folds]
+    assert result.score == result.final_score == pytest.approx(np.mean(finals))
+    assert result.curve[-1] == pytest.approx(result.score)
+    assert result.best_score == pytest.approx(np.mean([max(f.curve) for f in result.folds]))
+    best = cross_validate(cfg, 2, seed=0, objective="best_epoch")
+    assert best.score == result.best_score
+    assert (
+        best.curve
+        == pytest.approx(  # mean of each fold's best so far
+            [np.mean([max(f.curve[: e + 1]) for f in result.folds]) for e in range(2)]
+        )
+    )
     assert sorted(c for f in result.folds for c in f.val_classes) == [0, 1, 2, 3, 4, 5]
     fold = result.folds[1]  # the fold, trained alone by train_run, has the same curve
     alone = train_run(fold_config(cfg, fold.val_classes), tmp_path / "f", log=lambda _m: None)
@@ -140,3 +151,5 @@ def test_cross_validate_folds_equal_single_runs(tmp_path) -> None:
     assert again.score == result.score  # deterministic under the seeds
     with pytest.raises(ValueError, match="4 class folds of 6 classes"):
         cross_validate(cfg, 4)
+    with pytest.raises(ValueError, match="objective must be one of"):
+        cross_validate(cfg, 2, objective="last")

@@ -62,6 +62,9 @@ def crossval(
     config: Path = typer.Argument(..., help="YAML config (e.g. a best.yaml of dmlkit tune)."),
     folds: int | None = typer.Option(None, "--folds", "-k", help="Default: tune.folds or 3."),
     seed: int | None = typer.Option(None, "--seed", help="Fold seed; default: tune.seed or 0."),
+    objective: str | None = typer.Option(
+        None, "--objective", help="final or best_epoch; default: tune.objective or final."
+    ),
 ) -> None:
     """Score a config on class-disjoint folds of its training classes (mean MAP@R)."""
     from dmlkit.config import load_config
@@ -71,15 +74,20 @@ def crossval(
         cfg = load_config(config)
         k = folds if folds is not None else (cfg.tune.folds if cfg.tune is not None else 3)
         s = seed if seed is not None else (cfg.tune.seed if cfg.tune is not None else 0)
-        result = cross_validate(cfg, k, seed=s, log=typer.echo)
+        obj = objective or (cfg.tune.objective if cfg.tune is not None else "final")
+        result = cross_validate(cfg, k, seed=s, objective=obj, log=typer.echo)
     except (FileNotFoundError, ValueError, TypeError) as err:
         raise _fail(str(err)) from None
     for i, fold in enumerate(result.folds):
         typer.echo(
             f"fold {i}: validate on classes {fold.val_classes}: MAP@R "
-            f"{fold.best_map_at_r:.6f} (epoch {fold.best_epoch})"
+            f"{fold.final_map_at_r:.6f} after the last epoch, {fold.best_map_at_r:.6f} "
+            f"at the best (epoch {fold.best_epoch})"
         )
-    typer.echo(f"mean MAP@R over {k} class-disjoint folds: {result.score:.6f}")
+    typer.echo(
+        f"mean MAP@R over {k} class-disjoint folds: {result.score:.6f} ({obj}; "
+        f"final {result.final_score:.6f}, best epoch {result.best_score:.6f})"
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SEARCH_ALGORITHMS = ("tpe", "random")
+OBJECTIVES = ("final", "best_epoch")
 PRUNERS = ("median", "none")
 SECTIONS = ("model", "loss", "miner", "sampler", "optimizer", "schedule", "training", "data")
 COMPONENTS = ("model", "loss", "miner", "sampler")
@@ -52,6 +53,9 @@ class TuneConfig:
         Class-disjoint folds of the training classes; the objective is their mean MAP@R.
     seed : int
         Seed of the fold assignment and of the first worker's search.
+    objective : {"final", "best_epoch"}
+        Score each fold's model after its last epoch (what ``dmlkit train`` of the best
+        config trains), or at its best epoch (what ``training.val_classes`` keeps).
     algorithm : {"tpe", "random"}
         Optuna's sampler: tree-structured Parzen estimator or random search.
     startup_trials : int
@@ -74,6 +78,7 @@ class TuneConfig:
 
     folds: int = 3
     seed: int = 0
+    objective: str = "final"
     algorithm: str = "tpe"
     startup_trials: int = 5
     pruner: str = "median"
@@ -95,6 +100,10 @@ class TuneConfig:
         if self.algorithm not in SEARCH_ALGORITHMS:
             raise ValueError(
                 f"tune.algorithm must be one of {list(SEARCH_ALGORITHMS)}, got {self.algorithm!r}"
+            )
+        if self.objective not in OBJECTIVES:
+            raise ValueError(
+                f"tune.objective must be one of {list(OBJECTIVES)}, got {self.objective!r}"
             )
         if self.pruner not in PRUNERS:
             raise ValueError(f"tune.pruner must be one of {list(PRUNERS)}, got {self.pruner!r}")

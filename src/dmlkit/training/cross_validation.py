@@ -2,7 +2,8 @@
 
 :func:`cross_validate` trains one model per fold of
 :func:`~dmlkit.data.class_folds.class_folds` and scores it by the MAP@R of the fold's
-held-out classes at its best epoch (the checkpoint early stopping keeps). The folds are
+held-out classes, after its last epoch (the model ``dmlkit train`` ends with) or at its
+best epoch (the checkpoint early stopping keeps). The folds are
 trained epoch by epoch in turn, so after every epoch the mean curve over the folds is
 known (what a tuner prunes on); each fold keeps its own random state, so its curve is
 exactly that of ``dmlkit train`` with ``training.val_classes`` set to the fold's classes.
@@ -27,15 +28,17 @@ from dmlkit.training.rng import get_rng_state, rng_scope, set_rng_state
 from dmlkit.training.run import augmented, build_splits
 from dmlkit.training.trainer import Trainer
 
-EpochCallback = Callable[[int, float, list[float]], None]
+EpochCallback = Callable[[int, float], None]
 
 
 @dataclass
 class FoldResult:
-    """One fold: its classes, its best validation MAP@R and epoch, its per-epoch curve."""
+    """One fold: its classes, its validation MAP@R after the last epoch trained and at its
+    best epoch, and its per-epoch curve."""
 
     train_classes: list[int]
     val_classes: list[int]
+    final_map_at_r: float = float("nan")
     best_map_at_r: float = float("nan")
     best_epoch: int = 0
     curve: list[float] = field(default_factory=list)
@@ -43,21 +46,27 @@ class FoldResult:
 
 @dataclass
 class CrossValResult:
-    """``score``: mean over folds of the best validation MAP@R; ``curve``: its value after
-    each epoch (mean of each fold's best so far); ``folds``: the per-fold results."""
+    """Means over the folds: ``final_score`` of the models training ends with (what
+    ``dmlkit train`` of the config gives), ``best_score`` at each fold's best epoch (what
+    early stopping on held-out classes keeps); ``score`` is the one ``objective`` chose
+    and ``curve`` its value after each epoch."""
 
     score: float
+    final_score: float
+    best_score: float
+    objective: str
     folds: list[FoldResult]
     curve: list[float]
     seconds: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "score": self.score,
-            "curve": self.curve,
-            "seconds": round(self.seconds, 2),
-            "folds": [vars(f) for f in self.folds],
-        }
+        out = {k: v for k, v in vars(self).items() if k != "folds"}
+        out["seconds"] = round(self.seconds, 2)
+        out["folds"] = [vars(f) for f in self.folds]
+        return out
+
+
+OBJECTIVES = ("final", "best_epoch")
 
 
 def fold_config(config: Config, val_classes: list[int]) -> Config:
@@ -73,6 +82,7 @@ def cross_validate(
     folds: int = 3,
     *,
     seed: int = 0,
+    objective: str = "final",
     on_epoch: EpochCallback | None = None,
     log: Callable[[str], None] | None = None,
 ) -> CrossValResult:
@@ -87,9 +97,15 @@ def cross_validate(
         Number of folds (2 to ``num_training_classes // 2``).
     seed : int
         Seed of the assignment of classes to folds.
+    objective : {"final", "best_epoch"}
+        ``"final"``: score each fold by its model after the last epoch, trained for all
+        ``training.epochs`` (no early stopping), as ``dmlkit train`` trains the config.
+        ``"best_epoch"``: by its best epoch (``patience`` may stop it early), as a run
+        with ``training.val_classes`` keeps.
     on_epoch : callable, optional
-        ``on_epoch(epoch, mean_so_far, fold_bests)`` after every epoch (1-based) of all
-        folds; an exception it raises (a tuner's prune signal) stops the whole run.
+        ``on_epoch(epoch, mean)`` after every epoch (1-based) of all folds, with the
+        objective's mean over folds so far; an exception it raises (a tuner's prune
+        signal) stops the whole run.
     log : callable, optional
         Receives one line per epoch.
 
@@ -99,18 +115,27 @@ def cross_validate(
     """
     if config.data.kind != "labels":
         raise ValueError(f"class folds need class labels; data.kind is {config.data.kind!r}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {list(OBJECTIVES)}, got {objective!r}")
     threads = torch.get_num_threads()
     if config.training.num_threads is not None:
         torch.set_num_threads(config.training.num_threads)
     try:
         with rng_scope(0):  # the caller's random state is restored afterwards
-            return _cross_validate(config, folds, seed, on_epoch, log or (lambda _m: None))
+            return _cross_validate(
+                config, folds, seed, objective, on_epoch, log or (lambda _m: None)
+            )
     finally:
         torch.set_num_threads(threads)
 
 
 def _cross_validate(
-    config: Config, k: int, seed: int, on_epoch: EpochCallback | None, log: Callable
+    config: Config,
+    k: int,
+    seed: int,
+    objective: str,
+    on_epoch: EpochCallback | None,
+    log: Callable,
 ) -> CrossValResult:
     start = time.perf_counter()
     train, _ = build_splits(config)
@@ -120,6 +145,8 @@ def _cross_validate(
         val = select_classes(train, val_classes)
         cfg = fold_config(config, val_classes)
         cfg.training.progress = False
+        if objective == "final":  # the whole schedule, as dmlkit train runs it
+            cfg.training.patience = None
         resolved = resolve_config(cfg, fold_train.x[0], int(fold_train.labels.max()) + 1)
         trainers.append(Trainer(resolved, augmented(fold_train, cfg), val_data=val, log=None))
         with rng_scope(cfg.training.seed + 1):  # as Trainer.fit seeds an undivided run
@@ -137,21 +164,29 @@ def _cross_validate(
             states[i] = get_rng_state()
             results[i].curve.append(float(record["val_map_at_r"]))
             active[i] = not stop
-        bests = [float(t.best_metric) for t in trainers]
-        curve.append(sum(bests) / k)
+        if objective == "final":
+            curve.append(sum(r.curve[-1] for r in results) / k)
+        else:
+            curve.append(sum(float(t.best_metric) for t in trainers) / k)
         log(
             f"epoch {epoch}/{epochs}: fold MAP@R "
             + " ".join(f"{r.curve[-1]:.4f}" for r in results)
-            + f"; mean of bests {curve[-1]:.4f}"
+            + f"; mean {curve[-1]:.4f}"
+            + (" (of bests)" if objective == "best_epoch" else "")
         )
         if on_epoch is not None:
-            on_epoch(epoch, curve[-1], bests)
+            on_epoch(epoch, curve[-1])
         if not any(active):
             break
     for result, trainer in zip(results, trainers, strict=True):
+        result.final_map_at_r = result.curve[-1]
         result.best_map_at_r = float(trainer.best_metric)
         result.best_epoch = int(trainer.best_epoch)
-    return CrossValResult(curve[-1], results, curve, time.perf_counter() - start)
+    final = sum(r.final_map_at_r for r in results) / k
+    best = sum(r.best_map_at_r for r in results) / k
+    score = final if objective == "final" else best
+    seconds = time.perf_counter() - start
+    return CrossValResult(score, final, best, objective, results, curve, seconds)
 
 
-__all__ = ["CrossValResult", "FoldResult", "cross_validate", "fold_config"]
+__all__ = ["CrossValResult", "FoldResult", "OBJECTIVES", "cross_validate", "fold_config"]

@@ -295,14 +295,15 @@ def _run_trial(
             trial.set_user_attr("config", cfg.to_dict())
             log(f"{tag}: " + " ".join(f"{k}={_short(v)}" for k, v in chosen.items()))
 
-            def on_epoch(epoch: int, mean: float, _bests: list[float]) -> None:
+            def on_epoch(epoch: int, mean: float) -> None:
                 trial.report(mean, epoch)
-                if trial.should_prune():
+                if epoch < cfg.training.epochs and trial.should_prune():  # (last: complete)
                     raise optuna.TrialPruned(f"pruned at epoch {epoch} (mean MAP@R {mean:.4f})")
 
             result = cross_validate(
-                cfg, tc.folds, seed=tc.seed, on_epoch=on_epoch, log=lambda m: log(f"{tag} {m}")
-            )
+                cfg, tc.folds, seed=tc.seed, objective=tc.objective, on_epoch=on_epoch,
+                log=lambda m: log(f"{tag} {m}"),
+            )  # fmt: skip
             trial.set_user_attr("folds", result.to_dict()["folds"])
         except optuna.TrialPruned as err:
             study.tell(trial, state=states.PRUNED)
