@@ -158,7 +158,7 @@ def cli_jobs(run_dir: Path, x, y, fit, test, args) -> dict:
 
 
 def scale_check(n: int, index: str, per_identity: int = 10, dim: int = 64,
-                queries: int = 10_000) -> dict:
+                queries: int = 2_000) -> dict:
     """A gallery of ``n`` synthetic items (``per_identity`` per identity) in ``index``:
     times of enrolling (with calibration), identifying, enrolling one more
     identity and removing 100, and rank-1 of queries of enrolled identities."""
