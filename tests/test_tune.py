@@ -163,3 +163,6 @@ def test_too_many_folds_fail_before_any_trial(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="4 class folds of 6 classes"):
         tune(config, 2, tmp_path / "out", log=lambda _m: None)
     assert not (tmp_path / "out" / "study.db").exists()
+    text = write_config(tmp_path).read_text().replace("model.dim:", "training.epoch:")
+    with pytest.raises(ValueError, match="'training.epoch': training has no key 'epoch'"):
+        tune(Config.from_yaml(text), 2, tmp_path / "out", log=lambda _m: None)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from dmlkit.config.schema import Config
+from dmlkit.config.tune import COMPONENTS
 from dmlkit.tuning.space import trial_config
 from dmlkit.tuning.workers import (
     Heartbeat,
@@ -274,6 +275,14 @@ def _check_folds(config: Config) -> None:
         raise ValueError("the config has no tune: section")
     if config.data.kind != "labels":
         raise ValueError(f"dmlkit tune needs class labels; data.kind is {config.data.kind!r}")
+    raw = config.to_dict()
+    for path in config.tune.space:  # section keys are known now; component keys per trial
+        section, _, key = path.partition(".")
+        if key and section not in COMPONENTS and key not in raw[section]:
+            raise ValueError(
+                f"tune.space path {path!r}: {section} has no key {key!r}; "
+                f"allowed: {sorted(raw[section])}"
+            )
     train, _ = build_splits(config)
     class_folds(train.classes, config.tune.folds, config.tune.seed)
 
