@@ -181,7 +181,7 @@ def scale_check(n: int, index: str, per_identity: int = 10, dim: int = 64,
     t = time.time()
     pred = ident.predict(q)
     out["identify_seconds"] = time.time() - t
-    out["rank1_or_rejected_wrong"] = float((pred == qy.numpy()).mean())
+    out["accuracy_with_rejection"] = float((pred == qy.numpy()).mean())
     t = time.time()
     ident.enroll(x[:per_identity], np.full(per_identity, n_ids + 1))
     out["enroll_one_identity_seconds"] = time.time() - t
