@@ -461,3 +461,29 @@ def test_dynamic_soft_margin_edges():
     # values beyond the bins land in the end bins instead of failing
     far = DynamicSoftMarginLoss(min_val=-0.1, num_bins=4)(x, torch.arange(N) % 3)
     assert torch.isfinite(far)
+
+
+# -- chunked paths ----------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["dynamic_soft_margin", "intra_pair_variance", "instance",
+                                  "threshold_consistent_margin", "smooth_ap"])
+def test_chunked_paths_equal_the_one_pass_path(name, monkeypatch):
+    from dmlkit.functional import chunking
+    from dmlkit.losses import dynamic_soft_margin
+    from dmlkit.registry import LOSSES
+
+    x, _, r, ry = batch(40)
+    y = torch.arange(N) // 3
+    with_ref = name in ("dynamic_soft_margin", "intra_pair_variance", "threshold_consistent_margin")
+
+    def run():
+        loss = LOSSES.build(name)
+        if with_ref:
+            return vg(lambda e, f: loss(e, y, ref_embeddings=f, ref_labels=ry), x, r)
+        return vg(lambda e, f: loss(e, y), x)
+
+    whole = run()
+    monkeypatch.setattr(chunking, "DEFAULT_BUDGET", 40)  # no one-pass path, a few rows a chunk
+    monkeypatch.setattr(chunking, "EAGER_BUDGET", 40)
+    monkeypatch.setattr(chunking, "EAGER_MIN_ROWS", 2)
+    monkeypatch.setattr(dynamic_soft_margin, "chunk_size_for", lambda rows, per_row: 3)
+    assert_same(run(), whole)

@@ -224,16 +224,31 @@ class DynamicSoftMarginLoss(BaseMetricLoss):
         full_ref_labels = labels if ref_labels is None else ref_labels
         same_set = ref_embeddings is None
         n, m = x.shape[0], ref.shape[0]
-        chunk = chunk_size_for(n, 4 * m * m)
+        # the most positives of any anchor: a triplet is (anchor, one of them, a negative)
+        k = 0
+        for a, b in row_chunks(n, chunk_size_for(n, m)):
+            pos, _ = pos_neg_masks(labels[a:b], full_ref_labels, exclude_self=same_set,
+                                   row_offset=a)  # fmt: skip
+            k = max(k, int(pos.sum(dim=1).max()))
+        if k == 0:
+            return self.zero_loss(embeddings)
+        chunk = chunk_size_for(n, 4 * k * m)
 
         def values(a: int, b: int, x_: Tensor, ref_: Tensor) -> Tensor:
             d = self.distance.compute_matrix(x_[a:b], ref_)  # (c, m)
             pos, neg = pos_neg_masks(
                 labels[a:b], full_ref_labels, exclude_self=same_set, row_offset=a
             )
-            valid = pos[:, :, None] & neg[:, None, :]  # (c, m, m)
-            return (d[:, :, None] - d[:, None, :])[valid]  # (T_chunk,)
+            # each anchor's positives first (k slots, padded with non-positives)
+            order = torch.argsort(pos.to(torch.int8), dim=1, descending=True, stable=True)
+            order = order[:, :k]  # (c, k)
+            is_pos = pos.gather(1, order)  # (c, k)
+            d_ap = d.gather(1, order)  # (c, k)
+            valid = is_pos[:, :, None] & neg[:, None, :]  # (c, k, m)
+            return (d_ap[:, :, None] - d[:, None, :])[valid]  # (T_chunk,)
 
+        if chunk >= n:  # one chunk: plain autograd
+            return self._weighted_mean(values(0, n, x, ref), embeddings)
         with torch.no_grad():
             hist = x.new_zeros(self.num_bins)
             sums = x.new_zeros(self.num_bins)

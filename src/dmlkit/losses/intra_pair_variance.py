@@ -8,8 +8,9 @@ from torch import Tensor
 
 from dmlkit.distances.base import BaseDistance
 from dmlkit.distances.cosine import CosineSimilarity
+from dmlkit.functional.labels import pos_neg_masks
 from dmlkit.functional.tuples import IndexTuple
-from dmlkit.losses._rows import as_pairs, pack, setup_rows, sum_over_chunks
+from dmlkit.losses._rows import as_pairs, pack, setup_rows, sum_over_chunks, use_fused
 from dmlkit.losses._tuple_distances import pair_distances
 from dmlkit.losses.base import BaseMetricLoss
 from dmlkit.registry import register_loss
@@ -79,6 +80,20 @@ class IntraPairVarianceLoss(BaseMetricLoss):
             self.distance, embeddings, labels, None, ref_embeddings, ref_labels
         )
         n, m = x.shape[0], ref.shape[0]
+        if use_fused(x, ref, labels, None):  # small (n, m): one matrix, plain autograd
+            s = self.distance.compute_matrix(x, ref)  # (n, m)
+            full_ref = labels if ref_labels is None else ref_labels
+            pos, neg = pos_neg_masks(labels, full_ref, exclude_self=ref_embeddings is None)
+            sp, sn = s[pos], s[neg]  # (P,), (N,)
+            if sp.numel() <= 1 and sn.numel() <= 1:
+                return self.zero_loss(embeddings)
+            zero = self.zero_loss(embeddings)
+            total = zero
+            if sp.numel():
+                total = total + self._terms(sp, sp.mean(), zero)[0].mean()
+            if sn.numel():
+                total = total + self._terms(sn, zero, sn.mean())[1].mean()
+            return total
 
         def means(start: int, stop: int, x_: Tensor, ref_: Tensor) -> Tensor:
             s = self.distance.compute_matrix(x_[start:stop], ref_)  # (c, m)

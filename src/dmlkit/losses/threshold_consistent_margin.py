@@ -9,7 +9,7 @@ from torch import Tensor
 from dmlkit.distances.base import BaseDistance
 from dmlkit.distances.cosine import CosineSimilarity
 from dmlkit.functional.tuples import IndexTuple
-from dmlkit.losses._rows import as_pairs, pack, setup_rows, sum_over_chunks
+from dmlkit.losses._rows import as_pairs, pack, setup_rows, sum_over_chunks, use_fused
 from dmlkit.losses._tuple_distances import pair_distances
 from dmlkit.losses.base import BaseMetricLoss
 from dmlkit.registry import register_loss
@@ -106,9 +106,12 @@ class ThresholdConsistentMarginLoss(BaseMetricLoss):
                 pos, neg = weights(start, stop, s.dtype, s.device)  # (c, m)
                 return self._parts(s, pos, neg)
 
-            sum_p, sum_n, cnt_p, cnt_n = sum_over_chunks(
-                chunk_terms, x.shape[0], 4 * ref_.shape[0], x, ref_
-            )
+            if use_fused(x, ref_, labels, None):  # small (n, m): one matrix, plain autograd
+                sum_p, sum_n, cnt_p, cnt_n = chunk_terms(0, x.shape[0], x, ref_)
+            else:
+                sum_p, sum_n, cnt_p, cnt_n = sum_over_chunks(
+                    chunk_terms, x.shape[0], 4 * ref_.shape[0], x, ref_
+                )
         loss = self.zero_loss(embeddings)
         if cnt_p > 0:
             loss = loss + self.lambda_plus * sum_p / cnt_p
