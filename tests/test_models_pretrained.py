@@ -254,3 +254,13 @@ def test_pixel_group_is_the_pooled_image_beside_the_features():
     assert torch.allclose(feats[:, 16:].norm(dim=1), torch.ones(3), atol=1e-5)
     with pytest.raises(ValueError, match="1-channel"):
         model(torch.rand(2, 3, 32, 32))
+
+
+def test_large_eval_batches_use_the_cache(tmp_path):
+    model = EfficientNetLite0Embedder(dim=8, resolution=32, cache_dir=str(tmp_path)).eval()
+    x = torch.rand(256, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        first = model(x)
+        assert len(list(tmp_path.glob("*.pt"))) == 1
+        assert torch.allclose(model(x), first) and torch.allclose(model(x[:10]), first[:10])
+    assert len(list(tmp_path.glob("*.pt"))) == 1

@@ -11,7 +11,8 @@ Two modes:
 - ``frozen``: the backbone never trains. Its features of a training set are computed
   once and cached on disk (:mod:`dmlkit.models.pretrained.feature_cache`); the model
   takes such ``(n, feature_dim)`` features in place of images, so training touches only
-  the head.
+  the head. In eval mode, batches of at least 256 images go through the same cache
+  (embedding a held-out set again costs a file read).
 - ``finetune``: the last ``trainable_blocks`` blocks (all when ``None``) train too, at
   ``backbone_lr_scale`` times the head's learning rate (:meth:`param_groups`). Batch-norm
   statistics stay frozen in both modes (small metric-learning batches would spoil them).
@@ -40,6 +41,7 @@ from dmlkit.registry import register_model
 MIN_IMAGE_SIDE = 8
 MIN_RESOLUTION = 32
 HEAD_TAP = NUM_BLOCKS  # tap 16: the 1280-channel head convolution
+CACHE_MIN_BATCH = 256  # frozen, eval mode: batches this large go through the disk cache
 
 
 def _tap_channels(tap: int) -> int:
@@ -270,6 +272,10 @@ class EfficientNetLite0Embedder(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() == 2 and x.shape[1] == self.feature_dim:
             return self.embed_features(x.float())  # cached features
+        if self.mode == "frozen" and not self.training and x.shape[0] >= CACHE_MIN_BATCH:
+            from dmlkit.models.pretrained.feature_cache import cached_features
+
+            return self.embed_features(cached_features(self, x))  # e.g. held-out sets
         if self.mode == "frozen":
             with torch.no_grad():
                 features = self.backbone_features(self.prepare(x))

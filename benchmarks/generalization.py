@@ -1,0 +1,257 @@
+"""Generalization to unseen classes: dmlkit's recipes against the field's baselines.
+
+Protocols (train on five classes, evaluate leave-one-out retrieval on the other five,
+never seen in training): digits 0-4 -> 5-9 and 5-9 -> 0-4 (scikit-learn's 8x8 digits),
+Fashion-MNIST 0-4 -> 5-9 and 5-9 -> 0-4 (official train split -> official test split;
+Debian's dataset-fashion-mnist).
+
+Methods, each on the same held-out images:
+
+- raw pixels, L2-normalized (the field's baseline) and as they are;
+- the pretrained backbone's features with no training (the recipe's backbone settings);
+- dmlkit recipes: ``configs/unseen_classes.yaml`` (``default``) and named variants,
+  trained by ``dmlkit.training.train_run`` with the protocol's data block; the time
+  counts everything (the first seed of a protocol starts from an empty feature cache);
+- pytorch-metric-learning's standard recipe (TripletMarginLoss margin 0.1 +
+  MultiSimilarityMiner epsilon 0.1, m-per-class sampling m = 4, batch 20 (5 classes x
+  4; its examples use 32, more than 5 classes allow), Adam 1e-4,
+  weight decay 1e-4, as in its examples) training the same network (the default
+  recipe's model, on the same cached features) for the same wall-clock time as the
+  default recipe took with its features computed.
+
+``--validate`` swaps each protocol for class-disjoint folds inside its five training
+classes (two held out, three trained on; three folds): recipes are chosen there, never
+on the test classes.
+
+    python benchmarks/generalization.py                      # everything, 3 seeds
+    python benchmarks/generalization.py --validate --recipes default residual_lr1e-4
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import format_table, machine_info, write_json  # noqa: E402
+
+from dmlkit.config.schema import Config  # noqa: E402
+from dmlkit.data.load import split_dataset  # noqa: E402
+from dmlkit.evaluation import retrieval_metrics  # noqa: E402
+from dmlkit.functional.distances import l2_normalize  # noqa: E402
+from dmlkit.training import train_run  # noqa: E402
+from dmlkit.training.build import build_model, resolve_config  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+KEYS = ("precision_at_1", "r_precision", "map_at_r")
+LOW, HIGH = [0, 1, 2, 3, 4], [5, 6, 7, 8, 9]
+
+#: recipe name -> overrides of configs/unseen_classes.yaml (dotted keys)
+RECIPES: dict[str, dict[str, Any]] = {
+    "default": {},
+    "lr_1e-3": {"optimizer.lr": 1e-3},
+    "no_pixels": {"model.pixels": 0},
+    "head_tap_only": {"model.taps": [16], "model.pixels": 0},
+    "linear_head": {"model.head_type": "linear", "model.dim": 128},
+    "triplet_ms_miner": {"loss": {"name": "triplet_margin", "margin": 0.1},
+                         "miner": {"name": "multi_similarity", "epsilon": 0.1}},
+    "epochs_2x": {"training.epochs": "2x"},
+}  # fmt: skip
+
+
+def protocol_data(name: str, train: list[int], test: list[int], per_class: int) -> dict:
+    if name == "digits":
+        return {"name": "digits", "split": "classes", "train_classes": train,
+                "test_classes": test, "seed": 0}  # fmt: skip
+    return {"name": "fashion_mnist", "part": "train", "heldout_part": "test",
+            "split": "classes", "train_classes": train, "test_classes": test,
+            "max_per_class": per_class, "seed": 0}  # fmt: skip
+
+
+def protocols(validate: bool, per_class: int, only: list[str] | None) -> dict[str, dict]:
+    """Protocol name -> data block (``--validate``: folds inside the training classes)."""
+    out: dict[str, dict] = {}
+    for source, short in (("digits", "digits"), ("fashion_mnist", "fmnist")):
+        for a, b in ((LOW, HIGH), (HIGH, LOW)):
+            name = f"{short} {a[0]}-{a[-1]} -> {b[0]}-{b[-1]}"
+            if only and not any(o in name for o in only):
+                continue
+            if not validate:
+                out[name] = protocol_data(source, a, b, per_class)
+                continue
+            for val in (a[3:], a[:2], a[1:3]):
+                rest = [c for c in a if c not in val]
+                data = protocol_data(source, rest, val, per_class)
+                data.pop("heldout_part", None)
+                data["max_heldout_per_class"] = per_class if source != "digits" else None
+                out[f"{name} | val {val}"] = data
+    return out
+
+
+def set_key(raw: dict, key: str, value: Any) -> None:
+    *path, last = key.split(".")
+    node = raw
+    for part in path:
+        node = node.setdefault(part, {})
+    if value == "2x":
+        value = 2 * node[last]
+    node[last] = value
+
+
+def recipe_config(base: dict, recipe: str, data: dict, seed: int) -> Config:
+    raw = copy.deepcopy(base)
+    for key, value in RECIPES[recipe].items():
+        if "." in key:
+            set_key(raw, key, value)
+        else:
+            raw[key] = copy.deepcopy(value)
+    raw["data"] = copy.deepcopy(data)
+    raw["training"]["seed"] = seed
+    return Config.from_dict(raw)
+
+
+def pick(metrics: dict) -> dict[str, float]:
+    return {k: float(metrics[k]) for k in KEYS}
+
+
+def baselines(config: Config, heldout: Any, train: Any) -> dict[str, dict]:
+    """Raw pixels (L2 / as is) and the untrained pretrained features on ``heldout``."""
+    raw = heldout.x.flatten(1).float()  # (n, C*H*W)
+    out = {"raw pixels (L2)": pick(retrieval_metrics(l2_normalize(raw), heldout.labels)),
+           "raw pixels (as is)": pick(retrieval_metrics(raw, heldout.labels))}  # fmt: skip
+    spec = dict(config.model, head_type="none")
+    cfg = copy.deepcopy(config)
+    cfg.model = spec
+    model = build_model(resolve_config(cfg, train.x[0], 10)).eval()
+    with torch.no_grad():
+        emb = torch.cat([model(heldout.x[i : i + 256]) for i in range(0, len(heldout), 256)])
+    out["pretrained, untrained"] = pick(retrieval_metrics(emb, heldout.labels))
+    return out
+
+
+def pml_standard(config: Config, train: Any, heldout: Any, seconds: float, seed: int) -> dict:
+    """pytorch-metric-learning's standard recipe on the default recipe's network, for
+    ``seconds`` of wall-clock (cached features: the frozen backbone is not re-run)."""
+    from pytorch_metric_learning import losses, miners, samplers
+
+    from dmlkit.models.pretrained.feature_cache import cached_features
+
+    torch.manual_seed(seed)
+    model = build_model(resolve_config(config, train.x[0], 10))
+    frozen = getattr(model, "mode", None) == "frozen"
+    x = cached_features(model, train.x) if frozen else train.x
+    loss_fn = losses.TripletMarginLoss(margin=0.1)
+    miner = miners.MultiSimilarityMiner(epsilon=0.1)
+    m = 4
+    batch = min(32, m * train.num_classes)  # the sampler needs m x classes >= batch
+    sampler = samplers.MPerClassSampler(train.labels, m=m, batch_size=batch,
+                                        length_before_new_iter=len(train))  # fmt: skip
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=1e-4, weight_decay=1e-4)
+    start, epochs = time.perf_counter(), 0
+    model.train()
+    while time.perf_counter() - start < seconds:
+        order = torch.tensor(list(iter(sampler)))
+        for i in range(0, len(order) - batch + 1, batch):
+            idx = order[i : i + batch]
+            emb = model(x[idx])
+            loss = loss_fn(emb, train.labels[idx], miner(emb, train.labels[idx]))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if time.perf_counter() - start >= seconds:
+                break
+        epochs += 1
+    model.eval()
+    with torch.no_grad():
+        emb = torch.cat([model(heldout.x[i : i + 256]) for i in range(0, len(heldout), 256)])
+    out = pick(retrieval_metrics(emb, heldout.labels))
+    out["epochs"] = epochs
+    return out
+
+
+def summarize(values: list[dict]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in KEYS:
+        xs = [v[key] for v in values]
+        out[key] = statistics.fmean(xs)
+        out[key + "_std"] = statistics.stdev(xs) if len(xs) > 1 else 0.0
+    if "seconds" in values[0]:
+        out["seconds"] = [round(v["seconds"], 1) for v in values]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default=str(ROOT / "configs" / "unseen_classes.yaml"))
+    parser.add_argument("--recipes", nargs="+", default=["default"], choices=list(RECIPES))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--protocols", nargs="+", default=None, help="substrings of names")
+    parser.add_argument("--per-class", type=int, default=1000,
+                        help="Fashion-MNIST training images per class (test split: all)")
+    parser.add_argument("--validate", action="store_true")
+    parser.add_argument("--no-pml", action="store_true")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    import yaml
+
+    base = yaml.safe_load(Path(args.config).read_text())
+    results: dict[str, Any] = {"args": vars(args), "machine": machine_info(args.threads),
+                               "protocols": {}}  # fmt: skip
+    rows = []
+    for pname, data in protocols(args.validate, args.per_class, args.protocols).items():
+        cache = tempfile.mkdtemp(prefix="dmlkit-features-")  # cold cache per protocol
+        base_p = copy.deepcopy(base)
+        if base_p["model"]["name"] == "efficientnet_lite0":
+            base_p["model"]["cache_dir"] = cache
+        cfg0 = recipe_config(base_p, "default", data, 0)
+        train, heldout = split_dataset(cfg0.data)
+        print(f"== {pname}: train {len(train)} ({train.num_classes} classes), "
+              f"held out {len(heldout)} ({heldout.num_classes} classes)", flush=True)  # fmt: skip
+        entry: dict[str, Any] = baselines(cfg0, heldout, train)
+        runs: dict[str, list[dict]] = {}
+        for recipe in args.recipes:
+            for seed in args.seeds:
+                cfg = recipe_config(base_p, recipe, data, seed)
+                with tempfile.TemporaryDirectory() as tmp:
+                    start = time.perf_counter()
+                    result = train_run(cfg, Path(tmp) / "run", log=lambda _m: None)
+                    seconds = time.perf_counter() - start
+                rec = pick(result.metrics) | {"seconds": seconds}
+                runs.setdefault(recipe, []).append(rec)
+                print(f"  {recipe} seed {seed}: MAP@R {rec['map_at_r']:.4f} ({seconds:.0f} s)",
+                      flush=True)  # fmt: skip
+                if recipe == "default" and not args.no_pml:
+                    budget = runs["default"][0]["seconds"]  # the cold-cache time
+                    pml = pml_standard(cfg, train, heldout, budget, seed) | {"seconds": budget}
+                    runs.setdefault("pml standard", []).append(pml)
+                    print(f"  pml standard seed {seed}: MAP@R {pml['map_at_r']:.4f} "
+                          f"({pml['epochs']} epochs in {budget:.0f} s)", flush=True)  # fmt: skip
+        entry.update({name: summarize(v) for name, v in runs.items()})
+        results["protocols"][pname] = entry
+        for method, m in entry.items():
+            rows.append([pname, method, m["precision_at_1"], m["r_precision"], m["map_at_r"],
+                         m.get("map_at_r_std", 0.0), m.get("seconds", "-")])  # fmt: skip
+    table = format_table(rows, ["protocol", "method", "P@1", "R-Prec", "MAP@R", "MAP@R sd",
+                                "seconds (per seed)"])  # fmt: skip
+    print(table)
+    default = "generalization_validation.json" if args.validate else "generalization.json"
+    name = args.out or default
+    print("wrote", write_json(name, results | {"table": table}))
+    print(json.dumps({p: {m: round(v["map_at_r"], 4) for m, v in e.items()}
+                      for p, e in results["protocols"].items()}, indent=1))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
