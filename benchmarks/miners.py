@@ -16,6 +16,7 @@ Usage::
 
     python benchmarks/miners.py                       # B in 256 1024 4096, N = 20000
     python benchmarks/miners.py --sizes 256 --offline 5000 --repeats 3
+    python benchmarks/miners.py --miners angular hdc --offline --out miners_catalogue.json
 
 Writes ``benchmarks/results/miners.json``.
 """
@@ -38,6 +39,13 @@ MINERS = {
     "pair_margin": (("pair_margin", {}), ("PairMarginMiner", {})),
     "multi_similarity": (("multi_similarity", {}), ("MultiSimilarityMiner", {})),
     "distance_weighted": (("distance_weighted", {}), ("DistanceWeightedMiner", {})),
+    # the rest of the catalogue (outputs of the random uniform-histogram draws differ,
+    # their sizes do not)
+    "triplet_margin_semihard": (("triplet_margin", {"type_of_triplets": "semihard"}),
+                                ("TripletMarginMiner", {"type_of_triplets": "semihard"})),
+    "angular": (("angular", {}), ("AngularMiner", {})),
+    "hdc": (("hdc", {}), ("HDCMiner", {})),
+    "uniform_histogram": (("uniform_histogram", {}), ("UniformHistogramMiner", {})),
 }
 
 
@@ -126,7 +134,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 4096])
     parser.add_argument("--dim", type=int, default=128)
-    parser.add_argument("--offline", type=int, nargs="+", default=[20000])
+    parser.add_argument("--offline", type=int, nargs="*", default=[20000])
+    parser.add_argument("--miners", nargs="+", default=list(MINERS), choices=list(MINERS))
+    parser.add_argument("--out", default="miners.json")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--child", type=str, default=None)
@@ -136,7 +146,7 @@ def main() -> None:
         return
     common = {"dim": args.dim, "repeats": args.repeats, "threads": args.threads}
     rows, records = [], []
-    for case in MINERS:
+    for case in args.miners:
         for size in args.sizes:
             res = {
                 side: spawn({**common, "kind": "miner", "case": case, "size": size, "side": side})
@@ -166,7 +176,7 @@ def main() -> None:
                              r.get("error", "")])  # fmt: skip
     print()
     print(format_table(off_rows, ["offline k=10", "N", "seconds", "peak MB", "error"]))
-    path = write_json("miners.json", {"machine": machine_info(args.threads), "results": records})
+    path = write_json(args.out, {"machine": machine_info(args.threads), "results": records})
     print(f"\nwrote {path}")
 
 

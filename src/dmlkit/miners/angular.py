@@ -13,6 +13,7 @@ from dmlkit.distances.euclidean import EuclideanDistance
 from dmlkit.functional.chunking import chunk_size_for, row_chunks
 from dmlkit.functional.labels import pos_neg_masks
 from dmlkit.functional.tuples import Triplets
+from dmlkit.miners._matrix import max_positives, positive_slots
 from dmlkit.miners.base import BaseMiner
 from dmlkit.registry import register_miner
 
@@ -33,7 +34,8 @@ class AngularMiner(BaseMiner):
     :math:`\theta > \text{angle}` is returned, in (anchor, positive, negative) order.
     As in pytorch-metric-learning's ``AngularMiner`` (same parameter, same triplets)
     the triangle is that of the embeddings as given (not normalized). Anchors are
-    processed in chunks: memory O(chunk * m^2).
+    processed in chunks over their own positives: time and memory O(n * k * m),
+    ``k`` the most positives of an anchor.
 
     Parameters
     ----------
@@ -65,27 +67,30 @@ class AngularMiner(BaseMiner):
     ) -> Triplets:
         x, ref = embeddings.double(), ref_embeddings.double()  # (n, d), (m, d)
         n, m = x.shape[0], ref.shape[0]
+        k = max_positives(labels, ref_labels, same_set)
         threshold = math.radians(self.angle)
         ref_sq = (ref * ref).sum(dim=1)  # (m,)
         gram = ref @ ref.T  # (m, m): p . n
         out: list[tuple[Tensor, Tensor, Tensor]] = []
-        for a, b in row_chunks(n, chunk_size_for(n, 4 * m * m)):
+        for a, b in row_chunks(n, chunk_size_for(n, 6 * max(k, 1) * m)) if k else ():
             pos, neg = pos_neg_masks(labels[a:b], ref_labels, exclude_self=same_set, row_offset=a)
+            order, is_pos = positive_slots(pos, k)  # (c, k): each anchor's positives
             xa = x[a:b]  # (c, d)
             a_sq = (xa * xa).sum(dim=1)  # (c,)
             an = xa @ ref.T  # (c, m): a . n (and a . p)
-            ap = (a_sq[:, None] + ref_sq[None, :] - 2.0 * an).clamp_min(0.0).sqrt()  # (c, m)
+            a_p = an.gather(1, order)  # (c, k)
+            p_sq = ref_sq[order]  # (c, k)
+            ap = (a_sq[:, None] + p_sq - 2.0 * a_p).clamp_min(0.0).sqrt()  # (c, k)
             # |n - (a + p)/2|^2 = |n|^2 - a.n - p.n + |a + p|^2 / 4
-            sum_sq = a_sq[:, None] + ref_sq[None, :] + 2.0 * an  # (c, m): |a + p|^2
+            sum_sq = a_sq[:, None] + p_sq + 2.0 * a_p  # (c, k): |a + p|^2
             nc2 = (
-                ref_sq[None, None, :] - an[:, None, :] - gram[None, :, :]
+                ref_sq[None, None, :] - an[:, None, :] - gram[order]
                 + sum_sq[:, :, None] / 4.0
-            )  # (c, m_p, m_n)
-            nc = nc2.clamp_min(0.0).sqrt()
-            theta = torch.atan(ap[:, :, None] / (2.0 * nc))  # (c, m_p, m_n)
-            keep = pos[:, :, None] & neg[:, None, :] & (theta > threshold)
-            ai, pi, ni = torch.where(keep)
-            out.append((ai + a, pi, ni))
+            )  # (c, k, m)
+            theta = torch.atan(ap[:, :, None] / (2.0 * nc2.clamp_min(0.0).sqrt()))  # (c, k, m)
+            keep = is_pos[:, :, None] & neg[:, None, :] & (theta > threshold)
+            ai, si, ni = torch.where(keep)
+            out.append((ai + a, order[ai, si], ni))
         if not out:
             empty = torch.empty(0, dtype=torch.long, device=x.device)
             return Triplets(empty, empty, empty)

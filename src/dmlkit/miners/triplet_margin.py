@@ -11,7 +11,7 @@ from dmlkit.distances.base import BaseDistance
 from dmlkit.functional.chunking import chunk_size_for, row_chunks
 from dmlkit.functional.labels import pos_neg_masks
 from dmlkit.functional.tuples import Triplets
-from dmlkit.miners._matrix import miner_matrix
+from dmlkit.miners._matrix import max_positives, miner_matrix, positive_slots
 from dmlkit.miners.base import BaseMiner
 from dmlkit.registry import register_miner
 
@@ -32,7 +32,8 @@ class TripletMarginMiner(BaseMiner):
     matrix entries are computed as there (``torch.cdist`` for Euclidean distances), and
     ``gap`` is one subtraction of two entries, so triplets on a threshold fall on the
     same side. Any distance.
-    Anchors are processed in chunks, so memory is O(chunk * m^2) plus the output.
+    Anchors are processed in chunks over their own positives only, so time and memory
+    are O(n * k * m) (``k`` the most positives of an anchor) plus the output.
 
     Parameters
     ----------
@@ -69,13 +70,16 @@ class TripletMarginMiner(BaseMiner):
         x = self.distance.maybe_normalize(embeddings)
         ref = self.distance.maybe_normalize(ref_embeddings)
         n, m = x.shape[0], ref.shape[0]
+        k = max_positives(labels, ref_labels, same_set)
         sign = -1.0 if self.distance.is_similarity else 1.0
         out: list[tuple[Tensor, Tensor, Tensor]] = []
-        for a, b in row_chunks(n, chunk_size_for(n, m * m)):
+        for a, b in row_chunks(n, chunk_size_for(n, 4 * max(k, 1) * m)) if k else ():
             e = sign * miner_matrix(self.distance, x[a:b], ref)  # (c, m), smaller = closer
             pos, neg = pos_neg_masks(labels[a:b], ref_labels, exclude_self=same_set, row_offset=a)
-            gap = e[:, None, :] - e[:, :, None]  # (c, m_p, m_n): e_an - e_ap
-            valid = pos[:, :, None] & neg[:, None, :]  # (c, m, m)
+            order, is_pos = positive_slots(pos, k)  # (c, k) each
+            e_ap = e.gather(1, order)  # (c, k)
+            gap = e[:, None, :] - e_ap[:, :, None]  # (c, k, m): e_an - e_ap
+            valid = is_pos[:, :, None] & neg[:, None, :]  # (c, k, m)
             if self.type_of_triplets == "easy":
                 keep = gap > self.margin
             else:
@@ -84,8 +88,8 @@ class TripletMarginMiner(BaseMiner):
                     keep &= gap <= 0
                 elif self.type_of_triplets == "semihard":
                     keep &= gap > 0
-            ai, pi, ni = torch.where(valid & keep)
-            out.append((ai + a, pi, ni))
+            ai, si, ni = torch.where(valid & keep)
+            out.append((ai + a, order[ai, si], ni))
         if not out:
             empty = torch.empty(0, dtype=torch.long, device=x.device)
             return Triplets(empty, empty, empty)
