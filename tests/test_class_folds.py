@@ -135,6 +135,15 @@ def test_cross_validate_folds_equal_single_runs(tmp_path) -> None:
     assert result.score == result.final_score == pytest.approx(np.mean(finals))
     assert result.curve[-1] == pytest.approx(result.score)
     assert result.best_score == pytest.approx(np.mean([max(f.curve) for f in result.folds]))
+    from dmlkit.evaluation import retrieval_metrics
+    from dmlkit.training import build_splits
+
+    train, _ = build_splits(cfg)
+    fold = result.folds[0]
+    val = train.subset([i for i, c in enumerate(train.labels.tolist()) if c in fold.val_classes])
+    x = val.x.flatten(1).double()
+    raw = retrieval_metrics(x / x.norm(dim=1, keepdim=True), val.labels)["map_at_r"]
+    assert fold.raw_map_at_r == pytest.approx(raw, rel=1e-6)
     best = cross_validate(cfg, 2, seed=0, objective="best_epoch")
     assert best.score == result.best_score
     assert (

@@ -82,11 +82,12 @@ def crossval(
         typer.echo(
             f"fold {i}: validate on classes {fold.val_classes}: MAP@R "
             f"{fold.final_map_at_r:.6f} after the last epoch, {fold.best_map_at_r:.6f} "
-            f"at the best (epoch {fold.best_epoch})"
+            f"at the best (epoch {fold.best_epoch}); raw inputs {fold.raw_map_at_r:.6f}"
         )
     typer.echo(
         f"mean MAP@R over {k} class-disjoint folds: {result.score:.6f} ({obj}; "
-        f"final {result.final_score:.6f}, best epoch {result.best_score:.6f})"
+        f"final {result.final_score:.6f}, best epoch {result.best_score:.6f}; "
+        f"raw inputs {result.raw_score:.6f})"
     )
 
 

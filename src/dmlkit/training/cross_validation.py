@@ -40,6 +40,7 @@ class FoldResult:
     val_classes: list[int]
     final_map_at_r: float = float("nan")
     best_map_at_r: float = float("nan")
+    raw_map_at_r: float = float("nan")
     best_epoch: int = 0
     curve: list[float] = field(default_factory=list)
 
@@ -49,11 +50,13 @@ class CrossValResult:
     """Means over the folds: ``final_score`` of the models training ends with (what
     ``dmlkit train`` of the config gives), ``best_score`` at each fold's best epoch (what
     early stopping on held-out classes keeps); ``score`` is the one ``objective`` chose
-    and ``curve`` its value after each epoch."""
+    and ``curve`` its value after each epoch. ``raw_score``: the raw inputs' (flattened,
+    each row L2-normalized), the baseline to beat."""
 
     score: float
     final_score: float
     best_score: float
+    raw_score: float
     objective: str
     folds: list[FoldResult]
     curve: list[float]
@@ -151,7 +154,7 @@ def _cross_validate(
         trainers.append(Trainer(resolved, augmented(fold_train, cfg), val_data=val, log=None))
         with rng_scope(cfg.training.seed + 1):  # as Trainer.fit seeds an undivided run
             states.append(get_rng_state())
-        results.append(FoldResult(train_classes, val_classes))
+        results.append(FoldResult(train_classes, val_classes, raw_map_at_r=_raw_map_at_r(val)))
     active = [True] * k
     curve: list[float] = []
     epochs = config.training.epochs
@@ -184,9 +187,19 @@ def _cross_validate(
         result.best_epoch = int(trainer.best_epoch)
     final = sum(r.final_map_at_r for r in results) / k
     best = sum(r.best_map_at_r for r in results) / k
+    raw = sum(r.raw_map_at_r for r in results) / k
     score = final if objective == "final" else best
     seconds = time.perf_counter() - start
-    return CrossValResult(score, final, best, objective, results, curve, seconds)
+    return CrossValResult(score, final, best, raw, objective, results, curve, seconds)
+
+
+def _raw_map_at_r(val: Any) -> float:
+    """MAP@R of the flattened, L2-normalized raw inputs of ``val`` (leave-one-out)."""
+    from dmlkit.evaluation import retrieval_metrics
+    from dmlkit.functional.distances import l2_normalize
+
+    raw = l2_normalize(val.x.flatten(1).float())  # (n, C*H*W)
+    return float(retrieval_metrics(raw, val.labels)["map_at_r"])
 
 
 __all__ = ["CrossValResult", "FoldResult", "OBJECTIVES", "cross_validate", "fold_config"]

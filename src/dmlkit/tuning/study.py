@@ -332,7 +332,8 @@ def _run_trial(
     best = study.best_trial
     done = sum(map(counts_toward_total, study.get_trials(deepcopy=False, states=_finished())))
     log(
-        f"{tag} finished: mean MAP@R {result.score:.4f} in {time.perf_counter() - start:.1f} s "
+        f"{tag} finished: mean MAP@R {result.score:.4f} (raw inputs {result.raw_score:.4f}) "
+        f"in {time.perf_counter() - start:.1f} s "
         f"(best: trial {best.number}, {best.value:.4f}; {done}/{total} trials done)"
     )
 
