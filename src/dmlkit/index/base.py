@@ -15,16 +15,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from dmlkit.index.io import IndexFormatError, load_array, load_json, read_manifest, write_index_dir
 
 METRICS = ("l2", "ip", "cosine")
 
 
+def _is_tensor(x: Any) -> bool:
+    """A torch tensor, told without importing torch (indexes also serve without it)."""
+    return type(x).__module__.split(".")[0] == "torch" and hasattr(x, "detach")
+
+
 def to_numpy_2d(x: Any, dim: int, name: str = "x") -> np.ndarray:
     """``x`` as a C-contiguous float32 ``(n, dim)`` array (torch or numpy in)."""
-    if isinstance(x, torch.Tensor):
+    if _is_tensor(x):
         x = x.detach().cpu().numpy()
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{name} must be a numpy array or torch.Tensor, got {type(x).__name__}")
@@ -41,7 +45,7 @@ def to_numpy_2d(x: Any, dim: int, name: str = "x") -> np.ndarray:
 
 
 def _as_ids(ids: Any, n: int) -> np.ndarray:
-    if isinstance(ids, torch.Tensor):
+    if _is_tensor(ids):
         ids = ids.detach().cpu().numpy()
     ids = np.asarray(ids)
     if ids.ndim != 1 or ids.shape[0] != n:
@@ -181,13 +185,15 @@ class BaseIndex:
 
         Torch tensors in give torch tensors out; anything else gives numpy arrays.
         """
-        is_torch = isinstance(q, torch.Tensor)
+        is_torch = _is_tensor(q)
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         qa = to_numpy_2d(q, self.dim, "q")
         scores, ids = self._search_ids(qa, int(k))
         scores, ids = scores.astype(np.float32), ids.astype(np.int64)
         if is_torch:
+            import torch
+
             return torch.from_numpy(scores), torch.from_numpy(ids)
         return scores, ids
 
@@ -237,6 +243,11 @@ class BaseIndex:
         manifest = read_manifest(path)
         kinds = {sub.kind: sub for sub in _subclasses(BaseIndex)}
         target = kinds.get(manifest["kind"])
+        if target is None and manifest["kind"] == "exact":
+            raise ImportError(
+                f"{path} is an exact index, which needs torch (pip install torch); without "
+                "torch, build a faiss index instead (dmlkit index build --factory Flat is exact)"
+            )
         if target is None:
             raise IndexFormatError(f"{path}: unknown index kind {manifest['kind']!r}")
         if cls is not BaseIndex and target is not cls:

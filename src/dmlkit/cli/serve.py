@@ -1,0 +1,64 @@
+"""``dmlkit serve``: the HTTP service over a run's model and an index."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("serve")
+    def serve(
+        run: Path = typer.Option(None, "--run", help="Run directory (its model embeds inputs)."),
+        index: Path = typer.Option(..., "--index", help="Index directory (dmlkit index build)."),
+        host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind (loopback "
+                                 "unless told otherwise)."),
+        port: int = typer.Option(8000, "--port"),
+        api_keys_file: Path = typer.Option(None, "--api-keys-file", help="One key per line "
+                                           "(else DMLKIT_API_KEYS, comma-separated)."),
+        onnx: Path = typer.Option(None, "--onnx", help="Serve this ONNX export (dmlkit "
+                                  "export) through onnxruntime instead of torch."),
+        verifier: Path = typer.Option(None, "--verifier", help="A saved Verifier for /verify."),
+        verify_threshold: float = typer.Option(None, "--verify-threshold"),
+        identify_threshold: float = typer.Option(None, "--identify-threshold"),
+        max_batch: int = typer.Option(1024, "--max-batch"),
+        max_body_mb: float = typer.Option(8.0, "--max-body-mb"),
+        rate: float = typer.Option(50.0, "--rate", help="Requests per second per key."),
+        burst: int = typer.Option(100, "--burst"),
+        checkpoint_every: int = typer.Option(1000, "--checkpoint-every"),
+    ) -> None:
+        """Serve /embed, /search, /verify, /identify, /items, /health and /metrics."""
+        try:
+            import uvicorn
+
+            from dmlkit.service import (
+                ApiKeys,
+                DurableIndex,
+                ServiceConfig,
+                create_app,
+                load_embedder,
+            )
+
+            keys = ApiKeys.from_sources(api_keys_file)
+            store = DurableIndex(index, checkpoint_every=checkpoint_every)
+            embedder = load_embedder(run, onnx)
+            kit = None
+            if verifier is not None:
+                from dmlkit.apps import Verifier
+
+                kit = Verifier.load(verifier)
+            config = ServiceConfig(
+                max_body_bytes=int(max_body_mb * (1 << 20)), max_batch=max_batch, rate=rate,
+                burst=burst, verify_threshold=verify_threshold,
+                identify_threshold=identify_threshold)
+            application = create_app(store, keys, embedder, config, kit)
+        except (ImportError, ValueError, FileNotFoundError) as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(2) from None
+        typer.echo(f"serving {store.ntotal} items (replayed {store.replayed} logged writes) on "
+                   f"http://{host}:{port}", err=True)
+        try:
+            uvicorn.run(application, host=host, port=port, log_level="warning")
+        finally:
+            store.close()

@@ -1,0 +1,292 @@
+"""The HTTP service: embed, search, verify, identify and manage items of one index.
+
+Every route but ``/health`` needs an API key (``Authorization: Bearer KEY`` or
+``X-API-Key: KEY``) and is rate limited per key. Bodies and batches are bounded; every
+bad request is a 4xx with a message and the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, Field
+
+from dmlkit.service.security import ApiKeys, RateLimiter
+from dmlkit.service.store import DurableIndex
+
+
+@dataclass
+class ServiceConfig:
+    """Limits and thresholds of a service instance."""
+
+    max_body_bytes: int = 8 << 20
+    max_batch: int = 1024
+    max_k: int = 1000
+    rate: float = 50.0
+    burst: int = 100
+    verify_threshold: float | None = None
+    identify_threshold: float | None = None
+
+
+class Batch(BaseModel):
+    """Raw ``inputs`` (rows as the run's data, flat or shaped) or ``embeddings``."""
+
+    inputs: list[Any] | None = None
+    embeddings: list[list[float]] | None = None
+
+
+class SearchRequest(Batch):
+    k: int = Field(5, ge=1)
+
+
+class ItemsRequest(Batch):
+    metadata: list[Any] | None = None
+    labels: list[int] | None = None
+
+
+class VerifyRequest(BaseModel):
+    a: Batch
+    b: Batch
+
+
+class IdentifyRequest(Batch):
+    pass
+
+
+@dataclass
+class Metrics:
+    """Request counts and latencies per route and status, in Prometheus text format."""
+
+    buckets: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+    counts: dict[tuple[str, int], int] = field(default_factory=dict)
+    latency: dict[str, list[float]] = field(default_factory=dict)  # route -> bucket counts+sum
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def observe(self, route: str, status: int, seconds: float) -> None:
+        with self.lock:
+            self.counts[(route, status)] = self.counts.get((route, status), 0) + 1
+            row = self.latency.setdefault(route, [0.0] * (len(self.buckets) + 2))
+            for i, edge in enumerate(self.buckets):
+                if seconds <= edge:
+                    row[i] += 1
+            row[-2] += 1  # count (+Inf bucket)
+            row[-1] += seconds
+
+    def text(self, items: int) -> str:
+        lines = ["# TYPE dmlkit_requests_total counter"]
+        with self.lock:
+            for (route, status), n in sorted(self.counts.items()):
+                lines.append(f'dmlkit_requests_total{{route="{route}",status="{status}"}} {n}')
+            lines.append("# TYPE dmlkit_request_seconds histogram")
+            for route, row in sorted(self.latency.items()):
+                for edge, n in zip(self.buckets, row, strict=False):
+                    lines.append(f'dmlkit_request_seconds_bucket{{route="{route}",le="{edge}"}} '
+                                 f"{int(n)}")
+                lines.append(f'dmlkit_request_seconds_bucket{{route="{route}",le="+Inf"}} '
+                             f"{int(row[-2])}")
+                lines.append(f'dmlkit_request_seconds_count{{route="{route}"}} {int(row[-2])}')
+                lines.append(f'dmlkit_request_seconds_sum{{route="{route}"}} {row[-1]:.6f}')
+        lines += ["# TYPE dmlkit_index_items gauge", f"dmlkit_index_items {items}"]
+        return "\n".join(lines) + "\n"
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for bodies over ``limit`` bytes (declared or streamed)."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, int(limit)
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._reject(send)
+            return
+        seen = 0
+
+        async def limited() -> dict:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await self._reject(send)
+
+    async def _reject(self, send: Any) -> None:
+        body = f'{{"detail":"request body over {self.limit} bytes"}}'.encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def create_app(store: DurableIndex, keys: ApiKeys, embedder: Any = None,
+               config: ServiceConfig | None = None, verifier: Any = None) -> FastAPI:
+    """The FastAPI application over ``store`` (see :mod:`dmlkit.service`)."""
+    cfg = config or ServiceConfig()
+    limiter = RateLimiter(cfg.rate, cfg.burst)
+    metrics = Metrics()
+    app = FastAPI(title="dmlkit", description="Embed, search, verify and identify with a "
+                  "learned metric.", version="1")
+    metric = store.index.metric
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next: Any) -> Any:
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        name = getattr(route, "path", "unmatched")
+        metrics.observe(name, response.status_code, time.perf_counter() - start)
+        return response
+
+    def auth(request: Request) -> bytes:
+        header = request.headers.get("authorization", "")
+        key = header[7:].strip() if header.lower().startswith("bearer ") else None
+        key = key or request.headers.get("x-api-key")
+        digest = keys.check(key)
+        if digest is None:
+            raise HTTPException(401, "missing or wrong API key (Authorization: Bearer KEY)",
+                                headers={"WWW-Authenticate": "Bearer"})
+        if not limiter.allow(digest):
+            raise HTTPException(429, "rate limit exceeded for this key; retry later")
+        return digest
+
+    def vectors(batch: Batch, what: str = "") -> np.ndarray:
+        """Checked ``(n, dim)`` float32 embeddings of a request (embedding raw inputs)."""
+        given = [batch.inputs is not None, batch.embeddings is not None]
+        if sum(given) != 1:
+            raise HTTPException(422, f"{what}give exactly one of 'inputs' or 'embeddings'")
+        rows = batch.inputs if batch.inputs is not None else batch.embeddings
+        if not rows:
+            raise HTTPException(422, f"{what}empty batch")
+        if len(rows) > cfg.max_batch:
+            raise HTTPException(413, f"{what}batch of {len(rows)} rows; at most "
+                                f"{cfg.max_batch}")
+        try:
+            x = np.asarray(rows, dtype=np.float64)
+        except (ValueError, TypeError):
+            raise HTTPException(422, f"{what}rows must be equal-length numbers") from None
+        if not np.isfinite(x).all():
+            raise HTTPException(422, f"{what}NaN or infinite values")
+        x = x.reshape(len(x), -1).astype(np.float32)
+        if batch.inputs is not None:
+            if embedder is None:
+                raise HTTPException(422, f"{what}this service has no model: send embeddings")
+            if x.shape[1] != embedder.n_features:
+                raise HTTPException(422, f"{what}inputs have {x.shape[1]} values per row; the "
+                                    f"model takes {embedder.n_features}")
+            x = np.asarray(embedder(x), dtype=np.float32)
+        if x.shape[1] != store.index.dim:
+            raise HTTPException(422, f"{what}embeddings have dimension {x.shape[1]}; the index "
+                                f"has {store.index.dim}")
+        return x
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "items": store.ntotal, "dim": store.index.dim}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def prometheus(_: bytes = Depends(auth)) -> str:
+        return metrics.text(store.ntotal)
+
+    @app.post("/embed")
+    def embed(req: Batch, _: bytes = Depends(auth)) -> dict[str, Any]:
+        if req.inputs is None:
+            raise HTTPException(422, "give 'inputs' (raw rows) to embed")
+        return {"embeddings": vectors(req).tolist()}
+
+    @app.post("/search")
+    def search(req: SearchRequest, _: bytes = Depends(auth)) -> dict[str, Any]:
+        if req.k > cfg.max_k:
+            raise HTTPException(422, f"k={req.k} is over the limit of {cfg.max_k}")
+        scores, ids, meta = store.search(vectors(req), req.k)
+        results = [[{"id": int(i), "score": float(s), "metadata": m}
+                    for s, i, m in zip(srow, irow, mrow, strict=True) if i >= 0]
+                   for srow, irow, mrow in zip(scores, ids, meta, strict=True)]
+        return {"results": results}
+
+    @app.post("/items")
+    def add_items(req: ItemsRequest, _: bytes = Depends(auth)) -> dict[str, Any]:
+        x = vectors(req)
+        for name, values in (("metadata", req.metadata), ("labels", req.labels)):
+            if values is not None and len(values) != len(x):
+                raise HTTPException(422, f"{name} has {len(values)} entries for {len(x)} rows")
+        if req.labels is not None and any(v < 0 for v in req.labels):
+            raise HTTPException(422, "labels must be non-negative integers")
+        ids = store.add(x, payloads=req.metadata, labels=req.labels)
+        return {"ids": ids.tolist()}
+
+    @app.delete("/items/{item_id}")
+    def delete_item(item_id: int, _: bytes = Depends(auth)) -> dict[str, Any]:
+        if not store.delete(item_id):
+            raise HTTPException(404, f"no item with id {item_id}")
+        return {"deleted": item_id}
+
+    @app.post("/verify")
+    def verify(req: VerifyRequest, _: bytes = Depends(auth)) -> dict[str, Any]:
+        a, b = vectors(req.a, "a: "), vectors(req.b, "b: ")
+        if len(a) != len(b):
+            raise HTTPException(422, f"a has {len(a)} rows and b has {len(b)}; pairs are row-wise")
+        if verifier is not None:
+            scores = np.asarray(verifier.score_pairs(a, b), dtype=float)
+            same = np.asarray(verifier.predict(a, b)).astype(bool)
+            threshold = float(getattr(verifier, "threshold_", float("nan")))
+        else:
+            if cfg.verify_threshold is None:
+                raise HTTPException(409, "no verification threshold: start the service with "
+                                    "--verify-threshold or --verifier")
+            scores = _pair_scores(a, b, metric)
+            threshold = float(cfg.verify_threshold)
+            same = scores >= threshold
+        return {"scores": scores.tolist(), "same": same.tolist(), "threshold": threshold,
+                "score": "similarity" if metric != "l2" else "negative squared distance"}
+
+    @app.post("/identify")
+    def identify(req: IdentifyRequest, _: bytes = Depends(auth)) -> dict[str, Any]:
+        scores, ids, meta = store.search(vectors(req), 1)
+        out = []
+        for s, i, m in zip(scores[:, 0], ids[:, 0], meta, strict=True):
+            if i < 0:
+                out.append({"known": False, "label": None, "id": None, "score": None})
+                continue
+            thr = cfg.identify_threshold
+            close = thr is None or (s <= thr if metric == "l2" else s >= thr)
+            label = m[0]["label"] if m[0] else None
+            out.append({"known": bool(close and label is not None), "label": label,
+                        "id": int(i), "score": float(s)})
+        return {"results": out}
+
+    @app.exception_handler(ValueError)
+    async def value_error(_: Request, err: ValueError) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=422)
+
+    return BodyLimit(app, cfg.max_body_bytes)  # type: ignore[return-value]
+
+
+def _pair_scores(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
+    if metric == "cosine":
+        a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+        b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+    if metric in ("cosine", "ip"):
+        return (a * b).sum(1)
+    return -((a - b) ** 2).sum(1)
+
+
+__all__ = ["create_app", "ServiceConfig"]

@@ -1,0 +1,69 @@
+"""Raw inputs -> embeddings for the service: a run's torch model, or an ONNX export.
+
+The ONNX path needs only numpy and onnxruntime, so a serving install can leave torch out.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class OnnxEmbedder:
+    """An ONNX file written by ``dmlkit export`` (with its ``FILE.json`` description)."""
+
+    def __init__(self, path: str | Path) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ImportError(
+                "serving an ONNX model needs onnxruntime: pip install 'dmlkit[serve]'"
+            ) from None
+        path = Path(path)
+        info_path = Path(f"{path}.json")
+        if not path.is_file() or not info_path.is_file():
+            raise FileNotFoundError(f"need {path} and {info_path} (written by dmlkit export)")
+        info = json.loads(info_path.read_text())
+        self.n_features, self.dim = int(info["n_features"]), int(info["dim"])
+        self._input, self._output = info["input_name"], info["output_name"]
+        self._session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self._session.run([self._output], {self._input: x.astype(np.float32)})[0]
+
+
+class TorchEmbedder:
+    """The model of a run directory (torch)."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        import torch
+
+        from dmlkit.runs import load_run
+        from dmlkit.runs.export import FlatInputEmbedder, run_input_shape
+
+        run = load_run(run_dir)
+        shape = run_input_shape(run)
+        self.n_features = int(np.prod(shape))
+        self._model = FlatInputEmbedder(run.model.eval(), shape).eval()
+        with torch.no_grad():
+            self.dim = int(self._model(torch.zeros(1, self.n_features)).shape[1])
+        self._torch = torch
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        with self._torch.no_grad():
+            return self._model(self._torch.from_numpy(x.astype(np.float32))).numpy()
+
+
+def load_embedder(run_dir: Any = None, onnx: Any = None) -> Any:
+    """An ONNX embedder when ``onnx`` is given, else the run's torch model, else None."""
+    if onnx is not None:
+        return OnnxEmbedder(onnx)
+    if run_dir is not None:
+        return TorchEmbedder(run_dir)
+    return None
+
+
+__all__ = ["OnnxEmbedder", "TorchEmbedder", "load_embedder"]
