@@ -23,6 +23,8 @@ def _load_arrays(path: Path) -> tuple[Any, Any]:
     """``(x, labels or None)`` from a .npy or .npz file (no pickles)."""
     import numpy as np
 
+    if path.suffix not in (".npy", ".npz"):
+        raise ValueError(f"{path}: expected a .npy or .npz file of embeddings")
     if path.suffix == ".npy":
         return np.load(path, allow_pickle=False), None
     with np.load(path, allow_pickle=False) as arrays:
@@ -56,13 +58,26 @@ def build(
         help="'exact' (torch, exact) or a faiss factory string: Flat, IVF256,Flat, HNSW32, ...",
     ),
     metric: str = typer.Option("l2", "--metric", help="l2, ip or cosine."),
+    nprobe: int | None = typer.Option(
+        None, "--nprobe", help="IVF lists searched per query (default: the fewest that "
+        "reach --target-recall on the data)."),
+    ef_search: int | None = typer.Option(
+        None, "--ef-search", help="HNSW search breadth (default: tuned like --nprobe)."),
+    target_recall: float = typer.Option(
+        0.95, "--target-recall", help="Recall@10 vs exact search that defaults must reach."),
     device: str = typer.Option("cpu", "--device"),
 ) -> None:
-    """Embed a dataset and store it, with labels and source paths, in an index directory."""
+    """Embed a dataset and store it, with labels and source paths, in an index directory.
+
+    Approximate indexes report their recall@10 against exact search, measured on up to
+    1000 of the indexed items used as queries; unless --nprobe / --ef-search is given,
+    the search breadth is widened until that recall reaches --target-recall.
+    """
     from dmlkit.index import ExactIndex, FaissIndex
+    from dmlkit.index.calibrate import calibrate
 
     try:
-        paths = payloads = None
+        paths = payloads = spec = None
         if source.is_file():
             emb, labels = _load_arrays(source)
             info = {"embeddings": str(source)}
@@ -79,68 +94,109 @@ def build(
                 dataset = load_dataset(data)
                 if data_config(data).name == "image_folder":
                     paths = _image_paths(Path(data))
+            from dmlkit.runs.queries import input_spec
+
+            spec = input_spec(dataset.x)  # what raw queries must look like
             emb_t, labels_t = embed(run.model, dataset, device=device)
             emb, labels = emb_t.numpy(), None if labels_t is None else labels_t.numpy()
             names = getattr(dataset, "class_names", None)
             if names is not None and labels is not None:
                 payloads = [{"class": names[int(y)]} for y in labels]
             info = {"run_dir": str(source.resolve()), "data": data}
+        if emb.ndim != 2:
+            raise ValueError(f"{source}: embeddings must be (n, dim), got shape {emb.shape}")
         dim = int(emb.shape[1])
         index = (ExactIndex(dim, metric) if factory == "exact"
-                 else FaissIndex(dim, metric, factory))
+                 else FaissIndex(dim, metric, factory, nprobe=nprobe, ef_search=ef_search))
         index.add(emb, labels=labels, paths=paths, payloads=payloads)
-        index.info = info
+        recall = calibrate(index, emb, target=target_recall) if factory != "exact" else None
+        index.info = {**info, **(spec.to_dict() if spec is not None else {}),
+                      **({"recall": recall} if recall is not None else {})}
         index.save(out)
     except ERRORS as err:
         raise _fail(str(err)) from None
     typer.echo(f"indexed {index.ntotal} embeddings of dim {dim} ({factory}, {metric}) in {out}")
+    if recall is not None:
+        knob = next((f"{key} {recall[key]}" for key in ("nprobe", "ef_search") if key in recall),
+                    "")
+        typer.echo(f"recall@{recall['k']} vs exact search on {recall['queries']} indexed items: "
+                   f"{recall['recall_at_k']:.4f}" + (f" ({knob}" + (
+                       ", tuned)" if recall["tuned"] else ", as given)") if knob else ""))
+        if recall["recall_at_k"] < target_recall:
+            typer.echo(f"warning: recall {recall['recall_at_k']:.4f} is below "
+                       f"{target_recall}; raise --nprobe / --ef-search or use --factory exact",
+                       err=True)
 
 
-def _query_embeddings(queries: list[Path], index: Any, run_dir: Path | None, device: str):
-    """Embeddings ``(n, dim)`` and names of the queries (arrays or image files)."""
+def _query_embeddings(queries: list[Path], index: Any, run_dir: Path | None, device: str,
+                      kind: str = "auto"):
+    """Embeddings ``(n, dim)`` and names of the queries (an array file or image files)."""
     import numpy as np
 
-    if len(queries) == 1 and queries[0].suffix in (".npy", ".npz"):
-        x, _ = _load_arrays(queries[0])
-        x = np.asarray(x)
-        names = [f"{queries[0].name}[{i}]" for i in range(x.shape[0])]
-        if x.ndim == 2 and x.shape[1] == index.dim:
-            return x.astype(np.float32), names
-    else:
-        names = [str(q) for q in queries]
-        x = None
+    from dmlkit.runs.queries import (
+        InputSpec,
+        expand_queries,
+        prepare_inputs,
+        read_images,
+        read_query_array,
+        run_input_spec,
+    )
+
+    queries = expand_queries(queries)
+    own_run = run_dir is None or ("run_dir" in index.info
+                                  and Path(index.info["run_dir"]) == run_dir.resolve())
     run_dir = run_dir or (Path(index.info["run_dir"]) if "run_dir" in index.info else None)
+    spec = InputSpec.from_info(index.info) if own_run else None
+    run = None
+    if run_dir is not None and spec is None:
+        from dmlkit.training import load_run
+
+        run = load_run(run_dir, device=device)
+        spec = run_input_spec(run)
+    if queries[0].suffix in (".npy", ".npz"):
+        x, kind = read_query_array(queries[0], index.dim, spec, kind)
+        names = [f"{queries[0].name}[{i}]" for i in range(x.shape[0])]
+        if kind == "embeddings":
+            return x, names
+        source = str(queries[0])
+    else:
+        if kind == "embeddings":
+            raise ValueError("image queries are raw inputs; --as embeddings needs a .npy/.npz")
+        names, source, x = [str(q) for q in queries], "query images", None
     if run_dir is None:
-        raise ValueError("raw queries need a model: pass --run RUN_DIR")
+        raise ValueError(f"{source} holds raw inputs, which need a model: pass --run RUN_DIR")
     import torch
 
     from dmlkit.training import embed, load_run
 
-    run = load_run(run_dir, device=device)
+    run = run or load_run(run_dir, device=device)
     if x is None:
-        from dmlkit.data.image_folder import _pillow, resize, to_array, to_mode
-
-        image_cls, cfg = _pillow(), run.config.data
-        arrays = []
-        for q in queries:
-            with image_cls.open(q) as img:
-                img = to_mode(img, cfg.color)
-                arrays.append(to_array(resize(img, cfg.image_size) if cfg.image_size else img))
-        x = np.stack(arrays)
+        cfg = run.config.data
+        x = read_images(queries, cfg.image_size, cfg.color)  # (n, C, H, W) in [0, 1]
+    x = prepare_inputs(x, spec, source)
     emb, _ = embed(run.model, torch.as_tensor(np.asarray(x, dtype=np.float32)), device=device)
     return emb.numpy(), names
 
 
 def search(
     index_dir: Path = typer.Argument(..., help="An index directory (dmlkit index build)."),
+    more: list[Path] | None = typer.Argument(
+        None, help="More query files (images), e.g. -q a.png b.png c.png.", show_default=False),
     query: list[Path] = typer.Option(
-        ..., "--query", "-q",
-        help="Image files, or one .npy/.npz of embeddings (or of raw inputs to embed).",
+        [], "--query", "-q",
+        help="Image files or a folder of them, or one .npy/.npz of embeddings or raw inputs "
+        "(an .npz says which by its key: 'embeddings' or 'x').",
     ),
     k: int = typer.Option(5, "-k", help="Neighbours per query."),
+    kind: str = typer.Option(
+        "auto", "--as", help="What a .npy query holds: auto, embeddings or inputs (auto "
+        "refuses a width that fits both)."),
     run_dir: Path | None = typer.Option(
         None, "--run", help="Run whose model embeds raw queries (default: the index's run)."
     ),
+    nprobe: int | None = typer.Option(None, "--nprobe", help="IVF lists searched per query "
+                                      "(default: as tuned at build)."),
+    ef_search: int | None = typer.Option(None, "--ef-search", help="HNSW search breadth."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
     device: str = typer.Option("cpu", "--device"),
 ) -> None:
@@ -148,8 +204,17 @@ def search(
     from dmlkit.index import load_index
 
     try:
+        queries = [*query, *(more or [])]
+        if not queries:
+            raise ValueError("no query given: --query FILE (images, a folder, or a .npy/.npz)")
         index = load_index(index_dir)
-        x, names = _query_embeddings(query, index, run_dir, device)
+        if nprobe is not None or ef_search is not None:
+            if getattr(index, "kind", "") != "faiss":
+                raise ValueError("--nprobe / --ef-search apply to faiss indexes only")
+            index.nprobe = nprobe if nprobe is not None else index.nprobe
+            index.ef_search = ef_search if ef_search is not None else index.ef_search
+            index._apply_search_params()
+        x, names = _query_embeddings(queries, index, run_dir, device, kind)
         scores, ids = index.search(x, k)
     except ERRORS as err:
         raise _fail(str(err)) from None

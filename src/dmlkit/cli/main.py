@@ -36,12 +36,40 @@ def _register_commands() -> None:
 _register_commands()
 
 
+def _version(value: bool) -> None:
+    if value:
+        from dmlkit import __version__
+
+        typer.echo(f"dmlkit {__version__}")
+        raise typer.Exit()
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
+    """Warnings on the command line: one line, no source excerpt."""
+    return f"warning: {message}\n"
+
+
+def _terminate(signum: int, frame: object) -> None:  # noqa: ARG001
+    """SIGTERM unwinds like Ctrl-C, so atomic writes remove their temporary files."""
+    raise KeyboardInterrupt
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
     """Deep metric learning: train, evaluate, embed, index and search."""
+    import warnings
+
+    warnings.formatwarning = _one_line_warning
 
 
 def main() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminate)
     app()
 
 

@@ -55,7 +55,17 @@ def train(
             saved = out / "config.yaml"
             if not saved.is_file():
                 raise _fail(f"cannot resume: {saved} not found")
-            cfg = Config.from_yaml(saved)
+            saved_cfg = Config.from_yaml(saved)
+            if config is not None:
+                from dmlkit.config.compare import config_changes
+
+                changes = config_changes(cfg, saved_cfg)
+                if changes:
+                    raise _fail(
+                        f"--resume continues {out} with its saved {saved}, but {config} "
+                        f"differs in {'; '.join(changes)}; drop the config to resume, or "
+                        "train it as a new run (another --out)")
+            cfg = saved_cfg
         if epochs is not None:
             cfg.training.epochs = epochs
         if seed is not None:

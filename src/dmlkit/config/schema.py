@@ -244,7 +244,19 @@ class Config:
             if not path.is_file():
                 raise FileNotFoundError(f"config file not found: {path}")
             source = path.read_text()
-        raw = yaml.safe_load(source) or {}
+        where = str(path) if is_path else "config text"
+        try:
+            raw = yaml.safe_load(source)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            line = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ValueError(f"{where} is not valid YAML{line}: {problem}; fix the file "
+                             "(an example: configs/digits.yaml)") from None
+        if raw is None:
+            raise ValueError(f"{where} is empty; write the settings to use (see "
+                             "configs/digits.yaml), or run `dmlkit train` without a config "
+                             "for the default digits job")
         return cls.from_dict(raw)
 
     def check(self) -> None:

@@ -44,6 +44,28 @@ def to_array(image) -> np.ndarray:  # noqa: ANN001 - PIL type
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
 
 
+def read_image(
+    path: str | Path, color: Literal["grayscale", "rgb"] = "rgb",
+    image_size: int | tuple[int, int] | None = None,
+) -> np.ndarray:
+    """One image file as a float32 ``(C, H, W)`` array in ``[0, 1]``.
+
+    A file Pillow cannot decode (corrupt, truncated, not an image) is a ``ValueError``
+    naming it.
+    """
+    try:
+        with _pillow().open(path) as img:
+            img = to_mode(img, color)
+            if image_size is not None:
+                img = resize(img, image_size)
+            return to_array(img)
+    except (OSError, SyntaxError) as err:  # PIL.UnidentifiedImageError is an OSError
+        raise ValueError(
+            f"cannot read image {path} ({err}); the file is corrupt or not an image: "
+            "replace or remove it"
+        ) from None
+
+
 def load_image_folder(
     root: str | Path,
     image_size: int | tuple[int, int] | None = None,
@@ -60,17 +82,13 @@ def load_image_folder(
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
     if not class_dirs:
         raise ValueError(f"{root} has no class sub-folders (expected root/<class>/<image>)")
-    image_cls = _pillow()
+    _pillow()
     arrays: list[np.ndarray] = []
     labels: list[int] = []
     for label, class_dir in enumerate(class_dirs):
         files = sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         for file in files:
-            with image_cls.open(file) as img:
-                img = to_mode(img, color)
-                if image_size is not None:
-                    img = resize(img, image_size)
-                arrays.append(to_array(img))
+            arrays.append(read_image(file, color, image_size))
             labels.append(label)
     if not arrays:
         raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {root}")
@@ -81,4 +99,4 @@ def load_image_folder(
     return ArrayDataset(np.stack(arrays), np.asarray(labels, dtype=np.int64), names)
 
 
-__all__ = ["load_image_folder", "to_mode", "resize", "to_array", "IMAGE_SUFFIXES"]
+__all__ = ["load_image_folder", "read_image", "to_mode", "resize", "to_array", "IMAGE_SUFFIXES"]

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from dmlkit.config.schema import DataConfig
+from dmlkit.data.checks import check_inputs
 from dmlkit.data.dataset import ArrayDataset
 from dmlkit.data.digits import load_digits
 from dmlkit.data.idx import IDX_PARTS, load_fashion_mnist, load_idx_dir
@@ -69,7 +70,10 @@ def load_dataset(
         Official part of IDX datasets; default ``spec.part``.
     """
     cfg = data_config(spec)
-    part = part or cfg.part
+    return check_inputs(_load(cfg, part or cfg.part), cfg.path or cfg.name)
+
+
+def _load(cfg: DataConfig, part: str) -> ArrayDataset:
     if cfg.name == "digits":
         return load_digits()
     if cfg.name == "fashion_mnist":

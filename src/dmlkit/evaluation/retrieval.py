@@ -139,9 +139,35 @@ def retrieval_metrics(
         result[_RENAME.get(name, name)] = float(v.mean()) if v.numel() else float("nan")
     result["num_queries"] = int(valid.sum())
     result["metric"] = metric
+    _warn_degenerate(query_labels, reference_labels, result["num_queries"])
     if per_class:
         result["per_class"] = _per_class(values, query_labels, valid)
     return result
+
+
+def _warn_degenerate(query_labels: Tensor, reference_labels: Tensor | None,
+                     num_queries: int) -> None:
+    """Warn when the labels make the metrics meaningless: one class only (every
+    reference is relevant, so every metric is 1.0) or no query with a relevant
+    reference (every metric is NaN)."""
+    import warnings
+
+    if num_queries == 0 and query_labels.shape[0] > 0:
+        warnings.warn(
+            f"retrieval metrics are NaN: none of the {query_labels.shape[0]} queries has a "
+            "relevant reference (every label occurs once?); evaluate on classes with at "
+            "least two items", UserWarning, stacklevel=3)
+        return
+    if query_labels.dim() != 1 or query_labels.shape[0] == 0 or (
+            reference_labels is not None and reference_labels.dim() != 1):
+        return
+    labels = query_labels if reference_labels is None else torch.cat(
+        [query_labels, reference_labels.to(query_labels.dtype)])
+    if int(torch.unique(labels).numel()) == 1:
+        warnings.warn(
+            f"retrieval metrics are trivially 1.0: all {labels.shape[0]} labels are "
+            f"{int(labels[0])}, so every reference is relevant; evaluate on at least two "
+            "classes", UserWarning, stacklevel=3)
 
 
 def _per_class(values: dict[str, Tensor], labels: Tensor, valid: Tensor) -> dict:

@@ -6,6 +6,11 @@ when a :class:`FaissIndex` is built or loaded.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,8 +103,26 @@ class FaissIndex(BaseIndex):
     def train(self, x: Any) -> FaissIndex:
         """Train the quantizers (IVF centroids, PQ codebooks) on ``(n, dim)`` vectors."""
         xa = self._prep(to_numpy_2d(x, self.dim))
-        self.index.train(xa)
+        self._train(xa)
         return self
+
+    def _train(self, x: np.ndarray) -> None:
+        """Train faiss with its C-level stderr captured: a clustering warning becomes one
+        Python warning that says what to do, not a raw faiss line."""
+        import warnings
+
+        with _captured_stderr() as captured:
+            try:
+                self.index.train(x)
+            except RuntimeError as err:
+                raise ValueError(f"faiss cannot train {self.factory!r} on {x.shape[0]} "
+                                 f"vectors: {err}") from None
+        if "WARNING clustering" in captured.text:
+            warnings.warn(
+                f"{self.factory}: faiss trained its quantizer on only {x.shape[0]} vectors "
+                f"({captured.text.strip().splitlines()[-1].split(': ', 1)[-1]}); fewer IVF "
+                f"lists (about sqrt(n) = {max(1, int(x.shape[0] ** 0.5))}) train better",
+                UserWarning, stacklevel=3)
 
     def _prep(self, x: np.ndarray) -> np.ndarray:
         return _normalize(x) if self.metric == "cosine" else x
@@ -107,7 +130,7 @@ class FaissIndex(BaseIndex):
     def _add_vectors(self, x: np.ndarray, ids: np.ndarray) -> None:
         x = self._prep(x)
         if not self.index.is_trained:
-            self.index.train(x)
+            self._train(x)
         self.index.add_with_ids(x, ids)
 
     def _remove_rows(self, keep: np.ndarray, ids: np.ndarray) -> None:
@@ -164,6 +187,27 @@ class FaissIndex(BaseIndex):
             )
         self.index = index
         self._apply_search_params()
+
+
+class _Captured:
+    text = ""
+
+
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator[_Captured]:
+    """Redirect file descriptor 2 (where faiss's C++ code prints) into a buffer."""
+    captured = _Captured()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as buf:
+        os.dup2(buf.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            buf.seek(0)
+            captured.text = buf.read().decode(errors="replace")
 
 
 def _has_own_ids(faiss: Any, index: Any) -> bool:

@@ -65,7 +65,8 @@ def write_index_dir(
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    remove_stale_temps(path)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-{os.getpid()}-"))
     try:
         names: list[str] = []
         for name, arr in arrays.items():
@@ -100,6 +101,41 @@ def write_index_dir(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temps(path: str | Path) -> list[Path]:
+    """Remove the hidden ``.NAME.tmp-PID-*`` / ``.NAME.old-PID`` siblings of ``path`` left by
+    a writer that was killed (``kill -9``, power loss) before it could clean up.
+
+    Only directories whose process id is no longer running are touched; an old index
+    set aside by a writer killed mid-swap is put back when ``path`` is missing. Returns
+    the directories removed.
+    """
+    path = Path(path)
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    for pattern in (f".{path.name}.tmp-*", f".{path.name}.old-*"):
+        for stale in path.parent.glob(pattern):
+            pid_text = stale.name.rsplit(".tmp-", 1)[-1].rsplit(".old-", 1)[-1].split("-")[0]
+            if not pid_text.isdigit() or int(pid_text) == os.getpid() or _alive(int(pid_text)):
+                continue
+            if ".old-" in stale.name and not path.exists():
+                os.replace(stale, path)  # killed mid-swap: the previous index comes back
+                continue
+            shutil.rmtree(stale, ignore_errors=True)
+            removed.append(stale)
+    return removed
 
 
 def read_manifest(
@@ -167,6 +203,7 @@ __all__ = [
     "IndexFormatError",
     "write_index_dir",
     "read_manifest",
+    "remove_stale_temps",
     "load_array",
     "load_json",
 ]

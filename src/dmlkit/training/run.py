@@ -25,7 +25,8 @@ from dmlkit.data.dataset import ArrayDataset
 from dmlkit.data.load import split_dataset
 from dmlkit.data.splits import stratified_split
 from dmlkit.training.build import build_model, resolve_config
-from dmlkit.training.checkpoint import atomic_save, load_checkpoint
+from dmlkit.training.checkpoint import atomic_save, load_checkpoint, torch_load
+from dmlkit.training.device import check_device
 from dmlkit.training.frozen_features import frozen_feature_data
 from dmlkit.training.trainer import CHECKPOINT, Trainer
 
@@ -169,8 +170,20 @@ def train_run(
     With ``resume`` the run continues from ``out_dir/checkpoint.pt``.
     """
     out_dir = Path(out_dir)
+    check_device(config.training.device, "training.device")
     if resume and not (out_dir / CHECKPOINT).is_file():
-        raise FileNotFoundError(f"cannot resume: no {CHECKPOINT} in {out_dir}")
+        started = (out_dir / CONFIG_FILE).is_file()
+        raise FileNotFoundError(
+            f"cannot resume: no {CHECKPOINT} in {out_dir}"
+            + ("; the run stopped before its first epoch ended, so there is nothing to "
+               "resume: start it again without --resume (same --out)" if started else ""))
+    if resume:
+        done = int(load_checkpoint(out_dir / CHECKPOINT)["epoch"])
+        if config.training.epochs < done:
+            raise ValueError(
+                f"{out_dir} has already trained {done} epochs; training.epochs "
+                f"{config.training.epochs} would shorten it (use --epochs >= {done} to "
+                "extend it, or train a new run)")
     if not resume and (out_dir / CHECKPOINT).is_file():
         raise FileExistsError(
             f"{out_dir} already holds a run; resume it (--resume) or choose another --out"
@@ -238,13 +251,20 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
         raise FileNotFoundError(f"{run_dir} is not a dmlkit run directory (no {CONFIG_FILE})")
     config = Config.from_yaml(config_path)
     model = build_model(config)
+    check_device(device)
     if (run_dir / MODEL_FILE).is_file():
-        state = torch.load(run_dir / MODEL_FILE, map_location=device, weights_only=True)
+        state = torch_load(run_dir / MODEL_FILE, device, (
+            f"delete it to load the weights of {run_dir / CHECKPOINT}" if
+            (run_dir / CHECKPOINT).is_file() else "retrain the run or restore the file"))
     elif (run_dir / CHECKPOINT).is_file():
         state = load_checkpoint(run_dir / CHECKPOINT, map_location=device)["model"]
     else:
         raise FileNotFoundError(f"{run_dir} holds neither {MODEL_FILE} nor {CHECKPOINT}")
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"the weights in {run_dir} do not fit the model of its "
+                         f"{CONFIG_FILE}: {str(err).splitlines()[0]}") from None
     model.to(device).eval()
     metrics_path = run_dir / METRICS_FILE
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None

@@ -1,0 +1,194 @@
+"""Search queries for a run's index: say what a query file holds, and shape raw inputs as
+the run's model saw them in training.
+
+A query is either an embedding (a row of width ``dim``) or a raw input that the run's
+model embeds. The two are never told apart by width alone: an ``.npz`` names its array
+(``embeddings`` or ``x``), and a bare ``.npy`` is accepted only when its shape fits one
+reading (``kind="auto"``) or when the caller says which (``kind="embeddings"`` /
+``"inputs"``). Raw inputs are brought to the training inputs' shape and scale: rows are
+reshaped to the input shape, ``uint8`` arrays and images are scaled to ``[0, 1]`` as the
+loaders scale them, and values far outside the training inputs' range raise a warning.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+QUERY_KINDS = ("auto", "embeddings", "inputs")
+
+
+@dataclass
+class InputSpec:
+    """Shape (without the batch axis), dtype and value range of a run's training inputs."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    low: float
+    high: float
+
+    @property
+    def size(self) -> int:
+        return int(math.prod(self.shape))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"input_shape": list(self.shape), "input_dtype": self.dtype,
+                "input_range": [self.low, self.high]}
+
+    @classmethod
+    def from_info(cls, info: dict[str, Any]) -> InputSpec | None:
+        """The spec stored in an index's ``info`` (``None`` for older indexes)."""
+        if "input_shape" not in info:
+            return None
+        low, high = info.get("input_range", [float("nan"), float("nan")])
+        return cls(tuple(int(s) for s in info["input_shape"]), str(info.get("input_dtype")),
+                   float(low), float(high))
+
+
+def input_spec(x: Any) -> InputSpec:
+    """The :class:`InputSpec` of training inputs ``x`` of shape ``(n, ...)``."""
+    import torch
+
+    t = torch.as_tensor(x)
+    dtype = str(t.dtype).replace("torch.", "")
+    if t.numel() == 0:
+        return InputSpec(tuple(t.shape[1:]), dtype, float("nan"), float("nan"))
+    return InputSpec(tuple(t.shape[1:]), dtype, float(t.min()), float(t.max()))
+
+
+def run_input_spec(run: Any) -> InputSpec:
+    """The input spec of a run's training split (loads the run's data)."""
+    from dmlkit.training.run import build_splits
+
+    train, _ = build_splits(run.config)
+    return input_spec(train.x)
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return "x".join(str(s) for s in shape)
+
+
+def read_query_array(
+    path: Path, dim: int, spec: InputSpec | None, kind: str = "auto"
+) -> tuple[np.ndarray, str]:
+    """``(array, kind)`` from a ``.npy`` / ``.npz`` query file; ``kind`` is
+    ``"embeddings"`` or ``"inputs"``.
+
+    Raises
+    ------
+    ValueError
+        When the file's content is ambiguous (``.npy`` whose rows fit both the embedding
+        width and the input size) or fits neither, naming the file and the fix.
+    """
+    if kind not in QUERY_KINDS:
+        raise ValueError(f"query kind must be one of {QUERY_KINDS}, got {kind!r}")
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as arrays:
+                keys = list(arrays.keys())
+                if kind in ("auto", "embeddings") and "embeddings" in arrays:
+                    return np.asarray(arrays["embeddings"]), "embeddings"
+                if kind in ("auto", "inputs") and "x" in arrays:
+                    return np.asarray(arrays["x"]), "inputs"
+            want = {"auto": "'embeddings' or 'x'", "embeddings": "'embeddings'",
+                    "inputs": "'x'"}[kind]
+            raise ValueError(f"{path} holds arrays {keys}; a query .npz needs {want} "
+                             "('embeddings': vectors to search; 'x': raw inputs to embed)")
+        x = np.load(path, allow_pickle=False)
+    except (OSError, EOFError) as err:
+        raise ValueError(f"cannot read query file {path} ({err}); is it a .npy/.npz "
+                         "written by numpy?") from None
+    if kind != "auto":
+        return x, kind
+    is_emb = x.ndim == 2 and x.shape[1] == dim
+    is_input = spec is not None and x.ndim >= 2 and (
+        tuple(x.shape[1:]) == spec.shape or int(math.prod(x.shape[1:])) == spec.size)
+    if is_emb and is_input:
+        raise ValueError(
+            f"{path} holds {x.shape[0]} rows of width {x.shape[1]}: that is both the "
+            f"embedding dim ({dim}) and the size of the run's inputs "
+            f"({_shape_text(spec.shape)} = {spec.size}); say which with --as embeddings "
+            "or --as inputs (or save an .npz with key 'embeddings' or 'x')")
+    if is_emb:
+        return x, "embeddings"
+    if is_input:
+        return x, "inputs"
+    inputs = f" or raw inputs of shape (n, {_shape_text(spec.shape)})" if spec else ""
+    raise ValueError(f"{path} has shape {x.shape}; expected embeddings (n, {dim}){inputs}")
+
+
+def prepare_inputs(x: np.ndarray, spec: InputSpec | None, source: str) -> np.ndarray:
+    """Raw query inputs as float32 ``(n, *spec.shape)``, scaled as the loaders scale them.
+
+    ``uint8`` arrays become ``x / 255`` (images, as every dmlkit loader reads them);
+    values beyond the training inputs' range (by more than half its width) warn.
+    """
+    x = np.asarray(x)
+    if x.ndim < 2 and (spec is None or len(spec.shape) > 0):
+        raise ValueError(f"{source}: raw inputs need a row per query, got shape {x.shape}")
+    if x.dtype == np.uint8:
+        x = x.astype(np.float32) / 255.0
+    elif not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
+        raise TypeError(f"{source}: raw inputs must be real numbers, got dtype {x.dtype}")
+    else:
+        x = x.astype(np.float32)
+    if not np.isfinite(x).all():
+        raise ValueError(f"{source}: raw inputs contain NaN or infinite values")
+    if spec is None:
+        return x
+    if tuple(x.shape[1:]) != spec.shape:
+        if int(math.prod(x.shape[1:])) != spec.size:
+            raise ValueError(
+                f"{source}: inputs of shape {tuple(x.shape[1:])} per query, the run was "
+                f"trained on {_shape_text(spec.shape)}")
+        x = x.reshape(x.shape[0], *spec.shape)
+    span = spec.high - spec.low
+    if x.size and math.isfinite(span):
+        lo, hi = float(x.min()), float(x.max())
+        if lo < spec.low - 0.5 * span - 1e-6 or hi > spec.high + 0.5 * span + 1e-6:
+            warnings.warn(
+                f"{source}: query inputs range over [{lo:.4g}, {hi:.4g}] but the run was "
+                f"trained on inputs in [{spec.low:.4g}, {spec.high:.4g}]; scale them the "
+                "same way (neighbours of mis-scaled inputs are wrong)", UserWarning,
+                stacklevel=2)
+    return x
+
+
+def read_images(paths: list[Path], image_size: Any, color: str) -> np.ndarray:
+    """Image files as ``(n, C, H, W)`` float32 in ``[0, 1]``; a corrupt file is a
+    ``ValueError`` naming it."""
+    from dmlkit.data.image_folder import _pillow, read_image
+
+    _pillow()
+    return np.stack([read_image(p, color, image_size) for p in paths])
+
+
+def expand_queries(queries: list[Path]) -> list[Path]:
+    """Query arguments with directories replaced by the image files inside them."""
+    from dmlkit.data.image_folder import IMAGE_SUFFIXES
+
+    out: list[Path] = []
+    for q in queries:
+        if q.is_dir():
+            found = sorted(p for p in q.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise ValueError(f"query folder {q} holds no image files")
+            out += found
+        elif not q.exists():
+            raise FileNotFoundError(f"query file not found: {q}")
+        else:
+            out.append(q)
+    arrays = [q for q in out if q.suffix in (".npy", ".npz")]
+    if arrays and len(out) > 1:
+        raise ValueError(f"give one .npy/.npz query file, or image files; got {len(out)} "
+                         f"queries including {arrays[0]}")
+    return out
+
+
+__all__ = ["QUERY_KINDS", "InputSpec", "expand_queries", "input_spec", "prepare_inputs",
+           "read_images", "read_query_array", "run_input_spec"]
