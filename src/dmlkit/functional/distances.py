@@ -8,6 +8,8 @@ square root.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -87,8 +89,11 @@ def check_embeddings(x: Tensor, name: str = "embeddings") -> None:
         raise ValueError(f"{name} must have shape (n, dim), got shape {tuple(x.shape)}")
     if not torch.is_floating_point(x):
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-    if x.numel() and not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains NaN or infinite values")
+    # one reduction decides in the common case; a non-finite sum (NaN / inf entries, or
+    # finite entries whose sum overflows) is settled entry by entry
+    if x.numel() and not math.isfinite(float(x.detach().sum())):
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{name} contains NaN or infinite values")
 
 
 __all__ = [

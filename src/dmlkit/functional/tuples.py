@@ -117,7 +117,7 @@ def check_indices(indices: IndexTuple, n: int, m: int) -> None:
             raise TypeError(f"indices[{k}] must be int64, got {t.dtype}")
         if t.numel():
             bound = n if _is_anchor_slot(indices, k) else m
-            lo, hi = int(t.min()), int(t.max())
+            lo, hi = (int(v) for v in torch.aminmax(t))
             if lo < 0 or hi >= bound:
                 raise ValueError(
                     f"indices[{k}] holds {lo if lo < 0 else hi}, outside [0, {bound - 1}]"

@@ -21,7 +21,11 @@ import torch
 from torch import Tensor
 
 from dmlkit.distances.base import BaseDistance
+from dmlkit.distances.cosine import CosineSimilarity
+from dmlkit.distances.dot_product import DotProductSimilarity
+from dmlkit.distances.euclidean import EuclideanDistance
 from dmlkit.functional.tuples import Pairs
+from dmlkit.losses._rows import with_grads
 
 #: the rows of the pairs are gathered when ``T * dim * ROWS_RATIO <= n * m``
 ROWS_RATIO = 4
@@ -163,7 +167,7 @@ def closed_form_loss(
     m = ref.shape[0]
     need_grad = torch.is_grad_enabled() and (x.requires_grad or ref.requires_grad)
     with torch.no_grad():
-        mat = distance.compute_matrix(x.detach(), ref.detach())  # (n, m)
+        mat = _matrix(distance, x.detach(), ref.detach())  # (n, m)
         flat = mat.reshape(-1)  # (n * m,)
         index = [torch.add(c, r, alpha=m) for r, c in requests]  # (T_k,) flat positions
         value, grads = terms([flat.index_select(0, f) for f in index])
@@ -172,8 +176,39 @@ def closed_form_loss(
         grad = torch.zeros_like(flat)  # (n * m,)
         for f, g in zip(index, grads, strict=True):
             grad.index_add_(0, f, g.to(grad.dtype))
-    s = distance.matrix_surrogate(x, ref, grad.view_as(mat), mat)  # ()
+        grad = grad.view_as(mat)  # (n, m)
+        direct = _direct_grads(distance, x.detach(), ref.detach(), grad, mat)
+    if direct is not None:
+        return with_grads(value, x, ref, *direct)
+    s = distance.matrix_surrogate(x, ref, grad, mat)  # ()
     return value + (s - s.detach())
+
+
+def _matrix(distance: BaseDistance, x: Tensor, ref: Tensor) -> Tensor:
+    """The ``(n, m)`` matrix without autograd: Euclidean in one ``cdist`` call (the
+    values pytorch-metric-learning's ``LpDistance`` computes), zero below 1e-6."""
+    if type(distance) is EuclideanDistance and not distance.squared:
+        mat = torch.cdist(x, ref)  # (n, m)
+        return mat.masked_fill_(mat <= 1e-6, 0.0)  # safe_sqrt's zeros (d2 <= 1e-12)
+    return distance.compute_matrix(x, ref)
+
+
+def _direct_grads(
+    distance: BaseDistance, x: Tensor, ref: Tensor, grad: Tensor, mat: Tensor
+) -> tuple[Tensor, Tensor] | None:
+    """Gradients ``(n, d)``, ``(m, d)`` of ``sum(grad * mat)`` for the built-in distances."""
+    kind = type(distance)
+    if kind in (CosineSimilarity, DotProductSimilarity):
+        return grad @ ref, grad.T @ x  # (n, d), (m, d)
+    if kind is not EuclideanDistance:
+        return None
+    if distance.squared:  # d2 = |x|^2 + |y|^2 - 2 x.y
+        h = grad * 2.0  # (n, m)
+    else:  # d = sqrt(d2): 1 / (2 d), zero where d = 0 (safe_sqrt's gradient)
+        h = torch.where(mat > 0, grad / mat.clamp_min(1e-30), 0.0)  # (n, m)
+    gx = h.sum(dim=1, keepdim=True) * x - h @ ref  # (n, d)
+    gr = h.sum(dim=0)[:, None] * ref - h.T @ x  # (m, d)
+    return gx, gr
 
 
 __all__ = [

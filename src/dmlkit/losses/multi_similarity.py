@@ -7,6 +7,7 @@ from torch import Tensor
 
 from dmlkit.distances.base import BaseDistance
 from dmlkit.distances.cosine import CosineSimilarity
+from dmlkit.functional import chunking
 from dmlkit.functional.labels import same_label
 from dmlkit.functional.tuples import IndexTuple, Pairs
 from dmlkit.losses._rows import (
@@ -90,7 +91,8 @@ class MultiSimilarityLoss(BaseMetricLoss):
             if ref_embeddings is None:
                 pos = same & ~torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
             return self._fused(x, ref, pos, ~same)
-        if cosine and indices is not None and x.shape[0] * ref.shape[0] <= FUSED_BUDGET:
+        small = x.shape[0] * ref.shape[0] <= min(FUSED_BUDGET, chunking.DEFAULT_BUDGET)
+        if cosine and indices is not None and small:
             pairs = as_pairs(indices)
             return self._fused(x, ref, *_pair_masks(pairs, x.shape[0], ref.shape[0]))
         sign = 1.0 if self.distance.is_similarity else -1.0
