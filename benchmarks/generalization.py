@@ -55,6 +55,9 @@ ROOT = Path(__file__).resolve().parent.parent
 KEYS = ("precision_at_1", "r_precision", "map_at_r")
 LOW, HIGH = [0, 1, 2, 3, 4], [5, 6, 7, 8, 9]
 
+#: the network of "pml standard, CNN from scratch" (image side and channels from the data)
+SCRATCH_CNN = {"name": "small_cnn", "dim": 128, "width": 32}
+
 #: recipe name -> overrides of configs/unseen_classes.yaml (dotted keys)
 RECIPES: dict[str, dict[str, Any]] = {
     "default": {},
@@ -138,14 +141,20 @@ def baselines(config: Config, heldout: Any, train: Any) -> dict[str, dict]:
     return out
 
 
-def pml_standard(config: Config, train: Any, heldout: Any, seconds: float, seed: int) -> dict:
-    """pytorch-metric-learning's standard recipe on the default recipe's network, for
-    ``seconds`` of wall-clock (cached features: the frozen backbone is not re-run)."""
+def pml_standard(
+    config: Config, train: Any, heldout: Any, seconds: float, seed: int, scratch: bool = False
+) -> dict:
+    """pytorch-metric-learning's standard recipe on the default recipe's network (cached
+    features: the frozen backbone is not re-run), or with ``scratch`` on dmlkit's small
+    CNN from random weights, for ``seconds`` of wall-clock."""
     from pytorch_metric_learning import losses, miners, samplers
 
     from dmlkit.models.pretrained.feature_cache import cached_features
 
     torch.manual_seed(seed)
+    if scratch:
+        config = copy.deepcopy(config)
+        config.model = dict(SCRATCH_CNN)
     model = build_model(resolve_config(config, train.x[0], 10))
     frozen = getattr(model, "mode", None) == "frozen"
     x = cached_features(model, train.x) if frozen else train.x
@@ -200,6 +209,11 @@ def main() -> None:
                         help="Fashion-MNIST training images per class (test split: all)")
     parser.add_argument("--validate", action="store_true")
     parser.add_argument("--no-pml", action="store_true")
+    parser.add_argument("--pml-scratch", action="store_true",
+                        help="also pytorch-metric-learning's recipe on a small CNN from scratch")
+    parser.add_argument("--budgets", default=None,
+                        help='JSON {protocol substring: seconds}: skip the recipes, run only '
+                             'the pytorch-metric-learning rows with these budgets')
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -221,7 +235,18 @@ def main() -> None:
               f"held out {len(heldout)} ({heldout.num_classes} classes)", flush=True)  # fmt: skip
         entry: dict[str, Any] = baselines(cfg0, heldout, train)
         runs: dict[str, list[dict]] = {}
-        for recipe in args.recipes:
+        budgets = json.loads(args.budgets) if args.budgets else None
+        for seed in args.seeds if budgets else []:
+            budget = next(v for k, v in budgets.items() if k in pname)
+            cfg = recipe_config(base_p, "default", data, seed)
+            for label, scratch in (("pml standard", False), ("pml standard, CNN from scratch",
+                                                             True)):  # fmt: skip
+                if scratch == args.pml_scratch:
+                    pml = pml_standard(cfg, train, heldout, budget, seed, scratch)
+                    runs.setdefault(label, []).append(pml | {"seconds": budget})
+                    print(f"  {label} seed {seed}: MAP@R {pml['map_at_r']:.4f} "
+                          f"({pml['epochs']} epochs in {budget:.0f} s)", flush=True)  # fmt: skip
+        for recipe in args.recipes if not budgets else []:
             for seed in args.seeds:
                 cfg = recipe_config(base_p, recipe, data, seed)
                 with tempfile.TemporaryDirectory() as tmp:
@@ -238,6 +263,12 @@ def main() -> None:
                     runs.setdefault("pml standard", []).append(pml)
                     print(f"  pml standard seed {seed}: MAP@R {pml['map_at_r']:.4f} "
                           f"({pml['epochs']} epochs in {budget:.0f} s)", flush=True)  # fmt: skip
+                    if args.pml_scratch:
+                        pml = pml_standard(cfg, train, heldout, budget, seed, scratch=True)
+                        label = "pml standard, CNN from scratch"
+                        runs.setdefault(label, []).append(pml | {"seconds": budget})
+                        print(f"  {label} seed {seed}: MAP@R {pml['map_at_r']:.4f} "
+                              f"({pml['epochs']} epochs)", flush=True)  # fmt: skip
         entry.update({name: summarize(v) for name, v in runs.items()})
         results["protocols"][pname] = entry
         for method, m in entry.items():

@@ -264,3 +264,34 @@ def test_large_eval_batches_use_the_cache(tmp_path):
         assert len(list(tmp_path.glob("*.pt"))) == 1
         assert torch.allclose(model(x), first) and torch.allclose(model(x[:10]), first[:10])
     assert len(list(tmp_path.glob("*.pt"))) == 1
+
+
+def test_shipped_unseen_class_configs_use_the_recipe():
+    recipe = Config.from_yaml("configs/unseen_classes.yaml")
+    recipe.check()
+    assert recipe.model["name"] == "efficientnet_lite0" and recipe.model["mode"] == "frozen"
+    for name in ("fashion_mnist_unseen", "digits_unseen"):
+        cfg = Config.from_yaml(f"configs/{name}.yaml")
+        cfg.check()
+        for section in ("model", "loss", "miner", "sampler", "optimizer", "schedule"):
+            assert getattr(cfg, section) == getattr(recipe, section), (name, section)
+        assert cfg.training.epochs == recipe.training.epochs
+
+
+def test_recipe_trains_on_small_colour_images_of_any_shape(tmp_path):
+    from dmlkit.training import train_run
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(6), 10)
+    x = rng.random((60, 3, 11, 9), dtype=np.float32) * 0.2
+    x[np.arange(60), labels % 3] += 0.5  # classes differ in colour
+    np.savez(tmp_path / "d.npz", x=x, labels=labels)
+    cfg = Config.from_yaml("configs/unseen_classes.yaml")
+    cfg.data = Config.from_dict({"data": {
+        "name": "npz", "path": str(tmp_path / "d.npz"), "split": "classes",
+        "train_classes": [0, 1, 2], "test_classes": [3, 4, 5]}}).data  # fmt: skip
+    cfg.model["cache_dir"] = str(tmp_path / "cache")
+    cfg.sampler = {"name": "m_per_class", "m": 5, "batch_size": 15}
+    cfg.training.epochs = 1
+    result = train_run(cfg, tmp_path / "run", log=lambda _m: None)
+    assert result.metrics["map_at_r"] > 0.5  # colour separates the unseen classes
