@@ -53,6 +53,9 @@ PML_MINERS = {"batch_hard": "BatchHardMiner", "multi_similarity": "MultiSimilari
               "triplet_margin": "TripletMarginMiner", "pair_margin": "PairMarginMiner"}  # fmt: skip
 
 
+PHASES = ("data", "forward", "miner", "loss", "backward", "optimizer")
+
+
 class _Limited:
     """The first ``k`` batches of a batch sampler, as a sampler of ``k`` batches."""
 
@@ -138,7 +141,8 @@ def _setup(config: Any, iters: int) -> dict[str, Any]:
         labels, m=spec["m"], batch_size=spec["batch_size"],
         length_before_new_iter=iters * spec["batch_size"],
     )  # fmt: skip
-    dataset = torch.utils.data.TensorDataset(torch.as_tensor(train.x), torch.as_tensor(train.labels))
+    x, y = torch.as_tensor(train.x), torch.as_tensor(train.labels)
+    dataset = torch.utils.data.TensorDataset(x, y)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=spec["batch_size"], sampler=p_sampler, drop_last=True
     )
@@ -179,8 +183,7 @@ def _phases(s: dict[str, Any], lib: str, steps: int) -> dict[str, float]:
     else:
         model, opt, miner, loss_fn = s["model"], s["opt"], s["miner"], s["loss"]
         batches = iter(s["loader"])
-    out: dict[str, list[float]] = {k: [] for k in
-                                   ("data", "forward", "miner", "loss", "backward", "optimizer")}  # fmt: skip
+    out: dict[str, list[float]] = {k: [] for k in PHASES}
     for _ in range(steps):
         t = [time.perf_counter()]
         try:
@@ -271,8 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in ok:
         for lib in ("dmlkit", "pml"):
             p = r["phases_ms"][lib]
-            phase_rows.append([r["recipe"], lib, *(p.get(k) for k in
-                              ("data", "forward", "miner", "loss", "backward", "optimizer"))])  # fmt: skip
+            phase_rows.append([r["recipe"], lib, *(p.get(k) for k in PHASES)])
     print()
     print(format_table(phase_rows, ["recipe", "library", "data ms", "forward ms", "miner ms",
                                     "loss ms", "backward ms", "optimizer ms"]))  # fmt: skip
