@@ -148,7 +148,9 @@ class HistogramLoss(BaseMetricLoss):
         n, m = x.shape[0], ref.shape[0]
         has_pos = torch.zeros(n, dtype=torch.bool, device=x.device)  # (n,)
         has_neg = torch.zeros_like(has_pos)  # (n,)
-        _, bounds = chunk_bounds(n, m)
+        # ~8 live (c, m) intermediates per pass (similarities, masks, bins, weights)
+        per_row = 8 * m
+        _, bounds = chunk_bounds(n, per_row)
         for a, b in bounds:
             pos, neg = pos_neg_masks(labels[a:b], full_ref, exclude_self=unordered, row_offset=a)
             has_pos[a:b], has_neg[a:b] = pos.any(dim=1), neg.any(dim=1)
@@ -168,7 +170,7 @@ class HistogramLoss(BaseMetricLoss):
         hist_pos = x.new_zeros(self.n_nodes)
         hist_neg = x.new_zeros(self.n_nodes)
         with torch.no_grad():
-            for a, b in bounds_again(n, m):
+            for a, b in chunk_bounds(n, per_row)[1]:
                 s = self.distance.compute_matrix(x[a:b], ref)  # (c, m)
                 pos, neg = masks(a, b)
                 hist_pos += soft_histogram(s[pos], self.delta, self.n_nodes)
@@ -198,13 +200,8 @@ class HistogramLoss(BaseMetricLoss):
                 grad = grad * inside
             return (s * grad).sum()
 
-        surrogate = sum_over_chunks(chunk_terms, n, 4 * m, x, ref)
+        surrogate = sum_over_chunks(chunk_terms, n, per_row, x, ref)
         return value + (surrogate - surrogate.detach())
-
-
-def bounds_again(n: int, m: int):
-    """Row chunks of an ``(n, m)`` pass (a fresh iterator each call)."""
-    return chunk_bounds(n, m)[1]
 
 
 __all__ = ["HistogramLoss", "soft_histogram"]
