@@ -295,3 +295,20 @@ def test_chunked_equals_one_chunk(name):
     whole = run(loss, x, y)
     loss.chunk_budget = 3 * C  # a few rows per chunk
     assert_same(whole, run(loss, x, y))
+
+
+@pytest.mark.parametrize("ours,pml_name,args", [
+    (LargeMarginSoftmaxLoss, "LargeMarginSoftmaxLoss", (C, DIM)),
+    (P2SGradLoss, "P2SGradLoss", (DIM, C)),
+    (ManifoldLoss, "ManifoldLoss", (DIM, C)),
+])
+def test_state_dicts_load_both_ways(ours, pml_name, args):
+    a, b = ours(*args), getattr(pml_losses, pml_name)(*args)
+    assert list(a.state_dict()) == list(b.state_dict())
+    a.load_state_dict(b.state_dict())  # strict: same names, same shapes
+    (pa,), (pb,) = list(a.parameters()), list(b.parameters())
+    assert torch.equal(pa, pb)
+    with torch.no_grad():
+        pa.mul_(2.0)
+    b.load_state_dict(a.state_dict())
+    assert torch.equal(pa, pb)
