@@ -1,0 +1,10 @@
+"""Explanations of a learned similarity: attributions over inputs and nearest prototypes."""
+
+from dmlkit.explain.attribution import (
+    integrated_gradients,
+    nearest_prototypes,
+    occlusion,
+    similarity,
+)
+
+__all__ = ["integrated_gradients", "nearest_prototypes", "occlusion", "similarity"]

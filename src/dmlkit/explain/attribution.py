@@ -1,0 +1,112 @@
+"""Which parts of two inputs drive their similarity under a learned metric.
+
+The explained quantity is the similarity ``s(a, b) = cos(f(a), f(b))`` of two items'
+embeddings (or ``-||f(a) - f(b)||^2`` with ``metric="euclidean"``).
+
+- :func:`integrated_gradients` (Sundararajan et al., ICML 2017): the path integral of
+  ``ds/da`` from a baseline ``a0`` (zeros by default) to ``a``, times ``a - a0``; its sum
+  over the input equals ``s(a, b) - s(a0, b)`` (completeness), up to the Riemann error.
+- :func:`occlusion` (Zeiler and Fergus, ECCV 2014): how much the similarity drops when a
+  square patch of ``a`` is replaced by ``fill``; one value per patch position, spread
+  back over the pixels it covers.
+- :func:`nearest_prototypes`: the class centroids of a reference set closest to an item.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+def _as_batch(x: Any) -> Tensor:
+    x = torch.as_tensor(x, dtype=torch.float32)
+    return x.unsqueeze(0)  # (1, ...)
+
+
+def similarity(model: nn.Module, a: Tensor, b: Tensor, metric: str = "cosine") -> Tensor:
+    """Row-wise similarity of the embeddings of ``a`` and ``b`` (``(n, ...)`` each)."""
+    za, zb = model(a), model(b)  # (n, d)
+    if metric == "cosine":
+        return nn.functional.cosine_similarity(za, zb, dim=1)  # (n,)
+    if metric == "euclidean":
+        return -(za - zb).pow(2).sum(1)
+    raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}")
+
+
+def integrated_gradients(model: nn.Module, a: Any, b: Any, *, baseline: Any = None,
+                         steps: int = 32, metric: str = "cosine") -> Tensor:
+    """Attribution of ``s(a, b)`` to each value of ``a`` (same shape as ``a``)."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    model.eval()
+    xa, xb = _as_batch(a), _as_batch(b)
+    x0 = torch.zeros_like(xa) if baseline is None else _as_batch(baseline)
+    if x0.shape != xa.shape or xb.shape[1:] != xa.shape[1:]:
+        raise ValueError(f"a, b and the baseline must have one shape, got {tuple(xa.shape[1:])}, "
+                         f"{tuple(xb.shape[1:])}, {tuple(x0.shape[1:])}")
+    alphas = (torch.arange(steps, dtype=torch.float32) + 0.5) / steps  # midpoint rule
+    path = x0 + alphas.view(-1, *[1] * (xa.dim() - 1)) * (xa - x0)  # (steps, ...)
+    path.requires_grad_(True)
+    with torch.no_grad():
+        zb = model(xb)  # (1, d)
+    za = model(path)  # (steps, d)
+    if metric == "cosine":
+        s = nn.functional.cosine_similarity(za, zb.expand_as(za), dim=1)
+    else:
+        s = -(za - zb).pow(2).sum(1)
+    (grad,) = torch.autograd.grad(s.sum(), path)  # (steps, ...)
+    return ((xa - x0) * grad.mean(0, keepdim=True))[0].detach()
+
+
+def occlusion(model: nn.Module, a: Any, b: Any, *, patch: int = 2, stride: int = 1,
+              fill: float = 0.0, metric: str = "cosine", batch_size: int = 256) -> Tensor:
+    """Similarity drop when patches of ``a`` are hidden, as a map over ``a``'s pixels.
+
+    ``a`` is an image ``(C, H, W)`` or ``(H, W)``, or a vector ``(d,)`` (patches are runs
+    of ``patch`` values). Each pixel gets the mean drop of the patches covering it.
+    """
+    model.eval()
+    xa, xb = _as_batch(a), _as_batch(b)
+    spatial = xa.shape[-2:] if xa.dim() >= 3 else (1, xa.shape[-1])
+    h, w = spatial
+    ph, pw = (min(patch, h), min(patch, w)) if xa.dim() >= 3 else (1, min(patch, w))
+    with torch.no_grad():
+        base = similarity(model, xa, xb, metric)[0]
+        starts = [(i, j) for i in range(0, h - ph + 1, stride)
+                  for j in range(0, w - pw + 1, stride)]
+        drops = torch.zeros(h, w)
+        counts = torch.zeros(h, w)
+        for s in range(0, len(starts), batch_size):
+            chunk = starts[s : s + batch_size]
+            hidden = xa.repeat(len(chunk), *[1] * (xa.dim() - 1))  # (c, ...)
+            view = hidden.view(len(chunk), -1, h, w)
+            for r, (i, j) in enumerate(chunk):
+                view[r, :, i : i + ph, j : j + pw] = fill
+            sims = similarity(model, hidden, xb.expand(len(chunk), *xb.shape[1:]), metric)
+            for (i, j), value in zip(chunk, (base - sims).tolist(), strict=True):
+                drops[i : i + ph, j : j + pw] += value
+                counts[i : i + ph, j : j + pw] += 1
+    out = drops / counts.clamp_min(1)  # (H, W)
+    return out.reshape(xa.shape[-1]) if xa.dim() == 2 else out
+
+
+def nearest_prototypes(model: nn.Module, item: Any, reference: Any, labels: Any,
+                       k: int = 3) -> list[dict[str, Any]]:
+    """The ``k`` class centroids (of ``reference`` embedded) nearest to ``item``, by cosine."""
+    from dmlkit.runs import embed
+
+    labels = torch.as_tensor(labels)
+    z, _ = embed(model, torch.as_tensor(reference, dtype=torch.float32))
+    classes = torch.unique(labels)
+    centres = nn.functional.normalize(torch.stack([z[labels == c].mean(0) for c in classes]), dim=1)
+    with torch.no_grad():
+        q = nn.functional.normalize(model.eval()(_as_batch(item)), dim=1)  # (1, d)
+    sims = (centres @ q[0]).tolist()
+    order = sorted(range(len(classes)), key=lambda i: -sims[i])[:k]
+    return [{"label": int(classes[i]), "cosine": float(sims[i]),
+             "count": int((labels == classes[i]).sum())} for i in order]
+
+
+__all__ = ["integrated_gradients", "occlusion", "similarity", "nearest_prototypes"]

@@ -1,0 +1,170 @@
+"""Everything a run report shows, as plain data (lists and numbers).
+
+The HTML report and the PNG figures are both drawn from :func:`collect`'s result, so
+they always show the same numbers.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dmlkit.evaluation import pair_scores, pairs_from_labels, retrieval_metrics
+from dmlkit.functional.verification import equal_error_rate, roc_curve
+from dmlkit.runs import build_splits, embed, load_run
+
+
+def project_2d(z: np.ndarray, method: str = "auto", seed: int = 0) -> tuple[np.ndarray, str]:
+    """``(n, 2)`` map of ``z``: UMAP (umap-learn) when installed, else t-SNE, else PCA."""
+    if method not in ("auto", "umap", "tsne", "pca"):
+        raise ValueError(f"projection must be auto, umap, tsne or pca, got {method!r}")
+    if method in ("auto", "umap"):
+        try:
+            import umap
+
+            reducer = umap.UMAP(n_components=2, random_state=seed, n_neighbors=15)
+            return reducer.fit_transform(z), "UMAP"
+        except ImportError:
+            if method == "umap":
+                raise ImportError("UMAP needs umap-learn: pip install 'dmlkit[report]'") from None
+    if method in ("auto", "tsne") and len(z) > 5:
+        from sklearn.manifold import TSNE
+
+        perplexity = float(min(30, (len(z) - 1) / 3))
+        return TSNE(2, perplexity=perplexity, random_state=seed, init="pca").fit_transform(z), \
+            "t-SNE"
+    from sklearn.decomposition import PCA
+
+    return PCA(2, random_state=seed).fit_transform(z), "PCA"
+
+
+def _per_class(x: torch.Tensor, labels: torch.Tensor) -> dict[int, dict[str, float]]:
+    m = retrieval_metrics(x, labels, per_class=True)
+    return {int(k): {"r_precision": float(v["r_precision"]), "map_at_r": float(v["map_at_r"]),
+                     "count": int(v["count"])} for k, v in m["per_class"].items()}
+
+
+def _confusions(z: torch.Tensor, labels: torch.Tensor, top: int = 10) -> list[dict[str, Any]]:
+    classes = torch.unique(labels)
+    centres = torch.nn.functional.normalize(
+        torch.stack([z[labels == c].mean(0) for c in classes]), dim=1)  # (C, d)
+    sim = centres @ centres.T  # (C, C)
+    pairs = [(float(sim[i, j]), int(classes[i]), int(classes[j]))
+             for i in range(len(classes)) for j in range(i + 1, len(classes))]
+    pairs.sort(reverse=True)
+    return [{"a": a, "b": b, "centroid_cosine": s} for s, a, b in pairs[:top]]
+
+
+def _verification(z: torch.Tensor, labels: torch.Tensor, seed: int) -> dict[str, Any]:
+    i, j, same = pairs_from_labels(labels, max_pairs=50_000, seed=seed)
+    scores = pair_scores(z[torch.from_numpy(i)], z[torch.from_numpy(j)], "cosine")
+    fpr, tpr, thr = roc_curve(scores, same)
+    eer, eer_threshold = equal_error_rate(fpr, tpr, thr)
+    keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), 400)).astype(int))
+    lo, hi = float(scores.min()), float(scores.max())
+    edges = np.linspace(lo, hi if hi > lo else lo + 1e-6, 41)
+    return {
+        "fpr": fpr[keep].tolist(), "tpr": tpr[keep].tolist(),
+        "fnr": (1 - tpr[keep]).tolist(), "eer": float(eer), "threshold": float(eer_threshold),
+        "bins": edges.tolist(),
+        "same_hist": np.histogram(scores[same], edges)[0].tolist(),
+        "diff_hist": np.histogram(scores[~same], edges)[0].tolist(),
+        "score": "cosine similarity",
+    }
+
+
+def _thumbnail(x: np.ndarray) -> list[list[Any]] | None:
+    """An image row as ``(H, W)`` or ``(H, W, 3)`` floats in [0, 1], else None."""
+    if x.ndim == 3 and x.shape[0] in (1, 3):
+        img = x[0] if x.shape[0] == 1 else np.transpose(x, (1, 2, 0))
+    elif x.ndim == 2:
+        img = x
+    else:
+        return None
+    lo, hi = float(img.min()), float(img.max())
+    return ((img - lo) / (hi - lo if hi > lo else 1.0)).round(3).tolist()
+
+
+def _gallery(z: torch.Tensor, labels: torch.Tensor, x: np.ndarray, n_queries: int, k: int,
+             seed: int) -> list[dict[str, Any]]:
+    from dmlkit.functional.retrieval import knn
+
+    rng = np.random.default_rng(seed)
+    queries = rng.choice(len(z), size=min(n_queries, len(z)), replace=False)
+    _, nbrs = knn(z[torch.from_numpy(queries)], z, k + 1, metric="cosine", exclude_self=False)
+    out = []
+    for q, row in zip(queries.tolist(), nbrs.tolist(), strict=True):
+        row = [r for r in row if r != q][:k]
+        out.append({
+            "query": q, "label": int(labels[q]), "image": _thumbnail(x[q]),
+            "neighbours": [{"item": r, "label": int(labels[r]),
+                            "correct": int(labels[r]) == int(labels[q]),
+                            "image": _thumbnail(x[r])} for r in row],
+        })
+    return out
+
+
+def collect(run_dir: str | Path, *, max_items: int = 2000, projection: str = "auto",
+            n_queries: int = 8, k: int = 5, seed: int = 0,
+            log: Any = None) -> dict[str, Any]:
+    """The report's data for a run directory (held-out items, at most ``max_items``)."""
+    say = log or (lambda _m: None)
+    run_dir = Path(run_dir)
+    run = load_run(run_dir)
+    metrics_path = run_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    say("loading data")
+    train, heldout = build_splits(run.config)
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(len(heldout.labels), size=min(max_items, len(heldout.labels)),
+                              replace=False))
+    x = heldout.x[torch.from_numpy(rows)]
+    labels = heldout.labels[torch.from_numpy(rows)]
+    say(f"embedding {len(rows)} held-out items")
+    z, _ = embed(run.model, x)
+    raw = torch.nn.functional.normalize(x.flatten(1).float(), dim=1)
+    seen = set(torch.unique(train.labels).tolist())
+    say("projecting to 2-D")
+    xy, method = project_2d(z.numpy(), projection, seed)
+    say("per-class retrieval, confusions and verification")
+    learned_pc, raw_pc = _per_class(z, labels), _per_class(raw, labels)
+    names = heldout.class_names
+    return {
+        "run_dir": str(run_dir), "name": run.config.name,
+        "config": run.config.to_dict(), "metrics": metrics,
+        "history": metrics.get("history") or _history_from_log(run_dir),
+        "map": {"method": method, "x": xy[:, 0].tolist(), "y": xy[:, 1].tolist(),
+                "labels": labels.tolist(), "items": rows.tolist(),
+                "unseen": [int(c) not in seen for c in labels.tolist()]},
+        "class_names": {int(c): (names[int(c)] if names and int(c) < len(names) else str(int(c)))
+                        for c in torch.unique(labels).tolist()},
+        "per_class": {c: {"learned": learned_pc[c], "raw": raw_pc.get(c)} for c in learned_pc},
+        "confusions": _confusions(z, labels),
+        "verification": _verification(z, labels, seed),
+        "gallery": _gallery(z, labels, x.numpy(), n_queries, k, seed),
+    }
+
+
+def _history_from_log(run_dir: Path) -> list[dict[str, Any]]:
+    log = run_dir / "train.log"
+    out: list[dict[str, Any]] = []
+    if not log.is_file():
+        return out
+    for line in log.read_text().splitlines():
+        parts = line.split()
+        record: dict[str, Any] = {}
+        for key, value in zip(parts[::2], parts[1::2], strict=False):
+            try:
+                record[key] = float(value)
+            except ValueError:
+                record[key] = value
+        if "epoch" in record:
+            out.append(record)
+    return out
+
+
+__all__ = ["collect", "project_2d"]

@@ -1,0 +1,83 @@
+"""The report's figures as PNG files for papers (matplotlib), from the same data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def write_figures(data: dict[str, Any], out_dir: str | Path) -> list[Path]:
+    """``curves.png``, ``map.png``, ``roc_det.png``, ``scores.png``, ``per_class.png``."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError("PNG figures need matplotlib: pip install 'dmlkit[report]'") from None
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+
+    def save(fig: Any, name: str) -> None:
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=150)
+        plt.close(fig)
+        paths.append(out / name)
+
+    hist = data["history"]
+    if hist:
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        ax.plot([h["epoch"] for h in hist], [h["loss"] for h in hist], label="train loss")
+        for key in [k for k in hist[0] if k.startswith("val_")]:
+            ax.plot([h["epoch"] for h in hist], [h[key] for h in hist], label=key)
+        ax.set_xlabel("epoch")
+        ax.legend()
+        save(fig, "curves.png")
+    mp = data["map"]
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    for c in sorted(set(mp["labels"])):
+        idx = [i for i, v in enumerate(mp["labels"]) if v == c]
+        unseen = mp["unseen"][idx[0]]
+        ax.scatter([mp["x"][i] for i in idx], [mp["y"][i] for i in idx], s=6,
+                   label=str(data["class_names"].get(c, c)) + (" (unseen)" if unseen else ""),
+                   marker="o" if not unseen else "x")
+    ax.set_title(f"{mp['method']} of held-out embeddings")
+    ax.legend(fontsize=6, markerscale=2)
+    save(fig, "map.png")
+    ver = data["verification"]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(8, 3.5))
+    a.plot(ver["fpr"], ver["tpr"])
+    a.set_xlabel("false accept rate")
+    a.set_ylabel("true accept rate")
+    a.set_title("ROC")
+    b.plot(ver["fpr"], ver["fnr"])
+    b.set_xscale("log")
+    b.set_xlabel("false accept rate")
+    b.set_ylabel("false reject rate")
+    b.set_title("DET")
+    save(fig, "roc_det.png")
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    centres = [(x + y) / 2 for x, y in zip(ver["bins"][:-1], ver["bins"][1:], strict=True)]
+    ax.plot(centres, ver["same_hist"], label="same class")
+    ax.plot(centres, ver["diff_hist"], label="different class")
+    ax.axvline(ver["threshold"], color="k", linestyle="--", label="EER threshold")
+    ax.set_xlabel(ver["score"])
+    ax.legend()
+    save(fig, "scores.png")
+    classes = sorted(data["per_class"], key=int)
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    xs = range(len(classes))
+    ax.bar([x - 0.2 for x in xs], [data["per_class"][c]["learned"]["map_at_r"] for c in classes],
+           0.4, label="learned")
+    ax.bar([x + 0.2 for x in xs],
+           [(data["per_class"][c]["raw"] or {}).get("map_at_r", 0) for c in classes], 0.4,
+           label="raw inputs")
+    ax.set_xticks(list(xs), [str(data["class_names"].get(c, c)) for c in classes], fontsize=7)
+    ax.set_ylabel("MAP@R")
+    ax.legend()
+    save(fig, "per_class.png")
+    return paths
+
+
+__all__ = ["write_figures"]

@@ -1,0 +1,156 @@
+"""The run report as one self-contained HTML file: inline SVG charts and PNG thumbnails,
+no external script, style sheet, font or image, so it opens offline and makes no request."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from dmlkit.report import svg
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1100px}
+h1{font-size:22px}h2{font-size:17px;border-bottom:1px solid #ddd;padding-bottom:4px}
+.row{display:flex;flex-wrap:wrap;gap:16px}table{border-collapse:collapse;font-size:13px}
+td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}th{background:#f3f3f3}
+.gallery td{text-align:center}.note{color:#555;font-size:13px}
+"""
+# marks the page as fully rendered; a script error leaves data-errors for tests to read
+SCRIPT = """
+window.addEventListener('error', function (e) {
+  document.body.setAttribute('data-errors', String(e.message)); });
+window.addEventListener('load', function () { document.body.setAttribute('data-ok', '1'); });
+"""
+
+
+def _metrics_table(metrics: dict[str, Any]) -> str:
+    keys = [k for k in ("precision_at_1", "r_precision", "map_at_r", "recall_at_1",
+                        "recall_at_2", "recall_at_4", "recall_at_8") if k in metrics]
+    if not keys:
+        return '<p class="note">no metrics.json in this run</p>'
+    cols = [("learned", metrics)] + [(name, metrics[name]) for name in
+                                     ("baseline", "baseline_unnormalized") if name in metrics]
+    head = "".join(f"<th>{escape(c)}</th>" for c, _ in cols)
+    rows = "".join(
+        f"<tr><th>{k}</th>" + "".join(f"<td>{float(m[k]):.4f}</td>" for _, m in cols) + "</tr>"
+        for k in keys)
+    note = escape(str(metrics.get("baseline_inputs", "raw inputs")))
+    return (f"<table><tr><th>metric</th>{head}</tr>{rows}</table>"
+            f'<p class="note">baseline: {note}</p>')
+
+
+def _curves(history: list[dict[str, Any]]) -> str:
+    if not history:
+        return '<p class="note">no per-epoch history recorded</p>'
+    epochs = [float(h["epoch"]) for h in history]
+    parts = [svg.lines({"train loss": (epochs, [float(h["loss"]) for h in history])},
+                       "training loss", "epoch", "loss")]
+    val = {k: (epochs, [float(h[k]) for h in history]) for k in history[0]
+           if k.startswith("val_") and all(k in h for h in history)}
+    if val:
+        parts.append(svg.lines(val, "validation metrics", "epoch", "value"))
+    if "lr" in history[0]:
+        parts.append(svg.lines({"learning rate": (epochs, [float(h["lr"]) for h in history])},
+                               "learning rate", "epoch", "lr"))
+    return '<div class="row">' + "".join(parts) + "</div>"
+
+
+def _gallery(gallery: list[dict[str, Any]], names: dict[int, str]) -> str:
+    rows = []
+    for g in gallery:
+        name = names.get(g["label"], str(g["label"]))
+        tip = f"query item {g['query']}: {name}"
+        cells = [f"<td>{_item(g['image'], '#333', tip)}<br>{escape(name)}</td>"]
+        for n in g["neighbours"]:
+            mark = "#2ca02c" if n["correct"] else "#d62728"
+            label = names.get(n["label"], str(n["label"]))
+            tip = f"item {n['item']}: {label} ({'right' if n['correct'] else 'wrong'})"
+            cells.append(f"<td>{_item(n['image'], mark, tip)}<br>{escape(label)} "
+                         f"{'&#10003;' if n['correct'] else '&#10007;'}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return ('<table class="gallery"><tr><th>query</th><th colspan="99">nearest held-out items '
+            '(green: same class, red: other class)</th></tr>' + "".join(rows) + "</table>")
+
+
+def _item(image: Any, border: str, tip: str) -> str:
+    if image is None:
+        return f'<span title="{escape(tip)}" style="border:3px solid {border}">{escape(tip)}</span>'
+    return svg.image_tag(image, border, tip=tip)
+
+
+def render(data: dict[str, Any]) -> str:
+    """The report page of :func:`~dmlkit.report.collect` data."""
+    names = {int(k): v for k, v in data["class_names"].items()}
+    mp = data["map"]
+    hover = [f"item {i}: {names.get(c, c)}{' (unseen class)' if u else ''}"
+             for i, c, u in zip(mp["items"], mp["labels"], mp["unseen"], strict=True)]
+    scatter = svg.scatter(mp["x"], mp["y"], mp["labels"], hover, mp["unseen"],
+                          f"{mp['method']} of held-out embeddings")
+    ver = data["verification"]
+    roc = svg.lines({"ROC": (ver["fpr"], ver["tpr"])}, "ROC", "false accept rate",
+                    "true accept rate")
+    det = svg.lines({"DET": ([max(f, 1e-4) for f in ver["fpr"]], ver["fnr"])}, "DET",
+                    "false accept rate (log)", "false reject rate", log_x=True)
+    centres = [(a + b) / 2 for a, b in zip(ver["bins"][:-1], ver["bins"][1:], strict=True)]
+    hist = svg.lines({"same class": (centres, ver["same_hist"]),
+                      "different class": (centres, ver["diff_hist"])},
+                     f"pair scores; EER threshold {ver['threshold']:.3f}", ver["score"], "pairs")
+    classes = sorted(data["per_class"], key=int)
+    per = data["per_class"]
+    bars = svg.bars(
+        {"learned MAP@R": [per[c]["learned"]["map_at_r"] for c in classes],
+         "raw MAP@R": [(per[c]["raw"] or {}).get("map_at_r", 0.0) for c in classes]},
+        [names.get(int(c), str(c)) for c in classes], "per-class MAP@R", "MAP@R")
+    per_rows = "".join(
+        f"<tr><th>{escape(names.get(int(c), str(c)))}</th><td>{per[c]['learned']['count']}</td>"
+        f"<td>{per[c]['learned']['r_precision']:.4f}</td>"
+        f"<td>{per[c]['learned']['map_at_r']:.4f}</td>"
+        f"<td>{(per[c]['raw'] or {}).get('map_at_r', float('nan')):.4f}</td></tr>"
+        for c in classes)
+    conf_rows = "".join(
+        f"<tr><td>{escape(names.get(p['a'], str(p['a'])))}</td>"
+        f"<td>{escape(names.get(p['b'], str(p['b'])))}</td><td>{p['centroid_cosine']:.4f}</td></tr>"
+        for p in data["confusions"])
+    unseen = sum(mp["unseen"])
+    return f"""<!DOCTYPE html><html><head><meta charset="utf-8">
+<title>dmlkit report: {escape(data['name'])}</title><style>{STYLE}</style>
+<script>{SCRIPT}</script></head><body>
+<h1>Run report: {escape(data['name'])}</h1>
+<p class="note">{escape(data['run_dir'])} &middot; model {escape(str(data['config']['model']))}
+&middot; loss {escape(str(data['config']['loss']))}</p>
+<h2>Held-out retrieval (leave-one-out)</h2>{_metrics_table(data['metrics'])}
+<h2>Training</h2>{_curves(data['history'])}
+<h2>Embedding map</h2><div class="row">{scatter}</div>
+<p class="note">{len(mp['x'])} held-out items; {unseen} from classes unseen in training (rings).
+Hover a point for its item.</p>
+<h2>Retrieval gallery</h2>{_gallery(data['gallery'], names)}
+<h2>Verification</h2><div class="row">{roc}{det}{hist}</div>
+<p class="note">EER {ver['eer']:.4f} at {escape(ver['score'])} threshold
+{ver['threshold']:.4f}.</p>
+<h2>Per class: learned vs raw inputs</h2><div class="row">{bars}</div>
+<table><tr><th>class</th><th>items</th><th>R-Precision</th><th>MAP@R</th><th>raw MAP@R</th></tr>
+{per_rows}</table>
+<h2>Most confused classes (nearest class centroids)</h2>
+<table><tr><th>class</th><th>class</th><th>centroid cosine</th></tr>{conf_rows}</table>
+</body></html>"""
+
+
+def write_report(data: dict[str, Any], path: str | Path) -> Path:
+    """Write :func:`render` output atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(render(data))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+__all__ = ["render", "write_report"]

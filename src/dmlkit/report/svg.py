@@ -1,0 +1,142 @@
+"""Small inline-SVG charts for the self-contained HTML report (no scripts, no network).
+
+Hover text uses SVG ``<title>`` elements, which every browser shows as a tooltip.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Sequence
+from html import escape
+from typing import Any
+
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+           "#7f7f7f", "#bcbd22", "#17becf"]
+W, H, PAD = 480, 300, 44
+
+
+def colour(i: int) -> str:
+    return PALETTE[i % len(PALETTE)]
+
+
+def _scale(values: Sequence[float], lo_px: float, hi_px: float, log: bool = False):
+    import math
+
+    vals = [math.log10(max(v, 1e-6)) if log else v for v in values]
+    lo, hi = min(vals), max(vals)
+    if hi <= lo:
+        hi = lo + 1.0
+
+    def f(v: float) -> float:
+        v = math.log10(max(v, 1e-6)) if log else v
+        return lo_px + (v - lo) / (hi - lo) * (hi_px - lo_px)
+
+    return f, (min(values), max(values))
+
+
+def _frame(body: str, title: str, xlabel: str, ylabel: str, xr: tuple, yr: tuple) -> str:
+    return (
+        f'<svg class="chart" viewBox="0 0 {W} {H}" width="{W}" height="{H}" '
+        f'role="img"><title>{escape(title)}</title>'
+        f'<rect x="{PAD}" y="10" width="{W - PAD - 10}" height="{H - PAD - 10}" fill="#fafafa" '
+        f'stroke="#999"/>{body}'
+        f'<text x="{W / 2}" y="{H - 6}" text-anchor="middle" font-size="12">{escape(xlabel)} '
+        f'[{xr[0]:.3g}, {xr[1]:.3g}]</text>'
+        f'<text x="12" y="{H / 2}" font-size="12" transform="rotate(-90 12 {H / 2})" '
+        f'text-anchor="middle">{escape(ylabel)} [{yr[0]:.3g}, {yr[1]:.3g}]</text></svg>'
+    )
+
+
+def lines(series: dict[str, tuple[Sequence[float], Sequence[float]]], title: str,
+          xlabel: str, ylabel: str, log_x: bool = False) -> str:
+    """One polyline per named ``(xs, ys)`` series, with a legend."""
+    xs_all = [x for xs, _ in series.values() for x in xs] or [0.0, 1.0]
+    ys_all = [y for _, ys in series.values() for y in ys] or [0.0, 1.0]
+    fx, xr = _scale(xs_all, PAD, W - 10, log_x)
+    fy, yr = _scale(ys_all, H - PAD, 10)
+    body = []
+    for i, (name, (xs, ys)) in enumerate(series.items()):
+        pts = " ".join(f"{fx(x):.1f},{fy(y):.1f}" for x, y in zip(xs, ys, strict=True))
+        body.append(f'<polyline fill="none" stroke="{colour(i)}" stroke-width="2" '
+                    f'points="{pts}"><title>{escape(name)}</title></polyline>')
+        if len(xs) <= 30:  # few points (e.g. a short run): mark each one
+            body += [f'<circle cx="{fx(x):.1f}" cy="{fy(y):.1f}" r="3" fill="{colour(i)}">'
+                     f"<title>{escape(name)}: {y:.4g} at {x:.4g}</title></circle>"
+                     for x, y in zip(xs, ys, strict=True)]
+        body.append(f'<text x="{PAD + 8}" y="{26 + 14 * i}" font-size="11" '
+                    f'fill="{colour(i)}">{escape(name)}</text>')
+    return _frame("".join(body), title, xlabel, ylabel, xr, yr)
+
+
+def scatter(xs: Sequence[float], ys: Sequence[float], groups: Sequence[int],
+            hover: Sequence[str], hollow: Sequence[bool], title: str) -> str:
+    """Points coloured by group; ``hollow`` points (e.g. unseen classes) drawn as rings."""
+    fx, xr = _scale(xs, PAD, W - 10)
+    fy, yr = _scale(ys, H - PAD, 10)
+    order = {g: i for i, g in enumerate(sorted(set(groups)))}
+    body = []
+    for x, y, g, text, ring in zip(xs, ys, groups, hover, hollow, strict=True):
+        c = colour(order[g])
+        style = f'fill="white" stroke="{c}"' if ring else f'fill="{c}"'
+        body.append(f'<circle cx="{fx(x):.1f}" cy="{fy(y):.1f}" r="3" {style}>'
+                    f"<title>{escape(text)}</title></circle>")
+    return _frame("".join(body), title, "dimension 1", "dimension 2", xr, yr)
+
+
+def bars(groups: dict[str, Sequence[float]], categories: Sequence[str], title: str,
+         ylabel: str) -> str:
+    """Grouped bars: one bar per series for each category."""
+    n_series, n_cat = len(groups), max(len(categories), 1)
+    values = [v for vs in groups.values() for v in vs] + [0.0]
+    fy, yr = _scale(values, H - PAD, 10)
+    slot = (W - PAD - 10) / n_cat
+    width = slot * 0.8 / max(n_series, 1)
+    body = []
+    for s, (name, vs) in enumerate(groups.items()):
+        for c, v in enumerate(vs):
+            x = PAD + c * slot + slot * 0.1 + s * width
+            body.append(f'<rect x="{x:.1f}" y="{fy(v):.1f}" width="{width:.1f}" '
+                        f'height="{max(fy(0) - fy(v), 0):.1f}" fill="{colour(s)}">'
+                        f"<title>{escape(name)} {escape(categories[c])}: {v:.4f}</title></rect>")
+        body.append(f'<text x="{PAD + 8}" y="{26 + 14 * s}" font-size="11" '
+                    f'fill="{colour(s)}">{escape(name)}</text>')
+    return _frame("".join(body), title, "class", ylabel, (0, n_cat), yr)
+
+
+def image_tag(pixels: Any, border: str = "#999", size: int = 56, tip: str = "") -> str:
+    """An inline PNG (data URI) of a ``(H, W)`` or ``(H, W, 3)`` image in [0, 1]."""
+    import numpy as np
+
+    arr = (np.clip(np.asarray(pixels, dtype=float), 0, 1) * 255).astype(np.uint8)
+    png = _png(arr)
+    data = base64.b64encode(png).decode()
+    return (f'<img src="data:image/png;base64,{data}" width="{size}" height="{size}" '
+            f'style="image-rendering:pixelated;border:3px solid {border}" '
+            f'title="{escape(tip)}" alt="{escape(tip)}">')
+
+
+def _png(arr: Any) -> bytes:
+    """Minimal PNG encoder (8-bit grey or RGB), so the report needs no imaging library."""
+    import struct
+    import zlib
+
+    import numpy as np
+
+    arr = np.asarray(arr)
+    h, w = arr.shape[:2]
+    kind = 0 if arr.ndim == 2 else 2
+    raw = b"".join(b"\x00" + arr[r].tobytes() for r in range(h))
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + tag + data
+                + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF))
+
+    header = struct.pack(">IIBBBBB", w, h, 8, kind, 0, 0, 0)
+    out = io.BytesIO()
+    out.write(b"\x89PNG\r\n\x1a\n")
+    out.write(chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    return out.getvalue()
+
+
+__all__ = ["lines", "scatter", "bars", "image_tag", "colour"]
