@@ -32,14 +32,16 @@ class EmbeddedSplits:
 
 
 def make_learner(method: str, params: dict[str, Any] | None = None) -> Any:
-    """A learner by name (``nca``, ``lmnn``, ``itml``, ``lfda``) with keyword ``params``."""
+    """A learner by name (``nca``, ``lmnn``, ``itml``, ``lfda``, ``mlkr``) with keyword
+    ``params``."""
     import inspect
 
-    from dmlkit.classical import LEARNERS
+    from dmlkit.classical import LEARNERS, MLKR
 
-    if method not in LEARNERS:
-        raise ValueError(f"unknown method {method!r}; known: {sorted(LEARNERS)}")
-    cls = LEARNERS[method]
+    learners = {**LEARNERS, "mlkr": MLKR}
+    if method not in learners:
+        raise ValueError(f"unknown method {method!r}; known: {sorted(learners)}")
+    cls = learners[method]
     params = dict(params or {})
     allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
     unknown = sorted(set(params) - allowed)
@@ -51,10 +53,17 @@ def make_learner(method: str, params: dict[str, Any] | None = None) -> Any:
 def fit_on_embeddings(
     embeddings: Any, labels: Any, method: str = "nca", params: dict[str, Any] | None = None
 ) -> Any:
-    """Fit ``method`` on frozen ``embeddings (n, dim)`` with class ``labels (n,)``."""
+    """Fit ``method`` on frozen ``embeddings (n, dim)`` with class ``labels (n,)``.
+
+    MLKR regresses the one-hot class indicators ``(n, C)`` (class ids are not numbers
+    whose distances mean anything).
+    """
     emb = np.asarray(embeddings.detach().cpu() if hasattr(embeddings, "detach") else embeddings,
                      dtype=np.float64)
     lab = np.asarray(labels.cpu() if hasattr(labels, "cpu") else labels)
+    if method == "mlkr":  # kernel regression of the one-hot class indicators, not of ids
+        classes, inverse = np.unique(lab, return_inverse=True)
+        lab = np.eye(len(classes))[inverse]  # (n, C)
     return make_learner(method, params).fit(emb, lab)
 
 

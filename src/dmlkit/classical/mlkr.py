@@ -36,7 +36,9 @@ def mlkr_loss_grad(
     ----------
     L : Tensor of shape (k, d)
     X : Tensor of shape (n, d)
-    y : Tensor of shape (n,), float
+    y : Tensor of shape (n,) or (n, T), float
+        Targets; with ``T`` columns the loss sums the squared errors of all of them
+        (``dLoss/dD_im = 2 p_im sum_t err_it (y_mt - yhat_it)``).
     budget : int
         Elements of one ``(chunk, n)`` block.
 
@@ -57,10 +59,15 @@ def mlkr_loss_grad(
         logits = torch.addmm(neg_z_sq[None, :], Zc, Z.T, alpha=2.0)  # (c, n), -D + const
         logits[rows - start, rows] = float("-inf")
         p = torch.softmax(logits, dim=1)  # (c, n)
-        yhat = p @ y  # (c,)
-        err = y[start:stop] - yhat  # (c,)
+        if y.dim() == 1:
+            yhat = p @ y  # (c,)
+            err = y[start:stop] - yhat  # (c,)
+            W = p * (y[None, :] - yhat[:, None]) * (2.0 * err[:, None])  # (c, n) = dLoss/dD
+        else:  # (n, T) targets: the squared errors of every column add up
+            yhat = p @ y  # (c, T)
+            err = y[start:stop] - yhat  # (c, T)
+            W = 2.0 * p * (err @ y.T - (err * yhat).sum(dim=1, keepdim=True))  # (c, n)
         loss = loss + (err * err).sum()
-        W = p * (y[None, :] - yhat[:, None]) * (2.0 * err[:, None])  # (c, n) = dLoss/dD
         g_c, s_c = weighted_pair_grad(W, Xc, Zc, X, L)
         g, col_sums = g + g_c, col_sums + s_c
     return loss, finish_pair_grad(g, col_sums, X, Z)
@@ -114,9 +121,10 @@ class MLKR(MahalanobisMixin):
         self.device = device
 
     def fit(self, X: Any, y: Any) -> MLKR:
-        """Fit on ``X (n_samples, n_features)`` with real targets ``y (n_samples,)``."""
+        """Fit on ``X (n_samples, n_features)`` with real targets ``y (n_samples,)`` or
+        ``(n_samples, n_targets)`` (e.g. one-hot class indicators)."""
         X, y = _validate_data(self, X, y, dtype=np.float64, y_numeric=True,
-                              ensure_min_samples=2)
+                              ensure_min_samples=2, multi_output=True)
         y = np.asarray(y, dtype=np.float64)
         k = check_n_components(self.n_components, X.shape[1])
         L0 = init_components(self.init, X, None, k, self.random_state)

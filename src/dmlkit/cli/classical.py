@@ -9,7 +9,8 @@ from typing import Any
 import typer
 
 classical_app = typer.Typer(
-    help="Classical Mahalanobis metric learning (NCA, LMNN, ITML, LFDA) on frozen embeddings.",
+    help="Classical Mahalanobis metric learning (NCA, LMNN, ITML, LFDA, MLKR) on frozen "
+    "embeddings.",
     no_args_is_help=True,
 )
 
@@ -40,7 +41,7 @@ def _table(result: dict[str, Any]) -> str:
 @classical_app.command("fit")
 def fit(
     source: Path = typer.Argument(..., help="Run directory, or .npz with embeddings/labels."),
-    method: str = typer.Option("nca", "--method", "-m", help="nca, lmnn, itml or lfda."),
+    method: str = typer.Option("nca", "--method", "-m", help="nca, lmnn, itml, lfda or mlkr."),
     out: Path = typer.Option(..., "--out", "-o", help="Output: components.npy + metric.json."),
     param: list[str] = typer.Option([], "--param", "-p", help="Learner parameter key=value."),
     device: str = typer.Option("cpu", "--device", help="Device for embedding the run."),
