@@ -162,3 +162,22 @@ def test_cross_validate_folds_equal_single_runs(tmp_path) -> None:
         cross_validate(cfg, 4)
     with pytest.raises(ValueError, match="objective must be one of"):
         cross_validate(cfg, 2, objective="last")
+
+
+def test_cli_crossval_prints_the_fold_scores_and_train_rejects_bad_val_classes(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from dmlkit.cli.main import app
+
+    cfg = small_config(epochs=1)
+    path = tmp_path / "c.yaml"
+    cfg.to_yaml(path)
+    result = CliRunner().invoke(app, ["crossval", str(path), "--folds", "2"])
+    assert result.exit_code == 0, result.output
+    score = cross_validate(cfg, 2, seed=0).score
+    assert f"mean MAP@R over 2 class-disjoint folds: {score:.6f} (final;" in result.output
+    cfg.training.val_classes = [0]
+    cfg.to_yaml(path)
+    result = CliRunner().invoke(app, ["train", str(path), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 1
+    assert "val_classes [0] leaves fewer than 2 classes for validation" in result.output
