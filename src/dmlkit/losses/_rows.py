@@ -95,10 +95,12 @@ class RowWeights:
 
 
 def _count_rows(rows: Tensor, cols: Tensor, start: int, stop: int, m: int, dtype, device) -> Tensor:
-    out = torch.zeros(stop - start, m, dtype=dtype, device=device)  # (c, m)
-    sel = (rows >= start) & (rows < stop)
-    ones = torch.ones(int(sel.sum()), dtype=dtype, device=device)
-    return out.index_put_((rows[sel] - start, cols[sel]), ones, accumulate=True)
+    """How often each ``(row, col)`` of rows ``start:stop`` is listed, ``(c, m)``."""
+    c = stop - start
+    flat = rows * m + cols  # (P,) positions in the full (n, m) matrix
+    sel = (flat >= start * m) & (flat < stop * m)  # (P,) pairs of this chunk's anchors
+    counts = torch.bincount(flat[sel] - start * m, minlength=c * m)  # (c * m,)
+    return counts.view(c, m).to(device=device, dtype=dtype)
 
 
 def chunk_bounds(n_rows: int, elems_per_row: int) -> tuple[int, Iterator[tuple[int, int]]]:
