@@ -17,6 +17,10 @@ Usage::
 
     python benchmarks/losses.py                      # all losses, B in 256..16384
     python benchmarks/losses.py --sizes 256 1024 --losses contrastive ntxent --repeats 3
+    python benchmarks/losses.py --mined [mined_losses.py options]   # miner + loss cases
+
+``--mined`` runs the mined cases of ``mined_losses.py`` (every miner with its loss and
+every tuple loss on mined pairs, as in training) with the options that follow it.
 
 Writes ``benchmarks/results/losses.json``.
 """
@@ -516,6 +520,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="losses.json")
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    argv = sys.argv[1:] if argv is None else argv
+    if "--mined" in argv:  # the miner + loss cases live in mined_losses.py
+        import mined_losses
+
+        return mined_losses.main([a for a in argv if a != "--mined"])
     args = ap.parse_args(argv)
 
     if args.worker:
