@@ -75,6 +75,20 @@ def test_truncated_or_empty_checkpoint(run_dir, tmp_path, size):
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing written
 
 
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 cut short", b"plain text"])
+def test_empty_or_corrupt_array_files(tmp_path, content):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(content)
+    for args in (["index", "build", str(bad), "--out", str(tmp_path / "ix")],
+                 ["evaluate", str(bad), "--out", str(tmp_path / "ev.json")],
+                 ["classical", "fit", str(bad), "--out", str(tmp_path / "m")]):
+        one_error(runner.invoke(app, args), str(bad), "write it again with numpy")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"name: c\ndata: {{name: npz, path: {bad}}}\n")
+    one_error(runner.invoke(app, ["train", str(cfg), "--out", str(tmp_path / "r")]), str(bad))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.npz", "c.yaml"]
+
+
 def test_malformed_and_empty_yaml(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\ndata: {name: digits\n")

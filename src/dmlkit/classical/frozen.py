@@ -94,13 +94,15 @@ def load_embeddings(source: str | Path, device: str = "cpu") -> EmbeddedSplits:
         return embed_run(source, device=device)
     if source.suffix != ".npz" or not source.is_file():
         raise ValueError(f"{source} is neither a run directory nor an .npz file")
-    with np.load(source, allow_pickle=False) as data:
-        missing = {"embeddings", "labels"} - set(data.files)
-        if missing:
-            raise ValueError(f"{source} lacks array(s) {sorted(missing)}")
-        train, labels = data["embeddings"], data["labels"]
-        held = data["heldout_embeddings"] if "heldout_embeddings" in data.files else train
-        held_labels = data["heldout_labels"] if "heldout_labels" in data.files else labels
+    from dmlkit.data.npz import read_arrays
+
+    data = read_arrays(source)
+    missing = {"embeddings", "labels"} - set(data)
+    if missing:
+        raise ValueError(f"{source} lacks array(s) {sorted(missing)}")
+    train, labels = data["embeddings"], data["labels"]
+    held = data.get("heldout_embeddings", train)
+    held_labels = data.get("heldout_labels", labels)
     return EmbeddedSplits(train.astype(np.float64), labels.astype(np.int64),
                           held.astype(np.float64), held_labels.astype(np.int64))
 

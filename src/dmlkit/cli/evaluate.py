@@ -77,12 +77,12 @@ def evaluate(
                "log": lambda line: typer.echo(line, err=True)}  # progress, on stderr
     try:
         if run_dir.suffix == ".npz" and run_dir.is_file():
-            import numpy as np
+            from dmlkit.data.npz import read_arrays
 
-            with np.load(run_dir, allow_pickle=False) as arrays:
-                if "embeddings" not in arrays or "labels" not in arrays:
-                    raise ValueError(f"{run_dir} needs arrays 'embeddings' and 'labels'")
-                emb, labels = arrays["embeddings"], arrays["labels"]
+            arrays = read_arrays(run_dir)
+            if "embeddings" not in arrays or "labels" not in arrays:
+                raise ValueError(f"{run_dir} needs arrays 'embeddings' and 'labels'")
+            emb, labels = arrays["embeddings"], arrays["labels"]
             target = out if out is not None else run_dir.with_suffix(".evaluation.json")
             result = evaluate_embeddings(emb.astype("float32"), labels, out=target, **options)
         else:

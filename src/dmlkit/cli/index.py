@@ -25,13 +25,15 @@ def _load_arrays(path: Path) -> tuple[Any, Any]:
 
     if path.suffix not in (".npy", ".npz"):
         raise ValueError(f"{path}: expected a .npy or .npz file of embeddings")
+    from dmlkit.data.npz import read_arrays
+
+    arrays = read_arrays(path)
     if path.suffix == ".npy":
-        return np.load(path, allow_pickle=False), None
-    with np.load(path, allow_pickle=False) as arrays:
-        key = next((k for k in ("embeddings", "x") if k in arrays), None)
-        if key is None:
-            raise ValueError(f"{path} needs an 'embeddings' (or 'x') array")
-        return arrays[key], arrays["labels"] if "labels" in arrays else None
+        return np.asarray(arrays["x"]), None
+    key = next((k for k in ("embeddings", "x") if k in arrays), None)
+    if key is None:
+        raise ValueError(f"{path} needs an 'embeddings' (or 'x') array")
+    return arrays[key], arrays.get("labels")
 
 
 def _image_paths(root: Path) -> list[str]:

@@ -87,22 +87,19 @@ def read_query_array(
     """
     if kind not in QUERY_KINDS:
         raise ValueError(f"query kind must be one of {QUERY_KINDS}, got {kind!r}")
-    try:
-        if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as arrays:
-                keys = list(arrays.keys())
-                if kind in ("auto", "embeddings") and "embeddings" in arrays:
-                    return np.asarray(arrays["embeddings"]), "embeddings"
-                if kind in ("auto", "inputs") and "x" in arrays:
-                    return np.asarray(arrays["x"]), "inputs"
-            want = {"auto": "'embeddings' or 'x'", "embeddings": "'embeddings'",
-                    "inputs": "'x'"}[kind]
-            raise ValueError(f"{path} holds arrays {keys}; a query .npz needs {want} "
-                             "('embeddings': vectors to search; 'x': raw inputs to embed)")
-        x = np.load(path, allow_pickle=False)
-    except (OSError, EOFError) as err:
-        raise ValueError(f"cannot read query file {path} ({err}); is it a .npy/.npz "
-                         "written by numpy?") from None
+    from dmlkit.data.npz import read_arrays
+
+    arrays = read_arrays(path)
+    if path.suffix == ".npz":
+        if kind in ("auto", "embeddings") and "embeddings" in arrays:
+            return np.asarray(arrays["embeddings"]), "embeddings"
+        if kind in ("auto", "inputs") and "x" in arrays:
+            return np.asarray(arrays["x"]), "inputs"
+        want = {"auto": "'embeddings' or 'x'", "embeddings": "'embeddings'",
+                "inputs": "'x'"}[kind]
+        raise ValueError(f"{path} holds arrays {list(arrays)}; a query .npz needs {want} "
+                         "('embeddings': vectors to search; 'x': raw inputs to embed)")
+    x = np.asarray(arrays["x"])
     if kind != "auto":
         return x, kind
     is_emb = x.ndim == 2 and x.shape[1] == dim
