@@ -20,14 +20,26 @@ from dmlkit.index.base import BaseIndex, to_numpy_2d
 from dmlkit.index.io import IndexFormatError, load_array
 
 _TORCH_METRIC = {"l2": "euclidean", "ip": "dot", "cosine": "cosine"}
+#: query-gallery pairs from which search filters by threshold
+#: (:func:`dmlkit.functional.topk_filter.exact_topk`) instead of selecting over whole rows
+FILTER_MIN_PAIRS = 1 << 22
+#: queries (and gallery rows) per block of the filtering path: several query blocks let
+#: two threads filter at once (measured 1.6x faster than 2048 at 200k x 128, k = 10)
+FILTER_BLOCK = 512
 
 
 class ExactIndex(BaseIndex):
     """Brute-force index: exact neighbours, chunked so large galleries fit.
 
-    Queries stream through the gallery in blocks of ``query_chunk x ref_chunk`` scores,
-    so a 1M x 128 gallery needs its own 512 MB plus one block. Ties are broken by
-    storage order (earlier-added first), as faiss's flat indexes do.
+    Large searches (from ``2^22`` query-gallery pairs) use
+    :func:`dmlkit.functional.topk_filter.exact_topk`: blocks of 512 x 512 scores, each
+    reduced to group minima and only groups under a per-query threshold read again, so
+    nothing sorts whole rows (the cost is the matrix product plus one pass over it, like
+    faiss's ``IndexFlat``). It holds a reordered copy of the gallery during a search
+    (twice the gallery's memory in all). Small searches stream through the gallery in
+    blocks of ``query_chunk x ref_chunk`` scores and select with ``topk``. Either way the
+    result is exact and ties are broken by storage order (earlier-added first), as
+    faiss's flat indexes do.
 
     Parameters
     ----------
@@ -36,7 +48,7 @@ class ExactIndex(BaseIndex):
     metric : str
         ``"l2"`` (scores = squared distances), ``"ip"`` or ``"cosine"`` (similarities).
     query_chunk, ref_chunk : int
-        Block shape of the score matrix computed at a time.
+        Block shape of the score matrix computed at a time on the small-search path.
 
     Examples
     --------
@@ -87,16 +99,39 @@ class ExactIndex(BaseIndex):
 
     # -- search ------------------------------------------------------------------------
     def _search_ids(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        metric = _TORCH_METRIC[self.metric]
+        query, gallery = torch.from_numpy(q), self.vectors
         with torch.no_grad():
-            scores, rows = knn(
-                torch.from_numpy(q), self.vectors, k, metric=_TORCH_METRIC[self.metric],
-                exclude_self=False, query_chunk=self.query_chunk, ref_chunk=self.ref_chunk,
-            )
+            if query.shape[0] * gallery.shape[0] >= FILTER_MIN_PAIRS:
+                scores, rows = self._filtered(query, gallery, k, metric)
+            else:
+                scores, rows = knn(query, gallery, k, metric=metric, exclude_self=False,
+                                   query_chunk=self.query_chunk, ref_chunk=self.ref_chunk)
         rows_np = rows.numpy()
         if self.ntotal == 0:
             return scores.numpy(), rows_np
         ids = np.where(rows_np >= 0, self._ids[np.clip(rows_np, 0, None)], -1)
         return scores.numpy(), ids
+
+    @staticmethod
+    def _filtered(query: torch.Tensor, gallery: torch.Tensor, k: int,
+                  metric: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact top ``k`` by threshold filtering: scores ``(n, k)`` and rows ``(n, k)``."""
+        from dmlkit.functional.topk_filter import exact_topk
+
+        keys, rows = exact_topk(query, gallery, k, metric=metric, exclude_self=False,
+                                block=FILTER_BLOCK)
+        n, found = keys.shape  # found = min(k, ntotal)
+        if metric == "euclidean":  # keys are squared distances; cancellation can dip < 0
+            scores = keys.clamp_min(0.0)
+            pad = float("inf")
+        else:  # keys are negated similarities
+            scores = -keys
+            pad = float("-inf")
+        out_scores = scores.new_full((n, k), pad)
+        out_rows = rows.new_full((n, k), -1)
+        out_scores[:, :found], out_rows[:, :found] = scores, rows
+        return out_scores, out_rows
 
     # -- persistence -------------------------------------------------------------------
     def _params(self) -> dict[str, Any]:
