@@ -290,3 +290,17 @@ def test_multiple_losses_mismatches_and_configs():
     assert config_of(rebuilt) == config and isinstance(rebuilt, WeightedSumLoss)
     x, y = torch.randn(16, 4), torch.arange(16) % 4
     torch.testing.assert_close(loss(x, y), rebuilt(x, y))
+
+
+def test_pair_miners_with_the_snr_distance_equal_pml():
+    from dmlkit.distances import SNRDistance
+
+    x, y, r, ry = data(13, n=40, m=20, classes=2)
+    for args in ((), (r, ry)):
+        got = UniformHistogramMiner(30, 4, 6, seed=2, distance=SNRDistance())(x, y, *args)
+        torch.manual_seed(2)
+        want = pml_miners.UniformHistogramMiner(30, 4, 6, distance=pml_distances.SNRDistance())(
+            x, y, *args)
+        assert same(got, want)
+        assert same(HDCMiner(0.3, distance=SNRDistance())(x, y, *args),
+                    pml_miners.HDCMiner(0.3, distance=pml_distances.SNRDistance())(x, y, *args))
