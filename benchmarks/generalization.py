@@ -72,16 +72,21 @@ RECIPES: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 
-def protocol_data(name: str, train: list[int], test: list[int], per_class: int) -> dict:
+def protocol_data(
+    name: str, train: list[int], test: list[int], per_class: int, heldout: int | None = None
+) -> dict:
     if name == "digits":
         return {"name": "digits", "split": "classes", "train_classes": train,
                 "test_classes": test, "seed": 0}  # fmt: skip
     return {"name": "fashion_mnist", "part": "train", "heldout_part": "test",
             "split": "classes", "train_classes": train, "test_classes": test,
-            "max_per_class": per_class, "seed": 0}  # fmt: skip
+            "max_per_class": per_class, "max_heldout_per_class": heldout,
+            "seed": 0}  # fmt: skip
 
 
-def protocols(validate: bool, per_class: int, only: list[str] | None) -> dict[str, dict]:
+def protocols(
+    validate: bool, per_class: int, only: list[str] | None, heldout: int | None = None
+) -> dict[str, dict]:
     """Protocol name -> data block (``--validate``: folds inside the training classes)."""
     out: dict[str, dict] = {}
     for source, short in (("digits", "digits"), ("fashion_mnist", "fmnist")):
@@ -90,7 +95,7 @@ def protocols(validate: bool, per_class: int, only: list[str] | None) -> dict[st
             if only and not any(o in name for o in only):
                 continue
             if not validate:
-                out[name] = protocol_data(source, a, b, per_class)
+                out[name] = protocol_data(source, a, b, per_class, heldout)
                 continue
             for val in (a[3:], a[:2], a[1:3]):
                 rest = [c for c in a if c not in val]
@@ -208,6 +213,8 @@ def main() -> None:
     parser.add_argument("--protocols", nargs="+", default=None, help="substrings of names")
     parser.add_argument("--per-class", type=int, default=1000,
                         help="Fashion-MNIST training images per class (test split: all)")
+    parser.add_argument("--heldout-per-class", type=int, default=None,
+                        help="Fashion-MNIST test images per class (default: all 1,000)")
     parser.add_argument("--validate", action="store_true")
     parser.add_argument("--no-pml", action="store_true")
     parser.add_argument("--pml-scratch", action="store_true",
@@ -225,7 +232,8 @@ def main() -> None:
     results: dict[str, Any] = {"args": vars(args), "machine": machine_info(args.threads),
                                "protocols": {}}  # fmt: skip
     rows = []
-    for pname, data in protocols(args.validate, args.per_class, args.protocols).items():
+    for pname, data in protocols(args.validate, args.per_class, args.protocols,
+                                      args.heldout_per_class).items():
         cache = tempfile.mkdtemp(prefix="dmlkit-features-")  # cold cache per protocol
         base_p = copy.deepcopy(base)
         if base_p["model"]["name"] == "efficientnet_lite0":
@@ -272,6 +280,7 @@ def main() -> None:
                               f"({pml['epochs']} epochs)", flush=True)  # fmt: skip
         entry.update({name: summarize(v) for name, v in runs.items()})
         results["protocols"][pname] = entry
+        write_json(args.out or "generalization_partial.json", results)  # after each protocol
         for method, m in entry.items():
             rows.append([pname, method, m["precision_at_1"], m["r_precision"], m["map_at_r"],
                          m.get("map_at_r_std", 0.0), m.get("seconds", "-")])  # fmt: skip
