@@ -315,3 +315,18 @@ def test_chunked_equals_one_chunk(loss, with_ref, monkeypatch):
 def test_tuplet_margin_keeps_degrees():
     loss = TupletMarginLoss(margin=5.73)
     assert loss.margin == 5.73 and loss.margin_radians == pytest.approx(0.1000073, rel=1e-6)
+
+
+def test_nca_keeps_queries_whose_positives_underflow():
+    g = torch.Generator().manual_seed(10)
+    x = torch.randn(8, 4, generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    scale = 2000.0  # e^(-scale * d) underflows for every positive of some queries
+    xs = F.normalize(x, dim=1)
+    d = torch.cdist(xs, xs) ** 2
+    logits = (-scale * d).fill_diagonal_(float("-inf"))
+    pos = (y[:, None] == y[None, :]) & ~torch.eye(8, dtype=torch.bool)
+    want = (logits.logsumexp(1) - logits.masked_fill(~pos, float("-inf")).logsumexp(1)).mean()
+    got = NCALoss(softmax_scale=scale)(x, y)
+    assert torch.isfinite(got)
+    torch.testing.assert_close(got, want)

@@ -84,9 +84,18 @@ class NCALoss(BaseMetricLoss):
                 labels[start:stop], full_ref_labels, exclude_self=no_ref, row_offset=start
             )  # (c, m)
             others = pos | neg  # (c, m): every reference but the query itself
-            log_pos = masked_logsumexp(logits, pos)  # (c,)
-            log_all = masked_logsumexp(logits, others)  # (c,)
+            # one exponential for both sums, shifted by the row's largest logit
+            z = logits.masked_fill(~others, torch.finfo(logits.dtype).min)  # (c, m)
+            peak = z.amax(dim=1, keepdim=True).detach()  # (c, 1)
+            e = torch.exp(z - peak)  # (c, m), 0 off ``others``
             valid = pos.any(dim=1)  # (c,)
+            sum_pos = (e * pos).sum(dim=1)  # (c,)
+            log_all = torch.log(e.sum(dim=1))  # (c,), relative to the peak
+            safe = torch.where(sum_pos > 0, sum_pos, 1.0)
+            log_pos = torch.log(safe)  # (c,)
+            lost = valid & (sum_pos == 0)  # positives underflowed below the peak
+            if bool(lost.any()):
+                log_pos = torch.where(lost, masked_logsumexp(logits, pos) - peak[:, 0], log_pos)
             loss = torch.where(valid, log_all - log_pos, 0.0) * w[start:stop]  # (c,)
             return pack(loss.sum(), valid.sum())
 
