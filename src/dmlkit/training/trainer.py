@@ -163,9 +163,10 @@ class Trainer:
                 batch = self.fetch(indices)
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=tc.amp):
                     loss = self.batch_loss(batch)
-                if not torch.isfinite(loss):
+                value = float(loss.detach())  # the step's one host sync (on accelerators)
+                if not math.isfinite(value):
                     raise FloatingPointError(
-                        f"loss is {float(loss.detach())} at epoch {epoch + 1}, batch {step + 1}; "
+                        f"loss is {value} at epoch {epoch + 1}, batch {step + 1}; "
                         "lower optimizer.lr or check the data"
                     )
                 self.optimizer.zero_grad(set_to_none=True)
@@ -177,7 +178,7 @@ class Trainer:
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 self.scheduler.step()
-                total += float(loss.detach())
+                total += value
                 count += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{total / count:.4f}")
