@@ -75,14 +75,24 @@ def train(
         if out is None:
             out = RUNS_DIR / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         typer.echo(f"{'resuming' if resume else 'run directory'}: {out}")
-        result = train_run(cfg, out, resume=resume, log=typer.echo)
+        runner = train_run
+        if cfg.data.name in ("text", "stsb"):  # sentence encoders (dmlkit.text)
+            from dmlkit.text import train_text_run as runner
+        result = runner(cfg, out, resume=resume, log=typer.echo)
     except (FileNotFoundError, FileExistsError, ValueError, TypeError, KeyError) as err:
         raise _fail(str(err)) from None
     except KeyboardInterrupt:
         raise _fail(
             "interrupted; resume with: dmlkit train --resume --out " + str(out), 130
         ) from None
-    if "num_tuples" in result.metrics:  # weak supervision evaluated on held-out tuples
+    if not result.metrics:  # a worker process of a multi-process run: rank 0 reports
+        return
+    if cfg.data.name in ("text", "stsb"):
+        from dmlkit.text import text_metrics_table
+
+        typer.echo(f"\nheld-out {cfg.data.kind} of {cfg.data.name}:")
+        typer.echo(text_metrics_table(result.metrics))
+    elif "num_tuples" in result.metrics:  # weak supervision evaluated on held-out tuples
         from dmlkit.training.weak import tuple_metrics_table
 
         typer.echo(f"\nheld-out {cfg.data.kind} ({result.metrics['num_tuples']}):")

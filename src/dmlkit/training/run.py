@@ -27,6 +27,7 @@ from dmlkit.data.splits import stratified_split
 from dmlkit.training.build import build_model, resolve_config
 from dmlkit.training.checkpoint import atomic_save, load_checkpoint, torch_load
 from dmlkit.training.device import check_device
+from dmlkit.training.distributed import init_from_env, is_main_process
 from dmlkit.training.frozen_features import frozen_feature_data
 from dmlkit.training.trainer import CHECKPOINT, Trainer
 
@@ -209,21 +210,43 @@ def _train_run(
 
         return train_weak_run(config, out_dir, resume, log, callbacks)
     start = time.perf_counter()
+    distributed = init_from_env(config.training.device)  # launched by torchrun: N processes
+    try:
+        return _train_labelled(config, out_dir, resume, log, callbacks, start, distributed)
+    finally:
+        if distributed:
+            import torch.distributed as dist
+
+            dist.barrier()  # every process done (rank 0 has written the run) before leaving
+            dist.destroy_process_group()
+
+
+def _train_labelled(config: Config, out_dir: Path, resume: bool, log: Any, callbacks: tuple,
+                    start: float, distributed: bool) -> RunResult:
     train, heldout = build_splits(config)
     train, val = validation_split(train, config)
     resolved = resolve_config(config, train.x[0], int(train.labels.max()) + 1)
     train, val = frozen_feature_data(resolved, train, val, log)  # cached, if frozen backbone
     train = augmented(train, config)
     out_dir.mkdir(parents=True, exist_ok=True)
-    resolved.to_yaml(out_dir / CONFIG_FILE)
+    if is_main_process():
+        resolved.to_yaml(out_dir / CONFIG_FILE)
     log(
         f"training on {len(train)} items ({train.num_classes} classes), "
         f"held out {len(heldout)} items ({heldout.num_classes} classes)"
         + (f", validating on {len(val)}" if val is not None else "")
         + (f" of classes {val.classes}" if config.training.val_classes is not None else "")
     )
-    trainer = Trainer(resolved, train, val_data=val, out_dir=out_dir, log=log, callbacks=callbacks)
+    trainer_cls = Trainer
+    if distributed:
+        from dmlkit.training.distributed import DistributedTrainer
+
+        trainer_cls = DistributedTrainer
+    trainer = trainer_cls(resolved, train, val_data=val, out_dir=out_dir, log=log,
+                          callbacks=callbacks)
     history = trainer.fit(resume=resume)
+    if not is_main_process():  # rank 0 writes the weights and metrics
+        return RunResult(out_dir, {}, history, time.perf_counter() - start)
     atomic_save(trainer.model.state_dict(), out_dir / MODEL_FILE)
     metrics = heldout_metrics(trainer.model, heldout, device=trainer.device)
     seconds = time.perf_counter() - start

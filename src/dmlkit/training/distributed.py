@@ -1,0 +1,137 @@
+"""Multi-process training on PyTorch's distributed engine (``torchrun``, gloo or nccl).
+
+``torchrun --nproc-per-node N -m dmlkit train CONFIG`` starts N processes; each embeds
+its share of every batch, the embeddings and labels of all processes are gathered (with
+gradients flowing back to their owners), and every process computes the miner and the
+loss on the *global* batch, so negatives come from all processes. Gradients of the
+model and the loss (proxies) are averaged across processes after each backward pass.
+Since the gather's backward pass sums every process's gradient of the (identical)
+global loss, the averaged gradients equal those of one process on the concatenated
+batch: N processes train like one process with the same global batch.
+
+All processes draw the same batches from the same seeded sampler and take interleaved
+slices of each; checkpoints, logs and metrics are written by rank 0 only, and a
+checkpoint resumes on any number of processes. Batch norm uses each process's own
+batch statistics (as DistributedDataParallel does by default).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from dmlkit.training.trainer import Trainer
+
+
+def world_size_from_env() -> int:
+    """``WORLD_SIZE`` set by torchrun (1 when not launched by it)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def init_from_env(device: str = "cpu") -> bool:
+    """Join the process group torchrun describes (gloo on CPU, nccl on CUDA).
+
+    Returns whether training is distributed (more than one process).
+    """
+    if world_size_from_env() <= 1:
+        return False
+    if not dist.is_initialized():
+        backend = "nccl" if device.startswith("cuda") and torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    return dist.get_world_size() > 1
+
+
+def is_main_process() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def gather_with_grad(x: Tensor) -> Tensor:
+    """``(world * n, ...)``: every process's ``x`` in rank order, differentiable."""
+    import warnings
+
+    from torch.distributed.nn.functional import all_gather
+
+    with warnings.catch_warnings():  # its backward sums every process's gradient, as needed
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.cat(all_gather(x.contiguous()))
+
+
+def gather(x: Tensor) -> Tensor:
+    """``(world * n, ...)``: every process's ``x`` in rank order (no gradient)."""
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
+def global_batch_loss(loss: Any, miner: Any, embeddings: Tensor, labels: Tensor) -> Tensor:
+    """The loss of the gathered global batch (the miner, if any, mines it)."""
+    all_emb = gather_with_grad(embeddings)  # (world * B, d)
+    all_labels = gather(labels)
+    indices = miner(all_emb, all_labels) if miner is not None else None
+    return loss(all_emb, all_labels, indices=indices)
+
+
+def average_gradients(*modules: torch.nn.Module) -> None:
+    """Average the ``.grad`` of every parameter across processes (in place)."""
+    world = dist.get_world_size()
+    for module in modules:
+        for p in module.parameters():
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad.div_(world)
+
+
+class DistributedTrainer(Trainer):
+    """:class:`~dmlkit.training.Trainer` for one process of a torchrun job."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        for module in (self.model, self.loss):
+            for p in module.parameters():
+                if p.requires_grad:
+                    p.register_post_accumulate_grad_hook(self._average)
+        if self.rank != 0:
+            self.log = lambda _msg: None
+
+    def _average(self, p: Tensor) -> None:
+        dist.all_reduce(p.grad)
+        p.grad.div_(self.world)
+
+    def fetch(self, indices: list[int]) -> Any:
+        share = list(indices)[self.rank :: self.world]
+        if not share:
+            raise ValueError(f"a batch of {len(indices)} items cannot feed {self.world} processes")
+        return super().fetch(share)
+
+    def batch_loss(self, batch: Any) -> Tensor:
+        inputs, labels, indices = self.unpack(batch)
+        if indices is not None or labels is None:
+            raise ValueError("multi-process training needs class labels (tuple data is not "
+                             "supported across processes yet)")
+        embeddings = self.model(inputs.to(self.device, non_blocking=True))  # (B / world, d)
+        return global_batch_loss(self.loss, self.miner, embeddings, labels.to(self.device))
+
+    def save(self, path: Any) -> None:
+        if self.rank == 0:
+            super().save(path)
+        dist.barrier()
+
+    def _after_epoch(self, record: dict[str, Any]) -> bool:
+        if self.rank == 0:
+            return super()._after_epoch(record)
+        out, self.out_dir = self.out_dir, None  # only rank 0 writes the log and checkpoint
+        try:
+            return super()._after_epoch(record)
+        finally:
+            self.out_dir = out
+            if out is not None:
+                dist.barrier()  # matches rank 0's barrier in save()
+
+
+__all__ = ["DistributedTrainer", "average_gradients", "gather", "gather_with_grad",
+           "global_batch_loss", "init_from_env", "is_main_process", "world_size_from_env"]
