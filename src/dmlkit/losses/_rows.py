@@ -77,6 +77,10 @@ class RowWeights:
         self.pairs = pairs
         self.m = m
         self.exclude_self = exclude_self
+        if pairs is not None:  # flat positions sorted once: a chunk reads a contiguous slice
+            a1, p, a2, n = pairs
+            self._pos = torch.sort(a1 * m + p).values  # (P,)
+            self._neg = torch.sort(a2 * m + n).values  # (N,)
 
     def __call__(self, start: int, stop: int, dtype: torch.dtype, device) -> tuple[Tensor, Tensor]:
         if self.pairs is None:
@@ -87,19 +91,21 @@ class RowWeights:
                 row_offset=start,
             )  # (c, m)
             return pos.to(dtype), neg.to(dtype)
-        a1, p, a2, n = self.pairs
         return (
-            _count_rows(a1, p, start, stop, self.m, dtype, device),
-            _count_rows(a2, n, start, stop, self.m, dtype, device),
+            _count_rows(self._pos, start, stop, self.m, dtype, device),
+            _count_rows(self._neg, start, stop, self.m, dtype, device),
         )
 
 
-def _count_rows(rows: Tensor, cols: Tensor, start: int, stop: int, m: int, dtype, device) -> Tensor:
-    """How often each ``(row, col)`` of rows ``start:stop`` is listed, ``(c, m)``."""
+def _count_rows(flat: Tensor, start: int, stop: int, m: int, dtype, device) -> Tensor:
+    """How often each ``(row, col)`` of rows ``start:stop`` is listed, ``(c, m)``.
+
+    ``flat`` holds the sorted positions ``row * m + col`` of every listed pair.
+    """
     c = stop - start
-    flat = rows * m + cols  # (P,) positions in the full (n, m) matrix
-    sel = (flat >= start * m) & (flat < stop * m)  # (P,) pairs of this chunk's anchors
-    counts = torch.bincount(flat[sel] - start * m, minlength=c * m)  # (c * m,)
+    bounds = torch.tensor([start * m, stop * m], device=flat.device)
+    lo, hi = torch.searchsorted(flat, bounds).tolist()  # this chunk's slice
+    counts = torch.bincount(flat[lo:hi] - start * m, minlength=c * m)  # (c * m,)
     return counts.view(c, m).to(device=device, dtype=dtype)
 
 
