@@ -30,7 +30,7 @@ def format_report(result: dict[str, Any]) -> str:
     """Plain-text tables of an :func:`~dmlkit.evaluation.evaluate_embeddings` result."""
     blocks = [f"{result.get('num_embeddings')} embeddings, metric {result.get('metric')}, "
               f"seed {result.get('seed')}"]
-    for section in ("retrieval", "clustering", "verification"):
+    for section in ("retrieval", "clustering", "verification", "sts"):
         if section in result:
             blocks.append(_table(section, result[section]))
     for name, shot in result.get("few_shot", {}).items():

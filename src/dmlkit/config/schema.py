@@ -19,7 +19,8 @@ from typing import Any
 
 from dmlkit.config.tune import TuneConfig
 
-DATA_SOURCES = ("digits", "fashion_mnist", "idx", "npz", "image_folder")
+DATA_SOURCES = ("digits", "fashion_mnist", "idx", "npz", "image_folder", "text", "stsb")
+TEXT_SOURCES = ("text", "stsb")
 
 
 @dataclass
@@ -58,6 +59,11 @@ class DataConfig:
         (see :mod:`dmlkit.training.weak`): tuples from the CSV file ``tuples`` (entries are
         rows of the ``features`` .npy/.npz array, or image paths), else ``num_tuples``
         tuples drawn from the labelled source above, whose labels are then dropped.
+        Text (``name: text``, a CSV / TSV / JSONL file at ``path``; ``name: stsb``, the
+        STS benchmark): ``"labels"`` for labelled sentences, ``"pairs"`` for sentence
+        pairs with scores (see :mod:`dmlkit.data.text`).
+    min_score : float, optional
+        Text pairs scoring at least this are positives (default 4.0 for STS-B, else 1.0).
     """
 
     name: str = "digits"
@@ -82,6 +88,7 @@ class DataConfig:
     tuples: str | None = None
     features: str | None = None
     num_tuples: int = 5000
+    min_score: float | None = None
 
     def __post_init__(self) -> None:
         _choice("data", "name", self.name, DATA_SOURCES)
@@ -94,7 +101,7 @@ class DataConfig:
             raise ValueError("data.split 'classes' needs data.train_classes")
         if self.split == "stratified" and not 0.0 < self.test_fraction < 1.0:
             raise ValueError(f"data.test_fraction must be in (0, 1), got {self.test_fraction}")
-        if self.name in ("idx", "npz", "image_folder") and not self.path:
+        if self.name in ("idx", "npz", "image_folder", "text") and not self.path:
             raise ValueError(f"data.name {self.name!r} needs data.path")
         if self.augment_shift < 0:
             raise ValueError(f"data.augment_shift must be >= 0, got {self.augment_shift}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from dmlkit.config.schema import TEXT_SOURCES, Config
 from dmlkit.evaluation.evaluate import evaluate_embeddings, write_json
 from dmlkit.training.run import build_splits, embed, load_run
 
@@ -21,6 +22,11 @@ def evaluate_run(
     """Embed a run's held-out data (``data``: ``"heldout"`` (default), ``"train"``, or any
     ``dmlkit.data.load_dataset`` spec) with its model and evaluate it with
     :func:`evaluate_embeddings`; ``out`` defaults to ``RUN_DIR/evaluation.json``."""
+    config_path = Path(run_dir) / "config.yaml"
+    if config_path.is_file() and Config.from_yaml(config_path).data.name in TEXT_SOURCES:
+        from dmlkit.text import evaluate_text_run  # sentence-encoder runs
+
+        return evaluate_text_run(run_dir, data, out=out, device=device, **kwargs)
     run = load_run(run_dir, device=device)
     if data is None or data in ("heldout", "train"):
         train_set, heldout = build_splits(run.config)

