@@ -159,6 +159,9 @@ class TrainingConfig:
     drawn with ``data.seed + 1``, or a list of class ids), so validation, early stopping
     and the kept checkpoint measure generalization to unseen classes
     (:mod:`dmlkit.data.class_folds`); each side keeps at least two classes.
+    ``grad_cache_chunk`` embeds each batch in chunks of that many items and recomputes
+    their activations in the backward pass (gradient caching): batches larger than fit
+    in memory, same gradients.
     """
 
     epochs: int = 20
@@ -171,11 +174,15 @@ class TrainingConfig:
     grad_clip: float | None = None
     progress: bool = True
     num_threads: int | None = None
+    grad_cache_chunk: int | None = None
     val_classes: float | list[int] | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("training.epochs and training.batch_size must be >= 1")
+        if self.grad_cache_chunk is not None and self.grad_cache_chunk < 1:
+            raise ValueError(
+                f"training.grad_cache_chunk must be >= 1, got {self.grad_cache_chunk}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"training.val_fraction must be in [0, 1), got {self.val_fraction}")
         _check_val_classes(self.val_classes)

@@ -139,10 +139,24 @@ class Trainer:
             labels = labels.to(self.device)
         if indices is not None:
             indices = type(indices)(*(t.to(self.device) for t in indices))
-        embeddings = self.model(inputs)  # (B, dim)
+        embeddings = self.embed_batch(inputs)  # (B, dim)
         if indices is None and self.miner is not None and labels is not None:
             indices = self.miner(embeddings, labels)
         return self.loss(embeddings, labels, indices=indices)
+
+    def embed_batch(self, inputs: Any) -> Tensor:
+        """The model's embeddings of a batch; with ``training.grad_cache_chunk`` the batch is
+        embedded in chunks whose activations are not kept but recomputed, one chunk at a
+        time, in the backward pass (gradient caching, Gao et al. 2021): memory grows with
+        the chunk, not the batch, and the gradients equal the plain step's (batch norm
+        sees per-chunk statistics)."""
+        chunk = self.config.training.grad_cache_chunk
+        if chunk is None or not isinstance(inputs, Tensor) or len(inputs) <= chunk:
+            return self.model(inputs)
+        from torch.utils.checkpoint import checkpoint
+
+        return torch.cat([checkpoint(self.model, inputs[s : s + chunk], use_reentrant=False)
+                          for s in range(0, len(inputs), chunk)])  # (B, dim)
 
     # -- epochs ------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict[str, Any]:
