@@ -49,7 +49,8 @@ def _image_paths(root: Path) -> list[str]:
 @index_app.command("build")
 def build(
     source: Path = typer.Argument(
-        ..., help="A run directory (its model embeds --data), or a .npz/.npy of embeddings."
+        ..., help="A run directory (its model embeds --data), a .npz/.npy of embeddings, or "
+        "an embedding store directory (dmlkit embed --store; built in chunks)."
     ),
     data: str = typer.Option(
         "heldout", "--data", help="'heldout', 'train', or any dataset spec (see dmlkit embed)."
@@ -80,6 +81,8 @@ def build(
 
     try:
         paths = payloads = spec = None
+        if (source / "manifest.json").is_file() and not (source / "config.yaml").exists():
+            return _build_from_store(source, out, factory, metric, nprobe, ef_search)
         if source.is_file():
             emb, labels = _load_arrays(source)
             info = {"embeddings": str(source)}
@@ -124,6 +127,22 @@ def build(
             typer.echo(f"warning: recall {recall['recall_at_k']:.4f} is below "
                        f"{target_recall}; raise --nprobe / --ef-search or use --factory exact",
                        err=True)
+
+
+def _build_from_store(store_dir: Path, out: Path, factory: str, metric: str,
+                      nprobe: int | None, ef_search: int | None) -> None:
+    """Build a faiss index from an embedding store chunk by chunk (see dmlkit embed --store)."""
+    from dmlkit.index.store import EmbeddingStore, build_index_from_store
+
+    if factory == "exact":
+        factory = "Flat"  # the chunked build is faiss; Flat is exact
+    store = EmbeddingStore.open(store_dir)
+    index = build_index_from_store(store, factory, metric, nprobe=nprobe, ef_search=ef_search,
+                                   show_progress=True)
+    index.info = {"store": str(store_dir.resolve()), **store.manifest.get("source", {})}
+    index.save(out)
+    typer.echo(f"indexed {index.ntotal} embeddings of dim {store.dim} ({factory}, {metric}) "
+               f"from store {store_dir} in {out}")
 
 
 def _recall_line(recall: dict[str, Any]) -> str:

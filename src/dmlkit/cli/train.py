@@ -115,8 +115,12 @@ def embed(
     out: Path = typer.Option(..., "--out", "-o", help="Output .npz (embeddings, labels)."),
     batch_size: int = typer.Option(512, "--batch-size"),
     device: str = typer.Option("cpu", "--device"),
+    store: bool = typer.Option(
+        False, "--store", help="Write a memory-mapped store directory at --out in chunks "
+        "(resumable: rerun to continue) instead of one .npz."),
+    chunk_size: int = typer.Option(65536, "--chunk-size", help="Rows per store chunk."),
 ) -> None:
-    """Embed a dataset with a trained run's model and save it as .npz."""
+    """Embed a dataset with a trained run's model and save it as .npz (or a --store)."""
     import numpy as np
 
     from dmlkit.data import load_dataset
@@ -130,6 +134,17 @@ def embed(
             dataset = heldout if data == "heldout" else train_set
         else:
             dataset = load_dataset(data)
+        if store:
+            from dmlkit.index.store import embed_to_store
+
+            def chunk(a: int, b: int) -> np.ndarray:
+                return embed_data(run.model, dataset.x[a:b], batch_size, device)[0].numpy()
+
+            done = embed_to_store(chunk, len(dataset.x), chunk(0, 1).shape[1], out,
+                                  labels=dataset.labels.numpy(), chunk_size=chunk_size,
+                                  source={"run_dir": str(run_dir.resolve()), "data": data})
+            typer.echo(f"stored {done.rows_done} embeddings of dim {done.dim} in {out}/")
+            return
         emb, labels = embed_data(run.model, dataset, batch_size=batch_size, device=device)
     except (FileNotFoundError, ValueError, TypeError, KeyError) as err:
         raise _fail(str(err)) from None

@@ -1,0 +1,230 @@
+"""An on-disk, memory-mapped embedding store, written in chunks and resumable.
+
+A store is a directory::
+
+    embeddings.npy   float32 (n, dim), a NumPy .npy file opened as a memory map
+    labels.npy       int64 (n,), -1 where unlabelled
+    manifest.json    {"format", "count", "dim", "rows_done", "chunk_size", "source"}
+
+``rows_done`` is written (atomically) only after the rows before it were flushed to disk,
+so a write killed at any point resumes from the last finished chunk. Faiss indexes are
+built from a store chunk by chunk (:func:`build_index_from_store`), so the gallery never
+has to fit in memory at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT = "dmlkit-embedding-store/1"
+MANIFEST = "manifest.json"
+log = logging.getLogger(__name__)
+
+
+def _write_json(path: Path, obj: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+class EmbeddingStore:
+    """A memory-mapped ``(count, dim)`` float32 store with labels and a progress manifest.
+
+    Use :meth:`create` (or :meth:`open_or_create` to resume) and :meth:`open`;
+    ``store.embeddings`` / ``store.labels`` are read-only memory maps of the finished rows.
+    """
+
+    def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
+        self.path = Path(path)
+        self.manifest = manifest
+
+    # -- construction ------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: str | Path, count: int, dim: int, *, chunk_size: int = 65536,
+               source: dict[str, Any] | None = None) -> EmbeddingStore:
+        """Allocate an empty store of ``count`` rows of ``dim`` floats at ``path``."""
+        for name, v in (("count", count), ("dim", dim), ("chunk_size", chunk_size)):
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        path = Path(path)
+        if (path / MANIFEST).exists():
+            raise ValueError(f"{path} already holds a store; open it or remove it")
+        path.mkdir(parents=True, exist_ok=True)
+        np.lib.format.open_memmap(path / "embeddings.npy", "w+", np.float32, (count, dim)).flush()
+        np.lib.format.open_memmap(path / "labels.npy", "w+", np.int64, (count,)).flush()
+        manifest = {"format": FORMAT, "count": int(count), "dim": int(dim), "rows_done": 0,
+                    "chunk_size": int(chunk_size), "source": source or {}}
+        _write_json(path / MANIFEST, manifest)
+        return cls(path, manifest)
+
+    @classmethod
+    def open(cls, path: str | Path) -> EmbeddingStore:
+        """Open an existing store (finished or not)."""
+        path = Path(path)
+        if not (path / MANIFEST).is_file():
+            raise FileNotFoundError(f"{path} is not an embedding store (no {MANIFEST})")
+        manifest = json.loads((path / MANIFEST).read_text())
+        if manifest.get("format") != FORMAT:
+            raise ValueError(f"{path}: unknown store format {manifest.get('format')!r}")
+        return cls(path, manifest)
+
+    @classmethod
+    def open_or_create(cls, path: str | Path, count: int, dim: int, *, chunk_size: int = 65536,
+                       source: dict[str, Any] | None = None) -> EmbeddingStore:
+        """Resume the store at ``path`` if it matches ``count``/``dim``/``source``, else create."""
+        if not (Path(path) / MANIFEST).exists():
+            return cls.create(path, count, dim, chunk_size=chunk_size, source=source)
+        store = cls.open(path)
+        m = store.manifest
+        if (m["count"], m["dim"]) != (count, dim) or (source and m["source"] != source):
+            raise ValueError(
+                f"{path} holds a different store (count {m['count']}, dim {m['dim']}, source "
+                f"{m['source']}) than requested (count {count}, dim {dim}, source {source}); "
+                "remove it or write elsewhere")
+        return store
+
+    # -- state -------------------------------------------------------------------------
+    @property
+    def count(self) -> int:
+        return int(self.manifest["count"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    @property
+    def rows_done(self) -> int:
+        return int(self.manifest["rows_done"])
+
+    @property
+    def complete(self) -> bool:
+        return self.rows_done == self.count
+
+    @property
+    def embeddings(self) -> np.ndarray:
+        """Read-only memory map ``(rows_done, dim)`` of the finished rows."""
+        return np.load(self.path / "embeddings.npy", mmap_mode="r")[: self.rows_done]
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Read-only memory map ``(rows_done,)``; ``-1`` = unlabelled."""
+        return np.load(self.path / "labels.npy", mmap_mode="r")[: self.rows_done]
+
+    # -- writing -----------------------------------------------------------------------
+    def write(self, start: int, emb: np.ndarray, labels: np.ndarray | None = None) -> None:
+        """Write ``emb`` ``(b, dim)`` at rows ``start:start+b`` (must be ``rows_done``),
+        flush it, then record the new ``rows_done`` in the manifest."""
+        emb = np.asarray(emb, dtype=np.float32)
+        if start != self.rows_done:
+            raise ValueError(f"chunks are written in order: start {start} != rows_done "
+                             f"{self.rows_done}")
+        if emb.ndim != 2 or emb.shape[1] != self.dim or start + emb.shape[0] > self.count:
+            raise ValueError(f"chunk of shape {emb.shape} does not fit rows {start}.. of a "
+                             f"({self.count}, {self.dim}) store")
+        end = start + emb.shape[0]
+        mm = np.load(self.path / "embeddings.npy", mmap_mode="r+")
+        mm[start:end] = emb
+        mm.flush()
+        del mm
+        lab = np.full(emb.shape[0], -1, np.int64) if labels is None else np.asarray(labels)
+        lm = np.load(self.path / "labels.npy", mmap_mode="r+")
+        lm[start:end] = lab.astype(np.int64)
+        lm.flush()
+        del lm
+        self.manifest["rows_done"] = end
+        _write_json(self.path / MANIFEST, self.manifest)
+
+    def chunks(self, chunk_size: int | None = None) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """Yield ``(start, emb (b, dim) float32 copy, labels (b,))`` over the finished rows."""
+        size = int(chunk_size or self.manifest["chunk_size"])
+        emb, lab = self.embeddings, self.labels
+        for s in range(0, self.rows_done, size):
+            yield s, np.ascontiguousarray(emb[s : s + size]), np.asarray(lab[s : s + size])
+
+
+def progress(total: int, initial: int, desc: str) -> Callable[[int], None]:
+    """A progress callback: tqdm on a terminal, one log line per ~10% otherwise."""
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, initial=initial, desc=desc, unit="row")
+        return lambda done: (bar.update(done - bar.n), done >= total and bar.close())
+    step = max(1, total // 10)
+    state = {"next": initial + step}
+
+    def report(done: int) -> None:
+        if done >= state["next"] or done >= total:
+            print(f"{desc}: {done}/{total} rows", file=sys.stderr, flush=True)
+            state["next"] = done + step
+
+    return report
+
+
+def embed_to_store(
+    embed_chunk: Callable[[int, int], np.ndarray], count: int, dim: int, path: str | Path, *,
+    labels: np.ndarray | None = None, chunk_size: int = 65536,
+    source: dict[str, Any] | None = None, show_progress: bool = True,
+) -> EmbeddingStore:
+    """Fill (or resume) the store at ``path`` with ``embed_chunk(start, end)`` ``(b, dim)``.
+
+    Rows already recorded in the manifest are skipped, so rerunning after an interruption
+    continues where it stopped.
+    """
+    store = EmbeddingStore.open_or_create(path, count, dim, chunk_size=chunk_size,
+                                          source=source)
+    if labels is not None and len(labels) != count:
+        raise ValueError(f"labels must have {count} entries, got {len(labels)}")
+    if store.rows_done:
+        log.info("resuming %s at row %d of %d", path, store.rows_done, count)
+    tick = progress(count, store.rows_done, f"embed -> {path}") if show_progress else None
+    for start in range(store.rows_done, count, chunk_size):
+        end = min(count, start + chunk_size)
+        emb = np.asarray(embed_chunk(start, end), dtype=np.float32)  # (end - start, dim)
+        store.write(start, emb, None if labels is None else labels[start:end])
+        if tick:
+            tick(end)
+    return store
+
+
+def build_index_from_store(
+    store: EmbeddingStore | str | Path, factory: str = "Flat", metric: str = "l2", *,
+    train_size: int = 100_000, chunk_size: int = 65536, nprobe: int | None = None,
+    ef_search: int | None = None, seed: int = 0, show_progress: bool = False,
+) -> Any:
+    """Build a :class:`~dmlkit.index.FaissIndex` from a store without loading it whole.
+
+    Quantizers are trained on ``train_size`` rows sampled uniformly (sorted reads from the
+    memory map); the rows are then added ``chunk_size`` at a time under ids ``0..n-1``
+    with their labels. Peak memory is the index itself plus one chunk and the sample.
+    """
+    from dmlkit.index.faiss_index import FaissIndex
+
+    store = store if isinstance(store, EmbeddingStore) else EmbeddingStore.open(store)
+    if not store.complete:
+        raise ValueError(f"{store.path} is unfinished ({store.rows_done}/{store.count} rows); "
+                         "rerun the embed to complete it")
+    index = FaissIndex(store.dim, metric, factory, nprobe=nprobe, ef_search=ef_search)
+    if not index.is_trained:
+        rng = np.random.default_rng(seed)
+        n = store.count
+        rows = np.sort(rng.choice(n, size=min(train_size, n), replace=False))
+        index.train(np.ascontiguousarray(store.embeddings[rows]))
+    tick = progress(store.count, 0, f"index <- {store.path}") if show_progress else None
+    for start, emb, lab in store.chunks(chunk_size):
+        ids = np.arange(start, start + emb.shape[0], dtype=np.int64)
+        labelled = lab >= 0
+        index.add(emb, ids, labels=lab if labelled.all() else None)
+        if tick:
+            tick(start + emb.shape[0])
+    return index
+
+
+__all__ = ["EmbeddingStore", "build_index_from_store", "embed_to_store"]
