@@ -70,6 +70,31 @@ def equal_error_rate(
     return float(eer), float(hi + t * (thresholds[i] - hi))
 
 
+def min_dcf(
+    fpr: np.ndarray,
+    tpr: np.ndarray,
+    thresholds: np.ndarray,
+    *,
+    p_target: float = 0.01,
+    c_miss: float = 1.0,
+    c_fa: float = 1.0,
+) -> tuple[float, float]:
+    """``(min_dcf, threshold)``: the minimum normalized detection cost over ROC points.
+
+    ``DCF = c_miss P_miss p_target + c_fa P_fa (1 - p_target)``, divided by
+    ``min(c_miss p_target, c_fa (1 - p_target))`` (the cost of always accepting or always
+    rejecting), as in the NIST speaker recognition evaluations. ``P_miss = 1 - tpr``,
+    ``P_fa = fpr``; the threshold accepts ``score >= threshold``.
+    """
+    if not 0.0 < p_target < 1.0:
+        raise ValueError(f"p_target must be in (0, 1), got {p_target}")
+    if not (c_miss > 0 and c_fa > 0):
+        raise ValueError(f"c_miss and c_fa must be > 0, got {c_miss}, {c_fa}")
+    dcf = c_miss * (1.0 - tpr) * p_target + c_fa * fpr * (1.0 - p_target)  # (points,)
+    i = int(np.argmin(dcf))
+    return float(dcf[i] / min(c_miss * p_target, c_fa * (1.0 - p_target))), float(thresholds[i])
+
+
 def tar_at_far(fpr: np.ndarray, tpr: np.ndarray, far: float) -> float:
     """Highest true-accept rate among ROC points whose false-accept rate is ``<= far``."""
     ok = fpr <= far
@@ -140,6 +165,7 @@ __all__ = [
     "auc",
     "equal_error_rate",
     "tar_at_far",
+    "min_dcf",
     "threshold_between",
     "best_accuracy_threshold",
     "kfold_accuracy",

@@ -1,0 +1,209 @@
+"""Speech data: WAV reading, resampling, energy-based voice-activity trimming, fixed crops.
+
+Everything here works with the standard library's ``wave`` module and numpy; no audio
+package is needed. Waveforms are float32 arrays in ``[-1, 1]``, mono.
+"""
+
+from __future__ import annotations
+
+import wave
+from math import gcd
+from pathlib import Path
+
+import numpy as np
+
+SAMPLE_RATE = 16_000
+_AUDIO_SUFFIXES = (".wav",)
+
+
+def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
+    """Read a PCM WAV file as ``(waveform float32 (T,), sample_rate)``, channels averaged.
+
+    Supports 8-bit unsigned and 16/24/32-bit signed PCM.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"no such WAV file: {path}")
+    try:
+        with wave.open(str(path), "rb") as w:
+            n_ch, width, rate = w.getnchannels(), w.getsampwidth(), w.getframerate()
+            raw = w.readframes(w.getnframes())
+    except wave.Error as e:
+        raise ValueError(f"{path} is not a PCM WAV file readable by the wave module: {e}") from e
+    if width == 1:
+        x = (np.frombuffer(raw, np.uint8).astype(np.float32) - 128.0) / 128.0
+    elif width == 2:
+        x = np.frombuffer(raw, "<i2").astype(np.float32) / 32768.0
+    elif width == 3:
+        b = np.frombuffer(raw, np.uint8).reshape(-1, 3).astype(np.int32)
+        v = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
+        v = np.where(v >= 1 << 23, v - (1 << 24), v)
+        x = v.astype(np.float32) / float(1 << 23)
+    elif width == 4:
+        x = np.frombuffer(raw, "<i4").astype(np.float32) / float(1 << 31)
+    else:
+        raise ValueError(f"{path}: unsupported sample width {width} bytes")
+    return x.reshape(-1, n_ch).mean(axis=1).astype(np.float32), rate
+
+
+def write_wav(path: str | Path, waveform: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
+    """Write a mono float waveform in ``[-1, 1]`` as 16-bit PCM (clipped)."""
+    x = np.clip(np.asarray(waveform, dtype=np.float64).reshape(-1), -1.0, 1.0)
+    pcm = np.round(x * 32767.0).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(int(sample_rate))
+        w.writeframes(pcm.tobytes())
+
+
+def resample(waveform: np.ndarray, orig_rate: int, new_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Band-limited resampling by the FFT (spectrum truncated or zero-padded).
+
+    ``(T,) -> (round(T * new_rate / orig_rate),)``. Content above the lower Nyquist
+    frequency is removed, so downsampling does not alias.
+    """
+    if orig_rate <= 0 or new_rate <= 0:
+        raise ValueError(f"sample rates must be > 0, got {orig_rate}, {new_rate}")
+    x = np.asarray(waveform, dtype=np.float64).reshape(-1)
+    if orig_rate == new_rate or x.size == 0:
+        return x.astype(np.float32)
+    g = gcd(orig_rate, new_rate)
+    n_out = int(round(x.size * (new_rate // g) / (orig_rate // g)))
+    spec = np.fft.rfft(x)  # (T//2+1,)
+    keep = min(spec.size, n_out // 2 + 1)
+    out_spec = np.zeros(n_out // 2 + 1, dtype=np.complex128)
+    out_spec[:keep] = spec[:keep]
+    if n_out % 2 == 0 and keep == n_out // 2 + 1 and n_out < x.size:
+        out_spec[-1] = out_spec[-1].real  # Nyquist bin of a real signal is real
+    y = np.fft.irfft(out_spec, n=n_out) * (n_out / x.size)  # (n_out,)
+    return y.astype(np.float32)
+
+
+def frame_energy_db(waveform: np.ndarray, frame: int, hop: int) -> np.ndarray:
+    """Energy of each frame in dB, ``(T,) -> (n_frames,)``, frames of ``frame`` samples."""
+    x = np.asarray(waveform, dtype=np.float64).reshape(-1)
+    if x.size < frame:
+        x = np.pad(x, (0, frame - x.size))
+    n = 1 + (x.size - frame) // hop
+    idx = np.arange(frame)[None, :] + hop * np.arange(n)[:, None]  # (n, frame)
+    return 10.0 * np.log10(np.mean(x[idx] ** 2, axis=1) + 1e-12)
+
+
+def trim_silence(
+    waveform: np.ndarray,
+    sample_rate: int = SAMPLE_RATE,
+    *,
+    top_db: float = 35.0,
+    frame_ms: float = 25.0,
+    hop_ms: float = 10.0,
+    min_silence_ms: float = 300.0,
+    keep_ms: float = 50.0,
+) -> np.ndarray:
+    """Energy-based voice-activity trimming.
+
+    A frame is voiced when its energy is within ``top_db`` of the loudest frame. Leading
+    and trailing silence is cut, and inner silences longer than ``min_silence_ms`` are
+    shortened to ``keep_ms`` on each side. Returns the voiced samples ``(T',)``; an
+    all-silent input comes back unchanged.
+    """
+    if top_db <= 0:
+        raise ValueError(f"top_db must be > 0, got {top_db}")
+    x = np.asarray(waveform, dtype=np.float32).reshape(-1)
+    frame = max(1, int(sample_rate * frame_ms / 1000))
+    hop = max(1, int(sample_rate * hop_ms / 1000))
+    db = frame_energy_db(x, frame, hop)  # (n,)
+    voiced = db >= db.max() - top_db
+    if db.max() <= -100.0 or not voiced.any():
+        return x
+    keep = np.zeros(x.size, dtype=bool)
+    pad = int(sample_rate * keep_ms / 1000)
+    for i in np.flatnonzero(voiced):
+        keep[max(0, i * hop - pad): i * hop + frame + pad] = True
+    # inner gaps shorter than min_silence_ms are kept whole
+    max_gap = int(sample_rate * min_silence_ms / 1000)
+    on = np.flatnonzero(keep)
+    gaps = np.flatnonzero(np.diff(on) > 1)
+    for g in gaps:
+        a, b = on[g] + 1, on[g + 1]
+        if b - a <= max_gap:
+            keep[a:b] = True
+    return x[keep]
+
+
+def crops(
+    waveform: np.ndarray, length: int, *, hop: int | None = None, min_fraction: float = 0.5
+) -> np.ndarray:
+    """Cut a waveform into fixed-length crops ``(T,) -> (n, length)``.
+
+    Crops start every ``hop`` samples (``length`` by default). A last partial crop
+    holding at least ``min_fraction`` of ``length`` is kept, padded by repeating the
+    signal; a waveform shorter than that still yields one repeated crop.
+    """
+    if length < 1:
+        raise ValueError(f"length must be >= 1, got {length}")
+    hop = length if hop is None else hop
+    if hop < 1:
+        raise ValueError(f"hop must be >= 1, got {hop}")
+    x = np.asarray(waveform, dtype=np.float32).reshape(-1)
+    if x.size == 0:
+        raise ValueError("cannot crop an empty waveform")
+    starts = list(range(0, max(1, x.size - length + 1), hop))
+    tail = starts[-1] + hop
+    if x.size > length and tail < x.size and x.size - tail >= min_fraction * length:
+        starts.append(tail)
+    out = np.empty((len(starts), length), dtype=np.float32)
+    for k, s in enumerate(starts):
+        seg = x[s: s + length]
+        out[k] = np.resize(seg, length) if seg.size < length else seg
+    return out
+
+
+def load_wav(path: str | Path, sample_rate: int = SAMPLE_RATE, *, trim: bool = True) -> np.ndarray:
+    """Read a WAV, resample to ``sample_rate`` and optionally trim silence."""
+    x, rate = read_wav(path)
+    x = resample(x, rate, sample_rate)
+    return trim_silence(x, sample_rate) if trim else x
+
+
+def load_speaker_folder(
+    root: str | Path, sample_rate: int = SAMPLE_RATE, *, trim: bool = True
+) -> tuple[list[np.ndarray], np.ndarray, list[str], list[Path]]:
+    """Load ``root/<speaker>/**/*.wav``.
+
+    Returns
+    -------
+    waveforms : list of float32 arrays (T_i,)
+    labels : int64 array (n,)
+        Speaker index into ``speakers``.
+    speakers : list of str
+        Sorted speaker folder names.
+    paths : list of Path
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"speaker folder {root} does not exist")
+    speakers = sorted(p.name for p in root.iterdir() if p.is_dir())
+    waves, labels, paths = [], [], []
+    for k, spk in enumerate(speakers):
+        for f in sorted((root / spk).rglob("*")):
+            if f.suffix.lower() in _AUDIO_SUFFIXES and f.is_file():
+                waves.append(load_wav(f, sample_rate, trim=trim))
+                labels.append(k)
+                paths.append(f)
+    if not waves:
+        raise ValueError(f"no .wav files under {root}/<speaker>/")
+    return waves, np.asarray(labels, dtype=np.int64), speakers, paths
+
+
+def crop_dataset(
+    waveforms: list[np.ndarray], labels: np.ndarray, length: int, *, hop: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Crops of every waveform: ``(crops (N, length), labels (N,), source index (N,))``."""
+    xs, ys, src = [], [], []
+    for i, (w, y) in enumerate(zip(waveforms, labels, strict=True)):
+        c = crops(w, length, hop=hop)
+        xs.append(c)
+        ys.append(np.full(len(c), y, dtype=np.int64))
+        src.append(np.full(len(c), i, dtype=np.int64))
+    return np.concatenate(xs), np.concatenate(ys), np.concatenate(src)
