@@ -45,6 +45,10 @@ class CMLRecommender(BaseEstimator):
     feature_hidden : sequence of int
         Hidden widths of the feature MLP.
     random_state : int
+    num_threads : int, optional
+        Torch threads while fitting (restored after); the per-batch operations on the
+        embedding tables are small, so one thread is fastest, and much faster on a busy
+        machine. None keeps torch's setting.
 
     Attributes
     ----------
@@ -67,6 +71,7 @@ class CMLRecommender(BaseEstimator):
         feature_weight: float = 1.0,
         feature_hidden: Sequence[int] = (256,),
         random_state: int = 0,
+        num_threads: int | None = 1,
     ) -> None:
         self.dim = dim
         self.margin = margin
@@ -78,6 +83,7 @@ class CMLRecommender(BaseEstimator):
         self.feature_weight = feature_weight
         self.feature_hidden = feature_hidden
         self.random_state = random_state
+        self.num_threads = num_threads
 
     # -- fitting ------------------------------------------------------------------------
     def fit(self, users: Any, items: Any, item_features: Any = None) -> CMLRecommender:
@@ -86,6 +92,15 @@ class CMLRecommender(BaseEstimator):
         ``item_features`` (optional) is ``(n_items, f)`` in the order of the sorted
         distinct item ids (``np.unique(items)``), or a mapping ``{item_id: features}``.
         """
+        threads = torch.get_num_threads()
+        if self.num_threads is not None:
+            torch.set_num_threads(int(self.num_threads))
+        try:
+            return self._fit(users, items, item_features)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _fit(self, users: Any, items: Any, item_features: Any) -> CMLRecommender:
         users, items = _ids(users, "users"), _ids(items, "items")
         if len(users) != len(items):
             raise ValueError(f"users and items differ in length: {len(users)} != {len(items)}")
