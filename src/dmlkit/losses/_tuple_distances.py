@@ -27,8 +27,10 @@ from dmlkit.distances.euclidean import EuclideanDistance
 from dmlkit.functional.tuples import Pairs
 from dmlkit.losses._rows import with_grads
 
-#: the rows of the pairs are gathered when ``T * dim * ROWS_RATIO <= n * m``
-ROWS_RATIO = 4
+#: the rows of the pairs are gathered when ``T * dim * ROWS_RATIO <= n * m``: a matrix
+#: costs a few elementwise passes and matrix products over ``n * m`` entries, gathered
+#: rows a few passes over ``T * dim`` (measured: rows win up to a few times ``n * m``)
+ROWS_RATIO = 0.5
 
 
 class _Matrix(torch.autograd.Function):
@@ -166,6 +168,9 @@ def closed_form_loss(
     ref = x if ref_embeddings is None else distance.maybe_normalize(ref_embeddings)  # (m, d)
     m = ref.shape[0]
     need_grad = torch.is_grad_enabled() and (x.requires_grad or ref.requires_grad)
+    t = sum(r.numel() for r, _ in requests)
+    if type(distance) in _ROWWISE and not use_matrix(x.shape[0], m, t, x.shape[1]):
+        return _rows_closed_form(distance, x, ref, requests, terms, need_grad)
     with torch.no_grad():
         mat = _matrix(distance, x.detach(), ref.detach())  # (n, m)
         flat = mat.reshape(-1)  # (n * m,)
@@ -182,6 +187,54 @@ def closed_form_loss(
         return with_grads(value, x, ref, *direct)
     s = distance.matrix_surrogate(x, ref, grad, mat)  # ()
     return value + (s - s.detach())
+
+
+_ROWWISE = (EuclideanDistance, CosineSimilarity, DotProductSimilarity)
+
+
+def _rows_closed_form(
+    distance: BaseDistance,
+    x: Tensor,
+    ref: Tensor,
+    requests: Sequence[tuple[Tensor, Tensor]],
+    terms: Callable[[list[Tensor]], tuple[Tensor, list[Tensor]]],
+    need_grad: bool,
+) -> Tensor:
+    """:func:`closed_form_loss` for few pairs: their rows gathered once (``(T, d)``, at
+    most a few times the ``(n, m)`` matrix by :func:`use_matrix`), the gradient added
+    back row by row (``index_add``), nothing of size ``(n, m)``."""
+    euclid = type(distance) is EuclideanDistance
+    squared = euclid and distance.squared
+    with torch.no_grad():
+        xd, rd = x.detach(), ref.detach()
+        kept, values = [], []
+        for r, c in requests:
+            a, b = xd.index_select(0, r), rd.index_select(0, c)  # (T, d) each
+            if euclid:
+                diff = a.sub_(b)  # (T, d)
+                v = (diff * diff).sum(dim=1)  # (T,) squared distances
+                if not squared:  # safe_sqrt: 0 (and a zero gradient) for d2 <= 1e-12
+                    v = v.masked_fill_(v <= 1e-12, 0.0).sqrt_()
+                kept.append((diff,))
+            else:
+                v = (a * b).sum(dim=1)  # (T,)
+                kept.append((a, b))
+            values.append(v)
+        value, grads = terms([v.clone() for v in values])
+        if not need_grad:
+            return value
+        gx, gr = torch.zeros_like(xd), torch.zeros_like(rd)  # (n, d), (m, d)
+        for (r, c), g, v, k in zip(requests, grads, values, kept, strict=True):
+            g = g.to(xd.dtype)
+            if euclid:
+                coef = 2.0 * g if squared else torch.where(v > 0, g / v.clamp_min(1e-30), 0.0)
+                w = k[0].mul_(coef[:, None])  # (T, d): d loss / d a
+                gx.index_add_(0, r, w)
+                gr.index_add_(0, c, w, alpha=-1)
+            else:
+                gx.index_add_(0, r, k[1].mul_(g[:, None]))  # (T, d): g * b
+                gr.index_add_(0, c, k[0].mul_(g[:, None]))  # (T, d): g * a
+    return with_grads(value, x, ref, gx, gr)
 
 
 def _matrix(distance: BaseDistance, x: Tensor, ref: Tensor) -> Tensor:

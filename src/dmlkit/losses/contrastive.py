@@ -11,8 +11,8 @@ from dmlkit.functional.chunking import chunked_sum, eager_chunk_size
 from dmlkit.functional.labels import same_label
 from dmlkit.functional.tuples import IndexTuple, Pairs, triplets_to_pairs
 from dmlkit.losses._rows import use_fused, with_grads
-from dmlkit.losses._tuple_distances import closed_form_loss, pair_distances, use_matrix
-from dmlkit.losses.base import BaseMetricLoss, mean_nonzero
+from dmlkit.losses._tuple_distances import closed_form_loss
+from dmlkit.losses.base import BaseMetricLoss
 from dmlkit.registry import register_loss
 
 
@@ -66,18 +66,9 @@ class ContrastiveLoss(BaseMetricLoss):
             return self._all_pairs(embeddings, labels, ref_embeddings, ref_labels)
         pairs = indices if isinstance(indices, Pairs) else triplets_to_pairs(indices[:3])
         requests = [(pairs.a1, pairs.p), (pairs.a2, pairs.n)]
-        n, dim = embeddings.shape
-        m = n if ref_embeddings is None else ref_embeddings.shape[0]
-        if use_matrix(n, m, pairs.a1.numel() + pairs.a2.numel(), dim):
-            # many pairs: one matrix, costs and their derivatives in closed form
-            return closed_form_loss(
-                self.distance, embeddings, ref_embeddings, requests, self._pair_terms
-            )
-        (d_pos, d_neg), _ = pair_distances(
-            self.distance, embeddings, ref_embeddings, requests
-        )  # (P,), (N,): few pairs, their rows gathered
-        return mean_nonzero(self._pos_cost(d_pos), embeddings) + mean_nonzero(
-            self._neg_cost(d_neg), embeddings
+        # one matrix or the pairs' rows (chosen by size), costs' derivatives in closed form
+        return closed_form_loss(
+            self.distance, embeddings, ref_embeddings, requests, self._pair_terms
         )
 
     def _pair_terms(self, d: list[Tensor]) -> tuple[Tensor, list[Tensor]]:

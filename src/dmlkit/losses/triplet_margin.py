@@ -17,7 +17,6 @@ from dmlkit.losses._tuple_distances import (
     closed_form_loss,
     pair_distances,
     triplet_count,
-    use_matrix,
 )
 from dmlkit.losses.base import BaseMetricLoss, mean_nonzero
 from dmlkit.registry import register_loss
@@ -102,9 +101,7 @@ class TripletMarginLoss(BaseMetricLoss):
         if trip.anchor.numel() == 0:
             return self.zero_loss(embeddings)
         if plain:
-            n, m, dim = embeddings.shape[0], _n_ref(embeddings, ref_embeddings), embeddings.shape[1]
-            if use_matrix(n, m, 2 * trip.anchor.numel(), dim):
-                return self._given_closed_form(embeddings, trip, ref_embeddings)
+            return self._given_closed_form(embeddings, trip, ref_embeddings)
         # the distances come from one matrix (or one gather when the triplets are few):
         # no (T, dim) copies of the anchor / positive / negative rows
         (d_ap, d_an), ref_d = pair_distances(
