@@ -151,7 +151,7 @@ def main() -> None:
     evaluate("dmlkit_untrained", SpeakerEncoder(dim=128, channels=args.channels).eval()
              .embed_utterance)
 
-    print(f"\n| encoder | EER | minDCF(0.01) | EER unshifted voices only | trials |")
+    print("\n| encoder | EER | minDCF(0.01) | EER unshifted voices only | trials |")
     print("|---|---|---|---|---|")
     for k in ("resemblyzer", "dmlkit_speaker_encoder", "dmlkit_untrained"):
         if k in results:
