@@ -12,6 +12,7 @@ raw inputs as they are under ``"baseline_unnormalized"``; the per-epoch records 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from dmlkit.training.trainer import CHECKPOINT, Trainer
 CONFIG_FILE = "config.yaml"
 MODEL_FILE = "model.pt"
 METRICS_FILE = "metrics.json"
+EMBED_PROGRESS_ROWS = 50_000  # embedding this many rows or more reports progress
 METRIC_KEYS = (
     "precision_at_1", "r_precision", "map_at_r",
     "recall_at_1", "recall_at_2", "recall_at_4", "recall_at_8",
@@ -127,9 +129,25 @@ def embed(
     was_training = model.training
     model.eval()
     parts = []
+    n = x.shape[0]
+    show = n >= EMBED_PROGRESS_ROWS  # a bar on terminals, a line per ~10% in logs
+    bar = None
+    if show and sys.stderr.isatty():
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n, desc="embedding", unit="row", leave=False)
+    next_line = n // 10
     with torch.no_grad():
-        for i in range(0, x.shape[0], batch_size):
+        for i in range(0, n, batch_size):
             parts.append(model(x[i : i + batch_size].to(device)).float().cpu())  # (b, dim)
+            done = min(n, i + batch_size)
+            if bar is not None:
+                bar.update(done - bar.n)
+            elif show and done >= next_line:
+                print(f"embedding: {done}/{n} rows", file=sys.stderr, flush=True)
+                next_line = done + n // 10
+    if bar is not None:
+        bar.close()
     model.train(was_training)
     dim = getattr(model, "dim", 0)
     emb = torch.cat(parts) if parts else torch.empty(0, dim)
