@@ -148,3 +148,15 @@ def test_cli_embed_store_and_index_build(tmp_path):
     assert index.ntotal == 1797
     _, ids = index.search(ref["embeddings"][:5], 1)
     assert ids[:, 0].tolist() == [0, 1, 2, 3, 4]  # nprobe = nlist: exact
+
+
+@pytest.mark.filterwarnings("ignore:IVF16")
+def test_refine_factory_builds_from_store(tmp_path):
+    x, y = _data(1000)
+    store = embed_to_store(lambda a, b: x[a:b], len(x), x.shape[1], tmp_path / "s", labels=y,
+                           chunk_size=300, show_progress=False)
+    index = build_index_from_store(store, "IVF16,PQ4,RFlat", "l2", nprobe=16)
+    flat = FaissIndex(x.shape[1], "l2", "Flat")
+    flat.add(x)
+    _, ids = index.search(x[:20], 1)
+    assert ids[:, 0].tolist() == list(range(20)) == flat.search(x[:20], 1)[1][:, 0].tolist()

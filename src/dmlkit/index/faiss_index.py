@@ -211,7 +211,9 @@ def _captured_stderr() -> Iterator[_Captured]:
 
 
 def _has_own_ids(faiss: Any, index: Any) -> bool:
-    """True for indexes that store explicit ids (IVF family)."""
+    """True for indexes that store explicit ids (IVF family; not a refine wrapper)."""
+    if isinstance(index, faiss.IndexRefine):
+        return False
     try:
         faiss.extract_index_ivf(index)
         return True
