@@ -165,7 +165,12 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=2000,
                         help="training items per class in the labelled-normal protocol")
     parser.add_argument("--skip-labelled", action="store_true")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (small models run fastest on one)")
     args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
     result: dict = {"epochs": args.epochs, "classes": args.classes}
     print("One-class Fashion-MNIST (mean AUROC over normal classes", args.classes, ")")
     result["fashion_mnist_one_class"] = one_class_fmnist(args.classes, args.epochs)
