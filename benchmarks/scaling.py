@@ -42,7 +42,7 @@ name: scaling
 data: {name: digits}
 model: {name: mlp, dim: 32, hidden: [128]}
 loss: {name: contrastive}
-sampler: {name: m_per_class, m: 8, batch_size: 128}
+sampler: {name: m_per_class, m: 8, batch_size: 80}
 training: {epochs: 2, num_threads: 1, progress: false}
 """
 
@@ -153,6 +153,7 @@ def main() -> None:
     p.add_argument("--procs", nargs="+", type=int, default=[1, 2])
     p.add_argument("--galleries", nargs="+", type=int, default=[10_000, 100_000, 1_000_000])
     p.add_argument("--queries", type=int, default=200)
+    p.add_argument("--json", default="scaling.json", help="Result file name.")
     args = p.parse_args()
     out: dict = {"args": vars(args), "machine": machine_info(1)}
     if "batch" in args.parts:
@@ -171,7 +172,7 @@ def main() -> None:
                              f"{r['recall_at_10']:.3f}"] for r in out["index"]],
                            ["gallery", "index", "build s", "RSS growth MB", "queries/s",
                             "recall@10"]))
-    write_json("scaling.json", out)
+    write_json(args.json, out)
 
 
 if __name__ == "__main__":
