@@ -262,7 +262,9 @@ def test_large_eval_batches_use_the_cache(tmp_path):
     with torch.no_grad():
         first = model(x)
         assert len(list(tmp_path.glob("*.pt"))) == 1
-        assert torch.allclose(model(x), first) and torch.allclose(model(x[:10]), first[:10])
+        assert torch.allclose(model(x), first)  # served from the cache
+        # small batches run the backbone: equal up to batch-size-dependent float rounding
+        assert torch.allclose(model(x[:10]), first[:10], atol=1e-4)
     assert len(list(tmp_path.glob("*.pt"))) == 1
 
 
