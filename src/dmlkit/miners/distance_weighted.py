@@ -3,20 +3,19 @@ Deep Embedding Learning", ICCV 2017)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor
 
 from dmlkit.distances.base import BaseDistance
 from dmlkit.distances.euclidean import EuclideanDistance
 from dmlkit.functional.tuples import Triplets
-from dmlkit.miners.base import BaseMiner, cat_tuples
+from dmlkit.miners._seeded import SeededMiner
+from dmlkit.miners.base import cat_tuples
 from dmlkit.registry import register_miner
 
 
 @register_miner("distance_weighted")
-class DistanceWeightedMiner(BaseMiner):
+class DistanceWeightedMiner(SeededMiner):
     """Triplets whose negatives are drawn with probability ``∝ 1 / q(d)``.
 
     On the unit sphere in ``R^k`` pairwise distances of uniform points have density
@@ -65,25 +64,6 @@ class DistanceWeightedMiner(BaseMiner):
         self.cutoff = float(cutoff)
         self.nonzero_loss_cutoff = float(nonzero_loss_cutoff)
         self.seed = int(seed)
-        self._generators: dict[str, torch.Generator] = {}
-
-    def _generator(self, device: torch.device) -> torch.Generator:
-        key = str(device)
-        if key not in self._generators:
-            self._generators[key] = torch.Generator(device=device).manual_seed(self.seed)
-        return self._generators[key]
-
-    def get_extra_state(self) -> dict[str, Any]:
-        return {"seed": self.seed,
-                "generators": {k: g.get_state() for k, g in self._generators.items()}}
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        self.seed = int(state["seed"])
-        self._generators = {}
-        for key, rng in state["generators"].items():
-            gen = torch.Generator(device=torch.device(key))
-            gen.set_state(rng.cpu())
-            self._generators[key] = gen
 
     def negative_weights(self, dist: Tensor, neg: Tensor, dim: int) -> Tensor:
         """Unnormalized weights ``(c, m)`` of negatives at ``dist (c, m)`` in ``R^dim``."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor
 
@@ -12,12 +10,13 @@ from dmlkit.functional.chunking import chunk_size_for, row_chunks
 from dmlkit.functional.labels import pos_neg_masks
 from dmlkit.functional.tuples import Pairs
 from dmlkit.miners._matrix import miner_matrix
-from dmlkit.miners.base import BaseMiner, cat_tuples
+from dmlkit.miners._seeded import SeededMiner
+from dmlkit.miners.base import cat_tuples
 from dmlkit.registry import register_miner
 
 
 @register_miner("uniform_histogram")
-class UniformHistogramMiner(BaseMiner):
+class UniformHistogramMiner(SeededMiner):
     """Positive and negative pairs drawn evenly from ``num_bins`` distance bins.
 
     The range ``[min, max]`` of the positive pairs' distances (or similarities) is cut
@@ -59,26 +58,6 @@ class UniformHistogramMiner(BaseMiner):
         self.pos_per_bin = int(pos_per_bin)
         self.neg_per_bin = int(neg_per_bin)
         self.seed = int(seed)
-        self._generators: dict[str, torch.Generator] = {}
-
-    def _generator(self, device: torch.device) -> torch.Generator:
-        key = str(device)
-        if key not in self._generators:
-            self._generators[key] = torch.Generator(device=device).manual_seed(self.seed)
-        return self._generators[key]
-
-    def get_extra_state(self) -> dict[str, Any]:
-        """Seed and generator states: a resumed run draws the same pairs."""
-        return {"seed": self.seed,
-                "generators": {k: g.get_state() for k, g in self._generators.items()}}
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        self.seed = int(state["seed"])
-        self._generators = {}
-        for key, rng in state["generators"].items():
-            gen = torch.Generator(device=torch.device(key))
-            gen.set_state(rng.cpu())
-            self._generators[key] = gen
 
     def mine(
         self,
