@@ -157,14 +157,14 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def write_json(result: dict[str, Any], path: str | Path) -> Path:
-    """Write ``result`` as JSON atomically (temp file, then rename); NaN becomes null."""
+def write_text(text: str, path: str | Path) -> Path:
+    """Write ``text`` to ``path`` atomically (temp file in the same folder, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(_plain(result), f, indent=2, allow_nan=False)
+            f.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -172,4 +172,9 @@ def write_json(result: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
-__all__ = ["SECTIONS", "evaluate_embeddings", "write_json"]
+def write_json(result: dict[str, Any], path: str | Path) -> Path:
+    """Write ``result`` as JSON atomically (temp file, then rename); NaN becomes null."""
+    return write_text(json.dumps(_plain(result), indent=2, allow_nan=False), path)
+
+
+__all__ = ["SECTIONS", "evaluate_embeddings", "write_json", "write_text"]

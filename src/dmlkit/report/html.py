@@ -3,8 +3,6 @@ no external script, style sheet, font or image, so it opens offline and makes no
 
 from __future__ import annotations
 
-import os
-import tempfile
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -140,17 +138,9 @@ Hover a point for its item.</p>
 
 def write_report(data: dict[str, Any], path: str | Path) -> Path:
     """Write :func:`render` output atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(render(data))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from dmlkit.evaluation.evaluate import write_text
+
+    return write_text(render(data), path)
 
 
 __all__ = ["render", "write_report"]
