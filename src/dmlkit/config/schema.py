@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,6 +163,11 @@ class TrainingConfig:
     ``grad_cache_chunk`` embeds each batch in chunks of that many items and recomputes
     their activations in the backward pass (gradient caching): batches larger than fit
     in memory, same gradients.
+    ``anchor_weight`` (> 0) adds ``anchor_weight x`` the similarity drift of each batch
+    (:func:`dmlkit.functional.anchor.similarity_drift`: the mean squared change of its
+    cosine similarities against the model as it was before training) to the loss, so
+    training corrects the starting metric (e.g. a pretrained one) instead of replacing
+    it with one fitted to the training classes.
     """
 
     epochs: int = 20
@@ -176,6 +182,7 @@ class TrainingConfig:
     num_threads: int | None = None
     grad_cache_chunk: int | None = None
     val_classes: float | list[int] | None = None
+    anchor_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -186,6 +193,9 @@ class TrainingConfig:
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"training.val_fraction must be in [0, 1), got {self.val_fraction}")
         _check_val_classes(self.val_classes)
+        weight = self.anchor_weight
+        if not (isinstance(weight, (int, float)) and 0 <= weight < math.inf):
+            raise ValueError(f"training.anchor_weight must be a finite number >= 0, got {weight!r}")
         if isinstance(self.val_classes, tuple):  # YAML writes lists
             self.val_classes = list(self.val_classes)
         if self.val_classes is not None and self.val_fraction > 0:

@@ -24,6 +24,7 @@ from dmlkit.distances.base import BaseDistance
 from dmlkit.distances.cosine import CosineSimilarity
 from dmlkit.distances.dot_product import DotProductSimilarity
 from dmlkit.distances.euclidean import EuclideanDistance
+from dmlkit.functional import matrix_memo
 from dmlkit.functional.tuples import Pairs
 from dmlkit.losses._rows import with_grads
 
@@ -169,10 +170,13 @@ def closed_form_loss(
     m = ref.shape[0]
     need_grad = torch.is_grad_enabled() and (x.requires_grad or ref.requires_grad)
     t = sum(r.numel() for r, _ in requests)
+    # the miner's matrix of these very embeddings, when it left one (read once)
+    mined = matrix_memo.recall(embeddings, ref_embeddings, distance)
     if type(distance) in _ROWWISE and not use_matrix(x.shape[0], m, t, x.shape[1]):
+        # few pairs: their rows are cheaper than the matrix's backward, given or not
         return _rows_closed_form(distance, x, ref, requests, terms, need_grad)
     with torch.no_grad():
-        mat = _matrix(distance, x.detach(), ref.detach())  # (n, m)
+        mat = mined if mined is not None else _matrix(distance, x.detach(), ref.detach())
         flat = mat.reshape(-1)  # (n * m,)
         index = [torch.add(c, r, alpha=m) for r, c in requests]  # (T_k,) flat positions
         value, grads = terms([flat.index_select(0, f) for f in index])

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from dmlkit.distances.base import BaseDistance
 from dmlkit.distances.euclidean import EuclideanDistance
+from dmlkit.functional import matrix_memo as memo
 from dmlkit.functional.chunking import chunk_size_for, row_chunks
 from dmlkit.functional.distances import check_embeddings
 from dmlkit.functional.labels import check_labels, pos_neg_masks
@@ -25,6 +26,11 @@ class BaseMiner(nn.Module):
 
     #: "pairs" or "triplets": what :meth:`forward` returns
     output_kind: str = "triplets"
+    #: whether :meth:`row_blocks`' matrix, when one block holds every row, is left
+    #: unmodified by :meth:`mine` and may be handed to the loss that follows
+    #: (:mod:`dmlkit.functional.matrix_memo`)
+    shares_matrix: bool = False
+    _sources: tuple[Tensor, Tensor | None] | None = None
 
     def __init__(self, distance: BaseDistance | None = None) -> None:
         super().__init__()
@@ -60,6 +66,8 @@ class BaseMiner(nn.Module):
         n, m = x.shape[0], ref.shape[0]
         for a, b in row_chunks(n, chunk_size_for(n, m * elems_per_row)):
             mat = self.distance.compute_matrix(x[a:b], ref)  # (c, m)
+            if self.shares_matrix and self._sources is not None and a == 0 and b == n:
+                memo.remember(*self._sources, self.distance, mat)
             pos, neg = pos_neg_masks(labels[a:b], ref_labels, exclude_self=same_set, row_offset=a)
             yield a, mat, pos, neg
 
@@ -83,11 +91,16 @@ class BaseMiner(nn.Module):
                     f"embeddings have dim {embeddings.shape[1]}"
                 )
         same_set = ref_embeddings is None
-        with torch.no_grad():
-            emb = embeddings.detach().float()
-            ref = emb if same_set else ref_embeddings.detach().float()
-            ref_l = labels if same_set else ref_labels
-            return self.mine(emb, labels, ref, ref_l, same_set)
+        memo.forget()  # a matrix of an earlier step is never read after a new mining
+        self._sources = (embeddings, ref_embeddings)
+        try:
+            with torch.no_grad():
+                emb = embeddings.detach().float()
+                ref = emb if same_set else ref_embeddings.detach().float()
+                ref_l = labels if same_set else ref_labels
+                return self.mine(emb, labels, ref, ref_l, same_set)
+        finally:
+            self._sources = None
 
 
 def cat_tuples(

@@ -35,6 +35,7 @@ class MultiSimilarityMiner(BaseMiner):
     """
 
     output_kind = "pairs"
+    shares_matrix = True  # its matrix is only compared, never modified
 
     def __init__(self, epsilon: float = 0.1, distance: BaseDistance | None = None) -> None:
         super().__init__(distance=distance if distance is not None else CosineSimilarity())

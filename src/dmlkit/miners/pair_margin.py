@@ -29,6 +29,7 @@ class PairMarginMiner(BaseMiner):
     """
 
     output_kind = "pairs"
+    shares_matrix = True  # its matrix is only compared, never modified
 
     def __init__(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import sys
 import time
@@ -14,6 +15,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, default_collate
 
 from dmlkit.config.schema import Config
+from dmlkit.functional.anchor import similarity_drift
 from dmlkit.functional.tuples import IndexTuple, as_index_tuple
 from dmlkit.training.build import build_loss, build_miner, build_model, build_sampler
 from dmlkit.training.checkpoint import atomic_save, load_checkpoint
@@ -88,6 +90,10 @@ class Trainer:
             self.model = (model if model is not None else build_model(config)).to(self.device)
             self.loss = (loss if loss is not None else build_loss(config)).to(self.device)
         self.miner = miner if miner is not None else build_miner(config)
+        # the model as it starts, for training.anchor_weight: frozen, in eval mode
+        self.anchor_model: nn.Module | None = None
+        if config.training.anchor_weight > 0:
+            self.anchor_model = copy.deepcopy(self.model).eval().requires_grad_(False)
         labels = getattr(train_data, "labels", None)
         self.sampler = (
             sampler if sampler is not None
@@ -142,7 +148,13 @@ class Trainer:
         embeddings = self.embed_batch(inputs)  # (B, dim)
         if indices is None and self.miner is not None and labels is not None:
             indices = self.miner(embeddings, labels)
-        return self.loss(embeddings, labels, indices=indices)
+        loss = self.loss(embeddings, labels, indices=indices)
+        if self.anchor_model is not None:
+            with torch.no_grad():
+                reference = self.anchor_model(inputs)  # (B, dim) of the starting model
+            drift = similarity_drift(embeddings, reference)
+            loss = loss + self.config.training.anchor_weight * drift
+        return loss
 
     def embed_batch(self, inputs: Any) -> Tensor:
         """The model's embeddings of a batch; with ``training.grad_cache_chunk`` the batch is
@@ -306,6 +318,7 @@ class Trainer:
             "rng": get_rng_state(),
             "sampler_epoch": getattr(self.sampler, "epoch", self.epoch),
             "sampler": self.sampler.state_dict() if hasattr(self.sampler, "state_dict") else {},
+            "anchor": self.anchor_model.state_dict() if self.anchor_model is not None else {},
         }
 
     def save(self, path: str | Path) -> None:
@@ -316,6 +329,8 @@ class Trainer:
         state = load_checkpoint(path, map_location=self.device)
         self.model.load_state_dict(state["model"])
         self.loss.load_state_dict(state["loss"])
+        if self.anchor_model is not None and state.get("anchor"):  # the run's starting model
+            self.anchor_model.load_state_dict(state["anchor"])
         if self.miner is not None and state.get("miner"):  # (its RNG: exact resume)
             self.miner.load_state_dict(state["miner"])
         self.optimizer.load_state_dict(state["optimizer"])
