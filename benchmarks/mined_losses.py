@@ -293,7 +293,16 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         loss.backward()
         return float(loss.detach()), time.perf_counter() - t0
 
-    first = {lib: call(step) for lib, step in sides.items()}  # warm-up and values
+    first: dict[str, tuple[float, float]] = {}
+    for lib, step in list(sides.items()):  # warm-up and values
+        try:
+            first[lib] = call(step)
+        except (RuntimeError, MemoryError) as err:  # e.g. an allocation of tens of GB
+            if lib == "dmlkit" or "allocate" not in str(err):
+                raise
+            out["pml_status"] = "fail (out of memory: " + str(err).split("you tried to")[-1][:60] + ")"
+            del sides[lib]
+            out.pop("values", None)
     if "values" not in out:
         out["values"] = {lib: v for lib, (v, _) in first.items()}
     slowest = max(t for _, t in first.values())

@@ -71,10 +71,17 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--margin", type=float, default=1.0)
     parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--schedule", default="cosine", choices=["constant", "cosine"])
+    parser.add_argument("--validate", action="store_true",
+                        help="score on each user's second-latest training interaction instead "
+                             "of the test one (the held-out test interactions are not read)")
+    parser.add_argument("--only", nargs="*", default=None, help="method names to run")
     args = parser.parse_args()
 
     data = read_interactions(movielens_100k_path())
     train, test = leave_last_out(data)
+    if args.validate:  # model selection never sees the test interactions
+        train, test = leave_last_out(train)
     order = np.argsort(test.users, kind="stable")
     users, relevant = test.users[order], [[i] for i in test.items[order]]
     n_items = len(np.unique(data.items))
@@ -87,11 +94,13 @@ def main() -> None:
         "ALS (implicit)": lambda seed: implicit_model(
             "als", train.users, train.items, users, args.k, seed, args.dim),
         "CML (dmlkit)": lambda seed: CMLRecommender(
-            dim=args.dim, margin=args.margin, epochs=args.epochs, random_state=seed
-        ).fit(train.users, train.items).recommend(users, args.k),
+            dim=args.dim, margin=args.margin, epochs=args.epochs, random_state=seed,
+            schedule=args.schedule).fit(train.users, train.items).recommend(users, args.k),
     }
     table: dict[str, dict] = {}
     for name, run in methods.items():
+        if args.only and not any(o in name for o in args.only):
+            continue
         runs = []
         for seed in args.seeds:
             start = time.perf_counter()
@@ -104,6 +113,8 @@ def main() -> None:
         row = "  ".join(f"{key} {table[name][key]['mean']:.4f}±{table[name][key]['std']:.4f}"
                         for key in keys[:3])
         print(f"{name:16s} {row}  ({table[name]['seconds']['mean']:.0f} s/seed)", flush=True)
+    if args.validate or args.only:
+        return  # model selection / partial runs do not replace the results file
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"args": vars(args), "results": table}, indent=2))
     print(f"wrote {RESULTS}")

@@ -111,6 +111,26 @@ def test_cml_learns_communities_and_keeps_the_norm_constraint():
     assert set(with_seen) == set(np.unique(items))
 
 
+def test_cml_schedule_decays_the_rate_and_is_checked(monkeypatch):
+    users, items = planted()
+    rates: list[float] = []
+    step = torch.optim.Adam.step
+
+    def record(self, *a, **k):
+        rates.append(self.param_groups[0]["lr"])
+        return step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", record)
+    CMLRecommender(dim=4, epochs=3, batch_size=64, lr=1e-2, schedule="cosine").fit(users, items)
+    assert rates[0] == pytest.approx(1e-2) and rates[-1] < 0.05 * rates[0]
+    assert all(a >= b for a, b in zip(rates, rates[1:], strict=False))
+    rates.clear()
+    CMLRecommender(dim=4, epochs=2, batch_size=64, lr=1e-2, schedule="constant").fit(users, items)
+    assert set(rates) == {1e-2}
+    with pytest.raises(ValueError, match="schedule must be"):
+        CMLRecommender(schedule="linear").fit(users, items)
+
+
 def test_cml_errors_persistence_and_cold_start(tmp_path):
     users, items = planted()
     feats = np.zeros((30, 3), dtype=np.float32)

@@ -16,6 +16,7 @@ embedding (``L_f = sum_i ||f(x_i) - v_i||^2``), which places cold-start items.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,6 +39,8 @@ class CMLRecommender(BaseEstimator):
     n_negatives : int
         Negatives ``U`` sampled per positive pair.
     epochs, batch_size, lr : training settings (Adam over the embedding tables).
+    schedule : {"constant", "cosine"}
+        Learning rate over the steps: constant, or decayed to 0 along a half cosine.
     max_norm : float
         Radius of the ball every embedding is kept in.
     feature_weight : float
@@ -67,6 +70,7 @@ class CMLRecommender(BaseEstimator):
         epochs: int = 30,
         batch_size: int = 512,
         lr: float = 3e-3,
+        schedule: str = "cosine",
         max_norm: float = 1.0,
         feature_weight: float = 1.0,
         feature_hidden: Sequence[int] = (256,),
@@ -79,6 +83,7 @@ class CMLRecommender(BaseEstimator):
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr
+        self.schedule = schedule
         self.max_norm = max_norm
         self.feature_weight = feature_weight
         self.feature_hidden = feature_hidden
@@ -114,6 +119,8 @@ class CMLRecommender(BaseEstimator):
         self.item_ids_, i = np.unique(items, return_inverse=True)
         if len(self.item_ids_) < 2:
             raise ValueError("need at least 2 distinct items to rank")
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
         feats = self._features(item_features) if item_features is not None else None
         gen = torch.Generator().manual_seed(int(self.random_state))
         n_users, n_items, d = len(self.user_ids_), len(self.item_ids_), int(self.dim)
@@ -129,6 +136,11 @@ class CMLRecommender(BaseEstimator):
             self.feature_net_ = _mlp(feats.shape[1], d, self.feature_hidden)
             params += list(self.feature_net_.parameters())
         opt = torch.optim.Adam(params, lr=float(self.lr))
+        steps = int(self.epochs) * -(-len(u) // int(self.batch_size))
+        # "cosine": the rate decays to 0 over all steps (a steadier final model)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, (lambda t: 0.5 * (1.0 + math.cos(math.pi * min(t, steps) / steps)))
+            if self.schedule == "cosine" else (lambda t: 1.0))
         pairs = torch.from_numpy(np.stack([u, i], 1).astype(np.int64))  # (P, 2)
         seen = np.unique(u.astype(np.int64) * n_items + i)  # sorted pair keys
         self.seen_ = seen
@@ -148,6 +160,7 @@ class CMLRecommender(BaseEstimator):
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                sched.step()
                 with torch.no_grad():  # the norm constraint
                     _clip(user_emb.weight, float(self.max_norm))
                     _clip(item_emb.weight, float(self.max_norm))
