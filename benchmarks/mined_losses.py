@@ -300,7 +300,8 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         except (RuntimeError, MemoryError) as err:  # e.g. an allocation of tens of GB
             if lib == "dmlkit" or "allocate" not in str(err):
                 raise
-            out["pml_status"] = "fail (out of memory: " + str(err).split("you tried to")[-1][:60] + ")"
+            what = str(err).split("you tried to")[-1][:60]
+            out["pml_status"] = f"fail (out of memory: {what.strip()})"
             del sides[lib]
             out.pop("values", None)
     if "values" not in out:
