@@ -151,6 +151,7 @@ def knn(
     exclude_self: bool | None = None,
     query_chunk: int = 1024,
     ref_chunk: int = 1 << 16,
+    prepared: tuple[Tensor, bool] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Exact k nearest neighbours, chunked over queries and references.
 
@@ -169,6 +170,9 @@ def knn(
         Skip reference ``i`` for query ``i`` (default: True when ``reference`` is None).
     query_chunk, ref_chunk : int
         Shape of the block of keys computed at once.
+    prepared : (Tensor, bool), optional
+        ``prepare_reference(reference, metric)`` computed earlier (an index that searches
+        the same references many times keeps it), so it is not recomputed per call.
 
     Returns
     -------
@@ -183,7 +187,11 @@ def knn(
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k}")
     n, m = query.shape[0], reference.shape[0]
-    mat, augmented = prepare_reference(reference, metric)
+    if prepared is None:
+        prepared = prepare_reference(reference, metric)
+    elif prepared[0].shape[1] != m:
+        raise ValueError(f"prepared reference has {prepared[0].shape[1]} rows, reference {m}")
+    mat, augmented = prepared
     out_keys = torch.full((n, k), float("inf"), dtype=mat.dtype, device=query.device)
     out_idx = torch.full((n, k), -1, dtype=torch.long, device=query.device)
     for s, e in row_chunks(n, query_chunk):

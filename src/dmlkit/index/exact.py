@@ -37,7 +37,10 @@ class ExactIndex(BaseIndex):
     nothing sorts whole rows (the cost is the matrix product plus one pass over it, like
     faiss's ``IndexFlat``). It holds a reordered copy of the gallery during a search
     (twice the gallery's memory in all). Small searches stream through the gallery in
-    blocks of ``query_chunk x ref_chunk`` scores and select with ``topk``. Either way the
+    blocks of ``query_chunk x ref_chunk`` scores and select with ``topk``, against a
+    prepared copy of the gallery kept between searches (a service's one-query requests
+    do not re-prepare it; it costs one more gallery's memory and is rebuilt after ``add``
+    or ``remove``). Either way the
     result is exact and ties are broken by storage order (earlier-added first), as
     faiss's flat indexes do.
 
@@ -71,6 +74,8 @@ class ExactIndex(BaseIndex):
         self.ref_chunk = int(ref_chunk)
         self._parts: list[torch.Tensor] = []
         self._data = torch.zeros((0, self.dim), dtype=torch.float32)
+        #: the stored vectors prepared for small searches; dropped whenever they change
+        self._prepared: tuple[torch.Tensor, bool] | None = None
 
     # -- storage -----------------------------------------------------------------------
     @property
@@ -83,9 +88,11 @@ class ExactIndex(BaseIndex):
 
     def _add_vectors(self, x: np.ndarray, ids: np.ndarray) -> None:
         self._parts.append(torch.from_numpy(x.copy()))
+        self._prepared = None
 
     def _remove_rows(self, keep: np.ndarray, ids: np.ndarray) -> None:
         self._data = self.vectors[torch.from_numpy(keep)].clone()
+        self._prepared = None
 
     def reconstruct(self, ids: Any) -> np.ndarray:
         """Stored vectors of ``ids`` as ``(len(ids), dim)`` float32."""
@@ -104,9 +111,12 @@ class ExactIndex(BaseIndex):
         with torch.no_grad():
             if query.shape[0] * gallery.shape[0] >= FILTER_MIN_PAIRS:
                 scores, rows = self._filtered(query, gallery, k, metric)
-            else:
+            else:  # few queries (e.g. one request of a service): reuse the prepared gallery
+                if self._prepared is None or self._prepared[0].shape[1] != gallery.shape[0]:
+                    self._prepared = prepare_reference(gallery, metric)
                 scores, rows = knn(query, gallery, k, metric=metric, exclude_self=False,
-                                   query_chunk=self.query_chunk, ref_chunk=self.ref_chunk)
+                                   query_chunk=self.query_chunk, ref_chunk=self.ref_chunk,
+                                   prepared=self._prepared)
         rows_np = rows.numpy()
         if self.ntotal == 0:
             return scores.numpy(), rows_np
@@ -146,6 +156,7 @@ class ExactIndex(BaseIndex):
         if not np.isfinite(data).all():
             raise IndexFormatError(f"{path}: vectors.npy contains NaN or infinite values")
         self._data, self._parts = torch.from_numpy(data), []
+        self._prepared = None
 
     def range_search(self, q: Any, threshold: float) -> tuple[Any, Any, Any]:
         """Every neighbour within ``threshold``, faiss-style.
