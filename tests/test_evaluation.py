@@ -92,6 +92,26 @@ def test_best_threshold_and_kfold_against_loops():
     assert metrics["auc"] == pytest.approx(roc_auc_score(y, s))
 
 
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize(("p_target", "c_miss", "c_fa"), [(0.01, 1.0, 1.0), (0.05, 10.0, 1.0)])
+def test_verification_metrics_min_dcf_against_threshold_loop(ties, p_target, c_miss, c_fa):
+    s, y = scored_pairs(600, ties=ties)
+    kw = {} if (p_target, c_miss, c_fa) == (0.01, 1.0, 1.0) else {
+        "p_target": p_target, "c_miss": c_miss, "c_fa": c_fa}
+    metrics = verification_metrics(s, y, n_folds=2, **kw)
+    best = math.inf
+    for t in [math.inf, *sorted(set(s.tolist()))]:  # accept score >= t
+        p_miss = float(np.mean(s[y] < t))
+        p_fa = float(np.mean(s[~y] >= t))
+        cost = c_miss * p_miss * p_target + c_fa * p_fa * (1 - p_target)
+        best = min(best, cost / min(c_miss * p_target, c_fa * (1 - p_target)))
+    assert metrics["min_dcf"] == pytest.approx(best, abs=1e-12)
+    t = metrics["min_dcf_threshold"]
+    at_t = c_miss * np.mean(s[y] < t) * p_target + c_fa * np.mean(s[~y] >= t) * (1 - p_target)
+    assert at_t / min(c_miss * p_target, c_fa * (1 - p_target)) == pytest.approx(best)
+    assert 0.0 <= metrics["min_dcf"] <= 1.0
+
+
 def test_threshold_calibrator_contract():
     s, y = scored_pairs(2000, ties=False)
     cal = ThresholdCalibrator(target_far=0.05)

@@ -14,6 +14,7 @@ from dmlkit.functional.verification import (
     check_scored_pairs,
     equal_error_rate,
     kfold_accuracy,
+    min_dcf,
     roc_curve,
     tar_at_far,
     threshold_between,
@@ -83,20 +84,28 @@ def _rowwise_same(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def verification_metrics(
-    scores, is_same, *, fars: Sequence[float] = DEFAULT_FARS, n_folds: int = 10, seed: int = 0
+    scores, is_same, *, fars: Sequence[float] = DEFAULT_FARS, n_folds: int = 10, seed: int = 0,
+    p_target: float = 0.01, c_miss: float = 1.0, c_fa: float = 1.0,
 ) -> dict:
-    """AUC, EER, TAR at each FAR and k-fold accuracy of scored pairs.
+    """AUC, EER, minDCF, TAR at each FAR and k-fold accuracy of scored pairs.
+
+    ``min_dcf`` is the minimum normalized detection cost
+    (:func:`dmlkit.functional.verification.min_dcf`) with prior ``p_target`` and costs
+    ``c_miss`` / ``c_fa``; the defaults (0.01, 1, 1) are those of NIST SRE and VoxCeleb.
 
     Returns
     -------
     dict
-        ``auc``, ``eer``, ``eer_threshold``, ``tar_at_far_{far:g}`` per FAR,
-        ``accuracy_mean``, ``accuracy_std``, ``num_pairs``, ``num_same``.
+        ``auc``, ``eer``, ``eer_threshold``, ``min_dcf``, ``min_dcf_threshold``,
+        ``tar_at_far_{far:g}`` per FAR, ``accuracy_mean``, ``accuracy_std``,
+        ``num_pairs``, ``num_same``.
     """
     s, y = check_scored_pairs(scores, is_same)
     fpr, tpr, thr = roc_curve(s, y)
     eer, eer_t = equal_error_rate(fpr, tpr, thr)
-    out = {"auc": auc(fpr, tpr), "eer": eer, "eer_threshold": eer_t}
+    dcf, dcf_t = min_dcf(fpr, tpr, thr, p_target=p_target, c_miss=c_miss, c_fa=c_fa)
+    out = {"auc": auc(fpr, tpr), "eer": eer, "eer_threshold": eer_t,
+           "min_dcf": dcf, "min_dcf_threshold": dcf_t}
     for far in fars:
         out[f"tar_at_far_{far:g}"] = tar_at_far(fpr, tpr, far)
     cv = kfold_accuracy(s, y, n_folds=min(n_folds, s.size), seed=seed)
