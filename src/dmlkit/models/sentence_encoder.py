@@ -67,6 +67,8 @@ class SentenceEncoder(nn.Module):
         L2-normalize the embeddings.
     """
 
+    embeds_text = True  # forward takes a list of strings (the service sends text here)
+
     def __init__(self, path: str | None = None, max_length: int = 128,
                  normalize: bool = True) -> None:
         super().__init__()

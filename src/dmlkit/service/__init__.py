@@ -11,9 +11,9 @@ except ImportError:  # pragma: no cover - the message is the point
     raise ImportError("the service needs the serve extra: pip install 'dmlkit[serve]'") from None
 
 from dmlkit.service.app import ServiceConfig, create_app
-from dmlkit.service.embedders import OnnxEmbedder, TorchEmbedder, load_embedder
+from dmlkit.service.embedders import OnnxEmbedder, TextEmbedder, TorchEmbedder, load_embedder
 from dmlkit.service.security import ApiKeys, RateLimiter
 from dmlkit.service.store import DurableIndex
 
 __all__ = ["ApiKeys", "DurableIndex", "OnnxEmbedder", "RateLimiter", "ServiceConfig",
-           "TorchEmbedder", "create_app", "load_embedder"]
+           "TextEmbedder", "TorchEmbedder", "create_app", "load_embedder"]

@@ -35,7 +35,8 @@ class ServiceConfig:
 
 
 class Batch(BaseModel):
-    """Raw ``inputs`` (rows as the run's data, flat or shaped) or ``embeddings``."""
+    """Raw ``inputs`` (rows as the run's data, flat or shaped; strings for a text run's
+    model) or ``embeddings``."""
 
     inputs: list[Any] | None = None
     embeddings: list[list[float]] | None = None
@@ -179,6 +180,14 @@ def create_app(store: DurableIndex, keys: ApiKeys, embedder: Any = None,
         if len(rows) > cfg.max_batch:
             raise HTTPException(413, f"{what}batch of {len(rows)} rows; at most "
                                 f"{cfg.max_batch}")
+        if batch.inputs is not None and embedder is not None and (
+                getattr(embedder, "input_kind", "numeric") == "text"):
+            return text_vectors(batch.inputs, what)
+        if batch.inputs is not None and any(isinstance(r, str) for r in rows):
+            raise HTTPException(422, f"{what}inputs are strings but this service's model "
+                                "takes numeric rows" + ("" if embedder is None else
+                                f" of {embedder.n_features} values") + "; send a list of rows "
+                                "of numbers, or serve a text run")
         try:
             x = np.asarray(rows, dtype=np.float64)
         except (ValueError, TypeError):
@@ -198,6 +207,19 @@ def create_app(store: DurableIndex, keys: ApiKeys, embedder: Any = None,
                                 f"has {store.index.dim}")
         return x
 
+    def text_vectors(texts: list[Any], what: str) -> np.ndarray:
+        """Checked ``(n, dim)`` embeddings of ``texts`` by a text embedder."""
+        bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+        if bad is not None:
+            raise HTTPException(422, f"{what}this service's model embeds text: 'inputs' must "
+                                f"be a list of strings; inputs[{bad}] is "
+                                f"{type(texts[bad]).__name__}")
+        x = np.asarray(embedder(texts), dtype=np.float32)
+        if x.shape[1] != store.index.dim:
+            raise HTTPException(422, f"{what}embeddings have dimension {x.shape[1]}; the index "
+                                f"has {store.index.dim}")
+        return x
+
     @app.get("/health")
     def health() -> dict[str, Any]:
         return {"status": "ok", "items": store.ntotal, "dim": store.index.dim}
@@ -209,7 +231,8 @@ def create_app(store: DurableIndex, keys: ApiKeys, embedder: Any = None,
     @app.post("/embed")
     def embed(req: Batch, _: bytes = Depends(auth)) -> dict[str, Any]:
         if req.inputs is None:
-            raise HTTPException(422, "give 'inputs' (raw rows) to embed")
+            raise HTTPException(422, "give 'inputs' (raw rows, or strings for a text model) "
+                                "to embed")
         return {"embeddings": vectors(req).tolist()}
 
     @app.post("/search")

@@ -1,6 +1,9 @@
 """Raw inputs -> embeddings for the service: a run's torch model, or an ONNX export.
 
 The ONNX path needs only numpy and onnxruntime, so a serving install can leave torch out.
+Every embedder says what it takes in ``input_kind``: ``"numeric"`` (rows of
+``n_features`` numbers) or ``"text"`` (strings, for runs whose model embeds text, such as
+a :class:`~dmlkit.models.SentenceEncoder`).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import numpy as np
 
 class OnnxEmbedder:
     """An ONNX file written by ``dmlkit export`` (with its ``FILE.json`` description)."""
+
+    input_kind = "numeric"
 
     def __init__(self, path: str | Path) -> None:
         try:
@@ -36,15 +41,17 @@ class OnnxEmbedder:
 
 
 class TorchEmbedder:
-    """The model of a run directory (torch)."""
+    """The model of a run directory (torch), on numeric rows."""
 
-    def __init__(self, run_dir: str | Path) -> None:
+    input_kind = "numeric"
+
+    def __init__(self, run_dir: str | Path, run: Any = None) -> None:
         import torch
 
         from dmlkit.runs import load_run
         from dmlkit.runs.export import FlatInputEmbedder, run_input_shape
 
-        run = load_run(run_dir)
+        run = load_run(run_dir) if run is None else run
         shape = run_input_shape(run)
         self.n_features = int(np.prod(shape))
         self._model = FlatInputEmbedder(run.model.eval(), shape).eval()
@@ -57,13 +64,48 @@ class TorchEmbedder:
             return self._model(self._torch.from_numpy(x.astype(np.float32))).numpy()
 
 
+class TextEmbedder:
+    """The model of a text run (one that embeds strings): ``list of n str -> (n, dim)``.
+
+    Embeds as :func:`dmlkit.text.embed_texts` does (eval mode, no gradients), so the
+    vectors equal the run's own embeddings of the same strings.
+    """
+
+    input_kind = "text"
+    n_features = None
+
+    def __init__(self, run_dir: str | Path, run: Any = None) -> None:
+        from dmlkit.runs import load_run
+
+        run = load_run(run_dir) if run is None else run
+        self._model = run.model.eval()
+        self.dim = int(self(["dim"]).shape[1])
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        from dmlkit.text import embed_texts
+
+        return embed_texts(self._model, list(texts)).numpy().astype(np.float32)
+
+
+def embeds_text(run: Any) -> bool:
+    """Whether a loaded run's model takes strings (a text data source, or a model that
+    says so with ``embeds_text = True``, as :class:`~dmlkit.models.SentenceEncoder`)."""
+    from dmlkit.config.schema import TEXT_SOURCES
+
+    return run.config.data.name in TEXT_SOURCES or bool(getattr(run.model, "embeds_text", False))
+
+
 def load_embedder(run_dir: Any = None, onnx: Any = None) -> Any:
-    """An ONNX embedder when ``onnx`` is given, else the run's torch model, else None."""
+    """An ONNX embedder when ``onnx`` is given, else the run's torch model (a
+    :class:`TextEmbedder` for text runs), else None."""
     if onnx is not None:
         return OnnxEmbedder(onnx)
     if run_dir is not None:
-        return TorchEmbedder(run_dir)
+        from dmlkit.runs import load_run
+
+        run = load_run(run_dir)
+        return TextEmbedder(run_dir, run) if embeds_text(run) else TorchEmbedder(run_dir, run)
     return None
 
 
-__all__ = ["OnnxEmbedder", "TorchEmbedder", "load_embedder"]
+__all__ = ["OnnxEmbedder", "TextEmbedder", "TorchEmbedder", "embeds_text", "load_embedder"]
