@@ -198,3 +198,112 @@ def test_text_run_end_to_end(tmp_path):
     assert evaluated["retrieval"]["map_at_r"] == pytest.approx(m["map_at_r"], abs=1e-5)
     with pytest.raises(FileExistsError):
         train_text_run(cfg, tmp_path / "run", log=lambda _m: None)
+
+
+TRIPLETS = [  # (anchor, positive, negative)
+    ("A man is playing a guitar.", "Someone strums an acoustic guitar.",
+     "The stock market fell sharply today."),
+    ("A chef is slicing onions in the kitchen.", "She is frying eggs in a pan.",
+     "The goalkeeper saved a penalty kick."),
+    ("The striker scored a goal in the final minute.", "Fans cheered as the team won the match.",
+     "A man is playing a guitar."),  # a sentence shared with triplet 0
+    ("Investors sold shares after the bank's report.",
+     "Interest rates were raised by the central bank.", "The soup is boiling on the stove."),
+    ("The band played a loud rock song.", "A man is playing a guitar.",
+     "She is frying eggs in a pan."),
+    ("The soup is boiling on the stove.", "A chef is slicing onions in the kitchen.",
+     "The striker scored a goal in the final minute."),
+]
+
+
+def write_triplets(path, rows=TRIPLETS):
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(dict(zip(("anchor", "positive", "negative"), r,
+                                                    strict=True))) + "\n" for r in rows))
+    else:
+        path.write_text("anchor\tpositive\tnegative\n" + "".join("\t".join(r) + "\n"
+                                                                  for r in rows))
+    return path
+
+
+def test_text_triplets_file_and_batches(tmp_path):
+    from dmlkit.data.text import read_text_triplets
+
+    for name in ("t.tsv", "t.jsonl"):
+        data = read_text_triplets(write_triplets(tmp_path / name))
+        assert len(data) == 6 and data.labels is None
+        texts, labels, t = data.get_batch([0, 2, 4])
+        assert labels is None
+        got = [(texts[a], texts[p], texts[n]) for a, p, n in zip(*t, strict=True)]
+        assert got == [TRIPLETS[0], TRIPLETS[2], TRIPLETS[4]]
+        assert len(texts) == len(set(texts)) == 7  # 9 sentences, 2 repeated: embedded once
+    (tmp_path / "bad.tsv").write_text("anchor\tpositive\nx\ty\n")
+    with pytest.raises(ValueError, match="no negative column"):
+        read_text_triplets(tmp_path / "bad.tsv")
+
+
+@needs_text
+def test_trainer_loss_on_text_triplets_equals_a_loop(encoder):
+    import copy
+
+    from dmlkit.config import Config
+    from dmlkit.data.text import TextTripletDataset
+    from dmlkit.training import Trainer
+
+    cfg = Config.from_dict({"model": {"name": "sentence_encoder"},
+                            "loss": {"name": "triplet_margin", "margin": 0.5},
+                            "training": {"epochs": 1, "batch_size": 3, "progress": False}})
+    data = TextTripletDataset(*zip(*TRIPLETS, strict=True))
+    trainer = Trainer(cfg, data, model=copy.deepcopy(encoder), log=None)
+    trainer.model.eval()  # no dropout: comparable with encode()
+    rows = [1, 2, 5]
+    with torch.no_grad():
+        got = float(trainer.batch_loss(data.get_batch(rows)))
+    losses = []
+    for i in rows:  # Euclidean distance of unit vectors, mean over the non-zero losses
+        a, p, n = (encoder.encode([s]).astype(np.float64)[0] for s in TRIPLETS[i])
+        losses.append(max(0.0, np.linalg.norm(a - p) - np.linalg.norm(a - n) + 0.5))
+    nonzero = [v for v in losses if v > 0]
+    assert nonzero and got == pytest.approx(np.mean(nonzero), abs=1e-5)
+
+
+@needs_text
+def test_text_triplet_run_trains_on_the_file_triplets(tmp_path, monkeypatch):
+    from dmlkit.config import Config
+    from dmlkit.runs import evaluate_run
+    from dmlkit.text import build_text_splits, train_text_run
+    from dmlkit.training import Trainer
+
+    seen = []  # the triplets each training batch's loss was computed on
+    real = Trainer.batch_loss
+
+    def spy(self, batch):
+        texts, labels, t = batch
+        assert labels is None
+        seen.extend((texts[a], texts[p], texts[n]) for a, p, n in zip(*t, strict=True))
+        return real(self, batch)
+
+    monkeypatch.setattr(Trainer, "batch_loss", spy)
+    cfg = Config.from_dict({
+        "name": "trip", "data": {"name": "text", "kind": "triplets",
+                                 "path": str(write_triplets(tmp_path / "t.tsv")),
+                                 "test_fraction": 0.34},
+        "model": {"name": "sentence_encoder", "max_length": 32},
+        "loss": {"name": "triplet_margin", "margin": 0.5},
+        "optimizer": {"name": "adamw", "lr": 1e-5}, "schedule": {"name": "none"},
+        "training": {"epochs": 1, "batch_size": 2, "progress": False, "num_threads": 1}})
+    train, heldout = build_text_splits(cfg)
+    want = list(zip(train.anchor, train.positive, train.negative, strict=True))
+    result = train_text_run(cfg, tmp_path / "run", log=lambda _m: None)
+    assert sorted(seen) == sorted(want) and len(want) == 4  # each training triplet once
+    assert not set(seen) & set(zip(heldout.anchor, heldout.positive, heldout.negative,
+                                   strict=True))
+    m = result.metrics
+    assert m["num_triplets"] == 2 and 0 <= m["triplet_accuracy"] <= 1
+    assert 0 <= m["baseline"]["triplet_accuracy"] <= 1
+    assert len(result.history) == 1 and np.isfinite(result.history[0]["loss"])
+    evaluated = evaluate_run(tmp_path / "run")
+    assert evaluated["triplets"]["triplet_accuracy"] == pytest.approx(m["triplet_accuracy"])
+    bad = Config.from_dict({**cfg.to_dict(), "loss": {"name": "arcface"}})
+    with pytest.raises(ValueError, match="needs class labels"):
+        train_text_run(bad, tmp_path / "run2", log=lambda _m: None)

@@ -62,7 +62,8 @@ class DataConfig:
         tuples drawn from the labelled source above, whose labels are then dropped.
         Text (``name: text``, a CSV / TSV / JSONL file at ``path``; ``name: stsb``, the
         STS benchmark): ``"labels"`` for labelled sentences, ``"pairs"`` for sentence
-        pairs with scores (see :mod:`dmlkit.data.text`).
+        pairs with scores, ``"triplets"`` for (anchor, positive, negative) sentence
+        triplets (see :mod:`dmlkit.data.text`).
     min_score : float, optional
         Text pairs scoring at least this are positives (default 4.0 for STS-B, else 1.0).
     """

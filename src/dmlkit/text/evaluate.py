@@ -1,4 +1,5 @@
-"""Evaluate sentence embeddings: STS (Spearman of cosine vs human scores), text retrieval."""
+"""Evaluate sentence embeddings: STS (Spearman of cosine vs human scores), triplet
+accuracy, text retrieval."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from dmlkit.data.text import TextDataset, TextPairDataset
+from dmlkit.data.text import TextDataset, TextPairDataset, TextTripletDataset
 
 RETRIEVAL_KEYS = ("precision_at_1", "r_precision", "map_at_r",
                   "recall_at_1", "recall_at_2", "recall_at_4", "recall_at_8")
@@ -58,10 +59,27 @@ def sts_spearman(
     }
 
 
-def text_heldout_metrics(model: nn.Module, heldout: TextDataset | TextPairDataset) -> dict:
-    """STS correlations of held-out pairs, or leave-one-out retrieval of held-out sentences."""
+def triplet_accuracy(model: nn.Module, triplets: TextTripletDataset) -> dict[str, Any]:
+    """``triplet_accuracy``: the fraction of triplets with ``cos(a, p) > cos(a, n)``."""
+    if len(triplets) == 0:
+        raise ValueError("no triplets to evaluate")
+    texts, _, t = triplets.get_batch(range(len(triplets)))
+    emb = embed_texts(model, texts).double()  # (u, dim) each distinct sentence once
+    cos = nn.functional.cosine_similarity
+    pos = cos(emb[t.anchor], emb[t.positive], dim=1)  # (T,)
+    neg = cos(emb[t.anchor], emb[t.negative], dim=1)  # (T,)
+    return {"triplet_accuracy": float((pos > neg).double().mean()),
+            "num_triplets": len(triplets)}
+
+
+def text_heldout_metrics(model: nn.Module,
+                         heldout: TextDataset | TextPairDataset | TextTripletDataset) -> dict:
+    """STS correlations of held-out pairs, triplet accuracy of held-out triplets, or
+    leave-one-out retrieval of held-out sentences."""
     if isinstance(heldout, TextPairDataset):
         return sts_spearman(model, heldout)
+    if isinstance(heldout, TextTripletDataset):
+        return triplet_accuracy(model, heldout)
     from dmlkit.evaluation import retrieval_metrics
 
     emb = embed_texts(model, heldout.texts)
@@ -92,6 +110,8 @@ def evaluate_text_run(run_dir: str | Path, data: Any = None, *, out: str | Path 
         result: dict[str, Any] = {"sts": sts_spearman(run.model, dataset),
                                   "num_embeddings": 2 * len(dataset), "metric": "cosine",
                                   "seed": kwargs.get("seed")}
+    elif isinstance(dataset, TextTripletDataset):
+        result = {"triplets": triplet_accuracy(run.model, dataset), "metric": "cosine"}
     else:
         emb = embed_texts(run.model, dataset.texts)
         result = evaluate_embeddings(emb, dataset.labels, **kwargs)
@@ -104,7 +124,7 @@ def text_metrics_table(metrics: dict[str, Any]) -> str:
     """Pretrained vs fine-tuned encoder on the held-out data, as plain text."""
     base = metrics.get("baseline") or {}
     rows = [f"{'metric':<16} {'pretrained':>10} {'fine-tuned':>10}"]
-    for key in ("spearman", "pearson") + RETRIEVAL_KEYS:
+    for key in ("spearman", "pearson", "triplet_accuracy") + RETRIEVAL_KEYS:
         if key in metrics:
             b = f"{base[key]:>10.4f}" if key in base else f"{'-':>10}"
             rows.append(f"{key:<16} {b} {metrics[key]:>10.4f}")
@@ -112,4 +132,5 @@ def text_metrics_table(metrics: dict[str, Any]) -> str:
 
 
 __all__ = ["embed_texts", "evaluate_text_run", "sts_spearman", "text_heldout_metrics",
+           "triplet_accuracy",
            "text_metrics_table", "RETRIEVAL_KEYS"]

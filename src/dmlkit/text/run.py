@@ -1,13 +1,17 @@
-"""Train a text run: a sentence encoder fine-tuned on labelled sentences or sentence pairs.
+"""Train a text run: a sentence encoder fine-tuned on labelled sentences, pairs or triplets.
 
 ``data.name: stsb`` trains on the STS benchmark's train pairs and holds out its test
 pairs (``data.heldout_part``, default ``test``); ``data.name: text`` reads ``data.path``
 (:mod:`dmlkit.data.text`): labelled sentences (``data.kind: labels``, held out by
-``split: classes`` (unseen classes) or ``stratified``) or scored pairs (``kind: pairs``,
-a seeded ``test_fraction`` held out). Pair runs train on the positive pairs
-(``score >= data.min_score``) with in-batch negatives; labelled runs on class labels,
-through any configured sampler and miner. The pretrained encoder is evaluated on the
-held-out data before training (``"baseline"`` in metrics.json), the fine-tuned one after.
+``split: classes`` (unseen classes) or ``stratified``), scored pairs (``kind: pairs``,
+a seeded ``test_fraction`` held out) or triplets (``kind: triplets``, columns anchor,
+positive, negative; a seeded ``test_fraction`` held out). Pair runs train on the positive
+pairs (``score >= data.min_score``) with in-batch negatives; triplet runs on the given
+triplets with any tuple loss (weak supervision, no miner); labelled runs on class
+labels, through any configured sampler and miner. Held-out triplets report
+``triplet_accuracy``, how often ``cos(anchor, positive) > cos(anchor, negative)``.
+The pretrained encoder is evaluated on the held-out data before training
+(``"baseline"`` in metrics.json), the fine-tuned one after.
 """
 
 from __future__ import annotations
@@ -24,9 +28,11 @@ from dmlkit.config.schema import TEXT_SOURCES, Config
 from dmlkit.data.text import (
     TextDataset,
     TextPairDataset,
+    TextTripletDataset,
     load_stsb,
     read_labelled_sentences,
     read_scored_pairs,
+    read_text_triplets,
 )
 from dmlkit.text.evaluate import text_heldout_metrics
 from dmlkit.training.build import resolve_config
@@ -34,7 +40,7 @@ from dmlkit.training.checkpoint import atomic_save
 from dmlkit.training.run import CONFIG_FILE, METRICS_FILE, MODEL_FILE, RunResult
 from dmlkit.training.trainer import CHECKPOINT, Trainer
 
-TextData = TextDataset | TextPairDataset
+TextData = TextDataset | TextPairDataset | TextTripletDataset
 
 
 def build_text_splits(config: Config) -> tuple[TextData, TextData]:
@@ -53,16 +59,19 @@ def build_text_splits(config: Config) -> tuple[TextData, TextData]:
         return (load_stsb(dc.part, dc.path, min_score), load_stsb(held_part, dc.path, min_score))
     min_score = 1.0 if dc.min_score is None else dc.min_score
     rng = np.random.default_rng(dc.seed)
-    if dc.kind == "pairs":
-        pairs = read_scored_pairs(dc.path, min_score)  # type: ignore[arg-type]
-        order = rng.permutation(len(pairs))
-        n_test = int(round(dc.test_fraction * len(pairs)))
-        if not 0 < n_test < len(pairs):
-            raise ValueError(f"{len(pairs)} pairs cannot be split with test_fraction "
+    if dc.kind in ("pairs", "triplets"):
+        tuples: TextPairDataset | TextTripletDataset = (
+            read_scored_pairs(dc.path, min_score) if dc.kind == "pairs"  # type: ignore[arg-type]
+            else read_text_triplets(dc.path))  # type: ignore[arg-type]
+        order = rng.permutation(len(tuples))
+        n_test = int(round(dc.test_fraction * len(tuples)))
+        if not 0 < n_test < len(tuples):
+            raise ValueError(f"{len(tuples)} {dc.kind} cannot be split with test_fraction "
                              f"{dc.test_fraction}")
-        return pairs.subset(order[n_test:]), pairs.subset(order[:n_test])
+        return tuples.subset(order[n_test:]), tuples.subset(order[:n_test])
     if dc.kind != "labels":
-        raise ValueError(f"text data.kind must be 'labels' or 'pairs', got {dc.kind!r}")
+        raise ValueError(f"text data.kind must be 'labels', 'pairs' or 'triplets', got "
+                         f"{dc.kind!r}")
     data = read_labelled_sentences(dc.path)  # type: ignore[arg-type]
     if dc.split == "classes":
         train_classes = set(dc.train_classes or [])
@@ -106,6 +115,17 @@ def train_text_run(
         if config.miner is not None:
             raise ValueError("pair runs label each pair as its own class; remove the miner")
         num_classes = 0
+    elif isinstance(train, TextTripletDataset):
+        from dmlkit.registry import LOSSES
+
+        loss_cls = LOSSES.get(config.loss["name"])
+        if getattr(loss_cls, "requires_labels", False) or not getattr(
+                loss_cls, "accepts_indices", True):
+            raise ValueError(f"loss {config.loss['name']!r} needs class labels; triplets "
+                             "train tuple losses (triplet_margin, contrastive, ...)")
+        if config.miner is not None:
+            raise ValueError("triplet runs train on the given triplets; remove the miner")
+        num_classes = 0
     else:
         num_classes = int(train.labels.max()) + 1
     resolved = resolve_config(config, torch.zeros(1), num_classes)
@@ -148,7 +168,7 @@ def train_text_run(
 
 
 def _summary(metrics: dict[str, Any]) -> str:
-    keys = ("spearman", "pearson", "map_at_r", "precision_at_1")
+    keys = ("spearman", "pearson", "triplet_accuracy", "map_at_r", "precision_at_1")
     return ", ".join(f"{k} {metrics[k]:.4f}" for k in keys if k in metrics)
 
 
