@@ -104,6 +104,8 @@ def verification_metrics(
     fpr, tpr, thr = roc_curve(s, y)
     eer, eer_t = equal_error_rate(fpr, tpr, thr)
     dcf, dcf_t = min_dcf(fpr, tpr, thr, p_target=p_target, c_miss=c_miss, c_fa=c_fa)
+    if not np.isfinite(dcf_t):  # rejecting every pair is cheapest: a finite such threshold
+        dcf_t = threshold_between(thr, 0)
     out = {"auc": auc(fpr, tpr), "eer": eer, "eer_threshold": eer_t,
            "min_dcf": dcf, "min_dcf_threshold": dcf_t}
     for far in fars:
