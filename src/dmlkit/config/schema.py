@@ -20,7 +20,8 @@ from typing import Any
 
 from dmlkit.config.tune import TuneConfig
 
-DATA_SOURCES = ("digits", "fashion_mnist", "idx", "npz", "image_folder", "text", "stsb")
+DATA_SOURCES = ("digits", "fashion_mnist", "idx", "npz", "image_folder", "text", "stsb",
+                "audio_folder")
 TEXT_SOURCES = ("text", "stsb")
 
 
@@ -30,7 +31,7 @@ class DataConfig:
 
     Attributes
     ----------
-    name : {"digits", "fashion_mnist", "idx", "npz", "image_folder"}
+    name : {"digits", "fashion_mnist", "idx", "npz", "image_folder", "text", "stsb", "audio_folder"}
     path : str, optional
         File or directory (``idx``: a directory of MNIST-format files; ``fashion_mnist``:
         defaults to Debian's ``/usr/share/datasets/fashion-mnist``).
@@ -66,6 +67,11 @@ class DataConfig:
         triplets (see :mod:`dmlkit.data.text`).
     min_score : float, optional
         Text pairs scoring at least this are positives (default 4.0 for STS-B, else 1.0).
+    sample_rate, crop_seconds, trim_silence : int, float, bool
+        ``name: audio_folder`` (``path/<speaker>/**/*.wav``, :func:`dmlkit.data.audio.
+        load_audio_folder`): WAV files are resampled to ``sample_rate``, trimmed of
+        silence (energy VAD) and cut into ``crop_seconds`` crops, the items (labelled by
+        speaker) of a :class:`~dmlkit.models.SpeakerEncoder`.
     """
 
     name: str = "digits"
@@ -91,6 +97,9 @@ class DataConfig:
     features: str | None = None
     num_tuples: int = 5000
     min_score: float | None = None
+    sample_rate: int = 16_000
+    crop_seconds: float = 2.0
+    trim_silence: bool = True
 
     def __post_init__(self) -> None:
         _choice("data", "name", self.name, DATA_SOURCES)
@@ -103,8 +112,11 @@ class DataConfig:
             raise ValueError("data.split 'classes' needs data.train_classes")
         if self.split == "stratified" and not 0.0 < self.test_fraction < 1.0:
             raise ValueError(f"data.test_fraction must be in (0, 1), got {self.test_fraction}")
-        if self.name in ("idx", "npz", "image_folder", "text") and not self.path:
+        if self.name in ("idx", "npz", "image_folder", "text", "audio_folder") and not self.path:
             raise ValueError(f"data.name {self.name!r} needs data.path")
+        if self.sample_rate < 1 or not self.crop_seconds > 0:
+            raise ValueError(f"data.sample_rate must be >= 1 and data.crop_seconds > 0, got "
+                             f"{self.sample_rate}, {self.crop_seconds}")
         if self.augment_shift < 0:
             raise ValueError(f"data.augment_shift must be >= 0, got {self.augment_shift}")
         if self.augment is not None:

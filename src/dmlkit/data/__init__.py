@@ -7,6 +7,7 @@ training and held-out parts (stratified, or class-disjoint for unseen-class eval
 :class:`TupleDataset` holds weakly supervised pairs or triplets (no class labels).
 """
 
+from dmlkit.data.audio import load_audio_folder
 from dmlkit.data.dataset import ArrayDataset
 from dmlkit.data.digits import load_digits
 from dmlkit.data.idx import load_fashion_mnist, load_idx, load_idx_dir, read_idx
@@ -35,6 +36,7 @@ __all__ = [
     "load_idx",
     "load_idx_dir",
     "read_idx",
+    "load_audio_folder",
     "load_image_folder",
     "load_npz",
     "data_config",

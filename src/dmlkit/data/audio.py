@@ -1,4 +1,5 @@
-"""Speech data: WAV reading, resampling, energy-based voice-activity trimming, fixed crops.
+"""Speech data: WAV reading, resampling, energy-based voice-activity trimming, fixed crops,
+and :func:`load_audio_folder`, a folder of speakers' WAV files as a labelled dataset.
 
 Everything here works with the standard library's ``wave`` module and numpy; no audio
 package is needed. Waveforms are float32 arrays in ``[-1, 1]``, mono.
@@ -9,8 +10,12 @@ from __future__ import annotations
 import wave
 from math import gcd
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from dmlkit.data.dataset import ArrayDataset
 
 SAMPLE_RATE = 16_000
 _AUDIO_SUFFIXES = (".wav",)
@@ -207,3 +212,26 @@ def crop_dataset(
         ys.append(np.full(len(c), y, dtype=np.int64))
         src.append(np.full(len(c), i, dtype=np.int64))
     return np.concatenate(xs), np.concatenate(ys), np.concatenate(src)
+
+
+def load_audio_folder(
+    root: str | Path, sample_rate: int = SAMPLE_RATE, crop_seconds: float = 2.0, *,
+    trim: bool = True,
+) -> ArrayDataset:
+    """``root/<speaker>/**/*.wav`` as a labelled dataset of fixed-length crops.
+
+    Every file is read, resampled to ``sample_rate`` and trimmed of silence
+    (:func:`load_speaker_folder`), then cut into ``crop_seconds`` crops
+    (:func:`crops`, no overlap). Items are the crops ``(N, round(crop_seconds *
+    sample_rate))`` float32, labelled by speaker (``class_names``: the folder names), the
+    input of :class:`~dmlkit.models.SpeakerEncoder`. This is the ``audio_folder`` data
+    source of configs (``data: {name: audio_folder, path: ...}``).
+    """
+    from dmlkit.data.dataset import ArrayDataset
+
+    if crop_seconds <= 0:
+        raise ValueError(f"crop_seconds must be > 0, got {crop_seconds}")
+    length = int(round(crop_seconds * sample_rate))
+    waves, labels, speakers, _ = load_speaker_folder(root, sample_rate, trim=trim)
+    x, y, _ = crop_dataset(waves, labels, length)
+    return ArrayDataset(x, y, speakers)

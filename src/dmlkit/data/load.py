@@ -20,8 +20,9 @@ def data_config(spec: DataConfig | dict[str, Any] | str | Path) -> DataConfig:
     """Normalize a data spec to a :class:`DataConfig`.
 
     Strings: ``"digits"``, ``"fashion_mnist"``, ``"fashion_mnist:test"`` (a source and
-    its part), a ``.npz`` file, a directory (MNIST-format IDX files, else an image folder
-    with one sub-folder per class), or a ``.yaml`` config whose ``data`` section is used.
+    its part), a ``.npz`` file, a directory (MNIST-format IDX files, else a folder with one
+    sub-folder per class of WAV files (``audio_folder``) or of images), or a ``.yaml``
+    config whose ``data`` section is used.
     """
     if isinstance(spec, DataConfig):
         return spec
@@ -54,6 +55,8 @@ def data_config(spec: DataConfig | dict[str, Any] | str | Path) -> DataConfig:
         )
     if any(path.glob(f"{IDX_PARTS['train'][0]}*")) or any(path.glob(f"{IDX_PARTS['test'][0]}*")):
         return DataConfig(name="idx", path=str(path), part=part or "train")
+    if next(path.glob("*/*.wav"), None) is not None:  # speaker folders of WAV files
+        return DataConfig(name="audio_folder", path=str(path))
     return DataConfig(name="image_folder", path=str(path))
 
 
@@ -84,6 +87,11 @@ def _load(cfg: DataConfig, part: str) -> ArrayDataset:
         return load_npz(cfg.path, cfg.x_key, cfg.labels_key)  # type: ignore[arg-type]
     if cfg.name == "image_folder":
         return load_image_folder(cfg.path, cfg.image_size, cfg.color)  # type: ignore[arg-type]
+    if cfg.name == "audio_folder":
+        from dmlkit.data.audio import load_audio_folder
+
+        return load_audio_folder(cfg.path, cfg.sample_rate, cfg.crop_seconds,  # type: ignore[arg-type]
+                                 trim=cfg.trim_silence)
     raise ValueError(f"unknown data source {cfg.name!r}")
 
 
