@@ -138,14 +138,17 @@ def test_resume_after_kill_9_fails_the_zombie_and_completes_the_count(tmp_path: 
             running = [t for t in trials if t.state.name == "RUNNING"]
             if done and running:  # mid-study, mid-trial
                 os.kill(worker.pid, signal.SIGKILL)
-                killed = running[0].number
+                killed = -1
                 break
     finally:
         worker.wait(timeout=60)
     assert killed is not None, "the worker finished before it could be killed"
     assert worker.returncode == -signal.SIGKILL
-    zombie = load(tmp_path).trials[killed]
-    assert zombie.state.name == "RUNNING"  # what kill -9 leaves behind
+    # the trial running at the moment of the kill (the one seen before it may have
+    # finished in between): what kill -9 leaves behind
+    zombies = [t.number for t in load(tmp_path).trials if t.state.name == "RUNNING"]
+    assert len(zombies) == 1, zombies
+    killed = zombies[0]
     lines: list[str] = []  # this test's process is the next worker
     tune(Config.from_yaml(path), 4, out, resume=True, log=lines.append)
     assert f"marked FAIL the running trial(s) [{killed}] of workers that are gone" in lines
