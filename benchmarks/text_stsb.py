@@ -32,16 +32,26 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--max-pairs", type=int, default=160)
     ap.add_argument("--baseline", action="store_true")
+    ap.add_argument("--eval-part", default="test", choices=["dev", "test"],
+                    help="'dev' for choosing settings (the test part is then not read)")
+    ap.add_argument("--lr", type=float, default=None, help="override optimizer.lr")
+    ap.add_argument("--temperature", type=float, default=None, help="override loss.temperature")
+    ap.add_argument("--out", default="text_stsb.json")
     args = ap.parse_args()
     cfg = Config.from_yaml(CONFIG)
     cfg.training.progress = False
+    if args.lr is not None:
+        cfg.optimizer.lr = args.lr
+    if args.temperature is not None:
+        cfg.loss["temperature"] = args.temperature
     train = load_stsb("train", min_score=4.0).positives()
     order = np.random.default_rng(0).permutation(len(train))[: args.max_pairs]
     train = train.subset(order)
-    test = load_stsb("test")
+    test = load_stsb(args.eval_part)
     start = time.perf_counter()
     trainer = Trainer(cfg, train, log=print)
-    result: dict = {"config": cfg.to_dict(), "train_pairs": len(train),
+    result: dict = {"config": cfg.to_dict(), "eval_part": args.eval_part,
+                    "train_pairs": len(train),
                     "steps": len(trainer.sampler)}
     if args.baseline:
         tick = time.perf_counter()
@@ -56,7 +66,7 @@ def main() -> None:
     result["fine_tuned"]["seconds"] = round(time.perf_counter() - tick, 1)
     result["seconds"] = round(time.perf_counter() - start, 1)
     print("fine-tuned", result["fine_tuned"], f"{result['seconds']} s in all")
-    write_json("text_stsb.json", result)
+    write_json(args.out, result)
 
 
 if __name__ == "__main__":
