@@ -144,6 +144,14 @@ def baselines(config: Config, heldout: Any, train: Any) -> dict[str, dict]:
     with torch.no_grad():
         emb = torch.cat([model(heldout.x[i : i + 256]) for i in range(0, len(heldout), 256)])
     out["pretrained, untrained"] = pick(retrieval_metrics(emb, heldout.labels))
+    if config.model.get("name") == "efficientnet_lite0":  # the backbone's usual output alone
+        cfg.model = dict(spec, taps=[16], pixels=0)
+        model = build_model(resolve_config(cfg, train.x[0], 10)).eval()
+        with torch.no_grad():
+            emb = torch.cat([model(heldout.x[i : i + 256])
+                             for i in range(0, len(heldout), 256)])  # fmt: skip
+        out["pretrained head features (1280-d), untrained"] = pick(
+            retrieval_metrics(emb, heldout.labels))
     return out
 
 
