@@ -69,6 +69,10 @@ RECIPES: dict[str, dict[str, Any]] = {
     "triplet_ms_miner": {"loss": {"name": "triplet_margin", "margin": 0.1},
                          "miner": {"name": "multi_similarity", "epsilon": 0.1}},
     "epochs_2x": {"training.epochs": "2x"},
+    # the backbone's last 3 blocks train too (at 0.1x the rate), on augmented images
+    "finetune_aug": {"model.mode": "finetune", "model.trainable_blocks": 3,
+                     "data.augment": {"crop_scale": [0.7, 1.0], "degrees": 10,
+                                      "translate": 0.05}},
 }  # fmt: skip
 
 
@@ -118,12 +122,12 @@ def set_key(raw: dict, key: str, value: Any) -> None:
 
 def recipe_config(base: dict, recipe: str, data: dict, seed: int) -> Config:
     raw = copy.deepcopy(base)
+    raw["data"] = copy.deepcopy(data)
     for key, value in RECIPES[recipe].items():
         if "." in key:
-            set_key(raw, key, value)
+            set_key(raw, key, copy.deepcopy(value))
         else:
             raw[key] = copy.deepcopy(value)
-    raw["data"] = copy.deepcopy(data)
     raw["training"]["seed"] = seed
     return Config.from_dict(raw)
 
