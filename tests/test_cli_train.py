@@ -97,3 +97,28 @@ def test_help_does_not_import_torch():
     code = "import sys, dmlkit.cli.main; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_set_overrides_any_config_value(tmp_path):
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    out = tmp_path / "run"
+    result = runner.invoke(app, [
+        "train", str(tmp_path / "tiny.yaml"), "--out", str(out), "--no-progress",
+        "--set", "training.epochs=1", "--set", "model.dim=4", "--set", "data.seed=3",
+        "--set", "loss={name: contrastive, neg_margin: 0.7}"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    saved = (out / "config.yaml").read_text()
+    import yaml
+
+    cfg = yaml.safe_load(saved)
+    assert cfg["training"]["epochs"] == 1 and cfg["model"]["dim"] == 4
+    assert cfg["data"]["seed"] == 3
+    assert cfg["loss"]["name"] == "contrastive" and cfg["loss"]["neg_margin"] == 0.7
+    for bad, message in (("training.epoch=1", "unknown key"), ("nokey", "KEY=VALUE"),
+                         ("model.name.x=1", "holds a value"), ("training.epochs=[1", "not YAML")):
+        res = runner.invoke(app, ["train", str(tmp_path / "tiny.yaml"), "--out",
+                                  str(tmp_path / "bad"), "--set", bad])  # fmt: skip
+        assert res.exit_code != 0 and message in res.output, (bad, res.output)
+        assert not (tmp_path / "bad").exists()
+    res = runner.invoke(app, ["train", "--resume", "--out", str(out), "--set", "training.epochs=3"])
+    assert res.exit_code != 0 and "--set cannot change" in res.output

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -21,6 +22,35 @@ def _latest_run(name: str) -> Path | None:
     return max(candidates, key=lambda p: p.stat().st_mtime, default=None)
 
 
+def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
+    """``cfg`` with each ``KEY=VALUE`` (dotted key, YAML value) set, validated again."""
+    import yaml
+
+    from dmlkit.config import Config
+
+    raw = cfg.to_dict()
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set takes KEY=VALUE (e.g. optimizer.lr=1e-3), got {item!r}")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            first = str(err).splitlines()[0]
+            raise ValueError(f"--set {key}: the value {text!r} is not YAML ({first})") from None
+        *path, last = key.strip().split(".")
+        node = raw
+        for part in path:
+            child = node.get(part) if isinstance(node, dict) else None
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ValueError(f"--set {key}: {part!r} holds a value, not a section")
+            node = child
+        node[last] = value
+    return Config.from_dict(raw)
+
+
 def train(
     config: Path | None = typer.Argument(
         None, help="YAML config; default: the digits job (configs/digits.yaml)."
@@ -34,6 +64,11 @@ def train(
         False, "--resume", help="Continue the run in --out (default: the newest matching run)."
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
+    overrides: list[str] | None = typer.Option(
+        None, "--set",
+        help="Override any config value: KEY=VALUE with a dotted key and a YAML value, "
+             "e.g. --set data.path=wavs/ --set optimizer.lr=1e-3 (repeatable).",
+    ),
 ) -> None:
     """Train an embedding; write config, weights, checkpoint, metrics and log to a run directory.
 
@@ -44,6 +79,10 @@ def train(
 
     try:
         cfg = load_config(config) if config is not None else digits_config()
+        if overrides:
+            if resume:
+                raise _fail("--set cannot change the config of a run being resumed")
+            cfg = apply_overrides(cfg, overrides)
         if resume:
             out = out if out is not None else _latest_run(cfg.name)
             if out is None:
