@@ -23,31 +23,44 @@ def _latest_run(name: str) -> Path | None:
 
 
 def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
-    """``cfg`` with each ``KEY=VALUE`` (dotted key, YAML value) set, validated again."""
+    """``cfg`` with each ``KEY=VALUE`` (dotted key, YAML value) set, validated again.
+
+    ``section.key`` goes through :func:`dmlkit.config.tune.set_path` (as the tuner sets
+    its samples: a new component ``name`` keeps only the keys its class accepts); deeper
+    keys (``data.augment.degrees``) set an entry of that mapping.
+    """
+    import copy
+
     import yaml
 
     from dmlkit.config import Config
+    from dmlkit.config.tune import get_path, set_path
 
     raw = cfg.to_dict()
     for item in overrides:
         key, sep, text = item.partition("=")
-        if not sep or not key.strip():
+        key = key.strip()
+        if not sep or not key:
             raise ValueError(f"--set takes KEY=VALUE (e.g. optimizer.lr=1e-3), got {item!r}")
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError as err:
             first = str(err).splitlines()[0]
             raise ValueError(f"--set {key}: the value {text!r} is not YAML ({first})") from None
-        *path, last = key.strip().split(".")
-        node = raw
-        for part in path:
-            child = node.get(part) if isinstance(node, dict) else None
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ValueError(f"--set {key}: {part!r} holds a value, not a section")
-            node = child
-        node[last] = value
+        section, _, rest = key.partition(".")
+        head, _, deeper = rest.partition(".")
+        if deeper:  # section.head.a.b: an entry of the mapping at section.head
+            top = copy.deepcopy(get_path(raw, f"{section}.{head}"))
+            top = {} if top is None else top
+            node, where, *parts = top, head, *deeper.split(".")
+            for part in [*parts[:-1], None]:  # walk to the last part's mapping
+                if not isinstance(node, dict):
+                    raise ValueError(f"--set {key}: {where!r} holds a value, not a section")
+                if part is not None:
+                    node, where = node.setdefault(part, {}), part
+            node[parts[-1]] = value
+            key, value = f"{section}.{head}", top
+        set_path(raw, key, value)
     return Config.from_dict(raw)
 
 

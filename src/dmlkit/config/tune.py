@@ -233,7 +233,7 @@ def set_path(raw: dict[str, Any], path: str, value: Any) -> None:
     current = raw.get(section)
     if current is None:
         if section in COMPONENTS and key != "name":
-            raise ValueError(f"tune.space sets {path!r} but the config has no {section!r}")
+            raise ValueError(f"{path!r} is set but the config has no {section!r} section")
         current = {}
     current = dict(current)
     if key == "name" and section in COMPONENTS and current.get("name") != value:
