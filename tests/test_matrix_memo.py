@@ -6,8 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dmlkit.distances import EuclideanDistance
-from dmlkit.functional import matrix_memo
+from dmlkit.distances import EuclideanDistance, matrix_memo
 from dmlkit.losses import ContrastiveLoss
 from dmlkit.losses import _tuple_distances as td
 from dmlkit.miners import MultiSimilarityMiner, PairMarginMiner

@@ -10,7 +10,23 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 
-class ArrayDataset(Dataset):
+class LabelledItems:
+    """What any labelled dataset derives from its ``labels`` ``(n,)`` tensor."""
+
+    labels: Tensor
+
+    @property
+    def num_classes(self) -> int:
+        """Number of distinct labels present."""
+        return int(torch.unique(self.labels).numel())
+
+    @property
+    def classes(self) -> list[int]:
+        """Sorted distinct labels present."""
+        return torch.unique(self.labels).tolist()
+
+
+class ArrayDataset(LabelledItems, Dataset):
     """A dataset held in memory: inputs ``x`` of shape ``(n, ...)`` and labels ``(n,)``.
 
     Images are stored as ``(n, C, H, W)`` float32 in ``[0, 1]``; vectors as ``(n, d)``.
@@ -49,16 +65,6 @@ class ArrayDataset(Dataset):
             raise ValueError(f"labels must be >= 0, got {int(self.labels.min())}")
         self.class_names = list(class_names) if class_names is not None else None
 
-    @property
-    def num_classes(self) -> int:
-        """Number of distinct labels present."""
-        return int(torch.unique(self.labels).numel())
-
-    @property
-    def classes(self) -> list[int]:
-        """Sorted distinct labels present."""
-        return torch.unique(self.labels).tolist()
-
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
@@ -82,4 +88,4 @@ class ArrayDataset(Dataset):
         )
 
 
-__all__ = ["ArrayDataset"]
+__all__ = ["ArrayDataset", "LabelledItems"]

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dmlkit.data.dataset import LabelledItems
 from dmlkit.functional.tuples import Triplets
 
 TEXT_COLUMNS = ("text", "sentence", "sentence1")
@@ -49,7 +50,7 @@ NEGATIVE_COLUMNS = ("negative", "neg", "hard_negative", "sentence3")
 STSB_PARTS = {"train": "sts-train.csv", "dev": "sts-dev.csv", "test": "sts-test.csv"}
 
 
-class TextDataset:
+class TextDataset(LabelledItems):
     """Sentences with class labels ``(n,)`` int64; ``class_names[label]`` names a class."""
 
     def __init__(
@@ -66,14 +67,6 @@ class TextDataset:
             raise ValueError("labels must be integers >= 0")
         self.labels = y.long()
         self.class_names = list(class_names) if class_names is not None else None
-
-    @property
-    def num_classes(self) -> int:
-        return int(torch.unique(self.labels).numel())
-
-    @property
-    def classes(self) -> list[int]:
-        return torch.unique(self.labels).tolist()
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -243,15 +236,21 @@ def _column(rows: list[dict], names: Sequence[str], path: Path, what: str) -> st
     raise ValueError(f"{path} has no {what} column (one of {list(names)}); columns: {list(keys)}")
 
 
+def _nonempty_records(path: Path) -> list[dict[str, str]]:
+    """:func:`read_records` of ``path``, refusing a file without rows."""
+    rows = read_records(path)
+    if not rows:
+        raise ValueError(f"{path} holds no rows")
+    return rows
+
+
 def read_labelled_sentences(path: str | Path) -> TextDataset:
     """Sentences and class labels: columns ``text`` (or ``sentence``) and ``label``.
 
     Labels that are not all integers are class names, mapped to ids in sorted order.
     """
     path = Path(path)
-    rows = read_records(path)
-    if not rows:
-        raise ValueError(f"{path} holds no rows")
+    rows = _nonempty_records(path)
     tcol = _column(rows, TEXT_COLUMNS, path, "text")
     lcol = _column(rows, LABEL_COLUMNS, path, "label")
     texts = [str(r[tcol]) for r in rows]
@@ -266,9 +265,7 @@ def read_labelled_sentences(path: str | Path) -> TextDataset:
 def read_scored_pairs(path: str | Path, min_score: float = 1.0) -> TextPairDataset:
     """Sentence pairs: columns ``sentence1``, ``sentence2`` and optionally ``score``."""
     path = Path(path)
-    rows = read_records(path)
-    if not rows:
-        raise ValueError(f"{path} holds no rows")
+    rows = _nonempty_records(path)
     c1 = _column(rows, FIRST_COLUMNS, path, "first-sentence")
     c2 = _column(rows, SECOND_COLUMNS, path, "second-sentence")
     keys = rows[0].keys()
@@ -284,9 +281,7 @@ def read_scored_pairs(path: str | Path, min_score: float = 1.0) -> TextPairDatas
 def read_text_triplets(path: str | Path) -> TextTripletDataset:
     """Sentence triplets: columns ``anchor``, ``positive``, ``negative``."""
     path = Path(path)
-    rows = read_records(path)
-    if not rows:
-        raise ValueError(f"{path} holds no rows")
+    rows = _nonempty_records(path)
     cols = [_column(rows, names, path, what) for names, what in (
         (ANCHOR_COLUMNS, "anchor"), (POSITIVE_COLUMNS, "positive"),
         (NEGATIVE_COLUMNS, "negative"))]

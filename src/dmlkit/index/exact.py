@@ -112,7 +112,7 @@ class ExactIndex(BaseIndex):
             if query.shape[0] * gallery.shape[0] >= FILTER_MIN_PAIRS:
                 scores, rows = self._filtered(query, gallery, k, metric)
             else:  # few queries (e.g. one request of a service): reuse the prepared gallery
-                if self._prepared is None or self._prepared[0].shape[1] != gallery.shape[0]:
+                if self._prepared is None:  # dropped by every add / remove / load
                     self._prepared = prepare_reference(gallery, metric)
                 scores, rows = knn(query, gallery, k, metric=metric, exclude_self=False,
                                    query_chunk=self.query_chunk, ref_chunk=self.ref_chunk,

@@ -20,11 +20,11 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from dmlkit.distances import matrix_memo
 from dmlkit.distances.base import BaseDistance
 from dmlkit.distances.cosine import CosineSimilarity
 from dmlkit.distances.dot_product import DotProductSimilarity
 from dmlkit.distances.euclidean import EuclideanDistance
-from dmlkit.functional import matrix_memo
 from dmlkit.functional.tuples import Pairs
 from dmlkit.losses._rows import with_grads
 

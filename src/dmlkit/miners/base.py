@@ -12,9 +12,9 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
+from dmlkit.distances import matrix_memo as memo
 from dmlkit.distances.base import BaseDistance
 from dmlkit.distances.euclidean import EuclideanDistance
-from dmlkit.functional import matrix_memo as memo
 from dmlkit.functional.chunking import chunk_size_for, row_chunks
 from dmlkit.functional.distances import check_embeddings
 from dmlkit.functional.labels import check_labels, pos_neg_masks
@@ -28,7 +28,7 @@ class BaseMiner(nn.Module):
     output_kind: str = "triplets"
     #: whether :meth:`row_blocks`' matrix, when one block holds every row, is left
     #: unmodified by :meth:`mine` and may be handed to the loss that follows
-    #: (:mod:`dmlkit.functional.matrix_memo`)
+    #: (:mod:`dmlkit.distances.matrix_memo`)
     shares_matrix: bool = False
     _sources: tuple[Tensor, Tensor | None] | None = None
 

@@ -202,6 +202,10 @@ def create_app(store: DurableIndex, keys: ApiKeys, embedder: Any = None,
                 raise HTTPException(422, f"{what}inputs have {x.shape[1]} values per row; the "
                                     f"model takes {embedder.n_features}")
             x = np.asarray(embedder(x), dtype=np.float32)
+        return indexable(x, what)
+
+    def indexable(x: np.ndarray, what: str) -> np.ndarray:
+        """``x`` if its rows have the index's dimension (else a 422)."""
         if x.shape[1] != store.index.dim:
             raise HTTPException(422, f"{what}embeddings have dimension {x.shape[1]}; the index "
                                 f"has {store.index.dim}")
@@ -215,10 +219,7 @@ def create_app(store: DurableIndex, keys: ApiKeys, embedder: Any = None,
                                 f"be a list of strings; inputs[{bad}] is "
                                 f"{type(texts[bad]).__name__}")
         x = np.asarray(embedder(texts), dtype=np.float32)
-        if x.shape[1] != store.index.dim:
-            raise HTTPException(422, f"{what}embeddings have dimension {x.shape[1]}; the index "
-                                f"has {store.index.dim}")
-        return x
+        return indexable(x, what)
 
     @app.get("/health")
     def health() -> dict[str, Any]:
