@@ -112,12 +112,18 @@ def protocols(
                 out[name] = protocol_data(source, a, b, per_class, heldout)
                 continue
             for val in (a[3:], a[:2], a[1:3]):
-                rest = [c for c in a if c not in val]
-                data = protocol_data(source, rest, val, per_class)
-                data.pop("heldout_part", None)
-                data["max_heldout_per_class"] = per_class if source != "digits" else None
-                out[f"{name} | val {val}"] = data
+                out[f"{name} | val {val}"] = fold_data(source, a, val, per_class)
     return out
+
+
+def fold_data(source: str, classes: list[int], val: list[int], per_class: int) -> dict:
+    """A class-disjoint fold inside the training ``classes``: train on all but ``val``,
+    evaluate on ``val``, both from the training part."""
+    rest = [c for c in classes if c not in val]
+    data = protocol_data(source, rest, val, per_class)
+    data.pop("heldout_part", None)
+    data["max_heldout_per_class"] = per_class if source != "digits" else None
+    return data
 
 
 def set_key(raw: dict, key: str, value: Any) -> None:
@@ -151,22 +157,26 @@ def baselines(config: Config, heldout: Any, train: Any) -> dict[str, dict]:
     raw = heldout.x.flatten(1).float()  # (n, C*H*W)
     out = {"raw pixels (L2)": pick(retrieval_metrics(l2_normalize(raw), heldout.labels)),
            "raw pixels (as is)": pick(retrieval_metrics(raw, heldout.labels))}  # fmt: skip
-    spec = dict(config.model, head_type="none")
-    cfg = copy.deepcopy(config)
-    cfg.model = spec
-    model = build_model(resolve_config(cfg, train.x[0], 10)).eval()
-    with torch.no_grad():
-        emb = torch.cat([model(heldout.x[i : i + 256]) for i in range(0, len(heldout), 256)])
+    emb = embed(untrained_model(config, train), heldout.x)
     out["pretrained, untrained"] = pick(retrieval_metrics(emb, heldout.labels))
     if config.model.get("name") == "efficientnet_lite0":  # the backbone's usual output alone
-        cfg.model = dict(spec, taps=[16], pixels=0)
-        model = build_model(resolve_config(cfg, train.x[0], 10)).eval()
-        with torch.no_grad():
-            emb = torch.cat([model(heldout.x[i : i + 256])
-                             for i in range(0, len(heldout), 256)])  # fmt: skip
+        emb = embed(untrained_model(config, train, taps=[16], pixels=0), heldout.x)
         out["pretrained head features (1280-d), untrained"] = pick(
             retrieval_metrics(emb, heldout.labels))
     return out
+
+
+def untrained_model(config: Config, train: Any, **spec: Any) -> torch.nn.Module:
+    """The config's model with no head (``head_type: none``; ``spec`` overrides), eval."""
+    cfg = copy.deepcopy(config)
+    cfg.model = dict(config.model, head_type="none", **spec)
+    return build_model(resolve_config(cfg, train.x[0], 10)).eval()
+
+
+def embed(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Embeddings of ``x`` in batches of 256 (frozen backbones read the feature cache)."""
+    with torch.no_grad():
+        return torch.cat([model(x[i : i + 256]) for i in range(0, len(x), 256)])
 
 
 def pml_standard(
@@ -239,10 +249,7 @@ def _pml_loop(model: Any, opt: Any, train: Any, heldout: Any, seconds: float,
             if time.perf_counter() - start >= seconds:
                 break
         epochs += 1
-    model.eval()
-    with torch.no_grad():
-        emb = torch.cat([model(heldout.x[i : i + 256]) for i in range(0, len(heldout), 256)])
-    out = pick(retrieval_metrics(emb, heldout.labels))
+    out = pick(retrieval_metrics(embed(model.eval(), heldout.x), heldout.labels))
     out["epochs"], out["steps"] = epochs, steps
     return out
 

@@ -12,7 +12,6 @@ recipe (``configs/unseen_classes.yaml``). Only training classes are used.
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 import tempfile
 from pathlib import Path
@@ -21,21 +20,26 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from generalization import HIGH, LOW, ROOT, baselines, protocol_data, recipe_config  # noqa: E402
+from generalization import (  # noqa: E402
+    HIGH,
+    LOW,
+    ROOT,
+    embed,
+    fold_data,
+    protocol_data,
+    recipe_config,
+    untrained_model,
+)
 
 from dmlkit.data.load import split_dataset  # noqa: E402
+from dmlkit.evaluation import retrieval_metrics  # noqa: E402
 from dmlkit.functional.distances import l2_normalize  # noqa: E402
 from dmlkit.training import train_run  # noqa: E402
-from dmlkit.training.build import build_model, resolve_config  # noqa: E402
 
 
 def by_farness(config, train) -> list[int]:
     """Training classes, farthest from the others first (untrained features)."""
-    cfg = copy.deepcopy(config)
-    cfg.model = dict(cfg.model, head_type="none")
-    model = build_model(resolve_config(cfg, train.x[0], 10)).eval()
-    with torch.no_grad():
-        f = torch.cat([model(train.x[i : i + 256]) for i in range(0, len(train), 256)])
+    f = embed(untrained_model(config, train), train.x)  # (n, F)
     classes = sorted(set(train.labels.tolist()))
     centroids = l2_normalize(torch.stack([f[train.labels == c].mean(0) for c in classes]))
     sim = centroids @ centroids.T  # (k, k)
@@ -62,17 +66,12 @@ def main() -> None:
             config = recipe_config(base, "default", data, args.seed)
             order = by_farness(config, split_dataset(config.data)[0])
             for kind, val in (("far", order[:2]), ("close", order[-2:])):
-                rest = [c for c in classes if c not in val]
-                fold = protocol_data(source, rest, val, args.per_class)
-                fold.pop("heldout_part", None)
-                fold["max_heldout_per_class"] = args.per_class if source != "digits" else None
-                scores = []
-                for anchor in (None, 0.0, base["training"].get("anchor_weight", 0.0)):
-                    cfg = recipe_config(base, "default", fold, args.seed)
-                    train, heldout = split_dataset(cfg.data)
-                    if anchor is None:
-                        scores.append(baselines(cfg, heldout, train)["pretrained, untrained"])
-                        continue
+                fold = fold_data(source, classes, val, args.per_class)
+                cfg = recipe_config(base, "default", fold, args.seed)
+                train, heldout = split_dataset(cfg.data)
+                emb = embed(untrained_model(cfg, train), heldout.x)
+                scores = [retrieval_metrics(emb, heldout.labels)]
+                for anchor in (0.0, base["training"].get("anchor_weight", 0.0)):
                     cfg.training.anchor_weight = anchor
                     with tempfile.TemporaryDirectory() as tmp:
                         scores.append(train_run(cfg, Path(tmp) / "r", log=lambda _m: None).metrics)
