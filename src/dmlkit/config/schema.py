@@ -181,6 +181,10 @@ class TrainingConfig:
     cosine similarities against the model as it was before training) to the loss, so
     training corrects the starting metric (e.g. a pretrained one) instead of replacing
     it with one fitted to the training classes.
+    ``uniformity_weight`` (> 0) adds ``uniformity_weight x`` the uniformity of each
+    batch's embeddings (:func:`dmlkit.functional.uniformity.uniformity`, Wang & Isola
+    2020: low when they spread over the sphere) to the loss, against the collapse of the
+    embedding onto the training classes.
     """
 
     epochs: int = 20
@@ -196,6 +200,7 @@ class TrainingConfig:
     grad_cache_chunk: int | None = None
     val_classes: float | list[int] | None = None
     anchor_weight: float = 0.0
+    uniformity_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -206,9 +211,10 @@ class TrainingConfig:
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"training.val_fraction must be in [0, 1), got {self.val_fraction}")
         _check_val_classes(self.val_classes)
-        weight = self.anchor_weight
-        if not (isinstance(weight, (int, float)) and 0 <= weight < math.inf):
-            raise ValueError(f"training.anchor_weight must be a finite number >= 0, got {weight!r}")
+        for key in ("anchor_weight", "uniformity_weight"):
+            weight = getattr(self, key)
+            if not (isinstance(weight, (int, float)) and 0 <= weight < math.inf):
+                raise ValueError(f"training.{key} must be a finite number >= 0, got {weight!r}")
         if isinstance(self.val_classes, tuple):  # YAML writes lists
             self.val_classes = list(self.val_classes)
         if self.val_classes is not None and self.val_fraction > 0:

@@ -17,6 +17,7 @@ from torch.utils.data import Dataset, default_collate
 from dmlkit.config.schema import Config
 from dmlkit.functional.anchor import similarity_drift
 from dmlkit.functional.tuples import IndexTuple, as_index_tuple
+from dmlkit.functional.uniformity import uniformity
 from dmlkit.training.build import build_loss, build_miner, build_model, build_sampler
 from dmlkit.training.checkpoint import atomic_save, load_checkpoint
 from dmlkit.training.optim import build_optimizer, build_scheduler
@@ -154,6 +155,8 @@ class Trainer:
                 reference = self.anchor_model(inputs)  # (B, dim) of the starting model
             drift = similarity_drift(embeddings, reference)
             loss = loss + self.config.training.anchor_weight * drift
+        if self.config.training.uniformity_weight > 0:
+            loss = loss + self.config.training.uniformity_weight * uniformity(embeddings)
         return loss
 
     def embed_batch(self, inputs: Any) -> Tensor:

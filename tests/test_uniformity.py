@@ -1,0 +1,89 @@
+"""training.uniformity_weight: the uniformity regularizer and its place in the Trainer."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dmlkit.config.schema import Config, TrainingConfig
+from dmlkit.functional.uniformity import uniformity
+
+
+def _loop_uniformity(e: torch.Tensor, t: float) -> float:
+    e = e.double()
+    u = [row / row.norm() for row in e]
+    total, n = 0.0, len(u)
+    for i in range(n):
+        for j in range(n):
+            if i != j:
+                total += math.exp(-t * float((u[i] - u[j]).square().sum()))
+    return math.log(total / (n * (n - 1)))
+
+
+@pytest.mark.parametrize("t", [2.0, 0.5])
+def test_uniformity_matches_loop_and_gradient(t):
+    g = torch.Generator().manual_seed(0)
+    e = torch.randn(9, 4, generator=g, requires_grad=True)
+    value = uniformity(e, t)
+    assert value.item() == pytest.approx(_loop_uniformity(e.detach(), t), rel=1e-5)
+    value.backward()
+    assert e.grad is not None and torch.isfinite(e.grad).all()
+    e64 = e.detach().double().requires_grad_(True)
+    torch.autograd.gradcheck(lambda x: uniformity(x, t), (e64,))
+
+
+def test_uniformity_orders_collapse_and_spread():
+    collapsed = torch.ones(6, 3) + 1e-3 * torch.randn(6, 3)
+    spread = torch.cat([torch.eye(3), -torch.eye(3)])  # the 6 poles of the sphere
+    assert uniformity(collapsed).item() == pytest.approx(0.0, abs=1e-3)
+    assert uniformity(spread).item() < uniformity(collapsed).item() - 3.0
+    assert uniformity(spread).item() >= -8.0  # bounded below by -4 t
+
+
+def test_uniformity_half_precision_and_bad_input():
+    e = torch.randn(5, 3)
+    assert uniformity(e.bfloat16()).dtype == torch.float32
+    with pytest.raises(ValueError, match="at least 2"):
+        uniformity(torch.randn(1, 3))
+    with pytest.raises(ValueError, match="t must be"):
+        uniformity(e, 0.0)
+    with pytest.raises(ValueError, match="NaN"):
+        uniformity(torch.full((3, 2), float("nan")))
+
+
+@pytest.mark.parametrize("bad", [-0.5, float("nan"), float("inf"), "1"])
+def test_uniformity_weight_validated(bad):
+    with pytest.raises(ValueError, match="uniformity_weight"):
+        TrainingConfig(uniformity_weight=bad)
+
+
+def _spread_after_training(weight: float, tmp_path) -> float:
+    from dmlkit.data.load import split_dataset
+    from dmlkit.training import Trainer
+    from dmlkit.training.build import resolve_config
+
+    cfg = Config.from_dict({
+        "name": "uniformity",
+        "data": {"name": "digits", "split": "classes", "train_classes": [0, 1, 2, 3, 4],
+                 "test_classes": [5, 6, 7, 8, 9]},
+        "model": {"name": "mlp", "dim": 16, "hidden": [32]},
+        "loss": {"name": "multi_similarity"},
+        "sampler": {"name": "m_per_class", "m": 8, "batch_size": 32},
+        "optimizer": {"name": "adam", "lr": 0.01},
+        "training": {"epochs": 2, "seed": 0, "uniformity_weight": weight,
+                     "progress": False},
+    })  # fmt: skip
+    train, _ = split_dataset(cfg.data)
+    cfg = resolve_config(cfg, train.x[0], 10)
+    trainer = Trainer(cfg, train, out_dir=tmp_path / f"run{weight}", log=None)
+    trainer.fit()
+    with torch.no_grad():
+        return float(uniformity(trainer.model.eval()(train.x[:300].float())))
+
+
+def test_trainer_uniformity_spreads_embeddings(tmp_path):
+    plain = _spread_after_training(0.0, tmp_path)
+    spread = _spread_after_training(5.0, tmp_path)
+    assert spread < plain - 0.1  # the term spreads the training images over the sphere
