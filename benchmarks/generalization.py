@@ -79,6 +79,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     "triplet_ms_miner": {"loss": {"name": "triplet_margin", "margin": 0.1},
                          "miner": {"name": "multi_similarity", "epsilon": 0.1}},
     "epochs_2x": {"training.epochs": "2x"},
+    "no_uniformity": {"training.uniformity_weight": 0.0},
+    "uniformity_0.3": {"training.uniformity_weight": 0.3},
+    "anchor_60": {"training.anchor_weight": 60.0},
     # the backbone's last 3 blocks train too (at 0.1x the rate), on augmented images
     "finetune_aug": {"model.mode": "finetune", "model.trainable_blocks": 3,
                      "data.augment": {"crop_scale": [0.7, 1.0], "degrees": 10,

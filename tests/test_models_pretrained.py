@@ -279,6 +279,7 @@ def test_shipped_unseen_class_configs_use_the_recipe():
             assert getattr(cfg, section) == getattr(recipe, section), (name, section)
         assert cfg.training.epochs == recipe.training.epochs
         assert cfg.training.anchor_weight == recipe.training.anchor_weight > 0
+        assert cfg.training.uniformity_weight == recipe.training.uniformity_weight > 0
 
 
 def test_recipe_trains_on_small_colour_images_of_any_shape(tmp_path):
