@@ -29,10 +29,13 @@ Methods, each on the same held-out images:
 
 ``--validate`` swaps each protocol for class-disjoint folds inside its five training
 classes (two held out, three trained on; three folds): recipes are chosen there, never
-on the test classes.
+on the test classes. ``--splits other`` swaps the four protocols for class splits no
+choice of the recipe looked at (even -> odd, odd -> even, 0,1,3,6,9 -> the rest, on both
+datasets).
 
     python benchmarks/generalization.py                      # everything, 3 seeds
-    python benchmarks/generalization.py --validate --recipes default residual_lr1e-4
+    python benchmarks/generalization.py --validate --recipes default no_uniformity
+    python benchmarks/generalization.py --splits other --recipes default no_uniformity
 """
 
 from __future__ import annotations
@@ -62,6 +65,13 @@ from dmlkit.training.build import build_model, resolve_config  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = ("precision_at_1", "r_precision", "map_at_r")
 LOW, HIGH = [0, 1, 2, 3, 4], [5, 6, 7, 8, 9]
+#: ``--splits``: "standard" is the four protocols above; "other" are class splits used for
+#: no choice of the recipe (a check on protocols the recipe was never looked at on)
+SPLITS: dict[str, list[tuple[list[int], list[int]]]] = {
+    "standard": [(LOW, HIGH), (HIGH, LOW)],
+    "other": [([0, 2, 4, 6, 8], [1, 3, 5, 7, 9]), ([1, 3, 5, 7, 9], [0, 2, 4, 6, 8]),
+              ([0, 1, 3, 6, 9], [2, 4, 5, 7, 8])],
+}
 
 #: the network of "pml standard, CNN from scratch" (image side and channels from the data)
 SCRATCH_CNN = {"name": "small_cnn", "dim": 128, "width": 32}
@@ -102,13 +112,15 @@ def protocol_data(
 
 
 def protocols(
-    validate: bool, per_class: int, only: list[str] | None, heldout: int | None = None
+    validate: bool, per_class: int, only: list[str] | None, heldout: int | None = None,
+    splits: str = "standard",
 ) -> dict[str, dict]:
     """Protocol name -> data block (``--validate``: folds inside the training classes)."""
     out: dict[str, dict] = {}
     for source, short in (("digits", "digits"), ("fashion_mnist", "fmnist")):
-        for a, b in ((LOW, HIGH), (HIGH, LOW)):
-            name = f"{short} {a[0]}-{a[-1]} -> {b[0]}-{b[-1]}"
+        for a, b in SPLITS[splits]:
+            name = (f"{short} {a[0]}-{a[-1]} -> {b[0]}-{b[-1]}" if splits == "standard"
+                    else f"{short} {a} -> {b}")
             if only and not any(o in name for o in only):
                 continue
             if not validate:
@@ -279,6 +291,8 @@ def main() -> None:
     parser.add_argument("--heldout-per-class", type=int, default=None,
                         help="Fashion-MNIST test images per class (default: all 1,000)")
     parser.add_argument("--validate", action="store_true")
+    parser.add_argument("--splits", choices=list(SPLITS), default="standard",
+                        help="'other': even -> odd, odd -> even, 0,1,3,6,9 -> the rest")
     parser.add_argument("--no-pml", action="store_true")
     parser.add_argument("--no-pml-examples", action="store_true",
                         help="skip pytorch-metric-learning's recipe fine-tuning the network")
@@ -298,7 +312,7 @@ def main() -> None:
                                "protocols": {}}  # fmt: skip
     rows = []
     for pname, data in protocols(args.validate, args.per_class, args.protocols,
-                                      args.heldout_per_class).items():
+                                 args.heldout_per_class, args.splits).items():
         cache = tempfile.mkdtemp(prefix="dmlkit-features-")  # cold cache per protocol
         base_p = copy.deepcopy(base)
         if base_p["model"]["name"] == "efficientnet_lite0":
