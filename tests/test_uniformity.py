@@ -87,3 +87,27 @@ def test_trainer_uniformity_spreads_embeddings(tmp_path):
     plain = _spread_after_training(0.0, tmp_path)
     spread = _spread_after_training(5.0, tmp_path)
     assert spread < plain - 0.1  # the term spreads the training images over the sphere
+
+
+def test_trainer_uniformity_skips_a_batch_of_one(tmp_path):
+    from dmlkit.data.load import split_dataset
+    from dmlkit.training import Trainer
+    from dmlkit.training.build import resolve_config
+
+    cfg = Config.from_dict({
+        "name": "uniformity_one",
+        "data": {"name": "digits"},
+        "model": {"name": "mlp", "dim": 8, "hidden": [16]},
+        "loss": {"name": "multi_similarity"},
+        "training": {"epochs": 1, "seed": 0, "uniformity_weight": 1.0, "progress": False},
+    })  # fmt: skip
+    train, _ = split_dataset(cfg.data)
+    trainer = Trainer(resolve_config(cfg, train.x[0], 10), train, out_dir=tmp_path, log=None)
+    trainer.model.eval()  # (its batch norm takes no batch of one in training mode)
+    x, y = train.x[:1].float(), train.labels[:1]
+    assert torch.isfinite(trainer.batch_loss((x, y)))  # a last batch of one: no pairs
+    x2, y2 = train.x[:2].float(), train.labels[:2]
+    with torch.no_grad():
+        emb = trainer.model(x2)
+        expected = trainer.loss(emb, y2) + uniformity(emb)  # two items: the term is added
+        assert trainer.batch_loss((x2, y2)).item() == pytest.approx(expected.item(), rel=1e-5)

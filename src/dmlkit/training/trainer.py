@@ -155,7 +155,7 @@ class Trainer:
                 reference = self.anchor_model(inputs)  # (B, dim) of the starting model
             drift = similarity_drift(embeddings, reference)
             loss = loss + self.config.training.anchor_weight * drift
-        if self.config.training.uniformity_weight > 0:
+        if self.config.training.uniformity_weight > 0 and len(embeddings) > 1:  # (pairs)
             loss = loss + self.config.training.uniformity_weight * uniformity(embeddings)
         return loss
 
