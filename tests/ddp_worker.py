@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 
 from dmlkit.registry import LOSSES, MINERS
-from dmlkit.training.distributed import global_batch_loss
+from dmlkit.training.distributed import global_batch_loss, global_regularization
 
 CASES = {
     "contrastive": ({"name": "contrastive"}, None),
@@ -19,13 +19,23 @@ CASES = {
     "ntxent": ({"name": "ntxent"}, None),
     "arcface": ({"name": "arcface", "num_classes": 4, "embedding_size": 6}, None),
 }
+#: cases that add training.anchor_weight and training.uniformity_weight's terms
+REGULARIZED = {"multi_similarity+anchor+uniformity": ({"name": "multi_similarity"}, None)}
+WEIGHTS = (30.0, 1.0)  # anchor, uniformity
+
+
+def reference(x: torch.Tensor) -> torch.Tensor:
+    """A fixed "starting model"'s embeddings for the anchor term."""
+    torch.manual_seed(2)
+    with torch.no_grad():
+        return torch.nn.Linear(5, 4)(x)
 
 
 def setup(name: str):
     """The same model, loss and global batch in every process (and in the test)."""
     torch.manual_seed(0)
     model = torch.nn.Linear(5, 6)
-    loss_spec, miner_spec = CASES[name]
+    loss_spec, miner_spec = (CASES | REGULARIZED)[name]
     spec = dict(loss_spec)
     loss = LOSSES.build(spec.pop("name"), **spec)
     miner = None if miner_spec is None else MINERS.build(miner_spec["name"])
@@ -39,10 +49,13 @@ def main(out: str) -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     results = {}
-    for name in CASES:
+    for name in CASES | REGULARIZED:
         model, loss, miner, x, y = setup(name)
         share = torch.arange(rank, 16, world)  # interleaved, as DistributedTrainer slices
-        value = global_batch_loss(loss, miner, model(x[share]), y[share])
+        emb = model(x[share])
+        value = global_batch_loss(loss, miner, emb, y[share])
+        if name in REGULARIZED:
+            value = value + global_regularization(emb, reference(x[share]), *WEIGHTS)
         value.backward()
         grads = {}
         for prefix, module in (("model", model), ("loss", loss)):

@@ -24,16 +24,22 @@ def torchrun(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.Compl
 
 def test_losses_and_gradients_equal_single_process(tmp_path):
     sys.path.insert(0, str(HERE))
-    from ddp_worker import CASES, setup
+    from ddp_worker import CASES, REGULARIZED, WEIGHTS, reference, setup
+
+    from dmlkit.training.trainer import regularization
 
     out = tmp_path / "ddp.json"
     res = torchrun([str(HERE / "ddp_worker.py"), str(out)], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     got = json.loads(out.read_text())
-    for name in CASES:
+    for name in CASES | REGULARIZED:
         model, loss, miner, x, y = setup(name)
         emb = model(x)
         value = loss(emb, y, indices=miner(emb, y) if miner is not None else None)
+        if name in REGULARIZED:  # the anchor and uniformity terms of the whole batch
+            extra = regularization(emb, reference(x), *WEIGHTS)
+            assert float(extra) != 0.0
+            value = value + extra
         value.backward()
         assert got[name]["loss"] == pytest.approx(float(value.detach()), abs=1e-5), name
         for prefix, module in (("model", model), ("loss", loss)):
@@ -72,3 +78,49 @@ def test_two_process_training_resumes_on_one_and_back(tmp_path):
     assert state["epoch"] == 3 and len(state["history"]) == 3
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert 0.0 < metrics["map_at_r"] <= 1.0
+
+
+def test_distributed_batch_loss_adds_anchor_and_uniformity(tmp_path, monkeypatch):
+    """DistributedTrainer's loss carries training.anchor_weight's and uniformity_weight's
+    terms (a one-process group: its global batch is the batch)."""
+    import socket
+
+    import torch.distributed as dist
+
+    from dmlkit.config import Config
+    from dmlkit.data.load import split_dataset
+    from dmlkit.training import Trainer
+    from dmlkit.training.build import resolve_config
+    from dmlkit.training.distributed import DistributedTrainer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        losses = {}
+        for weights in ((0.0, 0.0), (30.0, 1.0)):
+            cfg = Config.from_dict({
+                "name": "ddp_reg", "data": {"name": "digits"},
+                "model": {"name": "mlp", "dim": 8, "hidden": [16]},
+                "loss": {"name": "multi_similarity"},
+                "training": {"epochs": 1, "progress": False, "seed": 0,
+                             "anchor_weight": weights[0], "uniformity_weight": weights[1]}})
+            train, _ = split_dataset(cfg.data)
+            cfg = resolve_config(cfg, train.x[0], 10)
+            single = Trainer(cfg, train, out_dir=tmp_path / "one", log=None)
+            multi = DistributedTrainer(cfg, train, out_dir=tmp_path / "two", log=None)
+            with torch.no_grad():  # a step's worth of change, so the anchor term is not 0
+                for trainer in (single, multi):
+                    for p in trainer.model.parameters():
+                        p.add_(0.05)
+            batch = single.fetch(list(range(32)))
+            got = float(multi.batch_loss(batch).detach())
+            want = float(single.batch_loss(batch).detach())
+            assert got == pytest.approx(want, rel=1e-5), weights
+            losses[weights] = got
+        assert losses[(30.0, 1.0)] != pytest.approx(losses[(0.0, 0.0)], rel=1e-3)
+    finally:
+        dist.destroy_process_group()

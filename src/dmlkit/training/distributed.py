@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from dmlkit.training.trainer import Trainer
+from dmlkit.training.trainer import Trainer, regularization
 
 
 def world_size_from_env() -> int:
@@ -75,6 +75,17 @@ def global_batch_loss(loss: Any, miner: Any, embeddings: Tensor, labels: Tensor)
     return loss(all_emb, all_labels, indices=indices)
 
 
+def global_regularization(
+    embeddings: Tensor, reference: Tensor | None, anchor_weight: float,
+    uniformity_weight: float,
+) -> Tensor | float:
+    """:func:`~dmlkit.training.trainer.regularization` (anchor and uniformity terms) of the
+    gathered global batch, as one process computes them on the concatenated batch."""
+    return regularization(gather_with_grad(embeddings),
+                          None if reference is None else gather(reference),
+                          anchor_weight, uniformity_weight)  # fmt: skip
+
+
 def average_gradients(*modules: torch.nn.Module) -> None:
     """Average the ``.grad`` of every parameter across processes (in place)."""
     world = dist.get_world_size()
@@ -113,8 +124,15 @@ class DistributedTrainer(Trainer):
         if indices is not None or labels is None:
             raise ValueError("multi-process training needs class labels (tuple data is not "
                              "supported across processes yet)")
-        embeddings = self.model(inputs.to(self.device, non_blocking=True))  # (B / world, d)
-        return global_batch_loss(self.loss, self.miner, embeddings, labels.to(self.device))
+        inputs = inputs.to(self.device, non_blocking=True)
+        embeddings = self.model(inputs)  # (B / world, d)
+        loss = global_batch_loss(self.loss, self.miner, embeddings, labels.to(self.device))
+        tc = self.config.training
+        if self.anchor_model is None and tc.uniformity_weight <= 0:
+            return loss
+        reference = self.reference_embeddings(inputs)
+        return loss + global_regularization(embeddings, reference, tc.anchor_weight,
+                                            tc.uniformity_weight)  # fmt: skip
 
     def save(self, path: Any) -> None:
         if self.rank == 0:
@@ -134,4 +152,5 @@ class DistributedTrainer(Trainer):
 
 
 __all__ = ["DistributedTrainer", "average_gradients", "gather", "gather_with_grad",
-           "global_batch_loss", "init_from_env", "is_main_process", "world_size_from_env"]
+           "global_batch_loss", "global_regularization", "init_from_env", "is_main_process",
+           "world_size_from_env"]

@@ -35,6 +35,21 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def regularization(
+    embeddings: Tensor, reference: Tensor | None, anchor_weight: float,
+    uniformity_weight: float,
+) -> Tensor | float:
+    """The regularizers a batch's loss gets: ``anchor_weight x`` the similarity drift from
+    ``reference`` (the starting model's embeddings of the same items; skipped when None)
+    plus ``uniformity_weight x`` the batch's uniformity (skipped for a batch of one)."""
+    total: Tensor | float = 0.0
+    if reference is not None and anchor_weight > 0:
+        total = total + anchor_weight * similarity_drift(embeddings, reference)
+    if uniformity_weight > 0 and len(embeddings) > 1:  # (pairs)
+        total = total + uniformity_weight * uniformity(embeddings)
+    return total
+
+
 class Trainer:
     """Trains an embedding model on a dataset as a :class:`~dmlkit.config.Config` says.
 
@@ -150,14 +165,17 @@ class Trainer:
         if indices is None and self.miner is not None and labels is not None:
             indices = self.miner(embeddings, labels)
         loss = self.loss(embeddings, labels, indices=indices)
-        if self.anchor_model is not None:
-            with torch.no_grad():
-                reference = self.anchor_model(inputs)  # (B, dim) of the starting model
-            drift = similarity_drift(embeddings, reference)
-            loss = loss + self.config.training.anchor_weight * drift
-        if self.config.training.uniformity_weight > 0 and len(embeddings) > 1:  # (pairs)
-            loss = loss + self.config.training.uniformity_weight * uniformity(embeddings)
-        return loss
+        tc = self.config.training
+        return loss + regularization(embeddings, self.reference_embeddings(inputs),
+                                     tc.anchor_weight, tc.uniformity_weight)  # fmt: skip
+
+    def reference_embeddings(self, inputs: Any) -> Tensor | None:
+        """The starting model's embeddings of ``inputs`` (``training.anchor_weight``), or
+        None without an anchor."""
+        if self.anchor_model is None:
+            return None
+        with torch.no_grad():
+            return self.anchor_model(inputs)  # (B, dim)
 
     def embed_batch(self, inputs: Any) -> Tensor:
         """The model's embeddings of a batch; with ``training.grad_cache_chunk`` the batch is
@@ -352,4 +370,4 @@ class Trainer:
         set_rng_state(state["rng"])
 
 
-__all__ = ["Trainer", "resolve_device", "CHECKPOINT", "LOG"]
+__all__ = ["Trainer", "regularization", "resolve_device", "CHECKPOINT", "LOG"]
