@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dmlkit.config.schema import Config, TrainingConfig
+from dmlkit.config.schema import TrainingConfig
 from dmlkit.functional.anchor import similarity_drift
 from dmlkit.training import Trainer
 
@@ -53,28 +53,9 @@ def test_anchor_weight_validated(bad):
         TrainingConfig(anchor_weight=bad)
 
 
-def _config(anchor: float) -> Config:
-    return Config.from_dict({
-        "name": "anchor",
-        "data": {"name": "digits", "split": "classes", "train_classes": [0, 1, 2, 3, 4],
-                 "test_classes": [5, 6, 7, 8, 9]},
-        "model": {"name": "mlp", "dim": 16, "hidden": [32]},
-        "loss": {"name": "multi_similarity"},
-        "sampler": {"name": "m_per_class", "m": 8, "batch_size": 32},
-        "optimizer": {"name": "adam", "lr": 0.01},
-        "training": {"epochs": 2, "seed": 0, "anchor_weight": anchor, "progress": False},
-    })  # fmt: skip
-
-
-def _drift_after_training(anchor: float, tmp_path) -> tuple[float, Trainer]:
-    from dmlkit.data.load import split_dataset
-    from dmlkit.training.build import resolve_config
-
-    cfg = _config(anchor)
-    train, _ = split_dataset(cfg.data)
-    cfg = resolve_config(cfg, train.x[0], 10)
-    trainer = Trainer(cfg, train, out_dir=tmp_path / f"run{anchor}", log=None)
-    x = train.x[:200].float()
+def _drift_after_training(build, anchor: float, tmp_path) -> tuple[float, Trainer]:
+    trainer = build(tmp_path / f"run{anchor}", anchor_weight=anchor)
+    x = trainer.train_data.x[:200].float()
     with torch.no_grad():
         start = trainer.model.eval()(x)
     trainer.fit()
@@ -83,9 +64,9 @@ def _drift_after_training(anchor: float, tmp_path) -> tuple[float, Trainer]:
     return float(similarity_drift(end, start)), trainer
 
 
-def test_trainer_anchor_keeps_similarities_closer(tmp_path):
-    free, _ = _drift_after_training(0.0, tmp_path)
-    anchored, trainer = _drift_after_training(100.0, tmp_path)
+def test_trainer_anchor_keeps_similarities_closer(tmp_path, unseen_digits_trainer):
+    free, _ = _drift_after_training(unseen_digits_trainer, 0.0, tmp_path)
+    anchored, trainer = _drift_after_training(unseen_digits_trainer, 100.0, tmp_path)
     assert anchored < 0.5 * free  # the term holds the metric near where it started
     state = trainer.state_dict()
     assert state["anchor"]  # saved: a resumed run anchors to the same starting model

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from dmlkit.config.schema import Config, TrainingConfig
+from dmlkit.config.schema import TrainingConfig
 from dmlkit.functional.uniformity import uniformity
 
 
@@ -59,50 +59,22 @@ def test_uniformity_weight_validated(bad):
         TrainingConfig(uniformity_weight=bad)
 
 
-def _spread_after_training(weight: float, tmp_path) -> float:
-    from dmlkit.data.load import split_dataset
-    from dmlkit.training import Trainer
-    from dmlkit.training.build import resolve_config
-
-    cfg = Config.from_dict({
-        "name": "uniformity",
-        "data": {"name": "digits", "split": "classes", "train_classes": [0, 1, 2, 3, 4],
-                 "test_classes": [5, 6, 7, 8, 9]},
-        "model": {"name": "mlp", "dim": 16, "hidden": [32]},
-        "loss": {"name": "multi_similarity"},
-        "sampler": {"name": "m_per_class", "m": 8, "batch_size": 32},
-        "optimizer": {"name": "adam", "lr": 0.01},
-        "training": {"epochs": 2, "seed": 0, "uniformity_weight": weight,
-                     "progress": False},
-    })  # fmt: skip
-    train, _ = split_dataset(cfg.data)
-    cfg = resolve_config(cfg, train.x[0], 10)
-    trainer = Trainer(cfg, train, out_dir=tmp_path / f"run{weight}", log=None)
+def _spread_after_training(build, weight: float, tmp_path) -> float:
+    trainer = build(tmp_path / f"run{weight}", uniformity_weight=weight)
     trainer.fit()
     with torch.no_grad():
-        return float(uniformity(trainer.model.eval()(train.x[:300].float())))
+        return float(uniformity(trainer.model.eval()(trainer.train_data.x[:300].float())))
 
 
-def test_trainer_uniformity_spreads_embeddings(tmp_path):
-    plain = _spread_after_training(0.0, tmp_path)
-    spread = _spread_after_training(5.0, tmp_path)
+def test_trainer_uniformity_spreads_embeddings(tmp_path, unseen_digits_trainer):
+    plain = _spread_after_training(unseen_digits_trainer, 0.0, tmp_path)
+    spread = _spread_after_training(unseen_digits_trainer, 5.0, tmp_path)
     assert spread < plain - 0.1  # the term spreads the training images over the sphere
 
 
-def test_trainer_uniformity_skips_a_batch_of_one(tmp_path):
-    from dmlkit.data.load import split_dataset
-    from dmlkit.training import Trainer
-    from dmlkit.training.build import resolve_config
-
-    cfg = Config.from_dict({
-        "name": "uniformity_one",
-        "data": {"name": "digits"},
-        "model": {"name": "mlp", "dim": 8, "hidden": [16]},
-        "loss": {"name": "multi_similarity"},
-        "training": {"epochs": 1, "seed": 0, "uniformity_weight": 1.0, "progress": False},
-    })  # fmt: skip
-    train, _ = split_dataset(cfg.data)
-    trainer = Trainer(resolve_config(cfg, train.x[0], 10), train, out_dir=tmp_path, log=None)
+def test_trainer_uniformity_skips_a_batch_of_one(tmp_path, unseen_digits_trainer):
+    trainer = unseen_digits_trainer(tmp_path, uniformity_weight=1.0)
+    train = trainer.train_data
     trainer.model.eval()  # (its batch norm takes no batch of one in training mode)
     x, y = train.x[:1].float(), train.labels[:1]
     assert torch.isfinite(trainer.batch_loss((x, y)))  # a last batch of one: no pairs
