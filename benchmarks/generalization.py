@@ -92,6 +92,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "no_uniformity": {"training.uniformity_weight": 0.0},
     "uniformity_0.3": {"training.uniformity_weight": 0.3},
     "anchor_60": {"training.anchor_weight": 60.0},
+    # blocks 7 and 10 pooled globally, as before the 2 x 2 grid (the default since)
+    "no_grid": {"model.grid_taps": []},
     # the backbone's last 3 blocks train too (at 0.1x the rate), on augmented images
     "finetune_aug": {"model.mode": "finetune", "model.trainable_blocks": 3,
                      "data.augment": {"crop_scale": [0.7, 1.0], "degrees": 10,
@@ -335,6 +337,10 @@ def main() -> None:
                     print(f"  {label} seed {seed}: MAP@R {pml['map_at_r']:.4f} "
                           f"({pml['epochs']} epochs in {budget:.0f} s)", flush=True)  # fmt: skip
         for recipe in args.recipes if not budgets else []:
+            cfg = recipe_config(base_p, recipe, data, 0)
+            if cfg.model != cfg0.model and cfg.model.get("name") == "efficientnet_lite0":
+                emb = embed(untrained_model(cfg, train), heldout.x)  # its own features
+                entry[f"{recipe}, untrained"] = pick(retrieval_metrics(emb, heldout.labels))
             for seed in args.seeds:
                 cfg = recipe_config(base_p, recipe, data, seed)
                 with tempfile.TemporaryDirectory() as tmp:
