@@ -84,7 +84,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "default": {},
     "lr_1e-3": {"optimizer.lr": 1e-3},
     "no_pixels": {"model.pixels": 0},
-    "head_tap_only": {"model.taps": [16], "model.pixels": 0},
+    "head_tap_only": {"model.taps": [16], "model.grid_taps": [], "model.pixels": 0},
     "linear_head": {"model.head_type": "linear", "model.dim": 128},
     "triplet_ms_miner": {"loss": {"name": "triplet_margin", "margin": 0.1},
                          "miner": {"name": "multi_similarity", "epsilon": 0.1}},
@@ -177,7 +177,8 @@ def baselines(config: Config, heldout: Any, train: Any) -> dict[str, dict]:
     emb = embed(untrained_model(config, train), heldout.x)
     out["pretrained, untrained"] = pick(retrieval_metrics(emb, heldout.labels))
     if config.model.get("name") == "efficientnet_lite0":  # the backbone's usual output alone
-        emb = embed(untrained_model(config, train, taps=[16], pixels=0), heldout.x)
+        model = untrained_model(config, train, taps=[16], grid_taps=[], pixels=0)
+        emb = embed(model, heldout.x)
         out["pretrained head features (1280-d), untrained"] = pick(
             retrieval_metrics(emb, heldout.labels))
     return out
@@ -223,7 +224,7 @@ def pml_examples(config: Config, train: Any, heldout: Any, seconds: float, seed:
     torch.manual_seed(seed)
     config = copy.deepcopy(config)
     config.model = dict(config.model, mode="finetune", trainable_blocks=None, taps=[16],
-                        pixels=0, head_type="linear", dim=64, normalize=False,
+                        grid_taps=[], pixels=0, head_type="linear", dim=64, normalize=False,
                         backbone_lr_scale=0.1)  # fmt: skip
     model = build_model(resolve_config(config, train.x[0], 10))
     opt = torch.optim.Adam(model.param_groups(1e-4), weight_decay=1e-4)
