@@ -278,6 +278,7 @@ def summarize(values: list[dict]) -> dict[str, Any]:
         xs = [v[key] for v in values]
         out[key] = statistics.fmean(xs)
         out[key + "_std"] = statistics.stdev(xs) if len(xs) > 1 else 0.0
+    out["map_at_r_per_seed"] = [round(v["map_at_r"], 4) for v in values]
     if "seconds" in values[0]:
         out["seconds"] = [round(v["seconds"], 1) for v in values]
     return out
