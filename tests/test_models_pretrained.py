@@ -269,8 +269,9 @@ def test_grid_taps_keep_the_cells_of_the_feature_map():
         for block in model.backbone.blocks[:8]:
             h = block(h)  # (3, 80, 4, 4)
     assert h.shape[-2:] == (4, 4)
-    cells = torch.stack([h[:, :, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2].mean(dim=(2, 3))
-                         for i in range(2) for j in range(2)], dim=2)  # (3, 80, 4)
+    cells = [h[:, :, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2].mean(dim=(2, 3))
+             for i in range(2) for j in range(2)]  # fmt: skip
+    cells = torch.stack(cells, dim=2)  # (3, 80, 4): each cell's channels
     ref = cells.flatten(1) / cells.flatten(1).norm(dim=1, keepdim=True)
     assert torch.allclose(feats[:, :320], ref, atol=1e-5)
     # the global mean is the mean of the cells: grid 1 is the usual pooling

@@ -173,9 +173,10 @@ class EfficientNetLite0Embedder(nn.Module):
         self.trainable_blocks, self.backbone_lr_scale = trainable_blocks, backbone_lr_scale
         self.normalize, self.in_channels, self.image_size = normalize, in_channels, image_size
         self.weights, self.cache_dir = weights, cache_dir
-        self.feature_dim = sum(
-            _tap_channels(t) * (grid**2 if t in grid_taps else 1) for t in taps
-        ) + in_channels * pixels**2
+        self.feature_dim = (
+            sum(_tap_channels(t) * (grid**2 if t in grid_taps else 1) for t in taps)
+            + in_channels * pixels**2
+        )
         if image_size is not None and in_channels * image_size**2 == self.feature_dim:
             raise ValueError(
                 f"flat {in_channels}x{image_size}x{image_size} images cannot be told from "

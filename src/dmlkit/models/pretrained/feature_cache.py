@@ -2,8 +2,8 @@
 
 The cache key is the SHA-256 of the input tensor (bytes, shape, dtype) together with
 the checksum of the backbone's weights and the model's feature settings (resolution,
-taps, pixel group, pooling grid), so changed data, weights or settings never read stale features. Files are
-written atomically (``.tmp`` then rename).
+taps, pixel group, pooling grid), so changed data, weights or settings never read stale
+features. Files are written atomically (``.tmp`` then rename).
 """
 
 from __future__ import annotations
