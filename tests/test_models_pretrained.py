@@ -230,6 +230,40 @@ def test_frozen_run_trains_the_head_on_cached_features(tmp_path):
         train_run(cfg, tmp_path / "run2", log=lambda _m: None)
 
 
+def test_cell_means_equal_adaptive_pooling_for_every_tap_side():
+    from dmlkit.models.pretrained.efficientnet_lite0 import _tap_side, cell_means
+
+    net = EfficientNetLite0Embedder(resolution=32, head_type="none").backbone
+    for r in (32, 45, 64):
+        with torch.no_grad():
+            h = net.stem(torch.rand(1, 3, r, r))
+            for i, block in enumerate(net.blocks):
+                h = block(h)
+                assert h.shape[-1] == _tap_side(i, r), (r, i)
+            assert net.head(h).shape[-1] == _tap_side(16, r)
+    x = torch.rand(2, 5, 12, 12)
+    for cells in (1, 2, 3, 4, 5):  # 5 does not divide 12: adaptive pooling itself
+        ref = F.adaptive_avg_pool2d(x, cells)
+        assert torch.allclose(cell_means(x, cells, 12), ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_recipe_run_exports_with_its_pixel_group_and_grid(tmp_path, fmt):
+    """The recipe's feature groups (pooled pixels, grid taps) export, and the exported model
+    embeds as the run does (export_run compares them)."""
+    if fmt == "onnx":
+        pytest.importorskip("onnx")
+        pytest.importorskip("onnxruntime")
+    from dmlkit.runs.export import export_run
+    from dmlkit.training import train_run
+
+    cfg = _config(tmp_path, taps=[7, 10, 16], grid_taps=[7, 10], pixels=4, resolution=64,
+                  head_type="residual")  # fmt: skip
+    train_run(cfg, tmp_path / "run", log=lambda _m: None)
+    info = export_run(tmp_path / "run", tmp_path / f"m.{fmt}", fmt)  # checks <= 1e-5 apart
+    assert info["dim"] == 16 + (80 + 112) * 4 + 1280 and info["n_features"] == 64
+
+
 def test_residual_head_starts_at_the_pretrained_metric_and_learns():
     torch.manual_seed(0)
     model = EfficientNetLite0Embedder(resolution=32, head_type="residual", taps=[14])

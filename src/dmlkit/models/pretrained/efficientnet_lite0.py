@@ -20,6 +20,7 @@ Two modes:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -49,6 +50,28 @@ def _tap_channels(tap: int) -> int:
         return FEATURE_DIM
     outs = [stage[5] for stage in STAGES for _ in range(stage[0])]
     return outs[tap]
+
+
+def cell_means(x: Tensor, cells: int, side: int) -> Tensor:
+    """``(n, c, side, side)`` -> ``(n, c, cells, cells)``: the means of a ``cells x cells``
+    grid of the map.
+
+    Adaptive average pooling, written as a plain average pooling of a fixed window where
+    ``cells`` divides ``side`` (the same numbers): ONNX export cannot size adaptive pooling
+    of a map whose side it does not know, so the side is given, not read from ``x``."""
+    if side % cells == 0 and tuple(x.shape[-2:]) == (side, side):
+        return F.avg_pool2d(x, side // cells)
+    return F.adaptive_avg_pool2d(x, cells)
+
+
+def _tap_side(tap: int, resolution: int) -> int:
+    """Side of tap ``tap``'s feature map for ``resolution`` x ``resolution`` inputs (the stem
+    and each stride-2 block halve it, rounding up: "same" padding)."""
+    side = math.ceil(resolution / 2)  # the stem
+    strides = [stage[2] if i == 0 else 1 for stage in STAGES for i in range(stage[0])]
+    for stride in strides[: min(tap + 1, NUM_BLOCKS)]:
+        side = math.ceil(side / stride)
+    return side
 
 
 class ResidualHead(nn.Module):
@@ -264,7 +287,7 @@ class EfficientNetLite0Embedder(nn.Module):
         groups: list[Tensor] = []
         if self.pixels > 0:
             plain = (images[:, : self.in_channels] * 128.0 + 127.0) / 255.0  # back to [0, 1]
-            pooled_px = F.adaptive_avg_pool2d(plain, self.pixels).flatten(1)  # (n, C p p)
+            pooled_px = cell_means(plain, self.pixels, self.resolution).flatten(1)  # (n, C p p)
             groups.append(l2_normalize(pooled_px))
         first = NUM_BLOCKS
         if self.mode == "finetune":
@@ -287,7 +310,7 @@ class EfficientNetLite0Embedder(nn.Module):
         """Feature map ``(n, c, s, s)`` -> its mean ``(n, c)``, or for a grid tap the means
         of the ``grid x grid`` cells ``(n, c grid^2)``."""
         if tap in self.grid_taps:
-            return F.adaptive_avg_pool2d(h, self.grid).flatten(1)
+            return cell_means(h, self.grid, _tap_side(tap, self.resolution)).flatten(1)
         return h.mean(dim=(2, 3))
 
     def embed_features(self, features: Tensor) -> Tensor:
