@@ -231,7 +231,7 @@ def test_frozen_run_trains_the_head_on_cached_features(tmp_path):
 
 
 def test_cell_means_equal_adaptive_pooling_for_every_tap_side():
-    from dmlkit.models.pretrained.efficientnet_lite0 import _tap_side, cell_means
+    from dmlkit.models.pretrained.efficientnet_lite0 import cell_means
 
     net = EfficientNetLite0Embedder(resolution=32, head_type="none").backbone
     for r in (32, 45, 64):
@@ -239,8 +239,8 @@ def test_cell_means_equal_adaptive_pooling_for_every_tap_side():
             h = net.stem(torch.rand(1, 3, r, r))
             for i, block in enumerate(net.blocks):
                 h = block(h)
-                assert h.shape[-1] == _tap_side(i, r), (r, i)
-            assert net.head(h).shape[-1] == _tap_side(16, r)
+                assert h.shape[-1] == net.map_sides(r)[i], (r, i)
+            assert net.head(h).shape[-1] == net.map_sides(r)[16]
     x = torch.rand(2, 5, 12, 12)
     for cells in (1, 2, 3, 4, 5):  # 5 does not divide 12: adaptive pooling itself
         ref = F.adaptive_avg_pool2d(x, cells)

@@ -114,6 +114,17 @@ class EfficientNetLite0(nn.Module):
         x = self.head(x)  # (n, 1280, H/32, W/32)
         return x.mean(dim=(2, 3))  # (n, 1280)
 
+    def map_sides(self, resolution: int) -> list[int]:
+        """Side of each block's output map (``0..15``) and of the head's (``16``) for
+        ``resolution`` x ``resolution`` inputs: each stride halves it, rounding up ("same"
+        padding)."""
+        side = math.ceil(resolution / self.stem.stride)
+        sides = []
+        for block in self.blocks:
+            side = math.ceil(side / block.depthwise.stride)
+            sides.append(side)
+        return sides + [side]  # the head is a 1 x 1 convolution
+
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.forward_features(x))  # (n, num_classes)
 

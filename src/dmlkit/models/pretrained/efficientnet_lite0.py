@@ -20,7 +20,6 @@ Two modes:
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -62,16 +61,6 @@ def cell_means(x: Tensor, cells: int, side: int) -> Tensor:
     if side % cells == 0 and tuple(x.shape[-2:]) == (side, side):
         return F.avg_pool2d(x, side // cells)
     return F.adaptive_avg_pool2d(x, cells)
-
-
-def _tap_side(tap: int, resolution: int) -> int:
-    """Side of tap ``tap``'s feature map for ``resolution`` x ``resolution`` inputs (the stem
-    and each stride-2 block halve it, rounding up: "same" padding)."""
-    side = math.ceil(resolution / 2)  # the stem
-    strides = [stage[2] if i == 0 else 1 for stage in STAGES for i in range(stage[0])]
-    for stride in strides[: min(tap + 1, NUM_BLOCKS)]:
-        side = math.ceil(side / stride)
-    return side
 
 
 class ResidualHead(nn.Module):
@@ -206,6 +195,7 @@ class EfficientNetLite0Embedder(nn.Module):
                 f"{self.feature_dim} cached features; pass (n, C, H, W) images"
             )
         self.backbone = EfficientNetLite0()
+        self.map_sides = self.backbone.map_sides(resolution)  # tap -> its map's side
         load_efficientnet_lite0_weights(self.backbone, efficientnet_lite0_weights_path(weights))
         self.backbone.requires_grad_(False)
         if mode == "finetune":
@@ -310,7 +300,7 @@ class EfficientNetLite0Embedder(nn.Module):
         """Feature map ``(n, c, s, s)`` -> its mean ``(n, c)``, or for a grid tap the means
         of the ``grid x grid`` cells ``(n, c grid^2)``."""
         if tap in self.grid_taps:
-            return cell_means(h, self.grid, _tap_side(tap, self.resolution)).flatten(1)
+            return cell_means(h, self.grid, self.map_sides[tap]).flatten(1)
         return h.mean(dim=(2, 3))
 
     def embed_features(self, features: Tensor) -> Tensor:
