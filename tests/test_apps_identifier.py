@@ -197,3 +197,65 @@ def test_run_directory_as_embedder(tmp_path):
     a.save(tmp_path / "kit")  # the run path is a saveable parameter
     back = Identifier.load(tmp_path / "kit")
     np.testing.assert_array_equal(back.predict(x[150:]), a.predict(x[150:]))
+
+
+def test_calibration_sees_past_an_identity_larger_than_search_depth():
+    rng = np.random.default_rng(0)
+    x = np.r_[rng.normal(size=(60, 6)), rng.normal(size=(8, 6)) + 3]
+    y = np.r_[[0] * 60, [1] * 8]
+    deep = Identifier(target_far=0.05, search_depth=1000).fit(x, y)
+    shallow = Identifier(target_far=0.05, search_depth=16).fit(x, y)  # identity 0: 60 items
+    assert np.isfinite(shallow.threshold_)
+    assert shallow.threshold_ == pytest.approx(deep.threshold_)
+
+
+def test_enrolling_identities_of_another_type_is_refused_and_changes_nothing():
+    x, y = blobs()
+    ident = Identifier(target_far=None).fit(x, y)
+    before = ident.identities_.copy()
+    with pytest.raises(TypeError, match="identities must share one type"):
+        ident.enroll(x[:1], ["x"])
+    np.testing.assert_array_equal(ident.identities_, before)
+    assert ident.predict(x[:1])[0] == y[0]
+
+
+@pytest.mark.parametrize("ids, unknown, expected", [
+    ([10, 20], -1, -1),
+    ([10, 20], "unknown", "unknown"),
+    (["a", "b"], -1, -1),
+    (["a", "b"], "nobody", "nobody"),
+])
+def test_rejected_queries_get_unknown_label_as_given_and_known_ids_keep_their_type(
+        ids, unknown, expected):
+    rng = np.random.default_rng(0)
+    x = np.r_[rng.normal(size=(20, 4)) + [8, 0, 0, 0], rng.normal(size=(20, 4)) - [8, 0, 0, 0]]
+    y = np.repeat(ids, 20)
+    ident = Identifier(metric="euclidean", target_far=0.05, unknown_label=unknown).fit(x, y)
+    far = np.array([[0.0, 0.0, 0.0, 40.0]])
+    pred = ident.predict(np.r_[x[:1], far])
+    assert pred[0] == ids[0] and isinstance(pred[0], str) == isinstance(ids[0], str)
+    assert pred[1] == expected and isinstance(pred[1], str) == isinstance(expected, str)
+
+
+def test_prototype_update_on_an_index_that_cannot_remove_fails_cleanly():
+    pytest.importorskip("faiss")
+    x, y = blobs()
+    ident = Identifier(index="HNSW32", mode="prototype", target_far=None).fit(x, y)
+    counts, sums = ident.counts_.copy(), ident.sums_.copy()
+    with pytest.raises(ValueError, match="cannot add items to enrolled identities"):
+        ident.enroll(x[:2], y[:2])
+    np.testing.assert_array_equal(ident.counts_, counts)
+    np.testing.assert_array_equal(ident.sums_, sums)
+    ident.enroll(x[:2] + 50, [99, 99])  # a new identity still enrolls
+    assert 99 in ident.classes_
+
+
+def test_rank5_is_rank5_at_any_max_rank():
+    x, y = blobs()
+    q, qy = blobs(seed=4)
+    ident = Identifier(target_far=None).fit(x, y)
+    full = ident.evaluate(q, qy, max_rank=20)
+    short = ident.evaluate(q, qy, max_rank=1)
+    assert short["rank5"] == full["rank5"] and len(short["cmc"]) == 1
+    with pytest.raises(ValueError, match="max_rank"):
+        ident.evaluate(q, qy, max_rank=0)

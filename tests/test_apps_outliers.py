@@ -59,7 +59,8 @@ def test_prototype_and_mahalanobis_with_labels_equal_loop_reference():
     ref = [-min(np.linalg.norm(v - m) for m in means) for v in q]
     np.testing.assert_allclose(proto.score_samples(q), ref, rtol=1e-5)
     maha = MetricOutlierDetector("mahalanobis").fit(x, y)
-    prec = np.linalg.pinv(LedoitWolf(assume_centered=True).fit(x - means[y]).covariance_)
+    cov = LedoitWolf(assume_centered=True).fit(x - means[y]).covariance_
+    prec = np.linalg.pinv(cov + 1e-6 * np.trace(cov) / 4 * np.eye(4))  # the ridge
     ref = [-min(np.sqrt((v - m) @ prec @ (v - m)) for m in means) for v in q]
     np.testing.assert_allclose(maha.score_samples(q), ref, rtol=1e-5)
 
@@ -211,3 +212,14 @@ def test_cli_detect_anomalies(tmp_path):
     res = CliRunner().invoke(app, ["detect-anomalies", "--normal", str(tmp_path / "none.npz"),
                                    "--data", str(tmp_path / "data.npz")])
     assert res.exit_code == 2 and "not found" in res.output
+
+
+@pytest.mark.parametrize("x, y", [
+    (np.eye(4), [0, 1, 2, 3]),  # one item per class: no residual at all
+    (np.ones((10, 3)), None),  # constant data
+])
+def test_mahalanobis_without_variance_still_flags_what_is_off_the_data(x, y):
+    det = MetricOutlierDetector("mahalanobis").fit(x, y)
+    off = x[:1] + 5.0
+    assert det.predict(off)[0] == -1
+    assert det.score_samples(off)[0] < det.score_samples(x[:1])[0]

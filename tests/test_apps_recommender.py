@@ -194,3 +194,21 @@ def test_cli_recommend_train_evaluate_top(tmp_path):
     res = runner.invoke(app, ["recommend", "train", str(tmp_path / "empty.csv"), "--out",
                               str(tmp_path / "m2")])
     assert res.exit_code == 2 and "empty" in res.output and not (tmp_path / "m2").exists()
+
+
+def test_numeric_ids_keep_their_type_and_feature_dicts_follow_them():
+    users, items = [1, 1, 2, 2, 3], [9, 10, 10, 100, 9]  # "100" < "9" as strings
+    feats = {9: [1.0, 0.0], 10: [0.0, 1.0], 100: [1.0, 1.0]}
+    rec = CMLRecommender(dim=4, epochs=2).fit(users, items, item_features=feats)
+    as_rows = CMLRecommender(dim=4, epochs=2).fit(
+        users, items, item_features=np.array([feats[i] for i in np.unique(items)]))
+    torch.testing.assert_close(rec.item_embeddings_, as_rows.item_embeddings_)
+    np.testing.assert_array_equal(rec.item_ids_, [9, 10, 100])
+    top = rec.recommend([1], k=3)
+    assert top.dtype.kind == "i" and top[0, 0] == 100 and top[0, 1] == -1  # padded
+    with pytest.raises(ValueError, match="2 columns"):
+        rec.add_items([7], np.ones((1, 3)))
+    with pytest.raises(TypeError, match="one type"):
+        rec.add_items(["new"], np.ones((1, 2)))
+    rec.add_items([7], np.ones((1, 2)))
+    assert 7 in rec.item_ids_.tolist()

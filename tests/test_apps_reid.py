@@ -113,3 +113,16 @@ def test_far_threshold_and_dir():
         far_threshold(unknown, 1.5)
     with pytest.raises(ValueError, match="at least one"):
         far_threshold([], 0.1)
+
+
+def test_rank_k_does_not_depend_on_max_rank_and_max_rank_is_checked():
+    rng = np.random.default_rng(0)
+    g, gid = rng.normal(size=(40, 3)), np.repeat(np.arange(10), 4)
+    q, qid = g[::4] + rng.normal(size=(10, 3)), np.arange(10)
+    full = reid_metrics(q, g, qid, gid, max_rank=20)
+    short = reid_metrics(q, g, qid, gid, max_rank=1)
+    for key in ("rank1", "rank5", "rank10", "map"):
+        assert short[key] == full[key]
+    assert short["cmc"] == full["cmc"][:1]
+    with pytest.raises(ValueError, match="max_rank"):
+        reid_metrics(q, g, qid, gid, max_rank=0)

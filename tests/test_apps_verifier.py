@@ -199,3 +199,35 @@ def test_bad_input():
 def test_scikit_learn_parameter_checks(check):
     # Verifier decides on pairs, not on rows, so only the parameter contract applies
     check("Verifier", Verifier())
+
+
+def test_string_identities_give_the_same_verifier_as_their_codes():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 4))
+    codes = np.repeat(np.arange(5), 6)
+    names = np.array(["alice", "bob", "carol", "dave", "eve"])[codes]
+    a = Verifier().fit(x, codes)
+    b = Verifier().fit(x, names)
+    assert a.threshold_ == b.threshold_
+    assert a.evaluate(x, codes)["eer"] == b.evaluate(x, names)["eer"]
+    i, j, same = pairs_from_labels(names)
+    np.testing.assert_array_equal(same, pairs_from_labels(codes)[2])
+
+
+def test_few_pairs_of_one_kind_still_evaluate_with_fewer_folds():
+    rng = np.random.default_rng(0)
+    s = rng.normal(size=20)
+    m = verification_metrics(s, [1, 1] + [0] * 18)  # 2 same pairs: 2 folds always work
+    assert m["accuracy_folds"] >= 2 and np.isfinite(m["accuracy_mean"])
+    one = verification_metrics(s, [1] + [0] * 19)  # 1 same pair: no k-fold accuracy
+    assert one["accuracy_folds"] == 0 and np.isnan(one["accuracy_mean"])
+    assert 0.0 <= one["eer"] <= 1.0 and 0.0 <= one["auc"] <= 1.0
+    plenty = verification_metrics(rng.normal(size=200), rng.integers(0, 2, 200))
+    assert plenty["accuracy_folds"] == 10
+
+
+@pytest.mark.parametrize("max_pairs", [0, -1, 2.5, True])
+def test_max_pairs_is_checked(max_pairs):
+    x = np.random.default_rng(0).normal(size=(12, 3))
+    with pytest.raises(ValueError, match="max_pairs"):
+        Verifier(max_pairs=max_pairs).fit(x, np.repeat([0, 1, 2], 4))

@@ -150,6 +150,8 @@ def reid_metrics(
         raise ValueError("camera keys must have one entry per query and per gallery item")
     if multi_shot not in (None, "mean", "max"):
         raise ValueError(f"multi_shot must be None, 'mean' or 'max', got {multi_shot!r}")
+    if isinstance(max_rank, bool) or not isinstance(max_rank, (int, np.integer)) or max_rank < 1:
+        raise ValueError(f"max_rank must be a positive integer, got {max_rank!r}")
     if metric == "cosine":
         q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
         g = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
@@ -170,7 +172,7 @@ def reid_metrics(
         groups = np.split(order, np.flatnonzero(np.diff(inverse[order])) + 1)
     junk = np.isin(gid, np.asarray(list(junk_ids))) if len(junk_ids) else np.zeros(gid.shape,
                                                                                   bool)
-    cmc = np.zeros(max_rank)
+    firsts: list[int] = []  # rank (0-based) of each query's first true match
     aps: list[float] = []
     skipped = 0
     for s in range(0, len(groups), chunk):
@@ -194,16 +196,15 @@ def reid_metrics(
                 skipped += 1
                 continue
             hits = np.flatnonzero(match)
-            if hits[0] < max_rank:
-                cmc[hits[0]:] += 1
+            firsts.append(int(hits[0]))
             aps.append(float(np.mean(np.arange(1, hits.size + 1) / (hits + 1))))
     n = len(aps)
     if n == 0:
         raise ValueError("no query has a valid match in the gallery")
-    cmc /= n
-    return {"cmc": cmc.tolist(), "rank1": float(cmc[0]),
-            "rank5": float(cmc[min(4, max_rank - 1)]),
-            "rank10": float(cmc[min(9, max_rank - 1)]),
+    first = np.asarray(firsts)
+    cmc = (first[:, None] < np.arange(1, max_rank + 1)).mean(0)  # (max_rank,)
+    return {"cmc": cmc.tolist(), "rank1": float((first < 1).mean()),
+            "rank5": float((first < 5).mean()), "rank10": float((first < 10).mean()),
             "map": float(np.mean(aps)), "num_queries": n, "num_skipped": skipped}
 
 

@@ -149,32 +149,47 @@ class Identifier(ClassifierMixin, BaseEstimator):
 
     def _codes(self, y: np.ndarray, create: bool) -> np.ndarray:
         known = {v: c for c, v in enumerate(self.identities_.tolist())}
+        if y.size and self.identities_.size and _is_text(y) != _is_text(self.identities_):
+            kinds = ("strings", "numbers")
+            raise TypeError(
+                f"identities must share one type: the gallery's are "
+                f"{kinds[not _is_text(self.identities_)]}, these are {kinds[not _is_text(y)]} "
+                f"(e.g. {y.tolist()[0]!r})")
         new = [v for v in dict.fromkeys(y.tolist()) if v not in known]
         if new and create:
-            try:
-                self.identities_ = np.concatenate([self.identities_, np.asarray(new)])
-            except TypeError:
-                raise TypeError("identities must share one type (numbers or strings)") from None
+            self.identities_ = np.concatenate([self.identities_, np.asarray(new)])
             self.counts_ = np.r_[self.counts_, np.zeros(len(new), np.int64)]
             self.sums_ = np.vstack([self.sums_, np.zeros((len(new), self.sums_.shape[1]))])
             known.update({v: len(known) + i for i, v in enumerate(new)})
         return np.array([known.get(v, -1) for v in y.tolist()], dtype=np.int64)
 
     def _add(self, z: np.ndarray, y: np.ndarray) -> None:
+        if self.mode == "prototype" and self.index_.ntotal and not _can_remove(self.index_):
+            enrolled = set(self.identities_[self.counts_ > 0].tolist())
+            again = [v for v in dict.fromkeys(y.tolist()) if v in enrolled]
+            if again:
+                raise ValueError(
+                    f"cannot add items to enrolled identities {again[:5]} in prototype mode "
+                    f"with index {self.index!r}: updating a prototype replaces it, and this "
+                    f"faiss index cannot remove vectors. Use index='exact' or 'Flat', "
+                    f"mode='nearest', or enroll new identities only")
         codes = self._codes(y, create=True)
-        np.add.at(self.counts_, codes, 1)
+        # the index changes first: if it refuses, counts and sums are as they were
         if self.mode == "nearest":
             ids = self.index_.add(z, labels=codes)
             grown = np.full(max(int(ids.max()) + 1, self.item_codes_.size), -1, np.int64)
             grown[: self.item_codes_.size] = self.item_codes_
             grown[ids] = codes
             self.item_codes_ = grown
+            np.add.at(self.counts_, codes, 1)
         else:
-            np.add.at(self.sums_, codes, z.astype(np.float64))
             touched = np.unique(codes)
-            self.index_.remove(touched)
-            self.index_.add((self.sums_[touched] / self.counts_[touched, None]), touched,
-                            labels=touched)
+            counts, sums = self.counts_.copy(), self.sums_.copy()
+            np.add.at(counts, codes, 1)
+            np.add.at(sums, codes, z.astype(np.float64))
+            self.index_.remove(touched[self.counts_[touched] > 0])
+            self.index_.add(sums[touched] / counts[touched, None], touched, labels=touched)
+            self.counts_, self.sums_ = counts, sums
         self._refresh()
 
     def _refresh(self) -> None:
@@ -206,15 +221,18 @@ class Identifier(ClassifierMixin, BaseEstimator):
         return self._embed(X, reset=False)
 
     # -- ranking ------------------------------------------------------------------------
-    def _search(self, z: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Identity codes ``(n, k)`` (``-1`` padded) and scores ``(n, k)`` of ``z``."""
+    def _search(self, z: np.ndarray, k: int,
+                depth: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Identity codes ``(n, k)`` (``-1`` padded) and scores ``(n, k)`` of ``z``
+        (``depth``: gallery items searched in ``"nearest"`` mode instead of
+        ``search_depth``)."""
         if self.index_.ntotal == 0:
             raise ValueError("the gallery is empty: enroll identities first")
         # an identity's best item comes before its others, so the first k * (largest
         # identity) items hold the top k identities; deeper than search_depth items, the
         # list may come back shorter than k (padded), never in a wrong order
         depth = k if self.mode == "prototype" else min(
-            k * int(self.counts_.max()), max(k, int(self.search_depth)))
+            k * int(self.counts_.max()), max(k, int(depth or self.search_depth)))
         depth = min(depth, self.index_.ntotal)
         out_c = np.full((z.shape[0], k), -1, dtype=np.int64)
         out_s = np.full((z.shape[0], k), -np.inf)
@@ -257,9 +275,11 @@ class Identifier(ClassifierMixin, BaseEstimator):
         dtype when it fits there, else an object array)."""
         names = self.identities_[np.clip(codes, 0, None)]
         if (codes < 0).any():
-            try:
-                dtype = np.result_type(names.dtype, np.asarray(self.unknown_label).dtype)
-            except TypeError:  # numbers and strings mixed
+            label = np.asarray(self.unknown_label)
+            if label.ndim == 0 and not label.dtype.hasobject and (
+                    _is_text(label) == _is_text(names)):
+                dtype = np.result_type(names.dtype, label.dtype)
+            else:  # e.g. -1 among string identities: kept as -1, not as the string '-1'
                 dtype = np.dtype(object)
             names = names.astype(dtype)
             names[codes < 0] = self.unknown_label
@@ -302,6 +322,17 @@ class Identifier(ClassifierMixin, BaseEstimator):
             codes, scores = self._search(z[pick], 2)
             other = np.where(codes[:, 0] != own[pick], 0, 1)  # best identity not its own
             impostor = scores[np.arange(pick.size), other]
+            # an item of an identity with more than search_depth items may see only its
+            # own identity that deep: search those again, deeper, up to the whole gallery
+            depth = int(self.search_depth)
+            while self.mode == "nearest" and depth < self.index_.ntotal:
+                short = np.flatnonzero(np.isneginf(impostor))
+                if not short.size:
+                    break
+                depth = min(4 * depth, self.index_.ntotal)
+                codes, scores = self._search(z[pick[short]], 2, depth=depth)
+                other = np.where(codes[:, 0] != own[pick[short]], 0, 1)
+                impostor[short] = scores[np.arange(short.size), other]
         self.threshold_ = far_threshold(impostor, float(self.target_far))
 
     # -- evaluation ---------------------------------------------------------------------
@@ -314,18 +345,21 @@ class Identifier(ClassifierMixin, BaseEstimator):
         rate at ``threshold_``. ``curves`` adds the open-set ROC.
         """
         check_is_fitted(self, "index_")
+        if isinstance(max_rank, bool) or not isinstance(max_rank, (int, np.integer)) \
+                or max_rank < 1:
+            raise ValueError(f"max_rank must be a positive integer, got {max_rank!r}")
         z = self._embed(X, reset=False)
         y = self._check_y(y, z.shape[0])
-        codes, scores = self._search(z, max_rank)
+        codes, scores = self._search(z, max(int(max_rank), 5))  # rank5 at any max_rank
         truth = self._codes(y, create=False)
         known = (truth >= 0) & (self.counts_[np.clip(truth, 0, None)] > 0)
         if not known.any():
             raise ValueError("no query belongs to an enrolled identity")
-        hit = codes[known] == truth[known][:, None]  # (nk, max_rank)
+        hit = codes[known] == truth[known][:, None]  # (nk, max(max_rank, 5))
         cmc = np.cumsum(hit, axis=1).clip(0, 1).mean(0)
         correct = hit[:, 0]
         out: dict[str, Any] = {
-            "cmc": cmc.tolist(), "rank1": float(cmc[0]), "rank5": float(cmc[min(4, max_rank - 1)]),
+            "cmc": cmc[:max_rank].tolist(), "rank1": float(cmc[0]), "rank5": float(cmc[4]),
             "mrr": float(np.where(hit.any(1), 1.0 / (hit.argmax(1) + 1), 0.0).mean()),
             "num_known": int(known.sum()), "num_unknown": int((~known).sum()),
             "threshold": float(self.threshold_),
@@ -378,6 +412,16 @@ class Identifier(ClassifierMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = False
         return tags
+
+
+def _is_text(a: np.ndarray) -> bool:
+    """Whether identities ``a`` are strings (else numbers)."""
+    return a.dtype.kind in "USO"
+
+
+def _can_remove(index: Any) -> bool:
+    """Whether ``index`` can remove vectors (exact, and every faiss index but HNSW)."""
+    return "HNSW" not in str(getattr(index, "factory", "")).upper()
 
 
 __all__ = ["Identifier", "MODES"]

@@ -158,6 +158,11 @@ class MetricOutlierDetector(OutlierMixin, BaseEstimator):
 
             resid = (z - centres[inv]).double().numpy()
             cov = LedoitWolf(assume_centered=True).fit(resid).covariance_
+            # a small ridge: where the normal data do not vary at all (one item per class,
+            # constant features) a pseudo-inverse would ignore exactly the directions in
+            # which anything else is anomalous
+            scale = max(float(np.trace(cov)), float((z.double() ** 2).sum(1).mean()), 1e-12)
+            cov = cov + 1e-6 * scale / cov.shape[0] * np.eye(cov.shape[0])
             self.precision_ = torch.from_numpy(np.linalg.pinv(cov, hermitian=True))
 
     def _kmeans(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -174,10 +174,11 @@ class CMLRecommender(BaseEstimator):
 
     def _features(self, item_features: Any) -> torch.Tensor:
         if isinstance(item_features, dict):
-            missing = [i for i in self.item_ids_ if i not in item_features]
+            by_id = {str(k): v for k, v in item_features.items()}
+            missing = [i for i in self.item_ids_.tolist() if str(i) not in by_id]
             if missing:
                 raise ValueError(f"item_features lacks {len(missing)} item(s), e.g. {missing[0]!r}")
-            item_features = np.stack([np.asarray(item_features[i]) for i in self.item_ids_])
+            item_features = np.stack([np.asarray(by_id[str(i)]) for i in self.item_ids_])
         feats = np.asarray(item_features, dtype=np.float32)
         if feats.ndim != 2 or feats.shape[0] != len(self.item_ids_):
             raise ValueError(
@@ -226,8 +227,9 @@ class CMLRecommender(BaseEstimator):
 
     def recommend(self, users: Any, k: int = 10, *, exclude_seen: bool = True) -> np.ndarray:
         """``(n_users, k)`` item ids, nearest first, from a :class:`dmlkit.index.ExactIndex`
-        over the items; items a user interacted with in ``fit`` are skipped. Where a user
-        has fewer than ``k`` unseen items the row is padded with ``""``."""
+        over the items; items a user interacted with in ``fit`` are skipped. Ids come
+        back as given to ``fit`` (numbers or strings). Where a user has fewer than ``k``
+        unseen items the row is padded with ``""`` (string ids) or ``-1`` (numeric ids)."""
         from dmlkit.index import ExactIndex
 
         rows = self._user_rows(users)
@@ -241,7 +243,8 @@ class CMLRecommender(BaseEstimator):
         ends = np.searchsorted(self.seen_, (rows + 1) * n_items)
         depth = min(n_items, k + (int((ends - starts).max()) if exclude_seen else 0))
         _, found = index.search(self.user_embeddings_[torch.from_numpy(rows)].numpy(), depth)
-        out = np.full((len(rows), k), "", dtype=self.item_ids_.dtype)
+        pad = "" if self.item_ids_.dtype.kind in "US" else -1
+        out = np.full((len(rows), k), pad, dtype=self.item_ids_.dtype)
         for r, (row, s, e) in enumerate(zip(rows, starts, ends, strict=False)):
             cand = found[r][found[r] >= 0]
             if exclude_seen:
@@ -257,6 +260,10 @@ class CMLRecommender(BaseEstimator):
         x = np.asarray(features, dtype=np.float32)
         if x.ndim != 2 or not np.isfinite(x).all():
             raise ValueError(f"features must be a finite (n, f) array, got shape {x.shape}")
+        width = int(self.feature_net_[0].in_features)
+        if x.shape[1] != width:
+            raise ValueError(f"features must have {width} columns, as the item_features "
+                             f"given to fit, got {x.shape[1]}")
         with torch.no_grad():
             z = self.feature_net_(torch.from_numpy(x))
             _clip(z, float(self.max_norm))
@@ -268,12 +275,15 @@ class CMLRecommender(BaseEstimator):
         known = [i for i in item_ids if str(i) in self._item_index]
         if known:
             raise ValueError(f"item id {str(known[0])!r} already exists")
+        if (item_ids.dtype.kind in "US") != (self.item_ids_.dtype.kind in "US"):
+            raise TypeError(f"item ids must share one type with the known ones "
+                            f"({self.item_ids_.dtype.kind in 'US' and 'strings' or 'numbers'}),"
+                            f" got {item_ids.tolist()[:3]}")
         z = torch.from_numpy(self.place_items(features))
         if len(z) != len(item_ids):
             raise ValueError(f"{len(item_ids)} ids but {len(z)} feature rows")
         n_old = len(self.item_ids_)
-        self.item_ids_ = np.concatenate([self.item_ids_.astype(object), item_ids.astype(object)]
-                                        ).astype(str)
+        self.item_ids_ = np.concatenate([self.item_ids_, item_ids])
         self.item_embeddings_ = torch.cat([self.item_embeddings_, z])
         users, items = np.divmod(self.seen_, n_old)  # re-key seen pairs for the new item count
         self.seen_ = users * len(self.item_ids_) + items
@@ -287,7 +297,7 @@ class CMLRecommender(BaseEstimator):
         from dmlkit.apps.persistence import save_kit
 
         check_is_fitted(self, "item_embeddings_")
-        arrays = {"user_ids": self.user_ids_.astype(str), "item_ids": self.item_ids_.astype(str),
+        arrays = {"user_ids": self.user_ids_, "item_ids": self.item_ids_,
                   "user_embeddings": self.user_embeddings_.numpy(),
                   "item_embeddings": self.item_embeddings_.numpy(), "seen": self.seen_}
         if self.feature_net_ is not None:
@@ -328,7 +338,9 @@ def _ids(values: Any, name: str) -> np.ndarray:
         raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise ValueError(f"{name} contain NaN")
-    return arr.astype(str)
+    if arr.dtype.kind not in "iufbUS":  # objects, mixed types: compared as strings
+        arr = arr.astype(str)
+    return arr
 
 
 def _member(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:

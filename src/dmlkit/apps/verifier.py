@@ -21,6 +21,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from dmlkit.apps.embedding import embed_inputs, validate_inputs
 from dmlkit.apps.persistence import load_kit, save_kit
+from dmlkit.apps.targets import check_targets
 from dmlkit.apps.verification_stats import bootstrap_intervals, verification_curves
 from dmlkit.evaluation.verification import (
     ThresholdCalibrator,
@@ -139,11 +140,7 @@ class Verifier(BaseEstimator):
     def _labelled_pairs(self, X: Any, y: Any, pairs: Any, *, reset: bool):
         """Embedded pair members ``(z_a, z_b, is_same)`` of a set and its pairs or labels."""
         z = self._embed(X, reset=reset)
-        labels = None
-        if y is not None:
-            labels = np.asarray(y)
-            if labels.ndim != 1 or labels.shape[0] != z.shape[0]:
-                raise ValueError(f"y must have shape ({z.shape[0]},), got {labels.shape}")
+        labels = None if y is None else check_targets(y, z.shape[0])
         if pairs is None:
             if labels is None:
                 raise ValueError("pass labels y (pairs are drawn from them) or pairs")
@@ -152,6 +149,10 @@ class Verifier(BaseEstimator):
                     f"a calibration set needs at least two identities; y has only {labels[0]!r}")
             i, j, same = pairs_from_labels(labels, max_pairs=self.max_pairs,
                                            seed=self.random_state)
+            if same.all() or not same.any():
+                raise ValueError(
+                    f"the {same.size} pairs drawn from y (max_pairs={self.max_pairs}) are all "
+                    f"{'same' if same.all() else 'different'}-identity pairs; raise max_pairs")
         else:
             i, j, same = check_pairs(pairs, z.shape[0])
             if same is None:
@@ -168,6 +169,9 @@ class Verifier(BaseEstimator):
                              f"{self.calibration!r}")
         if self.target_far is not None and not 0.0 < float(self.target_far) < 1.0:
             raise ValueError(f"target_far must be in (0, 1) or None, got {self.target_far!r}")
+        if isinstance(self.max_pairs, bool) or not isinstance(self.max_pairs, (int, np.integer)) \
+                or self.max_pairs < 1:
+            raise ValueError(f"max_pairs must be a positive integer, got {self.max_pairs!r}")
 
     # -- fitting ------------------------------------------------------------------------
     def fit(self, X: Any, y: Any = None, *, pairs: Any = None) -> Verifier:

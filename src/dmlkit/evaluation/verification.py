@@ -51,7 +51,10 @@ def pairs_from_labels(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs ``(i, j, is_same)`` of one labelled set: all ``i < j`` pairs, or, when there
     are more than ``max_pairs``, that many distinct pairs drawn uniformly (seeded)."""
-    y = torch.as_tensor(labels)
+    arr = np.asarray(labels)
+    if arr.dtype.kind in "USO":  # names (strings, objects): compared as codes
+        arr = np.unique(arr.astype(str), return_inverse=True)[1].reshape(arr.shape)
+    y = torch.as_tensor(arr)
     n = y.shape[0]
     total = n * (n - 1) // 2
     if n < 2:
@@ -98,6 +101,8 @@ def verification_metrics(
     dict
         ``auc``, ``eer``, ``eer_threshold``, ``min_dcf``, ``min_dcf_threshold``,
         ``tar_at_far_{far:g}`` per FAR, ``accuracy_mean``, ``accuracy_std``,
+        ``accuracy_folds`` (``n_folds``, fewer when one kind of pair is too rare for
+        every training split to hold it; 0 and NaN accuracy when two folds cannot),
         ``num_pairs``, ``num_same``.
     """
     s, y = check_scored_pairs(scores, is_same)
@@ -110,8 +115,17 @@ def verification_metrics(
            "min_dcf": dcf, "min_dcf_threshold": dcf_t}
     for far in fars:
         out[f"tar_at_far_{far:g}"] = tar_at_far(fpr, tpr, far)
-    cv = kfold_accuracy(s, y, n_folds=min(n_folds, s.size), seed=seed)
-    out["accuracy_mean"], out["accuracy_std"] = cv["accuracy_mean"], cv["accuracy_std"]
+    # k-fold accuracy needs both kinds of pair in every training split: with few pairs of
+    # one kind, fewer folds; NaN (and 0 folds) when even two folds cannot have that
+    out["accuracy_mean"], out["accuracy_std"], out["accuracy_folds"] = np.nan, np.nan, 0
+    for folds in range(min(n_folds, s.size), 1, -1):
+        try:
+            cv = kfold_accuracy(s, y, n_folds=folds, seed=seed)
+        except ValueError:
+            continue
+        out["accuracy_mean"], out["accuracy_std"] = cv["accuracy_mean"], cv["accuracy_std"]
+        out["accuracy_folds"] = folds
+        break
     out["num_pairs"], out["num_same"] = int(s.size), int(y.sum())
     return out
 
