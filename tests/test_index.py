@@ -176,3 +176,44 @@ def test_pickled_arrays_are_never_loaded(tmp_path):
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(IndexFormatError, match="npy"):
         BaseIndex.load(path)
+
+
+@pytest.mark.parametrize("ids", [[-1, 3], [-7, 2], [2**63 + 5, 1],
+                                 np.array([2**63 + 5, 1], dtype=np.uint64)])
+def test_ids_must_be_non_negative_and_fit_int64(ids):
+    from dmlkit.index import ExactIndex
+
+    index = ExactIndex(2)
+    with pytest.raises(ValueError, match="non-negative|64-bit"):
+        index.add(np.ones((2, 2), np.float32), ids)
+    assert index.ntotal == 0
+
+
+def _kinds():
+    from dmlkit.index import ExactIndex
+
+    yield lambda: ExactIndex(4)
+    try:
+        from dmlkit.index import FaissIndex
+        import faiss  # noqa: F401
+    except ImportError:
+        return
+    yield lambda: FaissIndex(4, "l2", "Flat")
+    yield lambda: FaissIndex(4, "l2", "IVF2,Flat")
+
+
+@pytest.mark.parametrize("make", list(_kinds()))
+def test_empty_index_and_k_past_its_size_are_padded(make):
+    q = np.ones((2, 4), np.float32)
+    empty = make()
+    scores, ids = empty.search(q, 3)  # an untrained IVF included
+    assert (ids == -1).all() and np.isinf(scores).all() and ids.shape == (2, 3)
+    full = make()
+    x = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)
+    full.add(x)
+    s5, i5 = full.search(q, 5)
+    s60, i60 = full.search(q, 60)
+    np.testing.assert_array_equal(i60[:, :5], i5)
+    assert (i60[:, 50:] == -1).all() and np.isinf(s60[:, 50:]).all()
+    with pytest.raises(ValueError, match="ask for k <= 50"):
+        full.search(q, 10**9)  # would be 24 GB of padding

@@ -426,3 +426,97 @@ def test_text_run_rejects_numeric_inputs(text_server, body, words):
     r = httpx.post(f"{url}/embed", json=body, headers=h())
     assert r.status_code == 422 and words in r.json()["detail"], r.text
     assert httpx.get(f"{url}/health").status_code == 200
+
+
+def test_refused_writes_are_not_logged_and_a_bad_log_record_does_not_stop_a_restart(
+        setup, tmp_path):
+    from dmlkit.service import DurableIndex
+    from dmlkit.service.store import _encode
+
+    root, *_ = setup
+    import shutil
+
+    shutil.copytree(root / "idx", tmp_path / "idx")
+    store = DurableIndex(tmp_path / "idx")
+    n0 = store.ntotal
+    with pytest.raises(ValueError, match="64-bit"):
+        store.add(np.ones((1, 8), np.float32), labels=[2**64])
+    assert store.ntotal == n0 and (tmp_path / "idx.wal").stat().st_size == 0
+    ok = store.add(np.ones((1, 8), np.float32), labels=[3])
+    store._wal.write(_encode({"op": "add", "ids": [10**6], "vectors": "", "labels": [-5]}))
+    store._wal.close()  # a crash, with a record no index can apply (an older log's)
+    again = DurableIndex(tmp_path / "idx")
+    assert again.replayed == 1 and again.ntotal == n0 + 1
+    assert again.index.metadata(ok)[0]["label"] == 3
+    again.close()
+
+
+def test_hnsw_delete_is_409_and_leaves_no_log_record(setup, tmp_path):
+    pytest.importorskip("faiss")
+    from dmlkit.index import FaissIndex
+
+    root, x, emb, labels = setup
+    index = FaissIndex(8, "l2", "HNSW32")
+    index.add(emb, labels=labels)
+    index.save(tmp_path / "hnsw")
+    proc, url = start(root / "run", tmp_path / "hnsw", root / "keys.txt")
+    try:
+        r = httpx.delete(f"{url}/items/5", headers=h())
+        assert r.status_code == 409 and "cannot remove" in r.text
+        assert (tmp_path / "hnsw.wal").stat().st_size == 0
+        assert httpx.get(f"{url}/health").status_code == 200
+    finally:
+        stop(proc)
+
+
+def test_identify_answers_with_the_nearest_labelled_item(server, setup):
+    root, x, emb, labels = setup
+    q = emb[7:8] + 0.01  # item 7 is near; its unlabelled copy below is nearer
+    r = httpx.post(f"{server}/identify", json={"embeddings": q.tolist()}, headers=h())
+    before = r.json()["results"][0]
+    r = httpx.post(f"{server}/items", json={"embeddings": q.tolist(), "metadata": ["copy"]},
+                   headers=h())  # an unlabelled copy, now the nearest item
+    copy = r.json()["ids"][0]
+    r = httpx.post(f"{server}/search", json={"embeddings": q.tolist(), "k": 1}, headers=h())
+    assert r.json()["results"][0][0]["id"] == copy
+    r = httpx.post(f"{server}/identify", json={"embeddings": q.tolist()}, headers=h())
+    after = r.json()["results"][0]
+    assert after["known"] and after["label"] == before["label"] == int(labels[7])
+    assert httpx.delete(f"{server}/items/{copy}", headers=h()).status_code == 200
+
+
+def test_chunked_body_over_the_limit_is_413(server):
+    body = json.dumps({"embeddings": [[0.123456789] * 8] * 20000}).encode()
+
+    def chunks():
+        for i in range(0, len(body), 1 << 16):
+            yield body[i:i + (1 << 16)]
+
+    r = httpx.post(f"{server}/search", content=chunks(),
+                   headers={**h(), "content-type": "application/json"})
+    assert r.status_code == 413 and "request body over" in r.text
+    small = json.dumps({"embeddings": [[0.0] * 8], "k": 1}).encode()
+    r = httpx.post(f"{server}/search", content=iter([small[:10], small[10:]]),
+                   headers={**h(), "content-type": "application/json"})
+    assert r.status_code == 200
+
+
+def test_overflowing_embeddings_are_422(server):
+    r = httpx.post(f"{server}/search", json={"embeddings": [[1e38] * 8]}, headers=h())
+    assert r.status_code == 422 and "too large" in r.text
+    r = httpx.post(f"{server}/embed", json={"inputs": [[1e300] * 64]}, headers=h())
+    assert r.status_code == 422 and "too large" in r.text
+
+
+def test_a_model_and_index_of_different_dimensions_refuse_to_start(setup, tmp_path):
+    from dmlkit.index import ExactIndex
+
+    root, *_ = setup
+    index = ExactIndex(16)
+    index.add(np.ones((2, 16), np.float32))
+    index.save(tmp_path / "idx16")
+    out = subprocess.run([sys.executable, "-m", "dmlkit", "serve", "--index",
+                          str(tmp_path / "idx16"), "--run", str(root / "run"),
+                          "--api-keys-file", str(root / "keys.txt"), "--port", str(free_port())],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "embeds into 8 dimensions" in out.stderr

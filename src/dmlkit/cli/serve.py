@@ -20,8 +20,14 @@ def register(app: typer.Typer) -> None:
         onnx: Path = typer.Option(None, "--onnx", help="Serve this ONNX export (dmlkit "
                                   "export) through onnxruntime instead of torch."),
         verifier: Path = typer.Option(None, "--verifier", help="A saved Verifier for /verify."),
-        verify_threshold: float = typer.Option(None, "--verify-threshold"),
-        identify_threshold: float = typer.Option(None, "--identify-threshold"),
+        verify_threshold: float = typer.Option(
+            None, "--verify-threshold", help="/verify accepts pairs whose score is >= this; "
+            "the score is the similarity (cosine, ip index) or, on an l2 index, the negative "
+            "squared distance (so e.g. -1.0)."),
+        identify_threshold: float = typer.Option(
+            None, "--identify-threshold", help="/identify knows a query when its nearest "
+            "labelled item's score passes this: similarity >= it (cosine, ip index) or, on "
+            "an l2 index, squared distance <= it, as /search and /identify report scores."),
         max_batch: int = typer.Option(1024, "--max-batch"),
         max_body_mb: float = typer.Option(8.0, "--max-body-mb"),
         rate: float = typer.Option(50.0, "--rate", help="Requests per second per key."),

@@ -44,15 +44,31 @@ def to_numpy_2d(x: Any, dim: int, name: str = "x") -> np.ndarray:
     return x
 
 
+#: most entries of a search result padded past the index's size (k > ntotal)
+MAX_PADDED = 1 << 27
+
+
 def _as_ids(ids: Any, n: int) -> np.ndarray:
     if _is_tensor(ids):
         ids = ids.detach().cpu().numpy()
+    if isinstance(ids, (list, tuple)) and ids and all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in ids):
+        big = next((int(v) for v in ids if not -(1 << 63) <= int(v) < 1 << 63), None)
+        if big is not None:  # numpy would turn such a list into floats or objects
+            _too_large(big)
+        ids = np.asarray([int(v) for v in ids], dtype=np.int64)
     ids = np.asarray(ids)
     if ids.ndim != 1 or ids.shape[0] != n:
         raise ValueError(f"ids must have shape ({n},), got {ids.shape}")
     if ids.size and not np.issubdtype(ids.dtype, np.integer):
         raise TypeError(f"ids must be integers, got dtype {ids.dtype}")
+    if ids.size and ids.dtype.kind == "u" and int(ids.max()) >= 1 << 63:
+        _too_large(int(ids.max()))
     return ids.astype(np.int64)
+
+
+def _too_large(value: Any) -> int:
+    raise ValueError(f"ids and labels must fit a signed 64-bit integer, got {value}")
 
 
 class BaseIndex:
@@ -117,6 +133,11 @@ class BaseIndex:
         """``(ntotal,)`` int64 ids in storage order (a copy)."""
         return self._ids.copy()
 
+    @property
+    def num_labelled(self) -> int:
+        """How many stored items have a label."""
+        return int((self._labels >= 0).sum())
+
     def __len__(self) -> int:
         return self.ntotal
 
@@ -140,6 +161,9 @@ class BaseIndex:
             start = int(self._ids.max()) + 1 if self.ntotal else 0
             ids = np.arange(start, start + n, dtype=np.int64)
         ids = _as_ids(ids, n)
+        if (ids < 0).any():
+            raise ValueError("ids must be non-negative integers (-1 marks 'no result' in a "
+                             f"search), got {int(ids.min())}")
         if np.unique(ids).size != n or np.isin(ids, self._ids).any():
             raise ValueError("ids must be unique and not already in the index")
         lab = np.full(n, -1, dtype=np.int64) if labels is None else _as_ids(labels, n)
@@ -189,8 +213,22 @@ class BaseIndex:
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         qa = to_numpy_2d(q, self.dim, "q")
-        scores, ids = self._search_ids(qa, int(k))
-        scores, ids = scores.astype(np.float32), ids.astype(np.int64)
+        k = int(k)
+        found = min(k, self.ntotal)  # searched for; the rest is padding
+        if k > found and qa.shape[0] * k > MAX_PADDED:
+            raise ValueError(f"k={k} asks for more neighbours than the index's {self.ntotal} "
+                             f"items, and padding {qa.shape[0]} rows to k would take "
+                             f"{qa.shape[0] * k * 12 / 1e9:.1f} GB; ask for k <= {self.ntotal}")
+        if found:
+            scores, ids = self._search_ids(qa, found)
+            scores, ids = scores.astype(np.float32), ids.astype(np.int64)
+        else:  # an empty index (an untrained IVF cannot even be asked)
+            scores = np.zeros((qa.shape[0], 0), np.float32)
+            ids = np.zeros((qa.shape[0], 0), np.int64)
+        if found < k:
+            pad = np.inf if self.metric == "l2" else -np.inf
+            scores = np.hstack([scores, np.full((qa.shape[0], k - found), pad, np.float32)])
+            ids = np.hstack([ids, np.full((qa.shape[0], k - found), -1, np.int64)])
         if is_torch:
             import torch
 

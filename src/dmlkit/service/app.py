@@ -97,10 +97,6 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
-class _TooLarge(Exception):
-    pass
-
-
 class BodyLimit:
     """ASGI middleware: 413 for bodies over ``limit`` bytes (declared or streamed)."""
 
@@ -115,21 +111,30 @@ class BodyLimit:
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             await self._reject(send)
             return
-        seen = 0
-
-        async def limited() -> dict:
-            nonlocal seen
+        # a streamed (chunked) body is read here, up to the limit, before the app sees it:
+        # raising inside the app's own read would turn into its 400 "error parsing the body"
+        chunks: list[bytes] = []
+        seen, more = 0, True
+        while more:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _TooLarge
-            return message
+            if message["type"] != "http.request":  # the client went away
+                break
+            chunks.append(message.get("body", b""))
+            seen += len(chunks[-1])
+            if seen > self.limit:
+                await self._reject(send)
+                return
+            more = message.get("more_body", False)
+        body, replayed = b"".join(chunks), False
 
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await self._reject(send)
+        async def buffered() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, buffered, send)
 
     async def _reject(self, send: Any) -> None:
         body = f'{{"detail":"request body over {self.limit} bytes"}}'.encode()
@@ -147,6 +152,10 @@ def create_app(store: DurableIndex, keys: ApiKeys, embedder: Any = None,
     app = FastAPI(title="dmlkit", description="Embed, search, verify and identify with a "
                   "learned metric.", version="1")
     metric = store.index.metric
+    if embedder is not None and int(embedder.dim) != store.index.dim:
+        raise ValueError(f"the model embeds into {embedder.dim} dimensions but the index holds "
+                         f"{store.index.dim}-dimensional vectors: build the index with this "
+                         f"run (dmlkit index build RUN ...)")
 
     @app.middleware("http")
     async def observe(request: Request, call_next: Any) -> Any:
@@ -194,7 +203,14 @@ def create_app(store: DurableIndex, keys: ApiKeys, embedder: Any = None,
             raise HTTPException(422, f"{what}rows must be equal-length numbers") from None
         if not np.isfinite(x).all():
             raise HTTPException(422, f"{what}NaN or infinite values")
-        x = x.reshape(len(x), -1).astype(np.float32)
+        x = x.reshape(len(x), -1)
+        if batch.embeddings is not None and not np.isfinite(
+                (x.astype(np.float32) ** 2).sum(1, dtype=np.float32)).all():
+            raise HTTPException(422, f"{what}embedding values too large: their squared norm "
+                                "overflows 32-bit floats")
+        if batch.inputs is not None and not np.isfinite(x.astype(np.float32)).all():
+            raise HTTPException(422, f"{what}input values too large for 32-bit floats")
+        x = x.astype(np.float32)
         if batch.inputs is not None:
             if embedder is None:
                 raise HTTPException(422, f"{what}this service has no model: send embeddings")
@@ -252,14 +268,18 @@ def create_app(store: DurableIndex, keys: ApiKeys, embedder: Any = None,
         for name, values in (("metadata", req.metadata), ("labels", req.labels)):
             if values is not None and len(values) != len(x):
                 raise HTTPException(422, f"{name} has {len(values)} entries for {len(x)} rows")
-        if req.labels is not None and any(v < 0 for v in req.labels):
-            raise HTTPException(422, "labels must be non-negative integers")
+        if req.labels is not None and any(not 0 <= v < 1 << 63 for v in req.labels):
+            raise HTTPException(422, "labels must be non-negative integers below 2**63")
         ids = store.add(x, payloads=req.metadata, labels=req.labels)
         return {"ids": ids.tolist()}
 
     @app.delete("/items/{item_id}")
     def delete_item(item_id: int, _: bytes = Depends(auth)) -> dict[str, Any]:
-        if not store.delete(item_id):
+        try:
+            deleted = store.delete(item_id)
+        except NotImplementedError as err:  # e.g. an HNSW graph; nothing was logged
+            raise HTTPException(409, str(err)) from None
+        if not deleted:
             raise HTTPException(404, f"no item with id {item_id}")
         return {"deleted": item_id}
 
@@ -279,22 +299,21 @@ def create_app(store: DurableIndex, keys: ApiKeys, embedder: Any = None,
             scores = _pair_scores(a, b, metric)
             threshold = float(cfg.verify_threshold)
             same = scores >= threshold
+        kind = ("similarity" if metric != "l2" else "negative squared distance") \
+            if verifier is None else f"the verifier's {verifier.metric} score (larger: more alike)"
         return {"scores": scores.tolist(), "same": same.tolist(), "threshold": threshold,
-                "score": "similarity" if metric != "l2" else "negative squared distance"}
+                "score": kind}
 
     @app.post("/identify")
     def identify(req: IdentifyRequest, _: bytes = Depends(auth)) -> dict[str, Any]:
-        scores, ids, meta = store.search(vectors(req), 1)
         out = []
-        for s, i, m in zip(scores[:, 0], ids[:, 0], meta, strict=True):
+        for s, i, label in store.nearest_labelled(vectors(req)):
             if i < 0:
                 out.append({"known": False, "label": None, "id": None, "score": None})
                 continue
             thr = cfg.identify_threshold
             close = thr is None or (s <= thr if metric == "l2" else s >= thr)
-            label = m[0]["label"] if m[0] else None
-            out.append({"known": bool(close and label is not None), "label": label,
-                        "id": int(i), "score": float(s)})
+            out.append({"known": bool(close), "label": label, "id": int(i), "score": float(s)})
         return {"results": out}
 
     @app.exception_handler(ValueError)

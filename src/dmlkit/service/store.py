@@ -1,9 +1,12 @@
 """A durable, concurrently readable index for the service: write-ahead log + checkpoints.
 
-Every write (add, delete) is appended to ``INDEX_DIR.wal`` as one line, flushed and
-fsynced *before* it is applied and acknowledged. A line is ``CRC32 JSON`` of the record,
-so a line torn by a crash is recognised and dropped on replay (it was never
-acknowledged). Every ``checkpoint_every`` writes, and on shutdown, the index is saved
+Every write (add, delete) is applied to the index in memory, then appended to
+``INDEX_DIR.wal`` as one line, flushed and fsynced *before* it is acknowledged; a write
+the index refuses (a bad label, a delete an HNSW graph cannot do) is never logged, and a
+write whose logging fails is undone. A line is ``CRC32 JSON`` of the record, so a line
+torn by a crash is recognised and dropped on replay (it was never acknowledged); a record
+that cannot be applied on replay is skipped with a warning instead of stopping the
+service from starting. Every ``checkpoint_every`` writes, and on shutdown, the index is saved
 atomically (:meth:`~dmlkit.index.BaseIndex.save`) and the log emptied. Replay is
 idempotent (an add whose ids are present, or a delete of absent ids, is skipped), so a
 crash between the checkpoint and the log truncation loses and duplicates nothing.
@@ -17,6 +20,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import sys
 import threading
 import zlib
 from collections.abc import Iterator
@@ -120,12 +124,17 @@ class DurableIndex:
             return 0
         applied, good_bytes = 0, 0
         with open(self.wal_path, "rb") as f:
-            for line in f:
+            for number, line in enumerate(f, 1):
                 record = _decode(line)
                 if record is None:  # a torn tail: never acknowledged
                     break
-                self._apply(record)
-                applied += 1
+                try:
+                    self._apply(record)
+                    applied += 1
+                except (KeyError, TypeError, ValueError, NotImplementedError) as err:
+                    print(f"warning: {self.wal_path}: record {number} "
+                          f"({record.get('op')!r}) cannot be applied and is skipped: {err}",
+                          file=sys.stderr)
                 good_bytes += len(line)
         if good_bytes != self.wal_path.stat().st_size:
             with open(self.wal_path, "r+b") as f:
@@ -161,9 +170,13 @@ class DurableIndex:
             record = {"op": "add", "ids": ids.tolist(),
                       "vectors": base64.b64encode(x.tobytes()).decode(),
                       "payloads": payloads, "labels": labels}
-            json.dumps(payloads)  # non-JSON payloads fail before anything is logged
-            self._log(record)
-            self._apply(record)
+            json.dumps(payloads)  # non-JSON payloads fail before anything is changed
+            self._apply(record)  # a write the index refuses is neither logged nor applied
+            try:
+                self._log(record)
+            except BaseException:
+                self.index.remove(ids)  # not durable: not acknowledged, not kept
+                raise
             self._after_write()
         return ids
 
@@ -173,8 +186,8 @@ class DurableIndex:
             if not np.isin(item_id, self.index.ids):
                 return False
             record = {"op": "delete", "ids": [int(item_id)]}
+            self._apply(record)  # an index that cannot remove raises before anything is logged
             self._log(record)
-            self._apply(record)
             self._after_write()
         return True
 
@@ -184,6 +197,29 @@ class DurableIndex:
             scores, ids = self.index.search(q, k)
             meta = [self.index.metadata(row) for row in ids]
         return scores, ids, meta
+
+    def nearest_labelled(self, q: np.ndarray,
+                         first_depth: int = 32) -> list[tuple[float, int, int | None]]:
+        """``(score, id, label)`` of each query's nearest *labelled* item (``id`` -1 and
+        ``label`` None when the index holds none); searched deeper until one is found."""
+        with self.lock.read():
+            labelled = self.index.num_labelled
+            out: list[tuple[float, int, int | None]] = [(float("nan"), -1, None)] * len(q)
+            todo = np.arange(len(q)) if labelled else np.arange(0)
+            depth = min(first_depth, self.index.ntotal)
+            while todo.size:
+                scores, ids = self.index.search(q[todo], depth)
+                labels = self.index.labels_of(ids.reshape(-1)).reshape(ids.shape)
+                hit = (labels >= 0) & (ids >= 0)
+                for row in np.flatnonzero(hit.any(1)):
+                    col = int(hit[row].argmax())
+                    out[todo[row]] = (float(scores[row, col]), int(ids[row, col]),
+                                      int(labels[row, col]))
+                todo = todo[~hit.any(1)]
+                if depth >= self.index.ntotal:
+                    break
+                depth = min(4 * depth, self.index.ntotal)
+        return out
 
     @property
     def ntotal(self) -> int:
