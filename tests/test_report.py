@@ -73,3 +73,10 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     bands = [ink[i : i + 200].mean() for i in range(0, ink.shape[0] - 200, 200)]
     assert sum(b > 0.02 for b in bands) >= 8  # plots, tables and thumbnails down the page
     assert np.std(img) > 0.05
+
+
+@pytest.mark.parametrize("n", ["1", "3", "19"])
+def test_too_few_items_is_a_clear_error(report, n):
+    res = CliRunner().invoke(app, ["report", str(report / "run"), "--max-items", n,
+                                   "--out", str(report / "few.html")])
+    assert res.exit_code == 2 and "max_items must be an integer >= 20" in res.output

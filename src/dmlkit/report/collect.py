@@ -108,11 +108,18 @@ def _gallery(z: torch.Tensor, labels: torch.Tensor, x: np.ndarray, n_queries: in
     return out
 
 
+#: fewest held-out items a report is made of
+MIN_ITEMS = 20
+
+
 def collect(run_dir: str | Path, *, max_items: int = 2000, projection: str = "auto",
             n_queries: int = 8, k: int = 5, seed: int = 0,
             log: Any = None) -> dict[str, Any]:
     """The report's data for a run directory (held-out items, at most ``max_items``)."""
     say = log or (lambda _m: None)
+    if isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < MIN_ITEMS:
+        raise ValueError(f"max_items must be an integer >= {MIN_ITEMS} (the map and the "
+                         f"retrieval metrics need several items of each class), got {max_items!r}")
     run_dir = Path(run_dir)
     run = load_run(run_dir)
     metrics_path = run_dir / "metrics.json"
