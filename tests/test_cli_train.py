@@ -122,3 +122,44 @@ def test_set_overrides_any_config_value(tmp_path):
         assert not (tmp_path / "bad").exists()
     res = runner.invoke(app, ["train", "--resume", "--out", str(out), "--set", "training.epochs=3"])
     assert res.exit_code != 0 and "--set cannot change" in res.output
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--epochs", "0"], "training.epochs"),
+    (["--epochs", "-1"], "training.epochs"),
+    (["--seed", "-3"], "training.seed must be an integer >= 0"),
+    (["--set", "training.grad_clip=-1"], "training.grad_clip must be a number > 0"),
+    (["--set", "training.grad_clip=0"], "training.grad_clip must be a number > 0"),
+    (["--set", "training.num_threads=0"], "training.num_threads must be an integer >= 1"),
+    (["--set", "model.dim=32.5"], "model.dim must be int, got 32.5"),
+    (["--set", "model.hidden=abc"], "model.hidden must be Sequence[int], got 'abc'"),
+    (["--set", "loss.margin=wide"], "loss.margin must be float, got 'wide'"),
+    (["--set", "sampler.batch_size=3"], "multiple of m"),  # found while building the sampler
+])
+def test_bad_settings_fail_before_training_and_leave_no_run_directory(tmp_path, args, words):
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", str(tmp_path / "tiny.yaml"), "--out", str(out),
+                                 "--no-progress", *args])
+    assert result.exit_code != 0 and words in result.output, result.output
+    assert not out.exists()
+
+
+def test_a_run_that_fails_in_its_first_epoch_does_not_offer_a_resume(tmp_path):
+    (tmp_path / "bad.yaml").write_text(TINY.replace("model: {name: mlp, dim: 8, hidden: [16]}",
+                                                    "model: {name: mlp, dim: 8, in_features: 32}"))
+    result = runner.invoke(app, ["train", str(tmp_path / "bad.yaml"), "--out",
+                                 str(tmp_path / "run"), "--no-progress"])
+    assert result.exit_code != 0
+    assert "training stopped during epoch 1" in result.output
+    assert "resume" not in result.output.split("training stopped during epoch 1")[1]
+
+
+def test_saved_files_follow_the_umask(run_dir):
+    import os
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for name in ("model.pt", "checkpoint.pt", "config.yaml"):
+        mode = (run_dir / name).stat().st_mode & 0o777
+        assert mode == 0o666 & ~mask, (name, oct(mode))

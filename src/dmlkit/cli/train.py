@@ -134,9 +134,14 @@ def train(
     except (FileNotFoundError, FileExistsError, ValueError, TypeError, KeyError) as err:
         raise _fail(str(err)) from None
     except KeyboardInterrupt:
-        raise _fail(
-            "interrupted; resume with: dmlkit train --resume --out " + str(out), 130
-        ) from None
+        from dmlkit.training.trainer import CHECKPOINT
+
+        if out is not None and (out / CHECKPOINT).is_file():
+            raise _fail(
+                "interrupted; resume with: dmlkit train --resume --out " + str(out), 130
+            ) from None
+        raise _fail("interrupted before the first epoch ended (nothing to resume); start "
+                    "again with the same command", 130) from None
     if not result.metrics:  # a worker process of a multi-process run: rank 0 reports
         return
     if cfg.data.name in ("text", "stsb"):

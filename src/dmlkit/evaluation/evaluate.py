@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dmlkit._files import publish_mode
 from dmlkit.evaluation.clustering import clustering_metrics
 from dmlkit.evaluation.few_shot import few_shot_accuracy
 from dmlkit.evaluation.retrieval import retrieval_metrics
@@ -165,6 +166,7 @@ def write_text(text: str, path: str | Path) -> Path:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        publish_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

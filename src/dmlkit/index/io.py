@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from dmlkit._files import publish_mode
+
 FORMAT = "dmlkit-index"
 VERSION = 1
 MANIFEST = "manifest.json"
@@ -67,6 +69,7 @@ def write_index_dir(
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-{os.getpid()}-"))
+    publish_mode(tmp)
     try:
         names: list[str] = []
         for name, arr in arrays.items():

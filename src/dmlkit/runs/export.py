@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from dmlkit._files import publish_mode
 from dmlkit.training.run import build_splits, load_run
 
 FORMATS = ("onnx", "torchscript")
@@ -90,6 +91,7 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "onnx",
             diff = _max_difference(module, tmp, fmt, n_features)
             if diff > 1e-5:
                 raise RuntimeError(f"exported {fmt} model differs from torch by {diff:.3g}")
+        publish_mode(tmp)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from dmlkit._files import publish_mode
+
 
 def atomic_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` to ``path`` so that a crash never leaves a half-written file.
@@ -25,6 +27,7 @@ def atomic_save(obj: Any, path: str | Path) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        publish_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

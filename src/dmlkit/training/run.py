@@ -12,6 +12,7 @@ raw inputs as they are under ``"baseline_unnormalized"``; the per-epoch records 
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -246,22 +247,22 @@ def _train_labelled(config: Config, out_dir: Path, resume: bool, log: Any, callb
     resolved = resolve_config(config, train.x[0], int(train.labels.max()) + 1)
     train, val = frozen_feature_data(resolved, train, val, log)  # cached, if frozen backbone
     train = augmented(train, config)
+    fresh = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     if is_main_process():
         resolved.to_yaml(out_dir / CONFIG_FILE)
+    try:
+        trainer = _trainer(resolved, train, val, out_dir, log, callbacks, distributed)
+    except BaseException:  # a bad model or sampler setting: leave no half-made run behind
+        if fresh and is_main_process():
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
     log(
         f"training on {len(train)} items ({train.num_classes} classes), "
         f"held out {len(heldout)} items ({heldout.num_classes} classes)"
         + (f", validating on {len(val)}" if val is not None else "")
         + (f" of classes {val.classes}" if config.training.val_classes is not None else "")
     )
-    trainer_cls = Trainer
-    if distributed:
-        from dmlkit.training.distributed import DistributedTrainer
-
-        trainer_cls = DistributedTrainer
-    trainer = trainer_cls(resolved, train, val_data=val, out_dir=out_dir, log=log,
-                          callbacks=callbacks)
     history = trainer.fit(resume=resume)
     if not is_main_process():  # rank 0 writes the weights and metrics
         return RunResult(out_dir, {}, history, time.perf_counter() - start)
@@ -279,6 +280,17 @@ def _train_labelled(config: Config, out_dir: Path, resume: bool, log: Any, callb
     metrics["history"] = history
     (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
     return RunResult(out_dir, metrics, history, seconds)
+
+
+def _trainer(resolved: Config, train: Any, val: Any, out_dir: Path, log: Any,
+             callbacks: tuple, distributed: bool) -> Trainer:
+    trainer_cls = Trainer
+    if distributed:
+        from dmlkit.training.distributed import DistributedTrainer
+
+        trainer_cls = DistributedTrainer
+    return trainer_cls(resolved, train, val_data=val, out_dir=out_dir, log=log,
+                       callbacks=callbacks)
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:

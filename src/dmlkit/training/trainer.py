@@ -264,6 +264,8 @@ class Trainer:
                         break
             except BaseException as err:
                 where = self.checkpoint_path if self.out_dir else None
+                if where is not None and not Path(where).is_file():
+                    where = None  # stopped before the first checkpoint: nothing to resume
                 kept = f"checkpoint of epoch {self.epoch} kept at {where}" if where else ""
                 self.log(
                     f"training stopped during epoch {self.epoch + 1} "

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dmlkit._files import publish_mode
 from dmlkit.config.schema import Config
 from dmlkit.config.tune import COMPONENTS
 from dmlkit.tuning.space import trial_config
@@ -172,6 +173,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        publish_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
