@@ -360,3 +360,75 @@ def test_recipe_trains_on_small_colour_images_of_any_shape(tmp_path):
     cfg.training.epochs = 1
     result = train_run(cfg, tmp_path / "run", log=lambda _m: None)
     assert result.metrics["map_at_r"] > 0.5  # colour separates the unseen classes
+
+
+def test_head_type_none_runs_and_cross_validates_the_untrained_features(tmp_path):
+    from dmlkit.evaluation import retrieval_metrics
+    from dmlkit.training import embed, train_run
+    from dmlkit.training.cross_validation import cross_validate
+    from dmlkit.training.run import build_splits
+
+    cfg = _config(tmp_path, head_type="none")
+    lines = []
+    result = train_run(cfg, tmp_path / "run", log=lines.append)
+    assert any("nothing to train" in line for line in lines)
+    _, heldout = build_splits(cfg)
+    model = EfficientNetLite0Embedder(resolution=32, head_type="none", in_channels=1).eval()
+    untrained = retrieval_metrics(embed(model, heldout)[0], heldout.labels)["map_at_r"]
+    assert result.metrics["map_at_r"] == pytest.approx(untrained, abs=1e-6)
+    two = _config(tmp_path, head_type="none")
+    two.sampler = {"name": "m_per_class", "m": 4, "batch_size": 8}  # 2 classes a batch
+    folds = cross_validate(two, 2, log=lambda _m: None)
+    assert 0 < folds.score <= 1 and len(folds.folds) == 2
+
+
+def test_cross_validation_refuses_augmenting_a_frozen_backbone(tmp_path):
+    from dmlkit.training.cross_validation import cross_validate
+
+    cfg = _config(tmp_path)
+    cfg.sampler = {"name": "m_per_class", "m": 4, "batch_size": 8}
+    cfg.data.augment_shift = 1
+    with pytest.raises(ValueError, match="augmentation has no effect"):
+        cross_validate(cfg, 2, log=lambda _m: None)
+
+
+@pytest.mark.parametrize("damage", [b"", b"not a tensor", None])
+def test_a_damaged_cache_entry_is_computed_again(tmp_path, damage):
+    model = EfficientNetLite0Embedder(dim=8, resolution=32, cache_dir=str(tmp_path))
+    x = torch.rand(4, 3, 10, 10)
+    first = feature_cache.cached_features(model, x)
+    (path,) = tmp_path.glob("*.pt")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage is None else damage)
+    lines = []
+    again = feature_cache.cached_features(model, x, log=lines.append)
+    assert torch.equal(first, again) and "unreadable" in lines[0]
+    assert torch.equal(torch.load(path, weights_only=True), first)  # repaired on disk
+
+
+def test_cache_dir_that_is_a_file_names_the_setting(tmp_path):
+    (tmp_path / "f").write_text("x")
+    model = EfficientNetLite0Embedder(dim=8, resolution=32, cache_dir=str(tmp_path / "f"))
+    with pytest.raises(ValueError, match="model.cache_dir"):
+        feature_cache.cached_features(model, torch.rand(2, 3, 10, 10))
+
+
+def test_a_grid_finer_than_the_tapped_map_is_refused():
+    with pytest.raises(ValueError, match="grid 16 is finer than block 7's 4 x 4 map"):
+        EfficientNetLite0Embedder(resolution=64, taps=[7, 10, 16], grid_taps=[7, 10], grid=16)
+    EfficientNetLite0Embedder(resolution=64, taps=[7, 10, 16], grid_taps=[7, 10], grid=4)
+
+
+@pytest.mark.parametrize("shape, words", [
+    ((6, 8, 8, 3), "channel-last"),
+    ((6, 4, 8, 8), "drop the alpha channel"),
+])
+def test_image_layout_mistakes_are_explained(tmp_path, shape, words):
+    from dmlkit.training import train_run
+
+    x = np.random.default_rng(0).random(shape).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=np.repeat(x, 2, 0), labels=np.repeat(np.arange(6), 2))
+    cfg = _config(tmp_path)
+    cfg.data = type(cfg.data)(name="npz", path=str(tmp_path / "d.npz"))
+    with pytest.raises(ValueError, match=words):
+        train_run(cfg, tmp_path / "run", log=lambda _m: None)

@@ -169,3 +169,29 @@ def test_too_many_folds_fail_before_any_trial(tmp_path: Path) -> None:
     text = write_config(tmp_path).read_text().replace("model.dim:", "training.epoch:")
     with pytest.raises(ValueError, match="'training.epoch': training has no key 'epoch'"):
         tune(Config.from_yaml(text), 2, tmp_path / "out", log=lambda _m: None)
+
+
+def test_warmup_epochs_are_never_pruned(tmp_path: Path) -> None:
+    from dmlkit.tuning.study import open_study
+
+    config = Config.from_yaml(write_config(tmp_path, startup=2))
+    config.tune.warmup_epochs = 1  # epoch 1 is never pruned
+    storage = open_storage(f"sqlite:///{tmp_path / 'w.db'}", 30)
+    study, _ = open_study(config, storage, "w", resume=False)
+    for value in (0.9, 0.8, 0.7):  # three finished trials set the medians
+        trial = study.ask()
+        trial.report(value, 1)
+        trial.report(value, 2)
+        study.tell(trial, value)
+    low = study.ask()
+    low.report(0.1, 1)  # far below the median, at the one warm-up epoch
+    assert not low.should_prune()
+    low.report(0.1, 2)
+    assert low.should_prune()
+
+
+def test_a_storage_url_that_cannot_open_is_an_error_line(tmp_path: Path) -> None:
+    out = subprocess.run(cli("tune", str(write_config(tmp_path)), "--trials", "1", "--out",
+                             str(tmp_path / "o"), "--storage", "foo://bar"),
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and out.stderr.startswith("error: cannot open the study storage")

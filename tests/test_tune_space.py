@@ -112,3 +112,24 @@ def test_missing_optuna_names_the_pip_command(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setitem(sys.modules, "optuna", None)
     with pytest.raises(ImportError, match="pip install 'dmlkit\\[tune\\]'"):
         require_optuna()
+
+
+@pytest.mark.parametrize("space, words", [
+    ("model.widht: {choices: [8, 16]}", "unknown key(s) ['widht'] in section 'model'"),
+    ("training.epochs: {low: 1.0, high: 3.0}", "training.epochs must be a int"),
+    ("training.epochs: {low: 1, high: 3, step: 0.5}", "training.epochs must be a int"),
+    ("model.dim: {low: 8, high: 32.0}", "model.dim must be int"),
+    ("loss.name: {choices: [triplet_margin, tripletmargin]}", "unknown loss 'tripletmargin'"),
+    ("loss: {choices: [triplet_margin, multi_similarity]}\n    loss.margin: {low: 0.1, high: 0.3}",
+     "unknown key(s) ['margin'] in section 'loss' (loss 'multi_similarity')"),
+    ("loss.margin: {low: 0.1, high: 0.3, when: {loss.nmae: triplet_margin}}",
+     "refers to 'loss.nmae'"),
+])
+def test_space_mistakes_are_found_before_any_trial(space, words) -> None:
+    from dmlkit.tuning.space import check_space
+
+    cfg = Config.from_yaml(BASE + f"tune:\n  folds: 2\n  space:\n    {space}\n")
+    with pytest.raises(ValueError, match="tune.space") as err:
+        check_space(cfg)
+    assert words in str(err.value)
+    check_space(Config.from_yaml(SPACE))  # a sound space passes

@@ -47,9 +47,16 @@ def tune(
         raise _fail(str(err)) from None
     except KeyboardInterrupt:
         raise _fail("interrupted; continue with the same command and --resume", 130) from None
+    except Exception as err:  # e.g. SQLAlchemy: a storage URL it cannot open
+        if type(err).__module__.split(".")[0] != "sqlalchemy":
+            raise
+        raise _fail(f"cannot open the study storage {storage or ''}: {err}") from None
     counts = ", ".join(f"{k.lower()} {v}" for k, v in sorted(summary.counts.items()))
     typer.echo(f"\nstudy {summary.study_name!r} ({summary.storage}): {counts}")
     if summary.best_trial is None:
+        if summary.counts.get("FAIL", 0) and not summary.counts.get("PRUNED", 0):
+            raise _fail("no trial completed: every trial failed (see the errors above; "
+                        "fix the config and start a new study with another --out)")
         typer.echo("no trial completed yet")
         return
     typer.echo(

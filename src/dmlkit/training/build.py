@@ -27,6 +27,12 @@ def _params(registry: Any, name: str) -> set[str]:
 def model_shape_params(spec: dict[str, Any], example: Tensor) -> dict[str, Any]:
     """Model parameters that ``example`` (one input, no batch dim) implies and ``spec`` lacks."""
     params = _params(MODELS, spec["name"])
+    if "in_channels" in params and example.dim() == 3 and example.shape[0] not in (1, 3, 4) \
+            and example.shape[-1] in (1, 3, 4):
+        raise ValueError(
+            f"the images look channel-last: each is {tuple(example.shape)} (H, W, C), but "
+            f"dmlkit takes (n, C, H, W) images; transpose them, e.g. x.transpose(0, 3, 1, 2)")
+    _check_given_shape(spec, params, example)
     filled: dict[str, Any] = {}
     if "in_features" in params and "in_features" not in spec:
         filled["in_features"] = int(example.numel())
@@ -35,6 +41,26 @@ def model_shape_params(spec: dict[str, Any], example: Tensor) -> dict[str, Any]:
     if "image_size" in params and "image_size" not in spec and example.dim() >= 2:
         filled["image_size"] = int(example.shape[-1])
     return filled
+
+
+def _check_given_shape(spec: dict[str, Any], params: set[str], example: Tensor) -> None:
+    """Shape settings written in the config must match the data (else a model that adapts
+    to any size trains, and its export takes the wrong input)."""
+    actual: dict[str, Any] = {}
+    if "in_features" in params and "in_features" in spec:
+        actual["in_features"] = int(example.numel())
+    if "in_channels" in params and "in_channels" in spec and example.dim() == 3:
+        actual["in_channels"] = int(example.shape[0])
+    if "image_size" in params and spec.get("image_size") is not None and example.dim() >= 2:
+        actual["image_size"] = tuple(int(v) for v in example.shape[-2:])
+    for key, have in actual.items():
+        given = spec[key]
+        if key == "image_size":
+            given = tuple(given) if isinstance(given, (list, tuple)) else (given, given)
+        if tuple(given) != have if key == "image_size" else given != have:
+            raise ValueError(
+                f"model.{key} is {spec[key]}, but the data's items have {have} (each item "
+                f"{tuple(example.shape)}); remove model.{key} to take it from the data")
 
 
 def embedding_dim(model_spec: dict[str, Any]) -> int | None:

@@ -24,6 +24,7 @@ from dmlkit.config.schema import Config
 from dmlkit.data.class_folds import class_folds
 from dmlkit.data.splits import select_classes
 from dmlkit.training.build import resolve_config
+from dmlkit.training.frozen_features import check_frozen_config
 from dmlkit.training.rng import get_rng_state, rng_scope, set_rng_state
 from dmlkit.training.run import augmented, build_splits
 from dmlkit.training.trainer import Trainer
@@ -141,6 +142,7 @@ def _cross_validate(
     log: Callable,
 ) -> CrossValResult:
     start = time.perf_counter()
+    check_frozen_config(config)  # what dmlkit train refuses, folds refuse too
     train, _ = build_splits(config)
     results, trainers, states = [], [], []
     for train_classes, val_classes in class_folds(train.classes, k, seed):

@@ -35,6 +35,22 @@ def feature_dataset(
     return out
 
 
+def check_frozen_config(config: Config) -> bool:
+    """Whether ``config.model`` is a frozen pretrained embedder (trained on cached
+    features), refusing augmentation, which cached features cannot have."""
+    from dmlkit.registry import MODELS
+
+    cls = MODELS.get(config.model["name"])
+    if not hasattr(cls, "backbone_features") or config.model.get("mode", "frozen") != "frozen":
+        return False
+    if config.data.augment_shift or config.data.augment_hflip or config.data.augment:
+        raise ValueError(
+            "data augmentation has no effect on a frozen backbone's cached features: "
+            "turn it off, or set model.mode: finetune"
+        )
+    return True
+
+
 def frozen_feature_data(
     config: Config, train: ArrayDataset, val: Any, log: Callable[[str], None] | None = None
 ) -> tuple[ArrayDataset, Any]:
@@ -46,16 +62,8 @@ def frozen_feature_data(
     ValueError
         Augmentation is configured: cached features cannot be augmented.
     """
-    from dmlkit.registry import MODELS
-
-    cls = MODELS.get(config.model["name"])
-    if not hasattr(cls, "backbone_features") or config.model.get("mode", "frozen") != "frozen":
+    if not check_frozen_config(config):
         return train, val
-    if config.data.augment_shift or config.data.augment_hflip or config.data.augment:
-        raise ValueError(
-            "data augmentation has no effect on a frozen backbone's cached features: "
-            "turn it off, or set model.mode: finetune"
-        )
     from dmlkit.training.build import build_model
 
     model = build_model(config)
@@ -65,4 +73,4 @@ def frozen_feature_data(
     return train, val
 
 
-__all__ = ["is_frozen_backbone", "feature_dataset", "frozen_feature_data"]
+__all__ = ["is_frozen_backbone", "feature_dataset", "frozen_feature_data", "check_frozen_config"]

@@ -26,6 +26,9 @@ def build_optimizer(
     loss_params = [p for p in loss.parameters() if p.requires_grad]
     if loss_params:
         groups.append({"params": loss_params, "lr": config.loss_lr or config.lr})
+    groups = [g for g in groups if g["params"]]
+    if not groups:  # nothing trains (e.g. head_type: none): a stand-in keeps the API whole
+        groups = [{"params": [nn.Parameter(torch.zeros(()))], "lr": config.lr}]
     if config.name == "adam":
         return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
     if config.name == "adamw":

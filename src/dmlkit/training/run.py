@@ -37,6 +37,7 @@ CONFIG_FILE = "config.yaml"
 MODEL_FILE = "model.pt"
 METRICS_FILE = "metrics.json"
 EMBED_PROGRESS_ROWS = 50_000  # embedding this many rows or more reports progress
+PROGRESS_SECONDS = 10.0  # slow work of any size reports progress this often
 METRIC_KEYS = (
     "precision_at_1", "r_precision", "map_at_r",
     "recall_at_1", "recall_at_2", "recall_at_4", "recall_at_8",
@@ -138,15 +139,19 @@ def embed(
 
         bar = tqdm(total=n, desc="embedding", unit="row", leave=False)
     next_line = n // 10
+    start = last = time.perf_counter()
     with torch.no_grad():
         for i in range(0, n, batch_size):
             parts.append(model(x[i : i + batch_size].to(device)).float().cpu())  # (b, dim)
             done = min(n, i + batch_size)
+            now = time.perf_counter()
             if bar is not None:
                 bar.update(done - bar.n)
-            elif show and done >= next_line:
-                print(f"embedding: {done}/{n} rows", file=sys.stderr, flush=True)
-                next_line = done + n // 10
+            elif done < n and ((show and done >= next_line) or now - last >= PROGRESS_SECONDS):
+                # a line per ~10% of a large set, and one every PROGRESS_SECONDS of any
+                print(f"embedding: {done}/{n} rows ({now - start:.0f} s)", file=sys.stderr,
+                      flush=True)
+                next_line, last = done + n // 10, now
     if bar is not None:
         bar.close()
     model.train(was_training)

@@ -119,6 +119,13 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.log = log or (lambda _msg: None)
         self.optimizer = build_optimizer(config.optimizer, self.model, self.loss)
+        #: False when neither the model nor the loss has a parameter to train (a frozen
+        #: backbone with ``head_type: none``): epochs then only validate
+        self.trainable = any(p.requires_grad for p in self.model.parameters()) or any(
+            p.requires_grad for p in self.loss.parameters())
+        if not self.trainable and self.log is not None:
+            self.log("nothing to train: the model has no trainable parameters (e.g. "
+                     "head_type: none); it is evaluated as it is")
         self.scheduler = build_scheduler(
             config.schedule, self.optimizer, len(self.sampler), config.training.epochs
         )
@@ -207,7 +214,7 @@ class Trainer:
             disable=not tc.progress or not sys.stderr.isatty(), dynamic_ncols=True,
         )  # fmt: skip
         try:
-            for step, indices in enumerate(self.sampler):
+            for step, indices in enumerate(self.sampler if self.trainable else ()):
                 batch = self.fetch(indices)
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=tc.amp):
                     loss = self.batch_loss(batch)

@@ -6,7 +6,7 @@ import copy
 from typing import Any, Protocol
 
 from dmlkit.config.schema import Config
-from dmlkit.config.tune import choice_label, condition_holds, is_int_range, set_path
+from dmlkit.config.tune import choice_label, condition_holds, get_path, is_int_range, set_path
 
 
 class Suggester(Protocol):
@@ -60,9 +60,63 @@ def trial_config(config: Config, trial: Suggester) -> tuple[Config, dict[str, An
     try:
         result = Config.from_dict(raw)
         result.check()
-    except (TypeError, KeyError) as err:
+    except (TypeError, KeyError, ValueError) as err:
         raise ValueError(f"the trial's parameters {chosen} make an invalid config: {err}") from err
     return result, chosen
+
+
+class _ProbeTrial:
+    """A :class:`Suggester` at one corner of the space (``end`` 0: every range at its
+    ``low`` and every choice at its first; 1: ``high`` and last; 2: a point inside each
+    range), but for the ``pinned`` choices."""
+
+    def __init__(self, end: int, pinned: dict[str, Any] | None = None) -> None:
+        self.end, self.pinned = end, pinned or {}
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        return self.pinned.get(name, list(choices)[-1 if self.end == 1 else 0])
+
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1,
+                    log: bool = False) -> int:
+        return (low, high, low)[self.end]
+
+    def suggest_float(self, name: str, low: float, high: float, *,
+                      step: float | None = None, log: bool = False) -> float:
+        # ends, and a point inside that no integer setting would take
+        return (low, high, low + 0.37 * (high - low))[self.end]
+
+
+def check_space(config: Config) -> None:
+    """Find a search space's mistakes before the first trial: configs at the corners of
+    the space (and at every choice of every categorical parameter) are built and checked
+    (unknown component keys, an int setting given a float range, an unknown name), and
+    every ``when`` must name a path that the config sets or the space searches.
+
+    Raises
+    ------
+    ValueError
+        Naming the parameter values that make an invalid config.
+    """
+    if config.tune is None or not config.tune.space:
+        return
+    raw = config.to_dict()
+    space = config.tune.space
+    for path, spec in space.items():
+        for cond in (spec.get("when") or {}):
+            if cond not in space and get_path(raw, cond) is None:
+                raise ValueError(
+                    f"tune.space[{path!r}].when refers to {cond!r}, which the config does not "
+                    f"set and the space does not search: the parameter would never be tried")
+    probes = [_ProbeTrial(0), _ProbeTrial(1), _ProbeTrial(2)]
+    for path, spec in space.items():
+        if "choices" in spec:
+            labels = [choice_label(c) for c in spec["choices"]]
+            probes += [_ProbeTrial(0, {path: label}) for label in labels[1:-1] or labels]
+    for probe in probes:
+        try:
+            trial_config(config, probe)
+        except ValueError as err:
+            raise ValueError(f"tune.space: {err}") from None
 
 
 class FixedTrial:
@@ -93,4 +147,4 @@ class FixedTrial:
         return float(self._get(name))
 
 
-__all__ = ["FixedTrial", "Suggester", "suggest", "trial_config"]
+__all__ = ["FixedTrial", "Suggester", "check_space", "suggest", "trial_config"]

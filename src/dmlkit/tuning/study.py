@@ -26,7 +26,7 @@ from typing import Any
 from dmlkit._files import publish_mode
 from dmlkit.config.schema import Config
 from dmlkit.config.tune import COMPONENTS
-from dmlkit.tuning.space import trial_config
+from dmlkit.tuning.space import check_space, trial_config
 from dmlkit.tuning.workers import (
     Heartbeat,
     counts_toward_total,
@@ -98,7 +98,8 @@ def open_study(config: Config, storage: Any, study_name: str, resume: bool) -> t
         raise ValueError("the config has no tune: section")
     pruner = (
         optuna.pruners.MedianPruner(
-            n_startup_trials=tune.startup_trials, n_warmup_steps=tune.warmup_epochs
+            # epochs are reported 1-based and the pruner spares steps < n_warmup_steps
+            n_startup_trials=tune.startup_trials, n_warmup_steps=tune.warmup_epochs + 1
         )
         if tune.pruner == "median"
         else optuna.pruners.NopPruner()
@@ -278,13 +279,14 @@ def _check_folds(config: Config) -> None:
     if config.data.kind != "labels":
         raise ValueError(f"dmlkit tune needs class labels; data.kind is {config.data.kind!r}")
     raw = config.to_dict()
-    for path in config.tune.space:  # section keys are known now; component keys per trial
+    for path in config.tune.space:  # section keys first (the clearest message)
         section, _, key = path.partition(".")
         if key and section not in COMPONENTS and key not in raw[section]:
             raise ValueError(
                 f"tune.space path {path!r}: {section} has no key {key!r}; "
                 f"allowed: {sorted(raw[section])}"
             )
+    check_space(config)  # component keys, types and names: here, not trial after trial
     train, _ = build_splits(config)
     class_folds(train.classes, config.tune.folds, config.tune.seed)
 

@@ -165,7 +165,9 @@ class EfficientNetLite0Embedder(nn.Module):
         if not isinstance(pixels, int) or pixels < 0:
             raise ValueError(f"pixels must be an int >= 0, got {pixels!r}")
         if in_channels not in (1, 3):
-            raise ValueError(f"in_channels must be 1 (grey) or 3 (RGB), got {in_channels}")
+            raise ValueError(f"in_channels must be 1 (grey) or 3 (RGB), got {in_channels}"
+                             + ("; for RGBA images drop the alpha channel (x[:, :3])"
+                                if in_channels == 4 else ""))
         if image_size is not None and image_size < MIN_IMAGE_SIDE:
             raise ValueError(
                 f"efficientnet_lite0 takes images of side >= {MIN_IMAGE_SIDE}, got {image_size}"
@@ -196,6 +198,13 @@ class EfficientNetLite0Embedder(nn.Module):
             )
         self.backbone = EfficientNetLite0()
         self.map_sides = self.backbone.map_sides(resolution)  # tap -> its map's side
+        coarse = [t for t in self.grid_taps if self.map_sides[t] < grid]
+        if coarse:
+            side = min(self.map_sides[t] for t in self.grid_taps)
+            raise ValueError(
+                f"grid {grid} is finer than block {coarse[0]}'s {self.map_sides[coarse[0]]} x "
+                f"{self.map_sides[coarse[0]]} map at resolution {resolution}: cells would repeat "
+                f"values; use grid <= {side}, a higher resolution, or other grid_taps")
         load_efficientnet_lite0_weights(self.backbone, efficientnet_lite0_weights_path(weights))
         self.backbone.requires_grad_(False)
         if mode == "finetune":

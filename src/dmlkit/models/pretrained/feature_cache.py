@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 DEFAULT_CACHE = Path("~/.cache/dmlkit/features")
+PROGRESS_SECONDS = 10.0  # a progress line this often while features are computed
 
 
 def tensor_checksum(x: Tensor) -> str:
@@ -45,14 +46,16 @@ def compute_features(model: nn.Module, x: Tensor, batch_size: int = 256,
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     parts, start = [], time.perf_counter()
+    last = start
     was_training = model.training
     model.eval()
     with torch.no_grad():
         for i in range(0, x.shape[0], batch_size):
             parts.append(model.backbone_features(model.prepare(x[i : i + batch_size])))
-            if log is not None and (i // batch_size) % 20 == 19:
-                seconds = time.perf_counter() - start
-                log(f"  features {i + batch_size}/{x.shape[0]} ({seconds:.0f} s)")
+            done, now = min(i + batch_size, x.shape[0]), time.perf_counter()
+            if log is not None and done < x.shape[0] and now - last >= PROGRESS_SECONDS:
+                log(f"  features {done}/{x.shape[0]} ({now - start:.0f} s)")
+                last = now
     model.train(was_training)
     return torch.cat(parts) if parts else torch.empty(0, model.feature_dim)
 
@@ -83,11 +86,20 @@ def cached_features(model: nn.Module, x: Tensor, cache_dir: str | Path | None = 
     key = hashlib.sha256((tensor_checksum(x) + backbone_checksum(model)).encode()).hexdigest()
     path = cache_dir / f"{key[:32]}.pt"
     if path.is_file():
-        features = torch.load(path, map_location="cpu", weights_only=True)
-        if features.shape == (x.shape[0], model.feature_dim):
+        try:
+            features = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - a damaged cache entry is a miss
+            features = None
+            if log is not None:
+                log(f"cached features in {path} are unreadable ({type(err).__name__}); "
+                    "computing them again")
+        if isinstance(features, Tensor) and features.shape == (x.shape[0], model.feature_dim):
             if log is not None:
                 log(f"backbone features of {x.shape[0]} items read from {path}")
             return features
+    if cache_dir.exists() and not cache_dir.is_dir():
+        raise ValueError(f"the feature cache folder {cache_dir} is a file: set model.cache_dir "
+                         "(or DMLKIT_CACHE) to a folder")
     start = time.perf_counter()
     features = compute_features(model, x, log=log)
     cache_dir.mkdir(parents=True, exist_ok=True)
