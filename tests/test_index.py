@@ -194,8 +194,9 @@ def _kinds():
 
     yield lambda: ExactIndex(4)
     try:
-        from dmlkit.index import FaissIndex
         import faiss  # noqa: F401
+
+        from dmlkit.index import FaissIndex
     except ImportError:
         return
     yield lambda: FaissIndex(4, "l2", "Flat")
