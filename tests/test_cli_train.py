@@ -174,3 +174,9 @@ def test_saved_files_follow_the_umask(run_dir):
     for name in ("model.pt", "checkpoint.pt", "config.yaml"):
         mode = (run_dir / name).stat().st_mode & 0o777
         assert mode == 0o666 & ~mask, (name, oct(mode))
+
+
+def test_embed_names_the_file_it_wrote(run_dir, tmp_path):
+    result = runner.invoke(app, ["embed", str(run_dir), "--out", str(tmp_path / "emb")])
+    assert result.exit_code == 0 and f"to {tmp_path / 'emb.npz'}" in result.output
+    assert (tmp_path / "emb.npz").is_file()

@@ -204,3 +204,19 @@ def test_split_dataset_and_caps(idx_dir):
     capped = limit_per_class(_toy(), 4, seed=0)
     assert np.bincount(capped.labels.numpy()).tolist() == [4] * 6
     assert data_config("fashion_mnist:test").part == "test"
+
+
+def test_image_folder_skips_hidden_entries_and_scales_16_bit_grey(tmp_path):
+    from PIL import Image
+
+    from dmlkit.data.image_folder import load_image_folder
+
+    grey16 = (np.arange(64).reshape(8, 8) * 1000).astype(np.uint16)
+    for name in ("a", "b", ".ipynb_checkpoints"):
+        (tmp_path / name).mkdir()
+        Image.fromarray(grey16).save(tmp_path / name / "x.png")
+    (tmp_path / "a" / ".hidden").mkdir()
+    Image.fromarray(grey16).save(tmp_path / "a" / ".hidden" / "y.png")
+    data = load_image_folder(tmp_path, color="grayscale")
+    assert data.class_names == ["a", "b"] and len(data.labels) == 2
+    np.testing.assert_allclose(data.x[0, 0].numpy(), grey16 / 65535, atol=1 / 255)

@@ -218,3 +218,16 @@ def test_empty_index_and_k_past_its_size_are_padded(make):
     assert (i60[:, 50:] == -1).all() and np.isinf(s60[:, 50:]).all()
     with pytest.raises(ValueError, match="ask for k <= 50"):
         full.search(q, 10**9)  # would be 24 GB of padding
+
+
+@pytest.mark.parametrize("factory, params, words", [
+    ("HNSW32", {"nprobe": 8}, "nprobe applies to IVF indexes"),
+    ("IVF4,Flat", {"ef_search": 8}, "efSearch applies to HNSW indexes"),
+    ("IVF4,Flat", {"nprobe": 0}, "nprobe must be a positive integer"),
+])
+def test_search_parameters_of_another_index_kind_are_clear_errors(factory, params, words):
+    pytest.importorskip("faiss")
+    from dmlkit.index import FaissIndex
+
+    with pytest.raises(ValueError, match=words):
+        FaissIndex(8, "l2", factory, **params)

@@ -38,12 +38,9 @@ def _load_arrays(path: Path) -> tuple[Any, Any]:
 
 def _image_paths(root: Path) -> list[str]:
     """Image files of a class-folder dataset, in the order its loader reads them."""
-    from dmlkit.data.image_folder import IMAGE_SUFFIXES
+    from dmlkit.data.image_folder import class_folders, image_files
 
-    out: list[str] = []
-    for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        out += [str(p) for p in sorted(class_dir.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
-    return out
+    return [str(p) for class_dir in class_folders(root) for p in image_files(class_dir)]
 
 
 @index_app.command("build")
@@ -81,6 +78,9 @@ def build(
 
     try:
         paths = payloads = spec = None
+        if factory == "exact" and (nprobe is not None or ef_search is not None):
+            raise ValueError("--nprobe / --ef-search apply to faiss indexes (--factory IVF..., "
+                             "HNSW...), not to the exact index")
         if (source / "manifest.json").is_file() and not (source / "config.yaml").exists():
             return _build_from_store(source, out, factory, metric, nprobe, ef_search)
         if source.is_file():

@@ -206,6 +206,8 @@ def embed(
     except (FileNotFoundError, ValueError, TypeError, KeyError) as err:
         raise _fail(str(err)) from None
     out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix != ".npz":  # numpy would add it: say the file's real name
+        out = out.with_name(out.name + ".npz")
     np.savez(out, embeddings=emb.numpy(), labels=labels.numpy())
     typer.echo(f"wrote {emb.shape[0]} embeddings of dim {emb.shape[1]} to {out}")
 

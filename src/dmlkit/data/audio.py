@@ -188,11 +188,12 @@ def load_speaker_folder(
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"speaker folder {root} does not exist")
-    speakers = sorted(p.name for p in root.iterdir() if p.is_dir())
+    speakers = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     waves, labels, paths = [], [], []
     for k, spk in enumerate(speakers):
         for f in sorted((root / spk).rglob("*")):
-            if f.suffix.lower() in _AUDIO_SUFFIXES and f.is_file():
+            hidden = any(part.startswith(".") for part in f.relative_to(root / spk).parts)
+            if f.suffix.lower() in _AUDIO_SUFFIXES and f.is_file() and not hidden:
                 waves.append(load_wav(f, sample_rate, trim=trim))
                 labels.append(k)
                 paths.append(f)

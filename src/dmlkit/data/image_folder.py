@@ -27,6 +27,14 @@ def to_mode(image, color: Literal["grayscale", "rgb"]):  # noqa: ANN001, ANN201 
     """Convert a PIL image to 8-bit grayscale (``"L"``) or ``"RGB"``."""
     if color not in ("grayscale", "rgb"):
         raise ValueError(f"color must be 'grayscale' or 'rgb', got {color!r}")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16/32-bit grey: Pillow's
+        # convert("L") clips to 255 instead of scaling, so rescale to 8 bits first
+        a = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or a.max() > 255 else 255.0
+        if image.mode == "F":
+            top = max(float(a.max()), 1e-12) if a.max() > 1 else 1.0
+        grey = np.clip(np.rint(a / top * 255.0), 0, 255).astype(np.uint8)
+        image = _pillow().fromarray(grey, mode="L")
     return image.convert("L" if color == "grayscale" else "RGB")
 
 
@@ -66,6 +74,17 @@ def read_image(
         ) from None
 
 
+def class_folders(root: Path) -> list[Path]:
+    """The class sub-folders of ``root``, sorted; hidden ones (``.git``) skipped."""
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def image_files(class_dir: Path) -> list[Path]:
+    """The image files under one class folder, sorted; hidden files and folders skipped."""
+    return sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                  and not any(part.startswith(".") for part in p.relative_to(class_dir).parts))
+
+
 def load_image_folder(
     root: str | Path,
     image_size: int | tuple[int, int] | None = None,
@@ -73,21 +92,22 @@ def load_image_folder(
 ) -> ArrayDataset:
     """Every image under ``root/<class_name>/`` as ``(n, C, H, W)`` float32 in ``[0, 1]``.
 
-    Class ids follow the sorted sub-folder names (``class_names`` keeps them). Without
-    ``image_size`` all images must share one size.
+    Class ids follow the sorted sub-folder names (``class_names`` keeps them); hidden
+    folders and files (``.git``, ``.ipynb_checkpoints``) are skipped. Without
+    ``image_size`` all images must share one size. 16-bit grey images are scaled to
+    ``[0, 1]`` from their 16-bit range.
     """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
+    class_dirs = class_folders(root)
     if not class_dirs:
         raise ValueError(f"{root} has no class sub-folders (expected root/<class>/<image>)")
     _pillow()
     arrays: list[np.ndarray] = []
     labels: list[int] = []
     for label, class_dir in enumerate(class_dirs):
-        files = sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        for file in files:
+        for file in image_files(class_dir):
             arrays.append(read_image(file, color, image_size))
             labels.append(label)
     if not arrays:
@@ -99,4 +119,5 @@ def load_image_folder(
     return ArrayDataset(np.stack(arrays), np.asarray(labels, dtype=np.int64), names)
 
 
-__all__ = ["load_image_folder", "read_image", "to_mode", "resize", "to_array", "IMAGE_SUFFIXES"]
+__all__ = ["load_image_folder", "read_image", "to_mode", "resize", "to_array", "IMAGE_SUFFIXES",
+           "class_folders", "image_files"]

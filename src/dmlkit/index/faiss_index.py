@@ -91,10 +91,18 @@ class FaissIndex(BaseIndex):
     def _apply_search_params(self) -> None:
         faiss = import_faiss()
         space = faiss.ParameterSpace()
-        if self.nprobe is not None:
-            space.set_index_parameter(self.index, "nprobe", int(self.nprobe))
-        if self.ef_search is not None:
-            space.set_index_parameter(self.index, "efSearch", int(self.ef_search))
+        for name, value, what in (("nprobe", self.nprobe, "IVF"), ("efSearch", self.ef_search,
+                                                                   "HNSW")):
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            try:
+                space.set_index_parameter(self.index, name, int(value))
+            except RuntimeError:
+                raise ValueError(
+                    f"{name} applies to {what} indexes; {self.factory!r} has no such "
+                    f"parameter") from None
 
     @property
     def is_trained(self) -> bool:
@@ -120,8 +128,11 @@ class FaissIndex(BaseIndex):
         if "WARNING clustering" in captured.text:
             warnings.warn(
                 f"{self.factory}: faiss trained its quantizer on only {x.shape[0]} vectors "
-                f"({captured.text.strip().splitlines()[-1].split(': ', 1)[-1]}); fewer IVF "
-                f"lists (about sqrt(n) = {max(1, int(x.shape[0] ** 0.5))}) train better",
+                f"({captured.text.strip().splitlines()[-1].split(': ', 1)[-1]}); "
+                "each of its k-means centroids (IVF lists; 256 per PQ sub-quantizer of 8 "
+                "bits) wants about 39 training vectors: train on more vectors, or choose "
+                "fewer lists (about sqrt(n) = "
+                f"{max(1, int(x.shape[0] ** 0.5))}) or fewer PQ bits",
                 UserWarning, stacklevel=3)
 
     def _prep(self, x: np.ndarray) -> np.ndarray:
