@@ -231,3 +231,15 @@ def test_search_parameters_of_another_index_kind_are_clear_errors(factory, param
 
     with pytest.raises(ValueError, match=words):
         FaissIndex(8, "l2", factory, **params)
+
+
+def test_a_manifest_file_entry_that_is_not_an_object_is_a_format_error(tmp_path):
+    index = ExactIndex(2)
+    index.add(np.ones((2, 2), np.float32))
+    index.save(tmp_path / "idx")
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    name = next(iter(manifest["files"]))
+    manifest["files"][name] = "oops"
+    (tmp_path / "idx" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexFormatError, match="is not an object"):
+        load_index(tmp_path / "idx")

@@ -42,7 +42,7 @@ def test_report_content_and_figures(report):
     assert html.count("<circle") >= 45  # one point per held-out item (3 classes x 15)
     assert "unseen class" in html  # classes 7-9 were not trained on
     assert html.count("data:image/png;base64,") >= 8 * 6  # gallery thumbnails
-    for name in ("curves", "map", "roc_det", "scores", "per_class"):
+    for name in ("curves", "learning_rate", "map", "roc_det", "scores", "per_class"):
         assert (report / "png" / f"{name}.png").stat().st_size > 1000
 
 

@@ -520,3 +520,26 @@ def test_a_model_and_index_of_different_dimensions_refuse_to_start(setup, tmp_pa
                           "--api-keys-file", str(root / "keys.txt"), "--port", str(free_port())],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "embeds into 8 dimensions" in out.stderr
+
+
+def test_ids_of_deleted_items_are_never_given_again(setup, tmp_path):
+    from dmlkit.service import DurableIndex
+
+    root, *_ = setup
+    import shutil
+
+    shutil.copytree(root / "idx", tmp_path / "idx")
+    store = DurableIndex(tmp_path / "idx")
+    (last,) = store.add(np.ones((1, 8), np.float32))
+    assert store.delete(int(last))
+    (again,) = store.add(np.ones((1, 8), np.float32))
+    assert again == last + 1
+    assert store.delete(int(again))
+    store._wal.close()  # a crash: the log replays the adds and deletes
+    replayed = DurableIndex(tmp_path / "idx")
+    assert replayed.add(np.ones((1, 8), np.float32))[0] == again + 1
+    replayed.delete(int(again + 1))
+    replayed.close()  # a checkpoint: the next id is kept in the index's info
+    reopened = DurableIndex(tmp_path / "idx")
+    assert reopened.add(np.ones((1, 8), np.float32))[0] == again + 2
+    reopened.close()

@@ -167,6 +167,8 @@ def read_manifest(
     for name, info in manifest["files"].items():
         if "/" in name or "\\" in name or name.startswith("."):
             raise IndexFormatError(f"{mpath}: bad file name {name!r}")
+        if not isinstance(info, dict):
+            raise IndexFormatError(f"{mpath}: the entry of {name!r} is not an object")
         fpath = path / name
         if not fpath.is_file():
             raise IndexFormatError(f"{path}: missing file {name}")

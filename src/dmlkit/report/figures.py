@@ -34,6 +34,12 @@ def write_figures(data: dict[str, Any], out_dir: str | Path) -> list[Path]:
         ax.set_xlabel("epoch")
         ax.legend()
         save(fig, "curves.png")
+        if "lr" in hist[0]:  # as the HTML report shows it
+            fig, ax = plt.subplots(figsize=(5, 3.2))
+            ax.plot([h["epoch"] for h in hist], [float(h["lr"]) for h in hist])
+            ax.set_xlabel("epoch")
+            ax.set_ylabel("learning rate")
+            save(fig, "learning_rate.png")
     mp = data["map"]
     fig, ax = plt.subplots(figsize=(5, 4.5))
     for c in sorted(set(mp["labels"])):

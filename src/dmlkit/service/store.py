@@ -105,6 +105,10 @@ class DurableIndex:
         self.lock = RWLock()
         self._recover_swapped_dir()
         self.index = load_index(self.path)
+        # ids are never reused, even those of deleted items: the next id is kept in the
+        # checkpoint's info and raised by every add the log replays
+        self._next_id = max(int(self.index.info.get("next_id", 0)),
+                            int(self.index.ids.max()) + 1 if self.index.ntotal else 0)
         self.replayed = self._replay()
         self._wal = open(self.wal_path, "ab")  # noqa: SIM115 - held for the service's life
         self._since_checkpoint = self.replayed
@@ -146,11 +150,15 @@ class DurableIndex:
         ids = np.asarray(record["ids"], dtype=np.int64)
         if record["op"] == "add":
             if np.isin(ids, self.index.ids).any():
+                if ids.size:
+                    self._next_id = max(self._next_id, int(ids.max()) + 1)
                 return  # already in the checkpoint
             raw = base64.b64decode(record["vectors"])
             x = np.frombuffer(raw, dtype=np.float32).reshape(len(ids), self.index.dim)
             labels = record.get("labels")
             self.index.add(x, ids, labels=labels, payloads=record.get("payloads"))
+            if ids.size:
+                self._next_id = max(self._next_id, int(ids.max()) + 1)
         elif record["op"] == "delete":
             self.index.remove(ids)
 
@@ -165,8 +173,7 @@ class DurableIndex:
         """Add rows ``x`` ``(n, dim)``; durable when this returns their ids."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         with self.lock.write():
-            start = int(self.index.ids.max()) + 1 if self.index.ntotal else 0
-            ids = np.arange(start, start + len(x), dtype=np.int64)
+            ids = np.arange(self._next_id, self._next_id + len(x), dtype=np.int64)
             record = {"op": "add", "ids": ids.tolist(),
                       "vectors": base64.b64encode(x.tobytes()).decode(),
                       "payloads": payloads, "labels": labels}
@@ -236,6 +243,7 @@ class DurableIndex:
             self._checkpoint_locked()
 
     def _checkpoint_locked(self) -> None:
+        self.index.info = {**self.index.info, "next_id": self._next_id}
         self.index.save(self.path)
         self._wal.truncate(0)
         self._wal.seek(0)
