@@ -195,3 +195,18 @@ def test_a_storage_url_that_cannot_open_is_an_error_line(tmp_path: Path) -> None
                              str(tmp_path / "o"), "--storage", "foo://bar"),
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 1 and out.stderr.startswith("error: cannot open the study storage")
+
+
+def test_crossval_takes_set_overrides_and_explains_a_batch_too_wide_for_a_fold(
+        tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from dmlkit.cli.main import app
+
+    path = write_config(tmp_path)
+    wide = CliRunner().invoke(app, ["crossval", str(path), "--folds", "2",
+                                    "--set", "sampler.batch_size=24", "--set", "sampler.m=4"])
+    assert wide.exit_code != 0 and "a fold trains on 3 of the 6 training classes" in wide.output
+    ok = CliRunner().invoke(app, ["crossval", str(path), "--folds", "2",
+                                  "--set", "training.epochs=1"])
+    assert ok.exit_code == 0 and "mean MAP@R over 2 class-disjoint folds" in ok.output

@@ -72,13 +72,19 @@ def crossval(
     objective: str | None = typer.Option(
         None, "--objective", help="final or best_epoch; default: tune.objective or final."
     ),
+    overrides: list[str] | None = typer.Option(
+        None, "--set", help="Override any config value: KEY=VALUE with a dotted key and a "
+        "YAML value, e.g. --set training.epochs=3 (repeatable), as dmlkit train takes it."),
 ) -> None:
     """Score a config on class-disjoint folds of its training classes (mean MAP@R)."""
+    from dmlkit.cli.train import apply_overrides
     from dmlkit.config import load_config
     from dmlkit.training.cross_validation import cross_validate
 
     try:
         cfg = load_config(config)
+        if overrides:
+            cfg = apply_overrides(cfg, overrides)
         k = folds if folds is not None else (cfg.tune.folds if cfg.tune is not None else 3)
         s = seed if seed is not None else (cfg.tune.seed if cfg.tune is not None else 0)
         obj = objective or (cfg.tune.objective if cfg.tune is not None else "final")

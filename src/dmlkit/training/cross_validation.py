@@ -153,7 +153,14 @@ def _cross_validate(
         if objective == "final":  # the whole schedule, as dmlkit train runs it
             cfg.training.patience = None
         resolved = resolve_config(cfg, fold_train.x[0], int(fold_train.labels.max()) + 1)
-        trainers.append(Trainer(resolved, augmented(fold_train, cfg), val_data=val, log=None))
+        try:
+            trainers.append(Trainer(resolved, augmented(fold_train, cfg), val_data=val,
+                                    log=None))
+        except ValueError as err:  # e.g. a batch of more classes than a fold trains on
+            raise ValueError(
+                f"a fold trains on {len(train_classes)} of the {len(train.classes)} training "
+                f"classes (the others validate): {err} (set it for the folds, e.g. "
+                f"dmlkit crossval --set sampler.batch_size=...)") from None
         with rng_scope(cfg.training.seed + 1):  # as Trainer.fit seeds an undivided run
             states.append(get_rng_state())
         results.append(FoldResult(train_classes, val_classes, raw_map_at_r=_raw_map_at_r(val)))
