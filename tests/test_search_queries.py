@@ -258,3 +258,26 @@ main()
     proc.wait(timeout=20)
     assert time.time() - start < 20 and proc.returncode != 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.npz"]
+
+
+def test_an_image_folder_runs_heldout_index_keeps_the_files(tmp_path):
+    image = pytest.importorskip("PIL.Image")
+    from dmlkit.config import Config
+    from dmlkit.index import load_index
+    from dmlkit.training import train_run
+
+    folder = _image_folder(tmp_path, image)
+    cfg = Config.from_dict({
+        "name": "imgs", "data": {"name": "image_folder", "path": str(folder),
+                                 "color": "grayscale", "test_fraction": 0.34},
+        "model": {"name": "mlp", "dim": 4, "hidden": [8]},
+        "sampler": {"name": "m_per_class", "m": 2, "batch_size": 4},
+        "training": {"epochs": 1, "num_threads": 1},
+    })
+    train_run(cfg, tmp_path / "run", log=lambda *a: None)
+    res = runner.invoke(app, ["index", "build", str(tmp_path / "run"), "--out",
+                              str(tmp_path / "ix")])  # --data heldout, the default
+    assert res.exit_code == 0, res.output
+    index = load_index(tmp_path / "ix")
+    paths = [m["path"] for m in index.metadata(index.ids)]
+    assert paths and all(p and p.startswith(str(folder)) and p.endswith(".png") for p in paths)

@@ -36,13 +36,6 @@ def _load_arrays(path: Path) -> tuple[Any, Any]:
     return arrays[key], arrays.get("labels")
 
 
-def _image_paths(root: Path) -> list[str]:
-    """Image files of a class-folder dataset, in the order its loader reads them."""
-    from dmlkit.data.image_folder import class_folders, image_files
-
-    return [str(p) for class_dir in class_folders(root) for p in image_files(class_dir)]
-
-
 @index_app.command("build")
 def build(
     source: Path = typer.Argument(
@@ -88,7 +81,6 @@ def build(
             info = {"embeddings": str(source)}
         else:
             from dmlkit.data import load_dataset
-            from dmlkit.data.load import data_config
             from dmlkit.training import build_splits, embed, load_run
 
             run = load_run(source, device=device)
@@ -97,8 +89,7 @@ def build(
                 dataset = heldout if data == "heldout" else train_set
             else:
                 dataset = load_dataset(data)
-                if data_config(data).name == "image_folder":
-                    paths = _image_paths(Path(data))
+            paths = getattr(dataset, "paths", None)  # the files of an image folder
             from dmlkit.runs.queries import input_spec
 
             spec = input_spec(dataset.x)  # what raw queries must look like

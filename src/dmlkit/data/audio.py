@@ -233,6 +233,6 @@ def load_audio_folder(
     if crop_seconds <= 0:
         raise ValueError(f"crop_seconds must be > 0, got {crop_seconds}")
     length = int(round(crop_seconds * sample_rate))
-    waves, labels, speakers, _ = load_speaker_folder(root, sample_rate, trim=trim)
-    x, y, _ = crop_dataset(waves, labels, length)
-    return ArrayDataset(x, y, speakers)
+    waves, labels, speakers, files = load_speaker_folder(root, sample_rate, trim=trim)
+    x, y, source = crop_dataset(waves, labels, length)
+    return ArrayDataset(x, y, speakers, [str(files[i]) for i in source])

@@ -46,6 +46,7 @@ class ArrayDataset(LabelledItems, Dataset):
         x: Tensor | np.ndarray | Sequence,
         labels: Tensor | np.ndarray | Sequence[int],
         class_names: Sequence[str] | None = None,
+        paths: Sequence[str] | None = None,
     ) -> None:
         x_t = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x)
         if x_t.is_floating_point():
@@ -64,6 +65,10 @@ class ArrayDataset(LabelledItems, Dataset):
         if self.labels.numel() and int(self.labels.min()) < 0:
             raise ValueError(f"labels must be >= 0, got {int(self.labels.min())}")
         self.class_names = list(class_names) if class_names is not None else None
+        #: the file each item was read from (image and audio folders), else None
+        self.paths = None if paths is None else [str(p) for p in paths]
+        if self.paths is not None and len(self.paths) != len(self.labels):
+            raise ValueError(f"{len(self.paths)} paths for {len(self.labels)} items")
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -77,9 +82,10 @@ class ArrayDataset(LabelledItems, Dataset):
         return self.x[idx], self.labels[idx]
 
     def subset(self, indices: Sequence[int] | Tensor | np.ndarray) -> ArrayDataset:
-        """The items at ``indices`` (a copy), keeping ``class_names``."""
+        """The items at ``indices`` (a copy), keeping ``class_names`` and ``paths``."""
         idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
-        return ArrayDataset(self.x[idx], self.labels[idx], self.class_names)
+        paths = None if self.paths is None else [self.paths[i] for i in idx.tolist()]
+        return ArrayDataset(self.x[idx], self.labels[idx], self.class_names, paths)
 
     def __repr__(self) -> str:
         return (

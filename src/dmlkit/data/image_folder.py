@@ -106,17 +106,19 @@ def load_image_folder(
     _pillow()
     arrays: list[np.ndarray] = []
     labels: list[int] = []
+    paths: list[str] = []
     for label, class_dir in enumerate(class_dirs):
         for file in image_files(class_dir):
             arrays.append(read_image(file, color, image_size))
             labels.append(label)
+            paths.append(str(file))
     if not arrays:
         raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {root}")
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
         raise ValueError(f"images under {root} differ in size {sorted(shapes)}; set image_size")
     names = [p.name for p in class_dirs]
-    return ArrayDataset(np.stack(arrays), np.asarray(labels, dtype=np.int64), names)
+    return ArrayDataset(np.stack(arrays), np.asarray(labels, dtype=np.int64), names, paths)
 
 
 __all__ = ["load_image_folder", "read_image", "to_mode", "resize", "to_array", "IMAGE_SUFFIXES",
