@@ -220,9 +220,17 @@ def test_frozen_run_trains_the_head_on_cached_features(tmp_path):
     from dmlkit.training import load_run, train_run
 
     result = train_run(_config(tmp_path), tmp_path / "run", log=lambda _m: None)
-    assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 2  # training and held-out items
     assert 0 < result.metrics["map_at_r"] <= 1
     run = load_run(tmp_path / "run")
+    # the held-out metrics from cached features equal those of the images through it all
+    from dmlkit.evaluation import retrieval_metrics
+    from dmlkit.training import embed
+    from dmlkit.training.run import build_splits
+
+    _, heldout = build_splits(run.config)
+    direct = retrieval_metrics(embed(run.model, heldout)[0], heldout.labels)["map_at_r"]
+    assert result.metrics["map_at_r"] == pytest.approx(direct, abs=1e-6)
     assert run.model.mode == "frozen" and run.config.model["in_channels"] == 1
     cfg = _config(tmp_path)
     cfg.data.augment_hflip = True

@@ -161,15 +161,20 @@ def embed(
 
 
 def heldout_metrics(
-    model: nn.Module, heldout: ArrayDataset, device: str | torch.device = "cpu"
+    model: nn.Module, heldout: ArrayDataset, device: str | torch.device = "cpu",
+    log: Any = None,
 ) -> dict[str, Any]:
     """Leave-one-out retrieval metrics of the learned embeddings and of the raw inputs:
     ``"baseline"`` ranks the flattened inputs after scaling each to unit L2 norm (as
     the field reports raw-feature baselines), ``"baseline_unnormalized"`` as they are."""
     from dmlkit.evaluation import retrieval_metrics
     from dmlkit.functional.distances import l2_normalize
+    from dmlkit.training.frozen_features import feature_dataset, is_frozen_backbone
 
-    emb, labels = embed(model, heldout, device=device)
+    # a frozen backbone's features of the held-out items are cached like the training
+    # items': a rerun (another head, loss or seed) does not pass them through it again
+    inputs = feature_dataset(model, heldout, log) if is_frozen_backbone(model) else heldout
+    emb, labels = embed(model, inputs, device=device)
     learned = retrieval_metrics(emb, labels)
     raw_x = heldout.x.flatten(1).float()  # (n, C*H*W)
     raw = retrieval_metrics(l2_normalize(raw_x), heldout.labels)
@@ -272,7 +277,7 @@ def _train_labelled(config: Config, out_dir: Path, resume: bool, log: Any, callb
     if not is_main_process():  # rank 0 writes the weights and metrics
         return RunResult(out_dir, {}, history, time.perf_counter() - start)
     atomic_save(trainer.model.state_dict(), out_dir / MODEL_FILE)
-    metrics = heldout_metrics(trainer.model, heldout, device=trainer.device)
+    metrics = heldout_metrics(trainer.model, heldout, device=trainer.device, log=log)
     seconds = time.perf_counter() - start
     metrics["train_seconds"] = round(seconds, 2)
     if val is not None:  # the per-epoch validation curve and the epoch kept
