@@ -50,7 +50,28 @@ def _as_tensor(x, name: str, labels: bool = False) -> Tensor:
     return x
 
 
+def _label_codes(query_labels, reference_labels):
+    """Names (string or object arrays, lists of strings) as integer codes, one code per
+    name across queries and references."""
+    def names(v):
+        if isinstance(v, (list, tuple)):
+            v = np.asarray(v)
+        return v if isinstance(v, np.ndarray) and v.dtype.kind in "USO" else None
+
+    q, r = names(query_labels), names(reference_labels)
+    if q is None and r is None:
+        return query_labels, reference_labels
+    if reference_labels is not None and (q is None) != (r is None):
+        raise TypeError("query_labels and reference_labels must both be names or both ids")
+    parts = [q.astype(str)] + ([] if r is None else [r.astype(str)])
+    _, codes = np.unique(np.concatenate([p.reshape(-1) for p in parts]), return_inverse=True)
+    codes = codes.astype(np.int64)
+    q_codes = codes[: q.size].reshape(q.shape)
+    return q_codes, (None if r is None else codes[q.size:].reshape(r.shape))
+
+
 def _check_inputs(query, query_labels, reference, reference_labels):
+    query_labels, reference_labels = _label_codes(query_labels, reference_labels)
     query = _as_tensor(query, "query")
     query_labels = _as_tensor(query_labels, "query_labels", labels=True)
     check_embeddings(query, "query")

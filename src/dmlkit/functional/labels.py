@@ -15,8 +15,10 @@ import torch
 from torch import Tensor
 
 
-def check_labels(labels: Tensor, n: int, name: str = "labels") -> None:
-    """Raise a clear error unless ``labels`` is a label tensor for ``n`` items."""
+def check_labels(labels: Tensor, n: int, name: str = "labels") -> Tensor:
+    """Raise a clear error unless ``labels`` is a label tensor for ``n`` items; return it
+    with integer ids as int64 (``uint8`` or ``int32`` ids would index tables wrongly: a
+    ``uint8`` index is a mask to torch)."""
     if not isinstance(labels, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(labels).__name__}")
     if labels.dim() not in (1, 2):
@@ -27,6 +29,9 @@ def check_labels(labels: Tensor, n: int, name: str = "labels") -> None:
         raise TypeError(f"{name} must be an integer or bool tensor, got dtype {labels.dtype}")
     if labels.dim() == 1 and labels.dtype == torch.bool:
         raise TypeError(f"{name} of shape (n,) must be integer class ids, not bool")
+    if labels.dtype != torch.bool and labels.dtype != torch.int64:
+        return labels.long()
+    return labels
 
 
 def same_label(labels_a: Tensor, labels_b: Tensor | None = None) -> Tensor:

@@ -335,6 +335,8 @@ def _filtered_top_values(query, query_labels, reference, reference_labels, r_all
 
 def _top_values(hits: Tensor, r: Tensor, ks: list[int]) -> dict[str, Tensor]:
     """Metrics from the top-K relevance ``hits (c, K)`` (ranking order) and ``R (c,)``."""
+    if hits.shape[1] == 0:  # no reference at all (one item, left out of its own ranking)
+        hits = hits.new_zeros((hits.shape[0], 1))
     depth = hits.shape[1]
     r_f = r.to(torch.float64).clamp_min(1.0)  # (c,)
     csum = hits.cumsum(dim=1)  # (c, K)

@@ -81,8 +81,8 @@ class AngularLoss(BaseMetricLoss):
             return self.zero_loss(embeddings)
         neg_rows = None
         if labels is None:  # negatives from the mined pairs, one dense (n, m) mask
-            neg_rows = RowWeights(None, None, pairs, m, False)(0, x.shape[0], x.dtype, x.device)
-            neg_rows = neg_rows > 0
+            _, neg_w = RowWeights(None, None, pairs, m, False)(0, x.shape[0], x.dtype, x.device)
+            neg_rows = neg_w > 0  # (n, m)
         tan2 = math.tan(math.radians(self.alpha)) ** 2
 
         def chunk_terms(start: int, stop: int, x_: Tensor, ref_: Tensor) -> Tensor:

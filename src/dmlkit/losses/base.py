@@ -72,7 +72,7 @@ class BaseMetricLoss(nn.Module):
         check_embeddings(embeddings)
         n = embeddings.shape[0]
         if labels is not None:
-            check_labels(labels, n)
+            labels = check_labels(labels, n)
         if ref_embeddings is not None:
             check_embeddings(ref_embeddings, "ref_embeddings")
             if ref_embeddings.shape[1] != embeddings.shape[1]:
@@ -85,7 +85,7 @@ class BaseMetricLoss(nn.Module):
         if ref_labels is not None:
             if ref_embeddings is None:
                 raise ValueError("ref_labels were given without ref_embeddings")
-            check_labels(ref_labels, ref_embeddings.shape[0], "ref_labels")
+            ref_labels = check_labels(ref_labels, ref_embeddings.shape[0], "ref_labels")
         if indices is not None:
             if not self.accepts_indices:
                 raise ValueError(f"{type(self).__name__} does not use tuple indices")

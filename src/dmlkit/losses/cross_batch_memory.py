@@ -109,7 +109,7 @@ class CrossBatchMemory(BaseMetricLoss):
         check_embeddings(embeddings)
         if labels is None:
             raise ValueError("CrossBatchMemory needs labels (they are stored with the embeddings)")
-        check_labels(labels, embeddings.shape[0])
+        labels = check_labels(labels, embeddings.shape[0])
         if labels.dim() != 1:
             raise ValueError(
                 f"CrossBatchMemory stores (n,) class labels, got shape {tuple(labels.shape)}"

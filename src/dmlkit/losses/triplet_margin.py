@@ -181,7 +181,7 @@ class TripletMarginLoss(BaseMetricLoss):
             return per_pos.sum().to(e.dtype), cnt.sum()
 
         total, count = chunked_sum(chunk_terms, n, eager_chunk_size(n, m), x, ref)
-        return total / count.clamp_min(1)
+        return (total / count.clamp_min(1)).to(total.dtype)  # the count is float64
 
     # -- all triplets, exact, via sorting --------------------------------------------------
     def _all_triplets_sorted(

@@ -9,7 +9,7 @@ from dmlkit.distances.base import BaseDistance
 from dmlkit.functional.chunking import chunk_size_for, row_chunks
 from dmlkit.functional.labels import pos_neg_masks
 from dmlkit.functional.tuples import Triplets
-from dmlkit.miners.base import BaseMiner
+from dmlkit.miners.base import BaseMiner, cat_tuples
 from dmlkit.registry import register_miner
 
 
@@ -53,4 +53,6 @@ class BatchHardMiner(BaseMiner):
             anchors.append(rows[ok])
             positives.append(p_idx[ok])
             negatives.append(n_idx[ok])
+        if not anchors:  # an empty batch
+            return cat_tuples([], Triplets, x.device)
         return Triplets(torch.cat(anchors), torch.cat(positives), torch.cat(negatives))

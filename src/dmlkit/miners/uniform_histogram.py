@@ -77,6 +77,8 @@ class UniformHistogramMiner(SeededMiner):
             pa, pp = torch.where(pos)
             na, nn = torch.where(neg)
             parts.append((pa + a, pp, d[pa, pp], na + a, nn, d[na, nn]))
+        if not parts:  # an empty batch
+            return cat_tuples([], Pairs, x.device)
         a1, p, d_pos, a2, n_, d_neg = (torch.cat(t) for t in zip(*parts, strict=True))
         gen = self._generator(x.device)
         a1, p = self._uniform(a1, p, d_pos, self.pos_per_bin, gen)
