@@ -266,3 +266,28 @@ def test_audio_folder_config_errors(tmp_path):
     (tmp_path / "empty" / "spk0").mkdir(parents=True)
     with pytest.raises(ValueError, match="no .wav files"):
         load_dataset({"name": "audio_folder", "path": str(tmp_path / "empty")})
+
+
+def test_damaged_wav_files_are_named_or_read_up_to_their_last_whole_frame(tmp_path):
+    from dmlkit.data.audio import read_wav
+
+    good = tmp_path / "good.wav"
+    write_wav(good, np.sin(np.linspace(0, 50, 8000)).astype(np.float32))
+    data = good.read_bytes()
+    for name, body in (("empty.wav", b""), ("header.wav", data[:30])):
+        (tmp_path / name).write_bytes(body)
+        with pytest.raises(ValueError, match=f"{name} is not a PCM WAV"):
+            read_wav(tmp_path / name)
+    (tmp_path / "odd.wav").write_bytes(data[:10001])  # cut inside a 16-bit sample
+    x, rate = read_wav(tmp_path / "odd.wav")
+    assert rate == 16000 and x.size == (10001 - 44) // 2
+
+
+def test_embed_utterance_takes_numpy_and_runs_in_eval_mode():
+    torch.manual_seed(0)
+    model = SpeakerEncoder().train()
+    wav = np.random.default_rng(0).normal(size=20000).astype(np.float32) * 0.1
+    a = model.embed_utterance(wav)  # one crop: batch norms would fail in training mode
+    assert model.training
+    b = model.eval().embed_utterance(torch.from_numpy(wav))
+    torch.testing.assert_close(a, b)

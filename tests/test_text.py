@@ -307,3 +307,47 @@ def test_text_triplet_run_trains_on_the_file_triplets(tmp_path, monkeypatch):
     bad = Config.from_dict({**cfg.to_dict(), "loss": {"name": "arcface"}})
     with pytest.raises(ValueError, match="needs class labels"):
         train_text_run(bad, tmp_path / "run2", log=lambda _m: None)
+
+
+@pytest.mark.parametrize("body, words", [
+    ("text,label\nThe soup is hot.,food\nA sentence with no label\n", "row 3: no label"),
+    ("text,label\nThe soup is cold.,\n", "row 2: no label"),
+    ("text,label\n,food\n", "row 2: no text"),
+])
+def test_missing_texts_or_labels_name_their_row(tmp_path, body, words):
+    (tmp_path / "t.csv").write_text(body)
+    with pytest.raises(ValueError, match=words):
+        read_labelled_sentences(tmp_path / "t.csv")
+
+
+@needs_text
+def test_embedded_files_compare_classes_by_name_and_indexes_show_the_text(tmp_path):
+    from typer.testing import CliRunner
+
+    from dmlkit.cli.main import app
+    from dmlkit.index import load_index
+
+    rows = [("The soup is hot.", "food"), ("Bread is fresh.", "food"),
+            ("The band played jazz.", "music"), ("She sang a song.", "music"),
+            ("It rains today.", "weather"), ("The sun is out.", "weather")]
+    (tmp_path / "g.csv").write_text("text,label\n" + "".join(f"{t},{c}\n" for t, c in rows))
+    (tmp_path / "q.csv").write_text("text,label\nA guitar solo.,music\nSnow is falling.,weather\n")
+    run = CliRunner()
+    for name in ("g", "q"):  # q's music is its class 0, the gallery's class 1
+        res = run.invoke(app, ["text", "embed", str(tmp_path / f"{name}.csv"), "-o",
+                               str(tmp_path / f"{name}.npz")])
+        assert res.exit_code == 0, res.output
+    with np.load(tmp_path / "q.npz") as q:
+        assert q["class_names"].tolist() == ["music", "weather"]
+    res = run.invoke(app, ["identify", "--gallery", str(tmp_path / "g.npz"), "--query",
+                           str(tmp_path / "q.npz"), "--out", str(tmp_path / "id.json")])
+    assert res.exit_code == 0, res.output
+    result = json.loads((tmp_path / "id.json").read_text())
+    assert result["num_known"] == 2 and result["num_unknown"] == 0
+    assert result["rank1"] == 1.0  # compared by number, music (0) would be food (0)
+    res = run.invoke(app, ["index", "build", str(tmp_path / "g.npz"), "--out",
+                           str(tmp_path / "ix")])
+    assert res.exit_code == 0, res.output
+    index = load_index(tmp_path / "ix")
+    meta = index.metadata(index.ids[:1])[0]["payload"]
+    assert meta == {"class": "food", "text": "The soup is hot."}

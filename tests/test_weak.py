@@ -214,3 +214,29 @@ def test_triplets_from_labels_valid_and_seeded():
     # positives uniform within the class (anchor 6: items 7, 8, 9)
     counts = torch.bincount(p[a == 6], minlength=10)[7:].double()
     assert counts.min() / counts.max() > 0.7
+
+
+@pytest.mark.parametrize("body, kind, words", [
+    ("anchor,positive,negative\n0,1,2\n3,4\n", "triplets", "line 3: no negative"),
+    ("item_a,item_b,similar\n0,1,yes\n", "pairs", "line 2: similar must be 1 or 0"),
+    ("anchor,positive,negative\n0,1,2\n", "triplets", "set data.features"),
+])
+def test_tuple_files_name_the_bad_line(tmp_path, body, kind, words):
+    from dmlkit.data.tuples import read_tuples_csv
+
+    (tmp_path / "t.csv").write_text(body)
+    features = None  # the last case: integer rows given without their feature array
+    if "data.features" not in words:
+        np.save(tmp_path / "x.npy", np.zeros((8, 2), np.float32))
+        features = tmp_path / "x.npy"
+    with pytest.raises(ValueError, match=words):
+        read_tuples_csv(tmp_path / "t.csv", kind, features=features)
+
+
+def test_true_and_false_are_read_as_similar_flags(tmp_path):
+    from dmlkit.data.tuples import read_tuples_csv
+
+    (tmp_path / "t.csv").write_text("item_a,item_b,similar\n0,1,true\n1,2,False\n2,3,1\n")
+    np.save(tmp_path / "x.npy", np.zeros((8, 2), np.float32))
+    pairs = read_tuples_csv(tmp_path / "t.csv", "pairs", features=tmp_path / "x.npy")
+    assert pairs.similar.tolist() == [1, 0, 1]

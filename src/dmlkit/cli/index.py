@@ -36,6 +36,25 @@ def _load_arrays(path: Path) -> tuple[Any, Any]:
     return arrays[key], arrays.get("labels")
 
 
+def _npz_payloads(path: Path, n: int) -> list[dict[str, Any]] | None:
+    """Each item's ``class`` name and ``text`` when a .npz holds them (dmlkit text embed)."""
+    if path.suffix != ".npz":
+        return None
+    from dmlkit.data.npz import read_arrays
+
+    arrays = read_arrays(path)
+    texts, names, labels = (arrays.get(k) for k in ("texts", "class_names", "labels"))
+    if texts is None and (names is None or labels is None):
+        return None
+    out: list[dict[str, Any]] = [{} for _ in range(n)]
+    for i in range(n):
+        if names is not None and labels is not None:
+            out[i]["class"] = str(names[int(labels[i])])
+        if texts is not None and len(texts) == n:
+            out[i]["text"] = str(texts[i])
+    return out
+
+
 @index_app.command("build")
 def build(
     source: Path = typer.Argument(
@@ -79,6 +98,7 @@ def build(
         if source.is_file():
             emb, labels = _load_arrays(source)
             info = {"embeddings": str(source)}
+            payloads = _npz_payloads(source, len(emb))
         else:
             from dmlkit.data import load_dataset
             from dmlkit.training import build_splits, embed, load_run

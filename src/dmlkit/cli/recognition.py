@@ -36,7 +36,11 @@ def read_set(spec: str, run_dir: Path | None) -> tuple[Any, Any, dict[str, Any]]
         if key is None:
             raise ValueError(f"{path} needs an 'x' (or 'embeddings') array; it has "
                              f"{sorted(arrays)}")
-        return arrays[key], arrays.get("labels"), arrays
+        labels = arrays.get("labels")
+        names = arrays.get("class_names")
+        if labels is not None and names is not None and labels.dtype.kind in "iu":
+            labels = names[labels]  # files number their classes apart: compare by name
+        return arrays[key], labels, arrays
     if path.suffix == ".npy" and path.is_file():
         return np.load(path, allow_pickle=False), None, {}
     if spec in ("heldout", "train"):

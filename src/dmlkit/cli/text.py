@@ -18,8 +18,13 @@ def _fail(message: str) -> typer.Exit:
 def _model(run_dir: Path | None, device: str):
     if run_dir is not None:
         from dmlkit.runs import load_run
+        from dmlkit.service.embedders import embeds_text
 
-        return load_run(run_dir, device=device).model
+        run = load_run(run_dir, device=device)
+        if not embeds_text(run):
+            raise ValueError(f"{run_dir} is not a text run (its model takes "
+                             f"{run.config.data.name} data, not strings); use dmlkit embed")
+        return run.model
     from dmlkit.models import SentenceEncoder
 
     return SentenceEncoder().to(device)
@@ -41,6 +46,7 @@ def embed(
     from dmlkit.data.text import read_labelled_sentences, read_records
     from dmlkit.text import embed_texts
 
+    names = None
     try:
         if data.suffix == ".txt" and data.is_file():
             lines = data.read_text(encoding="utf-8").splitlines()
@@ -50,6 +56,7 @@ def embed(
             if rows and any(k in rows[0] for k in ("label", "labels", "class", "category")):
                 labelled = read_labelled_sentences(data)
                 texts, labels = labelled.texts, labelled.labels.numpy()
+                names = labelled.class_names
             else:
                 col = next((c for c in ("text", "sentence") if rows and c in rows[0]), None)
                 if col is None:
@@ -60,9 +67,13 @@ def embed(
         emb = embed_texts(_model(run_dir, device), texts, batch_size).numpy()
     except (FileNotFoundError, ValueError, TypeError, ImportError) as err:
         raise _fail(str(err)) from None
-    arrays = {"embeddings": emb}
+    # the texts, and the class names (ids are per file: two files' ids of one name can
+    # differ, so identify / evaluate / index build compare names when both files have them)
+    arrays = {"embeddings": emb, "texts": np.asarray(texts, dtype=str)}
     if labels is not None:
         arrays["labels"] = labels
+        if names is not None:
+            arrays["class_names"] = np.asarray(names, dtype=str)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(out, **arrays)
     typer.echo(f"wrote {out}: {emb.shape[0]} embeddings of dimension {emb.shape[1]}"

@@ -33,8 +33,14 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
         with wave.open(str(path), "rb") as w:
             n_ch, width, rate = w.getnchannels(), w.getsampwidth(), w.getframerate()
             raw = w.readframes(w.getnframes())
-    except wave.Error as e:
-        raise ValueError(f"{path} is not a PCM WAV file readable by the wave module: {e}") from e
+    except (wave.Error, EOFError) as e:  # EOFError: an empty or truncated header
+        raise ValueError(f"{path} is not a PCM WAV file readable by the wave module "
+                         f"({type(e).__name__}: {str(e) or 'the file ends early'}); replace or "
+                         "remove it") from None
+    whole = len(raw) - len(raw) % (width * n_ch)  # a file cut inside a frame
+    if whole == 0:
+        raise ValueError(f"{path} holds no audio frames; replace or remove it")
+    raw = raw[:whole]
     if width == 1:
         x = (np.frombuffer(raw, np.uint8).astype(np.float32) - 128.0) / 128.0
     elif width == 2:

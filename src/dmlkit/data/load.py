@@ -92,6 +92,11 @@ def _load(cfg: DataConfig, part: str) -> ArrayDataset:
 
         return load_audio_folder(cfg.path, cfg.sample_rate, cfg.crop_seconds,  # type: ignore[arg-type]
                                  trim=cfg.trim_silence)
+    if cfg.name in ("text", "stsb"):
+        raise ValueError(
+            f"a {cfg.name!r} run's items are sentences, which this command does not read: "
+            "embed them with dmlkit text embed FILE --run RUN_DIR (a .npz that dmlkit "
+            "index build, search, evaluate and identify take)")
     raise ValueError(f"unknown data source {cfg.name!r}")
 
 

@@ -253,8 +253,15 @@ def read_labelled_sentences(path: str | Path) -> TextDataset:
     rows = _nonempty_records(path)
     tcol = _column(rows, TEXT_COLUMNS, path, "text")
     lcol = _column(rows, LABEL_COLUMNS, path, "label")
+    first = 1 if path.suffix.lower() == ".jsonl" else 2  # the line of the first row
+    for i, r in enumerate(rows):
+        for col, what in ((tcol, "text"), (lcol, "label")):
+            value = r.get(col)
+            if value is None or not str(value).strip():
+                raise ValueError(f"{path}, row {i + first}: no {what} ({col!r} is missing or "
+                                 "empty); fill it in or drop the row")
     texts = [str(r[tcol]) for r in rows]
-    raw = [str(r[lcol]) for r in rows]
+    raw = [str(r[lcol]).strip() for r in rows]
     if all(v.lstrip("-").isdigit() for v in raw):
         return TextDataset(texts, [int(v) for v in raw])
     names = sorted(set(raw))

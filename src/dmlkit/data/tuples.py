@@ -227,17 +227,34 @@ def read_tuples_csv(
             raise ValueError(
                 f"{path} lacks column(s) {missing}; {kind} need a header {','.join(columns)}"
             )
-        records = [[row[c].strip() for c in columns] for row in reader]
+        records = []
+        for line, row in enumerate(reader, 2):
+            empty = [c for c in columns if row.get(c) is None or not str(row[c]).strip()]
+            if empty:
+                raise ValueError(f"{path}, line {line}: no {', '.join(empty)} (a short row "
+                                 "or an empty field); fill it in or drop the row")
+            records.append([row[c].strip() for c in columns])
     refs = [r[:3] if kind == "triplets" else r[:2] for r in records]
-    similar = [int(r[2]) for r in records] if kind == "pairs" else None
+    similar = None
+    if kind == "pairs":
+        flags = {"1": 1, "0": 0, "true": 1, "false": 0, "1.0": 1, "0.0": 0}
+        bad = next((i for i, r in enumerate(records) if r[2].lower() not in flags), None)
+        if bad is not None:
+            raise ValueError(f"{path}, line {bad + 2}: similar must be 1 or 0 (or true / "
+                             f"false), got {records[bad][2]!r}")
+        similar = [flags[r[2].lower()] for r in records]
     if features is not None:
         try:
             tuples = np.asarray(refs, dtype=np.int64).reshape(len(refs), -1)
         except ValueError:
             raise ValueError(f"{path}: with features, entries must be integer rows") from None
         return TupleDataset(tuples, load_features(features, features_key), similar)
+    if refs and all(v.lstrip("-").isdigit() for row in refs for v in row):
+        raise ValueError(f"{path}: the entries are integers, rows of a feature array: set "
+                         "data.features to the .npy / .npz that holds them (without it they "
+                         "are read as image paths)")
     ids: dict[str, int] = {}
-    for row in refs:
+    for row in refs:  # image paths
         for ref in row:
             ids.setdefault(ref, len(ids))
     tuples = np.asarray([[ids[ref] for ref in row] for row in refs], dtype=np.int64)

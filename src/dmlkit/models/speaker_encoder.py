@@ -6,6 +6,7 @@ reduced in width for CPU training.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -188,11 +189,14 @@ class SpeakerEncoder(nn.Module):
         return self.head(self.bn(self.pool(h)))  # (B, dim)
 
     @torch.no_grad()
-    def embed_utterance(self, wav: Tensor, crop: int = 32_000, hop: int = 16_000) -> Tensor:
-        """One embedding for a long ``(T,)`` waveform: mean of crop embeddings, renormalized.
+    def embed_utterance(self, wav: Any, crop: int = 32_000, hop: int = 16_000) -> Tensor:
+        """One embedding for a long ``(T,)`` waveform (a tensor or numpy array): mean of crop
+        embeddings, renormalized; in eval mode and without gradients (the model's mode is
+        restored after).
 
         A waveform shorter than ``crop`` is embedded whole.
         """
+        wav = torch.as_tensor(wav, dtype=torch.float32)
         if wav.dim() != 1:
             raise ValueError(f"expected a (T,) waveform, got shape {tuple(wav.shape)}")
         if wav.numel() <= crop:
@@ -201,5 +205,11 @@ class SpeakerEncoder(nn.Module):
             n = 1 + math.ceil((wav.numel() - crop) / hop)
             starts = [min(i * hop, wav.numel() - crop) for i in range(n)]
             segs = torch.stack([wav[s: s + crop] for s in starts])  # (n, crop)
-        e = self(segs).mean(dim=0)  # (dim,)
+        was_training = self.training
+        self.eval()  # batch norms on their running statistics, also for a single crop
+        try:
+            with torch.no_grad():
+                e = self(segs.to(next(self.parameters()).device)).mean(dim=0)  # (dim,)
+        finally:
+            self.train(was_training)
         return e / e.norm().clamp_min(1e-12)
