@@ -351,3 +351,22 @@ def test_embedded_files_compare_classes_by_name_and_indexes_show_the_text(tmp_pa
     index = load_index(tmp_path / "ix")
     meta = index.metadata(index.ids[:1])[0]["payload"]
     assert meta == {"class": "food", "text": "The soup is hot."}
+
+
+def test_pairs_without_scores_evaluate_to_nan_with_a_warning():
+    from dmlkit.data.text import TextPairDataset
+    from dmlkit.text.evaluate import sts_spearman
+
+    pairs = TextPairDataset(["a", "b", "c", "d"], ["e", "f", "g", "h"])  # all scored 1
+    first, second = torch.randn(4, 8), torch.randn(4, 8)
+    with pytest.warns(UserWarning, match="scores are equal"):
+        out = sts_spearman(None, pairs, first=first, second=second)
+    assert np.isnan(out["spearman"]) and np.isfinite(out["mean_cosine"])
+
+
+def test_the_evaluate_report_prints_tuple_sections():
+    from dmlkit.cli.evaluate import format_report
+
+    text = format_report({"triplets": {"triplet_accuracy": 0.7, "num_triplets": 10},
+                          "metric": "cosine"})
+    assert "triplet_accuracy" in text and "0.7000" in text and "None" not in text

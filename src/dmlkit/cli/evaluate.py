@@ -28,9 +28,13 @@ def _table(title: str, rows: dict[str, Any]) -> str:
 
 def format_report(result: dict[str, Any]) -> str:
     """Plain-text tables of an :func:`~dmlkit.evaluation.evaluate_embeddings` result."""
-    blocks = [f"{result.get('num_embeddings')} embeddings, metric {result.get('metric')}, "
-              f"seed {result.get('seed')}"]
-    for section in ("retrieval", "clustering", "verification", "sts"):
+    head = [f"metric {result.get('metric')}"]
+    if result.get("num_embeddings") is not None:
+        head.insert(0, f"{result['num_embeddings']} embeddings")
+    if result.get("seed") is not None:
+        head.append(f"seed {result['seed']}")
+    blocks = [", ".join(head)]
+    for section in ("retrieval", "clustering", "verification", "sts", "triplets", "pairs"):
         if section in result:
             blocks.append(_table(section, result[section]))
     for name, shot in result.get("few_shot", {}).items():

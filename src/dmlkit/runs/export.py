@@ -80,11 +80,18 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "onnx",
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer notes on shape checks inside models
             if fmt == "onnx":
-                torch.onnx.export(
-                    module, (example,), str(tmp), input_names=["inputs"],
-                    output_names=["embeddings"], opset_version=17, dynamo=False,
-                    dynamic_axes={"inputs": {0: "batch"}, "embeddings": {0: "batch"}},
-                )
+                try:
+                    torch.onnx.export(
+                        module, (example,), str(tmp), input_names=["inputs"],
+                        output_names=["embeddings"], opset_version=17, dynamo=False,
+                        dynamic_axes={"inputs": {0: "batch"}, "embeddings": {0: "batch"}},
+                    )
+                except Exception as err:  # noqa: BLE001 - an operator ONNX lacks
+                    reason = str(err).strip().splitlines()[:1] or [""]
+                    raise ValueError(
+                        f"this run's model cannot be exported to ONNX "
+                        f"({type(err).__name__}: {reason[0][:200]}); export it "
+                        "with --format torchscript") from None
             else:
                 torch.jit.save(torch.jit.trace(module, (example,)), str(tmp))
         if check:

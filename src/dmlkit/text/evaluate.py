@@ -50,8 +50,14 @@ def sts_spearman(
     if first is None or second is None or first.shape != second.shape:
         raise ValueError("give a model, or first and second embeddings of the same shape")
     cos = nn.functional.cosine_similarity(first.double(), second.double(), dim=1).numpy()  # (n,)
-    if np.ptp(pairs.scores) == 0:
-        raise ValueError("all pair scores are equal: no correlation to measure")
+    if np.ptp(pairs.scores) == 0:  # e.g. a pairs file without scores: every pair similar
+        import warnings
+
+        warnings.warn("all held-out pair scores are equal (a pairs file without a score "
+                      "column?): Spearman and Pearson are NaN; the mean cosine of the pairs "
+                      "is reported instead", UserWarning, stacklevel=2)
+        return {"spearman": float("nan"), "pearson": float("nan"),
+                "mean_cosine": float(cos.mean()), "num_pairs": len(pairs)}
     return {
         "spearman": float(spearmanr(cos, pairs.scores).statistic),
         "pearson": float(pearsonr(cos, pairs.scores).statistic),
