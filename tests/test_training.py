@@ -326,3 +326,26 @@ def test_atomic_save_keeps_old_file_on_failure(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert torch.load(path, weights_only=True) == {"epoch": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]
+
+
+def test_a_run_that_stopped_early_resumes_to_nothing_more(tiny_data, tmp_path):
+    train, _ = tiny_data
+    cfg = small_config(epochs=30, val_fraction=0.0, patience=1)
+    cfg.optimizer.lr = 1e-9  # no gain after the first epoch: stops at epoch 2
+    val = train.subset(range(0, len(train), 3))
+    first = make_trainer(cfg, train, out_dir=tmp_path, val_data=val)
+    history = first.fit()
+    assert first.stopped and len(history) < 30
+    again = make_trainer(cfg, train, out_dir=tmp_path, val_data=val)
+    assert again.fit(resume=True) == history
+    torch.testing.assert_close(weights(again), weights(first))
+
+
+def test_the_logged_rate_is_the_one_the_epoch_trained_with(tiny_data):
+    train, _ = tiny_data
+    cfg = small_config(epochs=4)
+    cfg.schedule.name, cfg.schedule.warmup_epochs = "step", 0
+    cfg.schedule.step_size, cfg.schedule.gamma = 2, 0.1
+    history = make_trainer(cfg, train).fit()
+    lr = cfg.optimizer.lr
+    assert [h["lr"] for h in history] == pytest.approx([lr, lr, lr * 0.1, lr * 0.1])

@@ -99,8 +99,12 @@ def train_text_run(
     callbacks: tuple = (),
 ) -> RunResult:
     """:func:`~dmlkit.training.train_run` for text configs: writes a complete run directory."""
+    from dmlkit.training.distributed import world_size_from_env
+
     start = time.perf_counter()
     out_dir = Path(out_dir)
+    if world_size_from_env() > 1:
+        raise ValueError("text runs train in one process; start them without torchrun")
     if resume and not (out_dir / CHECKPOINT).is_file():
         raise FileNotFoundError(f"cannot resume: no {CHECKPOINT} in {out_dir}")
     if not resume and (out_dir / CHECKPOINT).is_file():

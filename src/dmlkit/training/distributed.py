@@ -114,6 +114,11 @@ class DistributedTrainer(Trainer):
         p.grad.div_(self.world)
 
     def fetch(self, indices: list[int]) -> Any:
+        if len(indices) % self.world:  # every process gathers equal shares
+            raise ValueError(
+                f"a batch of {len(indices)} items does not split evenly over {self.world} "
+                f"processes: make the batch size a multiple of {self.world} (sampler."
+                "batch_size or training.batch_size), with a sampler of fixed-size batches")
         share = list(indices)[self.rank :: self.world]
         if not share:
             raise ValueError(f"a batch of {len(indices)} items cannot feed {self.world} processes")
@@ -125,7 +130,7 @@ class DistributedTrainer(Trainer):
             raise ValueError("multi-process training needs class labels (tuple data is not "
                              "supported across processes yet)")
         inputs = inputs.to(self.device, non_blocking=True)
-        embeddings = self.model(inputs)  # (B / world, d)
+        embeddings = self.embed_batch(inputs)  # (B / world, d)
         loss = global_batch_loss(self.loss, self.miner, embeddings, labels.to(self.device))
         tc = self.config.training
         if self.anchor_model is None and tc.uniformity_weight <= 0:
@@ -140,15 +145,25 @@ class DistributedTrainer(Trainer):
         dist.barrier()
 
     def _after_epoch(self, record: dict[str, Any]) -> bool:
+        # the same model everywhere: parameters agree (averaged gradients) but buffers such
+        # as batch-norm statistics are each process's own; take rank 0's, so that every
+        # process validates (and decides to stop on) the model rank 0 saves
+        for module in (self.model, self.loss):
+            for buffer in module.buffers():
+                dist.broadcast(buffer, 0)
         if self.rank == 0:
-            return super()._after_epoch(record)
-        out, self.out_dir = self.out_dir, None  # only rank 0 writes the log and checkpoint
-        try:
-            return super()._after_epoch(record)
-        finally:
-            self.out_dir = out
-            if out is not None:
-                dist.barrier()  # matches rank 0's barrier in save()
+            stop = super()._after_epoch(record)
+        else:
+            out, self.out_dir = self.out_dir, None  # only rank 0 writes log and checkpoint
+            try:
+                stop = super()._after_epoch(record)
+            finally:
+                self.out_dir = out
+                if out is not None:
+                    dist.barrier()  # matches rank 0's barrier in save()
+        flag = torch.tensor([int(stop)], dtype=torch.long, device=self.device)
+        dist.broadcast(flag, 0)  # one decision: a process that stops alone would hang
+        return bool(flag.item())
 
 
 __all__ = ["DistributedTrainer", "average_gradients", "gather", "gather_with_grad",

@@ -29,7 +29,7 @@ from dmlkit.data.splits import stratified_split
 from dmlkit.training.build import build_model, resolve_config
 from dmlkit.training.checkpoint import atomic_save, load_checkpoint, torch_load
 from dmlkit.training.device import check_device
-from dmlkit.training.distributed import init_from_env, is_main_process
+from dmlkit.training.distributed import init_from_env, is_main_process, world_size_from_env
 from dmlkit.training.frozen_features import frozen_feature_data
 from dmlkit.training.trainer import CHECKPOINT, Trainer
 
@@ -231,6 +231,9 @@ def _train_run(
     config: Config, out_dir: Path, resume: bool, log: Any, callbacks: tuple
 ) -> RunResult:
     if config.data.kind != "labels":  # pairs / triplets without class labels
+        if world_size_from_env() > 1:
+            raise ValueError("multi-process training (torchrun) needs class labels; tuple "
+                             f"data (data.kind: {config.data.kind}) trains in one process")
         if config.training.val_classes is not None:
             raise ValueError(
                 f"training.val_classes needs class labels; data.kind is {config.data.kind!r}"

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,20 @@ def regularization(
     if uniformity_weight > 0 and len(embeddings) > 1:  # (pairs)
         total = total + uniformity_weight * uniformity(embeddings)
     return total
+
+
+@contextlib.contextmanager
+def _kept_norm_statistics(model: nn.Module) -> Iterator[None]:
+    """Batch norms' running statistics as they were on entry, restored on exit (a forward
+    pass recomputed for gradients must not count its batch twice)."""
+    saved = [(buf, buf.detach().clone()) for m in model.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) for buf in m.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buf, value in saved:
+                buf.copy_(value)
 
 
 class Trainer:
@@ -137,6 +152,7 @@ class Trainer:
         self.best_epoch = 0
         self.best_state: dict[str, Any] | None = None
         self.bad_epochs = 0
+        self.stopped = False  # stopped early: a resume has nothing left to train
         self.history: list[dict[str, Any]] = []
 
     # -- one batch ---------------------------------------------------------------------
@@ -190,13 +206,21 @@ class Trainer:
         time, in the backward pass (gradient caching, Gao et al. 2021): memory grows with
         the chunk, not the batch, and the gradients equal the plain step's (batch norm
         sees per-chunk statistics)."""
-        chunk = self.config.training.grad_cache_chunk
-        if chunk is None or not isinstance(inputs, Tensor) or len(inputs) <= chunk:
-            return self.model(inputs)
-        from torch.utils.checkpoint import checkpoint
+        tc = self.config.training
+        # mixed precision for the model only: the embeddings come back float32, so that
+        # distances, miners and losses (cancellation in |x|^2 + |y|^2 - 2 x.y) stay exact
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=tc.amp):
+            chunk = tc.grad_cache_chunk
+            if chunk is None or not isinstance(inputs, Tensor) or len(inputs) <= chunk:
+                return self.model(inputs).float()
+            from torch.utils.checkpoint import checkpoint
 
-        return torch.cat([checkpoint(self.model, inputs[s : s + chunk], use_reentrant=False)
-                          for s in range(0, len(inputs), chunk)])  # (B, dim)
+            def contexts() -> tuple[Any, Any]:  # the backward's recompute keeps norm stats
+                return contextlib.nullcontext(), _kept_norm_statistics(self.model)
+
+            return torch.cat([checkpoint(self.model, inputs[s : s + chunk], use_reentrant=False,
+                                         context_fn=contexts)
+                              for s in range(0, len(inputs), chunk)]).float()  # (B, dim)
 
     # -- epochs ------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict[str, Any]:
@@ -208,6 +232,7 @@ class Trainer:
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
         total, count, start = 0.0, 0, time.perf_counter()
+        lr = self.optimizer.param_groups[0]["lr"]  # the rate of the epoch's first step
         bar = tqdm(
             total=len(self.sampler), desc=f"epoch {epoch + 1}/{tc.epochs}", leave=False,
             # a live bar on terminals only; logs and pipes get the per-epoch lines
@@ -216,8 +241,7 @@ class Trainer:
         try:
             for step, indices in enumerate(self.sampler if self.trainable else ()):
                 batch = self.fetch(indices)
-                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=tc.amp):
-                    loss = self.batch_loss(batch)
+                loss = self.batch_loss(batch)  # (mixed precision: the model, in embed_batch)
                 value = float(loss.detach())  # the step's one host sync (on accelerators)
                 if not math.isfinite(value):
                     raise FloatingPointError(
@@ -242,7 +266,7 @@ class Trainer:
         return {
             "epoch": epoch + 1,
             "loss": total / max(count, 1),
-            "lr": self.optimizer.param_groups[0]["lr"],
+            "lr": lr,
             "seconds": time.perf_counter() - start,
         }
 
@@ -261,9 +285,11 @@ class Trainer:
         with rng_scope(tc.seed + 1):
             if resume:
                 self.load(self.checkpoint_path)
-                self.log(f"resumed from {self.checkpoint_path} after epoch {self.epoch}")
+                self.log(f"resumed from {self.checkpoint_path} after epoch {self.epoch}"
+                         + (" (it had stopped early: nothing left to train)"
+                            if self.stopped else ""))
             try:
-                while self.epoch < tc.epochs:
+                while self.epoch < tc.epochs and not self.stopped:
                     record = self.train_epoch(self.epoch)
                     stop = self._after_epoch(record)
                     if stop:
@@ -310,6 +336,7 @@ class Trainer:
                 self.bad_epochs += 1
                 stop = tc.patience is not None and self.bad_epochs >= tc.patience
         self.epoch = record["epoch"]
+        self.stopped = stop  # in the checkpoint written below
         self.history.append(record)
         line = " ".join(
             f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()
@@ -344,6 +371,7 @@ class Trainer:
             "best_epoch": self.best_epoch,
             "best_state": self.best_state,
             "bad_epochs": self.bad_epochs,
+            "stopped": self.stopped,
             "history": self.history,
             "rng": get_rng_state(),
             "sampler_epoch": getattr(self.sampler, "epoch", self.epoch),
@@ -371,6 +399,7 @@ class Trainer:
         self.best_epoch = int(state["best_epoch"])
         self.best_state = state["best_state"]
         self.bad_epochs = int(state["bad_epochs"])
+        self.stopped = bool(state.get("stopped", False))
         self.history = list(state["history"])
         if state.get("sampler") and hasattr(self.sampler, "load_state_dict"):
             self.sampler.load_state_dict(state["sampler"])  # (e.g. triplets mined earlier)
