@@ -149,3 +149,9 @@ def test_every_process_stops_together_and_bad_shards_are_clear_errors(tmp_path):
                     str(tmp_path / "odd")], tmp_path, timeout=300)
     assert res.returncode != 0 and "does not split evenly over 2 processes" in res.stdout
     assert "gloo::EnforceNotMet" not in res.stderr
+
+
+def test_torchrun_without_out_asks_for_it(tmp_path):
+    res = torchrun(["-m", "dmlkit", "train", "--epochs", "1"], tmp_path, timeout=300)
+    assert res.returncode != 0 and "name the run directory: --out" in res.stderr
+    assert not (tmp_path / "runs").exists()

@@ -125,6 +125,10 @@ def train(
         cfg.training.progress = progress
         cfg.check()
         if out is None:
+            from dmlkit.training.distributed import world_size_from_env
+
+            if world_size_from_env() > 1:  # each process would stamp its own directory
+                raise _fail("under torchrun, name the run directory: --out runs/NAME")
             out = RUNS_DIR / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         typer.echo(f"{'resuming' if resume else 'run directory'}: {out}")
         runner = train_run

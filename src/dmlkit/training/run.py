@@ -261,8 +261,8 @@ def _train_labelled(config: Config, out_dir: Path, resume: bool, log: Any, callb
     train, val = frozen_feature_data(resolved, train, val, log)  # cached, if frozen backbone
     train = augmented(train, config)
     fresh = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if is_main_process():
+    if is_main_process():  # (only rank 0 writes: another rank's folder is not "fresh")
+        out_dir.mkdir(parents=True, exist_ok=True)
         resolved.to_yaml(out_dir / CONFIG_FILE)
     try:
         trainer = _trainer(resolved, train, val, out_dir, log, callbacks, distributed)
