@@ -370,3 +370,22 @@ def test_the_evaluate_report_prints_tuple_sections():
     text = format_report({"triplets": {"triplet_accuracy": 0.7, "num_triplets": 10},
                           "metric": "cosine"})
     assert "triplet_accuracy" in text and "0.7000" in text and "None" not in text
+
+
+def test_text_class_splits_take_class_names(tmp_path):
+    from dmlkit.config import Config
+    from dmlkit.text.run import build_text_splits
+
+    (tmp_path / "s.csv").write_text("text,label\n" + "".join(
+        f'"{t}",{c}\n' for t, c in SENTENCES))
+    raw = {"name": "t", "data": {"name": "text", "path": str(tmp_path / "s.csv"),
+                                 "split": "classes", "train_classes": ["music", "football"]},
+           "model": {"name": "sentence_encoder"}}
+    by_name = build_text_splits(Config.from_dict(raw))
+    names = sorted({c for _, c in SENTENCES})
+    raw["data"]["train_classes"] = [names.index("music"), names.index("football")]
+    by_id = build_text_splits(Config.from_dict(raw))
+    assert by_name[0].texts == by_id[0].texts and by_name[1].texts == by_id[1].texts
+    raw["data"]["train_classes"] = ["musik"]
+    with pytest.raises(ValueError, match="no class named 'musik'"):
+        build_text_splits(Config.from_dict(raw))

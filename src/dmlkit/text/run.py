@@ -74,8 +74,9 @@ def build_text_splits(config: Config) -> tuple[TextData, TextData]:
                          f"{dc.kind!r}")
     data = read_labelled_sentences(dc.path)  # type: ignore[arg-type]
     if dc.split == "classes":
-        train_classes = set(dc.train_classes or [])
-        test = dc.test_classes or [c for c in data.classes if c not in train_classes]
+        train_classes = set(_class_ids(dc.train_classes or [], data, "train_classes"))
+        test = (_class_ids(dc.test_classes, data, "test_classes") if dc.test_classes
+                else [c for c in data.classes if c not in train_classes])
         train, heldout = data.split_classes(test)
         if dc.train_classes is not None:
             train = train.subset(np.flatnonzero(np.isin(train.labels.numpy(),
@@ -92,6 +93,21 @@ def build_text_splits(config: Config) -> tuple[TextData, TextData]:
         raise ValueError(f"the split of {dc.path} leaves {len(train)} training and "
                          f"{len(heldout)} held-out sentences")
     return train, heldout
+
+
+def _class_ids(classes: list[Any], data: Any, key: str) -> list[int]:
+    """Class ids of ``data.train_classes`` / ``test_classes``: ids, or the class names a
+    labelled file uses (its ids are those names in sorted order)."""
+    names = data.class_names or []
+    out = []
+    for c in classes:
+        if isinstance(c, str):
+            if c not in names:
+                raise ValueError(f"data.{key}: no class named {c!r}; the classes are {names}")
+            out.append(names.index(c))
+        else:
+            out.append(int(c))
+    return out
 
 
 def train_text_run(
