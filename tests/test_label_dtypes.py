@@ -81,3 +81,12 @@ def test_angular_loss_takes_mined_pairs_without_labels():
     y = torch.arange(16) % 4
     loss = AngularLoss()(emb, indices=MultiSimilarityMiner()(emb, y))
     assert torch.isfinite(loss) and loss > 0
+
+
+def test_two_view_losses_take_the_second_view_either_way():
+    from dmlkit.losses import NTXentLoss, SelfSupervisedLoss, VICRegLoss
+
+    torch.manual_seed(0)
+    a, b = torch.randn(8, 4), torch.randn(8, 4)
+    for loss in (SelfSupervisedLoss(NTXentLoss()), VICRegLoss()):
+        assert torch.equal(loss(a, b), loss(a, ref_embeddings=b))

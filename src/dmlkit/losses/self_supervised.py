@@ -59,6 +59,9 @@ class SelfSupervisedLoss(BaseMetricLoss):
     ) -> Tensor:
         if isinstance(labels, Tensor) and labels.dim() == 2 and torch.is_floating_point(labels):
             view1, view2 = embeddings, labels  # loss(view1, view2)
+        elif labels is None and ref_labels is None and indices is None \
+                and ref_embeddings is not None:
+            view1, view2 = embeddings, ref_embeddings  # loss(view1, ref_embeddings=view2)
         elif labels is None and ref_embeddings is None:
             check_embeddings(embeddings)
             if embeddings.shape[0] % 2:

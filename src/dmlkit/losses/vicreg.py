@@ -67,6 +67,9 @@ class VICRegLoss(BaseMetricLoss):
         ref_embeddings: Tensor | None = None,
         ref_labels: Tensor | None = None,
     ) -> Tensor:
+        if isinstance(labels, Tensor) and labels.shape == embeddings.shape and \
+                torch.is_floating_point(labels) and ref_embeddings is None:
+            labels, ref_embeddings = None, labels  # loss(view1, view2), as SelfSupervisedLoss
         if labels is not None or ref_labels is not None:
             raise ValueError("VICRegLoss takes no labels: pass the second view as ref_embeddings")
         if indices is not None:
