@@ -291,3 +291,17 @@ def test_embed_utterance_takes_numpy_and_runs_in_eval_mode():
     assert model.training
     b = model.eval().embed_utterance(torch.from_numpy(wav))
     torch.testing.assert_close(a, b)
+
+
+def test_the_speaker_encoder_takes_the_data_sample_rate():
+    from dmlkit.config import Config
+    from dmlkit.training import resolve_config
+
+    cfg = Config.from_dict({"name": "s", "data": {"name": "audio_folder", "path": "wavs",
+                                                  "sample_rate": 8000},
+                            "model": {"name": "speaker_encoder"}})
+    resolved = resolve_config(cfg, torch.zeros(16000), 3)
+    assert resolved.model["sample_rate"] == 8000
+    cfg.model["sample_rate"] = 16000
+    with pytest.raises(ValueError, match="data.sample_rate is 8000"):
+        resolve_config(cfg, torch.zeros(16000), 3)

@@ -75,6 +75,12 @@ def resolve_config(config: Config, example: Tensor, num_classes: int) -> Config:
     """A copy of ``config`` with the data-dependent model and loss parameters filled in."""
     config = copy.deepcopy(config)
     config.model.update(model_shape_params(config.model, example))
+    if config.data.name == "audio_folder" and "sample_rate" in _params(
+            MODELS, config.model["name"]):  # the model's filters at the data's rate
+        given = config.model.setdefault("sample_rate", config.data.sample_rate)
+        if given != config.data.sample_rate:
+            raise ValueError(f"model.sample_rate is {given} but data.sample_rate is "
+                             f"{config.data.sample_rate}; remove model.sample_rate")
     loss_params = _params(LOSSES, config.loss["name"])
     if "num_classes" in loss_params and "num_classes" not in config.loss:
         config.loss["num_classes"] = int(num_classes)
