@@ -240,3 +240,16 @@ def test_true_and_false_are_read_as_similar_flags(tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((8, 2), np.float32))
     pairs = read_tuples_csv(tmp_path / "t.csv", "pairs", features=tmp_path / "x.npy")
     assert pairs.similar.tolist() == [1, 0, 1]
+
+
+def test_repeated_and_self_tuples_are_warned_about(tmp_path):
+    from dmlkit.data.tuples import read_tuples_csv
+    from dmlkit.training.weak import _warn_repeated
+
+    np.save(tmp_path / "x.npy", np.zeros((8, 2), np.float32))
+    (tmp_path / "t.csv").write_text("anchor,positive,negative\n0,1,2\n0,1,2\n3,3,4\n")
+    tuples = read_tuples_csv(tmp_path / "t.csv", "triplets", features=tmp_path / "x.npy")
+    with pytest.warns(UserWarning) as record:
+        _warn_repeated(tuples, "t.csv")
+    messages = " ".join(str(w.message) for w in record)
+    assert "1 of 3 tuples repeat" in messages and "1 tuples name one item twice" in messages

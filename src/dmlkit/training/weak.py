@@ -57,6 +57,26 @@ class WeakSplits:
     heldout_tuples: TupleDataset | None = None
 
 
+def _warn_repeated(tuples: TupleDataset, path: Any) -> None:
+    """Warn about repeated tuples (a held-out copy of a training tuple scores as if seen)
+    and tuples whose items repeat (an anchor that is its own positive or negative)."""
+    import warnings
+
+    t = tuples.tuples.numpy()
+    repeats = len(t) - len(np.unique(t, axis=0))
+    self_tuples = int((t[:, 1:] == t[:, :1]).any(axis=1).sum())
+    if t.shape[1] == 3:
+        self_tuples = int(((t[:, 0] == t[:, 1]) | (t[:, 0] == t[:, 2])
+                           | (t[:, 1] == t[:, 2])).sum())
+    if repeats:
+        warnings.warn(f"{path}: {repeats} of {len(t)} tuples repeat others; held-out copies "
+                      "of training tuples make the held-out score optimistic", UserWarning,
+                      stacklevel=3)
+    if self_tuples:
+        warnings.warn(f"{path}: {self_tuples} tuples name one item twice (e.g. an anchor "
+                      "that is its own positive)", UserWarning, stacklevel=3)
+
+
 def build_weak_splits(config: Config) -> WeakSplits:
     """The training tuples and the held-out data of a weakly supervised config."""
     dc = config.data
@@ -72,6 +92,7 @@ def build_weak_splits(config: Config) -> WeakSplits:
             raise ValueError(
                 f"{len(full)} tuples cannot be split with test_fraction {dc.test_fraction}"
             )
+        _warn_repeated(full, dc.tuples)
         return WeakSplits(full.subset(order[n_test:]), heldout_tuples=full.subset(order[:n_test]))
     train, heldout = split_dataset(dc)
     val = None
