@@ -349,3 +349,34 @@ def test_the_logged_rate_is_the_one_the_epoch_trained_with(tiny_data):
     history = make_trainer(cfg, train).fit()
     lr = cfg.optimizer.lr
     assert [h["lr"] for h in history] == pytest.approx([lr, lr, lr * 0.1, lr * 0.1])
+
+
+def test_resuming_with_other_settings_is_refused(tiny_data, tmp_path):
+    from dmlkit.training import train_run
+
+    cfg = small_config(epochs=1)
+    train_run(cfg, tmp_path / "run", log=lambda *a: None)
+    longer = small_config(epochs=2)
+    train_run(longer, tmp_path / "run", resume=True, log=lambda *a: None)  # epochs may grow
+    other = small_config(epochs=3)
+    other.data.seed = 7  # another split: held-out items could have been trained on
+    with pytest.raises(ValueError, match="data.seed: 0 -> 7"):
+        train_run(other, tmp_path / "run", resume=True, log=lambda *a: None)
+
+
+def test_embed_takes_numpy_rows_and_datasets_refuse_class_names():
+    from dmlkit.models import MLPEmbedder
+    from dmlkit.training import embed
+
+    rows = np.random.default_rng(0).random((10, 64))
+    model = MLPEmbedder(in_features=64, dim=8)
+    emb, labels = embed(model, rows)
+    torch.testing.assert_close(emb, embed(model, torch.as_tensor(rows, dtype=torch.float32))[0])
+    assert labels is None
+    with pytest.raises(TypeError, match="map class names to ids"):
+        ArrayDataset(rows[:4], ["a", "b", "a", "b"])
+
+
+def test_one_item_per_class_batches_are_warned_about():
+    with pytest.warns(UserWarning, match="m=1"):
+        MPerClassSampler(np.repeat(np.arange(5), 4), m=1, batch_size=5)

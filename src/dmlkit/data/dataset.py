@@ -51,6 +51,9 @@ class ArrayDataset(LabelledItems, Dataset):
         x_t = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x)
         if x_t.is_floating_point():
             x_t = x_t.float()
+        if not isinstance(labels, Tensor) and np.asarray(labels).dtype.kind in "USO":
+            raise TypeError("labels must be integer class ids; map class names to ids, e.g. "
+                            "names, ids = np.unique(labels, return_inverse=True)")
         y = torch.as_tensor(np.asarray(labels) if not isinstance(labels, Tensor) else labels)
         if y.dim() != 1:
             raise ValueError(f"labels must be 1-D, got shape {tuple(y.shape)}")

@@ -45,8 +45,15 @@ class MPerClassSampler(Sampler[list[int]]):
         labels_np = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
         if labels_np.ndim != 1:
             raise ValueError(f"labels must be 1-D, got shape {labels_np.shape}")
-        if m < 1:
-            raise ValueError(f"m must be >= 1, got {m}")
+        if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1:
+            raise ValueError(f"m must be an integer >= 1, got {m!r}")
+        if m == 1:
+            import warnings
+
+            warnings.warn("m_per_class with m=1: batches hold no two items of a class, so "
+                          "pair, triplet and tuple losses have nothing to learn from (only "
+                          "classifier / proxy losses do); use m >= 2", UserWarning,
+                          stacklevel=2)
         if batch_size < m or batch_size % m:
             raise ValueError(f"batch_size ({batch_size}) must be a positive multiple of m ({m})")
         self.classes, inverse = np.unique(labels_np, return_inverse=True)

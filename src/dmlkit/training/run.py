@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -120,6 +121,8 @@ def embed(
     Returns ``(embeddings, labels)``: a float32 CPU tensor ``(n, dim)`` and the labels
     (``None`` for a bare input tensor). The model's train/eval mode is restored after.
     """
+    if isinstance(data, np.ndarray):  # rows as numpy: the model's float32 inputs
+        data = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
     if isinstance(data, Tensor):
         x, labels = data, None
     elif isinstance(data, tuple):
@@ -207,6 +210,15 @@ def train_run(
             f"cannot resume: no {CHECKPOINT} in {out_dir}"
             + ("; the run stopped before its first epoch ended, so there is nothing to "
                "resume: start it again without --resume (same --out)" if started else ""))
+    if resume and (out_dir / CONFIG_FILE).is_file():  # exact resume: the run's own settings
+        from dmlkit.config.compare import config_changes
+
+        changes = config_changes(config, Config.from_yaml(out_dir / CONFIG_FILE))
+        if changes:
+            raise ValueError(
+                f"resuming {out_dir} with other settings than it was trained with: "
+                f"{'; '.join(changes)}; resume with its saved config.yaml, or train a new "
+                "run (another out_dir)")
     if resume:
         done = int(load_checkpoint(out_dir / CHECKPOINT)["epoch"])
         if config.training.epochs < done:
