@@ -223,3 +223,21 @@ def test_mahalanobis_without_variance_still_flags_what_is_off_the_data(x, y):
     off = x[:1] + 5.0
     assert det.predict(off)[0] == -1
     assert det.score_samples(off)[0] < det.score_samples(x[:1])[0]
+
+
+def test_detect_anomalies_keeps_the_scores_when_out_ends_in_json(tmp_path):
+    from typer.testing import CliRunner
+
+    from dmlkit.cli.main import app
+
+    normal, far = blobs(n=60)
+    np.savez(tmp_path / "normal.npz", x=normal)
+    np.savez(tmp_path / "test.npz", x=np.vstack([normal[:20], far]),
+             anomaly=np.r_[np.zeros(20), np.ones(len(far))])
+    res = CliRunner().invoke(app, ["detect-anomalies", "--normal", str(tmp_path / "normal.npz"),
+                                   "--data", str(tmp_path / "test.npz"), "--out",
+                                   str(tmp_path / "res.json")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "res.summary.json").is_file()
+    assert "auroc" in (tmp_path / "res.summary.json").read_text()
+    assert (tmp_path / "res.json").read_text() != (tmp_path / "res.summary.json").read_text()

@@ -110,3 +110,32 @@ def test_clear_errors(data):
     assert res.exit_code == 2 and "two identities" in res.output
     res = runner.invoke(app, ["fewshot"])
     assert res.exit_code == 2 and "--support" in res.output
+
+
+def test_input_mistakes_of_the_recognition_commands_are_error_lines(data, tmp_path):
+    tmp, x, y = data
+    (tmp / "zero.npz").write_bytes(b"")
+    res = runner.invoke(app, ["verify", "--data", str(tmp / "zero.npz")])
+    assert res.exit_code == 2 and "is empty (0 bytes)" in res.output
+    np.savez(tmp / "emb.npz", embeddings=x, labels=y)
+    res = runner.invoke(app, ["verify", str(tmp), "--data", str(tmp / "emb.npz")])
+    assert res.exit_code == 2 and "holds embeddings" in res.output  # (RUN_DIR given)
+    for args, words in ((["--method", "bogus"], "--method must be one of"),
+                        (["--way", "5,x"], "--way and --shot take integers")):
+        res = runner.invoke(app, ["fewshot", "--episodes", str(tmp / "set.npz"), *args])
+        assert res.exit_code == 2 and words in res.output
+    names = np.array(["a", "b", "c", "d", "e", "f"])[y]
+    np.savez(tmp / "named.npz", x=x, labels=names)
+    res = runner.invoke(app, ["fewshot", "--support", str(tmp / "named.npz"), "--query",
+                              str(tmp / "set.npz")])
+    assert res.exit_code == 2 and "share one type" in res.output
+
+
+def test_a_saved_kit_keeps_its_run_as_an_absolute_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "x").mkdir(parents=True)
+    from dmlkit.apps.persistence import _json_params
+
+    v = Verifier(embedder="runs/x")  # the parameters a kit saves
+
+    assert _json_params(v)["embedder"] == str((tmp_path / "runs" / "x").resolve())

@@ -38,6 +38,8 @@ def _json_params(estimator: Any) -> dict[str, Any]:
     for name, value in params.items():
         if isinstance(value, Path):
             value = str(value)
+        if name == "embedder" and isinstance(value, str):  # a run directory: absolute, so
+            value = str(Path(value).resolve())  # the kit loads from any working directory
         if value is None or isinstance(value, (bool, int, float, str)):
             out[name] = value
         elif isinstance(value, (list, tuple, dict)):

@@ -16,14 +16,16 @@ def read_rows(path: Path, key: str, extra: str) -> tuple[Any, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
     suffix = path.suffix.lower()
-    if suffix == ".npz":
-        with np.load(path, allow_pickle=False) as f:
-            if key not in f:
-                raise ValueError(f"{path} has no array {key!r} (arrays: {sorted(f.files)}); "
-                                 "name it with --key")
-            return f[key], (f[extra] if extra in f else None)
-    if suffix == ".npy":
-        return np.load(path, allow_pickle=False), None
+    from dmlkit.data.npz import read_arrays
+
+    if suffix in (".npz", ".npy"):  # (an empty or truncated file: a ValueError naming it)
+        arrays = read_arrays(path)
+        if suffix == ".npy":
+            return arrays["x"], None
+        if key not in arrays:
+            raise ValueError(f"{path} has no array {key!r} (arrays: {sorted(arrays)}); "
+                             "name it with --key")
+        return arrays[key], arrays.get(extra)
     if suffix == ".csv":
         with open(path) as f:
             first = f.readline()
@@ -101,9 +103,13 @@ def register(app: typer.Typer) -> None:
             anomalous = truth != 0
             summary["auroc"] = float(roc_auc_score(anomalous, -scores))
             summary["average_precision"] = float(average_precision_score(anomalous, -scores))
-        write_json(summary, out.with_suffix(".json"))
+        summary_path = out.with_suffix(".json")
+        if summary_path == out:  # --out x.json: the summary must not replace the scores
+            summary_path = out.with_name(out.stem + ".summary.json")
+        write_json(summary, summary_path)
         typer.echo(f"{summary['flagged']} of {summary['rows']} rows flagged as outliers "
-                   f"(threshold {summary['threshold']:.6g}); scores in {out}")
+                   f"(threshold {summary['threshold']:.6g}); scores in {out}, summary in "
+                   f"{summary_path}")
         for name in ("auroc", "average_precision"):
             if name in summary:
                 typer.echo(f"{name:18s} {summary[name]:.4f}")

@@ -70,6 +70,11 @@ def fit(
         raise typer.Exit(1) from err
     typer.echo(f"{method}: fit on {splits.train.shape[0]} x {splits.train.shape[1]} in "
                f"{seconds:.2f} s -> {out}")
+    if splits.heldout is splits.train or (splits.heldout.shape == splits.train.shape and bool(
+            (splits.heldout == splits.train).all())):
+        typer.echo(f"warning: {source} has no held-out items (heldout_embeddings / "
+                   "heldout_labels): the table below scores the metric on the items it was "
+                   "fitted on, which flatters it", err=True)
     typer.echo(_table(result))
 
 

@@ -26,23 +26,27 @@ def _fail(message: str) -> typer.Exit:
 
 def read_set(spec: str, run_dir: Path | None) -> tuple[Any, Any, dict[str, Any]]:
     """``(x, labels or None, every array of a .npz)`` of a data spec."""
-    import numpy as np
+
+    from dmlkit.data.npz import read_arrays
 
     path = Path(spec)
     if path.suffix == ".npz" and path.is_file():
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
+        arrays = read_arrays(path)  # (an empty or truncated file: a ValueError naming it)
         key = next((k for k in ("x", "embeddings") if k in arrays), None)
         if key is None:
             raise ValueError(f"{path} needs an 'x' (or 'embeddings') array; it has "
                              f"{sorted(arrays)}")
+        if key == "embeddings" and run_dir is not None:
+            raise ValueError(f"{path} holds embeddings (array 'embeddings'), which RUN_DIR's "
+                             "model would embed again: leave RUN_DIR out to use them as they "
+                             "are, or give raw inputs as an 'x' array")
         labels = arrays.get("labels")
         names = arrays.get("class_names")
         if labels is not None and names is not None and labels.dtype.kind in "iu":
             labels = names[labels]  # files number their classes apart: compare by name
         return arrays[key], labels, arrays
     if path.suffix == ".npy" and path.is_file():
-        return np.load(path, allow_pickle=False), None, {}
+        return read_arrays(path)["x"], None, {}
     if spec in ("heldout", "train"):
         if run_dir is None:
             raise ValueError(f"--data {spec} names a split of a run: pass RUN_DIR")
@@ -232,13 +236,24 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("fewshot.json"), "--out", "-o"),
     ) -> None:
         """Classify queries from a support set, or report N-way K-shot episode accuracy."""
+        import numpy as np
+
         from dmlkit.apps import FewShotClassifier
+        from dmlkit.apps.few_shot import METHODS
 
         embedder = None if run_dir is None else str(run_dir)
         result: dict[str, Any] = {"command": "fewshot",
                                   "run_dir": str(run_dir) if run_dir else None}
         try:
             clf = FewShotClassifier(method=method, metric=metric, embedder=embedder)
+            if method not in METHODS:
+                raise ValueError(f"--method must be one of {METHODS}, got {method!r}")
+            try:  # every setting is read before the first is run
+                way_list = [int(v) for v in ways.split(",")]
+                shot_list = [int(v) for v in shots.split(",")]
+            except ValueError:
+                raise ValueError(f"--way and --shot take integers separated by commas, got "
+                                 f"{ways!r} and {shots!r}") from None
             if episodes_data is not None:
                 from dmlkit.apps.embedding import embed_inputs
 
@@ -247,8 +262,8 @@ def register(app: typer.Typer) -> None:
                     raise ValueError(f"{episodes_data} has no labels")
                 x = embed_inputs(embedder, x).numpy()  # once for every setting
                 clf.set_params(embedder=None)
-                for n in (int(v) for v in ways.split(",")):
-                    for k in (int(v) for v in shots.split(",")):
+                for n in way_list:
+                    for k in shot_list:
                         r = clf.evaluate_episodes(x, y, n_way=n, k_shot=k, n_query=n_query,
                                                   episodes=n_episodes, seed=seed)
                         result[f"{n}way_{k}shot"] = r
@@ -259,6 +274,9 @@ def register(app: typer.Typer) -> None:
                 xq, yq, _ = read_set(query, run_dir)
                 if ys is None or yq is None:
                     raise ValueError("--support and --query need labels")
+                if (np.asarray(ys).dtype.kind in "USO") != (np.asarray(yq).dtype.kind in "USO"):
+                    raise ValueError("--support and --query labels must share one type "
+                                     "(names or numbers)")
                 clf.fit(xs, ys)
                 acc = float((clf.predict(xq) == yq).mean())
                 result.update({"support": support, "query": query, "accuracy": acc,

@@ -93,7 +93,7 @@ def evaluate(
     except (ValueError, FileNotFoundError) as err:
         _fail(err)
     metrics["skipped_unknown"] = int((~known).sum())
-    target = out or model_dir.with_suffix(".json")
+    target = out or model_dir.resolve().with_suffix(".json")
     write_json(metrics, target)
     for key, value in metrics.items():
         typer.echo(f"{key:16s} {value:.4f}" if isinstance(value, float) else f"{key:16s} {value}")

@@ -24,7 +24,12 @@ def _item(run: Any, spec: str) -> tuple[Any, str]:
         return data.x[int(index)], f"{spec} (class {int(data.labels[int(index)])})"
     path = Path(spec)
     if path.suffix == ".npy" and path.is_file():
-        return torch.from_numpy(np.load(path, allow_pickle=False).astype(np.float32)), spec
+        from dmlkit.data.npz import read_arrays
+
+        x = read_arrays(path)["x"].astype(np.float32)
+        if not np.isfinite(x).all():
+            raise ValueError(f"{path} contains NaN or infinite values")
+        return torch.from_numpy(x), spec
     raise ValueError(f"item {spec!r}: give heldout:N, train:N or a .npy file")
 
 
