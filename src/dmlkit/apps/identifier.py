@@ -164,15 +164,6 @@ class Identifier(ClassifierMixin, BaseEstimator):
         return np.array([known.get(v, -1) for v in y.tolist()], dtype=np.int64)
 
     def _add(self, z: np.ndarray, y: np.ndarray) -> None:
-        if self.mode == "prototype" and self.index_.ntotal and not _can_remove(self.index_):
-            enrolled = set(self.identities_[self.counts_ > 0].tolist())
-            again = [v for v in dict.fromkeys(y.tolist()) if v in enrolled]
-            if again:
-                raise ValueError(
-                    f"cannot add items to enrolled identities {again[:5]} in prototype mode "
-                    f"with index {self.index!r}: updating a prototype replaces it, and this "
-                    f"faiss index cannot remove vectors. Use index='exact' or 'Flat', "
-                    f"mode='nearest', or enroll new identities only")
         codes = self._codes(y, create=True)
         # the index changes first: if it refuses, counts and sums are as they were
         if self.mode == "nearest":
@@ -187,7 +178,16 @@ class Identifier(ClassifierMixin, BaseEstimator):
             counts, sums = self.counts_.copy(), self.sums_.copy()
             np.add.at(counts, codes, 1)
             np.add.at(sums, codes, z.astype(np.float64))
-            self.index_.remove(touched[self.counts_[touched] > 0])
+            enrolled = touched[self.counts_[touched] > 0]
+            try:  # updating a prototype replaces it
+                self.index_.remove(enrolled)
+            except NotImplementedError:
+                raise ValueError(
+                    f"cannot add items to enrolled identities "
+                    f"{self.identities_[enrolled][:5].tolist()} in prototype mode with index "
+                    f"{self.index!r}: updating a prototype replaces it, and this index cannot "
+                    "remove vectors. Use index='exact' or 'Flat', mode='nearest', or enroll "
+                    "new identities only") from None
             self.index_.add(sums[touched] / counts[touched, None], touched, labels=touched)
             self.counts_, self.sums_ = counts, sums
         self._refresh()
@@ -417,11 +417,6 @@ class Identifier(ClassifierMixin, BaseEstimator):
 def _is_text(a: np.ndarray) -> bool:
     """Whether identities ``a`` are strings (else numbers)."""
     return a.dtype.kind in "USO"
-
-
-def _can_remove(index: Any) -> bool:
-    """Whether ``index`` can remove vectors (exact, and every faiss index but HNSW)."""
-    return "HNSW" not in str(getattr(index, "factory", "")).upper()
 
 
 __all__ = ["Identifier", "MODES"]

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dmlkit.config.param_types import check_param_types
 from dmlkit.config.tune import TuneConfig
 
 DATA_SOURCES = ("digits", "fashion_mnist", "idx", "npz", "image_folder", "text", "stsb",
@@ -337,7 +338,7 @@ class Config:
                     f"unknown key(s) {unknown} in section {section!r} ({section} "
                     f"{spec['name']!r}); allowed: {sorted(allowed)}"
                 )
-            _check_types(section, spec, cls)
+            check_param_types(section, spec, cls)
 
 
 _SECTIONS: dict[str, type] = {
@@ -347,59 +348,6 @@ _SECTIONS: dict[str, type] = {
     "training": TrainingConfig,
 }
 _COMPONENTS = ("model", "loss", "miner", "sampler")
-
-
-def _check_types(section: str, spec: dict[str, Any], cls: type) -> None:
-    """Values of a component's parameters against its constructor's type hints, so that
-    ``model.dim: 32.5`` is an error naming the key, not one from deep inside torch."""
-    import typing
-
-    try:
-        hints = typing.get_type_hints(cls.__init__)
-    except Exception:  # noqa: BLE001 - hints that do not resolve: nothing to check
-        return
-    for key, value in spec.items():
-        hint = hints.get(key)
-        if key == "name" or hint is None or _matches(value, hint):
-            continue
-        wanted = str(hint).replace("collections.abc.", "").replace("typing.", "")
-        wanted = wanted.replace("<class '", "").replace("'>", "").replace("NoneType", "None")
-        raise ValueError(f"{section}.{key} must be {wanted}, got {value!r} "
-                         f"({type(value).__name__}) in {section} {spec['name']!r}")
-
-
-def _matches(value: Any, hint: Any) -> bool:
-    """Whether a config value can be ``hint``; lenient for anything not plain data."""
-    import collections.abc as abc
-    import types
-    import typing
-
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is Any:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, a) for a in args)
-    if origin is typing.Literal:
-        return value in args
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    if origin in (list, tuple, abc.Sequence) and args:
-        if not isinstance(value, (list, tuple)):
-            return False
-        if origin is tuple and args[-1] is not Ellipsis:
-            return len(value) == len(args) and all(map(_matches, value, args))
-        return all(_matches(v, args[0]) for v in value)
-    if origin in (dict, abc.Mapping) and len(args) == 2:
-        return isinstance(value, dict) and all(_matches(v, args[1]) for v in value.values())
-    return True  # a class (a distance, a module, an array): built or checked elsewhere
 
 
 def _check_val_classes(value: Any) -> None:

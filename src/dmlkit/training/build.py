@@ -55,9 +55,9 @@ def _check_given_shape(spec: dict[str, Any], params: set[str], example: Tensor) 
         actual["image_size"] = tuple(int(v) for v in example.shape[-2:])
     for key, have in actual.items():
         given = spec[key]
-        if key == "image_size":
+        if key == "image_size":  # a side, or (height, width)
             given = tuple(given) if isinstance(given, (list, tuple)) else (given, given)
-        if tuple(given) != have if key == "image_size" else given != have:
+        if given != have:
             raise ValueError(
                 f"model.{key} is {spec[key]}, but the data's items have {have} (each item "
                 f"{tuple(example.shape)}); remove model.{key} to take it from the data")

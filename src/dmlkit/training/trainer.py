@@ -138,7 +138,7 @@ class Trainer:
         #: backbone with ``head_type: none``): epochs then only validate
         self.trainable = any(p.requires_grad for p in self.model.parameters()) or any(
             p.requires_grad for p in self.loss.parameters())
-        if not self.trainable and self.log is not None:
+        if not self.trainable:
             self.log("nothing to train: the model has no trainable parameters (e.g. "
                      "head_type: none); it is evaluated as it is")
         self.scheduler = build_scheduler(

@@ -64,10 +64,8 @@ def _warn_repeated(tuples: TupleDataset, path: Any) -> None:
 
     t = tuples.tuples.numpy()
     repeats = len(t) - len(np.unique(t, axis=0))
-    self_tuples = int((t[:, 1:] == t[:, :1]).any(axis=1).sum())
-    if t.shape[1] == 3:
-        self_tuples = int(((t[:, 0] == t[:, 1]) | (t[:, 0] == t[:, 2])
-                           | (t[:, 1] == t[:, 2])).sum())
+    ordered = np.sort(t, axis=1)
+    self_tuples = int((ordered[:, 1:] == ordered[:, :-1]).any(axis=1).sum())
     if repeats:
         warnings.warn(f"{path}: {repeats} of {len(t)} tuples repeat others; held-out copies "
                       "of training tuples make the held-out score optimistic", UserWarning,
