@@ -27,6 +27,12 @@ _SUBMODULES = {
     "data",
     "config",
     "registry",
+    "runs",
+    "report",
+    "service",
+    "text",
+    "tuning",
+    "cli",
 }
 
 
