@@ -11,6 +11,8 @@ and a point's anomaly score is ``||phi(x) - c||^2``. Training runs on dmlkit's
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +22,10 @@ from sklearn.utils.validation import check_is_fitted
 from torch import Tensor, nn
 
 from dmlkit.apps.embedding import embed_inputs, validate_inputs
+from dmlkit.apps.persistence import load_kit, load_module, module_arrays, save_kit
+
+#: prefix of the network's weights in a saved detector
+MODEL = "model"
 
 
 class OneClassObjective(nn.Module):
@@ -58,8 +64,12 @@ class DeepSVDD(OutlierMixin, BaseEstimator):
     Attributes
     ----------
     model_ : torch.nn.Module
+    model_config_ : dict
+        The registered model config ``model_`` was built from (rebuilt from it on load).
     center_ : numpy.ndarray of shape (dim,)
     offset_ : float
+    n_samples_fit_ : int
+        Number of training points.
     """
 
     def __init__(
@@ -121,8 +131,9 @@ class DeepSVDD(OutlierMixin, BaseEstimator):
         X = self._inputs(X, reset=True)
         if X.shape[0] < 2:
             raise ValueError(f"DeepSVDD needs 2 or more training points, got n_samples={len(X)}")
+        spec = self._model_spec(X)
         config = Config.from_dict({
-            "model": self._model_spec(X),
+            "model": spec,
             "loss": {"name": "contrastive"},  # unused: the one-class objective is passed in
             "optimizer": {"name": "adam", "lr": float(self.lr),
                           "weight_decay": float(self.weight_decay)},
@@ -136,7 +147,9 @@ class DeepSVDD(OutlierMixin, BaseEstimator):
         trainer.loss.center.copy_(center)
         trainer.fit()
         self.model_ = trainer.model.eval()
+        self.model_config_ = spec
         self.center_ = center.numpy()
+        self.n_samples_fit_ = int(len(X))
         self.offset_ = float(np.quantile(self._score(X), float(self.contamination)))
         return self
 
@@ -167,6 +180,44 @@ class DeepSVDD(OutlierMixin, BaseEstimator):
     def predict(self, X: Any) -> np.ndarray:
         """``+1`` for inliers, ``-1`` for outliers."""
         return np.where(self.decision_function(X) >= 0, 1, -1)
+
+    # -- persistence --------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write the fitted detector to directory ``path`` atomically: the network's config
+        and weights, the centre and the threshold (JSON + arrays, no pickle; see
+        :mod:`dmlkit.apps.persistence`)."""
+        check_is_fitted(self, "offset_")
+        arrays = {"center": self.center_, **module_arrays(self.model_, MODEL)}
+        state = {"offset_": float(self.offset_), "model_config": self.model_config_,
+                 "n_samples_fit_": int(self.n_samples_fit_)}
+        return save_kit(path, self, arrays=arrays, state=state, count=self.n_samples_fit_)
+
+    @classmethod
+    def load(cls, path: str | Path) -> DeepSVDD:
+        """Load a detector saved by :meth:`save`.
+
+        Raises :class:`~dmlkit.index.IndexFormatError` (a ``ValueError``) for a missing,
+        corrupt or foreign directory, another kind of kit, or inconsistent saved state.
+        """
+        from dmlkit.index.io import IndexFormatError
+
+        det, state, arrays = load_kit(path, cls)
+        try:
+            det.offset_ = float(state["offset_"])
+            det.n_samples_fit_ = int(state["n_samples_fit_"])
+            config, center = state["model_config"], arrays["center"]
+        except (KeyError, TypeError, ValueError) as err:
+            raise IndexFormatError(f"{path}: incomplete Deep SVDD state ({err})") from None
+        if det.image_shape is not None:  # (JSON keeps tuples as lists)
+            det.image_shape = tuple(det.image_shape)
+        if (not math.isfinite(det.offset_) or center.shape != (int(det.dim),)
+                or not isinstance(config, dict) or config.get("dim") != int(det.dim)):
+            raise IndexFormatError(f"{path}: the saved centre and network do not match "
+                                   f"dim={det.dim}")
+        det.model_ = load_module(path, config, arrays, MODEL)
+        det.model_config_ = config
+        det.center_ = center
+        return det
 
 
 __all__ = ["DeepSVDD", "OneClassObjective"]

@@ -103,8 +103,12 @@ LEARN_DEFAULTS: dict[str, Any] = {
 
 def learn_embedder(
     X: np.ndarray, labels: np.ndarray, overrides: dict[str, Any] | None, seed: int
-) -> torch.nn.Module:
-    """Train an embedding model on labelled ``X`` with dmlkit's Trainer (in eval mode)."""
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Train an embedding model on labelled ``X`` with dmlkit's Trainer.
+
+    Returns the model (in eval mode) and its resolved model config (input shape filled
+    in), from which the registry rebuilds the same network for saved weights.
+    """
     from dmlkit.config.schema import Config
     from dmlkit.data.dataset import ArrayDataset
     from dmlkit.training import Trainer, resolve_config
@@ -125,7 +129,7 @@ def learn_embedder(
     config = resolve_config(Config.from_dict(raw), data.x[0], data.num_classes)
     trainer = Trainer(config, data, log=None)
     trainer.fit()
-    return trainer.model.eval()
+    return trainer.model.eval(), copy.deepcopy(dict(config.model))
 
 
 __all__ = ["validate_inputs", "dense_array", "embed_inputs", "learn_embedder", "LEARN_DEFAULTS"]

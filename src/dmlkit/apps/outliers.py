@@ -19,6 +19,7 @@ others), so on new normal data about a ``contamination`` fraction is flagged.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,11 @@ from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from dmlkit.apps.embedding import embed_inputs, learn_embedder, validate_inputs
+from dmlkit.apps.persistence import load_kit, load_module, module_arrays, save_kit
 
 METHODS = ("knn", "prototype", "mahalanobis")
+#: prefix of the learned embedder's weights in a saved detector
+EMBEDDER = "embedder"
 
 
 class MetricOutlierDetector(OutlierMixin, BaseEstimator):
@@ -71,6 +75,15 @@ class MetricOutlierDetector(OutlierMixin, BaseEstimator):
     n_features_in_ : int
     embedder_ : object or None
         The embedder used (the trained one with ``"learn"``).
+    embedder_config_ : dict or None
+        With ``"learn"``, the model config of the trained embedder (it is rebuilt from it
+        by :meth:`load`); otherwise None.
+
+    Examples
+    --------
+    >>> det = MetricOutlierDetector("mahalanobis").fit(X_normal, y_normal)  # doctest: +SKIP
+    >>> det.save("detector")                                                 # doctest: +SKIP
+    >>> MetricOutlierDetector.load("detector").predict(X_new)                # doctest: +SKIP
     """
 
     def __init__(
@@ -122,15 +135,18 @@ class MetricOutlierDetector(OutlierMixin, BaseEstimator):
                     f"y must be 1-D with one label per row of X ({X.shape[0]}), got shape "
                     f"{labels.shape}"
                 )
-        if isinstance(self.embedder, str) and self.embedder == "learn":
+        if _learns(self.embedder):
             if labels is None or np.unique(labels).size < 2:
                 raise ValueError(
                     'embedder="learn" trains a metric on labelled normal classes: pass y '
                     "with at least two classes to fit"
                 )
-            self.embedder_ = learn_embedder(X, labels, self.learn_config, self.random_state)
+            self.embedder_, self.embedder_config_ = learn_embedder(
+                X, labels, self.learn_config, self.random_state
+            )
         else:
             self.embedder_ = self.embedder
+            self.embedder_config_ = None
         z = self._embed(X)  # (n, d)
         if z.shape[0] < 2:
             raise ValueError(f"fit needs at least 2 normal points, got n_samples={z.shape[0]}")
@@ -223,10 +239,89 @@ class MetricOutlierDetector(OutlierMixin, BaseEstimator):
         z = self._embed(self._validate(X, reset=False))
         return np.where(self._scores(z, leave_one_out=True) >= self.offset_, 1, -1)
 
+    # -- persistence --------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write the fitted detector to directory ``path`` atomically (JSON + arrays, no
+        pickle; see :mod:`dmlkit.apps.persistence`).
+
+        The normal data's embeddings, prototypes and precision are saved with the
+        threshold; an embedder learned with ``embedder="learn"`` is saved as its model
+        config and weights, a run directory as its absolute path. A torch module or
+        callable passed as ``embedder`` cannot be saved (``TypeError``).
+        """
+        from dmlkit.index.io import IndexFormatError
+
+        check_is_fitted(self, "offset_")
+        arrays = {"reference": self.reference_.numpy()}  # (n, d)
+        if self.prototypes_ is not None:
+            arrays["prototypes"] = self.prototypes_.numpy()  # (C, d)
+            arrays["assignment"] = self.assignment_.numpy()  # (n,)
+        if self.precision_ is not None:
+            arrays["precision"] = self.precision_.numpy()  # (d, d)
+        config = None
+        if _learns(self.embedder):
+            config = self.embedder_config_
+            weights = module_arrays(self.embedder_, EMBEDDER)
+            try:  # the config must rebuild exactly this network
+                load_module(path, config, weights, EMBEDDER)
+            except IndexFormatError as err:
+                raise TypeError(f"the learned embedder cannot be saved: {err}") from None
+            arrays.update(weights)
+        state = {"offset_": float(self.offset_), "embedder_config": config}
+        return save_kit(path, self, arrays=arrays, state=state, count=len(self.reference_))
+
+    @classmethod
+    def load(cls, path: str | Path) -> MetricOutlierDetector:
+        """Load a detector saved by :meth:`save`.
+
+        Raises :class:`~dmlkit.index.IndexFormatError` (a ``ValueError``) for a missing,
+        corrupt or foreign directory, another kind of kit, or inconsistent saved state.
+        """
+        from dmlkit.index.io import IndexFormatError
+
+        det, state, arrays = load_kit(path, cls)
+        try:
+            det._check_params()
+            det.offset_ = float(state["offset_"])
+            config = state["embedder_config"]
+            reference = arrays["reference"]
+            prototypes, precision = arrays.get("prototypes"), arrays.get("precision")
+            assignment = arrays.get("assignment")
+        except (KeyError, TypeError, ValueError) as err:
+            raise IndexFormatError(f"{path}: incomplete outlier-detector state ({err})") from None
+        n, d = reference.shape if reference.ndim == 2 else (0, 0)
+        wants_prototypes = det.method != "knn"
+        if (n < 2 or not math.isfinite(det.offset_)
+                or (prototypes is not None) != wants_prototypes
+                or (assignment is not None) != wants_prototypes
+                or (precision is not None) != (det.method == "mahalanobis")
+                or (prototypes is not None and (prototypes.ndim != 2 or prototypes.shape[1] != d
+                                                or assignment.shape != (n,)))
+                or (precision is not None and precision.shape != (d, d))
+                or (det.embedder is None and d != det.n_features_in_)):
+            raise IndexFormatError(f"{path}: saved arrays do not match each other or the "
+                                   f"method {det.method!r}")
+        det.reference_ = torch.from_numpy(reference.copy())
+        det.prototypes_ = None if prototypes is None else torch.from_numpy(prototypes.copy())
+        det.precision_ = None if precision is None else torch.from_numpy(precision.copy())
+        if assignment is not None:
+            det.assignment_ = torch.from_numpy(assignment.copy())
+        det.embedder_config_ = config
+        if _learns(det.embedder):
+            det.embedder_ = load_module(path, config, arrays, EMBEDDER)
+        else:
+            det.embedder_ = det.embedder
+        return det
+
     def __sklearn_tags__(self):  # noqa: D105
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = False
         return tags
+
+
+def _learns(embedder: Any) -> bool:
+    """Whether ``embedder`` asks for a metric to be learned (``"learn"``)."""
+    return isinstance(embedder, str) and embedder == "learn"
 
 
 def is_run_dir(value: Any) -> bool:

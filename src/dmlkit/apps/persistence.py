@@ -9,6 +9,8 @@ every file's size and SHA-256 checked against the manifest on load, arrays read 
     state.json      the kit's learned scalars and lists
     NAME.npy        its learned arrays (shapes and dtypes listed in state.json)
     index.*         the files of a nearest-neighbour index, for kits that hold one
+    PREFIX.KEY.npy  the ``state_dict`` of a network the kit trained (a registered model,
+                    rebuilt on load from its config, kept in state.json)
 
 Constructor parameters must be JSON values; an ``embedder`` is saved only as a run
 directory path (a module or callable cannot be written without pickle).
@@ -38,8 +40,9 @@ def _json_params(estimator: Any) -> dict[str, Any]:
     for name, value in params.items():
         if isinstance(value, Path):
             value = str(value)
-        if name == "embedder" and isinstance(value, str):  # a run directory: absolute, so
-            value = str(Path(value).resolve())  # the kit loads from any working directory
+        if name == "embedder" and isinstance(value, str) and value != "learn":
+            # a run directory: absolute, so the kit loads from any working directory
+            value = str(Path(value).resolve())
         if value is None or isinstance(value, (bool, int, float, str)):
             out[name] = value
         elif isinstance(value, (list, tuple, dict)):
@@ -146,4 +149,46 @@ def load_kit_index(path: str | Path) -> Any:
         return load_index(tmp)
 
 
-__all__ = ["KIT_FORMAT", "KIT_VERSION", "save_kit", "load_kit", "load_kit_index"]
+def kit_kind(path: str | Path) -> str:
+    """The class name of the kit saved in directory ``path`` (its manifest checked)."""
+    return str(read_manifest(Path(path), format_name=KIT_FORMAT, version=KIT_VERSION)["kind"])
+
+
+def module_arrays(module: Any, prefix: str) -> dict[str, np.ndarray]:
+    """The ``state_dict`` of a torch ``module`` as arrays named ``PREFIX.KEY``."""
+    return {f"{prefix}.{key}": value.detach().cpu().numpy()
+            for key, value in module.state_dict().items()}
+
+
+def load_module(
+    path: str | Path, config: Any, arrays: dict[str, np.ndarray], prefix: str
+) -> Any:
+    """A registered model built from its ``config`` with the weights ``PREFIX.*`` of
+    ``arrays``, in eval mode.
+
+    Raises :class:`~dmlkit.index.IndexFormatError` when the config does not build a model
+    or the saved weights do not fit it (missing, extra or wrongly shaped tensors).
+    """
+    import torch
+
+    from dmlkit.registry import MODELS, build_from_config
+
+    if not isinstance(config, dict) or not isinstance(config.get("name"), str):
+        raise IndexFormatError(f"{path}: the saved model config {config!r} is not a config")
+    try:
+        model = build_from_config(MODELS, config)
+    except (TypeError, ValueError) as err:
+        raise IndexFormatError(f"{path}: the saved model config does not build: {err}") from None
+    start = len(prefix) + 1
+    weights = {name[start:]: torch.from_numpy(value.copy())
+               for name, value in arrays.items() if name.startswith(prefix + ".")}
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        raise IndexFormatError(f"{path}: the saved weights do not fit the model "
+                               f"{config['name']!r}: {str(err).splitlines()[0]}") from None
+    return model.eval()
+
+
+__all__ = ["KIT_FORMAT", "KIT_VERSION", "save_kit", "load_kit", "load_kit_index", "kit_kind",
+           "module_arrays", "load_module"]

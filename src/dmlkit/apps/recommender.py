@@ -26,6 +26,10 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
+#: how the interactions given to ``fit`` were split from the full data
+#: ("last": each user's latest interaction was held out; "none": nothing was held out)
+HOLDOUTS = ("last", "none")
+
 
 class CMLRecommender(BaseEstimator):
     """Recommend the nearest unseen items in a jointly learned user-item metric space.
@@ -59,6 +63,10 @@ class CMLRecommender(BaseEstimator):
         Known ids, in embedding-row order.
     user_embeddings_, item_embeddings_ : torch.Tensor
         ``(n_users, dim)``, ``(n_items, dim)``.
+    holdout_ : {"last", "none"} or None
+        What ``fit`` was told was held out of its interactions (None: not stated, also
+        for models saved before it was recorded); saved with the model, so an evaluation
+        can tell whether anything was left to evaluate on.
     """
 
     def __init__(
@@ -91,19 +99,27 @@ class CMLRecommender(BaseEstimator):
         self.num_threads = num_threads
 
     # -- fitting ------------------------------------------------------------------------
-    def fit(self, users: Any, items: Any, item_features: Any = None) -> CMLRecommender:
+    def fit(self, users: Any, items: Any, item_features: Any = None, *,
+            holdout: str | None = None) -> CMLRecommender:
         """Learn from observed ``(users[t], items[t])`` pairs (implicit feedback).
 
         ``item_features`` (optional) is ``(n_items, f)`` in the order of the sorted
         distinct item ids (``np.unique(items)``), or a mapping ``{item_id: features}``.
+        ``holdout`` records how these interactions were split from the full data
+        (``"last"``: each user's latest interaction was held out for evaluation;
+        ``"none"``: they are all of it), kept as ``holdout_`` and saved with the model.
         """
+        if holdout is not None and holdout not in HOLDOUTS:
+            raise ValueError(f"holdout must be one of {HOLDOUTS} or None, got {holdout!r}")
         threads = torch.get_num_threads()
         if self.num_threads is not None:
             torch.set_num_threads(int(self.num_threads))
         try:
-            return self._fit(users, items, item_features)
+            self._fit(users, items, item_features)
         finally:
             torch.set_num_threads(threads)
+        self.holdout_ = holdout
+        return self
 
     def _fit(self, users: Any, items: Any, item_features: Any) -> CMLRecommender:
         users, items = _ids(users, "users"), _ids(items, "items")
@@ -171,6 +187,22 @@ class CMLRecommender(BaseEstimator):
         self._user_index = {str(v): k for k, v in enumerate(self.user_ids_)}
         self._item_index = {str(v): k for k, v in enumerate(self.item_ids_)}
         return self
+
+    def fitted_on(self, users: Any, items: Any) -> np.ndarray:
+        """``(n,)`` bool: whether each ``(users[t], items[t])`` was an interaction given to
+        ``fit`` (such items are never recommended back to that user). Pairs with a user or
+        item the model does not know are False."""
+        check_is_fitted(self, "item_embeddings_")
+        users, items = _ids(users, "users"), _ids(items, "items")
+        if len(users) != len(items):
+            raise ValueError(f"users and items differ in length: {len(users)} != {len(items)}")
+        u = np.array([self._user_index.get(str(v), -1) for v in users], dtype=np.int64)
+        i = np.array([self._item_index.get(str(v), -1) for v in items], dtype=np.int64)
+        known = (u >= 0) & (i >= 0)
+        out = np.zeros(len(users), dtype=bool)
+        if known.any() and len(self.seen_):
+            out[known] = _member(u[known] * len(self.item_ids_) + i[known], self.seen_)
+        return out
 
     def _features(self, item_features: Any) -> torch.Tensor:
         if isinstance(item_features, dict):
@@ -305,7 +337,8 @@ class CMLRecommender(BaseEstimator):
                 arrays[f"feature_net.{key}"] = value.numpy()
         state = {"history": self.history_,
                  "feature_in": None if self.feature_net_ is None else
-                 int(self.feature_net_[0].in_features)}
+                 int(self.feature_net_[0].in_features),
+                 "holdout": getattr(self, "holdout_", None)}
         return save_kit(path, self, arrays=arrays, state=state, count=len(self.item_ids_))
 
     @classmethod
@@ -319,6 +352,12 @@ class CMLRecommender(BaseEstimator):
         model.item_embeddings_ = torch.from_numpy(arrays["item_embeddings"].copy())
         model.seen_ = arrays["seen"]
         model.history_ = list(state.get("history", []))
+        model.holdout_ = state.get("holdout")  # absent from older files: not stated
+        if model.holdout_ is not None and model.holdout_ not in HOLDOUTS:
+            from dmlkit.index.io import IndexFormatError
+
+            raise IndexFormatError(f"{path}: unknown holdout {model.holdout_!r} (expected one "
+                                   f"of {HOLDOUTS} or null)")
         model.feature_net_ = None
         if state.get("feature_in"):
             net = _mlp(int(state["feature_in"]), int(model.dim), model.feature_hidden)
@@ -363,4 +402,4 @@ def _mlp(n_in: int, n_out: int, hidden: Sequence[int]) -> nn.Module:
     return nn.Sequential(*layers)
 
 
-__all__ = ["CMLRecommender"]
+__all__ = ["CMLRecommender", "HOLDOUTS"]

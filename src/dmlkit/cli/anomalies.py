@@ -42,12 +42,39 @@ def _is_number(text: str) -> bool:
     return True
 
 
+def load_detector(path: Path) -> Any:
+    """The detector saved in directory ``path`` (a MetricOutlierDetector or DeepSVDD)."""
+    from dmlkit.apps import DeepSVDD, MetricOutlierDetector
+    from dmlkit.apps.persistence import kit_kind
+
+    kinds = {cls.__name__: cls for cls in (MetricOutlierDetector, DeepSVDD)}
+    kind = kit_kind(path)
+    if kind not in kinds:
+        raise ValueError(f"{path} holds a {kind}, not an anomaly detector")
+    return kinds[kind].load(path)
+
+
+def _fit(run_dir: Path | None, normal: Path, key: str, method: str, contamination: float,
+         n_neighbors: int) -> Any:
+    from dmlkit.apps import DeepSVDD, MetricOutlierDetector
+
+    x_normal, y_normal = read_rows(normal, key, "labels")
+    if method == "deep_svdd":
+        if run_dir is not None:
+            raise ValueError("deep_svdd trains its own network: omit RUN_DIR")
+        return DeepSVDD(contamination=contamination).fit(x_normal)
+    det = MetricOutlierDetector(method, n_neighbors=n_neighbors,
+                                contamination=contamination, embedder=run_dir)
+    return det.fit(x_normal, y_normal if method != "knn" else None)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("detect-anomalies")
     def detect_anomalies(
         run_dir: Path = typer.Argument(
             None, help="Run directory whose model embeds the inputs (omit: raw features)."),
-        normal: Path = typer.Option(..., "--normal", help="Normal data to fit on (.npz/.npy/.csv)"),
+        normal: Path = typer.Option(None, "--normal",
+                                    help="Normal data to fit on (.npz/.npy/.csv)."),
         data: Path = typer.Option(..., "--data", help="Data to score (.npz/.npy/.csv)."),
         out: Path = typer.Option(Path("anomaly_scores.csv"), "--out", "-o",
                                  help="CSV of row, score, outlier (+ a .json summary)."),
@@ -56,32 +83,35 @@ def register(app: typer.Typer) -> None:
         contamination: float = typer.Option(0.1, "--contamination"),
         n_neighbors: int = typer.Option(5, "--k", help="Neighbours of the knn score."),
         key: str = typer.Option("x", "--key", help="Array name in .npz files."),
+        save: Path = typer.Option(None, "--save", help="Also save the fitted detector to "
+                                  "this directory (reuse it with --detector)."),
+        detector: Path = typer.Option(None, "--detector", help="Score with a detector saved "
+                                      "by --save instead of fitting one on --normal."),
     ) -> None:
         """Score how anomalous each row of --data is, relative to --normal.
 
         Higher scores are more normal (scikit-learn's convention); rows below the
         threshold set by --contamination are flagged as outliers. When --data carries
         an ``anomaly`` (or ``labels``) array, AUROC and average precision are reported.
+        With --detector the saved detector's own method, embedder and threshold are used.
         """
         import numpy as np
 
-        from dmlkit.apps import DeepSVDD, MetricOutlierDetector
         from dmlkit.evaluation import write_json
 
         try:
-            x_normal, y_normal = read_rows(normal, key, "labels")
+            if (normal is None) == (detector is None):
+                raise ValueError("pass --normal (data to fit a detector on) or --detector (a "
+                                 "saved one), not both or neither")
+            if detector is not None and run_dir is not None:
+                raise ValueError("a saved --detector keeps its own embedder: omit RUN_DIR")
             x, truth = read_rows(data, key, "anomaly")
-            if method == "deep_svdd":
-                if run_dir is not None:
-                    raise ValueError("deep_svdd trains its own network: omit RUN_DIR")
-                det: Any = DeepSVDD(contamination=contamination)
-                det.fit(x_normal)
-            else:
-                det = MetricOutlierDetector(method, n_neighbors=n_neighbors,
-                                            contamination=contamination, embedder=run_dir)
-                det.fit(x_normal, y_normal if method != "knn" else None)
+            det = (load_detector(detector) if detector is not None else
+                   _fit(run_dir, normal, key, method, contamination, n_neighbors))
+            if save is not None:
+                det.save(save)
             scores = det.score_samples(x)
-        except (ValueError, TypeError, FileNotFoundError) as err:
+        except (ValueError, TypeError, FileNotFoundError, FileExistsError) as err:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(2) from None
         flags = scores < det.offset_
@@ -92,11 +122,14 @@ def register(app: typer.Typer) -> None:
                    fmt=["%d", "%.8g", "%d"])
         tmp.replace(out)
         summary: dict[str, Any] = {
-            "method": method, "run_dir": str(run_dir) if run_dir else None,
-            "normal": str(normal), "data": str(data), "rows": int(len(scores)),
-            "flagged": int(flags.sum()), "threshold": float(det.offset_),
-            "contamination": contamination,
+            "method": getattr(det, "method", "deep_svdd"),
+            "run_dir": str(run_dir) if run_dir else None,
+            "normal": str(normal) if normal else None, "data": str(data),
+            "rows": int(len(scores)), "flagged": int(flags.sum()),
+            "threshold": float(det.offset_), "contamination": float(det.contamination),
         }
+        if detector is not None:
+            summary["detector"] = str(detector)
         if truth is not None and len(truth) == len(scores) and len(np.unique(truth)) == 2:
             from sklearn.metrics import average_precision_score, roc_auc_score
 

@@ -57,7 +57,7 @@ def train(
     try:
         train_part, _ = _split(_read(data, min_rating), holdout)
         model = CMLRecommender(dim=dim, margin=margin, epochs=epochs, random_state=seed)
-        model.fit(train_part.users, train_part.items)
+        model.fit(train_part.users, train_part.items, holdout=holdout)
         model.save(out)
     except (ValueError, FileNotFoundError) as err:
         _fail(err)
@@ -74,7 +74,11 @@ def evaluate(
     k: int = typer.Option(10, "-k"),
     out: Path = typer.Option(None, "--out", help="JSON file (default MODEL_DIR.json)."),
 ) -> None:
-    """Recall@k, NDCG@k and coverage on each user's held-out latest interaction."""
+    """Recall@k, NDCG@k and coverage on each user's held-out latest interaction.
+
+    --data is split as 'recommend train --holdout last' split it; a model trained with
+    --holdout none saw every interaction, so there is nothing to evaluate it on.
+    """
     import numpy as np
 
     from dmlkit.apps import CMLRecommender
@@ -83,11 +87,22 @@ def evaluate(
 
     try:
         model = CMLRecommender.load(model_dir)
+        if model.holdout_ == "none":
+            raise ValueError(
+                f"{model_dir} was trained with --holdout none: every interaction was used for "
+                "training and none was held out, so there is nothing to evaluate it on (a "
+                "user's training items are never recommended back); retrain it with "
+                "--holdout last to evaluate it")
         _, test = _split(_read(data, min_rating), "last")
         known = np.isin(test.users, model.user_ids_) & np.isin(test.items, model.item_ids_)
         if not known.any():
             raise ValueError("no held-out interaction has a user and item the model knows")
         users, items = test.users[known], test.items[known]
+        if model.fitted_on(users, items).all():
+            raise ValueError(
+                f"all {len(users)} held-out interactions of {data} were used to train "
+                f"{model_dir}, so none can be recommended back and every metric would be 0; "
+                "evaluate a model trained with --holdout last on this data")
         metrics = recommendation_metrics(model.recommend(users, k), [[i] for i in items],
                                          len(model.item_ids_), k)
     except (ValueError, FileNotFoundError) as err:
