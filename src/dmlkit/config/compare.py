@@ -8,6 +8,8 @@ from dmlkit.config.schema import Config
 
 #: settings that may differ between a run and the command that resumes it
 RESUMABLE = ("training.epochs", "training.progress")
+#: sections that are ``{name: ..., **params}`` configs of registered components
+_COMPONENTS = ("model", "loss", "miner", "sampler")
 
 
 def config_changes(given: Config, saved: Config, ignore: tuple[str, ...] = RESUMABLE
@@ -17,21 +19,37 @@ def config_changes(given: Config, saved: Config, ignore: tuple[str, ...] = RESUM
 
     ``saved`` is a run's resolved config: the parameters resolution filled in (input
     shapes, ``num_classes``) are keys the given config does not name, so only the keys a
-    component (model, loss, miner, sampler) of ``given`` names are compared.
+    component (model, loss, miner, sampler) of ``given`` names are compared, in the
+    component configs it nests too (the losses of a ``multiple_losses``).
     """
     a, b = given.to_dict(), saved.to_dict()
     changes: list[str] = []
     for section, value in a.items():
         old = b.get(section)
         if isinstance(value, dict) and isinstance(old, dict):
-            keys = value if section in ("model", "loss", "miner", "sampler") else {**old, **value}
+            keys = value if section in _COMPONENTS else {**old, **value}
             for key in keys:
                 name = f"{section}.{key}"
-                if name not in ignore and _differs(value.get(key), old.get(key)):
+                differs = _component_differs if section in _COMPONENTS else _differs
+                if name not in ignore and differs(value.get(key), old.get(key)):
                     changes.append(f"{name}: {old.get(key)!r} -> {value.get(key)!r}")
         elif section not in ignore and _differs(value, old):
             changes.append(f"{section}: {old!r} -> {value!r}")
     return changes
+
+
+def _component_differs(given: Any, saved: Any) -> bool:
+    """Whether a component parameter differs, where nested component configs
+    (``{"name": ...}`` mappings, or names) compare only on the keys ``given`` names."""
+    if isinstance(given, str) and isinstance(saved, dict) and "name" in saved:
+        given = {"name": given}  # a name that resolution expanded into a config
+    if isinstance(given, dict) and isinstance(saved, dict):
+        keys = given if "name" in given else {**saved, **given}
+        return any(_component_differs(given.get(k), saved.get(k)) for k in keys)
+    if isinstance(given, (list, tuple)) and isinstance(saved, (list, tuple)):
+        return len(given) != len(saved) or any(
+            _component_differs(g, s) for g, s in zip(given, saved, strict=True))
+    return _differs(given, saved)
 
 
 def _differs(a: Any, b: Any) -> bool:

@@ -30,7 +30,11 @@ class SNRDistance(BaseDistance):
     Not symmetric: the anchor ``x`` (the query, the row) is the signal. Matches
     pytorch-metric-learning's ``SNRDistance`` (inputs L2-normalized by default).
     A vector with zero variance (all coordinates equal) has its variance clamped to the
-    smallest normal float instead of dividing by zero.
+    smallest normal float of the input dtype instead of dividing by zero.
+
+    Half-precision inputs (``float16``, ``bfloat16``) are measured in ``float32`` (on the
+    CPU, ``torch.cdist`` has no half kernels, and the sums of squares keep their
+    precision); the result has the input dtype, as with the other distances.
 
     Parameters
     ----------
@@ -41,22 +45,32 @@ class SNRDistance(BaseDistance):
     is_similarity = False
 
     def compute_matrix(self, x: Tensor, y: Tensor | None) -> Tensor:
-        xc = _centered(x)  # (n, d)
-        yc = xc if y is None else _centered(y)  # (m, d)
+        dtype = x.dtype if y is None else torch.promote_types(x.dtype, y.dtype)
+        work = _working_dtype(dtype)
+        xc = _centered(x.to(work))  # (n, d)
+        yc = xc if y is None else _centered(y.to(work))  # (m, d)
         x_sq = (xc * xc).sum(dim=1)  # (n,)
         # differences taken directly, not through a Gram matrix: identical vectors give
         # exactly 0 (a tie stays a tie), as the variance of their difference does
         noise = torch.cdist(xc, yc, compute_mode="donot_use_mm_for_euclid_dist") ** 2  # (n, m)
-        return noise / x_sq.clamp_min(_tiny(x))[:, None]  # (n, m)
+        return (noise / x_sq.clamp_min(_tiny(dtype))[:, None]).to(dtype)  # (n, m)
 
     def compute_rowwise(self, x: Tensor, y: Tensor) -> Tensor:
-        xc, yc = _centered(x), _centered(y)  # (n, d)
+        dtype = torch.promote_types(x.dtype, y.dtype)
+        work = _working_dtype(dtype)
+        xc, yc = _centered(x.to(work)), _centered(y.to(work))  # (n, d)
         diff = xc - yc  # (n, d)
-        return (diff * diff).sum(dim=1) / (xc * xc).sum(dim=1).clamp_min(_tiny(x))  # (n,)
+        snr = (diff * diff).sum(dim=1) / (xc * xc).sum(dim=1).clamp_min(_tiny(dtype))  # (n,)
+        return snr.to(dtype)
 
 
-def _tiny(x: Tensor) -> float:
-    return float(torch.finfo(x.dtype).tiny)
+def _working_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype to measure in: at least ``float32``."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _tiny(dtype: torch.dtype) -> float:
+    return float(torch.finfo(dtype).tiny)
 
 
 __all__ = ["SNRDistance"]

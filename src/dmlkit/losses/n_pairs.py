@@ -24,11 +24,21 @@ class NPairsLoss(BaseMetricLoss):
 
         \ell = \frac{1}{N}\sum_i -\log \frac{e^{s(a_i, p_i)}}{\sum_j e^{s(a_i, p_j)}}
 
-    so every other class's positive is a negative. The pairs are chosen as in
-    pytorch-metric-learning's ``NPairsLoss``: among the positive pairs (all of the batch,
-    or the mined ``indices``, in order), the first pair of each anchor label. With
-    ``indices`` and no labels, every listed pair is taken as its own class (Sohn's
-    batch construction). For a distance ``-d`` is the similarity.
+    so every other class's positive is a negative. For a distance ``-d`` is the similarity.
+
+    Which pair stands for a class (pytorch-metric-learning's ``NPairsLoss`` rule, so both
+    give the same value on the same tuples): of the positive pairs, taken in the order
+    they are listed, the first whose anchor has that label. Without ``indices`` the
+    batch's positive pairs are listed row-major, so each class is represented by its
+    lowest-index item (with a positive) and that item's lowest-index positive. With
+    ``indices`` (Pairs ``(a1, p, a2, n)``, or the ``(a, p)`` of triplets) the listing
+    order decides, and the negative pairs are not used: reordering the positive pairs can
+    change the value. Miners list their pairs in their own order, e.g. dmlkit's
+    :class:`~dmlkit.miners.MultiSimilarityMiner` row-major (each anchor's positives by
+    index) and pytorch-metric-learning's ``MultiSimilarityMiner`` each anchor's positives
+    from least to most similar, so the two libraries' miner-plus-loss pipelines can keep
+    different pairs of the same mined set. With ``indices`` and no labels, every listed
+    pair is taken as its own class (Sohn's batch construction).
 
     Parameters
     ----------

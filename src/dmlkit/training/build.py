@@ -2,8 +2,9 @@
 
 Shape parameters the data determines are filled in when the config leaves them out:
 ``in_features`` / ``in_channels`` / ``image_size`` of the model, ``num_classes`` /
-``embedding_size`` of proxy and classifier losses. :func:`resolve_config` writes them
-into the config, so a saved run rebuilds its model without its data.
+``embedding_size`` of proxy and classifier losses, also where they are nested in composite
+losses (:func:`loss_shape_params`). :func:`resolve_config` writes them into the config, so
+a saved run rebuilds its model without its data.
 """
 
 from __future__ import annotations
@@ -71,6 +72,61 @@ def embedding_dim(model_spec: dict[str, Any]) -> int | None:
     return None if param is None or param.default is inspect.Parameter.empty else int(param.default)
 
 
+#: loss parameters that take the embedding dimension (the model's ``dim``)
+_DIM_KEYS = ("embedding_size", "embedding_dim", "descriptors_dim")
+#: loss parameters whose values are loss configs (wrappers and composite losses)
+_NESTED_LOSS_KEYS = ("loss", "losses")
+
+
+def loss_shape_params(
+    spec: dict[str, Any] | str, num_classes: int, dim: int | None
+) -> dict[str, Any] | str:
+    """``spec`` with ``num_classes`` and the embedding dimension filled in where its loss
+    takes them and leaves them out, in the losses it nests too.
+
+    Composite and wrapping losses (``weighted_sum``, ``multiple_losses``,
+    ``cross_batch_memory``, ``self_supervised``) hold loss configs under ``loss`` / ``losses``
+    (a config, or a list or dict of configs); those are filled in the same way, at any depth.
+
+    Parameters
+    ----------
+    spec : dict or str
+        A loss config ``{"name": ..., **params}``, or a loss name.
+    num_classes : int
+        Number of classes of the training data.
+    dim : int or None
+        Embedding dimension of the model (None: unknown, left out).
+
+    Returns
+    -------
+    dict or str
+        A new config (``spec`` is not changed); a name stays a name when nothing is filled.
+    """
+    if isinstance(spec, str):
+        filled = loss_shape_params({"name": spec}, num_classes, dim)
+        return spec if filled == {"name": spec} else filled
+    if not isinstance(spec, dict) or "name" not in spec:
+        return spec  # not a config: the registry reports it when building
+    spec = dict(spec)
+    params = _params(LOSSES, spec["name"])
+    if "num_classes" in params and "num_classes" not in spec:
+        spec["num_classes"] = int(num_classes)
+    for key in _DIM_KEYS:
+        if key in params and key not in spec and dim is not None:
+            spec[key] = dim
+    for key in _NESTED_LOSS_KEYS:
+        value = spec.get(key)
+        if key not in params or value is None:
+            continue
+        if isinstance(value, (list, tuple)):
+            spec[key] = [loss_shape_params(v, num_classes, dim) for v in value]
+        elif isinstance(value, dict) and "name" not in value:  # {loss name: config}
+            spec[key] = {k: loss_shape_params(v, num_classes, dim) for k, v in value.items()}
+        else:
+            spec[key] = loss_shape_params(value, num_classes, dim)
+    return spec
+
+
 def resolve_config(config: Config, example: Tensor, num_classes: int) -> Config:
     """A copy of ``config`` with the data-dependent model and loss parameters filled in."""
     config = copy.deepcopy(config)
@@ -81,13 +137,8 @@ def resolve_config(config: Config, example: Tensor, num_classes: int) -> Config:
         if given != config.data.sample_rate:
             raise ValueError(f"model.sample_rate is {given} but data.sample_rate is "
                              f"{config.data.sample_rate}; remove model.sample_rate")
-    loss_params = _params(LOSSES, config.loss["name"])
-    if "num_classes" in loss_params and "num_classes" not in config.loss:
-        config.loss["num_classes"] = int(num_classes)
-    dim = embedding_dim(config.model)
-    for key in ("embedding_size", "embedding_dim"):
-        if key in loss_params and key not in config.loss and dim is not None:
-            config.loss[key] = dim
+    loss = loss_shape_params(config.loss, int(num_classes), embedding_dim(config.model))
+    config.loss = loss if isinstance(loss, dict) else {"name": loss}
     config.check()
     return config
 
@@ -141,6 +192,7 @@ def build_sampler(
 __all__ = [
     "resolve_config",
     "model_shape_params",
+    "loss_shape_params",
     "embedding_dim",
     "build_model",
     "build_loss",

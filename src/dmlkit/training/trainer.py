@@ -95,6 +95,45 @@ class Trainer:
         ``callback(trainer, record)`` after each epoch's checkpoint.
     log : callable, optional
         Receives human-readable messages (default: ``print``).
+
+    Notes
+    -----
+    A ready-made ``loss``, ``miner`` or ``sampler`` replaces the configured one; the
+    config's other sections (optimizer, schedule, training) still apply. What the trainer
+    asks of each:
+
+    **loss** -- an ``nn.Module``: it is moved with ``.to(device)``, put in ``.train()``
+    mode every epoch, its ``parameters()`` (proxies, class weights) are trained in a second
+    optimizer group at ``optimizer.loss_lr`` (default ``optimizer.lr``) and clipped with
+    the model's under ``training.grad_clip``, and its ``state_dict()`` is saved in
+    checkpoints, restored on resume and kept for the best validation epoch. Each batch it
+    is called as ``loss(embeddings, labels, indices=indices)``: ``embeddings`` a float32
+    ``(B, dim)`` tensor (under ``training.amp`` too), ``labels`` the batch's labels on the
+    device, or None for batches without labels, and ``indices`` always passed, by keyword:
+    None, the miner's output (unchanged), or the batch's own tuples as
+    :class:`~dmlkit.functional.tuples.Pairs` / ``Triplets`` / ``Quadruplets`` (a plain
+    tuple or list of 3 is read as triplets, of 4 as pairs). ``ref_embeddings`` and
+    ``ref_labels`` are never passed. It returns a scalar tensor to backpropagate; a NaN or
+    infinite value stops training with ``FloatingPointError``. The
+    ``training.anchor_weight`` / ``uniformity_weight`` regularizers are added to it.
+    (:class:`~dmlkit.training.distributed.DistributedTrainer` makes the same call on the
+    batch gathered from every process, labels required.)
+
+    **miner** -- called as ``miner(embeddings, labels)`` (no ``ref_*``) only for batches
+    that have labels and no tuples of their own; it is not moved to the device, and it
+    needs ``state_dict()`` and ``load_state_dict()`` (an ``nn.Module``'s): its state goes
+    into checkpoints.
+
+    **sampler** -- an iterable of batches, each a list of integer positions into
+    ``train_data`` (fetched with ``train_data.get_batch(positions)`` when the dataset has
+    it, else ``collate_fn([train_data[i] for i in positions])``). It needs ``__len__``, the
+    number of batches an epoch yields (the learning-rate schedule and the progress bar are
+    sized by it). Optional: ``set_epoch(epoch)``, called with the 0-based epoch before each
+    epoch and with the saved epoch on resume; ``epoch`` (saved in checkpoints, else the
+    trainer's epoch is); ``state_dict()`` / ``load_state_dict(state)``, saved and restored
+    (when not empty) for exact resumes. Epochs run with torch's, numpy's and ``random``'s
+    global generators seeded from ``training.seed + 1`` and saved in checkpoints, so a
+    sampler drawing from them is reproducible too.
     """
 
     def __init__(
