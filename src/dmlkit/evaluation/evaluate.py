@@ -18,7 +18,7 @@ import torch
 from dmlkit._files import publish_mode
 from dmlkit.evaluation.clustering import clustering_metrics
 from dmlkit.evaluation.few_shot import few_shot_accuracy
-from dmlkit.evaluation.retrieval import retrieval_metrics
+from dmlkit.evaluation.retrieval import label_codes, retrieval_metrics
 from dmlkit.evaluation.verification import pair_scores, pairs_from_labels, verification_metrics
 
 SECTIONS = ("retrieval", "clustering", "verification", "few_shot")
@@ -80,8 +80,11 @@ def evaluate_embeddings(
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         raise ValueError(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
+    labels, ref_labels = label_codes(labels, ref_labels)  # class names as integer codes
     x = torch.as_tensor(embeddings)
     y = torch.as_tensor(labels)
+    if x.dim() != 2 or x.shape[0] == 0:
+        raise ValueError(f"need a non-empty (n, d) array of embeddings, got shape {tuple(x.shape)}")
     result: dict[str, Any] = {"num_embeddings": int(x.shape[0]), "metric": metric,
                               "seed": seed}
     if "retrieval" in sections:

@@ -56,14 +56,18 @@ def few_shot_accuracy(
         raise ValueError(f"classifier must be one of {CLASSIFIERS}, got {classifier!r}")
     for name, v in (("n_way", n_way), ("k_shot", k_shot), ("n_query", n_query),
                     ("episodes", episodes)):
-        if not isinstance(v, int) or v < 1:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    n_way, k_shot, n_query, episodes = int(n_way), int(k_shot), int(n_query), int(episodes)
     metric = canonical_metric(metric)
     x = embeddings.detach().cpu().numpy() if isinstance(embeddings, torch.Tensor) else embeddings
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
     if x.ndim != 2 or y.ndim != 1 or y.shape[0] != x.shape[0]:
         raise ValueError(f"need embeddings (n, d) and labels (n,), got {x.shape}, {y.shape}")
+    if not np.isfinite(x).all():
+        bad = int((~np.isfinite(x).all(axis=1)).sum())
+        raise ValueError(f"embeddings contain NaN or infinite values ({bad} of {len(x)} rows)")
     if metric == "cosine":
         x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     uniq, counts = np.unique(y, return_counts=True)

@@ -9,7 +9,12 @@ import numpy as np
 
 
 def recommendation_metrics(
-    recommended: np.ndarray, relevant: Sequence[Any], n_items: int, k: int = 10
+    recommended: np.ndarray,
+    relevant: Sequence[Any],
+    n_items: int,
+    k: int = 10,
+    *,
+    pad: Any = None,
 ) -> dict[str, float]:
     """Metrics of ``(n_users, >=k)`` ranked recommendations against held-out items.
 
@@ -21,6 +26,12 @@ def recommendation_metrics(
         Each user's held-out items.
     n_items : int
         Catalogue size, for coverage.
+    k : int
+        Cut-off.
+    pad : object, optional
+        The value that fills rows shorter than ``k`` (a user with fewer unseen items):
+        never a hit and not an item for coverage. Default: ``-1`` for numeric ids, ``""``
+        for string ids, as :meth:`~dmlkit.apps.CMLRecommender.recommend` pads.
 
     Returns
     -------
@@ -39,13 +50,25 @@ def recommendation_metrics(
     if n_items < 1:
         raise ValueError(f"n_items must be >= 1, got {n_items}")
     top = recommended[:, :k]
+    if pad is None:
+        pad = "" if recommended.dtype.kind in "USO" else -1
+    filled = top != pad  # (n_users, k)
+    for row, keep in zip(top, filled, strict=True):
+        items = row[keep].tolist()
+        if len(set(items)) != len(items):
+            raise ValueError(
+                f"a user's recommendations repeat an item ({row.tolist()}): each item may "
+                "appear once per user"
+            )
     discounts = 1.0 / np.log2(np.arange(2, k + 2))  # (k,)
     recalls, ndcgs = [], []
     for row, rel in zip(top, relevant, strict=False):
         rel = set(np.asarray(list(rel)).tolist())
         if not rel:
             continue
-        hits = np.array([item in rel for item in row.tolist()], dtype=float)  # (k,)
+        hits = np.array(
+            [item != pad and item in rel for item in row.tolist()], dtype=float
+        )  # (k,)
         recalls.append(hits.sum() / len(rel))
         ideal = discounts[: min(len(rel), k)].sum()
         ndcgs.append((hits * discounts).sum() / ideal)
@@ -54,7 +77,7 @@ def recommendation_metrics(
     return {
         f"recall_at_{k}": float(np.mean(recalls)),
         f"ndcg_at_{k}": float(np.mean(ndcgs)),
-        f"coverage_at_{k}": float(len(np.unique(top)) / n_items),
+        f"coverage_at_{k}": float(len(np.unique(top[filled])) / n_items),
         "users": len(recalls),
     }
 

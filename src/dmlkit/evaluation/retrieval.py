@@ -50,7 +50,7 @@ def _as_tensor(x, name: str, labels: bool = False) -> Tensor:
     return x
 
 
-def _label_codes(query_labels, reference_labels):
+def label_codes(query_labels, reference_labels):
     """Names (string or object arrays, lists of strings) as integer codes, one code per
     name across queries and references."""
     def names(v):
@@ -71,7 +71,7 @@ def _label_codes(query_labels, reference_labels):
 
 
 def _check_inputs(query, query_labels, reference, reference_labels):
-    query_labels, reference_labels = _label_codes(query_labels, reference_labels)
+    query_labels, reference_labels = label_codes(query_labels, reference_labels)
     query = _as_tensor(query, "query")
     query_labels = _as_tensor(query_labels, "query_labels", labels=True)
     check_embeddings(query, "query")
@@ -146,6 +146,8 @@ def retrieval_metrics(
     query, query_labels, reference, reference_labels = _check_inputs(
         query, query_labels, reference, reference_labels
     )
+    if query.shape[0] == 0:
+        raise ValueError("no queries: query has 0 rows")
     metric = canonical_metric(metric)
     with torch.no_grad():
         values = retrieval_per_query(
