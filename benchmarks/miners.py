@@ -7,6 +7,16 @@ seeded inputs for both libraries (``B`` random embeddings of dimension ``--dim``
 whose output sizes are compared across libraries), then reports the median time of
 ``--repeats`` calls and the rise of peak RSS above the RSS before the first call.
 
+``--compare-src DIR`` adds a third side, ``before``: the same dmlkit case run from another
+source tree (``DIR`` holds the ``dmlkit`` package, e.g. an earlier version unpacked with
+``git archive``), its output checked against the current one (same tuples, same order,
+through an order-sensitive digest). ``--mmap-threshold`` fixes glibc's mmap threshold
+in the children so that freed blocks leave the RSS and the peak tracks live tensors;
+``--cap-gb`` caps each child's address space so that an oversized case fails instead
+of exhausting the machine; ``--sides`` runs a subset of the sides (e.g. dmlkit alone at
+a size the others cannot reach). Ratios are printed against PML and ``before``, and
+``peak / out`` is dmlkit's peak over the bytes of the index tensors it returns.
+
 Offline cases embed nothing: they mine the 10 hardest negatives of each of ``N`` random
 items (100 classes) with :func:`dmlkit.training.offline_mining.hardest_negatives`
 (chunked), with a dense ``(N, N)`` masked top-k in torch, and, as a speed reference for
@@ -17,6 +27,8 @@ Usage::
     python benchmarks/miners.py                       # B in 256 1024 4096, N = 20000
     python benchmarks/miners.py --sizes 256 --offline 5000 --repeats 3
     python benchmarks/miners.py --miners angular hdc --offline --out miners_catalogue.json
+    python benchmarks/miners.py --miners multi_similarity --sizes 4096 8192 --offline \
+        --repeats 1 --mmap-threshold 131072 --cap-gb 8 --compare-src /tmp/before/src
 
 Writes ``benchmarks/results/miners.json``.
 """
@@ -25,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -41,8 +54,10 @@ MINERS = {
     "distance_weighted": (("distance_weighted", {}), ("DistanceWeightedMiner", {})),
     # the rest of the catalogue (outputs of the random uniform-histogram draws differ,
     # their sizes do not)
-    "triplet_margin_semihard": (("triplet_margin", {"type_of_triplets": "semihard"}),
-                                ("TripletMarginMiner", {"type_of_triplets": "semihard"})),
+    "triplet_margin_semihard": (
+        ("triplet_margin", {"type_of_triplets": "semihard"}),
+        ("TripletMarginMiner", {"type_of_triplets": "semihard"}),
+    ),
     "angular": (("angular", {}), ("AngularMiner", {})),
     "hdc": (("hdc", {}), ("HDCMiner", {})),
     "uniform_histogram": (("uniform_histogram", {}), ("UniformHistogramMiner", {})),
@@ -55,13 +70,18 @@ def run_case(payload: dict[str, Any]) -> dict[str, Any]:
     from _common import peak_rss_mb, reset_peak_rss
 
     torch.set_num_threads(payload["threads"])
+    if payload.get("src"):  # the ``before`` side: dmlkit must come from that tree
+        import dmlkit
+
+        if not os.path.realpath(dmlkit.__file__).startswith(os.path.realpath(payload["src"])):
+            raise RuntimeError(f"dmlkit imported from {dmlkit.__file__}, not {payload['src']}")
     g = torch.Generator().manual_seed(0)
     size, dim = payload["size"], payload["dim"]
     if payload["kind"] == "miner":
         x = torch.randn(size, dim, generator=g)
         y = torch.arange(size) // 4
         ours, theirs = MINERS[payload["case"]]
-        if payload["side"] == "dmlkit":
+        if payload["side"] in ("dmlkit", "before"):
             from dmlkit.registry import MINERS as REG
 
             miner = REG.build(ours[0], **ours[1])
@@ -98,24 +118,46 @@ def run_case(payload: dict[str, Any]) -> dict[str, Any]:
                 index = faiss.IndexFlatL2(dim)
                 index.add(xn)
                 return index.search(xn, 10)[1]
+
+    if payload.get("cap_gb"):
+        from _common import cap_address_space
+
+        cap_address_space(payload["cap_gb"])
     base = reset_peak_rss()
     out = call()
     peak = peak_rss_mb() - base
-    sizes = [len(t) for t in out] if isinstance(out, tuple) else [int(out.shape[0])]
+    tensors = list(out) if isinstance(out, tuple) else [torch.as_tensor(out)]
+    sizes = [int(t.shape[0]) for t in tensors]
+    out_mb = sum(t.numel() * t.element_size() for t in tensors) / 2**20
+    digest = [_digest(t) for t in tensors]
+    del out, tensors
     times = []
     for _ in range(payload["repeats"]):
         start = time.perf_counter()
         call()
         times.append(time.perf_counter() - start)
-    return {"seconds": statistics.median(times), "peak_mb": peak, "sizes": sizes}
+    return {"seconds": statistics.median(times), "peak_mb": peak, "sizes": sizes,
+            "out_mb": out_mb, "digest": digest}  # fmt: skip
 
 
-def spawn(payload: dict[str, Any]) -> dict[str, Any]:
+def _digest(t: Any) -> int:
+    """An order-sensitive checksum of an index tensor, in blocks (bounded memory)."""
+    import torch
+
+    flat, total, step = t.reshape(-1).long(), 0, 1 << 20
+    for a in range(0, flat.numel(), step):
+        w = torch.arange(a, min(a + step, flat.numel())) % 1009 + 1  # (b,)
+        total = (total + int((flat[a : a + step] * w).sum())) % (1 << 61)
+    return total
+
+
+def spawn(payload: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
     proc = subprocess.run(
         [sys.executable, __file__, "--child", json.dumps(payload)],
         capture_output=True,
         text=True,
         timeout=900,
+        env=env,
     )
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
@@ -130,6 +172,24 @@ def _compare_sizes(ours: dict[str, Any], theirs: dict[str, Any]) -> str:
     return str(ours["sizes"]) + same + str(theirs["sizes"])
 
 
+def _ratio(res: dict[str, Any], num: str, den: str, key: str) -> float:
+    """``res[num][key] / res[den][key]``, NaN when either side is missing or failed."""
+    a, b = res.get(num, {}), res.get(den, {})
+    if key not in a or key not in b or not b[key]:
+        return float("nan")
+    return a[key] / b[key]
+
+
+def _versus_before(res: dict[str, Any]) -> str:
+    """Whether dmlkit's output equals the ``before`` side's (same tuples, same order)."""
+    ours, before = res.get("dmlkit", {}), res.get("before")
+    if before is None:
+        return ""
+    if "error" in ours or "error" in before:
+        return "error: " + str(ours.get("error") or before.get("error"))
+    return "same" if ours["digest"] == before["digest"] else "DIFFERENT"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 4096])
@@ -139,35 +199,77 @@ def main() -> None:
     parser.add_argument("--out", default="miners.json")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--sides", nargs="+", default=["dmlkit", "pml", "before"],
+                        choices=["dmlkit", "pml", "before"])  # fmt: skip
+    parser.add_argument(
+        "--compare-src",
+        default=None,
+        help="source tree of another dmlkit version, run as side 'before'",
+    )
+    parser.add_argument(
+        "--mmap-threshold",
+        type=int,
+        default=None,
+        help="glibc MALLOC_MMAP_THRESHOLD_ for the children, bytes",
+    )
+    parser.add_argument(
+        "--cap-gb",
+        type=float,
+        default=None,
+        help="address space each child may add after building its inputs",
+    )
     parser.add_argument("--child", type=str, default=None)
     args = parser.parse_args()
     if args.child is not None:
         print(json.dumps(run_case(json.loads(args.child))))
         return
-    common = {"dim": args.dim, "repeats": args.repeats, "threads": args.threads}
+    common = {"dim": args.dim, "repeats": args.repeats, "threads": args.threads,
+              "cap_gb": args.cap_gb}  # fmt: skip
+    env = dict(os.environ)
+    if args.mmap_threshold is not None:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
+    sides = [s for s in args.sides if s != "before" or args.compare_src]
+    before_env = {**env, "PYTHONPATH": os.pathsep.join(
+        p for p in (args.compare_src, env.get("PYTHONPATH")) if p)}  # fmt: skip
     rows, records = [], []
     for case in args.miners:
         for size in args.sizes:
-            res = {
-                side: spawn({**common, "kind": "miner", "case": case, "size": size, "side": side})
-                for side in ("dmlkit", "pml")
-            }
+            res = {}
+            for side in sides:
+                payload = {**common, "kind": "miner", "case": case, "size": size, "side": side}
+                if side == "before":
+                    res[side] = spawn({**payload, "src": args.compare_src}, before_env)
+                else:
+                    res[side] = spawn(payload, env)
             records.append({"case": case, "size": size, **res})
-            ours, theirs = res["dmlkit"], res["pml"]
-            ok = "error" not in ours and "error" not in theirs
+            ms = {k: v.get("seconds", float("nan")) * 1e3 for k, v in res.items()}
+            mb = {k: v.get("peak_mb", "error") for k, v in res.items()}
+            ours = res.get("dmlkit", {})
+            sizes = (
+                _compare_sizes(ours, res["pml"]) if "pml" in res and "dmlkit" in res
+                else str(ours.get("sizes", ours.get("error", "")))
+            )  # fmt: skip
             rows.append([
                 case, size,
-                ours.get("seconds", float("nan")) * 1e3, theirs.get("seconds", float("nan")) * 1e3,
-                ours["seconds"] / theirs["seconds"] if ok else float("nan"),
-                ours.get("peak_mb"), theirs.get("peak_mb"),
-                _compare_sizes(ours, theirs),
+                ms.get("dmlkit"), ms.get("pml"), ms.get("before"),
+                _ratio(res, "dmlkit", "pml", "seconds"),
+                _ratio(res, "dmlkit", "before", "seconds"),
+                mb.get("dmlkit"), mb.get("pml"), mb.get("before"),
+                _ratio(res, "dmlkit", "pml", "peak_mb"),
+                _ratio(res, "dmlkit", "before", "peak_mb"),
+                ours.get("out_mb"),
+                ours["peak_mb"] / ours["out_mb"] if ours.get("out_mb") else float("nan"),
+                sizes, _versus_before(res),
             ])  # fmt: skip
-    print(format_table(rows, ["miner", "B", "dmlkit ms", "pml ms", "ratio", "dmlkit MB",
-                              "pml MB", "output sizes"]))  # fmt: skip
+    print(format_table(rows, [
+        "miner", "B", "dmlkit ms", "pml ms", "before ms", "ms / pml", "ms / before",
+        "dmlkit MB", "pml MB", "before MB", "MB / pml", "MB / before", "out MB",
+        "peak / out", "output sizes", "vs before",
+    ]))  # fmt: skip
     off_rows = []
     for size in args.offline:
         res = {
-            side: spawn({**common, "dim": 64, "kind": "offline", "size": size, "side": side})
+            side: spawn({**common, "dim": 64, "kind": "offline", "size": size, "side": side}, env)
             for side in ("dmlkit", "dense", "faiss")
         }
         records.append({"case": "offline_hardest_negatives", "size": size, **res})

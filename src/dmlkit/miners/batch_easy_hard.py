@@ -11,6 +11,7 @@ from torch import Tensor
 
 from dmlkit.distances.base import BaseDistance
 from dmlkit.functional.tuples import Pairs
+from dmlkit.miners._where import ChunkedWhere
 from dmlkit.miners.base import BaseMiner, cat_tuples
 from dmlkit.registry import register_miner
 
@@ -36,7 +37,9 @@ class BatchEasyHardMiner(BaseMiner):
     pairs to raw distance (or similarity) values in ``[low, high]`` (ignored by "all").
     Unless one strategy is "all", only anchors with both a positive and a negative are
     kept and the output is ``Pairs(a, p, a, n)``. Same pairs as pytorch-metric-learning's
-    ``BatchEasyHardMiner`` (up to ties). Runs in row chunks (O(chunk * m) memory).
+    ``BatchEasyHardMiner`` (up to ties). Runs in row chunks (O(chunk * m) memory besides
+    the output; an "all" side also keeps O(n * m) bytes of masks, or 4 bytes per pair if
+    fewer).
 
     Parameters
     ----------
@@ -81,17 +84,35 @@ class BatchEasyHardMiner(BaseMiner):
         x = self.distance.maybe_normalize(embeddings)
         ref = self.distance.maybe_normalize(ref_embeddings)
         sign = -1.0 if self.distance.is_similarity else 1.0
-        parts = [
-            self._mine_chunk(sign * d, d, pos, neg, a)
+        found_pos, found_neg = ChunkedWhere(x.device), ChunkedWhere(x.device)
+        picked = [  # the blocks' temporaries end with the comprehension
+            self._mine_chunk(sign * d, d, pos, neg, a, found_pos, found_neg)
             for a, d, pos, neg in self.row_blocks(x, labels, ref, ref_labels, same_set)
         ]
-        return cat_tuples(parts, Pairs, x.device)
+        a1, p, a2, nn = cat_tuples(picked, Pairs, x.device)
+        if self.pos_strategy == "all":
+            a1, p = found_pos.indices()  # (P,), (P,)
+        if self.neg_strategy == "all":
+            a2, nn = found_neg.indices()  # (N,), (N,)
+        return Pairs(a1, p, a2, nn)
 
     def _mine_chunk(
-        self, e: Tensor, d: Tensor, pos: Tensor, neg: Tensor, offset: int
+        self,
+        e: Tensor,
+        d: Tensor,
+        pos: Tensor,
+        neg: Tensor,
+        offset: int,
+        found_pos: ChunkedWhere,
+        found_neg: ChunkedWhere,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Pairs of one chunk; ``e`` (c, m) is farness, ``d`` the raw values."""
+        """Pairs of one chunk; ``e`` (c, m) is farness, ``d`` the raw values.
+
+        An "all" side's mask goes to ``found_pos`` / ``found_neg`` and its part of the
+        returned tuple is empty.
+        """
         rows = torch.arange(e.shape[0], device=e.device) + offset  # (c,)
+        none = rows[:0]  # (0,)
         if self.pos_strategy != "all":
             pos = pos & _in_range(d, self.allowed_pos_range)
         if self.neg_strategy != "all":
@@ -112,13 +133,13 @@ class BatchEasyHardMiner(BaseMiner):
             keep = p_ok & n_ok  # (c,)
             return rows[keep], p_idx[keep], rows[keep], n_idx[keep]
         if ps == "all":
-            a1, p = torch.where(pos)
-            a1 = a1 + offset
+            found_pos.add(pos, offset)
+            a1, p = none, none
         else:
             a1, p = rows[p_ok], p_idx[p_ok]
         if ns == "all":
-            a2, nn = torch.where(neg)
-            a2 = a2 + offset
+            found_neg.add(neg, offset)
+            a2, nn = none, none
         else:
             a2, nn = rows[n_ok], n_idx[n_ok]
         return a1, p, a2, nn

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from dmlkit.distances.base import BaseDistance
 from dmlkit.functional.tuples import Pairs
-from dmlkit.miners.base import BaseMiner, cat_tuples
+from dmlkit.miners._where import ChunkedWhere
+from dmlkit.miners.base import BaseMiner
 from dmlkit.registry import register_miner
 
 
@@ -19,7 +19,8 @@ class PairMarginMiner(BaseMiner):
     for a similarity: positives with ``s < pos_margin``, negatives with ``s > neg_margin``.
     These are exactly the pairs with a non-zero contrastive loss (Hadsell et al. 2006).
     Same pairs, in the same (row-major) order, as pytorch-metric-learning's
-    ``PairMarginMiner``. Runs in row chunks (O(chunk * m) memory).
+    ``PairMarginMiner``. Runs in row chunks: peak memory is the output plus O(n * m)
+    bytes of kept masks (or 4 bytes per mined pair, if fewer) plus one chunk.
 
     Parameters
     ----------
@@ -51,18 +52,29 @@ class PairMarginMiner(BaseMiner):
     ) -> Pairs:
         x = self.distance.maybe_normalize(embeddings)
         ref = self.distance.maybe_normalize(ref_embeddings)
-        parts: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
+        mined_pos, mined_neg = self._collect(x, labels, ref, ref_labels, same_set)
+        a1, p = mined_pos.indices()  # (P,), (P,)
+        a2, nn = mined_neg.indices()  # (N,), (N,)
+        return Pairs(a1, p, a2, nn)
+
+    def _collect(
+        self, x: Tensor, labels: Tensor, ref: Tensor, ref_labels: Tensor, same_set: bool
+    ) -> tuple[ChunkedWhere, ChunkedWhere]:
+        """Masks of the mined positive and negative pairs, row block by row block.
+
+        The last block's temporaries end with the call, before the indices are written.
+        """
+        mined_pos, mined_neg = ChunkedWhere(x.device), ChunkedWhere(x.device)
         for a, d, pos, neg in self.row_blocks(x, labels, ref, ref_labels, same_set):
             if self.distance.is_similarity:
-                pos &= d < self.pos_margin
-                neg &= d > self.neg_margin
+                pos &= d < self.pos_margin  # (c, m)
+                neg &= d > self.neg_margin  # (c, m)
             else:
-                pos &= d > self.pos_margin
-                neg &= d < self.neg_margin
-            a1, p = torch.where(pos)
-            a2, nn = torch.where(neg)
-            parts.append((a1 + a, p, a2 + a, nn))
-        return cat_tuples(parts, Pairs, x.device)
+                pos &= d > self.pos_margin  # (c, m)
+                neg &= d < self.neg_margin  # (c, m)
+            mined_pos.add(pos, a)
+            mined_neg.add(neg, a)
+        return mined_pos, mined_neg
 
 
 __all__ = ["PairMarginMiner"]
