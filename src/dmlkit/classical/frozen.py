@@ -23,12 +23,55 @@ EVAL_KEYS = ("precision_at_1", "r_precision", "map_at_r")
 
 @dataclass
 class EmbeddedSplits:
-    """Train / held-out embeddings (float64 ndarrays) and labels (int64 ndarrays)."""
+    """Train / held-out embeddings (float64 ndarrays) and labels (int64 ndarrays).
+
+    ``classes`` holds the original label values when they were not integers (strings,
+    say): ``labels`` are then indices into it, shared by both splits.
+    """
 
     train: np.ndarray
     train_labels: np.ndarray
     heldout: np.ndarray
     heldout_labels: np.ndarray
+    classes: np.ndarray | None = None
+
+
+def encode_split_labels(
+    train_labels: np.ndarray, heldout_labels: np.ndarray, source: str = "labels"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Both splits' labels as int64, with one code space; ``(train, heldout, classes)``.
+
+    Integer labels are kept as they are (``classes`` is None), floats holding whole
+    numbers become those integers, and any other labels (strings, bools) are encoded as
+    indices into the sorted ``classes`` of both splits together. Floats that are not
+    whole numbers are a ``ValueError`` naming them: rounding them would merge classes.
+    """
+    parts = [np.asarray(train_labels), np.asarray(heldout_labels)]
+    parts = [lab.ravel() if lab.ndim == 2 and lab.shape[1] == 1 else lab for lab in parts]
+    for name, lab in zip(("labels", "heldout_labels"), parts, strict=True):
+        if lab.ndim != 1:
+            raise ValueError(f"{source}: {name} must be one label per item (1-d), got shape "
+                             f"{lab.shape}")
+    kinds = {lab.dtype.kind for lab in parts}
+    if kinds <= {"i", "u"}:
+        return parts[0].astype(np.int64), parts[1].astype(np.int64), None
+    if kinds <= {"i", "u", "f"}:
+        values = np.concatenate([lab.astype(np.float64) for lab in parts])
+        bad = np.unique(values[~np.isfinite(values) | (values != np.round(values))])
+        if bad.size:
+            raise ValueError(
+                f"{source}: class labels must be integers (or strings), got non-integral "
+                f"float label(s) {bad[:5].tolist()}{' ...' if bad.size > 5 else ''}; "
+                "casting would merge classes, so map them to integers first"
+            )
+        return parts[0].astype(np.int64), parts[1].astype(np.int64), None
+    if not kinds <= {"U", "S", "b", "i", "u"}:
+        raise ValueError(f"{source}: labels must be integers or strings, got dtypes "
+                         f"{[str(lab.dtype) for lab in parts]}")
+    both = np.concatenate([lab.astype(str) for lab in parts])
+    classes, codes = np.unique(both, return_inverse=True)
+    n = parts[0].shape[0]
+    return codes[:n].astype(np.int64), codes[n:].astype(np.int64), classes
 
 
 def make_learner(method: str, params: dict[str, Any] | None = None) -> Any:
@@ -36,9 +79,7 @@ def make_learner(method: str, params: dict[str, Any] | None = None) -> Any:
     ``params``."""
     import inspect
 
-    from dmlkit.classical import LEARNERS, MLKR
-
-    learners = {**LEARNERS, "mlkr": MLKR}
+    learners = _learners()
     if method not in learners:
         raise ValueError(f"unknown method {method!r}; known: {sorted(learners)}")
     cls = learners[method]
@@ -88,7 +129,10 @@ def embed_run(run_dir: str | Path, device: str = "cpu", batch_size: int = 512) -
 def load_embeddings(source: str | Path, device: str = "cpu") -> EmbeddedSplits:
     """Embeddings from a run directory, or from an ``.npz`` file with arrays
     ``embeddings``, ``labels`` and optionally ``heldout_embeddings``, ``heldout_labels``
-    (without them the training arrays are also the held-out ones)."""
+    (without them the training arrays are also the held-out ones).
+
+    Labels may be integers, whole-number floats or strings (see
+    :func:`encode_split_labels`); other floats are a ``ValueError``."""
     source = Path(source)
     if source.is_dir():
         return embed_run(source, device=device)
@@ -103,8 +147,9 @@ def load_embeddings(source: str | Path, device: str = "cpu") -> EmbeddedSplits:
     train, labels = data["embeddings"], data["labels"]
     held = data.get("heldout_embeddings", train)
     held_labels = data.get("heldout_labels", labels)
-    return EmbeddedSplits(train.astype(np.float64), labels.astype(np.int64),
-                          held.astype(np.float64), held_labels.astype(np.int64))
+    train_codes, held_codes, classes = encode_split_labels(labels, held_labels, str(source))
+    return EmbeddedSplits(train.astype(np.float64), train_codes, held.astype(np.float64),
+                          held_codes, classes)
 
 
 def fit_on_run(
@@ -154,18 +199,19 @@ def _jsonable(value: Any) -> Any:
 
 
 def save_metric(learner: Any, out_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``components.npy`` and ``metric.json`` for a fitted learner into ``out_dir``."""
-    from dmlkit.classical import LEARNERS
+    """Write ``components.npy`` and ``metric.json`` for a fitted learner into ``out_dir``.
 
+    ``metric.json``'s ``method`` is the learner's command-line name (``nca``, ``mlkr``,
+    ...), or its class name for a learner without one.
+    """
     L = np.asarray(learner.components_, dtype=np.float64)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / (COMPONENTS_FILE + ".tmp.npy")
     np.save(tmp, L, allow_pickle=False)
     tmp.replace(out / COMPONENTS_FILE)
-    names = {cls: name for name, cls in LEARNERS.items()}
     meta = {
-        "method": names.get(type(learner), type(learner).__name__),
+        "method": method_name(type(learner)),
         "class": f"{type(learner).__module__}.{type(learner).__name__}",
         "params": {k: _jsonable(v) for k, v in learner.get_params().items()},
         "n_features_in": int(L.shape[1]),
@@ -187,7 +233,22 @@ def load_metric(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
         raise ValueError(f"{comp} must hold a finite float (k, d) matrix, got {L.shape} {L.dtype}")
     meta_file = path / METRIC_FILE
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    if isinstance(meta.get("method"), str):  # class names ("MLKR") read as CLI names
+        by_class = {cls.__name__: name for name, cls in _learners().items()}
+        meta["method"] = by_class.get(meta["method"], meta["method"])
     return L, meta
+
+
+def _learners() -> dict[str, type]:
+    from dmlkit.classical import LEARNERS, MLKR
+
+    return {**LEARNERS, "mlkr": MLKR}
+
+
+def method_name(cls: type) -> str:
+    """The command-line name of a learner class (``MLKR`` -> ``"mlkr"``), else its name."""
+    names = {c: name for name, c in _learners().items()}
+    return names.get(cls, cls.__name__)
 
 
 def load_distance(path: str | Path, squared: bool = False) -> Any:

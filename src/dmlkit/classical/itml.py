@@ -66,10 +66,16 @@ def itml_bregman(
     g_proj = 1.0 if np.isinf(gamma) else gamma / (gamma + 1.0)
     inv_gamma = 0.0 if np.isinf(gamma) else 1.0 / gamma
     lam_old = np.zeros(len(rows))
+    inf = float("inf")
     for it in range(1, max_iter + 1):
         for c, v in enumerate(rows):
             Av = symv(1.0, A, v)  # (d,) from the upper triangle
             p = float(v @ Av)
+            if not 0.0 < p < inf:
+                raise ValueError(
+                    f"ITML: the squared distance of constraint {c} is {p} under the current "
+                    "metric (float64 underflow or overflow); rescale the inputs"
+                )
             s = dl[c]
             alpha = min(lam[c], s * g_proj * (1.0 / p - 1.0 / bhat[c]))
             lam[c] -= alpha
@@ -97,6 +103,7 @@ def _default_bounds(
     """
     if points.shape[0] > max_points:
         points = points[rng.choice(points.shape[0], max_points, replace=False)]
+    points = points - points.mean(axis=0)  # distances are translation invariant
     Z = points @ np.linalg.cholesky(A0)  # d_A0(x, y) = |(x - y) C|^2 with A0 = C C^T
     sq = (Z * Z).sum(axis=1)
     D = sq[:, None] + sq[None, :] - 2.0 * Z @ Z.T  # (p, p)
@@ -105,6 +112,21 @@ def _default_bounds(
         return 1.0, 1.0
     upper, lower = np.percentile(np.sqrt(np.maximum(D[iu], 0.0)), (5, 95))
     return float(upper), float(lower)
+
+
+def _check_scale(diffs: np.ndarray, A0: np.ndarray) -> None:
+    """Refuse pair differences whose squared prior distance is not a positive float."""
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        p = ((diffs @ A0) * diffs).sum(axis=1)  # (m,) squared prior distances
+    bad = ~((p > 0) & np.isfinite(p))
+    if bad.any():
+        mags = np.abs(diffs[bad]).max(axis=1)
+        raise ValueError(
+            f"ITML: {int(bad.sum())} of {p.size} pair(s) have a squared prior distance that "
+            f"is 0 or not finite in float64 (largest |x_a - x_b| of those from "
+            f"{mags.min():.3g} to {mags.max():.3g}): the inputs are too small or too large; "
+            "rescale them (e.g. StandardScaler)"
+        )
 
 
 def _symmetrize(A: np.ndarray) -> np.ndarray:
@@ -135,7 +157,7 @@ class ITML(MahalanobisMixin):
     prior : {'identity', 'covariance'} or ndarray of shape (n_features, n_features)
         ``M0``: identity, the inverse covariance of the paired points, or a given SPD matrix.
     bounds : tuple (u, l) or None
-        Thresholds on the squared learned distance. ``None``: the 5th and 95th
+        Thresholds on the squared learned distance, both positive. ``None``: the 5th and 95th
         percentiles of the (unsquared) prior distances between the paired points (all
         pairs of them, or of 1000 drawn with ``random_state``), metric-learn's heuristic.
     n_components : int or None
@@ -195,14 +217,20 @@ class ITML(MahalanobisMixin):
         keep = np.abs(diffs).sum(axis=1) > 0
         diffs, y = diffs[keep], y[keep]
         A0 = self._prior(points)
+        _check_scale(diffs, A0)
         if self.bounds is None:
             upper, lower = _default_bounds(points, A0, check_random_state(self.random_state))
+            if not (np.isfinite(upper) and np.isfinite(lower)):
+                raise ValueError("ITML: the default bounds are not finite: the distances "
+                                 "between the points overflow float64; rescale the inputs")
+            upper, lower = max(upper, 1e-9), max(lower, 1e-9)
         else:
             b = np.asarray(self.bounds, dtype=np.float64).ravel()
-            if b.size != 2 or not np.isfinite(b).all():
-                raise ValueError(f"bounds must be two finite numbers (u, l), got {self.bounds!r}")
+            if b.size != 2 or not np.isfinite(b).all() or (b <= 0).any():
+                raise ValueError(
+                    f"bounds must be two finite positive numbers (u, l), got {self.bounds!r}"
+                )
             upper, lower = float(b[0]), float(b[1])
-        upper, lower = max(upper, 1e-9), max(lower, 1e-9)
         self.bounds_ = np.array([upper, lower])
         A, self.n_iter_, converged = itml_bregman(
             diffs, y, np.where(y > 0, upper, lower), A0, float(self.gamma), self.max_iter, self.tol,
@@ -210,6 +238,9 @@ class ITML(MahalanobisMixin):
         )
         if not converged:
             warn_no_convergence("ITML", self.max_iter)
+        if not np.isfinite(A).all():
+            raise ValueError("ITML: the learned matrix is not finite (float64 overflow); "
+                             "rescale the inputs")
         self.components_ = components_from_metric(A, k)
         return self
 
@@ -220,6 +251,9 @@ class ITML(MahalanobisMixin):
                 return np.eye(d)
             if self.prior == "covariance":
                 cov = np.atleast_2d(np.cov(points, rowvar=False))
+                if not np.isfinite(cov).all():
+                    raise ValueError("ITML: the covariance of the points is not finite "
+                                     "(float64 overflow); rescale the inputs")
                 return np.linalg.inv(cov + 1e-6 * max(np.trace(cov) / d, 1e-12) * np.eye(d))
             raise ValueError(f"prior must be 'identity', 'covariance' or an array, got "
                              f"{self.prior!r}")

@@ -11,7 +11,10 @@ from torch import Tensor
 
 from dmlkit.classical.mahalanobis import (
     MahalanobisMixin,
+    center,
     check_n_components,
+    check_positive_int,
+    check_scale,
     resolve_device,
     solver_threads,
 )
@@ -69,6 +72,12 @@ class LFDA(MahalanobisMixin):
     device : str
         ``"auto"``, ``"cpu"`` or ``"cuda"``.
 
+    Notes
+    -----
+    ``fit`` computes the scatter matrices from ``X`` minus its mean (they depend on
+    differences only); ``components_`` applies to raw ``X``. Data in which no class has
+    two samples (zero within-class scatter) is a ``ValueError``.
+
     Attributes
     ----------
     components_ : ndarray of shape (n_components, n_features)
@@ -100,16 +109,27 @@ class LFDA(MahalanobisMixin):
                 "embedding_type must be 'weighted', 'orthonormalized' or 'plain', got "
                 f"{self.embedding_type!r}"
             )
-        if isinstance(self.n_neighbors, bool) or not isinstance(self.n_neighbors, int) \
-                or self.n_neighbors < 1:
-            raise ValueError(f"n_neighbors must be a positive int, got {self.n_neighbors!r}")
+        n_neighbors = check_positive_int(self.n_neighbors, "n_neighbors")
+        if np.bincount(codes).max() < 2:
+            raise ValueError("LFDA needs a class with at least 2 samples; every class has 1")
         device = resolve_device(self.device)
+        X = center(X)  # the scatter matrices depend on differences only
+        check_scale(X, "LFDA")
         with solver_threads(device, n * n * d):
             S_lb, S_lw = lfda_scatter(
                 torch.tensor(X, device=device), torch.from_numpy(codes).to(device),
-                self.n_neighbors,
+                n_neighbors,
             )
         S_lb, S_lw = S_lb.cpu().numpy(), S_lw.cpu().numpy()
+        if not (np.isfinite(S_lb).all() and np.isfinite(S_lw).all()):
+            raise ValueError("LFDA's scatter matrices are not finite: the scale of X "
+                             "overflows float64 arithmetic; rescale X (e.g. StandardScaler)")
+        if not np.trace(S_lw) > 0:
+            raise ValueError(
+                "LFDA's local within-class scatter is zero (the samples inside each class "
+                "are identical, or so close that their squared distances underflow): the "
+                "generalized eigenproblem has no finite solution"
+            )
         ridge = float(self.reg) * max(np.trace(S_lw) / d, 1e-12)
         vals, vecs = scipy.linalg.eigh(S_lb, S_lw + ridge * np.eye(d))  # ascending
         vals, vecs = vals[::-1][:k], vecs[:, ::-1][:, :k]

@@ -11,7 +11,10 @@ from torch import Tensor
 from dmlkit.classical.mahalanobis import (
     CHUNK_BUDGET,
     MahalanobisMixin,
+    center,
     check_n_components,
+    check_positive_int,
+    check_scale,
     finish_pair_grad,
     init_components,
     lbfgs,
@@ -130,6 +133,11 @@ class LMNN(MahalanobisMixin):
     device : str
         ``"auto"``, ``"cpu"`` or ``"cuda"``.
 
+    Notes
+    -----
+    ``fit`` solves on ``X`` minus its mean (target neighbours and the objective depend
+    on differences only); ``components_`` applies to raw ``X``.
+
     Attributes
     ----------
     components_ : ndarray of shape (n_components, n_features)
@@ -163,17 +171,17 @@ class LMNN(MahalanobisMixin):
     def fit(self, X: Any, y: Any) -> LMNN:
         """Fit on ``X (n_samples, n_features)`` with class labels ``y (n_samples,)``."""
         X, codes = self._validate_xy(X, y)
-        if isinstance(self.n_neighbors, bool) or not isinstance(self.n_neighbors, int) \
-                or self.n_neighbors < 1:
-            raise ValueError(f"n_neighbors must be a positive int, got {self.n_neighbors!r}")
+        n_neighbors = check_positive_int(self.n_neighbors, "n_neighbors")
         if not 0.0 <= float(self.mu) <= 1.0:
             raise ValueError(f"mu must be in [0, 1], got {self.mu!r}")
         k_out = check_n_components(self.n_components, X.shape[1])
-        L0 = init_components(self.init, X, codes, k_out, self.random_state)
         device = resolve_device(self.device)
+        X = center(X)  # the objective depends on differences only
+        check_scale(X, "LMNN")
+        L0 = init_components(self.init, X, codes, k_out, self.random_state)
         Xt = torch.tensor(X, device=device)
         yt = torch.from_numpy(codes).to(device)
-        k = min(self.n_neighbors, X.shape[0] - 1)
+        k = min(n_neighbors, X.shape[0] - 1)
         mu = float(self.mu)
         with solver_threads(device, X.shape[0] ** 2 * X.shape[1]):
             targets, valid = target_neighbors(Xt, yt, k)

@@ -45,13 +45,45 @@ SMALL_WORK = 1 << 26
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> CUDA when available else CPU; anything else goes to ``torch.device``."""
+    """``"auto"`` -> CUDA when available else CPU; anything else goes to ``torch.device``.
+
+    A CUDA (or MPS) device that this torch build or machine does not offer is a
+    ``ValueError`` naming it and the devices that are available.
+    """
     if isinstance(device, str) and device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        resolved = torch.device(device)
     except (RuntimeError, TypeError) as err:
         raise ValueError(f"device must be 'auto', 'cpu', 'cuda[:i]', got {device!r}") from err
+    if resolved.type == "cuda":
+        n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n_gpus == 0 or (resolved.index is not None and resolved.index >= n_gpus):
+            raise ValueError(
+                f"device={device!r} is not available: {_available_devices()}"
+            )
+    elif resolved.type == "mps" and not _mps_available():
+        raise ValueError(f"device={device!r} is not available: {_available_devices()}")
+    return resolved
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def _available_devices() -> str:
+    """A sentence listing the devices this process can use."""
+    names = ["'cpu'"]
+    if torch.cuda.is_available():
+        names += [f"'cuda:{i}'" for i in range(torch.cuda.device_count())]
+    if _mps_available():
+        names.append("'mps'")
+    note = "" if torch.cuda.is_available() else (
+        " (torch reports no usable CUDA GPU"
+        + ("; this torch build has no CUDA support)" if torch.version.cuda is None else ")")
+    )
+    return f"available devices are {', '.join(names)}{note}"
 
 
 @contextmanager
@@ -100,6 +132,7 @@ def encode_labels(y: np.ndarray, min_classes: int = 2) -> np.ndarray:
 
 
 def check_n_components(n_components: int | None, n_features: int) -> int:
+    """``n_components`` as an int in ``[1, n_features]`` (``None``: ``n_features``)."""
     if n_components is None:
         return n_features
     if isinstance(n_components, bool) or not isinstance(n_components, (int, np.integer)):
@@ -109,6 +142,43 @@ def check_n_components(n_components: int | None, n_features: int) -> int:
             f"n_components={n_components} must be between 1 and n_features={n_features}"
         )
     return int(n_components)
+
+
+def check_positive_int(value: Any, name: str) -> int:
+    """``value`` as a Python int >= 1; Python and numpy integers pass, bools do not."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
+            or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def center(X: np.ndarray) -> np.ndarray:
+    """``X`` minus its column means (float64).
+
+    The learners' objectives depend on ``X`` only through differences ``x_i - x_j``, so
+    they are solved on centred data: the same objective, without the cancellation that
+    expanded distances ``|a|^2 + |b|^2 - 2 a.b`` suffer on data far from the origin. The
+    learned ``L`` still applies to raw inputs (``transform(X) = X @ L.T``).
+    """
+    return X - X.mean(axis=0, dtype=np.float64)
+
+
+def check_scale(X: np.ndarray, name: str) -> None:
+    """Refuse a centred ``X`` whose squared row norms overflow float64, or all underflow
+    to 0 although ``X`` is not constant (then no distance carries information)."""
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        sq = np.einsum("ij,ij->i", X, X)  # (n,)
+    largest = float(np.abs(X).max()) if X.size else 0.0
+    if not np.isfinite(sq).all():
+        what = "overflow"
+    elif largest > 0 and not sq.max() > 0:
+        what = "underflow to 0"
+    else:
+        return
+    raise ValueError(
+        f"{name}: squared distances {what} in float64 on this X (largest |x - mean(x)| "
+        f"is {largest:.3g}); rescale X (e.g. StandardScaler)"
+    )
 
 
 def init_components(
@@ -121,7 +191,12 @@ def init_components(
     """Initial ``L (n_components, n_features)``: 'auto', 'pca', 'lda', 'identity', 'random'.
 
     'auto' follows scikit-learn's NCA: LDA when ``n_components <= n_classes - 1``, PCA when
-    ``n_components < n_features``, else the identity.
+    ``n_components < n_features``, else the identity. As in scikit-learn, 'pca' with
+    ``n_components > min(n_samples, n_features)`` is a ``ValueError``. Where LDA finds
+    fewer than ``n_components`` discriminant directions (rank-deficient ``X``, or class
+    means spanning fewer dimensions) scikit-learn silently returns fewer rows; here a
+    ``UserWarning`` says so and the remaining rows are the leading principal directions
+    of ``X`` orthogonal to the LDA ones, so ``L`` keeps ``n_components`` rows.
     """
     n, d = X.shape
     if not isinstance(init, str):
@@ -144,20 +219,51 @@ def init_components(
     if init == "pca":
         from sklearn.decomposition import PCA
 
-        pca = PCA(n_components=min(n_components, n, d), random_state=random_state).fit(X)
-        L = np.zeros((n_components, d))
-        L[: pca.components_.shape[0]] = pca.components_
-        return L
+        if n_components > min(n, d):
+            raise ValueError(
+                f"init='pca' gives at most min(n_samples, n_features)={min(n, d)} "
+                f"components, got n_components={n_components}; use a smaller "
+                "n_components or init='identity' / 'random'"
+            )
+        return PCA(n_components=n_components, random_state=random_state).fit(X).components_
     if init == "lda":
         from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
         if y is None:
             raise ValueError("init='lda' needs class labels")
         lda = LinearDiscriminantAnalysis(n_components=n_components).fit(X, y)
-        return lda.scalings_.T[:n_components].copy()
+        L = lda.scalings_.T[:n_components]
+        if L.shape[0] < n_components:
+            warnings.warn(
+                f"init='lda' found only {L.shape[0]} discriminant direction(s) for "
+                f"n_components={n_components} (X or its class means span too few "
+                "dimensions); the other rows start from principal directions",
+                UserWarning,
+                stacklevel=3,
+            )
+            L = np.vstack([L, _complement_directions(X, L, n_components - L.shape[0])])
+        return L.copy()
     raise ValueError(
         f"init must be 'auto', 'pca', 'lda', 'identity', 'random' or an array, got {init!r}"
     )
+
+
+def _complement_directions(X: np.ndarray, rows: np.ndarray, m: int) -> np.ndarray:
+    """``m`` orthonormal directions orthogonal to ``rows (r, d)``, by variance of ``X``.
+
+    The leading eigenvectors of ``P (C + t I) P`` with ``C`` the covariance of ``X``,
+    ``P`` the projector onto the complement of the rows' span and ``t > 0``: on that
+    complement ``t P`` is ``t I`` (the order by variance is unchanged) while the rows'
+    span has eigenvalue 0, so the result never falls back into it.
+    """
+    d = X.shape[1]
+    Q, _ = np.linalg.qr(rows.T)  # (d, r)
+    P = np.eye(d) - Q @ Q.T  # (d, d)
+    Xc = X - X.mean(axis=0)
+    C = Xc.T @ Xc / max(X.shape[0] - 1, 1)  # (d, d)
+    t = max(float(np.trace(C)) / d, np.finfo(np.float64).tiny)
+    _, V = np.linalg.eigh(P @ (C + t * np.eye(d)) @ P)  # ascending
+    return V[:, ::-1][:, :m].T.copy()
 
 
 def components_from_metric(M: np.ndarray, n_components: int | None = None) -> np.ndarray:
@@ -214,12 +320,15 @@ def lbfgs(
     tol: float,
     verbose: bool,
     name: str,
+    hint: str = "",
 ) -> tuple[np.ndarray, int, float]:
     """Minimise ``fn(L) -> (loss, grad)`` with scipy's L-BFGS-B; warn at ``max_iter``.
 
     The objective and gradient are computed by torch on ``device`` (in the precision
     ``fn`` chooses; the solver itself runs in float64); only the ``(k, d)`` parameter
-    crosses to the host per evaluation. Returns ``(L, n_iter, loss)``.
+    crosses to the host per evaluation. Returns ``(L, n_iter, loss)``. A solve that ends
+    on a non-finite objective or gradient (overflow) is a ``ValueError``, with ``hint``
+    appended to its message.
     """
     from scipy.optimize import minimize
 
@@ -237,6 +346,13 @@ def lbfgs(
     res = minimize(
         fun, L0.ravel(), jac=True, method="L-BFGS-B", tol=tol, options={"maxiter": max_iter}
     )
+    if not (np.isfinite(res.fun) and np.isfinite(res.x).all() and np.isfinite(res.jac).all()):
+        raise ValueError(
+            f"{name}: the objective is {float(res.fun)} with a "
+            f"{'finite' if np.isfinite(res.jac).all() else 'non-finite'} gradient after "
+            f"{calls[0]} evaluation(s), so no metric was learned: the data's scale overflows "
+            f"the arithmetic; rescale X (e.g. StandardScaler){hint}"
+        )
     if res.status == 1 or res.nit >= max_iter:
         warn_no_convergence(name, max_iter)
     return res.x.reshape(shape), int(res.nit), float(res.fun)

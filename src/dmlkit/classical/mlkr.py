@@ -12,7 +12,9 @@ from dmlkit.classical.mahalanobis import (
     CHUNK_BUDGET,
     MahalanobisMixin,
     _validate_data,
+    center,
     check_n_components,
+    check_scale,
     finish_pair_grad,
     init_components,
     lbfgs,
@@ -94,6 +96,11 @@ class MLKR(MahalanobisMixin):
     device : str
         ``"auto"``, ``"cpu"`` or ``"cuda"``.
 
+    Notes
+    -----
+    ``fit`` solves on ``X`` minus its mean (the kernel depends on differences only);
+    ``components_`` applies to raw ``X``.
+
     Attributes
     ----------
     components_ : ndarray of shape (n_components, n_features)
@@ -127,8 +134,10 @@ class MLKR(MahalanobisMixin):
                               ensure_min_samples=2, multi_output=True)
         y = np.asarray(y, dtype=np.float64)
         k = check_n_components(self.n_components, X.shape[1])
-        L0 = init_components(self.init, X, None, k, self.random_state)
         device = resolve_device(self.device)
+        X = center(X)  # the objective depends on differences only
+        check_scale(X, "MLKR")
+        L0 = init_components(self.init, X, None, k, self.random_state)
         Xt = torch.tensor(X, device=device)
         yt = torch.tensor(y, device=device)
         with solver_threads(device, X.shape[0] ** 2 * X.shape[1]):

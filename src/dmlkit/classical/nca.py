@@ -11,7 +11,9 @@ from torch import Tensor
 from dmlkit.classical.mahalanobis import (
     CHUNK_BUDGET,
     MahalanobisMixin,
+    center,
     check_n_components,
+    check_scale,
     finish_pair_grad,
     init_components,
     lbfgs,
@@ -146,6 +148,13 @@ class NCA(MahalanobisMixin):
         2e-7 relative, the same 3-NN accuracy). ``'float64'`` follows scikit-learn's
         ``NeighborhoodComponentsAnalysis`` to rounding.
 
+    Notes
+    -----
+    ``fit`` solves on ``X`` minus its mean (the objective depends on differences only),
+    so the fit does not depend on where the data sits; ``components_`` applies to raw
+    ``X``. A solve whose objective overflows (``X`` too large for ``precision``) is a
+    ``ValueError``.
+
     Attributes
     ----------
     components_ : ndarray of shape (n_components, n_features)
@@ -184,8 +193,10 @@ class NCA(MahalanobisMixin):
             )
         dtype = PRECISIONS[self.precision]
         k = check_n_components(self.n_components, X.shape[1])
-        L0 = init_components(self.init, X, codes, k, self.random_state)
         device = resolve_device(self.device)
+        X = center(X)  # the objective depends on differences only
+        check_scale(X, "NCA")
+        L0 = init_components(self.init, X, codes, k, self.random_state)
         Xt = torch.tensor(X, device=device, dtype=dtype)
         yt = torch.from_numpy(codes).to(device)
         n = X.shape[0]
@@ -198,6 +209,7 @@ class NCA(MahalanobisMixin):
             L, self.n_iter_, self.objective_ = lbfgs(
                 objective,
                 L0, device, self.max_iter, self.tol, self.verbose, "NCA",
+                "" if dtype == torch.float64 else " or use precision='float64'",
             )
         self.components_ = L
         return self

@@ -65,7 +65,7 @@ def fit(
         result = evaluate_metric(learner.components_, splits)
         save_metric(learner, out, extra={"source": str(source), "fit_seconds": round(seconds, 3),
                                          "evaluation": result})
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, TypeError, FileNotFoundError) as err:  # TypeError: a bad --param
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from err
     typer.echo(f"{method}: fit on {splits.train.shape[0]} x {splits.train.shape[1]} in "
