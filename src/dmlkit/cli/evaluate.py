@@ -7,6 +7,8 @@ from typing import Any
 
 import typer
 
+from dmlkit.cli._errors import check_output_file, one_line
+
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
@@ -46,6 +48,60 @@ def format_report(result: dict[str, Any]) -> str:
     return "\n\n".join(blocks)
 
 
+SECTIONS = ("retrieval", "clustering", "verification", "few_shot")
+
+
+def _sections(text: str) -> list[str]:
+    """``--sections`` as a list; empty or unknown names are a ``ValueError``."""
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in names if s not in SECTIONS]
+    if unknown or not names:
+        raise ValueError(f"--sections takes names from {','.join(SECTIONS)}, got {text!r}")
+    return names
+
+
+def read_embeddings(path: Path, emb_key: str | None = None,
+                    labels_key: str | None = None) -> tuple[Any, Any]:
+    """``(embeddings (n, dim) float32, labels (n,) int64)`` of a ``.npz`` of embeddings.
+
+    Labels may be integers or class names (numbered in sorted order).
+
+    Raises
+    ------
+    ValueError
+        A missing array (naming the arrays the file has), embeddings that are not a
+        finite ``(n, dim)`` matrix, or labels that are not one per row.
+    """
+    import numpy as np
+
+    from dmlkit.data.npz import read_arrays
+
+    arrays = read_arrays(path)
+    emb_key, labels_key = emb_key or "embeddings", labels_key or "labels"
+    for key, role in ((emb_key, "embeddings"), (labels_key, "labels")):
+        if key not in arrays:
+            raise ValueError(f"{path} has no array {key!r} (the {role}); its arrays are "
+                             f"{list(arrays)}: name them with --x-key and --labels-key")
+    emb, labels = arrays[emb_key], arrays[labels_key]
+    if emb.ndim != 2 or not np.issubdtype(emb.dtype, np.number) or np.iscomplexobj(emb):
+        raise ValueError(f"{path}: {emb_key!r} must be a real (n, dim) matrix of embeddings, "
+                         f"got shape {emb.shape} of dtype {emb.dtype}")
+    if not np.isfinite(emb).all():
+        bad = int((~np.isfinite(emb)).any(axis=1).sum())
+        raise ValueError(f"{path}: {bad} rows of {emb_key!r} hold NaN or infinite values")
+    if labels.ndim != 1 or len(labels) != len(emb):
+        raise ValueError(f"{path}: {labels_key!r} must hold one label per embedding row "
+                         f"({len(emb)}), got shape {labels.shape}")
+    if labels.dtype.kind in "USO":  # class names
+        labels = np.unique(labels.astype(str), return_inverse=True)[1]
+    elif labels.dtype.kind == "f" and np.array_equal(labels, np.round(labels)):
+        labels = labels.astype(np.int64)
+    elif labels.dtype.kind not in "iub":
+        raise ValueError(f"{path}: {labels_key!r} must hold integer labels or class names, "
+                         f"got dtype {labels.dtype}")
+    return emb.astype(np.float32), labels.astype(np.int64)
+
+
 def evaluate(
     run_dir: Path = typer.Argument(
         ..., help="A run directory written by dmlkit train, or a .npz with embeddings, labels."
@@ -55,16 +111,21 @@ def evaluate(
         help="'heldout' or 'train' (the run's splits), a dataset name, .npz, IDX or image "
         "folder, or .yaml config.",
     ),
+    x_key: str | None = typer.Option(
+        None, "--x-key", help="Array of a .npz --data that holds the inputs (default 'x'); "
+        "when RUN_DIR is a .npz, the array of embeddings (default 'embeddings')."),
+    labels_key: str | None = typer.Option(
+        None, "--labels-key", "--y-key",
+        help="Array of the .npz that holds the labels (default 'labels')."),
     out: Path | None = typer.Option(
         None, "--out", "-o", help="JSON output; default RUN_DIR/evaluation.json."
     ),
     metric: str = typer.Option("euclidean", "--metric", help="euclidean, cosine or dot."),
     sections: str = typer.Option(
-        "retrieval,clustering,verification,few_shot", "--sections",
-        help="Comma-separated subset of retrieval,clustering,verification,few_shot.",
+        ",".join(SECTIONS), "--sections", help=f"Comma-separated subset of {','.join(SECTIONS)}.",
     ),
     seed: int = typer.Option(0, "--seed"),
-    episodes: int = typer.Option(600, "--episodes", help="Few-shot episodes per setting."),
+    episodes: int = typer.Option(600, "--episodes", min=1, help="Few-shot episodes per setting."),
     per_class: bool = typer.Option(False, "--per-class", help="Per-class retrieval in JSON."),
     full_ranking: bool = typer.Option(
         False, "--full-ranking", help="Also mAP over the full ranking and MRR (slower)."
@@ -75,25 +136,29 @@ def evaluate(
     from dmlkit.evaluation import evaluate_embeddings
     from dmlkit.runs import evaluate_run
 
-    options = {"metric": metric, "sections": [s.strip() for s in sections.split(",") if s],
-               "seed": seed, "episodes": episodes, "per_class": per_class,
-               "full_ranking": full_ranking,
-               "log": lambda line: typer.echo(line, err=True)}  # progress, on stderr
     try:
-        if run_dir.suffix == ".npz" and run_dir.is_file():
-            from dmlkit.data.npz import read_arrays
+        from dmlkit.functional.retrieval import canonical_metric
 
-            arrays = read_arrays(run_dir)
-            if "embeddings" not in arrays or "labels" not in arrays:
-                raise ValueError(f"{run_dir} needs arrays 'embeddings' and 'labels'")
-            emb, labels = arrays["embeddings"], arrays["labels"]
+        canonical_metric(metric)  # a bad name fails before any embedding
+        options = {"metric": metric, "sections": _sections(sections), "seed": seed,
+                   "episodes": episodes, "per_class": per_class, "full_ranking": full_ranking,
+                   "log": lambda line: typer.echo(line, err=True)}  # progress, on stderr
+        if run_dir.suffix == ".npz" and run_dir.is_file():
+            if data != "heldout":
+                raise ValueError(f"{run_dir} holds embeddings already; --data names what a "
+                                 "run directory's model embeds")
             target = out if out is not None else run_dir.with_suffix(".evaluation.json")
-            result = evaluate_embeddings(emb.astype("float32"), labels, out=target, **options)
+            check_output_file(target, "JSON file")
+            emb, labels = read_embeddings(run_dir, x_key, labels_key)
+            result = evaluate_embeddings(emb, labels, out=target, **options)
         else:
             target = out if out is not None else run_dir / "evaluation.json"
-            result = evaluate_run(run_dir, data, out=target, device=device, **options)
-    except (FileNotFoundError, ValueError, TypeError, KeyError) as err:
-        raise _fail(str(err)) from None
+            if out is not None:
+                check_output_file(target, "JSON file")
+            result = evaluate_run(run_dir, data, out=target, device=device, x_key=x_key,
+                                  labels_key=labels_key, **options)
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise _fail(one_line(err)) from None
     typer.echo(format_report(result))
     typer.echo(f"\nwrote {target}")
 

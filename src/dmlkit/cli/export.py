@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from dmlkit.cli._errors import check_output_file, one_line
+
 
 def register(app: typer.Typer) -> None:
     @app.command("export")
@@ -18,9 +20,10 @@ def register(app: typer.Typer) -> None:
         from dmlkit.runs.export import export_run
 
         try:
+            check_output_file(out, "model file")
             info = export_run(run_dir, out, fmt)
-        except (ImportError, ValueError, FileNotFoundError, RuntimeError) as err:
-            typer.echo(f"error: {err}", err=True)
+        except (ImportError, ValueError, OSError, RuntimeError) as err:
+            typer.echo(f"error: {one_line(err)}", err=True)
             raise typer.Exit(2) from None
         typer.echo(f"wrote {out} ({fmt}): inputs (batch, {info['n_features']}) from shape "
                    f"{tuple(info['input_shape'])}, embeddings (batch, {info['dim']}); "

@@ -8,6 +8,8 @@ from typing import Any
 
 import typer
 
+from dmlkit.cli._npz_keys import LABELS_KEY, X_KEY
+
 index_app = typer.Typer(help="Build nearest-neighbour indexes of embeddings.",
                         no_args_is_help=True)
 ERRORS = (FileNotFoundError, FileExistsError, ValueError, TypeError, KeyError, ImportError,
@@ -65,6 +67,8 @@ def build(
         "heldout", "--data", help="'heldout', 'train', or any dataset spec (see dmlkit embed)."
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Index directory to write."),
+    x_key: str | None = X_KEY,
+    labels_key: str | None = LABELS_KEY,
     factory: str = typer.Option(
         "exact", "--factory",
         help="'exact' (torch, exact) or a faiss factory string: Flat, IVF256,Flat, HNSW32, ...",
@@ -90,6 +94,9 @@ def build(
 
     try:
         paths = payloads = spec = None
+        if source.is_file() and (x_key is not None or labels_key is not None):
+            raise ValueError("--x-key / --labels-key name the arrays of a .npz --data that "
+                             "the run embeds; a file of embeddings is read as it is")
         if factory == "exact" and (nprobe is not None or ef_search is not None):
             raise ValueError("--nprobe / --ef-search apply to faiss indexes (--factory IVF..., "
                              "HNSW...), not to the exact index")
@@ -100,25 +107,22 @@ def build(
             info = {"embeddings": str(source)}
             payloads = _npz_payloads(source, len(emb))
         else:
-            from dmlkit.data import load_dataset
-            from dmlkit.training import build_splits, embed, load_run
+            from dmlkit.runs.data import describe, run_data
+            from dmlkit.runs.queries import input_spec, resizes_inputs
+            from dmlkit.training import embed, load_run
 
             run = load_run(source, device=device)
-            if data in ("heldout", "train"):
-                train_set, heldout = build_splits(run.config)
-                dataset = heldout if data == "heldout" else train_set
-            else:
-                dataset = load_dataset(data)
+            dataset = run_data(run, data, x_key=x_key, labels_key=labels_key)
             paths = getattr(dataset, "paths", None)  # the files of an image folder
-            from dmlkit.runs.queries import input_spec
-
-            spec = input_spec(dataset.x)  # what raw queries must look like
+            # what raw queries must look like
+            spec = input_spec(dataset.x, any_size=resizes_inputs(run.model))
             emb_t, labels_t = embed(run.model, dataset, device=device)
             emb, labels = emb_t.numpy(), None if labels_t is None else labels_t.numpy()
             names = getattr(dataset, "class_names", None)
             if names is not None and labels is not None:
                 payloads = [{"class": names[int(y)]} for y in labels]
-            info = {"run_dir": str(source.resolve()), "data": data}
+            info = {"run_dir": str(source.resolve()),
+                    "data": describe(data, x_key, labels_key)}
         if emb.ndim != 2:
             raise ValueError(f"{source}: embeddings must be (n, dim), got shape {emb.shape}")
         dim = int(emb.shape[1])

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import typer
 
+from dmlkit.cli._errors import check_output_dir, one_line
 
-def _item(run: Any, spec: str) -> tuple[Any, str]:
-    """``heldout:N`` / ``train:N`` (a row of the run's data) or a ``.npy`` file."""
-    import numpy as np
+ITEM_HELP = ("heldout:N or train:N (row N of the run's data), or a .npy file of one item "
+             "(FILE.npy:N for row N of a file of several).")
+
+
+def _item(run: Any, spec: str, shape: Any) -> tuple[Any, str]:
+    """One input of ``run``'s model, shaped as its training inputs, and its name.
+
+    ``spec`` is ``heldout:N`` / ``train:N`` (a row of the run's data), ``FILE.npy`` (one
+    item; flat or without a channel axis is fine) or ``FILE.npy:N`` (row ``N`` of a
+    file of several). ``shape`` is the run's :class:`~dmlkit.runs.queries.InputSpec`.
+    """
     import torch
 
     from dmlkit.runs import build_splits
@@ -22,15 +32,33 @@ def _item(run: Any, spec: str) -> tuple[Any, str]:
         if not index.isdigit() or int(index) >= len(data.labels):
             raise ValueError(f"{spec!r}: the {part} set has rows 0..{len(data.labels) - 1}")
         return data.x[int(index)], f"{spec} (class {int(data.labels[int(index)])})"
-    path = Path(spec)
-    if path.suffix == ".npy" and path.is_file():
-        from dmlkit.data.npz import read_arrays
+    match = re.fullmatch(r"(.+\.npy):(\d+)", spec)
+    path, row = (Path(match[1]), int(match[2])) if match else (Path(spec), None)
+    if path.suffix != ".npy":
+        raise ValueError(f"item {spec!r}: give heldout:N, train:N, or a .npy file (FILE.npy:N "
+                         "for row N of a file of several items)")
+    from dmlkit.data.npz import read_arrays
+    from dmlkit.runs.queries import check_input_shape, input_fit, prepare_inputs
 
-        x = read_arrays(path)["x"].astype(np.float32)
-        if not np.isfinite(x).all():
-            raise ValueError(f"{path} contains NaN or infinite values")
-        return torch.from_numpy(x), spec
-    raise ValueError(f"item {spec!r}: give heldout:N, train:N or a .npy file")
+    x = read_arrays(path)["x"]  # (a missing file: FileNotFoundError naming it)
+    if row is not None:
+        if x.ndim < 2 or (shape is not None and input_fit(x.shape[1:], shape) is None):
+            raise ValueError(f"{path} holds one item of shape {x.shape}, not rows of items; "
+                             f"give it without :{row}")
+        if row >= x.shape[0]:
+            raise ValueError(f"{spec!r}: {path} has rows 0..{x.shape[0] - 1}")
+        x = x[row]
+    elif shape is not None and input_fit(x.shape, shape) is None:
+        rows = x.ndim > len(shape.shape)  # a stack of items, going by its axes
+        if rows and x.shape[0] == 0:
+            raise ValueError(f"{path} holds no items")
+        if x.ndim >= 2 and input_fit(x.shape[1:], shape) is not None:
+            raise ValueError(
+                f"{path} holds {x.shape[0]} items; explain one at a time: "
+                f"{path}:N with N in 0..{x.shape[0] - 1} (e.g. --a {path}:0 --b {path}:1)")
+        check_input_shape(x.shape[1:] if rows else x.shape, shape, str(path))  # says why
+    item = prepare_inputs(x[None], shape, str(path))[0]  # shaped and scaled as in training
+    return torch.from_numpy(item), spec
 
 
 def register(app: typer.Typer) -> None:
@@ -62,8 +90,8 @@ def register(app: typer.Typer) -> None:
     @app.command("explain")
     def explain(
         run_dir: Path = typer.Argument(..., help="Run directory."),
-        a: str = typer.Option(..., "--a", help="heldout:N, train:N or a .npy file."),
-        b: str = typer.Option(..., "--b", help="heldout:N, train:N or a .npy file."),
+        a: str = typer.Option(..., "--a", help=ITEM_HELP),
+        b: str = typer.Option(..., "--b", help=ITEM_HELP),
         out: Path = typer.Option(Path("explain"), "--out", "-o", help="Folder for heatmaps."),
         steps: int = typer.Option(64, "--steps", help="Integrated-gradients steps."),
         patch: int = typer.Option(2, "--patch", help="Occlusion patch size."),
@@ -73,29 +101,51 @@ def register(app: typer.Typer) -> None:
 
         import torch
 
-        from dmlkit.explain import integrated_gradients, nearest_prototypes, occlusion, similarity
+        from dmlkit.explain import (
+            NoInputGradientError,
+            integrated_gradients,
+            nearest_prototypes,
+            occlusion,
+            similarity,
+        )
         from dmlkit.runs import build_splits, load_run
+        from dmlkit.runs.queries import run_input_spec
 
         try:
+            check_output_dir(out)
+            if steps < 1 or patch < 1:
+                raise ValueError(f"--steps and --patch must be >= 1, got {steps} and {patch}")
             run = load_run(run_dir)
-            xa, name_a = _item(run, a)
-            xb, name_b = _item(run, b)
+            shape = run_input_spec(run)
+            xa, name_a = _item(run, a, shape)
+            xb, name_b = _item(run, b, shape)
+            if xa.shape != xb.shape:  # (a model that resizes takes both, one at a time)
+                raise ValueError(f"{name_a} has shape {tuple(xa.shape)} and {name_b} "
+                                 f"{tuple(xb.shape)}; explain two items of one shape")
             with torch.no_grad():
                 sim = float(similarity(run.model, xa[None], xb[None]))
-            maps = {"a_integrated_gradients": integrated_gradients(run.model, xa, xb, steps=steps),
-                    "b_integrated_gradients": integrated_gradients(run.model, xb, xa, steps=steps),
-                    "a_occlusion": occlusion(run.model, xa, xb, patch=patch),
-                    "b_occlusion": occlusion(run.model, xb, xa, patch=patch)}
+            maps, skipped = {}, None
+            try:
+                maps = {"a_integrated_gradients": integrated_gradients(run.model, xa, xb,
+                                                                       steps=steps),
+                        "b_integrated_gradients": integrated_gradients(run.model, xb, xa,
+                                                                       steps=steps)}
+            except NoInputGradientError as err:  # a frozen backbone: occlusion only
+                skipped = str(err)
+                typer.echo(f"note: occlusion maps only: {err}", err=True)
+            maps["a_occlusion"] = occlusion(run.model, xa, xb, patch=patch)
+            maps["b_occlusion"] = occlusion(run.model, xb, xa, patch=patch)
             train, _ = build_splits(run.config)
             protos = {k: nearest_prototypes(run.model, x, train.x, train.labels)
                       for k, x in (("a", xa), ("b", xb))}
-        except (ValueError, FileNotFoundError) as err:
-            typer.echo(f"error: {err}", err=True)
+            out.mkdir(parents=True, exist_ok=True)
+            _heatmaps(maps, xa, xb, out)
+        except (ValueError, TypeError, OSError) as err:
+            typer.echo(f"error: {one_line(err)}", err=True)
             raise typer.Exit(2) from None
-        out.mkdir(parents=True, exist_ok=True)
-        _heatmaps(maps, xa, xb, out)
         summary = {"a": name_a, "b": name_b, "cosine_similarity": sim,
-                   "nearest_training_prototypes": protos}
+                   "nearest_training_prototypes": protos, "maps": sorted(maps),
+                   **({"integrated_gradients_skipped": skipped} if skipped else {})}
         (out / "explain.json").write_text(json.dumps(summary, indent=2))
         typer.echo(f"cosine similarity of {name_a} and {name_b}: {sim:.4f}")
         for side in ("a", "b"):

@@ -8,6 +8,9 @@ from typing import Any
 
 import typer
 
+from dmlkit.cli._errors import check_output_dir, check_output_file, one_line
+from dmlkit.cli._npz_keys import LABELS_KEY, X_KEY
+
 RUNS_DIR = Path("runs")
 
 
@@ -171,9 +174,13 @@ def embed(
         "heldout",
         "--data",
         help="'heldout' or 'train' (the run's splits), a dataset name (digits, "
-        "fashion_mnist[:test]), a .npz file, an IDX or image folder, or a .yaml config.",
+        "fashion_mnist[:test]), a .npz file, an IDX or image folder, or a .yaml config; "
+        "a .npy (or a .npz without labels) of raw inputs gives embeddings alone. Inputs "
+        "must have the shape the run was trained on (as for dmlkit search).",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Output .npz (embeddings, labels)."),
+    x_key: str | None = X_KEY,
+    labels_key: str | None = LABELS_KEY,
     batch_size: int = typer.Option(512, "--batch-size"),
     device: str = typer.Option("cpu", "--device"),
     store: bool = typer.Option(
@@ -184,35 +191,40 @@ def embed(
     """Embed a dataset with a trained run's model and save it as .npz (or a --store)."""
     import numpy as np
 
-    from dmlkit.data import load_dataset
-    from dmlkit.training import build_splits, load_run
+    from dmlkit.runs.data import describe, has_labels, run_data, unlabelled_inputs
     from dmlkit.training import embed as embed_data
+    from dmlkit.training import load_run
 
+    if not store:
+        out = out if out.suffix == ".npz" else out.with_name(out.name + ".npz")  # as numpy
     try:
-        run = load_run(run_dir, device=device)
-        if data in ("heldout", "train"):
-            train_set, heldout = build_splits(run.config)
-            dataset = heldout if data == "heldout" else train_set
+        if store:
+            check_output_dir(out)
         else:
-            dataset = load_dataset(data)
+            check_output_file(out, ".npz file")
+        run = load_run(run_dir, device=device)
+        if has_labels(data, labels_key):
+            dataset = run_data(run, data, x_key=x_key, labels_key=labels_key)
+            x, labels = dataset.x, dataset.labels.numpy()
+        else:  # raw inputs alone (a .npy, a .npz without labels): embeddings alone
+            x = unlabelled_inputs(run, data, x_key=x_key, labels_key=labels_key)
+            labels = None
         if store:
             from dmlkit.index.store import embed_to_store
 
             def chunk(a: int, b: int) -> np.ndarray:
-                return embed_data(run.model, dataset.x[a:b], batch_size, device)[0].numpy()
+                return embed_data(run.model, x[a:b], batch_size, device)[0].numpy()
 
-            done = embed_to_store(chunk, len(dataset.x), chunk(0, 1).shape[1], out,
-                                  labels=dataset.labels.numpy(), chunk_size=chunk_size,
-                                  source={"run_dir": str(run_dir.resolve()), "data": data})
+            source = {"run_dir": str(run_dir.resolve()), "data": describe(data, x_key, labels_key)}
+            done = embed_to_store(chunk, len(x), chunk(0, 1).shape[1], out, labels=labels,
+                                  chunk_size=chunk_size, source=source)
             typer.echo(f"stored {done.rows_done} embeddings of dim {done.dim} in {out}/")
             return
-        emb, labels = embed_data(run.model, dataset, batch_size=batch_size, device=device)
-    except (FileNotFoundError, ValueError, TypeError, KeyError) as err:
-        raise _fail(str(err)) from None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix != ".npz":  # numpy would add it: say the file's real name
-        out = out.with_name(out.name + ".npz")
-    np.savez(out, embeddings=emb.numpy(), labels=labels.numpy())
+        emb = embed_data(run.model, x, batch_size=batch_size, device=device)[0]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(out, embeddings=emb.numpy(), **({} if labels is None else {"labels": labels}))
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise _fail(one_line(err)) from None
     typer.echo(f"wrote {emb.shape[0]} embeddings of dim {emb.shape[1]} to {out}")
 
 

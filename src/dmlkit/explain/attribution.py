@@ -19,6 +19,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+_NO_GRADIENT = ("integrated gradients need the similarity's gradient with respect to the "
+                "input, and this model computes its embeddings without one (a frozen "
+                "pretrained backbone runs without gradients); explain it by occlusion")
+
+
+class NoInputGradientError(ValueError):
+    """The model's embeddings have no gradient with respect to its input (a frozen
+    backbone), so gradient attributions cannot be computed; occlusion still can."""
+
 
 def _as_batch(x: Any) -> Tensor:
     x = torch.as_tensor(x, dtype=torch.float32)
@@ -37,7 +46,13 @@ def similarity(model: nn.Module, a: Tensor, b: Tensor, metric: str = "cosine") -
 
 def integrated_gradients(model: nn.Module, a: Any, b: Any, *, baseline: Any = None,
                          steps: int = 32, metric: str = "cosine") -> Tensor:
-    """Attribution of ``s(a, b)`` to each value of ``a`` (same shape as ``a``)."""
+    """Attribution of ``s(a, b)`` to each value of ``a`` (same shape as ``a``).
+
+    Raises
+    ------
+    NoInputGradientError
+        When the model's embeddings have no gradient with respect to its input.
+    """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     model.eval()
@@ -56,7 +71,11 @@ def integrated_gradients(model: nn.Module, a: Any, b: Any, *, baseline: Any = No
         s = nn.functional.cosine_similarity(za, zb.expand_as(za), dim=1)
     else:
         s = -(za - zb).pow(2).sum(1)
-    (grad,) = torch.autograd.grad(s.sum(), path)  # (steps, ...)
+    if not s.requires_grad:
+        raise NoInputGradientError(_NO_GRADIENT)
+    (grad,) = torch.autograd.grad(s.sum(), path, allow_unused=True)  # (steps, ...)
+    if grad is None:
+        raise NoInputGradientError(_NO_GRADIENT)
     return ((xa - x0) * grad.mean(0, keepdim=True))[0].detach()
 
 
@@ -66,7 +85,11 @@ def occlusion(model: nn.Module, a: Any, b: Any, *, patch: int = 2, stride: int =
 
     ``a`` is an image ``(C, H, W)`` or ``(H, W)``, or a vector ``(d,)`` (patches are runs
     of ``patch`` values). Each pixel gets the mean drop of the patches covering it.
+    ``patch``, ``stride`` and ``batch_size`` are positive integers.
     """
+    for name, value in (("patch", patch), ("stride", stride), ("batch_size", batch_size)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
     model.eval()
     xa, xb = _as_batch(a), _as_batch(b)
     spatial = xa.shape[-2:] if xa.dim() >= 3 else (1, xa.shape[-1])
@@ -109,4 +132,5 @@ def nearest_prototypes(model: nn.Module, item: Any, reference: Any, labels: Any,
              "count": int((labels == classes[i]).sum())} for i in order]
 
 
-__all__ = ["integrated_gradients", "occlusion", "similarity", "nearest_prototypes"]
+__all__ = ["NoInputGradientError", "integrated_gradients", "occlusion", "similarity",
+           "nearest_prototypes"]

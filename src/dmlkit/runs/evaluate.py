@@ -8,7 +8,8 @@ from typing import Any
 
 from dmlkit.config.schema import TEXT_SOURCES, Config
 from dmlkit.evaluation.evaluate import evaluate_embeddings, write_json
-from dmlkit.training.run import build_splits, embed, load_run
+from dmlkit.runs.data import describe, run_data
+from dmlkit.training.run import embed, load_run
 
 
 def evaluate_run(
@@ -17,26 +18,27 @@ def evaluate_run(
     *,
     out: str | Path | None = None,
     device: str = "cpu",
+    x_key: str | None = None,
+    labels_key: str | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Embed a run's held-out data (``data``: ``"heldout"`` (default), ``"train"``, or any
-    ``dmlkit.data.load_dataset`` spec) with its model and evaluate it with
-    :func:`evaluate_embeddings`; ``out`` defaults to ``RUN_DIR/evaluation.json``."""
+    ``dmlkit.data.load_dataset`` spec, read by :func:`~dmlkit.runs.data.run_data`) with
+    its model and evaluate it with :func:`evaluate_embeddings`; ``out`` defaults to
+    ``RUN_DIR/evaluation.json``. ``x_key`` / ``labels_key`` name the arrays of a ``.npz``
+    ``data``."""
     config_path = Path(run_dir) / "config.yaml"
     if config_path.is_file() and Config.from_yaml(config_path).data.name in TEXT_SOURCES:
         from dmlkit.text import evaluate_text_run  # sentence-encoder runs
 
+        if x_key is not None or labels_key is not None:
+            raise ValueError("array names (x_key / labels_key) are for image and feature "
+                             "runs; a sentence-encoder run reads its own data")
         return evaluate_text_run(run_dir, data, out=out, device=device, **kwargs)
     run = load_run(run_dir, device=device)
-    if data is None or data in ("heldout", "train"):
-        train_set, heldout = build_splits(run.config)
-        dataset = train_set if data == "train" else heldout
-        source = data or "heldout"
-    else:
-        from dmlkit.data import load_dataset
-
-        dataset = load_dataset(data)
-        source = str(data)
+    source = "heldout" if data is None else str(data)
+    dataset = run_data(run, source, x_key=x_key, labels_key=labels_key)
+    source = describe(source, x_key, labels_key)
     emb, labels = embed(run.model, dataset, device=device)
     if labels is None:
         raise ValueError("evaluation needs labelled data")

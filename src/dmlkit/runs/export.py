@@ -57,6 +57,8 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "onnx",
     the torch model (max absolute difference under 1e-5, else ``RuntimeError``)."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {list(FORMATS)}, got {fmt!r}")
+    if Path(out).is_dir():
+        raise ValueError(f"{out} is a directory; give the model file's name")
     if fmt == "onnx":
         try:
             import onnx  # noqa: F401  (torch's ONNX exporter writes through it)

@@ -8,6 +8,11 @@ reading (``kind="auto"``) or when the caller says which (``kind="embeddings"`` /
 ``"inputs"``). Raw inputs are brought to the training inputs' shape and scale: rows are
 reshaped to the input shape, ``uint8`` arrays and images are scaled to ``[0, 1]`` as the
 loaders scale them, and values far outside the training inputs' range raise a warning.
+
+:func:`check_input_shape` is the one rule of which inputs a run's model takes, shared by
+``dmlkit search``, ``embed``, ``evaluate``, ``index build`` and ``explain``: the
+training inputs' shape, the same values flattened or reshaped, or, for a model that
+resizes every image itself (a pretrained backbone), images of any height and width.
 """
 
 from __future__ import annotations
@@ -25,12 +30,17 @@ QUERY_KINDS = ("auto", "embeddings", "inputs")
 
 @dataclass
 class InputSpec:
-    """Shape (without the batch axis), dtype and value range of a run's training inputs."""
+    """Shape (without the batch axis), dtype and value range of a run's training inputs.
+
+    ``any_size`` says the run's model resizes every image itself, so images of another
+    height and width (same channels) are valid inputs too.
+    """
 
     shape: tuple[int, ...]
     dtype: str
     low: float
     high: float
+    any_size: bool = False
 
     @property
     def size(self) -> int:
@@ -38,7 +48,7 @@ class InputSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return {"input_shape": list(self.shape), "input_dtype": self.dtype,
-                "input_range": [self.low, self.high]}
+                "input_range": [self.low, self.high], "input_any_size": self.any_size}
 
     @classmethod
     def from_info(cls, info: dict[str, Any]) -> InputSpec | None:
@@ -47,26 +57,91 @@ class InputSpec:
             return None
         low, high = info.get("input_range", [float("nan"), float("nan")])
         return cls(tuple(int(s) for s in info["input_shape"]), str(info.get("input_dtype")),
-                   float(low), float(high))
+                   float(low), float(high), bool(info.get("input_any_size", False)))
 
 
-def input_spec(x: Any) -> InputSpec:
+def input_spec(x: Any, *, any_size: bool = False) -> InputSpec:
     """The :class:`InputSpec` of training inputs ``x`` of shape ``(n, ...)``."""
     import torch
 
     t = torch.as_tensor(x)
     dtype = str(t.dtype).replace("torch.", "")
     if t.numel() == 0:
-        return InputSpec(tuple(t.shape[1:]), dtype, float("nan"), float("nan"))
-    return InputSpec(tuple(t.shape[1:]), dtype, float(t.min()), float(t.max()))
+        return InputSpec(tuple(t.shape[1:]), dtype, float("nan"), float("nan"), any_size)
+    return InputSpec(tuple(t.shape[1:]), dtype, float(t.min()), float(t.max()), any_size)
 
 
-def run_input_spec(run: Any) -> InputSpec:
-    """The input spec of a run's training split (loads the run's data)."""
+def resizes_inputs(model: Any) -> bool:
+    """Whether ``model`` resizes every image to a side of its own (``resolution``), as
+    the pretrained backbones do, so that images of any height and width are valid."""
+    return isinstance(getattr(model, "resolution", None), int) and callable(
+        getattr(model, "prepare", None))
+
+
+def run_input_spec(run: Any) -> InputSpec | None:
+    """The input spec of a run's training inputs (loads the run's data).
+
+    A run trained from a tuple file has no labelled split: its spec is the shape its
+    model's config names (``in_channels`` and ``image_size``, or ``in_features``), with
+    an unknown range, or ``None`` when the config names none.
+    """
     from dmlkit.training.run import build_splits
 
-    train, _ = build_splits(run.config)
-    return input_spec(train.x)
+    any_size = resizes_inputs(run.model)
+    if run.config.data.tuples is None:
+        train, _ = build_splits(run.config)
+        return input_spec(train.x, any_size=any_size)
+    model = run.config.model
+    size = model.get("image_size")
+    if model.get("in_channels") is not None and size is not None:
+        h, w = (size, size) if isinstance(size, int) else tuple(size)
+        shape: tuple[int, ...] = (int(model["in_channels"]), int(h), int(w))
+    elif model.get("in_features") is not None:
+        shape = (int(model["in_features"]),)
+    else:
+        return None
+    return InputSpec(shape, "float32", float("nan"), float("nan"), any_size)
+
+
+def input_fit(shape: tuple[int, ...], spec: InputSpec) -> tuple[int, ...] | None:
+    """The shape that per-item inputs of ``shape`` take for the run's model, else ``None``.
+
+    Inputs fit when they have the training inputs' shape, the same number of values (they
+    are reshaped: flat rows, images without a channel axis), or, when ``spec.any_size``,
+    the same channels at another height and width (kept as they are).
+    """
+    shape = tuple(int(s) for s in shape)
+    if shape == spec.shape:
+        return shape
+    if (spec.any_size and len(shape) == len(spec.shape) >= 3
+            and shape[:-2] == spec.shape[:-2] and min(shape[-2:]) > 0):
+        return shape
+    if math.prod(shape) == spec.size:
+        return spec.shape
+    return None
+
+
+def check_input_shape(shape: tuple[int, ...], spec: InputSpec | None,
+                      source: str) -> tuple[int, ...]:
+    """The shape inputs of ``shape`` (per item) take for the run's model (see
+    :func:`input_fit`); ``spec`` ``None`` (unknown) takes them as they are.
+
+    Raises
+    ------
+    ValueError
+        When they do not fit, naming ``source``, their shape and the training shape.
+    """
+    shape = tuple(int(s) for s in shape)
+    if spec is None:
+        return shape
+    fitted = input_fit(shape, spec)
+    if fitted is None:
+        other = " (or images of any size with those channels)" if spec.any_size else ""
+        raise ValueError(
+            f"{source}: inputs of shape {shape} per item, but the run was trained on "
+            f"inputs of shape {_shape_text(spec.shape)}{other}; bring them to that shape "
+            "(its embeddings of other inputs are not meaningful)")
+    return fitted
 
 
 def _shape_text(shape: tuple[int, ...]) -> str:
@@ -103,8 +178,7 @@ def read_query_array(
     if kind != "auto":
         return x, kind
     is_emb = x.ndim == 2 and x.shape[1] == dim
-    is_input = spec is not None and x.ndim >= 2 and (
-        tuple(x.shape[1:]) == spec.shape or int(math.prod(x.shape[1:])) == spec.size)
+    is_input = spec is not None and x.ndim >= 2 and input_fit(x.shape[1:], spec) is not None
     if is_emb and is_input:
         raise ValueError(
             f"{path} holds {x.shape[0]} rows of width {x.shape[1]}: that is both the "
@@ -138,12 +212,7 @@ def prepare_inputs(x: np.ndarray, spec: InputSpec | None, source: str) -> np.nda
         raise ValueError(f"{source}: raw inputs contain NaN or infinite values")
     if spec is None:
         return x
-    if tuple(x.shape[1:]) != spec.shape:
-        if int(math.prod(x.shape[1:])) != spec.size:
-            raise ValueError(
-                f"{source}: inputs of shape {tuple(x.shape[1:])} per query, the run was "
-                f"trained on {_shape_text(spec.shape)}")
-        x = x.reshape(x.shape[0], *spec.shape)
+    x = x.reshape(x.shape[0], *check_input_shape(x.shape[1:], spec, source))
     span = spec.high - spec.low
     if x.size and math.isfinite(span):
         lo, hi = float(x.min()), float(x.max())
@@ -187,5 +256,6 @@ def expand_queries(queries: list[Path]) -> list[Path]:
     return out
 
 
-__all__ = ["QUERY_KINDS", "InputSpec", "expand_queries", "input_spec", "prepare_inputs",
-           "read_images", "read_query_array", "run_input_spec"]
+__all__ = ["QUERY_KINDS", "InputSpec", "check_input_shape", "expand_queries", "input_fit",
+           "input_spec", "prepare_inputs", "read_images", "read_query_array",
+           "resizes_inputs", "run_input_spec"]

@@ -1,0 +1,183 @@
+"""The data a run's model embeds: its own splits, or any dataset read as its training
+data was read and checked to be inputs the model was trained on.
+
+``dmlkit embed``, ``dmlkit evaluate`` and ``dmlkit index build`` read their ``--data``
+through :func:`run_data`, and ``dmlkit search`` shapes its raw queries with the same
+rule (:func:`~dmlkit.runs.queries.check_input_shape`), so every command takes the same
+inputs for one run and refuses the same others with the same message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from dmlkit.config.schema import DataConfig
+from dmlkit.data.dataset import ArrayDataset
+from dmlkit.runs.queries import check_input_shape, run_input_spec
+from dmlkit.training.run import Run, build_splits
+
+SPLITS = ("heldout", "train")
+# what a folder of files is read with: the run's own settings (as search reads images)
+READ_AS_TRAINED = {
+    "image_folder": ("image_size", "color"),
+    "audio_folder": ("sample_rate", "crop_seconds", "trim_silence"),
+}
+
+
+def run_data(
+    run: Run,
+    data: str | Path | DataConfig | dict[str, Any] = "heldout",
+    *,
+    x_key: str | None = None,
+    labels_key: str | None = None,
+) -> ArrayDataset:
+    """The labelled dataset ``data`` names, as inputs of ``run``'s model.
+
+    Parameters
+    ----------
+    run : Run
+        A loaded run (:func:`~dmlkit.training.run.load_run`).
+    data : str, Path, DataConfig or dict
+        ``"heldout"`` or ``"train"`` (the run's own splits), or any spec of
+        :func:`~dmlkit.data.load_dataset`: a dataset name, a ``.npz`` file, an IDX,
+        image or audio folder, a ``.yaml`` config or a data block. Folders named by path
+        are read with the run's image size and colour (or sample rate and crop), as its
+        training data was; a data block is read as it says.
+    x_key, labels_key : str, optional
+        Names of the inputs and labels arrays of a ``.npz`` file (default ``"x"`` and
+        ``"labels"``); only for a ``.npz`` ``data``.
+
+    Returns
+    -------
+    ArrayDataset
+        Inputs ``(n, ...)`` in the training inputs' shape (flat rows reshaped), labels.
+
+    Raises
+    ------
+    ValueError
+        When the inputs do not fit the run's model
+        (:func:`~dmlkit.runs.queries.check_input_shape`), when array names are given for
+        data other than a ``.npz`` file, or when the file lacks a named array (the
+        message lists the arrays it has).
+    """
+    from dmlkit.data.load import data_config, load_dataset
+
+    keyed = x_key is not None or labels_key is not None
+    by_path = isinstance(data, (str, Path))  # a spec string, not a data block
+    if by_path and str(data) in SPLITS:
+        if keyed:
+            raise ValueError(f"array names (x_key / labels_key) are for a .npz file; "
+                             f"{str(data)!r} is the run's own split")
+        train, heldout = build_splits(run.config)
+        return heldout if str(data) == "heldout" else train
+    cfg = data_config(data)
+    text = str(data) if by_path else str(cfg.path or cfg.name)
+    if keyed:
+        if not by_path or cfg.name != "npz" or Path(text).suffix != ".npz":
+            raise ValueError(f"array names (x_key / labels_key) are for a .npz file; "
+                             f"{text!r} is not one")
+        cfg = dataclasses.replace(cfg, x_key=x_key or cfg.x_key,
+                                  labels_key=labels_key or cfg.labels_key)
+    if cfg.name == "npz" and cfg.path is not None:
+        check_npz_keys(cfg.path, cfg.x_key, cfg.labels_key)
+    if by_path and cfg.name in READ_AS_TRAINED and Path(text).is_dir():
+        cfg = dataclasses.replace(cfg, **{k: getattr(run.config.data, k)
+                                          for k in READ_AS_TRAINED[cfg.name]})
+    return fit_to_run(load_dataset(cfg), run, text)
+
+
+def npz_arrays(path: str | Path) -> list[str] | None:
+    """Names of the arrays of a ``.npz`` file, read from its index without loading them
+    (``None`` when it is no readable archive: reading it then says why)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return [n[: -len(".npy")] if n.endswith(".npy") else n for n in archive.namelist()]
+    except (OSError, zipfile.BadZipFile):
+        return None
+
+
+def check_npz_keys(path: str | Path, *keys: str) -> None:
+    """Raise a ``ValueError`` naming the arrays ``path`` holds when one of ``keys`` is not
+    among them (the first key names the inputs, the second the labels)."""
+    names = npz_arrays(path)
+    if names is None:
+        return
+    roles = ("inputs", "labels")
+    for i, key in enumerate(keys):
+        if key not in names:
+            role = roles[i] if i < len(roles) else "data"
+            raise ValueError(
+                f"{path} has no array {key!r} (the {role}); its arrays are {names}: name "
+                "them with --x-key and --labels-key (x_key / labels_key)")
+
+
+def unlabelled_inputs(run: Run, path: str | Path, *, x_key: str | None = None,
+                      labels_key: str | None = None) -> Any:
+    """Raw inputs without labels, as ``run``'s model takes them: a ``.npy`` file, or the
+    inputs array (``x_key``, default ``"x"``) of a ``.npz`` that has no labels
+    (``labels_key`` only for the message: a ``.npy`` has no named arrays).
+
+    They are read as :func:`~dmlkit.runs.queries.prepare_inputs` reads search queries:
+    ``uint8`` scaled to ``[0, 1]``, flat rows reshaped, other shapes refused.
+
+    Returns
+    -------
+    Tensor
+        float32 ``(n, *input_shape)``.
+    """
+    import torch
+
+    from dmlkit.data.npz import read_arrays
+    from dmlkit.runs.queries import prepare_inputs
+
+    path = Path(path)
+    if path.suffix == ".npy" and (x_key is not None or labels_key is not None):
+        raise ValueError(f"{path} is a .npy file of one array; array names (x_key / "
+                         "labels_key) are for a .npz file")
+    if path.suffix == ".npz":
+        check_npz_keys(path, x_key or "x")
+    x = read_arrays(path)["x" if path.suffix == ".npy" else x_key or "x"]
+    return torch.from_numpy(prepare_inputs(x, run_input_spec(run), str(path)))
+
+
+def has_labels(path: str | Path, labels_key: str | None = None) -> bool:
+    """Whether ``path`` (a ``--data`` spec) is labelled data: not a ``.npy`` file, nor a
+    ``.npz`` without a ``"labels"`` array. A ``labels_key`` given says it is (reading it
+    then names a missing array)."""
+    path = Path(path)
+    if path.suffix == ".npy" and path.is_file():
+        return False
+    if path.suffix == ".npz" and path.is_file() and labels_key is None:
+        names = npz_arrays(path)
+        return names is None or "labels" in names
+    return True
+
+
+def fit_to_run(dataset: ArrayDataset, run: Run, source: str) -> ArrayDataset:
+    """``dataset`` with its inputs in the shape ``run``'s model was trained on.
+
+    Raises
+    ------
+    ValueError
+        When the inputs do not fit (see :func:`~dmlkit.runs.queries.check_input_shape`).
+    """
+    spec = run_input_spec(run)
+    shape = check_input_shape(tuple(dataset.x.shape[1:]), spec, source)
+    if tuple(dataset.x.shape[1:]) != shape:
+        dataset.x = dataset.x.reshape(dataset.x.shape[0], *shape)  # (n, *shape)
+    return dataset
+
+
+def describe(data: Any, x_key: str | None = None, labels_key: str | None = None) -> str:
+    """``data`` as results record it: the spec, with the array names when given."""
+    keys = [f"{name}={value}" for name, value in (("x_key", x_key), ("labels_key", labels_key))
+            if value is not None]
+    return f"{data} ({', '.join(keys)})" if keys else str(data)
+
+
+__all__ = ["SPLITS", "check_npz_keys", "describe", "fit_to_run", "has_labels", "npz_arrays",
+           "run_data", "unlabelled_inputs"]
