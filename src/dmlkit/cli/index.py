@@ -101,7 +101,8 @@ def build(
             raise ValueError("--nprobe / --ef-search apply to faiss indexes (--factory IVF..., "
                              "HNSW...), not to the exact index")
         if (source / "manifest.json").is_file() and not (source / "config.yaml").exists():
-            return _build_from_store(source, out, factory, metric, nprobe, ef_search)
+            return _build_from_store(source, out, factory, metric, nprobe, ef_search,
+                                     target_recall)
         if source.is_file():
             emb, labels = _load_arrays(source)
             info = {"embeddings": str(source)}
@@ -136,28 +137,40 @@ def build(
     except ERRORS as err:
         raise _fail(str(err)) from None
     typer.echo(f"indexed {index.ntotal} embeddings of dim {dim} ({factory}, {metric}) in {out}")
-    if recall is not None:
-        typer.echo(_recall_line(recall))
-        if recall["recall_at_k"] < target_recall:
-            typer.echo(f"warning: recall {recall['recall_at_k']:.4f} is below "
-                       f"{target_recall}; raise --nprobe / --ef-search or use --factory exact",
-                       err=True)
+    _echo_recall(recall, target_recall)
+
+
+def _echo_recall(recall: dict[str, Any] | None, target_recall: float) -> None:
+    """Print the recall line, and a warning when it is below the target."""
+    if recall is None:
+        return
+    typer.echo(_recall_line(recall))
+    if recall["recall_at_k"] < target_recall:
+        typer.echo(f"warning: recall {recall['recall_at_k']:.4f} is below "
+                   f"{target_recall}; raise --nprobe / --ef-search or use --factory exact",
+                   err=True)
 
 
 def _build_from_store(store_dir: Path, out: Path, factory: str, metric: str,
-                      nprobe: int | None, ef_search: int | None) -> None:
-    """Build a faiss index from an embedding store chunk by chunk (see dmlkit embed --store)."""
+                      nprobe: int | None, ef_search: int | None, target_recall: float) -> None:
+    """Build a faiss index from an embedding store chunk by chunk (see dmlkit embed --store),
+    calibrated like an in-memory build (queries sampled from the store)."""
     from dmlkit.index.store import EmbeddingStore, build_index_from_store
 
-    if factory == "exact":
+    exact = factory == "exact"
+    if exact:
         factory = "Flat"  # the chunked build is faiss; Flat is exact
     store = EmbeddingStore.open(store_dir)
     index = build_index_from_store(store, factory, metric, nprobe=nprobe, ef_search=ef_search,
-                                   show_progress=True)
-    index.info = {"store": str(store_dir.resolve()), **store.manifest.get("source", {})}
+                                   show_progress=True,
+                                   target_recall=None if exact else target_recall)
+    recall = index.info.get("recall")
+    index.info = {"store": str(store_dir.resolve()), **store.manifest.get("source", {}),
+                  **({"recall": recall} if recall is not None else {})}
     index.save(out)
     typer.echo(f"indexed {index.ntotal} embeddings of dim {store.dim} ({factory}, {metric}) "
                f"from store {store_dir} in {out}")
+    _echo_recall(recall, target_recall)
 
 
 def _recall_line(recall: dict[str, Any]) -> str:

@@ -210,12 +210,14 @@ def embed(
             x = unlabelled_inputs(run, data, x_key=x_key, labels_key=labels_key)
             labels = None
         if store:
-            from dmlkit.index.store import embed_to_store
+            from dmlkit.index.store import embed_to_store, model_fingerprint
 
             def chunk(a: int, b: int) -> np.ndarray:
                 return embed_data(run.model, x[a:b], batch_size, device)[0].numpy()
 
-            source = {"run_dir": str(run_dir.resolve()), "data": describe(data, x_key, labels_key)}
+            # the weights are part of what the rows are: a retrained run starts a new store
+            source = {"run_dir": str(run_dir.resolve()), "data": describe(data, x_key, labels_key),
+                      "model_sha256": model_fingerprint(run.model)}
             done = embed_to_store(chunk, len(x), chunk(0, 1).shape[1], out, labels=labels,
                                   chunk_size=chunk_size, source=source)
             typer.echo(f"stored {done.rows_done} embeddings of dim {done.dim} in {out}/")

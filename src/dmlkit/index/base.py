@@ -1,7 +1,8 @@
 """Shared surface of every nearest-neighbour index: ids, per-item metadata, I/O checks.
 
-An index stores vectors under int64 ids (given, or assigned 0, 1, 2, ... after the
-largest id so far) and optional metadata per item: an integer ``label`` (``-1`` = none),
+An index stores vectors under int64 ids (given, or assigned 0, 1, 2, ... past every id
+the index has ever held, so an id is never handed out again after its item was removed)
+and optional metadata per item: an integer ``label`` (``-1`` = none),
 a source ``path`` and a JSON ``payload``. ``search`` returns ids, never storage rows.
 Scores are squared L2 distances for ``metric="l2"`` (smaller = closer) and similarities
 for ``"ip"`` / ``"cosine"`` (larger = closer), as in faiss.
@@ -29,7 +30,10 @@ def _is_tensor(x: Any) -> bool:
 def to_numpy_2d(x: Any, dim: int, name: str = "x") -> np.ndarray:
     """``x`` as a C-contiguous float32 ``(n, dim)`` array (torch or numpy in)."""
     if _is_tensor(x):
-        x = x.detach().cpu().numpy()
+        x = x.detach().cpu()
+        if x.is_floating_point():  # bfloat16 / float16 have no (or a lossy) numpy twin
+            x = x.float()
+        x = x.numpy()
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{name} must be a numpy array or torch.Tensor, got {type(x).__name__}")
     if x.ndim == 1 and x.shape[0] == dim:
@@ -96,6 +100,8 @@ class BaseIndex:
         self._paths: list[str | None] = []
         self._payloads: list[Any] = []
         self._row_of: dict[int, int] | None = None
+        #: the next auto-assigned id: past every id ever added (removed ones included)
+        self._next_id = 0
         #: free-form JSON saved with the index (e.g. the run and data it was built from)
         self.info: dict[str, Any] = {}
 
@@ -134,6 +140,11 @@ class BaseIndex:
         return self._ids.copy()
 
     @property
+    def next_id(self) -> int:
+        """The id the next item added without ids gets (past every id ever added)."""
+        return self._next_id
+
+    @property
     def num_labelled(self) -> int:
         """How many stored items have a label."""
         return int((self._labels >= 0).sum())
@@ -152,14 +163,15 @@ class BaseIndex:
     ) -> np.ndarray:
         """Add ``(n, dim)`` vectors; returns their ``(n,)`` int64 ids.
 
-        ``labels`` (``(n,)`` non-negative ints), ``paths`` (n strings) and ``payloads``
-        (n JSON-serialisable values) are optional per-item metadata.
+        ``labels`` (``(n,)`` ints, ``-1`` = no label, as :meth:`labels_of` returns and
+        embedding stores write), ``paths`` (n strings) and ``payloads`` (n
+        JSON-serialisable values) are optional per-item metadata. Without ``ids`` the
+        items get the next ids past every id this index has held, removed ones included.
         """
         x = to_numpy_2d(x, self.dim)
         n = x.shape[0]
         if ids is None:
-            start = int(self._ids.max()) + 1 if self.ntotal else 0
-            ids = np.arange(start, start + n, dtype=np.int64)
+            ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
         ids = _as_ids(ids, n)
         if (ids < 0).any():
             raise ValueError("ids must be non-negative integers (-1 marks 'no result' in a "
@@ -167,8 +179,9 @@ class BaseIndex:
         if np.unique(ids).size != n or np.isin(ids, self._ids).any():
             raise ValueError("ids must be unique and not already in the index")
         lab = np.full(n, -1, dtype=np.int64) if labels is None else _as_ids(labels, n)
-        if labels is not None and (lab < 0).any():
-            raise ValueError("labels must be non-negative integers (-1 is reserved for none)")
+        if labels is not None and (lab < -1).any():
+            raise ValueError("labels must be non-negative integers or -1 (no label), got "
+                             f"{int(lab.min())}")
         paths = [None] * n if paths is None else [None if p is None else str(p) for p in paths]
         payloads = [None] * n if payloads is None else list(payloads)
         if len(paths) != n or len(payloads) != n:
@@ -180,6 +193,8 @@ class BaseIndex:
         self._paths += paths
         self._payloads += payloads
         self._row_of = None
+        if n:
+            self._next_id = max(self._next_id, int(ids.max()) + 1)
         return ids
 
     def remove(self, ids: Any) -> int:
@@ -266,7 +281,8 @@ class BaseIndex:
         """Write the index to directory ``path`` atomically (see :mod:`dmlkit.index.io`)."""
         arrays, writers = self._state()
         header = {"kind": self.kind, "dim": self.dim, "metric": self.metric,
-                  "count": self.ntotal, "params": self._params(), "info": self.info}
+                  "count": self.ntotal, "next_id": self._next_id, "params": self._params(),
+                  "info": self.info}
         arrays = {"ids": self._ids, "labels": self._labels, **arrays}
         meta = {"paths": self._paths, "payloads": self._payloads}
         return write_index_dir(path, header, arrays, {"metadata.json": meta}, writers)
@@ -302,6 +318,12 @@ class BaseIndex:
         index._labels = load_array(path, "labels", (n,), np.dtype(np.int64))
         if np.unique(index._ids).size != n:
             raise IndexFormatError(f"{path}: duplicate ids")
+        past = int(index._ids.max()) + 1 if n else 0  # files without next_id: past the ids
+        next_id = manifest.get("next_id", past)
+        if isinstance(next_id, bool) or not isinstance(next_id, int) or next_id < past:
+            raise IndexFormatError(f"{path}: next_id {next_id!r} is not an integer past "
+                                   f"every stored id ({past - 1})")
+        index._next_id = next_id
         meta = load_json(path, "metadata.json")
         if (not isinstance(meta, dict) or not isinstance(meta.get("paths"), list)
                 or not isinstance(meta.get("payloads"), list)

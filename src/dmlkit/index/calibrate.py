@@ -3,9 +3,17 @@ reaches a target recall.
 
 IVF indexes visit ``nprobe`` of their lists per query and HNSW graphs keep ``efSearch``
 candidates; faiss's defaults (``nprobe=1``, ``efSearch=16``) trade much recall for speed.
-:func:`calibrate` measures recall@k of the index against :class:`ExactIndex` on a seeded
-sample of the indexed vectors used as queries, and, unless the breadth was given,
-doubles it until the recall reaches the target.
+:func:`calibrate` measures recall@k of the index against exact search
+(:class:`~dmlkit.index.ExactIndex`) on a seeded sample of the indexed vectors used as
+queries, and, unless the breadth was given, doubles it until the recall reaches the
+target.
+
+Recall is *distance-based*, as ANN benchmarks define it (Aumüller et al.,
+"ANN-Benchmarks", 2020): a returned neighbour counts as a hit when its true distance
+ties or beats the exact ``k``-th nearest distance (within a relative tolerance), so
+duplicated or equidistant items, which an exact index may return in any order, are not
+counted as misses. The exact ground truth is computed over the vectors in chunks, so
+``vectors`` may be a memory map larger than memory (an embedding store).
 """
 
 from __future__ import annotations
@@ -14,9 +22,17 @@ from typing import Any
 
 import numpy as np
 
+#: relative tolerance of a tie with the exact k-th score (float32 rounding of the index)
+RTOL = 1e-5
+#: rows of ``vectors`` searched exactly at a time when computing the ground truth
+CHUNK = 65536
+
 
 def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray) -> float:
     """Mean over queries of ``|approx top-k & exact top-k| / k`` (``-1`` pads ignored).
+
+    Id overlap: a tied neighbour returned instead of the one exact search chose counts
+    as a miss. :func:`calibrate` uses :func:`distance_recall` instead.
 
     Parameters
     ----------
@@ -27,6 +43,123 @@ def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray) -> float:
     hits = [len(set(a[a >= 0]) & set(e[e >= 0])) / max(int((e >= 0).sum()), 1)
             for a, e in zip(approx_ids, exact_ids, strict=True)]
     return float(np.mean(hits)) if hits else float("nan")
+
+
+def true_scores(queries: np.ndarray, neighbours: np.ndarray, metric: str) -> np.ndarray:
+    """Float64 scores of each query against its neighbours.
+
+    Parameters
+    ----------
+    queries : ndarray of shape (n, dim)
+    neighbours : ndarray of shape (n, c, dim)
+    metric : str
+        ``"l2"`` (squared distance ``||q - r||^2``), ``"ip"`` or ``"cosine"``.
+
+    Returns
+    -------
+    ndarray of shape (n, c), float64
+    """
+    q = np.asarray(queries, dtype=np.float64)[:, None, :]  # (n, 1, dim)
+    r = np.asarray(neighbours, dtype=np.float64)  # (n, c, dim)
+    if metric == "l2":
+        return ((q - r) ** 2).sum(axis=2)
+    if metric == "cosine":
+        q = q / np.maximum(np.linalg.norm(q, axis=2, keepdims=True), 1e-300)
+        r = r / np.maximum(np.linalg.norm(r, axis=2, keepdims=True), 1e-300)
+    return (q * r).sum(axis=2)
+
+
+def distance_recall(
+    scores: np.ndarray, valid: np.ndarray, kth: np.ndarray, tol: np.ndarray, metric: str
+) -> float:
+    """Mean over queries of the fraction of ``k`` returned neighbours that tie or beat
+    the exact ``k``-th score.
+
+    Parameters
+    ----------
+    scores : ndarray of shape (n, k)
+        True (float64) scores of the returned neighbours.
+    valid : ndarray of shape (n, k), bool
+        False where nothing was returned (id ``-1``).
+    kth, tol : ndarray of shape (n,)
+        The exact ``k``-th score of each query and the tolerance of a tie with it.
+    metric : str
+        ``"l2"`` (smaller is closer) or ``"ip"`` / ``"cosine"`` (larger is closer).
+    """
+    if metric == "l2":
+        hit = scores <= (kth + tol)[:, None]
+    else:
+        hit = scores >= (kth - tol)[:, None]
+    hits = (hit & valid).sum(axis=1) / scores.shape[1]  # (n,)
+    return float(hits.mean()) if len(hits) else float("nan")
+
+
+def take_rows(vectors: Any, rows: np.ndarray) -> np.ndarray:
+    """``vectors[rows]`` as float32 of shape ``rows.shape + (dim,)``, reading each distinct
+    row once in ascending order (cheap on a memory map)."""
+    uniq, inverse = np.unique(rows, return_inverse=True)
+    return np.asarray(vectors[uniq], dtype=np.float32)[inverse.reshape(rows.shape)]
+
+
+class GroundTruth:
+    """Exact ``k``-th scores of sampled queries against ``vectors``, computed in chunks.
+
+    Each chunk of ``vectors`` is searched with an :class:`~dmlkit.index.ExactIndex`; its
+    candidates are re-scored in float64 and merged, so memory is one chunk plus
+    ``(queries, 2k)`` candidates.
+
+    Parameters
+    ----------
+    vectors : array of shape (n, dim)
+        Any array indexable by rows (a NumPy memory map too), in the index's storage order.
+    queries : ndarray of shape (q, dim)
+    k : int
+    metric : str
+    chunk : int
+        Rows of ``vectors`` searched at a time.
+    """
+
+    def __init__(self, vectors: Any, queries: np.ndarray, k: int, metric: str,
+                 chunk: int = CHUNK) -> None:
+        from dmlkit.index.exact import ExactIndex
+
+        n, dim = vectors.shape
+        self.metric = metric
+        best_s = np.zeros((len(queries), 0))
+        best_r = np.zeros((len(queries), 0), dtype=np.int64)
+        for start in range(0, n, chunk):
+            block = np.ascontiguousarray(vectors[start : start + chunk], dtype=np.float32)
+            exact = ExactIndex(dim, metric)
+            exact.add(block)
+            _, rows = exact.search(queries, min(k, len(block)))  # (q, c) rows of the block
+            s = true_scores(queries, block[rows], metric)  # (q, c)
+            best_s = np.hstack([best_s, s])
+            best_r = np.hstack([best_r, rows + start])
+            key = best_s if metric == "l2" else -best_s
+            order = np.lexsort((best_r, key), axis=1)[:, :k]  # by score, then row
+            best_s = np.take_along_axis(best_s, order, 1)
+            best_r = np.take_along_axis(best_r, order, 1)
+        #: ``(q,)`` exact k-th score of each query
+        self.kth = best_s[:, -1]
+        if metric == "l2":
+            scale = np.abs(self.kth)
+        elif metric == "cosine":
+            scale = np.maximum(np.abs(self.kth), 1.0)
+        else:  # similarities round relative to |q| |r|
+            norms = np.linalg.norm(take_rows(vectors, best_r[:, -1]).astype(np.float64), axis=1)
+            scale = np.maximum(np.abs(self.kth),
+                               np.linalg.norm(queries.astype(np.float64), axis=1) * norms)
+        #: ``(q,)`` tolerance of a tie with the k-th score
+        self.tol = RTOL * scale
+        #: ``(q, k)`` exact neighbour rows
+        self.rows = best_r
+
+    def recall(self, vectors: Any, queries: np.ndarray, rows: np.ndarray) -> float:
+        """Distance-based recall of returned neighbour ``rows`` ``(q, k)`` (``-1`` = none)."""
+        valid = rows >= 0
+        picked = take_rows(vectors, np.where(valid, rows, 0))  # (q, k, dim)
+        scores = true_scores(queries, picked, self.metric)  # (q, k)
+        return distance_recall(scores, valid, self.kth, self.tol, self.metric)
 
 
 def _knob(index: Any) -> str | None:
@@ -53,6 +186,7 @@ def calibrate(
     target: float = 0.95,
     sample: int = 1000,
     seed: int = 0,
+    chunk: int = CHUNK,
 ) -> dict[str, Any]:
     """Measure recall@k of ``index`` on ``vectors`` and widen its search to ``target``.
 
@@ -60,50 +194,67 @@ def calibrate(
     ----------
     index : FaissIndex or ExactIndex
         Holds ``vectors`` (an exact index has recall 1 by definition).
-    vectors : ndarray of shape (n, dim)
-        The indexed vectors; up to ``sample`` of them (seeded) are the queries.
+    vectors : array of shape (n, dim)
+        The indexed vectors in the index's storage order (``index.ids[i]`` is row
+        ``i``); a memory map is read in chunks of ``chunk`` rows, never whole. Up to
+        ``sample`` of them (seeded) are the queries.
     k : int
         Neighbours compared (capped at ``n``).
     target : float
         Recall to reach by doubling ``nprobe`` / ``efSearch`` when ``index`` has it unset.
+    sample, seed : int
+        Number of query rows and the seed that draws them.
+    chunk : int
+        Rows of ``vectors`` searched exactly at a time.
 
     Returns
     -------
     dict
         ``{"recall_at_k", "k", "queries", "target", "nprobe" | "ef_search", "tuned"}``;
-        ``tuned`` is False when the breadth was given and only measured.
+        ``tuned`` is False when the breadth was given and only measured. The recall is
+        distance-based (see the module docstring).
     """
-    from dmlkit.index.exact import ExactIndex
-
-    x = np.ascontiguousarray(vectors, dtype=np.float32)
-    n = x.shape[0]
+    if not isinstance(vectors, np.ndarray):  # a list, a CPU tensor
+        vectors = np.asarray(vectors, dtype=np.float32)
+    n = int(vectors.shape[0])
+    if vectors.ndim != 2 or vectors.shape[1] != index.dim:
+        raise ValueError(f"vectors must have shape (n, {index.dim}), got {vectors.shape}")
+    if n != index.ntotal:
+        raise ValueError(f"vectors has {n} rows, the index {index.ntotal} items")
     k = max(1, min(int(k), n))
     knob = _knob(index)
     result: dict[str, Any] = {"k": k, "target": target, "queries": min(sample, n)}
     if knob is None and getattr(index, "kind", "") == "exact":
         return {**result, "recall_at_k": 1.0, "tuned": False}
-    rows = np.random.default_rng(seed).choice(n, size=min(sample, n), replace=False)
-    exact = ExactIndex(index.dim, index.metric)
-    exact.add(x, ids=index.ids if hasattr(index, "ids") else None)
-    queries = x[np.sort(rows)]
-    _, want = exact.search(queries, k)
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=min(sample, n), replace=False))
+    queries = np.ascontiguousarray(vectors[rows], dtype=np.float32)  # (q, dim)
+    truth = GroundTruth(vectors, queries, k, index.metric, chunk)
+    ids = index.ids  # storage order: row i holds ids[i]
+    order = np.argsort(ids, kind="stable")
+
+    def measure() -> float:
+        _, got = index.search(queries, k)  # (q, k) ids
+        got = np.asarray(got)
+        pos = np.clip(np.searchsorted(ids[order], got), 0, n - 1)
+        found = (got >= 0) & (ids[order][pos] == got)
+        return truth.recall(vectors, queries, np.where(found, order[pos], -1))
+
     given = knob is not None and getattr(index, knob) is not None
     if knob is None or given:
-        _, got = index.search(queries, k)
         value = None if knob is None else getattr(index, knob)
-        return {**result, "recall_at_k": recall_at_k(got, want), **({knob: value} if knob else {}),
+        return {**result, "recall_at_k": measure(), **({knob: value} if knob else {}),
                 "tuned": False}
     limit = _nlist(index) if knob == "nprobe" else max(4096, 2 * n)
     value = 1 if knob == "nprobe" else 16
     while True:
         setattr(index, knob, value)
         index._apply_search_params()
-        _, got = index.search(queries, k)
-        recall = recall_at_k(got, want)
+        recall = measure()
         if recall >= target or value >= limit:
             break
         value = min(2 * value, limit)
     return {**result, "recall_at_k": recall, knob: value, "tuned": True}
 
 
-__all__ = ["calibrate", "recall_at_k"]
+__all__ = ["GroundTruth", "calibrate", "distance_recall", "recall_at_k", "take_rows",
+           "true_scores"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,6 @@ from dmlkit.functional.retrieval import (
     prepare_reference,
     prepare_vectors,
     ranking_keys,
-    scores_from_keys,
 )
 from dmlkit.index.base import BaseIndex, to_numpy_2d
 from dmlkit.index.io import IndexFormatError, load_array
@@ -26,6 +26,12 @@ FILTER_MIN_PAIRS = 1 << 22
 #: queries (and gallery rows) per block of the filtering path: several query blocks let
 #: two threads filter at once (measured 1.6x faster than 2048 at 200k x 128, k = 10)
 FILTER_BLOCK = 512
+#: squared-L2 candidates selected beyond ``k`` (``RESCORE_EXTRA + k // 4``) and re-scored
+#: exactly, so that a neighbour whose ranking key lost a near-tie to rounding still ranks
+RESCORE_EXTRA = 8
+#: float32 rounding unit (2^-23, generous): squared-L2 range candidates are admitted
+#: within ``(dim + 8) * unit * (|q|^2 + |r|^2)`` of the threshold, then re-scored exactly
+_UNIT = 2.0**-23
 
 
 class ExactIndex(BaseIndex):
@@ -41,8 +47,17 @@ class ExactIndex(BaseIndex):
     prepared copy of the gallery kept between searches (a service's one-query requests
     do not re-prepare it; it costs one more gallery's memory and is rebuilt after ``add``
     or ``remove``). Either way the
-    result is exact and ties are broken by storage order (earlier-added first), as
-    faiss's flat indexes do.
+    result is exact and ties are broken by storage order (earlier-added first). faiss's
+    ``IndexFlatL2`` orders ties the same way; its inner-product indexes (``"ip"``,
+    ``"cosine"``) return tied items in another order (later-added first, as observed
+    with faiss 1.15), so compare those with faiss by scores, not by ids.
+
+    Squared L2 distances are ranked by ``|r|^2 - 2 q.r`` (one matrix product), which
+    rounding spoils for data far from the origin; so when the gallery's mean lies
+    farther from the origin than the items spread around it, queries and gallery are
+    centred on that mean first (distances do not change), and the ``k + 8 + k // 4``
+    best candidates are re-scored exactly as ``||q - r||^2`` and ranked by those scores
+    (an item's distance to itself is exactly 0).
 
     Parameters
     ----------
@@ -76,6 +91,8 @@ class ExactIndex(BaseIndex):
         self._data = torch.zeros((0, self.dim), dtype=torch.float32)
         #: the stored vectors prepared for small searches; dropped whenever they change
         self._prepared: tuple[torch.Tensor, bool] | None = None
+        #: ``(offset,)``: the centre subtracted before squared-L2 ranking (None: none)
+        self._offset: tuple[torch.Tensor | None] | None = None
 
     # -- storage -----------------------------------------------------------------------
     @property
@@ -89,10 +106,12 @@ class ExactIndex(BaseIndex):
     def _add_vectors(self, x: np.ndarray, ids: np.ndarray) -> None:
         self._parts.append(torch.from_numpy(x.copy()))
         self._prepared = None
+        self._offset = None
 
     def _remove_rows(self, keep: np.ndarray, ids: np.ndarray) -> None:
         self._data = self.vectors[torch.from_numpy(keep)].clone()
         self._prepared = None
+        self._offset = None
 
     def reconstruct(self, ids: Any) -> np.ndarray:
         """Stored vectors of ``ids`` as ``(len(ids), dim)`` float32."""
@@ -105,18 +124,65 @@ class ExactIndex(BaseIndex):
         return self.vectors[torch.from_numpy(order[pos])].numpy().copy()
 
     # -- search ------------------------------------------------------------------------
+    def _center(self) -> torch.Tensor | None:
+        """``(dim,)`` gallery mean to subtract before squared-L2 ranking, or None.
+
+        Ranking keys ``|r|^2 - 2 q.r`` carry rounding errors of about ``eps * |r|^2``;
+        centring on the mean shrinks ``|r|^2`` from ``|mean|^2 + spread`` to ``spread``
+        (the mean squared distance to the mean), so it is done when ``|mean|^2 > spread``.
+        The centre is the mean rounded to a power-of-two grid no coarser than the spread
+        per coordinate (``sqrt(spread / dim)``): it removes all but at most a quarter of
+        the spread from ``|r|^2``, and keeps data on a coarser grid (e.g. integers) exact,
+        so exact ties stay ties.
+        """
+        if self._offset is None:
+            center = None
+            gallery = self.vectors
+            if self.metric == "l2" and gallery.shape[0]:
+                total = torch.zeros(self.dim, dtype=torch.float64)
+                sq = torch.zeros((), dtype=torch.float64)
+                for s, e in row_chunks(gallery.shape[0], 1 << 16):  # no float64 copy
+                    block = gallery[s:e].double()  # (b, dim)
+                    total += block.sum(0)
+                    sq += (block * block).sum()
+                mean = total / gallery.shape[0]  # (dim,)
+                mean_sq = float((mean * mean).sum())
+                spread = float(sq) / gallery.shape[0] - mean_sq
+                if spread > 0 and mean_sq > spread:
+                    grid = 2.0 ** math.floor(math.log2(math.sqrt(spread / self.dim)))
+                    center = (torch.round(mean / grid) * grid).float()  # (dim,)
+            self._offset = (center,)
+        return self._offset[0]
+
+    def _prepared_reference(self) -> tuple[torch.Tensor, bool]:
+        """The (centred) gallery prepared for :func:`ranking_keys`, kept between calls."""
+        if self._prepared is None:  # dropped by every add / remove / load
+            center = self._center()
+            gallery = self.vectors if center is None else self.vectors - center
+            self._prepared = prepare_reference(gallery, _TORCH_METRIC[self.metric])
+        return self._prepared
+
     def _search_ids(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         metric = _TORCH_METRIC[self.metric]
         query, gallery = torch.from_numpy(q), self.vectors
+        l2 = self.metric == "l2"
+        depth = min(k + RESCORE_EXTRA + k // 4, gallery.shape[0]) if l2 else k
         with torch.no_grad():
             if query.shape[0] * gallery.shape[0] >= FILTER_MIN_PAIRS:
-                scores, rows = self._filtered(query, gallery, k, metric)
+                center = self._center()
+                if center is None:
+                    scores, rows = self._filtered(query, gallery, depth, metric)
+                else:  # a centred copy of the gallery for the duration of the search
+                    scores, rows = self._filtered(query - center, gallery - center, depth,
+                                                  metric)
             else:  # few queries (e.g. one request of a service): reuse the prepared gallery
-                if self._prepared is None:  # dropped by every add / remove / load
-                    self._prepared = prepare_reference(gallery, metric)
-                scores, rows = knn(query, gallery, k, metric=metric, exclude_self=False,
+                center = self._center()
+                scores, rows = knn(query if center is None else query - center, gallery,
+                                   depth, metric=metric, exclude_self=False,
                                    query_chunk=self.query_chunk, ref_chunk=self.ref_chunk,
-                                   prepared=self._prepared)
+                                   prepared=self._prepared_reference())
+            if l2:
+                scores, rows = _rescore_l2(query, gallery, rows, k)
         rows_np = rows.numpy()
         if self.ntotal == 0:
             return scores.numpy(), rows_np
@@ -157,12 +223,15 @@ class ExactIndex(BaseIndex):
             raise IndexFormatError(f"{path}: vectors.npy contains NaN or infinite values")
         self._data, self._parts = torch.from_numpy(data), []
         self._prepared = None
+        self._offset = None
 
     def range_search(self, q: Any, threshold: float) -> tuple[Any, Any, Any]:
         """Every neighbour within ``threshold``, faiss-style.
 
         ``threshold`` is in score units: squared L2 distance ``<= threshold`` for
-        ``"l2"``, similarity ``>= threshold`` for ``"ip"`` / ``"cosine"``.
+        ``"l2"``, similarity ``>= threshold`` for ``"ip"`` / ``"cosine"``. Scores are
+        computed in blocks of ``query_chunk x ref_chunk``; squared L2 distances near the
+        threshold are re-scored exactly as ``||q - r||^2``.
 
         Returns
         -------
@@ -171,35 +240,85 @@ class ExactIndex(BaseIndex):
         scores : float32 ``(total,)``
         ids : int64 ``(total,)``
             Within each query, ordered closest first (ties by storage order).
+
+        Torch tensors in give torch tensors out; anything else gives numpy arrays.
         """
         is_torch = isinstance(q, torch.Tensor)
         qa = to_numpy_2d(q, self.dim, "q")
+        threshold = float(threshold)
         metric = _TORCH_METRIC[self.metric]
-        ref = prepare_reference(self.vectors, metric)
+        gallery, m = self.vectors, self.ntotal
+        l2 = self.metric == "l2"
         counts, all_scores, all_rows = [], [], []
         with torch.no_grad():
+            mat, augmented = self._prepared_reference()
+            center = self._center()
+            slack = (self.dim + 8) * _UNIT  # relative rounding bound of a ranking key
             for s, e in row_chunks(qa.shape[0], self.query_chunk):
-                q, q_sq = prepare_vectors(torch.from_numpy(qa[s:e]), metric)
-                scores = scores_from_keys(ranking_keys(q, ref), metric, q_sq)  # (c, m)
-                inside = scores <= threshold if metric == "euclidean" else scores >= threshold
-                rows, cols = inside.nonzero(as_tuple=True)  # by query, then column
-                vals = scores[rows, cols]
-                # closest first within each query, stable on storage order
-                key = vals if metric == "euclidean" else -vals
-                order = torch.sort(key, stable=True).indices
-                order = order[torch.sort(rows[order], stable=True).indices]
-                counts.append(inside.sum(dim=1))
+                raw = torch.from_numpy(qa[s:e])  # (c, dim)
+                q_vec, q_sq = prepare_vectors(raw if center is None else raw - center, metric)
+                rows_b, cols_b, vals_b = [], [], []
+                buf = q_vec.new_empty(q_vec.shape[0] * min(self.ref_chunk, m))
+                for r0, r1 in row_chunks(m, self.ref_chunk):
+                    keys = ranking_keys(q_vec, (mat[:, r0:r1], augmented),
+                                        out=buf[: q_vec.shape[0] * (r1 - r0)].view(-1, r1 - r0))
+                    if l2:  # candidates within the rounding bound, then exact distances:
+                        # keys + |q|^2 <= threshold + slack * (|q|^2 + |r|^2), in place
+                        keys.sub_(slack * mat[-1, r0:r1][None, :])  # (c, b)
+                        limit = threshold - (1.0 - slack) * q_sq  # (c,)
+                        rows, cols = (keys <= limit[:, None]).nonzero(as_tuple=True)
+                        cols = cols + r0
+                        vals = ((raw[rows] - gallery[cols]) ** 2).sum(dim=1)  # (p,)
+                        inside = vals <= threshold
+                        rows, cols, vals = rows[inside], cols[inside], vals[inside]
+                    else:  # keys are negated similarities
+                        rows, cols = (keys <= -threshold).nonzero(as_tuple=True)
+                        vals = -keys[rows, cols]
+                        cols = cols + r0
+                    rows_b.append(rows)
+                    cols_b.append(cols)
+                    vals_b.append(vals)
+                rows = torch.cat(rows_b).numpy() if rows_b else np.zeros(0, np.int64)
+                cols = torch.cat(cols_b).numpy() if cols_b else np.zeros(0, np.int64)
+                vals = torch.cat(vals_b).numpy() if vals_b else np.zeros(0, np.float32)
+                # by query, then closest first, then storage order
+                order = np.lexsort((cols, vals if l2 else -vals, rows))
+                counts.append(np.bincount(rows, minlength=e - s))
                 all_scores.append(vals[order])
                 all_rows.append(cols[order])
-        counts_t = torch.cat(counts) if counts else torch.zeros(0, dtype=torch.long)
-        lims = np.concatenate([[0], np.cumsum(counts_t.numpy())]).astype(np.int64)
-        scores = torch.cat(all_scores).numpy().astype(np.float32) if all_scores else np.zeros(
-            0, np.float32)
-        rows_np = torch.cat(all_rows).numpy() if all_rows else np.zeros(0, np.int64)
+        counts_np = np.concatenate(counts) if counts else np.zeros(0, np.int64)
+        lims = np.concatenate([[0], np.cumsum(counts_np)]).astype(np.int64)
+        scores = (np.concatenate(all_scores).astype(np.float32) if all_scores
+                  else np.zeros(0, np.float32))
+        rows_np = np.concatenate(all_rows) if all_rows else np.zeros(0, np.int64)
         ids = self._ids[rows_np].astype(np.int64)
         if is_torch:
             return torch.from_numpy(lims), torch.from_numpy(scores), torch.from_numpy(ids)
         return lims, scores, ids
+
+
+def _rescore_l2(query: torch.Tensor, gallery: torch.Tensor, rows: torch.Tensor,
+                k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact squared distances ``||q - r||^2`` of the candidate ``rows`` ``(n, c)`` of each
+    query (``-1`` = padding), ranked by ``(distance, row)``; the first ``k`` columns.
+
+    Returns scores ``(n, k)`` (``inf`` where padded) and rows ``(n, k)``.
+    """
+    n, c = rows.shape
+    scores = torch.full((n, c), float("inf"), dtype=torch.float32)
+    valid = rows >= 0  # (n, c)
+    step = max(1, (1 << 22) // max(1, c * query.shape[1]))  # queries per (b, c, dim) block
+    for s, e in row_chunks(n, step):
+        picked = gallery[rows[s:e].clamp_min(0)]  # (b, c, dim)
+        dist = ((query[s:e, None, :] - picked) ** 2).sum(dim=2)  # (b, c)
+        scores[s:e] = torch.where(valid[s:e], dist, scores[s:e])
+    # rank by row first, then stably by distance: ties keep storage order; padding last
+    by_row = torch.where(valid, rows, torch.full_like(rows, torch.iinfo(torch.int64).max))
+    perm = by_row.argsort(dim=1, stable=True)
+    scores, rows = scores.gather(1, perm), rows.gather(1, perm)
+    perm = scores.argsort(dim=1, stable=True)
+    scores, rows = scores.gather(1, perm)[:, :k], rows.gather(1, perm)[:, :k]
+    return scores.contiguous(), rows.contiguous()
 
 
 __all__ = ["ExactIndex"]

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from dmlkit.index.base import BaseIndex, to_numpy_2d
+from dmlkit.index.base import BaseIndex, _is_tensor, to_numpy_2d
 from dmlkit.index.io import IndexFormatError
 
 
@@ -160,12 +160,15 @@ class FaissIndex(BaseIndex):
         scores[pad] = np.inf if self.metric == "l2" else -np.inf
         return scores, ids
 
-    def range_search(self, q: Any, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def range_search(self, q: Any, threshold: float) -> tuple[Any, Any, Any]:
         """faiss range search: ``(lims, scores, ids)``, closest first within each query.
 
         faiss's convention: squared L2 distance ``< threshold`` for ``"l2"``, similarity
         ``> threshold`` for ``"ip"`` / ``"cosine"`` (approximate for IVF/HNSW/PQ).
+        ``lims`` is int64 ``(n + 1,)``, ``scores`` float32 and ``ids`` int64 ``(total,)``;
+        torch tensors in give torch tensors out (as :meth:`search`), anything else numpy.
         """
+        is_torch = _is_tensor(q)
         qa = self._prep(to_numpy_2d(q, self.dim, "q"))
         lims, scores, ids = self.index.range_search(qa, float(threshold))
         for i in range(qa.shape[0]):  # order each query's hits like search does
@@ -173,7 +176,12 @@ class FaissIndex(BaseIndex):
             key = scores[a:b] if self.metric == "l2" else -scores[a:b]
             order = np.lexsort((ids[a:b], key))
             scores[a:b], ids[a:b] = scores[a:b][order], ids[a:b][order]
-        return lims.astype(np.int64), scores.astype(np.float32), ids.astype(np.int64)
+        out = lims.astype(np.int64), scores.astype(np.float32), ids.astype(np.int64)
+        if is_torch:
+            import torch
+
+            return tuple(torch.from_numpy(a) for a in out)  # type: ignore[return-value]
+        return out
 
     # -- persistence -------------------------------------------------------------------
     def _params(self) -> dict[str, Any]:
@@ -222,7 +230,10 @@ def _captured_stderr() -> Iterator[_Captured]:
 
 
 def _has_own_ids(faiss: Any, index: Any) -> bool:
-    """True for indexes that store explicit ids (IVF family; not a refine wrapper)."""
+    """True for indexes that store explicit ids (IVF family, or a factory string that
+    asks for an ``IDMap`` / ``IDMap2`` itself; not a refine wrapper)."""
+    if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+        return True
     if isinstance(index, faiss.IndexRefine):
         return False
     try:

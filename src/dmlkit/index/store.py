@@ -7,13 +7,17 @@ A store is a directory::
     manifest.json    {"format", "count", "dim", "rows_done", "chunk_size", "source"}
 
 ``rows_done`` is written (atomically) only after the rows before it were flushed to disk,
-so a write killed at any point resumes from the last finished chunk. Faiss indexes are
-built from a store chunk by chunk (:func:`build_index_from_store`), so the gallery never
-has to fit in memory at once.
+so a write killed at any point resumes from the last finished chunk. ``source`` says what
+the rows are embeddings of (the run, its data, and a fingerprint of the model's weights,
+:func:`model_fingerprint`): a store resumes only for the same source, so a retrained
+model never continues the vectors of the old one. Faiss indexes are built from a store
+chunk by chunk (:func:`build_index_from_store`), so the gallery never has to fit in
+memory at once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -85,10 +89,16 @@ class EmbeddingStore:
         store = cls.open(path)
         m = store.manifest
         if (m["count"], m["dim"]) != (count, dim) or (source and m["source"] != source):
+            old = m.get("source") or {}
+            changed = sorted(key for key in {**old, **(source or {})}
+                             if old.get(key) != (source or {}).get(key))
+            why = ("the model's weights differ from those that wrote it"
+                   if changed == ["model_sha256"] else
+                   f"count {m['count']}, dim {m['dim']}, source {old} != requested count "
+                   f"{count}, dim {dim}, source {source}")
             raise ValueError(
-                f"{path} holds a different store (count {m['count']}, dim {m['dim']}, source "
-                f"{m['source']}) than requested (count {count}, dim {dim}, source {source}); "
-                "remove it or write elsewhere")
+                f"{path} holds a different store ({why}); resuming would mix its embeddings "
+                "with new ones: remove it or write the store to a new path")
         return store
 
     # -- state -------------------------------------------------------------------------
@@ -150,6 +160,22 @@ class EmbeddingStore:
             yield s, np.ascontiguousarray(emb[s : s + size]), np.asarray(lab[s : s + size])
 
 
+def model_fingerprint(model: Any) -> str:
+    """SHA-256 (hex) of a ``torch.nn.Module``'s state dict: names, dtypes, shapes, bytes.
+
+    Two models give the same fingerprint exactly when their weights and buffers are
+    identical, whichever file they were loaded from.
+    """
+    import torch
+
+    h = hashlib.sha256()
+    for name, value in sorted(model.state_dict().items()):
+        h.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
+        raw = value.detach().cpu().contiguous().reshape(-1)  # (numel,)
+        h.update(raw.view(torch.uint8).numpy().tobytes() if raw.numel() else b"")
+    return h.hexdigest()
+
+
 def progress(total: int, initial: int, desc: str) -> Callable[[int], None]:
     """A progress callback: tqdm on a terminal, one log line per ~10% otherwise."""
     if sys.stderr.isatty():
@@ -198,12 +224,21 @@ def build_index_from_store(
     store: EmbeddingStore | str | Path, factory: str = "Flat", metric: str = "l2", *,
     train_size: int = 100_000, chunk_size: int = 65536, nprobe: int | None = None,
     ef_search: int | None = None, seed: int = 0, show_progress: bool = False,
+    target_recall: float | None = None, recall_k: int = 10, recall_sample: int = 1000,
 ) -> Any:
     """Build a :class:`~dmlkit.index.FaissIndex` from a store without loading it whole.
 
     Quantizers are trained on ``train_size`` rows sampled uniformly (sorted reads from the
     memory map); the rows are then added ``chunk_size`` at a time under ids ``0..n-1``
-    with their labels. Peak memory is the index itself plus one chunk and the sample.
+    with their labels (``-1`` = unlabelled). Peak memory is the index itself plus one
+    chunk and the sample.
+
+    With ``target_recall``, the index is calibrated as
+    :func:`~dmlkit.index.calibrate.calibrate` does for in-memory vectors: recall@``recall_k``
+    against exact search on ``recall_sample`` seeded rows of the store as queries (the
+    exact search reads the store ``chunk_size`` rows at a time), widening ``nprobe`` /
+    ``efSearch`` until it reaches ``target_recall`` unless they were given. The result
+    is in ``index.info["recall"]``.
     """
     from dmlkit.index.faiss_index import FaissIndex
 
@@ -220,11 +255,16 @@ def build_index_from_store(
     tick = progress(store.count, 0, f"index <- {store.path}") if show_progress else None
     for start, emb, lab in store.chunks(chunk_size):
         ids = np.arange(start, start + emb.shape[0], dtype=np.int64)
-        labelled = lab >= 0
-        index.add(emb, ids, labels=lab if labelled.all() else None)
+        index.add(emb, ids, labels=lab)  # (b,) per item, -1 = unlabelled
         if tick:
             tick(start + emb.shape[0])
+    if target_recall is not None:
+        from dmlkit.index.calibrate import calibrate
+
+        index.info["recall"] = calibrate(index, store.embeddings, k=recall_k,
+                                         target=target_recall, sample=recall_sample,
+                                         seed=seed, chunk=chunk_size)
     return index
 
-
-__all__ = ["EmbeddingStore", "build_index_from_store", "embed_to_store"]
+__all__ = ["EmbeddingStore", "build_index_from_store", "embed_to_store",
+           "model_fingerprint"]

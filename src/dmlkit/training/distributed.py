@@ -102,6 +102,8 @@ class DistributedTrainer(Trainer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        if hasattr(self.sampler, "batch_multiple"):  # batches of varying size (offline
+            self.sampler.batch_multiple = self.world  # mining) are topped up to split evenly
         for module in (self.model, self.loss):
             for p in module.parameters():
                 if p.requires_grad:

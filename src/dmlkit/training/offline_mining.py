@@ -169,7 +169,8 @@ class OfflineHardNegativeSampler(Sampler[list[int]]):
     with ``model`` in eval mode, mines triplets with :func:`mine_hard_triplets`
     (re-mining every ``every`` epochs), and shuffles them; iteration yields lists of
     dataset indices, each the union of ``batch_size // 3`` triplets (so a batch holds
-    every mined anchor together with its positive and its hard negative). Deterministic
+    every mined anchor together with its positive and its hard negative), topped up to a
+    multiple of ``batch_multiple`` items. Deterministic
     given ``seed``, the epoch and the model's weights; :meth:`state_dict` holds the mined
     triplets, so a resumed run (re-mining only every ``every`` epochs) batches exactly as
     an uninterrupted one. From a config (``sampler: {name: offline_hard_negative, ...}``)
@@ -191,6 +192,11 @@ class OfflineHardNegativeSampler(Sampler[list[int]]):
         Re-mine every ``every`` epochs.
     embed_batch_size : int
     seed : int
+    batch_multiple : int
+        Every batch's size is a multiple of this: a batch of distinct triplet members
+        (whose count varies with shared items) is topped up with other items of the
+        dataset, drawn with the batch's seeded generator. The multi-process trainer sets
+        it to the number of processes, which must split each batch evenly.
     """
 
     def __init__(
@@ -206,9 +212,12 @@ class OfflineHardNegativeSampler(Sampler[list[int]]):
         every: int = 1,
         embed_batch_size: int = 512,
         seed: int = 0,
+        batch_multiple: int = 1,
     ) -> None:
         if batch_size < 3:
             raise ValueError(f"batch_size must be >= 3, got {batch_size}")
+        if batch_multiple < 1:
+            raise ValueError(f"batch_multiple must be >= 1, got {batch_multiple}")
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
         self.dataset = dataset
@@ -223,6 +232,7 @@ class OfflineHardNegativeSampler(Sampler[list[int]]):
         self.every = every
         self.embed_batch_size = embed_batch_size
         self.seed = seed
+        self.batch_multiple = batch_multiple
         self.epoch = 0
         self.triplets: Triplets | None = None
         self._mined_epoch: int | None = None
@@ -275,10 +285,24 @@ class OfflineHardNegativeSampler(Sampler[list[int]]):
         per_batch = self.batch_size // 3
         need = self.num_batches * per_batch
         order = np.concatenate([rng.permutation(len(trip)) for _ in range(-(-need // len(trip)))])
+        n = len(self.dataset)
         for i in range(self.num_batches):
             rows = trip[order[i * per_batch : (i + 1) * per_batch]]  # (per_batch, 3)
             _, first = np.unique(rows.ravel(), return_index=True)
-            yield rows.ravel()[np.sort(first)].tolist()  # distinct items, in triplet order
+            items = rows.ravel()[np.sort(first)].tolist()  # distinct items, in triplet order
+            extra = -len(items) % self.batch_multiple
+            if extra > n - len(items):
+                raise ValueError(
+                    f"a batch of {len(items)} items cannot be topped up to a multiple of "
+                    f"{self.batch_multiple} from a dataset of {n} items")
+            taken = set(items)
+            while extra:  # other items of the dataset, seeded: every process draws the same
+                item = int(rng.integers(n))
+                if item not in taken:
+                    taken.add(item)
+                    items.append(item)
+                    extra -= 1
+            yield items
 
     def tuple_dataset(self) -> TupleDataset:
         """The current mined triplets as a :class:`~dmlkit.data.tuples.TupleDataset`."""
