@@ -15,23 +15,23 @@ def one_line(err: BaseException) -> str:
     return str(err)
 
 
-def check_output_file(path: Path, what: str = "file") -> None:
-    """Raise a ``ValueError`` when ``path`` cannot become a file: it is a directory, or a
-    folder above it is a file."""
+def check_output_file(path: Path, what: str = "file", option: str = "--out") -> None:
+    """Raise a ``ValueError`` when ``path`` (given as ``option``) cannot become a file:
+    it is a directory, or a folder above it is a file."""
     if path.is_dir():
-        raise ValueError(f"--out {path} is a directory; give a {what} name")
+        raise ValueError(f"{option} {path} is a directory; give a {what} name")
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
-                raise ValueError(f"--out {path}: {parent} is a file, not a directory")
+                raise ValueError(f"{option} {path}: {parent} is a file, not a directory")
             return
 
 
-def check_output_dir(path: Path) -> None:
-    """Raise a ``ValueError`` when ``path`` cannot become a directory (it, or a folder
-    above it, is a file)."""
+def check_output_dir(path: Path, option: str = "--out") -> None:
+    """Raise a ``ValueError`` when ``path`` (given as ``option``) cannot become a
+    directory (it, or a folder above it, is a file)."""
     for parent in (path, *path.parents):
         if parent.exists():
             if not parent.is_dir():
-                raise ValueError(f"--out {path}: {parent} is a file, not a directory")
+                raise ValueError(f"{option} {path}: {parent} is a file, not a directory")
             return

@@ -14,17 +14,40 @@ def register(app: typer.Typer) -> None:
     def export(
         run_dir: Path = typer.Argument(..., help="Run directory."),
         fmt: str = typer.Option("onnx", "--format", "-f", help="onnx or torchscript."),
-        out: Path = typer.Option(..., "--out", "-o", help="Model file to write."),
+        out: Path = typer.Option(..., "--out", "-o", help="Model file to write (never one of "
+                                 "a run directory's own files)."),
+        force: bool = typer.Option(False, "--force",
+                                   help="Overwrite --out (and --out.json) when they exist."),
+        verbose: bool = typer.Option(False, "--verbose", "-v",
+                                     help="On a failed export, print the exporter's output."),
     ) -> None:
         """Export the embedder: float32 rows (batch, n_features) in, (batch, dim) out."""
-        from dmlkit.runs.export import export_run
+        from dmlkit.runs.export import (
+            TEXT_RUN,
+            ExportError,
+            check_export_target,
+            export_run,
+            is_text_run,
+        )
 
         try:
             check_output_file(out, "model file")
-            info = export_run(run_dir, out, fmt)
+            check_export_target(run_dir, out, force=True)  # a run's own files: never
+            for path in (out, Path(f"{out}.json")):
+                if path.is_file() and not force:
+                    raise ValueError(f"--out: {path} exists; add --force to overwrite it")
+            if is_text_run(run_dir):  # before its weights load
+                raise ValueError(f"dmlkit export: {TEXT_RUN}")
+            info = export_run(run_dir, out, fmt, force=force)
         except (ImportError, ValueError, OSError, RuntimeError) as err:
-            typer.echo(f"error: {one_line(err)}", err=True)
+            if verbose and isinstance(err, ExportError) and err.detail:
+                typer.echo(err.detail, err=True)
+            hint = (" (--verbose shows the exporter's output)"
+                    if isinstance(err, ExportError) and not verbose else "")
+            typer.echo(f"error: {one_line(err)}{hint}", err=True)
             raise typer.Exit(2) from None
+        checked = (f"not verified: {info['not_verified']}" if info.get("not_verified")
+                   else "outputs equal the torch model's to 1e-5")
         typer.echo(f"wrote {out} ({fmt}): inputs (batch, {info['n_features']}) from shape "
                    f"{tuple(info['input_shape'])}, embeddings (batch, {info['dim']}); "
-                   f"outputs equal the torch model's to 1e-5; description in {out}.json")
+                   f"{checked}; description in {out}.json")

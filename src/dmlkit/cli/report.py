@@ -3,23 +3,45 @@
 from __future__ import annotations
 
 import re
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from dmlkit.cli._errors import check_output_dir, one_line
+from dmlkit.cli._errors import check_output_dir, check_output_file, one_line
 
 ITEM_HELP = ("heldout:N or train:N (row N of the run's data), or a .npy file of one item "
              "(FILE.npy:N for row N of a file of several).")
 
 
-def _item(run: Any, spec: str, shape: Any) -> tuple[Any, str]:
+TEXT_REPORT = ("dmlkit report does not cover text runs: their items are sentences, not "
+               "arrays to map and show; dmlkit evaluate RUN_DIR gives a text run's held-out "
+               "retrieval and verification metrics, and dmlkit text similarity SENTENCE "
+               "OTHER... --run RUN_DIR ranks sentences by the run's similarity")
+TEXT_EXPLAIN = ("dmlkit explain does not cover text runs: its attributions are over arrays, "
+                "and a text run's items are sentences; dmlkit text similarity SENTENCE "
+                "OTHER... --run RUN_DIR ranks sentences by the run's similarity")
+
+
+def _class_name(label: int, names: Any) -> str:
+    """A class id's name when the data has names, else the id."""
+    return str(names[label]) if names and 0 <= label < len(names) else str(label)
+
+
+def _class_text(label: int, names: Any) -> str:
+    """``class NAME`` of a class id (see :func:`_class_name`)."""
+    return f"class {_class_name(label, names)}"
+
+
+def _item(run: Any, spec: str, shape: Any, splits: Any = None) -> tuple[Any, str]:
     """One input of ``run``'s model, shaped as its training inputs, and its name.
 
     ``spec`` is ``heldout:N`` / ``train:N`` (a row of the run's data), ``FILE.npy`` (one
     item; flat or without a channel axis is fine) or ``FILE.npy:N`` (row ``N`` of a
-    file of several). ``shape`` is the run's :class:`~dmlkit.runs.queries.InputSpec`.
+    file of several). ``shape`` is the run's :class:`~dmlkit.runs.queries.InputSpec`;
+    ``splits()``, when given, returns the run's ``(train, heldout)`` data.
     """
     import torch
 
@@ -27,11 +49,12 @@ def _item(run: Any, spec: str, shape: Any) -> tuple[Any, str]:
 
     part, sep, index = spec.partition(":")
     if sep and part in ("heldout", "train"):
-        train, heldout = build_splits(run.config)
+        train, heldout = splits() if splits is not None else build_splits(run.config)
         data = heldout if part == "heldout" else train
         if not index.isdigit() or int(index) >= len(data.labels):
             raise ValueError(f"{spec!r}: the {part} set has rows 0..{len(data.labels) - 1}")
-        return data.x[int(index)], f"{spec} (class {int(data.labels[int(index)])})"
+        label = int(data.labels[int(index)])
+        return data.x[int(index)], f"{spec} ({_class_text(label, data.class_names)})"
     match = re.fullmatch(r"(.+\.npy):(\d+)", spec)
     path, row = (Path(match[1]), int(match[2])) if match else (Path(spec), None)
     if path.suffix != ".npy":
@@ -61,6 +84,28 @@ def _item(run: Any, spec: str, shape: Any) -> tuple[Any, str]:
     return torch.from_numpy(item), spec
 
 
+class _Progress:
+    """Progress lines on stderr, at most one every ``PROGRESS_SECONDS`` (none at all for
+    work that is over sooner), as dmlkit's other long-running commands print them."""
+
+    def __init__(self, prefix: str) -> None:
+        from dmlkit.training.run import PROGRESS_SECONDS
+
+        self.prefix, self.every = prefix, PROGRESS_SECONDS
+        self.start = self.last = time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        now = time.perf_counter()
+        if now - self.last >= self.every:
+            print(f"{self.prefix}: {message} ({now - self.start:.0f} s)", file=sys.stderr,
+                  flush=True)
+            self.last = now
+
+    def counter(self, what: str) -> Any:
+        """A ``progress(done, total)`` callback reporting ``what``."""
+        return lambda done, total: self(f"{what}: {done}/{total}")
+
+
 def register(app: typer.Typer) -> None:
     @app.command("report")
     def report(
@@ -73,16 +118,32 @@ def register(app: typer.Typer) -> None:
         max_items: int = typer.Option(2000, "--max-items"),
     ) -> None:
         """One self-contained HTML report: curves, map, gallery, verification, per class."""
+        import importlib.util
+
         from dmlkit.report import collect, write_figures, write_report
+        from dmlkit.report.collect import check_projection
+        from dmlkit.runs.export import is_text_run
 
         target = out or run_dir / "report.html"
-        try:
+        try:  # everything that can be checked before the work
+            check_projection(projection)
+            check_output_file(target, ".html file")
+            if png_dir is not None:
+                check_output_dir(png_dir, "--png-dir")
+                if importlib.util.find_spec("matplotlib") is None:
+                    raise ImportError("--png-dir needs matplotlib: pip install "
+                                      "'dmlkit[report]'")
+            if is_text_run(run_dir):
+                raise ValueError(TEXT_REPORT)
             data = collect(run_dir, max_items=max_items, projection=projection,
                            log=lambda m: typer.echo(f"report: {m}", err=True))
+            if "skipped" in data["verification"]:
+                typer.echo(f"note: verification skipped: {data['verification']['skipped']}",
+                           err=True)
             write_report(data, target)
             figures = write_figures(data, png_dir) if png_dir is not None else []
-        except (ImportError, ValueError, FileNotFoundError) as err:
-            typer.echo(f"error: {err}", err=True)
+        except (ImportError, ValueError, OSError) as err:
+            typer.echo(f"error: {one_line(err)}", err=True)
             raise typer.Exit(2) from None
         typer.echo(f"wrote {target}" + (f" and {len(figures)} PNG figures in {png_dir}"
                                         if figures else ""))
@@ -94,91 +155,158 @@ def register(app: typer.Typer) -> None:
         b: str = typer.Option(..., "--b", help=ITEM_HELP),
         out: Path = typer.Option(Path("explain"), "--out", "-o", help="Folder for heatmaps."),
         steps: int = typer.Option(64, "--steps", help="Integrated-gradients steps."),
-        patch: int = typer.Option(2, "--patch", help="Occlusion patch size."),
+        patch: int = typer.Option(None, "--patch", help="Occlusion patch size (default: 2 "
+                                  "on images; on 1-D inputs of n values max(2, n // 100), "
+                                  "about 200 windows whatever n)."),
+        stride: int = typer.Option(None, "--stride", help="Occlusion stride (default: 1 on "
+                                   "images, half the patch on 1-D inputs)."),
     ) -> None:
         """Which parts of A and B drive their similarity (integrated gradients, occlusion)."""
-        import json
-
-        import torch
-
-        from dmlkit.explain import (
-            NoInputGradientError,
-            integrated_gradients,
-            nearest_prototypes,
-            occlusion,
-            similarity,
-        )
-        from dmlkit.runs import build_splits, load_run
-        from dmlkit.runs.queries import run_input_spec
+        from dmlkit.runs.export import is_text_run
 
         try:
             check_output_dir(out)
-            if steps < 1 or patch < 1:
-                raise ValueError(f"--steps and --patch must be >= 1, got {steps} and {patch}")
-            run = load_run(run_dir)
-            shape = run_input_spec(run)
-            xa, name_a = _item(run, a, shape)
-            xb, name_b = _item(run, b, shape)
-            if xa.shape != xb.shape:  # (a model that resizes takes both, one at a time)
-                raise ValueError(f"{name_a} has shape {tuple(xa.shape)} and {name_b} "
-                                 f"{tuple(xb.shape)}; explain two items of one shape")
-            with torch.no_grad():
-                sim = float(similarity(run.model, xa[None], xb[None]))
-            maps, skipped = {}, None
-            try:
-                maps = {"a_integrated_gradients": integrated_gradients(run.model, xa, xb,
-                                                                       steps=steps),
-                        "b_integrated_gradients": integrated_gradients(run.model, xb, xa,
-                                                                       steps=steps)}
-            except NoInputGradientError as err:  # a frozen backbone: occlusion only
-                skipped = str(err)
-                typer.echo(f"note: occlusion maps only: {err}", err=True)
-            maps["a_occlusion"] = occlusion(run.model, xa, xb, patch=patch)
-            maps["b_occlusion"] = occlusion(run.model, xb, xa, patch=patch)
-            train, _ = build_splits(run.config)
-            protos = {k: nearest_prototypes(run.model, x, train.x, train.labels)
-                      for k, x in (("a", xa), ("b", xb))}
-            out.mkdir(parents=True, exist_ok=True)
-            _heatmaps(maps, xa, xb, out)
+            for name, value in (("--steps", steps), ("--patch", patch), ("--stride", stride)):
+                if value is not None and value < 1:
+                    raise ValueError(f"{name} must be >= 1, got {value}")
+            if is_text_run(run_dir):
+                raise ValueError(TEXT_EXPLAIN)
+            _, lines = _explain(run_dir, a, b, out, steps, patch, stride)
         except (ValueError, TypeError, OSError) as err:
             typer.echo(f"error: {one_line(err)}", err=True)
             raise typer.Exit(2) from None
-        summary = {"a": name_a, "b": name_b, "cosine_similarity": sim,
-                   "nearest_training_prototypes": protos, "maps": sorted(maps),
-                   **({"integrated_gradients_skipped": skipped} if skipped else {})}
-        (out / "explain.json").write_text(json.dumps(summary, indent=2))
-        typer.echo(f"cosine similarity of {name_a} and {name_b}: {sim:.4f}")
-        for side in ("a", "b"):
-            near = ", ".join(f"class {p['label']} ({p['cosine']:.3f})" for p in protos[side])
-            typer.echo(f"{side}: nearest training class centroids: {near}")
-        typer.echo(f"heatmaps and explain.json in {out}")
+        for line in lines:
+            typer.echo(line)
 
 
-def _heatmaps(maps: dict[str, Any], xa: Any, xb: Any, out: Path) -> None:
+def _explain(run_dir: Path, a: str, b: str, out: Path, steps: int, patch: int | None,
+             stride: int | None) -> tuple[dict[str, Any], list[str]]:
+    """Compute and write the explanation of ``a`` and ``b``; the summary and the lines
+    to print."""
+    import json
+
+    import torch
+
+    from dmlkit.explain import (
+        NoInputGradientError,
+        default_occlusion_window,
+        integrated_gradients,
+        nearest_prototypes,
+        occlusion,
+        similarity,
+        stride_for_patch,
+    )
+    from dmlkit.runs import build_splits, embed, load_run
+    from dmlkit.runs.queries import run_input_spec
+
+    say = _Progress("explain")
+    run = load_run(run_dir)
+    cache: dict[str, Any] = {}
+
+    def splits() -> Any:
+        if "splits" not in cache:
+            cache["splits"] = build_splits(run.config)
+        return cache["splits"]
+
+    shape = run_input_spec(run)
+    xa, name_a = _item(run, a, shape, splits)
+    xb, name_b = _item(run, b, shape, splits)
+    if xa.shape != xb.shape:  # (a model that resizes takes both, one at a time)
+        raise ValueError(f"{name_a} has shape {tuple(xa.shape)} and {name_b} "
+                         f"{tuple(xb.shape)}; explain two items of one shape")
+    if patch is None:
+        patch, auto_stride = default_occlusion_window(tuple(xa.shape))
+    else:
+        auto_stride = stride_for_patch(tuple(xa.shape), patch)
+    stride = stride or auto_stride
+    with torch.no_grad():
+        sim = float(similarity(run.model, xa[None], xb[None]))
+    maps: dict[str, Any] = {}
+    notes: dict[str, str] = {}
+    try:
+        for side, x, other in (("a", xa, xb), ("b", xb, xa)):
+            say(f"integrated gradients of {side}")
+            maps[f"{side}_integrated_gradients"] = integrated_gradients(run.model, x, other,
+                                                                        steps=steps)
+    except NoInputGradientError as err:  # a frozen backbone: occlusion only
+        maps.clear()
+        notes["integrated_gradients_skipped"] = str(err)
+        typer.echo(f"note: occlusion maps only: {err}", err=True)
+    for side, x, other in (("a", xa, xb), ("b", xb, xa)):
+        maps[f"{side}_occlusion"] = occlusion(
+            run.model, x, other, patch=patch, stride=stride,
+            progress=say.counter(f"occlusion of {side}, windows"))
+    protos: dict[str, Any] = {}
+    try:
+        if run.config.data.tuples is not None:
+            raise ValueError(f"the run was trained from the {run.config.data.kind} in "
+                             f"{run.config.data.tuples}, which have no classes")
+        train, _ = splits()
+    except (ValueError, OSError) as err:  # no labelled training data to take centroids of
+        notes["nearest_training_prototypes_skipped"] = one_line(err)
+        typer.echo(f"note: no nearest training class centroids: {one_line(err)}", err=True)
+    else:
+        say(f"embedding {len(train.labels)} training items")
+        ref, _ = embed(run.model, train.x)  # once, for both items
+        for side, x in (("a", xa), ("b", xb)):
+            protos[side] = [{**p, "name": _class_name(p["label"], train.class_names)}
+                            for p in nearest_prototypes(run.model, x, None, train.labels,
+                                                        ref_embeddings=ref)]
+    out.mkdir(parents=True, exist_ok=True)
+    files = _heatmaps(maps, xa, xb, out)
+    summary = {"a": name_a, "b": name_b, "cosine_similarity": sim,
+               "nearest_training_prototypes": protos, "maps": sorted(maps),
+               "occlusion": {"patch": patch, "stride": stride}, **files, **notes}
+    (out / "explain.json").write_text(json.dumps(summary, indent=2))
+    lines = [f"cosine similarity of {name_a} and {name_b}: {sim:.4f}"]
+    for side in protos:
+        near = ", ".join(f"class {p['name']} ({p['cosine']:.3f})" for p in protos[side])
+        lines.append(f"{side}: nearest training class centroids: {near}")
+    what = "heatmaps, signed maps (.npy)" if files.get("figures") else "signed maps (.npy)"
+    lines.append(f"{what} and explain.json in {out}")
+    return summary, lines
+
+
+def _heatmaps(maps: dict[str, Any], xa: Any, xb: Any, out: Path) -> dict[str, Any]:
+    """Save each signed map as ``NAME.npy`` and, with matplotlib, ``NAME.png`` (the input
+    beside the map in a diverging colour map centred at 0, with a colour bar: red raises
+    the similarity, blue lowers it). Returns ``{"arrays": {...}, "figures": {...}}``."""
+    import numpy as np
+
+    arrays = {}
+    for name, m in maps.items():
+        np.save(out / f"{name}.npy", m.numpy())
+        arrays[name] = f"{name}.npy"
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        import numpy as np
-
-        for name, m in maps.items():
-            np.save(out / f"{name}.npy", m.numpy())
-        return
+        return {"arrays": arrays}
+    figures = {}
     for name, m in maps.items():
-        img = m.abs().sum(0) if m.dim() == 3 else m.abs()
+        img = (m.sum(0) if m.dim() == 3 else m).numpy()  # signed: channels summed
         src = xa if name.startswith("a_") else xb
-        base = src.mean(0) if src.dim() == 3 else src
-        fig, axes = plt.subplots(1, 2, figsize=(6, 3))
-        if base.dim() == 1:
-            axes[0].bar(range(len(base)), base.numpy())
-            axes[1].bar(range(len(img)), img.numpy(), color="crimson")
+        base = (src.mean(0) if src.dim() == 3 else src).numpy()
+        lim = float(np.abs(img).max()) or 1e-12
+        fig, axes = plt.subplots(1, 2, figsize=(7, 3))
+        if base.ndim == 1:
+            if len(base) <= 256:
+                axes[0].bar(range(len(base)), base)
+            else:
+                axes[0].plot(base, linewidth=0.5)
+            shown = axes[1].imshow(img[None, :], cmap="RdBu_r", vmin=-lim, vmax=lim,
+                                   aspect="auto", interpolation="nearest")
+            axes[1].set_yticks([])
         else:
-            axes[0].imshow(base.numpy(), cmap="gray")
-            axes[1].imshow(img.numpy(), cmap="inferno")
+            axes[0].imshow(base, cmap="gray")
+            shown = axes[1].imshow(img, cmap="RdBu_r", vmin=-lim, vmax=lim)
+        fig.colorbar(shown, ax=axes[1], label="similarity contribution")
         axes[0].set_title("input")
         axes[1].set_title(name.replace("_", " "))
         fig.tight_layout()
         fig.savefig(out / f"{name}.png", dpi=120)
         plt.close(fig)
+        figures[name] = f"{name}.png"
+    return {"arrays": arrays, "figures": figures}

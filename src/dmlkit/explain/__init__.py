@@ -2,11 +2,13 @@
 
 from dmlkit.explain.attribution import (
     NoInputGradientError,
+    default_occlusion_window,
     integrated_gradients,
     nearest_prototypes,
     occlusion,
     similarity,
+    stride_for_patch,
 )
 
-__all__ = ["NoInputGradientError", "integrated_gradients", "nearest_prototypes", "occlusion",
-           "similarity"]
+__all__ = ["NoInputGradientError", "default_occlusion_window", "integrated_gradients",
+           "nearest_prototypes", "occlusion", "similarity", "stride_for_patch"]

@@ -10,10 +10,14 @@ embeddings (or ``-||f(a) - f(b)||^2`` with ``metric="euclidean"``).
   square patch of ``a`` is replaced by ``fill``; one value per patch position, spread
   back over the pixels it covers.
 - :func:`nearest_prototypes`: the class centroids of a reference set closest to an item.
+
+Each function runs the model in eval mode and gives it back in the mode it was in.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -27,6 +31,42 @@ _NO_GRADIENT = ("integrated gradients need the similarity's gradient with respec
 class NoInputGradientError(ValueError):
     """The model's embeddings have no gradient with respect to its input (a frozen
     backbone), so gradient attributions cannot be computed; occlusion still can."""
+
+
+#: positions a default 1-D occlusion window visits, about
+OCCLUSION_POSITIONS_1D = 200
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode, its training flag restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def default_occlusion_window(shape: tuple[int, ...] | torch.Size) -> tuple[int, int]:
+    """``(patch, stride)`` for occluding an item of ``shape`` when none is given.
+
+    Images (``(C, H, W)`` or ``(H, W)``): 2 x 2 patches at every pixel. 1-D inputs of
+    ``n`` values (a feature vector, a waveform): runs of ``max(2, n // 100)`` values
+    every ``max(1, patch // 2)``, i.e. about :data:`OCCLUSION_POSITIONS_1D` positions
+    whatever the length (64 features: patch 2, stride 1; 24,000 samples: patch 240,
+    stride 120).
+    """
+    if len(shape) >= 2:
+        return 2, 1
+    n = int(shape[-1]) if len(shape) else 1
+    patch = max(2, n // (OCCLUSION_POSITIONS_1D // 2))
+    return patch, stride_for_patch(shape, patch)
+
+
+def stride_for_patch(shape: tuple[int, ...] | torch.Size, patch: int) -> int:
+    """The default stride of ``patch``: 1 on images, half the patch on 1-D inputs."""
+    return 1 if len(shape) >= 2 else max(1, patch // 2)
 
 
 def _as_batch(x: Any) -> Tensor:
@@ -55,7 +95,12 @@ def integrated_gradients(model: nn.Module, a: Any, b: Any, *, baseline: Any = No
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    model.eval()
+    with _eval_mode(model):
+        return _integrated_gradients(model, a, b, baseline, steps, metric)
+
+
+def _integrated_gradients(model: nn.Module, a: Any, b: Any, baseline: Any, steps: int,
+                          metric: str) -> Tensor:
     xa, xb = _as_batch(a), _as_batch(b)
     x0 = torch.zeros_like(xa) if baseline is None else _as_batch(baseline)
     if x0.shape != xa.shape or xb.shape[1:] != xa.shape[1:]:
@@ -80,17 +125,27 @@ def integrated_gradients(model: nn.Module, a: Any, b: Any, *, baseline: Any = No
 
 
 def occlusion(model: nn.Module, a: Any, b: Any, *, patch: int = 2, stride: int = 1,
-              fill: float = 0.0, metric: str = "cosine", batch_size: int = 256) -> Tensor:
+              fill: float = 0.0, metric: str = "cosine", batch_size: int = 256,
+              progress: Callable[[int, int], None] | None = None) -> Tensor:
     """Similarity drop when patches of ``a`` are hidden, as a map over ``a``'s pixels.
 
     ``a`` is an image ``(C, H, W)`` or ``(H, W)``, or a vector ``(d,)`` (patches are runs
-    of ``patch`` values). Each pixel gets the mean drop of the patches covering it.
-    ``patch``, ``stride`` and ``batch_size`` are positive integers.
+    of ``patch`` values; with a stride that does not reach the end, a last run ends at
+    the last value). Each pixel gets the mean drop of the patches covering it.
+    ``patch``, ``stride`` and ``batch_size`` are positive integers;
+    :func:`default_occlusion_window` suggests them by the input's shape.
+    ``progress(done, total)`` is called after each batch of patch positions.
     """
     for name, value in (("patch", patch), ("stride", stride), ("batch_size", batch_size)):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
-    model.eval()
+    with _eval_mode(model):
+        return _occlusion(model, a, b, patch, stride, fill, metric, batch_size, progress)
+
+
+def _occlusion(model: nn.Module, a: Any, b: Any, patch: int, stride: int, fill: float,
+               metric: str, batch_size: int,
+               progress: Callable[[int, int], None] | None) -> Tensor:
     xa, xb = _as_batch(a), _as_batch(b)
     spatial = xa.shape[-2:] if xa.dim() >= 3 else (1, xa.shape[-1])
     h, w = spatial
@@ -99,6 +154,8 @@ def occlusion(model: nn.Module, a: Any, b: Any, *, patch: int = 2, stride: int =
         base = similarity(model, xa, xb, metric)[0]
         starts = [(i, j) for i in range(0, h - ph + 1, stride)
                   for j in range(0, w - pw + 1, stride)]
+        if xa.dim() < 3 and (w - pw) % stride:  # the last values get a window too
+            starts.append((0, w - pw))
         drops = torch.zeros(h, w)
         counts = torch.zeros(h, w)
         for s in range(0, len(starts), batch_size):
@@ -111,21 +168,33 @@ def occlusion(model: nn.Module, a: Any, b: Any, *, patch: int = 2, stride: int =
             for (i, j), value in zip(chunk, (base - sims).tolist(), strict=True):
                 drops[i : i + ph, j : j + pw] += value
                 counts[i : i + ph, j : j + pw] += 1
+            if progress is not None:
+                progress(s + len(chunk), len(starts))
     out = drops / counts.clamp_min(1)  # (H, W)
     return out.reshape(xa.shape[-1]) if xa.dim() == 2 else out
 
 
 def nearest_prototypes(model: nn.Module, item: Any, reference: Any, labels: Any,
-                       k: int = 3) -> list[dict[str, Any]]:
-    """The ``k`` class centroids (of ``reference`` embedded) nearest to ``item``, by cosine."""
+                       k: int = 3, *, ref_embeddings: Tensor | None = None
+                       ) -> list[dict[str, Any]]:
+    """The ``k`` class centroids (of ``reference`` embedded) nearest to ``item``, by cosine.
+
+    ``ref_embeddings`` (``(n, dim)``), when given, are the reference set's embeddings
+    and ``reference`` is not embedded (it may be None): embed a reference set once to
+    explain several items against it.
+    """
     from dmlkit.runs import embed
 
     labels = torch.as_tensor(labels)
-    z, _ = embed(model, torch.as_tensor(reference, dtype=torch.float32))
+    if ref_embeddings is None:
+        ref_embeddings, _ = embed(model, torch.as_tensor(reference, dtype=torch.float32))
+    z = torch.as_tensor(ref_embeddings, dtype=torch.float32)  # (n, dim)
+    if z.shape[0] != labels.shape[0]:
+        raise ValueError(f"{z.shape[0]} reference embeddings for {labels.shape[0]} labels")
     classes = torch.unique(labels)
     centres = nn.functional.normalize(torch.stack([z[labels == c].mean(0) for c in classes]), dim=1)
-    with torch.no_grad():
-        q = nn.functional.normalize(model.eval()(_as_batch(item)), dim=1)  # (1, d)
+    with torch.no_grad(), _eval_mode(model):
+        q = nn.functional.normalize(model(_as_batch(item)), dim=1)  # (1, d)
     sims = (centres @ q[0]).tolist()
     order = sorted(range(len(classes)), key=lambda i: -sims[i])[:k]
     return [{"label": int(classes[i]), "cosine": float(sims[i]),
@@ -133,4 +202,4 @@ def nearest_prototypes(model: nn.Module, item: Any, reference: Any, labels: Any,
 
 
 __all__ = ["NoInputGradientError", "integrated_gradients", "occlusion", "similarity",
-           "nearest_prototypes"]
+           "nearest_prototypes", "default_occlusion_window", "stride_for_patch"]

@@ -17,16 +17,32 @@ from dmlkit.evaluation import pair_scores, pairs_from_labels, retrieval_metrics
 from dmlkit.functional.verification import equal_error_rate, roc_curve
 from dmlkit.runs import build_splits, embed, load_run
 
+PROJECTIONS = ("auto", "umap", "tsne", "pca")
+
+
+def check_projection(method: str) -> None:
+    """Raise a ``ValueError`` unless ``method`` is one of :data:`PROJECTIONS`, and an
+    ``ImportError`` when ``"umap"`` is asked for without umap-learn installed."""
+    if method not in PROJECTIONS:
+        raise ValueError(f"projection must be auto, umap, tsne or pca, got {method!r}")
+    if method == "umap":
+        import importlib.util
+
+        if importlib.util.find_spec("umap") is None:
+            raise ImportError("UMAP needs umap-learn: pip install 'dmlkit[report]'")
+
 
 def project_2d(z: np.ndarray, method: str = "auto", seed: int = 0) -> tuple[np.ndarray, str]:
     """``(n, 2)`` map of ``z``: UMAP (umap-learn) when installed, else t-SNE, else PCA."""
-    if method not in ("auto", "umap", "tsne", "pca"):
+    if method not in PROJECTIONS:
         raise ValueError(f"projection must be auto, umap, tsne or pca, got {method!r}")
     if method in ("auto", "umap"):
         try:
             import umap
 
-            reducer = umap.UMAP(n_components=2, random_state=seed, n_neighbors=15)
+            # one job: a fixed random_state makes UMAP run single-threaded anyway, and
+            # says so in a warning unless n_jobs already is 1
+            reducer = umap.UMAP(n_components=2, random_state=seed, n_neighbors=15, n_jobs=1)
             return reducer.fit_transform(z), "UMAP"
         except ImportError:
             if method == "umap":
@@ -43,9 +59,15 @@ def project_2d(z: np.ndarray, method: str = "auto", seed: int = 0) -> tuple[np.n
 
 
 def _per_class(x: torch.Tensor, labels: torch.Tensor) -> dict[int, dict[str, float]]:
+    """Per class: R-Precision and MAP@R (NaN when no item of the class has another of
+    its class to find), ``items`` (the class's held-out items in the report) and
+    ``count`` (those items that are evaluable queries, i.e. have a match)."""
     m = retrieval_metrics(x, labels, per_class=True)
+    items = {int(c): int(n) for c, n in zip(*torch.unique(labels, return_counts=True),
+                                            strict=True)}
     return {int(k): {"r_precision": float(v["r_precision"]), "map_at_r": float(v["map_at_r"]),
-                     "count": int(v["count"])} for k, v in m["per_class"].items()}
+                     "count": int(v["count"]), "items": items.get(int(k), 0)}
+            for k, v in m["per_class"].items()}
 
 
 def _confusions(z: torch.Tensor, labels: torch.Tensor, top: int = 10) -> list[dict[str, Any]]:
@@ -60,7 +82,15 @@ def _confusions(z: torch.Tensor, labels: torch.Tensor, top: int = 10) -> list[di
 
 
 def _verification(z: torch.Tensor, labels: torch.Tensor, seed: int) -> dict[str, Any]:
+    """ROC, DET and score histograms of same- and different-class pairs; with one class
+    (or no two items of one class) only ``{"skipped": reason}``."""
     i, j, same = pairs_from_labels(labels, max_pairs=50_000, seed=seed)
+    if same.all() or not same.any():
+        kind = "different" if same.all() else "same"
+        n_classes = len(torch.unique(labels))
+        why = f"{n_classes} class{'es' if n_classes > 1 else ''}"
+        return {"skipped": f"no {kind}-class pairs among the held-out items ({len(labels)} "
+                           f"items of {why}), so there is nothing to verify"}
     scores = pair_scores(z[torch.from_numpy(i)], z[torch.from_numpy(j)], "cosine")
     fpr, tpr, thr = roc_curve(scores, same)
     eer, eer_threshold = equal_error_rate(fpr, tpr, thr)
@@ -115,8 +145,13 @@ MIN_ITEMS = 20
 def collect(run_dir: str | Path, *, max_items: int = 2000, projection: str = "auto",
             n_queries: int = 8, k: int = 5, seed: int = 0,
             log: Any = None) -> dict[str, Any]:
-    """The report's data for a run directory (held-out items, at most ``max_items``)."""
+    """The report's data for a run directory (held-out items, at most ``max_items``).
+
+    ``verification`` is ``{"skipped": reason}`` when the held-out items hold a single
+    class; ``per_class`` values give each class's ``items`` and evaluable ``count``.
+    """
     say = log or (lambda _m: None)
+    check_projection(projection)
     if isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < MIN_ITEMS:
         raise ValueError(f"max_items must be an integer >= {MIN_ITEMS} (the map and the "
                          f"retrieval metrics need several items of each class), got {max_items!r}")
@@ -174,4 +209,4 @@ def _history_from_log(run_dir: Path) -> list[dict[str, Any]]:
     return out
 
 
-__all__ = ["collect", "project_2d"]
+__all__ = ["collect", "project_2d", "check_projection", "PROJECTIONS"]

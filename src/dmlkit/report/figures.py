@@ -7,7 +7,11 @@ from typing import Any
 
 
 def write_figures(data: dict[str, Any], out_dir: str | Path) -> list[Path]:
-    """``curves.png``, ``map.png``, ``roc_det.png``, ``scores.png``, ``per_class.png``."""
+    """``curves.png``, ``learning_rate.png``, ``map.png``, ``roc_det.png``,
+    ``scores.png`` and ``per_class.png`` of :func:`~dmlkit.report.collect` data (also
+    after a round trip through JSON, which turns class keys into strings). Verification
+    figures are left out when the data skipped verification; a class without an
+    evaluable query has no bar."""
     try:
         import matplotlib
 
@@ -15,6 +19,8 @@ def write_figures(data: dict[str, Any], out_dir: str | Path) -> list[Path]:
         import matplotlib.pyplot as plt
     except ImportError:
         raise ImportError("PNG figures need matplotlib: pip install 'dmlkit[report]'") from None
+    names = {int(k): str(v) for k, v in data["class_names"].items()}
+    per_class = {int(k): v for k, v in data["per_class"].items()}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
@@ -46,12 +52,33 @@ def write_figures(data: dict[str, Any], out_dir: str | Path) -> list[Path]:
         idx = [i for i, v in enumerate(mp["labels"]) if v == c]
         unseen = mp["unseen"][idx[0]]
         ax.scatter([mp["x"][i] for i in idx], [mp["y"][i] for i in idx], s=6,
-                   label=str(data["class_names"].get(c, c)) + (" (unseen)" if unseen else ""),
+                   label=names.get(int(c), str(c)) + (" (unseen)" if unseen else ""),
                    marker="o" if not unseen else "x")
     ax.set_title(f"{mp['method']} of held-out embeddings")
-    ax.legend(fontsize=6, markerscale=2)
+    if len(set(mp["labels"])) <= 30:  # a legend of more classes hides the map
+        ax.legend(fontsize=6, markerscale=2)
     save(fig, "map.png")
     ver = data["verification"]
+    if "skipped" not in ver:
+        _verification(ver, plt, save)
+    classes = sorted(per_class)
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    xs = range(len(classes))
+    nan = float("nan")  # a NaN bar is not drawn
+    ax.bar([x - 0.2 for x in xs], [per_class[c]["learned"]["map_at_r"] for c in classes],
+           0.4, label="learned")
+    ax.bar([x + 0.2 for x in xs],
+           [(per_class[c]["raw"] or {}).get("map_at_r", nan) for c in classes], 0.4,
+           label="raw inputs")
+    ax.set_xticks(list(xs), [names.get(c, str(c)) for c in classes], fontsize=7)
+    ax.set_ylabel("MAP@R")
+    ax.legend()
+    save(fig, "per_class.png")
+    return paths
+
+
+def _verification(ver: dict[str, Any], plt: Any, save: Any) -> None:
+    """``roc_det.png`` and ``scores.png``."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(8, 3.5))
     a.plot(ver["fpr"], ver["tpr"])
     a.set_xlabel("false accept rate")
@@ -71,19 +98,6 @@ def write_figures(data: dict[str, Any], out_dir: str | Path) -> list[Path]:
     ax.set_xlabel(ver["score"])
     ax.legend()
     save(fig, "scores.png")
-    classes = sorted(data["per_class"], key=int)
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    xs = range(len(classes))
-    ax.bar([x - 0.2 for x in xs], [data["per_class"][c]["learned"]["map_at_r"] for c in classes],
-           0.4, label="learned")
-    ax.bar([x + 0.2 for x in xs],
-           [(data["per_class"][c]["raw"] or {}).get("map_at_r", 0) for c in classes], 0.4,
-           label="raw inputs")
-    ax.set_xticks(list(xs), [str(data["class_names"].get(c, c)) for c in classes], fontsize=7)
-    ax.set_ylabel("MAP@R")
-    ax.legend()
-    save(fig, "per_class.png")
-    return paths
 
 
 __all__ = ["write_figures"]

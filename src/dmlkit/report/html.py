@@ -79,15 +79,19 @@ def _item(image: Any, border: str, tip: str) -> str:
     return svg.image_tag(image, border, tip=tip)
 
 
-def render(data: dict[str, Any]) -> str:
-    """The report page of :func:`~dmlkit.report.collect` data."""
-    names = {int(k): v for k, v in data["class_names"].items()}
-    mp = data["map"]
-    hover = [f"item {i}: {names.get(c, c)}{' (unseen class)' if u else ''}"
-             for i, c, u in zip(mp["items"], mp["labels"], mp["unseen"], strict=True)]
-    scatter = svg.scatter(mp["x"], mp["y"], mp["labels"], hover, mp["unseen"],
-                          f"{mp['method']} of held-out embeddings")
-    ver = data["verification"]
+def _number(value: Any) -> str:
+    """A metric to four places, or "n/a" when there is none (None or NaN)."""
+    import math
+
+    if value is None or not math.isfinite(float(value)):
+        return "n/a"
+    return f"{float(value):.4f}"
+
+
+def _verification(ver: dict[str, Any]) -> str:
+    """ROC, DET and the score histograms, or the reason they were skipped."""
+    if "skipped" in ver:
+        return f'<p class="note">skipped: {escape(ver["skipped"])}</p>'
     roc = svg.lines({"ROC": (ver["fpr"], ver["tpr"])}, "ROC", "false accept rate",
                     "true accept rate")
     det = svg.lines({"DET": ([max(f, 1e-4) for f in ver["fpr"]], ver["fnr"])}, "DET",
@@ -96,17 +100,31 @@ def render(data: dict[str, Any]) -> str:
     hist = svg.lines({"same class": (centres, ver["same_hist"]),
                       "different class": (centres, ver["diff_hist"])},
                      f"pair scores; EER threshold {ver['threshold']:.3f}", ver["score"], "pairs")
+    return (f'<div class="row">{roc}{det}{hist}</div><p class="note">EER {ver["eer"]:.4f} at '
+            f'{escape(ver["score"])} threshold {ver["threshold"]:.4f}.</p>')
+
+
+def render(data: dict[str, Any]) -> str:
+    """The report page of :func:`~dmlkit.report.collect` data."""
+    names = {int(k): v for k, v in data["class_names"].items()}
+    mp = data["map"]
+    hover = [f"item {i}: {names.get(c, c)}{' (unseen class)' if u else ''}"
+             for i, c, u in zip(mp["items"], mp["labels"], mp["unseen"], strict=True)]
+    scatter = svg.scatter(mp["x"], mp["y"], mp["labels"], hover, mp["unseen"],
+                          f"{mp['method']} of held-out embeddings", names)
+    ver = data["verification"]
     classes = sorted(data["per_class"], key=int)
     per = data["per_class"]
     bars = svg.bars(
         {"learned MAP@R": [per[c]["learned"]["map_at_r"] for c in classes],
-         "raw MAP@R": [(per[c]["raw"] or {}).get("map_at_r", 0.0) for c in classes]},
+         "raw MAP@R": [(per[c]["raw"] or {}).get("map_at_r", float("nan")) for c in classes]},
         [names.get(int(c), str(c)) for c in classes], "per-class MAP@R", "MAP@R")
     per_rows = "".join(
-        f"<tr><th>{escape(names.get(int(c), str(c)))}</th><td>{per[c]['learned']['count']}</td>"
-        f"<td>{per[c]['learned']['r_precision']:.4f}</td>"
-        f"<td>{per[c]['learned']['map_at_r']:.4f}</td>"
-        f"<td>{(per[c]['raw'] or {}).get('map_at_r', float('nan')):.4f}</td></tr>"
+        f"<tr><th>{escape(names.get(int(c), str(c)))}</th>"
+        f"<td>{per[c]['learned'].get('items', '')}</td><td>{per[c]['learned']['count']}</td>"
+        f"<td>{_number(per[c]['learned']['r_precision'])}</td>"
+        f"<td>{_number(per[c]['learned']['map_at_r'])}</td>"
+        f"<td>{_number((per[c]['raw'] or {}).get('map_at_r'))}</td></tr>"
         for c in classes)
     conf_rows = "".join(
         f"<tr><td>{escape(names.get(p['a'], str(p['a'])))}</td>"
@@ -125,12 +143,13 @@ def render(data: dict[str, Any]) -> str:
 <p class="note">{len(mp['x'])} held-out items; {unseen} from classes unseen in training (rings).
 Hover a point for its item.</p>
 <h2>Retrieval gallery</h2>{_gallery(data['gallery'], names)}
-<h2>Verification</h2><div class="row">{roc}{det}{hist}</div>
-<p class="note">EER {ver['eer']:.4f} at {escape(ver['score'])} threshold
-{ver['threshold']:.4f}.</p>
+<h2>Verification</h2>{_verification(ver)}
 <h2>Per class: learned vs raw inputs</h2><div class="row">{bars}</div>
-<table><tr><th>class</th><th>items</th><th>R-Precision</th><th>MAP@R</th><th>raw MAP@R</th></tr>
+<table><tr><th>class</th><th>items</th><th>queries with a match</th><th>R-Precision</th>
+<th>MAP@R</th><th>raw MAP@R</th></tr>
 {per_rows}</table>
+<p class="note">A class's metrics average over its items that have another item of the
+class to find; n/a: none has.</p>
 <h2>Most confused classes (nearest class centroids)</h2>
 <table><tr><th>class</th><th>class</th><th>centroid cosine</th></tr>{conf_rows}</table>
 </body></html>"""

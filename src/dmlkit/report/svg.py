@@ -16,14 +16,33 @@ PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
 W, H, PAD = 480, 300, 44
 
 
-def colour(i: int) -> str:
-    return PALETTE[i % len(PALETTE)]
+#: most classes named in a chart's legend; the rest are counted
+MAX_LEGEND = 20
+LEGEND_W = 190
+
+
+def colour(i: int, n: int = len(PALETTE)) -> str:
+    """Colour ``i`` of ``n``: the ten-colour palette, or ``n`` evenly spaced hues past it
+    (alternating in lightness), so no two of ``n`` groups share a colour."""
+    if n <= len(PALETTE):
+        return PALETTE[i % len(PALETTE)]
+    return f"hsl({round(360 * i / n)},70%,{40 if i % 2 else 55}%)"
+
+
+def _finite(values: Sequence[float]) -> list[float]:
+    """The finite values of ``values`` (a class without an evaluable query has NaN)."""
+    import math
+
+    return [float(v) for v in values if v is not None and math.isfinite(float(v))]
 
 
 def _scale(values: Sequence[float], lo_px: float, hi_px: float, log: bool = False):
+    """A map from data to pixels spanning the finite ``values`` (NaN and inf skipped),
+    and their range."""
     import math
 
-    vals = [math.log10(max(v, 1e-6)) if log else v for v in values]
+    finite = _finite(values) or [0.0, 1.0]
+    vals = [math.log10(max(v, 1e-6)) if log else v for v in finite]
     lo, hi = min(vals), max(vals)
     if hi <= lo:
         hi = lo + 1.0
@@ -32,17 +51,21 @@ def _scale(values: Sequence[float], lo_px: float, hi_px: float, log: bool = Fals
         v = math.log10(max(v, 1e-6)) if log else v
         return lo_px + (v - lo) / (hi - lo) * (hi_px - lo_px)
 
-    return f, (min(values), max(values))
+    return f, (min(finite), max(finite))
 
 
-def _frame(body: str, title: str, xlabel: str, ylabel: str, xr: tuple, yr: tuple) -> str:
+def _frame(body: str, title: str, xlabel: str, ylabel: str, xr: tuple | None, yr: tuple,
+           extra_w: int = 0) -> str:
+    """The chart's frame and axis titles (``xr`` None: no range after the x title)."""
+    width = W + extra_w
+    x_range = f" [{xr[0]:.3g}, {xr[1]:.3g}]" if xr is not None else ""
     return (
-        f'<svg class="chart" viewBox="0 0 {W} {H}" width="{W}" height="{H}" '
+        f'<svg class="chart" viewBox="0 0 {width} {H}" width="{width}" height="{H}" '
         f'role="img"><title>{escape(title)}</title>'
         f'<rect x="{PAD}" y="10" width="{W - PAD - 10}" height="{H - PAD - 10}" fill="#fafafa" '
         f'stroke="#999"/>{body}'
-        f'<text x="{W / 2}" y="{H - 6}" text-anchor="middle" font-size="12">{escape(xlabel)} '
-        f'[{xr[0]:.3g}, {xr[1]:.3g}]</text>'
+        f'<text x="{W / 2}" y="{H - 6}" text-anchor="middle" font-size="12">{escape(xlabel)}'
+        f"{x_range}</text>"
         f'<text x="12" y="{H / 2}" font-size="12" transform="rotate(-90 12 {H / 2})" '
         f'text-anchor="middle">{escape(ylabel)} [{yr[0]:.3g}, {yr[1]:.3g}]</text></svg>'
     )
@@ -70,23 +93,60 @@ def lines(series: dict[str, tuple[Sequence[float], Sequence[float]]], title: str
 
 
 def scatter(xs: Sequence[float], ys: Sequence[float], groups: Sequence[int],
-            hover: Sequence[str], hollow: Sequence[bool], title: str) -> str:
-    """Points coloured by group; ``hollow`` points (e.g. unseen classes) drawn as rings."""
+            hover: Sequence[str], hollow: Sequence[bool], title: str,
+            names: dict[int, str] | None = None) -> str:
+    """Points coloured by group, with a legend of the groups' ``names`` (at most
+    :data:`MAX_LEGEND`, the largest groups; the rest counted); ``hollow`` points (e.g.
+    unseen classes) drawn as rings."""
     fx, xr = _scale(xs, PAD, W - 10)
     fy, yr = _scale(ys, H - PAD, 10)
-    order = {g: i for i, g in enumerate(sorted(set(groups)))}
+    kinds = sorted(set(groups))
+    order = {g: i for i, g in enumerate(kinds)}
     body = []
     for x, y, g, text, ring in zip(xs, ys, groups, hover, hollow, strict=True):
-        c = colour(order[g])
+        c = colour(order[g], len(kinds))
         style = f'fill="white" stroke="{c}"' if ring else f'fill="{c}"'
         body.append(f'<circle cx="{fx(x):.1f}" cy="{fy(y):.1f}" r="3" {style}>'
                     f"<title>{escape(text)}</title></circle>")
-    return _frame("".join(body), title, "dimension 1", "dimension 2", xr, yr)
+    body.append(_legend(kinds, groups, hollow, names or {}))
+    return _frame("".join(body), title, "dimension 1", "dimension 2", xr, yr, LEGEND_W)
+
+
+def _legend(kinds: list[int], groups: Sequence[int], hollow: Sequence[bool],
+            names: dict[int, str]) -> str:
+    """The scatter's legend, right of the plot: one row per group, largest first when
+    there are more than :data:`MAX_LEGEND`."""
+    from collections import Counter
+
+    sizes = Counter(groups)
+    ring = {g: h for g, h in zip(groups, hollow, strict=True)}
+    shown = kinds if len(kinds) <= MAX_LEGEND else sorted(
+        sorted(kinds, key=lambda g: -sizes[g])[: MAX_LEGEND - 1])
+    rows = ['<g class="legend">']
+    step = min(14.0, (H - PAD - 20) / (len(shown) + 1))
+    for r, g in enumerate(shown):
+        c = colour(kinds.index(g), len(kinds))
+        y = 18 + r * step
+        style = f'fill="white" stroke="{c}"' if ring[g] else f'fill="{c}"'
+        name = str(names.get(g, g))
+        label = (name if len(name) <= 20 else name[:19] + "\u2026") + (
+            " (unseen)" if ring[g] else "")
+        rows.append(f'<circle cx="{W + 4}" cy="{y:.1f}" r="4" {style}/>'
+                    f'<text x="{W + 12}" y="{y + 4:.1f}" font-size="{min(11, step):.0f}">'
+                    f"{escape(label)}<title>{escape(name)}</title></text>")
+    if len(shown) < len(kinds):
+        y = 18 + len(shown) * step
+        rows.append(f'<text x="{W - 2}" y="{y + 4:.1f}" font-size="11" fill="#555">'
+                    f"+{len(kinds) - len(shown)} more classes (hover)</text>")
+    return "".join(rows) + "</g>"
 
 
 def bars(groups: dict[str, Sequence[float]], categories: Sequence[str], title: str,
          ylabel: str) -> str:
-    """Grouped bars: one bar per series for each category."""
+    """Grouped bars: one bar per series for each category, the categories named under
+    the axis (every k-th name when there are many); a NaN value is drawn as "n/a"."""
+    import math
+
     n_series, n_cat = len(groups), max(len(categories), 1)
     values = [v for vs in groups.values() for v in vs] + [0.0]
     fy, yr = _scale(values, H - PAD, 10)
@@ -96,12 +156,26 @@ def bars(groups: dict[str, Sequence[float]], categories: Sequence[str], title: s
     for s, (name, vs) in enumerate(groups.items()):
         for c, v in enumerate(vs):
             x = PAD + c * slot + slot * 0.1 + s * width
+            if v is None or not math.isfinite(float(v)):
+                body.append(f'<text x="{x + width / 2:.1f}" y="{fy(0) - 3:.1f}" '
+                            f'font-size="8" text-anchor="middle" fill="{colour(s)}">n/a'
+                            f"<title>{escape(name)} {escape(categories[c])}: n/a (no "
+                            "evaluable query)</title></text>")
+                continue
             body.append(f'<rect x="{x:.1f}" y="{fy(v):.1f}" width="{width:.1f}" '
                         f'height="{max(fy(0) - fy(v), 0):.1f}" fill="{colour(s)}">'
                         f"<title>{escape(name)} {escape(categories[c])}: {v:.4f}</title></rect>")
         body.append(f'<text x="{PAD + 8}" y="{26 + 14 * s}" font-size="11" '
                     f'fill="{colour(s)}">{escape(name)}</text>')
-    return _frame("".join(body), title, "class", ylabel, (0, n_cat), yr)
+    ticks = [str(c) if len(str(c)) <= 12 else str(c)[:11] + "\u2026" for c in categories]
+    label_px = 0.6 * 9 * max(map(len, ticks), default=1) + 6  # 9 px type, a gap
+    every = max(1, math.ceil(label_px / slot))  # every k-th name, so none overlap
+    for c in range(0, len(ticks), every):
+        x = PAD + (c + 0.5) * slot
+        body.append(f'<text class="tick" x="{x:.1f}" y="{H - PAD + 12}" font-size="9" '
+                    f'text-anchor="middle">{escape(ticks[c])}'
+                    f"<title>{escape(str(categories[c]))}</title></text>")
+    return _frame("".join(body), title, "class", ylabel, None, yr)
 
 
 def image_tag(pixels: Any, border: str = "#999", size: int = 56, tip: str = "") -> str:

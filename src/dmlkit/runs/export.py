@@ -5,14 +5,21 @@ float32, batch axis dynamic, and returns ``(batch, dim)`` embeddings: the reshap
 model's input shape and every preprocessing step inside the model (normalization,
 resizing of pretrained backbones) are part of it. A JSON file beside the model
 (``FILE.json``) records the input shape, the embedding size and where it came from.
+
+The export never writes onto a run directory's own files (``model.pt``, ``config.yaml``,
+...) and overwrites an existing file only when asked to (``force=True``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import sys
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +30,66 @@ from dmlkit._files import publish_mode
 from dmlkit.training.run import build_splits, load_run
 
 FORMATS = ("onnx", "torchscript")
+#: the files a run directory keeps (written by train, evaluate, report and tune)
+RUN_FILES = frozenset({"config.yaml", "model.pt", "checkpoint.pt", "metrics.json",
+                       "train.log", "evaluation.json", "report.html", "best.yaml",
+                       "best.json"})
+#: what ``export_run`` says when it could not run the exported ONNX model
+NOT_VERIFIED = "onnxruntime not installed (pip install 'dmlkit[export]')"
+TEXT_RUN = ("a text run's sentence encoder takes strings and tokenizes them in Python, "
+            "so it cannot be exported to ONNX or TorchScript; serve the run itself "
+            "(dmlkit serve --run RUN_DIR takes sentences as inputs) or embed sentences "
+            "with dmlkit text embed FILE --run RUN_DIR")
+
+
+class ExportError(ValueError):
+    """The model could not be exported; ``detail`` holds what the exporter printed and
+    its full message (the exception chain holds the exporter's own error)."""
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a run directory (a ``config.yaml`` beside saved weights)."""
+    path = Path(path)
+    return (path / "config.yaml").is_file() and any(
+        (path / name).is_file() for name in ("model.pt", "checkpoint.pt"))
+
+
+def is_text_run(run_dir: str | Path) -> bool:
+    """Whether the run in ``run_dir`` embeds sentences (read from its config, no weights)."""
+    import yaml
+
+    try:
+        config = yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return False  # loading the run says what is wrong with it
+    if not isinstance(config, dict):
+        return False
+    data, model = config.get("data") or {}, config.get("model") or {}
+    return (isinstance(data, dict) and data.get("name") in ("text", "stsb")) or (
+        isinstance(model, dict) and model.get("name") == "sentence_encoder")
+
+
+def check_export_target(run_dir: str | Path, out: str | Path, force: bool = False) -> None:
+    """Raise a ``ValueError`` when exporting ``run_dir`` to ``out`` (and ``out.json``)
+    would write onto a run directory's own files, or overwrite a file without ``force``."""
+    out = Path(out)
+    if out.is_dir():
+        raise ValueError(f"{out} is a directory; give the model file's name")
+    run = Path(run_dir).resolve()
+    for path in (out, Path(f"{out}.json")):
+        real = path.resolve()
+        if real.name in RUN_FILES and (real.parent == run or is_run_dir(real.parent)):
+            raise ValueError(
+                f"{path} is the run directory's own {real.name}; give the export another "
+                f"name (e.g. {path.parent / 'exported.onnx'} or {path.parent / 'exported.pt'})")
+        if path.is_dir():
+            raise ValueError(f"{path} is a directory")
+        if path.exists() and not force:
+            raise ValueError(f"{path} exists; pass force=True to overwrite it")
 
 
 class FlatInputEmbedder(nn.Module):
@@ -51,14 +118,37 @@ def run_input_shape(run: Any) -> tuple[int, ...]:
 
 
 def export_run(run_dir: str | Path, out: str | Path, fmt: str = "onnx",
-               *, check: bool = True) -> dict[str, Any]:
+               *, check: bool = True, force: bool = False) -> dict[str, Any]:
     """Write the run's embedder to ``out`` in ``fmt``; returns the description written
-    beside it. With ``check`` the exported model is run on random rows and compared with
-    the torch model (max absolute difference under 1e-5, else ``RuntimeError``)."""
+    beside it (``out.json``).
+
+    Parameters
+    ----------
+    run_dir : str or Path
+        The run directory.
+    out : str or Path
+        The model file to write; never one of a run directory's own files.
+    fmt : {"onnx", "torchscript"}
+        The format.
+    check : bool
+        Run the exported model on random rows and compare it with the torch model (max
+        absolute difference under 1e-5, else ``RuntimeError``). The description's
+        ``max_difference`` is the difference found, or None with ``not_verified`` giving
+        why (ONNX without onnxruntime installed).
+    force : bool
+        Overwrite ``out`` and ``out.json`` when they exist.
+
+    Raises
+    ------
+    ExportError
+        When the model has an operation the format cannot express; ``detail`` holds
+        the exporter's output.
+    """
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {list(FORMATS)}, got {fmt!r}")
-    if Path(out).is_dir():
-        raise ValueError(f"{out} is a directory; give the model file's name")
+    check_export_target(run_dir, out, force)
+    if is_text_run(run_dir):
+        raise ValueError(TEXT_RUN)
     if fmt == "onnx":
         try:
             import onnx  # noqa: F401  (torch's ONNX exporter writes through it)
@@ -78,39 +168,90 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "onnx",
     fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     os.close(fd)
     tmp = Path(tmp_name)
+    diff: float | None = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer notes on shape checks inside models
             if fmt == "onnx":
-                try:
-                    torch.onnx.export(
-                        module, (example,), str(tmp), input_names=["inputs"],
-                        output_names=["embeddings"], opset_version=17, dynamo=False,
-                        dynamic_axes={"inputs": {0: "batch"}, "embeddings": {0: "batch"}},
-                    )
-                except Exception as err:  # noqa: BLE001 - an operator ONNX lacks
-                    reason = str(err).strip().splitlines()[:1] or [""]
-                    raise ValueError(
-                        f"this run's model cannot be exported to ONNX "
-                        f"({type(err).__name__}: {reason[0][:200]}); export it "
-                        "with --format torchscript") from None
+                _export_onnx(module, example, tmp)
             else:
                 torch.jit.save(torch.jit.trace(module, (example,)), str(tmp))
         if check:
             diff = _max_difference(module, tmp, fmt, n_features)
-            if diff > 1e-5:
+            if diff is not None and diff > 1e-5:
                 raise RuntimeError(f"exported {fmt} model differs from torch by {diff:.3g}")
         publish_mode(tmp)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    info = {"format": fmt, "input_shape": list(shape), "n_features": n_features, "dim": dim,
-            "input_name": "inputs", "output_name": "embeddings", "run_dir": str(run_dir)}
+    info: dict[str, Any] = {
+        "format": fmt, "input_shape": list(shape), "n_features": n_features, "dim": dim,
+        "input_name": "inputs", "output_name": "embeddings", "run_dir": str(run_dir),
+        "max_difference": diff}
+    if check and diff is None:
+        info["not_verified"] = NOT_VERIFIED
     Path(f"{out}.json").write_text(json.dumps(info, indent=2))
     return info
 
 
-def _max_difference(module: nn.Module, path: Path, fmt: str, n_features: int) -> float:
+@contextlib.contextmanager
+def _captured_output() -> Iterator[list[str]]:
+    """Send what this process prints to stdout and stderr (Python and native code alike)
+    to a temporary file instead of the terminal; the text is in the yielded list after."""
+    sink: list[str] = []
+    py_out, py_err = io.StringIO(), io.StringIO()
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    try:
+        saved = [os.dup(1), os.dup(2)]
+    except OSError:  # no file descriptors to route (an embedded interpreter)
+        saved = []
+    with tempfile.TemporaryFile() as native:
+        try:
+            for fd in (1, 2) if saved else ():
+                os.dup2(native.fileno(), fd)
+            with contextlib.redirect_stdout(py_out), contextlib.redirect_stderr(py_err):
+                yield sink
+        finally:
+            with contextlib.suppress(Exception):
+                import ctypes
+
+                ctypes.CDLL(None).fflush(None)  # native writes still in the C buffers
+            for fd, copy in zip((1, 2), saved, strict=False):
+                os.dup2(copy, fd)
+                os.close(copy)
+            native.seek(0)
+            text = native.read().decode(errors="replace")
+            sink.append(py_out.getvalue() + py_err.getvalue() + text)
+
+
+def _export_onnx(module: nn.Module, example: Tensor, path: Path) -> None:
+    """``torch.onnx.export`` with its console output captured: a failure is one
+    :class:`ExportError` whose ``detail`` holds the output and the full message."""
+    with contextlib.ExitStack() as stack:
+        printed = stack.enter_context(_captured_output())
+        try:
+            torch.onnx.export(
+                module, (example,), str(path), input_names=["inputs"],
+                output_names=["embeddings"], opset_version=17, dynamo=False,
+                dynamic_axes={"inputs": {0: "batch"}, "embeddings": {0: "batch"}},
+            )
+            return
+        except Exception as err:  # noqa: BLE001 - an operator ONNX lacks
+            failure = err
+    reason = str(failure).strip().splitlines()[:1] or [""]
+    detail = "".join(printed).rstrip() + f"\n{type(failure).__name__}: {failure}"
+    raise ExportError(
+        f"this run's model cannot be exported to ONNX ({type(failure).__name__}: "
+        f"{reason[0][:200]}); export it with --format torchscript",
+        detail=detail.strip()) from failure
+
+
+def _max_difference(module: nn.Module, path: Path, fmt: str,
+                    n_features: int) -> float | None:
+    """Largest absolute difference of the exported model from ``module`` on random
+    rows; None when there is nothing to run an ONNX model with."""
     x = torch.rand(7, n_features, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ref = module(x).numpy()
@@ -118,7 +259,7 @@ def _max_difference(module: nn.Module, path: Path, fmt: str, n_features: int) ->
         try:
             import onnxruntime as ort
         except ImportError:
-            return 0.0  # nothing to compare with; the export itself succeeded
+            return None  # nothing to compare with; the export itself succeeded
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         got = session.run(None, {"inputs": x.numpy()})[0]
     else:
@@ -127,4 +268,5 @@ def _max_difference(module: nn.Module, path: Path, fmt: str, n_features: int) ->
     return float(abs(got - ref).max())
 
 
-__all__ = ["export_run", "run_input_shape", "FlatInputEmbedder", "FORMATS"]
+__all__ = ["export_run", "run_input_shape", "check_export_target", "is_run_dir",
+           "is_text_run", "ExportError", "FlatInputEmbedder", "FORMATS", "RUN_FILES"]
