@@ -428,6 +428,7 @@ def test_multi_label_relation_equals_the_same_pairs_given_as_indices(cls):
     x, _, _, _ = data(10)
     g = torch.Generator().manual_seed(3)
     multi = torch.rand(N, 3, generator=g) < 0.4  # (n, C) bool
+    multi[~multi.any(dim=1), 0] = True  # every item holds a label
     same = (multi.float() @ multi.float().T) > 0
     eye = torch.eye(N, dtype=torch.bool)
     a1, p = torch.where(same & ~eye)

@@ -36,7 +36,8 @@ def format_report(result: dict[str, Any]) -> str:
     if result.get("seed") is not None:
         head.append(f"seed {result['seed']}")
     blocks = [", ".join(head)]
-    for section in ("retrieval", "clustering", "verification", "sts", "triplets", "pairs"):
+    for section in ("retrieval", "hierarchical", "clustering", "verification", "sts",
+                    "triplets", "pairs"):
         if section in result:
             blocks.append(_table(section, result[section]))
     for name, shot in result.get("few_shot", {}).items():
@@ -62,9 +63,11 @@ def _sections(text: str) -> list[str]:
 
 def read_embeddings(path: Path, emb_key: str | None = None,
                     labels_key: str | None = None) -> tuple[Any, Any]:
-    """``(embeddings (n, dim) float32, labels (n,) int64)`` of a ``.npz`` of embeddings.
+    """``(embeddings (n, dim) float32, labels)`` of a ``.npz`` of embeddings.
 
-    Labels may be integers or class names (numbered in sorted order).
+    Labels may be ``(n,)`` integers or class names (numbered in sorted order), returned
+    as ``(n,)`` int64; ``(n, L)`` integer hierarchical labels, returned as int64; or
+    ``(n, C)`` bool multi-labels, returned as they are.
 
     Raises
     ------
@@ -89,9 +92,14 @@ def read_embeddings(path: Path, emb_key: str | None = None,
     if not np.isfinite(emb).all():
         bad = int((~np.isfinite(emb)).any(axis=1).sum())
         raise ValueError(f"{path}: {bad} rows of {emb_key!r} hold NaN or infinite values")
-    if labels.ndim != 1 or len(labels) != len(emb):
+    if labels.ndim not in (1, 2) or len(labels) != len(emb) or (labels.ndim == 2 and (
+            labels.shape[1] == 0 or labels.dtype.kind in "USO")):
         raise ValueError(f"{path}: {labels_key!r} must hold one label per embedding row "
-                         f"({len(emb)}), got shape {labels.shape}")
+                         f"({len(emb)}): (n,) class ids or names, (n, L) integer "
+                         f"hierarchical labels or (n, C) bool multi-labels, got shape "
+                         f"{labels.shape} of dtype {labels.dtype}")
+    if labels.ndim == 2 and labels.dtype.kind == "b":  # multi-labels stay bool
+        return emb.astype(np.float32), labels
     if labels.dtype.kind in "USO":  # class names
         labels = np.unique(labels.astype(str), return_inverse=True)[1]
     elif labels.dtype.kind == "f" and np.array_equal(labels, np.round(labels)):

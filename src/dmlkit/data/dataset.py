@@ -1,4 +1,8 @@
-"""In-memory datasets: arrays plus int64 labels, and their subsets."""
+"""In-memory datasets: arrays plus int64 labels, and their subsets.
+
+Labels are ``(n,)`` class ids, or ``(n, L)`` hierarchical labels (coarsest level first,
+``L >= 2``), whose classes are their leaves: the distinct full label rows.
+"""
 
 from __future__ import annotations
 
@@ -10,24 +14,43 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 
+def leaf_ids(labels: Tensor) -> Tensor:
+    """The class of each item as one id, ``(n,)`` or ``(n, L)`` -> ``(n,)`` int64.
+
+    ``(n,)`` labels are returned as they are; for ``(n, L)`` hierarchical labels the id
+    of an item is the position of its label row (its leaf) among the distinct rows in
+    sorted order, so per-class splits and counts work on hierarchical data too.
+    """
+    if labels.dim() == 1:
+        return labels
+    _, inverse = torch.unique(labels, dim=0, return_inverse=True)  # (n,)
+    return inverse.reshape(-1).long()
+
+
 class LabelledItems:
-    """What any labelled dataset derives from its ``labels`` ``(n,)`` tensor."""
+    """What any labelled dataset derives from its ``labels``: ``(n,)`` class ids or
+    ``(n, L)`` hierarchical labels, whose classes are the leaves (distinct rows)."""
 
     labels: Tensor
 
     @property
     def num_classes(self) -> int:
-        """Number of distinct labels present."""
+        """Number of distinct labels (leaf classes of ``(n, L)`` labels) present."""
+        if self.labels.dim() == 2:
+            return int(torch.unique(self.labels, dim=0).shape[0])
         return int(torch.unique(self.labels).numel())
 
     @property
-    def classes(self) -> list[int]:
-        """Sorted distinct labels present."""
+    def classes(self) -> list:
+        """Sorted distinct labels present (label-row tuples for ``(n, L)`` labels)."""
+        if self.labels.dim() == 2:
+            return [tuple(row) for row in torch.unique(self.labels, dim=0).tolist()]
         return torch.unique(self.labels).tolist()
 
 
 class ArrayDataset(LabelledItems, Dataset):
-    """A dataset held in memory: inputs ``x`` of shape ``(n, ...)`` and labels ``(n,)``.
+    """A dataset held in memory: inputs ``x`` of shape ``(n, ...)`` and labels ``(n,)``
+    or hierarchical labels ``(n, L)``.
 
     Images are stored as ``(n, C, H, W)`` float32 in ``[0, 1]``; vectors as ``(n, d)``.
 
@@ -35,8 +58,9 @@ class ArrayDataset(LabelledItems, Dataset):
     ----------
     x : array-like or Tensor of shape (n, ...)
         Inputs; floating arrays become float32, integer arrays are kept as given.
-    labels : array-like or Tensor of shape (n,)
-        Integer class labels (stored as an int64 tensor).
+    labels : array-like or Tensor of shape (n,) or (n, L)
+        Integer class labels, or hierarchical labels with ``L >= 2`` levels, coarsest
+        first (stored as an int64 tensor).
     class_names : sequence of str, optional
         Name of each class id (``class_names[label]``).
     """
@@ -44,7 +68,7 @@ class ArrayDataset(LabelledItems, Dataset):
     def __init__(
         self,
         x: Tensor | np.ndarray | Sequence,
-        labels: Tensor | np.ndarray | Sequence[int],
+        labels: Tensor | np.ndarray | Sequence[int] | Sequence[Sequence[int]],
         class_names: Sequence[str] | None = None,
         paths: Sequence[str] | None = None,
     ) -> None:
@@ -55,8 +79,15 @@ class ArrayDataset(LabelledItems, Dataset):
             raise TypeError("labels must be integer class ids; map class names to ids, e.g. "
                             "names, ids = np.unique(labels, return_inverse=True)")
         y = torch.as_tensor(np.asarray(labels) if not isinstance(labels, Tensor) else labels)
-        if y.dim() != 1:
-            raise ValueError(f"labels must be 1-D, got shape {tuple(y.shape)}")
+        if y.dim() == 2 and y.dtype == torch.bool:
+            raise TypeError(
+                f"labels of shape {tuple(y.shape)} are bool multi-labels, which an "
+                "ArrayDataset does not hold: give 1-D class ids (n,) or integer "
+                "hierarchical labels (n, L)")
+        if y.dim() not in (1, 2) or (y.dim() == 2 and y.shape[1] < 2):
+            raise ValueError(
+                f"labels must be 1-D class ids (n,) or hierarchical labels (n, L) with "
+                f"L >= 2 levels, got shape {tuple(y.shape)}")
         if y.is_floating_point() and not torch.equal(y, y.round()):
             raise ValueError("labels must be integers, got non-integer floats")
         if x_t.dim() < 1 or x_t.shape[0] != y.shape[0]:
@@ -97,4 +128,4 @@ class ArrayDataset(LabelledItems, Dataset):
         )
 
 
-__all__ = ["ArrayDataset", "LabelledItems"]
+__all__ = ["ArrayDataset", "LabelledItems", "leaf_ids"]

@@ -6,9 +6,11 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from dmlkit.config.schema import DataConfig
 from dmlkit.data.checks import check_inputs
-from dmlkit.data.dataset import ArrayDataset
+from dmlkit.data.dataset import ArrayDataset, leaf_ids
 from dmlkit.data.digits import load_digits
 from dmlkit.data.idx import IDX_PARTS, load_fashion_mnist, load_idx_dir
 from dmlkit.data.image_folder import load_image_folder
@@ -108,9 +110,12 @@ def split_dataset(
     ``split: stratified`` holds out a seeded ``test_fraction`` of each class;
     ``split: classes`` trains on ``train_classes`` and holds out ``test_classes`` (unseen).
     With ``heldout_part`` (IDX datasets) the held-out side comes from that official part.
+    Hierarchical ``(n, L)`` labels split stratified by leaf class (distinct label row).
     """
     cfg = data_config(spec)
     data = load_dataset(cfg)
+    if data.labels.dim() == 2:
+        return _split_hierarchical(data, cfg)
     if cfg.heldout_part is not None and cfg.heldout_part != cfg.part:
         other = load_dataset(cfg, part=cfg.heldout_part)
         if cfg.split == "classes":
@@ -127,6 +132,27 @@ def split_dataset(
     if cfg.max_heldout_per_class is not None:
         heldout = limit_per_class(heldout, cfg.max_heldout_per_class, cfg.seed + 1)
     return train, heldout
+
+
+def _split_hierarchical(data: ArrayDataset, cfg: DataConfig) -> tuple[ArrayDataset, ArrayDataset]:
+    """:func:`split_dataset` for ``(n, L)`` labels: stratified by leaf class (label row),
+    the caps per leaf class."""
+    if cfg.split == "classes":
+        raise ValueError(
+            "data.split 'classes' holds out (n,) class ids, but the labels are hierarchical "
+            f"{tuple(data.labels.shape)}; use split: stratified (each leaf class, i.e. "
+            "distinct label row, on both sides)")
+    if cfg.heldout_part is not None and cfg.heldout_part != cfg.part:
+        raise ValueError("data.heldout_part names an official part of an IDX dataset; "
+                         "hierarchical labels come from a .npz file, which has none")
+    # the (n,) splits run on item positions labelled by leaf id
+    leaves = ArrayDataset(torch.arange(len(data))[:, None], leaf_ids(data.labels))  # (n, 1)
+    train, heldout = stratified_split(leaves, cfg.test_fraction, cfg.seed)
+    if cfg.max_per_class is not None:
+        train = limit_per_class(train, cfg.max_per_class, cfg.seed)
+    if cfg.max_heldout_per_class is not None:
+        heldout = limit_per_class(heldout, cfg.max_heldout_per_class, cfg.seed + 1)
+    return data.subset(train.x[:, 0]), data.subset(heldout.x[:, 0])
 
 
 def describe(cfg: DataConfig) -> str:

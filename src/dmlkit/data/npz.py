@@ -39,6 +39,9 @@ def read_arrays(path: str | Path) -> dict[str, np.ndarray]:
 def load_npz(path: str | Path, x_key: str = "x", labels_key: str = "labels") -> ArrayDataset:
     """Load ``x`` and ``labels`` arrays from an ``.npz`` file.
 
+    ``labels`` are ``(n,)`` integer class ids or ``(n, L)`` integer hierarchical labels
+    (coarsest level first, ``L >= 2``).
+
     Integer image arrays of ``uint8`` are scaled to ``[0, 1]``; ``(n, H, W)`` arrays of
     uint8 become ``(n, 1, H, W)``. Other arrays are kept as they are (floats as float32).
     An optional ``class_names`` array of strings is read when present.

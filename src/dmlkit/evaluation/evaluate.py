@@ -18,6 +18,7 @@ import torch
 from dmlkit._files import publish_mode
 from dmlkit.evaluation.clustering import clustering_metrics
 from dmlkit.evaluation.few_shot import few_shot_accuracy
+from dmlkit.evaluation.hierarchical import hierarchical_retrieval_metrics
 from dmlkit.evaluation.retrieval import label_codes, retrieval_metrics
 from dmlkit.evaluation.verification import pair_scores, pairs_from_labels, verification_metrics
 
@@ -48,7 +49,10 @@ def evaluate_embeddings(
     Parameters
     ----------
     embeddings, labels : Tensor or ndarray
-        ``(n, d)`` query embeddings and their labels.
+        ``(n, d)`` query embeddings and their labels: ``(n,)`` class ids, ``(n, L)``
+        hierarchical labels (coarsest level first) or ``(n, C)`` bool multi-labels.
+        Retrieval and verification treat an item's full label row as its class (the
+        leaf, for hierarchical labels); clustering and few-shot need ``(n,)`` labels.
     ref_embeddings, ref_labels : optional
         A separate gallery for retrieval (default: leave-one-out on ``embeddings``).
     metric : str
@@ -75,7 +79,10 @@ def evaluate_embeddings(
     -------
     dict
         ``{"retrieval": {...}, "clustering": {...}, "verification": {...},
-        "few_shot": {"5way_1shot": {...}, ...}, "num_embeddings": n, "metric": metric}``.
+        "few_shot": {"5way_1shot": {...}, ...}, "num_embeddings": n, "metric": metric}``;
+        with ``(n, L)`` hierarchical labels and the retrieval section, also
+        ``"hierarchical"``: :func:`~dmlkit.evaluation.hierarchical_retrieval_metrics`
+        (per-level metrics ``{name}_level_{l}``, hierarchical precision and nDCG).
     """
     unknown = set(sections) - set(SECTIONS)
     if unknown:
@@ -93,6 +100,10 @@ def evaluate_embeddings(
             result["retrieval"] = retrieval_metrics(
                 x, y, ref_embeddings, ref_labels, k=k, metric=metric, per_class=per_class,
                 average_precision=full_ranking, reciprocal_rank=full_ranking)
+        if y.dim() == 2 and y.dtype != torch.bool:  # hierarchical: every level, graded
+            with _section(log, f"hierarchical retrieval ({y.shape[1]} levels)"):
+                result["hierarchical"] = hierarchical_retrieval_metrics(
+                    x, y, ref_embeddings, ref_labels, k=k, metric=metric)
     flat_labels = y.dim() == 1
     if "clustering" in sections:
         with _section(log, "clustering (k-means)"):

@@ -12,7 +12,8 @@ the number of leading levels on which their labels agree, ``0..L``):
 * **hierarchical precision** ``hierarchical_precision_at_{k}``: each of a query's ``k``
   nearest references earns credit ``s(q, r) / L`` (1 for the same leaf class, ``1/L`` for
   agreeing only at the coarsest level, 0 for another top-level class);
-  ``HP@k = mean over queries of (1/k) sum of credits``. All queries count.
+  ``HP@k = mean over queries of (1/k) sum of credits``, divided by ``k`` even when fewer
+  than ``k`` references exist (as ``precision_at_k``). All queries count.
 * **hierarchical nDCG** ``hierarchical_ndcg_at_{k}``: the same graded gain
   ``s(q, r) / L`` with the discount ``1 / log2(rank + 1)``, divided by the best
   achievable value (the references' ``k`` largest shared depths in order). Queries
@@ -168,7 +169,8 @@ def _graded(
     discount = 1.0 / torch.log2(torch.arange(2, k_max + 2, dtype=torch.float64))  # (K,)
     for kv in ks:
         kk = min(kv, k_max)
-        out[f"hierarchical_precision_at_{kv}"] = float(gain[:, :kk].sum(dim=1).mean() / kk)
+        # (1/k) sum over the k nearest, as Precision@k: missing neighbours earn nothing
+        out[f"hierarchical_precision_at_{kv}"] = float(gain[:, :kk].sum(dim=1).mean() / kv)
         dcg = (gain[:, :kk] * discount[:kk]).sum(dim=1)  # (n,)
         idcg = (ideal[:, :kk] * discount[:kk]).sum(dim=1)  # (n,)
         ok = idcg > 0

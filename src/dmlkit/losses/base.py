@@ -10,8 +10,9 @@ Signature (shared by every loss)::
 * ``ref_embeddings`` / ``ref_labels``: positives and negatives come from a reference set
   (memory bank, other processes) while anchors come from ``embeddings``.
 
-Inputs are validated once here; half-precision inputs are promoted to fp32 and the loss
-runs with autocast disabled, so margins and softmaxes never run in fp16.
+Inputs are validated once here (a multi-label row must hold at least one label: an
+item with no label would be its own negative); half-precision inputs are promoted to
+fp32 and the loss runs with autocast disabled, so margins and softmaxes never run in fp16.
 """
 
 from __future__ import annotations
@@ -37,10 +38,14 @@ class BaseMetricLoss(nn.Module):
         True for losses that cannot run from ``indices`` alone (proxy / classifier losses).
     ``accepts_indices``
         False for losses that ignore tuples (proxy / classifier losses).
+    ``accepts_multi_labels``
+        False for losses that need integer labels (a ``TypeError`` for ``(n, C)`` bool
+        multi-labels, before any other label check).
     """
 
     requires_labels: bool = False
     accepts_indices: bool = True
+    accepts_multi_labels: bool = True
 
     def __init__(self, distance: BaseDistance | None = None) -> None:
         super().__init__()
@@ -72,7 +77,7 @@ class BaseMetricLoss(nn.Module):
         check_embeddings(embeddings)
         n = embeddings.shape[0]
         if labels is not None:
-            labels = check_labels(labels, n)
+            labels = self._check_labels(labels, n, "labels")
         if ref_embeddings is not None:
             check_embeddings(ref_embeddings, "ref_embeddings")
             if ref_embeddings.shape[1] != embeddings.shape[1]:
@@ -85,7 +90,7 @@ class BaseMetricLoss(nn.Module):
         if ref_labels is not None:
             if ref_embeddings is None:
                 raise ValueError("ref_labels were given without ref_embeddings")
-            ref_labels = check_labels(ref_labels, ref_embeddings.shape[0], "ref_labels")
+            ref_labels = self._check_labels(ref_labels, ref_embeddings.shape[0], "ref_labels")
         if indices is not None:
             if not self.accepts_indices:
                 raise ValueError(f"{type(self).__name__} does not use tuple indices")
@@ -105,6 +110,15 @@ class BaseMetricLoss(nn.Module):
             ref_embeddings = ref_embeddings.float()
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
             return self.compute_loss(embeddings, labels, indices, ref_embeddings, ref_labels)
+
+    def _check_labels(self, labels: Tensor, n: int, name: str) -> Tensor:
+        """``labels`` validated for training: a label kind this loss takes, and no
+        multi-label row without a label."""
+        labels = check_labels(labels, n, name)
+        if labels.dtype == torch.bool and not self.accepts_multi_labels:
+            raise TypeError(f"{type(self).__name__} needs integer {name}, (n,) or (n, L), "
+                            f"got (n, C) bool multi-labels")
+        return check_labels(labels, n, name, allow_empty_rows=False)
 
     def zero_loss(self, embeddings: Tensor) -> Tensor:
         """A scalar 0 connected to the graph, so ``backward()`` works (with zero grads)."""

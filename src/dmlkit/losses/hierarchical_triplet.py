@@ -62,6 +62,8 @@ class HierarchicalTripletLoss(BaseMetricLoss):
     this is :class:`~dmlkit.losses.TripletMarginLoss` with margin ``m_0``.
     """
 
+    accepts_multi_labels = False
+
     def __init__(
         self,
         margin: float = 0.1,

@@ -38,7 +38,8 @@ class NPairsLoss(BaseMetricLoss):
     index) and pytorch-metric-learning's ``MultiSimilarityMiner`` each anchor's positives
     from least to most similar, so the two libraries' miner-plus-loss pipelines can keep
     different pairs of the same mined set. With ``indices`` and no labels, every listed
-    pair is taken as its own class (Sohn's batch construction).
+    pair is taken as its own class (Sohn's batch construction). Hierarchical ``(n, L)``
+    labels group by leaf class (the full label row); ``(n, C)`` multi-labels are refused.
 
     Parameters
     ----------
@@ -66,6 +67,14 @@ class NPairsLoss(BaseMetricLoss):
         ref_embeddings: Tensor | None,
         ref_labels: Tensor | None,
     ) -> Tensor:
+        if labels is not None and labels.dtype == torch.bool:
+            raise ValueError(
+                "NPairsLoss needs (n,) class or (n, L) hierarchical labels: it keeps one "
+                "pair per class and uses the other pairs' positives as negatives, and "
+                "(n, C) multi-labels define no classes (items sharing a label can hold "
+                "different label sets); pass Pairs indices without labels (each listed pair is "
+                "then its own class)"
+            )
         ref = embeddings if ref_embeddings is None else ref_embeddings
         if indices is None:
             a, p = _first_positive_per_row(labels, ref_labels)  # (k,), (k,)

@@ -79,12 +79,14 @@ class BaseMiner(nn.Module):
         ref_labels: Tensor | None = None,
     ) -> Pairs | Triplets | Quadruplets:
         check_embeddings(embeddings)
-        labels = check_labels(labels, embeddings.shape[0])
+        labels = check_labels(labels, embeddings.shape[0], allow_empty_rows=False)
         if (ref_embeddings is None) != (ref_labels is None):
             raise ValueError("ref_embeddings and ref_labels must be given together")
         if ref_embeddings is not None:
             check_embeddings(ref_embeddings, "ref_embeddings")
-            ref_labels = check_labels(ref_labels, ref_embeddings.shape[0], "ref_labels")
+            ref_labels = check_labels(
+                ref_labels, ref_embeddings.shape[0], "ref_labels", allow_empty_rows=False
+            )
             if ref_embeddings.shape[1] != embeddings.shape[1]:
                 raise ValueError(
                     f"ref_embeddings have dim {ref_embeddings.shape[1]}, "

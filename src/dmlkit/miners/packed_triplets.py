@@ -54,7 +54,7 @@ class PackedTripletsMiner(BaseMiner):
     ) -> Triplets:
         check_embeddings(embeddings)
         if labels is not None:
-            labels = check_labels(labels, embeddings.shape[0])
+            labels = check_labels(labels, embeddings.shape[0], allow_empty_rows=False)
         if ref_embeddings is not None or ref_labels is not None:
             raise ValueError(
                 "PackedTripletsMiner has no reference-set form: triplets are batch rows"

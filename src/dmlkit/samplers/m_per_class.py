@@ -43,6 +43,15 @@ class MPerClassSampler(Sampler[list[int]]):
         seed: int = 0,
     ) -> None:
         labels_np = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
+        if labels_np.ndim == 2 and labels_np.dtype == bool:
+            raise ValueError(
+                f"m_per_class balances classes of (n,) labels, got multi-labels of shape "
+                f"{labels_np.shape}, which define no classes to draw m items of")
+        if labels_np.ndim == 2:
+            raise ValueError(
+                f"m_per_class takes (n,) class labels, got hierarchical labels of shape "
+                f"{labels_np.shape}; use the 'hierarchical' sampler (HierarchicalSampler: "
+                "super-classes x classes x m samples) for (n, L) labels")
         if labels_np.ndim != 1:
             raise ValueError(f"labels must be 1-D, got shape {labels_np.shape}")
         if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1:
