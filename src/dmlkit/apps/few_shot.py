@@ -107,6 +107,9 @@ class FewShotClassifier(ClassifierMixin, BaseEstimator):
         z = self._embed(X, reset=True)
         y = check_targets(y, z.shape[0])
         self.classes_, codes = np.unique(y, return_inverse=True)
+        if self.classes_.size < 2:
+            raise ValueError(f"a support set needs at least two classes to choose between; y "
+                             f"has one class, {self.classes_.tolist()!r}")
         self.support_, self.support_codes_ = z, codes.astype(np.int64)
         counts = np.bincount(codes, minlength=self.classes_.size)
         sums = np.zeros((self.classes_.size, z.shape[1]))

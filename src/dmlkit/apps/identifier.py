@@ -25,6 +25,7 @@ from sklearn.utils.validation import check_is_fitted
 from dmlkit.apps.embedding import embed_inputs, validate_inputs
 from dmlkit.apps.identification_metrics import dir_at_far, far_threshold, open_set_roc
 from dmlkit.apps.persistence import load_kit, load_kit_index, save_kit
+from dmlkit.apps.search_breadth import free_knob, tune, widen
 from dmlkit.apps.targets import check_targets
 
 MODES = ("nearest", "prototype")
@@ -44,6 +45,14 @@ class Identifier(ClassifierMixin, BaseEstimator):
     index : str
         ``"exact"`` (:class:`~dmlkit.index.ExactIndex`) or a faiss factory string
         (``"Flat"``, ``"HNSW32"``, ``"IVF1024,Flat"``; HNSW cannot ``remove``).
+    nprobe, ef_search : int, optional
+        Search breadth of an IVF index (lists visited per query) or an HNSW graph.
+        ``None``: chosen on :meth:`fit` for the gallery, widened from faiss's default
+        until recall@10 against exact search reaches 0.95
+        (:func:`dmlkit.index.calibrate.calibrate`), and further while calibration
+        items find no other identity; the value used is kept on the index. Given values
+        are used as they are (calibration then fails with a message when they are too
+        narrow to find other identities).
     target_far : float in (0, 1), optional
         False-alarm rate of the rejection threshold. ``None``: closed set (never reject).
     unknown_label : object
@@ -81,6 +90,8 @@ class Identifier(ClassifierMixin, BaseEstimator):
         mode: str = "nearest",
         metric: str = "cosine",
         index: str = "exact",
+        nprobe: int | None = None,
+        ef_search: int | None = None,
         target_far: float | None = 1e-2,
         unknown_label: Any = -1,
         calibration_size: int = 5000,
@@ -92,6 +103,8 @@ class Identifier(ClassifierMixin, BaseEstimator):
         self.mode = mode
         self.metric = metric
         self.index = index
+        self.nprobe = nprobe
+        self.ef_search = ef_search
         self.target_far = target_far
         self.unknown_label = unknown_label
         self.calibration_size = calibration_size
@@ -110,8 +123,14 @@ class Identifier(ClassifierMixin, BaseEstimator):
 
         metric = INDEX_METRIC[self.metric]
         if self.index == "exact":
+            if self.nprobe is not None or self.ef_search is not None:
+                raise ValueError("nprobe / ef_search apply to faiss indexes (index='IVF...', "
+                                 "'HNSW...'), not to index='exact'")
             return ExactIndex(dim, metric)
-        return FaissIndex(dim, metric, self.index)
+        return FaissIndex(dim, metric, self.index, nprobe=self.nprobe, ef_search=self.ef_search)
+
+    def _knob(self) -> str | None:
+        return free_knob(str(self.index), self.nprobe, self.ef_search)
 
     def fit(self, X: Any, y: Any) -> Identifier:
         """Enroll gallery ``X`` ``(n, ...)`` with identities ``y`` ``(n,)`` (replacing any
@@ -130,6 +149,9 @@ class Identifier(ClassifierMixin, BaseEstimator):
         self.item_codes_ = np.zeros(0, dtype=np.int64)
         self.sums_ = np.zeros((0, z.shape[1]))
         self._add(z, y)
+        ids = self.index_.ids
+        tune(self.index_, self.sums_[ids] / self.counts_[ids, None]
+             if self.mode == "prototype" else z, self._knob(), self.random_state)
         self._calibrate(z, y)
         return self
 
@@ -333,6 +355,20 @@ class Identifier(ClassifierMixin, BaseEstimator):
                 codes, scores = self._search(z[pick[short]], 2, depth=depth)
                 other = np.where(codes[:, 0] != own[pick[short]], 0, 1)
                 impostor[short] = scores[np.arange(short.size), other]
+            # an approximate index may visit only the item's own identity: widen it
+            short = np.flatnonzero(np.isneginf(impostor))
+            while short.size and widen(self.index_, self._knob()):
+                codes, scores = self._search(z[pick[short]], 2, depth=self.index_.ntotal)
+                other = np.where(codes[:, 0] != own[pick[short]], 0, 1)
+                impostor[short] = scores[np.arange(short.size), other]
+                short = short[np.isneginf(impostor[short])]
+            if short.size:
+                raise ValueError(
+                    f"calibration: {short.size} of {pick.size} gallery items find no other "
+                    f"identity through the index {self.index!r} (its search visits too little "
+                    "of the gallery), so no impostor score can be measured for them; raise "
+                    "nprobe / ef_search (or leave them unset to have them chosen), or use "
+                    "index='exact'")
         self.threshold_ = far_threshold(impostor, float(self.target_far))
 
     # -- evaluation ---------------------------------------------------------------------
@@ -342,7 +378,8 @@ class Identifier(ClassifierMixin, BaseEstimator):
 
         Queries of enrolled identities give the CMC curve (``rank1``, ``rank5``); those
         of other identities are the unknowns of ``dir_at_far_*`` and of the false-alarm
-        rate at ``threshold_``. ``curves`` adds the open-set ROC.
+        rate at ``threshold_``. ``curves`` adds the open-set ROC. Queries of unknown
+        identities only give ``far_at_threshold`` (and the counts).
         """
         check_is_fitted(self, "index_")
         if isinstance(max_rank, bool) or not isinstance(max_rank, (int, np.integer)) \
@@ -353,8 +390,10 @@ class Identifier(ClassifierMixin, BaseEstimator):
         codes, scores = self._search(z, max(int(max_rank), 5))  # rank5 at any max_rank
         truth = self._codes(y, create=False)
         known = (truth >= 0) & (self.counts_[np.clip(truth, 0, None)] > 0)
-        if not known.any():
-            raise ValueError("no query belongs to an enrolled identity")
+        if not known.any():  # unknowns only: the false-alarm rate alone
+            return {"num_known": 0, "num_unknown": int(known.size),
+                    "threshold": float(self.threshold_),
+                    "far_at_threshold": float((scores[:, 0] >= self.threshold_).mean())}
         hit = codes[known] == truth[known][:, None]  # (nk, max(max_rank, 5))
         cmc = np.cumsum(hit, axis=1).clip(0, 1).mean(0)
         correct = hit[:, 0]

@@ -13,7 +13,12 @@ every file's size and SHA-256 checked against the manifest on load, arrays read 
                     rebuilt on load from its config, kept in state.json)
 
 Constructor parameters must be JSON values; an ``embedder`` is saved only as a run
-directory path (a module or callable cannot be written without pickle).
+directory path (a module or callable cannot be written without pickle). A kit that embeds
+with a run also records ``"model_sha256"``, the fingerprint of that run's weights
+(:func:`run_fingerprint`): its thresholds, gallery and prototypes hold only for those
+weights, so loading it once the run's model has changed (training resumed, the run
+replaced) raises :class:`StaleKitError`. Kits saved without a fingerprint load with a
+warning.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +38,39 @@ KIT_FORMAT = "dmlkit-kit"
 KIT_VERSION = 1
 STATE = "state.json"
 INDEX_PREFIX = "index."
+#: manifest key of the fingerprint of the weights of the run a kit embeds with
+FINGERPRINT = "model_sha256"
+
+
+class StaleKitError(ValueError):
+    """A saved kit whose run's model is not the one it was fitted with."""
+
+
+def run_fingerprint(run_dir: str | Path) -> str:
+    """SHA-256 of the weights of the model of run directory ``run_dir``, as loaded.
+
+    The same fingerprint as :func:`dmlkit.index.store.model_fingerprint` of the run's
+    model (and as embedding stores record), so it names the weights whichever file
+    (``model.pt`` or the last checkpoint) they come from.
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``run_dir`` is not a run directory (or holds no weights).
+    """
+    from dmlkit.index.store import model_fingerprint
+    from dmlkit.runs import load_run
+
+    return model_fingerprint(load_run(run_dir).model)
+
+
+def run_embedder(estimator: Any) -> str | None:
+    """The run directory an estimator embeds with (its ``embedder`` parameter when that
+    is a path, other than ``"learn"``), else ``None``."""
+    value = getattr(estimator, "embedder", None)
+    if isinstance(value, Path) or (isinstance(value, str) and value != "learn"):
+        return str(value)
+    return None
 
 
 def _json_params(estimator: Any) -> dict[str, Any]:
@@ -85,6 +124,9 @@ def save_kit(
         "count": int(count),
         "params": _json_params(estimator),
     }
+    run_dir = run_embedder(estimator)
+    if run_dir is not None:
+        header[FINGERPRINT] = run_fingerprint(run_dir)
     path = Path(path)
     with tempfile.TemporaryDirectory(dir=path.parent if path.parent.exists() else None) as tmp:
         writers = {}
@@ -128,7 +170,42 @@ def load_kit(path: str | Path, cls: type) -> tuple[Any, dict[str, Any], dict[str
         arrays[name] = load_array(path, name, shape, dtype)
     if manifest["dim"]:
         estimator.n_features_in_ = int(manifest["dim"])
+    check_kit_run(path, estimator, manifest.get(FINGERPRINT))
     return estimator, state, arrays
+
+
+def check_kit_run(path: str | Path, estimator: Any, recorded: str | None) -> None:
+    """Refuse a kit whose run's weights differ from those it was fitted with.
+
+    ``recorded`` is the fingerprint saved with the kit (``None`` for kits saved before
+    fingerprints were recorded: a warning, since the run cannot be checked).
+
+    Raises
+    ------
+    StaleKitError
+        When the run directory is gone or its model's weights have changed.
+    """
+    run_dir = run_embedder(estimator)
+    if run_dir is None:
+        return
+    redo = ("fit the kit again with the run's current model and save it again (re-enroll "
+            "the gallery; dmlkit verify / identify RUN ... --save)")
+    try:
+        current = run_fingerprint(run_dir)
+    except (FileNotFoundError, ValueError) as err:
+        raise StaleKitError(f"{path} embeds with the run {run_dir}, which cannot be loaded "
+                            f"now ({err}); restore the run, or {redo}") from None
+    if recorded is None:
+        warnings.warn(f"{path} records no fingerprint of the weights of its run {run_dir}, so "
+                      "it cannot be checked that the run's model is still the one the kit was "
+                      f"fitted with; if it changed since, {redo}. Saving the kit again records "
+                      "one.", UserWarning, stacklevel=3)
+    elif recorded != current:
+        raise StaleKitError(
+            f"{path} was fitted with the model of {run_dir} as it was when the kit was saved, "
+            "but that run's weights have changed since (training resumed, or the run "
+            "replaced): the kit's thresholds, gallery and prototypes do not hold for the new "
+            f"model; {redo}")
 
 
 def load_kit_index(path: str | Path) -> Any:
@@ -190,5 +267,6 @@ def load_module(
     return model.eval()
 
 
-__all__ = ["KIT_FORMAT", "KIT_VERSION", "save_kit", "load_kit", "load_kit_index", "kit_kind",
+__all__ = ["FINGERPRINT", "KIT_FORMAT", "KIT_VERSION", "StaleKitError", "check_kit_run",
+           "run_embedder", "run_fingerprint", "save_kit", "load_kit", "load_kit_index", "kit_kind",
            "module_arrays", "load_module"]

@@ -226,6 +226,16 @@ class Verifier(BaseEstimator):
         check_is_fitted(self, "threshold_")
         return self._pair_scores(self._embed(X_a, reset=False), self._embed(X_b, reset=False))
 
+    def score_embeddings(self, z_a: Any, z_b: Any) -> np.ndarray:
+        """``(m,)`` float64 score of pairs of embeddings ``(m, dim)`` already computed by
+        this verifier's embedder (they are not embedded again)."""
+        check_is_fitted(self, "threshold_")
+        z_a = np.asarray(z_a, dtype=np.float64)
+        z_b = np.asarray(z_b, dtype=np.float64)
+        if z_a.ndim != 2:
+            raise ValueError(f"embeddings must be (m, dim), got shape {z_a.shape}")
+        return self._pair_scores(z_a, z_b)
+
     def decision_function(self, X_a: Any, X_b: Any) -> np.ndarray:
         """``score - threshold_``: non-negative for pairs accepted as "same"."""
         return self.score_pairs(X_a, X_b) - self.threshold_

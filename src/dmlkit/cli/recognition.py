@@ -4,10 +4,17 @@ Each takes an optional run directory (its model embeds raw inputs; omit it for d
 are embeddings already), labelled data (a ``.npz`` with ``x`` or ``embeddings`` and
 ``labels``, a ``.npy``, ``heldout`` / ``train`` of the run, or any dataset spec of
 ``dmlkit embed``), prints its metrics and writes them as JSON.
+
+With a run, the data are read as ``dmlkit embed`` and ``search`` read them (see
+:class:`DataReader`). A ``.npz`` may carry ``class_names``: its integer labels then name
+them, so files that number their classes apart compare by name, and ``-1`` marks an
+unknown identity (allowed among queries only). ``dmlkit verify`` without ``--calibrate``
+or ``--pairs`` fits its threshold on half of the identities and tests it on the others.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,53 +31,157 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
-def read_set(spec: str, run_dir: Path | None) -> tuple[Any, Any, dict[str, Any]]:
-    """``(x, labels or None, every array of a .npz)`` of a data spec."""
+#: the name an unknown identity (label -1) takes when labels are mapped to class names
+UNKNOWN = "<unknown>"
 
-    from dmlkit.data.npz import read_arrays
 
-    path = Path(spec)
-    if path.suffix == ".npz" and path.is_file():
-        arrays = read_arrays(path)  # (an empty or truncated file: a ValueError naming it)
-        key = next((k for k in ("x", "embeddings") if k in arrays), None)
-        if key is None:
-            raise ValueError(f"{path} needs an 'x' (or 'embeddings') array; it has "
-                             f"{sorted(arrays)}")
-        if key == "embeddings" and run_dir is not None:
-            raise ValueError(f"{path} holds embeddings (array 'embeddings'), which RUN_DIR's "
-                             "model would embed again: leave RUN_DIR out to use them as they "
-                             "are, or give raw inputs as an 'x' array")
-        labels = arrays.get("labels")
-        names = arrays.get("class_names")
-        if labels is not None and names is not None and labels.dtype.kind in "iu":
-            labels = names[labels]  # files number their classes apart: compare by name
-        return arrays[key], labels, arrays
-    if path.suffix == ".npy" and path.is_file():
-        return read_arrays(path)["x"], None, {}
-    if spec in ("heldout", "train"):
-        if run_dir is None:
-            raise ValueError(f"--data {spec} names a split of a run: pass RUN_DIR")
-        from dmlkit.runs import build_splits, load_run
+def _warned(call: Any, *args: Any) -> Any:
+    """``call(*args)``, its warnings printed as ``warning:`` lines."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = call(*args)
+    for w in caught:
+        typer.echo(f"warning: {w.message}", err=True)
+    return out
 
-        train, heldout = build_splits(load_run(run_dir).config)
-        data = heldout if spec == "heldout" else train
-    else:
-        from dmlkit.data import load_dataset
 
-        data = load_dataset(spec)
-    return data.x.numpy(), data.labels.numpy(), {}
+def named_labels(arrays: dict[str, Any], source: str) -> Any:
+    """The ``labels`` of a ``.npz`` (``None`` without), as names when it has integer labels
+    and ``class_names`` (files number their classes apart: compare by name); ``-1`` stays
+    an unknown identity (:data:`UNKNOWN` among names)."""
+    import numpy as np
+
+    labels = arrays.get("labels")
+    names = arrays.get("class_names")
+    if labels is None or names is None or labels.dtype.kind not in "iu" or labels.ndim != 1:
+        return labels
+    names = np.asarray(names).reshape(-1)
+    bad = labels[(labels < -1) | (labels >= names.size)]
+    if bad.size:
+        raise ValueError(f"{source}: its labels index its class_names ({names.size} names), "
+                         f"but label {int(bad[0])} is out of range; labels must be in "
+                         f"[0, {names.size - 1}], or -1 for an unknown identity")
+    unknown = -1 if names.dtype.kind in "iuf" else UNKNOWN
+    return np.where(labels < 0, unknown, names[np.clip(labels, 0, None)])
+
+
+def refuse_unknown(labels: Any, what: str) -> None:
+    """Raise a ``ValueError`` when ``labels`` hold the unknown identity (``-1``): items of
+    a gallery, a support or a verification set need their identity."""
+    import numpy as np
+
+    if labels is None:
+        return
+    labels = np.asarray(labels)
+    unknown = labels == (UNKNOWN if labels.dtype.kind in "USO" else -1)
+    if unknown.any():
+        raise ValueError(f"{what}: {int(unknown.sum())} items have the unknown label -1; every "
+                         "item here needs its identity (unknowns belong among the queries)")
+
+
+class DataReader:
+    """Reads the data options of a command: raw inputs of ``run_dir``'s model when a run
+    is given, read as ``dmlkit embed`` and ``search`` read them
+    (:mod:`dmlkit.runs.data`, :func:`~dmlkit.runs.queries.prepare_inputs`: ``uint8``
+    scaled to [0, 1], flat rows reshaped, other shapes refused, folders read with the
+    run's image size and colour, values far outside the training range warned about);
+    without a run, the arrays as they are (embeddings or features)."""
+
+    def __init__(self, run_dir: Path | None) -> None:
+        self.run_dir = run_dir
+        self._run: Any = None
+        self._spec: Any = None
+
+    @property
+    def run(self) -> Any:
+        if self._run is None:
+            from dmlkit.runs import load_run
+
+            self._run = load_run(self.run_dir)
+        return self._run
+
+    def _inputs(self, x: Any, source: str) -> Any:
+        from dmlkit.runs.queries import prepare_inputs, run_input_spec
+
+        if self._spec is None:
+            self._spec = run_input_spec(self.run)
+        return _warned(prepare_inputs, x, self._spec, source)
+
+    def read(self, spec: str, option: str) -> tuple[Any, Any, dict[str, Any]]:
+        """``(x, labels or None, every array of a .npz)`` of the data ``option`` names."""
+        x, labels, arrays = self._read(spec, option)
+        if len(x) == 0:
+            raise ValueError(f"{option} {spec} holds no items")
+        return x, labels, arrays
+
+    def _read(self, spec: str, option: str) -> tuple[Any, Any, dict[str, Any]]:
+        from dmlkit.data.npz import read_arrays
+
+        path, run = Path(spec), self.run_dir is not None
+        source = f"{option} {spec}"
+        if path.suffix == ".npz" and path.is_file():
+            arrays = read_arrays(path)  # (an empty or truncated file: a ValueError naming it)
+            key = next((k for k in ("x", "embeddings") if k in arrays), None)
+            if key is None:
+                raise ValueError(f"{path} needs an 'x' (or 'embeddings') array; it has "
+                                 f"{sorted(arrays)}")
+            if key == "embeddings" and run:
+                raise ValueError(f"{path} holds embeddings (array 'embeddings'), which RUN_DIR's "
+                                 "model would embed again: leave RUN_DIR out to use them as "
+                                 "they are, or give raw inputs as an 'x' array")
+            x = self._inputs(arrays[key], source) if run else arrays[key]
+            labels = named_labels(arrays, str(path))
+            if labels is not None and len(labels) != len(x):
+                raise ValueError(f"{path}: {len(x)} items but {len(labels)} labels")
+            return x, labels, arrays
+        if path.suffix == ".npy" and path.is_file():
+            x = read_arrays(path)["x"]
+            return (self._inputs(x, source) if run else x), None, {}
+        if spec in ("heldout", "train") and not run:
+            raise ValueError(f"{option} {spec} names a split of a run: pass RUN_DIR")
+        if run:
+            from dmlkit.runs.data import SPLITS, run_data
+
+            data = _warned(run_data, self.run, spec)
+            names = None if spec in SPLITS else data.class_names
+        else:
+            from dmlkit.data import load_dataset
+
+            data = load_dataset(spec)
+            names = data.class_names
+        labels = data.labels.numpy()
+        if names is not None and labels.ndim == 1:
+            import numpy as np
+
+            labels = np.asarray(names)[labels]  # folders number their classes apart
+        return data.x.numpy(), labels, {}
 
 
 def read_pairs(path: Path) -> Any:
-    """``(m, 2)`` or ``(m, 3)`` int array of a CSV of ``i,j[,same]`` rows (header optional)."""
+    """``(m, 2)`` or ``(m, 3)`` int array of a CSV of ``i,j[,same]`` rows (header optional:
+    a first row that is not all numbers)."""
     import numpy as np
 
     if not path.is_file():
         raise FileNotFoundError(f"pair file not found: {path}")
-    with open(path) as f:
-        first = f.readline().strip().split(",")
-    skip = 0 if all(v.strip().lstrip("-").isdigit() for v in first) else 1
-    rows = np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2)
+    lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+    if not lines:
+        raise ValueError(f"{path} is empty: expected rows i,j or i,j,same")
+
+    def numeric(field: str) -> bool:
+        try:
+            float(field)
+        except ValueError:
+            return False
+        return True
+
+    skip = 0 if all(numeric(v) for v in lines[0].split(",")) else 1
+    if skip and len(lines) == 1:
+        raise ValueError(f"{path} has a header ({lines[0]!r}) but no pairs")
+    try:
+        rows = np.loadtxt(lines[skip:], delimiter=",", ndmin=2)
+    except ValueError as err:
+        raise ValueError(f"{path}: expected integer columns i,j or i,j,same ({err})") from None
     if rows.shape[1] not in (2, 3) or not np.all(rows == np.round(rows)):
         raise ValueError(f"{path}: expected integer columns i,j or i,j,same")
     return rows.astype(np.int64)
@@ -100,7 +211,7 @@ def _print(title: str, metrics: dict[str, Any]) -> None:
             ci = metrics.get("ci95", {}).get(key) if isinstance(metrics.get("ci95"), dict) else None
             extra = f"  (95% CI {ci[0]:.4f}-{ci[1]:.4f})" if ci else ""
             typer.echo(f"  {key:24s} {value:.4f}{extra}")
-        elif isinstance(value, int):
+        elif isinstance(value, int) and not isinstance(value, bool):
             typer.echo(f"  {key:24s} {value}")
 
 
@@ -119,7 +230,8 @@ def register(app: typer.Typer) -> None:
         pairs: Path = typer.Option(None, "--pairs", help="CSV of i,j[,same] rows of --data "
                                    "(default: pairs drawn from the labels)."),
         calibrate: str = typer.Option(None, "--calibrate", help="Separate labelled data to fit "
-                                      "the threshold on (default: half of --data)."),
+                                      "the threshold on (default: half of the identities of "
+                                      "--data; tested on the other half)."),
         target_far: float = typer.Option(None, "--target-far", help="Threshold for this FAR "
                                          "(default: best accuracy)."),
         calibration: str = typer.Option("platt", "--calibration", help="platt or isotonic."),
@@ -134,33 +246,48 @@ def register(app: typer.Typer) -> None:
         import numpy as np
 
         from dmlkit.apps import Verifier
+        from dmlkit.apps.splits import split_identities
 
+        reader = DataReader(run_dir)
+        split: dict[str, Any] = {}
         try:
-            x, y, _ = read_set(data, run_dir)
+            rows = None if pairs is None else read_pairs(pairs)
+            x, y, _ = reader.read(data, "--data")
+            if rows is None or rows.shape[1] == 2:  # the labels say which pairs are same
+                refuse_unknown(y, f"--data {data}")
             v = Verifier(metric=metric, target_far=target_far, calibration=calibration,
                          max_pairs=max_pairs, n_bootstrap=bootstrap, random_state=seed,
                          embedder=None if run_dir is None else str(run_dir))
             if calibrate is not None:
-                xc, yc, _ = read_set(calibrate, run_dir)
+                xc, yc, _ = reader.read(calibrate, "--calibrate")
+                refuse_unknown(yc, f"--calibrate {calibrate}")
                 v.fit(xc, yc)
-                result = v.evaluate(x, y, pairs=None if pairs is None else read_pairs(pairs))
-            elif pairs is not None:
-                rows = read_pairs(pairs)
+                result = v.evaluate(x, y, pairs=rows)
+                split = {"protocol": "calibrate"}
+            elif rows is not None:
                 fit_rows, eval_rows = split_rows(len(rows), None, 0.5, seed)
                 v.fit(x, y, pairs=rows[fit_rows])
                 result = v.evaluate(x, y, pairs=rows[eval_rows])
+                split = {"protocol": "pairs"}
             else:
                 if y is None:
                     raise ValueError(f"{data} has no labels: pass --pairs with is_same")
-                fit_rows, eval_rows = split_rows(len(y), y, 0.5, seed)
+                y = np.asarray(y)
+                try:
+                    fit_rows, eval_rows = split_identities(y, 0.5, seed, f"--data {data}")
+                except ValueError as err:
+                    raise ValueError(f"{err} (--calibrate DATA, or --pairs CSV)") from None
                 v.fit(x[fit_rows], y[fit_rows])
-                result = v.evaluate(x[eval_rows], np.asarray(y)[eval_rows])
+                result = v.evaluate(x[eval_rows], y[eval_rows])
+                split = {"protocol": "identities",
+                         "fit_identities": int(np.unique(y[fit_rows]).size),
+                         "test_identities": int(np.unique(y[eval_rows]).size)}
             if save is not None:
                 v.save(save)
         except ERRORS as err:
             raise _fail(str(err)) from None
         result = {"command": "verify", "run_dir": str(run_dir) if run_dir else None,
-                  "data": data, "pairs": str(pairs) if pairs else None,
+                  "data": data, "pairs": str(pairs) if pairs else None, **split,
                   "fit_pairs": v.n_pairs_, **result}
         _print(f"verification ({result['num_pairs']} pairs, {result['num_same']} same)", result)
         _write(result, out)
@@ -173,7 +300,14 @@ def register(app: typer.Typer) -> None:
                                   "the gallery are the unknowns."),
         mode: str = typer.Option("nearest", "--mode", help="nearest or prototype."),
         index: str = typer.Option("exact", "--index", help="exact or a faiss factory string."),
-        target_far: float = typer.Option(0.01, "--target-far"),
+        nprobe: int = typer.Option(None, "--nprobe", help="IVF lists searched per query "
+                                   "(default: chosen for the gallery)."),
+        ef_search: int = typer.Option(None, "--ef-search", help="HNSW search breadth "
+                                      "(default: chosen for the gallery)."),
+        target_far: float = typer.Option(0.01, "--target-far", help="False-alarm rate of the "
+                                         "threshold that rejects unknowns."),
+        closed_set: bool = typer.Option(False, "--closed-set", help="Never reject: every "
+                                        "query is one of the enrolled identities."),
         metric: str = typer.Option("cosine", "--metric"),
         camera_key: str = typer.Option(None, "--camera-key", help="Array of both .npz files "
                                        "with each item's camera: the re-id protocol."),
@@ -188,35 +322,46 @@ def register(app: typer.Typer) -> None:
         from dmlkit.apps import Identifier
         from dmlkit.apps.identification_metrics import reid_metrics
 
+        reader = DataReader(run_dir)
+        reid = None
         try:
-            xg, yg, ag = read_set(gallery, run_dir)
-            xq, yq, aq = read_set(query, run_dir)
+            xg, yg, ag = reader.read(gallery, "--gallery")
+            xq, yq, aq = reader.read(query, "--query")
             if yg is None or yq is None:
                 raise ValueError("gallery and query need labels (identities)")
-            ident = Identifier(mode=mode, metric=metric, index=index, target_far=target_far,
+            refuse_unknown(yg, f"--gallery {gallery}")
+            far = None if closed_set else target_far
+            ident = Identifier(mode=mode, metric=metric, index=index, nprobe=nprobe,
+                               ef_search=ef_search, target_far=far,
                                embedder=None if run_dir is None else str(run_dir))
             ident.fit(xg, yg)
-            result = ident.evaluate(xq, yq, fars=(target_far,))
-            zq, zg = ident.embed(xq), ident.embed(xg)
+            result = ident.evaluate(xq, yq, fars=() if far is None else (far,))
+            if far is None:
+                result["threshold"] = None  # (-inf: nothing is rejected)
             known = np.isin(yq, yg)
-            cams = (None, None)
-            if camera_key is not None:
-                if camera_key not in ag or camera_key not in aq:
-                    raise ValueError(f"both --gallery and --query need an array {camera_key!r}")
-                cams = (aq[camera_key][known], ag[camera_key])
-            reid = reid_metrics(zq[known], zg, yq[known], yg, *cams, metric=metric,
-                                multi_shot=multi_shot)
+            if known.any():
+                zq, zg = ident.embed(xq), ident.embed(xg)
+                cams = (None, None)
+                if camera_key is not None:
+                    if camera_key not in ag or camera_key not in aq:
+                        raise ValueError(f"both --gallery and --query need an array "
+                                         f"{camera_key!r}")
+                    cams = (aq[camera_key][known], ag[camera_key])
+                reid = reid_metrics(zq[known], zg, yq[known], yg, *cams, metric=metric,
+                                    multi_shot=multi_shot)
             if save is not None:
                 ident.save(save)
         except ERRORS as err:
             raise _fail(str(err)) from None
         result = {"command": "identify", "run_dir": str(run_dir) if run_dir else None,
-                  "gallery": gallery, "query": query, "gallery_size": len(yg), **result,
-                  "map": reid["map"], "reid": reid}
-        _print(f"open-set identification ({result['num_known']} known, "
-               f"{result['num_unknown']} unknown queries)", result)
-        _print("item ranking" + (" (re-id protocol)" if camera_key else ""),
-               {k: reid[k] for k in ("rank1", "rank5", "map", "num_queries", "num_skipped")})
+                  "gallery": gallery, "query": query, "gallery_size": len(yg),
+                  "open_set": not closed_set, **result,
+                  **({} if reid is None else {"map": reid["map"], "reid": reid})}
+        _print(f"{'closed' if closed_set else 'open'}-set identification "
+               f"({result['num_known']} known, {result['num_unknown']} unknown queries)", result)
+        if reid is not None:
+            _print("item ranking" + (" (re-id protocol)" if camera_key else ""),
+                   {k: reid[k] for k in ("rank1", "rank5", "map", "num_queries", "num_skipped")})
         _write(result, out)
 
     @app.command("fewshot")
@@ -257,9 +402,10 @@ def register(app: typer.Typer) -> None:
             if episodes_data is not None:
                 from dmlkit.apps.embedding import embed_inputs
 
-                x, y, _ = read_set(episodes_data, run_dir)
+                x, y, _ = DataReader(run_dir).read(episodes_data, "--episodes")
                 if y is None:
                     raise ValueError(f"{episodes_data} has no labels")
+                refuse_unknown(y, f"--episodes {episodes_data}")
                 x = embed_inputs(embedder, x).numpy()  # once for every setting
                 clf.set_params(embedder=None)
                 for n in way_list:
@@ -270,17 +416,31 @@ def register(app: typer.Typer) -> None:
                         typer.echo(f"{n}-way {k}-shot: {r['accuracy']:.4f} ± {r['ci95']:.4f} "
                                    f"(95% CI, {n_episodes} episodes)")
             elif support is not None and query is not None:
-                xs, ys, _ = read_set(support, run_dir)
-                xq, yq, _ = read_set(query, run_dir)
+                reader = DataReader(run_dir)
+                xs, ys, _ = reader.read(support, "--support")
+                xq, yq, _ = reader.read(query, "--query")
                 if ys is None or yq is None:
                     raise ValueError("--support and --query need labels")
-                if (np.asarray(ys).dtype.kind in "USO") != (np.asarray(yq).dtype.kind in "USO"):
+                refuse_unknown(ys, f"--support {support}")
+                ys, yq = np.asarray(ys), np.asarray(yq)
+                if (ys.dtype.kind in "USO") != (yq.dtype.kind in "USO"):
                     raise ValueError("--support and --query labels must share one type "
                                      "(names or numbers)")
                 clf.fit(xs, ys)
-                acc = float((clf.predict(xq) == yq).mean())
-                result.update({"support": support, "query": query, "accuracy": acc,
+                right = clf.predict(xq) == yq
+                covered = np.isin(yq, clf.classes_)
+                result.update({"support": support, "query": query,
+                               "accuracy": float(right.mean()),
                                "num_classes": int(len(clf.classes_)), "num_queries": len(yq)})
+                if not covered.all():
+                    missing = np.unique(yq[~covered])
+                    typer.echo(f"warning: {int((~covered).sum())} queries are of classes the "
+                               f"support does not hold ({missing[:5].tolist()}"
+                               f"{' ...' if missing.size > 5 else ''}) and count as wrong in "
+                               "accuracy; accuracy_covered leaves them out", err=True)
+                    result.update({"accuracy_covered": float(right[covered].mean())
+                                   if covered.any() else float("nan"),
+                                   "num_uncovered": int((~covered).sum())})
                 _print("few-shot classification", result)
             else:
                 raise ValueError("pass --support and --query, or --episodes DATA")

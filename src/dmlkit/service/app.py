@@ -1,8 +1,10 @@
 """The HTTP service: embed, search, verify, identify and manage items of one index.
 
 Every route but ``/health`` needs an API key (``Authorization: Bearer KEY`` or
-``X-API-Key: KEY``) and is rate limited per key. Bodies and batches are bounded; every
-bad request is a 4xx with a message and the server keeps serving.
+``X-API-Key: KEY``) and is rate limited per key. Bodies, batches and responses (rows times
+``k`` hits) are bounded; every bad request is a 4xx with a message and the server keeps
+serving. The index and the verifier must belong to the served model
+(:mod:`dmlkit.service.provenance`): the service refuses to start otherwise.
 """
 
 from __future__ import annotations
@@ -15,19 +17,22 @@ from typing import Any
 import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictInt
 
+from dmlkit.service.provenance import VerifierScorer, check_index_source
 from dmlkit.service.security import ApiKeys, RateLimiter
 from dmlkit.service.store import DurableIndex
 
 
 @dataclass
 class ServiceConfig:
-    """Limits and thresholds of a service instance."""
+    """Limits and thresholds of a service instance (``max_results``: most hits, rows
+    times ``k``, of one ``/search`` response)."""
 
     max_body_bytes: int = 8 << 20
     max_batch: int = 1024
     max_k: int = 1000
+    max_results: int = 100_000
     rate: float = 50.0
     burst: int = 100
     verify_threshold: float | None = None
@@ -39,7 +44,7 @@ class Batch(BaseModel):
     model) or ``embeddings``."""
 
     inputs: list[Any] | None = None
-    embeddings: list[list[float]] | None = None
+    embeddings: list[list[Any]] | None = None
 
 
 class SearchRequest(Batch):
@@ -48,7 +53,7 @@ class SearchRequest(Batch):
 
 class ItemsRequest(Batch):
     metadata: list[Any] | None = None
-    labels: list[int] | None = None
+    labels: list[StrictInt] | None = None
 
 
 class VerifyRequest(BaseModel):
@@ -156,6 +161,8 @@ def create_app(store: DurableIndex, keys: ApiKeys, embedder: Any = None,
         raise ValueError(f"the model embeds into {embedder.dim} dimensions but the index holds "
                          f"{store.index.dim}-dimensional vectors: build the index with this "
                          f"run (dmlkit index build RUN ...)")
+    check_index_source(store.index.info, embedder, f"the index {store.path}")
+    scorer = None if verifier is None else VerifierScorer(verifier, embedder, store.index.dim)
 
     @app.middleware("http")
     async def observe(request: Request, call_next: Any) -> Any:
@@ -197,6 +204,11 @@ def create_app(store: DurableIndex, keys: ApiKeys, embedder: Any = None,
                                 "takes numeric rows" + ("" if embedder is None else
                                 f" of {embedder.n_features} values") + "; send a list of rows "
                                 "of numbers, or serve a text run")
+        found, bad = _non_number(rows)
+        if found:
+            raise HTTPException(422, f"{what}rows must hold numbers only; found "
+                                f"{type(bad).__name__} {bad!r} (send numbers, not strings or "
+                                "booleans)")
         try:
             x = np.asarray(rows, dtype=np.float64)
         except (ValueError, TypeError):
@@ -256,6 +268,11 @@ def create_app(store: DurableIndex, keys: ApiKeys, embedder: Any = None,
     def search(req: SearchRequest, _: bytes = Depends(auth)) -> dict[str, Any]:
         if req.k > cfg.max_k:
             raise HTTPException(422, f"k={req.k} is over the limit of {cfg.max_k}")
+        rows = req.inputs if req.inputs is not None else req.embeddings
+        if rows and len(rows) * req.k > cfg.max_results:
+            raise HTTPException(413, f"{len(rows)} rows times k={req.k} is "
+                                f"{len(rows) * req.k} hits; one response holds at most "
+                                f"{cfg.max_results}: send fewer rows or a smaller k")
         scores, ids, meta = store.search(vectors(req), req.k)
         results = [[{"id": int(i), "score": float(s), "metadata": m}
                     for s, i, m in zip(srow, irow, mrow, strict=True) if i >= 0]
@@ -288,10 +305,10 @@ def create_app(store: DurableIndex, keys: ApiKeys, embedder: Any = None,
         a, b = vectors(req.a, "a: "), vectors(req.b, "b: ")
         if len(a) != len(b):
             raise HTTPException(422, f"a has {len(a)} rows and b has {len(b)}; pairs are row-wise")
-        if verifier is not None:
-            scores = np.asarray(verifier.score_pairs(a, b), dtype=float)
-            same = np.asarray(verifier.predict(a, b)).astype(bool)
-            threshold = float(getattr(verifier, "threshold_", float("nan")))
+        if scorer is not None:
+            scores = scorer.scores(a, b)
+            same = scorer.decide(scores)
+            threshold = scorer.threshold
         else:
             if cfg.verify_threshold is None:
                 raise HTTPException(409, "no verification threshold: start the service with "
@@ -300,7 +317,7 @@ def create_app(store: DurableIndex, keys: ApiKeys, embedder: Any = None,
             threshold = float(cfg.verify_threshold)
             same = scores >= threshold
         kind = ("similarity" if metric != "l2" else "negative squared distance") \
-            if verifier is None else f"the verifier's {verifier.metric} score (larger: more alike)"
+            if scorer is None else f"the verifier's {scorer.metric} score (larger: more alike)"
         return {"scores": scores.tolist(), "same": same.tolist(), "threshold": threshold,
                 "score": kind}
 
@@ -321,6 +338,29 @@ def create_app(store: DurableIndex, keys: ApiKeys, embedder: Any = None,
         return JSONResponse({"detail": str(err)}, status_code=422)
 
     return BodyLimit(app, cfg.max_body_bytes)  # type: ignore[return-value]
+
+
+NUMBER_TYPES = frozenset({int, float})
+
+
+def _non_number(rows: list[Any]) -> tuple[bool, Any]:
+    """``(True, value)`` of the first value inside ``rows`` (nested lists) that is not an
+    int or a float (a string, a boolean, ``None``, an object), else ``(False, None)``."""
+    stack = list(reversed(rows))
+    while stack:
+        row = stack.pop()
+        if type(row) in NUMBER_TYPES:
+            continue
+        if not isinstance(row, list):
+            return True, row
+        kinds = set(map(type, row))
+        if kinds <= NUMBER_TYPES:
+            continue
+        if list in kinds:
+            stack.extend(reversed(row))
+            continue
+        return True, next(v for v in row if type(v) not in NUMBER_TYPES)
+    return False, None
 
 
 def _pair_scores(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:

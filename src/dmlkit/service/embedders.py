@@ -3,7 +3,10 @@
 The ONNX path needs only numpy and onnxruntime, so a serving install can leave torch out.
 Every embedder says what it takes in ``input_kind``: ``"numeric"`` (rows of
 ``n_features`` numbers) or ``"text"`` (strings, for runs whose model embeds text, such as
-a :class:`~dmlkit.models.SentenceEncoder`).
+a :class:`~dmlkit.models.SentenceEncoder`), and where its weights come from: ``run_dir``
+(the run directory, when known) and ``model_sha256`` (the fingerprint of the weights,
+:func:`dmlkit.index.store.model_fingerprint`; ``None`` when unknown), which the service
+checks against its index and its verifier.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ class OnnxEmbedder:
             raise FileNotFoundError(f"need {path} and {info_path} (written by dmlkit export)")
         info = json.loads(info_path.read_text())
         self.n_features, self.dim = int(info["n_features"]), int(info["dim"])
+        self.run_dir: str | None = info.get("run_dir")
+        self.model_sha256: str | None = info.get("model_sha256")
         self._input, self._output = info["input_name"], info["output_name"]
         self._session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
@@ -48,10 +53,13 @@ class TorchEmbedder:
     def __init__(self, run_dir: str | Path, run: Any = None) -> None:
         import torch
 
+        from dmlkit.index.store import model_fingerprint
         from dmlkit.runs import load_run
         from dmlkit.runs.export import FlatInputEmbedder, run_input_shape
 
         run = load_run(run_dir) if run is None else run
+        self.run_dir: str | None = str(Path(run_dir).resolve())
+        self.model_sha256: str | None = model_fingerprint(run.model)
         shape = run_input_shape(run)
         self.n_features = int(np.prod(shape))
         self._model = FlatInputEmbedder(run.model.eval(), shape).eval()
@@ -75,9 +83,12 @@ class TextEmbedder:
     n_features = None
 
     def __init__(self, run_dir: str | Path, run: Any = None) -> None:
+        from dmlkit.index.store import model_fingerprint
         from dmlkit.runs import load_run
 
         run = load_run(run_dir) if run is None else run
+        self.run_dir: str | None = str(Path(run_dir).resolve())
+        self.model_sha256: str | None = model_fingerprint(run.model)
         self._model = run.model.eval()
         self.dim = int(self(["dim"]).shape[1])
 
