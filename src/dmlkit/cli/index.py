@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy
 import typer
 
 from dmlkit.cli._npz_keys import LABELS_KEY, X_KEY
@@ -120,12 +121,21 @@ def build(
             emb_t, labels_t = embed(run.model, dataset, device=device)
             emb, labels = emb_t.numpy(), None if labels_t is None else labels_t.numpy()
             names = getattr(dataset, "class_names", None)
-            if names is not None and labels is not None:
+            if names is not None and labels is not None and labels.ndim == 1:
                 payloads = [{"class": names[int(y)]} for y in labels]
+            from dmlkit.index.store import model_fingerprint
+
             info = {"run_dir": str(source.resolve()),
-                    "data": describe(data, x_key, labels_key)}
+                    "data": describe(data, x_key, labels_key),
+                    "model_sha256": model_fingerprint(run.model)}
         if emb.ndim != 2:
             raise ValueError(f"{source}: embeddings must be (n, dim), got shape {emb.shape}")
+        if labels is not None and numpy.asarray(labels).ndim != 1:
+            raise ValueError(
+                f"{source}: an index stores one class id per item ((n,) labels), but the "
+                f"labels have shape {numpy.asarray(labels).shape}; store one id per item (e.g. "
+                "the leaf: np.unique(labels, axis=0, return_inverse=True)[1]) or drop them"
+            )
         dim = int(emb.shape[1])
         index = (ExactIndex(dim, metric) if factory == "exact"
                  else FaissIndex(dim, metric, factory, nprobe=nprobe, ef_search=ef_search))

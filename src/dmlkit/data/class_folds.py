@@ -95,6 +95,11 @@ def holdout_classes(
 
     See :func:`choose_val_classes` for ``val_classes``; labels keep their ids.
     """
+    if data.labels.dim() != 1:
+        raise ValueError(
+            "training.val_classes holds out (n,) class ids; with hierarchical (n, L) labels "
+            "use training.val_fraction"
+        )
     chosen = choose_val_classes(data.classes, val_classes, seed)
     rest = sorted(set(int(c) for c in data.classes) - set(chosen))
     return select_classes(data, rest), select_classes(data, chosen)
