@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from dmlkit.data.dataset import ArrayDataset
+from dmlkit.data.dataset import ArrayDataset, leaf_ids
 
 
 def class_split(
@@ -41,6 +41,11 @@ def class_split(
 
 def select_classes(data: ArrayDataset, classes: Sequence[int]) -> ArrayDataset:
     """The items whose label is in ``classes`` (labels keep their original ids)."""
+    if data.labels.dim() != 1:
+        raise ValueError(
+            "a split by classes needs (n,) class labels; hierarchical (n, L) labels split "
+            "stratified (by leaf)"
+        )
     labels = data.labels.numpy()
     keep = np.flatnonzero(np.isin(labels, np.asarray(list(classes), dtype=np.int64)))
     return data.subset(keep)
@@ -74,7 +79,7 @@ def stratified_split(
     data: ArrayDataset, test_fraction: float = 0.5, seed: int = 0
 ) -> tuple[ArrayDataset, ArrayDataset]:
     """Seeded stratified split of the samples: every class on both sides, same proportions."""
-    train_idx, test_idx = stratified_indices(data.labels.numpy(), test_fraction, seed)
+    train_idx, test_idx = stratified_indices(leaf_ids(data.labels).numpy(), test_fraction, seed)
     return data.subset(train_idx), data.subset(test_idx)
 
 
@@ -82,7 +87,7 @@ def limit_per_class(data: ArrayDataset, max_per_class: int, seed: int = 0) -> Ar
     """At most ``max_per_class`` items of each class, chosen with a seeded generator."""
     if max_per_class < 1:
         raise ValueError(f"max_per_class must be >= 1, got {max_per_class}")
-    labels = data.labels.numpy()
+    labels = leaf_ids(data.labels).numpy()  # (n,) one id per class (leaf)
     rng = np.random.default_rng(seed)
     keep = [rng.permutation(np.flatnonzero(labels == c))[:max_per_class] for c in np.unique(labels)]
     return data.subset(np.sort(np.concatenate(keep)))

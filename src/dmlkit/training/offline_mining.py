@@ -29,7 +29,7 @@ from dmlkit.distances.base import BaseDistance
 from dmlkit.distances.euclidean import EuclideanDistance
 from dmlkit.functional.chunking import chunk_size_for, row_chunks
 from dmlkit.functional.distances import pairwise_squared_euclidean
-from dmlkit.functional.labels import pos_neg_masks, same_label
+from dmlkit.functional.labels import check_labels, pos_neg_masks, same_label
 from dmlkit.functional.tuples import Triplets
 from dmlkit.registry import register_sampler
 
@@ -66,6 +66,7 @@ def hardest_negatives(
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
+    labels = check_labels(labels, embeddings.shape[0], allow_empty_rows=False)
     distance = distance if distance is not None else EuclideanDistance()
     x = distance.maybe_normalize(embeddings.detach().float())
     n = x.shape[0]

@@ -187,6 +187,10 @@ def heldout_metrics(
     metrics["baseline_unnormalized"] = {k: unnormalized[k] for k in METRIC_KEYS}
     metrics["baseline_inputs"] = "raw inputs, flattened, each row L2-normalized"
     metrics["num_queries"] = learned["num_queries"]
+    if labels is not None and labels.dim() == 2 and labels.dtype != torch.bool:
+        from dmlkit.evaluation.hierarchical import hierarchical_retrieval_metrics
+
+        metrics["hierarchical"] = hierarchical_retrieval_metrics(emb, labels)
     return metrics
 
 
