@@ -226,7 +226,8 @@ def main() -> None:
     for name, config in DATASETS.items():
         run_dir = ensure_run(name, config, args.runs)
         x, y, reps = representations(run_dir)
-        fit, test = split_rows(len(y), y, 0.5, 0)  # the CLI's split, so its numbers agree
+        # items of every unseen class on both sides (`dmlkit verify --data` splits by identity)
+        fit, test = split_rows(len(y), y, 0.5, 0)
         report[name] = {"run_dir": str(run_dir), "images": int(len(y))}
         for rep, v in reps.items():
             t = time.time()
