@@ -249,7 +249,6 @@ class MetricOutlierDetector(OutlierMixin, BaseEstimator):
         config and weights, a run directory as its absolute path. A torch module or
         callable passed as ``embedder`` cannot be saved (``TypeError``).
         """
-        from dmlkit.index.io import IndexFormatError
 
         check_is_fitted(self, "offset_")
         arrays = {"reference": self.reference_.numpy()}  # (n, d)
@@ -261,12 +260,7 @@ class MetricOutlierDetector(OutlierMixin, BaseEstimator):
         config = None
         if _learns(self.embedder):
             config = self.embedder_config_
-            weights = module_arrays(self.embedder_, EMBEDDER)
-            try:  # the config must rebuild exactly this network
-                load_module(path, config, weights, EMBEDDER)
-            except IndexFormatError as err:
-                raise TypeError(f"the learned embedder cannot be saved: {err}") from None
-            arrays.update(weights)
+            arrays.update(module_arrays(self.embedder_, EMBEDDER))  # rebuilt from config
         state = {"offset_": float(self.offset_), "embedder_config": config}
         return save_kit(path, self, arrays=arrays, state=state, count=len(self.reference_))
 

@@ -23,6 +23,7 @@ warning.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -58,6 +59,18 @@ def run_fingerprint(run_dir: str | Path) -> str:
     FileNotFoundError
         When ``run_dir`` is not a run directory (or holds no weights).
     """
+    run_dir = Path(run_dir).resolve()
+    stamps = tuple(
+        (p.stat().st_mtime_ns, p.stat().st_size) if p.is_file() else None
+        for p in (run_dir / "model.pt", run_dir / "checkpoint.pt", run_dir / "config.yaml")
+    )
+    return _fingerprint_of_files(str(run_dir), stamps)
+
+
+@functools.lru_cache(maxsize=32)
+def _fingerprint_of_files(run_dir: str, stamps: tuple) -> str:
+    """:func:`run_fingerprint` for one state of the run's files (``stamps``): a kit saved
+    and loaded, or a service checking its index and verifier, loads the run once."""
     from dmlkit.index.store import model_fingerprint
     from dmlkit.runs import load_run
 
