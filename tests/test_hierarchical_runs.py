@@ -139,3 +139,32 @@ def test_cli_evaluate_embedding_files_with_label_rows(tmp_path, labels, ok):
     result = json.loads((tmp_path / "e.evaluation.json").read_text())
     assert result["retrieval"]["num_queries"] > 0
     assert ("hierarchical" in result) == (labels.dtype != bool)
+
+
+@pytest.mark.parametrize("loss", ["proxy_anchor", "arcface",
+                                  "{name: weighted_sum, losses: [contrastive, proxy_nca]}"])
+def test_classifier_loss_on_hierarchical_labels_is_refused_before_training(
+        hier_npz, tmp_path, loss):
+    """A loss that needs one class per item fails before any epoch, with the reason and
+    what to use instead, and leaves no half-made run directory behind."""
+    config = tmp_path / "c.yaml"
+    text = HIER_RUN.format(path=hier_npz)
+    config.write_text(text.replace("{name: hierarchical_triplet, margin: 0.1}", loss))
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", str(config), "--out", str(out), "--no-progress"])
+    assert result.exit_code != 0
+    assert "cannot train on the data's hierarchical labels" in result.output
+    assert "hierarchical_triplet" in result.output  # the way out
+    assert "epoch" not in result.output.lower()  # refused up front, not in epoch 1
+    assert not out.exists()
+
+
+def test_pair_losses_and_miners_still_train_on_hierarchical_labels(hier_npz, tmp_path):
+    config = tmp_path / "c.yaml"
+    text = HIER_RUN.format(path=hier_npz).replace(
+        "{name: hierarchical_triplet, margin: 0.1}", "multi_similarity\nminer: multi_similarity")
+    config.write_text(text)
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", str(config), "--out", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert (out / "metrics.json").exists()

@@ -165,6 +165,7 @@ class Trainer:
         if config.training.anchor_weight > 0:
             self.anchor_model = copy.deepcopy(self.model).eval().requires_grad_(False)
         labels = getattr(train_data, "labels", None)
+        self._check_label_kind(labels)
         self.sampler = (
             sampler if sampler is not None
             else build_sampler(config, labels, len(train_data), train_data, self.model)
@@ -193,6 +194,49 @@ class Trainer:
         self.bad_epochs = 0
         self.stopped = False  # stopped early: a resume has nothing left to train
         self.history: list[dict[str, Any]] = []
+
+    def _check_label_kind(self, labels: Any) -> None:
+        """Refuse, before any epoch starts, a loss or miner that cannot take the training
+        data's ``(n, L)`` hierarchical or ``(n, C)`` multi-labels (e.g. a proxy or
+        classifier loss, which needs one class per item): otherwise the run would stop
+        at its first batch.
+
+        The loss and the miner are tried on copies (a memory bank or a queue is not
+        filled) with the model's embeddings of the first items, computed in eval mode
+        without gradients (no batch-norm statistic changes)."""
+        x = getattr(self.train_data, "x", None)
+        if not isinstance(labels, Tensor) or labels.dim() != 2 or not isinstance(x, Tensor):
+            return
+        # up to 4 label rows with two items each, so tuple losses see positives too
+        _, row = torch.unique(labels, dim=0, return_inverse=True)
+        picks = [torch.nonzero(row == r).flatten()[:2] for r in range(min(int(row.max()) + 1, 4))]
+        take = torch.cat(picks) if picks else torch.arange(0)
+        kind = "multi-labels (n, C)" if labels.dtype == torch.bool else (
+            "hierarchical labels (n, L)")
+        was_training = self.model.training
+        try:
+            with torch.no_grad():
+                self.model.eval()
+                embeddings = self.model(x[take].to(self.device)).float()
+        except Exception:  # the model's own error surfaces in training, as before
+            return
+        finally:
+            self.model.train(was_training)
+        batch_labels = labels[take].to(self.device)
+        for part, module in (("miner", self.miner), ("loss", self.loss)):
+            if module is None:
+                continue
+            name = getattr(self.config, part, None)
+            name = name.get("name") if isinstance(name, dict) else type(module).__name__
+            try:
+                with torch.no_grad():
+                    copy.deepcopy(module)(embeddings, batch_labels)
+            except (ValueError, TypeError) as err:
+                raise ValueError(
+                    f"{part} {name!r} cannot train on the data's {kind}: {err}. Pair and "
+                    f"tuple losses (e.g. multi_similarity, hierarchical_triplet) take them; "
+                    f"classifier and proxy losses need one class per item"
+                ) from err
 
     # -- one batch ---------------------------------------------------------------------
     def fetch(self, indices: list[int]) -> Any:
