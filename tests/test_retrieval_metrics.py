@@ -167,6 +167,48 @@ def test_per_class_means_match_overall():
     assert weighted == pytest.approx(got["r_precision"], abs=1e-12)
 
 
+def test_per_class_keys_are_class_names_when_labels_are_names():
+    from dmlkit.evaluation import evaluate_embeddings
+
+    x, y = tied_data(120, 4, 3, seed=3)
+    names = np.array(["cat", "dog", "eel"])[np.asarray(y)]
+    by_id = retrieval_metrics(x, y, per_class=True)["per_class"]
+    by_name = retrieval_metrics(x, names, per_class=True)["per_class"]
+    assert sorted(by_name) == ["cat", "dog", "eel"]
+    for code, name in enumerate(["cat", "dog", "eel"]):
+        assert by_name[name] == by_id[code]
+    got = evaluate_embeddings(x, names, sections=["retrieval"], per_class=True)
+    assert sorted(got["retrieval"]["per_class"]) == ["cat", "dog", "eel"]
+
+
+def test_per_class_of_multi_labels_is_per_label_column():
+    """Each label's mean over the queries holding it (a query with two labels counts in
+    both), against a loop over the per-query values of single-label subsets."""
+    x, y = tied_data(90, 4, 3, seed=5)
+    y = np.asarray(y)
+    multi = np.zeros((len(y), 4), dtype=bool)
+    multi[np.arange(len(y)), y] = True
+    multi[:15, 3] = True  # label 3: only the first 15 items, each also in its class
+    got = retrieval_metrics(x, multi, per_class=True)
+    pc = got["per_class"]
+    assert sorted(pc) == [0, 1, 2, 3]
+    xs = np.asarray(x, np.float64)
+
+    def map_at_r(i):  # leave-one-out, ranked by (distance, index)
+        others = [j for j in range(len(y)) if j != i]
+        order = sorted(others, key=lambda j: (float(((xs[i] - xs[j]) ** 2).sum()), j))
+        rel = [bool(np.any(multi[i] & multi[j])) for j in order]
+        big_r = sum(rel)
+        hits = np.cumsum(rel[:big_r])
+        return sum(h / (p + 1) for p, (h, r) in enumerate(zip(hits, rel[:big_r])) if r) / big_r
+
+    for c in range(4):
+        rows = [i for i in range(len(y)) if multi[i, c]]  # every item here has a positive
+        assert pc[c]["count"] == len(rows)
+        want = np.mean([map_at_r(i) for i in rows])
+        assert pc[c]["map_at_r"] == pytest.approx(want, abs=1e-9)
+
+
 def test_bad_inputs_raise():
     x = torch.zeros(4, 2)
     with pytest.raises(ValueError, match="labels"):

@@ -87,7 +87,8 @@ def evaluate_embeddings(
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         raise ValueError(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
-    labels, ref_labels = label_codes(labels, ref_labels)  # class names as integer codes
+    # class names as integer codes (per-class results are keyed by the names again)
+    labels, ref_labels, label_names = label_codes(labels, ref_labels, return_names=True)
     x = torch.as_tensor(embeddings)
     y = torch.as_tensor(labels)
     if x.dim() != 2 or x.shape[0] == 0:
@@ -100,6 +101,9 @@ def evaluate_embeddings(
             result["retrieval"] = retrieval_metrics(
                 x, y, ref_embeddings, ref_labels, k=k, metric=metric, per_class=per_class,
                 average_precision=full_ranking, reciprocal_rank=full_ranking)
+            if per_class and label_names is not None and y.dim() == 1:
+                result["retrieval"]["per_class"] = {
+                    label_names[code]: v for code, v in result["retrieval"]["per_class"].items()}
         if y.dim() == 2 and y.dtype != torch.bool:  # hierarchical: every level, graded
             with _section(log, f"hierarchical retrieval ({y.shape[1]} levels)"):
                 result["hierarchical"] = hierarchical_retrieval_metrics(

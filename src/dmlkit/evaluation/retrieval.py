@@ -50,9 +50,12 @@ def _as_tensor(x, name: str, labels: bool = False) -> Tensor:
     return x
 
 
-def label_codes(query_labels, reference_labels):
+def label_codes(query_labels, reference_labels, *, return_names: bool = False):
     """Names (string or object arrays, lists of strings) as integer codes, one code per
-    name across queries and references."""
+    name across queries and references.
+
+    With ``return_names``, also the names in code order (``names[code]``), or None when
+    the labels were ids already."""
     def names(v):
         if isinstance(v, (list, tuple)):
             v = np.asarray(v)
@@ -60,18 +63,25 @@ def label_codes(query_labels, reference_labels):
 
     q, r = names(query_labels), names(reference_labels)
     if q is None and r is None:
-        return query_labels, reference_labels
+        out = query_labels, reference_labels
+        return (*out, None) if return_names else out
     if reference_labels is not None and (q is None) != (r is None):
         raise TypeError("query_labels and reference_labels must both be names or both ids")
     parts = [q.astype(str)] + ([] if r is None else [r.astype(str)])
-    _, codes = np.unique(np.concatenate([p.reshape(-1) for p in parts]), return_inverse=True)
+    unique, codes = np.unique(np.concatenate([p.reshape(-1) for p in parts]),
+                              return_inverse=True)
     codes = codes.astype(np.int64)
     q_codes = codes[: q.size].reshape(q.shape)
-    return q_codes, (None if r is None else codes[q.size:].reshape(r.shape))
+    out = q_codes, (None if r is None else codes[q.size:].reshape(r.shape))
+    return (*out, [str(v) for v in unique]) if return_names else out
 
 
 def _check_inputs(query, query_labels, reference, reference_labels):
     query_labels, reference_labels = label_codes(query_labels, reference_labels)
+    return _check_coded_inputs(query, query_labels, reference, reference_labels)
+
+
+def _check_coded_inputs(query, query_labels, reference, reference_labels):
     query = _as_tensor(query, "query")
     query_labels = _as_tensor(query_labels, "query_labels", labels=True)
     check_embeddings(query, "query")
@@ -132,8 +142,11 @@ def retrieval_metrics(
         ``mean_reciprocal_rank``. Off by default: each needs a pass over every
         query's whole row, several times the cost of the default metrics on large sets.
     per_class : bool
-        Add ``"per_class": {label: {metric: value, "count": n}}`` (label = class id, or a
-        tuple for ``(n, L)`` labels).
+        Add ``"per_class": {label: {metric: value, "count": n}}``, the mean over the
+        queries of each label: label = the class id, or its name when the labels are
+        names; the leaf tuple for ``(n, L)`` labels; for ``(n, C)`` bool multi-labels,
+        the column index, averaged over the queries holding that label (a query with
+        several labels counts in each).
 
     Returns
     -------
@@ -143,7 +156,9 @@ def retrieval_metrics(
         ``num_queries`` (queries with at least one relevant reference) and ``metric``;
         ``mean_average_precision`` and ``mean_reciprocal_rank`` when asked for.
     """
-    query, query_labels, reference, reference_labels = _check_inputs(
+    query_labels, reference_labels, label_names = label_codes(
+        query_labels, reference_labels, return_names=True)
+    query, query_labels, reference, reference_labels = _check_coded_inputs(
         query, query_labels, reference, reference_labels
     )
     if query.shape[0] == 0:
@@ -164,7 +179,7 @@ def retrieval_metrics(
     result["metric"] = metric
     _warn_degenerate(query_labels, reference_labels, result["num_queries"])
     if per_class:
-        result["per_class"] = _per_class(values, query_labels, valid)
+        result["per_class"] = _per_class(values, query_labels, valid, label_names)
     return result
 
 
@@ -193,20 +208,30 @@ def _warn_degenerate(query_labels: Tensor, reference_labels: Tensor | None,
             "classes", UserWarning, stacklevel=3)
 
 
-def _per_class(values: dict[str, Tensor], labels: Tensor, valid: Tensor) -> dict:
-    """Average each per-query value within each query label (lone queries left out)."""
-    if labels.dim() == 1:
-        keys, inverse = torch.unique(labels, return_inverse=True)
-        names = [int(v) for v in keys]
+def _per_class(values: dict[str, Tensor], labels: Tensor, valid: Tensor,
+               label_names: list[str] | None = None) -> dict:
+    """Average each per-query value within each query label (lone queries left out):
+    per class id (its name when given), per leaf row of ``(n, L)`` labels, per column
+    of ``(n, C)`` bool multi-labels (a query counts in each of its labels)."""
+    if labels.dtype == torch.bool:  # (n, C): membership matrix, one group per label
+        member = labels.to(torch.float64)  # (n, C)
+        names: list = [int(c) for c in range(labels.shape[1]) if labels[:, c].any()]
+        member = member[:, names]
     else:
-        keys, inverse = torch.unique(labels, dim=0, return_inverse=True)
-        names = [tuple(int(x) for x in row) for row in keys]
-    counts = torch.bincount(inverse[valid], minlength=len(names)).to(torch.float64)
-    out: dict = {name: {"count": int(c)} for name, c in zip(names, counts, strict=True)}
+        if labels.dim() == 1:
+            keys, inverse = torch.unique(labels, return_inverse=True)
+            names = [int(v) if label_names is None else label_names[int(v)] for v in keys]
+        else:
+            keys, inverse = torch.unique(labels, dim=0, return_inverse=True)
+            names = [tuple(int(x) for x in row) for row in keys]
+        member = torch.zeros(labels.shape[0], len(names), dtype=torch.float64)
+        member[torch.arange(labels.shape[0]), inverse] = 1.0
+    member = member * valid.unsqueeze(1).to(torch.float64)  # (n, groups)
+    counts = member.sum(0)  # evaluable queries per group
+    out: dict = {name: {"count": int(c)} for name, c in zip(names, counts.tolist(), strict=True)}
     for metric_name, val in values.items():
-        sums = torch.zeros(len(names), dtype=torch.float64)
-        sums.index_add_(0, inverse[valid], val[valid].to(torch.float64))
-        means = sums / counts  # NaN for classes without evaluable queries
+        v = torch.where(valid, val.to(torch.float64), torch.zeros((), dtype=torch.float64))
+        means = (v @ member) / counts  # NaN for groups without evaluable queries
         for name, mean in zip(names, means.tolist(), strict=True):
             out[name][_RENAME.get(metric_name, metric_name)] = mean
     return out
