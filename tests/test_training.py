@@ -101,6 +101,24 @@ def test_interrupted_then_resumed_is_bit_identical(tiny_data, tmp_path, miner):
     assert len((out / "train.log").read_text().splitlines()) == 4
 
 
+def test_resume_with_more_epochs_continues_on_the_longer_schedule(tiny_data, tmp_path):
+    """Raising ``epochs`` on resume: the next step's rate is the new cosine schedule's at
+    the step reached (not the old schedule's end, 0), and every later step follows it."""
+    train, _ = tiny_data
+    out = tmp_path / "run"
+    make_trainer(small_config(epochs=2), train, out_dir=out).fit()
+    longer = small_config(epochs=4)
+    trainer = make_trainer(longer, train, out_dir=out)
+    seen = []
+    trainer.callbacks.append(lambda t, record: seen.append(record["lr"]))
+    trainer.fit(resume=True)
+    steps = len(trainer.sampler)
+    base = longer.optimizer.lr
+    want = [base * lr_factor(longer.schedule, e * steps, steps, 4) for e in (2, 3)]
+    assert seen == pytest.approx(want, rel=1e-12)
+    assert seen[0] > 0
+
+
 def test_offline_mining_from_config_resumes_exactly(tiny_data, tmp_path):
     """``sampler: {name: offline_hard_negative}`` trains from a config (the trainer hands
     it the data and the model), and resuming between two mining epochs reuses the

@@ -476,6 +476,15 @@ class Trainer:
             self.miner.load_state_dict(state["miner"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        # the rates of the schedule as configured now, at the step reached: the same values
+        # as saved when the epochs are unchanged; on the new curve when --epochs was raised
+        # (the saved rates are the old schedule's end, 0 for cosine)
+        step = self.scheduler.last_epoch
+        rates = [base * fn(step) for fn, base in zip(self.scheduler.lr_lambdas,
+                                                     self.scheduler.base_lrs, strict=True)]
+        for group, rate in zip(self.optimizer.param_groups, rates, strict=True):
+            group["lr"] = rate
+        self.scheduler._last_lr = list(rates)
         self.scaler.load_state_dict(state["scaler"])
         self.epoch = int(state["epoch"])
         self.best_metric = float(state["best_metric"])
