@@ -140,6 +140,8 @@ def test_every_process_stops_together_and_bad_shards_are_clear_errors(tmp_path):
     res = torchrun(["-m", "dmlkit", "train", str(tmp_path / "stop.yaml"), "--out",
                     str(tmp_path / "stop")], tmp_path, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]  # batch norms differ per process: no hang
+    # the first process alone prints the set-up lines
+    assert res.stdout.count("run directory:") == 1 and res.stdout.count("training on") == 1
     metrics = json.loads((tmp_path / "stop" / "metrics.json").read_text())
     assert len(metrics["history"]) <= 8
     odd = {**base, "sampler": {"name": "m_per_class", "m": 3, "batch_size": 27},
@@ -147,7 +149,10 @@ def test_every_process_stops_together_and_bad_shards_are_clear_errors(tmp_path):
     Config.from_dict(odd).to_yaml(tmp_path / "odd.yaml")
     res = torchrun(["-m", "dmlkit", "train", str(tmp_path / "odd.yaml"), "--out",
                     str(tmp_path / "odd")], tmp_path, timeout=300)
-    assert res.returncode != 0 and "does not split evenly over 2 processes" in res.stdout
+    # refused before the first epoch, leaving no run directory behind
+    assert res.returncode != 0 and "does not split evenly over 2 processes" in res.stderr
+    assert "training stopped during epoch" not in res.stdout
+    assert not (tmp_path / "odd").exists()
     assert "gloo::EnforceNotMet" not in res.stderr
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,10 @@ def train(
     from dmlkit.config import Config, digits_config, load_config
     from dmlkit.training import metrics_table, train_run
 
+    # under torchrun only the first process prints progress; the others' errors say
+    # which process they come from
+    rank = int(os.environ.get("RANK", "0") or 0)
+    say = typer.echo if rank == 0 else (lambda _msg: None)
     try:
         cfg = load_config(config) if config is not None else digits_config()
         if overrides:
@@ -133,13 +138,13 @@ def train(
             if world_size_from_env() > 1:  # each process would stamp its own directory
                 raise _fail("under torchrun, name the run directory: --out runs/NAME")
             out = RUNS_DIR / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        typer.echo(f"{'resuming' if resume else 'run directory'}: {out}")
+        say(f"{'resuming' if resume else 'run directory'}: {out}")
         runner = train_run
         if cfg.data.name in ("text", "stsb"):  # sentence encoders (dmlkit.text)
             from dmlkit.text import train_text_run as runner
-        result = runner(cfg, out, resume=resume, log=typer.echo)
+        result = runner(cfg, out, resume=resume, log=say)
     except (FileNotFoundError, FileExistsError, ValueError, TypeError, KeyError) as err:
-        raise _fail(str(err)) from None
+        raise _fail(str(err) if rank == 0 else f"(process {rank}) {err}") from None
     except KeyboardInterrupt:
         from dmlkit.training.trainer import CHECKPOINT
 

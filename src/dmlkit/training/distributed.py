@@ -104,6 +104,13 @@ class DistributedTrainer(Trainer):
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         if hasattr(self.sampler, "batch_multiple"):  # batches of varying size (offline
             self.sampler.batch_multiple = self.world  # mining) are topped up to split evenly
+        else:  # a fixed batch size that cannot split: refused before any epoch starts
+            size = getattr(self.sampler, "batch_size", None)
+            if isinstance(size, int) and size % self.world:
+                raise ValueError(
+                    f"the batch size {size} does not split evenly over {self.world} "
+                    f"processes: make it a multiple of {self.world} (sampler.batch_size or "
+                    "training.batch_size)")
         for module in (self.model, self.loss):
             for p in module.parameters():
                 if p.requires_grad:
