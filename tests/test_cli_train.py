@@ -120,8 +120,17 @@ def test_set_overrides_any_config_value(tmp_path):
                                   str(tmp_path / "bad"), "--set", bad])  # fmt: skip
         assert res.exit_code != 0 and message in res.output, (bad, res.output)
         assert not (tmp_path / "bad").exists()
-    res = runner.invoke(app, ["train", "--resume", "--out", str(out), "--set", "training.epochs=3"])
-    assert res.exit_code != 0 and "--set cannot change" in res.output
+    # on resume, --set may repeat the saved config or raise the epochs; not change it
+    res = runner.invoke(app, ["train", "--resume", "--out", str(out), "--set", "model.dim=8"])
+    assert res.exit_code != 0 and "--set differs in model.dim: 4 -> 8" in res.output
+    assert "dmlkit train --resume --out" in res.output
+    res = runner.invoke(app, ["train", str(tmp_path / "tiny.yaml"), "--resume", "--out",
+                              str(out), "--no-progress", "--set", "model.dim=4",
+                              "--set", "data.seed=3", "--set",
+                              "loss={name: contrastive, neg_margin: 0.7}",
+                              "--set", "training.epochs=2"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert len((out / "train.log").read_text().splitlines()) == 2  # one more epoch
 
 
 @pytest.mark.parametrize("args, words", [

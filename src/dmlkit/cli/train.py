@@ -100,9 +100,7 @@ def train(
     say = typer.echo if rank == 0 else (lambda _msg: None)
     try:
         cfg = load_config(config) if config is not None else digits_config()
-        if overrides:
-            if resume:
-                raise _fail("--set cannot change the config of a run being resumed")
+        if overrides and not resume:
             cfg = apply_overrides(cfg, overrides)
         if resume:
             out = out if out is not None else _latest_run(cfg.name)
@@ -116,15 +114,25 @@ def train(
             if not saved.is_file():
                 raise _fail(f"cannot resume: {saved} not found")
             saved_cfg = Config.from_yaml(saved)
-            if config is not None:
+            if config is not None or overrides:  # allowed when they repeat the saved config
+                import copy
+
                 from dmlkit.config.compare import config_changes
 
-                changes = config_changes(cfg, saved_cfg)
+                given = copy.deepcopy(cfg if config is not None else saved_cfg)
+                if overrides:
+                    given = apply_overrides(given, overrides)
+                changes = config_changes(given, saved_cfg)
                 if changes:
+                    what = " and ".join(
+                        ([str(config)] if config is not None else []) + (
+                            ["--set"] if overrides else []))
                     raise _fail(
-                        f"--resume continues {out} with its saved {saved}, but {config} "
-                        f"differs in {'; '.join(changes)}; drop the config to resume, or "
-                        "train it as a new run (another --out)")
+                        f"--resume continues {out} with its saved {saved}, but {what} "
+                        f"differs in {'; '.join(changes)}; resume without them (dmlkit "
+                        f"train --resume --out {out}), or train a new run (another --out)")
+                if epochs is None and given.training.epochs != saved_cfg.training.epochs:
+                    epochs = given.training.epochs  # more epochs, as --epochs would ask
             cfg = saved_cfg
         if epochs is not None:
             cfg.training.epochs = epochs
