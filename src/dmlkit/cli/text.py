@@ -43,25 +43,30 @@ def embed(
     """Embed texts; the .npz feeds dmlkit index build / index search / evaluate."""
     import numpy as np
 
-    from dmlkit.data.text import read_labelled_sentences, read_records
+    from dmlkit.data.text import (
+        read_labelled_sentences,
+        read_records,
+        read_sentences,
+        read_utf8,
+    )
     from dmlkit.text import embed_texts
 
     names = None
     try:
         if data.suffix == ".txt" and data.is_file():
-            lines = data.read_text(encoding="utf-8").splitlines()
+            lines = read_utf8(data).splitlines()
             texts, labels = [t for t in lines if t.strip()], None
         else:
             rows = read_records(data)
-            if rows and any(k in rows[0] for k in ("label", "labels", "class", "category")):
+            if not rows:
+                raise ValueError(f"{data} holds no rows (only a header, or nothing); add one "
+                                 "row per text")
+            if any(k in rows[0] for k in ("label", "labels", "class", "category")):
                 labelled = read_labelled_sentences(data)
                 texts, labels = labelled.texts, labelled.labels.numpy()
                 names = labelled.class_names
             else:
-                col = next((c for c in ("text", "sentence") if rows and c in rows[0]), None)
-                if col is None:
-                    raise ValueError(f"{data} has no 'text' or 'sentence' column")
-                texts, labels = [str(r[col]) for r in rows], None
+                texts, labels = read_sentences(data), None
         if not texts:
             raise ValueError(f"{data} holds no texts")
         emb = embed_texts(_model(run_dir, device), texts, batch_size).numpy()

@@ -1,12 +1,14 @@
 """Speech data: WAV reading, resampling, energy-based voice-activity trimming, fixed crops,
 and :func:`load_audio_folder`, a folder of speakers' WAV files as a labelled dataset.
 
-Everything here works with the standard library's ``wave`` module and numpy; no audio
-package is needed. Waveforms are float32 arrays in ``[-1, 1]``, mono.
+Everything here works with the standard library and numpy (WAV headers are parsed here,
+so WAVE_FORMAT_EXTENSIBLE files read too); no audio package is needed. Waveforms are
+float32 arrays in ``[-1, 1]``, mono.
 """
 
 from __future__ import annotations
 
+import struct
 import wave
 from math import gcd
 from pathlib import Path
@@ -21,22 +23,88 @@ SAMPLE_RATE = 16_000
 _AUDIO_SUFFIXES = (".wav",)
 
 
+_PCM, _FLOAT, _EXTENSIBLE = 0x0001, 0x0003, 0xFFFE  # WAV format tags
+#: bytes 2-15 of the subformat GUID of a WAVE_FORMAT_EXTENSIBLE header: the
+#: KSDATAFORMAT_SUBTYPE_* family, whose first two bytes are the plain format tag
+_SUBTYPE_GUID_TAIL = bytes.fromhex("0000" "0000" "1000" "800000aa00389b71")
+
+
+def _wav_chunks(blob: bytes) -> dict[bytes, bytes]:
+    """The chunks of a RIFF/WAVE file, ``{id: body}`` (the first of each id).
+
+    A chunk whose stated size runs past the end of the file (a truncated file, or a
+    stream's 0xFFFFFFFF placeholder) holds what is there.
+    """
+    chunks: dict[bytes, bytes] = {}
+    pos = 12  # after "RIFF", the RIFF size and "WAVE"
+    while pos + 8 <= len(blob):
+        cid = blob[pos : pos + 4]
+        size = int.from_bytes(blob[pos + 4 : pos + 8], "little")
+        chunks.setdefault(cid, blob[pos + 8 : pos + 8 + size])
+        pos += 8 + size + (size & 1)  # chunks are padded to an even length
+    return chunks
+
+
+def _wav_format(path: Path, fmt: bytes) -> tuple[int, int, int]:
+    """``(channels, sample rate, bytes per sample)`` of a PCM ``fmt `` chunk.
+
+    Plain PCM (tag 1) and WAVE_FORMAT_EXTENSIBLE (tag 0xFFFE) with the PCM subformat are
+    read; floating-point and compressed formats are refused.
+    """
+    if len(fmt) < 16:
+        raise ValueError(f"{path} is not a PCM WAV file (its 'fmt ' chunk holds {len(fmt)} "
+                         "bytes, fewer than 16); replace or remove it")
+    tag, n_ch, rate, _, _, bits = struct.unpack("<HHIIHH", fmt[:16])
+    header = ""
+    if tag == _EXTENSIBLE:
+        if len(fmt) < 40:
+            raise ValueError(f"{path} is not a PCM WAV file (its WAVE_FORMAT_EXTENSIBLE "
+                             f"'fmt ' chunk holds {len(fmt)} bytes, fewer than 40); replace "
+                             "or remove it")
+        guid = fmt[24:40]
+        if guid[2:] != _SUBTYPE_GUID_TAIL:
+            raise ValueError(f"{path}: WAVE_FORMAT_EXTENSIBLE with the unknown subformat "
+                             f"GUID {guid.hex()}, not PCM; convert it to 16-bit PCM, e.g. "
+                             f"sox {path.name} -b 16 -e signed-integer out.wav")
+        tag, header = int.from_bytes(guid[:2], "little"), " (WAVE_FORMAT_EXTENSIBLE header)"
+    if tag == _FLOAT:
+        raise ValueError(f"{path} holds {bits}-bit floating-point samples{header}; read_wav "
+                         "reads 8/16/24/32-bit integer PCM: convert it, e.g. "
+                         f"sox {path.name} -b 16 -e signed-integer out.wav")
+    if tag != _PCM:
+        raise ValueError(f"{path} is not PCM (format tag {tag:#06x}{header}: compressed "
+                         "audio?); convert it to 16-bit PCM, e.g. "
+                         f"sox {path.name} -b 16 -e signed-integer out.wav")
+    width = (bits + 7) // 8  # (a 20-bit sample sits, left-justified, in 3 bytes)
+    if n_ch < 1 or rate < 1 or width not in (1, 2, 3, 4):
+        raise ValueError(f"{path}: unsupported PCM WAV format ({n_ch} channels, {rate} Hz, "
+                         f"{bits} bits per sample); read_wav reads 8/16/24/32-bit PCM with "
+                         "at least one channel")
+    return n_ch, rate, width
+
+
 def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
     """Read a PCM WAV file as ``(waveform float32 (T,), sample_rate)``, channels averaged.
 
-    Supports 8-bit unsigned and 16/24/32-bit signed PCM.
+    Supports 8-bit unsigned and 16/24/32-bit signed PCM, with a plain or a
+    WAVE_FORMAT_EXTENSIBLE header (as sox and ffmpeg write 24/32-bit and multichannel
+    files). A file cut inside a frame is read up to its last whole frame.
     """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"no such WAV file: {path}")
-    try:
-        with wave.open(str(path), "rb") as w:
-            n_ch, width, rate = w.getnchannels(), w.getsampwidth(), w.getframerate()
-            raw = w.readframes(w.getnframes())
-    except (wave.Error, EOFError) as e:  # EOFError: an empty or truncated header
-        raise ValueError(f"{path} is not a PCM WAV file readable by the wave module "
-                         f"({type(e).__name__}: {str(e) or 'the file ends early'}); replace or "
-                         "remove it") from None
+    blob = path.read_bytes()
+    if len(blob) < 12 or blob[:4] != b"RIFF" or blob[8:12] != b"WAVE":
+        why = ("the file is empty" if not blob else
+               f"it starts with {blob[:4]!r}, not a RIFF/WAVE header")
+        raise ValueError(f"{path} is not a PCM WAV file ({why}); replace or remove it")
+    chunks = _wav_chunks(blob)
+    for cid in (b"fmt ", b"data"):
+        if cid not in chunks:
+            raise ValueError(f"{path} is not a PCM WAV file (no {cid.decode()!r} chunk: "
+                             "the file ends early or is damaged); replace or remove it")
+    n_ch, rate, width = _wav_format(path, chunks[b"fmt "])
+    raw = chunks[b"data"]
     whole = len(raw) - len(raw) % (width * n_ch)  # a file cut inside a frame
     if whole == 0:
         raise ValueError(f"{path} holds no audio frames; replace or remove it")
@@ -50,10 +118,8 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
         v = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
         v = np.where(v >= 1 << 23, v - (1 << 24), v)
         x = v.astype(np.float32) / float(1 << 23)
-    elif width == 4:
-        x = np.frombuffer(raw, "<i4").astype(np.float32) / float(1 << 31)
     else:
-        raise ValueError(f"{path}: unsupported sample width {width} bytes")
+        x = np.frombuffer(raw, "<i4").astype(np.float32) / float(1 << 31)
     return x.reshape(-1, n_ch).mean(axis=1).astype(np.float32), rate
 
 

@@ -26,8 +26,10 @@ header: genre, file, year, id, score, sentence1, sentence2).
 
 from __future__ import annotations
 
+import codecs
 import csv
 import importlib.util
+import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -207,25 +209,66 @@ def _check_texts(texts: Sequence[str], name: str) -> list[str]:
     return out
 
 
-def read_records(path: str | Path) -> list[dict[str, str]]:
-    """Rows of a ``.csv`` / ``.tsv`` / ``.txt`` (header row) or ``.jsonl`` file as dicts."""
+def read_utf8(path: str | Path) -> str:
+    """The text of a UTF-8 file (a leading byte-order mark is dropped).
+
+    A file in another encoding raises ``ValueError`` naming the file, the line and the
+    byte that is not UTF-8.
+    """
     path = Path(path)
+    raw = path.read_bytes()
+    start = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return raw[start:].decode("utf-8")
+    except UnicodeDecodeError as err:
+        at = start + err.start  # (offset in the file)
+        line = raw[:at].count(b"\n") + 1
+        raise ValueError(
+            f"{path}:{line} is not UTF-8 text (byte {raw[at]:#04x} at offset "
+            f"{at}); re-encode the file as UTF-8 (from Latin-1, for example: "
+            f"iconv -f latin1 -t utf-8 {path.name} > utf8_{path.name})") from None
+
+
+def _numbered_records(path: Path) -> list[tuple[int, dict]]:
+    """``(line, row)`` of each record of a ``.csv`` / ``.tsv`` / ``.txt`` or ``.jsonl``
+    file: the line a CSV record ends on (its only line, unless a quoted field spans
+    lines) or a JSONL record's line. Blank lines are skipped."""
     if not path.is_file():
         raise FileNotFoundError(f"text data file not found: {path}")
     suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        rows = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{n} is not JSON: {err}") from None
-        return rows
-    if suffix not in (".csv", ".tsv", ".txt"):
+    if suffix not in (".csv", ".tsv", ".txt", ".jsonl"):
         raise ValueError(f"unknown text data format {suffix!r} for {path}: use .csv, .tsv, .jsonl")
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f, delimiter="," if suffix == ".csv" else "\t"))
+    text = read_utf8(path)
+    if suffix != ".jsonl":
+        reader = csv.DictReader(io.StringIO(text, newline=""),
+                                delimiter="," if suffix == ".csv" else "\t")
+        return [(reader.line_num, row) for row in reader]
+    rows = []
+    for n, line in enumerate(text.split("\n"), 1):  # (not splitlines: JSON strings may
+        if not line.strip():                       # hold U+2028 and other breaks)
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{n} is not JSON: {err}") from None
+        if not isinstance(row, dict):
+            raise ValueError(
+                f"{path}:{n} is not a JSON object (it is a JSON {_JSON_TYPES[type(row)]}); "
+                'each line must be one object, e.g. {"text": "...", "label": "..."}')
+        rows.append((n, row))
+    return rows
+
+
+_JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean",
+               type(None): "null"}
+
+
+def read_records(path: str | Path) -> list[dict[str, str]]:
+    """Rows of a ``.csv`` / ``.tsv`` / ``.txt`` (header row) or ``.jsonl`` file as dicts.
+
+    Files are UTF-8 (a byte-order mark is allowed); every JSONL line is one object.
+    """
+    return [row for _, row in _numbered_records(Path(path))]
 
 
 def _column(rows: list[dict], names: Sequence[str], path: Path, what: str) -> str:
@@ -236,12 +279,34 @@ def _column(rows: list[dict], names: Sequence[str], path: Path, what: str) -> st
     raise ValueError(f"{path} has no {what} column (one of {list(names)}); columns: {list(keys)}")
 
 
-def _nonempty_records(path: Path) -> list[dict[str, str]]:
-    """:func:`read_records` of ``path``, refusing a file without rows."""
-    rows = read_records(path)
-    if not rows:
-        raise ValueError(f"{path} holds no rows")
-    return rows
+def _nonempty_records(path: Path) -> tuple[list[int], list[dict]]:
+    """``(lines, rows)`` of :func:`_numbered_records`, refusing a file without rows."""
+    numbered = _numbered_records(path)
+    if not numbered:
+        raise ValueError(f"{path} holds no rows (only a header, or nothing); add rows")
+    lines, rows = zip(*numbered, strict=True)
+    return list(lines), list(rows)
+
+
+def _require_values(path: Path, lines: list[int], rows: list[dict],
+                    columns: Sequence[tuple[str, str]]) -> None:
+    """Refuse a row whose value in one of ``columns`` (``(column, what)``) is missing,
+    null or blank, naming the file and the row's line."""
+    for line, r in zip(lines, rows, strict=True):
+        for col, what in columns:
+            value = r.get(col)
+            if value is None or not str(value).strip():
+                raise ValueError(f"{path}, row {line}: no {what} ({col!r} is missing or "
+                                 "empty); fill it in or drop the row")
+
+
+def read_sentences(path: str | Path) -> list[str]:
+    """The sentences of a file's ``text`` (or ``sentence``) column, no labels needed."""
+    path = Path(path)
+    lines, rows = _nonempty_records(path)
+    tcol = _column(rows, TEXT_COLUMNS, path, "text")
+    _require_values(path, lines, rows, ((tcol, "text"),))
+    return [str(r[tcol]) for r in rows]
 
 
 def read_labelled_sentences(path: str | Path) -> TextDataset:
@@ -250,16 +315,10 @@ def read_labelled_sentences(path: str | Path) -> TextDataset:
     Labels that are not all integers are class names, mapped to ids in sorted order.
     """
     path = Path(path)
-    rows = _nonempty_records(path)
+    lines, rows = _nonempty_records(path)
     tcol = _column(rows, TEXT_COLUMNS, path, "text")
     lcol = _column(rows, LABEL_COLUMNS, path, "label")
-    first = 1 if path.suffix.lower() == ".jsonl" else 2  # the line of the first row
-    for i, r in enumerate(rows):
-        for col, what in ((tcol, "text"), (lcol, "label")):
-            value = r.get(col)
-            if value is None or not str(value).strip():
-                raise ValueError(f"{path}, row {i + first}: no {what} ({col!r} is missing or "
-                                 "empty); fill it in or drop the row")
+    _require_values(path, lines, rows, ((tcol, "text"), (lcol, "label")))
     texts = [str(r[tcol]) for r in rows]
     raw = [str(r[lcol]).strip() for r in rows]
     if all(v.lstrip("-").isdigit() for v in raw):
@@ -272,15 +331,24 @@ def read_labelled_sentences(path: str | Path) -> TextDataset:
 def read_scored_pairs(path: str | Path, min_score: float = 1.0) -> TextPairDataset:
     """Sentence pairs: columns ``sentence1``, ``sentence2`` and optionally ``score``."""
     path = Path(path)
-    rows = _nonempty_records(path)
+    lines, rows = _nonempty_records(path)
     c1 = _column(rows, FIRST_COLUMNS, path, "first-sentence")
     c2 = _column(rows, SECOND_COLUMNS, path, "second-sentence")
+    _require_values(path, lines, rows, ((c1, "first sentence"), (c2, "second sentence")))
     keys = rows[0].keys()
     scol = next((c for c in SCORE_COLUMNS if c in keys), None)
-    try:
-        scores = None if scol is None else [float(r[scol]) for r in rows]
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{path}: column {scol!r} must hold numbers ({err})") from None
+    scores = None
+    if scol is not None:
+        scores = []
+        for line, r in zip(lines, rows, strict=True):
+            try:
+                score = float(r[scol])
+            except (TypeError, ValueError):
+                score = float("nan")
+            if not np.isfinite(score):
+                raise ValueError(f"{path}, row {line}: column {scol!r} must hold numbers, got "
+                                 f"{r.get(scol)!r}; fix the score or drop the row")
+            scores.append(score)
     return TextPairDataset([str(r[c1]) for r in rows], [str(r[c2]) for r in rows], scores,
                            min_score)
 
@@ -288,14 +356,12 @@ def read_scored_pairs(path: str | Path, min_score: float = 1.0) -> TextPairDatas
 def read_text_triplets(path: str | Path) -> TextTripletDataset:
     """Sentence triplets: columns ``anchor``, ``positive``, ``negative``."""
     path = Path(path)
-    rows = _nonempty_records(path)
+    lines, rows = _nonempty_records(path)
     cols = [_column(rows, names, path, what) for names, what in (
         (ANCHOR_COLUMNS, "anchor"), (POSITIVE_COLUMNS, "positive"),
         (NEGATIVE_COLUMNS, "negative"))]
-    for n, r in enumerate(rows, 1):
-        empty = [c for c in cols if r.get(c) is None]
-        if empty:
-            raise ValueError(f"{path}: row {n} has no value in column(s) {empty}")
+    _require_values(path, lines, rows, tuple(zip(cols, ("anchor", "positive", "negative"),
+                                                 strict=True)))
     return TextTripletDataset(*([str(r[c]) for r in rows] for c in cols))
 
 
@@ -338,8 +404,10 @@ __all__ = [
     "TextPairDataset",
     "TextTripletDataset",
     "read_records",
+    "read_utf8",
     "read_text_triplets",
     "read_labelled_sentences",
+    "read_sentences",
     "read_scored_pairs",
     "load_stsb",
     "stsb_dir",

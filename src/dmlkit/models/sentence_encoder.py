@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,20 @@ def _transformers() -> Any:
     return transformers
 
 
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` in eval mode inside the ``with`` block; afterwards every submodule's
+    ``training`` flag is what it was before, even where a submodule's mode differed from
+    its parent's (``module.train(was_training)`` would overwrite those)."""
+    modes = [(m, m.training) for m in module.modules()]  # parents before their children
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, mode in modes:
+            m.train(mode)  # (a parent's train() resets its children, restored next)
+
+
 @register_model("sentence_encoder")
 class SentenceEncoder(nn.Module):
     """``list of n strings -> (n, dim)`` embeddings of a pretrained transformer.
@@ -54,7 +69,9 @@ class SentenceEncoder(nn.Module):
     all-MiniLM-L6-v2 does. ``forward`` takes a list of strings (tokenized here, moved to
     the model's device) or tokenized tensors (a mapping with ``input_ids`` and
     ``attention_mask``, or an ``(n, L)`` int tensor of token ids), so the Trainer
-    fine-tunes it with any dmlkit loss; :meth:`encode` embeds without gradients.
+    fine-tunes it with any dmlkit loss; :meth:`encode` embeds without gradients, in eval
+    mode, and leaves every submodule's mode as it found it. A new encoder is in eval mode
+    (no dropout), as Hugging Face's ``from_pretrained`` leaves the transformer.
 
     Parameters
     ----------
@@ -85,6 +102,9 @@ class SentenceEncoder(nn.Module):
         self.max_length = int(max_length)
         self.normalize = bool(normalize)
         self.dim = int(self.transformer.config.hidden_size)
+        # from_pretrained leaves the transformer in eval mode; the wrapper follows, so that
+        # self.training tells the truth (the Trainer switches both to train mode)
+        self.eval()
 
     @property
     def device(self) -> torch.device:
@@ -137,15 +157,11 @@ class SentenceEncoder(nn.Module):
         texts = list(texts)
         order = np.argsort([-len(t) if isinstance(t, str) else 0 for t in texts], kind="stable")
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             for i in range(0, len(texts), batch_size):
                 rows = order[i : i + batch_size]
                 out[rows] = self([texts[j] for j in rows]).float().cpu().numpy()
-        finally:
-            self.train(was_training)
         return out
 
 
-__all__ = ["SentenceEncoder", "default_model_dir", "TEXT_EXTRA"]
+__all__ = ["SentenceEncoder", "default_model_dir", "eval_mode", "TEXT_EXTRA"]

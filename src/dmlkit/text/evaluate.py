@@ -12,23 +12,22 @@ import torch
 from torch import Tensor, nn
 
 from dmlkit.data.text import TextDataset, TextPairDataset, TextTripletDataset
+from dmlkit.models.sentence_encoder import eval_mode
 
 RETRIEVAL_KEYS = ("precision_at_1", "r_precision", "map_at_r",
                   "recall_at_1", "recall_at_2", "recall_at_4", "recall_at_8")
 
 
 def embed_texts(model: nn.Module, texts: Sequence[str], batch_size: int = 64) -> Tensor:
-    """``(n, dim)`` float32 CPU embeddings of ``texts`` (eval mode, no gradients)."""
+    """``(n, dim)`` float32 CPU embeddings of ``texts`` (eval mode, no gradients); every
+    submodule of ``model`` is left in the mode it was in."""
     encode = getattr(model, "encode", None)
     if encode is not None:
         return torch.from_numpy(encode(list(texts), batch_size=batch_size))
-    was_training = model.training
-    model.eval()
     parts = []
-    with torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         for i in range(0, len(texts), batch_size):
             parts.append(model(list(texts[i : i + batch_size])).float().cpu())  # (b, dim)
-    model.train(was_training)
     return torch.cat(parts)
 
 

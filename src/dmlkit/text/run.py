@@ -11,7 +11,8 @@ triplets with any tuple loss (weak supervision, no miner); labelled runs on clas
 labels, through any configured sampler and miner. Held-out triplets report
 ``triplet_accuracy``, how often ``cos(anchor, positive) > cos(anchor, negative)``.
 The pretrained encoder is evaluated on the held-out data before training
-(``"baseline"`` in metrics.json), the fine-tuned one after.
+(``"baseline"`` in metrics.json, saved at once in ``baseline.json`` so that a resumed run
+keeps it), the fine-tuned one after.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from dmlkit.data.text import (
     read_scored_pairs,
     read_text_triplets,
 )
+from dmlkit.evaluation.evaluate import write_json
 from dmlkit.text.evaluate import text_heldout_metrics
 from dmlkit.training.build import resolve_config
 from dmlkit.training.checkpoint import atomic_save
@@ -41,6 +43,9 @@ from dmlkit.training.run import CONFIG_FILE, METRICS_FILE, MODEL_FILE, RunResult
 from dmlkit.training.trainer import CHECKPOINT, Trainer
 
 TextData = TextDataset | TextPairDataset | TextTripletDataset
+#: the pretrained encoder's held-out metrics, written before training so that a resumed
+#: run reports them too (metrics.json's ``"baseline"``)
+BASELINE_FILE = "baseline.json"
 
 
 def build_text_splits(config: Config) -> tuple[TextData, TextData]:
@@ -157,11 +162,15 @@ def train_text_run(
     try:
         trainer = Trainer(resolved, train, out_dir=out_dir, log=log, callbacks=callbacks)
         log(f"training on {train!r}, held out {heldout!r}")
-        baseline = None
-        if not resume:
+        baseline = _saved_baseline(out_dir) if resume else None
+        if baseline is None:  # (before fit: the model is still the pretrained encoder)
             tick = time.perf_counter()
             baseline = text_heldout_metrics(trainer.model, heldout)
             log(f"pretrained encoder on the held-out data ({time.perf_counter() - tick:.1f} s): "
+                + _summary(baseline))
+            write_json(baseline, out_dir / BASELINE_FILE)  # kept for a resumed run
+        else:
+            log("pretrained encoder on the held-out data (as saved before training): "
                 + _summary(baseline))
         tick = time.perf_counter()
         history = trainer.fit(resume=resume)
@@ -173,18 +182,33 @@ def train_text_run(
             + _summary(metrics))
     finally:
         torch.set_num_threads(threads)
-    if baseline is None and (out_dir / METRICS_FILE).is_file():
-        baseline = json.loads((out_dir / METRICS_FILE).read_text()).get("baseline")
     metrics["baseline"] = baseline
     metrics["baseline_inputs"] = "the pretrained encoder before fine-tuning"
     metrics["fit_seconds"] = round(train_seconds, 2)
     seconds = time.perf_counter() - start
     metrics["train_seconds"] = round(seconds, 2)
     metrics["history"] = history
-    tmp = out_dir / (METRICS_FILE + ".tmp")
-    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    tmp.replace(out_dir / METRICS_FILE)
+    write_json(metrics, out_dir / METRICS_FILE)
     return RunResult(out_dir, metrics, history, seconds)
+
+
+def _saved_baseline(out_dir: Path) -> dict[str, Any] | None:
+    """The pretrained encoder's held-out metrics saved in ``out_dir`` by the run's start, or
+    by a finished run's metrics.json; ``None`` when neither holds them (the caller then
+    evaluates the pretrained encoder again)."""
+    for name, key in ((BASELINE_FILE, None), (METRICS_FILE, "baseline")):
+        path = out_dir / name
+        if not path.is_file():
+            continue
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, OSError):
+            continue  # damaged: evaluate again rather than fail the resume
+        if key is not None:
+            saved = saved.get(key) if isinstance(saved, dict) else None
+        if isinstance(saved, dict) and saved:
+            return saved
+    return None
 
 
 def _summary(metrics: dict[str, Any]) -> str:
@@ -192,4 +216,4 @@ def _summary(metrics: dict[str, Any]) -> str:
     return ", ".join(f"{k} {metrics[k]:.4f}" for k in keys if k in metrics)
 
 
-__all__ = ["build_text_splits", "train_text_run"]
+__all__ = ["build_text_splits", "train_text_run", "BASELINE_FILE"]
