@@ -177,7 +177,7 @@ def test_resume_refuses_a_different_config(run_dir, tmp_path):
     other.write_text(TINY.replace("margin: 0.2", "margin: 0.5"))
     before = {p.name: p.read_bytes() for p in run.iterdir()}
     res = runner.invoke(app, ["train", str(other), "--resume", "--out", str(run)])
-    one_error(res, "loss.margin: 0.2 -> 0.5", "drop the config")
+    one_error(res, "loss.margin: 0.2 -> 0.5", "resume without them (dmlkit train --resume --out")
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
 
 

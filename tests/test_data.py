@@ -143,8 +143,11 @@ def test_image_folder(tmp_path):
     assert rgb.labels.tolist() == [0, 0, 0, 1, 1, 1]
     expected = torch.from_numpy(pixels[("dog", 1)]).permute(2, 0, 1).float() / 255
     torch.testing.assert_close(rgb.x[4], expected)
-    gray = load_dataset({"name": "image_folder", "path": str(tmp_path), "image_size": 8})
+    gray = load_dataset({"name": "image_folder", "path": str(tmp_path), "image_size": 8,
+                         "color": "grayscale"})
     assert gray.x.shape == (6, 1, 8, 8)
+    auto = load_dataset({"name": "image_folder", "path": str(tmp_path)})  # colour images
+    torch.testing.assert_close(auto.x, rgb.x)
     with pytest.raises(FileNotFoundError):
         load_image_folder(tmp_path / "absent")
     (tmp_path / "empty").mkdir()

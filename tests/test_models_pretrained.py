@@ -104,6 +104,24 @@ def test_grey_images_equal_repeated_rgb_and_any_size_works():
         assert torch.allclose(flat(grey.flatten(1)), a, atol=1e-6)
 
 
+def test_non_square_image_size_reshapes_flat_inputs_and_is_resolved_from_the_data():
+    from dmlkit.training.build import model_shape_params
+
+    filled = model_shape_params({"name": "efficientnet_lite0"}, torch.zeros(1, 20, 14))
+    assert filled == {"in_channels": 1, "image_size": [20, 14]}
+    torch.manual_seed(0)
+    model = EfficientNetLite0Embedder(dim=16, resolution=32, **filled).eval()
+    images = torch.rand(3, 1, 20, 14)
+    with torch.no_grad():
+        torch.testing.assert_close(model(images.flatten(1)), model(images))
+    with pytest.raises(ValueError, match=r"flat input of 252 values.*image_size=\[20, 14\]"):
+        model(torch.rand(2, 252))
+    with pytest.raises(ValueError, match="side >= 8"):
+        EfficientNetLite0Embedder(image_size=[20, 4])
+    with pytest.raises(TypeError, match="image_size"):
+        EfficientNetLite0Embedder(image_size=[20, 14, 3])
+
+
 @pytest.mark.parametrize(
     "shape, match",
     [((2, 1, 7, 30), "side >= 8"), ((2, 2, 16, 16), "1 or 3"), ((2, 4, 16, 16), "1 or 3"),

@@ -398,3 +398,26 @@ def test_embed_takes_numpy_rows_and_datasets_refuse_class_names():
 def test_one_item_per_class_batches_are_warned_about():
     with pytest.warns(UserWarning, match="m=1"):
         MPerClassSampler(np.repeat(np.arange(5), 4), m=1, batch_size=5)
+
+
+def test_a_val_fraction_without_two_items_of_any_class_is_refused(tmp_path):
+    """One validation item per class scores no query (MAP@R NaN every epoch): refused up
+    front instead of early-stopping on nothing and writing -Infinity to metrics.json."""
+    from dmlkit.training import train_run
+
+    cfg = small_config(epochs=2, val_fraction=0.01, patience=1)
+    with pytest.raises(ValueError, match="val_fraction 0.01 holds out at most one item"):
+        train_run(cfg, tmp_path / "run", log=None)
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_unscorable_validation_epoch_is_neither_best_nor_bad(tiny_data):
+    train, _ = tiny_data
+    lone = train.subset(list(range(0, len(train), 12))[:3])  # distinct classes, one each
+    assert len(set(lone.labels.tolist())) == len(lone)
+    trainer = make_trainer(small_config(epochs=3, patience=1), train)
+    trainer.val_data = lone
+    with pytest.warns(UserWarning):
+        trainer.fit()
+    assert len(trainer.history) == 3  # no early stop on NaN scores
+    assert trainer.best_state is None and trainer.bad_epochs == 0

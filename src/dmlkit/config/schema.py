@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,11 +42,17 @@ class DataConfig:
         (``None``: split ``part`` itself).
     x_key, labels_key : str
         Array names in an ``.npz`` file.
-    image_size : int, optional
-        Resize side of images read from a folder; ``color`` is ``"grayscale"`` or ``"rgb"``.
+    image_size : int or [int, int], optional
+        Resize side (or ``[height, width]``) of images read from a folder.
+    color : {"auto", "grayscale", "rgb"}
+        Channels of images read from a folder: ``"auto"`` reads 3 (RGB) when any image
+        of the folder is colour, else 1 (see :func:`dmlkit.data.image_folder.folder_color`).
     split : {"stratified", "classes"}
         ``"stratified"``: a seeded ``test_fraction`` of each class is held out.
         ``"classes"``: train on ``train_classes``, evaluate on unseen ``test_classes``.
+    train_classes, test_classes : list of int or str, optional
+        Class ids, or class names where the data has them (image and audio folders:
+        the sub-folder names; ``.npz``: its ``class_names`` array).
     max_per_class, max_heldout_per_class : int, optional
         Seeded caps on items per class, to keep runs short.
     seed : int
@@ -81,12 +88,12 @@ class DataConfig:
     heldout_part: str | None = None
     x_key: str = "x"
     labels_key: str = "labels"
-    image_size: int | None = None
-    color: str = "grayscale"
+    image_size: int | list[int] | None = None
+    color: str = "auto"
     split: str = "stratified"
     test_fraction: float = 0.5
-    train_classes: list[int] | None = None
-    test_classes: list[int] | None = None
+    train_classes: list[int | str] | None = None
+    test_classes: list[int | str] | None = None
     max_per_class: int | None = None
     max_heldout_per_class: int | None = None
     seed: int = 0
@@ -105,12 +112,27 @@ class DataConfig:
     def __post_init__(self) -> None:
         _choice("data", "name", self.name, DATA_SOURCES)
         _choice("data", "split", self.split, ("stratified", "classes"))
-        _choice("data", "color", self.color, ("grayscale", "rgb"))
+        _choice("data", "color", self.color, ("auto", "grayscale", "rgb"))
         _choice("data", "part", self.part, ("train", "test", "all"))
         if self.heldout_part is not None:
             _choice("data", "heldout_part", self.heldout_part, ("train", "test", "all"))
-        if self.split == "classes" and not self.train_classes:
-            raise ValueError("data.split 'classes' needs data.train_classes")
+        for key in ("train_classes", "test_classes"):
+            setattr(self, key, _class_list(key, getattr(self, key)))
+        if self.split == "classes" and self.train_classes is None:
+            raise ValueError("data.split 'classes' needs data.train_classes (a list of class "
+                             "ids or names, e.g. [0, 1, 2])")
+        for key in ("max_per_class", "max_heldout_per_class"):
+            value = getattr(self, key)
+            if value is not None and not (_is_int(value) and value >= 1):
+                raise ValueError(f"data.{key} must be an integer >= 1 (items per class), or "
+                                 f"null for no cap; got {value!r} ({type(value).__name__})")
+        size = self.image_size  # a side, or [height, width] (a list: YAML writes lists)
+        if isinstance(size, (list, tuple)) and len(size) == 2 and all(
+                _is_int(v) and v >= 1 for v in size):
+            self.image_size = [int(v) for v in size]
+        elif size is not None and not (_is_int(size) and size >= 1):
+            raise ValueError(f"data.image_size must be an integer >= 1 (the side images are "
+                             f"resized to) or [height, width], or null; got {size!r}")
         if self.split == "stratified" and not 0.0 < self.test_fraction < 1.0:
             raise ValueError(f"data.test_fraction must be in (0, 1), got {self.test_fraction}")
         if self.name in ("idx", "npz", "image_folder", "text", "audio_folder") and not self.path:
@@ -371,6 +393,29 @@ def _check_val_classes(value: Any) -> None:
         raise ValueError(
             f"training.val_classes {list(value)} leaves fewer than 2 classes for validation"
         )
+
+
+def _is_int(value: Any) -> bool:
+    """Whether ``value`` is an integer (a Python or numpy int; not a bool)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _class_list(key: str, value: Any) -> list[int | str] | None:
+    """``data.train_classes`` / ``test_classes``: None, or a non-empty list of class ids
+    (integers >= 0) and class names (strings); numpy ints become ints."""
+    example = "e.g. [0, 1, 2], or class names where the data has them: [cat, dog]"
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"data.{key} must be a list of class ids or names ({example}); got "
+                         f"{value!r} ({type(value).__name__})")
+    if not value:
+        raise ValueError(f"data.{key} is an empty list; name at least one class ({example})")
+    bad = [c for c in value if not (isinstance(c, str) or (_is_int(c) and c >= 0))]
+    if bad:
+        raise ValueError(f"data.{key} holds {bad[0]!r} ({type(bad[0]).__name__}), which is "
+                         f"neither a class id (an integer >= 0) nor a class name; got {value!r}")
+    return [c if isinstance(c, str) else int(c) for c in value]
 
 
 def _choice(section: str, key: str, value: Any, allowed: tuple[str, ...]) -> None:

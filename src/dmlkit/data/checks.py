@@ -31,8 +31,9 @@ def check_inputs(data: ArrayDataset, source: str) -> ArrayDataset:
     Warns
     -----
     UserWarning
-        When the largest ``|x|`` exceeds :data:`MAX_ABS_INPUT`: networks trained on such
-        inputs saturate and train to chance, so the inputs should be standardized.
+        When the largest ``|x|`` exceeds :data:`MAX_ABS_INPUT` (float or integer inputs):
+        networks trained on such inputs saturate and train to chance, so the inputs
+        should be standardized.
     """
     x = data.x
     if x.dim() < 2:
@@ -40,15 +41,16 @@ def check_inputs(data: ArrayDataset, source: str) -> ArrayDataset:
             f"{source}: x has shape {tuple(x.shape)}, one value per item; inputs need a "
             "feature axis: (n, features) or images (n, C, H, W) (reshape a single feature "
             "to (n, 1))")
-    if not x.is_floating_point() or x.numel() == 0:
+    if x.numel() == 0 or x.dtype == torch.bool or x.is_complex():
         return data
-    finite = torch.isfinite(x.flatten(1)).all(dim=1)  # (n,)
-    if not bool(finite.all()):
-        bad = (~finite).nonzero().flatten()
-        raise ValueError(
-            f"{source}: {bad.numel()} of {x.shape[0]} items hold NaN or infinite values "
-            f"(first: row {int(bad[0])}); clean or drop them before training")
-    peak = float(x.abs().max())
+    if x.is_floating_point():
+        finite = torch.isfinite(x.flatten(1)).all(dim=1)  # (n,)
+        if not bool(finite.all()):
+            bad = (~finite).nonzero().flatten()
+            raise ValueError(
+                f"{source}: {bad.numel()} of {x.shape[0]} items hold NaN or infinite values "
+                f"(first: row {int(bad[0])}); clean or drop them before training")
+    peak = max(abs(float(x.max())), abs(float(x.min())))  # integer inputs too
     if peak > MAX_ABS_INPUT:
         warnings.warn(
             f"{source}: inputs reach |x| = {peak:.3g}; networks saturate on inputs this far "

@@ -10,6 +10,9 @@ import numpy as np
 from dmlkit.data.dataset import ArrayDataset
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
+#: Pillow modes of single-channel (grey) images, alpha or not
+GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+Color = Literal["auto", "grayscale", "rgb"]
 
 
 def _pillow():  # imported lazily: Pillow is an optional dependency
@@ -23,10 +26,23 @@ def _pillow():  # imported lazily: Pillow is an optional dependency
     return Image
 
 
-def to_mode(image, color: Literal["grayscale", "rgb"]):  # noqa: ANN001, ANN201 - PIL types
-    """Convert a PIL image to 8-bit grayscale (``"L"``) or ``"RGB"``."""
-    if color not in ("grayscale", "rgb"):
-        raise ValueError(f"color must be 'grayscale' or 'rgb', got {color!r}")
+def is_color(image) -> bool:  # noqa: ANN001 - PIL type
+    """Whether a PIL image is stored in colour: its mode is not a grey one
+    (:data:`GREY_MODES`); a palette image is colour when a palette entry is not grey."""
+    if image.mode in ("P", "PA"):
+        palette = image.getpalette() or []
+        rgb = np.asarray(palette[: len(palette) // 3 * 3]).reshape(-1, 3)
+        return bool((rgb != rgb[:, :1]).any())
+    return image.mode not in GREY_MODES
+
+
+def to_mode(image, color: Color):  # noqa: ANN001, ANN201 - PIL types
+    """Convert a PIL image to 8-bit grayscale (``"L"``) or ``"RGB"``; ``"auto"``: ``"RGB"``
+    for a colour image (:func:`is_color`), else ``"L"``."""
+    if color not in ("auto", "grayscale", "rgb"):
+        raise ValueError(f"color must be 'auto', 'grayscale' or 'rgb', got {color!r}")
+    if color == "auto":
+        color = "rgb" if is_color(image) else "grayscale"
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16/32-bit grey: Pillow's
         # convert("L") clips to 255 instead of scaling, so rescale to 8 bits first
         a = np.asarray(image, dtype=np.float64)
@@ -53,10 +69,11 @@ def to_array(image) -> np.ndarray:  # noqa: ANN001 - PIL type
 
 
 def read_image(
-    path: str | Path, color: Literal["grayscale", "rgb"] = "rgb",
+    path: str | Path, color: Color = "rgb",
     image_size: int | tuple[int, int] | None = None,
 ) -> np.ndarray:
-    """One image file as a float32 ``(C, H, W)`` array in ``[0, 1]``.
+    """One image file as a float32 ``(C, H, W)`` array in ``[0, 1]`` (``color="auto"``:
+    ``C`` is 3 for a colour image, 1 for a grey one).
 
     A file Pillow cannot decode (corrupt, truncated, not an image) is a ``ValueError``
     naming it.
@@ -80,15 +97,33 @@ def class_folders(root: Path) -> list[Path]:
 
 
 def image_files(class_dir: Path) -> list[Path]:
-    """The image files under one class folder, sorted; hidden files and folders skipped."""
+    """The image files under one class folder, sorted; hidden files and folders skipped,
+    and entries that are no files (a folder named ``x.png``)."""
     return sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
-                  and not any(part.startswith(".") for part in p.relative_to(class_dir).parts))
+                  and not any(part.startswith(".") for part in p.relative_to(class_dir).parts)
+                  and p.is_file())
+
+
+def folder_color(files: list[Path] | list[str]) -> Literal["grayscale", "rgb"]:
+    """``"rgb"`` when any of the image ``files`` is colour (:func:`is_color`), else
+    ``"grayscale"``: what ``color="auto"`` reads a set of images as. Only the files'
+    headers are read; a file Pillow cannot open is a ``ValueError`` naming it."""
+    image_cls = _pillow()
+    for file in files:
+        try:
+            with image_cls.open(file) as img:
+                if is_color(img):
+                    return "rgb"
+        except (OSError, SyntaxError) as err:
+            raise ValueError(f"cannot read image {file} ({err}); the file is corrupt or not "
+                             "an image: replace or remove it") from None
+    return "grayscale"
 
 
 def load_image_folder(
     root: str | Path,
     image_size: int | tuple[int, int] | None = None,
-    color: Literal["grayscale", "rgb"] = "rgb",
+    color: Color = "auto",
 ) -> ArrayDataset:
     """Every image under ``root/<class_name>/`` as ``(n, C, H, W)`` float32 in ``[0, 1]``.
 
@@ -96,6 +131,11 @@ def load_image_folder(
     folders and files (``.git``, ``.ipynb_checkpoints``) are skipped. Without
     ``image_size`` all images must share one size. 16-bit grey images are scaled to
     ``[0, 1]`` from their 16-bit range.
+
+    ``color``: ``"auto"`` (default) reads 3 channels (RGB) when any image of the folder
+    is colour (its Pillow mode is not a grey one, :func:`is_color`; grey images then
+    repeat their grey in R, G and B), else 1 channel; ``"grayscale"`` or ``"rgb"``
+    force 1 or 3 channels.
     """
     root = Path(root)
     if not root.is_dir():
@@ -104,16 +144,16 @@ def load_image_folder(
     if not class_dirs:
         raise ValueError(f"{root} has no class sub-folders (expected root/<class>/<image>)")
     _pillow()
-    arrays: list[np.ndarray] = []
-    labels: list[int] = []
-    paths: list[str] = []
-    for label, class_dir in enumerate(class_dirs):
-        for file in image_files(class_dir):
-            arrays.append(read_image(file, color, image_size))
-            labels.append(label)
-            paths.append(str(file))
-    if not arrays:
+    files = [(label, file) for label, class_dir in enumerate(class_dirs)
+             for file in image_files(class_dir)]
+    if not files:
         raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {root}")
+    # "auto": each image in its own mode, then grey ones repeated to RGB if any is colour
+    arrays = [read_image(file, color, image_size) for _, file in files]
+    if color == "auto" and any(a.shape[0] == 3 for a in arrays):
+        arrays = [np.repeat(a, 3, axis=0) if a.shape[0] == 1 else a for a in arrays]
+    labels = [label for label, _ in files]
+    paths = [str(file) for _, file in files]
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
         raise ValueError(f"images under {root} differ in size {sorted(shapes)}; set image_size")
@@ -122,4 +162,4 @@ def load_image_folder(
 
 
 __all__ = ["load_image_folder", "read_image", "to_mode", "resize", "to_array", "IMAGE_SUFFIXES",
-           "class_folders", "image_files"]
+           "GREY_MODES", "class_folders", "image_files", "is_color", "folder_color"]

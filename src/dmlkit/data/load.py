@@ -109,10 +109,14 @@ def split_dataset(
 
     ``split: stratified`` holds out a seeded ``test_fraction`` of each class;
     ``split: classes`` trains on ``train_classes`` and holds out ``test_classes`` (unseen).
-    With ``heldout_part`` (IDX datasets) the held-out side comes from that official part.
-    Hierarchical ``(n, L)`` labels split stratified by leaf class (distinct label row).
+    With ``heldout_part`` (IDX datasets: ``idx``, ``fashion_mnist``) the held-out side
+    comes from that official part, which must not overlap ``part``; other sources have no
+    official parts, so ``heldout_part`` there is an error, never the training items
+    evaluated again. Hierarchical ``(n, L)`` labels split stratified by leaf class
+    (distinct label row).
     """
     cfg = data_config(spec)
+    check_heldout_part(cfg)
     data = load_dataset(cfg)
     if data.labels.dim() == 2:
         return _split_hierarchical(data, cfg)
@@ -134,6 +138,62 @@ def split_dataset(
     return train, heldout
 
 
+def check_heldout_part(cfg: DataConfig) -> None:
+    """Refuse a ``data.heldout_part`` that would hold out training items.
+
+    Only IDX datasets (``idx``, ``fashion_mnist``) have official parts; elsewhere the
+    held-out part would be the training data itself. ``part: all`` holds every item, so
+    it overlaps any other part (and ``heldout_part: all`` any ``part``).
+
+    Raises
+    ------
+    ValueError
+        Naming the key and what to write instead.
+    """
+    held = cfg.heldout_part
+    if held is None or held == cfg.part:  # the part itself: split as data.split says
+        return
+    if cfg.name not in ("idx", "fashion_mnist"):
+        raise ValueError(
+            f"data.heldout_part {held!r} names an official part of an IDX dataset (idx, "
+            f"fashion_mnist), but a {cfg.name!r} source has no parts: its held-out items "
+            "would be the training items. Remove data.heldout_part; the held-out items are "
+            "then split off as data.split says (stratified: data.test_fraction of each "
+            "class; classes: data.test_classes)")
+    if "all" in (cfg.part, held):
+        raise ValueError(
+            f"data.part {cfg.part!r} and data.heldout_part {held!r} overlap ('all' holds "
+            "both the train and the test part), so held-out items would be training items; "
+            "use part: train with heldout_part: test, or remove data.heldout_part to split "
+            "one part as data.split says")
+
+
+def check_training_classes(train: ArrayDataset, cfg: DataConfig) -> None:
+    """Refuse labelled training data of fewer than two classes.
+
+    Metric learning learns from items of other classes (the negatives of every loss and
+    miner), and retrieval metrics over one class are trivially perfect, so such a run
+    would train nothing and report full marks.
+    """
+    if train.num_classes >= 2:
+        return
+    which = ("no items" if len(train) == 0 else
+             f"one class ({_class_label(train, train.classes[0])}, {len(train)} items)")
+    source = cfg.path or cfg.name
+    raise ValueError(
+        f"the training data of {source} holds {which}; metric learning needs at least 2 "
+        "classes (items of other classes are the negatives it learns from). Give data with "
+        "more classes (image / audio folders: one sub-folder per class or speaker)"
+        + (", or more data.train_classes" if cfg.split == "classes" else ""))
+
+
+def _class_label(data: ArrayDataset, cls: Any) -> str:
+    names = data.class_names
+    if isinstance(cls, int) and names is not None and 0 <= cls < len(names):
+        return f"{cls}: {names[cls]!r}"
+    return str(cls)
+
+
 def _split_hierarchical(data: ArrayDataset, cfg: DataConfig) -> tuple[ArrayDataset, ArrayDataset]:
     """:func:`split_dataset` for ``(n, L)`` labels: stratified by leaf class (label row),
     the caps per leaf class."""
@@ -142,9 +202,6 @@ def _split_hierarchical(data: ArrayDataset, cfg: DataConfig) -> tuple[ArrayDatas
             "data.split 'classes' holds out (n,) class ids, but the labels are hierarchical "
             f"{tuple(data.labels.shape)}; use split: stratified (each leaf class, i.e. "
             "distinct label row, on both sides)")
-    if cfg.heldout_part is not None and cfg.heldout_part != cfg.part:
-        raise ValueError("data.heldout_part names an official part of an IDX dataset; "
-                         "hierarchical labels come from a .npz file, which has none")
     # the (n,) splits run on item positions labelled by leaf id
     leaves = ArrayDataset(torch.arange(len(data))[:, None], leaf_ids(data.labels))  # (n, 1)
     train, heldout = stratified_split(leaves, cfg.test_fraction, cfg.seed)
@@ -165,4 +222,5 @@ def describe(cfg: DataConfig) -> str:
     )
 
 
-__all__ = ["data_config", "load_dataset", "split_dataset", "describe", "select_classes"]
+__all__ = ["data_config", "load_dataset", "split_dataset", "check_heldout_part",
+           "check_training_classes", "describe", "select_classes"]

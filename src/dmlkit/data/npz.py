@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -36,15 +37,46 @@ def read_arrays(path: str | Path) -> dict[str, np.ndarray]:
                          f"(np.{'save' if path.suffix == '.npy' else 'savez'})") from None
 
 
+#: integer dtypes read as image pixels, and the pixel value that becomes 1.0
+PIXEL_SCALES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+
+
+def integer_inputs(x: np.ndarray, source: str) -> np.ndarray:
+    """Integer inputs as float32, by dmlkit's one rule for integer arrays.
+
+    ``uint8`` and ``uint16`` arrays are image pixels, scaled to ``[0, 1]`` (``/ 255``,
+    ``/ 65535``). Every other integer dtype (``int8`` ... ``int64``, ``uint32``,
+    ``uint64``) is converted to float32 unscaled: its range says nothing about what its
+    maximum means. Such an array of images (``ndim >= 3``) with values above 1 warns,
+    since images are expected in ``[0, 1]``. Non-integer arrays are returned as they are.
+    """
+    if x.dtype.kind not in "iu":
+        return x
+    scale = PIXEL_SCALES.get(x.dtype)
+    if scale is not None:
+        return x.astype(np.float32) / np.float32(scale)
+    out = x.astype(np.float32)
+    if out.ndim >= 3 and out.size and float(out.max()) > 1.0:
+        warnings.warn(
+            f"{source}: x holds {x.dtype} images with values in [{x.min()}, {x.max()}], "
+            "kept unscaled (dmlkit scales only uint8 images by 1/255 and uint16 by 1/65535); "
+            "store 8-bit pixels as uint8 (x.astype(np.uint8)), or as floats in [0, 1]",
+            UserWarning, stacklevel=3)
+    return out
+
+
 def load_npz(path: str | Path, x_key: str = "x", labels_key: str = "labels") -> ArrayDataset:
     """Load ``x`` and ``labels`` arrays from an ``.npz`` file.
 
     ``labels`` are ``(n,)`` integer class ids or ``(n, L)`` integer hierarchical labels
     (coarsest level first, ``L >= 2``).
 
-    Integer image arrays of ``uint8`` are scaled to ``[0, 1]``; ``(n, H, W)`` arrays of
-    uint8 become ``(n, 1, H, W)``. Other arrays are kept as they are (floats as float32).
-    An optional ``class_names`` array of strings is read when present.
+    Integer ``x`` follows one rule (:func:`integer_inputs`): ``uint8`` is scaled to
+    ``[0, 1]`` by ``1/255`` and ``uint16`` by ``1/65535`` (image pixels; ``(n, H, W)``
+    arrays of either become ``(n, 1, H, W)``); every other integer dtype becomes float32
+    unscaled, with a warning when it holds images (``ndim >= 3``) with values above 1.
+    Floats are kept (as float32). An optional ``class_names`` array of strings is read
+    when present.
     """
     path = Path(path)
     if not path.is_file():
@@ -60,13 +92,12 @@ def load_npz(path: str | Path, x_key: str = "x", labels_key: str = "labels") -> 
     x = archive[x_key]
     labels = archive[labels_key]
     names = [str(n) for n in archive["class_names"]] if "class_names" in archive else None
-    if x.dtype == np.uint8:
-        x = x.astype(np.float32) / 255.0
-        if x.ndim == 3:
-            x = x[:, None]  # (n, 1, H, W)
+    if x.dtype in PIXEL_SCALES and x.ndim == 3:
+        x = x[:, None]  # (n, 1, H, W)
+    x = integer_inputs(x, str(path))
     if labels.dtype.kind not in "iu":
         raise ValueError(f"{path}: {labels_key!r} must hold integer labels, got {labels.dtype}")
     return ArrayDataset(x, labels.astype(np.int64), names)
 
 
-__all__ = ["load_npz", "read_arrays"]
+__all__ = ["PIXEL_SCALES", "integer_inputs", "load_npz", "read_arrays"]

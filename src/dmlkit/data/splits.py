@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -11,32 +12,78 @@ from dmlkit.data.dataset import ArrayDataset, leaf_ids
 
 def class_split(
     data: ArrayDataset,
-    train_classes: Sequence[int],
-    test_classes: Sequence[int] | None = None,
+    train_classes: Sequence[int | str],
+    test_classes: Sequence[int | str] | None = None,
 ) -> tuple[ArrayDataset, ArrayDataset]:
     """Split by class: items of ``train_classes`` vs items of ``test_classes``.
 
     The zero-shot protocol of deep metric learning: the metric is evaluated on classes
     never seen in training. ``test_classes`` defaults to every other class present.
+    Classes are ids, or names where ``data`` has ``class_names`` (:func:`class_ids`).
 
     Raises
     ------
     ValueError
         If the two class sets overlap, a class is absent from ``data``, or a side is empty.
+    TypeError
+        If a class is neither an integer id nor a name.
     """
     present = set(data.classes)
-    train_set = {int(c) for c in train_classes}
-    test_set = present - train_set if test_classes is None else {int(c) for c in test_classes}
+    train_set = set(class_ids(data, train_classes, "train_classes"))
+    test_set = (present - train_set if test_classes is None
+                else set(class_ids(data, test_classes, "test_classes")))
     overlap = sorted(train_set & test_set)
     if overlap:
-        raise ValueError(f"train_classes and test_classes overlap on {overlap}")
+        raise ValueError(f"train_classes and test_classes overlap on {_named(data, overlap)}")
     for name, cls in (("train_classes", train_set), ("test_classes", test_set)):
         missing = sorted(cls - present)
         if missing:
-            raise ValueError(f"{name} {missing} are not in the data (classes: {sorted(present)})")
+            raise ValueError(f"{name} {missing} are not in the data (classes: "
+                             f"{_named(data, sorted(present))})")
         if not cls:
             raise ValueError(f"{name} is empty")
     return select_classes(data, sorted(train_set)), select_classes(data, sorted(test_set))
+
+
+def class_ids(data: ArrayDataset, classes: Sequence[int | str], key: str = "classes"
+              ) -> list[int]:
+    """The class ids ``classes`` names: integer ids as they are, names (strings) looked up
+    in ``data.class_names`` (image and audio folders: the sub-folder names).
+
+    Raises
+    ------
+    ValueError
+        A name that is not one of ``data.class_names``, or a name where ``data`` has
+        none (the message lists the valid ids and names).
+    TypeError
+        A class that is neither an integer nor a string (``0.5``, ``True``).
+    """
+    names = data.class_names
+    out: list[int] = []
+    for c in classes:
+        if isinstance(c, str):
+            if names is None:
+                raise ValueError(
+                    f"data.{key} names the class {c!r}, but the data has no class names; "
+                    f"give class ids: {sorted(data.classes)}")
+            if c not in names:
+                raise ValueError(f"data.{key}: no class named {c!r}; the classes are "
+                                 f"{_named(data, sorted(data.classes))}")
+            out.append(names.index(c))
+        elif isinstance(c, numbers.Integral) and not isinstance(c, bool):
+            out.append(int(c))
+        else:
+            raise TypeError(f"data.{key} holds {c!r} ({type(c).__name__}), which is neither "
+                            f"a class id (an integer) nor a class name")
+    return out
+
+
+def _named(data: ArrayDataset, ids: Sequence[int]) -> str:
+    """Class ids as ``0 (cat), 1 (dog)`` where ``data`` has names, else the id list."""
+    names = data.class_names
+    if names is None:
+        return str(list(ids))
+    return ", ".join(f"{i} ({names[i]})" if 0 <= i < len(names) else str(i) for i in ids)
 
 
 def select_classes(data: ArrayDataset, classes: Sequence[int]) -> ArrayDataset:
@@ -94,6 +141,7 @@ def limit_per_class(data: ArrayDataset, max_per_class: int, seed: int = 0) -> Ar
 
 
 __all__ = [
+    "class_ids",
     "class_split",
     "select_classes",
     "stratified_indices",

@@ -207,12 +207,13 @@ def read_tuples_csv(
     features: str | Path | None = None,
     features_key: str = "x",
     image_size: int | None = None,
-    color: Literal["grayscale", "rgb"] = "grayscale",
+    color: Literal["auto", "grayscale", "rgb"] = "grayscale",
 ) -> TupleDataset:
     """Read pairs (``item_a,item_b,similar``) or triplets (``anchor,positive,negative``).
 
     With ``features`` the entries are integer rows of that array; without, they are
-    image paths (relative ones resolved against the CSV's folder).
+    image paths (relative ones resolved against the CSV's folder), read in ``color``
+    (``"auto"``: RGB when any of them is colour, else grayscale).
     """
     if kind not in COLUMNS:
         raise ValueError(f"kind must be 'pairs' or 'triplets', got {kind!r}")
@@ -259,6 +260,10 @@ def read_tuples_csv(
             ids.setdefault(ref, len(ids))
     tuples = np.asarray([[ids[ref] for ref in row] for row in refs], dtype=np.int64)
     files = [str(p if Path(p).is_absolute() else path.parent / p) for p in ids]
+    if color == "auto":
+        from dmlkit.data.image_folder import folder_color
+
+        color = folder_color(files)
     return TupleDataset(tuples.reshape(len(refs), -1), files, similar, image_size, color)
 
 

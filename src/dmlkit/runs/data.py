@@ -15,7 +15,7 @@ from typing import Any
 
 from dmlkit.config.schema import DataConfig
 from dmlkit.data.dataset import ArrayDataset
-from dmlkit.runs.queries import check_input_shape, run_input_spec
+from dmlkit.runs.queries import check_input_shape, run_color, run_input_spec
 from dmlkit.training.run import Run, build_splits
 
 SPLITS = ("heldout", "train")
@@ -83,8 +83,10 @@ def run_data(
     if cfg.name == "npz" and cfg.path is not None:
         check_npz_keys(cfg.path, cfg.x_key, cfg.labels_key)
     if by_path and cfg.name in READ_AS_TRAINED and Path(text).is_dir():
-        cfg = dataclasses.replace(cfg, **{k: getattr(run.config.data, k)
-                                          for k in READ_AS_TRAINED[cfg.name]})
+        trained = {k: getattr(run.config.data, k) for k in READ_AS_TRAINED[cfg.name]}
+        if "color" in trained:  # "auto": the channels the model was trained on
+            trained["color"] = run_color(run)
+        cfg = dataclasses.replace(cfg, **trained)
     return fit_to_run(load_dataset(cfg), run, text)
 
 

@@ -6,8 +6,9 @@ model embeds. The two are never told apart by width alone: an ``.npz`` names its
 (``embeddings`` or ``x``), and a bare ``.npy`` is accepted only when its shape fits one
 reading (``kind="auto"``) or when the caller says which (``kind="embeddings"`` /
 ``"inputs"``). Raw inputs are brought to the training inputs' shape and scale: rows are
-reshaped to the input shape, ``uint8`` arrays and images are scaled to ``[0, 1]`` as the
-loaders scale them, and values far outside the training inputs' range raise a warning.
+reshaped to the input shape, ``uint8`` / ``uint16`` arrays and images are scaled to
+``[0, 1]`` as the loaders scale them, and values far outside the training inputs' range
+raise a warning.
 
 :func:`check_input_shape` is the one rule of which inputs a run's model takes, shared by
 ``dmlkit search``, ``embed``, ``evaluate``, ``index build`` and ``explain``: the
@@ -196,14 +197,18 @@ def read_query_array(
 def prepare_inputs(x: np.ndarray, spec: InputSpec | None, source: str) -> np.ndarray:
     """Raw query inputs as float32 ``(n, *spec.shape)``, scaled as the loaders scale them.
 
-    ``uint8`` arrays become ``x / 255`` (images, as every dmlkit loader reads them);
-    values beyond the training inputs' range (by more than half its width) warn.
+    Integer arrays follow the loaders' rule (:func:`~dmlkit.data.npz.integer_inputs`):
+    ``uint8`` becomes ``x / 255`` and ``uint16`` ``x / 65535`` (images), other integers
+    float32 as they are; values beyond the training inputs' range (by more than half its
+    width) warn.
     """
+    from dmlkit.data.npz import integer_inputs
+
     x = np.asarray(x)
     if x.ndim < 2 and (spec is None or len(spec.shape) > 0):
         raise ValueError(f"{source}: raw inputs need a row per query, got shape {x.shape}")
-    if x.dtype == np.uint8:
-        x = x.astype(np.float32) / 255.0
+    if x.dtype.kind in "iu":
+        x = integer_inputs(x, source)
     elif not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
         raise TypeError(f"{source}: raw inputs must be real numbers, got dtype {x.dtype}")
     else:
@@ -223,6 +228,21 @@ def prepare_inputs(x: np.ndarray, spec: InputSpec | None, source: str) -> np.nda
                 "same way (neighbours of mis-scaled inputs are wrong)", UserWarning,
                 stacklevel=2)
     return x
+
+
+def run_color(run: Any, spec: InputSpec | None = None) -> str:
+    """The colour mode image files are read in for ``run``: its ``data.color``, where
+    ``"auto"`` is resolved to the channels its model was trained on (``in_channels``,
+    else the training inputs' ``spec`` (read from the run's data when not given):
+    1 ``"grayscale"``, 3 ``"rgb"``), so queries get the channels the model takes."""
+    color = run.config.data.color
+    if color != "auto":
+        return color
+    channels = run.config.model.get("in_channels")
+    if channels is None:
+        spec = spec or run_input_spec(run)
+        channels = spec.shape[0] if spec is not None and len(spec.shape) == 3 else None
+    return {1: "grayscale", 3: "rgb"}.get(channels, "auto")
 
 
 def read_images(paths: list[Path], image_size: Any, color: str) -> np.ndarray:
@@ -258,4 +278,4 @@ def expand_queries(queries: list[Path]) -> list[Path]:
 
 __all__ = ["QUERY_KINDS", "InputSpec", "check_input_shape", "expand_queries", "input_fit",
            "input_spec", "prepare_inputs", "read_images", "read_query_array",
-           "resizes_inputs", "run_input_spec"]
+           "resizes_inputs", "run_color", "run_input_spec"]

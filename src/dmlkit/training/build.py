@@ -26,7 +26,11 @@ def _params(registry: Any, name: str) -> set[str]:
 
 
 def model_shape_params(spec: dict[str, Any], example: Tensor) -> dict[str, Any]:
-    """Model parameters that ``example`` (one input, no batch dim) implies and ``spec`` lacks."""
+    """Model parameters that ``example`` (one input, no batch dim) implies and ``spec`` lacks.
+
+    ``image_size`` is the side of square images and ``[height, width]`` of others (every
+    model that takes ``image_size`` takes both forms).
+    """
     params = _params(MODELS, spec["name"])
     if "in_channels" in params and example.dim() == 3 and example.shape[0] not in (1, 3, 4) \
             and example.shape[-1] in (1, 3, 4):
@@ -40,7 +44,9 @@ def model_shape_params(spec: dict[str, Any], example: Tensor) -> dict[str, Any]:
     if "in_channels" in params and "in_channels" not in spec:
         filled["in_channels"] = int(example.shape[0]) if example.dim() == 3 else 1
     if "image_size" in params and "image_size" not in spec and example.dim() >= 2:
-        filled["image_size"] = int(example.shape[-1])
+        height, width = (int(v) for v in example.shape[-2:])
+        # a side for square images (as configs write it), [height, width] otherwise
+        filled["image_size"] = height if height == width else [height, width]
     return filled
 
 

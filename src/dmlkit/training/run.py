@@ -12,6 +12,7 @@ raw inputs as they are under ``"baseline_unnormalized"``; the per-epoch records 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import sys
 import time
@@ -25,7 +26,7 @@ from torch import Tensor, nn
 
 from dmlkit.config.schema import Config
 from dmlkit.data.dataset import ArrayDataset
-from dmlkit.data.load import split_dataset
+from dmlkit.data.load import check_training_classes, split_dataset
 from dmlkit.data.splits import stratified_split
 from dmlkit.training.build import build_model, resolve_config
 from dmlkit.training.checkpoint import atomic_save, load_checkpoint, torch_load
@@ -106,7 +107,14 @@ def validation_split(
 
         return holdout_classes(train, tc.val_classes, config.data.seed + 1)
     if tc.val_fraction > 0:
-        return stratified_split(train, tc.val_fraction, config.data.seed + 1)
+        train, val = stratified_split(train, tc.val_fraction, config.data.seed + 1)
+        counts = torch.unique(val.labels, dim=0, return_counts=True)[1] if len(val) else []
+        if not any(int(c) >= 2 for c in counts):  # no query with a relevant reference
+            raise ValueError(
+                f"training.val_fraction {tc.val_fraction} holds out at most one item of each "
+                f"class ({len(val)} items): validation MAP@R needs two of a class; raise "
+                "val_fraction, or hold out whole classes with training.val_classes")
+        return train, val
     return train, None
 
 
@@ -272,6 +280,7 @@ def _train_run(
 def _train_labelled(config: Config, out_dir: Path, resume: bool, log: Any, callbacks: tuple,
                     start: float, distributed: bool) -> RunResult:
     train, heldout = build_splits(config)
+    check_training_classes(train, config.data)
     train, val = validation_split(train, config)
     resolved = resolve_config(config, train.x[0], int(train.labels.max()) + 1)
     train, val = frozen_feature_data(resolved, train, val, log)  # cached, if frozen backbone
@@ -304,7 +313,8 @@ def _train_labelled(config: Config, out_dir: Path, resume: bool, log: Any, callb
             "classes": val.classes if config.training.val_classes is not None else None,
             "num_items": len(val),
             "best_epoch": trainer.best_epoch,
-            "best_map_at_r": trainer.best_metric,
+            # (None when no epoch could be scored: strict JSON has no -Infinity)
+            "best_map_at_r": trainer.best_metric if math.isfinite(trainer.best_metric) else None,
         }
     metrics["history"] = history
     (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")

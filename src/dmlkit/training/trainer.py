@@ -409,7 +409,9 @@ class Trainer:
         if self.val_data is not None:
             record.update(self.validate())
             score = record["val_map_at_r"]
-            if score > self.best_metric:
+            if math.isnan(score):  # nothing to score (no class with two items): no verdict
+                pass
+            elif score > self.best_metric:
                 self.best_metric, self.best_epoch, self.bad_epochs = score, record["epoch"], 0
                 self.best_state = {
                     "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},

