@@ -138,8 +138,12 @@ def cli_jobs(run_dir: Path, x, y, fit, test, args) -> dict:
         t = Path(tmp)
         np.savez(t / "gallery.npz", x=x[gal], labels=y[gal])
         np.savez(t / "query.npz", x=x[test], labels=y[test])
+        np.savez(t / "fit.npz", x=x[fit], labels=y[fit])
         jobs = {
-            "verify": ["verify", str(run_dir), "--data", "heldout", "--target-far", str(FAR),
+            # the library rows' split (every unseen class on both sides); `--data heldout`
+            # alone would split by identity, a different protocol
+            "verify": ["verify", str(run_dir), "--data", str(t / "query.npz"), "--calibrate",
+                       str(t / "fit.npz"), "--target-far", str(FAR),
                        "--bootstrap", str(args.bootstrap)],
             "identify": ["identify", str(run_dir), "--gallery", str(t / "gallery.npz"),
                          "--query", str(t / "query.npz"), "--target-far", str(FAR)],

@@ -71,7 +71,7 @@ def test_recommendation_metrics_by_hand():
     assert m["recall_at_3"] == pytest.approx((1 + 1 + 0) / 3)
     assert m["ndcg_at_3"] == pytest.approx((ndcg_u1 + ndcg_u2 + 0) / 3)
     assert m["coverage_at_3"] == pytest.approx(8 / 10)  # a b c d e x y z
-    with pytest.raises(ValueError, match="k in"):
+    with pytest.raises(ValueError, match="k=4 but recommended holds 3 items per user"):
         recommendation_metrics(rec, [["b"]] * 3, 10, k=4)
 
 

@@ -3,8 +3,11 @@ verifier of another model, and bounds what a request may hold and return."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -55,7 +58,7 @@ def close_stores():
         OPEN.pop().close()
 
 
-def client(root, tmp_path, run="run", info=None, verifier=None, config=None):
+def client(root, tmp_path, run="run", info=None, verifier=None, config=None, onnx=None):
     from dmlkit.index import load_index
     from dmlkit.service import ApiKeys, DurableIndex, create_app, load_embedder
 
@@ -66,7 +69,8 @@ def client(root, tmp_path, run="run", info=None, verifier=None, config=None):
         index.save(tmp_path / "idx")
     store = DurableIndex(tmp_path / "idx")
     OPEN.append(store)
-    app = create_app(store, ApiKeys([KEY]), load_embedder(root / run), config, verifier)
+    embedder = load_embedder(onnx=onnx) if onnx is not None else load_embedder(root / run)
+    app = create_app(store, ApiKeys([KEY]), embedder, config, verifier)
     return TestClient(app)
 
 
@@ -125,6 +129,63 @@ def test_an_index_without_fingerprint_warns(runs, tmp_path):
     root, _, _ = runs
     with pytest.warns(UserWarning, match="records no fingerprint"):
         client(root, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def exports(runs, tmp_path_factory):
+    """ONNX exports of both runs, written from a relative run directory."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from dmlkit.runs.export import export_run
+
+    root, _, _ = runs
+    out = tmp_path_factory.mktemp("exports")
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        for name in ("run", "other"):
+            export_run(name, out / f"{name}.onnx")
+    finally:
+        os.chdir(cwd)
+    return out
+
+
+def test_an_onnx_export_records_its_weights_and_absolute_run_dir(runs, exports):
+    from dmlkit.apps.persistence import run_fingerprint
+
+    root, _, _ = runs
+    info = json.loads((exports / "run.onnx.json").read_text())
+    assert info["model_sha256"] == run_fingerprint(root / "run")
+    assert Path(info["run_dir"]).is_absolute()
+    assert Path(info["run_dir"]) == (root / "run").resolve()
+
+
+def test_an_onnx_export_of_another_run_is_refused_an_index(runs, exports, tmp_path):
+    from dmlkit.apps.persistence import run_fingerprint
+
+    root, _, _ = runs
+    with pytest.raises(ValueError, match="built with the run .*run, whose model is not"):
+        client(root, tmp_path, onnx=exports / "other.onnx")  # the index records a run only
+    shutil.rmtree(tmp_path / "idx")
+    info = {"run_dir": str(root / "run"), "model_sha256": run_fingerprint(root / "run")}
+    with pytest.raises(ValueError, match="holds embeddings of another model"):
+        client(root, tmp_path, info=info, onnx=exports / "other.onnx")
+    shutil.rmtree(tmp_path / "idx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the export of the index's own run: served, no warning
+        client(root, tmp_path, info=info, onnx=exports / "run.onnx")
+
+
+def test_an_onnx_export_without_fingerprint_warns(runs, exports, tmp_path):
+    root, _, _ = runs
+    old = tmp_path / "old.onnx"
+    shutil.copy(exports / "other.onnx", old)
+    info = json.loads((exports / "other.onnx.json").read_text())
+    del info["model_sha256"]  # as dmlkit export wrote it before it recorded the weights
+    (tmp_path / "old.onnx.json").write_text(json.dumps(info))
+    with pytest.warns(UserWarning, match="records no fingerprint of its weights.*export the "
+                      "run again"):
+        client(root, tmp_path, onnx=old)
 
 
 @pytest.fixture

@@ -7,11 +7,18 @@ A bias-free network ``phi`` is trained so that normal data falls close to a fixe
 
 and a point's anomaly score is ``||phi(x) - c||^2``. Training runs on dmlkit's
 :class:`~dmlkit.training.Trainer` (random batches, Adam, cosine schedule).
+
+The threshold is set on normal rows the network never saw: ``fit`` holds out a seeded
+``calibration_fraction`` of its rows, trains on the rest and puts ``offset_`` at the
+``contamination`` quantile of the held-out rows' scores. (The network pulls the rows it
+was trained on towards the centre, so a threshold from their scores would flag far more
+than ``contamination`` of new normal data.)
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +65,14 @@ class DeepSVDD(OutlierMixin, BaseEstimator):
         Centre coordinates closer to 0 than this are pushed to ``+-center_eps`` (a zero
         coordinate is trivially reachable by zeroing weights).
     contamination : float in (0, 0.5]
-        Fraction of training points left outside the threshold ``offset_``.
+        Fraction of new normal data expected outside the threshold ``offset_``: the
+        fraction of the held-out calibration rows left outside it.
+    calibration_fraction : float in (0, 1)
+        Fraction of the rows given to ``fit`` held out (seeded by ``random_state``) to set
+        ``offset_``; the network is trained on the others. At least one row is held out
+        and at least two trained on.
     random_state : int
+        Seed of the calibration split and of training.
 
     Attributes
     ----------
@@ -69,7 +82,9 @@ class DeepSVDD(OutlierMixin, BaseEstimator):
     center_ : numpy.ndarray of shape (dim,)
     offset_ : float
     n_samples_fit_ : int
-        Number of training points.
+        Number of rows given to ``fit`` (``n_calibration_`` of them held out).
+    n_calibration_ : int
+        Number of held-out rows ``offset_`` was set on.
     """
 
     def __init__(
@@ -84,6 +99,7 @@ class DeepSVDD(OutlierMixin, BaseEstimator):
         weight_decay: float = 1e-6,
         center_eps: float = 0.1,
         contamination: float = 0.1,
+        calibration_fraction: float = 0.2,
         random_state: int = 0,
     ) -> None:
         self.model = model
@@ -95,6 +111,7 @@ class DeepSVDD(OutlierMixin, BaseEstimator):
         self.weight_decay = weight_decay
         self.center_eps = center_eps
         self.contamination = contamination
+        self.calibration_fraction = calibration_fraction
         self.random_state = random_state
 
     def _inputs(self, X: Any, reset: bool) -> np.ndarray:
@@ -121,16 +138,26 @@ class DeepSVDD(OutlierMixin, BaseEstimator):
                 "image_size": [int(shape[1]), int(shape[2])], "dim": int(self.dim)}
 
     def fit(self, X: Any, y: Any = None) -> DeepSVDD:
-        """Train on normal data ``X``; ``y`` is ignored."""
+        """Train on normal data ``X`` and set ``offset_`` on a held-out part of it; ``y`` is
+        ignored."""
         from dmlkit.config.schema import Config
         from dmlkit.data.dataset import ArrayDataset
         from dmlkit.training import Trainer
 
         if not 0.0 < float(self.contamination) <= 0.5:
             raise ValueError(f"contamination must be in (0, 0.5], got {self.contamination!r}")
+        frac = self.calibration_fraction
+        if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0.0 < frac < 1.0:
+            raise ValueError(f"calibration_fraction must be in (0, 1) (the share of rows held "
+                             f"out to set the threshold), got {frac!r}")
         X = self._inputs(X, reset=True)
-        if X.shape[0] < 2:
-            raise ValueError(f"DeepSVDD needs 2 or more training points, got n_samples={len(X)}")
+        if X.shape[0] < 3:
+            raise ValueError(f"DeepSVDD needs 3 or more training points (2 to train the "
+                             f"network on, 1 to set the threshold), got n_samples={len(X)}")
+        n = len(X)
+        n_cal = min(n - 2, max(1, round(float(frac) * n)))  # (batch norm needs 2 rows)
+        order = np.random.default_rng(int(self.random_state)).permutation(n)
+        X_cal, X = X[order[:n_cal]], X[np.sort(order[n_cal:])]
         spec = self._model_spec(X)
         config = Config.from_dict({
             "model": spec,
@@ -149,8 +176,10 @@ class DeepSVDD(OutlierMixin, BaseEstimator):
         self.model_ = trainer.model.eval()
         self.model_config_ = spec
         self.center_ = center.numpy()
-        self.n_samples_fit_ = int(len(X))
-        self.offset_ = float(np.quantile(self._score(X), float(self.contamination)))
+        self.n_samples_fit_ = n
+        self.n_calibration_ = int(n_cal)
+        # held-out normal rows score as new normal data does: the network never saw them
+        self.offset_ = float(np.quantile(self._score(X_cal), float(self.contamination)))
         return self
 
     def _initial_center(self, model: nn.Module, x: Tensor) -> Tensor:
@@ -189,7 +218,8 @@ class DeepSVDD(OutlierMixin, BaseEstimator):
         check_is_fitted(self, "offset_")
         arrays = {"center": self.center_, **module_arrays(self.model_, MODEL)}
         state = {"offset_": float(self.offset_), "model_config": self.model_config_,
-                 "n_samples_fit_": int(self.n_samples_fit_)}
+                 "n_samples_fit_": int(self.n_samples_fit_),
+                 "n_calibration_": int(self.n_calibration_)}
         return save_kit(path, self, arrays=arrays, state=state, count=self.n_samples_fit_)
 
     @classmethod
@@ -205,6 +235,7 @@ class DeepSVDD(OutlierMixin, BaseEstimator):
         try:
             det.offset_ = float(state["offset_"])
             det.n_samples_fit_ = int(state["n_samples_fit_"])
+            det.n_calibration_ = int(state.get("n_calibration_", 0))
             config, center = state["model_config"], arrays["center"]
         except (KeyError, TypeError, ValueError) as err:
             raise IndexFormatError(f"{path}: incomplete Deep SVDD state ({err})") from None
@@ -214,6 +245,12 @@ class DeepSVDD(OutlierMixin, BaseEstimator):
                 or not isinstance(config, dict) or config.get("dim") != int(det.dim)):
             raise IndexFormatError(f"{path}: the saved centre and network do not match "
                                    f"dim={det.dim}")
+        if "n_calibration_" not in state:
+            warnings.warn(f"{path} was saved by an older dmlkit, which set the threshold on the "
+                          "rows the network was trained on: it flags far more than "
+                          f"contamination={det.contamination} of new normal data; fit the "
+                          "detector again and save it (the threshold is now set on held-out "
+                          "rows)", UserWarning, stacklevel=2)
         det.model_ = load_module(path, config, arrays, MODEL)
         det.model_config_ = config
         det.center_ = center

@@ -337,7 +337,8 @@ class Identifier(ClassifierMixin, BaseEstimator):
             if int((self.counts_ > 0).sum()) < 2:
                 raise ValueError(
                     "open-set calibration needs at least two enrolled identities, got one "
-                    "class; pass target_far=None for a closed set")
+                    "class; pass target_far=None for a closed set (on the command line: "
+                    "dmlkit identify --closed-set), or enroll a second identity")
             own = self._codes(y, create=False)
             rng = np.random.default_rng(self.random_state)
             pick = rng.permutation(z.shape[0])[: int(self.calibration_size)]

@@ -14,12 +14,16 @@ As in scikit-learn, ``score_samples`` is higher for more normal points,
 ``decision_function = score_samples - offset_`` is negative for outliers and ``predict``
 returns ``+1`` (inlier) / ``-1`` (outlier). ``offset_`` is the ``contamination``
 quantile of the *leave-one-out* scores of the training points (each scored against the
-others), so on new normal data about a ``contamination`` fraction is flagged.
+others), so on new normal data about a ``contamination`` fraction is flagged. A
+training point has only ``n - 1`` others, so ``"knn"`` averages
+``min(n_neighbors, n - 1)`` neighbours for new points too (``n_neighbors_``), with a
+warning when that is fewer than asked for.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +52,8 @@ class MetricOutlierDetector(OutlierMixin, BaseEstimator):
         distance to the nearest class mean (one Gaussian without labels), under a shared
         Ledoit-Wolf covariance.
     n_neighbors : int
-        Neighbours averaged by ``"knn"``.
+        Neighbours averaged by ``"knn"``; at most ``n - 1`` for ``n`` normal points (the
+        most a leave-one-out threshold can use), see ``n_neighbors_``.
     n_prototypes : int
         k-means centres of ``"prototype"`` when ``fit`` gets no labels.
     normalize : bool
@@ -73,6 +78,9 @@ class MetricOutlierDetector(OutlierMixin, BaseEstimator):
     offset_ : float
         Threshold on ``score_samples``: points below it are outliers.
     n_features_in_ : int
+    n_neighbors_ : int
+        Neighbours ``"knn"`` averages, for the threshold and for new points alike:
+        ``min(n_neighbors, n - 1)``.
     embedder_ : object or None
         The embedder used (the trained one with ``"learn"``).
     embedder_config_ : dict or None
@@ -151,9 +159,23 @@ class MetricOutlierDetector(OutlierMixin, BaseEstimator):
         if z.shape[0] < 2:
             raise ValueError(f"fit needs at least 2 normal points, got n_samples={z.shape[0]}")
         self._fit_scores(z, labels)
+        if self.method == "knn" and self.n_neighbors_ < int(self.n_neighbors):
+            warnings.warn(
+                f"n_neighbors={self.n_neighbors} but there are only {len(z)} normal points: "
+                f"the threshold scores each against the other {len(z) - 1}, so every point "
+                f"is scored with its {self.n_neighbors_} nearest normal neighbours; pass "
+                f"n_neighbors <= {len(z) - 1} (or more normal data) to silence this",
+                UserWarning, stacklevel=2)
         train_scores = self._scores(z, leave_one_out=True)
         self.offset_ = float(np.quantile(train_scores, float(self.contamination)))
         return self
+
+    @property
+    def n_neighbors_(self) -> int:
+        """Neighbours of the ``"knn"`` score: ``min(n_neighbors, n - 1)`` for ``n`` normal
+        points, the same for the leave-one-out threshold and for new points."""
+        check_is_fitted(self, "reference_")
+        return max(1, min(int(self.n_neighbors), len(self.reference_) - 1))
 
     def _fit_scores(self, z: torch.Tensor, labels: np.ndarray | None) -> None:
         self.reference_ = z
@@ -206,7 +228,7 @@ class MetricOutlierDetector(OutlierMixin, BaseEstimator):
         if self.method == "knn":
             from dmlkit.functional.retrieval import knn
 
-            k = min(int(self.n_neighbors), len(self.reference_) - int(leave_one_out))
+            k = self.n_neighbors_  # one statistic for the threshold and for new points
             sq, _ = knn(z.double(), None if leave_one_out else self.reference_.double(), k)
             dist = sq.clamp_min(0).sqrt().mean(1)  # (n,)
         else:

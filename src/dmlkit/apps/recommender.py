@@ -39,7 +39,7 @@ class CMLRecommender(BaseEstimator):
     dim : int
         Embedding dimension.
     margin : float
-        Hinge margin ``m`` on squared distances.
+        Hinge margin ``m`` on squared distances; must be > 0.
     n_negatives : int
         Negatives ``U`` sampled per positive pair.
     epochs, batch_size, lr : training settings (Adam over the embedding tables).
@@ -131,6 +131,12 @@ class CMLRecommender(BaseEstimator):
                             ("epochs", self.epochs), ("batch_size", self.batch_size)):
             if int(value) < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        if isinstance(self.margin, bool) or not isinstance(self.margin, (int, float)) or not (
+                0.0 < float(self.margin) < float("inf")):
+            raise ValueError(f"margin must be a finite number > 0, got {self.margin!r}: it is "
+                             "how much farther than a user's items the sampled negatives are "
+                             "pushed (with margin <= 0 the hinge is almost always 0 and "
+                             "little is learned); use e.g. 0.5 or 1.0")
         self.user_ids_, u = np.unique(users, return_inverse=True)
         self.item_ids_, i = np.unique(items, return_inverse=True)
         if len(self.item_ids_) < 2:

@@ -7,10 +7,20 @@ from typing import Any
 
 import typer
 
+#: arrays of --data that mark its anomalous rows (the first one present is used)
+TRUTH_KEYS = ("anomaly", "labels")
 
-def read_rows(path: Path, key: str, extra: str) -> tuple[Any, Any]:
-    """``(x, extra_or_None)`` from a ``.npz`` (array ``key``, and ``extra`` when present),
-    a ``.npy`` or a numeric ``.csv`` (with or without a header line)."""
+
+def read_rows(path: Path, key: str, extra: str | tuple[str, ...]) -> tuple[Any, Any]:
+    """``(x, extra_or_None)`` from a ``.npz`` (array ``key``, and the first of the arrays
+    named by ``extra`` that is present), a ``.npy`` or a numeric ``.csv`` (with or
+    without a header line)."""
+    x, found, _ = read_rows_named(path, key, (extra,) if isinstance(extra, str) else extra)
+    return x, found
+
+
+def read_rows_named(path: Path, key: str, extra: tuple[str, ...]) -> tuple[Any, Any, str | None]:
+    """:func:`read_rows`, also giving the name of the ``extra`` array found (or None)."""
     import numpy as np
 
     if not path.is_file():
@@ -21,16 +31,17 @@ def read_rows(path: Path, key: str, extra: str) -> tuple[Any, Any]:
     if suffix in (".npz", ".npy"):  # (an empty or truncated file: a ValueError naming it)
         arrays = read_arrays(path)
         if suffix == ".npy":
-            return arrays["x"], None
+            return arrays["x"], None, None
         if key not in arrays:
             raise ValueError(f"{path} has no array {key!r} (arrays: {sorted(arrays)}); "
                              "name it with --key")
-        return arrays[key], arrays.get(extra)
+        found = [name for name in extra if name in arrays and name != key]
+        return arrays[key], (arrays[found[0]] if found else None), (found[0] if found else None)
     if suffix == ".csv":
         with open(path) as f:
             first = f.readline()
         skip = 0 if all(_is_number(v) for v in first.strip().split(",")) else 1
-        return np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2), None
+        return np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2), None, None
     raise ValueError(f"{path}: expected a .npz, .npy or .csv file")
 
 
@@ -40,6 +51,34 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def truth_metrics(truth: Any, scores: Any, path: Path,
+                  name: str = "anomaly") -> tuple[dict[str, float], str | None]:
+    """``(metrics, why_none)``: AUROC and average precision of ``scores`` (higher = more
+    normal) against ``truth`` (array ``name`` of ``path``: 1 = anomaly, 0 = normal), or no
+    metrics and the reason."""
+    import numpy as np
+
+    truth = np.asarray(truth)
+    if truth.ndim != 1 or len(truth) != len(scores):
+        return {}, (f"the {name} array of {path} has shape {truth.shape}, not one value per "
+                    f"row ({len(scores)} rows)")
+    values = np.unique(truth)
+    if truth.dtype.kind not in "biuf" or not set(values.tolist()) <= {0, 1}:
+        shown = ", ".join(str(v) for v in values[:6]) + (", ..." if len(values) > 6 else "")
+        return {}, (f"the {name} array of {path} must be 0 (normal) or 1 (anomaly) per row, "
+                    f"got the values {shown}; mark the anomalous rows with 1 and the rest "
+                    "with 0 (class labels are not anomaly marks)")
+    if len(values) < 2:
+        kind = "anomalies" if values.size and values[0] == 1 else "normal rows"
+        return {}, (f"every row of {path} is marked as {kind}: AUROC and average precision "
+                    "need both normal (0) and anomalous (1) rows")
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    anomalous = truth == 1
+    return {"auroc": float(roc_auc_score(anomalous, -scores)),
+            "average_precision": float(average_precision_score(anomalous, -scores))}, None
 
 
 def load_detector(path: Path) -> Any:
@@ -92,7 +131,8 @@ def register(app: typer.Typer) -> None:
 
         Higher scores are more normal (scikit-learn's convention); rows below the
         threshold set by --contamination are flagged as outliers. When --data carries
-        an ``anomaly`` (or ``labels``) array, AUROC and average precision are reported.
+        an ``anomaly`` (or ``labels``) array of 1 (anomaly) / 0 (normal) per row, AUROC
+        and average precision are reported.
         With --detector the saved detector's own method, embedder and threshold are used.
         """
         import numpy as np
@@ -105,7 +145,7 @@ def register(app: typer.Typer) -> None:
                                  "saved one), not both or neither")
             if detector is not None and run_dir is not None:
                 raise ValueError("a saved --detector keeps its own embedder: omit RUN_DIR")
-            x, truth = read_rows(data, key, "anomaly")
+            x, truth, truth_name = read_rows_named(data, key, TRUTH_KEYS)
             det = (load_detector(detector) if detector is not None else
                    _fit(run_dir, normal, key, method, contamination, n_neighbors))
             if save is not None:
@@ -130,12 +170,12 @@ def register(app: typer.Typer) -> None:
         }
         if detector is not None:
             summary["detector"] = str(detector)
-        if truth is not None and len(truth) == len(scores) and len(np.unique(truth)) == 2:
-            from sklearn.metrics import average_precision_score, roc_auc_score
-
-            anomalous = truth != 0
-            summary["auroc"] = float(roc_auc_score(anomalous, -scores))
-            summary["average_precision"] = float(average_precision_score(anomalous, -scores))
+        no_metrics = None
+        if truth is not None:
+            metrics, no_metrics = truth_metrics(truth, scores, data, str(truth_name))
+            summary.update(metrics)
+            if no_metrics is not None:
+                summary["metrics_skipped"] = no_metrics
         summary_path = out.with_suffix(".json")
         if summary_path == out:  # --out x.json: the summary must not replace the scores
             summary_path = out.with_name(out.stem + ".summary.json")
@@ -146,3 +186,5 @@ def register(app: typer.Typer) -> None:
         for name in ("auroc", "average_precision"):
             if name in summary:
                 typer.echo(f"{name:18s} {summary[name]:.4f}")
+        if no_metrics is not None:
+            typer.echo(f"warning: no AUROC / average precision: {no_metrics}", err=True)

@@ -330,6 +330,12 @@ def register(app: typer.Typer) -> None:
             if yg is None or yq is None:
                 raise ValueError("gallery and query need labels (identities)")
             refuse_unknown(yg, f"--gallery {gallery}")
+            if not closed_set and np.unique(np.asarray(yg)).size < 2:
+                raise ValueError(
+                    f"--gallery {gallery} holds one identity: open-set identification needs "
+                    "at least two to set the threshold that rejects unknowns (each item is "
+                    "scored against the other identities); pass --closed-set to identify "
+                    "without rejecting, or enroll more identities")
             far = None if closed_set else target_far
             ident = Identifier(mode=mode, metric=metric, index=index, nprobe=nprobe,
                                ef_search=ef_search, target_far=far,
@@ -399,6 +405,10 @@ def register(app: typer.Typer) -> None:
             except ValueError:
                 raise ValueError(f"--way and --shot take integers separated by commas, got "
                                  f"{ways!r} and {shots!r}") from None
+            if min(way_list) < 2:
+                raise ValueError(f"--way must be 2 or more, got {ways!r}: a {min(way_list)}-way "
+                                 "episode has one class to choose, so its accuracy is always "
+                                 "1.0 and says nothing about the embeddings")
             if episodes_data is not None:
                 from dmlkit.apps.embedding import embed_inputs
 

@@ -71,7 +71,8 @@ def evaluate(
     model_dir: Path = typer.Argument(..., help="Directory written by 'recommend train'."),
     data: str = typer.Option(..., "--data", help=DATA_HELP),
     min_rating: float = typer.Option(None, "--min-rating"),
-    k: int = typer.Option(10, "-k"),
+    k: int = typer.Option(10, "-k", help="Cut-off (at most the catalogue's size: a larger "
+                          "one is lowered to it, with a note)."),
     out: Path = typer.Option(None, "--out", help="JSON file (default MODEL_DIR.json)."),
 ) -> None:
     """Recall@k, NDCG@k and coverage on each user's held-out latest interaction.
@@ -103,8 +104,15 @@ def evaluate(
                 f"all {len(users)} held-out interactions of {data} were used to train "
                 f"{model_dir}, so none can be recommended back and every metric would be 0; "
                 "evaluate a model trained with --holdout last on this data")
+        if k < 1:
+            raise ValueError(f"-k must be >= 1, got {k}")
+        n_items = len(model.item_ids_)
+        if k > n_items:  # as 'recommend top' does: no list can be longer than the catalogue
+            typer.echo(f"note: -k {k} is more than the {n_items} items of the catalogue; "
+                       f"evaluating at k={n_items}", err=True)
+            k = n_items
         metrics = recommendation_metrics(model.recommend(users, k), [[i] for i in items],
-                                         len(model.item_ids_), k)
+                                         n_items, k)
     except (ValueError, FileNotFoundError) as err:
         _fail(err)
     metrics["skipped_unknown"] = int((~known).sum())

@@ -45,8 +45,11 @@ def recommendation_metrics(
     if recommended.ndim != 2 or recommended.shape[0] != len(relevant):
         raise ValueError(f"recommended must be (n_users={len(relevant)}, k), got "
                          f"{recommended.shape}")
-    if k < 1 or recommended.shape[1] < k:
-        raise ValueError(f"need k in [1, {recommended.shape[1]}], got {k}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if recommended.shape[1] < k:
+        raise ValueError(f"k={k} but recommended holds {recommended.shape[1]} items per user; "
+                         f"pass k <= {recommended.shape[1]} (or recommend {k} items per user)")
     if n_items < 1:
         raise ValueError(f"n_items must be >= 1, got {n_items}")
     top = recommended[:, :k]

@@ -4,7 +4,10 @@ The exported graph takes the run's raw input rows flattened to ``(batch, n_featu
 float32, batch axis dynamic, and returns ``(batch, dim)`` embeddings: the reshape to the
 model's input shape and every preprocessing step inside the model (normalization,
 resizing of pretrained backbones) are part of it. A JSON file beside the model
-(``FILE.json``) records the input shape, the embedding size and where it came from.
+(``FILE.json``) records the input shape, the embedding size and where it came from:
+the run directory (absolute) and ``model_sha256``, the fingerprint of the exported
+weights (:func:`dmlkit.index.store.model_fingerprint`), which ``dmlkit serve --onnx``
+checks against its index.
 
 The export never writes onto a run directory's own files (``model.pt``, ``config.yaml``,
 ...) and overwrites an existing file only when asked to (``force=True``).
@@ -27,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from dmlkit._files import publish_mode
+from dmlkit.index.store import model_fingerprint
 from dmlkit.training.run import build_splits, load_run
 
 FORMATS = ("onnx", "torchscript")
@@ -186,7 +190,10 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "onnx",
         tmp.unlink(missing_ok=True)
     info: dict[str, Any] = {
         "format": fmt, "input_shape": list(shape), "n_features": n_features, "dim": dim,
-        "input_name": "inputs", "output_name": "embeddings", "run_dir": str(run_dir),
+        "input_name": "inputs", "output_name": "embeddings",
+        "run_dir": str(Path(run_dir).resolve()),
+        # which weights the export holds: the service checks an index against it
+        "model_sha256": model_fingerprint(run.model),
         "max_difference": diff}
     if check and diff is None:
         info["not_verified"] = NOT_VERIFIED

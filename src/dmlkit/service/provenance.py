@@ -54,7 +54,9 @@ def check_index_source(info: dict[str, Any], embedder: Any, where: str = "the in
     Warns
     -----
     UserWarning
-        When the index records no fingerprint and its run cannot be compared.
+        When the index records no fingerprint and its run cannot be compared, or when the
+        served model records none (an ONNX export from before ``dmlkit export`` recorded
+        ``model_sha256``) while the index names its model.
     """
     if embedder is None:
         return
@@ -71,8 +73,17 @@ def check_index_source(info: dict[str, Any], embedder: Any, where: str = "the in
                 f"built with the weights of {built_dir or 'another run'}, and {served} has "
                 f"other weights (retrained, or another run); {rebuild}")
         return
-    if built_dir is None or served_sha is None:
-        return  # built from an embeddings file, or an embedder of unknown weights
+    if built_dir is None and built_sha is None:
+        return  # built from an embeddings file: nothing records its model
+    if served_sha is None:
+        origin = f" (exported from {served_dir})" if served_dir else ""
+        warnings.warn(
+            f"the served model{origin} records no fingerprint of its weights (an ONNX export "
+            "written before dmlkit export recorded model_sha256 in FILE.onnx.json), so it "
+            f"cannot be checked that {where} holds its embeddings; export the run again "
+            "(dmlkit export RUN_DIR --out FILE.onnx --force) to have the service check it",
+            UserWarning, stacklevel=2)
+        return
     if not _same_path(str(built_dir), str(served_dir or "")):
         other = _fingerprint_of(str(built_dir))
         if other is not None and other != served_sha:
@@ -136,8 +147,10 @@ class VerifierScorer:
         served_sha = getattr(embedder, "model_sha256", None)
         if served_sha is None:
             warnings.warn(f"the verifier was fitted with the run {kit_run}; the served model's "
-                          "weights are unknown (an ONNX export), so it cannot be checked that "
-                          "they are the same", UserWarning, stacklevel=2)
+                          "weights are unknown (an ONNX export whose FILE.onnx.json records no "
+                          "model_sha256), so it cannot be checked that they are the same; "
+                          "export the run again (dmlkit export RUN_DIR --out FILE.onnx "
+                          "--force)", UserWarning, stacklevel=2)
             return
         kit_sha = _fingerprint_of(kit_run)
         if kit_sha != served_sha:
