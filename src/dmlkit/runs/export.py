@@ -37,7 +37,7 @@ FORMATS = ("onnx", "torchscript")
 #: the files a run directory keeps (written by train, evaluate, report and tune)
 RUN_FILES = frozenset({"config.yaml", "model.pt", "checkpoint.pt", "metrics.json",
                        "train.log", "evaluation.json", "report.html", "best.yaml",
-                       "best.json"})
+                       "best.json", "baseline.json"})
 #: what ``export_run`` says when it could not run the exported ONNX model
 NOT_VERIFIED = "onnxruntime not installed (pip install 'dmlkit[export]')"
 TEXT_RUN = ("a text run's sentence encoder takes strings and tokenizes them in Python, "
