@@ -13,12 +13,17 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import math
-import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dmlkit.config.field_rules import (
+    RULES,
+    check_fields,
+    check_val_classes,
+    class_list,
+    is_int,
+)
 from dmlkit.config.param_types import check_param_types
 from dmlkit.config.tune import TuneConfig
 
@@ -110,6 +115,7 @@ class DataConfig:
     trim_silence: bool = True
 
     def __post_init__(self) -> None:
+        check_fields("data", self)  # types and ranges of the plain fields (field_rules)
         _choice("data", "name", self.name, DATA_SOURCES)
         _choice("data", "split", self.split, ("stratified", "classes"))
         _choice("data", "color", self.color, ("auto", "grayscale", "rgb"))
@@ -117,31 +123,21 @@ class DataConfig:
         if self.heldout_part is not None:
             _choice("data", "heldout_part", self.heldout_part, ("train", "test", "all"))
         for key in ("train_classes", "test_classes"):
-            setattr(self, key, _class_list(key, getattr(self, key)))
+            setattr(self, key, class_list(key, getattr(self, key)))
         if self.split == "classes" and self.train_classes is None:
             raise ValueError("data.split 'classes' needs data.train_classes (a list of class "
                              "ids or names, e.g. [0, 1, 2])")
-        for key in ("max_per_class", "max_heldout_per_class"):
-            value = getattr(self, key)
-            if value is not None and not (_is_int(value) and value >= 1):
-                raise ValueError(f"data.{key} must be an integer >= 1 (items per class), or "
-                                 f"null for no cap; got {value!r} ({type(value).__name__})")
         size = self.image_size  # a side, or [height, width] (a list: YAML writes lists)
         if isinstance(size, (list, tuple)) and len(size) == 2 and all(
-                _is_int(v) and v >= 1 for v in size):
+                is_int(v) and v >= 1 for v in size):
             self.image_size = [int(v) for v in size]
-        elif size is not None and not (_is_int(size) and size >= 1):
+        elif size is not None and not (is_int(size) and size >= 1):
             raise ValueError(f"data.image_size must be an integer >= 1 (the side images are "
                              f"resized to) or [height, width], or null; got {size!r}")
         if self.split == "stratified" and not 0.0 < self.test_fraction < 1.0:
             raise ValueError(f"data.test_fraction must be in (0, 1), got {self.test_fraction}")
         if self.name in ("idx", "npz", "image_folder", "text", "audio_folder") and not self.path:
             raise ValueError(f"data.name {self.name!r} needs data.path")
-        if self.sample_rate < 1 or not self.crop_seconds > 0:
-            raise ValueError(f"data.sample_rate must be >= 1 and data.crop_seconds > 0, got "
-                             f"{self.sample_rate}, {self.crop_seconds}")
-        if self.augment_shift < 0:
-            raise ValueError(f"data.augment_shift must be >= 0, got {self.augment_shift}")
         if self.augment is not None:
             from dmlkit.data.augment_ops import AugmentPolicy
 
@@ -162,9 +158,8 @@ class OptimizerConfig:
     loss_lr: float | None = None
 
     def __post_init__(self) -> None:
+        check_fields("optimizer", self)
         _choice("optimizer", "name", self.name, ("adam", "adamw", "sgd"))
-        if self.lr <= 0:
-            raise ValueError(f"optimizer.lr must be > 0, got {self.lr}")
 
 
 @dataclass
@@ -178,9 +173,8 @@ class ScheduleConfig:
     min_lr_ratio: float = 0.0
 
     def __post_init__(self) -> None:
+        check_fields("schedule", self)
         _choice("schedule", "name", self.name, ("cosine", "step", "none"))
-        if self.warmup_epochs < 0 or self.step_size < 1:
-            raise ValueError("schedule.warmup_epochs must be >= 0 and step_size >= 1")
 
 
 @dataclass
@@ -226,30 +220,8 @@ class TrainingConfig:
     uniformity_weight: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("training.epochs and training.batch_size must be >= 1")
-        if self.grad_clip is not None and not (
-                isinstance(self.grad_clip, (int, float)) and not isinstance(self.grad_clip, bool)
-                and 0 < self.grad_clip < math.inf):
-            raise ValueError(f"training.grad_clip must be a number > 0 (the largest gradient "
-                             f"norm), or null for no clipping; got {self.grad_clip!r}")
-        if self.num_threads is not None and (
-                isinstance(self.num_threads, bool) or not isinstance(self.num_threads, int)
-                or self.num_threads < 1):
-            raise ValueError(f"training.num_threads must be an integer >= 1, or null for "
-                             f"torch's default; got {self.num_threads!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"training.seed must be an integer >= 0, got {self.seed!r}")
-        if self.grad_cache_chunk is not None and self.grad_cache_chunk < 1:
-            raise ValueError(
-                f"training.grad_cache_chunk must be >= 1, got {self.grad_cache_chunk}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"training.val_fraction must be in [0, 1), got {self.val_fraction}")
-        _check_val_classes(self.val_classes)
-        for key in ("anchor_weight", "uniformity_weight"):
-            weight = getattr(self, key)
-            if not (isinstance(weight, (int, float)) and 0 <= weight < math.inf):
-                raise ValueError(f"training.{key} must be a finite number >= 0, got {weight!r}")
+        check_fields("training", self)  # patience, grad_cache_chunk, ...: field_rules
+        check_val_classes(self.val_classes)
         if isinstance(self.val_classes, tuple):  # YAML writes lists
             self.val_classes = list(self.val_classes)
         if self.val_classes is not None and self.val_fraction > 0:
@@ -299,7 +271,10 @@ class Config:
                 kwargs[f.name] = None if value is None else TuneConfig.from_dict(value)
             else:
                 kwargs[f.name] = str(value)
-        return cls(**kwargs)
+        config = cls(**kwargs)
+        if config.tune is not None:
+            _check_space_values(config)
+        return config
 
     def to_yaml(self, path: str | Path | None = None) -> str:
         import yaml
@@ -372,52 +347,6 @@ _SECTIONS: dict[str, type] = {
 _COMPONENTS = ("model", "loss", "miner", "sampler")
 
 
-def _check_val_classes(value: Any) -> None:
-    """``training.val_classes``: None, a fraction in (0, 1), or a list of >= 2 class ids."""
-    if value is None:
-        return
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if not 0.0 < value < 1.0:
-            raise ValueError(
-                f"training.val_classes as a fraction must be in (0, 1), got {value!r} "
-                "(give a list to name class ids)"
-            )
-        return
-    if not isinstance(value, (list, tuple)) or not all(
-        isinstance(c, int) and not isinstance(c, bool) for c in value
-    ):
-        raise TypeError(
-            f"training.val_classes must be a fraction or a list of class ids, got {value!r}"
-        )
-    if len(set(value)) < 2:
-        raise ValueError(
-            f"training.val_classes {list(value)} leaves fewer than 2 classes for validation"
-        )
-
-
-def _is_int(value: Any) -> bool:
-    """Whether ``value`` is an integer (a Python or numpy int; not a bool)."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _class_list(key: str, value: Any) -> list[int | str] | None:
-    """``data.train_classes`` / ``test_classes``: None, or a non-empty list of class ids
-    (integers >= 0) and class names (strings); numpy ints become ints."""
-    example = "e.g. [0, 1, 2], or class names where the data has them: [cat, dog]"
-    if value is None:
-        return None
-    if not isinstance(value, (list, tuple)):
-        raise ValueError(f"data.{key} must be a list of class ids or names ({example}); got "
-                         f"{value!r} ({type(value).__name__})")
-    if not value:
-        raise ValueError(f"data.{key} is an empty list; name at least one class ({example})")
-    bad = [c for c in value if not (isinstance(c, str) or (_is_int(c) and c >= 0))]
-    if bad:
-        raise ValueError(f"data.{key} holds {bad[0]!r} ({type(bad[0]).__name__}), which is "
-                         f"neither a class id (an integer >= 0) nor a class name; got {value!r}")
-    return [c if isinstance(c, str) else int(c) for c in value]
-
-
 def _choice(section: str, key: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"{section}.{key} must be one of {list(allowed)}, got {value!r}")
@@ -444,10 +373,21 @@ def _section(name: str, cls: type, value: Any) -> Any:
 
 
 def _coerce(section: str, key: str, value: Any, default: Any) -> Any:
-    """Make YAML scalars match the field's default type (``1e-3`` parses as a string)."""
-    if value is None or default is None:
-        if isinstance(value, str) and key in ("lr", "loss_lr"):
-            return float(value)
+    """Make YAML scalars match the field's default type (``1e-3`` parses as a string);
+    fields that default to null go by their rule (:mod:`dmlkit.config.field_rules`),
+    which then checks the value."""
+    if value is None:
+        return value
+    if default is None:
+        rule = RULES.get(section, {}).get(key)
+        kind = rule.kind if rule is not None else None
+        if kind is float and isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                return value  # not a number: the field's rule names it
+        if kind is int and isinstance(value, float) and value.is_integer():
+            return int(value)
         return value
     try:
         if isinstance(default, bool):
@@ -465,6 +405,27 @@ def _coerce(section: str, key: str, value: Any, default: Any) -> Any:
             f"{section}.{key} must be a {type(default).__name__}, got {value!r}"
         ) from None
     return value
+
+
+def _check_space_values(config: Config) -> None:
+    """Each choice, ``low`` and ``high`` of a ``tune.space`` path into a section
+    (``training.patience``, ``optimizer.loss_lr``): the section built with it, so a value
+    no trial could use is an error now, whatever the ``when`` conditions of the space."""
+    space = config.tune.space if config.tune is not None else {}
+    for path, spec in space.items():
+        section, _, key = path.partition(".")
+        cls = _SECTIONS.get(section)
+        if cls is None or key not in {f.name for f in dataclasses.fields(cls)}:
+            continue  # components, unknown keys: found by check_space (dmlkit.tuning)
+        current = dataclasses.asdict(getattr(config, section))
+        values = ([("choice", v) for v in spec["choices"]] if "choices" in spec
+                  else [("low", spec["low"]), ("high", spec["high"])])
+        for what, value in values:
+            try:
+                _section(section, cls, {**current, key: value})
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"tune.space[{path!r}] {what} {value!r} makes an invalid "
+                                 f"config: {err}") from None
 
 
 def _component(name: str, value: Any) -> dict[str, Any] | None:

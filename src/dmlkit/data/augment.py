@@ -52,6 +52,8 @@ def random_shift_flip(
         raise ValueError(f"images must be a (n, C, H, W) tensor, got {shape}")
     if not isinstance(shift, int) or isinstance(shift, bool) or shift < 0:
         raise ValueError(f"shift must be an int >= 0, got {shift!r}")
+    if not isinstance(hflip, bool):
+        raise ValueError(f"hflip must be True or False, got {hflip!r} ({type(hflip).__name__})")
     n, c, h, w = images.shape
     if shift >= min(h, w):
         raise ValueError(f"shift must be smaller than the image side {min(h, w)}, got {shift}")
@@ -105,6 +107,9 @@ class AugmentedDataset(ArrayDataset):
             raise ValueError(f"augmentation needs (n, C, H, W) images, got {tuple(data.x.shape)}")
         if not isinstance(shift, int) or isinstance(shift, bool) or shift < 0:
             raise ValueError(f"shift must be an int >= 0, got {shift!r}")
+        if not isinstance(hflip, bool):
+            raise ValueError(f"hflip must be True or False, got {hflip!r} "
+                             f"({type(hflip).__name__})")
         super().__init__(data.x, data.labels, data.class_names)
         self.data = data
         self.shift = shift

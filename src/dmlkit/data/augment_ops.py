@@ -11,6 +11,7 @@ a translation cost one resampling together. :class:`AugmentPolicy` bundles the s
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -29,13 +30,26 @@ def _check_images(images: Tensor) -> None:
         raise ValueError(f"images must be a (n, C, H, W) tensor, got {shape}")
 
 
+def _is_number(value: Any) -> bool:
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
 def _range(name: str, value: Any, low: float, high: float) -> tuple[float, float]:
-    pair = tuple(float(v) for v in value)
-    if len(pair) != 2 or not low <= pair[0] <= pair[1] <= high:
-        raise ValueError(
-            f"{name} must be a pair (a, b) with {low} <= a <= b <= {high}, got {value!r}"
-        )
-    return pair  # type: ignore[return-value]
+    """``value`` as a pair ``(a, b)`` of numbers with ``low <= a <= b <= high``."""
+    if not (isinstance(value, (list, tuple)) and len(value) == 2
+            and all(map(_is_number, value)) and low <= value[0] <= value[1] <= high):
+        raise ValueError(f"data.augment.{name} must be a pair [a, b] of numbers with "
+                         f"{low} <= a <= b <= {high}; got {value!r} ({type(value).__name__})")
+    return float(value[0]), float(value[1])
+
+
+def _number(name: str, value: Any, high: float, high_open: bool) -> float:
+    """``value`` as a number in ``[0, high]`` (``[0, high)`` with ``high_open``)."""
+    if not (_is_number(value) and 0 <= value and (value < high if high_open else value <= high)):
+        raise ValueError(f"data.augment.{name} must be a number in [0, {high}"
+                         f"{')' if high_open else ']'}; got {value!r} ({type(value).__name__})")
+    return float(value)
 
 
 def random_affine_matrices(
@@ -146,15 +160,17 @@ class AugmentPolicy:
     saturation: float = 0.0
 
     def __post_init__(self) -> None:
-        self.crop_scale = _range("augment.crop_scale", self.crop_scale, 0.01, 1.0)
-        self.crop_ratio = _range("augment.crop_ratio", self.crop_ratio, 0.1, 10.0)
-        if not 0 <= self.degrees <= 180:
-            raise ValueError(f"augment.degrees must be in [0, 180], got {self.degrees}")
-        if not 0 <= self.translate < 1:
-            raise ValueError(f"augment.translate must be in [0, 1), got {self.translate}")
-        for name in ("brightness", "contrast", "saturation"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"augment.{name} must be in [0, 1), got {getattr(self, name)}")
+        """Every setting type- and range-checked, errors naming its ``data.augment`` key."""
+        self.crop_scale = _range("crop_scale", self.crop_scale, 0.01, 1.0)
+        self.crop_ratio = _range("crop_ratio", self.crop_ratio, 0.1, 10.0)
+        self.degrees = _number("degrees", self.degrees, 180, high_open=False)
+        for name in ("translate", "brightness", "contrast", "saturation"):
+            setattr(self, name, _number(name, getattr(self, name), 1, high_open=True))
+        for name in ("hflip", "vflip"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ValueError(f"data.augment.{name} must be true or false; got {value!r} "
+                                 f"({type(value).__name__})")
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any] | AugmentPolicy | None) -> AugmentPolicy:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from dmlkit.models.sizes import check_size, check_sizes
 from dmlkit.registry import register_model
 
 
@@ -31,8 +32,9 @@ class BiasFreeMLP(nn.Module):
 
     def __init__(self, in_features: int, dim: int = 32, hidden: Sequence[int] = (128, 64)) -> None:
         super().__init__()
-        if in_features < 1 or dim < 1:
-            raise ValueError(f"in_features and dim must be >= 1, got {in_features}, {dim}")
+        in_features = check_size("bias_free_mlp", "in_features", in_features)
+        dim = check_size("bias_free_mlp", "dim", dim)
+        hidden = check_sizes("bias_free_mlp", "hidden", hidden)
         layers: list[nn.Module] = []
         width = in_features
         for h in hidden:
@@ -64,12 +66,15 @@ class BiasFreeCNN(nn.Module):
         self, in_channels: int = 1, image_size: int | Sequence[int] = 28, dim: int = 32
     ) -> None:
         super().__init__()
-        h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-        if min(h, w) < 4 or in_channels < 1 or dim < 1:
-            raise ValueError(
-                f"BiasFreeCNN needs images of at least 4x4 pixels, in_channels >= 1 and "
-                f"dim >= 1; got image_size {image_size}, in_channels {in_channels}, dim {dim}"
-            )
+        if isinstance(image_size, Sequence) and not isinstance(image_size, str):
+            if len(image_size) != 2:
+                raise ValueError(f"bias_free_cnn: image_size must be a side or (H, W), got "
+                                 f"{image_size!r}")
+            h, w = check_sizes("bias_free_cnn", "image_size", image_size, minimum=4)
+        else:
+            h = w = check_size("bias_free_cnn", "image_size", image_size, minimum=4)
+        in_channels = check_size("bias_free_cnn", "in_channels", in_channels)
+        dim = check_size("bias_free_cnn", "dim", dim)
         self.in_channels, self.image_size, self.dim = in_channels, (h, w), dim
 
         def block(c_in: int, c_out: int) -> list[nn.Module]:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from dmlkit.models.heads import EmbeddingHead
+from dmlkit.models.sizes import check_rate, check_size
 from dmlkit.registry import register_model
 
 
@@ -82,10 +83,11 @@ class SmallCNN(nn.Module):
     ) -> None:
         super().__init__()
         hw = _height_width(image_size)
-        if not isinstance(grid, int) or grid < 1:
-            raise ValueError(f"grid must be an int >= 1, got {grid!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        in_channels = check_size("small_cnn", "in_channels", in_channels)
+        dim = check_size("small_cnn", "dim", dim)
+        width = check_size("small_cnn", "width", width)
+        grid = check_size("small_cnn", "grid", grid)
+        dropout = check_rate("small_cnn", "dropout", dropout)
         self.in_channels = in_channels
         self.image_size = image_size if isinstance(image_size, int) else hw
         self.hw = hw  # (H, W)

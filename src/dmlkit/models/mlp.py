@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from dmlkit.models.heads import EmbeddingHead
+from dmlkit.models.sizes import check_rate, check_size, check_sizes
 from dmlkit.registry import register_model
 
 
@@ -37,8 +38,10 @@ class MLPEmbedder(nn.Module):
         normalize: bool = True,
     ) -> None:
         super().__init__()
-        if in_features < 1 or dim < 1:
-            raise ValueError(f"in_features and dim must be >= 1, got {in_features}, {dim}")
+        in_features = check_size("mlp", "in_features", in_features)
+        dim = check_size("mlp", "dim", dim)
+        hidden = check_sizes("mlp", "hidden", hidden)
+        dropout = check_rate("mlp", "dropout", dropout)
         layers: list[nn.Module] = []
         width = in_features
         for h in hidden:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from dmlkit.models.sizes import check_size
 from dmlkit.registry import register_model
 
 TEXT_EXTRA = "pip install 'dmlkit[text]'"
@@ -90,8 +91,7 @@ class SentenceEncoder(nn.Module):
     def __init__(self, path: str | None = None, max_length: int = 256,
                  normalize: bool = True) -> None:
         super().__init__()
-        if max_length < 2:
-            raise ValueError(f"max_length must be >= 2, got {max_length}")
+        max_length = check_size("sentence_encoder", "max_length", max_length, minimum=2)
         folder = Path(path) if path is not None else default_model_dir()
         if not folder.is_dir():
             raise FileNotFoundError(f"sentence encoder folder not found: {folder}")

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from dmlkit.models.heads import EmbeddingHead
+from dmlkit.models.sizes import check_size, check_sizes
 from dmlkit.registry import register_model
 
 
@@ -165,9 +166,11 @@ class SpeakerEncoder(nn.Module):
         normalize: bool = True,
     ) -> None:
         super().__init__()
-        if dim < 1 or channels < 1 or not dilations:
-            raise ValueError(f"need dim, channels >= 1 and dilations, got {dim}, {channels}, "
-                             f"{dilations}")
+        dim = check_size("speaker_encoder", "dim", dim)
+        channels = check_size("speaker_encoder", "channels", channels)
+        dilations = check_sizes("speaker_encoder", "dilations", dilations, allow_empty=False)
+        n_mels = check_size("speaker_encoder", "n_mels", n_mels)
+        sample_rate = check_size("speaker_encoder", "sample_rate", sample_rate)
         self.features = LogMel(sample_rate=sample_rate, n_mels=n_mels)
         self.stem = nn.Sequential(nn.Conv1d(n_mels, channels, 5, padding=2),
                                   nn.ReLU(inplace=True), nn.BatchNorm1d(channels))

@@ -1,0 +1,222 @@
+"""What each plain field of a config section may hold: its type, its range and what
+``null`` means where it is allowed.
+
+Every section dataclass (:mod:`dmlkit.config.schema`) checks its fields against
+:data:`RULES` first thing in ``__post_init__``, so a bad value (``training.patience:
+abc``, ``optimizer.loss_lr: -1``) is an error naming the key, the value and what is
+expected, when the config is read, not a ``TypeError`` epochs into training. Fields
+with richer values (class lists, image sizes, choices among names) have their own
+checks in the schema; :data:`CUSTOM` lists them, so that every field is one or the other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import os
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class FieldRule:
+    """A field holds a ``kind`` (bool, int, float or str) in ``[low, high]`` (``*_open``:
+    bound excluded), or ``None`` where ``null`` says what that means. Numbers are finite."""
+
+    kind: type
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    null: str | None = None
+    meaning: str = ""
+
+    def expected(self) -> str:
+        """What the field takes, in words: ``an integer >= 1 (...), or null for ...``."""
+        words = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+        text = words[self.kind]
+        if self.low is not None and self.high is not None:
+            text += (f" in {'(' if self.low_open else '['}{_num(self.low)}, "
+                     f"{_num(self.high)}{')' if self.high_open else ']'}")
+        elif self.low is not None:
+            text += f" {'>' if self.low_open else '>='} {_num(self.low)}"
+        elif self.high is not None:
+            text += f" {'<' if self.high_open else '<='} {_num(self.high)}"
+        if self.meaning:
+            text += f" ({self.meaning})"
+        if self.null is not None:
+            text += f", or null for {self.null}"
+        return text
+
+    def check(self, section: str, key: str, value: Any) -> Any:
+        """``value`` as the field keeps it (numpy scalars become Python ones).
+
+        Raises
+        ------
+        ValueError
+            Naming ``section.key``, the value and what is expected.
+        """
+        if value is None and self.null is not None:
+            return None
+        kept = self._typed(value)
+        if kept is None or not self._in_range(kept):
+            raise ValueError(f"{section}.{key} must be {self.expected()}; got {value!r} "
+                             f"({type(value).__name__})")
+        return kept
+
+    def _typed(self, value: Any) -> Any:
+        if self.kind is bool:
+            return value if isinstance(value, bool) else None
+        if self.kind is str:
+            if isinstance(value, os.PathLike):
+                value = os.fspath(value)
+            return value if isinstance(value, str) else None
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            return None
+        if self.kind is int:
+            return int(value) if isinstance(value, numbers.Integral) else None
+        if not math.isfinite(value):
+            return None
+        return value if isinstance(value, (int, float)) else float(value)
+
+    def _in_range(self, value: Any) -> bool:
+        if self.kind not in (int, float):
+            return True
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+
+def _num(bound: float) -> str:
+    return str(int(bound)) if float(bound).is_integer() else str(bound)
+
+
+_INT1 = FieldRule(int, low=1)
+_BOOL = FieldRule(bool)
+_STR = FieldRule(str)
+
+RULES: dict[str, dict[str, FieldRule]] = {
+    "data": {
+        "path": FieldRule(str, null="the dataset's default location"),
+        "x_key": _STR,
+        "labels_key": _STR,
+        "test_fraction": FieldRule(float),  # (0, 1) with split: stratified, in the schema
+        "max_per_class": FieldRule(int, low=1, meaning="items per class", null="no cap"),
+        "max_heldout_per_class": FieldRule(int, low=1, meaning="items per class",
+                                           null="no cap"),
+        "seed": FieldRule(int, low=0),
+        "augment_shift": FieldRule(int, low=0, meaning="pixels"),
+        "augment_hflip": _BOOL,
+        "tuples": FieldRule(str, meaning="a CSV file of tuples", null="tuples drawn from "
+                            "the labelled data"),
+        "features": FieldRule(str, meaning="a .npy / .npz array", null="image paths"),
+        "num_tuples": _INT1,
+        "min_score": FieldRule(float, meaning="the lowest score of a positive pair",
+                               null="the default (4.0 for STS-B, else 1.0)"),
+        "sample_rate": FieldRule(int, low=1, meaning="Hz"),
+        "crop_seconds": FieldRule(float, low=0, low_open=True),
+        "trim_silence": _BOOL,
+    },
+    "optimizer": {
+        "lr": FieldRule(float, low=0, low_open=True),
+        "weight_decay": FieldRule(float, low=0),
+        "momentum": FieldRule(float, low=0, high=1),
+        "loss_lr": FieldRule(float, low=0, low_open=True,
+                             meaning="the learning rate of loss parameters",
+                             null="optimizer.lr"),
+    },
+    "schedule": {
+        "warmup_epochs": FieldRule(float, low=0),
+        "step_size": FieldRule(int, low=1, meaning="epochs"),
+        "gamma": FieldRule(float, low=0, low_open=True),
+        "min_lr_ratio": FieldRule(float, low=0, high=1),
+    },
+    "training": {
+        "epochs": _INT1,
+        "batch_size": _INT1,
+        "seed": FieldRule(int, low=0),
+        "device": _STR,
+        "amp": _BOOL,
+        "val_fraction": FieldRule(float, low=0, high=1, high_open=True),
+        "patience": FieldRule(int, low=1, meaning="epochs without a better validation score "
+                              "before stopping", null="no early stopping"),
+        "grad_clip": FieldRule(float, low=0, low_open=True, meaning="the largest gradient "
+                               "norm", null="no clipping"),
+        "progress": _BOOL,
+        "num_threads": FieldRule(int, low=1, null="torch's default"),
+        "grad_cache_chunk": FieldRule(int, low=1, meaning="items embedded at a time",
+                                      null="whole batches"),
+        "anchor_weight": FieldRule(float, low=0),
+        "uniformity_weight": FieldRule(float, low=0),
+    },
+}
+"""Section -> field -> rule."""
+
+CUSTOM: dict[str, set[str]] = {
+    "data": {"name", "part", "heldout_part", "image_size", "color", "split", "train_classes",
+             "test_classes", "augment", "kind"},
+    "optimizer": {"name"},
+    "schedule": {"name"},
+    "training": {"val_classes"},
+}
+"""Section -> the fields the schema checks by hand (choices, lists, mappings)."""
+
+
+def check_fields(section: str, obj: Any) -> None:
+    """Check (and normalize in place) every field of ``obj`` that has a rule."""
+    rules = RULES[section]
+    for f in dataclasses.fields(obj):
+        rule = rules.get(f.name)
+        if rule is not None:
+            setattr(obj, f.name, rule.check(section, f.name, getattr(obj, f.name)))
+
+
+def check_val_classes(value: Any) -> None:
+    """``training.val_classes``: None, a fraction in (0, 1), or a list of >= 2 class ids."""
+    if value is None:
+        return
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not 0.0 < value < 1.0:
+            raise ValueError(
+                f"training.val_classes as a fraction must be in (0, 1), got {value!r} "
+                "(give a list to name class ids)"
+            )
+        return
+    if not isinstance(value, (list, tuple)) or not all(
+        isinstance(c, int) and not isinstance(c, bool) for c in value
+    ):
+        raise TypeError(
+            f"training.val_classes must be a fraction or a list of class ids, got {value!r}"
+        )
+    if len(set(value)) < 2:
+        raise ValueError(
+            f"training.val_classes {list(value)} leaves fewer than 2 classes for validation"
+        )
+
+
+def is_int(value: Any) -> bool:
+    """Whether ``value`` is an integer (a Python or numpy int; not a bool)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def class_list(key: str, value: Any) -> list[int | str] | None:
+    """``data.train_classes`` / ``test_classes``: None, or a non-empty list of class ids
+    (integers >= 0) and class names (strings); numpy ints become ints."""
+    example = "e.g. [0, 1, 2], or class names where the data has them: [cat, dog]"
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"data.{key} must be a list of class ids or names ({example}); got "
+                         f"{value!r} ({type(value).__name__})")
+    if not value:
+        raise ValueError(f"data.{key} is an empty list; name at least one class ({example})")
+    bad = [c for c in value if not (isinstance(c, str) or (is_int(c) and c >= 0))]
+    if bad:
+        raise ValueError(f"data.{key} holds {bad[0]!r} ({type(bad[0]).__name__}), which is "
+                         f"neither a class id (an integer >= 0) nor a class name; got {value!r}")
+    return [c if isinstance(c, str) else int(c) for c in value]
+
+
+__all__ = ["CUSTOM", "FieldRule", "RULES", "check_fields", "check_val_classes", "class_list",
+           "is_int"]

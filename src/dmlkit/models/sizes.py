@@ -1,0 +1,47 @@
+"""Checks of the integer sizes and rates a model constructor takes (``dim``, ``width``,
+``hidden``, ``dropout``), so an impossible value is a ``ValueError`` naming the parameter
+when the model is built, not a silent 0-dim embedding or a torch error at the first batch."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+
+def check_size(model: str, name: str, value: Any, minimum: int = 1) -> int:
+    """``value`` as an int ``>= minimum``.
+
+    Raises
+    ------
+    ValueError
+        Naming ``model``, the parameter and the value.
+    """
+    if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+            or value < minimum):
+        raise ValueError(f"{model}: {name} must be an integer >= {minimum}, got {value!r} "
+                         f"({type(value).__name__})")
+    return int(value)
+
+
+def check_sizes(model: str, name: str, values: Any, minimum: int = 1,
+                allow_empty: bool = True) -> tuple[int, ...]:
+    """``values`` (a sequence of ints, e.g. hidden widths) as a tuple, each ``>= minimum``."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or (
+            not allow_empty and not values):
+        raise ValueError(f"{model}: {name} must be a {'' if allow_empty else 'non-empty '}list "
+                         f"of integers >= {minimum}, got {values!r}")
+    return tuple(check_size(model, f"{name}[{i}]", v, minimum) for i, v in enumerate(values))
+
+
+def check_rate(model: str, name: str, value: Any) -> float:
+    """``value`` (a dropout probability) as a float in ``[0, 1)``."""
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+            or not (math.isfinite(value) and 0 <= value < 1)):
+        raise ValueError(f"{model}: {name} must be a number in [0, 1), got {value!r} "
+                         f"({type(value).__name__})")
+    return float(value)
+
+
+__all__ = ["check_rate", "check_size", "check_sizes"]
