@@ -147,6 +147,12 @@ def load_embeddings(source: str | Path, device: str = "cpu") -> EmbeddedSplits:
     train, labels = data["embeddings"], data["labels"]
     held = data.get("heldout_embeddings", train)
     held_labels = data.get("heldout_labels", labels)
+    for name, arr in (("embeddings", train), ("heldout_embeddings", held)):
+        if arr.ndim != 2:
+            raise ValueError(f"{source}: {name} must be (n, dim), got shape {arr.shape}")
+    if held.shape[1] != train.shape[1]:
+        raise ValueError(f"{source}: heldout_embeddings have dim {held.shape[1]} but "
+                         f"embeddings have dim {train.shape[1]}; both must come from one model")
     train_codes, held_codes, classes = encode_split_labels(labels, held_labels, str(source))
     return EmbeddedSplits(train.astype(np.float64), train_codes, held.astype(np.float64),
                           held_codes, classes)
@@ -195,6 +201,8 @@ def _jsonable(value: Any) -> Any:
         return value.tolist()
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
+    if isinstance(value, (list, tuple)):  # e.g. ITML's bounds: refit from the JSON as used
+        return [_jsonable(v) for v in value]
     return repr(value)
 
 

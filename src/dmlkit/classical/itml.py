@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -214,7 +215,13 @@ class ITML(MahalanobisMixin):
         k = check_n_components(self.n_components, d)
         points = np.unique(pairs.reshape(-1, d), axis=0)
         diffs = pairs[:, 0] - pairs[:, 1]  # (m, d)
-        keep = np.abs(diffs).sum(axis=1) > 0
+        keep = np.abs(diffs).sum(axis=1) > 0  # a pair of one point twice constrains nothing
+        if not keep.any():
+            raise ValueError(f"ITML: all {len(keep)} pairs join a point to itself (zero "
+                             "difference), so no constraint is left to learn from")
+        if not keep.all():
+            warnings.warn(f"ITML: {int((~keep).sum())} of {len(keep)} pairs join a point to "
+                          "itself (zero difference) and are dropped", UserWarning, stacklevel=3)
         diffs, y = diffs[keep], y[keep]
         A0 = self._prior(points)
         _check_scale(diffs, A0)

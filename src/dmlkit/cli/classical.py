@@ -53,11 +53,16 @@ def fit(
         evaluate_metric,
         fit_on_embeddings,
         load_embeddings,
+        make_learner,
         save_metric,
     )
+    from dmlkit.cli._errors import check_output_dir
 
     try:
+        check_output_dir(out)  # before the fit, not after it
         params = _params(param)
+        if "random_state" in make_learner(method).get_params():  # (unknown method: raises)
+            params.setdefault("random_state", 0)  # a command gives one result (--param to vary)
         splits = load_embeddings(source, device=device)
         start = time.perf_counter()
         learner = fit_on_embeddings(splits.train, splits.train_labels, method, params)
@@ -65,7 +70,7 @@ def fit(
         result = evaluate_metric(learner.components_, splits)
         save_metric(learner, out, extra={"source": str(source), "fit_seconds": round(seconds, 3),
                                          "evaluation": result})
-    except (ValueError, TypeError, FileNotFoundError) as err:  # TypeError: a bad --param
+    except (ValueError, TypeError, OSError) as err:  # TypeError: a bad --param
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from err
     typer.echo(f"{method}: fit on {splits.train.shape[0]} x {splits.train.shape[1]} in "
