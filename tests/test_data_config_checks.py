@@ -296,3 +296,12 @@ def test_a_folder_named_like_an_image_is_skipped(tmp_path):
     folder = _folder(tmp_path / "f", ["L", "L"])
     (folder / "c0" / "dir.png").mkdir()
     assert len(load_image_folder(folder)) == 4
+
+
+def test_a_path_on_the_bundled_digits_source_is_refused():
+    """``data.path`` would be ignored by ``digits``: training on the wrong data, silently."""
+    from dmlkit.config import DataConfig
+
+    with pytest.raises(ValueError, match="data.name 'digits' .* reads no file.*data.name too"):
+        DataConfig(name="digits", path="my.npz")
+    assert DataConfig(name="npz", path="my.npz").path == "my.npz"
