@@ -103,11 +103,12 @@ def test_cli_store_build_reports_and_reaches_the_target_recall(tmp_path):
     runner = CliRunner()
     outputs = {}
     for name, source in (("store", tmp_path / "store"), ("npz", tmp_path / "x.npz")):
-        res = runner.invoke(app, ["index", "build", str(source), "--out", str(tmp_path / name),
+        res = runner.invoke(app, ["index", "build", str(source), "--out",
+                                  str(tmp_path / f"idx_{name}"),
                                   "--factory", "IVF64,Flat", "--target-recall", "0.95"])
         assert res.exit_code == 0, res.output
         outputs[name] = res.output
     line = next(s for s in outputs["store"].splitlines() if s.startswith("recall@10"))
     assert "tuned" in line and line in outputs["npz"]  # the same calibration either way
-    index = load_index(tmp_path / "store")
+    index = load_index(tmp_path / "idx_store")
     assert index.nprobe > 1 and index.info["recall"]["recall_at_k"] >= 0.95

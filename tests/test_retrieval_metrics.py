@@ -209,6 +209,19 @@ def test_per_class_of_multi_labels_is_per_label_column():
         assert pc[c]["map_at_r"] == pytest.approx(want, abs=1e-9)
 
 
+def test_near_equal_distances_keep_their_exact_order_on_small_sets():
+    """Far from the origin, float32 keys |r|^2 - 2 q.r lose the differences between
+    neighbours; sets of up to FLOAT64_MAX_PAIRS pairs rank by float64 keys and equal the
+    float64 loop."""
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(300, 8, generator=g) * 0.01 + 100.0  # float32 input
+    y = torch.randint(0, 6, (300,), generator=g)
+    got = retrieval_metrics(x, y)
+    want, _ = naive_metrics(x.numpy(), y.numpy(), x.numpy(), y.numpy(), True)
+    for name in ("precision_at_1", "r_precision", "map_at_r", "recall_at_4"):
+        assert got[name] == pytest.approx(want[name], abs=1e-12), name
+
+
 def test_bad_inputs_raise():
     x = torch.zeros(4, 2)
     with pytest.raises(ValueError, match="labels"):

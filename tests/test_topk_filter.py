@@ -228,3 +228,15 @@ def test_filtered_similarity_metrics_equal_naive_reference(filtered, metric):
     assert got["num_queries"] == nq
     for name in ("precision_at_1", "r_precision", "map_at_r", "recall_at_4", "precision_at_8"):
         assert got[name] == pytest.approx(want[name], abs=1e-9), name
+
+
+def test_leave_one_out_ranks_duplicate_vectors_by_index():
+    """Each vector 6 times: a row's keys against the copies must be identical (whether
+    its block computed them as row or column), so the copies rank by index."""
+    g = torch.Generator().manual_seed(21)
+    x = torch.randn(150, 4, generator=g).repeat_interleave(6, dim=0)  # (900, 4) float32
+    keys, idx = exact_topk(x, None, 12, block=64)
+    want_keys, want_idx = full_sort(x, x, 12, True)
+    assert torch.equal(idx, want_idx)
+    same = want_keys[:, 1:] == want_keys[:, :-1]  # equal float64 distances: equal keys
+    assert torch.equal(keys[:, 1:][same], keys[:, :-1][same])

@@ -39,23 +39,91 @@ def _load_arrays(path: Path) -> tuple[Any, Any]:
     return arrays[key], arrays.get("labels")
 
 
-def _npz_payloads(path: Path, n: int) -> list[dict[str, Any]] | None:
-    """Each item's ``class`` name and ``text`` when a .npz holds them (dmlkit text embed)."""
+def _file_labels(path: Path, labels: Any, n: int) -> tuple[Any, list[str] | None]:
+    """``((n,) int64 labels or None, class names or None)`` of a file of embeddings,
+    read as ``dmlkit evaluate`` reads them: integers (``-1`` = no label), bools,
+    integer-valued floats, or class names (numbered in sorted order, the names kept)."""
+    import numpy as np
+
+    if labels is None:
+        return None, None
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ValueError(
+            f"{path}: an index stores one class id per item ((n,) labels), but the "
+            f"labels have shape {labels.shape}; store one id per item (e.g. "
+            "the leaf: np.unique(labels, axis=0, return_inverse=True)[1]) or drop them")
+    if len(labels) != n:
+        raise ValueError(f"{path}: 'labels' holds {len(labels)} labels for {n} embeddings; "
+                         "give one label per embedding row")
+    if labels.dtype.kind in "USO":  # class names
+        names, codes = np.unique(labels.astype(str), return_inverse=True)
+        return codes.astype(np.int64), [str(v) for v in names]
+    kind = labels.dtype.kind
+    integral = kind in "iub" or (kind == "f" and bool(np.isfinite(labels).all())
+                                 and np.array_equal(labels, np.round(labels)))
+    if not integral:
+        raise ValueError(f"{path}: 'labels' must hold integer class ids (-1 = no label) or "
+                         f"class names, got dtype {labels.dtype}"
+                         + (" with non-integer values" if kind == "f" else ""))
+    if kind == "u" and len(labels) and int(labels.max()) >= 1 << 63:
+        raise ValueError(f"{path}: 'labels' must fit a signed 64-bit integer, got "
+                         f"{int(labels.max())}")
+    if kind == "f" and len(labels) and float(np.abs(labels).max()) >= 2.0**63:
+        raise ValueError(f"{path}: 'labels' must fit a signed 64-bit integer")
+    labels = labels.astype(np.int64)
+    if len(labels) and int(labels.min()) < -1:
+        raise ValueError(f"{path}: 'labels' must be class ids >= 0 or -1 (no label), got "
+                         f"{int(labels.min())}")
+    return labels, None
+
+
+def _npz_payloads(path: Path, n: int, labels: Any,
+                  names: list[str] | None) -> list[dict[str, Any] | None] | None:
+    """Each item's ``class`` name and ``text`` when a .npz holds them (dmlkit text embed):
+    the class names of string labels, else its ``class_names`` array indexed by the
+    labels (items labelled -1 get no class)."""
     if path.suffix != ".npz":
         return None
     from dmlkit.data.npz import read_arrays
 
     arrays = read_arrays(path)
-    texts, names, labels = (arrays.get(k) for k in ("texts", "class_names", "labels"))
+    texts = arrays.get("texts")
+    if names is None and arrays.get("class_names") is not None and labels is not None:
+        names = [str(v) for v in arrays["class_names"].reshape(-1)]
+        if len(labels) and int(labels.max()) >= len(names):
+            bad = int(labels.max())
+            raise ValueError(
+                f"{path}: label {bad} has no class name ('class_names' holds {len(names)} "
+                f"names, so labels must be -1 or 0..{len(names) - 1}); fix the labels or "
+                "the class_names array")
     if texts is None and (names is None or labels is None):
         return None
-    out: list[dict[str, Any]] = [{} for _ in range(n)]
+    out: list[dict[str, Any] | None] = []
     for i in range(n):
-        if names is not None and labels is not None:
-            out[i]["class"] = str(names[int(labels[i])])
+        item = {}
+        if names is not None and labels is not None and labels[i] >= 0:
+            item["class"] = names[int(labels[i])]
         if texts is not None and len(texts) == n:
-            out[i]["text"] = str(texts[i])
+            item["text"] = str(texts[i])
+        out.append(item or None)
     return out
+
+
+def _check_embeddings(source: Path, emb: Any) -> Any:
+    """A finite real ``(n, dim)`` array, or an error naming ``source``."""
+    import numpy as np
+
+    emb = np.asarray(emb)
+    if emb.ndim != 2:
+        raise ValueError(f"{source}: embeddings must be (n, dim), got shape {emb.shape}")
+    if not np.issubdtype(emb.dtype, np.number) or np.iscomplexobj(emb):
+        raise ValueError(f"{source}: embeddings must be real numbers, got dtype {emb.dtype}")
+    finite = np.isfinite(emb).all(axis=1)
+    if not finite.all():
+        raise ValueError(f"{source}: {int((~finite).sum())} of {len(emb)} embeddings hold "
+                         "NaN or infinite values; fix or drop those rows")
+    return emb
 
 
 @index_app.command("build")
@@ -92,9 +160,12 @@ def build(
     """
     from dmlkit.index import ExactIndex, FaissIndex
     from dmlkit.index.calibrate import calibrate
+    from dmlkit.index.io import check_replaceable
 
     try:
         paths = payloads = spec = None
+        _check_out(source, out)
+        check_replaceable(out)  # fail before embedding, not after
         if source.is_file() and (x_key is not None or labels_key is not None):
             raise ValueError("--x-key / --labels-key name the arrays of a .npz --data that "
                              "the run embeds; a file of embeddings is read as it is")
@@ -106,8 +177,9 @@ def build(
                                      target_recall)
         if source.is_file():
             emb, labels = _load_arrays(source)
+            labels, names = _file_labels(source, labels, len(emb))
             info = {"embeddings": str(source)}
-            payloads = _npz_payloads(source, len(emb))
+            payloads = _npz_payloads(source, len(emb), labels, names)
         else:
             from dmlkit.runs.data import describe, run_data
             from dmlkit.runs.queries import input_spec, resizes_inputs
@@ -122,14 +194,14 @@ def build(
             emb, labels = emb_t.numpy(), None if labels_t is None else labels_t.numpy()
             names = getattr(dataset, "class_names", None)
             if names is not None and labels is not None and labels.ndim == 1:
-                payloads = [{"class": names[int(y)]} for y in labels]
+                payloads = [{"class": names[int(y)]} if 0 <= y < len(names) else None
+                            for y in labels]
             from dmlkit.index.store import model_fingerprint
 
             info = {"run_dir": str(source.resolve()),
                     "data": describe(data, x_key, labels_key),
                     "model_sha256": model_fingerprint(run.model)}
-        if emb.ndim != 2:
-            raise ValueError(f"{source}: embeddings must be (n, dim), got shape {emb.shape}")
+        emb = _check_embeddings(source, emb)
         if labels is not None and numpy.asarray(labels).ndim != 1:
             raise ValueError(
                 f"{source}: an index stores one class id per item ((n,) labels), but the "
@@ -139,7 +211,10 @@ def build(
         dim = int(emb.shape[1])
         index = (ExactIndex(dim, metric) if factory == "exact"
                  else FaissIndex(dim, metric, factory, nprobe=nprobe, ef_search=ef_search))
-        index.add(emb, labels=labels, paths=paths, payloads=payloads)
+        try:
+            index.add(emb, labels=labels, paths=paths, payloads=payloads)
+        except (ValueError, TypeError) as err:  # say which input it is about
+            raise type(err)(f"{source}: {err}") from None
         recall = calibrate(index, emb, target=target_recall) if factory != "exact" else None
         index.info = {**info, **(spec.to_dict() if spec is not None else {}),
                       **({"recall": recall} if recall is not None else {})}
@@ -148,6 +223,16 @@ def build(
         raise _fail(str(err)) from None
     typer.echo(f"indexed {index.ntotal} embeddings of dim {dim} ({factory}, {metric}) in {out}")
     _echo_recall(recall, target_recall)
+
+
+def _check_out(source: Path, out: Path) -> None:
+    """Refuse an --out that is the source itself or a directory holding it: writing the
+    index there would delete the embeddings it is built from."""
+    src, dst = source.resolve(), out.resolve()
+    if dst == src or dst in src.parents:
+        raise ValueError(
+            f"--out {out} is {'the source' if dst == src else 'a directory holding the source'}"
+            f" {source}; writing the index there would delete it: choose another --out")
 
 
 def _echo_recall(recall: dict[str, Any] | None, target_recall: float) -> None:
@@ -204,6 +289,7 @@ def _query_embeddings(queries: list[Path], index: Any, run_dir: Path | None, dev
         prepare_inputs,
         read_images,
         read_query_array,
+        run_color,
         run_input_spec,
     )
 
@@ -237,7 +323,7 @@ def _query_embeddings(queries: list[Path], index: Any, run_dir: Path | None, dev
     run = run or load_run(run_dir, device=device)
     if x is None:
         cfg = run.config.data
-        x = read_images(queries, cfg.image_size, cfg.color)  # (n, C, H, W) in [0, 1]
+        x = read_images(queries, cfg.image_size, run_color(run, spec))  # (n, C, H, W) in [0, 1]
     x = prepare_inputs(x, spec, source)
     emb, _ = embed(run.model, torch.as_tensor(np.asarray(x, dtype=np.float32)), device=device)
     return emb.numpy(), names

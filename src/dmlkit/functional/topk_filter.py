@@ -25,9 +25,12 @@ Selecting over whole rows costs more than the matrix product itself on a CPU, so
    depends on the sample; only speed does.
 
 Leave-one-out (``reference=None``) uses symmetry: the key of a pair ``(i, j)`` is the
-same for row ``i`` and row ``j`` (squared Euclidean distance ``|x_i|^2 + |x_j|^2 -
+same for row ``i`` and row ``j`` (squared Euclidean distance ``(|x_i|^2 + |x_j|^2) -
 2 x_i.x_j``, or the negated similarity), so each block of the matrix is computed once and
-filtered along its rows and its columns: half the matrix products.
+filtered along its rows and its columns: half the matrix products. The key is symmetric
+in floating point too (the norms are summed before the products are added, and both
+sums commute), so a row's keys against identical vectors are identical, whichever block
+computed them, and such ties are ranked by index.
 """
 
 from __future__ import annotations
@@ -199,8 +202,17 @@ class _Filter:
         if symmetric:  # per-query depths in visit order
             self.depth = depth.index_select(0, self.rows)
         r = ref.index_select(0, self.order)  # references in visit order
-        self.a = augmented(r if symmetric else query, metric, "query")  # (n, d')
-        self.bt = augmented(r, metric, "reference").T.contiguous()
+        #: leave-one-out squared Euclidean: squared norms added outside the product
+        self.sq = None
+        if symmetric and metric == "euclidean":
+            # key (i, j) = (|x_i|^2 + |x_j|^2) - 2 x_i.x_j: both sums commute, so the key
+            # of a pair is the same whether it is computed in its row or in its column,
+            # and identical vectors get identical keys (ties ranked by index)
+            self.a, self.sq = prepare_vectors(r, metric)  # (n, d), (n,)
+            self.bt = (-2.0 * self.a).T.contiguous()  # (d, n)
+        else:
+            self.a = augmented(r if symmetric else query, metric, "query")  # (n, d')
+            self.bt = augmented(r, metric, "reference").T.contiguous()
         self.query, self.ref = query, ref
         if self_index is not None:  # each query's own reference, as a visit position
             inv = torch.empty_like(self.order)
@@ -339,18 +351,35 @@ class _Filter:
         finally:
             torch.set_num_threads(threads)
 
-    def _buffer(self) -> Tensor:
-        buf = getattr(self.local, "buf", None)
+    def _buffer(self, name: str = "buf") -> Tensor:
+        """This thread's key buffer ``name``, as large as the largest block."""
+        buf = getattr(self.local, name, None)
         if buf is None:
             rows = max(r1 - r0 for r0, r1 in self.row_bounds)
             cols = max(c1 - c0 for c0, c1 in self.col_bounds)
-            buf = self.local.buf = self.a.new_empty(rows * cols)
+            buf = self.a.new_empty(rows * cols)
+            setattr(self.local, name, buf)
         return buf
+
+    def _symmetric_keys(self, r0: int, r1: int, c0: int, c1: int, out: Tensor) -> None:
+        """Leave-one-out squared distances of visit positions ``r0:r1`` x ``c0:c1`` into
+        ``out``: ``|x_i|^2 + |x_j|^2`` first (it commutes), then the products added."""
+        torch.add(self.sq[r0:r1, None], self.sq[None, c0:c1], out=out)
+        out.addmm_(self.a[r0:r1], self.bt[:, c0:c1])
 
     def _keys(self, r0: int, r1: int, c0: int, c1: int) -> Tensor:
         """Keys of query positions ``r0:r1`` against visit positions ``c0:c1``."""
         out = self._buffer()[: (r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0)
-        torch.mm(self.a[r0:r1], self.bt[:, c0:c1], out=out)
+        if self.sq is None:
+            torch.mm(self.a[r0:r1], self.bt[:, c0:c1], out=out)
+        elif r1 - r0 == c1 - c0 == self.block or self.m <= self.block:
+            self._symmetric_keys(r0, r1, c0, c1, out)
+        else:  # a partial block: cut from the full-size block ending at it, since BLAS
+            # kernels of another shape may round a pair's key differently
+            b = self.block
+            full = self._buffer("full")[: b * b].view(b, b)
+            self._symmetric_keys(r1 - b, r1, c1 - b, c1, full)
+            out.copy_(full[b - (r1 - r0) :, b - (c1 - c0) :])
         if self.exclude_self:
             if self.symmetric:
                 lo, hi = max(r0, c0), min(r1, c1)

@@ -75,6 +75,39 @@ def _too_large(value: Any) -> int:
     raise ValueError(f"ids and labels must fit a signed 64-bit integer, got {value}")
 
 
+def _as_labels(labels: Any, n: int) -> np.ndarray:
+    """``(n,)`` int64 class ids (``-1`` = no label) from integers, bools or
+    integer-valued floats; anything else is refused naming the labels."""
+    if _is_tensor(labels):
+        labels = labels.detach().cpu().numpy()
+    if isinstance(labels, (list, tuple)) and labels and all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in labels):
+        big = next((int(v) for v in labels if not -(1 << 63) <= int(v) < 1 << 63), None)
+        if big is not None:  # numpy would turn such a list into floats or objects
+            _too_large(big)
+        labels = [int(v) for v in labels]
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.shape[0] != n:
+        raise ValueError(f"labels must have shape ({n},) (one class id per item), got "
+                         f"{labels.shape}")
+    kind = labels.dtype.kind
+    if kind == "f" and labels.size and not (np.isfinite(labels).all()
+                                            and np.array_equal(labels, np.round(labels))):
+        bad = labels[~(np.isfinite(labels) & (labels == np.round(labels)))][0]
+        raise ValueError(f"labels must be integer class ids (-1 = no label), got the "
+                         f"non-integer value {bad} (dtype {labels.dtype})")
+    if labels.size and kind not in "iubf":
+        hint = (": map class names to ids, e.g. np.unique(names, return_inverse=True), "
+                "and keep the names in payloads" if kind in "USO" else "")
+        raise TypeError(f"labels must be integer class ids (-1 = no label), got dtype "
+                        f"{labels.dtype}{hint}")
+    if kind == "f" and labels.size and np.abs(labels).max() >= 2.0**63:
+        _too_large(labels[np.abs(labels).argmax()])
+    if kind == "u" and labels.size and int(labels.max()) >= 1 << 63:
+        _too_large(int(labels.max()))
+    return labels.astype(np.int64)
+
+
 class BaseIndex:
     """Ids, metadata and argument checks shared by :class:`ExactIndex` and ``FaissIndex``.
 
@@ -163,8 +196,9 @@ class BaseIndex:
     ) -> np.ndarray:
         """Add ``(n, dim)`` vectors; returns their ``(n,)`` int64 ids.
 
-        ``labels`` (``(n,)`` ints, ``-1`` = no label, as :meth:`labels_of` returns and
-        embedding stores write), ``paths`` (n strings) and ``payloads`` (n
+        ``labels`` (``(n,)`` integer class ids, ``-1`` = no label, as :meth:`labels_of`
+        returns and embedding stores write; bools and integer-valued floats are taken
+        as ids), ``paths`` (n strings) and ``payloads`` (n
         JSON-serialisable values) are optional per-item metadata. Without ``ids`` the
         items get the next ids past every id this index has held, removed ones included.
         """
@@ -178,7 +212,7 @@ class BaseIndex:
                              f"search), got {int(ids.min())}")
         if np.unique(ids).size != n or np.isin(ids, self._ids).any():
             raise ValueError("ids must be unique and not already in the index")
-        lab = np.full(n, -1, dtype=np.int64) if labels is None else _as_ids(labels, n)
+        lab = np.full(n, -1, dtype=np.int64) if labels is None else _as_labels(labels, n)
         if labels is not None and (lab < -1).any():
             raise ValueError("labels must be non-negative integers or -1 (no label), got "
                              f"{int(lab.min())}")

@@ -13,7 +13,9 @@ Layout of an index directory::
 Arrays are read with ``numpy.load(allow_pickle=False)`` and nothing is ever unpickled.
 Every file's size and SHA-256 are checked against the manifest before it is parsed, so a
 corrupt, truncated, swapped or foreign file is refused with :class:`IndexFormatError`.
-Writes go to a temporary sibling directory that is renamed into place.
+Writes go to a temporary sibling directory that is renamed into place; an existing
+``path`` is replaced only when it is empty or holds an earlier save of the same format
+(:func:`check_replaceable`), never another directory's files.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ def write_index_dir(
     so other saved objects (the application kits) reuse this format under their own name.
     """
     path = Path(path)
+    check_replaceable(path, format_name)  # before any work: nothing else is ever deleted
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-{os.getpid()}-"))
@@ -93,8 +96,7 @@ def write_index_dir(
                 os.close(fd)
         old = None
         if path.exists():
-            if path.is_file() or (not (path / MANIFEST).exists() and any(path.iterdir())):
-                raise FileExistsError(f"{path} exists and is not an index directory")
+            check_replaceable(path, format_name)
             old = path.parent / f".{path.name}.old-{os.getpid()}"
             os.replace(path, old)
         os.replace(tmp, path)
@@ -104,6 +106,38 @@ def write_index_dir(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def check_replaceable(path: str | Path, format_name: str = FORMAT) -> None:
+    """Refuse (``FileExistsError``) to replace ``path`` unless it is missing, an empty
+    directory, or a directory saved in ``format_name`` (an earlier save of the same
+    kind): anything else there (an embedding store, a run, other files) would be deleted.
+    """
+    path = Path(path)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise FileExistsError(
+            f"{path} exists and is not a directory; an index is written as a directory: "
+            "choose another path or remove it first")
+    if not any(path.iterdir()):
+        return
+    mpath = path / MANIFEST
+    found = None
+    if mpath.is_file():
+        try:
+            manifest = json.loads(mpath.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+            manifest = None
+        found = manifest.get("format") if isinstance(manifest, dict) else None
+        if found == format_name:
+            return
+    what = (f"its {MANIFEST} says format {found!r}" if mpath.is_file()
+            else f"it holds files but no {MANIFEST}")
+    raise FileExistsError(
+        f"{path} exists and is not a {format_name} directory ({what}, e.g. an embedding "
+        "store or a run); writing there would delete its files: choose another path or "
+        "remove it first")
 
 
 def _alive(pid: int) -> bool:
@@ -207,6 +241,7 @@ __all__ = [
     "MANIFEST",
     "IndexFormatError",
     "write_index_dir",
+    "check_replaceable",
     "read_manifest",
     "remove_stale_temps",
     "load_array",
