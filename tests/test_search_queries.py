@@ -166,9 +166,10 @@ def test_ivf_defaults_reach_recall_and_report_it(tmp_path):
 
     x = load_digits().x.reshape(-1, 64).numpy()  # (1797, 64) as "embeddings"
     np.savez(tmp_path / "e.npz", embeddings=x)
-    with pytest.warns(UserWarning, match=r"only 1797 vectors.*sqrt\(n\)"):
+    with pytest.warns(UserWarning, match=r"only 1797 vectors.*sqrt\(n\)") as seen:
         res = runner.invoke(app, ["index", "build", str(tmp_path / "e.npz"), "--out",
                                   str(tmp_path / "ivf"), "--factory", "IVF256,Flat"])
+    assert not any("PQ" in str(w.message) for w in seen)  # no PQ stage in this factory
     assert res.exit_code == 0, res.output
     assert "WARNING clustering" not in res.output  # faiss's raw line is not printed
     line = next(s for s in res.stdout.splitlines() if s.startswith("recall@10"))

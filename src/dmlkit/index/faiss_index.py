@@ -126,13 +126,14 @@ class FaissIndex(BaseIndex):
                 raise ValueError(f"faiss cannot train {self.factory!r} on {x.shape[0]} "
                                  f"vectors: {err}") from None
         if "WARNING clustering" in captured.text:
+            pq = "PQ" in self.factory.upper()  # (the advice names only the stages it has)
+            centroids = "IVF lists; 256 per PQ sub-quantizer of 8 bits" if pq else "IVF lists"
             warnings.warn(
                 f"{self.factory}: faiss trained its quantizer on only {x.shape[0]} vectors "
                 f"({captured.text.strip().splitlines()[-1].split(': ', 1)[-1]}); "
-                "each of its k-means centroids (IVF lists; 256 per PQ sub-quantizer of 8 "
-                "bits) wants about 39 training vectors: train on more vectors, or choose "
-                "fewer lists (about sqrt(n) = "
-                f"{max(1, int(x.shape[0] ** 0.5))}) or fewer PQ bits",
+                f"each of its k-means centroids ({centroids}) wants about 39 training "
+                "vectors: train on more vectors, or choose fewer lists (about sqrt(n) = "
+                f"{max(1, int(x.shape[0] ** 0.5))})" + (" or fewer PQ bits" if pq else ""),
                 UserWarning, stacklevel=3)
 
     def _prep(self, x: np.ndarray) -> np.ndarray:
