@@ -168,3 +168,16 @@ def test_pair_losses_and_miners_still_train_on_hierarchical_labels(hier_npz, tmp
     result = runner.invoke(app, ["train", str(config), "--out", str(out), "--no-progress"])
     assert result.exit_code == 0, result.output
     assert (out / "metrics.json").exists()
+
+
+def test_the_label_check_runs_the_loss_on_the_miners_tuples(hier_npz, tmp_path):
+    """A tuple loss that needs the miner's tuples on (n, L) labels (quadruplet after
+    batch_hard) trains: the check before the first epoch runs miner then loss, as a
+    batch does."""
+    config = tmp_path / "c.yaml"
+    text = HIER_RUN.format(path=hier_npz).replace(
+        "{name: hierarchical_triplet, margin: 0.1}", "quadruplet\nminer: batch_hard")
+    config.write_text(text)
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", str(config), "--out", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output

@@ -212,11 +212,19 @@ def _per_class(values: dict[str, Tensor], labels: Tensor, valid: Tensor,
                label_names: list[str] | None = None) -> dict:
     """Average each per-query value within each query label (lone queries left out):
     per class id (its name when given), per leaf row of ``(n, L)`` labels, per column
-    of ``(n, C)`` bool multi-labels (a query counts in each of its labels)."""
-    if labels.dtype == torch.bool:  # (n, C): membership matrix, one group per label
-        member = labels.to(torch.float64)  # (n, C)
-        names: list = [int(c) for c in range(labels.shape[1]) if labels[:, c].any()]
-        member = member[:, names]
+    of ``(n, C)`` bool multi-labels (a query counts in each of its labels). Memory is
+    linear in the queries, and in queries x labels only for multi-labels (their input
+    already is that size)."""
+    if labels.dtype == torch.bool:  # (n, C): each query in each of its labels
+        cols = [int(c) for c in range(labels.shape[1]) if labels[:, c].any()]
+        member = labels[:, cols] & valid[:, None]  # (n, C') bool, as the input
+        counts = member.sum(0).to(torch.float64)
+
+        def means(val: Tensor) -> Tensor:
+            v = torch.where(valid, val.to(torch.float64), torch.zeros((), dtype=torch.float64))
+            return (v @ member.to(torch.float64)) / counts
+
+        names: list = cols
     else:
         if labels.dim() == 1:
             keys, inverse = torch.unique(labels, return_inverse=True)
@@ -224,15 +232,16 @@ def _per_class(values: dict[str, Tensor], labels: Tensor, valid: Tensor,
         else:
             keys, inverse = torch.unique(labels, dim=0, return_inverse=True)
             names = [tuple(int(x) for x in row) for row in keys]
-        member = torch.zeros(labels.shape[0], len(names), dtype=torch.float64)
-        member[torch.arange(labels.shape[0]), inverse] = 1.0
-    member = member * valid.unsqueeze(1).to(torch.float64)  # (n, groups)
-    counts = member.sum(0)  # evaluable queries per group
+        counts = torch.bincount(inverse[valid], minlength=len(names)).to(torch.float64)
+
+        def means(val: Tensor) -> Tensor:
+            sums = torch.zeros(len(names), dtype=torch.float64)
+            sums.index_add_(0, inverse[valid], val[valid].to(torch.float64))
+            return sums / counts  # NaN for classes without evaluable queries
+
     out: dict = {name: {"count": int(c)} for name, c in zip(names, counts.tolist(), strict=True)}
     for metric_name, val in values.items():
-        v = torch.where(valid, val.to(torch.float64), torch.zeros((), dtype=torch.float64))
-        means = (v @ member) / counts  # NaN for groups without evaluable queries
-        for name, mean in zip(names, means.tolist(), strict=True):
+        for name, mean in zip(names, means(val).tolist(), strict=True):
             out[name][_RENAME.get(metric_name, metric_name)] = mean
     return out
 

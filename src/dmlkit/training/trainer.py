@@ -19,6 +19,7 @@ from dmlkit.config.schema import Config
 from dmlkit.functional.anchor import similarity_drift
 from dmlkit.functional.tuples import IndexTuple, as_index_tuple
 from dmlkit.functional.uniformity import uniformity
+from dmlkit.models.sentence_encoder import eval_mode
 from dmlkit.training.build import build_loss, build_miner, build_model, build_sampler
 from dmlkit.training.checkpoint import atomic_save, load_checkpoint
 from dmlkit.training.optim import build_optimizer, build_scheduler
@@ -213,16 +214,13 @@ class Trainer:
         take = torch.cat(picks) if picks else torch.arange(0)
         kind = "multi-labels (n, C)" if labels.dtype == torch.bool else (
             "hierarchical labels (n, L)")
-        was_training = self.model.training
         try:
-            with torch.no_grad():
-                self.model.eval()
+            with torch.no_grad(), eval_mode(self.model):  # every submodule's mode kept
                 embeddings = self.model(x[take].to(self.device)).float()
         except Exception:  # the model's own error surfaces in training, as before
             return
-        finally:
-            self.model.train(was_training)
         batch_labels = labels[take].to(self.device)
+        indices = None  # as a training batch: the miner's tuples go to the loss
         for part, module in (("miner", self.miner), ("loss", self.loss)):
             if module is None:
                 continue
@@ -230,7 +228,10 @@ class Trainer:
             name = name.get("name") if isinstance(name, dict) else type(module).__name__
             try:
                 with torch.no_grad():
-                    copy.deepcopy(module)(embeddings, batch_labels)
+                    if part == "miner":
+                        indices = copy.deepcopy(module)(embeddings, batch_labels)
+                    else:
+                        copy.deepcopy(module)(embeddings, batch_labels, indices=indices)
             except (ValueError, TypeError) as err:
                 raise ValueError(
                     f"{part} {name!r} cannot train on the data's {kind}: {err}. Pair and "
