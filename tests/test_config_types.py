@@ -184,3 +184,15 @@ def test_augmented_dataset_flip_flags_must_be_bools() -> None:
         AugmentedDataset(data, hflip=2)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="hflip must be True or False, got 1"):
         random_shift_flip(data.x, hflip=1)  # type: ignore[arg-type]
+
+
+def test_python_api_values_of_other_container_types_are_normalized():
+    import numpy as np
+    import torch
+
+    from dmlkit.config import DataConfig, TrainingConfig
+
+    assert TrainingConfig(device=torch.device("cpu")).device == "cpu"
+    for given in (range(3), np.arange(3), (0, 1, 2)):
+        cfg = DataConfig(name="digits", split="classes", train_classes=given)
+        assert cfg.train_classes == [0, 1, 2] and all(type(c) is int for c in cfg.train_classes)

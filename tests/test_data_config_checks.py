@@ -13,6 +13,7 @@ import torch
 
 from dmlkit.config import Config, DataConfig
 from dmlkit.data import load_dataset, load_image_folder, load_npz, split_dataset
+from dmlkit.data.load import check_training_data, data_config
 
 Image = pytest.importorskip("PIL.Image")
 
@@ -46,7 +47,7 @@ def test_heldout_part_on_a_source_without_parts_is_refused(tmp_path, spec):
         spec["path"] = str(tmp_path)
     with pytest.raises(ValueError, match=r"data.heldout_part .* has no parts.*Remove "
                                          r"data.heldout_part"):
-        split_dataset(spec)
+        check_training_data(data_config(spec))
 
 
 @pytest.mark.parametrize("part, heldout", [("all", "test"), ("train", "all")])
@@ -60,7 +61,7 @@ def test_idx_parts_that_overlap_are_refused(tmp_path, part, heldout):
         write_idx(tmp_path / f"{stem}-labels-idx1-ubyte", (np.arange(n) % 5).astype(np.uint8))
     spec = {"name": "idx", "path": str(tmp_path), "part": part, "heldout_part": heldout}
     with pytest.raises(ValueError, match=r"data.part .* and data.heldout_part .* overlap"):
-        split_dataset(spec)
+        check_training_data(data_config(spec))
     train, heldout_set = split_dataset({**spec, "part": "train", "heldout_part": "test"})
     assert (len(train), len(heldout_set)) == (20, 10)  # the distinct parts still work
 
@@ -110,6 +111,16 @@ def test_npz_integer_images_follow_one_rule(tmp_path):
         load_npz(_npz(tmp_path / "f.npz", np.arange(12).reshape(6, 2), labels))
     with pytest.warns(UserWarning, match=r"\|x\| = 2e\+05.*standardize"):
         load_dataset(_npz(tmp_path / "big.npz", np.full((6, 2), 200_000, np.int32), labels))
+    # (n, d) uint16 rows are features, unscaled as runs trained on them saw them; weak-tuple
+    # features follow the same rule
+    rows = np.array([[3, 7, 1200, 40]] * 6, np.uint16)
+    assert load_npz(_npz(tmp_path / "r16.npz", rows, labels)).x[0].tolist() == [3, 7, 1200, 40]
+    from dmlkit.data.tuples import load_features
+
+    np.save(tmp_path / "img16.npy", (pixels * 257).astype(np.uint16))
+    torch.testing.assert_close(load_features(tmp_path / "img16.npy"), u8.x)
+    np.save(tmp_path / "r16.npy", rows)
+    assert load_features(tmp_path / "r16.npy")[0].tolist() == [3, 7, 1200, 40]
 
 
 def test_check_inputs_warns_on_integer_inputs_far_from_unit_scale():
@@ -303,5 +314,33 @@ def test_a_path_on_the_bundled_digits_source_is_refused():
     from dmlkit.config import DataConfig
 
     with pytest.raises(ValueError, match="data.name 'digits' .* reads no file.*data.name too"):
-        DataConfig(name="digits", path="my.npz")
-    assert DataConfig(name="npz", path="my.npz").path == "my.npz"
+        check_training_data(DataConfig(name="digits", path="my.npz"))
+    check_training_data(DataConfig(name="npz", path="my.npz"))
+
+
+def test_training_refuses_bad_data_settings_but_saved_runs_still_load(tmp_path):
+    """The training-only data rules refuse a new run (nothing written), while a run saved
+    with such a setting (trained before the rule) still loads and rebuilds its data."""
+    from typer.testing import CliRunner
+
+    from dmlkit.cli.main import app
+    from dmlkit.training import build_splits, load_run, train_run
+
+    runner = CliRunner()
+    for bad in ("data.path=my.npz", "data.heldout_part=test"):
+        out = tmp_path / bad.split("=")[0]
+        res = runner.invoke(app, ["train", "--epochs", "1", "--no-progress", "--out", str(out),
+                                  "--set", bad, "--set", "data.max_per_class=10"])
+        assert res.exit_code == 1 and "data." in res.output, res.output
+        assert not out.exists()
+    from dmlkit.config import digits_config
+
+    cfg = digits_config()
+    cfg.training.epochs, cfg.training.progress, cfg.data.max_per_class = 1, False, 10
+    run_dir = train_run(cfg, tmp_path / "run", log=lambda _m: None).run_dir
+    saved = (run_dir / "config.yaml").read_text()
+    (run_dir / "config.yaml").write_text(saved.replace("path: null", "path: my.npz"))
+    run = load_run(run_dir)
+    assert run.config.data.path == "my.npz"
+    train, heldout = build_splits(run.config)  # rebuilt as trained: digits
+    assert (len(train), len(heldout)) == (100, 898)  # capped training side, all held out

@@ -169,7 +169,10 @@ def check_fields(section: str, obj: Any) -> None:
     for f in dataclasses.fields(obj):
         rule = rules.get(f.name)
         if rule is not None:
-            setattr(obj, f.name, rule.check(section, f.name, getattr(obj, f.name)))
+            value = getattr(obj, f.name)
+            if f.name == "device" and type(value).__name__ == "device":  # a torch.device
+                value = str(value)
+            setattr(obj, f.name, rule.check(section, f.name, value))
 
 
 def check_val_classes(value: Any) -> None:
@@ -206,6 +209,8 @@ def class_list(key: str, value: Any) -> list[int | str] | None:
     example = "e.g. [0, 1, 2], or class names where the data has them: [cat, dog]"
     if value is None:
         return None
+    if isinstance(value, range) or (hasattr(value, "tolist") and getattr(value, "ndim", 0) == 1):
+        value = list(value.tolist() if hasattr(value, "tolist") else value)  # range, 1-D array
     if not isinstance(value, (list, tuple)):
         raise ValueError(f"data.{key} must be a list of class ids or names ({example}); got "
                          f"{value!r} ({type(value).__name__})")

@@ -138,11 +138,6 @@ class DataConfig:
             raise ValueError(f"data.test_fraction must be in (0, 1), got {self.test_fraction}")
         if self.name in ("idx", "npz", "image_folder", "text", "audio_folder") and not self.path:
             raise ValueError(f"data.name {self.name!r} needs data.path")
-        if self.name == "digits" and self.path:  # would be ignored: the wrong data, silently
-            raise ValueError(
-                f"data.name 'digits' (scikit-learn's bundled set) reads no file, but data.path "
-                f"is {self.path!r}; for your own data set data.name too (npz, image_folder, "
-                "idx, audio_folder or text), or remove data.path")
         if self.augment is not None:
             from dmlkit.data.augment_ops import AugmentPolicy
 

@@ -116,7 +116,6 @@ def split_dataset(
     (distinct label row).
     """
     cfg = data_config(spec)
-    check_heldout_part(cfg)
     data = load_dataset(cfg)
     if data.labels.dim() == 2:
         return _split_hierarchical(data, cfg)
@@ -136,6 +135,19 @@ def split_dataset(
     if cfg.max_heldout_per_class is not None:
         heldout = limit_per_class(heldout, cfg.max_heldout_per_class, cfg.seed + 1)
     return train, heldout
+
+
+def check_training_data(cfg: DataConfig) -> None:
+    """Refuse data settings a new run must not train with (a saved run's config is not
+    checked again: its data are rebuilt as they were trained):
+    :func:`check_heldout_part`, and a ``path`` on the bundled ``digits`` source, which
+    reads no file (the run would train on the digits, not on the file)."""
+    check_heldout_part(cfg)
+    if cfg.name == "digits" and cfg.path:
+        raise ValueError(
+            f"data.name 'digits' (scikit-learn's bundled set) reads no file, but data.path "
+            f"is {cfg.path!r}; for your own data set data.name too (npz, image_folder, "
+            "idx, audio_folder or text), or remove data.path")
 
 
 def check_heldout_part(cfg: DataConfig) -> None:
@@ -223,4 +235,5 @@ def describe(cfg: DataConfig) -> str:
 
 
 __all__ = ["data_config", "load_dataset", "split_dataset", "check_heldout_part",
+           "check_training_data",
            "check_training_classes", "describe", "select_classes"]

@@ -44,16 +44,18 @@ PIXEL_SCALES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 def integer_inputs(x: np.ndarray, source: str) -> np.ndarray:
     """Integer inputs as float32, by dmlkit's one rule for integer arrays.
 
-    ``uint8`` and ``uint16`` arrays are image pixels, scaled to ``[0, 1]`` (``/ 255``,
-    ``/ 65535``). Every other integer dtype (``int8`` ... ``int64``, ``uint32``,
-    ``uint64``) is converted to float32 unscaled: its range says nothing about what its
-    maximum means. Such an array of images (``ndim >= 3``) with values above 1 warns,
-    since images are expected in ``[0, 1]``. Non-integer arrays are returned as they are.
+    ``uint8`` arrays are pixels, scaled to ``[0, 1]`` by ``1 / 255``; ``uint16`` arrays of
+    images (``ndim >= 3``) by ``1 / 65535``, while ``(n, d)`` ``uint16`` rows are features
+    (counts, codes) and stay unscaled, as before this rule. Every other integer dtype
+    (``int8`` ... ``int64``, ``uint32``, ``uint64``) is converted to float32 unscaled: its
+    range says nothing about what its maximum means. Such an array of images
+    (``ndim >= 3``) with values above 1 warns, since images are expected in ``[0, 1]``.
+    Non-integer arrays are returned as they are.
     """
     if x.dtype.kind not in "iu":
         return x
     scale = PIXEL_SCALES.get(x.dtype)
-    if scale is not None:
+    if scale is not None and (x.dtype == np.uint8 or x.ndim >= 3):
         return x.astype(np.float32) / np.float32(scale)
     out = x.astype(np.float32)
     if out.ndim >= 3 and out.size and float(out.max()) > 1.0:

@@ -196,8 +196,9 @@ def load_features(path: str | Path, key: str = "x") -> Tensor:
         x = np.load(path, allow_pickle=False)
     else:
         raise ValueError(f"features must be a .npy or .npz file, got {path.name!r}")
-    if x.dtype == np.uint8:
-        x = x.astype(np.float32) / 255.0
+    from dmlkit.data.npz import integer_inputs
+
+    x = integer_inputs(x, str(path))  # the one rule for integer inputs, as load_npz
     return torch.from_numpy(np.ascontiguousarray(x))
 
 

@@ -23,20 +23,25 @@ def _block(c_in: int, c_out: int, pool: bool) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _height_width(image_size: int | Sequence[int]) -> tuple[int, int]:
-    """``(H, W)`` from an int side or an ``(H, W)`` pair, each >= 4."""
-    if isinstance(image_size, bool):
-        raise TypeError(f"image_size must be an int or (H, W), got {image_size!r}")
-    if isinstance(image_size, int):
+def height_width(image_size: int | Sequence[int], min_side: int = 4,
+                 model: str | None = None) -> tuple[int, int]:
+    """``(H, W)`` from an int side or an ``(H, W)`` pair, each >= ``min_side``
+    (``model`` names the model taking it in the message)."""
+    if isinstance(image_size, int) and not isinstance(image_size, bool):
         hw = (image_size, image_size)
-    elif (isinstance(image_size, Sequence) and len(image_size) == 2
+    elif (isinstance(image_size, Sequence) and not isinstance(image_size, str)
+          and len(image_size) == 2
           and all(isinstance(v, int) and not isinstance(v, bool) for v in image_size)):
         hw = (int(image_size[0]), int(image_size[1]))
     else:
-        raise TypeError(f"image_size must be an int or (H, W), got {image_size!r}")
-    if min(hw) < 4:
-        raise ValueError(f"image_size must be >= 4 on each side, got {image_size}")
+        raise TypeError(f"image_size must be an int or (height, width), got {image_size!r}")
+    if min(hw) < min_side:
+        who = f"{model} takes images of side" if model else "image_size must be"
+        raise ValueError(f"{who} >= {min_side} on each side, got {image_size}")
     return hw
+
+
+_height_width = height_width  # (the name used inside this module)
 
 
 @register_model("small_cnn")

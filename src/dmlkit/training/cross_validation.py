@@ -143,7 +143,7 @@ def _cross_validate(
 ) -> CrossValResult:
     start = time.perf_counter()
     check_frozen_config(config)  # what dmlkit train refuses, folds refuse too
-    train, _ = build_splits(config)
+    train, _ = build_splits(config, for_training=True)
     results, trainers, states = [], [], []
     for train_classes, val_classes in class_folds(train.classes, k, seed):
         fold_train = select_classes(train, train_classes)

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from dmlkit.config.schema import Config
 from dmlkit.data.dataset import ArrayDataset
-from dmlkit.data.load import check_training_classes, split_dataset
+from dmlkit.data.load import check_training_classes, check_training_data, split_dataset
 from dmlkit.data.splits import stratified_split
 from dmlkit.training.build import build_model, resolve_config
 from dmlkit.training.checkpoint import atomic_save, load_checkpoint, torch_load
@@ -66,8 +66,13 @@ class RunResult:
     seconds: float = 0.0
 
 
-def build_splits(config: Config) -> tuple[ArrayDataset, ArrayDataset]:
+def build_splits(config: Config, *, for_training: bool = False
+                 ) -> tuple[ArrayDataset, ArrayDataset]:
     """The ``(train, heldout)`` datasets of a run (train before any validation carve-out).
+
+    ``for_training``: also refuse data settings a new run must not train with
+    (:func:`~dmlkit.data.load.check_training_data`); a saved run's data is rebuilt as it
+    was trained.
 
     A run trained from a tuple file has no labelled splits: a clear error, never the
     config's default dataset in their place.
@@ -78,6 +83,8 @@ def build_splits(config: Config) -> tuple[ArrayDataset, ArrayDataset]:
             "which have no labelled train/held-out split; name the data explicitly "
             "(a dataset name, a labelled .npz file, an IDX or image folder)"
         )
+    if for_training:
+        check_training_data(config.data)
     return split_dataset(config.data)
 
 
@@ -279,7 +286,7 @@ def _train_run(
 
 def _train_labelled(config: Config, out_dir: Path, resume: bool, log: Any, callbacks: tuple,
                     start: float, distributed: bool) -> RunResult:
-    train, heldout = build_splits(config)
+    train, heldout = build_splits(config, for_training=True)
     check_training_classes(train, config.data)
     train, val = validation_split(train, config)
     resolved = resolve_config(config, train.x[0], int(train.labels.max()) + 1)

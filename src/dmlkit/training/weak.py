@@ -28,7 +28,7 @@ from torch import nn
 
 from dmlkit.config.schema import Config
 from dmlkit.data.dataset import ArrayDataset
-from dmlkit.data.load import split_dataset
+from dmlkit.data.load import check_training_data, split_dataset
 from dmlkit.data.splits import stratified_split
 from dmlkit.data.tuples import (
     TupleDataset,
@@ -92,6 +92,7 @@ def build_weak_splits(config: Config) -> WeakSplits:
             )
         _warn_repeated(full, dc.tuples)
         return WeakSplits(full.subset(order[n_test:]), heldout_tuples=full.subset(order[:n_test]))
+    check_training_data(dc)
     train, heldout = split_dataset(dc)
     val = None
     if config.training.val_fraction > 0:

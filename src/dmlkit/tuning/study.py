@@ -287,7 +287,7 @@ def _check_folds(config: Config) -> None:
                 f"allowed: {sorted(raw[section])}"
             )
     check_space(config)  # component keys, types and names: here, not trial after trial
-    train, _ = build_splits(config)
+    train, _ = build_splits(config, for_training=True)
     class_folds(train.classes, config.tune.folds, config.tune.seed)
 
 

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dmlkit.functional.distances import l2_normalize
+from dmlkit.models.cnn import height_width
 from dmlkit.models.heads import EmbeddingHead, L2Normalize
 from dmlkit.models.pretrained.efficientnet_lite import (
     FEATURE_DIM,
@@ -81,18 +82,7 @@ class ResidualHead(nn.Module):
 
 def _height_width(image_size: int | Sequence[int]) -> tuple[int, int]:
     """``(H, W)`` of ``image_size`` (a side, or ``(height, width)``), each >= 8."""
-    if isinstance(image_size, int) and not isinstance(image_size, bool):
-        hw = (image_size, image_size)
-    elif (isinstance(image_size, Sequence) and not isinstance(image_size, str)
-          and len(image_size) == 2
-          and all(isinstance(v, int) and not isinstance(v, bool) for v in image_size)):
-        hw = (int(image_size[0]), int(image_size[1]))
-    else:
-        raise TypeError(f"image_size must be an int or (height, width), got {image_size!r}")
-    if min(hw) < MIN_IMAGE_SIDE:
-        raise ValueError(
-            f"efficientnet_lite0 takes images of side >= {MIN_IMAGE_SIDE}, got {image_size}")
-    return hw
+    return height_width(image_size, MIN_IMAGE_SIDE, "efficientnet_lite0")
 
 
 @register_model("efficientnet_lite0")
