@@ -15,6 +15,7 @@ CSV files have a header: ``item_a,item_b,similar`` for pairs and
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -202,6 +203,68 @@ def load_features(path: str | Path, key: str = "x") -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(x))
 
 
+def _int_entries(refs: list[list[str]], lines: list[int], path: Path) -> np.ndarray:
+    """``(T, k)`` int64 rows of ``refs``; a non-integer or out-of-range entry names its line."""
+    low, high = np.iinfo(np.int64).min, np.iinfo(np.int64).max
+    out = np.empty((len(refs), len(refs[0]) if refs else 0), dtype=np.int64)
+    for r, row in enumerate(refs):
+        for c, value in enumerate(row):
+            try:
+                number = int(value)
+            except ValueError:
+                raise ValueError(f"{path}, line {lines[r]}: with features, entries must be "
+                                 f"integer rows, got {value!r}; fix the entry") from None
+            if not low <= number <= high:
+                raise ValueError(f"{path}, line {lines[r]}: entry {value} is too large to be "
+                                 "a row of a feature array; fix the entry") from None
+            out[r, c] = number
+    return out
+
+
+def _check_image_files(
+    files: list[str], lines: list[int], refs: list[str], path: Path,
+    image_size: int | None, color: str,
+) -> str:
+    """Check the image ``files`` up front (``lines`` / ``refs``: where the CSV names each).
+
+    Every file must exist; without ``image_size`` all must share one size (only the
+    headers are read). Returns ``color``, resolved when it is ``"auto"``.
+    """
+    for file, line, ref in zip(files, lines, refs, strict=True):
+        if not os.path.isfile(file):
+            raise FileNotFoundError(f"{path}, line {line}: image {ref!r} not found ({file} is "
+                                    "not a file); fix the path or drop the row")
+    if image_size is not None and color != "auto":
+        return color
+    from dmlkit.data.image_folder import _pillow, is_color
+
+    image_cls = _pillow()
+    first: tuple[tuple[int, int], str, int] | None = None
+    found_color = False
+    for file, line, ref in zip(files, lines, refs, strict=True):
+        try:
+            with image_cls.open(file) as img:
+                size = img.size  # (width, height), from the header only
+                found_color = found_color or (color == "auto" and is_color(img))
+        except (OSError, SyntaxError) as err:
+            raise ValueError(f"{path}, line {line}: cannot read image {ref!r} ({err}); the "
+                             "file is corrupt or not an image: replace it or drop the row"
+                             ) from None
+        if image_size is not None:
+            continue
+        if first is None:
+            first = (size, ref, line)
+        elif size != first[0]:
+            raise ValueError(
+                f"{path}, line {line}: image {ref!r} is {size[0]}x{size[1]} but {first[1]!r} "
+                f"(line {first[2]}) is {first[0][0]}x{first[0][1]}; images of different sizes "
+                "need a common size: set data.image_size"
+            )
+    if color == "auto":
+        return "rgb" if found_color else "grayscale"
+    return color
+
+
 def read_tuples_csv(
     path: str | Path,
     kind: TupleKind,
@@ -213,8 +276,10 @@ def read_tuples_csv(
     """Read pairs (``item_a,item_b,similar``) or triplets (``anchor,positive,negative``).
 
     With ``features`` the entries are integer rows of that array; without, they are
-    image paths (relative ones resolved against the CSV's folder), read in ``color``
-    (``"auto"``: RGB when any of them is colour, else grayscale).
+    image paths (relative ones resolved against the CSV's folder; two spellings of one
+    file are one item), read in ``color`` (``"auto"``: RGB when any of them is colour,
+    else grayscale). Image files are checked when the CSV is read: each must exist, and
+    without ``image_size`` all must share one size.
     """
     if kind not in COLUMNS:
         raise ValueError(f"kind must be 'pairs' or 'triplets', got {kind!r}")
@@ -222,50 +287,63 @@ def read_tuples_csv(
     if not path.is_file():
         raise FileNotFoundError(f"tuple file not found: {path}")
     columns = COLUMNS[kind]
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # (utf-8-sig: skip a BOM)
         reader = csv.DictReader(f)
-        missing = [c for c in columns if c not in (reader.fieldnames or [])]
+        header = reader.fieldnames or []
+        missing = [c for c in columns if c not in header]
         if missing:
             raise ValueError(
                 f"{path} lacks column(s) {missing}; {kind} need a header {','.join(columns)}"
             )
-        records = []
-        for line, row in enumerate(reader, 2):
+        records, lines = [], []
+        for row in reader:
+            line = reader.line_num
+            if row.get(None):  # more fields than the header names
+                raise ValueError(
+                    f"{path}, line {line}: {len(header) + len(row[None])} fields but the "
+                    f"header names {len(header)} ({','.join(header)}); remove the extra "
+                    "field(s), or quote an entry that holds a comma"
+                )
             empty = [c for c in columns if row.get(c) is None or not str(row[c]).strip()]
             if empty:
                 raise ValueError(f"{path}, line {line}: no {', '.join(empty)} (a short row "
                                  "or an empty field); fill it in or drop the row")
             records.append([row[c].strip() for c in columns])
+            lines.append(line)
+    if not records:
+        raise ValueError(f"{path} holds no tuples (only a header, or nothing); add rows of "
+                         f"{','.join(columns)}")
     refs = [r[:3] if kind == "triplets" else r[:2] for r in records]
     similar = None
     if kind == "pairs":
         flags = {"1": 1, "0": 0, "true": 1, "false": 0, "1.0": 1, "0.0": 0}
         bad = next((i for i, r in enumerate(records) if r[2].lower() not in flags), None)
         if bad is not None:
-            raise ValueError(f"{path}, line {bad + 2}: similar must be 1 or 0 (or true / "
+            raise ValueError(f"{path}, line {lines[bad]}: similar must be 1 or 0 (or true / "
                              f"false), got {records[bad][2]!r}")
         similar = [flags[r[2].lower()] for r in records]
     if features is not None:
-        try:
-            tuples = np.asarray(refs, dtype=np.int64).reshape(len(refs), -1)
-        except ValueError:
-            raise ValueError(f"{path}: with features, entries must be integer rows") from None
+        tuples = _int_entries(refs, lines, path)
         return TupleDataset(tuples, load_features(features, features_key), similar)
-    if refs and all(v.lstrip("-").isdigit() for row in refs for v in row):
+    if all(v.lstrip("-").isdigit() for row in refs for v in row):
         raise ValueError(f"{path}: the entries are integers, rows of a feature array: set "
                          "data.features to the .npy / .npz that holds them (without it they "
                          "are read as image paths)")
-    ids: dict[str, int] = {}
-    for row in refs:  # image paths
-        for ref in row:
-            ids.setdefault(ref, len(ids))
-    tuples = np.asarray([[ids[ref] for ref in row] for row in refs], dtype=np.int64)
-    files = [str(p if Path(p).is_absolute() else path.parent / p) for p in ids]
-    if color == "auto":
-        from dmlkit.data.image_folder import folder_color
-
-        color = folder_color(files)
-    return TupleDataset(tuples.reshape(len(refs), -1), files, similar, image_size, color)
+    ids: dict[str, int] = {}  # resolved, normalized path -> item id
+    first_line: list[int] = []
+    first_ref: list[str] = []
+    tuples = np.empty((len(refs), len(refs[0])), dtype=np.int64)
+    for r, row in enumerate(refs):  # image paths
+        for c, ref in enumerate(row):
+            file = os.path.realpath(path.parent / ref)  # (an absolute ref replaces the folder)
+            if file not in ids:
+                ids[file] = len(ids)
+                first_line.append(lines[r])
+                first_ref.append(ref)
+            tuples[r, c] = ids[file]
+    files = list(ids)
+    color = _check_image_files(files, first_line, first_ref, path, image_size, color)
+    return TupleDataset(tuples, files, similar, image_size, color)
 
 
 def write_tuples_csv(path: str | Path, tuples: Tensor | np.ndarray, similar: Any = None) -> Path:

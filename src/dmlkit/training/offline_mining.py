@@ -148,6 +148,20 @@ def mine_hard_triplets(
     return Triplets(a, positives, negatives)
 
 
+def _fit_triplets(rows: np.ndarray, items: list[int], cap: int, multiple: int) -> list[int]:
+    """The distinct members of the most leading ``rows (t, 3)`` whose count, rounded up to
+    ``multiple``, is at most ``cap``; a prefix of ``items`` (their first-appearance order).
+    When not even the first triplet fits, the first ``cap`` of its members."""
+    seen: set[int] = set()
+    keep = 0  # distinct items of the whole triplets kept so far
+    for row in rows.tolist():
+        seen.update(row)
+        if len(seen) + (-len(seen) % multiple) > cap:
+            break
+        keep = len(seen)
+    return items[: keep or cap]
+
+
 def _farthest_positive(embeddings: Tensor, labels: Tensor, distance: BaseDistance) -> Tensor:
     """``(n,)`` id of each item's farthest same-class item (itself when it has none)."""
     x = distance.maybe_normalize(embeddings.detach().float())
@@ -171,7 +185,8 @@ class OfflineHardNegativeSampler(Sampler[list[int]]):
     (re-mining every ``every`` epochs), and shuffles them; iteration yields lists of
     dataset indices, each the union of ``batch_size // 3`` triplets (so a batch holds
     every mined anchor together with its positive and its hard negative), topped up to a
-    multiple of ``batch_multiple`` items. Deterministic
+    multiple of ``batch_multiple`` items; where that would pass ``batch_size``, the last
+    triplets of the batch are left out first. Deterministic
     given ``seed``, the epoch and the model's weights; :meth:`state_dict` holds the mined
     triplets, so a resumed run (re-mining only every ``every`` epochs) batches exactly as
     an uninterrupted one. From a config (``sampler: {name: offline_hard_negative, ...}``)
@@ -184,7 +199,7 @@ class OfflineHardNegativeSampler(Sampler[list[int]]):
     model : nn.Module
         The model being trained (the same object the trainer updates).
     batch_size : int
-        At most this many items per batch (>= 3).
+        At most this many items per batch (>= 3, and >= ``batch_multiple``).
     k, triplets_per_anchor, positive, distance :
         See :func:`mine_hard_triplets`.
     num_batches : int, optional
@@ -194,10 +209,12 @@ class OfflineHardNegativeSampler(Sampler[list[int]]):
     embed_batch_size : int
     seed : int
     batch_multiple : int
-        Every batch's size is a multiple of this: a batch of distinct triplet members
-        (whose count varies with shared items) is topped up with other items of the
-        dataset, drawn with the batch's seeded generator. The multi-process trainer sets
-        it to the number of processes, which must split each batch evenly.
+        Every batch's size is a multiple of this and at most ``batch_size``: a batch of
+        distinct triplet members (whose count varies with shared items) is topped up with
+        other items of the dataset, drawn with the batch's seeded generator; when the
+        top-up would pass ``batch_size``, whole triplets are dropped from the batch's end
+        (and, should even one triplet not fit, its last members). The multi-process
+        trainer sets it to the number of processes, which must split each batch evenly.
     """
 
     def __init__(
@@ -219,6 +236,9 @@ class OfflineHardNegativeSampler(Sampler[list[int]]):
             raise ValueError(f"batch_size must be >= 3, got {batch_size}")
         if batch_multiple < 1:
             raise ValueError(f"batch_multiple must be >= 1, got {batch_multiple}")
+        if batch_multiple > batch_size:
+            raise ValueError(f"batch_size {batch_size} holds no multiple of batch_multiple "
+                             f"{batch_multiple}: raise batch_size to at least {batch_multiple}")
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
         self.dataset = dataset
@@ -287,11 +307,15 @@ class OfflineHardNegativeSampler(Sampler[list[int]]):
         need = self.num_batches * per_batch
         order = np.concatenate([rng.permutation(len(trip)) for _ in range(-(-need // len(trip)))])
         n = len(self.dataset)
+        m = self.batch_multiple
+        cap = self.batch_size - self.batch_size % m  # the largest multiple of m that fits
         for i in range(self.num_batches):
             rows = trip[order[i * per_batch : (i + 1) * per_batch]]  # (per_batch, 3)
             _, first = np.unique(rows.ravel(), return_index=True)
             items = rows.ravel()[np.sort(first)].tolist()  # distinct items, in triplet order
-            extra = -len(items) % self.batch_multiple
+            if len(items) + (-len(items) % m) > cap:  # the top-up would pass batch_size
+                items = _fit_triplets(rows, items, cap, m)
+            extra = -len(items) % m
             if extra > n - len(items):
                 raise ValueError(
                     f"a batch of {len(items)} items cannot be topped up to a multiple of "

@@ -16,7 +16,7 @@ Batches are ``(unique items, None, Pairs | Triplets)``; any tuple loss trains fr
 
 from __future__ import annotations
 
-import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,14 +58,23 @@ class WeakSplits:
 
 
 def _warn_repeated(tuples: TupleDataset, path: Any) -> None:
-    """Warn about repeated tuples (a held-out copy of a training tuple scores as if seen)
-    and tuples whose items repeat (an anchor that is its own positive or negative)."""
+    """Warn about repeated tuples (a held-out copy of a training tuple scores as if seen),
+    tuples whose items repeat (an anchor that is its own positive or negative) and pairs
+    listed with contradicting ``similar`` flags. Pairs are unordered: ``(b, a)`` repeats
+    ``(a, b)``."""
     import warnings
 
     t = tuples.tuples.numpy()
-    repeats = len(t) - len(np.unique(t, axis=0))
     ordered = np.sort(t, axis=1)
     self_tuples = int((ordered[:, 1:] == ordered[:, :-1]).any(axis=1).sum())
+    contradicting = 0
+    if tuples.similar is not None:  # pairs: (a, b) is (b, a)
+        flags = tuples.similar.numpy().astype(np.int64)[:, None]  # (T, 1)
+        repeats = len(t) - len(np.unique(np.hstack([ordered, flags]), axis=0))
+        kinds = np.unique(np.hstack([ordered, flags]), axis=0)[:, :2]  # distinct (pair, flag)
+        contradicting = len(kinds) - len(np.unique(kinds, axis=0))
+    else:
+        repeats = len(t) - len(np.unique(t, axis=0))
     if repeats:
         warnings.warn(f"{path}: {repeats} of {len(t)} tuples repeat others; held-out copies "
                       "of training tuples make the held-out score optimistic", UserWarning,
@@ -73,6 +82,21 @@ def _warn_repeated(tuples: TupleDataset, path: Any) -> None:
     if self_tuples:
         warnings.warn(f"{path}: {self_tuples} tuples name one item twice (e.g. an anchor "
                       "that is its own positive)", UserWarning, stacklevel=3)
+    if contradicting:
+        warnings.warn(f"{path}: {contradicting} pairs are listed both as similar and as "
+                      "dissimilar; fix or drop the wrong rows", UserWarning, stacklevel=3)
+
+
+def _check_both_kinds(pairs: TupleDataset, what: str) -> None:
+    """Refuse pairs that are all similar or all dissimilar (nothing to contrast)."""
+    if pairs.similar is None or len(pairs) == 0:
+        return
+    n_similar = int(pairs.similar.sum())
+    if n_similar in (0, len(pairs)):
+        have, lack = ("similar", "dissimilar (similar=0)") if n_similar else (
+            "dissimilar", "similar (similar=1)")
+        raise ValueError(f"{what}: all {len(pairs)} pairs are {have}; training from pairs "
+                         f"needs {lack} pairs too: add some")
 
 
 def build_weak_splits(config: Config) -> WeakSplits:
@@ -90,8 +114,12 @@ def build_weak_splits(config: Config) -> WeakSplits:
             raise ValueError(
                 f"{len(full)} tuples cannot be split with test_fraction {dc.test_fraction}"
             )
+        _check_both_kinds(full, str(dc.tuples))
         _warn_repeated(full, dc.tuples)
-        return WeakSplits(full.subset(order[n_test:]), heldout_tuples=full.subset(order[:n_test]))
+        train = full.subset(order[n_test:])
+        _check_both_kinds(train, f"{dc.tuples} (the training part, test_fraction "
+                                 f"{dc.test_fraction})")
+        return WeakSplits(train, heldout_tuples=full.subset(order[:n_test]))
     check_training_data(dc)
     train, heldout = split_dataset(dc)
     val = None
@@ -138,9 +166,16 @@ def tuple_metrics(
         d_neg = distance.pairwise(emb[rows[:, 0]], emb[rows[:, 2]])  # (T,)
         neg_closeness = d_neg if distance.is_similarity else -d_neg
         return {"triplet_accuracy": float((closeness > neg_closeness).double().mean())}
+    if tuples.similar.all() or not tuples.similar.any():  # AUC undefined: one kind only
+        return {"pair_auc": float("nan")}
     from sklearn.metrics import roc_auc_score
 
     return {"pair_auc": float(roc_auc_score(tuples.similar.numpy(), closeness.numpy()))}
+
+
+def _cell(value: float | None) -> str:
+    """A metric for the table; ``n/a`` when undefined (NaN, or null from metrics.json)."""
+    return "n/a" if value is None or value != value else f"{value:.4f}"
 
 
 def tuple_metrics_table(metrics: dict[str, Any]) -> str:
@@ -148,7 +183,8 @@ def tuple_metrics_table(metrics: dict[str, Any]) -> str:
     rows = [f"{'metric':<18} {'raw inputs':>10} {'learned':>10}"]
     for key in TUPLE_METRICS.values():
         if key in metrics:
-            rows.append(f"{key:<18} {metrics['baseline'][key]:>10.4f} {metrics[key]:>10.4f}")
+            values = [_cell(metrics["baseline"][key]), _cell(metrics[key])]
+            rows.append(f"{key:<18} {values[0]:>10} {values[1]:>10}")
     return "\n".join(rows)
 
 
@@ -169,6 +205,7 @@ def train_weak_run(
         raise ValueError("miners need class labels; remove the miner section for tuple data")
     splits = build_weak_splits(config)
     resolved = resolve_config(config, splits.train.example(), 0)
+    fresh = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     resolved.to_yaml(out_dir / CONFIG_FILE)
     evaluated = (
@@ -180,9 +217,13 @@ def train_weak_run(
         f"training on {len(splits.train)} {config.data.kind} of {len(splits.train.items)} "
         f"items (no class labels), {evaluated}"
     )
-    trainer = Trainer(
-        resolved, splits.train, val_data=splits.val, out_dir=out_dir, log=log, callbacks=callbacks
-    )
+    try:
+        trainer = Trainer(resolved, splits.train, val_data=splits.val, out_dir=out_dir, log=log,
+                          callbacks=callbacks)
+    except BaseException:  # a bad model or sampler setting: leave no half-made run behind
+        if fresh:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
     history = trainer.fit(resume=resume)
     atomic_save(trainer.model.state_dict(), out_dir / MODEL_FILE)
     if splits.heldout is not None:
@@ -195,7 +236,9 @@ def train_weak_run(
         metrics["num_tuples"] = len(held)
     seconds = time.perf_counter() - start
     metrics["train_seconds"] = round(seconds, 2)
-    (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    from dmlkit.evaluation.evaluate import write_json
+
+    write_json(metrics, out_dir / METRICS_FILE)  # (atomic; an undefined metric is null)
     return RunResult(out_dir, metrics, history, seconds)
 
 
