@@ -189,3 +189,18 @@ def test_embed_names_the_file_it_wrote(run_dir, tmp_path):
     result = runner.invoke(app, ["embed", str(run_dir), "--out", str(tmp_path / "emb")])
     assert result.exit_code == 0 and f"to {tmp_path / 'emb.npz'}" in result.output
     assert (tmp_path / "emb.npz").is_file()
+
+
+@pytest.mark.parametrize("setting, words", [
+    ("loss=arcface", "remove the miner"),
+    ("miner=packed_triplets", "takes no labels"),
+    ("model={name: speaker_encoder}", "cannot take this data's inputs"),
+    ("loss={name: ranked_list}", "needs parameter(s) ['margin', 'Tn']"),
+])  # fmt: skip
+def test_parts_that_cannot_train_on_the_data_are_refused_before_any_epoch(
+        tmp_path, setting, words):
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["train", "--epochs", "1", "--no-progress", "--out", str(out),
+                              "--set", "data.max_per_class=20", "--set", setting])
+    assert res.exit_code == 1 and words in res.output, res.output
+    assert "epoch" not in res.output.lower() and not out.exists()

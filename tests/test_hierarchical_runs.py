@@ -153,7 +153,7 @@ def test_classifier_loss_on_hierarchical_labels_is_refused_before_training(
     out = tmp_path / "run"
     result = runner.invoke(app, ["train", str(config), "--out", str(out), "--no-progress"])
     assert result.exit_code != 0
-    assert "cannot train on the data's hierarchical labels" in result.output
+    assert "cannot train on this data's hierarchical labels" in result.output
     assert "hierarchical_triplet" in result.output  # the way out
     assert "epoch" not in result.output.lower()  # refused up front, not in epoch 1
     assert not out.exists()

@@ -292,6 +292,7 @@ def test_resolve_fills_shapes_and_proxy_sizes():
     cfg = small_config()
     cfg.model = {"name": "small_cnn", "dim": 8, "width": 4}
     cfg.loss = {"name": "normalized_softmax"}
+    cfg.miner = None  # (a classifier loss takes no mined tuples)
     resolved = resolve_config(cfg, torch.zeros(1, 8, 8), num_classes=10)
     assert resolved.model["in_channels"] == 1 and resolved.model["image_size"] == 8
     assert resolved.loss["num_classes"] == 10 and resolved.loss["embedding_size"] == 8
@@ -409,6 +410,17 @@ def test_a_val_fraction_without_two_items_of_any_class_is_refused(tmp_path):
     with pytest.raises(ValueError, match="val_fraction 0.01 holds out at most one item"):
         train_run(cfg, tmp_path / "run", log=None)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_classifier_loss_with_a_miner_is_refused_before_training(tiny_data, tmp_path):
+    """A loss that takes no mined tuples, configured with a miner, is refused when the
+    trainer is built, with the way out, instead of failing at the first batch."""
+    train, _ = tiny_data
+    cfg = small_config()
+    cfg.loss = {"name": "arcface"}
+    resolved = resolve_config(cfg, train.x[0], int(train.labels.max()) + 1)
+    with pytest.raises(ValueError, match=r"loss 'arcface' .*remove the miner"):
+        Trainer(resolved, train, out_dir=tmp_path / "run", log=None)
 
 
 def test_an_unscorable_validation_epoch_is_neither_best_nor_bad(tiny_data):

@@ -84,6 +84,14 @@ class Registry(Generic[T]):
                 raise ValueError(
                     f"{self.family} {name!r} got unknown parameter(s) {unknown}; allowed: {allowed}"
                 )
+        missing = [p.name for p in sig.parameters.values()
+                   if p.name != "self" and p.default is p.empty
+                   and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in params]
+        if missing:
+            raise ValueError(
+                f"{self.family} {name!r} needs parameter(s) {missing}, which have no default: "
+                f"give them in its config, e.g. {{name: {name}, "
+                + ", ".join(f"{m}: ..." for m in missing) + "}")
         return cls(**params)
 
     def __contains__(self, name: object) -> bool:

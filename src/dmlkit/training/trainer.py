@@ -197,35 +197,61 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
 
     def _check_label_kind(self, labels: Any) -> None:
-        """Refuse, before any epoch starts, a loss or miner that cannot take the training
-        data's ``(n, L)`` hierarchical or ``(n, C)`` multi-labels (e.g. a proxy or
-        classifier loss, which needs one class per item): otherwise the run would stop
-        at its first batch.
+        """Refuse, before any epoch starts (and before a run directory holds more than its
+        config), a model, miner or loss that cannot train on this data: e.g. a classifier
+        or proxy loss given a miner's tuples or ``(n, L)`` hierarchical labels, a text or
+        audio model given images, a label-free miner given class labels. Otherwise the
+        run would stop at its first batch.
 
-        The loss and the miner are tried on copies (a memory bank or a queue is not
-        filled) with the model's embeddings of the first items, computed in eval mode
-        without gradients (no batch-norm statistic changes)."""
-        x = getattr(self.train_data, "x", None)
-        if not isinstance(labels, Tensor) or labels.dim() != 2 or not isinstance(x, Tensor):
-            return
-        # up to 4 label rows with two items each, so tuple losses see positives too
-        _, row = torch.unique(labels, dim=0, return_inverse=True)
-        picks = [torch.nonzero(row == r).flatten()[:2] for r in range(min(int(row.max()) + 1, 4))]
-        take = torch.cat(picks) if picks else torch.arange(0)
-        kind = "multi-labels (n, C)" if labels.dtype == torch.bool else (
-            "hierarchical labels (n, L)")
+        A small batch of the training items (up to 8 classes x 4) goes through the model
+        in eval mode without gradients (no batch-norm statistic changes, every
+        submodule's mode kept), then through copies of the miner and the loss as a
+        training batch does (a memory bank or a queue is not filled); the random states
+        are restored after (augmentation draws)."""
+        if not isinstance(labels, Tensor) or labels.dim() not in (1, 2) or not len(labels):
+            return  # (tuple data: weak supervision has no class labels to batch by)
+        names = {part: (spec.get("name") if isinstance(spec, dict) else spec)
+                 for part in ("model", "miner", "loss")
+                 for spec in [getattr(self.config, part, None)]}
+        if self.miner is not None and not getattr(self.miner, "takes_labels", True):
+            raise ValueError(
+                f"miner {names['miner']!r} takes no labels: it reads the batch's layout (e.g. "
+                "rows packed as triplets, for data.kind: triplets), while this data has class "
+                "labels; use a miner that mines by label (batch_hard, multi_similarity, ...) "
+                "or none")
+        if labels.dim() == 2:
+            _, group = torch.unique(labels, dim=0, return_inverse=True)
+        else:
+            _, group = torch.unique(labels, return_inverse=True)
+        picks = [torch.nonzero(group == g).flatten()[:4]
+                 for g in range(min(int(group.max()) + 1, 8))]
+        take = torch.cat(picks).tolist()
+        kind = ("multi-labels (n, C)" if labels.dtype == torch.bool else
+                "hierarchical labels (n, L)" if labels.dim() == 2 else "class labels")
         try:
-            with torch.no_grad(), eval_mode(self.model):  # every submodule's mode kept
-                embeddings = self.model(x[take].to(self.device)).float()
+            with rng_scope(self.config.training.seed):  # (draws of augmentation: undone)
+                batch = Trainer.fetch(self, take)  # (the base fetch: no process shards)
+            inputs, batch_labels, given = self.unpack(batch)
+        except Exception:  # a data error surfaces in training, where it is reported
+            return
+        if given is not None or batch_labels is None:
+            return
+        if isinstance(inputs, Tensor):
+            inputs = inputs.to(self.device)
+        try:
+            with torch.no_grad(), eval_mode(self.model):
+                embeddings = self.model(inputs).float()
+        except (ValueError, TypeError) as err:
+            shape = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
+            raise ValueError(f"model {names['model']!r} cannot take this data's inputs "
+                             f"({shape}): {err}") from err
         except Exception:  # the model's own error surfaces in training, as before
             return
-        batch_labels = labels[take].to(self.device)
+        batch_labels = batch_labels.to(self.device)
         indices = None  # as a training batch: the miner's tuples go to the loss
         for part, module in (("miner", self.miner), ("loss", self.loss)):
             if module is None:
                 continue
-            name = getattr(self.config, part, None)
-            name = name.get("name") if isinstance(name, dict) else type(module).__name__
             try:
                 with torch.no_grad():
                     if part == "miner":
@@ -233,11 +259,16 @@ class Trainer:
                     else:
                         copy.deepcopy(module)(embeddings, batch_labels, indices=indices)
             except (ValueError, TypeError) as err:
-                raise ValueError(
-                    f"{part} {name!r} cannot train on the data's {kind}: {err}. Pair and "
-                    f"tuple losses (e.g. multi_similarity, hierarchical_triplet) take them; "
-                    f"classifier and proxy losses need one class per item"
-                ) from err
+                if part == "loss" and indices is not None and "indices" in str(err):
+                    hint = ("it takes no mined tuples: remove the miner (miner: null, or "
+                            "--set miner=null)")
+                elif labels.dim() == 2:
+                    hint = ("pair and tuple losses (e.g. multi_similarity, hierarchical_triplet) "
+                            "take them; classifier and proxy losses need one class per item")
+                else:
+                    hint = "see its documentation for the data it needs"
+                raise ValueError(f"{part} {names[part]!r} cannot train on this data's {kind}: "
+                                 f"{err}; {hint}") from err
 
     # -- one batch ---------------------------------------------------------------------
     def fetch(self, indices: list[int]) -> Any:
