@@ -183,7 +183,21 @@ def test_offline_batches_stay_within_batch_size(batch_size, multiple):
         assert len(e) - kept < multiple  # triplet members lead, then fewer than m extras
 
 
-def test_offline_batch_multiple_above_batch_size_is_refused():
+def test_offline_batch_multiple_without_room_for_a_triplet_is_refused():
+    """Checked when constructed and when set later (the distributed trainer sets it to
+    the process count): a batch must hold a whole triplet in a multiple of it."""
     ds = ArrayDataset(torch.randn(20, 8), torch.arange(20) % 4)
-    with pytest.raises(ValueError, match="batch_size 4 holds no multiple of batch_multiple 6"):
+    with pytest.raises(ValueError, match="batch_size 4 holds no whole triplet .* multiple of 6"):
         OfflineHardNegativeSampler(ds, torch.nn.Linear(8, 4), batch_size=4, batch_multiple=6)
+    sampler = OfflineHardNegativeSampler(ds, torch.nn.Linear(8, 4), batch_size=3)
+    with pytest.raises(ValueError, match="raise batch_size to at least 4"):
+        sampler.batch_multiple = 2  # 3 items over 2 processes: 2, no whole triplet
+    sampler = OfflineHardNegativeSampler(ds, torch.nn.Linear(8, 4), batch_size=6)
+    sampler.batch_multiple = 4  # 4 items: one triplet and one extra
+    ids = torch.arange(20)
+    sampler.load_state_dict({"epoch": 0, "mined_epoch": 0, "triplets": torch.stack(
+        [ids, (ids + 4) % 20, (ids + 1) % 20], 1)})
+    for batch in sampler:
+        assert len(batch) == 4 and len(batch) <= 6
+        a, p, n = batch[:3]  # the whole first triplet leads every batch
+        assert ds.labels[a] == ds.labels[p] and ds.labels[a] != ds.labels[n]

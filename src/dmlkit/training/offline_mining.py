@@ -151,7 +151,8 @@ def mine_hard_triplets(
 def _fit_triplets(rows: np.ndarray, items: list[int], cap: int, multiple: int) -> list[int]:
     """The distinct members of the most leading ``rows (t, 3)`` whose count, rounded up to
     ``multiple``, is at most ``cap``; a prefix of ``items`` (their first-appearance order).
-    When not even the first triplet fits, the first ``cap`` of its members."""
+    The first triplet always fits (``cap >= 3`` is a multiple of ``multiple``: see the
+    sampler's ``batch_multiple``), so no triplet is ever cut."""
     seen: set[int] = set()
     keep = 0  # distinct items of the whole triplets kept so far
     for row in rows.tolist():
@@ -159,7 +160,9 @@ def _fit_triplets(rows: np.ndarray, items: list[int], cap: int, multiple: int) -
         if len(seen) + (-len(seen) % multiple) > cap:
             break
         keep = len(seen)
-    return items[: keep or cap]
+    if not keep:  # (unreachable while the sampler's check holds)
+        raise ValueError(f"no whole triplet fits in {cap} items")
+    return items[:keep]
 
 
 def _farthest_positive(embeddings: Tensor, labels: Tensor, distance: BaseDistance) -> Tensor:
@@ -234,11 +237,6 @@ class OfflineHardNegativeSampler(Sampler[list[int]]):
     ) -> None:
         if batch_size < 3:
             raise ValueError(f"batch_size must be >= 3, got {batch_size}")
-        if batch_multiple < 1:
-            raise ValueError(f"batch_multiple must be >= 1, got {batch_multiple}")
-        if batch_multiple > batch_size:
-            raise ValueError(f"batch_size {batch_size} holds no multiple of batch_multiple "
-                             f"{batch_multiple}: raise batch_size to at least {batch_multiple}")
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
         self.dataset = dataset
@@ -253,10 +251,27 @@ class OfflineHardNegativeSampler(Sampler[list[int]]):
         self.every = every
         self.embed_batch_size = embed_batch_size
         self.seed = seed
-        self.batch_multiple = batch_multiple
+        self.batch_multiple = batch_multiple  # (checked by the property)
         self.epoch = 0
         self.triplets: Triplets | None = None
         self._mined_epoch: int | None = None
+
+    @property
+    def batch_multiple(self) -> int:
+        return self._batch_multiple
+
+    @batch_multiple.setter
+    def batch_multiple(self, value: int) -> None:
+        """Checked whenever set (the distributed trainer sets it to the process count):
+        every batch must hold at least one whole triplet in a multiple of ``value``."""
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"batch_multiple must be an integer >= 1, got {value!r}")
+        if self.batch_size - self.batch_size % value < 3:
+            raise ValueError(
+                f"batch_size {self.batch_size} holds no whole triplet (3 items) in a multiple "
+                f"of {value} items (batch_multiple, e.g. the number of processes): raise "
+                f"batch_size to at least {max(3, value) + (-max(3, value)) % value}")
+        self._batch_multiple = value
 
     def set_epoch(self, epoch: int) -> None:
         """Select ``epoch``; mine with the current model when it is a mining epoch."""

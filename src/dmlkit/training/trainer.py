@@ -166,12 +166,12 @@ class Trainer:
         if config.training.anchor_weight > 0:
             self.anchor_model = copy.deepcopy(self.model).eval().requires_grad_(False)
         labels = getattr(train_data, "labels", None)
-        self._check_label_kind(labels)
+        self.collate_fn = collate_fn or default_collate  # (the check below fetches a batch)
+        self._check_label_kind(labels, given={"model": model, "miner": miner, "loss": loss})
         self.sampler = (
             sampler if sampler is not None
             else build_sampler(config, labels, len(train_data), train_data, self.model)
         )
-        self.collate_fn = collate_fn or default_collate
         self.callbacks = list(callbacks)
         self.log = log or (lambda _msg: None)
         self.optimizer = build_optimizer(config.optimizer, self.model, self.loss)
@@ -196,7 +196,7 @@ class Trainer:
         self.stopped = False  # stopped early: a resume has nothing left to train
         self.history: list[dict[str, Any]] = []
 
-    def _check_label_kind(self, labels: Any) -> None:
+    def _check_label_kind(self, labels: Any, given: dict[str, Any] | None = None) -> None:
         """Refuse, before any epoch starts (and before a run directory holds more than its
         config), a model, miner or loss that cannot train on this data: e.g. a classifier
         or proxy loss given a miner's tuples or ``(n, L)`` hierarchical labels, a text or
@@ -210,7 +210,9 @@ class Trainer:
         are restored after (augmentation draws)."""
         if not isinstance(labels, Tensor) or labels.dim() not in (1, 2) or not len(labels):
             return  # (tuple data: weak supervision has no class labels to batch by)
-        names = {part: (spec.get("name") if isinstance(spec, dict) else spec)
+        given = given or {}
+        names = {part: (type(given[part]).__name__ if given.get(part) is not None  # ready-made
+                        else spec.get("name") if isinstance(spec, dict) else spec)
                  for part in ("model", "miner", "loss")
                  for spec in [getattr(self.config, part, None)]}
         if self.miner is not None and not getattr(self.miner, "takes_labels", True):
