@@ -204,3 +204,32 @@ def test_parts_that_cannot_train_on_the_data_are_refused_before_any_epoch(
                               "--set", "data.max_per_class=20", "--set", setting])
     assert res.exit_code == 1 and words in res.output, res.output
     assert "epoch" not in res.output.lower() and not out.exists()
+
+
+def test_a_run_records_its_data_files_absolute_and_resumes_from_anywhere(tmp_path, monkeypatch):
+    import yaml
+
+    rng = np.random.default_rng(0)
+    home = tmp_path / "home"
+    home.mkdir()
+    np.savez(home / "d.npz", x=rng.normal(size=(60, 6)).astype(np.float32),
+             labels=np.arange(60) % 3)
+    (home / "c.yaml").write_text(
+        "name: rel\ndata: {name: npz, path: d.npz}\nmodel: {name: mlp, dim: 4, hidden: [8]}\n"
+        "sampler: {name: m_per_class, m: 4, batch_size: 12}\ntraining: {epochs: 1}\n")
+    monkeypatch.chdir(home)
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["train", "c.yaml", "--out", str(out), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["data"]["path"] == str(home / "d.npz")  # the file the run read
+    res = runner.invoke(app, ["train", "c.yaml", "--resume", "--out", str(out), "--epochs", "2",
+                              "--no-progress"])  # the relative config names the same file
+    assert res.exit_code == 0, res.output
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # no d.npz here: the run still finds its own data
+    res = runner.invoke(app, ["train", "--resume", "--out", str(out), "--epochs", "3",
+                              "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert len((out / "train.log").read_text().splitlines()) == 3

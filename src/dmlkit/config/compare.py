@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from dmlkit.config.schema import Config
 
 #: settings that may differ between a run and the command that resumes it
 RESUMABLE = ("training.epochs", "training.progress")
+#: settings that name files (compared as the files they name)
+_PATHS = ("data.path", "data.tuples", "data.features")
 #: sections that are ``{name: ..., **params}`` configs of registered components
 _COMPONENTS = ("model", "loss", "miner", "sampler")
 
@@ -30,7 +33,8 @@ def config_changes(given: Config, saved: Config, ignore: tuple[str, ...] = RESUM
             keys = value if section in _COMPONENTS else {**old, **value}
             for key in keys:
                 name = f"{section}.{key}"
-                differs = _component_differs if section in _COMPONENTS else _differs
+                differs = (_component_differs if section in _COMPONENTS else
+                           _path_differs if name in _PATHS else _differs)
                 if name not in ignore and differs(value.get(key), old.get(key)):
                     changes.append(f"{name}: {old.get(key)!r} -> {value.get(key)!r}")
         elif section not in ignore and _differs(value, old):
@@ -49,6 +53,14 @@ def _component_differs(given: Any, saved: Any) -> bool:
     if isinstance(given, (list, tuple)) and isinstance(saved, (list, tuple)):
         return len(given) != len(saved) or any(
             _component_differs(g, s) for g, s in zip(given, saved, strict=True))
+    return _differs(given, saved)
+
+
+def _path_differs(given: Any, saved: Any) -> bool:
+    """Whether two file settings name different files: a run saves its data paths
+    absolute, a config may give them relative to the working directory."""
+    if isinstance(given, str) and isinstance(saved, str) and given and saved:
+        return Path(given).resolve() != Path(saved).resolve()
     return _differs(given, saved)
 
 

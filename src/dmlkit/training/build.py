@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
@@ -19,6 +20,9 @@ from torch.utils.data import Sampler
 from dmlkit.config.schema import Config
 from dmlkit.registry import DISTANCES, LOSSES, MINERS, MODELS, SAMPLERS, build_from_config
 from dmlkit.training.batches import RandomBatchSampler
+
+#: data settings that name files, relative to the working directory when not absolute
+DATA_PATH_KEYS = ("path", "tuples", "features")
 
 
 def _params(registry: Any, name: str) -> set[str]:
@@ -134,8 +138,15 @@ def loss_shape_params(
 
 
 def resolve_config(config: Config, example: Tensor, num_classes: int) -> Config:
-    """A copy of ``config`` with the data-dependent model and loss parameters filled in."""
+    """A copy of ``config`` with the data-dependent model and loss parameters filled in,
+    and relative data paths (``data.path``, ``tuples``, ``features``) made absolute, so
+    that a run resumed or re-read from another directory reads the same files."""
     config = copy.deepcopy(config)
+    for key in DATA_PATH_KEYS:  # a run records which files it read, wherever it resumes
+        value = getattr(config.data, key, None)
+        if isinstance(value, str) and value and not Path(value).is_absolute() and Path(
+                value).exists():
+            setattr(config.data, key, str(Path(value).resolve()))
     config.model.update(model_shape_params(config.model, example))
     if config.data.name == "audio_folder" and "sample_rate" in _params(
             MODELS, config.model["name"]):  # the model's filters at the data's rate
