@@ -200,6 +200,29 @@ def test_text_run_end_to_end(tmp_path):
         train_text_run(cfg, tmp_path / "run", log=lambda _m: None)
 
 
+@needs_text
+def test_a_classifier_loss_on_a_text_run_takes_the_encoders_width(tmp_path):
+    """ArcFace on labelled sentences: its embedding size comes from the built encoder
+    (384), which no config states; with a miner it is refused before anything is
+    written."""
+    from dmlkit.config import Config
+    from dmlkit.text import train_text_run
+
+    (tmp_path / "s.csv").write_text("text,label\n" + "".join(
+        f'"{t}",{c}\n' for t, c in SENTENCES))
+    spec = {
+        "name": "t", "data": {"name": "text", "path": str(tmp_path / "s.csv")},
+        "model": {"name": "sentence_encoder", "max_length": 32},
+        "loss": {"name": "arcface"}, "optimizer": {"name": "adamw", "lr": 1e-5},
+        "training": {"epochs": 1, "batch_size": 6, "progress": False}}
+    result = train_text_run(Config.from_dict(spec), tmp_path / "run", log=lambda _m: None)
+    assert 0 < result.metrics["map_at_r"] <= 1
+    with pytest.raises(ValueError, match="remove the miner"):
+        train_text_run(Config.from_dict({**spec, "miner": {"name": "batch_hard"}}),
+                       tmp_path / "mined", log=lambda _m: None)
+    assert not (tmp_path / "mined").exists()
+
+
 TRIPLETS = [  # (anchor, positive, negative)
     ("A man is playing a guitar.", "Someone strums an acoustic guitar.",
      "The stock market fell sharply today."),

@@ -18,6 +18,7 @@ keeps it), the fine-tuned one after.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -154,13 +155,19 @@ def train_text_run(
     else:
         num_classes = int(train.labels.max()) + 1
     resolved = resolve_config(config, torch.zeros(1), num_classes)
+    fresh = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     resolved.to_yaml(out_dir / CONFIG_FILE)
     threads = torch.get_num_threads()
     if config.training.num_threads is not None:
         torch.set_num_threads(config.training.num_threads)
     try:
-        trainer = Trainer(resolved, train, out_dir=out_dir, log=log, callbacks=callbacks)
+        try:
+            trainer = Trainer(resolved, train, out_dir=out_dir, log=log, callbacks=callbacks)
+        except BaseException:  # a bad model, loss or miner setting: no half-made run left
+            if fresh:
+                shutil.rmtree(out_dir, ignore_errors=True)
+            raise
         log(f"training on {train!r}, held out {heldout!r}")
         baseline = _saved_baseline(out_dir) if resume else None
         if baseline is None:  # (before fit: the model is still the pretrained encoder)

@@ -20,7 +20,14 @@ from dmlkit.functional.anchor import similarity_drift
 from dmlkit.functional.tuples import IndexTuple, as_index_tuple
 from dmlkit.functional.uniformity import uniformity
 from dmlkit.models.sentence_encoder import eval_mode
-from dmlkit.training.build import build_loss, build_miner, build_model, build_sampler
+from dmlkit.training.build import (
+    build_loss,
+    build_miner,
+    build_model,
+    build_sampler,
+    embedding_dim,
+    loss_shape_params,
+)
 from dmlkit.training.checkpoint import atomic_save, load_checkpoint
 from dmlkit.training.optim import build_optimizer, build_scheduler
 from dmlkit.training.rng import get_rng_state, rng_scope, set_rng_state
@@ -159,6 +166,13 @@ class Trainer:
         self.device = resolve_device(config.training.device)
         with rng_scope(config.training.seed):  # deterministic initial weights
             self.model = (model if model is not None else build_model(config)).to(self.device)
+            dim = getattr(self.model, "dim", None)
+            if loss is None and isinstance(dim, int) and embedding_dim(config.model) is None:
+                # a model whose width only its weights know (a pretrained text encoder):
+                # the loss's embedding size comes from the built model
+                config = copy.copy(config)
+                config.loss = loss_shape_params(config.loss, 0, dim)
+                self.config = config
             self.loss = (loss if loss is not None else build_loss(config)).to(self.device)
         self.miner = miner if miner is not None else build_miner(config)
         # the model as it starts, for training.anchor_weight: frozen, in eval mode
