@@ -59,23 +59,16 @@ def _file_labels(path: Path, labels: Any, n: int) -> tuple[Any, list[str] | None
     if labels.dtype.kind in "USO":  # class names
         names, codes = np.unique(labels.astype(str), return_inverse=True)
         return codes.astype(np.int64), [str(v) for v in names]
-    kind = labels.dtype.kind
-    integral = kind in "iub" or (kind == "f" and bool(np.isfinite(labels).all())
-                                 and np.array_equal(labels, np.round(labels)))
-    if not integral:
-        raise ValueError(f"{path}: 'labels' must hold integer class ids (-1 = no label) or "
-                         f"class names, got dtype {labels.dtype}"
-                         + (" with non-integer values" if kind == "f" else ""))
-    if kind == "u" and len(labels) and int(labels.max()) >= 1 << 63:
-        raise ValueError(f"{path}: 'labels' must fit a signed 64-bit integer, got "
-                         f"{int(labels.max())}")
-    if kind == "f" and len(labels) and float(np.abs(labels).max()) >= 2.0**63:
-        raise ValueError(f"{path}: 'labels' must fit a signed 64-bit integer")
-    labels = labels.astype(np.int64)
-    if len(labels) and int(labels.min()) < -1:
+    from dmlkit.index.base import _as_labels
+
+    try:  # the index's own rule for class ids, with the file named
+        ids = _as_labels(labels, n)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{path}: {err}") from None
+    if len(ids) and int(ids.min()) < -1:
         raise ValueError(f"{path}: 'labels' must be class ids >= 0 or -1 (no label), got "
-                         f"{int(labels.min())}")
-    return labels, None
+                         f"{int(ids.min())}")
+    return ids, None
 
 
 def _npz_payloads(path: Path, n: int, labels: Any,
