@@ -95,7 +95,9 @@ def test_config_val_classes_round_trips_and_rejects_bad_values() -> None:
     with pytest.raises(ValueError, match="leaves fewer than 2 classes for validation"):
         Config.from_yaml("training: {val_classes: [3]}")
     with pytest.raises(TypeError, match="val_classes must be a fraction or a list"):
-        Config.from_yaml("training: {val_classes: [a, b]}")
+        Config.from_yaml("training: {val_classes: [0.5, 1.5]}")
+    # class names load (they are looked up in the data's class names when training)
+    assert Config.from_yaml("training: {val_classes: [a, b]}").training.val_classes == ["a", "b"]
     with pytest.raises(ValueError, match="val_fraction and training.val_classes both set"):
         Config.from_yaml("training: {val_classes: 0.5, val_fraction: 0.2}")
 

@@ -344,3 +344,21 @@ def test_training_refuses_bad_data_settings_but_saved_runs_still_load(tmp_path):
     assert run.config.data.path == "my.npz"
     train, heldout = build_splits(run.config)  # rebuilt as trained: digits
     assert (len(train), len(heldout)) == (100, 898)  # capped training side, all held out
+
+
+def test_val_classes_take_class_names_as_train_classes_do(tmp_path):
+    from dmlkit.data.class_folds import holdout_classes
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(40) % 4
+    path = tmp_path / "named.npz"
+    np.savez(path, x=rng.normal(size=(40, 3)).astype(np.float32), labels=labels,
+             class_names=np.array(["ant", "bee", "cat", "dog"]))
+    data = load_npz(path)
+    train, val = holdout_classes(data, ["cat", "ant"], seed=0)
+    assert sorted(val.classes) == [0, 2] and sorted(train.classes) == [1, 3]
+    with pytest.raises(ValueError, match="training.val_classes: no class named 'eel'"):
+        holdout_classes(data, ["cat", "eel"], seed=0)
+    from dmlkit.config import TrainingConfig
+
+    assert TrainingConfig(val_classes=["cat", "ant"]).val_classes == ["cat", "ant"]

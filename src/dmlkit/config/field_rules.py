@@ -187,10 +187,11 @@ def check_val_classes(value: Any) -> None:
             )
         return
     if not isinstance(value, (list, tuple)) or not all(
-        isinstance(c, int) and not isinstance(c, bool) for c in value
+        isinstance(c, str) or (isinstance(c, int) and not isinstance(c, bool)) for c in value
     ):
         raise TypeError(
-            f"training.val_classes must be a fraction or a list of class ids, got {value!r}"
+            f"training.val_classes must be a fraction or a list of class ids (or class "
+            f"names where the data has them), got {value!r}"
         )
     if len(set(value)) < 2:
         raise ValueError(

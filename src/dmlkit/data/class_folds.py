@@ -89,7 +89,7 @@ def _check_sides(what: str, n_train: int, n_val: int, present: list[int]) -> Non
 
 
 def holdout_classes(
-    data: ArrayDataset, val_classes: float | Sequence[int], seed: int = 0
+    data: ArrayDataset, val_classes: float | Sequence[int | str], seed: int = 0
 ) -> tuple[ArrayDataset, ArrayDataset]:
     """Split ``data`` into ``(train, val)`` with whole classes held out for validation.
 
@@ -100,6 +100,10 @@ def holdout_classes(
             "training.val_classes holds out (n,) class ids; with hierarchical (n, L) labels "
             "use training.val_fraction"
         )
+    if isinstance(val_classes, (list, tuple)) and any(isinstance(c, str) for c in val_classes):
+        from dmlkit.data.splits import class_ids  # class names, as data.train_classes takes
+
+        val_classes = class_ids(data, val_classes, "training.val_classes")
     chosen = choose_val_classes(data.classes, val_classes, seed)
     rest = sorted(set(int(c) for c in data.classes) - set(chosen))
     return select_classes(data, rest), select_classes(data, chosen)

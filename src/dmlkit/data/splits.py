@@ -59,21 +59,22 @@ def class_ids(data: ArrayDataset, classes: Sequence[int | str], key: str = "clas
         A class that is neither an integer nor a string (``0.5``, ``True``).
     """
     names = data.class_names
+    key = key if "." in key else f"data.{key}"  # (a key of another section: as given)
     out: list[int] = []
     for c in classes:
         if isinstance(c, str):
             if names is None:
                 raise ValueError(
-                    f"data.{key} names the class {c!r}, but the data has no class names; "
+                    f"{key} names the class {c!r}, but the data has no class names; "
                     f"give class ids: {sorted(data.classes)}")
             if c not in names:
-                raise ValueError(f"data.{key}: no class named {c!r}; the classes are "
+                raise ValueError(f"{key}: no class named {c!r}; the classes are "
                                  f"{_named(data, sorted(data.classes))}")
             out.append(names.index(c))
         elif isinstance(c, numbers.Integral) and not isinstance(c, bool):
             out.append(int(c))
         else:
-            raise TypeError(f"data.{key} holds {c!r} ({type(c).__name__}), which is neither "
+            raise TypeError(f"{key} holds {c!r} ({type(c).__name__}), which is neither "
                             f"a class id (an integer) nor a class name")
     return out
 
