@@ -200,7 +200,8 @@ def test_per_class_of_multi_labels_is_per_label_column():
         rel = [bool(np.any(multi[i] & multi[j])) for j in order]
         big_r = sum(rel)
         hits = np.cumsum(rel[:big_r])
-        return sum(h / (p + 1) for p, (h, r) in enumerate(zip(hits, rel[:big_r])) if r) / big_r
+        pairs = enumerate(zip(hits, rel[:big_r], strict=True))
+        return sum(h / (p + 1) for p, (h, r) in pairs if r) / big_r
 
     for c in range(4):
         rows = [i for i in range(len(y)) if multi[i, c]]  # every item here has a positive

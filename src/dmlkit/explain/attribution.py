@@ -16,12 +16,13 @@ Each function runs the model in eval mode and gives it back in the mode it was i
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from dmlkit.models.modes import eval_mode
 
 _NO_GRADIENT = ("integrated gradients need the similarity's gradient with respect to the "
                 "input, and this model computes its embeddings without one (a frozen "
@@ -35,17 +36,6 @@ class NoInputGradientError(ValueError):
 
 #: positions a default 1-D occlusion window visits, about
 OCCLUSION_POSITIONS_1D = 200
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """``model`` in eval mode, its training flag restored after."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 def default_occlusion_window(shape: tuple[int, ...] | torch.Size) -> tuple[int, int]:
@@ -95,7 +85,7 @@ def integrated_gradients(model: nn.Module, a: Any, b: Any, *, baseline: Any = No
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    with _eval_mode(model):
+    with eval_mode(model):
         return _integrated_gradients(model, a, b, baseline, steps, metric)
 
 
@@ -139,7 +129,7 @@ def occlusion(model: nn.Module, a: Any, b: Any, *, patch: int = 2, stride: int =
     for name, value in (("patch", patch), ("stride", stride), ("batch_size", batch_size)):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
-    with _eval_mode(model):
+    with eval_mode(model):
         return _occlusion(model, a, b, patch, stride, fill, metric, batch_size, progress)
 
 
@@ -193,7 +183,7 @@ def nearest_prototypes(model: nn.Module, item: Any, reference: Any, labels: Any,
         raise ValueError(f"{z.shape[0]} reference embeddings for {labels.shape[0]} labels")
     classes = torch.unique(labels)
     centres = nn.functional.normalize(torch.stack([z[labels == c].mean(0) for c in classes]), dim=1)
-    with torch.no_grad(), _eval_mode(model):
+    with torch.no_grad(), eval_mode(model):
         q = nn.functional.normalize(model(_as_batch(item)), dim=1)  # (1, d)
     sims = (centres @ q[0]).tolist()
     order = sorted(range(len(classes)), key=lambda i: -sims[i])[:k]

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from dmlkit.models.modes import eval_mode
 from dmlkit.models.sizes import check_size
 from dmlkit.registry import register_model
 
@@ -45,20 +45,6 @@ def _transformers() -> Any:
     except ImportError:
         raise ImportError(f"SentenceEncoder needs the transformers package: {TEXT_EXTRA}") from None
     return transformers
-
-
-@contextmanager
-def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
-    """``module`` in eval mode inside the ``with`` block; afterwards every submodule's
-    ``training`` flag is what it was before, even where a submodule's mode differed from
-    its parent's (``module.train(was_training)`` would overwrite those)."""
-    modes = [(m, m.training) for m in module.modules()]  # parents before their children
-    module.eval()
-    try:
-        yield module
-    finally:
-        for m, mode in modes:
-            m.train(mode)  # (a parent's train() resets its children, restored next)
 
 
 @register_model("sentence_encoder")

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from dmlkit.data.text import TextDataset, TextPairDataset, TextTripletDataset
-from dmlkit.models.sentence_encoder import eval_mode
+from dmlkit.models.modes import eval_mode
 
 RETRIEVAL_KEYS = ("precision_at_1", "r_precision", "map_at_r",
                   "recall_at_1", "recall_at_2", "recall_at_4", "recall_at_8")

@@ -1,8 +1,10 @@
-"""The default batch sampler when a config names none: seeded shuffled batches."""
+"""The default batch sampler when a config names none (seeded shuffled batches), and
+how a batch of items is fetched from a dataset."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 from torch.utils.data import Sampler
@@ -47,4 +49,13 @@ class RandomBatchSampler(Sampler[list[int]]):
             yield order[i * self.batch_size : (i + 1) * self.batch_size].tolist()
 
 
-__all__ = ["RandomBatchSampler"]
+def fetch_items(data: Any, indices: list[int], collate_fn: Callable[[list[Any]], Any]) -> Any:
+    """The batch of ``data``'s items at ``indices``: its own ``get_batch`` when it has one,
+    else its items through ``collate_fn``."""
+    get_batch = getattr(data, "get_batch", None)
+    if get_batch is not None:
+        return get_batch(indices)
+    return collate_fn([data[i] for i in indices])
+
+
+__all__ = ["RandomBatchSampler", "fetch_items"]

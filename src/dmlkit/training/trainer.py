@@ -19,7 +19,7 @@ from dmlkit.config.schema import Config
 from dmlkit.functional.anchor import similarity_drift
 from dmlkit.functional.tuples import IndexTuple, as_index_tuple
 from dmlkit.functional.uniformity import uniformity
-from dmlkit.models.sentence_encoder import eval_mode
+from dmlkit.training.batches import fetch_items
 from dmlkit.training.build import (
     build_loss,
     build_miner,
@@ -30,6 +30,7 @@ from dmlkit.training.build import (
 )
 from dmlkit.training.checkpoint import atomic_save, load_checkpoint
 from dmlkit.training.optim import build_optimizer, build_scheduler
+from dmlkit.training.preflight import check_trainable
 from dmlkit.training.rng import get_rng_state, rng_scope, set_rng_state
 
 CHECKPOINT = "checkpoint.pt"
@@ -181,7 +182,7 @@ class Trainer:
             self.anchor_model = copy.deepcopy(self.model).eval().requires_grad_(False)
         labels = getattr(train_data, "labels", None)
         self.collate_fn = collate_fn or default_collate  # (the check below fetches a batch)
-        self._check_label_kind(labels, given={"model": model, "miner": miner, "loss": loss})
+        check_trainable(self, labels, given={"model": model, "miner": miner, "loss": loss})
         self.sampler = (
             sampler if sampler is not None
             else build_sampler(config, labels, len(train_data), train_data, self.model)
@@ -210,89 +211,10 @@ class Trainer:
         self.stopped = False  # stopped early: a resume has nothing left to train
         self.history: list[dict[str, Any]] = []
 
-    def _check_label_kind(self, labels: Any, given: dict[str, Any] | None = None) -> None:
-        """Refuse, before any epoch starts (and before a run directory holds more than its
-        config), a model, miner or loss that cannot train on this data: e.g. a classifier
-        or proxy loss given a miner's tuples or ``(n, L)`` hierarchical labels, a text or
-        audio model given images, a label-free miner given class labels. Otherwise the
-        run would stop at its first batch.
-
-        A small batch of the training items (up to 8 classes x 4) goes through the model
-        in eval mode without gradients (no batch-norm statistic changes, every
-        submodule's mode kept), then through copies of the miner and the loss as a
-        training batch does (a memory bank or a queue is not filled); the random states
-        are restored after (augmentation draws)."""
-        if not isinstance(labels, Tensor) or labels.dim() not in (1, 2) or not len(labels):
-            return  # (tuple data: weak supervision has no class labels to batch by)
-        given = given or {}
-        names = {part: (type(given[part]).__name__ if given.get(part) is not None  # ready-made
-                        else spec.get("name") if isinstance(spec, dict) else spec)
-                 for part in ("model", "miner", "loss")
-                 for spec in [getattr(self.config, part, None)]}
-        if self.miner is not None and not getattr(self.miner, "takes_labels", True):
-            raise ValueError(
-                f"miner {names['miner']!r} takes no labels: it reads the batch's layout (e.g. "
-                "rows packed as triplets, for data.kind: triplets), while this data has class "
-                "labels; use a miner that mines by label (batch_hard, multi_similarity, ...) "
-                "or none")
-        if labels.dim() == 2:
-            _, group = torch.unique(labels, dim=0, return_inverse=True)
-        else:
-            _, group = torch.unique(labels, return_inverse=True)
-        picks = [torch.nonzero(group == g).flatten()[:4]
-                 for g in range(min(int(group.max()) + 1, 8))]
-        take = torch.cat(picks).tolist()
-        kind = ("multi-labels (n, C)" if labels.dtype == torch.bool else
-                "hierarchical labels (n, L)" if labels.dim() == 2 else "class labels")
-        try:
-            with rng_scope(self.config.training.seed):  # (draws of augmentation: undone)
-                batch = Trainer.fetch(self, take)  # (the base fetch: no process shards)
-            inputs, batch_labels, given = self.unpack(batch)
-        except Exception:  # a data error surfaces in training, where it is reported
-            return
-        if given is not None or batch_labels is None:
-            return
-        if isinstance(inputs, Tensor):
-            inputs = inputs.to(self.device)
-        try:
-            with torch.no_grad(), eval_mode(self.model):
-                embeddings = self.model(inputs).float()
-        except (ValueError, TypeError) as err:
-            shape = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
-            raise ValueError(f"model {names['model']!r} cannot take this data's inputs "
-                             f"({shape}): {err}") from err
-        except Exception:  # the model's own error surfaces in training, as before
-            return
-        batch_labels = batch_labels.to(self.device)
-        indices = None  # as a training batch: the miner's tuples go to the loss
-        for part, module in (("miner", self.miner), ("loss", self.loss)):
-            if module is None:
-                continue
-            try:
-                with torch.no_grad():
-                    if part == "miner":
-                        indices = copy.deepcopy(module)(embeddings, batch_labels)
-                    else:
-                        copy.deepcopy(module)(embeddings, batch_labels, indices=indices)
-            except (ValueError, TypeError) as err:
-                if part == "loss" and indices is not None and "indices" in str(err):
-                    hint = ("it takes no mined tuples: remove the miner (miner: null, or "
-                            "--set miner=null)")
-                elif labels.dim() == 2:
-                    hint = ("pair and tuple losses (e.g. multi_similarity, hierarchical_triplet) "
-                            "take them; classifier and proxy losses need one class per item")
-                else:
-                    hint = "see its documentation for the data it needs"
-                raise ValueError(f"{part} {names[part]!r} cannot train on this data's {kind}: "
-                                 f"{err}; {hint}") from err
-
     # -- one batch ---------------------------------------------------------------------
     def fetch(self, indices: list[int]) -> Any:
         """The batch of the items at ``indices``."""
-        get_batch = getattr(self.train_data, "get_batch", None)
-        if get_batch is not None:
-            return get_batch(indices)
-        return self.collate_fn([self.train_data[i] for i in indices])
+        return fetch_items(self.train_data, indices, self.collate_fn)
 
     @staticmethod
     def unpack(batch: Any) -> tuple[Any, Tensor | None, IndexTuple | None]:
