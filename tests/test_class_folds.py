@@ -177,9 +177,33 @@ def test_cli_crossval_prints_the_fold_scores_and_train_rejects_bad_val_classes(t
     result = CliRunner().invoke(app, ["crossval", str(path), "--folds", "2"])
     assert result.exit_code == 0, result.output
     score = cross_validate(cfg, 2, seed=0).score
-    assert f"mean MAP@R over 2 class-disjoint folds: {score:.6f} (final;" in result.output
+    assert f"mean MAP@R over 2 class-disjoint folds: {score:.6f} (objective final;" in result.output
     cfg.training.val_classes = [0]
     cfg.to_yaml(path)
     result = CliRunner().invoke(app, ["train", str(path), "--out", str(tmp_path / "r")])
     assert result.exit_code == 1
     assert "val_classes [0] leaves fewer than 2 classes for validation" in result.output
+
+
+def test_crossval_default_folds_fit_the_training_classes(tmp_path) -> None:
+    """No --folds and no tune section: 3 folds, or as many as keep two classes a side."""
+    from typer.testing import CliRunner
+
+    from dmlkit.cli.main import app
+
+    cfg = small_config(epochs=1)
+    cfg.data.train_classes = [0, 1, 2, 3, 4]  # 5 classes: at most 2 folds
+    cfg.data.test_classes = [5, 6, 7, 8, 9]
+    cfg.sampler = {"name": "m_per_class", "m": 6, "batch_size": 12}
+    assert len(cross_validate(cfg).folds) == 2
+    cfg.data.train_classes = [0, 1, 2, 3, 4, 5, 6]  # 7 classes: the default 3
+    cfg.data.test_classes = [7, 8, 9]
+    result = cross_validate(cfg)
+    assert len(result.folds) == 3
+    path = tmp_path / "c.yaml"
+    cfg.to_yaml(path)
+    out = CliRunner().invoke(app, ["crossval", str(path)])
+    assert out.exit_code == 0, out.output
+    assert f"over 3 class-disjoint folds: {result.score:.6f}" in out.output
+    with pytest.raises(ValueError, match="use at most 3 folds"):
+        cross_validate(cfg, 4)

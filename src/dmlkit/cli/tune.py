@@ -67,7 +67,9 @@ def tune(
 
 def crossval(
     config: Path = typer.Argument(..., help="YAML config (e.g. a best.yaml of dmlkit tune)."),
-    folds: int | None = typer.Option(None, "--folds", "-k", help="Default: tune.folds or 3."),
+    folds: int | None = typer.Option(
+        None, "--folds", "-k", help="Default: tune.folds, or 3 (fewer where the training "
+        "classes allow fewer: each fold keeps two classes on each side)."),
     seed: int | None = typer.Option(None, "--seed", help="Fold seed; default: tune.seed or 0."),
     objective: str | None = typer.Option(
         None, "--objective", help="final or best_epoch; default: tune.objective or final."
@@ -85,7 +87,7 @@ def crossval(
         cfg = load_config(config)
         if overrides:
             cfg = apply_overrides(cfg, overrides)
-        k = folds if folds is not None else (cfg.tune.folds if cfg.tune is not None else 3)
+        k = folds if folds is not None else (cfg.tune.folds if cfg.tune is not None else None)
         s = seed if seed is not None else (cfg.tune.seed if cfg.tune is not None else 0)
         obj = objective or (cfg.tune.objective if cfg.tune is not None else "final")
         result = cross_validate(cfg, k, seed=s, objective=obj, log=typer.echo)
@@ -98,9 +100,9 @@ def crossval(
             f"at the best (epoch {fold.best_epoch}); raw inputs {fold.raw_map_at_r:.6f}"
         )
     typer.echo(
-        f"mean MAP@R over {k} class-disjoint folds: {result.score:.6f} ({obj}; "
-        f"final {result.final_score:.6f}, best epoch {result.best_score:.6f}; "
-        f"raw inputs {result.raw_score:.6f})"
+        f"mean MAP@R over {len(result.folds)} class-disjoint folds: {result.score:.6f} "
+        f"(objective {obj}; after the last epoch {result.final_score:.6f}, at each fold's "
+        f"best epoch {result.best_score:.6f}; raw inputs {result.raw_score:.6f})"
     )
 
 

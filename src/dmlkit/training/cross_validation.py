@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from dmlkit.config.schema import Config
-from dmlkit.data.class_folds import class_folds
+from dmlkit.data.class_folds import MIN_CLASSES, class_folds
 from dmlkit.data.splits import select_classes
 from dmlkit.training.build import resolve_config
 from dmlkit.training.frozen_features import check_frozen_config
@@ -71,6 +71,7 @@ class CrossValResult:
 
 
 OBJECTIVES = ("final", "best_epoch")
+DEFAULT_FOLDS = 3
 
 
 def fold_config(config: Config, val_classes: list[int]) -> Config:
@@ -83,7 +84,7 @@ def fold_config(config: Config, val_classes: list[int]) -> Config:
 
 def cross_validate(
     config: Config,
-    folds: int = 3,
+    folds: int | None = None,
     *,
     seed: int = 0,
     objective: str = "final",
@@ -97,8 +98,9 @@ def cross_validate(
     config : Config
         The run to score; its ``training.val_classes`` / ``val_fraction`` are replaced by
         each fold's classes, its held-out part is not used.
-    folds : int
-        Number of folds (2 to ``num_training_classes // 2``).
+    folds : int, optional
+        Number of folds (2 to ``num_training_classes // 2``); default
+        ``DEFAULT_FOLDS`` (3), or fewer where the training classes allow fewer.
     seed : int
         Seed of the assignment of classes to folds.
     objective : {"final", "best_epoch"}
@@ -135,7 +137,7 @@ def cross_validate(
 
 def _cross_validate(
     config: Config,
-    k: int,
+    k: int | None,
     seed: int,
     objective: str,
     on_epoch: EpochCallback | None,
@@ -144,6 +146,8 @@ def _cross_validate(
     start = time.perf_counter()
     check_frozen_config(config)  # what dmlkit train refuses, folds refuse too
     train, _ = build_splits(config, for_training=True)
+    if k is None:  # 3 folds, or as many as keep two classes on each side
+        k = max(2, min(DEFAULT_FOLDS, len(train.classes) // MIN_CLASSES))
     results, trainers, states = [], [], []
     for train_classes, val_classes in class_folds(train.classes, k, seed):
         fold_train = select_classes(train, train_classes)
@@ -211,4 +215,6 @@ def _raw_map_at_r(val: Any) -> float:
     return float(retrieval_metrics(raw, val.labels)["map_at_r"])
 
 
-__all__ = ["CrossValResult", "FoldResult", "OBJECTIVES", "cross_validate", "fold_config"]
+__all__ = [
+    "CrossValResult", "FoldResult", "DEFAULT_FOLDS", "OBJECTIVES", "cross_validate", "fold_config",
+]
