@@ -11,7 +11,14 @@ import re
 import pytest
 import torch
 
-from dmlkit.config import Config, DataConfig, OptimizerConfig, ScheduleConfig, TrainingConfig
+from dmlkit.config import (
+    Config,
+    DataConfig,
+    OptimizerConfig,
+    ScheduleConfig,
+    TrainingConfig,
+    digits_config,
+)
 from dmlkit.config.field_rules import CUSTOM, RULES
 from dmlkit.data.augment import AugmentedDataset, random_shift_flip
 from dmlkit.data.augment_ops import AugmentPolicy
@@ -196,3 +203,21 @@ def test_python_api_values_of_other_container_types_are_normalized():
     for given in (range(3), np.arange(3), (0, 1, 2)):
         cfg = DataConfig(name="digits", split="classes", train_classes=given)
         assert cfg.train_classes == [0, 1, 2] and all(type(c) is int for c in cfg.train_classes)
+
+
+def test_set_loss_name_drops_the_old_loss_parameters_model_name_keeps_shared_ones() -> None:
+    """A triplet margin of 0.2 (a distance) must not become ArcFace's margin (degrees)."""
+    from dmlkit.cli.train import apply_overrides
+
+    cfg = digits_config()
+    cfg.loss = {"name": "triplet_margin", "margin": 0.2}
+    cfg.miner = {"name": "triplet_margin", "margin": 0.3, "type_of_triplets": "hard"}
+    cfg.model = {"name": "mlp", "dim": 24, "hidden": [32]}
+    out = apply_overrides(cfg, ["loss.name=arcface", "miner.name=multi_similarity",
+                                "model.name=small_cnn"])
+    assert out.loss == {"name": "arcface"}
+    assert out.miner == {"name": "multi_similarity"}
+    assert out.model["name"] == "small_cnn" and out.model["dim"] == 24
+    assert "hidden" not in out.model
+    again = apply_overrides(cfg, ["loss.name=arcface", "loss.margin=10"])
+    assert again.loss == {"name": "arcface", "margin": 10}

@@ -30,7 +30,8 @@ def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
     """``cfg`` with each ``KEY=VALUE`` (dotted key, YAML value) set, validated again.
 
     ``section.key`` goes through :func:`dmlkit.config.tune.set_path` (as the tuner sets
-    its samples: a new component ``name`` keeps only the keys its class accepts); deeper
+    its samples: a new loss or miner ``name`` drops the old parameters, a new model or
+    sampler ``name`` keeps those its class accepts); deeper
     keys (``data.augment.degrees``) set an entry of that mapping.
     """
     import copy
@@ -151,7 +152,8 @@ def train(
         if cfg.data.name in ("text", "stsb"):  # sentence encoders (dmlkit.text)
             from dmlkit.text import train_text_run as runner
         result = runner(cfg, out, resume=resume, log=say)
-    except (FileNotFoundError, FileExistsError, ValueError, TypeError, KeyError) as err:
+    except (FileNotFoundError, FileExistsError, ValueError, TypeError, KeyError,
+            FloatingPointError) as err:  # (a non-finite loss: the config's fault too)
         raise _fail(str(err) if rank == 0 else f"(process {rank}) {err}") from None
     except KeyboardInterrupt:
         from dmlkit.training.trainer import CHECKPOINT

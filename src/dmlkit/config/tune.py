@@ -223,8 +223,12 @@ def condition_holds(raw: dict[str, Any], when: dict[str, Any] | None) -> bool:
 def set_path(raw: dict[str, Any], path: str, value: Any) -> None:
     """Set ``section.key`` (or a whole section) of a config dict in place.
 
-    A component set to a name string becomes ``{name: ...}``; a new ``name`` for a
-    component keeps only the keys the new registered class accepts.
+    A component set to a name string becomes ``{name: ...}``. A new ``name`` for a loss
+    or a miner drops the old component's parameters (the same name means different
+    things there: a triplet ``margin`` is a distance, ArcFace's an angle in degrees,
+    CosFace's a cosine); for a model or a sampler it keeps those the new registered
+    class accepts (``dim``, ``batch_size``, ``m`` mean the same across them). Set the
+    new component's parameters after its name.
     """
     section, _, key = path.partition(".")
     if not key:
@@ -237,8 +241,11 @@ def set_path(raw: dict[str, Any], path: str, value: Any) -> None:
         current = {}
     current = dict(current)
     if key == "name" and section in COMPONENTS and current.get("name") != value:
-        accepted = _accepted_keys(section, value)
-        current = {k: v for k, v in current.items() if k in accepted}
+        if section in ("loss", "miner"):
+            current = {}
+        else:
+            accepted = _accepted_keys(section, value)
+            current = {k: v for k, v in current.items() if k in accepted}
     current[key] = value
     raw[section] = current
 
