@@ -118,6 +118,24 @@ def test_embeddings_npz_and_shapes_that_fit_nothing(wide, tmp_path):
     assert res.exit_code == 1 and "'embeddings' or 'x'" in res.stderr
 
 
+def test_an_npz_holding_both_embeddings_and_inputs_is_refused_until_told(wide, tmp_path):
+    from dmlkit.data import load_digits
+    from dmlkit.index import load_index
+
+    rows = load_digits().x[:3].reshape(3, 64).numpy()
+    emb = np.random.default_rng(1).random((3, 64)).astype(np.float32)
+    np.savez(tmp_path / "both.npz", x=rows, embeddings=emb)
+    res = _search(wide, "-q", str(tmp_path / "both.npz"))
+    assert res.exit_code == 1 and res.stdout == ""
+    assert "both.npz holds both 'embeddings' and 'x'" in res.stderr
+    assert "--as embeddings" in res.stderr and "--as inputs" in res.stderr
+    res = _search(wide, "-q", str(tmp_path / "both.npz"), "--as", "inputs")
+    assert res.exit_code == 0 and _ids(res.stdout) == _expected(wide, rows)
+    res = _search(wide, "-q", str(tmp_path / "both.npz"), "--as", "embeddings")
+    assert res.exit_code == 0
+    assert _ids(res.stdout) == load_index(wide / "idx").search(emb, 5)[1].tolist()
+
+
 def _image_folder(tmp_path, image):
     folder = tmp_path / "imgs"
     for c in range(2):

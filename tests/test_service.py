@@ -99,6 +99,12 @@ def h(key: str = KEY) -> dict:
     return {"Authorization": f"Bearer {key}"}
 
 
+def crash(store) -> None:
+    """What the operating system does to a killed server: files closed, lock released."""
+    store._wal.close()
+    store._lock_file.close()
+
+
 def test_auth(server):
     assert httpx.get(f"{server}/health").json()["status"] == "ok"
     assert httpx.post(f"{server}/search", json={"embeddings": [[0] * 8]}).status_code == 401
@@ -116,8 +122,10 @@ def test_embed_and_search_equal_the_library(server, setup):
     root, x, emb, labels = setup
     r = httpx.post(f"{server}/embed", json={"inputs": x[:5].tolist()}, headers=h())
     np.testing.assert_allclose(np.array(r.json()["embeddings"]), emb[:5], atol=1e-5)
-    shaped = x[:3].reshape(3, 8, 8).tolist()  # shaped rows are flattened
+    shaped = x[:3].reshape(3, 8, 8).tolist()  # the MLP takes (n, 64): not guessed
     r = httpx.post(f"{server}/search", json={"inputs": shaped, "k": 4}, headers=h())
+    assert r.status_code == 422 and "takes inputs of shape (n, 64)" in r.text
+    r = httpx.post(f"{server}/search", json={"inputs": x[:3].tolist(), "k": 4}, headers=h())
     assert r.status_code == 200
     _, ids = load_index(root / "idx").search(emb[:3], 4)
     got = [[hit["id"] for hit in row] for row in r.json()["results"]]
@@ -181,7 +189,9 @@ def test_items_add_delete_verify_identify_metrics(server):
     text = httpx.get(f"{server}/metrics", headers=h()).text
     assert 'dmlkit_requests_total{route="/search",status="200"}' in text
     assert "dmlkit_index_items" in text and "dmlkit_request_seconds_bucket" in text
-    assert httpx.get(f"{server}/openapi.json").status_code == 200
+    assert httpx.get(f"{server}/openapi.json").status_code == 401  # every route but /health
+    assert "/search" in httpx.get(f"{server}/openapi.json", headers=h()).json()["paths"]
+    assert httpx.get(f"{server}/docs").status_code == 404  # no page a browser cannot use
 
 
 def test_rate_limit_per_key(setup, tmp_path):
@@ -263,16 +273,17 @@ def test_durable_index_replay_checkpoint_and_torn_tail(setup, tmp_path):
     n0 = store.ntotal
     ids = store.add(np.ones((3, 8), np.float32), payloads=[1, 2, 3])
     assert store.delete(int(ids[1])) and not store.delete(10**9)
-    store._wal.close()  # a crash: no checkpoint, log on disk
+    crash(store)  # no checkpoint, log on disk
     with open(tmp_path / "idx.wal", "ab") as f:
         f.write(b"deadbeef {\"op\": \"add\", \"ids\": [")  # a torn, unacknowledged line
     again = DurableIndex(tmp_path / "idx")
     assert again.replayed == 2 and again.ntotal == n0 + 2
     assert again.index.metadata([ids[0], ids[2]])[1]["payload"] == 3
     again.index.save(again.path)  # crash after the checkpoint, before the log is emptied
-    again._wal.close()
+    crash(again)
     third = DurableIndex(tmp_path / "idx")
     assert third.ntotal == n0 + 2  # replaying onto the checkpoint duplicates nothing
+    assert (third.replayed, third.skipped) == (0, 2)  # nothing counted that was skipped
     third.close()
     assert (tmp_path / "idx.wal").stat().st_size == 0
 
@@ -444,9 +455,9 @@ def test_refused_writes_are_not_logged_and_a_bad_log_record_does_not_stop_a_rest
     assert store.ntotal == n0 and (tmp_path / "idx.wal").stat().st_size == 0
     ok = store.add(np.ones((1, 8), np.float32), labels=[3])
     store._wal.write(_encode({"op": "add", "ids": [10**6], "vectors": "", "labels": [-5]}))
-    store._wal.close()  # a crash, with a record no index can apply (an older log's)
+    crash(store)  # with a record no index can apply (an older log's)
     again = DurableIndex(tmp_path / "idx")
-    assert again.replayed == 1 and again.ntotal == n0 + 1
+    assert (again.replayed, again.skipped) == (1, 1) and again.ntotal == n0 + 1
     assert again.index.metadata(ok)[0]["label"] == 3
     again.close()
 
@@ -535,7 +546,7 @@ def test_ids_of_deleted_items_are_never_given_again(setup, tmp_path):
     (again,) = store.add(np.ones((1, 8), np.float32))
     assert again == last + 1
     assert store.delete(int(again))
-    store._wal.close()  # a crash: the log replays the adds and deletes
+    crash(store)  # the log replays the adds and deletes
     replayed = DurableIndex(tmp_path / "idx")
     assert replayed.add(np.ones((1, 8), np.float32))[0] == again + 1
     replayed.delete(int(again + 1))

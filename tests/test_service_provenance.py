@@ -68,9 +68,13 @@ def client(root, tmp_path, run="run", info=None, verifier=None, config=None, onn
         index.info = info
         index.save(tmp_path / "idx")
     store = DurableIndex(tmp_path / "idx")
+    try:
+        embedder = load_embedder(onnx=onnx) if onnx is not None else load_embedder(root / run)
+        app = create_app(store, ApiKeys([KEY]), embedder, config, verifier)
+    except BaseException:
+        store.close(checkpoint=False)  # refused: the index directory is free again
+        raise
     OPEN.append(store)
-    embedder = load_embedder(onnx=onnx) if onnx is not None else load_embedder(root / run)
-    app = create_app(store, ApiKeys([KEY]), embedder, config, verifier)
     return TestClient(app)
 
 

@@ -298,6 +298,7 @@ def _query_embeddings(queries: list[Path], index: Any, run_dir: Path | None, dev
         run = load_run(run_dir, device=device)
         spec = run_input_spec(run)
     if queries[0].suffix in (".npy", ".npz"):
+        _refuse_ambiguous_npz(queries[0], kind)
         x, kind = read_query_array(queries[0], index.dim, spec, kind)
         names = [f"{queries[0].name}[{i}]" for i in range(x.shape[0])]
         if kind == "embeddings":
@@ -322,6 +323,24 @@ def _query_embeddings(queries: list[Path], index: Any, run_dir: Path | None, dev
     return emb.numpy(), names
 
 
+def _refuse_ambiguous_npz(path: Path, kind: str) -> None:
+    """A query ``.npz`` holding both ``embeddings`` and ``x`` is refused unless ``--as``
+    says which to use (``kind`` ``"auto"``): the file's keys cannot tell."""
+    if path.suffix != ".npz" or kind != "auto" or not path.is_file():
+        return
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            keys = {name.removesuffix(".npy") for name in archive.namelist()}
+    except (OSError, zipfile.BadZipFile):
+        return  # read_query_array names what is wrong with the file
+    if {"embeddings", "x"} <= keys:
+        raise ValueError(f"{path} holds both 'embeddings' and 'x': say which to search with "
+                         "--as embeddings (the vectors) or --as inputs (raw inputs 'x', "
+                         "embedded by the run's model)")
+
+
 def search(
     index_dir: Path = typer.Argument(..., help="An index directory (dmlkit index build)."),
     more: list[Path] | None = typer.Argument(
@@ -329,12 +348,13 @@ def search(
     query: list[Path] = typer.Option(
         [], "--query", "-q",
         help="Image files or a folder of them, or one .npy/.npz of embeddings or raw inputs "
-        "(an .npz says which by its key: 'embeddings' or 'x').",
+        "(an .npz says which by its key: 'embeddings' or 'x'; one holding both needs --as).",
     ),
     k: int = typer.Option(5, "-k", help="Neighbours per query."),
     kind: str = typer.Option(
-        "auto", "--as", help="What a .npy query holds: auto, embeddings or inputs (auto "
-        "refuses a width that fits both)."),
+        "auto", "--as", help="What a .npy query holds, or which array of an .npz to use: "
+        "auto, embeddings or inputs (auto refuses a .npy width that fits both, and an .npz "
+        "holding both 'embeddings' and 'x')."),
     run_dir: Path | None = typer.Option(
         None, "--run", help="Run whose model embeds raw queries (default: the index's run)."
     ),

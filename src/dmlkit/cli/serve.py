@@ -48,23 +48,34 @@ def register(app: typer.Typer) -> None:
 
             keys = ApiKeys.from_sources(api_keys_file)
             store = DurableIndex(index, checkpoint_every=checkpoint_every)
-            embedder = load_embedder(run, onnx)
-            kit = None
-            if verifier is not None:
-                from dmlkit.apps import Verifier
+            try:
+                embedder = load_embedder(run, onnx)
+                kit = None
+                if verifier is not None:
+                    from dmlkit.apps import Verifier
 
-                kit = Verifier.load(verifier)
-            config = ServiceConfig(
-                max_body_bytes=int(max_body_mb * (1 << 20)), max_batch=max_batch, rate=rate,
-                burst=burst, verify_threshold=verify_threshold,
-                identify_threshold=identify_threshold)
-            application = create_app(store, keys, embedder, config, kit)
-        except (ImportError, ValueError, FileNotFoundError) as err:
+                    kit = Verifier.load(verifier)
+                config = ServiceConfig(
+                    max_body_bytes=int(max_body_mb * (1 << 20)), max_batch=max_batch,
+                    rate=rate, burst=burst, verify_threshold=verify_threshold,
+                    identify_threshold=identify_threshold)
+                application = create_app(store, keys, embedder, config, kit)
+            except BaseException:
+                store.close(checkpoint=False)  # not served: the log stays as it was
+                raise
+        except (ImportError, ValueError, FileNotFoundError, RuntimeError) as err:
+            # RuntimeError: IndexInUseError, another server already owns the index
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(2) from None
-        typer.echo(f"serving {store.ntotal} items (replayed {store.replayed} logged writes) on "
-                   f"http://{host}:{port}", err=True)
+        skipped = (f"; {store.skipped} skipped, already in the checkpoint or not applicable"
+                   if store.skipped else "")
+        typer.echo(f"serving {store.ntotal} items (replayed {store.replayed} logged writes"
+                   f"{skipped}) on http://{host}:{port}", err=True)
         try:
             uvicorn.run(application, host=host, port=port, log_level="warning")
         finally:
-            store.close()
+            try:
+                store.close()
+            except RuntimeError as err:  # InconsistentIndexError: nothing corrupt is saved
+                typer.echo(f"error: {err}", err=True)
+                raise typer.Exit(1) from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,11 @@ class ExactIndex(BaseIndex):
     ``"cosine"``) return tied items in another order (later-added first, as observed
     with faiss 1.15), so compare those with faiss by scores, not by ids.
 
+    Searches may run in several threads at once (the service's readers do): the lazy
+    merge of added vectors and the prepared-gallery and centre caches are filled under an
+    internal lock, once. Writes (``add``, ``remove``, ``load``) need exclusive access, as
+    the service's read-write lock gives them.
+
     Squared L2 distances are ranked by ``|r|^2 - 2 q.r`` (one matrix product), which
     rounding spoils for data far from the origin; so when the gallery's mean lies
     farther from the origin than the items spread around it, queries and gallery are
@@ -93,25 +99,40 @@ class ExactIndex(BaseIndex):
         self._prepared: tuple[torch.Tensor, bool] | None = None
         #: ``(offset,)``: the centre subtracted before squared-L2 ranking (None: none)
         self._offset: tuple[torch.Tensor | None] | None = None
+        #: guards the lazy merge of ``_parts`` and the two caches above, which concurrent
+        #: searches would otherwise fill at once (rows merged twice, a stale cache kept)
+        self._lock = threading.RLock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_lock", None)  # a lock is neither copied nor pickled
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
 
     # -- storage -----------------------------------------------------------------------
     @property
     def vectors(self) -> torch.Tensor:
         """``(ntotal, dim)`` float32 stored vectors (as added, not normalized)."""
-        if self._parts:
-            self._data = torch.cat([self._data, *self._parts])
-            self._parts = []
-        return self._data
+        with self._lock:  # one merge, however many searches ask at once
+            if self._parts:
+                self._data = torch.cat([self._data, *self._parts])
+                self._parts = []
+            return self._data
 
     def _add_vectors(self, x: np.ndarray, ids: np.ndarray) -> None:
-        self._parts.append(torch.from_numpy(x.copy()))
-        self._prepared = None
-        self._offset = None
+        with self._lock:  # waits for a cache being filled, then drops it
+            self._parts.append(torch.from_numpy(x.copy()))
+            self._prepared = None
+            self._offset = None
 
     def _remove_rows(self, keep: np.ndarray, ids: np.ndarray) -> None:
-        self._data = self.vectors[torch.from_numpy(keep)].clone()
-        self._prepared = None
-        self._offset = None
+        with self._lock:
+            self._data = self.vectors[torch.from_numpy(keep)].clone()
+            self._prepared = None
+            self._offset = None
 
     def reconstruct(self, ids: Any) -> np.ndarray:
         """Stored vectors of ``ids`` as ``(len(ids), dim)`` float32."""
@@ -135,52 +156,65 @@ class ExactIndex(BaseIndex):
         the spread from ``|r|^2``, and keeps data on a coarser grid (e.g. integers) exact,
         so exact ties stay ties.
         """
-        if self._offset is None:
-            center = None
-            gallery = self.vectors
-            if self.metric == "l2" and gallery.shape[0]:
-                total = torch.zeros(self.dim, dtype=torch.float64)
-                sq = torch.zeros((), dtype=torch.float64)
-                for s, e in row_chunks(gallery.shape[0], 1 << 16):  # no float64 copy
-                    block = gallery[s:e].double()  # (b, dim)
-                    total += block.sum(0)
-                    sq += (block * block).sum()
-                mean = total / gallery.shape[0]  # (dim,)
-                mean_sq = float((mean * mean).sum())
-                spread = float(sq) / gallery.shape[0] - mean_sq
-                if spread > 0 and mean_sq > spread:
-                    grid = 2.0 ** math.floor(math.log2(math.sqrt(spread / self.dim)))
-                    center = (torch.round(mean / grid) * grid).float()  # (dim,)
-            self._offset = (center,)
-        return self._offset[0]
+        with self._lock:
+            if self._offset is None:
+                self._offset = (self._mean_center(),)
+            return self._offset[0]
+
+    def _mean_center(self) -> torch.Tensor | None:
+        """The centre :meth:`_center` keeps (computed from the stored vectors)."""
+        center = None
+        gallery = self.vectors
+        if self.metric == "l2" and gallery.shape[0]:
+            total = torch.zeros(self.dim, dtype=torch.float64)
+            sq = torch.zeros((), dtype=torch.float64)
+            for s, e in row_chunks(gallery.shape[0], 1 << 16):  # no float64 copy
+                block = gallery[s:e].double()  # (b, dim)
+                total += block.sum(0)
+                sq += (block * block).sum()
+            mean = total / gallery.shape[0]  # (dim,)
+            mean_sq = float((mean * mean).sum())
+            spread = float(sq) / gallery.shape[0] - mean_sq
+            if spread > 0 and mean_sq > spread:
+                grid = 2.0 ** math.floor(math.log2(math.sqrt(spread / self.dim)))
+                center = (torch.round(mean / grid) * grid).float()  # (dim,)
+        return center
 
     def _prepared_reference(self) -> tuple[torch.Tensor, bool]:
         """The (centred) gallery prepared for :func:`ranking_keys`, kept between calls."""
-        if self._prepared is None:  # dropped by every add / remove / load
-            center = self._center()
-            gallery = self.vectors if center is None else self.vectors - center
-            self._prepared = prepare_reference(gallery, _TORCH_METRIC[self.metric])
-        return self._prepared
+        with self._lock:  # filled once, by one search, while the others wait for it
+            if self._prepared is None:  # dropped by every add / remove / load
+                center = self._center()
+                gallery = self.vectors if center is None else self.vectors - center
+                self._prepared = prepare_reference(gallery, _TORCH_METRIC[self.metric])
+            return self._prepared
+
+    def _snapshot(self, prepared: bool) -> tuple[torch.Tensor, torch.Tensor | None,
+                                                 tuple[torch.Tensor, bool] | None]:
+        """``(vectors, centre, prepared gallery or None)``, taken together."""
+        with self._lock:
+            return (self.vectors, self._center(),
+                    self._prepared_reference() if prepared else None)
 
     def _search_ids(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         metric = _TORCH_METRIC[self.metric]
-        query, gallery = torch.from_numpy(q), self.vectors
+        query = torch.from_numpy(q)
+        filtered = query.shape[0] * self.ntotal >= FILTER_MIN_PAIRS
+        gallery, center, prepared = self._snapshot(prepared=not filtered)
         l2 = self.metric == "l2"
         depth = min(k + RESCORE_EXTRA + k // 4, gallery.shape[0]) if l2 else k
         with torch.no_grad():
-            if query.shape[0] * gallery.shape[0] >= FILTER_MIN_PAIRS:
-                center = self._center()
+            if filtered:
                 if center is None:
                     scores, rows = self._filtered(query, gallery, depth, metric)
                 else:  # a centred copy of the gallery for the duration of the search
                     scores, rows = self._filtered(query - center, gallery - center, depth,
                                                   metric)
             else:  # few queries (e.g. one request of a service): reuse the prepared gallery
-                center = self._center()
                 scores, rows = knn(query if center is None else query - center, gallery,
                                    depth, metric=metric, exclude_self=False,
                                    query_chunk=self.query_chunk, ref_chunk=self.ref_chunk,
-                                   prepared=self._prepared_reference())
+                                   prepared=prepared)
             if l2:
                 scores, rows = _rescore_l2(query, gallery, rows, k)
         rows_np = rows.numpy()
@@ -214,16 +248,21 @@ class ExactIndex(BaseIndex):
         return {"query_chunk": self.query_chunk, "ref_chunk": self.ref_chunk}
 
     def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        return {"vectors": self.vectors.numpy()}, {}
+        vectors = self.vectors
+        if vectors.shape[0] != self.ntotal:  # never persist rows that ids do not describe
+            raise RuntimeError(f"refusing to save an inconsistent exact index: "
+                               f"{vectors.shape[0]} stored vector rows for {self.ntotal} ids")
+        return {"vectors": vectors.numpy()}, {}
 
     def _restore(self, path: Path, manifest: dict[str, Any]) -> None:
         shape = (manifest["count"], self.dim)
         data = load_array(path, "vectors", shape, np.dtype(np.float32))
         if not np.isfinite(data).all():
             raise IndexFormatError(f"{path}: vectors.npy contains NaN or infinite values")
-        self._data, self._parts = torch.from_numpy(data), []
-        self._prepared = None
-        self._offset = None
+        with self._lock:
+            self._data, self._parts = torch.from_numpy(data), []
+            self._prepared = None
+            self._offset = None
 
     def range_search(self, q: Any, threshold: float) -> tuple[Any, Any, Any]:
         """Every neighbour within ``threshold``, faiss-style.
@@ -247,12 +286,12 @@ class ExactIndex(BaseIndex):
         qa = to_numpy_2d(q, self.dim, "q")
         threshold = float(threshold)
         metric = _TORCH_METRIC[self.metric]
-        gallery, m = self.vectors, self.ntotal
+        gallery, center, prepared = self._snapshot(prepared=True)
+        m = gallery.shape[0]
         l2 = self.metric == "l2"
         counts, all_scores, all_rows = [], [], []
         with torch.no_grad():
-            mat, augmented = self._prepared_reference()
-            center = self._center()
+            mat, augmented = prepared
             slack = (self.dim + 8) * _UNIT  # relative rounding bound of a ranking key
             for s, e in row_chunks(qa.shape[0], self.query_chunk):
                 raw = torch.from_numpy(qa[s:e])  # (c, dim)

@@ -1,14 +1,19 @@
 """The HTTP service: embed, search, verify, identify and manage items of one index.
 
 Every route but ``/health`` needs an API key (``Authorization: Bearer KEY`` or
-``X-API-Key: KEY``) and is rate limited per key. Bodies, batches and responses (rows times
-``k`` hits) are bounded; every bad request is a 4xx with a message and the server keeps
-serving. The index and the verifier must belong to the served model
+``X-API-Key: KEY``) and is rate limited per key; that includes the OpenAPI schema
+(``GET /openapi.json``), and there is no browsable ``/docs`` page (a browser cannot send
+the key). Bodies, batches and responses (rows times ``k`` hits) are bounded; every bad
+request is a 4xx with a message (never an echo of a large input) and the server keeps
+serving. Bodies are JSON and must say so (``Content-Type: application/json``; else a 415
+that says it). The index and the verifier must belong to the served model
 (:mod:`dmlkit.service.provenance`): the service refuses to start otherwise.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -16,6 +21,8 @@ from typing import Any
 
 import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field, StrictInt
 
@@ -48,7 +55,7 @@ class Batch(BaseModel):
 
 
 class SearchRequest(Batch):
-    k: int = Field(5, ge=1)
+    k: StrictInt = Field(5, ge=1)  # not true, 5.0 or "5"
 
 
 class ItemsRequest(Batch):
@@ -155,7 +162,8 @@ def create_app(store: DurableIndex, keys: ApiKeys, embedder: Any = None,
     limiter = RateLimiter(cfg.rate, cfg.burst)
     metrics = Metrics()
     app = FastAPI(title="dmlkit", description="Embed, search, verify and identify with a "
-                  "learned metric.", version="1")
+                  "learned metric.", version="1", docs_url=None, redoc_url=None,
+                  openapi_url=None)  # the schema is served below, behind the key
     metric = store.index.metric
     if embedder is not None and int(embedder.dim) != store.index.dim:
         raise ValueError(f"the model embeds into {embedder.dim} dimensions but the index holds "
@@ -215,7 +223,9 @@ def create_app(store: DurableIndex, keys: ApiKeys, embedder: Any = None,
             raise HTTPException(422, f"{what}rows must be equal-length numbers") from None
         if not np.isfinite(x).all():
             raise HTTPException(422, f"{what}NaN or infinite values")
-        x = x.reshape(len(x), -1)
+        if batch.embeddings is not None and x.ndim != 2:
+            raise HTTPException(422, f"{what}embeddings must be rows of numbers, shape (n, "
+                                f"{store.index.dim}); got shape {_shape(x.shape)}")
         if batch.embeddings is not None and not np.isfinite(
                 (x.astype(np.float32) ** 2).sum(1, dtype=np.float32)).all():
             raise HTTPException(422, f"{what}embedding values too large: their squared norm "
@@ -226,11 +236,31 @@ def create_app(store: DurableIndex, keys: ApiKeys, embedder: Any = None,
         if batch.inputs is not None:
             if embedder is None:
                 raise HTTPException(422, f"{what}this service has no model: send embeddings")
-            if x.shape[1] != embedder.n_features:
-                raise HTTPException(422, f"{what}inputs have {x.shape[1]} values per row; the "
-                                    f"model takes {embedder.n_features}")
+            x = model_rows(x, what)
             x = np.asarray(embedder(x), dtype=np.float32)
+            finite_output(x, what)
         return indexable(x, what)
+
+    def model_rows(x: np.ndarray, what: str) -> np.ndarray:
+        """Raw inputs ``(n, *input_shape)`` or flat ``(n, n_features)`` as flat rows;
+        any other shape is a 422 naming the shapes the model takes."""
+        accepted = _accepted_shapes(embedder)
+        if x.shape[1:] in accepted:
+            return x.reshape(len(x), -1)
+        shapes = [_shape(("n", *s)) for s in accepted]
+        takes = (" or ".join(shapes) if len(shapes) < 3
+                 else ", ".join(shapes[:-1]) + " or " + shapes[-1])
+        got = (f"{x.shape[1]} values per row" if x.ndim == 2
+               else f"shape {_shape(('n', *x.shape[1:]))}")
+        raise HTTPException(422, f"{what}inputs have {got}; the model takes inputs of shape "
+                            f"{takes} (flat rows of {embedder.n_features} values)")
+
+    def finite_output(x: np.ndarray, what: str) -> None:
+        """A 422 when the model's embeddings are not finite (inputs far out of range)."""
+        if not np.isfinite(x).all():
+            raise HTTPException(422, f"{what}the model's embeddings of these inputs contain "
+                                "NaN or infinite values; scale the inputs as the run's "
+                                "training data")
 
     def indexable(x: np.ndarray, what: str) -> np.ndarray:
         """``x`` if its rows have the index's dimension (else a 422)."""
@@ -247,11 +277,16 @@ def create_app(store: DurableIndex, keys: ApiKeys, embedder: Any = None,
                                 f"be a list of strings; inputs[{bad}] is "
                                 f"{type(texts[bad]).__name__}")
         x = np.asarray(embedder(texts), dtype=np.float32)
+        finite_output(x, what)
         return indexable(x, what)
 
     @app.get("/health")
     def health() -> dict[str, Any]:
         return {"status": "ok", "items": store.ntotal, "dim": store.index.dim}
+
+    @app.get("/openapi.json", include_in_schema=False)
+    def openapi(_: bytes = Depends(auth)) -> dict[str, Any]:
+        return app.openapi()
 
     @app.get("/metrics", response_class=PlainTextResponse)
     def prometheus(_: bytes = Depends(auth)) -> str:
@@ -291,14 +326,18 @@ def create_app(store: DurableIndex, keys: ApiKeys, embedder: Any = None,
         return {"ids": ids.tolist()}
 
     @app.delete("/items/{item_id}")
-    def delete_item(item_id: int, _: bytes = Depends(auth)) -> dict[str, Any]:
+    def delete_item(item_id: str, _: bytes = Depends(auth)) -> dict[str, Any]:
+        if not re.fullmatch(r"[0-9]{1,19}", item_id) or int(item_id) >= 1 << 63:
+            raise HTTPException(422, f"item ids are non-negative integers (as /items "
+                                f"returned them), got {item_id[:40]!r}")
+        number = int(item_id)
         try:
-            deleted = store.delete(item_id)
+            deleted = store.delete(number)
         except NotImplementedError as err:  # e.g. an HNSW graph; nothing was logged
             raise HTTPException(409, str(err)) from None
         if not deleted:
-            raise HTTPException(404, f"no item with id {item_id}")
-        return {"deleted": item_id}
+            raise HTTPException(404, f"no item with id {number}")
+        return {"deleted": number}
 
     @app.post("/verify")
     def verify(req: VerifyRequest, _: bytes = Depends(auth)) -> dict[str, Any]:
@@ -333,6 +372,16 @@ def create_app(store: DurableIndex, keys: ApiKeys, embedder: Any = None,
             out.append({"known": bool(close), "label": label, "id": int(i), "score": float(s)})
         return {"results": out}
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, err: RequestValidationError) -> JSONResponse:
+        ctype = request.headers.get("content-type", "")
+        if not _is_json(ctype) and any(e.get("loc", ())[:1] == ("body",) for e in err.errors()):
+            got = f"Content-Type: {ctype[:80]}" if ctype else "no Content-Type"
+            return JSONResponse({"detail": "the request body must be JSON, sent with the "
+                                 f"header Content-Type: application/json (got {got})"},
+                                status_code=415)
+        return JSONResponse({"detail": [_brief(e) for e in err.errors()]}, status_code=422)
+
     @app.exception_handler(ValueError)
     async def value_error(_: Request, err: ValueError) -> JSONResponse:
         return JSONResponse({"detail": str(err)}, status_code=422)
@@ -341,6 +390,44 @@ def create_app(store: DurableIndex, keys: ApiKeys, embedder: Any = None,
 
 
 NUMBER_TYPES = frozenset({int, float})
+#: longest JSON text of a refused value a validation error repeats back
+ECHO_CHARS = 200
+
+
+def _shape(shape: tuple[Any, ...]) -> str:
+    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _accepted_shapes(embedder: Any) -> list[tuple[int, ...]]:
+    """Per-row input shapes the model takes: its input shape, flat rows, and for one
+    channel of images (``(1, H, W)``) also ``(H, W)``, the channel axis left out."""
+    flat = (int(embedder.n_features),)
+    shape = tuple(int(s) for s in (getattr(embedder, "input_shape", None) or flat))
+    out = [shape]
+    if len(shape) == 3 and shape[0] == 1:
+        out.append(shape[1:])
+    if flat not in out:
+        out.append(flat)
+    return out
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/")
+                                           and media.endswith("+json"))
+
+
+def _brief(error: dict[str, Any]) -> dict[str, Any]:
+    """A validation error without the offending input when that is large (a request's
+    whole multi-megabyte body must not come back in its 422)."""
+    out = {key: error[key] for key in ("type", "loc", "msg", "ctx") if key in error}
+    try:
+        text = json.dumps(jsonable_encoder(error.get("input")))
+    except (TypeError, ValueError):
+        text = None
+    if "input" in error and text is not None and len(text) <= ECHO_CHARS:
+        out["input"] = error["input"]
+    return jsonable_encoder(out)
 
 
 def _non_number(rows: list[Any]) -> tuple[bool, Any]:

@@ -2,7 +2,8 @@
 
 The ONNX path needs only numpy and onnxruntime, so a serving install can leave torch out.
 Every embedder says what it takes in ``input_kind``: ``"numeric"`` (rows of
-``n_features`` numbers) or ``"text"`` (strings, for runs whose model embeds text, such as
+``n_features`` numbers, which are one input of shape ``input_shape`` flattened) or
+``"text"`` (strings, for runs whose model embeds text, such as
 a :class:`~dmlkit.models.SentenceEncoder`), and where its weights come from: ``run_dir``
 (the run directory, when known) and ``model_sha256`` (the fingerprint of the weights,
 :func:`dmlkit.index.store.model_fingerprint`; ``None`` when unknown), which the service
@@ -36,6 +37,10 @@ class OnnxEmbedder:
             raise FileNotFoundError(f"need {path} and {info_path} (written by dmlkit export)")
         info = json.loads(info_path.read_text())
         self.n_features, self.dim = int(info["n_features"]), int(info["dim"])
+        shape = info.get("input_shape")  # older exports may not record it: flat rows only
+        self.input_shape: tuple[int, ...] = (
+            tuple(int(s) for s in shape) if isinstance(shape, list) and shape
+            and int(np.prod(shape)) == self.n_features else (self.n_features,))
         self.run_dir: str | None = info.get("run_dir")
         self.model_sha256: str | None = info.get("model_sha256")
         self._input, self._output = info["input_name"], info["output_name"]
@@ -61,6 +66,7 @@ class TorchEmbedder:
         self.run_dir: str | None = str(Path(run_dir).resolve())
         self.model_sha256: str | None = model_fingerprint(run.model)
         shape = run_input_shape(run)
+        self.input_shape: tuple[int, ...] = tuple(int(s) for s in shape)
         self.n_features = int(np.prod(shape))
         self._model = FlatInputEmbedder(run.model.eval(), shape).eval()
         with torch.no_grad():
@@ -81,6 +87,7 @@ class TextEmbedder:
 
     input_kind = "text"
     n_features = None
+    input_shape = None
 
     def __init__(self, run_dir: str | Path, run: Any = None) -> None:
         from dmlkit.index.store import model_fingerprint

@@ -13,6 +13,13 @@ crash between the checkpoint and the log truncation loses and duplicates nothing
 
 Readers (searches) share a read lock and writers take it exclusively, so no search sees
 an index in the middle of an update.
+
+One process at a time owns an index directory: the store holds an exclusive
+``fcntl.flock`` on ``INDEX_DIR.lock`` (beside the log, since a checkpoint replaces the
+directory itself) for its lifetime, and a second store on the same directory, in this
+process or another, is refused at start with :class:`IndexInUseError`. Two writers would
+hand out the same ids and one's acknowledged writes would be lost on replay. The operating
+system drops the lock when the process dies, however it dies.
 """
 
 from __future__ import annotations
@@ -31,6 +38,30 @@ from typing import Any
 import numpy as np
 
 from dmlkit.index import load_index
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no cross-process lock
+    fcntl = None  # type: ignore[assignment]
+
+
+class IndexInUseError(RuntimeError):
+    """Another store (another ``dmlkit serve``) already holds this index directory."""
+
+
+class InconsistentIndexError(RuntimeError):
+    """The index in memory holds a different number of vector rows than ids: a checkpoint
+    refuses to persist it (the last checkpoint and the log are kept)."""
+
+
+def stored_rows(index: Any) -> int | None:
+    """How many vectors ``index`` stores (an exact index's rows, a faiss index's
+    ``ntotal``), to compare with its ids; None when it cannot tell."""
+    vectors = getattr(index, "vectors", None)
+    if vectors is not None and hasattr(vectors, "shape"):
+        return int(vectors.shape[0])
+    inner = getattr(index, "index", None)
+    return int(inner.ntotal) if hasattr(inner, "ntotal") else None
 
 
 class RWLock:
@@ -101,66 +132,101 @@ class DurableIndex:
     def __init__(self, index_dir: str | Path, *, checkpoint_every: int = 1000) -> None:
         self.path = Path(index_dir)
         self.wal_path = self.path.with_name(self.path.name + ".wal")
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
         self.checkpoint_every = int(checkpoint_every)
         self.lock = RWLock()
-        self._recover_swapped_dir()
-        self.index = load_index(self.path)
-        # ids are never reused, even those of deleted items: the next id is kept in the
-        # checkpoint's info and raised by every add the log replays
-        self._next_id = max(int(self.index.info.get("next_id", 0)),
-                            int(self.index.ids.max()) + 1 if self.index.ntotal else 0)
-        self.replayed = self._replay()
-        self._wal = open(self.wal_path, "ab")  # noqa: SIM115 - held for the service's life
-        self._since_checkpoint = self.replayed
+        if not self.path.exists() and not self._swapped_dirs():
+            raise FileNotFoundError(f"index directory not found: {self.path}")
+        self._lock_file = self._take_ownership()
+        try:
+            self._recover_swapped_dir()
+            self.index = load_index(self.path)
+            # ids are never reused, even those of deleted items: the next id is kept in the
+            # checkpoint's info and raised by every add the log replays
+            self._next_id = max(int(self.index.info.get("next_id", 0)),
+                                int(self.index.ids.max()) + 1 if self.index.ntotal else 0)
+            #: log records applied on replay, and those skipped (already in the checkpoint,
+            #: a delete of absent ids, or a record the index refuses)
+            self.replayed, self.skipped = self._replay()
+            self._wal = open(self.wal_path, "ab")  # noqa: SIM115 - held for the service's life
+        except BaseException:
+            self._lock_file.close()
+            raise
+        self._since_checkpoint = self.replayed + self.skipped
+
+    # -- ownership ------------------------------------------------------------------------
+    def _take_ownership(self) -> Any:
+        """The open lock file, holding an exclusive lock on it (else IndexInUseError)."""
+        handle = open(self.lock_path, "a+b")  # noqa: SIM115 - held for the store's life
+        if fcntl is None:
+            return handle
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            raise IndexInUseError(
+                f"the index {self.path} is already in use by another dmlkit serve (or "
+                f"another open DurableIndex): {self.lock_path} is locked. Stop that server "
+                "first; two servers on one index would hand out the same ids and lose "
+                "acknowledged writes") from None
+        return handle
 
     # -- recovery -------------------------------------------------------------------------
+    def _swapped_dirs(self) -> list[Path]:
+        return sorted(self.path.parent.glob(f".{self.path.name}.old-*"))
+
     def _recover_swapped_dir(self) -> None:
         """A crash inside an atomic index save can leave only ``.NAME.old-PID``: restore it."""
         if self.path.exists():
             return
-        olds = sorted(self.path.parent.glob(f".{self.path.name}.old-*"))
+        olds = self._swapped_dirs()
         if not olds:
             raise FileNotFoundError(f"index directory not found: {self.path}")
         os.replace(olds[-1], self.path)
 
-    def _replay(self) -> int:
+    def _replay(self) -> tuple[int, int]:
+        """Apply the log onto the checkpoint: ``(applied, skipped)`` record counts."""
         if not self.wal_path.exists():
-            return 0
-        applied, good_bytes = 0, 0
+            return 0, 0
+        applied, skipped, good_bytes = 0, 0, 0
         with open(self.wal_path, "rb") as f:
             for number, line in enumerate(f, 1):
                 record = _decode(line)
                 if record is None:  # a torn tail: never acknowledged
                     break
                 try:
-                    self._apply(record)
-                    applied += 1
+                    changed = self._apply(record)
                 except (KeyError, TypeError, ValueError, NotImplementedError) as err:
                     print(f"warning: {self.wal_path}: record {number} "
                           f"({record.get('op')!r}) cannot be applied and is skipped: {err}",
                           file=sys.stderr)
+                    changed = False
+                applied += changed
+                skipped += not changed
                 good_bytes += len(line)
         if good_bytes != self.wal_path.stat().st_size:
             with open(self.wal_path, "r+b") as f:
                 f.truncate(good_bytes)
                 os.fsync(f.fileno())
-        return applied
+        return applied, skipped
 
-    def _apply(self, record: dict[str, Any]) -> None:
+    def _apply(self, record: dict[str, Any]) -> bool:
+        """Apply one write; False when it changes nothing (replayed onto a checkpoint
+        that holds it already: an add of present ids, a delete of absent ones)."""
         ids = np.asarray(record["ids"], dtype=np.int64)
         if record["op"] == "add":
-            if np.isin(ids, self.index.ids).any():
-                if ids.size:
-                    self._next_id = max(self._next_id, int(ids.max()) + 1)
-                return  # already in the checkpoint
-            raw = base64.b64decode(record["vectors"])
-            x = np.frombuffer(raw, dtype=np.float32).reshape(len(ids), self.index.dim)
-            labels = record.get("labels")
-            self.index.add(x, ids, labels=labels, payloads=record.get("payloads"))
-            if ids.size:
+            present = bool(np.isin(ids, self.index.ids).any())  # already in the checkpoint
+            if not present:
+                raw = base64.b64decode(record["vectors"])
+                x = np.frombuffer(raw, dtype=np.float32).reshape(len(ids), self.index.dim)
+                labels = record.get("labels")
+                self.index.add(x, ids, labels=labels, payloads=record.get("payloads"))
+            if ids.size:  # after a refused add nothing is taken
                 self._next_id = max(self._next_id, int(ids.max()) + 1)
-        elif record["op"] == "delete":
-            self.index.remove(ids)
+            return not present
+        if record["op"] == "delete":
+            return self.index.remove(ids) > 0
+        raise ValueError(f"unknown operation {record['op']!r}")
 
     def _log(self, record: dict[str, Any]) -> None:
         self._wal.write(_encode(record))
@@ -235,7 +301,10 @@ class DurableIndex:
     def _after_write(self) -> None:
         self._since_checkpoint += 1
         if self._since_checkpoint >= self.checkpoint_every:
-            self._checkpoint_locked()
+            try:
+                self._checkpoint_locked()
+            except InconsistentIndexError as err:  # the write itself is in the log
+                print(f"warning: {err}", file=sys.stderr)
 
     def checkpoint(self) -> None:
         """Save the index atomically and empty the log."""
@@ -243,6 +312,12 @@ class DurableIndex:
             self._checkpoint_locked()
 
     def _checkpoint_locked(self) -> None:
+        rows, n = stored_rows(self.index), self.index.ntotal
+        if rows is not None and rows != n:
+            raise InconsistentIndexError(
+                f"refusing to checkpoint {self.path}: the index in memory holds {rows} "
+                f"vector rows for {n} ids; the last checkpoint and the log {self.wal_path} "
+                "are kept, and a restart recovers from them")
         self.index.info = {**self.index.info, "next_id": self._next_id}
         self.index.save(self.path)
         self._wal.truncate(0)
@@ -250,10 +325,15 @@ class DurableIndex:
         os.fsync(self._wal.fileno())
         self._since_checkpoint = 0
 
-    def close(self) -> None:
-        """Checkpoint and close the log."""
-        self.checkpoint()
-        self._wal.close()
+    def close(self, *, checkpoint: bool = True) -> None:
+        """Checkpoint (unless told not to: the log keeps every write), close the log and
+        give the index directory up to other stores."""
+        try:
+            if checkpoint:
+                self.checkpoint()
+        finally:
+            self._wal.close()
+            self._lock_file.close()  # releases the lock
 
 
-__all__ = ["DurableIndex", "RWLock"]
+__all__ = ["DurableIndex", "InconsistentIndexError", "IndexInUseError", "RWLock"]
