@@ -25,12 +25,15 @@ TEXT_EXPLAIN = ("dmlkit explain does not cover text runs: its attributions are o
                 "OTHER... --run RUN_DIR ranks sentences by the run's similarity")
 
 
-def _class_name(label: int, names: Any) -> str:
-    """A class id's name when the data has names, else the id."""
+def _class_name(label: Any, names: Any) -> str:
+    """A class id's name when the data has names, else the id; a hierarchical label row
+    (a list of ids, coarsest level first) as its ids joined by ``/`` (``"0/3"``)."""
+    if isinstance(label, (list, tuple)):
+        return "/".join(str(int(v)) for v in label)
     return str(names[label]) if names and 0 <= label < len(names) else str(label)
 
 
-def _class_text(label: int, names: Any) -> str:
+def _class_text(label: Any, names: Any) -> str:
     """``class NAME`` of a class id (see :func:`_class_name`)."""
     return f"class {_class_name(label, names)}"
 
@@ -53,7 +56,8 @@ def _item(run: Any, spec: str, shape: Any, splits: Any = None) -> tuple[Any, str
         data = heldout if part == "heldout" else train
         if not index.isdigit() or int(index) >= len(data.labels):
             raise ValueError(f"{spec!r}: the {part} set has rows 0..{len(data.labels) - 1}")
-        label = int(data.labels[int(index)])
+        row = data.labels[int(index)]  # () class id, or (L,) hierarchical label row
+        label = row.tolist() if row.dim() else int(row)
         return data.x[int(index)], f"{spec} ({_class_text(label, data.class_names)})"
     match = re.fullmatch(r"(.+\.npy):(\d+)", spec)
     path, row = (Path(match[1]), int(match[2])) if match else (Path(spec), None)

@@ -91,7 +91,7 @@ def crossval(
         s = seed if seed is not None else (cfg.tune.seed if cfg.tune is not None else 0)
         obj = objective or (cfg.tune.objective if cfg.tune is not None else "final")
         result = cross_validate(cfg, k, seed=s, objective=obj, log=typer.echo)
-    except (FileNotFoundError, ValueError, TypeError) as err:
+    except (FileNotFoundError, ValueError, TypeError, FloatingPointError) as err:
         raise _fail(str(err)) from None
     for i, fold in enumerate(result.folds):
         typer.echo(

@@ -17,6 +17,12 @@ from dmlkit.data.splits import select_classes
 
 MIN_CLASSES = 2
 
+HIERARCHICAL_FOLDS = (
+    "class folds (dmlkit crossval, dmlkit tune) need (n,) class ids; with hierarchical "
+    "(n, L) labels use dmlkit train with training.val_fraction (a validation part of "
+    "every leaf class) and compare runs by their val_map_at_r"
+)
+
 
 def choose_val_classes(
     classes: Sequence[int], val_classes: float | Sequence[int], seed: int = 0
@@ -120,8 +126,11 @@ def class_folds(classes: Sequence[int], k: int, seed: int = 0) -> list[tuple[lis
     ------
     ValueError
         ``k < 2``, or so many folds that a fold would validate on fewer than two classes
-        or train on fewer than two (``k`` at most ``len(classes) // 2``).
+        or train on fewer than two (``k`` at most ``len(classes) // 2``), or classes that
+        are hierarchical label rows (``ArrayDataset.classes`` of ``(n, L)`` labels).
     """
+    if any(isinstance(c, (tuple, list, np.ndarray)) for c in classes):
+        raise ValueError(HIERARCHICAL_FOLDS)
     present = sorted({int(c) for c in classes})
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
         raise TypeError(f"the number of folds must be an int, got {k!r}")

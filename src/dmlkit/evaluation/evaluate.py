@@ -68,7 +68,8 @@ def evaluate_embeddings(
         Episode settings; settings the data cannot support are skipped with a note.
     full_ranking : bool
         Also compute retrieval's ``mean_average_precision`` and ``mean_reciprocal_rank``
-        (a pass over every query's whole ranking: several times slower on large sets).
+        (a pass over every query's whole ranking: several times slower on large sets),
+        and, with hierarchical labels, both at every level of ``"hierarchical"``.
     out : path, optional
         Also write the result as JSON (atomically).
     log : callable, optional
@@ -107,7 +108,8 @@ def evaluate_embeddings(
         if y.dim() == 2 and y.dtype != torch.bool:  # hierarchical: every level, graded
             with _section(log, f"hierarchical retrieval ({y.shape[1]} levels)"):
                 result["hierarchical"] = hierarchical_retrieval_metrics(
-                    x, y, ref_embeddings, ref_labels, k=k, metric=metric)
+                    x, y, ref_embeddings, ref_labels, k=k, metric=metric,
+                    full_ranking=full_ranking)
     flat_labels = y.dim() == 1
     if "clustering" in sections:
         with _section(log, "clustering (k-means)"):

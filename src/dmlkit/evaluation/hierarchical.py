@@ -67,6 +67,7 @@ def hierarchical_retrieval_metrics(
     metric: str = "euclidean",
     ref_includes_query: bool = False,
     chunk_size: int | None = None,
+    full_ranking: bool = False,
 ) -> dict:
     """Per-level and graded retrieval metrics for hierarchical labels.
 
@@ -85,6 +86,10 @@ def hierarchical_retrieval_metrics(
         The first ``n`` reference rows are the queries; each query skips its own row.
     chunk_size : int, optional
         Queries per chunk (default: from a memory budget).
+    full_ranking : bool
+        Also ``mean_average_precision_level_{l}`` and ``mean_reciprocal_rank_level_{l}``
+        at every level (each ranks every reference per query, as retrieval's
+        ``average_precision`` / ``reciprocal_rank`` do).
 
     Returns
     -------
@@ -116,8 +121,8 @@ def hierarchical_retrieval_metrics(
         ref_l = None if reference_labels is None else reference_labels[:, : level + 1]
         per_level = retrieval_metrics(
             query, query_labels[:, : level + 1], reference, ref_l, k=ks, metric=metric,
-            ref_includes_query=ref_includes_query, average_precision=False,
-            reciprocal_rank=False, chunk_size=chunk_size,
+            ref_includes_query=ref_includes_query, average_precision=full_ranking,
+            reciprocal_rank=full_ranking, chunk_size=chunk_size,
         )
         for name, value in per_level.items():
             if name != "metric":

@@ -172,6 +172,10 @@ def nearest_prototypes(model: nn.Module, item: Any, reference: Any, labels: Any,
     ``ref_embeddings`` (``(n, dim)``), when given, are the reference set's embeddings
     and ``reference`` is not embedded (it may be None): embed a reference set once to
     explain several items against it.
+
+    ``labels`` are ``(n,)`` class ids or ``(n, L)`` hierarchical labels; with the latter
+    the classes are the leaves (distinct label rows) and each ``"label"`` is its row as
+    a list, coarsest level first.
     """
     from dmlkit.runs import embed
 
@@ -181,14 +185,20 @@ def nearest_prototypes(model: nn.Module, item: Any, reference: Any, labels: Any,
     z = torch.as_tensor(ref_embeddings, dtype=torch.float32)  # (n, dim)
     if z.shape[0] != labels.shape[0]:
         raise ValueError(f"{z.shape[0]} reference embeddings for {labels.shape[0]} labels")
-    classes = torch.unique(labels)
-    centres = nn.functional.normalize(torch.stack([z[labels == c].mean(0) for c in classes]), dim=1)
+    if labels.dim() not in (1, 2) or labels.dtype == torch.bool:
+        raise ValueError("labels must be (n,) class ids or (n, L) hierarchical labels, got "
+                         f"shape {tuple(labels.shape)} and dtype {labels.dtype}")
+    # (C,) or (C, L) classes; (n,) class of each item
+    classes, inverse = torch.unique(labels, dim=0, return_inverse=True)
+    counts = torch.bincount(inverse.reshape(-1), minlength=len(classes))  # (C,)
+    sums = torch.zeros(len(classes), z.shape[1]).index_add_(0, inverse.reshape(-1), z)
+    centres = nn.functional.normalize(sums / counts[:, None], dim=1)  # (C, d)
     with torch.no_grad(), eval_mode(model):
         q = nn.functional.normalize(model(_as_batch(item)), dim=1)  # (1, d)
     sims = (centres @ q[0]).tolist()
     order = sorted(range(len(classes)), key=lambda i: -sims[i])[:k]
-    return [{"label": int(classes[i]), "cosine": float(sims[i]),
-             "count": int((labels == classes[i]).sum())} for i in order]
+    return [{"label": classes[i].tolist() if labels.dim() == 2 else int(classes[i]),
+             "cosine": float(sims[i]), "count": int(counts[i])} for i in order]
 
 
 __all__ = ["NoInputGradientError", "integrated_gradients", "occlusion", "similarity",

@@ -11,8 +11,10 @@ Signature (shared by every loss)::
   (memory bank, other processes) while anchors come from ``embeddings``.
 
 Inputs are validated once here (a multi-label row must hold at least one label: an
-item with no label would be its own negative); half-precision inputs are promoted to
-fp32 and the loss runs with autocast disabled, so margins and softmaxes never run in fp16.
+item with no label would be its own negative), and so are float hyper-parameters: a
+loss refuses a NaN or infinite margin, scale or temperature when it is built.
+Half-precision inputs are promoted to fp32 and the loss runs with autocast disabled, so
+margins and softmaxes never run in fp16.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from dmlkit._finite import check_finite
 from dmlkit.distances.base import BaseDistance
 from dmlkit.distances.euclidean import EuclideanDistance
 from dmlkit.functional.distances import check_embeddings
@@ -41,15 +44,26 @@ class BaseMetricLoss(nn.Module):
     ``accepts_multi_labels``
         False for losses that need integer labels (a ``TypeError`` for ``(n, C)`` bool
         multi-labels, before any other label check).
+    ``infinite_ok``
+        Names of float attributes that may be +-inf (a documented limit, e.g. a weight
+        of inf meaning "this term only"); every other float attribute must be finite and
+        none may be NaN, checked whenever one is set.
     """
 
     requires_labels: bool = False
     accepts_indices: bool = True
     accepts_multi_labels: bool = True
+    infinite_ok: frozenset[str] = frozenset()
 
     def __init__(self, distance: BaseDistance | None = None) -> None:
         super().__init__()
         self.distance = distance if distance is not None else self.default_distance()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # every float hyper-parameter a loss stores (margin, scale, temperature, weights)
+        # is checked here, at construction, instead of in each loss
+        check_finite(type(self).__name__, name, value, allow_inf=name in self.infinite_ok)
+        super().__setattr__(name, value)
 
     @staticmethod
     def default_distance() -> BaseDistance:

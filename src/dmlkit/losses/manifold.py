@@ -63,7 +63,8 @@ class ManifoldLoss(BaseMetricLoss):
     K : int
         Number of proxies.
     lambdaC : float
-        Weight :math:`\lambda_C \ge 0` of the context loss.
+        Weight :math:`\lambda_C \ge 0` of the context loss; ``inf``: the context loss
+        alone.
     alpha : float
         Random-walk parameter :math:`\alpha \in (0, 1)`.
     margin : float
@@ -84,6 +85,7 @@ class ManifoldLoss(BaseMetricLoss):
 
     requires_labels = True
     accepts_indices = False
+    infinite_ok = frozenset({"lambdaC"})  # inf: the context loss alone
 
     def __init__(
         self,

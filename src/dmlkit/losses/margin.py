@@ -93,6 +93,8 @@ class MarginLoss(BaseMetricLoss):
             betas = torch.as_tensor(beta, dtype=torch.float32).detach().clone().reshape(-1)
             if betas.numel() != size:
                 raise ValueError(f"beta holds {betas.numel()} values, expected {size}")
+        if not bool(torch.isfinite(betas).all()):
+            raise ValueError(f"MarginLoss: beta must hold only finite numbers, got {beta!r}")
         # pytorch-metric-learning's layout: a (C,) or (1,) tensor named beta, a Parameter
         # when learned (in the state dict), else a plain tensor (not in the state dict)
         if learn_beta:

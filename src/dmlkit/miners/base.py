@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
+from dmlkit._finite import check_finite
 from dmlkit.distances import matrix_memo as memo
 from dmlkit.distances.base import BaseDistance
 from dmlkit.distances.euclidean import EuclideanDistance
@@ -30,11 +31,19 @@ class BaseMiner(nn.Module):
     #: unmodified by :meth:`mine` and may be handed to the loss that follows
     #: (:mod:`dmlkit.distances.matrix_memo`)
     shares_matrix: bool = False
+    #: float attributes that may be +-inf (open ends of ranges); no float may be NaN,
+    #: and any other must be finite (checked whenever one is set)
+    infinite_ok: frozenset[str] = frozenset()
     _sources: tuple[Tensor, Tensor | None] | None = None
 
     def __init__(self, distance: BaseDistance | None = None) -> None:
         super().__init__()
         self.distance = distance if distance is not None else EuclideanDistance()
+
+    def __setattr__(self, name: str, value: object) -> None:
+        # a NaN margin or epsilon would mine nothing, silently: refused when built
+        check_finite(type(self).__name__, name, value, allow_inf=name in self.infinite_ok)
+        super().__setattr__(name, value)
 
     def mine(
         self,

@@ -52,6 +52,8 @@ class BatchEasyHardMiner(BaseMiner):
 
     output_kind = "pairs"
 
+    infinite_ok = frozenset({"allowed_pos_range", "allowed_neg_range"})  # open ends
+
     def __init__(
         self,
         pos_strategy: Strategy = "easy",

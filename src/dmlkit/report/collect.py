@@ -70,6 +70,27 @@ def _per_class(x: torch.Tensor, labels: torch.Tensor) -> dict[int, dict[str, flo
             for k, v in m["per_class"].items()}
 
 
+def _classes(labels: torch.Tensor, train_labels: torch.Tensor, names: list[str] | None
+             ) -> tuple[torch.Tensor, dict[int, str], list[bool]]:
+    """The report's classes: ``(n,)`` ids, each id's name and whether each item's class
+    is unseen in training.
+
+    Hierarchical ``(n, L)`` labels become one id per leaf (distinct label row, in sorted
+    order) named by its row, coarsest level first (``"0/3"``); the report then treats
+    leaves as its classes, as retrieval's "same label" (equal at every level) does.
+    """
+    if labels.dim() == 2:
+        rows, codes = torch.unique(labels, dim=0, return_inverse=True)  # (C, L), (n,)
+        seen_rows = set(map(tuple, train_labels.reshape(len(train_labels), -1).tolist()))
+        row_names = {i: "/".join(map(str, row)) for i, row in enumerate(rows.tolist())}
+        return (codes.reshape(-1).long(), row_names,
+                [tuple(row) not in seen_rows for row in labels.tolist()])
+    seen = set(torch.unique(train_labels).tolist())
+    class_names = {int(c): (names[int(c)] if names and int(c) < len(names) else str(int(c)))
+                   for c in torch.unique(labels).tolist()}
+    return labels, class_names, [int(c) not in seen for c in labels.tolist()]
+
+
 def _confusions(z: torch.Tensor, labels: torch.Tensor, top: int = 10) -> list[dict[str, Any]]:
     classes = torch.unique(labels)
     centres = torch.nn.functional.normalize(
@@ -169,21 +190,19 @@ def collect(run_dir: str | Path, *, max_items: int = 2000, projection: str = "au
     say(f"embedding {len(rows)} held-out items")
     z, _ = embed(run.model, x)
     raw = torch.nn.functional.normalize(x.flatten(1).float(), dim=1)
-    seen = set(torch.unique(train.labels).tolist())
+    labels, class_names, unseen = _classes(labels, train.labels, heldout.class_names)
     say("projecting to 2-D")
     xy, method = project_2d(z.numpy(), projection, seed)
     say("per-class retrieval, confusions and verification")
     learned_pc, raw_pc = _per_class(z, labels), _per_class(raw, labels)
-    names = heldout.class_names
     return {
         "run_dir": str(run_dir), "name": run.config.name,
         "config": run.config.to_dict(), "metrics": metrics,
         "history": metrics.get("history") or _history_from_log(run_dir),
         "map": {"method": method, "x": xy[:, 0].tolist(), "y": xy[:, 1].tolist(),
                 "labels": labels.tolist(), "items": rows.tolist(),
-                "unseen": [int(c) not in seen for c in labels.tolist()]},
-        "class_names": {int(c): (names[int(c)] if names and int(c) < len(names) else str(int(c)))
-                        for c in torch.unique(labels).tolist()},
+                "unseen": unseen},
+        "class_names": class_names,
         "per_class": {c: {"learned": learned_pc[c], "raw": raw_pc.get(c)} for c in learned_pc},
         "confusions": _confusions(z, labels),
         "verification": _verification(z, labels, seed),

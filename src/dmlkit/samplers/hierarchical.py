@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -9,6 +10,7 @@ import torch
 from torch.utils.data import Sampler
 
 from dmlkit.registry import register_sampler
+from dmlkit.samplers._params import ONE_CLASS_BATCHES, check_int
 
 
 def _groups(ids: np.ndarray, count: int) -> list[np.ndarray]:
@@ -94,11 +96,15 @@ class HierarchicalSampler(Sampler[list[int]]):
             )
         if not np.issubdtype(labels_np.dtype, np.integer):
             raise TypeError(f"labels must be integers, got dtype {labels_np.dtype}")
+        batch_size, m = check_int("batch_size", batch_size, 1), check_int("m", m, 1)
+        classes_per_super = check_int("classes_per_super", classes_per_super, 1)
+        super_level = check_int("super_level", super_level, 0)
+        if num_batches is not None:
+            num_batches = check_int("num_batches", num_batches, 1)
+        seed = check_int("seed", seed, 0)
         levels = labels_np.shape[1]
         if not 0 <= super_level <= levels - 2:
             raise ValueError(f"super_level must be in [0, {levels - 2}], got {super_level}")
-        if m < 1 or classes_per_super < 1:
-            raise ValueError(f"m and classes_per_super must be >= 1, got {m}, {classes_per_super}")
         group = m * classes_per_super
         if batch_size < group or batch_size % group:
             raise ValueError(
@@ -115,6 +121,12 @@ class HierarchicalSampler(Sampler[list[int]]):
                 f"batch_size // (m * classes_per_super) = {self.supers_per_batch} super-classes "
                 f"per batch, but level {super_level} has only {len(supers)}"
             )
+        if self.supers_per_batch * classes_per_super == 1:
+            warnings.warn(
+                f"hierarchical sampler with batch_size {batch_size} = m * classes_per_super "
+                f"and classes_per_super 1: every batch holds one class, {ONE_CLASS_BATCHES} "
+                "(classes_per_super >= 2, or batch_size >= 2 * m * classes_per_super)",
+                UserWarning, stacklevel=2)
         self._items_of_leaf = _groups(leaf_of_item.reshape(-1), len(leaves))
         self._leaves_of_super = _groups(super_of_leaf.reshape(-1), len(supers))
         self.labels = labels
@@ -128,6 +140,11 @@ class HierarchicalSampler(Sampler[list[int]]):
             raise ValueError(f"num_batches must be >= 1, got {self.num_batches}")
         self.seed = seed
         self.epoch = 0
+
+    @property
+    def classes_per_batch(self) -> int:
+        """Classes (leaves) in every batch (1: no negative pair in any batch)."""
+        return self.supers_per_batch * self.classes_per_super
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next iteration draw the batches of ``epoch`` (deterministically)."""

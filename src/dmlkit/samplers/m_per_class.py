@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -9,6 +10,7 @@ import torch
 from torch.utils.data import Sampler
 
 from dmlkit.registry import register_sampler
+from dmlkit.samplers._params import ONE_CLASS_BATCHES, check_int
 
 
 @register_sampler("m_per_class")
@@ -27,7 +29,9 @@ class MPerClassSampler(Sampler[list[int]]):
     m : int
         Items per class in a batch (>= 2 so every anchor has a positive).
     batch_size : int
-        Items per batch; a multiple of ``m``.
+        Items per batch; a multiple of ``m``, and at least ``2 * m`` for pair, triplet
+        and tuple losses: with ``batch_size == m`` every batch holds one class and no
+        negative pair (a warning; training refuses such a loss before its first epoch).
     num_batches : int, optional
         Batches per epoch; default ``len(labels) // batch_size`` (at least 1).
     seed : int
@@ -54,11 +58,11 @@ class MPerClassSampler(Sampler[list[int]]):
                 "super-classes x classes x m samples) for (n, L) labels")
         if labels_np.ndim != 1:
             raise ValueError(f"labels must be 1-D, got shape {labels_np.shape}")
-        if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1:
-            raise ValueError(f"m must be an integer >= 1, got {m!r}")
+        m, batch_size = check_int("m", m, 1), check_int("batch_size", batch_size, 1)
+        if num_batches is not None:
+            num_batches = check_int("num_batches", num_batches, 1)
+        seed = check_int("seed", seed, 0)
         if m == 1:
-            import warnings
-
             warnings.warn("m_per_class with m=1: batches hold no two items of a class, so "
                           "pair, triplet and tuple losses have nothing to learn from (only "
                           "classifier / proxy losses do); use m >= 2", UserWarning,
@@ -66,12 +70,17 @@ class MPerClassSampler(Sampler[list[int]]):
         if batch_size < m or batch_size % m:
             raise ValueError(f"batch_size ({batch_size}) must be a positive multiple of m ({m})")
         self.classes, inverse = np.unique(labels_np, return_inverse=True)
+        #: classes in every batch (1: no negative pair in any batch)
         self.classes_per_batch = batch_size // m
         if self.classes_per_batch > len(self.classes):
             raise ValueError(
                 f"batch_size // m = {self.classes_per_batch} classes per batch, but the data "
                 f"has only {len(self.classes)} classes; lower batch_size or raise m"
             )
+        if self.classes_per_batch == 1:
+            warnings.warn(f"m_per_class with batch_size {batch_size} = m: every batch holds "
+                          f"one class, {ONE_CLASS_BATCHES} (batch_size >= 2 * m)",
+                          UserWarning, stacklevel=2)
         order = np.argsort(inverse, kind="stable")
         bounds = np.cumsum(np.bincount(inverse, minlength=len(self.classes)))[:-1]
         self._members = np.split(order, bounds)  # one index array per class

@@ -237,6 +237,12 @@ class OfflineHardNegativeSampler(Sampler[list[int]]):
     ) -> None:
         if batch_size < 3:
             raise ValueError(f"batch_size must be >= 3, got {batch_size}")
+        labels = getattr(dataset, "labels", None)
+        if isinstance(labels, Tensor) and labels.dim() != 1:
+            raise ValueError(
+                "sampler offline_hard_negative mines by (n,) class ids; with hierarchical "
+                f"(n, L) labels (these are {tuple(labels.shape)}) use sampler: hierarchical "
+                "(with loss hierarchical_triplet, or a miner such as batch_hard)")
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
         self.dataset = dataset

@@ -29,11 +29,7 @@ def check_trainable(trainer: Any, labels: Any, given: dict[str, Any] | None = No
     are restored after (augmentation draws)."""
     if not isinstance(labels, Tensor) or labels.dim() not in (1, 2) or not len(labels):
         return  # (tuple data: weak supervision has no class labels to batch by)
-    given = given or {}
-    names = {part: (type(given[part]).__name__ if given.get(part) is not None  # ready-made
-                    else spec.get("name") if isinstance(spec, dict) else spec)
-             for part in ("model", "miner", "loss")
-             for spec in [getattr(trainer.config, part, None)]}
+    names = _names(trainer, given or {}, ("model", "miner", "loss"))
     if trainer.miner is not None and not getattr(trainer.miner, "takes_labels", True):
         raise ValueError(
             f"miner {names['miner']!r} takes no labels: it reads the batch's layout (e.g. "
@@ -90,4 +86,68 @@ def check_trainable(trainer: Any, labels: Any, given: dict[str, Any] | None = No
                              f"{err}; {hint}") from err
 
 
-__all__ = ["check_trainable"]
+def _names(trainer: Any, given: dict[str, Any], parts: tuple[str, ...]) -> dict[str, Any]:
+    """Each part's name: its class for a part passed ready-made, else its config's name."""
+    return {part: (type(given[part]).__name__ if given.get(part) is not None
+                   else spec.get("name") if isinstance(spec, dict) else spec)
+            for part in parts for spec in [getattr(trainer.config, part, None)]}
+
+
+def check_batch_negatives(trainer: Any, labels: Any, given: dict[str, Any] | None = None
+                          ) -> None:
+    """Refuse, before any epoch, a sampler whose every batch holds one class
+    (``classes_per_batch == 1``, which the sampler warned about) with a loss that can
+    only learn from negatives within a batch: pair, triplet and tuple losses then see
+    no negative pair in any batch, and train nothing (or only pull items together).
+
+    A loss learns from one-class batches when something other than the batch supplies
+    the negatives: its own class weights or proxies (normalized_softmax, proxy_anchor,
+    arcface, center, ...: their parameters get a gradient from a one-class batch) or a
+    memory of earlier batches (cross_batch_memory). That is what is checked, on one
+    class's items through the model (eval mode, no gradient), a copy of the miner and
+    a copy of the loss, as in :func:`check_trainable`."""
+    from dmlkit.losses.cross_batch_memory import CrossBatchMemory
+
+    if getattr(trainer.sampler, "classes_per_batch", None) != 1:
+        return
+    if not isinstance(labels, Tensor) or labels.dim() not in (1, 2) or not len(labels):
+        return
+    if any(isinstance(m, CrossBatchMemory) for m in trainer.loss.modules()):
+        return  # its memory holds the classes of earlier batches
+    learns = False
+    if any(p.requires_grad for p in trainer.loss.parameters()):
+        _, group = torch.unique(labels, dim=0, return_inverse=True)  # (n,)
+        take = torch.nonzero(group.reshape(-1) == 0).flatten()[:4].tolist()  # one class
+        try:
+            with rng_scope(trainer.config.training.seed):
+                inputs, batch_labels, _ = trainer.unpack(
+                    fetch_items(trainer.train_data, take, trainer.collate_fn))
+            if isinstance(inputs, Tensor):
+                inputs = inputs.to(trainer.device)
+            with torch.no_grad(), eval_mode(trainer.model):
+                embeddings = trainer.model(inputs).float()
+            batch_labels = batch_labels.to(trainer.device)
+            loss = copy.deepcopy(trainer.loss)
+            indices = None
+            if trainer.miner is not None:
+                indices = copy.deepcopy(trainer.miner)(embeddings, batch_labels)
+            embeddings.requires_grad_(True)
+            params = [p for p in loss.parameters() if p.requires_grad]
+            grads = torch.autograd.grad(loss(embeddings, batch_labels, indices=indices),
+                                        params, allow_unused=True)
+        except Exception:  # (an error of the data, model or loss surfaces in training)
+            return
+        learns = any(g is not None and bool((g != 0).any()) for g in grads)
+    if not learns:
+        names = _names(trainer, given or {}, ("sampler", "loss"))
+        raise ValueError(
+            f"sampler {names['sampler'] or type(trainer.sampler).__name__!r} puts one class "
+            f"in every batch, so loss {names['loss'] or type(trainer.loss).__name__!r} has "
+            "no negative pair in any batch and would train nothing (or only pull items "
+            "together): put at least two classes in a batch (m_per_class: batch_size >= "
+            "2 * m; hierarchical: classes_per_super >= 2 or batch_size >= 2 * m * "
+            "classes_per_super), or use a loss whose class weights or proxies supply the "
+            "negatives (normalized_softmax, proxy_anchor, arcface, ...)")
+
+
+__all__ = ["check_trainable", "check_batch_negatives"]

@@ -30,7 +30,7 @@ from dmlkit.training.build import (
 )
 from dmlkit.training.checkpoint import atomic_save, load_checkpoint
 from dmlkit.training.optim import build_optimizer, build_scheduler
-from dmlkit.training.preflight import check_trainable
+from dmlkit.training.preflight import check_batch_negatives, check_trainable
 from dmlkit.training.rng import get_rng_state, rng_scope, set_rng_state
 
 CHECKPOINT = "checkpoint.pt"
@@ -187,6 +187,7 @@ class Trainer:
             sampler if sampler is not None
             else build_sampler(config, labels, len(train_data), train_data, self.model)
         )
+        check_batch_negatives(self, labels, given={"sampler": sampler, "loss": loss})
         self.callbacks = list(callbacks)
         self.log = log or (lambda _msg: None)
         self.optimizer = build_optimizer(config.optimizer, self.model, self.loss)
@@ -299,7 +300,7 @@ class Trainer:
                 if not math.isfinite(value):
                     raise FloatingPointError(
                         f"loss is {value} at epoch {epoch + 1}, batch {step + 1}; "
-                        "lower optimizer.lr or check the data"
+                        "lower optimizer.lr, or check the data and the loss's settings"
                     )
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()

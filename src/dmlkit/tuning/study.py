@@ -217,6 +217,7 @@ def tune(
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise ValueError(f"trials must be an int >= 1, got {trials!r}")
     tc = config.tune
+    _check_folds(config)  # before out_dir is made: a refused study leaves nothing behind
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     url = storage or storage_url(config, out_dir)
@@ -237,7 +238,6 @@ def _tune(
     tc = config.tune
     if tc is None:
         raise ValueError("the config has no tune: section")
-    _check_folds(config)
     rdb = open_storage(url, tc.heartbeat_seconds)
     study, created = open_study(config, rdb, name, resume)
     verb = "created" if created else "joined"
