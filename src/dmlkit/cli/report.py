@@ -52,7 +52,18 @@ def _item(run: Any, spec: str, shape: Any, splits: Any = None) -> tuple[Any, str
 
     part, sep, index = spec.partition(":")
     if sep and part in ("heldout", "train"):
-        train, heldout = splits() if splits is not None else build_splits(run.config)
+        if run.config.data.tuples is not None:
+            raise ValueError(
+                f"{spec!r}: this run was trained from the {run.config.data.kind} in "
+                f"{run.config.data.tuples}, which have no labelled train/held-out rows to "
+                "pick from; give the items as arrays: --a FILE.npy:N --b FILE.npy:N (row N "
+                "of a .npy file of items), or --a FILE.npy for a file of one item")
+        try:
+            train, heldout = splits() if splits is not None else build_splits(run.config)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{spec!r} is a row of the run's data, which cannot be read: "
+                             f"{one_line(err)}; restore the data, or give the item as a "
+                             ".npy file (FILE.npy:N for row N)") from err
         data = heldout if part == "heldout" else train
         if not index.isdigit() or int(index) >= len(data.labels):
             raise ValueError(f"{spec!r}: the {part} set has rows 0..{len(data.labels) - 1}")
@@ -68,6 +79,8 @@ def _item(run: Any, spec: str, shape: Any, splits: Any = None) -> tuple[Any, str
     from dmlkit.runs.queries import check_input_shape, input_fit, prepare_inputs
 
     x = read_arrays(path)["x"]  # (a missing file: FileNotFoundError naming it)
+    if x.size == 0:
+        raise ValueError(f"{path} holds no items (an array of shape {x.shape})")
     if row is not None:
         if x.ndim < 2 or (shape is not None and input_fit(x.shape[1:], shape) is None):
             raise ValueError(f"{path} holds one item of shape {x.shape}, not rows of items; "
@@ -77,8 +90,6 @@ def _item(run: Any, spec: str, shape: Any, splits: Any = None) -> tuple[Any, str
         x = x[row]
     elif shape is not None and input_fit(x.shape, shape) is None:
         rows = x.ndim > len(shape.shape)  # a stack of items, going by its axes
-        if rows and x.shape[0] == 0:
-            raise ValueError(f"{path} holds no items")
         if x.ndim >= 2 and input_fit(x.shape[1:], shape) is not None:
             raise ValueError(
                 f"{path} holds {x.shape[0]} items; explain one at a time: "
@@ -114,8 +125,9 @@ def register(app: typer.Typer) -> None:
     @app.command("report")
     def report(
         run_dir: Path = typer.Argument(..., help="Run directory."),
-        out: Path = typer.Option(None, "--out", "-o", help="HTML file (default "
-                                 "RUN_DIR/report.html)."),
+        out: Path = typer.Option(None, "--out", "-o", help="HTML file, .html or .htm "
+                                 "(default RUN_DIR/report.html; never the run's own "
+                                 "files)."),
         png_dir: Path = typer.Option(None, "--png-dir", help="Also write PNG figures here."),
         projection: str = typer.Option("auto", "--projection",
                                        help="auto (UMAP, else t-SNE), umap, tsne or pca."),
@@ -126,12 +138,14 @@ def register(app: typer.Typer) -> None:
 
         from dmlkit.report import collect, write_figures, write_report
         from dmlkit.report.collect import check_projection
+        from dmlkit.report.html import check_report_path
         from dmlkit.runs.export import is_text_run
 
         target = out or run_dir / "report.html"
         try:  # everything that can be checked before the work
             check_projection(projection)
             check_output_file(target, ".html file")
+            check_report_path(target, run_dir)
             if png_dir is not None:
                 check_output_dir(png_dir, "--png-dir")
                 if importlib.util.find_spec("matplotlib") is None:
@@ -141,6 +155,8 @@ def register(app: typer.Typer) -> None:
                 raise ValueError(TEXT_REPORT)
             data = collect(run_dir, max_items=max_items, projection=projection,
                            log=lambda m: typer.echo(f"report: {m}", err=True))
+            for note in data["notes"]:
+                typer.echo(f"note: {note}", err=True)
             if "skipped" in data["verification"]:
                 typer.echo(f"note: verification skipped: {data['verification']['skipped']}",
                            err=True)
@@ -162,8 +178,9 @@ def register(app: typer.Typer) -> None:
         patch: int = typer.Option(None, "--patch", help="Occlusion patch size (default: 2 "
                                   "on images; on 1-D inputs of n values max(2, n // 100), "
                                   "about 200 windows whatever n)."),
-        stride: int = typer.Option(None, "--stride", help="Occlusion stride (default: 1 on "
-                                   "images, half the patch on 1-D inputs)."),
+        stride: int = typer.Option(None, "--stride", help="Occlusion stride, at most the "
+                                   "patch (default: 1 on images, half the patch on 1-D "
+                                   "inputs)."),
     ) -> None:
         """Which parts of A and B drive their similarity (integrated gradients, occlusion)."""
         from dmlkit.runs.export import is_text_run

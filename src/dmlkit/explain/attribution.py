@@ -64,14 +64,27 @@ def _as_batch(x: Any) -> Tensor:
     return x.unsqueeze(0)  # (1, ...)
 
 
-def similarity(model: nn.Module, a: Tensor, b: Tensor, metric: str = "cosine") -> Tensor:
-    """Row-wise similarity of the embeddings of ``a`` and ``b`` (``(n, ...)`` each)."""
-    za, zb = model(a), model(b)  # (n, d)
+#: the similarities an explanation can be of
+METRICS = ("cosine", "euclidean")
+
+
+def _check_metric(metric: str) -> None:
+    if metric not in METRICS:
+        raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}")
+
+
+def _scores(za: Tensor, zb: Tensor, metric: str) -> Tensor:
+    """Row-wise similarity ``(n,)`` of embeddings ``za`` and ``zb`` (``(n, d)`` each)."""
+    _check_metric(metric)
     if metric == "cosine":
         return nn.functional.cosine_similarity(za, zb, dim=1)  # (n,)
-    if metric == "euclidean":
-        return -(za - zb).pow(2).sum(1)
-    raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}")
+    return -(za - zb).pow(2).sum(1)
+
+
+def similarity(model: nn.Module, a: Tensor, b: Tensor, metric: str = "cosine") -> Tensor:
+    """Row-wise similarity of the embeddings of ``a`` and ``b`` (``(n, ...)`` each)."""
+    _check_metric(metric)
+    return _scores(model(a), model(b), metric)  # (n,)
 
 
 def integrated_gradients(model: nn.Module, a: Any, b: Any, *, baseline: Any = None,
@@ -85,6 +98,7 @@ def integrated_gradients(model: nn.Module, a: Any, b: Any, *, baseline: Any = No
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    _check_metric(metric)
     with eval_mode(model):
         return _integrated_gradients(model, a, b, baseline, steps, metric)
 
@@ -102,10 +116,7 @@ def _integrated_gradients(model: nn.Module, a: Any, b: Any, baseline: Any, steps
     with torch.no_grad():
         zb = model(xb)  # (1, d)
     za = model(path)  # (steps, d)
-    if metric == "cosine":
-        s = nn.functional.cosine_similarity(za, zb.expand_as(za), dim=1)
-    else:
-        s = -(za - zb).pow(2).sum(1)
+    s = _scores(za, zb.expand_as(za), metric)  # (steps,)
     if not s.requires_grad:
         raise NoInputGradientError(_NO_GRADIENT)
     (grad,) = torch.autograd.grad(s.sum(), path, allow_unused=True)  # (steps, ...)
@@ -119,9 +130,11 @@ def occlusion(model: nn.Module, a: Any, b: Any, *, patch: int = 2, stride: int =
               progress: Callable[[int, int], None] | None = None) -> Tensor:
     """Similarity drop when patches of ``a`` are hidden, as a map over ``a``'s pixels.
 
-    ``a`` is an image ``(C, H, W)`` or ``(H, W)``, or a vector ``(d,)`` (patches are runs
-    of ``patch`` values; with a stride that does not reach the end, a last run ends at
-    the last value). Each pixel gets the mean drop of the patches covering it.
+    ``a`` is an image ``(C, H, W)`` or ``(H, W)`` (patches are ``patch`` x ``patch``
+    squares), or a vector ``(d,)`` (patches are runs of ``patch`` values); ``b`` has
+    ``a``'s shape. The stride is at most the patch, and where it does not reach the end,
+    a last row (column, run) of patches ends at the last value, so every value is
+    covered. Each value gets the mean drop of the patches covering it.
     ``patch``, ``stride`` and ``batch_size`` are positive integers;
     :func:`default_occlusion_window` suggests them by the input's shape.
     ``progress(done, total)`` is called after each batch of patch positions.
@@ -129,6 +142,10 @@ def occlusion(model: nn.Module, a: Any, b: Any, *, patch: int = 2, stride: int =
     for name, value in (("patch", patch), ("stride", stride), ("batch_size", batch_size)):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
+    if stride > patch:
+        raise ValueError(f"stride {stride} is larger than patch {patch}: the values between "
+                         "patches would go unscored; give a stride of at most the patch")
+    _check_metric(metric)
     with eval_mode(model):
         return _occlusion(model, a, b, patch, stride, fill, metric, batch_size, progress)
 
@@ -137,15 +154,16 @@ def _occlusion(model: nn.Module, a: Any, b: Any, patch: int, stride: int, fill: 
                metric: str, batch_size: int,
                progress: Callable[[int, int], None] | None) -> Tensor:
     xa, xb = _as_batch(a), _as_batch(b)
+    if xb.shape[1:] != xa.shape[1:]:
+        raise ValueError(f"a and b must have one shape, got {tuple(xa.shape[1:])} and "
+                         f"{tuple(xb.shape[1:])}")
     spatial = xa.shape[-2:] if xa.dim() >= 3 else (1, xa.shape[-1])
     h, w = spatial
     ph, pw = (min(patch, h), min(patch, w)) if xa.dim() >= 3 else (1, min(patch, w))
     with torch.no_grad():
         base = similarity(model, xa, xb, metric)[0]
-        starts = [(i, j) for i in range(0, h - ph + 1, stride)
-                  for j in range(0, w - pw + 1, stride)]
-        if xa.dim() < 3 and (w - pw) % stride:  # the last values get a window too
-            starts.append((0, w - pw))
+        starts = [(i, j) for i in _window_starts(h, ph, stride)
+                  for j in _window_starts(w, pw, stride)]
         drops = torch.zeros(h, w)
         counts = torch.zeros(h, w)
         for s in range(0, len(starts), batch_size):
@@ -162,6 +180,15 @@ def _occlusion(model: nn.Module, a: Any, b: Any, patch: int, stride: int, fill: 
                 progress(s + len(chunk), len(starts))
     out = drops / counts.clamp_min(1)  # (H, W)
     return out.reshape(xa.shape[-1]) if xa.dim() == 2 else out
+
+
+def _window_starts(n: int, size: int, stride: int) -> list[int]:
+    """Starts of windows of ``size`` every ``stride`` along ``n`` values, plus one ending
+    at the last value where the stride does not reach it (every value covered)."""
+    starts = list(range(0, n - size + 1, stride))
+    if starts[-1] != n - size:
+        starts.append(n - size)
+    return starts
 
 
 def nearest_prototypes(model: nn.Module, item: Any, reference: Any, labels: Any,

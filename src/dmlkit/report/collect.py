@@ -141,7 +141,10 @@ def _thumbnail(x: np.ndarray) -> list[list[Any]] | None:
 
 
 def _gallery(z: torch.Tensor, labels: torch.Tensor, x: np.ndarray, n_queries: int, k: int,
-             seed: int) -> list[dict[str, Any]]:
+             seed: int, rows: np.ndarray) -> list[dict[str, Any]]:
+    """Queries and their ``k`` nearest neighbours among the report's items; ``z``,
+    ``labels`` and ``x`` are those items, ``rows`` their held-out row numbers, which
+    each ``"query"`` and ``"item"`` is."""
     from dmlkit.functional.retrieval import knn
 
     rng = np.random.default_rng(seed)
@@ -151,12 +154,25 @@ def _gallery(z: torch.Tensor, labels: torch.Tensor, x: np.ndarray, n_queries: in
     for q, row in zip(queries.tolist(), nbrs.tolist(), strict=True):
         row = [r for r in row if r != q][:k]
         out.append({
-            "query": q, "label": int(labels[q]), "image": _thumbnail(x[q]),
-            "neighbours": [{"item": r, "label": int(labels[r]),
+            "query": int(rows[q]), "label": int(labels[q]), "image": _thumbnail(x[q]),
+            "neighbours": [{"item": int(rows[r]), "label": int(labels[r]),
                             "correct": int(labels[r]) == int(labels[q]),
                             "image": _thumbnail(x[r])} for r in row],
         })
     return out
+
+
+def _weights_note(run_dir: Path) -> str | None:
+    """What the report says when the run has no ``model.pt`` and its checkpoint's
+    weights stand in (``None`` when it has one)."""
+    from dmlkit.training.run import MODEL_FILE
+    from dmlkit.training.trainer import CHECKPOINT
+
+    if (run_dir / MODEL_FILE).is_file() or not (run_dir / CHECKPOINT).is_file():
+        return None
+    return (f"the run has no {MODEL_FILE} (it did not finish, or the file was removed): "
+            f"this report uses the weights of its last checkpoint, {CHECKPOINT}; the "
+            f"held-out metrics table, when there is one, is of the final weights")
 
 
 #: fewest held-out items a report is made of
@@ -168,8 +184,14 @@ def collect(run_dir: str | Path, *, max_items: int = 2000, projection: str = "au
             log: Any = None) -> dict[str, Any]:
     """The report's data for a run directory (held-out items, at most ``max_items``).
 
-    ``verification`` is ``{"skipped": reason}`` when the held-out items hold a single
-    class; ``per_class`` values give each class's ``items`` and evaluable ``count``.
+    The metrics (``metrics.json``) are of all held-out items; the map, gallery,
+    verification, per-class results and confusions of a random ``max_items`` of them
+    when there are more, as ``sample`` (``{"items": N, "heldout": M}``) says. Item
+    numbers (``map["items"]``, the gallery's ``"query"`` and ``"item"``) are held-out
+    row numbers. ``verification`` is ``{"skipped": reason}`` when the held-out items hold
+    a single class; ``per_class`` values give each class's ``items`` and evaluable
+    ``count``; ``notes`` are what the report should say about the run (e.g. that its
+    checkpoint's weights stand in for a missing ``model.pt``).
     """
     say = log or (lambda _m: None)
     check_projection(projection)
@@ -178,6 +200,12 @@ def collect(run_dir: str | Path, *, max_items: int = 2000, projection: str = "au
                          f"retrieval metrics need several items of each class), got {max_items!r}")
     run_dir = Path(run_dir)
     run = load_run(run_dir)
+    if run.config.data.tuples is not None:
+        raise ValueError(
+            f"the report needs a labelled held-out split (its map, gallery, verification and "
+            f"per-class results are of held-out classes), and this run has none: it was "
+            f"trained from the {run.config.data.kind} in {run.config.data.tuples}, "
+            "without class labels")
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     say("loading data")
@@ -195,9 +223,13 @@ def collect(run_dir: str | Path, *, max_items: int = 2000, projection: str = "au
     xy, method = project_2d(z.numpy(), projection, seed)
     say("per-class retrieval, confusions and verification")
     learned_pc, raw_pc = _per_class(z, labels), _per_class(raw, labels)
+    weights = _weights_note(run_dir)
     return {
         "run_dir": str(run_dir), "name": run.config.name,
         "config": run.config.to_dict(), "metrics": metrics,
+        # the map, gallery, verification, per-class and confusions are of these items
+        "sample": {"items": len(rows), "heldout": len(heldout.labels)},
+        "notes": [weights] if weights else [],
         "history": metrics.get("history") or _history_from_log(run_dir),
         "map": {"method": method, "x": xy[:, 0].tolist(), "y": xy[:, 1].tolist(),
                 "labels": labels.tolist(), "items": rows.tolist(),
@@ -206,7 +238,7 @@ def collect(run_dir: str | Path, *, max_items: int = 2000, projection: str = "au
         "per_class": {c: {"learned": learned_pc[c], "raw": raw_pc.get(c)} for c in learned_pc},
         "confusions": _confusions(z, labels),
         "verification": _verification(z, labels, seed),
-        "gallery": _gallery(z, labels, x.numpy(), n_queries, k, seed),
+        "gallery": _gallery(z, labels, x.numpy(), n_queries, k, seed, rows),
     }
 
 

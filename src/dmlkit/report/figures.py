@@ -31,6 +31,10 @@ def write_figures(data: dict[str, Any], out_dir: str | Path) -> list[Path]:
         plt.close(fig)
         paths.append(out / name)
 
+    sample = data.get("sample") or {}
+    n, total = sample.get("items"), sample.get("heldout")
+    # (as the HTML says it: these figures are of a random --max-items of the held-out set)
+    of = f"\n(a random {n} of {total} held-out items)" if n and total and n < total else ""
     hist = data["history"]
     if hist:
         fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -54,13 +58,13 @@ def write_figures(data: dict[str, Any], out_dir: str | Path) -> list[Path]:
         ax.scatter([mp["x"][i] for i in idx], [mp["y"][i] for i in idx], s=6,
                    label=names.get(int(c), str(c)) + (" (unseen)" if unseen else ""),
                    marker="o" if not unseen else "x")
-    ax.set_title(f"{mp['method']} of held-out embeddings")
+    ax.set_title(f"{mp['method']} of held-out embeddings{of}", fontsize=9 if of else None)
     if len(set(mp["labels"])) <= 30:  # a legend of more classes hides the map
         ax.legend(fontsize=6, markerscale=2)
     save(fig, "map.png")
     ver = data["verification"]
     if "skipped" not in ver:
-        _verification(ver, plt, save)
+        _verification(ver, plt, save, of.strip())
     classes = sorted(per_class)
     fig, ax = plt.subplots(figsize=(6, 3.2))
     xs = range(len(classes))
@@ -72,14 +76,18 @@ def write_figures(data: dict[str, Any], out_dir: str | Path) -> list[Path]:
            label="raw inputs")
     ax.set_xticks(list(xs), [names.get(c, str(c)) for c in classes], fontsize=7)
     ax.set_ylabel("MAP@R")
+    if of:
+        ax.set_title(f"per-class MAP@R{of}", fontsize=9)
     ax.legend()
     save(fig, "per_class.png")
     return paths
 
 
-def _verification(ver: dict[str, Any], plt: Any, save: Any) -> None:
-    """``roc_det.png`` and ``scores.png``."""
+def _verification(ver: dict[str, Any], plt: Any, save: Any, of: str = "") -> None:
+    """``roc_det.png`` and ``scores.png`` (``of``: which items, when a sample)."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(8, 3.5))
+    if of:
+        fig.suptitle(of, fontsize=9)
     a.plot(ver["fpr"], ver["tpr"])
     a.set_xlabel("false accept rate")
     a.set_ylabel("true accept rate")
@@ -96,6 +104,8 @@ def _verification(ver: dict[str, Any], plt: Any, save: Any) -> None:
     ax.plot(centres, ver["diff_hist"], label="different class")
     ax.axvline(ver["threshold"], color="k", linestyle="--", label="EER threshold")
     ax.set_xlabel(ver["score"])
+    if of:
+        ax.set_title(of, fontsize=9)
     ax.legend()
     save(fig, "scores.png")
 

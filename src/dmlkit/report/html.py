@@ -33,7 +33,7 @@ def _metrics_table(metrics: dict[str, Any]) -> str:
                                      ("baseline", "baseline_unnormalized") if name in metrics]
     head = "".join(f"<th>{escape(c)}</th>" for c, _ in cols)
     rows = "".join(
-        f"<tr><th>{k}</th>" + "".join(f"<td>{float(m[k]):.4f}</td>" for _, m in cols) + "</tr>"
+        f"<tr><th>{k}</th>" + "".join(f"<td>{_number(m[k])}</td>" for _, m in cols) + "</tr>"
         for k in keys)
     note = escape(str(metrics.get("baseline_inputs", "raw inputs")))
     return (f"<table><tr><th>metric</th>{head}</tr>{rows}</table>"
@@ -56,21 +56,26 @@ def _curves(history: list[dict[str, Any]]) -> str:
     return '<div class="row">' + "".join(parts) + "</div>"
 
 
-def _gallery(gallery: list[dict[str, Any]], names: dict[int, str]) -> str:
+def _gallery(gallery: list[dict[str, Any]], names: dict[int, str],
+             among: str = "held-out items") -> str:
+    """The queries and their neighbours (``among`` says which items they are found in);
+    each item is named by its held-out row number."""
     rows = []
     for g in gallery:
         name = names.get(g["label"], str(g["label"]))
-        tip = f"query item {g['query']}: {name}"
+        tip = f"query: held-out item {g['query']}: {name}"
         cells = [f"<td>{_item(g['image'], '#333', tip)}<br>{escape(name)}</td>"]
         for n in g["neighbours"]:
             mark = "#2ca02c" if n["correct"] else "#d62728"
             label = names.get(n["label"], str(n["label"]))
-            tip = f"item {n['item']}: {label} ({'right' if n['correct'] else 'wrong'})"
+            tip = (f"held-out item {n['item']}: {label} "
+                   f"({'right' if n['correct'] else 'wrong'})")
             cells.append(f"<td>{_item(n['image'], mark, tip)}<br>{escape(label)} "
                          f"{'&#10003;' if n['correct'] else '&#10007;'}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    return ('<table class="gallery"><tr><th>query</th><th colspan="99">nearest held-out items '
-            '(green: same class, red: other class)</th></tr>' + "".join(rows) + "</table>")
+    return (f'<table class="gallery"><tr><th>query</th><th colspan="99">nearest '
+            f'{escape(among)} (green: same class, red: other class)</th></tr>'
+            + "".join(rows) + "</table>")
 
 
 def _item(image: Any, border: str, tip: str) -> str:
@@ -86,6 +91,25 @@ def _number(value: Any) -> str:
     if value is None or not math.isfinite(float(value)):
         return "n/a"
     return f"{float(value):.4f}"
+
+
+def _sample(data: dict[str, Any]) -> tuple[str, str]:
+    """``(note, among)``: the note on sections computed on a random subsample of the
+    held-out items (empty when they are all of them), and which items the gallery's
+    neighbours are found in."""
+    sample = data.get("sample") or {}
+    n, total = sample.get("items"), sample.get("heldout")
+    if n is None or total is None or n >= total:
+        return "", "held-out items"
+    table = any(k in data["metrics"] for k in ("precision_at_1", "map_at_r", "r_precision"))
+    rest = f"; the table above on all {total}" if table else ""
+    note = (f'<p class="note sample">Computed on a random {n} of the {total} held-out items '
+            f"(--max-items){rest}.</p>")
+    return note, f"among the {n} sampled held-out items (of {total})"
+
+
+def _notes(data: dict[str, Any]) -> str:
+    return "".join(f'<p class="note">Note: {escape(str(n))}</p>' for n in data.get("notes", []))
 
 
 def _verification(ver: dict[str, Any]) -> str:
@@ -131,35 +155,63 @@ def render(data: dict[str, Any]) -> str:
         f"<td>{escape(names.get(p['b'], str(p['b'])))}</td><td>{p['centroid_cosine']:.4f}</td></tr>"
         for p in data["confusions"])
     unseen = sum(mp["unseen"])
+    sampled, among = _sample(data)
+    on_all = (f'<p class="note">On all {data["sample"]["heldout"]} held-out items.</p>'
+              if sampled and any(k in data["metrics"] for k in ("map_at_r", "r_precision"))
+              else "")
     return f"""<!DOCTYPE html><html><head><meta charset="utf-8">
 <title>dmlkit report: {escape(data['name'])}</title><style>{STYLE}</style>
 <script>{SCRIPT}</script></head><body>
 <h1>Run report: {escape(data['name'])}</h1>
 <p class="note">{escape(data['run_dir'])} &middot; model {escape(str(data['config']['model']))}
-&middot; loss {escape(str(data['config']['loss']))}</p>
-<h2>Held-out retrieval (leave-one-out)</h2>{_metrics_table(data['metrics'])}
+&middot; loss {escape(str(data['config']['loss']))}</p>{_notes(data)}
+<h2>Held-out retrieval (leave-one-out)</h2>{_metrics_table(data['metrics'])}{on_all}
 <h2>Training</h2>{_curves(data['history'])}
-<h2>Embedding map</h2><div class="row">{scatter}</div>
+<h2>Embedding map</h2>{sampled}<div class="row">{scatter}</div>
 <p class="note">{len(mp['x'])} held-out items; {unseen} from classes unseen in training (rings).
 Hover a point for its item.</p>
-<h2>Retrieval gallery</h2>{_gallery(data['gallery'], names)}
-<h2>Verification</h2>{_verification(ver)}
-<h2>Per class: learned vs raw inputs</h2><div class="row">{bars}</div>
+<h2>Retrieval gallery</h2>{sampled}{_gallery(data['gallery'], names, among)}
+<h2>Verification</h2>{sampled}{_verification(ver)}
+<h2>Per class: learned vs raw inputs</h2>{sampled}<div class="row">{bars}</div>
 <table><tr><th>class</th><th>items</th><th>queries with a match</th><th>R-Precision</th>
 <th>MAP@R</th><th>raw MAP@R</th></tr>
 {per_rows}</table>
 <p class="note">A class's metrics average over its items that have another item of the
 class to find; n/a: none has.</p>
-<h2>Most confused classes (nearest class centroids)</h2>
+<h2>Most confused classes (nearest class centroids)</h2>{sampled}
 <table><tr><th>class</th><th>class</th><th>centroid cosine</th></tr>{conf_rows}</table>
 </body></html>"""
 
 
+#: the suffixes a report file may have
+REPORT_SUFFIXES = (".html", ".htm")
+
+
+def check_report_path(path: str | Path, run_dir: str | Path) -> None:
+    """Raise a ``ValueError`` unless ``path`` may take the report of the run in
+    ``run_dir``: an ``.html`` / ``.htm`` file that is none of a run directory's own files
+    (:data:`~dmlkit.runs.export.RUN_FILES`), save the run's own ``report.html``."""
+    from dmlkit.runs.export import RUN_FILES, is_run_dir
+
+    path = Path(path)
+    real, run = path.resolve(), Path(run_dir).resolve()
+    own = real.parent == run
+    if real.name in RUN_FILES and (own or is_run_dir(real.parent)) and not (
+            own and real.name == "report.html"):
+        raise ValueError(f"{path} is the run directory {real.parent}'s own {real.name}; give "
+                         "the report another name (e.g. another-report.html)")
+    if path.suffix.lower() not in REPORT_SUFFIXES:
+        raise ValueError(f"{path}: a report is an HTML file; give a name ending in .html "
+                         f"(e.g. {path.with_suffix('.html').name})")
+
+
 def write_report(data: dict[str, Any], path: str | Path) -> Path:
-    """Write :func:`render` output atomically."""
+    """Write :func:`render` output atomically (refusing a path :func:`check_report_path`
+    refuses)."""
     from dmlkit.evaluation.evaluate import write_text
 
+    check_report_path(path, data["run_dir"])
     return write_text(render(data), path)
 
 
-__all__ = ["render", "write_report"]
+__all__ = ["check_report_path", "render", "write_report", "REPORT_SUFFIXES"]

@@ -179,13 +179,16 @@ def bars(groups: dict[str, Sequence[float]], categories: Sequence[str], title: s
 
 
 def image_tag(pixels: Any, border: str = "#999", size: int = 56, tip: str = "") -> str:
-    """An inline PNG (data URI) of a ``(H, W)`` or ``(H, W, 3)`` image in [0, 1]."""
+    """An inline PNG (data URI) of a ``(H, W)`` or ``(H, W, 3)`` image in [0, 1], drawn
+    ``size`` pixels along its longer side (its aspect ratio kept)."""
     import numpy as np
 
     arr = (np.clip(np.asarray(pixels, dtype=float), 0, 1) * 255).astype(np.uint8)
+    h, w = arr.shape[:2]
+    width, height = (max(1, round(size * side / max(h, w, 1))) for side in (w, h))
     png = _png(arr)
     data = base64.b64encode(png).decode()
-    return (f'<img src="data:image/png;base64,{data}" width="{size}" height="{size}" '
+    return (f'<img src="data:image/png;base64,{data}" width="{width}" height="{height}" '
             f'style="image-rendering:pixelated;border:3px solid {border}" '
             f'title="{escape(tip)}" alt="{escape(tip)}">')
 

@@ -82,17 +82,41 @@ def resizes_inputs(model: Any) -> bool:
 def run_input_spec(run: Any) -> InputSpec | None:
     """The input spec of a run's training inputs (loads the run's data).
 
-    A run trained from a tuple file has no labelled split: its spec is the shape its
-    model's config names (``in_channels`` and ``image_size``, or ``in_features``), with
-    an unknown range, or ``None`` when the config names none.
+    A run trained from a tuple file has no labelled split, and a run whose training data
+    is gone (moved or deleted) has none to read: their spec is the shape their model's
+    config records (``in_channels`` and ``image_size``, or ``in_features``), with an
+    unknown range. A tuple run whose config records none has ``None`` (inputs taken as
+    they are).
+
+    Raises
+    ------
+    ValueError
+        When the training data cannot be read and the config records no input shape,
+        saying why the data is needed and what reading it said.
     """
     from dmlkit.training.run import build_splits
 
     any_size = resizes_inputs(run.model)
-    if run.config.data.tuples is None:
+    recorded = _recorded_spec(run.config.model, any_size)
+    if run.config.data.tuples is not None:
+        return recorded
+    try:
         train, _ = build_splits(run.config)
-        return input_spec(train.x, any_size=any_size)
-    model = run.config.model
+    except (OSError, ValueError) as err:  # the data is gone: the config's shape will do
+        if recorded is not None:
+            return recorded
+        reason = f"{err.filename}: {err.strerror}" if (
+            isinstance(err, OSError) and err.filename is not None and err.strerror) else err
+        raise ValueError(
+            "the shape of the run's inputs is read from its training data, as its config "
+            f"records none (model in_channels and image_size, or in_features), and the "
+            f"data cannot be read: {reason}; restore the data where its config.yaml "
+            "says") from err
+    return input_spec(train.x, any_size=any_size)
+
+
+def _recorded_spec(model: dict[str, Any], any_size: bool) -> InputSpec | None:
+    """The input shape a model config records (range unknown), else ``None``."""
     size = model.get("image_size")
     if model.get("in_channels") is not None and size is not None:
         h, w = (size, size) if isinstance(size, int) else tuple(size)

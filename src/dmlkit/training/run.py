@@ -80,8 +80,9 @@ def build_splits(config: Config, *, for_training: bool = False
     if config.data.tuples is not None:
         raise ValueError(
             f"this run was trained from the {config.data.kind} in {config.data.tuples}, "
-            "which have no labelled train/held-out split; name the data explicitly "
-            "(a dataset name, a labelled .npz file, an IDX or image folder)"
+            "which have no labelled train/held-out split to rebuild; where a command takes "
+            "data (--data), name it explicitly (a dataset name, a labelled .npz file, an "
+            "IDX or image folder)"
         )
     if for_training:
         check_training_data(config.data)
@@ -363,11 +364,21 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
         model.load_state_dict(state)
     except RuntimeError as err:
         raise ValueError(f"the weights in {run_dir} do not fit the model of its "
-                         f"{CONFIG_FILE}: {str(err).splitlines()[0]}") from None
+                         f"{CONFIG_FILE}: {_state_dict_error(err)}") from None
     model.to(device).eval()
     metrics_path = run_dir / METRICS_FILE
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
     return Run(run_dir, config, model, metrics)
+
+
+def _state_dict_error(err: RuntimeError, lines: int = 4, width: int = 240) -> str:
+    """``load_state_dict``'s error on one line: its heading and the first few of its
+    missing / unexpected keys and size mismatches (each cut at ``width`` characters)."""
+    head, *rest = [line.strip() for line in str(err).splitlines() if line.strip()] or [""]
+    shown = [line if len(line) <= width else line[: width - 1] + "\u2026"
+             for line in rest[:lines]]
+    more = f" (and {len(rest) - lines} more)" if len(rest) > lines else ""
+    return " ".join([head, *shown]) + more
 
 
 def metrics_table(metrics: dict[str, Any]) -> str:
