@@ -81,6 +81,8 @@ def crossval(
     """Score a config on class-disjoint folds of its training classes (mean MAP@R)."""
     from dmlkit.cli.train import apply_overrides
     from dmlkit.config import load_config
+    from dmlkit.data.load import class_names
+    from dmlkit.data.splits import named_ids
     from dmlkit.training.cross_validation import cross_validate
 
     try:
@@ -93,9 +95,10 @@ def crossval(
         result = cross_validate(cfg, k, seed=s, objective=obj, log=typer.echo)
     except (FileNotFoundError, ValueError, TypeError, FloatingPointError) as err:
         raise _fail(str(err)) from None
+    names = class_names(cfg.data)
     for i, fold in enumerate(result.folds):
         typer.echo(
-            f"fold {i}: validate on classes {fold.val_classes}: MAP@R "
+            f"fold {i}: validate on classes {named_ids(fold.val_classes, names)}: MAP@R "
             f"{fold.final_map_at_r:.6f} after the last epoch, {fold.best_map_at_r:.6f} "
             f"at the best (epoch {fold.best_epoch}); raw inputs {fold.raw_map_at_r:.6f}"
         )

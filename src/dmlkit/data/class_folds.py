@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from dmlkit.data.dataset import ArrayDataset
-from dmlkit.data.splits import select_classes
+from dmlkit.data.splits import named_ids, select_classes
 
 MIN_CLASSES = 2
 
@@ -25,7 +25,8 @@ HIERARCHICAL_FOLDS = (
 
 
 def choose_val_classes(
-    classes: Sequence[int], val_classes: float | Sequence[int], seed: int = 0
+    classes: Sequence[int], val_classes: float | Sequence[int], seed: int = 0,
+    *, class_names: Sequence[str] | None = None,
 ) -> list[int]:
     """The validation classes that ``val_classes`` names among ``classes``.
 
@@ -38,6 +39,8 @@ def choose_val_classes(
         seeded generator; or the class ids themselves.
     seed : int
         Seed of the draw (fractions only).
+    class_names : sequence of str, optional
+        The data's class names (``class_names[id]``), shown beside the ids in errors.
 
     Returns
     -------
@@ -80,17 +83,20 @@ def choose_val_classes(
             raise ValueError(f"val_classes {list(val_classes)} repeats a class")
         missing = sorted(set(chosen) - set(present))
         if missing:
-            raise ValueError(f"val_classes {missing} are not among the training classes {present}")
-        what = f"val_classes {chosen}"
-    _check_sides(what, len(present) - len(chosen), len(chosen), present)
+            raise ValueError(f"val_classes {named_ids(missing, class_names)} are not among "
+                             f"the training classes {named_ids(present, class_names)}")
+        what = f"val_classes {named_ids(chosen, class_names)}"
+    _check_sides(what, len(present) - len(chosen), len(chosen), present, class_names)
     return chosen
 
 
-def _check_sides(what: str, n_train: int, n_val: int, present: list[int]) -> None:
+def _check_sides(what: str, n_train: int, n_val: int, present: list[int],
+                 class_names: Sequence[str] | None = None) -> None:
     if n_val < MIN_CLASSES or n_train < MIN_CLASSES:
         raise ValueError(
             f"{what} leaves {n_train} class(es) for training and {n_val} for validation "
-            f"(training classes: {present}); each side needs at least {MIN_CLASSES}"
+            f"(training classes: {named_ids(present, class_names)}); each side needs at "
+            f"least {MIN_CLASSES}"
         )
 
 
@@ -110,17 +116,20 @@ def holdout_classes(
         from dmlkit.data.splits import class_ids  # class names, as data.train_classes takes
 
         val_classes = class_ids(data, val_classes, "training.val_classes")
-    chosen = choose_val_classes(data.classes, val_classes, seed)
+    chosen = choose_val_classes(data.classes, val_classes, seed, class_names=data.class_names)
     rest = sorted(set(int(c) for c in data.classes) - set(chosen))
     return select_classes(data, rest), select_classes(data, chosen)
 
 
-def class_folds(classes: Sequence[int], k: int, seed: int = 0) -> list[tuple[list[int], list[int]]]:
+def class_folds(
+    classes: Sequence[int], k: int, seed: int = 0, *, class_names: Sequence[str] | None = None
+) -> list[tuple[list[int], list[int]]]:
     """``k`` class-disjoint folds: ``(train_classes, val_classes)`` per fold.
 
     The classes are shuffled with a seeded generator and dealt into ``k`` groups of
     near-equal size; fold ``i`` validates on group ``i`` and trains on the others, so
-    every class is validated on exactly once.
+    every class is validated on exactly once. ``class_names`` (the data's) are shown
+    beside the ids in errors.
 
     Raises
     ------
@@ -138,7 +147,8 @@ def class_folds(classes: Sequence[int], k: int, seed: int = 0) -> list[tuple[lis
         raise ValueError(f"class folds need k >= 2, got {k}")
     if k > len(present) // MIN_CLASSES:
         raise ValueError(
-            f"{k} class folds of {len(present)} classes {present} would validate on fewer "
+            f"{k} class folds of {len(present)} classes {named_ids(present, class_names)} "
+            f"would validate on fewer "
             f"than {MIN_CLASSES} classes; use at most {len(present) // MIN_CLASSES} folds"
         )
     order = np.random.default_rng(seed).permutation(present)
@@ -147,7 +157,8 @@ def class_folds(classes: Sequence[int], k: int, seed: int = 0) -> list[tuple[lis
     for group in groups:
         val = sorted(int(c) for c in group)
         train = sorted(set(present) - set(val))
-        _check_sides(f"fold validating on {val}", len(train), len(val), present)
+        _check_sides(f"fold validating on {named_ids(val, class_names)}", len(train), len(val),
+                     present, class_names)
         folds.append((train, val))
     return folds
 

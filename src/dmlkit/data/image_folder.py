@@ -156,7 +156,9 @@ def load_image_folder(
     paths = [str(file) for _, file in files]
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
-        raise ValueError(f"images under {root} differ in size {sorted(shapes)}; set image_size")
+        raise ValueError(
+            f"images under {root} differ in size {sorted(shapes)}; set data.image_size "
+            "(e.g. data.image_size: 32, or [height, width]) to resize every image to it")
     names = [p.name for p in class_dirs]
     return ArrayDataset(np.stack(arrays), np.asarray(labels, dtype=np.int64), names, paths)
 

@@ -12,8 +12,8 @@ from dmlkit.config.schema import DataConfig
 from dmlkit.data.checks import check_inputs
 from dmlkit.data.dataset import ArrayDataset, leaf_ids
 from dmlkit.data.digits import load_digits
-from dmlkit.data.idx import IDX_PARTS, load_fashion_mnist, load_idx_dir
-from dmlkit.data.image_folder import load_image_folder
+from dmlkit.data.idx import FASHION_MNIST_NAMES, IDX_PARTS, load_fashion_mnist, load_idx_dir
+from dmlkit.data.image_folder import class_folders, load_image_folder
 from dmlkit.data.npz import load_npz
 from dmlkit.data.splits import class_split, limit_per_class, select_classes, stratified_split
 
@@ -224,6 +224,28 @@ def _split_hierarchical(data: ArrayDataset, cfg: DataConfig) -> tuple[ArrayDatas
     return data.subset(train.x[:, 0]), data.subset(heldout.x[:, 0])
 
 
+def class_names(spec: DataConfig | dict[str, Any] | str | Path) -> list[str] | None:
+    """The class names of the data a spec names (``class_names[id]``), without loading
+    its items: the sub-folder names of image and audio folders, an ``.npz`` file's
+    ``class_names`` array, Fashion-MNIST's names; ``None`` where the data has none or
+    cannot be read (for messages only)."""
+    cfg = data_config(spec)
+    try:
+        if cfg.name in ("image_folder", "audio_folder") and cfg.path:
+            return [p.name for p in class_folders(Path(cfg.path))]
+        if cfg.name == "npz" and cfg.path:
+            import numpy as np
+
+            with np.load(cfg.path, allow_pickle=False) as archive:
+                if "class_names" in getattr(archive, "files", ()):
+                    return [str(n) for n in archive["class_names"]]
+        if cfg.name == "fashion_mnist":
+            return list(FASHION_MNIST_NAMES)
+    except (OSError, ValueError):
+        return None
+    return None
+
+
 def describe(cfg: DataConfig) -> str:
     """A one-line description of a data config (for logs and tables)."""
     fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
@@ -236,4 +258,4 @@ def describe(cfg: DataConfig) -> str:
 
 __all__ = ["data_config", "load_dataset", "split_dataset", "check_heldout_part",
            "check_training_data",
-           "check_training_classes", "describe", "select_classes"]
+           "check_training_classes", "class_names", "describe", "select_classes"]

@@ -79,6 +79,19 @@ def class_ids(data: ArrayDataset, classes: Sequence[int | str], key: str = "clas
     return out
 
 
+def named_ids(ids: Sequence[int], names: Sequence[str] | None) -> str:
+    """Class ids for a message: ``[2 (pullover), 6 (trouser)]`` where the data has class
+    names (image and audio folders, ``.npz`` files with ``class_names``), else ``[2, 6]``
+    (and ``3``, not ``3 (3)``, where a name is its id)."""
+    ids = [int(i) for i in ids]
+    if names is None or all(0 <= i < len(names) and names[i] == str(i) for i in ids):
+        return str(ids)
+    return "[" + ", ".join(
+        f"{i} ({names[i]})" if 0 <= i < len(names) and names[i] != str(i) else str(i)
+        for i in ids
+    ) + "]"
+
+
 def _named(data: ArrayDataset, ids: Sequence[int]) -> str:
     """Class ids as ``0 (cat), 1 (dog)`` where ``data`` has names, else the id list."""
     names = data.class_names
@@ -144,6 +157,7 @@ def limit_per_class(data: ArrayDataset, max_per_class: int, seed: int = 0) -> Ar
 __all__ = [
     "class_ids",
     "class_split",
+    "named_ids",
     "select_classes",
     "stratified_indices",
     "stratified_split",

@@ -149,7 +149,8 @@ def _cross_validate(
     if k is None:  # 3 folds, or as many as keep two classes on each side
         k = max(2, min(DEFAULT_FOLDS, len(train.classes) // MIN_CLASSES))
     results, trainers, states = [], [], []
-    for train_classes, val_classes in class_folds(train.classes, k, seed):
+    for train_classes, val_classes in class_folds(train.classes, k, seed,
+                                                      class_names=train.class_names):
         fold_train = select_classes(train, train_classes)
         val = select_classes(train, val_classes)
         cfg = fold_config(config, val_classes)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -23,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dmlkit._files import publish_mode
 from dmlkit.config.schema import Config
 from dmlkit.config.tune import COMPONENTS
+from dmlkit.tuning.best import absolute_data_paths, absolute_paths, best_of, write_best
 from dmlkit.tuning.space import check_space, trial_config
 from dmlkit.tuning.workers import (
     Heartbeat,
@@ -37,8 +36,7 @@ from dmlkit.tuning.workers import (
 )
 
 STUDY_FILE = "study.db"
-BEST_FILE = "best.yaml"
-BEST_JSON = "best.json"
+_FINISHED = ("COMPLETE", "PRUNED", "FAIL")
 
 
 @dataclass
@@ -130,56 +128,27 @@ def open_study(config: Config, storage: Any, study_name: str, resume: bool) -> t
         study_name=study_name, storage=storage, sampler=sampler(seed), pruner=pruner
     )
     saved = study.user_attrs.get("config")
-    if saved is not None and saved != fingerprint(config):
+    if saved is not None and not _same_config(saved, config):
         raise ValueError(
             f"study {study_name!r} was started from a different config; resume it with the "
-            "same YAML, or name another study (--study, --out)"
+            "same YAML (relative data paths are read from the working directory), or name "
+            "another study (--study, --out)"
         )
     return study, False
+
+
+def _same_config(saved: str, config: Config) -> bool:
+    """Whether a study's saved :func:`fingerprint` is ``config``'s (whose data paths are
+    absolute; a study saved before they were keeps them as given)."""
+    raw = json.loads(saved)
+    if isinstance(raw.get("data"), dict):
+        raw["data"] = absolute_paths(raw["data"])
+    return json.dumps(raw, sort_keys=True) == fingerprint(config)
 
 
 def _safe(storage: Any) -> str:
     url = getattr(storage, "url", str(storage))
     return url.split("@")[-1] if "@" in url else url  # no passwords in messages
-
-
-def write_best(study: Any, config: Config, out_dir: Path, storage: str) -> Path | None:
-    """Write the best completed trial's config (``best.yaml``) and summary (``best.json``)."""
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
-    if not complete:
-        return None
-    best = max(complete, key=lambda t: (t.value, -t.number))
-    best_config = Config.from_dict(best.user_attrs["config"])
-    if best_config.tune is not None:
-        best_config.tune.space = {}  # the chosen point, not the space
-    folds = config.tune.folds if config.tune is not None else "?"
-    header = (
-        f"# Best of study {study.study_name!r}: trial {best.number}, mean MAP@R "
-        f"{best.value:.6f} over {folds} class-disjoint folds of the training classes.\n"
-        f"# Re-score: dmlkit crossval {BEST_FILE}    Train: dmlkit train {BEST_FILE}\n"
-    )
-    path = out_dir / BEST_FILE
-    atomic_write_text(path, header + best_config.to_yaml())
-    summary = {
-        "study": study.study_name, "storage": storage.split("@")[-1], "trial": best.number,
-        "value": best.value, "params": best.params, "folds": best.user_attrs.get("folds"),
-    }  # fmt: skip
-    atomic_write_text(out_dir / BEST_JSON, json.dumps(summary, indent=2) + "\n")
-    return path
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        publish_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def tune(
@@ -216,6 +185,7 @@ def tune(
         raise ValueError("the config has no tune: section with a space to search")
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise ValueError(f"trials must be an int >= 1, got {trials!r}")
+    config = absolute_data_paths(config)  # trials and best.yaml read these files anywhere
     tc = config.tune
     _check_folds(config)  # before out_dir is made: a refused study leaves nothing behind
     out_dir = Path(out_dir)
@@ -261,8 +231,7 @@ def _tune(
         write_best(study, config, out_dir, url)
         fail_stale_trials(study, 4 * tc.heartbeat_seconds, log)
     best_path = write_best(study, config, out_dir, url)
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state == states.COMPLETE]
-    best = max(complete, key=lambda t: (t.value, -t.number)) if complete else None
+    best = best_of(study.get_trials(deepcopy=False))
     return TuneSummary(
         name, _safe(rdb), state_counts(study),
         None if best is None else best.value, None if best is None else best.number, best_path,
@@ -288,7 +257,7 @@ def _check_folds(config: Config) -> None:
             )
     check_space(config)  # component keys, types and names: here, not trial after trial
     train, _ = build_splits(config, for_training=True)
-    class_folds(train.classes, config.tune.folds, config.tune.seed)
+    class_folds(train.classes, config.tune.folds, config.tune.seed, class_names=train.class_names)
 
 
 def _run_trial(
@@ -333,18 +302,14 @@ def _run_trial(
         study.tell(trial, result.score)
     finally:
         heartbeat.stop()
-    best = study.best_trial
-    done = sum(map(counts_toward_total, study.get_trials(deepcopy=False, states=_finished())))
+    trials = study.get_trials(deepcopy=False)  # one snapshot: best and count agree
+    best = best_of(trials)
+    done = sum(counts_toward_total(t) for t in trials if t.state.name in _FINISHED)
     log(
         f"{tag} finished: mean MAP@R {result.score:.4f} (raw inputs {result.raw_score:.4f}) "
         f"in {time.perf_counter() - start:.1f} s "
         f"(best: trial {best.number}, {best.value:.4f}; {done}/{total} trials done)"
     )
-
-
-def _finished() -> tuple:
-    states = require_optuna().trial.TrialState
-    return (states.COMPLETE, states.PRUNED, states.FAIL)
 
 
 def _short(value: Any) -> str:
