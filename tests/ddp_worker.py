@@ -18,6 +18,9 @@ CASES = {
     "multi_similarity": ({"name": "multi_similarity"}, None),
     "ntxent": ({"name": "ntxent"}, None),
     "arcface": ({"name": "arcface", "num_classes": 4, "embedding_size": 6}, None),
+    # order-dependent: a memory of 10 keeps the batch's last 10 items
+    "xbm_wrapping": ({"name": "cross_batch_memory", "memory_size": 10, "embedding_size": 6},
+                     None),
 }
 #: cases that add training.anchor_weight and training.uniformity_weight's terms
 REGULARIZED = {"multi_similarity+anchor+uniformity": ({"name": "multi_similarity"}, None)}
@@ -37,6 +40,8 @@ def setup(name: str):
     model = torch.nn.Linear(5, 6)
     loss_spec, miner_spec = (CASES | REGULARIZED)[name]
     spec = dict(loss_spec)
+    if spec["name"] == "cross_batch_memory":
+        spec["loss"] = LOSSES.build("contrastive")
     loss = LOSSES.build(spec.pop("name"), **spec)
     miner = None if miner_spec is None else MINERS.build(miner_spec["name"])
     g = torch.Generator().manual_seed(1)

@@ -175,6 +175,38 @@ def test_a_run_that_fails_in_its_first_epoch_does_not_offer_a_resume(tmp_path):
     assert "training stopped during epoch 1" in lines[-1] and "resume" not in lines[-1]
 
 
+def test_a_failed_checkpoint_write_names_the_checkpoint_really_kept(tmp_path, monkeypatch):
+    """Epoch 2's save fails: the kept checkpoint is epoch 1's, and the log says so."""
+    import yaml
+
+    from dmlkit.config import Config
+    from dmlkit.training import Trainer, load_checkpoint
+    from dmlkit.training import trainer as trainer_module
+    from dmlkit.training.build import resolve_config
+    from dmlkit.training.run import build_splits
+
+    cfg = Config.from_dict(yaml.safe_load(TINY))
+    cfg.training.epochs = 3
+    train, _ = build_splits(cfg)
+    cfg = resolve_config(cfg, train.x[0], int(train.labels.max()) + 1)
+    lines = []
+    trainer = Trainer(cfg, train, out_dir=tmp_path / "run", log=lines.append)
+    real, calls = trainer_module.atomic_save, []
+
+    def save(obj, path):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real(obj, path)
+
+    monkeypatch.setattr(trainer_module, "atomic_save", save)
+    with pytest.raises(OSError, match="No space"):
+        trainer.fit()
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["epoch"] == 1
+    assert "training stopped finishing epoch 2" in lines[-1]
+    assert "checkpoint of epoch 1 kept at" in lines[-1]
+
+
 def test_saved_files_follow_the_umask(run_dir):
     import os
 
@@ -192,7 +224,7 @@ def test_embed_names_the_file_it_wrote(run_dir, tmp_path):
 
 
 @pytest.mark.parametrize("setting, words", [
-    ("loss=arcface", "remove the miner"),
+    ("loss=center", "remove the miner"),  # (arcface takes mined tuples, as weights)
     ("miner=packed_triplets", "takes no labels"),
     ("model={name: speaker_encoder}", "cannot take this data's inputs"),
     ("loss={name: ranked_list}", "needs parameter(s) ['margin', 'Tn']"),

@@ -160,3 +160,45 @@ def test_torchrun_without_out_asks_for_it(tmp_path):
     res = torchrun(["-m", "dmlkit", "train", "--epochs", "1"], tmp_path, timeout=300)
     assert res.returncode != 0 and "name the run directory: --out" in res.stderr
     assert not (tmp_path / "runs").exists()
+
+
+RUNS_SCRIPT = '''
+import os, sys
+from dmlkit.config import load_config
+from dmlkit.training import train_run
+
+rank = int(os.environ["RANK"])
+cfg = load_config(sys.argv[1])
+train_run(cfg, "first", log=lambda m: None)
+train_run(cfg, "second", log=lambda m: None)  # a new process group in the same processes
+print(f"rank {rank}: two runs done", flush=True)
+cfg.training.epochs = 4
+
+def fail(trainer, record):
+    if rank == 0 and record["epoch"] == 2:
+        raise OSError("disk full on rank 0")
+
+train_run(cfg, "third", callbacks=(fail,), log=lambda m: None)
+'''
+
+
+def test_two_runs_in_one_job_and_a_failing_process_ends_the_job(tmp_path):
+    """A second train_run in the same torchrun processes trains (the gather's group was
+    the destroyed first one); an error on one process ends the job at once instead of
+    pairing its final barrier with the others' next collective (a hang)."""
+    from dmlkit.config import Config
+
+    Config.from_dict({
+        "name": "ddp", "data": {"name": "digits", "max_per_class": 20,
+                                "max_heldout_per_class": 10},
+        "model": {"name": "mlp", "dim": 8, "hidden": [16]},
+        "loss": {"name": "multi_similarity"},
+        "sampler": {"name": "m_per_class", "m": 4, "batch_size": 40},
+        "training": {"epochs": 1, "progress": False}}).to_yaml(tmp_path / "c.yaml")
+    (tmp_path / "runs.py").write_text(RUNS_SCRIPT)
+    res = torchrun([str(tmp_path / "runs.py"), str(tmp_path / "c.yaml")], tmp_path,
+                   timeout=240)
+    assert "rank 0: two runs done" in res.stdout and "rank 1: two runs done" in res.stdout, (
+        res.stderr[-3000:])
+    assert (tmp_path / "second" / "metrics.json").is_file()
+    assert res.returncode != 0 and "disk full on rank 0" in res.stderr

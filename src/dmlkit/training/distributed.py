@@ -57,7 +57,9 @@ def gather_with_grad(x: Tensor) -> Tensor:
 
     with warnings.catch_warnings():  # its backward sums every process's gradient, as needed
         warnings.simplefilter("ignore", FutureWarning)
-        return torch.cat(all_gather(x.contiguous()))
+        # the group named now: the function's default is bound to the first process group,
+        # gone once a run has destroyed it (a second train_run in the same processes)
+        return torch.cat(all_gather(x.contiguous(), group=dist.group.WORLD))
 
 
 def gather(x: Tensor) -> Tensor:
@@ -67,10 +69,25 @@ def gather(x: Tensor) -> Tensor:
     return torch.cat(parts)
 
 
+def sampler_order(n: int, world: int) -> Tensor:
+    """``(n,)`` positions that put a gathered batch back in the sampler's order.
+
+    Process ``r`` embeds the interleaved share ``batch[r::world]`` (each share then mixes
+    the batch's classes, as batch norm wants); the gather concatenates the shares in rank
+    order, so item ``p`` of the batch sits at ``(p % world) * (n // world) + p // world``.
+    Losses that depend on the order (a cross-batch memory that wraps inside a batch,
+    smooth-AP's blocks) then see the batch as one process does.
+    """
+    p = torch.arange(n)
+    return (p % world) * (n // world) + p // world
+
+
 def global_batch_loss(loss: Any, miner: Any, embeddings: Tensor, labels: Tensor) -> Tensor:
-    """The loss of the gathered global batch (the miner, if any, mines it)."""
-    all_emb = gather_with_grad(embeddings)  # (world * B, d)
-    all_labels = gather(labels)
+    """The loss of the gathered global batch, in the sampler's order (the miner, if any,
+    mines it)."""
+    order = sampler_order(embeddings.shape[0] * dist.get_world_size(), dist.get_world_size())
+    all_emb = gather_with_grad(embeddings)[order.to(embeddings.device)]  # (world * B, d)
+    all_labels = gather(labels)[order.to(labels.device)]
     indices = miner(all_emb, all_labels) if miner is not None else None
     return loss(all_emb, all_labels, indices=indices)
 
@@ -177,4 +194,4 @@ class DistributedTrainer(Trainer):
 
 __all__ = ["DistributedTrainer", "average_gradients", "gather", "gather_with_grad",
            "global_batch_loss", "global_regularization", "init_from_env", "is_main_process",
-           "world_size_from_env"]
+           "sampler_order", "world_size_from_env"]

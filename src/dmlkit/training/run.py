@@ -276,13 +276,21 @@ def _train_run(
     start = time.perf_counter()
     distributed = init_from_env(config.training.device)  # launched by torchrun: N processes
     try:
-        return _train_labelled(config, out_dir, resume, log, callbacks, start, distributed)
-    finally:
-        if distributed:
+        result = _train_labelled(config, out_dir, resume, log, callbacks, start, distributed)
+    except BaseException:
+        if distributed:  # no barrier: the other processes may be inside another collective
+            # (this one's would pair with it and hang both); the launcher stops them once
+            # this process exits with the error
             import torch.distributed as dist
 
-            dist.barrier()  # every process done (rank 0 has written the run) before leaving
             dist.destroy_process_group()
+        raise
+    if distributed:
+        import torch.distributed as dist
+
+        dist.barrier()  # every process done (rank 0 has written the run) before leaving
+        dist.destroy_process_group()
+    return result
 
 
 def _train_labelled(config: Config, out_dir: Path, resume: bool, log: Any, callbacks: tuple,

@@ -205,6 +205,7 @@ class Trainer:
         use_scaler = config.training.amp and self.amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         self.epoch = 0  # completed epochs
+        self.saved_epoch = 0  # the epoch of the last checkpoint written (or loaded)
         self.best_metric = -math.inf
         self.best_epoch = 0
         self.best_state: dict[str, Any] | None = None
@@ -353,9 +354,12 @@ class Trainer:
                 where = self.checkpoint_path if self.out_dir else None
                 if where is not None and not Path(where).is_file():
                     where = None  # stopped before the first checkpoint: nothing to resume
-                kept = f"checkpoint of epoch {self.epoch} kept at {where}" if where else ""
+                kept = f"checkpoint of epoch {self.saved_epoch} kept at {where}" if where else ""
+                # an epoch trained but not checkpointed (its save failed) failed "finishing"
+                during = (f"finishing epoch {self.epoch}" if self.out_dir is not None
+                          and self.saved_epoch < self.epoch else f"during epoch {self.epoch + 1}")
                 self.log(
-                    f"training stopped during epoch {self.epoch + 1} "
+                    f"training stopped {during} "
                     f"({type(err).__name__}: {err}). {kept}"
                     + ("; continue with resume (dmlkit train --resume)" if where else "")
                 )
@@ -437,6 +441,7 @@ class Trainer:
 
     def save(self, path: str | Path) -> None:
         atomic_save(self.state_dict(), path)
+        self.saved_epoch = self.epoch
 
     def load(self, path: str | Path) -> None:
         """Restore everything :meth:`state_dict` holds (the caller keeps its config)."""
@@ -459,7 +464,7 @@ class Trainer:
             group["lr"] = rate
         self.scheduler._last_lr = list(rates)
         self.scaler.load_state_dict(state["scaler"])
-        self.epoch = int(state["epoch"])
+        self.epoch = self.saved_epoch = int(state["epoch"])
         self.best_metric = float(state["best_metric"])
         self.best_epoch = int(state["best_epoch"])
         self.best_state = state["best_state"]
