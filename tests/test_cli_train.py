@@ -265,3 +265,25 @@ def test_a_run_records_its_data_files_absolute_and_resumes_from_anywhere(tmp_pat
                               "--no-progress"])
     assert res.exit_code == 0, res.output
     assert len((out / "train.log").read_text().splitlines()) == 3
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_a_stopped_torchrun_job_speaks_once_and_does_not_blame_an_interrupt(
+        tmp_path, monkeypatch, rank):
+    """torchrun stops every process when one fails: only rank 0 reports, and says the
+    stop may come from another process, not that the user pressed Ctrl-C."""
+    import dmlkit.training
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dmlkit.training, "train_run", stopped)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", rank)
+    result = CliRunner().invoke(app, ["train", "--epochs", "1", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 130
+    if rank == "1":
+        assert "error" not in result.output
+    else:
+        assert "another process of the job failed" in result.output
+        assert "start again with the same command" not in result.output

@@ -154,6 +154,14 @@ def test_every_process_stops_together_and_bad_shards_are_clear_errors(tmp_path):
     assert "training stopped during epoch" not in res.stdout
     assert not (tmp_path / "odd").exists()
     assert "gloo::EnforceNotMet" not in res.stderr
+    # a batch size capped at an odd number of training items names the size asked for
+    capped = {**base, "data": {"name": "digits", "test_fraction": 0.5}, "sampler": None,
+              "training": {"epochs": 1, "progress": False, "batch_size": 2000}}
+    Config.from_dict(capped).to_yaml(tmp_path / "capped.yaml")
+    res = torchrun(["-m", "dmlkit", "train", str(tmp_path / "capped.yaml"), "--out",
+                    str(tmp_path / "capped")], tmp_path, timeout=300)
+    assert res.returncode != 0
+    assert "the 2000 asked for, capped at the 899 training items" in res.stderr, res.stderr[-2000:]
 
 
 def test_torchrun_without_out_asks_for_it(tmp_path):

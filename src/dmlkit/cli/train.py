@@ -156,14 +156,19 @@ def train(
             FloatingPointError) as err:  # (a non-finite loss: the config's fault too)
         raise _fail(str(err) if rank == 0 else f"(process {rank}) {err}") from None
     except KeyboardInterrupt:
+        from dmlkit.training.distributed import world_size_from_env
         from dmlkit.training.trainer import CHECKPOINT
 
+        several = world_size_from_env() > 1
+        if several and rank != 0:  # one process speaks for the job
+            raise typer.Exit(130) from None
+        # under torchrun the launcher also stops every process when one of them fails
+        why = ("stopped (interrupted, or another process of the job failed: its error is "
+               "above)" if several else "interrupted")
         if out is not None and (out / CHECKPOINT).is_file():
-            raise _fail(
-                "interrupted; resume with: dmlkit train --resume --out " + str(out), 130
-            ) from None
-        raise _fail("interrupted before the first epoch ended (nothing to resume); start "
-                    "again with the same command", 130) from None
+            raise _fail(f"{why}; resume with: dmlkit train --resume --out {out}", 130) from None
+        raise _fail(f"{why} before the first epoch ended (nothing to resume)"
+                    + ("" if several else "; start again with the same command"), 130) from None
     if not result.metrics:  # a worker process of a multi-process run: rank 0 reports
         return
     if cfg.data.name in ("text", "stsb"):

@@ -31,7 +31,8 @@ class RandomBatchSampler(Sampler[list[int]]):
         if n < 1 or batch_size < 1:
             raise ValueError(f"n and batch_size must be >= 1, got {n}, {batch_size}")
         self.n = n
-        self.batch_size = min(batch_size, n)
+        self.requested_batch_size = batch_size
+        self.batch_size = min(batch_size, n)  # one batch of every item when n is smaller
         self.seed = seed
         self.drop_last = drop_last
         self.epoch = 0

@@ -124,10 +124,14 @@ class DistributedTrainer(Trainer):
         else:  # a fixed batch size that cannot split: refused before any epoch starts
             size = getattr(self.sampler, "batch_size", None)
             if isinstance(size, int) and size % self.world:
+                asked = getattr(self.sampler, "requested_batch_size", size)
+                capped = (f" (the {asked} asked for, capped at the {size} training items: "
+                          "a batch holds each item at most once)" if asked != size else "")
                 raise ValueError(
-                    f"the batch size {size} does not split evenly over {self.world} "
+                    f"the batch size {size}{capped} does not split evenly over {self.world} "
                     f"processes: make it a multiple of {self.world} (sampler.batch_size or "
-                    "training.batch_size)")
+                    "training.batch_size)" + (", at most the number of training items"
+                                              if capped else ""))
         for module in (self.model, self.loss):
             for p in module.parameters():
                 if p.requires_grad:
