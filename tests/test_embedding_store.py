@@ -78,8 +78,9 @@ def test_bad_input(tmp_path):
         store.write(5, np.zeros((2, 4)))
     with pytest.raises(ValueError, match="shape"):
         store.write(0, np.zeros((2, 3)))
-    with pytest.raises(ValueError, match="different store"):
+    with pytest.raises(ValueError, match="different store") as err:
         EmbeddingStore.open_or_create(tmp_path / "b", 11, 4)
+    assert "source" not in str(err.value)  # neither side names one
     with pytest.raises(FileNotFoundError, match="not an embedding store"):
         EmbeddingStore.open(tmp_path / "nothing")
 

@@ -233,6 +233,14 @@ def test_search_parameters_of_another_index_kind_are_clear_errors(factory, param
         FaissIndex(8, "l2", factory, **params)
 
 
+def test_nprobe_past_the_number_of_lists_is_warned_about() -> None:
+    pytest.importorskip("faiss")
+    from dmlkit.index import FaissIndex
+
+    with pytest.warns(UserWarning, match="nprobe 64 is more than the 16 lists"):
+        FaissIndex(8, "l2", "IVF16,Flat", nprobe=64)
+
+
 def test_a_manifest_file_entry_that_is_not_an_object_is_a_format_error(tmp_path):
     index = ExactIndex(2)
     index.add(np.ones((2, 2), np.float32))

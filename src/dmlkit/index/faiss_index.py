@@ -103,6 +103,15 @@ class FaissIndex(BaseIndex):
                 raise ValueError(
                     f"{name} applies to {what} indexes; {self.factory!r} has no such "
                     f"parameter") from None
+            if name == "nprobe":
+                nlist = int(faiss.extract_index_ivf(self.index).nlist)
+                if value > nlist:
+                    import warnings
+
+                    warnings.warn(f"nprobe {value} is more than the {nlist} lists of "
+                                  f"{self.factory!r}: every list is searched (as nprobe "
+                                  f"{nlist}, an exact search of the stored codes)",
+                                  stacklevel=3)
 
     @property
     def is_trained(self) -> bool:

@@ -94,8 +94,10 @@ class EmbeddingStore:
                              if old.get(key) != (source or {}).get(key))
             why = ("the model's weights differ from those that wrote it"
                    if changed == ["model_sha256"] else
-                   f"count {m['count']}, dim {m['dim']}, source {old} != requested count "
-                   f"{count}, dim {dim}, source {source}")
+                   f"count {m['count']}, dim {m['dim']}"
+                   + (f", source {old}" if old or source else "")
+                   + f" != requested count {count}, dim {dim}"
+                   + (f", source {source}" if old or source else ""))
             raise ValueError(
                 f"{path} holds a different store ({why}); resuming would mix its embeddings "
                 "with new ones: remove it or write the store to a new path")
