@@ -157,6 +157,44 @@ def test_ref_embeddings_match_pml():
         assert a.item() == pytest.approx(b.item(), abs=1e-6)
 
 
+def naive_swap_triplet_with_ref(x, y, r, ry, margin, trips=None):
+    """Anchors from the batch, positives and negatives from the reference set; the swap
+    distance is the one between the triplet's own positive and negative (both
+    reference rows). fp64 torch scalars, so the gradient can be compared too."""
+    z = x / x.norm(dim=1, keepdim=True)
+    q = r / r.norm(dim=1, keepdim=True)
+    if trips is None:
+        trips = [(a, p, n) for a in range(len(y)) for p in range(len(ry))
+                 for n in range(len(ry)) if ry[p] == y[a] and ry[n] != y[a]]
+    vals = []
+    for a, p, n in trips:
+        d_an = torch.minimum((z[a] - q[n]).norm(), (q[p] - q[n]).norm())
+        vals.append(torch.relu((z[a] - q[p]).norm() - d_an + margin))
+    v = torch.stack(vals)
+    return v.sum() / (v > 0).sum().clamp_min(1)
+
+
+def test_swap_with_ref_embeddings_takes_the_reference_positive_negative_distance():
+    """pytorch-metric-learning 2.x reads the positive's reference index as a row of the
+    query batch here (the README and the docstring say so); this one follows the loop."""
+    x, y = data(n=16, seed=11)
+    r, ry = data(n=12, seed=12)  # (fewer rows than the batch: the library indexes it)
+    r = r.detach() * 1.7
+    loss = TripletMarginLoss(0.5, swap=True)
+    got = loss(x, y, ref_embeddings=r, ref_labels=ry)
+    want = naive_swap_triplet_with_ref(x, y, r, ry, 0.5)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(torch.autograd.grad(got, x)[0], torch.autograd.grad(want, x)[0])
+    theirs = pml_losses.TripletMarginLoss(0.5, swap=True)(x, y, ref_emb=r, ref_labels=ry)
+    assert abs(theirs.item() - got.item()) > 1e-4  # the documented difference
+    # mined triplets (anchor in the batch, positive and negative in the reference set)
+    trips = [(a, p, n) for a in range(16) for p in range(12) for n in range(12)
+             if ry[p] == y[a] and ry[n] != y[a]][::7]
+    mined = Triplets(*(torch.tensor(c) for c in zip(*trips, strict=True)))
+    got = loss(x, y, indices=mined, ref_embeddings=r, ref_labels=ry)
+    torch.testing.assert_close(got, naive_swap_triplet_with_ref(x, y, r, ry, 0.5, trips))
+
+
 def test_indices_without_labels_equal_labels_path():
     x, y = data(n=10)
     trip = Triplets(torch.tensor([0, 1, 2]), torch.tensor([3, 4, 5]), torch.tensor([6, 7, 8]))

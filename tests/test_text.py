@@ -203,8 +203,8 @@ def test_text_run_end_to_end(tmp_path):
 @needs_text
 def test_a_classifier_loss_on_a_text_run_takes_the_encoders_width(tmp_path):
     """ArcFace on labelled sentences: its embedding size comes from the built encoder
-    (384), which no config states; with a miner it is refused before anything is
-    written."""
+    (384), which no config states, and is written into the run's config; a loss that
+    takes no mined tuples (center) is refused with a miner before anything is written."""
     from dmlkit.config import Config
     from dmlkit.text import train_text_run
 
@@ -217,8 +217,10 @@ def test_a_classifier_loss_on_a_text_run_takes_the_encoders_width(tmp_path):
         "training": {"epochs": 1, "batch_size": 6, "progress": False}}
     result = train_text_run(Config.from_dict(spec), tmp_path / "run", log=lambda _m: None)
     assert 0 < result.metrics["map_at_r"] <= 1
+    assert Config.from_yaml(tmp_path / "run" / "config.yaml").loss["embedding_size"] == 384
     with pytest.raises(ValueError, match="remove the miner"):
-        train_text_run(Config.from_dict({**spec, "miner": {"name": "batch_hard"}}),
+        train_text_run(Config.from_dict({**spec, "loss": {"name": "center"},
+                                         "miner": {"name": "batch_hard"}}),
                        tmp_path / "mined", log=lambda _m: None)
     assert not (tmp_path / "mined").exists()
 

@@ -139,11 +139,11 @@ def test_a_sampler_needs_len():
 def test_the_check_before_training_fetches_through_collate_fn_and_names_given_parts():
     """A dataset without ``get_batch`` (items through ``collate_fn``) is checked too, and a
     ready-made loss is named by its class, not by the config's loss."""
-    from dmlkit.losses import ArcFaceLoss
+    from dmlkit.losses import CenterLoss
 
     cfg, data = setup(miner={"name": "batch_hard"})
     items = ItemsDataset(data)
     items.labels = data.labels
-    with pytest.raises(ValueError, match="loss 'ArcFaceLoss' .*remove the miner"):
-        Trainer(cfg, items, loss=ArcFaceLoss(3, 4), sampler=ListSampler([[0, 1, 2, 3]]),
+    with pytest.raises(ValueError, match="loss 'CenterLoss' .*remove the miner"):
+        Trainer(cfg, items, loss=CenterLoss(3, 4), sampler=ListSampler([[0, 1, 2, 3]]),
                 log=None)

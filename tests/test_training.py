@@ -417,9 +417,9 @@ def test_a_classifier_loss_with_a_miner_is_refused_before_training(tiny_data, tm
     trainer is built, with the way out, instead of failing at the first batch."""
     train, _ = tiny_data
     cfg = small_config()
-    cfg.loss = {"name": "arcface"}
+    cfg.loss = {"name": "center"}  # (classifier losses such as arcface take them as weights)
     resolved = resolve_config(cfg, train.x[0], int(train.labels.max()) + 1)
-    with pytest.raises(ValueError, match=r"loss 'arcface' .*remove the miner"):
+    with pytest.raises(ValueError, match=r"loss 'center' .*remove the miner"):
         Trainer(resolved, train, out_dir=tmp_path / "run", log=None)
 
 

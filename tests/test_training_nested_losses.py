@@ -97,7 +97,7 @@ def test_train_run_trains_the_nested_loss_parameters(tmp_path):
     trained = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["loss"]
     assert isinstance(start.loss_modules[1], MultiSimilarityLoss)
     before = start.loss_modules[0].W
-    after = trained["loss_modules.0.W"]
+    after = trained["losses.0.W"]  # (pytorch-metric-learning's key)
     assert after.shape == before.shape == (8, 10)
     assert not torch.allclose(after, before)  # the optimizer stepped the class weights
 

@@ -55,7 +55,9 @@ class ArcFaceLoss(CosineMarginLoss):
         Class weights in pytorch-metric-learning's name and layout (state dicts load
         across the two libraries); ``weight`` is the ``(C, D)`` row view ``W.T``.
 
-    Matches pytorch-metric-learning's ``ArcFaceLoss`` (value and gradient) away from
+    Mined tuples (``indices``) weigh the samples as in pytorch-metric-learning (see
+    :class:`~dmlkit.losses.weight_classifier.WeightClassifierLoss`). Matches
+    pytorch-metric-learning's ``ArcFaceLoss`` (value and gradient) away from
     ``|cos| = 1``, where this one keeps a finite gradient.
     """
 
@@ -87,10 +89,12 @@ class ArcFaceLoss(CosineMarginLoss):
     def scale_logits(self, logits: Tensor, x: Tensor) -> Tensor:  # (c, C)
         return logits.mul_(self.scale)
 
-    def class_loss(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+    def class_loss(
+        self, embeddings: Tensor, labels: Tensor, weights: Tensor | None = None
+    ) -> Tensor:
         n, n_cls = embeddings.shape[0], self.weight.shape[0]
         if type(self) is not ArcFaceLoss or n * n_cls > self.chunk_budget:
-            return super().class_loss(embeddings, labels)
+            return super().class_loss(embeddings, labels, weights)
         # one pass: softmax cross-entropy and its closed-form gradient w.r.t. the cosines
         xn = l2_normalize(embeddings)  # (n, D)
         wn = l2_normalize(self.weight.to(embeddings.dtype))  # (C, D)
@@ -104,10 +108,13 @@ class ArcFaceLoss(CosineMarginLoss):
             tl = tl.detach()
             logits = (xd @ wd.T).scatter_(1, labels[:, None], tl[:, None]).mul_(s)  # (n, C)
             lse = torch.logsumexp(logits, dim=1)  # (n,)
-            loss = (lse - s * tl).mean()
-            # d loss / d cos = s/n (softmax - onehot), times d target / d cos on the target
-            g = logits.sub_(lse[:, None]).exp_().mul_(s / n)  # (n, C)
-            g_t = (g.gather(1, labels[:, None]).squeeze(1) - s / n) * dtl  # (n,)
+            per_sample = lse - s * tl  # (n,)
+            # d loss / d cos = s w_i / n (softmax - onehot), times d target / d cos on the
+            # target (w_i: the mined tuples' weight of sample i, else 1)
+            row = torch.full_like(per_sample, s / n) if weights is None else weights * (s / n)
+            loss = (per_sample if weights is None else per_sample * weights).mean()
+            g = logits.sub_(lse[:, None]).exp_().mul_(row[:, None])  # (n, C)
+            g_t = (g.gather(1, labels[:, None]).squeeze(1) - row) * dtl  # (n,)
             g.scatter_(1, labels[:, None], g_t[:, None])
             gx, gw = g @ wd, g.T @ xd  # (n, D), (C, D)
         return with_grads(loss, xn, wn, gx, gw)

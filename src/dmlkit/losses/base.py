@@ -40,7 +40,8 @@ class BaseMetricLoss(nn.Module):
     ``requires_labels``
         True for losses that cannot run from ``indices`` alone (proxy / classifier losses).
     ``accepts_indices``
-        False for losses that ignore tuples (proxy / classifier losses).
+        False for losses that take no tuples (e.g. center loss, P2SGrad, PNP); classifier
+        and proxy losses that take them use them as per-sample weights.
     ``accepts_multi_labels``
         False for losses that need integer labels (a ``TypeError`` for ``(n, C)`` bool
         multi-labels, before any other label check).

@@ -58,6 +58,8 @@ class CenterLoss(WeightClassifierLoss):
         self.centers = nn.Parameter(torch.empty(num_classes, embedding_size))
         nn.init.normal_(self.centers)
 
-    def class_loss(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+    def class_loss(
+        self, embeddings: Tensor, labels: Tensor, weights: Tensor | None = None
+    ) -> Tensor:  # (takes no mined tuples: weights is None)
         own = self.centers.to(embeddings.dtype)[labels]  # (B, D)
         return 0.5 * self.distance.pairwise(embeddings, own).mean()  # (B,) -> scalar

@@ -33,7 +33,8 @@ class CosFaceLoss(CosineMarginLoss):
         Class weights in pytorch-metric-learning's name and layout (state dicts load
         across the two libraries); ``weight`` is the ``(C, D)`` row view ``W.T``.
 
-    Matches pytorch-metric-learning's ``CosFaceLoss`` (value and gradient).
+    Matches pytorch-metric-learning's ``CosFaceLoss`` (value and gradient), mined
+    tuples (``indices``) included: they weigh the samples as there.
     """
 
     def __init__(

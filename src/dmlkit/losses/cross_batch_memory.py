@@ -12,6 +12,7 @@ from dmlkit.functional.labels import check_labels, same_label
 from dmlkit.functional.tuples import IndexTuple, Pairs, as_index_tuple, check_indices
 from dmlkit.losses._rows import chunk_bounds
 from dmlkit.losses.base import BaseMetricLoss
+from dmlkit.losses.weight_classifier import WeightClassifierLoss
 from dmlkit.registry import register_loss
 
 
@@ -63,9 +64,13 @@ class CrossBatchMemory(BaseMetricLoss):
         detach_batch: bool = True,
     ) -> None:
         super().__init__(distance=None)
-        if not isinstance(loss, BaseMetricLoss) or not loss.accepts_indices:
+        # (classifier and proxy losses take mined tuples as sample weights, but have no
+        # reference-set form)
+        if not isinstance(loss, BaseMetricLoss) or not loss.accepts_indices or isinstance(
+                loss, WeightClassifierLoss):
             raise ValueError(
-                f"CrossBatchMemory needs a tuple loss that takes indices, got {type(loss).__name__}"
+                f"CrossBatchMemory needs a tuple loss that takes indices and reference "
+                f"embeddings, got {type(loss).__name__}"
             )
         if embedding_size < 1 or memory_size < 1:
             raise ValueError(

@@ -163,7 +163,7 @@ class ManifoldLoss(BaseMetricLoss):
             raise ValueError("ManifoldLoss does not use ref_embeddings")
         if labels is None:
             raise ValueError("ManifoldLoss needs meta-class labels")
-        check_class_labels(labels, self.K)
+        check_class_labels(labels, self.K, "K", "proxies (one per class or meta-class)")
         if embeddings.shape[1] != self.l:
             raise ValueError(f"embeddings have dim {embeddings.shape[1]}, but l={self.l}")
         n = embeddings.shape[0]

@@ -31,7 +31,8 @@ class NormalizedSoftmaxLoss(CosineMarginLoss):
         Class weights in pytorch-metric-learning's name and layout (state dicts load
         across the two libraries); ``weight`` is the ``(C, D)`` row view ``W.T``.
 
-    Matches pytorch-metric-learning's ``NormalizedSoftmaxLoss`` (value and gradient).
+    Matches pytorch-metric-learning's ``NormalizedSoftmaxLoss`` (value and gradient), mined
+    tuples (``indices``) included: they weigh the samples as there.
     """
 
     def __init__(self, num_classes: int, embedding_size: int, temperature: float = 0.05) -> None:

@@ -72,7 +72,9 @@ class P2SGradLoss(WeightClassifierLoss):
         """Class cosines ``(n, C)`` (the scores for prediction)."""
         return self._cosines(embeddings, self.weight.to(embeddings.dtype))
 
-    def class_loss(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+    def class_loss(
+        self, embeddings: Tensor, labels: Tensor, weights: Tensor | None = None
+    ) -> Tensor:
         with torch.no_grad():
             # a state update outside autograd: new storage, so that graphs of earlier
             # calls keep the values they saved
@@ -87,13 +89,14 @@ class P2SGradLoss(WeightClassifierLoss):
                 )
         w = self.weight.to(embeddings.dtype)  # (D, C)
 
-        def chunk_terms(xc: Tensor, lc: Tensor, w_: Tensor) -> tuple[Tensor, Tensor]:
+        def chunk_terms(xc: Tensor, lc: Tensor, _wc: Tensor, w_: Tensor
+                        ) -> tuple[Tensor, Tensor]:  # (no mined tuples: _wc is ones)
             cos = self._cosines(xc, w_)  # (c, C)
             target = torch.zeros_like(cos).scatter_(1, lc[:, None], 1.0)  # (c, C) one-hot
             return ((cos - target) ** 2).sum(), torch.tensor(cos.numel(), device=xc.device)
 
         total, count = self.chunked_row_sum(
-            chunk_terms, embeddings, labels, w, elems_per_row=4 * self.num_classes
+            chunk_terms, embeddings, labels, None, w, elems_per_row=4 * self.num_classes
         )
         return total / count.clamp_min(1)
 

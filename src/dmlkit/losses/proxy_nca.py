@@ -40,10 +40,18 @@ class ProxyNCALoss(WeightClassifierLoss):
     proxies : nn.Parameter of shape (C, D)
         One proxy per class (same layout as pytorch-metric-learning's).
 
-    Matches pytorch-metric-learning's ``ProxyNCALoss`` (value and gradient). It drops
-    samples whose softmax probability underflows to exactly 0; this one uses a stable
-    log-softmax and keeps them.
+    Mined tuples (``indices``) weigh the samples as in pytorch-metric-learning, where the
+    proxies are the reference set: only the anchors count (``a1`` and ``a2`` of pairs,
+    the first member of triplets), see
+    :class:`~dmlkit.losses.weight_classifier.WeightClassifierLoss`.
+
+    Matches pytorch-metric-learning's ``ProxyNCALoss`` (value and gradient, mined tuples
+    included). It drops samples whose softmax probability underflows to exactly 0; this
+    one uses a stable log-softmax and keeps them.
     """
+
+    accepts_indices = True
+    weights_from_anchors = True
 
     def __init__(
         self,
@@ -73,14 +81,18 @@ class ProxyNCALoss(WeightClassifierLoss):
         sign = 1.0 if self.distance.is_similarity else -1.0
         return (sign * self.softmax_scale) * d  # (c, C)
 
-    def class_loss(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+    def class_loss(
+        self, embeddings: Tensor, labels: Tensor, weights: Tensor | None = None
+    ) -> Tensor:
         p = self.distance.maybe_normalize(self.proxies.to(embeddings.dtype))  # (C, D)
 
-        def chunk_terms(xc: Tensor, lc: Tensor, p_: Tensor) -> tuple[Tensor, Tensor]:
-            loss = F.cross_entropy(self._logits(xc, p_), lc, reduction="sum")
-            return loss, torch.tensor(xc.shape[0], device=xc.device)
+        def chunk_terms(
+            xc: Tensor, lc: Tensor, wc: Tensor, p_: Tensor
+        ) -> tuple[Tensor, Tensor]:
+            loss = F.cross_entropy(self._logits(xc, p_), lc, reduction="none")  # (c,)
+            return (loss * wc).sum(), torch.tensor(xc.shape[0], device=xc.device)
 
         total, count = self.chunked_row_sum(
-            chunk_terms, embeddings, labels, p, elems_per_row=4 * self.num_classes
+            chunk_terms, embeddings, labels, weights, p, elems_per_row=4 * self.num_classes
         )
         return total / count.clamp_min(1)

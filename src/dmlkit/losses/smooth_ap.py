@@ -43,7 +43,9 @@ class SmoothAPLoss(BaseMetricLoss):
       code): the batch is read as consecutive blocks of :math:`U` rows, :math:`U` being
       the number of distinct labels. These blocks are the classes only when the batch
       is sorted by class and has as many samples per class as classes (e.g. 6 classes
-      x 6 samples); otherwise positives are rows that merely sit next to each other.
+      x 6 samples); otherwise positives are rows that merely sit next to each other
+      (:meth:`blocks_are_classes` tells; the trainer refuses, before training, a sampler
+      whose first batch is not such blocks).
     * ``"labels"``: :math:`G_q` = the samples with ``q``'s label (any order).
 
     As in pytorch-metric-learning, every class must have the same number of samples
@@ -82,8 +84,8 @@ class SmoothAPLoss(BaseMetricLoss):
     def default_distance() -> BaseDistance:
         return CosineSimilarity()
 
-    def _members(self, labels: Tensor) -> Tensor:
-        """``(B, g)``: the indices of each sample's group, ascending."""
+    def _groups(self, labels: Tensor) -> tuple[Tensor, int]:
+        """Each sample's group id ``(B,)`` and the group size ``g``."""
         b = labels.shape[0]
         _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
         if counts.unique().numel() != 1:
@@ -91,12 +93,29 @@ class SmoothAPLoss(BaseMetricLoss):
                 "SmoothAPLoss needs the same number of samples in every class, got class "
                 f"sizes {counts.tolist()} (an m-per-class sampler gives such batches)"
             )
-        if self.grouping == "blocks":
-            g = b // (b // counts.numel())
-            group = torch.arange(b, device=labels.device) // g  # (B,)
-        else:
-            g = int(counts[0])
-            group = inverse
+        if self.grouping == "labels":
+            return inverse, int(counts[0])
+        g = b // (b // counts.numel())  # U rows a block (b = U x samples per class)
+        return torch.arange(b, device=labels.device) // g, g  # (B,)
+
+    def blocks_are_classes(self, labels: Tensor) -> bool:
+        """Whether the groups this loss reads from a batch with ``labels`` ``(B,)`` are its
+        classes: each consecutive block of ``U`` rows holds one class and each class one
+        block (always with ``grouping="labels"``; False when the classes differ in size,
+        which the loss refuses)."""
+        if self.grouping == "labels" or labels.numel() == 0:
+            return True
+        try:
+            group, _ = self._groups(labels)
+        except ValueError:
+            return False
+        classes = torch.unique(labels).numel()
+        both = torch.unique(torch.stack([group, labels]), dim=1).shape[1]  # (block, label)s
+        return both == classes == int(group.max()) + 1
+
+    def _members(self, labels: Tensor) -> Tensor:
+        """``(B, g)``: the indices of each sample's group, ascending."""
+        group, g = self._groups(labels)
         order = torch.sort(group, stable=True).indices.view(-1, g)  # (B / g, g)
         return order[group]  # (B, g)
 

@@ -57,8 +57,12 @@ class SoftTripleLoss(WeightClassifierLoss):
     centers : Tensor of shape (C * K, D)
         The same centers as rows (a view of ``fc``).
 
-    With ``tau = 0`` matches pytorch-metric-learning's ``SoftTripleLoss`` (value and gradient).
+    Mined tuples (``indices``) weigh the samples' cross-entropy terms as in
+    pytorch-metric-learning. With ``tau = 0`` matches pytorch-metric-learning's
+    ``SoftTripleLoss`` (value and gradient, mined tuples included).
     """
+
+    accepts_indices = True
 
     def __init__(
         self,
@@ -115,18 +119,22 @@ class SoftTripleLoss(WeightClassifierLoss):
         dist = torch.sqrt(2.0 + 1e-5 - 2.0 * gram[:, upper])  # (C, K (K - 1) / 2)
         return dist.sum() / (self.num_classes * K * (K - 1))
 
-    def class_loss(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+    def class_loss(
+        self, embeddings: Tensor, labels: Tensor, weights: Tensor | None = None
+    ) -> Tensor:
         w = l2_normalize(self.centers.to(embeddings.dtype))  # (C * K, D)
 
-        def chunk_terms(xc: Tensor, lc: Tensor, w_: Tensor) -> tuple[Tensor, Tensor]:
+        def chunk_terms(
+            xc: Tensor, lc: Tensor, wc: Tensor, w_: Tensor
+        ) -> tuple[Tensor, Tensor]:
             s = self._class_similarity(l2_normalize(xc), w_)  # (c, C)
             target = s.gather(1, lc[:, None]) - self.margin  # (c, 1)
             logits = self.la * s.scatter(1, lc[:, None], target)  # (c, C)
-            loss = F.cross_entropy(logits, lc, reduction="sum")
-            return loss, torch.tensor(xc.shape[0], device=xc.device)
+            loss = F.cross_entropy(logits, lc, reduction="none")  # (c,)
+            return (loss * wc).sum(), torch.tensor(xc.shape[0], device=xc.device)
 
         total, count = self.chunked_row_sum(
-            chunk_terms, embeddings, labels, w, elems_per_row=4 * w.shape[0]
+            chunk_terms, embeddings, labels, weights, w, elems_per_row=4 * w.shape[0]
         )
         loss = total / count.clamp_min(1)
         if self.tau > 0:

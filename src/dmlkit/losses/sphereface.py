@@ -53,7 +53,8 @@ class SphereFaceLoss(CosineMarginLoss):
         Class weights in pytorch-metric-learning's name and layout (state dicts load
         across the two libraries); ``weight`` is the ``(C, D)`` row view ``W.T``.
 
-    Matches pytorch-metric-learning's ``SphereFaceLoss`` (value and gradient). Like it,
+    Matches pytorch-metric-learning's ``SphereFaceLoss`` (value and gradient), mined
+    tuples (``indices``) included: they weigh the samples as there. Like it,
     this omits the paper's softmax/A-softmax annealing (``lambda``) used early in training.
     """
 

@@ -40,7 +40,8 @@ class SubCenterArcFaceLoss(ArcFaceLoss):
         name, shape and order (state dicts load across the two libraries); ``weight``
         is the ``(C * K, D)`` row view ``W.T``.
 
-    Matches pytorch-metric-learning's ``SubCenterArcFaceLoss`` (value and gradient).
+    Matches pytorch-metric-learning's ``SubCenterArcFaceLoss`` (value and gradient), mined
+    tuples (``indices``) included: they weigh the samples as there.
     """
 
     def __init__(

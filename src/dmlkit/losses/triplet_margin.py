@@ -47,7 +47,8 @@ class TripletMarginLoss(BaseMetricLoss):
         Desired gap between anchor-negative and anchor-positive distances.
     swap : bool
         Use the positive-negative distance when it is harder than anchor-negative
-        (Balntas et al. 2016).
+        (Balntas et al. 2016). With ``ref_embeddings`` the positive and the negative
+        are both reference rows, so this is ``d(ref_p, ref_n)``.
     smooth_loss : bool
         ``softplus(violation)`` instead of ``relu`` (soft-margin triplet, Hermans et al. 2017).
     triplets_per_anchor : "all"
@@ -55,7 +56,11 @@ class TripletMarginLoss(BaseMetricLoss):
     distance : BaseDistance, optional
         Default :class:`~dmlkit.distances.EuclideanDistance` on normalized embeddings.
 
-    Matches pytorch-metric-learning's ``TripletMarginLoss`` with its default reducer.
+    Matches pytorch-metric-learning's ``TripletMarginLoss`` with its default reducer,
+    except ``swap`` with ``ref_embeddings``: pytorch-metric-learning 2.x takes the
+    positive-negative distance with the positive's reference index used as a row of the
+    query batch, ``d(embeddings[p], ref_n)``; this one takes ``d(ref_p, ref_n)``, the
+    distance between the triplet's own positive and negative.
     """
 
     def __init__(

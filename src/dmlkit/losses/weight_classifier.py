@@ -2,7 +2,9 @@
 
 Two bases live here:
 
-* :class:`WeightClassifierLoss` validates class labels, refuses tuples and reference sets,
+* :class:`WeightClassifierLoss` validates class labels, refuses reference sets, turns
+  mined tuples into per-sample weights (pytorch-metric-learning's rule, see
+  :func:`~dmlkit.losses._miner_weights.miner_weights`) for the losses that take them,
   and sums per-sample losses over row chunks (:func:`fused_chunk_sum`: each chunk's
   gradient is taken right away), so a batch of 16384 embeddings against many classes
   never holds a full ``(B, C)`` logit matrix (and its softmax and gradient) at once;
@@ -31,6 +33,7 @@ from dmlkit.distances.cosine import CosineSimilarity
 from dmlkit.functional.chunking import DEFAULT_BUDGET, chunk_size_for, row_chunks
 from dmlkit.functional.distances import l2_normalize
 from dmlkit.functional.tuples import IndexTuple
+from dmlkit.losses._miner_weights import miner_weights
 from dmlkit.losses.base import BaseMetricLoss
 
 
@@ -43,15 +46,24 @@ def check_positive_int(name: str, value: int) -> int:
     return value
 
 
-def check_class_labels(labels: Tensor, num_classes: int) -> None:
-    """Raise unless ``labels`` are ``(n,)`` class ids in ``[0, num_classes)``."""
+def check_class_labels(
+    labels: Tensor, num_classes: int, name: str = "num_classes", what: str = "classes"
+) -> None:
+    """Raise unless ``labels`` are ``(n,)`` class ids in ``[0, num_classes)``.
+
+    ``name`` is the loss's parameter that holds ``num_classes`` and ``what`` what it
+    counts, for the message (e.g. ``"K"``, ``"proxies, one per class"``).
+    """
     if labels.dim() != 1:
         raise ValueError(
             f"this loss needs class labels of shape (n,), got shape {tuple(labels.shape)}"
         )
     if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
         bad = labels[(labels < 0) | (labels >= num_classes)][0].item()
-        raise ValueError(f"label {bad} is outside [0, num_classes={num_classes})")
+        raise ValueError(
+            f"label {bad} is outside [0, {name}={num_classes}): {name} is the number of "
+            f"{what}, and the labels must be class ids below it"
+        )
 
 
 def transposed_key_hook(old: str, new: str) -> Callable[..., None]:
@@ -70,12 +82,20 @@ def transposed_key_hook(old: str, new: str) -> Callable[..., None]:
 class WeightClassifierLoss(BaseMetricLoss):
     """Base of losses that compare each embedding with learnable class vectors.
 
-    Subclasses implement :meth:`class_loss`. They use labels, never tuples
-    (``accepts_indices = False``), and have no reference-set form.
+    Subclasses implement :meth:`class_loss`. They need labels and have no reference-set
+    form. Those that set ``accepts_indices = True`` take mined tuples as
+    pytorch-metric-learning does, as per-sample weights: sample ``i`` weighs how often
+    it occurs in the tuples' index tensors over the largest such count (0 when it
+    occurs in none; every weight 1 when no tuple was mined). With
+    ``weights_from_anchors`` only the anchor slots count (``a1`` and ``a2`` of
+    :class:`~dmlkit.functional.tuples.Pairs`, the first member of triplets). Others
+    refuse tuples (``ValueError``).
     """
 
     requires_labels = True
     accepts_indices = False
+    #: count only the anchors of mined tuples (pytorch-metric-learning's ProxyNCA)
+    weights_from_anchors: bool = False
     #: elements of a per-chunk intermediate (tests lower it to exercise the chunked path)
     chunk_budget: int = DEFAULT_BUDGET
 
@@ -106,9 +126,18 @@ class WeightClassifierLoss(BaseMetricLoss):
                 f"embeddings have dim {embeddings.shape[1]}, "
                 f"but embedding_size={self.embedding_size}"
             )
-        return self.class_loss(embeddings, labels)
+        weights = None
+        if indices is not None:
+            weights = miner_weights(  # (n,)
+                indices, embeddings.shape[0], embeddings, using_ref=self.weights_from_anchors
+            )
+        return self.class_loss(embeddings, labels, weights)
 
-    def class_loss(self, embeddings: Tensor, labels: Tensor) -> Tensor:  # scalar
+    def class_loss(
+        self, embeddings: Tensor, labels: Tensor, weights: Tensor | None = None
+    ) -> Tensor:  # scalar
+        """The loss of ``embeddings (n, D)`` with ``labels (n,)``; ``weights (n,)`` are
+        the mined tuples' per-sample weights (None: every sample weighs 1)."""
         raise NotImplementedError
 
     def chunked_row_sum(
@@ -116,18 +145,22 @@ class WeightClassifierLoss(BaseMetricLoss):
         fn: Callable[..., tuple[Tensor, Tensor]],
         embeddings: Tensor,
         labels: Tensor,
+        weights: Tensor | None,
         *tensors: Tensor,
         elems_per_row: int,
     ) -> tuple[Tensor, Tensor]:
-        """Sum ``fn(x_chunk, labels_chunk, *tensors) -> (loss_sum, count)`` over row chunks.
+        """Sum ``fn(x_chunk, labels_chunk, weights_chunk, *tensors) -> (loss_sum, count)``
+        over row chunks (``weights`` None: ones).
 
         See :func:`fused_chunk_sum`: peak memory is ``O(chunk * elems_per_row)`` and each
         chunk is evaluated once.
         """
         n = embeddings.shape[0]
+        if weights is None:
+            weights = embeddings.new_ones(n).detach()  # (n,)
         chunk = chunk_size_for(n, elems_per_row, self.chunk_budget)
-        sliced = (True, True) + (False,) * len(tensors)
-        return fused_chunk_sum(fn, n, chunk, (embeddings, labels, *tensors), sliced)
+        sliced = (True, True, True) + (False,) * len(tensors)
+        return fused_chunk_sum(fn, n, chunk, (embeddings, labels, weights, *tensors), sliced)
 
 
 def fused_chunk_sum(
@@ -208,8 +241,12 @@ class CosineMarginLoss(WeightClassifierLoss):
     """Softmax cross-entropy over ``scale * cos(x, W_c)`` with a modified target logit.
 
     Subclasses override :meth:`target_logit` (the margin) and, if needed,
-    :meth:`scale_logits`. The loss is the mean over the batch.
+    :meth:`scale_logits`. The loss is the mean over the batch of the per-sample losses,
+    times the mined tuples' per-sample weights when ``indices`` are given (as
+    pytorch-metric-learning's margin losses take them).
     """
+
+    accepts_indices = True
 
     def __init__(self, num_classes: int, embedding_size: int, per_class: int = 1) -> None:
         super().__init__(num_classes, embedding_size)
@@ -270,15 +307,19 @@ class CosineMarginLoss(WeightClassifierLoss):
         w = l2_normalize(self.weight.to(embeddings.dtype))  # (C * K, D)
         return self._logits(embeddings, labels, w)
 
-    def class_loss(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+    def class_loss(
+        self, embeddings: Tensor, labels: Tensor, weights: Tensor | None = None
+    ) -> Tensor:
         w = l2_normalize(self.weight.to(embeddings.dtype))  # (C * K, D)
 
-        def chunk_terms(xc: Tensor, lc: Tensor, w_: Tensor) -> tuple[Tensor, Tensor]:
-            loss = F.cross_entropy(self._logits(xc, lc, w_), lc, reduction="sum")
-            return loss, torch.tensor(xc.shape[0], device=xc.device)
+        def chunk_terms(
+            xc: Tensor, lc: Tensor, wc: Tensor, w_: Tensor
+        ) -> tuple[Tensor, Tensor]:
+            loss = F.cross_entropy(self._logits(xc, lc, w_), lc, reduction="none")  # (c,)
+            return (loss * wc).sum(), torch.tensor(xc.shape[0], device=xc.device)
 
         total, count = self.chunked_row_sum(
-            chunk_terms, embeddings, labels, w, elems_per_row=4 * w.shape[0]
+            chunk_terms, embeddings, labels, weights, w, elems_per_row=4 * w.shape[0]
         )
         return total / count.clamp_min(1)
 

@@ -55,10 +55,20 @@ class WeightedSumLoss(BaseMetricLoss):
         self._keys = keys
         weight_list = self._per_loss("weights", weights, keys, k, complete=True)
         miner_list = self._per_loss("miners", miners, keys, k, complete=False)
-        self.loss_modules = nn.ModuleList(loss_list)
+        self.loss_modules = loss_list  # (in order; registered below, under "losses")
         self._weights = [1.0 if w is None else float(w) for w in weight_list]
         self._miners = None if miners is None else miner_list
-        self.miner_modules = nn.ModuleList([m for m in miner_list if m is not None])
+        # registered as pytorch-metric-learning's MultipleLosses registers them, so state
+        # dicts name the same keys: losses.<i> / losses.<name>, miners.<i> / miners.<name>
+        # (straight into _modules: add_module refuses the names of the properties below,
+        # which give the losses and miners back as they were given)
+        self._modules["losses"] = nn.ModuleList(loss_list) if keys is None else nn.ModuleDict(
+            dict(zip(keys, loss_list, strict=True)))
+        if miners is not None:
+            self._modules["miners"] = nn.ModuleList(miner_list) if keys is None else \
+                nn.ModuleDict({key: m for key, m in zip(keys, miner_list, strict=True)
+                               if m is not None})
+        self._register_load_state_dict_pre_hook(self._rename_old_keys)
         self.requires_labels = any(f.requires_labels for f in loss_list) or any(
             m is not None for m in miner_list
         )
@@ -87,6 +97,20 @@ class WeightedSumLoss(BaseMetricLoss):
             raise ValueError(f"{what} must name every loss {keys}, got {sorted(values)}")
         return [values.get(key) for key in keys]
 
+    def _rename_old_keys(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        """Read state saved under the keys of older dmlkit versions: ``loss_modules.<i>``
+        (the ``i``-th loss) and ``miner_modules.<j>`` (the ``j``-th loss that has a miner)."""
+        slots = list(range(len(self.loss_modules))) if self._keys is None else self._keys
+        mined = [slot for slot, m in zip(slots, self._miners or [], strict=False)
+                 if m is not None]
+        for old, new, targets in (("loss_modules.", "losses.", slots),
+                                  ("miner_modules.", "miners.", mined)):
+            head = prefix + old
+            for key in [k for k in state_dict if k.startswith(head)]:
+                index, _, rest = key[len(head):].partition(".")
+                if index.isdigit() and int(index) < len(targets):
+                    state_dict[f"{prefix}{new}{targets[int(index)]}.{rest}"] = state_dict.pop(key)
+
     def _as_given(self, values: list[Any]) -> Any:
         if self._keys is None:
             return values
@@ -94,6 +118,7 @@ class WeightedSumLoss(BaseMetricLoss):
 
     @property
     def losses(self) -> Any:
+        """The losses as given: a list, or a dict name -> loss."""
         return self._as_given(list(self.loss_modules))
 
     @property
@@ -102,6 +127,7 @@ class WeightedSumLoss(BaseMetricLoss):
 
     @property
     def miners(self) -> Any:
+        """The miners as given (a list with None entries, or a dict), or None."""
         return None if self._miners is None else self._as_given(list(self._miners))
 
     def compute_loss(

@@ -5,6 +5,11 @@ Shape parameters the data determines are filled in when the config leaves them o
 ``embedding_size`` of proxy and classifier losses, also where they are nested in composite
 losses (:func:`loss_shape_params`). :func:`resolve_config` writes them into the config, so
 a saved run rebuilds its model without its data.
+
+A loss's embedding size is always the width of the embeddings the built model gives
+(:func:`model_output_dim`), never the model config's ``dim`` alone: a pretrained embedder
+with ``head_type: none`` or ``residual`` gives its backbone's features, whatever ``dim``
+says, and a text encoder's width is known only to its weights.
 """
 
 from __future__ import annotations
@@ -14,12 +19,15 @@ import inspect
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torch.utils.data import Sampler
 
 from dmlkit.config.schema import Config
+from dmlkit.models.modes import eval_mode
 from dmlkit.registry import DISTANCES, LOSSES, MINERS, MODELS, SAMPLERS, build_from_config
 from dmlkit.training.batches import RandomBatchSampler
+from dmlkit.training.rng import rng_scope
 
 #: data settings that name files, relative to the working directory when not absolute
 DATA_PATH_KEYS = ("path", "tuples", "features")
@@ -75,11 +83,46 @@ def _check_given_shape(spec: dict[str, Any], params: set[str], example: Tensor) 
 
 
 def embedding_dim(model_spec: dict[str, Any]) -> int | None:
-    """The embedding dimension a model config gives (``dim``), else the class default."""
+    """The embedding dimension a model config names (``dim``), else the class default
+    (None for a model without a ``dim`` parameter).
+
+    This is what the config says, not always what the model gives (see
+    :func:`model_output_dim`, which :func:`resolve_config` uses for the loss).
+    """
     if "dim" in model_spec:
         return int(model_spec["dim"])
     param = inspect.signature(MODELS.get(model_spec["name"]).__init__).parameters.get("dim")
     return None if param is None or param.default is inspect.Parameter.empty else int(param.default)
+
+
+def model_output_dim(model: nn.Module, example: Any = None) -> int | None:
+    """The width of the embeddings ``model`` gives.
+
+    Its ``dim`` attribute when that is an int (every dmlkit model keeps its output width
+    there), else the width of its output for ``example`` (one input, no batch dimension)
+    run through it in eval mode without gradients (every submodule's mode kept), else
+    None.
+    """
+    dim = getattr(model, "dim", None)
+    if isinstance(dim, int) and not isinstance(dim, bool):
+        return dim
+    if not isinstance(example, Tensor):
+        return None
+    try:
+        with torch.no_grad(), eval_mode(model):
+            out = model(example[None])  # (1, dim)
+    except Exception:  # (an input it cannot take: the trainer reports it)
+        return None
+    return int(out.shape[-1]) if isinstance(out, Tensor) and out.dim() == 2 else None
+
+
+def built_model_dim(config: Config, example: Any = None) -> int | None:
+    """:func:`model_output_dim` of the model ``config.model`` builds (on the CPU; the
+    random draws of its initialization are undone, so the run's own draws stay as they
+    were)."""
+    with rng_scope(config.training.seed):
+        model = build_model(config)
+    return model_output_dim(model, example)
 
 
 #: loss parameters that take the embedding dimension (the model's ``dim``)
@@ -154,7 +197,14 @@ def resolve_config(config: Config, example: Tensor, num_classes: int) -> Config:
         if given != config.data.sample_rate:
             raise ValueError(f"model.sample_rate is {given} but data.sample_rate is "
                              f"{config.data.sample_rate}; remove model.sample_rate")
-    loss = loss_shape_params(config.loss, int(num_classes), embedding_dim(config.model))
+    dim = None
+    # (a loss that takes the embedding width and leaves it out: ask the built model; the
+    # two probes differ exactly where a width would be filled in)
+    if loss_shape_params(config.loss, 0, 1) != loss_shape_params(config.loss, 0, 2):
+        dim = built_model_dim(config, example)
+        if dim is None:  # (no dim attribute, and the example did not go through it)
+            dim = embedding_dim(config.model)
+    loss = loss_shape_params(config.loss, int(num_classes), dim)
     config.loss = loss if isinstance(loss, dict) else {"name": loss}
     config.check()
     return config
@@ -211,6 +261,8 @@ __all__ = [
     "model_shape_params",
     "loss_shape_params",
     "embedding_dim",
+    "model_output_dim",
+    "built_model_dim",
     "build_model",
     "build_loss",
     "build_miner",

@@ -7,7 +7,7 @@ import copy
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from dmlkit.models.modes import eval_mode
 from dmlkit.training.batches import fetch_items
@@ -17,8 +17,10 @@ from dmlkit.training.rng import rng_scope
 def check_trainable(trainer: Any, labels: Any, given: dict[str, Any] | None = None) -> None:
     """Refuse, when ``trainer`` is built, before any epoch starts (and before a run
     directory holds more than its config), a model, miner or loss that cannot train on
-    this data (its ``labels``; ``given``: the parts passed ready-made): e.g. a classifier
-    or proxy loss given a miner's tuples or ``(n, L)`` hierarchical labels, a text or
+    this data (its ``labels``; ``given``: the parts passed ready-made): e.g. a loss that
+    takes no mined tuples given a miner's, a classifier or proxy loss given ``(n, L)``
+    hierarchical labels, an embedding size or number of classes (proxies) that the model
+    or the data does not match, a text or
     audio model given images, a label-free miner given class labels. Otherwise the
     run would stop at its first batch.
 
@@ -63,6 +65,7 @@ def check_trainable(trainer: Any, labels: Any, given: dict[str, Any] | None = No
     except Exception:  # the model's own error surfaces in training, as before
         return
     batch_labels = batch_labels.to(trainer.device)
+    _check_loss_sizes(trainer.loss, names, int(embeddings.shape[1]), labels)
     indices = None  # as a training batch: the miner's tuples go to the loss
     for part, module in (("miner", trainer.miner), ("loss", trainer.loss)):
         if module is None:
@@ -74,16 +77,69 @@ def check_trainable(trainer: Any, labels: Any, given: dict[str, Any] | None = No
                 else:
                     copy.deepcopy(module)(embeddings, batch_labels, indices=indices)
         except (ValueError, TypeError) as err:
-            if part == "loss" and indices is not None and "indices" in str(err):
-                hint = ("it takes no mined tuples: remove the miner (miner: null, or "
-                        "--set miner=null)")
-            elif labels.dim() == 2:
-                hint = ("pair and tuple losses (e.g. multi_similarity, hierarchical_triplet) "
-                        "take them; classifier and proxy losses need one class per item")
-            else:
-                hint = "see its documentation for the data it needs"
-            raise ValueError(f"{part} {names[part]!r} cannot train on this data's {kind}: "
-                             f"{err}; {hint}") from err
+            raise ValueError(_failure(part, names[part], module, kind, labels, indices, err)
+                             ) from err
+
+
+def _failure(part: str, name: Any, module: Any, kind: str, labels: Tensor,
+             indices: Any, err: Exception) -> str:
+    """What failed when the miner or the loss ran on the first batch, and the way out: the
+    data's labels are blamed only where they are the problem (labels a part takes no
+    labels, or ``(n, L)`` / ``(n, C)`` labels that a loss needing one class per item
+    cannot take)."""
+    if part == "loss" and indices is not None and "indices" in str(err):
+        return (f"loss {name!r} cannot train on the miner's tuples: {err}; it takes no "
+                "mined tuples: remove the miner (miner: null, or --set miner=null)")
+    if labels.dim() == 2:
+        return (f"{part} {name!r} cannot train on this data's {kind}: {err}; pair and tuple "
+                "losses (e.g. multi_similarity, hierarchical_triplet) take them; classifier "
+                "and proxy losses need one class per item")
+    if not getattr(module, "takes_labels", True):
+        return (f"{part} {name!r} cannot train on this data's {kind}: {err}; see its "
+                "documentation for the data it needs")
+    return (f"{part} {name!r} failed on a first batch of this data: {err}; see its "
+            "documentation for the settings and data it needs")
+
+
+#: loss attributes that hold the embedding width (``l``: the manifold loss's name)
+_DIM_ATTRS = ("embedding_size", "embedding_dim", "descriptors_dim", "l")
+#: loss attributes that hold a number of classes, and what they count
+_CLASS_ATTRS = {"num_classes": "classes", "K": "proxies, one per class"}
+
+
+def _check_loss_sizes(loss: Any, names: dict[str, Any], dim: int, labels: Tensor) -> None:
+    """Refuse a loss (or a loss it nests) whose embedding width is not the model's output
+    width, or whose number of classes (or proxies) is below what the labels need."""
+    from dmlkit.losses.base import BaseMetricLoss
+
+    if not isinstance(loss, nn.Module):
+        return
+    top = names["loss"]
+    for module in loss.modules():
+        if not isinstance(module, BaseMetricLoss):
+            continue
+        which = f"loss {top!r}" if module is loss else (
+            f"the {getattr(type(module), 'registry_name', type(module).__name__)} loss in "
+            f"loss {top!r}")
+        for key in _DIM_ATTRS:
+            value = getattr(module, key, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value != dim:
+                raise ValueError(
+                    f"embedding size mismatch: {which} has {key}={value}, but model "
+                    f"{names['model']!r} gives embeddings of dim {dim}; set {key} to {dim}, "
+                    "or leave it out of the loss config to take it from the model")
+        if labels.dim() != 1 or labels.dtype == torch.bool or not len(labels):
+            continue
+        need = int(labels.max()) + 1
+        for key, what in _CLASS_ATTRS.items():
+            value = getattr(module, key, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value < need:
+                classes = int(torch.unique(labels).numel())
+                raise ValueError(
+                    f"{which} has {key}={value} (the number of {what}), but the data has "
+                    f"{classes} classes (labels up to {need - 1}); set {key} to at least "
+                    f"{need}" + (", or leave it out of the loss config to take it from the "
+                                 "data" if key == "num_classes" else ""))
 
 
 def _names(trainer: Any, given: dict[str, Any], parts: tuple[str, ...]) -> dict[str, Any]:
@@ -105,9 +161,13 @@ def check_batch_negatives(trainer: Any, labels: Any, given: dict[str, Any] | Non
     arcface, center, ...: their parameters get a gradient from a one-class batch) or a
     memory of earlier batches (cross_batch_memory). That is what is checked, on one
     class's items through the model (eval mode, no gradient), a copy of the miner and
-    a copy of the loss, as in :func:`check_trainable`."""
+    a copy of the loss, as in :func:`check_trainable`.
+
+    Also checks the sampler's first batch against a loss that reads classes from the
+    batch's layout (:func:`check_block_groups`)."""
     from dmlkit.losses.cross_batch_memory import CrossBatchMemory
 
+    check_block_groups(trainer, labels, given)
     if getattr(trainer.sampler, "classes_per_batch", None) != 1:
         return
     if not isinstance(labels, Tensor) or labels.dim() not in (1, 2) or not len(labels):
@@ -150,4 +210,52 @@ def check_batch_negatives(trainer: Any, labels: Any, given: dict[str, Any] | Non
             "negatives (normalized_softmax, proxy_anchor, arcface, ...)")
 
 
-__all__ = ["check_trainable", "check_batch_negatives"]
+def check_block_groups(trainer: Any, labels: Any, given: dict[str, Any] | None = None
+                       ) -> None:
+    """Refuse, before any epoch, a loss that groups a batch in consecutive blocks (Smooth-AP
+    with ``grouping: blocks``, pytorch-metric-learning's layout, also nested in a wrapper)
+    when the sampler's first batch is not such blocks: each run of ``U`` rows (``U`` the
+    batch's number of classes) one class, each class one run. Otherwise the loss would
+    train, silently, on rows that merely sit next to each other as positives.
+
+    The first batch is drawn as the first epoch draws it (``training.seed + 1`` for
+    samplers that use the global generators); a sampler that is itself an iterator is not
+    drawn from."""
+    if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.dtype == torch.bool:
+        return
+    loss = trainer.loss
+    blocked = [m for m in (loss.modules() if isinstance(loss, nn.Module) else [loss])
+               if getattr(m, "grouping", None) == "blocks" and hasattr(m, "blocks_are_classes")]
+    sampler = trainer.sampler
+    if not blocked or sampler is None or iter(sampler) is sampler:
+        return
+    try:
+        with rng_scope(trainer.config.training.seed + 1):
+            first = torch.as_tensor(list(next(iter(sampler))), dtype=torch.long)
+        batch_labels = labels[first]  # (B,)
+    except Exception:  # (a sampler error surfaces in training, where it is reported)
+        return
+    for module in blocked:
+        if module.blocks_are_classes(batch_labels):
+            continue
+        names = _names(trainer, given or {}, ("sampler", "loss"))
+        which = f"loss {names['loss'] or type(loss).__name__!r}"
+        if module is not loss:
+            which = f"the {getattr(type(module), 'registry_name', 'smooth_ap')} loss in {which}"
+        classes, counts = torch.unique(batch_labels, return_counts=True)
+        shown = batch_labels[:24].tolist()
+        raise ValueError(
+            f"{which} uses grouping: blocks (pytorch-metric-learning's layout): it takes "
+            f"each run of {classes.numel()} consecutive rows (the batch's number of classes) "
+            f"as one class, but the first batch of sampler "
+            f"{names['sampler'] or type(sampler).__name__!r} ({len(batch_labels)} rows, "
+            f"class sizes {sorted(set(counts.tolist()))}, labels {shown}"
+            f"{' ...' if len(batch_labels) > 24 else ''}) is not such blocks, so its "
+            "positives would be rows that merely sit next to each other; set grouping: "
+            "labels in its config"
+            + (" (--set loss.grouping=labels)" if module is loss else "")
+            + " to take each class's rows as its positives, or sample batches sorted by "
+            "class with as many rows per class as classes")
+
+
+__all__ = ["check_trainable", "check_batch_negatives", "check_block_groups"]
