@@ -221,3 +221,27 @@ def test_set_loss_name_drops_the_old_loss_parameters_model_name_keeps_shared_one
     assert "hidden" not in out.model
     again = apply_overrides(cfg, ["loss.name=arcface", "loss.margin=10"])
     assert again.loss == {"name": "arcface", "margin": 10}
+
+
+def test_set_loss_parameters_given_before_the_new_name_are_kept() -> None:
+    from dmlkit.cli.train import apply_overrides
+
+    cfg = digits_config()
+    cfg.loss = {"name": "contrastive"}
+    out = apply_overrides(cfg, ["loss.margin=0.3", "loss.name=triplet_margin",
+                                "optimizer.lr=0.002"])
+    assert out.loss == {"name": "triplet_margin", "margin": 0.3}
+    assert out.optimizer.lr == 0.002
+
+
+def test_a_tune_space_listing_a_loss_parameter_before_the_loss_name_is_refused() -> None:
+    from dmlkit.config.tune import TuneConfig
+    from dmlkit.tuning.space import check_space
+
+    cfg = digits_config()
+    cfg.loss = {"name": "contrastive"}
+    cfg.tune = TuneConfig.from_dict({"space": {
+        "loss.margin": {"low": 0.05, "high": 0.5},
+        "loss.name": {"choices": ["triplet_margin", "arcface"]}}})
+    with pytest.raises(ValueError, match="list 'loss.name' first"):
+        check_space(cfg)

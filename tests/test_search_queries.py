@@ -300,3 +300,14 @@ def test_an_image_folder_runs_heldout_index_keeps_the_files(tmp_path):
     index = load_index(tmp_path / "ix")
     paths = [m["path"] for m in index.metadata(index.ids)]
     assert paths and all(p and p.startswith(str(folder)) and p.endswith(".png") for p in paths)
+
+
+def test_read_query_array_refuses_an_npz_with_both_arrays_unless_told(tmp_path):
+    from dmlkit.runs.queries import read_query_array
+
+    path = tmp_path / "both.npz"
+    np.savez(path, embeddings=np.ones((2, 4), np.float32), x=np.zeros((2, 64), np.float32))
+    with pytest.raises(ValueError, match="holds both 'embeddings' and 'x'"):
+        read_query_array(path, 4, None)
+    assert read_query_array(path, 4, None, "embeddings")[1] == "embeddings"
+    assert read_query_array(path, 4, None, "inputs")[0].shape == (2, 64)

@@ -38,8 +38,12 @@ def test_a_second_store_on_one_index_directory_is_refused(index_dir):
     from dmlkit.service.store import IndexInUseError
 
     first = DurableIndex(index_dir)
-    with pytest.raises(IndexInUseError, match=f"the index {index_dir} is already in use"):
+    with pytest.raises(IndexInUseError, match="is already in use"):
         DurableIndex(index_dir)
+    alias = index_dir.parent / "alias"
+    alias.symlink_to(index_dir, target_is_directory=True)
+    with pytest.raises(IndexInUseError, match="is already in use"):  # the same index
+        DurableIndex(alias)
     (a,) = first.add(np.ones((1, 8), np.float32))
     first.close()  # gives the directory up
     second = DurableIndex(index_dir)

@@ -298,7 +298,6 @@ def _query_embeddings(queries: list[Path], index: Any, run_dir: Path | None, dev
         run = load_run(run_dir, device=device)
         spec = run_input_spec(run)
     if queries[0].suffix in (".npy", ".npz"):
-        _refuse_ambiguous_npz(queries[0], kind)
         x, kind = read_query_array(queries[0], index.dim, spec, kind)
         names = [f"{queries[0].name}[{i}]" for i in range(x.shape[0])]
         if kind == "embeddings":
@@ -321,24 +320,6 @@ def _query_embeddings(queries: list[Path], index: Any, run_dir: Path | None, dev
     x = prepare_inputs(x, spec, source)
     emb, _ = embed(run.model, torch.as_tensor(np.asarray(x, dtype=np.float32)), device=device)
     return emb.numpy(), names
-
-
-def _refuse_ambiguous_npz(path: Path, kind: str) -> None:
-    """A query ``.npz`` holding both ``embeddings`` and ``x`` is refused unless ``--as``
-    says which to use (``kind`` ``"auto"``): the file's keys cannot tell."""
-    if path.suffix != ".npz" or kind != "auto" or not path.is_file():
-        return
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as archive:
-            keys = {name.removesuffix(".npy") for name in archive.namelist()}
-    except (OSError, zipfile.BadZipFile):
-        return  # read_query_array names what is wrong with the file
-    if {"embeddings", "x"} <= keys:
-        raise ValueError(f"{path} holds both 'embeddings' and 'x': say which to search with "
-                         "--as embeddings (the vectors) or --as inputs (raw inputs 'x', "
-                         "embedded by the run's model)")
 
 
 def search(

@@ -42,7 +42,7 @@ def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
     from dmlkit.config.tune import get_path, set_path
 
     raw = cfg.to_dict()
-    for item in overrides:
+    for item in _names_first(overrides):
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or not key:
@@ -67,6 +67,17 @@ def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
             key, value = f"{section}.{head}", top
         set_path(raw, key, value)
     return Config.from_dict(raw)
+
+
+def _names_first(overrides: list[str]) -> list[str]:
+    """A loss's or miner's new name (``loss.name=...``, ``loss=...``) before the other
+    overrides, in their given order otherwise: a new name drops the old parameters, so
+    ``--set loss.margin=0.3 --set loss.name=triplet_margin`` keeps the margin."""
+    def renames(item: str) -> bool:
+        key = item.partition("=")[0].strip()
+        return key in ("loss", "miner", "loss.name", "miner.name")
+
+    return sorted(overrides, key=lambda item: not renames(item))
 
 
 def train(

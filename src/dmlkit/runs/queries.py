@@ -183,7 +183,8 @@ def read_query_array(
     ------
     ValueError
         When the file's content is ambiguous (``.npy`` whose rows fit both the embedding
-        width and the input size) or fits neither, naming the file and the fix.
+        width and the input size; ``.npz`` holding both ``embeddings`` and ``x`` with
+        ``kind`` ``"auto"``) or fits neither, naming the file and the fix.
     """
     if kind not in QUERY_KINDS:
         raise ValueError(f"query kind must be one of {QUERY_KINDS}, got {kind!r}")
@@ -191,6 +192,11 @@ def read_query_array(
 
     arrays = read_arrays(path)
     if path.suffix == ".npz":
+        if kind == "auto" and {"embeddings", "x"} <= set(arrays):  # the keys cannot tell
+            raise ValueError(
+                f"{path} holds both 'embeddings' and 'x': say which to search with --as "
+                "embeddings (the vectors) or --as inputs (raw inputs 'x', embedded by the "
+                "run's model)")
         if kind in ("auto", "embeddings") and "embeddings" in arrays:
             return np.asarray(arrays["embeddings"]), "embeddings"
         if kind in ("auto", "inputs") and "x" in arrays:

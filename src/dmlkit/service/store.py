@@ -130,7 +130,8 @@ class DurableIndex:
     """
 
     def __init__(self, index_dir: str | Path, *, checkpoint_every: int = 1000) -> None:
-        self.path = Path(index_dir)
+        # resolved: the same index reached through a symlink or "..": one log, one lock
+        self.path = Path(index_dir).resolve()
         self.wal_path = self.path.with_name(self.path.name + ".wal")
         self.lock_path = self.path.with_name(self.path.name + ".lock")
         self.checkpoint_every = int(checkpoint_every)

@@ -101,6 +101,16 @@ def check_space(config: Config) -> None:
         return
     raw = config.to_dict()
     space = config.tune.space
+    paths = list(space)
+    for i, path in enumerate(paths):  # a new loss / miner name drops the old parameters
+        section, _, key = path.partition(".")
+        if section in ("loss", "miner") and key not in ("", "name"):
+            renamed = [p for p in paths[i + 1:] if p in (section, f"{section}.name")]
+            if renamed:
+                raise ValueError(
+                    f"tune.space lists {path!r} before {renamed[0]!r}: a new {section} "
+                    f"name drops the old {section}'s parameters, so the sampled value would "
+                    f"be lost; list {renamed[0]!r} first")
     for path, spec in space.items():
         for cond in (spec.get("when") or {}):
             if cond not in space and get_path(raw, cond) is None:
