@@ -17,6 +17,7 @@ batch statistics (as DistributedDataParallel does by default).
 
 from __future__ import annotations
 
+import atexit
 import os
 from typing import Any
 
@@ -42,7 +43,16 @@ def init_from_env(device: str = "cpu") -> bool:
     if not dist.is_initialized():
         backend = "nccl" if device.startswith("cuda") and torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend)
+        # kept for the life of the process: later runs in the same processes reuse it
+        # (joining a new group over the launcher's store again can hang), and it is
+        # released when the process exits
+        atexit.register(_release_group)
     return dist.get_world_size() > 1
+
+
+def _release_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def is_main_process() -> bool:

@@ -275,21 +275,15 @@ def _train_run(
         return train_weak_run(config, out_dir, resume, log, callbacks)
     start = time.perf_counter()
     distributed = init_from_env(config.training.device)  # launched by torchrun: N processes
-    try:
-        result = _train_labelled(config, out_dir, resume, log, callbacks, start, distributed)
-    except BaseException:
-        if distributed:  # no barrier: the other processes may be inside another collective
-            # (this one's would pair with it and hang both); the launcher stops them once
-            # this process exits with the error
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-        raise
+    # (on an error, no barrier: the other processes may be inside another collective,
+    # which this one's barrier would pair with, hanging both; the launcher stops them once
+    # this process exits with the error. The process group outlives the run: see
+    # init_from_env)
+    result = _train_labelled(config, out_dir, resume, log, callbacks, start, distributed)
     if distributed:
         import torch.distributed as dist
 
         dist.barrier()  # every process done (rank 0 has written the run) before leaving
-        dist.destroy_process_group()
     return result
 
 
