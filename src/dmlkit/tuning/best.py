@@ -15,15 +15,13 @@ after every completed trial. Two rules keep them right:
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from dmlkit._files import publish_mode
 from dmlkit.config.schema import Config
+from dmlkit.evaluation.evaluate import write_text
 
 try:
     import fcntl
@@ -113,16 +111,7 @@ def write_best(study: Any, config: Config, out_dir: Path, storage: str) -> Path 
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        publish_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_text(text, path)
 
 
 __all__ = [
