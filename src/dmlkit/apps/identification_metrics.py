@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from dmlkit.functional.retrieval import canonical_metric
+from dmlkit.functional.verification import check_far
 
 
 def far_threshold(impostor_scores: Any, far: float) -> float:
@@ -38,9 +39,8 @@ def far_threshold(impostor_scores: Any, far: float) -> float:
         raise ValueError("need at least one impostor (unknown) score to set a threshold")
     if not np.isfinite(s).all():
         raise ValueError("impostor scores contain NaN or infinite values")
-    if not 0.0 < float(far) < 1.0:
-        raise ValueError(f"far must be in (0, 1), got {far!r}")
-    allowed = int(np.floor(float(far) * s.size))  # false accepts we may make
+    far = check_far(far)
+    allowed = int(np.floor(far * s.size))  # false accepts we may make
     return float(np.nextafter(s[min(allowed, s.size - 1)], np.inf))
 
 

@@ -13,11 +13,16 @@ measured in a space that separates those classes.
 As in scikit-learn, ``score_samples`` is higher for more normal points,
 ``decision_function = score_samples - offset_`` is negative for outliers and ``predict``
 returns ``+1`` (inlier) / ``-1`` (outlier). ``offset_`` is the ``contamination``
-quantile of the *leave-one-out* scores of the training points (each scored against the
-others), so on new normal data about a ``contamination`` fraction is flagged. A
-training point has only ``n - 1`` others, so ``"knn"`` averages
+quantile of *held-out* scores of the training points, each scored by a model that did
+not see it, so that on new normal data about a ``contamination`` fraction is flagged
+(see :mod:`dmlkit.apps.outlier_scores`): ``"knn"`` and ``"prototype"`` leave each point
+out exactly (its own neighbours without it; its own class mean without it, a point
+alone in its class scored against the other classes), ``"mahalanobis"`` scores
+class-stratified folds out of fold (10 folds, class means and covariance fitted on the
+other nine). A training point has only ``n - 1`` others, so ``"knn"`` averages
 ``min(n_neighbors, n - 1)`` neighbours for new points too (``n_neighbors_``), with a
-warning when that is fewer than asked for.
+warning when that is fewer than asked for. The model that scores new points is always
+fitted on all the normal data.
 """
 
 from __future__ import annotations
@@ -33,6 +38,13 @@ from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from dmlkit.apps.embedding import embed_inputs, learn_embedder, validate_inputs
+from dmlkit.apps.outlier_scores import (
+    class_means,
+    mahalanobis_oof_sq,
+    prototype_loo_sq,
+    prototype_sq,
+    shrunk_precision,
+)
 from dmlkit.apps.persistence import load_kit, load_module, module_arrays, save_kit
 
 METHODS = ("knn", "prototype", "mahalanobis")
@@ -59,7 +71,9 @@ class MetricOutlierDetector(OutlierMixin, BaseEstimator):
     normalize : bool
         L2-normalize the (embedded) vectors first, so that distances are cosine-like.
     contamination : float in (0, 0.5]
-        Expected fraction of outliers; sets ``offset_``.
+        Expected fraction of outliers; sets ``offset_`` from held-out training scores
+        (leave-one-out for ``"knn"`` and ``"prototype"``, 10-fold out-of-fold for
+        ``"mahalanobis"``).
     embedder : None, "learn", torch.nn.Module, callable or path
         ``None``: score the features as they are. A module or callable maps a float32
         ``(n, ...)`` array or tensor to ``(n, dim)`` embeddings. A path is a dmlkit run
@@ -71,7 +85,8 @@ class MetricOutlierDetector(OutlierMixin, BaseEstimator):
     batch_size : int
         Rows embedded at a time.
     random_state : int
-        Seed of k-means and of metric learning.
+        Seed of k-means, of the folds of ``"mahalanobis"``'s threshold and of metric
+        learning.
 
     Attributes
     ----------
@@ -133,6 +148,11 @@ class MetricOutlierDetector(OutlierMixin, BaseEstimator):
 
     def fit(self, X: Any, y: Any = None) -> MetricOutlierDetector:
         """Fit on normal data ``X`` ``(n, ...)``; ``y`` (optional) are their class labels."""
+        self._fit(X, y)
+        return self
+
+    def _fit(self, X: Any, y: Any) -> np.ndarray:
+        """Fit; return the held-out training scores ``(n,)`` that set ``offset_``."""
         self._check_params()
         X = self._validate(X, reset=True)
         labels = None
@@ -166,9 +186,9 @@ class MetricOutlierDetector(OutlierMixin, BaseEstimator):
                 f"is scored with its {self.n_neighbors_} nearest normal neighbours; pass "
                 f"n_neighbors <= {len(z) - 1} (or more normal data) to silence this",
                 UserWarning, stacklevel=2)
-        train_scores = self._scores(z, leave_one_out=True)
+        train_scores = self._held_out_scores(z)
         self.offset_ = float(np.quantile(train_scores, float(self.contamination)))
-        return self
+        return train_scores
 
     @property
     def n_neighbors_(self) -> int:
@@ -185,23 +205,14 @@ class MetricOutlierDetector(OutlierMixin, BaseEstimator):
             return
         if labels is not None:
             classes, inverse = np.unique(labels, return_inverse=True)
-            inv = torch.from_numpy(inverse)
-            centres = torch.stack([z[inv == c].mean(0) for c in range(len(classes))])
+            inv = torch.from_numpy(inverse.reshape(-1))
+            centres = class_means(z, inv, len(classes))
         else:
             inv, centres = self._kmeans(z)
         self.prototypes_ = centres  # (C, d)
         self.assignment_ = inv  # (n,)
         if self.method == "mahalanobis":
-            from sklearn.covariance import LedoitWolf
-
-            resid = (z - centres[inv]).double().numpy()
-            cov = LedoitWolf(assume_centered=True).fit(resid).covariance_
-            # a small ridge: where the normal data do not vary at all (one item per class,
-            # constant features) a pseudo-inverse would ignore exactly the directions in
-            # which anything else is anomalous
-            scale = max(float(np.trace(cov)), float((z.double() ** 2).sum(1).mean()), 1e-12)
-            cov = cov + 1e-6 * scale / cov.shape[0] * np.eye(cov.shape[0])
-            self.precision_ = torch.from_numpy(np.linalg.pinv(cov, hermitian=True))
+            self.precision_ = shrunk_precision(z, centres, inv)
 
     def _kmeans(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         from sklearn.cluster import KMeans
@@ -224,7 +235,9 @@ class MetricOutlierDetector(OutlierMixin, BaseEstimator):
         return z
 
     def _scores(self, z: torch.Tensor, leave_one_out: bool = False) -> np.ndarray:
-        """Normality scores (negated distances) of embedded rows ``z``."""
+        """Normality scores (negated distances) of embedded rows ``z``; with
+        ``leave_one_out`` (``"knn"`` only) ``z`` is the reference, each row scored against
+        the others."""
         if self.method == "knn":
             from dmlkit.functional.retrieval import knn
 
@@ -232,13 +245,24 @@ class MetricOutlierDetector(OutlierMixin, BaseEstimator):
             sq, _ = knn(z.double(), None if leave_one_out else self.reference_.double(), k)
             dist = sq.clamp_min(0).sqrt().mean(1)  # (n,)
         else:
-            diff = z.double()[:, None, :] - self.prototypes_.double()[None]  # (n, C, d)
-            if self.precision_ is None:
-                d2 = diff.pow(2).sum(-1)  # (n, C)
-            else:
-                d2 = torch.einsum("ncd,de,nce->nc", diff, self.precision_, diff)
-            dist = d2.clamp_min(0).min(1).values.sqrt()  # (n,)
+            if leave_one_out:
+                raise ValueError(f"{self.method!r} scores training points held out with "
+                                 "_held_out_scores, not leave_one_out")
+            d2 = prototype_sq(z, self.prototypes_, self.precision_)  # (n, C)
+            dist = d2.min(1).values.sqrt()  # (n,)
         return (-dist).numpy()
+
+    def _held_out_scores(self, z: torch.Tensor) -> np.ndarray:
+        """``(n,)`` scores of the training rows ``z`` (the reference), each from a model
+        that did not see it: leave-one-out for ``"knn"`` and ``"prototype"``,
+        class-stratified out-of-fold for ``"mahalanobis"``."""
+        if self.method == "knn":
+            return self._scores(z, leave_one_out=True)
+        if self.method == "prototype":
+            d2 = prototype_loo_sq(z, self.prototypes_, self.assignment_)  # (n,)
+        else:
+            d2 = mahalanobis_oof_sq(z, self.assignment_, seed=int(self.random_state))
+        return (-d2.sqrt()).numpy()
 
     def score_samples(self, X: Any) -> np.ndarray:
         """``(n,)`` normality scores: higher is more normal (the negated distance)."""
@@ -256,10 +280,9 @@ class MetricOutlierDetector(OutlierMixin, BaseEstimator):
         return np.where(self.decision_function(X) >= 0, 1, -1)
 
     def fit_predict(self, X: Any, y: Any = None) -> np.ndarray:
-        """Fit on ``X`` and label its own points by their leave-one-out scores."""
-        self.fit(X, y)
-        z = self._embed(self._validate(X, reset=False))
-        return np.where(self._scores(z, leave_one_out=True) >= self.offset_, 1, -1)
+        """Fit on ``X`` and label its own points by their held-out scores (those that set
+        ``offset_``; ``predict(X)`` scores them with the model fitted on all of them)."""
+        return np.where(self._fit(X, y) >= self.offset_, 1, -1)
 
     # -- persistence --------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:

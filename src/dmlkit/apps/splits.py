@@ -23,10 +23,13 @@ def split_identities(labels: Any, fraction: float, seed: int,
     Raises
     ------
     ValueError
-        When that cannot be: fewer than four identities, or fewer than two with two or
-        more items.
+        When that cannot be: labels that are not one per item (``(n,)``; a column
+        ``(n, 1)`` is flattened with a warning, as scikit-learn does), fewer than four
+        identities, or fewer than two with two or more items.
     """
-    labels = np.asarray(labels)
+    from sklearn.utils.validation import column_or_1d
+
+    labels = column_or_1d(np.asarray(labels), warn=True)  # (n,), or scikit-learn's error
     ids, counts = np.unique(labels, return_counts=True)
     multi, single = ids[counts >= 2], ids[counts < 2]
     if ids.size < 2:

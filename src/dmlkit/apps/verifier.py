@@ -29,7 +29,11 @@ from dmlkit.evaluation.verification import (
     pairs_from_labels,
     verification_metrics,
 )
-from dmlkit.functional.verification import best_accuracy_threshold, check_scored_pairs
+from dmlkit.functional.verification import (
+    best_accuracy_threshold,
+    check_far,
+    check_scored_pairs,
+)
 
 CALIBRATIONS = ("platt", "isotonic", None)
 METRICS = ("cosine", "euclidean", "dot")
@@ -85,7 +89,8 @@ class Verifier(BaseEstimator):
     n_bootstrap : int
         Bootstrap replicates of the 95% intervals reported by :meth:`evaluate`.
     fars : sequence of float
-        FARs at which :meth:`evaluate` reports TAR.
+        FARs at which :meth:`evaluate` reports TAR, each in ``(0, 1)`` (checked by
+        :meth:`fit` and :meth:`evaluate`).
     embedder : None, torch.nn.Module, callable or path
         Maps inputs to embeddings (``None``: use the rows as given; a path: a run
         directory whose model embeds raw inputs).
@@ -172,6 +177,17 @@ class Verifier(BaseEstimator):
         if isinstance(self.max_pairs, bool) or not isinstance(self.max_pairs, (int, np.integer)) \
                 or self.max_pairs < 1:
             raise ValueError(f"max_pairs must be a positive integer, got {self.max_pairs!r}")
+        self._fars()
+
+    def _fars(self) -> tuple[float, ...]:
+        """``fars`` as floats, each checked to lie in (0, 1)."""
+        if isinstance(self.fars, (str, bytes)) or not isinstance(self.fars, (Sequence,
+                                                                             np.ndarray)):
+            raise TypeError(f"fars must be a sequence of FARs in (0, 1), got {self.fars!r}")
+        try:
+            return tuple(check_far(f) for f in self.fars)
+        except ValueError as err:
+            raise ValueError(f"fars: {err}") from None
 
     # -- fitting ------------------------------------------------------------------------
     def fit(self, X: Any, y: Any = None, *, pairs: Any = None) -> Verifier:
@@ -283,7 +299,7 @@ class Verifier(BaseEstimator):
         """:meth:`evaluate` on pair scores already computed."""
         check_is_fitted(self, "threshold_")
         s, y = check_scored_pairs(scores, is_same)
-        fars = tuple(float(f) for f in self.fars)
+        fars = self._fars()  # (set_params or a saved kit may bring others than fit checked)
         out: dict[str, Any] = verification_metrics(s, y, fars=fars, seed=self.random_state)
         out["ci95"] = bootstrap_intervals(s, y, fars=fars, n_bootstrap=self.n_bootstrap,
                                           seed=self.random_state)

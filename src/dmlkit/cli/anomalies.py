@@ -38,9 +38,11 @@ def read_rows_named(path: Path, key: str, extra: tuple[str, ...]) -> tuple[Any, 
         found = [name for name in extra if name in arrays and name != key]
         return arrays[key], (arrays[found[0]] if found else None), (found[0] if found else None)
     if suffix == ".csv":
-        with open(path) as f:
-            first = f.readline()
+        lines = path.read_text().splitlines()
+        first = lines[0] if lines else ""
         skip = 0 if all(_is_number(v) for v in first.strip().split(",")) else 1
+        if not any(line.strip() for line in lines[skip:]):  # empty, or a header only
+            return np.zeros((0, 0)), None, None
         return np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2), None, None
     raise ValueError(f"{path}: expected a .npz, .npy or .csv file")
 
@@ -93,11 +95,26 @@ def load_detector(path: Path) -> Any:
     return kinds[kind].load(path)
 
 
+def check_method(method: str) -> None:
+    """Raise a ``ValueError`` naming every method ``--method`` takes unless it is one."""
+    from dmlkit.apps.outliers import METHODS
+
+    if method not in (*METHODS, "deep_svdd"):
+        raise ValueError(f"--method must be one of {[*METHODS, 'deep_svdd']}, got {method!r}")
+
+
+def check_rows(x: Any, option: str, path: Path) -> None:
+    """Raise a ``ValueError`` naming ``option`` and ``path`` when ``x`` has no rows."""
+    if len(x) == 0:
+        raise ValueError(f"{option} {path} holds no items")
+
+
 def _fit(run_dir: Path | None, normal: Path, key: str, method: str, contamination: float,
          n_neighbors: int) -> Any:
     from dmlkit.apps import DeepSVDD, MetricOutlierDetector
 
     x_normal, y_normal = read_rows(normal, key, "labels")
+    check_rows(x_normal, "--normal", normal)
     if method == "deep_svdd":
         if run_dir is not None:
             raise ValueError("deep_svdd trains its own network: omit RUN_DIR")
@@ -145,7 +162,10 @@ def register(app: typer.Typer) -> None:
                                  "saved one), not both or neither")
             if detector is not None and run_dir is not None:
                 raise ValueError("a saved --detector keeps its own embedder: omit RUN_DIR")
+            if detector is None:
+                check_method(method)
             x, truth, truth_name = read_rows_named(data, key, TRUTH_KEYS)
+            check_rows(x, "--data", data)
             det = (load_detector(detector) if detector is not None else
                    _fit(run_dir, normal, key, method, contamination, n_neighbors))
             if save is not None:

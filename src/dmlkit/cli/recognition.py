@@ -247,6 +247,7 @@ def register(app: typer.Typer) -> None:
 
         from dmlkit.apps import Verifier
         from dmlkit.apps.splits import split_identities
+        from dmlkit.apps.targets import check_targets
 
         reader = DataReader(run_dir)
         split: dict[str, Any] = {}
@@ -272,7 +273,7 @@ def register(app: typer.Typer) -> None:
             else:
                 if y is None:
                     raise ValueError(f"{data} has no labels: pass --pairs with is_same")
-                y = np.asarray(y)
+                y = check_targets(y, len(x))  # (n,): the check of identify and fewshot
                 try:
                     fit_rows, eval_rows = split_identities(y, 0.5, seed, f"--data {data}")
                 except ValueError as err:

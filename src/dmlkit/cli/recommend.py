@@ -78,7 +78,10 @@ def evaluate(
     """Recall@k, NDCG@k and coverage on each user's held-out latest interaction.
 
     --data is split as 'recommend train --holdout last' split it; a model trained with
-    --holdout none saw every interaction, so there is nothing to evaluate it on.
+    --holdout none saw every interaction, so there is nothing to evaluate it on. Only
+    items new to a user are ranked (training items are never recommended back), so a
+    held-out item the user already had in training (a repeat) is skipped, with a
+    warning, and counted as skipped_repeats; unknown users or items as skipped_unknown.
     """
     import numpy as np
 
@@ -99,11 +102,24 @@ def evaluate(
         if not known.any():
             raise ValueError("no held-out interaction has a user and item the model knows")
         users, items = test.users[known], test.items[known]
-        if model.fitted_on(users, items).all():
+        repeats = model.fitted_on(users, items)  # (m,) the user had the item in training
+        if repeats.all() and model.holdout_ == "last":
+            raise ValueError(
+                f"all {len(users)} held-out interactions of {data} repeat an item the user "
+                "already had in training; only unseen items are recommended, so there is "
+                "no new item to evaluate on")
+        if repeats.all():
             raise ValueError(
                 f"all {len(users)} held-out interactions of {data} were used to train "
                 f"{model_dir}, so none can be recommended back and every metric would be 0; "
                 "evaluate a model trained with --holdout last on this data")
+        if repeats.any():
+            typer.echo(f"warning: {int(repeats.sum())} of {len(users)} held-out interactions "
+                       "repeat an item the user already had in training; only unseen items "
+                       "are recommended, so they could never be hits: skipped (as "
+                       "leave-last-out protocols evaluate new items only), reported as "
+                       "skipped_repeats", err=True)
+            users, items = users[~repeats], items[~repeats]
         if k < 1:
             raise ValueError(f"-k must be >= 1, got {k}")
         n_items = len(model.item_ids_)
@@ -116,6 +132,7 @@ def evaluate(
     except (ValueError, FileNotFoundError) as err:
         _fail(err)
     metrics["skipped_unknown"] = int((~known).sum())
+    metrics["skipped_repeats"] = int(repeats.sum())
     target = out or model_dir.resolve().with_suffix(".json")
     write_json(metrics, target)
     for key, value in metrics.items():

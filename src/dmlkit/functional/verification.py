@@ -95,9 +95,20 @@ def min_dcf(
     return float(dcf[i] / min(c_miss * p_target, c_fa * (1.0 - p_target))), float(thresholds[i])
 
 
+def check_far(far: float, name: str = "far") -> float:
+    """``far`` as a float, or a ``ValueError`` naming ``name`` unless it is a number in
+    ``(0, 1)``: a false-accept rate of 0 or below accepts nothing, one of 1 or above
+    everything, and neither is a point of a ROC curve worth reporting."""
+    if isinstance(far, (bool, np.bool_)) or not isinstance(far, (int, float, np.number)) \
+            or not 0.0 < float(far) < 1.0:
+        raise ValueError(f"{name} must be in (0, 1), got {far!r}")
+    return float(far)
+
+
 def tar_at_far(fpr: np.ndarray, tpr: np.ndarray, far: float) -> float:
-    """Highest true-accept rate among ROC points whose false-accept rate is ``<= far``."""
-    ok = fpr <= far
+    """Highest true-accept rate among ROC points whose false-accept rate is ``<= far``
+    (``far`` in ``(0, 1)``)."""
+    ok = fpr <= check_far(far)
     return float(tpr[ok].max())  # the first point (0, 0) always qualifies
 
 
@@ -165,6 +176,7 @@ __all__ = [
     "auc",
     "equal_error_rate",
     "tar_at_far",
+    "check_far",
     "min_dcf",
     "threshold_between",
     "best_accuracy_threshold",
