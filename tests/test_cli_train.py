@@ -207,6 +207,31 @@ def test_a_failed_checkpoint_write_names_the_checkpoint_really_kept(tmp_path, mo
     assert "checkpoint of epoch 1 kept at" in lines[-1]
 
 
+def test_a_callback_failing_after_a_saved_epoch_says_after_that_epoch(tmp_path):
+    import yaml
+
+    from dmlkit.config import Config
+    from dmlkit.training import Trainer
+    from dmlkit.training.build import resolve_config
+    from dmlkit.training.run import build_splits
+
+    cfg = Config.from_dict(yaml.safe_load(TINY))
+    cfg.training.epochs = 3
+    train, _ = build_splits(cfg)
+    cfg = resolve_config(cfg, train.x[0], int(train.labels.max()) + 1)
+
+    def fail(trainer, record):
+        if record["epoch"] == 2:
+            raise OSError("callback failed")
+
+    lines = []
+    trainer = Trainer(cfg, train, out_dir=tmp_path / "run", log=lines.append, callbacks=(fail,))
+    with pytest.raises(OSError, match="callback failed"):
+        trainer.fit()
+    assert "training stopped after epoch 2" in lines[-1]
+    assert "checkpoint of epoch 2 kept at" in lines[-1]
+
+
 def test_saved_files_follow_the_umask(run_dir):
     import os
 

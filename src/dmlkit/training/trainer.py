@@ -343,10 +343,13 @@ class Trainer:
                 self.log(f"resumed from {self.checkpoint_path} after epoch {self.epoch}"
                          + (" (it had stopped early: nothing left to train)"
                             if self.stopped else ""))
+            trained = None  # the epoch trained and not yet through _after_epoch
             try:
                 while self.epoch < tc.epochs and not self.stopped:
                     record = self.train_epoch(self.epoch)
+                    trained = record["epoch"]
                     stop = self._after_epoch(record)
+                    trained = None
                     if stop:
                         self.log(f"early stop: no val MAP@R gain for {tc.patience} epochs")
                         break
@@ -355,9 +358,11 @@ class Trainer:
                 if where is not None and not Path(where).is_file():
                     where = None  # stopped before the first checkpoint: nothing to resume
                 kept = f"checkpoint of epoch {self.saved_epoch} kept at {where}" if where else ""
-                # an epoch trained but not checkpointed (its save failed) failed "finishing"
-                during = (f"finishing epoch {self.epoch}" if self.out_dir is not None
-                          and self.saved_epoch < self.epoch else f"during epoch {self.epoch + 1}")
+                # in train_epoch: "during" the next epoch; in _after_epoch (validation, its
+                # checkpoint, the callbacks): "finishing" it, or "after" it once it was saved
+                during = (f"during epoch {self.epoch + 1}" if trained is None else
+                          f"after epoch {trained}" if self.out_dir is not None
+                          and self.saved_epoch == trained else f"finishing epoch {trained}")
                 self.log(
                     f"training stopped {during} "
                     f"({type(err).__name__}: {err}). {kept}"
