@@ -312,3 +312,38 @@ def test_a_stopped_torchrun_job_speaks_once_and_does_not_blame_an_interrupt(
     else:
         assert "another process of the job failed" in result.output
         assert "start again with the same command" not in result.output
+
+
+def test_embed_keeps_the_class_names_of_each_file(run_dir, tmp_path):
+    """Two files number their classes apart; the names saved with the ids say which is
+    which (identify and index compare files by them)."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    for name, digits in (("a", (3, 5)), ("b", (5, 7))):
+        rows = np.isin(y, digits)
+        np.savez(tmp_path / f"{name}.npz", x=(x[rows] / 16.0).astype(np.float32),
+                 labels=np.searchsorted(digits, y[rows]),
+                 class_names=np.array([f"digit{d}" for d in digits]))
+        result = runner.invoke(app, ["embed", str(run_dir), "--data", str(tmp_path / f"{name}.npz"),
+                                     "--out", str(tmp_path / f"{name}_emb.npz")])
+        assert result.exit_code == 0, result.output
+        saved = np.load(tmp_path / f"{name}_emb.npz")
+        named = saved["class_names"][saved["labels"]]
+        assert named.tolist() == [f"digit{d}" for d in y[rows]]
+
+
+def test_a_missing_optional_package_is_one_error_line(tmp_path, monkeypatch):
+    import dmlkit.text
+
+    def missing(*args, **kwargs):
+        raise ImportError("STS-B is read from the PyPI package x: pip install x")
+
+    monkeypatch.setattr(dmlkit.text, "train_text_run", missing)
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "stsb.yaml"
+    result = runner.invoke(app, ["train", str(config), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 1, result.output
+    assert "error: STS-B is read from the PyPI package x: pip install x" in result.output
+    assert "Traceback" not in result.output

@@ -164,7 +164,8 @@ def train(
             from dmlkit.text import train_text_run as runner
         result = runner(cfg, out, resume=resume, log=say)
     except (FileNotFoundError, FileExistsError, ValueError, TypeError, KeyError,
-            FloatingPointError) as err:  # (a non-finite loss: the config's fault too)
+            FloatingPointError, ImportError) as err:  # (a non-finite loss: the config's
+        # fault too; a missing optional package: its error names the pip command)
         raise _fail(str(err) if rank == 0 else f"(process {rank}) {err}") from None
     except KeyboardInterrupt:
         from dmlkit.training.distributed import world_size_from_env
@@ -234,9 +235,14 @@ def embed(
         else:
             check_output_file(out, ".npz file")
         run = load_run(run_dir, device=device)
+        names = None
         if has_labels(data, labels_key):
             dataset = run_data(run, data, x_key=x_key, labels_key=labels_key)
             x, labels = dataset.x, dataset.labels.numpy()
+            # each file numbers its classes apart (folders in order): the names go with the
+            # ids, so identify / verify / index compare two files by name
+            if dataset.class_names is not None and labels.ndim == 1:
+                names = np.asarray(dataset.class_names, dtype=str)
         else:  # raw inputs alone (a .npy, a .npz without labels): embeddings alone
             x = unlabelled_inputs(run, data, x_key=x_key, labels_key=labels_key)
             labels = None
@@ -255,7 +261,10 @@ def embed(
             return
         emb = embed_data(run.model, x, batch_size=batch_size, device=device)[0]
         out.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(out, embeddings=emb.numpy(), **({} if labels is None else {"labels": labels}))
+        arrays = {} if labels is None else {"labels": labels}
+        if names is not None:
+            arrays["class_names"] = names
+        np.savez(out, embeddings=emb.numpy(), **arrays)
     except (OSError, ValueError, TypeError, KeyError) as err:
         raise _fail(one_line(err)) from None
     typer.echo(f"wrote {emb.shape[0]} embeddings of dim {emb.shape[1]} to {out}")
