@@ -414,3 +414,26 @@ def test_text_class_splits_take_class_names(tmp_path):
     raw["data"]["train_classes"] = ["musik"]
     with pytest.raises(ValueError, match="no class named 'musik'"):
         build_text_splits(Config.from_dict(raw))
+
+
+@pytest.mark.parametrize("data, words", [
+    ({"train_classes": ["music"]}, "hold one class"),
+    ({"train_classes": [0, 12]}, r"data.train_classes \[12\] are not in the data"),
+    ({"train_classes": ["music", "football"], "test_classes": ["music", "cooking"]},
+     "overlap on"),
+    ({"train_classes": [0, 1], "test_classes": [12]},
+     r"data.test_classes \[12\] are not in the data"),
+])
+def test_text_class_splits_follow_the_image_splits_rules(tmp_path, data, words):
+    """One training class (nothing to learn from), unknown ids, overlapping sides: refused
+    before any training, as image runs refuse them."""
+    from dmlkit.config import Config
+    from dmlkit.text.run import build_text_splits
+
+    (tmp_path / "s.csv").write_text("text,label\n" + "".join(
+        f'"{t}",{c}\n' for t, c in SENTENCES))
+    raw = {"name": "t", "data": {"name": "text", "path": str(tmp_path / "s.csv"),
+                                 "split": "classes", **data},
+           "model": {"name": "sentence_encoder"}}
+    with pytest.raises(ValueError, match=words):
+        build_text_splits(Config.from_dict(raw))

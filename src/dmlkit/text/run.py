@@ -83,6 +83,8 @@ def build_text_splits(config: Config) -> tuple[TextData, TextData]:
         train_classes = set(_class_ids(dc.train_classes or [], data, "train_classes"))
         test = (_class_ids(dc.test_classes, data, "test_classes") if dc.test_classes
                 else [c for c in data.classes if c not in train_classes])
+        _check_class_sets(data, train_classes if dc.train_classes is not None else None,
+                          set(test))
         train, heldout = data.split_classes(test)
         if dc.train_classes is not None:
             train = train.subset(np.flatnonzero(np.isin(train.labels.numpy(),
@@ -98,7 +100,36 @@ def build_text_splits(config: Config) -> tuple[TextData, TextData]:
     if len(train) == 0 or len(heldout) == 0:
         raise ValueError(f"the split of {dc.path} leaves {len(train)} training and "
                          f"{len(heldout)} held-out sentences")
+    if len(train.classes) < 2:  # no negatives: it would train nothing and report full marks
+        names = train.class_names or []
+        only = train.classes[0]
+        raise ValueError(
+            f"the training sentences of {dc.path} hold one class ("
+            + (f"{only}: {names[only]!r}" if 0 <= only < len(names) else str(only))
+            + "); metric learning needs at least 2 classes (items of other classes are "
+            "the negatives it learns from)"
+            + ("; give more data.train_classes" if dc.split == "classes" else ""))
     return train, heldout
+
+
+def _check_class_sets(data: Any, train: set[int] | None, test: set[int]) -> None:
+    """The rules of :func:`~dmlkit.data.splits.class_split`: classes of the data, the two
+    sides apart, and training classes enough to learn from."""
+    present = set(data.classes)
+    names = data.class_names or []
+
+    def named(ids: Any) -> str:
+        return ", ".join(f"{c} ({names[c]})" if 0 <= c < len(names) else str(c)
+                         for c in sorted(ids))
+
+    for key, ids in (("train_classes", train), ("test_classes", test)):
+        missing = sorted((ids or set()) - present)
+        if missing:
+            raise ValueError(f"data.{key} {missing} are not in the data (classes: "
+                             f"{named(present)})")
+    if train is not None and train & test:
+        raise ValueError(f"data.train_classes and data.test_classes overlap on "
+                         f"{named(train & test)}")
 
 
 def _class_ids(classes: list[Any], data: Any, key: str) -> list[int]:
