@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_hierarchical_runs import HIER_RUN, _hier
 from torch import nn
 from typer.testing import CliRunner
 
@@ -22,22 +23,9 @@ from dmlkit.explain import nearest_prototypes
 
 runner = CliRunner()
 
-RUN = """
-name: hier
-data: {{name: npz, path: {path}, split: stratified, test_fraction: 0.5}}
-model: {{name: mlp, dim: 8, hidden: [16]}}
-loss: {{name: hierarchical_triplet, margin: 0.1}}
-sampler: {{name: hierarchical, batch_size: 24, m: 4, classes_per_super: 2}}
-training: {{epochs: 1, seed: 0, num_threads: 1}}
-"""
-
-
-def _hier(n_super: int = 3, n_sub: int = 4, per_leaf: int = 10) -> np.ndarray:
-    """``(n, 2)`` labels whose sub-class ids repeat under every super-class, so a
-    per-column grouping would merge leaves of different super-classes."""
-    sup = np.repeat(np.arange(n_super), n_sub * per_leaf)
-    sub = np.tile(np.repeat(np.arange(n_sub), per_leaf), n_super)
-    return np.stack([sup, sub], axis=1)
+# the run config and labels of the hierarchical run tests: leaves (super, sub) whose sub
+# ids repeat under every super-class, so a per-column grouping would merge leaves
+RUN = HIER_RUN
 
 
 @pytest.fixture(scope="module")
