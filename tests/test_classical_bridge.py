@@ -159,3 +159,20 @@ def test_fit_on_a_trained_run(tmp_path):
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["classical", "evaluate", str(run_dir), "--metric", str(out)])
     assert res.exit_code == 0 and "map_at_r" in res.output, res.output
+
+
+def test_knn_accuracy_without_a_held_out_split_leaves_each_item_out():
+    """A file without held-out arrays is scored on its own rows: no item may be its own
+    neighbour (it was: 3-NN accuracy counted each item's own vote)."""
+    from sklearn.datasets import load_digits
+
+    from dmlkit.classical.frozen import EmbeddedSplits, evaluate_metric
+
+    x, y = load_digits(return_X_y=True)
+    x, y = x[:400].astype(np.float64), y[:400].astype(np.int64)
+    got = evaluate_metric(None, EmbeddedSplits(x, y, x, y))["raw"]["knn_accuracy"]
+    d = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    near = np.argsort(d, axis=1, kind="stable")[:, :3]
+    want = np.mean([np.bincount(y[r]).argmax() == t for r, t in zip(near, y, strict=True)])
+    assert got == pytest.approx(want)

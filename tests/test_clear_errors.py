@@ -65,6 +65,16 @@ def test_truncated_or_empty_model_file(run_dir, tmp_path, size):
     assert res.exit_code == 0, res.output
 
 
+@pytest.mark.parametrize("command", [["embed"], ["evaluate"], ["classical", "fit"]])
+def test_a_model_file_of_junk_bytes_is_named_by_every_command(run_dir, tmp_path, command):
+    """Junk reaches torch's unpickler as a bare KeyError ("error: 174812789", or a
+    traceback in classical fit): every command names the file instead."""
+    run = _copy_run(run_dir, tmp_path / "run")
+    (run / "model.pt").write_bytes(b"junk\n")
+    res = runner.invoke(app, [*command, str(run), "--out", str(tmp_path / "out")])
+    one_error(res, str(run / "model.pt"), "is truncated or corrupt", "delete it")
+
+
 @pytest.mark.parametrize("size", [0, 1000])
 def test_truncated_or_empty_checkpoint(run_dir, tmp_path, size):
     run = _copy_run(run_dir, tmp_path / "run")

@@ -173,7 +173,8 @@ def evaluate_metric(components: np.ndarray | None, splits: EmbeddedSplits,
 
     Leave-one-out retrieval (P@1, R-Precision, MAP@R) on the held-out embeddings, and,
     when every held-out class occurs in training, ``n_neighbors``-NN accuracy of held-out
-    items against the training items. ``components=None`` evaluates raw embeddings only.
+    items against the training items (leave-one-out when both are the same rows).
+    ``components=None`` evaluates raw embeddings only.
     """
     from sklearn.neighbors import KNeighborsClassifier
 
@@ -182,10 +183,22 @@ def evaluate_metric(components: np.ndarray | None, splits: EmbeddedSplits,
     def scores(tr: np.ndarray, held: np.ndarray) -> dict[str, float]:
         ret = retrieval_metrics(held.astype(np.float32), splits.heldout_labels)
         out = {k: float(ret[k]) for k in EVAL_KEYS}
-        if np.isin(splits.heldout_labels, splits.train_labels).all():
+        if same_rows:  # no held-out split: leave-one-out, as the retrieval scores are
+            knn = KNeighborsClassifier(n_neighbors=n_neighbors).fit(tr, splits.train_labels)
+            rows = knn.kneighbors(n_neighbors=n_neighbors, return_distance=False)  # (n, k)
+            votes = splits.train_labels[rows]
+            predicted = np.array([np.bincount(v).argmax() for v in votes])  # ties: lowest
+            out["knn_accuracy"] = float((predicted == splits.train_labels).mean())
+        elif np.isin(splits.heldout_labels, splits.train_labels).all():
             knn = KNeighborsClassifier(n_neighbors=n_neighbors).fit(tr, splits.train_labels)
             out["knn_accuracy"] = float(knn.score(held, splits.heldout_labels))
         return out
+
+    # one set of rows on both sides (a file without held-out arrays): an item must not
+    # count as its own neighbour
+    same_rows = (splits.train.shape == splits.heldout.shape
+                 and np.array_equal(splits.train, splits.heldout)
+                 and np.array_equal(splits.train_labels, splits.heldout_labels))
 
     result: dict[str, Any] = {"raw": scores(splits.train, splits.heldout)}
     if components is not None:
