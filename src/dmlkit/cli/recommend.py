@@ -103,16 +103,15 @@ def evaluate(
             raise ValueError("no held-out interaction has a user and item the model knows")
         users, items = test.users[known], test.items[known]
         repeats = model.fitted_on(users, items)  # (m,) the user had the item in training
-        if repeats.all() and model.holdout_ == "last":
-            raise ValueError(
-                f"all {len(users)} held-out interactions of {data} repeat an item the user "
-                "already had in training; only unseen items are recommended, so there is "
-                "no new item to evaluate on")
         if repeats.all():
             raise ValueError(
-                f"all {len(users)} held-out interactions of {data} were used to train "
-                f"{model_dir}, so none can be recommended back and every metric would be 0; "
-                "evaluate a model trained with --holdout last on this data")
+                f"all {len(users)} held-out interactions of {data} " + (
+                    "repeat an item the user already had in training; only unseen items "
+                    "are recommended, so there is no new item to evaluate on"
+                    if model.holdout_ == "last" else
+                    f"were used to train {model_dir}, so none can be recommended back and "
+                    "every metric would be 0; evaluate a model trained with --holdout last "
+                    "on this data"))
         if repeats.any():
             typer.echo(f"warning: {int(repeats.sum())} of {len(users)} held-out interactions "
                        "repeat an item the user already had in training; only unseen items "

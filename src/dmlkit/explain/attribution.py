@@ -74,8 +74,8 @@ def _check_metric(metric: str) -> None:
 
 
 def _scores(za: Tensor, zb: Tensor, metric: str) -> Tensor:
-    """Row-wise similarity ``(n,)`` of embeddings ``za`` and ``zb`` (``(n, d)`` each)."""
-    _check_metric(metric)
+    """Row-wise similarity ``(n,)`` of embeddings ``za`` and ``zb`` (``(n, d)`` each; the
+    callers have checked ``metric``)."""
     if metric == "cosine":
         return nn.functional.cosine_similarity(za, zb, dim=1)  # (n,)
     return -(za - zb).pow(2).sum(1)

@@ -53,15 +53,7 @@ MAX_PADDED = 1 << 27
 
 
 def _as_ids(ids: Any, n: int) -> np.ndarray:
-    if _is_tensor(ids):
-        ids = ids.detach().cpu().numpy()
-    if isinstance(ids, (list, tuple)) and ids and all(
-            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in ids):
-        big = next((int(v) for v in ids if not -(1 << 63) <= int(v) < 1 << 63), None)
-        if big is not None:  # numpy would turn such a list into floats or objects
-            _too_large(big)
-        ids = np.asarray([int(v) for v in ids], dtype=np.int64)
-    ids = np.asarray(ids)
+    ids = np.asarray(_plain_ints(ids))
     if ids.ndim != 1 or ids.shape[0] != n:
         raise ValueError(f"ids must have shape ({n},), got {ids.shape}")
     if ids.size and not np.issubdtype(ids.dtype, np.integer):
@@ -71,6 +63,20 @@ def _as_ids(ids: Any, n: int) -> np.ndarray:
     return ids.astype(np.int64)
 
 
+def _plain_ints(values: Any) -> Any:
+    """A tensor as an ndarray, a list / tuple of integers as int64 (each checked to fit:
+    numpy would turn a larger one into a float or an object); anything else as it is."""
+    if _is_tensor(values):
+        return values.detach().cpu().numpy()
+    if isinstance(values, (list, tuple)) and values and all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+        big = next((int(v) for v in values if not -(1 << 63) <= int(v) < 1 << 63), None)
+        if big is not None:
+            _too_large(big)
+        return np.asarray([int(v) for v in values], dtype=np.int64)
+    return values
+
+
 def _too_large(value: Any) -> int:
     raise ValueError(f"ids and labels must fit a signed 64-bit integer, got {value}")
 
@@ -78,15 +84,7 @@ def _too_large(value: Any) -> int:
 def _as_labels(labels: Any, n: int) -> np.ndarray:
     """``(n,)`` int64 class ids (``-1`` = no label) from integers, bools or
     integer-valued floats; anything else is refused naming the labels."""
-    if _is_tensor(labels):
-        labels = labels.detach().cpu().numpy()
-    if isinstance(labels, (list, tuple)) and labels and all(
-            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in labels):
-        big = next((int(v) for v in labels if not -(1 << 63) <= int(v) < 1 << 63), None)
-        if big is not None:  # numpy would turn such a list into floats or objects
-            _too_large(big)
-        labels = [int(v) for v in labels]
-    labels = np.asarray(labels)
+    labels = np.asarray(_plain_ints(labels))
     if labels.ndim != 1 or labels.shape[0] != n:
         raise ValueError(f"labels must have shape ({n},) (one class id per item), got "
                          f"{labels.shape}")

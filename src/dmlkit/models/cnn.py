@@ -41,7 +41,6 @@ def height_width(image_size: int | Sequence[int], min_side: int = 4,
     return hw
 
 
-_height_width = height_width  # (the name used inside this module)
 
 
 @register_model("small_cnn")
@@ -87,7 +86,7 @@ class SmallCNN(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        hw = _height_width(image_size)
+        hw = height_width(image_size)
         in_channels = check_size("small_cnn", "in_channels", in_channels)
         dim = check_size("small_cnn", "dim", dim)
         width = check_size("small_cnn", "width", width)

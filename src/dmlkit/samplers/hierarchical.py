@@ -116,12 +116,13 @@ class HierarchicalSampler(Sampler[list[int]]):
             leaves[:, : super_level + 1], axis=0, return_inverse=True
         )
         self.supers_per_batch = batch_size // group
+        self.classes_per_super = classes_per_super
         if self.supers_per_batch > len(supers):
             raise ValueError(
                 f"batch_size // (m * classes_per_super) = {self.supers_per_batch} super-classes "
                 f"per batch, but level {super_level} has only {len(supers)}"
             )
-        if self.supers_per_batch * classes_per_super == 1:
+        if self.classes_per_batch == 1:
             warnings.warn(
                 f"hierarchical sampler with batch_size {batch_size} = m * classes_per_super "
                 f"and classes_per_super 1: every batch holds one class, {ONE_CLASS_BATCHES} "
@@ -132,7 +133,6 @@ class HierarchicalSampler(Sampler[list[int]]):
         self.labels = labels
         self.batch_size = batch_size
         self.m = m
-        self.classes_per_super = classes_per_super
         self.super_level = super_level
         default = max(1, len(labels_np) // batch_size)
         self.num_batches = num_batches if num_batches is not None else default

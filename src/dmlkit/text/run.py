@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from dmlkit.config.schema import TEXT_SOURCES, Config
+from dmlkit.data.splits import named_ids
 from dmlkit.data.text import (
     TextDataset,
     TextPairDataset,
@@ -116,11 +117,9 @@ def _check_class_sets(data: Any, train: set[int] | None, test: set[int]) -> None
     """The rules of :func:`~dmlkit.data.splits.class_split`: classes of the data, the two
     sides apart, and training classes enough to learn from."""
     present = set(data.classes)
-    names = data.class_names or []
 
     def named(ids: Any) -> str:
-        return ", ".join(f"{c} ({names[c]})" if 0 <= c < len(names) else str(c)
-                         for c in sorted(ids))
+        return named_ids(sorted(ids), data.class_names)
 
     for key, ids in (("train_classes", train), ("test_classes", test)):
         missing = sorted((ids or set()) - present)

@@ -180,16 +180,22 @@ def loss_shape_params(
     return spec
 
 
+def absolute_path(value: Any) -> Any:
+    """A relative data path that exists from the working directory, made absolute (so a
+    run or a best.yaml read from another directory reads the same file); else ``value``."""
+    if isinstance(value, str) and value and not Path(value).is_absolute() and Path(
+            value).exists():
+        return str(Path(value).resolve())
+    return value
+
+
 def resolve_config(config: Config, example: Tensor, num_classes: int) -> Config:
     """A copy of ``config`` with the data-dependent model and loss parameters filled in,
     and relative data paths (``data.path``, ``tuples``, ``features``) made absolute, so
     that a run resumed or re-read from another directory reads the same files."""
     config = copy.deepcopy(config)
     for key in DATA_PATH_KEYS:  # a run records which files it read, wherever it resumes
-        value = getattr(config.data, key, None)
-        if isinstance(value, str) and value and not Path(value).is_absolute() and Path(
-                value).exists():
-            setattr(config.data, key, str(Path(value).resolve()))
+        setattr(config.data, key, absolute_path(getattr(config.data, key)))
     config.model.update(model_shape_params(config.model, example))
     if config.data.name == "audio_folder" and "sample_rate" in _params(
             MODELS, config.model["name"]):  # the model's filters at the data's rate

@@ -37,15 +37,9 @@ def absolute_paths(data: dict[str, Any]) -> dict[str, Any]:
     """A copy of a ``data`` section whose relative paths (``path``, ``tuples``,
     ``features``) that exist from the working directory are absolute: the rule of
     :func:`dmlkit.training.resolve_config`, which a run's ``config.yaml`` records."""
-    from dmlkit.training.build import DATA_PATH_KEYS
+    from dmlkit.training.build import DATA_PATH_KEYS, absolute_path
 
-    data = dict(data)
-    for key in DATA_PATH_KEYS:
-        value = data.get(key)
-        if isinstance(value, str) and value and not Path(value).is_absolute() and Path(
-                value).exists():
-            data[key] = str(Path(value).resolve())
-    return data
+    return {**data, **{key: absolute_path(data[key]) for key in DATA_PATH_KEYS if key in data}}
 
 
 def absolute_data_paths(config: Config) -> Config:
