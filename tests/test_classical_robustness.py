@@ -93,7 +93,7 @@ def test_grid_search_over_numpy_integers(est, key):
 @pytest.mark.parametrize("bad", [True, np.bool_(True), 2.0, 0, np.int64(-1)])
 def test_n_neighbors_rejects_bools_floats_and_non_positive(cls, bad):
     X, y = blobs(5)
-    with pytest.raises(ValueError, match="n_neighbors must be a positive int"):
+    with pytest.raises(ValueError, match="n_neighbors must be an integer >= 1"):
         cls(n_neighbors=bad, device="cpu").fit(X, y)
 
 

@@ -55,8 +55,7 @@ def test_every_integer_size_parameter_is_checked(name: str, param: str, value) -
     (lambda: MLPEmbedder(4, hidden=8), "mlp: hidden must be a list of integers"),
     (lambda: MLPEmbedder(4, dropout=1.0), "mlp: dropout must be a number in [0, 1)"),
     (lambda: BiasFreeMLP(4, hidden=[-2]), "bias_free_mlp: hidden[0] must be an integer >= 1"),
-    (lambda: BiasFreeCNN(image_size=(8, 2)), "bias_free_cnn: image_size[1] must be an integer"),
-    (lambda: BiasFreeCNN(image_size=(8, 8, 8)), "bias_free_cnn: image_size must be a side"),
+    (lambda: BiasFreeCNN(image_size=(8, 2)), "bias_free_cnn takes images of side >= 4"),
     (lambda: SpeakerEncoder(dilations=()), "speaker_encoder: dilations must be a non-empty"),
     (lambda: SpeakerEncoder(dilations=(2, 0)), "speaker_encoder: dilations[1] must be"),
 ])  # fmt: skip
@@ -73,3 +72,10 @@ def test_sound_sizes_still_build() -> None:
     assert model.dim == 8 and type(model.dim) is int
     assert MLPEmbedder(4, dim=3, hidden=[]).dim == 3
     assert BiasFreeCNN(image_size=(8, 12), dim=5).image_size == (8, 12)
+    assert BiasFreeCNN(image_size=np.int64(8)).image_size == (8, 8)
+
+
+@pytest.mark.parametrize("image_size", [(8, 8, 8), (8.0, 8), True, "8"])
+def test_bias_free_cnn_image_size_is_a_side_or_a_pair(image_size) -> None:
+    with pytest.raises(TypeError, match=r"bias_free_cnn: image_size must be an int or \(height"):
+        BiasFreeCNN(image_size=image_size)

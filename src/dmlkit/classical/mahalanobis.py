@@ -29,6 +29,8 @@ from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted
 
+from dmlkit._checks import check_int_param, is_int
+
 try:  # scikit-learn >= 1.6
     from sklearn.utils.validation import validate_data as _validate_data
 except ImportError:  # pragma: no cover - older scikit-learn
@@ -135,7 +137,7 @@ def check_n_components(n_components: int | None, n_features: int) -> int:
     """``n_components`` as an int in ``[1, n_features]`` (``None``: ``n_features``)."""
     if n_components is None:
         return n_features
-    if isinstance(n_components, bool) or not isinstance(n_components, (int, np.integer)):
+    if not is_int(n_components):
         raise TypeError(f"n_components must be an int or None, got {n_components!r}")
     if not 1 <= n_components <= n_features:
         raise ValueError(
@@ -145,11 +147,9 @@ def check_n_components(n_components: int | None, n_features: int) -> int:
 
 
 def check_positive_int(value: Any, name: str) -> int:
-    """``value`` as a Python int >= 1; Python and numpy integers pass, bools do not."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
-            or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
+    """``value`` as a Python int >= 1; Python and numpy integers pass, bools do not (a
+    ``ValueError``, as scikit-learn refuses parameters)."""
+    return check_int_param(name, value, 1)
 
 
 def center(X: np.ndarray) -> np.ndarray:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from dmlkit._checks import check_int as check_positive_int  # (name, value): int >= 1
 from dmlkit.distances.base import BaseDistance
 from dmlkit.distances.cosine import CosineSimilarity
 from dmlkit.functional.chunking import DEFAULT_BUDGET, chunk_size_for, row_chunks
@@ -35,15 +36,6 @@ from dmlkit.functional.distances import l2_normalize
 from dmlkit.functional.tuples import IndexTuple
 from dmlkit.losses._miner_weights import miner_weights
 from dmlkit.losses.base import BaseMetricLoss
-
-
-def check_positive_int(name: str, value: int) -> int:
-    """``value`` as an int, or a ValueError/TypeError naming it."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return value
 
 
 def check_class_labels(

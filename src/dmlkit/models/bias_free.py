@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from dmlkit.models.cnn import height_width
 from dmlkit.models.sizes import check_size, check_sizes
 from dmlkit.registry import register_model
 
@@ -66,13 +67,7 @@ class BiasFreeCNN(nn.Module):
         self, in_channels: int = 1, image_size: int | Sequence[int] = 28, dim: int = 32
     ) -> None:
         super().__init__()
-        if isinstance(image_size, Sequence) and not isinstance(image_size, str):
-            if len(image_size) != 2:
-                raise ValueError(f"bias_free_cnn: image_size must be a side or (H, W), got "
-                                 f"{image_size!r}")
-            h, w = check_sizes("bias_free_cnn", "image_size", image_size, minimum=4)
-        else:
-            h = w = check_size("bias_free_cnn", "image_size", image_size, minimum=4)
+        h, w = height_width(image_size, 4, "bias_free_cnn")
         in_channels = check_size("bias_free_cnn", "in_channels", in_channels)
         dim = check_size("bias_free_cnn", "dim", dim)
         self.in_channels, self.image_size, self.dim = in_channels, (h, w), dim

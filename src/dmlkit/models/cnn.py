@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from dmlkit._checks import is_int
 from dmlkit.models.heads import EmbeddingHead
 from dmlkit.models.sizes import check_rate, check_size
 from dmlkit.registry import register_model
@@ -25,22 +26,20 @@ def _block(c_in: int, c_out: int, pool: bool) -> nn.Sequential:
 
 def height_width(image_size: int | Sequence[int], min_side: int = 4,
                  model: str | None = None) -> tuple[int, int]:
-    """``(H, W)`` from an int side or an ``(H, W)`` pair, each >= ``min_side``
-    (``model`` names the model taking it in the message)."""
-    if isinstance(image_size, int) and not isinstance(image_size, bool):
-        hw = (image_size, image_size)
+    """``(H, W)`` from an int side or an ``(H, W)`` pair (Python or numpy integers, not
+    bools), each >= ``min_side`` (``model`` names the model taking it in the message)."""
+    if is_int(image_size):
+        hw = (int(image_size), int(image_size))
     elif (isinstance(image_size, Sequence) and not isinstance(image_size, str)
-          and len(image_size) == 2
-          and all(isinstance(v, int) and not isinstance(v, bool) for v in image_size)):
+          and len(image_size) == 2 and all(is_int(v) for v in image_size)):
         hw = (int(image_size[0]), int(image_size[1]))
     else:
-        raise TypeError(f"image_size must be an int or (height, width), got {image_size!r}")
+        raise TypeError(f"{model + ': ' if model else ''}image_size must be an int or "
+                        f"(height, width), got {image_size!r}")
     if min(hw) < min_side:
         who = f"{model} takes images of side" if model else "image_size must be"
         raise ValueError(f"{who} >= {min_side} on each side, got {image_size}")
     return hw
-
-
 
 
 @register_model("small_cnn")

@@ -9,6 +9,8 @@ import numbers
 from collections.abc import Sequence
 from typing import Any
 
+from dmlkit._checks import check_int_param
+
 
 def check_size(model: str, name: str, value: Any, minimum: int = 1) -> int:
     """``value`` as an int ``>= minimum``.
@@ -18,11 +20,7 @@ def check_size(model: str, name: str, value: Any, minimum: int = 1) -> int:
     ValueError
         Naming ``model``, the parameter and the value.
     """
-    if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
-            or value < minimum):
-        raise ValueError(f"{model}: {name} must be an integer >= {minimum}, got {value!r} "
-                         f"({type(value).__name__})")
-    return int(value)
+    return check_int_param(f"{model}: {name}", value, minimum)
 
 
 def check_sizes(model: str, name: str, values: Any, minimum: int = 1,
