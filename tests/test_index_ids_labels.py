@@ -30,6 +30,19 @@ def test_removed_ids_are_not_reused_and_the_next_id_is_saved(make, tmp_path):
     assert again.add(np.zeros((1, 4), np.float32)).tolist() == [11]
 
 
+@pytest.mark.parametrize("make", KINDS)
+def test_every_kind_refuses_to_save_rows_its_ids_do_not_describe(make, tmp_path):
+    from dmlkit.index.base import InconsistentIndexError
+
+    index = make()
+    index.add(np.eye(4, dtype=np.float32))
+    index._ids = index._ids[:3]  # corrupt: a stored row that no id describes
+    with pytest.raises(InconsistentIndexError, match="4 stored vector rows for 3 ids") as err:
+        index.save(tmp_path / "ix")
+    assert (err.value.rows, err.value.ids) == (4, 3)
+    assert not (tmp_path / "ix").exists()
+
+
 def test_files_without_next_id_continue_past_their_ids(tmp_path):
     index = ExactIndex(4)
     index.add(np.eye(4, dtype=np.float32), ids=[0, 5, 6, 9])

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy
 import typer
 
 from dmlkit.cli._npz_keys import LABELS_KEY, X_KEY
@@ -39,10 +38,11 @@ def _load_arrays(path: Path) -> tuple[Any, Any]:
     return arrays[key], arrays.get("labels")
 
 
-def _file_labels(path: Path, labels: Any, n: int) -> tuple[Any, list[str] | None]:
-    """``((n,) int64 labels or None, class names or None)`` of a file of embeddings,
-    read as ``dmlkit evaluate`` reads them: integers (``-1`` = no label), bools,
-    integer-valued floats, or class names (numbered in sorted order, the names kept)."""
+def _item_labels(path: Path, labels: Any, n: int) -> tuple[Any, list[str] | None]:
+    """``((n,) int64 labels or None, class names or None)`` of the ``n`` embeddings of
+    ``path`` (a file of them, or a run that embedded them), read as ``dmlkit evaluate``
+    reads them: integers (``-1`` = no label), bools, integer-valued floats, or class names
+    (numbered in sorted order, the names kept). Errors name ``path``."""
     import numpy as np
 
     if labels is None:
@@ -61,14 +61,10 @@ def _file_labels(path: Path, labels: Any, n: int) -> tuple[Any, list[str] | None
         return codes.astype(np.int64), [str(v) for v in names]
     from dmlkit.index.base import _as_labels
 
-    try:  # the index's own rule for class ids, with the file named
-        ids = _as_labels(labels, n)
+    try:  # the index's own rule for class ids, with the source named
+        return _as_labels(labels, n), None
     except (ValueError, TypeError) as err:
         raise ValueError(f"{path}: {err}") from None
-    if len(ids) and int(ids.min()) < -1:
-        raise ValueError(f"{path}: 'labels' must be class ids >= 0 or -1 (no label), got "
-                         f"{int(ids.min())}")
-    return ids, None
 
 
 def _npz_payloads(path: Path, n: int, labels: Any,
@@ -170,7 +166,7 @@ def build(
                                      target_recall)
         if source.is_file():
             emb, labels = _load_arrays(source)
-            labels, names = _file_labels(source, labels, len(emb))
+            labels, names = _item_labels(source, labels, len(emb))
             info = {"embeddings": str(source)}
             payloads = _npz_payloads(source, len(emb), labels, names)
         else:
@@ -184,9 +180,11 @@ def build(
             # what raw queries must look like
             spec = input_spec(dataset.x, any_size=resizes_inputs(run.model))
             emb_t, labels_t = embed(run.model, dataset, device=device)
-            emb, labels = emb_t.numpy(), None if labels_t is None else labels_t.numpy()
+            emb = emb_t.numpy()
+            labels, _ = _item_labels(source, None if labels_t is None else labels_t.numpy(),
+                                     len(emb))
             names = getattr(dataset, "class_names", None)
-            if names is not None and labels is not None and labels.ndim == 1:
+            if names is not None and labels is not None:
                 payloads = [{"class": names[int(y)]} if 0 <= y < len(names) else None
                             for y in labels]
             from dmlkit.index.store import model_fingerprint
@@ -195,12 +193,6 @@ def build(
                     "data": describe(data, x_key, labels_key),
                     "model_sha256": model_fingerprint(run.model)}
         emb = _check_embeddings(source, emb)
-        if labels is not None and numpy.asarray(labels).ndim != 1:
-            raise ValueError(
-                f"{source}: an index stores one class id per item ((n,) labels), but the "
-                f"labels have shape {numpy.asarray(labels).shape}; store one id per item (e.g. "
-                "the leaf: np.unique(labels, axis=0, return_inverse=True)[1]) or drop them"
-            )
         dim = int(emb.shape[1])
         index = (ExactIndex(dim, metric) if factory == "exact"
                  else FaissIndex(dim, metric, factory, nprobe=nprobe, ef_search=ef_search))

@@ -48,6 +48,15 @@ def to_numpy_2d(x: Any, dim: int, name: str = "x") -> np.ndarray:
     return x
 
 
+class InconsistentIndexError(RuntimeError):
+    """An index holds a different number of vector rows (``rows``) than ids (``ids``):
+    :meth:`BaseIndex.save` refuses to persist it, and writes nothing."""
+
+    def __init__(self, message: str, rows: int, ids: int) -> None:
+        super().__init__(message)
+        self.rows, self.ids = rows, ids
+
+
 #: most entries of a search result padded past the index's size (k > ntotal)
 MAX_PADDED = 1 << 27
 
@@ -82,7 +91,7 @@ def _too_large(value: Any) -> int:
 
 
 def _as_labels(labels: Any, n: int) -> np.ndarray:
-    """``(n,)`` int64 class ids (``-1`` = no label) from integers, bools or
+    """``(n,)`` int64 class ids (``>= 0``, or ``-1`` = no label) from integers, bools or
     integer-valued floats; anything else is refused naming the labels."""
     labels = np.asarray(_plain_ints(labels))
     if labels.ndim != 1 or labels.shape[0] != n:
@@ -103,7 +112,11 @@ def _as_labels(labels: Any, n: int) -> np.ndarray:
         _too_large(labels[np.abs(labels).argmax()])
     if kind == "u" and labels.size and int(labels.max()) >= 1 << 63:
         _too_large(int(labels.max()))
-    return labels.astype(np.int64)
+    labels = labels.astype(np.int64)
+    if labels.size and int(labels.min()) < -1:
+        raise ValueError("labels must be non-negative integers or -1 (no label), got "
+                         f"{int(labels.min())}")
+    return labels
 
 
 class BaseIndex:
@@ -150,6 +163,11 @@ class BaseIndex:
     def _params(self) -> dict[str, Any]:
         """Constructor arguments (besides dim and metric) saved in the manifest."""
         return {}
+
+    def _stored_rows(self) -> int | None:
+        """How many vectors the kind stores, checked against the ids before a save
+        (None: it cannot tell)."""
+        return None
 
     def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Kind-specific ``(arrays, file writers)`` to save."""
@@ -211,9 +229,6 @@ class BaseIndex:
         if np.unique(ids).size != n or np.isin(ids, self._ids).any():
             raise ValueError("ids must be unique and not already in the index")
         lab = np.full(n, -1, dtype=np.int64) if labels is None else _as_labels(labels, n)
-        if labels is not None and (lab < -1).any():
-            raise ValueError("labels must be non-negative integers or -1 (no label), got "
-                             f"{int(lab.min())}")
         paths = [None] * n if paths is None else [None if p is None else str(p) for p in paths]
         payloads = [None] * n if payloads is None else list(payloads)
         if len(paths) != n or len(payloads) != n:
@@ -310,7 +325,16 @@ class BaseIndex:
 
     # -- persistence -------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write the index to directory ``path`` atomically (see :mod:`dmlkit.index.io`)."""
+        """Write the index to directory ``path`` atomically (see :mod:`dmlkit.index.io`).
+
+        Raises :class:`InconsistentIndexError`, writing nothing, when the index stores
+        more or fewer vectors than it has ids.
+        """
+        rows = self._stored_rows()
+        if rows is not None and rows != self.ntotal:  # never persist rows ids do not describe
+            raise InconsistentIndexError(
+                f"refusing to save an inconsistent {self.kind} index: {rows} stored vector "
+                f"rows for {self.ntotal} ids", rows, self.ntotal)
         arrays, writers = self._state()
         header = {"kind": self.kind, "dim": self.dim, "metric": self.metric,
                   "count": self.ntotal, "next_id": self._next_id, "params": self._params(),
@@ -385,4 +409,4 @@ def load_index(path: str | Path) -> BaseIndex:
     return BaseIndex.load(path)
 
 
-__all__ = ["METRICS", "BaseIndex", "load_index", "to_numpy_2d"]
+__all__ = ["METRICS", "BaseIndex", "InconsistentIndexError", "load_index", "to_numpy_2d"]

@@ -247,12 +247,11 @@ class ExactIndex(BaseIndex):
     def _params(self) -> dict[str, Any]:
         return {"query_chunk": self.query_chunk, "ref_chunk": self.ref_chunk}
 
+    def _stored_rows(self) -> int:
+        return int(self.vectors.shape[0])
+
     def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        vectors = self.vectors
-        if vectors.shape[0] != self.ntotal:  # never persist rows that ids do not describe
-            raise RuntimeError(f"refusing to save an inconsistent exact index: "
-                               f"{vectors.shape[0]} stored vector rows for {self.ntotal} ids")
-        return {"vectors": vectors.numpy()}, {}
+        return {"vectors": self.vectors.numpy()}, {}
 
     def _restore(self, path: Path, manifest: dict[str, Any]) -> None:
         shape = (manifest["count"], self.dim)

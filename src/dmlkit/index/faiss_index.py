@@ -197,6 +197,9 @@ class FaissIndex(BaseIndex):
     def _params(self) -> dict[str, Any]:
         return {"factory": self.factory, "nprobe": self.nprobe, "ef_search": self.ef_search}
 
+    def _stored_rows(self) -> int:
+        return int(self.index.ntotal)
+
     def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         faiss = import_faiss()
         return {}, {"faiss.index": lambda p: faiss.write_index(self.index, str(p))}

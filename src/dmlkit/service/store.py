@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from dmlkit.index import load_index
+from dmlkit.index.base import InconsistentIndexError  # (re-exported) a refused save
 
 try:
     import fcntl
@@ -47,21 +48,6 @@ except ImportError:  # pragma: no cover - not POSIX: no cross-process lock
 
 class IndexInUseError(RuntimeError):
     """Another store (another ``dmlkit serve``) already holds this index directory."""
-
-
-class InconsistentIndexError(RuntimeError):
-    """The index in memory holds a different number of vector rows than ids: a checkpoint
-    refuses to persist it (the last checkpoint and the log are kept)."""
-
-
-def stored_rows(index: Any) -> int | None:
-    """How many vectors ``index`` stores (an exact index's rows, a faiss index's
-    ``ntotal``), to compare with its ids; None when it cannot tell."""
-    vectors = getattr(index, "vectors", None)
-    if vectors is not None and hasattr(vectors, "shape"):
-        return int(vectors.shape[0])
-    inner = getattr(index, "index", None)
-    return int(inner.ntotal) if hasattr(inner, "ntotal") else None
 
 
 class RWLock:
@@ -313,14 +299,15 @@ class DurableIndex:
             self._checkpoint_locked()
 
     def _checkpoint_locked(self) -> None:
-        rows, n = stored_rows(self.index), self.index.ntotal
-        if rows is not None and rows != n:
-            raise InconsistentIndexError(
-                f"refusing to checkpoint {self.path}: the index in memory holds {rows} "
-                f"vector rows for {n} ids; the last checkpoint and the log {self.wal_path} "
-                "are kept, and a restart recovers from them")
         self.index.info = {**self.index.info, "next_id": self._next_id}
-        self.index.save(self.path)
+        try:
+            self.index.save(self.path)  # refuses (writing nothing) rows no id describes
+        except InconsistentIndexError as err:
+            raise InconsistentIndexError(
+                f"refusing to checkpoint {self.path}: the index in memory holds {err.rows} "
+                f"vector rows for {err.ids} ids; the last checkpoint and the log "
+                f"{self.wal_path} are kept, and a restart recovers from them",
+                err.rows, err.ids) from None
         self._wal.truncate(0)
         self._wal.seek(0)
         os.fsync(self._wal.fileno())
