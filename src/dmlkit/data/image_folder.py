@@ -104,16 +104,22 @@ def image_files(class_dir: Path) -> list[Path]:
                   and p.is_file())
 
 
+def image_header(file: str | Path) -> tuple[tuple[int, int], bool]:
+    """``((width, height), colour)`` of an image file (:func:`is_color`), from its header
+    only. A file Pillow cannot open raises ``OSError`` or ``SyntaxError`` (for the caller
+    to name where the file came from)."""
+    with _pillow().open(file) as img:
+        return img.size, is_color(img)
+
+
 def folder_color(files: list[Path] | list[str]) -> Literal["grayscale", "rgb"]:
     """``"rgb"`` when any of the image ``files`` is colour (:func:`is_color`), else
     ``"grayscale"``: what ``color="auto"`` reads a set of images as. Only the files'
     headers are read; a file Pillow cannot open is a ``ValueError`` naming it."""
-    image_cls = _pillow()
     for file in files:
         try:
-            with image_cls.open(file) as img:
-                if is_color(img):
-                    return "rgb"
+            if image_header(file)[1]:
+                return "rgb"
         except (OSError, SyntaxError) as err:
             raise ValueError(f"cannot read image {file} ({err}); the file is corrupt or not "
                              "an image: replace or remove it") from None
@@ -164,4 +170,5 @@ def load_image_folder(
 
 
 __all__ = ["load_image_folder", "read_image", "to_mode", "resize", "to_array", "IMAGE_SUFFIXES",
-           "GREY_MODES", "class_folders", "image_files", "is_color", "folder_color"]
+           "GREY_MODES", "class_folders", "image_files", "is_color", "image_header",
+           "folder_color"]

@@ -34,12 +34,13 @@ def class_split(
                 else set(class_ids(data, test_classes, "test_classes")))
     overlap = sorted(train_set & test_set)
     if overlap:
-        raise ValueError(f"train_classes and test_classes overlap on {_named(data, overlap)}")
+        raise ValueError(f"train_classes and test_classes overlap on "
+                         f"{named_ids(overlap, data.class_names)}")
     for name, cls in (("train_classes", train_set), ("test_classes", test_set)):
         missing = sorted(cls - present)
         if missing:
             raise ValueError(f"{name} {missing} are not in the data (classes: "
-                             f"{_named(data, sorted(present))})")
+                             f"{named_ids(sorted(present), data.class_names)})")
         if not cls:
             raise ValueError(f"{name} is empty")
     return select_classes(data, sorted(train_set)), select_classes(data, sorted(test_set))
@@ -69,7 +70,7 @@ def class_ids(data: ArrayDataset, classes: Sequence[int | str], key: str = "clas
                     f"give class ids: {sorted(data.classes)}")
             if c not in names:
                 raise ValueError(f"{key}: no class named {c!r}; the classes are "
-                                 f"{_named(data, sorted(data.classes))}")
+                                 f"{named_ids(sorted(data.classes), data.class_names)}")
             out.append(names.index(c))
         elif isinstance(c, numbers.Integral) and not isinstance(c, bool):
             out.append(int(c))
@@ -90,14 +91,6 @@ def named_ids(ids: Sequence[int], names: Sequence[str] | None) -> str:
         f"{i} ({names[i]})" if 0 <= i < len(names) and names[i] != str(i) else str(i)
         for i in ids
     ) + "]"
-
-
-def _named(data: ArrayDataset, ids: Sequence[int]) -> str:
-    """Class ids as ``0 (cat), 1 (dog)`` where ``data`` has names, else the id list."""
-    names = data.class_names
-    if names is None:
-        return str(list(ids))
-    return ", ".join(f"{i} ({names[i]})" if 0 <= i < len(names) else str(i) for i in ids)
 
 
 def select_classes(data: ArrayDataset, classes: Sequence[int]) -> ArrayDataset:

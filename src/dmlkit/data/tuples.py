@@ -236,16 +236,14 @@ def _check_image_files(
                                     "not a file); fix the path or drop the row")
     if image_size is not None and color != "auto":
         return color
-    from dmlkit.data.image_folder import _pillow, is_color
+    from dmlkit.data.image_folder import image_header
 
-    image_cls = _pillow()
     first: tuple[tuple[int, int], str, int] | None = None
     found_color = False
     for file, line, ref in zip(files, lines, refs, strict=True):
         try:
-            with image_cls.open(file) as img:
-                size = img.size  # (width, height), from the header only
-                found_color = found_color or (color == "auto" and is_color(img))
+            size, colour = image_header(file)  # (width, height), from the header only
+            found_color = found_color or colour
         except (OSError, SyntaxError) as err:
             raise ValueError(f"{path}, line {line}: cannot read image {ref!r} ({err}); the "
                              "file is corrupt or not an image: replace it or drop the row"
