@@ -167,7 +167,8 @@ def test_large_margin_errors_and_logits():
     with pytest.raises(ValueError, match="margin"):
         LargeMarginSoftmaxLoss(num_classes=C, embedding_size=DIM, margin=0)
     with pytest.raises(ValueError, match="ref_embeddings"):
-        loss(x, y, ref_embeddings=x, ref_labels=y)
+        # a distinct reference set (the batch itself, same objects, is no reference)
+        loss(x, y, ref_embeddings=x.clone(), ref_labels=y.clone())
     with pytest.raises(ValueError, match="label 7"):
         loss(x, torch.full((N,), 7))
     theirs = pml_losses.LargeMarginSoftmaxLoss(num_classes=C, embedding_size=DIM)

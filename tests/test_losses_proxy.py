@@ -281,7 +281,8 @@ def test_rejects_bad_labels_and_unsupported_inputs(name):
     with pytest.raises(ValueError, match="outside"):
         loss_fn(x, y - 10)
     with pytest.raises(ValueError, match="ref_embeddings"):
-        loss_fn(x, y, ref_embeddings=x, ref_labels=y)
+        # a distinct reference set (the batch itself, same objects, is no reference)
+        loss_fn(x, y, ref_embeddings=x.clone(), ref_labels=y.clone())
     idx = torch.arange(3)  # mined tuples are taken (as sample weights)
     assert torch.isfinite(loss_fn(x, y, indices=Triplets(idx, idx, idx)))
     with pytest.raises(ValueError, match="shape"):

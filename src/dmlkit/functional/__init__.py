@@ -21,6 +21,7 @@ from dmlkit.functional.labels import (
     same_label_at_level,
     self_mask,
 )
+from dmlkit.functional.reference import resolve_reference
 from dmlkit.functional.retrieval import knn, retrieval_per_query, topk_lexicographic
 from dmlkit.functional.topk_filter import exact_topk
 from dmlkit.functional.tuples import (
@@ -58,6 +59,7 @@ __all__ = [
     "same_label",
     "same_label_at_level",
     "self_mask",
+    "resolve_reference",
     "exact_topk",
     "knn",
     "retrieval_per_query",

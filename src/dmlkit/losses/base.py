@@ -8,7 +8,11 @@ Signature (shared by every loss)::
 * ``labels`` and ``indices`` (e.g. a miner's output): only those tuples;
 * ``indices`` only: weak supervision (pairs / triplets with no class labels);
 * ``ref_embeddings`` / ``ref_labels``: positives and negatives come from a reference set
-  (memory bank, other processes) while anchors come from ``embeddings``.
+  (memory bank, other processes) while anchors come from ``embeddings``; every
+  (query, reference) pair counts, the diagonal included. The batch passed as its own
+  reference (``ref_embeddings=embeddings, ref_labels=labels``, the same tensor objects)
+  is no reference: self-pairs stay excluded, as in pytorch-metric-learning
+  (:func:`dmlkit.functional.reference.resolve_reference`).
 
 Inputs are validated once here (a multi-label row must hold at least one label: an
 item with no label would be its own negative), and so are float hyper-parameters: a
@@ -29,6 +33,7 @@ from dmlkit.distances.base import BaseDistance
 from dmlkit.distances.euclidean import EuclideanDistance
 from dmlkit.functional.distances import check_embeddings
 from dmlkit.functional.labels import check_labels
+from dmlkit.functional.reference import resolve_reference
 from dmlkit.functional.tuples import IndexTuple, as_index_tuple, check_indices
 
 
@@ -89,6 +94,10 @@ class BaseMetricLoss(nn.Module):
         ref_embeddings: Tensor | None = None,
         ref_labels: Tensor | None = None,
     ) -> Tensor:
+        # the batch as its own reference is no reference (self-pairs excluded)
+        ref_embeddings, ref_labels = resolve_reference(
+            embeddings, labels, ref_embeddings, ref_labels
+        )
         check_embeddings(embeddings)
         n = embeddings.shape[0]
         if labels is not None:

@@ -33,6 +33,16 @@ def soft_histogram(values: Tensor, delta: float, n_nodes: int) -> Tensor:
     return hist.index_add(0, r, 1.0 - upper)
 
 
+def _steps_to_one(delta: float) -> int:
+    """Steps of ``delta`` from -1 to the first node at or above 1: ``2 / delta`` when that
+    is whole (up to rounding), else its ceiling. With ``round`` instead, the last node
+    of e.g. ``delta=0.45`` sits at 0.8 and similarities above it are extrapolated with
+    negative mass (a negative "probability")."""
+    steps = 2.0 / delta
+    whole = round(steps)
+    return whole if math.isclose(steps, whole, rel_tol=1e-9) else math.ceil(steps)
+
+
 def _histogram_loss(hist_pos: Tensor, hist_neg: Tensor) -> Tensor:
     """``sum_r p_neg[r] * cumsum(p_pos)[r]`` of two normalized histograms."""
     return (hist_neg * torch.cumsum(hist_pos, dim=0)).sum()
@@ -45,7 +55,12 @@ class HistogramLoss(BaseMetricLoss):
     The similarities of the positive pairs and of the negative pairs are each estimated
     as a histogram :math:`p^+, p^-` over :math:`R` nodes :math:`t_r = -1 + r\Delta`
     spread uniformly over :math:`[-1, 1]` (:math:`\Delta = 2 / (R - 1)`), every pair
-    splitting its unit mass between its two neighbouring nodes by linear interpolation:
+    splitting its unit mass between its two neighbouring nodes by linear interpolation.
+    When :math:`\Delta` does not divide 2 the grid runs on to the first node above 1
+    (:math:`R = 1 + \lceil 2 / \Delta \rceil`), so every similarity lies between two
+    nodes, the masses are non-negative and the loss is a probability in :math:`[0, 1]`
+    (pytorch-metric-learning's grid wherever its ``round`` gives the same node count; it
+    fails with an index error where it gives fewer):
 
     .. math::
 
@@ -64,9 +79,12 @@ class HistogramLoss(BaseMetricLoss):
     n_bins : int, optional
         Number of bins :math:`R - 1` (default 100 when ``delta`` is not given either).
     delta : float, optional
-        Bin width :math:`\Delta`; if both are given, ``delta`` must equal ``2 / n_bins``.
+        Bin width :math:`\Delta` (need not divide 2, see above); if both are given,
+        ``delta`` must equal ``2 / n_bins``.
     distance : BaseDistance, optional
-        Default :class:`~dmlkit.distances.CosineSimilarity`. Values are clamped to the
+        A similarity (``is_similarity``; ``ValueError`` for a distance such as
+        :class:`~dmlkit.distances.EuclideanDistance`). Default
+        :class:`~dmlkit.distances.CosineSimilarity`. Values are clamped to the
         histogram's support :math:`[-1, 1]`.
 
     Notes
@@ -82,6 +100,13 @@ class HistogramLoss(BaseMetricLoss):
         distance: BaseDistance | None = None,
     ) -> None:
         super().__init__(distance=distance)
+        if not self.distance.is_similarity:
+            # a distance would put positives at the top of the [-1, 1] grid: the loss
+            # would be ~1 for perfect clusters and training would push positives apart
+            raise ValueError(
+                "HistogramLoss needs a similarity such as CosineSimilarity (its histogram "
+                f"spans similarities in [-1, 1]), got {type(self.distance).__name__}"
+            )
         if n_bins is not None and (isinstance(n_bins, bool) or int(n_bins) != n_bins or n_bins < 1):
             raise ValueError(f"n_bins must be a positive int, got {n_bins!r}")
         if delta is not None and not 0 < delta <= 2:
@@ -92,7 +117,7 @@ class HistogramLoss(BaseMetricLoss):
         if delta is None:
             delta = 2.0 / (100 if n_bins is None else n_bins)
         self.delta = float(delta)
-        self.n_nodes = round(1 + 2 / self.delta)
+        self.n_nodes = 1 + _steps_to_one(self.delta)
 
     @staticmethod
     def default_distance() -> BaseDistance:

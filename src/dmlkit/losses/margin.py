@@ -13,6 +13,7 @@ from dmlkit.functional.tuples import IndexTuple, Pairs, Triplets, pairs_to_tripl
 from dmlkit.losses._rows import pack, setup_rows, sum_over_chunks
 from dmlkit.losses._tuple_distances import pair_distances
 from dmlkit.losses.base import BaseMetricLoss
+from dmlkit.losses.weight_classifier import check_class_labels
 from dmlkit.registry import register_loss
 
 
@@ -112,10 +113,8 @@ class MarginLoss(BaseMetricLoss):
             return self.beta.expand(count)  # (count,)
         if anchor_labels is None or anchor_labels.dim() != 1:
             raise ValueError("MarginLoss with num_classes needs (n,) class-id labels")
-        if anchor_labels.numel() and int(anchor_labels.max()) >= self.beta.numel():
-            raise ValueError(
-                f"label {int(anchor_labels.max())} is outside num_classes={self.num_classes}"
-            )
+        # a label < 0 would index beta from the end (-1 -> class K-1's beta), silently
+        check_class_labels(anchor_labels, self.beta.numel(), what="learned betas, one per class")
         return self.beta[anchor_labels]  # (count,)
 
     def _terms(self, d_ap: Tensor, d_an: Tensor, beta: Tensor) -> tuple[Tensor, Tensor]:

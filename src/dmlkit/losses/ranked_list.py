@@ -46,7 +46,9 @@ class RankedListLoss(BaseMetricLoss):
     adds it to every entry of the weight row). The weights are differentiated through,
     as there. ``Tp = 0`` is the paper's RLL-Simpler. Matches pytorch-metric-learning's
     ``RankedListLoss``, which takes labels only; here ``ref_embeddings`` also work
-    (no self-exclusion then). Mined tuples are not used (ValueError), as there.
+    (no self-exclusion then, unless they are the batch itself: ``ref_embeddings=embeddings,
+    ref_labels=labels``, the same objects, is no reference). Mined tuples are not used
+    (ValueError), as there.
 
     Parameters
     ----------

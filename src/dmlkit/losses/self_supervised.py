@@ -89,4 +89,8 @@ class SelfSupervisedLoss(BaseMetricLoss):
         if self.symmetric:
             both = torch.cat([view1, view2], dim=0)  # (2B, d)
             return self.loss(both, torch.cat([ids, ids]), indices=indices)
-        return self.loss(view1, ids, indices=indices, ref_embeddings=view2, ref_labels=ids)
+        # a distinct ref_labels object: view 2 is a reference set even when it is view 1
+        # itself (the batch as its own reference would drop the diagonal positives)
+        return self.loss(
+            view1, ids, indices=indices, ref_embeddings=view2, ref_labels=ids.clone()
+        )

@@ -3,6 +3,11 @@
 A miner returns :class:`~dmlkit.functional.Pairs`, :class:`~dmlkit.functional.Triplets`
 (or :class:`~dmlkit.functional.Quadruplets`) of indices (anchors into ``embeddings``,
 positives / negatives into the reference set) and never builds a graph.
+
+Without a reference set an anchor is never its own positive. The batch passed as its
+own reference (``ref_embeddings=embeddings, ref_labels=labels``, the same tensor
+objects) is no reference, so that holds then too, as in pytorch-metric-learning
+(:func:`dmlkit.functional.reference.resolve_reference`).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from dmlkit.distances.euclidean import EuclideanDistance
 from dmlkit.functional.chunking import chunk_size_for, row_chunks
 from dmlkit.functional.distances import check_embeddings
 from dmlkit.functional.labels import check_labels, pos_neg_masks
+from dmlkit.functional.reference import resolve_reference
 from dmlkit.functional.tuples import IndexTuple, Pairs, Quadruplets, Triplets
 
 
@@ -87,6 +93,10 @@ class BaseMiner(nn.Module):
         ref_embeddings: Tensor | None = None,
         ref_labels: Tensor | None = None,
     ) -> Pairs | Triplets | Quadruplets:
+        # the batch as its own reference is no reference (self-pairs excluded)
+        ref_embeddings, ref_labels = resolve_reference(
+            embeddings, labels, ref_embeddings, ref_labels
+        )
         check_embeddings(embeddings)
         labels = check_labels(labels, embeddings.shape[0], allow_empty_rows=False)
         if (ref_embeddings is None) != (ref_labels is None):

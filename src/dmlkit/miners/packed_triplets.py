@@ -7,6 +7,7 @@ from torch import Tensor
 
 from dmlkit.functional.distances import check_embeddings
 from dmlkit.functional.labels import check_labels
+from dmlkit.functional.reference import resolve_reference
 from dmlkit.functional.tuples import Triplets
 from dmlkit.miners.base import BaseMiner
 from dmlkit.registry import register_miner
@@ -52,6 +53,9 @@ class PackedTripletsMiner(BaseMiner):
         ref_embeddings: Tensor | None = None,
         ref_labels: Tensor | None = None,
     ) -> Triplets:
+        ref_embeddings, ref_labels = resolve_reference(
+            embeddings, labels, ref_embeddings, ref_labels
+        )  # the batch as its own reference is no reference
         check_embeddings(embeddings)
         if labels is not None:
             labels = check_labels(labels, embeddings.shape[0], allow_empty_rows=False)
