@@ -12,6 +12,8 @@ import pkgutil
 
 import typer
 
+from dmlkit.cli._errors import wrap_commands
+
 app = typer.Typer(
     name="dmlkit",
     help="Deep metric learning: train, evaluate, embed, index and search.",
@@ -31,6 +33,7 @@ def _register_commands() -> None:
         register = getattr(module, "register", None)
         if register is not None:
             register(app)
+    wrap_commands(app)  # one error line for a missing optional package, in every command
 
 
 _register_commands()

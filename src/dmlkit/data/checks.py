@@ -60,4 +60,29 @@ def check_inputs(data: ArrayDataset, source: str) -> ArrayDataset:
     return data
 
 
-__all__ = ["MAX_ABS_INPUT", "check_inputs"]
+def check_image_range(x: torch.Tensor, expected: tuple[float, float], source: str,
+                      model: str) -> None:
+    """Warn when float images ``x`` range beyond the values ``model`` takes
+    (``expected``, e.g. ``(0, 1)``) by more than half that range's width, as 8-bit values
+    0..255 or -1..1 do: the model trains silently worse on them. The message names
+    ``source`` (where the data came from) and the fix. Integer inputs are scaled (or
+    warned about) by the loaders; they pass here."""
+    if x.numel() == 0 or not x.is_floating_point():
+        return
+    low, high = float(expected[0]), float(expected[1])
+    span = high - low
+    lo, hi = float(x.min()), float(x.max())
+    if lo >= low - 0.5 * span and hi <= high + 0.5 * span:
+        return
+    fix = ("divide them by 255 (x / 255), or store 8-bit pixels as uint8, which dmlkit "
+           "scales" if hi > 2.0 * max(high, 1.0) else
+           "(x + 1) / 2 for values in [-1, 1]" if lo < low and hi <= high + 0.5 * span
+           else f"scale them into [{low:g}, {high:g}]")
+    warnings.warn(
+        f"{source}: training images range over [{lo:.4g}, {hi:.4g}], but model {model!r} "
+        f"takes images in [{low:g}, {high:g}] (it normalizes them as its pretrained "
+        f"weights expect, and trains much worse on others): {fix}", UserWarning,
+        stacklevel=3)
+
+
+__all__ = ["MAX_ABS_INPUT", "check_image_range", "check_inputs"]

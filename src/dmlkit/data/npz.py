@@ -78,7 +78,8 @@ def load_npz(path: str | Path, x_key: str = "x", labels_key: str = "labels") -> 
     arrays of either become ``(n, 1, H, W)``); every other integer dtype becomes float32
     unscaled, with a warning when it holds images (``ndim >= 3``) with values above 1.
     Floats are kept (as float32). An optional ``class_names`` array of strings is read
-    when present.
+    when present. Complex or non-numeric ``x`` (strings) is a ``TypeError`` naming the
+    file and the array.
     """
     path = Path(path)
     if not path.is_file():
@@ -92,6 +93,16 @@ def load_npz(path: str | Path, x_key: str = "x", labels_key: str = "labels") -> 
                 "Set x_key / labels_key in the data config."
             )
     x = archive[x_key]
+    if np.iscomplexobj(x):
+        raise TypeError(
+            f"{path}: {x_key!r} holds complex numbers ({x.dtype}); inputs must be real: "
+            "keep a real part (x.real, np.abs(x)) or stack the real and imaginary parts as "
+            "channels")
+    if x.dtype.kind not in "biuf":
+        raise TypeError(f"{path}: {x_key!r} must hold numbers (the inputs), got dtype "
+                        f"{x.dtype}{' (strings)' if x.dtype.kind in 'SU' else ''}; name the "
+                        "inputs array with data.x_key in a config (--x-key where a command "
+                        "has it)")
     labels = archive[labels_key]
     names = [str(n) for n in archive["class_names"]] if "class_names" in archive else None
     if x.dtype in PIXEL_SCALES and x.ndim == 3:

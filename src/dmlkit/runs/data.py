@@ -15,7 +15,7 @@ from typing import Any
 
 from dmlkit.config.schema import DataConfig
 from dmlkit.data.dataset import ArrayDataset
-from dmlkit.runs.queries import check_input_shape, run_color, run_input_spec
+from dmlkit.runs.queries import check_input_range, check_input_shape, run_color, run_input_spec
 from dmlkit.training.run import Run, build_splits
 
 SPLITS = ("heldout", "train")
@@ -160,7 +160,9 @@ def has_labels(path: str | Path, labels_key: str | None = None) -> bool:
 
 
 def fit_to_run(dataset: ArrayDataset, run: Run, source: str) -> ArrayDataset:
-    """``dataset`` with its inputs in the shape ``run``'s model was trained on.
+    """``dataset`` with its inputs in the shape ``run``'s model was trained on; inputs
+    far outside the training inputs' range warn as search queries do
+    (:func:`~dmlkit.runs.queries.check_input_range`).
 
     Raises
     ------
@@ -171,6 +173,7 @@ def fit_to_run(dataset: ArrayDataset, run: Run, source: str) -> ArrayDataset:
     shape = check_input_shape(tuple(dataset.x.shape[1:]), spec, source)
     if tuple(dataset.x.shape[1:]) != shape:
         dataset.x = dataset.x.reshape(dataset.x.shape[0], *shape)  # (n, *shape)
+    check_input_range(dataset.x, spec, source)
     return dataset
 
 

@@ -248,16 +248,31 @@ def prepare_inputs(x: np.ndarray, spec: InputSpec | None, source: str) -> np.nda
     if spec is None:
         return x
     x = x.reshape(x.shape[0], *check_input_shape(x.shape[1:], spec, source))
-    span = spec.high - spec.low
-    if x.size and math.isfinite(span):
-        lo, hi = float(x.min()), float(x.max())
-        if lo < spec.low - 0.5 * span - 1e-6 or hi > spec.high + 0.5 * span + 1e-6:
-            warnings.warn(
-                f"{source}: query inputs range over [{lo:.4g}, {hi:.4g}] but the run was "
-                f"trained on inputs in [{spec.low:.4g}, {spec.high:.4g}]; scale them the "
-                "same way (neighbours of mis-scaled inputs are wrong)", UserWarning,
-                stacklevel=2)
+    check_input_range(x, spec, source, "query inputs")
     return x
+
+
+def check_input_range(x: Any, spec: InputSpec | None, source: str,
+                      what: str = "inputs") -> None:
+    """Warn when inputs ``x`` (numpy or torch, any shape) range beyond the run's training
+    inputs' range by more than half its width: the one range rule of ``dmlkit search``,
+    ``embed``, ``evaluate`` and ``index build`` (a spec of unknown range never warns).
+    ``what`` names the inputs in the message (``"query inputs"``)."""
+    if spec is None:
+        return
+    span = spec.high - spec.low
+    count = x.numel() if callable(getattr(x, "numel", None)) else int(np.size(x))
+    if not count or not math.isfinite(span):
+        return
+    lo, hi = float(x.min()), float(x.max())
+    if lo < spec.low - 0.5 * span - 1e-6 or hi > spec.high + 0.5 * span + 1e-6:
+        hint = (" (8-bit pixel values: divide them by 255)"
+                if hi > 2.0 and spec.high <= 1.0 + 1e-6 and spec.low >= -1e-6 else "")
+        warnings.warn(
+            f"{source}: {what} range over [{lo:.4g}, {hi:.4g}] but the run was "
+            f"trained on inputs in [{spec.low:.4g}, {spec.high:.4g}]; scale them the "
+            f"same way{hint} (neighbours of mis-scaled inputs are wrong)", UserWarning,
+            stacklevel=3)
 
 
 def run_color(run: Any, spec: InputSpec | None = None) -> str:
@@ -306,6 +321,6 @@ def expand_queries(queries: list[Path]) -> list[Path]:
     return out
 
 
-__all__ = ["QUERY_KINDS", "InputSpec", "check_input_shape", "expand_queries", "input_fit",
-           "input_spec", "prepare_inputs", "read_images", "read_query_array",
-           "resizes_inputs", "run_color", "run_input_spec"]
+__all__ = ["QUERY_KINDS", "InputSpec", "check_input_range", "check_input_shape",
+           "expand_queries", "input_fit", "input_spec", "prepare_inputs", "read_images",
+           "read_query_array", "resizes_inputs", "run_color", "run_input_spec"]

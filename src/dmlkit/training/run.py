@@ -30,6 +30,7 @@ from dmlkit.data.load import check_training_classes, check_training_data, split_
 from dmlkit.data.splits import stratified_split
 from dmlkit.training.build import build_model, resolve_config
 from dmlkit.training.checkpoint import atomic_save, load_checkpoint, torch_load
+from dmlkit.training.checks import check_model_settings, check_patience, check_training_inputs
 from dmlkit.training.device import check_device
 from dmlkit.training.distributed import init_from_env, is_main_process, world_size_from_env
 from dmlkit.training.frozen_features import frozen_feature_data
@@ -86,7 +87,11 @@ def build_splits(config: Config, *, for_training: bool = False
         )
     if for_training:
         check_training_data(config.data)
-    return split_dataset(config.data)
+        check_model_settings(config)
+    train, heldout = split_dataset(config.data)
+    if for_training:
+        check_training_inputs(config, train.x)
+    return train, heldout
 
 
 def augmented(train: ArrayDataset, config: Config) -> ArrayDataset:
@@ -289,6 +294,7 @@ def _train_run(
 
 def _train_labelled(config: Config, out_dir: Path, resume: bool, log: Any, callbacks: tuple,
                     start: float, distributed: bool) -> RunResult:
+    check_patience(config)  # (cross-validation's folds validate: patience works there)
     train, heldout = build_splits(config, for_training=True)
     check_training_classes(train, config.data)
     train, val = validation_split(train, config)
@@ -309,7 +315,8 @@ def _train_labelled(config: Config, out_dir: Path, resume: bool, log: Any, callb
         f"training on {len(train)} items ({train.num_classes} classes), "
         f"held out {len(heldout)} items ({heldout.num_classes} classes)"
         + (f", validating on {len(val)}" if val is not None else "")
-        + (f" of classes {val.classes}" if config.training.val_classes is not None else "")
+        + (f" of classes {_named_classes(val, config)}"
+           if config.training.val_classes is not None else "")
     )
     history = trainer.fit(resume=resume)
     if not is_main_process():  # rank 0 writes the weights and metrics
@@ -329,6 +336,18 @@ def _train_labelled(config: Config, out_dir: Path, resume: bool, log: Any, callb
     metrics["history"] = history
     (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
     return RunResult(out_dir, metrics, history, seconds)
+
+
+def _named_classes(data: ArrayDataset, config: Config) -> str:
+    """The classes of ``data`` for a log line, with their names where the data has them
+    (``[0 (circle), 6 (ring)]``), as cross-validation's fold lines show them."""
+    from dmlkit.data.load import class_names
+    from dmlkit.data.splits import named_ids
+
+    if data.labels.dim() != 1:  # label-row tuples: no one name per row
+        return str(data.classes)
+    names = getattr(data, "class_names", None) or class_names(config.data)
+    return named_ids(data.classes, names)
 
 
 def _trainer(resolved: Config, train: Any, val: Any, out_dir: Path, log: Any,

