@@ -10,6 +10,7 @@ from scipy.linalg import get_blas_funcs
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_array
 
+from dmlkit._checks import check_int_param
 from dmlkit.classical.mahalanobis import (
     MahalanobisMixin,
     _validate_data,
@@ -19,6 +20,7 @@ from dmlkit.classical.mahalanobis import (
     encode_labels,
     warn_no_convergence,
 )
+from dmlkit.classical.params import check_real_param, check_solver_params
 
 
 def itml_bregman(
@@ -198,6 +200,7 @@ class ITML(MahalanobisMixin):
 
     def fit(self, pairs: Any, y: Any) -> ITML:
         """Fit on ``pairs (n_pairs, 2, n_features)`` with ``y (n_pairs,)`` in {+1, -1}."""
+        self._check_params()
         pairs = check_pairs(pairs)
         y = np.asarray(y).ravel()
         if y.shape[0] != pairs.shape[0]:
@@ -208,9 +211,29 @@ class ITML(MahalanobisMixin):
         self.n_features_in_ = pairs.shape[2]
         return self._fit_pairs(pairs, y.astype(np.float64))
 
+    def _check_params(self) -> tuple[float, int, float, tuple[float, float] | None]:
+        """``(gamma, max_iter, tol, bounds)`` checked (a ``ValueError`` naming a bad one)."""
+        gamma = check_real_param("gamma", self.gamma, 0.0, np.inf, low_open=True)
+        max_iter, tol = check_solver_params(self.max_iter, self.tol)
+        if self.bounds is None:
+            return gamma, max_iter, tol, None
+        try:
+            b = np.asarray(self.bounds, dtype=np.float64).ravel()
+        except (TypeError, ValueError):
+            b = np.zeros(0)
+        if b.size != 2 or not np.isfinite(b).all() or (b <= 0).any():
+            raise ValueError(
+                f"bounds must be two finite positive numbers (u, l), got {self.bounds!r}"
+            )
+        if b[0] > b[1]:
+            raise ValueError(
+                f"bounds (u, l) = {self.bounds!r}: the bound u on similar pairs' squared "
+                "distance must not exceed the bound l on dissimilar pairs' (u <= l; "
+                "similar pairs are the closer ones)")
+        return gamma, max_iter, tol, (float(b[0]), float(b[1]))
+
     def _fit_pairs(self, pairs: np.ndarray, y: np.ndarray) -> ITML:
-        if not float(self.gamma) > 0:
-            raise ValueError(f"gamma must be > 0, got {self.gamma!r}")
+        gamma, max_iter, tol, bounds = self._check_params()
         d = pairs.shape[2]
         k = check_n_components(self.n_components, d)
         points = np.unique(pairs.reshape(-1, d), axis=0)
@@ -225,26 +248,20 @@ class ITML(MahalanobisMixin):
         diffs, y = diffs[keep], y[keep]
         A0 = self._prior(points)
         _check_scale(diffs, A0)
-        if self.bounds is None:
+        if bounds is None:
             upper, lower = _default_bounds(points, A0, check_random_state(self.random_state))
             if not (np.isfinite(upper) and np.isfinite(lower)):
                 raise ValueError("ITML: the default bounds are not finite: the distances "
                                  "between the points overflow float64; rescale the inputs")
             upper, lower = max(upper, 1e-9), max(lower, 1e-9)
         else:
-            b = np.asarray(self.bounds, dtype=np.float64).ravel()
-            if b.size != 2 or not np.isfinite(b).all() or (b <= 0).any():
-                raise ValueError(
-                    f"bounds must be two finite positive numbers (u, l), got {self.bounds!r}"
-                )
-            upper, lower = float(b[0]), float(b[1])
+            upper, lower = bounds
         self.bounds_ = np.array([upper, lower])
         A, self.n_iter_, converged = itml_bregman(
-            diffs, y, np.where(y > 0, upper, lower), A0, float(self.gamma), self.max_iter, self.tol,
-            self.verbose,
+            diffs, y, np.where(y > 0, upper, lower), A0, gamma, max_iter, tol, self.verbose,
         )
         if not converged:
-            warn_no_convergence("ITML", self.max_iter)
+            warn_no_convergence("ITML", max_iter)
         if not np.isfinite(A).all():
             raise ValueError("ITML: the learned matrix is not finite (float64 overflow); "
                              "rescale the inputs")
@@ -304,12 +321,13 @@ class ITMLSupervised(ITML):
 
     def fit(self, X: Any, y: Any) -> ITMLSupervised:  # type: ignore[override]
         """Fit on ``X (n_samples, n_features)`` with class labels ``y (n_samples,)``."""
+        self._check_params()
+        if self.n_constraints is not None:
+            check_int_param("n_constraints", self.n_constraints, 1)
         X, y = _validate_data(self, X, y, dtype=np.float64, ensure_min_samples=2)
         codes = encode_labels(y)
         n_classes = int(codes.max()) + 1
         m = 20 * n_classes**2 if self.n_constraints is None else int(self.n_constraints)
-        if m < 1:
-            raise ValueError(f"n_constraints must be >= 1, got {self.n_constraints!r}")
         a, b, sim = sample_pairs(codes, m, check_random_state(self.random_state))
         pairs = np.stack([X[a], X[b]], axis=1)  # (2m, 2, d)
         return self._fit_pairs(pairs, sim)  # type: ignore[return-value]

@@ -18,6 +18,7 @@ from dmlkit.classical.mahalanobis import (
     resolve_device,
     solver_threads,
 )
+from dmlkit.classical.params import check_real_param
 
 
 def lfda_scatter(X: Tensor, labels: Tensor, n_neighbors: int) -> tuple[Tensor, Tensor]:
@@ -110,6 +111,7 @@ class LFDA(MahalanobisMixin):
                 f"{self.embedding_type!r}"
             )
         n_neighbors = check_positive_int(self.n_neighbors, "n_neighbors")
+        reg = check_real_param("reg", self.reg, 0.0, np.inf, high_open=True)
         if np.bincount(codes).max() < 2:
             raise ValueError("LFDA needs a class with at least 2 samples; every class has 1")
         device = resolve_device(self.device)
@@ -130,7 +132,7 @@ class LFDA(MahalanobisMixin):
                 "are identical, or so close that their squared distances underflow): the "
                 "generalized eigenproblem has no finite solution"
             )
-        ridge = float(self.reg) * max(np.trace(S_lw) / d, 1e-12)
+        ridge = reg * max(np.trace(S_lw) / d, 1e-12)
         vals, vecs = scipy.linalg.eigh(S_lb, S_lw + ridge * np.eye(d))  # ascending
         vals, vecs = vals[::-1][:k], vecs[:, ::-1][:, :k]
         if self.embedding_type == "weighted":

@@ -22,6 +22,7 @@ from dmlkit.classical.mahalanobis import (
     solver_threads,
     weighted_pair_grad,
 )
+from dmlkit.classical.params import check_real_param, check_solver_params
 from dmlkit.functional.chunking import chunk_size_for, row_chunks
 
 
@@ -172,8 +173,8 @@ class LMNN(MahalanobisMixin):
         """Fit on ``X (n_samples, n_features)`` with class labels ``y (n_samples,)``."""
         X, codes = self._validate_xy(X, y)
         n_neighbors = check_positive_int(self.n_neighbors, "n_neighbors")
-        if not 0.0 <= float(self.mu) <= 1.0:
-            raise ValueError(f"mu must be in [0, 1], got {self.mu!r}")
+        mu = check_real_param("mu", self.mu, 0.0, 1.0)
+        max_iter, tol = check_solver_params(self.max_iter, self.tol)
         k_out = check_n_components(self.n_components, X.shape[1])
         device = resolve_device(self.device)
         X = center(X)  # the objective depends on differences only
@@ -182,14 +183,13 @@ class LMNN(MahalanobisMixin):
         Xt = torch.tensor(X, device=device)
         yt = torch.from_numpy(codes).to(device)
         k = min(n_neighbors, X.shape[0] - 1)
-        mu = float(self.mu)
         with solver_threads(device, X.shape[0] ** 2 * X.shape[1]):
             targets, valid = target_neighbors(Xt, yt, k)
             if not bool(valid.any()):
                 raise ValueError("LMNN needs a class with at least 2 samples; every class has 1")
             L, self.n_iter_, self.objective_ = lbfgs(
                 lambda Lt: lmnn_loss_grad(Lt, Xt, yt, targets, valid, mu),
-                L0, device, self.max_iter, self.tol, self.verbose, "LMNN",
+                L0, device, max_iter, tol, self.verbose, "LMNN",
             )
         self.components_ = L
         return self

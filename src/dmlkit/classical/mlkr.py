@@ -22,6 +22,7 @@ from dmlkit.classical.mahalanobis import (
     solver_threads,
     weighted_pair_grad,
 )
+from dmlkit.classical.params import check_solver_params
 from dmlkit.functional.chunking import chunk_size_for, row_chunks
 
 
@@ -133,6 +134,7 @@ class MLKR(MahalanobisMixin):
         X, y = _validate_data(self, X, y, dtype=np.float64, y_numeric=True,
                               ensure_min_samples=2, multi_output=True)
         y = np.asarray(y, dtype=np.float64)
+        max_iter, tol = check_solver_params(self.max_iter, self.tol)
         k = check_n_components(self.n_components, X.shape[1])
         device = resolve_device(self.device)
         X = center(X)  # the objective depends on differences only
@@ -143,7 +145,7 @@ class MLKR(MahalanobisMixin):
         with solver_threads(device, X.shape[0] ** 2 * X.shape[1]):
             L, self.n_iter_, self.objective_ = lbfgs(
                 lambda Lt: mlkr_loss_grad(Lt, Xt, yt),
-                L0, device, self.max_iter, self.tol, self.verbose, "MLKR",
+                L0, device, max_iter, tol, self.verbose, "MLKR",
             )
         self.components_ = L
         return self

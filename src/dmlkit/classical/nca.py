@@ -21,6 +21,7 @@ from dmlkit.classical.mahalanobis import (
     solver_threads,
     weighted_pair_grad,
 )
+from dmlkit.classical.params import check_solver_params
 from dmlkit.functional.chunking import chunk_size_for, row_chunks
 
 
@@ -192,6 +193,7 @@ class NCA(MahalanobisMixin):
                 f"precision must be 'float64' or 'float32', got {self.precision!r}"
             )
         dtype = PRECISIONS[self.precision]
+        max_iter, tol = check_solver_params(self.max_iter, self.tol)
         k = check_n_components(self.n_components, X.shape[1])
         device = resolve_device(self.device)
         X = center(X)  # the objective depends on differences only
@@ -208,7 +210,7 @@ class NCA(MahalanobisMixin):
         with solver_threads(device, n * n * X.shape[1]):
             L, self.n_iter_, self.objective_ = lbfgs(
                 objective,
-                L0, device, self.max_iter, self.tol, self.verbose, "NCA",
+                L0, device, max_iter, tol, self.verbose, "NCA",
                 "" if dtype == torch.float64 else " or use precision='float64'",
             )
         self.components_ = L

@@ -10,6 +10,9 @@ import typer
 
 from dmlkit.cli._npz_keys import LABELS_KEY, X_KEY
 
+#: the recall@10 an approximate index's default search breadth is tuned to reach
+DEFAULT_TARGET_RECALL = 0.95
+
 index_app = typer.Typer(help="Build nearest-neighbour indexes of embeddings.",
                         no_args_is_help=True)
 ERRORS = (FileNotFoundError, FileExistsError, ValueError, TypeError, KeyError, ImportError,
@@ -137,8 +140,10 @@ def build(
         "reach --target-recall on the data)."),
     ef_search: int | None = typer.Option(
         None, "--ef-search", help="HNSW search breadth (default: tuned like --nprobe)."),
-    target_recall: float = typer.Option(
-        0.95, "--target-recall", help="Recall@10 vs exact search that defaults must reach."),
+    target_recall: float | None = typer.Option(
+        None, "--target-recall", help="Recall@10 vs exact search, in (0, 1], that the "
+        "default --nprobe / --ef-search must reach (default 0.95; faiss indexes only).",
+        show_default=False),
     device: str = typer.Option("cpu", "--device"),
 ) -> None:
     """Embed a dataset and store it, with labels and source paths, in an index directory.
@@ -148,7 +153,7 @@ def build(
     the search breadth is widened until that recall reaches --target-recall.
     """
     from dmlkit.index import ExactIndex, FaissIndex
-    from dmlkit.index.calibrate import calibrate
+    from dmlkit.index.calibrate import calibrate, check_target_recall
     from dmlkit.index.io import check_replaceable
 
     try:
@@ -161,6 +166,13 @@ def build(
         if factory == "exact" and (nprobe is not None or ef_search is not None):
             raise ValueError("--nprobe / --ef-search apply to faiss indexes (--factory IVF..., "
                              "HNSW...), not to the exact index")
+        if target_recall is not None:
+            check_target_recall(target_recall, "--target-recall")
+            if factory == "exact":
+                raise ValueError("--target-recall applies to approximate faiss indexes "
+                                 "(--factory IVF..., HNSW...); the exact index has recall 1 "
+                                 "by definition")
+        target_recall = DEFAULT_TARGET_RECALL if target_recall is None else target_recall
         if (source / "manifest.json").is_file() and not (source / "config.yaml").exists():
             return _build_from_store(source, out, factory, metric, nprobe, ef_search,
                                      target_recall)
@@ -264,14 +276,17 @@ def _recall_line(recall: dict[str, Any]) -> str:
 
 
 def _query_embeddings(queries: list[Path], index: Any, run_dir: Path | None, device: str,
-                      kind: str = "auto"):
-    """Embeddings ``(n, dim)`` and names of the queries (an array file or image files)."""
+                      kind: str = "auto", where: str = "the index"):
+    """Embeddings ``(n, dim)`` and names of the queries (an array file or image files).
+
+    Raw inputs are embedded only by the model the index was built with (checked by its
+    fingerprint, as ``dmlkit serve`` checks it): another run's, or this run's after
+    further training, would put them in another space than the index's vectors."""
     import numpy as np
 
     from dmlkit.runs.queries import (
         InputSpec,
         expand_queries,
-        prepare_inputs,
         read_images,
         read_query_array,
         run_color,
@@ -301,17 +316,54 @@ def _query_embeddings(queries: list[Path], index: Any, run_dir: Path | None, dev
         names, source, x = [str(q) for q in queries], "query images", None
     if run_dir is None:
         raise ValueError(f"{source} holds raw inputs, which need a model: pass --run RUN_DIR")
-    import torch
-
-    from dmlkit.training import embed, load_run
+    from dmlkit.training import load_run
 
     run = run or load_run(run_dir, device=device)
-    if x is None:
-        cfg = run.config.data
-        x = read_images(queries, cfg.image_size, run_color(run, spec))  # (n, C, H, W) in [0, 1]
+    _check_run_matches(index, run_dir, run, where)
+    if x is not None:
+        return _embed_inputs(run, x, spec, source, device), names
+    size, color = run.config.data.image_size, run_color(run, spec)
+    if spec is None or not spec.any_size:  # one shape for all: checked per file, stacked
+        x = read_images(queries, size, color, spec)  # (n, C, H, W) in [0, 1]
+        return _embed_inputs(run, x, spec, source, device), names
+    # the model resizes any size itself: embed each size apart, as each image alone
+    images = [read_images([q], size, color, spec)[0] for q in queries]  # (C, H, W) each
+    rows_of: dict[tuple[int, ...], list[int]] = {}
+    for i, image in enumerate(images):
+        rows_of.setdefault(image.shape, []).append(i)
+    parts = [(rows, _embed_inputs(run, np.stack([images[i] for i in rows]), spec, source,
+                                  device)) for rows in rows_of.values()]
+    out = np.zeros((len(images), parts[0][1].shape[1]), np.float32)
+    for rows, emb in parts:
+        out[rows] = emb
+    return out, names
+
+
+def _embed_inputs(run: Any, x: Any, spec: Any, source: str, device: str) -> Any:
+    """``(n, dim)`` numpy embeddings by ``run``'s model of raw inputs ``x`` (checked and
+    scaled as training inputs, see :func:`~dmlkit.runs.queries.prepare_inputs`)."""
+    import numpy as np
+    import torch
+
+    from dmlkit.runs.queries import prepare_inputs
+    from dmlkit.training import embed
+
     x = prepare_inputs(x, spec, source)
     emb, _ = embed(run.model, torch.as_tensor(np.asarray(x, dtype=np.float32)), device=device)
-    return emb.numpy(), names
+    return emb.numpy()
+
+
+def _check_run_matches(index: Any, run_dir: Path, run: Any, where: str) -> None:
+    """Refuse to embed queries with another model than the index's (the service's rule,
+    :func:`~dmlkit.index.provenance.check_index_source`, with its messages)."""
+    from types import SimpleNamespace
+
+    from dmlkit.index.provenance import check_index_source
+    from dmlkit.index.store import model_fingerprint
+
+    embedder = SimpleNamespace(run_dir=str(Path(run_dir).resolve()),
+                               model_sha256=model_fingerprint(run.model))
+    check_index_source(index.info, embedder, where, use="search")
 
 
 def search(
@@ -351,7 +403,8 @@ def search(
             index.nprobe = nprobe if nprobe is not None else index.nprobe
             index.ef_search = ef_search if ef_search is not None else index.ef_search
             index._apply_search_params()
-        x, names = _query_embeddings(queries, index, run_dir, device, kind)
+        x, names = _query_embeddings(queries, index, run_dir, device, kind,
+                                     f"the index {index_dir}")
         scores, ids = index.search(x, k)
     except ERRORS as err:
         raise _fail(str(err)) from None

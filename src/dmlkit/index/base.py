@@ -10,6 +10,7 @@ for ``"ip"`` / ``"cosine"`` (larger = closer), as in faiss.
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from dmlkit.index.io import IndexFormatError, load_array, load_json, read_manifest, write_index_dir
+from dmlkit.index.io import (
+    IndexFormatError,
+    load_array,
+    load_json,
+    read_manifest,
+    require_files,
+    write_index_dir,
+)
 
 METRICS = ("l2", "ip", "cosine")
 
@@ -233,7 +241,9 @@ class BaseIndex:
         payloads = [None] * n if payloads is None else list(payloads)
         if len(paths) != n or len(payloads) != n:
             raise ValueError(f"paths and payloads must have {n} entries")
-        json.dumps(payloads)  # raises TypeError early for non-JSON payloads
+        # stored as a copy, as saving and loading would give them: the caller's later edits
+        # never reach the index (and a non-JSON payload is a TypeError here, not at save)
+        payloads = json.loads(json.dumps(payloads))
         self._add_vectors(x, ids)
         self._ids = np.concatenate([self._ids, ids])
         self._labels = np.concatenate([self._labels, lab])
@@ -245,8 +255,13 @@ class BaseIndex:
         return ids
 
     def remove(self, ids: Any) -> int:
-        """Remove the items with these ids (unknown ids are ignored); returns the count."""
-        ids = np.atleast_1d(_as_ids(np.atleast_1d(np.asarray(ids)), np.size(ids)))
+        """Remove the items with these ids (unknown ids are ignored); returns the count.
+
+        ``ids`` are integers of any shape, numpy or torch: a search's ``(n, k)`` ids too
+        (its ``-1`` padding is no id, so it is ignored).
+        """
+        ids = np.asarray(_plain_ints(ids))  # a tensor as numpy, as add(ids=...) takes it
+        ids = _as_ids(ids.reshape(-1), ids.size)
         drop = np.isin(self._ids, ids)
         if not drop.any():
             return 0
@@ -298,7 +313,9 @@ class BaseIndex:
         return scores, ids
 
     def metadata(self, ids: Any) -> list[dict[str, Any] | None]:
-        """Per-id metadata dicts (``id``, ``label``, ``path``, ``payload``); None if unknown."""
+        """Per-id metadata dicts (``id``, ``label``, ``path``, ``payload``); None if unknown.
+
+        The payloads are copies: editing them leaves the index's own unchanged."""
         if self._row_of is None:
             self._row_of = {int(i): r for r, i in enumerate(self._ids)}
         out: list[dict[str, Any] | None] = []
@@ -309,7 +326,7 @@ class BaseIndex:
                 continue
             lab = int(self._labels[r])
             out.append({"id": int(i), "label": None if lab < 0 else lab,
-                        "path": self._paths[r], "payload": self._payloads[r]})
+                        "path": self._paths[r], "payload": copy.deepcopy(self._payloads[r])})
         return out
 
     def labels_of(self, ids: Any) -> np.ndarray:
@@ -370,6 +387,7 @@ class BaseIndex:
         except (TypeError, ValueError) as err:
             raise IndexFormatError(f"{path}: bad manifest parameters: {err}") from None
         n = manifest["count"]
+        require_files(path, manifest, ["ids.npy", "labels.npy", "metadata.json"])
         index._ids = load_array(path, "ids", (n,), np.dtype(np.int64))
         index._labels = load_array(path, "labels", (n,), np.dtype(np.int64))
         if np.unique(index._ids).size != n:

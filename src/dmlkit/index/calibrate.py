@@ -178,6 +178,15 @@ def _nlist(index: Any) -> int:
     return int(faiss.extract_index_ivf(index.index).nlist)
 
 
+def check_target_recall(target: Any, name: str = "target") -> float:
+    """``target`` as a float in ``(0, 1]`` (a recall), else a ``ValueError`` naming
+    ``name``: above 1 no breadth reaches it, at or below 0 any does, NaN compares false."""
+    if (isinstance(target, bool) or not isinstance(target, (int, float, np.integer, np.floating))
+            or not 0.0 < float(target) <= 1.0):
+        raise ValueError(f"{name} must be a recall in (0, 1], got {target!r}")
+    return float(target)
+
+
 def calibrate(
     index: Any,
     vectors: Any,
@@ -201,7 +210,8 @@ def calibrate(
     k : int
         Neighbours compared (capped at ``n``).
     target : float
-        Recall to reach by doubling ``nprobe`` / ``efSearch`` when ``index`` has it unset.
+        Recall in ``(0, 1]`` to reach by doubling ``nprobe`` / ``efSearch`` when ``index``
+        has it unset.
     sample, seed : int
         Number of query rows and the seed that draws them.
     chunk : int
@@ -214,6 +224,7 @@ def calibrate(
         ``tuned`` is False when the breadth was given and only measured. The recall is
         distance-based (see the module docstring).
     """
+    check_target_recall(target)
     if not isinstance(vectors, np.ndarray):  # a list, a CPU tensor
         vectors = np.asarray(vectors, dtype=np.float32)
     n = int(vectors.shape[0])
@@ -256,5 +267,5 @@ def calibrate(
     return {**result, "recall_at_k": recall, knob: value, "tuned": True}
 
 
-__all__ = ["GroundTruth", "calibrate", "distance_recall", "recall_at_k", "take_rows",
-           "true_scores"]
+__all__ = ["GroundTruth", "calibrate", "check_target_recall", "distance_recall",
+           "recall_at_k", "take_rows", "true_scores"]

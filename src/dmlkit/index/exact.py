@@ -18,7 +18,7 @@ from dmlkit.functional.retrieval import (
     ranking_keys,
 )
 from dmlkit.index.base import BaseIndex, to_numpy_2d
-from dmlkit.index.io import IndexFormatError, load_array
+from dmlkit.index.io import IndexFormatError, load_array, require_files
 
 _TORCH_METRIC = {"l2": "euclidean", "ip": "dot", "cosine": "cosine"}
 #: query-gallery pairs from which search filters by threshold
@@ -255,6 +255,7 @@ class ExactIndex(BaseIndex):
 
     def _restore(self, path: Path, manifest: dict[str, Any]) -> None:
         shape = (manifest["count"], self.dim)
+        require_files(path, manifest, ["vectors.npy"])
         data = load_array(path, "vectors", shape, np.dtype(np.float32))
         if not np.isfinite(data).all():
             raise IndexFormatError(f"{path}: vectors.npy contains NaN or infinite values")

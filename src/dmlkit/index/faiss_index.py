@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -17,6 +18,12 @@ from typing import Any
 import numpy as np
 
 from dmlkit.index.base import BaseIndex, _is_tensor, to_numpy_2d
+from dmlkit.index.faiss_stages import (
+    POINTS_PER_CENTROID,
+    check_stages,
+    describe_clustering,
+    stages,
+)
 from dmlkit.index.io import IndexFormatError
 
 
@@ -30,6 +37,13 @@ def import_faiss() -> Any:
             "(or pip install 'dmlkit[faiss]'); ExactIndex needs nothing extra"
         ) from None
     return faiss
+
+
+def faiss_reason(err: BaseException) -> str:
+    """faiss's error message without its C++ location (``Error in void faiss::... at
+    /project/faiss/...cpp:64: Error: '...' failed: REASON``)."""
+    text = str(err).strip()
+    return re.sub(r"^Error in .*? at \S+:\d+: (Error: )?", "", text, flags=re.S) or text
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:
@@ -83,7 +97,10 @@ class FaissIndex(BaseIndex):
         try:
             base = faiss.index_factory(self.dim, factory, faiss_metric)
         except RuntimeError as err:
-            raise ValueError(f"faiss cannot build {factory!r}: {err}") from None
+            raise ValueError(f"faiss cannot build {factory!r}: {faiss_reason(err)}") from None
+        problem = check_stages(stages(faiss, base))  # faiss accepts these, then crashes
+        if problem is not None:
+            raise ValueError(f"invalid faiss factory {factory!r}: {problem}")
         self.index = base if _has_own_ids(faiss, base) else faiss.IndexIDMap2(base)
         self._apply_search_params()
 
@@ -133,17 +150,18 @@ class FaissIndex(BaseIndex):
                 self.index.train(x)
             except RuntimeError as err:
                 raise ValueError(f"faiss cannot train {self.factory!r} on {x.shape[0]} "
-                                 f"vectors: {err}") from None
-        if "WARNING clustering" in captured.text:
-            pq = "PQ" in self.factory.upper()  # (the advice names only the stages it has)
-            centroids = "IVF lists; 256 per PQ sub-quantizer of 8 bits" if pq else "IVF lists"
+                                 f"vectors: {faiss_reason(err)}") from None
+        if "WARNING clustering" in captured.text:  # advice for the stages that warned
+            n = x.shape[0]
+            what, advice = describe_clustering(stages(import_faiss(), self.index),
+                                               captured.text, n)
+            asked = [line.split(": ", 1)[-1] for line in captured.text.splitlines()
+                     if "WARNING clustering" in line]
             warnings.warn(
-                f"{self.factory}: faiss trained its quantizer on only {x.shape[0]} vectors "
-                f"({captured.text.strip().splitlines()[-1].split(': ', 1)[-1]}); "
-                f"each of its k-means centroids ({centroids}) wants about 39 training "
-                "vectors: train on more vectors, or choose fewer lists (about sqrt(n) = "
-                f"{max(1, int(x.shape[0] ** 0.5))})" + (" or fewer PQ bits" if pq else ""),
-                UserWarning, stacklevel=3)
+                f"{self.factory}: faiss trained its quantizer on only {n} vectors "
+                f"({'; '.join(dict.fromkeys(asked))}); its k-means stages ({what}) want "
+                f"about {POINTS_PER_CENTROID} training vectors per centroid: train on more "
+                f"vectors, or choose {advice}", UserWarning, stacklevel=3)
 
     def _prep(self, x: np.ndarray) -> np.ndarray:
         return _normalize(x) if self.metric == "cosine" else x
@@ -160,12 +178,16 @@ class FaissIndex(BaseIndex):
             self.index.remove_ids(faiss.IDSelectorBatch(ids.astype(np.int64)))
         except RuntimeError as err:
             raise NotImplementedError(
-                f"faiss index {self.factory!r} cannot remove items ({err}); rebuild it "
-                "without them, or use a Flat or IVF index"
+                f"faiss index {self.factory!r} cannot remove items ({faiss_reason(err)}); "
+                "rebuild it without them, or use a Flat or IVF index"
             ) from None
 
     def _search_ids(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        scores, ids = self.index.search(self._prep(q), k)
+        try:
+            scores, ids = self.index.search(self._prep(q), k)
+        except RuntimeError as err:  # faiss's own checks: one clear error, no C++ trace
+            raise ValueError(f"faiss cannot search {self.factory!r}: {faiss_reason(err)}"
+                             ) from None
         pad = ids < 0
         scores[pad] = np.inf if self.metric == "l2" else -np.inf
         return scores, ids
@@ -180,7 +202,11 @@ class FaissIndex(BaseIndex):
         """
         is_torch = _is_tensor(q)
         qa = self._prep(to_numpy_2d(q, self.dim, "q"))
-        lims, scores, ids = self.index.range_search(qa, float(threshold))
+        try:
+            lims, scores, ids = self.index.range_search(qa, float(threshold))
+        except RuntimeError as err:
+            raise ValueError(f"faiss cannot range-search {self.factory!r}: "
+                             f"{faiss_reason(err)}") from None
         for i in range(qa.shape[0]):  # order each query's hits like search does
             a, b = lims[i], lims[i + 1]
             key = scores[a:b] if self.metric == "l2" else -scores[a:b]
@@ -217,6 +243,16 @@ class FaissIndex(BaseIndex):
                 f"{path}: faiss.index has dim {index.d} and {index.ntotal} items, the "
                 f"manifest says dim {self.dim} and {manifest['count']}"
             )
+        want = faiss.METRIC_L2 if self.metric == "l2" else faiss.METRIC_INNER_PRODUCT
+        if int(index.metric_type) != int(want):
+            held = {int(faiss.METRIC_L2): "l2", int(faiss.METRIC_INNER_PRODUCT): "ip/cosine"}
+            raise IndexFormatError(
+                f"{path}: faiss.index searches by "
+                f"{held.get(int(index.metric_type), f'metric type {index.metric_type}')} "
+                f"but the manifest says metric {self.metric!r}; rebuild the index")
+        problem = check_stages(stages(faiss, index))
+        if problem is not None:
+            raise IndexFormatError(f"{path}: faiss.index cannot be searched: {problem}")
         self.index = index
         self._apply_search_params()
 
@@ -256,4 +292,4 @@ def _has_own_ids(faiss: Any, index: Any) -> bool:
         return False
 
 
-__all__ = ["FaissIndex", "import_faiss"]
+__all__ = ["FaissIndex", "faiss_reason", "import_faiss"]

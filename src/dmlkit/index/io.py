@@ -215,6 +215,17 @@ def read_manifest(
     return manifest
 
 
+def require_files(path: Path, manifest: dict[str, Any], names: list[str]) -> None:
+    """Refuse an index whose manifest does not list each of ``names``: only listed files
+    are checked against their SHA-256, so an unlisted one would be read unchecked."""
+    missing = [name for name in names if name not in manifest["files"]]
+    if missing:
+        raise IndexFormatError(
+            f"{path}: the manifest lists no {', '.join(missing)}; every file an index reads "
+            "must be listed with its SHA-256 (the manifest was edited or is incomplete): "
+            "rebuild the index")
+
+
 def load_array(path: Path, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """Load ``NAME.npy`` without pickle and check its shape and dtype."""
     fpath = path / f"{name}.npy"
@@ -246,4 +257,5 @@ __all__ = [
     "remove_stale_temps",
     "load_array",
     "load_json",
+    "require_files",
 ]

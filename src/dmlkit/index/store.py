@@ -242,8 +242,11 @@ def build_index_from_store(
     ``efSearch`` until it reaches ``target_recall`` unless they were given. The result
     is in ``index.info["recall"]``.
     """
+    from dmlkit.index.calibrate import check_target_recall
     from dmlkit.index.faiss_index import FaissIndex
 
+    if target_recall is not None:  # before the build, not after it
+        check_target_recall(target_recall, "target_recall")
     store = store if isinstance(store, EmbeddingStore) else EmbeddingStore.open(store)
     if not store.complete:
         raise ValueError(f"{store.path} is unfinished ({store.rows_done}/{store.count} rows); "

@@ -190,6 +190,16 @@ def read_query_array(
         raise ValueError(f"query kind must be one of {QUERY_KINDS}, got {kind!r}")
     from dmlkit.data.npz import read_arrays
 
+    def checked(x: np.ndarray, what: str) -> tuple[np.ndarray, str]:
+        """A row per query: ``(n, dim)`` embeddings, or inputs with a batch axis."""
+        if what == "embeddings" and x.ndim == 2 and x.shape[1] == dim:
+            return x, what
+        if what == "inputs" and x.ndim >= 2:
+            return x, what
+        want = (f"embeddings (n, {dim})" if what == "embeddings" else "raw inputs (n, "
+                f"{_shape_text(spec.shape) if spec is not None else '...'}), a row per query")
+        raise ValueError(f"{path} has shape {x.shape}; expected {want}")
+
     arrays = read_arrays(path)
     if path.suffix == ".npz":
         if kind == "auto" and {"embeddings", "x"} <= set(arrays):  # the keys cannot tell
@@ -198,16 +208,16 @@ def read_query_array(
                 "embeddings (the vectors) or --as inputs (raw inputs 'x', embedded by the "
                 "run's model)")
         if kind in ("auto", "embeddings") and "embeddings" in arrays:
-            return np.asarray(arrays["embeddings"]), "embeddings"
+            return checked(np.asarray(arrays["embeddings"]), "embeddings")
         if kind in ("auto", "inputs") and "x" in arrays:
-            return np.asarray(arrays["x"]), "inputs"
+            return checked(np.asarray(arrays["x"]), "inputs")
         want = {"auto": "'embeddings' or 'x'", "embeddings": "'embeddings'",
                 "inputs": "'x'"}[kind]
         raise ValueError(f"{path} holds arrays {list(arrays)}; a query .npz needs {want} "
                          "('embeddings': vectors to search; 'x': raw inputs to embed)")
     x = np.asarray(arrays["x"])
     if kind != "auto":
-        return x, kind
+        return checked(x, kind)
     is_emb = x.ndim == 2 and x.shape[1] == dim
     is_input = spec is not None and x.ndim >= 2 and input_fit(x.shape[1:], spec) is not None
     if is_emb and is_input:
@@ -290,13 +300,46 @@ def run_color(run: Any, spec: InputSpec | None = None) -> str:
     return {1: "grayscale", 3: "rgb"}.get(channels, "auto")
 
 
-def read_images(paths: list[Path], image_size: Any, color: str) -> np.ndarray:
+def read_images(paths: list[Path], image_size: Any, color: str,
+                spec: InputSpec | None = None) -> np.ndarray:
     """Image files as ``(n, C, H, W)`` float32 in ``[0, 1]``; a corrupt file is a
-    ``ValueError`` naming it."""
+    ``ValueError`` naming it.
+
+    With the run's ``spec``, each image is checked before stacking (:func:`input_fit`)
+    and brought to the shape it takes, so a misfit names its file and the training
+    shape. Images left at different sizes (a run whose model resizes any size) cannot
+    share a batch: a ``ValueError`` names the odd ones (embed them one size at a time).
+    """
+    from collections import Counter
+
     from dmlkit.data.image_folder import _pillow, read_image
 
+    def listed(items: list[tuple[Path, tuple[int, ...]]], most: int = 5) -> str:
+        text = ", ".join(f"{p} of shape {s}" for p, s in items[:most])  # a.png of shape (1, 8, 8)
+        return text + (f" and {len(items) - most} more" if len(items) > most else "")
+
     _pillow()
-    return np.stack([read_image(p, color, image_size) for p in paths])
+    arrays = [read_image(p, color, image_size) for p in paths]
+    if spec is not None:
+        fits = [input_fit(a.shape, spec) for a in arrays]
+        bad = [(p, a.shape) for p, a, f in zip(paths, arrays, fits, strict=True) if f is None]
+        if bad:
+            other = " (or images of any size with those channels)" if spec.any_size else ""
+            raise ValueError(
+                f"query image{'s' if len(bad) > 1 else ''} {listed(bad)} "
+                f"{'do' if len(bad) > 1 else 'does'} not fit the run's model: it was trained "
+                f"on inputs of shape {_shape_text(spec.shape)}{other}; bring "
+                f"{'them' if len(bad) > 1 else 'it'} to that shape (channels x height x "
+                "width)")
+        arrays = [a.reshape(f) for a, f in zip(arrays, fits, strict=True)]
+    common = Counter(a.shape for a in arrays).most_common(1)[0][0] if arrays else None
+    odd = [(p, a.shape) for p, a in zip(paths, arrays, strict=True) if a.shape != common]
+    if odd:
+        raise ValueError(
+            f"query images differ in size: {listed(odd)}, the others {common}; give "
+            "images of one size (resize them, or set the run's "
+            "data.image_size)")
+    return np.stack(arrays)
 
 
 def expand_queries(queries: list[Path]) -> list[Path]:

@@ -5,100 +5,19 @@ scores of one model's embeddings: served with another model, every search and ev
 decision is silently wrong. The served embedder says where its weights come from
 (``run_dir``, ``model_sha256``); indexes record the run they were built from in their
 ``info`` (``run_dir``, and ``model_sha256`` where recorded), and verifier kits the run they
-embed with and its fingerprint (:mod:`dmlkit.apps.persistence`).
+embed with and its fingerprint (:mod:`dmlkit.apps.persistence`). The index rule,
+:func:`check_index_source`, lives in :mod:`dmlkit.index.provenance` (``dmlkit search``
+applies it too, without the service's dependencies).
 """
 
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-
-def _same_path(a: str, b: str) -> bool:
-    return Path(a).resolve() == Path(b).resolve()
-
-
-def _fingerprint_of(run_dir: str) -> str | None:
-    """The fingerprint of a run directory's weights, ``None`` when it cannot be loaded."""
-    from dmlkit.apps.persistence import run_fingerprint
-
-    try:
-        return run_fingerprint(run_dir)
-    except (FileNotFoundError, ValueError, OSError):
-        return None
-
-
-def check_index_source(info: dict[str, Any], embedder: Any, where: str = "the index") -> None:
-    """Refuse to serve an index built with another model than ``embedder``'s.
-
-    Parameters
-    ----------
-    info : dict
-        The index's ``info`` (``run_dir`` and ``model_sha256`` when it was built from a
-        run).
-    embedder : object or None
-        The served embedder (``run_dir`` and ``model_sha256`` attributes; ``None``: a
-        service of embeddings alone, nothing to check).
-    where : str
-        How messages name the index.
-
-    Raises
-    ------
-    ValueError
-        When the index's recorded fingerprint differs from the served model's, or, with no
-        fingerprint recorded, when the index names another run whose weights differ.
-
-    Warns
-    -----
-    UserWarning
-        When the index records no fingerprint and its run cannot be compared, or when the
-        served model records none (an ONNX export from before ``dmlkit export`` recorded
-        ``model_sha256``) while the index names its model.
-    """
-    if embedder is None:
-        return
-    built_dir, built_sha = info.get("run_dir"), info.get("model_sha256")
-    served_dir = getattr(embedder, "run_dir", None)
-    served_sha = getattr(embedder, "model_sha256", None)
-    served = served_dir or "the served model"
-    rebuild = (f"rebuild the index with the served run (dmlkit index build {served} ...), or "
-               f"serve the run it was built with{f' ({built_dir})' if built_dir else ''}")
-    if built_sha is not None and served_sha is not None:
-        if built_sha != served_sha:
-            raise ValueError(
-                f"{where} holds embeddings of another model than the one served: it was "
-                f"built with the weights of {built_dir or 'another run'}, and {served} has "
-                f"other weights (retrained, or another run); {rebuild}")
-        return
-    if built_dir is None and built_sha is None:
-        return  # built from an embeddings file: nothing records its model
-    if served_sha is None:
-        origin = f" (exported from {served_dir})" if served_dir else ""
-        warnings.warn(
-            f"the served model{origin} records no fingerprint of its weights (an ONNX export "
-            "written before dmlkit export recorded model_sha256 in FILE.onnx.json), so it "
-            f"cannot be checked that {where} holds its embeddings; export the run again "
-            "(dmlkit export RUN_DIR --out FILE.onnx --force) to have the service check it",
-            UserWarning, stacklevel=2)
-        return
-    if not _same_path(str(built_dir), str(served_dir or "")):
-        other = _fingerprint_of(str(built_dir))
-        if other is not None and other != served_sha:
-            raise ValueError(f"{where} was built with the run {built_dir}, whose model is not "
-                             f"the served {served}; {rebuild}")
-        if other is None:
-            warnings.warn(f"{where} was built with the run {built_dir}, which cannot be loaded "
-                          f"now, and records no fingerprint of its weights: it cannot be "
-                          f"checked that it holds embeddings of the served {served}",
-                          UserWarning, stacklevel=2)
-        return
-    warnings.warn(f"{where} records no fingerprint of the weights of {built_dir}: if the run "
-                  "was trained further after the index was built, its embeddings are stale "
-                  f"and searches are wrong; {rebuild.split(', or')[0]}", UserWarning,
-                  stacklevel=2)
+from dmlkit.index.provenance import _fingerprint_of, check_index_source
 
 
 class VerifierScorer:
