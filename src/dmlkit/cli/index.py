@@ -238,9 +238,11 @@ def _echo_recall(recall: dict[str, Any] | None, target_recall: float) -> None:
         return
     typer.echo(_recall_line(recall))
     if recall["recall_at_k"] < target_recall:
+        knobs = [f"--{key.replace('_', '-')}" for key in ("nprobe", "ef_search") if key in recall]
+        fix = (f"raise {' / '.join(knobs)}" if knobs else  # a compressed code (PQ, SQ, ...)
+               "store finer codes (e.g. more PQ sub-quantizers or bits)")
         typer.echo(f"warning: recall {recall['recall_at_k']:.4f} is below "
-                   f"{target_recall}; raise --nprobe / --ef-search or use --factory exact",
-                   err=True)
+                   f"{target_recall}; {fix} or use --factory exact", err=True)
 
 
 def _build_from_store(store_dir: Path, out: Path, factory: str, metric: str,
