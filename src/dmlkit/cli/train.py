@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from pathlib import Path
@@ -24,6 +25,29 @@ def _latest_run(name: str) -> Path | None:
     """The newest ``runs/<name>-*`` directory holding a checkpoint."""
     candidates = [p for p in RUNS_DIR.glob(f"{name}-*") if (p / "checkpoint.pt").is_file()]
     return max(candidates, key=lambda p: p.stat().st_mtime, default=None)
+
+
+def _system_error(err: OSError, out: Path | None) -> str:
+    """A file system error of a training run on one line (a failed write names its file,
+    ``cannot write PATH: no space left on device``), with the way to resume when the run
+    kept a checkpoint."""
+    from dmlkit.training.checkpoint import WriteError
+
+    message = str(err) if isinstance(err, WriteError) else one_line(err)
+    if out is None or err.errno is None:
+        return message
+    from dmlkit.training.checkpoint import load_checkpoint
+    from dmlkit.training.run_dir import resume_command
+    from dmlkit.training.trainer import CHECKPOINT
+
+    if not (out / CHECKPOINT).is_file():
+        return message
+    try:
+        kept = f"the checkpoint of epoch {int(load_checkpoint(out / CHECKPOINT)['epoch'])}"
+    except (OSError, ValueError, KeyError, TypeError):
+        kept = "the last checkpoint"
+    free = "free some space, then " if err.errno == errno.ENOSPC else ""
+    return f"{message}; {kept} is kept: {free}resume with: {resume_command(out)}"
 
 
 def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
@@ -136,13 +160,15 @@ def train(
                     given = apply_overrides(given, overrides)
                 changes = config_changes(given, saved_cfg)
                 if changes:
+                    from dmlkit.training.run_dir import resume_command
+
                     what = " and ".join(
                         ([str(config)] if config is not None else []) + (
                             ["--set"] if overrides else []))
                     raise _fail(
                         f"--resume continues {out} with its saved {saved}, but {what} "
-                        f"differs in {'; '.join(changes)}; resume without them (dmlkit "
-                        f"train --resume --out {out}), or train a new run (another --out)")
+                        f"differs in {'; '.join(changes)}; resume without them "
+                        f"({resume_command(out)}), or train a new run (another --out)")
                 if epochs is None and given.training.epochs != saved_cfg.training.epochs:
                     epochs = given.training.epochs  # more epochs, as --epochs would ask
             cfg = saved_cfg
@@ -152,21 +178,32 @@ def train(
             cfg.training.seed = seed
         cfg.training.progress = progress
         cfg.check()
+        auto = out is None  # runs/<name>-<timestamp>, numbered when taken (-2, -3, ...)
         if out is None:
             from dmlkit.training.distributed import world_size_from_env
 
             if world_size_from_env() > 1:  # each process would stamp its own directory
                 raise _fail("under torchrun, name the run directory: --out runs/NAME")
             out = RUNS_DIR / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        say(f"{'resuming' if resume else 'run directory'}: {out}")
+        from dmlkit.training.run_dir import check_resume, claim_run_dir
+
+        check_output_dir(out)
         runner = train_run
         if cfg.data.name in ("text", "stsb"):  # sentence encoders (dmlkit.text)
             from dmlkit.text import train_text_run as runner
-        result = runner(cfg, out, resume=resume, log=say)
+        # the run holds its directory alone until it ends: made atomically, locked
+        with claim_run_dir(out, resume=resume, unique=auto) as out:
+            say(f"{'resuming' if resume else 'run directory'}: {out}")
+            if resume and runner is not train_run:  # (train_run checks it itself)
+                check_resume(cfg, out)
+            result = runner(cfg, out, resume=resume, log=say)
     except (FileNotFoundError, FileExistsError, ValueError, TypeError, KeyError,
             FloatingPointError, ImportError) as err:  # (a non-finite loss: the config's
         # fault too; a missing optional package: its error names the pip command)
         raise _fail(str(err) if rank == 0 else f"(process {rank}) {err}") from None
+    except OSError as err:  # a full disk, a read-only run directory: one line
+        message = _system_error(err, out)
+        raise _fail(message if rank == 0 else f"(process {rank}) {message}") from None
     except KeyboardInterrupt:
         from dmlkit.training.distributed import world_size_from_env
         from dmlkit.training.trainer import CHECKPOINT
@@ -178,7 +215,9 @@ def train(
         why = ("stopped (interrupted, or another process of the job failed: its error is "
                "above)" if several else "interrupted")
         if out is not None and (out / CHECKPOINT).is_file():
-            raise _fail(f"{why}; resume with: dmlkit train --resume --out {out}", 130) from None
+            from dmlkit.training.run_dir import resume_command
+
+            raise _fail(f"{why}; resume with: {resume_command(out)}", 130) from None
         raise _fail(f"{why} before the first epoch ended (nothing to resume)"
                     + ("" if several else "; start again with the same command"), 130) from None
     if not result.metrics:  # a worker process of a multi-process run: rank 0 reports
@@ -226,6 +265,7 @@ def embed(
     from dmlkit.runs.data import describe, has_labels, run_data, unlabelled_inputs
     from dmlkit.training import embed as embed_data
     from dmlkit.training import load_run
+    from dmlkit.training.run import MODEL_FILE
 
     if not store:
         out = out if out.suffix == ".npz" else out.with_name(out.name + ".npz")  # as numpy
@@ -235,6 +275,9 @@ def embed(
         else:
             check_output_file(out, ".npz file")
         run = load_run(run_dir, device=device)
+        if run.weights != MODEL_FILE:  # an unfinished run: its last checkpoint's weights
+            typer.echo(f"note: {run_dir} has no {MODEL_FILE}: embedding with the weights of "
+                       f"its {run.weights}", err=True)
         names = None
         if has_labels(data, labels_key):
             dataset = run_data(run, data, x_key=x_key, labels_key=labels_key)

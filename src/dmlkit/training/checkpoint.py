@@ -1,37 +1,83 @@
-"""Atomic checkpoint files: write to a temporary file in the same folder, then rename."""
+"""Atomic run files: write to a temporary file in the same folder, flush it to disk, then
+rename it over the file; a write that fails is one :class:`WriteError` naming the file."""
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
 from dmlkit._files import publish_mode
 
 
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to ``path`` so that a crash never leaves a half-written file.
+class WriteError(OSError):
+    """A file could not be written: ``filename`` names the file (not its temporary file),
+    ``strerror`` the cause (``No space left on device``)."""
 
-    The data goes to a temporary file next to ``path``, is flushed to disk, and replaces
-    ``path`` with :func:`os.replace` (atomic on POSIX and Windows).
-    """
+    def __str__(self) -> str:
+        reason = self.strerror or "write failed"
+        return f"cannot write {self.filename}: {reason[:1].lower()}{reason[1:]}"
+
+
+def write_error(err: BaseException, path: str | Path) -> WriteError | None:
+    """``err``, raised while writing ``path``, as a :class:`WriteError` naming ``path``:
+    the first ``OSError`` with an errno in its chain (torch's save fails with a
+    ``RuntimeError`` "unexpected pos" after the disk-full ``OSError``), or torch's own
+    write failure; ``None`` for anything else (an interrupt, a bug)."""
+    if isinstance(err, WriteError):
+        return err
+    seen, cause = set(), err
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.errno is not None:
+            return WriteError(cause.errno, cause.strerror or os.strerror(cause.errno), str(path))
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(err, RuntimeError) and any(
+            word in str(err) for word in ("inline_container", "PytorchStreamWriter")):
+        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
+        return WriteError(errno.EIO, f"write failed (torch.save: {first})", str(path))
+    return None
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Call ``write(f)`` on a temporary file next to ``path``, flush it to disk and
+    replace ``path`` with it (:func:`os.replace`, atomic on POSIX and Windows), so that a
+    crash never leaves a half-written ``path``. On failure the temporary file is removed
+    and a failed write raises :class:`WriteError` naming ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         publish_mode(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as err:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+        failure = write_error(err, path) if isinstance(err, Exception) else None
+        if failure is None or failure is err:
+            raise
+        raise failure from err
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to ``path`` so that a crash never leaves a half-written file
+    (:func:`atomic_write`)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_text(text: str, path: str | Path) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically, as :func:`atomic_save` writes."""
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 class CorruptFileError(ValueError):
@@ -72,4 +118,5 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
-__all__ = ["CorruptFileError", "atomic_save", "load_checkpoint", "torch_load"]
+__all__ = ["CorruptFileError", "WriteError", "atomic_save", "atomic_write", "atomic_write_text",
+           "load_checkpoint", "torch_load", "write_error"]

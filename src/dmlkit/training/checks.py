@@ -1,11 +1,23 @@
-"""Settings and inputs a training run refuses or warns about before it starts: settings
-that could never have an effect, and training images outside the range the model takes."""
+"""Settings and inputs a training run refuses or warns about before it starts (settings
+that could never have an effect, training images outside the range the model takes), and
+a run that diverges while it trains (a non-finite loss, embeddings or weights)."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+import torch
 from torch import Tensor
 
 from dmlkit.config.schema import Config
+
+#: the end of :func:`~dmlkit.functional.distances.check_embeddings`'s message for
+#: embeddings with NaN or infinite entries
+NON_FINITE = "contains NaN or infinite values"
+#: what a diverging run should change
+_ADVICE = "lower optimizer.lr, or check the data and the loss's settings"
 
 
 def check_model_settings(config: Config) -> None:
@@ -57,4 +69,40 @@ def check_training_inputs(config: Config, x: Tensor) -> None:
         check_image_range(x, expected, source, str(name))
 
 
-__all__ = ["check_model_settings", "check_patience", "check_training_inputs"]
+def check_loss_value(value: float, epoch: int, step: int) -> None:
+    """Raise ``FloatingPointError`` when a batch's loss ``value`` is NaN or infinite
+    (``epoch`` and ``step`` 0-based)."""
+    if not math.isfinite(value):
+        raise FloatingPointError(
+            f"loss is {value} at epoch {epoch + 1}, batch {step + 1}; {_ADVICE}")
+
+
+@contextmanager
+def finite_embeddings(epoch: int, step: int | None = None) -> Iterator[None]:
+    """Report the embeddings check's error for NaN or infinite embeddings (weights that
+    diverged) raised inside the block as a ``FloatingPointError`` naming the epoch and the
+    batch (``step``; ``None``: validating after the epoch), as a non-finite loss is."""
+    try:
+        yield
+    except ValueError as err:
+        if not str(err).endswith(NON_FINITE):
+            raise
+        where = (f"at epoch {epoch + 1}, batch {step + 1}" if step is not None
+                 else f"of the validation items after epoch {epoch + 1}")
+        raise FloatingPointError(
+            f"non-finite embeddings {where} (training diverged); {_ADVICE}") from None
+
+
+def check_finite_weights(modules: Iterable[torch.nn.Module], epoch: int) -> None:
+    """Raise ``FloatingPointError`` when a parameter of ``modules`` is NaN or infinite
+    after ``epoch`` (1-based), before the epoch's checkpoint would keep it."""
+    for module in modules:
+        for name, p in module.named_parameters():
+            if p.is_floating_point() and not bool(torch.isfinite(p).all()):
+                raise FloatingPointError(
+                    f"non-finite weights ({name}) after epoch {epoch} (training diverged); "
+                    f"{_ADVICE}")
+
+
+__all__ = ["check_finite_weights", "check_loss_value", "check_model_settings",
+           "check_patience", "check_training_inputs", "finite_embeddings"]

@@ -29,11 +29,23 @@ from dmlkit.data.dataset import ArrayDataset
 from dmlkit.data.load import check_training_classes, check_training_data, split_dataset
 from dmlkit.data.splits import stratified_split
 from dmlkit.training.build import build_model, resolve_config
-from dmlkit.training.checkpoint import atomic_save, load_checkpoint, torch_load
+from dmlkit.training.checkpoint import (
+    atomic_save,
+    atomic_write_text,
+    load_checkpoint,
+    torch_load,
+)
 from dmlkit.training.checks import check_model_settings, check_patience, check_training_inputs
 from dmlkit.training.device import check_device
 from dmlkit.training.distributed import init_from_env, is_main_process, world_size_from_env
 from dmlkit.training.frozen_features import frozen_feature_data
+from dmlkit.training.run_dir import (
+    check_resume,
+    checkpoint_weights,
+    claim_run_dir,
+    created_here,
+    read_metrics,
+)
 from dmlkit.training.trainer import CHECKPOINT, Trainer
 
 CONFIG_FILE = "config.yaml"
@@ -49,12 +61,16 @@ METRIC_KEYS = (
 
 @dataclass
 class Run:
-    """A trained run: its directory, resolved config and model (in eval mode)."""
+    """A trained run: its directory, resolved config and model (in eval mode).
+
+    ``weights`` says where the model's weights came from: ``"model.pt"``, or for a run
+    without it, its checkpoint (``"checkpoint of epoch 4 of 10 (unfinished run)"``)."""
 
     run_dir: Path
     config: Config
     model: nn.Module
     metrics: dict[str, Any] | None = None
+    weights: str = MODEL_FILE
 
 
 @dataclass
@@ -225,7 +241,9 @@ def train_run(
 ) -> RunResult:
     """Train as ``config`` says, writing a complete run directory to ``out_dir``.
 
-    With ``resume`` the run continues from ``out_dir/checkpoint.pt``.
+    With ``resume`` the run continues from ``out_dir/checkpoint.pt``. The run holds
+    ``out_dir`` alone while it trains (:func:`~dmlkit.training.run_dir.claim_run_dir`):
+    a new run refuses a directory that holds files or another run's.
     """
     out_dir = Path(out_dir)
     check_device(config.training.device, "training.device")
@@ -235,33 +253,16 @@ def train_run(
             f"cannot resume: no {CHECKPOINT} in {out_dir}"
             + ("; the run stopped before its first epoch ended, so there is nothing to "
                "resume: start it again without --resume (same --out)" if started else ""))
-    if resume and (out_dir / CONFIG_FILE).is_file():  # exact resume: the run's own settings
-        from dmlkit.config.compare import config_changes
-
-        changes = config_changes(config, Config.from_yaml(out_dir / CONFIG_FILE))
-        if changes:
-            raise ValueError(
-                f"resuming {out_dir} with other settings than it was trained with: "
-                f"{'; '.join(changes)}; resume with its saved config.yaml, or train a new "
-                "run (another out_dir)")
-    if resume:
-        done = int(load_checkpoint(out_dir / CHECKPOINT)["epoch"])
-        if config.training.epochs < done:
-            raise ValueError(
-                f"{out_dir} has already trained {done} epochs; training.epochs "
-                f"{config.training.epochs} would shorten it (use --epochs >= {done} to "
-                "extend it, or train a new run)")
-    if not resume and (out_dir / CHECKPOINT).is_file():
-        raise FileExistsError(
-            f"{out_dir} already holds a run; resume it (--resume) or choose another --out"
-        )
-    threads = torch.get_num_threads()
-    if config.training.num_threads is not None:
-        torch.set_num_threads(config.training.num_threads)
-    try:
-        return _train_run(config, out_dir, resume, log, callbacks)
-    finally:
-        torch.set_num_threads(threads)
+    with claim_run_dir(out_dir, resume=resume):
+        if resume:
+            check_resume(config, out_dir)
+        threads = torch.get_num_threads()
+        if config.training.num_threads is not None:
+            torch.set_num_threads(config.training.num_threads)
+        try:
+            return _train_run(config, out_dir, resume, log, callbacks)
+        finally:
+            torch.set_num_threads(threads)
 
 
 def _train_run(
@@ -301,10 +302,11 @@ def _train_labelled(config: Config, out_dir: Path, resume: bool, log: Any, callb
     resolved = resolve_config(config, train.x[0], int(train.labels.max()) + 1)
     train, val = frozen_feature_data(resolved, train, val, log)  # cached, if frozen backbone
     train = augmented(train, config)
-    fresh = not out_dir.exists()
+    created = created_here(out_dir)  # (claimed by train_run; else made here)
+    fresh = not out_dir.exists() if created is None else created
     if is_main_process():  # (only rank 0 writes: another rank's folder is not "fresh")
         out_dir.mkdir(parents=True, exist_ok=True)
-        resolved.to_yaml(out_dir / CONFIG_FILE)
+        atomic_write_text(resolved.to_yaml(), out_dir / CONFIG_FILE)
     try:
         trainer = _trainer(resolved, train, val, out_dir, log, callbacks, distributed)
     except BaseException:  # a bad model or sampler setting: leave no half-made run behind
@@ -334,7 +336,7 @@ def _train_labelled(config: Config, out_dir: Path, resume: bool, log: Any, callb
             "best_map_at_r": trainer.best_metric if math.isfinite(trainer.best_metric) else None,
         }
     metrics["history"] = history
-    (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    atomic_write_text(json.dumps(metrics, indent=2) + "\n", out_dir / METRICS_FILE)
     return RunResult(out_dir, metrics, history, seconds)
 
 
@@ -373,12 +375,14 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     config = Config.from_yaml(config_path)
     model = build_model(config)
     check_device(device)
+    weights = MODEL_FILE
     if (run_dir / MODEL_FILE).is_file():
         state = torch_load(run_dir / MODEL_FILE, device, (
             f"delete it to load the weights of {run_dir / CHECKPOINT}" if
             (run_dir / CHECKPOINT).is_file() else "retrain the run or restore the file"))
     elif (run_dir / CHECKPOINT).is_file():
-        state = load_checkpoint(run_dir / CHECKPOINT, map_location=device)["model"]
+        checkpoint = load_checkpoint(run_dir / CHECKPOINT, map_location=device)
+        state, weights = checkpoint["model"], checkpoint_weights(checkpoint, config)
     else:
         raise FileNotFoundError(f"{run_dir} holds neither {MODEL_FILE} nor {CHECKPOINT}")
     try:
@@ -387,9 +391,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
         raise ValueError(f"the weights in {run_dir} do not fit the model of its "
                          f"{CONFIG_FILE}: {_state_dict_error(err)}") from None
     model.to(device).eval()
-    metrics_path = run_dir / METRICS_FILE
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
-    return Run(run_dir, config, model, metrics)
+    return Run(run_dir, config, model, read_metrics(run_dir / METRICS_FILE), weights)
 
 
 def _state_dict_error(err: RuntimeError, lines: int = 4, width: int = 240) -> str:

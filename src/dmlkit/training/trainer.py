@@ -29,9 +29,11 @@ from dmlkit.training.build import (
     loss_shape_params,
 )
 from dmlkit.training.checkpoint import atomic_save, load_checkpoint
+from dmlkit.training.checks import check_finite_weights, check_loss_value, finite_embeddings
 from dmlkit.training.optim import build_optimizer, build_scheduler
 from dmlkit.training.preflight import check_batch_negatives, check_trainable
 from dmlkit.training.rng import get_rng_state, rng_scope, set_rng_state
+from dmlkit.training.run_dir import append_log_line, epoch_line, restore_log, resume_command
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "train.log"
@@ -296,13 +298,10 @@ class Trainer:
         try:
             for step, indices in enumerate(self.sampler if self.trainable else ()):
                 batch = self.fetch(indices)
-                loss = self.batch_loss(batch)  # (mixed precision: the model, in embed_batch)
+                with finite_embeddings(epoch, step):  # (diverged weights: NaN embeddings)
+                    loss = self.batch_loss(batch)  # (mixed precision: the model, in embed_batch)
                 value = float(loss.detach())  # the step's one host sync (on accelerators)
-                if not math.isfinite(value):
-                    raise FloatingPointError(
-                        f"loss is {value} at epoch {epoch + 1}, batch {step + 1}; "
-                        "lower optimizer.lr, or check the data and the loss's settings"
-                    )
+                check_loss_value(value, epoch, step)
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
                 if tc.grad_clip is not None:
@@ -340,6 +339,8 @@ class Trainer:
         with rng_scope(tc.seed + 1):
             if resume:
                 self.load(self.checkpoint_path)
+                if getattr(self, "rank", 0) == 0:  # (rank 0 writes the log)
+                    restore_log(self.out_dir / LOG, self.history)  # (a line lost to a kill)
                 self.log(f"resumed from {self.checkpoint_path} after epoch {self.epoch}"
                          + (" (it had stopped early: nothing left to train)"
                             if self.stopped else ""))
@@ -357,17 +358,15 @@ class Trainer:
                 where = self.checkpoint_path if self.out_dir else None
                 if where is not None and not Path(where).is_file():
                     where = None  # stopped before the first checkpoint: nothing to resume
-                kept = f"checkpoint of epoch {self.saved_epoch} kept at {where}" if where else ""
+                kept = f" checkpoint of epoch {self.saved_epoch} kept at {where}" if where else ""
                 # in train_epoch: "during" the next epoch; in _after_epoch (validation, its
                 # checkpoint, the callbacks): "finishing" it, or "after" it once it was saved
                 during = (f"during epoch {self.epoch + 1}" if trained is None else
                           f"after epoch {trained}" if self.out_dir is not None
                           and self.saved_epoch == trained else f"finishing epoch {trained}")
                 self.log(
-                    f"training stopped {during} "
-                    f"({type(err).__name__}: {err}). {kept}"
-                    + ("; continue with resume (dmlkit train --resume)" if where else "")
-                )
+                    f"training stopped {during} ({type(err).__name__}: {err}).{kept}"
+                    + (f"; continue with: {resume_command(self.out_dir)}" if where else ""))
                 raise
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state["model"])
@@ -386,8 +385,10 @@ class Trainer:
     def _after_epoch(self, record: dict[str, Any]) -> bool:
         tc = self.config.training
         stop = False
+        check_finite_weights((self.model, self.loss), record["epoch"])  # (not checkpointed)
         if self.val_data is not None:
-            record.update(self.validate())
+            with finite_embeddings(record["epoch"] - 1):
+                record.update(self.validate())
             score = record["val_map_at_r"]
             if math.isnan(score):  # nothing to score (no class with two items): no verdict
                 pass
@@ -403,13 +404,10 @@ class Trainer:
         self.epoch = record["epoch"]
         self.stopped = stop  # in the checkpoint written below
         self.history.append(record)
-        line = " ".join(
-            f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()
-        )
-        if self.out_dir is not None:
+        line = epoch_line(record)
+        if self.out_dir is not None:  # (a line a kill loses here, resume writes again)
             self.save(self.checkpoint_path)
-            with open(self.out_dir / LOG, "a") as f:
-                f.write(line + "\n")
+            append_log_line(self.out_dir / LOG, line)
         self.log(line)
         for callback in self.callbacks:
             callback(self, record)

@@ -40,8 +40,9 @@ from dmlkit.distances.base import BaseDistance
 from dmlkit.distances.euclidean import EuclideanDistance
 from dmlkit.registry import LOSSES
 from dmlkit.training.build import resolve_config
-from dmlkit.training.checkpoint import atomic_save
+from dmlkit.training.checkpoint import atomic_save, atomic_write_text
 from dmlkit.training.run import CONFIG_FILE, METRICS_FILE, MODEL_FILE, RunResult, heldout_metrics
+from dmlkit.training.run_dir import created_here
 from dmlkit.training.trainer import Trainer
 
 TUPLE_METRICS = {"triplets": "triplet_accuracy", "pairs": "pair_auc"}
@@ -205,9 +206,10 @@ def train_weak_run(
         raise ValueError("miners need class labels; remove the miner section for tuple data")
     splits = build_weak_splits(config)
     resolved = resolve_config(config, splits.train.example(), 0)
-    fresh = not out_dir.exists()
+    created = created_here(out_dir)  # (claimed by train_run; else made here)
+    fresh = not out_dir.exists() if created is None else created
     out_dir.mkdir(parents=True, exist_ok=True)
-    resolved.to_yaml(out_dir / CONFIG_FILE)
+    atomic_write_text(resolved.to_yaml(), out_dir / CONFIG_FILE)
     evaluated = (
         f"held out {len(splits.heldout)} labelled items"
         if splits.heldout is not None

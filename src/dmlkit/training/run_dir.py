@@ -1,0 +1,337 @@
+"""A run directory owned by one training run at a time, and the files it keeps whole.
+
+A run claims its directory before it writes anything (:func:`claim_run_dir`): a new one
+is created atomically (``mkdir`` without ``exist_ok``; an auto-named one that another run
+created in the same second gets a ``-2``, ``-3``, ... suffix), and the run holds an
+exclusive ``fcntl.flock`` on ``.train.lock`` inside it for its whole life, as the service
+holds an index directory (:mod:`dmlkit.service.store`). A second run on the same
+directory (``--out`` of a running run, or its ``--resume``) is refused at once, and the
+operating system drops the lock when the process dies, however it dies. An existing
+directory that is not resumed must be empty, or a run dmlkit made that has nothing to lose
+(it stopped before its first epoch ended); anything else is refused, naming what it holds.
+Once the lock is held, temporary files that a killed atomic write left are removed.
+
+On resume, ``train.log`` is rebuilt from the checkpoint's history when it lacks the line
+of a checkpointed epoch (a kill between the checkpoint and the log line) or holds one of an
+epoch the checkpoint does not have, and ``config.yaml`` must still say what the checkpoint
+trained with (:func:`check_resume`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no cross-process lock
+    fcntl = None  # type: ignore[assignment]
+
+LOCK_FILE = ".train.lock"
+#: files written atomically: a kill mid-write leaves ``.NAME.XXXXXXXX.tmp`` beside them
+ATOMIC_FILES = ("checkpoint.pt", "model.pt", "metrics.json", "config.yaml", "train.log",
+                "baseline.json")
+#: all a run that stopped before its first epoch ended holds (``train.log`` empty):
+#: starting it again loses nothing
+_UNSTARTED = frozenset({"config.yaml", "baseline.json", "train.log"})
+#: settings that may differ between a run's config.yaml and its checkpoint's config
+RESUME_MAY_DIFFER = ("training.epochs", "training.progress", "training.device",
+                     "training.num_threads")
+_MAX_SUFFIX = 1000
+
+
+class RunInUseError(FileExistsError):
+    """Another training run holds the run directory (its lock file is locked)."""
+
+
+@dataclass
+class _Claim:
+    handle: IO[str] | None
+    created: bool  # this claim created the directory
+
+
+_HELD: dict[str, _Claim] = {}  # the run directories this process has claimed
+
+
+def _key(path: Path) -> str:
+    return os.path.realpath(path)
+
+
+def resume_command(out_dir: str | Path) -> str:
+    """The shell command that resumes ``out_dir``, the path quoted for the shell."""
+    return f"dmlkit train --resume --out {shlex.quote(str(out_dir))}"
+
+
+def created_here(out_dir: str | Path) -> bool | None:
+    """Whether this process's claim of ``out_dir`` created it; ``None`` when unclaimed."""
+    claim = _HELD.get(_key(Path(out_dir)))
+    return None if claim is None else claim.created
+
+
+@contextlib.contextmanager
+def claim_run_dir(out_dir: str | Path, *, resume: bool = False,
+                  unique: bool = False) -> Iterator[Path]:
+    """Hold ``out_dir`` for one training run; yields the directory (with ``unique``, the
+    first free one of ``out_dir``, ``out_dir-2``, ``out_dir-3``, ...).
+
+    ``resume``: the directory exists and is only locked. Otherwise it is created, or an
+    existing one must be empty or an unstarted run of dmlkit's. Raises
+    :class:`RunInUseError` when another run holds it, ``FileExistsError`` naming what an
+    existing directory holds. Under torchrun only the first process (``RANK`` 0) claims:
+    it alone writes the run. A claim this process already holds is held again as it is.
+    A directory the claim created is removed again when the run fails before writing
+    anything into it.
+    """
+    out_dir = Path(out_dir)
+    if int(os.environ.get("RANK", "0") or 0) != 0 or _key(out_dir) in _HELD:
+        yield out_dir
+        return
+    if resume:
+        if not out_dir.is_dir():
+            raise FileNotFoundError(f"cannot resume: {out_dir} is not a directory")
+        handle, _ = _lock(out_dir, resume=True)
+        created = False
+    else:
+        out_dir, handle, created = _claim_new(out_dir, unique)
+    key = _key(out_dir)
+    _HELD[key] = _Claim(handle, created)
+    try:
+        remove_stale_temps(out_dir)
+        yield out_dir
+    except BaseException:
+        if created and out_dir.is_dir() and not _contents(out_dir):
+            shutil.rmtree(out_dir, ignore_errors=True)  # (the lock file alone)
+        raise
+    finally:
+        del _HELD[key]
+        if handle is not None:
+            handle.close()  # releases the lock
+
+
+def _claim_new(out_dir: Path, unique: bool) -> tuple[Path, IO[str] | None, bool]:
+    from dmlkit.training.checkpoint import write_error
+
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a read-only file system, a file in the way
+        raise (write_error(err, out_dir.parent) or err) from None
+    for n in range(1, _MAX_SUFFIX + 1):
+        path = out_dir if n == 1 else out_dir.with_name(f"{out_dir.name}-{n}")
+        try:
+            path.mkdir()  # exclusive: of two runs, one creates it
+            created = True
+        except FileExistsError:
+            if unique:
+                continue
+            if not path.is_dir():
+                raise FileExistsError(f"--out {path} is a file, not a directory") from None
+            created = False
+        except OSError as err:  # a read-only or full file system
+            raise (write_error(err, path) or err) from None
+        handle, had_lock = _lock(path, resume=False)
+        if not created:
+            try:
+                _check_reusable(path, had_lock)
+            except BaseException:  # refused: the directory is left as it was
+                if not had_lock:  # (another claimant finds the same files: refused too)
+                    (path / LOCK_FILE).unlink(missing_ok=True)
+                if handle is not None:
+                    handle.close()
+                raise
+        return path, handle, created
+    raise FileExistsError(f"{out_dir} and {_MAX_SUFFIX - 1} numbered variants of it exist; "
+                          "choose another --out")
+
+
+def _lock(path: Path, resume: bool) -> tuple[IO[str] | None, bool]:
+    """The open lock file of ``path``, exclusively locked, and whether it existed."""
+    from dmlkit.training.checkpoint import write_error
+
+    lock = path / LOCK_FILE
+    had = lock.is_file()
+    try:
+        handle = open(lock, "a+")  # noqa: SIM115 - held for the run's life
+    except OSError as err:  # a read-only or full file system
+        failure = write_error(err, lock)
+        raise (failure or err) from None
+    if fcntl is None:  # pragma: no cover
+        return handle, had
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        owner = handle.read().strip()
+        handle.close()
+        held = (f"process {owner}; " if owner.isdigit() else "") + f"{lock} is locked"
+        if resume:
+            raise RunInUseError(
+                f"cannot resume {path}: another dmlkit train is training it now ({held}); "
+                "wait for it to end, or stop it first") from None
+        raise RunInUseError(
+            f"{path} is in use by another dmlkit train ({held}); two runs in one directory "
+            "would mix their files: choose another --out") from None
+    with contextlib.suppress(OSError):  # (who holds it, for the message above)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+    return handle, had
+
+
+def _is_stale_temp(name: str) -> bool:
+    return name.endswith(".tmp") and any(name.startswith(f".{f}.") for f in ATOMIC_FILES)
+
+
+def _contents(path: Path) -> list[str]:
+    """What ``path`` holds, but its lock file and temporary files of atomic writes."""
+    return sorted(p.name for p in path.iterdir()
+                  if p.name != LOCK_FILE and not _is_stale_temp(p.name))
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Remove the temporary files killed atomic writes left in ``path`` (call it with the
+    run's lock held: no live write of this run directory is then under way)."""
+    for p in path.glob(".*.tmp"):
+        if _is_stale_temp(p.name):
+            with contextlib.suppress(OSError):
+                p.unlink()
+
+
+def _check_reusable(path: Path, had_lock: bool) -> None:
+    from dmlkit.training.trainer import CHECKPOINT, LOG
+
+    names = _contents(path)
+    if not names:
+        return
+    if CHECKPOINT in names:
+        raise FileExistsError(
+            f"{path} already holds a run; resume it (--resume) or choose another --out")
+    log = path / LOG
+    if had_lock and set(names) <= _UNSTARTED and not (log.is_file() and log.stat().st_size):
+        return  # a run of dmlkit's that stopped before its first epoch ended: start again
+    shown = names[:6] + ([f"{len(names) - 6} more"] if len(names) > 6 else [])
+    listing = ", ".join(shown[:-1]) + " and " + shown[-1] if len(shown) > 1 else shown[0]
+    raise FileExistsError(
+        f"{path} already holds {listing} but no {CHECKPOINT} to resume (a finished run "
+        "whose checkpoint was removed, or files of your own), which training would "
+        "overwrite: choose another --out, or delete them")
+
+
+def check_resume(config: Any, out_dir: Path) -> dict[str, Any]:
+    """Refuse to resume ``out_dir`` with ``config`` (the settings to train with) when it
+    differs from the run's ``config.yaml``, when ``config.yaml`` differs from the config
+    its checkpoint trained with (edited since: an edit would apply in part), or when
+    ``training.epochs`` is below the epochs done. Returns the checkpoint."""
+    from dmlkit.config.compare import RESUMABLE, config_changes
+    from dmlkit.config.schema import Config
+    from dmlkit.training.checkpoint import load_checkpoint
+    from dmlkit.training.run import CONFIG_FILE
+    from dmlkit.training.trainer import CHECKPOINT
+
+    yaml_path = out_dir / CONFIG_FILE
+    saved = Config.from_yaml(yaml_path) if yaml_path.is_file() else None
+    if saved is not None:  # exact resume: the run's own settings
+        changes = config_changes(config, saved, RESUMABLE)
+        if changes:
+            raise ValueError(
+                f"resuming {out_dir} with other settings than it was trained with: "
+                f"{'; '.join(changes)}; resume with its saved config.yaml, or train a new "
+                "run (another out_dir)")
+    state = load_checkpoint(out_dir / CHECKPOINT)
+    trained = _checkpoint_config(state)
+    if saved is not None and trained is not None:
+        changes = config_changes(saved, trained, RESUME_MAY_DIFFER)
+        if changes:
+            raise ValueError(
+                f"{yaml_path} was edited after {out_dir / CHECKPOINT} was written: "
+                f"{'; '.join(changes)} (checkpoint -> config.yaml); a resume continues "
+                "with the checkpoint's optimizer and schedule, so an edit would apply in "
+                "part: restore the checkpoint's values in config.yaml to resume, or train "
+                "a new run with the new settings (another --out)")
+    done = int(state["epoch"])
+    if config.training.epochs < done:
+        raise ValueError(
+            f"{out_dir} has already trained {done} epochs; training.epochs "
+            f"{config.training.epochs} would shorten it (use --epochs >= {done} to "
+            "extend it, or train a new run)")
+    return state
+
+
+def _checkpoint_config(state: dict[str, Any]) -> Any:
+    from dmlkit.config.schema import Config
+
+    raw = state.get("config")
+    if not isinstance(raw, dict):  # (a checkpoint without its config: nothing to compare)
+        return None
+    try:  # through YAML, as config.yaml is read: the two compare value for value
+        return Config.from_yaml(Config.from_dict(raw).to_yaml())
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+def epoch_line(record: dict[str, Any]) -> str:
+    """The ``train.log`` line of one epoch's record."""
+    return " ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}"
+                    for k, v in record.items())
+
+
+def append_log_line(path: Path, line: str) -> None:
+    """Append ``line`` to the log at ``path``; a failed write is a ``WriteError``."""
+    from dmlkit.training.checkpoint import write_error
+
+    try:
+        with open(path, "a") as f:
+            f.write(line + "\n")
+    except OSError as err:
+        failure = write_error(err, path)
+        raise (failure or err) from None
+
+
+def restore_log(path: Path, history: list[dict[str, Any]]) -> None:
+    """Make the log at ``path`` hold one line per epoch of ``history`` (a resumed run's
+    checkpoint): a line lost to a kill between the checkpoint and its log line is
+    written again, lines of epochs the checkpoint does not hold are dropped."""
+    from dmlkit.training.checkpoint import atomic_write_text
+
+    lines = [epoch_line(record) for record in history]
+    try:
+        current = path.read_text().splitlines() if path.is_file() else []
+    except (OSError, UnicodeDecodeError):
+        current = None
+    if current != lines:
+        atomic_write_text("".join(line + "\n" for line in lines), path)
+
+
+def checkpoint_weights(checkpoint: dict[str, Any], config: Any) -> str:
+    """What a run's weights are when its checkpoint's stand in for a missing model.pt."""
+    epoch, epochs = int(checkpoint.get("epoch", 0)), config.training.epochs
+    if epoch < epochs and not checkpoint.get("stopped", False):
+        return f"checkpoint of epoch {epoch} of {epochs} (unfinished run)"
+    return f"checkpoint of epoch {epoch} (the run has no model.pt)"
+
+
+def read_metrics(path: Path) -> dict[str, Any] | None:
+    """A run's metrics.json (``None`` when it has none); an empty or cut file (a kill
+    while an older dmlkit wrote it) is a ``ValueError`` naming it and the way back."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        what = "is empty" if not path.stat().st_size else f"is not valid JSON ({err})"
+        raise ValueError(
+            f"{path} {what}: the run's weights are intact, only its held-out metrics are "
+            f"lost; rewrite them with: {resume_command(path.parent)} (or delete the "
+            "file)") from None
+
+
+__all__ = ["LOCK_FILE", "RunInUseError", "append_log_line", "check_resume",
+           "checkpoint_weights", "claim_run_dir", "created_here", "epoch_line",
+           "read_metrics", "remove_stale_temps", "restore_log", "resume_command"]
