@@ -18,12 +18,14 @@ def tune(
     config: Path = typer.Argument(..., help="YAML config with a tune: section (its space)."),
     trials: int = typer.Option(..., "--trials", "-n", help="Trials in the whole study."),
     out: Path | None = typer.Option(
-        None, "--out", "-o", help="Directory of best.yaml and study.db; default runs/<name>-tune."
+        None, "--out", "-o", help="Directory of best.yaml and study.db; default "
+        "runs/<config name>-tune, or runs/<study>-tune for a --study other than the config's."
     ),
     storage: str | None = typer.Option(
         None, "--storage", help="SQLAlchemy URL of the study (default: sqlite in --out)."
     ),
-    study: str | None = typer.Option(None, "--study", help="Study name (default: config name)."),
+    study: str | None = typer.Option(
+        None, "--study", help="Study name (default: tune.study_name, else the config name)."),
     resume: bool = typer.Option(
         False, "--resume", help="Continue the study, or join it as another worker."
     ),
@@ -36,10 +38,12 @@ def tune(
     """
     from dmlkit.config import load_config
     from dmlkit.tuning import tune as run_tune
+    from dmlkit.tuning.study import default_out_dir, redact, safe_storage
 
+    cfg = None
     try:
         cfg = load_config(config)
-        out_dir = out if out is not None else RUNS_DIR / f"{cfg.name}-tune"
+        out_dir = out if out is not None else default_out_dir(cfg, study, RUNS_DIR)
         summary = run_tune(
             cfg, trials, out_dir, resume=resume, storage=storage, study_name=study, log=typer.echo
         )
@@ -50,7 +54,10 @@ def tune(
     except Exception as err:  # e.g. SQLAlchemy: a storage URL it cannot open
         if type(err).__module__.split(".")[0] != "sqlalchemy":
             raise
-        raise _fail(f"cannot open the study storage {storage or ''}: {err}") from None
+        url = storage or (cfg.tune.storage if cfg is not None and cfg.tune is not None
+                          else None) or ""
+        raise _fail(f"cannot open the study storage {safe_storage(url)}: "
+                    f"{redact(str(err), url)}") from None
     counts = ", ".join(f"{k.lower()} {v}" for k, v in sorted(summary.counts.items()))
     typer.echo(f"\nstudy {summary.study_name!r} ({summary.storage}): {counts}")
     if summary.best_trial is None:

@@ -18,8 +18,12 @@
 A parameter is ``{choices: [...]}`` (categorical: numbers, strings, null, or whole
 component mappings) or ``{low, high}`` with optional ``log`` and ``step`` (integers when
 ``low`` and ``high`` both are). ``when: {path: value or [values]}`` samples it only when
-the config built so far matches. Setting a component's ``name`` keeps only the keys the
-new component accepts. Paths that choose the data or its classes cannot be tuned.
+the config built so far matches (each of its values must be one the path can then hold).
+Setting a component's ``name`` keeps only the keys the new component accepts; a
+``loss.name`` (any ``<component>.name``) takes names only, a component with parameters is
+a choice of the whole component (``loss: {choices: [..., {name: ..., key: value}]}``).
+Paths that choose the data or its classes cannot be tuned; ``training.patience`` is
+searched only with ``objective: best_epoch`` (with ``final`` each fold trains every epoch).
 """
 
 from __future__ import annotations
@@ -166,6 +170,14 @@ def _check_spec(path: str, spec: Any) -> dict[str, Any]:
         choices = spec["choices"]
         if not isinstance(choices, list) or not choices:
             raise ValueError(f"tune.space[{path!r}].choices must be a non-empty list")
+        if key == "name" and any(isinstance(c, (dict, list)) for c in choices):
+            hint = (f"; a {section} with its parameters is a choice of the whole "
+                    f"component: {section}: {{choices: [name, {{name: ..., key: value}}]}}"
+                    if section in COMPONENTS else
+                    f"; search its parameters as paths of their own ({section}.<key>)")
+            raise ValueError(
+                f"tune.space[{path!r}].choices holds {_first_mapping(choices)!r}, but "
+                f"{path!r} takes names only (strings){hint}")
         labels = [choice_label(c) for c in choices]
         if len(set(labels)) != len(labels):
             raise ValueError(f"tune.space[{path!r}].choices repeats a value: {choices}")
@@ -186,6 +198,10 @@ def _check_spec(path: str, spec: Any) -> dict[str, Any]:
     if when is not None and not isinstance(when, dict):
         raise TypeError(f"tune.space[{path!r}].when must map paths to values, got {when!r}")
     return spec
+
+
+def _first_mapping(choices: list[Any]) -> Any:
+    return next(c for c in choices if isinstance(c, (dict, list)))
 
 
 def is_int_range(spec: dict[str, Any]) -> bool:

@@ -16,6 +16,9 @@ from dmlkit.data.dataset import ArrayDataset
 from dmlkit.data.splits import named_ids, select_classes
 
 MIN_CLASSES = 2
+#: the fewest classes class folds can be made of: 2 folds of 2 validation classes, each
+#: fold training on the other fold's 2
+MIN_FOLD_CLASSES = 2 * MIN_CLASSES
 
 HIERARCHICAL_FOLDS = (
     "class folds (dmlkit crossval, dmlkit tune) need (n,) class ids; with hierarchical "
@@ -134,8 +137,9 @@ def class_folds(
     Raises
     ------
     ValueError
-        ``k < 2``, or so many folds that a fold would validate on fewer than two classes
-        or train on fewer than two (``k`` at most ``len(classes) // 2``), or classes that
+        ``k < 2``, fewer than :data:`MIN_FOLD_CLASSES` (4) classes, or so many folds
+        that a fold would validate on fewer than two classes or train on fewer than two
+        (``k`` at most ``len(classes) // 2``), or classes that
         are hierarchical label rows (``ArrayDataset.classes`` of ``(n, L)`` labels).
     """
     if any(isinstance(c, (tuple, list, np.ndarray)) for c in classes):
@@ -145,6 +149,15 @@ def class_folds(
         raise TypeError(f"the number of folds must be an int, got {k!r}")
     if k < 2:
         raise ValueError(f"class folds need k >= 2, got {k}")
+    if len(present) < MIN_FOLD_CLASSES:
+        raise ValueError(
+            f"class folds need at least {MIN_FOLD_CLASSES} training classes (every fold "
+            f"validates on at least {MIN_CLASSES} and trains on at least {MIN_CLASSES} "
+            f"others), but the training data has {len(present)} "
+            f"{named_ids(present, class_names)}; give more training classes "
+            "(data.train_classes), or (validating on seen classes) dmlkit train with "
+            "training.val_fraction"
+        )
     if k > len(present) // MIN_CLASSES:
         raise ValueError(
             f"{k} class folds of {len(present)} classes {named_ids(present, class_names)} "
@@ -163,4 +176,5 @@ def class_folds(
     return folds
 
 
-__all__ = ["choose_val_classes", "holdout_classes", "class_folds", "MIN_CLASSES"]
+__all__ = ["choose_val_classes", "holdout_classes", "class_folds", "MIN_CLASSES",
+           "MIN_FOLD_CLASSES"]

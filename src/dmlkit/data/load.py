@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from dmlkit.config.schema import DataConfig
@@ -13,7 +14,14 @@ from dmlkit.data.checks import check_inputs
 from dmlkit.data.dataset import ArrayDataset, leaf_ids
 from dmlkit.data.digits import load_digits
 from dmlkit.data.idx import FASHION_MNIST_NAMES, IDX_PARTS, load_fashion_mnist, load_idx_dir
-from dmlkit.data.image_folder import class_folders, load_image_folder
+from dmlkit.data.image_folder import (
+    IMAGE_SUFFIXES,
+    class_folders,
+    image_files,
+    image_header,
+    load_image_folder,
+    read_image,
+)
 from dmlkit.data.npz import load_npz
 from dmlkit.data.splits import class_split, limit_per_class, select_classes, stratified_split
 
@@ -113,7 +121,7 @@ def split_dataset(
     comes from that official part, which must not overlap ``part``; other sources have no
     official parts, so ``heldout_part`` there is an error, never the training items
     evaluated again. Hierarchical ``(n, L)`` labels split stratified by leaf class
-    (distinct label row).
+    (distinct label row). :func:`training_dataset` gives the training side alone.
     """
     cfg = data_config(spec)
     data = load_dataset(cfg)
@@ -121,20 +129,97 @@ def split_dataset(
         return _split_hierarchical(data, cfg)
     if cfg.heldout_part is not None and cfg.heldout_part != cfg.part:
         other = load_dataset(cfg, part=cfg.heldout_part)
-        if cfg.split == "classes":
-            train, _ = class_split(data, cfg.train_classes, cfg.test_classes)  # type: ignore[arg-type]
-            _, heldout = class_split(other, cfg.train_classes, cfg.test_classes)  # type: ignore[arg-type]
-        else:
-            train, heldout = data, other
+        heldout = (class_split(other, cfg.train_classes, cfg.test_classes)[1]  # type: ignore[arg-type]
+                   if cfg.split == "classes" else other)
     elif cfg.split == "classes":
-        train, heldout = class_split(data, cfg.train_classes, cfg.test_classes)  # type: ignore[arg-type]
+        heldout = class_split(data, cfg.train_classes, cfg.test_classes)[1]  # type: ignore[arg-type]
     else:
-        train, heldout = stratified_split(data, cfg.test_fraction, cfg.seed)
-    if cfg.max_per_class is not None:
-        train = limit_per_class(train, cfg.max_per_class, cfg.seed)
+        heldout = stratified_split(data, cfg.test_fraction, cfg.seed)[1]
     if cfg.max_heldout_per_class is not None:
         heldout = limit_per_class(heldout, cfg.max_heldout_per_class, cfg.seed + 1)
-    return train, heldout
+    return _training_side(data, cfg), heldout
+
+
+def training_dataset(spec: DataConfig | dict[str, Any] | str | Path) -> ArrayDataset:
+    """The training side of :func:`split_dataset` (the same items in the same order, with
+    the same ``max_per_class`` cap and seed) without reading the held-out side where it
+    lies apart: an IDX dataset's ``heldout_part`` is not opened, and an image folder split
+    by classes decodes only the images of its training classes (with ``color: auto`` the
+    other classes' image headers still decide grey or colour, as for the whole folder; an
+    unreadable one is skipped). What :func:`split_dataset` would refuse about the class
+    lists (overlap, a class absent) is refused alike.
+    """
+    cfg = data_config(spec)
+    if cfg.name == "image_folder" and cfg.split == "classes" and cfg.path:
+        return _capped(check_inputs(_image_classes(cfg), cfg.path), cfg)  # (its classes only)
+    data = load_dataset(cfg)
+    if data.labels.dim() == 2:
+        return _split_hierarchical(data, cfg)[0]
+    return _training_side(data, cfg)
+
+
+def _training_side(data: ArrayDataset, cfg: DataConfig) -> ArrayDataset:
+    """The training items of ``data`` (the loaded ``part``): what both
+    :func:`split_dataset` and :func:`training_dataset` train on."""
+    if cfg.split == "classes":
+        train = class_split(data, cfg.train_classes, cfg.test_classes)[0]  # type: ignore[arg-type]
+    elif cfg.heldout_part is not None and cfg.heldout_part != cfg.part:
+        train = data  # the held-out side is another part
+    else:
+        train = stratified_split(data, cfg.test_fraction, cfg.seed)[0]
+    return _capped(train, cfg)
+
+
+def _capped(train: ArrayDataset, cfg: DataConfig) -> ArrayDataset:
+    """``train`` with at most ``cfg.max_per_class`` items of each class (seeded)."""
+    if cfg.max_per_class is not None:
+        train = limit_per_class(train, cfg.max_per_class, cfg.seed)
+    return train
+
+
+def _image_classes(cfg: DataConfig) -> ArrayDataset:
+    """:func:`load_image_folder` of ``cfg.path`` restricted to the files of the classes
+    ``cfg.train_classes`` names (the others are listed, not decoded): the same items,
+    ids, class names and paths as the whole folder's items of those classes."""
+    root = Path(cfg.path)  # type: ignore[arg-type]
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    class_dirs = class_folders(root)
+    if not class_dirs:
+        raise ValueError(f"{root} has no class sub-folders (expected root/<class>/<image>)")
+    files = [(label, file) for label, class_dir in enumerate(class_dirs)
+             for file in image_files(class_dir)]
+    if not files:
+        raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {root}")
+    names = [p.name for p in class_dirs]
+    labels = np.asarray([label for label, _ in files], dtype=np.int64)
+    # the class lists checked as split_dataset checks them, on the listing alone
+    listing = ArrayDataset(np.zeros((len(files), 1), dtype=np.float32), labels, names)
+    keep = set(class_split(listing, cfg.train_classes, cfg.test_classes)[0].classes)  # type: ignore[arg-type]
+    mine = [(label, file) for label, file in files if label in keep]
+    arrays = [read_image(file, cfg.color, cfg.image_size) for _, file in mine]  # type: ignore[arg-type]
+    if cfg.color == "auto" and not any(a.shape[0] == 3 for a in arrays):
+        others = [file for label, file in files if label not in keep]
+        if any(_header_colour(file) for file in others):  # the whole folder reads as RGB
+            arrays = [np.repeat(a, 3, axis=0) for a in arrays]
+    elif cfg.color == "auto":
+        arrays = [np.repeat(a, 3, axis=0) if a.shape[0] == 1 else a for a in arrays]
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        raise ValueError(
+            f"images under {root} differ in size {sorted(shapes)}; set data.image_size "
+            "(e.g. data.image_size: 32, or [height, width]) to resize every image to it")
+    return ArrayDataset(np.stack(arrays), np.asarray([label for label, _ in mine], dtype=np.int64),
+                        names, [str(file) for _, file in mine])
+
+
+def _header_colour(file: Path) -> bool:
+    """Whether an image file is colour, from its header; ``False`` where it cannot be
+    opened (an image :func:`training_dataset` does not train on)."""
+    try:
+        return image_header(file)[1]
+    except (OSError, SyntaxError):
+        return False
 
 
 def check_training_data(cfg: DataConfig) -> None:
@@ -256,6 +341,7 @@ def describe(cfg: DataConfig) -> str:
     )
 
 
-__all__ = ["data_config", "load_dataset", "split_dataset", "check_heldout_part",
+__all__ = ["data_config", "load_dataset", "split_dataset", "training_dataset",
+           "check_heldout_part",
            "check_training_data",
            "check_training_classes", "class_names", "describe", "select_classes"]

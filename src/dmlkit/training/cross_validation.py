@@ -22,11 +22,14 @@ import torch
 
 from dmlkit.config.schema import Config
 from dmlkit.data.class_folds import MIN_CLASSES, class_folds
+from dmlkit.data.dataset import ArrayDataset
+from dmlkit.data.load import check_training_data, training_dataset
 from dmlkit.data.splits import select_classes
 from dmlkit.training.build import resolve_config
+from dmlkit.training.checks import check_model_settings, check_training_inputs
 from dmlkit.training.frozen_features import check_frozen_config
 from dmlkit.training.rng import get_rng_state, rng_scope, set_rng_state
-from dmlkit.training.run import augmented, build_splits
+from dmlkit.training.run import augmented
 from dmlkit.training.trainer import Trainer
 
 EpochCallback = Callable[[int, float], None]
@@ -135,6 +138,16 @@ def cross_validate(
         torch.set_num_threads(threads)
 
 
+def training_part(config: Config) -> ArrayDataset:
+    """The training side of ``build_splits(config, for_training=True)``, checked alike,
+    from :func:`~dmlkit.data.load.training_dataset`: the held-out part is not read."""
+    check_training_data(config.data)
+    check_model_settings(config)
+    train = training_dataset(config.data)
+    check_training_inputs(config, train.x)
+    return train
+
+
 def _cross_validate(
     config: Config,
     k: int | None,
@@ -145,7 +158,7 @@ def _cross_validate(
 ) -> CrossValResult:
     start = time.perf_counter()
     check_frozen_config(config)  # what dmlkit train refuses, folds refuse too
-    train, _ = build_splits(config, for_training=True)
+    train = training_part(config)  # the held-out part is never read
     if k is None:  # 3 folds, or as many as keep two classes on each side
         k = max(2, min(DEFAULT_FOLDS, len(train.classes) // MIN_CLASSES))
     results, trainers, states = [], [], []
@@ -218,4 +231,5 @@ def _raw_map_at_r(val: Any) -> float:
 
 __all__ = [
     "CrossValResult", "FoldResult", "DEFAULT_FOLDS", "OBJECTIVES", "cross_validate", "fold_config",
+    "training_part",
 ]

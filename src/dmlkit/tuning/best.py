@@ -73,7 +73,15 @@ def write_best(study: Any, config: Config, out_dir: Path, storage: str) -> Path 
     """Write the best completed trial's config (``best.yaml``) and summary (``best.json``).
 
     The best trial is read from the storage under the lock, so the files always hold the
-    best of the trials finished before the last writer took the lock.
+    best of the trials finished before the last writer took the lock. ``best.yaml`` is a
+    config ``dmlkit train`` accepts: a ``training.patience`` it could not use (the config
+    validates on nothing; the folds validated on their own classes) is left out, and the
+    header says so and how ``dmlkit crossval`` re-scores the trial with it.
+
+    Raises
+    ------
+    FileExistsError
+        ``out_dir`` holds the best files of another study (:func:`check_best_owner`).
 
     Returns
     -------
@@ -81,6 +89,7 @@ def write_best(study: Any, config: Config, out_dir: Path, storage: str) -> Path 
         ``best.yaml``; ``None`` while no trial has completed.
     """
     with best_lock(out_dir):
+        check_best_owner(out_dir, study.study_name, storage)
         best = best_of(study.get_trials(deepcopy=False))
         if best is None:
             return None
@@ -88,19 +97,66 @@ def write_best(study: Any, config: Config, out_dir: Path, storage: str) -> Path 
         if best_config.tune is not None:
             best_config.tune.space = {}  # the chosen point, not the space
         folds = config.tune.folds if config.tune is not None else "?"
+        rescore = f"dmlkit crossval {BEST_FILE}"
+        note = ""
+        tc = best_config.training
+        if tc.patience is not None and tc.val_classes is None and not tc.val_fraction > 0:
+            objective = best_config.tune.objective if best_config.tune is not None else "final"
+            note = (
+                f"# training.patience {tc.patience} is left out: dmlkit train of this config "
+                "validates on nothing (set training.val_classes to stop early on held-out\n"
+                "# classes); the folds validated on their own classes"
+                + (" and stopped with it.\n" if objective == "best_epoch" else
+                   ", trained every epoch (objective 'final').\n"))
+            if objective == "best_epoch":
+                rescore += f" --set training.patience={tc.patience}"
+            tc.patience = None
         header = (
             f"# Best of study {study.study_name!r}: trial {best.number}, mean MAP@R "
             f"{best.value:.6f} over {folds} class-disjoint folds of the training classes.\n"
-            f"# Re-score: dmlkit crossval {BEST_FILE}    Train: dmlkit train {BEST_FILE}\n"
+            f"# Re-score: {rescore}    Train: dmlkit train {BEST_FILE}\n" + note
         )
         path = out_dir / BEST_FILE
         atomic_write_text(path, header + best_config.to_yaml())
         summary = {
-            "study": study.study_name, "storage": storage.split("@")[-1], "trial": best.number,
+            "study": study.study_name, "storage": safe_storage(storage), "trial": best.number,
             "value": best.value, "params": best.params, "folds": best.user_attrs.get("folds"),
         }  # fmt: skip
         atomic_write_text(out_dir / BEST_JSON, json.dumps(summary, indent=2) + "\n")
     return path
+
+
+def safe_storage(url: str) -> str:
+    """A storage URL as messages and ``best.json`` show it: without user and password."""
+    return url.split("@")[-1]
+
+
+def check_best_owner(out_dir: Path, study_name: str, storage: str) -> None:
+    """Refuse to write the best files of one study over another study's.
+
+    ``out_dir/best.json`` names the study (and storage) whose best it holds; a different
+    one is an error, so a second study never destroys a first one's result.
+
+    Raises
+    ------
+    FileExistsError
+        Naming both studies and what to do.
+    """
+    try:
+        owner = json.loads((out_dir / BEST_JSON).read_text())
+    except (OSError, ValueError):
+        return  # no best files yet (or none this module wrote)
+    if not isinstance(owner, dict):
+        return
+    theirs = (owner.get("study"), owner.get("storage"))
+    mine = (study_name, safe_storage(storage))
+    if theirs[0] is None or (theirs[0], theirs[1] or mine[1]) == mine:
+        return
+    raise FileExistsError(
+        f"{out_dir} holds the best config of study {theirs[0]!r} ({theirs[1]}), not of "
+        f"study {study_name!r} ({mine[1]}); writing there would overwrite that study's "
+        f"{BEST_FILE} and {BEST_JSON}: give this study its own --out (the default, "
+        "runs/<study>-tune, is one folder per study)")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -116,5 +172,7 @@ __all__ = [
     "atomic_write_text",
     "best_lock",
     "best_of",
+    "check_best_owner",
+    "safe_storage",
     "write_best",
 ]

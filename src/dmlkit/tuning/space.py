@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from typing import Any, Protocol
+
+from torch import Tensor
 
 from dmlkit.config.schema import Config
 from dmlkit.config.tune import choice_label, condition_holds, get_path, is_int_range, set_path
@@ -86,11 +89,18 @@ class _ProbeTrial:
         return (low, high, low + 0.37 * (high - low))[self.end]
 
 
-def check_space(config: Config) -> None:
+def check_space(config: Config, fold_labels: Sequence[Tensor] | None = None, *,
+                class_names: Sequence[str] | None = None) -> None:
     """Find a search space's mistakes before the first trial: configs at the corners of
     the space (and at every choice of every categorical parameter) are built and checked
-    (unknown component keys, an int setting given a float range, an unknown name), and
-    every ``when`` must name a path that the config sets or the space searches.
+    (unknown component keys, an int setting given a float range, an unknown name);
+    ``training.patience`` is searched only with ``tune.objective: best_epoch``; every
+    ``when`` must name a path that the config sets or the space searches, and each of its
+    values one that path can hold when the parameter is sampled (a choice searched before
+    it, or the config's fixed value). With ``fold_labels`` (each fold's training labels)
+    every combination of the searched sampler settings is built on every fold
+    (:func:`~dmlkit.tuning.batches.check_batches`; int ranges of many values at their
+    reachable extremes only).
 
     Raises
     ------
@@ -101,6 +111,13 @@ def check_space(config: Config) -> None:
         return
     raw = config.to_dict()
     space = config.tune.space
+    if "training.patience" in space and config.tune.objective != "best_epoch":
+        raise ValueError(
+            f"tune.space searches training.patience, but tune.objective is "
+            f"{config.tune.objective!r}: each fold then trains all training.epochs (as dmlkit "
+            "train of the best config does: it has no validation classes), so patience would "
+            "stop nothing; set tune.objective: best_epoch (each fold scored at its best "
+            "epoch, patience stopping it early), or search training.epochs instead")
     paths = list(space)
     for i, path in enumerate(paths):  # a new loss / miner name drops the old parameters
         section, _, key = path.partition(".")
@@ -113,10 +130,11 @@ def check_space(config: Config) -> None:
                     f"be lost; list {renamed[0]!r} first")
     for path, spec in space.items():
         for cond in (spec.get("when") or {}):
-            if cond not in space and get_path(raw, cond) is None:
+            if not any(_touches(q, cond) for q in space) and get_path(raw, cond) is None:
                 raise ValueError(
                     f"tune.space[{path!r}].when refers to {cond!r}, which the config does not "
                     f"set and the space does not search: the parameter would never be tried")
+    _check_conditions(raw, space)
     probes = [_ProbeTrial(0), _ProbeTrial(1), _ProbeTrial(2)]
     for path, spec in space.items():
         if "choices" in spec:
@@ -127,6 +145,69 @@ def check_space(config: Config) -> None:
             trial_config(config, probe)
         except ValueError as err:
             raise ValueError(f"tune.space: {err}") from None
+    if fold_labels is not None:
+        from dmlkit.tuning.batches import check_batches
+
+        check_batches(config, fold_labels, class_names=class_names)
+
+
+def _check_conditions(raw: dict[str, Any], space: dict[str, Any]) -> None:
+    """Refuse a ``when`` value its path can never hold when the parameter is sampled
+    (a typo of a choice, or a fixed config value that differs)."""
+    items = list(space.items())
+    for i, (path, spec) in enumerate(items):
+        for cond, wanted in (spec.get("when") or {}).items():
+            possible = possible_values(raw, items[:i], cond)
+            if possible is None:
+                continue
+            for value in wanted if isinstance(wanted, list) else [wanted]:
+                if value in possible:
+                    continue
+                searched = any(_touches(q, cond) for q, _ in items[:i])
+                where = (f"{cond!r} is one of {possible} when it is sampled" if searched else
+                         f"{cond!r} is {possible[0]!r} (fixed in the config, not searched "
+                         "before it)")
+                what = ("can never hold" if not isinstance(wanted, list) else
+                        f"lists {value!r}, which can never be")
+                raise ValueError(
+                    f"tune.space[{path!r}].when: {{{cond}: {wanted!r}}} {what}: {where}; fix "
+                    "the value, or the parameter is never tried")
+
+
+def _touches(setter: str, path: str) -> bool:
+    """Whether sampling the space path ``setter`` may change the value at ``path``: the
+    path itself, its whole component, a new ``name`` of it, or a key of a whole ``path``."""
+    s_section, _, s_key = setter.partition(".")
+    p_section, _, p_key = path.partition(".")
+    return setter == path or (s_section == p_section and (not s_key or not p_key
+                                                          or s_key == "name"))
+
+
+def possible_values(raw: dict[str, Any], before: list[tuple[str, dict[str, Any]]],
+                    path: str) -> list[Any] | None:
+    """The values ``path`` can hold once the space entries ``before`` are sampled on the
+    config ``raw``; ``None`` where they cannot be listed (a range, or a new component
+    name that keeps or drops the key)."""
+    section, _, key = path.partition(".")
+    values = [get_path(raw, path)]
+    for setter, spec in before:
+        if not _touches(setter, path):
+            continue
+        whole = not setter.partition(".")[2]
+        if "choices" not in spec or (setter != path and not whole):
+            return None
+        new = list(spec["choices"])
+        if whole and setter != path:  # a whole component: the value its choice holds
+            new = [{"name": c} if isinstance(c, str) else c for c in new]
+            new = [c.get(key) if isinstance(c, dict) else None for c in new]
+        elif whole:
+            new = [{"name": c} if isinstance(c, str) else c for c in new]
+        values = new if not spec.get("when") else values + new
+    unique: list[Any] = []
+    for value in values:
+        if value not in unique:
+            unique.append(value)
+    return unique
 
 
 class FixedTrial:
@@ -157,4 +238,5 @@ class FixedTrial:
         return float(self._get(name))
 
 
-__all__ = ["FixedTrial", "Suggester", "check_space", "suggest", "trial_config"]
+__all__ = ["FixedTrial", "Suggester", "check_space", "possible_values", "suggest",
+           "trial_config"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import warnings
 from collections.abc import Callable
@@ -24,7 +25,14 @@ from typing import Any
 
 from dmlkit.config.schema import Config
 from dmlkit.config.tune import COMPONENTS
-from dmlkit.tuning.best import absolute_data_paths, absolute_paths, best_of, write_best
+from dmlkit.tuning.best import (
+    absolute_data_paths,
+    absolute_paths,
+    best_of,
+    check_best_owner,
+    safe_storage,
+    write_best,
+)
 from dmlkit.tuning.space import check_space, trial_config
 from dmlkit.tuning.workers import (
     Heartbeat,
@@ -36,6 +44,7 @@ from dmlkit.tuning.workers import (
 )
 
 STUDY_FILE = "study.db"
+_CREDENTIALS = re.compile(r"(\b[A-Za-z][\w+.-]*://[^\s/@:]*:)[^\s@]*@")
 _FINISHED = ("COMPLETE", "PRUNED", "FAIL")
 
 
@@ -147,8 +156,30 @@ def _same_config(saved: str, config: Config) -> bool:
 
 
 def _safe(storage: Any) -> str:
-    url = getattr(storage, "url", str(storage))
-    return url.split("@")[-1] if "@" in url else url  # no passwords in messages
+    return safe_storage(getattr(storage, "url", str(storage)))  # no passwords in messages
+
+
+def redact(text: str, url: str | None = None) -> str:
+    """``text`` (an error message) without the user and password of ``url`` or of any
+    ``scheme://user:password@host`` in it."""
+    if url:
+        text = text.replace(url, safe_storage(url))
+    return _CREDENTIALS.sub(r"\1***@", text)
+
+
+def study_name_of(config: Config, study_name: str | None = None) -> str:
+    """The study a worker joins: ``study_name``, else ``tune.study_name``, else the
+    config's ``name``."""
+    return study_name or (config.tune.study_name if config.tune is not None else None) \
+        or config.name
+
+
+def default_out_dir(config: Config, study_name: str | None = None,
+                    runs_dir: Path = Path("runs")) -> Path:
+    """``runs/<name>-tune`` for the config's own study (``name`` the config's), else
+    ``runs/<study>-tune``: one folder of best files per study."""
+    study = study_name_of(config, study_name)
+    return runs_dir / f"{config.name if study == study_name_of(config) else study}-tune"
 
 
 def tune(
@@ -186,17 +217,24 @@ def tune(
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise ValueError(f"trials must be an int >= 1, got {trials!r}")
     config = absolute_data_paths(config)  # trials and best.yaml read these files anywhere
-    tc = config.tune
-    _check_folds(config)  # before out_dir is made: a refused study leaves nothing behind
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     url = storage or storage_url(config, out_dir)
-    name = study_name or tc.study_name or config.name
+    name = study_name_of(config, study_name)
+    check_best_owner(out_dir, name, url)  # another study's best files: refused at once
+    _check_folds(config)  # before out_dir is made: a refused study leaves nothing behind
+    made = [d for d in (out_dir, *out_dir.parents) if not d.exists()]
+    out_dir.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    with warnings.catch_warnings():  # heartbeats outside Study.optimize are by design here
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        warnings.filterwarnings("ignore", message="Heartbeat of storage")
-        return _tune(config, trials, out_dir, url, name, resume, log)
+    try:
+        with warnings.catch_warnings():  # heartbeats outside Study.optimize are by design
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            return _tune(config, trials, out_dir, url, name, resume, log)
+    except BaseException:  # e.g. a storage that cannot be opened: no empty --out left
+        for folder in made:  # (innermost first)
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
 
 
 def _tune(
@@ -241,7 +279,9 @@ def _tune(
 def _check_folds(config: Config) -> None:
     """Fail before the first trial when the training classes cannot make the folds."""
     from dmlkit.data.class_folds import class_folds
-    from dmlkit.training.run import build_splits
+    from dmlkit.data.splits import select_classes
+    from dmlkit.training.cross_validation import training_part
+    from dmlkit.tuning.batches import check_batches
 
     if config.tune is None:
         raise ValueError("the config has no tune: section")
@@ -256,8 +296,11 @@ def _check_folds(config: Config) -> None:
                 f"allowed: {sorted(raw[section])}"
             )
     check_space(config)  # component keys, types and names: here, not trial after trial
-    train, _ = build_splits(config, for_training=True)
-    class_folds(train.classes, config.tune.folds, config.tune.seed, class_names=train.class_names)
+    train = training_part(config)  # the held-out part is never read
+    folds = class_folds(train.classes, config.tune.folds, config.tune.seed,
+                        class_names=train.class_names)
+    check_batches(config, [select_classes(train, classes).labels for classes, _ in folds],
+                  class_names=train.class_names)  # every sampler setting, on every fold
 
 
 def _run_trial(
@@ -320,6 +363,9 @@ def _short(value: Any) -> str:
 
 __all__ = [
     "TuneSummary",
+    "default_out_dir",
+    "redact",
+    "study_name_of",
     "open_study",
     "open_storage",
     "storage_url",
