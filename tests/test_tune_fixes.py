@@ -341,3 +341,25 @@ def test_a_storage_that_cannot_open_shows_no_password_and_leaves_no_folder(tmp_p
     assert "s3cret" not in result.output
     assert not (tmp_path / "new").exists()
     assert redact("at postgresql://u:pw@h/db: failed") == "at postgresql://u:***@h/db: failed"
+
+
+def test_best_yaml_keeps_no_storage_credentials(tmp_path):
+    """best.yaml is a file to share and train from: the study storage it records carries
+    no user or password (best.json already shows the storage without them)."""
+    from types import SimpleNamespace
+
+    from dmlkit.tuning.best import write_best
+
+    cfg = Config.from_dict({
+        "name": "t", "data": {"name": "digits"}, "model": {"name": "mlp"},
+        "loss": {"name": "triplet_margin"},
+        "tune": {"storage": "postgresql://bob:s3cret@db.example/optuna",
+                 "space": {"optimizer.lr": {"low": 1e-4, "high": 1e-2, "log": True}}},
+    })
+    trial = SimpleNamespace(state=SimpleNamespace(name="COMPLETE"), value=0.5, number=0,
+                            params={}, user_attrs={"config": cfg.to_dict()})
+    study = SimpleNamespace(study_name="t", get_trials=lambda deepcopy=False: [trial])
+    path = write_best(study, cfg, tmp_path, cfg.tune.storage)
+    text = path.read_text() + (tmp_path / "best.json").read_text()
+    assert "s3cret" not in text and "bob" not in text
+    assert "db.example/optuna" in path.read_text()

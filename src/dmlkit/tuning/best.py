@@ -96,6 +96,8 @@ def write_best(study: Any, config: Config, out_dir: Path, storage: str) -> Path 
         best_config = absolute_data_paths(Config.from_dict(best.user_attrs["config"]))
         if best_config.tune is not None:
             best_config.tune.space = {}  # the chosen point, not the space
+            if best_config.tune.storage:  # a file to share: no user or password in it
+                best_config.tune.storage = safe_storage(best_config.tune.storage)
         folds = config.tune.folds if config.tune is not None else "?"
         rescore = f"dmlkit crossval {BEST_FILE}"
         note = ""
