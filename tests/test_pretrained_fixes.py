@@ -11,25 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_models_pretrained import _config as _digits_config
 from typer.testing import CliRunner
 
 from dmlkit.config.schema import Config
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def _digits_config(tmp_path: Path, **model) -> Config:
-    return Config.from_dict({
-        "name": "pre",
-        "data": {"name": "digits", "split": "classes", "train_classes": [0, 1, 2, 3, 4],
-                 "test_classes": [5, 6, 7, 8, 9], "max_per_class": 12,
-                 "max_heldout_per_class": 12},
-        "model": {"name": "efficientnet_lite0", "dim": 16, "resolution": 32,
-                  "cache_dir": str(tmp_path / "cache"), **model},
-        "loss": {"name": "multi_similarity"},
-        "sampler": {"name": "m_per_class", "m": 4, "batch_size": 20},
-        "training": {"epochs": 1, "seed": 0},
-    })  # fmt: skip
 
 
 def _npz_config(path: Path, model: dict) -> Config:
