@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -184,7 +185,12 @@ class TupleDataset(Dataset):
 
 
 def load_features(path: str | Path, key: str = "x") -> Tensor:
-    """A feature array from ``.npy``, or array ``key`` of an ``.npz`` file."""
+    """A feature array from ``.npy``, or array ``key`` of an ``.npz`` file.
+
+    It gets the checks labelled inputs get (:func:`~dmlkit.data.checks.check_inputs`,
+    naming the file): numbers only, a feature axis (``(n, d)`` or images, not ``(n,)``),
+    no NaN or infinite rows, and a warning for values far from unit scale.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"feature file not found: {path}")
@@ -193,28 +199,51 @@ def load_features(path: str | Path, key: str = "x") -> Tensor:
             if key not in archive:
                 raise KeyError(f"{path} has no array {key!r}; arrays present: {list(archive)}")
             x = archive[key]
+        source = f"{path} (array {key!r})"
     elif path.suffix == ".npy":
         x = np.load(path, allow_pickle=False)
+        source = str(path)
     else:
         raise ValueError(f"features must be a .npy or .npz file, got {path.name!r}")
+    if x.dtype.kind not in "biuf":  # (as load_npz refuses them)
+        what = ("complex numbers; keep a real part (x.real, np.abs(x))" if x.dtype.kind == "c"
+                else "strings" if x.dtype.kind in "SU" else "no numbers")
+        raise TypeError(f"{source}: the features must be real numbers, got dtype {x.dtype} "
+                        f"({what})")
+    from dmlkit.data.checks import check_inputs
+    from dmlkit.data.dataset import ArrayDataset
     from dmlkit.data.npz import integer_inputs
 
-    x = integer_inputs(x, str(path))  # the one rule for integer inputs, as load_npz
+    x = integer_inputs(x, source)  # the one rule for integer inputs, as load_npz
+    rows = x.reshape(1) if x.ndim == 0 else x
+    # the checks of labelled inputs (the labels are placeholders: tuples have none)
+    check_inputs(ArrayDataset(rows, np.zeros(len(rows), dtype=np.int64)), source)
     return torch.from_numpy(np.ascontiguousarray(x))
+
+
+#: an integer entry: ASCII digits with an optional sign (no "1_0", no other scripts' digits)
+_INTEGER = re.compile(r"[+-]?[0-9]+", re.ASCII)
+
+
+def _is_integer(value: str) -> bool:
+    return _INTEGER.fullmatch(value) is not None
 
 
 def _int_entries(refs: list[list[str]], lines: list[int], path: Path) -> np.ndarray:
     """``(T, k)`` int64 rows of ``refs``; a non-integer or out-of-range entry names its line."""
-    low, high = np.iinfo(np.int64).min, np.iinfo(np.int64).max
+    high = np.iinfo(np.int64).max
     out = np.empty((len(refs), len(refs[0]) if refs else 0), dtype=np.int64)
     for r, row in enumerate(refs):
         for c, value in enumerate(row):
-            try:
-                number = int(value)
-            except ValueError:
+            if not _is_integer(value):
                 raise ValueError(f"{path}, line {lines[r]}: with features, entries must be "
-                                 f"integer rows, got {value!r}; fix the entry") from None
-            if not low <= number <= high:
+                                 f"integer rows, got {value!r} (write plain digits 0-9); "
+                                 "fix the entry")
+            number = int(value)
+            if number < 0:
+                raise ValueError(f"{path}, line {lines[r]}: entry {value} is negative; "
+                                 "entries are rows of the feature array, from 0: fix it")
+            if number > high:
                 raise ValueError(f"{path}, line {lines[r]}: entry {value} is too large to be "
                                  "a row of a feature array; fix the entry") from None
             out[r, c] = number
@@ -323,7 +352,7 @@ def read_tuples_csv(
     if features is not None:
         tuples = _int_entries(refs, lines, path)
         return TupleDataset(tuples, load_features(features, features_key), similar)
-    if all(v.lstrip("-").isdigit() for row in refs for v in row):
+    if all(_is_integer(v) for row in refs for v in row):
         raise ValueError(f"{path}: the entries are integers, rows of a feature array: set "
                          "data.features to the .npy / .npz that holds them (without it they "
                          "are read as image paths)")

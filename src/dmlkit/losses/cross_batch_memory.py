@@ -55,6 +55,9 @@ class CrossBatchMemory(BaseMetricLoss):
     "Cross-Batch Memory for Embedding Learning", CVPR 2020.
     """
 
+    #: the memory stores each embedding's label: batches without labels cannot fill it
+    requires_labels = True
+
     def __init__(
         self,
         loss: BaseMetricLoss,

@@ -49,6 +49,9 @@ class FastAPLoss(BaseMetricLoss):
     nearest bins (a scatter), not every bin.
     """
 
+    #: labels define the positives; ``indices`` only weight the anchors
+    requires_labels = True
+
     def __init__(self, num_bins: int = 10, distance: BaseDistance | None = None) -> None:
         super().__init__(distance=distance)
         if not isinstance(self.distance, EuclideanDistance):

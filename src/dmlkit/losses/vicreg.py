@@ -44,6 +44,8 @@ class VICRegLoss(BaseMetricLoss):
 
     #: called as ``loss(embeddings, ref_embeddings=view2)``, never with labels
     takes_labels = False
+    #: rows pair with rows of the second view, never with tuples
+    accepts_indices = False
 
     def __init__(
         self,

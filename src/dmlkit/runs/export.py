@@ -4,7 +4,9 @@ The exported graph takes the run's raw input rows flattened to ``(batch, n_featu
 float32, batch axis dynamic, and returns ``(batch, dim)`` embeddings: the reshape to the
 model's input shape and every preprocessing step inside the model (normalization,
 resizing of pretrained backbones) are part of it. A JSON file beside the model
-(``FILE.json``) records the input shape, the embedding size and where it came from:
+(``FILE.json``) records the input shape, the values the inputs take (dtype float32,
+range, for images channels, size and colour mode: :func:`input_description`), the
+embedding size and where it came from:
 the run directory (absolute) and ``model_sha256``, the fingerprint of the exported
 weights (:func:`dmlkit.index.store.model_fingerprint`), which ``dmlkit serve --onnx``
 checks against its index.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import sys
 import tempfile
@@ -30,7 +33,9 @@ import torch
 from torch import Tensor, nn
 
 from dmlkit._files import publish_mode
+from dmlkit.data.tuples import load_features
 from dmlkit.index.store import model_fingerprint
+from dmlkit.runs.queries import InputSpec, recorded_input_spec, run_input_spec
 from dmlkit.training.run import build_splits, load_run
 
 FORMATS = ("onnx", "torchscript")
@@ -109,16 +114,57 @@ class FlatInputEmbedder(nn.Module):
 
 
 def run_input_shape(run: Any) -> tuple[int, ...]:
-    """Shape of one raw input of a run (from its model's config, else from its data)."""
-    spec = run.config.model
-    if "in_channels" in spec and "image_size" in spec:
-        size = spec["image_size"]
-        h, w = (size, size) if isinstance(size, int) else tuple(size)
-        return (int(spec["in_channels"]), int(h), int(w))
-    if "in_features" in spec and spec.get("name") == "mlp":
-        return (int(spec["in_features"]),)
+    """Shape of one raw input of a run: the one its model's config records (images'
+    ``in_channels`` and ``image_size``, rows' ``in_features``, for any model that takes
+    them), else read from its training data."""
+    recorded = recorded_input_spec(run.config.model, any_size=False)
+    if recorded is not None:
+        return recorded.shape
     train, _ = build_splits(run.config)
     return tuple(int(s) for s in train.x.shape[1:])
+
+
+def input_description(run: Any, shape: tuple[int, ...]) -> dict[str, Any]:
+    """What the exported model's input rows must hold, for the export's ``.json``: the
+    :class:`~dmlkit.runs.queries.InputSpec` fields (``input_shape``, ``input_dtype``
+    float32, ``input_range``: the training inputs' ``[min, max]``, null when unknown,
+    ``input_any_size``) and, for images, ``input_channels``, ``image_size``
+    ``[height, width]`` and ``color`` (``grayscale`` / ``rgb``), plus ``input_note`` in
+    words."""
+    try:
+        spec = run_input_spec(run)
+    except (OSError, ValueError):  # (the data is gone: the range stays unknown)
+        spec = None
+    low, high = (spec.low, spec.high) if spec is not None else (math.nan, math.nan)
+    data = run.config.data
+    if not math.isfinite(high - low) and data.tuples is not None:
+        if data.features is None:  # images read from files: [0, 1]
+            low, high = 0.0, 1.0
+        else:
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                x = load_features(data.features, data.x_key)
+                low, high = float(x.min()), float(x.max())
+    if not math.isfinite(high - low):
+        low, high = getattr(run.model, "input_range", (math.nan, math.nan))
+    any_size = spec.any_size if spec is not None else False
+    out = InputSpec(tuple(shape), "float32", float(low), float(high), any_size).to_dict()
+    known = math.isfinite(float(high) - float(low))
+    out["input_range"] = [float(low), float(high)] if known else None
+    if len(shape) == 3:
+        color = data.color if data.color != "auto" else {  # (as run_color resolves it)
+            1: "grayscale", 3: "rgb"}.get(int(shape[0]), "auto")
+        out.update(input_channels=int(shape[0]), image_size=[int(shape[1]), int(shape[2])],
+                   color=color)
+        what = (f"images of {shape[0]} channel(s) x {shape[1]} x {shape[2]} (channels first), "
+                "each flattened to one row")
+    else:
+        what = f"rows of {math.prod(shape)} features"
+    pixels = len(shape) == 3 and known and 0 <= low and high <= 1
+    scale = " (8-bit pixels divided by 255)" if pixels else ""
+    out["input_note"] = (
+        f"float32 {what}, scaled as the training inputs were"
+        + (f": values in [{low:.4g}, {high:.4g}]{scale}" if known else " (range unknown)"))
+    return out
 
 
 def export_run(run_dir: str | Path, out: str | Path, fmt: str = "onnx",
@@ -195,6 +241,7 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "onnx",
         # which weights the export holds: the service checks an index against it
         "model_sha256": model_fingerprint(run.model),
         "max_difference": diff}
+    info.update(input_description(run, shape))
     if check and diff is None:
         info["not_verified"] = NOT_VERIFIED
     Path(f"{out}.json").write_text(json.dumps(info, indent=2))
@@ -275,5 +322,5 @@ def _max_difference(module: nn.Module, path: Path, fmt: str,
     return float(abs(got - ref).max())
 
 
-__all__ = ["export_run", "run_input_shape", "check_export_target", "is_run_dir",
-           "is_text_run", "ExportError", "FlatInputEmbedder", "FORMATS", "RUN_FILES"]
+__all__ = ["export_run", "input_description", "run_input_shape", "check_export_target",
+           "is_run_dir", "is_text_run", "ExportError", "FlatInputEmbedder", "FORMATS", "RUN_FILES"]

@@ -97,7 +97,7 @@ def run_input_spec(run: Any) -> InputSpec | None:
     from dmlkit.training.run import build_splits
 
     any_size = resizes_inputs(run.model)
-    recorded = _recorded_spec(run.config.model, any_size)
+    recorded = recorded_input_spec(run.config.model, any_size)
     if run.config.data.tuples is not None:
         return recorded
     try:
@@ -115,7 +115,7 @@ def run_input_spec(run: Any) -> InputSpec | None:
     return input_spec(train.x, any_size=any_size)
 
 
-def _recorded_spec(model: dict[str, Any], any_size: bool) -> InputSpec | None:
+def recorded_input_spec(model: dict[str, Any], any_size: bool) -> InputSpec | None:
     """The input shape a model config records (range unknown), else ``None``."""
     size = model.get("image_size")
     if model.get("in_channels") is not None and size is not None:
@@ -366,4 +366,5 @@ def expand_queries(queries: list[Path]) -> list[Path]:
 
 __all__ = ["QUERY_KINDS", "InputSpec", "check_input_range", "check_input_shape",
            "expand_queries", "input_fit", "input_spec", "prepare_inputs", "read_images",
-           "read_query_array", "resizes_inputs", "run_color", "run_input_spec"]
+           "read_query_array", "recorded_input_spec", "resizes_inputs", "run_color",
+           "run_input_spec"]

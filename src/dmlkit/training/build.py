@@ -132,7 +132,7 @@ _NESTED_LOSS_KEYS = ("loss", "losses")
 
 
 def loss_shape_params(
-    spec: dict[str, Any] | str, num_classes: int, dim: int | None
+    spec: dict[str, Any] | str, num_classes: int | None, dim: int | None
 ) -> dict[str, Any] | str:
     """``spec`` with ``num_classes`` and the embedding dimension filled in where its loss
     takes them and leaves them out, in the losses it nests too.
@@ -145,8 +145,10 @@ def loss_shape_params(
     ----------
     spec : dict or str
         A loss config ``{"name": ..., **params}``, or a loss name.
-    num_classes : int
-        Number of classes of the training data.
+    num_classes : int or None
+        Number of classes of the training data (None: data without classes, pairs or
+        triplets; left out, so a loss whose ``num_classes`` is optional, ``margin``, keeps
+        one global parameter).
     dim : int or None
         Embedding dimension of the model (None: unknown, left out).
 
@@ -162,7 +164,7 @@ def loss_shape_params(
         return spec  # not a config: the registry reports it when building
     spec = dict(spec)
     params = _params(LOSSES, spec["name"])
-    if "num_classes" in params and "num_classes" not in spec:
+    if "num_classes" in params and "num_classes" not in spec and num_classes is not None:
         spec["num_classes"] = int(num_classes)
     for key in _DIM_KEYS:
         if key in params and key not in spec and dim is not None:
@@ -189,9 +191,10 @@ def absolute_path(value: Any) -> Any:
     return value
 
 
-def resolve_config(config: Config, example: Tensor, num_classes: int) -> Config:
-    """A copy of ``config`` with the data-dependent model and loss parameters filled in,
-    and relative data paths (``data.path``, ``tuples``, ``features``) made absolute, so
+def resolve_config(config: Config, example: Tensor, num_classes: int | None) -> Config:
+    """A copy of ``config`` with the data-dependent model and loss parameters filled in
+    (``num_classes`` None: data without class labels, whose losses get none), and relative
+    data paths (``data.path``, ``tuples``, ``features``) made absolute, so
     that a run resumed or re-read from another directory reads the same files."""
     config = copy.deepcopy(config)
     for key in DATA_PATH_KEYS:  # a run records which files it read, wherever it resumes
@@ -206,11 +209,11 @@ def resolve_config(config: Config, example: Tensor, num_classes: int) -> Config:
     dim = None
     # (a loss that takes the embedding width and leaves it out: ask the built model; the
     # two probes differ exactly where a width would be filled in)
-    if loss_shape_params(config.loss, 0, 1) != loss_shape_params(config.loss, 0, 2):
+    if loss_shape_params(config.loss, None, 1) != loss_shape_params(config.loss, None, 2):
         dim = built_model_dim(config, example)
         if dim is None:  # (no dim attribute, and the example did not go through it)
             dim = embedding_dim(config.model)
-    loss = loss_shape_params(config.loss, int(num_classes), dim)
+    loss = loss_shape_params(config.loss, num_classes, dim)
     config.loss = loss if isinstance(loss, dict) else {"name": loss}
     config.check()
     return config

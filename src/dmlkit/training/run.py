@@ -36,6 +36,7 @@ from dmlkit.training.checkpoint import (
     torch_load,
 )
 from dmlkit.training.checks import check_model_settings, check_patience, check_training_inputs
+from dmlkit.training.data_fingerprint import check_resume_data, data_fingerprint
 from dmlkit.training.device import check_device
 from dmlkit.training.distributed import init_from_env, is_main_process, world_size_from_env
 from dmlkit.training.frozen_features import frozen_feature_data
@@ -298,6 +299,11 @@ def _train_labelled(config: Config, out_dir: Path, resume: bool, log: Any, callb
     check_patience(config)  # (cross-validation's folds validate: patience works there)
     train, heldout = build_splits(config, for_training=True)
     check_training_classes(train, config.data)
+    fingerprint = data_fingerprint({"the training items": train.x,
+                                    "the training labels": train.labels,
+                                    "the held-out split": [heldout.x, heldout.labels]})
+    if resume:  # (before config.yaml is written again)
+        check_resume_data(out_dir, fingerprint)
     train, val = validation_split(train, config)
     resolved = resolve_config(config, train.x[0], int(train.labels.max()) + 1)
     train, val = frozen_feature_data(resolved, train, val, log)  # cached, if frozen backbone
@@ -308,7 +314,8 @@ def _train_labelled(config: Config, out_dir: Path, resume: bool, log: Any, callb
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(resolved.to_yaml(), out_dir / CONFIG_FILE)
     try:
-        trainer = _trainer(resolved, train, val, out_dir, log, callbacks, distributed)
+        trainer = _trainer(resolved, train, val, out_dir, log, callbacks, distributed,
+                           fingerprint)
     except BaseException:  # a bad model or sampler setting: leave no half-made run behind
         if fresh and is_main_process():
             shutil.rmtree(out_dir, ignore_errors=True)
@@ -353,14 +360,14 @@ def _named_classes(data: ArrayDataset, config: Config) -> str:
 
 
 def _trainer(resolved: Config, train: Any, val: Any, out_dir: Path, log: Any,
-             callbacks: tuple, distributed: bool) -> Trainer:
+             callbacks: tuple, distributed: bool, fingerprint: dict[str, str]) -> Trainer:
     trainer_cls = Trainer
     if distributed:
         from dmlkit.training.distributed import DistributedTrainer
 
         trainer_cls = DistributedTrainer
     return trainer_cls(resolved, train, val_data=val, out_dir=out_dir, log=log,
-                       callbacks=callbacks)
+                       callbacks=callbacks, data_fingerprint=fingerprint)
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:

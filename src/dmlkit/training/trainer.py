@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,8 @@ from dmlkit.training.build import (
 )
 from dmlkit.training.checkpoint import atomic_save, load_checkpoint
 from dmlkit.training.checks import check_finite_weights, check_loss_value, finite_embeddings
+from dmlkit.training.data_fingerprint import check_same_data
+from dmlkit.training.grad_cache import cached_embeddings, check_grad_cache
 from dmlkit.training.optim import build_optimizer, build_scheduler
 from dmlkit.training.preflight import check_batch_negatives, check_trainable
 from dmlkit.training.rng import get_rng_state, rng_scope, set_rng_state
@@ -62,20 +63,6 @@ def regularization(
     return total
 
 
-@contextlib.contextmanager
-def _kept_norm_statistics(model: nn.Module) -> Iterator[None]:
-    """Batch norms' running statistics as they were on entry, restored on exit (a forward
-    pass recomputed for gradients must not count its batch twice)."""
-    saved = [(buf, buf.detach().clone()) for m in model.modules()
-             if isinstance(m, nn.modules.batchnorm._BatchNorm) for buf in m.buffers()]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for buf, value in saved:
-                buf.copy_(value)
-
-
 class Trainer:
     """Trains an embedding model on a dataset as a :class:`~dmlkit.config.Config` says.
 
@@ -106,6 +93,10 @@ class Trainer:
         ``callback(trainer, record)`` after each epoch's checkpoint.
     log : callable, optional
         Receives human-readable messages (default: ``print``).
+    data_fingerprint : dict, optional
+        Checksums of the data the run trains on
+        (:func:`~dmlkit.training.data_fingerprint.data_fingerprint`), kept in checkpoints;
+        a resume whose checkpoint holds others is refused.
 
     Notes
     -----
@@ -161,8 +152,10 @@ class Trainer:
         collate_fn: Callable[[list[Any]], Any] | None = None,
         callbacks: Sequence[Callback] = (),
         log: Callable[[str], None] | None = print,
+        data_fingerprint: dict[str, str] | None = None,
     ) -> None:
         self.config = config
+        self.data_fingerprint = data_fingerprint
         self.train_data = train_data
         self.val_data = val_data
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -174,7 +167,7 @@ class Trainer:
                 # a model whose width only its weights know (a pretrained text encoder):
                 # the loss's embedding size comes from the built model
                 config = copy.copy(config)
-                config.loss = loss_shape_params(config.loss, 0, dim)
+                config.loss = loss_shape_params(config.loss, None, dim)
                 self.config = config
             self.loss = (loss if loss is not None else build_loss(config)).to(self.device)
         self.miner = miner if miner is not None else build_miner(config)
@@ -185,6 +178,7 @@ class Trainer:
         labels = getattr(train_data, "labels", None)
         self.collate_fn = collate_fn or default_collate  # (the check below fetches a batch)
         check_trainable(self, labels, given={"model": model, "miner": miner, "loss": loss})
+        check_grad_cache(self.model, config.training.grad_cache_chunk)
         self.sampler = (
             sampler if sampler is not None
             else build_sampler(config, labels, len(train_data), train_data, self.model)
@@ -258,26 +252,18 @@ class Trainer:
             return self.anchor_model(inputs)  # (B, dim)
 
     def embed_batch(self, inputs: Any) -> Tensor:
-        """The model's embeddings of a batch; with ``training.grad_cache_chunk`` the batch is
-        embedded in chunks whose activations are not kept but recomputed, one chunk at a
-        time, in the backward pass (gradient caching, Gao et al. 2021): memory grows with
-        the chunk, not the batch, and the gradients equal the plain step's (batch norm
-        sees per-chunk statistics)."""
+        """The model's embeddings of a batch; with ``training.grad_cache_chunk`` the batch (a
+        tensor, a list of texts, ...) is embedded in chunks whose activations are
+        recomputed in the backward pass (:mod:`~dmlkit.training.grad_cache`): memory grows
+        with the chunk, not the batch, and the gradients equal the plain step's (batch
+        norm sees per-chunk statistics)."""
         tc = self.config.training
         # mixed precision for the model only: the embeddings come back float32, so that
         # distances, miners and losses (cancellation in |x|^2 + |y|^2 - 2 x.y) stay exact
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=tc.amp):
-            chunk = tc.grad_cache_chunk
-            if chunk is None or not isinstance(inputs, Tensor) or len(inputs) <= chunk:
+            if tc.grad_cache_chunk is None:
                 return self.model(inputs).float()
-            from torch.utils.checkpoint import checkpoint
-
-            def contexts() -> tuple[Any, Any]:  # the backward's recompute keeps norm stats
-                return contextlib.nullcontext(), _kept_norm_statistics(self.model)
-
-            return torch.cat([checkpoint(self.model, inputs[s : s + chunk], use_reentrant=False,
-                                         context_fn=contexts)
-                              for s in range(0, len(inputs), chunk)]).float()  # (B, dim)
+            return cached_embeddings(self.model, inputs, tc.grad_cache_chunk).float()
 
     # -- epochs ------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict[str, Any]:
@@ -440,6 +426,7 @@ class Trainer:
             "sampler_epoch": getattr(self.sampler, "epoch", self.epoch),
             "sampler": self.sampler.state_dict() if hasattr(self.sampler, "state_dict") else {},
             "anchor": self.anchor_model.state_dict() if self.anchor_model is not None else {},
+            "data": self.data_fingerprint,
         }
 
     def save(self, path: str | Path) -> None:
@@ -449,6 +436,8 @@ class Trainer:
     def load(self, path: str | Path) -> None:
         """Restore everything :meth:`state_dict` holds (the caller keeps its config)."""
         state = load_checkpoint(path, map_location=self.device)
+        check_same_data(state.get("data"), self.data_fingerprint, Path(path).parent)
+        self.data_fingerprint = state.get("data")  # (none in older checkpoints: none kept)
         self.model.load_state_dict(state["model"])
         self.loss.load_state_dict(state["loss"])
         if self.anchor_model is not None and state.get("anchor"):  # the run's starting model

@@ -41,6 +41,7 @@ from dmlkit.distances.euclidean import EuclideanDistance
 from dmlkit.registry import LOSSES
 from dmlkit.training.build import resolve_config
 from dmlkit.training.checkpoint import atomic_save, atomic_write_text
+from dmlkit.training.data_fingerprint import check_resume_data, data_fingerprint
 from dmlkit.training.run import CONFIG_FILE, METRICS_FILE, MODEL_FILE, RunResult, heldout_metrics
 from dmlkit.training.run_dir import created_here
 from dmlkit.training.trainer import Trainer
@@ -189,23 +190,73 @@ def tuple_metrics_table(metrics: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def label_losses(spec: Any) -> list[str]:
+    """Why the loss config ``spec`` cannot train from pairs / triplets without class
+    labels, one phrase per loss at fault, those it nests included (``weighted_sum``'s
+    ``losses``, a wrapper's ``loss``): a loss that ``requires_labels`` or takes no tuples
+    (no ``accepts_indices``), or a composite loss given miners (they mine by label).
+    Empty when it can."""
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    if not isinstance(spec, dict) or "name" not in spec:
+        return []
+    name = str(spec["name"])
+    try:
+        cls = LOSSES.get(name)
+    except ValueError:  # an unknown loss: building it says so
+        return []
+    found = []
+    if getattr(cls, "requires_labels", False):
+        found.append(f"{name!r} needs class labels")
+    elif not getattr(cls, "accepts_indices", True):
+        found.append(f"{name!r} takes no tuples")
+    miners = spec.get("miners")
+    values = miners.values() if isinstance(miners, dict) else miners or []
+    if any(m is not None for m in values):
+        found.append(f"{name!r} has miners, which need class labels")
+    for key in ("loss", "losses"):
+        nested = spec.get(key)
+        if isinstance(nested, dict) and "name" not in nested:  # {loss name: config}
+            nested = list(nested.values())
+        for inner in nested if isinstance(nested, list) else [nested]:
+            found.extend(n for n in label_losses(inner) if n not in found)
+    return found
+
+
+def _fingerprint(splits: WeakSplits) -> dict[str, str]:
+    """The checksums of a weak run's data (:mod:`~dmlkit.training.data_fingerprint`)."""
+    train = splits.train
+    parts: dict[str, Any] = {"the training tuples": [train.tuples, train.similar],
+                             "the items": train.items}
+    if splits.heldout_tuples is not None:
+        held = splits.heldout_tuples
+        parts["the held-out tuples"] = [held.tuples, held.similar]
+    if splits.heldout is not None:
+        parts["the held-out split"] = [splits.heldout.x, splits.heldout.labels]
+    if splits.val is not None:
+        parts["the validation items"] = [splits.val.x, splits.val.labels]
+    return data_fingerprint(parts)
+
+
 def train_weak_run(
     config: Config, out_dir: Path, resume: bool, log: Any, callbacks: tuple
 ) -> RunResult:
     """:func:`~dmlkit.training.train_run` for ``data.kind`` pairs / triplets."""
     start = time.perf_counter()
-    loss_cls = LOSSES.get(config.loss["name"])
-    if getattr(loss_cls, "requires_labels", False) or not getattr(
-        loss_cls, "accepts_indices", True
-    ):
+    problems = label_losses(config.loss)
+    if problems:
         raise ValueError(
-            f"loss {config.loss['name']!r} needs class labels; pairs / triplets train tuple "
-            "losses (contrastive, triplet_margin, multi_similarity, ...)"
-        )
+            f"loss {config.loss['name']!r} cannot train from {config.data.kind} without "
+            f"class labels: {'; '.join(problems)}; pairs / triplets train tuple losses "
+            "(contrastive, triplet_margin, multi_similarity, ...)")
     if config.miner is not None:
         raise ValueError("miners need class labels; remove the miner section for tuple data")
     splits = build_weak_splits(config)
-    resolved = resolve_config(config, splits.train.example(), 0)
+    fingerprint = _fingerprint(splits)
+    if resume:  # (before config.yaml is written again)
+        check_resume_data(out_dir, fingerprint)
+    # (no classes: a loss with optional per-class parameters, margin's betas, keeps one)
+    resolved = resolve_config(config, splits.train.example(), None)
     created = created_here(out_dir)  # (claimed by train_run; else made here)
     fresh = not out_dir.exists() if created is None else created
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -221,7 +272,7 @@ def train_weak_run(
     )
     try:
         trainer = Trainer(resolved, splits.train, val_data=splits.val, out_dir=out_dir, log=log,
-                          callbacks=callbacks)
+                          callbacks=callbacks, data_fingerprint=fingerprint)
     except BaseException:  # a bad model or sampler setting: leave no half-made run behind
         if fresh:
             shutil.rmtree(out_dir, ignore_errors=True)
@@ -250,5 +301,6 @@ __all__ = [
     "tuple_metrics",
     "tuple_metrics_table",
     "train_weak_run",
+    "label_losses",
     "TUPLE_METRICS",
 ]
