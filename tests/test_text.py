@@ -332,6 +332,9 @@ def test_text_triplet_run_trains_on_the_file_triplets(tmp_path, monkeypatch):
     bad = Config.from_dict({**cfg.to_dict(), "loss": {"name": "arcface"}})
     with pytest.raises(ValueError, match="needs class labels"):
         train_text_run(bad, tmp_path / "run2", log=lambda _m: None)
+    margin = Config.from_dict({**cfg.to_dict(), "loss": {"name": "margin"}})
+    result = train_text_run(margin, tmp_path / "run3", log=lambda _m: None)  # no classes:
+    assert np.isfinite(result.history[0]["loss"])  # a global beta (num_classes not 0)
 
 
 @pytest.mark.parametrize("body, words", [

@@ -181,7 +181,7 @@ def train_text_run(
                              "train tuple losses (triplet_margin, contrastive, ...)")
         if config.miner is not None:
             raise ValueError("triplet runs train on the given triplets; remove the miner")
-        num_classes = 0
+        num_classes = None  # no classes: nothing class-shaped (a margin loss's beta is global)
     else:
         num_classes = int(train.labels.max()) + 1
     resolved = resolve_config(config, torch.zeros(1), num_classes)
