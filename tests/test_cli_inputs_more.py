@@ -293,7 +293,7 @@ def test_embed_raw_inputs_without_labels_gives_embeddings_alone(small, tmp_path)
                                   *flags, "--out", str(tmp_path / "e.npz")])
         assert res.exit_code == 0, res.output
         saved = np.load(tmp_path / "e.npz")
-        assert saved.files == ["embeddings"]
+        assert saved.files == ["embeddings", "model_sha256"]  # no labels
         np.testing.assert_allclose(saved["embeddings"], want, atol=2e-3)
     res = runner.invoke(app, ["embed", str(small / "run"), "--data", str(tmp_path / "feats.npz"),
                               "--x-key", "feats", "--labels-key", "who", "--out",

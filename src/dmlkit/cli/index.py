@@ -177,9 +177,13 @@ def build(
             return _build_from_store(source, out, factory, metric, nprobe, ef_search,
                                      target_recall)
         if source.is_file():
+            from dmlkit.index.provenance import EMBEDDINGS_MODEL_KEY, embeddings_fingerprint
+
             emb, labels = _load_arrays(source)
             labels, names = _item_labels(source, labels, len(emb))
-            info = {"embeddings": str(source)}
+            model_sha = embeddings_fingerprint(source)  # (dmlkit embed records its model)
+            info = {"embeddings": str(source),
+                    **({EMBEDDINGS_MODEL_KEY: model_sha} if model_sha is not None else {})}
             payloads = _npz_payloads(source, len(emb), labels, names)
         else:
             from dmlkit.runs.data import describe, run_data
@@ -309,7 +313,11 @@ def _query_embeddings(queries: list[Path], index: Any, run_dir: Path | None, dev
     if queries[0].suffix in (".npy", ".npz"):
         x, kind = read_query_array(queries[0], index.dim, spec, kind)
         names = [f"{queries[0].name}[{i}]" for i in range(x.shape[0])]
-        if kind == "embeddings":
+        if kind == "embeddings":  # of the index's model, where both record theirs
+            from dmlkit.index.provenance import check_embeddings_source, embeddings_fingerprint
+
+            check_embeddings_source(index.info, embeddings_fingerprint(queries[0]),
+                                    str(queries[0]), where)
             return x, names
         source = str(queries[0])
     else:

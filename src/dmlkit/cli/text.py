@@ -69,12 +69,20 @@ def embed(
                 texts, labels = read_sentences(data), None
         if not texts:
             raise ValueError(f"{data} holds no texts")
-        emb = embed_texts(_model(run_dir, device), texts, batch_size).numpy()
+        model = _model(run_dir, device)
+        emb = embed_texts(model, texts, batch_size).numpy()
     except (FileNotFoundError, ValueError, TypeError, ImportError) as err:
         raise _fail(str(err)) from None
+    import torch
+
+    from dmlkit.index.provenance import EMBEDDINGS_MODEL_KEY
+    from dmlkit.index.store import model_fingerprint
+
     # the texts, and the class names (ids are per file: two files' ids of one name can
     # differ, so identify / evaluate / index build compare names when both files have them)
     arrays = {"embeddings": emb, "texts": np.asarray(texts, dtype=str)}
+    if isinstance(model, torch.nn.Module):  # the model that embedded them: dmlkit search
+        arrays[EMBEDDINGS_MODEL_KEY] = np.asarray(model_fingerprint(model))  # checks it
     if labels is not None:
         arrays["labels"] = labels
         if names is not None:

@@ -307,6 +307,11 @@ def embed(
         arrays = {} if labels is None else {"labels": labels}
         if names is not None:
             arrays["class_names"] = names
+        from dmlkit.index.provenance import EMBEDDINGS_MODEL_KEY
+        from dmlkit.index.store import model_fingerprint
+
+        # the model that embedded them: dmlkit search refuses them for another model's index
+        arrays[EMBEDDINGS_MODEL_KEY] = np.asarray(model_fingerprint(run.model))
         np.savez(out, embeddings=emb.numpy(), **arrays)
     except (OSError, ValueError, TypeError, KeyError) as err:
         raise _fail(one_line(err)) from None

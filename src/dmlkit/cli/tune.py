@@ -88,9 +88,10 @@ def crossval(
     """Score a config on class-disjoint folds of its training classes (mean MAP@R)."""
     from dmlkit.cli.train import apply_overrides
     from dmlkit.config import load_config
+    from dmlkit.data.class_folds import MIN_CLASSES
     from dmlkit.data.load import class_names
     from dmlkit.data.splits import named_ids
-    from dmlkit.training.cross_validation import cross_validate
+    from dmlkit.training.cross_validation import DEFAULT_FOLDS, cross_validate
 
     try:
         cfg = load_config(config)
@@ -102,6 +103,10 @@ def crossval(
         result = cross_validate(cfg, k, seed=s, objective=obj, log=typer.echo)
     except (FileNotFoundError, ValueError, TypeError, FloatingPointError) as err:
         raise _fail(str(err)) from None
+    if k is None and len(result.folds) < DEFAULT_FOLDS:  # fewer than the default: say why
+        n = len(result.folds[0].train_classes) + len(result.folds[0].val_classes)
+        typer.echo(f"{len(result.folds)} folds: {n} training classes allow at most "
+                   f"{len(result.folds)} with {MIN_CLASSES} classes on each side")
     names = class_names(cfg.data)
     for i, fold in enumerate(result.folds):
         typer.echo(

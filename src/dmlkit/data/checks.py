@@ -60,6 +60,18 @@ def check_inputs(data: ArrayDataset, source: str) -> ArrayDataset:
     return data
 
 
+def rescale_hint(lo: float, hi: float, low: float, high: float) -> str | None:
+    """How to bring inputs over ``[lo, hi]`` into an expected range ``[low, high]``
+    within ``[0, 1]`` when they are non-negative and far above it: ``/ 255`` only where
+    the maximum is plausibly 8-bit (``128 < hi <= 255``), else division by their maximum
+    (digits in 0..16 are not 8-bit pixels); ``None`` when neither applies."""
+    if lo < 0 or low < -1e-6 or high > 1.0 + 1e-6 or hi <= 2.0:
+        return None
+    if 128.0 < hi <= 255.0:
+        return "8-bit pixel values: divide them by 255"
+    return f"divide them by their maximum, {hi:.4g}"
+
+
 def check_image_range(x: torch.Tensor, expected: tuple[float, float], source: str,
                       model: str) -> None:
     """Warn when float images ``x`` range beyond the values ``model`` takes
@@ -74,8 +86,9 @@ def check_image_range(x: torch.Tensor, expected: tuple[float, float], source: st
     lo, hi = float(x.min()), float(x.max())
     if lo >= low - 0.5 * span and hi <= high + 0.5 * span:
         return
+    hint = rescale_hint(lo, hi, low, high)
     fix = ("divide them by 255 (x / 255), or store 8-bit pixels as uint8, which dmlkit "
-           "scales" if hi > 2.0 * max(high, 1.0) else
+           "scales" if hint is not None and "255" in hint else hint if hint is not None else
            "(x + 1) / 2 for values in [-1, 1]" if lo < low and hi <= high + 0.5 * span
            else f"scale them into [{low:g}, {high:g}]")
     warnings.warn(
@@ -85,4 +98,4 @@ def check_image_range(x: torch.Tensor, expected: tuple[float, float], source: st
         stacklevel=3)
 
 
-__all__ = ["MAX_ABS_INPUT", "check_image_range", "check_inputs"]
+__all__ = ["MAX_ABS_INPUT", "check_image_range", "check_inputs", "rescale_hint"]

@@ -122,4 +122,50 @@ def check_index_source(info: dict[str, Any], embedder: Any, where: str = "the in
                   stacklevel=2)
 
 
-__all__ = ["check_index_source"]
+#: the array of an embeddings ``.npz`` (``dmlkit embed``, ``dmlkit text embed``) that
+#: holds the fingerprint of the model that embedded it
+#: (:func:`dmlkit.index.store.model_fingerprint`), as an index's ``info`` records it
+EMBEDDINGS_MODEL_KEY = "model_sha256"
+
+
+def embeddings_fingerprint(path: str | Path) -> str | None:
+    """The model fingerprint an embeddings file records (:data:`EMBEDDINGS_MODEL_KEY`);
+    ``None`` for a ``.npy`` or an ``.npz`` that records none (written by other tools, or
+    by a dmlkit before it recorded one)."""
+    import numpy as np
+
+    path = Path(path)
+    if path.suffix != ".npz":
+        return None
+    with np.load(path, allow_pickle=False) as archive:
+        if EMBEDDINGS_MODEL_KEY not in archive.files:
+            return None
+        value = np.asarray(archive[EMBEDDINGS_MODEL_KEY])
+    if value.size != 1 or value.dtype.kind not in "US":
+        raise ValueError(
+            f"{path}: {EMBEDDINGS_MODEL_KEY!r} must hold one string (the SHA-256 of the "
+            f"weights of the model that embedded the file, as dmlkit embed records it), got "
+            f"shape {value.shape} of dtype {value.dtype}; drop that array or embed again")
+    return str(value.reshape(-1)[0])
+
+
+def check_embeddings_source(info: dict[str, Any], recorded: str | None, source: str,
+                            where: str = "the index") -> None:
+    """Refuse to search an index with query embeddings (from ``source``) that record the
+    fingerprint ``recorded`` of another model than the index records (``info``'s
+    ``model_sha256``); either fingerprint missing passes (nothing to compare)."""
+    built_sha = info.get(EMBEDDINGS_MODEL_KEY)
+    if recorded is None or built_sha is None or recorded == built_sha:
+        return
+    built_dir = info.get("run_dir")
+    embed = (f" (dmlkit embed {built_dir} --data ... --out FILE.npz)" if built_dir else "")
+    raise ValueError(
+        f"{where} holds embeddings of another model than the query embeddings {source}: "
+        f"it was built with the weights of {built_dir or 'another model'}, and {source} was "
+        "embedded by a model with other weights (another run, the run retrained, or the "
+        f"pretrained model of a fine-tuned run); embed the queries with the model the index "
+        f"was built with{embed}, or rebuild the index from embeddings of the queries' model")
+
+
+__all__ = ["EMBEDDINGS_MODEL_KEY", "check_embeddings_source", "check_index_source",
+           "embeddings_fingerprint"]

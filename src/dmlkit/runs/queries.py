@@ -276,8 +276,10 @@ def check_input_range(x: Any, spec: InputSpec | None, source: str,
         return
     lo, hi = float(x.min()), float(x.max())
     if lo < spec.low - 0.5 * span - 1e-6 or hi > spec.high + 0.5 * span + 1e-6:
-        hint = (" (8-bit pixel values: divide them by 255)"
-                if hi > 2.0 and spec.high <= 1.0 + 1e-6 and spec.low >= -1e-6 else "")
+        from dmlkit.data.checks import rescale_hint
+
+        hint = rescale_hint(lo, hi, spec.low, spec.high)
+        hint = f" ({hint})" if hint is not None else ""
         warnings.warn(
             f"{source}: {what} range over [{lo:.4g}, {hi:.4g}] but the run was "
             f"trained on inputs in [{spec.low:.4g}, {spec.high:.4g}]; scale them the "

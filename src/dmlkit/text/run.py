@@ -158,7 +158,9 @@ def train_text_run(
     if world_size_from_env() > 1:
         raise ValueError("text runs train in one process; start them without torchrun")
     if resume and not (out_dir / CHECKPOINT).is_file():
-        raise FileNotFoundError(f"cannot resume: no {CHECKPOINT} in {out_dir}")
+        from dmlkit.training.run_dir import no_checkpoint_error
+
+        raise no_checkpoint_error(out_dir)
     if not resume and (out_dir / CHECKPOINT).is_file():
         raise FileExistsError(
             f"{out_dir} already holds a run; resume it (--resume) or choose another --out")

@@ -39,8 +39,8 @@ def write_error(err: BaseException, path: str | Path) -> WriteError | None:
         cause = cause.__cause__ or cause.__context__
     if isinstance(err, RuntimeError) and any(
             word in str(err) for word in ("inline_container", "PytorchStreamWriter")):
-        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
-        return WriteError(errno.EIO, f"write failed (torch.save: {first})", str(path))
+        return WriteError(errno.EIO, f"write failed (torch.save: {torch_reason(err, 160)})",
+                          str(path))
     return None
 
 
@@ -80,6 +80,35 @@ def atomic_write_text(text: str, path: str | Path) -> None:
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
+def torch_reason(err: BaseException, limit: int = 120) -> str:
+    """The gist of torch's error ``err`` in at most about ``limit`` characters, never cut
+    mid-word: its first line when that fits, else its first sentence (with the
+    unpickler's reason where torch gives one: ``Weights only load failed
+    (WeightsUnpickler error: Unsupported operand 70)``), else the first line cut at a
+    word boundary with an ellipsis."""
+    text = str(err).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    first = lines[0]
+    if len(first) <= limit:
+        return first
+    end = first.find(". ")
+    sentence = first[:end + 1] if end >= 0 else ""
+    if sentence and len(sentence) <= limit:
+        marker = "WeightsUnpickler error:"
+        at = text.find(marker)
+        if at >= 0:  # "...error: \n\nUnsupported operand 70\n\nCheck the documentation..."
+            rest = [line.strip() for line in text[at + len(marker):].split("\n\n")]
+            why = next((line for line in rest if line), "")
+            detail = f" ({marker} {' '.join(why.split())})" if why else ""
+            if len(sentence) + len(detail) <= 2 * limit:
+                return sentence.rstrip(".") + detail
+        return sentence
+    cut = first[:limit].rsplit(" ", 1)[0].rstrip(" ,;:")
+    return cut + "\u2026"
+
+
 class CorruptFileError(ValueError):
     """A checkpoint or weights file is empty, truncated or not a torch file."""
 
@@ -99,8 +128,7 @@ def torch_load(path: str | Path, map_location: str | torch.device = "cpu",
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # (junk bytes reach the unpickler as KeyError, IndexError, ...)
         what = "is empty (0 bytes)" if size == 0 else (
-            f"is truncated or corrupt ({size} bytes; torch.load: "
-            f"{str(err).splitlines()[0][:120]})")
+            f"is truncated or corrupt ({size} bytes; torch.load: {torch_reason(err)})")
         raise CorruptFileError(f"{path} {what}" + (f"; {advice}" if advice else "")) from None
 
 
@@ -119,4 +147,4 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 __all__ = ["CorruptFileError", "WriteError", "atomic_save", "atomic_write", "atomic_write_text",
-           "load_checkpoint", "torch_load", "write_error"]
+           "load_checkpoint", "torch_load", "torch_reason", "write_error"]

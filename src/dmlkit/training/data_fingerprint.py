@@ -67,9 +67,13 @@ def check_same_data(saved: Any, current: dict[str, str] | None, where: str | Pat
         return
     changed = data_changes(saved, current)
     if changed:
+        # the verb agrees with the parts: "the held-out split differs", "the training
+        # items differ", "the training items, the held-out split differ"
+        one = len(changed) == 1 and not changed[0].endswith("s")
         raise ValueError(
             f"cannot resume {where}: the data changed since the run started: "
-            f"{', '.join(changed)} differ from what its checkpoint was trained on (a file "
+            f"{', '.join(changed)} {'differs' if one else 'differ'} from what its "
+            "checkpoint was trained on (a file "
             "edited, rows added or deleted, or another file at the same path); restore the "
             "data it started with to resume, or train a new run (another --out)")
 

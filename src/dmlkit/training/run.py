@@ -45,6 +45,7 @@ from dmlkit.training.run_dir import (
     checkpoint_weights,
     claim_run_dir,
     created_here,
+    no_checkpoint_error,
     read_metrics,
 )
 from dmlkit.training.trainer import CHECKPOINT, Trainer
@@ -249,11 +250,7 @@ def train_run(
     out_dir = Path(out_dir)
     check_device(config.training.device, "training.device")
     if resume and not (out_dir / CHECKPOINT).is_file():
-        started = (out_dir / CONFIG_FILE).is_file()
-        raise FileNotFoundError(
-            f"cannot resume: no {CHECKPOINT} in {out_dir}"
-            + ("; the run stopped before its first epoch ended, so there is nothing to "
-               "resume: start it again without --resume (same --out)" if started else ""))
+        raise no_checkpoint_error(out_dir)
     with claim_run_dir(out_dir, resume=resume):
         if resume:
             check_resume(config, out_dir)

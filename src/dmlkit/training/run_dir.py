@@ -224,6 +224,29 @@ def _check_reusable(path: Path, had_lock: bool) -> None:
         "overwrite: choose another --out, or delete them")
 
 
+def no_checkpoint_error(out_dir: str | Path) -> FileNotFoundError:
+    """The error of resuming ``out_dir``, which holds no checkpoint: what the directory
+    says of the run (finished with its checkpoint removed, stopped before its first
+    epoch ended, or neither) and what to do instead."""
+    from dmlkit.training.trainer import CHECKPOINT
+
+    out_dir = Path(out_dir)
+    names = set(_contents(out_dir)) if out_dir.is_dir() else set()
+    log = out_dir / "train.log"
+    why = ""
+    if "model.pt" in names:
+        why = ("; the run finished (it holds model.pt) and its checkpoint was removed, so "
+               "it cannot be resumed: start a new run with another --out")
+    elif "config.yaml" in names and names <= _UNSTARTED and not (
+            log.is_file() and log.stat().st_size):
+        why = ("; the run stopped before its first epoch ended, so there is nothing to "
+               "resume: start it again without --resume (same --out)")
+    elif "config.yaml" in names:
+        why = ("; its checkpoint was removed, so the run cannot be resumed: start a new run "
+               "with another --out")
+    return FileNotFoundError(f"cannot resume: no {CHECKPOINT} in {out_dir}{why}")
+
+
 def check_resume(config: Any, out_dir: Path) -> dict[str, Any]:
     """Refuse to resume ``out_dir`` with ``config`` (the settings to train with) when it
     differs from the run's ``config.yaml``, when ``config.yaml`` differs from the config
@@ -244,6 +267,8 @@ def check_resume(config: Any, out_dir: Path) -> dict[str, Any]:
                 f"resuming {out_dir} with other settings than it was trained with: "
                 f"{'; '.join(changes)}; resume with its saved config.yaml, or train a new "
                 "run (another out_dir)")
+    if not (out_dir / CHECKPOINT).is_file():
+        raise no_checkpoint_error(out_dir)
     state = load_checkpoint(out_dir / CHECKPOINT)
     trained = _checkpoint_config(state)
     if saved is not None and trained is not None:
@@ -334,4 +359,5 @@ def read_metrics(path: Path) -> dict[str, Any] | None:
 
 __all__ = ["LOCK_FILE", "RunInUseError", "append_log_line", "check_resume",
            "checkpoint_weights", "claim_run_dir", "created_here", "epoch_line",
-           "read_metrics", "remove_stale_temps", "restore_log", "resume_command"]
+           "no_checkpoint_error", "read_metrics", "remove_stale_temps", "restore_log",
+           "resume_command"]

@@ -137,22 +137,46 @@ def open_study(config: Config, storage: Any, study_name: str, resume: bool) -> t
         study_name=study_name, storage=storage, sampler=sampler(seed), pruner=pruner
     )
     saved = study.user_attrs.get("config")
-    if saved is not None and not _same_config(saved, config):
+    changes = _config_changes(saved, config) if saved is not None else []
+    if changes:
         raise ValueError(
-            f"study {study_name!r} was started from a different config; resume it with the "
-            "same YAML (relative data paths are read from the working directory), or name "
-            "another study (--study, --out)"
+            f"study {study_name!r} was started from a different config: "
+            f"{'; '.join(changes)} (study -> this worker's); resume it with the same YAML "
+            "(relative data paths are read from the working directory), or name another "
+            "study (--study, --out)"
         )
     return study, False
 
 
-def _same_config(saved: str, config: Config) -> bool:
-    """Whether a study's saved :func:`fingerprint` is ``config``'s (whose data paths are
-    absolute; a study saved before they were keeps them as given)."""
+def _config_changes(saved: str, config: Config) -> list[str]:
+    """``["section.key: saved -> given", ...]`` where a study's saved :func:`fingerprint`
+    differs from ``config``'s (whose data paths are absolute; a study saved before they
+    were keeps them as given), as a refused resume lists them; empty when they match."""
     raw = json.loads(saved)
     if isinstance(raw.get("data"), dict):
         raw["data"] = absolute_paths(raw["data"])
-    return json.dumps(raw, sort_keys=True) == fingerprint(config)
+    return _dict_changes(raw, json.loads(fingerprint(config)))
+
+
+_UNSET = object()  # a key one of two configs does not have
+
+
+def _dict_changes(saved: Any, given: Any, prefix: str = "") -> list[str]:
+    """The leaves (dotted keys) where two nested dicts differ, ``key: saved -> given``."""
+    if isinstance(saved, dict) and isinstance(given, dict):
+        out: list[str] = []
+        for key in dict.fromkeys([*saved, *given]):
+            out += _dict_changes(saved.get(key, _UNSET), given.get(key, _UNSET),
+                                 f"{prefix}{key}.")
+        return out
+    if saved is not _UNSET and given is not _UNSET and (
+            json.dumps(saved, sort_keys=True) == json.dumps(given, sort_keys=True)):
+        return []  # (as the whole fingerprints compare: 1 and 1.0, or True, differ)
+
+    def shown(value: Any) -> str:
+        return "(not set)" if value is _UNSET else repr(value)
+
+    return [f"{prefix.rstrip('.')}: {shown(saved)} -> {shown(given)}"]
 
 
 def _safe(storage: Any) -> str:
