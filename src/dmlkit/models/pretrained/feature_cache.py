@@ -15,6 +15,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,9 +25,11 @@ DEFAULT_CACHE = Path("~/.cache/dmlkit/features")
 PROGRESS_SECONDS = 10.0  # a progress line this often while features are computed
 
 
-def tensor_checksum(x: Tensor) -> str:
-    """SHA-256 (hex) of a tensor's values, shape and dtype."""
-    digest = hashlib.sha256(f"{tuple(x.shape)}|{x.dtype}".encode())
+def tensor_checksum(x: Tensor, digest: Any = None) -> str:
+    """Hex digest of a tensor's values, shape and dtype: SHA-256, or ``digest`` (a fresh
+    :mod:`hashlib` object) where given."""
+    digest = hashlib.sha256() if digest is None else digest
+    digest.update(f"{tuple(x.shape)}|{x.dtype}".encode())
     digest.update(np.ascontiguousarray(x.detach().cpu().numpy()).tobytes())
     return digest.hexdigest()
 
@@ -34,10 +37,7 @@ def tensor_checksum(x: Tensor) -> str:
 def features_checksum(features: Tensor) -> str:
     """BLAKE2b (hex) of a feature tensor's shape, dtype and bytes: the integrity check
     stored beside cached features."""
-    digest = hashlib.blake2b(f"{tuple(features.shape)}|{features.dtype}".encode(),
-                             digest_size=16)  # fmt: skip
-    digest.update(np.ascontiguousarray(features.detach().cpu().numpy()).tobytes())
-    return digest.hexdigest()
+    return tensor_checksum(features, hashlib.blake2b(digest_size=16))
 
 
 def _read_cached(path: Path, shape: tuple[int, int]) -> tuple[Tensor | None, str]:
