@@ -362,4 +362,4 @@ def test_best_yaml_keeps_no_storage_credentials(tmp_path):
     path = write_best(study, cfg, tmp_path, cfg.tune.storage)
     text = path.read_text() + (tmp_path / "best.json").read_text()
     assert "s3cret" not in text and "bob" not in text
-    assert "db.example/optuna" in path.read_text()
+    assert "postgresql://db.example/optuna" in path.read_text()

@@ -393,7 +393,9 @@ def test_an_image_export_records_channels_size_colour_and_range(tmp_path):
     assert info["input_channels"] == 1 and info["image_size"] == [8, 8]
     assert info["color"] == "grayscale" and info["input_range"] == [0.0, 1.0]
     assert info["input_dtype"] == "float32" and info["input_any_size"] is False
-    assert "8-bit pixels divided by 255" in info["input_note"]
+    note = info["input_note"]  # (digits: 0-16 divided by 16, not 8-bit pixels)
+    assert "scaled as the training inputs were: values in [0, 1]" in note
+    assert "255" not in note and "8-bit" not in note
 
 
 def test_a_tuple_run_of_image_files_exports_its_0_1_range(tmp_path):

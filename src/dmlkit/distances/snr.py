@@ -9,10 +9,6 @@ from torch import Tensor
 from dmlkit.distances.base import BaseDistance
 from dmlkit.registry import register_distance
 
-#: a row counts as constant when the rms of its centered coordinates is within this many
-#: machine epsilons of its largest |coordinate| (centering a constant row leaves <= ~4 eps)
-_FLAT_EPS = 32.0
-
 
 def _centered(x: Tensor) -> Tensor:
     if x.shape[1] < 2:
@@ -21,20 +17,13 @@ def _centered(x: Tensor) -> Tensor:
 
 
 def _signal(x: Tensor, xc: Tensor) -> Tensor:
-    """``||x_i - mean(x_i)||^2`` of each anchor row ``(n,)``; ``ValueError`` for a row with
-    no variance (all coordinates equal up to rounding), whose ratio is undefined."""
+    """``||x_i - mean(x_i)||^2`` of each anchor row ``(n,)``, floored at
+    ``eps * (1 + ||x_i||^2)`` (``eps`` of the working dtype): below that the centered sum
+    is rounding noise, and a row with no variance (an all-zero output of a dead ReLU)
+    gets a large finite ratio instead of inf / NaN. No host sync."""
     x_sq = (xc * xc).sum(dim=1)  # (n,)
-    if x_sq.numel():
-        scale = _FLAT_EPS * torch.finfo(xc.dtype).eps * x.abs().amax(dim=1)  # (n,)
-        flat = (x_sq / xc.shape[1]).sqrt() <= scale  # (n,): rms of the centered row
-        if bool(flat.any()):
-            row = int(torch.nonzero(flat)[0, 0])
-            raise ValueError(
-                f"SNRDistance: anchor row {row} (of {x.shape[0]} given) has zero variance "
-                "(all its coordinates are equal, e.g. an all-zero output of a dead ReLU), "
-                "so its noise-to-signal ratio var(x - y) / var(x) is undefined"
-            )
-    return x_sq
+    floor = torch.finfo(xc.dtype).eps * (1.0 + (x * x).sum(dim=1))  # (n,)
+    return torch.maximum(x_sq, floor)  # (n,), > 0
 
 
 @register_distance("snr")
@@ -50,10 +39,13 @@ class SNRDistance(BaseDistance):
 
     Not symmetric: the anchor ``x`` (the query, the row) is the signal. Matches
     pytorch-metric-learning's ``SNRDistance`` (inputs L2-normalized by default).
-    An anchor with zero variance (all coordinates equal up to rounding, e.g. an all-zero
-    row from a dead ReLU) has no defined ratio: ``ValueError`` naming the row, where
-    pytorch-metric-learning returns inf / NaN. A constant row as the reference ``y`` is
-    fine (the anchor is the signal).
+    An anchor with zero variance (all coordinates equal, e.g. an all-zero row from a dead
+    ReLU) has no defined ratio; its ``||x - mean(x)||^2`` is floored at
+    ``eps * (1 + ||x||^2)`` (``eps`` of ``float32``, or of the input's dtype if wider), so
+    such a row gets a large finite distance to every other row and finite gradients, where
+    pytorch-metric-learning returns inf / NaN. The floor also applies to rows whose
+    relative spread is below about ``sqrt(eps)`` (their variance is then mostly rounding).
+    A constant row as the reference ``y`` is fine (the anchor is the signal).
 
     Half-precision inputs (``float16``, ``bfloat16``) are measured in ``float32`` (on the
     CPU, ``torch.cdist`` has no half kernels, and the sums of squares keep their
@@ -73,7 +65,7 @@ class SNRDistance(BaseDistance):
         xw = x.to(work)
         xc = _centered(xw)  # (n, d)
         yc = xc if y is None else _centered(y.to(work))  # (m, d)
-        x_sq = _signal(xw, xc)  # (n,), > 0
+        x_sq = _signal(xw, xc)  # (n,), > 0 (floored)
         # differences taken directly, not through a Gram matrix: identical vectors give
         # exactly 0 (a tie stays a tie), as the variance of their difference does
         noise = torch.cdist(xc, yc, compute_mode="donot_use_mm_for_euclid_dist") ** 2  # (n, m)

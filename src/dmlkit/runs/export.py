@@ -159,11 +159,11 @@ def input_description(run: Any, shape: tuple[int, ...]) -> dict[str, Any]:
                 "each flattened to one row")
     else:
         what = f"rows of {math.prod(shape)} features"
-    pixels = len(shape) == 3 and known and 0 <= low and high <= 1
-    scale = " (8-bit pixels divided by 255)" if pixels else ""
+    # (no claim of how the range came about: digits' pixels are 0-16 divided by 16, an
+    # image file's 8-bit ones divided by 255; the run records neither)
     out["input_note"] = (
         f"float32 {what}, scaled as the training inputs were"
-        + (f": values in [{low:.4g}, {high:.4g}]{scale}" if known else " (range unknown)"))
+        + (f": values in [{low:.4g}, {high:.4g}]" if known else " (range unknown)"))
     return out
 
 

@@ -42,6 +42,7 @@ from dmlkit.text.evaluate import text_heldout_metrics
 from dmlkit.training.build import resolve_config
 from dmlkit.training.checkpoint import atomic_save
 from dmlkit.training.run import CONFIG_FILE, METRICS_FILE, MODEL_FILE, RunResult
+from dmlkit.training.run_dir import created_here
 from dmlkit.training.trainer import CHECKPOINT, Trainer
 
 TextData = TextDataset | TextPairDataset | TextTripletDataset
@@ -187,7 +188,8 @@ def train_text_run(
     else:
         num_classes = int(train.labels.max()) + 1
     resolved = resolve_config(config, torch.zeros(1), num_classes)
-    fresh = not out_dir.exists()
+    created = created_here(out_dir)  # (claimed by the CLI; else made here)
+    fresh = not out_dir.exists() if created is None else created
     out_dir.mkdir(parents=True, exist_ok=True)
     resolved.to_yaml(out_dir / CONFIG_FILE)
     threads = torch.get_num_threads()

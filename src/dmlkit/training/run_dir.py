@@ -94,9 +94,15 @@ def claim_run_dir(out_dir: str | Path, *, resume: bool = False,
         yield out_dir
         return
     if resume:
+        from dmlkit.training.trainer import CHECKPOINT
+
         if not out_dir.is_dir():
             raise FileNotFoundError(f"cannot resume: {out_dir} is not a directory")
-        handle, _ = _lock(out_dir, resume=True)
+        if not (out_dir / CHECKPOINT).is_file():  # (before the lock file is made: a
+            raise no_checkpoint_error(out_dir)  # refused resume leaves the directory as it was)
+        handle = _lock(out_dir, resume=True)
+        if handle is None:  # (removed by the run that held it, as its failed start ended)
+            raise FileNotFoundError(f"cannot resume: {out_dir} was removed")
         created = False
     else:
         out_dir, handle, created = _claim_new(out_dir, unique)
@@ -115,54 +121,66 @@ def claim_run_dir(out_dir: str | Path, *, resume: bool = False,
             handle.close()  # releases the lock
 
 
-def _claim_new(out_dir: Path, unique: bool) -> tuple[Path, IO[str] | None, bool]:
+def _claim_new(out_dir: Path, unique: bool) -> tuple[Path, IO[str], bool]:
     from dmlkit.training.checkpoint import write_error
 
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:  # a read-only file system, a file in the way
         raise (write_error(err, out_dir.parent) or err) from None
-    for n in range(1, _MAX_SUFFIX + 1):
+    n, vanished = 1, 0
+    while n <= _MAX_SUFFIX:
         path = out_dir if n == 1 else out_dir.with_name(f"{out_dir.name}-{n}")
         try:
             path.mkdir()  # exclusive: of two runs, one creates it
             created = True
         except FileExistsError:
             if unique:
+                n += 1
                 continue
             if not path.is_dir():
                 raise FileExistsError(f"--out {path} is a file, not a directory") from None
             created = False
+            if not (path / LOCK_FILE).exists():  # before the lock file is made: a
+                _check_reusable(path)  # refused claim leaves the directory as it was
         except OSError as err:  # a read-only or full file system
             raise (write_error(err, path) or err) from None
-        handle, had_lock = _lock(path, resume=False)
+        try:
+            handle = _lock(path, resume=False)
+        except FileNotFoundError:  # removed between mkdir and open: claim it again
+            handle = None
+        if handle is None:  # locked a lock file that was removed with its directory
+            vanished += 1
+            if vanished > _MAX_SUFFIX:
+                raise RunInUseError(f"{path} is being created and removed by other runs; "
+                                    "choose another --out")
+            continue
         if not created:
-            try:
-                _check_reusable(path, had_lock)
-            except BaseException:  # refused: the directory is left as it was
-                if not had_lock:  # (another claimant finds the same files: refused too)
-                    (path / LOCK_FILE).unlink(missing_ok=True)
-                if handle is not None:
-                    handle.close()
+            try:  # again, under the lock: another run may have written it meanwhile
+                _check_reusable(path)
+            except BaseException:  # refused: the lock file is never removed here (another
+                handle.close()  # process may have opened it and be about to lock it)
                 raise
         return path, handle, created
     raise FileExistsError(f"{out_dir} and {_MAX_SUFFIX - 1} numbered variants of it exist; "
                           "choose another --out")
 
 
-def _lock(path: Path, resume: bool) -> tuple[IO[str] | None, bool]:
-    """The open lock file of ``path``, exclusively locked, and whether it existed."""
+def _lock(path: Path, resume: bool) -> IO[str] | None:
+    """The open lock file of ``path``, exclusively locked; ``None`` when the file locked
+    is no longer ``path``'s (a run that held it removed it, with its directory, and the
+    caller should claim again). A lock file is never removed while a process may lock
+    it: after ``flock`` the locked file must still be the one on disk."""
     from dmlkit.training.checkpoint import write_error
 
     lock = path / LOCK_FILE
-    had = lock.is_file()
     try:
         handle = open(lock, "a+")  # noqa: SIM115 - held for the run's life
     except OSError as err:  # a read-only or full file system
         failure = write_error(err, lock)
         raise (failure or err) from None
     if fcntl is None:  # pragma: no cover
-        return handle, had
+        return handle
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -177,12 +195,21 @@ def _lock(path: Path, resume: bool) -> tuple[IO[str] | None, bool]:
         raise RunInUseError(
             f"{path} is in use by another dmlkit train ({held}); two runs in one directory "
             "would mix their files: choose another --out") from None
+    try:
+        on_disk = os.stat(lock)
+        held = os.fstat(handle.fileno())
+        same = (held.st_ino, held.st_dev) == (on_disk.st_ino, on_disk.st_dev)
+    except OSError:  # (removed since it was opened)
+        same = False
+    if not same:
+        handle.close()
+        return None
     with contextlib.suppress(OSError):  # (who holds it, for the message above)
         handle.seek(0)
         handle.truncate()
         handle.write(f"{os.getpid()}\n")
         handle.flush()
-    return handle, had
+    return handle
 
 
 def _is_stale_temp(name: str) -> bool:
@@ -204,8 +231,8 @@ def remove_stale_temps(path: Path) -> None:
                 p.unlink()
 
 
-def _check_reusable(path: Path, had_lock: bool) -> None:
-    from dmlkit.training.trainer import CHECKPOINT, LOG
+def _check_reusable(path: Path) -> None:
+    from dmlkit.training.trainer import CHECKPOINT
 
     names = _contents(path)
     if not names:
@@ -213,8 +240,7 @@ def _check_reusable(path: Path, had_lock: bool) -> None:
     if CHECKPOINT in names:
         raise FileExistsError(
             f"{path} already holds a run; resume it (--resume) or choose another --out")
-    log = path / LOG
-    if had_lock and set(names) <= _UNSTARTED and not (log.is_file() and log.stat().st_size):
+    if _unstarted_run(path, names):
         return  # a run of dmlkit's that stopped before its first epoch ended: start again
     shown = names[:6] + ([f"{len(names) - 6} more"] if len(names) > 6 else [])
     listing = ", ".join(shown[:-1]) + " and " + shown[-1] if len(shown) > 1 else shown[0]
@@ -222,6 +248,31 @@ def _check_reusable(path: Path, had_lock: bool) -> None:
         f"{path} already holds {listing} but no {CHECKPOINT} to resume (a finished run "
         "whose checkpoint was removed, or files of your own), which training would "
         "overwrite: choose another --out, or delete them")
+
+
+def _unstarted_run(path: Path, names: list[str] | set[str]) -> bool:
+    """Whether ``path`` (holding ``names``, see :func:`_contents`) is a run of dmlkit's
+    that stopped before its first epoch ended: a ``config.yaml`` that is a dmlkit config,
+    an empty ``train.log`` if any, and nothing else but ``baseline.json``. Told by its
+    files, not by its lock file: a run of an older dmlkit made none."""
+    import yaml
+
+    from dmlkit.config.schema import Config
+    from dmlkit.training.trainer import LOG
+
+    if "config.yaml" not in names or not set(names) <= _UNSTARTED:
+        return False
+    log = path / LOG
+    if log.is_file() and log.stat().st_size:
+        return False
+    try:
+        raw = yaml.safe_load((path / "config.yaml").read_text())
+        if not isinstance(raw, dict) or "model" not in raw or "data" not in raw:
+            return False  # (dmlkit writes every section; a near-empty file is not its)
+        Config.from_yaml(path / "config.yaml")
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError, TypeError, KeyError):
+        return False
+    return True
 
 
 def no_checkpoint_error(out_dir: str | Path) -> FileNotFoundError:
@@ -232,13 +283,11 @@ def no_checkpoint_error(out_dir: str | Path) -> FileNotFoundError:
 
     out_dir = Path(out_dir)
     names = set(_contents(out_dir)) if out_dir.is_dir() else set()
-    log = out_dir / "train.log"
     why = ""
     if "model.pt" in names:
         why = ("; the run finished (it holds model.pt) and its checkpoint was removed, so "
                "it cannot be resumed: start a new run with another --out")
-    elif "config.yaml" in names and names <= _UNSTARTED and not (
-            log.is_file() and log.stat().st_size):
+    elif _unstarted_run(out_dir, names):
         why = ("; the run stopped before its first epoch ended, so there is nothing to "
                "resume: start it again without --resume (same --out)")
     elif "config.yaml" in names:

@@ -437,7 +437,9 @@ class Trainer:
         """Restore everything :meth:`state_dict` holds (the caller keeps its config)."""
         state = load_checkpoint(path, map_location=self.device)
         check_same_data(state.get("data"), self.data_fingerprint, Path(path).parent)
-        self.data_fingerprint = state.get("data")  # (none in older checkpoints: none kept)
+        saved = state.get("data")  # (none in older checkpoints: the current one is kept,
+        if isinstance(saved, dict) and saved:  # so the next checkpoint records it)
+            self.data_fingerprint = saved
         self.model.load_state_dict(state["model"])
         self.loss.load_state_dict(state["loss"])
         if self.anchor_model is not None and state.get("anchor"):  # the run's starting model

@@ -129,8 +129,21 @@ def write_best(study: Any, config: Config, out_dir: Path, storage: str) -> Path 
 
 
 def safe_storage(url: str) -> str:
-    """A storage URL as messages and ``best.json`` show it: without user and password."""
-    return url.split("@")[-1]
+    """A storage URL as messages, ``best.json`` and ``best.yaml`` show it: without user
+    and password, and otherwise whole (scheme, host, port, path and query kept, so it
+    still opens the study: ``postgresql://u:p@h:5432/db`` -> ``postgresql://h:5432/db``).
+    A URL without credentials (``sqlite:///abs/path.db``) is returned unchanged."""
+    from urllib.parse import urlsplit
+
+    try:
+        netloc = urlsplit(url).netloc
+    except ValueError:  # (an unparsable URL: keep what follows the last "@")
+        netloc = ""
+    if "@" in netloc:
+        return url.replace(netloc, netloc.rsplit("@", 1)[1], 1)
+    if "@" in url:  # not scheme://user:password@host: show no part that may be a password
+        return url.split("@")[-1]
+    return url
 
 
 def check_best_owner(out_dir: Path, study_name: str, storage: str) -> None:
@@ -154,6 +167,8 @@ def check_best_owner(out_dir: Path, study_name: str, storage: str) -> None:
     mine = (study_name, safe_storage(storage))
     if theirs[0] is None or (theirs[0], theirs[1] or mine[1]) == mine:
         return
+    if theirs[0] == study_name and theirs[1] == storage.split("@")[-1]:
+        return  # (as an older dmlkit wrote the storage: without its scheme)
     raise FileExistsError(
         f"{out_dir} holds the best config of study {theirs[0]!r} ({theirs[1]}), not of "
         f"study {study_name!r} ({mine[1]}); writing there would overwrite that study's "
