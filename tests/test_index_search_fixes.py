@@ -407,3 +407,18 @@ def test_low_recall_advice_names_the_factory_s_own_knobs(tmp_path, factory, advi
     assert res.exit_code == 0, res.output
     assert "is below 0.95" in res.output and advice in res.output, res.output
     assert ("--nprobe" in res.output) == (advice == "raise --nprobe")
+
+
+def test_index_build_refuses_an_index_with_pending_service_writes(tmp_path):
+    """A rebuilt index must not inherit the old one's uncheckpointed service log: the next
+    serve would replay old-model vectors and deletions into it."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "e.npz", embeddings=rng.normal(size=(50, 8)).astype("float32"))
+    args = ["index", "build", str(tmp_path / "e.npz"), "--out", str(tmp_path / "idx")]
+    assert runner.invoke(app, args).exit_code == 0
+    wal = tmp_path / "idx.wal"
+    wal.write_text('{"op": "delete", "id": 7}\n')
+    res = runner.invoke(app, args)
+    assert res.exit_code != 0 and "idx.wal" in res.output and "replay" in res.output
+    wal.write_text("")  # an empty log (a clean shutdown truncates it): rebuilding is fine
+    assert runner.invoke(app, args).exit_code == 0

@@ -160,6 +160,7 @@ def build(
         paths = payloads = spec = None
         _check_out(source, out)
         check_replaceable(out)  # fail before embedding, not after
+        _check_no_pending_log(out)
         if source.is_file() and (x_key is not None or labels_key is not None):
             raise ValueError("--x-key / --labels-key name the arrays of a .npz --data that "
                              "the run embeds; a file of embeddings is read as it is")
@@ -224,6 +225,19 @@ def build(
         raise _fail(str(err)) from None
     typer.echo(f"indexed {index.ntotal} embeddings of dim {dim} ({factory}, {metric}) in {out}")
     _echo_recall(recall, target_recall)
+
+
+def _check_no_pending_log(out: Path) -> None:
+    """Refuse to rebuild an index whose ``dmlkit serve`` write-ahead log (``OUT.wal``) holds
+    writes not yet checkpointed: the next ``serve`` would replay them into the new index
+    (vectors of the old model, deletions of whichever items now hold those ids)."""
+    wal = out.with_name(out.name + ".wal")
+    if wal.is_file() and wal.stat().st_size > 0:
+        raise FileExistsError(
+            f"{wal} holds writes dmlkit serve logged for the index at {out} and has not yet "
+            "checkpointed into it; rebuilding the index would have the next serve replay them "
+            "into the new one. Start and stop dmlkit serve on the old index once to checkpoint "
+            f"them, or delete {wal} to discard them, then build again")
 
 
 def _check_out(source: Path, out: Path) -> None:
