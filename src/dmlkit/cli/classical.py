@@ -38,6 +38,20 @@ def _table(result: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def _source_fingerprint(source: Path) -> str | None:
+    """The fingerprint of the model whose embeddings ``source`` holds: a run directory's
+    weights, or what an ``.npz`` of ``dmlkit embed`` records (``None``: unknown)."""
+    from dmlkit.index.provenance import embeddings_fingerprint
+
+    if source.is_dir():
+        from dmlkit.apps.persistence import run_fingerprint
+
+        return run_fingerprint(source)
+    if source.suffix == ".npz" and source.is_file():
+        return embeddings_fingerprint(source)
+    return None
+
+
 @classical_app.command("fit")
 def fit(
     source: Path = typer.Argument(..., help="Run directory, or .npz with embeddings/labels."),
@@ -64,12 +78,18 @@ def fit(
         if "random_state" in make_learner(method).get_params():  # (unknown method: raises)
             params.setdefault("random_state", 0)  # a command gives one result (--param to vary)
         splits = load_embeddings(source, device=device)
+        model_sha = _source_fingerprint(source)  # the metric holds for that model's space
         start = time.perf_counter()
         learner = fit_on_embeddings(splits.train, splits.train_labels, method, params)
         seconds = time.perf_counter() - start
         result = evaluate_metric(learner.components_, splits)
-        save_metric(learner, out, extra={"source": str(source), "fit_seconds": round(seconds, 3),
-                                         "evaluation": result})
+        extra: dict[str, Any] = {"source": str(source), "fit_seconds": round(seconds, 3),
+                                 "evaluation": result}
+        if model_sha is not None:
+            from dmlkit.index.provenance import EMBEDDINGS_MODEL_KEY
+
+            extra[EMBEDDINGS_MODEL_KEY] = model_sha
+        save_metric(learner, out, extra=extra)
     except (ValueError, TypeError, OSError) as err:  # TypeError: a bad --param
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from err
@@ -94,8 +114,19 @@ def evaluate(
     from dmlkit.classical.frozen import evaluate_metric, load_embeddings, load_metric
 
     try:
-        components, _ = load_metric(metric)
+        from dmlkit.index.provenance import EMBEDDINGS_MODEL_KEY
+
+        components, meta = load_metric(metric)
         splits = load_embeddings(source, device=device)
+        fitted_sha, source_sha = meta.get(EMBEDDINGS_MODEL_KEY), _source_fingerprint(source)
+        if fitted_sha is not None and source_sha is not None and fitted_sha != source_sha:
+            fitted_on = meta.get("source") or "another model's embeddings"
+            raise ValueError(
+                f"the metric {metric} was fitted on embeddings of another model than "
+                f"{source}: it was fitted on {fitted_on}, and {source} was embedded by a model "
+                "with different weights, so its learned map does not apply; embed both with "
+                "the same run, or fit the metric again on embeddings of this model "
+                f"(dmlkit classical fit {source} --out DIR)")
         if components.shape[1] != splits.heldout.shape[1]:
             raise ValueError(f"metric expects dim {components.shape[1]}, embeddings have "
                              f"{splits.heldout.shape[1]}")

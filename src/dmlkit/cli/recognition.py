@@ -248,6 +248,7 @@ def register(app: typer.Typer) -> None:
         from dmlkit.apps import Verifier
         from dmlkit.apps.splits import split_identities
         from dmlkit.apps.targets import check_targets
+        from dmlkit.index.provenance import check_same_model
 
         reader = DataReader(run_dir)
         split: dict[str, Any] = {}
@@ -261,6 +262,7 @@ def register(app: typer.Typer) -> None:
                          embedder=None if run_dir is None else str(run_dir))
             if calibrate is not None:
                 xc, yc, _ = reader.read(calibrate, "--calibrate")
+                check_same_model(data, calibrate, "--data and --calibrate")
                 refuse_unknown(yc, f"--calibrate {calibrate}")
                 v.fit(xc, yc)
                 result = v.evaluate(x, y, pairs=rows)
@@ -322,12 +324,14 @@ def register(app: typer.Typer) -> None:
 
         from dmlkit.apps import Identifier
         from dmlkit.apps.identification_metrics import reid_metrics
+        from dmlkit.index.provenance import check_same_model
 
         reader = DataReader(run_dir)
         reid = None
         try:
             xg, yg, ag = reader.read(gallery, "--gallery")
             xq, yq, aq = reader.read(query, "--query")
+            check_same_model(gallery, query, "--gallery and --query")
             if yg is None or yq is None:
                 raise ValueError("gallery and query need labels (identities)")
             refuse_unknown(yg, f"--gallery {gallery}")
@@ -392,6 +396,7 @@ def register(app: typer.Typer) -> None:
 
         from dmlkit.apps import FewShotClassifier
         from dmlkit.apps.few_shot import METHODS
+        from dmlkit.index.provenance import check_same_model
 
         embedder = None if run_dir is None else str(run_dir)
         result: dict[str, Any] = {"command": "fewshot",
@@ -430,6 +435,7 @@ def register(app: typer.Typer) -> None:
                 reader = DataReader(run_dir)
                 xs, ys, _ = reader.read(support, "--support")
                 xq, yq, _ = reader.read(query, "--query")
+                check_same_model(support, query, "--support and --query")
                 if ys is None or yq is None:
                     raise ValueError("--support and --query need labels")
                 refuse_unknown(ys, f"--support {support}")

@@ -167,5 +167,21 @@ def check_embeddings_source(info: dict[str, Any], recorded: str | None, source: 
         f"was built with{embed}, or rebuild the index from embeddings of the queries' model")
 
 
+def check_same_model(first: str | Path, second: str | Path, what: str = "they") -> None:
+    """Refuse two embeddings files (``first``, ``second``) used together (a gallery and
+    its queries, a support set and its queries, calibration and test data) whose recorded
+    model fingerprints (:func:`embeddings_fingerprint`) differ: their rows lie in two
+    spaces, and every distance between them is meaningless. Either fingerprint missing
+    passes (nothing to compare); ``what`` names the pair in the message."""
+    a, b = embeddings_fingerprint(first), embeddings_fingerprint(second)
+    if a is None or b is None or a == b:
+        return
+    raise ValueError(
+        f"{first} and {second} ({what}) were embedded by models with different weights "
+        "(another run, the run retrained, or the pretrained model of a fine-tuned run): "
+        "distances between them mean nothing; embed both with the same run "
+        "(dmlkit embed RUN_DIR --data ... --out FILE.npz)")
+
+
 __all__ = ["EMBEDDINGS_MODEL_KEY", "check_embeddings_source", "check_index_source",
-           "embeddings_fingerprint"]
+           "check_same_model", "embeddings_fingerprint"]
