@@ -7,6 +7,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+from test_clear_errors import TINY  # (a tiny digits run config)
 from typer.testing import CliRunner
 
 from dmlkit.cli.main import app
@@ -50,14 +51,6 @@ def test_failed_text_run_through_the_cli_leaves_no_directory(tmp_path, monkeypat
 
 
 # 2. run-directory claims
-TINY = """
-name: tiny
-data: {name: digits, max_per_class: 10, max_heldout_per_class: 10}
-model: {name: mlp, dim: 8, hidden: [16]}
-loss: {name: triplet_margin, margin: 0.2}
-sampler: {name: m_per_class, m: 2, batch_size: 10}
-training: {epochs: 1, num_threads: 1}
-"""
 
 
 def test_refused_resume_leaves_the_directory_as_it_was(tmp_path):
@@ -218,7 +211,7 @@ def test_resuming_an_old_checkpoint_keeps_the_current_fingerprint(tmp_path):
     from dmlkit.training import train_run
 
     cfg = Config.from_yaml(TINY)
-    cfg.training.progress = False
+    cfg.training.progress, cfg.training.epochs = False, 1
     out = tmp_path / "run"
     train_run(cfg, out, log=lambda _m: None)
     state = torch.load(out / "checkpoint.pt", weights_only=False)
