@@ -422,3 +422,15 @@ def test_index_build_refuses_an_index_with_pending_service_writes(tmp_path):
     assert res.exit_code != 0 and "idx.wal" in res.output and "replay" in res.output
     wal.write_text("")  # an empty log (a clean shutdown truncates it): rebuilding is fine
     assert runner.invoke(app, args).exit_code == 0
+
+
+def test_an_index_of_an_embeddings_file_records_its_absolute_path(tmp_path, monkeypatch):
+    """As run and store sources are, so the index says where its vectors came from from
+    any working directory."""
+    from dmlkit.index import load_index
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "e.npz", embeddings=rng.normal(size=(20, 4)).astype("float32"))
+    monkeypatch.chdir(tmp_path)
+    assert runner.invoke(app, ["index", "build", "e.npz", "--out", "idx"]).exit_code == 0
+    assert load_index(tmp_path / "idx").info["embeddings"] == str((tmp_path / "e.npz").resolve())

@@ -183,7 +183,7 @@ def build(
             emb, labels = _load_arrays(source)
             labels, names = _item_labels(source, labels, len(emb))
             model_sha = embeddings_fingerprint(source)  # (dmlkit embed records its model)
-            info = {"embeddings": str(source),
+            info = {"embeddings": str(source.resolve()),
                     **({EMBEDDINGS_MODEL_KEY: model_sha} if model_sha is not None else {})}
             payloads = _npz_payloads(source, len(emb), labels, names)
         else:
