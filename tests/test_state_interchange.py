@@ -37,6 +37,21 @@ def pair(name):
     return ours, theirs
 
 
+def _loads_both_ways(ours, theirs, seed: int, n: int) -> None:
+    """``theirs``' state dict loaded into ``ours`` gives the same loss, and ``ours``
+    (its parameters changed) loaded back into ``theirs`` too."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, D, generator=g, dtype=torch.float64)
+    y = torch.randint(0, C, (n,), generator=g)
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    torch.testing.assert_close(ours(x, y), theirs(x, y))
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.mul_(1.5)
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    torch.testing.assert_close(ours(x, y), theirs(x, y))
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_state_dicts_load_both_ways(name):
     ours, theirs = pair(name)
@@ -45,16 +60,7 @@ def test_state_dicts_load_both_ways(name):
         k: (type(v), v.shape) for k, v in other.items()}
     for key in mine:
         assert type(getattr(ours, key)) is type(getattr(theirs, key))  # nn.Parameter both
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(12, D, generator=g, dtype=torch.float64)
-    y = torch.randint(0, C, (12,), generator=g)
-    ours.load_state_dict(other, strict=True)
-    torch.testing.assert_close(ours(x, y), theirs(x, y))
-    with torch.no_grad():
-        for p in ours.parameters():
-            p.mul_(1.5)
-    theirs.load_state_dict(ours.state_dict(), strict=True)
-    torch.testing.assert_close(ours(x, y), theirs(x, y))
+    _loads_both_ways(ours, theirs, seed=1, n=12)
 
 
 @pytest.mark.parametrize("name,key,old", [("arcface", "W", "weight"),
@@ -118,16 +124,7 @@ def test_multiple_losses_state_dicts_have_the_library_keys_and_load_both_ways(fo
     prefix = "losses.0." if form == "list" else "losses.arc."
     assert prefix + "W" in mine
     assert {k: v.shape for k, v in mine.items()} == {k: v.shape for k, v in other.items()}
-    g = torch.Generator().manual_seed(2)
-    x = torch.randn(16, D, generator=g, dtype=torch.float64)
-    y = torch.randint(0, C, (16,), generator=g)
-    ours.load_state_dict(other, strict=True)
-    torch.testing.assert_close(ours(x, y), theirs(x, y))
-    with torch.no_grad():
-        for p in ours.parameters():
-            p.mul_(1.5)
-    theirs.load_state_dict(ours.state_dict(), strict=True)
-    torch.testing.assert_close(ours(x, y), theirs(x, y))
+    _loads_both_ways(ours, theirs, seed=2, n=16)
 
 
 @pytest.mark.parametrize("form", ["list", "dict"])
