@@ -91,7 +91,7 @@ def test_a_stale_writer_cannot_overwrite_a_better_best(tmp_path, monkeypatch) ->
     out = tmp_path / "out"
     out.mkdir()
     names = write_best.__globals__  # the module that writes the files
-    real_write, real_fcntl = names["atomic_write_text"], names.get("fcntl")
+    real_write, real_fcntl = names["write_text"], names.get("fcntl")
     a_waits, a_done = threading.Event(), threading.Event()
 
     def worker_a() -> None:
@@ -111,16 +111,16 @@ def test_a_stale_writer_cannot_overwrite_a_better_best(tmp_path, monkeypatch) ->
 
     thread = threading.Thread(target=worker_a, name="worker-a")
 
-    def b_writes(path: Path, text: str) -> None:
+    def b_writes(text: str, path: Path) -> None:
         if threading.current_thread() is threading.main_thread() and not thread.is_alive() \
                 and path.name == "best.yaml" and not a_done.is_set():
             thread.start()  # B has read the trials; A finishes a better one now
             deadline = time.time() + 60
             while not (a_waits.is_set() or a_done.is_set()) and time.time() < deadline:
                 time.sleep(0.01)
-        real_write(path, text)
+        real_write(text, path)
 
-    monkeypatch.setitem(names, "atomic_write_text", b_writes)
+    monkeypatch.setitem(names, "write_text", b_writes)
     if real_fcntl is not None:
         monkeypatch.setitem(names, "fcntl", SpyLock())
     write_best(study_b, config, out, url)

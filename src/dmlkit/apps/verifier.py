@@ -19,6 +19,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
+from dmlkit._checks import check_int_param
 from dmlkit.apps.embedding import embed_inputs, validate_inputs
 from dmlkit.apps.persistence import load_kit, save_kit
 from dmlkit.apps.targets import check_targets
@@ -174,9 +175,7 @@ class Verifier(BaseEstimator):
                              f"{self.calibration!r}")
         if self.target_far is not None and not 0.0 < float(self.target_far) < 1.0:
             raise ValueError(f"target_far must be in (0, 1) or None, got {self.target_far!r}")
-        if isinstance(self.max_pairs, bool) or not isinstance(self.max_pairs, (int, np.integer)) \
-                or self.max_pairs < 1:
-            raise ValueError(f"max_pairs must be a positive integer, got {self.max_pairs!r}")
+        check_int_param("max_pairs", self.max_pairs)
         self._fars()
 
     def _fars(self) -> tuple[float, ...]:

@@ -9,11 +9,11 @@ import scipy.linalg
 import torch
 from torch import Tensor
 
+from dmlkit._checks import check_int_param
 from dmlkit.classical.mahalanobis import (
     MahalanobisMixin,
     center,
     check_n_components,
-    check_positive_int,
     check_scale,
     resolve_device,
     solver_threads,
@@ -110,7 +110,7 @@ class LFDA(MahalanobisMixin):
                 "embedding_type must be 'weighted', 'orthonormalized' or 'plain', got "
                 f"{self.embedding_type!r}"
             )
-        n_neighbors = check_positive_int(self.n_neighbors, "n_neighbors")
+        n_neighbors = check_int_param("n_neighbors", self.n_neighbors)
         reg = check_real_param("reg", self.reg, 0.0, np.inf, high_open=True)
         if np.bincount(codes).max() < 2:
             raise ValueError("LFDA needs a class with at least 2 samples; every class has 1")

@@ -8,12 +8,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dmlkit._checks import check_int_param
 from dmlkit.classical.mahalanobis import (
     CHUNK_BUDGET,
     MahalanobisMixin,
     center,
     check_n_components,
-    check_positive_int,
     check_scale,
     finish_pair_grad,
     init_components,
@@ -172,7 +172,7 @@ class LMNN(MahalanobisMixin):
     def fit(self, X: Any, y: Any) -> LMNN:
         """Fit on ``X (n_samples, n_features)`` with class labels ``y (n_samples,)``."""
         X, codes = self._validate_xy(X, y)
-        n_neighbors = check_positive_int(self.n_neighbors, "n_neighbors")
+        n_neighbors = check_int_param("n_neighbors", self.n_neighbors)
         mu = check_real_param("mu", self.mu, 0.0, 1.0)
         max_iter, tol = check_solver_params(self.max_iter, self.tol)
         k_out = check_n_components(self.n_components, X.shape[1])

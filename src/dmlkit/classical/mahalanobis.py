@@ -29,7 +29,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted
 
-from dmlkit._checks import check_int_param, is_int
+from dmlkit._checks import is_int
 
 try:  # scikit-learn >= 1.6
     from sklearn.utils.validation import validate_data as _validate_data
@@ -144,12 +144,6 @@ def check_n_components(n_components: int | None, n_features: int) -> int:
             f"n_components={n_components} must be between 1 and n_features={n_features}"
         )
     return int(n_components)
-
-
-def check_positive_int(value: Any, name: str) -> int:
-    """``value`` as a Python int >= 1; Python and numpy integers pass, bools do not (a
-    ``ValueError``, as scikit-learn refuses parameters)."""
-    return check_int_param(name, value, 1)
 
 
 def center(X: np.ndarray) -> np.ndarray:

@@ -9,12 +9,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from dmlkit._checks import check_int
 from dmlkit.distances.base import BaseDistance
 from dmlkit.distances.cosine import CosineSimilarity
 from dmlkit.functional.distances import l2_normalize
 from dmlkit.functional.tuples import IndexTuple
 from dmlkit.losses.base import BaseMetricLoss
-from dmlkit.losses.weight_classifier import check_class_labels, check_positive_int
+from dmlkit.losses.weight_classifier import check_class_labels
 from dmlkit.registry import register_loss
 
 
@@ -99,8 +100,8 @@ class ManifoldLoss(BaseMetricLoss):
         if distance is not None and not isinstance(distance, CosineSimilarity):
             raise TypeError(f"ManifoldLoss needs a CosineSimilarity, got {type(distance).__name__}")
         super().__init__(distance=distance)
-        self.l = check_positive_int("l", l)
-        self.K = check_positive_int("K", K)
+        self.l = check_int("l", l)
+        self.K = check_int("K", K)
         if not lambdaC >= 0:
             raise ValueError(f"lambdaC must be >= 0, got {lambdaC}")
         if not 0 < alpha < 1:

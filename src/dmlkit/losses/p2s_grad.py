@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from dmlkit.losses.weight_classifier import WeightClassifierLoss, check_positive_int
+from dmlkit._checks import check_int
+from dmlkit.losses.weight_classifier import WeightClassifierLoss
 from dmlkit.registry import register_loss
 
 #: columns of ``weight`` shorter than this are scaled up by its inverse, not normalized
@@ -56,7 +57,7 @@ class P2SGradLoss(WeightClassifierLoss):
     """
 
     def __init__(self, descriptors_dim: int, num_classes: int) -> None:
-        check_positive_int("descriptors_dim", descriptors_dim)
+        check_int("descriptors_dim", descriptors_dim)
         super().__init__(num_classes, descriptors_dim)
         self.descriptors_dim = descriptors_dim
         self.weight = nn.Parameter(torch.empty(descriptors_dim, num_classes))

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dmlkit._checks import check_int
 from dmlkit.functional.distances import l2_normalize
 from dmlkit.losses.weight_classifier import (
     WeightClassifierLoss,
-    check_positive_int,
     transposed_key_hook,
 )
 from dmlkit.registry import register_loss
@@ -75,7 +75,7 @@ class SoftTripleLoss(WeightClassifierLoss):
         tau: float = 0.0,
     ) -> None:
         super().__init__(num_classes, embedding_size)
-        self.centers_per_class = check_positive_int("centers_per_class", centers_per_class)
+        self.centers_per_class = check_int("centers_per_class", centers_per_class)
         if not gamma > 0:
             raise ValueError(f"gamma must be > 0, got {gamma}")
         if tau < 0:

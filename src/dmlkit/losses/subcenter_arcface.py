@@ -6,9 +6,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from dmlkit._checks import check_int
 from dmlkit.functional.distances import l2_normalize
 from dmlkit.losses.arcface import ArcFaceLoss
-from dmlkit.losses.weight_classifier import CosineMarginLoss, check_positive_int
+from dmlkit.losses.weight_classifier import CosineMarginLoss
 from dmlkit.registry import register_loss
 
 
@@ -52,7 +53,7 @@ class SubCenterArcFaceLoss(ArcFaceLoss):
         scale: float = 64.0,
         sub_centers: int = 3,
     ) -> None:
-        check_positive_int("sub_centers", sub_centers)
+        check_int("sub_centers", sub_centers)
         CosineMarginLoss.__init__(self, num_classes, embedding_size, per_class=sub_centers)
         self._set_margin_and_scale(margin, scale)
         self.sub_centers = sub_centers

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from dmlkit._checks import check_int as check_positive_int  # (name, value): int >= 1
+from dmlkit._checks import check_int
 from dmlkit.distances.base import BaseDistance
 from dmlkit.distances.cosine import CosineSimilarity
 from dmlkit.functional.chunking import DEFAULT_BUDGET, chunk_size_for, row_chunks
@@ -93,8 +93,8 @@ class WeightClassifierLoss(BaseMetricLoss):
 
     def __init__(self, num_classes: int, embedding_size: int, distance: BaseDistance | None = None):
         super().__init__(distance=distance)
-        self.num_classes = check_positive_int("num_classes", num_classes)
-        self.embedding_size = check_positive_int("embedding_size", embedding_size)
+        self.num_classes = check_int("num_classes", num_classes)
+        self.embedding_size = check_int("embedding_size", embedding_size)
 
     @staticmethod
     def default_distance() -> BaseDistance:
@@ -242,7 +242,7 @@ class CosineMarginLoss(WeightClassifierLoss):
 
     def __init__(self, num_classes: int, embedding_size: int, per_class: int = 1) -> None:
         super().__init__(num_classes, embedding_size)
-        self._per_class = check_positive_int("per_class", per_class)
+        self._per_class = check_int("per_class", per_class)
         # pytorch-metric-learning's layout and name: W is (D, C * K), column c * K + k
         self.W = nn.Parameter(torch.empty(embedding_size, num_classes * per_class))
         self.reset_parameters()
@@ -319,7 +319,6 @@ class CosineMarginLoss(WeightClassifierLoss):
 __all__ = [
     "WeightClassifierLoss",
     "CosineMarginLoss",
-    "check_positive_int",
     "check_class_labels",
     "fused_chunk_sum",
     "transposed_key_hook",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -39,12 +40,19 @@ def check_model_settings(config: Config) -> None:
             "model.mode: finetune to train that many of the last blocks")
 
 
+def idle_patience(training: Any) -> bool:
+    """Whether ``training.patience`` is set in a run that validates on nothing (neither
+    ``val_classes`` nor ``val_fraction``), where it could never stop the run."""
+    return (training.patience is not None and training.val_classes is None
+            and not training.val_fraction > 0)
+
+
 def check_patience(config: Config) -> None:
     """Refuse ``training.patience`` in a run that validates on nothing (neither
     ``training.val_classes`` nor ``training.val_fraction``): early stopping watches the
     validation MAP@R, so it could never stop the run."""
     tc = config.training
-    if tc.patience is not None and tc.val_classes is None and not tc.val_fraction > 0:
+    if idle_patience(tc):
         raise ValueError(
             f"training.patience ({tc.patience}) stops training when the validation MAP@R "
             "stops improving, but this run validates on nothing: set training.val_classes "

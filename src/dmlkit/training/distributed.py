@@ -95,9 +95,10 @@ def sampler_order(n: int, world: int) -> Tensor:
 def global_batch_loss(loss: Any, miner: Any, embeddings: Tensor, labels: Tensor) -> Tensor:
     """The loss of the gathered global batch, in the sampler's order (the miner, if any,
     mines it)."""
-    order = sampler_order(embeddings.shape[0] * dist.get_world_size(), dist.get_world_size())
-    all_emb = gather_with_grad(embeddings)[order.to(embeddings.device)]  # (world * B, d)
-    all_labels = gather(labels)[order.to(labels.device)]
+    world = dist.get_world_size()
+    order = sampler_order(embeddings.shape[0] * world, world).to(embeddings.device)
+    all_emb = gather_with_grad(embeddings)[order]  # (world * B, d)
+    all_labels = gather(labels)[order.to(labels.device)]  # (a no-op on one device)
     indices = miner(all_emb, all_labels) if miner is not None else None
     return loss(all_emb, all_labels, indices=indices)
 

@@ -325,7 +325,9 @@ class Trainer:
         with rng_scope(tc.seed + 1):
             if resume:
                 self.load(self.checkpoint_path)
-                if getattr(self, "rank", 0) == 0:  # (rank 0 writes the log)
+                from dmlkit.training.distributed import is_main_process
+
+                if is_main_process():  # (rank 0 writes the log)
                     restore_log(self.out_dir / LOG, self.history)  # (a line lost to a kill)
                 self.log(f"resumed from {self.checkpoint_path} after epoch {self.epoch}"
                          + (" (it had stopped early: nothing left to train)"

@@ -22,6 +22,7 @@ from typing import Any
 
 from dmlkit.config.schema import Config
 from dmlkit.evaluation.evaluate import write_text
+from dmlkit.training.checks import idle_patience
 
 try:
     import fcntl
@@ -102,7 +103,7 @@ def write_best(study: Any, config: Config, out_dir: Path, storage: str) -> Path 
         rescore = f"dmlkit crossval {BEST_FILE}"
         note = ""
         tc = best_config.training
-        if tc.patience is not None and tc.val_classes is None and not tc.val_fraction > 0:
+        if idle_patience(tc):
             objective = best_config.tune.objective if best_config.tune is not None else "final"
             note = (
                 f"# training.patience {tc.patience} is left out: dmlkit train of this config "
@@ -119,12 +120,12 @@ def write_best(study: Any, config: Config, out_dir: Path, storage: str) -> Path 
             f"# Re-score: {rescore}    Train: dmlkit train {BEST_FILE}\n" + note
         )
         path = out_dir / BEST_FILE
-        atomic_write_text(path, header + best_config.to_yaml())
+        write_text(header + best_config.to_yaml(), path)
         summary = {
             "study": study.study_name, "storage": safe_storage(storage), "trial": best.number,
             "value": best.value, "params": best.params, "folds": best.user_attrs.get("folds"),
         }  # fmt: skip
-        atomic_write_text(out_dir / BEST_JSON, json.dumps(summary, indent=2) + "\n")
+        write_text(json.dumps(summary, indent=2) + "\n", out_dir / BEST_JSON)
     return path
 
 
@@ -176,17 +177,11 @@ def check_best_owner(out_dir: Path, study_name: str, storage: str) -> None:
         "runs/<study>-tune, is one folder per study)")
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
-    write_text(text, path)
-
-
 __all__ = [
     "BEST_FILE",
     "BEST_JSON",
     "absolute_data_paths",
     "absolute_paths",
-    "atomic_write_text",
     "best_lock",
     "best_of",
     "check_best_owner",
