@@ -119,7 +119,7 @@ def test_two_workers_share_one_sqlite_study(tmp_path: Path) -> None:
 
 
 def test_resume_after_kill_9_fails_the_zombie_and_completes_the_count(tmp_path: Path) -> None:
-    path = write_config(tmp_path, epochs=3)
+    path = write_config(tmp_path, epochs=10)  # trials long enough to be caught mid-run
     out = tmp_path / "out"
     worker = subprocess.Popen(
         cli("tune", str(path), "--trials", "4", "--out", str(out)),
