@@ -280,7 +280,8 @@ def test_complex_x_is_refused_naming_the_file(tmp_path):
     from dmlkit.data.npz import load_npz
 
     path = _npz(tmp_path, np.ones((4, 3), dtype=np.complex64))
-    with pytest.raises(TypeError, match=r"odd\.npz: 'x' holds complex numbers"):
+    with pytest.raises(TypeError, match=r"odd\.npz: 'x' must be real numbers, got dtype "
+                                        r"complex64 \(complex numbers; keep a real part"):
         load_npz(path)
 
 
@@ -288,5 +289,6 @@ def test_string_x_names_the_file_and_the_key(tmp_path):
     from dmlkit.data.npz import load_npz
 
     path = _npz(tmp_path, np.array(list("abcd")))
-    with pytest.raises(TypeError, match=r"odd\.npz: 'x' must hold numbers .*<U1 \(strings\)"):
+    with pytest.raises(TypeError, match=r"odd\.npz: 'x' must be real numbers, got dtype "
+                                        r"<U1 \(strings; .*data\.x_key"):
         load_npz(path)

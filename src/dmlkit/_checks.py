@@ -1,8 +1,14 @@
-"""Integer settings (sizes, counts, seeds) checked where an object is built, one rule for
-every layer: Python and numpy integers pass, bools and floats (even ``4.0``) do not."""
+"""Numeric settings checked where an object is built, one rule for every layer.
+
+Integers (sizes, counts, seeds): Python and numpy integers pass, bools and floats (even
+``4.0``) do not. Real numbers (rates, tolerances, weights): Python and numpy integers and
+floats pass, bools, complex numbers and NaN do not, and the value must lie in the
+setting's interval (infinity only where that interval is closed at an infinite end).
+"""
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
@@ -32,4 +38,28 @@ def check_int_param(name: str, value: Any, low: int = 1) -> int:
     return int(value)
 
 
-__all__ = ["check_int", "check_int_param", "is_int"]
+def check_real(name: str, value: Any, low: float = -math.inf, high: float = math.inf, *,
+               low_open: bool = False, high_open: bool = False,
+               what: str = "a real number") -> float:
+    """``value`` as a Python ``float`` in the interval from ``low`` to ``high`` (closed
+    unless ``low_open`` / ``high_open``), else a ``ValueError`` naming ``name``, the
+    interval, the value and its type: ``"tol must be a real number in [0, inf), got -1
+    (int)"``.
+
+    Python and numpy integers and floats pass; bools, complex numbers, strings and NaN do
+    not. An infinite bound admits infinity only when it is closed (``high=math.inf`` with
+    ``high_open=False`` accepts ``inf``). ``what`` says what the number is (``"a
+    recall"``); ``""`` leaves it out (``"far must be in (0, 1), got ..."``).
+    """
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    v = float(value) if ok else math.nan
+    ok = ok and not math.isnan(v)
+    ok = ok and (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
+    if not ok:
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise ValueError(f"{name} must be {what + ' ' if what else ''}in {interval}, got "
+                         f"{value!r} ({type(value).__name__})")
+    return v
+
+
+__all__ = ["check_int", "check_int_param", "check_real", "is_int"]

@@ -1,5 +1,6 @@
-"""Distances of :class:`~dmlkit.apps.outliers.MetricOutlierDetector` to class prototypes,
-and the held-out versions of them that set its threshold.
+"""Distances of :class:`~dmlkit.apps.outliers.MetricOutlierDetector` to its normal data
+(the nearest normal points, class prototypes), and the held-out versions of them that set
+its threshold.
 
 A threshold cannot come from the training points' own scores: every training point
 pulled its own class mean (and, for ``"mahalanobis"``, the covariance) towards itself,
@@ -7,6 +8,8 @@ so its score is better than a new normal point's, and a ``contamination`` quanti
 those scores flags far more than ``contamination`` of new normal data. So the threshold
 is set on scores each training point gets from a model that did not see it:
 
+* ``"knn"``: exact leave-one-out, each point's nearest neighbours among the others
+  (:func:`knn_distance` with no reference).
 * ``"prototype"``: exact leave-one-out. Removing point ``x`` from its class of ``n_c``
   points moves only that class's mean, to ``(n_c mean - x) / (n_c - 1)``; the other
   prototypes stay. A point alone in its class has no prototype of its own once it is
@@ -33,6 +36,16 @@ def class_means(z: torch.Tensor, assignment: torch.Tensor, n_classes: int) -> to
     """``(C, d)`` mean of the rows of ``z`` ``(n, d)`` in each class of ``assignment``
     ``(n,)`` (codes ``0 .. C - 1``, every class present)."""
     return torch.stack([z[assignment == c].mean(0) for c in range(n_classes)])
+
+
+def knn_distance(z: torch.Tensor, reference: torch.Tensor | None, k: int) -> torch.Tensor:
+    """``(n,)`` float64 mean Euclidean distance of each row of ``z`` ``(n, d)`` to its ``k``
+    nearest rows of ``reference`` ``(m, d)``; with ``reference=None`` to its ``k`` nearest
+    other rows of ``z`` (leave-one-out: the held-out scores of the training rows)."""
+    from dmlkit.functional.retrieval import knn
+
+    sq, _ = knn(z.double(), None if reference is None else reference.double(), k)  # (n, k)
+    return sq.clamp_min(0).sqrt().mean(1)
 
 
 def shrunk_precision(z: torch.Tensor, centres: torch.Tensor,
@@ -117,5 +130,5 @@ def mahalanobis_oof_sq(z: torch.Tensor, assignment: torch.Tensor, *, n_folds: in
     return out
 
 
-__all__ = ["N_FOLDS", "class_means", "shrunk_precision", "prototype_sq", "prototype_loo_sq",
-           "stratified_folds", "mahalanobis_oof_sq"]
+__all__ = ["N_FOLDS", "class_means", "knn_distance", "shrunk_precision", "prototype_sq",
+           "prototype_loo_sq", "stratified_folds", "mahalanobis_oof_sq"]

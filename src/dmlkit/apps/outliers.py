@@ -40,6 +40,7 @@ from sklearn.utils.validation import check_is_fitted
 from dmlkit.apps.embedding import embed_inputs, learn_embedder, validate_inputs
 from dmlkit.apps.outlier_scores import (
     class_means,
+    knn_distance,
     mahalanobis_oof_sq,
     prototype_loo_sq,
     prototype_sq,
@@ -234,20 +235,12 @@ class MetricOutlierDetector(OutlierMixin, BaseEstimator):
             z = torch.nn.functional.normalize(z, dim=1)
         return z
 
-    def _scores(self, z: torch.Tensor, leave_one_out: bool = False) -> np.ndarray:
-        """Normality scores (negated distances) of embedded rows ``z``; with
-        ``leave_one_out`` (``"knn"`` only) ``z`` is the reference, each row scored against
-        the others."""
-        if self.method == "knn":
-            from dmlkit.functional.retrieval import knn
-
-            k = self.n_neighbors_  # one statistic for the threshold and for new points
-            sq, _ = knn(z.double(), None if leave_one_out else self.reference_.double(), k)
-            dist = sq.clamp_min(0).sqrt().mean(1)  # (n,)
+    def _scores(self, z: torch.Tensor) -> np.ndarray:
+        """Normality scores (negated distances) of embedded rows ``z`` against the model
+        fitted on all the normal data."""
+        if self.method == "knn":  # one statistic for the threshold and for new points
+            dist = knn_distance(z, self.reference_, self.n_neighbors_)  # (n,)
         else:
-            if leave_one_out:
-                raise ValueError(f"{self.method!r} scores training points held out with "
-                                 "_held_out_scores, not leave_one_out")
             d2 = prototype_sq(z, self.prototypes_, self.precision_)  # (n, C)
             dist = d2.min(1).values.sqrt()  # (n,)
         return (-dist).numpy()
@@ -257,12 +250,12 @@ class MetricOutlierDetector(OutlierMixin, BaseEstimator):
         that did not see it: leave-one-out for ``"knn"`` and ``"prototype"``,
         class-stratified out-of-fold for ``"mahalanobis"``."""
         if self.method == "knn":
-            return self._scores(z, leave_one_out=True)
-        if self.method == "prototype":
-            d2 = prototype_loo_sq(z, self.prototypes_, self.assignment_)  # (n,)
+            dist = knn_distance(z, None, self.n_neighbors_)  # (n,) each row without itself
+        elif self.method == "prototype":
+            dist = prototype_loo_sq(z, self.prototypes_, self.assignment_).sqrt()
         else:
-            d2 = mahalanobis_oof_sq(z, self.assignment_, seed=int(self.random_state))
-        return (-d2.sqrt()).numpy()
+            dist = mahalanobis_oof_sq(z, self.assignment_, seed=int(self.random_state)).sqrt()
+        return (-dist).numpy()
 
     def score_samples(self, X: Any) -> np.ndarray:
         """``(n,)`` normality scores: higher is more normal (the negated distance)."""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
+from dmlkit._checks import is_int
 from dmlkit.data.dataset import ArrayDataset
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
@@ -126,10 +128,41 @@ def folder_color(files: list[Path] | list[str]) -> Literal["grayscale", "rgb"]:
     return "grayscale"
 
 
+def folder_images(root: str | Path) -> tuple[list[str], list[tuple[int, Path]]]:
+    """``(class_names, [(class id, file), ...])`` of an image folder ``root/<class>/<image>``,
+    without opening any image: class ids follow the sorted sub-folder names
+    (:func:`class_folders`), files are sorted within each (:func:`image_files`).
+
+    A missing folder is a ``FileNotFoundError``; one without class sub-folders or without
+    images a ``ValueError``.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    class_dirs = class_folders(root)
+    if not class_dirs:
+        raise ValueError(f"{root} has no class sub-folders (expected root/<class>/<image>)")
+    files = [(label, file) for label, class_dir in enumerate(class_dirs)
+             for file in image_files(class_dir)]
+    if not files:
+        raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {root}")
+    return [p.name for p in class_dirs], files
+
+
+def header_colour(file: str | Path) -> bool:
+    """Whether an image file is colour, from its header; ``False`` where it cannot be
+    opened (an image that is listed but not read)."""
+    try:
+        return image_header(file)[1]
+    except (OSError, SyntaxError):
+        return False
+
+
 def load_image_folder(
     root: str | Path,
     image_size: int | tuple[int, int] | None = None,
     color: Color = "auto",
+    keep_classes: Collection[int] | None = None,
 ) -> ArrayDataset:
     """Every image under ``root/<class_name>/`` as ``(n, C, H, W)`` float32 in ``[0, 1]``.
 
@@ -142,21 +175,34 @@ def load_image_folder(
     is colour (its Pillow mode is not a grey one, :func:`is_color`; grey images then
     repeat their grey in R, G and B), else 1 channel; ``"grayscale"`` or ``"rgb"``
     force 1 or 3 channels.
+
+    ``keep_classes``: class ids whose images are read; the other classes' images are
+    listed, not decoded (with ``color="auto"`` their headers still count, so the items
+    read are the whole folder's items of those classes, with the same ids, class names
+    and paths; a header that cannot be read counts as grey). An id that is not a class
+    of the folder, or classes without images, are a ``ValueError``; a non-integer (a
+    name, ``1.0``, ``True``) a ``TypeError``.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"image folder not found: {root}")
-    class_dirs = class_folders(root)
-    if not class_dirs:
-        raise ValueError(f"{root} has no class sub-folders (expected root/<class>/<image>)")
+    names, files = folder_images(root)
     _pillow()
-    files = [(label, file) for label, class_dir in enumerate(class_dirs)
-             for file in image_files(class_dir)]
-    if not files:
-        raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {root}")
+    others: list[Path] = []  # listed, not decoded
+    if keep_classes is not None:
+        odd = [c for c in keep_classes if not is_int(c)]
+        if odd:
+            raise TypeError(f"keep_classes must hold class ids (integers), got {odd!r}")
+        keep = {int(c) for c in keep_classes}
+        unknown = sorted(c for c in keep if not 0 <= c < len(names))
+        if unknown:
+            raise ValueError(f"keep_classes {unknown} are not classes of {root} (class ids "
+                             f"0 to {len(names) - 1}: {names})")
+        others = [file for label, file in files if label not in keep]
+        files = [(label, file) for label, file in files if label in keep]
+        if not files:
+            raise ValueError(f"keep_classes {sorted(keep)} hold no images under {root}")
     # "auto": each image in its own mode, then grey ones repeated to RGB if any is colour
     arrays = [read_image(file, color, image_size) for _, file in files]
-    if color == "auto" and any(a.shape[0] == 3 for a in arrays):
+    if color == "auto" and (any(a.shape[0] == 3 for a in arrays)
+                            or any(header_colour(file) for file in others)):
         arrays = [np.repeat(a, 3, axis=0) if a.shape[0] == 1 else a for a in arrays]
     labels = [label for label, _ in files]
     paths = [str(file) for _, file in files]
@@ -165,10 +211,9 @@ def load_image_folder(
         raise ValueError(
             f"images under {root} differ in size {sorted(shapes)}; set data.image_size "
             "(e.g. data.image_size: 32, or [height, width]) to resize every image to it")
-    names = [p.name for p in class_dirs]
     return ArrayDataset(np.stack(arrays), np.asarray(labels, dtype=np.int64), names, paths)
 
 
-__all__ = ["load_image_folder", "read_image", "to_mode", "resize", "to_array", "IMAGE_SUFFIXES",
-           "GREY_MODES", "class_folders", "image_files", "is_color", "image_header",
-           "folder_color"]
+__all__ = ["load_image_folder", "folder_images", "header_colour", "read_image", "to_mode",
+           "resize", "to_array", "IMAGE_SUFFIXES", "GREY_MODES", "class_folders", "image_files",
+           "is_color", "image_header", "folder_color"]

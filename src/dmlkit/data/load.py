@@ -14,14 +14,7 @@ from dmlkit.data.checks import check_inputs
 from dmlkit.data.dataset import ArrayDataset, leaf_ids
 from dmlkit.data.digits import load_digits
 from dmlkit.data.idx import FASHION_MNIST_NAMES, IDX_PARTS, load_fashion_mnist, load_idx_dir
-from dmlkit.data.image_folder import (
-    IMAGE_SUFFIXES,
-    class_folders,
-    image_files,
-    image_header,
-    load_image_folder,
-    read_image,
-)
+from dmlkit.data.image_folder import class_folders, folder_images, load_image_folder
 from dmlkit.data.npz import load_npz
 from dmlkit.data.splits import class_split, limit_per_class, select_classes, stratified_split
 
@@ -178,48 +171,17 @@ def _capped(train: ArrayDataset, cfg: DataConfig) -> ArrayDataset:
 
 
 def _image_classes(cfg: DataConfig) -> ArrayDataset:
-    """:func:`load_image_folder` of ``cfg.path`` restricted to the files of the classes
-    ``cfg.train_classes`` names (the others are listed, not decoded): the same items,
-    ids, class names and paths as the whole folder's items of those classes."""
-    root = Path(cfg.path)  # type: ignore[arg-type]
-    if not root.is_dir():
-        raise FileNotFoundError(f"image folder not found: {root}")
-    class_dirs = class_folders(root)
-    if not class_dirs:
-        raise ValueError(f"{root} has no class sub-folders (expected root/<class>/<image>)")
-    files = [(label, file) for label, class_dir in enumerate(class_dirs)
-             for file in image_files(class_dir)]
-    if not files:
-        raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {root}")
-    names = [p.name for p in class_dirs]
+    """:func:`load_image_folder` of ``cfg.path`` reading only the classes
+    ``cfg.train_classes`` names (``keep_classes``; the others are listed, not decoded):
+    the same items, ids, class names and paths as the whole folder's items of those
+    classes. The class lists are checked as :func:`split_dataset` checks them, on the
+    folder's listing, before any image is decoded."""
+    names, files = folder_images(cfg.path)  # type: ignore[arg-type]
     labels = np.asarray([label for label, _ in files], dtype=np.int64)
-    # the class lists checked as split_dataset checks them, on the listing alone
     listing = ArrayDataset(np.zeros((len(files), 1), dtype=np.float32), labels, names)
-    keep = set(class_split(listing, cfg.train_classes, cfg.test_classes)[0].classes)  # type: ignore[arg-type]
-    mine = [(label, file) for label, file in files if label in keep]
-    arrays = [read_image(file, cfg.color, cfg.image_size) for _, file in mine]  # type: ignore[arg-type]
-    if cfg.color == "auto" and not any(a.shape[0] == 3 for a in arrays):
-        others = [file for label, file in files if label not in keep]
-        if any(_header_colour(file) for file in others):  # the whole folder reads as RGB
-            arrays = [np.repeat(a, 3, axis=0) for a in arrays]
-    elif cfg.color == "auto":
-        arrays = [np.repeat(a, 3, axis=0) if a.shape[0] == 1 else a for a in arrays]
-    shapes = {a.shape for a in arrays}
-    if len(shapes) > 1:
-        raise ValueError(
-            f"images under {root} differ in size {sorted(shapes)}; set data.image_size "
-            "(e.g. data.image_size: 32, or [height, width]) to resize every image to it")
-    return ArrayDataset(np.stack(arrays), np.asarray([label for label, _ in mine], dtype=np.int64),
-                        names, [str(file) for _, file in mine])
-
-
-def _header_colour(file: Path) -> bool:
-    """Whether an image file is colour, from its header; ``False`` where it cannot be
-    opened (an image :func:`training_dataset` does not train on)."""
-    try:
-        return image_header(file)[1]
-    except (OSError, SyntaxError):
-        return False
+    keep = class_split(listing, cfg.train_classes, cfg.test_classes)[0].classes  # type: ignore[arg-type]
+    return load_image_folder(cfg.path, cfg.image_size, cfg.color,  # type: ignore[arg-type]
+                             keep_classes=keep)
 
 
 def check_training_data(cfg: DataConfig) -> None:

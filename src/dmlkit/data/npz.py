@@ -67,6 +67,23 @@ def integer_inputs(x: np.ndarray, source: str) -> np.ndarray:
     return out
 
 
+def check_real_inputs(x: np.ndarray, source: str, subject: str, hint: str = "") -> None:
+    """A ``TypeError`` unless ``x`` holds real numbers (a bool, integer or float dtype): the
+    one rule for input arrays read from files.
+
+    The message names ``source`` (the file), ``subject`` (the array: ``"'x'"``, ``"the
+    features"``) and its dtype; complex numbers get the way to make them real, strings
+    and other non-numbers ``hint`` (what to check, e.g. which array is read).
+    """
+    kind = x.dtype.kind
+    if kind in "biuf":
+        return
+    what = ("complex numbers; keep a real part (x.real, np.abs(x)) or stack the real and "
+            "imaginary parts as channels" if kind == "c" else
+            f"strings{hint}" if kind in "SU" else f"no numbers{hint}")
+    raise TypeError(f"{source}: {subject} must be real numbers, got dtype {x.dtype} ({what})")
+
+
 def load_npz(path: str | Path, x_key: str = "x", labels_key: str = "labels") -> ArrayDataset:
     """Load ``x`` and ``labels`` arrays from an ``.npz`` file.
 
@@ -93,16 +110,9 @@ def load_npz(path: str | Path, x_key: str = "x", labels_key: str = "labels") -> 
                 "Set x_key / labels_key in the data config."
             )
     x = archive[x_key]
-    if np.iscomplexobj(x):
-        raise TypeError(
-            f"{path}: {x_key!r} holds complex numbers ({x.dtype}); inputs must be real: "
-            "keep a real part (x.real, np.abs(x)) or stack the real and imaginary parts as "
-            "channels")
-    if x.dtype.kind not in "biuf":
-        raise TypeError(f"{path}: {x_key!r} must hold numbers (the inputs), got dtype "
-                        f"{x.dtype}{' (strings)' if x.dtype.kind in 'SU' else ''}; name the "
-                        "inputs array with data.x_key in a config (--x-key where a command "
-                        "has it)")
+    check_real_inputs(x, str(path), repr(x_key),
+                      hint="; name the inputs array with data.x_key in a config, --x-key "
+                           "where a command has it")
     labels = archive[labels_key]
     names = [str(n) for n in archive["class_names"]] if "class_names" in archive else None
     if x.dtype in PIXEL_SCALES and x.ndim == 3:
@@ -113,4 +123,4 @@ def load_npz(path: str | Path, x_key: str = "x", labels_key: str = "labels") -> 
     return ArrayDataset(x, labels.astype(np.int64), names)
 
 
-__all__ = ["PIXEL_SCALES", "integer_inputs", "load_npz", "read_arrays"]
+__all__ = ["PIXEL_SCALES", "check_real_inputs", "integer_inputs", "load_npz", "read_arrays"]

@@ -205,15 +205,11 @@ def load_features(path: str | Path, key: str = "x") -> Tensor:
         source = str(path)
     else:
         raise ValueError(f"features must be a .npy or .npz file, got {path.name!r}")
-    if x.dtype.kind not in "biuf":  # (as load_npz refuses them)
-        what = ("complex numbers; keep a real part (x.real, np.abs(x))" if x.dtype.kind == "c"
-                else "strings" if x.dtype.kind in "SU" else "no numbers")
-        raise TypeError(f"{source}: the features must be real numbers, got dtype {x.dtype} "
-                        f"({what})")
     from dmlkit.data.checks import check_inputs
     from dmlkit.data.dataset import ArrayDataset
-    from dmlkit.data.npz import integer_inputs
+    from dmlkit.data.npz import check_real_inputs, integer_inputs
 
+    check_real_inputs(x, source, "the features")  # the rule load_npz applies to its inputs
     x = integer_inputs(x, source)  # the one rule for integer inputs, as load_npz
     rows = x.reshape(1) if x.ndim == 0 else x
     # the checks of labelled inputs (the labels are placeholders: tuples have none)

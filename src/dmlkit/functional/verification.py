@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from dmlkit._checks import check_real
+
 
 def check_scored_pairs(scores, is_same) -> tuple[np.ndarray, np.ndarray]:
     """``(scores float64 (n,), is_same bool (n,))`` with both classes present."""
@@ -96,13 +98,11 @@ def min_dcf(
 
 
 def check_far(far: float, name: str = "far") -> float:
-    """``far`` as a float, or a ``ValueError`` naming ``name`` unless it is a number in
-    ``(0, 1)``: a false-accept rate of 0 or below accepts nothing, one of 1 or above
-    everything, and neither is a point of a ROC curve worth reporting."""
-    if isinstance(far, (bool, np.bool_)) or not isinstance(far, (int, float, np.number)) \
-            or not 0.0 < float(far) < 1.0:
-        raise ValueError(f"{name} must be in (0, 1), got {far!r}")
-    return float(far)
+    """``far`` as a float, or a ``ValueError`` naming ``name`` unless it is a real number
+    in ``(0, 1)`` (:func:`~dmlkit._checks.check_real`): a false-accept rate of 0 or below
+    accepts nothing, one of 1 or above everything, and neither is a point of a ROC curve
+    worth reporting."""
+    return check_real(name, far, 0.0, 1.0, low_open=True, high_open=True, what="")
 
 
 def tar_at_far(fpr: np.ndarray, tpr: np.ndarray, far: float) -> float:

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from dmlkit._checks import check_real
+
 #: relative tolerance of a tie with the exact k-th score (float32 rounding of the index)
 RTOL = 1e-5
 #: rows of ``vectors`` searched exactly at a time when computing the ground truth
@@ -180,11 +182,9 @@ def _nlist(index: Any) -> int:
 
 def check_target_recall(target: Any, name: str = "target") -> float:
     """``target`` as a float in ``(0, 1]`` (a recall), else a ``ValueError`` naming
-    ``name``: above 1 no breadth reaches it, at or below 0 any does, NaN compares false."""
-    if (isinstance(target, bool) or not isinstance(target, (int, float, np.integer, np.floating))
-            or not 0.0 < float(target) <= 1.0):
-        raise ValueError(f"{name} must be a recall in (0, 1], got {target!r}")
-    return float(target)
+    ``name`` (:func:`~dmlkit._checks.check_real`): above 1 no breadth reaches it, at or
+    below 0 any does, NaN is none."""
+    return check_real(name, target, 0.0, 1.0, low_open=True, what="a recall")
 
 
 def calibrate(

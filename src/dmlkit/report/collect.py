@@ -6,7 +6,6 @@ they always show the same numbers.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -206,8 +205,7 @@ def collect(run_dir: str | Path, *, max_items: int = 2000, projection: str = "au
             f"per-class results are of held-out classes), and this run has none: it was "
             f"trained from the {run.config.data.kind} in {run.config.data.tuples}, "
             "without class labels")
-    metrics_path = run_dir / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    metrics = run.metrics or {}  # metrics.json as load_run read it (read_metrics)
     say("loading data")
     train, heldout = build_splits(run.config)
     rng = np.random.default_rng(seed)
