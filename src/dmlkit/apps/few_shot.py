@@ -214,15 +214,20 @@ class FewShotClassifier(ClassifierMixin, BaseEstimator):
         return out
 
     # -- persistence --------------------------------------------------------------------
-    def save(self, path: str | Path) -> Path:
-        """Write the fitted classifier to directory ``path`` (JSON + arrays, no pickle)."""
+    def save(self, path: str | Path, *, model_sha256: str | None = None) -> Path:
+        """Write the fitted classifier to directory ``path`` (JSON + arrays, no pickle).
+
+        ``model_sha256``: the fingerprint of the model that embedded the data it was fitted
+        on (``dmlkit embed`` records it in its ``.npz``), recorded for a kit without a run
+        embedder so that embeddings of another model can be refused
+        (:func:`~dmlkit.apps.persistence.check_kit_model`)."""
         check_is_fitted(self, "prototypes_")
         if self.classes_.dtype.hasobject:
             raise TypeError("classes must be numbers or strings to be saved")
         arrays = {"classes": self.classes_, "prototypes": self.prototypes_,
                   "support": self.support_, "support_codes": self.support_codes_}
         return save_kit(path, self, arrays=arrays, state={"temperature_": self.temperature_},
-                        count=self.support_.shape[0])
+                        count=self.support_.shape[0], model_sha256=model_sha256)
 
     @classmethod
     def load(cls, path: str | Path) -> FewShotClassifier:

@@ -414,8 +414,13 @@ class Identifier(ClassifierMixin, BaseEstimator):
         return out
 
     # -- persistence --------------------------------------------------------------------
-    def save(self, path: str | Path) -> Path:
-        """Write the gallery and threshold to directory ``path`` (no pickle)."""
+    def save(self, path: str | Path, *, model_sha256: str | None = None) -> Path:
+        """Write the gallery and threshold to directory ``path`` (no pickle).
+
+        ``model_sha256``: the fingerprint of the model that embedded the data it was fitted
+        on (``dmlkit embed`` records it in its ``.npz``), recorded for a kit without a run
+        embedder so that embeddings of another model can be refused
+        (:func:`~dmlkit.apps.persistence.check_kit_model`)."""
         check_is_fitted(self, "index_")
         if self.identities_.dtype.hasobject:
             raise TypeError("identities must be numbers or strings to be saved")
@@ -423,7 +428,8 @@ class Identifier(ClassifierMixin, BaseEstimator):
                                             "counts": self.counts_, "sums": self.sums_,
                                             "item_codes": self.item_codes_},
                         state={"threshold_": float(self.threshold_)},
-                        count=self.index_.ntotal, index=self.index_)
+                        count=self.index_.ntotal, index=self.index_,
+                        model_sha256=model_sha256)
 
     @classmethod
     def load(cls, path: str | Path) -> Identifier:

@@ -18,7 +18,10 @@ with a run also records ``"model_sha256"``, the fingerprint of that run's weight
 (:func:`run_fingerprint`): its thresholds, gallery and prototypes hold only for those
 weights, so loading it once the run's model has changed (training resumed, the run
 replaced) raises :class:`StaleKitError`. Kits saved without a fingerprint load with a
-warning.
+warning. A kit fitted on embeddings (no embedder) records the fingerprint of the model
+that embedded them when it is given (``dmlkit embed`` writes it into its ``.npz``), so
+that embeddings of another model can be refused (:func:`check_kit_model`). A loaded kit
+carries its recorded fingerprint as ``model_sha256_`` (``None``: none recorded).
 """
 
 from __future__ import annotations
@@ -121,12 +124,19 @@ def save_kit(
     state: dict[str, Any],
     count: int,
     index: Any = None,
+    model_sha256: str | None = None,
 ) -> Path:
     """Write a fitted ``estimator`` to directory ``path`` atomically.
 
     ``arrays`` become ``NAME.npy``; ``state`` (JSON) becomes ``state.json``; ``index`` (a
     :class:`~dmlkit.index.BaseIndex`) is saved with its files prefixed ``index.``.
+    ``model_sha256`` is the fingerprint of the model that embedded the data the kit was
+    fitted on, recorded for a kit without a run embedder (a kit with one records its
+    run's, and refuses another).
     """
+    if model_sha256 is not None and not isinstance(model_sha256, str):
+        raise TypeError(f"model_sha256 must be a string (a model fingerprint), got "
+                        f"{type(model_sha256).__name__}")
     arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
     state = dict(state)
     state["arrays"] = {k: {"shape": list(v.shape), "dtype": v.dtype.str} for k, v in arrays.items()}
@@ -140,6 +150,13 @@ def save_kit(
     run_dir = run_embedder(estimator)
     if run_dir is not None:
         header[FINGERPRINT] = run_fingerprint(run_dir)
+        if model_sha256 is not None and model_sha256 != header[FINGERPRINT]:
+            raise ValueError(
+                f"the kit embeds with the run {run_dir}, but model_sha256 names another "
+                "model's weights: a kit with a run records that run's fingerprint; pass "
+                "model_sha256 only for a kit fitted on embeddings")
+    elif model_sha256 is not None:
+        header[FINGERPRINT] = model_sha256
     path = Path(path)
     with tempfile.TemporaryDirectory(dir=path.parent if path.parent.exists() else None) as tmp:
         writers = {}
@@ -183,8 +200,45 @@ def load_kit(path: str | Path, cls: type) -> tuple[Any, dict[str, Any], dict[str
         arrays[name] = load_array(path, name, shape, dtype)
     if manifest["dim"]:
         estimator.n_features_in_ = int(manifest["dim"])
-    check_kit_run(path, estimator, manifest.get(FINGERPRINT))
+    recorded = manifest.get(FINGERPRINT)
+    if recorded is not None and not isinstance(recorded, str):
+        raise IndexFormatError(f"{path}: manifest {FINGERPRINT} must be a string")
+    check_kit_run(path, estimator, recorded)
+    estimator.model_sha256_ = recorded
     return estimator, state, arrays
+
+
+def kit_model(estimator: Any) -> str | None:
+    """The fingerprint of the model whose embeddings a kit was fitted on: its run's
+    (embedding with a run), else the one it was saved with (``model_sha256_`` of a loaded
+    kit); ``None`` when unknown."""
+    run_dir = run_embedder(estimator)
+    if run_dir is not None:
+        return run_fingerprint(run_dir)
+    recorded = getattr(estimator, "model_sha256_", None)
+    return recorded if isinstance(recorded, str) else None
+
+
+def check_kit_model(estimator: Any, recorded: str | None, source: str,
+                    where: str = "the kit") -> None:
+    """Refuse embeddings (from ``source``) whose model fingerprint ``recorded`` differs
+    from the one the kit was fitted on (:func:`kit_model`); either fingerprint unknown
+    passes (nothing to compare).
+
+    Raises
+    ------
+    ValueError
+        When both are known and differ: the kit's thresholds, gallery and prototypes hold
+        only for its own model's embeddings.
+    """
+    fitted = kit_model(estimator)
+    if recorded is None or fitted is None or recorded == fitted:
+        return
+    raise ValueError(
+        f"{where} was fitted on embeddings of another model than {source}: its thresholds, "
+        "gallery and prototypes hold only for that model's embeddings; embed with the model "
+        "the kit was fitted on, or fit and save the kit again on embeddings of this model "
+        "(dmlkit verify / identify ... --save KIT)")
 
 
 def check_kit_run(path: str | Path, estimator: Any, recorded: str | None) -> None:
@@ -280,6 +334,7 @@ def load_module(
     return model.eval()
 
 
-__all__ = ["FINGERPRINT", "KIT_FORMAT", "KIT_VERSION", "StaleKitError", "check_kit_run",
+__all__ = ["FINGERPRINT", "KIT_FORMAT", "KIT_VERSION", "StaleKitError", "check_kit_model",
+           "check_kit_run", "kit_model",
            "run_embedder", "run_fingerprint", "save_kit", "load_kit", "load_kit_index", "kit_kind",
            "module_arrays", "load_module"]

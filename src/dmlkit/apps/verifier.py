@@ -312,13 +312,18 @@ class Verifier(BaseEstimator):
         return out
 
     # -- persistence --------------------------------------------------------------------
-    def save(self, path: str | Path) -> Path:
-        """Write the fitted verifier to directory ``path`` (JSON + arrays, no pickle)."""
+    def save(self, path: str | Path, *, model_sha256: str | None = None) -> Path:
+        """Write the fitted verifier to directory ``path`` (JSON + arrays, no pickle).
+
+        ``model_sha256``: the fingerprint of the model that embedded the data it was fitted
+        on (``dmlkit embed`` records it in its ``.npz``), recorded for a kit without a run
+        embedder so that embeddings of another model can be refused
+        (:func:`~dmlkit.apps.persistence.check_kit_model`)."""
         check_is_fitted(self, "threshold_")
         state = {"threshold_": self.threshold_, "far_": self.far_, "tar_": self.tar_,
                  "n_pairs_": self.n_pairs_, "n_same_": self.n_same_}
         return save_kit(path, self, arrays={"platt": self.platt_, "isotonic": self.isotonic_},
-                        state=state, count=self.n_pairs_)
+                        state=state, count=self.n_pairs_, model_sha256=model_sha256)
 
     @classmethod
     def load(cls, path: str | Path) -> Verifier:

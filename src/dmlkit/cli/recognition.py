@@ -204,6 +204,22 @@ def split_rows(n: int, labels: Any, fraction: float, seed: int) -> tuple[Any, An
     return a, np.setdiff1d(np.arange(n), a)
 
 
+def data_model(run_dir: Path | None, *specs: str | None) -> str | None:
+    """The fingerprint of the model that embedded the data ``specs`` (the first ``.npz``
+    that records one, as ``dmlkit embed`` writes it), for a kit fitted on them without a
+    run (``None``: a run embeds them, and its kit records the run's)."""
+    from dmlkit.index.provenance import embeddings_fingerprint
+
+    if run_dir is not None:
+        return None
+    for spec in specs:
+        if spec is not None and Path(spec).suffix == ".npz" and Path(spec).is_file():
+            recorded = embeddings_fingerprint(spec)
+            if recorded is not None:
+                return recorded
+    return None
+
+
 def _print(title: str, metrics: dict[str, Any]) -> None:
     typer.echo(title)
     for key, value in metrics.items():
@@ -285,8 +301,8 @@ def register(app: typer.Typer) -> None:
                 split = {"protocol": "identities",
                          "fit_identities": int(np.unique(y[fit_rows]).size),
                          "test_identities": int(np.unique(y[eval_rows]).size)}
-            if save is not None:
-                v.save(save)
+            if save is not None:  # (--calibrate and --data: one model, checked above)
+                v.save(save, model_sha256=data_model(run_dir, calibrate, data))
         except ERRORS as err:
             raise _fail(str(err)) from None
         result = {"command": "verify", "run_dir": str(run_dir) if run_dir else None,
@@ -361,7 +377,7 @@ def register(app: typer.Typer) -> None:
                 reid = reid_metrics(zq[known], zg, yq[known], yg, *cams, metric=metric,
                                     multi_shot=multi_shot)
             if save is not None:
-                ident.save(save)
+                ident.save(save, model_sha256=data_model(run_dir, gallery, query))
         except ERRORS as err:
             raise _fail(str(err)) from None
         result = {"command": "identify", "run_dir": str(run_dir) if run_dir else None,

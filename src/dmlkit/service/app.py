@@ -170,7 +170,8 @@ def create_app(store: DurableIndex, keys: ApiKeys, embedder: Any = None,
                          f"{store.index.dim}-dimensional vectors: build the index with this "
                          f"run (dmlkit index build RUN ...)")
     check_index_source(store.index.info, embedder, f"the index {store.path}")
-    scorer = None if verifier is None else VerifierScorer(verifier, embedder, store.index.dim)
+    scorer = None if verifier is None else VerifierScorer(
+        verifier, embedder, store.index.dim, store.index.info.get("model_sha256"))
 
     @app.middleware("http")
     async def observe(request: Request, call_next: Any) -> Any:

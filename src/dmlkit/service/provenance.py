@@ -5,7 +5,8 @@ scores of one model's embeddings: served with another model, every search and ev
 decision is silently wrong. The served embedder says where its weights come from
 (``run_dir``, ``model_sha256``); indexes record the run they were built from in their
 ``info`` (``run_dir``, and ``model_sha256`` where recorded), and verifier kits the run they
-embed with and its fingerprint (:mod:`dmlkit.apps.persistence`). The index rule,
+embed with and its fingerprint, or, fitted on embeddings, the fingerprint those recorded
+(:mod:`dmlkit.apps.persistence`). The index rule,
 :func:`check_index_source`, lives in :mod:`dmlkit.index.provenance` (``dmlkit search``
 applies it too, without the service's dependencies).
 """
@@ -34,16 +35,22 @@ class VerifierScorer:
         The served embedder.
     dim : int
         The index's dimension.
+    index_sha : str or None
+        The fingerprint of the model whose embeddings the index holds (its ``info``'s
+        ``model_sha256``), the served space when the service has no model.
 
     Raises
     ------
     ValueError
         When the verifier embeds with another model than the served one, or needs a model
-        and the service has none, or was fitted on embeddings of another dimension.
+        and the service has none, or was fitted on embeddings of another dimension, or
+        (fitted on embeddings) records a model other than the served one (or, with no
+        model served, than the index's).
     """
 
-    def __init__(self, verifier: Any, embedder: Any, dim: int) -> None:
-        from dmlkit.apps.persistence import run_embedder
+    def __init__(self, verifier: Any, embedder: Any, dim: int,
+                 index_sha: str | None = None) -> None:
+        from dmlkit.apps.persistence import check_kit_model, run_embedder
 
         self.verifier = verifier
         self.metric = str(verifier.metric)
@@ -59,6 +66,12 @@ class VerifierScorer:
             if fitted != int(dim):
                 raise ValueError(f"the verifier was fitted on {fitted}-dimensional rows, but "
                                  f"the service's embeddings have {dim} dimensions; {refit}")
+            if embedder is not None:
+                served = getattr(embedder, "model_sha256", None)
+                source = f"those of the served {getattr(embedder, 'run_dir', None) or 'model'}"
+            else:
+                served, source = index_sha, "those the index holds"
+            check_kit_model(verifier, served, source, "the verifier")
             return
         if embedder is None:
             raise ValueError(f"the verifier scores embeddings of the run {kit_run}, but this "

@@ -20,11 +20,19 @@ directory itself) for its lifetime, and a second store on the same directory, in
 process or another, is refused at start with :class:`IndexInUseError`. Two writers would
 hand out the same ids and one's acknowledged writes would be lost on replay. The operating
 system drops the lock when the process dies, however it dies.
+
+A store leaves behind only the writes it logged: the lock file, and the log while it is
+empty, are removed on :meth:`~DurableIndex.close` when the store created them, and the
+torn tail of a log is cut only when the store first writes. A store that is closed
+without serving (a refused ``dmlkit serve``) leaves the folder as it found it. A lock
+file is removed only while locked, and a store that locked a file no longer on disk
+takes the lock again.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import sys
@@ -93,6 +101,29 @@ def _encode(record: dict[str, Any]) -> bytes:
     return f"{zlib.crc32(body.encode()):08x} {body}\n".encode()
 
 
+def _open_lock_file(path: Path) -> tuple[Any, bool]:
+    """``(handle, created)``: ``path`` opened for locking, created when missing."""
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            return os.fdopen(fd, "a+b"), True
+        except FileExistsError:
+            pass
+        try:
+            return open(path, "a+b"), False  # noqa: SIM115 - held for the store's life
+        except FileNotFoundError:  # removed since: create it again
+            continue
+
+
+def _same_file(handle: Any, path: Path) -> bool:
+    """Whether the open ``handle`` is the file now at ``path`` (not one removed since)."""
+    try:
+        held, on_disk = os.fstat(handle.fileno()), os.stat(path)
+    except OSError:
+        return False
+    return (held.st_ino, held.st_dev) == (on_disk.st_ino, on_disk.st_dev)
+
+
 def _decode(line: bytes) -> dict[str, Any] | None:
     try:
         text = line.decode()
@@ -124,7 +155,9 @@ class DurableIndex:
         self.lock = RWLock()
         if not self.path.exists() and not self._swapped_dirs():
             raise FileNotFoundError(f"index directory not found: {self.path}")
-        self._lock_file = self._take_ownership()
+        self._lock_file, self._made_lock = self._take_ownership()
+        self._made_wal = False
+        self._torn_at: int | None = None  # where a torn tail starts, cut at the first write
         try:
             self._recover_swapped_dir()
             self.index = load_index(self.path)
@@ -135,28 +168,42 @@ class DurableIndex:
             #: log records applied on replay, and those skipped (already in the checkpoint,
             #: a delete of absent ids, or a record the index refuses)
             self.replayed, self.skipped = self._replay()
+            self._made_wal = not self.wal_path.exists()
             self._wal = open(self.wal_path, "ab")  # noqa: SIM115 - held for the service's life
         except BaseException:
-            self._lock_file.close()
+            self._give_up_lock()
             raise
         self._since_checkpoint = self.replayed + self.skipped
 
     # -- ownership ------------------------------------------------------------------------
-    def _take_ownership(self) -> Any:
-        """The open lock file, holding an exclusive lock on it (else IndexInUseError)."""
-        handle = open(self.lock_path, "a+b")  # noqa: SIM115 - held for the store's life
-        if fcntl is None:
-            return handle
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            raise IndexInUseError(
-                f"the index {self.path} is already in use by another dmlkit serve (or "
-                f"another open DurableIndex): {self.lock_path} is locked. Stop that server "
-                "first; two servers on one index would hand out the same ids and lose "
-                "acknowledged writes") from None
-        return handle
+    def _take_ownership(self) -> tuple[Any, bool]:
+        """``(open lock file, whether this store created it)``, holding an exclusive lock
+        on the file on disk (else IndexInUseError)."""
+        for _ in range(100):
+            handle, made = _open_lock_file(self.lock_path)
+            if fcntl is None:
+                return handle, made
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.close()  # never removed here: its owner removes it
+                raise IndexInUseError(
+                    f"the index {self.path} is already in use by another dmlkit serve (or "
+                    f"another open DurableIndex): {self.lock_path} is locked. Stop that "
+                    "server first; two servers on one index would hand out the same ids and "
+                    "lose acknowledged writes") from None
+            if _same_file(handle, self.lock_path):
+                return handle, made
+            handle.close()  # its owner removed it before we locked it: lock the new one
+        raise IndexInUseError(f"{self.lock_path} keeps being removed and made again by other "
+                              "stores; stop the other dmlkit serve on this index first")
+
+    def _give_up_lock(self) -> None:
+        """Release the lock, removing the lock file first when this store created it."""
+        if self._made_lock:
+            with contextlib.suppress(OSError):
+                self.lock_path.unlink()
+        self._lock_file.close()
 
     # -- recovery -------------------------------------------------------------------------
     def _swapped_dirs(self) -> list[Path]:
@@ -192,9 +239,7 @@ class DurableIndex:
                 skipped += not changed
                 good_bytes += len(line)
         if good_bytes != self.wal_path.stat().st_size:
-            with open(self.wal_path, "r+b") as f:
-                f.truncate(good_bytes)
-                os.fsync(f.fileno())
+            self._torn_at = good_bytes  # cut before the first write appends after it
         return applied, skipped
 
     def _apply(self, record: dict[str, Any]) -> bool:
@@ -216,6 +261,9 @@ class DurableIndex:
         raise ValueError(f"unknown operation {record['op']!r}")
 
     def _log(self, record: dict[str, Any]) -> None:
+        if self._torn_at is not None:
+            self._wal.truncate(self._torn_at)
+            self._torn_at = None
         self._wal.write(_encode(record))
         self._wal.flush()
         os.fsync(self._wal.fileno())
@@ -311,17 +359,28 @@ class DurableIndex:
         self._wal.truncate(0)
         self._wal.seek(0)
         os.fsync(self._wal.fileno())
+        self._torn_at = None
         self._since_checkpoint = 0
 
     def close(self, *, checkpoint: bool = True) -> None:
         """Checkpoint (unless told not to: the log keeps every write), close the log and
-        give the index directory up to other stores."""
+        give the index directory up to other stores.
+
+        The log, when this store created it and it is empty, and the lock file, when this
+        store created it, are removed (before the lock is released): a store closed without
+        a write leaves the folder as it found it."""
         try:
             if checkpoint:
                 self.checkpoint()
         finally:
-            self._wal.close()
-            self._lock_file.close()  # releases the lock
+            try:
+                self._wal.close()
+                if self._made_wal and self.wal_path.stat().st_size == 0:
+                    self.wal_path.unlink()
+            except OSError:
+                pass  # (a leftover empty log blocks nothing)
+            finally:
+                self._give_up_lock()
 
 
 __all__ = ["DurableIndex", "InconsistentIndexError", "IndexInUseError", "RWLock"]
