@@ -10,6 +10,7 @@ no bias in any layer and no affine batch norm.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -46,6 +47,11 @@ class BiasFreeMLP(nn.Module):
         self.net = nn.Sequential(*layers)
         self.in_features, self.dim = in_features, dim
 
+    @classmethod
+    def dim_from_config(cls, params: dict[str, Any]) -> int:
+        """The width of the embeddings a model built with ``params`` gives: its ``dim``."""
+        return params["dim"]
+
     def forward(self, x: Tensor) -> Tensor:
         x = x.flatten(1).float()  # (n, in_features)
         if x.shape[1] != self.in_features:
@@ -79,6 +85,11 @@ class BiasFreeCNN(nn.Module):
 
         self.features = nn.Sequential(*block(in_channels, 8), *block(8, 4))
         self.out = nn.Linear(4 * (h // 4) * (w // 4), dim, bias=False)
+
+    @classmethod
+    def dim_from_config(cls, params: dict[str, Any]) -> int:
+        """The width of the embeddings a model built with ``params`` gives: its ``dim``."""
+        return params["dim"]
 
     def forward(self, x: Tensor) -> Tensor:
         (h, w), c = self.image_size, self.in_channels

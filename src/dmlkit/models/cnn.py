@@ -4,6 +4,7 @@ MNIST, 56x46 faces: square or not)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -109,6 +110,11 @@ class SmallCNN(nn.Module):
         self.body = nn.Sequential(*blocks, *pooled)  # (n, channels * grid * grid)
         self.head = EmbeddingHead(channels * grid * grid, dim, normalize=normalize)
         self.dim = dim
+
+    @classmethod
+    def dim_from_config(cls, params: dict[str, Any]) -> int:
+        """The width of the embeddings a model built with ``params`` gives: its ``dim``."""
+        return params["dim"]
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.float()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -53,6 +54,11 @@ class MLPEmbedder(nn.Module):
         self.head = EmbeddingHead(width, dim, normalize=normalize)
         self.in_features = in_features
         self.dim = dim
+
+    @classmethod
+    def dim_from_config(cls, params: dict[str, Any]) -> int:
+        """The width of the embeddings a model built with ``params`` gives: its ``dim``."""
+        return params["dim"]
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.flatten(1).float()  # (n, in_features)

@@ -92,6 +92,22 @@ class SentenceEncoder(nn.Module):
         # self.training tells the truth (the Trainer switches both to train mode)
         self.eval()
 
+    @classmethod
+    def dim_from_config(cls, params: dict[str, Any]) -> int | None:
+        """The width of the embeddings an encoder built with ``params`` gives: the hidden
+        size its folder's ``config.json`` records (read without loading the weights);
+        None when the folder or its config cannot be read (building the encoder says
+        why)."""
+        try:
+            folder = Path(params["path"]) if params["path"] is not None else default_model_dir()
+            if not folder.is_dir():
+                return None
+            config = _transformers().AutoConfig.from_pretrained(str(folder),
+                                                                local_files_only=True)
+        except (ImportError, OSError, TypeError, ValueError):
+            return None
+        return getattr(config, "hidden_size", None)
+
     @property
     def device(self) -> torch.device:
         return next(self.transformer.parameters()).device

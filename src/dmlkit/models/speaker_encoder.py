@@ -182,6 +182,11 @@ class SpeakerEncoder(nn.Module):
         self.head = EmbeddingHead(2 * agg, dim, normalize=normalize)
         self.dim, self.sample_rate = dim, sample_rate
 
+    @classmethod
+    def dim_from_config(cls, params: dict[str, Any]) -> int:
+        """The width of the embeddings a model built with ``params`` gives: its ``dim``."""
+        return params["dim"]
+
     def forward(self, wav: Tensor) -> Tensor:
         x = self.stem(self.features(wav))  # (B, C, N)
         outs = []

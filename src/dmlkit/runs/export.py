@@ -113,28 +113,44 @@ class FlatInputEmbedder(nn.Module):
         return self.model(inputs.reshape((-1, *self.input_shape)))  # (n, dim)
 
 
-def run_input_shape(run: Any) -> tuple[int, ...]:
+#: ``input_description``'s ``spec`` when the caller has not read it
+_UNREAD: Any = object()
+
+
+def run_input_shape(run: Any, spec: InputSpec | None = None) -> tuple[int, ...]:
     """Shape of one raw input of a run: the one its model's config records (images'
     ``in_channels`` and ``image_size``, rows' ``in_features``, for any model that takes
-    them), else read from its training data."""
+    them), else the shape of ``spec`` (the run's :func:`~dmlkit.runs.queries.run_input_spec`
+    when the caller has read it), else read from its training data."""
     recorded = recorded_input_spec(run.config.model, any_size=False)
     if recorded is not None:
         return recorded.shape
+    if spec is not None:
+        return spec.shape
     train, _ = build_splits(run.config)
     return tuple(int(s) for s in train.x.shape[1:])
 
 
-def input_description(run: Any, shape: tuple[int, ...]) -> dict[str, Any]:
+def _readable_input_spec(run: Any) -> InputSpec | None:
+    """:func:`~dmlkit.runs.queries.run_input_spec`, None when the run's data cannot be
+    read (and its config records no input shape)."""
+    try:
+        return run_input_spec(run)
+    except (OSError, ValueError):  # (the data is gone: the range stays unknown)
+        return None
+
+
+def input_description(run: Any, shape: tuple[int, ...],
+                      spec: InputSpec | None = _UNREAD) -> dict[str, Any]:
     """What the exported model's input rows must hold, for the export's ``.json``: the
     :class:`~dmlkit.runs.queries.InputSpec` fields (``input_shape``, ``input_dtype``
     float32, ``input_range``: the training inputs' ``[min, max]``, null when unknown,
     ``input_any_size``) and, for images, ``input_channels``, ``image_size``
     ``[height, width]`` and ``color`` (``grayscale`` / ``rgb``), plus ``input_note`` in
-    words."""
-    try:
-        spec = run_input_spec(run)
-    except (OSError, ValueError):  # (the data is gone: the range stays unknown)
-        spec = None
+    words. ``spec`` is the run's input spec (None: unknown, its data unreadable) when the
+    caller has read it, else it is read here."""
+    if spec is _UNREAD:
+        spec = _readable_input_spec(run)
     low, high = (spec.low, spec.high) if spec is not None else (math.nan, math.nan)
     data = run.config.data
     if not math.isfinite(high - low) and data.tuples is not None:
@@ -205,7 +221,11 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "onnx",
         except ImportError:
             raise ImportError("ONNX export needs onnx: pip install 'dmlkit[export]'") from None
     run = load_run(run_dir)
-    shape = run_input_shape(run)
+    # (the training data is read once: for the input shape where the config records
+    # none, here, and for the inputs' range, after the export)
+    spec = (_UNREAD if recorded_input_spec(run.config.model, any_size=False) is not None
+            else _readable_input_spec(run))
+    shape = run_input_shape(run, None if spec is _UNREAD else spec)
     module = FlatInputEmbedder(run.model.eval(), shape).eval()
     n_features = 1
     for s in shape:
@@ -241,7 +261,7 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "onnx",
         # which weights the export holds: the service checks an index against it
         "model_sha256": model_fingerprint(run.model),
         "max_difference": diff}
-    info.update(input_description(run, shape))
+    info.update(input_description(run, shape, spec))
     if check and diff is None:
         info["not_verified"] = NOT_VERIFIED
     Path(f"{out}.json").write_text(json.dumps(info, indent=2))

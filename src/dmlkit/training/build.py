@@ -6,10 +6,13 @@ Shape parameters the data determines are filled in when the config leaves them o
 losses (:func:`loss_shape_params`). :func:`resolve_config` writes them into the config, so
 a saved run rebuilds its model without its data.
 
-A loss's embedding size is always the width of the embeddings the built model gives
-(:func:`model_output_dim`), never the model config's ``dim`` alone: a pretrained embedder
-with ``head_type: none`` or ``residual`` gives its backbone's features, whatever ``dim``
-says, and a text encoder's width is known only to its weights.
+A loss's embedding size is always the width of the embeddings the model gives, never the
+model config's ``dim`` alone: a pretrained embedder with ``head_type: none`` or
+``residual`` gives its backbone's features, whatever ``dim`` says, and a text encoder's
+width is in its folder's config. A model class declares that width from its config
+(``dim_from_config``, :func:`declared_model_dim`), so the model is not built (nor its
+weights loaded) once more to learn it; only a model whose class declares none is built
+and asked (:func:`built_model_dim`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Sampler
 
+from dmlkit._checks import is_int
 from dmlkit.config.schema import Config
 from dmlkit.models.modes import eval_mode
 from dmlkit.registry import DISTANCES, LOSSES, MINERS, MODELS, SAMPLERS, build_from_config
@@ -87,7 +91,8 @@ def embedding_dim(model_spec: dict[str, Any]) -> int | None:
     (None for a model without a ``dim`` parameter).
 
     This is what the config says, not always what the model gives (see
-    :func:`model_output_dim`, which :func:`resolve_config` uses for the loss).
+    :func:`declared_model_dim` and :func:`model_output_dim`, which :func:`resolve_config`
+    uses for the loss).
     """
     if "dim" in model_spec:
         return int(model_spec["dim"])
@@ -114,6 +119,30 @@ def model_output_dim(model: nn.Module, example: Any = None) -> int | None:
     except Exception:  # (an input it cannot take: the trainer reports it)
         return None
     return int(out.shape[-1]) if isinstance(out, Tensor) and out.dim() == 2 else None
+
+
+def declared_model_dim(model_spec: dict[str, Any]) -> int | None:
+    """The width of the embeddings the model ``model_spec`` configures gives, as its class
+    declares it, without building the model; None when it cannot be told so.
+
+    A model class declares its width with a classmethod ``dim_from_config(params)``, which
+    takes the constructor's keyword arguments (defaults filled in) and returns the width
+    (an int >= 1), or None when it cannot tell. Parameters the constructor would refuse
+    (unknown or missing ones, a width that is no int >= 1) give None: building the model
+    then reports them.
+    """
+    cls = MODELS.get(model_spec["name"])
+    declare = getattr(cls, "dim_from_config", None)
+    if not callable(declare):
+        return None
+    try:
+        bound = inspect.signature(cls).bind(
+            **{key: value for key, value in model_spec.items() if key != "name"})
+    except TypeError:  # an unknown or missing parameter: the build says which
+        return None
+    bound.apply_defaults()
+    dim = declare(dict(bound.arguments))
+    return int(dim) if is_int(dim) and dim >= 1 else None
 
 
 def built_model_dim(config: Config, example: Any = None) -> int | None:
@@ -207,10 +236,13 @@ def resolve_config(config: Config, example: Tensor, num_classes: int | None) -> 
             raise ValueError(f"model.sample_rate is {given} but data.sample_rate is "
                              f"{config.data.sample_rate}; remove model.sample_rate")
     dim = None
-    # (a loss that takes the embedding width and leaves it out: ask the built model; the
-    # two probes differ exactly where a width would be filled in)
+    # (a loss that takes the embedding width and leaves it out: the width the model class
+    # declares, else ask the built model; the two probes differ exactly where a width
+    # would be filled in)
     if loss_shape_params(config.loss, None, 1) != loss_shape_params(config.loss, None, 2):
-        dim = built_model_dim(config, example)
+        dim = declared_model_dim(config.model)
+        if dim is None:
+            dim = built_model_dim(config, example)
         if dim is None:  # (no dim attribute, and the example did not go through it)
             dim = embedding_dim(config.model)
     loss = loss_shape_params(config.loss, num_classes, dim)
@@ -271,6 +303,7 @@ __all__ = [
     "loss_shape_params",
     "embedding_dim",
     "model_output_dim",
+    "declared_model_dim",
     "built_model_dim",
     "build_model",
     "build_loss",

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dmlkit._checks import is_int
 from dmlkit.functional.distances import l2_normalize
 from dmlkit.models.cnn import height_width
 from dmlkit.models.heads import EmbeddingHead, L2Normalize
@@ -51,6 +52,13 @@ def _tap_channels(tap: int) -> int:
         return FEATURE_DIM
     outs = [stage[5] for stage in STAGES for _ in range(stage[0])]
     return outs[tap]
+
+
+def _feature_dim(taps: tuple[int, ...], grid_taps: tuple[int, ...], grid: int, pixels: int,
+                 in_channels: int) -> int:
+    """Width of the concatenated pooled features (taps checked by the caller)."""
+    return (sum(_tap_channels(t) * (grid**2 if t in grid_taps else 1) for t in taps)
+            + in_channels * pixels**2)
 
 
 def cell_means(x: Tensor, cells: int, side: int) -> Tensor:
@@ -208,10 +216,7 @@ class EfficientNetLite0Embedder(nn.Module):
         self.trainable_blocks, self.backbone_lr_scale = trainable_blocks, backbone_lr_scale
         self.normalize, self.in_channels, self.image_size = normalize, in_channels, image_size
         self.weights, self.cache_dir = weights, cache_dir
-        self.feature_dim = (
-            sum(_tap_channels(t) * (grid**2 if t in grid_taps else 1) for t in taps)
-            + in_channels * pixels**2
-        )
+        self.feature_dim = _feature_dim(taps, grid_taps, grid, pixels, in_channels)
         self.hw = hw  # (H, W) of flat inputs, or None
         if hw is not None and in_channels * hw[0] * hw[1] == self.feature_dim:
             raise ValueError(
@@ -241,6 +246,26 @@ class EfficientNetLite0Embedder(nn.Module):
         if head_type in ("none", "residual"):
             self.dim = self.feature_dim
         self.train()  # the backbone's batch norms use their running statistics from the start
+
+    @classmethod
+    def dim_from_config(cls, params: dict[str, Any]) -> int | None:
+        """The width of the embeddings a model built with ``params`` gives, without
+        building it (nor loading its weights): ``dim``, or with ``head_type`` ``none`` or
+        ``residual`` the backbone's feature width; None for feature settings the
+        constructor refuses (building the model says why)."""
+        if params["head_type"] not in ("none", "residual"):
+            return params["dim"]
+        taps, grid_taps, grid = params["taps"], params["grid_taps"], params["grid"]
+        pixels, in_channels = params["pixels"], params["in_channels"]
+        if not (isinstance(taps, (list, tuple)) and isinstance(grid_taps, (list, tuple))
+                and all(is_int(v) for v in (*taps, *grid_taps, grid, pixels))):
+            return None
+        taps, grid_taps = tuple(int(t) for t in taps), tuple(int(t) for t in grid_taps)
+        if (not taps or len(set(taps)) != len(taps) or any(not 0 <= t <= HEAD_TAP for t in taps)
+                or len(set(grid_taps)) != len(grid_taps) or not set(grid_taps) <= set(taps)
+                or grid < 1 or pixels < 0 or in_channels not in (1, 3)):
+            return None
+        return _feature_dim(taps, grid_taps, int(grid), int(pixels), int(in_channels))
 
     def _make_head(self) -> nn.Module:
         if self.head_type == "none":

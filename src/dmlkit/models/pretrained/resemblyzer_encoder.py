@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 import types
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,6 +53,11 @@ class ResemblyzerEncoder(nn.Module):
         for p in self.encoder.parameters():
             p.requires_grad_(False)
         self.dim = 256
+
+    @classmethod
+    def dim_from_config(cls, params: dict[str, Any]) -> int:
+        """The width of its embeddings: 256, whatever the config."""
+        return 256
 
     def forward(self, wav: Tensor) -> Tensor:
         if wav.dim() != 2:
