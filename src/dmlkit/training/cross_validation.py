@@ -27,7 +27,7 @@ from dmlkit.data.load import check_training_data, training_dataset
 from dmlkit.data.splits import select_classes
 from dmlkit.training.build import resolve_config
 from dmlkit.training.checks import check_model_settings, check_training_inputs
-from dmlkit.training.frozen_features import check_frozen_config
+from dmlkit.training.frozen_features import check_frozen_config, frozen_feature_data
 from dmlkit.training.rng import get_rng_state, rng_scope, set_rng_state
 from dmlkit.training.run import augmented
 from dmlkit.training.trainer import Trainer
@@ -171,8 +171,11 @@ def _cross_validate(
         if objective == "final":  # the whole schedule, as dmlkit train runs it
             cfg.training.patience = None
         resolved = resolve_config(cfg, fold_train.x[0], int(fold_train.labels.max()) + 1)
+        # a frozen backbone's features, cached, as dmlkit train uses them (not a forward
+        # pass of the whole network on every batch)
+        fold_in, val_in = frozen_feature_data(resolved, fold_train, val)
         try:
-            trainers.append(Trainer(resolved, augmented(fold_train, cfg), val_data=val,
+            trainers.append(Trainer(resolved, augmented(fold_in, cfg), val_data=val_in,
                                     log=None))
         except ValueError as err:  # e.g. a batch of more classes than a fold trains on
             raise ValueError(
