@@ -185,7 +185,7 @@ def train(
             if world_size_from_env() > 1:  # each process would stamp its own directory
                 raise _fail("under torchrun, name the run directory: --out runs/NAME")
             out = RUNS_DIR / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        from dmlkit.training.run_dir import check_resume, claim_run_dir
+        from dmlkit.training.run_dir import claim_run_dir
 
         check_output_dir(out)
         runner = train_run
@@ -194,8 +194,6 @@ def train(
         # the run holds its directory alone until it ends: made atomically, locked
         with claim_run_dir(out, resume=resume, unique=auto) as out:
             say(f"{'resuming' if resume else 'run directory'}: {out}")
-            if resume and runner is not train_run:  # (train_run checks it itself)
-                check_resume(cfg, out)
             result = runner(cfg, out, resume=resume, log=say)
     except (FileNotFoundError, FileExistsError, ValueError, TypeError, KeyError,
             FloatingPointError, ImportError) as err:  # (a non-finite loss: the config's

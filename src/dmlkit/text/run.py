@@ -12,7 +12,8 @@ labels, through any configured sampler and miner. Held-out triplets report
 ``triplet_accuracy``, how often ``cos(anchor, positive) > cos(anchor, negative)``.
 The pretrained encoder is evaluated on the held-out data before training
 (``"baseline"`` in metrics.json, saved at once in ``baseline.json`` so that a resumed run
-keeps it), the fine-tuned one after.
+keeps it), the fine-tuned one after. Checkpoints keep checksums of the texts trained on
+(:mod:`~dmlkit.training.data_fingerprint`): a resume on changed data is refused.
 """
 
 from __future__ import annotations
@@ -41,8 +42,14 @@ from dmlkit.evaluation.evaluate import write_json
 from dmlkit.text.evaluate import text_heldout_metrics
 from dmlkit.training.build import resolve_config
 from dmlkit.training.checkpoint import atomic_save
+from dmlkit.training.data_fingerprint import LazyFingerprint, check_resume_data
 from dmlkit.training.run import CONFIG_FILE, METRICS_FILE, MODEL_FILE, RunResult
-from dmlkit.training.run_dir import created_here
+from dmlkit.training.run_dir import (
+    check_resume,
+    claim_run_dir,
+    created_here,
+    no_checkpoint_error,
+)
 from dmlkit.training.trainer import CHECKPOINT, Trainer
 
 TextData = TextDataset | TextPairDataset | TextTripletDataset
@@ -151,24 +158,58 @@ def train_text_run(
     config: Config, out_dir: str | Path, *, resume: bool = False, log: Any = print,
     callbacks: tuple = (),
 ) -> RunResult:
-    """:func:`~dmlkit.training.train_run` for text configs: writes a complete run directory."""
+    """:func:`~dmlkit.training.train_run` for text configs: writes a complete run directory.
+
+    As there, the run holds ``out_dir`` alone while it trains
+    (:func:`~dmlkit.training.run_dir.claim_run_dir`), and a resume is refused when the
+    config, the checkpoint or the training data differ from what the run started with.
+    """
+    from dmlkit.training.device import check_device
     from dmlkit.training.distributed import world_size_from_env
 
     start = time.perf_counter()
     out_dir = Path(out_dir)
     if world_size_from_env() > 1:
         raise ValueError("text runs train in one process; start them without torchrun")
+    check_device(config.training.device, "training.device")
     if resume and not (out_dir / CHECKPOINT).is_file():
-        from dmlkit.training.run_dir import no_checkpoint_error
-
         raise no_checkpoint_error(out_dir)
-    if not resume and (out_dir / CHECKPOINT).is_file():
-        raise FileExistsError(
-            f"{out_dir} already holds a run; resume it (--resume) or choose another --out")
     if config.training.val_fraction > 0 or config.training.val_classes is not None:
         raise ValueError("text runs do not validate during training: leave "
                          "training.val_fraction and training.val_classes unset")
+    with claim_run_dir(out_dir, resume=resume):
+        checkpoint = check_resume(config, out_dir) if resume else None  # (read once)
+        return _train_text(config, out_dir, checkpoint, log, callbacks, start)
+
+
+def text_fingerprint(train: TextData, heldout: TextData) -> LazyFingerprint:
+    """The checksums of a text run's data as loaded (:func:`build_text_splits`), kept in
+    its checkpoints (:mod:`~dmlkit.training.data_fingerprint`); hashed when first used."""
+    if isinstance(train, TextDataset):
+        return LazyFingerprint({"the training texts": train.texts,
+                                "the training labels": train.labels,
+                                "the held-out split": _columns(heldout)})
+    kind = "pairs" if isinstance(train, TextPairDataset) else "triplets"
+    return LazyFingerprint({f"the training {kind}": _columns(train),
+                            f"the held-out {kind}": _columns(heldout)})
+
+
+def _columns(data: TextData) -> list[Any]:
+    """The texts (and labels or scores) of ``data``, as hashed."""
+    if isinstance(data, TextPairDataset):
+        return [data.first, data.second, data.scores]
+    if isinstance(data, TextTripletDataset):
+        return [data.anchor, data.positive, data.negative]
+    return [data.texts, data.labels]
+
+
+def _train_text(config: Config, out_dir: Path, checkpoint: dict[str, Any] | None, log: Any,
+                callbacks: tuple, start: float) -> RunResult:
+    resume = checkpoint is not None
     train, heldout = build_text_splits(config)
+    fingerprint = text_fingerprint(train, heldout)
+    if resume:  # (before config.yaml is written again)
+        check_resume_data(out_dir, fingerprint, checkpoint)
     if isinstance(train, TextPairDataset):
         train = train.positives()  # in-batch negatives: every other sentence of the batch
         if config.miner is not None:
@@ -188,7 +229,7 @@ def train_text_run(
     else:
         num_classes = int(train.labels.max()) + 1
     resolved = resolve_config(config, torch.zeros(1), num_classes)
-    created = created_here(out_dir)  # (claimed by the CLI; else made here)
+    created = created_here(out_dir)  # (claimed by train_text_run; else made here)
     fresh = not out_dir.exists() if created is None else created
     out_dir.mkdir(parents=True, exist_ok=True)
     resolved.to_yaml(out_dir / CONFIG_FILE)
@@ -197,7 +238,8 @@ def train_text_run(
         torch.set_num_threads(config.training.num_threads)
     try:
         try:
-            trainer = Trainer(resolved, train, out_dir=out_dir, log=log, callbacks=callbacks)
+            trainer = Trainer(resolved, train, out_dir=out_dir, log=log, callbacks=callbacks,
+                              data_fingerprint=fingerprint)
         except BaseException:  # a bad model, loss or miner setting: no half-made run left
             if fresh:
                 shutil.rmtree(out_dir, ignore_errors=True)
@@ -214,7 +256,7 @@ def train_text_run(
             log("pretrained encoder on the held-out data (as saved before training): "
                 + _summary(baseline))
         tick = time.perf_counter()
-        history = trainer.fit(resume=resume)
+        history = trainer.fit(resume=resume, checkpoint=checkpoint)
         train_seconds = time.perf_counter() - tick
         atomic_save(trainer.model.state_dict(), out_dir / MODEL_FILE)
         tick = time.perf_counter()
@@ -257,4 +299,4 @@ def _summary(metrics: dict[str, Any]) -> str:
     return ", ".join(f"{k} {metrics[k]:.4f}" for k in keys if k in metrics)
 
 
-__all__ = ["build_text_splits", "train_text_run", "BASELINE_FILE"]
+__all__ = ["build_text_splits", "text_fingerprint", "train_text_run", "BASELINE_FILE"]

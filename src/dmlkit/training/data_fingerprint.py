@@ -5,12 +5,18 @@ file) is refused instead of silently training on something else.
 A fingerprint is a dict ``{part: sha256}`` over the arrays a run loaded (its training
 items, labels or tuples, its held-out split), each part named as the refusal names it.
 Checkpoints written before fingerprints existed have none and resume as before.
+
+Hashing reads all the data (seconds for gigabytes), so a run hashes only where a
+fingerprint is used: a :class:`LazyFingerprint` is computed at the first checkpoint a
+new run saves (by the one process that saves it), and on a resume only when the
+checkpoint holds a fingerprint to compare with, by the main process of a multi-process
+run, which tells the others its verdict.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,19 +59,45 @@ def data_fingerprint(parts: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+class LazyFingerprint:
+    """The :func:`data_fingerprint` of ``parts``, computed when first called and kept
+    (``parts`` are let go then). Holds references to the arrays until that call: they
+    must not be changed in place meanwhile."""
+
+    def __init__(self, parts: dict[str, Any]) -> None:
+        self._parts: dict[str, Any] | None = parts
+        self._value: dict[str, str] | None = None
+
+    def __call__(self) -> dict[str, str]:
+        if self._value is None:
+            self._value = data_fingerprint(self._parts or {})
+            self._parts = None
+        return self._value
+
+
+#: a fingerprint, or a function that computes it (a :class:`LazyFingerprint`)
+Fingerprint = dict[str, str] | Callable[[], dict[str, str]]
+
+
+def fingerprint_value(fingerprint: Fingerprint | None) -> dict[str, str] | None:
+    """The fingerprint itself: ``fingerprint`` called when it is a function."""
+    return fingerprint() if callable(fingerprint) else fingerprint
+
+
 def data_changes(saved: dict[str, str], current: dict[str, str]) -> list[str]:
     """The parts whose checksums differ (or that only one of the two has)."""
     return [name for name in dict.fromkeys([*saved, *current])
             if saved.get(name) != current.get(name)]
 
 
-def check_same_data(saved: Any, current: dict[str, str] | None, where: str | Path) -> None:
+def check_same_data(saved: Any, current: Fingerprint | None, where: str | Path) -> None:
     """Refuse to resume the run at ``where`` when its checkpoint's fingerprint ``saved``
-    differs from ``current`` (the data as loaded now). A checkpoint without one (older
+    differs from ``current`` (the data as loaded now; a function computing it is called
+    only when there is a fingerprint to compare with). A checkpoint without one (older
     runs), or no current fingerprint, passes."""
     if not isinstance(saved, dict) or not saved or current is None:
         return
-    changed = data_changes(saved, current)
+    changed = data_changes(saved, fingerprint_value(current) or {})
     if changed:
         # the verb agrees with the parts: "the held-out split differs", "the training
         # items differ", "the training items, the held-out split differ"
@@ -78,19 +110,49 @@ def check_same_data(saved: Any, current: dict[str, str] | None, where: str | Pat
             "data it started with to resume, or train a new run (another --out)")
 
 
-def check_resume_data(out_dir: Path, current: dict[str, str]) -> None:
-    """:func:`check_same_data` against the fingerprint in ``out_dir``'s checkpoint (read
-    without loading its tensors), before a resumed run writes anything."""
-    from dmlkit.training.trainer import CHECKPOINT
+def check_resume_data(out_dir: Path, current: Fingerprint | None,
+                      checkpoint: dict[str, Any] | None = None) -> None:
+    """:func:`check_same_data` against the fingerprint in ``out_dir``'s checkpoint, before
+    a resumed run writes anything.
 
-    path = Path(out_dir) / CHECKPOINT
+    ``checkpoint``: the checkpoint as the caller loaded it already
+    (:func:`~dmlkit.training.run_dir.check_resume` returns it); without it the file is
+    read here, without loading its tensors. Under ``torch.distributed`` the main process
+    alone hashes and compares (the others' ``current`` is not used), and every process
+    raises its refusal.
+    """
+    import torch.distributed as dist
+
+    several = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    if several and dist.get_rank() != 0:
+        verdict: list[str | None] = [None]
+        dist.broadcast_object_list(verdict, src=0)
+    else:
+        verdict = [_refusal(out_dir, current, checkpoint)]
+        if several:
+            dist.broadcast_object_list(verdict, src=0)
+    if verdict[0] is not None:
+        raise ValueError(verdict[0])
+
+
+def _refusal(out_dir: Path, current: Fingerprint | None,
+             checkpoint: dict[str, Any] | None) -> str | None:
+    """The message of :func:`check_same_data`'s refusal, or ``None`` when it passes."""
+    if checkpoint is None:
+        from dmlkit.training.trainer import CHECKPOINT
+
+        try:
+            checkpoint = torch.load(Path(out_dir) / CHECKPOINT, map_location="cpu",
+                                    weights_only=True, mmap=True)
+        except Exception:  # (unreadable: resuming loads it again and says what is wrong)
+            return None
+    saved = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # (unreadable: resuming loads it again and says what is wrong)
-        return
-    saved = state.get(CHECKPOINT_KEY) if isinstance(state, dict) else None
-    check_same_data(saved, current, out_dir)
+        check_same_data(saved, current, out_dir)
+    except ValueError as err:
+        return str(err)
+    return None
 
 
-__all__ = ["CHECKPOINT_KEY", "check_resume_data", "check_same_data", "data_changes",
-           "data_fingerprint"]
+__all__ = ["CHECKPOINT_KEY", "Fingerprint", "LazyFingerprint", "check_resume_data",
+           "check_same_data", "data_changes", "data_fingerprint", "fingerprint_value"]

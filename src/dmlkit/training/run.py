@@ -36,7 +36,7 @@ from dmlkit.training.checkpoint import (
     torch_load,
 )
 from dmlkit.training.checks import check_model_settings, check_patience, check_training_inputs
-from dmlkit.training.data_fingerprint import check_resume_data, data_fingerprint
+from dmlkit.training.data_fingerprint import LazyFingerprint, check_resume_data
 from dmlkit.training.device import check_device
 from dmlkit.training.distributed import init_from_env, is_main_process, world_size_from_env
 from dmlkit.training.frozen_features import frozen_feature_data
@@ -252,21 +252,23 @@ def train_run(
     if resume and not (out_dir / CHECKPOINT).is_file():
         raise no_checkpoint_error(out_dir)
     with claim_run_dir(out_dir, resume=resume):
-        if resume:
-            check_resume(config, out_dir)
+        checkpoint = check_resume(config, out_dir) if resume else None  # (read once)
         threads = torch.get_num_threads()
         if config.training.num_threads is not None:
             torch.set_num_threads(config.training.num_threads)
         try:
-            return _train_run(config, out_dir, resume, log, callbacks)
+            return _train_run(config, out_dir, resume, log, callbacks, checkpoint)
         finally:
             torch.set_num_threads(threads)
 
 
 def _train_run(
-    config: Config, out_dir: Path, resume: bool, log: Any, callbacks: tuple
+    config: Config, out_dir: Path, resume: bool, log: Any, callbacks: tuple,
+    checkpoint: dict[str, Any] | None,
 ) -> RunResult:
     if config.data.kind != "labels":  # pairs / triplets without class labels
+        if checkpoint is not None:  # (a weak run reads it itself: free this copy)
+            checkpoint.clear()
         if world_size_from_env() > 1:
             raise ValueError("multi-process training (torchrun) needs class labels; tuple "
                              f"data (data.kind: {config.data.kind}) trains in one process")
@@ -283,7 +285,7 @@ def _train_run(
     # which this one's barrier would pair with, hanging both; the launcher stops them once
     # this process exits with the error. The process group outlives the run: see
     # init_from_env)
-    result = _train_labelled(config, out_dir, resume, log, callbacks, start, distributed)
+    result = _train_labelled(config, out_dir, checkpoint, log, callbacks, start, distributed)
     if distributed:
         import torch.distributed as dist
 
@@ -291,16 +293,20 @@ def _train_run(
     return result
 
 
-def _train_labelled(config: Config, out_dir: Path, resume: bool, log: Any, callbacks: tuple,
-                    start: float, distributed: bool) -> RunResult:
+def _train_labelled(config: Config, out_dir: Path, checkpoint: dict[str, Any] | None,
+                    log: Any, callbacks: tuple, start: float, distributed: bool) -> RunResult:
     check_patience(config)  # (cross-validation's folds validate: patience works there)
     train, heldout = build_splits(config, for_training=True)
     check_training_classes(train, config.data)
-    fingerprint = data_fingerprint({"the training items": train.x,
-                                    "the training labels": train.labels,
-                                    "the held-out split": [heldout.x, heldout.labels]})
+    # hashed where it is used: at the first checkpoint, or to compare with the resumed one,
+    # by rank 0 alone (it writes the checkpoints; the others hold no reference to the data)
+    fingerprint = LazyFingerprint({"the training items": train.x,
+                                   "the training labels": train.labels,
+                                   "the held-out split": [heldout.x, heldout.labels]}
+                                  ) if is_main_process() else None
+    resume = checkpoint is not None
     if resume:  # (before config.yaml is written again)
-        check_resume_data(out_dir, fingerprint)
+        check_resume_data(out_dir, fingerprint, checkpoint)
     train, val = validation_split(train, config)
     resolved = resolve_config(config, train.x[0], int(train.labels.max()) + 1)
     train, val = frozen_feature_data(resolved, train, val, log)  # cached, if frozen backbone
@@ -324,7 +330,7 @@ def _train_labelled(config: Config, out_dir: Path, resume: bool, log: Any, callb
         + (f" of classes {_named_classes(val, config)}"
            if config.training.val_classes is not None else "")
     )
-    history = trainer.fit(resume=resume)
+    history = trainer.fit(resume=resume, checkpoint=checkpoint)
     if not is_main_process():  # rank 0 writes the weights and metrics
         return RunResult(out_dir, {}, history, time.perf_counter() - start)
     atomic_save(trainer.model.state_dict(), out_dir / MODEL_FILE)
@@ -357,7 +363,8 @@ def _named_classes(data: ArrayDataset, config: Config) -> str:
 
 
 def _trainer(resolved: Config, train: Any, val: Any, out_dir: Path, log: Any,
-             callbacks: tuple, distributed: bool, fingerprint: dict[str, str]) -> Trainer:
+             callbacks: tuple, distributed: bool,
+             fingerprint: LazyFingerprint | None) -> Trainer:
     trainer_cls = Trainer
     if distributed:
         from dmlkit.training.distributed import DistributedTrainer

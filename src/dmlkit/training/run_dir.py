@@ -300,12 +300,14 @@ def check_resume(config: Any, out_dir: Path) -> dict[str, Any]:
     """Refuse to resume ``out_dir`` with ``config`` (the settings to train with) when it
     differs from the run's ``config.yaml``, when ``config.yaml`` differs from the config
     its checkpoint trained with (edited since: an edit would apply in part), or when
-    ``training.epochs`` is below the epochs done. Returns the checkpoint."""
+    ``training.epochs`` is below the epochs done. Returns the checkpoint, loaded on the
+    device ``config.training.device`` names, for the resumed run to restore
+    (:meth:`~dmlkit.training.Trainer.fit`'s ``checkpoint``): a resume reads it once."""
     from dmlkit.config.compare import RESUMABLE, config_changes
     from dmlkit.config.schema import Config
     from dmlkit.training.checkpoint import load_checkpoint
     from dmlkit.training.run import CONFIG_FILE
-    from dmlkit.training.trainer import CHECKPOINT
+    from dmlkit.training.trainer import CHECKPOINT, resolve_device
 
     yaml_path = out_dir / CONFIG_FILE
     saved = Config.from_yaml(yaml_path) if yaml_path.is_file() else None
@@ -318,7 +320,8 @@ def check_resume(config: Any, out_dir: Path) -> dict[str, Any]:
                 "run (another out_dir)")
     if not (out_dir / CHECKPOINT).is_file():
         raise no_checkpoint_error(out_dir)
-    state = load_checkpoint(out_dir / CHECKPOINT)
+    state = load_checkpoint(out_dir / CHECKPOINT,
+                            map_location=resolve_device(config.training.device))
     trained = _checkpoint_config(state)
     if saved is not None and trained is not None:
         changes = config_changes(saved, trained, RESUME_MAY_DIFFER)

@@ -29,7 +29,7 @@ from dmlkit.training.build import (
 )
 from dmlkit.training.checkpoint import atomic_save, load_checkpoint
 from dmlkit.training.checks import check_finite_weights, check_loss_value, finite_embeddings
-from dmlkit.training.data_fingerprint import check_same_data
+from dmlkit.training.data_fingerprint import Fingerprint, check_same_data, fingerprint_value
 from dmlkit.training.grad_cache import cached_embeddings, check_grad_cache
 from dmlkit.training.optim import build_optimizer, build_scheduler
 from dmlkit.training.preflight import check_batch_negatives, check_trainable
@@ -93,10 +93,12 @@ class Trainer:
         ``callback(trainer, record)`` after each epoch's checkpoint.
     log : callable, optional
         Receives human-readable messages (default: ``print``).
-    data_fingerprint : dict, optional
+    data_fingerprint : dict or callable, optional
         Checksums of the data the run trains on
         (:func:`~dmlkit.training.data_fingerprint.data_fingerprint`), kept in checkpoints;
-        a resume whose checkpoint holds others is refused.
+        a resume whose checkpoint holds others is refused. A function returning them (a
+        :class:`~dmlkit.training.data_fingerprint.LazyFingerprint`) is called only when
+        they are needed: at the first checkpoint saved, or to compare on a resume.
 
     Notes
     -----
@@ -152,7 +154,7 @@ class Trainer:
         collate_fn: Callable[[list[Any]], Any] | None = None,
         callbacks: Sequence[Callback] = (),
         log: Callable[[str], None] | None = print,
-        data_fingerprint: dict[str, str] | None = None,
+        data_fingerprint: Fingerprint | None = None,
     ) -> None:
         self.config = config
         self.data_fingerprint = data_fingerprint
@@ -319,12 +321,14 @@ class Trainer:
         m = retrieval_metrics(emb, labels)
         return {f"val_{k}": m[k] for k in ("precision_at_1", "r_precision", "map_at_r")}
 
-    def fit(self, resume: bool = False) -> list[dict[str, Any]]:
-        """Train for ``training.epochs`` epochs (from the checkpoint when ``resume``)."""
+    def fit(self, resume: bool = False, *,
+            checkpoint: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Train for ``training.epochs`` epochs (from the checkpoint when ``resume``; one
+        the caller loaded already is passed as ``checkpoint``, see :meth:`load`)."""
         tc = self.config.training
         with rng_scope(tc.seed + 1):
             if resume:
-                self.load(self.checkpoint_path)
+                self.load(self.checkpoint_path, checkpoint=checkpoint)
                 from dmlkit.training.distributed import is_main_process
 
                 if is_main_process():  # (rank 0 writes the log)
@@ -428,17 +432,33 @@ class Trainer:
             "sampler_epoch": getattr(self.sampler, "epoch", self.epoch),
             "sampler": self.sampler.state_dict() if hasattr(self.sampler, "state_dict") else {},
             "anchor": self.anchor_model.state_dict() if self.anchor_model is not None else {},
-            "data": self.data_fingerprint,
+            "data": self._fingerprint(),
         }
+
+    def _fingerprint(self) -> dict[str, str] | None:
+        """The data fingerprint, computed now if it was deferred (and kept)."""
+        self.data_fingerprint = fingerprint_value(self.data_fingerprint)
+        return self.data_fingerprint
 
     def save(self, path: str | Path) -> None:
         atomic_save(self.state_dict(), path)
         self.saved_epoch = self.epoch
 
-    def load(self, path: str | Path) -> None:
-        """Restore everything :meth:`state_dict` holds (the caller keeps its config)."""
-        state = load_checkpoint(path, map_location=self.device)
-        check_same_data(state.get("data"), self.data_fingerprint, Path(path).parent)
+    def load(self, path: str | Path, *, checkpoint: dict[str, Any] | None = None) -> None:
+        """Restore everything :meth:`state_dict` holds (the caller keeps its config) from
+        the checkpoint at ``path``, refused when its data fingerprint differs.
+
+        ``checkpoint``: that checkpoint as the caller loaded it already, on the trainer's
+        device (:func:`~dmlkit.training.run_dir.check_resume`), its data checked
+        (:func:`~dmlkit.training.data_fingerprint.check_resume_data`): restored instead
+        of reading ``path``, and emptied, so that no second copy of it stays alive.
+        """
+        if checkpoint is None:
+            state = load_checkpoint(path, map_location=self.device)
+            check_same_data(state.get("data"), self.data_fingerprint, Path(path).parent)
+        else:
+            state = dict(checkpoint)
+            checkpoint.clear()
         saved = state.get("data")  # (none in older checkpoints: the current one is kept,
         if isinstance(saved, dict) and saved:  # so the next checkpoint records it)
             self.data_fingerprint = saved
