@@ -343,6 +343,12 @@ def _run_trial(
             cfg, chosen = trial_config(config, trial)
             trial.set_user_attr("config", cfg.to_dict())
             log(f"{tag}: " + " ".join(f"{k}={_short(v)}" for k, v in chosen.items()))
+            same = _same_config_done(study, trial, cfg)
+            if same is not None:  # the folds are deterministic: its score, not a re-run
+                _reuse(study, trial, same)
+                log(f"{tag} is trial {same.number}'s config again: its mean MAP@R "
+                    f"{same.value:.4f}, not trained again")
+                return
 
             def on_epoch(epoch: int, mean: float) -> None:
                 trial.report(mean, epoch)
@@ -377,6 +383,28 @@ def _run_trial(
         f"in {time.perf_counter() - start:.1f} s "
         f"(best: trial {best.number}, {best.value:.4f}; {done}/{total} trials done)"
     )
+
+
+def _same_config_done(study: Any, trial: Any, cfg: Config) -> Any:
+    """The first complete trial of ``study`` that ran exactly ``cfg`` (a categorical
+    space, e.g. ``model.head_type: none``, samples the same config again and again), or
+    ``None``."""
+    wanted = cfg.to_dict()
+    for t in study.get_trials(deepcopy=False):
+        if (t.number != trial.number and t.state.name == "COMPLETE"
+                and t.user_attrs.get("config") == wanted):
+            return t
+    return None
+
+
+def _reuse(study: Any, trial: Any, same: Any) -> None:
+    """Finish ``trial`` with the score, per-epoch curve and folds of ``same``."""
+    for step, value in sorted(same.intermediate_values.items()):
+        trial.report(value, step)
+    trial.set_user_attr("same_as", same.number)
+    if "folds" in same.user_attrs:
+        trial.set_user_attr("folds", same.user_attrs["folds"])
+    study.tell(trial, same.value)
 
 
 def _short(value: Any) -> str:
