@@ -4,13 +4,18 @@ Integers (sizes, counts, seeds): Python and numpy integers pass, bools and float
 ``4.0``) do not. Real numbers (rates, tolerances, weights): Python and numpy integers and
 floats pass, bools, complex numbers and NaN do not, and the value must lie in the
 setting's interval (infinity only where that interval is closed at an infinite end).
+Input arrays (features, embeddings, raw queries) hold real numbers: a bool, integer or
+float dtype, never complex numbers, strings or objects.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def is_int(value: Any) -> bool:
@@ -62,4 +67,24 @@ def check_real(name: str, value: Any, low: float = -math.inf, high: float = math
     return v
 
 
-__all__ = ["check_int", "check_int_param", "check_real", "is_int"]
+def check_real_inputs(x: np.ndarray, source: str, subject: str, hint: str = "") -> None:
+    """A ``TypeError`` unless array ``x`` holds real numbers (a bool, integer or float
+    dtype): the one rule for input arrays, read from files or handed to the library.
+
+    The message names ``source`` (the file; ``""`` leaves it out), ``subject`` (the array:
+    ``"'x'"``, ``"the features"``, ``"embeddings"``) and its dtype; complex numbers get
+    the way to make them real, strings and other non-numbers ``hint`` (what to check,
+    e.g. which array is read): ``"f.npz: 'x' must be real numbers, got dtype <U1
+    (strings)"``.
+    """
+    kind = x.dtype.kind
+    if kind in "biuf":
+        return
+    what = ("complex numbers; keep a real part (x.real, np.abs(x)) or stack the real and "
+            "imaginary parts as channels" if kind == "c" else
+            f"strings{hint}" if kind in "SU" else f"no numbers{hint}")
+    where = f"{source}: " if source else ""
+    raise TypeError(f"{where}{subject} must be real numbers, got dtype {x.dtype} ({what})")
+
+
+__all__ = ["check_int", "check_int_param", "check_real", "check_real_inputs", "is_int"]

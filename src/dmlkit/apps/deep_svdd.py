@@ -211,16 +211,21 @@ class DeepSVDD(OutlierMixin, BaseEstimator):
         return np.where(self.decision_function(X) >= 0, 1, -1)
 
     # -- persistence --------------------------------------------------------------------
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | Path, *, model_sha256: str | None = None) -> Path:
         """Write the fitted detector to directory ``path`` atomically: the network's config
         and weights, the centre and the threshold (JSON + arrays, no pickle; see
-        :mod:`dmlkit.apps.persistence`)."""
+        :mod:`dmlkit.apps.persistence`).
+
+        ``model_sha256``: the fingerprint of the model that embedded the data it was fitted
+        on (``dmlkit embed`` records it in its ``.npz``), recorded so that embeddings of
+        another model can be refused (:func:`~dmlkit.apps.persistence.check_kit_model`)."""
         check_is_fitted(self, "offset_")
         arrays = {"center": self.center_, **module_arrays(self.model_, MODEL)}
         state = {"offset_": float(self.offset_), "model_config": self.model_config_,
                  "n_samples_fit_": int(self.n_samples_fit_),
                  "n_calibration_": int(self.n_calibration_)}
-        return save_kit(path, self, arrays=arrays, state=state, count=self.n_samples_fit_)
+        return save_kit(path, self, arrays=arrays, state=state, count=self.n_samples_fit_,
+                        model_sha256=model_sha256)
 
     @classmethod
     def load(cls, path: str | Path) -> DeepSVDD:

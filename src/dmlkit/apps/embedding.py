@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from dmlkit._checks import check_real_inputs
+
 
 def dense_array(X: Any) -> np.ndarray:
     """``X`` as a numpy array (tensors moved to the CPU); sparse matrices are refused."""
@@ -38,8 +40,7 @@ def validate_inputs(estimator: Any, X: Any, *, reset: bool, images: bool) -> np.
     X = dense_array(X)
     if X.ndim <= 2 or not images:
         return validate_data(estimator, X, reset=reset, dtype=[np.float32, np.float64])
-    if X.dtype.kind not in "biuf":
-        raise TypeError(f"X must be real numbers, got dtype {X.dtype}")
+    check_real_inputs(X, "", "X")
     if X.shape[0] == 0:
         raise ValueError(f"Found array with 0 sample(s) (shape={X.shape})")
     X = X.astype(np.float32, copy=False)

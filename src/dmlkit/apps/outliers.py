@@ -278,7 +278,7 @@ class MetricOutlierDetector(OutlierMixin, BaseEstimator):
         return np.where(self._fit(X, y) >= self.offset_, 1, -1)
 
     # -- persistence --------------------------------------------------------------------
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | Path, *, model_sha256: str | None = None) -> Path:
         """Write the fitted detector to directory ``path`` atomically (JSON + arrays, no
         pickle; see :mod:`dmlkit.apps.persistence`).
 
@@ -286,6 +286,11 @@ class MetricOutlierDetector(OutlierMixin, BaseEstimator):
         threshold; an embedder learned with ``embedder="learn"`` is saved as its model
         config and weights, a run directory as its absolute path. A torch module or
         callable passed as ``embedder`` cannot be saved (``TypeError``).
+
+        ``model_sha256``: the fingerprint of the model that embedded the data it was fitted
+        on (``dmlkit embed`` records it in its ``.npz``), recorded for a detector without a
+        run embedder so that embeddings of another model can be refused
+        (:func:`~dmlkit.apps.persistence.check_kit_model`).
         """
 
         check_is_fitted(self, "offset_")
@@ -300,7 +305,8 @@ class MetricOutlierDetector(OutlierMixin, BaseEstimator):
             config = self.embedder_config_
             arrays.update(module_arrays(self.embedder_, EMBEDDER))  # rebuilt from config
         state = {"offset_": float(self.offset_), "embedder_config": config}
-        return save_kit(path, self, arrays=arrays, state=state, count=len(self.reference_))
+        return save_kit(path, self, arrays=arrays, state=state, count=len(self.reference_),
+                        model_sha256=model_sha256)
 
     @classmethod
     def load(cls, path: str | Path) -> MetricOutlierDetector:

@@ -220,10 +220,12 @@ def kit_model(estimator: Any) -> str | None:
 
 
 def check_kit_model(estimator: Any, recorded: str | None, source: str,
-                    where: str = "the kit") -> None:
+                    where: str = "the kit", *,
+                    refit: str = "dmlkit verify / identify ... --save KIT") -> None:
     """Refuse embeddings (from ``source``) whose model fingerprint ``recorded`` differs
     from the one the kit was fitted on (:func:`kit_model`); either fingerprint unknown
-    passes (nothing to compare).
+    passes (nothing to compare). ``refit`` is the command that fits and saves such a kit,
+    named in the message.
 
     Raises
     ------
@@ -238,7 +240,7 @@ def check_kit_model(estimator: Any, recorded: str | None, source: str,
         f"{where} was fitted on embeddings of another model than {source}: its thresholds, "
         "gallery and prototypes hold only for that model's embeddings; embed with the model "
         "the kit was fitted on, or fit and save the kit again on embeddings of this model "
-        "(dmlkit verify / identify ... --save KIT)")
+        f"({refit})")
 
 
 def check_kit_run(path: str | Path, estimator: Any, recorded: str | None) -> None:

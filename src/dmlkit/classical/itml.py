@@ -10,7 +10,7 @@ from scipy.linalg import get_blas_funcs
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_array
 
-from dmlkit._checks import check_int_param
+from dmlkit._checks import check_int_param, check_real
 from dmlkit.classical.mahalanobis import (
     MahalanobisMixin,
     _validate_data,
@@ -20,7 +20,7 @@ from dmlkit.classical.mahalanobis import (
     encode_labels,
     warn_no_convergence,
 )
-from dmlkit.classical.params import check_real_param, check_solver_params
+from dmlkit.classical.params import check_solver_params
 
 
 def itml_bregman(
@@ -213,7 +213,7 @@ class ITML(MahalanobisMixin):
 
     def _check_params(self) -> tuple[float, int, float, tuple[float, float] | None]:
         """``(gamma, max_iter, tol, bounds)`` checked (a ``ValueError`` naming a bad one)."""
-        gamma = check_real_param("gamma", self.gamma, 0.0, np.inf, low_open=True)
+        gamma = check_real("gamma", self.gamma, 0.0, np.inf, low_open=True)
         max_iter, tol = check_solver_params(self.max_iter, self.tol)
         if self.bounds is None:
             return gamma, max_iter, tol, None

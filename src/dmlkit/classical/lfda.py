@@ -9,7 +9,7 @@ import scipy.linalg
 import torch
 from torch import Tensor
 
-from dmlkit._checks import check_int_param
+from dmlkit._checks import check_int_param, check_real
 from dmlkit.classical.mahalanobis import (
     MahalanobisMixin,
     center,
@@ -18,7 +18,6 @@ from dmlkit.classical.mahalanobis import (
     resolve_device,
     solver_threads,
 )
-from dmlkit.classical.params import check_real_param
 
 
 def lfda_scatter(X: Tensor, labels: Tensor, n_neighbors: int) -> tuple[Tensor, Tensor]:
@@ -111,7 +110,7 @@ class LFDA(MahalanobisMixin):
                 f"{self.embedding_type!r}"
             )
         n_neighbors = check_int_param("n_neighbors", self.n_neighbors)
-        reg = check_real_param("reg", self.reg, 0.0, np.inf, high_open=True)
+        reg = check_real("reg", self.reg, 0.0, np.inf, high_open=True)
         if np.bincount(codes).max() < 2:
             raise ValueError("LFDA needs a class with at least 2 samples; every class has 1")
         device = resolve_device(self.device)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dmlkit._checks import check_int_param
+from dmlkit._checks import check_int_param, check_real
 from dmlkit.classical.mahalanobis import (
     CHUNK_BUDGET,
     MahalanobisMixin,
@@ -22,7 +22,7 @@ from dmlkit.classical.mahalanobis import (
     solver_threads,
     weighted_pair_grad,
 )
-from dmlkit.classical.params import check_real_param, check_solver_params
+from dmlkit.classical.params import check_solver_params
 from dmlkit.functional.chunking import chunk_size_for, row_chunks
 
 
@@ -173,7 +173,7 @@ class LMNN(MahalanobisMixin):
         """Fit on ``X (n_samples, n_features)`` with class labels ``y (n_samples,)``."""
         X, codes = self._validate_xy(X, y)
         n_neighbors = check_int_param("n_neighbors", self.n_neighbors)
-        mu = check_real_param("mu", self.mu, 0.0, 1.0)
+        mu = check_real("mu", self.mu, 0.0, 1.0)
         max_iter, tol = check_solver_params(self.max_iter, self.tol)
         k_out = check_n_components(self.n_components, X.shape[1])
         device = resolve_device(self.device)

@@ -15,8 +15,8 @@ from typing import Any
 
 from dmlkit._checks import check_int_param, check_real
 
-#: the learners' name for :func:`dmlkit._checks.check_real` (a ``ValueError`` naming the
-#: parameter, its interval, value and type)
+#: :func:`dmlkit._checks.check_real` under its former name here, for code that imports it
+#: from this module (the learners call ``check_real`` itself)
 check_real_param = check_real
 
 

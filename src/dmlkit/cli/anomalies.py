@@ -109,6 +109,35 @@ def check_rows(x: Any, option: str, path: Path) -> None:
         raise ValueError(f"{option} {path} holds no items")
 
 
+#: the command that fits and saves a detector, named where a saved one is refused
+REFIT = "dmlkit detect-anomalies --normal EMBEDDINGS.npz ... --save KIT"
+
+
+def check_detector_model(det: Any, detector: Path, data: Path) -> None:
+    """Refuse to score ``data`` with the saved detector ``det`` (from directory
+    ``detector``) when ``data`` records the fingerprint of another model than the one
+    whose embeddings the detector was fitted on (either unknown: nothing to compare)."""
+    from dmlkit.apps.persistence import check_kit_model
+    from dmlkit.index.provenance import embeddings_fingerprint
+
+    check_kit_model(det, embeddings_fingerprint(data), f"those of --data {data}",
+                    f"the detector {detector}", refit=REFIT)
+
+
+def fitted_model(det: Any, run_dir: Path | None, normal: Path | None,
+                 data: Path) -> str | None:
+    """The fingerprint to save a detector with (``--save``): for one fitted here without a
+    run, that of the model that embedded ``--normal`` (else ``--data``), as ``dmlkit
+    embed`` records it; for a saved one without a run, the one it records. ``None`` for a
+    detector with a run embedder (it records its run's) or when unknown."""
+    from dmlkit.apps.persistence import kit_model, run_embedder
+    from dmlkit.cli.recognition import data_model
+
+    if normal is not None:
+        return data_model(run_dir, str(normal), str(data))
+    return kit_model(det) if run_embedder(det) is None else None
+
+
 def _fit(run_dir: Path | None, normal: Path, key: str, method: str, contamination: float,
          n_neighbors: int) -> Any:
     from dmlkit.apps import DeepSVDD, MetricOutlierDetector
@@ -151,10 +180,14 @@ def register(app: typer.Typer) -> None:
         an ``anomaly`` (or ``labels``) array of 1 (anomaly) / 0 (normal) per row, AUROC
         and average precision are reported.
         With --detector the saved detector's own method, embedder and threshold are used.
+        Fitted on embeddings (no RUN_DIR), --save records the fingerprint of the model that
+        embedded --normal (as dmlkit embed writes it), and a saved detector refuses --data
+        embedded by another model.
         """
         import numpy as np
 
         from dmlkit.evaluation import write_json
+        from dmlkit.index.provenance import check_same_model
 
         try:
             if (normal is None) == (detector is None):
@@ -166,10 +199,15 @@ def register(app: typer.Typer) -> None:
                 check_method(method)
             x, truth, truth_name = read_rows_named(data, key, TRUTH_KEYS)
             check_rows(x, "--data", data)
-            det = (load_detector(detector) if detector is not None else
-                   _fit(run_dir, normal, key, method, contamination, n_neighbors))
+            if detector is not None:
+                det = load_detector(detector)
+                check_detector_model(det, detector, data)
+            else:
+                if run_dir is None and normal.is_file():  # embeddings: both of one model
+                    check_same_model(normal, data, "--normal and --data")
+                det = _fit(run_dir, normal, key, method, contamination, n_neighbors)
             if save is not None:
-                det.save(save)
+                det.save(save, model_sha256=fitted_model(det, run_dir, normal, data))
             scores = det.score_samples(x)
         except (ValueError, TypeError, FileNotFoundError, FileExistsError) as err:
             typer.echo(f"error: {err}", err=True)

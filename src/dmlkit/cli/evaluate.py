@@ -74,9 +74,12 @@ def read_embeddings(path: Path, emb_key: str | None = None,
     ValueError
         A missing array (naming the arrays the file has), embeddings that are not a
         finite ``(n, dim)`` matrix, or labels that are not one per row.
+    TypeError
+        Embeddings that are not real numbers (complex numbers, strings).
     """
     import numpy as np
 
+    from dmlkit._checks import check_real_inputs
     from dmlkit.data.npz import read_arrays
 
     arrays = read_arrays(path)
@@ -86,9 +89,11 @@ def read_embeddings(path: Path, emb_key: str | None = None,
             raise ValueError(f"{path} has no array {key!r} (the {role}); its arrays are "
                              f"{list(arrays)}: name them with --x-key and --labels-key")
     emb, labels = arrays[emb_key], arrays[labels_key]
-    if emb.ndim != 2 or not np.issubdtype(emb.dtype, np.number) or np.iscomplexobj(emb):
+    if emb.ndim != 2:
         raise ValueError(f"{path}: {emb_key!r} must be a real (n, dim) matrix of embeddings, "
                          f"got shape {emb.shape} of dtype {emb.dtype}")
+    check_real_inputs(emb, str(path), repr(emb_key),
+                      hint="; name the embeddings array with --x-key")
     if not np.isfinite(emb).all():
         bad = int((~np.isfinite(emb)).any(axis=1).sum())
         raise ValueError(f"{path}: {bad} rows of {emb_key!r} hold NaN or infinite values")

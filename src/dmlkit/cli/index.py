@@ -106,11 +106,12 @@ def _check_embeddings(source: Path, emb: Any) -> Any:
     """A finite real ``(n, dim)`` array, or an error naming ``source``."""
     import numpy as np
 
+    from dmlkit._checks import check_real_inputs
+
     emb = np.asarray(emb)
     if emb.ndim != 2:
         raise ValueError(f"{source}: embeddings must be (n, dim), got shape {emb.shape}")
-    if not np.issubdtype(emb.dtype, np.number) or np.iscomplexobj(emb):
-        raise ValueError(f"{source}: embeddings must be real numbers, got dtype {emb.dtype}")
+    check_real_inputs(emb, str(source), "embeddings")
     finite = np.isfinite(emb).all(axis=1)
     if not finite.all():
         raise ValueError(f"{source}: {int((~finite).sum())} of {len(emb)} embeddings hold "

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dmlkit._checks import check_real_inputs  # the one rule, re-exported here
 from dmlkit.data.dataset import ArrayDataset
 
 
@@ -65,23 +66,6 @@ def integer_inputs(x: np.ndarray, source: str) -> np.ndarray:
             "store 8-bit pixels as uint8 (x.astype(np.uint8)), or as floats in [0, 1]",
             UserWarning, stacklevel=3)
     return out
-
-
-def check_real_inputs(x: np.ndarray, source: str, subject: str, hint: str = "") -> None:
-    """A ``TypeError`` unless ``x`` holds real numbers (a bool, integer or float dtype): the
-    one rule for input arrays read from files.
-
-    The message names ``source`` (the file), ``subject`` (the array: ``"'x'"``, ``"the
-    features"``) and its dtype; complex numbers get the way to make them real, strings
-    and other non-numbers ``hint`` (what to check, e.g. which array is read).
-    """
-    kind = x.dtype.kind
-    if kind in "biuf":
-        return
-    what = ("complex numbers; keep a real part (x.real, np.abs(x)) or stack the real and "
-            "imaginary parts as channels" if kind == "c" else
-            f"strings{hint}" if kind in "SU" else f"no numbers{hint}")
-    raise TypeError(f"{source}: {subject} must be real numbers, got dtype {x.dtype} ({what})")
 
 
 def load_npz(path: str | Path, x_key: str = "x", labels_key: str = "labels") -> ArrayDataset:

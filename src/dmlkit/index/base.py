@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from dmlkit._checks import check_real_inputs
 from dmlkit.index.io import (
     IndexFormatError,
     load_array,
@@ -48,8 +49,7 @@ def to_numpy_2d(x: Any, dim: int, name: str = "x") -> np.ndarray:
         x = x[None, :]
     if x.ndim != 2 or x.shape[1] != dim:
         raise ValueError(f"{name} must have shape (n, {dim}), got {x.shape}")
-    if not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
-        raise TypeError(f"{name} must be real numbers, got dtype {x.dtype}")
+    check_real_inputs(x, "", name)
     x = np.ascontiguousarray(x, dtype=np.float32)
     if not np.isfinite(x).all():
         raise ValueError(f"{name} contains NaN or infinite values")

@@ -242,17 +242,14 @@ def prepare_inputs(x: np.ndarray, spec: InputSpec | None, source: str) -> np.nda
     float32 as they are; values beyond the training inputs' range (by more than half its
     width) warn.
     """
+    from dmlkit._checks import check_real_inputs
     from dmlkit.data.npz import integer_inputs
 
     x = np.asarray(x)
     if x.ndim < 2 and (spec is None or len(spec.shape) > 0):
         raise ValueError(f"{source}: raw inputs need a row per query, got shape {x.shape}")
-    if x.dtype.kind in "iu":
-        x = integer_inputs(x, source)
-    elif not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
-        raise TypeError(f"{source}: raw inputs must be real numbers, got dtype {x.dtype}")
-    else:
-        x = x.astype(np.float32)
+    check_real_inputs(x, source, "raw inputs")
+    x = integer_inputs(x, source) if x.dtype.kind in "iu" else x.astype(np.float32)
     if not np.isfinite(x).all():
         raise ValueError(f"{source}: raw inputs contain NaN or infinite values")
     if spec is None:
