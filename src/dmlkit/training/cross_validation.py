@@ -23,13 +23,11 @@ import torch
 from dmlkit.config.schema import Config
 from dmlkit.data.class_folds import MIN_CLASSES, class_folds
 from dmlkit.data.dataset import ArrayDataset
-from dmlkit.data.load import check_training_data, training_dataset
 from dmlkit.data.splits import select_classes
-from dmlkit.training.build import resolve_config
-from dmlkit.training.checks import check_model_settings, check_training_inputs
+from dmlkit.training.build import build_sampler, resolve_config
 from dmlkit.training.frozen_features import check_frozen_config, frozen_feature_data
 from dmlkit.training.rng import get_rng_state, rng_scope, set_rng_state
-from dmlkit.training.run import augmented
+from dmlkit.training.run import augmented, training_split
 from dmlkit.training.trainer import Trainer
 
 EpochCallback = Callable[[int, float], None]
@@ -139,13 +137,9 @@ def cross_validate(
 
 
 def training_part(config: Config) -> ArrayDataset:
-    """The training side of ``build_splits(config, for_training=True)``, checked alike,
-    from :func:`~dmlkit.data.load.training_dataset`: the held-out part is not read."""
-    check_training_data(config.data)
-    check_model_settings(config)
-    train = training_dataset(config.data)
-    check_training_inputs(config, train.x)
-    return train
+    """The training side of ``build_splits(config, for_training=True)``, checked alike
+    (:func:`~dmlkit.training.run.training_split`): the held-out part is not read."""
+    return training_split(config)[0]
 
 
 def _cross_validate(
@@ -172,13 +166,16 @@ def _cross_validate(
             cfg.training.patience = None
         resolved = resolve_config(cfg, fold_train.x[0], int(fold_train.labels.max()) + 1)
         # a frozen backbone's features, cached, as dmlkit train uses them (not a forward
-        # pass of the whole network on every batch)
-        fold_in, val_in = frozen_feature_data(resolved, fold_train, val)
+        # pass of the whole network on every batch), and the model that trains on them
+        features = frozen_feature_data(resolved, fold_train, val)
         try:
-            trainers.append(Trainer(resolved, augmented(fold_in, cfg), val_data=val_in,
-                                    log=None))
-        except ValueError as err:  # e.g. a batch of more classes than a fold trains on
-            raise ValueError(
+            trainers.append(Trainer(resolved, augmented(features.train, cfg),
+                                    val_data=features.val, log=None, model=features.model,
+                                    model_rng=features.model_rng))
+        except ValueError as err:
+            if _batch_problem(resolved, fold_train) != str(err):
+                raise  # a model or loss setting: not the folds' doing
+            raise ValueError(  # e.g. a batch of more classes than a fold trains on
                 f"a fold trains on {len(train_classes)} of the {len(train.classes)} training "
                 f"classes (the others validate): {err} (set it for the folds, e.g. "
                 f"dmlkit crossval --set sampler.batch_size=...)") from None
@@ -221,6 +218,20 @@ def _cross_validate(
     score = final if objective == "final" else best
     seconds = time.perf_counter() - start
     return CrossValResult(score, final, best, raw, objective, results, curve, seconds)
+
+
+def _batch_problem(config: Config, train: ArrayDataset) -> str | None:
+    """Why the configured sampler cannot batch ``train`` (a fold's training items), as
+    building it says; ``None`` when it can, or when it needs the model to be built."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            build_sampler(config, train.labels, len(train), train)
+    except (ValueError, TypeError) as err:
+        return str(err)
+    return None
 
 
 def _raw_map_at_r(val: Any) -> float:

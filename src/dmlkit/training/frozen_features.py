@@ -3,19 +3,42 @@
 A run whose model is a pretrained embedder in ``frozen`` mode trains on the backbone's
 features of its training (and validation) images, computed once and cached on disk
 (:mod:`dmlkit.models.pretrained.feature_cache`); the model takes those features in
-place of images, and still takes images when the run is used afterwards.
+place of images, and still takes images when the run is used afterwards. The model built
+to compute them is the one that trains (its weights are loaded once).
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from torch import nn
 
 from dmlkit.config.schema import Config
 from dmlkit.data.dataset import ArrayDataset
+from dmlkit.training.build import build_model
+from dmlkit.training.rng import get_rng_state, rng_scope
+
+
+class FeatureData(NamedTuple):
+    """What :func:`frozen_feature_data` gives: the ``train`` and ``val`` data to train on,
+    and the ``model`` built to compute their features with ``model_rng``, the random state
+    its building left (both ``None`` for a model that is not a frozen backbone): passed on
+    as they are to :class:`~dmlkit.training.Trainer`, which then builds no second model."""
+
+    train: ArrayDataset
+    val: Any
+    model: nn.Module | None = None
+    model_rng: dict[str, Any] | None = None
+
+
+def seeded_model(config: Config) -> tuple[nn.Module, dict[str, Any]]:
+    """The configured model built as :class:`~dmlkit.training.Trainer` builds it (seeded by
+    ``training.seed``), and the random state its building left: a trainer given both
+    (``model``, ``model_rng``) trains exactly as one that builds its own."""
+    with rng_scope(config.training.seed):
+        return build_model(config), get_rng_state()
 
 
 def is_frozen_backbone(model: nn.Module) -> bool:
@@ -53,9 +76,10 @@ def check_frozen_config(config: Config) -> bool:
 
 def frozen_feature_data(
     config: Config, train: ArrayDataset, val: Any, log: Callable[[str], None] | None = None
-) -> tuple[ArrayDataset, Any]:
-    """``(train, val)`` as cached backbone features when ``config.model`` is a frozen
-    pretrained embedder, else unchanged.
+) -> FeatureData:
+    """``train`` and ``val`` as cached backbone features, with the model that computed them
+    (:func:`seeded_model`), when ``config.model`` is a frozen pretrained embedder; else
+    unchanged, and no model.
 
     Raises
     ------
@@ -63,14 +87,13 @@ def frozen_feature_data(
         Augmentation is configured: cached features cannot be augmented.
     """
     if not check_frozen_config(config):
-        return train, val
-    from dmlkit.training.build import build_model
-
-    model = build_model(config)
+        return FeatureData(train, val)
+    model, model_rng = seeded_model(config)
     train = feature_dataset(model, train, log)
     if getattr(val, "x", None) is not None:
         val = feature_dataset(model, val, log)
-    return train, val
+    return FeatureData(train, val, model, model_rng)
 
 
-__all__ = ["is_frozen_backbone", "feature_dataset", "frozen_feature_data", "check_frozen_config"]
+__all__ = ["FeatureData", "is_frozen_backbone", "feature_dataset", "frozen_feature_data",
+           "check_frozen_config", "seeded_model"]

@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -26,7 +26,12 @@ from torch import Tensor, nn
 
 from dmlkit.config.schema import Config
 from dmlkit.data.dataset import ArrayDataset
-from dmlkit.data.load import check_training_classes, check_training_data, split_dataset
+from dmlkit.data.load import (
+    check_training_classes,
+    check_training_data,
+    split_dataset,
+    training_dataset,
+)
 from dmlkit.data.splits import stratified_split
 from dmlkit.training.build import build_model, resolve_config
 from dmlkit.training.checkpoint import (
@@ -39,7 +44,7 @@ from dmlkit.training.checks import check_model_settings, check_patience, check_t
 from dmlkit.training.data_fingerprint import LazyFingerprint, check_resume_data
 from dmlkit.training.device import check_device
 from dmlkit.training.distributed import init_from_env, is_main_process, world_size_from_env
-from dmlkit.training.frozen_features import frozen_feature_data
+from dmlkit.training.frozen_features import FeatureData, frozen_feature_data
 from dmlkit.training.run_dir import (
     check_resume,
     checkpoint_weights,
@@ -89,9 +94,8 @@ def build_splits(config: Config, *, for_training: bool = False
                  ) -> tuple[ArrayDataset, ArrayDataset]:
     """The ``(train, heldout)`` datasets of a run (train before any validation carve-out).
 
-    ``for_training``: also refuse data settings a new run must not train with
-    (:func:`~dmlkit.data.load.check_training_data`); a saved run's data is rebuilt as it
-    was trained.
+    ``for_training``: also refuse data and model settings a new run must not train with
+    (:func:`training_split`); a saved run's data is rebuilt as it was trained.
 
     A run trained from a tuple file has no labelled splits: a clear error, never the
     config's default dataset in their place.
@@ -103,13 +107,29 @@ def build_splits(config: Config, *, for_training: bool = False
             "data (--data), name it explicitly (a dataset name, a labelled .npz file, an "
             "IDX or image folder)"
         )
-    if for_training:
-        check_training_data(config.data)
-        check_model_settings(config)
-    train, heldout = split_dataset(config.data)
-    if for_training:
-        check_training_inputs(config, train.x)
-    return train, heldout
+    if not for_training:
+        return split_dataset(config.data)
+    train, heldout = training_split(config, heldout=True)
+    return train, cast(ArrayDataset, heldout)  # (read: heldout=True)
+
+
+def training_split(config: Config, *, heldout: bool = False
+                   ) -> tuple[ArrayDataset, ArrayDataset | None]:
+    """``(train, heldout)`` of a new run, train before any validation carve-out, refusing
+    data settings it must not train with (:func:`~dmlkit.data.load.check_training_data`),
+    model settings that contradict each other, and inputs the model cannot take.
+
+    ``heldout``: read the held-out part too (:func:`~dmlkit.data.load.split_dataset`);
+    else it is never read (:func:`~dmlkit.data.load.training_dataset`) and is ``None``.
+    """
+    check_training_data(config.data)
+    check_model_settings(config)
+    if heldout:
+        train, held = split_dataset(config.data)
+    else:
+        train, held = training_dataset(config.data), None
+    check_training_inputs(config, train.x)
+    return train, held
 
 
 def augmented(train: ArrayDataset, config: Config) -> ArrayDataset:
@@ -267,8 +287,6 @@ def _train_run(
     checkpoint: dict[str, Any] | None,
 ) -> RunResult:
     if config.data.kind != "labels":  # pairs / triplets without class labels
-        if checkpoint is not None:  # (a weak run reads it itself: free this copy)
-            checkpoint.clear()
         if world_size_from_env() > 1:
             raise ValueError("multi-process training (torchrun) needs class labels; tuple "
                              f"data (data.kind: {config.data.kind}) trains in one process")
@@ -278,7 +296,7 @@ def _train_run(
             )
         from dmlkit.training.weak import train_weak_run
 
-        return train_weak_run(config, out_dir, resume, log, callbacks)
+        return train_weak_run(config, out_dir, resume, log, callbacks, checkpoint=checkpoint)
     start = time.perf_counter()
     distributed = init_from_env(config.training.device)  # launched by torchrun: N processes
     # (on an error, no barrier: the other processes may be inside another collective,
@@ -309,8 +327,9 @@ def _train_labelled(config: Config, out_dir: Path, checkpoint: dict[str, Any] | 
         check_resume_data(out_dir, fingerprint, checkpoint)
     train, val = validation_split(train, config)
     resolved = resolve_config(config, train.x[0], int(train.labels.max()) + 1)
-    train, val = frozen_feature_data(resolved, train, val, log)  # cached, if frozen backbone
-    train = augmented(train, config)
+    # a frozen backbone's features, cached, and the model that computed them, which trains
+    features = frozen_feature_data(resolved, train, val, log)
+    train, val = augmented(features.train, config), features.val
     created = created_here(out_dir)  # (claimed by train_run; else made here)
     fresh = not out_dir.exists() if created is None else created
     if is_main_process():  # (only rank 0 writes: another rank's folder is not "fresh")
@@ -318,7 +337,7 @@ def _train_labelled(config: Config, out_dir: Path, checkpoint: dict[str, Any] | 
         atomic_write_text(resolved.to_yaml(), out_dir / CONFIG_FILE)
     try:
         trainer = _trainer(resolved, train, val, out_dir, log, callbacks, distributed,
-                           fingerprint)
+                           fingerprint, features)
     except BaseException:  # a bad model or sampler setting: leave no half-made run behind
         if fresh and is_main_process():
             shutil.rmtree(out_dir, ignore_errors=True)
@@ -363,15 +382,16 @@ def _named_classes(data: ArrayDataset, config: Config) -> str:
 
 
 def _trainer(resolved: Config, train: Any, val: Any, out_dir: Path, log: Any,
-             callbacks: tuple, distributed: bool,
-             fingerprint: LazyFingerprint | None) -> Trainer:
+             callbacks: tuple, distributed: bool, fingerprint: LazyFingerprint | None,
+             features: FeatureData) -> Trainer:
     trainer_cls = Trainer
     if distributed:
         from dmlkit.training.distributed import DistributedTrainer
 
         trainer_cls = DistributedTrainer
     return trainer_cls(resolved, train, val_data=val, out_dir=out_dir, log=log,
-                       callbacks=callbacks, data_fingerprint=fingerprint)
+                       callbacks=callbacks, data_fingerprint=fingerprint,
+                       model=features.model, model_rng=features.model_rng)
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
@@ -443,6 +463,7 @@ __all__ = [
     "load_run",
     "metrics_table",
     "train_run",
+    "training_split",
     "validation_split",
     "METRIC_KEYS",
 ]

@@ -48,10 +48,8 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def regularization(
-    embeddings: Tensor, reference: Tensor | None, anchor_weight: float,
-    uniformity_weight: float,
-) -> Tensor | float:
+def regularization(embeddings: Tensor, reference: Tensor | None, anchor_weight: float,
+                   uniformity_weight: float) -> Tensor | float:
     """The regularizers a batch's loss gets: ``anchor_weight x`` the similarity drift from
     ``reference`` (the starting model's embeddings of the same items; skipped when None)
     plus ``uniformity_weight x`` the batch's uniformity (skipped for a batch of one)."""
@@ -87,6 +85,9 @@ class Trainer:
         Where checkpoints and ``train.log`` go; without it nothing is written.
     model, loss, miner, sampler : optional
         Ready-made components instead of the configured ones.
+    model_rng : dict, optional
+        With ``model`` built as configured (:func:`~dmlkit.training.frozen_features.seeded_model`):
+        the random state its building left; the trainer goes on from it, as if it built it.
     collate_fn : callable, optional
         Turns a list of items into a batch (default ``torch.utils.data.default_collate``).
     callbacks : sequence of callable, optional
@@ -155,6 +156,7 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         log: Callable[[str], None] | None = print,
         data_fingerprint: Fingerprint | None = None,
+        model_rng: dict[str, Any] | None = None,
     ) -> None:
         self.config = config
         self.data_fingerprint = data_fingerprint
@@ -164,6 +166,8 @@ class Trainer:
         self.device = resolve_device(config.training.device)
         with rng_scope(config.training.seed):  # deterministic initial weights
             self.model = (model if model is not None else build_model(config)).to(self.device)
+            if model_rng is not None:  # (the loss's draws follow the model's, as built here)
+                set_rng_state(model_rng)
             dim = getattr(self.model, "dim", None)
             if loss is None and isinstance(dim, int) and embedding_dim(config.model) is None:
                 # a model whose width only its weights know (a pretrained text encoder):
@@ -179,12 +183,11 @@ class Trainer:
             self.anchor_model = copy.deepcopy(self.model).eval().requires_grad_(False)
         labels = getattr(train_data, "labels", None)
         self.collate_fn = collate_fn or default_collate  # (the check below fetches a batch)
-        check_trainable(self, labels, given={"model": model, "miner": miner, "loss": loss})
+        check_trainable(self, labels, given={"model": model if model_rng is None else None,
+                                             "miner": miner, "loss": loss})
         check_grad_cache(self.model, config.training.grad_cache_chunk)
-        self.sampler = (
-            sampler if sampler is not None
-            else build_sampler(config, labels, len(train_data), train_data, self.model)
-        )
+        self.sampler = sampler if sampler is not None else build_sampler(
+            config, labels, len(train_data), train_data, self.model)
         check_batch_negatives(self, labels, given={"sampler": sampler, "loss": loss})
         self.callbacks = list(callbacks)
         self.log = log or (lambda _msg: None)
@@ -196,9 +199,8 @@ class Trainer:
         if not self.trainable:
             self.log("nothing to train: the model has no trainable parameters (e.g. "
                      "head_type: none); it is evaluated as it is")
-        self.scheduler = build_scheduler(
-            config.schedule, self.optimizer, len(self.sampler), config.training.epochs
-        )
+        self.scheduler = build_scheduler(config.schedule, self.optimizer, len(self.sampler),
+                                         config.training.epochs)
         self.amp_dtype = torch.bfloat16 if self.device.type == "cpu" else torch.float16
         use_scaler = config.training.amp and self.amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)

@@ -41,7 +41,7 @@ from dmlkit.distances.euclidean import EuclideanDistance
 from dmlkit.registry import LOSSES
 from dmlkit.training.build import resolve_config
 from dmlkit.training.checkpoint import atomic_save, atomic_write_text
-from dmlkit.training.data_fingerprint import check_resume_data, data_fingerprint
+from dmlkit.training.data_fingerprint import LazyFingerprint, check_resume_data
 from dmlkit.training.run import CONFIG_FILE, METRICS_FILE, MODEL_FILE, RunResult, heldout_metrics
 from dmlkit.training.run_dir import created_here
 from dmlkit.training.trainer import Trainer
@@ -223,8 +223,9 @@ def label_losses(spec: Any) -> list[str]:
     return found
 
 
-def _fingerprint(splits: WeakSplits) -> dict[str, str]:
-    """The checksums of a weak run's data (:mod:`~dmlkit.training.data_fingerprint`)."""
+def _fingerprint(splits: WeakSplits) -> LazyFingerprint:
+    """The checksums of a weak run's data (:mod:`~dmlkit.training.data_fingerprint`),
+    computed where they are used: at the first checkpoint, or to compare on a resume."""
     train = splits.train
     parts: dict[str, Any] = {"the training tuples": [train.tuples, train.similar],
                              "the items": train.items}
@@ -235,13 +236,18 @@ def _fingerprint(splits: WeakSplits) -> dict[str, str]:
         parts["the held-out split"] = [splits.heldout.x, splits.heldout.labels]
     if splits.val is not None:
         parts["the validation items"] = [splits.val.x, splits.val.labels]
-    return data_fingerprint(parts)
+    return LazyFingerprint(parts)
 
 
 def train_weak_run(
-    config: Config, out_dir: Path, resume: bool, log: Any, callbacks: tuple
+    config: Config, out_dir: Path, resume: bool, log: Any, callbacks: tuple, *,
+    checkpoint: dict[str, Any] | None = None,
 ) -> RunResult:
-    """:func:`~dmlkit.training.train_run` for ``data.kind`` pairs / triplets."""
+    """:func:`~dmlkit.training.train_run` for ``data.kind`` pairs / triplets.
+
+    ``checkpoint``: on a resume, ``out_dir``'s checkpoint as the caller loaded it already
+    (:func:`~dmlkit.training.run_dir.check_resume`): compared and restored without reading
+    the file again (and emptied then); without it the file is read here."""
     start = time.perf_counter()
     problems = label_losses(config.loss)
     if problems:
@@ -254,7 +260,7 @@ def train_weak_run(
     splits = build_weak_splits(config)
     fingerprint = _fingerprint(splits)
     if resume:  # (before config.yaml is written again)
-        check_resume_data(out_dir, fingerprint)
+        check_resume_data(out_dir, fingerprint, checkpoint)
     # (no classes: a loss with optional per-class parameters, margin's betas, keeps one)
     resolved = resolve_config(config, splits.train.example(), None)
     created = created_here(out_dir)  # (claimed by train_run; else made here)
@@ -277,7 +283,7 @@ def train_weak_run(
         if fresh:
             shutil.rmtree(out_dir, ignore_errors=True)
         raise
-    history = trainer.fit(resume=resume)
+    history = trainer.fit(resume=resume, checkpoint=checkpoint)
     atomic_save(trainer.model.state_dict(), out_dir / MODEL_FILE)
     if splits.heldout is not None:
         metrics = heldout_metrics(trainer.model, splits.heldout, device=trainer.device)

@@ -346,8 +346,8 @@ def _run_trial(
             same = _same_config_done(study, trial, cfg)
             if same is not None:  # the folds are deterministic: its score, not a re-run
                 _reuse(study, trial, same)
-                log(f"{tag} is trial {same.number}'s config again: its mean MAP@R "
-                    f"{same.value:.4f}, not trained again")
+                log(f"{tag} finished: mean MAP@R {same.value:.4f}, trial {same.number}'s "
+                    "config again (its score: not trained again)")
                 return
 
             def on_epoch(epoch: int, mean: float) -> None:
