@@ -73,14 +73,25 @@ def load_idx(
     labels: str | Path,
     class_names: list[str] | None = None,
 ) -> ArrayDataset:
-    """An image IDX file and its label IDX file as ``(n, 1, H, W)`` float32 in ``[0, 1]``."""
+    """An image IDX file and its label IDX file as ``(n, 1, H, W)`` float32 in ``[0, 1]``.
+
+    Files that do not fit together (other counts of images and labels) or labels that
+    are no class ids are a ``ValueError`` naming the files.
+    """
     x = read_idx(images)
     y = read_idx(labels)
+    if x.ndim and y.ndim and x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"{images} holds {x.shape[0]} images but {labels} holds {y.shape[0]} labels; "
+            "the two files must be of one part: replace the wrong one")
     if x.ndim == 3:
         x = x[:, None]  # (n, 1, H, W)
     scale = 255.0 if x.dtype == np.uint8 else 1.0  # 8-bit pixels -> [0, 1]
     x = x.astype(np.float32) / scale
-    return ArrayDataset(x, y.astype(np.int64), class_names)
+    try:
+        return ArrayDataset(x, y.astype(np.int64), class_names)
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"{images}, {labels}: {err}") from None
 
 
 def load_idx_dir(

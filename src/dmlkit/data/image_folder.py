@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections import Counter
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -206,14 +207,38 @@ def load_image_folder(
         arrays = [np.repeat(a, 3, axis=0) if a.shape[0] == 1 else a for a in arrays]
     labels = [label for label, _ in files]
     paths = [str(file) for _, file in files]
-    shapes = {a.shape for a in arrays}
-    if len(shapes) > 1:
+    if len({a.shape for a in arrays}) > 1:
+        sizes, examples = size_list([a.shape for a in arrays],
+                                    [file.relative_to(root) for _, file in files])
         raise ValueError(
-            f"images under {root} differ in size {sorted(shapes)}; set data.image_size "
-            "(e.g. data.image_size: 32, or [height, width]) to resize every image to it")
+            f"images under {root} differ in size {sizes}; set data.image_size (e.g. "
+            "data.image_size: 32, or [height, width]) to resize every image to it; one "
+            f"image of each size (under {root}): {examples}")
     return ArrayDataset(np.stack(arrays), np.asarray(labels, dtype=np.int64), names, paths)
+
+
+def listed_files(items: Sequence[tuple[str | Path, tuple[int, ...]]], most: int = 5) -> str:
+    """``(file, shape)`` pairs for a message: ``a.png of shape (1, 8, 8), ...``, at most
+    ``most`` of them, then ``and N more``."""
+    text = ", ".join(f"{p} of shape {s}" for p, s in items[:most])
+    return text + (f" and {len(items) - most} more" if len(items) > most else "")
+
+
+def size_list(shapes: Sequence[tuple[int, ...]], files: Sequence[str | Path],
+              most: int = 4) -> tuple[str, str]:
+    """The sizes of a set of images for a message: ``(sizes, examples)``, the ``most``
+    commonest shapes (``[(3, 28, 28), (3, 40, 32) and N more]``) and one file of each
+    (:func:`listed_files`); ``shapes[i]`` is the shape of ``files[i]``'s image."""
+    counts = Counter(shapes)
+    order = sorted(counts, key=lambda s: (-counts[s], s))[:most]  # commonest first
+    first: dict[tuple[int, ...], str | Path] = {}
+    for shape, file in zip(shapes, files, strict=True):
+        first.setdefault(shape, file)
+    more = f" and {len(counts) - most} more" if len(counts) > most else ""
+    return (f"[{', '.join(str(s) for s in order)}{more}]",
+            listed_files([(first[s], s) for s in order], most))
 
 
 __all__ = ["load_image_folder", "folder_images", "header_colour", "read_image", "to_mode",
            "resize", "to_array", "IMAGE_SUFFIXES", "GREY_MODES", "class_folders", "image_files",
-           "is_color", "image_header", "folder_color"]
+           "is_color", "image_header", "folder_color", "listed_files", "size_list"]

@@ -178,7 +178,8 @@ def _image_classes(cfg: DataConfig) -> ArrayDataset:
     folder's listing, before any image is decoded."""
     names, files = folder_images(cfg.path)  # type: ignore[arg-type]
     labels = np.asarray([label for label, _ in files], dtype=np.int64)
-    listing = ArrayDataset(np.zeros((len(files), 1), dtype=np.float32), labels, names)
+    listing = ArrayDataset(np.zeros((len(files), 1), dtype=np.float32), labels, names,
+                           [str(file) for _, file in files])
     keep = class_split(listing, cfg.train_classes, cfg.test_classes)[0].classes  # type: ignore[arg-type]
     return load_image_folder(cfg.path, cfg.image_size, cfg.color,  # type: ignore[arg-type]
                              keep_classes=keep)
@@ -187,14 +188,30 @@ def _image_classes(cfg: DataConfig) -> ArrayDataset:
 def check_training_data(cfg: DataConfig) -> None:
     """Refuse data settings a new run must not train with (a saved run's config is not
     checked again: its data are rebuilt as they were trained):
-    :func:`check_heldout_part`, and a ``path`` on the bundled ``digits`` source, which
-    reads no file (the run would train on the digits, not on the file)."""
+    :func:`check_heldout_part`, a ``path`` on the bundled ``digits`` source, which
+    reads no file (the run would train on the digits, not on the file), and an
+    ``image_size`` on a source that reads no image files (:func:`check_image_size`)."""
     check_heldout_part(cfg)
+    check_image_size(cfg)
     if cfg.name == "digits" and cfg.path:
         raise ValueError(
             f"data.name 'digits' (scikit-learn's bundled set) reads no file, but data.path "
             f"is {cfg.path!r}; for your own data set data.name too (npz, image_folder, "
             "idx, audio_folder or text), or remove data.path")
+
+
+def check_image_size(cfg: DataConfig) -> None:
+    """Refuse ``data.image_size`` where the source does not read it: it resizes the
+    images read from files (an image folder, a tuple file's image paths); arrays
+    (``.npz``, IDX, the bundled sets) are taken as stored, so the setting would be
+    recorded in the run but do nothing."""
+    if cfg.image_size is None or cfg.name == "image_folder" or cfg.tuples is not None:
+        return
+    raise ValueError(
+        f"data.image_size {cfg.image_size} resizes images read from an image folder "
+        f"(data.name: image_folder), but a {cfg.name!r} source's items are used as "
+        "stored; remove data.image_size and let the model resize (e.g. model.resolution "
+        "for efficientnet_lite0), or resize the arrays before saving them")
 
 
 def check_heldout_part(cfg: DataConfig) -> None:
@@ -304,6 +321,6 @@ def describe(cfg: DataConfig) -> str:
 
 
 __all__ = ["data_config", "load_dataset", "split_dataset", "training_dataset",
-           "check_heldout_part",
+           "check_heldout_part", "check_image_size",
            "check_training_data",
            "check_training_classes", "class_names", "describe", "select_classes"]

@@ -79,8 +79,10 @@ def load_npz(path: str | Path, x_key: str = "x", labels_key: str = "labels") -> 
     arrays of either become ``(n, 1, H, W)``); every other integer dtype becomes float32
     unscaled, with a warning when it holds images (``ndim >= 3``) with values above 1.
     Floats are kept (as float32). An optional ``class_names`` array of strings is read
-    when present. Complex or non-numeric ``x`` (strings) is a ``TypeError`` naming the
-    file and the array.
+    when present; it is indexed by label (``class_names[label]``), so one shorter than
+    the largest label + 1 is a ``ValueError``. Complex or non-numeric ``x`` (strings) is
+    a ``TypeError`` naming the file and the array; every other refusal of the arrays
+    names the file too.
     """
     path = Path(path)
     if not path.is_file():
@@ -103,8 +105,25 @@ def load_npz(path: str | Path, x_key: str = "x", labels_key: str = "labels") -> 
         x = x[:, None]  # (n, 1, H, W)
     x = integer_inputs(x, str(path))
     if labels.dtype.kind not in "iu":
-        raise ValueError(f"{path}: {labels_key!r} must hold integer labels, got {labels.dtype}")
-    return ArrayDataset(x, labels.astype(np.int64), names)
+        hint = ("; map class names to ids before saving: names, ids = np.unique(labels, "
+                "return_inverse=True), then np.savez(..., labels=ids, class_names=names)"
+                if labels.dtype.kind in "USO" else "")
+        raise ValueError(f"{path}: {labels_key!r} must hold integer labels, got "
+                         f"{labels.dtype}{hint}")
+    if x.ndim and labels.ndim and x.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"{path}: {x_key!r} has {x.shape[0]} rows but {labels_key!r} has "
+            f"{labels.shape[0]}; every item needs one label: write the file again with "
+            "arrays of one length")
+    if names is not None and labels.ndim == 1 and labels.size and len(names) <= labels.max():
+        raise ValueError(
+            f"{path}: 'class_names' holds {len(names)} names, but labels reach "
+            f"{int(labels.max())}; class_names are indexed by label (class_names[label]), "
+            f"so it needs {int(labels.max()) + 1} entries (write it again, or drop it)")
+    try:
+        return ArrayDataset(x, labels.astype(np.int64), names)
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"{path}: {err}") from None
 
 
 __all__ = ["PIXEL_SCALES", "check_real_inputs", "integer_inputs", "load_npz", "read_arrays"]

@@ -34,12 +34,13 @@ def class_split(
                 else set(class_ids(data, test_classes, "test_classes")))
     overlap = sorted(train_set & test_set)
     if overlap:
-        raise ValueError(f"train_classes and test_classes overlap on "
+        raise ValueError(f"data.train_classes and data.test_classes overlap on "
                          f"{named_ids(overlap, data.class_names)}")
-    for name, cls in (("train_classes", train_set), ("test_classes", test_set)):
+    for name, cls in (("data.train_classes", train_set), ("data.test_classes", test_set)):
         missing = sorted(cls - present)
         if missing:
-            raise ValueError(f"{name} {missing} are not in the data (classes: "
+            raise ValueError(f"{name} {named_ids(missing, data.class_names)} are not in the data"
+                             f"{_without_items(data, missing)} (classes: "
                              f"{named_ids(sorted(present), data.class_names)})")
         if not cls:
             raise ValueError(f"{name} is empty")
@@ -61,6 +62,7 @@ def class_ids(data: ArrayDataset, classes: Sequence[int | str], key: str = "clas
     """
     names = data.class_names
     key = key if "." in key else f"data.{key}"  # (a key of another section: as given)
+    check_folder_ids(data, classes, key)
     out: list[int] = []
     for c in classes:
         if isinstance(c, str):
@@ -78,6 +80,60 @@ def class_ids(data: ArrayDataset, classes: Sequence[int | str], key: str = "clas
             raise TypeError(f"{key} holds {c!r} ({type(c).__name__}), which is neither "
                             f"a class id (an integer) nor a class name")
     return out
+
+
+def check_folder_ids(data: ArrayDataset, classes: Sequence[int | str], key: str) -> None:
+    """Refuse integer ``classes`` that would pick another numbered class folder.
+
+    The class ids of image and audio folders (data read from files, ``data.paths``)
+    follow the sorted sub-folder names, as torchvision's ``ImageFolder`` numbers them, so
+    with folders ``0`` ... ``11`` id 2 is the folder ``10``. An integer of ``classes``
+    that is the id of a folder whose name is another integer, or that is no id but the
+    name of a folder, is ambiguous: a ``ValueError`` names the folder it is and says to
+    write the folder names as strings. Other data (``.npz`` ``class_names`` are given
+    per label) pass.
+    """
+    names, classes = data.class_names, list(classes)
+    if names is None or data.paths is None:
+        return
+    ints = [int(c) for c in classes if isinstance(c, numbers.Integral) and not isinstance(c, bool)]
+    odd: list[str] = []
+    for c in dict.fromkeys(ints):
+        if 0 <= c < len(names):
+            if _is_number(names[c]) and int(names[c]) != c:
+                odd.append(f"id {c} is the folder {names[c]!r}")
+        elif str(c) in names:
+            odd.append(f"{c} is no class id (the folder {str(c)!r} is id {names.index(str(c))})")
+    if not odd:
+        return
+    shown = ", ".join(odd[:3]) + (f" and {len(odd) - 3} more" if len(odd) > 3 else "")
+    strings = ", ".join(f'"{c}"' for c in classes[:8]) + (", ..." if len(classes) > 8 else "")
+    raise ValueError(
+        f"{key} {classes}: class ids follow the sorted folder names "
+        f"({', '.join(names[:5])}{', ...' if len(names) > 5 else ''}), so {shown}; to mean "
+        f"folders by name, write the names as strings, e.g. {key.rpartition('.')[2]}: "
+        f"[{strings}]")
+
+
+def _is_number(name: str) -> bool:
+    """Whether a class (folder) name is a non-negative integer (``"7"``, ``"10"``)."""
+    return name.isascii() and name.isdigit()
+
+
+def _without_items(data: ArrayDataset, missing: Sequence[int]) -> str:
+    """For a message on ``missing`` classes: which of them are named classes of ``data``
+    that hold no items (an empty class folder), else ``""``."""
+    names = data.class_names
+    empty = [names[i] for i in missing if names is not None and 0 <= i < len(names)]
+    if not empty:
+        return ""
+    paths = data.paths
+    what, items = (("class", "items") if paths is None else
+                   ("folder", "WAV files" if paths and paths[0].lower().endswith(".wav")
+                    else "images"))
+    return (f": the {what}{'s' if len(empty) > 1 else ''} "
+            f"{', '.join(repr(n) for n in empty)} hold{'s' if len(empty) == 1 else ''} "
+            f"no {items}")
 
 
 def named_ids(ids: Sequence[int], names: Sequence[str] | None) -> str:
@@ -148,6 +204,7 @@ def limit_per_class(data: ArrayDataset, max_per_class: int, seed: int = 0) -> Ar
 
 
 __all__ = [
+    "check_folder_ids",
     "class_ids",
     "class_split",
     "named_ids",
