@@ -60,7 +60,8 @@ class DeepSVDD(OutlierMixin, BaseEstimator):
         Shape of one image when ``X`` holds flattened images.
     dim : int
         Output dimension of the network.
-    epochs, batch_size, lr, weight_decay : training settings (Adam).
+    epochs, batch_size, lr, weight_decay : training settings (Adam); ``batch_size`` is at
+        least 2 (the networks batch-normalize).
     center_eps : float
         Centre coordinates closer to 0 than this are pushed to ``+-center_eps`` (a zero
         coordinate is trivially reachable by zeroing weights).
@@ -146,6 +147,10 @@ class DeepSVDD(OutlierMixin, BaseEstimator):
 
         if not 0.0 < float(self.contamination) <= 0.5:
             raise ValueError(f"contamination must be in (0, 0.5], got {self.contamination!r}")
+        size = self.batch_size
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 2:
+            raise ValueError(f"batch_size must be an integer >= 2 (the network's batch "
+                             f"normalization needs two rows per batch), got {size!r}")
         frac = self.calibration_fraction
         if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0.0 < frac < 1.0:
             raise ValueError(f"calibration_fraction must be in (0, 1) (the share of rows held "

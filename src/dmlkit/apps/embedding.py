@@ -38,14 +38,19 @@ def validate_inputs(estimator: Any, X: Any, *, reset: bool, images: bool) -> np.
     from sklearn.utils.validation import validate_data
 
     X = dense_array(X)
-    if X.ndim <= 2 or not images:
+    check_finite_rows(X, "X")
+    if X.ndim > 2 and not images:
+        rows = int(np.prod(X.shape[1:]))
+        raise ValueError(
+            f"X has shape {X.shape}: {type(estimator).__name__} without an embedder scores "
+            f"rows of features (n, d); flatten X to ({X.shape[0]}, {rows}) rows, or pass an "
+            "embedder (a run directory or a module) that takes these inputs")
+    if X.ndim <= 2:
         return validate_data(estimator, X, reset=reset, dtype=[np.float32, np.float64])
     check_real_inputs(X, "", "X")
     if X.shape[0] == 0:
         raise ValueError(f"Found array with 0 sample(s) (shape={X.shape})")
     X = X.astype(np.float32, copy=False)
-    if not np.isfinite(X).all():
-        raise ValueError("Input X contains NaN or infinity")
     per_row = int(np.prod(X.shape[1:]))
     if reset:
         estimator.n_features_in_ = per_row
@@ -55,6 +60,23 @@ def validate_inputs(estimator: Any, X: Any, *, reset: bool, images: bool) -> np.
             f"{estimator.n_features_in_} features as input"
         )
     return X
+
+
+def check_finite_rows(X: Any, source: str) -> None:
+    """Raise a one-line ``ValueError`` naming ``source`` when the float array ``X`` ``(n,
+    ...)`` holds NaN or infinite values: how many of its rows do and the first few of
+    them. Arrays of other dtypes pass (their own checks say what is wrong with them)."""
+    X = np.asarray(X)
+    if X.dtype.kind not in "fc" or X.size == 0 or X.ndim == 0:
+        return
+    finite = np.isfinite(X).reshape(len(X), -1).all(axis=1)  # (n,)
+    bad = np.flatnonzero(~finite)  # rows holding a NaN or an infinity
+    if bad.size:
+        shown = ", ".join(str(int(i)) for i in bad[:5]) + (", ..." if bad.size > 5 else "")
+        raise ValueError(
+            f"{source} holds NaN or infinite values in {bad.size} of {len(X)} rows "
+            f"({'row' if bad.size == 1 else 'rows'} {shown}); drop those rows or fill in "
+            "the missing values first")
 
 
 def embed_inputs(embedder: Any, X: Any, *, batch_size: int = 1024) -> torch.Tensor:
@@ -133,4 +155,5 @@ def learn_embedder(
     return trainer.model.eval(), copy.deepcopy(dict(config.model))
 
 
-__all__ = ["validate_inputs", "dense_array", "embed_inputs", "learn_embedder", "LEARN_DEFAULTS"]
+__all__ = ["validate_inputs", "check_finite_rows", "dense_array", "embed_inputs",
+           "learn_embedder", "LEARN_DEFAULTS"]

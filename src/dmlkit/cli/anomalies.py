@@ -104,9 +104,67 @@ def check_method(method: str) -> None:
 
 
 def check_rows(x: Any, option: str, path: Path) -> None:
-    """Raise a ``ValueError`` naming ``option`` and ``path`` when ``x`` has no rows."""
+    """Raise a ``ValueError`` naming ``option`` and ``path`` when ``x`` has no rows or
+    holds NaN or infinite values (a ``TypeError`` when it holds no numbers)."""
+    import numpy as np
+
+    from dmlkit._checks import check_real_inputs
+    from dmlkit.apps.embedding import check_finite_rows
+
     if len(x) == 0:
         raise ValueError(f"{option} {path} holds no items")
+    check_real_inputs(np.asarray(x), f"{option} {path}", "its rows")
+    check_finite_rows(x, f"{option} {path}")
+
+
+def check_features(x: Any, option: str, path: Path, detector: Path | None = None) -> None:
+    """Refuse inputs ``x`` that are not rows of features (images ``(n, C, H, W)``, ...)
+    where nothing embeds them: no RUN_DIR, or a saved ``detector`` fitted on features."""
+    import numpy as np
+
+    if x.ndim <= 2:
+        return
+    shape, flat = tuple(x.shape[1:]), int(np.prod(x.shape[1:]))
+    if detector is not None:
+        raise ValueError(f"{option} {path} holds arrays of shape {shape} per row, but the "
+                         f"detector {detector} scores rows of features: flatten them to "
+                         f"{flat} values per row, as its normal data was")
+    raise ValueError(f"{option} {path} holds arrays of shape {shape} per row, not rows of "
+                     "features, and no RUN_DIR embeds them: give RUN_DIR (a run whose model "
+                     "takes these inputs), use --method deep_svdd (it trains a network on "
+                     f"them) or flatten them to {flat} values per row")
+
+
+#: the options a saved detector fixes (its method, threshold and neighbours)
+FIXED_BY_DETECTOR = ("--method", "--contamination", "--k")
+DEFAULTS = {"--method": "knn", "--contamination": 0.1, "--k": 5}
+
+
+def check_save(save: Path, kind: str) -> None:
+    """Refuse, before any fitting, a ``--save`` directory the detector (class ``kind``)
+    cannot be saved to: a file, a folder of other files (a run, an embedding store),
+    another kind of saved model, or a folder inside a saved directory."""
+    from dmlkit.apps.persistence import KIT_FORMAT, kit_kind
+    from dmlkit.cli._outputs import check_outside_saved
+    from dmlkit.index.io import check_replaceable
+
+    check_replaceable(save, KIT_FORMAT)  # (a FileExistsError naming what is there)
+    check_outside_saved(save, "--save")
+    if save.is_dir() and any(save.iterdir()):
+        held = kit_kind(save)
+        if held != kind:
+            raise FileExistsError(f"--save {save} holds a saved {held}, not a {kind}; "
+                                  "saving there would replace it: choose another path or "
+                                  "remove it first")
+
+
+def summary_file(out: Path) -> Path:
+    """The JSON summary written beside the scores ``out`` (``x.json`` for ``x.csv``;
+    ``x.summary.json`` when ``out`` itself ends in ``.json``)."""
+    summary_path = out.with_suffix(".json")
+    if summary_path == out:  # --out x.json: the summary must not replace the scores
+        summary_path = out.with_name(out.stem + ".summary.json")
+    return summary_path
 
 
 #: the command that fits and saves a detector, named where a saved one is refused
@@ -138,15 +196,11 @@ def fitted_model(det: Any, run_dir: Path | None, normal: Path | None,
     return kit_model(det) if run_embedder(det) is None else None
 
 
-def _fit(run_dir: Path | None, normal: Path, key: str, method: str, contamination: float,
-         n_neighbors: int) -> Any:
+def _fit(run_dir: Path | None, x_normal: Any, y_normal: Any, method: str,
+         contamination: float, n_neighbors: int) -> Any:
     from dmlkit.apps import DeepSVDD, MetricOutlierDetector
 
-    x_normal, y_normal = read_rows(normal, key, "labels")
-    check_rows(x_normal, "--normal", normal)
     if method == "deep_svdd":
-        if run_dir is not None:
-            raise ValueError("deep_svdd trains its own network: omit RUN_DIR")
         return DeepSVDD(contamination=contamination).fit(x_normal)
     det = MetricOutlierDetector(method, n_neighbors=n_neighbors,
                                 contamination=contamination, embedder=run_dir)
@@ -163,10 +217,13 @@ def register(app: typer.Typer) -> None:
         data: Path = typer.Option(..., "--data", help="Data to score (.npz/.npy/.csv)."),
         out: Path = typer.Option(Path("anomaly_scores.csv"), "--out", "-o",
                                  help="CSV of row, score, outlier (+ a .json summary)."),
-        method: str = typer.Option("knn", "--method", help="knn, prototype, mahalanobis or "
-                                   "deep_svdd."),
-        contamination: float = typer.Option(0.1, "--contamination"),
-        n_neighbors: int = typer.Option(5, "--k", help="Neighbours of the knn score."),
+        method: str = typer.Option(None, "--method", help="knn (default), prototype, "
+                                   "mahalanobis or deep_svdd."),
+        contamination: float = typer.Option(None, "--contamination", help="Expected "
+                                            "fraction of outliers; sets the threshold "
+                                            "(default 0.1)."),
+        n_neighbors: int = typer.Option(None, "--k", help="Neighbours of the knn score "
+                                        "(default 5)."),
         key: str = typer.Option("x", "--key", help="Array name in .npz files."),
         save: Path = typer.Option(None, "--save", help="Also save the fitted detector to "
                                   "this directory (reuse it with --detector)."),
@@ -186,6 +243,7 @@ def register(app: typer.Typer) -> None:
         """
         import numpy as np
 
+        from dmlkit.cli._outputs import check_output_path
         from dmlkit.evaluation import write_json
         from dmlkit.index.provenance import check_same_model
 
@@ -195,17 +253,47 @@ def register(app: typer.Typer) -> None:
                                  "saved one), not both or neither")
             if detector is not None and run_dir is not None:
                 raise ValueError("a saved --detector keeps its own embedder: omit RUN_DIR")
-            if detector is None:
+            given = {"--method": method, "--contamination": contamination, "--k": n_neighbors}
+            if detector is not None:
+                fixed = [name for name in FIXED_BY_DETECTOR if given[name] is not None]
+                if fixed:
+                    raise ValueError("a saved --detector keeps the method, contamination "
+                                     f"and neighbours it was fitted with: omit "
+                                     f"{', '.join(fixed)} (or fit a new detector on --normal)")
+            else:
+                method, contamination, n_neighbors = (
+                    DEFAULTS[name] if given[name] is None else given[name]
+                    for name in FIXED_BY_DETECTOR)
                 check_method(method)
+                if method == "deep_svdd" and run_dir is not None:
+                    raise ValueError("deep_svdd trains its own network: omit RUN_DIR")
+            summary_path = summary_file(out)
+            inputs = {"the --data file": data, "the --normal file": normal,
+                      "the --detector directory": detector, "the --save directory": save,
+                      "RUN_DIR": run_dir}
+            check_output_path(out, "--out", inputs)
+            check_output_path(summary_path, f"--out {out}: its summary", inputs)
             x, truth, truth_name = read_rows_named(data, key, TRUTH_KEYS)
             check_rows(x, "--data", data)
             if detector is not None:
                 det = load_detector(detector)
                 check_detector_model(det, detector, data)
+                if getattr(det, "embedder", "") is None:  # fitted on rows of features
+                    check_features(x, "--data", data, detector)
+                if save is not None:
+                    check_save(save, type(det).__name__)
             else:
                 if run_dir is None and normal.is_file():  # embeddings: both of one model
                     check_same_model(normal, data, "--normal and --data")
-                det = _fit(run_dir, normal, key, method, contamination, n_neighbors)
+                x_normal, y_normal = read_rows(normal, key, "labels")
+                check_rows(x_normal, "--normal", normal)
+                if run_dir is None and method != "deep_svdd":
+                    check_features(x_normal, "--normal", normal)
+                    check_features(x, "--data", data)
+                if save is not None:  # before the fitting, which may take long
+                    check_save(save, "DeepSVDD" if method == "deep_svdd"
+                               else "MetricOutlierDetector")
+                det = _fit(run_dir, x_normal, y_normal, method, contamination, n_neighbors)
             if save is not None:
                 det.save(save, model_sha256=fitted_model(det, run_dir, normal, data))
             scores = det.score_samples(x)
@@ -234,9 +322,6 @@ def register(app: typer.Typer) -> None:
             summary.update(metrics)
             if no_metrics is not None:
                 summary["metrics_skipped"] = no_metrics
-        summary_path = out.with_suffix(".json")
-        if summary_path == out:  # --out x.json: the summary must not replace the scores
-            summary_path = out.with_name(out.stem + ".summary.json")
         write_json(summary, summary_path)
         typer.echo(f"{summary['flagged']} of {summary['rows']} rows flagged as outliers "
                    f"(threshold {summary['threshold']:.6g}); scores in {out}, summary in "

@@ -11,6 +11,7 @@ from typing import Any
 import typer
 
 from dmlkit.cli._errors import check_output_dir, check_output_file, one_line
+from dmlkit.cli._outputs import check_output_folder, check_outside_saved
 
 ITEM_HELP = ("heldout:N or train:N (row N of the run's data), or a .npy file of one item "
              "(FILE.npy:N for row N of a file of several).")
@@ -146,8 +147,10 @@ def register(app: typer.Typer) -> None:
             check_projection(projection)
             check_output_file(target, ".html file")
             check_report_path(target, run_dir)
+            check_outside_saved(target, "--out")
             if png_dir is not None:
                 check_output_dir(png_dir, "--png-dir")
+                check_output_folder(png_dir, "--png-dir")
                 if importlib.util.find_spec("matplotlib") is None:
                     raise ImportError("--png-dir needs matplotlib: pip install "
                                       "'dmlkit[report]'")
@@ -173,7 +176,8 @@ def register(app: typer.Typer) -> None:
         run_dir: Path = typer.Argument(..., help="Run directory."),
         a: str = typer.Option(..., "--a", help=ITEM_HELP),
         b: str = typer.Option(..., "--b", help=ITEM_HELP),
-        out: Path = typer.Option(Path("explain"), "--out", "-o", help="Folder for heatmaps."),
+        out: Path = typer.Option(Path("explain"), "--out", "-o", help="Folder for heatmaps "
+                                 "(not the run directory itself)."),
         steps: int = typer.Option(64, "--steps", help="Integrated-gradients steps."),
         patch: int = typer.Option(None, "--patch", help="Occlusion patch size (default: 2 "
                                   "on images; on 1-D inputs of n values max(2, n // 100), "
@@ -187,6 +191,7 @@ def register(app: typer.Typer) -> None:
 
         try:
             check_output_dir(out)
+            check_output_folder(out, "--out")  # never the run directory itself
             for name, value in (("--steps", steps), ("--patch", patch), ("--stride", stride)):
                 if value is not None and value < 1:
                     raise ValueError(f"{name} must be >= 1, got {value}")

@@ -256,21 +256,36 @@ def load_speaker_folder(
     speakers : list of str
         Sorted speaker folder names.
     paths : list of Path
+
+    Raises
+    ------
+    ValueError
+        When no folder holds a ``.wav`` file, or some speaker folder holds none (it would
+        be a speaker no item has).
     """
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"speaker folder {root} does not exist")
     speakers = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    found = {spk: [f for f in sorted((root / spk).rglob("*"))
+                   if f.suffix.lower() in _AUDIO_SUFFIXES and f.is_file()
+                   and not any(part.startswith(".") for part in f.relative_to(root / spk).parts)]
+             for spk in speakers}
+    if not any(found.values()):
+        raise ValueError(f"no .wav files under {root}/<speaker>/")
+    empty = [spk for spk in speakers if not found[spk]]
+    if empty:  # a speaker without recordings: a class name no item has
+        shown = ", ".join(str(root / spk) for spk in empty[:5]) + (", ..." if len(empty) > 5
+                                                                   else "")
+        raise ValueError(f"{len(empty)} speaker folder(s) of {root} hold no .wav files "
+                         f"({shown}); every sub-folder is a speaker: add its recordings or "
+                         "remove the folder")
     waves, labels, paths = [], [], []
     for k, spk in enumerate(speakers):
-        for f in sorted((root / spk).rglob("*")):
-            hidden = any(part.startswith(".") for part in f.relative_to(root / spk).parts)
-            if f.suffix.lower() in _AUDIO_SUFFIXES and f.is_file() and not hidden:
-                waves.append(load_wav(f, sample_rate, trim=trim))
-                labels.append(k)
-                paths.append(f)
-    if not waves:
-        raise ValueError(f"no .wav files under {root}/<speaker>/")
+        for f in found[spk]:
+            waves.append(load_wav(f, sample_rate, trim=trim))
+            labels.append(k)
+            paths.append(f)
     return waves, np.asarray(labels, dtype=np.int64), speakers, paths
 
 

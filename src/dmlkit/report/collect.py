@@ -101,17 +101,29 @@ def _confusions(z: torch.Tensor, labels: torch.Tensor, top: int = 10) -> list[di
     return [{"a": a, "b": b, "centroid_cosine": s} for s, a, b in pairs[:top]]
 
 
-def _verification(z: torch.Tensor, labels: torch.Tensor, seed: int) -> dict[str, Any]:
-    """ROC, DET and score histograms of same- and different-class pairs; with one class
-    (or no two items of one class) only ``{"skipped": reason}``."""
-    i, j, same = pairs_from_labels(labels, max_pairs=50_000, seed=seed)
+#: at most this many pairs are scored, as ``dmlkit evaluate`` scores (its ``max_pairs``):
+#: all pairs of up to 1414 items, so that the report's EER is evaluate's
+MAX_PAIRS = 1_000_000
+
+
+def _verification(z: torch.Tensor, labels: torch.Tensor, seed: int,
+                  max_pairs: int = MAX_PAIRS) -> dict[str, Any]:
+    """ROC, DET and score histograms of same- and different-class pairs: all pairs of the
+    items, or a seeded random ``max_pairs`` of them when there are more (``"pairs"`` and
+    ``"all_pairs"`` say which); with one class (or no two items of one class) only
+    ``{"skipped": reason}``."""
+    i, j, same = pairs_from_labels(labels, max_pairs=max_pairs, seed=seed)
     if same.all() or not same.any():
         kind = "different" if same.all() else "same"
         n_classes = len(torch.unique(labels))
         why = f"{n_classes} class{'es' if n_classes > 1 else ''}"
         return {"skipped": f"no {kind}-class pairs among the held-out items ({len(labels)} "
                            f"items of {why}), so there is nothing to verify"}
-    scores = pair_scores(z[torch.from_numpy(i)], z[torch.from_numpy(j)], "cosine")
+    i, j = torch.from_numpy(i), torch.from_numpy(j)
+    step = 1 << 16  # pairs per chunk: no (pairs, d) copies of the embeddings
+    scores = np.concatenate([
+        pair_scores(z.index_select(0, i[s : s + step]), z.index_select(0, j[s : s + step]),
+                    "cosine") for s in range(0, len(i), step)])
     fpr, tpr, thr = roc_curve(scores, same)
     eer, eer_threshold = equal_error_rate(fpr, tpr, thr)
     keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), 400)).astype(int))
@@ -124,6 +136,7 @@ def _verification(z: torch.Tensor, labels: torch.Tensor, seed: int) -> dict[str,
         "same_hist": np.histogram(scores[same], edges)[0].tolist(),
         "diff_hist": np.histogram(scores[~same], edges)[0].tolist(),
         "score": "cosine similarity",
+        "pairs": int(len(same)), "all_pairs": len(labels) * (len(labels) - 1) // 2,
     }
 
 

@@ -124,8 +124,11 @@ def _verification(ver: dict[str, Any]) -> str:
     hist = svg.lines({"same class": (centres, ver["same_hist"]),
                       "different class": (centres, ver["diff_hist"])},
                      f"pair scores; EER threshold {ver['threshold']:.3f}", ver["score"], "pairs")
+    pairs, total = ver.get("pairs"), ver.get("all_pairs")
+    over = ("" if pairs is None else f", over all {pairs} pairs" if pairs == total
+            else f", over a random {pairs} of the {total} pairs (sampled)")
     return (f'<div class="row">{roc}{det}{hist}</div><p class="note">EER {ver["eer"]:.4f} at '
-            f'{escape(ver["score"])} threshold {ver["threshold"]:.4f}.</p>')
+            f'{escape(ver["score"])} threshold {ver["threshold"]:.4f}{over}.</p>')
 
 
 def render(data: dict[str, Any]) -> str:
