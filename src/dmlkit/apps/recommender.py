@@ -26,6 +26,8 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
+from dmlkit._checks import check_real
+
 #: how the interactions given to ``fit`` were split from the full data
 #: ("last": each user's latest interaction was held out; "none": nothing was held out)
 HOLDOUTS = ("last", "none")
@@ -46,7 +48,7 @@ class CMLRecommender(BaseEstimator):
     schedule : {"constant", "cosine"}
         Learning rate over the steps: constant, or decayed to 0 along a half cosine.
     max_norm : float
-        Radius of the ball every embedding is kept in.
+        Radius of the ball every embedding is kept in; must be > 0.
     feature_weight : float
         Weight ``lambda_f`` of the feature loss (used when ``fit`` gets item features).
     feature_hidden : sequence of int
@@ -56,6 +58,12 @@ class CMLRecommender(BaseEstimator):
         Torch threads while fitting (restored after); the per-batch operations on the
         embedding tables are small, so one thread is fastest, and much faster on a busy
         machine. None keeps torch's setting.
+
+    Ids are strings or integers (also floats); :meth:`recommend` pads a list shorter
+    than ``k`` with ``""`` (string item ids) or ``-1`` (numeric ones), as
+    :class:`~dmlkit.index.ExactIndex` pads its search, so an item id equal to the padding
+    (``""``, ``-1``) is refused by :meth:`fit` and :meth:`add_items`: every real id in a
+    list is an item.
 
     Attributes
     ----------
@@ -127,6 +135,9 @@ class CMLRecommender(BaseEstimator):
             raise ValueError(f"users and items differ in length: {len(users)} != {len(items)}")
         if len(users) == 0:
             raise ValueError("no interactions to fit on")
+        _check_not_padding(items, "items")
+        check_real("max_norm", self.max_norm, 0.0, low_open=True,
+                   what="a radius (the ball every embedding is kept in)")
         for name, value in (("dim", self.dim), ("n_negatives", self.n_negatives),
                             ("epochs", self.epochs), ("batch_size", self.batch_size)):
             if int(value) < 1:
@@ -266,8 +277,10 @@ class CMLRecommender(BaseEstimator):
     def recommend(self, users: Any, k: int = 10, *, exclude_seen: bool = True) -> np.ndarray:
         """``(n_users, k)`` item ids, nearest first, from a :class:`dmlkit.index.ExactIndex`
         over the items; items a user interacted with in ``fit`` are skipped. Ids come
-        back as given to ``fit`` (numbers or strings). Where a user has fewer than ``k``
-        unseen items the row is padded with ``""`` (string ids) or ``-1`` (numeric ids)."""
+        back as given to ``fit`` (numbers or strings). ``k`` is lowered to the number of
+        items; where a user has fewer than ``k`` unseen items the row ends in padding,
+        ``""`` (string ids) or ``-1`` (numeric ids), which no item id may equal (``fit``
+        refuses it), so ``row[row != pad]`` is the user's list."""
         from dmlkit.index import ExactIndex
 
         rows = self._user_rows(users)
@@ -313,6 +326,11 @@ class CMLRecommender(BaseEstimator):
         known = [i for i in item_ids if str(i) in self._item_index]
         if known:
             raise ValueError(f"item id {str(known[0])!r} already exists")
+        distinct, counts = np.unique(item_ids.astype(str), return_counts=True)
+        if (counts > 1).any():
+            raise ValueError(f"item id {str(distinct[counts > 1][0])!r} is given "
+                             f"{int(counts.max())} times; give each new item once")
+        _check_not_padding(item_ids, "item_ids")
         if (item_ids.dtype.kind in "US") != (self.item_ids_.dtype.kind in "US"):
             raise TypeError(f"item ids must share one type with the known ones "
                             f"({self.item_ids_.dtype.kind in 'US' and 'strings' or 'numbers'}),"
@@ -383,9 +401,23 @@ def _ids(values: Any, name: str) -> np.ndarray:
         raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise ValueError(f"{name} contain NaN")
-    if arr.dtype.kind not in "iufbUS":  # objects, mixed types: compared as strings
+    if arr.dtype.kind == "b":
+        raise TypeError(f"{name} must be ids (strings or integers), got booleans")
+    if arr.dtype.kind == "u" and (not arr.size or arr.max() <= np.iinfo(np.int64).max):
+        arr = arr.astype(np.int64)  # signed, so that -1 can pad a recommendation list
+    if arr.dtype.kind not in "iufUS":  # objects, mixed types, huge unsigned: as strings
         arr = arr.astype(str)
     return arr
+
+
+def _check_not_padding(items: np.ndarray, name: str) -> None:
+    """Refuse item ids equal to the padding of :meth:`CMLRecommender.recommend`."""
+    text = items.dtype.kind in "US"
+    if (items == (items.dtype.type() if text else -1)).any():
+        raise ValueError(
+            f"{name} hold {'an empty id' if text else 'the id -1'}, the value that pads "
+            "recommendation lists shorter than k (the item would be taken for padding): "
+            "give that item another id")
 
 
 def _member(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:

@@ -12,25 +12,59 @@ recommend_app = typer.Typer(
     no_args_is_help=True,
 )
 
-DATA_HELP = ("Interactions: a user,item[,rating,timestamp] CSV/TSV, a .inter file, or "
+DATA_HELP = ("Interactions: a user,item[,rating,timestamp] CSV/TSV (a header such as "
+             "userId,movieId,rating,timestamp is optional), a .inter file, or "
              "'movielens-100k' (from the recbole wheel).")
 
 
+def _path(data: str) -> Path:
+    from dmlkit.data.interactions import movielens_100k_path
+
+    return movielens_100k_path() if data == "movielens-100k" else Path(data)
+
+
 def _read(data: str, min_rating: float | None) -> Any:
-    from dmlkit.data.interactions import movielens_100k_path, read_interactions
+    from dmlkit.data.interactions import read_interactions
 
-    path = movielens_100k_path() if data == "movielens-100k" else Path(data)
-    return read_interactions(path, min_rating=min_rating)
+    return read_interactions(_path(data), min_rating=min_rating)
 
 
-def _split(interactions: Any, holdout: str) -> tuple[Any, Any]:
+#: what to do when the data to split has no timestamps, per command
+NO_TIME = {
+    "train": "give user,item,rating,timestamp data, or train on every interaction with "
+             "--holdout none (then there is nothing to evaluate the model on)",
+    "evaluate": "give the data the model was trained on with 'recommend train --holdout "
+                "last', with its timestamps",
+}
+
+
+def _split(interactions: Any, holdout: str, command: str = "train") -> tuple[Any, Any]:
+    import numpy as np
+
     from dmlkit.data.interactions import leave_last_out
 
     if holdout == "none":
         return interactions, None
     if holdout != "last":
         raise ValueError(f"--holdout must be 'last' or 'none', got {holdout!r}")
+    missing = int(np.isnan(interactions.timestamps).sum())
+    if missing:
+        raise ValueError(
+            f"{'--holdout last (the default)' if command == 'train' else 'evaluate'} holds "
+            "out each user's latest interaction, which needs a timestamp for every one, and "
+            f"{missing} of {len(interactions)} have none: {NO_TIME[command]}")
     return leave_last_out(interactions)
+
+
+def _check_target(target: Path, model_dir: Path, data: str) -> None:
+    """Refuse an evaluate --out that would overwrite an input (the --data file, a file
+    inside the model directory) or lie inside any other saved dmlkit directory."""
+    from dmlkit.cli._errors import check_output_file
+    from dmlkit.cli._outputs import check_output_path
+
+    check_output_file(target, "JSON file")
+    check_output_path(target, "--out", {"the --data file": _path(data),
+                                        "the model directory": model_dir})
 
 
 def _fail(err: Exception) -> None:
@@ -51,15 +85,23 @@ def train(
     epochs: int = typer.Option(30, "--epochs"),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
-    """Fit a CML recommender and save it."""
+    """Fit a CML recommender and save it (--out: a new or empty directory, or one holding
+    an earlier CMLRecommender, which is replaced)."""
     from dmlkit.apps import CMLRecommender
+    from dmlkit.apps.persistence import KIT_FORMAT
+    from dmlkit.cli._errors import check_output_dir
+    from dmlkit.cli._outputs import check_outside_saved
+    from dmlkit.index.io import check_replaceable
 
-    try:
+    try:  # the destination first: refused after training, the training would be lost
+        check_output_dir(out)
+        check_replaceable(out, KIT_FORMAT, CMLRecommender.__name__)
+        check_outside_saved(out)
         train_part, _ = _split(_read(data, min_rating), holdout)
         model = CMLRecommender(dim=dim, margin=margin, epochs=epochs, random_state=seed)
         model.fit(train_part.users, train_part.items, holdout=holdout)
         model.save(out)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
         _fail(err)
     typer.echo(f"trained on {len(train_part)} interactions of {len(model.user_ids_)} users and "
                f"{len(model.item_ids_)} items (final loss {model.history_[-1]:.4f}); saved to "
@@ -73,7 +115,8 @@ def evaluate(
     min_rating: float = typer.Option(None, "--min-rating"),
     k: int = typer.Option(10, "-k", help="Cut-off (at most the catalogue's size: a larger "
                           "one is lowered to it, with a note)."),
-    out: Path = typer.Option(None, "--out", help="JSON file (default MODEL_DIR.json)."),
+    out: Path = typer.Option(None, "--out", help="JSON file (default MODEL_DIR.json; "
+                             "never the --data file or a file inside a saved model)."),
 ) -> None:
     """Recall@k, NDCG@k and coverage on each user's held-out latest interaction.
 
@@ -89,7 +132,9 @@ def evaluate(
     from dmlkit.evaluation import write_json
     from dmlkit.evaluation.recommendation import recommendation_metrics
 
+    target = out or model_dir.resolve().with_suffix(".json")
     try:
+        _check_target(target, model_dir, data)
         model = CMLRecommender.load(model_dir)
         if model.holdout_ == "none":
             raise ValueError(
@@ -97,7 +142,7 @@ def evaluate(
                 "training and none was held out, so there is nothing to evaluate it on (a "
                 "user's training items are never recommended back); retrain it with "
                 "--holdout last to evaluate it")
-        _, test = _split(_read(data, min_rating), "last")
+        _, test = _split(_read(data, min_rating), "last", "evaluate")
         known = np.isin(test.users, model.user_ids_) & np.isin(test.items, model.item_ids_)
         if not known.any():
             raise ValueError("no held-out interaction has a user and item the model knows")
@@ -132,7 +177,6 @@ def evaluate(
         _fail(err)
     metrics["skipped_unknown"] = int((~known).sum())
     metrics["skipped_repeats"] = int(repeats.sum())
-    target = out or model_dir.resolve().with_suffix(".json")
     write_json(metrics, target)
     for key, value in metrics.items():
         typer.echo(f"{key:16s} {value:.4f}" if isinstance(value, float) else f"{key:16s} {value}")

@@ -37,7 +37,14 @@ class Interactions:
 def read_interactions(path: str | Path, *, min_rating: float | None = None) -> Interactions:
     """Read a CSV/TSV of ``user,item[,rating,timestamp]`` or a ``.inter`` file.
 
-    ``min_rating`` keeps only interactions rated at least that much (all by default).
+    A first line naming a user and an item column is a header, in any order and with
+    the usual names (``user``, ``userId``, ``user_id``; ``item``, ``itemId``,
+    ``item_id``, ``movieId``; ``rating``; ``timestamp``, ``time``; MovieLens's
+    ``userId,movieId,rating,timestamp`` included); other columns are ignored. Without
+    one the columns are ``user,item[,rating,timestamp]`` in that order, and a first line
+    that is not numeric where the rows below are (an unrecognised header) is refused.
+    Empty ids are refused. ``min_rating`` keeps only interactions rated at least that
+    much (all by default).
     """
     path = Path(path)
     if not path.is_file():
@@ -49,38 +56,77 @@ def read_interactions(path: str | Path, *, min_rating: float | None = None) -> I
     first = [c.strip() for c in lines[0].split(sep)]
     if len(first) < 2:
         raise ValueError(f"{path}: need at least user and item columns, got {first}")
-    header = {_canonical(c.split(":")[0].lower()) for c in first[:2]} == {"user", "item"}
+    canon = [_canonical(c) for c in first]
+    header = {"user", "item"} <= set(canon)
     if header:
-        names = [c.split(":")[0].lower() for c in first]
         lines = lines[1:]
         if not lines:
             raise ValueError(f"{path} has a header but no interactions")
     else:
-        names = ["user_id", "item_id", "rating", "timestamp"][: len(first)]
-    col = {_canonical(n): i for i, n in enumerate(names)}
-    if "user" not in col or "item" not in col:
-        raise ValueError(f"{path}: need user and item columns, got header {first}")
+        canon = ["user", "item", "rating", "timestamp"][: len(first)]
+    col = {n: i for i, n in reversed(list(enumerate(canon)))}  # the first of each name
     rows = [[c.strip() for c in line.split(sep)] for line in lines]
-    width = len(names)
+    width = len(canon)
     bad = next((i for i, r in enumerate(rows) if len(r) != width), None)
     if bad is not None:
         raise ValueError(f"{path}, line {bad + 1 + int(header)}: expected {width} fields, got "
                          f"{len(rows[bad])}")
+    if not header and len(rows) > 1:
+        _refuse_unknown_header(path, rows, col)
     table = np.array(rows, dtype=object)
+    for name in ("user", "item"):
+        empty = np.flatnonzero(table[:, col[name]] == "")
+        if len(empty):
+            raise ValueError(f"{path}, line {empty[0] + 1 + int(header)}: empty {name} id; "
+                             "every interaction needs both ids: fill it in or remove the "
+                             "line")
 
     def numbers(name: str) -> np.ndarray:
         if name not in col:
             return np.full(len(table), np.nan)
-        try:
-            return table[:, col[name]].astype(np.float64)
-        except ValueError:
-            raise ValueError(f"{path}: column {name!r} has non-numeric values") from None
+        values = table[:, col[name]]
+        bad = next((r for r, v in enumerate(values) if not _numeric(v)), None)
+        if bad is not None:
+            raise ValueError(f"{path}, line {bad + 1 + int(header)}: column {name!r} has the "
+                             f"non-numeric value {values[bad]!r}; {name}s must be numbers")
+        return values.astype(np.float64)
 
     data = Interactions(table[:, col["user"]].astype(str), table[:, col["item"]].astype(str),
                         numbers("rating"), numbers("timestamp"))
     if min_rating is not None:
+        if "rating" not in col:
+            raise ValueError(f"{path} has no rating column (columns: {', '.join(canon)}), so "
+                             f"min_rating={min_rating:g} keeps nothing: leave it out "
+                             "(--min-rating) or give a user,item,rating[,timestamp] file")
+        low, high = data.ratings.min(), data.ratings.max()
         data = data.subset(np.flatnonzero(data.ratings >= min_rating))
+        if not len(data):
+            raise ValueError(f"no interaction of {path} is rated {min_rating:g} or more "
+                             f"(its ratings run from {low:g} to {high:g}): lower min_rating "
+                             "(--min-rating)")
     return data
+
+
+def _refuse_unknown_header(path: Path, rows: list[list[str]], col: dict[str, int]) -> None:
+    """Refuse a first line that is not numeric where the lines below are (in the rating
+    or timestamp column, or in both id columns): a header whose names are not recognised,
+    not an interaction."""
+    first, rest = rows[0], rows[1:]
+
+    def numeric_below(i: int) -> bool:
+        return not _numeric(first[i]) and all(_numeric(r[i]) for r in rest)
+
+    odd = [name for name in ("rating", "timestamp") if name in col and _numeric(rest[0][col[name]])
+           and not _numeric(first[col[name]])]
+    if not odd and numeric_below(col["user"]) and numeric_below(col["item"]):
+        odd = ["user", "item"]
+    if odd:
+        raise ValueError(
+            f"{path}: the first line {','.join(first)!r} looks like a header (not a number in "
+            f"its {' and '.join(odd)} column{'s' if len(odd) > 1 else ''}, unlike the lines "
+            "below), but it names no user and item columns; name them "
+            "user,item[,rating,timestamp] (userId, movieId, item_id, ... also work) or "
+            "remove the line")
 
 
 def _numeric(text: str) -> bool:
@@ -91,11 +137,29 @@ def _numeric(text: str) -> bool:
     return True
 
 
+#: column names read as user, item, rating and timestamp (lower case, "_" dropped; a
+#: ``.inter`` header's ``:type`` suffix is dropped first)
+_NAMES = {
+    "user": ("user", "userid", "users", "uid"),
+    "item": ("item", "itemid", "items", "iid", "movie", "movieid", "product", "productid"),
+    "rating": ("rating", "ratings", "score"),
+    "timestamp": ("timestamp", "time", "ts"),
+}
+
+
 def _canonical(name: str) -> str:
-    for key in ("user", "item", "rating", "timestamp"):
-        if name.startswith(key) or (key == "timestamp" and name in ("time", "ts")):
-            return key
-    return name
+    """``"user"``, ``"item"``, ``"rating"`` or ``"timestamp"`` for a header name it knows
+    (``userId``, ``user_id:token``, ``movieId``, ...), else the name, lower-cased."""
+    key = name.split(":")[0].strip().lower()
+    flat = key.replace("_", "").replace(" ", "")
+    for canonical, names in _NAMES.items():
+        if flat in names:
+            return canonical
+    for canonical, prefix in (("user", "user"), ("item", "item"), ("item", "movie"),
+                              ("rating", "rating"), ("timestamp", "timestamp")):
+        if flat.startswith(prefix):  # user_name, item_code, ...
+            return canonical
+    return key
 
 
 def movielens_100k_path() -> Path:
@@ -116,8 +180,11 @@ def leave_last_out(data: Interactions, n_last: int = 1) -> tuple[Interactions, I
     """``(train, test)``: each user's ``n_last`` latest interactions (by timestamp, ties by
     file order) are held out; users with no more than ``n_last`` interactions stay whole
     in training."""
-    if np.isnan(data.timestamps).any():
-        raise ValueError("leave-last-out needs a timestamp for every interaction")
+    missing = int(np.isnan(data.timestamps).sum())
+    if missing:
+        raise ValueError(f"leave-last-out needs a timestamp for every interaction, and "
+                         f"{missing} of {len(data)} have none: give data with a timestamp "
+                         "column (user,item,rating,timestamp), or hold nothing out")
     order = np.lexsort((np.arange(len(data)), data.timestamps, data.users))  # user, time, row
     users = data.users[order]
     starts = np.r_[0, np.flatnonzero(users[1:] != users[:-1]) + 1]

@@ -15,7 +15,8 @@ Every file's size and SHA-256 are checked against the manifest before it is pars
 corrupt, truncated, swapped or foreign file is refused with :class:`IndexFormatError`.
 Writes go to a temporary sibling directory that is renamed into place; an existing
 ``path`` is replaced only when it is empty or holds an earlier save of the same format
-(:func:`check_replaceable`), never another directory's files.
+(and, for saved objects other than indexes, of the same kind: :func:`check_replaceable`),
+never another directory's files.
 """
 
 from __future__ import annotations
@@ -68,7 +69,10 @@ def write_index_dir(
     so other saved objects (the application kits) reuse this format under their own name.
     """
     path = Path(path)
-    check_replaceable(path, format_name)  # before any work: nothing else is ever deleted
+    # an index may be rebuilt as another kind of index; any other saved object (a kit)
+    # is one estimator, replaced only by another save of the same kind
+    kind = None if format_name == FORMAT else header.get("kind")
+    check_replaceable(path, format_name, kind)  # before any work: nothing else is deleted
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-{os.getpid()}-"))
@@ -96,7 +100,7 @@ def write_index_dir(
                 os.close(fd)
         old = None
         if path.exists():
-            check_replaceable(path, format_name)
+            check_replaceable(path, format_name, kind)
             old = path.parent / f".{path.name}.old-{os.getpid()}"
             os.replace(path, old)
         os.replace(tmp, path)
@@ -108,22 +112,32 @@ def write_index_dir(
     return path
 
 
-def check_replaceable(path: str | Path, format_name: str = FORMAT) -> None:
+def _saved_what(format_name: str) -> str:
+    """What a directory of ``format_name`` holds, for messages: ``"an index"`` or ``"a
+    saved model"`` (a kit: a fitted recommender, detector, verifier, ...)."""
+    return "an index" if format_name == FORMAT else "a saved model"
+
+
+def check_replaceable(path: str | Path, format_name: str = FORMAT,
+                      kind: str | None = None) -> None:
     """Refuse (``FileExistsError``) to replace ``path`` unless it is missing, an empty
     directory, or a directory saved in ``format_name`` (an earlier save of the same
-    kind): anything else there (an embedding store, a run, other files) would be deleted.
+    format; with ``kind``, also of that manifest ``kind``, so that a fitted recommender
+    never replaces a saved anomaly detector): anything else there (an embedding store, a
+    run, other files, another kind of model) would be deleted.
     """
     path = Path(path)
     if not path.exists():
         return
+    what = _saved_what(format_name)
     if not path.is_dir():
         raise FileExistsError(
-            f"{path} exists and is not a directory; an index is written as a directory: "
+            f"{path} exists and is not a directory; {what} is written as a directory: "
             "choose another path or remove it first")
     if not any(path.iterdir()):
         return
     mpath = path / MANIFEST
-    found = None
+    found = manifest = None
     if mpath.is_file():
         try:
             manifest = json.loads(mpath.read_text())
@@ -131,13 +145,18 @@ def check_replaceable(path: str | Path, format_name: str = FORMAT) -> None:
             manifest = None
         found = manifest.get("format") if isinstance(manifest, dict) else None
         if found == format_name:
-            return
-    what = (f"its {MANIFEST} says format {found!r}" if mpath.is_file()
+            held = manifest.get("kind")
+            if kind is None or held == kind:
+                return
+            raise FileExistsError(
+                f"{path} holds a saved {held}, not a {kind}; saving there would replace it: "
+                "choose another path or remove it first")
+    seen = (f"its {MANIFEST} says format {found!r}" if mpath.is_file()
             else f"it holds files but no {MANIFEST}")
     raise FileExistsError(
-        f"{path} exists and is not a {format_name} directory ({what}, e.g. an embedding "
-        "store or a run); writing there would delete its files: choose another path or "
-        "remove it first")
+        f"{path} exists and does not hold {what} ({seen}, not {format_name}: an "
+        "embedding store, a run or other files); writing there would delete its files: "
+        "choose another path or remove it first")
 
 
 def _alive(pid: int) -> bool:
@@ -182,7 +201,9 @@ def read_manifest(
     path = Path(path)
     mpath = path / MANIFEST
     if not mpath.is_file():
-        raise IndexFormatError(f"{path} is not an index directory (no {MANIFEST})")
+        why = f"no {MANIFEST}" + ("" if path.is_dir() else ": it is a file" if path.exists()
+                                  else ": it does not exist")
+        raise IndexFormatError(f"{path} is not {_saved_what(format_name)} directory ({why})")
     try:
         manifest = json.loads(mpath.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
