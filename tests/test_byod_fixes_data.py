@@ -90,6 +90,19 @@ def test_training_val_classes_with_a_name_are_checked_alike():
         class_ids(data, ["1", 2], "training.val_classes")
 
 
+def test_training_val_classes_of_integers_only_are_checked_too():
+    from dmlkit.data.class_folds import holdout_classes
+
+    names = [str(c) for c in sorted(range(12), key=str)]
+    data = ArrayDataset(np.zeros((12, 1)), np.arange(12), names,
+                        [f"{n}/a.png" for n in names])
+    with pytest.raises(ValueError, match=r"training.val_classes \[2, 3\].*id 2 is the "
+                                         r"folder '10'"):
+        holdout_classes(data, [2, 3])
+    train, val = holdout_classes(data, [0, 1])  # ids whose folders bear their number
+    assert sorted(val.classes) == [0, 1] and len(train.classes) == 10
+
+
 def test_numbered_class_names_of_arrays_are_ids_as_given():
     # an .npz's class_names are given per label: no folders, nothing to mistake
     data = ArrayDataset(np.zeros((12, 1)), np.arange(12), [str(c + 1) for c in range(12)])

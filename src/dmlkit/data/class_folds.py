@@ -115,8 +115,8 @@ def holdout_classes(
             "training.val_classes holds out (n,) class ids; with hierarchical (n, L) labels "
             "use training.val_fraction"
         )
-    if isinstance(val_classes, (list, tuple)) and any(isinstance(c, str) for c in val_classes):
-        from dmlkit.data.splits import class_ids  # class names, as data.train_classes takes
+    if isinstance(val_classes, (list, tuple)):
+        from dmlkit.data.splits import class_ids  # names and ids, as data.train_classes takes
 
         val_classes = class_ids(data, val_classes, "training.val_classes")
     chosen = choose_val_classes(data.classes, val_classes, seed, class_names=data.class_names)
