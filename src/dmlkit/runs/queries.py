@@ -12,8 +12,11 @@ raise a warning.
 
 :func:`check_input_shape` is the one rule of which inputs a run's model takes, shared by
 ``dmlkit search``, ``embed``, ``evaluate``, ``index build`` and ``explain``: the
-training inputs' shape, the same values flattened or reshaped, or, for a model that
-resizes every image itself (a pretrained backbone), images of any height and width.
+training inputs' shape, the same values reshaped where a reshape cannot reorder them
+(flat rows, a size-1 axis added or dropped), or, for a model that resizes every image
+itself (a pretrained backbone), images of any height and width. Channel-last images are
+refused with the advice training gives (one rule:
+:func:`~dmlkit.training.build.channel_last_problem`).
 """
 
 from __future__ import annotations
@@ -131,9 +134,14 @@ def recorded_input_spec(model: dict[str, Any], any_size: bool) -> InputSpec | No
 def input_fit(shape: tuple[int, ...], spec: InputSpec) -> tuple[int, ...] | None:
     """The shape that per-item inputs of ``shape`` take for the run's model, else ``None``.
 
-    Inputs fit when they have the training inputs' shape, the same number of values (they
-    are reshaped: flat rows, images without a channel axis), or, when ``spec.any_size``,
-    the same channels at another height and width (kept as they are).
+    Inputs fit when they have the training inputs' shape; when ``spec.any_size``, the same
+    channels at another height and width (kept as they are); or when a reshape cannot
+    reorder their values: flat rows of the training inputs' size, the same axes with
+    size-1 axes added or dropped (``(H, W)`` images for a ``(1, H, W)`` model), or items
+    of the size of a model trained on flat rows (flattened). Images that look channel-last
+    (:func:`~dmlkit.training.build.channel_last_problem`) never fit a model trained on
+    images, grey ``(H, W, 1)`` ones included, as training refuses them: reshaping
+    ``(H, W, 3)`` to ``(3, H, W)`` would scramble them.
     """
     shape = tuple(int(s) for s in shape)
     if shape == spec.shape:
@@ -141,9 +149,23 @@ def input_fit(shape: tuple[int, ...], spec: InputSpec) -> tuple[int, ...] | None
     if (spec.any_size and len(shape) == len(spec.shape) >= 3
             and shape[:-2] == spec.shape[:-2] and min(shape[-2:]) > 0):
         return shape
-    if math.prod(shape) == spec.size:
+    if _channel_last(shape, spec) is not None or math.prod(shape) != spec.size:
+        return None
+    if len(shape) == 1 or len(spec.shape) == 1:  # flat rows, or items of a flat-row model
+        return spec.shape
+    if [s for s in shape if s != 1] == [s for s in spec.shape if s != 1]:  # size-1 axes
         return spec.shape
     return None
+
+
+def _channel_last(shape: tuple[int, ...], spec: InputSpec) -> str | None:
+    """Why inputs of per-item ``shape`` look channel-last to a model trained on images
+    (``spec`` of more than one axis), else ``None``."""
+    if len(spec.shape) < 2:
+        return None
+    from dmlkit.training.build import channel_last_problem
+
+    return channel_last_problem(shape)
 
 
 def check_input_shape(shape: tuple[int, ...], spec: InputSpec | None,
@@ -160,6 +182,9 @@ def check_input_shape(shape: tuple[int, ...], spec: InputSpec | None,
     if spec is None:
         return shape
     fitted = input_fit(shape, spec)
+    problem = _channel_last(shape, spec) if fitted is None else None
+    if problem is not None:
+        raise ValueError(f"{source}: {problem}")
     if fitted is None:
         other = " (or images of any size with those channels)" if spec.any_size else ""
         raise ValueError(
@@ -230,6 +255,10 @@ def read_query_array(
         return x, "embeddings"
     if is_input:
         return x, "inputs"
+    if spec is not None and x.ndim >= 2:
+        problem = _channel_last(tuple(x.shape[1:]), spec)
+        if problem is not None:
+            raise ValueError(f"{path}: {problem}")
     inputs = f" or raw inputs of shape (n, {_shape_text(spec.shape)})" if spec else ""
     raise ValueError(f"{path} has shape {x.shape}; expected embeddings (n, {dim}){inputs}")
 

@@ -41,6 +41,26 @@ def _params(registry: Any, name: str) -> set[str]:
     return set(inspect.signature(registry.get(name).__init__).parameters) - {"self"}
 
 
+#: channel counts of an image: grey, RGB, RGBA
+IMAGE_CHANNELS = (1, 3, 4)
+
+
+def channel_last_problem(shape: tuple[int, ...]) -> str | None:
+    """Why images of per-item ``shape`` look channel-last, ``(H, W, C)`` where dmlkit
+    takes ``(C, H, W)``, in words that say what to do; ``None`` when they do not.
+
+    They do when the last of three axes is a channel count (1, 3 or 4) and the first is
+    not. This is the one layout rule of training (:func:`model_shape_params`) and of the
+    inputs given to a trained run (:func:`dmlkit.runs.queries.check_input_shape`), so a
+    file refused by one is refused by the other, grey ``(H, W, 1)`` images included.
+    """
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 3 or shape[0] in IMAGE_CHANNELS or shape[-1] not in IMAGE_CHANNELS:
+        return None
+    return (f"the images look channel-last: each is {shape} (H, W, C), but dmlkit takes "
+            "(n, C, H, W) images; transpose them, e.g. x.transpose(0, 3, 1, 2)")
+
+
 def model_shape_params(spec: dict[str, Any], example: Tensor) -> dict[str, Any]:
     """Model parameters that ``example`` (one input, no batch dim) implies and ``spec`` lacks.
 
@@ -48,11 +68,9 @@ def model_shape_params(spec: dict[str, Any], example: Tensor) -> dict[str, Any]:
     model that takes ``image_size`` takes both forms).
     """
     params = _params(MODELS, spec["name"])
-    if "in_channels" in params and example.dim() == 3 and example.shape[0] not in (1, 3, 4) \
-            and example.shape[-1] in (1, 3, 4):
-        raise ValueError(
-            f"the images look channel-last: each is {tuple(example.shape)} (H, W, C), but "
-            f"dmlkit takes (n, C, H, W) images; transpose them, e.g. x.transpose(0, 3, 1, 2)")
+    problem = channel_last_problem(tuple(example.shape)) if "in_channels" in params else None
+    if problem is not None:
+        raise ValueError(problem)
     _check_given_shape(spec, params, example)
     filled: dict[str, Any] = {}
     if "in_features" in params and "in_features" not in spec:
@@ -298,6 +316,8 @@ def build_sampler(
 
 
 __all__ = [
+    "IMAGE_CHANNELS",
+    "channel_last_problem",
     "resolve_config",
     "model_shape_params",
     "loss_shape_params",

@@ -1,10 +1,11 @@
 """``efficientnet_lite0``: an ImageNet-pretrained EfficientNet-Lite0 with an embedding head.
 
 Images of any size and 1 or 3 channels are scaled to ``resolution`` x ``resolution``
-(bilinear), grey images are repeated to three channels, and pixel values in ``[0, 1]``
-are normalized as the weights were trained (``(255 x - 127) / 128``). The backbone's
-pooled features (the head convolution's, or any blocks' outputs, each L2-normalized and
-concatenated) go through a trainable head.
+(bilinear, antialiased where a side shrinks: :func:`resize_images`), grey images are
+repeated to three channels, and pixel values in ``[0, 1]`` are normalized as the weights
+were trained (``(255 x - 127) / 128``). The backbone's pooled features (the head
+convolution's, or any blocks' outputs, each L2-normalized and concatenated) go through a
+trainable head.
 
 Two modes:
 
@@ -20,6 +21,7 @@ Two modes:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -86,6 +88,41 @@ class ResidualHead(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.norm(x + self.linear(x))  # (n, F)
+
+
+@functools.lru_cache(maxsize=32)
+def antialias_weights(n_in: int, n_out: int) -> Tensor:
+    """``(n_out, n_in)`` weights of a bilinear resize of one axis from ``n_in`` to ``n_out``
+    samples (half-pixel centres), antialiased: shrinking, the triangle filter widens to
+    the step between output samples, so every input sample counts (torch's
+    ``F.interpolate(..., mode="bilinear", antialias=True)`` and Pillow's bilinear resize
+    weigh alike); enlarging, it is plain linear interpolation. Rows sum to 1.
+    """
+    scale = n_in / n_out
+    support = max(scale, 1.0)  # filter half-width, in input samples
+    centres = (torch.arange(n_out, dtype=torch.float64) + 0.5) * scale  # (n_out,)
+    taps = torch.arange(n_in, dtype=torch.float64) + 0.5  # (n_in,)
+    w = (1.0 - ((taps[None] - centres[:, None]) / support).abs()).clamp(min=0.0)  # (n_out, n_in)
+    return (w / w.sum(dim=1, keepdim=True)).float()
+
+
+def resize_images(x: Tensor, side: int) -> Tensor:
+    """Images ``(n, C, H, W)`` -> ``(n, C, side, side)``, bilinear.
+
+    Where no side shrinks, this is ``F.interpolate(mode="bilinear")`` as it always was
+    (bit for bit, so cached features of enlarged images stay valid). Where one does, the
+    resize is antialiased (:func:`antialias_weights`): plain bilinear reads 2 x 2 pixels
+    per output pixel and skips the rest, which aliases fine patterns of large images.
+    It is written as two matrix products, which ONNX export takes (torch's own
+    ``antialias=True`` it does not)."""
+    h, w = (int(s) for s in x.shape[-2:])
+    if (h, w) == (side, side):
+        return x
+    if max(h, w) <= side:
+        return F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
+    rows = antialias_weights(h, side).to(x.device, x.dtype)  # (side, H)
+    cols = antialias_weights(w, side).to(x.device, x.dtype)  # (side, W)
+    return rows @ x @ cols.T  # (n, C, side, side)
 
 
 def _height_width(image_size: int | Sequence[int]) -> tuple[int, int]:
@@ -321,10 +358,15 @@ class EfficientNetLite0Embedder(nn.Module):
             )
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)  # (n, 3, H, W)
-        r = self.resolution
-        if x.shape[-2:] != (r, r):
-            x = F.interpolate(x, size=(r, r), mode="bilinear", align_corners=False)
+        x = resize_images(x, self.resolution)  # (n, 3, r, r)
         return x * (255.0 / 128.0) - 127.0 / 128.0  # (n, 3, r, r)
+
+    def downsamples(self, x: Tensor) -> bool:
+        """Whether :meth:`prepare` shrinks images ``x`` (as it takes them: ``(n, C, H, W)``,
+        ``(n, H, W)`` or flat) along a side, where it resizes them antialiased; the
+        feature cache keys such features apart from those of the older, aliasing resize."""
+        hw = self.hw if x.dim() == 2 and self.hw is not None else tuple(x.shape[-2:])
+        return max(int(s) for s in hw) > self.resolution
 
     def backbone_features(self, images: Tensor) -> Tensor:
         """Normalized images ``(n, 3, r, r)`` -> concatenated pooled taps ``(n, feature_dim)``
@@ -378,4 +420,5 @@ class EfficientNetLite0Embedder(nn.Module):
         return self.embed_features(features)  # (n, dim)
 
 
-__all__ = ["EfficientNetLite0Embedder", "MIN_IMAGE_SIDE", "MIN_RESOLUTION"]
+__all__ = ["EfficientNetLite0Embedder", "MIN_IMAGE_SIDE", "MIN_RESOLUTION", "antialias_weights",
+           "resize_images"]

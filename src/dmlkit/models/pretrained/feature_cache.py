@@ -2,8 +2,9 @@
 
 The cache key is the SHA-256 of the input tensor (bytes, shape, dtype) together with
 the checksum of the backbone's weights and the model's feature settings (resolution,
-taps, pixel group, pooling grid), so changed data, weights or settings never read stale
-features. Files are written atomically (``.tmp`` then rename).
+taps, pixel group, pooling grid) and, for images the model shrinks, the version of that
+resize (:func:`resize_key`), so changed data, weights, settings or resize never read
+stale features. Files are written atomically (``.tmp`` then rename).
 """
 
 from __future__ import annotations
@@ -70,6 +71,23 @@ def backbone_checksum(model: nn.Module) -> str:
         digest.update(key.encode())
         digest.update(np.ascontiguousarray(value.cpu().numpy()).tobytes())
     return digest.hexdigest()
+
+
+#: version of the resize of images larger than the model's resolution: 2 antialiased
+#: (1, bilinear without antialiasing, aliased fine patterns; its features are not reused)
+DOWNSAMPLE_VERSION = 2
+
+
+def resize_key(model: nn.Module, x: Tensor) -> str:
+    """The part of the cache key that says how ``model`` resizes images ``x``: empty where
+    it enlarges them or keeps their size (that resize never changed, so features cached
+    by any dmlkit stay valid), else the version of the shrinking resize
+    (:data:`DOWNSAMPLE_VERSION`), so features of the older aliasing resize are computed
+    again, not read."""
+    downsamples = getattr(model, "downsamples", None)
+    if callable(downsamples) and downsamples(x):
+        return f"|downsample-v{DOWNSAMPLE_VERSION}"
+    return ""
 
 
 def compute_features(model: nn.Module, x: Tensor, batch_size: int = 256,
@@ -141,7 +159,8 @@ def cached_features(model: nn.Module, x: Tensor, cache_dir: str | Path | None = 
         env = os.environ.get("DMLKIT_CACHE")
         cache_dir = Path(env) / "features" if env else DEFAULT_CACHE
     cache_dir = Path(cache_dir).expanduser()
-    key = hashlib.sha256((tensor_checksum(x) + backbone_checksum(model)).encode()).hexdigest()
+    key = hashlib.sha256((tensor_checksum(x) + backbone_checksum(model)
+                          + resize_key(model, x)).encode()).hexdigest()
     path = cache_dir / f"{key[:32]}.pt"
     if path.is_file():
         features, problem = _read_cached(path, (x.shape[0], model.feature_dim))
@@ -167,6 +186,8 @@ def cached_features(model: nn.Module, x: Tensor, cache_dir: str | Path | None = 
 
 
 __all__ = [
+    "DOWNSAMPLE_VERSION",
+    "resize_key",
     "tensor_checksum",
     "backbone_checksum",
     "features_checksum",
