@@ -341,10 +341,7 @@ def read_images(paths: list[Path], image_size: Any, color: str,
     from collections import Counter
 
     from dmlkit.data.image_folder import _pillow, read_image
-
-    def listed(items: list[tuple[Path, tuple[int, ...]]], most: int = 5) -> str:
-        text = ", ".join(f"{p} of shape {s}" for p, s in items[:most])  # a.png of shape (1, 8, 8)
-        return text + (f" and {len(items) - most} more" if len(items) > most else "")
+    from dmlkit.data.image_folder import listed_files as listed
 
     _pillow()
     arrays = [read_image(p, color, image_size) for p in paths]
