@@ -79,3 +79,11 @@ def test_sound_sizes_still_build() -> None:
 def test_bias_free_cnn_image_size_is_a_side_or_a_pair(image_size) -> None:
     with pytest.raises(TypeError, match=r"bias_free_cnn: image_size must be an int or \(height"):
         BiasFreeCNN(image_size=image_size)
+
+
+def test_a_too_small_image_size_says_how_to_enlarge_the_images():
+    from dmlkit.models.cnn import SmallCNN
+
+    with pytest.raises(ValueError, match=r"small_cnn takes images of side >= \d+ on each side, "
+                                         r"got 2; enlarge .*data.image_size"):
+        SmallCNN(image_size=2)

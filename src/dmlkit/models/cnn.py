@@ -39,7 +39,9 @@ def height_width(image_size: int | Sequence[int], min_side: int = 4,
                         f"(height, width), got {image_size!r}")
     if min(hw) < min_side:
         who = f"{model} takes images of side" if model else "image_size must be"
-        raise ValueError(f"{who} >= {min_side} on each side, got {image_size}")
+        fix = ("; enlarge smaller images (an image folder's data.image_size resizes them "
+               "as they are read)") if model else ""
+        raise ValueError(f"{who} >= {min_side} on each side, got {image_size}{fix}")
     return hw
 
 
@@ -86,7 +88,7 @@ class SmallCNN(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        hw = height_width(image_size)
+        hw = height_width(image_size, 4, "small_cnn")
         in_channels = check_size("small_cnn", "in_channels", in_channels)
         dim = check_size("small_cnn", "dim", dim)
         width = check_size("small_cnn", "width", width)
