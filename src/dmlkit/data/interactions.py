@@ -38,11 +38,14 @@ def read_interactions(path: str | Path, *, min_rating: float | None = None) -> I
     """Read a CSV/TSV of ``user,item[,rating,timestamp]`` or a ``.inter`` file.
 
     A first line naming a user and an item column is a header, in any order and with
-    the usual names (``user``, ``userId``, ``user_id``; ``item``, ``itemId``,
-    ``item_id``, ``movieId``; ``rating``; ``timestamp``, ``time``; MovieLens's
-    ``userId,movieId,rating,timestamp`` included); other columns are ignored. Without
-    one the columns are ``user,item[,rating,timestamp]`` in that order, and a first line
-    that is not numeric where the rows below are (an unrecognised header) is refused.
+    the usual names, matched whole (``user``, ``userId``, ``user_id``; ``item``,
+    ``itemId``, ``item_id``, ``movieId``; ``rating``; ``timestamp``, ``time``; MovieLens's
+    ``userId,movieId,rating,timestamp`` included); other columns are ignored. A first
+    line holding a number in its third or fourth field (where the rating and timestamp
+    go) is data, and ids that merely begin with such a name (``user_5,movie_12``) are
+    data too. Without a header the columns are ``user,item[,rating,timestamp]`` in that
+    order, and a first line that is not numeric where the rows below are (an
+    unrecognised header) is refused.
     Empty ids are refused. ``min_rating`` keeps only interactions rated at least that
     much (all by default).
     """
@@ -57,7 +60,8 @@ def read_interactions(path: str | Path, *, min_rating: float | None = None) -> I
     if len(first) < 2:
         raise ValueError(f"{path}: need at least user and item columns, got {first}")
     canon = [_canonical(c) for c in first]
-    header = {"user", "item"} <= set(canon)
+    header = ({"user", "item"} <= set(canon)
+              and not any(_numeric(c) for c in first[2:4]))  # rating, timestamp: data
     if header:
         lines = lines[1:]
         if not lines:
@@ -149,15 +153,12 @@ _NAMES = {
 
 def _canonical(name: str) -> str:
     """``"user"``, ``"item"``, ``"rating"`` or ``"timestamp"`` for a header name it knows
-    (``userId``, ``user_id:token``, ``movieId``, ...), else the name, lower-cased."""
+    whole (``userId``, ``user_id:token``, ``movieId``, ...), else the name, lower-cased.
+    Only whole names count: ``user_5`` or ``movie_12`` are ids of a data line."""
     key = name.split(":")[0].strip().lower()
     flat = key.replace("_", "").replace(" ", "")
     for canonical, names in _NAMES.items():
         if flat in names:
-            return canonical
-    for canonical, prefix in (("user", "user"), ("item", "item"), ("item", "movie"),
-                              ("rating", "rating"), ("timestamp", "timestamp")):
-        if flat.startswith(prefix):  # user_name, item_code, ...
             return canonical
     return key
 
@@ -176,15 +177,21 @@ def movielens_100k_path() -> Path:
     return path
 
 
-def leave_last_out(data: Interactions, n_last: int = 1) -> tuple[Interactions, Interactions]:
+def leave_last_out(data: Interactions, n_last: int = 1, *,
+                   remedy: str = "give data with a timestamp column "
+                                 "(user,item,rating,timestamp), or hold nothing out",
+                   ) -> tuple[Interactions, Interactions]:
     """``(train, test)``: each user's ``n_last`` latest interactions (by timestamp, ties by
     file order) are held out; users with no more than ``n_last`` interactions stay whole
-    in training."""
+    in training.
+
+    An interaction without a timestamp is refused with a ``ValueError`` that counts them
+    and ends with ``remedy`` (what the caller can do about it, in its own terms).
+    """
     missing = int(np.isnan(data.timestamps).sum())
     if missing:
         raise ValueError(f"leave-last-out needs a timestamp for every interaction, and "
-                         f"{missing} of {len(data)} have none: give data with a timestamp "
-                         "column (user,item,rating,timestamp), or hold nothing out")
+                         f"{missing} of {len(data)} have none: {remedy}")
     order = np.lexsort((np.arange(len(data)), data.timestamps, data.users))  # user, time, row
     users = data.users[order]
     starts = np.r_[0, np.flatnonzero(users[1:] != users[:-1]) + 1]

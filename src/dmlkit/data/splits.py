@@ -83,41 +83,48 @@ def class_ids(data: ArrayDataset, classes: Sequence[int | str], key: str = "clas
 
 
 def check_folder_ids(data: ArrayDataset, classes: Sequence[int | str], key: str) -> None:
-    """Refuse integer ``classes`` that would pick another numbered class folder.
+    """Refuse integer ``classes`` that could mean two different class folders.
 
     The class ids of image and audio folders (data read from files, ``data.paths``)
     follow the sorted sub-folder names, as torchvision's ``ImageFolder`` numbers them, so
-    with folders ``0`` ... ``11`` id 2 is the folder ``10``. An integer of ``classes``
-    that is the id of a folder whose name is another integer, or that is no id but the
-    name of a folder, is ambiguous: a ``ValueError`` names the folder it is and says to
-    write the folder names as strings. Other data (``.npz`` ``class_names`` are given
-    per label) pass.
+    with folders ``0`` ... ``11`` id 2 is the folder ``10``. An integer ``c`` of
+    ``classes`` is ambiguous where a folder is named ``c`` but its id is not ``c`` (the
+    id picks another folder, or ``c`` is no id at all): a ``ValueError`` names the folder
+    each such id is and shows the list written with folder names (the folder ``c`` for an
+    ambiguous ``c``, the folder an unambiguous id denotes), which reads as intended.
+    Integers no folder is named after are ids (folders ``19``, ``26``, ``27``, ``103``:
+    id 0 is the folder ``103``). Other data (``.npz`` ``class_names`` are given per
+    label) pass.
     """
     names, classes = data.class_names, list(classes)
     if names is None or data.paths is None:
         return
-    ints = [int(c) for c in classes if isinstance(c, numbers.Integral) and not isinstance(c, bool)]
+
+    def ambiguous(c: object) -> bool:
+        return (isinstance(c, numbers.Integral) and not isinstance(c, bool)
+                and str(c) in names and names.index(str(c)) != c)
+
     odd: list[str] = []
-    for c in dict.fromkeys(ints):
-        if 0 <= c < len(names):
-            if _is_number(names[c]) and int(names[c]) != c:
-                odd.append(f"id {c} is the folder {names[c]!r}")
-        elif str(c) in names:
-            odd.append(f"{c} is no class id (the folder {str(c)!r} is id {names.index(str(c))})")
+    for c in dict.fromkeys(int(c) for c in classes if ambiguous(c)):
+        odd.append(f"id {c} is the folder {names[c]!r}" if 0 <= c < len(names) else
+                   f"{c} is no class id (the folder {str(c)!r} is id {names.index(str(c))})")
     if not odd:
         return
+
+    def as_name(c: int | str) -> str:
+        if isinstance(c, str) or ambiguous(c):
+            return f'"{c}"'  # the folder named so
+        if isinstance(c, numbers.Integral) and 0 <= c < len(names):
+            return f'"{names[int(c)]}"'  # the folder the id denotes
+        return repr(c)
+
     shown = ", ".join(odd[:3]) + (f" and {len(odd) - 3} more" if len(odd) > 3 else "")
-    strings = ", ".join(f'"{c}"' for c in classes[:8]) + (", ..." if len(classes) > 8 else "")
+    strings = ", ".join(as_name(c) for c in classes[:8]) + (", ..." if len(classes) > 8 else "")
     raise ValueError(
         f"{key} {classes}: class ids follow the sorted folder names "
         f"({', '.join(names[:5])}{', ...' if len(names) > 5 else ''}), so {shown}; to mean "
         f"folders by name, write the names as strings, e.g. {key.rpartition('.')[2]}: "
         f"[{strings}]")
-
-
-def _is_number(name: str) -> bool:
-    """Whether a class (folder) name is a non-negative integer (``"7"``, ``"10"``)."""
-    return name.isascii() and name.isdigit()
 
 
 def _without_items(data: ArrayDataset, missing: Sequence[int]) -> str:

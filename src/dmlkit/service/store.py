@@ -109,10 +109,11 @@ def _open_lock_file(path: Path) -> tuple[Any, bool]:
             return os.fdopen(fd, "a+b"), True
         except FileExistsError:
             pass
-        try:
-            return open(path, "a+b"), False  # noqa: SIM115 - held for the store's life
-        except FileNotFoundError:  # removed since: create it again
+        try:  # no O_CREAT: a file removed since raises, and the loop creates it again
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
             continue
+        return os.fdopen(fd, "a+b"), False
 
 
 def _same_file(handle: Any, path: Path) -> bool:
