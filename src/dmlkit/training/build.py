@@ -6,6 +6,11 @@ Shape parameters the data determines are filled in when the config leaves them o
 losses (:func:`loss_shape_params`). :func:`resolve_config` writes them into the config, so
 a saved run rebuilds its model without its data.
 
+A model setting added after runs were saved without it (the pretrained backbone's
+``antialias``) is written into every new run's config with its default
+(:func:`new_run_params`), and a saved run whose config lacks it gets the value its model
+had before the setting existed (:func:`saved_run_params`), so it embeds as it trained.
+
 A loss's embedding size is always the width of the embeddings the model gives, never the
 model config's ``dim`` alone: a pretrained embedder with ``head_type: none`` or
 ``residual`` gives its backbone's features, whatever ``dim`` says, and a text encoder's
@@ -102,6 +107,31 @@ def _check_given_shape(spec: dict[str, Any], params: set[str], example: Tensor) 
             raise ValueError(
                 f"model.{key} is {spec[key]}, but the data's items have {have} (each item "
                 f"{tuple(example.shape)}); remove model.{key} to take it from the data")
+
+
+def _saved_run_defaults(spec: dict[str, Any]) -> dict[str, Any]:
+    """The model class's ``saved_run_defaults``: settings added after runs were saved
+    without them, with the values those runs' models had."""
+    defaults = getattr(MODELS.get(spec["name"]), "saved_run_defaults", None)
+    return dict(defaults) if isinstance(defaults, dict) else {}
+
+
+def new_run_params(spec: dict[str, Any]) -> dict[str, Any]:
+    """The settings of ``spec``'s model class that runs saved before them lack and
+    ``spec`` leaves out, with the constructor's defaults: what a new run's config records,
+    so that loading it never mistakes it for an older run."""
+    cls = MODELS.get(spec["name"])
+    params = inspect.signature(cls.__init__).parameters
+    return {key: params[key].default for key in _saved_run_defaults(spec)
+            if key not in spec and key in params
+            and params[key].default is not inspect.Parameter.empty}
+
+
+def saved_run_params(spec: dict[str, Any]) -> dict[str, Any]:
+    """The settings a saved run's model config ``spec`` lacks because the run was saved
+    before they existed, with the values its model had then (e.g. ``antialias: False``
+    of the pretrained backbone: the run embeds as it trained, and as its indexes hold)."""
+    return {key: value for key, value in _saved_run_defaults(spec).items() if key not in spec}
 
 
 def embedding_dim(model_spec: dict[str, Any]) -> int | None:
@@ -247,6 +277,7 @@ def resolve_config(config: Config, example: Tensor, num_classes: int | None) -> 
     for key in DATA_PATH_KEYS:  # a run records which files it read, wherever it resumes
         setattr(config.data, key, absolute_path(getattr(config.data, key)))
     config.model.update(model_shape_params(config.model, example))
+    config.model.update(new_run_params(config.model))  # (told apart from older runs)
     if config.data.name == "audio_folder" and "sample_rate" in _params(
             MODELS, config.model["name"]):  # the model's filters at the data's rate
         given = config.model.setdefault("sample_rate", config.data.sample_rate)
@@ -320,6 +351,8 @@ __all__ = [
     "channel_last_problem",
     "resolve_config",
     "model_shape_params",
+    "new_run_params",
+    "saved_run_params",
     "loss_shape_params",
     "embedding_dim",
     "model_output_dim",

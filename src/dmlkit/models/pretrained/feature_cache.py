@@ -73,19 +73,20 @@ def backbone_checksum(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-#: version of the resize of images larger than the model's resolution: 2 antialiased
-#: (1, bilinear without antialiasing, aliased fine patterns; its features are not reused)
+#: version of the antialiased resize of images larger than the model's resolution (1,
+#: bilinear without antialiasing, aliased fine patterns: a model with ``antialias``
+#: False, a run saved before the setting existed, still resizes so, keyed as ever)
 DOWNSAMPLE_VERSION = 2
 
 
 def resize_key(model: nn.Module, x: Tensor) -> str:
     """The part of the cache key that says how ``model`` resizes images ``x``: empty where
-    it enlarges them or keeps their size (that resize never changed, so features cached
-    by any dmlkit stay valid), else the version of the shrinking resize
-    (:data:`DOWNSAMPLE_VERSION`), so features of the older aliasing resize are computed
-    again, not read."""
+    it enlarges them or keeps their size, or shrinks them without antialiasing (model
+    ``antialias`` False): those resizes never changed, so features cached by any dmlkit
+    stay valid. Else the version of the antialiased shrink (:data:`DOWNSAMPLE_VERSION`),
+    so features of the aliasing resize are never read for it, nor its for that."""
     downsamples = getattr(model, "downsamples", None)
-    if callable(downsamples) and downsamples(x):
+    if getattr(model, "antialias", True) and callable(downsamples) and downsamples(x):
         return f"|downsample-v{DOWNSAMPLE_VERSION}"
     return ""
 
