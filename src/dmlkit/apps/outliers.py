@@ -97,7 +97,9 @@ class MetricOutlierDetector(OutlierMixin, BaseEstimator):
     calibration_folds : int
         With ``embedder="learn"``: folds of the cross-fitted threshold (at least 2; a
         metric is learned on each fold's complement, then one on all rows, so fitting
-        trains ``calibration_folds + 1`` metrics). Unused otherwise.
+        trains ``calibration_folds + 1`` metrics). Unused otherwise, but checked by
+        ``fit`` whatever the embedder (an integer >= 2), so that a bad value is refused
+        before a later ``set_params(embedder="learn")`` reaches it.
     batch_size : int
         Rows embedded at a time.
     random_state : int
@@ -410,9 +412,4 @@ def _learns(embedder: Any) -> bool:
     return isinstance(embedder, str) and embedder == "learn"
 
 
-def is_run_dir(value: Any) -> bool:
-    """Whether ``value`` names a dmlkit run directory."""
-    return isinstance(value, (str, Path)) and (Path(value) / "config.yaml").is_file()
-
-
-__all__ = ["MetricOutlierDetector", "METHODS", "is_run_dir"]
+__all__ = ["MetricOutlierDetector", "METHODS"]

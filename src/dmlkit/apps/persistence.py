@@ -15,7 +15,7 @@ every file's size and SHA-256 checked against the manifest on load, arrays read 
 Constructor parameters must be JSON values; an ``embedder`` is saved only as a run
 directory path (a module or callable cannot be written without pickle). A kit that embeds
 with a run also records ``"model_sha256"``, the fingerprint of that run's weights
-(:func:`run_fingerprint`): its thresholds, gallery and prototypes hold only for those
+(:func:`run_fingerprint`): what it learned from their embeddings holds only for those
 weights, so loading it once the run's model has changed (training resumed, the run
 replaced) raises :class:`StaleKitError`. Kits saved without a fingerprint load with a
 warning. A kit fitted on embeddings (no embedder) records the fingerprint of the model
@@ -230,16 +230,17 @@ def check_kit_model(estimator: Any, recorded: str | None, source: str,
     Raises
     ------
     ValueError
-        When both are known and differ: the kit's thresholds, gallery and prototypes hold
-        only for its own model's embeddings.
+        When both are known and differ: what the kit learned from embeddings (a
+        verifier's thresholds, a gallery, prototypes, a detector's reference points and
+        threshold) holds only for its own model's embeddings.
     """
     fitted = kit_model(estimator)
     if recorded is None or fitted is None or recorded == fitted:
         return
     raise ValueError(
-        f"{where} was fitted on embeddings of another model than {source}: its thresholds, "
-        "gallery and prototypes hold only for that model's embeddings; embed with the model "
-        "the kit was fitted on, or fit and save the kit again on embeddings of this model "
+        f"{where} was fitted on embeddings of another model than {source}: what it learned "
+        "from them holds only for that model's embeddings; embed with the model it was "
+        "fitted on, or fit and save it again on embeddings of this model "
         f"({refit})")
 
 
@@ -273,8 +274,8 @@ def check_kit_run(path: str | Path, estimator: Any, recorded: str | None) -> Non
         raise StaleKitError(
             f"{path} was fitted with the model of {run_dir} as it was when the kit was saved, "
             "but that run's weights have changed since (training resumed, or the run "
-            "replaced): the kit's thresholds, gallery and prototypes do not hold for the new "
-            f"model; {redo}")
+            "replaced): what the kit learned from that model's embeddings does not hold for "
+            f"the new model; {redo}")
 
 
 def load_kit_index(path: str | Path) -> Any:

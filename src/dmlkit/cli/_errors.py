@@ -1,10 +1,10 @@
-"""Errors the commands share: one-line messages, and output paths refused before any work."""
+"""Errors the commands share: one-line messages (output paths are checked by
+:mod:`dmlkit.cli._outputs`)."""
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import typer
@@ -61,24 +61,3 @@ def wrap_commands(app: typer.Typer) -> None:
         if group.typer_instance is not None:
             wrap_commands(group.typer_instance)
 
-
-def check_output_file(path: Path, what: str = "file", option: str = "--out") -> None:
-    """Raise a ``ValueError`` when ``path`` (given as ``option``) cannot become a file:
-    it is a directory, or a folder above it is a file."""
-    if path.is_dir():
-        raise ValueError(f"{option} {path} is a directory; give a {what} name")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ValueError(f"{option} {path}: {parent} is a file, not a directory")
-            return
-
-
-def check_output_dir(path: Path, option: str = "--out") -> None:
-    """Raise a ``ValueError`` when ``path`` (given as ``option``) cannot become a
-    directory (it, or a folder above it, is a file)."""
-    for parent in (path, *path.parents):
-        if parent.exists():
-            if not parent.is_dir():
-                raise ValueError(f"{option} {path}: {parent} is a file, not a directory")
-            return

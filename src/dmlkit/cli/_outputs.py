@@ -1,10 +1,13 @@
 """Where a command may write: the rule every ``--out`` (and ``--save``) is checked by
 before any work.
 
-An output never replaces one of the command's own inputs (``--data t.csv --out t.csv``
-would leave only the scores), never replaces a run directory's own files (its config,
-weights, metrics, log: :data:`~dmlkit.runs.export.RUN_FILES`, the rule ``dmlkit report
---out`` applies), and never lies inside a directory dmlkit saved (an index, a fitted
+An output file can become a file (it is no directory, and no folder above it is a file:
+:func:`check_output_file`), an output folder a folder (:func:`check_output_dir`). An
+output never replaces one of the command's own inputs (``--data t.csv --out t.csv``
+would leave only the scores; inside an input that is a run directory only the run's own
+files are refused), never replaces a run directory's own files (its config, weights,
+metrics, log: :func:`dmlkit.runs.run_files.check_not_run_file`, the rule ``dmlkit report``
+and ``dmlkit export`` apply too), and never lies inside a directory dmlkit saved (an index, a fitted
 kit, an embedding store: one whose ``manifest.json`` names a ``dmlkit-*`` format), whose
 files are checked against that manifest and which a later save replaces whole. A folder
 of outputs (``dmlkit explain --out DIR``) is, in addition, never a run directory itself.
@@ -40,10 +43,38 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
+def check_output_file(path: Path, what: str = "file", option: str = "--out") -> None:
+    """Raise a ``ValueError`` when ``path`` (given as ``option``) cannot become a file:
+    it is a directory, or a folder above it is a file."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{option} {path} is a directory; give a {what} name")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{option} {path}: {parent} is a file, not a directory")
+            return
+
+
+def check_output_dir(path: Path, option: str = "--out") -> None:
+    """Raise a ``ValueError`` when ``path`` (given as ``option``) cannot become a
+    directory (it, or a folder above it, is a file)."""
+    path = Path(path)
+    for parent in (path, *path.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{option} {path}: {parent} is a file, not a directory")
+            return
+
+
 def check_not_input(path: Path, option: str, inputs: Mapping[str, Path | None]) -> None:
     """Refuse ``path`` (given as ``option``) when it is one of ``inputs`` (``{"the --data
     file": PATH, ...}``; ``None`` entries are skipped) or lies inside one that is a
-    directory: writing there would replace or change what the command reads."""
+    directory: writing there would replace or change what the command reads. Inside an
+    input that is a run directory only its own files are refused (the run-file rule,
+    :func:`check_not_run_file`): a run's folder holds outputs of other commands too."""
+    from dmlkit.runs.run_files import is_run_dir
+
     real = Path(path).resolve()
     for what, source in inputs.items():
         if source is None:
@@ -52,20 +83,18 @@ def check_not_input(path: Path, option: str, inputs: Mapping[str, Path | None]) 
         if real == src:
             raise ValueError(f"{option} {path} is {what}; writing there would replace it: "
                              "give another name")
-        if src.is_dir() and _inside(real, src):
+        if src.is_dir() and _inside(real, src) and not is_run_dir(src):
             raise ValueError(f"{option} {path} lies inside {what} {source}; writing there "
                              "would change it: give a path outside it")
 
 
-def check_not_run_file(path: Path, option: str = "--out") -> None:
-    """Refuse ``path`` when it is one of a run directory's own files
-    (:data:`~dmlkit.runs.export.RUN_FILES` beside a run's config and weights)."""
-    from dmlkit.runs.export import RUN_FILES, is_run_dir
+def check_not_run_file(path: Path, option: str = "--out",
+                       run_dir: Path | None = None) -> None:
+    """Refuse ``path`` when it is one of a run directory's own files, or of ``run_dir``'s
+    (:func:`dmlkit.runs.run_files.check_not_run_file`, ``option`` naming it)."""
+    from dmlkit.runs import run_files
 
-    real = Path(path).resolve()
-    if real.name in RUN_FILES and is_run_dir(real.parent):
-        raise ValueError(f"{option} {path} is the run directory {real.parent}'s own "
-                         f"{real.name}; give another name or a path outside the run")
+    run_files.check_not_run_file(path, option, run_dir=run_dir)
 
 
 def check_outside_saved(path: Path, option: str = "--out") -> None:
@@ -81,20 +110,26 @@ def check_outside_saved(path: Path, option: str = "--out") -> None:
 
 
 def check_output_path(path: Path, option: str = "--out",
-                      inputs: Mapping[str, Path | None] | None = None) -> None:
-    """Refuse an output file ``path`` that is one of ``inputs`` (or lies inside one), one
-    of a run directory's own files, or lies inside a saved directory (see the module)."""
+                      inputs: Mapping[str, Path | None] | None = None, *,
+                      what: str = "file", run_dir: Path | None = None) -> None:
+    """Refuse an output file ``path`` that cannot become a file (:func:`check_output_file`,
+    ``what`` naming the file it should be), is one of ``inputs`` (or lies inside one), is
+    one of a run directory's own files (of ``run_dir``'s too, the run the command reads),
+    or lies inside a saved directory (see the module)."""
+    check_output_file(Path(path), what, option)
     check_not_input(path, option, inputs or {})
-    check_not_run_file(path, option)
+    check_not_run_file(path, option, run_dir)
     check_outside_saved(path, option)
 
 
 def check_output_folder(path: Path, option: str = "--out",
                         inputs: Mapping[str, Path | None] | None = None) -> None:
-    """Refuse an output folder ``path`` that is one of ``inputs`` (or lies inside one), a
-    run directory, a saved directory, or lies inside a saved directory."""
-    from dmlkit.runs.export import is_run_dir
+    """Refuse an output folder ``path`` that cannot become a folder
+    (:func:`check_output_dir`), is one of ``inputs`` (or lies inside one), a run
+    directory, a saved directory, or lies inside a saved directory."""
+    from dmlkit.runs.run_files import is_run_dir
 
+    check_output_dir(Path(path), option)
     check_not_input(path, option, inputs or {})
     if is_run_dir(path):
         raise ValueError(f"{option} {path} is a run directory; its outputs would be written "
@@ -108,5 +143,5 @@ def check_output_folder(path: Path, option: str = "--out",
     check_outside_saved(path, option)
 
 
-__all__ = ["check_not_input", "check_not_run_file", "check_outside_saved",
-           "check_output_folder", "check_output_path", "saved_format"]
+__all__ = ["check_not_input", "check_not_run_file", "check_outside_saved", "check_output_dir",
+           "check_output_file", "check_output_folder", "check_output_path", "saved_format"]

@@ -83,26 +83,6 @@ def truth_metrics(truth: Any, scores: Any, path: Path,
             "average_precision": float(average_precision_score(anomalous, -scores))}, None
 
 
-def load_detector(path: Path) -> Any:
-    """The detector saved in directory ``path`` (a MetricOutlierDetector or DeepSVDD)."""
-    from dmlkit.apps import DeepSVDD, MetricOutlierDetector
-    from dmlkit.apps.persistence import kit_kind
-
-    kinds = {cls.__name__: cls for cls in (MetricOutlierDetector, DeepSVDD)}
-    kind = kit_kind(path)
-    if kind not in kinds:
-        raise ValueError(f"{path} holds a {kind}, not an anomaly detector")
-    return kinds[kind].load(path)
-
-
-def check_method(method: str) -> None:
-    """Raise a ``ValueError`` naming every method ``--method`` takes unless it is one."""
-    from dmlkit.apps.outliers import METHODS
-
-    if method not in (*METHODS, "deep_svdd"):
-        raise ValueError(f"--method must be one of {[*METHODS, 'deep_svdd']}, got {method!r}")
-
-
 def check_rows(x: Any, option: str, path: Path) -> None:
     """Raise a ``ValueError`` naming ``option`` and ``path`` when ``x`` has no rows or
     holds NaN or infinite values (a ``TypeError`` when it holds no numbers)."""
@@ -117,45 +97,20 @@ def check_rows(x: Any, option: str, path: Path) -> None:
     check_finite_rows(x, f"{option} {path}")
 
 
-def check_features(x: Any, option: str, path: Path, detector: Path | None = None) -> None:
-    """Refuse inputs ``x`` that are not rows of features (images ``(n, C, H, W)``, ...)
-    where nothing embeds them: no RUN_DIR, or a saved ``detector`` fitted on features."""
-    import numpy as np
-
-    if x.ndim <= 2:
-        return
-    shape, flat = tuple(x.shape[1:]), int(np.prod(x.shape[1:]))
-    if detector is not None:
-        raise ValueError(f"{option} {path} holds arrays of shape {shape} per row, but the "
-                         f"detector {detector} scores rows of features: flatten them to "
-                         f"{flat} values per row, as its normal data was")
-    raise ValueError(f"{option} {path} holds arrays of shape {shape} per row, not rows of "
-                     "features, and no RUN_DIR embeds them: give RUN_DIR (a run whose model "
-                     "takes these inputs), use --method deep_svdd (it trains a network on "
-                     f"them) or flatten them to {flat} values per row")
-
-
-#: the options a saved detector fixes (its method, threshold and neighbours)
-FIXED_BY_DETECTOR = ("--method", "--contamination", "--k")
-DEFAULTS = {"--method": "knn", "--contamination": 0.1, "--k": 5}
+#: the options of the settings a saved detector fixes (:data:`dmlkit.apps.detectors.SETTINGS`)
+OPTIONS = ("--method", "--contamination", "--k")
 
 
 def check_save(save: Path, kind: str) -> None:
     """Refuse, before any fitting, a ``--save`` directory the detector (class ``kind``)
     cannot be saved to: a file, a folder of other files (a run, an embedding store),
     another kind of saved model, or a folder inside a saved directory."""
-    from dmlkit.apps.persistence import KIT_FORMAT, kit_kind
+    from dmlkit.apps.persistence import KIT_FORMAT
     from dmlkit.cli._outputs import check_outside_saved
     from dmlkit.index.io import check_replaceable
 
-    check_replaceable(save, KIT_FORMAT)  # (a FileExistsError naming what is there)
+    check_replaceable(save, KIT_FORMAT, kind)  # (a FileExistsError naming what is there)
     check_outside_saved(save, "--save")
-    if save.is_dir() and any(save.iterdir()):
-        held = kit_kind(save)
-        if held != kind:
-            raise FileExistsError(f"--save {save} holds a saved {held}, not a {kind}; "
-                                  "saving there would replace it: choose another path or "
-                                  "remove it first")
 
 
 def summary_file(out: Path) -> Path:
@@ -165,46 +120,6 @@ def summary_file(out: Path) -> Path:
     if summary_path == out:  # --out x.json: the summary must not replace the scores
         summary_path = out.with_name(out.stem + ".summary.json")
     return summary_path
-
-
-#: the command that fits and saves a detector, named where a saved one is refused
-REFIT = "dmlkit detect-anomalies --normal EMBEDDINGS.npz ... --save KIT"
-
-
-def check_detector_model(det: Any, detector: Path, data: Path) -> None:
-    """Refuse to score ``data`` with the saved detector ``det`` (from directory
-    ``detector``) when ``data`` records the fingerprint of another model than the one
-    whose embeddings the detector was fitted on (either unknown: nothing to compare)."""
-    from dmlkit.apps.persistence import check_kit_model
-    from dmlkit.index.provenance import embeddings_fingerprint
-
-    check_kit_model(det, embeddings_fingerprint(data), f"those of --data {data}",
-                    f"the detector {detector}", refit=REFIT)
-
-
-def fitted_model(det: Any, run_dir: Path | None, normal: Path | None,
-                 data: Path) -> str | None:
-    """The fingerprint to save a detector with (``--save``): for one fitted here without a
-    run, that of the model that embedded ``--normal`` (else ``--data``), as ``dmlkit
-    embed`` records it; for a saved one without a run, the one it records. ``None`` for a
-    detector with a run embedder (it records its run's) or when unknown."""
-    from dmlkit.apps.persistence import kit_model, run_embedder
-    from dmlkit.cli.recognition import data_model
-
-    if normal is not None:
-        return data_model(run_dir, str(normal), str(data))
-    return kit_model(det) if run_embedder(det) is None else None
-
-
-def _fit(run_dir: Path | None, x_normal: Any, y_normal: Any, method: str,
-         contamination: float, n_neighbors: int) -> Any:
-    from dmlkit.apps import DeepSVDD, MetricOutlierDetector
-
-    if method == "deep_svdd":
-        return DeepSVDD(contamination=contamination).fit(x_normal)
-    det = MetricOutlierDetector(method, n_neighbors=n_neighbors,
-                                contamination=contamination, embedder=run_dir)
-    return det.fit(x_normal, y_normal if method != "knn" else None)
 
 
 def register(app: typer.Typer) -> None:
@@ -243,7 +158,9 @@ def register(app: typer.Typer) -> None:
         """
         import numpy as np
 
+        from dmlkit.apps import detectors
         from dmlkit.cli._outputs import check_output_path
+        from dmlkit.cli.recognition import data_model
         from dmlkit.evaluation import write_json
         from dmlkit.index.provenance import check_same_model
 
@@ -253,49 +170,47 @@ def register(app: typer.Typer) -> None:
                                  "saved one), not both or neither")
             if detector is not None and run_dir is not None:
                 raise ValueError("a saved --detector keeps its own embedder: omit RUN_DIR")
-            given = {"--method": method, "--contamination": contamination, "--k": n_neighbors}
+            given = dict(zip(OPTIONS, (method, contamination, n_neighbors), strict=True))
             if detector is not None:
-                fixed = [name for name in FIXED_BY_DETECTOR if given[name] is not None]
+                fixed = [name for name, value in given.items() if value is not None]
                 if fixed:
                     raise ValueError("a saved --detector keeps the method, contamination "
                                      f"and neighbours it was fitted with: omit "
                                      f"{', '.join(fixed)} (or fit a new detector on --normal)")
             else:
-                method, contamination, n_neighbors = (
-                    DEFAULTS[name] if given[name] is None else given[name]
-                    for name in FIXED_BY_DETECTOR)
-                check_method(method)
-                if method == "deep_svdd" and run_dir is not None:
-                    raise ValueError("deep_svdd trains its own network: omit RUN_DIR")
+                method, contamination, n_neighbors = detectors.detector_settings(
+                    method, contamination, n_neighbors, run_dir=run_dir)
             summary_path = summary_file(out)
             inputs = {"the --data file": data, "the --normal file": normal,
-                      "the --detector directory": detector, "the --save directory": save,
-                      "RUN_DIR": run_dir}
-            check_output_path(out, "--out", inputs)
-            check_output_path(summary_path, f"--out {out}: its summary", inputs)
+                      "the --detector directory": detector, "the --save directory": save}
+            check_output_path(out, "--out", inputs, what="CSV file", run_dir=run_dir)
+            check_output_path(summary_path, f"--out {out}: its summary", inputs,
+                              what="JSON file", run_dir=run_dir)
             x, truth, truth_name = read_rows_named(data, key, TRUTH_KEYS)
             check_rows(x, "--data", data)
             if detector is not None:
-                det = load_detector(detector)
-                check_detector_model(det, detector, data)
+                det = detectors.load_detector(detector)
+                detectors.check_detector_model(det, detector, data)
                 if getattr(det, "embedder", "") is None:  # fitted on rows of features
-                    check_features(x, "--data", data, detector)
+                    detectors.check_features(x, f"--data {data}", detector)
                 if save is not None:
                     check_save(save, type(det).__name__)
+                embedded_by = None  # (the detector records its own)
             else:
                 if run_dir is None and normal.is_file():  # embeddings: both of one model
                     check_same_model(normal, data, "--normal and --data")
                 x_normal, y_normal = read_rows(normal, key, "labels")
                 check_rows(x_normal, "--normal", normal)
                 if run_dir is None and method != "deep_svdd":
-                    check_features(x_normal, "--normal", normal)
-                    check_features(x, "--data", data)
+                    detectors.check_features(x_normal, f"--normal {normal}")
+                    detectors.check_features(x, f"--data {data}")
                 if save is not None:  # before the fitting, which may take long
-                    check_save(save, "DeepSVDD" if method == "deep_svdd"
-                               else "MetricOutlierDetector")
-                det = _fit(run_dir, x_normal, y_normal, method, contamination, n_neighbors)
+                    check_save(save, detectors.detector_kind(method))
+                det = detectors.fit_detector(x_normal, y_normal, method, contamination,
+                                             n_neighbors, run_dir)
+                embedded_by = data_model(run_dir, str(normal), str(data))
             if save is not None:
-                det.save(save, model_sha256=fitted_model(det, run_dir, normal, data))
+                det.save(save, model_sha256=detectors.fitted_model(det, embedded_by))
             scores = det.score_samples(x)
         except (ValueError, TypeError, FileNotFoundError, FileExistsError) as err:
             typer.echo(f"error: {err}", err=True)

@@ -70,7 +70,7 @@ def fit(
         make_learner,
         save_metric,
     )
-    from dmlkit.cli._errors import check_output_dir
+    from dmlkit.cli._outputs import check_output_dir
 
     try:
         check_output_dir(out)  # before the fit, not after it

@@ -7,7 +7,8 @@ from typing import Any
 
 import typer
 
-from dmlkit.cli._errors import check_output_file, one_line
+from dmlkit.cli._errors import one_line
+from dmlkit.cli._outputs import check_output_file
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -80,6 +81,7 @@ def read_embeddings(path: Path, emb_key: str | None = None,
     import numpy as np
 
     from dmlkit._checks import check_real_inputs
+    from dmlkit.apps.embedding import check_finite_rows
     from dmlkit.data.npz import read_arrays
 
     arrays = read_arrays(path)
@@ -94,9 +96,7 @@ def read_embeddings(path: Path, emb_key: str | None = None,
                          f"got shape {emb.shape} of dtype {emb.dtype}")
     check_real_inputs(emb, str(path), repr(emb_key),
                       hint="; name the embeddings array with --x-key")
-    if not np.isfinite(emb).all():
-        bad = int((~np.isfinite(emb)).any(axis=1).sum())
-        raise ValueError(f"{path}: {bad} rows of {emb_key!r} hold NaN or infinite values")
+    check_finite_rows(emb, f"{path}: {emb_key!r}")
     if labels.ndim not in (1, 2) or len(labels) != len(emb) or (labels.ndim == 2 and (
             labels.shape[1] == 0 or labels.dtype.kind in "USO")):
         raise ValueError(f"{path}: {labels_key!r} must hold one label per embedding row "

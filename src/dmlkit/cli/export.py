@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from dmlkit.cli._errors import check_output_file, one_line
+from dmlkit.cli._errors import one_line
+from dmlkit.cli._outputs import check_output_file
 
 
 def register(app: typer.Typer) -> None:

@@ -107,15 +107,13 @@ def _check_embeddings(source: Path, emb: Any) -> Any:
     import numpy as np
 
     from dmlkit._checks import check_real_inputs
+    from dmlkit.apps.embedding import check_finite_rows
 
     emb = np.asarray(emb)
     if emb.ndim != 2:
         raise ValueError(f"{source}: embeddings must be (n, dim), got shape {emb.shape}")
     check_real_inputs(emb, str(source), "embeddings")
-    finite = np.isfinite(emb).all(axis=1)
-    if not finite.all():
-        raise ValueError(f"{source}: {int((~finite).sum())} of {len(emb)} embeddings hold "
-                         "NaN or infinite values; fix or drop those rows")
+    check_finite_rows(emb, f"{source}: embeddings")
     return emb
 
 

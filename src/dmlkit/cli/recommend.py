@@ -39,32 +39,22 @@ NO_TIME = {
 
 
 def _split(interactions: Any, holdout: str, command: str = "train") -> tuple[Any, Any]:
-    import numpy as np
-
     from dmlkit.data.interactions import leave_last_out
 
     if holdout == "none":
         return interactions, None
     if holdout != "last":
         raise ValueError(f"--holdout must be 'last' or 'none', got {holdout!r}")
-    missing = int(np.isnan(interactions.timestamps).sum())
-    if missing:
-        raise ValueError(
-            f"{'--holdout last (the default)' if command == 'train' else 'evaluate'} holds "
-            "out each user's latest interaction, which needs a timestamp for every one, and "
-            f"{missing} of {len(interactions)} have none: {NO_TIME[command]}")
-    return leave_last_out(interactions)
+    return leave_last_out(interactions, remedy=NO_TIME[command])
 
 
 def _check_target(target: Path, model_dir: Path, data: str) -> None:
     """Refuse an evaluate --out that would overwrite an input (the --data file, a file
     inside the model directory) or lie inside any other saved dmlkit directory."""
-    from dmlkit.cli._errors import check_output_file
     from dmlkit.cli._outputs import check_output_path
 
-    check_output_file(target, "JSON file")
     check_output_path(target, "--out", {"the --data file": _path(data),
-                                        "the model directory": model_dir})
+                                        "the model directory": model_dir}, what="JSON file")
 
 
 def _fail(err: Exception) -> None:
@@ -89,8 +79,7 @@ def train(
     an earlier CMLRecommender, which is replaced)."""
     from dmlkit.apps import CMLRecommender
     from dmlkit.apps.persistence import KIT_FORMAT
-    from dmlkit.cli._errors import check_output_dir
-    from dmlkit.cli._outputs import check_outside_saved
+    from dmlkit.cli._outputs import check_output_dir, check_outside_saved
     from dmlkit.index.io import check_replaceable
 
     try:  # the destination first: refused after training, the training would be lost

@@ -10,8 +10,8 @@ from typing import Any
 
 import typer
 
-from dmlkit.cli._errors import check_output_dir, check_output_file, one_line
-from dmlkit.cli._outputs import check_output_folder, check_outside_saved
+from dmlkit.cli._errors import one_line
+from dmlkit.cli._outputs import check_output_file, check_output_folder, check_outside_saved
 
 ITEM_HELP = ("heldout:N or train:N (row N of the run's data), or a .npy file of one item "
              "(FILE.npy:N for row N of a file of several).")
@@ -149,7 +149,6 @@ def register(app: typer.Typer) -> None:
             check_report_path(target, run_dir)
             check_outside_saved(target, "--out")
             if png_dir is not None:
-                check_output_dir(png_dir, "--png-dir")
                 check_output_folder(png_dir, "--png-dir")
                 if importlib.util.find_spec("matplotlib") is None:
                     raise ImportError("--png-dir needs matplotlib: pip install "
@@ -190,7 +189,6 @@ def register(app: typer.Typer) -> None:
         from dmlkit.runs.export import is_text_run
 
         try:
-            check_output_dir(out)
             check_output_folder(out, "--out")  # never the run directory itself
             for name, value in (("--steps", steps), ("--patch", patch), ("--stride", stride)):
                 if value is not None and value < 1:

@@ -10,8 +10,9 @@ from typing import Any
 
 import typer
 
-from dmlkit.cli._errors import check_output_dir, check_output_file, one_line
+from dmlkit.cli._errors import one_line
 from dmlkit.cli._npz_keys import LABELS_KEY, X_KEY
+from dmlkit.cli._outputs import check_output_dir, check_output_file
 
 RUNS_DIR = Path("runs")
 

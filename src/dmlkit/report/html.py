@@ -193,16 +193,13 @@ REPORT_SUFFIXES = (".html", ".htm")
 def check_report_path(path: str | Path, run_dir: str | Path) -> None:
     """Raise a ``ValueError`` unless ``path`` may take the report of the run in
     ``run_dir``: an ``.html`` / ``.htm`` file that is none of a run directory's own files
-    (:data:`~dmlkit.runs.export.RUN_FILES`), save the run's own ``report.html``."""
-    from dmlkit.runs.export import RUN_FILES, is_run_dir
+    (:func:`~dmlkit.runs.run_files.check_not_run_file`), save the run's own
+    ``report.html``."""
+    from dmlkit.runs.run_files import check_not_run_file
 
     path = Path(path)
-    real, run = path.resolve(), Path(run_dir).resolve()
-    own = real.parent == run
-    if real.name in RUN_FILES and (own or is_run_dir(real.parent)) and not (
-            own and real.name == "report.html"):
-        raise ValueError(f"{path} is the run directory {real.parent}'s own {real.name}; give "
-                         "the report another name (e.g. another-report.html)")
+    check_not_run_file(path, run_dir=run_dir, allow=("report.html",),
+                       fix="give the report another name (e.g. another-report.html)")
     if path.suffix.lower() not in REPORT_SUFFIXES:
         raise ValueError(f"{path}: a report is an HTML file; give a name ending in .html "
                          f"(e.g. {path.with_suffix('.html').name})")

@@ -36,13 +36,10 @@ from dmlkit._files import publish_mode
 from dmlkit.data.tuples import load_features
 from dmlkit.index.store import model_fingerprint
 from dmlkit.runs.queries import InputSpec, recorded_input_spec, run_input_spec
+from dmlkit.runs.run_files import RUN_FILES, check_not_run_file, is_run_dir
 from dmlkit.training.run import build_splits, load_run
 
 FORMATS = ("onnx", "torchscript")
-#: the files a run directory keeps (written by train, evaluate, report and tune)
-RUN_FILES = frozenset({"config.yaml", "model.pt", "checkpoint.pt", "metrics.json",
-                       "train.log", "evaluation.json", "report.html", "best.yaml",
-                       "best.json", "baseline.json"})
 #: what ``export_run`` says when it could not run the exported ONNX model
 NOT_VERIFIED = "onnxruntime not installed (pip install 'dmlkit[export]')"
 TEXT_RUN = ("a text run's sentence encoder takes strings and tokenizes them in Python, "
@@ -58,13 +55,6 @@ class ExportError(ValueError):
     def __init__(self, message: str, detail: str = "") -> None:
         super().__init__(message)
         self.detail = detail
-
-
-def is_run_dir(path: str | Path) -> bool:
-    """Whether ``path`` is a run directory (a ``config.yaml`` beside saved weights)."""
-    path = Path(path)
-    return (path / "config.yaml").is_file() and any(
-        (path / name).is_file() for name in ("model.pt", "checkpoint.pt"))
 
 
 def is_text_run(run_dir: str | Path) -> bool:
@@ -88,13 +78,12 @@ def check_export_target(run_dir: str | Path, out: str | Path, force: bool = Fals
     out = Path(out)
     if out.is_dir():
         raise ValueError(f"{out} is a directory; give the model file's name")
-    run = Path(run_dir).resolve()
     for path in (out, Path(f"{out}.json")):
-        real = path.resolve()
-        if real.name in RUN_FILES and (real.parent == run or is_run_dir(real.parent)):
-            raise ValueError(
-                f"{path} is the run directory's own {real.name}; give the export another "
-                f"name (e.g. {path.parent / 'exported.onnx'} or {path.parent / 'exported.pt'})")
+        check_not_run_file(
+            path, run_dir=run_dir,
+            fix=f"an export never replaces a run directory's own {path.resolve().name}: give "
+                f"it another name (e.g. {path.parent / 'exported.onnx'} or "
+                f"{path.parent / 'exported.pt'})")
         if path.is_dir():
             raise ValueError(f"{path} is a directory")
         if path.exists() and not force:
