@@ -14,7 +14,11 @@ Once the lock is held, temporary files that a killed atomic write left are remov
 On resume, ``train.log`` is rebuilt from the checkpoint's history when it lacks the line
 of a checkpointed epoch (a kill between the checkpoint and the log line) or holds one of an
 epoch the checkpoint does not have, and ``config.yaml`` must still say what the checkpoint
-trained with (:func:`check_resume`).
+trained with (:func:`check_resume`). A model setting that a run saved before it existed
+lacks counts there as the value its model had then
+(:func:`~dmlkit.training.build.saved_run_params`): a resume of such a run, stopped
+before its first checkpoint, leaves a ``config.yaml`` that names the value its
+checkpoint's config leaves out, and the two agree.
 """
 
 from __future__ import annotations
@@ -312,6 +316,7 @@ def check_resume(config: Any, out_dir: Path) -> dict[str, Any]:
     yaml_path = out_dir / CONFIG_FILE
     saved = Config.from_yaml(yaml_path) if yaml_path.is_file() else None
     if saved is not None:  # exact resume: the run's own settings
+        saved = _as_saved_run(saved)
         changes = config_changes(config, saved, RESUMABLE)
         if changes:
             raise ValueError(
@@ -324,7 +329,7 @@ def check_resume(config: Any, out_dir: Path) -> dict[str, Any]:
                             map_location=resolve_device(config.training.device))
     trained = _checkpoint_config(state)
     if saved is not None and trained is not None:
-        changes = config_changes(saved, trained, RESUME_MAY_DIFFER)
+        changes = config_changes(saved, _as_saved_run(trained), RESUME_MAY_DIFFER)
         if changes:
             raise ValueError(
                 f"{yaml_path} was edited after {out_dir / CHECKPOINT} was written: "
@@ -339,6 +344,25 @@ def check_resume(config: Any, out_dir: Path) -> dict[str, Any]:
             f"{config.training.epochs} would shorten it (use --epochs >= {done} to "
             "extend it, or train a new run)")
     return state
+
+
+def _as_saved_run(config: Any) -> Any:
+    """A copy of a saved run's ``config`` with the model settings it lacks, having been
+    saved before they existed, set as its model had them; ``config`` itself when it lacks
+    none (or names a model this dmlkit does not know, which the resume reports)."""
+    import copy
+
+    from dmlkit.training.build import saved_run_params
+
+    try:
+        missing = saved_run_params(config.model)
+    except (ValueError, KeyError, TypeError):
+        return config
+    if not missing:
+        return config
+    config = copy.deepcopy(config)
+    config.model.update(missing)
+    return config
 
 
 def _checkpoint_config(state: dict[str, Any]) -> Any:

@@ -42,7 +42,14 @@ from dmlkit.registry import LOSSES
 from dmlkit.training.build import resolve_config
 from dmlkit.training.checkpoint import atomic_save, atomic_write_text
 from dmlkit.training.data_fingerprint import LazyFingerprint, check_resume_data
-from dmlkit.training.run import CONFIG_FILE, METRICS_FILE, MODEL_FILE, RunResult, heldout_metrics
+from dmlkit.training.run import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    RunResult,
+    _as_saved,
+    heldout_metrics,
+)
 from dmlkit.training.run_dir import created_here
 from dmlkit.training.trainer import Trainer
 
@@ -261,6 +268,9 @@ def train_weak_run(
     fingerprint = _fingerprint(splits)
     if resume:  # (before config.yaml is written again)
         check_resume_data(out_dir, fingerprint, checkpoint)
+        # a run saved before a model setting existed goes on as it trained (the rule a
+        # labelled run resumes by)
+        config = _as_saved(config, out_dir)
     # (no classes: a loss with optional per-class parameters, margin's betas, keeps one)
     resolved = resolve_config(config, splits.train.example(), None)
     created = created_here(out_dir)  # (claimed by train_run; else made here)
