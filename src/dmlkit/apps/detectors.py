@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from dmlkit.apps.outliers import METHODS
+from dmlkit.index.io import with_article
 
 #: every method a detector is fitted with
 DETECTOR_METHODS = (*METHODS, "deep_svdd")
@@ -80,7 +81,7 @@ def load_detector(path: Path) -> Any:
     kinds = {cls.__name__: cls for cls in (MetricOutlierDetector, DeepSVDD)}
     kind = kit_kind(path)
     if kind not in kinds:
-        raise ValueError(f"{path} holds a {kind}, not an anomaly detector")
+        raise ValueError(f"{path} holds {with_article(kind)}, not an anomaly detector")
     return kinds[kind].load(path)
 
 

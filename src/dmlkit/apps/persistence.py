@@ -36,7 +36,14 @@ from typing import Any
 
 import numpy as np
 
-from dmlkit.index.io import IndexFormatError, load_array, load_json, read_manifest, write_index_dir
+from dmlkit.index.io import (
+    IndexFormatError,
+    load_array,
+    load_json,
+    read_manifest,
+    with_article,
+    write_index_dir,
+)
 
 KIT_FORMAT = "dmlkit-kit"
 KIT_VERSION = 1
@@ -178,7 +185,8 @@ def load_kit(path: str | Path, cls: type) -> tuple[Any, dict[str, Any], dict[str
     path = Path(path)
     manifest = read_manifest(path, format_name=KIT_FORMAT, version=KIT_VERSION)
     if manifest["kind"] != cls.__name__:
-        raise IndexFormatError(f"{path} holds a {manifest['kind']}, not a {cls.__name__}")
+        raise IndexFormatError(f"{path} holds {with_article(manifest['kind'])}, not "
+                               f"{with_article(cls.__name__)}")
     params = manifest.get("params")
     if not isinstance(params, dict):
         raise IndexFormatError(f"{path}: manifest params must be an object")

@@ -219,6 +219,7 @@ def build(
         recall = calibrate(index, emb, target=target_recall) if factory != "exact" else None
         index.info = {**info, **(spec.to_dict() if spec is not None else {}),
                       **({"recall": recall} if recall is not None else {})}
+        _check_no_pending_log(out)  # again: a server may have started on it meanwhile
         index.save(out)
     except ERRORS as err:
         raise _fail(str(err)) from None
@@ -227,9 +228,20 @@ def build(
 
 
 def _check_no_pending_log(out: Path) -> None:
-    """Refuse to rebuild an index whose ``dmlkit serve`` write-ahead log (``OUT.wal``) holds
-    writes not yet checkpointed: the next ``serve`` would replay them into the new index
-    (vectors of the old model, deletions of whichever items now hold those ids)."""
+    """Refuse to rebuild an index that a running ``dmlkit serve`` holds (its shutdown
+    checkpoint would write the old index over the build), or whose write-ahead log
+    (``OUT.wal``) holds writes not yet checkpointed: the next ``serve`` would replay them
+    into the new index (vectors of the old model, deletions of whichever items now hold
+    those ids)."""
+    try:
+        from dmlkit.service.store import IndexInUseError, check_not_served
+    except ImportError:  # without the serve extra no dmlkit serve can hold it
+        pass
+    else:
+        try:
+            check_not_served(out)
+        except IndexInUseError as err:
+            raise FileExistsError(str(err)) from None
     wal = out.with_name(out.name + ".wal")
     if wal.is_file() and wal.stat().st_size > 0:
         raise FileExistsError(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -69,13 +71,46 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(2) from None
         skipped = (f"; {store.skipped} skipped, already in the checkpoint or not applicable"
                    if store.skipped else "")
-        typer.echo(f"serving {store.ntotal} items (replayed {store.replayed} logged writes"
-                   f"{skipped}) on http://{host}:{port}", err=True)
+        server = _server(uvicorn, application, host, port, lambda url: typer.echo(
+            f"serving {store.ntotal} items (replayed {store.replayed} logged writes"
+            f"{skipped}) on {url}", err=True))
+        interrupted = False
         try:
-            uvicorn.run(application, host=host, port=port, log_level="warning")
+            server.run()
+        except KeyboardInterrupt:  # (Ctrl-C, or SIGTERM, once the server has stopped)
+            interrupted = True
+        except SystemExit:  # uvicorn could not listen (it logged why): nothing served
+            if server.started:
+                raise
         finally:
-            try:
-                store.close()
+            try:  # a server that never listened leaves the index as it found it
+                store.close(checkpoint=server.started)
             except RuntimeError as err:  # InconsistentIndexError: nothing corrupt is saved
                 typer.echo(f"error: {err}", err=True)
                 raise typer.Exit(1) from None
+        if not server.started:
+            if interrupted:
+                raise typer.Exit(130)
+            typer.echo(f"error: could not listen on {host}:{port} (the reason is above: the "
+                       "port is in use by another program, or the address is not this "
+                       "machine's); "
+                       "nothing was served and the index is unchanged: choose another --port "
+                       "or --host", err=True)
+            raise typer.Exit(3)
+
+
+def _server(uvicorn: Any, application: Any, host: str, port: int,
+            announce: Callable[[str], None]) -> Any:
+    """A uvicorn server of ``application`` that calls ``announce(url)`` once it listens
+    (``server.started``), with the port it bound (``--port 0`` picks a free one)."""
+
+    class _Server(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                bound = [s.getsockname() for srv in getattr(self, "servers", [])
+                         for s in (srv.sockets or ())]
+                at = bound[0][1] if bound else port
+                announce(f"http://{host}:{at}")
+
+    return _Server(uvicorn.Config(application, host=host, port=port, log_level="warning"))

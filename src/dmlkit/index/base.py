@@ -25,6 +25,7 @@ from dmlkit.index.io import (
     load_json,
     read_manifest,
     require_files,
+    with_article,
     write_index_dir,
 )
 
@@ -378,7 +379,8 @@ class BaseIndex:
         if target is None:
             raise IndexFormatError(f"{path}: unknown index kind {manifest['kind']!r}")
         if cls is not BaseIndex and target is not cls:
-            raise IndexFormatError(f"{path} holds a {manifest['kind']} index, not {cls.kind}")
+            raise IndexFormatError(f"{path} holds {with_article(manifest['kind'])} index, not "
+                                   f"{with_article(cls.kind)} index")
         params = manifest.get("params", {})
         if not isinstance(params, dict):
             raise IndexFormatError(f"{path}: manifest params must be an object")

@@ -118,6 +118,12 @@ def _saved_what(format_name: str) -> str:
     return "an index" if format_name == FORMAT else "a saved model"
 
 
+def with_article(word: str) -> str:
+    """``word`` after its indefinite article, for messages: ``"an Identifier"``,
+    ``"a Verifier"``."""
+    return f"{'an' if str(word)[:1].lower() in 'aeiou' else 'a'} {word}"
+
+
 def check_replaceable(path: str | Path, format_name: str = FORMAT,
                       kind: str | None = None) -> None:
     """Refuse (``FileExistsError``) to replace ``path`` unless it is missing, an empty
@@ -149,8 +155,8 @@ def check_replaceable(path: str | Path, format_name: str = FORMAT,
             if kind is None or held == kind:
                 return
             raise FileExistsError(
-                f"{path} holds a saved {held}, not a {kind}; saving there would replace it: "
-                "choose another path or remove it first")
+                f"{path} holds a saved {held}, not {with_article(kind)}; saving there would "
+                "replace it: choose another path or remove it first")
     seen = (f"its {MANIFEST} says format {found!r}" if mpath.is_file()
             else f"it holds files but no {MANIFEST}")
     raise FileExistsError(
@@ -279,4 +285,5 @@ __all__ = [
     "load_array",
     "load_json",
     "require_files",
+    "with_article",
 ]

@@ -46,11 +46,17 @@ class VerifierScorer:
         and the service has none, or was fitted on embeddings of another dimension, or
         (fitted on embeddings) records a model other than the served one (or, with no
         model served, than the index's).
+
+    Warns
+    -----
+    UserWarning
+        When the verifier was fitted on embeddings that record no model fingerprint: its
+        threshold is served against any model, unchecked.
     """
 
     def __init__(self, verifier: Any, embedder: Any, dim: int,
                  index_sha: str | None = None) -> None:
-        from dmlkit.apps.persistence import check_kit_model, run_embedder
+        from dmlkit.apps.persistence import check_kit_model, kit_model, run_embedder
 
         self.verifier = verifier
         self.metric = str(verifier.metric)
@@ -72,6 +78,14 @@ class VerifierScorer:
             else:
                 served, source = index_sha, "those the index holds"
             check_kit_model(verifier, served, source, "the verifier")
+            if kit_model(verifier) is None:
+                warnings.warn(
+                    "the verifier records no model fingerprint (it was fitted on embeddings "
+                    "from a file that records no model_sha256, e.g. one re-saved with numpy), "
+                    f"so it cannot be checked that its threshold holds for {source}; to have "
+                    "the service check it, fit and save it again with the served run (dmlkit "
+                    "verify RUN --data ... --save KIT) or on the file dmlkit embed wrote "
+                    "with it", UserWarning, stacklevel=2)
             return
         if embedder is None:
             raise ValueError(f"the verifier scores embeddings of the run {kit_run}, but this "

@@ -21,12 +21,17 @@ process or another, is refused at start with :class:`IndexInUseError`. Two write
 hand out the same ids and one's acknowledged writes would be lost on replay. The operating
 system drops the lock when the process dies, however it dies.
 
-A store leaves behind only the writes it logged: the lock file, and the log while it is
-empty, are removed on :meth:`~DurableIndex.close` when the store created them, and the
-torn tail of a log is cut only when the store first writes. A store that is closed
-without serving (a refused ``dmlkit serve``) leaves the folder as it found it. A lock
-file is removed only while locked, and a store that locked a file no longer on disk
-takes the lock again.
+A store leaves behind only the writes it logged. Closed without a checkpoint (a refused
+``dmlkit serve``, or one that never listened), it removes only the lock file and the
+empty log it created, and leaves the folder as it found it; the torn tail of a log is
+cut only when the store first writes. Closed cleanly with a checkpoint (a server that
+served and stopped), it also removes a lock file and an empty log left by an owner that
+died (``kill -9``): it holds the lock, so nobody else owns them. A checkpoint on close
+saves the index only when something changed since the last one (a write, a replayed
+log), so a server that wrote nothing leaves the index directory untouched. A lock file
+is removed only while locked, and a store that locked a file no longer on disk takes the
+lock again. :func:`check_not_served` tells whether a directory is owned by a store now,
+for commands that would replace it (``dmlkit index build``).
 """
 
 from __future__ import annotations
@@ -125,6 +130,43 @@ def _same_file(handle: Any, path: Path) -> bool:
     return (held.st_ino, held.st_dev) == (on_disk.st_ino, on_disk.st_dev)
 
 
+def _lock_path(index_dir: Path) -> Path:
+    return index_dir.with_name(index_dir.name + ".lock")
+
+
+def _in_use(path: Path, lock_path: Path) -> IndexInUseError:
+    return IndexInUseError(
+        f"the index {path} is already in use by another dmlkit serve (or another open "
+        f"DurableIndex): {lock_path} is locked. Stop that server first; two servers on one "
+        "index would hand out the same ids and lose acknowledged writes, and a server's "
+        "checkpoint writes its own copy of the index over any other change")
+
+
+def check_not_served(index_dir: str | Path) -> None:
+    """Refuse (:class:`IndexInUseError`) an index directory that a store (a running
+    ``dmlkit serve``) owns now, as a command that would replace it must: the server's
+    checkpoint would write its own copy over the change.
+
+    Tries the store's exclusive lock on ``INDEX_DIR.lock`` without waiting and releases it
+    at once; a missing lock file (never created here) or an unlocked one (left by a store
+    that died) means no store owns the directory.
+    """
+    path = Path(index_dir).resolve()
+    lock_path = _lock_path(path)
+    if fcntl is None:  # pragma: no cover - not POSIX: no cross-process lock to test
+        return
+    try:
+        fd = os.open(lock_path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise _in_use(path, lock_path) from None
+    finally:
+        os.close(fd)  # (releases the lock, when taken)
+
+
 def _decode(line: bytes) -> dict[str, Any] | None:
     try:
         text = line.decode()
@@ -151,13 +193,13 @@ class DurableIndex:
         # resolved: the same index reached through a symlink or "..": one log, one lock
         self.path = Path(index_dir).resolve()
         self.wal_path = self.path.with_name(self.path.name + ".wal")
-        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self.lock_path = _lock_path(self.path)
         self.checkpoint_every = int(checkpoint_every)
         self.lock = RWLock()
         if not self.path.exists() and not self._swapped_dirs():
             raise FileNotFoundError(f"index directory not found: {self.path}")
         self._lock_file, self._made_lock = self._take_ownership()
-        self._made_wal = False
+        self._made_wal = self._found_empty_wal = False
         self._torn_at: int | None = None  # where a torn tail starts, cut at the first write
         try:
             self._recover_swapped_dir()
@@ -170,6 +212,7 @@ class DurableIndex:
             #: a delete of absent ids, or a record the index refuses)
             self.replayed, self.skipped = self._replay()
             self._made_wal = not self.wal_path.exists()
+            self._found_empty_wal = not self._made_wal and self.wal_path.stat().st_size == 0
             self._wal = open(self.wal_path, "ab")  # noqa: SIM115 - held for the service's life
         except BaseException:
             self._give_up_lock()
@@ -188,20 +231,17 @@ class DurableIndex:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 handle.close()  # never removed here: its owner removes it
-                raise IndexInUseError(
-                    f"the index {self.path} is already in use by another dmlkit serve (or "
-                    f"another open DurableIndex): {self.lock_path} is locked. Stop that "
-                    "server first; two servers on one index would hand out the same ids and "
-                    "lose acknowledged writes") from None
+                raise _in_use(self.path, self.lock_path) from None
             if _same_file(handle, self.lock_path):
                 return handle, made
             handle.close()  # its owner removed it before we locked it: lock the new one
         raise IndexInUseError(f"{self.lock_path} keeps being removed and made again by other "
                               "stores; stop the other dmlkit serve on this index first")
 
-    def _give_up_lock(self) -> None:
-        """Release the lock, removing the lock file first when this store created it."""
-        if self._made_lock:
+    def _give_up_lock(self, *, remove: bool = False) -> None:
+        """Release the lock, removing the lock file first when this store created it (or
+        ``remove``: a store closed cleanly removes one a dead owner left)."""
+        if self._made_lock or remove:
             with contextlib.suppress(OSError):
                 self.lock_path.unlink()
         self._lock_file.close()
@@ -367,21 +407,34 @@ class DurableIndex:
         """Checkpoint (unless told not to: the log keeps every write), close the log and
         give the index directory up to other stores.
 
-        The log, when this store created it and it is empty, and the lock file, when this
-        store created it, are removed (before the lock is released): a store closed without
-        a write leaves the folder as it found it."""
+        The checkpoint saves the index only when it changed since the last one (or the log
+        holds bytes), so a store that wrote nothing leaves the directory as it was. The
+        log, when empty and this store created it, and the lock file, when this store
+        created it, are removed (before the lock is released): a store closed without a
+        checkpoint leaves the folder as it found it. Closed cleanly with a checkpoint, it
+        also removes the lock file and the empty log it found (a dead owner's)."""
+        clean = False
         try:
             if checkpoint:
-                self.checkpoint()
+                with self.lock.write():
+                    if self._since_checkpoint or self._log_size():
+                        self._checkpoint_locked()
+                clean = True
         finally:
             try:
                 self._wal.close()
-                if self._made_wal and self.wal_path.stat().st_size == 0:
+                if ((self._made_wal or (clean and self._found_empty_wal))
+                        and self.wal_path.stat().st_size == 0):
                     self.wal_path.unlink()
             except OSError:
                 pass  # (a leftover empty log blocks nothing)
             finally:
-                self._give_up_lock()
+                self._give_up_lock(remove=clean)
+
+    def _log_size(self) -> int:
+        self._wal.flush()
+        return os.fstat(self._wal.fileno()).st_size
 
 
-__all__ = ["DurableIndex", "InconsistentIndexError", "IndexInUseError", "RWLock"]
+__all__ = ["DurableIndex", "InconsistentIndexError", "IndexInUseError", "RWLock",
+           "check_not_served"]
