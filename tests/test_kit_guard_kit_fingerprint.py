@@ -133,7 +133,7 @@ def test_serve_refuses_a_verifier_fitted_on_another_models_embeddings(files, tmp
                                                                      monkeypatch):
     pytest.importorskip("fastapi", reason="the service tests need fastapi (dmlkit[serve])")
     uvicorn = pytest.importorskip("uvicorn")
-    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: None)  # (a start is not served)
+    monkeypatch.setattr(uvicorn.Server, "run", lambda *a, **k: None)  # (a start is not served)
     kit = tmp_path / "kit"
     res = runner.invoke(app, ["verify", "--data", str(files / "b_heldout.npz"), "--bootstrap",
                               "5", "--out", str(tmp_path / "v.json"), "--save", str(kit)])
