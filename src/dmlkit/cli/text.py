@@ -40,7 +40,7 @@ def embed(
     batch_size: int = typer.Option(64, "--batch-size"),
     device: str = typer.Option("cpu", "--device"),
 ) -> None:
-    """Embed texts; the .npz feeds dmlkit index build / index search / evaluate."""
+    """Embed texts; the .npz feeds dmlkit index build / search / evaluate."""
     import numpy as np
 
     from dmlkit.data.text import (
