@@ -9,6 +9,7 @@ from contextlib import nullcontext
 
 import numpy as np
 import pytest
+from test_kit_guard_kit_fingerprint import TINY
 from typer.testing import CliRunner
 
 from dmlkit.cli.main import app
@@ -17,12 +18,6 @@ pytest.importorskip("fastapi", reason="the service tests need fastapi (dmlkit[se
 
 runner = CliRunner()
 KEY = "g" * 24 + "-guard-key"
-TINY = {
-    "name": "tiny",
-    "data": {"name": "digits", "max_per_class": 10, "max_heldout_per_class": 10},
-    "model": {"name": "mlp", "dim": 8, "hidden": [16]},
-    "training": {"epochs": 1, "progress": False},
-}
 
 
 @pytest.fixture(scope="module")

@@ -16,19 +16,11 @@ import pytest
 pytest.importorskip("fastapi", reason="the service tests need fastapi (dmlkit[serve])")
 pytest.importorskip("fcntl", reason="the index lock is a POSIX flock")
 
+from test_serve5_store_ownership import state  # noqa: E402
+
 KEY = "s" * 24 + "-serve5-key"
 
 
-def state(folder) -> dict[str, tuple[int, int, int, bytes | None]]:
-    """Every entry under ``folder``: inode, mtime, size and (files) bytes."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(folder):
-        for name in dirnames + filenames:
-            path = os.path.join(dirpath, name)
-            st = os.stat(path)
-            data = open(path, "rb").read() if os.path.isfile(path) else None  # noqa: SIM115
-            out[os.path.relpath(path, folder)] = (st.st_ino, st.st_mtime_ns, st.st_size, data)
-    return out
 
 
 @pytest.fixture
