@@ -8,6 +8,7 @@ stays instant.
 from __future__ import annotations
 
 import importlib
+import inspect
 import pkgutil
 
 import typer
@@ -34,6 +35,27 @@ def _register_commands() -> None:
         if register is not None:
             register(app)
     wrap_commands(app)  # one error line for a missing optional package, in every command
+    _flow_help(app)
+
+
+def flowed(text: str) -> str:
+    """``text`` with each paragraph's line breaks turned into spaces (paragraphs stay
+    apart): the help shows a docstring's sentences whole, where the terminal wraps them,
+    not broken at the source's line ends (or read as a list where a line starts with
+    ``--option``)."""
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
+
+
+def _flow_help(typer_app: typer.Typer) -> None:
+    """:func:`flowed` help for every command and sub-app of ``typer_app``."""
+    for info in typer_app.registered_commands:
+        doc = info.help if info.help is not None else inspect.getdoc(info.callback)
+        if doc:
+            info.help = flowed(doc)
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _flow_help(group.typer_instance)
 
 
 _register_commands()
