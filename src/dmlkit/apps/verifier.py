@@ -26,6 +26,7 @@ from dmlkit.apps.targets import check_targets
 from dmlkit.apps.verification_stats import bootstrap_intervals, verification_curves
 from dmlkit.evaluation.verification import (
     ThresholdCalibrator,
+    indexed_pair_scores,
     pair_scores,
     pairs_from_labels,
     verification_metrics,
@@ -143,8 +144,9 @@ class Verifier(BaseEstimator):
         X = validate_inputs(self, X, reset=reset, images=self.embedder is not None)
         return embed_inputs(self.embedder, X, batch_size=self.batch_size).numpy()
 
-    def _labelled_pairs(self, X: Any, y: Any, pairs: Any, *, reset: bool):
-        """Embedded pair members ``(z_a, z_b, is_same)`` of a set and its pairs or labels."""
+    def _labelled_pair_scores(self, X: Any, y: Any, pairs: Any, *, reset: bool):
+        """``(scores, is_same)`` of the pairs of a set, drawn from its labels or given:
+        scored a bounded number of bytes at a time, never all members gathered at once."""
         z = self._embed(X, reset=reset)
         labels = None if y is None else check_targets(y, z.shape[0])
         if pairs is None:
@@ -165,7 +167,7 @@ class Verifier(BaseEstimator):
                 if labels is None:
                     raise ValueError("pairs without is_same need labels y")
                 same = labels[i] == labels[j]
-        return z[i], z[j], np.asarray(same, dtype=bool)
+        return indexed_pair_scores(z, i, j, self.metric), np.asarray(same, dtype=bool)
 
     def _check_params(self) -> None:
         if self.metric not in METRICS:
@@ -196,8 +198,8 @@ class Verifier(BaseEstimator):
         pairs are drawn from the labels ``y`` ``(n,)``.
         """
         self._check_params()
-        z_a, z_b, same = self._labelled_pairs(X, y, pairs, reset=True)
-        return self._fit_scores(pair_scores(z_a, z_b, self.metric), same)
+        scores, same = self._labelled_pair_scores(X, y, pairs, reset=True)
+        return self._fit_scores(scores, same)
 
     def fit_pairs(self, X_a: Any, X_b: Any, is_same: Any) -> Verifier:
         """Fit on explicit pairs: rows of ``X_a`` and ``X_b`` ``(m, ...)``, ``is_same`` ``(m,)``."""
@@ -286,8 +288,8 @@ class Verifier(BaseEstimator):
         TAR at ``threshold_``, and with ``curves`` the ROC / DET data.
         """
         check_is_fitted(self, "threshold_")
-        z_a, z_b, same = self._labelled_pairs(X, y, pairs, reset=False)
-        return self.evaluate_scores(self._pair_scores(z_a, z_b), same, curves=curves)
+        scores, same = self._labelled_pair_scores(X, y, pairs, reset=False)
+        return self.evaluate_scores(scores, same, curves=curves)
 
     def evaluate_pairs(self, X_a: Any, X_b: Any, is_same: Any, *,
                        curves: bool = False) -> dict[str, Any]:

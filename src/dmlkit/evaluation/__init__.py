@@ -8,6 +8,7 @@ from dmlkit.evaluation.retrieval import DEFAULT_K, retrieval_metrics
 from dmlkit.evaluation.verification import (
     DEFAULT_FARS,
     ThresholdCalibrator,
+    indexed_pair_scores,
     pair_scores,
     pairs_from_labels,
     verification_metrics,
@@ -22,6 +23,7 @@ __all__ = [
     "evaluate_embeddings",
     "few_shot_accuracy",
     "hierarchical_retrieval_metrics",
+    "indexed_pair_scores",
     "kmeans_labels",
     "pair_scores",
     "pairs_from_labels",

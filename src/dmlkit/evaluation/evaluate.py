@@ -20,7 +20,11 @@ from dmlkit.evaluation.clustering import clustering_metrics
 from dmlkit.evaluation.few_shot import few_shot_accuracy
 from dmlkit.evaluation.hierarchical import hierarchical_retrieval_metrics
 from dmlkit.evaluation.retrieval import label_codes, retrieval_metrics
-from dmlkit.evaluation.verification import pair_scores, pairs_from_labels, verification_metrics
+from dmlkit.evaluation.verification import (
+    indexed_pair_scores,
+    pairs_from_labels,
+    verification_metrics,
+)
 
 SECTIONS = ("retrieval", "clustering", "verification", "few_shot")
 
@@ -142,11 +146,7 @@ def _verification(x, y, metric, max_pairs, n_folds, seed) -> dict[str, Any]:
     i, j, same = pairs_from_labels(y, max_pairs=max_pairs, seed=seed)
     if same.all() or not same.any():
         return {"skipped": "need both same and different pairs"}
-    i, j = torch.from_numpy(i), torch.from_numpy(j)
-    step = 1 << 16  # pairs per chunk: no (pairs, d) copies of the embeddings
-    scores = np.concatenate([
-        pair_scores(x.index_select(0, i[s : s + step]), x.index_select(0, j[s : s + step]), metric)
-        for s in range(0, len(i), step)])
+    scores = indexed_pair_scores(x, i, j, metric)  # chunked by bytes, not by pairs
     return verification_metrics(scores, same, n_folds=n_folds, seed=seed)
 
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from dmlkit.functional.chunking import chunk_size_for, row_chunks
 from dmlkit.functional.retrieval import canonical_metric
 from dmlkit.functional.verification import (
     auc,
@@ -23,26 +24,86 @@ from dmlkit.functional.verification import (
 DEFAULT_FARS = (1e-1, 1e-2, 1e-3, 1e-4)
 
 
-def pair_scores(x_a, x_b, metric: str = "cosine", chunk: int = 1 << 15) -> np.ndarray:
+#: bytes one chunk of pair scoring may hold: its gathered rows and float64 intermediates
+PAIR_CHUNK_BYTES = 64 << 20
+#: bytes per embedding coordinate of one scored pair, at most: both rows gathered (up to
+#: float64, 8 + 8) and one float64 working copy (8); see :func:`_rowwise_scores`
+PAIR_BYTES_PER_DIM = 24
+
+
+def pair_chunk_size(n_pairs: int, dim: int, budget_bytes: int = PAIR_CHUNK_BYTES) -> int:
+    """Pairs per chunk when scoring ``n_pairs`` pairs of ``dim``-d embeddings: as many as
+    keep one chunk's working set (:data:`PAIR_BYTES_PER_DIM` bytes per pair and
+    coordinate) under ``budget_bytes``, at least one, at most ``n_pairs``."""
+    if budget_bytes < 1:
+        raise ValueError(f"budget_bytes must be >= 1, got {budget_bytes}")
+    return chunk_size_for(n_pairs, PAIR_BYTES_PER_DIM * max(1, dim), budget_bytes)
+
+
+def _rowwise_scores(a: torch.Tensor, b: torch.Tensor, metric: str) -> np.ndarray:
+    """Row-wise similarity ``(n,)`` of matched rows ``(n, d)``, in float64, with one
+    float64 ``(n, d)`` working copy (``b`` is read, never written)."""
+    work = a.to(torch.float64, copy=True)  # (n, d)
+    if metric == "euclidean":
+        return work.sub_(b).square_().sum(dim=1).sqrt_().neg_().numpy()
+    norms = work.norm(dim=1) * b.double().norm(dim=1) if metric == "cosine" else None  # (n,)
+    val = work.mul_(b).sum(dim=1)  # (n,)
+    if norms is not None:
+        val = val / norms.clamp_min(1e-12)
+    return val.numpy()
+
+
+def _as_cpu_tensor(v) -> torch.Tensor:
+    return v.detach().cpu() if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v))
+
+
+def pair_scores(x_a, x_b, metric: str = "cosine", chunk: int | None = None) -> np.ndarray:
     """Row-wise similarity ``(n,)`` of paired embeddings ``(n, d)``: cosine similarity,
     inner product (``"dot"``) or negated Euclidean distance (``"euclidean"``), computed in
-    float64, ``chunk`` pairs at a time (no float64 copy of the whole input)."""
-    a, b = (v.detach().cpu() if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v))
-            for v in (x_a, x_b))
+    float64, ``chunk`` pairs at a time (default :func:`pair_chunk_size`: a bounded number
+    of bytes whatever ``d``; no float64 copy of the whole input)."""
+    a, b = _as_cpu_tensor(x_a), _as_cpu_tensor(x_b)
     if a.shape != b.shape or a.dim() != 2:
         raise ValueError(
             f"paired embeddings must both be (n, d), got {tuple(a.shape)}, {tuple(b.shape)}")
     metric = canonical_metric(metric)
+    step = pair_chunk_size(a.shape[0], a.shape[1]) if chunk is None else chunk
     out = np.empty(a.shape[0], dtype=np.float64)
-    for s in range(0, a.shape[0], chunk):
-        ca, cb = a[s : s + chunk].double(), b[s : s + chunk].double()
-        if metric == "euclidean":
-            val = -((ca - cb) ** 2).sum(dim=1).sqrt()
-        else:
-            val = (ca * cb).sum(dim=1)
-            if metric == "cosine":
-                val = val / (ca.norm(dim=1) * cb.norm(dim=1)).clamp_min(1e-12)
-        out[s : s + chunk] = val.numpy()
+    for s, e in row_chunks(a.shape[0], step):
+        out[s:e] = _rowwise_scores(a[s:e], b[s:e], metric)
+    return out
+
+
+def indexed_pair_scores(
+    embeddings, i, j, metric: str = "cosine", *, budget_bytes: int = PAIR_CHUNK_BYTES
+) -> np.ndarray:
+    """Row-wise similarity ``(p,)`` of the pairs ``(embeddings[i[k]], embeddings[j[k]])``.
+
+    The scores of :func:`pair_scores` on the gathered rows, without gathering them all:
+    the pairs are taken :func:`pair_chunk_size` at a time, so memory stays near
+    ``budget_bytes`` however many pairs there are and however wide the embeddings.
+
+    Parameters
+    ----------
+    embeddings : Tensor or ndarray
+        ``(n, d)`` embeddings.
+    i, j : Tensor or ndarray
+        ``(p,)`` integer row indices of each pair's two members.
+    metric : str
+        ``"cosine"``, ``"dot"`` or ``"euclidean"`` (negated distance).
+    """
+    x = _as_cpu_tensor(embeddings)
+    ii, jj = _as_cpu_tensor(i).long(), _as_cpu_tensor(j).long()
+    if x.dim() != 2:
+        raise ValueError(f"embeddings must be (n, d), got shape {tuple(x.shape)}")
+    if ii.shape != jj.shape or ii.dim() != 1:
+        raise ValueError(
+            f"pair indices must both be (p,), got {tuple(ii.shape)}, {tuple(jj.shape)}")
+    metric = canonical_metric(metric)
+    out = np.empty(ii.shape[0], dtype=np.float64)
+    for s, e in row_chunks(ii.shape[0], pair_chunk_size(ii.shape[0], x.shape[1], budget_bytes)):
+        a, b = x.index_select(0, ii[s:e]), x.index_select(0, jj[s:e])  # (chunk, d) each
+        out[s:e] = _rowwise_scores(a, b, metric)
     return out
 
 
@@ -194,7 +255,10 @@ class ThresholdCalibrator:
 
 __all__ = [
     "DEFAULT_FARS",
+    "PAIR_CHUNK_BYTES",
+    "pair_chunk_size",
     "pair_scores",
+    "indexed_pair_scores",
     "pairs_from_labels",
     "verification_metrics",
     "ThresholdCalibrator",

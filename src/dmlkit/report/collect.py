@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dmlkit.evaluation import pair_scores, pairs_from_labels, retrieval_metrics
+from dmlkit.evaluation import indexed_pair_scores, pairs_from_labels, retrieval_metrics
 from dmlkit.functional.verification import equal_error_rate, roc_curve
 from dmlkit.runs import build_splits, embed, load_run
 
@@ -119,11 +119,7 @@ def _verification(z: torch.Tensor, labels: torch.Tensor, seed: int,
         why = f"{n_classes} class{'es' if n_classes > 1 else ''}"
         return {"skipped": f"no {kind}-class pairs among the held-out items ({len(labels)} "
                            f"items of {why}), so there is nothing to verify"}
-    i, j = torch.from_numpy(i), torch.from_numpy(j)
-    step = 1 << 16  # pairs per chunk: no (pairs, d) copies of the embeddings
-    scores = np.concatenate([
-        pair_scores(z.index_select(0, i[s : s + step]), z.index_select(0, j[s : s + step]),
-                    "cosine") for s in range(0, len(i), step)])
+    scores = indexed_pair_scores(z, i, j, "cosine")  # chunked by bytes, not by pairs
     fpr, tpr, thr = roc_curve(scores, same)
     eer, eer_threshold = equal_error_rate(fpr, tpr, thr)
     keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), 400)).astype(int))
