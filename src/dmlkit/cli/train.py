@@ -28,6 +28,23 @@ def _latest_run(name: str) -> Path | None:
     return max(candidates, key=lambda p: p.stat().st_mtime, default=None)
 
 
+def _saved_config(out: Path) -> Any:
+    """The config the run in ``out`` trains with (its config.yaml, else its checkpoint's);
+    an error saying what is missing and what to do when there is no run to resume."""
+    from dmlkit.training.run_dir import no_checkpoint_error, saved_run_config
+    from dmlkit.training.trainer import CHECKPOINT
+
+    if not (out / CHECKPOINT).is_file():
+        raise no_checkpoint_error(out)
+    saved = saved_run_config(out)
+    if saved is None:
+        raise FileNotFoundError(
+            f"cannot resume {out}: its config.yaml is missing and its {CHECKPOINT} holds no "
+            "config this dmlkit can read: restore config.yaml, or train a new run "
+            "(another --out)")
+    return saved
+
+
 def _system_error(err: OSError, out: Path | None) -> str:
     """A file system error of a training run on one line (a failed write names its file,
     ``cannot write PATH: no space left on device``), with the way to resume when the run
@@ -128,7 +145,7 @@ def train(
 
     Prints the held-out retrieval metrics of the raw inputs next to the learned metric.
     """
-    from dmlkit.config import Config, digits_config, load_config
+    from dmlkit.config import digits_config, load_config
     from dmlkit.training import metrics_table, train_run
 
     # under torchrun only the first process prints progress; the others' errors say
@@ -145,12 +162,13 @@ def train(
                 raise _fail(
                     f"no run of {cfg.name!r} with a checkpoint under {RUNS_DIR}/; use --out"
                 )
-            if seed is not None:
-                raise _fail("--seed cannot change on --resume")
-            saved = out / "config.yaml"
-            if not saved.is_file():
-                raise _fail(f"cannot resume: {saved} not found")
-            saved_cfg = Config.from_yaml(saved)
+            saved_cfg = _saved_config(out)  # (as the run has it: a setting added since)
+            deleted = not (out / "config.yaml").is_file()  # (its checkpoint's then)
+            saved = out / ("checkpoint.pt" if deleted else "config.yaml")
+            if seed is not None and seed != saved_cfg.training.seed:
+                raise _fail(f"--seed cannot change on --resume (the run's seed is "
+                            f"{saved_cfg.training.seed}); resume without it, or train a new "
+                            "run with another --out")
             if config is not None or overrides:  # allowed when they repeat the saved config
                 import copy
 
@@ -167,11 +185,18 @@ def train(
                         ([str(config)] if config is not None else []) + (
                             ["--set"] if overrides else []))
                     raise _fail(
-                        f"--resume continues {out} with its saved {saved}, but {what} "
+                        f"--resume continues {out} with the config saved in {saved}, but {what} "
                         f"differs in {'; '.join(changes)}; resume without them "
                         f"({resume_command(out)}), or train a new run (another --out)")
                 if epochs is None and given.training.epochs != saved_cfg.training.epochs:
                     epochs = given.training.epochs  # more epochs, as --epochs would ask
+                # where it runs on: a run trained on a GPU resumes on the CPU
+                saved_cfg.training.device = given.training.device
+                saved_cfg.training.num_threads = given.training.num_threads
+            if deleted and rank == 0:
+                typer.echo(f"note: {out / 'config.yaml'} is missing: resuming with the "
+                           "config saved in its checkpoint (config.yaml is written again)",
+                           err=True)
             cfg = saved_cfg
         if epochs is not None:
             cfg.training.epochs = epochs

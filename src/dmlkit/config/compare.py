@@ -7,8 +7,10 @@ from typing import Any
 
 from dmlkit.config.schema import Config
 
-#: settings that may differ between a run and the command that resumes it
-RESUMABLE = ("training.epochs", "training.progress")
+#: settings that may differ between a run and the command that resumes it (where it runs,
+#: how long: the checkpoint loads onto any device)
+RESUMABLE = ("training.epochs", "training.progress", "training.device",
+             "training.num_threads")
 #: settings that name files (compared as the files they name)
 _PATHS = ("data.path", "data.tuples", "data.features")
 #: sections that are ``{name: ..., **params}`` configs of registered components

@@ -11,7 +11,6 @@ raw inputs as they are under ``"baseline_unnormalized"``; the per-epoch records 
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import shutil
@@ -34,7 +33,7 @@ from dmlkit.data.load import (
     training_dataset,
 )
 from dmlkit.data.splits import stratified_split
-from dmlkit.training.build import build_model, resolve_config, saved_run_params
+from dmlkit.training.build import build_model, resolve_config
 from dmlkit.training.checkpoint import (
     atomic_save,
     atomic_write_text,
@@ -53,6 +52,8 @@ from dmlkit.training.run_dir import (
     created_here,
     no_checkpoint_error,
     read_metrics,
+    resumed_config,
+    saved_config_as_run,
 )
 from dmlkit.training.trainer import CHECKPOINT, Trainer
 
@@ -328,7 +329,7 @@ def _train_labelled(config: Config, out_dir: Path, checkpoint: dict[str, Any] | 
         check_resume_data(out_dir, fingerprint, checkpoint)
     train, val = validation_split(train, config)
     if resume:  # a run saved before a model setting existed goes on as it trained
-        config = _as_saved(config, out_dir)
+        config = resumed_config(config, out_dir, checkpoint)
     resolved = resolve_config(config, train.x[0], int(train.labels.max()) + 1)
     # a frozen backbone's features, cached, and the model that computed them, which trains
     features = frozen_feature_data(resolved, train, val, log)
@@ -397,18 +398,6 @@ def _trainer(resolved: Config, train: Any, val: Any, out_dir: Path, log: Any,
                        model=features.model, model_rng=features.model_rng)
 
 
-def _as_saved(config: Config, out_dir: Path) -> Config:
-    """``config`` with the model settings that the run's saved ``config.yaml`` lacks,
-    having been saved before they existed, set as its model had them
-    (:func:`~dmlkit.training.build.saved_run_params`)."""
-    if not (out_dir / CONFIG_FILE).is_file():
-        return config
-    saved = saved_run_params(Config.from_yaml(out_dir / CONFIG_FILE).model)
-    config = copy.deepcopy(config)
-    config.model.update({k: v for k, v in saved.items() if k not in config.model})
-    return config
-
-
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     """Reload a run directory: its config and its model in eval mode.
 
@@ -418,8 +407,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     config_path = run_dir / CONFIG_FILE
     if not config_path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a dmlkit run directory (no {CONFIG_FILE})")
-    config = Config.from_yaml(config_path)
-    config.model.update(saved_run_params(config.model))  # (a run saved before a setting)
+    config = saved_config_as_run(Config.from_yaml(config_path))  # (saved before a setting)
     model = build_model(config)
     check_device(device)
     weights = MODEL_FILE

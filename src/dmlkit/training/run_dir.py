@@ -13,10 +13,11 @@ Once the lock is held, temporary files that a killed atomic write left are remov
 
 On resume, ``train.log`` is rebuilt from the checkpoint's history when it lacks the line
 of a checkpointed epoch (a kill between the checkpoint and the log line) or holds one of an
-epoch the checkpoint does not have, and ``config.yaml`` must still say what the checkpoint
-trained with (:func:`check_resume`). A model setting that a run saved before it existed
-lacks counts there as the value its model had then
-(:func:`~dmlkit.training.build.saved_run_params`): a resume of such a run, stopped
+epoch the checkpoint does not have, and ``config.yaml`` (the checkpoint's config where it
+was deleted, :func:`saved_run_config`) must still say what the checkpoint trained with
+(:func:`check_resume`). A model setting that a run saved before it existed lacks counts
+there as the value its model had then (:func:`saved_config_as_run`), and a resume that
+leaves it out goes on with it (:func:`resumed_config`): a resume of such a run, stopped
 before its first checkpoint, leaves a ``config.yaml`` that names the value its
 checkpoint's config leaves out, and the two agree.
 """
@@ -287,8 +288,17 @@ def no_checkpoint_error(out_dir: str | Path) -> FileNotFoundError:
 
     out_dir = Path(out_dir)
     names = set(_contents(out_dir)) if out_dir.is_dir() else set()
+    if not out_dir.exists():
+        return FileNotFoundError(
+            f"cannot resume: {out_dir} does not exist, so there is no run (config.yaml, "
+            f"{CHECKPOINT}) to resume: check --out, or train a new run without --resume")
     why = ""
-    if "model.pt" in names:
+    if not out_dir.is_dir():
+        why = f"; {out_dir} is a file, not a run directory: check --out"
+    elif not names:
+        why = ("; it is empty (the run stopped before it wrote anything), so there is "
+               "nothing to resume: start it again without --resume (same --out)")
+    elif "model.pt" in names:
         why = ("; the run finished (it holds model.pt) and its checkpoint was removed, so "
                "it cannot be resumed: start a new run with another --out")
     elif _unstarted_run(out_dir, names):
@@ -316,7 +326,7 @@ def check_resume(config: Any, out_dir: Path) -> dict[str, Any]:
     yaml_path = out_dir / CONFIG_FILE
     saved = Config.from_yaml(yaml_path) if yaml_path.is_file() else None
     if saved is not None:  # exact resume: the run's own settings
-        saved = _as_saved_run(saved)
+        saved = saved_config_as_run(saved)
         changes = config_changes(config, saved, RESUMABLE)
         if changes:
             raise ValueError(
@@ -328,8 +338,15 @@ def check_resume(config: Any, out_dir: Path) -> dict[str, Any]:
     state = load_checkpoint(out_dir / CHECKPOINT,
                             map_location=resolve_device(config.training.device))
     trained = _checkpoint_config(state)
+    if saved is None and trained is not None:  # (config.yaml deleted: the checkpoint's)
+        changes = config_changes(config, saved_config_as_run(trained), RESUME_MAY_DIFFER)
+        if changes:
+            raise ValueError(
+                f"resuming {out_dir} (its {CONFIG_FILE} is missing) with other settings "
+                f"than its {CHECKPOINT} trained with: {'; '.join(changes)}; resume with "
+                "the checkpoint's settings, or train a new run (another out_dir)")
     if saved is not None and trained is not None:
-        changes = config_changes(saved, _as_saved_run(trained), RESUME_MAY_DIFFER)
+        changes = config_changes(saved, saved_config_as_run(trained), RESUME_MAY_DIFFER)
         if changes:
             raise ValueError(
                 f"{yaml_path} was edited after {out_dir / CHECKPOINT} was written: "
@@ -346,22 +363,64 @@ def check_resume(config: Any, out_dir: Path) -> dict[str, Any]:
     return state
 
 
-def _as_saved_run(config: Any) -> Any:
-    """A copy of a saved run's ``config`` with the model settings it lacks, having been
-    saved before they existed, set as its model had them; ``config`` itself when it lacks
-    none (or names a model this dmlkit does not know, which the resume reports)."""
+def saved_config_as_run(saved: Any) -> Any:
+    """A saved run's config (its ``config.yaml``, or its checkpoint's) as the run has it:
+    a copy with the model settings it lacks, having been saved before they existed, set
+    as its model had them (:func:`~dmlkit.training.build.saved_run_params`); ``saved``
+    itself when it lacks none (or names a model this dmlkit does not know, which the
+    resume reports)."""
     import copy
 
     from dmlkit.training.build import saved_run_params
 
     try:
-        missing = saved_run_params(config.model)
+        missing = saved_run_params(saved.model)
     except (ValueError, KeyError, TypeError):
-        return config
+        return saved
     if not missing:
+        return saved
+    saved = copy.deepcopy(saved)
+    saved.model.update(missing)
+    return saved
+
+
+def saved_run_config(out_dir: Path, checkpoint: dict[str, Any] | None = None) -> Any:
+    """The config the run in ``out_dir`` trains with, as it has it
+    (:func:`saved_config_as_run`): its ``config.yaml``, else (deleted) the config its
+    checkpoint saved (``checkpoint`` where the caller loaded it already); ``None`` when
+    neither holds one."""
+    from dmlkit.config.schema import Config
+    from dmlkit.training.checkpoint import load_checkpoint
+    from dmlkit.training.run import CONFIG_FILE
+    from dmlkit.training.trainer import CHECKPOINT
+
+    if (out_dir / CONFIG_FILE).is_file():
+        return saved_config_as_run(Config.from_yaml(out_dir / CONFIG_FILE))
+    if checkpoint is None and (out_dir / CHECKPOINT).is_file():
+        checkpoint = load_checkpoint(out_dir / CHECKPOINT)
+    saved = _checkpoint_config(checkpoint) if checkpoint else None
+    return None if saved is None else saved_config_as_run(saved)
+
+
+def resumed_config(config: Any, out_dir: Path,
+                   checkpoint: dict[str, Any] | None = None) -> Any:
+    """``config``, the settings a resume of ``out_dir`` trains with, where it leaves out a
+    model setting that runs saved before the setting existed lack, with the value the
+    run has (:func:`saved_run_config`): the run goes on as it trained, never with the
+    default a new run gets. ``checkpoint``: as for :func:`saved_run_config`."""
+    import copy
+
+    from dmlkit.training.build import saved_run_params
+
+    try:
+        keys = saved_run_params(config.model)
+    except (ValueError, KeyError, TypeError):  # (an unknown model: the build reports it)
+        return config
+    saved = saved_run_config(out_dir, checkpoint) if keys else None
+    if saved is None or saved.model.get("name") != config.model.get("name"):
         return config
     config = copy.deepcopy(config)
-    config.model.update(missing)
+    config.model.update({k: saved.model[k] for k in keys if k in saved.model})
     return config
 
 
@@ -436,4 +495,4 @@ def read_metrics(path: Path) -> dict[str, Any] | None:
 __all__ = ["LOCK_FILE", "RunInUseError", "append_log_line", "check_resume",
            "checkpoint_weights", "claim_run_dir", "created_here", "epoch_line",
            "no_checkpoint_error", "read_metrics", "remove_stale_temps", "restore_log",
-           "resume_command"]
+           "resume_command", "resumed_config", "saved_config_as_run", "saved_run_config"]

@@ -47,10 +47,9 @@ from dmlkit.training.run import (
     METRICS_FILE,
     MODEL_FILE,
     RunResult,
-    _as_saved,
     heldout_metrics,
 )
-from dmlkit.training.run_dir import created_here
+from dmlkit.training.run_dir import created_here, resumed_config
 from dmlkit.training.trainer import Trainer
 
 TUPLE_METRICS = {"triplets": "triplet_accuracy", "pairs": "pair_auc"}
@@ -270,7 +269,7 @@ def train_weak_run(
         check_resume_data(out_dir, fingerprint, checkpoint)
         # a run saved before a model setting existed goes on as it trained (the rule a
         # labelled run resumes by)
-        config = _as_saved(config, out_dir)
+        config = resumed_config(config, out_dir, checkpoint)
     # (no classes: a loss with optional per-class parameters, margin's betas, keeps one)
     resolved = resolve_config(config, splits.train.example(), None)
     created = created_here(out_dir)  # (claimed by train_run; else made here)
