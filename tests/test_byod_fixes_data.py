@@ -223,13 +223,13 @@ def test_image_size_of_an_image_folder_passes(tmp_path):
 
 
 @pytest.mark.parametrize("read", [split_dataset, training_dataset])
-def test_an_empty_class_folder_is_named_as_holding_no_images(tmp_path, read):
+def test_an_empty_class_folder_is_refused_by_name(tmp_path, read):
     root = _numbered(tmp_path / "f", count=4, empty=("empty",))
     cfg = {"name": "image_folder", "path": str(root), "split": "classes",
            "train_classes": ["0", "1"], "test_classes": ["empty"]}
     with pytest.raises(ValueError, match=re.escape(
-            "data.test_classes [4 (empty)] are not in the data: the folder 'empty' holds no "
-            "images (classes: [0, 1, 2, 3])")):
+            f"1 class folder(s) of {root} hold no images ({root / 'empty'}); every sub-folder "
+            "is a class: add its images")):
         read(cfg)
 
 

@@ -62,10 +62,15 @@ def validate_inputs(estimator: Any, X: Any, *, reset: bool, images: bool) -> np.
     return X
 
 
-def check_finite_rows(X: Any, source: str) -> None:
+#: what to do about non-finite rows of data handed in
+FINITE_FIX = "drop those rows or fill in the missing values first"
+
+
+def check_finite_rows(X: Any, source: str, fix: str = FINITE_FIX) -> None:
     """Raise a one-line ``ValueError`` naming ``source`` when the float array ``X`` ``(n,
-    ...)`` holds NaN or infinite values: how many of its rows do and the first few of
-    them. Arrays of other dtypes pass (their own checks say what is wrong with them)."""
+    ...)`` holds NaN or infinite values: how many of its rows do, the first few of them,
+    and ``fix`` (what to do). Arrays of other dtypes pass (their own checks say what is
+    wrong with them)."""
     X = np.asarray(X)
     if X.dtype.kind not in "fc" or X.size == 0 or X.ndim == 0:
         return
@@ -75,8 +80,7 @@ def check_finite_rows(X: Any, source: str) -> None:
         shown = ", ".join(str(int(i)) for i in bad[:5]) + (", ..." if bad.size > 5 else "")
         raise ValueError(
             f"{source} holds NaN or infinite values in {bad.size} of {len(X)} rows "
-            f"({'row' if bad.size == 1 else 'rows'} {shown}); drop those rows or fill in "
-            "the missing values first")
+            f"({'row' if bad.size == 1 else 'rows'} {shown}); {fix}")
 
 
 def embed_inputs(embedder: Any, X: Any, *, batch_size: int = 1024) -> torch.Tensor:
@@ -108,8 +112,9 @@ def embed_inputs(embedder: Any, X: Any, *, batch_size: int = 1024) -> torch.Tens
         )
     if z.dim() != 2 or z.shape[0] != x.shape[0]:
         raise ValueError(f"the embedder returned shape {tuple(z.shape)} for {x.shape[0]} rows")
-    if not torch.isfinite(z).all():
-        raise ValueError("the embedder returned NaN or infinite embeddings")
+    check_finite_rows(z.numpy(), "the embedder's output", fix=(
+        "the embedder overflows or divides by zero on those input rows: check them (their "
+        "scale) and the embedder (its weights)"))
     return z
 
 
@@ -155,5 +160,5 @@ def learn_embedder(
     return trainer.model.eval(), copy.deepcopy(dict(config.model))
 
 
-__all__ = ["validate_inputs", "check_finite_rows", "dense_array", "embed_inputs",
+__all__ = ["validate_inputs", "check_finite_rows", "FINITE_FIX", "dense_array", "embed_inputs",
            "learn_embedder", "LEARN_DEFAULTS"]

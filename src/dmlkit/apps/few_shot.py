@@ -20,6 +20,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
+from dmlkit._checks import check_int_param, check_real
 from dmlkit.apps.embedding import embed_inputs, validate_inputs
 from dmlkit.apps.persistence import load_kit, save_kit
 from dmlkit.apps.targets import check_targets
@@ -100,10 +101,9 @@ class FewShotClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"metric must be cosine, euclidean or dot, got {self.metric!r}")
         if self.scale not in SCALES:
             raise ValueError(f"scale must be one of {SCALES}, got {self.scale!r}")
-        if not isinstance(self.n_neighbors, (int, np.integer)) or self.n_neighbors < 1:
-            raise ValueError(f"n_neighbors must be a positive integer, got {self.n_neighbors!r}")
-        if not float(self.temperature) > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+        check_int_param("n_neighbors", self.n_neighbors, 1)
+        # a finite scale: an infinite one makes every probability NaN
+        check_real("temperature", self.temperature, 0.0, np.inf, low_open=True, high_open=True)
         z = self._embed(X, reset=True)
         y = check_targets(y, z.shape[0])
         self.classes_, codes = np.unique(y, return_inverse=True)

@@ -26,7 +26,8 @@ def check_inputs(data: ArrayDataset, source: str) -> ArrayDataset:
     ------
     ValueError
         ``x`` is 1-D (one value per item: a feature axis is missing), or holds NaN or
-        infinite values (the message counts them and names the first row).
+        infinite values (the message counts the items and names the first few rows, as
+        :func:`~dmlkit.apps.embedding.check_finite_rows` does for arrays handed in).
 
     Warns
     -----
@@ -46,10 +47,12 @@ def check_inputs(data: ArrayDataset, source: str) -> ArrayDataset:
     if x.is_floating_point():
         finite = torch.isfinite(x.flatten(1)).all(dim=1)  # (n,)
         if not bool(finite.all()):
-            bad = (~finite).nonzero().flatten()
+            bad = (~finite).nonzero().flatten().tolist()  # rows holding a NaN or an inf
+            shown = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
             raise ValueError(
-                f"{source}: {bad.numel()} of {x.shape[0]} items hold NaN or infinite values "
-                f"(first: row {int(bad[0])}); clean or drop them before training")
+                f"{source}: {len(bad)} of {x.shape[0]} items hold NaN or infinite values "
+                f"({'row' if len(bad) == 1 else 'rows'} {shown}); drop those items or fill "
+                "in the missing values first")
     peak = max(abs(float(x.max())), abs(float(x.min())))  # integer inputs too
     if peak > MAX_ABS_INPUT:
         warnings.warn(

@@ -94,9 +94,15 @@ def read_image(
         ) from None
 
 
+#: folders that archive tools add beside the content, never a class
+NOT_CLASS_FOLDERS = frozenset({"__MACOSX"})
+
+
 def class_folders(root: Path) -> list[Path]:
-    """The class sub-folders of ``root``, sorted; hidden ones (``.git``) skipped."""
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    """The class sub-folders of ``root``, sorted; hidden ones (``.git``) and archive
+    tools' folders (``__MACOSX``) skipped."""
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+                  and p.name not in NOT_CLASS_FOLDERS)
 
 
 def image_files(class_dir: Path) -> list[Path]:
@@ -135,7 +141,8 @@ def folder_images(root: str | Path) -> tuple[list[str], list[tuple[int, Path]]]:
     (:func:`class_folders`), files are sorted within each (:func:`image_files`).
 
     A missing folder is a ``FileNotFoundError``; one without class sub-folders or without
-    images a ``ValueError``.
+    images a ``ValueError``, and so is a class sub-folder without image files (only other
+    files, or none): it would be a class name no item has, as the audio folder refuses.
     """
     root = Path(root)
     if not root.is_dir():
@@ -143,10 +150,18 @@ def folder_images(root: str | Path) -> tuple[list[str], list[tuple[int, Path]]]:
     class_dirs = class_folders(root)
     if not class_dirs:
         raise ValueError(f"{root} has no class sub-folders (expected root/<class>/<image>)")
-    files = [(label, file) for label, class_dir in enumerate(class_dirs)
-             for file in image_files(class_dir)]
-    if not files:
-        raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {root}")
+    listing = [image_files(class_dir) for class_dir in class_dirs]
+    suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+    if not any(listing):
+        raise ValueError(f"no images ({suffixes}) found under {root}")
+    empty = [class_dir for class_dir, found in zip(class_dirs, listing, strict=True)
+             if not found]
+    if empty:  # a class without images: a class name (and id) no item has
+        shown = ", ".join(str(d) for d in empty[:5]) + (", ..." if len(empty) > 5 else "")
+        raise ValueError(
+            f"{len(empty)} class folder(s) of {root} hold no images ({shown}); every "
+            f"sub-folder is a class: add its images ({suffixes}) or remove the folder")
+    files = [(label, file) for label, found in enumerate(listing) for file in found]
     return [p.name for p in class_dirs], files
 
 
@@ -168,9 +183,10 @@ def load_image_folder(
     """Every image under ``root/<class_name>/`` as ``(n, C, H, W)`` float32 in ``[0, 1]``.
 
     Class ids follow the sorted sub-folder names (``class_names`` keeps them); hidden
-    folders and files (``.git``, ``.ipynb_checkpoints``) are skipped. Without
-    ``image_size`` all images must share one size. 16-bit grey images are scaled to
-    ``[0, 1]`` from their 16-bit range.
+    folders and files (``.git``, ``.ipynb_checkpoints``) are skipped; a class folder
+    without images is a ``ValueError`` (:func:`folder_images`). Without ``image_size``
+    all images must share one size. 16-bit grey images are scaled to ``[0, 1]`` from
+    their 16-bit range.
 
     ``color``: ``"auto"`` (default) reads 3 channels (RGB) when any image of the folder
     is colour (its Pillow mode is not a grey one, :func:`is_color`; grey images then

@@ -124,7 +124,9 @@ def unlabelled_inputs(run: Run, path: str | Path, *, x_key: str | None = None,
     (``labels_key`` only for the message: a ``.npy`` has no named arrays).
 
     They are read as :func:`~dmlkit.runs.queries.prepare_inputs` reads search queries:
-    ``uint8`` scaled to ``[0, 1]``, flat rows reshaped, other shapes refused.
+    ``uint8`` scaled to ``[0, 1]``, flat rows reshaped, other shapes refused; rows holding
+    NaN or infinite values are refused by name
+    (:func:`~dmlkit.apps.embedding.check_finite_rows`).
 
     Returns
     -------
@@ -133,6 +135,7 @@ def unlabelled_inputs(run: Run, path: str | Path, *, x_key: str | None = None,
     """
     import torch
 
+    from dmlkit.apps.embedding import check_finite_rows
     from dmlkit.data.npz import read_arrays
     from dmlkit.runs.queries import prepare_inputs
 
@@ -142,7 +145,9 @@ def unlabelled_inputs(run: Run, path: str | Path, *, x_key: str | None = None,
                          "labels_key) are for a .npz file")
     if path.suffix == ".npz":
         check_npz_keys(path, x_key or "x")
-    x = read_arrays(path)["x" if path.suffix == ".npy" else x_key or "x"]
+    key = "x" if path.suffix == ".npy" else x_key or "x"
+    x = read_arrays(path)[key]
+    check_finite_rows(x, str(path) if path.suffix == ".npy" else f"{path}: {key!r}")
     return torch.from_numpy(prepare_inputs(x, run_input_spec(run), str(path)))
 
 
