@@ -292,3 +292,20 @@ def test_string_x_names_the_file_and_the_key(tmp_path):
     with pytest.raises(TypeError, match=r"odd\.npz: 'x' must be real numbers, got dtype "
                                         r"<U1 \(strings; .*data\.x_key"):
         load_npz(path)
+
+
+def test_a_missing_extra_named_by_its_pip_command_is_one_line(capsys):
+    """Any ImportError of dmlkit naming its pip install command (a missing extra) ends a
+    command with one error line, whichever command catches which other errors."""
+    import typer
+
+    from dmlkit.cli._errors import one_line_errors
+
+    def command() -> None:
+        raise ImportError("the resemblyzer baseline needs webrtcvad: pip install 'dmlkit[audio]'")
+
+    with pytest.raises(typer.Exit) as stop:
+        one_line_errors(command)()
+    assert stop.value.exit_code == 1
+    assert capsys.readouterr().err == (
+        "error: the resemblyzer baseline needs webrtcvad: pip install 'dmlkit[audio]'\n")

@@ -23,9 +23,13 @@ def one_line(err: BaseException) -> str:
 def is_missing_package(err: BaseException) -> bool:
     """Whether ``err`` is an optional package (or pretrained weights) the user has not
     installed, whose message names what to install: the pretrained weights'
-    ``MissingWeightsError`` and its kin. Imported lazily: ``dmlkit --help`` stays instant."""
+    ``MissingWeightsError`` and every ``ImportError`` of dmlkit that names its
+    ``pip install`` command (a missing extra). Imported lazily: ``dmlkit --help`` stays
+    instant."""
     if not isinstance(err, ImportError):
         return False
+    if "pip install" in str(err):
+        return True
     from dmlkit.models.pretrained.weights import MissingWeightsError
 
     return isinstance(err, MissingWeightsError)
