@@ -269,9 +269,11 @@ def embed(
         "heldout",
         "--data",
         help="'heldout' or 'train' (the run's splits), a dataset name (digits, "
-        "fashion_mnist[:test]), a .npz file, an IDX or image folder, or a .yaml config; "
-        "a .npy (or a .npz without labels) of raw inputs gives embeddings alone. Inputs "
-        "must have the shape the run was trained on (as for dmlkit search).",
+        "fashion_mnist[:test]), a .npz file, an IDX or image folder, an audio folder (one "
+        "sub-folder of .wav files per speaker, read with the run's sample rate and crop), "
+        "or a .yaml config; a .npy (or a .npz without labels) of raw inputs gives "
+        "embeddings alone. Inputs must have the shape the run was trained on (as for "
+        "dmlkit search).",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Output .npz (embeddings, labels)."),
     x_key: str | None = X_KEY,

@@ -9,7 +9,9 @@ float32 arrays in ``[-1, 1]``, mono.
 from __future__ import annotations
 
 import struct
+import warnings
 import wave
+from collections.abc import Iterator
 from math import gcd
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +23,13 @@ if TYPE_CHECKING:
 
 SAMPLE_RATE = 16_000
 _AUDIO_SUFFIXES = (".wav",)
+#: shortest usable recording, seconds (one 25 ms analysis window of trimming and of the
+#: speaker encoder's log-mel front end)
+MIN_SECONDS = 0.025
+#: longest crop in samples (16 MiB of float32 per item: 262 s at 16 kHz)
+MAX_CROP_SAMPLES = 1 << 22
+#: a crop may loop the longest recording at most this many times
+MAX_CROP_LOOPS = 10.0
 
 
 _PCM, _FLOAT, _EXTENSIBLE = 0x0001, 0x0003, 0xFFFE  # WAV format tags
@@ -145,8 +154,10 @@ def resample(waveform: np.ndarray, orig_rate: int, new_rate: int = SAMPLE_RATE) 
     x = np.asarray(waveform, dtype=np.float64).reshape(-1)
     if orig_rate == new_rate or x.size == 0:
         return x.astype(np.float32)
-    g = gcd(orig_rate, new_rate)
-    n_out = int(round(x.size * (new_rate // g) / (orig_rate // g)))
+    n_out = resampled_length(x.size, orig_rate, new_rate)
+    if n_out < 1:
+        raise ValueError(f"{x.size} samples at {orig_rate} Hz ({x.size / orig_rate * 1000:.3g} "
+                         f"ms) resample to no sample at {new_rate} Hz")
     spec = np.fft.rfft(x)  # (T//2+1,)
     keep = min(spec.size, n_out // 2 + 1)
     out_spec = np.zeros(n_out // 2 + 1, dtype=np.complex128)
@@ -155,6 +166,14 @@ def resample(waveform: np.ndarray, orig_rate: int, new_rate: int = SAMPLE_RATE) 
         out_spec[-1] = out_spec[-1].real  # Nyquist bin of a real signal is real
     y = np.fft.irfft(out_spec, n=n_out) * (n_out / x.size)  # (n_out,)
     return y.astype(np.float32)
+
+
+def resampled_length(n: int, orig_rate: int, new_rate: int) -> int:
+    """The number of samples :func:`resample` gives for ``n`` at ``orig_rate``."""
+    if orig_rate == new_rate:
+        return n
+    g = gcd(orig_rate, new_rate)
+    return int(round(n * (new_rate // g) / (orig_rate // g)))
 
 
 def frame_energy_db(waveform: np.ndarray, frame: int, hop: int) -> np.ndarray:
@@ -237,10 +256,62 @@ def crops(
 
 
 def load_wav(path: str | Path, sample_rate: int = SAMPLE_RATE, *, trim: bool = True) -> np.ndarray:
-    """Read a WAV, resample to ``sample_rate`` and optionally trim silence."""
+    """Read a WAV, resample to ``sample_rate`` and optionally trim silence.
+
+    A recording shorter than :data:`MIN_SECONDS` (at ``sample_rate``: one analysis
+    window) is refused, naming the file.
+    """
     x, rate = read_wav(path)
+    need = max(1, int(np.ceil(MIN_SECONDS * sample_rate)))
+    if resampled_length(x.size, rate, sample_rate) < need:
+        raise ValueError(f"{path} is too short: {x.size} samples at {rate} Hz "
+                         f"({x.size / rate * 1000:.3g} ms), under the {MIN_SECONDS * 1000:g} "
+                         "ms a recording needs; replace or remove it")
     x = resample(x, rate, sample_rate)
     return trim_silence(x, sample_rate) if trim else x
+
+
+def _speaker_wavs(folder: Path) -> Iterator[Path]:
+    """The WAV files under one speaker folder, in no order; hidden files and folders
+    skipped, and entries that are no files."""
+    for f in folder.rglob("*"):
+        if (f.suffix.lower() in _AUDIO_SUFFIXES
+                and not any(part.startswith(".") for part in f.relative_to(folder).parts)
+                and f.is_file()):
+            yield f
+
+
+def _speaker_folders(root: Path) -> list[Path]:
+    from dmlkit.data.image_folder import class_folders
+
+    return class_folders(root)
+
+
+def speaker_files(root: str | Path) -> dict[str, list[Path]]:
+    """``{speaker: sorted WAV files}`` of ``root/<speaker>/**/*.wav`` (any case of
+    ``.wav``, at any depth; hidden files and folders skipped): the files
+    :func:`load_speaker_folder` reads, listed without reading them."""
+    root = _checked_root(root)
+    return {d.name: sorted(_speaker_wavs(d)) for d in _speaker_folders(root)}
+
+
+def is_speaker_folder(root: str | Path) -> bool:
+    """Whether some speaker folder of ``root`` holds a WAV file as
+    :func:`speaker_files` lists them (stops at the first found)."""
+    root = Path(root)
+    return root.is_dir() and any(next(_speaker_wavs(d), None) is not None
+                                 for d in _speaker_folders(root))
+
+
+def _checked_root(root: str | Path) -> Path:
+    root = Path(root)
+    if root.is_file():
+        raise ValueError(f"{root} is a file, not a folder of speaker sub-folders "
+                         "(ROOT/<speaker>/*.wav); give the folder that holds one sub-folder "
+                         "per speaker")
+    if not root.is_dir():
+        raise ValueError(f"speaker folder {root} does not exist")
+    return root
 
 
 def load_speaker_folder(
@@ -263,14 +334,9 @@ def load_speaker_folder(
         When no folder holds a ``.wav`` file, or some speaker folder holds none (it would
         be a speaker no item has).
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise ValueError(f"speaker folder {root} does not exist")
-    speakers = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    found = {spk: [f for f in sorted((root / spk).rglob("*"))
-                   if f.suffix.lower() in _AUDIO_SUFFIXES and f.is_file()
-                   and not any(part.startswith(".") for part in f.relative_to(root / spk).parts)]
-             for spk in speakers}
+    root = _checked_root(root)
+    found = speaker_files(root)
+    speakers = list(found)
     if not any(found.values()):
         raise ValueError(f"no .wav files under {root}/<speaker>/")
     empty = [spk for spk in speakers if not found[spk]]
@@ -302,6 +368,30 @@ def crop_dataset(
     return np.concatenate(xs), np.concatenate(ys), np.concatenate(src)
 
 
+def check_crop_length(sizes: list[int], length: int, sample_rate: int, source: str) -> None:
+    """Refuse crops of ``length`` samples longer than :data:`MAX_CROP_LOOPS` times the
+    longest recording (of ``sizes`` samples; every crop would be the recordings looped),
+    and warn when they are longer than most recordings (more than half), naming the
+    fraction, the longest duration and a crop length that fits."""
+    if not sizes:
+        return
+    seconds = np.asarray(sizes, dtype=np.float64) / sample_rate  # (n,)
+    crop, longest = length / sample_rate, float(seconds.max())
+    shorter = int((seconds < crop).sum())
+    fit = max(MIN_SECONDS, float(np.floor(np.median(seconds) * 10) / 10))
+    if crop > MAX_CROP_LOOPS * longest:
+        raise ValueError(
+            f"crop_seconds {crop:g} is {crop / longest:.0f}x the longest recording of "
+            f"{source} ({longest:.3g} s); every crop would loop its recording over and "
+            f"over: set crop_seconds to at most {fit:g} (the median duration)")
+    if shorter > len(sizes) / 2:
+        warnings.warn(
+            f"crop_seconds {crop:g} is longer than {shorter} of {len(sizes)} recordings of "
+            f"{source} ({shorter / len(sizes):.0%}; the longest is {longest:.3g} s), which are "
+            f"looped to fill their crops; set crop_seconds to at most {fit:g} (the median "
+            "duration)", UserWarning, stacklevel=3)
+
+
 def load_audio_folder(
     root: str | Path, sample_rate: int = SAMPLE_RATE, crop_seconds: float = 2.0, *,
     trim: bool = True,
@@ -314,12 +404,23 @@ def load_audio_folder(
     sample_rate))`` float32, labelled by speaker (``class_names``: the folder names), the
     input of :class:`~dmlkit.models.SpeakerEncoder`. This is the ``audio_folder`` data
     source of configs (``data: {name: audio_folder, path: ...}``).
+
+    Crops of more than :data:`MAX_CROP_SAMPLES` samples, or much longer than every
+    recording, are refused, and crops longer than most recordings warned of
+    (:func:`check_crop_length`).
     """
     from dmlkit.data.dataset import ArrayDataset
 
     if crop_seconds <= 0:
         raise ValueError(f"crop_seconds must be > 0, got {crop_seconds}")
     length = int(round(crop_seconds * sample_rate))
+    if length > MAX_CROP_SAMPLES:
+        raise ValueError(
+            f"crop_seconds {crop_seconds:g} at {sample_rate} Hz makes crops of {length} "
+            f"samples ({length * 4 / 2**20:.0f} MiB each), over the {MAX_CROP_SAMPLES} "
+            f"({MAX_CROP_SAMPLES / sample_rate:.0f} s) a crop may hold; speaker models "
+            "train on crops of a few seconds: set crop_seconds to e.g. 2")
     waves, labels, speakers, files = load_speaker_folder(root, sample_rate, trim=trim)
+    check_crop_length([w.size for w in waves], length, sample_rate, str(root))
     x, y, source = crop_dataset(waves, labels, length)
     return ArrayDataset(x, y, speakers, [str(files[i]) for i in source])

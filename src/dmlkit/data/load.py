@@ -24,8 +24,9 @@ def data_config(spec: DataConfig | dict[str, Any] | str | Path) -> DataConfig:
 
     Strings: ``"digits"``, ``"fashion_mnist"``, ``"fashion_mnist:test"`` (a source and
     its part), a ``.npz`` file, a directory (MNIST-format IDX files, else a folder with one
-    sub-folder per class of WAV files (``audio_folder``) or of images), or a ``.yaml``
-    config whose ``data`` section is used.
+    sub-folder per class of WAV files (``audio_folder``: a speaker folder as
+    :func:`dmlkit.data.audio.speaker_files` lists it, WAVs at any depth) or of images), or
+    a ``.yaml`` config whose ``data`` section is used.
     """
     if isinstance(spec, DataConfig):
         return spec
@@ -47,18 +48,33 @@ def data_config(spec: DataConfig | dict[str, Any] | str | Path) -> DataConfig:
     if not path.exists():
         raise FileNotFoundError(
             f"data {text!r} is neither a known dataset (digits, fashion_mnist[:train|test]) "
-            "nor an existing .npz file, IDX directory, image folder or .yaml config"
+            "nor an existing .npz file, IDX directory, image folder, audio folder "
+            "(one sub-folder of .wav files per speaker) or .yaml config"
         )
     if path.is_file():
         if path.suffix == ".npz":
             return DataConfig(name="npz", path=str(path))
+        if path.suffix.lower() == ".wav":
+            raise ValueError(
+                f"{path} is one recording, not a dataset: give the folder that holds one "
+                "sub-folder of .wav files per speaker (an audio folder)")
         raise ValueError(
             f"unknown data format {path.suffix or path.name!r} for {path}: expected a .npz "
-            "file, a directory of IDX files or of class sub-folders of images, or a .yaml config"
+            "file, a directory of IDX files or of class sub-folders of images or of .wav "
+            "files (speakers), or a .yaml config"
         )
     if any(path.glob(f"{IDX_PARTS['train'][0]}*")) or any(path.glob(f"{IDX_PARTS['test'][0]}*")):
         return DataConfig(name="idx", path=str(path), part=part or "train")
-    if next(path.glob("*/*.wav"), None) is not None:  # speaker folders of WAV files
+    from dmlkit.data.audio import is_speaker_folder
+
+    if is_speaker_folder(path):  # speaker folders of WAV files, as the audio loader lists
+        from dmlkit.data.image_folder import class_folders, image_files
+
+        if any(image_files(d) for d in class_folders(path)):
+            raise ValueError(
+                f"{path} holds both images and .wav files in its class folders: name what "
+                "to read with a data config (data: {name: image_folder, path: ...} or "
+                "{name: audio_folder, path: ...})")
         return DataConfig(name="audio_folder", path=str(path))
     return DataConfig(name="image_folder", path=str(path))
 

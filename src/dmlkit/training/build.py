@@ -268,6 +268,28 @@ def absolute_path(value: Any) -> Any:
     return value
 
 
+def check_sample_rate(config: Config) -> None:
+    """Match the model to the sample rate its audio data is read at (``data.sample_rate``).
+
+    A model that takes a ``sample_rate`` parameter gets the data's rate where the config
+    leaves it out (its filters are built for it); a model class that takes one fixed rate
+    declares it as ``input_sample_rate`` (pretrained encoders). A rate that differs from
+    the data's is refused: the model would embed audio at the wrong speed, silently.
+    """
+    rate, name = config.data.sample_rate, config.model["name"]
+    if "sample_rate" in _params(MODELS, name):
+        given = config.model.setdefault("sample_rate", rate)
+        if given != rate:
+            raise ValueError(f"model.sample_rate is {given} but data.sample_rate is "
+                             f"{rate}; remove model.sample_rate")
+        return
+    fixed = getattr(MODELS.get(name), "input_sample_rate", None)
+    if is_int(fixed) and fixed != rate:
+        raise ValueError(f"model {name!r} takes {fixed} Hz audio, but data.sample_rate is "
+                         f"{rate}; set data.sample_rate: {fixed} (WAV files of any rate are "
+                         "resampled to it)")
+
+
 def resolve_config(config: Config, example: Tensor, num_classes: int | None) -> Config:
     """A copy of ``config`` with the data-dependent model and loss parameters filled in
     (``num_classes`` None: data without class labels, whose losses get none), and relative
@@ -278,12 +300,8 @@ def resolve_config(config: Config, example: Tensor, num_classes: int | None) -> 
         setattr(config.data, key, absolute_path(getattr(config.data, key)))
     config.model.update(model_shape_params(config.model, example))
     config.model.update(new_run_params(config.model))  # (told apart from older runs)
-    if config.data.name == "audio_folder" and "sample_rate" in _params(
-            MODELS, config.model["name"]):  # the model's filters at the data's rate
-        given = config.model.setdefault("sample_rate", config.data.sample_rate)
-        if given != config.data.sample_rate:
-            raise ValueError(f"model.sample_rate is {given} but data.sample_rate is "
-                             f"{config.data.sample_rate}; remove model.sample_rate")
+    if config.data.name == "audio_folder":
+        check_sample_rate(config)
     dim = None
     # (a loss that takes the embedding width and leaves it out: the width the model class
     # declares, else ask the built model; the two probes differ exactly where a width
@@ -350,6 +368,7 @@ __all__ = [
     "IMAGE_CHANNELS",
     "channel_last_problem",
     "resolve_config",
+    "check_sample_rate",
     "model_shape_params",
     "new_run_params",
     "saved_run_params",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 import types
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -46,6 +46,10 @@ class ResemblyzerEncoder(nn.Module):
     of 1.6 s partial windows, renormalized). Its own volume normalization and webrtcvad
     trimming are not applied: trim with :func:`dmlkit.data.audio.trim_silence` first.
     """
+
+    #: the sample rate of the waveforms it takes (its mel front end is fixed), which a
+    #: run's ``data.sample_rate`` must match (:func:`dmlkit.training.build.check_sample_rate`)
+    input_sample_rate: ClassVar[int] = 16_000
 
     def __init__(self) -> None:
         super().__init__()
