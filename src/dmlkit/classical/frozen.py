@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from dmlkit._checks import check_real_inputs
+
 COMPONENTS_FILE = "components.npy"
 METRIC_FILE = "metric.json"
 EVAL_KEYS = ("precision_at_1", "r_precision", "map_at_r")
@@ -144,15 +146,32 @@ def load_embeddings(source: str | Path, device: str = "cpu") -> EmbeddedSplits:
     missing = {"embeddings", "labels"} - set(data)
     if missing:
         raise ValueError(f"{source} lacks array(s) {sorted(missing)}")
+    has_held = [key in data for key in ("heldout_embeddings", "heldout_labels")]
+    if any(has_held) and not all(has_held):
+        there, lacking = (("heldout_embeddings", "heldout_labels") if has_held[0]
+                          else ("heldout_labels", "heldout_embeddings"))
+        raise ValueError(f"{source} has {there} but no {lacking}; the held-out split needs "
+                         "both (or neither: then the training arrays are scored)")
     train, labels = data["embeddings"], data["labels"]
     held = data.get("heldout_embeddings", train)
     held_labels = data.get("heldout_labels", labels)
     for name, arr in (("embeddings", train), ("heldout_embeddings", held)):
         if arr.ndim != 2:
             raise ValueError(f"{source}: {name} must be (n, dim), got shape {arr.shape}")
+        check_real_inputs(arr, str(source), name)
+        if not np.isfinite(arr).all():
+            bad = int((~np.isfinite(arr)).any(axis=1).sum())
+            raise ValueError(f"{source}: {name} has {bad} row(s) with NaN or infinite "
+                             "values; drop or fix them before fitting")
     if held.shape[1] != train.shape[1]:
         raise ValueError(f"{source}: heldout_embeddings have dim {held.shape[1]} but "
                          f"embeddings have dim {train.shape[1]}; both must come from one model")
+    for name, lab, arr, arr_name in (("labels", labels, train, "embeddings"),
+                                     ("heldout_labels", held_labels, held,
+                                      "heldout_embeddings")):
+        if lab.ndim >= 1 and lab.shape[0] != arr.shape[0]:
+            raise ValueError(f"{source}: {name} has {lab.shape[0]} label(s) but {arr_name} "
+                             f"has {arr.shape[0]} row(s); give one label per row")
     train_codes, held_codes, classes = encode_split_labels(labels, held_labels, str(source))
     return EmbeddedSplits(train.astype(np.float64), train_codes, held.astype(np.float64),
                           held_codes, classes)
@@ -186,8 +205,11 @@ def evaluate_metric(components: np.ndarray | None, splits: EmbeddedSplits,
         if same_rows:  # no held-out split: leave-one-out, as the retrieval scores are
             knn = KNeighborsClassifier(n_neighbors=n_neighbors).fit(tr, splits.train_labels)
             rows = knn.kneighbors(n_neighbors=n_neighbors, return_distance=False)  # (n, k)
-            votes = splits.train_labels[rows]
-            predicted = np.array([np.bincount(v).argmax() for v in votes])  # ties: lowest
+            # vote on codes 0..C-1 (any label values: negative, huge); codes keep the
+            # labels' order, so a tie still goes to the lowest label
+            classes, codes = np.unique(splits.train_labels, return_inverse=True)
+            votes = codes.reshape(-1)[rows]  # (n, k)
+            predicted = classes[[np.bincount(v).argmax() for v in votes]]  # (n,)
             out["knn_accuracy"] = float((predicted == splits.train_labels).mean())
         elif np.isin(splits.heldout_labels, splits.train_labels).all():
             knn = KNeighborsClassifier(n_neighbors=n_neighbors).fit(tr, splits.train_labels)
@@ -208,15 +230,31 @@ def evaluate_metric(components: np.ndarray | None, splits: EmbeddedSplits,
 
 
 def _jsonable(value: Any) -> Any:
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
+    """``value`` as plain JSON data; NaN becomes ``null`` (as
+    :func:`dmlkit.evaluation.evaluate.write_json` writes it), anything else unknown its
+    ``repr``."""
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
+        value = value.item()
+    if isinstance(value, float) and np.isnan(value):
+        return None
     if isinstance(value, np.ndarray):
-        return value.tolist()
+        return _jsonable(value.tolist())
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):  # e.g. ITML's bounds: refit from the JSON as used
         return [_jsonable(v) for v in value]
     return repr(value)
+
+
+def to_json(value: Any) -> str:
+    """``value`` (scores, metric metadata) as indented JSON text, NaN written as ``null``.
+
+    An infinite parameter (ITML's ``gamma=inf``) stays ``Infinity``, which Python's
+    ``json`` reads back, so the saved parameters still refit the learner.
+    """
+    return json.dumps(_jsonable(value), indent=2)
 
 
 def save_metric(learner: Any, out_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
@@ -234,12 +272,14 @@ def save_metric(learner: Any, out_dir: str | Path, extra: dict[str, Any] | None 
     meta = {
         "method": method_name(type(learner)),
         "class": f"{type(learner).__module__}.{type(learner).__name__}",
-        "params": {k: _jsonable(v) for k, v in learner.get_params().items()},
+        "params": dict(learner.get_params()),
         "n_features_in": int(L.shape[1]),
         "n_components": int(L.shape[0]),
         **(extra or {}),
     }
-    (out / METRIC_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    tmp = out / (METRIC_FILE + ".tmp")
+    tmp.write_text(to_json(meta) + "\n")
+    tmp.replace(out / METRIC_FILE)
     return out
 
 
@@ -249,15 +289,36 @@ def load_metric(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
     comp = path / COMPONENTS_FILE
     if not comp.is_file():
         raise FileNotFoundError(f"{path} holds no {COMPONENTS_FILE}")
-    L = np.load(comp, allow_pickle=False)
-    if L.ndim != 2 or not np.issubdtype(L.dtype, np.floating) or not np.isfinite(L).all():
-        raise ValueError(f"{comp} must hold a finite float (k, d) matrix, got {L.shape} {L.dtype}")
+    try:
+        L = np.load(comp, allow_pickle=False)
+    except (OSError, EOFError, ValueError) as err:
+        what = ("holds objects (reading it would need unpickling, which dmlkit never does)"
+                if "pickle" in str(err) else f"cannot be read ({err})")
+        raise ValueError(f"{comp} {what}; fit the metric again (dmlkit classical fit ... "
+                         f"--out {path})") from None
+    if (not isinstance(L, np.ndarray) or L.ndim != 2 or 0 in L.shape
+            or not np.issubdtype(L.dtype, np.floating) or not np.isfinite(L).all()):
+        raise ValueError(f"{comp} must hold a finite float (k, d) matrix with k, d >= 1, got "
+                         f"{getattr(L, 'shape', None)} {getattr(L, 'dtype', type(L).__name__)}")
     meta_file = path / METRIC_FILE
-    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    meta: Any = {}
+    if meta_file.is_file():
+        try:
+            meta = json.loads(meta_file.read_text())
+        except (ValueError, OSError) as err:  # JSONDecodeError, UnicodeDecodeError
+            raise ValueError(f"{meta_file} is not valid JSON ({err}); fit the metric again "
+                             "or fix the file") from None
+        if not isinstance(meta, dict):
+            raise ValueError(f"{meta_file} must hold a JSON object (method, params, ...), "
+                             f"got a JSON {_JSON_KINDS.get(type(meta), 'value')}")
     if isinstance(meta.get("method"), str):  # class names ("MLKR") read as CLI names
         by_class = {cls.__name__: name for name, cls in _learners().items()}
         meta["method"] = by_class.get(meta["method"], meta["method"])
     return L, meta
+
+
+_JSON_KINDS = {list: "array", str: "string", int: "number", float: "number",
+               bool: "boolean", type(None): "null"}
 
 
 def _learners() -> dict[str, type]:

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 from scipy.linalg import get_blas_funcs
+from sklearn.base import TransformerMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_array
 
@@ -202,7 +203,12 @@ class ITML(MahalanobisMixin):
         """Fit on ``pairs (n_pairs, 2, n_features)`` with ``y (n_pairs,)`` in {+1, -1}."""
         self._check_params()
         pairs = check_pairs(pairs)
-        y = np.asarray(y).ravel()
+        y = np.asarray(y)
+        if y.ndim == 2 and y.shape[1] == 1:  # a column vector: one label per pair still
+            y = y.ravel()
+        if y.ndim != 1:
+            raise ValueError(f"y must be 1-d, one label (+1 / -1) per pair, got shape "
+                             f"{y.shape}")
         if y.shape[0] != pairs.shape[0]:
             raise ValueError(f"y has length {y.shape[0]} but there are {pairs.shape[0]} pairs")
         bad = np.setdiff1d(np.unique(y), [-1, 1])
@@ -210,6 +216,14 @@ class ITML(MahalanobisMixin):
             raise ValueError(f"pair labels must be +1 (similar) or -1 (dissimilar), got {bad}")
         self.n_features_in_ = pairs.shape[2]
         return self._fit_pairs(pairs, y.astype(np.float64))
+
+    def fit_transform(self, X: Any, y: Any = None, **fit_params: Any) -> np.ndarray:
+        """Refused before any fitting: ITML learns from pairs ``(n_pairs, 2, n_features)``
+        and transforms points ``(n, n_features)``, so no one array is both; call
+        ``fit(pairs, y)``, then ``transform(X)`` (or use :class:`ITMLSupervised`, which
+        learns from points and class labels)."""
+        raise TypeError("ITML learns from pairs; call fit(pairs, y) then transform(X), or "
+                        "use ITMLSupervised to fit_transform(X, y) with class labels")
 
     def _check_params(self) -> tuple[float, int, float, tuple[float, float] | None]:
         """``(gamma, max_iter, tol, bounds)`` checked (a ``ValueError`` naming a bad one)."""
@@ -318,6 +332,10 @@ class ITMLSupervised(ITML):
         super().__init__(gamma=gamma, max_iter=max_iter, tol=tol, prior=prior, bounds=bounds,
                          n_components=n_components, verbose=verbose, random_state=random_state)
         self.n_constraints = n_constraints
+
+    def fit_transform(self, X: Any, y: Any = None, **fit_params: Any) -> np.ndarray:
+        """``fit(X, y).transform(X)``: learns from points and class labels."""
+        return TransformerMixin.fit_transform(self, X, y, **fit_params)
 
     def fit(self, X: Any, y: Any) -> ITMLSupervised:  # type: ignore[override]
         """Fit on ``X (n_samples, n_features)`` with class labels ``y (n_samples,)``."""

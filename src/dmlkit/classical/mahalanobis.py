@@ -134,11 +134,16 @@ def encode_labels(y: np.ndarray, min_classes: int = 2) -> np.ndarray:
 
 
 def check_n_components(n_components: int | None, n_features: int) -> int:
-    """``n_components`` as an int in ``[1, n_features]`` (``None``: ``n_features``)."""
+    """``n_components`` as an int in ``[1, n_features]`` (``None``: ``n_features``).
+
+    A bad value is a ``ValueError`` naming it and its type, the parameters' one rule
+    (:mod:`dmlkit.classical.params`): ``2.0`` or ``True`` is refused, never truncated.
+    """
     if n_components is None:
         return n_features
     if not is_int(n_components):
-        raise TypeError(f"n_components must be an int or None, got {n_components!r}")
+        raise ValueError(f"n_components must be an integer >= 1 or None, got "
+                         f"{n_components!r} ({type(n_components).__name__})")
     if not 1 <= n_components <= n_features:
         raise ValueError(
             f"n_components={n_components} must be between 1 and n_features={n_features}"

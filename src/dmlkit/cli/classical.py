@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +110,7 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Compare raw embeddings with a saved learned metric on the held-out split."""
-    from dmlkit.classical.frozen import evaluate_metric, load_embeddings, load_metric
+    from dmlkit.classical.frozen import evaluate_metric, load_embeddings, load_metric, to_json
 
     try:
         from dmlkit.index.provenance import EMBEDDINGS_MODEL_KEY
@@ -130,11 +129,17 @@ def evaluate(
         if components.shape[1] != splits.heldout.shape[1]:
             raise ValueError(f"metric expects dim {components.shape[1]}, embeddings have "
                              f"{splits.heldout.shape[1]}")
+        if fitted_sha is not None and source_sha is None:
+            typer.echo(f"warning: {source} records no model fingerprint, so the model that "
+                       f"embedded it cannot be checked against the one the metric {metric} "
+                       f"was fitted on ({EMBEDDINGS_MODEL_KEY} {str(fitted_sha)[:12]}); the "
+                       "metric is applied assuming both come from that model (embed the data "
+                       "with `dmlkit embed` to record it)", err=True)
         result = evaluate_metric(components, splits)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, TypeError, OSError) as err:  # TypeError: non-numeric arrays
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from err
-    typer.echo(json.dumps(result, indent=2) if as_json else _table(result))
+    typer.echo(to_json(result) if as_json else _table(result))
 
 
 def register(app: typer.Typer) -> None:
