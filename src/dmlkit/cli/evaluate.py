@@ -121,8 +121,8 @@ def evaluate(
     ),
     data: str = typer.Option(
         "heldout", "--data",
-        help="'heldout' or 'train' (the run's splits), a dataset name, .npz, IDX or image "
-        "folder, or .yaml config.",
+        help="'heldout' or 'train' (the run's splits), a dataset name, .npz, IDX, image or "
+        "audio (speaker) folder, or .yaml config.",
     ),
     x_key: str | None = typer.Option(
         None, "--x-key", help="Array of a .npz --data that holds the inputs (default 'x'); "
