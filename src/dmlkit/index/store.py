@@ -8,11 +8,11 @@ A store is a directory::
 
 ``rows_done`` is written (atomically) only after the rows before it were flushed to disk,
 so a write killed at any point resumes from the last finished chunk. ``source`` says what
-the rows are embeddings of (the run, its data, and a fingerprint of the model's weights,
-:func:`model_fingerprint`): a store resumes only for the same source, so a retrained
-model never continues the vectors of the old one. Faiss indexes are built from a store
-chunk by chunk (:func:`build_index_from_store`), so the gallery never has to fit in
-memory at once.
+the rows are embeddings of (the run, its data, and a fingerprint of the model's weights
+and the settings it declares, :func:`model_fingerprint`): a store resumes only for the
+same source, so a retrained model never continues the vectors of the old one. Faiss
+indexes are built from a store chunk by chunk (:func:`build_index_from_store`), so the
+gallery never has to fit in memory at once.
 """
 
 from __future__ import annotations
@@ -163,10 +163,23 @@ class EmbeddingStore:
 
 
 def model_fingerprint(model: Any) -> str:
-    """SHA-256 (hex) of a ``torch.nn.Module``'s state dict: names, dtypes, shapes, bytes.
+    """SHA-256 (hex) of what a ``torch.nn.Module`` computes: its state dict (names,
+    dtypes, shapes, bytes), then the settings its submodules declare.
 
-    Two models give the same fingerprint exactly when their weights and buffers are
-    identical, whichever file they were loaded from.
+    A module whose function depends on settings outside its state dict (the resolution a
+    pretrained backbone resizes images to, its pooling grid, whether embeddings are
+    L2-normalized) declares them with a method ``fingerprint_settings() -> dict`` of
+    JSON values; each declaring module (the model itself included) adds its path and
+    its settings as canonical JSON, in module order. A model none of whose modules
+    declares a setting (or only empty ones) keeps the plain state-dict hash, so two such
+    models give the same fingerprint exactly when their weights and buffers are
+    identical, whichever file they were loaded from; models of the same weights but other
+    declared settings (two untrained backbones at two resolutions) differ.
+
+    Raises
+    ------
+    TypeError
+        When a module's ``fingerprint_settings()`` is not a dict of JSON values.
     """
     import torch
 
@@ -175,6 +188,23 @@ def model_fingerprint(model: Any) -> str:
         h.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
         raw = value.detach().cpu().contiguous().reshape(-1)  # (numel,)
         h.update(raw.view(torch.uint8).numpy().tobytes() if raw.numel() else b"")
+    for path, module in model.named_modules():
+        declare = getattr(module, "fingerprint_settings", None)
+        if not callable(declare):
+            continue
+        settings = declare()
+        if not isinstance(settings, dict):
+            raise TypeError(f"{type(module).__name__}.fingerprint_settings() must return a "
+                            f"dict, got {type(settings).__name__}")
+        if not settings:
+            continue
+        try:
+            text = json.dumps(settings, sort_keys=True, separators=(",", ":"),
+                              allow_nan=False)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"{type(module).__name__}.fingerprint_settings() must hold "
+                            f"JSON values (numbers, strings, lists): {err}") from None
+        h.update(f"settings|{path}|{text}|".encode())
     return h.hexdigest()
 
 

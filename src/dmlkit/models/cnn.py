@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dmlkit._checks import is_int
@@ -23,6 +25,49 @@ def _block(c_in: int, c_out: int, pool: bool) -> nn.Sequential:
     if pool:
         layers.append(nn.MaxPool2d(2))
     return nn.Sequential(*layers)
+
+
+def cell_weights(side: int, cells: int) -> Tensor:
+    """``(cells, side)`` weights that average ``side`` samples of one axis into ``cells``
+    cells the way adaptive average pooling does: cell ``i`` is the mean of samples
+    ``floor(i side / cells)`` to ``ceil((i + 1) side / cells) - 1`` (cells overlap where
+    ``cells`` does not divide ``side``). Rows sum to 1."""
+    w = torch.zeros(cells, side)
+    for i in range(cells):
+        start, end = (i * side) // cells, -(-((i + 1) * side) // cells)
+        w[i, start:end] = 1.0 / (end - start)
+    return w  # (cells, side)
+
+
+def grid_means(x: Tensor, cells: int, hw: tuple[int, int] | None = None) -> Tensor:
+    """``(n, c, H, W)`` -> ``(n, c, cells, cells)``: the means of a ``cells x cells`` grid
+    of cells of the map, as ``F.adaptive_avg_pool2d(x, cells)`` computes them.
+
+    Written in forms ONNX export takes at every size (it takes adaptive pooling only where
+    it can read the map's size and the grid divides it): a plain average pooling of a
+    fixed window where ``cells`` divides both sides, else two matrix products with fixed
+    averaging weights (:func:`cell_weights`); the same means up to float rounding.
+    ``hw``: the map's ``(H, W)`` when the caller knows it (read from ``x`` otherwise)."""
+    h, w = hw if hw is not None else (int(x.shape[-2]), int(x.shape[-1]))
+    if h % cells == 0 and w % cells == 0:
+        return F.avg_pool2d(x, (h // cells, w // cells))  # (n, c, cells, cells)
+    rows = cell_weights(h, cells).to(x.device, x.dtype)  # (cells, H)
+    cols = cell_weights(w, cells).to(x.device, x.dtype)  # (cells, W)
+    return rows @ x @ cols.T  # (n, c, cells, cells)
+
+
+class GridMeans(nn.Module):
+    """``(n, c, H, W) -> (n, c, grid, grid)``: :func:`grid_means` of each map (adaptive
+    average pooling, exportable to ONNX whatever the map's size)."""
+
+    def __init__(self, grid: int) -> None:
+        super().__init__()
+        self.grid = grid
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.grid == 1:  # global pooling, which ONNX export takes at any size
+            return F.adaptive_avg_pool2d(x, 1)  # (n, c, 1, 1)
+        return grid_means(x, self.grid)  # (n, c, grid, grid)
 
 
 def height_width(image_size: int | Sequence[int], min_side: int = 4,
@@ -50,10 +95,10 @@ class SmallCNN(nn.Module):
     """``(n, C, H, W) -> (n, dim)``: conv blocks, average pooling, embedding head.
 
     Images need not be square: ``H != W`` works (e.g. 56 x 46 faces), since the
-    convolutions and the adaptive pooling take any ``H, W >= 4``; give ``image_size`` as
-    ``(H, W)`` for flat inputs of non-square images. Accepts ``(n, H, W)`` and flat
-    ``(n, C*H*W)`` inputs too (reshaped with ``in_channels`` and ``image_size``). Images
-    whose shorter side is >= 16 get a third pooled block.
+    convolutions and the grid pooling (:func:`grid_means`) take any ``H, W >= 4``; give
+    ``image_size`` as ``(H, W)`` for flat inputs of non-square images. Accepts
+    ``(n, H, W)`` and flat ``(n, C*H*W)`` inputs too (reshaped with ``in_channels`` and
+    ``image_size``). Images whose shorter side is >= 16 get a third pooled block.
     ``grid=1`` is global average pooling; ``grid=k`` average-pools the last feature map
     to a ``k x k`` grid and flattens it (``channels * k * k`` features), so the embedding
     keeps where in the image a pattern is, which transfers better to unseen classes.
@@ -106,7 +151,7 @@ class SmallCNN(nn.Module):
         if min(hw) >= 16:
             blocks.append(_block(channels, 2 * channels, pool=False))
             channels *= 2
-        pooled: list[nn.Module] = [nn.AdaptiveAvgPool2d(grid), nn.Flatten()]
+        pooled: list[nn.Module] = [GridMeans(grid), nn.Flatten()]
         if dropout > 0:
             pooled.append(nn.Dropout(dropout))
         self.body = nn.Sequential(*blocks, *pooled)  # (n, channels * grid * grid)

@@ -29,7 +29,15 @@ class EmbeddingHead(nn.Module):
     def __init__(self, in_features: int, dim: int, normalize: bool = True) -> None:
         super().__init__()
         self.linear = nn.Linear(in_features, dim)
+        self.normalize = bool(normalize)
         self.norm = L2Normalize() if normalize else nn.Identity()
+
+    def fingerprint_settings(self) -> dict[str, bool]:
+        """What the embeddings depend on beyond the weights
+        (:func:`dmlkit.index.store.model_fingerprint`): ``{"normalize": False}`` for a head
+        that does not L2-normalize, nothing for the usual one that does (so the
+        fingerprints of normalized models stay what they were before heads declared it)."""
+        return {} if self.normalize else {"normalize": False}
 
     def forward(self, x: Tensor) -> Tensor:
         return self.norm(self.linear(x))  # (n, dim)

@@ -3,7 +3,9 @@
 The exported graph takes the run's raw input rows flattened to ``(batch, n_features)``
 float32, batch axis dynamic, and returns ``(batch, dim)`` embeddings: the reshape to the
 model's input shape and every preprocessing step inside the model (normalization,
-resizing of pretrained backbones) are part of it. A JSON file beside the model
+resizing of pretrained backbones) are part of it. Rows are of one input shape: a model
+that resizes images of any size itself is traced at that shape (its resize fixed to it),
+so an export records ``input_any_size`` false. A JSON file beside the model
 (``FILE.json``) records the input shape, the values the inputs take (dtype float32,
 range, for images channels, size and colour mode: :func:`input_description`), the
 embedding size and where it came from:
@@ -134,10 +136,11 @@ def input_description(run: Any, shape: tuple[int, ...],
     """What the exported model's input rows must hold, for the export's ``.json``: the
     :class:`~dmlkit.runs.queries.InputSpec` fields (``input_shape``, ``input_dtype``
     float32, ``input_range``: the training inputs' ``[min, max]``, null when unknown,
-    ``input_any_size``) and, for images, ``input_channels``, ``image_size``
-    ``[height, width]`` and ``color`` (``grayscale`` / ``rgb``), plus ``input_note`` in
-    words. ``spec`` is the run's input spec (None: unknown, its data unreadable) when the
-    caller has read it, else it is read here."""
+    ``input_any_size``: false, as the exported graph takes rows of ``shape`` only, even
+    where the run's model resizes images of any size) and, for images,
+    ``input_channels``, ``image_size`` ``[height, width]`` and ``color`` (``grayscale`` /
+    ``rgb``), plus ``input_note`` in words. ``spec`` is the run's input spec (None:
+    unknown, its data unreadable) when the caller has read it, else it is read here."""
     if spec is _UNREAD:
         spec = _readable_input_spec(run)
     low, high = (spec.low, spec.high) if spec is not None else (math.nan, math.nan)
@@ -151,8 +154,8 @@ def input_description(run: Any, shape: tuple[int, ...],
                 low, high = float(x.min()), float(x.max())
     if not math.isfinite(high - low):
         low, high = getattr(run.model, "input_range", (math.nan, math.nan))
-    any_size = spec.any_size if spec is not None else False
-    out = InputSpec(tuple(shape), "float32", float(low), float(high), any_size).to_dict()
+    resizes = spec is not None and spec.any_size  # the run's model takes any image size
+    out = InputSpec(tuple(shape), "float32", float(low), float(high), False).to_dict()
     known = math.isfinite(float(high) - float(low))
     out["input_range"] = [float(low), float(high)] if known else None
     if len(shape) == 3:
@@ -161,7 +164,10 @@ def input_description(run: Any, shape: tuple[int, ...],
         out.update(input_channels=int(shape[0]), image_size=[int(shape[1]), int(shape[2])],
                    color=color)
         what = (f"images of {shape[0]} channel(s) x {shape[1]} x {shape[2]} (channels first), "
-                "each flattened to one row")
+                "each flattened to one row"
+                + (f" (resize images of another size to {shape[1]} x {shape[2]} first: "
+                   "the run's model takes any size, the export only this one)"
+                   if resizes else ""))
     else:
         what = f"rows of {math.prod(shape)} features"
     # (no claim of how the range came about: digits' pixels are 0-16 divided by 16, an

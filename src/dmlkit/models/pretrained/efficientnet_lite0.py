@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from dmlkit._checks import is_int
 from dmlkit.functional.distances import l2_normalize
-from dmlkit.models.cnn import height_width
+from dmlkit.models.cnn import grid_means, height_width
 from dmlkit.models.heads import EmbeddingHead, L2Normalize
 from dmlkit.models.pretrained.efficientnet_lite import (
     FEATURE_DIM,
@@ -66,14 +66,15 @@ def _feature_dim(taps: tuple[int, ...], grid_taps: tuple[int, ...], grid: int, p
 
 def cell_means(x: Tensor, cells: int, side: int) -> Tensor:
     """``(n, c, side, side)`` -> ``(n, c, cells, cells)``: the means of a ``cells x cells``
-    grid of the map.
+    grid of the map, as adaptive average pooling computes them.
 
-    Adaptive average pooling, written as a plain average pooling of a fixed window where
-    ``cells`` divides ``side`` (the same numbers): ONNX export cannot size adaptive pooling
-    of a map whose side it does not know, so the side is given, not read from ``x``."""
-    if side % cells == 0 and tuple(x.shape[-2:]) == (side, side):
-        return F.avg_pool2d(x, side // cells)
-    return F.adaptive_avg_pool2d(x, cells)
+    :func:`~dmlkit.models.cnn.grid_means` of a map of the given side, in forms ONNX export
+    takes whether or not ``cells`` divides ``side`` (it cannot size adaptive pooling of a
+    map whose side it does not know, so the side is given, not read from ``x``); a map of
+    another side (never one of this model's) is pooled adaptively."""
+    if tuple(x.shape[-2:]) != (side, side):
+        return F.adaptive_avg_pool2d(x, cells)
+    return grid_means(x, cells, (side, side))
 
 
 class ResidualHead(nn.Module):
@@ -332,6 +333,18 @@ class EfficientNetLite0Embedder(nn.Module):
                 or grid < 1 or pixels < 0 or in_channels not in (1, 3)):
             return None
         return _feature_dim(taps, grid_taps, int(grid), int(pixels), int(in_channels))
+
+    def fingerprint_settings(self) -> dict[str, Any]:
+        """The settings outside the state dict that the embeddings depend on
+        (:func:`dmlkit.index.store.model_fingerprint`): the resize (``resolution``,
+        ``antialias``), the pooled feature groups (``taps``, ``grid_taps``, ``grid``,
+        ``pixels``, ``in_channels``) and ``normalize``: two models of the same weights
+        (with ``head_type`` ``none``, the published ones) but other settings embed
+        differently, and their fingerprints differ."""
+        return {"resolution": self.resolution, "antialias": self.antialias,
+                "taps": list(self.taps), "grid_taps": list(self.grid_taps), "grid": self.grid,
+                "pixels": self.pixels, "in_channels": self.in_channels,
+                "normalize": self.normalize}
 
     def _make_head(self) -> nn.Module:
         if self.head_type == "none":
