@@ -162,3 +162,29 @@ def test_searching_an_index_with_the_other_resolution_is_refused(lite0_runs, tmp
     res = runner.invoke(app, ["search", str(tmp_path / "idx"), "-q", str(queries),
                               "--run", str(r32), "-k", "2"])
     assert res.exit_code == 0, res.output  # the index's own run still searches it
+
+
+def test_speaker_encoders_analysis_settings_are_in_its_fingerprint():
+    from dmlkit.index.store import model_fingerprint
+    from dmlkit.models.speaker_encoder import SpeakerEncoder
+
+    torch.manual_seed(0)
+    a = SpeakerEncoder(dim=16)
+    torch.manual_seed(0)
+    b = SpeakerEncoder(dim=16, sample_rate=8000)  # same weights, another analysis
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+    assert model_fingerprint(a) != model_fingerprint(b)
+
+
+def test_sentence_encoders_token_limit_and_scaling_are_in_its_fingerprint():
+    pytest.importorskip("transformers")
+    from dmlkit.index.store import model_fingerprint
+    from dmlkit.models.sentence_encoder import SentenceEncoder
+
+    try:
+        base = SentenceEncoder()
+    except ImportError as err:
+        pytest.skip(str(err))
+    other = {"max_length": 64}, {"normalize": False}
+    prints = {model_fingerprint(base)} | {model_fingerprint(SentenceEncoder(**kw)) for kw in other}
+    assert len(prints) == 3

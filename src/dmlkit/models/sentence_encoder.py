@@ -92,6 +92,11 @@ class SentenceEncoder(nn.Module):
         # self.training tells the truth (the Trainer switches both to train mode)
         self.eval()
 
+    def fingerprint_settings(self) -> dict[str, Any]:
+        """What the embeddings depend on besides the weights
+        (:func:`dmlkit.index.store.model_fingerprint`): the token limit and the scaling."""
+        return {"max_length": self.max_length, "normalize": self.normalize}
+
     @classmethod
     def dim_from_config(cls, params: dict[str, Any]) -> int | None:
         """The width of the embeddings an encoder built with ``params`` gives: the hidden

@@ -70,6 +70,13 @@ class LogMel(nn.Module):
         self.register_buffer("fbank", mel_filterbank(n_mels, n_fft, sample_rate),
                              persistent=False)
 
+    def fingerprint_settings(self) -> dict[str, Any]:
+        """The analysis the features depend on, none of it saved with the weights
+        (:func:`dmlkit.index.store.model_fingerprint`)."""
+        return {"sample_rate": int(self.sample_rate), "n_mels": int(self.n_mels),
+                "n_fft": int(self.n_fft), "win": self.win, "hop": self.hop,
+                "normalize": bool(self.normalize)}
+
     def forward(self, wav: Tensor) -> Tensor:
         if wav.dim() != 2:
             raise ValueError(f"expected a (B, T) waveform batch, got shape {tuple(wav.shape)}")
