@@ -12,6 +12,7 @@ checks in the schema; :data:`CUSTOM` lists them, so that every field is one or t
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import numbers
 import os
@@ -224,5 +225,48 @@ def class_list(key: str, value: Any) -> list[int | str] | None:
     return [c if isinstance(c, str) else int(c) for c in value]
 
 
-__all__ = ["CUSTOM", "FieldRule", "RULES", "check_fields", "check_val_classes", "class_list",
-           "is_int"]
+#: sampler parameters the trainer supplies from the run itself, never from a config
+SAMPLER_SUPPLIED = {"labels": "the training data's labels", "dataset": "the training data",
+                    "model": "the model being trained"}
+
+
+def check_sampler_supplied(spec: dict[str, Any] | None) -> None:
+    """Refuse ``sampler.labels`` / ``dataset`` / ``model`` in a config: the trainer supplies
+    them, and a config's own would replace the run's (made-up labels, a number as model)."""
+    for key, what in SAMPLER_SUPPLIED.items():
+        if spec is not None and key in spec:
+            raise ValueError(f"sampler.{key} is supplied by the trainer ({what}); remove it "
+                             "from the sampler section")
+
+
+def check_parts_for_data(
+    kind: str, sampler: tuple[str, type] | None, miner: tuple[str, type] | None
+) -> None:
+    """The configured sampler and miner (``(name, class)``, or None) against ``data.kind``.
+
+    Tuple data (``pairs`` / ``triplets``) has no class labels: a sampler that batches or
+    mines by label (a ``labels`` parameter, or ``needs_labels``) cannot draw from it, and
+    no miner runs (each batch gives the loss its own tuples). Labelled data is mined by
+    label: a miner that takes no labels (``takes_labels = False``: rows already packed as
+    tuples) would ignore them.
+    """
+    if kind in ("pairs", "triplets"):
+        if sampler is not None and ("labels" in inspect.signature(sampler[1].__init__).parameters
+                                    or getattr(sampler[1], "needs_labels", False)):
+            raise ValueError(f"sampler {sampler[0]!r} needs labels; data.kind {kind} has "
+                             f"none: remove the sampler section ({kind} are batched at random)")
+        if miner is not None:
+            raise ValueError(f"data.kind {kind} gives the loss each batch's own {kind} (no "
+                             f"class labels to mine by), so no miner runs; remove the miner "
+                             f"section (miner {miner[0]!r})")
+    elif miner is not None and not getattr(miner[1], "takes_labels", True):
+        raise ValueError(
+            f"miner {miner[0]!r} takes no labels: it reads batches already packed as tuples, "
+            "which training never makes (labelled batches are mined by label; data.kind "
+            "pairs / triplets batches bring their own tuples and need no miner); use a miner "
+            "that mines by label (batch_hard, multi_similarity, ...) or none")
+
+
+__all__ = ["CUSTOM", "FieldRule", "RULES", "SAMPLER_SUPPLIED", "check_fields",
+           "check_parts_for_data", "check_sampler_supplied", "check_val_classes",
+           "class_list", "is_int"]

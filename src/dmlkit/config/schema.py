@@ -20,6 +20,8 @@ from typing import Any
 from dmlkit.config.field_rules import (
     RULES,
     check_fields,
+    check_parts_for_data,
+    check_sampler_supplied,
     check_val_classes,
     class_list,
     is_int,
@@ -328,6 +330,8 @@ class Config:
             if spec is None:
                 continue
             cls = registry.get(spec["name"])
+            if section == "sampler":  # (labels, dataset, model: the trainer's own)
+                check_sampler_supplied(spec)
             allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
             unknown = sorted(set(spec) - {"name"} - allowed)
             if unknown:
@@ -336,6 +340,9 @@ class Config:
                     f"{spec['name']!r}); allowed: {sorted(allowed)}"
                 )
             check_param_types(section, spec, cls)
+        check_parts_for_data(self.data.kind, *(
+            None if spec is None else (spec["name"], registry.get(spec["name"]))
+            for spec, registry in ((self.sampler, SAMPLERS), (self.miner, MINERS))))
 
 
 _SECTIONS: dict[str, type] = {

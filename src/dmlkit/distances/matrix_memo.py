@@ -5,8 +5,10 @@ distance: the miner to select tuples, the loss to score them. The miner records 
 whole ``(n, m)`` matrix here (computed without gradients) together with the identity and
 version counter of the embedding tensors it measured; the loss takes it back only when
 it is called on those very tensor objects, unchanged since (same version), with an
-equal distance, in the matrix's dtype. Anything else (other tensors, an in-place change,
-another distance, a second read) finds nothing, and the loss computes its own matrix.
+equal distance (:func:`distance_key`: same class and settings, and the very same tensor
+state, such as a Mahalanobis ``components`` matrix, unchanged), in the matrix's dtype.
+Anything else (other tensors, an in-place change, another distance or another state of
+it, a second read) finds nothing, and the loss computes its own matrix.
 
 At most one matrix is held, of at most :data:`MAX_ENTRIES` entries, and it is dropped
 when read, so nothing outlives the step that made it.
@@ -17,7 +19,7 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from dmlkit.distances.base import BaseDistance
 
@@ -28,12 +30,63 @@ _held: tuple[Any, ...] | None = None
 
 
 def distance_key(distance: BaseDistance) -> tuple[Any, ...]:
-    """What makes two distance objects measure the same: their class and plain settings."""
-    items = sorted(
-        (k, v) for k, v in vars(distance).items()
-        if not k.startswith("_") and k != "training" and isinstance(v, (bool, int, float, str))
-    )  # fmt: skip
-    return (type(distance), tuple(items))
+    """What makes two distance objects measure the same: their class, their plain settings
+    (bools, numbers, strings, None) by value, and any other state (tensor settings,
+    buffers, parameters, submodules' state) by identity and, for tensors, version counter.
+
+    Two distances whose tensors are distinct objects never match, even with equal values
+    (a missed reuse costs one matrix; a wrong one, a wrong loss), and a tensor changed in
+    place since (a trained ``components`` after an optimizer step) no longer matches.
+    """
+    return (type(distance), _state(distance))
+
+
+def _state(module: nn.Module) -> tuple[Any, ...]:
+    items: list[tuple[Any, ...]] = [
+        (name, _setting(value)) for name, value in sorted(vars(module).items())
+        if not name.startswith("_") and name != "training"
+    ]  # fmt: skip
+    for store in (module._parameters, module._buffers):
+        items.extend((name, _setting(value)) for name, value in sorted(store.items()))
+    for name, sub in sorted(module._modules.items()):
+        items.append((name, None if sub is None else (type(sub), _state(sub))))
+    return tuple(items)
+
+
+def _setting(value: Any) -> Any:
+    """A plain value as itself, a tuple or list of plain values as a tuple, anything else
+    (a tensor, an array, an object) as :class:`_Same`."""
+    if value is None or isinstance(value, _PLAIN):
+        return value
+    if isinstance(value, (tuple, list)) and all(
+            v is None or isinstance(v, _PLAIN) for v in value):
+        return (type(value), tuple(value))
+    return _Same(value)
+
+
+_PLAIN = (bool, int, float, str)
+
+
+class _Same:
+    """Stands for one object in a key: equal only to a stand-in of the very same object,
+    taken at the same version when it is a tensor. Held weakly where it can be."""
+
+    __slots__ = ("_get", "_version")
+
+    def __init__(self, obj: Any) -> None:
+        try:
+            self._get: Any = weakref.ref(obj)
+        except TypeError:  # (an object without weak references: held until the read)
+            self._get = lambda: obj
+        self._version = obj._version if isinstance(obj, Tensor) else None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, _Same):
+            return NotImplemented
+        obj = self._get()
+        return obj is not None and obj is other._get() and self._version == other._version
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 def _ident(t: Tensor | None) -> tuple[Any, int]:

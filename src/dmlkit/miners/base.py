@@ -113,6 +113,8 @@ class BaseMiner(nn.Module):
                 )
         same_set = ref_embeddings is None
         memo.forget()  # a matrix of an earlier step is never read after a new mining
+        if not same_set and ref_embeddings.shape[0] == 0:  # no reference item: no tuple
+            return cat_tuples([], _KINDS[self.output_kind], embeddings.device)
         self._sources = (embeddings, ref_embeddings)
         try:
             with torch.no_grad():
@@ -122,6 +124,11 @@ class BaseMiner(nn.Module):
                 return self.mine(emb, labels, ref, ref_l, same_set)
         finally:
             self._sources = None
+
+
+#: the tuple type of each ``output_kind``
+_KINDS: dict[str, type[IndexTuple]] = {
+    "pairs": Pairs, "triplets": Triplets, "quadruplets": Quadruplets}
 
 
 def cat_tuples(

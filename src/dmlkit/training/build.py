@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.utils.data import Sampler
 
 from dmlkit._checks import is_int
+from dmlkit.config.field_rules import check_sampler_supplied
 from dmlkit.config.schema import Config
 from dmlkit.models.modes import eval_mode
 from dmlkit.registry import DISTANCES, LOSSES, MINERS, MODELS, SAMPLERS, build_from_config
@@ -339,7 +340,9 @@ def build_sampler(
 ) -> Sampler:
     """The configured batch sampler over ``n`` items (labels, seed and, for samplers that
     mine with the model being trained, ``dataset`` and ``model`` filled in; a nested
-    ``distance`` config is built).
+    ``distance`` config is built). ``labels``, ``dataset`` and ``model`` always come from
+    the caller (a sampler config that sets them is refused); a sampler that takes labels
+    or declares ``needs_labels`` is refused for data without labels (``labels`` None).
 
     Without a ``sampler`` section: :class:`RandomBatchSampler` of ``training.batch_size``.
     """
@@ -347,15 +350,17 @@ def build_sampler(
     if config.sampler is None:
         return RandomBatchSampler(n, config.training.batch_size, seed=seed)
     spec = dict(config.sampler)
+    check_sampler_supplied(spec)  # (labels, dataset, model: never a config's own)
     params = _params(SAMPLERS, spec["name"])
-    if "labels" in params and "labels" not in spec:
-        if labels is None:
-            raise ValueError(f"sampler {spec['name']!r} needs labels; the training data has none")
+    needs_labels = getattr(SAMPLERS.get(spec["name"]), "needs_labels", False)
+    if ("labels" in params or needs_labels) and labels is None:
+        raise ValueError(f"sampler {spec['name']!r} needs labels; the training data has none")
+    if "labels" in params:
         spec["labels"] = labels
     if "seed" in params and "seed" not in spec:
         spec["seed"] = seed
     for key, value in (("dataset", dataset), ("model", model)):
-        if key in params and key not in spec:
+        if key in params:
             if value is None:
                 raise ValueError(f"sampler {spec['name']!r} needs the training {key}")
             spec[key] = value

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Sampler
 
+from dmlkit._checks import check_int
 from dmlkit.data.tuples import LabelGroups, TupleDataset
 from dmlkit.distances.base import BaseDistance
 from dmlkit.distances.euclidean import EuclideanDistance
@@ -204,9 +205,10 @@ class OfflineHardNegativeSampler(Sampler[list[int]]):
     batch_size : int
         At most this many items per batch (>= 3, and >= ``batch_multiple``).
     k, triplets_per_anchor, positive, distance :
-        See :func:`mine_hard_triplets`.
+        See :func:`mine_hard_triplets` (``k`` and ``triplets_per_anchor`` integers >= 1).
     num_batches : int, optional
-        Batches per epoch; default ``len(dataset) * triplets_per_anchor // (batch_size // 3)``.
+        Batches per epoch (an integer >= 1); default (None)
+        ``len(dataset) * triplets_per_anchor // (batch_size // 3)``.
     every : int
         Re-mine every ``every`` epochs.
     embed_batch_size : int
@@ -219,6 +221,9 @@ class OfflineHardNegativeSampler(Sampler[list[int]]):
         (and, should even one triplet not fit, its last members). The multi-process
         trainer sets it to the number of processes, which must split each batch evenly.
     """
+
+    #: mines by the class labels of ``dataset``: tuple data (no labels) cannot use it
+    needs_labels = True
 
     def __init__(
         self,
@@ -235,16 +240,22 @@ class OfflineHardNegativeSampler(Sampler[list[int]]):
         seed: int = 0,
         batch_multiple: int = 1,
     ) -> None:
-        if batch_size < 3:
-            raise ValueError(f"batch_size must be >= 3, got {batch_size}")
+        batch_size = check_int("batch_size", batch_size, 3)
+        k = check_int("k", k, 1)
+        triplets_per_anchor = check_int("triplets_per_anchor", triplets_per_anchor, 1)
+        if positive not in ("random", "hardest"):
+            raise ValueError(f"positive must be 'random' or 'hardest', got {positive!r}")
+        if num_batches is not None:  # (None: the default; 0 is refused, not replaced)
+            num_batches = check_int("num_batches", num_batches, 1)
+        every = check_int("every", every, 1)
+        embed_batch_size = check_int("embed_batch_size", embed_batch_size, 1)
+        seed = check_int("seed", seed, 0)
         labels = getattr(dataset, "labels", None)
         if isinstance(labels, Tensor) and labels.dim() != 1:
             raise ValueError(
                 "sampler offline_hard_negative mines by (n,) class ids; with hierarchical "
                 f"(n, L) labels (these are {tuple(labels.shape)}) use sampler: hierarchical "
                 "(with loss hierarchical_triplet, or a miner such as batch_hard)")
-        if every < 1:
-            raise ValueError(f"every must be >= 1, got {every}")
         self.dataset = dataset
         self.model = model
         self.batch_size = batch_size
@@ -253,7 +264,8 @@ class OfflineHardNegativeSampler(Sampler[list[int]]):
         self.positive = positive
         self.distance = distance
         per_batch = batch_size // 3
-        self.num_batches = num_batches or max(1, len(dataset) * triplets_per_anchor // per_batch)
+        self.num_batches = (num_batches if num_batches is not None
+                            else max(1, len(dataset) * triplets_per_anchor // per_batch))
         self.every = every
         self.embed_batch_size = embed_batch_size
         self.seed = seed

@@ -34,10 +34,11 @@ def check_trainable(trainer: Any, labels: Any, given: dict[str, Any] | None = No
     names = _names(trainer, given or {}, ("model", "miner", "loss"))
     if trainer.miner is not None and not getattr(trainer.miner, "takes_labels", True):
         raise ValueError(
-            f"miner {names['miner']!r} takes no labels: it reads the batch's layout (e.g. "
-            "rows packed as triplets, for data.kind: triplets), while this data has class "
-            "labels; use a miner that mines by label (batch_hard, multi_similarity, ...) "
-            "or none")
+            f"miner {names['miner']!r} takes no labels: it reads batches already packed as "
+            "tuples (for loss(embeddings, indices=miner(embeddings)) in Python), which "
+            "training never makes (labelled batches are mined by label; pairs / triplets "
+            "data bring their own tuples and need no miner); use a miner that mines by "
+            "label (batch_hard, multi_similarity, ...) or none")
     _, group = torch.unique(labels, dim=0, return_inverse=True)  # by class id or label row
     picks = [torch.nonzero(group == g).flatten()[:4]
              for g in range(min(int(group.max()) + 1, 8))]
