@@ -95,7 +95,11 @@ def main() -> None:
     import signal
 
     signal.signal(signal.SIGTERM, _terminate)
-    app()
+    try:
+        app()
+    finally:  # the command is over: a SIGTERM while the process exits just ends it (no
+        # KeyboardInterrupt raised inside the interpreter's exit handlers)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 if __name__ == "__main__":

@@ -68,6 +68,19 @@ def _system_error(err: OSError, out: Path | None) -> str:
     return f"{message}; {kept} is kept: {free}resume with: {resume_command(out)}"
 
 
+def _stopped(why: str, out: Path | None, several: bool, code: int) -> typer.Exit:
+    """The error line of a run stopped before its end: ``why``, and the command that
+    resumes it where it kept a checkpoint."""
+    from dmlkit.training.trainer import CHECKPOINT
+
+    if out is not None and (out / CHECKPOINT).is_file():
+        from dmlkit.training.run_dir import resume_command
+
+        return _fail(f"{why}; resume with: {resume_command(out)}", code)
+    return _fail(f"{why} before the first epoch ended (nothing to resume)"
+                 + ("" if several else "; start again with the same command"), code)
+
+
 def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
     """``cfg`` with each ``KEY=VALUE`` (dotted key, YAML value) set, validated again.
 
@@ -152,6 +165,10 @@ def train(
     # which process they come from
     rank = int(os.environ.get("RANK", "0") or 0)
     say = typer.echo if rank == 0 else (lambda _msg: None)
+    if rank != 0:  # the same warnings in every process: the first one's speak for the job
+        import warnings
+
+        warnings.simplefilter("ignore")
     try:
         cfg = load_config(config) if config is not None else digits_config()
         if overrides and not resume:
@@ -224,13 +241,23 @@ def train(
     except (FileNotFoundError, FileExistsError, ValueError, TypeError, KeyError,
             FloatingPointError, ImportError) as err:  # (a non-finite loss: the config's
         # fault too; a missing optional package: its error names the pip command)
-        raise _fail(str(err) if rank == 0 else f"(process {rank}) {err}") from None
+        message = one_line(err)
+        raise _fail(message if rank == 0 else f"(process {rank}) {message}") from None
     except OSError as err:  # a full disk, a read-only run directory: one line
         message = _system_error(err, out)
         raise _fail(message if rank == 0 else f"(process {rank}) {message}") from None
+    except RuntimeError as err:
+        from dmlkit.training.distributed import lost_peer, lost_peer_reason
+
+        if not lost_peer(err):  # a bug: its traceback
+            raise
+        # another process is gone (its own error, a kill): every process left says so,
+        # as the one that would speak for the job may be the one gone
+        why = (f"stopped: lost the connection to another process of the job "
+               f"({lost_peer_reason(err)}): it failed (its error is above) or was killed")
+        raise _stopped(why if rank == 0 else f"(process {rank}) {why}", out, True, 1) from None
     except KeyboardInterrupt:
         from dmlkit.training.distributed import world_size_from_env
-        from dmlkit.training.trainer import CHECKPOINT
 
         several = world_size_from_env() > 1
         if several and rank != 0:  # one process speaks for the job
@@ -238,12 +265,7 @@ def train(
         # under torchrun the launcher also stops every process when one of them fails
         why = ("stopped (interrupted, or another process of the job failed: its error is "
                "above)" if several else "interrupted")
-        if out is not None and (out / CHECKPOINT).is_file():
-            from dmlkit.training.run_dir import resume_command
-
-            raise _fail(f"{why}; resume with: {resume_command(out)}", 130) from None
-        raise _fail(f"{why} before the first epoch ended (nothing to resume)"
-                    + ("" if several else "; start again with the same command"), 130) from None
+        raise _stopped(why, out, several, 130) from None
     if not result.metrics:  # a worker process of a multi-process run: rank 0 reports
         return
     if cfg.data.name in ("text", "stsb"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -12,6 +13,18 @@ RUNS_DIR = Path("runs")
 def _fail(message: str, code: int = 1) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)
+
+
+def _refuse_torchrun(command: str, advice: str = "") -> None:
+    """Refuse ``dmlkit COMMAND`` in a torchrun job (``WORLD_SIZE`` above 1): each process
+    would run all of it. The first process says so; the others end quietly."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return
+    if int(os.environ.get("RANK", "0") or 0) != 0:
+        raise typer.Exit(1)
+    raise _fail(f"dmlkit {command} runs as a single process, not under torchrun (each of the "
+                f"{world} processes would run all of it): start it without torchrun{advice}")
 
 
 def tune(
@@ -36,6 +49,8 @@ def tune(
     Start more workers on the same study (same config and --out, or --storage) with
     --resume; they share the trial count.
     """
+    _refuse_torchrun("tune", "; to run trials in parallel, start more workers on the same "
+                     "study with --resume (same config and --out, or --storage)")
     from dmlkit.config import load_config
     from dmlkit.tuning import tune as run_tune
     from dmlkit.tuning.study import default_out_dir, redact, safe_storage
@@ -86,6 +101,7 @@ def crossval(
         "YAML value, e.g. --set training.epochs=3 (repeatable), as dmlkit train takes it."),
 ) -> None:
     """Score a config on class-disjoint folds of its training classes (mean MAP@R)."""
+    _refuse_torchrun("crossval")
     from dmlkit.cli.train import apply_overrides
     from dmlkit.config import load_config
     from dmlkit.data.class_folds import MIN_CLASSES

@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
+import threading
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from dmlkit.training.grad_cache import training_batch_norms
 from dmlkit.training.trainer import Trainer, regularization
 
 
@@ -42,12 +45,61 @@ def init_from_env(device: str = "cpu") -> bool:
         return False
     if not dist.is_initialized():
         backend = "nccl" if device.startswith("cuda") and torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
+        _join_group(backend)
         # kept for the life of the process: later runs in the same processes reuse it
         # (joining a new group over the launcher's store again can hang), and it is
         # released when the process exits
         atexit.register(_release_group)
     return dist.get_world_size() > 1
+
+
+def _join_group(backend: str) -> None:
+    """``dist.init_process_group(backend)``, waited for where signals still reach Python.
+
+    Joining blocks until every process of the job has joined, in C++ code that never runs
+    Python's signal handlers: a process waiting for another that failed before joining
+    (its run directory refused) would ignore the launcher's SIGTERM, and the job would
+    hang until the launcher kills it. The join runs in a helper thread; the main thread
+    waits for it, and a SIGTERM or Ctrl-C there unwinds as it does during training.
+    """
+    failure: list[BaseException] = []
+
+    def join() -> None:
+        try:
+            dist.init_process_group(backend)
+        except BaseException as err:  # raised again in the main thread
+            failure.append(err)
+
+    helper = threading.Thread(target=join, name="dmlkit-join-process-group", daemon=True)
+    helper.start()
+    helper.join()  # (interrupted by a signal's KeyboardInterrupt: the helper is left)
+    if failure:
+        raise failure[0]
+
+
+def lost_peer(err: BaseException) -> bool:
+    """Whether ``err`` is the distributed engine's error for a process of the job that is
+    gone (killed, or ended by its own error) or unreachable: torch.distributed's errors
+    (``DistBackendError``, a store's ``DistNetworkError``) and gloo's broken connections
+    (``RuntimeError`` raised by its transport: "Connection reset by peer"). Only in a
+    torchrun job (``WORLD_SIZE`` above 1); gloo's failed checks (``enforce fail``) are
+    not: they are bugs."""
+    if world_size_from_env() <= 1 or not isinstance(err, RuntimeError):
+        return False
+    if isinstance(err, getattr(dist, "DistError", ())):
+        return True
+    message = str(err)
+    return "gloo/transport/" in message and "enforce fail" not in message
+
+
+def lost_peer_reason(err: BaseException) -> str:
+    """The gist of a :func:`lost_peer` error, for one line: its first sentence, without
+    gloo's ``[file:line]`` prefix (``Read error [127.0.0.1]:41130: Connection reset by
+    peer``)."""
+    lines = str(err).strip().splitlines()
+    first = re.sub(r"^\[[^\]]*\]\s*", "", lines[0]) if lines else ""
+    first = first.split(". ")[0].rstrip(". ")
+    return first or type(err).__name__
 
 
 def _release_group() -> None:
@@ -143,12 +195,33 @@ class DistributedTrainer(Trainer):
                     f"processes: make it a multiple of {self.world} (sampler.batch_size or "
                     "training.batch_size)" + (", at most the number of training items"
                                               if capped else ""))
+        self._check_share()
         for module in (self.model, self.loss):
             for p in module.parameters():
                 if p.requires_grad:
                     p.register_post_accumulate_grad_hook(self._average)
         if self.rank != 0:
             self.log = lambda _msg: None
+
+    def _check_share(self) -> None:
+        """Refuse a fixed batch size that gives each process one item when the model has
+        batch norms that train: each process normalizes its own share, and one item has
+        no batch statistics (as :func:`~dmlkit.training.grad_cache.check_grad_cache`
+        refuses chunks of one)."""
+        size = getattr(self.sampler, "batch_size", None)
+        if hasattr(self.sampler, "batch_multiple") or not isinstance(size, int):
+            return
+        if size // self.world != 1:
+            return
+        norms = training_batch_norms(self.model)
+        if norms:
+            raise ValueError(
+                f"each of the {self.world} processes gets batch_size / processes = {size} / "
+                f"{self.world} = 1 item, but the model has batch norm layers "
+                f"({', '.join(norms[:3])}{', ...' if len(norms) > 3 else ''}), which cannot "
+                "normalize a single item in training mode: make the batch size at least "
+                f"{2 * self.world} (sampler.batch_size or training.batch_size), or run fewer "
+                "processes")
 
     def _average(self, p: Tensor) -> None:
         dist.all_reduce(p.grad)
@@ -209,4 +282,4 @@ class DistributedTrainer(Trainer):
 
 __all__ = ["DistributedTrainer", "average_gradients", "gather", "gather_with_grad",
            "global_batch_loss", "global_regularization", "init_from_env", "is_main_process",
-           "sampler_order", "world_size_from_env"]
+           "lost_peer", "lost_peer_reason", "sampler_order", "world_size_from_env"]
