@@ -347,3 +347,25 @@ def test_a_missing_optional_package_is_one_error_line(tmp_path, monkeypatch):
     assert result.exit_code == 1, result.output
     assert "error: STS-B is read from the PyPI package x: pip install x" in result.output
     assert "Traceback" not in result.output
+
+
+def test_the_stop_log_line_is_one_line_for_a_multi_line_error(tmp_path):
+    import yaml
+
+    from dmlkit.config import Config
+    from dmlkit.training import Trainer
+    from dmlkit.training.run import build_splits
+
+    class Broken(torch.nn.Linear):
+        def forward(self, x):
+            raise RuntimeError("first line of the cause\nframe 0\nframe 1")
+
+    cfg = Config.from_dict(yaml.safe_load(TINY))
+    train, _ = build_splits(cfg)
+    lines = []
+    trainer = Trainer(cfg, train, out_dir=tmp_path / "run", model=Broken(64, 8),
+                      log=lines.append)
+    with pytest.raises(RuntimeError, match="frame 1"):
+        trainer.fit()
+    assert "\n" not in lines[-1]
+    assert "(RuntimeError: first line of the cause ...)" in lines[-1]

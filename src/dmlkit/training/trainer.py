@@ -358,8 +358,11 @@ class Trainer:
                 during = (f"during epoch {self.epoch + 1}" if trained is None else
                           f"after epoch {trained}" if self.out_dir is not None
                           and self.saved_epoch == trained else f"finishing epoch {trained}")
+                lines = str(err).strip().splitlines()  # a log line is one line
+                reason = lines[0][:300] + (" ..." if len(lines) > 1 or len(lines[0]) > 300
+                                           else "") if lines else ""
                 self.log(
-                    f"training stopped {during} ({type(err).__name__}: {err}).{kept}"
+                    f"training stopped {during} ({type(err).__name__}: {reason}).{kept}"
                     + (f"; continue with: {resume_command(self.out_dir)}" if where else ""))
                 raise
         if self.best_state is not None:
