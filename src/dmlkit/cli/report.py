@@ -84,8 +84,10 @@ def _item(run: Any, spec: str, shape: Any, splits: Any = None) -> tuple[Any, str
         raise ValueError(f"{path} holds no items (an array of shape {x.shape})")
     if row is not None:
         if x.ndim < 2 or (shape is not None and input_fit(x.shape[1:], shape) is None):
-            raise ValueError(f"{path} holds one item of shape {x.shape}, not rows of items; "
-                             f"give it without :{row}")
+            if x.ndim < 2 or shape is None or input_fit(x.shape, shape) is not None:
+                raise ValueError(f"{path} holds one item of shape {x.shape}, not rows of "
+                                 f"items; give it without :{row}")
+            check_input_shape(x.shape[1:], shape, f"{spec} (a row of {path})")  # says why
         if row >= x.shape[0]:
             raise ValueError(f"{spec!r}: {path} has rows 0..{x.shape[0] - 1}")
         x = x[row]
@@ -98,6 +100,75 @@ def _item(run: Any, spec: str, shape: Any, splits: Any = None) -> tuple[Any, str
         check_input_shape(x.shape[1:] if rows else x.shape, shape, str(path))  # says why
     item = prepare_inputs(x[None], shape, str(path))[0]  # shaped and scaled as in training
     return torch.from_numpy(item), spec
+
+
+def _data_inputs(run_dir: Path) -> dict[str, Path | None]:
+    """The files and folders the run in ``run_dir`` reads its data from (its config's
+    ``data.path``, ``data.features``, ``data.tuples``; for ``fashion_mnist`` without a
+    path, the default folder), named for :func:`check_output_folder`'s ``inputs``: an
+    output there would change the run's data (PNGs in its image folder are images)."""
+    import yaml
+
+    try:
+        config = yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return {}  # (loading the run says what is wrong with it)
+    data = config.get("data") if isinstance(config, dict) else None
+    if not isinstance(data, dict):
+        return {}
+    found: dict[str, Path | None] = {}
+    for key in ("path", "features", "tuples"):
+        value = data.get(key)
+        if key == "path" and value is None and data.get("name") == "fashion_mnist":
+            from dmlkit.data.idx import FASHION_MNIST_DIR
+
+            value = FASHION_MNIST_DIR
+        if isinstance(value, str) and value:
+            kind = "folder" if Path(value).is_dir() else "file"
+            found[f"the run's data {kind} (data.{key})"] = Path(value)
+    return found
+
+
+def _check_output_folder(path: Path, option: str, run_dir: Path, example: str) -> None:
+    """:func:`check_output_folder` with the run's data as inputs; a run directory is
+    refused with ``example`` (a folder name) as the folder to give instead."""
+    from dmlkit.runs.run_files import is_run_dir
+
+    if is_run_dir(path):
+        raise ValueError(f"{option} {path} is a run directory; its outputs would be written "
+                         f"among the run's own files: give another folder (e.g. "
+                         f"{Path(path) / example})")
+    check_output_folder(path, option, _data_inputs(run_dir))
+
+
+#: the files ``dmlkit explain`` writes into its ``--out`` folder (besides explain.json)
+EXPLAIN_MAPS = tuple(f"{side}_{kind}" for side in "ab"
+                     for kind in ("integrated_gradients", "occlusion"))
+
+
+def _clear_previous(out: Path) -> None:
+    """Remove an earlier explanation's own files from ``out``: its maps and figures (the
+    names :data:`EXPLAIN_MAPS` and its explain.json list) and explain.json, so that
+    none of them is taken for part of the new one. Other files are never touched."""
+    import json
+
+    summary = out / "explain.json"
+    if not summary.is_file():
+        return
+    names = {f"{m}.{ext}" for m in EXPLAIN_MAPS for ext in ("npy", "png")}
+    try:
+        listed = json.loads(summary.read_text())
+    except (OSError, ValueError):
+        listed = {}
+    for group in ("arrays", "figures"):
+        files = listed.get(group) if isinstance(listed, dict) else None
+        for name in (files.values() if isinstance(files, dict) else []):
+            if isinstance(name, str) and re.fullmatch(r"[ab]_\w+\.(npy|png)", name):
+                names.add(name)
+    for name in sorted(names) + ["explain.json"]:
+        target = out / name
+        if target.is_file() and not target.is_symlink():
+            target.unlink()
 
 
 class _Progress:
@@ -129,10 +200,15 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(None, "--out", "-o", help="HTML file, .html or .htm "
                                  "(default RUN_DIR/report.html; never the run's own "
                                  "files)."),
-        png_dir: Path = typer.Option(None, "--png-dir", help="Also write PNG figures here."),
+        png_dir: Path = typer.Option(None, "--png-dir", help="Also write PNG figures here "
+                                     "(a folder: not a run directory, nor inside the "
+                                     "run's data)."),
         projection: str = typer.Option("auto", "--projection",
                                        help="auto (UMAP, else t-SNE), umap, tsne or pca."),
-        max_items: int = typer.Option(2000, "--max-items"),
+        max_items: int = typer.Option(2000, "--max-items", help="Map, gallery, "
+                                      "verification and per-class results of at most this "
+                                      "many held-out items (a random sample of them when "
+                                      "there are more; at least 20)."),
     ) -> None:
         """One self-contained HTML report: curves, map, gallery, verification, per class."""
         import importlib.util
@@ -149,7 +225,7 @@ def register(app: typer.Typer) -> None:
             check_report_path(target, run_dir)
             check_outside_saved(target, "--out")
             if png_dir is not None:
-                check_output_folder(png_dir, "--png-dir")
+                _check_output_folder(png_dir, "--png-dir", run_dir, "figures")
                 if importlib.util.find_spec("matplotlib") is None:
                     raise ImportError("--png-dir needs matplotlib: pip install "
                                       "'dmlkit[report]'")
@@ -176,11 +252,14 @@ def register(app: typer.Typer) -> None:
         a: str = typer.Option(..., "--a", help=ITEM_HELP),
         b: str = typer.Option(..., "--b", help=ITEM_HELP),
         out: Path = typer.Option(Path("explain"), "--out", "-o", help="Folder for heatmaps "
-                                 "(not the run directory itself)."),
+                                 "(not the run directory itself, nor inside the run's "
+                                 "data); an earlier explanation's files there are "
+                                 "replaced."),
         steps: int = typer.Option(64, "--steps", help="Integrated-gradients steps."),
         patch: int = typer.Option(None, "--patch", help="Occlusion patch size (default: 2 "
-                                  "on images; on 1-D inputs of n values max(2, n // 100), "
-                                  "about 200 windows whatever n)."),
+                                  "on images; on 1-D inputs of n values max(2, n // 100): "
+                                  "n - 1 windows up to 200 values, about 200 to 400 "
+                                  "beyond)."),
         stride: int = typer.Option(None, "--stride", help="Occlusion stride, at most the "
                                    "patch (default: 1 on images, half the patch on 1-D "
                                    "inputs)."),
@@ -189,10 +268,12 @@ def register(app: typer.Typer) -> None:
         from dmlkit.runs.export import is_text_run
 
         try:
-            check_output_folder(out, "--out")  # never the run directory itself
+            _check_output_folder(out, "--out", run_dir, "explain")  # never the run itself
             for name, value in (("--steps", steps), ("--patch", patch), ("--stride", stride)):
                 if value is not None and value < 1:
                     raise ValueError(f"{name} must be >= 1, got {value}")
+            if patch is not None and stride is not None:
+                _check_stride(patch, stride)
             if is_text_run(run_dir):
                 raise ValueError(TEXT_EXPLAIN)
             _, lines = _explain(run_dir, a, b, out, steps, patch, stride)
@@ -201,6 +282,14 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(2) from None
         for line in lines:
             typer.echo(line)
+
+
+def _check_stride(patch: int, stride: int) -> None:
+    """Refuse an occlusion ``stride`` larger than its ``patch`` (before any work)."""
+    if stride > patch:
+        raise ValueError(f"--stride {stride} is larger than the patch ({patch}): the values "
+                         "between patches would go unscored; give a stride of at most the "
+                         "patch")
 
 
 def _explain(run_dir: Path, a: str, b: str, out: Path, steps: int, patch: int | None,
@@ -220,11 +309,15 @@ def _explain(run_dir: Path, a: str, b: str, out: Path, steps: int, patch: int | 
         similarity,
         stride_for_patch,
     )
+    from dmlkit.report.collect import weights_note
     from dmlkit.runs import build_splits, embed, load_run
     from dmlkit.runs.queries import run_input_spec
 
     say = _Progress("explain")
     run = load_run(run_dir)
+    standing_in = weights_note(run_dir, "this explanation")
+    if standing_in is not None:
+        typer.echo(f"note: {standing_in}", err=True)
     cache: dict[str, Any] = {}
 
     def splits() -> Any:
@@ -243,6 +336,7 @@ def _explain(run_dir: Path, a: str, b: str, out: Path, steps: int, patch: int | 
     else:
         auto_stride = stride_for_patch(tuple(xa.shape), patch)
     stride = stride or auto_stride
+    _check_stride(patch, stride)  # before the integrated gradients
     with torch.no_grad():
         sim = float(similarity(run.model, xa[None], xb[None]))
     maps: dict[str, Any] = {}
@@ -250,8 +344,9 @@ def _explain(run_dir: Path, a: str, b: str, out: Path, steps: int, patch: int | 
     try:
         for side, x, other in (("a", xa, xb), ("b", xb, xa)):
             say(f"integrated gradients of {side}")
-            maps[f"{side}_integrated_gradients"] = integrated_gradients(run.model, x, other,
-                                                                        steps=steps)
+            maps[f"{side}_integrated_gradients"] = integrated_gradients(
+                run.model, x, other, steps=steps,
+                progress=say.counter(f"integrated gradients of {side}, steps"))
     except NoInputGradientError as err:  # a frozen backbone: occlusion only
         maps.clear()
         notes["integrated_gradients_skipped"] = str(err)
@@ -277,8 +372,9 @@ def _explain(run_dir: Path, a: str, b: str, out: Path, steps: int, patch: int | 
                             for p in nearest_prototypes(run.model, x, None, train.labels,
                                                         ref_embeddings=ref)]
     out.mkdir(parents=True, exist_ok=True)
+    _clear_previous(out)  # an earlier explanation's maps are not this one's
     files = _heatmaps(maps, xa, xb, out)
-    summary = {"a": name_a, "b": name_b, "cosine_similarity": sim,
+    summary = {"a": name_a, "b": name_b, "weights": run.weights, "cosine_similarity": sim,
                "nearest_training_prototypes": protos, "maps": sorted(maps),
                "occlusion": {"patch": patch, "stride": stride}, **files, **notes}
     (out / "explain.json").write_text(json.dumps(summary, indent=2))

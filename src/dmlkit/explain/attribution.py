@@ -43,9 +43,10 @@ def default_occlusion_window(shape: tuple[int, ...] | torch.Size) -> tuple[int, 
 
     Images (``(C, H, W)`` or ``(H, W)``): 2 x 2 patches at every pixel. 1-D inputs of
     ``n`` values (a feature vector, a waveform): runs of ``max(2, n // 100)`` values
-    every ``max(1, patch // 2)``, i.e. about :data:`OCCLUSION_POSITIONS_1D` positions
-    whatever the length (64 features: patch 2, stride 1; 24,000 samples: patch 240,
-    stride 120).
+    every ``max(1, patch // 2)``: ``n - 1`` positions up to 200 values, and beyond, about
+    :data:`OCCLUSION_POSITIONS_1D` to twice that however long the input (64 features:
+    patch 2, stride 1, 63 positions; 24,000 samples: patch 240, stride 120, 199
+    positions).
     """
     if len(shape) >= 2:
         return 2, 1
@@ -87,42 +88,64 @@ def similarity(model: nn.Module, a: Tensor, b: Tensor, metric: str = "cosine") -
     return _scores(model(a), model(b), metric)  # (n,)
 
 
+#: input values (steps x values of an item) of one batch of integrated-gradient steps:
+#: the path is run through the model this many values at a time, whatever ``steps``
+IG_CHUNK_VALUES = 1 << 20
+
+
 def integrated_gradients(model: nn.Module, a: Any, b: Any, *, baseline: Any = None,
-                         steps: int = 32, metric: str = "cosine") -> Tensor:
+                         steps: int = 32, metric: str = "cosine", batch_size: int = 64,
+                         progress: Callable[[int, int], None] | None = None) -> Tensor:
     """Attribution of ``s(a, b)`` to each value of ``a`` (same shape as ``a``).
+
+    The ``steps`` points of the path (midpoint rule) go through the model in batches of
+    at most ``batch_size`` steps and :data:`IG_CHUNK_VALUES` input values, their
+    gradients summed batch by batch, so memory does not grow with ``steps`` (the
+    result is the one of a single batch, up to float rounding). ``progress(done,
+    total)`` is called after each batch of steps.
 
     Raises
     ------
     NoInputGradientError
         When the model's embeddings have no gradient with respect to its input.
     """
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    for name, value in (("steps", steps), ("batch_size", batch_size)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
     _check_metric(metric)
     with eval_mode(model):
-        return _integrated_gradients(model, a, b, baseline, steps, metric)
+        return _integrated_gradients(model, a, b, baseline, steps, metric, batch_size,
+                                     progress)
 
 
 def _integrated_gradients(model: nn.Module, a: Any, b: Any, baseline: Any, steps: int,
-                          metric: str) -> Tensor:
+                          metric: str, batch_size: int,
+                          progress: Callable[[int, int], None] | None) -> Tensor:
     xa, xb = _as_batch(a), _as_batch(b)
     x0 = torch.zeros_like(xa) if baseline is None else _as_batch(baseline)
     if x0.shape != xa.shape or xb.shape[1:] != xa.shape[1:]:
         raise ValueError(f"a, b and the baseline must have one shape, got {tuple(xa.shape[1:])}, "
                          f"{tuple(xb.shape[1:])}, {tuple(x0.shape[1:])}")
+    chunk = max(1, min(batch_size, IG_CHUNK_VALUES // max(xa.numel(), 1)))
     alphas = (torch.arange(steps, dtype=torch.float32) + 0.5) / steps  # midpoint rule
-    path = x0 + alphas.view(-1, *[1] * (xa.dim() - 1)) * (xa - x0)  # (steps, ...)
-    path.requires_grad_(True)
+    shape = (-1, *[1] * (xa.dim() - 1))
     with torch.no_grad():
         zb = model(xb)  # (1, d)
-    za = model(path)  # (steps, d)
-    s = _scores(za, zb.expand_as(za), metric)  # (steps,)
-    if not s.requires_grad:
-        raise NoInputGradientError(_NO_GRADIENT)
-    (grad,) = torch.autograd.grad(s.sum(), path, allow_unused=True)  # (steps, ...)
-    if grad is None:
-        raise NoInputGradientError(_NO_GRADIENT)
-    return ((xa - x0) * grad.mean(0, keepdim=True))[0].detach()
+    total = torch.zeros_like(xa)  # (1, ...) sum of the gradients along the path
+    for start in range(0, steps, chunk):
+        path = x0 + alphas[start : start + chunk].view(shape) * (xa - x0)  # (c, ...)
+        path.requires_grad_(True)
+        za = model(path)  # (c, d)
+        s = _scores(za, zb.expand_as(za), metric)  # (c,)
+        if not s.requires_grad:
+            raise NoInputGradientError(_NO_GRADIENT)
+        (grad,) = torch.autograd.grad(s.sum(), path, allow_unused=True)  # (c, ...)
+        if grad is None:
+            raise NoInputGradientError(_NO_GRADIENT)
+        total += grad.sum(0, keepdim=True)
+        if progress is not None:
+            progress(min(start + chunk, steps), steps)
+    return ((xa - x0) * total / steps)[0].detach()
 
 
 def occlusion(model: nn.Module, a: Any, b: Any, *, patch: int = 2, stride: int = 1,
@@ -228,5 +251,5 @@ def nearest_prototypes(model: nn.Module, item: Any, reference: Any, labels: Any,
              "cosine": float(sims[i]), "count": int(counts[i])} for i in order]
 
 
-__all__ = ["NoInputGradientError", "integrated_gradients", "occlusion", "similarity",
-           "nearest_prototypes", "default_occlusion_window", "stride_for_patch"]
+__all__ = ["IG_CHUNK_VALUES", "NoInputGradientError", "integrated_gradients", "occlusion",
+           "similarity", "nearest_prototypes", "default_occlusion_window", "stride_for_patch"]

@@ -14,54 +14,22 @@ import torch
 
 from dmlkit.evaluation import indexed_pair_scores, pairs_from_labels, retrieval_metrics
 from dmlkit.functional.verification import equal_error_rate, roc_curve
+from dmlkit.report.projection import PROJECTIONS, check_projection, project_2d
 from dmlkit.runs import build_splits, embed, load_run
 
-PROJECTIONS = ("auto", "umap", "tsne", "pca")
-
-
-def check_projection(method: str) -> None:
-    """Raise a ``ValueError`` unless ``method`` is one of :data:`PROJECTIONS`, and an
-    ``ImportError`` when ``"umap"`` is asked for without umap-learn installed."""
-    if method not in PROJECTIONS:
-        raise ValueError(f"projection must be auto, umap, tsne or pca, got {method!r}")
-    if method == "umap":
-        import importlib.util
-
-        if importlib.util.find_spec("umap") is None:
-            raise ImportError("UMAP needs umap-learn: pip install 'dmlkit[report]'")
-
-
-def project_2d(z: np.ndarray, method: str = "auto", seed: int = 0) -> tuple[np.ndarray, str]:
-    """``(n, 2)`` map of ``z``: UMAP (umap-learn) when installed, else t-SNE, else PCA."""
-    if method not in PROJECTIONS:
-        raise ValueError(f"projection must be auto, umap, tsne or pca, got {method!r}")
-    if method in ("auto", "umap"):
-        try:
-            import umap
-
-            # one job: a fixed random_state makes UMAP run single-threaded anyway, and
-            # says so in a warning unless n_jobs already is 1
-            reducer = umap.UMAP(n_components=2, random_state=seed, n_neighbors=15, n_jobs=1)
-            return reducer.fit_transform(z), "UMAP"
-        except ImportError:
-            if method == "umap":
-                raise ImportError("UMAP needs umap-learn: pip install 'dmlkit[report]'") from None
-    if method in ("auto", "tsne") and len(z) > 5:
-        from sklearn.manifold import TSNE
-
-        perplexity = float(min(30, (len(z) - 1) / 3))
-        return TSNE(2, perplexity=perplexity, random_state=seed, init="pca").fit_transform(z), \
-            "t-SNE"
-    from sklearn.decomposition import PCA
-
-    return PCA(2, random_state=seed).fit_transform(z), "PCA"
+#: the metric of every section of the report: the run's held-out metrics (metrics.json)
+#: and ``dmlkit evaluate`` (by default) measure Euclidean distances between embeddings
+METRIC = "euclidean"
+#: what a pair's verification score is, by metric
+SCORES = {"euclidean": "negated Euclidean distance", "cosine": "cosine similarity",
+          "dot": "dot product"}
 
 
 def _per_class(x: torch.Tensor, labels: torch.Tensor) -> dict[int, dict[str, float]]:
     """Per class: R-Precision and MAP@R (NaN when no item of the class has another of
     its class to find), ``items`` (the class's held-out items in the report) and
     ``count`` (those items that are evaluable queries, i.e. have a match)."""
-    m = retrieval_metrics(x, labels, per_class=True)
+    m = retrieval_metrics(x, labels, per_class=True, metric=METRIC)
     items = {int(c): int(n) for c, n in zip(*torch.unique(labels, return_counts=True),
                                             strict=True)}
     return {int(k): {"r_precision": float(v["r_precision"]), "map_at_r": float(v["map_at_r"]),
@@ -91,14 +59,15 @@ def _classes(labels: torch.Tensor, train_labels: torch.Tensor, names: list[str] 
 
 
 def _confusions(z: torch.Tensor, labels: torch.Tensor, top: int = 10) -> list[dict[str, Any]]:
+    """The ``top`` pairs of classes whose centroids (mean embeddings) are nearest, by
+    :data:`METRIC`: ``{"a", "b", "centroid_distance"}``, nearest first."""
     classes = torch.unique(labels)
-    centres = torch.nn.functional.normalize(
-        torch.stack([z[labels == c].mean(0) for c in classes]), dim=1)  # (C, d)
-    sim = centres @ centres.T  # (C, C)
-    pairs = [(float(sim[i, j]), int(classes[i]), int(classes[j]))
+    centres = torch.stack([z[labels == c].mean(0) for c in classes]).double()  # (C, d)
+    dist = torch.cdist(centres, centres)  # (C, C)
+    pairs = [(float(dist[i, j]), int(classes[i]), int(classes[j]))
              for i in range(len(classes)) for j in range(i + 1, len(classes))]
-    pairs.sort(reverse=True)
-    return [{"a": a, "b": b, "centroid_cosine": s} for s, a, b in pairs[:top]]
+    pairs.sort()
+    return [{"a": a, "b": b, "centroid_distance": d} for d, a, b in pairs[:top]]
 
 
 #: at most this many pairs are scored, as ``dmlkit evaluate`` scores (its ``max_pairs``):
@@ -107,9 +76,10 @@ MAX_PAIRS = 1_000_000
 
 
 def _verification(z: torch.Tensor, labels: torch.Tensor, seed: int,
-                  max_pairs: int = MAX_PAIRS) -> dict[str, Any]:
-    """ROC, DET and score histograms of same- and different-class pairs: all pairs of the
-    items, or a seeded random ``max_pairs`` of them when there are more (``"pairs"`` and
+                  max_pairs: int = MAX_PAIRS, metric: str = "cosine") -> dict[str, Any]:
+    """ROC, DET and score histograms of same- and different-class pairs, scored by
+    ``metric``'s similarity (the report's is :data:`METRIC`): all pairs of the items, or
+    a seeded random ``max_pairs`` of them when there are more (``"pairs"`` and
     ``"all_pairs"`` say which); with one class (or no two items of one class) only
     ``{"skipped": reason}``."""
     i, j, same = pairs_from_labels(labels, max_pairs=max_pairs, seed=seed)
@@ -119,7 +89,7 @@ def _verification(z: torch.Tensor, labels: torch.Tensor, seed: int,
         why = f"{n_classes} class{'es' if n_classes > 1 else ''}"
         return {"skipped": f"no {kind}-class pairs among the held-out items ({len(labels)} "
                            f"items of {why}), so there is nothing to verify"}
-    scores = indexed_pair_scores(z, i, j, "cosine")  # chunked by bytes, not by pairs
+    scores = indexed_pair_scores(z, i, j, metric)  # chunked by bytes, not by pairs
     fpr, tpr, thr = roc_curve(scores, same)
     eer, eer_threshold = equal_error_rate(fpr, tpr, thr)
     keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), 400)).astype(int))
@@ -131,7 +101,7 @@ def _verification(z: torch.Tensor, labels: torch.Tensor, seed: int,
         "bins": edges.tolist(),
         "same_hist": np.histogram(scores[same], edges)[0].tolist(),
         "diff_hist": np.histogram(scores[~same], edges)[0].tolist(),
-        "score": "cosine similarity",
+        "score": SCORES[metric],
         "pairs": int(len(same)), "all_pairs": len(labels) * (len(labels) - 1) // 2,
     }
 
@@ -157,10 +127,10 @@ def _gallery(z: torch.Tensor, labels: torch.Tensor, x: np.ndarray, n_queries: in
 
     rng = np.random.default_rng(seed)
     queries = rng.choice(len(z), size=min(n_queries, len(z)), replace=False)
-    _, nbrs = knn(z[torch.from_numpy(queries)], z, k + 1, metric="cosine", exclude_self=False)
+    _, nbrs = knn(z[torch.from_numpy(queries)], z, k + 1, metric=METRIC, exclude_self=False)
     out = []
     for q, row in zip(queries.tolist(), nbrs.tolist(), strict=True):
-        row = [r for r in row if r != q][:k]
+        row = [r for r in row if r != q and r >= 0][:k]  # (-1: no more items to find)
         out.append({
             "query": int(rows[q]), "label": int(labels[q]), "image": _thumbnail(x[q]),
             "neighbours": [{"item": int(rows[r]), "label": int(labels[r]),
@@ -170,21 +140,32 @@ def _gallery(z: torch.Tensor, labels: torch.Tensor, x: np.ndarray, n_queries: in
     return out
 
 
-def _weights_note(run_dir: Path) -> str | None:
-    """What the report says when the run has no ``model.pt`` and its checkpoint's
-    weights stand in (``None`` when it has one)."""
+def weights_note(run_dir: str | Path, user: str = "this report") -> str | None:
+    """What ``user`` (the command's output) says when the run has no ``model.pt`` and
+    its checkpoint's weights stand in (``None`` when it has one)."""
     from dmlkit.training.run import MODEL_FILE
     from dmlkit.training.trainer import CHECKPOINT
 
+    run_dir = Path(run_dir)
     if (run_dir / MODEL_FILE).is_file() or not (run_dir / CHECKPOINT).is_file():
         return None
     return (f"the run has no {MODEL_FILE} (it did not finish, or the file was removed): "
-            f"this report uses the weights of its last checkpoint, {CHECKPOINT}; the "
-            f"held-out metrics table, when there is one, is of the final weights")
+            f"{user} uses the weights of its last checkpoint, {CHECKPOINT}")
 
 
-#: fewest held-out items a report is made of
+def _weights_note(run_dir: Path) -> str | None:
+    """The report's :func:`weights_note`, and which weights its metrics table is of."""
+    note = weights_note(run_dir)
+    return note and (f"{note}; the held-out metrics table, when there is one, is of the "
+                     "final weights")
+
+
+#: fewest held-out items a report is meant for: the least ``max_items`` may ask for; a
+#: run whose held-out set is smaller gets a report with a note saying so (two items at
+#: the least, :data:`FEWEST_ITEMS`)
 MIN_ITEMS = 20
+#: fewest held-out items a report can be made of (a pair to compare)
+FEWEST_ITEMS = 2
 
 
 def collect(run_dir: str | Path, *, max_items: int = 2000, projection: str = "auto",
@@ -199,7 +180,13 @@ def collect(run_dir: str | Path, *, max_items: int = 2000, projection: str = "au
     row numbers. ``verification`` is ``{"skipped": reason}`` when the held-out items hold
     a single class; ``per_class`` values give each class's ``items`` and evaluable
     ``count``; ``notes`` are what the report should say about the run (e.g. that its
-    checkpoint's weights stand in for a missing ``model.pt``).
+    checkpoint's weights stand in for a missing ``model.pt``, or that the map is not the
+    projection asked for). Every section measures :data:`METRIC` (``metric``).
+
+    Raises
+    ------
+    ValueError
+        When the held-out set has fewer than :data:`FEWEST_ITEMS` items.
     """
     say = log or (lambda _m: None)
     check_projection(projection)
@@ -217,6 +204,7 @@ def collect(run_dir: str | Path, *, max_items: int = 2000, projection: str = "au
     metrics = run.metrics or {}  # metrics.json as load_run read it (read_metrics)
     say("loading data")
     train, heldout = build_splits(run.config)
+    notes = [n for n in [_weights_note(run_dir), _size_note(len(heldout.labels))] if n]
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(len(heldout.labels), size=min(max_items, len(heldout.labels)),
                               replace=False))
@@ -227,16 +215,15 @@ def collect(run_dir: str | Path, *, max_items: int = 2000, projection: str = "au
     raw = torch.nn.functional.normalize(x.flatten(1).float(), dim=1)
     labels, class_names, unseen = _classes(labels, train.labels, heldout.class_names)
     say("projecting to 2-D")
-    xy, method = project_2d(z.numpy(), projection, seed)
+    xy, method = project_2d(z.numpy(), projection, seed, notes=notes)
     say("per-class retrieval, confusions and verification")
     learned_pc, raw_pc = _per_class(z, labels), _per_class(raw, labels)
-    weights = _weights_note(run_dir)
     return {
         "run_dir": str(run_dir), "name": run.config.name,
         "config": run.config.to_dict(), "metrics": metrics,
         # the map, gallery, verification, per-class and confusions are of these items
         "sample": {"items": len(rows), "heldout": len(heldout.labels)},
-        "notes": [weights] if weights else [],
+        "notes": notes, "metric": METRIC,
         "history": metrics.get("history") or _history_from_log(run_dir),
         "map": {"method": method, "x": xy[:, 0].tolist(), "y": xy[:, 1].tolist(),
                 "labels": labels.tolist(), "items": rows.tolist(),
@@ -244,9 +231,24 @@ def collect(run_dir: str | Path, *, max_items: int = 2000, projection: str = "au
         "class_names": class_names,
         "per_class": {c: {"learned": learned_pc[c], "raw": raw_pc.get(c)} for c in learned_pc},
         "confusions": _confusions(z, labels),
-        "verification": _verification(z, labels, seed),
+        "verification": _verification(z, labels, seed, metric=METRIC),
         "gallery": _gallery(z, labels, x.numpy(), n_queries, k, seed, rows),
     }
+
+
+def _size_note(n: int) -> str | None:
+    """What the report says of a held-out set of ``n`` items: nothing for
+    :data:`MIN_ITEMS` or more; a ``ValueError`` below :data:`FEWEST_ITEMS`."""
+    if n >= MIN_ITEMS:
+        return None
+    fix = ("retrain with more data, or hold out more of it (a larger data.test_fraction, "
+           "or more data.test_classes)")
+    if n < FEWEST_ITEMS:
+        raise ValueError(f"the run's held-out set has {n} item{'s' if n != 1 else ''}, and a "
+                         f"report compares held-out items with one another (at least "
+                         f"{FEWEST_ITEMS}; it is meant for {MIN_ITEMS} or more): {fix}")
+    return (f"the run's held-out set has only {n} items (a report is meant for {MIN_ITEMS} "
+            f"or more), so its map and per-class results say little: {fix}")
 
 
 def _history_from_log(run_dir: Path) -> list[dict[str, Any]]:
@@ -267,4 +269,5 @@ def _history_from_log(run_dir: Path) -> list[dict[str, Any]]:
     return out
 
 
-__all__ = ["collect", "project_2d", "check_projection", "PROJECTIONS"]
+__all__ = ["collect", "project_2d", "check_projection", "PROJECTIONS", "METRIC", "MIN_ITEMS",
+           "weights_note"]

@@ -2,8 +2,36 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
+
+#: the per-class figure's width (inches) and its class names' type size (points)
+PER_CLASS_WIDTH, TICK_POINTS = 6.0, 7
+#: longest class name drawn whole under a bar (longer ones are cut, as the HTML cuts them),
+#: and when there are too many classes for them all, upright under every k-th bar
+TICK_CHARS, UPRIGHT_TICK_CHARS = 12, 24
+
+
+def plain_text(text: str) -> str:
+    """``text`` (data: a class name) as matplotlib draws it literally: ``$`` escaped, so
+    that it never starts mathtext, and a leading ``_`` (which hides a legend entry)
+    behind a space."""
+    text = str(text).replace("$", r"\$")
+    return " " + text if text.startswith("_") else text
+
+
+def thinned_ticks(names: list[str], width_points: float, points: float = TICK_POINTS,
+                  upright: bool = False) -> list[int]:
+    """Positions of ``names`` to label along an axis ``width_points`` long in type of
+    ``points``, written across (or ``upright``): every k-th, so that no two labels
+    overlap (as the HTML report thins its per-class names)."""
+    if not names:
+        return []
+    slot = width_points / len(names)
+    label = (1.4 * points if upright  # a line of type
+             else 0.6 * points * max(len(n) for n in names) + 0.5 * points)  # a gap between
+    return list(range(0, len(names), max(1, math.ceil(label / slot))))
 
 
 def write_figures(data: dict[str, Any], out_dir: str | Path) -> list[Path]:
@@ -19,7 +47,8 @@ def write_figures(data: dict[str, Any], out_dir: str | Path) -> list[Path]:
         import matplotlib.pyplot as plt
     except ImportError:
         raise ImportError("PNG figures need matplotlib: pip install 'dmlkit[report]'") from None
-    names = {int(k): str(v) for k, v in data["class_names"].items()}
+    given = {int(k): str(v) for k, v in data["class_names"].items()}
+    names = {k: plain_text(v) for k, v in given.items()}  # drawn as they are
     per_class = {int(k): v for k, v in data["per_class"].items()}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -66,7 +95,7 @@ def write_figures(data: dict[str, Any], out_dir: str | Path) -> list[Path]:
     if "skipped" not in ver:
         _verification(ver, plt, save, of.strip())
     classes = sorted(per_class)
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    fig, ax = plt.subplots(figsize=(PER_CLASS_WIDTH, 3.2))
     xs = range(len(classes))
     nan = float("nan")  # a NaN bar is not drawn
     ax.bar([x - 0.2 for x in xs], [per_class[c]["learned"]["map_at_r"] for c in classes],
@@ -74,13 +103,27 @@ def write_figures(data: dict[str, Any], out_dir: str | Path) -> list[Path]:
     ax.bar([x + 0.2 for x in xs],
            [(per_class[c]["raw"] or {}).get("map_at_r", nan) for c in classes], 0.4,
            label="raw inputs")
-    ax.set_xticks(list(xs), [names.get(c, str(c)) for c in classes], fontsize=7)
+    ticks = [_cut(given.get(c, str(c))) for c in classes]
+    width = PER_CLASS_WIDTH * 72 * 0.85  # points: the axes' share of the figure
+    shown, rotation = thinned_ticks(ticks, width), 0
+    if len(shown) < len(ticks):  # names do not all fit across: upright, more of them
+        ticks = [_cut(given.get(c, str(c)), UPRIGHT_TICK_CHARS) for c in classes]
+        shown, rotation = thinned_ticks(ticks, width, upright=True), 90
+        fig.set_size_inches(PER_CLASS_WIDTH, 4.4)
+    ax.set_xticks(shown, [plain_text(ticks[i]) for i in shown], fontsize=TICK_POINTS,
+                  rotation=rotation)
+    ax.set_xlim(-0.6, len(classes) - 0.4)
     ax.set_ylabel("MAP@R")
     if of:
         ax.set_title(f"per-class MAP@R{of}", fontsize=9)
     ax.legend()
     save(fig, "per_class.png")
     return paths
+
+
+def _cut(name: str, most: int = TICK_CHARS) -> str:
+    """A class name of at most ``most`` characters (longer ones end in an ellipsis)."""
+    return name if len(name) <= most else name[: most - 1] + "\u2026"
 
 
 def _verification(ver: dict[str, Any], plt: Any, save: Any, of: str = "") -> None:
@@ -110,4 +153,4 @@ def _verification(ver: dict[str, Any], plt: Any, save: Any, of: str = "") -> Non
     save(fig, "scores.png")
 
 
-__all__ = ["write_figures"]
+__all__ = ["plain_text", "thinned_ticks", "write_figures"]

@@ -112,6 +112,17 @@ def _notes(data: dict[str, Any]) -> str:
     return "".join(f'<p class="note">Note: {escape(str(n))}</p>' for n in data.get("notes", []))
 
 
+def _metric(data: dict[str, Any]) -> str:
+    """The note naming the metric every section of the report measures."""
+    metric = data.get("metric")
+    if metric is None:  # (data collected before the report named it)
+        return ""
+    return (f'<p class="note metric">Metric: {escape(str(metric).capitalize())} distance between '
+            "embeddings throughout (per-class retrieval, gallery neighbours, verification "
+            "scores, confused classes), as in the run's held-out metrics and dmlkit "
+            "evaluate's default.</p>")
+
+
 def _verification(ver: dict[str, Any]) -> str:
     """ROC, DET and the score histograms, or the reason they were skipped."""
     if "skipped" in ver:
@@ -153,9 +164,11 @@ def render(data: dict[str, Any]) -> str:
         f"<td>{_number(per[c]['learned']['map_at_r'])}</td>"
         f"<td>{_number((per[c]['raw'] or {}).get('map_at_r'))}</td></tr>"
         for c in classes)
+    closeness = "centroid_distance" if all(
+        "centroid_distance" in p for p in data["confusions"]) else "centroid_cosine"
     conf_rows = "".join(
         f"<tr><td>{escape(names.get(p['a'], str(p['a'])))}</td>"
-        f"<td>{escape(names.get(p['b'], str(p['b'])))}</td><td>{p['centroid_cosine']:.4f}</td></tr>"
+        f"<td>{escape(names.get(p['b'], str(p['b'])))}</td><td>{p[closeness]:.4f}</td></tr>"
         for p in data["confusions"])
     unseen = sum(mp["unseen"])
     sampled, among = _sample(data)
@@ -167,7 +180,7 @@ def render(data: dict[str, Any]) -> str:
 <script>{SCRIPT}</script></head><body>
 <h1>Run report: {escape(data['name'])}</h1>
 <p class="note">{escape(data['run_dir'])} &middot; model {escape(str(data['config']['model']))}
-&middot; loss {escape(str(data['config']['loss']))}</p>{_notes(data)}
+&middot; loss {escape(str(data['config']['loss']))}</p>{_metric(data)}{_notes(data)}
 <h2>Held-out retrieval (leave-one-out)</h2>{_metrics_table(data['metrics'])}{on_all}
 <h2>Training</h2>{_curves(data['history'])}
 <h2>Embedding map</h2>{sampled}<div class="row">{scatter}</div>
@@ -182,7 +195,8 @@ Hover a point for its item.</p>
 <p class="note">A class's metrics average over its items that have another item of the
 class to find; n/a: none has.</p>
 <h2>Most confused classes (nearest class centroids)</h2>{sampled}
-<table><tr><th>class</th><th>class</th><th>centroid cosine</th></tr>{conf_rows}</table>
+<table><tr><th>class</th><th>class</th><th>{closeness.replace("_", " ")}</th></tr>{conf_rows}
+</table>
 </body></html>"""
 
 
