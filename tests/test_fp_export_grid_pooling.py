@@ -172,3 +172,11 @@ def test_an_export_of_a_resizing_model_does_not_claim_any_size(tmp_path):
         2, 1280)
     with pytest.raises(Exception, match="(?i)dimension|shape"):
         session.run(None, {"inputs": np.random.rand(2, 16 * 16).astype(np.float32)})
+
+
+def test_grid_means_of_a_float64_map_is_float64_exact():
+    from dmlkit.models.cnn import grid_means
+
+    x = torch.randn(2, 3, 7, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    ref = torch.nn.functional.adaptive_avg_pool2d(x, 3)
+    assert torch.allclose(grid_means(x, 3), ref, rtol=0, atol=1e-13)

@@ -188,3 +188,13 @@ def test_sentence_encoders_token_limit_and_scaling_are_in_its_fingerprint():
     other = {"max_length": 64}, {"normalize": False}
     prints = {model_fingerprint(base)} | {model_fingerprint(SentenceEncoder(**kw)) for kw in other}
     assert len(prints) == 3
+
+
+def test_a_default_speaker_encoder_keeps_its_weights_only_fingerprint():
+    """Records of default speaker runs made before the analysis was declared stay valid."""
+    from dmlkit.index.store import model_fingerprint
+    from dmlkit.models.speaker_encoder import SpeakerEncoder
+
+    torch.manual_seed(0)
+    model = SpeakerEncoder(dim=16)
+    assert model_fingerprint(model) == _state_dict_hash(model)

@@ -65,7 +65,8 @@ def test_distance_keys_tell_tensor_state_apart():
     key = matrix_memo.distance_key
     a, b = MahalanobisDistance(L), MahalanobisDistance(L)
     assert key(MahalanobisDistance()) != key(a)
-    assert key(a) != key(b)  # equal values, other objects: not shared (safe)
+    assert key(a) == key(b)  # equal values (small tensors compare by value): shared
+    assert key(a) != key(MahalanobisDistance(2 * L))
     assert key(a) == key(a)
     before = key(a)
     a.components.mul_(2.0)  # changed in place (a trained metric after a step)
@@ -94,3 +95,27 @@ def test_trainable_components_changed_by_a_step_are_not_read_stale():
     with torch.no_grad():
         d.components.mul_(0.5)  # an optimizer step
     assert matrix_memo.recall(x, None, d) is None
+
+
+def test_a_setting_kept_in_an_underscore_attribute_tells_distances_apart():
+    from dmlkit.distances import BaseDistance
+
+    class PowDist(BaseDistance):
+        def __init__(self, power):
+            super().__init__()
+            self._power = power
+
+        def compute_matrix(self, q, r):
+            return torch.cdist(q, r) ** self._power
+
+    key = matrix_memo.distance_key
+    assert key(PowDist(1.0)) != key(PowDist(2.0))
+    assert key(PowDist(2.0)) == key(PowDist(2.0))
+
+
+def test_large_tensor_state_compares_by_identity_and_version():
+    big = torch.eye(matrix_memo.SMALL_TENSOR // 256 + 1)  # more elements than "small"
+    assert big.numel() > matrix_memo.SMALL_TENSOR
+    key = matrix_memo.distance_key
+    a, b = MahalanobisDistance(big), MahalanobisDistance(big.clone())
+    assert key(a) == key(a) and key(a) != key(b)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from dmlkit.distances.base import BaseDistance
@@ -41,11 +42,16 @@ def distance_key(distance: BaseDistance) -> tuple[Any, ...]:
     return (type(distance), _state(distance))
 
 
+#: attributes every ``nn.Module`` has (hooks, its stores of parameters, buffers and
+#: submodules, ``training``): not settings of a distance
+_MODULE_INTERNALS = frozenset(vars(nn.Module())) | {"training"}
+
+
 def _state(module: nn.Module) -> tuple[Any, ...]:
     items: list[tuple[Any, ...]] = [
         (name, _setting(value)) for name, value in sorted(vars(module).items())
-        if not name.startswith("_") and name != "training"
-    ]  # fmt: skip
+        if name not in _MODULE_INTERNALS
+    ]  # fmt: skip  (a setting kept as ``self._power`` counts as ``self.power`` does)
     for store in (module._parameters, module._buffers):
         items.extend((name, _setting(value)) for name, value in sorted(store.items()))
     for name, sub in sorted(module._modules.items()):
@@ -54,17 +60,41 @@ def _state(module: nn.Module) -> tuple[Any, ...]:
 
 
 def _setting(value: Any) -> Any:
-    """A plain value as itself, a tuple or list of plain values as a tuple, anything else
-    (a tensor, an array, an object) as :class:`_Same`."""
+    """A plain value as itself, a tuple or list of plain values as a tuple, a small tensor
+    by its values (:class:`_Values`), anything else (a large tensor, an array, an object)
+    as :class:`_Same`."""
     if value is None or isinstance(value, _PLAIN):
         return value
     if isinstance(value, (tuple, list)) and all(
             v is None or isinstance(v, _PLAIN) for v in value):
         return (type(value), tuple(value))
+    if isinstance(value, Tensor) and value.numel() <= SMALL_TENSOR:
+        return _Values(value)
     return _Same(value)
 
 
 _PLAIN = (bool, int, float, str)
+#: tensors of at most this many elements are compared by value (two distances built from
+#: one config hold equal but separate ``components``); larger ones by identity and version
+SMALL_TENSOR = 1 << 16
+
+
+class _Values:
+    """Stands for a small tensor's values at the time the key was made (a copy)."""
+
+    __slots__ = ("_copy",)
+
+    def __init__(self, t: Tensor) -> None:
+        self._copy = t.detach().clone()
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, _Values):
+            return NotImplemented
+        a, b = self._copy, other._copy
+        return (a.dtype == b.dtype and a.shape == b.shape and a.device == b.device
+                and bool(torch.equal(a, b)))
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 class _Same:

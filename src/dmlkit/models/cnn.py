@@ -27,12 +27,13 @@ def _block(c_in: int, c_out: int, pool: bool) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def cell_weights(side: int, cells: int) -> Tensor:
+def cell_weights(side: int, cells: int, dtype: torch.dtype = torch.float32) -> Tensor:
     """``(cells, side)`` weights that average ``side`` samples of one axis into ``cells``
     cells the way adaptive average pooling does: cell ``i`` is the mean of samples
     ``floor(i side / cells)`` to ``ceil((i + 1) side / cells) - 1`` (cells overlap where
-    ``cells`` does not divide ``side``). Rows sum to 1."""
-    w = torch.zeros(cells, side)
+    ``cells`` does not divide ``side``). Rows sum to 1; ``dtype`` the weights' (built in
+    it, so a float64 map is averaged to float64 precision)."""
+    w = torch.zeros(cells, side, dtype=dtype)
     for i in range(cells):
         start, end = (i * side) // cells, -(-((i + 1) * side) // cells)
         w[i, start:end] = 1.0 / (end - start)
@@ -51,8 +52,8 @@ def grid_means(x: Tensor, cells: int, hw: tuple[int, int] | None = None) -> Tens
     h, w = hw if hw is not None else (int(x.shape[-2]), int(x.shape[-1]))
     if h % cells == 0 and w % cells == 0:
         return F.avg_pool2d(x, (h // cells, w // cells))  # (n, c, cells, cells)
-    rows = cell_weights(h, cells).to(x.device, x.dtype)  # (cells, H)
-    cols = cell_weights(w, cells).to(x.device, x.dtype)  # (cells, W)
+    rows = cell_weights(h, cells, x.dtype).to(x.device)  # (cells, H)
+    cols = cell_weights(w, cells, x.dtype).to(x.device)  # (cells, W)
     return rows @ x @ cols.T  # (n, c, cells, cells)
 
 

@@ -94,8 +94,12 @@ class SentenceEncoder(nn.Module):
 
     def fingerprint_settings(self) -> dict[str, Any]:
         """What the embeddings depend on besides the weights
-        (:func:`dmlkit.index.store.model_fingerprint`): the token limit and the scaling."""
-        return {"max_length": self.max_length, "normalize": self.normalize}
+        (:func:`dmlkit.index.store.model_fingerprint`): the token limit and the scaling
+        where they differ from the defaults (256 tokens, normalized), so fingerprints
+        recorded before they were declared stay valid for default encoders."""
+        settings = {"max_length": self.max_length, "normalize": self.normalize}
+        return {k: v for k, v in settings.items() if v != {"max_length": 256,
+                                                            "normalize": True}[k]}
 
     @classmethod
     def dim_from_config(cls, params: dict[str, Any]) -> int | None:

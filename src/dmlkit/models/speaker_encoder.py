@@ -43,6 +43,12 @@ def mel_filterbank(
     return torch.clamp(torch.minimum(up, down), min=0.0).float()
 
 
+#: LogMel's analysis at its defaults (16 kHz, 40 mels, 512-point FFT, 25 ms windows every
+#: 10 ms, normalized)
+_LOGMEL_DEFAULTS = {"sample_rate": 16_000, "n_mels": 40, "n_fft": 512, "win": 400, "hop": 160,
+                    "normalize": True}
+
+
 class LogMel(nn.Module):
     """``(B, T)`` waveform -> ``(B, n_mels, frames)`` log mel energies, mean-normalized
     over time per utterance (cepstral mean normalization in the log-mel domain).
@@ -72,10 +78,13 @@ class LogMel(nn.Module):
 
     def fingerprint_settings(self) -> dict[str, Any]:
         """The analysis the features depend on, none of it saved with the weights
-        (:func:`dmlkit.index.store.model_fingerprint`)."""
-        return {"sample_rate": int(self.sample_rate), "n_mels": int(self.n_mels),
-                "n_fft": int(self.n_fft), "win": self.win, "hop": self.hop,
-                "normalize": bool(self.normalize)}
+        (:func:`dmlkit.index.store.model_fingerprint`): the settings that differ from the
+        defaults (a default analysis adds nothing, so fingerprints recorded before it was
+        declared stay valid)."""
+        settings = {"sample_rate": int(self.sample_rate), "n_mels": int(self.n_mels),
+                    "n_fft": int(self.n_fft), "win": self.win, "hop": self.hop,
+                    "normalize": bool(self.normalize)}
+        return {k: v for k, v in settings.items() if v != _LOGMEL_DEFAULTS[k]}
 
     def forward(self, wav: Tensor) -> Tensor:
         if wav.dim() != 2:

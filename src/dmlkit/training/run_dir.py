@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from dmlkit.config.compare import RESUMABLE
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX: no cross-process lock
@@ -46,9 +48,6 @@ ATOMIC_FILES = ("checkpoint.pt", "model.pt", "metrics.json", "config.yaml", "tra
 #: all a run that stopped before its first epoch ended holds (``train.log`` empty):
 #: starting it again loses nothing
 _UNSTARTED = frozenset({"config.yaml", "baseline.json", "train.log"})
-#: settings that may differ between a run's config.yaml and its checkpoint's config
-RESUME_MAY_DIFFER = ("training.epochs", "training.progress", "training.device",
-                     "training.num_threads")
 _MAX_SUFFIX = 1000
 
 
@@ -317,7 +316,7 @@ def check_resume(config: Any, out_dir: Path) -> dict[str, Any]:
     ``training.epochs`` is below the epochs done. Returns the checkpoint, loaded on the
     device ``config.training.device`` names, for the resumed run to restore
     (:meth:`~dmlkit.training.Trainer.fit`'s ``checkpoint``): a resume reads it once."""
-    from dmlkit.config.compare import RESUMABLE, config_changes
+    from dmlkit.config.compare import config_changes
     from dmlkit.config.schema import Config
     from dmlkit.training.checkpoint import load_checkpoint
     from dmlkit.training.run import CONFIG_FILE
@@ -339,14 +338,14 @@ def check_resume(config: Any, out_dir: Path) -> dict[str, Any]:
                             map_location=resolve_device(config.training.device))
     trained = _checkpoint_config(state)
     if saved is None and trained is not None:  # (config.yaml deleted: the checkpoint's)
-        changes = config_changes(config, saved_config_as_run(trained), RESUME_MAY_DIFFER)
+        changes = config_changes(config, saved_config_as_run(trained), RESUMABLE)
         if changes:
             raise ValueError(
                 f"resuming {out_dir} (its {CONFIG_FILE} is missing) with other settings "
                 f"than its {CHECKPOINT} trained with: {'; '.join(changes)}; resume with "
                 "the checkpoint's settings, or train a new run (another out_dir)")
     if saved is not None and trained is not None:
-        changes = config_changes(saved, saved_config_as_run(trained), RESUME_MAY_DIFFER)
+        changes = config_changes(saved, saved_config_as_run(trained), RESUMABLE)
         if changes:
             raise ValueError(
                 f"{yaml_path} was edited after {out_dir / CHECKPOINT} was written: "
