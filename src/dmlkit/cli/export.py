@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from dmlkit.cli._errors import one_line
-from dmlkit.cli._outputs import check_output_file
+from dmlkit.cli._outputs import check_output_file, check_outside_saved
 
 
 def register(app: typer.Typer) -> None:
@@ -30,10 +30,12 @@ def register(app: typer.Typer) -> None:
             export_run,
             is_text_run,
         )
+        from dmlkit.training.run import MODEL_FILE
 
         try:
             check_output_file(out, "model file")
             check_export_target(run_dir, out, force=True)  # a run's own files: never
+            check_outside_saved(out)  # nor inside an index or kit (its .json goes beside it)
             for path in (out, Path(f"{out}.json")):
                 if path.is_file() and not force:
                     raise ValueError(f"--out: {path} exists; add --force to overwrite it")
@@ -47,6 +49,9 @@ def register(app: typer.Typer) -> None:
                     if isinstance(err, ExportError) and not verbose else "")
             typer.echo(f"error: {one_line(err)}{hint}", err=True)
             raise typer.Exit(2) from None
+        if info.get("weights_note"):  # a run without model.pt: its checkpoint's weights
+            typer.echo(f"note: {run_dir} has no {MODEL_FILE}: exporting the weights of its "
+                       f"{info['weights_note']}", err=True)
         checked = (f"not verified: {info['not_verified']}" if info.get("not_verified")
                    else "outputs equal the torch model's to 1e-5")
         typer.echo(f"wrote {out} ({fmt}): inputs (batch, {info['n_features']}) from shape "

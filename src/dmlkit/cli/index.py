@@ -124,7 +124,8 @@ def build(
         "an embedding store directory (dmlkit embed --store; built in chunks)."
     ),
     data: str = typer.Option(
-        "heldout", "--data", help="'heldout', 'train', or any dataset spec (see dmlkit embed)."
+        "heldout", "--data", help="'heldout', 'train', or any dataset spec (see dmlkit "
+        "embed); a .npy or a .npz without labels is indexed without labels."
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Index directory to write."),
     x_key: str | None = X_KEY,
@@ -186,15 +187,19 @@ def build(
                     **({EMBEDDINGS_MODEL_KEY: model_sha} if model_sha is not None else {})}
             payloads = _npz_payloads(source, len(emb), labels, names)
         else:
-            from dmlkit.runs.data import describe, run_data
+            from dmlkit.runs.data import describe, has_labels, run_data, unlabelled_inputs
             from dmlkit.runs.queries import input_spec, resizes_inputs
             from dmlkit.training import embed, load_run
 
             run = load_run(source, device=device)
-            dataset = run_data(run, data, x_key=x_key, labels_key=labels_key)
+            if has_labels(data, labels_key):
+                dataset = run_data(run, data, x_key=x_key, labels_key=labels_key)
+            else:  # raw inputs alone (a .npy, a .npz without labels): items without labels
+                dataset = unlabelled_inputs(run, data, x_key=x_key, labels_key=labels_key)
+            inputs = getattr(dataset, "x", dataset)
             paths = getattr(dataset, "paths", None)  # the files of an image folder
             # what raw queries must look like
-            spec = input_spec(dataset.x, any_size=resizes_inputs(run.model))
+            spec = input_spec(inputs, any_size=resizes_inputs(run.model))
             emb_t, labels_t = embed(run.model, dataset, device=device)
             emb = emb_t.numpy()
             labels, _ = _item_labels(source, None if labels_t is None else labels_t.numpy(),

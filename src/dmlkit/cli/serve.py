@@ -8,11 +8,14 @@ from typing import Any
 
 import typer
 
+from dmlkit.cli._errors import one_line
+
 
 def register(app: typer.Typer) -> None:
     @app.command("serve")
     def serve(
-        run: Path = typer.Option(None, "--run", help="Run directory (its model embeds inputs)."),
+        run: Path = typer.Option(None, "--run", help="Run directory (its model embeds inputs "
+                                 "with torch; not with --onnx)."),
         index: Path = typer.Option(..., "--index", help="Index directory (dmlkit index build)."),
         host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind (loopback "
                                  "unless told otherwise)."),
@@ -20,7 +23,7 @@ def register(app: typer.Typer) -> None:
         api_keys_file: Path = typer.Option(None, "--api-keys-file", help="One key per line "
                                            "(else DMLKIT_API_KEYS, comma-separated)."),
         onnx: Path = typer.Option(None, "--onnx", help="Serve this ONNX export (dmlkit "
-                                  "export) through onnxruntime instead of torch."),
+                                  "export) through onnxruntime instead of a --run."),
         verifier: Path = typer.Option(None, "--verifier", help="A saved Verifier for /verify."),
         verify_threshold: float = typer.Option(
             None, "--verify-threshold", help="/verify accepts pairs whose score is >= this; "
@@ -47,7 +50,9 @@ def register(app: typer.Typer) -> None:
                 create_app,
                 load_embedder,
             )
+            from dmlkit.service.embedders import check_one_model
 
+            check_one_model(run, onnx)  # before the index is opened
             keys = ApiKeys.from_sources(api_keys_file)
             store = DurableIndex(index, checkpoint_every=checkpoint_every)
             try:
@@ -65,9 +70,10 @@ def register(app: typer.Typer) -> None:
             except BaseException:
                 store.close(checkpoint=False)  # not served: the log stays as it was
                 raise
-        except (ImportError, ValueError, FileNotFoundError, RuntimeError) as err:
-            # RuntimeError: IndexInUseError, another server already owns the index
-            typer.echo(f"error: {err}", err=True)
+        except (ImportError, ValueError, OSError, RuntimeError) as err:
+            # RuntimeError: IndexInUseError, another server already owns the index; OSError:
+            # a file that cannot be read (FileNotFoundError among them)
+            typer.echo(f"error: {one_line(err)}", err=True)
             raise typer.Exit(2) from None
         skipped = (f"; {store.skipped} skipped, already in the checkpoint or not applicable"
                    if store.skipped else "")

@@ -30,6 +30,29 @@ def _fingerprint_of(run_dir: str) -> str | None:
         return None
 
 
+def _stale_export(where: str, export: str, run_dir: str, built_sha: str,
+                  served_sha: str) -> None:
+    """Refuse an export (``export``) and an index (``where``) of ``run_dir`` that hold two
+    different weights of it, naming the one that is not the run's current weights."""
+    current = _fingerprint_of(run_dir)
+    again = f"dmlkit export {run_dir} --out {export} --force"
+    if current == served_sha:
+        return  # the export is the run as it is: the index is the stale one
+    if current == built_sha:
+        raise ValueError(
+            f"the served export {export} holds the weights {run_dir} had when it was "
+            f"exported, and the run has other weights now (trained further, e.g. --resume), "
+            f"the ones {where} was built with: the export is stale; export the run again "
+            f"({again})")
+    now = ("cannot be loaded now" if current is None
+           else "has other weights now than either")
+    raise ValueError(
+        f"the served export {export} and {where} hold embeddings of two different weights "
+        f"of {run_dir}, which {now}: serve an export and an index of the same weights; "
+        f"export the run again ({again}) and rebuild the index (dmlkit index build {run_dir}"
+        " ...)")
+
+
 def check_index_source(info: dict[str, Any], embedder: Any, where: str = "the index", *,
                        use: str = "serve") -> None:
     """Refuse to serve an index built with another model than ``embedder``'s.
@@ -40,8 +63,10 @@ def check_index_source(info: dict[str, Any], embedder: Any, where: str = "the in
         The index's ``info`` (``run_dir`` and ``model_sha256`` when it was built from a
         run).
     embedder : object or None
-        The served embedder (``run_dir`` and ``model_sha256`` attributes; ``None``: a
-        service of embeddings alone, nothing to check).
+        The served embedder (``run_dir`` and ``model_sha256`` attributes, and
+        ``export_path`` for an export, whose weights are the run's when it was exported,
+        not necessarily its current ones; ``None``: a service of embeddings alone,
+        nothing to check).
     where : str
         How messages name the index.
     use : {"serve", "search"}
@@ -52,7 +77,8 @@ def check_index_source(info: dict[str, Any], embedder: Any, where: str = "the in
     ------
     ValueError
         When the index's recorded fingerprint differs from the served model's (another
-        run, or the same run trained further since the build), or, with no fingerprint
+        run, or the same run trained further since the build, or, for an export, since
+        the export: the message names the stale side), or, with no fingerprint
         recorded, when the index names another run whose weights differ.
 
     Warns
@@ -85,6 +111,9 @@ def check_index_source(info: dict[str, Any], embedder: Any, where: str = "the in
             return
         if built_dir is not None and served_dir is not None and _same_path(built_dir,
                                                                           served_dir):
+            export = getattr(embedder, "export_path", None)
+            if export is not None:  # an export: it, not the index, may be the old weights
+                _stale_export(where, str(export), built_dir, built_sha, served_sha)
             raise ValueError(
                 f"{where} holds embeddings of the weights {built_dir} had when the index was "
                 "built, and the run has other weights now (trained further, e.g. --resume): "
@@ -93,7 +122,7 @@ def check_index_source(info: dict[str, Any], embedder: Any, where: str = "the in
         raise ValueError(
             f"{where} holds embeddings of another model than {the_one}: it was "
             f"built with the weights of {built_dir or 'another run'}, and {served} has "
-            f"other weights (retrained, or another run); {rebuild}")
+            f"other weights or settings (e.g. resolution); {rebuild}")
     if built_dir is None and built_sha is None:
         return  # built from an embeddings file: nothing records its model
     if served_sha is None:

@@ -11,7 +11,10 @@ range, for images channels, size and colour mode: :func:`input_description`), th
 embedding size and where it came from:
 the run directory (absolute) and ``model_sha256``, the fingerprint of the exported
 weights (:func:`dmlkit.index.store.model_fingerprint`), which ``dmlkit serve --onnx``
-checks against its index.
+checks against its index, ``weights``, the run's file they are from (``model.pt``, or
+``checkpoint.pt`` for a run without it, with ``weights_note`` saying which epoch), and
+``file_sha256``, the SHA-256 of the model file itself, which ``dmlkit serve --onnx``
+checks to serve the file the description is of.
 
 The export never writes onto a run directory's own files (``model.pt``, ``config.yaml``,
 ...) and overwrites an existing file only when asked to (``force=True``).
@@ -20,6 +23,7 @@ The export never writes onto a run directory's own files (``model.pt``, ``config
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import math
@@ -39,7 +43,8 @@ from dmlkit.data.tuples import load_features
 from dmlkit.index.store import model_fingerprint
 from dmlkit.runs.queries import InputSpec, recorded_input_spec, run_input_spec
 from dmlkit.runs.run_files import RUN_FILES, check_not_run_file, is_run_dir
-from dmlkit.training.run import build_splits, load_run
+from dmlkit.training.run import MODEL_FILE, build_splits, load_run
+from dmlkit.training.trainer import CHECKPOINT
 
 FORMATS = ("onnx", "torchscript")
 #: what ``export_run`` says when it could not run the exported ONNX model
@@ -104,6 +109,10 @@ class FlatInputEmbedder(nn.Module):
         return self.model(inputs.reshape((-1, *self.input_shape)))  # (n, dim)
 
 
+#: data sources whose inputs are image files, read as 8-bit pixels divided by 255: their
+#: inputs' scale is [0, 1], whatever extremes the training images reach
+IMAGE_FILE_SOURCES = ("image_folder",)
+
 #: ``input_description``'s ``spec`` when the caller has not read it
 _UNREAD: Any = object()
 
@@ -136,6 +145,7 @@ def input_description(run: Any, shape: tuple[int, ...],
     """What the exported model's input rows must hold, for the export's ``.json``: the
     :class:`~dmlkit.runs.queries.InputSpec` fields (``input_shape``, ``input_dtype``
     float32, ``input_range``: the training inputs' ``[min, max]``, null when unknown,
+    ``[0, 1]`` for image files, the scale their pixels are read to,
     ``input_any_size``: false, as the exported graph takes rows of ``shape`` only, even
     where the run's model resizes images of any size) and, for images,
     ``input_channels``, ``image_size`` ``[height, width]`` and ``color`` (``grayscale`` /
@@ -145,6 +155,10 @@ def input_description(run: Any, shape: tuple[int, ...],
         spec = _readable_input_spec(run)
     low, high = (spec.low, spec.high) if spec is not None else (math.nan, math.nan)
     data = run.config.data
+    image_files = getattr(data, "name", None) in IMAGE_FILE_SOURCES or (
+        data.tuples is not None and data.features is None)
+    if image_files:  # 8-bit pixels divided by 255, whatever extremes the files reach
+        low, high = 0.0, 1.0
     if not math.isfinite(high - low) and data.tuples is not None:
         if data.features is None:  # images read from files: [0, 1]
             low, high = 0.0, 1.0
@@ -170,10 +184,12 @@ def input_description(run: Any, shape: tuple[int, ...],
                    if resizes else ""))
     else:
         what = f"rows of {math.prod(shape)} features"
-    # (no claim of how the range came about: digits' pixels are 0-16 divided by 16, an
-    # image file's 8-bit ones divided by 255; the run records neither)
+    # (no claim of how the range came about but for image files: digits' pixels are 0-16
+    # divided by 16, an array's values are whatever the file holds)
+    scaled = ("pixel values divided by 255, as dmlkit reads image files" if image_files
+              else "scaled as the training inputs were")
     out["input_note"] = (
-        f"float32 {what}, scaled as the training inputs were"
+        f"float32 {what}, {scaled}"
         + (f": values in [{low:.4g}, {high:.4g}]" if known else " (range unknown)"))
     return out
 
@@ -245,6 +261,8 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "onnx",
             diff = _max_difference(module, tmp, fmt, n_features)
             if diff is not None and diff > 1e-5:
                 raise RuntimeError(f"exported {fmt} model differs from torch by {diff:.3g}")
+        with open(tmp, "rb") as f:
+            file_sha = hashlib.file_digest(f, "sha256").hexdigest()
         publish_mode(tmp)
         os.replace(tmp, out)
     finally:
@@ -255,7 +273,13 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "onnx",
         "run_dir": str(Path(run_dir).resolve()),
         # which weights the export holds: the service checks an index against it
         "model_sha256": model_fingerprint(run.model),
+        # which file of the run the weights are from: model.pt, or its checkpoint
+        "weights": MODEL_FILE if run.weights == MODEL_FILE else CHECKPOINT,
+        # the exported file itself: dmlkit serve --onnx checks it is the one described
+        "file_sha256": file_sha,
         "max_difference": diff}
+    if run.weights != MODEL_FILE:
+        info["weights_note"] = run.weights
     info.update(input_description(run, shape, spec))
     if check and diff is None:
         info["not_verified"] = NOT_VERIFIED

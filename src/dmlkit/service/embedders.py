@@ -12,15 +12,121 @@ checks against its index and its verifier.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+#: the keys of an export's ``FILE.onnx.json`` the service reads, and the types they hold
+_REQUIRED = {"format": str, "input_name": str, "output_name": str, "n_features": int,
+             "dim": int}
+#: the key of the export's ``.json`` that holds the SHA-256 of the model file it describes
+#: (``dmlkit export`` records it; exports written before it did are served unchecked)
+FILE_SHA256_KEY = "file_sha256"
+
+
+def _export_again(path: Path, info: Any = None) -> str:
+    """How to write the export ``path`` again, with the run its description names."""
+    run = info.get("run_dir") if isinstance(info, dict) else None
+    run = run if isinstance(run, str) and run else "RUN_DIR"
+    return f"export the run again (dmlkit export {run} --out {path} --force)"
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def read_export_description(path: Path) -> dict[str, Any]:
+    """The checked description ``PATH.json`` of the ONNX export ``path``: a JSON object
+    holding the keys :data:`_REQUIRED` with their types (``n_features`` and ``dim``
+    positive integers), ``format`` ``"onnx"``, an ``input_shape`` (where recorded) of
+    positive integers whose product is ``n_features`` (and, for images, that equals
+    ``[input_channels, *image_size]``), ``run_dir`` and ``model_sha256`` strings or null,
+    and, where recorded, the SHA-256 of ``path`` itself. Each refusal is a one-line
+    ``ValueError`` naming the file."""
+    info_path = Path(f"{path}.json")
+    again = _export_again(path)
+    try:
+        info = json.loads(info_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{info_path} is not valid JSON ({err}); it is not the description "
+                         f"dmlkit export writes: {again}") from None
+    if not isinstance(info, dict):
+        raise ValueError(f"{info_path} holds a JSON {type(info).__name__}, not the object of "
+                         f"keys dmlkit export writes; {again}")
+    again = _export_again(path, info)
+    missing = [key for key in _REQUIRED if key not in info]
+    if missing:
+        raise ValueError(f"{info_path} lacks {', '.join(map(repr, missing))}: it is not a "
+                         f"complete description of an export; {again}")
+    for key, kind in _REQUIRED.items():
+        value = info[key]
+        good = _positive_int(value) if kind is int else isinstance(value, kind) and value
+        if not good:
+            what = "a positive integer" if kind is int else "a non-empty string"
+            raise ValueError(f"{info_path}: {key!r} must be {what}, got {value!r}; {again}")
+    if info["format"] != "onnx":
+        raise ValueError(f"{info_path} describes a {info['format']!r} export, not an ONNX one: "
+                         f"dmlkit serve --onnx serves ONNX exports; "
+                         f"{again.replace(' --out', ' --format onnx --out')}")
+    for key in ("run_dir", "model_sha256", FILE_SHA256_KEY):
+        if info.get(key) is not None and not isinstance(info[key], str):
+            raise ValueError(f"{info_path}: {key!r} must be a string or null, got "
+                             f"{info[key]!r}; {again}")
+    shape = info.get("input_shape")
+    if shape is not None:
+        if not (isinstance(shape, list) and shape and all(map(_positive_int, shape))):
+            raise ValueError(f"{info_path}: 'input_shape' must be a list of positive "
+                             f"integers, got {shape!r}; {again}")
+        if int(np.prod(shape)) != info["n_features"]:
+            raise ValueError(f"{info_path}: 'input_shape' {shape} holds {int(np.prod(shape))}"
+                             f" values, but 'n_features' is {info['n_features']}; {again}")
+        channels, size = info.get("input_channels"), info.get("image_size")
+        if channels is not None and size is not None and shape != [channels, *size]:
+            raise ValueError(f"{info_path}: 'input_shape' {shape} is not the images' "
+                             f"[input_channels, *image_size] {[channels, *size]}; {again}")
+    recorded = info.get(FILE_SHA256_KEY)
+    if recorded is not None:
+        with open(path, "rb") as f:
+            actual = hashlib.file_digest(f, "sha256").hexdigest()
+        if actual != recorded:
+            raise ValueError(f"{path} is not the file {info_path} describes (its SHA-256 "
+                             f"differs from the one recorded there); {again}")
+    return info
+
+
+def _check_session(session: Any, info: dict[str, Any], path: Path) -> None:
+    """Refuse an ONNX model whose input and output are not the ones its description
+    ``info`` names (names, input width, output width where the graph fixes them)."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    described = f"{path}.json"
+    again = _export_again(path, info)
+    names = {"input": [i.name for i in inputs], "output": [o.name for o in outputs]}
+    for side in ("input", "output"):
+        if info[f"{side}_name"] not in names[side]:
+            raise ValueError(
+                f"{described} names the {side} {info[f'{side}_name']!r}, but {path} has "
+                f"{side}(s) {names[side]}; {again}")
+    if len(inputs) != 1:
+        raise ValueError(f"{path} takes {len(inputs)} inputs {names['input']}, an export "
+                         f"takes one (rows of features); {again}")
+    for node, key, side in ((inputs[0], "n_features", "input rows"),
+                            (next(o for o in outputs if o.name == info["output_name"]),
+                             "dim", "embeddings")):
+        shape = list(node.shape or [])
+        width = shape[1] if len(shape) == 2 else None
+        if len(shape) != 2 or (isinstance(width, int) and width != info[key]):
+            got = f"shape {shape}" if len(shape) != 2 else f"width {width}"
+            raise ValueError(f"{described} says the {side} are (batch, {info[key]}) "
+                             f"({key}), but {path}'s are of {got}; {again}")
+
 
 class OnnxEmbedder:
-    """An ONNX file written by ``dmlkit export`` (with its ``FILE.json`` description)."""
+    """An ONNX file written by ``dmlkit export`` (with its ``FILE.json`` description),
+    checked against it: the description's keys and types, the file's SHA-256 where
+    recorded, and the model's input and output names and widths."""
 
     input_kind = "numeric"
 
@@ -35,16 +141,21 @@ class OnnxEmbedder:
         info_path = Path(f"{path}.json")
         if not path.is_file() or not info_path.is_file():
             raise FileNotFoundError(f"need {path} and {info_path} (written by dmlkit export)")
-        info = json.loads(info_path.read_text())
-        self.n_features, self.dim = int(info["n_features"]), int(info["dim"])
+        info = read_export_description(path)
+        self.export_path: str | None = str(path)
+        self.n_features, self.dim = info["n_features"], info["dim"]
         shape = info.get("input_shape")  # older exports may not record it: flat rows only
-        self.input_shape: tuple[int, ...] = (
-            tuple(int(s) for s in shape) if isinstance(shape, list) and shape
-            and int(np.prod(shape)) == self.n_features else (self.n_features,))
+        self.input_shape: tuple[int, ...] = tuple(shape) if shape else (self.n_features,)
         self.run_dir: str | None = info.get("run_dir")
         self.model_sha256: str | None = info.get("model_sha256")
         self._input, self._output = info["input_name"], info["output_name"]
-        self._session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        try:
+            self._session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as err:  # noqa: BLE001 - onnxruntime's own errors (protobuf, ...)
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            raise ValueError(f"{path} is not an ONNX model onnxruntime can load ({reason}); "
+                             f"{_export_again(path, info)}") from None
+        _check_session(self._session, info, path)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self._session.run([self._output], {self._input: x.astype(np.float32)})[0]
@@ -113,9 +224,20 @@ def embeds_text(run: Any) -> bool:
     return run.config.data.name in TEXT_SOURCES or bool(getattr(run.model, "embeds_text", False))
 
 
+def check_one_model(run_dir: Any = None, onnx: Any = None) -> None:
+    """Refuse a run directory and an ONNX export given together as the served model."""
+    if onnx is not None and run_dir is not None:
+        raise ValueError(
+            f"--run {run_dir} and --onnx {onnx} are two sources of the served model: give "
+            f"one (--onnx serves the export, whose {onnx}.json names the run it came from; "
+            "--run serves the run's current weights with torch)")
+
+
 def load_embedder(run_dir: Any = None, onnx: Any = None) -> Any:
     """An ONNX embedder when ``onnx`` is given, else the run's torch model (a
-    :class:`TextEmbedder` for text runs), else None."""
+    :class:`TextEmbedder` for text runs), else None; both given is a ``ValueError``
+    (the export records the run it came from: the index is checked against it)."""
+    check_one_model(run_dir, onnx)
     if onnx is not None:
         return OnnxEmbedder(onnx)
     if run_dir is not None:
@@ -126,4 +248,5 @@ def load_embedder(run_dir: Any = None, onnx: Any = None) -> Any:
     return None
 
 
-__all__ = ["OnnxEmbedder", "TextEmbedder", "TorchEmbedder", "embeds_text", "load_embedder"]
+__all__ = ["FILE_SHA256_KEY", "OnnxEmbedder", "TextEmbedder", "TorchEmbedder",
+           "check_one_model", "embeds_text", "load_embedder", "read_export_description"]
