@@ -7,8 +7,11 @@ loss is one file plus one decorator::
     class TripletMarginLoss(BaseMetricLoss): ...
 
 Registries fill when their package is imported; :func:`Registry.get` and
-:func:`Registry.names` import the owning package first, so lookups never miss an entry
-because nothing imported it yet.
+:func:`Registry.names` import the owning package first (and the modules the
+``DMLKIT_IMPORTS`` environment variable names), so lookups never miss an entry because
+nothing imported it yet. A user's own classes register the same way, in modules a
+config lists under ``imports:`` (:mod:`dmlkit.user_modules`); a name is never taken
+from another class silently (``replace=True`` replaces it on purpose).
 """
 
 from __future__ import annotations
@@ -37,16 +40,24 @@ class Registry(Generic[T]):
         self.package = package
         self._entries: dict[str, type[T]] = {}
 
-    def register(self, name: str) -> Callable[[type[T]], type[T]]:
+    def register(self, name: str, *, replace: bool = False) -> Callable[[type[T]], type[T]]:
+        """A class decorator that registers the class under ``name``.
+
+        A name taken by another class (another module's, or a built-in) is refused, so a
+        class of your own never replaces one silently; ``replace=True`` replaces it on
+        purpose. The same class registered again (its module reloaded) replaces itself.
+        """
         if not isinstance(name, str) or not name:
             raise ValueError(f"{self.family} name must be a non-empty string, got {name!r}")
 
         def decorator(cls: type[T]) -> type[T]:
             existing = self._entries.get(name)
-            if existing is not None and existing.__qualname__ != cls.__qualname__:
+            if existing is not None and not replace and _where(existing) != _where(cls):
                 raise ValueError(
-                    f"{self.family} {name!r} is already registered to {existing.__qualname__}"
-                )
+                    f"{self.family} {name!r} is already registered to {_where(existing)}, "
+                    f"so {_where(cls)} cannot take the name: register it under another "
+                    f"name, or pass replace=True to replace it "
+                    f"(@register_{self.family}({name!r}, replace=True))")
             self._entries[name] = cls
             cls.registry_name = name  # type: ignore[attr-defined]
             return cls
@@ -55,6 +66,7 @@ class Registry(Generic[T]):
 
     def _load(self) -> None:
         importlib.import_module(self.package)
+        import_env_modules()
 
     def names(self) -> list[str]:
         self._load()
@@ -70,7 +82,10 @@ class Registry(Generic[T]):
             return self._entries[name]
         except KeyError:
             known = ", ".join(sorted(self._entries)) or "(none)"
-            raise ValueError(f"unknown {self.family} {name!r}; known: {known}") from None
+            raise ValueError(
+                f"unknown {self.family} {name!r}; known: {known} (a class of your own: "
+                f"list the module that registers it under imports: in the config, or in "
+                f"{IMPORTS_ENV})") from None
 
     def build(self, name: str, **params: Any) -> T:
         """Instantiate ``name`` with keyword ``params``, rejecting unknown ones clearly."""
@@ -97,6 +112,36 @@ class Registry(Generic[T]):
     def __contains__(self, name: object) -> bool:
         self._load()
         return name in self._entries
+
+
+def _where(cls: type) -> str:
+    """``module.QualifiedName`` of a class: what tells two registered classes apart."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+#: environment variable naming modules (comma-separated) to import before any registry
+#: lookup, for commands that read no config of yours
+IMPORTS_ENV = "DMLKIT_IMPORTS"
+_env_imported: set[str] = set()
+
+
+def import_env_modules() -> None:
+    """Import the modules ``DMLKIT_IMPORTS`` names (each once, in order), so that the
+    classes they register are found by name (:mod:`dmlkit.user_modules`)."""
+    import os
+
+    names = [n.strip() for n in os.environ.get(IMPORTS_ENV, "").split(",") if n.strip()]
+    todo = [n for n in names if n not in _env_imported]
+    if not todo:
+        return
+    _env_imported.update(todo)  # (a module that looks a name up while it imports)
+    from dmlkit.user_modules import import_modules
+
+    try:
+        import_modules(todo, source=IMPORTS_ENV)
+    except BaseException:
+        _env_imported.difference_update(todo)
+        raise
 
 
 DISTANCES: Registry[Any] = Registry("distance", "dmlkit.distances")
@@ -149,6 +194,8 @@ _NESTED: dict[str, Registry[Any]] = {
     "miners": MINERS,
     "model": MODELS,
 }
+#: (the same mapping, for the modules that walk configs of registered objects)
+NESTED_PARTS = _NESTED
 
 
 def config_of(obj: Any) -> dict[str, Any]:

@@ -158,7 +158,7 @@ def train(
 
     Prints the held-out retrieval metrics of the raw inputs next to the learned metric.
     """
-    from dmlkit.config import digits_config, load_config
+    from dmlkit.config import Config, digits_config
     from dmlkit.training import metrics_table, train_run
 
     # under torchrun only the first process prints progress; the others' errors say
@@ -170,7 +170,8 @@ def train(
 
         warnings.simplefilter("ignore")
     try:
-        cfg = load_config(config) if config is not None else digits_config()
+        # its names are checked below, once --set has changed them (it may fix one)
+        cfg = Config.from_yaml(config) if config is not None else digits_config()
         if overrides and not resume:
             cfg = apply_overrides(cfg, overrides)
         if resume:

@@ -6,6 +6,12 @@ resolved through the registries, so any registered class works by name::
     loss: {name: triplet_margin, margin: 0.1}
     miner: {name: batch_hard}
 
+``imports`` lists modules (or ``.py`` files) to import first, whose ``@register_*``
+classes the config may then name (:mod:`dmlkit.user_modules`)::
+
+    imports: [myplugin]
+    model: {name: my_mlp}
+
 Unknown keys are errors that name the key and its section.
 """
 
@@ -247,21 +253,36 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     tune: TuneConfig | None = None  # the search space of `dmlkit tune` (dmlkit.config.tune)
+    #: modules (or .py files) imported before the names are resolved: they register the
+    #: user's own parts (dmlkit.user_modules); saved with the run, imported when it loads
+    imports: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         raw = dataclasses.asdict(self)
         if raw["tune"] is None:  # configs without a search space stay as they were
             del raw["tune"]
+        imports = raw.pop("imports")
+        if imports:  # (after the name: what a reader needs first)
+            raw = {"name": raw.pop("name"), "imports": list(imports), **raw}
         return raw
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> Config:
+    def from_dict(cls, raw: dict[str, Any], *, folder: str | Path | None = None,
+                  source: str = "imports") -> Config:
+        """A config from its mapping; the modules under ``imports`` are imported first
+        (a module name is looked up on ``sys.path``, then in ``folder``, the config file's,
+        then in the working directory; ``source`` names them in errors)."""
         if not isinstance(raw, dict):
             raise TypeError(f"a config must be a mapping, got {type(raw).__name__}")
         _reject_unknown("config", raw, cls)
+        from dmlkit.user_modules import check_entries, import_modules
+
         kwargs: dict[str, Any] = {}
+        if "imports" in raw:  # before any name is read: they register the parts it names
+            kwargs["imports"] = check_entries(raw["imports"])
+            import_modules(kwargs["imports"], folder, source)
         for f in dataclasses.fields(cls):
-            if f.name not in raw:
+            if f.name not in raw or f.name == "imports":
                 continue
             value = raw[f.name]
             sub = _SECTIONS.get(f.name)
@@ -312,14 +333,23 @@ class Config:
             raise ValueError(f"{where} is empty; write the settings to use (see "
                              "configs/digits.yaml), or run `dmlkit train` without a config "
                              "for the default digits job")
-        return cls.from_dict(raw)
+        if not is_path or not isinstance(raw, dict) or "imports" not in raw:
+            return cls.from_dict(raw)
+        from dmlkit.user_modules import absolute_entries, check_entries
+
+        folder = path.resolve().parent  # (.py files named from the file's folder)
+        raw = {**raw, "imports": absolute_entries(check_entries(raw["imports"]), folder)}
+        return cls.from_dict(raw, folder=folder, source=f"imports: of {path}")
 
     def check(self) -> None:
         """Resolve component names and parameters against the registries (clear errors),
         and check the sections again (after values were changed in place, e.g. by
         ``--epochs``)."""
         from dmlkit.registry import LOSSES, MINERS, MODELS, SAMPLERS
+        from dmlkit.user_modules import check_entries, import_modules
 
+        self.imports = check_entries(self.imports)
+        import_modules(self.imports)  # (imported once: a config read from a file has)
         for section in _SECTIONS:
             getattr(self, section).__post_init__()
 

@@ -35,7 +35,15 @@ from dmlkit._checks import is_int
 from dmlkit.config.field_rules import check_sampler_supplied
 from dmlkit.config.schema import Config
 from dmlkit.models.modes import eval_mode
-from dmlkit.registry import DISTANCES, LOSSES, MINERS, MODELS, SAMPLERS, build_from_config
+from dmlkit.registry import (
+    DISTANCES,
+    LOSSES,
+    MINERS,
+    MODELS,
+    NESTED_PARTS,
+    SAMPLERS,
+    build_from_config,
+)
 from dmlkit.training.batches import RandomBatchSampler
 from dmlkit.training.rng import rng_scope
 
@@ -316,7 +324,41 @@ def resolve_config(config: Config, example: Tensor, num_classes: int | None) -> 
     loss = loss_shape_params(config.loss, num_classes, dim)
     config.loss = loss if isinstance(loss, dict) else {"name": loss}
     config.check()
+    if not config.imports:  # the run records where its own parts come from
+        config.imports = part_modules(config)
     return config
+
+
+def part_modules(config: Config) -> list[str]:
+    """The modules outside dmlkit whose registered classes ``config`` names (its model,
+    loss, miner, sampler and the components they nest), in order: what a saved run must
+    import to build them again. Classes of ``__main__`` (a script's own) are left out:
+    no other process can import them by that name."""
+    found: list[str] = []
+
+    def walk(registry: Any, spec: Any) -> None:
+        if isinstance(spec, list):
+            for item in spec:
+                walk(registry, item)
+            return
+        if isinstance(spec, dict) and "name" not in spec:  # {key: config} by name
+            for item in spec.values():
+                walk(registry, item)
+            return
+        name = spec.get("name") if isinstance(spec, dict) else spec
+        if not isinstance(name, str) or name not in registry:
+            return
+        module = registry.get(name).__module__
+        if module.partition(".")[0] not in ("dmlkit", "__main__") and module not in found:
+            found.append(module)
+        for key, value in (spec.items() if isinstance(spec, dict) else ()):
+            if key in NESTED_PARTS:
+                walk(NESTED_PARTS[key], value)
+
+    for section, registry in (("model", MODELS), ("loss", LOSSES), ("miner", MINERS),
+                              ("sampler", SAMPLERS)):
+        walk(registry, getattr(config, section))
+    return found
 
 
 def build_model(config: Config) -> nn.Module:
@@ -354,7 +396,10 @@ def build_sampler(
     params = _params(SAMPLERS, spec["name"])
     needs_labels = getattr(SAMPLERS.get(spec["name"]), "needs_labels", False)
     if ("labels" in params or needs_labels) and labels is None:
-        raise ValueError(f"sampler {spec['name']!r} needs labels; the training data has none")
+        raise ValueError(
+            f"sampler {spec['name']!r} needs labels; the training data has none (no "
+            "`labels` attribute: a dataset of your own gives its items' class ids as "
+            ".labels, a (n,) tensor, as dmlkit.data.ArrayDataset(x, labels) does)")
     if "labels" in params:
         spec["labels"] = labels
     if "seed" in params and "seed" not in spec:
@@ -386,4 +431,5 @@ __all__ = [
     "build_loss",
     "build_miner",
     "build_sampler",
+    "part_modules",
 ]

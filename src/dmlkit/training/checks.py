@@ -77,6 +77,48 @@ def check_training_inputs(config: Config, x: Tensor) -> None:
         check_image_range(x, expected, source, str(name))
 
 
+def trainer_data(train_data: Any, val_data: Any) -> tuple[Tensor | None, Any]:
+    """``(labels, val_data)`` of the data a :class:`~dmlkit.training.Trainer` is given:
+    the training items' labels (their ``.labels``; a ``TensorDataset(x, labels)``'s
+    second tensor), and ``val_data`` as validation reads it (a ``TensorDataset(x,
+    labels)`` as the pair ``(x, labels)``). Refuses a ``DataLoader`` (the trainer batches
+    the dataset itself) and validation data without inputs and labels, before any
+    epoch."""
+    from torch.utils.data import DataLoader
+
+    for what, data in (("train_data", train_data), ("val_data", val_data)):
+        if isinstance(data, DataLoader):
+            raise TypeError(
+                f"{what} is a DataLoader; pass its dataset ({what}=loader.dataset): the "
+                "trainer batches the dataset itself, with the configured sampler (or "
+                "training.batch_size)")
+    labels = getattr(train_data, "labels", None)
+    if labels is None:
+        labels = _tensor_dataset_labels(train_data)
+    if val_data is not None and not (hasattr(val_data, "x") and hasattr(val_data, "labels")):
+        val_labels = _tensor_dataset_labels(val_data)
+        if val_labels is None:
+            raise TypeError(
+                f"val_data must hold inputs .x and their labels .labels (as "
+                f"dmlkit.data.ArrayDataset(x, labels) does), or be a TensorDataset(x, "
+                f"labels); got a {type(val_data).__name__}")
+        val_data = (val_data.tensors[0], val_labels)
+    return labels, val_data
+
+
+def _tensor_dataset_labels(data: Any) -> Tensor | None:
+    """The labels of a ``TensorDataset(x, labels)``: its second of two tensors, when
+    they are integer (or bool) class ids, one row per item; else None."""
+    from torch.utils.data import TensorDataset
+
+    if not isinstance(data, TensorDataset) or len(data.tensors) != 2:
+        return None
+    x, labels = data.tensors
+    if labels.is_floating_point() or labels.dim() not in (1, 2) or len(labels) != len(x):
+        return None
+    return labels
+
+
 def check_loss_value(value: float, epoch: int, step: int) -> None:
     """Raise ``FloatingPointError`` when a batch's loss ``value`` is NaN or infinite
     (``epoch`` and ``step`` 0-based)."""
@@ -113,4 +155,4 @@ def check_finite_weights(modules: Iterable[torch.nn.Module], epoch: int) -> None
 
 
 __all__ = ["check_finite_weights", "check_loss_value", "check_model_settings",
-           "check_patience", "check_training_inputs", "finite_embeddings"]
+           "check_patience", "check_training_inputs", "finite_embeddings", "trainer_data"]

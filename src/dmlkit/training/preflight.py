@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from dmlkit.functional.tuples import as_index_tuple, check_indices
 from dmlkit.models.modes import eval_mode
 from dmlkit.training.batches import fetch_items
 from dmlkit.training.rng import rng_scope
@@ -58,13 +59,16 @@ def check_trainable(trainer: Any, labels: Any, given: dict[str, Any] | None = No
         inputs = inputs.to(trainer.device)
     try:
         with torch.no_grad(), eval_mode(trainer.model):
-            embeddings = trainer.model(inputs).float()
+            output = trainer.model(inputs)
     except (ValueError, TypeError) as err:
         shape = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
         raise ValueError(f"model {names['model']!r} cannot take this data's inputs "
                          f"({shape}): {err}") from err
     except Exception:  # the model's own error surfaces in training, as before
         return
+    # each part's output checked before the next part takes it: the error names the
+    # part at fault (model -> miner -> loss)
+    embeddings = checked_embeddings(output, names["model"], len(batch_labels))
     batch_labels = batch_labels.to(trainer.device)
     _check_loss_sizes(trainer.loss, names, int(embeddings.shape[1]), labels)
     indices = None  # as a training batch: the miner's tuples go to the loss
@@ -76,10 +80,73 @@ def check_trainable(trainer: Any, labels: Any, given: dict[str, Any] | None = No
                 if part == "miner":
                     indices = copy.deepcopy(module)(embeddings, batch_labels)
                 else:
-                    copy.deepcopy(module)(embeddings, batch_labels, indices=indices)
+                    value = copy.deepcopy(module)(embeddings, batch_labels, indices=indices)
         except (ValueError, TypeError) as err:
             raise ValueError(_failure(part, names[part], module, kind, labels, indices, err)
                              ) from err
+        if part == "miner":
+            check_mined(indices, names["miner"], len(embeddings))
+        else:
+            check_loss_value(value, names["loss"])
+
+
+def checked_embeddings(output: Any, name: Any, n: int) -> Tensor:
+    """The model's ``output`` for a batch of ``n`` inputs as float embeddings, refused
+    unless it is one finite floating-point ``(n, dim)`` tensor, naming the model."""
+    if not isinstance(output, Tensor):
+        raise TypeError(
+            f"model {name!r} returns a {type(output).__name__}, not a tensor: its forward "
+            "must return the embeddings alone, one (n, dim) float tensor")
+    if output.dim() != 2 or output.shape[0] != n:
+        raise ValueError(
+            f"model {name!r} returns shape {tuple(output.shape)} for a batch of {n} "
+            "inputs: its forward must return (n, dim) embeddings, one row of dim values "
+            "per input")
+    if not output.is_floating_point():
+        raise TypeError(
+            f"model {name!r} returns {output.dtype} embeddings: they must be floating "
+            "point (and differentiable: no argmax, rounding or thresholding in forward)")
+    if not bool(torch.isfinite(output).all()):
+        raise ValueError(
+            f"model {name!r} returns NaN or infinite embeddings for a first batch of the "
+            "training data, before any training step: check its forward (e.g. a log or "
+            "a division of values out of its range) and the data's values")
+    return output.float()
+
+
+def check_mined(indices: Any, miner: Any, n: int, batch: str = "a first batch") -> None:
+    """Refuse a miner's output on ``batch`` of ``n`` embeddings unless it is
+    :class:`~dmlkit.functional.tuples.Pairs` / ``Triplets`` / ``Quadruplets`` (or a plain
+    3- / 4-tuple) of int64 indices into the batch, naming the miner (``miner``: its name,
+    or the miner, named by its registry name or class)."""
+    name = miner if isinstance(miner, str) else getattr(
+        type(miner), "registry_name", type(miner).__name__)
+    what = ("Pairs(a1, p, a2, n), Triplets(anchor, positive, negative) or Quadruplets of "
+            f"int64 indices into the batch (0 to {n - 1}), empty ones when it finds none")
+    if indices is None:
+        raise TypeError(f"miner {name!r} returned None for {batch}: a miner must return "
+                        f"its tuples, {what}")
+    try:
+        check_indices(as_index_tuple(indices), n, n)
+    except (TypeError, ValueError) as err:
+        got = (f"a {type(indices).__name__} of {len(indices)}" if isinstance(
+            indices, (list, tuple)) and not hasattr(indices, "_fields")
+            else type(indices).__name__)
+        raise ValueError(f"miner {name!r} returned invalid tuples ({got}) for {batch} of "
+                         f"{n} embeddings: {err}; a miner returns {what}") from err
+
+
+def check_loss_value(value: Any, name: Any) -> None:
+    """Refuse a loss's value unless it is a scalar tensor, naming the loss (a NaN value
+    stops training at its first batch, with the settings to check)."""
+    if not isinstance(value, Tensor):
+        raise TypeError(
+            f"loss {name!r} returns a {type(value).__name__}, not a tensor: it must return "
+            "a scalar tensor computed from the embeddings (training backpropagates it)")
+    if value.numel() != 1:
+        raise ValueError(
+            f"loss {name!r} returns a tensor of shape {tuple(value.shape)}, not a scalar: "
+            "reduce it to one value (e.g. .mean() over the batch)")
 
 
 def _failure(part: str, name: Any, module: Any, kind: str, labels: Tensor,
@@ -259,4 +326,5 @@ def check_block_groups(trainer: Any, labels: Any, given: dict[str, Any] | None =
             "class with as many rows per class as classes")
 
 
-__all__ = ["check_trainable", "check_batch_negatives", "check_block_groups"]
+__all__ = ["check_trainable", "check_batch_negatives", "check_block_groups",
+           "check_loss_value", "check_mined", "checked_embeddings"]

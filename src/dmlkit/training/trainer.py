@@ -28,13 +28,19 @@ from dmlkit.training.build import (
     loss_shape_params,
 )
 from dmlkit.training.checkpoint import atomic_save, load_checkpoint
-from dmlkit.training.checks import check_finite_weights, check_loss_value, finite_embeddings
+from dmlkit.training.checks import (
+    check_finite_weights,
+    check_loss_value,
+    finite_embeddings,
+    trainer_data,
+)
 from dmlkit.training.data_fingerprint import Fingerprint, check_same_data, fingerprint_value
 from dmlkit.training.grad_cache import cached_embeddings, check_grad_cache
 from dmlkit.training.optim import build_optimizer, build_scheduler
-from dmlkit.training.preflight import check_batch_negatives, check_trainable
+from dmlkit.training.preflight import check_batch_negatives, check_mined, check_trainable
 from dmlkit.training.rng import get_rng_state, rng_scope, set_rng_state
-from dmlkit.training.run_dir import append_log_line, epoch_line, restore_log, resume_command
+from dmlkit.training.run_dir import append_log_line, epoch_line, restore_log
+from dmlkit.training.stop_message import stop_message
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "train.log"
@@ -79,7 +85,9 @@ class Trainer:
         Items ``(input, label)``; datasets with ``get_batch(indices)`` are fetched in one
         indexing call, others through ``collate_fn``. Batches are ``(inputs, labels)`` or
         ``(inputs, labels_or_None, indices)`` with ``indices`` Pairs/Triplets over the batch.
-    val_data : Dataset with ``.x`` and ``.labels``, optional
+        Samplers read the items' labels from ``.labels`` (a ``TensorDataset(x, labels)``:
+        its second tensor). Not a ``DataLoader``: the trainer batches the dataset itself.
+    val_data : Dataset with ``.x`` and ``.labels`` (or a ``TensorDataset(x, labels)``), optional
         Validation items (leave-one-out retrieval metrics each epoch).
     out_dir : path, optional
         Where checkpoints and ``train.log`` go; without it nothing is written.
@@ -158,6 +166,7 @@ class Trainer:
         data_fingerprint: Fingerprint | None = None,
         model_rng: dict[str, Any] | None = None,
     ) -> None:
+        labels, val_data = trainer_data(train_data, val_data)  # (before anything is built)
         self.config = config
         self.data_fingerprint = data_fingerprint
         self.train_data = train_data
@@ -181,7 +190,6 @@ class Trainer:
         self.anchor_model: nn.Module | None = None
         if config.training.anchor_weight > 0:
             self.anchor_model = copy.deepcopy(self.model).eval().requires_grad_(False)
-        labels = getattr(train_data, "labels", None)
         self.collate_fn = collate_fn or default_collate  # (the check below fetches a batch)
         check_trainable(self, labels, given={"model": model if model_rng is None else None,
                                              "miner": miner, "loss": loss})
@@ -241,7 +249,8 @@ class Trainer:
             indices = type(indices)(*(t.to(self.device) for t in indices))
         embeddings = self.embed_batch(inputs)  # (B, dim)
         if indices is None and self.miner is not None and labels is not None:
-            indices = self.miner(embeddings, labels)
+            indices = self.miner(embeddings, labels)  # (None: refused, as out-of-range ones)
+            check_mined(indices, self.miner, len(embeddings), "a training batch")
         loss = self.loss(embeddings, labels, indices=indices)
         tc = self.config.training
         return loss + regularization(embeddings, self.reference_embeddings(inputs),
@@ -349,21 +358,7 @@ class Trainer:
                         self.log(f"early stop: no val MAP@R gain for {tc.patience} epochs")
                         break
             except BaseException as err:
-                where = self.checkpoint_path if self.out_dir else None
-                if where is not None and not Path(where).is_file():
-                    where = None  # stopped before the first checkpoint: nothing to resume
-                kept = f" checkpoint of epoch {self.saved_epoch} kept at {where}" if where else ""
-                # in train_epoch: "during" the next epoch; in _after_epoch (validation, its
-                # checkpoint, the callbacks): "finishing" it, or "after" it once it was saved
-                during = (f"during epoch {self.epoch + 1}" if trained is None else
-                          f"after epoch {trained}" if self.out_dir is not None
-                          and self.saved_epoch == trained else f"finishing epoch {trained}")
-                lines = str(err).strip().splitlines()  # a log line is one line
-                reason = lines[0][:300] + (" ..." if len(lines) > 1 or len(lines[0]) > 300
-                                           else "") if lines else ""
-                self.log(
-                    f"training stopped {during} ({type(err).__name__}: {reason}).{kept}"
-                    + (f"; continue with: {resume_command(self.out_dir)}" if where else ""))
+                self.log(stop_message(self, err, trained))
                 raise
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state["model"])
