@@ -66,7 +66,9 @@ def test_a_kit_refuses_a_run_whose_weights_changed(trained, tmp_path, kind):
     perturb_weights(run)
     with pytest.raises(StaleKitError, match="weights have changed since") as info:
         CLASSES[kind].load(tmp_path / "kit")
-    assert "re-enroll" in str(info.value) and "save it again" in str(info.value)
+    assert "save it again" in str(info.value)
+    if kind in ("identifier", "fewshot"):  # (a gallery or support set to enroll again)
+        assert "re-enroll" in str(info.value)
 
 
 def test_a_kit_whose_run_is_gone_says_so(trained, tmp_path):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -138,9 +139,11 @@ class DeepSVDD(OutlierMixin, BaseEstimator):
         return {"name": "bias_free_cnn", "in_channels": int(shape[0]),
                 "image_size": [int(shape[1]), int(shape[2])], "dim": int(self.dim)}
 
-    def fit(self, X: Any, y: Any = None) -> DeepSVDD:
+    def fit(self, X: Any, y: Any = None, *,
+            log: Callable[[str], None] | None = None) -> DeepSVDD:
         """Train on normal data ``X`` and set ``offset_`` on a held-out part of it; ``y`` is
-        ignored."""
+        ignored. ``log`` (optional) gets one progress line per epoch (as ``dmlkit train``
+        prints them; a progress bar too on a terminal)."""
         from dmlkit.config.schema import Config
         from dmlkit.data.dataset import ArrayDataset
         from dmlkit.training import Trainer
@@ -170,11 +173,11 @@ class DeepSVDD(OutlierMixin, BaseEstimator):
             "optimizer": {"name": "adam", "lr": float(self.lr),
                           "weight_decay": float(self.weight_decay)},
             "training": {"epochs": int(self.epochs), "batch_size": int(self.batch_size),
-                         "seed": int(self.random_state), "progress": False},
+                         "seed": int(self.random_state), "progress": log is not None},
         })
         data = ArrayDataset(X, np.zeros(len(X), dtype=np.int64))
         trainer = Trainer(config, data, loss=OneClassObjective(torch.zeros(int(self.dim))),
-                          log=None)
+                          log=log)
         center = self._initial_center(trainer.model, data.x)
         trainer.loss.center.copy_(center)
         trainer.fit()

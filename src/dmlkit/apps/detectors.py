@@ -11,6 +11,7 @@ detect-anomalies`` is thin over this module.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +43,15 @@ def detector_settings(method: str | None = None, contamination: float | None = N
                       run_dir: Path | None = None) -> tuple[str, float, int]:
     """``(method, contamination, n_neighbors)`` of a detector to fit, :data:`DEFAULTS`
     for those given as ``None``; the method checked, and ``"deep_svdd"`` refused with a
-    run (``run_dir``) to embed its inputs: it trains its own network on them."""
+    run (``run_dir``) to embed its inputs: it trains its own network on them. Neighbours
+    given for a method that has none (all but ``"knn"``) are refused, not ignored."""
     given = {"method": method, "contamination": contamination, "n_neighbors": n_neighbors}
     method, contamination, n_neighbors = (
         DEFAULTS[name] if given[name] is None else given[name] for name in SETTINGS)
     check_method(method)
+    if given["n_neighbors"] is not None and method != "knn":
+        raise ValueError(f"--k {n_neighbors} sets the neighbours of the knn score, and "
+                         f"--method {method} uses none: omit --k (or use --method knn)")
     if method == "deep_svdd" and run_dir is not None:
         raise ValueError("deep_svdd trains its own network: omit RUN_DIR")
     return method, contamination, n_neighbors
@@ -58,15 +63,17 @@ def detector_kind(method: str) -> str:
 
 
 def fit_detector(x: Any, y: Any, method: str, contamination: float, n_neighbors: int,
-                 run_dir: Path | None = None) -> Any:
+                 run_dir: Path | None = None, *,
+                 log: Callable[[str], None] | None = None) -> Any:
     """A detector of ``method`` fitted on the normal rows ``x`` (class labels ``y``, used
     by ``"prototype"`` and ``"mahalanobis"``; ``None``: none), embedded by the run in
-    ``run_dir`` (``None``: rows of features)."""
+    ``run_dir`` (``None``: rows of features). ``log`` gets the progress lines of a
+    method that trains a network (one per epoch of ``"deep_svdd"``)."""
     from dmlkit.apps.deep_svdd import DeepSVDD
     from dmlkit.apps.outliers import MetricOutlierDetector
 
     if method == "deep_svdd":
-        return DeepSVDD(contamination=contamination).fit(x)
+        return DeepSVDD(contamination=contamination).fit(x, log=log)
     det = MetricOutlierDetector(method, n_neighbors=n_neighbors,
                                 contamination=contamination, embedder=run_dir)
     return det.fit(x, y if method != "knn" else None)
@@ -102,6 +109,34 @@ def check_features(x: Any, source: str, detector: Path | None = None) -> None:
                      f"them) or flatten them to {flat} values per row")
 
 
+def check_labels(y: Any, source: str) -> None:
+    """Refuse class labels ``y`` (from ``source``) with NaN among them: the classes of
+    ``"prototype"`` and ``"mahalanobis"`` would include a class of unlabelled rows."""
+    if y is None:
+        return
+    y = np.asarray(y)
+    if y.dtype.kind == "f" and not np.isfinite(y).all():
+        bad = int((~np.isfinite(y)).sum())
+        raise ValueError(f"{source}: its labels hold NaN or infinity in {bad} of {len(y)} "
+                         "rows; give every row a class label, or drop the labels array "
+                         "(the method then finds its own prototypes)")
+
+
+def check_raw_inputs(path: Path, option: str, embedder: str) -> None:
+    """Refuse the file ``path`` (given as ``option``) when it is an embeddings file (it
+    records the fingerprint of the model that embedded it, as ``dmlkit embed`` writes
+    it) where ``embedder`` (a run, or a detector embedding with one) takes raw inputs:
+    they would be embedded a second time."""
+    from dmlkit.index.provenance import EMBEDDINGS_MODEL_KEY, embeddings_fingerprint
+
+    if not Path(path).is_file() or embeddings_fingerprint(path) is None:
+        return
+    raise ValueError(f"{option} {path} holds embeddings (it records the model that embedded "
+                     f"it, {EMBEDDINGS_MODEL_KEY}), but {embedder} embeds raw inputs, so they "
+                     "would be embedded again: pass the raw inputs, or fit the detector on "
+                     "the embeddings (omit RUN_DIR: --normal EMBEDDINGS.npz)")
+
+
 def check_detector_model(det: Any, detector: Path, data: Path) -> None:
     """Refuse to score the embeddings file ``data`` with the saved detector ``det`` (from
     directory ``detector``) when ``data`` records the fingerprint of another model than
@@ -127,5 +162,6 @@ def fitted_model(det: Any, embedded_by: str | None = None) -> str | None:
 
 
 __all__ = ["DEFAULTS", "DETECTOR_METHODS", "REFIT", "SETTINGS", "check_detector_model",
-           "check_features", "check_method", "detector_kind", "detector_settings",
-           "fit_detector", "fitted_model", "load_detector"]
+           "check_features", "check_labels", "check_method", "check_raw_inputs",
+           "detector_kind", "detector_settings", "fit_detector", "fitted_model",
+           "load_detector"]

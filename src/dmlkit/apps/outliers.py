@@ -186,6 +186,10 @@ class MetricOutlierDetector(OutlierMixin, BaseEstimator):
                     f"y must be 1-D with one label per row of X ({X.shape[0]}), got shape "
                     f"{labels.shape}"
                 )
+            if labels.dtype.kind == "f" and not np.isfinite(labels).all():
+                raise ValueError(
+                    f"y holds NaN or infinity in {int((~np.isfinite(labels)).sum())} of "
+                    f"{len(labels)} rows: give every row a class label, or none (y=None)")
         if _learns(self.embedder):
             if labels is None or np.unique(labels).size < 2:
                 raise ValueError(

@@ -252,6 +252,16 @@ def check_kit_model(estimator: Any, recorded: str | None, source: str,
         f"({refit})")
 
 
+#: how each kind of kit that embeds with a run is fitted and saved again (a stale one)
+_REFIT = {
+    "Verifier": "dmlkit verify RUN ... --save KIT",
+    "Identifier": "re-enroll the gallery: dmlkit identify RUN ... --save KIT",
+    "FewShotClassifier": "re-enroll the support set: "
+                         "FewShotClassifier(embedder=RUN).fit(...).save(KIT)",
+    "MetricOutlierDetector": "dmlkit detect-anomalies RUN --normal ... --save KIT",
+}
+
+
 def check_kit_run(path: str | Path, estimator: Any, recorded: str | None) -> None:
     """Refuse a kit whose run's weights differ from those it was fitted with.
 
@@ -266,8 +276,9 @@ def check_kit_run(path: str | Path, estimator: Any, recorded: str | None) -> Non
     run_dir = run_embedder(estimator)
     if run_dir is None:
         return
-    redo = ("fit the kit again with the run's current model and save it again (re-enroll "
-            "the gallery; dmlkit verify / identify RUN ... --save)")
+    kind = type(estimator).__name__
+    redo = ("fit the kit again with the run's current model and save it again ("
+            + _REFIT.get(kind, f"{kind}(embedder=RUN).fit(...).save(KIT)") + ")")
     try:
         current = run_fingerprint(run_dir)
     except (FileNotFoundError, ValueError) as err:

@@ -17,7 +17,8 @@ embedding (``L_f = sum_i ||f(x_i) - v_i||^2``), which places cold-start items.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -75,6 +76,10 @@ class CMLRecommender(BaseEstimator):
         What ``fit`` was told was held out of its interactions (None: not stated, also
         for models saved before it was recorded); saved with the model, so an evaluation
         can tell whether anything was left to evaluate on.
+    min_rating_ : float or None
+        The rating filter ``fit`` was told the interactions were read with (only those
+        rated at least this much were kept; None: all, or not stated), saved with the
+        model so that an evaluation reads its data the same way.
     """
 
     def __init__(
@@ -108,28 +113,36 @@ class CMLRecommender(BaseEstimator):
 
     # -- fitting ------------------------------------------------------------------------
     def fit(self, users: Any, items: Any, item_features: Any = None, *,
-            holdout: str | None = None) -> CMLRecommender:
+            holdout: str | None = None, min_rating: float | None = None,
+            log: Callable[[str], None] | None = None) -> CMLRecommender:
         """Learn from observed ``(users[t], items[t])`` pairs (implicit feedback).
 
         ``item_features`` (optional) is ``(n_items, f)`` in the order of the sorted
         distinct item ids (``np.unique(items)``), or a mapping ``{item_id: features}``.
         ``holdout`` records how these interactions were split from the full data
         (``"last"``: each user's latest interaction was held out for evaluation;
-        ``"none"``: they are all of it), kept as ``holdout_`` and saved with the model.
+        ``"none"``: they are all of it), kept as ``holdout_`` and saved with the model;
+        ``min_rating`` the rating they were filtered at (None: none), kept as
+        ``min_rating_``. ``log`` (optional) is called with one progress line per epoch.
         """
         if holdout is not None and holdout not in HOLDOUTS:
             raise ValueError(f"holdout must be one of {HOLDOUTS} or None, got {holdout!r}")
+        if min_rating is not None:
+            check_real("min_rating", min_rating, -math.inf, math.inf, low_open=True,
+                       high_open=True, what="a rating")
         threads = torch.get_num_threads()
         if self.num_threads is not None:
             torch.set_num_threads(int(self.num_threads))
         try:
-            self._fit(users, items, item_features)
+            self._fit(users, items, item_features, log)
         finally:
             torch.set_num_threads(threads)
         self.holdout_ = holdout
+        self.min_rating_ = None if min_rating is None else float(min_rating)
         return self
 
-    def _fit(self, users: Any, items: Any, item_features: Any) -> CMLRecommender:
+    def _fit(self, users: Any, items: Any, item_features: Any,
+             log: Callable[[str], None] | None) -> CMLRecommender:
         users, items = _ids(users, "users"), _ids(items, "items")
         if len(users) != len(items):
             raise ValueError(f"users and items differ in length: {len(users)} != {len(items)}")
@@ -178,7 +191,8 @@ class CMLRecommender(BaseEstimator):
         seen = np.unique(u.astype(np.int64) * n_items + i)  # sorted pair keys
         self.seen_ = seen
         self.history_: list[float] = []
-        for _ in range(int(self.epochs)):
+        for epoch in range(int(self.epochs)):
+            start = time.perf_counter()
             order = torch.randperm(len(pairs), generator=gen)
             total = 0.0
             for s in range(0, len(pairs), int(self.batch_size)):
@@ -199,6 +213,9 @@ class CMLRecommender(BaseEstimator):
                     _clip(item_emb.weight, float(self.max_norm))
                 total += float(loss.detach()) * len(batch)
             self.history_.append(total / len(pairs))
+            if log is not None:
+                log(f"epoch {epoch + 1}/{self.epochs} loss {self.history_[-1]:.6g} seconds "
+                    f"{time.perf_counter() - start:.3g}")
         self.user_embeddings_ = user_emb.weight.detach().clone()
         self.item_embeddings_ = item_emb.weight.detach().clone()
         self._user_index = {str(v): k for k, v in enumerate(self.user_ids_)}
@@ -362,7 +379,8 @@ class CMLRecommender(BaseEstimator):
         state = {"history": self.history_,
                  "feature_in": None if self.feature_net_ is None else
                  int(self.feature_net_[0].in_features),
-                 "holdout": getattr(self, "holdout_", None)}
+                 "holdout": getattr(self, "holdout_", None),
+                 "min_rating": getattr(self, "min_rating_", None)}
         return save_kit(path, self, arrays=arrays, state=state, count=len(self.item_ids_))
 
     @classmethod
@@ -382,6 +400,14 @@ class CMLRecommender(BaseEstimator):
 
             raise IndexFormatError(f"{path}: unknown holdout {model.holdout_!r} (expected one "
                                    f"of {HOLDOUTS} or null)")
+        model.min_rating_ = state.get("min_rating")  # absent from older files: not stated
+        if model.min_rating_ is not None and (
+                isinstance(model.min_rating_, bool)
+                or not isinstance(model.min_rating_, (int, float))):
+            from dmlkit.index.io import IndexFormatError
+
+            raise IndexFormatError(f"{path}: min_rating must be a number or null, got "
+                                   f"{model.min_rating_!r}")
         model.feature_net_ = None
         if state.get("feature_in"):
             net = _mlp(int(state["feature_in"]), int(model.dim), model.feature_hidden)

@@ -70,9 +70,11 @@ def check_output_dir(path: Path, option: str = "--out") -> None:
 def check_not_input(path: Path, option: str, inputs: Mapping[str, Path | None]) -> None:
     """Refuse ``path`` (given as ``option``) when it is one of ``inputs`` (``{"the --data
     file": PATH, ...}``; ``None`` entries are skipped) or lies inside one that is a
-    directory: writing there would replace or change what the command reads. Inside an
-    input that is a run directory only its own files are refused (the run-file rule,
-    :func:`check_not_run_file`): a run's folder holds outputs of other commands too."""
+    directory, or that does not exist yet (a folder the command will save, such as
+    ``--save DIR``, replaced whole by that save): writing there would replace or change
+    what the command reads or writes. Inside an input that is a run directory only its
+    own files are refused (the run-file rule, :func:`check_not_run_file`): a run's folder
+    holds outputs of other commands too."""
     from dmlkit.runs.run_files import is_run_dir
 
     real = Path(path).resolve()
@@ -83,7 +85,9 @@ def check_not_input(path: Path, option: str, inputs: Mapping[str, Path | None]) 
         if real == src:
             raise ValueError(f"{option} {path} is {what}; writing there would replace it: "
                              "give another name")
-        if src.is_dir() and _inside(real, src) and not is_run_dir(src):
+        # (one not there yet counts as a folder: an output inside it would make it one, and
+        # a directory the command saves, such as --save, is replaced whole by the save)
+        if (src.is_dir() or not src.exists()) and _inside(real, src) and not is_run_dir(src):
             raise ValueError(f"{option} {path} lies inside {what} {source}; writing there "
                              "would change it: give a path outside it")
 

@@ -43,8 +43,30 @@ def read_rows_named(path: Path, key: str, extra: tuple[str, ...]) -> tuple[Any, 
         skip = 0 if all(_is_number(v) for v in first.strip().split(",")) else 1
         if not any(line.strip() for line in lines[skip:]):  # empty, or a header only
             return np.zeros((0, 0)), None, None
-        return np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2), None, None
+        try:
+            return np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2), None, None
+        except ValueError as err:  # the file and line, not numpy's count of data rows
+            raise ValueError(f"{path}: {_csv_problem(lines, skip) or err}") from None
     raise ValueError(f"{path}: expected a .npz, .npy or .csv file")
+
+
+def _csv_problem(lines: list[str], skip: int) -> str | None:
+    """What is wrong with the first bad line of a numeric CSV (its number in the file,
+    blank lines counted), or None when no line is found wrong."""
+    width = None
+    for number, line in enumerate(lines[skip:], start=skip + 1):
+        if not line.strip():
+            continue
+        fields = line.split(",")
+        width = len(fields) if width is None else width
+        if len(fields) != width:
+            return (f"line {number} has {len(fields)} fields, the lines above {width}; give "
+                    "every row the same number of values")
+        bad = next((c for c, v in enumerate(fields) if not _is_number(v)), None)
+        if bad is not None:
+            return (f"line {number}, column {bad + 1}: {fields[bad].strip()!r} is not a "
+                    "number; fill it in or drop the line")
+    return None
 
 
 def _is_number(text: str) -> bool:
@@ -113,6 +135,30 @@ def check_save(save: Path, kind: str) -> None:
     check_outside_saved(save, "--save")
 
 
+def warn_input_range(run_dir: Path | str, *inputs: tuple[Any, str]) -> None:
+    """Print a ``warning:`` line for each ``(x, source)`` of ``inputs`` whose raw inputs
+    ``x`` range far beyond those the model of ``run_dir`` was trained on: the check
+    ``dmlkit embed`` makes (:func:`~dmlkit.runs.queries.check_input_range`). A run whose
+    data cannot be read (nothing to compare with) passes."""
+    import warnings
+
+    import numpy as np
+
+    from dmlkit.runs import load_run
+    from dmlkit.runs.queries import check_input_range, run_input_spec
+
+    try:
+        spec = run_input_spec(load_run(run_dir))
+    except (OSError, ValueError):
+        return  # (loading the run to embed says what is wrong with it)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for x, source in inputs:
+            check_input_range(np.asarray(x), spec, source)
+    for w in caught:
+        typer.echo(f"warning: {w.message}", err=True)
+
+
 def summary_file(out: Path) -> Path:
     """The JSON summary written beside the scores ``out`` (``x.json`` for ``x.csv``;
     ``x.summary.json`` when ``out`` itself ends in ``.json``)."""
@@ -159,6 +205,7 @@ def register(app: typer.Typer) -> None:
         import numpy as np
 
         from dmlkit.apps import detectors
+        from dmlkit.apps.persistence import run_embedder
         from dmlkit.cli._outputs import check_output_path
         from dmlkit.cli.recognition import data_model
         from dmlkit.evaluation import write_json
@@ -186,10 +233,19 @@ def register(app: typer.Typer) -> None:
             check_output_path(out, "--out", inputs, what="CSV file", run_dir=run_dir)
             check_output_path(summary_path, f"--out {out}: its summary", inputs,
                               what="JSON file", run_dir=run_dir)
+            if run_dir is not None:  # it embeds raw inputs: never embeddings
+                detectors.check_raw_inputs(normal, "--normal", f"RUN_DIR {run_dir}")
+                detectors.check_raw_inputs(data, "--data", f"RUN_DIR {run_dir}")
             x, truth, truth_name = read_rows_named(data, key, TRUTH_KEYS)
             check_rows(x, "--data", data)
             if detector is not None:
                 det = detectors.load_detector(detector)
+                embeds = run_embedder(det)
+                if embeds is not None:
+                    detectors.check_raw_inputs(
+                        data, "--data", f"the detector {detector} (it embeds with the run "
+                        f"{embeds})")
+                    warn_input_range(embeds, (x, f"--data {data}"))
                 detectors.check_detector_model(det, detector, data)
                 if getattr(det, "embedder", "") is None:  # fitted on rows of features
                     detectors.check_features(x, f"--data {data}", detector)
@@ -201,13 +257,19 @@ def register(app: typer.Typer) -> None:
                     check_same_model(normal, data, "--normal and --data")
                 x_normal, y_normal = read_rows(normal, key, "labels")
                 check_rows(x_normal, "--normal", normal)
+                if method in ("prototype", "mahalanobis"):  # (the methods that use labels)
+                    detectors.check_labels(y_normal, f"--normal {normal}")
+                if run_dir is not None:
+                    warn_input_range(run_dir, (x_normal, f"--normal {normal}"),
+                                     (x, f"--data {data}"))
                 if run_dir is None and method != "deep_svdd":
                     detectors.check_features(x_normal, f"--normal {normal}")
                     detectors.check_features(x, f"--data {data}")
                 if save is not None:  # before the fitting, which may take long
                     check_save(save, detectors.detector_kind(method))
                 det = detectors.fit_detector(x_normal, y_normal, method, contamination,
-                                             n_neighbors, run_dir)
+                                             n_neighbors, run_dir,
+                                             log=lambda line: typer.echo(line, err=True))
                 embedded_by = data_model(run_dir, str(normal), str(data))
             if save is not None:
                 det.save(save, model_sha256=detectors.fitted_model(det, embedded_by))

@@ -57,6 +57,39 @@ def _check_target(target: Path, model_dir: Path, data: str) -> None:
                                         "the model directory": model_dir}, what="JSON file")
 
 
+def _as_text(recs: Any) -> Any:
+    """Recommendation lists as strings, padding as ``""``: ids compare with those read from
+    a file (always strings) by their text, as the model matches the ids it is given."""
+    import numpy as np
+
+    if recs.dtype.kind in "US":
+        return recs.astype(str)
+    return np.where(recs == -1, "", recs.astype(str))  # (numeric ids pad with -1)
+
+
+def _trained_min_rating(model: Any, model_dir: Path, given: float | None) -> float | None:
+    """The --min-rating to read evaluation data with: the one ``model`` was trained with
+    (when none is given); a different one is refused, as its held-out interactions would
+    not be those its training left out."""
+    recorded = getattr(model, "min_rating_", None)
+    if given is None:
+        if recorded is not None:
+            typer.echo(f"note: reading --data as {model_dir} was trained: --min-rating "
+                       f"{recorded:g}", err=True)
+        return recorded
+    if recorded is not None and given != recorded:
+        raise ValueError(
+            f"{model_dir} was trained on ratings >= {recorded:g} (--min-rating {recorded:g}), "
+            f"but --min-rating {given:g} was given: the interactions held out would not be "
+            "those its training left out; omit --min-rating (the trained value is used) or "
+            f"train again with --min-rating {given:g}")
+    if recorded is None and model.holdout_ is not None:
+        typer.echo(f"warning: {model_dir} records no --min-rating (it was trained on every "
+                   f"rating, or saved before dmlkit recorded it): --min-rating {given:g} may "
+                   "hold out other interactions than its training left out", err=True)
+    return given
+
+
 def _fail(err: Exception) -> None:
     typer.echo(f"error: {err}", err=True)
     raise typer.Exit(2) from None
@@ -88,7 +121,8 @@ def train(
         check_outside_saved(out)
         train_part, _ = _split(_read(data, min_rating), holdout)
         model = CMLRecommender(dim=dim, margin=margin, epochs=epochs, random_state=seed)
-        model.fit(train_part.users, train_part.items, holdout=holdout)
+        model.fit(train_part.users, train_part.items, holdout=holdout, min_rating=min_rating,
+                  log=lambda line: typer.echo(line, err=True))
         model.save(out)
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         _fail(err)
@@ -101,7 +135,9 @@ def train(
 def evaluate(
     model_dir: Path = typer.Argument(..., help="Directory written by 'recommend train'."),
     data: str = typer.Option(..., "--data", help=DATA_HELP),
-    min_rating: float = typer.Option(None, "--min-rating"),
+    min_rating: float = typer.Option(None, "--min-rating",
+                                     help="Keep ratings >= this (default: the value the "
+                                          "model was trained with)."),
     k: int = typer.Option(10, "-k", help="Cut-off (at most the catalogue's size: a larger "
                           "one is lowered to it, with a note)."),
     out: Path = typer.Option(None, "--out", help="JSON file (default MODEL_DIR.json; "
@@ -121,7 +157,8 @@ def evaluate(
     from dmlkit.evaluation import write_json
     from dmlkit.evaluation.recommendation import recommendation_metrics
 
-    target = out or model_dir.resolve().with_suffix(".json")
+    resolved = model_dir.resolve()  # MODEL_DIR.json: appended (cml_m0.5 -> cml_m0.5.json)
+    target = out or resolved.with_name(resolved.name + ".json")
     try:
         _check_target(target, model_dir, data)
         model = CMLRecommender.load(model_dir)
@@ -131,8 +168,11 @@ def evaluate(
                 "training and none was held out, so there is nothing to evaluate it on (a "
                 "user's training items are never recommended back); retrain it with "
                 "--holdout last to evaluate it")
+        min_rating = _trained_min_rating(model, model_dir, min_rating)
         _, test = _split(_read(data, min_rating), "last", "evaluate")
-        known = np.isin(test.users, model.user_ids_) & np.isin(test.items, model.item_ids_)
+        # by text, as the model matches ids: read ids are strings, fitted ones may be numbers
+        known = (np.isin(test.users, model.user_ids_.astype(str))
+                 & np.isin(test.items, model.item_ids_.astype(str)))
         if not known.any():
             raise ValueError("no held-out interaction has a user and item the model knows")
         users, items = test.users[known], test.items[known]
@@ -160,8 +200,8 @@ def evaluate(
             typer.echo(f"note: -k {k} is more than the {n_items} items of the catalogue; "
                        f"evaluating at k={n_items}", err=True)
             k = n_items
-        metrics = recommendation_metrics(model.recommend(users, k), [[i] for i in items],
-                                         n_items, k)
+        metrics = recommendation_metrics(_as_text(model.recommend(users, k)),
+                                         [[i] for i in items], n_items, k, pad="")
     except (ValueError, FileNotFoundError) as err:
         _fail(err)
     metrics["skipped_unknown"] = int((~known).sum())
@@ -182,11 +222,11 @@ def top(
     from dmlkit.apps import CMLRecommender
 
     try:
-        recs = CMLRecommender.load(model_dir).recommend(user, k)
+        recs = _as_text(CMLRecommender.load(model_dir).recommend(user, k))
     except (ValueError, FileNotFoundError) as err:
         _fail(err)
     for u, row in zip(user, recs, strict=True):
-        typer.echo(f"{u}\t" + " ".join(i for i in row if i))
+        typer.echo(f"{u}\t" + " ".join(i for i in row if i != ""))  # (padding dropped)
 
 
 def register(app: typer.Typer) -> None:

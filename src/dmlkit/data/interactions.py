@@ -1,14 +1,17 @@
 """User-item interactions (implicit feedback) for recommendation, and their splits.
 
 Readers: any ``user,item[,rating,timestamp]`` CSV (a header line is optional; tabs or
-commas), and atomic ``.inter`` files as shipped with MovieLens-100K in the PyPI wheel
-``recbole`` (``recbole/dataset_example/ml-100k/ml-100k.inter``: a tab-separated file whose
-header names typed columns such as ``user_id:token``). Ids are kept as strings, so any
-user or item naming works.
+commas; fields may be quoted, as R's ``write.csv`` quotes them, and a UTF-8 byte-order
+mark, as Excel writes one, is dropped), and atomic ``.inter`` files as shipped with
+MovieLens-100K in the PyPI wheel ``recbole``
+(``recbole/dataset_example/ml-100k/ml-100k.inter``: a tab-separated file whose header
+names typed columns such as ``user_id:token``). Ids are kept as strings, so any user or
+item naming works.
 """
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,34 +49,44 @@ def read_interactions(path: str | Path, *, min_rating: float | None = None) -> I
     data too. Without a header the columns are ``user,item[,rating,timestamp]`` in that
     order, and a first line that is not numeric where the rows below are (an
     unrecognised header) is refused.
+    Fields are read as CSV fields (``"u1","a",5,1`` is ``u1,a,5,1``); the separator is
+    a tab when the first line holds one, else a comma. Blank lines are skipped; errors
+    name the line by its number in the file.
     Empty ids are refused. ``min_rating`` keeps only interactions rated at least that
     much (all by default).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"interaction file not found: {path}")
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    if not lines:
+    # (utf-8-sig: a byte-order mark is dropped, not read into the first id or name)
+    numbered = [(n, line) for n, line in enumerate(
+        path.read_text(encoding="utf-8-sig").splitlines(), start=1) if line.strip()]
+    if not numbered:
         raise ValueError(f"{path} is empty: no interactions")
-    sep = "\t" if "\t" in lines[0] else ","
-    first = [c.strip() for c in lines[0].split(sep)]
+    sep = "\t" if "\t" in numbered[0][1] else ","
+    reader = csv.reader([line for _, line in numbered], delimiter=sep, skipinitialspace=True)
+    rows = [[c.strip() for c in fields] for fields in reader]
+    if len(rows) != len(numbered):  # a quote left open joined lines
+        raise ValueError(f"{path}: a quoted field is not closed (a \" without its pair); "
+                         "close it or remove the quote")
+    line_no = [n for n, _ in numbered]  # (the number in the file of each row)
+    first = rows[0]
     if len(first) < 2:
         raise ValueError(f"{path}: need at least user and item columns, got {first}")
     canon = [_canonical(c) for c in first]
     header = ({"user", "item"} <= set(canon)
               and not any(_numeric(c) for c in first[2:4]))  # rating, timestamp: data
     if header:
-        lines = lines[1:]
-        if not lines:
+        rows, line_no = rows[1:], line_no[1:]
+        if not rows:
             raise ValueError(f"{path} has a header but no interactions")
     else:
         canon = ["user", "item", "rating", "timestamp"][: len(first)]
     col = {n: i for i, n in reversed(list(enumerate(canon)))}  # the first of each name
-    rows = [[c.strip() for c in line.split(sep)] for line in lines]
     width = len(canon)
     bad = next((i for i, r in enumerate(rows) if len(r) != width), None)
     if bad is not None:
-        raise ValueError(f"{path}, line {bad + 1 + int(header)}: expected {width} fields, got "
+        raise ValueError(f"{path}, line {line_no[bad]}: expected {width} fields, got "
                          f"{len(rows[bad])}")
     if not header and len(rows) > 1:
         _refuse_unknown_header(path, rows, col)
@@ -81,7 +94,7 @@ def read_interactions(path: str | Path, *, min_rating: float | None = None) -> I
     for name in ("user", "item"):
         empty = np.flatnonzero(table[:, col[name]] == "")
         if len(empty):
-            raise ValueError(f"{path}, line {empty[0] + 1 + int(header)}: empty {name} id; "
+            raise ValueError(f"{path}, line {line_no[empty[0]]}: empty {name} id; "
                              "every interaction needs both ids: fill it in or remove the "
                              "line")
 
@@ -91,7 +104,7 @@ def read_interactions(path: str | Path, *, min_rating: float | None = None) -> I
         values = table[:, col[name]]
         bad = next((r for r, v in enumerate(values) if not _numeric(v)), None)
         if bad is not None:
-            raise ValueError(f"{path}, line {bad + 1 + int(header)}: column {name!r} has the "
+            raise ValueError(f"{path}, line {line_no[bad]}: column {name!r} has the "
                              f"non-numeric value {values[bad]!r}; {name}s must be numbers")
         return values.astype(np.float64)
 
