@@ -147,3 +147,13 @@ def test_resume_takes_the_runs_own_seed_and_refuses_another(done, tmp_path):
     res = _resume(out, "--seed", "3", "--epochs", "2")  # the same command, resumed
     assert res.exit_code == 0, res.output
     assert len((out / "train.log").read_text().splitlines()) == 2
+
+
+def test_resume_without_out_finds_a_run_named_after_the_config(tmp_path, monkeypatch):
+    from dmlkit.cli import train as train_cli
+
+    monkeypatch.setattr(train_cli, "RUNS_DIR", tmp_path / "runs")
+    (tmp_path / "runs" / "digits").mkdir(parents=True)
+    (tmp_path / "runs" / "digits" / "checkpoint.pt").write_bytes(b"x")
+    assert train_cli._latest_run("digits") == tmp_path / "runs" / "digits"
+    assert train_cli._latest_run("other") is None

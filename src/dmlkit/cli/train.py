@@ -23,8 +23,9 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def _latest_run(name: str) -> Path | None:
-    """The newest ``runs/<name>-*`` directory holding a checkpoint."""
-    candidates = [p for p in RUNS_DIR.glob(f"{name}-*") if (p / "checkpoint.pt").is_file()]
+    """The newest ``runs/<name>`` or ``runs/<name>-*`` directory holding a checkpoint."""
+    candidates = [p for p in [RUNS_DIR / name, *RUNS_DIR.glob(f"{name}-*")]
+                  if (p / "checkpoint.pt").is_file()]
     return max(candidates, key=lambda p: p.stat().st_mtime, default=None)
 
 
@@ -145,7 +146,8 @@ def train(
     epochs: int | None = typer.Option(None, "--epochs", help="Override training.epochs."),
     seed: int | None = typer.Option(None, "--seed", help="Override training.seed."),
     resume: bool = typer.Option(
-        False, "--resume", help="Continue the run in --out (default: the newest matching run)."
+        False, "--resume", help="Continue the run in --out (default: the newest runs/NAME "
+        "or runs/NAME-* holding a checkpoint, NAME the config's name)."
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
     overrides: list[str] | None = typer.Option(

@@ -199,7 +199,7 @@ class DurableIndex:
         if not self.path.exists() and not self._swapped_dirs():
             raise FileNotFoundError(f"index directory not found: {self.path}")
         self._lock_file, self._made_lock = self._take_ownership()
-        self._made_wal = self._found_empty_wal = False
+        self._made_wal = False
         self._torn_at: int | None = None  # where a torn tail starts, cut at the first write
         try:
             self._recover_swapped_dir()
@@ -212,7 +212,6 @@ class DurableIndex:
             #: a delete of absent ids, or a record the index refuses)
             self.replayed, self.skipped = self._replay()
             self._made_wal = not self.wal_path.exists()
-            self._found_empty_wal = not self._made_wal and self.wal_path.stat().st_size == 0
             self._wal = open(self.wal_path, "ab")  # noqa: SIM115 - held for the service's life
         except BaseException:
             self._give_up_lock()
@@ -412,7 +411,8 @@ class DurableIndex:
         log, when empty and this store created it, and the lock file, when this store
         created it, are removed (before the lock is released): a store closed without a
         checkpoint leaves the folder as it found it. Closed cleanly with a checkpoint, it
-        also removes the lock file and the empty log it found (a dead owner's)."""
+        also removes the lock file and the log it found (a dead owner's, its records
+        replayed into that checkpoint)."""
         clean = False
         try:
             if checkpoint:
@@ -423,7 +423,7 @@ class DurableIndex:
         finally:
             try:
                 self._wal.close()
-                if ((self._made_wal or (clean and self._found_empty_wal))
+                if ((self._made_wal or clean)  # (clean: whatever it held is checkpointed)
                         and self.wal_path.stat().st_size == 0):
                     self.wal_path.unlink()
             except OSError:

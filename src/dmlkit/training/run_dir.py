@@ -473,7 +473,7 @@ def checkpoint_weights(checkpoint: dict[str, Any], config: Any) -> str:
     epoch, epochs = int(checkpoint.get("epoch", 0)), config.training.epochs
     if epoch < epochs and not checkpoint.get("stopped", False):
         return f"checkpoint of epoch {epoch} of {epochs} (unfinished run)"
-    return f"checkpoint of epoch {epoch} (the run has no model.pt)"
+    return f"checkpoint of epoch {epoch}, its last"
 
 
 def read_metrics(path: Path) -> dict[str, Any] | None:
