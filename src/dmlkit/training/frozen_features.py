@@ -13,7 +13,7 @@ import copy
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from torch import nn
+from torch import Tensor, nn
 
 from dmlkit.config.schema import Config
 from dmlkit.data.dataset import ArrayDataset
@@ -58,6 +58,23 @@ def feature_dataset(
     return out
 
 
+def backbone_inputs(model: nn.Module, x: Tensor,
+                    log: Callable[[str], None] | None = None) -> Tensor:  # fmt: skip
+    """What to embed ``x`` through ``model`` with: for a frozen backbone given images, their
+    backbone features ``(n, feature_dim)`` for the whole set at once, through the cache a
+    run's training wrote them to (keyed by the whole set, so a run's held-out set is read,
+    not computed again); features of a set under ``CACHE_MIN_BATCH`` rows that are not
+    cached yet are computed but not stored. Anything else: ``x`` as it is."""
+    if not is_frozen_backbone(model) or x.shape[0] == 0:
+        return x
+    if x.dim() == 2 and x.shape[1] == model.feature_dim:
+        return x  # features already
+    from dmlkit.models.pretrained.efficientnet_lite0 import CACHE_MIN_BATCH
+    from dmlkit.models.pretrained.feature_cache import cached_features
+
+    return cached_features(model, x, log=log, store=x.shape[0] >= CACHE_MIN_BATCH)
+
+
 def check_frozen_config(config: Config) -> bool:
     """Whether ``config.model`` is a frozen pretrained embedder (trained on cached
     features), refusing augmentation, which cached features cannot have."""
@@ -95,5 +112,5 @@ def frozen_feature_data(
     return FeatureData(train, val, model, model_rng)
 
 
-__all__ = ["FeatureData", "is_frozen_backbone", "feature_dataset", "frozen_feature_data",
-           "check_frozen_config", "seeded_model"]
+__all__ = ["FeatureData", "is_frozen_backbone", "feature_dataset", "backbone_inputs",
+           "frozen_feature_data", "check_frozen_config", "seeded_model"]

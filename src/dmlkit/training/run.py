@@ -44,7 +44,7 @@ from dmlkit.training.checks import check_model_settings, check_patience, check_t
 from dmlkit.training.data_fingerprint import LazyFingerprint, check_resume_data
 from dmlkit.training.device import check_device
 from dmlkit.training.distributed import init_from_env, is_main_process, world_size_from_env
-from dmlkit.training.frozen_features import FeatureData, frozen_feature_data
+from dmlkit.training.frozen_features import FeatureData, backbone_inputs, frozen_feature_data
 from dmlkit.training.run_dir import (
     check_resume,
     checkpoint_weights,
@@ -181,6 +181,9 @@ def embed(
 
     Returns ``(embeddings, labels)``: a float32 CPU tensor ``(n, dim)`` and the labels
     (``None`` for a bare input tensor). The model's train/eval mode is restored after.
+    A frozen pretrained backbone's features of the whole set are read from the feature
+    cache where a run's training put them (:func:`backbone_inputs`), then the head is
+    applied ``batch_size`` rows at a time.
     """
     if isinstance(data, np.ndarray):  # rows as numpy: the model's float32 inputs
         data = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
@@ -192,11 +195,13 @@ def embed(
         x, labels = data.x, data.labels
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    n = x.shape[0]
+    show = n >= EMBED_PROGRESS_ROWS  # a bar on terminals, a line per ~10% in logs
+    # a frozen backbone's features of the whole set, read from (or put in) the cache once
+    x = backbone_inputs(model, x, log=_stderr_line if show else None)
     was_training = model.training
     model.eval()
     parts = []
-    n = x.shape[0]
-    show = n >= EMBED_PROGRESS_ROWS  # a bar on terminals, a line per ~10% in logs
     bar = None
     if show and sys.stderr.isatty():
         from tqdm.auto import tqdm
@@ -222,6 +227,10 @@ def embed(
     dim = getattr(model, "dim", 0)
     emb = torch.cat(parts) if parts else torch.empty(0, dim)
     return emb, labels
+
+
+def _stderr_line(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def heldout_metrics(

@@ -454,7 +454,7 @@ class EfficientNetLite0Embedder(nn.Module):
         if self.mode == "frozen" and not self.training and x.shape[0] >= CACHE_MIN_BATCH:
             from dmlkit.models.pretrained.feature_cache import cached_features
 
-            return self.embed_features(cached_features(self, x))  # e.g. held-out sets
+            return self.embed_features(cached_features(self, x).to(x.device))  # e.g. held-out sets
         if self.mode == "frozen":
             with torch.no_grad():
                 features = self.backbone_features(self.prepare(x))

@@ -93,16 +93,19 @@ def resize_key(model: nn.Module, x: Tensor) -> str:
 
 def compute_features(model: nn.Module, x: Tensor, batch_size: int = 256,
                      log: Callable[[str], None] | None = None) -> Tensor:  # fmt: skip
-    """Backbone features ``(n, feature_dim)`` of images ``x`` (no grad, eval mode)."""
+    """Backbone features ``(n, feature_dim)`` of images ``x`` (no grad, eval mode), on
+    the CPU; each batch of ``x`` goes to the backbone's device."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     parts, start = [], time.perf_counter()
     last = start
+    device = next(model.backbone.parameters()).device
     was_training = model.training
     model.eval()
     with torch.no_grad():
         for i in range(0, x.shape[0], batch_size):
-            parts.append(model.backbone_features(model.prepare(x[i : i + batch_size])))
+            batch = model.prepare(x[i : i + batch_size].to(device))  # (b, 3, r, r)
+            parts.append(model.backbone_features(batch).float().cpu())  # (b, feature_dim)
             done, now = min(i + batch_size, x.shape[0]), time.perf_counter()
             if log is not None and done < x.shape[0] and now - last >= PROGRESS_SECONDS:
                 log(f"  features {done}/{x.shape[0]} ({now - start:.0f} s)")
@@ -138,8 +141,9 @@ def check_cache_dir(cache_dir: Path) -> None:
 
 
 def cached_features(model: nn.Module, x: Tensor, cache_dir: str | Path | None = None,
-                    log: Callable[[str], None] | None = None) -> Tensor:  # fmt: skip
-    """Features of ``x`` from the cache, else computed and stored there.
+                    log: Callable[[str], None] | None = None,
+                    store: bool = True) -> Tensor:  # fmt: skip
+    """Features of ``x`` from the cache, else computed and (``store``) stored there.
 
     Parameters
     ----------
@@ -149,6 +153,9 @@ def cached_features(model: nn.Module, x: Tensor, cache_dir: str | Path | None = 
     cache_dir : path, optional
         Default ``model.cache_dir``, else ``$DMLKIT_CACHE/features``, else
         ``~/.cache/dmlkit/features``.
+    store : bool
+        Whether features computed on a miss are written to the cache (False: only
+        read it, e.g. for a few query images).
 
     Returns
     -------
@@ -174,6 +181,8 @@ def cached_features(model: nn.Module, x: Tensor, cache_dir: str | Path | None = 
             log(message)
         else:  # e.g. a frozen model embedding a large batch: still say so
             warnings.warn(message, stacklevel=2)
+    if not store:
+        return compute_features(model, x, log=log)
     check_cache_dir(cache_dir)  # before the slow computation, not after it
     start = time.perf_counter()
     features = compute_features(model, x, log=log)
