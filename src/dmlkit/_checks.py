@@ -18,6 +18,13 @@ if TYPE_CHECKING:
     import numpy as np
 
 
+def first_few(items: Any, limit: int = 5) -> str:
+    """``items`` joined by commas for a message: the first ``limit``, then ``...`` when
+    there are more."""
+    items = list(items)
+    return ", ".join(str(v) for v in items[:limit]) + (", ..." if len(items) > limit else "")
+
+
 def is_int(value: Any) -> bool:
     """Whether ``value`` is a Python or numpy integer and not a bool."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
@@ -87,4 +94,5 @@ def check_real_inputs(x: np.ndarray, source: str, subject: str, hint: str = "") 
     raise TypeError(f"{where}{subject} must be real numbers, got dtype {x.dtype} ({what})")
 
 
-__all__ = ["check_int", "check_int_param", "check_real", "check_real_inputs", "is_int"]
+__all__ = ["check_int", "check_int_param", "check_real", "check_real_inputs", "first_few",
+           "is_int"]

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dmlkit._checks import check_real_inputs
+from dmlkit._checks import check_real_inputs, first_few
 
 
 def dense_array(X: Any) -> np.ndarray:
@@ -77,7 +77,7 @@ def check_finite_rows(X: Any, source: str, fix: str = FINITE_FIX) -> None:
     finite = np.isfinite(X).reshape(len(X), -1).all(axis=1)  # (n,)
     bad = np.flatnonzero(~finite)  # rows holding a NaN or an infinity
     if bad.size:
-        shown = ", ".join(str(int(i)) for i in bad[:5]) + (", ..." if bad.size > 5 else "")
+        shown = first_few(int(i) for i in bad)
         raise ValueError(
             f"{source} holds NaN or infinite values in {bad.size} of {len(X)} rows "
             f"({'row' if bad.size == 1 else 'rows'} {shown}); {fix}")

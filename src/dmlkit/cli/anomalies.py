@@ -84,13 +84,15 @@ def truth_metrics(truth: Any, scores: Any, path: Path,
     metrics and the reason."""
     import numpy as np
 
+    from dmlkit._checks import first_few
+
     truth = np.asarray(truth)
     if truth.ndim != 1 or len(truth) != len(scores):
         return {}, (f"the {name} array of {path} has shape {truth.shape}, not one value per "
                     f"row ({len(scores)} rows)")
     values = np.unique(truth)
     if truth.dtype.kind not in "biuf" or not set(values.tolist()) <= {0, 1}:
-        shown = ", ".join(str(v) for v in values[:6]) + (", ..." if len(values) > 6 else "")
+        shown = first_few(values, 6)
         return {}, (f"the {name} array of {path} must be 0 (normal) or 1 (anomaly) per row, "
                     f"got the values {shown}; mark the anomalous rows with 1 and the rest "
                     "with 0 (class labels are not anomaly marks)")

@@ -260,13 +260,19 @@ def check_parts_for_data(
                              f"class labels to mine by), so no miner runs; remove the miner "
                              f"section (miner {miner[0]!r})")
     elif miner is not None and not getattr(miner[1], "takes_labels", True):
-        raise ValueError(
-            f"miner {miner[0]!r} takes no labels: it reads batches already packed as tuples, "
-            "which training never makes (labelled batches are mined by label; data.kind "
-            "pairs / triplets batches bring their own tuples and need no miner); use a miner "
-            "that mines by label (batch_hard, multi_similarity, ...) or none")
+        raise ValueError(label_free_miner(miner[0]))
 
 
-__all__ = ["CUSTOM", "FieldRule", "RULES", "SAMPLER_SUPPLIED", "check_fields",
+def label_free_miner(name: str) -> str:
+    """Why a miner that takes no labels (``takes_labels = False``) cannot train: the
+    message config checks and the trainer's preflight give."""
+    return (f"miner {name!r} takes no labels: it reads batches already packed as tuples "
+            "(for loss(embeddings, indices=miner(embeddings)) in Python), which training "
+            "never makes (labelled batches are mined by label; data.kind pairs / triplets "
+            "batches bring their own tuples and need no miner); use a miner that mines by "
+            "label (batch_hard, multi_similarity, ...) or none")
+
+
+__all__ = ["CUSTOM", "label_free_miner", "FieldRule", "RULES", "SAMPLER_SUPPLIED", "check_fields",
            "check_parts_for_data", "check_sampler_supplied", "check_val_classes",
            "class_list", "is_int"]

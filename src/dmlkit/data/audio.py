@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from dmlkit._checks import first_few
+
 if TYPE_CHECKING:
     from dmlkit.data.dataset import ArrayDataset
 
@@ -341,8 +343,7 @@ def load_speaker_folder(
         raise ValueError(f"no .wav files under {root}/<speaker>/")
     empty = [spk for spk in speakers if not found[spk]]
     if empty:  # a speaker without recordings: a class name no item has
-        shown = ", ".join(str(root / spk) for spk in empty[:5]) + (", ..." if len(empty) > 5
-                                                                   else "")
+        shown = first_few(root / spk for spk in empty)
         raise ValueError(f"{len(empty)} speaker folder(s) of {root} hold no .wav files "
                          f"({shown}); every sub-folder is a speaker: add its recordings or "
                          "remove the folder")

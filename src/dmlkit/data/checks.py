@@ -6,6 +6,7 @@ import warnings
 
 import torch
 
+from dmlkit._checks import first_few
 from dmlkit.data.dataset import ArrayDataset
 
 #: largest absolute input value that passes without a warning
@@ -48,7 +49,7 @@ def check_inputs(data: ArrayDataset, source: str) -> ArrayDataset:
         finite = torch.isfinite(x.flatten(1)).all(dim=1)  # (n,)
         if not bool(finite.all()):
             bad = (~finite).nonzero().flatten().tolist()  # rows holding a NaN or an inf
-            shown = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
+            shown = first_few(bad)
             raise ValueError(
                 f"{source}: {len(bad)} of {x.shape[0]} items hold NaN or infinite values "
                 f"({'row' if len(bad) == 1 else 'rows'} {shown}); drop those items or fill "

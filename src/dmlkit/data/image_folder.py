@@ -9,7 +9,7 @@ from typing import Literal
 
 import numpy as np
 
-from dmlkit._checks import is_int
+from dmlkit._checks import first_few, is_int
 from dmlkit.data.dataset import ArrayDataset
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
@@ -157,7 +157,7 @@ def folder_images(root: str | Path) -> tuple[list[str], list[tuple[int, Path]]]:
     empty = [class_dir for class_dir, found in zip(class_dirs, listing, strict=True)
              if not found]
     if empty:  # a class without images: a class name (and id) no item has
-        shown = ", ".join(str(d) for d in empty[:5]) + (", ..." if len(empty) > 5 else "")
+        shown = first_few(empty)
         raise ValueError(
             f"{len(empty)} class folder(s) of {root} hold no images ({shown}); every "
             f"sub-folder is a class: add its images ({suffixes}) or remove the folder")

@@ -5,6 +5,13 @@ from __future__ import annotations
 import torch
 
 
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` picks CUDA when available, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
 def check_device(device: str | torch.device, where: str = "device") -> torch.device:
     """``device`` as a :class:`torch.device`, or a ``ValueError`` saying what to use instead.
 
@@ -34,4 +41,4 @@ def check_device(device: str | torch.device, where: str = "device") -> torch.dev
     return dev
 
 
-__all__ = ["check_device"]
+__all__ = ["resolve_device", "check_device"]

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from dmlkit.config.field_rules import label_free_miner
 from dmlkit.functional.tuples import as_index_tuple, check_indices
 from dmlkit.models.modes import eval_mode
 from dmlkit.training.batches import fetch_items
@@ -34,12 +35,7 @@ def check_trainable(trainer: Any, labels: Any, given: dict[str, Any] | None = No
         return  # (tuple data: weak supervision has no class labels to batch by)
     names = _names(trainer, given or {}, ("model", "miner", "loss"))
     if trainer.miner is not None and not getattr(trainer.miner, "takes_labels", True):
-        raise ValueError(
-            f"miner {names['miner']!r} takes no labels: it reads batches already packed as "
-            "tuples (for loss(embeddings, indices=miner(embeddings)) in Python), which "
-            "training never makes (labelled batches are mined by label; pairs / triplets "
-            "data bring their own tuples and need no miner); use a miner that mines by "
-            "label (batch_hard, multi_similarity, ...) or none")
+        raise ValueError(label_free_miner(names["miner"]))
     _, group = torch.unique(labels, dim=0, return_inverse=True)  # by class id or label row
     picks = [torch.nonzero(group == g).flatten()[:4]
              for g in range(min(int(group.max()) + 1, 8))]

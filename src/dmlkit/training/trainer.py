@@ -35,6 +35,7 @@ from dmlkit.training.checks import (
     trainer_data,
 )
 from dmlkit.training.data_fingerprint import Fingerprint, check_same_data, fingerprint_value
+from dmlkit.training.device import resolve_device
 from dmlkit.training.grad_cache import cached_embeddings, check_grad_cache
 from dmlkit.training.optim import build_optimizer, build_scheduler
 from dmlkit.training.preflight import check_batch_negatives, check_mined, check_trainable
@@ -45,13 +46,6 @@ from dmlkit.training.stop_message import stop_message
 CHECKPOINT = "checkpoint.pt"
 LOG = "train.log"
 Callback = Callable[["Trainer", dict[str, Any]], None]
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` picks CUDA when available, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def regularization(embeddings: Tensor, reference: Tensor | None, anchor_weight: float,
@@ -133,9 +127,9 @@ class Trainer:
     batch gathered from every process, labels required.)
 
     **miner** -- called as ``miner(embeddings, labels)`` (no ``ref_*``) only for batches
-    that have labels and no tuples of their own; it is not moved to the device, and it
-    needs ``state_dict()`` and ``load_state_dict()`` (an ``nn.Module``'s): its state goes
-    into checkpoints.
+    that have labels and no tuples of their own; it is not moved to the device, and it needs
+    ``state_dict()`` and ``load_state_dict()`` (an ``nn.Module``'s): its state goes into
+    checkpoints.
 
     **sampler** -- an iterable of batches, each a list of integer positions into
     ``train_data`` (fetched with ``train_data.get_batch(positions)`` when the dataset has
@@ -248,10 +242,16 @@ class Trainer:
         if indices is not None:
             indices = type(indices)(*(t.to(self.device) for t in indices))
         embeddings = self.embed_batch(inputs)  # (B, dim)
-        if indices is None and self.miner is not None and labels is not None:
-            indices = self.miner(embeddings, labels)  # (None: refused, as out-of-range ones)
-            check_mined(indices, self.miner, len(embeddings), "a training batch")
-        loss = self.loss(embeddings, labels, indices=indices)
+        mined = indices is None and self.miner is not None and labels is not None
+        indices = self.miner(embeddings, labels) if mined else indices
+        try:
+            if mined and indices is None:  # (the loss would take all tuples, silently)
+                raise TypeError("no tuples")
+            loss = self.loss(embeddings, labels, indices=indices)
+        except (TypeError, ValueError, IndexError):
+            if mined:  # the miner's tuples checked when refused: the miner is named
+                check_mined(indices, self.miner, len(embeddings), "a training batch")
+            raise
         tc = self.config.training
         return loss + regularization(embeddings, self.reference_embeddings(inputs),
                                      tc.anchor_weight, tc.uniformity_weight)  # fmt: skip
