@@ -231,12 +231,14 @@ def evaluate_metric(components: np.ndarray | None, splits: EmbeddedSplits,
 
 def _jsonable(value: Any) -> Any:
     """``value`` as plain JSON data; NaN becomes ``null`` (as
-    :func:`dmlkit.evaluation.evaluate.write_json` writes it), anything else unknown its
-    ``repr``."""
+    :func:`dmlkit.evaluation.evaluate.write_json` writes it), an infinity the string
+    ``"inf"`` / ``"-inf"``, anything else unknown its ``repr``."""
     if isinstance(value, (np.integer, np.floating, np.bool_)):
         value = value.item()
     if isinstance(value, float) and np.isnan(value):
         return None
+    if isinstance(value, float) and np.isinf(value):
+        return "inf" if value > 0 else "-inf"
     if isinstance(value, np.ndarray):
         return _jsonable(value.tolist())
     if isinstance(value, (str, int, float, bool)) or value is None:
@@ -249,12 +251,10 @@ def _jsonable(value: Any) -> Any:
 
 
 def to_json(value: Any) -> str:
-    """``value`` (scores, metric metadata) as indented JSON text, NaN written as ``null``.
-
-    An infinite parameter (ITML's ``gamma=inf``) stays ``Infinity``, which Python's
-    ``json`` reads back, so the saved parameters still refit the learner.
-    """
-    return json.dumps(_jsonable(value), indent=2)
+    """``value`` (scores, metric metadata) as indented, strict JSON text: NaN written as
+    ``null`` and an infinite parameter (ITML's ``gamma=inf``) as the string ``"inf"``
+    (``float("inf")`` reads it back), so any JSON reader takes the file."""
+    return json.dumps(_jsonable(value), indent=2, allow_nan=False)
 
 
 def save_metric(learner: Any, out_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
@@ -311,6 +311,12 @@ def load_metric(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
         if not isinstance(meta, dict):
             raise ValueError(f"{meta_file} must hold a JSON object (method, params, ...), "
                              f"got a JSON {_JSON_KINDS.get(type(meta), 'value')}")
+    for key, size in (("n_components", L.shape[0]), ("n_features_in", L.shape[1])):
+        recorded = meta.get(key)
+        if recorded is not None and recorded != size:
+            raise ValueError(f"{meta_file} says {key} {recorded} but {comp} is "
+                             f"{L.shape[0]} x {L.shape[1]}: the two files come from different "
+                             f"fits; fit the metric again (dmlkit classical fit ... --out {path})")
     if isinstance(meta.get("method"), str):  # class names ("MLKR") read as CLI names
         by_class = {cls.__name__: name for name, cls in _learners().items()}
         meta["method"] = by_class.get(meta["method"], meta["method"])

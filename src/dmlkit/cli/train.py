@@ -239,8 +239,10 @@ def train(
             from dmlkit.text import train_text_run as runner
         # the run holds its directory alone until it ends: made atomically, locked
         with claim_run_dir(out, resume=resume, unique=auto) as out:
-            say(f"{'resuming' if resume else 'run directory'}: {out}")
-            result = runner(cfg, out, resume=resume, log=say)
+            # named with the run's first message: a setting refused before then (a bad
+            # model size) leaves no directory behind, so none is announced
+            log = _announcing(say, f"{'resuming' if resume else 'run directory'}: {out}")
+            result = runner(cfg, out, resume=resume, log=log)
     except (FileNotFoundError, FileExistsError, ValueError, TypeError, KeyError,
             FloatingPointError, ImportError) as err:  # (a non-finite loss: the config's
         # fault too; a missing optional package: its error names the pip command)
@@ -372,3 +374,15 @@ def embed(
 def register(app: typer.Typer) -> None:
     app.command("train")(train)
     app.command("embed")(embed)
+
+
+def _announcing(say: Any, first: str) -> Any:
+    """``say``, printing ``first`` once before its first message."""
+    pending = [first]
+
+    def log(message: str) -> None:
+        while pending:
+            say(pending.pop())
+        say(message)
+
+    return log
