@@ -120,3 +120,19 @@ def test_a_large_new_set_is_cached_whole_and_read_after(frozen_run, cache, backb
     again, _ = embed(run.model, x, batch_size=5)
     assert len(backbone_calls) == computed  # read back
     torch.testing.assert_close(again, first)
+
+
+def test_a_forward_pass_writes_nothing_to_the_cache(frozen_run, cache, monkeypatch):
+    """A served model's forward pass on a large request (as ``TorchEmbedder`` makes it) stores
+    no cache entry: only whole sets embedded by ``dmlkit.runs.embed`` or training are kept."""
+    from dmlkit.service.embedders import TorchEmbedder
+
+    monkeypatch.setattr(lite0, "CACHE_MIN_BATCH", 4)
+    files = sorted(cache.glob("*.pt"))
+    run = load_run(frozen_run[0])
+    x = run_data(run, "heldout").x.flip(-1)[:12]  # images no run cached
+    served = TorchEmbedder(frozen_run[0])(x.flatten(1).numpy())
+    with torch.no_grad():
+        direct = run.model.eval()(x)
+    assert sorted(cache.glob("*.pt")) == files
+    torch.testing.assert_close(torch.from_numpy(served), direct, rtol=1e-4, atol=1e-5)

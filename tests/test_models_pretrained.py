@@ -343,16 +343,21 @@ def test_grid_taps_keep_the_cells_of_the_feature_map():
     assert feature_cache.backbone_checksum(model) != feature_cache.backbone_checksum(plain)
 
 
-def test_large_eval_batches_use_the_cache(tmp_path):
+def test_large_sets_are_cached_by_embed_not_by_forward(tmp_path):
+    """A forward pass never writes to the cache (a service's large requests would fill the
+    disk); embedding a whole large set with :func:`dmlkit.runs.embed` caches it once."""
+    from dmlkit.runs import embed
+
     model = EfficientNetLite0Embedder(dim=8, resolution=32, cache_dir=str(tmp_path)).eval()
     x = torch.rand(256, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         first = model(x)
-        assert len(list(tmp_path.glob("*.pt"))) == 1
-        assert torch.allclose(model(x), first)  # served from the cache
-        # small batches run the backbone: equal up to batch-size-dependent float rounding
-        assert torch.allclose(model(x[:10]), first[:10], atol=1e-4)
+    assert list(tmp_path.glob("*.pt")) == []
+    whole, _ = embed(model, x, batch_size=100)
     assert len(list(tmp_path.glob("*.pt"))) == 1
+    torch.testing.assert_close(whole, first, rtol=1e-4, atol=1e-4)
+    again, _ = embed(model, x, batch_size=100)  # read from the cache
+    assert torch.equal(again, whole) and len(list(tmp_path.glob("*.pt"))) == 1
 
 
 def test_shipped_unseen_class_configs_use_the_recipe():

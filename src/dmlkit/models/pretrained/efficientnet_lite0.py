@@ -47,7 +47,7 @@ from dmlkit.registry import register_model
 MIN_IMAGE_SIDE = 8
 MIN_RESOLUTION = 32
 HEAD_TAP = NUM_BLOCKS  # tap 16: the 1280-channel head convolution
-CACHE_MIN_BATCH = 256  # frozen, eval mode: batches this large go through the disk cache
+CACHE_MIN_BATCH = 256  # frozen: a new set this large, embedded whole, is cached on disk
 
 
 def _tap_channels(tap: int) -> int:
@@ -451,10 +451,8 @@ class EfficientNetLite0Embedder(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() == 2 and x.shape[1] == self.feature_dim:
             return self.embed_features(x.float())  # cached features
-        if self.mode == "frozen" and not self.training and x.shape[0] >= CACHE_MIN_BATCH:
-            from dmlkit.models.pretrained.feature_cache import cached_features
-
-            return self.embed_features(cached_features(self, x).to(x.device))  # e.g. held-out sets
+        # (a forward pass never writes to disk: whole sets go through the feature cache in
+        # dmlkit.runs.embed and in training, not every large batch a service is sent)
         if self.mode == "frozen":
             with torch.no_grad():
                 features = self.backbone_features(self.prepare(x))
