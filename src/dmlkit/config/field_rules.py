@@ -263,6 +263,95 @@ def check_parts_for_data(
         raise ValueError(label_free_miner(miner[0]))
 
 
+#: the data keys a tuple file (``data.tuples``) run reads; the rest are for labelled data
+TUPLE_FILE_KEYS = {"kind", "tuples", "features", "x_key", "image_size", "color",
+                   "test_fraction", "seed"}
+
+
+def check_tuple_file_keys(data: Any) -> None:
+    """Refuse data keys that tuple data would ignore (``data``: the data section).
+
+    With ``data.tuples`` the tuples come from that file and their items from
+    ``data.features`` (or the image files it names): a labelled source's keys
+    (``name``, ``path``, class lists, caps), ``num_tuples`` (the number of tuples drawn
+    without a file), text and audio settings and augmentation (no tuple run augments)
+    have no effect, nor ``image_size`` / ``color`` with features, nor ``x_key`` without.
+    ``data.features`` without ``data.tuples`` is ignored too (tuples are then drawn from
+    the labelled source). Keys left at their defaults are not named."""
+    if data.kind not in ("pairs", "triplets"):
+        return
+    if data.tuples is None:
+        if data.features is not None:
+            raise ValueError(f"data.features ({data.features}) gives the items of a tuple "
+                             "file, but data.tuples is not set, so the tuples are drawn from "
+                             f"the labelled source data.name {data.name!r}; set data.tuples "
+                             "to the CSV of tuples, or remove data.features")
+        return
+    used = TUPLE_FILE_KEYS - ({"image_size", "color"} if data.features is not None
+                              else {"x_key"})
+    defaults = type(data)()
+    ignored = [f.name for f in dataclasses.fields(data) if f.name not in used
+               and getattr(data, f.name) != getattr(defaults, f.name)]
+    if ignored:
+        keys = ", ".join(f"data.{key}" for key in ignored)
+        items = "data.features" if data.features is not None else "the image files it names"
+        raise ValueError(f"data.tuples ({data.tuples}) gives the {data.kind} and {items} "
+                         f"their items, so {keys} would be ignored; remove "
+                         f"{'it' if len(ignored) == 1 else 'them'} from the data section")
+
+
+def check_miner_for_loss(loss: Any, miner: dict[str, Any] | None) -> None:
+    """Refuse a top-level miner with a ``cross_batch_memory`` loss (``loss``: its config,
+    the memory also nested in another loss): the trainer gives the loss the miner's
+    in-batch tuples as ``indices``, which replace the tuples the memory forms, so the
+    memory would go unused; its own ``loss.miner`` mines the batch against the memory."""
+    if miner is None:
+        return
+    memory = _memory_loss(loss)
+    if memory is not None:
+        top = loss.get("name") if isinstance(loss, dict) else loss
+        raise ValueError(memory_with_miner(miner.get("name"), memory, top))
+
+
+def _memory_loss(spec: Any) -> str | None:
+    """The name of the first cross-batch-memory loss in the loss config ``spec`` (the
+    losses it nests included), or None."""
+    from dmlkit.losses.cross_batch_memory import CrossBatchMemory
+    from dmlkit.registry import LOSSES
+
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        return None
+    try:
+        cls = LOSSES.get(spec["name"])
+    except ValueError:  # an unknown loss: building it says so
+        return None
+    if isinstance(cls, type) and issubclass(cls, CrossBatchMemory):
+        return spec["name"]
+    for key in ("loss", "losses"):
+        nested = spec.get(key)
+        if isinstance(nested, dict) and "name" not in nested:  # {loss name: config}
+            nested = list(nested.values())
+        for inner in nested if isinstance(nested, list) else [nested]:
+            found = _memory_loss(inner)
+            if found is not None:
+                return found
+    return None
+
+
+def memory_with_miner(miner: Any, memory: Any, loss: Any) -> str:
+    """Why a top-level ``miner`` cannot go with the cross-batch memory loss ``memory``
+    (within ``loss``): the message config checks and the trainer's preflight give."""
+    where, key = ((f"loss {loss!r}", "loss.miner") if memory == loss else
+                  (f"the {memory!r} loss in loss {loss!r}", f"the {memory} entry's miner"))
+    return (f"miner {miner!r} with {where}: a top-level miner's tuples come from the batch "
+            "alone and replace the tuples the memory forms, so the memory would go unused; "
+            f"give the miner to the memory loss instead ({key}: {{name: {miner}}} in the "
+            "config, CrossBatchMemory(..., miner=...) in Python), which mines the batch "
+            "against the memory, and remove the top-level miner (miner: null)")
+
+
 def label_free_miner(name: str) -> str:
     """Why a miner that takes no labels (``takes_labels = False``) cannot train: the
     message config checks and the trainer's preflight give."""
@@ -274,5 +363,6 @@ def label_free_miner(name: str) -> str:
 
 
 __all__ = ["CUSTOM", "label_free_miner", "FieldRule", "RULES", "SAMPLER_SUPPLIED", "check_fields",
-           "check_parts_for_data", "check_sampler_supplied", "check_val_classes",
-           "class_list", "is_int"]
+           "check_miner_for_loss", "check_parts_for_data", "check_sampler_supplied",
+           "check_tuple_file_keys", "check_val_classes", "class_list", "is_int",
+           "memory_with_miner", "TUPLE_FILE_KEYS"]

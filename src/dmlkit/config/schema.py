@@ -26,8 +26,10 @@ from typing import Any
 from dmlkit.config.field_rules import (
     RULES,
     check_fields,
+    check_miner_for_loss,
     check_parts_for_data,
     check_sampler_supplied,
+    check_tuple_file_keys,
     check_val_classes,
     class_list,
     is_int,
@@ -373,6 +375,8 @@ class Config:
         check_parts_for_data(self.data.kind, *(
             None if spec is None else (spec["name"], registry.get(spec["name"]))
             for spec, registry in ((self.sampler, SAMPLERS), (self.miner, MINERS))))
+        check_miner_for_loss(self.loss, self.miner)
+        check_tuple_file_keys(self.data)
 
 
 _SECTIONS: dict[str, type] = {

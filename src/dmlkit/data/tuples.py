@@ -66,6 +66,22 @@ def tuples_to_indices(rows: Tensor, similar: Tensor | None = None) -> tuple[Tens
     return unique, Pairs(inverse[sim, 0], inverse[sim, 1], inverse[~sim, 0], inverse[~sim, 1])
 
 
+def _item_ids(tuples: Any) -> Tensor:
+    """``tuples`` as int64 item ids; a NaN, infinite or fractional id is refused (a cast
+    would silently make it another item)."""
+    ids = np.asarray(tuples.cpu() if isinstance(tuples, Tensor) else tuples)
+    if ids.dtype.kind == "f" and ids.size:
+        bad = np.argwhere(~np.isfinite(ids) | (ids != np.round(ids)))  # (k, ndim)
+        if len(bad):
+            where = tuple(int(i) for i in bad[0])
+            at = f"tuple {where[0]}, column {where[1]}" if len(where) == 2 else f"at {where}"
+            raise ValueError(f"tuples must hold integer item ids, got {ids[where]} ({at}); "
+                             "fix or drop that tuple")
+    elif ids.dtype.kind not in "iu" and ids.size:
+        raise TypeError(f"tuples must hold integer item ids, got dtype {ids.dtype}")
+    return torch.as_tensor(ids.astype(np.int64, copy=False))
+
+
 class TupleDataset(Dataset):
     """Pairs or triplets of items; item ``i`` is the ``i``-th tuple.
 
@@ -97,7 +113,7 @@ class TupleDataset(Dataset):
         image_size: int | None = None,
         color: Literal["grayscale", "rgb"] = "grayscale",
     ) -> None:
-        t = torch.as_tensor(np.asarray(tuples), dtype=torch.long)
+        t = _item_ids(tuples)
         if t.dim() != 2 or t.shape[1] not in (2, 3):
             raise ValueError(f"tuples must have shape (T, 2) or (T, 3), got {tuple(t.shape)}")
         self.kind: TupleKind = "pairs" if t.shape[1] == 2 else "triplets"
@@ -108,9 +124,11 @@ class TupleDataset(Dataset):
         else:
             self.items = [str(p) for p in items]
         n_items = len(self.items)
-        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= n_items):
-            bad = int(t.min()) if int(t.min()) < 0 else int(t.max())
-            raise ValueError(f"tuples reference item {bad}, outside [0, {n_items - 1}]")
+        outside = torch.nonzero((t < 0) | (t >= n_items))  # (k, 2) tuple, column
+        if len(outside):
+            row, col = outside[0].tolist()
+            raise ValueError(f"tuple {row} references item {int(t[row, col])}, outside the "
+                             f"{n_items} items (ids 0 to {n_items - 1}); fix or drop it")
         if self.kind == "pairs":
             if similar is None:
                 raise ValueError("pairs need similar flags (1 similar, 0 dissimilar)")
@@ -347,7 +365,15 @@ def read_tuples_csv(
         similar = [flags[r[2].lower()] for r in records]
     if features is not None:
         tuples = _int_entries(refs, lines, path)
-        return TupleDataset(tuples, load_features(features, features_key), similar)
+        items = load_features(features, features_key)
+        past = np.argwhere(tuples >= len(items))  # (k, 2) row, column
+        if len(past):
+            r, c = past[0]
+            raise ValueError(f"{path}, line {lines[r]}: entry {tuples[r, c]} is past the end "
+                             f"of {features} ({len(items)} rows, 0 to {len(items) - 1}); fix "
+                             "the entry or drop the row, or set data.features to the array "
+                             "the entries index")
+        return TupleDataset(tuples, items, similar)
     if all(_is_integer(v) for row in refs for v in row):
         raise ValueError(f"{path}: the entries are integers, rows of a feature array: set "
                          "data.features to the .npy / .npz that holds them (without it they "

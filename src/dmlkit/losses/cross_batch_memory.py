@@ -26,7 +26,12 @@ class CrossBatchMemory(BaseMetricLoss):
     positives and negatives from the memory. The tuples are every (anchor, memory) pair
     except each anchor with its own memory slot, or a ``miner``'s tuples against the
     memory (self-comparisons removed too). This is pytorch-metric-learning's
-    ``CrossBatchMemory`` (same values and gradients for the same calls).
+    ``CrossBatchMemory``: the same values and gradients for calls without ``indices``
+    (with its own ``miner`` or without, and with ``enqueue_mask``). Explicit ``indices``
+    differ: pytorch-metric-learning adds them to the memory's tuples, dmlkit uses them
+    in their place (see Notes), so a miner of the batch alone (training's top-level
+    ``miner``, refused with this loss) would leave the memory unused; give the miner to
+    this loss (``miner``) to mine the batch against the memory.
 
     Parameters
     ----------
@@ -48,8 +53,9 @@ class CrossBatchMemory(BaseMetricLoss):
     Notes
     -----
     ``forward(embeddings, labels, *, indices=None, enqueue_mask=None)``. ``indices``
-    are tuples within the current batch; they replace the default tuples (mapped to the
-    batch's memory slots). ``enqueue_mask`` (bool ``(n,)``) enqueues the masked items
+    are tuples within the current batch; they replace the memory's tuples (mapped to the
+    batch's memory slots, so only the batch's own slots are compared with: the rest of
+    the memory is not used). ``enqueue_mask`` (bool ``(n,)``) enqueues the masked items
     without using them as anchors, and the rest are anchors only (then no
     self-comparison exists). :meth:`reset` empties the memory. Wang et al.,
     "Cross-Batch Memory for Embedding Learning", CVPR 2020.

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from dmlkit._checks import first_few
 from dmlkit.registry import register_sampler
 from dmlkit.samplers._params import ONE_CLASS_BATCHES, check_int
 
@@ -21,7 +22,8 @@ def _groups(ids: np.ndarray, count: int) -> list[np.ndarray]:
 
 
 class _Cycle:
-    """Draws ``k`` distinct items at a time from a reshuffled cycle over unique ``items``."""
+    """Draws ``k`` distinct items at a time from a reshuffled cycle over unique ``items``
+    (fewer than ``k`` items: each of them once, then repeats)."""
 
     def __init__(self, items: np.ndarray, rng: np.random.Generator) -> None:
         self.items = items
@@ -30,8 +32,9 @@ class _Cycle:
         self.cursor = 0
 
     def take(self, k: int) -> np.ndarray:
-        if len(self.items) < k:  # too few: draw with replacement
-            return self.rng.choice(self.items, size=k, replace=True)
+        if len(self.items) < k:  # too few: each item once, the rest with replacement
+            extra = self.rng.choice(self.items, size=k - len(self.items), replace=True)
+            return np.concatenate([self.rng.permutation(self.items), extra])
         if self.cursor + k > len(self.pool):
             # unvisited items lead the next cycle, so none is starved
             rest = self.pool[self.cursor :]
@@ -55,10 +58,13 @@ class HierarchicalSampler(Sampler[list[int]]):
     Super-classes are visited in a reshuffled cycle (distinct within a batch); within a
     super-class, classes cycle the same way, and within a class, samples are drawn
     without replacement while enough remain. A super-class with fewer than
-    ``classes_per_super`` classes, or a class with fewer than ``m`` samples, is drawn from
-    with replacement, so every batch has exactly ``batch_size`` indices. Deterministic
-    given ``seed`` and the epoch set by :meth:`set_epoch`; use as
-    ``DataLoader(ds, batch_sampler=sampler)``.
+    ``classes_per_super`` classes gives each of its classes once and the rest again
+    (drawn with replacement), and a class with fewer than ``m`` samples gives each sample
+    once and the rest again, so every batch has exactly ``batch_size`` indices; a batch
+    then holds fewer distinct classes than asked, down to :attr:`min_classes_per_batch`
+    (a warning says so, and training refuses a loss that needs negatives in the batch
+    when that is 1). Deterministic given ``seed`` and the epoch set by
+    :meth:`set_epoch`; use as ``DataLoader(ds, batch_sampler=sampler)``.
 
     Parameters
     ----------
@@ -122,14 +128,45 @@ class HierarchicalSampler(Sampler[list[int]]):
                 f"batch_size // (m * classes_per_super) = {self.supers_per_batch} super-classes "
                 f"per batch, but level {super_level} has only {len(supers)}"
             )
+        self._items_of_leaf = _groups(leaf_of_item.reshape(-1), len(leaves))
+        self._leaves_of_super = _groups(super_of_leaf.reshape(-1), len(supers))
+        # distinct classes each super-class gives a batch, fewest first
+        given = sorted(min(len(g), classes_per_super) for g in self._leaves_of_super)
+        #: the fewest distinct classes (leaves) a batch can hold: the classes asked
+        #: (:attr:`classes_per_batch`) unless some super-classes have fewer than
+        #: ``classes_per_super`` classes (1: some batches hold no negative pair)
+        self.min_classes_per_batch = int(sum(given[: self.supers_per_batch]))
+        few = [tuple(int(v) for v in supers[i]) if len(supers[i]) > 1 else int(supers[i][0])
+               for i, g in enumerate(self._leaves_of_super) if len(g) < classes_per_super]
         if self.classes_per_batch == 1:
             warnings.warn(
                 f"hierarchical sampler with batch_size {batch_size} = m * classes_per_super "
                 f"and classes_per_super 1: every batch holds one class, {ONE_CLASS_BATCHES} "
                 "(classes_per_super >= 2, or batch_size >= 2 * m * classes_per_super)",
                 UserWarning, stacklevel=2)
-        self._items_of_leaf = _groups(leaf_of_item.reshape(-1), len(leaves))
-        self._leaves_of_super = _groups(super_of_leaf.reshape(-1), len(supers))
+        elif self.min_classes_per_batch == 1:
+            alone = (f"hierarchical sampler with one super-class per batch (batch_size "
+                     f"{batch_size} = m * classes_per_super): level-{super_level} "
+                     f"super-classes {first_few(few)} hold a single class and fill a batch "
+                     "alone")
+            fix = "batch_size >= 2 * m * classes_per_super: two super-classes a batch"
+            warnings.warn(
+                f"{alone}: every batch holds one class, {ONE_CLASS_BATCHES} ({fix})"
+                if len(few) == len(supers) else
+                f"{alone}: those batches hold one class and no negative pair, from which "
+                f"pair, triplet and tuple losses learn nothing; put two classes in every "
+                f"batch ({fix})",
+                UserWarning, stacklevel=2)
+        elif self.min_classes_per_batch < self.classes_per_batch:
+            fewest = min(len(g) for g in self._leaves_of_super)
+            warnings.warn(
+                f"hierarchical sampler: level-{super_level} super-classes {first_few(few)} "
+                f"hold fewer than classes_per_super={classes_per_super} classes, so some "
+                f"batches hold as few as {self.min_classes_per_batch} distinct classes of the "
+                f"{self.classes_per_batch} asked (their classes are drawn again to fill the "
+                f"batch); classes_per_super <= {fewest} (the fewest classes of a super-class) "
+                "has every batch hold the classes asked",
+                UserWarning, stacklevel=2)
         self.labels = labels
         self.batch_size = batch_size
         self.m = m
@@ -143,7 +180,8 @@ class HierarchicalSampler(Sampler[list[int]]):
 
     @property
     def classes_per_batch(self) -> int:
-        """Classes (leaves) in every batch (1: no negative pair in any batch)."""
+        """Classes (leaves) asked of every batch (1: no negative pair in any batch); a batch
+        holds at least :attr:`min_classes_per_batch` distinct ones."""
         return self.supers_per_batch * self.classes_per_super
 
     def set_epoch(self, epoch: int) -> None:

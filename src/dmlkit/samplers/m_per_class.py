@@ -17,10 +17,16 @@ from dmlkit.samplers._params import ONE_CLASS_BATCHES, check_int
 class MPerClassSampler(Sampler[list[int]]):
     """Batch sampler yielding index lists with ``m`` items of each of ``batch_size // m`` classes.
 
-    Classes are visited in a shuffled cycle, so every class appears about equally often;
-    within a class, items are drawn without replacement while enough remain (with
-    replacement for classes smaller than ``m``). Deterministic given ``seed`` and the
-    epoch set by :meth:`set_epoch`. Use as ``DataLoader(ds, batch_sampler=sampler)``.
+    Classes come from a shuffled cycle: each batch takes the next ``batch_size // m``
+    classes of a random permutation of the classes, and a fresh permutation is drawn when
+    fewer than that remain (the remaining ones are skipped). With at least
+    ``2 * (batch_size // m)`` classes, every class then appears about equally often in an
+    epoch; with fewer, each batch is an independent uniform draw of ``batch_size // m``
+    distinct classes, so classes are balanced only in expectation and their counts in
+    one epoch can differ widely. Within a class, items are drawn without
+    replacement while enough remain (with replacement for classes smaller than ``m``).
+    Deterministic given ``seed`` and the epoch set by :meth:`set_epoch`. Use as
+    ``DataLoader(ds, batch_sampler=sampler)``.
 
     Parameters
     ----------

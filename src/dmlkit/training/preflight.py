@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dmlkit.config.field_rules import label_free_miner
+from dmlkit.config.field_rules import label_free_miner, memory_with_miner
 from dmlkit.functional.tuples import as_index_tuple, check_indices
 from dmlkit.models.modes import eval_mode
 from dmlkit.training.batches import fetch_items
@@ -31,9 +31,10 @@ def check_trainable(trainer: Any, labels: Any, given: dict[str, Any] | None = No
     submodule's mode kept), then through copies of the miner and the loss as a
     training batch does (a memory bank or a queue is not filled); the random states
     are restored after (augmentation draws)."""
+    names = _names(trainer, given or {}, ("model", "miner", "loss"))
+    _check_memory_miner(trainer, names)
     if not isinstance(labels, Tensor) or labels.dim() not in (1, 2) or not len(labels):
         return  # (tuple data: weak supervision has no class labels to batch by)
-    names = _names(trainer, given or {}, ("model", "miner", "loss"))
     if trainer.miner is not None and not getattr(trainer.miner, "takes_labels", True):
         raise ValueError(label_free_miner(names["miner"]))
     _, group = torch.unique(labels, dim=0, return_inverse=True)  # by class id or label row
@@ -84,6 +85,24 @@ def check_trainable(trainer: Any, labels: Any, given: dict[str, Any] | None = No
             check_mined(indices, names["miner"], len(embeddings))
         else:
             check_loss_value(value, names["loss"])
+
+
+def _check_memory_miner(trainer: Any, names: dict[str, Any]) -> None:
+    """Refuse a miner with a cross-batch memory loss (also one nested in another loss):
+    the miner's in-batch tuples would reach the memory as ``indices`` and replace the
+    tuples it forms with its memory (the memory's own ``miner`` mines against it)."""
+    from dmlkit.losses.cross_batch_memory import CrossBatchMemory
+
+    if trainer.miner is None or not isinstance(trainer.loss, nn.Module):
+        return
+    for module in trainer.loss.modules():
+        if isinstance(module, CrossBatchMemory):
+            memory = getattr(type(module), "registry_name", type(module).__name__)
+            loss = names["loss"] or type(trainer.loss).__name__
+            miner = getattr(type(trainer.miner), "registry_name", names["miner"])
+            raise ValueError(memory_with_miner(
+                miner or type(trainer.miner).__name__,
+                loss if module is trainer.loss else memory, loss))
 
 
 def checked_embeddings(output: Any, name: Any, n: int) -> Tensor:
@@ -215,10 +234,12 @@ def _names(trainer: Any, given: dict[str, Any], parts: tuple[str, ...]) -> dict[
 
 def check_batch_negatives(trainer: Any, labels: Any, given: dict[str, Any] | None = None
                           ) -> None:
-    """Refuse, before any epoch, a sampler whose every batch holds one class
-    (``classes_per_batch == 1``, which the sampler warned about) with a loss that can
-    only learn from negatives within a batch: pair, triplet and tuple losses then see
-    no negative pair in any batch, and train nothing (or only pull items together).
+    """Refuse, before any epoch, a sampler whose batches can hold one class
+    (``classes_per_batch == 1``: every batch; ``min_classes_per_batch == 1``: some, e.g.
+    a hierarchical sampler's batches of one super-class that has a single class; the
+    sampler warned about both) with a loss that can only learn from negatives within a
+    batch: pair, triplet and tuple losses then see no negative pair in those batches,
+    and train nothing from them (or only pull items together).
 
     A loss learns from one-class batches when something other than the batch supplies
     the negatives: its own class weights or proxies (normalized_softmax, proxy_anchor,
@@ -232,7 +253,8 @@ def check_batch_negatives(trainer: Any, labels: Any, given: dict[str, Any] | Non
     from dmlkit.losses.cross_batch_memory import CrossBatchMemory
 
     check_block_groups(trainer, labels, given)
-    if getattr(trainer.sampler, "classes_per_batch", None) != 1:
+    asked = getattr(trainer.sampler, "classes_per_batch", None)
+    if getattr(trainer.sampler, "min_classes_per_batch", asked) != 1:
         return
     if not isinstance(labels, Tensor) or labels.dim() not in (1, 2) or not len(labels):
         return
@@ -264,14 +286,24 @@ def check_batch_negatives(trainer: Any, labels: Any, given: dict[str, Any] | Non
         learns = any(g is not None and bool((g != 0).any()) for g in grads)
     if not learns:
         names = _names(trainer, given or {}, ("sampler", "loss"))
+        sampler = names["sampler"] or type(trainer.sampler).__name__
+        loss = names["loss"] or type(trainer.loss).__name__
+        if asked == 1:
+            raise ValueError(
+                f"sampler {sampler!r} puts one class in every batch, so loss {loss!r} has "
+                "no negative pair in any batch and would train nothing (or only pull items "
+                "together): put at least two classes in a batch (m_per_class: batch_size >= "
+                "2 * m; hierarchical: classes_per_super >= 2 or batch_size >= 2 * m * "
+                "classes_per_super), or use a loss whose class weights or proxies supply "
+                "the negatives (normalized_softmax, proxy_anchor, arcface, ...)")
         raise ValueError(
-            f"sampler {names['sampler'] or type(trainer.sampler).__name__!r} puts one class "
-            f"in every batch, so loss {names['loss'] or type(trainer.loss).__name__!r} has "
-            "no negative pair in any batch and would train nothing (or only pull items "
-            "together): put at least two classes in a batch (m_per_class: batch_size >= "
-            "2 * m; hierarchical: classes_per_super >= 2 or batch_size >= 2 * m * "
-            "classes_per_super), or use a loss whose class weights or proxies supply the "
-            "negatives (normalized_softmax, proxy_anchor, arcface, ...)")
+            f"sampler {sampler!r} makes batches of a single class (min_classes_per_batch 1 "
+            f"of the {asked} classes asked: a super-class with a single class fills a "
+            f"batch alone), so loss {loss!r} has no negative pair in those batches and "
+            "would train nothing from them: put two super-classes in a batch "
+            "(hierarchical: batch_size >= 2 * m * classes_per_super), or use a loss whose "
+            "class weights or proxies supply the negatives (normalized_softmax, "
+            "proxy_anchor, arcface, ...)")
 
 
 def check_block_groups(trainer: Any, labels: Any, given: dict[str, Any] | None = None

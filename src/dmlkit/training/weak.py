@@ -67,8 +67,9 @@ class WeakSplits:
 
 def _warn_repeated(tuples: TupleDataset, path: Any) -> None:
     """Warn about repeated tuples (a held-out copy of a training tuple scores as if seen),
-    tuples whose items repeat (an anchor that is its own positive or negative) and pairs
-    listed with contradicting ``similar`` flags. Pairs are unordered: ``(b, a)`` repeats
+    tuples whose items repeat (an anchor that is its own positive or negative), pairs
+    listed with contradicting ``similar`` flags and triplets that contradict each other
+    (``(a, p, n)`` and ``(a, n, p)``). Pairs are unordered: ``(b, a)`` repeats
     ``(a, b)``."""
     import warnings
 
@@ -83,6 +84,10 @@ def _warn_repeated(tuples: TupleDataset, path: Any) -> None:
         contradicting = len(kinds) - len(np.unique(kinds, axis=0))
     else:
         repeats = len(t) - len(np.unique(t, axis=0))
+        # (a, p, n) against (a, n, p): one anchor, the same two items, either order
+        kinds = np.unique(t[t[:, 1] != t[:, 2]], axis=0)  # distinct triplets, p != n
+        pairs = np.stack([kinds[:, 0], kinds[:, 1:].min(1), kinds[:, 1:].max(1)], axis=1)
+        contradicting = len(pairs) - len(np.unique(pairs, axis=0))
     if repeats:
         warnings.warn(f"{path}: {repeats} of {len(t)} tuples repeat others; held-out copies "
                       "of training tuples make the held-out score optimistic", UserWarning,
@@ -90,9 +95,13 @@ def _warn_repeated(tuples: TupleDataset, path: Any) -> None:
     if self_tuples:
         warnings.warn(f"{path}: {self_tuples} tuples name one item twice (e.g. an anchor "
                       "that is its own positive)", UserWarning, stacklevel=3)
-    if contradicting:
+    if contradicting and tuples.similar is not None:
         warnings.warn(f"{path}: {contradicting} pairs are listed both as similar and as "
                       "dissimilar; fix or drop the wrong rows", UserWarning, stacklevel=3)
+    elif contradicting:
+        warnings.warn(f"{path}: {contradicting} triplets are contradicted by another with "
+                      "positive and negative swapped ((a, p, n) and (a, n, p)); fix or drop "
+                      "the wrong rows", UserWarning, stacklevel=3)
 
 
 def _check_both_kinds(pairs: TupleDataset, what: str) -> None:
