@@ -191,7 +191,7 @@ def test_few_shot_against_loop_and_seeded():
                 correct += int(np.argmin(d) == c)
         accs.append(correct / 15)
     assert got["accuracy"] == pytest.approx(np.mean(accs))
-    assert got["ci95"] == pytest.approx(1.96 * np.std(accs) / math.sqrt(40))
+    assert got["ci95"] == pytest.approx(1.96 * np.std(accs, ddof=1) / math.sqrt(40))
     with pytest.raises(ValueError, match="classes"):
         few_shot_accuracy(x, y, n_way=9, k_shot=1, n_query=5)
 

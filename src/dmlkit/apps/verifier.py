@@ -158,6 +158,11 @@ class Verifier(BaseEstimator):
             i, j, same = pairs_from_labels(labels, max_pairs=self.max_pairs,
                                            seed=self.random_state)
             if same.all() or not same.any():
+                counts = np.unique(labels, return_counts=True)[1]
+                if counts.max() < 2:  # every pair was drawn, none can be "same"
+                    raise ValueError(
+                        f"y holds {counts.size} identities of one item each, so no pair is a "
+                        "same-identity pair: identities need at least 2 items each")
                 raise ValueError(
                     f"the {same.size} pairs drawn from y (max_pairs={self.max_pairs}) are all "
                     f"{'same' if same.all() else 'different'}-identity pairs; raise max_pairs")
@@ -284,7 +289,8 @@ class Verifier(BaseEstimator):
         """Metrics on pairs of a labelled set (or the given ``pairs`` of its rows).
 
         Returns :func:`~dmlkit.evaluation.verification_metrics`'s keys, ``ci95`` (95%
-        bootstrap intervals of ``eer`` and each ``tar_at_far_*``), the accuracy, FAR and
+        bootstrap intervals of ``eer`` and each ``tar_at_far_*``; ``None`` where that TAR
+        is NaN, its FAR below what the pairs resolve), the accuracy, FAR and
         TAR at ``threshold_``, and with ``curves`` the ROC / DET data.
         """
         check_is_fitted(self, "threshold_")
@@ -304,6 +310,9 @@ class Verifier(BaseEstimator):
         out: dict[str, Any] = verification_metrics(s, y, fars=fars, seed=self.random_state)
         out["ci95"] = bootstrap_intervals(s, y, fars=fars, n_bootstrap=self.n_bootstrap,
                                           seed=self.random_state)
+        for key, value in out.items():  # no interval around a TAR these pairs cannot measure
+            if key.startswith("tar_at_far_") and value != value:
+                out["ci95"][key] = None
         accepted = s >= self.threshold_
         out["threshold"] = float(self.threshold_)
         out["accuracy_at_threshold"] = float((accepted == y).mean())

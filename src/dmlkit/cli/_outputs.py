@@ -17,7 +17,7 @@ Each refusal is a one-line ``ValueError`` naming the option and what to do.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 #: the file that marks a directory saved by dmlkit (see :mod:`dmlkit.index.io`)
@@ -93,12 +93,14 @@ def check_not_input(path: Path, option: str, inputs: Mapping[str, Path | None]) 
 
 
 def check_not_run_file(path: Path, option: str = "--out",
-                       run_dir: Path | None = None) -> None:
+                       run_dir: Path | None = None, allow: Collection[str] = ()) -> None:
     """Refuse ``path`` when it is one of a run directory's own files, or of ``run_dir``'s
-    (:func:`dmlkit.runs.run_files.check_not_run_file`, ``option`` naming it)."""
+    (:func:`dmlkit.runs.run_files.check_not_run_file`, ``option`` naming it); names in
+    ``allow`` are the command's own file in ``run_dir`` (``evaluation.json`` for
+    ``dmlkit evaluate``) and pass there."""
     from dmlkit.runs import run_files
 
-    run_files.check_not_run_file(path, option, run_dir=run_dir)
+    run_files.check_not_run_file(path, option, run_dir=run_dir, allow=allow)
 
 
 def check_outside_saved(path: Path, option: str = "--out") -> None:
@@ -115,15 +117,25 @@ def check_outside_saved(path: Path, option: str = "--out") -> None:
 
 def check_output_path(path: Path, option: str = "--out",
                       inputs: Mapping[str, Path | None] | None = None, *,
-                      what: str = "file", run_dir: Path | None = None) -> None:
+                      what: str = "file", run_dir: Path | None = None,
+                      allow: Collection[str] = ()) -> None:
     """Refuse an output file ``path`` that cannot become a file (:func:`check_output_file`,
     ``what`` naming the file it should be), is one of ``inputs`` (or lies inside one), is
-    one of a run directory's own files (of ``run_dir``'s too, the run the command reads),
-    or lies inside a saved directory (see the module)."""
+    one of a run directory's own files (of ``run_dir``'s too, the run the command reads;
+    names in ``allow`` pass in ``run_dir``: the command's own file there), or lies inside
+    a saved directory (see the module)."""
     check_output_file(Path(path), what, option)
     check_not_input(path, option, inputs or {})
-    check_not_run_file(path, option, run_dir)
+    check_not_run_file(path, option, run_dir, allow)
     check_outside_saved(path, option)
+
+
+def existing_inputs(specs: Mapping[str, str | Path | None]) -> dict[str, Path | None]:
+    """The ``inputs`` of :func:`check_output_path` among data specs that may name a file
+    or folder, or something else (a dataset name, a run's split): only those that exist
+    on disk are inputs (a missing one would count as a folder to be written)."""
+    return {what: Path(spec) if spec is not None and Path(spec).exists() else None
+            for what, spec in specs.items()}
 
 
 def check_output_folder(path: Path, option: str = "--out",
@@ -148,4 +160,5 @@ def check_output_folder(path: Path, option: str = "--out",
 
 
 __all__ = ["check_not_input", "check_not_run_file", "check_outside_saved", "check_output_dir",
-           "check_output_file", "check_output_folder", "check_output_path", "saved_format"]
+           "check_output_file", "check_output_folder", "check_output_path", "existing_inputs",
+           "saved_format"]

@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from dmlkit.cli._errors import one_line
-from dmlkit.cli._outputs import check_output_file
+from dmlkit.cli._outputs import check_output_path, existing_inputs
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -18,7 +18,7 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
-        return "nan" if value != value else f"{value:.4f}"
+        return "n/a" if value != value else f"{value:.4f}"  # (NaN: not measurable here)
     return str(value)
 
 
@@ -43,8 +43,10 @@ def format_report(result: dict[str, Any]) -> str:
             blocks.append(_table(section, result[section]))
     for name, shot in result.get("few_shot", {}).items():
         if "accuracy" in shot:
-            blocks.append(f"few-shot {name}: {shot['accuracy']:.4f} ± {shot['ci95']:.4f} "
-                          f"(95% CI, {shot['episodes']} episodes)")
+            ci = shot.get("ci95")
+            spread = ("" if ci is None or ci != ci  # (one episode: no interval)
+                      else f" ± {ci:.4f} (95% CI, {shot['episodes']} episodes)")
+            blocks.append(f"few-shot {name}: {shot['accuracy']:.4f}{spread or ' (1 episode)'}")
         else:
             blocks.append(f"few-shot {name}: skipped ({shot.get('skipped')})")
     return "\n\n".join(blocks)
@@ -66,9 +68,10 @@ def read_embeddings(path: Path, emb_key: str | None = None,
                     labels_key: str | None = None) -> tuple[Any, Any]:
     """``(embeddings (n, dim) float32, labels)`` of a ``.npz`` of embeddings.
 
-    Labels may be ``(n,)`` integers or class names (numbered in sorted order), returned
-    as ``(n,)`` int64; ``(n, L)`` integer hierarchical labels, returned as int64; or
-    ``(n, C)`` bool multi-labels, returned as they are.
+    Labels may be ``(n,)`` integers, returned as int64, or class names, returned as a
+    ``(n,)`` str array (:func:`~dmlkit.evaluation.evaluate_embeddings` numbers them and
+    keys per-class results by name); ``(n, L)`` integer hierarchical labels, returned as
+    int64; or ``(n, C)`` bool multi-labels, returned as they are.
 
     Raises
     ------
@@ -105,9 +108,9 @@ def read_embeddings(path: Path, emb_key: str | None = None,
                          f"{labels.shape} of dtype {labels.dtype}")
     if labels.ndim == 2 and labels.dtype.kind == "b":  # multi-labels stay bool
         return emb.astype(np.float32), labels
-    if labels.dtype.kind in "USO":  # class names
-        labels = np.unique(labels.astype(str), return_inverse=True)[1]
-    elif labels.dtype.kind == "f" and np.array_equal(labels, np.round(labels)):
+    if labels.dtype.kind in "USO":  # class names: kept, so results name the classes
+        return emb.astype(np.float32), labels.astype(str)
+    if labels.dtype.kind == "f" and np.array_equal(labels, np.round(labels)):
         labels = labels.astype(np.int64)
     elif labels.dtype.kind not in "iub":
         raise ValueError(f"{path}: {labels_key!r} must hold integer labels or class names, "
@@ -137,7 +140,7 @@ def evaluate(
     sections: str = typer.Option(
         ",".join(SECTIONS), "--sections", help=f"Comma-separated subset of {','.join(SECTIONS)}.",
     ),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", min=0),
     episodes: int = typer.Option(600, "--episodes", min=1, help="Few-shot episodes per setting."),
     per_class: bool = typer.Option(False, "--per-class", help="Per-class retrieval in JSON."),
     full_ranking: bool = typer.Option(
@@ -152,7 +155,7 @@ def evaluate(
     try:
         from dmlkit.functional.retrieval import canonical_metric
 
-        canonical_metric(metric)  # a bad name fails before any embedding
+        metric = canonical_metric(metric)  # a bad name fails before any embedding
         options = {"metric": metric, "sections": _sections(sections), "seed": seed,
                    "episodes": episodes, "per_class": per_class, "full_ranking": full_ranking,
                    "log": lambda line: typer.echo(line, err=True)}  # progress, on stderr
@@ -161,13 +164,15 @@ def evaluate(
                 raise ValueError(f"{run_dir} holds embeddings already; --data names what a "
                                  "run directory's model embeds")
             target = out if out is not None else run_dir.with_suffix(".evaluation.json")
-            check_output_file(target, "JSON file")
+            check_output_path(target, "--out", {"the embeddings file": run_dir},
+                              what="JSON file")
             emb, labels = read_embeddings(run_dir, x_key, labels_key)
             result = evaluate_embeddings(emb, labels, out=target, **options)
         else:
             target = out if out is not None else run_dir / "evaluation.json"
-            if out is not None:
-                check_output_file(target, "JSON file")
+            given = None if data in ("heldout", "train") else data  # (a split of the run)
+            check_output_path(target, "--out", existing_inputs({"the --data input": given}),
+                              what="JSON file", run_dir=run_dir, allow=("evaluation.json",))
             result = evaluate_run(run_dir, data, out=target, device=device, x_key=x_key,
                                   labels_key=labels_key, **options)
     except (OSError, ValueError, TypeError, KeyError) as err:

@@ -220,13 +220,24 @@ def data_model(run_dir: Path | None, *specs: str | None) -> str | None:
     return None
 
 
+def _check_out(out: Path, run_dir: Path | None, inputs: dict[str, Any], save: Any = None) -> None:
+    """Refuse (before any work) an ``--out`` that cannot become a JSON file or would replace
+    an input ``{option: spec}``, ``--save`` or a run's file (:mod:`dmlkit.cli._outputs`)."""
+    from dmlkit.cli._outputs import check_output_path, existing_inputs
+
+    given = existing_inputs({f"the {k} input": v for k, v in inputs.items()
+                             if v not in ("heldout", "train")})  # (not a run's splits)
+    check_output_path(out, "--out", {**given, "the --save directory": save},
+                      what="JSON file", run_dir=run_dir)
+
+
 def _print(title: str, metrics: dict[str, Any]) -> None:
     typer.echo(title)
     for key, value in metrics.items():
         if isinstance(value, float):
             ci = metrics.get("ci95", {}).get(key) if isinstance(metrics.get("ci95"), dict) else None
             extra = f"  (95% CI {ci[0]:.4f}-{ci[1]:.4f})" if ci else ""
-            typer.echo(f"  {key:24s} {value:.4f}{extra}")
+            typer.echo(f"  {key:24s} {'n/a' if value != value else f'{value:.4f}'}{extra}")
         elif isinstance(value, int) and not isinstance(value, bool):
             typer.echo(f"  {key:24s} {value}")
 
@@ -254,7 +265,7 @@ def register(app: typer.Typer) -> None:
         metric: str = typer.Option("cosine", "--metric"),
         max_pairs: int = typer.Option(200_000, "--max-pairs"),
         bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap replicates."),
-        seed: int = typer.Option(0, "--seed"),
+        seed: int = typer.Option(0, "--seed", min=0),
         out: Path = typer.Option(Path("verify.json"), "--out", "-o"),
         save: Path = typer.Option(None, "--save", help="Also save the fitted Verifier here."),
     ) -> None:
@@ -269,6 +280,8 @@ def register(app: typer.Typer) -> None:
         reader = DataReader(run_dir)
         split: dict[str, Any] = {}
         try:
+            _check_out(out, run_dir, {"--data": data, "--calibrate": calibrate,
+                                      "--pairs": pairs}, save)
             rows = None if pairs is None else read_pairs(pairs)
             x, y, _ = reader.read(data, "--data")
             if rows is None or rows.shape[1] == 2:  # the labels say which pairs are same
@@ -345,6 +358,7 @@ def register(app: typer.Typer) -> None:
         reader = DataReader(run_dir)
         reid = None
         try:
+            _check_out(out, run_dir, {"--gallery": gallery, "--query": query}, save)
             xg, yg, ag = reader.read(gallery, "--gallery")
             xq, yq, aq = reader.read(query, "--query")
             check_same_model(gallery, query, "--gallery and --query")
@@ -404,7 +418,7 @@ def register(app: typer.Typer) -> None:
         n_query: int = typer.Option(15, "--n-query"),
         method: str = typer.Option("prototype", "--method", help="prototype or knn."),
         metric: str = typer.Option("cosine", "--metric"),
-        seed: int = typer.Option(0, "--seed"),
+        seed: int = typer.Option(0, "--seed", min=0),
         out: Path = typer.Option(Path("fewshot.json"), "--out", "-o"),
     ) -> None:
         """Classify queries from a support set, or report N-way K-shot episode accuracy."""
@@ -418,6 +432,8 @@ def register(app: typer.Typer) -> None:
         result: dict[str, Any] = {"command": "fewshot",
                                   "run_dir": str(run_dir) if run_dir else None}
         try:
+            _check_out(out, run_dir, {"--support": support, "--query": query,
+                                      "--episodes": episodes_data})
             clf = FewShotClassifier(method=method, metric=metric, embedder=embedder)
             if method not in METHODS:
                 raise ValueError(f"--method must be one of {METHODS}, got {method!r}")
@@ -445,8 +461,9 @@ def register(app: typer.Typer) -> None:
                         r = clf.evaluate_episodes(x, y, n_way=n, k_shot=k, n_query=n_query,
                                                   episodes=n_episodes, seed=seed)
                         result[f"{n}way_{k}shot"] = r
-                        typer.echo(f"{n}-way {k}-shot: {r['accuracy']:.4f} ± {r['ci95']:.4f} "
-                                   f"(95% CI, {n_episodes} episodes)")
+                        ci, e = r["ci95"], n_episodes  # (ci NaN for one episode: no interval)
+                        typer.echo(f"{n}-way {k}-shot: {r['accuracy']:.4f} " + (
+                            f"± {ci:.4f} (95% CI, {e} episodes)" if ci == ci else "(1 episode)"))
             elif support is not None and query is not None:
                 reader = DataReader(run_dir)
                 xs, ys, _ = reader.read(support, "--support")

@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from dmlkit._checks import first_few, is_int
 from dmlkit._files import publish_mode
 from dmlkit.evaluation.clustering import clustering_metrics
-from dmlkit.evaluation.few_shot import few_shot_accuracy
+from dmlkit.evaluation.few_shot import NotEnoughClassesError, few_shot_accuracy
 from dmlkit.evaluation.hierarchical import hierarchical_retrieval_metrics
 from dmlkit.evaluation.retrieval import label_codes, retrieval_metrics
 from dmlkit.evaluation.verification import (
@@ -25,6 +26,7 @@ from dmlkit.evaluation.verification import (
     pairs_from_labels,
     verification_metrics,
 )
+from dmlkit.functional.retrieval import canonical_metric
 
 SECTIONS = ("retrieval", "clustering", "verification", "few_shot")
 
@@ -60,16 +62,18 @@ def evaluate_embeddings(
     ref_embeddings, ref_labels : optional
         A separate gallery for retrieval (default: leave-one-out on ``embeddings``).
     metric : str
-        ``"euclidean"``, ``"cosine"`` or ``"dot"``; verification scores are the matching
-        similarity (negated distance for euclidean).
+        ``"euclidean"``, ``"cosine"`` or ``"dot"`` (or an alias, in any case: the result
+        names the canonical one); verification scores are the matching similarity
+        (negated distance for euclidean).
     sections : sequence of str
         Subset of ``("retrieval", "clustering", "verification", "few_shot")``.
     seed : int
-        Seeds k-means, pair sampling, cross-validation folds and episodes.
+        Seeds k-means, pair sampling, cross-validation folds and episodes (``>= 0``).
     max_pairs : int
         Verification uses all pairs of the set, or this many sampled ones.
     few_shot : sequence of (n_way, k_shot)
-        Episode settings; settings the data cannot support are skipped with a note.
+        Episode settings (``n_way >= 2``, ``k_shot >= 1``); settings the data cannot
+        support (too few classes with enough items) are skipped with a note.
     full_ranking : bool
         Also compute retrieval's ``mean_average_precision`` and ``mean_reciprocal_rank``
         (a pass over every query's whole ranking: several times slower on large sets),
@@ -88,16 +92,27 @@ def evaluate_embeddings(
         with ``(n, L)`` hierarchical labels and the retrieval section, also
         ``"hierarchical"``: :func:`~dmlkit.evaluation.hierarchical_retrieval_metrics`
         (per-level metrics ``{name}_level_{l}``, hierarchical precision and nDCG).
+
+    Raises
+    ------
+    ValueError
+        Before any section runs: embeddings that are not a non-empty ``(n, d >= 1)``
+        matrix of finite values, an unknown section or metric, a negative ``seed``,
+        ``n_folds < 2``, ``episodes < 1`` or a bad few-shot setting. Labels that make a
+        section trivial (one class; every item its own class) are warned about.
     """
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         raise ValueError(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
+    metric = canonical_metric(metric)  # ("COSINE" normalizes for clustering as "cosine")
+    _check_settings(seed, n_folds, episodes, few_shot)
     # class names as integer codes (per-class results are keyed by the names again)
     labels, ref_labels, label_names = label_codes(labels, ref_labels, return_names=True)
     x = torch.as_tensor(embeddings)
     y = torch.as_tensor(labels)
-    if x.dim() != 2 or x.shape[0] == 0:
-        raise ValueError(f"need a non-empty (n, d) array of embeddings, got shape {tuple(x.shape)}")
+    _check_embeddings(x, "embeddings")
+    if ref_embeddings is not None:
+        _check_embeddings(torch.as_tensor(ref_embeddings), "ref_embeddings")
     result: dict[str, Any] = {"num_embeddings": int(x.shape[0]), "metric": metric,
                               "seed": seed}
     if "retrieval" in sections:
@@ -117,6 +132,8 @@ def evaluate_embeddings(
     flat_labels = y.dim() == 1
     if "clustering" in sections:
         with _section(log, "clustering (k-means)"):
+            if flat_labels:
+                _warn_trivial_clustering(y)
             result["clustering"] = (
                 clustering_metrics(x, y, seed=seed, normalize=metric == "cosine")
                 if flat_labels else {"skipped": "clustering needs (n,) class labels"})
@@ -129,6 +146,51 @@ def evaluate_embeddings(
     if out is not None:
         write_json(result, out)
     return result
+
+
+def _check_settings(seed: int, n_folds: int, episodes: int,
+                    few_shot: Sequence[tuple[int, int]]) -> None:
+    """Refuse bad settings before any section runs (a ``ValueError`` naming each)."""
+    for name, value, low in (("seed", seed, 0), ("n_folds", n_folds, 2),
+                             ("episodes", episodes, 1)):
+        if not is_int(value) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    for setting in few_shot:
+        ok = isinstance(setting, (tuple, list)) and len(setting) == 2
+        if not (ok and is_int(setting[0]) and setting[0] >= 2 and is_int(setting[1])
+                and setting[1] >= 1):
+            raise ValueError(f"few_shot settings are (n_way >= 2, k_shot >= 1) pairs of "
+                             f"integers, got {setting!r}")
+
+
+def _check_embeddings(x: torch.Tensor, name: str) -> None:
+    """A one-line ``ValueError`` unless ``x`` is a non-empty ``(n, d >= 1)`` matrix of
+    finite values (NaN would otherwise reach k-means and sklearn's own message)."""
+    if x.dim() != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{name} must be a non-empty (n, d) array with d >= 1, got shape "
+                         f"{tuple(x.shape)}")
+    if x.is_floating_point():
+        bad = torch.nonzero(~torch.isfinite(x).all(dim=1)).flatten().tolist()
+        if bad:
+            raise ValueError(
+                f"{name} hold NaN or infinite values in {len(bad)} of {x.shape[0]} rows "
+                f"({'row' if len(bad) == 1 else 'rows'} {first_few(bad)}); drop those rows "
+                "or fill in the missing values first")
+
+
+def _warn_trivial_clustering(y: torch.Tensor) -> None:
+    """Warn when the labels make clustering meaningless: one class (one cluster holds
+    everything) or every item its own class (one cluster per item): NMI and AMI are
+    trivially perfect or undefined, whatever the embeddings."""
+    import warnings
+
+    n, classes = int(y.shape[0]), int(torch.unique(y).numel())
+    if classes == 1 or classes == n:
+        what = (f"all {n} labels are one class" if classes == 1 else
+                f"each of the {n} labels occurs once (one cluster per item)")
+        warnings.warn(f"clustering metrics are trivial: {what}, so k-means has nothing to "
+                      "find; evaluate on at least two classes with at least two items each",
+                      UserWarning, stacklevel=3)
 
 
 @contextmanager
@@ -160,7 +222,7 @@ def _few_shot(x, y, flat_labels, settings, episodes, metric, seed) -> dict[str, 
         try:
             shots[name] = few_shot_accuracy(x, y, n_way=n_way, k_shot=k_shot,
                                             episodes=episodes, metric=metric, seed=seed)
-        except ValueError as err:
+        except NotEnoughClassesError as err:  # the data, not the arguments
             shots[name] = {"skipped": str(err)}
     return shots
 

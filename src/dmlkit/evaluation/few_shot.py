@@ -3,7 +3,10 @@
 Each seeded episode draws ``n_way`` classes, ``k_shot`` support and ``n_query`` query
 items per class (disjoint), and classifies queries by the nearest class prototype (mean
 support embedding; Snell et al. 2017, "Prototypical Networks") or by the nearest support
-item. The interval is ``1.96 * std / sqrt(episodes)`` over episode accuracies.
+item. The interval half-width is ``1.96 * std / sqrt(episodes)`` with the sample standard
+deviation of the episode accuracies (``ddof=1``: the standard error of their mean, as
+the usual few-shot evaluation code reports it); NaN for a single episode, whose spread
+is unknown.
 """
 
 from __future__ import annotations
@@ -13,9 +16,15 @@ import math
 import numpy as np
 import torch
 
+from dmlkit._checks import is_int
 from dmlkit.functional.retrieval import canonical_metric
 
 CLASSIFIERS = ("prototype", "nearest_neighbor")
+
+
+class NotEnoughClassesError(ValueError):
+    """The labelled set has too few classes with enough items for the episodes asked
+    for (a property of the data, as opposed to a bad argument)."""
 
 
 def sample_episode(
@@ -49,15 +58,28 @@ def few_shot_accuracy(
     Returns
     -------
     dict
-        ``accuracy``, ``ci95``, ``episodes``, ``n_way``, ``k_shot``, ``n_query``,
-        ``classifier``.
+        ``accuracy``, ``ci95`` (half-width of the 95% interval of the mean accuracy,
+        ``1.96 * std(ddof=1) / sqrt(episodes)``; NaN for one episode), ``episodes``,
+        ``n_way``, ``k_shot``, ``n_query``, ``classifier``.
+
+    Raises
+    ------
+    ValueError
+        A bad argument (``n_way`` below 2: one class to choose from is always right;
+        a count below 1, a negative ``seed``, an unknown classifier or metric), or
+        :class:`NotEnoughClassesError` when fewer than ``n_way`` classes have
+        ``k_shot + n_query`` items.
     """
     if classifier not in CLASSIFIERS:
         raise ValueError(f"classifier must be one of {CLASSIFIERS}, got {classifier!r}")
-    for name, v in (("n_way", n_way), ("k_shot", k_shot), ("n_query", n_query),
-                    ("episodes", episodes)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    for name, v, low in (("n_way", n_way, 2), ("k_shot", k_shot, 1), ("n_query", n_query, 1),
+                         ("episodes", episodes, 1), ("seed", seed, 0)):
+        if not is_int(v) or v < low:
+            what = "a positive integer" if low == 1 else f"an integer >= {low}"
+            hint = (": a 1-way episode has one class to choose, so its accuracy is always "
+                    "1.0 and says nothing about the embeddings" if name == "n_way" and v == 1
+                    else "")
+            raise ValueError(f"{name} must be {what}, got {v!r}{hint}")
     n_way, k_shot, n_query, episodes = int(n_way), int(k_shot), int(n_query), int(episodes)
     metric = canonical_metric(metric)
     x = embeddings.detach().cpu().numpy() if isinstance(embeddings, torch.Tensor) else embeddings
@@ -73,7 +95,7 @@ def few_shot_accuracy(
     uniq, counts = np.unique(y, return_counts=True)
     eligible = uniq[counts >= k_shot + n_query]
     if eligible.size < n_way:
-        raise ValueError(
+        raise NotEnoughClassesError(
             f"only {eligible.size} classes have >= {k_shot + n_query} items; "
             f"{n_way}-way episodes need {n_way}"
         )
@@ -98,10 +120,11 @@ def few_shot_accuracy(
         accs[e] = float((pred == truth).mean())
     return {
         "accuracy": float(accs.mean()),
-        "ci95": float(1.96 * accs.std() / math.sqrt(episodes)),
+        "ci95": (float(1.96 * accs.std(ddof=1) / math.sqrt(episodes)) if episodes > 1
+                 else float("nan")),
         "episodes": episodes, "n_way": n_way, "k_shot": k_shot, "n_query": n_query,
         "classifier": classifier,
     }
 
 
-__all__ = ["CLASSIFIERS", "sample_episode", "few_shot_accuracy"]
+__all__ = ["CLASSIFIERS", "NotEnoughClassesError", "sample_episode", "few_shot_accuracy"]

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dmlkit._checks import is_int
 from dmlkit.functional.distances import check_embeddings
 from dmlkit.functional.labels import check_labels
 from dmlkit.functional.retrieval import canonical_metric, retrieval_per_query
@@ -85,6 +86,7 @@ def _check_coded_inputs(query, query_labels, reference, reference_labels):
     query = _as_tensor(query, "query")
     query_labels = _as_tensor(query_labels, "query_labels", labels=True)
     check_embeddings(query, "query")
+    check_dim(query, "query")
     check_labels(query_labels, query.shape[0], "query_labels")
     if (reference is None) != (reference_labels is None):
         raise ValueError("pass reference and reference_labels together, or neither")
@@ -92,6 +94,7 @@ def _check_coded_inputs(query, query_labels, reference, reference_labels):
         reference = _as_tensor(reference, "reference")
         reference_labels = _as_tensor(reference_labels, "reference_labels", labels=True)
         check_embeddings(reference, "reference")
+        check_dim(reference, "reference")
         check_labels(reference_labels, reference.shape[0], "reference_labels")
         if reference.shape[1] != query.shape[1]:
             raise ValueError(
@@ -100,12 +103,30 @@ def _check_coded_inputs(query, query_labels, reference, reference_labels):
     return query, query_labels, reference, reference_labels
 
 
+def check_dim(x: Tensor, name: str) -> None:
+    """A ``ValueError`` when the ``(n, d)`` embeddings ``x`` have no coordinates
+    (``d == 0``): every distance would be 0 and every metric a ranking of ties."""
+    if x.dim() == 2 and x.shape[1] == 0:
+        raise ValueError(f"{name} has shape {tuple(x.shape)}: embeddings need at least one "
+                         "dimension (d >= 1); check which array holds them")
+
+
 def _ks(k: int | Sequence[int] | None) -> tuple[int, ...]:
+    """``k`` as a tuple of cutoffs: one integer (Python or numpy, not a bool) or a
+    non-empty sequence of them, each ``>= 1``; anything else is a ``ValueError``."""
     if k is None:
         return DEFAULT_K
-    if isinstance(k, int):
-        return (k,)
-    return tuple(int(v) for v in k)
+    if is_int(k):
+        values: tuple = (k,)
+    elif isinstance(k, (Sequence, np.ndarray, Tensor)) and not isinstance(k, (str, bytes)):
+        values = tuple(v.item() if isinstance(v, Tensor) and v.dim() == 0 else v for v in k)
+    else:
+        raise ValueError(f"k must be an integer >= 1 or a sequence of them, got {k!r} "
+                         f"({type(k).__name__})")
+    if not values or not all(is_int(v) and v >= 1 for v in values):
+        raise ValueError(f"k must be an integer >= 1 or a non-empty sequence of them, got "
+                         f"{k!r}")
+    return tuple(int(v) for v in values)
 
 
 def retrieval_metrics(

@@ -3,14 +3,18 @@
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
+from dmlkit._checks import is_int
 from dmlkit.functional.chunking import chunk_size_for, row_chunks
 from dmlkit.functional.retrieval import canonical_metric
 from dmlkit.functional.verification import (
+    OneKindSplitError,
     auc,
     check_scored_pairs,
     equal_error_rate,
@@ -22,6 +26,18 @@ from dmlkit.functional.verification import (
 )
 
 DEFAULT_FARS = (1e-1, 1e-2, 1e-3, 1e-4)
+
+
+def resolvable(far: float, num_negatives: int) -> bool:
+    """Whether ``num_negatives`` different pairs can measure a false-accept rate of
+    ``far``: their FARs are multiples of ``1 / num_negatives``, so one below that is
+    measured as 0."""
+    return far * num_negatives >= 1.0 - 1e-9
+
+
+def pairs_needed(far: float) -> int:
+    """The fewest negative pairs that resolve a false-accept rate of ``far``."""
+    return max(1, math.ceil(1.0 / far - 1e-9))
 
 
 #: bytes one chunk of pair scoring may hold: its gathered rows and float64 intermediates
@@ -53,6 +69,13 @@ def _rowwise_scores(a: torch.Tensor, b: torch.Tensor, metric: str) -> np.ndarray
     return val.numpy()
 
 
+def _check_dim(x: torch.Tensor) -> None:
+    """Refuse ``(n, 0)`` embeddings: every pair would score alike (0, or 0 distance)."""
+    if x.shape[1] == 0:
+        raise ValueError(f"embeddings have shape {tuple(x.shape)}: pair scores need at least "
+                         "one dimension (d >= 1); check which array holds the embeddings")
+
+
 def _as_cpu_tensor(v) -> torch.Tensor:
     return v.detach().cpu() if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v))
 
@@ -66,6 +89,7 @@ def pair_scores(x_a, x_b, metric: str = "cosine", chunk: int | None = None) -> n
     if a.shape != b.shape or a.dim() != 2:
         raise ValueError(
             f"paired embeddings must both be (n, d), got {tuple(a.shape)}, {tuple(b.shape)}")
+    _check_dim(a)
     metric = canonical_metric(metric)
     step = pair_chunk_size(a.shape[0], a.shape[1]) if chunk is None else chunk
     out = np.empty(a.shape[0], dtype=np.float64)
@@ -96,6 +120,7 @@ def indexed_pair_scores(
     ii, jj = _as_cpu_tensor(i).long(), _as_cpu_tensor(j).long()
     if x.dim() != 2:
         raise ValueError(f"embeddings must be (n, d), got shape {tuple(x.shape)}")
+    _check_dim(x)
     if ii.shape != jj.shape or ii.dim() != 1:
         raise ValueError(
             f"pair indices must both be (p,), got {tuple(ii.shape)}, {tuple(jj.shape)}")
@@ -157,6 +182,10 @@ def verification_metrics(
     (:func:`dmlkit.functional.verification.min_dcf`) with prior ``p_target`` and costs
     ``c_miss`` / ``c_fa``; the defaults (0.01, 1, 1) are those of NIST SRE and VoxCeleb.
 
+    ``tar_at_far_{far:g}`` is NaN (with one warning) for a FAR below
+    ``1 / num_negative_pairs``: the only false-accept rate such a set can measure at or
+    below it is 0, so the TAR there would be reported as if it were measured at ``far``.
+
     Returns
     -------
     dict
@@ -165,7 +194,17 @@ def verification_metrics(
         ``accuracy_folds`` (``n_folds``, fewer when one kind of pair is too rare for
         every training split to hold it; 0 and NaN accuracy when two folds cannot),
         ``num_pairs``, ``num_same``.
+
+    Raises
+    ------
+    ValueError
+        ``n_folds`` not an integer ``>= 2``, ``seed`` not an integer ``>= 0``, a FAR
+        outside ``(0, 1)``, or pairs of one kind only.
     """
+    if not is_int(n_folds) or n_folds < 2:
+        raise ValueError(f"n_folds must be an integer >= 2, got {n_folds!r}")
+    if not is_int(seed) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
     s, y = check_scored_pairs(scores, is_same)
     fpr, tpr, thr = roc_curve(s, y)
     eer, eer_t = equal_error_rate(fpr, tpr, thr)
@@ -174,15 +213,27 @@ def verification_metrics(
         dcf_t = threshold_between(thr, 0)
     out = {"auc": auc(fpr, tpr), "eer": eer, "eer_threshold": eer_t,
            "min_dcf": dcf, "min_dcf_threshold": dcf_t}
+    n_neg = int((~y).sum())
+    unresolved = []
     for far in fars:
-        out[f"tar_at_far_{far:g}"] = tar_at_far(fpr, tpr, far)
+        value = tar_at_far(fpr, tpr, far)  # (checks far)
+        if not resolvable(far, n_neg):
+            value = float("nan")
+            unresolved.append(float(far))
+        out[f"tar_at_far_{far:g}"] = value
+    if unresolved:
+        warnings.warn(
+            f"TAR at FAR {', '.join(f'{f:g}' for f in unresolved)} is NaN: "
+            f"{n_neg} different (negative) pairs resolve no FAR between 0 and 1/{n_neg} = "
+            f"{1.0 / n_neg:.3g}; FAR {min(unresolved):g} needs at least "
+            f"{pairs_needed(min(unresolved))} negative pairs", UserWarning, stacklevel=2)
     # k-fold accuracy needs both kinds of pair in every training split: with few pairs of
     # one kind, fewer folds; NaN (and 0 folds) when even two folds cannot have that
     out["accuracy_mean"], out["accuracy_std"], out["accuracy_folds"] = np.nan, np.nan, 0
     for folds in range(min(n_folds, s.size), 1, -1):
         try:
             cv = kfold_accuracy(s, y, n_folds=folds, seed=seed)
-        except ValueError:
+        except OneKindSplitError:  # (bad arguments were refused above)
             continue
         out["accuracy_mean"], out["accuracy_std"] = cv["accuracy_mean"], cv["accuracy_std"]
         out["accuracy_folds"] = folds
@@ -196,6 +247,9 @@ class ThresholdCalibrator:
 
     ``fit(scores, is_same)`` chooses the lowest threshold (highest TAR) whose FAR on the
     fitting pairs is ``<= target_far``; ``predict(scores)`` is ``scores >= threshold_``.
+    Fitting pairs with fewer than ``1 / target_far`` different pairs cannot resolve the
+    target (their FARs are multiples of ``1 / n_different_``): ``fit`` warns, and the
+    threshold accepts none of their different pairs.
 
     Parameters
     ----------
@@ -233,6 +287,15 @@ class ThresholdCalibrator:
             raise ValueError(f"target_far must be in (0, 1), got {self.target_far!r}")
         s, y = check_scored_pairs(scores, is_same)
         fpr, tpr, thr = roc_curve(s, y)
+        n_neg = int((~y).sum())
+        if not resolvable(float(self.target_far), n_neg):
+            warnings.warn(
+                f"the calibration set cannot resolve target_far={float(self.target_far):g}: "
+                f"its {n_neg} different (negative) pairs resolve no FAR between 0 and "
+                f"1/{n_neg} = {1.0 / n_neg:.3g}, so the threshold accepts none of them (FAR "
+                f"0 here, unmeasured below {1.0 / n_neg:.3g}); that FAR needs at least "
+                f"{pairs_needed(float(self.target_far))} negative pairs",
+                UserWarning, stacklevel=2)
         i = int(np.flatnonzero(fpr <= self.target_far)[-1])
         self.threshold_ = threshold_between(thr, i)
         self.far_, self.tar_ = float(fpr[i]), float(tpr[i])

@@ -3,9 +3,11 @@
 Ranking convention (every metric and :class:`dmlkit.index.ExactIndex` use it): the
 references are ordered by a *ranking key* where smaller is closer (squared Euclidean
 distance, or the negated similarity for ``"cosine"`` / ``"dot"``), and **ties are broken
-by reference index, lower first**. This is the order faiss's flat indexes return, so the
-metrics equal pytorch-metric-learning's ``AccuracyCalculator`` (which ranks with
-``faiss.IndexFlatL2``) even when many distances tie. Euclidean ranking uses
+by reference index, lower first**. This is the order ``faiss.IndexFlatL2`` returns, so
+the metrics equal pytorch-metric-learning's ``AccuracyCalculator`` (which ranks with
+``IndexFlatL2`` by default) even when many distances tie. ``faiss.IndexFlatIP`` lists
+tied similarities highest index first, so by inner product or cosine the order among
+ties can differ from that index's. Euclidean ranking uses
 ``|r|^2 - 2 q.r`` (the squared distance minus the query's own constant ``|q|^2``, one
 matrix product), never a square root, which could merge distinct values into new ties.
 Exact ties (e.g. integer-valued embeddings) are reproduced exactly, copies of one vector

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dmlkit._checks import check_real
+from dmlkit._checks import check_real, is_int
 
 
 def check_scored_pairs(scores, is_same) -> tuple[np.ndarray, np.ndarray]:
@@ -113,12 +113,25 @@ def tar_at_far(fpr: np.ndarray, tpr: np.ndarray, far: float) -> float:
 
 
 def threshold_between(thresholds: np.ndarray, i: int) -> float:
-    """A threshold accepting exactly what ROC point ``i`` accepts, midway to the next score."""
+    """A threshold accepting exactly what ROC point ``i`` accepts (``score >= t``).
+
+    Midway between the point's lowest accepted score and the next lower score, kept
+    within ``[nextafter(next lower, +inf), lowest accepted]``: the midpoint of two
+    adjacent floats rounds onto one of them, and must never land on the rejected one.
+    Point 0 (accept nothing) lies above the highest score (by 1, or by one float step
+    where 1 is lost to rounding at large scale); the last point (accept everything) at
+    or below the lowest score.
+    """
     if i == 0:
-        return float(thresholds[1] + 1.0) if thresholds.size > 1 else float("inf")
+        if thresholds.size < 2:
+            return float("inf")
+        top = float(thresholds[1])
+        return max(top + 1.0, float(np.nextafter(top, np.inf)))
     if i == thresholds.size - 1:
-        return float(thresholds[i] - 1.0)
-    return float((thresholds[i] + thresholds[i + 1]) / 2.0)
+        return min(float(thresholds[i]) - 1.0, float(thresholds[i]))
+    accepted, rejected = float(thresholds[i]), float(thresholds[i + 1])
+    mid = accepted / 2.0 + rejected / 2.0  # (halves first: no overflow at the float limits)
+    return min(max(mid, float(np.nextafter(rejected, np.inf))), accepted)
 
 
 def best_accuracy_threshold(scores, is_same) -> tuple[float, float]:
@@ -140,6 +153,11 @@ def _best_sorted(s: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return threshold_between(thr, i), float(acc[i])
 
 
+class OneKindSplitError(ValueError):
+    """A training split of :func:`kfold_accuracy` holds only one kind of pair (the data
+    are too few for that many folds), as opposed to a bad argument."""
+
+
 def kfold_accuracy(
     scores, is_same, *, n_folds: int = 10, seed: int = 0, shuffle: bool = True
 ) -> dict:
@@ -148,10 +166,20 @@ def kfold_accuracy(
     For each fold the accuracy-maximizing threshold is chosen on the other ``k - 1``
     folds and applied to the held-out fold. Returns ``accuracy_mean``, ``accuracy_std``
     (population std over folds), per-fold ``accuracies`` and ``thresholds``.
+
+    Raises
+    ------
+    ValueError
+        ``n_folds`` not an integer in ``[2, n]`` or ``seed`` not an integer ``>= 0``;
+        :class:`OneKindSplitError` (a ``ValueError``) when a training split holds only
+        one kind of pair.
     """
     s, y = check_scored_pairs(scores, is_same)
-    if not 2 <= n_folds <= s.size:
-        raise ValueError(f"n_folds must be in [2, {s.size}], got {n_folds}")
+    if not is_int(n_folds) or not 2 <= n_folds <= s.size:
+        raise ValueError(f"n_folds must be an integer in [2, {s.size}] (the number of pairs), "
+                         f"got {n_folds!r}")
+    if not is_int(seed) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
     order = np.random.default_rng(seed).permutation(s.size) if shuffle else np.arange(s.size)
     by_score = np.argsort(-s, kind="stable")  # sort once; folds keep this order
     s_sorted, y_sorted = s[by_score], y[by_score]
@@ -162,7 +190,8 @@ def kfold_accuracy(
         train_sorted = train[by_score]
         s_tr, y_tr = s_sorted[train_sorted], y_sorted[train_sorted]
         if y_tr.all() or not y_tr.any():
-            raise ValueError("a training split has only one kind of pair; use fewer folds")
+            raise OneKindSplitError(
+                "a training split has only one kind of pair; use fewer folds")
         t, _ = _best_sorted(s_tr, y_tr)
         accs.append(float(((s[fold] >= t) == y[fold]).mean()))
         thrs.append(t)
@@ -181,4 +210,5 @@ __all__ = [
     "threshold_between",
     "best_accuracy_threshold",
     "kfold_accuracy",
+    "OneKindSplitError",
 ]
