@@ -20,6 +20,14 @@ class EuclideanDistance(BaseDistance):
         Return ``|x - y|^2`` (pytorch-metric-learning's ``LpDistance(power=2)``).
     normalize_embeddings : bool
         L2-normalize inputs first, as pytorch-metric-learning's ``LpDistance`` does.
+
+    Notes
+    -----
+    Unless ``squared``, a distance is exactly 0, with a zero gradient, where its square
+    is at most 1e-12 times the pair's mean squared norm
+    (:func:`~dmlkit.functional.distances.zero_distance_cut`): ``d <= 1e-6`` on
+    normalized embeddings, and in proportion on un-normalized ones, so tiny embeddings
+    keep their distances and gradients in any dtype.
     """
 
     is_similarity = False

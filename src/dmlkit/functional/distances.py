@@ -4,6 +4,14 @@ All-pairs functions map ``x (n, d)`` and ``y (m, d)`` to an ``(n, m)`` matrix; r
 functions map two ``(n, d)`` tensors to ``(n,)``. Euclidean distances use the
 ``|x|^2 + |y|^2 - 2 x.y`` expansion (one matmul) clamped at zero, with a gradient-safe
 square root.
+
+Zero distances: a squared distance at most :data:`ZERO_DISTANCE_RATIO` (1e-12) times
+the pair's mean squared norm ``(|x|^2 + |y|^2) / 2`` is taken as exactly 0, with a zero
+gradient (:func:`zero_distance_cut`). The cut scales with the embeddings, so it hides
+float64's rounding noise (the expansion leaves about ``eps * |x|^2`` of it where
+``x == y``) at any scale, while tiny un-normalized embeddings keep their distances
+(``d(a x, a y) = a d(x, y)``, zeros included). On unit-norm embeddings it is the
+absolute ``d^2 <= 1e-12`` (``d <= 1e-6``) of :func:`safe_sqrt`'s default.
 """
 
 from __future__ import annotations
@@ -21,15 +29,27 @@ def l2_normalize(x: Tensor, eps: float = _EPS) -> Tensor:
     return x / x.norm(p=2, dim=-1, keepdim=True).clamp_min(eps)
 
 
-def safe_sqrt(x: Tensor, eps: float = _EPS) -> Tensor:
-    """``sqrt(x)`` whose gradient is zero (not inf/NaN) where ``x == 0``."""
+#: squared distances at most this fraction of the pair's mean squared norm are zero
+ZERO_DISTANCE_RATIO = 1e-12
+
+
+def zero_distance_cut(x_sq: Tensor, y_sq: Tensor) -> Tensor:
+    """Squared distances at or below this are distances of exactly 0, from the squared
+    norms of the two sides (broadcast: ``(n, 1), (1, m) -> (n, m)`` or ``(n,), (n,)``)."""
+    return (x_sq + y_sq).mul_(0.5 * ZERO_DISTANCE_RATIO)
+
+
+def safe_sqrt(x: Tensor, eps: float | Tensor = _EPS) -> Tensor:
+    """``sqrt(x)`` that is 0, with a zero gradient (not inf/NaN), where ``x <= eps``.
+
+    ``eps`` is a number or a tensor broadcastable to ``x`` (:func:`zero_distance_cut`).
+    """
     zero = x <= eps
-    out = torch.sqrt(torch.where(zero, torch.ones_like(x), x))
-    return torch.where(zero, torch.zeros_like(x), out)
+    return x.masked_fill(zero, 1.0).sqrt().masked_fill(zero, 0.0)
 
 
-def pairwise_squared_euclidean(x: Tensor, y: Tensor | None = None) -> Tensor:
-    """All-pairs squared Euclidean distance, ``(n, d), (m, d) -> (n, m)``."""
+def _pairwise_squared(x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """Squared distances ``(n, m)`` and the squared norms ``(n, 1)``, ``(m, 1)``."""
     y_is_x = y is None
     y = x if y is None else y
     x_sq = (x * x).sum(dim=1, keepdim=True)  # (n, 1)
@@ -39,12 +59,20 @@ def pairwise_squared_euclidean(x: Tensor, y: Tensor | None = None) -> Tensor:
     if y_is_x and d2.shape[0] == d2.shape[1]:
         # exact zeros on the diagonal (the expansion leaves rounding noise there)
         d2.diagonal().zero_()
-    return d2
+    return d2, x_sq, y_sq
+
+
+def pairwise_squared_euclidean(x: Tensor, y: Tensor | None = None) -> Tensor:
+    """All-pairs squared Euclidean distance, ``(n, d), (m, d) -> (n, m)``."""
+    return _pairwise_squared(x, y)[0]
 
 
 def pairwise_euclidean(x: Tensor, y: Tensor | None = None) -> Tensor:
-    """All-pairs Euclidean distance, ``(n, d), (m, d) -> (n, m)``."""
-    return safe_sqrt(pairwise_squared_euclidean(x, y))
+    """All-pairs Euclidean distance, ``(n, d), (m, d) -> (n, m)`` (zeros: module doc)."""
+    d2, x_sq, y_sq = _pairwise_squared(x, y)  # (n, m), (n, 1), (m, 1)
+    with torch.no_grad():
+        cut = zero_distance_cut(x_sq, y_sq.T)  # (n, m)
+    return safe_sqrt(d2, cut)
 
 
 def pairwise_dot(x: Tensor, y: Tensor | None = None) -> Tensor:
@@ -67,8 +95,10 @@ def rowwise_squared_euclidean(x: Tensor, y: Tensor) -> Tensor:
 
 
 def rowwise_euclidean(x: Tensor, y: Tensor) -> Tensor:
-    """Row-wise Euclidean distance, ``(n, d), (n, d) -> (n,)``."""
-    return safe_sqrt(rowwise_squared_euclidean(x, y))
+    """Row-wise Euclidean distance, ``(n, d), (n, d) -> (n,)`` (zeros: module doc)."""
+    with torch.no_grad():
+        cut = zero_distance_cut((x * x).sum(dim=1), (y * y).sum(dim=1))  # (n,)
+    return safe_sqrt(rowwise_squared_euclidean(x, y), cut)
 
 
 def rowwise_dot(x: Tensor, y: Tensor) -> Tensor:
@@ -99,6 +129,8 @@ def check_embeddings(x: Tensor, name: str = "embeddings") -> None:
 __all__ = [
     "l2_normalize",
     "safe_sqrt",
+    "zero_distance_cut",
+    "ZERO_DISTANCE_RATIO",
     "pairwise_squared_euclidean",
     "pairwise_euclidean",
     "pairwise_dot",

@@ -8,12 +8,20 @@ row ``i``.
 
 Passing the batch itself as the reference (``ref_embeddings=embeddings,
 ref_labels=labels``, the very same tensor objects) means the batch, not a second copy
-of it: it is treated as no reference, so self-pairs stay excluded. This matches
-pytorch-metric-learning, which drops the diagonal positives exactly when
-``ref_labels is labels``. Equal but distinct tensors (a clone, a second view, a memory
-bank that happens to hold the batch) are a genuine reference set. dmlkit asks for both
-objects to be the batch's: ``ref_labels=labels`` with other ``ref_embeddings`` (e.g. a
-second view) keeps its diagonal pairs, where pytorch-metric-learning drops them.
+of it: it is treated as no reference, so self-pairs stay excluded. Equal but distinct
+tensors (a clone, a second view, a memory bank that happens to hold the batch) are a
+genuine reference set, and so is the batch's own ``labels`` object with other
+``ref_embeddings``: its diagonal pairs ``(i, i)`` count. That is the right rule for a
+momentum encoder's keys of the same batch or a second view, where reference row ``i``
+is query ``i``'s intended positive.
+
+pytorch-metric-learning's rule differs: it drops the diagonal positive pairs whenever
+``ref_labels is labels``, whatever ``ref_embeddings`` holds. So
+``loss(x, y, ref_embeddings=x.detach().clone(), ref_labels=y)`` keeps the pairs
+``(i, i)`` here and drops them there. To get pytorch-metric-learning's result, pass no
+reference set (``loss(x, y)``: the same value, though gradients then reach both sides
+of each pair), or leave the diagonal out yourself: give ``indices`` without the pairs
+``(i, i)``, or drop a miner's tuples whose positive equals their anchor.
 """
 
 from __future__ import annotations

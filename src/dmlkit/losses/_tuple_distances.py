@@ -25,6 +25,7 @@ from dmlkit.distances.base import BaseDistance
 from dmlkit.distances.cosine import CosineSimilarity
 from dmlkit.distances.dot_product import DotProductSimilarity
 from dmlkit.distances.euclidean import EuclideanDistance
+from dmlkit.functional.distances import zero_distance_cut
 from dmlkit.functional.tuples import Pairs
 from dmlkit.losses._rows import with_grads
 
@@ -215,10 +216,12 @@ def _rows_closed_form(
         for r, c in requests:
             a, b = xd.index_select(0, r), rd.index_select(0, c)  # (T, d) each
             if euclid:
+                if not squared:  # safe_sqrt's zeros (and zero gradients)
+                    cut = zero_distance_cut((a * a).sum(dim=1), (b * b).sum(dim=1))  # (T,)
                 diff = a.sub_(b)  # (T, d)
                 v = (diff * diff).sum(dim=1)  # (T,) squared distances
-                if not squared:  # safe_sqrt: 0 (and a zero gradient) for d2 <= 1e-12
-                    v = v.masked_fill_(v <= 1e-12, 0.0).sqrt_()
+                if not squared:
+                    v = v.masked_fill_(v <= cut, 0.0).sqrt_()
                 kept.append((diff,))
             else:
                 v = (a * b).sum(dim=1)  # (T,)
@@ -243,10 +246,12 @@ def _rows_closed_form(
 
 def _matrix(distance: BaseDistance, x: Tensor, ref: Tensor) -> Tensor:
     """The ``(n, m)`` matrix without autograd: Euclidean in one ``cdist`` call (the
-    values pytorch-metric-learning's ``LpDistance`` computes), zero below 1e-6."""
+    values pytorch-metric-learning's ``LpDistance`` computes), with the zeros of
+    :func:`~dmlkit.functional.distances.zero_distance_cut`."""
     if type(distance) is EuclideanDistance and not distance.squared:
         mat = torch.cdist(x, ref)  # (n, m)
-        return mat.masked_fill_(mat <= 1e-6, 0.0)  # safe_sqrt's zeros (d2 <= 1e-12)
+        cut = zero_distance_cut((x * x).sum(dim=1)[:, None], (ref * ref).sum(dim=1)[None, :])
+        return mat.masked_fill_(mat.square() <= cut, 0.0)  # safe_sqrt's zeros
     return distance.compute_matrix(x, ref)
 
 

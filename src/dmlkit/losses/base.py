@@ -10,8 +10,12 @@ Signature (shared by every loss)::
 * ``ref_embeddings`` / ``ref_labels``: positives and negatives come from a reference set
   (memory bank, other processes) while anchors come from ``embeddings``; every
   (query, reference) pair counts, the diagonal included. The batch passed as its own
-  reference (``ref_embeddings=embeddings, ref_labels=labels``, the same tensor objects)
-  is no reference: self-pairs stay excluded, as in pytorch-metric-learning
+  reference (``ref_embeddings=embeddings, ref_labels=labels``, both the same tensor
+  objects) is no reference: self-pairs stay excluded. Other ``ref_embeddings`` (a
+  detached copy, a momentum encoder's keys) keep the diagonal pairs even with
+  ``ref_labels=labels``, where pytorch-metric-learning drops them whenever
+  ``ref_labels is labels``; for its result pass no reference set, or ``indices``
+  without the pairs ``(i, i)``
   (:func:`dmlkit.functional.reference.resolve_reference`).
 
 Inputs are validated once here (a multi-label row must hold at least one label: an

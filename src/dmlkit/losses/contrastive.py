@@ -8,6 +8,7 @@ from torch import Tensor
 from dmlkit.distances.base import BaseDistance
 from dmlkit.distances.euclidean import EuclideanDistance
 from dmlkit.functional.chunking import chunked_sum, eager_chunk_size
+from dmlkit.functional.distances import zero_distance_cut
 from dmlkit.functional.labels import same_label
 from dmlkit.functional.tuples import IndexTuple, Pairs, triplets_to_pairs
 from dmlkit.losses._rows import use_fused, with_grads
@@ -139,9 +140,9 @@ class ContrastiveLoss(BaseMetricLoss):
         need_grad = torch.is_grad_enabled() and (x.requires_grad or ref.requires_grad)
         with torch.no_grad():
             xd, rd = x.detach(), ref.detach()
-            d = torch.addmm((rd * rd).sum(dim=1)[None, :], xd, rd.T, alpha=-2.0)  # (n, m)
-            d.add_((xd * xd).sum(dim=1, keepdim=True))
-            torch.threshold_(d, 1e-12, 0.0).sqrt_()  # safe_sqrt: 0 below 1e-12
+            x_sq, r_sq = (xd * xd).sum(dim=1, keepdim=True), (rd * rd).sum(dim=1)[None, :]
+            d = torch.addmm(r_sq, xd, rd.T, alpha=-2.0).add_(x_sq)  # (n, m)
+            d.masked_fill_(d <= zero_distance_cut(x_sq, r_sq), 0.0).sqrt_()  # safe_sqrt's zeros
             i, j = torch.where(same)  # (P,) positive pairs
             if exclude_self:
                 keep = i != j
@@ -172,9 +173,9 @@ def _matrix(distance: BaseDistance, x: Tensor, y: Tensor) -> Tensor:
     """``distance.compute_matrix(x, y)`` without autograd; Euclidean in 4-6 fused passes."""
     if type(distance) is not EuclideanDistance:
         return distance.compute_matrix(x, y)
-    y_sq = (y * y).sum(dim=1)  # (m,)
-    d2 = torch.addmm(y_sq[None, :], x, y.T, alpha=-2.0)  # (c, m): |y|^2 - 2 x.y
-    d2.add_((x * x).sum(dim=1, keepdim=True)).clamp_min_(0.0)
+    x_sq, y_sq = (x * x).sum(dim=1, keepdim=True), (y * y).sum(dim=1)[None, :]
+    d2 = torch.addmm(y_sq, x, y.T, alpha=-2.0)  # (c, m): |y|^2 - 2 x.y
+    d2.add_(x_sq).clamp_min_(0.0)
     if distance.squared:
         return d2
-    return d2.masked_fill_(d2 <= 1e-12, 0.0).sqrt_()  # safe_sqrt's zeros
+    return d2.masked_fill_(d2 <= zero_distance_cut(x_sq, y_sq), 0.0).sqrt_()  # safe_sqrt's zeros

@@ -40,7 +40,10 @@ class FastAPLoss(BaseMetricLoss):
         Histogram bins.
     distance : BaseDistance, optional
         A Euclidean distance on normalized embeddings; default squared
-        (:math:`d_{max} = 4`), else :math:`d_{max} = 2`.
+        (:math:`d_{max} = 4`), else :math:`d_{max} = 2`. ``normalize_embeddings=False``
+        is refused (``ValueError``): raw distances past :math:`d_{max}` would fall
+        outside every bin and give a constant loss with no gradient
+        (pytorch-metric-learning refuses it too).
 
     Notes
     -----
@@ -57,6 +60,13 @@ class FastAPLoss(BaseMetricLoss):
         if not isinstance(self.distance, EuclideanDistance):
             raise ValueError(
                 f"FastAPLoss needs a EuclideanDistance, got {type(self.distance).__name__}"
+            )
+        if not self.distance.normalize_embeddings:
+            # the histogram spans [0, d_max] of unit vectors: raw distances fall past it
+            raise ValueError(
+                "FastAPLoss needs EuclideanDistance(normalize_embeddings=True): its "
+                "histogram spans the distances of unit vectors only, got "
+                f"{self.distance!r}"
             )
         if int(num_bins) < 1:
             raise ValueError(f"num_bins must be >= 1, got {num_bins}")

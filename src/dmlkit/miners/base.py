@@ -5,9 +5,18 @@ A miner returns :class:`~dmlkit.functional.Pairs`, :class:`~dmlkit.functional.Tr
 positives / negatives into the reference set) and never builds a graph.
 
 Without a reference set an anchor is never its own positive. The batch passed as its
-own reference (``ref_embeddings=embeddings, ref_labels=labels``, the same tensor
-objects) is no reference, so that holds then too, as in pytorch-metric-learning
+own reference (``ref_embeddings=embeddings, ref_labels=labels``, both the same tensor
+objects) is no reference, so that holds then too. Other ``ref_embeddings`` (a detached
+copy, a momentum encoder's keys) keep the diagonal pairs ``(i, i)`` even with
+``ref_labels=labels``, where pytorch-metric-learning drops them whenever
+``ref_labels is labels``; for its result mine without a reference set, or drop the
+tuples whose positive equals their anchor
 (:func:`dmlkit.functional.reference.resolve_reference`).
+
+Embeddings are measured without gradients in their own dtype (promoted with the
+reference set's), half precision raised to float32 (:func:`mining_dtype`): float64
+selections follow differences below float32's resolution, as pytorch-metric-learning's
+do.
 """
 
 from __future__ import annotations
@@ -118,12 +127,23 @@ class BaseMiner(nn.Module):
         self._sources = (embeddings, ref_embeddings)
         try:
             with torch.no_grad():
-                emb = embeddings.detach().float()
-                ref = emb if same_set else ref_embeddings.detach().float()
+                dtype = mining_dtype(embeddings, None if same_set else ref_embeddings)
+                emb = embeddings.detach().to(dtype)
+                ref = emb if same_set else ref_embeddings.detach().to(dtype)
                 ref_l = labels if same_set else ref_labels
                 return self.mine(emb, labels, ref, ref_l, same_set)
         finally:
             self._sources = None
+
+
+def mining_dtype(embeddings: Tensor, ref_embeddings: Tensor | None = None) -> torch.dtype:
+    """The dtype miners measure in: the embeddings' (promoted with the reference set's),
+    with half precision (float16, bfloat16) raised to float32. float64 stays float64, so
+    differences below float32's resolution still decide a selection."""
+    dtype = embeddings.dtype
+    if ref_embeddings is not None:
+        dtype = torch.promote_types(dtype, ref_embeddings.dtype)
+    return torch.float32 if torch.finfo(dtype).bits < 32 else dtype
 
 
 #: the tuple type of each ``output_kind``
@@ -141,4 +161,4 @@ def cat_tuples(
     return kind(*(torch.cat(p) for p in zip(*parts, strict=True)))
 
 
-__all__ = ["BaseMiner", "cat_tuples"]
+__all__ = ["BaseMiner", "cat_tuples", "mining_dtype"]
