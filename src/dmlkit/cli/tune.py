@@ -35,7 +35,8 @@ def tune(
         "runs/<config name>-tune, or runs/<study>-tune for a --study other than the config's."
     ),
     storage: str | None = typer.Option(
-        None, "--storage", help="SQLAlchemy URL of the study (default: sqlite in --out)."
+        None, "--storage", help="SQLAlchemy URL of the study (default: sqlite in --out); "
+        "a SQLite file, not in memory (sqlite:///path/study.db)."
     ),
     study: str | None = typer.Option(
         None, "--study", help="Study name (default: tune.study_name, else the config name)."),
@@ -47,7 +48,8 @@ def tune(
     folds of the training classes. Writes the best config as best.yaml.
 
     Start more workers on the same study (same config and --out, or --storage) with
-    --resume; they share the trial count.
+    --resume; they share the trial count. Ctrl-C fails the running trial (not counted)
+    and exits 130; --resume goes on.
     """
     _refuse_torchrun("tune", "; to run trials in parallel, start more workers on the same "
                      "study with --resume (same config and --out, or --storage)")

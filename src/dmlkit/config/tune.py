@@ -17,12 +17,15 @@
 
 A parameter is ``{choices: [...]}`` (categorical: numbers, strings, null, or whole
 component mappings) or ``{low, high}`` with optional ``log`` and ``step`` (integers when
-``low`` and ``high`` both are). ``when: {path: value or [values]}`` samples it only when
+``low``, ``high`` and ``step`` all are, except for a setting that takes fractional
+numbers, e.g. ``model.dropout: {low: 0, high: 0.5}``: its type says so, and it is
+sampled as ``{low: 0.0, high: 0.5}``). ``when: {path: value or [values]}`` samples it only when
 the config built so far matches (each of its values must be one the path can then hold).
 Setting a component's ``name`` keeps only the keys the new component accepts; a
 ``loss.name`` (any ``<component>.name``) takes names only, a component with parameters is
 a choice of the whole component (``loss: {choices: [..., {name: ..., key: value}]}``).
-Paths that choose the data or its classes cannot be tuned; ``training.patience`` is
+Paths that choose the data, its classes or the items read of it (``data.seed``, the
+``max_per_class`` caps, ...: :data:`FROZEN`) cannot be tuned; ``training.patience`` is
 searched only with ``objective: best_epoch`` (with ``final`` each fold trains every epoch).
 """
 
@@ -39,9 +42,14 @@ OBJECTIVES = ("final", "best_epoch")
 PRUNERS = ("median", "none")
 SECTIONS = ("model", "loss", "miner", "sampler", "optimizer", "schedule", "training", "data")
 COMPONENTS = ("model", "loss", "miner", "sampler")
+#: paths never searched: they choose which items are read (the source, its split and
+#: classes, the seeded caps and subsets, the tuples or crops made of it, their labels) or
+#: which of them validate, and every trial must be scored on the same items
 FROZEN = {
     "data": {"name", "path", "part", "heldout_part", "split", "test_fraction", "train_classes",
-             "test_classes", "kind", "tuples", "features", "x_key", "labels_key"},
+             "test_classes", "kind", "tuples", "features", "x_key", "labels_key", "seed",
+             "max_per_class", "max_heldout_per_class", "num_tuples", "min_score",
+             "crop_seconds", "trim_silence"},
     "training": {"val_classes", "val_fraction", "seed", "device", "progress"},
 }  # fmt: skip
 _SPEC_KEYS = {"choices", "low", "high", "log", "step", "when"}
@@ -70,7 +78,8 @@ class TuneConfig:
     warmup_epochs : int
         Epochs of every trial that are never pruned.
     storage : str, optional
-        SQLAlchemy URL of the study (default: a SQLite file in the tuning directory).
+        SQLAlchemy URL of the study (default: a SQLite file in the tuning directory); a
+        SQLite file is recorded by its absolute path, in-memory SQLite is refused.
     study_name : str, optional
         Default: the config's ``name``.
     heartbeat_seconds : int
@@ -148,8 +157,9 @@ def _check_spec(path: str, spec: Any) -> dict[str, Any]:
         raise ValueError(f"tune.space path {path!r} needs a key, e.g. {section}.<key>")
     if key in FROZEN.get(section, ()):
         raise ValueError(
-            f"tune.space path {path!r} cannot be tuned: it chooses the data, its classes or "
-            "the validation, which must stay fixed for scores to be comparable"
+            f"tune.space path {path!r} cannot be tuned: it chooses the data, its classes, "
+            "the items read of them or the validation, which must stay the same in every "
+            "trial for scores to be comparable; set it in the config instead"
         )
     if "." in key:
         raise ValueError(f"tune.space path {path!r} is nested too deep (section.key at most)")

@@ -23,6 +23,7 @@ from typing import Any
 from dmlkit.config.schema import Config
 from dmlkit.evaluation.evaluate import write_text
 from dmlkit.training.checks import idle_patience
+from dmlkit.tuning.storage import absolute_storage, same_storage
 
 try:
     import fcntl
@@ -98,7 +99,8 @@ def write_best(study: Any, config: Config, out_dir: Path, storage: str) -> Path 
         if best_config.tune is not None:
             best_config.tune.space = {}  # the chosen point, not the space
             if best_config.tune.storage:  # a file to share: no user or password in it
-                best_config.tune.storage = safe_storage(best_config.tune.storage)
+                best_config.tune.storage = safe_storage(
+                    absolute_storage(best_config.tune.storage))
         folds = config.tune.folds if config.tune is not None else "?"
         rescore = f"dmlkit crossval {BEST_FILE}"
         note = ""
@@ -122,7 +124,8 @@ def write_best(study: Any, config: Config, out_dir: Path, storage: str) -> Path 
         path = out_dir / BEST_FILE
         write_text(header + best_config.to_yaml(), path)
         summary = {
-            "study": study.study_name, "storage": safe_storage(storage), "trial": best.number,
+            "study": study.study_name, "storage": safe_storage(absolute_storage(storage)),
+            "trial": best.number,
             "value": best.value, "params": best.params, "folds": best.user_attrs.get("folds"),
         }  # fmt: skip
         write_text(json.dumps(summary, indent=2) + "\n", out_dir / BEST_JSON)
@@ -165,16 +168,23 @@ def check_best_owner(out_dir: Path, study_name: str, storage: str) -> None:
     if not isinstance(owner, dict):
         return
     theirs = (owner.get("study"), owner.get("storage"))
-    mine = (study_name, safe_storage(storage))
-    if theirs[0] is None or (theirs[0], theirs[1] or mine[1]) == mine:
+    mine = (study_name, safe_storage(absolute_storage(storage)))
+    if theirs[0] is None:
         return
-    if theirs[0] == study_name and theirs[1] == storage.split("@")[-1]:
-        return  # (as an older dmlkit wrote the storage: without its scheme)
+    if theirs[0] == study_name and (not theirs[1] or same_storage(theirs[1], mine[1])
+                                    or theirs[1] == storage.split("@")[-1]):
+        return  # (the last: as an older dmlkit wrote the storage, without its scheme)
+    overwrite = (f"writing there would overwrite that study's {BEST_FILE} and {BEST_JSON}: "
+                 "give this study its own --out (the default, runs/<study>-tune, is one "
+                 "folder per study)")
+    if theirs[0] == study_name:
+        raise FileExistsError(
+            f"{out_dir} holds the best config of study {study_name!r} stored in "
+            f"{theirs[1]}, but this study {study_name!r} is stored in {mine[1]} (another "
+            f"storage); {overwrite}, or join that study with --storage {theirs[1]} --resume")
     raise FileExistsError(
         f"{out_dir} holds the best config of study {theirs[0]!r} ({theirs[1]}), not of "
-        f"study {study_name!r} ({mine[1]}); writing there would overwrite that study's "
-        f"{BEST_FILE} and {BEST_JSON}: give this study its own --out (the default, "
-        "runs/<study>-tune, is one folder per study)")
+        f"study {study_name!r} ({mine[1]}); {overwrite}")
 
 
 __all__ = [

@@ -9,7 +9,14 @@ from typing import Any, Protocol
 from torch import Tensor
 
 from dmlkit.config.schema import Config
-from dmlkit.config.tune import choice_label, condition_holds, get_path, is_int_range, set_path
+from dmlkit.config.tune import (
+    COMPONENTS,
+    choice_label,
+    condition_holds,
+    get_path,
+    is_int_range,
+    set_path,
+)
 
 
 class Suggester(Protocol):
@@ -26,15 +33,17 @@ class Suggester(Protocol):
     ) -> float: ...
 
 
-def suggest(trial: Suggester, path: str, spec: dict[str, Any]) -> Any:
-    """Sample the value of one parameter (named by its ``path``)."""
+def suggest(trial: Suggester, path: str, spec: dict[str, Any], *,
+            fractional: bool = False) -> Any:
+    """Sample the value of one parameter (named by its ``path``); a range of integers
+    samples integers unless the setting is ``fractional`` (:func:`takes_fractions`)."""
     if "choices" in spec:
         choices = spec["choices"]
         labels = [choice_label(c) for c in choices]
         label = trial.suggest_categorical(path, labels)
         return copy.deepcopy(choices[labels.index(label)])
     log = bool(spec.get("log", False))
-    if is_int_range(spec):
+    if is_int_range(spec) and not fractional:
         return trial.suggest_int(path, spec["low"], spec["high"], step=spec.get("step", 1), log=log)
     step = spec.get("step")
     return trial.suggest_float(
@@ -57,7 +66,8 @@ def trial_config(config: Config, trial: Suggester) -> tuple[Config, dict[str, An
     for path, spec in config.tune.space.items():
         if not condition_holds(raw, spec.get("when")):
             continue
-        value = suggest(trial, path, spec)
+        fractional = is_int_range(spec) and takes_fractions(raw, path)
+        value = suggest(trial, path, spec, fractional=fractional)
         set_path(raw, path, value)
         chosen[path] = value
     try:
@@ -66,6 +76,39 @@ def trial_config(config: Config, trial: Suggester) -> tuple[Config, dict[str, An
     except (TypeError, KeyError, ValueError) as err:
         raise ValueError(f"the trial's parameters {chosen} make an invalid config: {err}") from err
     return result, chosen
+
+
+class _Opaque:
+    """A value no plain type hint accepts (only ``Any`` or a class checked elsewhere)."""
+
+
+def takes_fractions(raw: dict[str, Any], path: str) -> bool:
+    """Whether the setting at ``path`` of the config ``raw`` takes fractional numbers: the
+    type of its section's field or of its component's constructor parameter accepts
+    ``0.5`` (``float``, ``float | None``; not ``int``, nor an untyped parameter). Such a
+    setting searched as ``{low: 0, high: 1}`` is sampled as floats in ``[0, 1]``, not as
+    the integers 0 and 1."""
+    import typing
+
+    from dmlkit.config.param_types import matches
+
+    section, _, key = path.partition(".")
+    if not key:
+        return False
+    try:
+        if section in COMPONENTS:
+            from dmlkit.registry import LOSSES, MINERS, MODELS, SAMPLERS
+
+            spec = raw.get(section)
+            name = spec.get("name") if isinstance(spec, dict) else spec
+            registry = {"model": MODELS, "loss": LOSSES, "miner": MINERS,
+                        "sampler": SAMPLERS}[section]
+            hint = typing.get_type_hints(registry.get(name).__init__).get(key)
+        else:
+            hint = typing.get_type_hints(typing.get_type_hints(Config)[section]).get(key)
+    except Exception:  # noqa: BLE001 - an unknown name or unresolvable hints: as written
+        return False
+    return hint is not None and matches(0.5, hint) and not matches(_Opaque(), hint)
 
 
 class _ProbeTrial:
@@ -135,20 +178,75 @@ def check_space(config: Config, fold_labels: Sequence[Tensor] | None = None, *,
                     f"tune.space[{path!r}].when refers to {cond!r}, which the config does not "
                     f"set and the space does not search: the parameter would never be tried")
     _check_conditions(raw, space)
+    probe_configs(config)
+    if fold_labels is not None:
+        from dmlkit.tuning.batches import check_batches
+
+        check_batches(config, fold_labels, class_names=class_names)
+
+
+def probe_configs(config: Config) -> list[tuple[Config, dict[str, Any]]]:
+    """``(config, chosen values)`` at the corners of the space (every range at its ends
+    and at a point inside; every choice of every categorical parameter), each checked.
+
+    Raises
+    ------
+    ValueError
+        Naming the parameter values that make an invalid config.
+    """
+    space = config.tune.space if config.tune is not None else {}
     probes = [_ProbeTrial(0), _ProbeTrial(1), _ProbeTrial(2)]
     for path, spec in space.items():
         if "choices" in spec:
             labels = [choice_label(c) for c in spec["choices"]]
             probes += [_ProbeTrial(0, {path: label}) for label in labels[1:-1] or labels]
+    configs = []
     for probe in probes:
         try:
-            trial_config(config, probe)
+            configs.append(trial_config(config, probe))
         except ValueError as err:
             raise ValueError(f"tune.space: {err}") from None
-    if fold_labels is not None:
-        from dmlkit.tuning.batches import check_batches
+    return configs
 
-        check_batches(config, fold_labels, class_names=class_names)
+
+def check_parts(config: Config, example: Any, num_classes: int) -> None:
+    """Build the model, loss and miner of every corner of the space
+    (:func:`probe_configs`), their data-dependent sizes filled in from ``example`` (one
+    training item) and ``num_classes`` as each fold fills them, so a value their
+    constructors refuse (``model.dropout: 1``, ``model.dim: 0``, ``model.hidden: [0]``)
+    is an error before the first trial, not the failure of every trial that draws it.
+    Only the parts the space can change are built, each distinct one once, with a
+    scoped random state (the study's draws are unchanged).
+
+    Raises
+    ------
+    ValueError
+        Naming the parameter values and the part that refuses them.
+    """
+    import json
+
+    from dmlkit.training.build import build_loss, build_miner, build_model, resolve_config
+    from dmlkit.training.rng import rng_scope
+
+    space = config.tune.space if config.tune is not None else {}
+    searched = {path.partition(".")[0] for path in space}
+    sections = [s for s in ("model", "loss", "miner")
+                if s in searched or (s == "loss" and "model" in searched)]  # (its sizes)
+    builders = {"model": build_model, "loss": build_loss, "miner": build_miner}
+    built: set[str] = set()
+    for probe, chosen in probe_configs(config) if sections else ():
+        try:
+            with rng_scope(0):
+                resolved = resolve_config(probe, example, num_classes)  # (may build one)
+                for section in sections:
+                    key = json.dumps([section, getattr(resolved, section)], sort_keys=True,
+                                     default=str)
+                    if key not in built:
+                        builders[section](resolved)
+                        built.add(key)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"tune.space: the trial's parameters {chosen} make an invalid "
+                             f"config: {err}") from None
 
 
 def _check_conditions(raw: dict[str, Any], space: dict[str, Any]) -> None:
@@ -238,5 +336,5 @@ class FixedTrial:
         return float(self._get(name))
 
 
-__all__ = ["FixedTrial", "Suggester", "check_space", "possible_values", "suggest",
-           "trial_config"]
+__all__ = ["FixedTrial", "Suggester", "check_parts", "check_space", "possible_values",
+           "probe_configs", "suggest", "takes_fractions", "trial_config"]

@@ -33,7 +33,9 @@ from dmlkit.tuning.best import (
     safe_storage,
     write_best,
 )
-from dmlkit.tuning.space import check_space, trial_config
+from dmlkit.tuning.interrupt import SigintGuard
+from dmlkit.tuning.space import check_parts, check_space, trial_config
+from dmlkit.tuning.storage import absolute_storage, check_storage
 from dmlkit.tuning.workers import (
     Heartbeat,
     counts_toward_total,
@@ -230,9 +232,16 @@ def tune(
         Continue the study, or join it as one more worker; without it an existing
         study is an error.
     storage, study_name : str, optional
-        Override ``tune.storage`` (any SQLAlchemy URL) and ``tune.study_name``.
+        Override ``tune.storage`` (any SQLAlchemy URL; a SQLite file is recorded by its
+        absolute path, in-memory SQLite is refused) and ``tune.study_name``.
     log : callable
         Receives progress lines.
+
+    Raises
+    ------
+    KeyboardInterrupt
+        On Ctrl-C (SIGINT, :class:`~dmlkit.tuning.interrupt.SigintGuard`): the running
+        trial ends FAIL and does not count; ``resume`` goes on with the study.
     """
     optuna = require_optuna()
 
@@ -243,27 +252,38 @@ def tune(
     config = absolute_data_paths(config)  # trials and best.yaml read these files anywhere
     out_dir = Path(out_dir)
     url = storage or storage_url(config, out_dir)
+    check_storage(url)  # (in-memory SQLite: a study no one else sees, gone at the end)
+    url = absolute_storage(url)  # a SQLite file by its absolute path, from any directory
+    if config.tune is not None and config.tune.storage:
+        config.tune.storage = absolute_storage(config.tune.storage)
     name = study_name_of(config, study_name)
     check_best_owner(out_dir, name, url)  # another study's best files: refused at once
-    _check_folds(config)  # before out_dir is made: a refused study leaves nothing behind
-    made = [d for d in (out_dir, *out_dir.parents) if not d.exists()]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        with warnings.catch_warnings():  # heartbeats outside Study.optimize are by design
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            warnings.filterwarnings("ignore", message="Heartbeat of storage")
-            return _tune(config, trials, out_dir, url, name, resume, log)
-    except BaseException:  # e.g. a storage that cannot be opened: no empty --out left
-        for folder in made:  # (innermost first)
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
-        raise
+    with SigintGuard() as guard:  # Ctrl-C: the running trial fails, the worker stops
+        try:
+            with guard.interruptible():  # (reads the data, builds the parts: no storage)
+                _check_folds(config)  # before out_dir is made: a refused study leaves
+            guard.check()  # (nothing behind, nor one a Ctrl-C during an import stopped)
+            made = [d for d in (out_dir, *out_dir.parents) if not d.exists()]
+            out_dir.mkdir(parents=True, exist_ok=True)
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+            try:
+                with warnings.catch_warnings():  # heartbeats outside Study.optimize: by design
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    warnings.filterwarnings("ignore", message="Heartbeat of storage")
+                    return _tune(config, trials, out_dir, url, name, resume, log, guard)
+            except BaseException:  # e.g. a storage that cannot be opened: no empty --out
+                for folder in made:  # (innermost first)
+                    if folder.is_dir() and not any(folder.iterdir()):
+                        folder.rmdir()
+                raise
+        except Exception as err:  # (e.g. a RuntimeError of an import Ctrl-C broke)
+            if guard.requested:
+                raise KeyboardInterrupt from err
+            raise
 
 
-def _tune(
-    config: Config, trials: int, out_dir: Path, url: str, name: str, resume: bool, log: Callable
-) -> TuneSummary:
+def _tune(config: Config, trials: int, out_dir: Path, url: str, name: str, resume: bool,
+          log: Callable, guard: SigintGuard) -> TuneSummary:
     optuna = require_optuna()
     from dmlkit.training.cross_validation import cross_validate
 
@@ -277,6 +297,7 @@ def _tune(
     fail_stale_trials(study, 4 * tc.heartbeat_seconds, log)
     states = optuna.trial.TrialState
     while True:
+        guard.check()  # (between storage operations)
         if sum(map(counts_toward_total, study.get_trials(deepcopy=False))) >= trials:
             break
         trial = study.ask()
@@ -289,7 +310,7 @@ def _tune(
             trial.set_user_attr("surplus", True)
             study.tell(trial, state=states.FAIL)
             break
-        _run_trial(study, trial, config, trials, rdb, log, cross_validate)
+        _run_trial(study, trial, config, trials, rdb, log, cross_validate, guard)
         write_best(study, config, out_dir, url)
         fail_stale_trials(study, 4 * tc.heartbeat_seconds, log)
     best_path = write_best(study, config, out_dir, url)
@@ -321,15 +342,16 @@ def _check_folds(config: Config) -> None:
             )
     check_space(config)  # component keys, types and names: here, not trial after trial
     train = training_part(config)  # the held-out part is never read
+    # the model, loss and miner constructors' own checks (model.dropout 1, model.dim 0)
+    check_parts(config, train.x[0], int(train.labels.max()) + 1)
     folds = class_folds(train.classes, config.tune.folds, config.tune.seed,
                         class_names=train.class_names)
     check_batches(config, [select_classes(train, classes).labels for classes, _ in folds],
                   class_names=train.class_names)  # every sampler setting, on every fold
 
 
-def _run_trial(
-    study: Any, trial: Any, config: Config, total: int, rdb: Any, log: Callable, cross_validate: Any
-) -> None:
+def _run_trial(study: Any, trial: Any, config: Config, total: int, rdb: Any, log: Callable,
+               cross_validate: Any, guard: SigintGuard) -> None:
     optuna = require_optuna()
     states = optuna.trial.TrialState
     tc = config.tune
@@ -351,26 +373,33 @@ def _run_trial(
                 return
 
             def on_epoch(epoch: int, mean: float) -> None:
+                guard.check()  # (a Ctrl-C a storage callback swallowed)
                 trial.report(mean, epoch)
                 if epoch < cfg.training.epochs and trial.should_prune():  # (last: complete)
                     raise optuna.TrialPruned(f"pruned at epoch {epoch} (mean MAP@R {mean:.4f})")
 
-            result = cross_validate(
-                cfg, tc.folds, seed=tc.seed, objective=tc.objective, on_epoch=on_epoch,
-                log=lambda m: log(f"{tag} {m}"),
-            )  # fmt: skip
+            with guard.interruptible():
+                result = cross_validate(
+                    cfg, tc.folds, seed=tc.seed, objective=tc.objective, on_epoch=on_epoch,
+                    log=lambda m: log(f"{tag} {m}"),
+                )  # fmt: skip
             trial.set_user_attr("folds", result.to_dict()["folds"])
         except optuna.TrialPruned as err:
             study.tell(trial, state=states.PRUNED)
             log(f"{tag} {err}")
             return
         except (ValueError, TypeError, FloatingPointError) as err:  # the config's own fault
+            if guard.requested:  # (an error a Ctrl-C caused: not the config's)
+                study.tell(trial, state=states.FAIL)
+                raise KeyboardInterrupt from err
             trial.set_user_attr("error", f"{type(err).__name__}: {err}")
             study.tell(trial, state=states.FAIL)
             log(f"{tag} failed: {type(err).__name__}: {err}")
             return
-        except BaseException:
+        except BaseException as err:
             study.tell(trial, state=states.FAIL)  # not the config's fault: not counted
+            if guard.requested and not isinstance(err, KeyboardInterrupt):
+                raise KeyboardInterrupt from err  # (e.g. a RuntimeError of a broken import)
             raise
         study.tell(trial, result.score)
     finally:
