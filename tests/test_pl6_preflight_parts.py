@@ -154,7 +154,10 @@ def test_validation_data_without_inputs_and_labels_is_refused_when_the_trainer_i
 
 def test_a_sampler_needing_labels_says_where_they_come_from():
     cfg, train = setup()
-    data = TensorDataset(train.x, train.labels.float())  # (not class ids: no labels)
+    data = TensorDataset(train.x)  # (inputs alone: no labels)
     with pytest.raises(ValueError, match=r"needs labels; the training data has none \(no "
                                          r"`labels` attribute.*ArrayDataset\(x, labels\)"):
         Trainer(cfg, data, log=None)
+    floats = TensorDataset(train.x, train.labels.float())  # labels, but not class ids
+    with pytest.raises(TypeError, match="labels must be integer class ids"):
+        Trainer(cfg, floats, log=None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,13 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def _latest_run(name: str) -> Path | None:
-    """The newest ``runs/<name>`` or ``runs/<name>-*`` directory holding a checkpoint."""
-    candidates = [p for p in [RUNS_DIR / name, *RUNS_DIR.glob(f"{name}-*")]
-                  if (p / "checkpoint.pt").is_file()]
+    """The newest run of the config ``name`` holding a checkpoint: ``runs/<name>``, or a
+    directory named as ``dmlkit train`` names its runs, ``runs/<name>-<YYYYmmdd-HHMMSS>``
+    (``-2``, ``-3``, ... when taken); never another config's (``runs/<name>-b-...``)."""
+    own = re.compile(re.escape(name) + r"(-\d{8}-\d{6}(-\d+)?)?")
+    found = sorted(RUNS_DIR.iterdir()) if RUNS_DIR.is_dir() else []
+    candidates = [p for p in found
+                  if own.fullmatch(p.name) and (p / "checkpoint.pt").is_file()]
     return max(candidates, key=lambda p: p.stat().st_mtime, default=None)
 
 
@@ -147,9 +152,11 @@ def train(
     seed: int | None = typer.Option(None, "--seed", help="Override training.seed."),
     resume: bool = typer.Option(
         False, "--resume", help="Continue the run in --out (default: the newest runs/NAME "
-        "or runs/NAME-* holding a checkpoint, NAME the config's name)."
+        "or runs/NAME-<timestamp> holding a checkpoint, NAME the config's name)."
     ),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
+    progress: bool | None = typer.Option(
+        None, "--progress/--no-progress",
+        help="Progress bar (default: the config's training.progress)."),
     overrides: list[str] | None = typer.Option(
         None, "--set",
         help="Override any config value: KEY=VALUE with a dotted key and a YAML value, "
@@ -172,6 +179,10 @@ def train(
 
         warnings.simplefilter("ignore")
     try:
+        if seed is not None and seed > 0:  # (a negative one: the config's check says so)
+            from dmlkit.training.rng import check_seed
+
+            check_seed(seed, "--seed")
         # its names are checked below, once --set has changed them (it may fix one)
         cfg = Config.from_yaml(config) if config is not None else digits_config()
         if overrides and not resume:
@@ -213,6 +224,7 @@ def train(
                 # where it runs on: a run trained on a GPU resumes on the CPU
                 saved_cfg.training.device = given.training.device
                 saved_cfg.training.num_threads = given.training.num_threads
+                saved_cfg.training.progress = given.training.progress
             if deleted and rank == 0:
                 typer.echo(f"note: {out / 'config.yaml'} is missing: resuming with the "
                            "config saved in its checkpoint (config.yaml is written again)",
@@ -222,7 +234,8 @@ def train(
             cfg.training.epochs = epochs
         if seed is not None:
             cfg.training.seed = seed
-        cfg.training.progress = progress
+        if progress is not None:  # (else the config's)
+            cfg.training.progress = progress
         cfg.check()
         auto = out is None  # runs/<name>-<timestamp>, numbered when taken (-2, -3, ...)
         if out is None:
@@ -231,14 +244,16 @@ def train(
             if world_size_from_env() > 1:  # each process would stamp its own directory
                 raise _fail("under torchrun, name the run directory: --out runs/NAME")
             out = RUNS_DIR / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        from dmlkit.training.interrupts import sigterm_as_terminated
         from dmlkit.training.run_dir import claim_run_dir
 
         check_output_dir(out)
         runner = train_run
         if cfg.data.name in ("text", "stsb"):  # sentence encoders (dmlkit.text)
             from dmlkit.text import train_text_run as runner
-        # the run holds its directory alone until it ends: made atomically, locked
-        with claim_run_dir(out, resume=resume, unique=auto) as out:
+        # the run holds its directory alone until it ends: made atomically, locked; a
+        # SIGTERM stops it as Ctrl-C does, named as what it is
+        with sigterm_as_terminated(), claim_run_dir(out, resume=resume, unique=auto) as out:
             # named with the run's first message: a setting refused before then (a bad
             # model size) leaves no directory behind, so none is announced
             log = _announcing(say, f"{'resuming' if resume else 'run directory'}: {out}")
@@ -261,15 +276,16 @@ def train(
         why = (f"stopped: lost the connection to another process of the job "
                f"({lost_peer_reason(err)}): it failed (its error is above) or was killed")
         raise _stopped(why if rank == 0 else f"(process {rank}) {why}", out, True, 1) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         from dmlkit.training.distributed import world_size_from_env
+        from dmlkit.training.interrupts import interrupt_reason
 
         several = world_size_from_env() > 1
         if several and rank != 0:  # one process speaks for the job
             raise typer.Exit(130) from None
         # under torchrun the launcher also stops every process when one of them fails
-        why = ("stopped (interrupted, or another process of the job failed: its error is "
-               "above)" if several else "interrupted")
+        why = (f"stopped ({interrupt_reason(err)}, or another process of the job failed: "
+               "its error is above)" if several else interrupt_reason(err))
         raise _stopped(why, out, several, 130) from None
     if not result.metrics:  # a worker process of a multi-process run: rank 0 reports
         return

@@ -279,6 +279,31 @@ def check_training_classes(train: ArrayDataset, cfg: DataConfig) -> None:
         + (", or more data.train_classes" if cfg.split == "classes" else ""))
 
 
+def check_heldout(heldout: ArrayDataset, train: ArrayDataset, cfg: DataConfig) -> None:
+    """Refuse an empty held-out split before a run trains: the run evaluates on it, so it
+    would train and then have nothing to report. Says why it is empty and what to set."""
+    if len(heldout):
+        return
+    source = cfg.path or cfg.name
+    if cfg.heldout_part is not None and cfg.heldout_part != cfg.part:
+        why = f"data.heldout_part {cfg.heldout_part!r} holds no items" + (
+            " of data.test_classes" if cfg.split == "classes" else "")
+        fix = "name a part that holds items, or remove data.heldout_part"
+    elif cfg.split == "classes":
+        why = "data.test_classes hold no items"
+        fix = "list classes that have items in data.test_classes"
+    else:
+        classes = int(torch.unique(leaf_ids(train.labels)).numel()) if len(train) else 0
+        why = (f"data.split stratified holds out data.test_fraction ({cfg.test_fraction}) "
+               f"of each class of two or more items, but each of the {classes} classes "
+               "has a single item")
+        fix = ("give each class at least 2 items (3 or more, so that some stay for "
+               "training), or hold out whole classes: data.split: classes with "
+               "data.test_classes")
+    raise ValueError(f"the held-out split of {source} is empty: {why}; there would be "
+                     f"nothing to evaluate the run on: {fix}")
+
+
 def _class_label(data: ArrayDataset, cls: Any) -> str:
     names = data.class_names
     if isinstance(cls, int) and names is not None and 0 <= cls < len(names):
@@ -337,6 +362,6 @@ def describe(cfg: DataConfig) -> str:
 
 
 __all__ = ["data_config", "load_dataset", "split_dataset", "training_dataset",
-           "check_heldout_part", "check_image_size",
+           "check_heldout", "check_heldout_part", "check_image_size",
            "check_training_data",
            "check_training_classes", "class_names", "describe", "select_classes"]

@@ -94,9 +94,9 @@ def trainer_data(train_data: Any, val_data: Any) -> tuple[Tensor | None, Any]:
                 "training.batch_size)")
     labels = getattr(train_data, "labels", None)
     if labels is None:
-        labels = _tensor_dataset_labels(train_data)
+        labels = _tensor_dataset_labels(train_data, "train_data")
     if val_data is not None and not (hasattr(val_data, "x") and hasattr(val_data, "labels")):
-        val_labels = _tensor_dataset_labels(val_data)
+        val_labels = _tensor_dataset_labels(val_data, "val_data")
         if val_labels is None:
             raise TypeError(
                 f"val_data must hold inputs .x and their labels .labels (as "
@@ -106,15 +106,22 @@ def trainer_data(train_data: Any, val_data: Any) -> tuple[Tensor | None, Any]:
     return labels, val_data
 
 
-def _tensor_dataset_labels(data: Any) -> Tensor | None:
+def _tensor_dataset_labels(data: Any, what: str) -> Tensor | None:
     """The labels of a ``TensorDataset(x, labels)``: its second of two tensors, when
-    they are integer (or bool) class ids, one row per item; else None."""
+    they are integer (or bool) class ids, one row per item; else None. Floating-point
+    (or complex) labels are a ``TypeError`` naming ``what`` (``"train_data"``): class
+    ids are integers."""
     from torch.utils.data import TensorDataset
 
     if not isinstance(data, TensorDataset) or len(data.tensors) != 2:
         return None
     x, labels = data.tensors
-    if labels.is_floating_point() or labels.dim() not in (1, 2) or len(labels) != len(x):
+    if labels.is_floating_point() or labels.is_complex():
+        raise TypeError(
+            f"the labels of {what} (the second tensor of its TensorDataset) are "
+            f"{labels.dtype}, but labels must be integer class ids: pass them as "
+            "int64 (TensorDataset(x, labels.long()), where they hold whole numbers)")
+    if labels.dim() not in (1, 2) or len(labels) != len(x):
         return None
     return labels
 

@@ -38,7 +38,28 @@ def check_device(device: str | torch.device, where: str = "device") -> torch.dev
                              f"{torch.cuda.device_count()} CUDA device(s) exist")
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"{where} is 'mps' but MPS is not available here; set {where} to 'cpu'")
+    use = f"set {where} to 'cpu'" + (" or 'cuda'" if torch.cuda.is_available() else "")
+    if dev.type == "meta":
+        raise ValueError(f"{where} is 'meta', torch's device of shapes without data, which "
+                         f"cannot compute; {use}")
+    if dev.type not in ("cpu", "cuda", "mps") and not _available(dev.type):
+        raise ValueError(f"{where} is {str(device)!r} but this torch ({torch.__version__}) "
+                         f"has no {dev.type!r} device available; {use}")
     return dev
+
+
+def _available(kind: str) -> bool:
+    """Whether torch has an accelerator of ``kind`` (``xpu``, ``mtia``, a backend a
+    plugin registers) here: its module's ``is_available()``; False without one (or when
+    it fails: torch built without it)."""
+    module = getattr(torch, kind, None)
+    check = getattr(module, "is_available", None)
+    if not callable(check):
+        return False
+    try:
+        return bool(check())
+    except Exception:  # noqa: BLE001
+        return False
 
 
 __all__ = ["resolve_device", "check_device"]

@@ -52,13 +52,33 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+#: the largest seed a run takes: its components seed with offsets from it (``seed + 1``,
+#: ``seed + epoch``) that must stay within what torch's generators take (below 2**64)
+MAX_SEED = 2**63 - 1
+#: the seeds torch's generators take (``torch.manual_seed``)
+_TORCH_SEEDS = range(-(2**63), 2**64)
+
+
+def check_seed(seed: Any, where: str = "seed") -> None:
+    """A ``ValueError`` naming ``where`` (``"training.seed"``, ``"--seed"``) unless
+    ``seed`` is an integer in ``0..MAX_SEED`` (2**63 - 1)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not (
+            0 <= seed <= MAX_SEED):
+        raise ValueError(f"{where} must be an integer from 0 to {MAX_SEED} (2**63 - 1); "
+                         f"got {seed!r}: use a smaller seed")
+
+
 @contextmanager
 def rng_scope(seed: int) -> Iterator[None]:
     """Seed torch, numpy and ``random`` inside the block; restore the caller's states after.
 
     Training draws (weight init, dropout, components that use global generators) are thus
-    reproducible from ``seed`` without leaking into the caller's random state.
+    reproducible from ``seed`` without leaking into the caller's random state. A seed
+    torch's generators do not take (outside ``-2**63..2**64 - 1``) is a ``ValueError``.
     """
+    if int(seed) not in _TORCH_SEEDS:
+        raise ValueError(f"seed {seed} is outside the range torch's generators take "
+                         f"(-2**63 to 2**64 - 1); use a seed from 0 to {MAX_SEED}")
     saved = get_rng_state()
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
@@ -69,4 +89,4 @@ def rng_scope(seed: int) -> Iterator[None]:
         set_rng_state(saved)
 
 
-__all__ = ["get_rng_state", "set_rng_state", "rng_scope"]
+__all__ = ["MAX_SEED", "check_seed", "get_rng_state", "set_rng_state", "rng_scope"]

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from dmlkit.config.schema import Config
 from dmlkit.data.dataset import ArrayDataset
 from dmlkit.data.load import (
+    check_heldout,
     check_training_classes,
     check_training_data,
     split_dataset,
@@ -41,10 +42,14 @@ from dmlkit.training.checkpoint import (
     torch_load,
 )
 from dmlkit.training.checks import check_model_settings, check_patience, check_training_inputs
+from dmlkit.training.class_rows import run_class_ids
 from dmlkit.training.data_fingerprint import LazyFingerprint, check_resume_data
 from dmlkit.training.device import check_device
 from dmlkit.training.distributed import init_from_env, is_main_process, world_size_from_env
 from dmlkit.training.frozen_features import FeatureData, backbone_inputs, frozen_feature_data
+from dmlkit.training.heldout import METRIC_KEYS, heldout_metrics, metrics_table
+from dmlkit.training.positives import warn_single_items
+from dmlkit.training.rng import check_seed
 from dmlkit.training.run_dir import (
     check_resume,
     checkpoint_weights,
@@ -62,10 +67,6 @@ MODEL_FILE = "model.pt"
 METRICS_FILE = "metrics.json"
 EMBED_PROGRESS_ROWS = 50_000  # embedding this many rows or more reports progress
 PROGRESS_SECONDS = 10.0  # slow work of any size reports progress this often
-METRIC_KEYS = (
-    "precision_at_1", "r_precision", "map_at_r",
-    "recall_at_1", "recall_at_2", "recall_at_4", "recall_at_8",
-)  # fmt: skip
 
 
 @dataclass
@@ -233,37 +234,6 @@ def _stderr_line(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def heldout_metrics(
-    model: nn.Module, heldout: ArrayDataset, device: str | torch.device = "cpu",
-    log: Any = None,
-) -> dict[str, Any]:
-    """Leave-one-out retrieval metrics of the learned embeddings and of the raw inputs:
-    ``"baseline"`` ranks the flattened inputs after scaling each to unit L2 norm (as
-    the field reports raw-feature baselines), ``"baseline_unnormalized"`` as they are."""
-    from dmlkit.evaluation import retrieval_metrics
-    from dmlkit.functional.distances import l2_normalize
-    from dmlkit.training.frozen_features import feature_dataset, is_frozen_backbone
-
-    # a frozen backbone's features of the held-out items are cached like the training
-    # items': a rerun (another head, loss or seed) does not pass them through it again
-    inputs = feature_dataset(model, heldout, log) if is_frozen_backbone(model) else heldout
-    emb, labels = embed(model, inputs, device=device)
-    learned = retrieval_metrics(emb, labels)
-    raw_x = heldout.x.flatten(1).float()  # (n, C*H*W)
-    raw = retrieval_metrics(l2_normalize(raw_x), heldout.labels)
-    unnormalized = retrieval_metrics(raw_x, heldout.labels)
-    metrics: dict[str, Any] = {k: learned[k] for k in METRIC_KEYS}
-    metrics["baseline"] = {k: raw[k] for k in METRIC_KEYS}
-    metrics["baseline_unnormalized"] = {k: unnormalized[k] for k in METRIC_KEYS}
-    metrics["baseline_inputs"] = "raw inputs, flattened, each row L2-normalized"
-    metrics["num_queries"] = learned["num_queries"]
-    if labels is not None and labels.dim() == 2 and labels.dtype != torch.bool:
-        from dmlkit.evaluation.hierarchical import hierarchical_retrieval_metrics
-
-        metrics["hierarchical"] = hierarchical_retrieval_metrics(emb, labels)
-    return metrics
-
-
 def train_run(
     config: Config,
     out_dir: str | Path,
@@ -280,6 +250,8 @@ def train_run(
     """
     out_dir = Path(out_dir)
     check_device(config.training.device, "training.device")
+    check_seed(config.training.seed, "training.seed")
+    check_seed(config.data.seed, "data.seed")
     if resume and not (out_dir / CHECKPOINT).is_file():
         raise no_checkpoint_error(out_dir)
     with claim_run_dir(out_dir, resume=resume):
@@ -327,6 +299,7 @@ def _train_labelled(config: Config, out_dir: Path, checkpoint: dict[str, Any] | 
     check_patience(config)  # (cross-validation's folds validate: patience works there)
     train, heldout = build_splits(config, for_training=True)
     check_training_classes(train, config.data)
+    check_heldout(heldout, train, config.data)
     # hashed where it is used: at the first checkpoint, or to compare with the resumed one,
     # by rank 0 alone (it writes the checkpoints; the others hold no reference to the data)
     fingerprint = LazyFingerprint({"the training items": train.x,
@@ -339,7 +312,9 @@ def _train_labelled(config: Config, out_dir: Path, checkpoint: dict[str, Any] | 
     train, val = validation_split(train, config)
     if resume:  # a run saved before a model setting existed goes on as it trained
         config = resumed_config(config, out_dir, checkpoint)
-    resolved = resolve_config(config, train.x[0], int(train.labels.max()) + 1)
+    # a loss with one row per class: as many rows as classes, each label given its row
+    class_ids, num_classes = run_class_ids(train.labels, checkpoint)
+    resolved = resolve_config(config, train.x[0], num_classes)
     # a frozen backbone's features, cached, and the model that computed them, which trains
     features = frozen_feature_data(resolved, train, val, log)
     train, val = augmented(features.train, config), features.val
@@ -350,7 +325,7 @@ def _train_labelled(config: Config, out_dir: Path, checkpoint: dict[str, Any] | 
         atomic_write_text(resolved.to_yaml(), out_dir / CONFIG_FILE)
     try:
         trainer = _trainer(resolved, train, val, out_dir, log, callbacks, distributed,
-                           fingerprint, features)
+                           fingerprint, features, class_ids)
     except BaseException:  # a bad model or sampler setting: leave no half-made run behind
         if fresh and is_main_process():
             shutil.rmtree(out_dir, ignore_errors=True)
@@ -362,6 +337,7 @@ def _train_labelled(config: Config, out_dir: Path, checkpoint: dict[str, Any] | 
         + (f" of classes {_named_classes(val, config)}"
            if config.training.val_classes is not None else "")
     )
+    warn_single_items(trainer, train.labels)
     history = trainer.fit(resume=resume, checkpoint=checkpoint)
     if not is_main_process():  # rank 0 writes the weights and metrics
         return RunResult(out_dir, {}, history, time.perf_counter() - start)
@@ -396,7 +372,7 @@ def _named_classes(data: ArrayDataset, config: Config) -> str:
 
 def _trainer(resolved: Config, train: Any, val: Any, out_dir: Path, log: Any,
              callbacks: tuple, distributed: bool, fingerprint: LazyFingerprint | None,
-             features: FeatureData) -> Trainer:
+             features: FeatureData, class_ids: Any = None) -> Trainer:
     trainer_cls = Trainer
     if distributed:
         from dmlkit.training.distributed import DistributedTrainer
@@ -404,7 +380,8 @@ def _trainer(resolved: Config, train: Any, val: Any, out_dir: Path, log: Any,
         trainer_cls = DistributedTrainer
     return trainer_cls(resolved, train, val_data=val, out_dir=out_dir, log=log,
                        callbacks=callbacks, data_fingerprint=fingerprint,
-                       model=features.model, model_rng=features.model_rng)
+                       model=features.model, model_rng=features.model_rng,
+                       class_ids=class_ids)
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
@@ -446,24 +423,6 @@ def _state_dict_error(err: RuntimeError, lines: int = 4, width: int = 240) -> st
              for line in rest[:lines]]
     more = f" (and {len(rest) - lines} more)" if len(rest) > lines else ""
     return " ".join([head, *shown]) + more
-
-
-def metrics_table(metrics: dict[str, Any]) -> str:
-    """A plain-text table: raw inputs (L2-normalized, and as they are) vs the learned
-    metric on the held-out data."""
-    names = {
-        "precision_at_1": "P@1", "r_precision": "R-Precision", "map_at_r": "MAP@R",
-        "recall_at_1": "Recall@1", "recall_at_2": "Recall@2",
-        "recall_at_4": "Recall@4", "recall_at_8": "Recall@8",
-    }  # fmt: skip
-    plain = metrics.get("baseline_unnormalized")  # absent from older runs
-    rows = [f"{'metric':<12} {'raw (L2-normed)':>15} {'raw (as is)':>11} {'learned':>8}"]
-    for key, label in names.items():
-        as_is = f"{plain[key]:>11.4f}" if plain else f"{'-':>11}"
-        rows.append(f"{label:<12} {metrics['baseline'][key]:>15.4f} {as_is} "
-                    f"{metrics[key]:>8.4f}")
-    rows.append("raw = the flattened held-out inputs; L2-normed = each scaled to unit length")
-    return "\n".join(rows)
 
 
 __all__ = [

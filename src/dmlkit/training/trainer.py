@@ -15,9 +15,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, default_collate
 
 from dmlkit.config.schema import Config
-from dmlkit.functional.anchor import similarity_drift
 from dmlkit.functional.tuples import IndexTuple, as_index_tuple
-from dmlkit.functional.uniformity import uniformity
 from dmlkit.training.batches import fetch_items
 from dmlkit.training.build import (
     build_loss,
@@ -34,31 +32,20 @@ from dmlkit.training.checks import (
     finite_embeddings,
     trainer_data,
 )
+from dmlkit.training.class_rows import CLASS_IDS_KEY, as_class_ids, as_rows, resumed_class_ids
 from dmlkit.training.data_fingerprint import Fingerprint, check_same_data, fingerprint_value
-from dmlkit.training.device import resolve_device
+from dmlkit.training.device import check_device, resolve_device
 from dmlkit.training.grad_cache import cached_embeddings, check_grad_cache
+from dmlkit.training.interrupts import stop_line
 from dmlkit.training.optim import build_optimizer, build_scheduler
 from dmlkit.training.preflight import check_batch_negatives, check_mined, check_trainable
+from dmlkit.training.regularizers import regularization
 from dmlkit.training.rng import get_rng_state, rng_scope, set_rng_state
 from dmlkit.training.run_dir import append_log_line, epoch_line, restore_log
-from dmlkit.training.stop_message import stop_message
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "train.log"
 Callback = Callable[["Trainer", dict[str, Any]], None]
-
-
-def regularization(embeddings: Tensor, reference: Tensor | None, anchor_weight: float,
-                   uniformity_weight: float) -> Tensor | float:
-    """The regularizers a batch's loss gets: ``anchor_weight x`` the similarity drift from
-    ``reference`` (the starting model's embeddings of the same items; skipped when None)
-    plus ``uniformity_weight x`` the batch's uniformity (skipped for a batch of one)."""
-    total: Tensor | float = 0.0
-    if reference is not None and anchor_weight > 0:
-        total = total + anchor_weight * similarity_drift(embeddings, reference)
-    if uniformity_weight > 0 and len(embeddings) > 1:  # (pairs)
-        total = total + uniformity_weight * uniformity(embeddings)
-    return total
 
 
 class Trainer:
@@ -102,6 +89,13 @@ class Trainer:
         a resume whose checkpoint holds others is refused. A function returning them (a
         :class:`~dmlkit.training.data_fingerprint.LazyFingerprint`) is called only when
         they are needed: at the first checkpoint saved, or to compare on a resume.
+    class_ids : Tensor, optional
+        The sorted distinct ``(n,)`` class labels of the training items: the miner and the
+        loss get each label's position among them, its row
+        (:mod:`~dmlkit.training.class_rows`), so a loss with one row per class is sized by
+        the number of classes, however they are numbered. Kept in checkpoints; a resume
+        goes on with the checkpoint's (none: the labels as they are). Default: the labels
+        as they are.
 
     Notes
     -----
@@ -115,8 +109,8 @@ class Trainer:
     the model's under ``training.grad_clip``, and its ``state_dict()`` is saved in
     checkpoints, restored on resume and kept for the best validation epoch. Each batch it
     is called as ``loss(embeddings, labels, indices=indices)``: ``embeddings`` a float32
-    ``(B, dim)`` tensor (under ``training.amp`` too), ``labels`` the batch's labels on the
-    device, or None for batches without labels, and ``indices`` always passed, by keyword:
+    ``(B, dim)`` tensor (under ``training.amp`` too), ``labels`` the batch's labels (rows,
+    with ``class_ids``) on the device or None, and ``indices`` always passed, by keyword:
     None, the miner's output (unchanged), or the batch's own tuples as
     :class:`~dmlkit.functional.tuples.Pairs` / ``Triplets`` / ``Quadruplets`` (a plain
     tuple or list of 3 is read as triplets, of 4 as pairs). ``ref_embeddings`` and
@@ -159,14 +153,17 @@ class Trainer:
         log: Callable[[str], None] | None = print,
         data_fingerprint: Fingerprint | None = None,
         model_rng: dict[str, Any] | None = None,
+        class_ids: Tensor | None = None,
     ) -> None:
         labels, val_data = trainer_data(train_data, val_data)  # (before anything is built)
+        self.class_ids = as_class_ids(class_ids)
+        rows = as_rows(labels, self.class_ids)  # (n,) what the loss and the miner see
         self.config = config
         self.data_fingerprint = data_fingerprint
         self.train_data = train_data
         self.val_data = val_data
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.device = resolve_device(config.training.device)
+        self.device = check_device(resolve_device(config.training.device), "training.device")
         with rng_scope(config.training.seed):  # deterministic initial weights
             self.model = (model if model is not None else build_model(config)).to(self.device)
             if model_rng is not None:  # (the loss's draws follow the model's, as built here)
@@ -185,12 +182,12 @@ class Trainer:
         if config.training.anchor_weight > 0:
             self.anchor_model = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.collate_fn = collate_fn or default_collate  # (the check below fetches a batch)
-        check_trainable(self, labels, given={"model": model if model_rng is None else None,
-                                             "miner": miner, "loss": loss})
+        check_trainable(self, rows, given={"model": model if model_rng is None else None,
+                                           "miner": miner, "loss": loss})
         check_grad_cache(self.model, config.training.grad_cache_chunk)
         self.sampler = sampler if sampler is not None else build_sampler(
             config, labels, len(train_data), train_data, self.model)
-        check_batch_negatives(self, labels, given={"sampler": sampler, "loss": loss})
+        check_batch_negatives(self, rows, given={"sampler": sampler, "loss": loss})
         self.callbacks = list(callbacks)
         self.log = log or (lambda _msg: None)
         self.optimizer = build_optimizer(config.optimizer, self.model, self.loss)
@@ -220,17 +217,18 @@ class Trainer:
         """The batch of the items at ``indices``."""
         return fetch_items(self.train_data, indices, self.collate_fn)
 
-    @staticmethod
-    def unpack(batch: Any) -> tuple[Any, Tensor | None, IndexTuple | None]:
-        """``(inputs, labels)`` or ``(inputs, labels_or_None, indices)`` -> a 3-tuple."""
+    def unpack(self, batch: Any) -> tuple[Any, Tensor | None, IndexTuple | None]:
+        """``(inputs, labels)`` or ``(inputs, labels_or_None, indices)`` -> a 3-tuple, the
+        labels as the miner and the loss take them (their rows, with ``class_ids``)."""
         if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
             raise TypeError("a batch must be (inputs, labels) or (inputs, labels_or_None, indices)")
+        labels = as_rows(batch[1], self.class_ids)
         if len(batch) == 2:
-            return batch[0], batch[1], None
+            return batch[0], labels, None
         indices = batch[2]
         if isinstance(indices, list):
             indices = tuple(indices)
-        return batch[0], batch[1], None if indices is None else as_index_tuple(indices)
+        return batch[0], labels, None if indices is None else as_index_tuple(indices)
 
     def batch_loss(self, batch: Any) -> Tensor:
         """The loss of one batch: embed, mine (when labels and no given indices), score."""
@@ -358,7 +356,7 @@ class Trainer:
                         self.log(f"early stop: no val MAP@R gain for {tc.patience} epochs")
                         break
             except BaseException as err:
-                self.log(stop_message(self, err, trained))
+                self.log(stop_line(self, err, trained))
                 raise
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state["model"])
@@ -433,6 +431,7 @@ class Trainer:
             "sampler": self.sampler.state_dict() if hasattr(self.sampler, "state_dict") else {},
             "anchor": self.anchor_model.state_dict() if self.anchor_model is not None else {},
             "data": self._fingerprint(),
+            CLASS_IDS_KEY: self.class_ids,
         }
 
     def _fingerprint(self) -> dict[str, str] | None:
@@ -462,6 +461,7 @@ class Trainer:
         saved = state.get("data")  # (none in older checkpoints: the current one is kept,
         if isinstance(saved, dict) and saved:  # so the next checkpoint records it)
             self.data_fingerprint = saved
+        self.class_ids = resumed_class_ids(self.class_ids, state, path)  # (its loss's rows)
         self.model.load_state_dict(state["model"])
         self.loss.load_state_dict(state["loss"])
         if self.anchor_model is not None and state.get("anchor"):  # the run's starting model
