@@ -83,7 +83,8 @@ def test_a_finetuned_pretrained_run_loads_its_weights_once(tmp_path, weight_load
 @pytest.mark.parametrize("head_type", ["linear", "residual", "none"])
 def test_resolving_a_frozen_pretrained_config_loads_no_weights(head_type, weight_loads):
     cfg = _digits({"name": "efficientnet_lite0", "resolution": 32, "taps": [7, 16],
-                   "grid_taps": [7], "pixels": 4, "head_type": head_type, "dim": 8})
+                   "grid_taps": [7], "pixels": 4, "head_type": head_type,
+                   **({"dim": 8} if head_type != "residual" else {})})  # (residual: refused)
     resolved = resolve_config(cfg, torch.rand(8, 8), 10)
     assert weight_loads == []
     width = build.build_model(resolved).dim  # (what the trainer builds)

@@ -285,6 +285,7 @@ def test_recipe_run_exports_with_its_pixel_group_and_grid(tmp_path, fmt):
 
     cfg = _config(tmp_path, taps=[7, 10, 16], grid_taps=[7, 10], pixels=4, resolution=64,
                   head_type="residual")  # fmt: skip
+    cfg.model.pop("dim")  # (a residual head keeps the features' width: dim is refused)
     train_run(cfg, tmp_path / "run", log=lambda _m: None)
     info = export_run(tmp_path / "run", tmp_path / f"m.{fmt}", fmt)  # checks <= 1e-5 apart
     assert info["dim"] == 16 + (80 + 112) * 4 + 1280 and info["n_features"] == 64

@@ -97,7 +97,8 @@ def test_uint8_inputs_are_scaled_and_mis_scaled_inputs_warn(wide, tmp_path):
     assert res.exit_code == 0, res.output
     assert _ids(res.stdout) == _expected(wide, as_u8.astype(np.float32) / 255)
     np.savez(tmp_path / "sk.npz", x=rows * 16)  # scikit-learn's 0..16 digits, unscaled
-    with pytest.warns(UserWarning, match=r"range over \[0, 16\].*trained on inputs in \[0, 1\]"):
+    with pytest.warns(UserWarning,  # (the index's --data digits: its inputs' range)
+                      match=r"range over \[0, 16\].*index was built from inputs in \[0, 1\]"):
         res = _search(wide, "-q", str(tmp_path / "sk.npz"))
     assert res.exit_code == 0
 

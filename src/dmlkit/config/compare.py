@@ -28,6 +28,7 @@ def config_changes(given: Config, saved: Config, ignore: tuple[str, ...] = RESUM
     component configs it nests too (the losses of a ``multiple_losses``).
     """
     a, b = given.to_dict(), saved.to_dict()
+    paths = set(_PATHS) | {f"model.{key}" for key in _model_paths(a.get("model"))}
     changes: list[str] = []
     for section, value in a.items():
         old = b.get(section)
@@ -35,8 +36,8 @@ def config_changes(given: Config, saved: Config, ignore: tuple[str, ...] = RESUM
             keys = value if section in _COMPONENTS else {**old, **value}
             for key in keys:
                 name = f"{section}.{key}"
-                differs = (_component_differs if section in _COMPONENTS else
-                           _path_differs if name in _PATHS else _differs)
+                differs = (_path_differs if name in paths else
+                           _component_differs if section in _COMPONENTS else _differs)
                 if name not in ignore and differs(value.get(key), old.get(key)):
                     changes.append(f"{name}: {old.get(key)!r} -> {value.get(key)!r}")
         elif section not in ignore and _differs(value, old):
@@ -58,11 +59,27 @@ def _component_differs(given: Any, saved: Any) -> bool:
     return _differs(given, saved)
 
 
+def _model_paths(spec: Any) -> tuple[str, ...]:
+    """The file and folder settings of the model config ``spec`` (its class's
+    ``path_settings``), which a run saves absolute."""
+    from dmlkit.registry import MODELS
+
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        return ()
+    try:
+        keys = getattr(MODELS.get(spec["name"]), "path_settings", ())
+    except ValueError:  # an unknown model: building it says so
+        return ()
+    return tuple(keys) if isinstance(keys, (tuple, list)) else ()
+
+
 def _path_differs(given: Any, saved: Any) -> bool:
-    """Whether two file settings name different files: a run saves its data paths
-    absolute, a config may give them relative to the working directory."""
+    """Whether two file settings name different files: a run saves its data paths (and
+    its model's files and folders) absolute, a config may give them relative to the
+    working directory, or under ``~``."""
     if isinstance(given, str) and isinstance(saved, str) and given and saved:
-        return Path(given).resolve() != Path(saved).resolve()
+        return (Path(given).expanduser().resolve()
+                != Path(saved).expanduser().resolve())
     return _differs(given, saved)
 
 

@@ -72,6 +72,23 @@ def random_shift_flip(
     return out if out is not images else images.clone()
 
 
+def check_augment_shape(shift: int, shape: Sequence[int]) -> None:
+    """Refuse a shift the images of per-item ``shape`` ``(C, H, W)`` cannot take (one of
+    at least their smaller side would shift whole images out of view), naming the
+    config setting (``data.augment_shift``): checked where the augmentation is built,
+    before training starts, not in its first batch."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 3:
+        raise ValueError(f"augmentation needs (n, C, H, W) images; the items have shape "
+                         f"{shape}: turn data.augment_shift, augment_hflip and augment off")
+    side = min(shape[1:])
+    if shift >= side:
+        raise ValueError(
+            f"data.augment_shift ({shift}) must be smaller than the images' side {side} "
+            f"(images {shape[0]}x{shape[1]}x{shape[2]}): lower it (a few pixels, e.g. "
+            f"{max(1, side // 8)})")
+
+
 class AugmentedDataset(ArrayDataset):
     """An image :class:`ArrayDataset` whose batches are randomly shifted and flipped.
 
@@ -110,6 +127,7 @@ class AugmentedDataset(ArrayDataset):
         if not isinstance(hflip, bool):
             raise ValueError(f"hflip must be True or False, got {hflip!r} "
                              f"({type(hflip).__name__})")
+        check_augment_shape(shift, data.x.shape[1:])
         super().__init__(data.x, data.labels, data.class_names)
         self.data = data
         self.shift = shift
@@ -138,4 +156,4 @@ class AugmentedDataset(ArrayDataset):
         return x[0], labels[0]
 
 
-__all__ = ["random_shift_flip", "AugmentedDataset"]
+__all__ = ["random_shift_flip", "check_augment_shape", "AugmentedDataset"]

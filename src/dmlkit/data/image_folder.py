@@ -174,6 +174,19 @@ def header_colour(file: str | Path) -> bool:
         return False
 
 
+class MixedSizesError(ValueError):
+    """The images of a folder read without ``image_size`` differ in size: the message
+    says to set ``data.image_size``; ``root``, ``sizes`` and ``examples`` (the texts of
+    :func:`size_list`) let a caller that reads the folder otherwise say what to do."""
+
+    def __init__(self, root: str | Path, sizes: str, examples: str) -> None:
+        self.root, self.sizes, self.examples = Path(root), sizes, examples
+        super().__init__(
+            f"images under {root} differ in size {sizes}; set data.image_size (e.g. "
+            "data.image_size: 32, or [height, width]) to resize every image to it; one "
+            f"image of each size (under {root}): {examples}")
+
+
 def load_image_folder(
     root: str | Path,
     image_size: int | tuple[int, int] | None = None,
@@ -226,10 +239,7 @@ def load_image_folder(
     if len({a.shape for a in arrays}) > 1:
         sizes, examples = size_list([a.shape for a in arrays],
                                     [file.relative_to(root) for _, file in files])
-        raise ValueError(
-            f"images under {root} differ in size {sizes}; set data.image_size (e.g. "
-            "data.image_size: 32, or [height, width]) to resize every image to it; one "
-            f"image of each size (under {root}): {examples}")
+        raise MixedSizesError(root, sizes, examples)
     return ArrayDataset(np.stack(arrays), np.asarray(labels, dtype=np.int64), names, paths)
 
 
@@ -255,6 +265,7 @@ def size_list(shapes: Sequence[tuple[int, ...]], files: Sequence[str | Path],
             listed_files([(first[s], s) for s in order], most))
 
 
-__all__ = ["load_image_folder", "folder_images", "header_colour", "read_image", "to_mode",
-           "resize", "to_array", "IMAGE_SUFFIXES", "GREY_MODES", "class_folders", "image_files",
-           "is_color", "image_header", "folder_color", "listed_files", "size_list"]
+__all__ = ["MixedSizesError", "load_image_folder", "folder_images", "header_colour",
+           "read_image", "to_mode", "resize", "to_array", "IMAGE_SUFFIXES", "GREY_MODES",
+           "class_folders", "image_files", "is_color", "image_header", "folder_color",
+           "listed_files", "size_list"]

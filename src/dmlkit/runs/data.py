@@ -15,7 +15,14 @@ from typing import Any
 
 from dmlkit.config.schema import DataConfig
 from dmlkit.data.dataset import ArrayDataset
-from dmlkit.runs.queries import check_input_range, check_input_shape, run_color, run_input_spec
+from dmlkit.data.image_folder import MixedSizesError
+from dmlkit.runs.queries import (
+    check_input_range,
+    check_input_shape,
+    recorded_input_spec,
+    run_color,
+    run_input_spec,
+)
 from dmlkit.training.run import Run, build_splits
 
 SPLITS = ("heldout", "train")
@@ -82,12 +89,39 @@ def run_data(
                                   labels_key=labels_key or cfg.labels_key)
     if cfg.name == "npz" and cfg.path is not None:
         check_npz_keys(cfg.path, cfg.x_key, cfg.labels_key)
-    if by_path and cfg.name in READ_AS_TRAINED and Path(text).is_dir():
+    as_trained = by_path and cfg.name in READ_AS_TRAINED and Path(text).is_dir()
+    if as_trained:
         trained = {k: getattr(run.config.data, k) for k in READ_AS_TRAINED[cfg.name]}
         if "color" in trained:  # "auto": the channels the model was trained on
             trained["color"] = run_color(run)
         cfg = dataclasses.replace(cfg, **trained)
-    return fit_to_run(load_dataset(cfg), run, text)
+    try:
+        dataset = load_dataset(cfg)
+    except MixedSizesError as err:
+        if not as_trained:  # a data block of the caller's: its own data.image_size
+            raise
+        raise ValueError(mixed_sizes_message(err, run, cfg)) from None
+    return fit_to_run(dataset, run, text)
+
+
+def mixed_sizes_message(err: MixedSizesError, run: Run, cfg: DataConfig) -> str:
+    """What to do about a folder of images of several sizes that a run's command reads
+    with the run's settings (no ``data.image_size``): give ``--data`` a ``.yaml`` file
+    whose data section reads the folder at one size (the run's training image size)."""
+    size = run.config.model.get("image_size")
+    if size is None:
+        spec = recorded_input_spec(run.config.model, any_size=False)
+        size = list(spec.shape[-2:]) if spec is not None and len(spec.shape) == 3 else 32
+    if isinstance(size, (list, tuple)) and len(size) == 2 and size[0] == size[1]:
+        size = size[0]
+    size_text = f"[{size[0]}, {size[1]}]" if isinstance(size, (list, tuple)) else str(size)
+    block = (f"data: {{name: image_folder, path: {err.root.resolve()}, "
+             f"image_size: {size_text}, color: {cfg.color}}}")
+    return (f"images under {err.root} differ in size {err.sizes}, and the run reads image "
+            "folders at their own size (its config sets no data.image_size); pass --data "
+            f"a .yaml file that resizes them, holding: {block} (image_size: the run's "
+            f"training image size, or [height, width]); one image of each size: "
+            f"{err.examples}")
 
 
 def npz_arrays(path: str | Path) -> list[str] | None:
@@ -189,5 +223,5 @@ def describe(data: Any, x_key: str | None = None, labels_key: str | None = None)
     return f"{data} ({', '.join(keys)})" if keys else str(data)
 
 
-__all__ = ["SPLITS", "check_npz_keys", "describe", "fit_to_run", "has_labels", "npz_arrays",
-           "run_data", "unlabelled_inputs"]
+__all__ = ["SPLITS", "check_npz_keys", "describe", "fit_to_run", "has_labels",
+           "mixed_sizes_message", "npz_arrays", "run_data", "unlabelled_inputs"]

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,12 @@ class InputSpec:
     """Shape (without the batch axis), dtype and value range of a run's training inputs.
 
     ``any_size`` says the run's model resizes every image itself, so images of another
-    height and width (same channels) are valid inputs too.
+    height and width (same channels) are valid inputs too. ``origin`` says whose inputs
+    these are, as messages name them: ``"training"`` (the run's training inputs, or its
+    own split an index was built from, in their shape) or ``"index"`` (the other data
+    an index was built from, ``--data``, which :meth:`from_info` reads: for a model
+    that resizes any size, not the training inputs' size). It is not stored, nor
+    compared.
     """
 
     shape: tuple[int, ...]
@@ -45,6 +50,14 @@ class InputSpec:
     low: float
     high: float
     any_size: bool = False
+    origin: str = field(default="training", compare=False)
+
+    @property
+    def described(self) -> str:
+        """Whose inputs the spec holds, for messages: ``"the run was trained on"`` or
+        ``"the index was built from"``."""
+        return ("the index was built from" if self.origin == "index"
+                else "the run was trained on")
 
     @property
     def size(self) -> int:
@@ -56,12 +69,18 @@ class InputSpec:
 
     @classmethod
     def from_info(cls, info: dict[str, Any]) -> InputSpec | None:
-        """The spec stored in an index's ``info`` (``None`` for older indexes)."""
+        """The spec stored in an index's ``info`` (``None`` for older indexes): of
+        ``origin`` ``"index"`` where the index was built from other data than the run's
+        own splits (its ``data``), else ``"training"``."""
         if "input_shape" not in info:
             return None
+        from dmlkit.runs.data import SPLITS
+
         low, high = info.get("input_range", [float("nan"), float("nan")])
+        own = str(info.get("data", SPLITS[0])) in SPLITS
         return cls(tuple(int(s) for s in info["input_shape"]), str(info.get("input_dtype")),
-                   float(low), float(high), bool(info.get("input_any_size", False)))
+                   float(low), float(high), bool(info.get("input_any_size", False)),
+                   origin="training" if own else "index")
 
 
 def input_spec(x: Any, *, any_size: bool = False) -> InputSpec:
@@ -188,7 +207,7 @@ def check_input_shape(shape: tuple[int, ...], spec: InputSpec | None,
     if fitted is None:
         other = " (or images of any size with those channels)" if spec.any_size else ""
         raise ValueError(
-            f"{source}: inputs of shape {shape} per item, but the run was trained on "
+            f"{source}: inputs of shape {shape} per item, but {spec.described} "
             f"inputs of shape {_shape_text(spec.shape)}{other}; bring them to that shape "
             "(its embeddings of other inputs are not meaningful)")
     return fitted
@@ -307,8 +326,8 @@ def check_input_range(x: Any, spec: InputSpec | None, source: str,
         hint = rescale_hint(lo, hi, spec.low, spec.high)
         hint = f" ({hint})" if hint is not None else ""
         warnings.warn(
-            f"{source}: {what} range over [{lo:.4g}, {hi:.4g}] but the run was "
-            f"trained on inputs in [{spec.low:.4g}, {spec.high:.4g}]; scale them the "
+            f"{source}: {what} range over [{lo:.4g}, {hi:.4g}] but {spec.described} "
+            f"inputs in [{spec.low:.4g}, {spec.high:.4g}]; scale them the "
             f"same way{hint} (neighbours of mis-scaled inputs are wrong)", UserWarning,
             stacklevel=3)
 
@@ -352,8 +371,8 @@ def read_images(paths: list[Path], image_size: Any, color: str,
             other = " (or images of any size with those channels)" if spec.any_size else ""
             raise ValueError(
                 f"query image{'s' if len(bad) > 1 else ''} {listed(bad)} "
-                f"{'do' if len(bad) > 1 else 'does'} not fit the run's model: it was trained "
-                f"on inputs of shape {_shape_text(spec.shape)}{other}; bring "
+                f"{'do' if len(bad) > 1 else 'does'} not fit the run's model: "
+                f"{spec.described} inputs of shape {_shape_text(spec.shape)}{other}; bring "
                 f"{'them' if len(bad) > 1 else 'it'} to that shape (channels x height x "
                 "width)")
         arrays = [a.reshape(f) for a, f in zip(arrays, fits, strict=True)]

@@ -277,6 +277,40 @@ def absolute_path(value: Any) -> Any:
     return value
 
 
+def check_idle_model_settings(spec: dict[str, Any]) -> None:
+    """Refuse settings of a new run's model config ``spec`` that could have no effect, as
+    its class declares them: a classmethod ``refuse_idle_settings(spec)`` raising a
+    ``ValueError`` that names the setting and what to do (the pretrained backbone's
+    ``dim`` with a residual head). Only new runs are checked: saved runs load as ever."""
+    try:
+        refuse = getattr(MODELS.get(spec["name"]), "refuse_idle_settings", None)
+    except ValueError:  # an unknown model: building it says so
+        return
+    if callable(refuse):
+        refuse(dict(spec))
+
+
+def absolute_model_paths(spec: dict[str, Any]) -> dict[str, Any]:
+    """The file and folder settings of ``spec``'s model that ``spec`` gives as relative
+    paths, made absolute against the working directory (a run resumed, evaluated or
+    embedded from another directory reads the same weights and feature cache; a folder
+    that does not exist yet, a cache to create, too); paths under ``~`` are kept as given.
+
+    A model class lists its path-valued settings in ``path_settings`` (a tuple of
+    parameter names, e.g. ``("weights", "cache_dir")``); a class without it has none."""
+    try:
+        keys = getattr(MODELS.get(spec["name"]), "path_settings", ())
+    except ValueError:  # an unknown model: building it says so
+        return {}
+    out: dict[str, Any] = {}
+    for key in keys if isinstance(keys, (tuple, list)) else ():
+        value = spec.get(key)
+        if (isinstance(value, str) and value and not value.startswith("~")
+                and not Path(value).is_absolute()):
+            out[key] = str(Path(value).resolve())
+    return out
+
+
 def check_sample_rate(config: Config) -> None:
     """Match the model to the sample rate its audio data is read at (``data.sample_rate``).
 
@@ -301,12 +335,15 @@ def check_sample_rate(config: Config) -> None:
 
 def resolve_config(config: Config, example: Tensor, num_classes: int | None) -> Config:
     """A copy of ``config`` with the data-dependent model and loss parameters filled in
-    (``num_classes`` None: data without class labels, whose losses get none), and relative
-    data paths (``data.path``, ``tuples``, ``features``) made absolute, so
+    (``num_classes`` None: data without class labels, whose losses get none), relative
+    data paths (``data.path``, ``tuples``, ``features``) that exist made absolute, and
+    the model's relative file and folder settings too (:func:`absolute_model_paths`), so
     that a run resumed or re-read from another directory reads the same files."""
     config = copy.deepcopy(config)
+    check_idle_model_settings(config.model)
     for key in DATA_PATH_KEYS:  # a run records which files it read, wherever it resumes
         setattr(config.data, key, absolute_path(getattr(config.data, key)))
+    config.model.update(absolute_model_paths(config.model))  # (its weights, its cache)
     config.model.update(model_shape_params(config.model, example))
     config.model.update(new_run_params(config.model))  # (told apart from older runs)
     if config.data.name == "audio_folder":
@@ -418,6 +455,8 @@ __all__ = [
     "IMAGE_CHANNELS",
     "channel_last_problem",
     "resolve_config",
+    "absolute_model_paths",
+    "check_idle_model_settings",
     "check_sample_rate",
     "model_shape_params",
     "new_run_params",

@@ -64,7 +64,9 @@ def backbone_inputs(model: nn.Module, x: Tensor,
     backbone features ``(n, feature_dim)`` for the whole set at once, through the cache a
     run's training wrote them to (keyed by the whole set, so a run's held-out set is read,
     not computed again); features of a set under ``CACHE_MIN_BATCH`` rows that are not
-    cached yet are computed but not stored. Anything else: ``x`` as it is."""
+    cached yet are computed but not stored, and a damaged entry of any set is written
+    again (:func:`~dmlkit.models.pretrained.feature_cache.cached_features`). Anything
+    else: ``x`` as it is."""
     if not is_frozen_backbone(model) or x.shape[0] == 0:
         return x
     if x.dim() == 2 and x.shape[1] == model.feature_dim:

@@ -149,27 +149,96 @@ def rename_published_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
     :class:`EfficientNetLite0`'s (``blocks.3.depthwise.conv.weight``)."""
     out: dict[str, Tensor] = {}
     for key, value in state.items():
+        if not isinstance(key, str):
+            raise ValueError(f"unexpected key {key!r}: not a key of the published weights")
         new = key
         for pattern, repl in _RENAMES:
             new, hits = re.subn(pattern, repl, key)
             if hits:
                 break
         else:
-            raise ValueError(f"unexpected key {key!r} in the EfficientNet-Lite0 weights")
+            raise ValueError(f"unexpected key {key!r}: not a key of the published weights")
         out[new] = value
     return out
 
 
+def _read_state(path: Path, fix: str) -> dict:
+    """The object ``torch.load`` reads from ``path`` (weights only), or a ``ValueError``
+    naming the file, why it cannot be read, and ``fix``."""
+    if path.stat().st_size == 0:
+        raise ValueError(f"EfficientNet-Lite0 weights file {path} is empty; {fix}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file: one message naming it
+        # (EOFError included: the CLI would end with a bare "Aborted." on it)
+        text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        reason = type(err).__name__ + (f": {text}" if text and len(text) <= 120 else "")
+        raise ValueError(f"EfficientNet-Lite0 weights file {path} cannot be read: it is not "
+                         f"a PyTorch state-dict file, or it is damaged or cut short "
+                         f"({reason}); {fix}") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"EfficientNet-Lite0 weights file {path} does not hold a state dict "
+                         f"(it holds a {type(state).__name__}); {fix}")
+    return state
+
+
+def _state_problem(state: dict, reference: dict[str, Tensor]) -> str | None:
+    """Why ``state`` (our key names) is not EfficientNet-Lite0's weights, else None."""
+    missing = [k for k in reference if k not in state]
+    unknown = [str(k) for k in state if k not in reference]
+    wrong = []
+    if len(missing) == len(reference):
+        wrong.append(f"holds none of its {len(reference)} entries")
+    elif missing:
+        wrong.append(f"lacks {len(missing)} of its {len(reference)} entries "
+                     f"(e.g. {missing[0]!r})")
+    if unknown:
+        wrong.append(f"holds {len(unknown)} unknown "
+                     f"entr{'ies' if len(unknown) > 1 else 'y'} (e.g. {unknown[0]!r})")
+    if wrong:
+        return "it is not the EfficientNet-Lite0 weights: it " + " and ".join(wrong)
+    for key, want in reference.items():
+        value = state[key]
+        if not isinstance(value, Tensor):
+            return (f"it is not the EfficientNet-Lite0 weights: entry {key!r} is a "
+                    f"{type(value).__name__}, not a tensor")
+        if value.shape != want.shape:
+            return (f"it is not the EfficientNet-Lite0 weights: entry {key!r} has shape "
+                    f"{tuple(value.shape)}, not {tuple(want.shape)}")
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            return f"it is damaged: entry {key!r} holds NaN or infinite values"
+    return None
+
+
 def load_efficientnet_lite0_weights(model: EfficientNetLite0, path: str | Path) -> None:
-    """Load a weights-only state dict file (published key names or ours) strictly."""
+    """Load a weights-only state dict file (published key names or ours) strictly.
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``path`` is no file.
+    ValueError
+        When the file is empty, cannot be read (not a PyTorch file, damaged, cut short),
+        holds no state dict, or holds other weights than EfficientNet-Lite0's (missing,
+        unknown or reshaped entries) or non-finite values: one line naming the file,
+        what is wrong, and the fix (:func:`~dmlkit.models.pretrained.weights.weights_fix`).
+    """
+    from dmlkit.models.pretrained.weights import weights_fix
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"EfficientNet-Lite0 weights not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")
-    if any(key.startswith("_") for key in state):
-        state = rename_published_keys(state)
+    fix = weights_fix(path)
+    state = _read_state(path, fix)
+    if any(isinstance(key, str) and key.startswith("_") for key in state):
+        try:
+            state = rename_published_keys(state)
+        except ValueError as err:  # a key of neither naming
+            raise ValueError(f"EfficientNet-Lite0 weights file {path}: it is not the "
+                             f"EfficientNet-Lite0 weights: {err}; {fix}") from None
+    problem = _state_problem(state, model.state_dict())
+    if problem is not None:
+        raise ValueError(f"EfficientNet-Lite0 weights file {path}: {problem}; {fix}")
     model.load_state_dict(state, strict=True)
 
 

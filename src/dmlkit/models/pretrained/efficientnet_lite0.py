@@ -22,7 +22,6 @@ Two modes:
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -41,6 +40,7 @@ from dmlkit.models.pretrained.efficientnet_lite import (
     EfficientNetLite0,
     load_efficientnet_lite0_weights,
 )
+from dmlkit.models.pretrained.resize import antialias_weights, resize_images
 from dmlkit.models.pretrained.weights import efficientnet_lite0_weights_path
 from dmlkit.registry import register_model
 
@@ -92,55 +92,6 @@ class ResidualHead(nn.Module):
         return self.norm(x + self.linear(x))  # (n, F)
 
 
-@functools.lru_cache(maxsize=32)
-def _antialias_weights64(n_in: int, n_out: int) -> Tensor:
-    """:func:`antialias_weights` in float64, computed once per size: an ordinary tensor
-    (made outside inference mode, whatever mode the first call came in), never handed
-    out itself, so no caller can change it."""
-    with torch.inference_mode(False), torch.no_grad():
-        scale = n_in / n_out
-        support = max(scale, 1.0)  # filter half-width, in input samples
-        centres = (torch.arange(n_out, dtype=torch.float64) + 0.5) * scale  # (n_out,)
-        taps = torch.arange(n_in, dtype=torch.float64) + 0.5  # (n_in,)
-        w = (1.0 - ((taps[None] - centres[:, None]) / support).abs()).clamp(min=0.0)
-        return w / w.sum(dim=1, keepdim=True)  # (n_out, n_in)
-
-
-def antialias_weights(n_in: int, n_out: int) -> Tensor:
-    """``(n_out, n_in)`` weights of a bilinear resize of one axis from ``n_in`` to ``n_out``
-    samples (half-pixel centres), antialiased: shrinking, the triangle filter widens to
-    the step between output samples, so every input sample counts (torch's
-    ``F.interpolate(..., mode="bilinear", antialias=True)`` and Pillow's bilinear resize
-    weigh alike); enlarging, it is plain linear interpolation. Rows sum to 1.
-
-    A new float32 tensor every call (the float64 weights are cached per size): one made
-    under ``torch.inference_mode()`` is used there, and a later resize of images that
-    need gradients (integrated gradients) gets weights autograd can save.
-    """
-    with torch.inference_mode(False):
-        return _antialias_weights64(n_in, n_out).float()  # (n_out, n_in), a copy
-
-
-def resize_images(x: Tensor, side: int, antialias: bool = True) -> Tensor:
-    """Images ``(n, C, H, W)`` -> ``(n, C, side, side)``, bilinear.
-
-    Where no side shrinks, this is ``F.interpolate(mode="bilinear")`` as it always was
-    (bit for bit, so cached features of enlarged images stay valid). Where one does, the
-    resize is antialiased (:func:`antialias_weights`): plain bilinear reads 2 x 2 pixels
-    per output pixel and skips the rest, which aliases fine patterns of large images.
-    It is written as two matrix products, which ONNX export takes (torch's own
-    ``antialias=True`` it does not). ``antialias=False``: plain bilinear at every size,
-    the resize of dmlkit before it antialiased (what runs trained then embed with)."""
-    h, w = (int(s) for s in x.shape[-2:])
-    if (h, w) == (side, side):
-        return x
-    if max(h, w) <= side or not antialias:
-        return F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
-    rows = antialias_weights(h, side).to(x.device, x.dtype)  # (side, H)
-    cols = antialias_weights(w, side).to(x.device, x.dtype)  # (side, W)
-    return rows @ x @ cols.T  # (n, C, side, side)
-
-
 def _height_width(image_size: int | Sequence[int]) -> tuple[int, int]:
     """``(H, W)`` of ``image_size`` (a side, or ``(height, width)``), each >= 8."""
     return height_width(image_size, MIN_IMAGE_SIDE, "efficientnet_lite0")
@@ -154,7 +105,8 @@ class EfficientNetLite0Embedder(nn.Module):
     Parameters
     ----------
     dim : int
-        Embedding dimension (ignored with ``head="none"``).
+        Embedding dimension (ignored with ``head_type="none"``; with ``"residual"``,
+        a new run's config refuses it: :meth:`refuse_idle_settings`).
     mode : {"frozen", "finetune"}
     resolution : int
         Side the images are resized to (>= 32; ImageNet's is 224, small values are fast;
@@ -179,11 +131,11 @@ class EfficientNetLite0Embedder(nn.Module):
         starts from the pretrained metric and learns a correction; ``dim`` is
         ``feature_dim``); ``"none"`` gives the (L2-normalized) backbone features untrained.
     hidden : int
-        Width of the MLP head's hidden layer.
+        Width of the MLP head's hidden layer (``head_type="mlp"`` only).
     trainable_blocks : int, optional
         ``finetune``: how many of the last blocks train (``None``: all, stem included).
     backbone_lr_scale : float
-        Learning-rate multiplier of the backbone in ``finetune`` mode.
+        Learning-rate multiplier of the backbone in ``finetune`` mode (only).
     normalize : bool
         L2-normalize the embeddings.
     in_channels : int
@@ -211,10 +163,15 @@ class EfficientNetLite0Embedder(nn.Module):
         had then: a saved run's config that lacks one gets that value, a new run's
         config records the constructor's default
         (:func:`dmlkit.training.build.saved_run_params`).
+    path_settings : tuple of str
+        The settings that name a file or folder (``weights``, ``cache_dir``): a new
+        run's config records them absolute
+        (:func:`dmlkit.training.build.absolute_model_paths`).
     """
 
     input_range: tuple[float, float] = (0.0, 1.0)
     saved_run_defaults: ClassVar[dict[str, Any]] = {"antialias": False}
+    path_settings: ClassVar[tuple[str, ...]] = ("weights", "cache_dir")
 
     def __init__(
         self,
@@ -313,6 +270,37 @@ class EfficientNetLite0Embedder(nn.Module):
         if head_type in ("none", "residual"):
             self.dim = self.feature_dim
         self.train()  # the backbone's batch norms use their running statistics from the start
+
+    @classmethod
+    def refuse_idle_settings(cls, spec: dict[str, Any]) -> None:
+        """Refuse settings a new run's model config ``spec`` gives that could have no
+        effect (:func:`dmlkit.training.build.check_idle_model_settings`): ``dim`` with a
+        ``residual`` head (it keeps the features' width), ``hidden`` with a ``linear`` or
+        ``residual`` one (only the MLP has a hidden layer), ``backbone_lr_scale`` in
+        ``frozen`` mode (the backbone never trains). ``head_type: none`` (the untrained
+        features) leaves the head's settings aside, so any config can switch to it.
+
+        Raises
+        ------
+        ValueError
+            Naming the setting, why it has no effect, and what to do.
+        """
+        head, mode = spec.get("head_type", "linear"), spec.get("mode", "frozen")
+        if spec.get("dim") is not None and head == "residual":
+            raise ValueError(
+                f"model.dim ({spec['dim']}) has no effect with model.head_type: residual "
+                "(its embeddings keep the backbone features' width): remove it, or set "
+                "model.head_type: linear (or mlp) for embeddings of that width")
+        if spec.get("hidden") is not None and head in ("linear", "residual"):
+            raise ValueError(
+                f"model.hidden ({spec['hidden']}) has no effect with model.head_type: "
+                f"{head} (only the mlp head has a hidden layer): remove it, or set "
+                "model.head_type: mlp")
+        if spec.get("backbone_lr_scale") is not None and mode == "frozen":
+            raise ValueError(
+                f"model.backbone_lr_scale ({spec['backbone_lr_scale']}) has no effect with "
+                "model.mode: frozen (the backbone never trains): remove it, or set "
+                "model.mode: finetune to train the backbone at that rate")
 
     @classmethod
     def dim_from_config(cls, params: dict[str, Any]) -> int | None:

@@ -155,11 +155,18 @@ def cached_features(model: nn.Module, x: Tensor, cache_dir: str | Path | None = 
         ``~/.cache/dmlkit/features``.
     store : bool
         Whether features computed on a miss are written to the cache (False: only
-        read it, e.g. for a few query images).
+        read it, e.g. for a few query images). An entry that is there but damaged is
+        written again either way (a damaged file is never read twice).
 
     Returns
     -------
     Tensor of shape (n, feature_dim), float32.
+
+    Raises
+    ------
+    ValueError
+        When a file is to be written and the cache folder cannot be used, or something
+        other than a file stands where the entry goes, naming it.
     """
     if cache_dir is None:
         cache_dir = getattr(model, "cache_dir", None)
@@ -170,7 +177,8 @@ def cached_features(model: nn.Module, x: Tensor, cache_dir: str | Path | None = 
     key = hashlib.sha256((tensor_checksum(x) + backbone_checksum(model)
                           + resize_key(model, x)).encode()).hexdigest()
     path = cache_dir / f"{key[:32]}.pt"
-    if path.is_file():
+    damaged = path.is_file()
+    if damaged:
         features, problem = _read_cached(path, (x.shape[0], model.feature_dim))
         if features is not None:
             if log is not None:
@@ -181,18 +189,45 @@ def cached_features(model: nn.Module, x: Tensor, cache_dir: str | Path | None = 
             log(message)
         else:  # e.g. a frozen model embedding a large batch: still say so
             warnings.warn(message, stacklevel=2)
-    if not store:
+    if not (store or damaged):
         return compute_features(model, x, log=log)
     check_cache_dir(cache_dir)  # before the slow computation, not after it
+    check_entry_path(path)
     start = time.perf_counter()
     features = compute_features(model, x, log=log)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save({"features": features, "checksum": features_checksum(features)}, tmp)
-    os.replace(tmp, path)
+    write_entry(path, features)
     if log is not None:
         log(f"backbone features of {x.shape[0]} items computed in "
             f"{time.perf_counter() - start:.1f} s, cached in {path}")  # fmt: skip
     return features
+
+
+_CACHE_FIX = "remove it, or set model.cache_dir (or DMLKIT_CACHE) to another folder"
+
+
+def check_entry_path(path: Path) -> None:
+    """Refuse to write a cache entry at ``path`` where something other than a file (a
+    folder) stands there, naming it (before the features are computed)."""
+    if path.exists() and not path.is_file():
+        raise ValueError(f"the feature cache file {path} cannot be written: a folder (or "
+                         f"other non-file) is in its place; {_CACHE_FIX}")
+
+
+def write_entry(path: Path, features: Tensor) -> None:
+    """Write ``features`` and their checksum to ``path`` atomically (a temporary file
+    renamed over it); on failure the temporary file is removed and a ``ValueError``
+    names ``path``."""
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    try:
+        torch.save({"features": features, "checksum": features_checksum(features)}, tmp)
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise ValueError(f"the feature cache file {path} cannot be written "
+                         f"({err.strerror or err}); {_CACHE_FIX}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 __all__ = [
@@ -204,4 +239,6 @@ __all__ = [
     "compute_features",
     "cached_features",
     "check_cache_dir",
+    "check_entry_path",
+    "write_entry",
 ]

