@@ -35,6 +35,7 @@ from dmlkit.config.field_rules import (
     is_int,
 )
 from dmlkit.config.param_types import check_param_types
+from dmlkit.config.run_name import check_run_name
 from dmlkit.config.tune import TuneConfig
 
 DATA_SOURCES = ("digits", "fashion_mnist", "idx", "npz", "image_folder", "text", "stsb",
@@ -294,8 +295,8 @@ class Config:
                 kwargs[f.name] = _component(f.name, value)
             elif f.name == "tune":
                 kwargs[f.name] = None if value is None else TuneConfig.from_dict(value)
-            else:
-                kwargs[f.name] = str(value)
+            else:  # the run's folder name
+                kwargs[f.name] = check_run_name(value)
         config = cls(**kwargs)
         if config.tune is not None:
             _check_space_values(config)
@@ -311,8 +312,9 @@ class Config:
 
     @classmethod
     def from_yaml(cls, source: str | Path) -> Config:
-        """Parse YAML text, or read a ``.yaml`` / ``.yml`` file given as a path."""
-        import yaml
+        """Parse YAML text, or read a ``.yaml`` / ``.yml`` file given as a path (a key
+        given twice in a mapping is refused)."""
+        from dmlkit.config.yaml_text import load_config_text
 
         is_path = isinstance(source, Path) or (
             "\n" not in source and source.strip().endswith((".yaml", ".yml"))
@@ -323,14 +325,7 @@ class Config:
                 raise FileNotFoundError(f"config file not found: {path}")
             source = path.read_text()
         where = str(path) if is_path else "config text"
-        try:
-            raw = yaml.safe_load(source)
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            line = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-            raise ValueError(f"{where} is not valid YAML{line}: {problem}; fix the file "
-                             "(an example: configs/digits.yaml)") from None
+        raw = load_config_text(source, where)  # (a key given twice refused)
         if raw is None:
             raise ValueError(f"{where} is empty; write the settings to use (see "
                              "configs/digits.yaml), or run `dmlkit train` without a config "

@@ -249,16 +249,18 @@ def condition_holds(raw: dict[str, Any], when: dict[str, Any] | None) -> bool:
 def set_path(raw: dict[str, Any], path: str, value: Any) -> None:
     """Set ``section.key`` (or a whole section) of a config dict in place.
 
-    A component set to a name string becomes ``{name: ...}``. A new ``name`` for a loss
-    or a miner drops the old component's parameters (the same name means different
-    things there: a triplet ``margin`` is a distance, ArcFace's an angle in degrees,
-    CosFace's a cosine); for a model or a sampler it keeps those the new registered
-    class accepts (``dim``, ``batch_size``, ``m`` mean the same across them). Set the
-    new component's parameters after its name.
+    A component section (``model``, ``loss``, ``miner``, ``sampler``) set to a name string
+    becomes ``{name: ...}``; any other top-level key (``name``) takes the value as it is.
+    A new ``name`` for a loss or a miner drops the old component's parameters (the same
+    name means different things there: a triplet ``margin`` is a distance, ArcFace's an
+    angle in degrees, CosFace's a cosine); for a model or a sampler it keeps those the
+    new registered class accepts (``dim``, ``batch_size``, ``m`` mean the same across
+    them). Set the new component's parameters after its name.
     """
     section, _, key = path.partition(".")
     if not key:
-        raw[section] = {"name": value} if isinstance(value, str) else copy.deepcopy(value)
+        is_component = section in COMPONENTS and isinstance(value, str)
+        raw[section] = {"name": value} if is_component else copy.deepcopy(value)
         return
     current = raw.get(section)
     if current is None:

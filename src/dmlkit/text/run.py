@@ -42,6 +42,7 @@ from dmlkit.evaluation.evaluate import write_json
 from dmlkit.text.evaluate import text_heldout_metrics
 from dmlkit.training.build import resolve_config
 from dmlkit.training.checkpoint import atomic_save
+from dmlkit.training.class_rows import run_class_ids
 from dmlkit.training.data_fingerprint import LazyFingerprint, check_resume_data
 from dmlkit.training.run import CONFIG_FILE, METRICS_FILE, MODEL_FILE, RunResult
 from dmlkit.training.run_dir import (
@@ -210,6 +211,7 @@ def _train_text(config: Config, out_dir: Path, checkpoint: dict[str, Any] | None
     fingerprint = text_fingerprint(train, heldout)
     if resume:  # (before config.yaml is written again)
         check_resume_data(out_dir, fingerprint, checkpoint)
+    class_ids = None  # (pairs and triplets: no loss indexes a class row)
     if isinstance(train, TextPairDataset):
         train = train.positives()  # in-batch negatives: every other sentence of the batch
         if config.miner is not None:
@@ -226,8 +228,8 @@ def _train_text(config: Config, out_dir: Path, checkpoint: dict[str, Any] | None
         if config.miner is not None:
             raise ValueError("triplet runs train on the given triplets; remove the miner")
         num_classes = None  # no classes: nothing class-shaped (a margin loss's beta is global)
-    else:
-        num_classes = int(train.labels.max()) + 1
+    else:  # a loss with one row per class: one per distinct label, each label its row
+        class_ids, num_classes = run_class_ids(train.labels, checkpoint)
     resolved = resolve_config(config, torch.zeros(1), num_classes)
     created = created_here(out_dir)  # (claimed by train_text_run; else made here)
     fresh = not out_dir.exists() if created is None else created
@@ -239,7 +241,7 @@ def _train_text(config: Config, out_dir: Path, checkpoint: dict[str, Any] | None
     try:
         try:
             trainer = Trainer(resolved, train, out_dir=out_dir, log=log, callbacks=callbacks,
-                              data_fingerprint=fingerprint)
+                              data_fingerprint=fingerprint, class_ids=class_ids)
         except BaseException:  # a bad model, loss or miner setting: no half-made run left
             if fresh:
                 shutil.rmtree(out_dir, ignore_errors=True)

@@ -25,6 +25,7 @@ from dmlkit.data.class_folds import MIN_CLASSES, class_folds
 from dmlkit.data.dataset import ArrayDataset
 from dmlkit.data.splits import select_classes
 from dmlkit.training.build import build_sampler, resolve_config
+from dmlkit.training.class_rows import run_class_ids
 from dmlkit.training.frozen_features import (
     FeatureData,
     check_frozen_config,
@@ -162,7 +163,8 @@ def _cross_validate(
     # a frozen backbone's features of the whole training part, cached, as dmlkit train
     # uses them (not a forward pass of the whole network on every batch): one backbone
     # pass, one cache entry and one load of the weights for all folds
-    whole_config = resolve_config(config, train.x[0], int(train.labels.max()) + 1)
+    # (a loss with one row per class: sized by the distinct classes, not the largest id)
+    whole_config = resolve_config(config, train.x[0], run_class_ids(train.labels, None)[1])
     whole = frozen_feature_data(whole_config, train, None)
     results, trainers, states = [], [], []
     for train_classes, val_classes in class_folds(train.classes, k, seed,
@@ -173,12 +175,13 @@ def _cross_validate(
         cfg.training.progress = False
         if objective == "final":  # the whole schedule, as dmlkit train runs it
             cfg.training.patience = None
-        resolved = resolve_config(cfg, fold_train.x[0], int(fold_train.labels.max()) + 1)
+        class_ids, num_classes = run_class_ids(fold_train.labels, None)
+        resolved = resolve_config(cfg, fold_train.x[0], num_classes)
         features = _fold_features(whole, whole_config, resolved, fold_train, val)
         try:
             trainers.append(Trainer(resolved, augmented(features.train, cfg),
                                     val_data=features.val, log=None, model=features.model,
-                                    model_rng=features.model_rng))
+                                    model_rng=features.model_rng, class_ids=class_ids))
         except ValueError as err:
             if _batch_problem(resolved, fold_train) != str(err):
                 raise  # a model or loss setting: not the folds' doing

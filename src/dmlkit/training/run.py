@@ -159,17 +159,29 @@ def validation_split(
     if tc.val_classes is not None:
         from dmlkit.data.class_folds import holdout_classes
 
-        return holdout_classes(train, tc.val_classes, config.data.seed + 1)
+        train, val = holdout_classes(train, tc.val_classes, config.data.seed + 1)
+        if not _scorable(val):
+            raise ValueError(
+                f"training.val_classes holds out classes {_named_classes(val, config)} of "
+                "one item each: validation MAP@R needs a class with two items, so no epoch "
+                "could be scored; hold out classes with two or more items (or set "
+                "training.val_fraction instead)")
+        return train, val
     if tc.val_fraction > 0:
         train, val = stratified_split(train, tc.val_fraction, config.data.seed + 1)
-        counts = torch.unique(val.labels, dim=0, return_counts=True)[1] if len(val) else []
-        if not any(int(c) >= 2 for c in counts):  # no query with a relevant reference
+        if not _scorable(val):  # no query with a relevant reference
             raise ValueError(
                 f"training.val_fraction {tc.val_fraction} holds out at most one item of each "
                 f"class ({len(val)} items): validation MAP@R needs two of a class; raise "
                 "val_fraction, or hold out whole classes with training.val_classes")
         return train, val
     return train, None
+
+
+def _scorable(val: ArrayDataset) -> bool:
+    """Whether ``val`` has a class of two or more items (a query MAP@R can score)."""
+    counts = torch.unique(val.labels, dim=0, return_counts=True)[1] if len(val) else []
+    return any(int(c) >= 2 for c in counts)
 
 
 def embed(
@@ -346,12 +358,14 @@ def _train_labelled(config: Config, out_dir: Path, checkpoint: dict[str, Any] | 
     seconds = time.perf_counter() - start
     metrics["train_seconds"] = round(seconds, 2)
     if val is not None:  # the per-epoch validation curve and the epoch kept
+        scored = trainer.best_epoch > 0 and math.isfinite(trainer.best_metric)
         metrics["validation"] = {
             "classes": val.classes if config.training.val_classes is not None else None,
             "num_items": len(val),
-            "best_epoch": trainer.best_epoch,
-            # (None when no epoch could be scored: strict JSON has no -Infinity)
-            "best_map_at_r": trainer.best_metric if math.isfinite(trainer.best_metric) else None,
+            # (None when no epoch could be scored: strict JSON has no -Infinity, and no
+            # epoch 0 ran)
+            "best_epoch": trainer.best_epoch if scored else None,
+            "best_map_at_r": trainer.best_metric if scored else None,
         }
     metrics["history"] = history
     atomic_write_text(json.dumps(metrics, indent=2) + "\n", out_dir / METRICS_FILE)
