@@ -108,13 +108,22 @@ def _check_embeddings(source: Path, emb: Any) -> Any:
 
     from dmlkit._checks import check_real_inputs
     from dmlkit.apps.embedding import check_finite_rows
+    from dmlkit.index.base import check_float32_range
 
     emb = np.asarray(emb)
     if emb.ndim != 2:
         raise ValueError(f"{source}: embeddings must be (n, dim), got shape {emb.shape}")
     check_real_inputs(emb, str(source), "embeddings")
     check_finite_rows(emb, f"{source}: embeddings")
+    check_float32_range(emb, f"{source}: embeddings")
     return emb
+
+
+#: ``--k-factor`` of ``index build`` and ``search``
+K_FACTOR = typer.Option(
+    None, "--k-factor", help="Indexes with a refine stage (e.g. IVF1024,PQ32,RFlat): "
+    "candidates re-ranked per neighbour, as a multiple of k (default 4, raised at build "
+    "until --target-recall is reached).", show_default=False)
 
 
 @index_app.command("build")
@@ -140,6 +149,7 @@ def build(
         "reach --target-recall on the data)."),
     ef_search: int | None = typer.Option(
         None, "--ef-search", help="HNSW search breadth (default: tuned like --nprobe)."),
+    k_factor: float | None = K_FACTOR,
     target_recall: float | None = typer.Option(
         None, "--target-recall", help="Recall@10 vs exact search, in (0, 1], that the "
         "default --nprobe / --ef-search must reach (default 0.95; faiss indexes only).",
@@ -164,9 +174,9 @@ def build(
         if source.is_file() and (x_key is not None or labels_key is not None):
             raise ValueError("--x-key / --labels-key name the arrays of a .npz --data that "
                              "the run embeds; a file of embeddings is read as it is")
-        if factory == "exact" and (nprobe is not None or ef_search is not None):
-            raise ValueError("--nprobe / --ef-search apply to faiss indexes (--factory IVF..., "
-                             "HNSW...), not to the exact index")
+        if factory == "exact" and (nprobe, ef_search, k_factor) != (None, None, None):
+            raise ValueError("--nprobe / --ef-search / --k-factor apply to faiss indexes "
+                             "(--factory IVF..., HNSW..., ...,RFlat), not to the exact index")
         if target_recall is not None:
             check_target_recall(target_recall, "--target-recall")
             if factory == "exact":
@@ -175,8 +185,9 @@ def build(
                                  "by definition")
         target_recall = DEFAULT_TARGET_RECALL if target_recall is None else target_recall
         if (source / "manifest.json").is_file() and not (source / "config.yaml").exists():
-            return _build_from_store(source, out, factory, metric, nprobe, ef_search,
-                                     target_recall)
+            return _build_from_store(source, out, factory, metric,
+                                     {"nprobe": nprobe, "ef_search": ef_search,
+                                      "k_factor": k_factor}, target_recall)
         if source.is_file():
             from dmlkit.index.provenance import EMBEDDINGS_MODEL_KEY, embeddings_fingerprint
 
@@ -216,7 +227,8 @@ def build(
         emb = _check_embeddings(source, emb)
         dim = int(emb.shape[1])
         index = (ExactIndex(dim, metric) if factory == "exact"
-                 else FaissIndex(dim, metric, factory, nprobe=nprobe, ef_search=ef_search))
+                 else FaissIndex(dim, metric, factory, nprobe=nprobe, ef_search=ef_search,
+                                 k_factor=k_factor))
         try:
             index.add(emb, labels=labels, paths=paths, payloads=payloads)
         except (ValueError, TypeError) as err:  # say which input it is about
@@ -229,7 +241,7 @@ def build(
     except ERRORS as err:
         raise _fail(str(err)) from None
     typer.echo(f"indexed {index.ntotal} embeddings of dim {dim} ({factory}, {metric}) in {out}")
-    _echo_recall(recall, target_recall)
+    _echo_recall(index, recall, target_recall)
 
 
 def _check_no_pending_log(out: Path) -> None:
@@ -266,21 +278,23 @@ def _check_out(source: Path, out: Path) -> None:
             f" {source}; writing the index there would delete it: choose another --out")
 
 
-def _echo_recall(recall: dict[str, Any] | None, target_recall: float) -> None:
+def _echo_recall(index: Any, recall: dict[str, Any] | None, target_recall: float) -> None:
     """Print the recall line, and a warning when it is below the target."""
+    from dmlkit.index.calibrate import low_recall_advice
+
     if recall is None:
+        return
+    if recall["recall_at_k"] is None:  # an empty index
+        typer.echo(f"recall not measured: {recall['skipped']}, nothing to tune")
         return
     typer.echo(_recall_line(recall))
     if recall["recall_at_k"] < target_recall:
-        knobs = [f"--{key.replace('_', '-')}" for key in ("nprobe", "ef_search") if key in recall]
-        fix = (f"raise {' / '.join(knobs)}" if knobs else  # a compressed code (PQ, SQ, ...)
-               "store finer codes (e.g. more PQ sub-quantizers or bits)")
-        typer.echo(f"warning: recall {recall['recall_at_k']:.4f} is below "
-                   f"{target_recall}; {fix} or use --factory exact", err=True)
+        typer.echo(f"warning: recall {recall['recall_at_k']:.4f} is below {target_recall}; "
+                   f"{low_recall_advice(index, recall)}", err=True)
 
 
 def _build_from_store(store_dir: Path, out: Path, factory: str, metric: str,
-                      nprobe: int | None, ef_search: int | None, target_recall: float) -> None:
+                      knobs: dict[str, Any], target_recall: float) -> None:
     """Build a faiss index from an embedding store chunk by chunk (see dmlkit embed --store),
     calibrated like an in-memory build (queries sampled from the store)."""
     from dmlkit.index.store import EmbeddingStore, build_index_from_store
@@ -289,8 +303,7 @@ def _build_from_store(store_dir: Path, out: Path, factory: str, metric: str,
     if exact:
         factory = "Flat"  # the chunked build is faiss; Flat is exact
     store = EmbeddingStore.open(store_dir)
-    index = build_index_from_store(store, factory, metric, nprobe=nprobe, ef_search=ef_search,
-                                   show_progress=True,
+    index = build_index_from_store(store, factory, metric, **knobs, show_progress=True,
                                    target_recall=None if exact else target_recall)
     recall = index.info.get("recall")
     index.info = {"store": str(store_dir.resolve()), **store.manifest.get("source", {}),
@@ -298,17 +311,17 @@ def _build_from_store(store_dir: Path, out: Path, factory: str, metric: str,
     index.save(out)
     typer.echo(f"indexed {index.ntotal} embeddings of dim {store.dim} ({factory}, {metric}) "
                f"from store {store_dir} in {out}")
-    _echo_recall(recall, target_recall)
+    _echo_recall(index, recall, target_recall)
 
 
 def _recall_line(recall: dict[str, Any]) -> str:
     """``recall@10 vs exact search on 1000 indexed items: 0.98 (nprobe 8, tuned)``."""
     line = (f"recall@{recall['k']} vs exact search on {recall['queries']} indexed items: "
             f"{recall['recall_at_k']:.4f}")
-    for key in ("nprobe", "ef_search"):
-        if key in recall:
-            line += f" ({key} {recall[key]}, {'tuned' if recall['tuned'] else 'as given'})"
-    return line
+    knobs = [f"{key} {recall[key]:g}, {'tuned' if recall[tuned] else 'as given'}"
+             for key, tuned in (("nprobe", "tuned"), ("ef_search", "tuned"),
+                                ("k_factor", "k_factor_tuned")) if key in recall]
+    return line + (f" ({'; '.join(knobs)})" if knobs else "")
 
 
 def _query_embeddings(queries: list[Path], index: Any, run_dir: Path | None, device: str,
@@ -345,6 +358,8 @@ def _query_embeddings(queries: list[Path], index: Any, run_dir: Path | None, dev
         names = [f"{queries[0].name}[{i}]" for i in range(x.shape[0])]
         if kind == "embeddings":  # of the index's model, where both record theirs
             from dmlkit.index.provenance import check_embeddings_source, embeddings_fingerprint
+
+            _check_embeddings(queries[0], x)  # finite, float32-sized: or name the rows
 
             check_embeddings_source(index.info, embeddings_fingerprint(queries[0]),
                                     str(queries[0]), where)
@@ -426,6 +441,7 @@ def search(
     nprobe: int | None = typer.Option(None, "--nprobe", help="IVF lists searched per query "
                                       "(default: as tuned at build)."),
     ef_search: int | None = typer.Option(None, "--ef-search", help="HNSW search breadth."),
+    k_factor: float | None = K_FACTOR,
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
     device: str = typer.Option("cpu", "--device"),
 ) -> None:
@@ -437,14 +453,21 @@ def search(
         if not queries:
             raise ValueError("no query given: --query FILE (images, a folder, or a .npy/.npz)")
         index = load_index(index_dir)
-        if nprobe is not None or ef_search is not None:
+        given = {"nprobe": nprobe, "ef_search": ef_search, "k_factor": k_factor}
+        if any(v is not None for v in given.values()):
             if getattr(index, "kind", "") != "faiss":
-                raise ValueError("--nprobe / --ef-search apply to faiss indexes only")
-            index.nprobe = nprobe if nprobe is not None else index.nprobe
-            index.ef_search = ef_search if ef_search is not None else index.ef_search
+                raise ValueError("--nprobe / --ef-search / --k-factor apply to faiss indexes only")
+            for key, value in given.items():
+                setattr(index, key, getattr(index, key) if value is None else value)
             index._apply_search_params()
         x, names = _query_embeddings(queries, index, run_dir, device, kind,
                                      f"the index {index_dir}")
+        if x.shape[1] != index.dim:  # embedded by a run's model (files of embeddings fit)
+            run_used = run_dir or index.info.get("run_dir")
+            raise ValueError(
+                f"the model of run {run_used} produces {x.shape[1]}-d embeddings, the index "
+                f"{index_dir} holds {index.dim}-d ones: search it with the run it was built "
+                "from (--run), or rebuild the index with this run")
         scores, ids = index.search(x, k)
     except ERRORS as err:
         raise _fail(str(err)) from None

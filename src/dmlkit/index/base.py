@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from dmlkit._checks import check_real_inputs
+from dmlkit._checks import check_real_inputs, first_few
 from dmlkit.index.io import (
     IndexFormatError,
     load_array,
@@ -51,10 +51,37 @@ def to_numpy_2d(x: Any, dim: int, name: str = "x") -> np.ndarray:
     if x.ndim != 2 or x.shape[1] != dim:
         raise ValueError(f"{name} must have shape (n, {dim}), got {x.shape}")
     check_real_inputs(x, "", name)
+    check_float32_range(x, name)
     x = np.ascontiguousarray(x, dtype=np.float32)
-    if not np.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
+    bad = np.flatnonzero(~np.isfinite(x).all(axis=1))  # rows holding a NaN or an infinity
+    if bad.size:
+        raise ValueError(f"{name} contains NaN or infinite values in {bad.size} of "
+                         f"{x.shape[0]} rows ({'row' if bad.size == 1 else 'rows'} "
+                         f"{first_few(int(i) for i in bad)})")
     return x
+
+
+#: the largest finite float32, the storage type of every index
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_float32_range(x: Any, source: str) -> None:
+    """Refuse a ``(n, ...)`` float array with finite values beyond the float32 range
+    (``|v| > 3.4e38``, e.g. float64 ``1e39``): stored as float32 they would turn into
+    infinities. The one-line ``ValueError`` names ``source`` and the rows."""
+    x = np.asarray(x)
+    if x.dtype.kind != "f" or x.dtype.itemsize <= 4 or not x.size or x.ndim == 0:
+        return
+    with np.errstate(invalid="ignore"):
+        big = np.abs(np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)) > FLOAT32_MAX
+    bad = np.flatnonzero(big.reshape(len(x), -1).any(axis=1))
+    if bad.size:
+        top = float(np.abs(x[big]).max())
+        raise ValueError(
+            f"{source} holds values that overflow float32 (|value| up to {top:.3g} > "
+            f"{FLOAT32_MAX:.3g}, the float32 maximum) in {bad.size} of {len(x)} rows "
+            f"({'row' if bad.size == 1 else 'rows'} {first_few(int(i) for i in bad)}); "
+            "indexes store float32: rescale them (e.g. L2-normalize) first")
 
 
 class InconsistentIndexError(RuntimeError):
@@ -429,4 +456,5 @@ def load_index(path: str | Path) -> BaseIndex:
     return BaseIndex.load(path)
 
 
-__all__ = ["METRICS", "BaseIndex", "InconsistentIndexError", "load_index", "to_numpy_2d"]
+__all__ = ["FLOAT32_MAX", "METRICS", "BaseIndex", "InconsistentIndexError",
+           "check_float32_range", "load_index", "to_numpy_2d"]

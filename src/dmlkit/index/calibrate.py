@@ -6,7 +6,9 @@ candidates; faiss's defaults (``nprobe=1``, ``efSearch=16``) trade much recall f
 :func:`calibrate` measures recall@k of the index against exact search
 (:class:`~dmlkit.index.ExactIndex`) on a seeded sample of the indexed vectors used as
 queries, and, unless the breadth was given, doubles it until the recall reaches the
-target.
+target. An index with a refine stage (``...,RFlat``) re-ranks ``k_factor * k``
+candidates: unless it was given, calibration raises ``k_factor`` too while the recall is
+below the target (and then narrows the search breadth back as far as the target allows).
 
 Recall is *distance-based*, as ANN benchmarks define it (Aumüller et al.,
 "ANN-Benchmarks", 2020): a returned neighbour counts as a hit when its true distance
@@ -28,6 +30,8 @@ from dmlkit._checks import check_real
 RTOL = 1e-5
 #: rows of ``vectors`` searched exactly at a time when computing the ground truth
 CHUNK = 65536
+#: the largest refine ``k_factor`` calibration tries
+MAX_K_FACTOR = 256
 
 
 def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray) -> float:
@@ -221,8 +225,10 @@ def calibrate(
     -------
     dict
         ``{"recall_at_k", "k", "queries", "target", "nprobe" | "ef_search", "tuned"}``;
-        ``tuned`` is False when the breadth was given and only measured. The recall is
-        distance-based (see the module docstring).
+        ``tuned`` is False when the breadth was given and only measured. Indexes with a
+        refine stage add ``"k_factor"`` and ``"k_factor_tuned"``. The recall is
+        distance-based (see the module docstring). An empty index has nothing to measure:
+        ``recall_at_k`` is None and ``"skipped"`` says why.
     """
     check_target_recall(target)
     if not isinstance(vectors, np.ndarray):  # a list, a CPU tensor
@@ -237,6 +243,9 @@ def calibrate(
     result: dict[str, Any] = {"k": k, "target": target, "queries": min(sample, n)}
     if knob is None and getattr(index, "kind", "") == "exact":
         return {**result, "recall_at_k": 1.0, "tuned": False}
+    if n == 0:
+        return {**result, "recall_at_k": None, "tuned": False,
+                "skipped": "the index is empty"}
     rows = np.sort(np.random.default_rng(seed).choice(n, size=min(sample, n), replace=False))
     queries = np.ascontiguousarray(vectors[rows], dtype=np.float32)  # (q, dim)
     truth = GroundTruth(vectors, queries, k, index.metric, chunk)
@@ -250,22 +259,95 @@ def calibrate(
         found = (got >= 0) & (ids[order][pos] == got)
         return truth.recall(vectors, queries, np.where(found, order[pos], -1))
 
-    given = knob is not None and getattr(index, knob) is not None
-    if knob is None or given:
-        value = None if knob is None else getattr(index, knob)
-        return {**result, "recall_at_k": measure(), **({knob: value} if knob else {}),
-                "tuned": False}
-    limit = _nlist(index) if knob == "nprobe" else max(4096, 2 * n)
-    value = 1 if knob == "nprobe" else 16
-    while True:
-        setattr(index, knob, value)
+    def use(name: str, value: Any) -> float:
+        setattr(index, name, value)
         index._apply_search_params()
+        return measure()
+
+    tuned = knob is not None and getattr(index, knob) is None
+    if knob is None or not tuned:
         recall = measure()
-        if recall >= target or value >= limit:
-            break
-        value = min(2 * value, limit)
-    return {**result, "recall_at_k": recall, knob: value, "tuned": True}
+    else:
+        limit = _breadth_limit(index, knob, n)
+        value = start = 1 if knob == "nprobe" else 16
+        while (recall := use(knob, value)) < target and value < limit:
+            value = min(2 * value, limit)
+    if knob is not None:
+        result[knob] = getattr(index, knob)
+    if not getattr(index, "has_refine", False):
+        return {**result, "recall_at_k": recall, "tuned": tuned}
+    from dmlkit.index.faiss_index import REFINE_K_FACTOR
+
+    kf_tuned, factor = index.k_factor is None, index.k_factor or REFINE_K_FACTOR
+    kf_limit, raised = _k_factor_limit(n, k), False
+    while kf_tuned and recall < target and factor < kf_limit:
+        factor, raised = min(2 * factor, kf_limit), True
+        recall = use("k_factor", factor)
+    if tuned and raised:  # the re-ranking may need less breadth than it had without it
+        while result[knob] > start:
+            narrower = max(start, result[knob] // 2)
+            if (fewer := use(knob, narrower)) < target:
+                setattr(index, knob, result[knob])
+                index._apply_search_params()
+                break
+            result[knob], recall = narrower, fewer
+    return {**result, "recall_at_k": recall, "tuned": tuned, "k_factor": factor,
+            "k_factor_tuned": kf_tuned}
 
 
-__all__ = ["GroundTruth", "calibrate", "check_target_recall", "distance_recall",
-           "recall_at_k", "take_rows", "true_scores"]
+def _breadth_limit(index: Any, knob: str, n: int) -> int:
+    """The widest ``nprobe`` (every list) or ``efSearch`` calibration tries."""
+    return _nlist(index) if knob == "nprobe" else max(4096, 2 * n)
+
+
+def _k_factor_limit(n: int, k: int) -> int:
+    """The largest refine ``k_factor`` calibration tries: :data:`MAX_K_FACTOR`, or less
+    where ``k * k_factor`` candidates are every one of the ``n`` items already."""
+    from dmlkit.index.faiss_index import REFINE_K_FACTOR
+
+    return max(REFINE_K_FACTOR, min(MAX_K_FACTOR, -(-n // max(k, 1))))
+
+
+def low_recall_advice(index: Any, result: dict[str, Any]) -> str:
+    """What to change (command-line options and factory strings) when the recall measured
+    by :func:`calibrate` (``result``) is below its target: only what applies to ``index``
+    (a wider search that is not yet the widest, a larger refine ``k_factor``, finer
+    codes, a refine stage), always ending with the exact index."""
+    import faiss
+
+    from dmlkit.index.faiss_stages import stages
+
+    found = {s.kind: s for s in stages(faiss, index.index)}
+    factory = index.factory
+    fixes, note = [], ""
+    knob = _knob(index)
+    if knob is not None and result.get(knob) is not None:
+        value, limit = int(result[knob]), _breadth_limit(index, knob, index.ntotal)
+        if value < limit:
+            of = f" of {limit} lists" if knob == "nprobe" else ""
+            fixes.append(f"raise --{knob.replace('_', '-')} (now {value}{of})")
+        elif knob == "nprobe":
+            note = f"every list is searched already (nprobe {value} of {limit}); "
+        elif "HNSW" in found and not {"PQ", "AQ", "SQ"} & set(found):  # (else: the codes)
+            fixes.append(f"rebuild with a denser graph (--factory HNSW{2 * found['HNSW'].size})")
+    refine_maxed = result.get("k_factor", MAX_K_FACTOR) >= _k_factor_limit(
+        index.ntotal, int(result.get("k", 10)))
+    if "Refine" in found and not refine_maxed:
+        fixes.append(f"raise --k-factor (now {result['k_factor']:g})")
+    codes = [phrase for kind, phrase in (
+        ("PQ", "more PQ sub-quantizers or bits"), ("AQ", "more codebooks or bits"),
+        ("SQ", "more bits per dimension, e.g. SQfp16"), ("LSH", "more LSH bits"))
+        if kind in found]
+    if codes and ("Refine" not in found or refine_maxed):
+        fixes.append(f"store finer codes ({'; '.join(codes)})")
+    if codes and "Refine" not in found:
+        fixes.append(f"add a refine stage (--factory '{factory},RFlat')")
+    if "NSG" in found:
+        fixes.append("rebuild as an HNSW graph, whose breadth --ef-search tunes "
+                     "(--factory HNSW32)")
+    fixes.append("use --factory exact")
+    return note + (", ".join(fixes[:-1]) + " or " if len(fixes) > 1 else "") + fixes[-1]
+
+
+__all__ = ["MAX_K_FACTOR", "GroundTruth", "calibrate", "check_target_recall",
+           "distance_recall", "low_recall_advice", "recall_at_k", "take_rows", "true_scores"]

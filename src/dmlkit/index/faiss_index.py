@@ -26,6 +26,11 @@ from dmlkit.index.faiss_stages import (
 )
 from dmlkit.index.io import IndexFormatError
 
+#: candidates a refine stage (``...,RFlat`` / ``Refine(...)``) re-ranks per neighbour
+#: asked for when ``k_factor`` is not given (faiss's own default, 1, re-ranks only the
+#: ``k`` the base index returned, so the refine stage cannot change what is found)
+REFINE_K_FACTOR = 4
+
 
 def import_faiss() -> Any:
     """Import faiss, or raise an ImportError that says how to install it."""
@@ -67,6 +72,10 @@ class FaissIndex(BaseIndex):
         IVF lists visited per query.
     ef_search : int, optional
         HNSW search breadth.
+    k_factor : float, optional
+        Indexes with a refine stage (``"IVF256,PQ16,RFlat"``, ``"...,Refine(SQ8)"``):
+        the base index returns ``k_factor * k`` candidates that the refine stage re-ranks
+        with its finer codes (default :data:`REFINE_K_FACTOR`).
 
     Notes
     -----
@@ -85,6 +94,7 @@ class FaissIndex(BaseIndex):
         *,
         nprobe: int | None = None,
         ef_search: int | None = None,
+        k_factor: float | None = None,
     ) -> None:
         super().__init__(dim, metric)
         if not isinstance(factory, str) or not factory:
@@ -92,6 +102,7 @@ class FaissIndex(BaseIndex):
         self.factory = factory
         self.nprobe = nprobe
         self.ef_search = ef_search
+        self.k_factor = k_factor
         faiss = import_faiss()
         faiss_metric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
         try:
@@ -129,6 +140,21 @@ class FaissIndex(BaseIndex):
                                   f"{self.factory!r}: every list is searched (as nprobe "
                                   f"{nlist}, an exact search of the stored codes)",
                                   stacklevel=3)
+        refine = refine_stage(faiss, self.index)
+        value = self.k_factor
+        if value is not None and (isinstance(value, bool) or not isinstance(
+                value, (int, float, np.integer, np.floating)) or not 1 <= value < float("inf")):
+            raise ValueError(f"k_factor must be a number >= 1, got {value!r}")
+        if refine is None and value is not None:
+            raise ValueError(f"k_factor applies to indexes with a refine stage (e.g. "
+                             f"'IVF256,PQ16,RFlat'); {self.factory!r} has none")
+        if refine is not None:
+            refine.k_factor = float(REFINE_K_FACTOR if value is None else value)
+
+    @property
+    def has_refine(self) -> bool:
+        """Whether the index re-ranks its candidates with a refine stage (``k_factor``)."""
+        return refine_stage(import_faiss(), self.index) is not None
 
     @property
     def is_trained(self) -> bool:
@@ -167,6 +193,8 @@ class FaissIndex(BaseIndex):
         return _normalize(x) if self.metric == "cosine" else x
 
     def _add_vectors(self, x: np.ndarray, ids: np.ndarray) -> None:
+        if not x.shape[0]:  # nothing to add (nor to train an untrained index on)
+            return
         x = self._prep(x)
         if not self.index.is_trained:
             self._train(x)
@@ -177,10 +205,15 @@ class FaissIndex(BaseIndex):
         try:
             self.index.remove_ids(faiss.IDSelectorBatch(ids.astype(np.int64)))
         except RuntimeError as err:
+            if refine_stage(faiss, self.index) is not None:
+                why, use = ("its refine stage (RFlat / Refine) keeps vectors by position, "
+                            "which faiss cannot remove", "a Flat or IVF index without a "
+                            "refine stage (e.g. 'IVF256,PQ16')")
+            else:
+                why, use = faiss_reason(err), "a Flat or IVF index"
             raise NotImplementedError(
-                f"faiss index {self.factory!r} cannot remove items ({faiss_reason(err)}); "
-                "rebuild it without them, or use a Flat or IVF index"
-            ) from None
+                f"faiss index {self.factory!r} cannot remove items ({why}); rebuild it "
+                f"without them, or use {use}") from None
 
     def _search_ids(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         try:
@@ -202,6 +235,19 @@ class FaissIndex(BaseIndex):
         """
         is_torch = _is_tensor(q)
         qa = self._prep(to_numpy_2d(q, self.dim, "q"))
+        if not self.ntotal:  # an empty index (an untrained IVF cannot even be asked)
+            empty = np.zeros(0, np.float32), np.zeros(0, np.int64)
+            lims, scores, ids = np.zeros(qa.shape[0] + 1, np.int64), *empty
+        else:
+            lims, scores, ids = self._range_search(qa, threshold)
+        out = lims.astype(np.int64), scores.astype(np.float32), ids.astype(np.int64)
+        if is_torch:
+            import torch
+
+            return tuple(torch.from_numpy(a) for a in out)  # type: ignore[return-value]
+        return out
+
+    def _range_search(self, qa: np.ndarray, threshold: float) -> tuple[Any, Any, Any]:
         try:
             lims, scores, ids = self.index.range_search(qa, float(threshold))
         except RuntimeError as err:
@@ -212,16 +258,12 @@ class FaissIndex(BaseIndex):
             key = scores[a:b] if self.metric == "l2" else -scores[a:b]
             order = np.lexsort((ids[a:b], key))
             scores[a:b], ids[a:b] = scores[a:b][order], ids[a:b][order]
-        out = lims.astype(np.int64), scores.astype(np.float32), ids.astype(np.int64)
-        if is_torch:
-            import torch
-
-            return tuple(torch.from_numpy(a) for a in out)  # type: ignore[return-value]
-        return out
+        return lims, scores, ids
 
     # -- persistence -------------------------------------------------------------------
     def _params(self) -> dict[str, Any]:
-        return {"factory": self.factory, "nprobe": self.nprobe, "ef_search": self.ef_search}
+        return {"factory": self.factory, "nprobe": self.nprobe, "ef_search": self.ef_search,
+                "k_factor": self.k_factor}
 
     def _stored_rows(self) -> int:
         return int(self.index.ntotal)
@@ -237,7 +279,8 @@ class FaissIndex(BaseIndex):
         try:
             index = faiss.read_index(str(path / "faiss.index"))
         except RuntimeError as err:
-            raise IndexFormatError(f"{path / 'faiss.index'} is not a faiss index: {err}") from None
+            raise IndexFormatError(f"{path / 'faiss.index'} is not a faiss index: "
+                                   f"{faiss_reason(err)}") from None
         if index.d != self.dim or index.ntotal != manifest["count"]:
             raise IndexFormatError(
                 f"{path}: faiss.index has dim {index.d} and {index.ntotal} items, the "
@@ -278,6 +321,17 @@ def _captured_stderr() -> Iterator[_Captured]:
             captured.text = buf.read().decode(errors="replace")
 
 
+def refine_stage(faiss: Any, index: Any) -> Any:
+    """The ``IndexRefine`` of ``index`` (inside an ``IndexIDMap`` / ``IndexIDMap2`` too),
+    else ``None``."""
+    while index is not None:
+        index = faiss.downcast_index(index)
+        if isinstance(index, faiss.IndexRefine):
+            return index
+        index = index.index if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)) else None
+    return None
+
+
 def _has_own_ids(faiss: Any, index: Any) -> bool:
     """True for indexes that store explicit ids (IVF family, or a factory string that
     asks for an ``IDMap`` / ``IDMap2`` itself; not a refine wrapper)."""
@@ -292,4 +346,4 @@ def _has_own_ids(faiss: Any, index: Any) -> bool:
         return False
 
 
-__all__ = ["FaissIndex", "faiss_reason", "import_faiss"]
+__all__ = ["REFINE_K_FACTOR", "FaissIndex", "faiss_reason", "import_faiss", "refine_stage"]

@@ -27,9 +27,11 @@ class Stage:
     """One stage of a faiss index.
 
     ``kind`` is ``"IVF"`` (``size`` lists), ``"IMI"`` / ``"PQ"`` / ``"AQ"`` (``size``
-    sub-quantizers or codebooks of ``bits`` bits each), ``"HNSW"`` (``size`` = M) or
-    ``"NSG"`` (``size`` = graph degree R). ``centroids`` is how many k-means centroids
-    one of its quantizers trains (0: none).
+    sub-quantizers or codebooks of ``bits`` bits each), ``"SQ"`` (scalar codes of
+    ``bits`` bits per dimension; 0 when not a whole number), ``"LSH"`` (``size`` bits),
+    ``"HNSW"`` (``size`` = M), ``"NSG"`` (``size`` = graph degree R) or ``"Refine"`` (a
+    refine stage). ``centroids`` is how many k-means centroids one of its quantizers
+    trains (0: none).
     """
 
     kind: str
@@ -65,6 +67,13 @@ def _visit(faiss: Any, index: Any, found: list[Stage]) -> None:
     nsg = getattr(ix, "nsg", None)
     if nsg is not None:
         found.append(Stage("NSG", int(nsg.R)))
+    sq = getattr(ix, "sq", None)
+    if sq is not None:
+        found.append(Stage("SQ", 0, bits=int(sq.bits)))
+    if isinstance(ix, faiss.IndexLSH):
+        found.append(Stage("LSH", int(ix.nbits)))
+    if isinstance(ix, faiss.IndexRefine):
+        found.append(Stage("Refine", 0))
     for attr in ("quantizer", "storage", "base_index", "refine_index", "index"):
         inner = getattr(ix, attr, None)
         if isinstance(inner, faiss.Index):

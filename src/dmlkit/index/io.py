@@ -200,15 +200,51 @@ def remove_stale_temps(path: str | Path) -> list[Path]:
     return removed
 
 
+def recover_set_aside(path: str | Path) -> Path | None:
+    """Put back the previous save of a missing ``path`` that a writer killed mid-swap
+    left set aside as ``.NAME.old-PID`` (see :func:`write_index_dir`): returns ``path``
+    when one was moved back; else the set-aside directory found (its writer is still
+    running, or it cannot be moved), or ``None`` when there is none."""
+    path = Path(path)
+    if path.exists() or not path.parent.is_dir():
+        return None
+    found = None
+    for old in sorted(path.parent.glob(f".{path.name}.old-*")):
+        pid_text = old.name.rsplit(".old-", 1)[-1]
+        if not (old / MANIFEST).is_file():
+            continue
+        found = old
+        if not pid_text.isdigit() or int(pid_text) == os.getpid() or _alive(int(pid_text)):
+            continue  # a save in progress is about to replace it itself
+        try:
+            os.replace(old, path)
+        except OSError:
+            continue
+        import warnings
+
+        warnings.warn(f"{path} was missing: a save into it was interrupted after setting "
+                      f"the previous save aside as {old.name}, which is now put back",
+                      stacklevel=3)
+        return path
+    return found
+
+
 def read_manifest(
     path: str | Path, *, format_name: str = FORMAT, version: int = VERSION
 ) -> dict[str, Any]:
-    """The checked manifest of an index directory (files are verified too)."""
+    """The checked manifest of an index directory (files are verified too).
+
+    A missing ``path`` whose previous save a killed writer left set aside is put back
+    first (:func:`recover_set_aside`)."""
     path = Path(path)
     mpath = path / MANIFEST
+    aside = recover_set_aside(path)
     if not mpath.is_file():
         why = f"no {MANIFEST}" + ("" if path.is_dir() else ": it is a file" if path.exists()
                                   else ": it does not exist")
+        if aside is not None and aside != path:
+            why += (f"; its previous save is set aside in {aside} by an interrupted or "
+                    f"running save: if no save is running, move it back to {path}")
         raise IndexFormatError(f"{path} is not {_saved_what(format_name)} directory ({why})")
     try:
         manifest = json.loads(mpath.read_text())
@@ -281,6 +317,7 @@ __all__ = [
     "write_index_dir",
     "check_replaceable",
     "read_manifest",
+    "recover_set_aside",
     "remove_stale_temps",
     "load_array",
     "load_json",

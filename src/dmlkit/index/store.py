@@ -255,7 +255,8 @@ def embed_to_store(
 def build_index_from_store(
     store: EmbeddingStore | str | Path, factory: str = "Flat", metric: str = "l2", *,
     train_size: int = 100_000, chunk_size: int = 65536, nprobe: int | None = None,
-    ef_search: int | None = None, seed: int = 0, show_progress: bool = False,
+    ef_search: int | None = None, k_factor: float | None = None, seed: int = 0,
+    show_progress: bool = False,
     target_recall: float | None = None, recall_k: int = 10, recall_sample: int = 1000,
 ) -> Any:
     """Build a :class:`~dmlkit.index.FaissIndex` from a store without loading it whole.
@@ -269,8 +270,8 @@ def build_index_from_store(
     :func:`~dmlkit.index.calibrate.calibrate` does for in-memory vectors: recall@``recall_k``
     against exact search on ``recall_sample`` seeded rows of the store as queries (the
     exact search reads the store ``chunk_size`` rows at a time), widening ``nprobe`` /
-    ``efSearch`` until it reaches ``target_recall`` unless they were given. The result
-    is in ``index.info["recall"]``.
+    ``efSearch`` (and a refine stage's ``k_factor``) until it reaches ``target_recall``
+    unless they were given. The result is in ``index.info["recall"]``.
     """
     from dmlkit.index.calibrate import check_target_recall
     from dmlkit.index.faiss_index import FaissIndex
@@ -281,8 +282,9 @@ def build_index_from_store(
     if not store.complete:
         raise ValueError(f"{store.path} is unfinished ({store.rows_done}/{store.count} rows); "
                          "rerun the embed to complete it")
-    index = FaissIndex(store.dim, metric, factory, nprobe=nprobe, ef_search=ef_search)
-    if not index.is_trained:
+    index = FaissIndex(store.dim, metric, factory, nprobe=nprobe, ef_search=ef_search,
+                       k_factor=k_factor)
+    if not index.is_trained and store.count:  # (an empty store: an empty index)
         rng = np.random.default_rng(seed)
         n = store.count
         rows = np.sort(rng.choice(n, size=min(train_size, n), replace=False))
