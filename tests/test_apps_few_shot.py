@@ -152,11 +152,12 @@ def test_bad_input():
 @parametrize_with_checks([
     FewShotClassifier(),
     FewShotClassifier(method="knn", n_neighbors=3, scale="learned", metric="euclidean"),
-    Identifier(),
-    Identifier(index="Flat", metric="euclidean"),
+    # scikit-learn's checks enroll identity -1, the default unknown_label, which fit refuses
+    Identifier(unknown_label=-999),
+    Identifier(index="Flat", metric="euclidean", unknown_label=-999),
     # prototypes do not hold the training items themselves: rejecting unknowns would
     # fail the check that a classifier fits its own training data, so closed set here
-    Identifier(mode="prototype", target_far=None),
+    Identifier(mode="prototype", target_far=None, unknown_label=-999),
 ])
 def test_scikit_learn_estimator_checks(estimator, check):
     check(estimator)

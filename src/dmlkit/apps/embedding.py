@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dmlkit._checks import check_real_inputs, first_few
+from dmlkit._checks import check_int_param, check_real_inputs, first_few
 
 
 def dense_array(X: Any) -> np.ndarray:
@@ -37,16 +37,20 @@ def validate_inputs(estimator: Any, X: Any, *, reset: bool, images: bool) -> np.
     """
     from sklearn.utils.validation import validate_data
 
+    original = X
     X = dense_array(X)
+    check_text_inputs(X)
     check_finite_rows(X, "X")
+    check_float32_range(X, "X")
     if X.ndim > 2 and not images:
         rows = int(np.prod(X.shape[1:]))
         raise ValueError(
             f"X has shape {X.shape}: {type(estimator).__name__} without an embedder scores "
             f"rows of features (n, d); flatten X to ({X.shape[0]}, {rows}) rows, or pass an "
             "embedder (a run directory or a module) that takes these inputs")
-    if X.ndim <= 2:
-        return validate_data(estimator, X, reset=reset, dtype=[np.float32, np.float64])
+    if X.ndim <= 2:  # a DataFrame as given: its column names are fitted and checked
+        given = original if hasattr(original, "columns") else X
+        return validate_data(estimator, given, reset=reset, dtype=[np.float32, np.float64])
     check_real_inputs(X, "", "X")
     if X.shape[0] == 0:
         raise ValueError(f"Found array with 0 sample(s) (shape={X.shape})")
@@ -83,6 +87,106 @@ def check_finite_rows(X: Any, source: str, fix: str = FINITE_FIX) -> None:
             f"({'row' if bad.size == 1 else 'rows'} {shown}); {fix}")
 
 
+def check_text_inputs(X: np.ndarray) -> None:
+    """Refuse strings (sentences) with one line saying how to embed them first: kits take
+    numeric arrays (features, images), whatever their embedder."""
+    if X.dtype.kind in "SU" or (X.dtype.hasobject and X.size
+                                 and isinstance(X.reshape(-1)[0], (str, bytes))):
+        raise TypeError(
+            "application kits take numeric arrays (features, images, embeddings), not text: "
+            "embed the sentences first, e.g. dmlkit.text.embed_texts(model, sentences) or "
+            "SentenceEncoder().encode(sentences), and pass those embeddings (no embedder)")
+
+
+#: the largest magnitude a float32 embedding input holds
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_float32_range(X: np.ndarray, source: str) -> None:
+    """Refuse float64 values beyond float32's range (kits embed in float32, where they
+    would become infinities), naming ``source`` and the largest magnitude."""
+    if X.dtype.kind != "f" or X.dtype.itemsize <= 4 or X.size == 0:
+        return
+    biggest = float(np.nanmax(np.abs(X)))
+    if biggest > FLOAT32_MAX:
+        raise ValueError(
+            f"{source} holds values up to {biggest:.3g}, beyond float32's range "
+            f"(±{FLOAT32_MAX:.3g}) that the kits compute in: rescale {source} first")
+
+
+class RunModel:
+    """The model of a run directory, loaded once, with the fingerprint of its weights.
+
+    :meth:`check` refuses the run once its weights have changed (training resumed, the
+    run replaced), as loading a saved kit does (:class:`~dmlkit.apps.persistence.
+    StaleKitError`): what a kit learned from the old model's embeddings does not hold
+    for the new one. The check reads the files' sizes and times, and recomputes the
+    fingerprint only when they changed.
+    """
+
+    def __init__(self, run_dir: str | Path, expected: str | None = None) -> None:
+        from dmlkit.apps.persistence import StaleKitError, run_stamps
+        from dmlkit.index.store import model_fingerprint
+        from dmlkit.runs import load_run
+
+        self.run_dir = str(Path(run_dir).resolve())
+        self.stamps = run_stamps(self.run_dir)
+        self.model = load_run(self.run_dir).model
+        self.sha256 = model_fingerprint(self.model)
+        if expected is not None and expected != self.sha256:
+            raise StaleKitError(self._stale())
+
+    def _stale(self) -> str:
+        return (f"the weights of the run {self.run_dir} have changed since the kit was "
+                "fitted with its model (training resumed, or the run replaced): what the kit "
+                "learned from that model's embeddings does not hold for the new model; fit "
+                "the kit again")
+
+    def check(self) -> None:
+        """Raise :class:`~dmlkit.apps.persistence.StaleKitError` when the run's weights
+        are no longer those loaded."""
+        from dmlkit.apps.persistence import StaleKitError, run_fingerprint, run_stamps
+
+        stamps = run_stamps(self.run_dir)
+        if stamps == self.stamps:
+            return
+        try:
+            current = run_fingerprint(self.run_dir)
+        except (FileNotFoundError, ValueError) as err:
+            raise StaleKitError(f"the kit embeds with the run {self.run_dir}, which cannot be "
+                                f"loaded now ({err}); restore the run, or fit the kit "
+                                "again") from None
+        if current != self.sha256:
+            raise StaleKitError(self._stale())
+        self.stamps = stamps  # files touched, same weights
+
+
+def kit_embedder(estimator: Any, embedder: Any, *, reset: bool) -> Any:
+    """``embedder`` of a kit, ready for :func:`embed_inputs`.
+
+    A run directory's model is loaded once (at ``fit``, ``reset`` true; or at the first
+    use of a loaded kit, checked against the fingerprint it was saved with) and kept as
+    ``estimator.embedder_model_`` (a :class:`RunModel`); later calls check that the run's
+    weights are still those. ``"learn"`` is refused: only
+    :class:`~dmlkit.apps.outliers.MetricOutlierDetector` learns a metric.
+    """
+    if isinstance(embedder, str) and embedder == "learn":
+        raise ValueError(
+            f'embedder="learn" is not supported by {type(estimator).__name__}: only '
+            "MetricOutlierDetector learns a metric; pass None (features as they are), a "
+            "torch module, a callable or a run directory")
+    if not isinstance(embedder, (str, Path)):
+        return embedder
+    cached = getattr(estimator, "embedder_model_", None)
+    if (reset or not isinstance(cached, RunModel)
+            or cached.run_dir != str(Path(embedder).resolve())):
+        expected = None if reset else getattr(estimator, "model_sha256_", None)
+        estimator.embedder_model_ = RunModel(embedder, expected)
+    else:
+        cached.check()
+    return estimator.embedder_model_.model
+
+
 def embed_inputs(embedder: Any, X: Any, *, batch_size: int = 1024) -> torch.Tensor:
     """``(n, dim)`` float32 CPU embeddings of ``X`` (rows as given when ``embedder`` is None).
 
@@ -90,6 +194,7 @@ def embed_inputs(embedder: Any, X: Any, *, batch_size: int = 1024) -> torch.Tens
     batches), a dmlkit run directory (its model), or a callable taking a float32 array
     and returning ``(n, dim)`` array-likes.
     """
+    batch_size = check_int_param("batch_size", batch_size)
     x = torch.as_tensor(np.asarray(X, dtype=np.float32))
     if embedder is None:
         return x.flatten(1).contiguous()
@@ -140,6 +245,7 @@ def learn_embedder(
     from dmlkit.config.schema import Config
     from dmlkit.data.dataset import ArrayDataset
     from dmlkit.training import Trainer, resolve_config
+    from dmlkit.training.class_rows import run_class_ids
 
     raw = copy.deepcopy(LEARN_DEFAULTS)
     for section, value in (overrides or {}).items():
@@ -154,11 +260,14 @@ def learn_embedder(
         m = int(sampler.get("m", 4))
         sampler["batch_size"] = min(int(sampler.get("batch_size", 128)), m * len(classes))
     data = ArrayDataset(np.asarray(X, dtype=np.float32), codes.astype(np.int64))
-    config = resolve_config(Config.from_dict(raw), data.x[0], data.num_classes)
-    trainer = Trainer(config, data, log=None)
+    # a loss with one row per class: one per class, each label (its code) given its row
+    class_ids, num_classes = run_class_ids(data.labels, None)
+    config = resolve_config(Config.from_dict(raw), data.x[0], num_classes)
+    trainer = Trainer(config, data, log=None, class_ids=class_ids)
     trainer.fit()
     return trainer.model.eval(), copy.deepcopy(dict(config.model))
 
 
-__all__ = ["validate_inputs", "check_finite_rows", "FINITE_FIX", "dense_array", "embed_inputs",
-           "learn_embedder", "LEARN_DEFAULTS"]
+__all__ = ["validate_inputs", "check_finite_rows", "check_float32_range",
+           "check_text_inputs", "FINITE_FIX", "dense_array", "embed_inputs", "kit_embedder",
+           "RunModel", "learn_embedder", "LEARN_DEFAULTS"]

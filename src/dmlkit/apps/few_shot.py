@@ -21,7 +21,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from dmlkit._checks import check_int_param, check_real
-from dmlkit.apps.embedding import embed_inputs, validate_inputs
+from dmlkit.apps.embedding import embed_inputs, kit_embedder, validate_inputs
 from dmlkit.apps.persistence import load_kit, save_kit
 from dmlkit.apps.targets import check_targets
 
@@ -88,7 +88,8 @@ class FewShotClassifier(ClassifierMixin, BaseEstimator):
 
     def _embed(self, X: Any, *, reset: bool) -> np.ndarray:
         X = validate_inputs(self, X, reset=reset, images=self.embedder is not None)
-        z = embed_inputs(self.embedder, X, batch_size=self.batch_size).numpy().astype(np.float64)
+        z = embed_inputs(kit_embedder(self, self.embedder, reset=reset), X,
+                         batch_size=self.batch_size).numpy().astype(np.float64)
         if self.metric == "cosine":
             z = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
         return z

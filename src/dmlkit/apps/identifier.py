@@ -15,6 +15,7 @@ against the *other* identities is an impostor score, and the threshold admits at
 
 from __future__ import annotations
 
+import numbers
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,8 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from dmlkit.apps.embedding import embed_inputs, validate_inputs
+from dmlkit._checks import check_int_param
+from dmlkit.apps.embedding import embed_inputs, kit_embedder, validate_inputs
 from dmlkit.apps.identification_metrics import dir_at_far, far_threshold, open_set_roc
 from dmlkit.apps.persistence import load_kit, load_kit_index, save_kit
 from dmlkit.apps.search_breadth import free_knob, tune, widen
@@ -56,7 +58,8 @@ class Identifier(ClassifierMixin, BaseEstimator):
     target_far : float in (0, 1), optional
         False-alarm rate of the rejection threshold. ``None``: closed set (never reject).
     unknown_label : object
-        What :meth:`predict` returns for rejected queries.
+        What :meth:`predict` returns for rejected queries (no enrolled identity may
+        equal it).
     calibration_size : int
         Gallery items used to calibrate the threshold (a seeded sample).
     search_depth : int
@@ -116,7 +119,8 @@ class Identifier(ClassifierMixin, BaseEstimator):
     # -- enrolment ----------------------------------------------------------------------
     def _embed(self, X: Any, *, reset: bool) -> np.ndarray:
         X = validate_inputs(self, X, reset=reset, images=self.embedder is not None)
-        return embed_inputs(self.embedder, X, batch_size=self.batch_size).numpy()
+        return embed_inputs(kit_embedder(self, self.embedder, reset=reset), X,
+                         batch_size=self.batch_size).numpy()
 
     def _new_index(self, dim: int) -> Any:
         from dmlkit.index import ExactIndex, FaissIndex
@@ -141,6 +145,8 @@ class Identifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"metric must be one of {tuple(INDEX_METRIC)}, got {self.metric!r}")
         if self.target_far is not None and not 0.0 < float(self.target_far) < 1.0:
             raise ValueError(f"target_far must be in (0, 1) or None, got {self.target_far!r}")
+        check_int_param("search_depth", self.search_depth)
+        check_int_param("calibration_size", self.calibration_size)
         z = self._embed(X, reset=True)
         y = self._check_y(y, z.shape[0])
         self.index_ = self._new_index(z.shape[1])
@@ -186,6 +192,15 @@ class Identifier(ClassifierMixin, BaseEstimator):
         return np.array([known.get(v, -1) for v in y.tolist()], dtype=np.int64)
 
     def _add(self, z: np.ndarray, y: np.ndarray) -> None:
+        label = self.unknown_label
+        if np.ndim(label) == 0:
+            text = _is_text(np.asarray(label))
+            if any(_is_text(np.asarray(v)) == text and bool(v == label)
+                   for v in dict.fromkeys(y.tolist())):
+                raise ValueError(
+                    f"identity {label!r} equals unknown_label, what predict returns for a "
+                    "rejected query, so a match with it could not be told from a rejection: "
+                    "give that identity another label, or pass another unknown_label")
         codes = self._codes(y, create=True)
         # the index changes first: if it refuses, counts and sums are as they were
         if self.mode == "nearest":
@@ -373,16 +388,19 @@ class Identifier(ClassifierMixin, BaseEstimator):
         self.threshold_ = far_threshold(impostor, float(self.target_far))
 
     # -- evaluation ---------------------------------------------------------------------
-    def evaluate(self, X: Any, y: Any, *, fars: tuple[float, ...] = (1e-2,),
+    def evaluate(self, X: Any, y: Any, *, fars: float | tuple[float, ...] = (1e-2,),
                  max_rank: int = 20, curves: bool = False) -> dict[str, Any]:
         """Open-set metrics of queries ``X`` with true identities ``y``.
 
         Queries of enrolled identities give the CMC curve (``rank1``, ``rank5``); those
         of other identities are the unknowns of ``dir_at_far_*`` and of the false-alarm
-        rate at ``threshold_``. ``curves`` adds the open-set ROC. Queries of unknown
-        identities only give ``far_at_threshold`` (and the counts).
+        rate at ``threshold_``. ``fars`` is one FAR or a sequence of them. ``curves`` adds
+        the open-set ROC. Queries of unknown identities only give ``far_at_threshold``
+        (and the counts).
         """
         check_is_fitted(self, "index_")
+        if isinstance(fars, numbers.Real) and not isinstance(fars, bool):
+            fars = (float(fars),)  # one FAR
         if isinstance(max_rank, bool) or not isinstance(max_rank, (int, np.integer)) \
                 or max_rank < 1:
             raise ValueError(f"max_rank must be a positive integer, got {max_rank!r}")

@@ -46,7 +46,8 @@ import torch
 from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from dmlkit.apps.embedding import embed_inputs, learn_embedder, validate_inputs
+from dmlkit._checks import check_int_param
+from dmlkit.apps.embedding import embed_inputs, kit_embedder, learn_embedder, validate_inputs
 from dmlkit.apps.outlier_scores import (
     class_means,
     knn_distance,
@@ -57,6 +58,7 @@ from dmlkit.apps.outlier_scores import (
     stratified_folds,
 )
 from dmlkit.apps.persistence import load_kit, load_module, module_arrays, save_kit
+from dmlkit.apps.targets import check_targets
 
 METHODS = ("knn", "prototype", "mahalanobis")
 #: prefix of the learned embedder's weights in a saved detector
@@ -115,7 +117,8 @@ class MetricOutlierDetector(OutlierMixin, BaseEstimator):
         Neighbours ``"knn"`` averages, for the threshold and for new points alike:
         ``min(n_neighbors, n - 1)``.
     embedder_ : object or None
-        The embedder used (the trained one with ``"learn"``).
+        The embedder used (the trained one with ``"learn"``; a run directory's model is
+        loaded once, kept as ``embedder_model_``).
     embedder_config_ : dict or None
         With ``"learn"``, the model config of the trained embedder (it is rebuilt from it
         by :meth:`load`); otherwise None.
@@ -160,11 +163,12 @@ class MetricOutlierDetector(OutlierMixin, BaseEstimator):
             self.contamination, (int, float)
         ) or not 0.0 < float(self.contamination) <= 0.5:
             raise ValueError(f"contamination must be in (0, 0.5], got {self.contamination!r}")
-        if int(self.n_neighbors) < 1 or int(self.n_prototypes) < 1:
+        check_int_param("n_neighbors", self.n_neighbors)
+        check_int_param("n_prototypes", self.n_prototypes)
+        if self.learn_config is not None and not isinstance(self.learn_config, dict):
             raise ValueError(
-                f"n_neighbors and n_prototypes must be >= 1, got {self.n_neighbors}, "
-                f"{self.n_prototypes}"
-            )
+                "learn_config must be a dict of training-config sections (model, loss, miner, "
+                f"sampler, optimizer, training) or None, got {self.learn_config!r}")
         folds = self.calibration_folds
         if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 2:
             raise ValueError(f"calibration_folds must be an integer >= 2, got {folds!r}")
@@ -178,18 +182,7 @@ class MetricOutlierDetector(OutlierMixin, BaseEstimator):
         """Fit; return the held-out training scores ``(n,)`` that set ``offset_``."""
         self._check_params()
         X = self._validate(X, reset=True)
-        labels = None
-        if y is not None:
-            labels = np.asarray(y)
-            if labels.ndim != 1 or labels.shape[0] != X.shape[0]:
-                raise ValueError(
-                    f"y must be 1-D with one label per row of X ({X.shape[0]}), got shape "
-                    f"{labels.shape}"
-                )
-            if labels.dtype.kind == "f" and not np.isfinite(labels).all():
-                raise ValueError(
-                    f"y holds NaN or infinity in {int((~np.isfinite(labels)).sum())} of "
-                    f"{len(labels)} rows: give every row a class label, or none (y=None)")
+        labels = None if y is None else check_targets(y, X.shape[0])
         if _learns(self.embedder):
             if labels is None or np.unique(labels).size < 2:
                 raise ValueError(
@@ -207,6 +200,7 @@ class MetricOutlierDetector(OutlierMixin, BaseEstimator):
             held_out = None
             self.embedder_ = self.embedder
             self.embedder_config_ = None
+            kit_embedder(self, self.embedder_, reset=True)  # a run's model, loaded once
         z = self._embed(X)  # (n, d)
         if z.shape[0] < 2:
             raise ValueError(f"fit needs at least 2 normal points, got n_samples={z.shape[0]}")
@@ -284,7 +278,8 @@ class MetricOutlierDetector(OutlierMixin, BaseEstimator):
         return validate_inputs(self, X, reset=reset, images=self.embedder is not None)
 
     def _embed(self, X: np.ndarray) -> torch.Tensor:
-        z = embed_inputs(self.embedder_, X, batch_size=self.batch_size)  # (n, d) float32
+        embedder = kit_embedder(self, self.embedder_, reset=False)
+        z = embed_inputs(embedder, X, batch_size=self.batch_size)  # (n, d) float32
         if self.normalize:
             z = torch.nn.functional.normalize(z, dim=1)
         return z

@@ -12,8 +12,10 @@ every file's size and SHA-256 checked against the manifest on load, arrays read 
     PREFIX.KEY.npy  the ``state_dict`` of a network the kit trained (a registered model,
                     rebuilt on load from its config, kept in state.json)
 
-Constructor parameters must be JSON values; an ``embedder`` is saved only as a run
-directory path (a module or callable cannot be written without pickle). A kit that embeds
+Constructor parameters must be JSON values (numpy scalars and arrays are saved as lists
+and numbers and given back as numpy values, their dtypes kept under ``"numpy_params"``);
+an ``embedder`` is saved only as a run directory path (a module or callable cannot be
+written without pickle). A kit that embeds
 with a run also records ``"model_sha256"``, the fingerprint of that run's weights
 (:func:`run_fingerprint`): what it learned from their embeddings holds only for those
 weights, so loading it once the run's model has changed (training resumed, the run
@@ -70,11 +72,17 @@ def run_fingerprint(run_dir: str | Path) -> str:
         When ``run_dir`` is not a run directory (or holds no weights).
     """
     run_dir = Path(run_dir).resolve()
-    stamps = tuple(
+    return _fingerprint_of_files(str(run_dir), run_stamps(run_dir))
+
+
+def run_stamps(run_dir: str | Path) -> tuple:
+    """Modification times and sizes of the files a run's model is loaded from (``None``
+    for a missing one): when they are unchanged, so is the model."""
+    run_dir = Path(run_dir).resolve()
+    return tuple(
         (p.stat().st_mtime_ns, p.stat().st_size) if p.is_file() else None
         for p in (run_dir / "model.pt", run_dir / "checkpoint.pt", run_dir / "config.yaml")
     )
-    return _fingerprint_of_files(str(run_dir), stamps)
 
 
 @functools.lru_cache(maxsize=32)
@@ -96,31 +104,79 @@ def run_embedder(estimator: Any) -> str | None:
     return None
 
 
-def _json_params(estimator: Any) -> dict[str, Any]:
+#: manifest key of the numpy types of parameters saved as JSON values
+NUMPY_PARAMS = "numpy_params"
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` with numpy scalars and arrays (also inside lists, tuples and dicts) as
+    JSON values; anything else as it is."""
+    if isinstance(value, (np.generic, np.ndarray)) and value.dtype.kind in "biufUS":
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def _json_params(estimator: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(params as JSON values, numpy types)``: the second names the numpy dtype (and
+    ``"array"`` or ``"scalar"``) of each parameter that was a numpy scalar or array, so
+    that :func:`load_kit` gives it back as one."""
+    import json
+
     params = estimator.get_params(deep=False)
     out: dict[str, Any] = {}
+    types: dict[str, Any] = {}
     for name, value in params.items():
         if isinstance(value, Path):
             value = str(value)
         if name == "embedder" and isinstance(value, str) and value != "learn":
             # a run directory: absolute, so the kit loads from any working directory
             value = str(Path(value).resolve())
-        if value is None or isinstance(value, (bool, int, float, str)):
-            out[name] = value
-        elif isinstance(value, (list, tuple, dict)):
-            import json
-
-            try:
-                json.dumps(value)
-            except TypeError:
-                raise TypeError(f"parameter {name}={value!r} is not JSON; cannot save") from None
-            out[name] = value
-        else:
+        if isinstance(value, (np.generic, np.ndarray)) and value.dtype.kind in "biufUS":
+            types[name] = {"dtype": value.dtype.str,
+                           "kind": "array" if isinstance(value, np.ndarray) else "scalar"}
+        converted = _jsonable(value)
+        try:
+            json.dumps(converted, allow_nan=True)
+        except (TypeError, ValueError):
+            if name == "embedder":
+                raise TypeError(
+                    f"parameter embedder is a {type(value).__name__}, which cannot be saved "
+                    "without pickle; pass a run directory path (or embed the data first) to "
+                    "save this kit") from None
             raise TypeError(
-                f"parameter {name} is a {type(value).__name__}, which cannot be saved without "
-                "pickle; pass a run directory path (or embed the data first) to save this kit"
-            )
-    return out
+                f"parameter {name}={value!r} ({type(value).__name__}) is not a JSON value "
+                "(a number, string, bool, None, or a list or dict of them), so the kit cannot "
+                f"be saved without pickle; set {name} to one and save again") from None
+        out[name] = converted
+    return out, types
+
+
+def _numpy_params(params: dict[str, Any], types: Any, path: Path) -> dict[str, Any]:
+    """``params`` with those named in ``types`` back as the numpy scalars and arrays they
+    were saved from."""
+    if types is None:
+        return params
+    if not isinstance(types, dict):
+        raise IndexFormatError(f"{path}: manifest {NUMPY_PARAMS} must be an object")
+    params = dict(params)
+    for name, info in types.items():
+        try:
+            dtype = np.dtype(info["dtype"])
+            if dtype.kind not in "biufUS" or name not in params:
+                raise ValueError(name)
+            value = np.asarray(params[name], dtype=dtype)
+            if info["kind"] != "array":
+                if value.ndim:
+                    raise ValueError(name)
+                value = value[()]  # a numpy scalar
+            params[name] = value
+        except (KeyError, TypeError, ValueError):
+            raise IndexFormatError(f"{path}: bad numpy type of parameter {name!r}") from None
+    return params
 
 
 def save_kit(
@@ -152,10 +208,15 @@ def save_kit(
         "dim": int(getattr(estimator, "n_features_in_", 0)),
         "metric": str(getattr(estimator, "metric", "")),
         "count": int(count),
-        "params": _json_params(estimator),
     }
+    header["params"], types = _json_params(estimator)
+    if types:
+        header[NUMPY_PARAMS] = types
     run_dir = run_embedder(estimator)
     if run_dir is not None:
+        loaded = getattr(estimator, "embedder_model_", None)
+        if loaded is not None and hasattr(loaded, "check"):
+            loaded.check()  # the run's weights are still those the kit was fitted with
         header[FINGERPRINT] = run_fingerprint(run_dir)
         if model_sha256 is not None and model_sha256 != header[FINGERPRINT]:
             raise ValueError(
@@ -190,6 +251,7 @@ def load_kit(path: str | Path, cls: type) -> tuple[Any, dict[str, Any], dict[str
     params = manifest.get("params")
     if not isinstance(params, dict):
         raise IndexFormatError(f"{path}: manifest params must be an object")
+    params = _numpy_params(params, manifest.get(NUMPY_PARAMS), path)
     try:
         estimator = cls(**params)
     except (TypeError, ValueError) as err:

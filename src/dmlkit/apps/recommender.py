@@ -27,7 +27,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from dmlkit._checks import check_real
+from dmlkit._checks import check_int_param, check_real, check_real_inputs
 
 #: how the interactions given to ``fit`` were split from the full data
 #: ("last": each user's latest interaction was held out; "none": nothing was held out)
@@ -245,7 +245,7 @@ class CMLRecommender(BaseEstimator):
             if missing:
                 raise ValueError(f"item_features lacks {len(missing)} item(s), e.g. {missing[0]!r}")
             item_features = np.stack([np.asarray(by_id[str(i)]) for i in self.item_ids_])
-        feats = np.asarray(item_features, dtype=np.float32)
+        feats = _float_rows(item_features, "item_features")
         if feats.ndim != 2 or feats.shape[0] != len(self.item_ids_):
             raise ValueError(
                 f"item_features must be (n_items={len(self.item_ids_)}, f), got {feats.shape}")
@@ -302,9 +302,7 @@ class CMLRecommender(BaseEstimator):
 
         rows = self._user_rows(users)
         n_items = len(self.item_ids_)
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        k = min(int(k), n_items)
+        k = min(check_int_param("k", k), n_items)
         index = ExactIndex(int(self.dim), "l2")
         index.add(self.item_embeddings_.numpy(), ids=np.arange(n_items))
         starts = np.searchsorted(self.seen_, rows * n_items)
@@ -325,7 +323,7 @@ class CMLRecommender(BaseEstimator):
         check_is_fitted(self, "item_embeddings_")
         if self.feature_net_ is None:
             raise ValueError("cold-start placement needs item_features at fit time")
-        x = np.asarray(features, dtype=np.float32)
+        x = _float_rows(features, "features")
         if x.ndim != 2 or not np.isfinite(x).all():
             raise ValueError(f"features must be a finite (n, f) array, got shape {x.shape}")
         width = int(self.feature_net_[0].in_features)
@@ -434,6 +432,21 @@ def _ids(values: Any, name: str) -> np.ndarray:
     if arr.dtype.kind not in "iufUS":  # objects, mixed types, huge unsigned: as strings
         arr = arr.astype(str)
     return arr
+
+
+def _float_rows(values: Any, name: str) -> np.ndarray:
+    """``values`` as a float32 array: sparse matrices, text and float64 values beyond
+    float32's range refused with one line naming ``name``."""
+    from dmlkit.apps.embedding import check_finite_rows, check_float32_range, dense_array
+
+    try:
+        x = dense_array(values)
+    except TypeError as err:
+        raise TypeError(f"{name}: {err}") from None
+    check_real_inputs(x, "", name)
+    check_finite_rows(x, name)
+    check_float32_range(x, name)
+    return x.astype(np.float32)
 
 
 def _check_not_padding(items: np.ndarray, name: str) -> None:

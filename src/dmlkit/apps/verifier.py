@@ -20,7 +20,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from dmlkit._checks import check_int_param
-from dmlkit.apps.embedding import embed_inputs, validate_inputs
+from dmlkit.apps.embedding import embed_inputs, kit_embedder, validate_inputs
 from dmlkit.apps.persistence import load_kit, save_kit
 from dmlkit.apps.targets import check_targets
 from dmlkit.apps.verification_stats import bootstrap_intervals, verification_curves
@@ -142,7 +142,8 @@ class Verifier(BaseEstimator):
     # -- inputs -------------------------------------------------------------------------
     def _embed(self, X: Any, *, reset: bool) -> np.ndarray:
         X = validate_inputs(self, X, reset=reset, images=self.embedder is not None)
-        return embed_inputs(self.embedder, X, batch_size=self.batch_size).numpy()
+        return embed_inputs(kit_embedder(self, self.embedder, reset=reset), X,
+                         batch_size=self.batch_size).numpy()
 
     def _labelled_pair_scores(self, X: Any, y: Any, pairs: Any, *, reset: bool):
         """``(scores, is_same)`` of the pairs of a set, drawn from its labels or given:
@@ -183,6 +184,7 @@ class Verifier(BaseEstimator):
         if self.target_far is not None and not 0.0 < float(self.target_far) < 1.0:
             raise ValueError(f"target_far must be in (0, 1) or None, got {self.target_far!r}")
         check_int_param("max_pairs", self.max_pairs)
+        check_int_param("n_bootstrap", self.n_bootstrap)
         self._fars()
 
     def _fars(self) -> tuple[float, ...]:
