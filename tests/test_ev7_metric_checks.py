@@ -206,7 +206,7 @@ def test_embeddings_without_dimensions_are_refused():
 def test_nan_embeddings_get_dmlkit_s_error_before_k_means():
     x, y = blobs()
     x[3, 1] = np.nan
-    with pytest.raises(ValueError, match=r"embeddings hold NaN or infinite values in 1 of "
+    with pytest.raises(ValueError, match=r"embeddings holds NaN or infinite values in 1 of "
                                          r"72 rows \(row 3\)"):
         evaluate_embeddings(x, y, sections=("clustering",))
 

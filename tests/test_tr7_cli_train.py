@@ -110,8 +110,8 @@ def test_the_trainer_refuses_the_meta_device():
      f"error: --seed must be an integer from 0 to {MAX_SEED} (2**63 - 1); got "
      "99999999999999999999"),
     (["--set", f"training.seed={2**64 - 1}"],
-     f"error: training.seed must be an integer from 0 to {MAX_SEED}"),
-    (["--set", f"data.seed={2**64}"], f"error: data.seed must be an integer from 0 to {MAX_SEED}"),
+     f"error: training.seed must be an integer in [0, {MAX_SEED}]"),
+    (["--set", f"data.seed={2**64}"], f"error: data.seed must be an integer in [0, {MAX_SEED}]"),
 ])
 def test_seeds_out_of_range_are_one_line_errors(tmp_path, args, message):
     (tmp_path / "c.yaml").write_text(TINY % "")

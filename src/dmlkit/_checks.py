@@ -94,5 +94,27 @@ def check_real_inputs(x: np.ndarray, source: str, subject: str, hint: str = "") 
     raise TypeError(f"{where}{subject} must be real numbers, got dtype {x.dtype} ({what})")
 
 
-__all__ = ["check_int", "check_int_param", "check_real", "check_real_inputs", "first_few",
-           "is_int"]
+#: what to do about non-finite rows of data handed in
+FINITE_FIX = "drop those rows or fill in the missing values first"
+
+
+def check_finite_rows(X: Any, source: str, fix: str = FINITE_FIX) -> None:
+    """Raise a one-line ``ValueError`` naming ``source`` when the float array ``X`` ``(n,
+    ...)`` holds NaN or infinite values: how many of its rows do, the first few of them,
+    and ``fix`` (what to do). Arrays of other dtypes pass (their own checks say what is
+    wrong with them)."""
+    import numpy as np
+
+    X = np.asarray(X)
+    if X.dtype.kind not in "fc" or X.size == 0 or X.ndim == 0:
+        return
+    finite = np.isfinite(X).reshape(len(X), -1).all(axis=1)  # (n,)
+    bad = np.flatnonzero(~finite)  # rows holding a NaN or an infinity
+    if bad.size:
+        shown = first_few(int(i) for i in bad)
+        raise ValueError(
+            f"{source} holds NaN or infinite values in {bad.size} of {len(X)} rows "
+            f"({'row' if bad.size == 1 else 'rows'} {shown}); {fix}")
+
+__all__ = ["FINITE_FIX", "check_finite_rows", "check_int", "check_int_param", "check_real",
+           "check_real_inputs", "first_few", "is_int"]

@@ -94,6 +94,9 @@ def _num(bound: float) -> str:
 
 
 _INT1 = FieldRule(int, low=1)
+#: the largest seed: torch's generators take any 64-bit seed, numpy's and Python's too
+MAX_SEED = 2**63 - 1
+_SEED = FieldRule(int, low=0, high=MAX_SEED)
 _BOOL = FieldRule(bool)
 _STR = FieldRule(str)
 
@@ -106,7 +109,7 @@ RULES: dict[str, dict[str, FieldRule]] = {
         "max_per_class": FieldRule(int, low=1, meaning="items per class", null="no cap"),
         "max_heldout_per_class": FieldRule(int, low=1, meaning="items per class",
                                            null="no cap"),
-        "seed": FieldRule(int, low=0),
+        "seed": _SEED,
         "augment_shift": FieldRule(int, low=0, meaning="pixels"),
         "augment_hflip": _BOOL,
         "tuples": FieldRule(str, meaning="a CSV file of tuples", null="tuples drawn from "
@@ -136,7 +139,7 @@ RULES: dict[str, dict[str, FieldRule]] = {
     "training": {
         "epochs": _INT1,
         "batch_size": _INT1,
-        "seed": FieldRule(int, low=0),
+        "seed": _SEED,
         "device": _STR,
         "amp": _BOOL,
         "val_fraction": FieldRule(float, low=0, high=1, high_open=True),
@@ -362,7 +365,8 @@ def label_free_miner(name: str) -> str:
             "label (batch_hard, multi_similarity, ...) or none")
 
 
-__all__ = ["CUSTOM", "label_free_miner", "FieldRule", "RULES", "SAMPLER_SUPPLIED", "check_fields",
+__all__ = ["CUSTOM", "MAX_SEED", "label_free_miner", "FieldRule", "RULES", "SAMPLER_SUPPLIED",
+           "check_fields",
            "check_miner_for_loss", "check_parts_for_data", "check_sampler_supplied",
            "check_tuple_file_keys", "check_val_classes", "class_list", "is_int",
            "memory_with_miner", "TUPLE_FILE_KEYS"]

@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from dmlkit._checks import first_few, is_int
+from dmlkit._checks import check_finite_rows, is_int
 from dmlkit._files import publish_mode
 from dmlkit.evaluation.clustering import clustering_metrics
 from dmlkit.evaluation.few_shot import NotEnoughClassesError, few_shot_accuracy
 from dmlkit.evaluation.hierarchical import hierarchical_retrieval_metrics
-from dmlkit.evaluation.retrieval import label_codes, retrieval_metrics
+from dmlkit.evaluation.retrieval import check_dim, label_codes, retrieval_metrics
 from dmlkit.evaluation.verification import (
     indexed_pair_scores,
     pairs_from_labels,
@@ -166,16 +166,12 @@ def _check_settings(seed: int, n_folds: int, episodes: int,
 def _check_embeddings(x: torch.Tensor, name: str) -> None:
     """A one-line ``ValueError`` unless ``x`` is a non-empty ``(n, d >= 1)`` matrix of
     finite values (NaN would otherwise reach k-means and sklearn's own message)."""
-    if x.dim() != 2 or x.shape[0] == 0 or x.shape[1] == 0:
-        raise ValueError(f"{name} must be a non-empty (n, d) array with d >= 1, got shape "
+    if x.dim() != 2 or x.shape[0] == 0:
+        raise ValueError(f"{name} must be a non-empty (n, d) array, got shape "
                          f"{tuple(x.shape)}")
+    check_dim(x, name)
     if x.is_floating_point():
-        bad = torch.nonzero(~torch.isfinite(x).all(dim=1)).flatten().tolist()
-        if bad:
-            raise ValueError(
-                f"{name} hold NaN or infinite values in {len(bad)} of {x.shape[0]} rows "
-                f"({'row' if len(bad) == 1 else 'rows'} {first_few(bad)}); drop those rows "
-                "or fill in the missing values first")
+        check_finite_rows(x.detach().cpu().float().numpy(), name)
 
 
 def _warn_trivial_clustering(y: torch.Tensor) -> None:

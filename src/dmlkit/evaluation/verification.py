@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from dmlkit._checks import is_int
+from dmlkit.evaluation.retrieval import check_dim
 from dmlkit.functional.chunking import chunk_size_for, row_chunks
 from dmlkit.functional.retrieval import canonical_metric
 from dmlkit.functional.verification import (
@@ -69,13 +70,6 @@ def _rowwise_scores(a: torch.Tensor, b: torch.Tensor, metric: str) -> np.ndarray
     return val.numpy()
 
 
-def _check_dim(x: torch.Tensor) -> None:
-    """Refuse ``(n, 0)`` embeddings: every pair would score alike (0, or 0 distance)."""
-    if x.shape[1] == 0:
-        raise ValueError(f"embeddings have shape {tuple(x.shape)}: pair scores need at least "
-                         "one dimension (d >= 1); check which array holds the embeddings")
-
-
 def _as_cpu_tensor(v) -> torch.Tensor:
     return v.detach().cpu() if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v))
 
@@ -89,7 +83,7 @@ def pair_scores(x_a, x_b, metric: str = "cosine", chunk: int | None = None) -> n
     if a.shape != b.shape or a.dim() != 2:
         raise ValueError(
             f"paired embeddings must both be (n, d), got {tuple(a.shape)}, {tuple(b.shape)}")
-    _check_dim(a)
+    check_dim(a, "the paired embeddings")
     metric = canonical_metric(metric)
     step = pair_chunk_size(a.shape[0], a.shape[1]) if chunk is None else chunk
     out = np.empty(a.shape[0], dtype=np.float64)
@@ -120,7 +114,7 @@ def indexed_pair_scores(
     ii, jj = _as_cpu_tensor(i).long(), _as_cpu_tensor(j).long()
     if x.dim() != 2:
         raise ValueError(f"embeddings must be (n, d), got shape {tuple(x.shape)}")
-    _check_dim(x)
+    check_dim(x, "the embeddings")
     if ii.shape != jj.shape or ii.dim() != 1:
         raise ValueError(
             f"pair indices must both be (p,), got {tuple(ii.shape)}, {tuple(jj.shape)}")

@@ -187,14 +187,14 @@ def remove_stale_temps(path: str | Path) -> list[Path]:
     removed = []
     if not path.parent.is_dir():
         return removed
+    recover_set_aside(path)  # killed mid-swap: the previous index comes back first
     for pattern in (f".{path.name}.tmp-*", f".{path.name}.old-*"):
         for stale in path.parent.glob(pattern):
             pid_text = stale.name.rsplit(".tmp-", 1)[-1].rsplit(".old-", 1)[-1].split("-")[0]
             if not pid_text.isdigit() or int(pid_text) == os.getpid() or _alive(int(pid_text)):
                 continue
             if ".old-" in stale.name and not path.exists():
-                os.replace(stale, path)  # killed mid-swap: the previous index comes back
-                continue
+                continue  # (an incomplete set-aside save, the only copy: left for its owner)
             shutil.rmtree(stale, ignore_errors=True)
             removed.append(stale)
     return removed

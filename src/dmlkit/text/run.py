@@ -230,7 +230,8 @@ def _train_text(config: Config, out_dir: Path, checkpoint: dict[str, Any] | None
         num_classes = None  # no classes: nothing class-shaped (a margin loss's beta is global)
     else:  # a loss with one row per class: one per distinct label, each label its row
         class_ids, num_classes = run_class_ids(train.labels, checkpoint)
-    resolved = resolve_config(config, torch.zeros(1), num_classes)
+    resolved = resolve_config(config, torch.zeros(1), num_classes,
+                              new_run=checkpoint is None)
     created = created_here(out_dir)  # (claimed by train_text_run; else made here)
     fresh = not out_dir.exists() if created is None else created
     out_dir.mkdir(parents=True, exist_ok=True)

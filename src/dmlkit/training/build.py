@@ -333,14 +333,20 @@ def check_sample_rate(config: Config) -> None:
                          "resampled to it)")
 
 
-def resolve_config(config: Config, example: Tensor, num_classes: int | None) -> Config:
+def resolve_config(config: Config, example: Tensor, num_classes: int | None,
+                   new_run: bool = True) -> Config:
     """A copy of ``config`` with the data-dependent model and loss parameters filled in
     (``num_classes`` None: data without class labels, whose losses get none), relative
     data paths (``data.path``, ``tuples``, ``features``) that exist made absolute, and
     the model's relative file and folder settings too (:func:`absolute_model_paths`), so
-    that a run resumed or re-read from another directory reads the same files."""
+    that a run resumed or re-read from another directory reads the same files.
+
+    ``new_run`` False (a resumed run's saved config): model settings that have no effect
+    are not refused (:func:`check_idle_model_settings`), as a run saved before that rule
+    may hold them and must still resume."""
     config = copy.deepcopy(config)
-    check_idle_model_settings(config.model)
+    if new_run:
+        check_idle_model_settings(config.model)
     for key in DATA_PATH_KEYS:  # a run records which files it read, wherever it resumes
         setattr(config.data, key, absolute_path(getattr(config.data, key)))
     config.model.update(absolute_model_paths(config.model))  # (its weights, its cache)

@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from dmlkit.config.field_rules import MAX_SEED
+
 
 def get_rng_state() -> dict[str, Any]:
     """torch (CPU and CUDA), numpy and Python ``random`` global states, as plain values.
@@ -54,7 +56,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 #: the largest seed a run takes: its components seed with offsets from it (``seed + 1``,
 #: ``seed + epoch``) that must stay within what torch's generators take (below 2**64)
-MAX_SEED = 2**63 - 1
 #: the seeds torch's generators take (``torch.manual_seed``)
 _TORCH_SEEDS = range(-(2**63), 2**64)
 

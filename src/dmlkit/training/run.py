@@ -326,7 +326,7 @@ def _train_labelled(config: Config, out_dir: Path, checkpoint: dict[str, Any] | 
         config = resumed_config(config, out_dir, checkpoint)
     # a loss with one row per class: as many rows as classes, each label given its row
     class_ids, num_classes = run_class_ids(train.labels, checkpoint)
-    resolved = resolve_config(config, train.x[0], num_classes)
+    resolved = resolve_config(config, train.x[0], num_classes, new_run=not resume)
     # a frozen backbone's features, cached, and the model that computed them, which trains
     features = frozen_feature_data(resolved, train, val, log)
     train, val = augmented(features.train, config), features.val

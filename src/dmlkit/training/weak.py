@@ -280,7 +280,7 @@ def train_weak_run(
         # labelled run resumes by)
         config = resumed_config(config, out_dir, checkpoint)
     # (no classes: a loss with optional per-class parameters, margin's betas, keeps one)
-    resolved = resolve_config(config, splits.train.example(), None)
+    resolved = resolve_config(config, splits.train.example(), None, new_run=not resume)
     created = created_here(out_dir)  # (claimed by train_run; else made here)
     fresh = not out_dir.exists() if created is None else created
     out_dir.mkdir(parents=True, exist_ok=True)
