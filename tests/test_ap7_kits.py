@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse
 import torch
+from test_kit_run_fingerprint import trained  # noqa: F401 (a fixture)
 
 from dmlkit.apps import (
     CMLRecommender,
@@ -178,24 +179,11 @@ def test_kits_check_dataframe_column_names(kit):
 
 
 # -- 4: a run's model loaded once, and checked ------------------------------------------
-TINY = {
-    "name": "tiny",
-    "data": {"name": "digits", "max_per_class": 10, "max_heldout_per_class": 10},
-    "model": {"name": "mlp", "dim": 8, "hidden": [16]},
-    "training": {"epochs": 1, "progress": False},
-}
-
-
 @pytest.fixture(scope="module")
-def run_data(tmp_path_factory):
-    from dmlkit.config import Config
-    from dmlkit.runs import build_splits, load_run
-    from dmlkit.training import train_run
-
-    root = tmp_path_factory.mktemp("ap7run")
-    train_run(Config.from_dict(TINY), root / "run", log=lambda *a: None)
-    _, heldout = build_splits(load_run(root / "run").config)
-    return root / "run", heldout.x.numpy(), heldout.labels.numpy()
+def run_data(trained):  # noqa: F811 (the imported fixture)
+    """A tiny trained run (the fingerprint tests' own), its held-out inputs and labels."""
+    root, x, y = trained
+    return root / "run", x, y
 
 
 def _perturb(run_dir):

@@ -8,24 +8,13 @@ import warnings
 
 import numpy as np
 import pytest
+from test_index_search_fixes import TINY, _error
 from typer.testing import CliRunner
 
 from dmlkit.cli.main import app
 
 runner = CliRunner()
 
-TINY = {
-    "name": "tiny",
-    "data": {"name": "digits", "max_per_class": 10, "max_heldout_per_class": 10},
-    "model": {"name": "small_cnn", "dim": 8, "width": 8},
-    "training": {"epochs": 1, "progress": False, "num_threads": 1},
-}
-
-
-def _error(res) -> str:
-    lines = [s for s in res.stderr.splitlines() if s.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in res.output, res.output
-    return lines[0]
 
 
 @pytest.fixture
