@@ -138,4 +138,4 @@ def test_a_saved_kit_keeps_its_run_as_an_absolute_path(tmp_path, monkeypatch):
 
     v = Verifier(embedder="runs/x")  # the parameters a kit saves
 
-    assert _json_params(v)["embedder"] == str((tmp_path / "runs" / "x").resolve())
+    assert _json_params(v)[0]["embedder"] == str((tmp_path / "runs" / "x").resolve())

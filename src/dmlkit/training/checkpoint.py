@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -44,12 +47,43 @@ def write_error(err: BaseException, path: str | Path) -> WriteError | None:
     return None
 
 
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until the block ends, then deliver them (to the handlers
+    in place before): an interrupt that lands inside a write (torch's serializer) would
+    otherwise fail it half-way instead of stopping the run after it. Off the main thread
+    (where Python cannot set handlers) the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous: dict[int, Any] = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(sig)
+        if handler is None or handler is signal.SIG_IGN:
+            continue  # (a handler Python did not install cannot be put back; ignored: none)
+        previous[sig] = signal.signal(sig, lambda signum, _frame: received.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(received):
+            signal.raise_signal(sig)
+
+
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
     """Call ``write(f)`` on a temporary file next to ``path``, flush it to disk and
     replace ``path`` with it (:func:`os.replace`, atomic on POSIX and Windows), so that a
     crash never leaves a half-written ``path``. On failure the temporary file is removed
-    and a failed write raises :class:`WriteError` naming ``path``."""
-    path = Path(path)
+    and a failed write raises :class:`WriteError` naming ``path``. Ctrl-C and SIGTERM
+    arriving meanwhile take effect once the file is in place
+    (:func:`interrupts_deferred`)."""
+    with interrupts_deferred():
+        _atomic_write(Path(path), write)
+
+
+def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -147,4 +181,5 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 __all__ = ["CorruptFileError", "WriteError", "atomic_save", "atomic_write", "atomic_write_text",
+           "interrupts_deferred",
            "load_checkpoint", "torch_load", "torch_reason", "write_error"]
