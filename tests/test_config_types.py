@@ -82,7 +82,7 @@ def test_every_null_default_field_checks_its_type(section: str, key: str) -> Non
     ({"schedule": {"gamma": 0}}, ["schedule.gamma must be a number > 0"]),
     ({"schedule": {"min_lr_ratio": 1.5}}, ["schedule.min_lr_ratio", "in [0, 1]"]),
     ({"data": {"num_tuples": 0}}, ["data.num_tuples must be an integer >= 1"]),
-    ({"data": {"seed": -1}}, ["data.seed must be an integer >= 0"]),
+    ({"data": {"seed": -1}}, ["data.seed must be an integer in [0, 9223372036854775807]"]),
     ({"data": {"min_score": "high"}}, ["data.min_score must be a number", "'high'"]),
     ({"data": {"name": "npz", "path": 3}}, ["data.path must be a string", "got 3"]),
     ({"training": {"val_fraction": 1.0}}, ["training.val_fraction", "in [0, 1)"]),
