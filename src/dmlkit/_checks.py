@@ -116,5 +116,35 @@ def check_finite_rows(X: Any, source: str, fix: str = FINITE_FIX) -> None:
             f"{source} holds NaN or infinite values in {bad.size} of {len(X)} rows "
             f"({'row' if bad.size == 1 else 'rows'} {shown}); {fix}")
 
-__all__ = ["FINITE_FIX", "check_finite_rows", "check_int", "check_int_param", "check_real",
-           "check_real_inputs", "first_few", "is_int"]
+
+#: the largest finite float32: larger values become infinities when stored as float32
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def check_float32_range(X: Any, source: str,
+                        fix: str = "rescale them (e.g. L2-normalize) first") -> None:
+    """Raise a one-line ``ValueError`` naming ``source`` and the rows when the float
+    array ``X`` ``(n, ...)`` holds finite values beyond the float32 range (``|v| >
+    3.4e38``, e.g. float64 ``1e39``), which become infinities where they are computed or
+    stored in float32; ``fix`` says what to do. Non-finite values are left to
+    :func:`check_finite_rows`. One pass over ``X`` when nothing is wrong."""
+    import numpy as np
+
+    X = np.asarray(X)
+    if X.dtype.kind != "f" or X.dtype.itemsize <= 4 or not X.size or X.ndim == 0:
+        return
+    magnitude = np.abs(X)
+    finite = np.isfinite(magnitude)
+    if float(np.max(magnitude, where=finite, initial=0.0)) <= FLOAT32_MAX:
+        return
+    big = finite & (magnitude > FLOAT32_MAX)
+    bad = np.flatnonzero(big.reshape(len(X), -1).any(axis=1))
+    top = float(magnitude[big].max())
+    raise ValueError(
+        f"{source} holds values that overflow float32 (|value| up to {top:.3g} > "
+        f"{FLOAT32_MAX:.3g}, beyond float32's range) in {bad.size} of {len(X)} rows "
+        f"({'row' if bad.size == 1 else 'rows'} {first_few(int(i) for i in bad)}); {fix}")
+
+
+__all__ = ["FINITE_FIX", "FLOAT32_MAX", "check_finite_rows", "check_float32_range", "check_int",
+           "check_int_param", "check_real", "check_real_inputs", "first_few", "is_int"]

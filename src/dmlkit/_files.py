@@ -3,6 +3,7 @@ which would keep a saved model or index from the other users the umask allows.""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -27,3 +28,12 @@ def publish_mode(path: str | Path) -> None:
 
 
 __all__ = ["publish_mode"]
+
+
+def file_checksum(path: str | Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file's bytes (hex)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

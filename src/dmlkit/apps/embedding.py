@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from dmlkit._checks import FINITE_FIX, check_finite_rows, check_int_param, check_real_inputs
+from dmlkit._checks import check_float32_range as check_range
 
 
 def dense_array(X: Any) -> np.ndarray:
@@ -78,19 +79,9 @@ def check_text_inputs(X: np.ndarray) -> None:
 
 
 #: the largest magnitude a float32 embedding input holds
-FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
-def check_float32_range(X: np.ndarray, source: str) -> None:
-    """Refuse float64 values beyond float32's range (kits embed in float32, where they
-    would become infinities), naming ``source`` and the largest magnitude."""
-    if X.dtype.kind != "f" or X.dtype.itemsize <= 4 or X.size == 0:
-        return
-    biggest = float(np.nanmax(np.abs(X)))
-    if biggest > FLOAT32_MAX:
-        raise ValueError(
-            f"{source} holds values up to {biggest:.3g}, beyond float32's range "
-            f"(±{FLOAT32_MAX:.3g}) that the kits compute in: rescale {source} first")
+def check_float32_range(X: Any, source: str) -> None:
+    """:func:`dmlkit._checks.check_float32_range` for inputs the kits embed."""
+    check_range(X, source, fix=f"the kits compute in float32: rescale {source} first")
 
 
 class RunModel:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import stat
 import tempfile
 import warnings
 from pathlib import Path
@@ -79,10 +80,16 @@ def run_stamps(run_dir: str | Path) -> tuple:
     """Modification times and sizes of the files a run's model is loaded from (``None``
     for a missing one): when they are unchanged, so is the model."""
     run_dir = Path(run_dir).resolve()
-    return tuple(
-        (p.stat().st_mtime_ns, p.stat().st_size) if p.is_file() else None
-        for p in (run_dir / "model.pt", run_dir / "checkpoint.pt", run_dir / "config.yaml")
-    )
+    return tuple(_stamp(run_dir / name) for name in ("model.pt", "checkpoint.pt", "config.yaml"))
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """``(modification time in ns, size)`` of the file ``path``, or None (one ``stat``)."""
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return (info.st_mtime_ns, info.st_size) if stat.S_ISREG(info.st_mode) else None
 
 
 @functools.lru_cache(maxsize=32)

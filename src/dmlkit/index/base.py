@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from dmlkit._checks import check_real_inputs, first_few
+from dmlkit._checks import FLOAT32_MAX, check_real_inputs, first_few
+from dmlkit._checks import check_float32_range as check_range
 from dmlkit.index.io import (
     IndexFormatError,
     load_array,
@@ -62,26 +63,9 @@ def to_numpy_2d(x: Any, dim: int, name: str = "x") -> np.ndarray:
 
 
 #: the largest finite float32, the storage type of every index
-FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
 def check_float32_range(x: Any, source: str) -> None:
-    """Refuse a ``(n, ...)`` float array with finite values beyond the float32 range
-    (``|v| > 3.4e38``, e.g. float64 ``1e39``): stored as float32 they would turn into
-    infinities. The one-line ``ValueError`` names ``source`` and the rows."""
-    x = np.asarray(x)
-    if x.dtype.kind != "f" or x.dtype.itemsize <= 4 or not x.size or x.ndim == 0:
-        return
-    with np.errstate(invalid="ignore"):
-        big = np.abs(np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)) > FLOAT32_MAX
-    bad = np.flatnonzero(big.reshape(len(x), -1).any(axis=1))
-    if bad.size:
-        top = float(np.abs(x[big]).max())
-        raise ValueError(
-            f"{source} holds values that overflow float32 (|value| up to {top:.3g} > "
-            f"{FLOAT32_MAX:.3g}, the float32 maximum) in {bad.size} of {len(x)} rows "
-            f"({'row' if bad.size == 1 else 'rows'} {first_few(int(i) for i in bad)}); "
-            "indexes store float32: rescale them (e.g. L2-normalize) first")
+    """:func:`dmlkit._checks.check_float32_range` for vectors an index stores."""
+    check_range(x, source, fix="indexes store float32: rescale them (e.g. L2-normalize) first")
 
 
 class InconsistentIndexError(RuntimeError):

@@ -21,7 +21,6 @@ never another directory's files.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -32,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from dmlkit._files import publish_mode
+from dmlkit._files import file_checksum, publish_mode
 
 FORMAT = "dmlkit-index"
 VERSION = 1
@@ -41,14 +40,6 @@ MANIFEST = "manifest.json"
 
 class IndexFormatError(ValueError):
     """An index directory is missing, corrupt, truncated or does not match its manifest."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_index_dir(
@@ -88,7 +79,7 @@ def write_index_dir(
         for name, write in (writers or {}).items():
             write(tmp / name)
             names.append(name)
-        files = {n: {"sha256": _sha256(tmp / n), "bytes": (tmp / n).stat().st_size}
+        files = {n: {"sha256": file_checksum(tmp / n), "bytes": (tmp / n).stat().st_size}
                  for n in names}
         manifest = {"format": format_name, "version": version, **header, "files": files}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
@@ -273,7 +264,7 @@ def read_manifest(
         if size != info.get("bytes"):
             raise IndexFormatError(
                 f"{fpath} has {size} bytes, the manifest says {info.get('bytes')} (truncated?)")
-        if _sha256(fpath) != info.get("sha256"):
+        if file_checksum(fpath) != info.get("sha256"):
             raise IndexFormatError(f"{fpath} does not match its SHA-256 (corrupt or replaced)")
     return manifest
 

@@ -23,7 +23,6 @@ The export never writes onto a run directory's own files (``model.pt``, ``config
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import math
@@ -38,7 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dmlkit._files import publish_mode
+from dmlkit._files import file_checksum, publish_mode
 from dmlkit.data.tuples import load_features
 from dmlkit.index.store import model_fingerprint
 from dmlkit.runs.queries import InputSpec, recorded_input_spec, run_input_spec
@@ -159,13 +158,11 @@ def input_description(run: Any, shape: tuple[int, ...],
         data.tuples is not None and data.features is None)
     if image_files:  # 8-bit pixels divided by 255, whatever extremes the files reach
         low, high = 0.0, 1.0
-    if not math.isfinite(high - low) and data.tuples is not None:
-        if data.features is None:  # images read from files: [0, 1]
-            low, high = 0.0, 1.0
-        else:
-            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-                x = load_features(data.features, data.x_key)
-                low, high = float(x.min()), float(x.max())
+    if not math.isfinite(high - low) and data.tuples is not None:  # (features: image
+        # files, read as [0, 1], are taken above)
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            x = load_features(data.features, data.x_key)
+            low, high = float(x.min()), float(x.max())
     if not math.isfinite(high - low):
         low, high = getattr(run.model, "input_range", (math.nan, math.nan))
     resizes = spec is not None and spec.any_size  # the run's model takes any image size
@@ -261,8 +258,7 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "onnx",
             diff = _max_difference(module, tmp, fmt, n_features)
             if diff is not None and diff > 1e-5:
                 raise RuntimeError(f"exported {fmt} model differs from torch by {diff:.3g}")
-        with open(tmp, "rb") as f:
-            file_sha = hashlib.file_digest(f, "sha256").hexdigest()
+        file_sha = file_checksum(tmp)
         publish_mode(tmp)
         os.replace(tmp, out)
     finally:

@@ -12,12 +12,13 @@ checks against its index and its verifier.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from dmlkit._files import file_checksum
 
 #: the keys of an export's ``FILE.onnx.json`` the service reads, and the types they hold
 _REQUIRED = {"format": str, "input_name": str, "output_name": str, "n_features": int,
@@ -89,9 +90,7 @@ def read_export_description(path: Path) -> dict[str, Any]:
                              f"[input_channels, *image_size] {[channels, *size]}; {again}")
     recorded = info.get(FILE_SHA256_KEY)
     if recorded is not None:
-        with open(path, "rb") as f:
-            actual = hashlib.file_digest(f, "sha256").hexdigest()
-        if actual != recorded:
+        if file_checksum(path) != recorded:
             raise ValueError(f"{path} is not the file {info_path} describes (its SHA-256 "
                              f"differs from the one recorded there); {again}")
     return info

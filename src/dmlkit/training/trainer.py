@@ -242,9 +242,9 @@ class Trainer:
         embeddings = self.embed_batch(inputs)  # (B, dim)
         mined = indices is None and self.miner is not None and labels is not None
         indices = self.miner(embeddings, labels) if mined else indices
+        if mined and indices is None:  # (the loss would take all tuples, silently)
+            check_mined(indices, self.miner, len(embeddings), "a training batch")
         try:
-            if mined and indices is None:  # (the loss would take all tuples, silently)
-                raise TypeError("no tuples")
             loss = self.loss(embeddings, labels, indices=indices)
         except (TypeError, ValueError, IndexError):
             if mined:  # the miner's tuples checked when refused: the miner is named

