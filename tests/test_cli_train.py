@@ -136,7 +136,7 @@ def test_set_overrides_any_config_value(tmp_path):
 @pytest.mark.parametrize("args, words", [
     (["--epochs", "0"], "training.epochs"),
     (["--epochs", "-1"], "training.epochs"),
-    (["--seed", "-3"], "training.seed must be an integer in [0, 9223372036854775807]"),
+    (["--seed", "-3"], "--seed must be an integer from 0 to 9223372036854775807"),
     (["--set", "training.grad_clip=-1"], "training.grad_clip must be a number > 0"),
     (["--set", "training.grad_clip=0"], "training.grad_clip must be a number > 0"),
     (["--set", "training.num_threads=0"], "training.num_threads must be an integer >= 1"),

@@ -140,7 +140,7 @@ def evaluate(
     sections: str = typer.Option(
         ",".join(SECTIONS), "--sections", help=f"Comma-separated subset of {','.join(SECTIONS)}.",
     ),
-    seed: int = typer.Option(0, "--seed", min=0),
+    seed: int = typer.Option(0, "--seed"),
     episodes: int = typer.Option(600, "--episodes", min=1, help="Few-shot episodes per setting."),
     per_class: bool = typer.Option(False, "--per-class", help="Per-class retrieval in JSON."),
     full_ranking: bool = typer.Option(
@@ -151,7 +151,12 @@ def evaluate(
     """Retrieval, clustering, verification and few-shot metrics, printed and saved as JSON."""
     from dmlkit.evaluation import evaluate_embeddings
     from dmlkit.runs import evaluate_run
+    from dmlkit.training.rng import check_seed
 
+    try:  # the seed rule of every command; a bad option value exits 2, as typer's checks
+        check_seed(seed, "--seed")
+    except ValueError as err:
+        raise _fail(str(err), 2) from None
     try:
         from dmlkit.functional.retrieval import canonical_metric
 

@@ -187,21 +187,13 @@ def read_pairs(path: Path) -> Any:
     return rows.astype(np.int64)
 
 
-def split_rows(n: int, labels: Any, fraction: float, seed: int) -> tuple[Any, Any]:
-    """Seeded split of ``n`` rows (stratified by labels when given)."""
+def split_rows(n: int, fraction: float, seed: int) -> tuple[Any, Any]:
+    """Seeded split of ``n`` rows: a random ``fraction`` of them, and the others."""
     import numpy as np
 
-    rng = np.random.default_rng(seed)
-    if labels is None:
-        perm = rng.permutation(n)
-        cut = int(round(fraction * n))
-        return np.sort(perm[:cut]), np.sort(perm[cut:])
-    first = []
-    for c in np.unique(labels):
-        rows = rng.permutation(np.flatnonzero(labels == c))
-        first.append(rows[: int(round(fraction * rows.size))])
-    a = np.sort(np.concatenate(first))
-    return a, np.setdiff1d(np.arange(n), a)
+    perm = np.random.default_rng(seed).permutation(n)
+    cut = int(round(fraction * n))
+    return np.sort(perm[:cut]), np.sort(perm[cut:])
 
 
 def data_model(run_dir: Path | None, *specs: str | None) -> str | None:
@@ -265,7 +257,8 @@ def register(app: typer.Typer) -> None:
         metric: str = typer.Option("cosine", "--metric"),
         max_pairs: int = typer.Option(200_000, "--max-pairs"),
         bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap replicates."),
-        seed: int = typer.Option(0, "--seed", min=0),
+        seed: int = typer.Option(0, "--seed", help="Seed of the pairs drawn, the splits "
+                                 "and the bootstrap."),
         out: Path = typer.Option(Path("verify.json"), "--out", "-o"),
         save: Path = typer.Option(None, "--save", help="Also save the fitted Verifier here."),
     ) -> None:
@@ -276,10 +269,12 @@ def register(app: typer.Typer) -> None:
         from dmlkit.apps.splits import split_identities
         from dmlkit.apps.targets import check_targets
         from dmlkit.index.provenance import check_same_model
+        from dmlkit.training.rng import check_seed
 
         reader = DataReader(run_dir)
         split: dict[str, Any] = {}
         try:
+            check_seed(seed, "--seed")  # (the seed rule of every command)
             _check_out(out, run_dir, {"--data": data, "--calibrate": calibrate,
                                       "--pairs": pairs}, save)
             rows = None if pairs is None else read_pairs(pairs)
@@ -297,7 +292,7 @@ def register(app: typer.Typer) -> None:
                 result = v.evaluate(x, y, pairs=rows)
                 split = {"protocol": "calibrate"}
             elif rows is not None:
-                fit_rows, eval_rows = split_rows(len(rows), None, 0.5, seed)
+                fit_rows, eval_rows = split_rows(len(rows), 0.5, seed)
                 v.fit(x, y, pairs=rows[fit_rows])
                 result = v.evaluate(x, y, pairs=rows[eval_rows])
                 split = {"protocol": "pairs"}
@@ -418,7 +413,7 @@ def register(app: typer.Typer) -> None:
         n_query: int = typer.Option(15, "--n-query"),
         method: str = typer.Option("prototype", "--method", help="prototype or knn."),
         metric: str = typer.Option("cosine", "--metric"),
-        seed: int = typer.Option(0, "--seed", min=0),
+        seed: int = typer.Option(0, "--seed", help="Seed of the episodes."),
         out: Path = typer.Option(Path("fewshot.json"), "--out", "-o"),
     ) -> None:
         """Classify queries from a support set, or report N-way K-shot episode accuracy."""
@@ -427,11 +422,13 @@ def register(app: typer.Typer) -> None:
         from dmlkit.apps import FewShotClassifier
         from dmlkit.apps.few_shot import METHODS
         from dmlkit.index.provenance import check_same_model
+        from dmlkit.training.rng import check_seed
 
         embedder = None if run_dir is None else str(run_dir)
         result: dict[str, Any] = {"command": "fewshot",
                                   "run_dir": str(run_dir) if run_dir else None}
         try:
+            check_seed(seed, "--seed")  # (the seed rule of every command)
             _check_out(out, run_dir, {"--support": support, "--query": query,
                                       "--episodes": episodes_data})
             clf = FewShotClassifier(method=method, metric=metric, embedder=embedder)

@@ -114,8 +114,10 @@ def train(
     from dmlkit.apps.persistence import KIT_FORMAT
     from dmlkit.cli._outputs import check_output_dir, check_outside_saved
     from dmlkit.index.io import check_replaceable
+    from dmlkit.training.rng import check_seed
 
     try:  # the destination first: refused after training, the training would be lost
+        check_seed(seed, "--seed")  # (the seed rule of every command)
         check_output_dir(out)
         check_replaceable(out, KIT_FORMAT, CMLRecommender.__name__)
         check_outside_saved(out)

@@ -179,7 +179,7 @@ def train(
 
         warnings.simplefilter("ignore")
     try:
-        if seed is not None and seed > 0:  # (a negative one: the config's check says so)
+        if seed is not None:
             from dmlkit.training.rng import check_seed
 
             check_seed(seed, "--seed")

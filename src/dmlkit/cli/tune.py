@@ -110,8 +110,11 @@ def crossval(
     from dmlkit.data.load import class_names
     from dmlkit.data.splits import named_ids
     from dmlkit.training.cross_validation import DEFAULT_FOLDS, cross_validate
+    from dmlkit.training.rng import check_seed
 
     try:
+        if seed is not None:
+            check_seed(seed, "--seed")  # (the seed rule of every command)
         cfg = load_config(config)
         if overrides:
             cfg = apply_overrides(cfg, overrides)
@@ -127,10 +130,12 @@ def crossval(
                    f"{len(result.folds)} with {MIN_CLASSES} classes on each side")
     names = class_names(cfg.data)
     for i, fold in enumerate(result.folds):
+        best = ("no epoch scored, so no best" if fold.best_epoch is None else
+                f"{fold.best_map_at_r:.6f} at the best (epoch {fold.best_epoch})")
         typer.echo(
             f"fold {i}: validate on classes {named_ids(fold.val_classes, names)}: MAP@R "
-            f"{fold.final_map_at_r:.6f} after the last epoch, {fold.best_map_at_r:.6f} "
-            f"at the best (epoch {fold.best_epoch}); raw inputs {fold.raw_map_at_r:.6f}"
+            f"{fold.final_map_at_r:.6f} after the last epoch, {best}; "
+            f"raw inputs {fold.raw_map_at_r:.6f}"
         )
     typer.echo(
         f"mean MAP@R over {len(result.folds)} class-disjoint folds: {result.score:.6f} "

@@ -6,6 +6,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from dmlkit.report.html import loss_points
+
 #: the per-class figure's width (inches) and its class names' type size (points)
 PER_CLASS_WIDTH, TICK_POINTS = 6.0, 7
 #: longest class name drawn whole under a bar (longer ones are cut, as the HTML cuts them),
@@ -39,7 +41,8 @@ def write_figures(data: dict[str, Any], out_dir: str | Path) -> list[Path]:
     ``scores.png`` and ``per_class.png`` of :func:`~dmlkit.report.collect` data (also
     after a round trip through JSON, which turns class keys into strings). Verification
     figures are left out when the data skipped verification; a class without an
-    evaluable query has no bar."""
+    evaluable query has no bar; an epoch that recorded no training loss (nothing was
+    trained) has no point on the loss curve."""
     try:
         import matplotlib
 
@@ -65,20 +68,23 @@ def write_figures(data: dict[str, Any], out_dir: str | Path) -> list[Path]:
     # (as the HTML says it: these figures are of a random --max-items of the held-out set)
     of = f"\n(a random {n} of {total} held-out items)" if n and total and n < total else ""
     hist = data["history"]
-    if hist:
+    loss_epochs, losses = loss_points(hist)  # (none where no batch was trained)
+    val_keys = [k for k in (hist[0] if hist else {}) if k.startswith("val_")]
+    if losses or val_keys:
         fig, ax = plt.subplots(figsize=(5, 3.2))
-        ax.plot([h["epoch"] for h in hist], [h["loss"] for h in hist], label="train loss")
-        for key in [k for k in hist[0] if k.startswith("val_")]:
+        if losses:
+            ax.plot(loss_epochs, losses, label="train loss")
+        for key in val_keys:
             ax.plot([h["epoch"] for h in hist], [h[key] for h in hist], label=key)
         ax.set_xlabel("epoch")
         ax.legend()
         save(fig, "curves.png")
-        if "lr" in hist[0]:  # as the HTML report shows it
-            fig, ax = plt.subplots(figsize=(5, 3.2))
-            ax.plot([h["epoch"] for h in hist], [float(h["lr"]) for h in hist])
-            ax.set_xlabel("epoch")
-            ax.set_ylabel("learning rate")
-            save(fig, "learning_rate.png")
+    if hist and "lr" in hist[0]:  # as the HTML report shows it
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        ax.plot([h["epoch"] for h in hist], [float(h["lr"]) for h in hist])
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("learning rate")
+        save(fig, "learning_rate.png")
     mp = data["map"]
     fig, ax = plt.subplots(figsize=(5, 4.5))
     for c in sorted(set(mp["labels"])):

@@ -40,12 +40,25 @@ def _metrics_table(metrics: dict[str, Any]) -> str:
             f'<p class="note">baseline: {note}</p>')
 
 
+def loss_points(history: list[dict[str, Any]]) -> tuple[list[float], list[float]]:
+    """The epochs of ``history`` that computed a training loss, and their losses. An
+    epoch that trained no batch (nothing to train: a frozen model with ``head_type:
+    none``) records no loss (``loss`` absent, or not a number), so it has no point."""
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+
+    kept = [h for h in history if number(h.get("loss"))]
+    return [float(h["epoch"]) for h in kept], [float(h["loss"]) for h in kept]
+
+
 def _curves(history: list[dict[str, Any]]) -> str:
     if not history:
         return '<p class="note">no per-epoch history recorded</p>'
     epochs = [float(h["epoch"]) for h in history]
-    parts = [svg.lines({"train loss": (epochs, [float(h["loss"]) for h in history])},
-                       "training loss", "epoch", "loss")]
+    loss_epochs, losses = loss_points(history)
+    parts = [svg.lines({"train loss": (loss_epochs, losses)}, "training loss", "epoch", "loss")
+             if losses else '<p class="note">training loss: - (no epoch trained a batch: '
+             "nothing to train, e.g. a frozen model with head_type: none)</p>"]
     val = {k: (epochs, [float(h[k]) for h in history]) for k in history[0]
            if k.startswith("val_") and all(k in h for h in history)}
     if val:
@@ -228,4 +241,4 @@ def write_report(data: dict[str, Any], path: str | Path) -> Path:
     return write_text(render(data), path)
 
 
-__all__ = ["check_report_path", "render", "write_report", "REPORT_SUFFIXES"]
+__all__ = ["check_report_path", "loss_points", "render", "write_report", "REPORT_SUFFIXES"]

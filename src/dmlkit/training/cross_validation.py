@@ -13,6 +13,7 @@ The held-out (test) part of the data is never read.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,14 +42,16 @@ EpochCallback = Callable[[int, float], None]
 @dataclass
 class FoldResult:
     """One fold: its classes, its validation MAP@R after the last epoch trained and at its
-    best epoch, and its per-epoch curve."""
+    best epoch, and its per-epoch curve. A fold no epoch could score (NaN MAP@R: no
+    validation class with two items) has no best: ``best_epoch`` None and
+    ``best_map_at_r`` NaN."""
 
     train_classes: list[int]
     val_classes: list[int]
     final_map_at_r: float = float("nan")
     best_map_at_r: float = float("nan")
     raw_map_at_r: float = float("nan")
-    best_epoch: int = 0
+    best_epoch: int | None = None
     curve: list[float] = field(default_factory=list)
 
 
@@ -207,7 +210,7 @@ def _cross_validate(
         if objective == "final":
             curve.append(sum(r.curve[-1] for r in results) / k)
         else:
-            curve.append(sum(float(t.best_metric) for t in trainers) / k)
+            curve.append(sum(_best(t)[0] for t in trainers) / k)
         log(
             f"epoch {epoch}/{epochs}: fold MAP@R "
             + " ".join(f"{r.curve[-1]:.4f}" for r in results)
@@ -220,14 +223,21 @@ def _cross_validate(
             break
     for result, trainer in zip(results, trainers, strict=True):
         result.final_map_at_r = result.curve[-1]
-        result.best_map_at_r = float(trainer.best_metric)
-        result.best_epoch = int(trainer.best_epoch)
+        result.best_map_at_r, result.best_epoch = _best(trainer)
     final = sum(r.final_map_at_r for r in results) / k
     best = sum(r.best_map_at_r for r in results) / k
     raw = sum(r.raw_map_at_r for r in results) / k
     score = final if objective == "final" else best
     seconds = time.perf_counter() - start
     return CrossValResult(score, final, best, raw, objective, results, curve, seconds)
+
+
+def _best(trainer: Trainer) -> tuple[float, int | None]:
+    """A fold's best validation MAP@R and its epoch; ``(nan, None)`` while no epoch has
+    been scored (the trainer's ``-inf`` and ``0`` stand for none)."""
+    if trainer.best_metric == -math.inf:
+        return float("nan"), None
+    return float(trainer.best_metric), int(trainer.best_epoch)
 
 
 def _fold_features(whole: FeatureData, whole_config: Config, resolved: Config,

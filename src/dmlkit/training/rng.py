@@ -66,7 +66,7 @@ def check_seed(seed: Any, where: str = "seed") -> None:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not (
             0 <= seed <= MAX_SEED):
         raise ValueError(f"{where} must be an integer from 0 to {MAX_SEED} (2**63 - 1); "
-                         f"got {seed!r}: use a smaller seed")
+                         f"got {seed!r}: use a seed in that range")
 
 
 @contextmanager

@@ -316,7 +316,7 @@ class Trainer:
             bar.close()
         return {
             "epoch": epoch + 1,
-            "loss": total / max(count, 1),
+            **({"loss": total / count} if count else {}),  # (no batch trained: no loss)
             "lr": lr,
             "seconds": time.perf_counter() - start,
         }
