@@ -20,12 +20,13 @@ from dmlkit._files import publish_mode
 from dmlkit.evaluation.clustering import clustering_metrics
 from dmlkit.evaluation.few_shot import NotEnoughClassesError, few_shot_accuracy
 from dmlkit.evaluation.hierarchical import hierarchical_retrieval_metrics
-from dmlkit.evaluation.retrieval import check_dim, label_codes, retrieval_metrics
+from dmlkit.evaluation.retrieval import label_codes, retrieval_metrics
 from dmlkit.evaluation.verification import (
     indexed_pair_scores,
     pairs_from_labels,
     verification_metrics,
 )
+from dmlkit.functional.distances import check_dim
 from dmlkit.functional.retrieval import canonical_metric
 
 SECTIONS = ("retrieval", "clustering", "verification", "few_shot")

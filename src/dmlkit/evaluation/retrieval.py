@@ -86,7 +86,6 @@ def _check_coded_inputs(query, query_labels, reference, reference_labels):
     query = _as_tensor(query, "query")
     query_labels = _as_tensor(query_labels, "query_labels", labels=True)
     check_embeddings(query, "query")
-    check_dim(query, "query")
     check_labels(query_labels, query.shape[0], "query_labels")
     if (reference is None) != (reference_labels is None):
         raise ValueError("pass reference and reference_labels together, or neither")
@@ -94,21 +93,12 @@ def _check_coded_inputs(query, query_labels, reference, reference_labels):
         reference = _as_tensor(reference, "reference")
         reference_labels = _as_tensor(reference_labels, "reference_labels", labels=True)
         check_embeddings(reference, "reference")
-        check_dim(reference, "reference")
         check_labels(reference_labels, reference.shape[0], "reference_labels")
         if reference.shape[1] != query.shape[1]:
             raise ValueError(
                 f"query has dim {query.shape[1]} but reference has dim {reference.shape[1]}"
             )
     return query, query_labels, reference, reference_labels
-
-
-def check_dim(x: Tensor, name: str) -> None:
-    """A ``ValueError`` when the ``(n, d)`` embeddings ``x`` have no coordinates
-    (``d == 0``): every distance would be 0 and every metric a ranking of ties."""
-    if x.dim() == 2 and x.shape[1] == 0:
-        raise ValueError(f"{name} has shape {tuple(x.shape)}: embeddings need at least one "
-                         "dimension (d >= 1); check which array holds them")
 
 
 def _ks(k: int | Sequence[int] | None) -> tuple[int, ...]:

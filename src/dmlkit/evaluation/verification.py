@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 from dmlkit._checks import is_int
-from dmlkit.evaluation.retrieval import check_dim
 from dmlkit.functional.chunking import chunk_size_for, row_chunks
+from dmlkit.functional.distances import check_dim
 from dmlkit.functional.retrieval import canonical_metric
 from dmlkit.functional.verification import (
     OneKindSplitError,
@@ -39,6 +39,25 @@ def resolvable(far: float, num_negatives: int) -> bool:
 def pairs_needed(far: float) -> int:
     """The fewest negative pairs that resolve a false-accept rate of ``far``."""
     return max(1, math.ceil(1.0 / far - 1e-9))
+
+
+def _warn_unresolvable(head: str, n_neg: int, far: float, subject: str,
+                       consequence: str = "") -> None:
+    """One ``UserWarning`` for a FAR that ``n_neg`` negative pairs cannot resolve
+    (:func:`resolvable`), attributed to the caller of the public function: ``head``,
+    what those pairs resolve, ``consequence``, and how many pairs ``subject`` (the FAR
+    ``far``) needs."""
+    warnings.warn(
+        f"{head} {n_neg} different (negative) pairs resolve no FAR between 0 and "
+        f"1/{n_neg} = {1.0 / n_neg:.3g}{consequence}; {subject} needs at least "
+        f"{pairs_needed(far)} negative pairs", UserWarning, stacklevel=3)
+
+
+def _check_setting(name: str, value, low: int) -> None:
+    """A ``ValueError`` unless ``value`` (``seed``, ``n_folds``) is an integer ``>= low``;
+    checked once where a public function takes it, trusted below."""
+    if not is_int(value) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
 #: bytes one chunk of pair scoring may hold: its gathered rows and float64 intermediates
@@ -195,10 +214,8 @@ def verification_metrics(
         ``n_folds`` not an integer ``>= 2``, ``seed`` not an integer ``>= 0``, a FAR
         outside ``(0, 1)``, or pairs of one kind only.
     """
-    if not is_int(n_folds) or n_folds < 2:
-        raise ValueError(f"n_folds must be an integer >= 2, got {n_folds!r}")
-    if not is_int(seed) or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    _check_setting("n_folds", n_folds, 2)
+    _check_setting("seed", seed, 0)
     s, y = check_scored_pairs(scores, is_same)
     fpr, tpr, thr = roc_curve(s, y)
     eer, eer_t = equal_error_rate(fpr, tpr, thr)
@@ -216,11 +233,9 @@ def verification_metrics(
             unresolved.append(float(far))
         out[f"tar_at_far_{far:g}"] = value
     if unresolved:
-        warnings.warn(
-            f"TAR at FAR {', '.join(f'{f:g}' for f in unresolved)} is NaN: "
-            f"{n_neg} different (negative) pairs resolve no FAR between 0 and 1/{n_neg} = "
-            f"{1.0 / n_neg:.3g}; FAR {min(unresolved):g} needs at least "
-            f"{pairs_needed(min(unresolved))} negative pairs", UserWarning, stacklevel=2)
+        lowest = min(unresolved)
+        _warn_unresolvable(f"TAR at FAR {', '.join(f'{f:g}' for f in unresolved)} is NaN:",
+                           n_neg, lowest, f"FAR {lowest:g}")
     # k-fold accuracy needs both kinds of pair in every training split: with few pairs of
     # one kind, fewer folds; NaN (and 0 folds) when even two folds cannot have that
     out["accuracy_mean"], out["accuracy_std"], out["accuracy_folds"] = np.nan, np.nan, 0
@@ -282,14 +297,12 @@ class ThresholdCalibrator:
         s, y = check_scored_pairs(scores, is_same)
         fpr, tpr, thr = roc_curve(s, y)
         n_neg = int((~y).sum())
-        if not resolvable(float(self.target_far), n_neg):
-            warnings.warn(
-                f"the calibration set cannot resolve target_far={float(self.target_far):g}: "
-                f"its {n_neg} different (negative) pairs resolve no FAR between 0 and "
-                f"1/{n_neg} = {1.0 / n_neg:.3g}, so the threshold accepts none of them (FAR "
-                f"0 here, unmeasured below {1.0 / n_neg:.3g}); that FAR needs at least "
-                f"{pairs_needed(float(self.target_far))} negative pairs",
-                UserWarning, stacklevel=2)
+        far = float(self.target_far)
+        if not resolvable(far, n_neg):
+            _warn_unresolvable(
+                f"the calibration set cannot resolve target_far={far:g}: its", n_neg, far,
+                "that FAR", f", so the threshold accepts none of them (FAR 0 here, "
+                f"unmeasured below {1.0 / n_neg:.3g})")
         i = int(np.flatnonzero(fpr <= self.target_far)[-1])
         self.threshold_ = threshold_between(thr, i)
         self.far_, self.tar_ = float(fpr[i]), float(tpr[i])

@@ -48,6 +48,29 @@ def safe_sqrt(x: Tensor, eps: float | Tensor = _EPS) -> Tensor:
     return x.masked_fill(zero, 1.0).sqrt().masked_fill(zero, 0.0)
 
 
+def cut_sqrt(d2: Tensor, x_sq: Tensor, y_sq: Tensor, *, inplace: bool = False) -> Tensor:
+    """Euclidean distances from squared distances ``d2``, with the zeros of
+    :func:`zero_distance_cut` (``x_sq``, ``y_sq``: the two sides' squared norms,
+    broadcast to ``d2``'s shape).
+
+    By default :func:`safe_sqrt` with the cut as its ``eps``: differentiable, a zero
+    gradient at the zeros, no gradient through the cut. With ``inplace`` ``d2`` itself
+    becomes the distances (no copy, no autograd: for ``d2`` computed under ``no_grad``).
+    """
+    if inplace:
+        return d2.masked_fill_(d2 <= zero_distance_cut(x_sq, y_sq), 0.0).sqrt_()
+    with torch.no_grad():
+        cut = zero_distance_cut(x_sq, y_sq)
+    return safe_sqrt(d2, cut)
+
+
+def cut_zeros_(d: Tensor, x_sq: Tensor, y_sq: Tensor) -> Tensor:
+    """Distances ``d`` already square-rooted (``torch.cdist``), in place, with the zeros
+    of :func:`cut_sqrt`: entries whose square is at or below :func:`zero_distance_cut`
+    become 0 (no autograd)."""
+    return d.masked_fill_(d.square() <= zero_distance_cut(x_sq, y_sq), 0.0)
+
+
 def _pairwise_squared(x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
     """Squared distances ``(n, m)`` and the squared norms ``(n, 1)``, ``(m, 1)``."""
     y_is_x = y is None
@@ -70,9 +93,7 @@ def pairwise_squared_euclidean(x: Tensor, y: Tensor | None = None) -> Tensor:
 def pairwise_euclidean(x: Tensor, y: Tensor | None = None) -> Tensor:
     """All-pairs Euclidean distance, ``(n, d), (m, d) -> (n, m)`` (zeros: module doc)."""
     d2, x_sq, y_sq = _pairwise_squared(x, y)  # (n, m), (n, 1), (m, 1)
-    with torch.no_grad():
-        cut = zero_distance_cut(x_sq, y_sq.T)  # (n, m)
-    return safe_sqrt(d2, cut)
+    return cut_sqrt(d2, x_sq, y_sq.T)
 
 
 def pairwise_dot(x: Tensor, y: Tensor | None = None) -> Tensor:
@@ -97,8 +118,8 @@ def rowwise_squared_euclidean(x: Tensor, y: Tensor) -> Tensor:
 def rowwise_euclidean(x: Tensor, y: Tensor) -> Tensor:
     """Row-wise Euclidean distance, ``(n, d), (n, d) -> (n,)`` (zeros: module doc)."""
     with torch.no_grad():
-        cut = zero_distance_cut((x * x).sum(dim=1), (y * y).sum(dim=1))  # (n,)
-    return safe_sqrt(rowwise_squared_euclidean(x, y), cut)
+        x_sq, y_sq = (x * x).sum(dim=1), (y * y).sum(dim=1)  # (n,), (n,)
+    return cut_sqrt(rowwise_squared_euclidean(x, y), x_sq, y_sq)
 
 
 def rowwise_dot(x: Tensor, y: Tensor) -> Tensor:
@@ -111,8 +132,17 @@ def rowwise_cosine(x: Tensor, y: Tensor) -> Tensor:
     return (l2_normalize(x) * l2_normalize(y)).sum(dim=1)
 
 
+def check_dim(x: Tensor, name: str) -> None:
+    """A ``ValueError`` when the ``(n, d)`` embeddings ``x`` have no coordinates
+    (``d == 0``): every distance would be 0 and every metric a ranking of ties."""
+    if x.dim() == 2 and x.shape[1] == 0:
+        raise ValueError(f"{name} has shape {tuple(x.shape)}: embeddings need at least one "
+                         "dimension (d >= 1); check which array holds them")
+
+
 def check_embeddings(x: Tensor, name: str = "embeddings") -> None:
-    """Raise a clear error unless ``x`` is a finite floating ``(n, d)`` tensor."""
+    """Raise a clear error unless ``x`` is a finite floating ``(n, d)`` tensor with
+    ``d >= 1`` (:func:`check_dim`)."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 2:
@@ -124,11 +154,14 @@ def check_embeddings(x: Tensor, name: str = "embeddings") -> None:
     if x.numel() and not math.isfinite(float(x.detach().sum())):
         if not bool(torch.isfinite(x).all()):
             raise ValueError(f"{name} contains NaN or infinite values")
+    check_dim(x, name)
 
 
 __all__ = [
     "l2_normalize",
     "safe_sqrt",
+    "cut_sqrt",
+    "cut_zeros_",
     "zero_distance_cut",
     "ZERO_DISTANCE_RATIO",
     "pairwise_squared_euclidean",
@@ -139,5 +172,6 @@ __all__ = [
     "rowwise_euclidean",
     "rowwise_dot",
     "rowwise_cosine",
+    "check_dim",
     "check_embeddings",
 ]

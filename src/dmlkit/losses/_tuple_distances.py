@@ -25,7 +25,7 @@ from dmlkit.distances.base import BaseDistance
 from dmlkit.distances.cosine import CosineSimilarity
 from dmlkit.distances.dot_product import DotProductSimilarity
 from dmlkit.distances.euclidean import EuclideanDistance
-from dmlkit.functional.distances import zero_distance_cut
+from dmlkit.functional.distances import cut_sqrt, cut_zeros_
 from dmlkit.functional.tuples import Pairs
 from dmlkit.losses._rows import with_grads
 
@@ -216,12 +216,12 @@ def _rows_closed_form(
         for r, c in requests:
             a, b = xd.index_select(0, r), rd.index_select(0, c)  # (T, d) each
             if euclid:
-                if not squared:  # safe_sqrt's zeros (and zero gradients)
-                    cut = zero_distance_cut((a * a).sum(dim=1), (b * b).sum(dim=1))  # (T,)
+                if not squared:  # the norms, before a becomes the difference
+                    a_sq, b_sq = (a * a).sum(dim=1), (b * b).sum(dim=1)  # (T,) each
                 diff = a.sub_(b)  # (T, d)
                 v = (diff * diff).sum(dim=1)  # (T,) squared distances
-                if not squared:
-                    v = v.masked_fill_(v <= cut, 0.0).sqrt_()
+                if not squared:  # safe_sqrt's zeros (and zero gradients)
+                    v = cut_sqrt(v, a_sq, b_sq, inplace=True)
                 kept.append((diff,))
             else:
                 v = (a * b).sum(dim=1)  # (T,)
@@ -247,11 +247,11 @@ def _rows_closed_form(
 def _matrix(distance: BaseDistance, x: Tensor, ref: Tensor) -> Tensor:
     """The ``(n, m)`` matrix without autograd: Euclidean in one ``cdist`` call (the
     values pytorch-metric-learning's ``LpDistance`` computes), with the zeros of
-    :func:`~dmlkit.functional.distances.zero_distance_cut`."""
+    :func:`~dmlkit.functional.distances.cut_zeros_`."""
     if type(distance) is EuclideanDistance and not distance.squared:
         mat = torch.cdist(x, ref)  # (n, m)
-        cut = zero_distance_cut((x * x).sum(dim=1)[:, None], (ref * ref).sum(dim=1)[None, :])
-        return mat.masked_fill_(mat.square() <= cut, 0.0)  # safe_sqrt's zeros
+        x_sq, r_sq = (x * x).sum(dim=1)[:, None], (ref * ref).sum(dim=1)[None, :]
+        return cut_zeros_(mat, x_sq, r_sq)  # safe_sqrt's zeros
     return distance.compute_matrix(x, ref)
 
 

@@ -8,7 +8,7 @@ from torch import Tensor
 from dmlkit.distances.base import BaseDistance
 from dmlkit.distances.euclidean import EuclideanDistance
 from dmlkit.functional.chunking import chunked_sum, eager_chunk_size
-from dmlkit.functional.distances import zero_distance_cut
+from dmlkit.functional.distances import cut_sqrt
 from dmlkit.functional.labels import same_label
 from dmlkit.functional.tuples import IndexTuple, Pairs, triplets_to_pairs
 from dmlkit.losses._rows import use_fused, with_grads
@@ -142,7 +142,7 @@ class ContrastiveLoss(BaseMetricLoss):
             xd, rd = x.detach(), ref.detach()
             x_sq, r_sq = (xd * xd).sum(dim=1, keepdim=True), (rd * rd).sum(dim=1)[None, :]
             d = torch.addmm(r_sq, xd, rd.T, alpha=-2.0).add_(x_sq)  # (n, m)
-            d.masked_fill_(d <= zero_distance_cut(x_sq, r_sq), 0.0).sqrt_()  # safe_sqrt's zeros
+            cut_sqrt(d, x_sq, r_sq, inplace=True)  # (n, m) distances, safe_sqrt's zeros
             i, j = torch.where(same)  # (P,) positive pairs
             if exclude_self:
                 keep = i != j
@@ -178,4 +178,4 @@ def _matrix(distance: BaseDistance, x: Tensor, y: Tensor) -> Tensor:
     d2.add_(x_sq).clamp_min_(0.0)
     if distance.squared:
         return d2
-    return d2.masked_fill_(d2 <= zero_distance_cut(x_sq, y_sq), 0.0).sqrt_()  # safe_sqrt's zeros
+    return cut_sqrt(d2, x_sq, y_sq, inplace=True)  # safe_sqrt's zeros
