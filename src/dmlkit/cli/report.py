@@ -217,9 +217,11 @@ def register(app: typer.Typer) -> None:
         from dmlkit.report.collect import check_projection
         from dmlkit.report.html import check_report_path
         from dmlkit.runs.export import is_text_run
+        from dmlkit.training.run import check_run_dir
 
         target = out or run_dir / "report.html"
         try:  # everything that can be checked before the work
+            check_run_dir(run_dir)  # (before the default --out inside it)
             check_projection(projection)
             check_output_file(target, ".html file")
             check_report_path(target, run_dir)

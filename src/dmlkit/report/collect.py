@@ -14,6 +14,7 @@ import torch
 
 from dmlkit.evaluation import indexed_pair_scores, pairs_from_labels, retrieval_metrics
 from dmlkit.functional.verification import equal_error_rate, roc_curve
+from dmlkit.report.metrics_file import check_metrics
 from dmlkit.report.projection import PROJECTIONS, check_projection, project_2d
 from dmlkit.runs import build_splits, embed, load_run
 
@@ -201,7 +202,7 @@ def collect(run_dir: str | Path, *, max_items: int = 2000, projection: str = "au
             f"per-class results are of held-out classes), and this run has none: it was "
             f"trained from the {run.config.data.kind} in {run.config.data.tuples}, "
             "without class labels")
-    metrics = run.metrics or {}  # metrics.json as load_run read it (read_metrics)
+    metrics = run_metrics(run)  # metrics.json as load_run read it, of the report's shape
     say("loading data")
     train, heldout = build_splits(run.config)
     notes = [n for n in [_weights_note(run_dir), _size_note(len(heldout.labels))] if n]
@@ -234,6 +235,17 @@ def collect(run_dir: str | Path, *, max_items: int = 2000, projection: str = "au
         "verification": _verification(z, labels, seed, metric=METRIC),
         "gallery": _gallery(z, labels, x.numpy(), n_queries, k, seed, rows),
     }
+
+
+def run_metrics(run: Any) -> dict[str, Any]:
+    """A loaded run's ``metrics.json`` (``{}`` when it has none), refused in one line
+    naming the file when it is not of the shape the report reads
+    (:func:`~dmlkit.report.metrics_file.check_metrics`)."""
+    from dmlkit.training.run import METRICS_FILE
+    from dmlkit.training.run_dir import resume_command
+
+    return check_metrics(run.metrics, Path(run.run_dir) / METRICS_FILE,
+                         f"rewrite it with: {resume_command(run.run_dir)} (or delete the file)")
 
 
 def _size_note(n: int) -> str | None:
@@ -270,4 +282,4 @@ def _history_from_log(run_dir: Path) -> list[dict[str, Any]]:
 
 
 __all__ = ["collect", "project_2d", "check_projection", "PROJECTIONS", "METRIC", "MIN_ITEMS",
-           "weights_note"]
+           "run_metrics", "weights_note"]

@@ -69,7 +69,8 @@ def write_figures(data: dict[str, Any], out_dir: str | Path) -> list[Path]:
     of = f"\n(a random {n} of {total} held-out items)" if n and total and n < total else ""
     hist = data["history"]
     loss_epochs, losses = loss_points(hist)  # (none where no batch was trained)
-    val_keys = [k for k in (hist[0] if hist else {}) if k.startswith("val_")]
+    val_keys = [k for k in (hist[0] if hist else {})
+                if k.startswith("val_") and all(k in h for h in hist)]  # (as the HTML)
     if losses or val_keys:
         fig, ax = plt.subplots(figsize=(5, 3.2))
         if losses:
@@ -79,7 +80,7 @@ def write_figures(data: dict[str, Any], out_dir: str | Path) -> list[Path]:
         ax.set_xlabel("epoch")
         ax.legend()
         save(fig, "curves.png")
-    if hist and "lr" in hist[0]:  # as the HTML report shows it
+    if hist and all("lr" in h for h in hist):  # as the HTML report shows it
         fig, ax = plt.subplots(figsize=(5, 3.2))
         ax.plot([h["epoch"] for h in hist], [float(h["lr"]) for h in hist])
         ax.set_xlabel("epoch")

@@ -33,7 +33,7 @@ def _metrics_table(metrics: dict[str, Any]) -> str:
                                      ("baseline", "baseline_unnormalized") if name in metrics]
     head = "".join(f"<th>{escape(c)}</th>" for c, _ in cols)
     rows = "".join(
-        f"<tr><th>{k}</th>" + "".join(f"<td>{_number(m[k])}</td>" for _, m in cols) + "</tr>"
+        f"<tr><th>{k}</th>" + "".join(f"<td>{_number(m.get(k))}</td>" for _, m in cols) + "</tr>"
         for k in keys)
     note = escape(str(metrics.get("baseline_inputs", "raw inputs")))
     return (f"<table><tr><th>metric</th>{head}</tr>{rows}</table>"
@@ -63,7 +63,7 @@ def _curves(history: list[dict[str, Any]]) -> str:
            if k.startswith("val_") and all(k in h for h in history)}
     if val:
         parts.append(svg.lines(val, "validation metrics", "epoch", "value"))
-    if "lr" in history[0]:
+    if all("lr" in h for h in history):
         parts.append(svg.lines({"learning rate": (epochs, [float(h["lr"]) for h in history])},
                                "learning rate", "epoch", "lr"))
     return '<div class="row">' + "".join(parts) + "</div>"

@@ -398,15 +398,28 @@ def _trainer(resolved: Config, train: Any, val: Any, out_dir: Path, log: Any,
                        class_ids=class_ids)
 
 
+def check_run_dir(run_dir: str | Path) -> Path:
+    """``run_dir`` as a path, or a ``FileNotFoundError`` saying why it is no run
+    directory: it does not exist, is a file, or holds no ``config.yaml``."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise FileNotFoundError(f"{run_dir} does not exist: give the folder a dmlkit train "
+                                "run wrote (its --out)")
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir} is not a dmlkit run directory (it is a file): "
+                                "give the folder a dmlkit train run wrote (its --out)")
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"{run_dir} is not a dmlkit run directory (no {CONFIG_FILE})")
+    return run_dir
+
+
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     """Reload a run directory: its config and its model in eval mode.
 
     Uses ``model.pt``, or the last checkpoint's weights for a run that did not finish.
     """
-    run_dir = Path(run_dir)
+    run_dir = check_run_dir(run_dir)
     config_path = run_dir / CONFIG_FILE
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a dmlkit run directory (no {CONFIG_FILE})")
     config = saved_config_as_run(Config.from_yaml(config_path))  # (saved before a setting)
     model = build_model(config)
     check_device(device)
@@ -444,6 +457,7 @@ __all__ = [
     "RunResult",
     "augmented",
     "build_splits",
+    "check_run_dir",
     "embed",
     "heldout_metrics",
     "load_run",
