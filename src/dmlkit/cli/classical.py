@@ -21,7 +21,8 @@ def _params(items: list[str]) -> dict[str, Any]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise typer.BadParameter(f"--param needs key=value, got {item!r}")
+            raise ValueError(f"--param needs key=value (e.g. --param n_components=8), got "
+                             f"{item!r}")
         params[key.strip()] = yaml.safe_load(value)
     return params
 
@@ -51,6 +52,19 @@ def _source_fingerprint(source: Path) -> str | None:
     return None
 
 
+def _check_out(out: Path, source: Path) -> None:
+    """Refuse an ``--out`` folder that is the source, a run directory, a saved directory
+    (an index, a kit) or lies inside one (:func:`check_output_folder`)."""
+    from dmlkit.cli._outputs import check_output_folder
+    from dmlkit.runs.run_files import is_run_dir
+
+    if is_run_dir(out):
+        raise ValueError(f"--out {out} is a run directory; the metric's files would be "
+                         f"written among the run's own files: give another folder (e.g. "
+                         f"{out / 'metric'})")
+    check_output_folder(out, "--out", {"the source": source})
+
+
 @classical_app.command("fit")
 def fit(
     source: Path = typer.Argument(..., help="Run directory, or .npz with embeddings/labels."),
@@ -69,10 +83,8 @@ def fit(
         make_learner,
         save_metric,
     )
-    from dmlkit.cli._outputs import check_output_dir
-
     try:
-        check_output_dir(out)  # before the fit, not after it
+        _check_out(out, source)  # before the fit, not after it
         params = _params(param)
         if "random_state" in make_learner(method).get_params():  # (unknown method: raises)
             params.setdefault("random_state", 0)  # a command gives one result (--param to vary)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,14 +34,20 @@ def register(app: typer.Typer) -> None:
             None, "--identify-threshold", help="/identify knows a query when its nearest "
             "labelled item's score passes this: similarity >= it (cosine, ip index) or, on "
             "an l2 index, squared distance <= it, as /search and /identify report scores."),
-        max_batch: int = typer.Option(1024, "--max-batch"),
-        max_body_mb: float = typer.Option(8.0, "--max-body-mb"),
+        max_batch: int = typer.Option(1024, "--max-batch", help="Most rows of one request."),
+        max_body_mb: float = typer.Option(8.0, "--max-body-mb", help="Largest request body."),
         rate: float = typer.Option(50.0, "--rate", help="Requests per second per key."),
         burst: int = typer.Option(100, "--burst"),
-        checkpoint_every: int = typer.Option(1000, "--checkpoint-every"),
+        checkpoint_every: int = typer.Option(
+            1000, "--checkpoint-every", help="Logged writes between index checkpoints (1: "
+            "after every write)."),
     ) -> None:
         """Serve /embed, /search, /verify, /identify, /items, /health and /metrics."""
-        try:
+        try:  # the settings first: before the index is opened (and locked)
+            check_settings(port=port, max_batch=max_batch, max_body_mb=max_body_mb, rate=rate,
+                           burst=burst, checkpoint_every=checkpoint_every,
+                           verify_threshold=verify_threshold,
+                           identify_threshold=identify_threshold)
             import uvicorn
 
             from dmlkit.service import (
@@ -80,7 +87,7 @@ def register(app: typer.Typer) -> None:
         server = _server(uvicorn, application, host, port, lambda url: typer.echo(
             f"serving {store.ntotal} items (replayed {store.replayed} logged writes"
             f"{skipped}) on {url}", err=True))
-        interrupted = False
+        interrupted, reason = False, "the reason is above"
         try:
             server.run()
         except KeyboardInterrupt:  # (Ctrl-C, or SIGTERM, once the server has stopped)
@@ -88,6 +95,10 @@ def register(app: typer.Typer) -> None:
         except SystemExit:  # uvicorn could not listen (it logged why): nothing served
             if server.started:
                 raise
+        except (OSError, OverflowError) as err:  # a bind that failed before uvicorn's own
+            if server.started:
+                raise
+            reason = one_line(err)
         finally:
             try:  # a server that never listened leaves the index as it found it
                 store.close(checkpoint=server.started)
@@ -97,12 +108,36 @@ def register(app: typer.Typer) -> None:
         if not server.started:
             if interrupted:
                 raise typer.Exit(130)
-            typer.echo(f"error: could not listen on {host}:{port} (the reason is above: the "
+            typer.echo(f"error: could not listen on {host}:{port} ({reason}: the "
                        "port is in use by another program, or the address is not this "
                        "machine's); "
                        "nothing was served and the index is unchanged: choose another --port "
                        "or --host", err=True)
             raise typer.Exit(3)
+
+
+def check_settings(*, port: int, max_batch: int, max_body_mb: float, rate: float,
+                   burst: int, checkpoint_every: int, verify_threshold: float | None,
+                   identify_threshold: float | None) -> None:
+    """Refuse ``dmlkit serve`` settings under which the server could not listen or would
+    refuse every request, with a one-line ``ValueError`` naming the option."""
+    if not 0 <= port <= 65535:
+        raise ValueError(f"--port must be 0..65535 (0 picks a free port), got {port}")
+    for option, value, least in (("--max-batch", max_batch, 1), ("--burst", burst, 1),
+                                 ("--checkpoint-every", checkpoint_every, 1)):
+        if value < least:
+            raise ValueError(f"{option} must be >= {least}, got {value}")
+    if not math.isfinite(max_body_mb) or int(max_body_mb * (1 << 20)) < 1:
+        raise ValueError(f"--max-body-mb must be a positive number of megabytes (e.g. 8), "
+                         f"got {max_body_mb}")
+    if not math.isfinite(rate) or rate <= 0:
+        raise ValueError(f"--rate must be a positive number of requests per second (e.g. "
+                         f"50), got {rate}")
+    for option, threshold in (("--verify-threshold", verify_threshold),
+                              ("--identify-threshold", identify_threshold)):
+        if threshold is not None and not math.isfinite(threshold):
+            raise ValueError(f"{option} must be a finite number (a score, as /search "
+                             f"reports them), got {threshold}")
 
 
 def _server(uvicorn: Any, application: Any, host: str, port: int,

@@ -161,15 +161,29 @@ def embeddings_fingerprint(path: str | Path) -> str | None:
     """The model fingerprint an embeddings file records (:data:`EMBEDDINGS_MODEL_KEY`);
     ``None`` for a ``.npy`` or an ``.npz`` that records none (written by other tools, or
     by a dmlkit before it recorded one)."""
+    import zipfile
+    import zlib
+
     import numpy as np
 
     path = Path(path)
     if path.suffix != ".npz":
         return None
-    with np.load(path, allow_pickle=False) as archive:
-        if EMBEDDINGS_MODEL_KEY not in archive.files:
+    try:
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):  # one .npy array: records none
             return None
-        value = np.asarray(archive[EMBEDDINGS_MODEL_KEY])
+        with archive:
+            if EMBEDDINGS_MODEL_KEY not in archive.files:
+                return None
+            value = np.asarray(archive[EMBEDDINGS_MODEL_KEY])
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as err:
+        # empty, truncated or foreign: the message every reader of .npz files gives
+        from dmlkit.data.npz import read_arrays
+
+        read_arrays(path)  # (raises the ValueError naming the file)
+        raise ValueError(f"{path} cannot be read ({err}); write it again with numpy "
+                         "(np.savez)") from None
     if value.size != 1 or value.dtype.kind not in "US":
         raise ValueError(
             f"{path}: {EMBEDDINGS_MODEL_KEY!r} must hold one string (the SHA-256 of the "

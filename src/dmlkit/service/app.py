@@ -13,6 +13,7 @@ that says it). The index and the verifier must belong to the served model
 from __future__ import annotations
 
 import json
+import math
 import re
 import threading
 import time
@@ -44,6 +45,17 @@ class ServiceConfig:
     burst: int = 100
     verify_threshold: float | None = None
     identify_threshold: float | None = None
+
+    def __post_init__(self) -> None:  # a limit that would refuse every request
+        for name in ("max_body_bytes", "max_batch", "max_k", "max_results", "burst"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not math.isfinite(self.rate) or self.rate <= 0:
+            raise ValueError(f"rate must be a positive number, got {self.rate}")
+        for name in ("verify_threshold", "identify_threshold"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number or None, got {value}")
 
 
 class Batch(BaseModel):
