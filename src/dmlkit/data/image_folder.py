@@ -145,6 +145,9 @@ def folder_images(root: str | Path) -> tuple[list[str], list[tuple[int, Path]]]:
     files, or none): it would be a class name no item has, as the audio folder refuses.
     """
     root = Path(root)
+    if root.is_file():
+        raise ValueError(f"{root} is a file, not an image folder (root/<class>/<image>); "
+                         "for an .npz file use data.name: npz")
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
     class_dirs = class_folders(root)

@@ -25,9 +25,10 @@ def read_arrays(path: str | Path) -> dict[str, np.ndarray]:
     try:
         if path.suffix == ".npy":
             return {"x": np.load(path, allow_pickle=False)}
-        with np.load(path, allow_pickle=False) as archive:
-            if not hasattr(archive, "files"):
-                raise ValueError("a single .npy array, not an .npz archive")
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError("a single .npy array, not an .npz archive")
+        with loaded as archive:
             return {key: archive[key] for key in archive.files}
     except (OSError, EOFError, ValueError, zipfile.BadZipFile) as err:
         size = path.stat().st_size

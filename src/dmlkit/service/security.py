@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import os
 import threading
 import time
@@ -62,7 +63,7 @@ class RateLimiter:
     """Token bucket per key: ``rate`` requests per second on average, bursts of ``burst``."""
 
     def __init__(self, rate: float, burst: int) -> None:
-        if rate <= 0 or burst < 1:
+        if not rate > 0 or not math.isfinite(rate) or burst < 1:
             raise ValueError(f"rate must be > 0 and burst >= 1, got {rate}, {burst}")
         self.rate, self.burst = float(rate), int(burst)
         self._buckets: dict[bytes, tuple[float, float]] = {}

@@ -194,6 +194,10 @@ class DurableIndex:
         self.path = Path(index_dir).resolve()
         self.wal_path = self.path.with_name(self.path.name + ".wal")
         self.lock_path = _lock_path(self.path)
+        if isinstance(checkpoint_every, bool) or int(checkpoint_every) != checkpoint_every or (
+                checkpoint_every < 1):
+            raise ValueError(f"checkpoint_every must be an integer >= 1 (1: a checkpoint "
+                             f"after every write), got {checkpoint_every!r}")
         self.checkpoint_every = int(checkpoint_every)
         self.lock = RWLock()
         if not self.path.exists() and not self._swapped_dirs():

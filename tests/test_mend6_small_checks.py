@@ -1,0 +1,48 @@
+"""A .npy saved under an .npz name, a NaN rate limit and a checkpoint interval below 1."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from dmlkit.data.npz import read_arrays
+from dmlkit.service.security import RateLimiter
+from dmlkit.service.store import DurableIndex
+
+
+def test_a_single_array_under_an_npz_name_is_one_clear_error(tmp_path):
+    path = tmp_path / "emb.npz"
+    with open(path, "wb") as f:
+        np.save(f, np.zeros((3, 2), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"emb\.npz cannot be read \(a single \.npy array"):
+        read_arrays(path)
+
+
+def test_an_npz_archive_still_reads(tmp_path):
+    path = tmp_path / "ok.npz"
+    np.savez(path, x=np.arange(4.0), y=np.arange(4))
+    arrays = read_arrays(path)
+    assert sorted(arrays) == ["x", "y"] and arrays["x"].tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+@pytest.mark.parametrize("rate", [math.nan, math.inf, 0.0, -1.0])
+def test_a_rate_limiter_refuses_a_rate_that_is_not_a_positive_number(rate):
+    with pytest.raises(ValueError, match="rate must be > 0"):
+        RateLimiter(rate, 5)
+
+
+@pytest.mark.parametrize("every", [0, -3, 2.5, True])
+def test_a_durable_index_refuses_a_checkpoint_interval_below_one(tmp_path, every):
+    with pytest.raises(ValueError, match="checkpoint_every must be an integer >= 1"):
+        DurableIndex(tmp_path / "idx", checkpoint_every=every)
+
+
+def test_a_file_given_as_an_image_folder_is_called_a_file(tmp_path):
+    from dmlkit.data.image_folder import folder_images
+
+    path = tmp_path / "d.npz"
+    np.savez(path, x=np.zeros((2, 8, 8)), labels=np.arange(2))
+    with pytest.raises(ValueError, match=r"d\.npz is a file, not an image folder"):
+        folder_images(path)
