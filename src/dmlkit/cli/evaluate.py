@@ -141,7 +141,7 @@ def evaluate(
         ",".join(SECTIONS), "--sections", help=f"Comma-separated subset of {','.join(SECTIONS)}.",
     ),
     seed: int = typer.Option(0, "--seed"),
-    episodes: int = typer.Option(600, "--episodes", min=1, help="Few-shot episodes per setting."),
+    episodes: int = typer.Option(600, "--episodes", help="Few-shot episodes per setting."),
     per_class: bool = typer.Option(False, "--per-class", help="Per-class retrieval in JSON."),
     full_ranking: bool = typer.Option(
         False, "--full-ranking", help="Also mAP over the full ranking and MRR (slower)."
@@ -149,12 +149,14 @@ def evaluate(
     device: str = typer.Option("cpu", "--device"),
 ) -> None:
     """Retrieval, clustering, verification and few-shot metrics, printed and saved as JSON."""
+    from dmlkit.cli._fewshot_checks import check_episodes
     from dmlkit.evaluation import evaluate_embeddings
     from dmlkit.runs import evaluate_run
     from dmlkit.training.rng import check_seed
 
     try:  # the seed rule of every command; a bad option value exits 2, as typer's checks
         check_seed(seed, "--seed")
+        check_episodes(episodes, "--episodes")
     except ValueError as err:
         raise _fail(str(err), 2) from None
     try:

@@ -269,8 +269,11 @@ def _check_no_pending_log(out: Path) -> None:
 
 
 def _check_out(source: Path, out: Path) -> None:
-    """Refuse an --out that is the source itself or a directory holding it: writing the
-    index there would delete the embeddings it is built from."""
+    """Refuse a SOURCE that does not exist, and an --out that is the source or holds it
+    (writing the index there would delete the embeddings it is built from)."""
+    if not source.exists():
+        raise FileNotFoundError(f"{source} does not exist: give a run directory, a .npz/.npy "
+                                "of embeddings or an embedding store directory")
     src, dst = source.resolve(), out.resolve()
     if dst == src or dst in src.parents:
         raise ValueError(

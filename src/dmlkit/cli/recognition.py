@@ -421,6 +421,7 @@ def register(app: typer.Typer) -> None:
 
         from dmlkit.apps import FewShotClassifier
         from dmlkit.apps.few_shot import METHODS
+        from dmlkit.cli._fewshot_checks import check_episodes, check_sources, check_ways
         from dmlkit.index.provenance import check_same_model
         from dmlkit.training.rng import check_seed
 
@@ -429,21 +430,14 @@ def register(app: typer.Typer) -> None:
                                   "run_dir": str(run_dir) if run_dir else None}
         try:
             check_seed(seed, "--seed")  # (the seed rule of every command)
+            check_sources(support, query, episodes_data)
             _check_out(out, run_dir, {"--support": support, "--query": query,
                                       "--episodes": episodes_data})
             clf = FewShotClassifier(method=method, metric=metric, embedder=embedder)
             if method not in METHODS:
                 raise ValueError(f"--method must be one of {METHODS}, got {method!r}")
-            try:  # every setting is read before the first is run
-                way_list = [int(v) for v in ways.split(",")]
-                shot_list = [int(v) for v in shots.split(",")]
-            except ValueError:
-                raise ValueError(f"--way and --shot take integers separated by commas, got "
-                                 f"{ways!r} and {shots!r}") from None
-            if min(way_list) < 2:
-                raise ValueError(f"--way must be 2 or more, got {ways!r}: a {min(way_list)}-way "
-                                 "episode has one class to choose, so its accuracy is always "
-                                 "1.0 and says nothing about the embeddings")
+            way_list, shot_list = check_ways(ways, shots)  # all read before any runs
+            check_episodes(n_episodes, "--n-episodes")
             if episodes_data is not None:
                 from dmlkit.apps.embedding import embed_inputs
 
@@ -461,7 +455,7 @@ def register(app: typer.Typer) -> None:
                         ci, e = r["ci95"], n_episodes  # (ci NaN for one episode: no interval)
                         typer.echo(f"{n}-way {k}-shot: {r['accuracy']:.4f} " + (
                             f"± {ci:.4f} (95% CI, {e} episodes)" if ci == ci else "(1 episode)"))
-            elif support is not None and query is not None:
+            else:
                 reader = DataReader(run_dir)
                 xs, ys, _ = reader.read(support, "--support")
                 xq, yq, _ = reader.read(query, "--query")
@@ -489,8 +483,6 @@ def register(app: typer.Typer) -> None:
                                    if covered.any() else float("nan"),
                                    "num_uncovered": int((~covered).sum())})
                 _print("few-shot classification", result)
-            else:
-                raise ValueError("pass --support and --query, or --episodes DATA")
         except ERRORS as err:
             raise _fail(str(err)) from None
         _write(result, out)

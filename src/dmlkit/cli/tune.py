@@ -53,6 +53,8 @@ def tune(
     """
     _refuse_torchrun("tune", "; to run trials in parallel, start more workers on the same "
                      "study with --resume (same config and --out, or --storage)")
+    from dmlkit.cli._errors import one_line
+    from dmlkit.cli._outputs import check_output_dir
     from dmlkit.config import load_config
     from dmlkit.tuning import tune as run_tune
     from dmlkit.tuning.study import default_out_dir, redact, safe_storage
@@ -61,11 +63,16 @@ def tune(
     try:
         cfg = load_config(config)
         out_dir = out if out is not None else default_out_dir(cfg, study, RUNS_DIR)
+        try:
+            check_output_dir(out_dir, "--out")
+        except ValueError as err:  # (before the folds are checked, which reads the data)
+            raise ValueError(f"{err} (tune writes best.yaml and study.db into a directory): "
+                             "choose another --out") from None
         summary = run_tune(
             cfg, trials, out_dir, resume=resume, storage=storage, study_name=study, log=typer.echo
         )
     except (ImportError, FileNotFoundError, FileExistsError, ValueError, TypeError) as err:
-        raise _fail(str(err)) from None
+        raise _fail(one_line(err)) from None
     except KeyboardInterrupt:
         raise _fail("interrupted; continue with the same command and --resume", 130) from None
     except Exception as err:  # e.g. SQLAlchemy: a storage URL it cannot open

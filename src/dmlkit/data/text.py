@@ -233,6 +233,9 @@ def _numbered_records(path: Path) -> list[tuple[int, dict]]:
     """``(line, row)`` of each record of a ``.csv`` / ``.tsv`` / ``.txt`` or ``.jsonl``
     file: the line a CSV record ends on (its only line, unless a quoted field spans
     lines) or a JSONL record's line. Blank lines are skipped."""
+    if path.is_dir():
+        raise FileNotFoundError(f"{path} is a directory, not a text data file: give a .csv, "
+                                ".tsv, .jsonl or .txt file")
     if not path.is_file():
         raise FileNotFoundError(f"text data file not found: {path}")
     suffix = path.suffix.lower()

@@ -69,7 +69,8 @@ class FaissIndex(BaseIndex):
         A ``faiss.index_factory`` description: ``"Flat"``, ``"IVF1024,Flat"``,
         ``"HNSW32"``, ``"IVF256,PQ16"``, ``"PQ16"`` ...
     nprobe : int, optional
-        IVF lists visited per query.
+        IVF lists visited per query; more than the index's lists is warned about and
+        clamped to them (every list searched).
     ef_search : int, optional
         HNSW search breadth.
     k_factor : float, optional
@@ -133,13 +134,15 @@ class FaissIndex(BaseIndex):
                     f"parameter") from None
             if name == "nprobe":
                 nlist = int(faiss.extract_index_ivf(self.index).nlist)
-                if value > nlist:
+                if value > nlist:  # clamped, so it is said once and saved as searched
                     import warnings
 
                     warnings.warn(f"nprobe {value} is more than the {nlist} lists of "
                                   f"{self.factory!r}: every list is searched (as nprobe "
                                   f"{nlist}, an exact search of the stored codes)",
                                   stacklevel=3)
+                    self.nprobe = nlist
+                    space.set_index_parameter(self.index, name, nlist)
         refine = refine_stage(faiss, self.index)
         value = self.k_factor
         if value is not None and (isinstance(value, bool) or not isinstance(
