@@ -46,3 +46,15 @@ def test_a_file_given_as_an_image_folder_is_called_a_file(tmp_path):
     np.savez(path, x=np.zeros((2, 8, 8)), labels=np.arange(2))
     with pytest.raises(ValueError, match=r"d\.npz is a file, not an image folder"):
         folder_images(path)
+
+
+@pytest.mark.parametrize("n_way, why", [(1, "a 1-way episode has one class"),
+                                        (0, "a 0-way episode draws no class"),
+                                        (-3, "a -3-way episode draws no class")])
+def test_episode_way_below_two_is_refused_with_the_right_reason(n_way, why):
+    from dmlkit.apps.few_shot import FewShotClassifier
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 4)), np.repeat(np.arange(4), 10)
+    with pytest.raises(ValueError, match=why):
+        FewShotClassifier().evaluate_episodes(x, y, n_way=n_way)

@@ -200,8 +200,9 @@ class FewShotClassifier(ClassifierMixin, BaseEstimator):
         from dmlkit.evaluation import few_shot_accuracy
 
         if isinstance(n_way, bool) or int(n_way) < 2:
-            raise ValueError(f"n_way must be 2 or more, got {n_way!r}: a 1-way episode has one "
-                             "class to choose, so its accuracy is always 1.0 and says nothing")
+            why = ("a 1-way episode has one class to choose, so its accuracy is always 1.0 and "
+                   "says nothing" if int(n_way) == 1 else f"a {n_way}-way episode draws no class")
+            raise ValueError(f"n_way must be 2 or more, got {n_way!r}: {why}")
         if self.method == "knn" and int(self.n_neighbors) != 1:
             raise ValueError("episodic evaluation supports method='prototype' or "
                              f"n_neighbors=1, got n_neighbors={self.n_neighbors}")
