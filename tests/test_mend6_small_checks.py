@@ -58,3 +58,16 @@ def test_episode_way_below_two_is_refused_with_the_right_reason(n_way, why):
     x, y = rng.normal(size=(40, 4)), np.repeat(np.arange(4), 10)
     with pytest.raises(ValueError, match=why):
         FewShotClassifier().evaluate_episodes(x, y, n_way=n_way)
+
+
+def test_a_hand_edited_train_log_gives_numbers_only(tmp_path):
+    from dmlkit.report.collect import _history_from_log
+    from dmlkit.report.html import _curves
+
+    (tmp_path / "train.log").write_text(
+        "epoch 1 loss 0.5 lr 0.001 seconds 2.0\nepoch abc loss 0.4\nepoch 2 loss x lr y\n"
+        "note: resumed\n")
+    history = _history_from_log(tmp_path)
+    assert history == [{"epoch": 1.0, "loss": 0.5, "lr": 0.001, "seconds": 2.0},
+                       {"epoch": 2.0}]
+    assert "<svg" in _curves(history)  # draws without a KeyError or a float() of a word

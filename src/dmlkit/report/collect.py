@@ -272,11 +272,11 @@ def _history_from_log(run_dir: Path) -> list[dict[str, Any]]:
         parts = line.split()
         record: dict[str, Any] = {}
         for key, value in zip(parts[::2], parts[1::2], strict=False):
-            try:
+            try:  # (only numbers are drawn: a word where one stood is left out)
                 record[key] = float(value)
             except ValueError:
-                record[key] = value
-        if "epoch" in record:
+                continue
+        if "epoch" in record:  # a line whose epoch is no number is no epoch's record
             out.append(record)
     return out
 
