@@ -71,3 +71,34 @@ def test_a_hand_edited_train_log_gives_numbers_only(tmp_path):
     assert history == [{"epoch": 1.0, "loss": 0.5, "lr": 0.001, "seconds": 2.0},
                        {"epoch": 2.0}]
     assert "<svg" in _curves(history)  # draws without a KeyError or a float() of a word
+
+
+def test_a_corrupt_compressed_npz_is_one_clear_error(tmp_path):
+    import zipfile
+
+    path = tmp_path / "emb.npz"
+    np.savez_compressed(path, x=np.random.default_rng(0).normal(size=(200, 50)))
+    with zipfile.ZipFile(path) as z:
+        info = z.infolist()[0]
+        start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    data = bytearray(path.read_bytes())
+    for i in range(start + 20, start + 200):  # garble the deflate stream, not the headers
+        data[i] ^= 0x5A
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"emb\.npz cannot be read"):
+        read_arrays(path)
+
+
+def test_a_scale_too_small_for_the_pixel_group_is_named_a_scale():
+    from dmlkit.models.pretrained.lite0_settings import check_pixels
+
+    with pytest.raises(ValueError, match=r"pools it from \(scale 32\)"):
+        check_pixels(48, (96, 32), 1)
+    with pytest.raises(ValueError, match=r"pools it from \(resolution 32\)"):
+        check_pixels(48, (32,), 1)
+
+
+@pytest.mark.parametrize("every", [math.inf, math.nan])
+def test_a_durable_index_refuses_a_non_finite_checkpoint_interval(tmp_path, every):
+    with pytest.raises(ValueError, match="checkpoint_every must be an integer >= 1"):
+        DurableIndex(tmp_path / "idx", checkpoint_every=every)

@@ -106,7 +106,7 @@ def test_cache_round_trip_with_scales(tmp_path):
     ({"scales": [64]}, r"scales \[64\] repeat resolution 64.*remove 64"),
     ({"scales": [96, 96]}, r"scales must be distinct, got \[96, 96\]"),
     ({"scales": [32], "pixels": 40}, r"pixels 40 is finer than the 32 x 32 image.*pixels <= 32"),
-    ({"scales": [32], "grid": 4}, r"grid 4 is finer than block 7's 2 x 2 map at resolution 32"),
+    ({"scales": [32], "grid": 4}, r"grid 4 is finer than block 7's 2 x 2 map at scale 32"),
 ])
 def test_bad_scales_are_refused_in_one_line(kw, match):
     with pytest.raises(ValueError, match=match) as err:

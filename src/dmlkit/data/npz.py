@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ def read_arrays(path: str | Path) -> dict[str, np.ndarray]:
             raise ValueError("a single .npy array, not an .npz archive")
         with loaded as archive:
             return {key: archive[key] for key in archive.files}
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as err:
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as err:
         size = path.stat().st_size
         what = ("is empty (0 bytes)" if size == 0 else
                 "is not a numpy array file (reading it would need unpickling, which dmlkit "

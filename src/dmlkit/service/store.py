@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from dmlkit._checks import is_int
 from dmlkit.index import load_index
 from dmlkit.index.base import InconsistentIndexError  # (re-exported) a refused save
 
@@ -194,8 +195,7 @@ class DurableIndex:
         self.path = Path(index_dir).resolve()
         self.wal_path = self.path.with_name(self.path.name + ".wal")
         self.lock_path = _lock_path(self.path)
-        if isinstance(checkpoint_every, bool) or int(checkpoint_every) != checkpoint_every or (
-                checkpoint_every < 1):
+        if not is_int(checkpoint_every) or checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be an integer >= 1 (1: a checkpoint "
                              f"after every write), got {checkpoint_every!r}")
         self.checkpoint_every = int(checkpoint_every)

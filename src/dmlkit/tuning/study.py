@@ -14,6 +14,7 @@ that ``dmlkit train`` runs and ``dmlkit crossval`` re-scores.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import time
@@ -403,6 +404,11 @@ def _run_trial(study: Any, trial: Any, config: Config, total: int, rdb: Any, log
             if guard.requested and not isinstance(err, KeyboardInterrupt):
                 raise KeyboardInterrupt from err  # (e.g. a RuntimeError of a broken import)
             raise
+        if not math.isfinite(result.score):  # (NaN: a fold no epoch could score)
+            trial.set_user_attr("error", UNSCORED)
+            study.tell(trial, state=states.FAIL)
+            log(f"{tag} failed: {UNSCORED}")
+            return
         study.tell(trial, result.score)
     finally:
         heartbeat.stop()
@@ -413,7 +419,12 @@ def _run_trial(study: Any, trial: Any, config: Config, total: int, rdb: Any, log
         f"{tag} finished: mean MAP@R {result.score:.4f} (raw inputs {result.raw_score:.4f}) "
         f"in {time.perf_counter() - start:.1f} s "
         f"(best: trial {best.number}, {best.value:.4f}; {done}/{total} trials done)"
-    )
+    )  # (best: at least this trial, complete)
+
+
+#: why a trial whose mean fold MAP@R is NaN failed
+UNSCORED = ("no score: a fold's validation classes have no class with two items, so no "
+            "epoch could be scored; use fewer folds or more items per class")
 
 
 def _same_config_done(study: Any, trial: Any, cfg: Config) -> Any:

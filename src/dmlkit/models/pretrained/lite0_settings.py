@@ -37,6 +37,12 @@ def check_scales(scales: Any, resolution: int) -> tuple[int, ...]:
     return out
 
 
+def _which(side: int, resolution: int) -> str:
+    """How a message names the input side ``side``: the model's ``resolution``, or one of
+    its ``scales``."""
+    return "resolution" if side == resolution else "scale"
+
+
 def check_pixels(pixels: int, resolutions: Sequence[int], in_channels: int) -> None:
     """Refuse ``pixels`` finer than the smallest of ``resolutions`` (the images the pixel
     group is pooled from): cells would repeat values."""
@@ -44,7 +50,7 @@ def check_pixels(pixels: int, resolutions: Sequence[int], in_channels: int) -> N
     if pixels > side:
         raise ValueError(
             f"pixels {pixels} is finer than the {side} x {side} image the model pools it "
-            f"from (resolution {side}): cells would repeat values and add "
+            f"from ({_which(side, resolutions[0])} {side}): cells would repeat values and add "
             f"{in_channels * pixels**2} features to the head's input; use pixels <= {side}, "
             f"or a higher {'resolution' if len(resolutions) == 1 else 'resolution and scales'}")
 
@@ -54,12 +60,13 @@ def check_grid(grid: int, grid_taps: Sequence[int], sides: dict[int, list[int]])
     (``sides``: resolution -> the side of each tap's map there)."""
     resolution = min(sides)
     map_sides = sides[resolution]
+    which = _which(resolution, next(iter(sides)))
     coarse = [t for t in grid_taps if map_sides[t] < grid]
     if coarse:
         side = min(map_sides[t] for t in grid_taps)
         raise ValueError(
             f"grid {grid} is finer than block {coarse[0]}'s {map_sides[coarse[0]]} x "
-            f"{map_sides[coarse[0]]} map at resolution {resolution}: cells would repeat "
+            f"{map_sides[coarse[0]]} map at {which} {resolution}: cells would repeat "
             f"values; use grid <= {side}, a higher "
             f"{'resolution' if len(sides) == 1 else 'resolution and scales'}, "
             f"or other grid_taps")
