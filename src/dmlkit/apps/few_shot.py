@@ -198,10 +198,10 @@ class FewShotClassifier(ClassifierMixin, BaseEstimator):
         labelled set ``X, y`` (:func:`~dmlkit.evaluation.few_shot_accuracy`; needs
         ``method="prototype"`` or ``n_neighbors=1``). Does not change the fitted state."""
         from dmlkit.evaluation import few_shot_accuracy
+        from dmlkit.evaluation.few_shot import ONE_WAY_REASON
 
         if isinstance(n_way, bool) or int(n_way) < 2:
-            why = ("a 1-way episode has one class to choose, so its accuracy is always 1.0 and "
-                   "says nothing" if int(n_way) == 1 else f"a {n_way}-way episode draws no class")
+            why = ONE_WAY_REASON if int(n_way) == 1 else f"a {n_way}-way episode draws no class"
             raise ValueError(f"n_way must be 2 or more, got {n_way!r}: {why}")
         if self.method == "knn" and int(self.n_neighbors) != 1:
             raise ValueError("episodic evaluation supports method='prototype' or "

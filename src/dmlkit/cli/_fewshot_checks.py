@@ -30,9 +30,9 @@ def check_ways(text: str, shots: str) -> tuple[list[int], list[int]]:
                          f"{text!r} and {shots!r}") from None
     low = min(ways)
     if low == 1:
-        raise ValueError(f"--way must be 2 or more, got {text!r}: a 1-way episode has one "
-                         "class to choose, so its accuracy is always 1.0 and says nothing "
-                         "about the embeddings")
+        from dmlkit.evaluation.few_shot import ONE_WAY_REASON
+
+        raise ValueError(f"--way must be 2 or more, got {text!r}: {ONE_WAY_REASON}")
     if low < 1:
         raise ValueError(f"--way must be 2 or more, got {text!r}: an N-way episode draws N "
                          f"classes to choose among, and {low} draws none")

@@ -123,21 +123,25 @@ def check_settings(*, port: int, max_batch: int, max_body_mb: float, rate: float
     refuse every request, with a one-line ``ValueError`` naming the option."""
     if not 0 <= port <= 65535:
         raise ValueError(f"--port must be 0..65535 (0 picks a free port), got {port}")
-    for option, value, least in (("--max-batch", max_batch, 1), ("--burst", burst, 1),
-                                 ("--checkpoint-every", checkpoint_every, 1)):
-        if value < least:
-            raise ValueError(f"{option} must be >= {least}, got {value}")
+    from dmlkit.service.limits import (  # the service's own rules, under the option names
+        check_at_least_one,
+        check_checkpoint_every,
+        check_rate,
+        check_threshold,
+    )
+
+    check_at_least_one(max_batch, name="--max-batch")
+    check_at_least_one(burst, name="--burst")
+    check_checkpoint_every(checkpoint_every, name="--checkpoint-every", rule=">= 1")
     if not math.isfinite(max_body_mb) or int(max_body_mb * (1 << 20)) < 1:
         raise ValueError(f"--max-body-mb must be a positive number of megabytes (e.g. 8), "
                          f"got {max_body_mb}")
-    if not math.isfinite(rate) or rate <= 0:
-        raise ValueError(f"--rate must be a positive number of requests per second (e.g. "
-                         f"50), got {rate}")
+    check_rate(rate, name="--rate",
+               rule="a positive number of requests per second (e.g. 50)")
     for option, threshold in (("--verify-threshold", verify_threshold),
                               ("--identify-threshold", identify_threshold)):
-        if threshold is not None and not math.isfinite(threshold):
-            raise ValueError(f"{option} must be a finite number (a score, as /search "
-                             f"reports them), got {threshold}")
+        check_threshold(threshold, name=option,
+                        rule="a finite number (a score, as /search reports them)")
 
 
 def _server(uvicorn: Any, application: Any, host: str, port: int,

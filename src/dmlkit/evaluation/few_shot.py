@@ -21,6 +21,10 @@ from dmlkit.functional.retrieval import canonical_metric
 
 CLASSIFIERS = ("prototype", "nearest_neighbor")
 
+# why ``n_way`` must be 2 or more, as every refusal of a 1-way episode gives it
+ONE_WAY_REASON = ("a 1-way episode has one class to choose, so its accuracy is always 1.0 "
+                  "and says nothing about the embeddings")
+
 
 class NotEnoughClassesError(ValueError):
     """The labelled set has too few classes with enough items for the episodes asked
@@ -76,9 +80,7 @@ def few_shot_accuracy(
                          ("episodes", episodes, 1), ("seed", seed, 0)):
         if not is_int(v) or v < low:
             what = "a positive integer" if low == 1 else f"an integer >= {low}"
-            hint = (": a 1-way episode has one class to choose, so its accuracy is always "
-                    "1.0 and says nothing about the embeddings" if name == "n_way" and v == 1
-                    else "")
+            hint = f": {ONE_WAY_REASON}" if name == "n_way" and v == 1 else ""
             raise ValueError(f"{name} must be {what}, got {v!r}{hint}")
     n_way, k_shot, n_query, episodes = int(n_way), int(k_shot), int(n_query), int(episodes)
     metric = canonical_metric(metric)
@@ -127,4 +129,5 @@ def few_shot_accuracy(
     }
 
 
-__all__ = ["CLASSIFIERS", "NotEnoughClassesError", "sample_episode", "few_shot_accuracy"]
+__all__ = ["CLASSIFIERS", "ONE_WAY_REASON", "NotEnoughClassesError", "sample_episode",
+           "few_shot_accuracy"]

@@ -13,7 +13,6 @@ that says it). The index and the verifier must belong to the served model
 from __future__ import annotations
 
 import json
-import math
 import re
 import threading
 import time
@@ -27,6 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field, StrictInt
 
+from dmlkit.service.limits import check_at_least_one, check_rate, check_threshold
 from dmlkit.service.provenance import VerifierScorer, check_index_source
 from dmlkit.service.security import ApiKeys, RateLimiter
 from dmlkit.service.store import DurableIndex
@@ -48,14 +48,10 @@ class ServiceConfig:
 
     def __post_init__(self) -> None:  # a limit that would refuse every request
         for name in ("max_body_bytes", "max_batch", "max_k", "max_results", "burst"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not math.isfinite(self.rate) or self.rate <= 0:
-            raise ValueError(f"rate must be a positive number, got {self.rate}")
+            check_at_least_one(getattr(self, name), name=name)
+        check_rate(self.rate)
         for name in ("verify_threshold", "identify_threshold"):
-            value = getattr(self, name)
-            if value is not None and not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number or None, got {value}")
+            check_threshold(getattr(self, name), name=name)
 
 
 class Batch(BaseModel):

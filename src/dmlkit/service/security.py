@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import math
 import os
 import threading
 import time
 from pathlib import Path
+
+from dmlkit.service.limits import check_at_least_one, check_rate
 
 ENV_KEYS = "DMLKIT_API_KEYS"
 
@@ -63,8 +64,8 @@ class RateLimiter:
     """Token bucket per key: ``rate`` requests per second on average, bursts of ``burst``."""
 
     def __init__(self, rate: float, burst: int) -> None:
-        if not rate > 0 or not math.isfinite(rate) or burst < 1:
-            raise ValueError(f"rate must be > 0 and burst >= 1, got {rate}, {burst}")
+        check_rate(rate)
+        check_at_least_one(burst, name="burst")
         self.rate, self.burst = float(rate), int(burst)
         self._buckets: dict[bytes, tuple[float, float]] = {}
         self._lock = threading.Lock()

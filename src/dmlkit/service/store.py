@@ -50,9 +50,9 @@ from typing import Any
 
 import numpy as np
 
-from dmlkit._checks import is_int
 from dmlkit.index import load_index
 from dmlkit.index.base import InconsistentIndexError  # (re-exported) a refused save
+from dmlkit.service.limits import check_checkpoint_every
 
 try:
     import fcntl
@@ -195,9 +195,7 @@ class DurableIndex:
         self.path = Path(index_dir).resolve()
         self.wal_path = self.path.with_name(self.path.name + ".wal")
         self.lock_path = _lock_path(self.path)
-        if not is_int(checkpoint_every) or checkpoint_every < 1:
-            raise ValueError(f"checkpoint_every must be an integer >= 1 (1: a checkpoint "
-                             f"after every write), got {checkpoint_every!r}")
+        check_checkpoint_every(checkpoint_every)
         self.checkpoint_every = int(checkpoint_every)
         self.lock = RWLock()
         if not self.path.exists() and not self._swapped_dirs():

@@ -13,7 +13,6 @@ The held-out (test) part of the data is never read.
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from dmlkit.config.schema import Config
 from dmlkit.data.class_folds import MIN_CLASSES, class_folds
 from dmlkit.data.dataset import ArrayDataset
 from dmlkit.data.splits import select_classes
+from dmlkit.training.best_epoch import scored_best
 from dmlkit.training.build import build_sampler, resolve_config
 from dmlkit.training.class_rows import run_class_ids
 from dmlkit.training.frozen_features import (
@@ -235,9 +235,8 @@ def _cross_validate(
 def _best(trainer: Trainer) -> tuple[float, int | None]:
     """A fold's best validation MAP@R and its epoch; ``(nan, None)`` while no epoch has
     been scored (the trainer's ``-inf`` and ``0`` stand for none)."""
-    if trainer.best_metric == -math.inf:
-        return float("nan"), None
-    return float(trainer.best_metric), int(trainer.best_epoch)
+    best = scored_best(trainer)
+    return (float("nan"), None) if best is None else best
 
 
 def _fold_features(whole: FeatureData, whole_config: Config, resolved: Config,

@@ -12,7 +12,6 @@ raw inputs as they are under ``"baseline_unnormalized"``; the per-epoch records 
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import sys
 import time
@@ -34,6 +33,7 @@ from dmlkit.data.load import (
     training_dataset,
 )
 from dmlkit.data.splits import stratified_split
+from dmlkit.training.best_epoch import scored_best
 from dmlkit.training.build import build_model, resolve_config
 from dmlkit.training.checkpoint import (
     atomic_save,
@@ -358,14 +358,14 @@ def _train_labelled(config: Config, out_dir: Path, checkpoint: dict[str, Any] | 
     seconds = time.perf_counter() - start
     metrics["train_seconds"] = round(seconds, 2)
     if val is not None:  # the per-epoch validation curve and the epoch kept
-        scored = trainer.best_epoch > 0 and math.isfinite(trainer.best_metric)
+        best = scored_best(trainer)
         metrics["validation"] = {
             "classes": val.classes if config.training.val_classes is not None else None,
             "num_items": len(val),
             # (None when no epoch could be scored: strict JSON has no -Infinity, and no
             # epoch 0 ran)
-            "best_epoch": trainer.best_epoch if scored else None,
-            "best_map_at_r": trainer.best_metric if scored else None,
+            "best_epoch": best[1] if best else None,
+            "best_map_at_r": best[0] if best else None,
         }
     metrics["history"] = history
     atomic_write_text(json.dumps(metrics, indent=2) + "\n", out_dir / METRICS_FILE)
