@@ -102,3 +102,36 @@ def test_a_scale_too_small_for_the_pixel_group_is_named_a_scale():
 def test_a_durable_index_refuses_a_non_finite_checkpoint_interval(tmp_path, every):
     with pytest.raises(ValueError, match="checkpoint_every must be an integer >= 1"):
         DurableIndex(tmp_path / "idx", checkpoint_every=every)
+
+
+@pytest.mark.parametrize("n, rates", [(16, (8000, 16000)), (32, (16000, 8000)), (17, (8000, 16000)),
+                                      (33, (16000, 8000)), (100, (16000, 22050)),
+                                      (1000, (8000, 16000)), (1000, (16000, 8000))])
+def test_resample_matches_scipy_fourier_resampling_at_the_nyquist_bin(n, rates):
+    signal = pytest.importorskip("scipy.signal")
+    from dmlkit.data.audio import resample
+
+    x = np.random.default_rng(n).normal(size=n)
+    y = resample(x, *rates)
+    np.testing.assert_allclose(y, signal.resample(x, len(y)), atol=1e-6)
+
+
+def test_a_tone_at_nyquist_keeps_its_amplitude_when_upsampled():
+    from dmlkit.data.audio import resample
+
+    y = resample(np.array([1.0, -1.0] * 8), 8000, 16000)
+    np.testing.assert_allclose(y[:4], [1.0, 0.0, -1.0, 0.0], atol=1e-6)
+
+
+def test_an_all_silent_recording_is_warned_of_by_name(tmp_path):
+    import wave
+
+    from dmlkit.data.audio import load_wav
+
+    path = tmp_path / "silent.wav"
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
+        w.writeframes(np.zeros(16000, dtype=np.int16).tobytes())
+    with pytest.warns(UserWarning, match=r"silent\.wav is silent"):
+        x = load_wav(path)
+    assert x.size and not x.any()

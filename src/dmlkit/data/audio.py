@@ -164,8 +164,10 @@ def resample(waveform: np.ndarray, orig_rate: int, new_rate: int = SAMPLE_RATE) 
     keep = min(spec.size, n_out // 2 + 1)
     out_spec = np.zeros(n_out // 2 + 1, dtype=np.complex128)
     out_spec[:keep] = spec[:keep]
-    if n_out % 2 == 0 and keep == n_out // 2 + 1 and n_out < x.size:
-        out_spec[-1] = out_spec[-1].real  # Nyquist bin of a real signal is real
+    if n_out > x.size and x.size % 2 == 0:  # the input's Nyquist bin (+f and -f in one)
+        out_spec[x.size // 2] *= 0.5  # becomes an inner bin: split between +f and -f
+    elif n_out < x.size and n_out % 2 == 0:  # the new Nyquist bin takes +f and -f
+        out_spec[-1] = 2.0 * out_spec[-1].real  # (real for a real signal)
     y = np.fft.irfft(out_spec, n=n_out) * (n_out / x.size)  # (n_out,)
     return y.astype(np.float32)
 
@@ -261,7 +263,8 @@ def load_wav(path: str | Path, sample_rate: int = SAMPLE_RATE, *, trim: bool = T
     """Read a WAV, resample to ``sample_rate`` and optionally trim silence.
 
     A recording shorter than :data:`MIN_SECONDS` (at ``sample_rate``: one analysis
-    window) is refused, naming the file.
+    window) is refused, naming the file; an all-silent one (every sample 0) is warned
+    of, naming it.
     """
     x, rate = read_wav(path)
     need = max(1, int(np.ceil(MIN_SECONDS * sample_rate)))
@@ -269,6 +272,9 @@ def load_wav(path: str | Path, sample_rate: int = SAMPLE_RATE, *, trim: bool = T
         raise ValueError(f"{path} is too short: {x.size} samples at {rate} Hz "
                          f"({x.size / rate * 1000:.3g} ms), under the {MIN_SECONDS * 1000:g} "
                          "ms a recording needs; replace or remove it")
+    if not np.any(x):  # (trimming keeps an all-silent recording as it is)
+        warnings.warn(f"{path} is silent (every sample is 0): its items carry no voice, "
+                      "only zeros labelled as its speaker; replace or remove it", stacklevel=2)
     x = resample(x, rate, sample_rate)
     return trim_silence(x, sample_rate) if trim else x
 
