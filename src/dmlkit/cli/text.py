@@ -41,21 +41,20 @@ def embed(
     device: str = typer.Option("cpu", "--device"),
 ) -> None:
     """Embed texts; the .npz feeds dmlkit index build / search / evaluate."""
-    import numpy as np
-
-    from dmlkit.data.text import (
-        read_labelled_sentences,
-        read_records,
-        read_sentences,
-        read_utf8,
-    )
+    from dmlkit.cli._errors import one_line
+    from dmlkit.cli._outputs import check_output_path, existing_inputs
+    from dmlkit.data.text import read_labelled_sentences, read_records, read_sentences
     from dmlkit.text import embed_texts
+    from dmlkit.training.device import check_device
 
+    out = out if out.suffix == ".npz" else out.with_name(out.name + ".npz")  # as numpy
     names = None
     try:
-        if data.suffix == ".txt" and data.is_file():
-            lines = read_utf8(data).splitlines()
-            texts, labels = [t for t in lines if t.strip()], None
+        check_output_path(out, "--out", existing_inputs({"the data file": data}),
+                          what=".npz file", run_dir=run_dir)
+        check_device(device, "--device")
+        if data.suffix.lower() == ".txt" and data.is_file():
+            texts, labels = _read_lines(data), None
         else:
             rows = read_records(data)
             if not rows:
@@ -71,8 +70,27 @@ def embed(
             raise ValueError(f"{data} holds no texts")
         model = _model(run_dir, device)
         emb = embed_texts(model, texts, batch_size).numpy()
-    except (FileNotFoundError, ValueError, TypeError, ImportError) as err:
-        raise _fail(str(err)) from None
+        _save(out, model, emb, texts, labels, names)
+    except (OSError, ValueError, TypeError, ImportError) as err:
+        raise _fail(one_line(err)) from None
+    typer.echo(f"wrote {out}: {emb.shape[0]} embeddings of dimension {emb.shape[1]}"
+               + ("" if labels is None else ", with labels"))
+
+
+def _read_lines(path: Path) -> list[str]:
+    """The non-blank lines of a UTF-8 text file, one text a line: split at line feeds
+    alone (a trailing carriage return dropped), so a text may hold other breaks (U+2028,
+    form feed, NEL)."""
+    from dmlkit.data.text import read_utf8
+
+    lines = (line.removesuffix("\r") for line in read_utf8(path).split("\n"))
+    return [line for line in lines if line.strip()]
+
+
+def _save(out: Path, model: object, emb: object, texts: list[str], labels: object,
+          names: list[str] | None) -> None:
+    """Write the embeddings ``.npz`` of :func:`embed`."""
+    import numpy as np
     import torch
 
     from dmlkit.index.provenance import EMBEDDINGS_MODEL_KEY
@@ -89,8 +107,6 @@ def embed(
             arrays["class_names"] = np.asarray(names, dtype=str)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(out, **arrays)
-    typer.echo(f"wrote {out}: {emb.shape[0]} embeddings of dimension {emb.shape[1]}"
-               + ("" if labels is None else ", with labels"))
 
 
 @text_app.command("similarity")

@@ -243,9 +243,7 @@ def _numbered_records(path: Path) -> list[tuple[int, dict]]:
         raise ValueError(f"unknown text data format {suffix!r} for {path}: use .csv, .tsv, .jsonl")
     text = read_utf8(path)
     if suffix != ".jsonl":
-        reader = csv.DictReader(io.StringIO(text, newline=""),
-                                delimiter="," if suffix == ".csv" else "\t")
-        return [(reader.line_num, row) for row in reader]
+        return _delimited_records(path, text, suffix == ".csv")
     rows = []
     for n, line in enumerate(text.split("\n"), 1):  # (not splitlines: JSON strings may
         if not line.strip():                       # hold U+2028 and other breaks)
@@ -260,6 +258,31 @@ def _numbered_records(path: Path) -> list[tuple[int, dict]]:
                 'each line must be one object, e.g. {"text": "...", "label": "..."}')
         rows.append((n, row))
     return rows
+
+
+def _delimited_records(path: Path, text: str, comma: bool) -> list[tuple[int, dict]]:
+    """``(line, row)`` of each record of a CSV (``comma``) or tab-separated file, refusing
+    a row with more fields than the header. A row with fewer has ``None`` in the columns
+    it lacks, which the readers refuse where they need a value (:func:`_require_values`,
+    a score). Tab-separated files have no quoting (quotes are text, as in
+    :func:`load_stsb`): a field cannot hold a tab or a newline."""
+    if comma:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+    else:
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t",
+                                quoting=csv.QUOTE_NONE)
+    records = []
+    for row in reader:
+        header = len(reader.fieldnames or ())
+        extra = row.get(None)
+        if extra is not None:
+            fix = ('quote each field that holds a comma ("Hello, world")' if comma else
+                   "separate the fields by one tab each; a text holding a tab needs a .csv "
+                   "or .jsonl file")
+            raise ValueError(f"{path}:{reader.line_num} has {header + len(extra)} fields but "
+                             f"the header names {header}; {fix}")
+        records.append((reader.line_num, row))
+    return records
 
 
 _JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean",
@@ -349,8 +372,9 @@ def read_scored_pairs(path: str | Path, min_score: float = 1.0) -> TextPairDatas
             except (TypeError, ValueError):
                 score = float("nan")
             if not np.isfinite(score):
+                got = "no value" if r.get(scol) is None else repr(r.get(scol))
                 raise ValueError(f"{path}, row {line}: column {scol!r} must hold numbers, got "
-                                 f"{r.get(scol)!r}; fix the score or drop the row")
+                                 f"{got}; fix the score or drop the row")
             scores.append(score)
     return TextPairDataset([str(r[c1]) for r in rows], [str(r[c2]) for r in rows], scores,
                            min_score)

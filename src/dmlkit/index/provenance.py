@@ -30,6 +30,35 @@ def _fingerprint_of(run_dir: str) -> str | None:
         return None
 
 
+def _is_text_run(run_dir: str | None, embedder: Any = None) -> bool:
+    """Whether ``run_dir`` is a text run (its model embeds strings: the served embedder
+    says so, or the run's ``config.yaml`` names a text data source), which ``dmlkit index
+    build RUN`` does not take."""
+    if getattr(embedder, "input_kind", None) == "text":
+        return True
+    if run_dir is None:
+        return False
+    import yaml
+
+    from dmlkit.config.schema import TEXT_SOURCES
+
+    try:
+        config = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    data = config.get("data") if isinstance(config, dict) else None
+    return isinstance(data, dict) and data.get("name") in TEXT_SOURCES
+
+
+def _build_command(run_dir: str, text: bool) -> str:
+    """The command that builds an index with the embeddings of ``run_dir`` (a text run's
+    index is built from its embeddings of a file of texts)."""
+    if text:
+        return (f"dmlkit text embed FILE --run {run_dir} -o e.npz, then dmlkit index build "
+                "e.npz --out INDEX")
+    return f"dmlkit index build {run_dir} ..."
+
+
 def _stale_export(where: str, export: str, run_dir: str, built_sha: str,
                   served_sha: str) -> None:
     """Refuse an export (``export``) and an index (``where``) of ``run_dir`` that hold two
@@ -95,15 +124,16 @@ def check_index_source(info: dict[str, Any], embedder: Any, where: str = "the in
     built_dir, built_sha = info.get("run_dir"), info.get("model_sha256")
     served_dir = getattr(embedder, "run_dir", None)
     served_sha = getattr(embedder, "model_sha256", None)
+    text = _is_text_run(served_dir, embedder)
     if use == "serve":
         served = served_dir or "the served model"
         the_served, the_one = f"the served {served}", "the one served"
-        rebuild = (f"rebuild the index with the served run (dmlkit index build {served} ...),"
+        rebuild = (f"rebuild the index with the served run ({_build_command(served, text)}),"
                    f" or serve the run it was built with{f' ({built_dir})' if built_dir else ''}")
     else:
         served = served_dir or "the model embedding the queries"
         the_served, the_one = f"{served}, which embeds the queries", "the one embedding the queries"
-        rebuild = (f"rebuild the index with that run (dmlkit index build {served} ...), or "
+        rebuild = (f"rebuild the index with that run ({_build_command(served, text)}), or "
                    f"embed the queries with the run it was built with"
                    f"{f' (--run {built_dir})' if built_dir else ''}")
     if built_sha is not None and served_sha is not None:
@@ -117,8 +147,8 @@ def check_index_source(info: dict[str, Any], embedder: Any, where: str = "the in
             raise ValueError(
                 f"{where} holds embeddings of the weights {built_dir} had when the index was "
                 "built, and the run has other weights now (trained further, e.g. --resume): "
-                f"its embeddings are stale; rebuild the index (dmlkit index build {built_dir}"
-                " ...)")
+                "its embeddings are stale; rebuild the index "
+                f"({_build_command(built_dir, text)})")
         raise ValueError(
             f"{where} holds embeddings of another model than {the_one}: it was "
             f"built with the weights of {built_dir or 'another run'}, and {served} has "
