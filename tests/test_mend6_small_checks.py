@@ -135,3 +135,19 @@ def test_an_all_silent_recording_is_warned_of_by_name(tmp_path):
     with pytest.warns(UserWarning, match=r"silent\.wav is silent"):
         x = load_wav(path)
     assert x.size and not x.any()
+
+
+def test_the_stop_line_of_a_lost_process_gives_the_gist_not_gloos_text(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from dmlkit.training.stop_message import stop_message
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    err = RuntimeError("[/__w/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] "
+                       "Connection closed by peer [127.0.0.1]:14004. This is typically caused "
+                       "by a remote worker crashing. GLHF!")
+    trainer = SimpleNamespace(checkpoint_path=tmp_path / "none.pt", out_dir=None, epoch=2,
+                              saved_epoch=2)
+    line = stop_message(trainer, err, None)
+    assert "pair.cc" not in line and "GLHF" not in line
+    assert "lost the connection to another process of the job: Connection closed by peer" in line

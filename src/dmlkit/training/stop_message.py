@@ -22,9 +22,13 @@ def stop_message(trainer: Any, err: BaseException, trained: int | None) -> str:
     during = (f"during epoch {trainer.epoch + 1}" if trained is None else
               f"after epoch {trained}" if trainer.out_dir is not None
               and trainer.saved_epoch == trained else f"finishing epoch {trained}")
+    from dmlkit.training.distributed import lost_peer, lost_peer_reason  # (imports trainer)
+
     lines = str(err).strip().splitlines()  # a log line is one line
     reason = lines[0][:300] + (" ..." if len(lines) > 1 or len(lines[0]) > 300
                                else "") if lines else ""
+    if lost_peer(err):  # the engine's own text (a source path, a greeting): its gist
+        reason = "lost the connection to another process of the job: " + lost_peer_reason(err)
     return (f"training stopped {during} ({type(err).__name__}: {reason}).{kept}"
             + (f"; continue with: {resume_command(trainer.out_dir)}" if where else ""))
 
