@@ -151,3 +151,32 @@ def test_the_stop_line_of_a_lost_process_gives_the_gist_not_gloos_text(tmp_path,
     line = stop_message(trainer, err, None)
     assert "pair.cc" not in line and "GLHF" not in line
     assert "lost the connection to another process of the job: Connection closed by peer" in line
+
+
+@pytest.mark.parametrize("bad", ["normal", "data"])
+def test_detect_anomalies_refuses_a_1d_array_naming_option_and_file(tmp_path, bad):
+    from typer.testing import CliRunner
+
+    from dmlkit.cli.main import app
+
+    rows = np.random.default_rng(0).normal(size=(40, 3))
+    np.save(tmp_path / "rows.npy", rows)
+    np.save(tmp_path / "flat.npy", np.arange(50.0))
+    files = {"normal": "rows.npy", "data": "rows.npy", bad: "flat.npy"}
+    res = CliRunner().invoke(app, ["detect-anomalies", "--normal",
+                                   str(tmp_path / files["normal"]), "--data",
+                                   str(tmp_path / files["data"]), "--out",
+                                   str(tmp_path / "s.csv")])
+    assert res.exit_code != 0
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert len(lines) == 1, res.output
+    assert f"--{bad} {tmp_path / 'flat.npy'} holds a 1-D array of 50 values" in lines[0]
+
+
+def test_a_float_id_of_integral_value_is_found_as_the_integer():
+    from dmlkit.apps import CMLRecommender
+
+    m = CMLRecommender(dim=4, epochs=1).fit(np.array([0.0, 1.0, 2.0, 0.0]),
+                                            np.array([5.0, 6.0, 7.0, 7.0]))
+    np.testing.assert_array_equal(m.recommend([0], k=3), m.recommend([0.0], k=3))
+    assert m.fitted_on([0, 0], [5, 6]).tolist() == [True, False]

@@ -218,8 +218,8 @@ class CMLRecommender(BaseEstimator):
                     f"{time.perf_counter() - start:.3g}")
         self.user_embeddings_ = user_emb.weight.detach().clone()
         self.item_embeddings_ = item_emb.weight.detach().clone()
-        self._user_index = {str(v): k for k, v in enumerate(self.user_ids_)}
-        self._item_index = {str(v): k for k, v in enumerate(self.item_ids_)}
+        self._user_index = {_id_key(v): k for k, v in enumerate(self.user_ids_)}
+        self._item_index = {_id_key(v): k for k, v in enumerate(self.item_ids_)}
         return self
 
     def fitted_on(self, users: Any, items: Any) -> np.ndarray:
@@ -230,8 +230,8 @@ class CMLRecommender(BaseEstimator):
         users, items = _ids(users, "users"), _ids(items, "items")
         if len(users) != len(items):
             raise ValueError(f"users and items differ in length: {len(users)} != {len(items)}")
-        u = np.array([self._user_index.get(str(v), -1) for v in users], dtype=np.int64)
-        i = np.array([self._item_index.get(str(v), -1) for v in items], dtype=np.int64)
+        u = np.array([self._user_index.get(_id_key(v), -1) for v in users], dtype=np.int64)
+        i = np.array([self._item_index.get(_id_key(v), -1) for v in items], dtype=np.int64)
         known = (u >= 0) & (i >= 0)
         out = np.zeros(len(users), dtype=bool)
         if known.any() and len(self.seen_):
@@ -240,11 +240,11 @@ class CMLRecommender(BaseEstimator):
 
     def _features(self, item_features: Any) -> torch.Tensor:
         if isinstance(item_features, dict):
-            by_id = {str(k): v for k, v in item_features.items()}
-            missing = [i for i in self.item_ids_.tolist() if str(i) not in by_id]
+            by_id = {_id_key(k): v for k, v in item_features.items()}
+            missing = [i for i in self.item_ids_.tolist() if _id_key(i) not in by_id]
             if missing:
                 raise ValueError(f"item_features lacks {len(missing)} item(s), e.g. {missing[0]!r}")
-            item_features = np.stack([np.asarray(by_id[str(i)]) for i in self.item_ids_])
+            item_features = np.stack([np.asarray(by_id[_id_key(i)]) for i in self.item_ids_])
         feats = _float_rows(item_features, "item_features")
         if feats.ndim != 2 or feats.shape[0] != len(self.item_ids_):
             raise ValueError(
@@ -279,7 +279,7 @@ class CMLRecommender(BaseEstimator):
     def _user_rows(self, users: Any) -> np.ndarray:
         check_is_fitted(self, "item_embeddings_")
         users = _ids(users, "users")
-        rows = np.array([self._user_index.get(str(v), -1) for v in users], dtype=np.int64)
+        rows = np.array([self._user_index.get(_id_key(v), -1) for v in users], dtype=np.int64)
         if (rows < 0).any():
             unknown = str(users[rows < 0][0])
             raise ValueError(f"unknown user id {unknown!r}: it was not in the data given to fit")
@@ -338,7 +338,7 @@ class CMLRecommender(BaseEstimator):
     def add_items(self, item_ids: Any, features: Any) -> CMLRecommender:
         """Add cold-start items, placed by their features; they become recommendable."""
         item_ids = _ids(item_ids, "item_ids")
-        known = [i for i in item_ids if str(i) in self._item_index]
+        known = [i for i in item_ids if _id_key(i) in self._item_index]
         if known:
             raise ValueError(f"item id {str(known[0])!r} already exists")
         distinct, counts = np.unique(item_ids.astype(str), return_counts=True)
@@ -358,7 +358,7 @@ class CMLRecommender(BaseEstimator):
         self.item_embeddings_ = torch.cat([self.item_embeddings_, z])
         users, items = np.divmod(self.seen_, n_old)  # re-key seen pairs for the new item count
         self.seen_ = users * len(self.item_ids_) + items
-        self._item_index = {str(v): k for k, v in enumerate(self.item_ids_)}
+        self._item_index = {_id_key(v): k for k, v in enumerate(self.item_ids_)}
         return self
 
 
@@ -412,9 +412,17 @@ class CMLRecommender(BaseEstimator):
             net.load_state_dict({k[len("feature_net."):]: torch.from_numpy(v.copy())
                                  for k, v in arrays.items() if k.startswith("feature_net.")})
             model.feature_net_ = net
-        model._user_index = {str(v): k for k, v in enumerate(model.user_ids_)}
-        model._item_index = {str(v): k for k, v in enumerate(model.item_ids_)}
+        model._user_index = {_id_key(v): k for k, v in enumerate(model.user_ids_)}
+        model._item_index = {_id_key(v): k for k, v in enumerate(model.item_ids_)}
         return model
+
+
+def _id_key(value: Any) -> str:
+    """The key an id is looked up by: its text, a float of integral value as the integer
+    (``0.0`` and ``0`` name one user, as a float column read from integers holds them)."""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _ids(values: Any, name: str) -> np.ndarray:

@@ -108,13 +108,18 @@ def truth_metrics(truth: Any, scores: Any, path: Path,
 
 
 def check_rows(x: Any, option: str, path: Path) -> None:
-    """Raise a ``ValueError`` naming ``option`` and ``path`` when ``x`` has no rows or
-    holds NaN or infinite values (a ``TypeError`` when it holds no numbers)."""
+    """Raise a ``ValueError`` naming ``option`` and ``path`` when ``x`` is not rows (fewer
+    than 2 dimensions), has no rows or holds NaN or infinite values (a ``TypeError`` when
+    it holds no numbers)."""
     import numpy as np
 
     from dmlkit._checks import check_real_inputs
     from dmlkit.apps.embedding import check_finite_rows
 
+    if np.ndim(x) < 2:
+        raise ValueError(f"{option} {path} holds a {np.ndim(x)}-D array of {np.size(x)} "
+                         "values, not rows: save one row per item, shape (n, d) (one "
+                         "feature per item: x.reshape(-1, 1))")
     if len(x) == 0:
         raise ValueError(f"{option} {path} holds no items")
     check_real_inputs(np.asarray(x), f"{option} {path}", "its rows")
