@@ -1,5 +1,6 @@
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -67,3 +68,15 @@ def resizing_run(tmp_path_factory):
                                    str(root / "idx")])
     assert res.exit_code == 0, res.output
     return root
+
+
+@pytest.fixture
+def emb_npz(tmp_path):
+    """``e.npz``: 30 embeddings (4-d) of 3 classes, with 12 of them as held-out rows (the
+    layout of an embedded run's export, for the classical commands)."""
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 10)
+    x = rng.normal(size=(30, 4)) + y[:, None]
+    path = tmp_path / "e.npz"
+    np.savez(path, embeddings=x, labels=y, heldout_embeddings=x[:12], heldout_labels=y[:12])
+    return path

@@ -15,16 +15,6 @@ from dmlkit.cli.main import app
 runner = CliRunner()
 
 
-@pytest.fixture
-def emb_npz(tmp_path):
-    rng = np.random.default_rng(0)
-    y = np.repeat(np.arange(3), 10)
-    x = rng.normal(size=(30, 4)) + y[:, None]
-    path = tmp_path / "e.npz"
-    np.savez(path, embeddings=x, labels=y, heldout_embeddings=x[:12], heldout_labels=y[:12])
-    return path
-
-
 def test_fit_refuses_an_out_that_cannot_be_a_folder_before_fitting(emb_npz, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")

@@ -13,16 +13,6 @@ runner = CliRunner()
 
 
 @pytest.fixture
-def emb_npz(tmp_path):
-    rng = np.random.default_rng(0)
-    y = np.repeat(np.arange(3), 10)
-    x = rng.normal(size=(30, 4)) + y[:, None]
-    path = tmp_path / "e.npz"
-    np.savez(path, embeddings=x, labels=y, heldout_embeddings=x[:12], heldout_labels=y[:12])
-    return path
-
-
-@pytest.fixture
 def saved_index(tmp_path):
     from dmlkit.index import ExactIndex
 
