@@ -180,3 +180,15 @@ def test_a_float_id_of_integral_value_is_found_as_the_integer():
                                             np.array([5.0, 6.0, 7.0, 7.0]))
     np.testing.assert_array_equal(m.recommend([0], k=3), m.recommend([0.0], k=3))
     assert m.fitted_on([0, 0], [5, 6]).tolist() == [True, False]
+
+
+@pytest.mark.parametrize("name", ["NCA", "LMNN"])
+def test_a_classical_learner_learns_the_same_metric_whatever_the_memory_order(name):
+    from sklearn.datasets import load_iris
+
+    import dmlkit.classical as classical
+
+    X, y = load_iris(return_X_y=True)
+    a = getattr(classical, name)(random_state=0).fit(X, y).components_
+    b = getattr(classical, name)(random_state=0).fit(np.asfortranarray(X), y).components_
+    np.testing.assert_allclose(a, b, atol=1e-10)

@@ -342,7 +342,7 @@ class ITMLSupervised(ITML):
         self._check_params()
         if self.n_constraints is not None:
             check_int_param("n_constraints", self.n_constraints, 1)
-        X, y = _validate_data(self, X, y, dtype=np.float64, ensure_min_samples=2)
+        X, y = _validate_data(self, X, y, dtype=np.float64, ensure_min_samples=2, order="C")
         codes = encode_labels(y)
         n_classes = int(codes.max()) + 1
         m = 20 * n_classes**2 if self.n_constraints is None else int(self.n_constraints)

@@ -393,7 +393,7 @@ class MahalanobisMixin(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
 
     # -- validation ----------------------------------------------------------------------
     def _validate_xy(self, X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
-        X, y = _validate_data(self, X, y, dtype=np.float64, ensure_min_samples=2)
+        X, y = _validate_data(self, X, y, dtype=np.float64, ensure_min_samples=2, order="C")
         return X, encode_labels(y)
 
     # -- the learned metric ----------------------------------------------------------------

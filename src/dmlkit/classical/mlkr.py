@@ -132,7 +132,7 @@ class MLKR(MahalanobisMixin):
         """Fit on ``X (n_samples, n_features)`` with real targets ``y (n_samples,)`` or
         ``(n_samples, n_targets)`` (e.g. one-hot class indicators)."""
         X, y = _validate_data(self, X, y, dtype=np.float64, y_numeric=True,
-                              ensure_min_samples=2, multi_output=True)
+                              ensure_min_samples=2, multi_output=True, order="C")
         y = np.asarray(y, dtype=np.float64)
         max_iter, tol = check_solver_params(self.max_iter, self.tol)
         k = check_n_components(self.n_components, X.shape[1])
