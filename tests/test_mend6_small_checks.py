@@ -192,3 +192,20 @@ def test_a_classical_learner_learns_the_same_metric_whatever_the_memory_order(na
     a = getattr(classical, name)(random_state=0).fit(X, y).components_
     b = getattr(classical, name)(random_state=0).fit(np.asfortranarray(X), y).components_
     np.testing.assert_allclose(a, b, atol=1e-10)
+
+
+def test_serving_a_torchscript_export_advises_a_new_onnx_file_not_overwriting_it(tmp_path):
+    import json
+
+    from dmlkit.service.embedders import read_export_description
+
+    model = tmp_path / "cnn.pt"
+    model.write_bytes(b"torchscript")
+    info = {"format": "torchscript", "input_name": "x", "output_name": "embeddings",
+            "n_features": 64, "dim": 16, "run_dir": str(tmp_path / "run")}
+    (tmp_path / "cnn.pt.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError) as err:
+        read_export_description(model)
+    message = str(err.value)
+    assert "--force" not in message
+    assert f"--format onnx --out {tmp_path / 'cnn.onnx'}" in message

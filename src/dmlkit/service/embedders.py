@@ -69,9 +69,11 @@ def read_export_description(path: Path) -> dict[str, Any]:
             what = "a positive integer" if kind is int else "a non-empty string"
             raise ValueError(f"{info_path}: {key!r} must be {what}, got {value!r}; {again}")
     if info["format"] != "onnx":
+        run = info.get("run_dir") if isinstance(info.get("run_dir"), str) else "RUN_DIR"
         raise ValueError(f"{info_path} describes a {info['format']!r} export, not an ONNX one: "
-                         f"dmlkit serve --onnx serves ONNX exports; "
-                         f"{again.replace(' --out', ' --format onnx --out')}")
+                         f"dmlkit serve --onnx serves ONNX exports; export the run as ONNX "
+                         f"beside it (dmlkit export {run or 'RUN_DIR'} --format onnx --out "
+                         f"{path.with_suffix('.onnx')}) and serve that")
     for key in ("run_dir", "model_sha256", FILE_SHA256_KEY):
         if info.get(key) is not None and not isinstance(info[key], str):
             raise ValueError(f"{info_path}: {key!r} must be a string or null, got "
