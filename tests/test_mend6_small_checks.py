@@ -209,3 +209,19 @@ def test_serving_a_torchscript_export_advises_a_new_onnx_file_not_overwriting_it
     message = str(err.value)
     assert "--force" not in message
     assert f"--format onnx --out {tmp_path / 'cnn.onnx'}" in message
+
+
+def test_unscored_pairs_with_min_score_above_one_say_they_have_no_scores(tmp_path):
+    from dmlkit.data.text import TextPairDataset, read_scored_pairs
+
+    path = tmp_path / "pairs.tsv"
+    path.write_text("sentence1\tsentence2\na cat\ta kitten\na car\tan auto\n")
+    pairs = read_scored_pairs(path, min_score=3.0)
+    with pytest.raises(ValueError, match="the pairs have no scores, so each counts as 1"):
+        pairs.positives()
+    with pytest.raises(ValueError, match="the pairs have no scores"):
+        pairs.subset([0]).positives()
+    scored = TextPairDataset(["a"], ["b"], [2.0], min_score=3.0)
+    with pytest.raises(ValueError, match=r"no pair scores at least min_score 3.0$"):
+        scored.positives()
+    assert len(read_scored_pairs(path).positives()) == 2

@@ -117,6 +117,7 @@ class TextPairDataset:
         self.second = _check_texts(second, "second")
         if len(self.first) != len(self.second):
             raise ValueError(f"{len(self.first)} first sentences but {len(self.second)} second")
+        self.scored = scores is not None  # (without scores every pair is a positive, 1)
         s = np.ones(len(self.first)) if scores is None else np.asarray(scores, dtype=np.float64)
         if s.shape != (len(self.first),) or not np.isfinite(s).all():
             raise ValueError(f"scores must be {len(self.first)} finite numbers, got {s.shape}")
@@ -130,13 +131,17 @@ class TextPairDataset:
         """The pairs scoring at least ``min_score``."""
         keep = np.flatnonzero(self.scores >= self.min_score)
         if keep.size == 0:
+            if not self.scored:
+                raise ValueError(f"no pair scores at least min_score {self.min_score}: the "
+                                 "pairs have no scores, so each counts as 1 (similar); "
+                                 "use min_score <= 1, or give the pairs a score column")
             raise ValueError(f"no pair scores at least min_score {self.min_score}")
         return self.subset(keep)
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> TextPairDataset:
         idx = [int(i) for i in indices]
         return TextPairDataset([self.first[i] for i in idx], [self.second[i] for i in idx],
-                               self.scores[idx], self.min_score)
+                               self.scores[idx] if self.scored else None, self.min_score)
 
     def get_batch(self, indices: Sequence[int]) -> tuple[list[str], Tensor]:
         """``(firsts + seconds, labels)``: ``2B`` strings and ``(2B,)`` pair-id labels."""
