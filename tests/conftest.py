@@ -1,4 +1,5 @@
 import os
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -80,3 +81,23 @@ def emb_npz(tmp_path):
     path = tmp_path / "e.npz"
     np.savez(path, embeddings=x, labels=y, heldout_embeddings=x[:12], heldout_labels=y[:12])
     return path
+
+
+@contextmanager
+def one_process_group(monkeypatch):
+    """A one-process gloo group on a free loopback port, for the body of the block
+    (destroyed after it, however it ends)."""
+    import socket
+
+    import torch.distributed as dist
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()

@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from conftest import one_process_group
 from test_distributed import torchrun
 from typer.testing import CliRunner
 
@@ -85,8 +86,6 @@ def test_a_refused_run_directory_ends_the_job_quickly(tmp_path):
 def test_one_item_per_process_with_batch_norm_is_refused(tmp_path, monkeypatch):
     """A batch of 2 over 2 processes gives each one item, which batch norm cannot
     normalize in training mode: refused with the batch size to use (one process trains)."""
-    import socket
-
     import torch.distributed as dist
 
     from dmlkit.data.load import split_dataset
@@ -103,13 +102,7 @@ def test_one_item_per_process_with_batch_norm_is_refused(tmp_path, monkeypatch):
     train, _ = split_dataset(cfg.data)
     cfg = resolve_config(cfg, train.x[0], 10)
     Trainer(cfg, train, log=None)  # one process: a batch of 2
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    monkeypatch.setenv("MASTER_PORT", str(port))
-    dist.init_process_group("gloo", rank=0, world_size=1)
-    try:
+    with one_process_group(monkeypatch):
         with monkeypatch.context() as m:  # as the first of two processes
             m.setattr(dist, "get_world_size", lambda group=None: 2)
             with pytest.raises(ValueError) as err:
@@ -120,8 +113,6 @@ def test_one_item_per_process_with_batch_norm_is_refused(tmp_path, monkeypatch):
             "each of the 2 processes gets batch_size / processes = 2 / 2 = 1 item, but the "
             "model has batch norm layers (body.1)")
         assert "make the batch size at least 4" in str(err.value)
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.parametrize("rank", ["0", "1"])

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import one_process_group
 
 HERE = Path(__file__).parent
 
@@ -83,9 +84,6 @@ def test_two_process_training_resumes_on_one_and_back(tmp_path):
 def test_distributed_batch_loss_adds_anchor_and_uniformity(tmp_path, monkeypatch):
     """DistributedTrainer's loss carries training.anchor_weight's and uniformity_weight's
     terms (a one-process group: its global batch is the batch)."""
-    import socket
-
-    import torch.distributed as dist
 
     from dmlkit.config import Config
     from dmlkit.data.load import split_dataset
@@ -93,13 +91,7 @@ def test_distributed_batch_loss_adds_anchor_and_uniformity(tmp_path, monkeypatch
     from dmlkit.training.build import resolve_config
     from dmlkit.training.distributed import DistributedTrainer
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    monkeypatch.setenv("MASTER_PORT", str(port))
-    dist.init_process_group("gloo", rank=0, world_size=1)
-    try:
+    with one_process_group(monkeypatch):
         losses = {}
         for weights in ((0.0, 0.0), (30.0, 1.0)):
             cfg = Config.from_dict({
@@ -122,8 +114,6 @@ def test_distributed_batch_loss_adds_anchor_and_uniformity(tmp_path, monkeypatch
             assert got == pytest.approx(want, rel=1e-5), weights
             losses[weights] = got
         assert losses[(30.0, 1.0)] != pytest.approx(losses[(0.0, 0.0)], rel=1e-3)
-    finally:
-        dist.destroy_process_group()
 
 
 def test_every_process_stops_together_and_bad_shards_are_clear_errors(tmp_path):

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import one_process_group
 
 from dmlkit.config import Config
 from dmlkit.data.dataset import ArrayDataset
@@ -144,29 +145,18 @@ def test_trainer_maps_labels_to_rows_and_checks_resumes(tmp_path):
 
 def test_the_distributed_trainer_gives_the_loss_rows(tmp_path, monkeypatch):
     """DistributedTrainer (a one-process group) calls the loss with the labels' rows."""
-    import socket
-
-    import torch.distributed as dist
 
     from dmlkit.training.distributed import DistributedTrainer
 
     cfg, plain = _trainer_data(1)
     _, scaled = _trainer_data(10**9)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    monkeypatch.setenv("MASTER_PORT", str(port))
-    dist.init_process_group("gloo", rank=0, world_size=1)
-    try:
+    with one_process_group(monkeypatch):
         single = Trainer(cfg, plain, log=None)
         multi = DistributedTrainer(cfg, scaled, log=None,
                                    class_ids=torch.unique(scaled.labels))
         batch = list(range(12))
         assert float(multi.batch_loss(multi.fetch(batch)).detach()) == pytest.approx(
             float(single.batch_loss(single.fetch(batch)).detach()), rel=1e-6)
-    finally:
-        dist.destroy_process_group()
 
 
 def test_label_rows_and_run_class_ids():
