@@ -22,11 +22,13 @@ from dmlkit.training.class_rows import (
 )
 
 
-def _npz(path, scale: int = 1, n: int = 200, classes: int = 10):
+def _npz(path, scale: int = 1, n: int = 200, classes: int = 10, dim: int = 16):
+    """``n`` points of ``classes`` Gaussian classes in ``dim`` dimensions, labels x
+    ``scale``, saved as an ``.npz`` at ``path``."""
     rng = np.random.default_rng(0)
     labels = np.arange(n) % classes
-    centers = rng.normal(size=(classes, 16)).astype(np.float32)
-    x = centers[labels] + 0.8 * rng.normal(size=(n, 16)).astype(np.float32)
+    centers = rng.normal(size=(classes, dim)).astype(np.float32)
+    x = centers[labels] + 0.8 * rng.normal(size=(n, dim)).astype(np.float32)
     np.savez(path, x=x, labels=labels.astype(np.int64) * scale)
     return path
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_tr7_class_rows import _npz as class_data
 from test_weak_export_fixes import CharEncoder
 
 import dmlkit.training.cross_validation as cv_module
@@ -14,13 +15,8 @@ from dmlkit.config import Config
 from dmlkit.training.cross_validation import cross_validate
 
 
-def _npz(path, scale: int, n: int = 120, classes: int = 6):
-    rng = np.random.default_rng(0)
-    labels = np.arange(n) % classes
-    centers = rng.normal(size=(classes, 12)).astype(np.float32)
-    x = centers[labels] + 0.8 * rng.normal(size=(n, 12)).astype(np.float32)
-    np.savez(path, x=x, labels=labels.astype(np.int64) * scale)
-    return path
+def _npz(path, scale: int):
+    return class_data(path, scale, n=120, classes=6, dim=12)
 
 
 def test_cross_validation_sizes_losses_by_the_classes(tmp_path, monkeypatch):
