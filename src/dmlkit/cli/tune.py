@@ -63,11 +63,12 @@ def tune(
     try:
         cfg = load_config(config)
         out_dir = out if out is not None else default_out_dir(cfg, study, RUNS_DIR)
-        try:
-            check_output_dir(out_dir, "--out")
-        except ValueError as err:  # (before the folds are checked, which reads the data)
-            raise ValueError(f"{err} (tune writes best.yaml and study.db into a directory): "
-                             "choose another --out") from None
+        try:  # (before the folds are checked, which reads the data)
+            check_output_dir(out_dir, "--out" if out is not None else "the study folder")
+        except ValueError as err:
+            raise ValueError(f"{err} (tune writes its best.yaml, and its study.db unless "
+                             "--storage names one, into a directory): choose another "
+                             "--out") from None
         summary = run_tune(
             cfg, trials, out_dir, resume=resume, storage=storage, study_name=study, log=typer.echo
         )
