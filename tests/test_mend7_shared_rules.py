@@ -71,3 +71,13 @@ def test_every_refusal_of_a_1_way_episode_gives_the_same_reason():
                                                      (0.0, 1, (0.0, 1))])
 def test_scored_best_says_whether_an_epoch_was_scored(metric, epoch, expected):
     assert scored_best(SimpleNamespace(best_metric=metric, best_epoch=epoch)) == expected
+
+
+@pytest.mark.parametrize("field", ["max_batch", "burst", "max_k"])
+def test_count_limits_refuse_fractions_instead_of_truncating_them(field):
+    from dmlkit.service import RateLimiter, ServiceConfig
+
+    with pytest.raises(ValueError, match=f"{field} must be an integer >= 1, got 2.5"):
+        ServiceConfig(**{field: 2.5})
+    with pytest.raises(ValueError, match="burst must be an integer >= 1, got 2.5"):
+        RateLimiter(1.0, 2.5)

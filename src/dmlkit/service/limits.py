@@ -23,9 +23,11 @@ def check_rate(rate: Any, *, name: str = "rate",
 
 
 def check_at_least_one(value: Any, *, name: str) -> None:
-    """Refuse a count limit (a burst, a batch, a body size) below 1: it would refuse
-    every request."""
-    if not value >= 1:
+    """Refuse a count limit (a burst, a batch, a body size) below 1, which would refuse
+    every request, or that is not a whole number (a fraction of a request means nothing)."""
+    if not is_int(value):
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
 
 
