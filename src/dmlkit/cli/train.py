@@ -285,7 +285,7 @@ def train(
             raise typer.Exit(130) from None
         # under torchrun the launcher also stops every process when one of them fails
         why = (f"stopped ({interrupt_reason(err)}, or another process of the job failed: "
-               "its error is above)" if several else interrupt_reason(err))
+               "if so, its error is above)" if several else interrupt_reason(err))
         raise _stopped(why, out, several, 130) from None
     if not result.metrics:  # a worker process of a multi-process run: rank 0 reports
         return
