@@ -1,6 +1,7 @@
 """An epoch that trains no batch (nothing to train: a frozen model, ``head_type: none``)
-records no training loss, not a loss of 0: its record and ``train.log`` line leave the
-loss out, and the report draws no loss curve for it ("training loss: -")."""
+records no training loss, not a loss of 0, and no learning rate: its record and
+``train.log`` line leave both out, and the report draws no loss curve ("training loss: -")
+and no rate curve for it."""
 
 from __future__ import annotations
 
@@ -37,12 +38,15 @@ def test_an_untrained_epoch_records_and_logs_no_loss(tmp_path):
     assert len(history) == 2 and all("loss" not in r for r in history)
     lines = (tmp_path / "frozen" / "train.log").read_text().splitlines()
     assert len(lines) == 2 and all(" loss " not in f" {ln} " for ln in lines)
-    assert lines[0].startswith("epoch 1 lr ")
+    # nor a learning rate: nothing trained at it (the report draws no rate curve)
+    assert all("lr" not in r for r in history)
+    assert lines[0].startswith("epoch 1 ") and " lr " not in f" {lines[0]} "
     # the report reads the log so: no loss, no curve
     logged = _history_from_log(tmp_path / "frozen")
     assert [r["epoch"] for r in logged] == [1.0, 2.0] and loss_points(logged) == ([], [])
     html = _curves(logged)
     assert "training loss: -" in html and "train loss" not in html
+    assert "learning rate" not in html
 
 
 def test_a_trained_epoch_keeps_its_loss_and_curve(tmp_path):
@@ -50,6 +54,7 @@ def test_a_trained_epoch_keeps_its_loss_and_curve(tmp_path):
     assert all(r["loss"] > 0 for r in history)
     html = _curves(_history_from_log(tmp_path / "trained"))
     assert "train loss" in html and "training loss: -" not in html
+    assert "learning rate" in html and all(r["lr"] > 0 for r in history)
 
 
 def test_loss_points_skip_epochs_without_a_number():
@@ -79,7 +84,7 @@ def test_a_pretrained_run_with_no_head_reports_no_loss(tmp_path):
         "training": {"epochs": 2, "seed": 0, "progress": False},
     })  # fmt: skip
     result = train_run(cfg, tmp_path / "run", log=lambda _m: None)
-    assert [sorted(r) for r in result.history] == [["epoch", "lr", "seconds"]] * 2
+    assert [sorted(r) for r in result.history] == [["epoch", "seconds"]] * 2
     assert "loss" not in (tmp_path / "run" / "train.log").read_text()
     data = collect(tmp_path / "run", projection="pca", max_items=20)
     html = render(data)

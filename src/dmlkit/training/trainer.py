@@ -316,8 +316,9 @@ class Trainer:
             bar.close()
         return {
             "epoch": epoch + 1,
-            **({"loss": total / count} if count else {}),  # (no batch trained: no loss)
-            "lr": lr,
+            # (no batch trained: no loss; nothing trainable: no rate either)
+            **({"loss": total / count} if count else {}),
+            **({"lr": lr} if self.trainable else {}),
             "seconds": time.perf_counter() - start,
         }
 
