@@ -309,7 +309,7 @@ def test_the_training_warning_names_the_stages_that_train(factory, says, not_say
     if "PQ" in factory:
         assert "fewer bits per PQ sub-quantizer (at most 2 for 300 vectors)" in text
     if "IVF" in factory:
-        assert "fewer lists (about sqrt(n) = 17)" in text
+        assert "fewer lists (at most 7 for 300 vectors" in text
     else:
         assert "lists" not in text
 

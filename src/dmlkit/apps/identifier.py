@@ -134,7 +134,7 @@ class Identifier(ClassifierMixin, BaseEstimator):
         return FaissIndex(dim, metric, self.index, nprobe=self.nprobe, ef_search=self.ef_search)
 
     def _knob(self) -> str | None:
-        return free_knob(str(self.index), self.nprobe, self.ef_search)
+        return free_knob(self.index_, self.nprobe, self.ef_search)
 
     def fit(self, X: Any, y: Any) -> Identifier:
         """Enroll gallery ``X`` ``(n, ...)`` with identities ``y`` ``(n,)`` (replacing any
@@ -349,11 +349,11 @@ class Identifier(ClassifierMixin, BaseEstimator):
         if y is None:
             impostor = self._search(z, 1)[1][:, 0]
         else:
-            if int((self.counts_ > 0).sum()) < 2:
+            if (enrolled := int((self.counts_ > 0).sum())) < 2:
                 raise ValueError(
-                    "open-set calibration needs at least two enrolled identities, got one "
-                    "class; pass target_far=None for a closed set (on the command line: "
-                    "dmlkit identify --closed-set), or enroll a second identity")
+                    "open-set calibration needs at least two enrolled identities, got "
+                    f"{('zero', 'one class')[enrolled]}; pass target_far=None for a closed set (on "
+                    "the command line: dmlkit identify --closed-set), or enroll more")
             own = self._codes(y, create=False)
             rng = np.random.default_rng(self.random_state)
             pick = rng.permutation(z.shape[0])[: int(self.calibration_size)]

@@ -20,14 +20,14 @@ DEFAULT_NPROBE = 1
 DEFAULT_EF_SEARCH = 16
 
 
-def free_knob(factory: str, nprobe: int | None, ef_search: int | None) -> str | None:
-    """``"nprobe"`` (IVF) or ``"ef_search"`` (HNSW) when the index of ``factory`` has a
-    breadth that was not given (so it may be chosen), else ``None``."""
-    if "IVF" in factory and nprobe is None:
-        return "nprobe"
-    if "HNSW" in factory and ef_search is None:
-        return "ef_search"
-    return None
+def free_knob(index: Any, nprobe: int | None, ef_search: int | None) -> str | None:
+    """``"nprobe"`` (inverted lists: IVF, IMI) or ``"ef_search"`` (HNSW) when the built
+    ``index`` has a breadth that was not given (so it may be chosen), else ``None``."""
+    from dmlkit.index.calibrate import breadth_knob
+
+    knob = breadth_knob(index)
+    given = {"nprobe": nprobe, "ef_search": ef_search}
+    return knob if knob is not None and given[knob] is None else None
 
 
 def tune(index: Any, vectors: np.ndarray, knob: str | None, seed: int) -> None:

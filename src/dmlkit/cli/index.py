@@ -8,6 +8,8 @@ from typing import Any
 
 import typer
 
+from dmlkit.cli._index_checks import check_embeddings as _check_embeddings
+from dmlkit.cli._index_checks import check_queries
 from dmlkit.cli._npz_keys import LABELS_KEY, X_KEY
 
 #: the recall@10 an approximate index's default search breadth is tuned to reach
@@ -100,23 +102,6 @@ def _npz_payloads(path: Path, n: int, labels: Any,
             item["text"] = str(texts[i])
         out.append(item or None)
     return out
-
-
-def _check_embeddings(source: Path, emb: Any) -> Any:
-    """A finite real ``(n, dim)`` array, or an error naming ``source``."""
-    import numpy as np
-
-    from dmlkit._checks import check_real_inputs
-    from dmlkit.apps.embedding import check_finite_rows
-    from dmlkit.index.base import check_float32_range
-
-    emb = np.asarray(emb)
-    if emb.ndim != 2:
-        raise ValueError(f"{source}: embeddings must be (n, dim), got shape {emb.shape}")
-    check_real_inputs(emb, str(source), "embeddings")
-    check_finite_rows(emb, f"{source}: embeddings")
-    check_float32_range(emb, f"{source}: embeddings")
-    return emb
 
 
 #: ``--k-factor`` of ``index build`` and ``search``
@@ -465,6 +450,7 @@ def search(
             index._apply_search_params()
         x, names = _query_embeddings(queries, index, run_dir, device, kind,
                                      f"the index {index_dir}")
+        check_queries(queries[0], x)
         if x.shape[1] != index.dim:  # embedded by a run's model (files of embeddings fit)
             run_used = run_dir or index.info.get("run_dir")
             raise ValueError(

@@ -24,7 +24,7 @@ from dmlkit.index.io import (
     IndexFormatError,
     load_array,
     load_json,
-    read_manifest,
+    read_consistent,
     require_files,
     with_article,
     write_index_dir,
@@ -59,7 +59,26 @@ def to_numpy_2d(x: Any, dim: int, name: str = "x") -> np.ndarray:
         raise ValueError(f"{name} contains NaN or infinite values in {bad.size} of "
                          f"{x.shape[0]} rows ({'row' if bad.size == 1 else 'rows'} "
                          f"{first_few(int(i) for i in bad)})")
+    check_norms(x, name)
     return x
+
+
+#: the largest row norm whose square (and so distances and dot products) float32 holds
+MAX_ROW_NORM = float(np.sqrt(np.float64(FLOAT32_MAX)))
+
+
+def check_norms(x: np.ndarray, name: str = "x") -> None:
+    """Refuse float32 rows ``x`` ``(n, dim)`` whose squared L2 norm overflows float32:
+    faiss and the exact index compute distances in float32, which then turn into
+    infinities and NaNs that silently empty or scramble a search."""
+    if not x.size or float(np.abs(x).max()) * np.sqrt(x.shape[1]) < MAX_ROW_NORM:
+        return  # (no row can reach the limit)
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))  # (n,)
+    if norms.max() >= MAX_ROW_NORM:
+        raise ValueError(
+            f"{name} has a row of L2 norm {norms.max():.3g} (row {int(norms.argmax())}): "
+            f"distances overflow float32 from norm {MAX_ROW_NORM:.2g} on; rescale the "
+            "vectors (e.g. L2-normalize them) first")
 
 
 #: the largest finite float32, the storage type of every index
@@ -193,8 +212,10 @@ class BaseIndex:
         """Kind-specific ``(arrays, file writers)`` to save."""
         raise NotImplementedError
 
-    def _restore(self, path: Path, manifest: dict[str, Any]) -> None:
-        """Load kind-specific state from a checked index directory."""
+    def _restore(self, path: Path, manifest: dict[str, Any],
+                 blobs: dict[str, bytearray]) -> None:
+        """Load kind-specific state from a checked index directory: from ``blobs``, the
+        checked bytes of its files (:func:`dmlkit.index.io.read_manifest`)."""
         raise NotImplementedError
 
     # -- public API --------------------------------------------------------------------
@@ -377,9 +398,15 @@ class BaseIndex:
         """Load an index directory, refusing corrupt, truncated or mismatched files.
 
         ``BaseIndex.load`` returns whichever kind was saved; a subclass only its kind.
+        A load during a save of ``path`` returns the old or the new save, whole
+        (:func:`dmlkit.index.io.read_consistent`).
         """
         path = Path(path)
-        manifest = read_manifest(path)
+        return read_consistent(path, lambda manifest, blobs: cls._parse(path, manifest, blobs))
+
+    @classmethod
+    def _parse(cls, path: Path, manifest: dict[str, Any],
+               blobs: dict[str, bytearray]) -> BaseIndex:
         kinds = {sub.kind: sub for sub in _subclasses(BaseIndex)}
         target = kinds.get(manifest["kind"])
         if target is None and manifest["kind"] == "exact":
@@ -401,8 +428,9 @@ class BaseIndex:
             raise IndexFormatError(f"{path}: bad manifest parameters: {err}") from None
         n = manifest["count"]
         require_files(path, manifest, ["ids.npy", "labels.npy", "metadata.json"])
-        index._ids = load_array(path, "ids", (n,), np.dtype(np.int64))
-        index._labels = load_array(path, "labels", (n,), np.dtype(np.int64))
+        index._ids = load_array(path, "ids", (n,), np.dtype(np.int64), blobs=blobs)
+        index._labels = load_array(path, "labels", (n,), np.dtype(np.int64),
+                                    blobs=blobs)
         if np.unique(index._ids).size != n:
             raise IndexFormatError(f"{path}: duplicate ids")
         past = int(index._ids.max()) + 1 if n else 0  # files without next_id: past the ids
@@ -411,14 +439,14 @@ class BaseIndex:
             raise IndexFormatError(f"{path}: next_id {next_id!r} is not an integer past "
                                    f"every stored id ({past - 1})")
         index._next_id = next_id
-        meta = load_json(path, "metadata.json")
+        meta = load_json(path, "metadata.json", blobs=blobs)
         if (not isinstance(meta, dict) or not isinstance(meta.get("paths"), list)
                 or not isinstance(meta.get("payloads"), list)
                 or len(meta["paths"]) != n or len(meta["payloads"]) != n):
             raise IndexFormatError(f"{path}: metadata.json does not describe {n} items")
         index._paths, index._payloads = meta["paths"], meta["payloads"]
         index.info = manifest.get("info") if isinstance(manifest.get("info"), dict) else {}
-        index._restore(path, manifest)
+        index._restore(path, manifest, blobs)
         return index
 
     def __repr__(self) -> str:
@@ -440,5 +468,5 @@ def load_index(path: str | Path) -> BaseIndex:
     return BaseIndex.load(path)
 
 
-__all__ = ["FLOAT32_MAX", "METRICS", "BaseIndex", "InconsistentIndexError",
-           "check_float32_range", "load_index", "to_numpy_2d"]
+__all__ = ["FLOAT32_MAX", "MAX_ROW_NORM", "METRICS", "BaseIndex", "InconsistentIndexError",
+           "check_float32_range", "check_norms", "load_index", "to_numpy_2d"]

@@ -168,14 +168,28 @@ class GroundTruth:
         return distance_recall(scores, valid, self.kth, self.tol, self.metric)
 
 
-def _knob(index: Any) -> str | None:
-    """``"nprobe"`` (IVF), ``"ef_search"`` (HNSW) or ``None`` (nothing to tune)."""
-    factory = getattr(index, "factory", "")
-    if "IVF" in factory:
+def breadth_knob(index: Any) -> str | None:
+    """``"nprobe"`` (inverted lists: IVF, IMI), ``"ef_search"`` (an HNSW graph) or
+    ``None`` (nothing to tune) for a built index, told by faiss from the index itself,
+    not from the factory string."""
+    inner = getattr(index, "index", None)
+    if getattr(index, "kind", "") != "faiss" or inner is None:
+        return None
+    import faiss
+
+    from dmlkit.index.faiss_stages import stages
+
+    try:
+        faiss.extract_index_ivf(inner)
         return "nprobe"
-    if "HNSW" in factory:
+    except RuntimeError:  # no inverted lists
+        pass
+    if any(s.kind == "HNSW" for s in stages(faiss, inner)):
         return "ef_search"
     return None
+
+
+_knob = breadth_knob
 
 
 def _nlist(index: Any) -> int:

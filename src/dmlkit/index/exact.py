@@ -253,10 +253,11 @@ class ExactIndex(BaseIndex):
     def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         return {"vectors": self.vectors.numpy()}, {}
 
-    def _restore(self, path: Path, manifest: dict[str, Any]) -> None:
+    def _restore(self, path: Path, manifest: dict[str, Any],
+                 blobs: dict[str, bytearray]) -> None:
         shape = (manifest["count"], self.dim)
         require_files(path, manifest, ["vectors.npy"])
-        data = load_array(path, "vectors", shape, np.dtype(np.float32))
+        data = load_array(path, "vectors", shape, np.dtype(np.float32), blobs=blobs)
         if not np.isfinite(data).all():
             raise IndexFormatError(f"{path}: vectors.npy contains NaN or infinite values")
         with self._lock:

@@ -275,12 +275,13 @@ class FaissIndex(BaseIndex):
         faiss = import_faiss()
         return {}, {"faiss.index": lambda p: faiss.write_index(self.index, str(p))}
 
-    def _restore(self, path: Path, manifest: dict[str, Any]) -> None:
+    def _restore(self, path: Path, manifest: dict[str, Any],
+                 blobs: dict[str, bytearray]) -> None:
         faiss = import_faiss()
         if "faiss.index" not in manifest["files"]:
             raise IndexFormatError(f"{path}: manifest lists no faiss.index")
-        try:
-            index = faiss.read_index(str(path / "faiss.index"))
+        try:  # the checked bytes, not the file again (a save may have replaced it)
+            index = faiss.deserialize_index(np.frombuffer(blobs["faiss.index"], np.uint8))
         except RuntimeError as err:
             raise IndexFormatError(f"{path / 'faiss.index'} is not a faiss index: "
                                    f"{faiss_reason(err)}") from None

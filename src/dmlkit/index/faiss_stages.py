@@ -109,7 +109,11 @@ def describe_clustering(found: list[Stage], warning_text: str, n: int) -> tuple[
             continue
         if s.kind == "IVF":
             whats.append(f"{s.size} IVF lists")
-            advice.append(f"fewer lists (about sqrt(n) = {max(1, math.isqrt(n))})")
+            # sqrt(n) lists, capped so that each still gets its training vectors
+            fewer = min(max(1, math.isqrt(n)), n // POINTS_PER_CENTROID, s.size - 1)
+            advice.append(f"fewer lists (at most {fewer} for {n} vectors: no more than "
+                          f"sqrt(n), nor n / {POINTS_PER_CENTROID})" if fewer >= 1
+                          else "no IVF stage (too few vectors for its lists)")
         else:
             name = {"PQ": "PQ sub-quantizer", "IMI": "IMI sub-quantizer",
                     "AQ": "additive quantizer codebook"}[s.kind]

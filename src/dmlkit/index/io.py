@@ -13,6 +13,9 @@ Layout of an index directory::
 Arrays are read with ``numpy.load(allow_pickle=False)`` and nothing is ever unpickled.
 Every file's size and SHA-256 are checked against the manifest before it is parsed, so a
 corrupt, truncated, swapped or foreign file is refused with :class:`IndexFormatError`.
+:func:`read_consistent` reads each file once into memory, checks those bytes and parses
+them, so a load that overlaps a save of the same directory gets one save whole (the old
+or the new, retrying while the save swaps them), never the files of two.
 Writes go to a temporary sibling directory that is renamed into place; an existing
 ``path`` is replaced only when it is empty or holds an earlier save of the same format
 (and, for saved objects other than indexes, of the same kind: :func:`check_replaceable`),
@@ -21,13 +24,16 @@ never another directory's files.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -221,16 +227,23 @@ def recover_set_aside(path: str | Path) -> Path | None:
 
 
 def read_manifest(
-    path: str | Path, *, format_name: str = FORMAT, version: int = VERSION
+    path: str | Path, *, format_name: str = FORMAT, version: int = VERSION,
+    blobs: dict[str, bytearray] | None = None,
 ) -> dict[str, Any]:
     """The checked manifest of an index directory (files are verified too).
 
-    A missing ``path`` whose previous save a killed writer left set aside is put back
-    first (:func:`recover_set_aside`)."""
+    With ``blobs``, each listed file is read once into memory, checked, and kept there
+    under its name (parse those bytes with :func:`load_array` / :func:`load_json`, so
+    that what is parsed is what was checked). A missing ``path`` whose previous save a
+    killed writer left set aside is put back first (:func:`recover_set_aside`)."""
     path = Path(path)
     mpath = path / MANIFEST
     aside = recover_set_aside(path)
-    if not mpath.is_file():
+    try:
+        text = mpath.read_bytes() if mpath.is_file() else None
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        text = None  # (moved away between the check and the read)
+    if text is None:
         why = f"no {MANIFEST}" + ("" if path.is_dir() else ": it is a file" if path.exists()
                                   else ": it does not exist")
         if aside is not None and aside != path:
@@ -238,7 +251,7 @@ def read_manifest(
                     f"running save: if no save is running, move it back to {path}")
         raise IndexFormatError(f"{path} is not {_saved_what(format_name)} directory ({why})")
     try:
-        manifest = json.loads(mpath.read_text())
+        manifest = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise IndexFormatError(f"{mpath} is not valid JSON: {err}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != format_name:
@@ -258,15 +271,99 @@ def read_manifest(
         if not isinstance(info, dict):
             raise IndexFormatError(f"{mpath}: the entry of {name!r} is not an object")
         fpath = path / name
-        if not fpath.is_file():
+        data = _read_file(fpath) if blobs is not None else None
+        if (data is None) if blobs is not None else not fpath.is_file():
             raise IndexFormatError(f"{path}: missing file {name}")
-        size = fpath.stat().st_size
+        size = len(data) if data is not None else fpath.stat().st_size
         if size != info.get("bytes"):
             raise IndexFormatError(
                 f"{fpath} has {size} bytes, the manifest says {info.get('bytes')} (truncated?)")
-        if file_checksum(fpath) != info.get("sha256"):
+        digest = (hashlib.sha256(data).hexdigest() if data is not None
+                  else file_checksum(fpath))
+        if digest != info.get("sha256"):
             raise IndexFormatError(f"{fpath} does not match its SHA-256 (corrupt or replaced)")
+        if blobs is not None and data is not None:
+            blobs[name] = data
     return manifest
+
+
+def _read_file(fpath: Path) -> bytearray | None:
+    """The bytes of a plain file (writable, so arrays parsed from them need no copy), or
+    ``None`` when it is missing or not a file."""
+    if not fpath.is_file():  # (missing, or a fifo or device: never opened)
+        return None
+    try:
+        with open(fpath, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            data = bytearray(size)
+            got = fh.readinto(data)
+            rest = fh.read()  # (grown since the stat: the size check refuses it)
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return None
+    return data[:got] + rest if got != size or rest else data
+
+
+T = TypeVar("T")
+
+#: how long a load waits for a save that is swapping the directory it reads
+LOAD_WAIT_S = 2.0
+
+
+def read_consistent(
+    path: str | Path, parse: Callable[[dict[str, Any], dict[str, bytearray]], T], *,
+    format_name: str = FORMAT, version: int = VERSION, wait_s: float = LOAD_WAIT_S,
+) -> T:
+    """``parse(manifest, blobs)`` of one save of ``path``: every file read once, checked
+    against the manifest read with it (:func:`read_manifest` with ``blobs``).
+
+    A read that fails while the directory changes under it (a save is swapping it in) is
+    retried for up to ``wait_s`` seconds; a failure of an unchanging directory (missing,
+    corrupt, foreign) is raised at once, as :class:`IndexFormatError`."""
+    path = Path(path)
+    deadline = time.monotonic() + wait_s
+    delay = 0.005
+    while True:
+        before = _dir_state(path)
+        try:
+            blobs: dict[str, bytearray] = {}
+            manifest = read_manifest(path, format_name=format_name, version=version,
+                                     blobs=blobs)
+            return parse(manifest, blobs)
+        except (IndexFormatError, FileNotFoundError, NotADirectoryError) as err:
+            changing = _dir_state(path) != before or _save_running(path)
+            if not changing or time.monotonic() + delay > deadline:
+                if isinstance(err, IndexFormatError):
+                    raise
+                raise IndexFormatError(f"{path}: {err.strerror or err}: "
+                                       f"{getattr(err, 'filename', '')}") from None
+        time.sleep(delay)
+        delay = min(2 * delay, 0.1)
+
+
+def _dir_state(path: Path) -> tuple[Any, ...]:
+    """What tells one save of ``path`` from the next: its inode and its manifest's."""
+    out: list[Any] = []
+    for p in (path, path / MANIFEST):
+        try:
+            st = p.stat()
+        except OSError:
+            out.append(None)
+            continue
+        out.append((st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
+def _save_running(path: Path) -> bool:
+    """Whether a live process is saving into ``path`` (its temporary or set-aside
+    sibling is there)."""
+    if not path.parent.is_dir():
+        return False
+    for pattern in (f".{path.name}.tmp-*", f".{path.name}.old-*"):
+        for sib in path.parent.glob(pattern):
+            pid = sib.name.rsplit(".tmp-", 1)[-1].rsplit(".old-", 1)[-1].split("-")[0]
+            if pid.isdigit() and _alive(int(pid)):
+                return True
+    return False
 
 
 def require_files(path: Path, manifest: dict[str, Any], names: list[str]) -> None:
@@ -280,11 +377,16 @@ def require_files(path: Path, manifest: dict[str, Any], names: list[str]) -> Non
             "rebuild the index")
 
 
-def load_array(path: Path, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """Load ``NAME.npy`` without pickle and check its shape and dtype."""
+def load_array(path: Path, name: str, shape: tuple[int, ...], dtype: np.dtype, *,
+               blobs: dict[str, bytearray] | None = None) -> np.ndarray:
+    """Load ``NAME.npy`` without pickle and check its shape and dtype: from ``blobs``
+    (the checked bytes :func:`read_manifest` kept) when given, else from the file."""
     fpath = path / f"{name}.npy"
     try:
-        arr = np.load(fpath, allow_pickle=False)
+        arr = (np.load(fpath, allow_pickle=False) if blobs is None
+               else _parse_npy(blobs[f"{name}.npy"]))
+    except KeyError:
+        raise IndexFormatError(f"{path}: missing file {name}.npy") from None
     except (ValueError, OSError, EOFError) as err:
         raise IndexFormatError(f"{fpath} is not a readable .npy array: {err}") from None
     if arr.shape != shape or arr.dtype != dtype:
@@ -293,9 +395,23 @@ def load_array(path: Path, name: str, shape: tuple[int, ...], dtype: np.dtype) -
     return arr
 
 
-def load_json(path: Path, name: str) -> Any:
+def _parse_npy(data: bytearray) -> np.ndarray:
+    """A ``.npy`` array over ``data`` itself (no copy) when it is a plain C-order one."""
+    fh = io.BytesIO(data)
+    fmt = np.lib.format
+    major, _ = fmt.read_magic(fh)
+    read_header = fmt.read_array_header_1_0 if major == 1 else fmt.read_array_header_2_0
+    shape, fortran, dtype = read_header(fh)
+    count = int(np.prod(shape, dtype=np.int64))
+    if fortran or dtype.hasobject or len(data) - fh.tell() != count * dtype.itemsize:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    return np.frombuffer(data, dtype=dtype, count=count, offset=fh.tell()).reshape(shape)
+
+
+def load_json(path: Path, name: str, *, blobs: dict[str, bytearray] | None = None) -> Any:
+    """Parse JSON file ``name``: from ``blobs`` when given (see :func:`load_array`)."""
     try:
-        return json.loads((path / name).read_text())
+        return json.loads((path / name).read_text() if blobs is None else blobs[name])
     except (json.JSONDecodeError, UnicodeDecodeError, OSError) as err:
         raise IndexFormatError(f"{path / name} is not valid JSON: {err}") from None
 
@@ -307,6 +423,7 @@ __all__ = [
     "IndexFormatError",
     "write_index_dir",
     "check_replaceable",
+    "read_consistent",
     "read_manifest",
     "recover_set_aside",
     "remove_stale_temps",
