@@ -454,14 +454,15 @@ class Identifier(ClassifierMixin, BaseEstimator):
         """Load an identifier saved by :meth:`save` (checked; no pickle)."""
         from dmlkit.index.io import IndexFormatError
 
-        ident, state, arrays = load_kit(path, cls)
+        index_files: dict[str, bytes] = {}
+        ident, state, arrays = load_kit(path, cls, index_files=index_files)
         try:
             ident.threshold_ = float(state["threshold_"])
             ident.identities_, ident.counts_ = arrays["identities"], arrays["counts"]
             ident.sums_, ident.item_codes_ = arrays["sums"], arrays["item_codes"]
         except (KeyError, TypeError, ValueError) as err:
             raise IndexFormatError(f"{path}: incomplete identifier state ({err})") from None
-        ident.index_ = load_kit_index(path)
+        ident.index_ = load_kit_index(path, index_files)
         ids = ident.index_.ids
         if (ident.counts_.shape != ident.identities_.shape
                 or ident.sums_.shape != (ident.counts_.size, ident.index_.dim)

@@ -29,7 +29,6 @@ carries its recorded fingerprint as ``model_sha256_`` (``None``: none recorded).
 from __future__ import annotations
 
 import functools
-import os
 import shutil
 import stat
 import tempfile
@@ -43,6 +42,7 @@ from dmlkit.index.io import (
     IndexFormatError,
     load_array,
     load_json,
+    read_consistent,
     read_manifest,
     with_article,
     write_index_dir,
@@ -244,14 +244,9 @@ def save_kit(
                                format_name=KIT_FORMAT, version=KIT_VERSION)
 
 
-def load_kit(path: str | Path, cls: type) -> tuple[Any, dict[str, Any], dict[str, np.ndarray]]:
-    """``(estimator with its saved params, state, arrays)`` of a kit directory.
-
-    Raises :class:`~dmlkit.index.IndexFormatError` (a ``ValueError``) for a missing,
-    corrupt, truncated or foreign directory, or one holding another kind of kit.
-    """
-    path = Path(path)
-    manifest = read_manifest(path, format_name=KIT_FORMAT, version=KIT_VERSION)
+def _parse_kit(path: Path, cls: type, manifest: dict[str, Any],
+               blobs: dict[str, bytearray]) -> tuple[Any, dict[str, Any], dict[str, np.ndarray]]:
+    """The estimator, state and arrays of one checked save of a kit (:func:`load_kit`)."""
     if manifest["kind"] != cls.__name__:
         raise IndexFormatError(f"{path} holds {with_article(manifest['kind'])}, not "
                                f"{with_article(cls.__name__)}")
@@ -263,7 +258,9 @@ def load_kit(path: str | Path, cls: type) -> tuple[Any, dict[str, Any], dict[str
         estimator = cls(**params)
     except (TypeError, ValueError) as err:
         raise IndexFormatError(f"{path}: bad saved parameters: {err}") from None
-    state = load_json(path, STATE)
+    if STATE not in blobs:
+        raise IndexFormatError(f"{path}: the manifest does not list {STATE}")
+    state = load_json(path, STATE, blobs=blobs)
     if not isinstance(state, dict) or not isinstance(state.get("arrays"), dict):
         raise IndexFormatError(f"{path}/{STATE} is not a kit state")
     arrays = {}
@@ -274,7 +271,32 @@ def load_kit(path: str | Path, cls: type) -> tuple[Any, dict[str, Any], dict[str
             raise IndexFormatError(f"{path}/{STATE}: bad description of array {name!r}") from None
         if dtype.hasobject:
             raise IndexFormatError(f"{path}/{STATE}: array {name!r} has object dtype")
-        arrays[name] = load_array(path, name, shape, dtype)
+        arrays[name] = load_array(path, name, shape, dtype, blobs=blobs)
+    return estimator, state, arrays
+
+
+def load_kit(path: str | Path, cls: type, *, index_files: dict[str, bytes] | None = None,
+             ) -> tuple[Any, dict[str, Any], dict[str, np.ndarray]]:
+    """``(estimator with its saved params, state, arrays)`` of a kit directory.
+
+    Every file is read once and checked against the manifest read with it, so a load
+    during a save of ``path`` gets one save whole (:func:`~dmlkit.index.io.read_consistent`).
+    ``index_files``, when given, is filled with the bytes of the kit's index files (names
+    without their prefix) of that same save, for :func:`load_kit_index`.
+
+    Raises :class:`~dmlkit.index.IndexFormatError` (a ``ValueError``) for a missing,
+    corrupt, truncated or foreign directory, or one holding another kind of kit.
+    """
+    path = Path(path)
+
+    def parse(manifest: dict[str, Any], blobs: dict[str, bytearray]) -> tuple[Any, ...]:
+        return (manifest, *_parse_kit(path, cls, manifest, blobs), blobs)
+
+    manifest, estimator, state, arrays, blobs = read_consistent(
+        path, parse, format_name=KIT_FORMAT, version=KIT_VERSION)
+    if index_files is not None:
+        index_files.update({name[len(INDEX_PREFIX):]: bytes(data)
+                            for name, data in blobs.items() if name.startswith(INDEX_PREFIX)})
     if manifest["dim"]:
         estimator.n_features_in_ = int(manifest["dim"])
     recorded = manifest.get(FINGERPRINT)
@@ -366,21 +388,21 @@ def check_kit_run(path: str | Path, estimator: Any, recorded: str | None) -> Non
             f"the new model; {redo}")
 
 
-def load_kit_index(path: str | Path) -> Any:
-    """The nearest-neighbour index saved inside a kit directory (already checked)."""
+def load_kit_index(path: str | Path, files: dict[str, bytes] | None = None) -> Any:
+    """The nearest-neighbour index saved inside a kit directory (already checked): from
+    ``files``, the index files :func:`load_kit` read (the same save as the rest of the
+    kit), when given."""
     from dmlkit.index import load_index
 
     path = Path(path)
-    names = [f for f in path.iterdir() if f.name.startswith(INDEX_PREFIX)]
-    if not names:
+    if files is None:
+        files = {f.name[len(INDEX_PREFIX):]: f.read_bytes() for f in path.iterdir()
+                 if f.name.startswith(INDEX_PREFIX)}
+    if not files:
         raise IndexFormatError(f"{path} holds no index files")
     with tempfile.TemporaryDirectory() as tmp:
-        for f in names:
-            dst = Path(tmp) / f.name[len(INDEX_PREFIX):]
-            try:
-                os.link(f, dst)
-            except OSError:
-                shutil.copyfile(f, dst)
+        for name, data in files.items():
+            (Path(tmp) / name).write_bytes(data)
         return load_index(tmp)
 
 
