@@ -212,7 +212,7 @@ def check_training_data(cfg: DataConfig) -> None:
     if cfg.name == "digits" and cfg.path:
         raise ValueError(
             f"data.name 'digits' (scikit-learn's bundled set) reads no file, but data.path "
-            f"is {cfg.path!r}; for your own data set data.name too (npz, image_folder, "
+            f"is {cfg.path!r}; for your own data, set data.name too (npz, image_folder, "
             "idx, audio_folder or text), or remove data.path")
 
 
