@@ -32,7 +32,7 @@ def test_second_python_api_snippet_runs_on_its_own(tmp_path, monkeypatch):
     exec(compile(snippet, "README.md", "exec"), namespace)  # noqa: S102
     embeddings, labels = namespace["embeddings"], namespace["labels"]
     assert embeddings.shape == (898, 64) and labels.shape == (898,)  # as the comment says
-    assert (tmp_path / "runs" / "digits" / "model.pt").is_file()
+    assert (tmp_path / "runs" / "digits-api" / "model.pt").is_file()
     assert namespace["result"].metrics["map_at_r"] > 0.5
 
 
