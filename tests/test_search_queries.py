@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -312,3 +313,31 @@ def test_read_query_array_refuses_an_npz_with_both_arrays_unless_told(tmp_path):
         read_query_array(path, 4, None)
     assert read_query_array(path, 4, None, "embeddings")[1] == "embeddings"
     assert read_query_array(path, 4, None, "inputs")[0].shape == (2, 64)
+
+
+def test_search_shows_an_image_folder_items_path_and_class_name(tmp_path):
+    """An image folder's items have a path and a class name: the table shows both (the
+    label is a class id, which the folder's name is not)."""
+    image = pytest.importorskip("PIL.Image")
+    from dmlkit.config import Config
+    from dmlkit.index import load_index
+    from dmlkit.training import train_run
+
+    folder = _image_folder(tmp_path, image)
+    cfg = Config.from_dict({
+        "name": "imgs", "data": {"name": "image_folder", "path": str(folder),
+                                 "color": "grayscale", "test_fraction": 0.34},
+        "model": {"name": "mlp", "dim": 4, "hidden": [8]},
+        "sampler": {"name": "m_per_class", "m": 2, "batch_size": 4},
+        "training": {"epochs": 1, "num_threads": 1},
+    })  # fmt: skip
+    train_run(cfg, tmp_path / "run", log=lambda *a: None)
+    res = runner.invoke(app, ["index", "build", str(tmp_path / "run"), "--out",
+                              str(tmp_path / "ix")])
+    assert res.exit_code == 0, res.output
+    meta = load_index(tmp_path / "ix").metadata(load_index(tmp_path / "ix").ids)[0]
+    assert meta["path"] and meta["payload"] == {"class": Path(meta["path"]).parent.name}
+    res = runner.invoke(app, ["search", str(tmp_path / "ix"), "-q", meta["path"], "-k", "1"])
+    assert res.exit_code == 0, res.output
+    row = res.output.splitlines()[2]
+    assert meta["path"] in row and f'{{"class": "{meta["payload"]["class"]}"}}' in row, row

@@ -474,7 +474,9 @@ def search(
         typer.echo(f"  {'rank':>4}  {'id':>8}  {score_name:>10}  {'label':>5}  path / payload")
         for h in item["neighbours"]:
             label = "-" if h["label"] is None else h["label"]
-            extra = h["path"] or (json.dumps(h["payload"]) if h["payload"] is not None else "")
+            extra = "  ".join(  # both: an image's path and its class name
+                [h["path"]] * bool(h["path"])
+                + [json.dumps(h["payload"])] * (h["payload"] is not None))
             typer.echo(f"  {h['rank']:>4}  {h['id']:>8}  {h['score']:>10.4f}  {label!s:>5}  "
                        f"{extra}")
 
