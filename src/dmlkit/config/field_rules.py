@@ -266,6 +266,8 @@ def check_parts_for_data(
         raise ValueError(label_free_miner(miner[0]))
 
 
+#: the data keys of image augmentation, which no tuple run (data.kind pairs / triplets) applies
+AUGMENT_KEYS = ("augment_shift", "augment_hflip", "augment")
 #: the data keys a tuple file (``data.tuples``) run reads; the rest are for labelled data
 TUPLE_FILE_KEYS = {"kind", "tuples", "features", "x_key", "image_size", "color",
                    "test_fraction", "seed"}
@@ -280,7 +282,9 @@ def check_tuple_file_keys(data: Any) -> None:
     without a file), text and audio settings and augmentation (no tuple run augments)
     have no effect, nor ``image_size`` / ``color`` with features, nor ``x_key`` without.
     ``data.features`` without ``data.tuples`` is ignored too (tuples are then drawn from
-    the labelled source). Keys left at their defaults are not named."""
+    the labelled source), and augmentation keys are refused for drawn tuples as for a
+    file (:data:`AUGMENT_KEYS`: no tuple run augments). Keys left at their defaults are
+    not named."""
     if data.kind not in ("pairs", "triplets"):
         return
     if data.tuples is None:
@@ -289,6 +293,14 @@ def check_tuple_file_keys(data: Any) -> None:
                              "file, but data.tuples is not set, so the tuples are drawn from "
                              f"the labelled source data.name {data.name!r}; set data.tuples "
                              "to the CSV of tuples, or remove data.features")
+        augmenting = [f"data.{key}" for key in AUGMENT_KEYS
+                      if getattr(data, key) != getattr(type(data)(), key)]
+        if augmenting:
+            raise ValueError(f"{', '.join(augmenting)} would be ignored: data.kind "
+                             f"{data.kind} draws its {data.kind} from the labelled source "
+                             "without augmenting them (no tuple run augments); remove "
+                             f"{'it' if len(augmenting) == 1 else 'them'} from the data "
+                             "section, or train with labels (data.kind: labels) to augment")
         return
     used = TUPLE_FILE_KEYS - ({"image_size", "color"} if data.features is not None
                               else {"x_key"})
@@ -365,7 +377,8 @@ def label_free_miner(name: str) -> str:
             "label (batch_hard, multi_similarity, ...) or none")
 
 
-__all__ = ["CUSTOM", "MAX_SEED", "label_free_miner", "FieldRule", "RULES", "SAMPLER_SUPPLIED",
+__all__ = ["AUGMENT_KEYS", "CUSTOM", "MAX_SEED", "label_free_miner", "FieldRule", "RULES",
+           "SAMPLER_SUPPLIED",
            "check_fields",
            "check_miner_for_loss", "check_parts_for_data", "check_sampler_supplied",
            "check_tuple_file_keys", "check_val_classes", "class_list", "is_int",

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from dmlkit.data.tuple_draws import LabelGroups, pairs_from_labels, triplets_from_labels
 from dmlkit.functional.tuples import IndexTuple, Pairs, Triplets
 
 TupleKind = Literal["pairs", "triplets"]
@@ -209,20 +210,22 @@ def load_features(path: str | Path, key: str = "x") -> Tensor:
     naming the file): numbers only, a feature axis (``(n, d)`` or images, not ``(n,)``),
     no NaN or infinite rows, and a warning for values far from unit scale.
     """
+    from dmlkit.data.npz import read_arrays
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"feature file not found: {path}")
-    if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as archive:
-            if key not in archive:
-                raise KeyError(f"{path} has no array {key!r}; arrays present: {list(archive)}")
-            x = archive[key]
-        source = f"{path} (array {key!r})"
-    elif path.suffix == ".npy":
-        x = np.load(path, allow_pickle=False)
-        source = str(path)
-    else:
+    if path.suffix not in (".npy", ".npz"):
         raise ValueError(f"features must be a .npy or .npz file, got {path.name!r}")
+    archive = read_arrays(path)  # (an empty, truncated or foreign file: one line naming it)
+    if path.suffix == ".npz":
+        if key not in archive:
+            raise KeyError(f"{path} has no array {key!r}; arrays present: {list(archive)}")
+        x = archive[key]
+        source = f"{path} (array {key!r})"
+    else:
+        x = archive["x"]
+        source = str(path)
     from dmlkit.data.checks import check_inputs
     from dmlkit.data.dataset import ArrayDataset
     from dmlkit.data.npz import check_real_inputs, integer_inputs
@@ -230,6 +233,9 @@ def load_features(path: str | Path, key: str = "x") -> Tensor:
     check_real_inputs(x, source, "the features")  # the rule load_npz applies to its inputs
     x = integer_inputs(x, source)  # the one rule for integer inputs, as load_npz
     rows = x.reshape(1) if x.ndim == 0 else x
+    if not len(rows):
+        raise ValueError(f"{source} holds no rows (shape {tuple(x.shape)}); the tuples' "
+                         "entries index its rows: write the features again")
     # the checks of labelled inputs (the labels are placeholders: tuples have none)
     check_inputs(ArrayDataset(rows, np.zeros(len(rows), dtype=np.int64)), source)
     return torch.from_numpy(np.ascontiguousarray(x))
@@ -331,6 +337,9 @@ def read_tuples_csv(
     with open(path, newline="", encoding="utf-8-sig") as f:  # (utf-8-sig: skip a BOM)
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
+        if not header:
+            raise ValueError(f"{path} is empty; write a header {','.join(columns)} and "
+                             f"one row per {kind[:-1]}")
         missing = [c for c in columns if c not in header]
         if missing:
             raise ValueError(
@@ -407,76 +416,6 @@ def write_tuples_csv(path: str | Path, tuples: Tensor | np.ndarray, similar: Any
         for i, row in enumerate(t.tolist()):
             writer.writerow(row + ([int(np.asarray(similar)[i])] if kind == "pairs" else []))
     return path
-
-
-class LabelGroups:
-    """Items grouped by class label, for uniform draws of same- or other-class items.
-
-    O(n log n) to build, O(1) per draw (no ``(T, n)`` mask).
-
-    Parameters
-    ----------
-    labels : Tensor or array (n,) of int
-    """
-
-    def __init__(self, labels: Tensor | np.ndarray) -> None:
-        y = torch.as_tensor(labels if isinstance(labels, Tensor) else np.asarray(labels))
-        if y.dim() != 1 or y.is_floating_point():
-            raise ValueError(f"labels must be (n,) integers, got {y.dtype} {tuple(y.shape)}")
-        self.order = torch.argsort(y, stable=True)  # items grouped by class
-        _, self.inverse, self.counts = torch.unique(y, return_inverse=True, return_counts=True)
-        self.starts = torch.cumsum(self.counts, 0) - self.counts  # (C,) first sorted position
-        self.rank = torch.empty_like(self.order)
-        self.rank[self.order] = torch.arange(len(y), device=y.device)  # sorted position
-        self.class_size = self.counts[self.inverse]  # (n,) size of each item's class
-
-    @staticmethod
-    def _uniform_below(high: Tensor, g: torch.Generator) -> Tensor:
-        """One integer in ``[0, high)`` per entry of ``high``."""
-        u = torch.rand(high.shape, generator=g).to(high.device)
-        return (u * high).long().clamp_max(high - 1)
-
-    def positives(self, anchors: Tensor, g: torch.Generator) -> Tensor:
-        """A uniform same-class item other than the anchor, per anchor (class size >= 2)."""
-        c = self.inverse[anchors]
-        pos = self.starts[c] + self._uniform_below(self.counts[c] - 1, g)
-        return self.order[pos + (pos >= self.rank[anchors]).long()]
-
-    def negatives(self, anchors: Tensor, g: torch.Generator) -> Tensor:
-        """A uniform item of another class, per anchor."""
-        c = self.inverse[anchors]
-        pos = self._uniform_below(len(self.order) - self.counts[c], g)
-        return self.order[pos + (pos >= self.starts[c]).long() * self.counts[c]]
-
-
-def triplets_from_labels(labels: Tensor | np.ndarray, num_triplets: int, seed: int = 0) -> Tensor:
-    """``(T, 3)`` uniform random triplets ``(anchor, positive, negative)`` from class labels.
-
-    Simulates weak supervision from a labelled dataset (the labels are then discarded).
-    Anchors come from classes with at least two items. O(n log n + T) time and memory.
-    """
-    if num_triplets < 1:
-        raise ValueError(f"num_triplets must be >= 1, got {num_triplets}")
-    groups = LabelGroups(labels)
-    eligible = torch.where(groups.class_size >= 2)[0]  # anchors that have a positive
-    if eligible.numel() == 0 or groups.counts.numel() < 2:
-        raise ValueError("triplets need a class with two items and at least two classes")
-    g = torch.Generator().manual_seed(seed)
-    anchors = eligible[torch.randint(len(eligible), (num_triplets,), generator=g)]  # (T,)
-    positives = groups.positives(anchors, g)
-    negatives = groups.negatives(anchors, g)
-    return torch.stack([anchors, positives, negatives], dim=1)  # (T, 3)
-
-
-def pairs_from_labels(
-    labels: Tensor | np.ndarray, num_pairs: int, seed: int = 0, similar_fraction: float = 0.5
-) -> tuple[Tensor, Tensor]:
-    """``(T, 2)`` random pairs and their ``(T,)`` similar flags, drawn from class labels."""
-    trip = triplets_from_labels(labels, num_pairs, seed)
-    g = torch.Generator().manual_seed(seed + 1)
-    similar = torch.rand(num_pairs, generator=g) < similar_fraction  # (T,)
-    second = torch.where(similar, trip[:, 1], trip[:, 2])
-    return torch.stack([trip[:, 0], second], dim=1), similar.long()
 
 
 __all__ = [

@@ -24,7 +24,9 @@ def check_trainable(trainer: Any, labels: Any, given: dict[str, Any] | None = No
     hierarchical labels, an embedding size or number of classes (proxies) that the model
     or the data does not match, a text or
     audio model given images, a label-free miner given class labels. Otherwise the
-    run would stop at its first batch.
+    run would stop at its first batch. Tuple data (no class labels, batches that bring
+    their own pairs / triplets) gets the same checks on its first tuples
+    (:func:`~dmlkit.training.preflight_tuples.check_tuple_batch`).
 
     A small batch of the training items (up to 8 classes x 4) goes through the model
     in eval mode without gradients (no batch-norm statistic changes, every
@@ -34,7 +36,11 @@ def check_trainable(trainer: Any, labels: Any, given: dict[str, Any] | None = No
     names = _names(trainer, given or {}, ("model", "miner", "loss"))
     _check_memory_miner(trainer, names)
     if not isinstance(labels, Tensor) or labels.dim() not in (1, 2) or not len(labels):
-        return  # (tuple data: weak supervision has no class labels to batch by)
+        if labels is None:  # (tuple data: weak supervision has no class labels)
+            from dmlkit.training.preflight_tuples import check_tuple_batch
+
+            check_tuple_batch(trainer, names)
+        return
     if trainer.miner is not None and not getattr(trainer.miner, "takes_labels", True):
         raise ValueError(label_free_miner(names["miner"]))
     _, group = torch.unique(labels, dim=0, return_inverse=True)  # by class id or label row
@@ -67,7 +73,7 @@ def check_trainable(trainer: Any, labels: Any, given: dict[str, Any] | None = No
     # part at fault (model -> miner -> loss)
     embeddings = checked_embeddings(output, names["model"], len(batch_labels))
     batch_labels = batch_labels.to(trainer.device)
-    _check_loss_sizes(trainer.loss, names, int(embeddings.shape[1]), labels)
+    check_loss_sizes(trainer.loss, names, int(embeddings.shape[1]), labels)
     indices = None  # as a training batch: the miner's tuples go to the loss
     for part, module in (("miner", trainer.miner), ("loss", trainer.loss)):
         if module is None:
@@ -190,7 +196,7 @@ _DIM_ATTRS = ("embedding_size", "embedding_dim", "descriptors_dim", "l")
 _CLASS_ATTRS = {"num_classes": "classes", "K": "proxies, one per class"}
 
 
-def _check_loss_sizes(loss: Any, names: dict[str, Any], dim: int, labels: Tensor) -> None:
+def check_loss_sizes(loss: Any, names: dict[str, Any], dim: int, labels: Tensor) -> None:
     """Refuse a loss (or a loss it nests) whose embedding width is not the model's output
     width, or whose number of classes (or proxies) is below what the labels need."""
     from dmlkit.losses.base import BaseMetricLoss
@@ -355,4 +361,4 @@ def check_block_groups(trainer: Any, labels: Any, given: dict[str, Any] | None =
 
 
 __all__ = ["check_trainable", "check_batch_negatives", "check_block_groups",
-           "check_loss_value", "check_mined", "checked_embeddings"]
+           "check_loss_sizes", "check_loss_value", "check_mined", "checked_embeddings"]

@@ -16,8 +16,11 @@ Batches are ``(unique items, None, Pairs | Triplets)``; any tuple loss trains fr
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import time
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,7 @@ from dmlkit.data.tuples import (
 from dmlkit.distances.base import BaseDistance
 from dmlkit.distances.euclidean import EuclideanDistance
 from dmlkit.registry import LOSSES
+from dmlkit.training.best_epoch import scored_best
 from dmlkit.training.build import resolve_config
 from dmlkit.training.checkpoint import atomic_save, atomic_write_text
 from dmlkit.training.data_fingerprint import LazyFingerprint, check_resume_data
@@ -104,7 +108,7 @@ def _warn_repeated(tuples: TupleDataset, path: Any) -> None:
                       "the wrong rows", UserWarning, stacklevel=3)
 
 
-def _check_both_kinds(pairs: TupleDataset, what: str) -> None:
+def _check_both_kinds(pairs: TupleDataset, what: str, fix: str = "add some") -> None:
     """Refuse pairs that are all similar or all dissimilar (nothing to contrast)."""
     if pairs.similar is None or len(pairs) == 0:
         return
@@ -113,7 +117,7 @@ def _check_both_kinds(pairs: TupleDataset, what: str) -> None:
         have, lack = ("similar", "dissimilar (similar=0)") if n_similar else (
             "dissimilar", "similar (similar=1)")
         raise ValueError(f"{what}: all {len(pairs)} pairs are {have}; training from pairs "
-                         f"needs {lack} pairs too: add some")
+                         f"needs {lack} pairs too: {fix}")
 
 
 def build_weak_splits(config: Config) -> WeakSplits:
@@ -142,11 +146,22 @@ def build_weak_splits(config: Config) -> WeakSplits:
     val = None
     if config.training.val_fraction > 0:
         train, val = stratified_split(train, config.training.val_fraction, dc.seed + 1)
+    if train.labels.dim() != 1:
+        raise ValueError(
+            f"data.kind {dc.kind} draws its {dc.kind} from one class label per item, but "
+            f"data.name {dc.name!r} has {tuple(train.labels.shape)} hierarchical (n, L) "
+            "labels: save one level's column (labels[:, k]) or the leaf classes "
+            "(np.unique(labels, axis=0, return_inverse=True)[1]) as the labels of an .npz, "
+            "or train on the hierarchical labels themselves (data.kind: labels, loss "
+            "hierarchical_triplet)")
     if dc.kind == "triplets":
         tuples = TupleDataset(triplets_from_labels(train.labels, dc.num_tuples, dc.seed), train.x)
     else:
         rows, similar = pairs_from_labels(train.labels, dc.num_tuples, dc.seed)
         tuples = TupleDataset(rows, train.x, similar)
+        _check_both_kinds(tuples, f"the {dc.num_tuples} pairs drawn from data.name "
+                                  f"{dc.name!r} (data.num_tuples {dc.num_tuples})",
+                          "raise data.num_tuples")
     return WeakSplits(tuples, val=val, heldout=heldout)
 
 
@@ -184,6 +199,12 @@ def tuple_metrics(
         neg_closeness = d_neg if distance.is_similarity else -d_neg
         return {"triplet_accuracy": float((closeness > neg_closeness).double().mean())}
     if tuples.similar.all() or not tuples.similar.any():  # AUC undefined: one kind only
+        have, lack = ("similar", "dissimilar") if bool(tuples.similar.all()) else (
+            "dissimilar", "similar")
+        warnings.warn(f"pair_auc cannot be scored (it is NaN, null in metrics.json): all "
+                      f"{len(tuples)} held-out pairs are {have}, and a ROC AUC needs {lack} "
+                      "pairs too; hold out pairs of both kinds (add some, or raise "
+                      "data.test_fraction)", UserWarning, stacklevel=2)
         return {"pair_auc": float("nan")}
     from sklearn.metrics import roc_auc_score
 
@@ -209,8 +230,9 @@ def label_losses(spec: Any) -> list[str]:
     """Why the loss config ``spec`` cannot train from pairs / triplets without class
     labels, one phrase per loss at fault, those it nests included (``weighted_sum``'s
     ``losses``, a wrapper's ``loss``): a loss that ``requires_labels`` or takes no tuples
-    (no ``accepts_indices``), or a composite loss given miners (they mine by label).
-    Empty when it can."""
+    (no ``accepts_indices``, or the self-supervised wrapper, which pairs views of each
+    item), one given ``num_classes`` (per-class settings need labels), or a composite
+    loss given miners (they mine by label). Empty when it can."""
     if isinstance(spec, str):
         spec = {"name": spec}
     if not isinstance(spec, dict) or "name" not in spec:
@@ -220,11 +242,18 @@ def label_losses(spec: Any) -> list[str]:
         cls = LOSSES.get(name)
     except ValueError:  # an unknown loss: building it says so
         return []
+    from dmlkit.losses.self_supervised import SelfSupervisedLoss
+
     found = []
     if getattr(cls, "requires_labels", False):
         found.append(f"{name!r} needs class labels")
     elif not getattr(cls, "accepts_indices", True):
         found.append(f"{name!r} takes no tuples")
+    elif isinstance(cls, type) and issubclass(cls, SelfSupervisedLoss):
+        found.append(f"{name!r} takes no tuples (it pairs two augmented views of each item)")
+    elif spec.get("num_classes") is not None:
+        found.append(f"{name!r} with num_classes needs class labels (one setting per "
+                     "class): remove num_classes")
     miners = spec.get("miners")
     values = miners.values() if isinstance(miners, dict) else miners or []
     if any(m is not None for m in values):
@@ -238,12 +267,36 @@ def label_losses(spec: Any) -> list[str]:
     return found
 
 
+class FileContents(Sequence):
+    """``path\0sha256-of-its-bytes`` per file of ``paths``, each hashed when it is read
+    (a fingerprint part: a resume then notices an image file edited in place)."""
+
+    def __init__(self, paths: list[str]) -> None:
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        h = hashlib.sha256()
+        with open(self.paths[index], "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        return f"{self.paths[index]}\0{h.hexdigest()}"
+
+
 def _fingerprint(splits: WeakSplits) -> LazyFingerprint:
     """The checksums of a weak run's data (:mod:`~dmlkit.training.data_fingerprint`),
-    computed where they are used: at the first checkpoint, or to compare on a resume."""
+    computed where they are used: at the first checkpoint, or to compare on a resume.
+    Items that are image paths count by their files' contents, as the images a labelled
+    image folder run loads do."""
     train = splits.train
     parts: dict[str, Any] = {"the training tuples": [train.tuples, train.similar],
                              "the items": train.items}
+    if not isinstance(train.items, torch.Tensor):  # image paths: their files' contents too
+        parts["the image files"] = FileContents(train.items)
     if splits.heldout_tuples is not None:
         held = splits.heldout_tuples
         parts["the held-out tuples"] = [held.tuples, held.similar]
@@ -309,10 +362,21 @@ def train_weak_run(
         held = splits.heldout_tuples
         distance = getattr(trainer.loss, "distance", None)
         metrics = tuple_metrics(trainer.model, held, distance, trainer.device)
-        metrics["baseline"] = tuple_metrics(None, held, distance)
+        with warnings.catch_warnings():  # (a held-out set that cannot be scored: warned once)
+            warnings.simplefilter("ignore", UserWarning)
+            metrics["baseline"] = tuple_metrics(None, held, distance)
         metrics["num_tuples"] = len(held)
     seconds = time.perf_counter() - start
     metrics["train_seconds"] = round(seconds, 2)
+    if splits.val is not None:  # the per-epoch validation curve and the epoch kept
+        best = scored_best(trainer)
+        metrics["validation"] = {
+            "classes": None,  # (a stratified share of the items, as val_fraction gives)
+            "num_items": len(splits.val),
+            "best_epoch": best[1] if best else None,
+            "best_map_at_r": best[0] if best else None,
+        }
+    metrics["history"] = history  # (as a labelled run's metrics.json)
     from dmlkit.evaluation.evaluate import write_json
 
     write_json(metrics, out_dir / METRICS_FILE)  # (atomic; an undefined metric is null)
