@@ -218,3 +218,13 @@ def test_drawing_tuples_from_hierarchical_labels_says_how_to_proceed(tmp_path):
     with pytest.raises(ValueError, match=r"data.kind pairs draws its pairs from one class "
                        r"label per item, .*\(40, 2\) hierarchical .*labels\[:, k\]"):
         build_weak_splits(cfg)
+
+
+def test_a_checkpoint_from_before_the_image_file_checksums_still_resumes():
+    from dmlkit.training.data_fingerprint import data_changes
+
+    saved = {"the training tuples": "a", "the items": "b"}  # (checkpointed before)
+    now = {**saved, "the image files": "c"}
+    assert data_changes(saved, now) == []
+    assert data_changes({**saved, "the image files": "d"}, now) == ["the image files"]
+    assert data_changes(saved, {"the training tuples": "a"}) == ["the items"]

@@ -84,10 +84,17 @@ def fingerprint_value(fingerprint: Fingerprint | None) -> dict[str, str] | None:
     return fingerprint() if callable(fingerprint) else fingerprint
 
 
+#: parts added after runs were checkpointed without them: compared only where the
+#: checkpoint has them (those runs resume as they did)
+LATER_PARTS = frozenset({"the image files"})
+
+
 def data_changes(saved: dict[str, str], current: dict[str, str]) -> list[str]:
-    """The parts whose checksums differ (or that only one of the two has)."""
+    """The parts whose checksums differ (or that only one of the two has, but for a
+    :data:`LATER_PARTS` part that only ``current`` has)."""
     return [name for name in dict.fromkeys([*saved, *current])
-            if saved.get(name) != current.get(name)]
+            if saved.get(name) != current.get(name)
+            and not (name in LATER_PARTS and name not in saved)]
 
 
 def check_same_data(saved: Any, current: Fingerprint | None, where: str | Path) -> None:
