@@ -17,7 +17,7 @@ def _indexed(data: str = "new40.npz") -> InputSpec:
 
 def test_a_misfit_query_names_the_index_inputs():
     with pytest.raises(ValueError) as info:
-        check_input_shape((5, 5), _indexed(), "q5.npz")
+        check_input_shape((2, 5, 5), _indexed(), "q5.npz")
     message = str(info.value)
     assert "but the index was built from inputs of shape 1x40x40" in message
     assert "trained" not in message
@@ -33,7 +33,7 @@ def test_an_index_of_the_runs_own_split_keeps_the_training_wording(data):
     spec = (_indexed(data) if data is not None else InputSpec.from_info(
         InputSpec((1, 40, 40), "float32", 0.0, 1.0, True).to_dict()))  # (older index)
     with pytest.raises(ValueError, match="but the run was trained on inputs of shape 1x40x40"):
-        check_input_shape((5, 5), spec, "q5.npz")
+        check_input_shape((2, 5, 5), spec, "q5.npz")
 
 
 def test_the_training_inputs_keep_their_wording():

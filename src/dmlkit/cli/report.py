@@ -94,10 +94,13 @@ def _item(run: Any, spec: str, shape: Any, splits: Any = None) -> tuple[Any, str
     elif shape is not None and input_fit(x.shape, shape) is None:
         rows = x.ndim > len(shape.shape)  # a stack of items, going by its axes
         if x.ndim >= 2 and input_fit(x.shape[1:], shape) is not None:
-            raise ValueError(
-                f"{path} holds {x.shape[0]} items; explain one at a time: "
-                f"{path}:N with N in 0..{x.shape[0] - 1} (e.g. --a {path}:0 --b {path}:1)")
-        check_input_shape(x.shape[1:] if rows else x.shape, shape, str(path))  # says why
+            if x.shape[0] > 1:  # (one row is the one item it holds)
+                raise ValueError(
+                    f"{path} holds {x.shape[0]} items; explain one at a time: {path}:N "
+                    f"with N in 0..{x.shape[0] - 1} (e.g. --a {path}:0 --b {path}:1)")
+            x = x[0]
+        else:
+            check_input_shape(x.shape[1:] if rows else x.shape, shape, str(path))  # why
     item = prepare_inputs(x[None], shape, str(path))[0]  # shaped and scaled as in training
     return torch.from_numpy(item), spec
 
@@ -314,10 +317,9 @@ def _explain(run_dir: Path, a: str, b: str, out: Path, steps: int, patch: int | 
     from dmlkit.report.collect import weights_note
     from dmlkit.runs import build_splits, embed, load_run
     from dmlkit.runs.queries import run_input_spec
-
     say = _Progress("explain")
-    run = load_run(run_dir)
-    standing_in = weights_note(run_dir, "this explanation")
+    run = load_run(run_dir, metrics=False)  # (never shown: a damaged metrics.json is no matter)
+    standing_in = weights_note(run_dir, "this explanation", run.weights)
     if standing_in is not None:
         typer.echo(f"note: {standing_in}", err=True)
     cache: dict[str, Any] = {}
@@ -339,6 +341,13 @@ def _explain(run_dir: Path, a: str, b: str, out: Path, steps: int, patch: int | 
         auto_stride = stride_for_patch(tuple(xa.shape), patch)
     stride = stride or auto_stride
     _check_stride(patch, stride)  # before the integrated gradients
+    from dmlkit.explain.attribution import occlusion_window
+
+    used = occlusion_window(tuple(xa.shape), patch, stride)  # (cut to the input)
+    if used != (patch, stride):
+        typer.echo(f"note: occlusion patch {patch} (stride {stride}) does not fit the "
+                   f"{'x'.join(map(str, xa.shape))} input: patch {_side(used[0])}, stride "
+                   f"{used[1]} used", err=True)
     with torch.no_grad():
         sim = float(similarity(run.model, xa[None], xb[None]))
     maps: dict[str, Any] = {}
@@ -376,9 +385,13 @@ def _explain(run_dir: Path, a: str, b: str, out: Path, steps: int, patch: int | 
     out.mkdir(parents=True, exist_ok=True)
     _clear_previous(out)  # an earlier explanation's maps are not this one's
     files = _heatmaps(maps, xa, xb, out)
+    window: dict[str, Any] = {"patch": list(used[0]) if isinstance(used[0], tuple) else used[0],
+                              "stride": used[1]}  # as used: cut to the input
+    if used != (patch, stride):
+        window["requested"] = {"patch": patch, "stride": stride}
     summary = {"a": name_a, "b": name_b, "weights": run.weights, "cosine_similarity": sim,
                "nearest_training_prototypes": protos, "maps": sorted(maps),
-               "occlusion": {"patch": patch, "stride": stride}, **files, **notes}
+               "occlusion": window, **files, **notes}
     (out / "explain.json").write_text(json.dumps(summary, indent=2))
     lines = [f"cosine similarity of {name_a} and {name_b}: {sim:.4f}"]
     for side in protos:
@@ -387,6 +400,11 @@ def _explain(run_dir: Path, a: str, b: str, out: Path, steps: int, patch: int | 
     what = "heatmaps, signed maps (.npy)" if files.get("figures") else "signed maps (.npy)"
     lines.append(f"{what} and explain.json in {out}")
     return summary, lines
+
+
+def _side(patch: int | tuple[int, int]) -> str:
+    """An occlusion patch as text: ``8`` (square) or ``8x16``."""
+    return "x".join(map(str, patch)) if isinstance(patch, tuple) else str(patch)
 
 
 def _heatmaps(maps: dict[str, Any], xa: Any, xb: Any, out: Path) -> dict[str, Any]:

@@ -65,6 +65,26 @@ def _as_batch(x: Any) -> Tensor:
     return x.unsqueeze(0)  # (1, ...)
 
 
+def _check_finite(**inputs: Any) -> None:
+    """Refuse an input holding NaN or infinite values (its map would be all NaN)."""
+    for name, x in inputs.items():
+        values = None if x is None else torch.as_tensor(x, dtype=torch.float32)
+        if values is not None and not bool(torch.isfinite(values).all()):
+            raise ValueError(f"{name} holds NaN or infinite values: give finite inputs")
+
+
+def occlusion_window(shape: tuple[int, ...] | torch.Size, patch: int,
+                     stride: int) -> tuple[int | tuple[int, int], int]:
+    """``(patch, stride)`` as :func:`occlusion` uses them on an item of ``shape``: the
+    patch cut to the input's height and width (its length, 1-D), as ``(ph, pw)`` where
+    the two differ; the stride at most that patch."""
+    if len(shape) >= 2:
+        ph, pw = min(patch, int(shape[-2])), min(patch, int(shape[-1]))
+        return (ph if ph == pw else (ph, pw)), min(stride, max(ph, pw))
+    pw = min(patch, int(shape[-1]) if len(shape) else 1)
+    return pw, min(stride, pw)
+
+
 #: the similarities an explanation can be of
 METRICS = ("cosine", "euclidean")
 
@@ -113,6 +133,7 @@ def integrated_gradients(model: nn.Module, a: Any, b: Any, *, baseline: Any = No
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
     _check_metric(metric)
+    _check_finite(a=a, b=b, baseline=baseline)
     with eval_mode(model):
         return _integrated_gradients(model, a, b, baseline, steps, metric, batch_size,
                                      progress)
@@ -169,6 +190,7 @@ def occlusion(model: nn.Module, a: Any, b: Any, *, patch: int = 2, stride: int =
         raise ValueError(f"stride {stride} is larger than patch {patch}: the values between "
                          "patches would go unscored; give a stride of at most the patch")
     _check_metric(metric)
+    _check_finite(a=a, b=b, fill=fill)
     with eval_mode(model):
         return _occlusion(model, a, b, patch, stride, fill, metric, batch_size, progress)
 
@@ -227,9 +249,21 @@ def nearest_prototypes(model: nn.Module, item: Any, reference: Any, labels: Any,
     the classes are the leaves (distinct label rows) and each ``"label"`` is its row as
     a list, coarsest level first.
     """
+    import numbers
+
     from dmlkit.runs import embed
 
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+        raise ValueError(f"k must be an integer >= 1 (how many class centroids), got {k!r}")
     labels = torch.as_tensor(labels)
+    if labels.is_floating_point() or labels.is_complex():
+        whole = labels.is_floating_point() and bool(
+            (torch.isfinite(labels) & (labels == labels.round())).all())
+        if not whole:
+            raise ValueError("labels must be integer class ids, got values of dtype "
+                             f"{labels.dtype} that are not whole numbers")
+        labels = labels.long()
+    _check_finite(item=item)
     if ref_embeddings is None:
         ref_embeddings, _ = embed(model, torch.as_tensor(reference, dtype=torch.float32))
     z = torch.as_tensor(ref_embeddings, dtype=torch.float32)  # (n, dim)
@@ -246,10 +280,11 @@ def nearest_prototypes(model: nn.Module, item: Any, reference: Any, labels: Any,
     with torch.no_grad(), eval_mode(model):
         q = nn.functional.normalize(model(_as_batch(item)), dim=1)  # (1, d)
     sims = (centres @ q[0]).tolist()
-    order = sorted(range(len(classes)), key=lambda i: -sims[i])[:k]
+    order = sorted(range(len(classes)), key=lambda i: -sims[i])[: int(k)]
     return [{"label": classes[i].tolist() if labels.dim() == 2 else int(classes[i]),
              "cosine": float(sims[i]), "count": int(counts[i])} for i in order]
 
 
 __all__ = ["IG_CHUNK_VALUES", "NoInputGradientError", "integrated_gradients", "occlusion",
-           "similarity", "nearest_prototypes", "default_occlusion_window", "stride_for_patch"]
+           "similarity", "nearest_prototypes", "default_occlusion_window", "occlusion_window",
+           "stride_for_patch"]

@@ -141,9 +141,11 @@ def _gallery(z: torch.Tensor, labels: torch.Tensor, x: np.ndarray, n_queries: in
     return out
 
 
-def weights_note(run_dir: str | Path, user: str = "this report") -> str | None:
+def weights_note(run_dir: str | Path, user: str = "this report",
+                 weights: str | None = None) -> str | None:
     """What ``user`` (the command's output) says when the run has no ``model.pt`` and
-    its checkpoint's weights stand in (``None`` when it has one)."""
+    its checkpoint's weights stand in (``None`` when it has one); ``weights`` is the
+    loaded run's account of them (:attr:`~dmlkit.runs.Run.weights`: which epoch's)."""
     from dmlkit.training.run import MODEL_FILE
     from dmlkit.training.trainer import CHECKPOINT
 
@@ -151,14 +153,15 @@ def weights_note(run_dir: str | Path, user: str = "this report") -> str | None:
     if (run_dir / MODEL_FILE).is_file() or not (run_dir / CHECKPOINT).is_file():
         return None
     return (f"the run has no {MODEL_FILE} (it did not finish, or the file was removed): "
-            f"{user} uses the weights of its last checkpoint, {CHECKPOINT}")
+            f"{user} uses the weights of its last checkpoint, {CHECKPOINT}"
+            + (f": the {weights}" if weights else ""))
 
 
-def _weights_note(run_dir: Path) -> str | None:
+def _weights_note(run_dir: Path, weights: str | None) -> str | None:
     """The report's :func:`weights_note`, and which weights its metrics table is of."""
-    note = weights_note(run_dir)
+    note = weights_note(run_dir, weights=weights)
     return note and (f"{note}; the held-out metrics table, when there is one, is of the "
-                     "final weights")
+                     "weights model.pt held, which these are for a finished run")
 
 
 #: fewest held-out items a report is meant for: the least ``max_items`` may ask for; a
@@ -205,7 +208,7 @@ def collect(run_dir: str | Path, *, max_items: int = 2000, projection: str = "au
     metrics = run_metrics(run)  # metrics.json as load_run read it, of the report's shape
     say("loading data")
     train, heldout = build_splits(run.config)
-    notes = [n for n in [_weights_note(run_dir), _size_note(len(heldout.labels))] if n]
+    notes = [n for n in [_weights_note(run_dir, run.weights), _size_note(len(heldout.labels))] if n]
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(len(heldout.labels), size=min(max_items, len(heldout.labels)),
                               replace=False))

@@ -129,8 +129,11 @@ def write_figures(data: dict[str, Any], out_dir: str | Path) -> list[Path]:
 
 
 def _cut(name: str, most: int = TICK_CHARS) -> str:
-    """A class name of at most ``most`` characters (longer ones end in an ellipsis)."""
-    return name if len(name) <= most else name[: most - 1] + "\u2026"
+    """A class name of at most ``most`` characters (a longer one keeps its start and its
+    end around an ellipsis, :func:`~dmlkit.report.svg.short_name`)."""
+    from dmlkit.report.svg import short_name
+
+    return short_name(name, most)
 
 
 def _verification(ver: dict[str, Any], plt: Any, save: Any, of: str = "") -> None:

@@ -147,7 +147,8 @@ def _verification(ver: dict[str, Any]) -> str:
     centres = [(a + b) / 2 for a, b in zip(ver["bins"][:-1], ver["bins"][1:], strict=True)]
     hist = svg.lines({"same class": (centres, ver["same_hist"]),
                       "different class": (centres, ver["diff_hist"])},
-                     f"pair scores; EER threshold {ver['threshold']:.3f}", ver["score"], "pairs")
+                     f"pair scores; EER threshold {ver['threshold']:.3f}", ver["score"], "pairs",
+                     marks={"EER threshold": ver["threshold"]})
     pairs, total = ver.get("pairs"), ver.get("all_pairs")
     over = ("" if pairs is None else f", over all {pairs} pairs" if pairs == total
             else f", over a random {pairs} of the {total} pairs (sampled)")

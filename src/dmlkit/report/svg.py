@@ -29,6 +29,16 @@ def colour(i: int, n: int = len(PALETTE)) -> str:
     return f"hsl({round(360 * i / n)},70%,{40 if i % 2 else 55}%)"
 
 
+def short_name(name: str, most: int) -> str:
+    """``name`` in at most ``most`` characters: a longer one keeps its start and its end
+    around an ellipsis (``"class_with\u2026g_name_17"``), so names sharing a long prefix
+    (or suffix) stay apart."""
+    if len(name) <= most:
+        return name
+    tail = (most - 1) // 2
+    return name[: most - 1 - tail] + "\u2026" + (name[-tail:] if tail else "")
+
+
 def _finite(values: Sequence[float]) -> list[float]:
     """The finite values of ``values`` (a class without an evaluable query has NaN)."""
     import math
@@ -72,9 +82,12 @@ def _frame(body: str, title: str, xlabel: str, ylabel: str, xr: tuple | None, yr
 
 
 def lines(series: dict[str, tuple[Sequence[float], Sequence[float]]], title: str,
-          xlabel: str, ylabel: str, log_x: bool = False) -> str:
-    """One polyline per named ``(xs, ys)`` series, with a legend."""
-    xs_all = [x for xs, _ in series.values() for x in xs] or [0.0, 1.0]
+          xlabel: str, ylabel: str, log_x: bool = False,
+          marks: dict[str, float] | None = None) -> str:
+    """One polyline per named ``(xs, ys)`` series, with a legend; ``marks`` are named
+    x values drawn as dashed vertical lines (e.g. a threshold)."""
+    marks = marks or {}
+    xs_all = [x for xs, _ in series.values() for x in xs] + list(marks.values()) or [0.0, 1.0]
     ys_all = [y for _, ys in series.values() for y in ys] or [0.0, 1.0]
     fx, xr = _scale(xs_all, PAD, W - 10, log_x)
     fy, yr = _scale(ys_all, H - PAD, 10)
@@ -89,6 +102,10 @@ def lines(series: dict[str, tuple[Sequence[float], Sequence[float]]], title: str
                      for x, y in zip(xs, ys, strict=True)]
         body.append(f'<text x="{PAD + 8}" y="{26 + 14 * i}" font-size="11" '
                     f'fill="{colour(i)}">{escape(name)}</text>')
+    for name, x in marks.items():
+        body.append(f'<line class="mark" x1="{fx(x):.1f}" y1="10" x2="{fx(x):.1f}" '
+                    f'y2="{H - PAD}" stroke="#333" stroke-width="1.5" stroke-dasharray="5,3">'
+                    f"<title>{escape(name)} {x:.4g}</title></line>")
     return _frame("".join(body), title, xlabel, ylabel, xr, yr)
 
 
@@ -129,8 +146,7 @@ def _legend(kinds: list[int], groups: Sequence[int], hollow: Sequence[bool],
         y = 18 + r * step
         style = f'fill="white" stroke="{c}"' if ring[g] else f'fill="{c}"'
         name = str(names.get(g, g))
-        label = (name if len(name) <= 20 else name[:19] + "\u2026") + (
-            " (unseen)" if ring[g] else "")
+        label = short_name(name, 20) + (" (unseen)" if ring[g] else "")
         rows.append(f'<circle cx="{W + 4}" cy="{y:.1f}" r="4" {style}/>'
                     f'<text x="{W + 12}" y="{y + 4:.1f}" font-size="{min(11, step):.0f}">'
                     f"{escape(label)}<title>{escape(name)}</title></text>")
@@ -149,7 +165,7 @@ def bars(groups: dict[str, Sequence[float]], categories: Sequence[str], title: s
 
     n_series, n_cat = len(groups), max(len(categories), 1)
     values = [v for vs in groups.values() for v in vs] + [0.0]
-    fy, yr = _scale(values, H - PAD, 10)
+    fy, yr = _scale(values, H - PAD, 20 + 14 * n_series)  # the legend's rows above the bars
     slot = (W - PAD - 10) / n_cat
     width = slot * 0.8 / max(n_series, 1)
     body = []
@@ -167,7 +183,7 @@ def bars(groups: dict[str, Sequence[float]], categories: Sequence[str], title: s
                         f"<title>{escape(name)} {escape(categories[c])}: {v:.4f}</title></rect>")
         body.append(f'<text x="{PAD + 8}" y="{26 + 14 * s}" font-size="11" '
                     f'fill="{colour(s)}">{escape(name)}</text>')
-    ticks = [str(c) if len(str(c)) <= 12 else str(c)[:11] + "\u2026" for c in categories]
+    ticks = [short_name(str(c), 12) for c in categories]
     label_px = 0.6 * 9 * max(map(len, ticks), default=1) + 6  # 9 px type, a gap
     every = max(1, math.ceil(label_px / slot))  # every k-th name, so none overlap
     for c in range(0, len(ticks), every):
@@ -216,4 +232,4 @@ def _png(arr: Any) -> bytes:
     return out.getvalue()
 
 
-__all__ = ["lines", "scatter", "bars", "image_tag", "colour"]
+__all__ = ["lines", "scatter", "bars", "image_tag", "colour", "short_name"]

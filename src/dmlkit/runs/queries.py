@@ -154,10 +154,11 @@ def input_fit(shape: tuple[int, ...], spec: InputSpec) -> tuple[int, ...] | None
     """The shape that per-item inputs of ``shape`` take for the run's model, else ``None``.
 
     Inputs fit when they have the training inputs' shape; when ``spec.any_size``, the same
-    channels at another height and width (kept as they are); or when a reshape cannot
-    reorder their values: flat rows of the training inputs' size, the same axes with
-    size-1 axes added or dropped (``(H, W)`` images for a ``(1, H, W)`` model), or items
-    of the size of a model trained on flat rows (flattened). Images that look channel-last
+    channels at another height and width (kept as they are; a grey ``(H, W)`` image as
+    ``(1, H, W)``); or when a reshape cannot reorder their values: flat rows of the
+    training inputs' size, the same axes with size-1 axes added or dropped (``(H, W)``
+    images for a ``(1, H, W)`` model), or items of the size of a model trained on flat
+    rows (flattened). Images that look channel-last
     (:func:`~dmlkit.training.build.channel_last_problem`) never fit a model trained on
     images, grey ``(H, W, 1)`` ones included, as training refuses them: reshaping
     ``(H, W, 3)`` to ``(3, H, W)`` would scramble them.
@@ -168,6 +169,9 @@ def input_fit(shape: tuple[int, ...], spec: InputSpec) -> tuple[int, ...] | None
     if (spec.any_size and len(shape) == len(spec.shape) >= 3
             and shape[:-2] == spec.shape[:-2] and min(shape[-2:]) > 0):
         return shape
+    if (spec.any_size and len(shape) == 2 and len(spec.shape) == 3 and spec.shape[0] == 1
+            and min(shape) > 0 and _channel_last(shape, spec) is None):  # grey (H, W)
+        return (1, *shape)
     if _channel_last(shape, spec) is not None or math.prod(shape) != spec.size:
         return None
     if len(shape) == 1 or len(spec.shape) == 1:  # flat rows, or items of a flat-row model

@@ -52,14 +52,13 @@ from dmlkit.training.positives import warn_single_items
 from dmlkit.training.rng import check_seed
 from dmlkit.training.run_dir import (
     check_resume,
-    checkpoint_weights,
     claim_run_dir,
     created_here,
     no_checkpoint_error,
-    read_metrics,
     resumed_config,
     saved_config_as_run,
 )
+from dmlkit.training.saved_weights import checkpoint_state, checkpoint_weights, read_metrics
 from dmlkit.training.trainer import CHECKPOINT, Trainer
 
 CONFIG_FILE = "config.yaml"
@@ -413,10 +412,15 @@ def check_run_dir(run_dir: str | Path) -> Path:
     return run_dir
 
 
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu", *,
+             metrics: bool = True) -> Run:
     """Reload a run directory: its config and its model in eval mode.
 
-    Uses ``model.pt``, or the last checkpoint's weights for a run that did not finish.
+    Uses ``model.pt``, or for a run without it the weights its checkpoint stands in with
+    (:func:`~dmlkit.training.saved_weights.checkpoint_state`: the best epoch's of a run
+    trained with validation, else the last's). ``metrics=False`` leaves ``metrics.json``
+    unread (``Run.metrics`` is ``None``): for a use that never shows the held-out metrics,
+    which a damaged file must not stop.
     """
     run_dir = check_run_dir(run_dir)
     config_path = run_dir / CONFIG_FILE
@@ -430,7 +434,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
             (run_dir / CHECKPOINT).is_file() else "retrain the run or restore the file"))
     elif (run_dir / CHECKPOINT).is_file():
         checkpoint = load_checkpoint(run_dir / CHECKPOINT, map_location=device)
-        state, weights = checkpoint["model"], checkpoint_weights(checkpoint, config)
+        state, weights = checkpoint_state(checkpoint), checkpoint_weights(checkpoint, config)
     else:
         raise FileNotFoundError(f"{run_dir} holds neither {MODEL_FILE} nor {CHECKPOINT}")
     try:
@@ -439,7 +443,8 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
         raise ValueError(f"the weights in {run_dir} do not fit the model of its "
                          f"{CONFIG_FILE}: {_state_dict_error(err)}") from None
     model.to(device).eval()
-    return Run(run_dir, config, model, read_metrics(run_dir / METRICS_FILE), weights)
+    return Run(run_dir, config, model,
+               read_metrics(run_dir / METRICS_FILE) if metrics else None, weights)
 
 
 def _state_dict_error(err: RuntimeError, lines: int = 4, width: int = 240) -> str:

@@ -25,7 +25,6 @@ checkpoint's config leaves out, and the two agree.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shlex
 import shutil
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from dmlkit.config.compare import RESUMABLE
+from dmlkit.training.saved_weights import checkpoint_weights, read_metrics
 
 try:
     import fcntl
@@ -466,29 +466,6 @@ def restore_log(path: Path, history: list[dict[str, Any]]) -> None:
         current = None
     if current != lines:
         atomic_write_text("".join(line + "\n" for line in lines), path)
-
-
-def checkpoint_weights(checkpoint: dict[str, Any], config: Any) -> str:
-    """What a run's weights are when its checkpoint's stand in for a missing model.pt."""
-    epoch, epochs = int(checkpoint.get("epoch", 0)), config.training.epochs
-    if epoch < epochs and not checkpoint.get("stopped", False):
-        return f"checkpoint of epoch {epoch} of {epochs} (unfinished run)"
-    return f"checkpoint of epoch {epoch}, its last"
-
-
-def read_metrics(path: Path) -> dict[str, Any] | None:
-    """A run's metrics.json (``None`` when it has none); an empty or cut file (a kill
-    while an older dmlkit wrote it) is a ``ValueError`` naming it and the way back."""
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as err:
-        what = "is empty" if not path.stat().st_size else f"is not valid JSON ({err})"
-        raise ValueError(
-            f"{path} {what}: the run's weights are intact, only its held-out metrics are "
-            f"lost; rewrite them with: {resume_command(path.parent)} (or delete the "
-            "file)") from None
 
 
 __all__ = ["LOCK_FILE", "RunInUseError", "append_log_line", "check_resume",
