@@ -225,3 +225,13 @@ def test_unscored_pairs_with_min_score_above_one_say_they_have_no_scores(tmp_pat
     with pytest.raises(ValueError, match=r"no pair scores at least min_score 3.0$"):
         scored.positives()
     assert len(read_scored_pairs(path).positives()) == 2
+
+
+def test_the_classical_table_names_its_first_column_by_the_inputs():
+    """``raw`` in ``dmlkit train``'s table means raw pixels; here the column is the
+    inputs as given (a run's embeddings), so it is named so."""
+    from dmlkit.cli.classical import _table
+
+    text = _table({"raw": {"map_at_r": 0.5}, "learned": {"map_at_r": 0.6}})
+    header = text.splitlines()[0].split()
+    assert header == ["metric", "inputs", "learned"]

@@ -28,8 +28,11 @@ def _params(items: list[str]) -> dict[str, Any]:
 
 
 def _table(result: dict[str, Any]) -> str:
+    """The held-out metrics of the inputs as given (``raw`` in the JSON: a run's own
+    embeddings, or an array's rows) beside the learned metric's."""
     keys = list(result["raw"])
-    rows = [f"{'metric':<16} {'raw':>8}" + (f" {'learned':>8}" if "learned" in result else "")]
+    rows = [f"{'metric':<16} {'inputs':>8}"
+            + (f" {'learned':>8}" if "learned" in result else "")]
     for key in keys:
         row = f"{key:<16} {result['raw'][key]:>8.4f}"
         if "learned" in result:
