@@ -233,9 +233,9 @@ def check_embeddings_source(info: dict[str, Any], recorded: str | None, source: 
     built_dir = info.get("run_dir")
     embed = (f" (dmlkit embed {built_dir} --data ... --out FILE.npz)" if built_dir else "")
     raise ValueError(
-        f"{where} holds embeddings of another model than the query embeddings {source}: "
-        f"it was built with the weights of {built_dir or 'another model'}, and {source} was "
-        "embedded by a model with other weights (another run, the run retrained, or the "
+        f"{where} holds embeddings of another model than the query embeddings {source}"
+        + (f" (it was built with the weights of {built_dir})" if built_dir else "")
+        + ": the two models' weights differ (another run, the run retrained, or the "
         f"pretrained model of a fine-tuned run); embed the queries with the model the index "
         f"was built with{embed}, or rebuild the index from embeddings of the queries' model")
 
