@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -60,6 +61,9 @@ def tune(
     from dmlkit.tuning.study import default_out_dir, redact, safe_storage
 
     cfg = None
+    if storage is not None and not storage.strip():
+        raise _fail("--storage is empty: give a SQLAlchemy URL (e.g. sqlite:///study.db), "
+                    "or leave it out for study.db in --out")
     try:
         cfg = load_config(config)
         out_dir = out if out is not None else default_out_dir(cfg, study, RUNS_DIR)
@@ -72,7 +76,9 @@ def tune(
         summary = run_tune(
             cfg, trials, out_dir, resume=resume, storage=storage, study_name=study, log=typer.echo
         )
-    except (ImportError, FileNotFoundError, FileExistsError, ValueError, TypeError) as err:
+    except ImportError as err:
+        raise _fail(_import_error(err, storage, cfg)) from None
+    except (FileNotFoundError, FileExistsError, ValueError, TypeError) as err:
         raise _fail(one_line(err)) from None
     except KeyboardInterrupt:
         raise _fail("interrupted; continue with the same command and --resume", 130) from None
@@ -81,20 +87,44 @@ def tune(
             raise
         url = storage or (cfg.tune.storage if cfg is not None and cfg.tune is not None
                           else None) or ""
+        reason = str(getattr(err, "orig", None) or err).strip().splitlines()
         raise _fail(f"cannot open the study storage {safe_storage(url)}: "
-                    f"{redact(str(err), url)}") from None
+                    f"{redact(reason[0] if reason else type(err).__name__, url)}") from None
     counts = ", ".join(f"{k.lower()} {v}" for k, v in sorted(summary.counts.items()))
     typer.echo(f"\nstudy {summary.study_name!r} ({summary.storage}): {counts}")
     if summary.best_trial is None:
         if summary.counts.get("FAIL", 0) and not summary.counts.get("PRUNED", 0):
-            raise _fail("no trial completed: every trial failed (see the errors above; "
-                        "fix the config and start a new study with another --out)")
+            raise _fail("no trial completed: every trial failed (each trial's error is "
+                        "printed by the worker that ran it; fix the config and start a new "
+                        "study with another --out)")
         typer.echo("no trial completed yet")
         return
     typer.echo(
         f"best: trial {summary.best_trial}, mean fold MAP@R {summary.best_value:.4f}; "
         f"config written to {summary.best_config}"
     )
+
+
+#: SQLAlchemy dialect -> the package its driver comes in
+_DRIVERS = {"postgresql": "psycopg2-binary", "mysql": "pymysql"}
+
+
+def _import_error(err: ImportError, storage: str | None, cfg: Any) -> str:
+    """One line for an ``ImportError``: a storage URL's missing database driver named
+    with its pip command, else the error itself (a missing optional package names its
+    own)."""
+    from dmlkit.cli._errors import one_line
+    from dmlkit.tuning.study import safe_storage
+
+    url = storage or (cfg.tune.storage if cfg is not None and cfg.tune is not None
+                      else None)
+    if url and "DB access module" in str(err):
+        dialect = url.split(":", 1)[0].split("+", 1)[0]
+        package = _DRIVERS.get(dialect)
+        return (f"the study storage {safe_storage(url)} needs a database driver for "
+                f"{dialect!r} that is not installed"
+                + (f": pip install {package}" if package else "") + " (or use sqlite:///FILE)")
+    return one_line(err)
 
 
 def crossval(

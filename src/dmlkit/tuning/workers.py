@@ -69,7 +69,11 @@ def fail_stale_trials(study: Any, grace_seconds: float, log: Callable[[str], Non
     before = {t.number for t in study.get_trials(deepcopy=False, states=(running,))}
     optuna.storages.fail_stale_trials(study)  # silent heartbeats, any machine
     after = {t.number for t in study.get_trials(deepcopy=False, states=(running,))}
-    stale += sorted(before - after)
+    # only those now FAIL by these marks: a trial that left RUNNING meanwhile because
+    # its live worker finished it (or failed it on its own error) was no stale one
+    failed = {t.number for t in study.get_trials(
+        deepcopy=False, states=(optuna.trial.TrialState.FAIL,)) if "error" not in t.user_attrs}
+    stale = sorted(n for n in {*stale, *(before - after)} if n in failed)
     if stale:
         log(f"marked FAIL the running trial(s) {stale} of workers that are gone")
     return stale
