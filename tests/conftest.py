@@ -101,3 +101,36 @@ def one_process_group(monkeypatch):
         yield
     finally:
         dist.destroy_process_group()
+
+
+def loads_during_saves(tmp_path, writer: str, args: list, load, which, seconds: float = 3.0):
+    """Load a saved directory over and over for ``seconds`` while a separate process runs
+    the ``writer`` script (argv: ``*args``, then a stop-file path; it touches
+    ``STOP.ready`` once it saves and stops when ``STOP`` exists, printing how many saves
+    it made). ``which(loaded)`` returns a tuple of which save each part came from (equal
+    parts: one save whole). Returns ``(saves, loads, mixed, errors)``."""
+    import subprocess
+    import sys
+    import time
+
+    stop = tmp_path / "stop"
+    proc = subprocess.Popen([sys.executable, "-c", writer, *map(str, args), str(stop)],
+                            stdout=subprocess.PIPE, text=True)
+    loads, mixed, errors = 0, 0, []
+    try:
+        ready, start = tmp_path / "stop.ready", time.time()
+        while not ready.exists() and time.time() < start + 60 and proc.poll() is None:
+            time.sleep(0.05)
+        end = time.time() + seconds
+        while time.time() < end:
+            try:
+                loaded = load()
+            except Exception as err:  # noqa: BLE001 (every failure counts)
+                errors.append(f"{type(err).__name__}: {err}")
+                continue
+            loads += 1
+            mixed += len(set(which(loaded))) != 1
+    finally:
+        stop.touch()
+        out, _ = proc.communicate(timeout=60)
+    return int(out.strip() or 0), loads, mixed, errors

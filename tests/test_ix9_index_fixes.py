@@ -4,14 +4,13 @@ empty search queries and a calibration of an emptied identifier."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import textwrap
 import time
 import warnings
 
 import numpy as np
 import pytest
+from conftest import loads_during_saves
 from typer.testing import CliRunner
 
 from dmlkit.cli.main import app
@@ -54,30 +53,15 @@ def test_a_load_during_saves_gets_one_save_whole(tmp_path, factory):
     g = np.random.default_rng(0).normal(size=(N, DIM)).astype(np.float32)
     first = ExactIndex(DIM) if factory == "exact" else FaissIndex(DIM, "l2", factory)
     first.add(g, labels=np.zeros(N, np.int64))
-    path, stop = tmp_path / "ix", tmp_path / "stop"
+    path = tmp_path / "ix"
     first.save(path)
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path), factory, str(stop)],
-                              stdout=subprocess.PIPE, text=True)
-    loads, mixed, errors = 0, 0, []
-    try:
-        ready, start = tmp_path / "stop.ready", time.time()
-        while not ready.exists() and time.time() < start + 60 and writer.poll() is None:
-            time.sleep(0.05)
-        end = time.time() + 3.0
-        while time.time() < end:
-            try:
-                ix = load_index(path)
-            except Exception as err:  # noqa: BLE001 (every failure counts)
-                errors.append(f"{type(err).__name__}: {err}")
-                continue
-            loads += 1
-            label = int(ix.labels_of(ix.ids[:1])[0])
-            which = 0 if np.allclose(_vectors(ix), g[:1]) else 1
-            mixed += label != which
-    finally:
-        stop.touch()
-        out, _ = writer.communicate(timeout=60)
-    assert int(out.strip()) > 5, "the writer saved too rarely to race"
+
+    def which(ix):  # noqa: ANN001, ANN202 (the save of the labels, and of the vectors)
+        return int(ix.labels_of(ix.ids[:1])[0]), 0 if np.allclose(_vectors(ix), g[:1]) else 1
+
+    saves, loads, mixed, errors = loads_during_saves(
+        tmp_path, WRITER, [path, factory], lambda: load_index(path), which)
+    assert saves > 5, "the writer saved too rarely to race"
     assert errors == [] and mixed == 0 and loads > 0, (errors[:3], mixed, loads)
 
 

@@ -3,12 +3,10 @@ process saves the same directory: one save whole, its index included, never a mi
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
-import time
 
 import numpy as np
+from conftest import loads_during_saves
 
 from dmlkit.apps import Identifier
 
@@ -34,29 +32,14 @@ WRITER = textwrap.dedent("""
 def test_a_kit_loaded_during_saves_is_one_save_whole(tmp_path):
     g = np.random.default_rng(0).normal(size=(N, DIM)).astype(np.float32)
     y = np.repeat(np.arange(10), N // 10)
-    path, stop = tmp_path / "kit", tmp_path / "stop"
+    path = tmp_path / "kit"
     Identifier(metric="euclidean").fit(g, y).save(path)
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(stop)],
-                              stdout=subprocess.PIPE, text=True)
-    loads, mixed, errors = 0, 0, []
-    try:
-        ready, start = tmp_path / "stop.ready", time.time()
-        while not ready.exists() and time.time() < start + 60 and writer.poll() is None:
-            time.sleep(0.05)
-        end = time.time() + 3.0
-        while time.time() < end:
-            try:
-                ident = Identifier.load(path)
-            except Exception as err:  # noqa: BLE001 (every failure counts)
-                errors.append(f"{type(err).__name__}: {err}")
-                continue
-            loads += 1
-            second = int(ident.identities_[0]) >= 100  # the state's save
-            first_row = ident.index_.vectors[:1].numpy()
-            index_second = bool(np.allclose(first_row, -g[:1]))  # the index's save
-            mixed += second != index_second
-    finally:
-        stop.touch()
-        out, _ = writer.communicate(timeout=60)
-    assert int(out.strip()) > 5, "the writer saved too rarely to race"
+
+    def which(ident):  # noqa: ANN001, ANN202 (the save of the state, and of the index)
+        return (int(ident.identities_[0]) >= 100,
+                bool(np.allclose(ident.index_.vectors[:1].numpy(), -g[:1])))
+
+    saves, loads, mixed, errors = loads_during_saves(
+        tmp_path, WRITER, [path], lambda: Identifier.load(path), which)
+    assert saves > 5, "the writer saved too rarely to race"
     assert errors == [] and mixed == 0 and loads > 0, (errors[:3], mixed, loads)

@@ -281,7 +281,9 @@ main()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.npz"]
 
 
-def test_an_image_folder_runs_heldout_index_keeps_the_files(tmp_path):
+def _image_folder_index(tmp_path):  # noqa: ANN001, ANN202
+    """A run trained on a small image folder and ``dmlkit index build`` of its held-out
+    split (the default): ``(folder, index)``."""
     image = pytest.importorskip("PIL.Image")
     from dmlkit.config import Config
     from dmlkit.index import load_index
@@ -299,7 +301,11 @@ def test_an_image_folder_runs_heldout_index_keeps_the_files(tmp_path):
     res = runner.invoke(app, ["index", "build", str(tmp_path / "run"), "--out",
                               str(tmp_path / "ix")])  # --data heldout, the default
     assert res.exit_code == 0, res.output
-    index = load_index(tmp_path / "ix")
+    return folder, load_index(tmp_path / "ix")
+
+
+def test_an_image_folder_runs_heldout_index_keeps_the_files(tmp_path):
+    folder, index = _image_folder_index(tmp_path)
     paths = [m["path"] for m in index.metadata(index.ids)]
     assert paths and all(p and p.startswith(str(folder)) and p.endswith(".png") for p in paths)
 
@@ -318,24 +324,8 @@ def test_read_query_array_refuses_an_npz_with_both_arrays_unless_told(tmp_path):
 def test_search_shows_an_image_folder_items_path_and_class_name(tmp_path):
     """An image folder's items have a path and a class name: the table shows both (the
     label is a class id, which the folder's name is not)."""
-    image = pytest.importorskip("PIL.Image")
-    from dmlkit.config import Config
-    from dmlkit.index import load_index
-    from dmlkit.training import train_run
-
-    folder = _image_folder(tmp_path, image)
-    cfg = Config.from_dict({
-        "name": "imgs", "data": {"name": "image_folder", "path": str(folder),
-                                 "color": "grayscale", "test_fraction": 0.34},
-        "model": {"name": "mlp", "dim": 4, "hidden": [8]},
-        "sampler": {"name": "m_per_class", "m": 2, "batch_size": 4},
-        "training": {"epochs": 1, "num_threads": 1},
-    })  # fmt: skip
-    train_run(cfg, tmp_path / "run", log=lambda *a: None)
-    res = runner.invoke(app, ["index", "build", str(tmp_path / "run"), "--out",
-                              str(tmp_path / "ix")])
-    assert res.exit_code == 0, res.output
-    meta = load_index(tmp_path / "ix").metadata(load_index(tmp_path / "ix").ids)[0]
+    _, index = _image_folder_index(tmp_path)
+    meta = index.metadata(index.ids)[0]
     assert meta["path"] and meta["payload"] == {"class": Path(meta["path"]).parent.name}
     res = runner.invoke(app, ["search", str(tmp_path / "ix"), "-q", meta["path"], "-k", "1"])
     assert res.exit_code == 0, res.output
