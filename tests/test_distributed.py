@@ -200,3 +200,32 @@ def test_two_runs_in_one_job_and_a_failing_process_ends_the_job(tmp_path):
         res.stderr[-3000:])
     assert (tmp_path / "second" / "metrics.json").is_file()
     assert res.returncode != 0 and "disk full on rank 0" in res.stderr
+
+
+UNEVEN = """
+import sys, torch, torch.distributed as dist
+from dmlkit.training.distributed import gather, gather_with_grad, init_from_env
+init_from_env("cpu")
+rank, said = dist.get_rank(), []
+for fn in (gather_with_grad, gather):
+    try:
+        fn(torch.randn(3 - rank, 4, requires_grad=fn is gather_with_grad))
+        said.append(f"{fn.__name__} gathered")
+    except ValueError as err:
+        said.append(f"{fn.__name__} refused: {err}")
+said.append(str(tuple(gather(torch.full((2, 2), float(rank))).shape)))
+open(f"r{rank}.txt", "w").write("\\n".join(said))
+dist.destroy_process_group()
+"""
+
+
+def test_a_gather_of_different_shapes_is_refused_on_every_process(tmp_path):
+    (tmp_path / "uneven.py").write_text(UNEVEN)
+    res = torchrun([str(tmp_path / "uneven.py")], tmp_path, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    for rank in (0, 1):  # each process refuses both gathers, then gathers equal shapes
+        lines = (tmp_path / f"r{rank}.txt").read_text().splitlines()
+        assert len(lines) == 3 and lines[2] == "(4, 2)", lines
+        assert all(ln.endswith("refused: every process must gather a tensor of the same "
+                               "shape, got 0: (3, 4), 1: (2, 4) (process: shape); give each "
+                               "process as many rows") for ln in lines[:2]), lines

@@ -111,12 +111,29 @@ def is_main_process() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
-def gather_with_grad(x: Tensor) -> Tensor:
-    """``(world * n, ...)``: every process's ``x`` in rank order, differentiable."""
+def check_same_rows(x: Tensor) -> None:
+    """Refuse, on every process alike, a gather of ``x`` whose shape differs between the
+    processes (a collective of equal-sized parts would read past the smaller ones)."""
+    shape = torch.tensor([x.dim(), *x.shape, *[0] * (8 - x.dim())][:9], device=x.device)
+    shapes = [torch.empty_like(shape) for _ in range(dist.get_world_size())]
+    dist.all_gather(shapes, shape)
+    seen = [tuple(int(v) for v in s[1 : 1 + int(s[0])]) for s in shapes]
+    if len(set(seen)) > 1:
+        raise ValueError(f"every process must gather a tensor of the same shape, got "
+                         f"{', '.join(f'{r}: {s}' for r, s in enumerate(seen))} "
+                         "(process: shape); give each process as many rows")
+
+
+def gather_with_grad(x: Tensor, *, check_rows: bool = True) -> Tensor:
+    """``(world * n, ...)``: every process's ``x`` in rank order, differentiable.
+    ``check_rows`` (one small collective) refuses shapes that differ between processes
+    (:func:`check_same_rows`); a caller that already splits evenly turns it off."""
     import warnings
 
     from torch.distributed.nn.functional import all_gather
 
+    if check_rows:
+        check_same_rows(x)
     with warnings.catch_warnings():  # its backward sums every process's gradient, as needed
         warnings.simplefilter("ignore", FutureWarning)
         # the group named now: the function's default is bound to the first process group,
@@ -124,8 +141,11 @@ def gather_with_grad(x: Tensor) -> Tensor:
         return torch.cat(all_gather(x.contiguous(), group=dist.group.WORLD))
 
 
-def gather(x: Tensor) -> Tensor:
-    """``(world * n, ...)``: every process's ``x`` in rank order (no gradient)."""
+def gather(x: Tensor, *, check_rows: bool = True) -> Tensor:
+    """``(world * n, ...)``: every process's ``x`` in rank order (no gradient);
+    ``check_rows`` as in :func:`gather_with_grad`."""
+    if check_rows:
+        check_same_rows(x)
     parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, x.contiguous())
     return torch.cat(parts)
@@ -149,8 +169,9 @@ def global_batch_loss(loss: Any, miner: Any, embeddings: Tensor, labels: Tensor)
     mines it)."""
     world = dist.get_world_size()
     order = sampler_order(embeddings.shape[0] * world, world).to(embeddings.device)
-    all_emb = gather_with_grad(embeddings)[order]  # (world * B, d)
-    all_labels = gather(labels)[order.to(labels.device)]  # (a no-op on one device)
+    # (the trainer splits every batch evenly: DistributedTrainer.fetch)
+    all_emb = gather_with_grad(embeddings, check_rows=False)[order]  # (world * B, d)
+    all_labels = gather(labels, check_rows=False)[order.to(labels.device)]  # (no-op: 1 device)
     indices = miner(all_emb, all_labels) if miner is not None else None
     return loss(all_emb, all_labels, indices=indices)
 
@@ -161,8 +182,8 @@ def global_regularization(
 ) -> Tensor | float:
     """:func:`~dmlkit.training.trainer.regularization` (anchor and uniformity terms) of the
     gathered global batch, as one process computes them on the concatenated batch."""
-    return regularization(gather_with_grad(embeddings),
-                          None if reference is None else gather(reference),
+    return regularization(gather_with_grad(embeddings, check_rows=False),
+                          None if reference is None else gather(reference, check_rows=False),
                           anchor_weight, uniformity_weight)  # fmt: skip
 
 
@@ -280,6 +301,7 @@ class DistributedTrainer(Trainer):
         return bool(flag.item())
 
 
-__all__ = ["DistributedTrainer", "average_gradients", "gather", "gather_with_grad",
-           "global_batch_loss", "global_regularization", "init_from_env", "is_main_process",
-           "lost_peer", "lost_peer_reason", "sampler_order", "world_size_from_env"]
+__all__ = ["DistributedTrainer", "average_gradients", "check_same_rows", "gather",
+           "gather_with_grad", "global_batch_loss", "global_regularization", "init_from_env",
+           "is_main_process", "lost_peer", "lost_peer_reason", "sampler_order",
+           "world_size_from_env"]
