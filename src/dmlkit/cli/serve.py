@@ -11,9 +11,17 @@ import typer
 
 from dmlkit.cli._errors import one_line
 
+#: seconds a stopping server (SIGTERM, Ctrl-C) waits for requests in flight before it
+#: closes their connections and checkpoints the index (a client that never finishes
+#: sending its body must not keep the server alive)
+GRACEFUL_SHUTDOWN_S = 15
+
 
 def register(app: typer.Typer) -> None:
-    @app.command("serve")
+    @app.command("serve", help=(
+        "Serve /embed, /search, /verify, /identify, /items, /health and /metrics.\n\n"
+        f"SIGTERM or Ctrl-C stops it: requests in flight get up to {GRACEFUL_SHUTDOWN_S} "
+        "seconds to finish, then the index is checkpointed."))
     def serve(
         run: Path = typer.Option(None, "--run", help="Run directory (its model embeds inputs "
                                  "with torch; not with --onnx)."),
@@ -158,4 +166,5 @@ def _server(uvicorn: Any, application: Any, host: str, port: int,
                 at = bound[0][1] if bound else port
                 announce(f"http://{host}:{at}")
 
-    return _Server(uvicorn.Config(application, host=host, port=port, log_level="warning"))
+    return _Server(uvicorn.Config(application, host=host, port=port, log_level="warning",
+                                  timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S))

@@ -275,8 +275,13 @@ class BaseIndex:
         if len(paths) != n or len(payloads) != n:
             raise ValueError(f"paths and payloads must have {n} entries")
         # stored as a copy, as saving and loading would give them: the caller's later edits
-        # never reach the index (and a non-JSON payload is a TypeError here, not at save)
-        payloads = json.loads(json.dumps(payloads))
+        # never reach the index (and a non-JSON payload is a TypeError here, not at save;
+        # NaN or an infinity a ValueError: metadata.json is always valid JSON)
+        try:
+            payloads = json.loads(json.dumps(payloads, allow_nan=False))
+        except ValueError as err:
+            raise ValueError(f"payloads must be plain JSON with finite numbers (use null or "
+                             f"a string for NaN or infinity): {err}") from None
         self._add_vectors(x, ids)
         self._ids = np.concatenate([self._ids, ids])
         self._labels = np.concatenate([self._labels, lab])

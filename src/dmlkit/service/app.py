@@ -12,21 +12,22 @@ that says it). The index and the verifier must belong to the served model
 
 from __future__ import annotations
 
-import json
 import re
-import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field, StrictInt
+from starlette.routing import Match
 
+from dmlkit.service.body_limit import BodyLimit
+from dmlkit.service.errors import non_finite_at, validation_detail
 from dmlkit.service.limits import check_at_least_one, check_rate, check_threshold
+from dmlkit.service.metrics import Metrics
 from dmlkit.service.provenance import VerifierScorer, check_index_source
 from dmlkit.service.security import ApiKeys, RateLimiter
 from dmlkit.service.store import DurableIndex
@@ -56,10 +57,11 @@ class ServiceConfig:
 
 class Batch(BaseModel):
     """Raw ``inputs`` (rows as the run's data, flat or shaped; strings for a text run's
-    model) or ``embeddings``."""
+    model) or ``embeddings``. Lists are checked up to their first wrong element
+    (``fail_fast``): a huge list of the wrong kind is one error, found at once."""
 
     inputs: list[Any] | None = None
-    embeddings: list[list[Any]] | None = None
+    embeddings: Annotated[list[list[Any]], Field(fail_fast=True)] | None = None
 
 
 class SearchRequest(Batch):
@@ -68,7 +70,7 @@ class SearchRequest(Batch):
 
 class ItemsRequest(Batch):
     metadata: list[Any] | None = None
-    labels: list[StrictInt] | None = None
+    labels: Annotated[list[StrictInt], Field(fail_fast=True)] | None = None
 
 
 class VerifyRequest(BaseModel):
@@ -78,89 +80,6 @@ class VerifyRequest(BaseModel):
 
 class IdentifyRequest(Batch):
     pass
-
-
-@dataclass
-class Metrics:
-    """Request counts and latencies per route and status, in Prometheus text format."""
-
-    buckets: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-    counts: dict[tuple[str, int], int] = field(default_factory=dict)
-    latency: dict[str, list[float]] = field(default_factory=dict)  # route -> bucket counts+sum
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def observe(self, route: str, status: int, seconds: float) -> None:
-        with self.lock:
-            self.counts[(route, status)] = self.counts.get((route, status), 0) + 1
-            row = self.latency.setdefault(route, [0.0] * (len(self.buckets) + 2))
-            for i, edge in enumerate(self.buckets):
-                if seconds <= edge:
-                    row[i] += 1
-            row[-2] += 1  # count (+Inf bucket)
-            row[-1] += seconds
-
-    def text(self, items: int) -> str:
-        lines = ["# TYPE dmlkit_requests_total counter"]
-        with self.lock:
-            for (route, status), n in sorted(self.counts.items()):
-                lines.append(f'dmlkit_requests_total{{route="{route}",status="{status}"}} {n}')
-            lines.append("# TYPE dmlkit_request_seconds histogram")
-            for route, row in sorted(self.latency.items()):
-                for edge, n in zip(self.buckets, row, strict=False):
-                    lines.append(f'dmlkit_request_seconds_bucket{{route="{route}",le="{edge}"}} '
-                                 f"{int(n)}")
-                lines.append(f'dmlkit_request_seconds_bucket{{route="{route}",le="+Inf"}} '
-                             f"{int(row[-2])}")
-                lines.append(f'dmlkit_request_seconds_count{{route="{route}"}} {int(row[-2])}')
-                lines.append(f'dmlkit_request_seconds_sum{{route="{route}"}} {row[-1]:.6f}')
-        lines += ["# TYPE dmlkit_index_items gauge", f"dmlkit_index_items {items}"]
-        return "\n".join(lines) + "\n"
-
-
-class BodyLimit:
-    """ASGI middleware: 413 for bodies over ``limit`` bytes (declared or streamed)."""
-
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app, self.limit = app, int(limit)
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await self._reject(send)
-            return
-        # a streamed (chunked) body is read here, up to the limit, before the app sees it:
-        # raising inside the app's own read would turn into its 400 "error parsing the body"
-        chunks: list[bytes] = []
-        seen, more = 0, True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                break
-            chunks.append(message.get("body", b""))
-            seen += len(chunks[-1])
-            if seen > self.limit:
-                await self._reject(send)
-                return
-            more = message.get("more_body", False)
-        body, replayed = b"".join(chunks), False
-
-        async def buffered() -> dict:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, buffered, send)
-
-    async def _reject(self, send: Any) -> None:
-        body = f'{{"detail":"request body over {self.limit} bytes"}}'.encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json")]})
-        await send({"type": "http.response.body", "body": body})
 
 
 def create_app(store: DurableIndex, keys: ApiKeys, embedder: Any = None,
@@ -331,6 +250,11 @@ def create_app(store: DurableIndex, keys: ApiKeys, embedder: Any = None,
                 raise HTTPException(422, f"{name} has {len(values)} entries for {len(x)} rows")
         if req.labels is not None and any(not 0 <= v < 1 << 63 for v in req.labels):
             raise HTTPException(422, "labels must be non-negative integers below 2**63")
+        for i, item in enumerate(req.metadata or ()):
+            if (where := non_finite_at(item)) is not None:
+                raise HTTPException(422, f"metadata[{i}]{where} is NaN or infinite; metadata "
+                                    "is JSON and holds finite numbers only (send null or a "
+                                    "string instead)")
         ids = store.add(x, payloads=req.metadata, labels=req.labels)
         return {"ids": ids.tolist()}
 
@@ -389,18 +313,21 @@ def create_app(store: DurableIndex, keys: ApiKeys, embedder: Any = None,
             return JSONResponse({"detail": "the request body must be JSON, sent with the "
                                  f"header Content-Type: application/json (got {got})"},
                                 status_code=415)
-        return JSONResponse({"detail": [_brief(e) for e in err.errors()]}, status_code=422)
+        return JSONResponse({"detail": validation_detail(err.errors())}, status_code=422)
 
     @app.exception_handler(ValueError)
     async def value_error(_: Request, err: ValueError) -> JSONResponse:
         return JSONResponse({"detail": str(err)}, status_code=422)
 
-    return BodyLimit(app, cfg.max_body_bytes)  # type: ignore[return-value]
+    def refused_body(scope: dict, seconds: float) -> None:  # a 413 the app never saw
+        route = next((r for r in app.router.routes
+                      if r.matches(scope)[0] == Match.FULL), None)
+        metrics.observe(getattr(route, "path", "unmatched"), 413, seconds)
+
+    return BodyLimit(app, cfg.max_body_bytes, refused_body)  # type: ignore[return-value]
 
 
 NUMBER_TYPES = frozenset({int, float})
-#: longest JSON text of a refused value a validation error repeats back
-ECHO_CHARS = 200
 
 
 def _shape(shape: tuple[Any, ...]) -> str:
@@ -424,19 +351,6 @@ def _is_json(content_type: str) -> bool:
     media = content_type.split(";", 1)[0].strip().lower()
     return media == "application/json" or (media.startswith("application/")
                                            and media.endswith("+json"))
-
-
-def _brief(error: dict[str, Any]) -> dict[str, Any]:
-    """A validation error without the offending input when that is large (a request's
-    whole multi-megabyte body must not come back in its 422)."""
-    out = {key: error[key] for key in ("type", "loc", "msg", "ctx") if key in error}
-    try:
-        text = json.dumps(jsonable_encoder(error.get("input")))
-    except (TypeError, ValueError):
-        text = None
-    if "input" in error and text is not None and len(text) <= ECHO_CHARS:
-        out["input"] = error["input"]
-    return jsonable_encoder(out)
 
 
 def _non_number(rows: list[Any]) -> tuple[bool, Any]:

@@ -46,7 +46,8 @@ class ApiKeys:
             path = Path(keys_file)
             if not path.is_file():
                 raise FileNotFoundError(f"API keys file not found: {path}")
-            return cls(path.read_text().splitlines())
+            # utf-8-sig: a leading byte-order mark (some editors write one) is not a key
+            return cls(path.read_text(encoding="utf-8-sig").splitlines())
         return cls(os.environ.get(ENV_KEYS, "").split(","))
 
     def check(self, key: str | None) -> bytes | None:

@@ -103,7 +103,7 @@ class RWLock:
 
 
 def _encode(record: dict[str, Any]) -> bytes:
-    body = json.dumps(record, separators=(",", ":"))
+    body = json.dumps(record, separators=(",", ":"), allow_nan=False)  # always valid JSON
     return f"{zlib.crc32(body.encode()):08x} {body}\n".encode()
 
 
@@ -320,7 +320,12 @@ class DurableIndex:
             record = {"op": "add", "ids": ids.tolist(),
                       "vectors": base64.b64encode(x.tobytes()).decode(),
                       "payloads": payloads, "labels": labels}
-            json.dumps(payloads)  # non-JSON payloads fail before anything is changed
+            # non-JSON payloads (NaN and infinities among them) fail before anything changes
+            try:
+                json.dumps(payloads, allow_nan=False)
+            except ValueError as err:
+                raise ValueError(f"payloads must be plain JSON with finite numbers (use null "
+                                 f"or a string for NaN or infinity): {err}") from None
             self._apply(record)  # a write the index refuses is neither logged nor applied
             try:
                 self._log(record)
