@@ -37,6 +37,7 @@ points is then learned on all the rows, with the reference of all of them.
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from pathlib import Path
 from typing import Any
@@ -160,7 +161,7 @@ class MetricOutlierDetector(OutlierMixin, BaseEstimator):
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {list(METHODS)}, got {self.method!r}")
         if isinstance(self.contamination, bool) or not isinstance(
-            self.contamination, (int, float)
+            self.contamination, numbers.Real
         ) or not 0.0 < float(self.contamination) <= 0.5:
             raise ValueError(f"contamination must be in (0, 0.5], got {self.contamination!r}")
         check_int_param("n_neighbors", self.n_neighbors)

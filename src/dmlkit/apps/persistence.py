@@ -6,6 +6,8 @@ every file's size and SHA-256 checked against the manifest on load, arrays read 
 
     manifest.json   {"format": "dmlkit-kit", "version": 1, "kind": "Verifier", "dim",
                      "metric", "count", "params": {...}, "files": {...}}
+                    (and "feature_names_in", the column names of a kit fitted on a
+                    DataFrame, checked against those of the data it is given)
     state.json      the kit's learned scalars and lists
     NAME.npy        its learned arrays (shapes and dtypes listed in state.json)
     index.*         the files of a nearest-neighbour index, for kits that hold one
@@ -54,6 +56,8 @@ STATE = "state.json"
 INDEX_PREFIX = "index."
 #: manifest key of the fingerprint of the weights of the run a kit embeds with
 FINGERPRINT = "model_sha256"
+#: manifest key of the column names of the DataFrame a kit was fitted on
+FEATURE_NAMES = "feature_names_in"
 
 
 class StaleKitError(ValueError):
@@ -216,6 +220,9 @@ def save_kit(
         "metric": str(getattr(estimator, "metric", "")),
         "count": int(count),
     }
+    names = getattr(estimator, "feature_names_in_", None)
+    if names is not None:
+        header[FEATURE_NAMES] = [str(name) for name in names]
     header["params"], types = _json_params(estimator)
     if types:
         header[NUMPY_PARAMS] = types
@@ -299,6 +306,11 @@ def load_kit(path: str | Path, cls: type, *, index_files: dict[str, bytes] | Non
                             for name, data in blobs.items() if name.startswith(INDEX_PREFIX)})
     if manifest["dim"]:
         estimator.n_features_in_ = int(manifest["dim"])
+    names = manifest.get(FEATURE_NAMES)  # absent: saved before they were recorded
+    if names is not None:
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise IndexFormatError(f"{path}: manifest {FEATURE_NAMES} must be a list of strings")
+        estimator.feature_names_in_ = np.asarray(names, dtype=object)
     recorded = manifest.get(FINGERPRINT)
     if recorded is not None and not isinstance(recorded, str):
         raise IndexFormatError(f"{path}: manifest {FINGERPRINT} must be a string")

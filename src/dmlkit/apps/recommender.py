@@ -27,7 +27,12 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from dmlkit._checks import check_int_param, check_real, check_real_inputs
+from dmlkit._checks import check_int_param, check_real
+from dmlkit.apps.recommender_inputs import check_not_padding as _check_not_padding
+from dmlkit.apps.recommender_inputs import check_params
+from dmlkit.apps.recommender_inputs import float_rows as _float_rows
+from dmlkit.apps.recommender_inputs import id_key as _id_key
+from dmlkit.apps.recommender_inputs import ids as _ids
 
 #: how the interactions given to ``fit`` were split from the full data
 #: ("last": each user's latest interaction was held out; "none": nothing was held out)
@@ -51,7 +56,8 @@ class CMLRecommender(BaseEstimator):
     max_norm : float
         Radius of the ball every embedding is kept in; must be > 0.
     feature_weight : float
-        Weight ``lambda_f`` of the feature loss (used when ``fit`` gets item features).
+        Weight ``lambda_f`` of the feature loss (used when ``fit`` gets item features);
+        finite and >= 0.
     feature_hidden : sequence of int
         Hidden widths of the feature MLP.
     random_state : int
@@ -149,24 +155,11 @@ class CMLRecommender(BaseEstimator):
         if len(users) == 0:
             raise ValueError("no interactions to fit on")
         _check_not_padding(items, "items")
-        check_real("max_norm", self.max_norm, 0.0, low_open=True,
-                   what="a radius (the ball every embedding is kept in)")
-        for name, value in (("dim", self.dim), ("n_negatives", self.n_negatives),
-                            ("epochs", self.epochs), ("batch_size", self.batch_size)):
-            if int(value) < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        if isinstance(self.margin, bool) or not isinstance(self.margin, (int, float)) or not (
-                0.0 < float(self.margin) < float("inf")):
-            raise ValueError(f"margin must be a finite number > 0, got {self.margin!r}: it is "
-                             "how much farther than a user's items the sampled negatives are "
-                             "pushed (with margin <= 0 the hinge is almost always 0 and "
-                             "little is learned); use e.g. 0.5 or 1.0")
+        check_params(self)
         self.user_ids_, u = np.unique(users, return_inverse=True)
         self.item_ids_, i = np.unique(items, return_inverse=True)
         if len(self.item_ids_) < 2:
             raise ValueError("need at least 2 distinct items to rank")
-        if self.schedule not in ("constant", "cosine"):
-            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
         feats = self._features(item_features) if item_features is not None else None
         gen = torch.Generator().manual_seed(int(self.random_state))
         n_users, n_items, d = len(self.user_ids_), len(self.item_ids_), int(self.dim)
@@ -307,7 +300,7 @@ class CMLRecommender(BaseEstimator):
         index.add(self.item_embeddings_.numpy(), ids=np.arange(n_items))
         starts = np.searchsorted(self.seen_, rows * n_items)
         ends = np.searchsorted(self.seen_, (rows + 1) * n_items)
-        depth = min(n_items, k + (int((ends - starts).max()) if exclude_seen else 0))
+        depth = min(n_items, k + (int((ends - starts).max(initial=0)) if exclude_seen else 0))
         _, found = index.search(self.user_embeddings_[torch.from_numpy(rows)].numpy(), depth)
         pad = "" if self.item_ids_.dtype.kind in "US" else -1
         out = np.full((len(rows), k), pad, dtype=self.item_ids_.dtype)
@@ -353,6 +346,10 @@ class CMLRecommender(BaseEstimator):
         z = torch.from_numpy(self.place_items(features))
         if len(z) != len(item_ids):
             raise ValueError(f"{len(item_ids)} ids but {len(z)} feature rows")
+        if not torch.isfinite(z).all():
+            raise ValueError("the feature network places the new items at NaN or infinity "
+                             "(it did not learn finite weights): fit the recommender again "
+                             "with a finite feature_weight >= 0 before adding items")
         n_old = len(self.item_ids_)
         self.item_ids_ = np.concatenate([self.item_ids_, item_ids])
         self.item_embeddings_ = torch.cat([self.item_embeddings_, z])
@@ -360,7 +357,6 @@ class CMLRecommender(BaseEstimator):
         self.seen_ = users * len(self.item_ids_) + items
         self._item_index = {_id_key(v): k for k, v in enumerate(self.item_ids_)}
         return self
-
 
     # -- persistence --------------------------------------------------------------------
     def save(self, path: Any) -> Any:
@@ -415,56 +411,6 @@ class CMLRecommender(BaseEstimator):
         model._user_index = {_id_key(v): k for k, v in enumerate(model.user_ids_)}
         model._item_index = {_id_key(v): k for k, v in enumerate(model.item_ids_)}
         return model
-
-
-def _id_key(value: Any) -> str:
-    """The key an id is looked up by: its text, a float of integral value as the integer
-    (``0.0`` and ``0`` name one user, as a float column read from integers holds them)."""
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        return str(int(value))
-    return str(value)
-
-
-def _ids(values: Any, name: str) -> np.ndarray:
-    arr = np.asarray(values)
-    if arr.ndim == 0:
-        arr = arr.reshape(1)
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        raise ValueError(f"{name} contain NaN")
-    if arr.dtype.kind == "b":
-        raise TypeError(f"{name} must be ids (strings or integers), got booleans")
-    if arr.dtype.kind == "u" and (not arr.size or arr.max() <= np.iinfo(np.int64).max):
-        arr = arr.astype(np.int64)  # signed, so that -1 can pad a recommendation list
-    if arr.dtype.kind not in "iufUS":  # objects, mixed types, huge unsigned: as strings
-        arr = arr.astype(str)
-    return arr
-
-
-def _float_rows(values: Any, name: str) -> np.ndarray:
-    """``values`` as a float32 array: sparse matrices, text and float64 values beyond
-    float32's range refused with one line naming ``name``."""
-    from dmlkit.apps.embedding import check_finite_rows, check_float32_range, dense_array
-
-    try:
-        x = dense_array(values)
-    except TypeError as err:
-        raise TypeError(f"{name}: {err}") from None
-    check_real_inputs(x, "", name)
-    check_finite_rows(x, name)
-    check_float32_range(x, name)
-    return x.astype(np.float32)
-
-
-def _check_not_padding(items: np.ndarray, name: str) -> None:
-    """Refuse item ids equal to the padding of :meth:`CMLRecommender.recommend`."""
-    text = items.dtype.kind in "US"
-    if (items == (items.dtype.type() if text else -1)).any():
-        raise ValueError(
-            f"{name} hold {'an empty id' if text else 'the id -1'}, the value that pads "
-            "recommendation lists shorter than k (the item would be taken for padding): "
-            "give that item another id")
 
 
 def _member(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:

@@ -3,6 +3,8 @@ refusing a bad value in one line naming its option before any data is read."""
 
 from __future__ import annotations
 
+from typing import Any
+
 # More episodes than this narrow the 95% interval far below any difference worth
 # reporting (1.96 * 0.5 / sqrt(1e6) < 0.001) and only cost time and memory.
 MAX_EPISODES = 1_000_000
@@ -52,3 +54,29 @@ def check_sources(support: str | None, query: str | None, episodes: str | None) 
     if pair == (episodes is not None):
         raise ValueError("pass --support and --query (classify queries from a support set) "
                          "or --episodes DATA (draw N-way K-shot episodes), not both or neither")
+
+
+def check_episode_sizes(labels: Any, ways: list[int], shots: list[int], n_query: int,
+                        source: str) -> None:
+    """Refuse, before any episode runs, a ``--way`` / ``--shot`` / ``--n-query`` setting
+    that the labelled set ``source`` cannot fill: every ``N``-way ``K``-shot setting needs
+    ``N`` classes with at least ``K + n_query`` items. ``labels`` None (none in the file)
+    is refused too."""
+    import numpy as np
+
+    if labels is None:
+        raise ValueError(f"{source} has no labels")
+    if isinstance(n_query, bool) or not isinstance(n_query, int) or n_query < 1:
+        raise ValueError(f"--n-query must be 1 or more, got {n_query!r}: each class of an "
+                         "episode needs at least one query to classify")
+    _, counts = np.unique(np.asarray(labels), return_counts=True)
+    for n in ways:
+        for k in shots:
+            have = int((counts >= k + n_query).sum())
+            if have < n:
+                raise ValueError(
+                    f"{source}: {n}-way episodes need {n} classes with at least "
+                    f"{k + n_query} items ({k}-shot: {k} support + {n_query} queries each), "
+                    f"but only {have} "
+                    f"of its {counts.size} classes have that many; lower --way, --shot or "
+                    "--n-query")

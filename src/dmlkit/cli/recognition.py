@@ -440,11 +440,11 @@ def register(app: typer.Typer) -> None:
             check_episodes(n_episodes, "--n-episodes")
             if episodes_data is not None:
                 from dmlkit.apps.embedding import embed_inputs
+                from dmlkit.cli._fewshot_checks import check_episode_sizes
 
                 x, y, _ = DataReader(run_dir).read(episodes_data, "--episodes")
-                if y is None:
-                    raise ValueError(f"{episodes_data} has no labels")
                 refuse_unknown(y, f"--episodes {episodes_data}")
+                check_episode_sizes(y, way_list, shot_list, n_query, episodes_data)
                 x = embed_inputs(embedder, x).numpy()  # once for every setting
                 clf.set_params(embedder=None)
                 for n in way_list:

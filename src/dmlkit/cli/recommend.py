@@ -113,11 +113,13 @@ def train(
     from dmlkit.apps import CMLRecommender
     from dmlkit.apps.persistence import KIT_FORMAT
     from dmlkit.cli._outputs import check_output_dir, check_outside_saved
+    from dmlkit.data.interactions import check_min_rating
     from dmlkit.index.io import check_replaceable
     from dmlkit.training.rng import check_seed
 
     try:  # the destination first: refused after training, the training would be lost
         check_seed(seed, "--seed")  # (the seed rule of every command)
+        check_min_rating(min_rating)
         check_output_dir(out)
         check_replaceable(out, KIT_FORMAT, CMLRecommender.__name__)
         check_outside_saved(out)
@@ -156,12 +158,14 @@ def evaluate(
     import numpy as np
 
     from dmlkit.apps import CMLRecommender
+    from dmlkit.data.interactions import check_min_rating
     from dmlkit.evaluation import write_json
     from dmlkit.evaluation.recommendation import recommendation_metrics
 
     resolved = model_dir.resolve()  # MODEL_DIR.json: appended (cml_m0.5 -> cml_m0.5.json)
     target = out or resolved.with_name(resolved.name + ".json")
     try:
+        check_min_rating(min_rating)
         _check_target(target, model_dir, data)
         model = CMLRecommender.load(model_dir)
         if model.holdout_ == "none":

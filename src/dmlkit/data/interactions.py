@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import math
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +39,19 @@ class Interactions:
                             self.timestamps[rows])
 
 
+def check_min_rating(min_rating: float | None) -> float | None:
+    """``min_rating`` as a float (None stays None), else a ``ValueError`` in one line: it
+    must be a finite number (interactions rated at least it are kept)."""
+    if min_rating is None:
+        return None
+    ok = isinstance(min_rating, numbers.Real) and not isinstance(min_rating, bool)
+    if not ok or not math.isfinite(float(min_rating)):
+        raise ValueError(f"min_rating (--min-rating) must be a finite number, got "
+                         f"{min_rating!r}: interactions rated at least it are kept; give a "
+                         "rating such as 4, or leave it out to keep every interaction")
+    return float(min_rating)
+
+
 def read_interactions(path: str | Path, *, min_rating: float | None = None) -> Interactions:
     """Read a CSV/TSV of ``user,item[,rating,timestamp]`` or a ``.inter`` file.
 
@@ -55,6 +70,7 @@ def read_interactions(path: str | Path, *, min_rating: float | None = None) -> I
     Empty ids are refused. ``min_rating`` keeps only interactions rated at least that
     much (all by default).
     """
+    min_rating = check_min_rating(min_rating)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"interaction file not found: {path}")
@@ -216,4 +232,5 @@ def leave_last_out(data: Interactions, n_last: int = 1, *,
     return data.subset(np.flatnonzero(~test_mask)), data.subset(np.flatnonzero(test_mask))
 
 
-__all__ = ["Interactions", "read_interactions", "movielens_100k_path", "leave_last_out"]
+__all__ = ["Interactions", "check_min_rating", "read_interactions", "movielens_100k_path",
+           "leave_last_out"]

@@ -1,0 +1,85 @@
+"""Checks of what :class:`~dmlkit.apps.CMLRecommender` is given: its parameters, ids and
+feature rows, each refused with one line naming the offending value."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import numpy as np
+
+from dmlkit._checks import check_int_param, check_real, check_real_inputs
+
+
+def check_params(model: Any) -> None:
+    """Refuse bad constructor parameters of a recommender before it trains."""
+    check_real("max_norm", model.max_norm, 0.0, low_open=True,
+               what="a radius (the ball every embedding is kept in)")
+    for name in ("dim", "n_negatives", "epochs", "batch_size"):
+        check_int_param(name, getattr(model, name), 1)
+    margin = model.margin
+    if (isinstance(margin, bool) or not isinstance(margin, numbers.Real)
+            or not 0.0 < float(margin) < math.inf):
+        raise ValueError(f"margin must be a finite number > 0, got {margin!r}: it is "
+                         "how much farther than a user's items the sampled negatives are "
+                         "pushed (with margin <= 0 the hinge is almost always 0 and "
+                         "little is learned); use e.g. 0.5 or 1.0")
+    check_real("feature_weight", model.feature_weight, 0.0, math.inf, high_open=True,
+               what="a finite weight (of the item-feature loss)")
+    if model.schedule not in ("constant", "cosine"):
+        raise ValueError(f"schedule must be 'constant' or 'cosine', got {model.schedule!r}")
+
+
+def id_key(value: Any) -> str:
+    """The key an id is looked up by: its text, a float of integral value as the integer
+    (``0.0`` and ``0`` name one user, as a float column read from integers holds them)."""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def ids(values: Any, name: str) -> np.ndarray:
+    """``values`` as a 1-D array of ids: integers (signed), floats or strings."""
+    arr = np.asarray(values)
+    if arr.ndim == 0:
+        arr = arr.reshape(1)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise ValueError(f"{name} contain NaN")
+    if arr.dtype.kind == "b":
+        raise TypeError(f"{name} must be ids (strings or integers), got booleans")
+    if arr.dtype.kind == "u" and (not arr.size or arr.max() <= np.iinfo(np.int64).max):
+        arr = arr.astype(np.int64)  # signed, so that -1 can pad a recommendation list
+    if arr.dtype.kind not in "iufUS":  # objects, mixed types, huge unsigned: as strings
+        arr = arr.astype(str)
+    return arr
+
+
+def float_rows(values: Any, name: str) -> np.ndarray:
+    """``values`` as a float32 array: sparse matrices, text and float64 values beyond
+    float32's range refused with one line naming ``name``."""
+    from dmlkit.apps.embedding import check_finite_rows, check_float32_range, dense_array
+
+    try:
+        x = dense_array(values)
+    except TypeError as err:
+        raise TypeError(f"{name}: {err}") from None
+    check_real_inputs(x, "", name)
+    check_finite_rows(x, name)
+    check_float32_range(x, name)
+    return x.astype(np.float32)
+
+
+def check_not_padding(items: np.ndarray, name: str) -> None:
+    """Refuse item ids equal to the padding of :meth:`CMLRecommender.recommend`."""
+    text = items.dtype.kind in "US"
+    if (items == (items.dtype.type() if text else -1)).any():
+        raise ValueError(
+            f"{name} hold {'an empty id' if text else 'the id -1'}, the value that pads "
+            "recommendation lists shorter than k (the item would be taken for padding): "
+            "give that item another id")
+
+
+__all__ = ["check_not_padding", "check_params", "float_rows", "id_key", "ids"]
