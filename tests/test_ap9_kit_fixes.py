@@ -100,3 +100,11 @@ def test_outlier_detector_accepts_a_numpy_contamination():
     assert det.offset_ == pytest.approx(MetricOutlierDetector(contamination=0.1).fit(x).offset_)
     with pytest.raises(ValueError, match="contamination must be in"):
         MetricOutlierDetector(contamination=np.float32(0.6)).fit(x)
+
+
+@pytest.mark.parametrize("lr", [float("nan"), float("inf"), 0.0, -1e-3, True])
+def test_the_recommender_refuses_a_learning_rate_it_cannot_train_at(lr):
+    from dmlkit.apps import CMLRecommender
+
+    with pytest.raises(ValueError, match="lr must be a finite learning rate"):
+        CMLRecommender(dim=4, epochs=1, lr=lr).fit([1, 1, 2], [10, 11, 10])

@@ -27,6 +27,8 @@ def check_params(model: Any) -> None:
                          "little is learned); use e.g. 0.5 or 1.0")
     check_real("feature_weight", model.feature_weight, 0.0, math.inf, high_open=True,
                what="a finite weight (of the item-feature loss)")
+    check_real("lr", model.lr, 0.0, math.inf, low_open=True, high_open=True,
+               what="a finite learning rate")
     if model.schedule not in ("constant", "cosine"):
         raise ValueError(f"schedule must be 'constant' or 'cosine', got {model.schedule!r}")
 
