@@ -161,3 +161,30 @@ def test_calibrating_an_emptied_identifier_says_zero_identities():
     ident.remove(np.unique(y))
     with pytest.raises(ValueError, match="two enrolled identities, got zero;"):
         ident.calibrate(x, y)
+
+
+def test_rows_whose_l2_distances_would_overflow_are_refused():
+    """Two rows each below sqrt(float32 max) can still be farther apart than float32
+    holds: the bound is half of it."""
+    ix = ExactIndex(1)
+    with pytest.raises(ValueError, match="distances overflow float32"):
+        ix.add(np.array([[1.5e19], [-1.5e19]], np.float32))
+    ix.add(np.array([[9e18], [-9e18]], np.float32))  # below the bound: exact distances
+    dists, ids = ix.search(np.array([[9e18]], np.float32), k=2)
+    assert ids.tolist() == [[0, 1]] and np.isfinite(dists).all()
+
+
+def test_a_subclass_restoring_without_the_checked_bytes_still_loads(tmp_path):
+    class OldStyle(ExactIndex):
+        kind = "old_style_exact"
+
+        def _restore(self, path, manifest):  # noqa: ANN001, ANN202 (before blobs)
+            self.restored_from = path
+            super()._restore(path, manifest, None)
+
+    ix = OldStyle(4)
+    ix.add(np.eye(4, dtype=np.float32))
+    ix.save(tmp_path / "ix")
+    loaded = load_index(tmp_path / "ix")
+    assert isinstance(loaded, OldStyle) and loaded.restored_from == tmp_path / "ix"
+    assert len(loaded) == 4

@@ -63,15 +63,16 @@ def to_numpy_2d(x: Any, dim: int, name: str = "x") -> np.ndarray:
     return x
 
 
-#: the largest row norm whose square (and so distances and dot products) float32 holds
-MAX_ROW_NORM = float(np.sqrt(np.float64(FLOAT32_MAX)))
+#: the largest row norm at which every distance and dot product of two rows stays within
+#: float32: a squared L2 distance reaches ``(|x| + |y|)^2``, four times a squared norm
+MAX_ROW_NORM = float(np.sqrt(np.float64(FLOAT32_MAX))) / 2
 
 
 def check_norms(x: np.ndarray, name: str = "x") -> None:
     """Refuse float32 rows ``x`` ``(n, dim)`` whose squared L2 norm overflows float32:
     faiss and the exact index compute distances in float32, which then turn into
     infinities and NaNs that silently empty or scramble a search."""
-    if not x.size or float(np.abs(x).max()) * np.sqrt(x.shape[1]) < MAX_ROW_NORM:
+    if not x.size or max(float(x.max()), -float(x.min())) * np.sqrt(x.shape[1]) < MAX_ROW_NORM:
         return  # (no row can reach the limit)
     norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))  # (n,)
     if norms.max() >= MAX_ROW_NORM:
@@ -451,7 +452,7 @@ class BaseIndex:
             raise IndexFormatError(f"{path}: metadata.json does not describe {n} items")
         index._paths, index._payloads = meta["paths"], meta["payloads"]
         index.info = manifest.get("info") if isinstance(manifest.get("info"), dict) else {}
-        index._restore(path, manifest, blobs)
+        _restore_state(index, path, manifest, blobs)
         return index
 
     def __repr__(self) -> str:
@@ -464,6 +465,25 @@ def _subclasses(cls: type) -> list[type]:
     for sub in cls.__subclasses__():
         out += [sub, *_subclasses(sub)]
     return out
+
+
+def _restore_state(index: BaseIndex, path: Path, manifest: dict[str, Any],
+                   blobs: dict[str, bytearray]) -> None:
+    """``index._restore``: with the checked bytes ``blobs`` where it takes them; a
+    subclass written before that argument (``_restore(self, path, manifest)``) gets
+    ``path`` and ``manifest`` and reads its files itself."""
+    import inspect
+
+    try:
+        params = inspect.signature(index._restore).parameters
+    except (TypeError, ValueError):
+        params = {}
+    takes_blobs = "blobs" in params or len(params) >= 3 or any(
+        p.kind is inspect.Parameter.VAR_POSITIONAL for p in params.values())
+    if takes_blobs:
+        index._restore(path, manifest, blobs)
+    else:
+        index._restore(path, manifest)  # type: ignore[call-arg]
 
 
 def load_index(path: str | Path) -> BaseIndex:
