@@ -271,13 +271,24 @@ def _delimited_records(path: Path, text: str, comma: bool) -> list[tuple[int, di
     it lacks, which the readers refuse where they need a value (:func:`_require_values`,
     a score). Tab-separated files have no quoting (quotes are text, as in
     :func:`load_stsb`): a field cannot hold a tab or a newline."""
-    if comma:
-        reader = csv.DictReader(io.StringIO(text, newline=""))
+    if comma:  # (strict: a quote never closed is an error, not the rest of the file)
+        reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
     else:
         reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t",
                                 quoting=csv.QUOTE_NONE)
-    records = []
-    for row in reader:
+    records: list[tuple[int, dict]] = []
+    rows = iter(reader)
+    while True:
+        done = records[-1][0] if records else 1  # the last line read whole (1: the header)
+        try:
+            row = next(rows)
+        except StopIteration:
+            break
+        except csv.Error as err:
+            raise ValueError(f"{path}:{done + 1}: a field is not quoted as CSV wants ({err}): "
+                             "a quote opened there is never closed, or a quote inside a "
+                             'quoted field is not doubled; write it as "" or quote the '
+                             "whole field") from None
         header = len(reader.fieldnames or ())
         extra = row.get(None)
         if extra is not None:
