@@ -149,6 +149,7 @@ def evaluate(
     device: str = typer.Option("cpu", "--device"),
 ) -> None:
     """Retrieval, clustering, verification and few-shot metrics, printed and saved as JSON."""
+    from dmlkit.cli._embedding_inputs import refuse_embeddings
     from dmlkit.cli._fewshot_checks import check_episodes
     from dmlkit.evaluation import evaluate_embeddings
     from dmlkit.runs import evaluate_run
@@ -178,6 +179,8 @@ def evaluate(
         else:
             target = out if out is not None else run_dir / "evaluation.json"
             given = None if data in ("heldout", "train") else data  # (a split of the run)
+            refuse_embeddings(given, x_key, fix=f"evaluate them as they are with dmlkit "
+                              f"evaluate {given} (the file in place of RUN_DIR)")
             check_output_path(target, "--out", existing_inputs({"the --data input": given}),
                               what="JSON file", run_dir=run_dir, allow=("evaluation.json",))
             result = evaluate_run(run_dir, data, out=target, device=device, x_key=x_key,

@@ -115,6 +115,7 @@ class DataReader:
         return x, labels, arrays
 
     def _read(self, spec: str, option: str) -> tuple[Any, Any, dict[str, Any]]:
+        from dmlkit.cli._embedding_inputs import check_finite_inputs, refuse_embeddings
         from dmlkit.data.npz import read_arrays
 
         path, run = Path(spec), self.run_dir is not None
@@ -125,10 +126,8 @@ class DataReader:
             if key is None:
                 raise ValueError(f"{path} needs an 'x' (or 'embeddings') array; it has "
                                  f"{sorted(arrays)}")
-            if key == "embeddings" and run:
-                raise ValueError(f"{path} holds embeddings (array 'embeddings'), which RUN_DIR's "
-                                 "model would embed again: leave RUN_DIR out to use them as "
-                                 "they are, or give raw inputs as an 'x' array")
+            refuse_embeddings(path if run else None)  # (a run's model takes raw inputs)
+            check_finite_inputs(arrays[key], path, key)  # (rows numbered as in the file)
             x = self._inputs(arrays[key], source) if run else arrays[key]
             labels = named_labels(arrays, str(path))
             if labels is not None and len(labels) != len(x):
@@ -136,6 +135,7 @@ class DataReader:
             return x, labels, arrays
         if path.suffix == ".npy" and path.is_file():
             x = read_arrays(path)["x"]
+            check_finite_inputs(x, path, "x")
             return (self._inputs(x, source) if run else x), None, {}
         if spec in ("heldout", "train") and not run:
             raise ValueError(f"{option} {spec} names a split of a run: pass RUN_DIR")
