@@ -215,6 +215,7 @@ for fn in (gather_with_grad, gather):
         said.append(f"{fn.__name__} refused: {err}")
 said.append(str(tuple(gather(torch.full((2, 2), float(rank))).shape)))
 open(f"r{rank}.txt", "w").write("\\n".join(said))
+dist.barrier()  # (both done before either tears the group down)
 dist.destroy_process_group()
 """
 

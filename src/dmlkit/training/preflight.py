@@ -36,7 +36,11 @@ def check_trainable(trainer: Any, labels: Any, given: dict[str, Any] | None = No
     names = _names(trainer, given or {}, ("model", "miner", "loss"))
     _check_memory_miner(trainer, names)
     if not isinstance(labels, Tensor) or labels.dim() not in (1, 2) or not len(labels):
-        if labels is None:  # (tuple data: weak supervision has no class labels)
+        from dmlkit.data.tuples import TupleDataset
+
+        # (tuple data: weak supervision has no class labels; only dmlkit's own tuple
+        # datasets: a dataset with its own collate_fn is not fetched ahead of training)
+        if labels is None and isinstance(trainer.train_data, TupleDataset):
             from dmlkit.training.preflight_tuples import check_tuple_batch
 
             check_tuple_batch(trainer, names)
