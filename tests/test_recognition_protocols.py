@@ -128,3 +128,17 @@ def test_a_gallery_of_one_item_per_identity_raises_no_sklearn_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Identifier(target_far=0.1).fit(x, y)
+
+
+def test_pair_files_warn_of_self_pairs_and_name_ragged_rows_plainly(tmp_path, capsys):
+    from dmlkit.cli.recognition import read_pairs
+
+    (tmp_path / "s.csv").write_text("i,j,same\n0,1,1\n2,2,1\n3,4,0\n")
+    np.testing.assert_array_equal(read_pairs(tmp_path / "s.csv"),
+                                  [[0, 1, 1], [2, 2, 1], [3, 4, 0]])
+    err = capsys.readouterr().err
+    assert "1 pair(s) compare an item with itself (row 2 of the pairs: 2,2)" in err
+    (tmp_path / "r.csv").write_text("0,1,1\n2,3\n")
+    with pytest.raises(ValueError, match="expected integer columns") as info:
+        read_pairs(tmp_path / "r.csv")
+    assert "usecols" not in str(info.value)

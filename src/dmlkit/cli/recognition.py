@@ -180,11 +180,18 @@ def read_pairs(path: Path) -> Any:
         raise ValueError(f"{path} has a header ({lines[0]!r}) but no pairs")
     try:
         rows = np.loadtxt(lines[skip:], delimiter=",", ndmin=2)
-    except ValueError as err:
-        raise ValueError(f"{path}: expected integer columns i,j or i,j,same ({err})") from None
+    except ValueError as err:  # (numpy's own advice, usecols, is not this file's fix)
+        why = str(err).split("; use `usecols`")[0]
+        raise ValueError(f"{path}: expected integer columns i,j or i,j,same ({why})") from None
     if rows.shape[1] not in (2, 3) or not np.all(rows == np.round(rows)):
         raise ValueError(f"{path}: expected integer columns i,j or i,j,same")
-    return rows.astype(np.int64)
+    rows = rows.astype(np.int64)
+    if (same := np.flatnonzero(rows[:, 0] == rows[:, 1])).size:  # distance 0: always "same"
+        typer.echo(f"warning: {path}: {same.size} pair(s) compare an item with itself (row "
+                   f"{same[0] + 1} of the pairs: {rows[same[0], 0]},{rows[same[0], 1]}); "
+                   "their score is the best possible, which flatters the results: drop "
+                   "them", err=True)
+    return rows
 
 
 def split_rows(n: int, fraction: float, seed: int) -> tuple[Any, Any]:
