@@ -32,15 +32,20 @@ def run_and_embeddings(tmp_path_factory):
 
 
 @pytest.mark.parametrize("extra", [[], ["--x-key", "embeddings"]])
-def test_evaluate_refuses_embeddings_as_a_run_s_data(run_and_embeddings, extra):
+@pytest.mark.parametrize("command, out_name, fix", [
+    ("evaluate", "e.json", "dmlkit evaluate {emb}"),
+    ("embed", "again.npz", "use the file as it is"),
+])
+def test_a_runs_data_of_embeddings_is_refused(run_and_embeddings, extra, command, out_name,
+                                              fix):
     root = run_and_embeddings
-    out = root / "e.json"
-    res = runner.invoke(app, ["evaluate", str(root / "run"), "--data", str(root / "emb.npz"),
+    out = root / out_name
+    res = runner.invoke(app, [command, str(root / "run"), "--data", str(root / "emb.npz"),
                               "-o", str(out), *extra])
     assert res.exit_code == 1, res.output
     err = _error(res)
     assert "holds embeddings" in err and "would embed again" in err
-    assert f"dmlkit evaluate {root / 'emb.npz'}" in err
+    assert fix.format(emb=root / "emb.npz") in err
     assert not out.exists()
 
 
@@ -91,14 +96,3 @@ def test_identify_names_the_file_row_of_a_nan_query(tmp_path):
     assert res.exit_code == 2 and f"{bad}: 'embeddings'" in _error(res), res.output
     assert "(row 500)" in _error(res)
 
-
-@pytest.mark.parametrize("extra", [[], ["--x-key", "embeddings"]])
-def test_embed_refuses_embeddings_as_a_run_s_data(run_and_embeddings, extra):
-    root = run_and_embeddings
-    out = root / "again.npz"
-    res = runner.invoke(app, ["embed", str(root / "run"), "--data", str(root / "emb.npz"),
-                              "-o", str(out), *extra])
-    assert res.exit_code == 1, res.output
-    err = _error(res)
-    assert "holds embeddings" in err and "use the file as it is" in err
-    assert not out.exists()

@@ -320,13 +320,9 @@ class DurableIndex:
             record = {"op": "add", "ids": ids.tolist(),
                       "vectors": base64.b64encode(x.tobytes()).decode(),
                       "payloads": payloads, "labels": labels}
-            # non-JSON payloads (NaN and infinities among them) fail before anything changes
-            try:
-                json.dumps(payloads, allow_nan=False)
-            except ValueError as err:
-                raise ValueError(f"payloads must be plain JSON with finite numbers (use null "
-                                 f"or a string for NaN or infinity): {err}") from None
-            self._apply(record)  # a write the index refuses is neither logged nor applied
+            # a write the index refuses (non-JSON payloads, NaN and infinities among them,
+            # before it changes anything) is neither logged nor applied
+            self._apply(record)
             try:
                 self._log(record)
             except BaseException:
