@@ -395,13 +395,20 @@ def load_array(path: Path, name: str, shape: tuple[int, ...], dtype: np.dtype, *
     return arr
 
 
+#: bytes of a ``.npy`` file's start read for its header (magic, version, length, dict)
+_NPY_HEADER_MAX = 1 << 16
+
+
 def _parse_npy(data: bytearray) -> np.ndarray:
     """A ``.npy`` array over ``data`` itself (no copy) when it is a plain C-order one."""
-    fh = io.BytesIO(data)
+    fh = io.BytesIO(bytes(memoryview(data)[:_NPY_HEADER_MAX]))  # (the header: no copy of all)
     fmt = np.lib.format
-    major, _ = fmt.read_magic(fh)
-    read_header = fmt.read_array_header_1_0 if major == 1 else fmt.read_array_header_2_0
-    shape, fortran, dtype = read_header(fh)
+    try:
+        major, _ = fmt.read_magic(fh)
+        read_header = fmt.read_array_header_1_0 if major == 1 else fmt.read_array_header_2_0
+        shape, fortran, dtype = read_header(fh)
+    except ValueError:  # (a header longer than the start read, or none: numpy judges)
+        return np.load(io.BytesIO(data), allow_pickle=False)
     count = int(np.prod(shape, dtype=np.int64))
     if fortran or dtype.hasobject or len(data) - fh.tell() != count * dtype.itemsize:
         return np.load(io.BytesIO(data), allow_pickle=False)
