@@ -193,3 +193,18 @@ def test_collect_marks_verification_skipped_for_one_class():
     assert "skipped" in _verification(z, torch.zeros(10, dtype=torch.long), 0)
     assert "skipped" in _verification(z, torch.arange(10), 0)  # no same-class pair
     assert "eer" in _verification(z, torch.arange(10) % 2, 0)
+
+
+def test_line_chart_curves_stay_below_their_legend():
+    """A curve starting at the top left (a falling loss) never runs through the legend's
+    rows, however many series the chart has."""
+    from dmlkit.report import svg
+
+    for n in (1, 3, 6):
+        series = {f"series {i}": ([0, 1, 2, 3], [10.0 - i, 5.0, 2.0, 1.0]) for i in range(n)}
+        out = svg.lines(series, "t", "epoch", "loss")
+        legend_bottom = max(float(y) for y in re.findall(r'<text x="\d+" y="([\d.]+)" '
+                                                         r'font-size="11" fill=', out))
+        ys = [float(p.split(",")[1]) for pts in re.findall(r'points="([^"]+)"', out)
+              for p in pts.split()]
+        assert len(ys) == 4 * n and min(ys) > legend_bottom

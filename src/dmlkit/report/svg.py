@@ -84,13 +84,14 @@ def _frame(body: str, title: str, xlabel: str, ylabel: str, xr: tuple | None, yr
 def lines(series: dict[str, tuple[Sequence[float], Sequence[float]]], title: str,
           xlabel: str, ylabel: str, log_x: bool = False,
           marks: dict[str, float] | None = None) -> str:
-    """One polyline per named ``(xs, ys)`` series, with a legend; ``marks`` are named
-    x values drawn as dashed vertical lines (e.g. a threshold)."""
+    """One polyline per named ``(xs, ys)`` series, with a legend in rows above the
+    curves (which never run through it); ``marks`` are named x values drawn as dashed
+    vertical lines (e.g. a threshold)."""
     marks = marks or {}
     xs_all = [x for xs, _ in series.values() for x in xs] + list(marks.values()) or [0.0, 1.0]
     ys_all = [y for _, ys in series.values() for y in ys] or [0.0, 1.0]
     fx, xr = _scale(xs_all, PAD, W - 10, log_x)
-    fy, yr = _scale(ys_all, H - PAD, 10)
+    fy, yr = _scale(ys_all, H - PAD, 20 + 14 * len(series))  # the legend's rows above
     body = []
     for i, (name, (xs, ys)) in enumerate(series.items()):
         pts = " ".join(f"{fx(x):.1f},{fy(y):.1f}" for x, y in zip(xs, ys, strict=True))
