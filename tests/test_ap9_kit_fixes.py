@@ -108,3 +108,17 @@ def test_the_recommender_refuses_a_learning_rate_it_cannot_train_at(lr):
 
     with pytest.raises(ValueError, match="lr must be a finite learning rate"):
         CMLRecommender(dim=4, epochs=1, lr=lr).fit([1, 1, 2], [10, 11, 10])
+
+
+def test_a_saved_recommender_gives_its_tuple_settings_back_as_tuples(tmp_path):
+    """get_params after a save and load equals get_params before (JSON has no tuples)."""
+    model = CMLRecommender(dim=4, epochs=1, feature_hidden=(8, 4)).fit(
+        USERS, ITEMS, item_features=np.eye(5))
+    model.save(tmp_path / "kit")
+    loaded = CMLRecommender.load(tmp_path / "kit")
+    assert loaded.get_params() == model.get_params()
+    assert loaded.feature_hidden == (8, 4)
+    listed = CMLRecommender(dim=4, epochs=1, feature_hidden=[8]).fit(
+        USERS, ITEMS, item_features=np.eye(5))
+    listed.save(tmp_path / "kit2")
+    assert CMLRecommender.load(tmp_path / "kit2").feature_hidden == [8]

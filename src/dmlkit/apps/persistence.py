@@ -132,9 +132,9 @@ def _jsonable(value: Any) -> Any:
 
 
 def _json_params(estimator: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(params as JSON values, numpy types)``: the second names the numpy dtype (and
-    ``"array"`` or ``"scalar"``) of each parameter that was a numpy scalar or array, so
-    that :func:`load_kit` gives it back as one."""
+    """``(params as JSON values, types)``: the second names the numpy dtype (and
+    ``"array"`` or ``"scalar"``) of each parameter that was a numpy scalar or array, and
+    ``"tuple"`` for a tuple, so that :func:`load_kit` gives it back as one."""
     import json
 
     params = estimator.get_params(deep=False)
@@ -149,6 +149,8 @@ def _json_params(estimator: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         if isinstance(value, (np.generic, np.ndarray)) and value.dtype.kind in "biufUS":
             types[name] = {"dtype": value.dtype.str,
                            "kind": "array" if isinstance(value, np.ndarray) else "scalar"}
+        elif isinstance(value, tuple):  # JSON has lists only: given back as a tuple
+            types[name] = {"kind": "tuple"}
         converted = _jsonable(value)
         try:
             json.dumps(converted, allow_nan=True)
@@ -167,14 +169,18 @@ def _json_params(estimator: Any) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def _numpy_params(params: dict[str, Any], types: Any, path: Path) -> dict[str, Any]:
-    """``params`` with those named in ``types`` back as the numpy scalars and arrays they
-    were saved from."""
+    """``params`` with those named in ``types`` back as the numpy scalars, arrays and
+    tuples they were saved from."""
     if types is None:
         return params
     if not isinstance(types, dict):
         raise IndexFormatError(f"{path}: manifest {NUMPY_PARAMS} must be an object")
     params = dict(params)
     for name, info in types.items():
+        if isinstance(info, dict) and info.get("kind") == "tuple" and isinstance(
+                params.get(name), list):
+            params[name] = tuple(params[name])
+            continue
         try:
             dtype = np.dtype(info["dtype"])
             if dtype.kind not in "biufUS" or name not in params:
