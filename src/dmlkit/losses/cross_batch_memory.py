@@ -57,7 +57,9 @@ class CrossBatchMemory(BaseMetricLoss):
     batch's memory slots, so only the batch's own slots are compared with: the rest of
     the memory is not used). ``enqueue_mask`` (bool ``(n,)``) enqueues the masked items
     without using them as anchors, and the rest are anchors only (then no
-    self-comparison exists). :meth:`reset` empties the memory. Wang et al.,
+    self-comparison exists). A call with no anchors (``enqueue_mask`` all True) or an
+    empty memory (nothing enqueued yet) still enqueues and returns a zero loss that
+    backpropagates. :meth:`reset` empties the memory. Wang et al.,
     "Cross-Batch Memory for Embedding Learning", CVPR 2020.
     """
 
@@ -153,6 +155,8 @@ class CrossBatchMemory(BaseMetricLoss):
             return self.zero_loss(embeddings)
         slot = self._enqueue(embeddings, labels, queued)  # (n,) memory slot or -1
         filled = self.memory_size if self.has_been_filled else self.queue_idx
+        if filled == 0 or not bool(queries.any()):  # nothing to compare: no anchors or memory
+            return self.zero_loss(embeddings)
         mem = self.embedding_memory[:filled]  # (M, d)
         mem_labels = self.label_memory[:filled]  # (M,)
         if not self.detach_batch:  # live embeddings in the batch's own slots
@@ -234,4 +238,7 @@ def _all_pairs_but_self(labels: Tensor, mem_labels: Tensor, q_slot: Tensor) -> P
         i, j = torch.where(~same)
         a2.append(i + start)
         n.append(j)
+    if not a1:  # no query rows
+        empty = torch.empty(0, dtype=torch.long, device=labels.device)
+        return Pairs(empty, empty, empty, empty)
     return Pairs(torch.cat(a1), torch.cat(p), torch.cat(a2), torch.cat(n))

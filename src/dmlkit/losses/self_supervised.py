@@ -18,8 +18,8 @@ class SelfSupervisedLoss(BaseMetricLoss):
 
     Three call forms:
 
-    * ``loss(view1, view2)`` — two ``(B, dim)`` tensors, row ``i`` of each is a view of
-      item ``i``;
+    * ``loss(view1, view2)`` or ``loss(view1, ref_embeddings=view2)`` — two ``(B, dim)``
+      tensors, row ``i`` of each is a view of item ``i``;
     * ``loss(embeddings)`` — one ``(2B, dim)`` tensor, ``cat([view1, view2])``;
     * ``loss(embeddings, item_ids)`` — any number of views, ``item_ids`` ``(n,)`` say
       which rows are views of the same item (this is the inner loss itself).
@@ -29,7 +29,8 @@ class SelfSupervisedLoss(BaseMetricLoss):
     loss is :class:`NTXentLoss`). With ``symmetric=False`` view 1 gives the anchors and
     view 2 the references (``ref_embeddings``). This is pytorch-metric-learning's
     ``SelfSupervisedLoss``. ``indices`` pass through to the inner loss (they index the
-    concatenated views, or view 1 / view 2 when not symmetric).
+    concatenated views, or view 1 / view 2 when not symmetric) alike in the two-view
+    forms; ``ref_labels`` go only with item ids (the third form).
 
     Parameters
     ----------
@@ -58,19 +59,13 @@ class SelfSupervisedLoss(BaseMetricLoss):
         ref_labels: Tensor | None = None,
     ) -> Tensor:
         if isinstance(labels, Tensor) and labels.dim() == 2 and torch.is_floating_point(labels):
-            view1, view2 = embeddings, labels  # loss(view1, view2)
-        elif labels is None and ref_labels is None and indices is None \
-                and ref_embeddings is not None:
-            view1, view2 = embeddings, ref_embeddings  # loss(view1, ref_embeddings=view2)
-        elif labels is None and ref_embeddings is None:
-            check_embeddings(embeddings)
-            if embeddings.shape[0] % 2:
+            if ref_embeddings is not None or ref_labels is not None:
                 raise ValueError(
-                    f"concatenated views need an even batch, got {embeddings.shape[0]} rows"
+                    "SelfSupervisedLoss got the second view positionally: pass no "
+                    "ref_embeddings or ref_labels with it"
                 )
-            half = embeddings.shape[0] // 2
-            view1, view2 = embeddings[:half], embeddings[half:]
-        else:  # item ids given: the inner loss as is
+            view1, view2 = embeddings, labels  # loss(view1, view2)
+        elif labels is not None:  # item ids given: the inner loss as is
             return self.loss(
                 embeddings,
                 labels,
@@ -78,6 +73,21 @@ class SelfSupervisedLoss(BaseMetricLoss):
                 ref_embeddings=ref_embeddings,
                 ref_labels=ref_labels,
             )
+        elif ref_labels is not None:
+            raise ValueError(
+                "SelfSupervisedLoss views take no ref_labels (row i of each view is item i): "
+                "pass item ids as labels to give a reference set"
+            )
+        elif ref_embeddings is not None:
+            view1, view2 = embeddings, ref_embeddings  # loss(view1, ref_embeddings=view2)
+        else:  # loss(cat([view1, view2]))
+            check_embeddings(embeddings)
+            if embeddings.shape[0] % 2:
+                raise ValueError(
+                    f"concatenated views need an even batch, got {embeddings.shape[0]} rows"
+                )
+            half = embeddings.shape[0] // 2
+            view1, view2 = embeddings[:half], embeddings[half:]
         check_embeddings(view1, "view1 embeddings")
         check_embeddings(view2, "view2 embeddings")
         if view1.shape != view2.shape:
