@@ -51,9 +51,7 @@ def encode_split_labels(
     parts = [np.asarray(train_labels), np.asarray(heldout_labels)]
     parts = [lab.ravel() if lab.ndim == 2 and lab.shape[1] == 1 else lab for lab in parts]
     for name, lab in zip(("labels", "heldout_labels"), parts, strict=True):
-        if lab.ndim != 1:
-            raise ValueError(f"{source}: {name} must be one label per item (1-d), got shape "
-                             f"{lab.shape}")
+        check_one_label_per_row(lab, source, name)
     kinds = {lab.dtype.kind for lab in parts}
     if kinds <= {"i", "u"}:
         return parts[0].astype(np.int64), parts[1].astype(np.int64), None
@@ -76,20 +74,50 @@ def encode_split_labels(
     return codes[:n].astype(np.int64), codes[n:].astype(np.int64), classes
 
 
+_ONE_LEVEL = ("pass one level's column (labels[:, k]) or the leaf classes "
+              "(np.unique(labels, axis=0, return_inverse=True)[1]) as the labels")
+
+
+def check_one_label_per_row(labels: Any, source: str, name: str = "labels",
+                            hint: str = _ONE_LEVEL) -> None:
+    """A ``ValueError`` unless ``labels`` hold one class label per row, ``(n,)`` (or an
+    ``(n, 1)`` column): classical learners take no hierarchical ``(n, L)`` labels and no
+    ``(n, C)`` multi-labels. ``hint`` says what to do instead."""
+    shape = tuple(np.shape(labels))
+    if len(shape) == 1 or (len(shape) == 2 and shape[1] == 1):
+        return
+    kind = np.asarray(labels).dtype.kind if len(shape) == 2 else ""
+    what = {"b": "(n, C) multi-labels", "i": "hierarchical (n, L) labels",
+            "u": "hierarchical (n, L) labels"}.get(kind, "labels")
+    raise ValueError(f"{source}: {name} are {shape} {what}, but classical metric learners "
+                     f"take one class label per item, (n,): {hint}")
+
+
 def make_learner(method: str, params: dict[str, Any] | None = None) -> Any:
     """A learner by name (``nca``, ``lmnn``, ``itml``, ``lfda``, ``mlkr``) with keyword
-    ``params``."""
+    ``params``.
+
+    ``params`` may come from text (``metric.json``, ``--param``): a real parameter (one
+    whose default is a float) given as ``"inf"``, ``"-inf"`` or ``"nan"`` is read back as
+    that float (:func:`dmlkit.classical.params.real_from_text`), so the ``params`` that
+    :func:`save_metric` writes refit the learner they describe."""
     import inspect
+
+    from dmlkit.classical.params import real_from_text
 
     learners = _learners()
     if method not in learners:
         raise ValueError(f"unknown method {method!r}; known: {sorted(learners)}")
     cls = learners[method]
     params = dict(params or {})
-    allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    signature = inspect.signature(cls.__init__).parameters
+    allowed = set(signature) - {"self"}
     unknown = sorted(set(params) - allowed)
     if unknown:
         raise ValueError(f"{method} got unknown parameter(s) {unknown}; allowed: {sorted(allowed)}")
+    for key, value in params.items():
+        if isinstance(signature[key].default, float):  # a real parameter
+            params[key] = real_from_text(value)
     return cls(**params)
 
 
@@ -104,6 +132,7 @@ def fit_on_embeddings(
     emb = np.asarray(embeddings.detach().cpu() if hasattr(embeddings, "detach") else embeddings,
                      dtype=np.float64)
     lab = np.asarray(labels.cpu() if hasattr(labels, "cpu") else labels)
+    check_one_label_per_row(lab, method)
     if method == "mlkr":  # kernel regression of the one-hot class indicators, not of ids
         classes, inverse = np.unique(lab, return_inverse=True)
         lab = np.eye(len(classes))[inverse]  # (n, C)
@@ -121,6 +150,12 @@ def embed_run(run_dir: str | Path, device: str = "cpu", batch_size: int = 512) -
             "embeddings needs class labels (data.kind: labels)"
         )
     train, heldout = build_splits(run.config)
+    check_one_label_per_row(
+        train.labels, str(run_dir),
+        hint=(f"embed the run (dmlkit embed {run_dir} --data train, and --data heldout) and "
+              "fit on an .npz (embeddings, labels, heldout_embeddings, heldout_labels) whose "
+              "labels are one level's column (labels[:, k]) or the leaf classes "
+              "(np.unique(labels, axis=0, return_inverse=True)[1])"))
     parts = []
     for split in (train, heldout):
         emb, labels = embed(run.model, split, batch_size=batch_size, device=device)
@@ -253,7 +288,7 @@ def _jsonable(value: Any) -> Any:
 def to_json(value: Any) -> str:
     """``value`` (scores, metric metadata) as indented, strict JSON text: NaN written as
     ``null`` and an infinite parameter (ITML's ``gamma=inf``) as the string ``"inf"``
-    (``float("inf")`` reads it back), so any JSON reader takes the file."""
+    (:func:`make_learner` reads it back as the float), so any JSON reader takes the file."""
     return json.dumps(_jsonable(value), indent=2, allow_nan=False)
 
 

@@ -345,6 +345,9 @@ class ITMLSupervised(ITML):
         X, y = _validate_data(self, X, y, dtype=np.float64, ensure_min_samples=2, order="C")
         codes = encode_labels(y)
         n_classes = int(codes.max()) + 1
+        if np.bincount(codes).max() < 2:  # no same-class pair to draw
+            raise ValueError("ITMLSupervised needs a class with at least 2 samples; every "
+                             "class has 1")
         m = 20 * n_classes**2 if self.n_constraints is None else int(self.n_constraints)
         a, b, sim = sample_pairs(codes, m, check_random_state(self.random_state))
         pairs = np.stack([X[a], X[b]], axis=1)  # (2m, 2, d)

@@ -176,6 +176,8 @@ class LMNN(MahalanobisMixin):
         mu = check_real("mu", self.mu, 0.0, 1.0)
         max_iter, tol = check_solver_params(self.max_iter, self.tol)
         k_out = check_n_components(self.n_components, X.shape[1])
+        if np.bincount(codes).max() < 2:  # before init, whose LDA would refuse it first
+            raise ValueError("LMNN needs a class with at least 2 samples; every class has 1")
         device = resolve_device(self.device)
         X = center(X)  # the objective depends on differences only
         check_scale(X, "LMNN")
@@ -185,8 +187,6 @@ class LMNN(MahalanobisMixin):
         k = min(n_neighbors, X.shape[0] - 1)
         with solver_threads(device, X.shape[0] ** 2 * X.shape[1]):
             targets, valid = target_neighbors(Xt, yt, k)
-            if not bool(valid.any()):
-                raise ValueError("LMNN needs a class with at least 2 samples; every class has 1")
             L, self.n_iter_, self.objective_ = lbfgs(
                 lambda Lt: lmnn_loss_grad(Lt, Xt, yt, targets, valid, mu),
                 L0, device, max_iter, tol, self.verbose, "LMNN",

@@ -195,6 +195,8 @@ class NCA(MahalanobisMixin):
         dtype = PRECISIONS[self.precision]
         max_iter, tol = check_solver_params(self.max_iter, self.tol)
         k = check_n_components(self.n_components, X.shape[1])
+        if np.bincount(codes).max() < 2:  # no item has a same-class neighbour to pick
+            raise ValueError("NCA needs a class with at least 2 samples; every class has 1")
         device = resolve_device(self.device)
         X = center(X)  # the objective depends on differences only
         check_scale(X, "NCA")

@@ -20,6 +20,28 @@ from dmlkit._checks import check_int_param, check_real
 check_real_param = check_real
 
 
+#: the text spellings of the non-finite floats that :func:`real_from_text` reads back:
+#: ``metric.json`` writes an infinite parameter as ``"inf"`` / ``"-inf"`` (strict JSON has
+#: no infinity) and a command line's ``-p gamma=inf`` arrives as the string ``"inf"``
+NON_FINITE_TEXT = frozenset({"inf", "+inf", "-inf", "infinity", "+infinity", "-infinity",
+                             "nan"})
+
+
+def real_from_text(value: Any) -> Any:
+    """``value`` as a float when it is a text spelling of infinity or NaN (``"inf"``,
+    ``"-inf"``, ``"nan"``, any case), else ``value`` unchanged.
+
+    For parameters read from text (``metric.json``, ``--param``) where a real number is
+    expected: it undoes how :func:`dmlkit.classical.frozen.to_json` writes a non-finite
+    float, so a saved learner refits with the parameters it was fitted with. The learner's
+    own check then accepts or refuses the number (``gamma=inf`` is allowed, ``tol=inf``
+    is not).
+    """
+    if isinstance(value, str) and value.strip().lower() in NON_FINITE_TEXT:
+        return float(value.strip())
+    return value
+
+
 def check_solver_params(max_iter: Any, tol: Any) -> tuple[int, float]:
     """``(max_iter, tol)`` of an iterative solver: at least one iteration, and a finite
     tolerance ``>= 0`` (a negative or NaN one never stops the solver early)."""
@@ -27,4 +49,4 @@ def check_solver_params(max_iter: Any, tol: Any) -> tuple[int, float]:
             check_real("tol", tol, 0.0, math.inf, high_open=True))
 
 
-__all__ = ["check_real_param", "check_solver_params"]
+__all__ = ["NON_FINITE_TEXT", "check_real_param", "check_solver_params", "real_from_text"]
