@@ -454,7 +454,7 @@ class Identifier(ClassifierMixin, BaseEstimator):
         """Load an identifier saved by :meth:`save` (checked; no pickle)."""
         from dmlkit.index.io import IndexFormatError
 
-        index_files: dict[str, bytes] = {}
+        index_files: dict[str, bytearray] = {}
         ident, state, arrays = load_kit(path, cls, index_files=index_files)
         try:
             ident.threshold_ = float(state["threshold_"])

@@ -288,7 +288,7 @@ def _parse_kit(path: Path, cls: type, manifest: dict[str, Any],
     return estimator, state, arrays
 
 
-def load_kit(path: str | Path, cls: type, *, index_files: dict[str, bytes] | None = None,
+def load_kit(path: str | Path, cls: type, *, index_files: dict[str, bytearray] | None = None,
              ) -> tuple[Any, dict[str, Any], dict[str, np.ndarray]]:
     """``(estimator with its saved params, state, arrays)`` of a kit directory.
 
@@ -308,7 +308,7 @@ def load_kit(path: str | Path, cls: type, *, index_files: dict[str, bytes] | Non
     manifest, estimator, state, arrays, blobs = read_consistent(
         path, parse, format_name=KIT_FORMAT, version=KIT_VERSION)
     if index_files is not None:
-        index_files.update({name[len(INDEX_PREFIX):]: bytes(data)
+        index_files.update({name[len(INDEX_PREFIX):]: data  # (no copy: parsed in place)
                             for name, data in blobs.items() if name.startswith(INDEX_PREFIX)})
     if manifest["dim"]:
         estimator.n_features_in_ = int(manifest["dim"])
@@ -406,22 +406,23 @@ def check_kit_run(path: str | Path, estimator: Any, recorded: str | None) -> Non
             f"the new model; {redo}")
 
 
-def load_kit_index(path: str | Path, files: dict[str, bytes] | None = None) -> Any:
+def load_kit_index(path: str | Path, files: dict[str, bytearray] | None = None) -> Any:
     """The nearest-neighbour index saved inside a kit directory (already checked): from
     ``files``, the index files :func:`load_kit` read (the same save as the rest of the
-    kit), when given."""
+    kit, parsed where they lie in memory), when given."""
     from dmlkit.index import load_index
 
     path = Path(path)
     if files is None:
-        files = {f.name[len(INDEX_PREFIX):]: f.read_bytes() for f in path.iterdir()
+        files = {f.name[len(INDEX_PREFIX):]: _read_bytes(f) for f in path.iterdir()
                  if f.name.startswith(INDEX_PREFIX)}
     if not files:
         raise IndexFormatError(f"{path} holds no index files")
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, data in files.items():
-            (Path(tmp) / name).write_bytes(data)
-        return load_index(tmp)
+    return load_index(path, files=files)
+
+
+def _read_bytes(fpath: Path) -> bytearray:
+    return bytearray(fpath.read_bytes())
 
 
 def kit_kind(path: str | Path) -> str:

@@ -25,7 +25,9 @@ from dmlkit.index.io import (
     load_array,
     load_json,
     read_consistent,
+    read_manifest,
     require_files,
+    restore_state,
     with_article,
     write_index_dir,
 )
@@ -411,8 +413,8 @@ class BaseIndex:
         return read_consistent(path, lambda manifest, blobs: cls._parse(path, manifest, blobs))
 
     @classmethod
-    def _parse(cls, path: Path, manifest: dict[str, Any],
-               blobs: dict[str, bytearray]) -> BaseIndex:
+    def _parse(cls, path: Path, manifest: dict[str, Any], blobs: dict[str, bytearray],
+               on_disk: bool = True) -> BaseIndex:
         kinds = {sub.kind: sub for sub in _subclasses(BaseIndex)}
         target = kinds.get(manifest["kind"])
         if target is None and manifest["kind"] == "exact":
@@ -452,7 +454,7 @@ class BaseIndex:
             raise IndexFormatError(f"{path}: metadata.json does not describe {n} items")
         index._paths, index._payloads = meta["paths"], meta["payloads"]
         index.info = manifest.get("info") if isinstance(manifest.get("info"), dict) else {}
-        _restore_state(index, path, manifest, blobs)
+        restore_state(index, path, manifest, blobs, on_disk)
         return index
 
     def __repr__(self) -> str:
@@ -467,30 +469,16 @@ def _subclasses(cls: type) -> list[type]:
     return out
 
 
-def _restore_state(index: BaseIndex, path: Path, manifest: dict[str, Any],
-                   blobs: dict[str, bytearray]) -> None:
-    """``index._restore``: with the checked bytes ``blobs`` where it takes them; a
-    subclass written before that argument (``_restore(self, path, manifest)``) gets
-    ``path`` and ``manifest`` and reads its files itself."""
-    import inspect
-
-    try:
-        params = inspect.signature(index._restore).parameters
-    except (TypeError, ValueError):
-        params = {}
-    takes_blobs = "blobs" in params or len(params) >= 3 or any(
-        p.kind is inspect.Parameter.VAR_POSITIONAL for p in params.values())
-    if takes_blobs:
-        index._restore(path, manifest, blobs)
-    else:
-        index._restore(path, manifest)  # type: ignore[call-arg]
-
-
-def load_index(path: str | Path) -> BaseIndex:
-    """Load any saved index directory (exact or faiss)."""
+def load_index(path: str | Path, files: dict[str, bytearray] | None = None) -> BaseIndex:
+    """Load any saved index directory (exact or faiss); ``files``: its files' bytes
+    already in memory, by name (checked as the directory's would be; ``path`` names them)."""
     import dmlkit.index  # noqa: F401  (registers every kind)
 
-    return BaseIndex.load(path)
+    if files is None:
+        return BaseIndex.load(path)
+    blobs: dict[str, bytearray] = {}
+    manifest = read_manifest(Path(path), blobs=blobs, files=files)
+    return BaseIndex._parse(Path(path), manifest, blobs, on_disk=False)
 
 
 __all__ = ["FLOAT32_MAX", "MAX_ROW_NORM", "METRICS", "BaseIndex", "InconsistentIndexError",

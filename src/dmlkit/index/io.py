@@ -228,19 +228,22 @@ def recover_set_aside(path: str | Path) -> Path | None:
 
 def read_manifest(
     path: str | Path, *, format_name: str = FORMAT, version: int = VERSION,
-    blobs: dict[str, bytearray] | None = None,
+    blobs: dict[str, bytearray] | None = None, files: dict[str, bytearray] | None = None,
 ) -> dict[str, Any]:
     """The checked manifest of an index directory (files are verified too).
 
     With ``blobs``, each listed file is read once into memory, checked, and kept there
     under its name (parse those bytes with :func:`load_array` / :func:`load_json`, so
     that what is parsed is what was checked). A missing ``path`` whose previous save a
-    killed writer left set aside is put back first (:func:`recover_set_aside`)."""
+    killed writer left set aside is put back first (:func:`recover_set_aside`).
+    ``files`` (with ``blobs``): the directory's files already in memory, by name (an
+    index saved inside a kit), read instead of ``path``, which only names them."""
     path = Path(path)
     mpath = path / MANIFEST
-    aside = recover_set_aside(path)
+    aside = None if files is not None else recover_set_aside(path)
     try:
-        text = mpath.read_bytes() if mpath.is_file() else None
+        text = (files.get(MANIFEST) if files is not None
+                else mpath.read_bytes() if mpath.is_file() else None)
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         text = None  # (moved away between the check and the read)
     if text is None:
@@ -271,7 +274,8 @@ def read_manifest(
         if not isinstance(info, dict):
             raise IndexFormatError(f"{mpath}: the entry of {name!r} is not an object")
         fpath = path / name
-        data = _read_file(fpath) if blobs is not None else None
+        data = (files.get(name) if files is not None
+                else _read_file(fpath) if blobs is not None else None)
         if (data is None) if blobs is not None else not fpath.is_file():
             raise IndexFormatError(f"{path}: missing file {name}")
         size = len(data) if data is not None else fpath.stat().st_size
@@ -439,3 +443,29 @@ __all__ = [
     "require_files",
     "with_article",
 ]
+
+
+def restore_state(index: Any, path: Path, manifest: dict[str, Any],
+                  blobs: dict[str, bytearray], on_disk: bool = True) -> None:
+    """``index._restore``: with the checked bytes ``blobs`` where it takes them; a
+    subclass written before that argument (``_restore(self, path, manifest)``) gets
+    ``path`` and ``manifest`` and reads its files itself (``on_disk`` False: the files
+    were in memory, so it reads them from a temporary copy)."""
+    import inspect
+    import tempfile
+
+    try:
+        params = inspect.signature(index._restore).parameters
+    except (TypeError, ValueError):
+        params = {}
+    takes_blobs = "blobs" in params or len(params) >= 3 or any(
+        p.kind is inspect.Parameter.VAR_POSITIONAL for p in params.values())
+    if takes_blobs:
+        index._restore(path, manifest, blobs)
+    elif on_disk:
+        index._restore(path, manifest)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, data in blobs.items():
+                (Path(tmp) / name).write_bytes(data)
+            index._restore(Path(tmp), manifest)
