@@ -66,7 +66,11 @@ def _sections(text: str) -> list[str]:
 
 def read_embeddings(path: Path, emb_key: str | None = None,
                     labels_key: str | None = None) -> tuple[Any, Any]:
-    """``(embeddings (n, dim) float32, labels)`` of a ``.npz`` of embeddings.
+    """``(embeddings (n, dim), labels)`` of a ``.npz`` of embeddings.
+
+    float64 embeddings stay float64 (every metric computes in it: float32 would flush
+    tiny values to zero and overflow huge ones to infinity); any other real dtype is
+    returned as float32.
 
     Labels may be ``(n,)`` integers, returned as int64, or class names, returned as a
     ``(n,)`` str array (:func:`~dmlkit.evaluation.evaluate_embeddings` numbers them and
@@ -106,16 +110,17 @@ def read_embeddings(path: Path, emb_key: str | None = None,
                          f"({len(emb)}): (n,) class ids or names, (n, L) integer "
                          f"hierarchical labels or (n, C) bool multi-labels, got shape "
                          f"{labels.shape} of dtype {labels.dtype}")
+    emb = emb if emb.dtype == np.float64 else emb.astype(np.float32)
     if labels.ndim == 2 and labels.dtype.kind == "b":  # multi-labels stay bool
-        return emb.astype(np.float32), labels
+        return emb, labels
     if labels.dtype.kind in "USO":  # class names: kept, so results name the classes
-        return emb.astype(np.float32), labels.astype(str)
+        return emb, labels.astype(str)
     if labels.dtype.kind == "f" and np.array_equal(labels, np.round(labels)):
         labels = labels.astype(np.int64)
     elif labels.dtype.kind not in "iub":
         raise ValueError(f"{path}: {labels_key!r} must hold integer labels or class names, "
                          f"got dtype {labels.dtype}")
-    return emb.astype(np.float32), labels.astype(np.int64)
+    return emb, labels.astype(np.int64)
 
 
 def evaluate(
@@ -134,7 +139,8 @@ def evaluate(
         None, "--labels-key", "--y-key",
         help="Array of the .npz that holds the labels (default 'labels')."),
     out: Path | None = typer.Option(
-        None, "--out", "-o", help="JSON output; default RUN_DIR/evaluation.json."
+        None, "--out", "-o", help="JSON output; default RUN_DIR/evaluation.json, or "
+        "FILE.evaluation.json beside a .npz FILE of embeddings."
     ),
     metric: str = typer.Option("euclidean", "--metric", help="euclidean, cosine or dot."),
     sections: str = typer.Option(
@@ -146,18 +152,22 @@ def evaluate(
     full_ranking: bool = typer.Option(
         False, "--full-ranking", help="Also mAP over the full ranking and MRR (slower)."
     ),
-    device: str = typer.Option("cpu", "--device"),
+    device: str = typer.Option(
+        "cpu", "--device", help="Where a run's model embeds (cpu, cuda); checked for a .npz "
+        "of embeddings too."),
 ) -> None:
     """Retrieval, clustering, verification and few-shot metrics, printed and saved as JSON."""
     from dmlkit.cli._embedding_inputs import refuse_embeddings
     from dmlkit.cli._fewshot_checks import check_episodes
     from dmlkit.evaluation import evaluate_embeddings
     from dmlkit.runs import evaluate_run
+    from dmlkit.training.device import check_device
     from dmlkit.training.rng import check_seed
 
     try:  # the seed rule of every command; a bad option value exits 2, as typer's checks
         check_seed(seed, "--seed")
         check_episodes(episodes, "--episodes")
+        check_device(device, "--device")  # (whatever RUN_DIR is: never silently ignored)
     except ValueError as err:
         raise _fail(str(err), 2) from None
     try:

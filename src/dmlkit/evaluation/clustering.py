@@ -61,8 +61,8 @@ def clustering_metrics(
     y = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
     if y.ndim != 1 or y.shape[0] != x.shape[0]:
         raise ValueError(f"labels must have shape ({x.shape[0]},), got {y.shape}")
-    if normalize:
-        x = l2_normalize(x.float())
+    if normalize:  # (float64 stays float64: float32 overflows huge values, flushes tiny)
+        x = l2_normalize(x if x.dtype in (torch.float32, torch.float64) else x.float())
     n_clusters = int(np.unique(y).size) if n_clusters is None else int(n_clusters)
     from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
 

@@ -20,13 +20,15 @@ from dmlkit._files import publish_mode
 from dmlkit.evaluation.clustering import clustering_metrics
 from dmlkit.evaluation.few_shot import NotEnoughClassesError, few_shot_accuracy
 from dmlkit.evaluation.hierarchical import hierarchical_retrieval_metrics
-from dmlkit.evaluation.retrieval import label_codes, retrieval_metrics
+from dmlkit.evaluation.retrieval import _as_tensor, label_codes, parse_k, retrieval_metrics
 from dmlkit.evaluation.verification import (
+    check_max_pairs,
     indexed_pair_scores,
     pairs_from_labels,
     verification_metrics,
 )
 from dmlkit.functional.distances import check_dim
+from dmlkit.functional.labels import check_labels
 from dmlkit.functional.retrieval import canonical_metric
 
 SECTIONS = ("retrieval", "clustering", "verification", "few_shot")
@@ -42,7 +44,7 @@ def evaluate_embeddings(
     k: Sequence[int] = (1, 2, 4, 8),
     sections: Sequence[str] = SECTIONS,
     seed: int = 0,
-    max_pairs: int = 1_000_000,
+    max_pairs: int | None = 1_000_000,
     n_folds: int = 10,
     few_shot: Sequence[tuple[int, int]] = ((5, 1), (5, 5)),
     episodes: int = 600,
@@ -70,8 +72,9 @@ def evaluate_embeddings(
         Subset of ``("retrieval", "clustering", "verification", "few_shot")``.
     seed : int
         Seeds k-means, pair sampling, cross-validation folds and episodes (``>= 0``).
-    max_pairs : int
-        Verification uses all pairs of the set, or this many sampled ones.
+    max_pairs : int or None
+        Verification uses all pairs of the set, or, when it has more, this many sampled
+        ones (an integer ``>= 1``; None: always every pair).
     few_shot : sequence of (n_way, k_shot)
         Episode settings (``n_way >= 2``, ``k_shot >= 1``); settings the data cannot
         support (too few classes with enough items) are skipped with a note.
@@ -98,22 +101,22 @@ def evaluate_embeddings(
     ------
     ValueError
         Before any section runs: embeddings that are not a non-empty ``(n, d >= 1)``
-        matrix of finite values, an unknown section or metric, a negative ``seed``,
-        ``n_folds < 2``, ``episodes < 1`` or a bad few-shot setting. Labels that make a
+        matrix of finite values, labels that are not one row per embedding (the same for
+        the gallery, of the embeddings' width, given with its labels), an unknown section
+        or metric, a bad ``k``, a negative ``seed``, ``n_folds < 2``, ``episodes < 1``,
+        ``max_pairs < 1`` or a bad few-shot setting. Labels that make a
         section trivial (one class; every item its own class) are warned about.
     """
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         raise ValueError(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
     metric = canonical_metric(metric)  # ("COSINE" normalizes for clustering as "cosine")
-    _check_settings(seed, n_folds, episodes, few_shot)
+    _check_settings(seed, n_folds, episodes, few_shot, max_pairs)
+    k = parse_k(k)
     # class names as integer codes (per-class results are keyed by the names again)
     labels, ref_labels, label_names = label_codes(labels, ref_labels, return_names=True)
-    x = torch.as_tensor(embeddings)
-    y = torch.as_tensor(labels)
-    _check_embeddings(x, "embeddings")
-    if ref_embeddings is not None:
-        _check_embeddings(torch.as_tensor(ref_embeddings), "ref_embeddings")
+    x, y, ref_embeddings, ref_labels = _check_inputs(embeddings, labels, ref_embeddings,
+                                                     ref_labels)
     result: dict[str, Any] = {"num_embeddings": int(x.shape[0]), "metric": metric,
                               "seed": seed}
     if "retrieval" in sections:
@@ -150,12 +153,13 @@ def evaluate_embeddings(
 
 
 def _check_settings(seed: int, n_folds: int, episodes: int,
-                    few_shot: Sequence[tuple[int, int]]) -> None:
+                    few_shot: Sequence[tuple[int, int]], max_pairs: int | None) -> None:
     """Refuse bad settings before any section runs (a ``ValueError`` naming each)."""
     for name, value, low in (("seed", seed, 0), ("n_folds", n_folds, 2),
                              ("episodes", episodes, 1)):
         if not is_int(value) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    check_max_pairs(max_pairs)
     for setting in few_shot:
         ok = isinstance(setting, (tuple, list)) and len(setting) == 2
         if not (ok and is_int(setting[0]) and setting[0] >= 2 and is_int(setting[1])
@@ -164,15 +168,50 @@ def _check_settings(seed: int, n_folds: int, episodes: int,
                              f"integers, got {setting!r}")
 
 
+def _label_tensor(labels, n: int, name: str, of: str) -> torch.Tensor:
+    """``labels`` (tensor, array or list) checked as one label row per row of ``of``."""
+    if not isinstance(labels, (torch.Tensor, np.ndarray)):
+        labels = np.asarray(labels)
+    if labels.ndim >= 1 and labels.shape[0] != n:
+        raise ValueError(f"{name} has {labels.shape[0]} rows but {of} has {n}: give one "
+                         f"label per row of {of}")
+    return check_labels(_as_tensor(labels, name, labels=True), n, name)
+
+
+def _check_inputs(embeddings, labels, ref_embeddings, ref_labels) -> tuple:
+    """``(embeddings, labels, ref_embeddings, ref_labels)`` as tensors (the gallery None
+    when not given), checked once for every section: embeddings
+    (:func:`_check_embeddings`), one label row per embedding (:func:`check_labels`), and
+    a gallery of embeddings and labels given together, of one width and one label row
+    each. Any of these is a one-line ``ValueError`` (``TypeError`` for a wrong dtype)."""
+    x = torch.as_tensor(embeddings)
+    _check_embeddings(x, "embeddings")
+    y = _label_tensor(labels, x.shape[0], "labels", "embeddings")
+    if (ref_embeddings is None) != (ref_labels is None):
+        raise ValueError("pass ref_embeddings and ref_labels together, or neither")
+    if ref_embeddings is None:
+        return x, y, None, None
+    ref = torch.as_tensor(ref_embeddings)
+    _check_embeddings(ref, "ref_embeddings")
+    if ref.shape[1] != x.shape[1]:
+        raise ValueError(f"embeddings have dim {x.shape[1]} but ref_embeddings have dim "
+                         f"{ref.shape[1]}")
+    return x, y, ref, _label_tensor(ref_labels, ref.shape[0], "ref_labels", "ref_embeddings")
+
+
 def _check_embeddings(x: torch.Tensor, name: str) -> None:
     """A one-line ``ValueError`` unless ``x`` is a non-empty ``(n, d >= 1)`` matrix of
-    finite values (NaN would otherwise reach k-means and sklearn's own message)."""
+    finite values (NaN would otherwise reach k-means and sklearn's own message), checked
+    in their own precision (float64 values beyond float32's range are finite)."""
     if x.dim() != 2 or x.shape[0] == 0:
         raise ValueError(f"{name} must be a non-empty (n, d) array, got shape "
                          f"{tuple(x.shape)}")
     check_dim(x, name)
     if x.is_floating_point():
-        check_finite_rows(x.detach().cpu().float().numpy(), name)
+        values = x.detach().cpu()
+        if values.dtype not in (torch.float32, torch.float64):  # (numpy has no bfloat16)
+            values = values.float()
+        check_finite_rows(values.numpy(), name)
 
 
 def _warn_trivial_clustering(y: torch.Tensor) -> None:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dmlkit.evaluation.retrieval import DEFAULT_K, retrieval_metrics
+from dmlkit.evaluation.retrieval import check_chunk_size, parse_k, retrieval_metrics
 from dmlkit.functional.chunking import chunk_size_for, row_chunks
 from dmlkit.functional.hierarchy import shared_depth
 from dmlkit.functional.retrieval import canonical_metric, knn
@@ -111,9 +111,8 @@ def hierarchical_retrieval_metrics(
                 f"reference_labels {reference_labels.shape[1]}"
             )
     metric = canonical_metric(metric)
-    ks = DEFAULT_K if k is None else ((k,) if isinstance(k, int) else tuple(int(v) for v in k))
-    if any(v < 1 for v in ks):
-        raise ValueError(f"k values must be >= 1, got {list(ks)}")
+    ks = parse_k(k)  # (retrieval's rule: integers >= 1, Python or numpy)
+    check_chunk_size(chunk_size)
     levels = query_labels.shape[1]
 
     result: dict = {}

@@ -101,7 +101,7 @@ def _check_coded_inputs(query, query_labels, reference, reference_labels):
     return query, query_labels, reference, reference_labels
 
 
-def _ks(k: int | Sequence[int] | None) -> tuple[int, ...]:
+def parse_k(k: int | Sequence[int] | None) -> tuple[int, ...]:
     """``k`` as a tuple of cutoffs: one integer (Python or numpy, not a bool) or a
     non-empty sequence of them, each ``>= 1``; anything else is a ``ValueError``."""
     if k is None:
@@ -117,6 +117,14 @@ def _ks(k: int | Sequence[int] | None) -> tuple[int, ...]:
         raise ValueError(f"k must be an integer >= 1 or a non-empty sequence of them, got "
                          f"{k!r}")
     return tuple(int(v) for v in values)
+
+
+def check_chunk_size(chunk_size: int | None) -> None:
+    """A ``ValueError`` unless ``chunk_size`` is None (sized from a memory budget) or an
+    integer ``>= 1`` (queries per chunk)."""
+    if chunk_size is not None and not (is_int(chunk_size) and chunk_size >= 1):
+        raise ValueError(f"chunk_size must be an integer >= 1 (queries per chunk) or None "
+                         f"(sized from a memory budget), got {chunk_size!r}")
 
 
 def retrieval_metrics(
@@ -158,6 +166,8 @@ def retrieval_metrics(
         names; the leaf tuple for ``(n, L)`` labels; for ``(n, C)`` bool multi-labels,
         the column index, averaged over the queries holding that label (a query with
         several labels counts in each).
+    chunk_size : int, optional
+        Queries per chunk (``>= 1``; default: from a memory budget).
 
     Returns
     -------
@@ -175,9 +185,11 @@ def retrieval_metrics(
     if query.shape[0] == 0:
         raise ValueError("no queries: query has 0 rows")
     metric = canonical_metric(metric)
+    ks = parse_k(k)
+    check_chunk_size(chunk_size)
     with torch.no_grad():
         values = retrieval_per_query(
-            query, query_labels, reference, reference_labels, metric=metric, k=_ks(k),
+            query, query_labels, reference, reference_labels, metric=metric, k=ks,
             ref_includes_query=ref_includes_query, average_precision=average_precision,
             reciprocal_rank=reciprocal_rank, chunk_size=chunk_size,
         )

@@ -145,11 +145,20 @@ def indexed_pair_scores(
     return out
 
 
+def check_max_pairs(max_pairs: int | None) -> None:
+    """A ``ValueError`` unless ``max_pairs`` is None (every pair) or an integer ``>= 1``."""
+    if max_pairs is not None and not (is_int(max_pairs) and max_pairs >= 1):
+        raise ValueError(f"max_pairs must be an integer >= 1 (pairs sampled when the set "
+                         f"has more) or None (every pair), got {max_pairs!r}")
+
+
 def pairs_from_labels(
     labels, *, max_pairs: int | None = 1_000_000, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs ``(i, j, is_same)`` of one labelled set: all ``i < j`` pairs, or, when there
-    are more than ``max_pairs``, that many distinct pairs drawn uniformly (seeded)."""
+    are more than ``max_pairs`` (an integer ``>= 1``; None: no limit), that many distinct
+    pairs drawn uniformly (seeded)."""
+    check_max_pairs(max_pairs)
     arr = np.asarray(labels)
     if arr.dtype.kind in "USO":  # names (strings, objects): compared as codes
         arr = np.unique(arr.astype(str), return_inverse=True)[1].reshape(arr.shape)
@@ -211,11 +220,16 @@ def verification_metrics(
     Raises
     ------
     ValueError
-        ``n_folds`` not an integer ``>= 2``, ``seed`` not an integer ``>= 0``, a FAR
-        outside ``(0, 1)``, or pairs of one kind only.
+        ``scores`` or ``is_same`` not 1-d ``(p,)`` arrays of one length, ``n_folds`` not
+        an integer ``>= 2``, ``seed`` not an integer ``>= 0``, a FAR outside ``(0, 1)``,
+        or pairs of one kind only.
     """
     _check_setting("n_folds", n_folds, 2)
     _check_setting("seed", seed, 0)
+    for name, value in (("scores", scores), ("is_same", is_same)):
+        if np.ndim(value) != 1:  # a matrix would be flattened into pairs it does not hold
+            raise ValueError(f"{name} must be a 1-d array with one entry per pair, got "
+                             f"shape {tuple(np.shape(value))}")
     s, y = check_scored_pairs(scores, is_same)
     fpr, tpr, thr = roc_curve(s, y)
     eer, eer_t = equal_error_rate(fpr, tpr, thr)
@@ -326,6 +340,7 @@ class ThresholdCalibrator:
 __all__ = [
     "DEFAULT_FARS",
     "PAIR_CHUNK_BYTES",
+    "check_max_pairs",
     "pair_chunk_size",
     "pair_scores",
     "indexed_pair_scores",
