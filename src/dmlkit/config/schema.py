@@ -396,8 +396,8 @@ def _reject_unknown(section: str, raw: dict[str, Any], cls: type) -> None:
 
 
 def _section(name: str, cls: type, value: Any) -> Any:
-    if value is None:
-        return cls()
+    if value is None:  # the defaults; but no schedule is what `schedule: null` says
+        return ScheduleConfig(name="none") if cls is ScheduleConfig else cls()
     if isinstance(value, cls):
         return value
     if not isinstance(value, dict):
@@ -430,6 +430,8 @@ def _coerce(section: str, key: str, value: Any, default: Any) -> Any:
             if not isinstance(value, bool):
                 raise ValueError
             return value
+        if isinstance(value, bool):  # (a YAML yes/true is no number: never 1)
+            raise ValueError
         if isinstance(default, float):
             return float(value)
         if isinstance(default, int):

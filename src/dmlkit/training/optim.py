@@ -61,6 +61,19 @@ def lr_factor(config: ScheduleConfig, step: int, steps_per_epoch: int, epochs: i
     return 1.0
 
 
+def check_warmup(config: ScheduleConfig, epochs: int) -> None:
+    """Warn when the warmup lasts the whole run (or longer): the learning rate never
+    reaches ``optimizer.lr``, and no decay follows (a short smoke run of a config with a
+    warmup still trains)."""
+    if config.warmup_epochs > 0 and config.warmup_epochs >= epochs:
+        import warnings
+
+        warnings.warn(
+            f"schedule.warmup_epochs ({config.warmup_epochs:g}) is not below "
+            f"training.epochs ({epochs}): the learning rate never reaches optimizer.lr; "
+            "shorten the warmup or train longer", UserWarning, stacklevel=3)
+
+
 def build_scheduler(
     config: ScheduleConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
@@ -70,4 +83,4 @@ def build_scheduler(
     )
 
 
-__all__ = ["build_optimizer", "build_scheduler", "lr_factor"]
+__all__ = ["build_optimizer", "build_scheduler", "check_warmup", "lr_factor"]

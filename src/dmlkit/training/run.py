@@ -48,6 +48,7 @@ from dmlkit.training.device import check_device
 from dmlkit.training.distributed import init_from_env, is_main_process, world_size_from_env
 from dmlkit.training.frozen_features import FeatureData, backbone_inputs, frozen_feature_data
 from dmlkit.training.heldout import METRIC_KEYS, heldout_metrics, metrics_table
+from dmlkit.training.optim import check_warmup
 from dmlkit.training.positives import warn_single_items
 from dmlkit.training.rng import check_seed
 from dmlkit.training.run_dir import (
@@ -263,6 +264,7 @@ def train_run(
     check_device(config.training.device, "training.device")
     check_seed(config.training.seed, "training.seed")
     check_seed(config.data.seed, "data.seed")
+    check_warmup(config.schedule, config.training.epochs)  # (a warning)
     if resume and not (out_dir / CHECKPOINT).is_file():
         raise no_checkpoint_error(out_dir)
     with claim_run_dir(out_dir, resume=resume):
