@@ -34,7 +34,7 @@ def read_rows_named(path: Path, key: str, extra: tuple[str, ...]) -> tuple[Any, 
             return arrays["x"], None, None
         if key not in arrays:
             raise ValueError(f"{path} has no array {key!r} (arrays: {sorted(arrays)}); "
-                             "name it with --key")
+                             "name it with --x-key")
         found = [name for name in extra if name in arrays and name != key]
         return arrays[key], (arrays[found[0]] if found else None), (found[0] if found else None)
     if suffix == ".csv":
@@ -190,9 +190,10 @@ def register(app: typer.Typer) -> None:
         contamination: float = typer.Option(None, "--contamination", help="Expected "
                                             "fraction of outliers; sets the threshold "
                                             "(default 0.1)."),
-        n_neighbors: int = typer.Option(None, "--k", help="Neighbours of the knn score "
-                                        "(default 5)."),
-        key: str = typer.Option("x", "--key", help="Array name in .npz files."),
+        n_neighbors: int = typer.Option(None, "--k", "-k", help="Neighbours of the knn "
+                                        "score (default 5)."),
+        key: str = typer.Option("x", "--x-key", "--key", help="Array of the .npz --normal "
+                                "and --data that holds the rows (default 'x')."),
         save: Path = typer.Option(None, "--save", help="Also save the fitted detector to "
                                   "this directory (reuse it with --detector)."),
         detector: Path = typer.Option(None, "--detector", help="Score with a detector saved "
@@ -214,7 +215,8 @@ def register(app: typer.Typer) -> None:
         from dmlkit.apps import detectors
         from dmlkit.apps.persistence import run_embedder
         from dmlkit.cli._outputs import check_output_path
-        from dmlkit.cli.recognition import data_model
+        from dmlkit.cli._recognition_data import data_model
+        from dmlkit.cli._recognition_options import check_detector_options
         from dmlkit.evaluation import write_json
         from dmlkit.index.provenance import check_same_model
 
@@ -232,6 +234,7 @@ def register(app: typer.Typer) -> None:
                                      f"and neighbours it was fitted with: omit "
                                      f"{', '.join(fixed)} (or fit a new detector on --normal)")
             else:
+                check_detector_options(contamination, n_neighbors)
                 method, contamination, n_neighbors = detectors.detector_settings(
                     method, contamination, n_neighbors, run_dir=run_dir)
             summary_path = summary_file(out)

@@ -8,17 +8,31 @@ are embeddings already), labelled data (a ``.npz`` with ``x`` or ``embeddings`` 
 With a run, the data are read as ``dmlkit embed`` and ``search`` read them (see
 :class:`DataReader`). A ``.npz`` may carry ``class_names``: its integer labels then name
 them, so files that number their classes apart compare by name, and ``-1`` marks an
-unknown identity (allowed among queries only). ``dmlkit verify`` without ``--calibrate``
-or ``--pairs`` fits its threshold on half of the identities and tests it on the others.
+unknown identity (allowed among queries only). ``--x-key`` and ``--labels-key`` name the
+arrays of every ``.npz`` a command reads, as in ``dmlkit evaluate``. ``dmlkit verify``
+without ``--calibrate`` or ``--pairs`` fits its threshold on half of the identities and
+tests it on the others.
 """
 
 from __future__ import annotations
 
-import warnings
+import re
 from pathlib import Path
 from typing import Any
 
 import typer
+
+from dmlkit.cli._npz_keys import labels_key_option, x_key_option
+from dmlkit.cli._recognition_data import (
+    UNKNOWN,
+    DataReader,
+    data_model,
+    named_labels,
+    read_pairs,
+    refuse_unknown,
+    split_rows,
+)
+from dmlkit.cli._recognition_options import cli_metric, metric_option
 
 ERRORS = (FileNotFoundError, FileExistsError, ValueError, TypeError, KeyError, ImportError,
           NotImplementedError)
@@ -29,194 +43,6 @@ RUN_ARG = typer.Argument(None, help="Run directory whose model embeds raw inputs
 def _fail(message: str) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(2)
-
-
-#: the name an unknown identity (label -1) takes when labels are mapped to class names
-UNKNOWN = "<unknown>"
-
-
-def _warned(call: Any, *args: Any) -> Any:
-    """``call(*args)``, its warnings printed as ``warning:`` lines."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        out = call(*args)
-    for w in caught:
-        typer.echo(f"warning: {w.message}", err=True)
-    return out
-
-
-def named_labels(arrays: dict[str, Any], source: str) -> Any:
-    """The ``labels`` of a ``.npz`` (``None`` without), as names when it has integer labels
-    and ``class_names`` (files number their classes apart: compare by name); ``-1`` stays
-    an unknown identity (:data:`UNKNOWN` among names)."""
-    import numpy as np
-
-    labels = arrays.get("labels")
-    names = arrays.get("class_names")
-    if labels is None or names is None or labels.dtype.kind not in "iu" or labels.ndim != 1:
-        return labels
-    names = np.asarray(names).reshape(-1)
-    bad = labels[(labels < -1) | (labels >= names.size)]
-    if bad.size:
-        raise ValueError(f"{source}: its labels index its class_names ({names.size} names), "
-                         f"but label {int(bad[0])} is out of range; labels must be in "
-                         f"[0, {names.size - 1}], or -1 for an unknown identity")
-    unknown = -1 if names.dtype.kind in "iuf" else UNKNOWN
-    return np.where(labels < 0, unknown, names[np.clip(labels, 0, None)])
-
-
-def refuse_unknown(labels: Any, what: str) -> None:
-    """Raise a ``ValueError`` when ``labels`` hold the unknown identity (``-1``): items of
-    a gallery, a support or a verification set need their identity."""
-    import numpy as np
-
-    if labels is None:
-        return
-    labels = np.asarray(labels)
-    unknown = labels == (UNKNOWN if labels.dtype.kind in "USO" else -1)
-    if unknown.any():
-        raise ValueError(f"{what}: {int(unknown.sum())} items have the unknown label -1; every "
-                         "item here needs its identity (unknowns belong among the queries)")
-
-
-class DataReader:
-    """Reads the data options of a command: raw inputs of ``run_dir``'s model when a run
-    is given, read as ``dmlkit embed`` and ``search`` read them
-    (:mod:`dmlkit.runs.data`, :func:`~dmlkit.runs.queries.prepare_inputs`: ``uint8``
-    scaled to [0, 1], flat rows reshaped, other shapes refused, folders read with the
-    run's image size and colour, values far outside the training range warned about);
-    without a run, the arrays as they are (embeddings or features)."""
-
-    def __init__(self, run_dir: Path | None) -> None:
-        self.run_dir = run_dir
-        self._run: Any = None
-        self._spec: Any = None
-
-    @property
-    def run(self) -> Any:
-        if self._run is None:
-            from dmlkit.runs import load_run
-
-            self._run = load_run(self.run_dir)
-        return self._run
-
-    def _inputs(self, x: Any, source: str) -> Any:
-        from dmlkit.runs.queries import prepare_inputs, run_input_spec
-
-        if self._spec is None:
-            self._spec = run_input_spec(self.run)
-        return _warned(prepare_inputs, x, self._spec, source)
-
-    def read(self, spec: str, option: str) -> tuple[Any, Any, dict[str, Any]]:
-        """``(x, labels or None, every array of a .npz)`` of the data ``option`` names."""
-        x, labels, arrays = self._read(spec, option)
-        if len(x) == 0:
-            raise ValueError(f"{option} {spec} holds no items")
-        return x, labels, arrays
-
-    def _read(self, spec: str, option: str) -> tuple[Any, Any, dict[str, Any]]:
-        from dmlkit.cli._embedding_inputs import check_finite_inputs, refuse_embeddings
-        from dmlkit.data.npz import read_arrays
-
-        path, run = Path(spec), self.run_dir is not None
-        source = f"{option} {spec}"
-        if path.suffix == ".npz" and path.is_file():
-            arrays = read_arrays(path)  # (an empty or truncated file: a ValueError naming it)
-            key = next((k for k in ("x", "embeddings") if k in arrays), None)
-            if key is None:
-                raise ValueError(f"{path} needs an 'x' (or 'embeddings') array; it has "
-                                 f"{sorted(arrays)}")
-            refuse_embeddings(path if run else None)  # (a run's model takes raw inputs)
-            check_finite_inputs(arrays[key], path, key)  # (rows numbered as in the file)
-            x = self._inputs(arrays[key], source) if run else arrays[key]
-            labels = named_labels(arrays, str(path))
-            if labels is not None and len(labels) != len(x):
-                raise ValueError(f"{path}: {len(x)} items but {len(labels)} labels")
-            return x, labels, arrays
-        if path.suffix == ".npy" and path.is_file():
-            x = read_arrays(path)["x"]
-            check_finite_inputs(x, path, "x")
-            return (self._inputs(x, source) if run else x), None, {}
-        if spec in ("heldout", "train") and not run:
-            raise ValueError(f"{option} {spec} names a split of a run: pass RUN_DIR")
-        if run:
-            from dmlkit.runs.data import SPLITS, run_data
-
-            data = _warned(run_data, self.run, spec)
-            names = None if spec in SPLITS else data.class_names
-        else:
-            from dmlkit.data import load_dataset
-
-            data = load_dataset(spec)
-            names = data.class_names
-        labels = data.labels.numpy()
-        if names is not None and labels.ndim == 1:
-            import numpy as np
-
-            labels = np.asarray(names)[labels]  # folders number their classes apart
-        return data.x.numpy(), labels, {}
-
-
-def read_pairs(path: Path) -> Any:
-    """``(m, 2)`` or ``(m, 3)`` int array of a CSV of ``i,j[,same]`` rows (header optional:
-    a first row that is not all numbers)."""
-    import numpy as np
-
-    if not path.is_file():
-        raise FileNotFoundError(f"pair file not found: {path}")
-    lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
-    if not lines:
-        raise ValueError(f"{path} is empty: expected rows i,j or i,j,same")
-
-    def numeric(field: str) -> bool:
-        try:
-            float(field)
-        except ValueError:
-            return False
-        return True
-
-    skip = 0 if all(numeric(v) for v in lines[0].split(",")) else 1
-    if skip and len(lines) == 1:
-        raise ValueError(f"{path} has a header ({lines[0]!r}) but no pairs")
-    try:
-        rows = np.loadtxt(lines[skip:], delimiter=",", ndmin=2)
-    except ValueError as err:  # (numpy's own advice, usecols, is not this file's fix)
-        why = str(err).split("; use `usecols`")[0]
-        raise ValueError(f"{path}: expected integer columns i,j or i,j,same ({why})") from None
-    if rows.shape[1] not in (2, 3) or not np.all(rows == np.round(rows)):
-        raise ValueError(f"{path}: expected integer columns i,j or i,j,same")
-    rows = rows.astype(np.int64)
-    if (same := np.flatnonzero(rows[:, 0] == rows[:, 1])).size:  # distance 0: always "same"
-        typer.echo(f"warning: {path}: {same.size} pair(s) compare an item with itself (row "
-                   f"{same[0] + 1} of the pairs: {rows[same[0], 0]},{rows[same[0], 1]}); "
-                   "their score is the best possible, which flatters the results: drop "
-                   "them", err=True)
-    return rows
-
-
-def split_rows(n: int, fraction: float, seed: int) -> tuple[Any, Any]:
-    """Seeded split of ``n`` rows: a random ``fraction`` of them, and the others."""
-    import numpy as np
-
-    perm = np.random.default_rng(seed).permutation(n)
-    cut = int(round(fraction * n))
-    return np.sort(perm[:cut]), np.sort(perm[cut:])
-
-
-def data_model(run_dir: Path | None, *specs: str | None) -> str | None:
-    """The fingerprint of the model that embedded the data ``specs`` (the first ``.npz``
-    that records one, as ``dmlkit embed`` writes it), for a kit fitted on them without a
-    run (``None``: a run embeds them, and its kit records the run's)."""
-    from dmlkit.index.provenance import embeddings_fingerprint
-
-    if run_dir is not None:
-        return None
-    for spec in specs:
-        if spec is not None and Path(spec).suffix == ".npz" and Path(spec).is_file():
-            recorded = embeddings_fingerprint(spec)
-            if recorded is not None:
-                return recorded
-    return None
 
 
 def _check_out(out: Path, run_dir: Path | None, inputs: dict[str, Any], save: Any = None) -> None:
@@ -261,7 +87,9 @@ def register(app: typer.Typer) -> None:
         target_far: float = typer.Option(None, "--target-far", help="Threshold for this FAR "
                                          "(default: best accuracy)."),
         calibration: str = typer.Option("platt", "--calibration", help="platt or isotonic."),
-        metric: str = typer.Option("cosine", "--metric"),
+        metric: str = metric_option(),
+        x_key: str | None = x_key_option("the .npz --data and --calibrate"),
+        labels_key: str | None = labels_key_option("the .npz --data and --calibrate"),
         max_pairs: int = typer.Option(200_000, "--max-pairs"),
         bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap replicates."),
         seed: int = typer.Option(0, "--seed", help="Seed of the pairs drawn, the splits "
@@ -275,13 +103,16 @@ def register(app: typer.Typer) -> None:
         from dmlkit.apps import Verifier
         from dmlkit.apps.splits import split_identities
         from dmlkit.apps.targets import check_targets
+        from dmlkit.cli._recognition_options import check_verify_options
         from dmlkit.index.provenance import check_same_model
         from dmlkit.training.rng import check_seed
 
-        reader = DataReader(run_dir)
+        reader = DataReader(run_dir, x_key, labels_key)
         split: dict[str, Any] = {}
         try:
             check_seed(seed, "--seed")  # (the seed rule of every command)
+            metric = cli_metric(metric)
+            check_verify_options(target_far, calibration, max_pairs, bootstrap)
             _check_out(out, run_dir, {"--data": data, "--calibrate": calibrate,
                                       "--pairs": pairs}, save)
             rows = None if pairs is None else read_pairs(pairs)
@@ -318,8 +149,8 @@ def register(app: typer.Typer) -> None:
                          "test_identities": int(np.unique(y[eval_rows]).size)}
             if save is not None:  # (--calibrate and --data: one model, checked above)
                 v.save(save, model_sha256=data_model(run_dir, calibrate, data))
-        except ERRORS as err:
-            raise _fail(str(err)) from None
+        except ERRORS as err:  # (the Verifier's max_pairs is --max-pairs here)
+            raise _fail(re.sub(r"(?<![\w/.-])max_pairs\b", "--max-pairs", str(err))) from None
         result = {"command": "verify", "run_dir": str(run_dir) if run_dir else None,
                   "data": data, "pairs": str(pairs) if pairs else None, **split,
                   "fit_pairs": v.n_pairs_, **result}
@@ -342,7 +173,9 @@ def register(app: typer.Typer) -> None:
                                          "threshold that rejects unknowns."),
         closed_set: bool = typer.Option(False, "--closed-set", help="Never reject: every "
                                         "query is one of the enrolled identities."),
-        metric: str = typer.Option("cosine", "--metric"),
+        metric: str = metric_option(),
+        x_key: str | None = x_key_option("the .npz --gallery and --query"),
+        labels_key: str | None = labels_key_option("the .npz --gallery and --query"),
         camera_key: str = typer.Option(None, "--camera-key", help="Array of both .npz files "
                                        "with each item's camera: the re-id protocol."),
         multi_shot: str = typer.Option(None, "--multi-shot", help="mean or max: pool queries "
@@ -355,11 +188,15 @@ def register(app: typer.Typer) -> None:
 
         from dmlkit.apps import Identifier
         from dmlkit.apps.identification_metrics import reid_metrics
+        from dmlkit.cli._recognition_options import check_identify_options
         from dmlkit.index.provenance import check_same_model
 
-        reader = DataReader(run_dir)
+        reader = DataReader(run_dir, x_key, labels_key)
         reid = None
         try:
+            metric = cli_metric(metric)
+            check_identify_options(mode, index, nprobe, ef_search,
+                                   None if closed_set else target_far, multi_shot)
             _check_out(out, run_dir, {"--gallery": gallery, "--query": query}, save)
             xg, yg, ag = reader.read(gallery, "--gallery")
             xq, yq, aq = reader.read(query, "--query")
@@ -419,7 +256,10 @@ def register(app: typer.Typer) -> None:
         n_episodes: int = typer.Option(600, "--n-episodes"),
         n_query: int = typer.Option(15, "--n-query"),
         method: str = typer.Option("prototype", "--method", help="prototype or knn."),
-        metric: str = typer.Option("cosine", "--metric"),
+        metric: str = metric_option(),
+        x_key: str | None = x_key_option("the .npz --support, --query and --episodes"),
+        labels_key: str | None = labels_key_option("the .npz --support, --query and "
+                                                    "--episodes"),
         seed: int = typer.Option(0, "--seed", help="Seed of the episodes."),
         out: Path = typer.Option(Path("fewshot.json"), "--out", "-o"),
     ) -> None:
@@ -438,6 +278,7 @@ def register(app: typer.Typer) -> None:
         try:
             check_seed(seed, "--seed")  # (the seed rule of every command)
             check_sources(support, query, episodes_data)
+            metric = cli_metric(metric)
             _check_out(out, run_dir, {"--support": support, "--query": query,
                                       "--episodes": episodes_data})
             clf = FewShotClassifier(method=method, metric=metric, embedder=embedder)
@@ -449,7 +290,8 @@ def register(app: typer.Typer) -> None:
                 from dmlkit.apps.embedding import embed_inputs
                 from dmlkit.cli._fewshot_checks import check_episode_sizes
 
-                x, y, _ = DataReader(run_dir).read(episodes_data, "--episodes")
+                x, y, _ = DataReader(run_dir, x_key, labels_key).read(episodes_data,
+                                                                   "--episodes")
                 refuse_unknown(y, f"--episodes {episodes_data}")
                 check_episode_sizes(y, way_list, shot_list, n_query, episodes_data)
                 x = embed_inputs(embedder, x).numpy()  # once for every setting
@@ -463,7 +305,7 @@ def register(app: typer.Typer) -> None:
                         typer.echo(f"{n}-way {k}-shot: {r['accuracy']:.4f} " + (
                             f"± {ci:.4f} (95% CI, {e} episodes)" if ci == ci else "(1 episode)"))
             else:
-                reader = DataReader(run_dir)
+                reader = DataReader(run_dir, x_key, labels_key)
                 xs, ys, _ = reader.read(support, "--support")
                 xq, yq, _ = reader.read(query, "--query")
                 check_same_model(support, query, "--support and --query")
@@ -493,3 +335,7 @@ def register(app: typer.Typer) -> None:
         except ERRORS as err:
             raise _fail(str(err)) from None
         _write(result, out)
+
+
+__all__ = ["UNKNOWN", "DataReader", "data_model", "named_labels", "read_pairs",
+           "refuse_unknown", "register", "split_rows"]
