@@ -159,6 +159,26 @@ def check_output_folder(path: Path, option: str = "--out",
     check_outside_saved(path, option)
 
 
+def check_own_folder(path: Path, own: Collection[str], what: str,
+                     option: str = "--out") -> None:
+    """Refuse an existing folder ``path`` (given as ``option``) that holds anything but the
+    files named in ``own``: a command whose folder of outputs has no ``manifest.json``
+    writes into a new or empty folder, or replaces its own earlier output there (``what``,
+    e.g. ``"fitted metric (components.npy, metric.json)"``), as ``dmlkit index build``
+    replaces an earlier index and refuses a folder of other files
+    (:func:`dmlkit.index.io.check_replaceable`)."""
+    from dmlkit._checks import first_few
+
+    path = Path(path)
+    if not path.is_dir():
+        return
+    others = sorted(p.name for p in path.iterdir() if p.name not in own)
+    if others:
+        raise ValueError(f"{option} {path} holds other files ({first_few(others)}), not only "
+                         f"an earlier {what}; writing there would mix the outputs with them: "
+                         "give a new or empty folder, or remove them first")
+
+
 __all__ = ["check_not_input", "check_not_run_file", "check_outside_saved", "check_output_dir",
-           "check_output_file", "check_output_folder", "check_output_path", "existing_inputs",
-           "saved_format"]
+           "check_output_file", "check_output_folder", "check_output_path", "check_own_folder",
+           "existing_inputs", "saved_format"]

@@ -7,6 +7,18 @@ from typing import Any
 
 import typer
 
+from dmlkit.cli._npz_keys import labels_key_option, x_key_option
+
+#: ``--x-key`` / ``--labels-key`` of an ``.npz`` SOURCE (its held-out arrays: heldout_KEY)
+X_KEY = x_key_option("an .npz SOURCE (held out: heldout_KEY)", "'embeddings'")
+LABELS_KEY = labels_key_option("an .npz SOURCE (held out: heldout_KEY)")
+
+#: what ``classical fit`` and ``classical evaluate`` read as SOURCE
+SOURCE_HELP = ("Run directory, or .npz with embeddings/labels (and heldout_embeddings/"
+               "heldout_labels; with --x-key / --labels-key K: K and heldout_K).")
+#: seconds between two of the solver's progress lines on stderr
+PROGRESS_EVERY = 2.0
+
 classical_app = typer.Typer(
     help="Classical Mahalanobis metric learning (NCA, LMNN, ITML, LFDA, MLKR) on frozen "
     "embeddings.",
@@ -57,8 +69,11 @@ def _source_fingerprint(source: Path) -> str | None:
 
 def _check_out(out: Path, source: Path) -> None:
     """Refuse an ``--out`` folder that is the source, a run directory, a saved directory
-    (an index, a kit) or lies inside one (:func:`check_output_folder`)."""
-    from dmlkit.cli._outputs import check_output_folder
+    (an index, a kit) or lies inside one (:func:`check_output_folder`), or that holds
+    other files than an earlier fit's (which are replaced, as ``index build`` replaces an
+    earlier index: :func:`check_own_folder`)."""
+    from dmlkit.classical.frozen import COMPONENTS_FILE, METRIC_FILE
+    from dmlkit.cli._outputs import check_output_folder, check_own_folder
     from dmlkit.runs.run_files import is_run_dir
 
     if is_run_dir(out):
@@ -66,35 +81,163 @@ def _check_out(out: Path, source: Path) -> None:
                          f"written among the run's own files: give another folder (e.g. "
                          f"{out / 'metric'})")
     check_output_folder(out, "--out", {"the source": source})
+    own = (COMPONENTS_FILE, METRIC_FILE, COMPONENTS_FILE + ".tmp.npy", METRIC_FILE + ".tmp")
+    check_own_folder(out, own, f"fitted metric ({COMPONENTS_FILE}, {METRIC_FILE})")
+
+
+def _check_source(source: Path, x_key: str | None, labels_key: str | None) -> None:
+    """Refuse a SOURCE that does not exist, and array names for a run directory (whose
+    model embeds its own splits), before anything else is read."""
+    if not source.exists():
+        raise FileNotFoundError(f"{source} is neither a run directory nor an .npz file: it "
+                                "does not exist; give a run directory or an .npz of "
+                                "embeddings and labels")
+    if source.is_dir() and (x_key is not None or labels_key is not None):
+        raise ValueError("--x-key / --labels-key name the arrays of an .npz SOURCE; a run "
+                         f"directory ({source}) embeds its own train and held-out splits")
+
+
+def _load(source: Path, x_key: str | None, labels_key: str | None, device: str) -> Any:
+    """The train / held-out splits of ``source``: a run's (embedded by its model) or an
+    ``.npz``'s, its arrays named by ``x_key`` / ``labels_key``."""
+    from dmlkit.classical.frozen import load_embeddings
+
+    if x_key is None and labels_key is None:
+        return load_embeddings(source, device=device)
+    return _keyed_splits(source, x_key or "embeddings", labels_key or "labels")
+
+
+def _keyed_splits(source: Path, x_key: str, labels_key: str) -> Any:
+    """The splits of an ``.npz`` whose arrays are named ``x_key`` / ``labels_key`` (and
+    ``heldout_<key>`` for the held-out split), checked as
+    :func:`~dmlkit.classical.frozen.load_embeddings` checks its default names."""
+    import numpy as np
+
+    from dmlkit._checks import check_finite_rows, check_real_inputs
+    from dmlkit.classical.frozen import EmbeddedSplits, encode_split_labels
+    from dmlkit.data.npz import read_arrays
+
+    if source.suffix != ".npz":
+        raise ValueError(f"{source} is neither a run directory nor an .npz file")
+    arrays = read_arrays(source)
+    for key, role in ((x_key, "embeddings"), (labels_key, "labels")):
+        if key not in arrays:
+            raise ValueError(f"{source} has no array {key!r} (the {role}); its arrays are "
+                             f"{list(arrays)}: name them with --x-key and --labels-key")
+    held_x, held_labels = f"heldout_{x_key}", f"heldout_{labels_key}"
+    if (held_x in arrays) != (held_labels in arrays):
+        there, lacking = ((held_x, held_labels) if held_x in arrays
+                          else (held_labels, held_x))
+        raise ValueError(f"{source} has {there!r} but no {lacking!r}; the held-out split "
+                         "needs both (or neither: then the training arrays are scored)")
+    train, labels = arrays[x_key], arrays[labels_key]
+    held, held_lab = arrays.get(held_x, train), arrays.get(held_labels, labels)
+    for name, arr in ((x_key, train), (held_x, held)):
+        if arr.ndim != 2:
+            raise ValueError(f"{source}: {name!r} must be (n, dim), got shape {arr.shape}")
+        check_real_inputs(arr, str(source), repr(name),
+                          hint="; name the embeddings array with --x-key")
+        check_finite_rows(arr, f"{source}: {name!r}")
+    if held.shape[1] != train.shape[1]:
+        raise ValueError(f"{source}: {held_x!r} has dim {held.shape[1]} but {x_key!r} has "
+                         f"dim {train.shape[1]}; both must come from one model")
+    for name, lab, arr, arr_name in ((labels_key, labels, train, x_key),
+                                     (held_labels, held_lab, held, held_x)):
+        if lab.ndim >= 1 and lab.shape[0] != arr.shape[0]:
+            raise ValueError(f"{source}: {name!r} has {lab.shape[0]} label(s) but "
+                             f"{arr_name!r} has {arr.shape[0]} row(s); give one label per row")
+    train_codes, held_codes, classes = encode_split_labels(labels, held_lab, str(source))
+    return EmbeddedSplits(train.astype(np.float64), train_codes, held.astype(np.float64),
+                          held_codes, classes)
+
+
+class _SolverProgress:
+    """A text stream for a learner's ``verbose`` lines: each becomes a line on stderr
+    behind ``prefix``, at most one every ``every`` seconds unless ``every`` is 0 (the
+    first line always; :meth:`close` adds the last one when it was held back)."""
+
+    def __init__(self, prefix: str, every: float = PROGRESS_EVERY) -> None:
+        self.prefix, self.every = prefix, every
+        self.pending, self.held, self.last = "", None, None
+
+    def write(self, text: str) -> int:
+        import time
+
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        for line in filter(str.strip, lines):
+            now = time.monotonic()
+            if self.last is None or now - self.last >= self.every:
+                typer.echo(f"{self.prefix}{line}", err=True)
+                self.held, self.last = None, now
+            else:
+                self.held = line
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.write("\n")
+        if self.held is not None:
+            typer.echo(f"{self.prefix}{self.held}", err=True)
+            self.held = None
+
+
+def _fit(splits: Any, method: str, params: dict[str, Any], source: Path) -> Any:
+    """Fit ``method`` on the train split, saying on stderr what is fitted and, where the
+    learner has a ``verbose`` option, the solver's progress (its own lines, thinned to one
+    every :data:`PROGRESS_EVERY` seconds unless ``--param verbose=true`` asks for all)."""
+    import contextlib
+
+    from dmlkit.classical.frozen import fit_on_embeddings, make_learner
+
+    n, dim = splits.train.shape
+    typer.echo(f"classical fit: fitting {method} on {n} x {dim} train embeddings of "
+               f"{source}", err=True)
+    asked = "verbose" in params
+    verbose = "verbose" in make_learner(method).get_params() and not asked
+    stream = _SolverProgress("classical fit: ", PROGRESS_EVERY if verbose else 0.0)
+    try:
+        with contextlib.redirect_stdout(stream):  # (stdout keeps the final table alone)
+            learner = fit_on_embeddings(splits.train, splits.train_labels, method,
+                                        {**params, "verbose": True} if verbose else params)
+    finally:
+        stream.close()
+    if verbose:
+        learner.set_params(verbose=False)  # (metric.json's params: as the user gave them)
+    return learner
 
 
 @classical_app.command("fit")
 def fit(
-    source: Path = typer.Argument(..., help="Run directory, or .npz with embeddings/labels."),
+    source: Path = typer.Argument(..., help=SOURCE_HELP),
     method: str = typer.Option("nca", "--method", "-m", help="nca, lmnn, itml, lfda or mlkr."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output: components.npy + metric.json."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: components.npy + "
+                             "metric.json (new, empty, or an earlier fit's, which is "
+                             "replaced)."),
+    x_key: str | None = X_KEY,
+    labels_key: str | None = LABELS_KEY,
     param: list[str] = typer.Option([], "--param", "-p", help="Learner parameter key=value."),
     device: str = typer.Option("cpu", "--device", help="Device for embedding the run."),
 ) -> None:
-    """Fit a Mahalanobis metric on the train-split embeddings; save it and evaluate it."""
+    """Fit a Mahalanobis metric on the train-split embeddings; save it and evaluate it.
+
+    Progress goes to stderr; the table of held-out metrics to stdout.
+    """
     import time
 
-    from dmlkit.classical.frozen import (
-        evaluate_metric,
-        fit_on_embeddings,
-        load_embeddings,
-        make_learner,
-        save_metric,
-    )
+    from dmlkit.classical.frozen import evaluate_metric, make_learner, save_metric
     try:
+        _check_source(source, x_key, labels_key)
         _check_out(out, source)  # before the fit, not after it
         params = _params(param)
         if "random_state" in make_learner(method).get_params():  # (unknown method: raises)
             params.setdefault("random_state", 0)  # a command gives one result (--param to vary)
-        splits = load_embeddings(source, device=device)
+        splits = _load(source, x_key, labels_key, device)
         model_sha = _source_fingerprint(source)  # the metric holds for that model's space
         start = time.perf_counter()
-        learner = fit_on_embeddings(splits.train, splits.train_labels, method, params)
+        learner = _fit(splits, method, params, source)
         seconds = time.perf_counter() - start
         result = evaluate_metric(learner.components_, splits)
         extra: dict[str, Any] = {"source": str(source), "fit_seconds": round(seconds, 3),
@@ -111,27 +254,35 @@ def fit(
                f"{seconds:.2f} s -> {out}")
     if splits.heldout is splits.train or (splits.heldout.shape == splits.train.shape and bool(
             (splits.heldout == splits.train).all())):
-        typer.echo(f"warning: {source} has no held-out items (heldout_embeddings / "
-                   "heldout_labels): the table below scores the metric on the items it was "
-                   "fitted on, which flatters it", err=True)
+        typer.echo(f"warning: {source} has no held-out items (heldout_"
+                   f"{x_key or 'embeddings'} / heldout_{labels_key or 'labels'}): the table "
+                   "below scores the metric on the items it was fitted on, which flatters it",
+                   err=True)
     typer.echo(_table(result))
 
 
 @classical_app.command("evaluate")
 def evaluate(
-    source: Path = typer.Argument(..., help="Run directory, or .npz with embeddings/labels."),
+    source: Path = typer.Argument(..., help=SOURCE_HELP),
     metric: Path = typer.Option(..., "--metric", help="Directory written by `classical fit`."),
+    x_key: str | None = X_KEY,
+    labels_key: str | None = LABELS_KEY,
     device: str = typer.Option("cpu", "--device", help="Device for embedding the run."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Compare raw embeddings with a saved learned metric on the held-out split."""
-    from dmlkit.classical.frozen import evaluate_metric, load_embeddings, load_metric, to_json
+    from dmlkit.classical.frozen import evaluate_metric, load_metric, to_json
 
     try:
         from dmlkit.index.provenance import EMBEDDINGS_MODEL_KEY
 
+        _check_source(source, x_key, labels_key)  # the data first, then the metric
+        if not metric.is_dir():
+            raise FileNotFoundError(f"--metric {metric} " + (
+                "is a file" if metric.exists() else "does not exist")
+                + ": give a directory written by dmlkit classical fit")
         components, meta = load_metric(metric)
-        splits = load_embeddings(source, device=device)
+        splits = _load(source, x_key, labels_key, device)
         fitted_sha, source_sha = meta.get(EMBEDDINGS_MODEL_KEY), _source_fingerprint(source)
         if fitted_sha is not None and source_sha is not None and fitted_sha != source_sha:
             fitted_on = meta.get("source") or "another model's embeddings"

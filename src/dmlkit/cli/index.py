@@ -10,6 +10,7 @@ import typer
 
 from dmlkit.cli._index_checks import check_embeddings as _check_embeddings
 from dmlkit.cli._index_checks import check_queries
+from dmlkit.cli._index_options import check_search_options, index_metric
 from dmlkit.cli._npz_keys import LABELS_KEY, X_KEY
 
 #: the recall@10 an approximate index's default search breadth is tuned to reach
@@ -128,7 +129,8 @@ def build(
         "exact", "--factory",
         help="'exact' (torch, exact) or a faiss factory string: Flat, IVF256,Flat, HNSW32, ...",
     ),
-    metric: str = typer.Option("l2", "--metric", help="l2, ip or cosine."),
+    metric: str = typer.Option("l2", "--metric", help="l2 (or euclidean), ip (or dot) or "
+                               "cosine."),
     nprobe: int | None = typer.Option(
         None, "--nprobe", help="IVF lists searched per query (default: the fewest that "
         "reach --target-recall on the data)."),
@@ -156,6 +158,8 @@ def build(
         _check_out(source, out)
         check_replaceable(out)  # fail before embedding, not after
         _check_no_pending_log(out)
+        metric = index_metric(metric)  # (euclidean / dot: as dmlkit evaluate names them)
+        check_search_options(nprobe=nprobe, ef_search=ef_search)
         if source.is_file() and (x_key is not None or labels_key is not None):
             raise ValueError("--x-key / --labels-key name the arrays of a .npz --data that "
                              "the run embeds; a file of embeddings is read as it is")
@@ -418,7 +422,7 @@ def search(
         help="Image files or a folder of them, or one .npy/.npz of embeddings or raw inputs "
         "(an .npz says which by its key: 'embeddings' or 'x'; one holding both needs --as).",
     ),
-    k: int = typer.Option(5, "-k", help="Neighbours per query."),
+    k: int = typer.Option(5, "-k", "--k", help="Neighbours per query."),
     kind: str = typer.Option(
         "auto", "--as", help="What a .npy query holds, or which array of an .npz to use: "
         "auto, embeddings or inputs (auto refuses a .npy width that fits both, and an .npz "
@@ -438,6 +442,7 @@ def search(
 
     try:
         queries = [*query, *(more or [])]
+        check_search_options(k, nprobe, ef_search)
         if not queries:
             raise ValueError("no query given: --query FILE (images, a folder, or a .npy/.npz)")
         index = load_index(index_dir)

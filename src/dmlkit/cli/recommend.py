@@ -90,6 +90,29 @@ def _trained_min_rating(model: Any, model_dir: Path, given: float | None) -> flo
     return given
 
 
+#: the option of each recommender parameter a command sets
+OPTIONS = {"dim": "--dim", "margin": "--margin", "epochs": "--epochs"}
+
+
+def _check_model(model: Any) -> None:
+    """The recommender's parameter checks, before any data is read, each refusal naming
+    the option (``--dim must be ...``) rather than the parameter."""
+    from dmlkit.apps.recommender_inputs import check_params
+
+    try:
+        check_params(model)
+    except ValueError as err:
+        name, sep, rest = str(err).partition(" must ")
+        if not sep or name not in OPTIONS:
+            raise
+        raise ValueError(f"{OPTIONS[name]} must {rest}") from None
+
+
+def _check_k(k: int) -> None:
+    if k < 1:
+        raise ValueError(f"-k must be >= 1, got {k}")
+
+
 def _fail(err: Exception) -> None:
     typer.echo(f"error: {err}", err=True)
     raise typer.Exit(2) from None
@@ -120,11 +143,12 @@ def train(
     try:  # the destination first: refused after training, the training would be lost
         check_seed(seed, "--seed")  # (the seed rule of every command)
         check_min_rating(min_rating)
+        model = CMLRecommender(dim=dim, margin=margin, epochs=epochs, random_state=seed)
+        _check_model(model)
         check_output_dir(out)
         check_replaceable(out, KIT_FORMAT, CMLRecommender.__name__)
         check_outside_saved(out)
         train_part, _ = _split(_read(data, min_rating), holdout)
-        model = CMLRecommender(dim=dim, margin=margin, epochs=epochs, random_state=seed)
         model.fit(train_part.users, train_part.items, holdout=holdout, min_rating=min_rating,
                   log=lambda line: typer.echo(line, err=True))
         model.save(out)
@@ -144,7 +168,7 @@ def evaluate(
                                           "model was trained with)."),
     k: int = typer.Option(10, "-k", help="Cut-off (at most the catalogue's size: a larger "
                           "one is lowered to it, with a note)."),
-    out: Path = typer.Option(None, "--out", help="JSON file (default MODEL_DIR.json; "
+    out: Path = typer.Option(None, "--out", "-o", help="JSON file (default MODEL_DIR.json; "
                              "never the --data file or a file inside a saved model)."),
 ) -> None:
     """Recall@k, NDCG@k and coverage on each user's held-out latest interaction.
@@ -166,6 +190,7 @@ def evaluate(
     target = out or resolved.with_name(resolved.name + ".json")
     try:
         check_min_rating(min_rating)
+        _check_k(k)
         _check_target(target, model_dir, data)
         model = CMLRecommender.load(model_dir)
         if model.holdout_ == "none":
@@ -199,8 +224,6 @@ def evaluate(
                        "leave-last-out protocols evaluate new items only), reported as "
                        "skipped_repeats", err=True)
             users, items = users[~repeats], items[~repeats]
-        if k < 1:
-            raise ValueError(f"-k must be >= 1, got {k}")
         n_items = len(model.item_ids_)
         if k > n_items:  # as 'recommend top' does: no list can be longer than the catalogue
             typer.echo(f"note: -k {k} is more than the {n_items} items of the catalogue; "
@@ -228,6 +251,7 @@ def top(
     from dmlkit.apps import CMLRecommender
 
     try:
+        _check_k(k)
         recs = _as_text(CMLRecommender.load(model_dir).recommend(user, k))
     except (ValueError, FileNotFoundError) as err:
         _fail(err)

@@ -217,7 +217,7 @@ def register(app: typer.Typer) -> None:
         import importlib.util
 
         from dmlkit.report import collect, write_figures, write_report
-        from dmlkit.report.collect import check_projection
+        from dmlkit.report.collect import MIN_ITEMS, check_projection
         from dmlkit.report.html import check_report_path
         from dmlkit.runs.export import is_text_run
         from dmlkit.training.run import check_run_dir
@@ -226,6 +226,10 @@ def register(app: typer.Typer) -> None:
         try:  # everything that can be checked before the work
             check_run_dir(run_dir)  # (before the default --out inside it)
             check_projection(projection)
+            if max_items < MIN_ITEMS:  # (collect's rule, with the option's name)
+                raise ValueError(f"--max-items must be an integer >= {MIN_ITEMS} (the map "
+                                 "and the retrieval metrics need several items of each "
+                                 f"class), got {max_items}")
             check_output_file(target, ".html file")
             check_report_path(target, run_dir)
             check_outside_saved(target, "--out")

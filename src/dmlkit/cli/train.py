@@ -321,7 +321,7 @@ def embed(
     out: Path = typer.Option(..., "--out", "-o", help="Output .npz (embeddings, labels)."),
     x_key: str | None = X_KEY,
     labels_key: str | None = LABELS_KEY,
-    batch_size: int = typer.Option(512, "--batch-size"),
+    batch_size: int = typer.Option(512, "--batch-size", help="Inputs per forward pass."),
     device: str = typer.Option("cpu", "--device"),
     store: bool = typer.Option(
         False, "--store", help="Write a memory-mapped store directory at --out in chunks "
@@ -339,6 +339,9 @@ def embed(
     if not store:
         out = out if out.suffix == ".npz" else out.with_name(out.name + ".npz")  # as numpy
     try:
+        for option, value in (("--batch-size", batch_size), ("--chunk-size", chunk_size)):
+            if value < 1:  # (before the run is loaded)
+                raise ValueError(f"{option} must be an integer >= 1, got {value}")
         if store:
             check_output_dir(out)
         else:
