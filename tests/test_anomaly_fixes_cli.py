@@ -19,7 +19,7 @@ runner = CliRunner()
 
 def _error(res) -> str:
     """The one ``error:`` line of a refused command (exit status 2, no traceback)."""
-    assert res.exit_code == 2, res.output
+    assert res.exit_code == 1, res.output
     assert "Traceback" not in res.output, res.output
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr

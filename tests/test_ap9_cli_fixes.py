@@ -28,7 +28,7 @@ def episodes(tmp_path):
 def test_fewshot_checks_every_setting_before_running_any(episodes, extra):
     res = runner.invoke(app, ["fewshot", "--episodes", str(episodes / "e.npz"), *extra,
                               "--n-episodes", "5", "-o", str(episodes / "f.json")])
-    assert res.exit_code == 2, res.output
+    assert res.exit_code == 1, res.output
     assert "lower --way, --shot or --n-query" in res.output
     assert "-way 1-shot:" not in res.output  # no setting ran
     assert not (episodes / "f.json").exists()
@@ -52,7 +52,7 @@ def test_recommend_refuses_a_min_rating_that_is_not_finite(tmp_path, value, comm
     else:
         args = ["recommend", "evaluate", str(tmp_path / "m"), "--data", str(data)]
     res = runner.invoke(app, [*args, f"--min-rating={value}"])
-    assert res.exit_code == 2
+    assert res.exit_code == 1
     assert "min_rating (--min-rating) must be a finite number" in res.output
     assert len(res.output.strip().splitlines()) == 1
 

@@ -28,7 +28,7 @@ def test_recommend_train_refuses_a_negative_margin(tmp_path):
     (tmp_path / "d.csv").write_text("u1,i1,5,1\nu1,i2,4,2\nu2,i1,3,1\nu2,i3,5,3\n")
     res = runner.invoke(app, ["recommend", "train", str(tmp_path / "d.csv"), "--out",
                               str(tmp_path / "m"), "--margin", "-1", "--epochs", "1"])
-    assert res.exit_code == 2 and "margin must be a finite number > 0, got -1.0" in res.output
+    assert res.exit_code == 1 and "margin must be a finite number > 0, got -1.0" in res.output
     assert not (tmp_path / "m").exists()
 
 
@@ -46,7 +46,7 @@ def test_recommend_evaluate_clips_k_to_the_catalogue(tmp_path):
     assert "recall_at_2" in metrics and "recall_at_10" not in metrics
     res = runner.invoke(app, ["recommend", "evaluate", str(tmp_path / "m"), "--data",
                               str(tmp_path / "tiny.csv"), "-k", "0"])
-    assert res.exit_code == 2 and "-k must be >= 1, got 0" in res.output
+    assert res.exit_code == 1 and "-k must be >= 1, got 0" in res.output
 
 
 def test_recommendation_metrics_names_k_and_the_list_length():
@@ -73,7 +73,7 @@ def sets(tmp_path):
 def test_identify_on_a_one_identity_gallery_names_closed_set(sets):
     res = runner.invoke(app, ["identify", "--gallery", str(sets / "one.npz"), "--query",
                               str(sets / "query.npz"), "-o", str(sets / "i.json")])
-    assert res.exit_code == 2
+    assert res.exit_code == 1
     assert "--closed-set" in res.output and "target_far=None" not in res.output
     res = runner.invoke(app, ["identify", "--gallery", str(sets / "one.npz"), "--query",
                               str(sets / "query.npz"), "--closed-set", "-o",
@@ -85,7 +85,7 @@ def test_identify_on_a_one_identity_gallery_names_closed_set(sets):
 def test_fewshot_refuses_fewer_than_two_ways(sets, ways):
     res = runner.invoke(app, ["fewshot", "--episodes", str(sets / "query.npz"), "--way", ways,
                               "--shot", "1", "--n-episodes", "5", "-o", str(sets / "f.json")])
-    assert res.exit_code == 2 and "--way must be 2 or more" in res.output
+    assert res.exit_code == 1 and "--way must be 2 or more" in res.output
     assert not (sets / "f.json").exists()
 
 

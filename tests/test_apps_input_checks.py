@@ -56,7 +56,7 @@ def test_verify_refuses_2d_labels_with_the_message_of_identify(tmp_path):
     np.savez(tmp_path / "g2.npz", x=x, labels=np.stack([y, y % 2], axis=1))  # (n, 2)
     res = runner.invoke(app, ["verify", "--data", str(tmp_path / "g2.npz"), "--out",
                               str(tmp_path / "v.json")])
-    assert res.exit_code == 2, res.output
+    assert res.exit_code == 1, res.output
     assert "y should be a 1d array, got an array of shape (40, 2) instead" in res.output
     assert not isinstance(res.exception, IndexError)
     res = runner.invoke(app, ["identify", "--gallery", str(tmp_path / "g2.npz"), "--query",
@@ -73,7 +73,7 @@ def test_detect_anomalies_lists_every_method(tmp_path):
     res = runner.invoke(app, ["detect-anomalies", "--normal", str(tmp_path / "n.npz"),
                               "--data", str(tmp_path / "n.npz"), "--method", "foo",
                               "--out", str(tmp_path / "s.csv")])
-    assert res.exit_code == 2
+    assert res.exit_code == 1
     assert ("--method must be one of ['knn', 'prototype', 'mahalanobis', 'deep_svdd'], got "
             "'foo'") in res.output
 
@@ -89,12 +89,12 @@ def test_detect_anomalies_names_an_empty_file(tmp_path, name, write):
     write(tmp_path / name)
     res = runner.invoke(app, ["detect-anomalies", "--normal", str(tmp_path / "n.npz"),
                               "--data", str(tmp_path / name), "--out", str(tmp_path / "s.csv")])
-    assert res.exit_code == 2
+    assert res.exit_code == 1
     assert f"error: --data {tmp_path / name} holds no items" in res.output
     assert "Found array" not in res.output and "loadtxt" not in res.output
     res = runner.invoke(app, ["detect-anomalies", "--normal", str(tmp_path / name),
                               "--data", str(tmp_path / "n.npz"), "--out", str(tmp_path / "s.csv")])
-    assert res.exit_code == 2 and f"--normal {tmp_path / name} holds no items" in res.output
+    assert res.exit_code == 1 and f"--normal {tmp_path / name} holds no items" in res.output
 
 
 # -- recommend evaluate: held-out repeats of training items ---------------------------------
@@ -147,5 +147,5 @@ def test_recommend_evaluate_without_repeats_reports_none_and_all_repeats_is_refu
                         "--epochs", "1", "--dim", "4"])
     res = runner.invoke(app, ["recommend", "evaluate", str(tmp_path / "all"), "--data",
                               str(data), "-k", "5"])
-    assert res.exit_code == 2
+    assert res.exit_code == 1
     assert "all 20 held-out interactions" in res.output and "no new item" in res.output

@@ -213,10 +213,10 @@ def test_cli_detect_anomalies(tmp_path):
     np.save(tmp_path / "bad.npy", np.full((3, 5), np.nan))
     res = CliRunner().invoke(app, ["detect-anomalies", "--normal", str(tmp_path / "bad.npy"),
                                    "--data", str(tmp_path / "data.npz"), "--out", str(out)])
-    assert res.exit_code == 2 and "NaN" in res.output
+    assert res.exit_code == 1 and "NaN" in res.output
     res = CliRunner().invoke(app, ["detect-anomalies", "--normal", str(tmp_path / "none.npz"),
                                    "--data", str(tmp_path / "data.npz")])
-    assert res.exit_code == 2 and "not found" in res.output
+    assert res.exit_code == 1 and "not found" in res.output
 
 
 @pytest.mark.parametrize("x, y", [

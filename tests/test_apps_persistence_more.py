@@ -204,7 +204,7 @@ def test_cli_detector_option_errors(tmp_path):
     ]:
         res = runner.invoke(app, ["detect-anomalies", "--data", str(tmp_path / "data.npz"),
                                   "--out", str(tmp_path / "s.csv"), *args])
-        assert res.exit_code == 2 and message in res.output, (args, res.output)
+        assert res.exit_code == 1 and message in res.output, (args, res.output)
     assert not (tmp_path / "s.csv").exists()
 
 
@@ -270,7 +270,7 @@ def test_cli_evaluate_refuses_a_model_that_held_nothing_out(tmp_path):
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["recommend", "evaluate", str(tmp_path / "all"), "--data",
                               str(data), "-k", "5"])
-    assert res.exit_code == 2 and "--holdout none" in res.output
+    assert res.exit_code == 1 and "--holdout none" in res.output
     assert "nothing to evaluate" in res.output and not (tmp_path / "all.json").exists()
     # a model saved without the field: the held-out interactions are its training data
     state = json.loads((tmp_path / "all" / "state.json").read_text())
@@ -278,7 +278,7 @@ def test_cli_evaluate_refuses_a_model_that_held_nothing_out(tmp_path):
     rewrite(tmp_path / "all", "state.json", json.dumps(state))
     res = runner.invoke(app, ["recommend", "evaluate", str(tmp_path / "all"), "--data",
                               str(data), "-k", "5"])
-    assert res.exit_code == 2, res.output
+    assert res.exit_code == 1, res.output
     assert "all 30 held-out interactions" in res.output and "were used to train" in res.output
     # the default holdout still evaluates, on interactions the model did not see
     res = runner.invoke(app, [*train, "--out", str(tmp_path / "last")])

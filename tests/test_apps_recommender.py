@@ -189,11 +189,11 @@ def test_cli_recommend_train_evaluate_top(tmp_path):
     assert res.exit_code == 0 and res.output.startswith("u0\t")
     assert len(res.output.split("\t")[1].split()) == 3
     res = runner.invoke(app, ["recommend", "top", str(tmp_path / "m"), "-u", "ghost"])
-    assert res.exit_code == 2 and "unknown user id 'ghost'" in res.output
+    assert res.exit_code == 1 and "unknown user id 'ghost'" in res.output
     (tmp_path / "empty.csv").write_text("")
     res = runner.invoke(app, ["recommend", "train", str(tmp_path / "empty.csv"), "--out",
                               str(tmp_path / "m2")])
-    assert res.exit_code == 2 and "empty" in res.output and not (tmp_path / "m2").exists()
+    assert res.exit_code == 1 and "empty" in res.output and not (tmp_path / "m2").exists()
 
 
 def test_numeric_ids_keep_their_type_and_feature_dicts_follow_them():

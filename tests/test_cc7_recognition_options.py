@@ -60,10 +60,10 @@ def test_array_names_read_the_same_data(files, command, labels_option):
 def test_a_named_array_the_file_lacks_is_refused_naming_its_arrays(files, command):
     res, _ = _run([*_args(command, str(files / "named.npz")), "--x-key", "feats",
                    "--labels-key", "nope"], files / "b.json")
-    assert res.exit_code == 2
+    assert res.exit_code == 1
     assert "no array 'nope' (the labels)" in res.output and "'classes', 'feats'" in res.output
     res, _ = _run(_args(command, str(files / "named.npz")), files / "b.json")
-    assert res.exit_code == 2 and "--x-key" in res.output
+    assert res.exit_code == 1 and "--x-key" in res.output
 
 
 @pytest.mark.parametrize("command", ["verify", "identify", "fewshot", "episodes"])
@@ -82,7 +82,7 @@ def test_metric_aliases_are_those_of_evaluate(files, command, alias, name):
 def test_an_unknown_metric_names_the_option(files, command):
     res, _ = _run([*_args(command, str(files / "std.npz")), "--metric", "manhattan"],
                   files / "b.json")
-    assert res.exit_code == 2
+    assert res.exit_code == 1
     assert "--metric must be cosine, euclidean (alias l2) or dot (alias ip)" in res.output
 
 
@@ -101,7 +101,7 @@ def test_an_unknown_metric_names_the_option(files, command):
 ])
 def test_bad_values_name_the_option_typed(files, command, extra, option, internal):
     res, _ = _run([*_args(command, str(files / "std.npz")), *extra], files / "b.json")
-    assert res.exit_code == 2
+    assert res.exit_code == 1
     line = res.output.strip().splitlines()[-1]
     assert line.startswith(f"error: {option}"), line
     assert internal not in line
@@ -122,7 +122,7 @@ def test_detect_anomalies_names_the_rows_with_x_key(files, option):
     assert res.exit_code == 0, res.output
     assert got == want
     res, _ = _detect(files, "--normal", g, "--data", g)
-    assert res.exit_code == 2 and "name it with --x-key" in res.output
+    assert res.exit_code == 1 and "name it with --x-key" in res.output
 
 
 def test_detect_anomalies_takes_k_as_a_short_form(files):
@@ -143,7 +143,7 @@ def test_detect_anomalies_takes_k_as_a_short_form(files):
 def test_detect_anomalies_bad_values_name_the_option(files, extra, option, internal):
     f = str(files / "std.npz")
     res, _ = _detect(files, "--normal", f, "--data", f, *extra)
-    assert res.exit_code == 2
+    assert res.exit_code == 1
     line = res.output.strip().splitlines()[-1]
     assert line.startswith(f"error: {option} "), line
     assert internal not in line

@@ -207,7 +207,7 @@ def test_recommend_evaluate_takes_o(interactions, tmp_path):
     assert res.exit_code == 0, res.output
     assert "recall_at_" in next(iter(json.loads((tmp_path / "r.json").read_text())))
     res = runner.invoke(app, ["recommend", "top", str(tmp_path / "m"), "-u", "1", "-k", "0"])
-    assert res.exit_code == 2
+    assert res.exit_code == 1
     assert error_lines(res) == ["error: -k must be >= 1, got 0"]
 
 
@@ -216,7 +216,7 @@ def test_recommend_evaluate_takes_o(interactions, tmp_path):
 def test_recommend_train_names_the_option(interactions, tmp_path, option, value):
     res = runner.invoke(app, ["recommend", "train", str(interactions), "-o",
                               str(tmp_path / "m"), option, value])
-    assert res.exit_code == 2
+    assert res.exit_code == 1
     [line] = error_lines(res)
     assert line.startswith(f"error: {option} must be"), line
     assert not (tmp_path / "m").exists()
@@ -235,7 +235,7 @@ def test_embed_names_the_size_option(run_dir, tmp_path, args):
 def test_report_names_max_items(run_dir, tmp_path):
     res = runner.invoke(app, ["report", str(run_dir), "--max-items", "5", "-o",
                               str(tmp_path / "r.html")])
-    assert res.exit_code == 2
+    assert res.exit_code == 1
     [line] = error_lines(res)
     assert line.startswith("error: --max-items must be an integer >= 20"), line
     assert "got 5" in line

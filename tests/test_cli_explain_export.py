@@ -59,7 +59,7 @@ def test_a_file_of_several_items_says_how_to_pick_one(run_dir, digits, tmp_path)
     np.save(tmp_path / "three.npy", digits)
     res = _explain(run_dir, tmp_path / "ex", "heldout:0", str(tmp_path / "three.npy"))
     message = _error(res)
-    assert res.exit_code == 2 and "holds 3 items" in message
+    assert res.exit_code == 1 and "holds 3 items" in message
     assert f"{tmp_path / 'three.npy'}:N with N in 0..2" in message
     assert not (tmp_path / "ex").exists()
 
@@ -74,7 +74,7 @@ def test_row_n_of_a_file_is_that_item(run_dir, digits, tmp_path):
         sims.append(json.loads((tmp_path / "ex" / "explain.json").read_text())["cosine_similarity"])
     assert sims[0] == pytest.approx(sims[1], abs=1e-6)
     res = _explain(run_dir, tmp_path / "ex", f"{tmp_path / 'three.npy'}:3", "heldout:0")
-    assert res.exit_code == 2 and "has rows 0..2" in _error(res)
+    assert res.exit_code == 1 and "has rows 0..2" in _error(res)
 
 
 def test_one_item_flat_unbatched_or_uint8_is_explained_as_the_image(run_dir, digits, tmp_path):
@@ -107,7 +107,7 @@ def test_items_the_model_cannot_take_are_named(run_dir, tmp_path, item, words):
     np.save(tmp_path / "item.npy", item)
     res = _explain(run_dir, tmp_path / "ex", str(tmp_path / "item.npy"), "heldout:1")
     message = _error(res)
-    assert res.exit_code == 2 and words in message and "item.npy" in message
+    assert res.exit_code == 1 and words in message and "item.npy" in message
 
 
 def test_bad_options_and_paths(run_dir, tmp_path):
@@ -118,9 +118,9 @@ def test_bad_options_and_paths(run_dir, tmp_path):
              ([], f"{tmp_path / 'nope.npy'}:1", "not found")]
     for more, a, words in cases:
         res = _explain(run_dir, tmp_path / "ex", a, "heldout:1", *more)
-        assert res.exit_code == 2 and words in _error(res), (more, a)
+        assert res.exit_code == 1 and words in _error(res), (more, a)
     res = _explain(run_dir, tmp_path / "file", "heldout:0", "heldout:1")
-    assert res.exit_code == 2 and "is a file" in _error(res)
+    assert res.exit_code == 1 and "is a file" in _error(res)
 
 
 def test_occlusion_refuses_empty_patches():
@@ -181,7 +181,7 @@ def test_export_to_a_path_that_cannot_be_a_file(run_dir, tmp_path):
     for out, words in ((tmp_path / "folder", "is a directory"),
                        (tmp_path / "file" / "m.pt", "is a file")):
         res = runner.invoke(app, ["export", str(run_dir), "-f", "torchscript", "-o", str(out)])
-        assert res.exit_code == 2 and words in _error(res), out
+        assert res.exit_code == 1 and words in _error(res), out
     assert list((tmp_path / "folder").iterdir()) == []
 
 

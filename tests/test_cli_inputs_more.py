@@ -261,7 +261,7 @@ def test_evaluate_refuses_empty_sections_and_no_episodes(small, tmp_path):
     res = runner.invoke(app, ["evaluate", str(small / "run"), "--sections", ",", "-o", str(out)])
     assert res.exit_code == 1 and "--sections" in _error(res) and not out.exists()
     res = runner.invoke(app, ["evaluate", str(small / "run"), "--episodes", "0", "-o", str(out)])
-    assert res.exit_code == 2 and "--episodes" in res.output and not out.exists()
+    assert res.exit_code == 1 and "--episodes" in res.output and not out.exists()
     res = runner.invoke(app, ["evaluate", str(small / "run"), "--metric", "manhattan"])
     assert res.exit_code == 1 and "manhattan" in _error(res)
     assert "retrieval (" not in res.stderr  # refused before embedding and evaluating

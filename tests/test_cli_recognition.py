@@ -61,7 +61,7 @@ def test_verify_with_a_pair_file(data):
     np.savetxt(tmp / "bad.csv", rows, fmt="%d", delimiter=",")
     res = runner.invoke(app, ["verify", "--data", str(tmp / "set.npz"), "--pairs",
                               str(tmp / "bad.csv"), "-o", str(tmp / "v.json")])
-    assert res.exit_code == 2 and "names row 10000, which does not exist" in res.output
+    assert res.exit_code == 1 and "names row 10000, which does not exist" in res.output
 
 
 def test_identify_prints_open_set_and_reid_metrics(data):
@@ -96,39 +96,39 @@ def test_fewshot_support_query_and_episodes(data):
     assert set(json.loads((tmp / "e.json").read_text())) >= {"3way_1shot", "5way_1shot"}
     res = runner.invoke(app, ["fewshot", "--episodes", str(tmp / "set.npz"), "--way", "20",
                               "-o", str(tmp / "e.json")])
-    assert res.exit_code == 2 and "20-way episodes need 20" in res.output
+    assert res.exit_code == 1 and "20-way episodes need 20" in res.output
 
 
 def test_clear_errors(data):
     tmp, x, y = data
     res = runner.invoke(app, ["verify", "--data", str(tmp / "missing.npz")])
-    assert res.exit_code == 2 and "error" in res.output
+    assert res.exit_code == 1 and "error" in res.output
     res = runner.invoke(app, ["verify", "--data", "heldout"])
-    assert res.exit_code == 2 and "RUN_DIR" in res.output
+    assert res.exit_code == 1 and "RUN_DIR" in res.output
     np.savez(tmp / "one.npz", x=x[:20], labels=y[:20])
     res = runner.invoke(app, ["verify", "--data", str(tmp / "one.npz")])
-    assert res.exit_code == 2 and "two identities" in res.output
+    assert res.exit_code == 1 and "two identities" in res.output
     res = runner.invoke(app, ["fewshot"])
-    assert res.exit_code == 2 and "--support" in res.output
+    assert res.exit_code == 1 and "--support" in res.output
 
 
 def test_input_mistakes_of_the_recognition_commands_are_error_lines(data, tmp_path):
     tmp, x, y = data
     (tmp / "zero.npz").write_bytes(b"")
     res = runner.invoke(app, ["verify", "--data", str(tmp / "zero.npz")])
-    assert res.exit_code == 2 and "is empty (0 bytes)" in res.output
+    assert res.exit_code == 1 and "is empty (0 bytes)" in res.output
     np.savez(tmp / "emb.npz", embeddings=x, labels=y)
     res = runner.invoke(app, ["verify", str(tmp), "--data", str(tmp / "emb.npz")])
-    assert res.exit_code == 2 and "holds embeddings" in res.output  # (RUN_DIR given)
+    assert res.exit_code == 1 and "holds embeddings" in res.output  # (RUN_DIR given)
     for args, words in ((["--method", "bogus"], "--method must be one of"),
                         (["--way", "5,x"], "--way and --shot take integers")):
         res = runner.invoke(app, ["fewshot", "--episodes", str(tmp / "set.npz"), *args])
-        assert res.exit_code == 2 and words in res.output
+        assert res.exit_code == 1 and words in res.output
     names = np.array(["a", "b", "c", "d", "e", "f"])[y]
     np.savez(tmp / "named.npz", x=x, labels=names)
     res = runner.invoke(app, ["fewshot", "--support", str(tmp / "named.npz"), "--query",
                               str(tmp / "set.npz")])
-    assert res.exit_code == 2 and "share one type" in res.output
+    assert res.exit_code == 1 and "share one type" in res.output
 
 
 def test_a_saved_kit_keeps_its_run_as_an_absolute_path(tmp_path, monkeypatch):

@@ -100,7 +100,7 @@ def test_evaluate_writes_its_own_file_in_the_run(files):
                                   ["fewshot", "--episodes", "set.npz"]])
 def test_a_negative_seed_is_refused(files, args):
     res = runner.invoke(app, [*args, "--seed", "-1", "-o", "out.json"])
-    assert res.exit_code == 2 and "--seed" in res.output
+    assert res.exit_code == 1 and "--seed" in res.output
     assert not (files / "out.json").exists()
 
 

@@ -88,7 +88,7 @@ def test_cli_device_checked_for_a_file_of_embeddings(tmp_path, device):
     x, y = blobs()
     np.savez(tmp_path / "e.npz", embeddings=x, labels=y)
     res = runner.invoke(app, ["evaluate", str(tmp_path / "e.npz"), "--device", device])
-    assert res.exit_code == 2
+    assert res.exit_code == 1
     assert "error: --device" in res.output
     assert not (tmp_path / "e.evaluation.json").exists()
 
@@ -99,7 +99,7 @@ def test_cli_cuda_device_refused_without_cuda(tmp_path):
     x, y = blobs()
     np.savez(tmp_path / "e.npz", embeddings=x, labels=y)
     res = runner.invoke(app, ["evaluate", str(tmp_path / "e.npz"), "--device", "cuda"])
-    assert res.exit_code == 2 and "CUDA is not available" in res.output
+    assert res.exit_code == 1 and "CUDA is not available" in res.output
 
 
 def test_cli_out_help_names_both_defaults():

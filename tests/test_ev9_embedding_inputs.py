@@ -80,12 +80,12 @@ def test_verify_names_the_file_row_of_a_nan_embedding(tmp_path):
     bad, ok = _nan_at_500(tmp_path)
     res = runner.invoke(app, ["verify", "--data", str(bad), "-o", str(tmp_path / "v.json"),
                               "--bootstrap", "10"])
-    assert res.exit_code == 2, res.output
+    assert res.exit_code == 1, res.output
     err = _error(res)
     assert f"{bad}: 'embeddings'" in err and "1 of 600 rows (row 500)" in err
     res = runner.invoke(app, ["verify", "--data", str(ok), "--calibrate", str(bad),
                               "-o", str(tmp_path / "v.json"), "--bootstrap", "10"])
-    assert res.exit_code == 2 and f"{bad}: 'embeddings'" in _error(res), res.output
+    assert res.exit_code == 1 and f"{bad}: 'embeddings'" in _error(res), res.output
     assert "(row 500)" in _error(res)
 
 
@@ -93,6 +93,6 @@ def test_identify_names_the_file_row_of_a_nan_query(tmp_path):
     bad, ok = _nan_at_500(tmp_path)
     res = runner.invoke(app, ["identify", "--gallery", str(ok), "--query", str(bad),
                               "-o", str(tmp_path / "i.json")])
-    assert res.exit_code == 2 and f"{bad}: 'embeddings'" in _error(res), res.output
+    assert res.exit_code == 1 and f"{bad}: 'embeddings'" in _error(res), res.output
     assert "(row 500)" in _error(res)
 

@@ -228,11 +228,11 @@ def index(root, tmp_path) -> Path:
 def test_serve_says_a_bad_export_in_one_line(root, tmp_path, index):
     path = _mutated(root, tmp_path, _drop("dim"))
     res = _serve("--onnx", str(path), "--index", str(index))
-    assert res.exit_code == 2 and "lacks 'dim'" in _error(res)
+    assert res.exit_code == 1 and "lacks 'dim'" in _error(res)
     path.write_bytes(b"\x80garbage" * 50)
     Path(f"{path}.json").write_text((root / "old.onnx.json").read_text())
     res = _serve("--onnx", str(path), "--index", str(index))
-    assert res.exit_code == 2 and "is not the file" in _error(res)
+    assert res.exit_code == 1 and "is not the file" in _error(res)
 
 
 def test_serve_refuses_run_and_onnx_together(root, index):
@@ -240,7 +240,7 @@ def test_serve_refuses_run_and_onnx_together(root, index):
 
     for run in (root / "run", root / "no_such_run"):
         res = _serve("--onnx", str(root / "old.onnx"), "--run", str(run), "--index", str(index))
-        assert res.exit_code == 2
+        assert res.exit_code == 1
         assert "are two sources of the served model: give one" in _error(res)
     with pytest.raises(ValueError, match="two sources"):
         load_embedder(root / "run", root / "old.onnx")
@@ -254,7 +254,7 @@ def test_export_refuses_a_path_inside_a_saved_index(root, index):
     before = {p.name: p.read_bytes() for p in index.iterdir()}
     res = runner.invoke(app, ["export", str(root / "run"), "--out",
                               str(index / "vectors.npy"), "--force"])
-    assert res.exit_code == 2 and "a saved dmlkit-index directory" in _error(res)
+    assert res.exit_code == 1 and "a saved dmlkit-index directory" in _error(res)
     assert {p.name: p.read_bytes() for p in index.iterdir()} == before
 
 

@@ -72,7 +72,7 @@ def test_explain_works_from_the_recorded_shape_when_the_data_is_gone(moved_run, 
     assert np.load(tmp_path / "ex" / "a_occlusion.npy").shape == (N_FEATURES,)
     # a row of the run's data cannot be had: say so, and what to give instead
     res = _explain(run, tmp_path / "ex2", "heldout:0", f"{tmp_path}/items.npy:3")
-    assert res.exit_code == 2
+    assert res.exit_code == 1
     assert "'heldout:0' is a row of the run's data, which cannot be read" in res.stderr
     assert "data.npz" in res.stderr and "FILE.npy:N" in res.stderr
 
@@ -91,7 +91,7 @@ def test_without_data_or_recorded_shape_the_error_says_why(moved_run):
 
 def test_explain_of_a_tuple_run_says_to_give_npy_items(tuple_run, tmp_path):
     res = _explain(tuple_run, tmp_path / "ex", "heldout:0", "train:1")
-    assert res.exit_code == 2
+    assert res.exit_code == 1
     assert "--a FILE.npy:N --b FILE.npy:N" in res.stderr
     assert "name the data explicitly" not in res.stderr
     features = np.load(tuple_run.parent / "features.npy")
@@ -103,7 +103,7 @@ def test_explain_of_a_tuple_run_says_to_give_npy_items(tuple_run, tmp_path):
 
 def test_report_of_a_tuple_run_says_it_has_no_held_out_split(tuple_run, tmp_path):
     res = runner.invoke(app, ["report", str(tuple_run), "-o", str(tmp_path / "r.html")])
-    assert res.exit_code == 2
+    assert res.exit_code == 1
     assert "needs a labelled held-out split" in res.stderr and "has none" in res.stderr
     assert "name the data explicitly" not in res.stderr
     assert not (tmp_path / "r.html").exists()
@@ -115,7 +115,7 @@ def test_an_empty_item_file_holds_no_items(tuple_run, tmp_path, shape):
     np.save(tmp_path / "one.npy", np.zeros(N_FEATURES, np.float32))
     for a in (f"{tmp_path}/empty.npy", f"{tmp_path}/empty.npy:0"):
         res = _explain(tuple_run, tmp_path / "ex", a, f"{tmp_path}/one.npy")
-        assert res.exit_code == 2
+        assert res.exit_code == 1
         assert "empty.npy holds no items" in res.stderr
         assert "0..-1" not in res.stderr
 

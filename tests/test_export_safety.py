@@ -57,7 +57,7 @@ def test_export_never_writes_onto_the_runs_own_files(run_dir, name, force):
     before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
     more = ["--force"] if force else []
     res = _export(str(run_dir), "-f", "torchscript", "-o", str(run_dir / name), *more)
-    assert res.exit_code == 2
+    assert res.exit_code == 1
     assert "run directory's own" in _error(res)
     after = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
     assert after == before  # nothing written, nothing replaced
@@ -77,7 +77,7 @@ def test_export_overwrites_a_file_only_with_force(run_dir, tmp_path):
     target = tmp_path / "m.pt"
     target.write_bytes(b"keep me")
     res = _export(str(run_dir), "-f", "torchscript", "-o", str(target))
-    assert res.exit_code == 2 and "--force" in _error(res)
+    assert res.exit_code == 1 and "--force" in _error(res)
     assert target.read_bytes() == b"keep me"
     res = _export(str(run_dir), "-f", "torchscript", "-o", str(target), "--force")
     assert res.exit_code == 0, res.output
@@ -87,7 +87,7 @@ def test_export_overwrites_a_file_only_with_force(run_dir, tmp_path):
     # the description beside the model counts as an existing file too
     (tmp_path / "n.pt.json").write_text("{}")
     res = _export(str(run_dir), "-f", "torchscript", "-o", str(tmp_path / "n.pt"))
-    assert res.exit_code == 2 and "n.pt.json exists" in _error(res)
+    assert res.exit_code == 1 and "n.pt.json exists" in _error(res)
     assert not (tmp_path / "n.pt").exists()
 
 
@@ -116,7 +116,7 @@ def unexportable(monkeypatch, tmp_path) -> Path:
 def test_a_failed_onnx_export_prints_one_line(unexportable, tmp_path, capfd):
     res = _export(str(unexportable), "-o", str(tmp_path / "m.onnx"))
     printed = capfd.readouterr()  # what reached the terminal outside click's streams
-    assert res.exit_code == 2
+    assert res.exit_code == 1
     message = _error(res)
     assert "cannot be exported to ONNX" in message and "--format torchscript" in message
     assert res.output.strip().splitlines() == [message]
@@ -133,7 +133,7 @@ def test_the_onnx_exporters_output_stays_available(unexportable, tmp_path, capfd
     assert "graph(" in info.value.detail  # the exporter's dump, kept
     assert info.value.__cause__ is not None  # and its own exception, chained
     res = _export(str(unexportable), "-o", str(tmp_path / "m.onnx"), "--verbose")
-    assert res.exit_code == 2 and "graph(" in res.stderr
+    assert res.exit_code == 1 and "graph(" in res.stderr
     printed = capfd.readouterr()
     assert "graph(" not in printed.out + printed.err
 
@@ -174,7 +174,7 @@ def text_run(tmp_path) -> Path:
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_export_of_a_text_run_says_why_before_loading_it(text_run, tmp_path, fmt):
     res = _export(str(text_run), "-f", fmt, "-o", str(tmp_path / "t.out"))
-    assert res.exit_code == 2
+    assert res.exit_code == 1
     message = _error(res)
     assert "sentence encoder" in message and "ONNX or TorchScript" in message
     assert "dmlkit serve --run" in message
@@ -183,7 +183,7 @@ def test_export_of_a_text_run_says_why_before_loading_it(text_run, tmp_path, fmt
 
 def test_report_of_a_text_run_says_what_to_use_instead(text_run):
     res = runner.invoke(app, ["report", str(text_run)])
-    assert res.exit_code == 2
+    assert res.exit_code == 1
     message = _error(res)
     assert "does not cover text runs" in message and "dmlkit evaluate" in message
     assert "report: loading data" not in res.stderr

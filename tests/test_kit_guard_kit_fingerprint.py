@@ -149,14 +149,14 @@ def test_serve_refuses_a_verifier_fitted_on_another_models_embeddings(files, tmp
                                    str(kit), *extra])
 
     res = serve("--run", str(files / "a"))  # the served model is a's, the kit b's
-    assert res.exit_code == 2, res.output
+    assert res.exit_code == 1, res.output
     lines = [s for s in res.stderr.splitlines() if s.startswith("error:")]
     assert len(lines) == 1 and "the verifier was fitted on embeddings of another model" in \
         lines[0], res.output
     assert sorted(os.listdir(folder)) == before
     # without a model, the served space is the index's (built with a's model): refused too
     res = serve()
-    assert res.exit_code == 2 and "another model than those the index holds" in res.stderr
+    assert res.exit_code == 1 and "another model than those the index holds" in res.stderr
 
 
 def test_the_scorer_accepts_a_verifier_of_the_served_model(files, tmp_path):

@@ -67,7 +67,7 @@ def test_a_serve_refused_for_another_model_leaves_the_folder_as_it_was(runs, tmp
     before = listing(folder)
     assert sorted(before) == sorted(k for k in before if k.startswith("idx"))
     res = serve(runs, folder / "idx", "--run", str(runs / "run"))
-    assert res.exit_code == 2 and "another model" in error_line(res)
+    assert res.exit_code == 1 and "another model" in error_line(res)
     assert listing(folder) == before  # no idx.wal, no idx.lock
     # rebuilding with the served run there is not blocked, and then serving is not refused
     res = build(runs / "run", folder / "idx")
@@ -80,7 +80,7 @@ def test_a_serve_refused_for_a_bad_verifier_leaves_the_folder_as_it_was(runs, tm
     before = listing(tmp_path)
     res = serve(runs, tmp_path / "idx", "--run", str(runs / "run"), "--verifier",
                 str(tmp_path / "no_such_kit"))
-    assert res.exit_code == 2
+    assert res.exit_code == 1
     error_line(res)
     assert listing(tmp_path) == before
 
@@ -99,7 +99,7 @@ def test_a_refused_serve_keeps_a_pending_log_byte_for_byte_and_it_still_blocks_a
     before = listing(tmp_path)
     assert before["idx.wal"][0] > 0 and "idx.lock" not in before
     res = serve(runs, tmp_path / "idx", "--run", str(runs / "run"))
-    assert res.exit_code == 2 and "another model" in error_line(res)
+    assert res.exit_code == 1 and "another model" in error_line(res)
     assert listing(tmp_path) == before  # the torn tail is not even cut
     res = build(runs / "run", tmp_path / "idx")
     assert res.exit_code != 0 and "holds writes" in error_line(res)

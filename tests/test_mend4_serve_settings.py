@@ -52,7 +52,7 @@ def test_bad_settings_are_one_line_before_the_index_is_opened(folder, monkeypatc
 
     monkeypatch.setattr(dmlkit.service, "DurableIndex", opened)
     res = serve(folder, *args)
-    assert res.exit_code == 2, res.output
+    assert res.exit_code == 1, res.output
     lines = [line for line in res.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"error: {words}"), res.output
 
@@ -80,7 +80,7 @@ def test_a_bind_error_is_the_could_not_listen_line(folder, monkeypatch, error):
 
     monkeypatch.setattr(serve_cli, "_server", lambda *a, **k: Server())
     res = serve(folder, "--port", "8123")
-    assert res.exit_code == 3, res.output
+    assert res.exit_code == 1, res.output
     lines = [line for line in res.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: could not listen on "
                                                    "127.0.0.1:8123"), res.output

@@ -52,7 +52,7 @@ def test_detect_anomalies_with_an_unreadable_normal_file_is_one_error_line(tmp_p
     np.savez(data, x=np.random.default_rng(0).normal(size=(10, 4)))
     res = runner.invoke(app, ["detect-anomalies", "--normal", str(bad), "--data", str(data),
                               "--out", str(tmp_path / "s.csv")])
-    assert res.exit_code == 2, res.output
+    assert res.exit_code == 1, res.output
     lines = [line for line in res.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"error: {bad} {words}"), res.output
     assert not (tmp_path / "s.csv").exists()

@@ -45,7 +45,7 @@ def test_fewshot_takes_one_mode(emb, tmp_path, given, words):
     args = [str(emb) if a == "S" else a for a in given]
     res = runner.invoke(app, ["fewshot", *args, "--n-episodes", "3", "-o",
                               str(tmp_path / "f.json")])
-    assert res.exit_code == 2 and words in _error_line(res)
+    assert res.exit_code == 1 and words in _error_line(res)
     assert not (tmp_path / "f.json").exists()
 
 
@@ -54,14 +54,14 @@ def test_fewshot_no_ways_is_not_called_one_class(emb, tmp_path, ways):
     res = runner.invoke(app, ["fewshot", "--episodes", str(emb), f"--way={ways}", "-o",
                               str(tmp_path / "f.json")])
     line = _error_line(res)
-    assert res.exit_code == 2 and "--way must be 2 or more" in line
+    assert res.exit_code == 1 and "--way must be 2 or more" in line
     assert "one class to choose" not in line and "draws none" in line
 
 
 def test_fewshot_one_way_keeps_its_reason(emb, tmp_path):
     res = runner.invoke(app, ["fewshot", "--episodes", str(emb), "--way", "1", "-o",
                               str(tmp_path / "f.json")])
-    assert res.exit_code == 2 and "a 1-way episode has one class" in _error_line(res)
+    assert res.exit_code == 1 and "a 1-way episode has one class" in _error_line(res)
 
 
 @pytest.mark.parametrize("count", ["99999999999999999999", "1000001", "0"])
@@ -69,7 +69,7 @@ def test_fewshot_refuses_absurd_episode_counts(emb, tmp_path, count):
     res = runner.invoke(app, ["fewshot", "--episodes", str(emb), "--n-episodes", count,
                               "-o", str(tmp_path / "f.json")])
     line = _error_line(res)
-    assert res.exit_code == 2 and line.startswith("error: --n-episodes must be")
+    assert res.exit_code == 1 and line.startswith("error: --n-episodes must be")
     assert "dimension" not in line
 
 
@@ -80,7 +80,7 @@ def test_fewshot_refuses_absurd_episode_counts(emb, tmp_path, count):
 def test_evaluate_episodes_limits_are_error_lines(emb, tmp_path, count, words):
     res = runner.invoke(app, ["evaluate", str(emb), "--episodes", count, "-o",
                               str(tmp_path / "ev.json")])
-    assert res.exit_code == 2 and words in _error_line(res)  # (no usage panel)
+    assert res.exit_code == 1 and words in _error_line(res)  # (no usage panel)
     assert not (tmp_path / "ev.json").exists()
 
 

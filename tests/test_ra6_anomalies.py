@@ -27,7 +27,7 @@ def detect(*args: str):
 
 
 def _error(res, *words: str) -> str:
-    assert res.exit_code == 2, res.output
+    assert res.exit_code == 1, res.output
     assert "Traceback" not in res.output
     lines = [s for s in res.stderr.splitlines() if s.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr

@@ -115,7 +115,7 @@ def test_evaluate_reads_the_data_with_the_trained_min_rating(tmp_path):
 def test_evaluate_refuses_another_min_rating_than_the_trained_one(tmp_path):
     data, model, _ = _train(tmp_path, "--min-rating", "3")
     res = _eval(model, data, tmp_path / "a.json", "--min-rating", "1")
-    assert res.exit_code == 2, res.output
+    assert res.exit_code == 1, res.output
     lines = [s for s in res.stderr.splitlines() if s.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ")
     assert "--min-rating 3" in lines[0] and "omit --min-rating" in lines[0]

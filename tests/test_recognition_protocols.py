@@ -49,12 +49,12 @@ def test_split_identities_keeps_identities_apart_with_pairs_on_both_sides():
 def test_verify_explains_what_a_split_by_identity_needs(tmp_path):
     np.savez(tmp_path / "single.npz", x=np.eye(10, dtype=np.float32), labels=np.arange(10))
     res = runner.invoke(app, ["verify", "--data", str(tmp_path / "single.npz")])
-    assert res.exit_code == 2
+    assert res.exit_code == 1
     assert "10 identities, 0 of them with two or more items" in res.output
     assert "--calibrate" in res.output and "raise max_pairs" not in res.output
     np.savez(tmp_path / "empty.npz", x=np.zeros((0, 4), np.float32), labels=np.zeros(0, int))
     res = runner.invoke(app, ["verify", "--data", str(tmp_path / "empty.npz")])
-    assert res.exit_code == 2 and "holds no items" in res.output
+    assert res.exit_code == 1 and "holds no items" in res.output
 
 
 def test_pair_files_with_decimal_rows_and_header_only(tmp_path):
@@ -118,7 +118,7 @@ def test_fewshot_reports_queries_of_classes_missing_from_the_support(tmp_path):
     np.savez(tmp_path / "one.npz", x=x[y == 0], labels=y[y == 0])
     res = runner.invoke(app, ["fewshot", "--support", str(tmp_path / "one.npz"), "--query",
                               str(tmp_path / "q.npz"), "-o", str(tmp_path / "f.json")])
-    assert res.exit_code == 2 and "at least two classes" in res.output
+    assert res.exit_code == 1 and "at least two classes" in res.output
 
 
 def test_a_gallery_of_one_item_per_identity_raises_no_sklearn_warning():

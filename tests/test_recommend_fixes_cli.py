@@ -18,7 +18,7 @@ ROWS = "".join(f"u{u},i{(u + t) % 6},{1 + (u * t) % 5},{t}\n" for u in range(5) 
 
 
 def _error_line(res, *words: str) -> str:
-    assert res.exit_code == 2, res.output
+    assert res.exit_code == 1, res.output
     assert "Traceback" not in res.output
     lines = [s for s in res.stderr.splitlines() if s.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr

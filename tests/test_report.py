@@ -79,4 +79,4 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
 def test_too_few_items_is_a_clear_error(report, n):
     res = CliRunner().invoke(app, ["report", str(report / "run"), "--max-items", n,
                                    "--out", str(report / "few.html")])
-    assert res.exit_code == 2 and "--max-items must be an integer >= 20" in res.output
+    assert res.exit_code == 1 and "--max-items must be an integer >= 20" in res.output

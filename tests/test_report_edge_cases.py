@@ -150,7 +150,7 @@ def test_outputs_and_options_are_checked_before_the_work(run_dir, tmp_path, more
     (tmp_path / "file").write_text("")
     more = [m.format(tmp=tmp_path) for m in more]
     res = runner.invoke(app, ["report", str(run_dir), *more])
-    assert res.exit_code == 2, res.output
+    assert res.exit_code == 1, res.output
     assert isinstance(res.exception, SystemExit), res.exception  # no crash
     errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and words in errors[0], res.stderr

@@ -99,7 +99,7 @@ def test_report_refuses_the_runs_own_files(run_dir, name):
     before = (run_dir / name).read_bytes()
     res = runner.invoke(app, ["report", str(run_dir), "--out", str(run_dir / name),
                               "--projection", "pca", "--max-items", "20"])
-    assert res.exit_code == 2, res.output
+    assert res.exit_code == 1, res.output
     assert f"is the run directory {run_dir.resolve()}'s own {name}" in res.stderr
     assert "report: loading data" not in res.stderr  # refused before the work
     assert (run_dir / name).read_bytes() == before
@@ -109,13 +109,13 @@ def test_report_needs_an_html_name_and_not_another_runs_report(run_dir, tmp_path
     from dmlkit.report import collect, write_report
 
     res = runner.invoke(app, ["report", str(run_dir), "--out", str(tmp_path / "r.txt")])
-    assert res.exit_code == 2 and "a report is an HTML file" in res.stderr
+    assert res.exit_code == 1 and "a report is an HTML file" in res.stderr
     assert not (tmp_path / "r.txt").exists()
     other = tmp_path / "other"  # another run directory
     shutil.copytree(run_dir, other, ignore=shutil.ignore_patterns("report.html"))
     (other / "report.html").write_text("other's report")
     res = runner.invoke(app, ["report", str(run_dir), "--out", str(other / "report.html")])
-    assert res.exit_code == 2 and "own report.html" in res.stderr
+    assert res.exit_code == 1 and "own report.html" in res.stderr
     assert (other / "report.html").read_text() == "other's report"
     data = collect(run_dir, max_items=20, projection="pca")
     for name in ("config.yaml", "model.pt"):  # the library refuses too
@@ -179,4 +179,4 @@ def test_weights_that_do_not_fit_are_named(run_dir, tmp_path):
     assert "\n" not in message
     assert "size mismatch for" in message and "torch.Size([4" in message
     res = runner.invoke(app, ["report", str(run), "-o", str(tmp_path / "r.html")])
-    assert res.exit_code == 2 and "size mismatch for" in res.stderr
+    assert res.exit_code == 1 and "size mismatch for" in res.stderr

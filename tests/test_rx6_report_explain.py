@@ -166,7 +166,7 @@ def test_report_of_one_held_out_item_is_refused_clearly(root, data_npz):
             "train_classes": [0, 1, 2], "test_classes": [3], "max_heldout_per_class": 1}
     run = _train(root / "one", data)
     res = _report(run, root / "one.html", "--projection", "pca")
-    assert res.exit_code == 2 and isinstance(res.exception, SystemExit)
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit)
     errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "held-out set has 1 item" in errors[0]
     assert "at least 2" in errors[0] and "data.test_fraction" in errors[0]
@@ -207,7 +207,7 @@ def test_outputs_inside_the_runs_data_folder_are_refused(image_run, command, ins
         args = ["explain", str(run), "--a", "heldout:0", "--b", "heldout:1", "-o", str(target),
                 "--steps", "2"]
     res = runner.invoke(app, args)
-    assert res.exit_code == 2, res.output
+    assert res.exit_code == 1, res.output
     assert "lies inside the run's data folder (data.path)" in res.stderr or (
         "is the run's data folder" in res.stderr)
     assert str(images) in res.stderr
@@ -216,7 +216,7 @@ def test_outputs_inside_the_runs_data_folder_are_refused(image_run, command, ins
 
 def test_png_dir_that_is_a_run_directory_suggests_a_figures_folder(run_dir, root):
     res = _report(run_dir, root / "r.html", "--png-dir", str(run_dir))
-    assert res.exit_code == 2
+    assert res.exit_code == 1
     assert f"e.g. {run_dir / 'figures'}" in res.stderr and "explain" not in res.stderr
 
 
@@ -230,13 +230,13 @@ def _explain(run: Path, out: Path, a: str = "heldout:0", b: str = "heldout:1", *
 def test_rows_that_do_not_fit_say_why(run_dir, tmp_path):
     np.save(tmp_path / "narrow.npy", np.zeros((5, N_FEATURES - 1), np.float32))
     res = _explain(run_dir, tmp_path / "ex", f"{tmp_path}/narrow.npy:0")
-    assert res.exit_code == 2
+    assert res.exit_code == 1
     assert "holds one item" not in res.stderr and "without :0" not in res.stderr
     assert f"inputs of shape ({N_FEATURES - 1},) per item" in res.stderr
     assert f"trained on inputs of shape {N_FEATURES}" in res.stderr
     np.save(tmp_path / "one.npy", np.zeros(N_FEATURES, np.float32))  # one item: as before
     res = _explain(run_dir, tmp_path / "ex", f"{tmp_path}/one.npy:0")
-    assert res.exit_code == 2 and "give it without :0" in res.stderr
+    assert res.exit_code == 1 and "give it without :0" in res.stderr
 
 
 # 4. integrated gradients in chunks of steps ------------------------------------------------
@@ -425,12 +425,12 @@ def test_a_stride_past_the_patch_is_refused_before_any_work(run_dir, tmp_path, m
     res = runner.invoke(app, ["explain", str(tmp_path / "no-run"), "--a", "heldout:0",
                               "--b", "heldout:1", "-o", str(tmp_path / "ex"),
                               "--patch", "2", "--stride", "3"])
-    assert res.exit_code == 2 and "--stride 3 is larger than the patch (2)" in res.stderr
+    assert res.exit_code == 1 and "--stride 3 is larger than the patch (2)" in res.stderr
     called: list[int] = []
     monkeypatch.setattr(dmlkit.explain, "integrated_gradients",
                         lambda *a, **k: called.append(1))
     res = _explain(run_dir, tmp_path / "ex", "heldout:0", "heldout:1", "--stride", "5")
-    assert res.exit_code == 2 and "--stride 5 is larger than the patch (2)" in res.stderr
+    assert res.exit_code == 1 and "--stride 5 is larger than the patch (2)" in res.stderr
     assert called == [] and not (tmp_path / "ex").exists()
 
 

@@ -93,7 +93,7 @@ def test_explain_works_on_a_run_with_a_damaged_metrics_file(run_dir, tmp_path):
     assert (tmp_path / "ex" / "explain.json").is_file()
     res = runner.invoke(app, ["report", str(run), "--out", str(tmp_path / "r.html"),
                               "--projection", "pca"])
-    assert res.exit_code == 2 and "metrics.json is not valid JSON" in res.stderr
+    assert res.exit_code == 1 and "metrics.json is not valid JSON" in res.stderr
 
 
 # 3. a one-row item file is its one item ---------------------------------------------------

@@ -286,7 +286,7 @@ def register(app: typer.Typer) -> None:
             scores = det.score_samples(x)
         except (ValueError, TypeError, FileNotFoundError, FileExistsError) as err:
             typer.echo(f"error: {err}", err=True)
-            raise typer.Exit(2) from None
+            raise typer.Exit(1) from None
         flags = scores < det.offset_
         out.parent.mkdir(parents=True, exist_ok=True)
         rows = np.column_stack([np.arange(len(scores)), scores, flags.astype(int)])

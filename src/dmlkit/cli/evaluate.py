@@ -164,12 +164,12 @@ def evaluate(
     from dmlkit.training.device import check_device
     from dmlkit.training.rng import check_seed
 
-    try:  # the seed rule of every command; a bad option value exits 2, as typer's checks
+    try:  # the seed rule of every command (refused first, exit status 1 as every error line)
         check_seed(seed, "--seed")
         check_episodes(episodes, "--episodes")
         check_device(device, "--device")  # (whatever RUN_DIR is: never silently ignored)
     except ValueError as err:
-        raise _fail(str(err), 2) from None
+        raise _fail(str(err)) from None
     try:
         from dmlkit.functional.retrieval import canonical_metric
 

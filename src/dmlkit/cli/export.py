@@ -48,7 +48,7 @@ def register(app: typer.Typer) -> None:
             hint = (" (--verbose shows the exporter's output)"
                     if isinstance(err, ExportError) and not verbose else "")
             typer.echo(f"error: {one_line(err)}{hint}", err=True)
-            raise typer.Exit(2) from None
+            raise typer.Exit(1) from None
         if info.get("weights_note"):  # a run without model.pt: its checkpoint's weights
             typer.echo(f"note: {run_dir} has no {MODEL_FILE}: exporting the weights of its "
                        f"{info['weights_note']}", err=True)

@@ -42,7 +42,7 @@ RUN_ARG = typer.Argument(None, help="Run directory whose model embeds raw inputs
 
 def _fail(message: str) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
-    return typer.Exit(2)
+    return typer.Exit(1)
 
 
 def _check_out(out: Path, run_dir: Path | None, inputs: dict[str, Any], save: Any = None) -> None:

@@ -115,7 +115,7 @@ def _check_k(k: int) -> None:
 
 def _fail(err: Exception) -> None:
     typer.echo(f"error: {err}", err=True)
-    raise typer.Exit(2) from None
+    raise typer.Exit(1) from None
 
 
 @recommend_app.command("train")

@@ -251,7 +251,7 @@ def register(app: typer.Typer) -> None:
             figures = write_figures(data, png_dir) if png_dir is not None else []
         except (ImportError, ValueError, OSError) as err:
             typer.echo(f"error: {one_line(err)}", err=True)
-            raise typer.Exit(2) from None
+            raise typer.Exit(1) from None
         typer.echo(f"wrote {target}" + (f" and {len(figures)} PNG figures in {png_dir}"
                                         if figures else ""))
 
@@ -288,7 +288,7 @@ def register(app: typer.Typer) -> None:
             _, lines = _explain(run_dir, a, b, out, steps, patch, stride)
         except (ValueError, TypeError, OSError) as err:
             typer.echo(f"error: {one_line(err)}", err=True)
-            raise typer.Exit(2) from None
+            raise typer.Exit(1) from None
         for line in lines:
             typer.echo(line)
 

@@ -89,7 +89,7 @@ def register(app: typer.Typer) -> None:
             # RuntimeError: IndexInUseError, another server already owns the index; OSError:
             # a file that cannot be read (FileNotFoundError among them)
             typer.echo(f"error: {one_line(err)}", err=True)
-            raise typer.Exit(2) from None
+            raise typer.Exit(1) from None
         skipped = (f"; {store.skipped} skipped, already in the checkpoint or not applicable"
                    if store.skipped else "")
         server = _server(uvicorn, application, host, port, lambda url: typer.echo(
@@ -121,7 +121,7 @@ def register(app: typer.Typer) -> None:
                        "machine's); "
                        "nothing was served and the index is unchanged: choose another --port "
                        "or --host", err=True)
-            raise typer.Exit(3)
+            raise typer.Exit(1)
 
 
 def check_settings(*, port: int, max_batch: int, max_body_mb: float, rate: float,
