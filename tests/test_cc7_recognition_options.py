@@ -156,3 +156,15 @@ def test_the_reader_takes_the_array_names(files):
     want = np.load(files / "std.npz")
     np.testing.assert_array_equal(x, want["x"])
     np.testing.assert_array_equal(y, want["labels"])
+
+
+def test_detect_anomalies_reads_embeddings_as_dmlkit_embed_writes_them(files):
+    """Without --x-key: ``x``, else ``embeddings`` (as verify, identify and fewshot)."""
+    f = str(files / "std.npz")
+    _, want = _detect(files, "--normal", f, "--data", f, out="a.csv")
+    data = np.load(files / "std.npz")
+    np.savez(files / "emb.npz", embeddings=data["x"], labels=data["labels"])
+    e = str(files / "emb.npz")
+    res, got = _detect(files, "--normal", e, "--data", e)
+    assert res.exit_code == 0, res.output
+    assert got == want

@@ -11,15 +11,17 @@ import typer
 TRUTH_KEYS = ("anomaly", "labels")
 
 
-def read_rows(path: Path, key: str, extra: str | tuple[str, ...]) -> tuple[Any, Any]:
-    """``(x, extra_or_None)`` from a ``.npz`` (array ``key``, and the first of the arrays
+def read_rows(path: Path, key: str | None, extra: str | tuple[str, ...]) -> tuple[Any, Any]:
+    """``(x, extra_or_None)`` from a ``.npz`` (array ``key``, by default ``x``, else
+    ``embeddings`` as ``dmlkit embed`` writes them, and the first of the arrays
     named by ``extra`` that is present), a ``.npy`` or a numeric ``.csv`` (with or
     without a header line)."""
     x, found, _ = read_rows_named(path, key, (extra,) if isinstance(extra, str) else extra)
     return x, found
 
 
-def read_rows_named(path: Path, key: str, extra: tuple[str, ...]) -> tuple[Any, Any, str | None]:
+def read_rows_named(path: Path, key: str | None, extra: tuple[str, ...]
+                    ) -> tuple[Any, Any, str | None]:
     """:func:`read_rows`, also giving the name of the ``extra`` array found (or None)."""
     import numpy as np
 
@@ -32,6 +34,8 @@ def read_rows_named(path: Path, key: str, extra: tuple[str, ...]) -> tuple[Any, 
         arrays = read_arrays(path)
         if suffix == ".npy":
             return arrays["x"], None, None
+        if key is None:  # (as verify, identify and fewshot: x, else embeddings)
+            key = next((k for k in ("x", "embeddings") if k in arrays), "x")
         if key not in arrays:
             raise ValueError(f"{path} has no array {key!r} (arrays: {sorted(arrays)}); "
                              "name it with --x-key")
@@ -192,8 +196,9 @@ def register(app: typer.Typer) -> None:
                                             "(default 0.1)."),
         n_neighbors: int = typer.Option(None, "--k", "-k", help="Neighbours of the knn "
                                         "score (default 5)."),
-        key: str = typer.Option("x", "--x-key", "--key", help="Array of the .npz --normal "
-                                "and --data that holds the rows (default 'x')."),
+        key: str | None = typer.Option(None, "--x-key", "--key", help="Array of the .npz "
+                                       "--normal and --data that holds the rows (default "
+                                       "'x', else 'embeddings')."),
         save: Path = typer.Option(None, "--save", help="Also save the fitted detector to "
                                   "this directory (reuse it with --detector)."),
         detector: Path = typer.Option(None, "--detector", help="Score with a detector saved "
