@@ -45,7 +45,8 @@ def is_file_entry(entry: str) -> bool:
 
 def absolute_entries(entries: Sequence[str], folder: Path) -> list[str]:
     """``entries`` with each relative ``.py`` file made absolute from ``folder`` (the
-    config file's), so a run saving the config imports the same file from anywhere."""
+    config file's, else the working directory: where :func:`import_modules` reads it),
+    so a run saving the config imports the same file from anywhere."""
     return [str((folder / e).resolve()) if is_file_entry(e) and not Path(e).is_absolute()
             else e for e in entries]
 

@@ -274,15 +274,18 @@ class Config:
                   source: str = "imports") -> Config:
         """A config from its mapping; the modules under ``imports`` are imported first
         (a module name is looked up on ``sys.path``, then in ``folder``, the config file's,
-        then in the working directory; ``source`` names them in errors)."""
+        then in the working directory; ``source`` names them in errors). A relative
+        ``.py`` entry is read from ``folder`` (else the working directory) and recorded
+        as that absolute path, so a run saving the config imports it from anywhere."""
         if not isinstance(raw, dict):
             raise TypeError(f"a config must be a mapping, got {type(raw).__name__}")
         _reject_unknown("config", raw, cls)
-        from dmlkit.user_modules import check_entries, import_modules
+        from dmlkit.user_modules import absolute_entries, check_entries, import_modules
 
         kwargs: dict[str, Any] = {}
         if "imports" in raw:  # before any name is read: they register the parts it names
-            kwargs["imports"] = check_entries(raw["imports"])
+            base = Path.cwd() if folder is None else Path(folder)
+            kwargs["imports"] = absolute_entries(check_entries(raw["imports"]), base)
             import_modules(kwargs["imports"], folder, source)
         for f in dataclasses.fields(cls):
             if f.name not in raw or f.name == "imports":
@@ -332,10 +335,7 @@ class Config:
                              "for the default digits job")
         if not is_path or not isinstance(raw, dict) or "imports" not in raw:
             return cls.from_dict(raw)
-        from dmlkit.user_modules import absolute_entries, check_entries
-
         folder = path.resolve().parent  # (.py files named from the file's folder)
-        raw = {**raw, "imports": absolute_entries(check_entries(raw["imports"]), folder)}
         return cls.from_dict(raw, folder=folder, source=f"imports: of {path}")
 
     def check(self) -> None:
@@ -343,9 +343,9 @@ class Config:
         and check the sections again (after values were changed in place, e.g. by
         ``--epochs``)."""
         from dmlkit.registry import LOSSES, MINERS, MODELS, SAMPLERS
-        from dmlkit.user_modules import check_entries, import_modules
+        from dmlkit.user_modules import absolute_entries, check_entries, import_modules
 
-        self.imports = check_entries(self.imports)
+        self.imports = absolute_entries(check_entries(self.imports), Path.cwd())
         import_modules(self.imports)  # (imported once: a config read from a file has)
         for section in _SECTIONS:
             getattr(self, section).__post_init__()

@@ -49,6 +49,33 @@ def _transformers() -> Any:
 
 
 
+#: files a Hugging Face model folder holds: one of each group (its config, its
+#: tokenizer's vocabulary, its PyTorch weights, whole or sharded)
+_FOLDER_PARTS = (
+    ("config.json", ("config.json",)),
+    ("a tokenizer (tokenizer.json or vocab.txt)",
+     ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+      "tokenizer.model")),
+    ("weights (model.safetensors or pytorch_model.bin)",
+     ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+      "pytorch_model.bin.index.json")),
+)
+_FOLDER_FIX = ("give model.path the folder of a Hugging Face model saved with its "
+               "tokenizer (save_pretrained), or leave it out for all-MiniLM-L6-v2")
+
+
+def check_model_folder(folder: Path) -> None:
+    """Refuse a folder that is not a Hugging Face model folder, naming it and what it
+    lacks (its ``config.json``, a tokenizer, weights), before ``transformers`` reads it
+    (whose errors name neither)."""
+    lacks = [what for what, names in _FOLDER_PARTS
+             if not any((folder / name).is_file() for name in names)]
+    if lacks:
+        what = " and ".join([", ".join(lacks[:-1]), lacks[-1]] if len(lacks) > 1 else lacks)
+        raise ValueError(f"sentence encoder folder {folder} is not a Hugging Face model "
+                         f"folder: it lacks {what}; {_FOLDER_FIX}")
+
+
 @contextlib.contextmanager
 def _quiet_loading(tf: Any) -> Iterator[None]:
     """``transformers``' progress bars off while loading local weights, then as they were
@@ -99,10 +126,18 @@ class SentenceEncoder(nn.Module):
         folder = Path(path) if path is not None else default_model_dir()
         if not folder.is_dir():
             raise FileNotFoundError(f"sentence encoder folder not found: {folder}")
+        check_model_folder(folder)
         tf = _transformers()
-        self.tokenizer = tf.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-        with _quiet_loading(tf):  # (a local folder: no progress bar for a second's work)
-            self.transformer = tf.AutoModel.from_pretrained(str(folder), local_files_only=True)
+        try:
+            self.tokenizer = tf.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+            with _quiet_loading(tf):  # (a local folder: no progress bar for a second's work)
+                self.transformer = tf.AutoModel.from_pretrained(str(folder),
+                                                                local_files_only=True)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            first = (str(err).strip().splitlines() or [""])[0][:200]
+            raise ValueError(f"sentence encoder folder {folder} cannot be loaded as a Hugging "
+                             f"Face model ({type(err).__name__}: {first}); {_FOLDER_FIX}"
+                             ) from None
         self.path = None if path is None else str(path)
         self.max_length = int(max_length)
         self.normalize = bool(normalize)
@@ -194,4 +229,4 @@ class SentenceEncoder(nn.Module):
         return out
 
 
-__all__ = ["SentenceEncoder", "default_model_dir", "eval_mode", "TEXT_EXTRA"]
+__all__ = ["SentenceEncoder", "check_model_folder", "default_model_dir", "eval_mode", "TEXT_EXTRA"]

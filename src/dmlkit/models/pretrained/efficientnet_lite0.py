@@ -98,6 +98,25 @@ class ResidualHead(nn.Module):
         return self.norm(x + self.linear(x))  # (n, F)
 
 
+def _refuse_untapped_blocks(trainable_blocks: Any, taps: Any) -> None:
+    """Refuse finetune ``trainable_blocks`` that train only what the features never reach:
+    without the head tap the backbone stops at the last tap (settings the constructor
+    refuses anyway are left to it)."""
+    if not (is_int(trainable_blocks) and 0 <= trainable_blocks <= NUM_BLOCKS
+            and isinstance(taps, (list, tuple)) and taps and all(is_int(t) for t in taps)):
+        return
+    last, first = max(int(t) for t in taps), NUM_BLOCKS - int(trainable_blocks)
+    if last < HEAD_TAP and first > last:
+        trained = (f"blocks {first}..{NUM_BLOCKS - 1} and the head convolution"
+                   if first < NUM_BLOCKS else "the head convolution")
+        raise ValueError(
+            f"model.trainable_blocks ({trainable_blocks}) has no effect with model.taps "
+            f"{[int(t) for t in taps]}: the backbone stops at block {last}, so {trained} "
+            f"never run and no backbone weight trains; set model.trainable_blocks to at "
+            f"least {NUM_BLOCKS - last} (or remove it to train all blocks), or add a later "
+            f"tap (e.g. {HEAD_TAP}, the head) to model.taps")
+
+
 def _height_width(image_size: int | Sequence[int]) -> tuple[int, int]:
     """``(H, W)`` of ``image_size`` (a side, or ``(height, width)``), each >= 8."""
     return height_width(image_size, MIN_IMAGE_SIDE, "efficientnet_lite0")
@@ -284,7 +303,9 @@ class EfficientNetLite0Embedder(nn.Module):
         effect (:func:`dmlkit.training.build.check_idle_model_settings`): ``dim`` with a
         ``residual`` head (it keeps the features' width), ``hidden`` with a ``linear`` or
         ``residual`` one (only the MLP has a hidden layer), ``backbone_lr_scale`` in
-        ``frozen`` mode (the backbone never trains). ``head_type: none`` (the untrained
+        ``frozen`` mode (the backbone never trains), ``trainable_blocks`` in ``finetune``
+        mode that train only blocks past the last tap (the backbone stops there, so no
+        weight of it would train). ``head_type: none`` (the untrained
         features) leaves the head's settings aside, so any config can switch to it.
 
         Raises
@@ -308,6 +329,8 @@ class EfficientNetLite0Embedder(nn.Module):
                 f"model.backbone_lr_scale ({spec['backbone_lr_scale']}) has no effect with "
                 "model.mode: frozen (the backbone never trains): remove it, or set "
                 "model.mode: finetune to train the backbone at that rate")
+        if mode == "finetune":
+            _refuse_untapped_blocks(spec.get("trainable_blocks"), spec.get("taps", [HEAD_TAP]))
 
     @classmethod
     def dim_from_config(cls, params: dict[str, Any]) -> int | None:

@@ -2,9 +2,10 @@
 
 The cache key is the SHA-256 of the input tensor (bytes, shape, dtype) together with
 the checksum of the backbone's weights and the model's feature settings (resolution,
-taps, pixel group, pooling grid, extra resolutions where there are any) and, for images
-the model shrinks, the version of that resize (:func:`resize_key`), so changed data,
-weights, settings or resize never read stale features. Files are written atomically
+taps, pixel group, pooling grid, extra resolutions where there are any), for flat rows
+of pixels the image shape they are read as (:func:`input_key`) and, for images the model
+shrinks, the version of that resize (:func:`resize_key`), so changed data, weights,
+settings, image shape or resize never read stale features. Files are written atomically
 (``.tmp`` then rename).
 """
 
@@ -97,6 +98,19 @@ def resize_key(model: nn.Module, x: Tensor) -> str:
     return ""
 
 
+def input_key(model: nn.Module, x: Tensor) -> str:
+    """The part of the cache key that says how ``model`` reads the images ``x`` before
+    resizing them: for flat rows ``(n, C H W)`` the channels and ``(H, W)`` it reshapes
+    them to (``in_channels`` and ``hw``, from ``image_size``), since the same bytes read
+    as other shapes are other images. Empty for ``(n, C, H, W)`` and ``(n, H, W)``
+    images, whose shape is in :func:`tensor_checksum`: their cached features stay valid."""
+    if x.dim() != 2:
+        return ""
+    hw = getattr(model, "hw", None)
+    hw = None if hw is None else tuple(int(s) for s in hw)
+    return f"|flat-{getattr(model, 'in_channels', None)}x{hw}"
+
+
 def compute_features(model: nn.Module, x: Tensor, batch_size: int = 256,
                      log: Callable[[str], None] | None = None) -> Tensor:  # fmt: skip
     """Backbone features ``(n, feature_dim)`` of images ``x`` (no grad, eval mode), on
@@ -187,7 +201,7 @@ def cached_features(model: nn.Module, x: Tensor, cache_dir: str | Path | None = 
         cache_dir = Path(env) / "features" if env else DEFAULT_CACHE
     cache_dir = Path(cache_dir).expanduser()
     key = hashlib.sha256((tensor_checksum(x) + backbone_checksum(model)
-                          + resize_key(model, x)).encode()).hexdigest()
+                          + input_key(model, x) + resize_key(model, x)).encode()).hexdigest()
     path = cache_dir / f"{key[:32]}.pt"
     damaged = path.is_file()
     if damaged:
@@ -245,6 +259,7 @@ def write_entry(path: Path, features: Tensor) -> None:
 __all__ = [
     "DOWNSAMPLE_VERSION",
     "resize_key",
+    "input_key",
     "tensor_checksum",
     "backbone_checksum",
     "features_checksum",
