@@ -102,3 +102,18 @@ def test_a_run_trained_with_set_imports_evaluates_elsewhere(parts, tmp_path, mon
     forget()
     result = runner.invoke(app, ["evaluate", str(out)])
     assert result.exit_code == 0, result.output
+
+
+def test_set_imports_registers_a_part_another_set_names(parts, tmp_path):
+    """``--set model.name=PART --set imports=[parts.py]``: the module is imported first,
+    whatever the order the overrides were given in."""
+    raw = RAW | {"model": {"name": "mlp", "hidden": [8]}}
+    config = tmp_path / "plain.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", str(config), "--out", str(out), "--no-progress",
+                                 "--set", "model.name=md7_mlp", "--set",
+                                 "imports=[md7_parts.py]"])
+    assert result.exit_code == 0, result.output
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["model"]["name"] == "md7_mlp" and saved["imports"] == [str(parts)]

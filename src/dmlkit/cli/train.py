@@ -127,18 +127,24 @@ def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
             node[parts[-1]] = value
             key, value = f"{section}.{head}", top
         set_path(raw, key, value)
+        if key == "imports":  # now: the overrides after it may name the parts it registers
+            from dmlkit.user_modules import check_entries, import_modules
+
+            import_modules(check_entries(value))
     return Config.from_dict(raw)
 
 
 def _names_first(overrides: list[str]) -> list[str]:
-    """A loss's or miner's new name (``loss.name=...``, ``loss=...``) before the other
+    """``imports`` first (the modules registering the parts the others may name), then a
+    loss's or miner's new name (``loss.name=...``, ``loss=...``), then the other
     overrides, in their given order otherwise: a new name drops the old parameters, so
     ``--set loss.margin=0.3 --set loss.name=triplet_margin`` keeps the margin."""
-    def renames(item: str) -> bool:
+    def order(item: str) -> int:
         key = item.partition("=")[0].strip()
-        return key in ("loss", "miner", "loss.name", "miner.name")
+        return 0 if key == "imports" else 1 if key in ("loss", "miner", "loss.name",
+                                                         "miner.name") else 2
 
-    return sorted(overrides, key=lambda item: not renames(item))
+    return sorted(overrides, key=order)
 
 
 def train(
