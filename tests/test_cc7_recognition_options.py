@@ -168,3 +168,16 @@ def test_detect_anomalies_reads_embeddings_as_dmlkit_embed_writes_them(files):
     res, got = _detect(files, "--normal", e, "--data", e)
     assert res.exit_code == 0, res.output
     assert got == want
+
+
+@pytest.mark.parametrize("extra", [["--n-query", "0"], ["--way", "3"], ["--shot", "2"],
+                                   ["--n-episodes", "5"]])
+def test_fewshot_refuses_episode_settings_with_a_support_set(files, extra):
+    """They would do nothing there: the support set and queries are classified as given."""
+    f = str(files / "std.npz")
+    res = runner.invoke(app, ["fewshot", "--support", f, "--query", f, *extra,
+                              "-o", str(files / "o.json")])
+    assert res.exit_code == 1 and extra[0] in res.output and "--episodes" in res.output
+    res = runner.invoke(app, ["fewshot", "--support", f, "--query", f,
+                              "-o", str(files / "o.json")])
+    assert res.exit_code == 0, res.output

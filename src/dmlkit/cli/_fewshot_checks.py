@@ -80,3 +80,21 @@ def check_episode_sizes(labels: Any, ways: list[int], shots: list[int], n_query:
                     f"but only {have} "
                     f"of its {counts.size} classes have that many; lower --way, --shot or "
                     "--n-query")
+
+
+def episode_settings(episodes: str | None, ways: str | None, shots: str | None,
+                     n_episodes: int | None, n_query: int | None
+                     ) -> tuple[str, str, int, int]:
+    """``(--way, --shot, --n-episodes, --n-query)`` with their defaults (5; 1,5; 600; 15);
+    a ``ValueError`` when one is given without ``--episodes``, where it would do nothing
+    (a support set and queries are classified as they are)."""
+    given = [name for name, value in (("--way", ways), ("--shot", shots),
+                                      ("--n-episodes", n_episodes), ("--n-query", n_query))
+             if value is not None]
+    if episodes is None and given:
+        raise ValueError(f"{', '.join(given)} set the episodes drawn from --episodes; with "
+                         "--support and --query (classified as they are) drop "
+                         f"{'it' if len(given) == 1 else 'them'}")
+    return (ways if ways is not None else "5", shots if shots is not None else "1,5",
+            n_episodes if n_episodes is not None else 600,
+            n_query if n_query is not None else 15)

@@ -251,10 +251,14 @@ def register(app: typer.Typer) -> None:
         query: str = typer.Option(None, "--query", help="Labelled queries of its classes."),
         episodes_data: str = typer.Option(None, "--episodes", help="Labelled data to draw "
                                           "N-way K-shot episodes from instead."),
-        ways: str = typer.Option("5", "--way", help="Comma-separated N of the episodes."),
-        shots: str = typer.Option("1,5", "--shot", help="Comma-separated K of the episodes."),
-        n_episodes: int = typer.Option(600, "--n-episodes"),
-        n_query: int = typer.Option(15, "--n-query"),
+        ways: str = typer.Option(None, "--way", help="Comma-separated N of the episodes "
+                                 "(default 5)."),
+        shots: str = typer.Option(None, "--shot", help="Comma-separated K of the episodes "
+                                  "(default 1,5)."),
+        n_episodes: int = typer.Option(None, "--n-episodes", help="Episodes per setting "
+                                       "(default 600)."),
+        n_query: int = typer.Option(None, "--n-query", help="Queries per class of an "
+                                    "episode (default 15)."),
         method: str = typer.Option("prototype", "--method", help="prototype or knn."),
         metric: str = metric_option(),
         x_key: str | None = x_key_option("the .npz --support, --query and --episodes"),
@@ -268,7 +272,12 @@ def register(app: typer.Typer) -> None:
 
         from dmlkit.apps import FewShotClassifier
         from dmlkit.apps.few_shot import METHODS
-        from dmlkit.cli._fewshot_checks import check_episodes, check_sources, check_ways
+        from dmlkit.cli._fewshot_checks import (
+            check_episodes,
+            check_sources,
+            check_ways,
+            episode_settings,
+        )
         from dmlkit.index.provenance import check_same_model
         from dmlkit.training.rng import check_seed
 
@@ -278,6 +287,8 @@ def register(app: typer.Typer) -> None:
         try:
             check_seed(seed, "--seed")  # (the seed rule of every command)
             check_sources(support, query, episodes_data)
+            ways, shots, n_episodes, n_query = episode_settings(
+                episodes_data, ways, shots, n_episodes, n_query)
             metric = cli_metric(metric)
             _check_out(out, run_dir, {"--support": support, "--query": query,
                                       "--episodes": episodes_data})
