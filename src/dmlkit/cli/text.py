@@ -40,7 +40,12 @@ def embed(
     batch_size: int = typer.Option(64, "--batch-size"),
     device: str = typer.Option("cpu", "--device"),
 ) -> None:
-    """Embed texts; the .npz feeds dmlkit index build / search / evaluate."""
+    """Embed texts; the .npz feeds dmlkit index build / search / evaluate.
+
+    A text longer than the model's max_length tokens (256 for the pretrained
+    all-MiniLM-L6-v2; a run's model.max_length) is truncated to its first max_length
+    tokens, as sentence-transformers does.
+    """
     from dmlkit.cli._errors import one_line
     from dmlkit.cli._outputs import check_output_path, existing_inputs
     from dmlkit.data.text import read_labelled_sentences, read_records, read_sentences

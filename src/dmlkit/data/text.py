@@ -65,8 +65,14 @@ class TextDataset(LabelledItems):
             raise ValueError(
                 f"labels must be 1-D with one per text ({len(self.texts)}), got {tuple(y.shape)}"
             )
-        if y.is_floating_point() or (y.numel() and int(y.min()) < 0):
-            raise ValueError("labels must be integers >= 0")
+        if y.is_floating_point():
+            raise ValueError(f"labels must be integers >= 0 (class ids), got {y.dtype} values")
+        if y.numel() and int(y.min()) < 0:
+            at = int(torch.argmin(y))
+            raise ValueError(
+                f"labels must be integers >= 0 (class ids), got {int(y[at])} for text {at} "
+                f"({self.texts[at][:40]!r}); number the classes from 0, or read a file "
+                "with read_labelled_sentences, which takes any label as a class name")
         self.labels = y.long()
         self.class_names = list(class_names) if class_names is not None else None
 
@@ -354,7 +360,11 @@ def read_sentences(path: str | Path) -> list[str]:
 def read_labelled_sentences(path: str | Path) -> TextDataset:
     """Sentences and class labels: columns ``text`` (or ``sentence``) and ``label``.
 
-    Labels that are not all integers are class names, mapped to ids in sorted order.
+    A label column whose every value is a class id, a non-negative integer as written in
+    decimal (``0``, ``7``, ``12``), is read as those ids. Any other column is of class
+    names, numbered in sorted order (integers by value, then as written; ``class_names``
+    keeps them): labels written differently stay different classes (``007`` and ``7``),
+    and a negative number is a name (``-1``, ``0``, ``1`` are three classes).
     """
     path = Path(path)
     lines, rows = _nonempty_records(path)
@@ -363,11 +373,26 @@ def read_labelled_sentences(path: str | Path) -> TextDataset:
     _require_values(path, lines, rows, ((tcol, "text"), (lcol, "label")))
     texts = [str(r[tcol]) for r in rows]
     raw = [str(r[lcol]).strip() for r in rows]
-    if all(v.lstrip("-").isdigit() for v in raw):
+    if all(_is_class_id(v) for v in raw):
         return TextDataset(texts, [int(v) for v in raw])
-    names = sorted(set(raw))
+    names = sorted(set(raw), key=_name_order)
     ids = {name: i for i, name in enumerate(names)}
     return TextDataset(texts, [ids[v] for v in raw], names)
+
+
+def _is_class_id(value: str) -> bool:
+    """Whether ``value`` is a non-negative integer in its canonical decimal spelling
+    (``"7"``, not ``"007"``, ``"+7"``, ``"-7"`` or ``"٧"``)."""
+    return value.isascii() and value.isdigit() and str(int(value)) == value
+
+
+def _name_order(name: str) -> tuple[int, int, str]:
+    """The sort key of a class name: integers (``-1``, ``007``) first, by value, then the
+    other names; ties as written."""
+    try:
+        return (0, int(name), name) if name.isascii() else (1, 0, name)
+    except ValueError:
+        return (1, 0, name)
 
 
 def read_scored_pairs(path: str | Path, min_score: float = 1.0) -> TextPairDataset:

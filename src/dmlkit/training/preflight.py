@@ -4,6 +4,7 @@ that its model, miner and loss can train on the data at all."""
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any
 
 import torch
@@ -14,6 +15,7 @@ from dmlkit.functional.tuples import as_index_tuple, check_indices
 from dmlkit.models.modes import eval_mode
 from dmlkit.training.batches import fetch_items
 from dmlkit.training.rng import rng_scope
+from dmlkit.training.sampler_batches import check_sampler_length
 
 
 def check_trainable(trainer: Any, labels: Any, given: dict[str, Any] | None = None) -> None:
@@ -43,7 +45,15 @@ def check_trainable(trainer: Any, labels: Any, given: dict[str, Any] | None = No
         if labels is None and isinstance(trainer.train_data, TupleDataset):
             from dmlkit.training.preflight_tuples import check_tuple_batch
 
-            check_tuple_batch(trainer, names)
+            try:
+                check_tuple_batch(trainer, names)
+            except torch.OutOfMemoryError:
+                raise
+            except (RuntimeError, IndexError) as err:  # (from its loss's run: its model's
+                # and data's errors are kept for training, its own refusals are one line)
+                raise ValueError(f"loss {names['loss'] or type(trainer.loss).__name__!r} "
+                                 f"failed on the first tuples of this data: {err}") from err
+            check_tuple_gradient(trainer, names)
         return
     if trainer.miner is not None and not getattr(trainer.miner, "takes_labels", True):
         raise ValueError(label_free_miner(names["miner"]))
@@ -82,19 +92,28 @@ def check_trainable(trainer: Any, labels: Any, given: dict[str, Any] | None = No
     for part, module in (("miner", trainer.miner), ("loss", trainer.loss)):
         if module is None:
             continue
+        check_distances(module, part, names[part], embeddings)
         try:
-            with torch.no_grad():
-                if part == "miner":
+            if part == "miner":
+                with torch.no_grad():
                     indices = copy.deepcopy(module)(embeddings, batch_labels)
-                else:
-                    value = copy.deepcopy(module)(embeddings, batch_labels, indices=indices)
-        except (ValueError, TypeError) as err:
+            else:  # with gradients: a value without one cannot train (checked below)
+                with torch.enable_grad(), warnings.catch_warnings():
+                    # (float(loss) in a loss: refused below, without torch's warning)
+                    warnings.filterwarnings("ignore", "Converting a tensor with requires_grad")
+                    value = copy.deepcopy(module)(embeddings.detach().requires_grad_(True),
+                                                  batch_labels, indices=indices)
+        except torch.OutOfMemoryError:
+            raise
+        except _PART_ERRORS as err:  # (RuntimeError, IndexError: e.g. a shape a part's
+            # own code did not expect, from a part of one's own)
             raise ValueError(_failure(part, names[part], module, kind, labels, indices, err)
                              ) from err
         if part == "miner":
             check_mined(indices, names["miner"], len(embeddings))
         else:
             check_loss_value(value, names["loss"])
+            check_loss_gradient(value, names["loss"])
 
 
 def _check_memory_miner(trainer: Any, names: dict[str, Any]) -> None:
@@ -162,8 +181,8 @@ def check_mined(indices: Any, miner: Any, n: int, batch: str = "a first batch") 
 
 
 def check_loss_value(value: Any, name: Any) -> None:
-    """Refuse a loss's value unless it is a scalar tensor, naming the loss (a NaN value
-    stops training at its first batch, with the settings to check)."""
+    """Refuse a loss's value unless it is a floating-point scalar tensor, naming the loss
+    (a NaN value stops training at its first batch, with the settings to check)."""
     if not isinstance(value, Tensor):
         raise TypeError(
             f"loss {name!r} returns a {type(value).__name__}, not a tensor: it must return "
@@ -172,6 +191,81 @@ def check_loss_value(value: Any, name: Any) -> None:
         raise ValueError(
             f"loss {name!r} returns a tensor of shape {tuple(value.shape)}, not a scalar: "
             "reduce it to one value (e.g. .mean() over the batch)")
+    if not (value.is_floating_point() or value.is_complex()):
+        raise TypeError(_NO_GRADIENT.format(name=name, got=f"a {value.dtype} tensor"))
+
+
+#: a loss value that training cannot backpropagate
+_NO_GRADIENT = (
+    "loss {name!r} returned a value with no gradient (detached or integer): {got}, so "
+    "training cannot backpropagate it; compute it from the embeddings with differentiable "
+    "float operations (no .detach(), .item(), torch.tensor(...) of a computed number, "
+    "torch.no_grad() or integer casts)")
+
+#: errors of a part of one's own on a first batch that preflight names the part for
+_PART_ERRORS = (ValueError, TypeError, RuntimeError, IndexError)
+
+
+def check_loss_gradient(value: Tensor, name: Any) -> None:
+    """Refuse a loss's scalar ``value``, computed with gradients enabled from embeddings
+    that require them, when it carries no gradient (it was detached, or cast to an
+    integer), naming the loss: backpropagating it would fail at the first step."""
+    if not value.requires_grad:
+        raise TypeError(_NO_GRADIENT.format(
+            name=name, got=f"a {value.dtype} tensor with requires_grad=False"))
+
+
+def check_distances(module: Any, part: str, name: Any, embeddings: Tensor) -> None:
+    """Refuse a distance in ``module`` (the miner or the loss, ``part`` named ``name``,
+    its own or a nested one) whose matrix of ``embeddings`` is not ``(n, n)`` or whose
+    row-wise distances are not ``(n,)``, naming it and the part it serves. A distance
+    that fails on them is left to the part, whose run names it."""
+    from dmlkit.distances.base import BaseDistance
+
+    if not isinstance(module, nn.Module):
+        return
+    n = len(embeddings)
+    for distance in module.modules():
+        if not isinstance(distance, BaseDistance):
+            continue
+        try:
+            with torch.no_grad():
+                got = (distance(embeddings), distance.pairwise(embeddings, embeddings))
+        except Exception:  # (the part's own run reports it)
+            continue
+        for value, want, what in ((got[0], (n, n), "d(x), the matrix of all pairs,"),
+                                  (got[1], (n,), "d.pairwise(x, y), row-wise,")):
+            shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            if shape != want:
+                which = getattr(type(distance), "registry_name", type(distance).__name__)
+                raise ValueError(
+                    f"distance {which!r} of {part} {name!r} returns {shape} for {n} "
+                    f"embeddings: {what} must be a tensor of shape {want}; check its "
+                    "compute_matrix and compute_rowwise")
+
+
+def check_tuple_gradient(trainer: Any, names: dict[str, Any]) -> None:
+    """For tuple data (no class labels), :func:`check_loss_gradient` on the loss of the
+    first tuples (:func:`~dmlkit.training.preflight_tuples.check_tuple_batch` checked
+    the rest); random states restored after, model and loss as there."""
+    from dmlkit.training.preflight_tuples import FIRST_TUPLES
+
+    try:
+        n = min(len(trainer.train_data), FIRST_TUPLES)
+        with rng_scope(trainer.config.training.seed):
+            batch = fetch_items(trainer.train_data, list(range(n)), trainer.collate_fn)
+        inputs, _, indices = trainer.unpack(batch)
+        if indices is None or not isinstance(inputs, Tensor):
+            return
+        with torch.no_grad(), eval_mode(trainer.model):
+            embeddings = trainer.model(inputs.to(trainer.device)).float()
+        with torch.enable_grad():
+            value = copy.deepcopy(trainer.loss)(embeddings.detach().requires_grad_(True),
+                                                None, indices=indices)
+    except Exception:  # (checked already, or reported in training)
+        return
+    if isinstance(value, Tensor) and value.numel() == 1:
+        check_loss_gradient(value, names["loss"] or type(trainer.loss).__name__)
 
 
 def _failure(part: str, name: Any, module: Any, kind: str, labels: Tensor,
@@ -262,6 +356,7 @@ def check_batch_negatives(trainer: Any, labels: Any, given: dict[str, Any] | Non
     batch's layout (:func:`check_block_groups`)."""
     from dmlkit.losses.cross_batch_memory import CrossBatchMemory
 
+    check_sampler_length(trainer.sampler)  # (named as the epochs name it)
     check_block_groups(trainer, labels, given)
     asked = getattr(trainer.sampler, "classes_per_batch", None)
     if getattr(trainer.sampler, "min_classes_per_batch", asked) != 1:
@@ -365,4 +460,5 @@ def check_block_groups(trainer: Any, labels: Any, given: dict[str, Any] | None =
 
 
 __all__ = ["check_trainable", "check_batch_negatives", "check_block_groups",
-           "check_loss_sizes", "check_loss_value", "check_mined", "checked_embeddings"]
+           "check_distances", "check_loss_gradient", "check_loss_sizes", "check_loss_value",
+           "check_mined", "check_tuple_gradient", "checked_embeddings"]

@@ -42,6 +42,7 @@ from dmlkit.training.preflight import check_batch_negatives, check_mined, check_
 from dmlkit.training.regularizers import regularization
 from dmlkit.training.rng import get_rng_state, rng_scope, set_rng_state
 from dmlkit.training.run_dir import append_log_line, epoch_line, restore_log
+from dmlkit.training.sampler_batches import checked_batches
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "train.log"
@@ -125,16 +126,16 @@ class Trainer:
     ``state_dict()`` and ``load_state_dict()`` (an ``nn.Module``'s): its state goes into
     checkpoints.
 
-    **sampler** -- an iterable of batches, each a list of integer positions into
-    ``train_data`` (fetched with ``train_data.get_batch(positions)`` when the dataset has
-    it, else ``collate_fn([train_data[i] for i in positions])``). It needs ``__len__``, the
-    number of batches an epoch yields (the learning-rate schedule and the progress bar are
-    sized by it). Optional: ``set_epoch(epoch)``, called with the 0-based epoch before each
-    epoch and with the saved epoch on resume; ``epoch`` (saved in checkpoints, else the
-    trainer's epoch is); ``state_dict()`` / ``load_state_dict(state)``, saved and restored
-    (when not empty) for exact resumes. Epochs run with torch's, numpy's and ``random``'s
-    global generators seeded from ``training.seed + 1`` and saved in checkpoints, so a
-    sampler drawing from them is reproducible too.
+    **sampler** -- an iterable of batches, each a non-empty list of integer positions into
+    ``train_data`` (fetched with ``train_data.get_batch(positions)`` when the dataset has it,
+    else ``collate_fn([train_data[i] for i in positions])``); an empty batch or an epoch of
+    none is refused. It needs ``__len__`` (> 0), the batches an epoch yields (the schedule
+    and progress bar are sized by it). Optional: ``set_epoch(epoch)``, called with the
+    0-based epoch before each epoch and with the saved epoch on resume; ``epoch`` (saved in
+    checkpoints, else the trainer's epoch is); ``state_dict()`` / ``load_state_dict(state)``,
+    saved and restored (when not empty) for exact resumes. Epochs run with torch's, numpy's
+    and ``random``'s global generators seeded from ``training.seed + 1`` and saved in
+    checkpoints, so a sampler drawing from them is reproducible too.
     """
 
     def __init__(
@@ -293,7 +294,7 @@ class Trainer:
             disable=not tc.progress or not sys.stderr.isatty(), dynamic_ncols=True,
         )  # fmt: skip
         try:
-            for step, indices in enumerate(self.sampler if self.trainable else ()):
+            for step, indices in enumerate(checked_batches(self.sampler, epoch, self.trainable)):
                 batch = self.fetch(indices)
                 with finite_embeddings(epoch, step):  # (diverged weights: NaN embeddings)
                     loss = self.batch_loss(batch)  # (mixed precision: the model, in embed_batch)
@@ -316,7 +317,7 @@ class Trainer:
             bar.close()
         return {
             "epoch": epoch + 1,
-            # (no batch trained: no loss; nothing trainable: no rate either)
+            # (nothing trainable: no batch trained, no loss, no rate either)
             **({"loss": total / count} if count else {}),
             **({"lr": lr} if self.trainable else {}),
             "seconds": time.perf_counter() - start,
