@@ -38,7 +38,7 @@ def _copy(trained: Path, dest: Path, metrics: str | None) -> Path:
     return dest
 
 
-def _error(res, code: int = 2) -> str:
+def _error(res, code: int = 1) -> str:
     assert res.exit_code == code, res.output
     assert res.exception is None or isinstance(res.exception, SystemExit)
     lines = [line for line in res.output.splitlines() if line.startswith("error:")]
@@ -112,7 +112,7 @@ def test_report_of_a_file_says_it_is_not_a_run_directory(tmp_path):
 def test_missing_run_directory_said_missing(tmp_path, monkeypatch, command):
     monkeypatch.chdir(tmp_path)
     res = runner.invoke(app, [command[0], "missingdir", *command[1:]])
-    line = _error(res, 1 if command == ["evaluate"] else 2)  # (evaluate's code for errors)
+    line = _error(res)
     assert "missingdir does not exist" in line and "config.yaml" not in line
 
 
