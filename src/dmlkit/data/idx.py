@@ -7,6 +7,7 @@ sizes, then the values in C order (LeCun et al., the MNIST database).
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,13 @@ def read_idx(path: str | Path) -> np.ndarray:
         raise FileNotFoundError(f"IDX file not found: {path}")
     raw = path.read_bytes()
     if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
+        try:
+            raw = gzip.decompress(raw)
+        except (EOFError, OSError, zlib.error) as err:  # BadGzipFile is an OSError
+            raise ValueError(
+                f"{path} is a damaged or truncated gzip file ({err}); "
+                "download it again or replace it with an intact copy"
+            ) from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
         raise ValueError(f"{path} is not an IDX file (bad magic number {raw[:4]!r})")
     dtype, ndim = _IDX_TYPES[raw[2]], raw[3]

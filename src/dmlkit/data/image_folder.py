@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Collection, Sequence
 from pathlib import Path
@@ -29,6 +30,17 @@ def _pillow():  # imported lazily: Pillow is an optional dependency
     return Image
 
 
+def too_large(path: str | Path, err: Exception) -> ValueError:
+    """The error for an image above Pillow's decompression-bomb pixel limit, naming it."""
+    limit = _pillow().MAX_IMAGE_PIXELS  # Pillow refuses images above twice this
+    limit_text = f" of {2 * limit} pixels" if limit else ""
+    found = re.search(r"\((\d+) pixels\)", str(err))
+    size = f" ({found.group(1)} pixels)" if found else ""
+    return ValueError(
+        f"image {path}{size} is larger than Pillow's limit{limit_text}, its guard against "
+        "decompression bombs; shrink the image or remove it")
+
+
 def is_color(image) -> bool:  # noqa: ANN001 - PIL type
     """Whether a PIL image is stored in colour: its mode is not a grey one
     (:data:`GREY_MODES`); a palette image is colour when a palette entry is not grey."""
@@ -37,6 +49,22 @@ def is_color(image) -> bool:  # noqa: ANN001 - PIL type
         rgb = np.asarray(palette[: len(palette) // 3 * 3]).reshape(-1, 3)
         return bool((rgb != rgb[:, :1]).any())
     return image.mode not in GREY_MODES
+
+
+#: formats whose ``"I"`` images Pillow decodes on a 16-bit scale: PGM (``PPM``) maps the
+#: header's maxval to 65535, and older Pillows read 16-bit PNGs as ``"I"``
+SIXTEEN_BIT_I_FORMATS = frozenset({"PPM", "PNG"})
+
+
+def _grey_top(image, a: np.ndarray) -> float:  # noqa: ANN001 - PIL type
+    """The value that is white in a 16/32-bit or float grey image ``image`` (pixels ``a``):
+    from the file's declared bit depth where Pillow gives it, else from the pixels."""
+    if image.mode.startswith("I;16") or (
+            image.mode == "I" and image.format in SIXTEEN_BIT_I_FORMATS):
+        return 65535.0
+    if image.mode == "F":
+        return max(float(a.max()), 1e-12) if a.max() > 1 else 1.0
+    return 65535.0 if a.max() > 255 else 255.0  # "I" of unknown depth (32-bit TIFF)
 
 
 def to_mode(image, color: Color):  # noqa: ANN001, ANN201 - PIL types
@@ -49,9 +77,7 @@ def to_mode(image, color: Color):  # noqa: ANN001, ANN201 - PIL types
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16/32-bit grey: Pillow's
         # convert("L") clips to 255 instead of scaling, so rescale to 8 bits first
         a = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or a.max() > 255 else 255.0
-        if image.mode == "F":
-            top = max(float(a.max()), 1e-12) if a.max() > 1 else 1.0
+        top = _grey_top(image, a)
         grey = np.clip(np.rint(a / top * 255.0), 0, 255).astype(np.uint8)
         image = _pillow().fromarray(grey, mode="L")
     return image.convert("L" if color == "grayscale" else "RGB")
@@ -81,12 +107,15 @@ def read_image(
     A file Pillow cannot decode (corrupt, truncated, not an image) is a ``ValueError``
     naming it.
     """
+    image = _pillow()
     try:
-        with _pillow().open(path) as img:
+        with image.open(path) as img:
             img = to_mode(img, color)
             if image_size is not None:
                 img = resize(img, image_size)
             return to_array(img)
+    except image.DecompressionBombError as err:
+        raise too_large(path, err) from None
     except (OSError, SyntaxError) as err:  # PIL.UnidentifiedImageError is an OSError
         raise ValueError(
             f"cannot read image {path} ({err}); the file is corrupt or not an image: "
@@ -116,9 +145,14 @@ def image_files(class_dir: Path) -> list[Path]:
 def image_header(file: str | Path) -> tuple[tuple[int, int], bool]:
     """``((width, height), colour)`` of an image file (:func:`is_color`), from its header
     only. A file Pillow cannot open raises ``OSError`` or ``SyntaxError`` (for the caller
-    to name where the file came from)."""
-    with _pillow().open(file) as img:
-        return img.size, is_color(img)
+    to name where the file came from); one above Pillow's pixel limit a ``ValueError``
+    naming it."""
+    image = _pillow()
+    try:
+        with image.open(file) as img:
+            return img.size, is_color(img)
+    except image.DecompressionBombError as err:
+        raise too_large(file, err) from None
 
 
 def folder_color(files: list[Path] | list[str]) -> Literal["grayscale", "rgb"]:
@@ -170,10 +204,10 @@ def folder_images(root: str | Path) -> tuple[list[str], list[tuple[int, Path]]]:
 
 def header_colour(file: str | Path) -> bool:
     """Whether an image file is colour, from its header; ``False`` where it cannot be
-    opened (an image that is listed but not read)."""
+    opened or is above Pillow's pixel limit (an image that is listed but not read)."""
     try:
         return image_header(file)[1]
-    except (OSError, SyntaxError):
+    except (OSError, SyntaxError, ValueError):
         return False
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 import warnings
 import zipfile
 import zlib
@@ -70,6 +71,24 @@ def integer_inputs(x: np.ndarray, source: str) -> np.ndarray:
     return out
 
 
+def check_unique_names(names: list[str], path: str | Path) -> None:
+    """Refuse ``class_names`` that name two labels alike (Unicode-normalised, so ``café``
+    composed and decomposed are one name): a name would select only its first label."""
+    first: dict[str, str] = {}
+    twice: list[str] = []
+    for name in names:
+        key = unicodedata.normalize("NFC", name)
+        if key in first and key not in twice:
+            twice.append(key)
+        first.setdefault(key, name)
+    if twice:
+        shown = ", ".join(repr(first[k]) for k in twice[:5])
+        more = f" and {len(twice) - 5} more" if len(twice) > 5 else ""
+        raise ValueError(
+            f"{path}: 'class_names' holds {shown}{more} more than once; each label needs "
+            "its own name: write the file again with distinct class_names (or drop it)")
+
+
 def load_npz(path: str | Path, x_key: str = "x", labels_key: str = "labels") -> ArrayDataset:
     """Load ``x`` and ``labels`` arrays from an ``.npz`` file.
 
@@ -117,6 +136,8 @@ def load_npz(path: str | Path, x_key: str = "x", labels_key: str = "labels") -> 
             f"{path}: {x_key!r} has {x.shape[0]} rows but {labels_key!r} has "
             f"{labels.shape[0]}; every item needs one label: write the file again with "
             "arrays of one length")
+    if names is not None:
+        check_unique_names(names, path)
     if names is not None and labels.ndim == 1 and labels.size and len(names) <= labels.max():
         raise ValueError(
             f"{path}: 'class_names' holds {len(names)} names, but labels reach "
@@ -128,4 +149,5 @@ def load_npz(path: str | Path, x_key: str = "x", labels_key: str = "labels") -> 
         raise type(err)(f"{path}: {err}") from None
 
 
-__all__ = ["PIXEL_SCALES", "check_real_inputs", "integer_inputs", "load_npz", "read_arrays"]
+__all__ = ["PIXEL_SCALES", "check_real_inputs", "check_unique_names", "integer_inputs",
+           "load_npz", "read_arrays"]

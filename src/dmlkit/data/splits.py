@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import unicodedata
 from collections.abc import Sequence
 
 import numpy as np
@@ -70,16 +71,33 @@ def class_ids(data: ArrayDataset, classes: Sequence[int | str], key: str = "clas
                 raise ValueError(
                     f"{key} names the class {c!r}, but the data has no class names; "
                     f"give class ids: {sorted(data.classes)}")
-            if c not in names:
-                raise ValueError(f"{key}: no class named {c!r}; the classes are "
-                                 f"{named_ids(sorted(data.classes), data.class_names)}")
-            out.append(names.index(c))
+            out.append(_name_id(names, c, data, key))
         elif isinstance(c, numbers.Integral) and not isinstance(c, bool):
             out.append(int(c))
         else:
             raise TypeError(f"{key} holds {c!r} ({type(c).__name__}), which is neither "
                             f"a class id (an integer) nor a class name")
     return out
+
+
+def _nfc(name: str) -> str:
+    return unicodedata.normalize("NFC", name)
+
+
+def _name_id(names: Sequence[str], name: str, data: ArrayDataset, key: str) -> int:
+    """The id of the class ``name``, compared Unicode-normalised (NFC), so a folder named
+    ``café`` in decomposed form (as macOS archives store names) is the config's ``café``."""
+    if name in names:
+        return list(names).index(name)
+    found = [i for i, n in enumerate(names) if _nfc(n) == _nfc(name)]
+    if not found:
+        raise ValueError(f"{key}: no class named {name!r}; the classes are "
+                         f"{named_ids(sorted(data.classes), data.class_names)}")
+    if len(found) > 1:
+        raise ValueError(
+            f"{key}: the class name {name!r} matches classes {found}, whose names differ "
+            "only in Unicode normalisation; rename one of them")
+    return found[0]
 
 
 def check_folder_ids(data: ArrayDataset, classes: Sequence[int | str], key: str) -> None:

@@ -42,7 +42,8 @@ class InputSpec:
     own split an index was built from, in their shape) or ``"index"`` (the other data
     an index was built from, ``--data``, which :meth:`from_info` reads: for a model
     that resizes any size, not the training inputs' size). It is not stored, nor
-    compared.
+    compared. ``changed`` says, for messages, how the run's training data now differs
+    from what its model was built for (``""`` where it does not).
     """
 
     shape: tuple[int, ...]
@@ -51,6 +52,7 @@ class InputSpec:
     high: float
     any_size: bool = False
     origin: str = field(default="training", compare=False)
+    changed: str = field(default="", compare=False)
 
     @property
     def described(self) -> str:
@@ -104,6 +106,12 @@ def resizes_inputs(model: Any) -> bool:
 def run_input_spec(run: Any) -> InputSpec | None:
     """The input spec of a run's training inputs (loads the run's data).
 
+    What the run recorded comes first: where its model's config records an input shape
+    (``in_channels`` and ``image_size``, or ``in_features``) that the data as it is now
+    does not have (an RGB image added to a grey folder), the spec is the recorded shape
+    (a grey ``(1, H, W)`` for ``in_features`` of ``H * W``) with an unknown range, and its
+    ``changed`` says the data changed since training.
+
     A run trained from a tuple file has no labelled split, and a run whose training data
     is gone (moved or deleted) has none to read: their spec is the shape their model's
     config records (``in_channels`` and ``image_size``, or ``in_features``), with an
@@ -134,7 +142,28 @@ def run_input_spec(run: Any) -> InputSpec | None:
             f"records none (model in_channels and image_size, or in_features), and the "
             f"data cannot be read: {reason}; restore the data where its config.yaml "
             "says") from err
-    return input_spec(train.x, any_size=any_size)
+    found = input_spec(train.x, any_size=any_size)
+    if recorded is None or _agrees(recorded.shape, found.shape, any_size):
+        return found
+    shape = recorded.shape
+    if len(shape) == 1 and len(found.shape) == 3:  # flat rows of images: which channels
+        side = found.shape[1] * found.shape[2]
+        shape = next(((c, *found.shape[1:]) for c in (1, 3) if c * side == shape[0]), shape)
+    return InputSpec(shape, recorded.dtype, float("nan"), float("nan"), any_size,
+                     changed=(f"the run's training data ({run.config.data.path}) now reads "
+                              f"as inputs of shape {_shape_text(found.shape)}, not the "
+                              f"{_shape_text(shape)} its model was built for: the data "
+                              "changed since training"))
+
+
+def _agrees(recorded: tuple[int, ...], found: tuple[int, ...], any_size: bool) -> bool:
+    """Whether training inputs of shape ``found`` are what a model recording the input
+    shape ``recorded`` was built for (its size, for flat rows)."""
+    if len(recorded) == 1:
+        return math.prod(found) == recorded[0]
+    if any_size and len(found) == len(recorded) >= 3:
+        return found[:-2] == recorded[:-2]
+    return found == recorded
 
 
 def recorded_input_spec(model: dict[str, Any], any_size: bool) -> InputSpec | None:
@@ -213,7 +242,8 @@ def check_input_shape(shape: tuple[int, ...], spec: InputSpec | None,
         raise ValueError(
             f"{source}: inputs of shape {shape} per item, but {spec.described} "
             f"inputs of shape {_shape_text(spec.shape)}{other}; bring them to that shape "
-            "(its embeddings of other inputs are not meaningful)")
+            "(its embeddings of other inputs are not meaningful)"
+            + (f" ({spec.changed})" if spec.changed else ""))
     return fitted
 
 
