@@ -152,3 +152,24 @@ def test_run_input_spec_keeps_what_the_run_recorded_when_its_folder_changed(tmp_
     with pytest.raises(ValueError, match="changed since training") as err:
         check_input_shape((3, 8, 8), spec, "q")
     assert "3x8x8" in str(err.value) and "1x8x8" in str(err.value)
+
+
+def test_a_tuple_file_names_the_line_of_an_image_past_the_pixel_limit(tmp_path, monkeypatch):
+    """The image header's own refusal (here: past Pillow's limit) keeps the CSV line."""
+    import dmlkit.data.image_folder as image_folder
+    from dmlkit.data.tuples import _check_image_files
+
+    for name in ("a.png", "big.png"):
+        PIL.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / name)
+    real = image_folder.image_header
+
+    def header(file):  # noqa: ANN001, ANN202
+        if str(file).endswith("big.png"):
+            raise image_folder.too_large(file, ValueError("(999999999 pixels)"))
+        return real(file)
+
+    monkeypatch.setattr(image_folder, "image_header", header)
+    files = [str(tmp_path / "a.png"), str(tmp_path / "big.png")]
+    with pytest.raises(ValueError, match=r"pairs.csv, line 3: image .*big.png.*Pillow's limit"):
+        _check_image_files(files, [2, 3], ["a.png", "big.png"], tmp_path / "pairs.csv",
+                           None, "auto")

@@ -297,6 +297,8 @@ def _check_image_files(
             raise ValueError(f"{path}, line {line}: cannot read image {ref!r} ({err}); the "
                              "file is corrupt or not an image: replace it or drop the row"
                              ) from None
+        except ValueError as err:  # (image_header's own refusals, e.g. past the pixel limit)
+            raise ValueError(f"{path}, line {line}: {err}") from None
         if image_size is not None:
             continue
         if first is None:
