@@ -123,7 +123,8 @@ def test_non_finite_embeddings_are_refused_by_file_and_key(tmp_path, key, value)
               "heldout_labels": y[:12]}
     arrays[key][2, 1] = value
     path = _npz(tmp_path, **arrays)
-    with pytest.raises(ValueError, match=rf"e\.npz: {key} has 1 row\(s\) with NaN or inf"):
+    with pytest.raises(ValueError, match=rf"e\.npz: {key} holds NaN or infinite values in 1 "
+                                         r"of \d+ rows \(row 2\)"):
         load_embeddings(path)
 
 

@@ -163,10 +163,12 @@ def embed_run(run_dir: str | Path, device: str = "cpu", batch_size: int = 512) -
     return EmbeddedSplits(*parts)
 
 
-def load_embeddings(source: str | Path, device: str = "cpu") -> EmbeddedSplits:
-    """Embeddings from a run directory, or from an ``.npz`` file with arrays
-    ``embeddings``, ``labels`` and optionally ``heldout_embeddings``, ``heldout_labels``
-    (without them the training arrays are also the held-out ones).
+def load_embeddings(source: str | Path, device: str = "cpu", *, x_key: str = "embeddings",
+                    labels_key: str = "labels", hint: str = "") -> EmbeddedSplits:
+    """Embeddings from a run directory, or from an ``.npz`` file with arrays ``x_key``
+    (default ``embeddings``), ``labels_key`` (default ``labels``) and optionally
+    ``heldout_<x_key>``, ``heldout_<labels_key>`` (without them the training arrays are
+    also the held-out ones); ``hint`` ends the message of a missing or non-numeric array.
 
     Labels may be integers, whole-number floats or strings (see
     :func:`encode_split_labels`); other floats are a ``ValueError``."""
@@ -175,38 +177,34 @@ def load_embeddings(source: str | Path, device: str = "cpu") -> EmbeddedSplits:
         return embed_run(source, device=device)
     if source.suffix != ".npz" or not source.is_file():
         raise ValueError(f"{source} is neither a run directory nor an .npz file")
+    from dmlkit._checks import check_finite_rows
     from dmlkit.data.npz import read_arrays
 
     data = read_arrays(source)
-    missing = {"embeddings", "labels"} - set(data)
-    if missing:
-        raise ValueError(f"{source} lacks array(s) {sorted(missing)}")
-    has_held = [key in data for key in ("heldout_embeddings", "heldout_labels")]
-    if any(has_held) and not all(has_held):
-        there, lacking = (("heldout_embeddings", "heldout_labels") if has_held[0]
-                          else ("heldout_labels", "heldout_embeddings"))
-        raise ValueError(f"{source} has {there} but no {lacking}; the held-out split needs "
-                         "both (or neither: then the training arrays are scored)")
-    train, labels = data["embeddings"], data["labels"]
-    held = data.get("heldout_embeddings", train)
-    held_labels = data.get("heldout_labels", labels)
-    for name, arr in (("embeddings", train), ("heldout_embeddings", held)):
+    for key, role in ((x_key, "embeddings"), (labels_key, "labels")):
+        if key not in data:
+            raise ValueError(f"{source} has no array {key!r} (the {role}); its arrays are "
+                             f"{list(data)}{hint}")
+    held_x, held_y = f"heldout_{x_key}", f"heldout_{labels_key}"
+    if (held_x in data) != (held_y in data):
+        there, lacking = (held_x, held_y) if held_x in data else (held_y, held_x)
+        raise ValueError(f"{source} has {there} but no {lacking}; the held-out split "
+                         "needs both (or neither: then the training arrays are scored)")
+    train, labels = data[x_key], data[labels_key]
+    held, held_labels = data.get(held_x, train), data.get(held_y, labels)
+    for name, arr in ((x_key, train), (held_x, held)):
         if arr.ndim != 2:
             raise ValueError(f"{source}: {name} must be (n, dim), got shape {arr.shape}")
-        check_real_inputs(arr, str(source), name)
-        if not np.isfinite(arr).all():
-            bad = int((~np.isfinite(arr)).any(axis=1).sum())
-            raise ValueError(f"{source}: {name} has {bad} row(s) with NaN or infinite "
-                             "values; drop or fix them before fitting")
+        check_real_inputs(arr, str(source), name, hint=hint)
+        check_finite_rows(arr, f"{source}: {name}")
     if held.shape[1] != train.shape[1]:
-        raise ValueError(f"{source}: heldout_embeddings have dim {held.shape[1]} but "
-                         f"embeddings have dim {train.shape[1]}; both must come from one model")
-    for name, lab, arr, arr_name in (("labels", labels, train, "embeddings"),
-                                     ("heldout_labels", held_labels, held,
-                                      "heldout_embeddings")):
+        raise ValueError(f"{source}: {held_x} have dim {held.shape[1]} but {x_key} have "
+                         f"dim {train.shape[1]}; both must come from one model")
+    for name, lab, arr, arr_name in ((labels_key, labels, train, x_key),
+                                     (held_y, held_labels, held, held_x)):
         if lab.ndim >= 1 and lab.shape[0] != arr.shape[0]:
-            raise ValueError(f"{source}: {name} has {lab.shape[0]} label(s) but {arr_name} "
-                             f"has {arr.shape[0]} row(s); give one label per row")
+            raise ValueError(f"{source}: {name} has {lab.shape[0]} label(s) but "
+                             f"{arr_name} has {arr.shape[0]} row(s); give one label per row")
     train_codes, held_codes, classes = encode_split_labels(labels, held_labels, str(source))
     return EmbeddedSplits(train.astype(np.float64), train_codes, held.astype(np.float64),
                           held_codes, classes)

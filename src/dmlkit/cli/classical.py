@@ -102,53 +102,9 @@ def _load(source: Path, x_key: str | None, labels_key: str | None, device: str) 
     ``.npz``'s, its arrays named by ``x_key`` / ``labels_key``."""
     from dmlkit.classical.frozen import load_embeddings
 
-    if x_key is None and labels_key is None:
-        return load_embeddings(source, device=device)
-    return _keyed_splits(source, x_key or "embeddings", labels_key or "labels")
-
-
-def _keyed_splits(source: Path, x_key: str, labels_key: str) -> Any:
-    """The splits of an ``.npz`` whose arrays are named ``x_key`` / ``labels_key`` (and
-    ``heldout_<key>`` for the held-out split), checked as
-    :func:`~dmlkit.classical.frozen.load_embeddings` checks its default names."""
-    import numpy as np
-
-    from dmlkit._checks import check_finite_rows, check_real_inputs
-    from dmlkit.classical.frozen import EmbeddedSplits, encode_split_labels
-    from dmlkit.data.npz import read_arrays
-
-    if source.suffix != ".npz":
-        raise ValueError(f"{source} is neither a run directory nor an .npz file")
-    arrays = read_arrays(source)
-    for key, role in ((x_key, "embeddings"), (labels_key, "labels")):
-        if key not in arrays:
-            raise ValueError(f"{source} has no array {key!r} (the {role}); its arrays are "
-                             f"{list(arrays)}: name them with --x-key and --labels-key")
-    held_x, held_labels = f"heldout_{x_key}", f"heldout_{labels_key}"
-    if (held_x in arrays) != (held_labels in arrays):
-        there, lacking = ((held_x, held_labels) if held_x in arrays
-                          else (held_labels, held_x))
-        raise ValueError(f"{source} has {there!r} but no {lacking!r}; the held-out split "
-                         "needs both (or neither: then the training arrays are scored)")
-    train, labels = arrays[x_key], arrays[labels_key]
-    held, held_lab = arrays.get(held_x, train), arrays.get(held_labels, labels)
-    for name, arr in ((x_key, train), (held_x, held)):
-        if arr.ndim != 2:
-            raise ValueError(f"{source}: {name!r} must be (n, dim), got shape {arr.shape}")
-        check_real_inputs(arr, str(source), repr(name),
-                          hint="; name the embeddings array with --x-key")
-        check_finite_rows(arr, f"{source}: {name!r}")
-    if held.shape[1] != train.shape[1]:
-        raise ValueError(f"{source}: {held_x!r} has dim {held.shape[1]} but {x_key!r} has "
-                         f"dim {train.shape[1]}; both must come from one model")
-    for name, lab, arr, arr_name in ((labels_key, labels, train, x_key),
-                                     (held_labels, held_lab, held, held_x)):
-        if lab.ndim >= 1 and lab.shape[0] != arr.shape[0]:
-            raise ValueError(f"{source}: {name!r} has {lab.shape[0]} label(s) but "
-                             f"{arr_name!r} has {arr.shape[0]} row(s); give one label per row")
-    train_codes, held_codes, classes = encode_split_labels(labels, held_lab, str(source))
-    return EmbeddedSplits(train.astype(np.float64), train_codes, held.astype(np.float64),
-                          held_codes, classes)
+    return load_embeddings(source, device=device, x_key=x_key or "embeddings",
+                           labels_key=labels_key or "labels",
+                           hint="; name the arrays with --x-key and --labels-key")
 
 
 class _SolverProgress:
