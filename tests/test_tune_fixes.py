@@ -363,3 +363,35 @@ def test_best_yaml_keeps_no_storage_credentials(tmp_path):
     text = path.read_text() + (tmp_path / "best.json").read_text()
     assert "s3cret" not in text and "bob" not in text
     assert "postgresql://db.example/optuna" in path.read_text()
+
+
+@pytest.mark.parametrize("space, words", [
+    ("training.epochs: {low: 1, high: 2}\n"
+     "optimizer.lr: {low: 1.0e-3, high: 1.0e-2, when: {training.epochs: 5}}",
+     "whole numbers in [1, 2]"),
+    ("training.epochs: {low: 1, high: 3}\n"
+     "optimizer.lr: {low: 1.0e-3, high: 1.0e-2, when: {training.epochs: [2, 2.5]}}",
+     "can never hold 2.5"),
+    ("optimizer.weight_decay: {low: 0.0, high: 0.1}\n"
+     "optimizer.lr: {low: 1.0e-3, high: 1.0e-2, when: {optimizer.weight_decay: high}}",
+     "can never hold 'high'"),
+])  # fmt: skip
+def test_a_when_value_outside_a_searched_range_is_refused(space: str, words: str) -> None:
+    with pytest.raises(ValueError, match="when") as err:
+        check_space(_space(space))
+    assert words in str(err.value)
+
+
+def test_when_values_inside_a_searched_range_pass() -> None:
+    check_space(_space("training.epochs: {low: 1, high: 3}\n"
+                       "optimizer.lr: {low: 1.0e-3, high: 1.0e-2, when: {training.epochs: 2}}"))
+    check_space(_space(  # a conditional range may also keep the config's value (1)
+        "loss: {choices: [triplet_margin, multi_similarity]}\n"
+        "training.epochs: {low: 2, high: 3, when: {loss.name: triplet_margin}}\n"
+        "optimizer.lr: {low: 1.0e-3, high: 1.0e-2, when: {training.epochs: 1}}"))
+
+
+@pytest.mark.parametrize("log", ["'false'", "'no'", "1", "0"])
+def test_log_must_be_a_boolean(log: str) -> None:
+    with pytest.raises(TypeError, match=r"\.log must be true or false"):
+        _space(f"optimizer.lr: {{low: 1.0e-4, high: 1.0e-2, log: {log}}}")

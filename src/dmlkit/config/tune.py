@@ -196,6 +196,9 @@ def _check_spec(path: str, spec: Any) -> dict[str, Any]:
         high = spec["high"] = _number(path, "high", spec["high"])
         if not low < high:
             raise ValueError(f"tune.space[{path!r}] needs low < high, got {low} and {high}")
+        if "log" in spec and not isinstance(spec["log"], bool):  # ('false' is truthy)
+            raise TypeError(f"tune.space[{path!r}].log must be true or false, got "
+                            f"{spec['log']!r}")
         if spec.get("log") and low <= 0:
             raise ValueError(f"tune.space[{path!r}] log range needs low > 0, got {low}")
         if "step" in spec:

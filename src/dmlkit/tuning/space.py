@@ -257,6 +257,7 @@ def _check_conditions(raw: dict[str, Any], space: dict[str, Any]) -> None:
         for cond, wanted in (spec.get("when") or {}).items():
             possible = possible_values(raw, items[:i], cond)
             if possible is None:
+                _check_range_condition(path, cond, wanted, raw, items[:i])
                 continue
             for value in wanted if isinstance(wanted, list) else [wanted]:
                 if value in possible:
@@ -270,6 +271,33 @@ def _check_conditions(raw: dict[str, Any], space: dict[str, Any]) -> None:
                 raise ValueError(
                     f"tune.space[{path!r}].when: {{{cond}: {wanted!r}}} {what}: {where}; fix "
                     "the value, or the parameter is never tried")
+
+
+def _check_range_condition(path: str, cond: str, wanted: Any, raw: dict[str, Any],
+                           before: list[tuple[str, dict[str, Any]]]) -> None:
+    """Refuse a ``when`` value that a range searched at ``cond`` itself can never give
+    (outside ``[low, high]``, or not a number; a whole number for an integer range),
+    unless the path may also keep its config value (its range has a ``when`` too)."""
+    setters = [(q, spec) for q, spec in before if _touches(q, cond)]
+    if not setters or setters[-1][0] != cond or "low" not in setters[-1][1]:
+        return
+    spec = setters[-1][1]
+    low, high = spec["low"], spec["high"]
+    integer = is_int_range(spec)
+    kept = get_path(raw, cond) if spec.get("when") else _NOTHING
+    for value in wanted if isinstance(wanted, list) else [wanted]:
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if value == kept or (number and low <= value <= high
+                             and (not integer or float(value).is_integer())):
+            continue
+        kind = "whole numbers" if integer else "numbers"
+        raise ValueError(
+            f"tune.space[{path!r}].when: {{{cond}: {wanted!r}}} can never hold {value!r}: "
+            f"{cond!r} is searched over {kind} in [{low}, {high}]; fix the value, or the "
+            "parameter is never tried")
+
+
+_NOTHING = object()
 
 
 def _touches(setter: str, path: str) -> bool:
