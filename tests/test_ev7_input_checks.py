@@ -153,3 +153,20 @@ def test_verification_scores_must_be_1d():
     with pytest.raises(ValueError, match=r"is_same must be a 1-d array .* shape \(5, 10\)"):
         verification_metrics(rng.normal(size=50), same.reshape(5, 10))
     assert verification_metrics(list(rng.normal(size=50)), list(same))["num_pairs"] == 50
+
+
+def test_every_scored_pairs_reader_refuses_a_matrix_of_scores():
+    """A (5, 10) matrix is not 50 pairs: the calibrator and the ROC refuse it as
+    verification_metrics does."""
+    from dmlkit.evaluation import ThresholdCalibrator
+    from dmlkit.functional.verification import roc_curve
+
+    rng = np.random.default_rng(0)
+    scores, same = rng.normal(size=(5, 10)), rng.random(50) < 0.5
+    for call in (lambda: ThresholdCalibrator().fit(scores, same),
+                 lambda: roc_curve(scores, same),
+                 lambda: roc_curve(scores.ravel(), same.reshape(5, 10))):
+        with pytest.raises(ValueError, match="must be a 1-d array with one entry per pair"):
+            call()
+    fpr, tpr, _ = roc_curve(scores.ravel(), same)  # (1-d: fine)
+    assert fpr[-1] == tpr[-1] == 1.0

@@ -226,11 +226,7 @@ def verification_metrics(
     """
     _check_setting("n_folds", n_folds, 2)
     _check_setting("seed", seed, 0)
-    for name, value in (("scores", scores), ("is_same", is_same)):
-        if np.ndim(value) != 1:  # a matrix would be flattened into pairs it does not hold
-            raise ValueError(f"{name} must be a 1-d array with one entry per pair, got "
-                             f"shape {tuple(np.shape(value))}")
-    s, y = check_scored_pairs(scores, is_same)
+    s, y = check_scored_pairs(scores, is_same)  # (1-d, one entry per pair)
     fpr, tpr, thr = roc_curve(s, y)
     eer, eer_t = equal_error_rate(fpr, tpr, thr)
     dcf, dcf_t = min_dcf(fpr, tpr, thr, p_target=p_target, c_miss=c_miss, c_fa=c_fa)

@@ -14,9 +14,14 @@ from dmlkit._checks import check_real, is_int
 
 
 def check_scored_pairs(scores, is_same) -> tuple[np.ndarray, np.ndarray]:
-    """``(scores float64 (n,), is_same bool (n,))`` with both classes present."""
+    """``(scores float64 (n,), is_same bool (n,))`` with both classes present; both must
+    be 1-d, one entry per pair (a matrix would be flattened into pairs it does not hold)."""
     s = np.asarray(scores.detach().cpu() if hasattr(scores, "detach") else scores)
     y = np.asarray(is_same.detach().cpu() if hasattr(is_same, "detach") else is_same)
+    for name, value in (("scores", s), ("is_same", y)):
+        if value.ndim != 1:
+            raise ValueError(f"{name} must be a 1-d array with one entry per pair, got "
+                             f"shape {value.shape}")
     s = s.astype(np.float64).reshape(-1)
     if y.dtype != np.bool_:
         if not np.isin(y, (0, 1)).all():
