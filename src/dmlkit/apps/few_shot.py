@@ -22,6 +22,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from dmlkit._checks import check_int_param, check_real
 from dmlkit.apps.embedding import embed_inputs, kit_embedder, validate_inputs
+from dmlkit.apps.metric_names import app_metric
 from dmlkit.apps.persistence import load_kit, save_kit
 from dmlkit.apps.targets import check_targets
 
@@ -90,7 +91,7 @@ class FewShotClassifier(ClassifierMixin, BaseEstimator):
         X = validate_inputs(self, X, reset=reset, images=self.embedder is not None)
         z = embed_inputs(kit_embedder(self, self.embedder, reset=reset), X,
                          batch_size=self.batch_size).numpy().astype(np.float64)
-        if self.metric == "cosine":
+        if app_metric(self.metric) == "cosine":
             z = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
         return z
 
@@ -98,7 +99,7 @@ class FewShotClassifier(ClassifierMixin, BaseEstimator):
         """Store the support set ``X`` ``(n, ...)`` with classes ``y`` ``(n,)``."""
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.metric not in ("cosine", "euclidean", "dot"):
+        if app_metric(self.metric) not in ("cosine", "euclidean", "dot"):
             raise ValueError(f"metric must be cosine, euclidean or dot, got {self.metric!r}")
         if self.scale not in SCALES:
             raise ValueError(f"scale must be one of {SCALES}, got {self.scale!r}")
@@ -123,14 +124,14 @@ class FewShotClassifier(ClassifierMixin, BaseEstimator):
 
     def _unit(self, v: np.ndarray) -> np.ndarray:
         """Rows of ``v`` L2-normalized under ``"cosine"`` (as they are otherwise)."""
-        if self.metric != "cosine":
+        if app_metric(self.metric) != "cosine":
             return v
         return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
 
     def _sim(self, q: np.ndarray, ref: np.ndarray) -> np.ndarray:
         """``(nq, nr)`` similarity: inner product, or negated squared distance."""
         s = q @ ref.T
-        if self.metric == "euclidean":
+        if app_metric(self.metric) == "euclidean":
             s = 2.0 * s - (q * q).sum(1)[:, None] - (ref * ref).sum(1)[None, :]
         return s
 
@@ -161,7 +162,7 @@ class FewShotClassifier(ClassifierMixin, BaseEstimator):
             scores = self._sim(z, self.prototypes_)
             own = self._unit((sums[codes] - z) / np.maximum(counts[codes] - 1, 1)[:, None])
             own_sim = (z * own).sum(1)
-            if self.metric == "euclidean":
+            if app_metric(self.metric) == "euclidean":
                 own_sim = -((z - own) ** 2).sum(1)
             scores[np.arange(z.shape[0]), codes] = own_sim
         else:
@@ -209,10 +210,11 @@ class FewShotClassifier(ClassifierMixin, BaseEstimator):
         fitted = getattr(self, "n_features_in_", None)
         z = self._embed(X, reset=fitted is None)
         classifier = "prototype" if self.method == "prototype" else "nearest_neighbor"
+        metric = app_metric(self.metric)
         out = few_shot_accuracy(z, np.asarray(y), n_way=n_way, k_shot=k_shot, n_query=n_query,
-                                episodes=episodes, classifier=classifier, metric=self.metric,
+                                episodes=episodes, classifier=classifier, metric=metric,
                                 seed=seed)
-        out["metric"] = self.metric
+        out["metric"] = metric
         return out
 
     # -- persistence --------------------------------------------------------------------

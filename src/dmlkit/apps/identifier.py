@@ -26,6 +26,7 @@ from sklearn.utils.validation import check_is_fitted
 from dmlkit._checks import check_int_param
 from dmlkit.apps.embedding import embed_inputs, kit_embedder, validate_inputs
 from dmlkit.apps.identification_metrics import dir_at_far, far_threshold, open_set_roc
+from dmlkit.apps.metric_names import app_metric
 from dmlkit.apps.persistence import load_kit, load_kit_index, save_kit
 from dmlkit.apps.search_breadth import free_knob, tune, widen
 from dmlkit.apps.targets import check_targets
@@ -125,7 +126,7 @@ class Identifier(ClassifierMixin, BaseEstimator):
     def _new_index(self, dim: int) -> Any:
         from dmlkit.index import ExactIndex, FaissIndex
 
-        metric = INDEX_METRIC[self.metric]
+        metric = INDEX_METRIC[app_metric(self.metric)]
         if self.index == "exact":
             if self.nprobe is not None or self.ef_search is not None:
                 raise ValueError("nprobe / ef_search apply to faiss indexes (index='IVF...', "
@@ -141,7 +142,7 @@ class Identifier(ClassifierMixin, BaseEstimator):
         earlier gallery) and calibrate the rejection threshold."""
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.metric not in INDEX_METRIC:
+        if app_metric(self.metric) not in INDEX_METRIC:  # (aliases: l2, ip, any case)
             raise ValueError(f"metric must be one of {tuple(INDEX_METRIC)}, got {self.metric!r}")
         if self.target_far is not None and not 0.0 < float(self.target_far) < 1.0:
             raise ValueError(f"target_far must be in (0, 1) or None, got {self.target_far!r}")
@@ -277,7 +278,7 @@ class Identifier(ClassifierMixin, BaseEstimator):
             part = slice(start, start + QUERY_CHUNK)
             scores, ids = self.index_.search(z[part], depth)  # (c, depth)
             scores = scores.astype(np.float64)
-            if self.metric == "euclidean":
+            if app_metric(self.metric) == "euclidean":
                 scores = -np.sqrt(np.maximum(scores, 0.0))
             codes = ids if self.mode == "prototype" else np.where(
                 ids >= 0, self.item_codes_[np.clip(ids, 0, None)], -1)

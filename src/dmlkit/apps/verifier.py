@@ -21,6 +21,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from dmlkit._checks import check_int_param
 from dmlkit.apps.embedding import embed_inputs, kit_embedder, validate_inputs
+from dmlkit.apps.metric_names import app_metric
 from dmlkit.apps.persistence import load_kit, save_kit
 from dmlkit.apps.targets import check_targets
 from dmlkit.apps.verification_stats import bootstrap_intervals, verification_curves
@@ -176,7 +177,7 @@ class Verifier(BaseEstimator):
         return indexed_pair_scores(z, i, j, self.metric), np.asarray(same, dtype=bool)
 
     def _check_params(self) -> None:
-        if self.metric not in METRICS:
+        if app_metric(self.metric) not in METRICS:  # (aliases: l2, ip, any case)
             raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
         if self.calibration not in CALIBRATIONS:
             raise ValueError(f"calibration must be one of {CALIBRATIONS}, got "
