@@ -78,3 +78,21 @@ def test_truncation_is_documented():
     section = readme.split("## Text: sentence encoders", 1)[1].split("\n## ", 1)[0]
     assert re.search(r"longer\s+than the model's `max_length` tokens \(256", section)
     assert "truncated" in section
+
+
+def test_an_integer_class_that_is_also_another_class_name_is_refused():
+    """Labels ``-1``, ``0``, ``7``, ``007`` are names (ids 0..3 in sorted order): an
+    integer 0 in test_classes would pick the class named ``-1``; refused, naming both."""
+    from types import SimpleNamespace
+
+    from dmlkit.text.run import _class_ids
+
+    data = SimpleNamespace(class_names=["-1", "0", "7", "007"])
+    with pytest.raises(ValueError, match=r"0 is the id of class '-1', but a class is named "
+                                         r"'0' \(id 1\)"):
+        _class_ids([0], data, "test_classes")
+    with pytest.raises(ValueError, match=r"7 is no id, but a class is named '7'"):
+        _class_ids([7], data, "test_classes")
+    assert _class_ids(["7", "007", 1], data, "test_classes") == [2, 3, 1]
+    plain = SimpleNamespace(class_names=None)  # (integer labels: ids as they are)
+    assert _class_ids([0, 7], plain, "train_classes") == [0, 7]

@@ -142,7 +142,8 @@ def _check_class_sets(data: Any, train: set[int] | None, test: set[int]) -> None
 
 def _class_ids(classes: list[Any], data: Any, key: str) -> list[int]:
     """Class ids of ``data.train_classes`` / ``test_classes``: ids, or the class names a
-    labelled file uses (its ids are those names in sorted order)."""
+    labelled file uses (its ids are those names in sorted order); an integer that is
+    also a class name of another id is refused as ambiguous."""
     names = data.class_names or []
     out = []
     for c in classes:
@@ -151,7 +152,14 @@ def _class_ids(classes: list[Any], data: Any, key: str) -> list[int]:
                 raise ValueError(f"data.{key}: no class named {c!r}; the classes are {names}")
             out.append(names.index(c))
         else:
-            out.append(int(c))
+            c = int(c)
+            if str(c) in names and names.index(str(c)) != c:  # (labels read as names)
+                where = f"the id of class {names[c]!r}" if 0 <= c < len(names) else "no id"
+                raise ValueError(
+                    f"data.{key}: {c} is {where}, but a class is named {str(c)!r} (id "
+                    f"{names.index(str(c))}): the file's labels are class names, so write "
+                    f"them as strings ({str(c)!r}) or give the ids of the sorted names")
+            out.append(c)
     return out
 
 
