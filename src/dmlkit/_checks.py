@@ -30,6 +30,15 @@ def is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def is_number_text(text: str) -> bool:
+    """Whether the text field ``text`` (of a CSV line) reads as a number (``float``)."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def check_int(name: str, value: Any, low: int = 1) -> int:
     """``value`` as a Python ``int``: a ``TypeError`` naming ``name`` unless it is an
     integer (:func:`is_int`), a ``ValueError`` when it is below ``low``."""
@@ -147,4 +156,5 @@ def check_float32_range(X: Any, source: str,
 
 
 __all__ = ["FINITE_FIX", "FLOAT32_MAX", "check_finite_rows", "check_float32_range", "check_int",
-           "check_int_param", "check_real", "check_real_inputs", "first_few", "is_int"]
+           "check_int_param", "check_real", "check_real_inputs", "first_few", "is_int",
+           "is_number_text"]

@@ -10,6 +10,8 @@ from typing import Any
 
 import typer
 
+from dmlkit._checks import is_number_text
+
 #: the name an unknown identity (label -1) takes when labels are mapped to class names
 UNKNOWN = "<unknown>"
 
@@ -165,15 +167,7 @@ def read_pairs(path: Path) -> Any:
     lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
     if not lines:
         raise ValueError(f"{path} is empty: expected rows i,j or i,j,same")
-
-    def numeric(field: str) -> bool:
-        try:
-            float(field)
-        except ValueError:
-            return False
-        return True
-
-    skip = 0 if all(numeric(v) for v in lines[0].split(",")) else 1
+    skip = 0 if all(is_number_text(v) for v in lines[0].split(",")) else 1
     if skip and len(lines) == 1:
         raise ValueError(f"{path} has a header ({lines[0]!r}) but no pairs")
     try:

@@ -7,6 +7,8 @@ from typing import Any
 
 import typer
 
+from dmlkit._checks import is_number_text
+
 #: arrays of --data that mark its anomalous rows (the first one present is used)
 TRUTH_KEYS = ("anomaly", "labels")
 
@@ -44,7 +46,7 @@ def read_rows_named(path: Path, key: str | None, extra: tuple[str, ...]
     if suffix == ".csv":
         lines = path.read_text().splitlines()
         first = lines[0] if lines else ""
-        skip = 0 if all(_is_number(v) for v in first.strip().split(",")) else 1
+        skip = 0 if all(is_number_text(v) for v in first.strip().split(",")) else 1
         if not any(line.strip() for line in lines[skip:]):  # empty, or a header only
             return np.zeros((0, 0)), None, None
         try:
@@ -66,19 +68,11 @@ def _csv_problem(lines: list[str], skip: int) -> str | None:
         if len(fields) != width:
             return (f"line {number} has {len(fields)} fields, the lines above {width}; give "
                     "every row the same number of values")
-        bad = next((c for c, v in enumerate(fields) if not _is_number(v)), None)
+        bad = next((c for c, v in enumerate(fields) if not is_number_text(v)), None)
         if bad is not None:
             return (f"line {number}, column {bad + 1}: {fields[bad].strip()!r} is not a "
                     "number; fill it in or drop the line")
     return None
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def truth_metrics(truth: Any, scores: Any, path: Path,

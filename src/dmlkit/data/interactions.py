@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dmlkit._checks import is_number_text
+
 
 @dataclass
 class Interactions:
@@ -91,7 +93,7 @@ def read_interactions(path: str | Path, *, min_rating: float | None = None) -> I
         raise ValueError(f"{path}: need at least user and item columns, got {first}")
     canon = [_canonical(c) for c in first]
     header = ({"user", "item"} <= set(canon)
-              and not any(_numeric(c) for c in first[2:4]))  # rating, timestamp: data
+              and not any(is_number_text(c) for c in first[2:4]))  # rating, timestamp: data
     if header:
         rows, line_no = rows[1:], line_no[1:]
         if not rows:
@@ -118,7 +120,7 @@ def read_interactions(path: str | Path, *, min_rating: float | None = None) -> I
         if name not in col:
             return np.full(len(table), np.nan)
         values = table[:, col[name]]
-        bad = next((r for r, v in enumerate(values) if not _numeric(v)), None)
+        bad = next((r for r, v in enumerate(values) if not is_number_text(v)), None)
         if bad is not None:
             raise ValueError(f"{path}, line {line_no[bad]}: column {name!r} has the "
                              f"non-numeric value {values[bad]!r}; {name}s must be numbers")
@@ -147,10 +149,10 @@ def _refuse_unknown_header(path: Path, rows: list[list[str]], col: dict[str, int
     first, rest = rows[0], rows[1:]
 
     def numeric_below(i: int) -> bool:
-        return not _numeric(first[i]) and all(_numeric(r[i]) for r in rest)
+        return not is_number_text(first[i]) and all(is_number_text(r[i]) for r in rest)
 
-    odd = [name for name in ("rating", "timestamp") if name in col and _numeric(rest[0][col[name]])
-           and not _numeric(first[col[name]])]
+    odd = [name for name in ("rating", "timestamp") if name in col
+           and is_number_text(rest[0][col[name]]) and not is_number_text(first[col[name]])]
     if not odd and numeric_below(col["user"]) and numeric_below(col["item"]):
         odd = ["user", "item"]
     if odd:
@@ -160,14 +162,6 @@ def _refuse_unknown_header(path: Path, rows: list[list[str]], col: dict[str, int
             "below), but it names no user and item columns; name them "
             "user,item[,rating,timestamp] (userId, movieId, item_id, ... also work) or "
             "remove the line")
-
-
-def _numeric(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 #: column names read as user, item, rating and timestamp (lower case, "_" dropped; a
