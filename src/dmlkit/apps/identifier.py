@@ -26,14 +26,13 @@ from sklearn.utils.validation import check_is_fitted
 from dmlkit._checks import check_int_param
 from dmlkit.apps.embedding import embed_inputs, kit_embedder, validate_inputs
 from dmlkit.apps.identification_metrics import dir_at_far, far_threshold, open_set_roc
-from dmlkit.apps.metric_names import app_metric
+from dmlkit.apps.metric_names import INDEX_METRIC, app_metric
 from dmlkit.apps.persistence import load_kit, load_kit_index, save_kit
 from dmlkit.apps.search_breadth import free_knob, tune, widen
 from dmlkit.apps.targets import check_targets
 
 MODES = ("nearest", "prototype")
 QUERY_CHUNK = 1024
-INDEX_METRIC = {"cosine": "cosine", "euclidean": "l2", "dot": "ip"}
 
 
 class Identifier(ClassifierMixin, BaseEstimator):

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+#: the nearest-neighbour index metric (:data:`dmlkit.index.METRICS`) of each distance name
+INDEX_METRIC = {"cosine": "cosine", "euclidean": "l2", "dot": "ip"}
+
 
 def app_metric(metric: Any) -> Any:
     """``"cosine"``, ``"euclidean"`` or ``"dot"`` for any of their names and aliases
@@ -18,4 +21,4 @@ def app_metric(metric: Any) -> Any:
         return metric
 
 
-__all__ = ["app_metric"]
+__all__ = ["INDEX_METRIC", "app_metric"]

@@ -3,15 +3,13 @@ refusal naming the option as typed."""
 
 from __future__ import annotations
 
-#: the index metric of each name ``dmlkit evaluate --metric`` takes (its aliases)
-INDEX_METRIC = {"euclidean": "l2", "cosine": "cosine", "dot": "ip"}
-
 
 def index_metric(metric: str) -> str:
     """The index metric (``l2``, ``ip`` or ``cosine``) named by ``--metric``: those, or
     the names and aliases every dmlkit metric option takes (``euclidean`` = ``l2``,
     ``dot`` = ``ip``; :func:`dmlkit.functional.retrieval.canonical_metric`), in any
     case."""
+    from dmlkit.apps.metric_names import INDEX_METRIC  # (lazily: --help stays instant)
     from dmlkit.functional.retrieval import canonical_metric
 
     try:
@@ -30,4 +28,4 @@ def check_search_options(k: int | None = None, nprobe: int | None = None,
             raise ValueError(f"{option} must be an integer >= 1, got {value}")
 
 
-__all__ = ["INDEX_METRIC", "check_search_options", "index_metric"]
+__all__ = ["check_search_options", "index_metric"]
