@@ -406,23 +406,15 @@ def check_kit_run(path: str | Path, estimator: Any, recorded: str | None) -> Non
             f"the new model; {redo}")
 
 
-def load_kit_index(path: str | Path, files: dict[str, bytearray] | None = None) -> Any:
-    """The nearest-neighbour index saved inside a kit directory (already checked): from
-    ``files``, the index files :func:`load_kit` read (the same save as the rest of the
-    kit, parsed where they lie in memory), when given."""
+def load_kit_index(path: str | Path, files: dict[str, bytearray]) -> Any:
+    """The nearest-neighbour index saved inside a kit directory, parsed from ``files``:
+    the index files :func:`load_kit` read and checked (the same save as the rest of the
+    kit; parsed where they lie in memory, never read again)."""
     from dmlkit.index import load_index
 
-    path = Path(path)
-    if files is None:
-        files = {f.name[len(INDEX_PREFIX):]: _read_bytes(f) for f in path.iterdir()
-                 if f.name.startswith(INDEX_PREFIX)}
     if not files:
         raise IndexFormatError(f"{path} holds no index files")
     return load_index(path, files=files)
-
-
-def _read_bytes(fpath: Path) -> bytearray:
-    return bytearray(fpath.read_bytes())
 
 
 def kit_kind(path: str | Path) -> str:
