@@ -12,6 +12,7 @@ that says it). The index and the verifier must belong to the served model
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -21,13 +22,15 @@ import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import BaseModel, Field, StrictInt
+from fastapi.security import HTTPAuthorizationCredentials
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.routing import Match
 
 from dmlkit.service.body_limit import BodyLimit
-from dmlkit.service.errors import non_finite_at, validation_detail
+from dmlkit.service.errors import metadata_problem, validation_detail
 from dmlkit.service.limits import check_at_least_one, check_rate, check_threshold
 from dmlkit.service.metrics import Metrics
+from dmlkit.service.openapi import API_KEY_HEADER, BEARER, refusals
 from dmlkit.service.provenance import VerifierScorer, check_index_source
 from dmlkit.service.security import ApiKeys, RateLimiter
 from dmlkit.service.store import DurableIndex
@@ -58,14 +61,20 @@ class ServiceConfig:
 class Batch(BaseModel):
     """Raw ``inputs`` (rows as the run's data, flat or shaped; strings for a text run's
     model) or ``embeddings``. Lists are checked up to their first wrong element
-    (``fail_fast``): a huge list of the wrong kind is one error, found at once."""
+    (``fail_fast``): a huge list of the wrong kind is one error, found at once. A field
+    not named here is refused (a misspelt ``labels`` is a 422, never silently dropped)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     inputs: list[Any] | None = None
     embeddings: Annotated[list[list[Any]], Field(fail_fast=True)] | None = None
 
 
+K_DOC = "neighbours per query: at most the service's limit (--max-k; 1000 by default)"
+
+
 class SearchRequest(Batch):
-    k: StrictInt = Field(5, ge=1)  # not true, 5.0 or "5"
+    k: StrictInt = Field(5, ge=1, description=K_DOC)  # not true, 5.0 or "5"
 
 
 class ItemsRequest(Batch):
@@ -74,6 +83,8 @@ class ItemsRequest(Batch):
 
 
 class VerifyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     a: Batch
     b: Batch
 
@@ -109,7 +120,10 @@ def create_app(store: DurableIndex, keys: ApiKeys, embedder: Any = None,
         metrics.observe(name, response.status_code, time.perf_counter() - start)
         return response
 
-    def auth(request: Request) -> bytes:
+    def auth(request: Request,
+             _bearer: HTTPAuthorizationCredentials | None = Depends(BEARER),
+             _header: str | None = Depends(API_KEY_HEADER)) -> bytes:
+        # (the two security dependencies put the key in the schema; it is read here)
         header = request.headers.get("authorization", "")
         key = header[7:].strip() if header.lower().startswith("bearer ") else None
         key = key or request.headers.get("x-api-key")
@@ -117,8 +131,10 @@ def create_app(store: DurableIndex, keys: ApiKeys, embedder: Any = None,
         if digest is None:
             raise HTTPException(401, "missing or wrong API key (Authorization: Bearer KEY)",
                                 headers={"WWW-Authenticate": "Bearer"})
-        if not limiter.allow(digest):
-            raise HTTPException(429, "rate limit exceeded for this key; retry later")
+        wait = limiter.take(digest)
+        if wait > 0:
+            raise HTTPException(429, "rate limit exceeded for this key; retry later",
+                                headers={"Retry-After": str(max(1, math.ceil(wait)))})
         return digest
 
     def vectors(batch: Batch, what: str = "") -> np.ndarray:
@@ -147,6 +163,9 @@ def create_app(store: DurableIndex, keys: ApiKeys, embedder: Any = None,
                                 "booleans)")
         try:
             x = np.asarray(rows, dtype=np.float64)
+        except OverflowError:  # a JSON integer of hundreds of digits
+            raise HTTPException(422, f"{what}a number is too large for a 64-bit float; send "
+                                "numbers of at most about 1e308") from None
         except (ValueError, TypeError):
             raise HTTPException(422, f"{what}rows must be equal-length numbers") from None
         if not np.isfinite(x).all():
@@ -165,7 +184,7 @@ def create_app(store: DurableIndex, keys: ApiKeys, embedder: Any = None,
             if embedder is None:
                 raise HTTPException(422, f"{what}this service has no model: send embeddings")
             x = model_rows(x, what)
-            x = np.asarray(embedder(x), dtype=np.float32)
+            x = np.asarray(embedded(x, what), dtype=np.float32)
             finite_output(x, what)
         return indexable(x, what)
 
@@ -182,6 +201,15 @@ def create_app(store: DurableIndex, keys: ApiKeys, embedder: Any = None,
                else f"shape {_shape(('n', *x.shape[1:]))}")
         raise HTTPException(422, f"{what}inputs have {got}; the model takes inputs of shape "
                             f"{takes} (flat rows of {embedder.n_features} values)")
+
+    def embedded(x: Any, what: str) -> Any:
+        """The model's embeddings of ``x``; a ``ValueError`` the model raises over these
+        inputs is a 422 (any other failure is the server's: a 500)."""
+        try:
+            return embedder(x)
+        except ValueError as err:
+            raise HTTPException(422, f"{what}the model refused these inputs: "
+                                f"{str(err)[:300]}") from None
 
     def finite_output(x: np.ndarray, what: str) -> None:
         """A 422 when the model's embeddings are not finite (inputs far out of range)."""
@@ -204,7 +232,7 @@ def create_app(store: DurableIndex, keys: ApiKeys, embedder: Any = None,
             raise HTTPException(422, f"{what}this service's model embeds text: 'inputs' must "
                                 f"be a list of strings; inputs[{bad}] is "
                                 f"{type(texts[bad]).__name__}")
-        x = np.asarray(embedder(texts), dtype=np.float32)
+        x = np.asarray(embedded(texts, what), dtype=np.float32)
         finite_output(x, what)
         return indexable(x, what)
 
@@ -214,20 +242,28 @@ def create_app(store: DurableIndex, keys: ApiKeys, embedder: Any = None,
 
     @app.get("/openapi.json", include_in_schema=False)
     def openapi(_: bytes = Depends(auth)) -> dict[str, Any]:
-        return app.openapi()
+        schema = app.openapi()  # (built once, then kept)
+        k = schema["components"]["schemas"]["SearchRequest"]["properties"]["k"]
+        k["maximum"] = cfg.max_k  # this service's bound; a larger k gets the message below
+        for operation in (op for path in schema["paths"].values() for op in path.values()):
+            for code, answer in operation["responses"].items():
+                content = answer.get("content", {})  # refusals are JSON on a text route too
+                if code != "200" and "text/plain" in content:
+                    content["application/json"] = content.pop("text/plain")
+        return schema
 
-    @app.get("/metrics", response_class=PlainTextResponse)
+    @app.get("/metrics", response_class=PlainTextResponse, responses=refusals())
     def prometheus(_: bytes = Depends(auth)) -> str:
         return metrics.text(store.ntotal)
 
-    @app.post("/embed")
+    @app.post("/embed", responses=refusals(413, 415, 422))
     def embed(req: Batch, _: bytes = Depends(auth)) -> dict[str, Any]:
         if req.inputs is None:
             raise HTTPException(422, "give 'inputs' (raw rows, or strings for a text model) "
                                 "to embed")
         return {"embeddings": vectors(req).tolist()}
 
-    @app.post("/search")
+    @app.post("/search", responses=refusals(413, 415, 422))
     def search(req: SearchRequest, _: bytes = Depends(auth)) -> dict[str, Any]:
         if req.k > cfg.max_k:
             raise HTTPException(422, f"k={req.k} is over the limit of {cfg.max_k}")
@@ -242,7 +278,7 @@ def create_app(store: DurableIndex, keys: ApiKeys, embedder: Any = None,
                    for srow, irow, mrow in zip(scores, ids, meta, strict=True)]
         return {"results": results}
 
-    @app.post("/items")
+    @app.post("/items", responses=refusals(413, 415, 422))
     def add_items(req: ItemsRequest, _: bytes = Depends(auth)) -> dict[str, Any]:
         x = vectors(req)
         for name, values in (("metadata", req.metadata), ("labels", req.labels)):
@@ -250,15 +286,16 @@ def create_app(store: DurableIndex, keys: ApiKeys, embedder: Any = None,
                 raise HTTPException(422, f"{name} has {len(values)} entries for {len(x)} rows")
         if req.labels is not None and any(not 0 <= v < 1 << 63 for v in req.labels):
             raise HTTPException(422, "labels must be non-negative integers below 2**63")
-        for i, item in enumerate(req.metadata or ()):
-            if (where := non_finite_at(item)) is not None:
-                raise HTTPException(422, f"metadata[{i}]{where} is NaN or infinite; metadata "
-                                    "is JSON and holds finite numbers only (send null or a "
-                                    "string instead)")
-        ids = store.add(x, payloads=req.metadata, labels=req.labels)
+        for i, item in enumerate(req.metadata or ()):  # what a later /search sends back
+            if (problem := metadata_problem(item)) is not None:
+                raise HTTPException(422, f"metadata[{i}]{problem}")
+        try:
+            ids = store.add(x, payloads=req.metadata, labels=req.labels)
+        except ValueError as err:  # the index refused these items before keeping any
+            raise HTTPException(422, str(err)) from None
         return {"ids": ids.tolist()}
 
-    @app.delete("/items/{item_id}")
+    @app.delete("/items/{item_id}", responses=refusals(404, 409, 422))
     def delete_item(item_id: str, _: bytes = Depends(auth)) -> dict[str, Any]:
         if not re.fullmatch(r"[0-9]{1,19}", item_id) or int(item_id) >= 1 << 63:
             raise HTTPException(422, f"item ids are non-negative integers (as /items "
@@ -272,7 +309,7 @@ def create_app(store: DurableIndex, keys: ApiKeys, embedder: Any = None,
             raise HTTPException(404, f"no item with id {number}")
         return {"deleted": number}
 
-    @app.post("/verify")
+    @app.post("/verify", responses=refusals(409, 413, 415, 422))
     def verify(req: VerifyRequest, _: bytes = Depends(auth)) -> dict[str, Any]:
         a, b = vectors(req.a, "a: "), vectors(req.b, "b: ")
         if len(a) != len(b):
@@ -293,7 +330,7 @@ def create_app(store: DurableIndex, keys: ApiKeys, embedder: Any = None,
         return {"scores": scores.tolist(), "same": same.tolist(), "threshold": threshold,
                 "score": kind}
 
-    @app.post("/identify")
+    @app.post("/identify", responses=refusals(413, 415, 422))
     def identify(req: IdentifyRequest, _: bytes = Depends(auth)) -> dict[str, Any]:
         out = []
         for s, i, label in store.nearest_labelled(vectors(req)):
@@ -314,10 +351,6 @@ def create_app(store: DurableIndex, keys: ApiKeys, embedder: Any = None,
                                  f"header Content-Type: application/json (got {got})"},
                                 status_code=415)
         return JSONResponse({"detail": validation_detail(err.errors())}, status_code=422)
-
-    @app.exception_handler(ValueError)
-    async def value_error(_: Request, err: ValueError) -> JSONResponse:
-        return JSONResponse({"detail": str(err)}, status_code=422)
 
     def refused_body(scope: dict, seconds: float) -> None:  # a 413 the app never saw
         route = next((r for r in app.router.routes

@@ -1,8 +1,10 @@
 """What a refused request is told: validation errors, few and without the input, and
-the check that JSON metadata holds finite numbers only."""
+the checks that JSON metadata can be stored and sent back (finite numbers, valid
+Unicode, bounded nesting)."""
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -11,6 +13,8 @@ SHOWN_ERRORS = 3
 #: longest refused scalar (a short string, a number) a validation error repeats back
 ECHO_CHARS = 200
 _PLAIN = (str, int, bool, type(None))
+#: deepest nesting of lists and objects one item's metadata may have
+MAX_METADATA_DEPTH = 32
 
 
 def validation_detail(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -30,6 +34,9 @@ def _brief(error: dict[str, Any]) -> dict[str, Any]:
                            "loc": [p if isinstance(p, int) else str(p)
                                    for p in error.get("loc", ())],
                            "msg": str(error.get("msg", ""))}
+    if out["type"] == "extra_forbidden" and out["loc"]:
+        out["msg"] = (f"unknown field {out['loc'][-1]!r}; check its spelling against the "
+                      "request schema (GET /openapi.json)")
     ctx = error.get("ctx")
     if isinstance(ctx, dict):
         out["ctx"] = {str(k): v if _echoable(v) else str(v)[:ECHO_CHARS]
@@ -63,4 +70,39 @@ def non_finite_at(value: Any) -> str | None:
     return None
 
 
-__all__ = ["ECHO_CHARS", "SHOWN_ERRORS", "non_finite_at", "validation_detail"]
+def depth_over(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests lists and objects more than ``limit`` levels deep (a scalar
+    is 0 levels, ``[]`` one); walked without recursion, stopping at the first too deep."""
+    stack: list[tuple[int, Any]] = [(0, value)]
+    while stack:
+        depth, item = stack.pop()
+        if isinstance(item, (list, dict)):
+            if depth + 1 > limit:
+                return True
+            stack.extend((depth + 1, v) for v in (item.values() if isinstance(item, dict)
+                                                   else item))
+    return False
+
+
+def metadata_problem(value: Any) -> str | None:
+    """Why one item's metadata could not be stored and sent back as JSON (NaN or
+    infinite numbers, text that is not valid Unicode, nesting deeper than
+    :data:`MAX_METADATA_DEPTH`), as the rest of a sentence; None when it can."""
+    if depth_over(value, MAX_METADATA_DEPTH):
+        return (f" nests lists and objects more than {MAX_METADATA_DEPTH} levels deep; "
+                "flatten it")
+    if (where := non_finite_at(value)) is not None:
+        return (f"{where} is NaN or infinite; metadata is JSON and holds finite numbers only "
+                "(send null or a string instead)")
+    try:
+        json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return (" holds text that is not valid Unicode (a lone surrogate such as \\ud800); "
+                "send valid UTF-8 strings")
+    except (ValueError, TypeError, RecursionError) as err:
+        return f" cannot be written as JSON ({str(err)[:ECHO_CHARS]}); send plain JSON values"
+    return None
+
+
+__all__ = ["ECHO_CHARS", "MAX_METADATA_DEPTH", "SHOWN_ERRORS", "depth_over",
+           "metadata_problem", "non_finite_at", "validation_detail"]

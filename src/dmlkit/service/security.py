@@ -71,14 +71,20 @@ class RateLimiter:
         self._buckets: dict[bytes, tuple[float, float]] = {}
         self._lock = threading.Lock()
 
-    def allow(self, key: bytes) -> bool:
+    def take(self, key: bytes) -> float:
+        """Spend one of ``key``'s tokens: 0.0 when there was one (the request may go on),
+        else the seconds until the next one (nothing is spent)."""
         now = time.monotonic()
         with self._lock:
             tokens, last = self._buckets.get(key, (float(self.burst), now))
             tokens = min(float(self.burst), tokens + (now - last) * self.rate)
             allowed = tokens >= 1.0
             self._buckets[key] = (tokens - 1.0 if allowed else tokens, now)
-        return allowed
+        return 0.0 if allowed else (1.0 - tokens) / self.rate
+
+    def allow(self, key: bytes) -> bool:
+        """Spend one of ``key``'s tokens; False when it has none (see :meth:`take`)."""
+        return self.take(key) == 0.0
 
 
 __all__ = ["ApiKeys", "RateLimiter", "ENV_KEYS"]
