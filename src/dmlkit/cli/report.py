@@ -216,7 +216,7 @@ def register(app: typer.Typer) -> None:
         """One self-contained HTML report: curves, map, gallery, verification, per class."""
         import importlib.util
 
-        from dmlkit.report import collect, write_figures, write_report
+        from dmlkit.report import collect, write_report
         from dmlkit.report.collect import MIN_ITEMS, check_projection
         from dmlkit.report.html import check_report_path
         from dmlkit.runs.export import is_text_run
@@ -248,7 +248,7 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"note: verification skipped: {data['verification']['skipped']}",
                            err=True)
             write_report(data, target)
-            figures = write_figures(data, png_dir) if png_dir is not None else []
+            figures = _write_figures(data, png_dir) if png_dir is not None else []
         except (ImportError, ValueError, OSError) as err:
             typer.echo(f"error: {one_line(err)}", err=True)
             raise typer.Exit(1) from None
@@ -272,8 +272,13 @@ def register(app: typer.Typer) -> None:
         stride: int = typer.Option(None, "--stride", help="Occlusion stride, at most the "
                                    "patch (default: 1 on images, half the patch on 1-D "
                                    "inputs)."),
+        metric: str = typer.Option(None, "--metric", help="euclidean or cosine: the "
+                                   "similarity explained and the nearest centroids' "
+                                   "measure (default: the run's metric, euclidean, as "
+                                   "dmlkit report and evaluate measure it)."),
     ) -> None:
         """Which parts of A and B drive their similarity (integrated gradients, occlusion)."""
+        from dmlkit.cli._explain_figures import explain_metric
         from dmlkit.runs.export import is_text_run
 
         try:
@@ -283,14 +288,27 @@ def register(app: typer.Typer) -> None:
                     raise ValueError(f"{name} must be >= 1, got {value}")
             if patch is not None and stride is not None:
                 _check_stride(patch, stride)
+            metric = explain_metric(metric)
             if is_text_run(run_dir):
                 raise ValueError(TEXT_EXPLAIN)
-            _, lines = _explain(run_dir, a, b, out, steps, patch, stride)
+            _, lines = _explain(run_dir, a, b, out, steps, patch, stride, metric)
         except (ValueError, TypeError, OSError) as err:
             typer.echo(f"error: {one_line(err)}", err=True)
             raise typer.Exit(1) from None
         for line in lines:
             typer.echo(line)
+
+
+def _write_figures(data: dict[str, Any], png_dir: Path) -> list[Path]:
+    """The report's PNG figures in ``png_dir``, saying on stderr which figures of an
+    earlier report there it removes (those this report does not draw)."""
+    from dmlkit.report.figures import stale_figures, write_figures
+
+    stale = stale_figures(data, png_dir)
+    if stale:
+        typer.echo(f"note: removed {', '.join(p.name for p in stale)} from {png_dir}: an "
+                   "earlier report's figures, which this report does not draw", err=True)
+    return write_figures(data, png_dir)
 
 
 def _check_stride(patch: int, stride: int) -> None:
@@ -302,13 +320,15 @@ def _check_stride(patch: int, stride: int) -> None:
 
 
 def _explain(run_dir: Path, a: str, b: str, out: Path, steps: int, patch: int | None,
-             stride: int | None) -> tuple[dict[str, Any], list[str]]:
-    """Compute and write the explanation of ``a`` and ``b``; the summary and the lines
-    to print."""
+             stride: int | None, metric: str = "euclidean") -> tuple[dict[str, Any], list[str]]:
+    """Compute and write the explanation of ``a`` and ``b`` under ``metric`` (the
+    similarity explained, the nearest centroids' measure); the summary and the lines to
+    print."""
     import json
 
     import torch
 
+    from dmlkit.cli._explain_figures import centroid_text, heatmaps, side_text, similarity_line
     from dmlkit.explain import (
         NoInputGradientError,
         default_occlusion_window,
@@ -350,17 +370,18 @@ def _explain(run_dir: Path, a: str, b: str, out: Path, steps: int, patch: int | 
     used = occlusion_window(tuple(xa.shape), patch, stride)  # (cut to the input)
     if used != (patch, stride):
         typer.echo(f"note: occlusion patch {patch} (stride {stride}) does not fit the "
-                   f"{'x'.join(map(str, xa.shape))} input: patch {_side(used[0])}, stride "
+                   f"{'x'.join(map(str, xa.shape))} input: patch {side_text(used[0])}, stride "
                    f"{used[1]} used", err=True)
     with torch.no_grad():
-        sim = float(similarity(run.model, xa[None], xb[None]))
+        sim = float(similarity(run.model, xa[None], xb[None], metric))
+        cos = sim if metric == "cosine" else float(similarity(run.model, xa[None], xb[None]))
     maps: dict[str, Any] = {}
     notes: dict[str, str] = {}
     try:
         for side, x, other in (("a", xa, xb), ("b", xb, xa)):
             say(f"integrated gradients of {side}")
             maps[f"{side}_integrated_gradients"] = integrated_gradients(
-                run.model, x, other, steps=steps,
+                run.model, x, other, steps=steps, metric=metric,
                 progress=say.counter(f"integrated gradients of {side}, steps"))
     except NoInputGradientError as err:  # a frozen backbone: occlusion only
         maps.clear()
@@ -368,7 +389,7 @@ def _explain(run_dir: Path, a: str, b: str, out: Path, steps: int, patch: int | 
         typer.echo(f"note: occlusion maps only: {err}", err=True)
     for side, x, other in (("a", xa, xb), ("b", xb, xa)):
         maps[f"{side}_occlusion"] = occlusion(
-            run.model, x, other, patch=patch, stride=stride,
+            run.model, x, other, patch=patch, stride=stride, metric=metric,
             progress=say.counter(f"occlusion of {side}, windows"))
     protos: dict[str, Any] = {}
     try:
@@ -385,72 +406,24 @@ def _explain(run_dir: Path, a: str, b: str, out: Path, steps: int, patch: int | 
         for side, x in (("a", xa), ("b", xb)):
             protos[side] = [{**p, "name": _class_name(p["label"], train.class_names)}
                             for p in nearest_prototypes(run.model, x, None, train.labels,
-                                                        ref_embeddings=ref)]
+                                                        ref_embeddings=ref, metric=metric)]
     out.mkdir(parents=True, exist_ok=True)
     _clear_previous(out)  # an earlier explanation's maps are not this one's
-    files = _heatmaps(maps, xa, xb, out)
+    files = heatmaps(maps, xa, xb, out)
     window: dict[str, Any] = {"patch": list(used[0]) if isinstance(used[0], tuple) else used[0],
                               "stride": used[1]}  # as used: cut to the input
     if used != (patch, stride):
         window["requested"] = {"patch": patch, "stride": stride}
-    summary = {"a": name_a, "b": name_b, "weights": run.weights, "cosine_similarity": sim,
+    summary = {"a": name_a, "b": name_b, "weights": run.weights, "metric": metric,
+               "similarity": sim, "cosine_similarity": cos,
+               **({"euclidean_distance": max(-sim, 0.0) ** 0.5} if metric == "euclidean" else {}),
                "nearest_training_prototypes": protos, "maps": sorted(maps),
                "occlusion": window, **files, **notes}
     (out / "explain.json").write_text(json.dumps(summary, indent=2))
-    lines = [f"cosine similarity of {name_a} and {name_b}: {sim:.4f}"]
+    lines = [similarity_line(metric, name_a, name_b, sim)]
     for side in protos:
-        near = ", ".join(f"class {p['name']} ({p['cosine']:.3f})" for p in protos[side])
+        near = ", ".join(f"class {p['name']} ({centroid_text(metric, p)})" for p in protos[side])
         lines.append(f"{side}: nearest training class centroids: {near}")
     what = "heatmaps, signed maps (.npy)" if files.get("figures") else "signed maps (.npy)"
     lines.append(f"{what} and explain.json in {out}")
     return summary, lines
-
-
-def _side(patch: int | tuple[int, int]) -> str:
-    """An occlusion patch as text: ``8`` (square) or ``8x16``."""
-    return "x".join(map(str, patch)) if isinstance(patch, tuple) else str(patch)
-
-
-def _heatmaps(maps: dict[str, Any], xa: Any, xb: Any, out: Path) -> dict[str, Any]:
-    """Save each signed map as ``NAME.npy`` and, with matplotlib, ``NAME.png`` (the input
-    beside the map in a diverging colour map centred at 0, with a colour bar: red raises
-    the similarity, blue lowers it). Returns ``{"arrays": {...}, "figures": {...}}``."""
-    import numpy as np
-
-    arrays = {}
-    for name, m in maps.items():
-        np.save(out / f"{name}.npy", m.numpy())
-        arrays[name] = f"{name}.npy"
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return {"arrays": arrays}
-    figures = {}
-    for name, m in maps.items():
-        img = (m.sum(0) if m.dim() == 3 else m).numpy()  # signed: channels summed
-        src = xa if name.startswith("a_") else xb
-        base = (src.mean(0) if src.dim() == 3 else src).numpy()
-        lim = float(np.abs(img).max()) or 1e-12
-        fig, axes = plt.subplots(1, 2, figsize=(7, 3))
-        if base.ndim == 1:
-            if len(base) <= 256:
-                axes[0].bar(range(len(base)), base)
-            else:
-                axes[0].plot(base, linewidth=0.5)
-            shown = axes[1].imshow(img[None, :], cmap="RdBu_r", vmin=-lim, vmax=lim,
-                                   aspect="auto", interpolation="nearest")
-            axes[1].set_yticks([])
-        else:
-            axes[0].imshow(base, cmap="gray")
-            shown = axes[1].imshow(img, cmap="RdBu_r", vmin=-lim, vmax=lim)
-        fig.colorbar(shown, ax=axes[1], label="similarity contribution")
-        axes[0].set_title("input")
-        axes[1].set_title(name.replace("_", " "))
-        fig.tight_layout()
-        fig.savefig(out / f"{name}.png", dpi=120)
-        plt.close(fig)
-        figures[name] = f"{name}.png"
-    return {"arrays": arrays, "figures": figures}

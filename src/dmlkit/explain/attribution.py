@@ -9,7 +9,8 @@ embeddings (or ``-||f(a) - f(b)||^2`` with ``metric="euclidean"``).
 - :func:`occlusion` (Zeiler and Fergus, ECCV 2014): how much the similarity drops when a
   square patch of ``a`` is replaced by ``fill``; one value per patch position, spread
   back over the pixels it covers.
-- :func:`nearest_prototypes`: the class centroids of a reference set closest to an item.
+- :func:`nearest_prototypes`: the class centroids of a reference set closest to an item
+  (by cosine, or by Euclidean distance).
 
 Each function runs the model in eval mode and gives it back in the mode it was in.
 """
@@ -237,9 +238,13 @@ def _window_starts(n: int, size: int, stride: int) -> list[int]:
 
 
 def nearest_prototypes(model: nn.Module, item: Any, reference: Any, labels: Any,
-                       k: int = 3, *, ref_embeddings: Tensor | None = None
-                       ) -> list[dict[str, Any]]:
-    """The ``k`` class centroids (of ``reference`` embedded) nearest to ``item``, by cosine.
+                       k: int = 3, *, ref_embeddings: Tensor | None = None,
+                       metric: str = "cosine") -> list[dict[str, Any]]:
+    """The ``k`` class centroids (of ``reference`` embedded) nearest to ``item``.
+
+    ``metric="cosine"`` ranks them by the cosine of the item's embedding and each
+    centroid (``"cosine"``, largest first); ``metric="euclidean"`` by the Euclidean
+    distance between them (``"distance"``, smallest first; ``"cosine"`` is given too).
 
     ``ref_embeddings`` (``(n, dim)``), when given, are the reference set's embeddings
     and ``reference`` is not embedded (it may be None): embed a reference set once to
@@ -255,6 +260,7 @@ def nearest_prototypes(model: nn.Module, item: Any, reference: Any, labels: Any,
 
     if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
         raise ValueError(f"k must be an integer >= 1 (how many class centroids), got {k!r}")
+    _check_metric(metric)
     labels = torch.as_tensor(labels)
     if labels.is_floating_point() or labels.is_complex():
         whole = labels.is_floating_point() and bool(
@@ -276,13 +282,18 @@ def nearest_prototypes(model: nn.Module, item: Any, reference: Any, labels: Any,
     classes, inverse = torch.unique(labels, dim=0, return_inverse=True)
     counts = torch.bincount(inverse.reshape(-1), minlength=len(classes))  # (C,)
     sums = torch.zeros(len(classes), z.shape[1]).index_add_(0, inverse.reshape(-1), z)
-    centres = nn.functional.normalize(sums / counts[:, None], dim=1)  # (C, d)
+    means = sums / counts[:, None]  # (C, d)
     with torch.no_grad(), eval_mode(model):
-        q = nn.functional.normalize(model(_as_batch(item)), dim=1)  # (1, d)
-    sims = (centres @ q[0]).tolist()
-    order = sorted(range(len(classes)), key=lambda i: -sims[i])[: int(k)]
+        z_item = model(_as_batch(item))  # (1, d)
+    q = nn.functional.normalize(z_item, dim=1)  # (1, d)
+    sims = (nn.functional.normalize(means, dim=1) @ q[0]).tolist()  # (C,) cosines
+    dists = (means.double() - z_item.double()).norm(dim=1).tolist()  # (C,) distances
+    key = (lambda i: -sims[i]) if metric == "cosine" else (lambda i: dists[i])
+    order = sorted(range(len(classes)), key=key)[: int(k)]
     return [{"label": classes[i].tolist() if labels.dim() == 2 else int(classes[i]),
-             "cosine": float(sims[i]), "count": int(counts[i])} for i in order]
+             "cosine": float(sims[i]), "count": int(counts[i]),
+             **({"distance": float(dists[i])} if metric == "euclidean" else {})}
+            for i in order]
 
 
 __all__ = ["IG_CHUNK_VALUES", "NoInputGradientError", "integrated_gradients", "occlusion",

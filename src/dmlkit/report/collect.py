@@ -182,7 +182,9 @@ def collect(run_dir: str | Path, *, max_items: int = 2000, projection: str = "au
     when there are more, as ``sample`` (``{"items": N, "heldout": M}``) says. Item
     numbers (``map["items"]``, the gallery's ``"query"`` and ``"item"``) are held-out
     row numbers. ``verification`` is ``{"skipped": reason}`` when the held-out items hold
-    a single class; ``per_class`` values give each class's ``items`` and evaluable
+    a single class (``heldout_classes``, the held-out set's number of classes, says
+    when the retrieval metrics are trivially 1.0); ``per_class`` values give each
+    class's ``items`` and evaluable
     ``count``; ``notes`` are what the report should say about the run (e.g. that its
     checkpoint's weights stand in for a missing ``model.pt``, or that the map is not the
     projection asked for). Every section measures :data:`METRIC` (``metric``).
@@ -227,6 +229,8 @@ def collect(run_dir: str | Path, *, max_items: int = 2000, projection: str = "au
         "config": run.config.to_dict(), "metrics": metrics,
         # the map, gallery, verification, per-class and confusions are of these items
         "sample": {"items": len(rows), "heldout": len(heldout.labels)},
+        # (one: every held-out item is a match of every other; retrieval is trivially 1.0)
+        "heldout_classes": int(len(torch.unique(heldout.labels, dim=0))),
         "notes": notes, "metric": METRIC,
         "history": metrics.get("history") or _history_from_log(run_dir),
         "map": {"method": method, "x": xy[:, 0].tolist(), "y": xy[:, 1].tolist(),

@@ -36,13 +36,43 @@ def thinned_ticks(names: list[str], width_points: float, points: float = TICK_PO
     return list(range(0, len(names), max(1, math.ceil(label / slot))))
 
 
+#: every figure :func:`write_figures` may write, by name
+FIGURES = ("curves.png", "learning_rate.png", "map.png", "roc_det.png", "scores.png",
+           "per_class.png")
+
+
+def planned_figures(data: dict[str, Any]) -> list[str]:
+    """The names of the figures :func:`write_figures` writes of ``data``."""
+    hist = data["history"]
+    val = any(k.startswith("val_") and all(k in h for h in hist) for k in
+              (hist[0] if hist else {}))
+    return [name for name, drawn in (
+        ("curves.png", bool(loss_points(hist)[1]) or val),
+        ("learning_rate.png", bool(hist) and all("lr" in h for h in hist)),
+        ("map.png", True),
+        ("roc_det.png", "skipped" not in data["verification"]),
+        ("scores.png", "skipped" not in data["verification"]),
+        ("per_class.png", True)) if drawn]
+
+
+def stale_figures(data: dict[str, Any], out_dir: str | Path) -> list[Path]:
+    """The files in ``out_dir`` named as a figure of :data:`FIGURES` that the report of
+    ``data`` does not write (an earlier report's); other files, and links, are not
+    among them."""
+    out, planned = Path(out_dir), set(planned_figures(data))
+    return [out / name for name in FIGURES if name not in planned
+            and (out / name).is_file() and not (out / name).is_symlink()]
+
+
 def write_figures(data: dict[str, Any], out_dir: str | Path) -> list[Path]:
     """``curves.png``, ``learning_rate.png``, ``map.png``, ``roc_det.png``,
     ``scores.png`` and ``per_class.png`` of :func:`~dmlkit.report.collect` data (also
     after a round trip through JSON, which turns class keys into strings). Verification
     figures are left out when the data skipped verification; a class without an
     evaluable query has no bar; an epoch that recorded no training loss (nothing was
-    trained) has no point on the loss curve."""
+    trained) has no point on the loss curve. An earlier report's figures in ``out_dir``
+    that this one does not write (:func:`stale_figures`) are removed first, so that the
+    folder holds one report's figures."""
     try:
         import matplotlib
 
@@ -55,6 +85,8 @@ def write_figures(data: dict[str, Any], out_dir: str | Path) -> list[Path]:
     per_class = {int(k): v for k, v in data["per_class"].items()}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    for stale in stale_figures(data, out):
+        stale.unlink()
     paths: list[Path] = []
 
     def save(fig: Any, name: str) -> None:
@@ -74,15 +106,17 @@ def write_figures(data: dict[str, Any], out_dir: str | Path) -> list[Path]:
     if losses or val_keys:
         fig, ax = plt.subplots(figsize=(5, 3.2))
         if losses:
-            ax.plot(loss_epochs, losses, label="train loss")
+            ax.plot(loss_epochs, losses, label="train loss", marker=_marker(losses))
         for key in val_keys:
-            ax.plot([h["epoch"] for h in hist], [h[key] for h in hist], label=key)
+            ax.plot([h["epoch"] for h in hist], [h[key] for h in hist], label=key,
+                    marker=_marker(hist))
         ax.set_xlabel("epoch")
         ax.legend()
         save(fig, "curves.png")
     if hist and all("lr" in h for h in hist):  # as the HTML report shows it
         fig, ax = plt.subplots(figsize=(5, 3.2))
-        ax.plot([h["epoch"] for h in hist], [float(h["lr"]) for h in hist])
+        ax.plot([h["epoch"] for h in hist], [float(h["lr"]) for h in hist],
+                marker=_marker(hist))
         ax.set_xlabel("epoch")
         ax.set_ylabel("learning rate")
         save(fig, "learning_rate.png")
@@ -128,6 +162,11 @@ def write_figures(data: dict[str, Any], out_dir: str | Path) -> list[Path]:
     return paths
 
 
+def _marker(points: list[Any]) -> str | None:
+    """A dot for a curve of one point (a one-epoch run), which a line alone never draws."""
+    return "o" if len(points) == 1 else None
+
+
 def _cut(name: str, most: int = TICK_CHARS) -> str:
     """A class name of at most ``most`` characters (a longer one keeps its start and its
     end around an ellipsis, :func:`~dmlkit.report.svg.short_name`)."""
@@ -163,4 +202,5 @@ def _verification(ver: dict[str, Any], plt: Any, save: Any, of: str = "") -> Non
     save(fig, "scores.png")
 
 
-__all__ = ["plain_text", "thinned_ticks", "write_figures"]
+__all__ = ["FIGURES", "plain_text", "planned_figures", "stale_figures", "thinned_ticks",
+           "write_figures"]

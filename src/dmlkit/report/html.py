@@ -136,6 +136,39 @@ def _metric(data: dict[str, Any]) -> str:
             "evaluate's default.</p>")
 
 
+def _trivial(data: dict[str, Any]) -> str:
+    """The note that retrieval over a held-out set of one class is trivially 1.0 (empty
+    for two classes or more)."""
+    classes = data.get("heldout_classes")
+    sample = data.get("sample") or {}
+    if classes is None and sample.get("items") == sample.get("heldout"):
+        classes = len(data["per_class"])  # (data collected before it was counted)
+    if classes != 1:
+        return ""
+    return ('<p class="note trivial">Note: retrieval metrics are trivially 1.0 (here and '
+            "per class below): the held-out set has one class, so every other held-out item "
+            "is a match, whatever the embeddings; hold out at least two classes (e.g. more "
+            "data.test_classes) to measure retrieval.</p>")
+
+
+def _confusions(pairs: list[dict[str, Any]], names: dict[int, str], n_classes: int) -> str:
+    """The table of the nearest pairs of class centroids, or one line saying why there
+    is none (``n_classes``: the classes of the report's held-out items)."""
+    if not pairs:
+        why = (f"the report's held-out items are of {n_classes} class"
+               f"{'es' if n_classes != 1 else ''}" if n_classes < 2
+               else "none was computed")
+        return f'<p class="note">Note: no pair of classes to compare: {why}.</p>'
+    closeness = "centroid_distance" if all(
+        "centroid_distance" in p for p in pairs) else "centroid_cosine"
+    rows = "".join(
+        f"<tr><td>{escape(names.get(p['a'], str(p['a'])))}</td>"
+        f"<td>{escape(names.get(p['b'], str(p['b'])))}</td><td>{p[closeness]:.4f}</td></tr>"
+        for p in pairs)
+    return (f'<table><tr><th>class</th><th>class</th><th>{closeness.replace("_", " ")}</th>'
+            f"</tr>{rows}\n</table>")
+
+
 def _verification(ver: dict[str, Any]) -> str:
     """ROC, DET and the score histograms, or the reason they were skipped."""
     if "skipped" in ver:
@@ -178,12 +211,6 @@ def render(data: dict[str, Any]) -> str:
         f"<td>{_number(per[c]['learned']['map_at_r'])}</td>"
         f"<td>{_number((per[c]['raw'] or {}).get('map_at_r'))}</td></tr>"
         for c in classes)
-    closeness = "centroid_distance" if all(
-        "centroid_distance" in p for p in data["confusions"]) else "centroid_cosine"
-    conf_rows = "".join(
-        f"<tr><td>{escape(names.get(p['a'], str(p['a'])))}</td>"
-        f"<td>{escape(names.get(p['b'], str(p['b'])))}</td><td>{p[closeness]:.4f}</td></tr>"
-        for p in data["confusions"])
     unseen = sum(mp["unseen"])
     sampled, among = _sample(data)
     on_all = (f'<p class="note">On all {data["sample"]["heldout"]} held-out items.</p>'
@@ -196,6 +223,7 @@ def render(data: dict[str, Any]) -> str:
 <p class="note">{escape(data['run_dir'])} &middot; model {escape(str(data['config']['model']))}
 &middot; loss {escape(str(data['config']['loss']))}</p>{_metric(data)}{_notes(data)}
 <h2>Held-out retrieval (leave-one-out)</h2>{_metrics_table(data['metrics'])}{on_all}
+{_trivial(data)}
 <h2>Training</h2>{_curves(data['history'])}
 <h2>Embedding map</h2>{sampled}<div class="row">{scatter}</div>
 <p class="note">{len(mp['x'])} held-out items; {unseen} from classes unseen in training (rings).
@@ -209,8 +237,7 @@ Hover a point for its item.</p>
 <p class="note">A class's metrics average over its items that have another item of the
 class to find; n/a: none has.</p>
 <h2>Most confused classes (nearest class centroids)</h2>{sampled}
-<table><tr><th>class</th><th>class</th><th>{closeness.replace("_", " ")}</th></tr>{conf_rows}
-</table>
+{_confusions(data['confusions'], names, len(classes))}
 </body></html>"""
 
 

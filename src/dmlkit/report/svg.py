@@ -46,16 +46,19 @@ def _finite(values: Sequence[float]) -> list[float]:
     return [float(v) for v in values if v is not None and math.isfinite(float(v))]
 
 
-def _scale(values: Sequence[float], lo_px: float, hi_px: float, log: bool = False):
+def _scale(values: Sequence[float], lo_px: float, hi_px: float, log: bool = False,
+           centre: bool = True):
     """A map from data to pixels spanning the finite ``values`` (NaN and inf skipped),
-    and their range."""
+    and their range. Values of no spread (one point, a flat curve) are drawn halfway
+    between ``lo_px`` and ``hi_px`` when ``centre`` (at ``lo_px`` otherwise)."""
     import math
 
     finite = _finite(values) or [0.0, 1.0]
     vals = [math.log10(max(v, 1e-6)) if log else v for v in finite]
     lo, hi = min(vals), max(vals)
-    if hi <= lo:
-        hi = lo + 1.0
+    if hi <= lo:  # no spread: pad the range (around the value, when centred)
+        pad = abs(lo) * 0.1 or 0.5
+        lo, hi = (lo - pad, lo + pad) if centre else (lo, lo + 1.0)
 
     def f(v: float) -> float:
         v = math.log10(max(v, 1e-6)) if log else v
@@ -101,6 +104,9 @@ def lines(series: dict[str, tuple[Sequence[float], Sequence[float]]], title: str
             body += [f'<circle cx="{fx(x):.1f}" cy="{fy(y):.1f}" r="3" fill="{colour(i)}">'
                      f"<title>{escape(name)}: {y:.4g} at {x:.4g}</title></circle>"
                      for x, y in zip(xs, ys, strict=True)]
+        if len(xs) == 1:  # one point (e.g. a one-epoch run): its value beside it
+            body.append(f'<text class="value" x="{fx(xs[0]) + 6:.1f}" y="{fy(ys[0]) - 6:.1f}" '
+                        f'font-size="11" fill="{colour(i)}">{ys[0]:.4g}</text>')
         body.append(f'<text x="{PAD + 8}" y="{26 + 14 * i}" font-size="11" '
                     f'fill="{colour(i)}">{escape(name)}</text>')
     for name, x in marks.items():
@@ -166,7 +172,8 @@ def bars(groups: dict[str, Sequence[float]], categories: Sequence[str], title: s
 
     n_series, n_cat = len(groups), max(len(categories), 1)
     values = [v for vs in groups.values() for v in vs] + [0.0]
-    fy, yr = _scale(values, H - PAD, 20 + 14 * n_series)  # the legend's rows above the bars
+    # (the legend's rows above the bars; bars of no spread stand on the axis)
+    fy, yr = _scale(values, H - PAD, 20 + 14 * n_series, centre=False)
     slot = (W - PAD - 10) / n_cat
     width = slot * 0.8 / max(n_series, 1)
     body = []
