@@ -280,7 +280,7 @@ def test_config_yaml_round_trip(tmp_path):
         ("loss: {name: triplet_margin, margn: 0.1}", r"'margn'.*section 'loss'"),
         ("loss: {name: no_such_loss}", "unknown loss 'no_such_loss'"),
         ("optimizer: {name: lbfgs}", "optimizer.name"),
-        ("training: {epochs: many}", "training.epochs must be a int"),
+        ("training: {epochs: many}", "training.epochs must be an int"),
     ],
 )
 def test_config_errors_name_the_key(text, match):

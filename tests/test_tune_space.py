@@ -116,8 +116,8 @@ def test_missing_optuna_names_the_pip_command(monkeypatch: pytest.MonkeyPatch) -
 
 @pytest.mark.parametrize("space, words", [
     ("model.widht: {choices: [8, 16]}", "unknown key(s) ['widht'] in section 'model'"),
-    ("training.epochs: {low: 1.0, high: 3.0}", "training.epochs must be a int"),
-    ("training.epochs: {low: 1, high: 3, step: 0.5}", "training.epochs must be a int"),
+    ("training.epochs: {low: 1.0, high: 3.0}", "training.epochs must be an int"),
+    ("training.epochs: {low: 1, high: 3, step: 0.5}", "training.epochs must be an int"),
     ("model.dim: {low: 8, high: 32.0}", "model.dim must be int"),
     ("loss.name: {choices: [triplet_margin, tripletmargin]}", "unknown loss 'tripletmargin'"),
     ("loss: {choices: [triplet_margin, multi_similarity]}\n    loss.margin: {low: 0.1, high: 0.3}",

@@ -21,6 +21,8 @@ import inspect
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
+from dmlkit._suggest import did_you_mean
+
 T = TypeVar("T")
 
 
@@ -85,7 +87,7 @@ class Registry(Generic[T]):
             raise ValueError(
                 f"unknown {self.family} {name!r}; known: {known} (a class of your own: "
                 f"list the module that registers it under imports: in the config, or in "
-                f"{IMPORTS_ENV})") from None
+                f"{IMPORTS_ENV})" + did_you_mean(name, self._entries)) from None
 
     def build(self, name: str, **params: Any) -> T:
         """Instantiate ``name`` with keyword ``params``, rejecting unknown ones clearly."""
@@ -97,8 +99,8 @@ class Registry(Generic[T]):
             if unknown:
                 allowed = sorted(set(sig.parameters) - {"self"})
                 raise ValueError(
-                    f"{self.family} {name!r} got unknown parameter(s) {unknown}; allowed: {allowed}"
-                )
+                    f"{self.family} {name!r} got unknown parameter(s) {unknown}; allowed: "
+                    f"{allowed}" + did_you_mean(unknown, allowed))
         missing = [p.name for p in sig.parameters.values()
                    if p.name != "self" and p.default is p.empty
                    and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in params]

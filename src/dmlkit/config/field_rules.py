@@ -228,6 +228,56 @@ def class_list(key: str, value: Any) -> list[int | str] | None:
     return [c if isinstance(c, str) else int(c) for c in value]
 
 
+def check_class_split(data: Any) -> None:
+    """Refuse ``data.train_classes`` / ``test_classes`` (``data``: the data section) unless
+    ``data.split`` is ``classes``: no other split reads them, so a run would train and
+    evaluate on every class while its config names a class split."""
+    given = [f"data.{key} {getattr(data, key)!r}" for key in ("train_classes", "test_classes")
+             if getattr(data, key) is not None]
+    if given and data.split != "classes":
+        raise ValueError(f"{' and '.join(given)} need data.split: classes (the split is "
+                         f"{data.split!r}, which holds out a test_fraction of every class and "
+                         "ignores class lists); set data.split: classes, or remove "
+                         f"{'it' if len(given) == 1 else 'them'}")
+
+
+def coerce_scalar(section: str, key: str, value: Any, default: Any) -> Any:
+    """Make YAML scalars match the field's default type (``1e-3`` parses as a string);
+    fields that default to null go by their rule (:data:`RULES`), which then checks the
+    value."""
+    if value is None:
+        return value
+    if default is None:
+        rule = RULES.get(section, {}).get(key)
+        kind = rule.kind if rule is not None else None
+        if kind is float and isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                return value  # not a number: the field's rule names it
+        if kind is int and isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
+    try:
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if isinstance(value, bool):  # (a YAML yes/true is no number: never 1)
+            raise ValueError
+        if isinstance(default, float):
+            return float(value)
+        if isinstance(default, int):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+    except (TypeError, ValueError):
+        kind = type(default).__name__  # int, float, bool, str
+        raise ValueError(f"{section}.{key} must be {'an' if kind[0] in 'aeiou' else 'a'} "
+                         f"{kind}, got {value!r}") from None
+    return value
+
+
 #: sampler parameters the trainer supplies from the run itself, never from a config
 SAMPLER_SUPPLIED = {"labels": "the training data's labels", "dataset": "the training data",
                     "model": "the model being trained"}
@@ -379,7 +429,7 @@ def label_free_miner(name: str) -> str:
 
 __all__ = ["AUGMENT_KEYS", "CUSTOM", "MAX_SEED", "label_free_miner", "FieldRule", "RULES",
            "SAMPLER_SUPPLIED",
-           "check_fields",
+           "check_class_split", "check_fields", "coerce_scalar",
            "check_miner_for_loss", "check_parts_for_data", "check_sampler_supplied",
            "check_tuple_file_keys", "check_val_classes", "class_list", "is_int",
            "memory_with_miner", "TUPLE_FILE_KEYS"]

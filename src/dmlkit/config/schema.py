@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dmlkit._suggest import did_you_mean
 from dmlkit.config.field_rules import (
-    RULES,
+    check_class_split,
     check_fields,
     check_miner_for_loss,
     check_parts_for_data,
@@ -32,6 +33,7 @@ from dmlkit.config.field_rules import (
     check_tuple_file_keys,
     check_val_classes,
     class_list,
+    coerce_scalar,
     is_int,
 )
 from dmlkit.config.param_types import check_param_types
@@ -68,7 +70,8 @@ class DataConfig:
         ``"classes"``: train on ``train_classes``, evaluate on unseen ``test_classes``.
     train_classes, test_classes : list of int or str, optional
         Class ids, or class names where the data has them (image and audio folders:
-        the sub-folder names; ``.npz``: its ``class_names`` array).
+        the sub-folder names; ``.npz``: its ``class_names`` array). Only ``split:
+        classes`` reads them; with another split they are refused.
     max_per_class, max_heldout_per_class : int, optional
         Seeded caps on items per class, to keep runs short.
     seed : int
@@ -135,6 +138,7 @@ class DataConfig:
             _choice("data", "heldout_part", self.heldout_part, ("train", "test", "all"))
         for key in ("train_classes", "test_classes"):
             setattr(self, key, class_list(key, getattr(self, key)))
+        check_class_split(self)  # class lists only a split by classes reads
         if self.split == "classes" and self.train_classes is None:
             raise ValueError("data.split 'classes' needs data.train_classes (a list of class "
                              "ids or names, e.g. [0, 1, 2])")
@@ -365,6 +369,7 @@ class Config:
                 raise ValueError(
                     f"unknown key(s) {unknown} in section {section!r} ({section} "
                     f"{spec['name']!r}); allowed: {sorted(allowed)}"
+                    + did_you_mean(unknown, allowed)
                 )
             check_param_types(section, spec, cls)
         check_parts_for_data(self.data.kind, *(
@@ -385,14 +390,16 @@ _COMPONENTS = ("model", "loss", "miner", "sampler")
 
 def _choice(section: str, key: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise ValueError(f"{section}.{key} must be one of {list(allowed)}, got {value!r}")
+        raise ValueError(f"{section}.{key} must be one of {list(allowed)}, got {value!r}"
+                         + did_you_mean(value, allowed))
 
 
 def _reject_unknown(section: str, raw: dict[str, Any], cls: type) -> None:
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(raw) - set(names))
     if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in section {section!r}; allowed: {names}")
+        raise ValueError(f"unknown key(s) {unknown} in section {section!r}; allowed: {names}"
+                         + did_you_mean(unknown, names))
 
 
 def _section(name: str, cls: type, value: Any) -> Any:
@@ -404,45 +411,8 @@ def _section(name: str, cls: type, value: Any) -> Any:
         raise TypeError(f"section {name!r} must be a mapping, got {value!r}")
     _reject_unknown(name, value, cls)
     defaults = cls()
-    kwargs = {k: _coerce(name, k, v, getattr(defaults, k)) for k, v in value.items()}
+    kwargs = {k: coerce_scalar(name, k, v, getattr(defaults, k)) for k, v in value.items()}
     return cls(**kwargs)
-
-
-def _coerce(section: str, key: str, value: Any, default: Any) -> Any:
-    """Make YAML scalars match the field's default type (``1e-3`` parses as a string);
-    fields that default to null go by their rule (:mod:`dmlkit.config.field_rules`),
-    which then checks the value."""
-    if value is None:
-        return value
-    if default is None:
-        rule = RULES.get(section, {}).get(key)
-        kind = rule.kind if rule is not None else None
-        if kind is float and isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                return value  # not a number: the field's rule names it
-        if kind is int and isinstance(value, float) and value.is_integer():
-            return int(value)
-        return value
-    try:
-        if isinstance(default, bool):
-            if not isinstance(value, bool):
-                raise ValueError
-            return value
-        if isinstance(value, bool):  # (a YAML yes/true is no number: never 1)
-            raise ValueError
-        if isinstance(default, float):
-            return float(value)
-        if isinstance(default, int):
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"{section}.{key} must be a {type(default).__name__}, got {value!r}"
-        ) from None
-    return value
 
 
 def _check_space_values(config: Config) -> None:

@@ -37,6 +37,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from dmlkit._suggest import did_you_mean
+
 SEARCH_ALGORITHMS = ("tpe", "random")
 OBJECTIVES = ("final", "best_epoch")
 PRUNERS = ("median", "none")
@@ -133,7 +135,8 @@ class TuneConfig:
         names = list(inspect.signature(cls).parameters)
         unknown = sorted(set(raw) - set(names))
         if unknown:
-            raise ValueError(f"unknown key(s) {unknown} in section 'tune'; allowed: {names}")
+            raise ValueError(f"unknown key(s) {unknown} in section 'tune'; allowed: {names}"
+                             + did_you_mean(unknown, names))
         return cls(**raw)
 
 
@@ -172,6 +175,7 @@ def _check_spec(path: str, spec: Any) -> dict[str, Any]:
     if unknown:
         raise ValueError(
             f"unknown key(s) {unknown} in tune.space[{path!r}]; allowed: {sorted(_SPEC_KEYS)}"
+            + did_you_mean(unknown, _SPEC_KEYS)
         )
     spec = dict(spec)
     if "choices" in spec:
