@@ -1,5 +1,6 @@
 """Anomaly thresholds hold on new normal data, and detect-anomalies reads its ground truth
-from an ``anomaly`` or a ``labels`` array, saying why when it cannot use it."""
+from an ``anomaly`` array (or the array ``--truth-key`` names), saying why when it cannot
+use it."""
 
 from __future__ import annotations
 
@@ -107,7 +108,7 @@ def test_knn_clipped_k_survives_save_and_load(tmp_path):
     np.testing.assert_array_equal(again.score_samples(fresh), det.score_samples(fresh))
 
 
-# -- detect-anomalies: ground truth from 'anomaly' or 'labels' ------------------------------
+# -- detect-anomalies: ground truth from 'anomaly' or --truth-key ---------------------------
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("anomaly_cli")
@@ -125,13 +126,15 @@ def files(tmp_path_factory):
 
 def detect(root, data):
     out = root / f"{data}.csv"
+    truth = ["--truth-key", "labels"] if data in ("labels", "classes", "all_normal") else []
     res = CliRunner().invoke(app, ["detect-anomalies", "--normal", str(root / "normal.npz"),
-                                   "--data", str(root / f"{data}.npz"), "--out", str(out)])
+                                   "--data", str(root / f"{data}.npz"), "--out", str(out),
+                                   *truth])
     assert res.exit_code == 0, res.output
     return res.output, json.loads(out.with_suffix(".json").read_text())
 
 
-def test_detect_anomalies_reads_a_labels_array_as_the_anomaly_marks(files):
+def test_detect_anomalies_reads_the_truth_key_array_as_the_anomaly_marks(files):
     _, with_anomaly = detect(files, "anomaly")
     output, with_labels = detect(files, "labels")
     assert "auroc" in output and with_labels["auroc"] == with_anomaly["auroc"]

@@ -30,6 +30,7 @@ from sklearn.utils.validation import check_is_fitted
 from torch import Tensor, nn
 
 from dmlkit.apps.embedding import embed_inputs, validate_inputs
+from dmlkit.apps.outliers import check_contamination
 from dmlkit.apps.persistence import load_kit, load_module, module_arrays, save_kit
 
 #: prefix of the network's weights in a saved detector
@@ -148,8 +149,7 @@ class DeepSVDD(OutlierMixin, BaseEstimator):
         from dmlkit.data.dataset import ArrayDataset
         from dmlkit.training import Trainer
 
-        if not 0.0 < float(self.contamination) <= 0.5:
-            raise ValueError(f"contamination must be in (0, 0.5], got {self.contamination!r}")
+        check_contamination(self.contamination)
         size = self.batch_size
         if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 2:
             raise ValueError(f"batch_size must be an integer >= 2 (the network's batch "

@@ -207,8 +207,15 @@ class FewShotClassifier(ClassifierMixin, BaseEstimator):
         if self.method == "knn" and int(self.n_neighbors) != 1:
             raise ValueError("episodic evaluation supports method='prototype' or "
                              f"n_neighbors=1, got n_neighbors={self.n_neighbors}")
-        fitted = getattr(self, "n_features_in_", None)
-        z = self._embed(X, reset=fitted is None)
+        if hasattr(self, "n_features_in_"):  # fitted: the inputs it was fitted on
+            z = self._embed(X, reset=False)
+        else:  # unfitted: embedded as given, and left unfitted (nothing learned kept)
+            before = set(vars(self))
+            try:
+                z = self._embed(X, reset=True)
+            finally:
+                for name in set(vars(self)) - before:
+                    delattr(self, name)
         classifier = "prototype" if self.method == "prototype" else "nearest_neighbor"
         metric = app_metric(self.metric)
         out = few_shot_accuracy(z, np.asarray(y), n_way=n_way, k_shot=k_shot, n_query=n_query,

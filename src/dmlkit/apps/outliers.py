@@ -66,6 +66,14 @@ METHODS = ("knn", "prototype", "mahalanobis")
 EMBEDDER = "embedder"
 
 
+def check_contamination(contamination: Any) -> None:
+    """Refuse a ``contamination`` that is not a real number in ``(0, 0.5]`` (the rule of
+    every anomaly detector: a string, an array, a bool or NaN is a ``ValueError``)."""
+    if isinstance(contamination, bool) or not isinstance(contamination, numbers.Real) or not (
+            0.0 < float(contamination) <= 0.5):
+        raise ValueError(f"contamination must be in (0, 0.5], got {contamination!r}")
+
+
 class MetricOutlierDetector(OutlierMixin, BaseEstimator):
     """Outlier detector scoring points by their distance to normal data in a metric space.
 
@@ -160,10 +168,7 @@ class MetricOutlierDetector(OutlierMixin, BaseEstimator):
     def _check_params(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {list(METHODS)}, got {self.method!r}")
-        if isinstance(self.contamination, bool) or not isinstance(
-            self.contamination, numbers.Real
-        ) or not 0.0 < float(self.contamination) <= 0.5:
-            raise ValueError(f"contamination must be in (0, 0.5], got {self.contamination!r}")
+        check_contamination(self.contamination)
         check_int_param("n_neighbors", self.n_neighbors)
         check_int_param("n_prototypes", self.n_prototypes)
         if self.learn_config is not None and not isinstance(self.learn_config, dict):
@@ -412,4 +417,4 @@ def _learns(embedder: Any) -> bool:
     return isinstance(embedder, str) and embedder == "learn"
 
 
-__all__ = ["MetricOutlierDetector", "METHODS"]
+__all__ = ["check_contamination", "MetricOutlierDetector", "METHODS"]

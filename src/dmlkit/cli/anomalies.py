@@ -9,8 +9,9 @@ import typer
 
 from dmlkit._checks import is_number_text
 
-#: arrays of --data that mark its anomalous rows (the first one present is used)
-TRUTH_KEYS = ("anomaly", "labels")
+#: the array of --data that marks its anomalous rows (1 anomaly, 0 normal) by default;
+#: another one (class labels are not anomaly marks) only when named with --truth-key
+TRUTH_KEY = "anomaly"
 
 
 def read_rows(path: Path, key: str | None, extra: str | tuple[str, ...]) -> tuple[Any, Any]:
@@ -54,6 +55,52 @@ def read_rows_named(path: Path, key: str | None, extra: tuple[str, ...]
         except ValueError as err:  # the file and line, not numpy's count of data rows
             raise ValueError(f"{path}: {_csv_problem(lines, skip) or err}") from None
     raise ValueError(f"{path}: expected a .npz, .npy or .csv file")
+
+
+def read_scored(path: Path, key: str | None, truth_key: str | None
+                ) -> tuple[Any, Any, str | None, str | None]:
+    """``(x, truth_or_None, truth_name, note)`` of the ``--data`` file ``path``: its rows
+    and the array marking its anomalous rows, ``truth_key`` (``--truth-key``; a
+    ``ValueError`` when ``path`` lacks it) or else ``"anomaly"``. A ``labels`` array is
+    never read as the marks unless named: the ``note`` then says how to get metrics."""
+    extra = (truth_key,) if truth_key is not None else (TRUTH_KEY, "labels")
+    x, truth, name = read_rows_named(path, key, extra)
+    if truth_key is not None and name is None:
+        raise ValueError(_missing_truth(path, truth_key))
+    if truth_key is None and name == "labels":
+        return x, None, None, (
+            f"--data {path} has a 'labels' array but no 'anomaly' array: AUROC and average "
+            "precision need an 'anomaly' array (1 anomaly, 0 normal per row), or --truth-key "
+            "labels when its labels are such marks")
+    return x, truth, name, None
+
+
+def _missing_truth(path: Path, truth_key: str) -> str:
+    """Why the ``--truth-key`` array ``truth_key`` cannot be read from ``path``."""
+    if path.suffix.lower() != ".npz":
+        return (f"--truth-key {truth_key} names an array of a .npz --data, but {path} is a "
+                f"{path.suffix or 'suffixless'} file; save the rows and the marks in a .npz")
+    from dmlkit.data.npz import read_arrays
+
+    names = sorted(read_arrays(path))
+    if truth_key in names:  # (it is the array of the rows)
+        return (f"--truth-key {truth_key} names the array of the rows of {path}; name the "
+                "array of 1 (anomaly) / 0 (normal) marks")
+    return f"--data {path} has no array {truth_key!r} (--truth-key); its arrays are {names}"
+
+
+def check_same_width(x_normal: Any, normal: Path, x: Any, data: Path) -> None:
+    """Refuse ``--normal`` and ``--data`` rows of different widths (or shapes) before a
+    detector is fitted on one of them and saved."""
+    if tuple(x_normal.shape[1:]) == tuple(x.shape[1:]):
+        return
+
+    def per_row(a: Any) -> str:
+        return f"{a.shape[1]} features" if a.ndim == 2 else f"shape {tuple(a.shape[1:])}"
+
+    raise ValueError(f"--normal {normal} has rows of {per_row(x_normal)} but --data {data} "
+                     f"rows of {per_row(x)}: a detector scores data of the features it is "
+                     "fitted on; give both files the same columns")
 
 
 def _csv_problem(lines: list[str], skip: int) -> str | None:
@@ -193,6 +240,10 @@ def register(app: typer.Typer) -> None:
         key: str | None = typer.Option(None, "--x-key", "--key", help="Array of the .npz "
                                        "--normal and --data that holds the rows (default "
                                        "'x', else 'embeddings')."),
+        truth_key: str | None = typer.Option(None, "--truth-key", help="Array of the .npz "
+                                             "--data marking its anomalous rows (1 anomaly, "
+                                             "0 normal) for AUROC and average precision "
+                                             "(default 'anomaly'; e.g. --truth-key labels)."),
         save: Path = typer.Option(None, "--save", help="Also save the fitted detector to "
                                   "this directory (reuse it with --detector)."),
         detector: Path = typer.Option(None, "--detector", help="Score with a detector saved "
@@ -202,8 +253,9 @@ def register(app: typer.Typer) -> None:
 
         Higher scores are more normal (scikit-learn's convention); rows below the
         threshold set by --contamination are flagged as outliers. When --data carries
-        an ``anomaly`` (or ``labels``) array of 1 (anomaly) / 0 (normal) per row, AUROC
-        and average precision are reported.
+        an ``anomaly`` array (or the array named by --truth-key) of 1 (anomaly) / 0
+        (normal) per row, AUROC and average precision are reported; a ``labels`` array
+        holds class labels and is read as such marks only with --truth-key labels.
         With --detector the saved detector's own method, embedder and threshold are used.
         Fitted on embeddings (no RUN_DIR), --save records the fingerprint of the model that
         embedded --normal (as dmlkit embed writes it), and a saved detector refuses --data
@@ -245,7 +297,7 @@ def register(app: typer.Typer) -> None:
             if run_dir is not None:  # it embeds raw inputs: never embeddings
                 detectors.check_raw_inputs(normal, "--normal", f"RUN_DIR {run_dir}")
                 detectors.check_raw_inputs(data, "--data", f"RUN_DIR {run_dir}")
-            x, truth, truth_name = read_rows_named(data, key, TRUTH_KEYS)
+            x, truth, truth_name, truth_note = read_scored(data, key, truth_key)
             check_rows(x, "--data", data)
             if detector is not None:
                 det = detectors.load_detector(detector)
@@ -274,6 +326,8 @@ def register(app: typer.Typer) -> None:
                 if run_dir is None and method != "deep_svdd":
                     detectors.check_features(x_normal, f"--normal {normal}")
                     detectors.check_features(x, f"--data {data}")
+                if run_dir is None:  # (RUN_DIR shapes both as its model takes them)
+                    check_same_width(x_normal, normal, x, data)
                 if save is not None:  # before the fitting, which may take long
                     check_save(save, detectors.detector_kind(method))
                 det = detectors.fit_detector(x_normal, y_normal, method, contamination,
@@ -317,3 +371,5 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"{name:18s} {summary[name]:.4f}")
         if no_metrics is not None:
             typer.echo(f"warning: no AUROC / average precision: {no_metrics}", err=True)
+        if truth_note is not None:
+            typer.echo(f"note: {truth_note}", err=True)

@@ -317,19 +317,20 @@ def read_query_array(
 
 
 def prepare_inputs(x: np.ndarray, spec: InputSpec | None, source: str) -> np.ndarray:
-    """Raw query inputs as float32 ``(n, *spec.shape)``, scaled as the loaders scale them.
+    """Raw inputs (queries, a support set, a gallery, ...) as float32 ``(n, *spec.shape)``,
+    scaled as the loaders scale them.
 
     Integer arrays follow the loaders' rule (:func:`~dmlkit.data.npz.integer_inputs`):
     ``uint8`` becomes ``x / 255`` and ``uint16`` ``x / 65535`` (images), other integers
     float32 as they are; values beyond the training inputs' range (by more than half its
-    width) warn.
+    width) warn (naming them after ``source``: queries, a support set, a gallery).
     """
     from dmlkit._checks import check_real_inputs
     from dmlkit.data.npz import integer_inputs
 
     x = np.asarray(x)
     if x.ndim < 2 and (spec is None or len(spec.shape) > 0):
-        raise ValueError(f"{source}: raw inputs need a row per query, got shape {x.shape}")
+        raise ValueError(f"{source}: raw inputs need a row per item, got shape {x.shape}")
     check_real_inputs(x, source, "raw inputs")
     x = integer_inputs(x, source) if x.dtype.kind in "iu" else x.astype(np.float32)
     if not np.isfinite(x).all():
@@ -337,7 +338,7 @@ def prepare_inputs(x: np.ndarray, spec: InputSpec | None, source: str) -> np.nda
     if spec is None:
         return x
     x = x.reshape(x.shape[0], *check_input_shape(x.shape[1:], spec, source))
-    check_input_range(x, spec, source, "query inputs")
+    check_input_range(x, spec, source, "inputs")
     return x
 
 
@@ -346,7 +347,7 @@ def check_input_range(x: Any, spec: InputSpec | None, source: str,
     """Warn when inputs ``x`` (numpy or torch, any shape) range beyond the run's training
     inputs' range by more than half its width: the one range rule of ``dmlkit search``,
     ``embed``, ``evaluate`` and ``index build`` (a spec of unknown range never warns).
-    ``what`` names the inputs in the message (``"query inputs"``)."""
+    ``what`` names the inputs in the message (``"inputs"``, ``"query inputs"``)."""
     if spec is None:
         return
     span = spec.high - spec.low
