@@ -8,6 +8,8 @@ from typing import Any
 
 import typer
 
+from dmlkit.cli._errors import one_line
+from dmlkit.cli._index_build import build_from_store, echo_built, echo_recall
 from dmlkit.cli._index_checks import check_embeddings as _check_embeddings
 from dmlkit.cli._index_checks import check_queries
 from dmlkit.cli._index_options import check_search_options, index_metric
@@ -18,8 +20,7 @@ DEFAULT_TARGET_RECALL = 0.95
 
 index_app = typer.Typer(help="Build nearest-neighbour indexes of embeddings.",
                         no_args_is_help=True)
-ERRORS = (FileNotFoundError, FileExistsError, ValueError, TypeError, KeyError, ImportError,
-          NotImplementedError)
+ERRORS = (OSError, ValueError, TypeError, KeyError, ImportError, NotImplementedError)
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -174,9 +175,9 @@ def build(
                                  "by definition")
         target_recall = DEFAULT_TARGET_RECALL if target_recall is None else target_recall
         if (source / "manifest.json").is_file() and not (source / "config.yaml").exists():
-            return _build_from_store(source, out, factory, metric,
-                                     {"nprobe": nprobe, "ef_search": ef_search,
-                                      "k_factor": k_factor}, target_recall)
+            return build_from_store(source, out, factory, metric,
+                                    {"nprobe": nprobe, "ef_search": ef_search,
+                                     "k_factor": k_factor}, target_recall)
         if source.is_file():
             from dmlkit.index.provenance import EMBEDDINGS_MODEL_KEY, embeddings_fingerprint
 
@@ -228,9 +229,10 @@ def build(
         _check_no_pending_log(out)  # again: a server may have started on it meanwhile
         index.save(out)
     except ERRORS as err:
-        raise _fail(str(err)) from None
-    typer.echo(f"indexed {index.ntotal} embeddings of dim {dim} ({factory}, {metric}) in {out}")
-    _echo_recall(index, recall, target_recall)
+        raise _fail(one_line(err) if isinstance(err, OSError) else str(err)) from None
+    echo_built(index, f"indexed {index.ntotal} embeddings of dim {dim} ({factory}, {metric}) "
+               f"in {out}")
+    echo_recall(index, recall, target_recall)
 
 
 def _check_no_pending_log(out: Path) -> None:
@@ -268,52 +270,6 @@ def _check_out(source: Path, out: Path) -> None:
         raise ValueError(
             f"--out {out} is {'the source' if dst == src else 'a directory holding the source'}"
             f" {source}; writing the index there would delete it: choose another --out")
-
-
-def _echo_recall(index: Any, recall: dict[str, Any] | None, target_recall: float) -> None:
-    """Print the recall line, and a warning when it is below the target."""
-    from dmlkit.index.calibrate import low_recall_advice
-
-    if recall is None:
-        return
-    if recall["recall_at_k"] is None:  # an empty index
-        typer.echo(f"recall not measured: {recall['skipped']}, nothing to tune")
-        return
-    typer.echo(_recall_line(recall))
-    if recall["recall_at_k"] < target_recall:
-        typer.echo(f"warning: recall {recall['recall_at_k']:.4f} is below {target_recall}; "
-                   f"{low_recall_advice(index, recall)}", err=True)
-
-
-def _build_from_store(store_dir: Path, out: Path, factory: str, metric: str,
-                      knobs: dict[str, Any], target_recall: float) -> None:
-    """Build a faiss index from an embedding store chunk by chunk (see dmlkit embed --store),
-    calibrated like an in-memory build (queries sampled from the store)."""
-    from dmlkit.index.store import EmbeddingStore, build_index_from_store
-
-    exact = factory == "exact"
-    if exact:
-        factory = "Flat"  # the chunked build is faiss; Flat is exact
-    store = EmbeddingStore.open(store_dir)
-    index = build_index_from_store(store, factory, metric, **knobs, show_progress=True,
-                                   target_recall=None if exact else target_recall)
-    recall = index.info.get("recall")
-    index.info = {"store": str(store_dir.resolve()), **store.manifest.get("source", {}),
-                  **({"recall": recall} if recall is not None else {})}
-    index.save(out)
-    typer.echo(f"indexed {index.ntotal} embeddings of dim {store.dim} ({factory}, {metric}) "
-               f"from store {store_dir} in {out}")
-    _echo_recall(index, recall, target_recall)
-
-
-def _recall_line(recall: dict[str, Any]) -> str:
-    """``recall@10 vs exact search on 1000 indexed items: 0.98 (nprobe 8, tuned)``."""
-    line = (f"recall@{recall['k']} vs exact search on {recall['queries']} indexed items: "
-            f"{recall['recall_at_k']:.4f}")
-    knobs = [f"{key} {recall[key]:g}, {'tuned' if recall[tuned] else 'as given'}"
-             for key, tuned in (("nprobe", "tuned"), ("ef_search", "tuned"),
-                                ("k_factor", "k_factor_tuned")) if key in recall]
-    return line + (f" ({'; '.join(knobs)})" if knobs else "")
 
 
 def _query_embeddings(queries: list[Path], index: Any, run_dir: Path | None, device: str,
@@ -446,6 +402,10 @@ def search(
         if not queries:
             raise ValueError("no query given: --query FILE (images, a folder, or a .npy/.npz)")
         index = load_index(index_dir)
+        if not index.ntotal:
+            raise ValueError(f"the index {index_dir} holds no items, so no query has a "
+                             "neighbour: build it from embeddings with rows (dmlkit index "
+                             "build), or add items to it")
         given = {"nprobe": nprobe, "ef_search": ef_search, "k_factor": k_factor}
         if any(v is not None for v in given.values()):
             if getattr(index, "kind", "") != "faiss":
@@ -464,7 +424,7 @@ def search(
                 "from (--run), or rebuild the index with this run")
         scores, ids = index.search(x, k)
     except ERRORS as err:
-        raise _fail(str(err)) from None
+        raise _fail(one_line(err) if isinstance(err, OSError) else str(err)) from None
     report = []
     for name, row_s, row_i in zip(names, scores, ids, strict=True):
         hits = [{"rank": r + 1, "score": float(s), **(index.metadata([i])[0] or {"id": -1})}

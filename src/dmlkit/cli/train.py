@@ -359,10 +359,11 @@ def embed(
         if run.weights != MODEL_FILE:  # an unfinished run: its last checkpoint's weights
             typer.echo(f"note: {run_dir} has no {MODEL_FILE}: embedding with the weights of "
                        f"its {run.weights}", err=True)
-        names = None
+        names = paths = None
         if has_labels(data, labels_key):
             dataset = run_data(run, data, x_key=x_key, labels_key=labels_key)
             x, labels = dataset.x, dataset.labels.numpy()
+            paths = getattr(dataset, "paths", None)  # the files of an image folder
             # each file numbers its classes apart (folders in order): the names go with the
             # ids, so identify / verify / index compare two files by name
             if dataset.class_names is not None and labels.ndim == 1:
@@ -372,6 +373,7 @@ def embed(
             labels = None
         if store:
             from dmlkit.index.store import embed_to_store, model_fingerprint
+            from dmlkit.runs.queries import input_spec, resizes_inputs
 
             def chunk(a: int, b: int) -> np.ndarray:
                 return embed_data(run.model, x[a:b], batch_size, device)[0].numpy()
@@ -379,8 +381,13 @@ def embed(
             # the weights are part of what the rows are: a retrained run starts a new store
             source = {"run_dir": str(run_dir.resolve()), "data": describe(data, x_key, labels_key),
                       "model_sha256": model_fingerprint(run.model)}
+            # kept for the index built from the store, as dmlkit index build keeps them:
+            # class names, source files, and what raw queries must look like
+            spec = input_spec(x, any_size=resizes_inputs(run.model))
             done = embed_to_store(chunk, len(x), chunk(0, 1).shape[1], out, labels=labels,
-                                  chunk_size=chunk_size, source=source)
+                                  chunk_size=chunk_size, source=source,
+                                  class_names=None if names is None else names.tolist(),
+                                  paths=paths, input_info=spec.to_dict())
             typer.echo(f"stored {done.rows_done} embeddings of dim {done.dim} in {out}/")
             return
         emb = embed_data(run.model, x, batch_size=batch_size, device=device)[0]

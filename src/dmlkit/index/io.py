@@ -16,7 +16,8 @@ corrupt, truncated, swapped or foreign file is refused with :class:`IndexFormatE
 :func:`read_consistent` reads each file once into memory, checks those bytes and parses
 them, so a load that overlaps a save of the same directory gets one save whole (the old
 or the new, retrying while the save swaps them), never the files of two.
-Writes go to a temporary sibling directory that is renamed into place; an existing
+Writes go to a temporary sibling directory that is renamed into place, one save of a
+directory at a time (from any thread or process: :mod:`dmlkit.index.swap`); an existing
 ``path`` is replaced only when it is empty or holds an earlier save of the same format
 (and, for saved objects other than indexes, of the same kind: :func:`check_replaceable`),
 never another directory's files.
@@ -38,6 +39,13 @@ from typing import Any, TypeVar
 import numpy as np
 
 from dmlkit._files import file_checksum, publish_mode
+from dmlkit.index.swap import (
+    recover_set_aside,
+    remove_stale_temps,
+    save_lock,
+    save_running,
+    swap_in,
+)
 
 FORMAT = "dmlkit-index"
 VERSION = 1
@@ -69,44 +77,47 @@ def write_index_dir(
     # an index may be rebuilt as another kind of index; any other saved object (a kit)
     # is one estimator, replaced only by another save of the same kind
     kind = None if format_name == FORMAT else header.get("kind")
-    check_replaceable(path, format_name, kind)  # before any work: nothing else is deleted
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(path)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-{os.getpid()}-"))
-    publish_mode(tmp)
-    try:
-        names: list[str] = []
-        for name, arr in arrays.items():
-            np.save(tmp / f"{name}.npy", np.ascontiguousarray(arr), allow_pickle=False)
-            names.append(f"{name}.npy")
-        for name, obj in json_files.items():
-            (tmp / name).write_text(json.dumps(obj))
-            names.append(name)
-        for name, write in (writers or {}).items():
-            write(tmp / name)
-            names.append(name)
-        files = {n: {"sha256": file_checksum(tmp / n), "bytes": (tmp / n).stat().st_size}
-                 for n in names}
-        manifest = {"format": format_name, "version": version, **header, "files": files}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        for n in [*names, MANIFEST]:  # flush file contents before the rename publishes them
-            fd = os.open(tmp / n, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        old = None
-        if path.exists():
-            check_replaceable(path, format_name, kind)
-            old = path.parent / f".{path.name}.old-{os.getpid()}"
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with save_lock(path):  # one save of path at a time, from any thread or process
+        _check_replaceable(path, format_name, kind)  # before any work: nothing else deleted
+        remove_stale_temps(path, locked=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent,
+                                    prefix=f".{path.name}.tmp-{os.getpid()}-"))
+        try:
+            publish_mode(tmp)
+            _write_files(tmp, arrays, json_files, writers,
+                         {"format": format_name, "version": version, **header})
+            _check_replaceable(path, format_name, kind)
+            swap_in(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return path
+
+
+def _write_files(tmp: Path, arrays: dict[str, np.ndarray], json_files: dict[str, Any],
+                 writers: dict[str, Callable[[Path], None]] | None,
+                 header: dict[str, Any]) -> None:
+    """Write the files of a save into ``tmp``, then its manifest, all flushed to disk."""
+    names: list[str] = []
+    for name, arr in arrays.items():
+        np.save(tmp / f"{name}.npy", np.ascontiguousarray(arr), allow_pickle=False)
+        names.append(f"{name}.npy")
+    for name, obj in json_files.items():
+        (tmp / name).write_text(json.dumps(obj))
+        names.append(name)
+    for name, write in (writers or {}).items():
+        write(tmp / name)
+        names.append(name)
+    files = {n: {"sha256": file_checksum(tmp / n), "bytes": (tmp / n).stat().st_size}
+             for n in names}
+    (tmp / MANIFEST).write_text(json.dumps({**header, "files": files}, indent=2))
+    for n in [*names, MANIFEST]:  # flush file contents before the rename publishes them
+        fd = os.open(tmp / n, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _saved_what(format_name: str) -> str:
@@ -128,8 +139,19 @@ def check_replaceable(path: str | Path, format_name: str = FORMAT,
     format; with ``kind``, also of that manifest ``kind``, so that a fitted recommender
     never replaces a saved anomaly detector): anything else there (an embedding store, a
     run, other files, another kind of model) would be deleted.
+
+    A save of ``path`` running meanwhile is waited for (:func:`save_lock`), so that the
+    directory it swaps in is never judged half-way.
     """
     path = Path(path)
+    if not path.exists():
+        return
+    with save_lock(path):
+        _check_replaceable(path, format_name, kind)
+
+
+def _check_replaceable(path: Path, format_name: str, kind: str | None) -> None:
+    """:func:`check_replaceable` of a caller holding the save lock of ``path``."""
     if not path.exists():
         return
     what = _saved_what(format_name)
@@ -160,70 +182,6 @@ def check_replaceable(path: str | Path, format_name: str = FORMAT,
         f"{path} exists and does not hold {what} ({seen}, not {format_name}: an "
         "embedding store, a run or other files); writing there would delete its files: "
         "choose another path or remove it first")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
-
-
-def remove_stale_temps(path: str | Path) -> list[Path]:
-    """Remove the hidden ``.NAME.tmp-PID-*`` / ``.NAME.old-PID`` siblings of ``path`` left by
-    a writer that was killed (``kill -9``, power loss) before it could clean up.
-
-    Only directories whose process id is no longer running are touched; an old index
-    set aside by a writer killed mid-swap is put back when ``path`` is missing. Returns
-    the directories removed.
-    """
-    path = Path(path)
-    removed = []
-    if not path.parent.is_dir():
-        return removed
-    recover_set_aside(path)  # killed mid-swap: the previous index comes back first
-    for pattern in (f".{path.name}.tmp-*", f".{path.name}.old-*"):
-        for stale in path.parent.glob(pattern):
-            pid_text = stale.name.rsplit(".tmp-", 1)[-1].rsplit(".old-", 1)[-1].split("-")[0]
-            if not pid_text.isdigit() or int(pid_text) == os.getpid() or _alive(int(pid_text)):
-                continue
-            if ".old-" in stale.name and not path.exists():
-                continue  # (an incomplete set-aside save, the only copy: left for its owner)
-            shutil.rmtree(stale, ignore_errors=True)
-            removed.append(stale)
-    return removed
-
-
-def recover_set_aside(path: str | Path) -> Path | None:
-    """Put back the previous save of a missing ``path`` that a writer killed mid-swap
-    left set aside as ``.NAME.old-PID`` (see :func:`write_index_dir`): returns ``path``
-    when one was moved back; else the set-aside directory found (its writer is still
-    running, or it cannot be moved), or ``None`` when there is none."""
-    path = Path(path)
-    if path.exists() or not path.parent.is_dir():
-        return None
-    found = None
-    for old in sorted(path.parent.glob(f".{path.name}.old-*")):
-        pid_text = old.name.rsplit(".old-", 1)[-1]
-        if not (old / MANIFEST).is_file():
-            continue
-        found = old
-        if not pid_text.isdigit() or int(pid_text) == os.getpid() or _alive(int(pid_text)):
-            continue  # a save in progress is about to replace it itself
-        try:
-            os.replace(old, path)
-        except OSError:
-            continue
-        import warnings
-
-        warnings.warn(f"{path} was missing: a save into it was interrupted after setting "
-                      f"the previous save aside as {old.name}, which is now put back",
-                      stacklevel=3)
-        return path
-    return found
 
 
 def read_manifest(
@@ -334,7 +292,7 @@ def read_consistent(
                                      blobs=blobs)
             return parse(manifest, blobs)
         except (IndexFormatError, FileNotFoundError, NotADirectoryError) as err:
-            changing = _dir_state(path) != before or _save_running(path)
+            changing = _dir_state(path) != before or save_running(path)
             if not changing or time.monotonic() + delay > deadline:
                 if isinstance(err, IndexFormatError):
                     raise
@@ -355,19 +313,6 @@ def _dir_state(path: Path) -> tuple[Any, ...]:
             continue
         out.append((st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size))
     return tuple(out)
-
-
-def _save_running(path: Path) -> bool:
-    """Whether a live process is saving into ``path`` (its temporary or set-aside
-    sibling is there)."""
-    if not path.parent.is_dir():
-        return False
-    for pattern in (f".{path.name}.tmp-*", f".{path.name}.old-*"):
-        for sib in path.parent.glob(pattern):
-            pid = sib.name.rsplit(".tmp-", 1)[-1].rsplit(".old-", 1)[-1].split("-")[0]
-            if pid.isdigit() and _alive(int(pid)):
-                return True
-    return False
 
 
 def require_files(path: Path, manifest: dict[str, Any], names: list[str]) -> None:

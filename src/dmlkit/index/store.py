@@ -5,6 +5,9 @@ A store is a directory::
     embeddings.npy   float32 (n, dim), a NumPy .npy file opened as a memory map
     labels.npy       int64 (n,), -1 where unlabelled
     manifest.json    {"format", "count", "dim", "rows_done", "chunk_size", "source"}
+    items.json       {"class_names", "paths", "inputs"} (optional): the names of the
+                     label ids, each row's source file, and the shape, dtype and value
+                     range of the inputs (how raw queries must look)
 
 ``rows_done`` is written (atomically) only after the rows before it were flushed to disk,
 so a write killed at any point resumes from the last finished chunk. ``source`` says what
@@ -12,7 +15,9 @@ the rows are embeddings of (the run, its data, and a fingerprint of the model's 
 and the settings it declares, :func:`model_fingerprint`): a store resumes only for the
 same source, so a retrained model never continues the vectors of the old one. Faiss
 indexes are built from a store chunk by chunk (:func:`build_index_from_store`), so the
-gallery never has to fit in memory at once.
+gallery never has to fit in memory at once, with the class names, paths and input
+description of ``items.json`` as a direct build keeps them (a store without it, as
+older versions wrote, builds without them).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +35,7 @@ import numpy as np
 
 FORMAT = "dmlkit-embedding-store/1"
 MANIFEST = "manifest.json"
+ITEMS = "items.json"
 log = logging.getLogger(__name__)
 
 
@@ -49,19 +55,30 @@ class EmbeddingStore:
     def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
         self.path = Path(path)
         self.manifest = manifest
+        self._items: dict[str, Any] | None = None
 
     # -- construction ------------------------------------------------------------------
     @classmethod
     def create(cls, path: str | Path, count: int, dim: int, *, chunk_size: int = 65536,
-               source: dict[str, Any] | None = None) -> EmbeddingStore:
-        """Allocate an empty store of ``count`` rows of ``dim`` floats at ``path``."""
+               source: dict[str, Any] | None = None, class_names: Sequence[str] | None = None,
+               paths: Sequence[str | None] | None = None,
+               input_info: dict[str, Any] | None = None) -> EmbeddingStore:
+        """Allocate an empty store of ``count`` rows of ``dim`` floats at ``path``.
+
+        ``class_names`` name the label ids (``class_names[y]``), ``paths`` give each
+        row's source file, ``input_info`` describes the inputs (``input_shape``,
+        ``input_dtype``, ``input_range``, ``input_any_size``): an index built from the
+        store keeps them (:func:`build_index_from_store`)."""
         for name, v in (("count", count), ("dim", dim), ("chunk_size", chunk_size)):
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         path = Path(path)
         if (path / MANIFEST).exists():
             raise ValueError(f"{path} already holds a store; open it or remove it")
+        items = _items(count, class_names, paths, input_info)
         path.mkdir(parents=True, exist_ok=True)
+        if items is not None:  # (before the manifest: a store is whole once that is there)
+            _write_json(path / ITEMS, items)
         np.lib.format.open_memmap(path / "embeddings.npy", "w+", np.float32, (count, dim)).flush()
         np.lib.format.open_memmap(path / "labels.npy", "w+", np.int64, (count,)).flush()
         manifest = {"format": FORMAT, "count": int(count), "dim": int(dim), "rows_done": 0,
@@ -82,10 +99,16 @@ class EmbeddingStore:
 
     @classmethod
     def open_or_create(cls, path: str | Path, count: int, dim: int, *, chunk_size: int = 65536,
-                       source: dict[str, Any] | None = None) -> EmbeddingStore:
-        """Resume the store at ``path`` if it matches ``count``/``dim``/``source``, else create."""
+                       source: dict[str, Any] | None = None,
+                       class_names: Sequence[str] | None = None,
+                       paths: Sequence[str | None] | None = None,
+                       input_info: dict[str, Any] | None = None) -> EmbeddingStore:
+        """Resume the store at ``path`` if it matches ``count``/``dim``/``source``, else create
+        (``class_names``, ``paths``, ``input_info``: see :meth:`create`; a resumed store
+        without them, as older versions wrote, gets them)."""
         if not (Path(path) / MANIFEST).exists():
-            return cls.create(path, count, dim, chunk_size=chunk_size, source=source)
+            return cls.create(path, count, dim, chunk_size=chunk_size, source=source,
+                              class_names=class_names, paths=paths, input_info=input_info)
         store = cls.open(path)
         m = store.manifest
         if (m["count"], m["dim"]) != (count, dim) or (source and m["source"] != source):
@@ -101,6 +124,9 @@ class EmbeddingStore:
             raise ValueError(
                 f"{path} holds a different store ({why}); resuming would mix its embeddings "
                 "with new ones: remove it or write the store to a new path")
+        items = _items(count, class_names, paths, input_info)
+        if items is not None and not (store.path / ITEMS).is_file():
+            _write_json(store.path / ITEMS, items)
         return store
 
     # -- state -------------------------------------------------------------------------
@@ -119,6 +145,47 @@ class EmbeddingStore:
     @property
     def complete(self) -> bool:
         return self.rows_done == self.count
+
+    def _read_items(self) -> dict[str, Any]:
+        if self._items is None:
+            try:
+                items = json.loads((self.path / ITEMS).read_text())
+            except FileNotFoundError:  # (a store of an older version, or of bare arrays)
+                items = {}
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                raise ValueError(f"{self.path / ITEMS} is not valid JSON ({err}): remove it "
+                                 "to build without class names and paths") from None
+            self._items = items if isinstance(items, dict) else {}
+        return self._items
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """The names of the label ids (``class_names[y]``), or ``None`` when not recorded."""
+        names = self._read_items().get("class_names")
+        return None if names is None else [str(n) for n in names]
+
+    @property
+    def paths(self) -> list[str | None] | None:
+        """Each row's source file (an image folder's), or ``None`` when not recorded."""
+        paths = self._read_items().get("paths")
+        if paths is None or len(paths) != self.count:
+            return None
+        return [None if p is None else str(p) for p in paths]
+
+    @property
+    def input_info(self) -> dict[str, Any]:
+        """What the inputs looked like (``input_shape``, ``input_dtype``, ``input_range``,
+        ``input_any_size``), as an index's ``info`` records it; ``{}`` when not recorded."""
+        info = self._read_items().get("inputs")
+        return dict(info) if isinstance(info, dict) else {}
+
+    def payloads(self, labels: np.ndarray) -> list[dict[str, Any] | None] | None:
+        """Each row's ``{"class": name}`` for ``labels`` ``(b,)`` of rows of this store
+        (``None`` for unlabelled rows or ids without a name), or ``None`` without names."""
+        names = self.class_names
+        if names is None:
+            return None
+        return [{"class": names[int(y)]} if 0 <= y < len(names) else None for y in labels]
 
     @property
     def embeddings(self) -> np.ndarray:
@@ -160,6 +227,20 @@ class EmbeddingStore:
         emb, lab = self.embeddings, self.labels
         for s in range(0, self.rows_done, size):
             yield s, np.ascontiguousarray(emb[s : s + size]), np.asarray(lab[s : s + size])
+
+
+def _items(count: int, class_names: Sequence[str] | None,
+           paths: Sequence[str | None] | None,
+           input_info: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The content of ``items.json`` (``None`` when nothing is given), checked."""
+    if class_names is None and paths is None and not input_info:
+        return None
+    if paths is not None and len(paths) != count:
+        raise ValueError(f"paths must have {count} entries (one per row), got {len(paths)}")
+    return {"class_names": None if class_names is None else [str(n) for n in class_names],
+            "paths": None if paths is None else [None if p is None else str(p)
+                                                 for p in paths],
+            "inputs": dict(input_info or {})}
 
 
 def model_fingerprint(model: Any) -> str:
@@ -230,14 +311,18 @@ def embed_to_store(
     embed_chunk: Callable[[int, int], np.ndarray], count: int, dim: int, path: str | Path, *,
     labels: np.ndarray | None = None, chunk_size: int = 65536,
     source: dict[str, Any] | None = None, show_progress: bool = True,
+    class_names: Sequence[str] | None = None, paths: Sequence[str | None] | None = None,
+    input_info: dict[str, Any] | None = None,
 ) -> EmbeddingStore:
     """Fill (or resume) the store at ``path`` with ``embed_chunk(start, end)`` ``(b, dim)``.
 
     Rows already recorded in the manifest are skipped, so rerunning after an interruption
-    continues where it stopped.
+    continues where it stopped. ``class_names``, ``paths`` and ``input_info`` are kept
+    with the rows (see :meth:`EmbeddingStore.create`).
     """
     store = EmbeddingStore.open_or_create(path, count, dim, chunk_size=chunk_size,
-                                          source=source)
+                                          source=source, class_names=class_names,
+                                          paths=paths, input_info=input_info)
     if labels is not None and len(labels) != count:
         raise ValueError(f"labels must have {count} entries, got {len(labels)}")
     if store.rows_done:
@@ -263,8 +348,10 @@ def build_index_from_store(
 
     Quantizers are trained on ``train_size`` rows sampled uniformly (sorted reads from the
     memory map); the rows are then added ``chunk_size`` at a time under ids ``0..n-1``
-    with their labels (``-1`` = unlabelled). Peak memory is the index itself plus one
-    chunk and the sample.
+    with their labels (``-1`` = unlabelled), source paths and class names (payload
+    ``{"class": name}``) where the store records them, as a direct build adds them; the
+    store's input description goes into ``index.info``. Peak memory is the index itself
+    plus one chunk and the sample.
 
     With ``target_recall``, the index is calibrated as
     :func:`~dmlkit.index.calibrate.calibrate` does for in-memory vectors: recall@``recall_k``
@@ -290,11 +377,16 @@ def build_index_from_store(
         rows = np.sort(rng.choice(n, size=min(train_size, n), replace=False))
         index.train(np.ascontiguousarray(store.embeddings[rows]))
     tick = progress(store.count, 0, f"index <- {store.path}") if show_progress else None
+    paths = store.paths
     for start, emb, lab in store.chunks(chunk_size):
-        ids = np.arange(start, start + emb.shape[0], dtype=np.int64)
-        index.add(emb, ids, labels=lab)  # (b,) per item, -1 = unlabelled
+        end = start + emb.shape[0]
+        ids = np.arange(start, end, dtype=np.int64)
+        index.add(emb, ids, labels=lab,  # (b,) per item, -1 = unlabelled
+                  paths=None if paths is None else paths[start:end],
+                  payloads=store.payloads(lab))
         if tick:
-            tick(start + emb.shape[0])
+            tick(end)
+    index.info.update(store.input_info)
     if target_recall is not None:
         from dmlkit.index.calibrate import calibrate
 
