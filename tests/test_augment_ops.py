@@ -86,11 +86,11 @@ def test_colour_jitter_against_definitions():
     assert torch.allclose((out * weights).sum(1).mean((1, 2)), mean_in, atol=1e-5)
     out = color_jitter(x, gen(3), saturation=0.5)
     assert torch.allclose((out * weights).sum(1), (x * weights).sum(1), atol=1e-5)
-    with pytest.raises(ValueError, match="3-channel"):
-        color_jitter(torch.rand(2, 1, 4, 4), gen(), brightness=0.2)
-    # a policy leaves grey images' colours alone
-    grey = torch.rand(3, 1, 4, 4)
-    assert torch.equal(AugmentPolicy(brightness=0.3)(grey, gen()), grey)
+    # grey images: brightness scales each image, as for colour ones
+    grey = 0.3 + 0.2 * torch.rand(3, 1, 4, 4, generator=gen())
+    ratio = color_jitter(grey, gen(4), brightness=0.5) / grey
+    assert torch.allclose(ratio, ratio[:, :1, :1, :1].expand_as(ratio), atol=1e-4)
+    assert not torch.equal(AugmentPolicy(brightness=0.3)(grey, gen()), grey)
 
 
 def test_seeded_per_batch_and_off_by_default():

@@ -180,7 +180,9 @@ def check_fields(section: str, obj: Any) -> None:
 
 
 def check_val_classes(value: Any) -> None:
-    """``training.val_classes``: None, a fraction in (0, 1), or a list of >= 2 class ids."""
+    """``training.val_classes``: None, a fraction in (0, 1), or a list of >= 2 class ids
+    (or names). A list with a name is counted once the names are looked up in the data
+    (an unknown or ambiguous name is the error then, not the count)."""
     if value is None:
         return
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -197,7 +199,7 @@ def check_val_classes(value: Any) -> None:
             f"training.val_classes must be a fraction or a list of class ids (or class "
             f"names where the data has them), got {value!r}"
         )
-    if len(set(value)) < 2:
+    if len(set(value)) < 2 and not any(isinstance(c, str) for c in value):
         raise ValueError(
             f"training.val_classes {list(value)} leaves fewer than 2 classes for validation"
         )

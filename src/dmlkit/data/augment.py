@@ -1,11 +1,12 @@
 """Seeded, batched image augmentation: random shifts and horizontal flips, and any
 :class:`~dmlkit.data.augment_ops.AugmentPolicy` (random resized crops, flips, small
-rotations / affine maps, colour jitter of 3-channel images).
+rotations / affine maps, colour jitter).
 
 Everything draws from an explicit ``torch.Generator``; :class:`AugmentedDataset` seeds
-one per batch from its own ``seed`` and the batch's item indices, so a batch is
-augmented the same way whenever it recurs (an interrupted and resumed run stays
-bit-identical) and no global random state is touched.
+one per batch from its own ``seed``, its epoch (:meth:`AugmentedDataset.set_epoch`; 0
+unless set) and the batch's item indices, so a batch is augmented the same way whenever
+it recurs (an interrupted and resumed run stays bit-identical) and no global random
+state is touched.
 """
 
 from __future__ import annotations
@@ -78,6 +79,11 @@ def check_augment_shape(shift: int, shape: Sequence[int]) -> None:
     config setting (``data.augment_shift``): checked where the augmentation is built,
     before training starts, not in its first batch."""
     shape = tuple(int(s) for s in shape)
+    if len(shape) == 2:
+        raise ValueError(f"augmentation needs (n, C, H, W) images; the items have shape "
+                         f"{shape} (no channel axis): store grey images as (n, 1, H, W) "
+                         "(x[:, None]), or turn data.augment_shift, augment_hflip and "
+                         "augment off")
     if len(shape) != 3:
         raise ValueError(f"augmentation needs (n, C, H, W) images; the items have shape "
                          f"{shape}: turn data.augment_shift, augment_hflip and augment off")
@@ -94,8 +100,11 @@ class AugmentedDataset(ArrayDataset):
 
     ``x``, ``labels`` and ``len`` are the wrapped data's (samplers and validation see
     the originals); :meth:`get_batch` returns augmented images. The generator of a
-    batch is seeded from ``seed`` and the batch's indices (CRC-32), so the same batch
-    gets the same augmentation, a different batch (another epoch's shuffle) another.
+    batch is seeded from ``seed``, the epoch and the batch's indices (CRC-32), so the
+    same batch gets the same augmentation in the same epoch, a different batch (another
+    epoch's shuffle) another. Items read one at a time (``dataset[i]``, as a plain
+    ``DataLoader`` does) are batches of one: call :meth:`set_epoch` before each epoch to
+    augment them anew every epoch (the epoch is 0 until set, and seeds as before).
 
     Parameters
     ----------
@@ -120,6 +129,10 @@ class AugmentedDataset(ArrayDataset):
     ) -> None:
         if not isinstance(data, ArrayDataset):
             raise TypeError(f"data must be an ArrayDataset, got {type(data).__name__}")
+        if data.x.dim() == 3:
+            raise ValueError(f"augmentation needs (n, C, H, W) images, got "
+                             f"{tuple(data.x.shape)} (no channel axis): store grey images "
+                             "as (n, 1, H, W) (x[:, None])")
         if data.x.dim() != 4:
             raise ValueError(f"augmentation needs (n, C, H, W) images, got {tuple(data.x.shape)}")
         if not isinstance(shift, int) or isinstance(shift, bool) or shift < 0:
@@ -134,11 +147,21 @@ class AugmentedDataset(ArrayDataset):
         self.hflip = hflip
         self.seed = seed
         self.policy = AugmentPolicy.from_dict(policy)
+        self.policy.check_channels(int(data.x.shape[1]))
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Augment the items of epoch ``epoch`` (an int >= 0) differently from other
+        epochs' (epoch 0 seeds as a dataset whose epoch was never set)."""
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+            raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
+        self.epoch = epoch
 
     def generator_for(self, indices: Sequence[int] | Tensor) -> torch.Generator:
-        """The generator that augments the batch of ``indices``."""
+        """The generator that augments the batch of ``indices`` in the current epoch."""
         key = np.asarray(torch.as_tensor(indices, dtype=torch.long), dtype=np.int64).tobytes()
-        salt = np.asarray([self.seed], dtype=np.int64).tobytes()
+        salt = [self.seed] if self.epoch == 0 else [self.seed, -1 - self.epoch]
+        salt = np.asarray(salt, dtype=np.int64).tobytes()
         g = torch.Generator()
         g.manual_seed(zlib.crc32(salt + key))  # the CPU generator keeps 32 seed bits
         return g

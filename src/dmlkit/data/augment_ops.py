@@ -1,5 +1,6 @@
 """Batched, seeded image augmentations on tensors: random resized crops, flips, small
-rotations / affine maps, and colour jitter of 3-channel images.
+rotations / affine maps, and colour jitter (brightness and contrast of grey and 3-channel
+images, saturation of 3-channel ones).
 
 Every function takes ``(n, C, H, W)`` images and a ``torch.Generator`` and returns a new
 tensor of the same shape; each image gets its own random parameters. Geometric maps are
@@ -61,18 +62,24 @@ def random_affine_matrices(
     translate: float = 0.0,
     hflip: bool = False,
     vflip: bool = False,
+    size: tuple[int, int] | None = None,
 ) -> Tensor:
     """Per-image ``(n, 2, 3)`` matrices mapping output to input coordinates in ``[-1, 1]``.
 
     A random resized crop keeps a fraction in ``crop_scale`` of the area with aspect
-    ratio (log-uniform) in ``crop_ratio``, narrowed where a side would leave the image
-    (so ``crop_scale = (1, 1)`` is the whole image), at a random place inside the image; then a
-    rotation by up to ``degrees``, a shift by up to ``translate`` of the side, and flips
-    of a random half of the images.
+    ratio (width / height in pixels, log-uniform) in ``crop_ratio``, narrowed where a side
+    would leave the image (so ``crop_scale = (1, 1)`` is the whole image), at a random
+    place inside the image; then a rotation by up to ``degrees`` (in pixels, so a
+    non-square image turns without shear), a shift by up to ``translate`` of the side,
+    and flips of a random half of the images. ``size`` is the images' ``(H, W)``
+    (``None``: square images; square sizes all give the same maps).
     """
+    height, width = (1, 1) if size is None else (int(size[0]), int(size[1]))
+    aspect = width / height  # (pixel ratio = normalised ratio * aspect)
     area = _uniform(n, *crop_scale, generator)  # (n,)
     log_ratio = _uniform(n, math.log(crop_ratio[0]), math.log(crop_ratio[1]), generator)
-    ratio = torch.minimum(torch.maximum(log_ratio.exp(), area), 1 / area)  # both sides <= 1
+    ratio = log_ratio.exp() / aspect if aspect != 1 else log_ratio.exp()  # normalised
+    ratio = torch.minimum(torch.maximum(ratio, area), 1 / area)  # both sides <= 1
     sx = (area * ratio).sqrt()  # (n,) crop width / image width
     sy = (area / ratio).sqrt()  # (n,)
     cx = (1 - sx) * _uniform(n, -1.0, 1.0, generator)  # crop centre inside the image
@@ -83,10 +90,13 @@ def random_affine_matrices(
     fx = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0) if hflip else 1.0
     fy = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0) if vflip else 1.0
     cos, sin = angle.cos(), angle.sin()
+    # the rotation in pixels, D^-1 R D with D = diag(W / 2, H / 2) (the identity if square)
+    sin_xy = sin / aspect if aspect != 1 else sin
+    sin_yx = sin * aspect if aspect != 1 else sin
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0] = sx * cos * fx
-    theta[:, 0, 1] = -sx * sin * fy
-    theta[:, 1, 0] = sy * sin * fx
+    theta[:, 0, 1] = -sx * sin_xy * fy
+    theta[:, 1, 0] = sy * sin_yx * fx
     theta[:, 1, 1] = sy * cos * fy
     theta[:, 0, 2] = cx + tx
     theta[:, 1, 2] = cy + ty
@@ -108,13 +118,25 @@ def color_jitter(
     saturation: float = 0.0,
 ) -> Tensor:
     """Scale brightness, contrast (around each image's mean grey) and saturation (around
-    each pixel's grey) by factors uniform in ``[1 - s, 1 + s]``; 3-channel images only.
-    Values are clamped to ``[0, 1]``."""
+    each pixel's grey) by factors uniform in ``[1 - s, 1 + s]``; brightness and contrast
+    of grey (1-channel) and 3-channel images, saturation of 3-channel ones only.
+
+    Values are clamped to each image's own range widened to ``[0, 1]`` (``[min(0, lo),
+    max(1, hi)]``), so images in ``[0, 1]`` are clamped to it while images stored in
+    another range (``0..255`` floats, standardized values) keep it."""
     _check_images(images)
-    if images.shape[1] != 3:
-        raise ValueError(f"colour jitter needs 3-channel images, got {images.shape[1]} channels")
+    channels = images.shape[1]
+    if channels not in (1, 3) or (channels == 1 and saturation > 0):
+        need = "3-channel" if channels == 1 else "grey (1-channel) or 3-channel"
+        raise ValueError(f"colour jitter{' of saturation' if channels == 1 else ''} needs "
+                         f"{need} images, got {channels} channel(s)")
     n = images.shape[0]
-    weights = images.new_tensor([0.299, 0.587, 0.114])[None, :, None, None]  # (1, 3, 1, 1)
+    if channels == 3:
+        weights = images.new_tensor([0.299, 0.587, 0.114])[None, :, None, None]  # (1,3,1,1)
+    else:
+        weights = images.new_ones(1, 1, 1, 1)
+    low = images.amin(dim=(1, 2, 3), keepdim=True).clamp(max=0.0)  # (n, 1, 1, 1)
+    high = images.amax(dim=(1, 2, 3), keepdim=True).clamp(min=1.0)
     out = images
     if brightness > 0:
         out = out * _uniform(n, 1 - brightness, 1 + brightness, generator)[:, None, None, None]
@@ -126,7 +148,7 @@ def color_jitter(
         grey = (out * weights).sum(1, keepdim=True)  # (n, 1, H, W)
         factor = _uniform(n, 1 - saturation, 1 + saturation, generator)[:, None, None, None]
         out = grey + factor * (out - grey)
-    return out.clamp(0.0, 1.0)
+    return torch.minimum(torch.maximum(out, low), high)
 
 
 @dataclass
@@ -146,7 +168,8 @@ class AugmentPolicy:
     hflip, vflip : bool
         Mirror a random half of each batch left-right / upside-down.
     brightness, contrast, saturation : float
-        Colour jitter strengths (3-channel images; ignored for grey ones).
+        Colour jitter strengths: brightness and contrast of grey and 3-channel images,
+        saturation of 3-channel ones (grey images refuse it: it would do nothing).
     """
 
     crop_scale: tuple[float, float] = (1.0, 1.0)
@@ -199,17 +222,27 @@ class AugmentPolicy:
     def colour(self) -> bool:
         return self.brightness > 0 or self.contrast > 0 or self.saturation > 0
 
+    def check_channels(self, channels: int) -> None:
+        """Refuse ``saturation`` for grey (1-channel) images: it would have no effect."""
+        if channels == 1 and self.saturation > 0:
+            raise ValueError(
+                f"data.augment.saturation ({self.saturation}) has no effect on grey "
+                "(1-channel) images; remove it (brightness and contrast do apply)")
+
     def __call__(self, images: Tensor, generator: torch.Generator | None) -> Tensor:
-        """Augment ``(n, C, H, W)`` images: geometry first, then colour (3 channels)."""
+        """Augment ``(n, C, H, W)`` images: geometry first, then colour (grey and 3-channel
+        images; see :meth:`check_channels` for saturation of grey ones)."""
         _check_images(images)
+        self.check_channels(images.shape[1])
         out = images.float()
         if self.geometric and images.shape[0] > 0:
             theta = random_affine_matrices(
                 images.shape[0], generator, self.crop_scale, self.crop_ratio,
                 self.degrees, self.translate, self.hflip, self.vflip,
+                size=(images.shape[2], images.shape[3]),
             )  # fmt: skip
             out = warp(out, theta)  # (n, C, H, W)
-        if self.colour and images.shape[1] == 3 and images.shape[0] > 0:
+        if self.colour and images.shape[1] in (1, 3) and images.shape[0] > 0:
             out = color_jitter(out, generator, self.brightness, self.contrast, self.saturation)
         return out if out is not images else images.clone()
 

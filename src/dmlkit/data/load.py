@@ -41,7 +41,7 @@ def data_config(spec: DataConfig | dict[str, Any] | str | Path) -> DataConfig:
     if name in ("digits", "fashion_mnist") and not Path(text).exists():
         return DataConfig(name=name, part=part or "train")
     path = Path(text)
-    if path.suffix in (".yaml", ".yml"):
+    if path.suffix.lower() in (".yaml", ".yml"):
         from dmlkit.config.schema import Config
 
         return Config.from_yaml(path).data
@@ -52,7 +52,7 @@ def data_config(spec: DataConfig | dict[str, Any] | str | Path) -> DataConfig:
             "(one sub-folder of .wav files per speaker) or .yaml config"
         )
     if path.is_file():
-        if path.suffix == ".npz":
+        if path.suffix.lower() == ".npz":
             return DataConfig(name="npz", path=str(path))
         if path.suffix.lower() == ".wav":
             raise ValueError(

@@ -34,7 +34,7 @@ from dmlkit.data.load import (
 )
 from dmlkit.data.splits import stratified_split
 from dmlkit.training.best_epoch import scored_best
-from dmlkit.training.build import build_model, resolve_config
+from dmlkit.training.build import build_model, channel_last_problem, resolve_config
 from dmlkit.training.checkpoint import (
     atomic_save,
     atomic_write_text,
@@ -141,6 +141,11 @@ def augmented(train: ArrayDataset, config: Config) -> ArrayDataset:
     if cfg.augment_shift == 0 and not cfg.augment_hflip and not cfg.augment:
         return train
     from dmlkit.data.augment import AugmentedDataset
+
+    # (whatever the model: a flip of (H, W, C) items would mirror the colour axis)
+    problem = channel_last_problem(tuple(train.x.shape[1:]))
+    if problem is not None:
+        raise ValueError(problem)
 
     return AugmentedDataset(
         train, cfg.augment_shift, cfg.augment_hflip, seed=cfg.seed, policy=cfg.augment
