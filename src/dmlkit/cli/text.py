@@ -48,7 +48,12 @@ def embed(
     """
     from dmlkit.cli._errors import one_line
     from dmlkit.cli._outputs import check_output_path, existing_inputs
-    from dmlkit.data.text import read_labelled_sentences, read_records, read_sentences
+    from dmlkit.data.text import (
+        LABEL_COLUMNS,
+        read_labelled_sentences,
+        read_records,
+        read_sentences,
+    )
     from dmlkit.text import embed_texts
     from dmlkit.training.device import check_device
 
@@ -65,7 +70,8 @@ def embed(
             if not rows:
                 raise ValueError(f"{data} holds no rows (only a header, or nothing); add one "
                                  "row per text")
-            if any(k in rows[0] for k in ("label", "labels", "class", "category")):
+            if any(k in row for row in rows for k in LABEL_COLUMNS):  # (a row without
+                # one is then refused, naming it: its text would be saved unlabelled)
                 labelled = read_labelled_sentences(data)
                 texts, labels = labelled.texts, labelled.labels.numpy()
                 names = labelled.class_names

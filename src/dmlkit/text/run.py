@@ -143,11 +143,18 @@ def _check_class_sets(data: Any, train: set[int] | None, test: set[int]) -> None
 def _class_ids(classes: list[Any], data: Any, key: str) -> list[int]:
     """Class ids of ``data.train_classes`` / ``test_classes``: ids, or the class names a
     labelled file uses (its ids are those names in sorted order); an integer that is
-    also a class name of another id is refused as ambiguous."""
+    also a class name of another id is refused as ambiguous, and a string where the
+    labels are plain ids (no names), as for ``.npz`` data without ``class_names``."""
     names = data.class_names or []
     out = []
     for c in classes:
         if isinstance(c, str):
+            if data.class_names is None:  # (as npz data without class_names refuses it)
+                given = [int(v) if isinstance(v, str) and v.isascii() and v.isdigit() else v
+                         for v in classes]
+                raise ValueError(
+                    f"data.{key} names the class {c!r}, but the labels are class ids "
+                    f"{sorted(data.classes)}; write them as integers ({key}: {given})")
             if c not in names:
                 raise ValueError(f"data.{key}: no class named {c!r}; the classes are {names}")
             out.append(names.index(c))
@@ -306,7 +313,8 @@ def _saved_baseline(out_dir: Path) -> dict[str, Any] | None:
 
 
 def _summary(metrics: dict[str, Any]) -> str:
-    keys = ("spearman", "pearson", "triplet_accuracy", "map_at_r", "precision_at_1")
+    keys = ("spearman", "pearson", "mean_cosine", "triplet_accuracy", "map_at_r",
+            "precision_at_1")
     return ", ".join(f"{k} {metrics[k]:.4f}" for k in keys if k in metrics)
 
 
