@@ -74,7 +74,7 @@ def test_itml_supervised_takes_numpy_integers():
 
 @pytest.mark.parametrize("mu", [-0.1, 1.5, float("nan"), True])
 def test_lmnn_refuses_a_mu_outside_0_1(mu):
-    with pytest.raises(ValueError, match=r"mu must be a real number in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"mu must be a real number in \(0, 1\]"):
         _fit(LMNN(mu=mu, device="cpu"))
 
 

@@ -29,9 +29,11 @@ from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils.validation import check_is_fitted
 from torch import Tensor, nn
 
+from dmlkit._checks import check_int_param, check_real
 from dmlkit.apps.embedding import embed_inputs, validate_inputs
 from dmlkit.apps.outliers import check_contamination
 from dmlkit.apps.persistence import load_kit, load_module, module_arrays, save_kit
+from dmlkit.classical.params import check_random_state_seed
 
 #: prefix of the network's weights in a saved detector
 MODEL = "model"
@@ -74,8 +76,9 @@ class DeepSVDD(OutlierMixin, BaseEstimator):
         Fraction of the rows given to ``fit`` held out (seeded by ``random_state``) to set
         ``offset_``; the network is trained on the others. At least one row is held out
         and at least two trained on.
-    random_state : int
-        Seed of the calibration split and of training.
+    random_state : int, numpy RandomState or None
+        Seed of the calibration split and of training (a RandomState or None gives one
+        seed drawn at ``fit``).
 
     Attributes
     ----------
@@ -103,7 +106,7 @@ class DeepSVDD(OutlierMixin, BaseEstimator):
         center_eps: float = 0.1,
         contamination: float = 0.1,
         calibration_fraction: float = 0.2,
-        random_state: int = 0,
+        random_state: Any = 0,
     ) -> None:
         self.model = model
         self.image_shape = image_shape
@@ -120,7 +123,7 @@ class DeepSVDD(OutlierMixin, BaseEstimator):
     def _inputs(self, X: Any, reset: bool) -> np.ndarray:
         return validate_inputs(self, X, reset=reset, images=True).astype(np.float32, copy=False)
 
-    def _model_spec(self, X: np.ndarray) -> dict[str, Any]:
+    def _model_spec(self, X: np.ndarray, dim: int) -> dict[str, Any]:
         kind = self.model
         if kind not in ("auto", "mlp", "cnn"):
             raise ValueError(f"model must be 'auto', 'mlp' or 'cnn', got {kind!r}")
@@ -130,7 +133,7 @@ class DeepSVDD(OutlierMixin, BaseEstimator):
             kind = "cnn" if shape is not None else "mlp"
         if kind == "mlp":
             return {"name": "bias_free_mlp", "in_features": int(np.prod(X.shape[1:])),
-                    "dim": int(self.dim)}
+                    "dim": dim}
         if shape is None or len(shape) != 3 or int(np.prod(shape)) != self.n_features_in_:
             raise ValueError(
                 f"model 'cnn' needs images: X of shape (n, C, H, W), or flat rows with "
@@ -138,7 +141,7 @@ class DeepSVDD(OutlierMixin, BaseEstimator):
                 f"image_shape {self.image_shape}"
             )
         return {"name": "bias_free_cnn", "in_channels": int(shape[0]),
-                "image_size": [int(shape[1]), int(shape[2])], "dim": int(self.dim)}
+                "image_size": [int(shape[1]), int(shape[2])], "dim": dim}
 
     def fit(self, X: Any, y: Any = None, *,
             log: Callable[[str], None] | None = None) -> DeepSVDD:
@@ -150,6 +153,12 @@ class DeepSVDD(OutlierMixin, BaseEstimator):
         from dmlkit.training import Trainer
 
         check_contamination(self.contamination)
+        seed = check_random_state_seed(self.random_state)
+        dim = check_int_param("dim", self.dim)
+        epochs = check_int_param("epochs", self.epochs)
+        lr = check_real("lr", self.lr, 0.0, math.inf, low_open=True, high_open=True)
+        decay = check_real("weight_decay", self.weight_decay, 0.0, math.inf, high_open=True)
+        check_real("center_eps", self.center_eps, 0.0, math.inf, high_open=True)
         size = self.batch_size
         if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 2:
             raise ValueError(f"batch_size must be an integer >= 2 (the network's batch "
@@ -164,19 +173,18 @@ class DeepSVDD(OutlierMixin, BaseEstimator):
                              f"network on, 1 to set the threshold), got n_samples={len(X)}")
         n = len(X)
         n_cal = min(n - 2, max(1, round(float(frac) * n)))  # (batch norm needs 2 rows)
-        order = np.random.default_rng(int(self.random_state)).permutation(n)
+        order = np.random.default_rng(seed).permutation(n)
         X_cal, X = X[order[:n_cal]], X[np.sort(order[n_cal:])]
-        spec = self._model_spec(X)
+        spec = self._model_spec(X, dim)
         config = Config.from_dict({
             "model": spec,
             "loss": {"name": "contrastive"},  # unused: the one-class objective is passed in
-            "optimizer": {"name": "adam", "lr": float(self.lr),
-                          "weight_decay": float(self.weight_decay)},
-            "training": {"epochs": int(self.epochs), "batch_size": int(self.batch_size),
-                         "seed": int(self.random_state), "progress": log is not None},
+            "optimizer": {"name": "adam", "lr": lr, "weight_decay": decay},
+            "training": {"epochs": epochs, "batch_size": int(self.batch_size),
+                         "seed": seed, "progress": log is not None},
         })
         data = ArrayDataset(X, np.zeros(len(X), dtype=np.int64))
-        trainer = Trainer(config, data, loss=OneClassObjective(torch.zeros(int(self.dim))),
+        trainer = Trainer(config, data, loss=OneClassObjective(torch.zeros(dim)),
                           log=log)
         center = self._initial_center(trainer.model, data.x)
         trainer.loss.center.copy_(center)

@@ -160,14 +160,17 @@ def kit_embedder(estimator: Any, embedder: Any, *, reset: bool) -> Any:
 def embed_inputs(embedder: Any, X: Any, *, batch_size: int = 1024) -> torch.Tensor:
     """``(n, dim)`` float32 CPU embeddings of ``X`` (rows as given when ``embedder`` is None).
 
+    The result never shares memory with ``X``: a kit keeps it as fitted state, which must
+    not follow later changes to the caller's array.
+
     ``embedder`` is None, a :class:`torch.nn.Module` (run in eval mode, no gradients, in
     batches), a dmlkit run directory (its model), or a callable taking a float32 array
     and returning ``(n, dim)`` array-likes.
     """
     batch_size = check_int_param("batch_size", batch_size)
     x = torch.as_tensor(np.asarray(X, dtype=np.float32))
-    if embedder is None:
-        return x.flatten(1).contiguous()
+    if embedder is None:  # a copy: a float32 array is wrapped in place, not copied
+        return x.flatten(1).clone(memory_format=torch.contiguous_format)
     if isinstance(embedder, (str, Path)):
         from dmlkit.runs import load_run
 

@@ -30,6 +30,7 @@ from dmlkit.apps.metric_names import INDEX_METRIC, app_metric
 from dmlkit.apps.persistence import load_kit, load_kit_index, save_kit
 from dmlkit.apps.search_breadth import free_knob, tune, widen
 from dmlkit.apps.targets import check_targets
+from dmlkit.classical.params import check_random_state_seed, check_target_far
 
 MODES = ("nearest", "prototype")
 QUERY_CHUNK = 1024
@@ -70,7 +71,9 @@ class Identifier(ClassifierMixin, BaseEstimator):
     embedder : None, torch.nn.Module, callable or path
         Maps inputs to embeddings (``None``: the rows as given; a path: a run directory).
     batch_size : int
-    random_state : int
+    random_state : int, numpy RandomState or None
+        Seed of the calibration sample and of tuning a faiss index (a RandomState or
+        None gives a seed drawn at each use).
 
     Attributes
     ----------
@@ -101,7 +104,7 @@ class Identifier(ClassifierMixin, BaseEstimator):
         search_depth: int = 4096,
         embedder: Any = None,
         batch_size: int = 1024,
-        random_state: int = 0,
+        random_state: Any = 0,
     ) -> None:
         self.mode = mode
         self.metric = metric
@@ -143,8 +146,8 @@ class Identifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if app_metric(self.metric) not in INDEX_METRIC:  # (aliases: l2, ip, any case)
             raise ValueError(f"metric must be one of {tuple(INDEX_METRIC)}, got {self.metric!r}")
-        if self.target_far is not None and not 0.0 < float(self.target_far) < 1.0:
-            raise ValueError(f"target_far must be in (0, 1) or None, got {self.target_far!r}")
+        check_target_far(self.target_far)
+        seed = check_random_state_seed(self.random_state)
         check_int_param("search_depth", self.search_depth)
         check_int_param("calibration_size", self.calibration_size)
         z = self._embed(X, reset=True)
@@ -157,8 +160,8 @@ class Identifier(ClassifierMixin, BaseEstimator):
         self._add(z, y)
         ids = self.index_.ids
         tune(self.index_, self.sums_[ids] / self.counts_[ids, None]
-             if self.mode == "prototype" else z, self._knob(), self.random_state)
-        self._calibrate(z, y)
+             if self.mode == "prototype" else z, self._knob(), seed)
+        self._calibrate(z, y, seed)
         return self
 
     @staticmethod
@@ -342,8 +345,9 @@ class Identifier(ClassifierMixin, BaseEstimator):
         self._calibrate(z, None if y is None else self._check_y(y, z.shape[0]))
         return self
 
-    def _calibrate(self, z: np.ndarray, y: np.ndarray | None) -> None:
-        if self.target_far is None:
+    def _calibrate(self, z: np.ndarray, y: np.ndarray | None, seed: int | None = None) -> None:
+        far = check_target_far(self.target_far)
+        if far is None:
             self.threshold_ = -np.inf
             return
         if y is None:
@@ -355,7 +359,8 @@ class Identifier(ClassifierMixin, BaseEstimator):
                     f"{('zero', 'one class')[enrolled]}; pass target_far=None for a closed set (on "
                     "the command line: dmlkit identify --closed-set), or enroll more")
             own = self._codes(y, create=False)
-            rng = np.random.default_rng(self.random_state)
+            rng = np.random.default_rng(
+                check_random_state_seed(self.random_state) if seed is None else seed)
             pick = rng.permutation(z.shape[0])[: int(self.calibration_size)]
             codes, scores = self._search(z[pick], 2)
             other = np.where(codes[:, 0] != own[pick], 0, 1)  # best identity not its own
@@ -385,7 +390,7 @@ class Identifier(ClassifierMixin, BaseEstimator):
                     "of the gallery), so no impostor score can be measured for them; raise "
                     "nprobe / ef_search (or leave them unset to have them chosen), or use "
                     "index='exact'")
-        self.threshold_ = far_threshold(impostor, float(self.target_far))
+        self.threshold_ = far_threshold(impostor, far)
 
     # -- evaluation ---------------------------------------------------------------------
     def evaluate(self, X: Any, y: Any, *, fars: float | tuple[float, ...] = (1e-2,),

@@ -60,6 +60,7 @@ from dmlkit.apps.outlier_scores import (
 )
 from dmlkit.apps.persistence import load_kit, load_module, module_arrays, save_kit
 from dmlkit.apps.targets import check_targets
+from dmlkit.classical.params import check_random_state_seed
 
 METHODS = ("knn", "prototype", "mahalanobis")
 #: prefix of the learned embedder's weights in a saved detector
@@ -113,9 +114,9 @@ class MetricOutlierDetector(OutlierMixin, BaseEstimator):
         before a later ``set_params(embedder="learn")`` reaches it.
     batch_size : int
         Rows embedded at a time.
-    random_state : int
+    random_state : int, numpy RandomState or None
         Seed of k-means, of the folds of ``"mahalanobis"``'s threshold and of metric
-        learning.
+        learning (a RandomState or None gives one seed drawn at ``fit``).
 
     Attributes
     ----------
@@ -151,7 +152,7 @@ class MetricOutlierDetector(OutlierMixin, BaseEstimator):
         learn_config: dict[str, Any] | None = None,
         calibration_folds: int = 5,
         batch_size: int = 1024,
-        random_state: int = 0,
+        random_state: Any = 0,
     ) -> None:
         self.method = method
         self.n_neighbors = n_neighbors
@@ -187,6 +188,7 @@ class MetricOutlierDetector(OutlierMixin, BaseEstimator):
     def _fit(self, X: Any, y: Any) -> np.ndarray:
         """Fit; return the held-out training scores ``(n,)`` that set ``offset_``."""
         self._check_params()
+        self._seed = check_random_state_seed(self.random_state)  # one seed for the fit
         X = self._validate(X, reset=True)
         labels = None if y is None else check_targets(y, X.shape[0])
         if _learns(self.embedder):
@@ -200,7 +202,7 @@ class MetricOutlierDetector(OutlierMixin, BaseEstimator):
                                  f"{X.shape[0]}")
             held_out = self._cross_fitted_scores(X, labels)  # before the final metric
             self.embedder_, self.embedder_config_ = learn_embedder(
-                X, labels, self.learn_config, self.random_state
+                X, labels, self.learn_config, self._seed
             )
         else:
             held_out = None
@@ -229,7 +231,7 @@ class MetricOutlierDetector(OutlierMixin, BaseEstimator):
         as :meth:`_held_out_scores`)."""
         _, codes = np.unique(labels, return_inverse=True)
         k = min(int(self.calibration_folds), len(X))
-        folds = stratified_folds(codes.reshape(-1), k, int(self.random_state))  # (n,)
+        folds = stratified_folds(codes.reshape(-1), k, self._seed)  # (n,)
         scores = np.empty(len(X))
         for f in range(k):
             held = folds == f
@@ -239,7 +241,7 @@ class MetricOutlierDetector(OutlierMixin, BaseEstimator):
                     f"{k - 1} of {k} folds of the normal rows, and one of them holds a "
                     "single class: pass more rows per class (or fewer calibration_folds)")
             self.embedder_, _ = learn_embedder(X[~held], labels[~held], self.learn_config,
-                                               self.random_state)
+                                               self._seed)
             z = self._embed(X)  # (n, d) in a metric that never saw the rows of fold f
             self._fit_scores(z, labels)
             scores[held] = self._held_out_scores(z)[held]
@@ -275,7 +277,7 @@ class MetricOutlierDetector(OutlierMixin, BaseEstimator):
         if self.method == "mahalanobis":  # one Gaussian of all normal data
             return torch.zeros(len(z), dtype=torch.long), z.mean(0, keepdim=True)
         k = min(int(self.n_prototypes), len(z))
-        km = KMeans(n_clusters=k, n_init=3, random_state=self.random_state).fit(z.numpy())
+        km = KMeans(n_clusters=k, n_init=3, random_state=self._seed).fit(z.numpy())
         return (torch.from_numpy(km.labels_.astype(np.int64)),
                 torch.from_numpy(km.cluster_centers_).float())
 
@@ -309,7 +311,7 @@ class MetricOutlierDetector(OutlierMixin, BaseEstimator):
         elif self.method == "prototype":
             dist = prototype_loo_sq(z, self.prototypes_, self.assignment_).sqrt()
         else:
-            dist = mahalanobis_oof_sq(z, self.assignment_, seed=int(self.random_state)).sqrt()
+            dist = mahalanobis_oof_sq(z, self.assignment_, seed=self._seed).sqrt()
         return (-dist).numpy()
 
     def score_samples(self, X: Any) -> np.ndarray:

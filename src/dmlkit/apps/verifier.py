@@ -25,6 +25,11 @@ from dmlkit.apps.metric_names import app_metric
 from dmlkit.apps.persistence import load_kit, save_kit
 from dmlkit.apps.targets import check_targets
 from dmlkit.apps.verification_stats import bootstrap_intervals, verification_curves
+from dmlkit.classical.params import (
+    check_random_state_param,
+    check_random_state_seed,
+    check_target_far,
+)
 from dmlkit.evaluation.verification import (
     ThresholdCalibrator,
     indexed_pair_scores,
@@ -99,8 +104,9 @@ class Verifier(BaseEstimator):
         directory whose model embeds raw inputs).
     batch_size : int
         Rows embedded at a time.
-    random_state : int
-        Seed of pair drawing and of the bootstrap.
+    random_state : int, numpy RandomState or None
+        Seed of pair drawing and of the bootstrap (a RandomState or None gives a seed
+        drawn at each use).
 
     Attributes
     ----------
@@ -109,6 +115,9 @@ class Verifier(BaseEstimator):
     far_, tar_ : float
         False- and true-accept rates at ``threshold_`` on the fitting pairs.
     n_pairs_, n_same_ : int
+    calibration_ : str or None
+        The calibration fitted, the one :meth:`predict_proba` uses (``calibration`` as
+        it was at ``fit``).
     n_features_in_ : int
 
     Examples
@@ -128,7 +137,7 @@ class Verifier(BaseEstimator):
         fars: Sequence[float] = (1e-3, 1e-2, 1e-1),
         embedder: Any = None,
         batch_size: int = 1024,
-        random_state: int = 0,
+        random_state: Any = 0,
     ) -> None:
         self.metric = metric
         self.target_far = target_far
@@ -158,7 +167,7 @@ class Verifier(BaseEstimator):
                 raise ValueError(
                     f"a calibration set needs at least two identities; y has only {labels[0]!r}")
             i, j, same = pairs_from_labels(labels, max_pairs=self.max_pairs,
-                                           seed=self.random_state)
+                                           seed=check_random_state_seed(self.random_state))
             if same.all() or not same.any():
                 counts = np.unique(labels, return_counts=True)[1]
                 if counts.max() < 2:  # every pair was drawn, none can be "same"
@@ -182,8 +191,8 @@ class Verifier(BaseEstimator):
         if self.calibration not in CALIBRATIONS:
             raise ValueError(f"calibration must be one of {CALIBRATIONS}, got "
                              f"{self.calibration!r}")
-        if self.target_far is not None and not 0.0 < float(self.target_far) < 1.0:
-            raise ValueError(f"target_far must be in (0, 1) or None, got {self.target_far!r}")
+        check_target_far(self.target_far)
+        check_random_state_param(self.random_state)
         check_int_param("max_pairs", self.max_pairs)
         check_int_param("n_bootstrap", self.n_bootstrap)
         self._fars()
@@ -233,6 +242,7 @@ class Verifier(BaseEstimator):
         self.n_pairs_, self.n_same_ = int(s.size), int(y.sum())
         self.platt_ = np.zeros(2)
         self.isotonic_ = np.zeros((2, 0))
+        self.calibration_ = self.calibration  # what predict_proba maps scores with
         if self.calibration == "platt":
             from sklearn.linear_model import LogisticRegression
 
@@ -271,8 +281,10 @@ class Verifier(BaseEstimator):
 
     def predict_proba(self, X_a: Any, X_b: Any) -> np.ndarray:
         """``(m, 2)`` calibrated probabilities of [different, same]."""
-        if self.calibration is None:
-            raise ValueError("predict_proba needs calibration='platt' or 'isotonic'")
+        check_is_fitted(self, "threshold_")
+        if self.calibration_ is None:
+            raise ValueError("predict_proba needs a verifier fitted with calibration='platt' "
+                             "or 'isotonic': set calibration and fit again")
         p = self.proba_from_scores(self.score_pairs(X_a, X_b))
         return np.stack([1.0 - p, p], axis=1)
 
@@ -280,11 +292,12 @@ class Verifier(BaseEstimator):
         """``(m,)`` calibrated P(same) of pair scores."""
         check_is_fitted(self, "threshold_")
         s = np.asarray(scores, dtype=np.float64).reshape(-1)
-        if self.calibration == "platt":
+        if self.calibration_ == "platt":
             return 1.0 / (1.0 + np.exp(-(self.platt_[0] * s + self.platt_[1])))
-        if self.calibration == "isotonic":
+        if self.calibration_ == "isotonic":
             return np.interp(s, self.isotonic_[0], self.isotonic_[1])
-        raise ValueError("this Verifier has no calibration")
+        raise ValueError("this verifier was fitted without calibration: set calibration to "
+                         "'platt' or 'isotonic' and fit again")
 
     # -- evaluating ---------------------------------------------------------------------
     def evaluate(self, X: Any, y: Any = None, *, pairs: Any = None,
@@ -310,9 +323,10 @@ class Verifier(BaseEstimator):
         check_is_fitted(self, "threshold_")
         s, y = check_scored_pairs(scores, is_same)
         fars = self._fars()  # (set_params or a saved kit may bring others than fit checked)
-        out: dict[str, Any] = verification_metrics(s, y, fars=fars, seed=self.random_state)
+        seed = check_random_state_seed(self.random_state)
+        out: dict[str, Any] = verification_metrics(s, y, fars=fars, seed=seed)
         out["ci95"] = bootstrap_intervals(s, y, fars=fars, n_bootstrap=self.n_bootstrap,
-                                          seed=self.random_state)
+                                          seed=seed)
         for key, value in out.items():  # no interval around a TAR these pairs cannot measure
             if key.startswith("tar_at_far_") and value != value:
                 out["ci95"][key] = None
@@ -335,7 +349,8 @@ class Verifier(BaseEstimator):
         (:func:`~dmlkit.apps.persistence.check_kit_model`)."""
         check_is_fitted(self, "threshold_")
         state = {"threshold_": self.threshold_, "far_": self.far_, "tar_": self.tar_,
-                 "n_pairs_": self.n_pairs_, "n_same_": self.n_same_}
+                 "n_pairs_": self.n_pairs_, "n_same_": self.n_same_,
+                 "calibration_": self.calibration_}
         return save_kit(path, self, arrays={"platt": self.platt_, "isotonic": self.isotonic_},
                         state=state, count=self.n_pairs_, model_sha256=model_sha256)
 
@@ -350,8 +365,12 @@ class Verifier(BaseEstimator):
             v.far_, v.tar_ = float(state["far_"]), float(state["tar_"])
             v.n_pairs_, v.n_same_ = int(state["n_pairs_"]), int(state["n_same_"])
             v.platt_, v.isotonic_ = arrays["platt"], arrays["isotonic"]
+            # (kits saved before it was recorded: the calibration they were saved with)
+            v.calibration_ = state.get("calibration_", v.calibration)
         except (KeyError, TypeError, ValueError) as err:
             raise IndexFormatError(f"{path}: incomplete verifier state ({err})") from None
+        if v.calibration_ not in CALIBRATIONS:
+            raise IndexFormatError(f"{path}: unknown calibration {v.calibration_!r}")
         if v.platt_.shape != (2,) or v.isotonic_.ndim != 2 or v.isotonic_.shape[0] != 2:
             raise IndexFormatError(f"{path}: calibration arrays have the wrong shape")
         return v

@@ -123,8 +123,9 @@ class LMNN(MahalanobisMixin):
         Output dimension (``None``: ``n_features``); smaller gives a low-rank metric.
     n_neighbors : int
         Target neighbours per sample.
-    mu : float
-        Weight of the push term in ``(1 - mu) * pull + mu * push`` (the paper's ``mu``).
+    mu : float in (0, 1]
+        Weight of the push term in ``(1 - mu) * pull + mu * push`` (the paper's ``mu``;
+        0 is refused: the pull term alone shrinks the metric to zero).
     init : {'auto', 'pca', 'lda', 'identity', 'random'} or ndarray
         Initial ``L`` (as in :class:`~dmlkit.classical.NCA`).
     max_iter, tol : int, float
@@ -173,7 +174,13 @@ class LMNN(MahalanobisMixin):
         """Fit on ``X (n_samples, n_features)`` with class labels ``y (n_samples,)``."""
         X, codes = self._validate_xy(X, y)
         n_neighbors = check_int_param("n_neighbors", self.n_neighbors)
-        mu = check_real("mu", self.mu, 0.0, 1.0)
+        try:
+            mu = check_real("mu", self.mu, 0.0, 1.0, low_open=True)
+        except ValueError:
+            raise ValueError(
+                f"mu must be a real number in (0, 1] (the push term's weight: mu=0 keeps only "
+                f"the pull term, which shrinks the metric to zero), got {self.mu!r} "
+                f"({type(self.mu).__name__})") from None
         max_iter, tol = check_solver_params(self.max_iter, self.tol)
         k_out = check_n_components(self.n_components, X.shape[1])
         if np.bincount(codes).max() < 2:  # before init, whose LDA would refuse it first
