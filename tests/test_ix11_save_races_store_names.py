@@ -187,8 +187,7 @@ def test_index_build_reports_a_file_system_error_in_one_line(tmp_path, monkeypat
 def folder_run(tmp_path_factory):
     """A run trained on a small image folder of two named classes."""
     image = pytest.importorskip("PIL.Image")
-    from dmlkit.config import Config
-    from dmlkit.training import train_run
+    from test_search_queries import train_grey_folder_run
 
     root = tmp_path_factory.mktemp("folder_run")
     folder = root / "imgs"
@@ -198,14 +197,7 @@ def folder_run(tmp_path_factory):
             seed = 10 * len(name) + i + (name == "dog") * 100
             pixels = (np.random.default_rng(seed).random((8, 8)) * 255).astype(np.uint8)
             image.fromarray(pixels).save(folder / name / f"{i}.png")
-    cfg = Config.from_dict({
-        "name": "imgs", "data": {"name": "image_folder", "path": str(folder),
-                                 "color": "grayscale", "test_fraction": 0.34},
-        "model": {"name": "mlp", "dim": 4, "hidden": [8]},
-        "sampler": {"name": "m_per_class", "m": 2, "batch_size": 4},
-        "training": {"epochs": 1, "num_threads": 1},
-    })
-    train_run(cfg, root / "run", log=lambda *a: None)
+    train_grey_folder_run(folder, root / "run")
     return root
 
 

@@ -281,15 +281,12 @@ main()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.npz"]
 
 
-def _image_folder_index(tmp_path):  # noqa: ANN001, ANN202
-    """A run trained on a small image folder and ``dmlkit index build`` of its held-out
-    split (the default): ``(folder, index)``."""
-    image = pytest.importorskip("PIL.Image")
+def train_grey_folder_run(folder: Path, out: Path) -> None:
+    """Train a 1-epoch MLP run on the grey image folder ``folder`` into ``out`` (a third of
+    each class held out)."""
     from dmlkit.config import Config
-    from dmlkit.index import load_index
     from dmlkit.training import train_run
 
-    folder = _image_folder(tmp_path, image)
     cfg = Config.from_dict({
         "name": "imgs", "data": {"name": "image_folder", "path": str(folder),
                                  "color": "grayscale", "test_fraction": 0.34},
@@ -297,7 +294,17 @@ def _image_folder_index(tmp_path):  # noqa: ANN001, ANN202
         "sampler": {"name": "m_per_class", "m": 2, "batch_size": 4},
         "training": {"epochs": 1, "num_threads": 1},
     })
-    train_run(cfg, tmp_path / "run", log=lambda *a: None)
+    train_run(cfg, out, log=lambda *a: None)
+
+
+def _image_folder_index(tmp_path):  # noqa: ANN001, ANN202
+    """A run trained on a small image folder and ``dmlkit index build`` of its held-out
+    split (the default): ``(folder, index)``."""
+    image = pytest.importorskip("PIL.Image")
+    from dmlkit.index import load_index
+
+    folder = _image_folder(tmp_path, image)
+    train_grey_folder_run(folder, tmp_path / "run")
     res = runner.invoke(app, ["index", "build", str(tmp_path / "run"), "--out",
                               str(tmp_path / "ix")])  # --data heldout, the default
     assert res.exit_code == 0, res.output
