@@ -155,6 +155,55 @@ def check_float32_range(X: Any, source: str,
         f"({'row' if bad.size == 1 else 'rows'} {first_few(int(i) for i in bad)}); {fix}")
 
 
-__all__ = ["FINITE_FIX", "FLOAT32_MAX", "check_finite_rows", "check_float32_range", "check_int",
-           "check_int_param", "check_real", "check_real_inputs", "first_few", "is_int",
-           "is_number_text"]
+#: the seeds :func:`check_random_state_seed` passes on: numpy's ``RandomState`` range
+SEED_LIMIT = 2**32
+
+
+def check_target_far(target_far: Any) -> float | None:
+    """A kit's ``target_far`` as a float in ``(0, 1)``, or None; anything else (text
+    such as ``"0.1"`` included) a ``ValueError`` naming ``target_far``."""
+    if target_far is None:
+        return None
+    try:
+        return check_real("target_far", target_far, 0.0, 1.0, low_open=True, high_open=True)
+    except ValueError:
+        raise ValueError(f"target_far must be a number in (0, 1) (the false-accept rate to "
+                         f"reach) or None, got {target_far!r} ({type(target_far).__name__})"
+                         ) from None
+
+
+def check_random_state_param(random_state: Any) -> None:
+    """Refuse a ``random_state`` that is not None, an integer in ``[0, 2**32)`` or a
+    :class:`numpy.random.RandomState` (a ``ValueError`` naming it); draws nothing."""
+    import numpy as np
+
+    if is_int(random_state):
+        if not 0 <= random_state < SEED_LIMIT:
+            raise ValueError(f"random_state must be None, an integer in [0, 2**32) or a "
+                             f"numpy RandomState, got {random_state!r}")
+    elif random_state is not None and not isinstance(random_state, np.random.RandomState):
+        raise ValueError(f"random_state must be None, an integer in [0, 2**32) or a numpy "
+                         f"RandomState, got {random_state!r} ({type(random_state).__name__})")
+
+
+def check_random_state_seed(random_state: Any) -> int:
+    """An integer seed from a learner's ``random_state``, scikit-learn's three kinds.
+
+    An integer in ``[0, 2**32)`` is the seed itself; ``None`` (numpy's global random
+    state) or a :class:`numpy.random.RandomState` gives a seed drawn from it, so one
+    ``fit`` uses one seed for all its random steps. Anything else (bools, floats, text,
+    negative integers) is a ``ValueError`` naming ``random_state``.
+    """
+    import numpy as np
+    from sklearn.utils import check_random_state
+
+    check_random_state_param(random_state)
+    if is_int(random_state):
+        return int(random_state)
+    return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
+
+
+__all__ = ["FINITE_FIX", "FLOAT32_MAX", "SEED_LIMIT", "check_finite_rows",
+           "check_float32_range", "check_int", "check_int_param", "check_random_state_param",
+           "check_random_state_seed", "check_real", "check_real_inputs", "check_target_far",
+           "first_few", "is_int", "is_number_text"]

@@ -29,11 +29,10 @@ from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils.validation import check_is_fitted
 from torch import Tensor, nn
 
-from dmlkit._checks import check_int_param, check_real
+from dmlkit._checks import check_int_param, check_random_state_seed, check_real
 from dmlkit.apps.embedding import embed_inputs, validate_inputs
 from dmlkit.apps.outliers import check_contamination
 from dmlkit.apps.persistence import load_kit, load_module, module_arrays, save_kit
-from dmlkit.classical.params import check_random_state_seed
 
 #: prefix of the network's weights in a saved detector
 MODEL = "model"

@@ -23,14 +23,13 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from dmlkit._checks import check_int_param
+from dmlkit._checks import check_int_param, check_random_state_seed, check_target_far
 from dmlkit.apps.embedding import embed_inputs, kit_embedder, validate_inputs
 from dmlkit.apps.identification_metrics import dir_at_far, far_threshold, open_set_roc
 from dmlkit.apps.metric_names import INDEX_METRIC, app_metric
 from dmlkit.apps.persistence import load_kit, load_kit_index, save_kit
 from dmlkit.apps.search_breadth import free_knob, tune, widen
 from dmlkit.apps.targets import check_targets
-from dmlkit.classical.params import check_random_state_seed, check_target_far
 
 MODES = ("nearest", "prototype")
 QUERY_CHUNK = 1024

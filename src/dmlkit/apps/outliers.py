@@ -47,7 +47,7 @@ import torch
 from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from dmlkit._checks import check_int_param
+from dmlkit._checks import check_int_param, check_random_state_seed
 from dmlkit.apps.embedding import embed_inputs, kit_embedder, learn_embedder, validate_inputs
 from dmlkit.apps.outlier_scores import (
     class_means,
@@ -60,7 +60,6 @@ from dmlkit.apps.outlier_scores import (
 )
 from dmlkit.apps.persistence import load_kit, load_module, module_arrays, save_kit
 from dmlkit.apps.targets import check_targets
-from dmlkit.classical.params import check_random_state_seed
 
 METHODS = ("knn", "prototype", "mahalanobis")
 #: prefix of the learned embedder's weights in a saved detector

@@ -19,17 +19,17 @@ import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
-from dmlkit._checks import check_int_param
+from dmlkit._checks import (
+    check_int_param,
+    check_random_state_param,
+    check_random_state_seed,
+    check_target_far,
+)
 from dmlkit.apps.embedding import embed_inputs, kit_embedder, validate_inputs
 from dmlkit.apps.metric_names import app_metric
 from dmlkit.apps.persistence import load_kit, save_kit
 from dmlkit.apps.targets import check_targets
 from dmlkit.apps.verification_stats import bootstrap_intervals, verification_curves
-from dmlkit.classical.params import (
-    check_random_state_param,
-    check_random_state_seed,
-    check_target_far,
-)
 from dmlkit.evaluation.verification import (
     ThresholdCalibrator,
     indexed_pair_scores,
