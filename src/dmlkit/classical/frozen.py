@@ -175,7 +175,7 @@ def load_embeddings(source: str | Path, device: str = "cpu", *, x_key: str = "em
     source = Path(source)
     if source.is_dir():
         return embed_run(source, device=device)
-    if source.suffix != ".npz" or not source.is_file():
+    if source.suffix.lower() != ".npz" or not source.is_file():
         raise ValueError(f"{source} is neither a run directory nor an .npz file")
     from dmlkit._checks import check_finite_rows
     from dmlkit.data.npz import read_arrays

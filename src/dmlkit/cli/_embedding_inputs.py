@@ -41,7 +41,7 @@ def refuse_embeddings(spec: str | Path | None, x_key: str | None = None,
     from dmlkit.index.provenance import EMBEDDINGS_MODEL_KEY
 
     path = Path(spec) if spec is not None else None
-    if path is None or path.suffix != ".npz" or not path.is_file():
+    if path is None or path.suffix.lower() != ".npz" or not path.is_file():
         return
     names = _array_names(path)
     key = x_key or ("x" if "x" in names or EMBEDDINGS not in names else EMBEDDINGS)
@@ -60,7 +60,7 @@ def check_finite_inputs(x: Any, path: Path, key: str) -> None:
     when array ``key`` of ``path`` holds NaN or infinite values."""
     from dmlkit.apps.embedding import check_finite_rows
 
-    check_finite_rows(x, str(path) if path.suffix == ".npy" else f"{path}: {key!r}")
+    check_finite_rows(x, str(path) if path.suffix.lower() == ".npy" else f"{path}: {key!r}")
 
 
 __all__ = ["EMBEDDINGS", "check_finite_inputs", "refuse_embeddings"]

@@ -123,7 +123,7 @@ class DataReader:
 
         path, run = Path(spec), self.run_dir is not None
         source = f"{option} {spec}"
-        if path.suffix == ".npz" and path.is_file():
+        if path.suffix.lower() == ".npz" and path.is_file():
             arrays = read_arrays(path)  # (an empty or truncated file: a ValueError naming it)
             key = self._keys(arrays, path)
             refuse_embeddings(path if run else None, self.x_key)  # (a run's model: raw inputs)
@@ -133,7 +133,7 @@ class DataReader:
             if labels is not None and len(labels) != len(x):
                 raise ValueError(f"{path}: {len(x)} items but {len(labels)} labels")
             return x, labels, arrays
-        if path.suffix == ".npy" and path.is_file():
+        if path.suffix.lower() == ".npy" and path.is_file():
             x = read_arrays(path)["x"]
             check_finite_inputs(x, path, "x")
             return (self._inputs(x, source) if run else x), None, {}
@@ -204,7 +204,7 @@ def data_model(run_dir: Path | None, *specs: str | None) -> str | None:
     if run_dir is not None:
         return None
     for spec in specs:
-        if spec is not None and Path(spec).suffix == ".npz" and Path(spec).is_file():
+        if spec is not None and Path(spec).suffix.lower() == ".npz" and Path(spec).is_file():
             recorded = embeddings_fingerprint(spec)
             if recorded is not None:
                 return recorded

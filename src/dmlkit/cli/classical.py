@@ -62,7 +62,7 @@ def _source_fingerprint(source: Path) -> str | None:
         from dmlkit.apps.persistence import run_fingerprint
 
         return run_fingerprint(source)
-    if source.suffix == ".npz" and source.is_file():
+    if source.suffix.lower() == ".npz" and source.is_file():
         return embeddings_fingerprint(source)
     return None
 

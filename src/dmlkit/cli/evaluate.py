@@ -177,7 +177,7 @@ def evaluate(
         options = {"metric": metric, "sections": _sections(sections), "seed": seed,
                    "episodes": episodes, "per_class": per_class, "full_ranking": full_ranking,
                    "log": lambda line: typer.echo(line, err=True)}  # progress, on stderr
-        if run_dir.suffix == ".npz" and run_dir.is_file():
+        if run_dir.suffix.lower() == ".npz" and run_dir.is_file():
             if data != "heldout":
                 raise ValueError(f"{run_dir} holds embeddings already; --data names what a "
                                  "run directory's model embeds")

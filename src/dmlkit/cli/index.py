@@ -32,12 +32,12 @@ def _load_arrays(path: Path) -> tuple[Any, Any]:
     """``(x, labels or None)`` from a .npy or .npz file (no pickles)."""
     import numpy as np
 
-    if path.suffix not in (".npy", ".npz"):
+    if path.suffix.lower() not in (".npy", ".npz"):
         raise ValueError(f"{path}: expected a .npy or .npz file of embeddings")
     from dmlkit.data.npz import read_arrays
 
     arrays = read_arrays(path)
-    if path.suffix == ".npy":
+    if path.suffix.lower() == ".npy":
         return np.asarray(arrays["x"]), None
     key = next((k for k in ("embeddings", "x") if k in arrays), None)
     if key is None:
@@ -79,7 +79,7 @@ def _npz_payloads(path: Path, n: int, labels: Any,
     """Each item's ``class`` name and ``text`` when a .npz holds them (dmlkit text embed):
     the class names of string labels, else its ``class_names`` array indexed by the
     labels (items labelled -1 get no class)."""
-    if path.suffix != ".npz":
+    if path.suffix.lower() != ".npz":
         return None
     from dmlkit.data.npz import read_arrays
 
@@ -301,7 +301,7 @@ def _query_embeddings(queries: list[Path], index: Any, run_dir: Path | None, dev
 
         run = load_run(run_dir, device=device)
         spec = run_input_spec(run)
-    if queries[0].suffix in (".npy", ".npz"):
+    if queries[0].suffix.lower() in (".npy", ".npz"):
         x, kind = read_query_array(queries[0], index.dim, spec, kind)
         names = [f"{queries[0].name}[{i}]" for i in range(x.shape[0])]
         if kind == "embeddings":  # of the index's model, where both record theirs

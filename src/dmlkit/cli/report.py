@@ -73,7 +73,7 @@ def _item(run: Any, spec: str, shape: Any, splits: Any = None) -> tuple[Any, str
         return data.x[int(index)], f"{spec} ({_class_text(label, data.class_names)})"
     match = re.fullmatch(r"(.+\.npy):(\d+)", spec)
     path, row = (Path(match[1]), int(match[2])) if match else (Path(spec), None)
-    if path.suffix != ".npy":
+    if path.suffix.lower() != ".npy":
         raise ValueError(f"item {spec!r}: give heldout:N, train:N, or a .npy file (FILE.npy:N "
                          "for row N of a file of several items)")
     from dmlkit.data.npz import read_arrays

@@ -57,7 +57,7 @@ def embed(
     from dmlkit.text import embed_texts
     from dmlkit.training.device import check_device
 
-    out = out if out.suffix == ".npz" else out.with_name(out.name + ".npz")  # as numpy
+    out = out if out.suffix.lower() == ".npz" else out.with_name(out.name + ".npz")  # as numpy
     names = None
     try:
         check_output_path(out, "--out", existing_inputs({"the data file": data}),

@@ -343,7 +343,7 @@ def embed(
     from dmlkit.training.run import MODEL_FILE
 
     if not store:
-        out = out if out.suffix == ".npz" else out.with_name(out.name + ".npz")  # as numpy
+        out = out if out.suffix.lower() == ".npz" else out.with_name(out.name + ".npz")  # as numpy
     try:
         for option, value in (("--batch-size", batch_size), ("--chunk-size", chunk_size)):
             if value < 1:  # (before the run is loaded)

@@ -25,7 +25,7 @@ def read_arrays(path: str | Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise FileNotFoundError(f"file not found: {path}")
     try:
-        if path.suffix == ".npy":
+        if path.suffix.lower() == ".npy":
             return {"x": np.load(path, allow_pickle=False)}
         loaded = np.load(path, allow_pickle=False)
         if not isinstance(loaded, np.lib.npyio.NpzFile):
@@ -38,7 +38,7 @@ def read_arrays(path: str | Path) -> dict[str, np.ndarray]:
                 "is not a numpy array file (reading it would need unpickling, which dmlkit "
                 "never does)" if "pickle" in str(err) else f"cannot be read ({err})")
         raise ValueError(f"{path} {what}; write it again with numpy "
-                         f"(np.{'save' if path.suffix == '.npy' else 'savez'})") from None
+                         f"(np.{'save' if path.suffix.lower() == '.npy' else 'savez'})") from None
 
 
 #: integer dtypes read as image pixels, and the pixel value that becomes 1.0

@@ -215,10 +215,10 @@ def load_features(path: str | Path, key: str = "x") -> Tensor:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"feature file not found: {path}")
-    if path.suffix not in (".npy", ".npz"):
+    if path.suffix.lower() not in (".npy", ".npz"):
         raise ValueError(f"features must be a .npy or .npz file, got {path.name!r}")
     archive = read_arrays(path)  # (an empty, truncated or foreign file: one line naming it)
-    if path.suffix == ".npz":
+    if path.suffix.lower() == ".npz":
         if key not in archive:
             raise KeyError(f"{path} has no array {key!r}; arrays present: {list(archive)}")
         x = archive[key]

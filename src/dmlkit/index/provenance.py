@@ -197,7 +197,7 @@ def embeddings_fingerprint(path: str | Path) -> str | None:
     import numpy as np
 
     path = Path(path)
-    if path.suffix != ".npz":
+    if path.suffix.lower() != ".npz":
         return None
     try:
         archive = np.load(path, allow_pickle=False)

@@ -82,7 +82,7 @@ def run_data(
     cfg = data_config(data)
     text = str(data) if by_path else str(cfg.path or cfg.name)
     if keyed:
-        if not by_path or cfg.name != "npz" or Path(text).suffix != ".npz":
+        if not by_path or cfg.name != "npz" or Path(text).suffix.lower() != ".npz":
             raise ValueError(f"array names (x_key / labels_key) are for a .npz file; "
                              f"{text!r} is not one")
         cfg = dataclasses.replace(cfg, x_key=x_key or cfg.x_key,
@@ -174,14 +174,14 @@ def unlabelled_inputs(run: Run, path: str | Path, *, x_key: str | None = None,
     from dmlkit.runs.queries import prepare_inputs
 
     path = Path(path)
-    if path.suffix == ".npy" and (x_key is not None or labels_key is not None):
+    if path.suffix.lower() == ".npy" and (x_key is not None or labels_key is not None):
         raise ValueError(f"{path} is a .npy file of one array; array names (x_key / "
                          "labels_key) are for a .npz file")
-    if path.suffix == ".npz":
+    if path.suffix.lower() == ".npz":
         check_npz_keys(path, x_key or "x")
-    key = "x" if path.suffix == ".npy" else x_key or "x"
+    key = "x" if path.suffix.lower() == ".npy" else x_key or "x"
     x = read_arrays(path)[key]
-    check_finite_rows(x, str(path) if path.suffix == ".npy" else f"{path}: {key!r}")
+    check_finite_rows(x, str(path) if path.suffix.lower() == ".npy" else f"{path}: {key!r}")
     return torch.from_numpy(prepare_inputs(x, run_input_spec(run), str(path)))
 
 
@@ -190,9 +190,9 @@ def has_labels(path: str | Path, labels_key: str | None = None) -> bool:
     ``.npz`` without a ``"labels"`` array. A ``labels_key`` given says it is (reading it
     then names a missing array)."""
     path = Path(path)
-    if path.suffix == ".npy" and path.is_file():
+    if path.suffix.lower() == ".npy" and path.is_file():
         return False
-    if path.suffix == ".npz" and path.is_file() and labels_key is None:
+    if path.suffix.lower() == ".npz" and path.is_file() and labels_key is None:
         names = npz_arrays(path)
         return names is None or "labels" in names
     return True

@@ -279,7 +279,7 @@ def read_query_array(
         raise ValueError(f"{path} has shape {x.shape}; expected {want}")
 
     arrays = read_arrays(path)
-    if path.suffix == ".npz":
+    if path.suffix.lower() == ".npz":
         if kind == "auto" and {"embeddings", "x"} <= set(arrays):  # the keys cannot tell
             raise ValueError(
                 f"{path} holds both 'embeddings' and 'x': say which to search with --as "
@@ -436,7 +436,7 @@ def expand_queries(queries: list[Path]) -> list[Path]:
             raise FileNotFoundError(f"query file not found: {q}")
         else:
             out.append(q)
-    arrays = [q for q in out if q.suffix in (".npy", ".npz")]
+    arrays = [q for q in out if q.suffix.lower() in (".npy", ".npz")]
     if arrays and len(out) > 1:
         raise ValueError(f"give one .npy/.npz query file, or image files; got {len(out)} "
                          f"queries including {arrays[0]}")
