@@ -219,8 +219,9 @@ class FaissIndex(BaseIndex):
                 f"without them, or use {use}") from None
 
     def _search_ids(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        params = _graph_breadth(import_faiss(), self.index, k)
         try:
-            scores, ids = self.index.search(self._prep(q), k)
+            scores, ids = self.index.search(self._prep(q), k, params=params)
         except RuntimeError as err:  # faiss's own checks: one clear error, no C++ trace
             raise ValueError(f"faiss cannot search {self.factory!r}: {faiss_reason(err)}"
                              ) from None
@@ -334,6 +335,21 @@ def refine_stage(faiss: Any, index: Any) -> Any:
             return index
         index = index.index if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)) else None
     return None
+
+
+def _graph_breadth(faiss: Any, index: Any, k: int) -> Any:
+    """Search parameters that keep at least ``k`` candidates (``efSearch >= k``) where
+    ``index`` is an HNSW graph (inside an ``IndexIDMap`` / ``IndexIDMap2`` too) whose own
+    ``efSearch`` is smaller, else ``None``: a graph search keeping fewer candidates than
+    ``k`` returns fewer than ``k`` items (padded) though the index holds them."""
+    index = faiss.downcast_index(index)
+    if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+        index = faiss.downcast_index(index.index)
+    if not isinstance(index, faiss.IndexHNSW) or index.hnsw.efSearch >= k:
+        return None
+    params = faiss.SearchParametersHNSW()
+    params.efSearch = int(k)
+    return params
 
 
 def _has_own_ids(faiss: Any, index: Any) -> bool:
