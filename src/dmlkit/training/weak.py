@@ -45,6 +45,7 @@ from dmlkit.registry import LOSSES
 from dmlkit.training.best_epoch import scored_best
 from dmlkit.training.build import resolve_config
 from dmlkit.training.checkpoint import atomic_save, atomic_write_text
+from dmlkit.training.checks import check_patience
 from dmlkit.training.data_fingerprint import LazyFingerprint, check_resume_data
 from dmlkit.training.run import (
     CONFIG_FILE,
@@ -325,6 +326,12 @@ def train_weak_run(
             "(contrastive, triplet_margin, multi_similarity, ...)")
     if config.miner is not None:
         raise ValueError("miners need class labels; remove the miner section for tuple data")
+    if config.data.tuples is not None and config.training.patience is not None:
+        raise ValueError(
+            f"training.patience ({config.training.patience}) stops training when the "
+            "validation MAP@R stops improving, but a tuple file has no labels to validate "
+            "on: remove patience (all training.epochs then run)")
+    check_patience(config)
     splits = build_weak_splits(config)
     fingerprint = _fingerprint(splits)
     if resume:  # (before config.yaml is written again)
