@@ -27,7 +27,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from dmlkit._checks import check_int_param, check_real
+from dmlkit._checks import check_int_param, check_random_state_seed, check_real, is_int
 from dmlkit.apps.recommender_inputs import check_not_padding as _check_not_padding
 from dmlkit.apps.recommender_inputs import check_params
 from dmlkit.apps.recommender_inputs import float_rows as _float_rows
@@ -60,7 +60,10 @@ class CMLRecommender(BaseEstimator):
         finite and >= 0.
     feature_hidden : sequence of int
         Hidden widths of the feature MLP.
-    random_state : int
+    random_state : int, numpy.random.RandomState or None
+        Seed of the initial embeddings, the negatives and the batch order: an integer
+        from 0 to ``2**63 - 1``, or a seed drawn from a RandomState (None: numpy's
+        global one), as the other dmlkit estimators take it.
     num_threads : int, optional
         Torch threads while fitting (restored after); the per-batch operations on the
         embedding tables are small, so one thread is fastest, and much faster on a busy
@@ -161,7 +164,10 @@ class CMLRecommender(BaseEstimator):
         if len(self.item_ids_) < 2:
             raise ValueError("need at least 2 distinct items to rank")
         feats = self._features(item_features) if item_features is not None else None
-        gen = torch.Generator().manual_seed(int(self.random_state))
+        # an integer is the seed itself; None or a RandomState gives one drawn from it
+        seed = (int(self.random_state) if is_int(self.random_state)
+                else check_random_state_seed(self.random_state))
+        gen = torch.Generator().manual_seed(seed)
         n_users, n_items, d = len(self.user_ids_), len(self.item_ids_), int(self.dim)
         user_emb = nn.Embedding(n_users, d)
         item_emb = nn.Embedding(n_items, d)
@@ -171,7 +177,7 @@ class CMLRecommender(BaseEstimator):
         params = list(user_emb.parameters()) + list(item_emb.parameters())
         self.feature_net_ = None
         if feats is not None:
-            torch.manual_seed(int(self.random_state))
+            torch.manual_seed(seed)
             self.feature_net_ = _mlp(feats.shape[1], d, self.feature_hidden)
             params += list(self.feature_net_.parameters())
         opt = torch.optim.Adam(params, lr=float(self.lr))
@@ -343,6 +349,7 @@ class CMLRecommender(BaseEstimator):
             raise TypeError(f"item ids must share one type with the known ones "
                             f"({self.item_ids_.dtype.kind in 'US' and 'strings' or 'numbers'}),"
                             f" got {item_ids.tolist()[:3]}")
+        item_ids = _same_numeric_kind(item_ids, self.item_ids_)
         z = torch.from_numpy(self.place_items(features))
         if len(z) != len(item_ids):
             raise ValueError(f"{len(item_ids)} ids but {len(z)} feature rows")
@@ -411,6 +418,18 @@ class CMLRecommender(BaseEstimator):
         model._user_index = {_id_key(v): k for k, v in enumerate(model.user_ids_)}
         model._item_index = {_id_key(v): k for k, v in enumerate(model.item_ids_)}
         return model
+
+
+def _same_numeric_kind(new: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """``new`` float ids as integers where the known ids are integers (``4.0`` is item
+    ``4``); a fractional one is refused, as it would turn every id into a float."""
+    if known.dtype.kind != "i" or new.dtype.kind != "f":
+        return new
+    whole = (new == np.round(new)) & (np.abs(new) < 2.0**63)
+    if not whole.all():
+        raise TypeError(f"item ids must be integers, as the known ones are, got "
+                        f"{float(new[~whole][0])!r}: give whole-number ids")
+    return new.astype(np.int64)
 
 
 def _member(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:

@@ -9,7 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from dmlkit._checks import check_int_param, check_real, check_real_inputs
+from dmlkit._checks import check_int_param, check_real, check_real_inputs, is_int
+
+#: the largest integer seed (that of ``--seed``, which torch's generators take)
+MAX_SEED = 2**63 - 1
 
 
 def check_params(model: Any) -> None:
@@ -31,6 +34,19 @@ def check_params(model: Any) -> None:
                what="a finite learning rate")
     if model.schedule not in ("constant", "cosine"):
         raise ValueError(f"schedule must be 'constant' or 'cosine', got {model.schedule!r}")
+    check_seed_param(model.random_state)
+
+
+def check_seed_param(random_state: Any) -> None:
+    """Refuse a ``random_state`` that is not None, a :class:`numpy.random.RandomState` or
+    an integer seed (from 0 to ``2**63 - 1``, the range of ``--seed``)."""
+    if is_int(random_state):
+        ok = 0 <= random_state <= MAX_SEED
+    else:
+        ok = random_state is None or isinstance(random_state, np.random.RandomState)
+    if not ok:
+        raise ValueError(f"random_state must be None, an integer in [0, 2**63) or a numpy "
+                         f"RandomState, got {random_state!r} ({type(random_state).__name__})")
 
 
 def id_key(value: Any) -> str:
@@ -48,6 +64,8 @@ def ids(values: Any, name: str) -> np.ndarray:
         arr = arr.reshape(1)
     if arr.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
+    if arr.dtype.kind == "O":
+        arr = _numeric_objects(arr)
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise ValueError(f"{name} contain NaN")
     if arr.dtype.kind == "b":
@@ -56,6 +74,22 @@ def ids(values: Any, name: str) -> np.ndarray:
         arr = arr.astype(np.int64)  # signed, so that -1 can pad a recommendation list
     if arr.dtype.kind not in "iufUS":  # objects, mixed types, huge unsigned: as strings
         arr = arr.astype(str)
+    return arr
+
+
+def _numeric_objects(arr: np.ndarray) -> np.ndarray:
+    """An object array of integers as int64, of real numbers as float64 (as a pandas
+    column of numbers holds them, sorted by value as ``np.unique`` sorts it); other object
+    arrays (strings, bools, mixed types, integers beyond int64) unchanged."""
+    values = arr.tolist()
+    if not values or any(isinstance(v, (bool, np.bool_)) for v in values):
+        return arr
+    if all(is_int(v) for v in values):
+        limits = np.iinfo(np.int64)
+        return (arr.astype(np.int64) if all(limits.min <= v <= limits.max for v in values)
+                else arr)
+    if all(isinstance(v, numbers.Real) for v in values):
+        return arr.astype(np.float64)
     return arr
 
 
@@ -84,4 +118,5 @@ def check_not_padding(items: np.ndarray, name: str) -> None:
             "give that item another id")
 
 
-__all__ = ["check_not_padding", "check_params", "float_rows", "id_key", "ids"]
+__all__ = ["MAX_SEED", "check_not_padding", "check_params", "check_seed_param", "float_rows",
+           "id_key", "ids"]

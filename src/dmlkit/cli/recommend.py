@@ -59,12 +59,27 @@ def _check_target(target: Path, model_dir: Path, data: str) -> None:
 
 def _as_text(recs: Any) -> Any:
     """Recommendation lists as strings, padding as ``""``: ids compare with those read from
-    a file (always strings) by their text, as the model matches the ids it is given."""
+    a file (always strings) by the key the model matches ids with (a whole float as the
+    integer: ``17.0`` is ``"17"``)."""
     import numpy as np
+
+    from dmlkit.apps.recommender_inputs import id_key
 
     if recs.dtype.kind in "US":
         return recs.astype(str)
-    return np.where(recs == -1, "", recs.astype(str))  # (numeric ids pad with -1)
+    text = np.array([id_key(v) for v in recs.ravel().tolist()], dtype=str).reshape(recs.shape)
+    return np.where(recs == -1, "", text)  # (numeric ids pad with -1)
+
+
+def _known(ids: Any, fitted: Any) -> Any:
+    """``(n,)`` bool: whether each id read from a file names one of the model's ``fitted``
+    ids, matched by the model's key (``"17"`` names a fitted ``17.0``)."""
+    import numpy as np
+
+    from dmlkit.apps.recommender_inputs import id_key
+
+    keys = {id_key(v) for v in fitted.tolist()}
+    return np.array([id_key(v) in keys for v in ids.tolist()], dtype=bool)
 
 
 def _trained_min_rating(model: Any, model_dir: Path, given: float | None) -> float | None:
@@ -179,8 +194,6 @@ def evaluate(
     held-out item the user already had in training (a repeat) is skipped, with a
     warning, and counted as skipped_repeats; unknown users or items as skipped_unknown.
     """
-    import numpy as np
-
     from dmlkit.apps import CMLRecommender
     from dmlkit.data.interactions import check_min_rating
     from dmlkit.evaluation import write_json
@@ -201,9 +214,8 @@ def evaluate(
                 "--holdout last to evaluate it")
         min_rating = _trained_min_rating(model, model_dir, min_rating)
         _, test = _split(_read(data, min_rating), "last", "evaluate")
-        # by text, as the model matches ids: read ids are strings, fitted ones may be numbers
-        known = (np.isin(test.users, model.user_ids_.astype(str))
-                 & np.isin(test.items, model.item_ids_.astype(str)))
+        # as the model matches ids: read ids are strings, fitted ones may be numbers
+        known = _known(test.users, model.user_ids_) & _known(test.items, model.item_ids_)
         if not known.any():
             raise ValueError("no held-out interaction has a user and item the model knows")
         users, items = test.users[known], test.items[known]

@@ -69,7 +69,8 @@ def read_interactions(path: str | Path, *, min_rating: float | None = None) -> I
     Fields are read as CSV fields (``"u1","a",5,1`` is ``u1,a,5,1``); the separator is
     a tab when the first line holds one, else a comma. Blank lines are skipped; errors
     name the line by its number in the file.
-    Empty ids are refused. ``min_rating`` keeps only interactions rated at least that
+    Empty ids, and ratings or timestamps that are not finite numbers (``nan``, ``inf``),
+    are refused. ``min_rating`` keeps only interactions rated at least that
     much (all by default).
     """
     min_rating = check_min_rating(min_rating)
@@ -124,7 +125,13 @@ def read_interactions(path: str | Path, *, min_rating: float | None = None) -> I
         if bad is not None:
             raise ValueError(f"{path}, line {line_no[bad]}: column {name!r} has the "
                              f"non-numeric value {values[bad]!r}; {name}s must be numbers")
-        return values.astype(np.float64)
+        out = values.astype(np.float64)
+        bad = next(iter(np.flatnonzero(~np.isfinite(out))), None)
+        if bad is not None:  # (nan, inf read as numbers: no rating or time is either)
+            raise ValueError(f"{path}, line {line_no[bad]}: column {name!r} has the "
+                             f"non-finite value {values[bad]!r}; {name}s must be finite "
+                             "numbers: fill in the value or remove the line")
+        return out
 
     data = Interactions(table[:, col["user"]].astype(str), table[:, col["item"]].astype(str),
                         numbers("rating"), numbers("timestamp"))

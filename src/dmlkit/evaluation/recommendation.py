@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from dmlkit._checks import check_int_param, is_int
+
 
 def recommendation_metrics(
     recommended: np.ndarray,
@@ -27,7 +29,7 @@ def recommendation_metrics(
     n_items : int
         Catalogue size, for coverage.
     k : int
-        Cut-off.
+        Cut-off, an integer >= 1.
     pad : object, optional
         The value that fills rows shorter than ``k`` (a user with fewer unseen items):
         never a hit and not an item for coverage. Default: ``-1`` for numeric ids, ``""``
@@ -45,6 +47,8 @@ def recommendation_metrics(
     if recommended.ndim != 2 or recommended.shape[0] != len(relevant):
         raise ValueError(f"recommended must be (n_users={len(relevant)}, k), got "
                          f"{recommended.shape}")
+    if not is_int(k):
+        check_int_param("k", k)  # (refuses it, naming its type)
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     if recommended.shape[1] < k:
