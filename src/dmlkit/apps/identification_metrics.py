@@ -17,18 +17,34 @@ Recognition): a query of an enrolled identity is *detected and identified* at th
 t when its top-1 gallery identity is correct and its top-1 score is ``>= t``; a query of
 an unknown identity raises a *false alarm* when its top-1 score is ``>= t``. DIR@FAR is
 the detection-and-identification rate at the threshold whose false-alarm rate is at most
-FAR.
+FAR; ``m`` unknown queries measure no false-alarm rate between 0 and ``1 / m``, so a FAR
+below it gives NaN (with a warning), as TAR@FAR does for too few different pairs.
 """
 
 from __future__ import annotations
 
+import numbers
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from dmlkit.evaluation.verification import pairs_needed, resolvable
 from dmlkit.functional.retrieval import canonical_metric
 from dmlkit.functional.verification import check_far
+
+
+def check_fars(fars: Any) -> tuple[float, ...]:
+    """``fars`` (one FAR or a sequence of them) as a tuple of floats in ``(0, 1)``."""
+    if isinstance(fars, numbers.Real) and not isinstance(fars, bool):
+        fars = (fars,)  # one FAR
+    if isinstance(fars, (str, bytes)) or not isinstance(fars, (Sequence, np.ndarray)):
+        raise TypeError(f"fars must be a FAR or a sequence of FARs in (0, 1), got {fars!r}")
+    try:
+        return tuple(check_far(f) for f in np.asarray(fars, dtype=object).reshape(-1))
+    except ValueError as err:
+        raise ValueError(f"fars: {err}") from None
 
 
 def far_threshold(impostor_scores: Any, far: float) -> float:
@@ -51,18 +67,69 @@ def dir_at_far(
 
     ``known_scores`` ``(n,)`` and ``known_correct`` ``(n,)`` bool are the top-1 scores and
     rank-1 correctness of queries of enrolled identities; ``unknown_scores`` ``(m,)`` the
-    top-1 scores of queries of identities not enrolled.
+    top-1 scores of queries of identities not enrolled. Both values are NaN, with one
+    warning, for a FAR below ``1 / m``: ``m`` unknowns cannot measure it.
     """
     ks = np.asarray(known_scores, dtype=np.float64).reshape(-1)
     ok = np.asarray(known_correct, dtype=bool).reshape(-1)
     if ks.shape != ok.shape or ks.size == 0:
         raise ValueError(f"need matching, non-empty known scores and flags, got {ks.shape}, "
                          f"{ok.shape}")
-    out = {}
-    for far in fars:
+    m = np.asarray(unknown_scores).size
+    out: dict[str, float] = {}
+    unresolved = []
+    for far in check_fars(fars):
+        if m and not resolvable(far, m):
+            unresolved.append(far)
+            out[f"dir_at_far_{far:g}"] = out[f"threshold_at_far_{far:g}"] = float("nan")
+            continue
         t = far_threshold(unknown_scores, far)
         out[f"dir_at_far_{far:g}"] = float((ok & (ks >= t)).mean())
         out[f"threshold_at_far_{far:g}"] = t
+    if unresolved:
+        lowest = min(unresolved)
+        warnings.warn(
+            f"DIR at FAR {', '.join(f'{f:g}' for f in unresolved)} is NaN: {m} unknown "
+            f"queries resolve no false-alarm rate between 0 and 1/{m} = {1.0 / m:.3g}; FAR "
+            f"{lowest:g} needs at least {pairs_needed(lowest)} unknown queries", UserWarning,
+            stacklevel=2)
+    return out
+
+
+def open_set_metrics(
+    top_scores: Any, hit: Any, true_rank: Any, known: Any, threshold: float, *,
+    fars: Sequence[float], max_rank: int, curves: bool = False,
+) -> dict[str, Any]:
+    """The metrics of :meth:`~dmlkit.apps.Identifier.evaluate`.
+
+    ``top_scores`` ``(n,)`` is each query's top-1 score and ``known`` ``(n,)`` whether its
+    identity is enrolled; for the ``nk`` known queries, ``hit`` ``(nk, K)`` (``K >= 5``,
+    ``max_rank``) marks the true identity among the top ``K`` identities and
+    ``true_rank`` ``(nk,)`` is its 0-based rank among all enrolled identities (``-1``:
+    not found, reciprocal rank 0), which ``mrr`` averages.
+    """
+    top = np.asarray(top_scores, dtype=np.float64).reshape(-1)
+    known = np.asarray(known, dtype=bool).reshape(-1)
+    if not known.any():  # unknowns only: the false-alarm rate alone
+        return {"num_known": 0, "num_unknown": int(known.size), "threshold": float(threshold),
+                "far_at_threshold": float((top >= threshold).mean())}
+    hit = np.asarray(hit, dtype=bool)
+    rank = np.asarray(true_rank).reshape(-1)
+    cmc = np.cumsum(hit, axis=1).clip(0, 1).mean(0)  # (K,)
+    correct = hit[:, 0]
+    out: dict[str, Any] = {
+        "cmc": cmc[:max_rank].tolist(), "rank1": float(cmc[0]), "rank5": float(cmc[4]),
+        "mrr": float(np.where(rank >= 0, 1.0 / (np.clip(rank, 0, None) + 1.0), 0.0).mean()),
+        "num_known": int(known.sum()), "num_unknown": int((~known).sum()),
+        "threshold": float(threshold),
+        "dir_at_threshold": float((correct & (top[known] >= threshold)).mean()),
+    }
+    if (~known).any():
+        unknown_top = top[~known]
+        out["far_at_threshold"] = float((unknown_top >= threshold).mean())
+        out.update(dir_at_far(top[known], correct, unknown_top, fars))
+        if curves:
+            out["open_set_roc"] = open_set_roc(top[known], correct, unknown_top)
     return out
 
 
@@ -208,4 +275,5 @@ def reid_metrics(
             "map": float(np.mean(aps)), "num_queries": n, "num_skipped": skipped}
 
 
-__all__ = ["far_threshold", "dir_at_far", "open_set_roc", "reid_metrics"]
+__all__ = ["check_fars", "far_threshold", "dir_at_far", "open_set_metrics", "open_set_roc",
+           "reid_metrics"]

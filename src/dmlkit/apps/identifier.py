@@ -15,7 +15,7 @@ against the *other* identities is an impostor score, and the threshold admits at
 
 from __future__ import annotations
 
-import numbers
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from dmlkit._checks import check_int_param, check_random_state_seed, check_target_far
 from dmlkit.apps.embedding import embed_inputs, kit_embedder, validate_inputs
-from dmlkit.apps.identification_metrics import dir_at_far, far_threshold, open_set_roc
+from dmlkit.apps.identification_metrics import check_fars, far_threshold, open_set_metrics
 from dmlkit.apps.metric_names import INDEX_METRIC, app_metric
 from dmlkit.apps.persistence import load_kit, load_kit_index, save_kit
 from dmlkit.apps.search_breadth import free_knob, tune, widen
@@ -33,6 +33,8 @@ from dmlkit.apps.targets import check_targets
 
 MODES = ("nearest", "prototype")
 QUERY_CHUNK = 1024
+#: query-by-gallery-item cells one whole-gallery search of :meth:`Identifier.evaluate` holds
+FULL_RANKING_CELLS = 1 << 21
 
 
 class Identifier(ClassifierMixin, BaseEstimator):
@@ -396,15 +398,16 @@ class Identifier(ClassifierMixin, BaseEstimator):
                  max_rank: int = 20, curves: bool = False) -> dict[str, Any]:
         """Open-set metrics of queries ``X`` with true identities ``y``.
 
-        Queries of enrolled identities give the CMC curve (``rank1``, ``rank5``); those
-        of other identities are the unknowns of ``dir_at_far_*`` and of the false-alarm
-        rate at ``threshold_``. ``fars`` is one FAR or a sequence of them. ``curves`` adds
-        the open-set ROC. Queries of unknown identities only give ``far_at_threshold``
-        (and the counts).
+        Queries of enrolled identities give the CMC curve (``rank1``, ``rank5``) and
+        ``mrr``, the mean reciprocal rank of the true identity among all enrolled ones
+        (whatever ``max_rank``); those of other identities are the unknowns of
+        ``dir_at_far_*`` (NaN, with a warning, for a FAR below 1 / their number) and of
+        the false-alarm rate at ``threshold_``. ``fars`` is one FAR or a sequence of them,
+        each in (0, 1). ``curves`` adds the open-set ROC. Queries of unknown identities
+        only give ``far_at_threshold`` (and the counts).
         """
         check_is_fitted(self, "index_")
-        if isinstance(fars, numbers.Real) and not isinstance(fars, bool):
-            fars = (float(fars),)  # one FAR
+        fars = check_fars(fars)
         if isinstance(max_rank, bool) or not isinstance(max_rank, (int, np.integer)) \
                 or max_rank < 1:
             raise ValueError(f"max_rank must be a positive integer, got {max_rank!r}")
@@ -413,27 +416,30 @@ class Identifier(ClassifierMixin, BaseEstimator):
         codes, scores = self._search(z, max(int(max_rank), 5))  # rank5 at any max_rank
         truth = self._codes(y, create=False)
         known = (truth >= 0) & (self.counts_[np.clip(truth, 0, None)] > 0)
-        if not known.any():  # unknowns only: the false-alarm rate alone
-            return {"num_known": 0, "num_unknown": int(known.size),
-                    "threshold": float(self.threshold_),
-                    "far_at_threshold": float((scores[:, 0] >= self.threshold_).mean())}
         hit = codes[known] == truth[known][:, None]  # (nk, max(max_rank, 5))
-        cmc = np.cumsum(hit, axis=1).clip(0, 1).mean(0)
-        correct = hit[:, 0]
-        out: dict[str, Any] = {
-            "cmc": cmc[:max_rank].tolist(), "rank1": float(cmc[0]), "rank5": float(cmc[4]),
-            "mrr": float(np.where(hit.any(1), 1.0 / (hit.argmax(1) + 1), 0.0).mean()),
-            "num_known": int(known.sum()), "num_unknown": int((~known).sum()),
-            "threshold": float(self.threshold_),
-            "dir_at_threshold": float((correct & (scores[known, 0] >= self.threshold_)).mean()),
-        }
-        if (~known).any():
-            unknown_top = scores[~known, 0]
-            out["far_at_threshold"] = float((unknown_top >= self.threshold_).mean())
-            out.update(dir_at_far(scores[known, 0], correct, unknown_top, fars))
-            if curves:
-                out["open_set_roc"] = open_set_roc(scores[known, 0], correct, unknown_top)
-        return out
+        rank = self._true_ranks(z[known], truth[known], hit) if known.any() else None
+        return open_set_metrics(scores[:, 0], hit, rank, known, self.threshold_, fars=fars,
+                                max_rank=int(max_rank), curves=curves)
+
+    def _true_ranks(self, z: np.ndarray, truth: np.ndarray, hit: np.ndarray) -> np.ndarray:
+        """``(n,)`` 0-based rank of identity code ``truth`` among all enrolled identities
+        for each query ``z``: from ``hit`` (the top identities searched) where found there,
+        else from a search of the whole gallery (``-1`` where it does not reach one)."""
+        rank = np.where(hit.any(1), hit.argmax(1), -1)
+        miss = np.flatnonzero(rank < 0)
+        enrolled, total = int((self.counts_ > 0).sum()), self.index_.ntotal
+        step = max(1, FULL_RANKING_CELLS // total)  # queries per whole-gallery search
+        for start in range(0, miss.size, step):
+            part = miss[start : start + step]
+            codes, _ = self._search(z[part], enrolled, depth=total)  # (p, enrolled)
+            found = codes == truth[part][:, None]
+            rank[part] = np.where(found.any(1), found.argmax(1), -1)
+        if lost := int((rank < 0).sum()):
+            warnings.warn(
+                f"mrr: a search of index {self.index!r} reaches no item of the true identity "
+                f"of {lost} of {rank.size} known queries, which count as reciprocal rank 0; "
+                "index='exact' ranks every identity", UserWarning, stacklevel=3)
+        return rank
 
     # -- persistence --------------------------------------------------------------------
     def save(self, path: str | Path, *, model_sha256: str | None = None) -> Path:

@@ -3,12 +3,14 @@
 Scores are similarities (larger = "same"). The bootstrap resamples pairs with
 replacement; each replicate re-weights the pairs sorted once, so a replicate costs
 ``O(n)`` (no re-sort), and its EER and TAR@FAR are read from the weighted ROC. The 95%
-interval is the 2.5 and 97.5 percentiles of the replicates. Pairs drawn from one labelled
+interval is the 2.5 and 97.5 percentiles of the replicates; a replicate that drew pairs
+of one kind only has no ROC and is left out (with a warning). Pairs drawn from one labelled
 set share items, so these intervals treat pairs as independent and are somewhat narrow.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -23,13 +25,17 @@ from dmlkit.functional.verification import (
 
 def bootstrap_intervals(
     scores, is_same, *, fars: Sequence[float], n_bootstrap: int = 1000, seed: int = 0
-) -> dict[str, list[float]]:
+) -> dict[str, list[float] | None]:
     """95% percentile-bootstrap intervals of EER and of TAR at each FAR.
+
+    Replicates that drew pairs of one kind only are left out, with one warning; when
+    every replicate is, no interval can be given.
 
     Returns
     -------
     dict
-        ``eer`` and ``tar_at_far_{far:g}`` -> ``[low, high]``.
+        ``eer`` and ``tar_at_far_{far:g}`` -> ``[low, high]``, or ``None`` where no
+        replicate held both kinds of pair.
     """
     if not isinstance(n_bootstrap, (int, np.integer)) or n_bootstrap < 1:
         raise ValueError(f"n_bootstrap must be a positive integer, got {n_bootstrap!r}")
@@ -53,7 +59,13 @@ def bootstrap_intervals(
         draws["eer"].append(equal_error_rate(fpr, tpr, thr)[0])
         for f in fars:
             draws[f"tar_at_far_{f:g}"].append(tar_at_far(fpr, tpr, f))
-    return {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))]
+    if dropped := int(n_bootstrap) - len(draws["eer"]):
+        kept = "the intervals come from the others" if draws["eer"] else "no interval is given"
+        warnings.warn(
+            f"{dropped} of {int(n_bootstrap)} bootstrap replicates drew pairs of one kind "
+            f"only (of {int(y.sum())} same and {int((~y).sum())} different pairs) and were "
+            f"left out, so {kept}; add pairs of the rarer kind", UserWarning, stacklevel=2)
+    return {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if v else None
             for k, v in draws.items()}
 
 

@@ -186,13 +186,56 @@ def read_pairs(path: Path) -> Any:
     return rows
 
 
-def split_rows(n: int, fraction: float, seed: int) -> tuple[Any, Any]:
-    """Seeded split of ``n`` rows: a random ``fraction`` of them, and the others."""
+def split_rows(n: int, fraction: float, seed: int, strata: Any = None) -> tuple[Any, Any]:
+    """Seeded split of ``n`` rows: a random ``fraction`` of them, and the others.
+
+    With ``strata`` ``(n,)``, each stratum is split apart (a ``fraction`` of its rows, at
+    least one and at most all but one where it has two or more), so both parts keep every
+    stratum that has two rows or more."""
     import numpy as np
 
-    perm = np.random.default_rng(seed).permutation(n)
-    cut = int(round(fraction * n))
-    return np.sort(perm[:cut]), np.sort(perm[cut:])
+    rng = np.random.default_rng(seed)
+    if strata is None:
+        perm = rng.permutation(n)
+        cut = int(round(fraction * n))
+        return np.sort(perm[:cut]), np.sort(perm[cut:])
+    strata = np.asarray(strata).reshape(-1)
+    if strata.shape[0] != n:
+        raise ValueError(f"strata must have one entry per row ({n}), got {strata.shape[0]}")
+    first, second = [], []
+    for value in np.unique(strata):
+        rows = rng.permutation(np.flatnonzero(strata == value))
+        cut = int(round(fraction * rows.size))
+        if rows.size >= 2:
+            cut = min(max(cut, 1), rows.size - 1)
+        first.append(rows[:cut])
+        second.append(rows[cut:])
+    return np.sort(np.concatenate(first)), np.sort(np.concatenate(second))
+
+
+def split_pairs(rows: Any, n: int, labels: Any, seed: int, source: str) -> tuple[Any, Any]:
+    """Rows of the pairs that fit a threshold and of those that test it: half of each
+    kind (same, different) each, so both halves hold both kinds; a ``ValueError`` naming
+    the counts where one kind has fewer than two pairs. ``rows`` are ``(m, 2|3)`` pairs
+    of a set of ``n`` items (its ``labels`` say which are same without a third column)."""
+    from dmlkit.apps.targets import check_targets
+    from dmlkit.apps.verifier import check_pairs
+
+    i, j, same = check_pairs(rows, n)
+    if same is None:
+        if labels is None:
+            raise ValueError(f"{source} has no is_same column and the data have no labels: "
+                             "add a third column i,j,same")
+        y = check_targets(labels, n)
+        same = y[i] == y[j]
+    n_same, n_diff = int(same.sum()), int((~same).sum())
+    if min(n_same, n_diff) < 2:
+        raise ValueError(
+            f"{source}: half of the pairs fit the threshold and the other half test it, each "
+            f"half needing both same and different pairs, but it has {n_same} same and "
+            f"{n_diff} different pairs: add pairs of the rarer kind, or fit the threshold on "
+            "separate labelled data with --calibrate DATA")
+    return split_rows(len(same), 0.5, seed, strata=same)
 
 
 def data_model(run_dir: Path | None, *specs: str | None) -> str | None:

@@ -11,7 +11,8 @@ them, so files that number their classes apart compare by name, and ``-1`` marks
 unknown identity (allowed among queries only). ``--x-key`` and ``--labels-key`` name the
 arrays of every ``.npz`` a command reads, as in ``dmlkit evaluate``. ``dmlkit verify``
 without ``--calibrate`` or ``--pairs`` fits its threshold on half of the identities and
-tests it on the others.
+tests it on the others; with ``--pairs`` alone, on half of the same and half of the
+different pairs, tested on the rest.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from dmlkit.cli._recognition_data import (
     named_labels,
     read_pairs,
     refuse_unknown,
+    split_pairs,
     split_rows,
 )
 from dmlkit.cli._recognition_options import cli_metric, metric_option
@@ -130,7 +132,7 @@ def register(app: typer.Typer) -> None:
                 result = v.evaluate(x, y, pairs=rows)
                 split = {"protocol": "calibrate"}
             elif rows is not None:
-                fit_rows, eval_rows = split_rows(len(rows), 0.5, seed)
+                fit_rows, eval_rows = split_pairs(rows, len(x), y, seed, f"--pairs {pairs}")
                 v.fit(x, y, pairs=rows[fit_rows])
                 result = v.evaluate(x, y, pairs=rows[eval_rows])
                 split = {"protocol": "pairs"}
@@ -349,4 +351,4 @@ def register(app: typer.Typer) -> None:
 
 
 __all__ = ["UNKNOWN", "DataReader", "data_model", "named_labels", "read_pairs",
-           "refuse_unknown", "register", "split_rows"]
+           "refuse_unknown", "register", "split_pairs", "split_rows"]
