@@ -33,3 +33,17 @@ def test_hnsw_keeps_a_wider_ef_search_of_its_own():
     assert _graph_breadth(faiss, index.index, 10) is None
     assert _graph_breadth(faiss, index.index, 64) is None
     assert _graph_breadth(faiss, index.index, 65).efSearch == 65
+
+
+def test_hnsw_widens_with_faiss_torch_utils_loaded():
+    import faiss.contrib.torch_utils  # noqa: F401 - replaces faiss's search methods
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(1000, 8)).astype(np.float32)
+    for factory in ("HNSW32", "IVF4,Flat"):
+        index = FaissIndex(8, factory=factory)
+        if factory.startswith("IVF"):
+            index.train(x)
+        index.add(x)
+        scores, ids = index.search(x[:4], 300 if factory == "HNSW32" else 5)
+        assert (ids >= 0).all(), factory

@@ -220,8 +220,13 @@ class FaissIndex(BaseIndex):
 
     def _search_ids(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         params = _graph_breadth(import_faiss(), self.index, k)
+        # (faiss.contrib.torch_utils, which other libraries import, replaces ``search`` with
+        # one that takes no parameters and keeps the numpy one as ``search_numpy``)
+        search = self.index.search if params is None else getattr(
+            self.index, "search_numpy", self.index.search)
         try:
-            scores, ids = self.index.search(self._prep(q), k, params=params)
+            scores, ids = search(self._prep(q), k) if params is None else search(
+                self._prep(q), k, params=params)
         except RuntimeError as err:  # faiss's own checks: one clear error, no C++ trace
             raise ValueError(f"faiss cannot search {self.factory!r}: {faiss_reason(err)}"
                              ) from None
