@@ -75,13 +75,15 @@ def read_embeddings(path: Path, emb_key: str | None = None,
     Labels may be ``(n,)`` integers, returned as int64, or class names, returned as a
     ``(n,)`` str array (:func:`~dmlkit.evaluation.evaluate_embeddings` numbers them and
     keys per-class results by name); ``(n, L)`` integer hierarchical labels, returned as
-    int64; or ``(n, C)`` bool multi-labels, returned as they are.
+    int64 (a single column, ``(n, 1)``, is class labels: returned as ``(n,)``); or
+    ``(n, C)`` bool multi-labels, returned as they are.
 
     Raises
     ------
     ValueError
         A missing array (naming the arrays the file has), embeddings that are not a
-        finite ``(n, dim)`` matrix, or labels that are not one per row.
+        finite ``(n, dim)`` matrix, labels that are not one per row, or whole-number
+        float labels beyond the int64 range.
     TypeError
         Embeddings that are not real numbers (complex numbers, strings).
     """
@@ -115,7 +117,14 @@ def read_embeddings(path: Path, emb_key: str | None = None,
         return emb, labels
     if labels.dtype.kind in "USO":  # class names: kept, so results name the classes
         return emb, labels.astype(str)
+    if labels.ndim == 2 and labels.shape[1] == 1:  # one column: class labels
+        labels = labels[:, 0]
     if labels.dtype.kind == "f" and np.array_equal(labels, np.round(labels)):
+        from dmlkit.evaluation.retrieval import check_int64_range
+
+        if labels.size:
+            check_int64_range(float(labels.min()), float(labels.max()),
+                              f"{path}: {labels_key!r}")
         labels = labels.astype(np.int64)
     elif labels.dtype.kind not in "iub":
         raise ValueError(f"{path}: {labels_key!r} must hold integer labels or class names, "
@@ -177,6 +186,10 @@ def evaluate(
         options = {"metric": metric, "sections": _sections(sections), "seed": seed,
                    "episodes": episodes, "per_class": per_class, "full_ranking": full_ranking,
                    "log": lambda line: typer.echo(line, err=True)}  # progress, on stderr
+        if run_dir.is_file() and run_dir.suffix.lower() != ".npz":
+            raise ValueError(f"{run_dir} is a file, not a run directory or a .npz of "
+                             "embeddings: save them with np.savez(path, embeddings=..., "
+                             "labels=...)")
         if run_dir.suffix.lower() == ".npz" and run_dir.is_file():
             if data != "heldout":
                 raise ValueError(f"{run_dir} holds embeddings already; --data names what a "

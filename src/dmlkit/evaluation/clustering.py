@@ -11,6 +11,18 @@ import torch
 
 from dmlkit.functional.distances import l2_normalize
 
+#: largest ``random_state`` scikit-learn's k-means takes
+_MAX_STATE = 2**32 - 1
+
+
+def kmeans_state(seed: int) -> int:
+    """scikit-learn's ``random_state`` for ``seed``: the seed itself up to ``2**32 - 1``,
+    larger seeds (any integer ``>= 0`` is a seed) mixed down to 32 bits."""
+    seed = int(seed)
+    if 0 <= seed <= _MAX_STATE:
+        return seed
+    return int(np.random.SeedSequence(seed).generate_state(1)[0])
+
 
 def kmeans_labels(
     embeddings, n_clusters: int, *, seed: int = 0, n_init: int = 3, max_iter: int = 300
@@ -24,7 +36,9 @@ def kmeans_labels(
         raise ValueError(f"n_clusters must be in [1, {x.shape[0]}], got {n_clusters}")
     from sklearn.cluster import KMeans  # imported here: scikit-learn is slow to import
 
-    km = KMeans(n_clusters=n_clusters, n_init=n_init, max_iter=max_iter, random_state=seed)
+    km = KMeans(
+        n_clusters=n_clusters, n_init=n_init, max_iter=max_iter, random_state=kmeans_state(seed)
+    )
     return km.fit_predict(x)
 
 
@@ -48,7 +62,7 @@ def clustering_metrics(
     n_clusters : int, optional
         Default: the number of distinct labels.
     seed : int
-        k-means seed (``random_state``).
+        k-means seed, an integer ``>= 0`` (:func:`kmeans_state`).
     normalize : bool
         L2-normalize before clustering (k-means then follows cosine geometry).
 
@@ -74,4 +88,4 @@ def clustering_metrics(
     }
 
 
-__all__ = ["kmeans_labels", "clustering_metrics"]
+__all__ = ["kmeans_labels", "kmeans_state", "clustering_metrics"]

@@ -101,7 +101,8 @@ def evaluate_embeddings(
     ------
     ValueError
         Before any section runs: embeddings that are not a non-empty ``(n, d >= 1)``
-        matrix of finite values, labels that are not one row per embedding (the same for
+        matrix of finite values (small enough that squared distances do not overflow),
+        labels that are not one row per embedding (the same for
         the gallery, of the embeddings' width, given with its labels), an unknown section
         or metric, a bad ``k``, a negative ``seed``, ``n_folds < 2``, ``episodes < 1``,
         ``max_pairs < 1`` or a bad few-shot setting. Labels that make a
@@ -212,6 +213,18 @@ def _check_embeddings(x: torch.Tensor, name: str) -> None:
         if values.dtype not in (torch.float32, torch.float64):  # (numpy has no bfloat16)
             values = values.float()
         check_finite_rows(values.numpy(), name)
+        _check_magnitude(values, name)
+
+
+def _check_magnitude(x: torch.Tensor, name: str) -> None:
+    """A one-line ``ValueError`` when squared distances of ``x`` (up to ``4 d max|x|^2``)
+    overflow its dtype: every distance-based section would report garbage."""
+    biggest = float(x.abs().max()) if x.numel() else 0.0
+    limit = math.sqrt(torch.finfo(x.dtype).max / (4 * x.shape[1]))
+    if biggest > limit:
+        raise ValueError(f"{name} reach {biggest:.3g}: their squared distances overflow "
+                         f"{str(x.dtype).removeprefix('torch.')} (values must stay below "
+                         f"{limit:.3g}); rescale them, e.g. divide by {biggest:.0e}")
 
 
 def _warn_trivial_clustering(y: torch.Tensor) -> None:
@@ -241,6 +254,8 @@ def _section(log: Callable[[str], None] | None, name: str) -> Iterator[None]:
 
 
 def _verification(x, y, metric, max_pairs, n_folds, seed) -> dict[str, Any]:
+    if x.shape[0] < 2:
+        return {"skipped": f"need at least 2 embeddings to form pairs, got {x.shape[0]}"}
     i, j, same = pairs_from_labels(y, max_pairs=max_pairs, seed=seed)
     if same.all() or not same.any():
         return {"skipped": "need both same and different pairs"}

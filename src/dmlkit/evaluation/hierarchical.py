@@ -20,7 +20,8 @@ the number of leading levels on which their labels agree, ``0..L``):
   whose every reference has ``s = 0`` are left out.
 
 Neighbours are ranked exactly with :func:`dmlkit.functional.retrieval.knn` (ties broken
-by reference index), the ranking every dmlkit retrieval metric uses.
+by reference index) on the keys the per-level metrics use (float64 up to
+``FLOAT64_MAX_PAIRS`` query-reference pairs; Euclidean embeddings moved next to the origin).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from torch import Tensor
 from dmlkit.evaluation.retrieval import check_chunk_size, parse_k, retrieval_metrics
 from dmlkit.functional.chunking import chunk_size_for, row_chunks
 from dmlkit.functional.hierarchy import shared_depth
-from dmlkit.functional.retrieval import canonical_metric, knn
+from dmlkit.functional.ranking_frame import ranking_frame
+from dmlkit.functional.retrieval import FLOAT64_MAX_PAIRS, canonical_metric, knn
 
 
 def _labels(x, name: str) -> Tensor:
@@ -158,7 +160,12 @@ def _graded(
             out[f"hierarchical_precision_at_{kv}"] = float("nan")
             out[f"hierarchical_ndcg_at_{kv}"] = float("nan")
         return out
-    _, idx = knn(query, ref, k_max, metric=metric, exclude_self=exclude_self)  # (n, K)
+    # ranked as the per-level metrics are: float64 keys on small sets, Euclidean
+    # embeddings moved next to the origin (:mod:`dmlkit.functional.ranking_frame`)
+    wide = torch.float64 if n * m <= FLOAT64_MAX_PAIRS else None
+    q, r = ranking_frame(query, reference, dtype=wide, euclidean=metric == "euclidean")
+    _, idx = knn(q, q if r is None else r, k_max, metric=metric,
+                 exclude_self=exclude_self)  # (n, K)
     eq = query_labels[:, None, :] == ref_labels[idx]  # (n, K, L)
     gain = eq.long().cumprod(dim=2).sum(dim=2).to(torch.float64) / levels  # (n, K)
     # ideal gains: each query's K largest shared depths over the whole reference set

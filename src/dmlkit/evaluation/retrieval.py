@@ -47,8 +47,20 @@ def _as_tensor(x, name: str, labels: bool = False) -> Tensor:
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
     if labels and x.dim() == 1 and x.dtype != torch.long:
-        x = x.long() if not torch.is_floating_point(x) or bool((x == x.round()).all()) else x
+        whole = not torch.is_floating_point(x) or bool((x == x.round()).all())
+        if whole and torch.is_floating_point(x) and x.numel():
+            check_int64_range(float(x.min()), float(x.max()), name)
+        x = x.long() if whole else x
     return x
+
+
+def check_int64_range(low: float, high: float, name: str) -> None:
+    """A ``ValueError`` unless whole-number float labels in ``[low, high]`` fit int64
+    (beyond it, casting would merge distinct labels into one)."""
+    if low < -(2.0**63) or high >= 2.0**63:
+        bad = high if high >= 2.0**63 else low
+        raise ValueError(f"{name} hold whole numbers beyond the int64 range (e.g. {bad:.6g}): "
+                         "give class ids as integers or as names")
 
 
 def label_codes(query_labels, reference_labels, *, return_names: bool = False):

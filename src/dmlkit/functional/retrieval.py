@@ -17,6 +17,10 @@ than float32 rounding may come out in either order (faiss's matrix products roun
 differently again). Each such swap across a relevance boundary moves a top-R metric by
 ``1 / (n R)`` (about 1e-5 on a thousand queries), so on large real-valued sets the
 metrics can differ from ``AccuracyCalculator`` by that much rather than bit for bit.
+:func:`retrieval_per_query` first moves Euclidean embeddings by one common vector next to
+the origin (:mod:`dmlkit.functional.ranking_frame`): distances are unchanged, and
+embeddings far from the origin keep that accuracy instead of losing their precision to
+``|r|^2`` and ``2 q.r`` cancelling.
 
 Queries are processed in row chunks, so memory is ``O(chunk * m)``: no ``(n, m)`` matrix
 is ever formed. Definitions follow Musgrave, Belongie and Lim, "A Metric Learning Reality
@@ -33,6 +37,7 @@ from torch import Tensor
 from dmlkit.functional.chunking import chunk_size_for, row_chunks
 from dmlkit.functional.distances import l2_normalize
 from dmlkit.functional.labels import same_label
+from dmlkit.functional.ranking_frame import ranking_frame
 from dmlkit.functional.relevant_ranks import ClassMembers, relevant_ranks
 
 _ALIASES = {
@@ -267,11 +272,17 @@ def retrieval_per_query(
         raise ValueError(f"k values must be >= 1, got {list(k)}")
     exclude_self = reference is None or ref_includes_query
     self_is_ref = reference is None
-    if reference is None:
-        reference, reference_labels = query, query_labels
-    n, m = query.shape[0], reference.shape[0]
+    n = query.shape[0]
+    m = n if reference is None else reference.shape[0]
     if exclude_self and m < n:
         raise ValueError(f"the reference ({m} rows) cannot include all {n} queries")
+    # Euclidean: one common shift (and power-of-two scale) keeps float32 keys of embeddings
+    # far from the origin accurate; float64 keys on small sets
+    wide = torch.float64 if n * m <= FLOAT64_MAX_PAIRS else None
+    query, reference = ranking_frame(query, reference, dtype=wide,
+                                     euclidean=canonical_metric(metric) == "euclidean")
+    if reference is None:
+        reference, reference_labels = query, query_labels
     m_eff = m - int(exclude_self)
     classes = query_labels.dim() == 1
     if classes:  # R from label counts, no (c, m) relation needed for the top-R metrics
@@ -282,9 +293,7 @@ def retrieval_per_query(
             and n * min(max(int(r_all.max()), ks[-1]), m_eff) <= FILTER_MAX_SLOTS):
         return _filtered_top_values(query, query_labels, reference, reference_labels,
                                     r_all, ks, metric, self_is_ref, exclude_self, m_eff)
-    if n * m <= FLOAT64_MAX_PAIRS and reference.dtype != torch.float64:
-        reference = reference.double()  # float64 keys: near-equal distances keep their order
-    ref = prepare_reference(reference, metric)
+    ref = prepare_reference(reference, metric)  # (float64 up to FLOAT64_MAX_PAIRS pairs)
     # full AP of class labels: ranks of the relevant references by counting (the reciprocal
     # rank comes with them); otherwise a relation and sorting
     counted = classes and average_precision
