@@ -174,7 +174,12 @@ def load_embeddings(source: str | Path, device: str = "cpu", *, x_key: str = "em
     :func:`encode_split_labels`); other floats are a ``ValueError``."""
     source = Path(source)
     if source.is_dir():
-        return embed_run(source, device=device)
+        splits = embed_run(source, device=device)
+        for rows, split in ((splits.train, "train"), (splits.heldout, "held-out")):
+            if rows.shape[0] == 0:
+                raise ValueError(f"{source}: the {split} split has 0 items; give the run's "
+                                 "data more items, or fit on an .npz of embeddings")
+        return splits
     if source.suffix.lower() != ".npz" or not source.is_file():
         raise ValueError(f"{source} is neither a run directory nor an .npz file")
     from dmlkit._checks import check_finite_rows
@@ -197,6 +202,13 @@ def load_embeddings(source: str | Path, device: str = "cpu", *, x_key: str = "em
             raise ValueError(f"{source}: {name} must be (n, dim), got shape {arr.shape}")
         check_real_inputs(arr, str(source), name, hint=hint)
         check_finite_rows(arr, f"{source}: {name}")
+    if train.shape[0] == 0:
+        raise ValueError(f"{source}: {x_key} has 0 rows: there is nothing to fit on; give "
+                         "embeddings with labels")
+    if held.shape[0] == 0:
+        raise ValueError(f"{source}: {held_x} has 0 rows: there is nothing to score the "
+                         f"metric on; give held-out rows, or leave out {held_x} and {held_y} "
+                         "to score the training rows")
     if held.shape[1] != train.shape[1]:
         raise ValueError(f"{source}: {held_x} have dim {held.shape[1]} but {x_key} have "
                          f"dim {train.shape[1]}; both must come from one model")
@@ -226,8 +238,12 @@ def evaluate_metric(components: np.ndarray | None, splits: EmbeddedSplits,
     Leave-one-out retrieval (P@1, R-Precision, MAP@R) on the held-out embeddings, and,
     when every held-out class occurs in training, ``n_neighbors``-NN accuracy of held-out
     items against the training items (leave-one-out when both are the same rows).
-    ``components=None`` evaluates raw embeddings only.
+    ``components=None`` evaluates raw embeddings only. With fewer training rows than
+    ``n_neighbors`` (other than the item itself, leave-one-out) the vote takes as many as
+    there are, and with none k-NN accuracy is left out; either is said by a warning.
     """
+    import warnings
+
     from sklearn.neighbors import KNeighborsClassifier
 
     from dmlkit.evaluation import retrieval_metrics
@@ -235,9 +251,11 @@ def evaluate_metric(components: np.ndarray | None, splits: EmbeddedSplits,
     def scores(tr: np.ndarray, held: np.ndarray) -> dict[str, float]:
         ret = retrieval_metrics(held.astype(np.float32), splits.heldout_labels)
         out = {k: float(ret[k]) for k in EVAL_KEYS}
-        if same_rows:  # no held-out split: leave-one-out, as the retrieval scores are
-            knn = KNeighborsClassifier(n_neighbors=n_neighbors).fit(tr, splits.train_labels)
-            rows = knn.kneighbors(n_neighbors=n_neighbors, return_distance=False)  # (n, k)
+        if vote_k < 1:
+            pass
+        elif same_rows:  # no held-out split: leave-one-out, as the retrieval scores are
+            knn = KNeighborsClassifier(n_neighbors=vote_k).fit(tr, splits.train_labels)
+            rows = knn.kneighbors(n_neighbors=vote_k, return_distance=False)  # (n, k)
             # vote on codes 0..C-1 (any label values: negative, huge); codes keep the
             # labels' order, so a tie still goes to the lowest label
             classes, codes = np.unique(splits.train_labels, return_inverse=True)
@@ -245,7 +263,7 @@ def evaluate_metric(components: np.ndarray | None, splits: EmbeddedSplits,
             predicted = classes[[np.bincount(v).argmax() for v in votes]]  # (n,)
             out["knn_accuracy"] = float((predicted == splits.train_labels).mean())
         elif np.isin(splits.heldout_labels, splits.train_labels).all():
-            knn = KNeighborsClassifier(n_neighbors=n_neighbors).fit(tr, splits.train_labels)
+            knn = KNeighborsClassifier(n_neighbors=vote_k).fit(tr, splits.train_labels)
             out["knn_accuracy"] = float(knn.score(held, splits.heldout_labels))
         return out
 
@@ -254,6 +272,17 @@ def evaluate_metric(components: np.ndarray | None, splits: EmbeddedSplits,
     same_rows = (splits.train.shape == splits.heldout.shape
                  and np.array_equal(splits.train, splits.heldout)
                  and np.array_equal(splits.train_labels, splits.heldout_labels))
+    others = splits.train.shape[0] - int(same_rows)  # the rows a held-out item can vote on
+    vote_k = min(n_neighbors, others)
+    if not (same_rows or np.isin(splits.heldout_labels, splits.train_labels).all()):
+        pass  # (no k-NN accuracy: a held-out class never occurs in training)
+    elif vote_k < 1:
+        warnings.warn(f"no k-NN accuracy: {splits.train.shape[0]} training row(s) leave no "
+                      "neighbour to vote; give more training rows", stacklevel=2)
+    elif vote_k < n_neighbors:
+        warnings.warn(f"k-NN accuracy is {vote_k}-NN, not {n_neighbors}-NN: there are only "
+                      f"{others} training row(s) to vote"
+                      + (" besides each item itself" if same_rows else ""), stacklevel=2)
 
     result: dict[str, Any] = {"raw": scores(splits.train, splits.heldout)}
     if components is not None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from dmlkit._checks import check_int_param, check_real
+from dmlkit._checks import check_int_param, check_real, is_number_text
 
 #: :func:`dmlkit._checks.check_real` under its former name here, for code that imports it
 #: from this module (the learners call ``check_real`` itself)
@@ -28,16 +28,19 @@ NON_FINITE_TEXT = frozenset({"inf", "+inf", "-inf", "infinity", "+infinity", "-i
 
 
 def real_from_text(value: Any) -> Any:
-    """``value`` as a float when it is a text spelling of infinity or NaN (``"inf"``,
-    ``"-inf"``, ``"nan"``, any case), else ``value`` unchanged.
+    """``value`` as a float when it is text that reads as a number: a text spelling of
+    infinity or NaN (``"inf"``, ``"-inf"``, ``"nan"``, any case) or a number such as
+    ``"1e-3"`` (which YAML 1.1, and so ``--param tol=1e-3``, leaves a string); else
+    ``value`` unchanged.
 
     For parameters read from text (``metric.json``, ``--param``) where a real number is
     expected: it undoes how :func:`dmlkit.classical.frozen.to_json` writes a non-finite
-    float, so a saved learner refits with the parameters it was fitted with. The learner's
-    own check then accepts or refuses the number (``gamma=inf`` is allowed, ``tol=inf``
-    is not).
+    float, so a saved learner refits with the parameters it was fitted with, and reads
+    scientific notation as ``dmlkit train --set`` does. The learner's own check then
+    accepts or refuses the number (``gamma=inf`` is allowed, ``tol=inf`` is not).
     """
-    if isinstance(value, str) and value.strip().lower() in NON_FINITE_TEXT:
+    if isinstance(value, str) and (value.strip().lower() in NON_FINITE_TEXT
+                                   or is_number_text(value)):
         return float(value.strip())
     return value
 

@@ -35,8 +35,29 @@ def _params(items: list[str]) -> dict[str, Any]:
         if not sep or not key:
             raise ValueError(f"--param needs key=value (e.g. --param n_components=8), got "
                              f"{item!r}")
-        params[key.strip()] = yaml.safe_load(value)
+        key = key.strip()
+        try:
+            params[key] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            first = str(err).splitlines()[0]
+            raise ValueError(f"--param {key}: the value {value!r} is not YAML ({first}); "
+                             "quote it or fix it (e.g. --param bounds=[0.5,5])") from None
     return params
+
+
+def _scores(components: Any, splits: Any) -> dict[str, Any]:
+    """:func:`~dmlkit.classical.frozen.evaluate_metric`, its warnings (a k-NN vote over
+    fewer rows) printed once each as ``warning:`` lines on stderr."""
+    import warnings
+
+    from dmlkit.classical.frozen import evaluate_metric
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = evaluate_metric(components, splits)
+    for message in dict.fromkeys(str(w.message) for w in caught):
+        typer.echo(f"warning: {message}", err=True)
+    return result
 
 
 def _table(result: dict[str, Any]) -> str:
@@ -183,7 +204,7 @@ def fit(
     """
     import time
 
-    from dmlkit.classical.frozen import evaluate_metric, make_learner, save_metric
+    from dmlkit.classical.frozen import make_learner, save_metric
     try:
         _check_source(source, x_key, labels_key)
         _check_out(out, source)  # before the fit, not after it
@@ -195,16 +216,22 @@ def fit(
         start = time.perf_counter()
         learner = _fit(splits, method, params, source)
         seconds = time.perf_counter() - start
-        result = evaluate_metric(learner.components_, splits)
-        extra: dict[str, Any] = {"source": str(source), "fit_seconds": round(seconds, 3),
-                                 "evaluation": result}
+        extra: dict[str, Any] = {"source": str(source), "fit_seconds": round(seconds, 3)}
         if model_sha is not None:
             from dmlkit.index.provenance import EMBEDDINGS_MODEL_KEY
 
             extra[EMBEDDINGS_MODEL_KEY] = model_sha
-        save_metric(learner, out, extra=extra)
+        save_metric(learner, out, extra=extra)  # kept, whatever scoring it meets
     except (ValueError, TypeError, OSError) as err:  # TypeError: a bad --param
         typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from err
+    try:
+        result = _scores(learner.components_, splits)
+        save_metric(learner, out, extra={**extra, "evaluation": result})
+    except (ValueError, TypeError, OSError) as err:
+        typer.echo(f"error: the fitted metric is saved in {out}, but scoring it failed: "
+                   f"{err}; score it with dmlkit classical evaluate {source} --metric {out}",
+                   err=True)
         raise typer.Exit(1) from err
     typer.echo(f"{method}: fit on {splits.train.shape[0]} x {splits.train.shape[1]} in "
                f"{seconds:.2f} s -> {out}")
@@ -227,7 +254,7 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Compare raw embeddings with a saved learned metric on the held-out split."""
-    from dmlkit.classical.frozen import evaluate_metric, load_metric, to_json
+    from dmlkit.classical.frozen import load_metric, to_json
 
     try:
         from dmlkit.index.provenance import EMBEDDINGS_MODEL_KEY
@@ -257,7 +284,7 @@ def evaluate(
                        f"was fitted on ({EMBEDDINGS_MODEL_KEY} {str(fitted_sha)[:12]}); the "
                        "metric is applied assuming both come from that model (embed the data "
                        "with `dmlkit embed` to record it)", err=True)
-        result = evaluate_metric(components, splits)
+        result = _scores(components, splits)
     except (ValueError, TypeError, OSError) as err:  # TypeError: non-numeric arrays
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from err
