@@ -93,7 +93,13 @@ class ArcFaceLoss(CosineMarginLoss):
         self, embeddings: Tensor, labels: Tensor, weights: Tensor | None = None
     ) -> Tensor:
         n, n_cls = embeddings.shape[0], self.weight.shape[0]
-        if type(self) is not ArcFaceLoss or n * n_cls > self.chunk_budget:
+        wants_grad = (
+            torch.is_grad_enabled()
+            and not torch.is_inference_mode_enabled()
+            and (embeddings.requires_grad or self.W.requires_grad)
+        )
+        if type(self) is not ArcFaceLoss or n * n_cls > self.chunk_budget or not wants_grad:
+            # (the one pass below is for training: it computes the gradient with the value)
             return super().class_loss(embeddings, labels, weights)
         # one pass: softmax cross-entropy and its closed-form gradient w.r.t. the cosines
         xn = l2_normalize(embeddings)  # (n, D)

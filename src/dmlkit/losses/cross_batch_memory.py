@@ -7,13 +7,29 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from dmlkit._checks import check_int
 from dmlkit.functional.distances import check_embeddings
 from dmlkit.functional.labels import check_labels, same_label
 from dmlkit.functional.tuples import IndexTuple, Pairs, as_index_tuple, check_indices
 from dmlkit.losses._rows import chunk_bounds
 from dmlkit.losses.base import BaseMetricLoss
+from dmlkit.losses.fast_ap import FastAPLoss
+from dmlkit.losses.nca import NCALoss
+from dmlkit.losses.quadruplet import QuadrupletLoss
 from dmlkit.losses.weight_classifier import WeightClassifierLoss
 from dmlkit.registry import register_loss
+
+#: tuple losses that cannot learn from the memory's pairs, and why
+_NOT_FROM_MEMORY_PAIRS: dict[type, str] = {
+    FastAPLoss: "takes its positives from the labels (the tuples only weight the anchors), "
+    "so each anchor would count its own memory slot as a positive",
+    NCALoss: "takes its positives from the labels (the tuples only weight the anchors), "
+    "so each anchor would count its own memory slot as a positive",
+    QuadrupletLoss: "would get pairs from the memory and train its triplet term only "
+    "(its second term needs quadruplets)",
+}
+#: losses that learn from the memory's pairs, for messages
+_MEMORY_LOSSES = "contrastive, triplet_margin, multi_similarity, ntxent, supcon, circle"
 
 
 @register_loss("cross_batch_memory")
@@ -36,7 +52,12 @@ class CrossBatchMemory(BaseMetricLoss):
     Parameters
     ----------
     loss : BaseMetricLoss
-        A tuple loss that accepts ``indices`` and ``ref_embeddings``.
+        A tuple loss that accepts ``indices`` and ``ref_embeddings`` and learns from
+        those tuples (e.g. contrastive, triplet_margin, multi_similarity, ntxent,
+        supcon). Refused (``ValueError``), also nested in another loss: classifier and
+        proxy losses; ``FastAPLoss`` and ``NCALoss``, which take positives from the
+        labels and would count each anchor's own memory slot as a positive; and
+        ``QuadrupletLoss``, whose second term needs quadruplets the memory does not form.
     embedding_size : int
         ``dim`` of the embeddings.
     memory_size : int
@@ -77,16 +98,18 @@ class CrossBatchMemory(BaseMetricLoss):
         super().__init__(distance=None)
         # (classifier and proxy losses take mined tuples as sample weights, but have no
         # reference-set form)
-        if not isinstance(loss, BaseMetricLoss) or not loss.accepts_indices or isinstance(
-                loss, WeightClassifierLoss):
+        if (
+            not isinstance(loss, BaseMetricLoss)
+            or not loss.accepts_indices
+            or isinstance(loss, WeightClassifierLoss)
+        ):
             raise ValueError(
                 f"CrossBatchMemory needs a tuple loss that takes indices and reference "
                 f"embeddings, got {type(loss).__name__}"
             )
-        if embedding_size < 1 or memory_size < 1:
-            raise ValueError(
-                f"embedding_size and memory_size must be >= 1, got {embedding_size}, {memory_size}"
-            )
+        _check_learns_from_pairs(loss)
+        check_int("embedding_size", embedding_size)
+        check_int("memory_size", memory_size)
         self.distance = loss.distance  # the inner loss measures
         self.loss = loss
         self.embedding_size = int(embedding_size)
@@ -222,6 +245,19 @@ class CrossBatchMemory(BaseMetricLoss):
                 return Pairs(a[keep], p[keep], mined.a2, mined.n)
             return type(mined)(*(t[keep] for t in mined))
         return _all_pairs_but_self(labels, mem_labels, q_slot)
+
+
+def _check_learns_from_pairs(loss: BaseMetricLoss) -> None:
+    """Refuse ``loss`` (or a loss nested in it) that cannot learn from the memory's pairs."""
+    for module in loss.modules():
+        for cls, why in _NOT_FROM_MEMORY_PAIRS.items():
+            if isinstance(module, cls):
+                name = type(module).__name__
+                key = getattr(type(module), "registry_name", None)
+                raise ValueError(
+                    f"CrossBatchMemory cannot wrap {name}{f' ({key!r})' if key else ''}: it "
+                    f"{why}; wrap a pair or triplet loss instead (e.g. {_MEMORY_LOSSES})"
+                )
 
 
 def _all_pairs_but_self(labels: Tensor, mem_labels: Tensor, q_slot: Tensor) -> Pairs:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from dmlkit._checks import check_real
 from dmlkit.distances.base import BaseDistance
 from dmlkit.distances.cosine import CosineSimilarity
 from dmlkit.functional import chunking
@@ -44,7 +45,8 @@ class MultiSimilarityLoss(BaseMetricLoss):
     Parameters
     ----------
     alpha, beta : float
-        Scales of the positive and negative terms.
+        Scales of the positive and negative terms, finite and > 0 (``ValueError``
+        otherwise: a zero scale makes the loss infinite).
     base : float
         Similarity offset :math:`\lambda`.
     distance : BaseDistance, optional
@@ -65,8 +67,8 @@ class MultiSimilarityLoss(BaseMetricLoss):
         distance: BaseDistance | None = None,
     ) -> None:
         super().__init__(distance=distance)
-        self.alpha = float(alpha)
-        self.beta = float(beta)
+        self.alpha = check_real("alpha", alpha, 0.0, low_open=True, high_open=True)
+        self.beta = check_real("beta", beta, 0.0, low_open=True, high_open=True)
         self.base = float(base)
 
     @staticmethod

@@ -13,6 +13,8 @@ from dmlkit.registry import register_loss
 #: columns of ``weight`` shorter than this are scaled up by its inverse, not normalized
 _RENORM_MAX = 1e-5
 _RENORM_INV = 1e5
+#: weight dtypes whose unit columns are unit only to about 1e-3 (rounding)
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def _renormed_columns(weight: Tensor) -> Tensor:
@@ -20,8 +22,12 @@ def _renormed_columns(weight: Tensor) -> Tensor:
 
     ``torch.renorm`` scales a column of norm ``r > 1e-5`` by ``1e-5 / (r + 1e-7)``, so
     the result is ``r / (r + 1e-7)`` long: unit up to 1e-7 relative; shorter columns are
-    only multiplied by 1e5.
+    only multiplied by 1e5. Float16 and bfloat16 weights are rescaled in float32 and
+    rounded back (in float16 the ``1e-5``-long intermediate columns are subnormal, which
+    leaves wide columns several percent off unit length).
     """
+    if weight.dtype in _LOW_PRECISION:
+        return weight.float().renorm(2, 1, _RENORM_MAX).mul_(_RENORM_INV).to(weight.dtype)
     return weight.renorm(2, 1, _RENORM_MAX).mul_(_RENORM_INV)
 
 
@@ -80,8 +86,10 @@ class P2SGradLoss(WeightClassifierLoss):
             # a state update outside autograd: new storage, so that graphs of earlier
             # calls keep the values they saved
             self.weight.data = _renormed_columns(self.weight.data)
-            norms = self.weight.norm(dim=0)  # (C,)
-            rtol = 1e-2 if embeddings.dtype == torch.float16 else 1e-5
+            # (embeddings arrive promoted to float32: the weight's dtype sets the rounding)
+            low = self.weight.dtype in _LOW_PRECISION
+            norms = (self.weight.float() if low else self.weight).norm(dim=0)  # (C,)
+            rtol = 1e-2 if low else 1e-5
             if not bool(((norms - 1.0).abs() < rtol).all()):
                 bad = int(torch.argmax((norms - 1.0).abs()))
                 raise ValueError(
@@ -90,8 +98,9 @@ class P2SGradLoss(WeightClassifierLoss):
                 )
         w = self.weight.to(embeddings.dtype)  # (D, C)
 
-        def chunk_terms(xc: Tensor, lc: Tensor, _wc: Tensor, w_: Tensor
-                        ) -> tuple[Tensor, Tensor]:  # (no mined tuples: _wc is ones)
+        def chunk_terms(
+            xc: Tensor, lc: Tensor, _wc: Tensor, w_: Tensor
+        ) -> tuple[Tensor, Tensor]:  # (no mined tuples: _wc is ones)
             cos = self._cosines(xc, w_)  # (c, C)
             target = torch.zeros_like(cos).scatter_(1, lc[:, None], 1.0)  # (c, C) one-hot
             return ((cos - target) ** 2).sum(), torch.tensor(cos.numel(), device=xc.device)

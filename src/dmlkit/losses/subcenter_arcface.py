@@ -9,7 +9,7 @@ from torch import Tensor
 from dmlkit._checks import check_int
 from dmlkit.functional.distances import l2_normalize
 from dmlkit.losses.arcface import ArcFaceLoss
-from dmlkit.losses.weight_classifier import CosineMarginLoss
+from dmlkit.losses.weight_classifier import CosineMarginLoss, check_class_labels
 from dmlkit.registry import register_loss
 
 
@@ -63,12 +63,14 @@ class SubCenterArcFaceLoss(ArcFaceLoss):
         """Indices of samples more than ``threshold`` degrees from their class's main sub-center.
 
         The dominant sub-center of a class is the one closest to most of its samples in
-        ``embeddings``. Returns a sorted ``(k,)`` int64 tensor.
+        ``embeddings``. Returns a sorted ``(k,)`` int64 tensor. ``labels`` must be class
+        ids in ``[0, num_classes)`` (``ValueError`` otherwise).
         """
         if labels.dim() != 1 or labels.shape[0] != embeddings.shape[0]:
             raise ValueError(
                 f"labels must have shape ({embeddings.shape[0]},), got {tuple(labels.shape)}"
             )
+        check_class_labels(labels, self.num_classes)
         K = self.sub_centers
         w = l2_normalize(self.weight.to(embeddings.dtype))  # (C * K, D)
         w = w.view(self.num_classes, K, -1)  # (C, K, D)

@@ -58,17 +58,25 @@ def check_class_labels(
         )
 
 
-def transposed_key_hook(old: str, new: str) -> Callable[..., None]:
+class TransposedKeyHook:
     """A load-state-dict pre-hook reading a ``(rows, D)`` tensor saved under ``old`` as
     ``new`` of shape ``(D, rows)`` (state saved before the class vectors took
-    pytorch-metric-learning's layout)."""
+    pytorch-metric-learning's layout). A module-level class, so that the losses holding
+    it pickle (``torch.save`` of the whole module)."""
 
-    def hook(state_dict: dict, prefix: str, *args: object) -> None:
-        key_old, key_new = prefix + old, prefix + new
+    def __init__(self, old: str, new: str) -> None:
+        self.old = old
+        self.new = new
+
+    def __call__(self, state_dict: dict, prefix: str, *args: object) -> None:
+        key_old, key_new = prefix + self.old, prefix + self.new
         if key_old in state_dict and key_new not in state_dict:
             state_dict[key_new] = state_dict.pop(key_old).T.contiguous()
 
-    return hook
+
+def transposed_key_hook(old: str, new: str) -> TransposedKeyHook:
+    """The pre-hook :class:`TransposedKeyHook` moving ``old`` to ``new``, transposed."""
+    return TransposedKeyHook(old, new)
 
 
 class WeightClassifierLoss(BaseMetricLoss):
@@ -304,9 +312,7 @@ class CosineMarginLoss(WeightClassifierLoss):
     ) -> Tensor:
         w = l2_normalize(self.weight.to(embeddings.dtype))  # (C * K, D)
 
-        def chunk_terms(
-            xc: Tensor, lc: Tensor, wc: Tensor, w_: Tensor
-        ) -> tuple[Tensor, Tensor]:
+        def chunk_terms(xc: Tensor, lc: Tensor, wc: Tensor, w_: Tensor) -> tuple[Tensor, Tensor]:
             loss = F.cross_entropy(self._logits(xc, lc, w_), lc, reduction="none")  # (c,)
             return (loss * wc).sum(), torch.tensor(xc.shape[0], device=xc.device)
 
@@ -319,6 +325,7 @@ class CosineMarginLoss(WeightClassifierLoss):
 __all__ = [
     "WeightClassifierLoss",
     "CosineMarginLoss",
+    "TransposedKeyHook",
     "check_class_labels",
     "fused_chunk_sum",
     "transposed_key_hook",
