@@ -211,8 +211,9 @@ def built_model_dim(config: Config, example: Any = None) -> int | None:
     return model_output_dim(model, example)
 
 
-#: loss parameters that take the embedding dimension (the model's ``dim``)
-_DIM_KEYS = ("embedding_size", "embedding_dim", "descriptors_dim")
+#: loss parameters that take the embedding dimension (the model's ``dim``; ``l``: the
+#: manifold loss's name for it)
+_DIM_KEYS = ("embedding_size", "embedding_dim", "descriptors_dim", "l")
 #: loss parameters whose values are loss configs (wrappers and composite losses)
 _NESTED_LOSS_KEYS = ("loss", "losses")
 

@@ -180,6 +180,22 @@ def _farthest_positive(embeddings: Tensor, labels: Tensor, distance: BaseDistanc
     return out
 
 
+def _no_triplet_reason(labels: Tensor) -> str | None:
+    """Why no triplet can be mined from ``(n,)`` class ``labels`` (a triplet needs two
+    classes, and a class of two items), or None when both hold."""
+    classes, counts = torch.unique(labels.reshape(-1), return_counts=True)
+    start = "sampler offline_hard_negative cannot mine a triplet: "
+    if len(classes) == 1:
+        return (f"{start}the data has one class (label {classes[0].item()}, "
+                f"{counts[0].item()} items); a triplet needs a negative of another class: "
+                "give data with at least two classes")
+    if len(classes) and int(counts.max()) < 2:
+        return (f"{start}each of the {len(classes)} classes has one item; a triplet needs "
+                "an anchor and a positive of one class: give data where at least one class "
+                "has two items")
+    return None
+
+
 @register_sampler("offline_hard_negative")
 class OfflineHardNegativeSampler(Sampler[list[int]]):
     """Batches built around hard triplets mined over the whole dataset each epoch.
@@ -256,6 +272,10 @@ class OfflineHardNegativeSampler(Sampler[list[int]]):
                 "sampler offline_hard_negative mines by (n,) class ids; with hierarchical "
                 f"(n, L) labels (these are {tuple(labels.shape)}) use sampler: hierarchical "
                 "(with loss hierarchical_triplet, or a miner such as batch_hard)")
+        if isinstance(labels, Tensor):
+            missing = _no_triplet_reason(labels)
+            if missing:
+                raise ValueError(missing)
         self.dataset = dataset
         self.model = model
         self.batch_size = batch_size
@@ -334,7 +354,12 @@ class OfflineHardNegativeSampler(Sampler[list[int]]):
             self.set_epoch(self.epoch)
         trip = torch.stack(list(self.triplets), dim=1).cpu().numpy()  # (T, 3)
         if len(trip) == 0:
-            raise ValueError("no triplet could be mined: every class needs two items")
+            labels = getattr(self.dataset, "labels", None)
+            raise ValueError(
+                (_no_triplet_reason(labels) if isinstance(labels, Tensor) else None)
+                or "sampler offline_hard_negative mined no triplet: no item has both another "
+                "item of its class and a negative among its k nearest items of other classes "
+                "(e.g. NaN embeddings); check the model's embeddings of the training data")
         rng = np.random.default_rng([self.seed, self.epoch])
         per_batch = self.batch_size // 3
         need = self.num_batches * per_batch

@@ -14,6 +14,7 @@ from dmlkit.config.field_rules import label_free_miner, memory_with_miner
 from dmlkit.functional.tuples import as_index_tuple, check_indices
 from dmlkit.models.modes import eval_mode
 from dmlkit.training.batches import fetch_items
+from dmlkit.training.preflight_sizes import check_loss_sizes
 from dmlkit.training.rng import rng_scope
 from dmlkit.training.sampler_batches import check_sampler_length
 
@@ -107,7 +108,9 @@ def check_trainable(trainer: Any, labels: Any, given: dict[str, Any] | None = No
             raise
         except _PART_ERRORS as err:  # (RuntimeError, IndexError: e.g. a shape a part's
             # own code did not expect, from a part of one's own)
-            raise ValueError(_failure(part, names[part], module, kind, labels, indices, err)
+            blame = labels.dim() == 2 and _refuses_label_kind(
+                part, module, embeddings, batch_labels, indices, int(labels.max()) + 1)
+            raise ValueError(_failure(part, names[part], module, kind, blame, indices, err)
                              ) from err
         if part == "miner":
             check_mined(indices, names["miner"], len(embeddings))
@@ -268,16 +271,45 @@ def check_tuple_gradient(trainer: Any, names: dict[str, Any]) -> None:
         check_loss_gradient(value, names["loss"] or type(trainer.loss).__name__)
 
 
-def _failure(part: str, name: Any, module: Any, kind: str, labels: Tensor,
+def _refuses_label_kind(part: str, module: Any, embeddings: Tensor, labels: Tensor,
+                        indices: Any, bound: int) -> bool:
+    """Whether the miner or the loss (``part``: copies of ``module``), which failed on the
+    first batch's ``(n, L)`` / ``(n, C)`` ``labels``, refuses their kind: it runs on one
+    class id per item, and fails on the same ids as labels of that kind (one level, or
+    one label per item), so its failure is not one of its settings (such as one margin
+    per level). The ids: each distinct row of ``labels`` a class, modulo ``bound`` (the
+    data's largest label + 1, which a loss's ``num_classes`` was filled with). Random
+    states are restored after."""
+    ids = torch.unique(labels, dim=0, return_inverse=True)[1].reshape(-1) % bound  # (n,)
+    same_kind = (nn.functional.one_hot(ids).bool() if labels.dtype == torch.bool
+                 else ids[:, None])  # (n, 1) or (n, C)
+
+    def runs(given: Tensor) -> bool:
+        try:
+            with rng_scope(0), torch.enable_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if part == "miner":
+                    copy.deepcopy(module)(embeddings, given)
+                else:
+                    copy.deepcopy(module)(embeddings.detach().requires_grad_(True), given,
+                                          indices=indices)
+        except Exception:  # (the part's own error on the labels is the one reported)
+            return False
+        return True
+
+    return runs(ids) and not runs(same_kind)
+
+
+def _failure(part: str, name: Any, module: Any, kind: str, blame_labels: bool,
              indices: Any, err: Exception) -> str:
     """What failed when the miner or the loss ran on the first batch, and the way out: the
     data's labels are blamed only where they are the problem (labels a part takes no
-    labels, or ``(n, L)`` / ``(n, C)`` labels that a loss needing one class per item
-    cannot take)."""
+    labels, or ``(n, L)`` / ``(n, C)`` labels that a part needing one class per item
+    cannot take: ``blame_labels``)."""
     if part == "loss" and indices is not None and "indices" in str(err):
         return (f"loss {name!r} cannot train on the miner's tuples: {err}; it takes no "
                 "mined tuples: remove the miner (miner: null, or --set miner=null)")
-    if labels.dim() == 2:
+    if blame_labels:
         return (f"{part} {name!r} cannot train on this data's {kind}: {err}; pair and tuple "
                 "losses (e.g. multi_similarity, hierarchical_triplet) take them; classifier "
                 "and proxy losses need one class per item")
@@ -286,47 +318,6 @@ def _failure(part: str, name: Any, module: Any, kind: str, labels: Tensor,
                 "documentation for the data it needs")
     return (f"{part} {name!r} failed on a first batch of this data: {err}; see its "
             "documentation for the settings and data it needs")
-
-
-#: loss attributes that hold the embedding width (``l``: the manifold loss's name)
-_DIM_ATTRS = ("embedding_size", "embedding_dim", "descriptors_dim", "l")
-#: loss attributes that hold a number of classes, and what they count
-_CLASS_ATTRS = {"num_classes": "classes", "K": "proxies, one per class"}
-
-
-def check_loss_sizes(loss: Any, names: dict[str, Any], dim: int, labels: Tensor) -> None:
-    """Refuse a loss (or a loss it nests) whose embedding width is not the model's output
-    width, or whose number of classes (or proxies) is below what the labels need."""
-    from dmlkit.losses.base import BaseMetricLoss
-
-    if not isinstance(loss, nn.Module):
-        return
-    top = names["loss"]
-    for module in loss.modules():
-        if not isinstance(module, BaseMetricLoss):
-            continue
-        which = f"loss {top!r}" if module is loss else (
-            f"the {getattr(type(module), 'registry_name', type(module).__name__)} loss in "
-            f"loss {top!r}")
-        for key in _DIM_ATTRS:
-            value = getattr(module, key, None)
-            if isinstance(value, int) and not isinstance(value, bool) and value != dim:
-                raise ValueError(
-                    f"embedding size mismatch: {which} has {key}={value}, but model "
-                    f"{names['model']!r} gives embeddings of dim {dim}; set {key} to {dim}, "
-                    "or leave it out of the loss config to take it from the model")
-        if labels.dim() != 1 or labels.dtype == torch.bool or not len(labels):
-            continue
-        need = int(labels.max()) + 1
-        for key, what in _CLASS_ATTRS.items():
-            value = getattr(module, key, None)
-            if isinstance(value, int) and not isinstance(value, bool) and value < need:
-                classes = int(torch.unique(labels).numel())
-                raise ValueError(
-                    f"{which} has {key}={value} (the number of {what}), but the data has "
-                    f"{classes} classes (labels up to {need - 1}); set {key} to at least "
-                    f"{need}" + (", or leave it out of the loss config to take it from the "
-                                 "data" if key == "num_classes" else ""))
 
 
 def _names(trainer: Any, given: dict[str, Any], parts: tuple[str, ...]) -> dict[str, Any]:
