@@ -52,8 +52,9 @@ def register(app: typer.Typer) -> None:
         if info.get("weights_note"):  # a run without model.pt: its checkpoint's weights
             typer.echo(f"note: {run_dir} has no {MODEL_FILE}: exporting the weights of its "
                        f"{info['weights_note']}", err=True)
+        tolerance = f"{info.get('tolerance') or 1e-5:.2g}".replace("e-0", "e-")
         checked = (f"not verified: {info['not_verified']}" if info.get("not_verified")
-                   else "outputs equal the torch model's to 1e-5")
+                   else f"outputs equal the torch model's to {tolerance}")
         typer.echo(f"wrote {out} ({fmt}): inputs (batch, {info['n_features']}) from shape "
                    f"{tuple(info['input_shape'])}, embeddings (batch, {info['dim']}); "
                    f"{checked}; description in {out}.json")

@@ -12,7 +12,7 @@ import struct
 import warnings
 import wave
 from collections.abc import Iterator
-from math import gcd
+from math import gcd, inf
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -418,8 +418,8 @@ def load_audio_folder(
     """
     from dmlkit.data.dataset import ArrayDataset
 
-    if crop_seconds <= 0:
-        raise ValueError(f"crop_seconds must be > 0, got {crop_seconds}")
+    if not 0 < crop_seconds < inf:  # (NaN too)
+        raise ValueError(f"crop_seconds must be a finite number > 0, got {crop_seconds}")
     length = int(round(crop_seconds * sample_rate))
     if length > MAX_CROP_SAMPLES:
         raise ValueError(

@@ -174,9 +174,10 @@ def folder_images(root: str | Path) -> tuple[list[str], list[tuple[int, Path]]]:
     without opening any image: class ids follow the sorted sub-folder names
     (:func:`class_folders`), files are sorted within each (:func:`image_files`).
 
-    A missing folder is a ``FileNotFoundError``; one without class sub-folders or without
-    images a ``ValueError``, and so is a class sub-folder without image files (only other
-    files, or none): it would be a class name no item has, as the audio folder refuses.
+    A missing folder is a ``FileNotFoundError``; one without class sub-folders (said as
+    speaker sub-folders where it holds ``.wav`` files) or without images a ``ValueError``,
+    and so is a class sub-folder without image files (only other files, or none): it would
+    be a class name no item has, as the audio folder refuses.
     """
     root = Path(root)
     if root.is_file():
@@ -186,6 +187,10 @@ def folder_images(root: str | Path) -> tuple[list[str], list[tuple[int, Path]]]:
         raise FileNotFoundError(f"image folder not found: {root}")
     class_dirs = class_folders(root)
     if not class_dirs:
+        if any(f.suffix.lower() == ".wav" and f.is_file() for f in root.iterdir()):
+            raise ValueError(f"{root} holds .wav files but no speaker sub-folders (expected "
+                             "ROOT/<speaker>/*.wav): move each speaker's recordings into a "
+                             "sub-folder named after the speaker")
         raise ValueError(f"{root} has no class sub-folders (expected root/<class>/<image>)")
     listing = [image_files(class_dir) for class_dir in class_dirs]
     suffixes = ", ".join(sorted(IMAGE_SUFFIXES))

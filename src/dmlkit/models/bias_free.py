@@ -95,6 +95,9 @@ class BiasFreeCNN(nn.Module):
         (h, w), c = self.image_size, self.in_channels
         x = x.float()
         if x.dim() == 2:
+            if x.shape[1] != c * h * w:  # (the message small_cnn gives for rows)
+                raise ValueError(f"flat input must have {c * h * w} features ({c} x {h} x {w}), "
+                                 f"got {x.shape[1]}")
             x = x.view(-1, c, h, w)
         elif x.dim() == 3:
             x = x.unsqueeze(1)

@@ -17,7 +17,8 @@ checks against its index, ``weights``, the run's file they are from (``model.pt`
 checks to serve the file the description is of.
 
 The export never writes onto a run directory's own files (``model.pt``, ``config.yaml``,
-...) and overwrites an existing file only when asked to (``force=True``).
+``.train.lock``, ...) nor a ``dmlkit tune`` folder's (``study.db``, ``best.yaml``, ...),
+and overwrites an existing file only when asked to (``force=True``).
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ from dmlkit.training.run import MODEL_FILE, build_splits, load_run
 from dmlkit.training.trainer import CHECKPOINT
 
 FORMATS = ("onnx", "torchscript")
+#: how far an export's outputs may be from torch's, relative to their largest magnitude
+#: (at least 1): float32 rounding, far under what a wrongly exported step gives
+RELATIVE_TOLERANCE = 1e-5
 #: what ``export_run`` says when it could not run the exported ONNX model
 NOT_VERIFIED = "onnxruntime not installed (pip install 'dmlkit[export]')"
 TEXT_RUN = ("a text run's sentence encoder takes strings and tokenizes them in Python, "
@@ -80,16 +84,18 @@ def is_text_run(run_dir: str | Path) -> bool:
 
 def check_export_target(run_dir: str | Path, out: str | Path, force: bool = False) -> None:
     """Raise a ``ValueError`` when exporting ``run_dir`` to ``out`` (and ``out.json``)
-    would write onto a run directory's own files, or overwrite a file without ``force``."""
+    would write onto a run directory's own files (its trainer's lock too) or a ``dmlkit
+    tune`` folder's (its study, best config, their lock), whatever ``force`` says, or
+    overwrite a file without ``force``."""
     out = Path(out)
     if out.is_dir():
         raise ValueError(f"{out} is a directory; give the model file's name")
     for path in (out, Path(f"{out}.json")):
         check_not_run_file(
             path, run_dir=run_dir,
-            fix=f"an export never replaces a run directory's own {path.resolve().name}: give "
-                f"it another name (e.g. {path.parent / 'exported.onnx'} or "
-                f"{path.parent / 'exported.pt'})")
+            fix=f"an export never replaces a run directory's own {path.resolve().name}, "
+                f"nor a tune folder's: give it another name (e.g. "
+                f"{path.parent / 'exported.onnx'} or {path.parent / 'exported.pt'})")
         if path.is_dir():
             raise ValueError(f"{path} is a directory")
         if path.exists() and not force:
@@ -205,10 +211,14 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "onnx",
     fmt : {"onnx", "torchscript"}
         The format.
     check : bool
-        Run the exported model on random rows and compare it with the torch model (max
-        absolute difference under 1e-5, else ``RuntimeError``). The description's
-        ``max_difference`` is the difference found, or None with ``not_verified`` giving
-        why (ONNX without onnxruntime installed).
+        Run the exported model on random rows from the run's input range
+        (:func:`check_rows`) and compare it with the torch model: a max absolute
+        difference over what float32 rounding explains (1e-5 times the outputs' largest
+        magnitude, at least 1, or 10 times what torch's own outputs on these rows differ
+        by between batch sizes where that is more) raises ``RuntimeError``. The
+        description's ``max_difference`` and ``tolerance`` are the difference found and
+        the one allowed, or None with ``not_verified`` giving why (ONNX without
+        onnxruntime installed).
     force : bool
         Overwrite ``out`` and ``out.json`` when they exist.
 
@@ -247,6 +257,7 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "onnx",
     os.close(fd)
     tmp = Path(tmp_name)
     diff: float | None = None
+    tolerance: float | None = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer notes on shape checks inside models
@@ -254,10 +265,13 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "onnx",
                 _export_onnx(module, example, tmp)
             else:
                 torch.jit.save(torch.jit.trace(module, (example,)), str(tmp))
+        described = input_description(run, shape, spec)  # (its range: the check's rows)
         if check:
-            diff = _max_difference(module, tmp, fmt, n_features)
-            if diff is not None and diff > 1e-5:
-                raise RuntimeError(f"exported {fmt} model differs from torch by {diff:.3g}")
+            checked = _check_export(module, tmp, fmt, n_features, described["input_range"])
+            if checked is not None:
+                diff, tolerance, scale = checked
+                if diff > tolerance:
+                    raise RuntimeError(_mismatch(fmt, diff, tolerance, scale))
         file_sha = file_checksum(tmp)
         publish_mode(tmp)
         os.replace(tmp, out)
@@ -273,10 +287,10 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "onnx",
         "weights": MODEL_FILE if run.weights == MODEL_FILE else CHECKPOINT,
         # the exported file itself: dmlkit serve --onnx checks it is the one described
         "file_sha256": file_sha,
-        "max_difference": diff}
+        "max_difference": diff, "tolerance": tolerance}
     if run.weights != MODEL_FILE:
         info["weights_note"] = run.weights
-    info.update(input_description(run, shape, spec))
+    info.update(described)
     if check and diff is None:
         info["not_verified"] = NOT_VERIFIED
     Path(f"{out}.json").write_text(json.dumps(info, indent=2))
@@ -337,25 +351,68 @@ def _export_onnx(module: nn.Module, example: Tensor, path: Path) -> None:
         detail=detail.strip()) from failure
 
 
-def _max_difference(module: nn.Module, path: Path, fmt: str,
-                    n_features: int) -> float | None:
-    """Largest absolute difference of the exported model from ``module`` on random
-    rows; None when there is nothing to run an ONNX model with."""
-    x = torch.rand(7, n_features, generator=torch.Generator().manual_seed(1))
+def check_rows(n_features: int, input_range: list[float] | None, n: int = 16) -> Tensor:
+    """``(n, n_features)`` rows the exported model is checked on: uniform over the run's
+    recorded input range ``[low, high]`` (where the model works), ``[0, 1]`` when the
+    range is unknown."""
+    x = torch.rand(n, n_features, generator=torch.Generator().manual_seed(1))  # (n, F)
+    if input_range is None:
+        return x
+    low, high = (float(v) for v in input_range)
+    if not (math.isfinite(low) and math.isfinite(high) and high > low):
+        return x
+    return low + (high - low) * x
+
+
+def _rounding_noise(module: nn.Module, x: Tensor, ref: Tensor, n: int = 4) -> float:
+    """How far ``module``'s outputs ``ref`` on the batch ``x`` are from its outputs on
+    the first ``n`` rows one at a time: the float32 rounding torch itself shows between
+    batch sizes (0 where it shows none, or where the model takes no batch of one)."""
+    try:
+        with torch.no_grad():
+            single = torch.cat([module(row[None]) for row in x[:n]])  # (n, dim)
+    except (RuntimeError, ValueError):  # (batch statistics of one row, a squeezed axis)
+        return 0.0
+    if single.shape != ref[:n].shape:
+        return 0.0
+    return float((single - ref[:n]).abs().max())
+
+
+def _check_export(module: nn.Module, path: Path, fmt: str, n_features: int,
+                  input_range: list[float] | None) -> tuple[float, float, float] | None:
+    """``(difference, tolerance, scale)`` of the exported model from ``module`` on
+    :func:`check_rows`: the largest absolute difference, the one float32 rounding
+    explains (:data:`RELATIVE_TOLERANCE` of the outputs' ``scale``, their largest
+    magnitude but at least 1, or 10 times what torch's own outputs differ by between
+    batch sizes where that is more) and the scale; None when there is nothing to run an
+    ONNX model with."""
+    x = check_rows(n_features, input_range)
     with torch.no_grad():
-        ref = module(x).numpy()
+        ref = module(x)  # (n, dim)
+        scale = max(1.0, float(ref.abs().max()))
+        tolerance = max(RELATIVE_TOLERANCE * scale, 10.0 * _rounding_noise(module, x, ref))
     if fmt == "onnx":
         try:
             import onnxruntime as ort
         except ImportError:
             return None  # nothing to compare with; the export itself succeeded
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        got = session.run(None, {"inputs": x.numpy()})[0]
+        got = torch.from_numpy(session.run(None, {"inputs": x.numpy()})[0])
     else:
         with torch.no_grad():
-            got = torch.jit.load(str(path))(x).numpy()
-    return float(abs(got - ref).max())
+            got = torch.jit.load(str(path))(x)
+    return float((got - ref).abs().max()), tolerance, scale
+
+
+def _mismatch(fmt: str, diff: float, tolerance: float, scale: float) -> str:
+    """The refusal of an export whose outputs differ from torch's by more than rounding."""
+    advice = ("; export it with --format torchscript" if fmt == "onnx" else
+              "; the model computes differently from its traced example (steps that "
+              "depend on the inputs' values), so it cannot be exported as it is")
+    return (f"exported {fmt} model differs from torch by {diff:.3g}, more than float32 "
+            f"rounding explains ({tolerance:.3g} for outputs up to {scale:.3g}){advice}")
 
 
 __all__ = ["export_run", "input_description", "run_input_shape", "check_export_target",
-           "is_run_dir", "is_text_run", "ExportError", "FlatInputEmbedder", "FORMATS", "RUN_FILES"]
+           "check_rows", "is_run_dir", "is_text_run", "ExportError", "FlatInputEmbedder",
+           "FORMATS", "RELATIVE_TOLERANCE", "RUN_FILES"]
