@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from cli_helpers import error_line
 from torch import nn
 from typer.testing import CliRunner
 
@@ -48,11 +49,7 @@ def _explain(run_dir, out, a: str, b: str, *more: str):
                                "--steps", "4", *more])
 
 
-def _error(res) -> str:
-    assert "Traceback" not in res.output, res.output
-    lines = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, res.stderr
-    return lines[0]
+_error = error_line
 
 
 def test_a_file_of_several_items_says_how_to_pick_one(run_dir, digits, tmp_path):

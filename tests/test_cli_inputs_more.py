@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from cli_helpers import error_line
 from typer.testing import CliRunner
 
 from dmlkit.cli.main import app
@@ -53,11 +54,7 @@ def _expected(run_dir, x: np.ndarray) -> np.ndarray:
     return embed(load_run(run_dir).model, torch.as_tensor(x, dtype=torch.float32))[0].numpy()
 
 
-def _error(res) -> str:
-    assert "Traceback" not in res.output, res.output
-    lines = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, res.stderr
-    return lines[0]
+_error = error_line
 
 
 def test_embed_refuses_another_input_size_with_the_message_of_search(small, tmp_path):

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from cli_helpers import error_line
 from torch import nn
 from typer.testing import CliRunner
 
@@ -42,11 +43,7 @@ def _export(*args: str):
     return runner.invoke(app, ["export", *args])
 
 
-def _error(res) -> str:
-    assert "Traceback" not in res.output, res.output
-    lines = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, res.stderr
-    return lines[0]
+_error = error_line
 
 
 @pytest.mark.parametrize("name", ["model.pt", "checkpoint.pt", "config.yaml", "metrics"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from cli_helpers import error_line
 from typer.testing import CliRunner
 
 from dmlkit.cli.main import app
@@ -94,11 +95,7 @@ def rgb_run(tmp_path_factory):
     return root
 
 
-def _error(res) -> str:
-    assert "Traceback" not in res.output, res.output
-    lines = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, res.stderr
-    return lines[0]
+_error = error_line
 
 
 def test_every_command_refuses_channel_last_data_as_train_does(rgb_run, tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from cli_helpers import only_error_line
 from typer.testing import CliRunner
 
 from dmlkit.apps import CMLRecommender
@@ -17,14 +18,7 @@ from dmlkit.evaluation.recommendation import recommendation_metrics
 runner = CliRunner()
 
 
-def _error_line(res, *words: str) -> str:
-    assert res.exit_code == 1, res.output
-    assert "Traceback" not in res.output
-    lines = [s for s in res.stderr.splitlines() if s.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
-    return lines[0]
+_error_line = only_error_line
 
 
 # -- object arrays of numbers ----------------------------------------------------------------

@@ -12,6 +12,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from cli_helpers import error_line
 from typer.testing import CliRunner
 
 from dmlkit.cli.main import app
@@ -28,11 +29,7 @@ training: {{epochs: 1, num_threads: 1, seed: {seed}, progress: false}}
 """
 
 
-def _error(res) -> str:
-    assert "Traceback" not in res.output, res.output
-    lines = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, res.stderr
-    return lines[0]
+_error = error_line
 
 
 @pytest.fixture(scope="module")
