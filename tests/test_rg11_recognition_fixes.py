@@ -24,6 +24,12 @@ def two_identities(tmp_path):
     return tmp_path
 
 
+def _verify(tmp, pairs, *options):
+    """``dmlkit verify`` of ``tmp``'s ``d.npz`` on a pairs file, written to ``v.json``."""
+    return runner.invoke(app, ["verify", "--data", str(tmp / "d.npz"), "--pairs", str(pairs),
+                               *options, "-o", str(tmp / "v.json")])  # fmt: skip
+
+
 def write_pairs(path, rows):
     np.savetxt(path, np.asarray(rows), fmt="%d", delimiter=",")
     return path
@@ -62,22 +68,7 @@ def test_verify_with_only_one_kind_replicates_writes_metrics(two_identities):
         tmp / "p.csv",
         [[0, 1, 1], [2, 3, 1], [4, 5, 1], [6, 7, 1], [0, 4, 0], [1, 5, 0], [2, 6, 0], [3, 7, 0]],
     )
-    res = runner.invoke(
-        app,
-        [
-            "verify",
-            "--data",
-            str(tmp / "d.npz"),
-            "--pairs",
-            str(pairs),
-            "--bootstrap",
-            "1",
-            "--seed",
-            "4",
-            "-o",
-            str(tmp / "v.json"),
-        ],
-    )
+    res = _verify(tmp, pairs, "--bootstrap", "1", "--seed", "4")
     assert res.exit_code == 0, res.output
     result = json.loads((tmp / "v.json").read_text())
     assert result["ci95"]["eer"] is None
@@ -99,22 +90,7 @@ def test_verify_pairs_with_two_of_each_kind_works_at_any_seed(two_identities, se
     pairs = write_pairs(
         tmp / "p3.csv", [[0, 1, 1], [2, 3, 1], [0, 4, 0], [1, 5, 0], [2, 6, 0], [3, 7, 0]]
     )
-    res = runner.invoke(
-        app,
-        [
-            "verify",
-            "--data",
-            str(tmp / "d.npz"),
-            "--pairs",
-            str(pairs),
-            "--bootstrap",
-            "5",
-            "--seed",
-            str(seed),
-            "-o",
-            str(tmp / "v.json"),
-        ],
-    )
+    res = _verify(tmp, pairs, "--bootstrap", "5", "--seed", str(seed))
     assert res.exit_code == 0, res.output
     result = json.loads((tmp / "v.json").read_text())
     assert result["num_pairs"] == 3 and result["num_same"] == 1 and result["fit_pairs"] == 3
@@ -123,20 +99,7 @@ def test_verify_pairs_with_two_of_each_kind_works_at_any_seed(two_identities, se
 def test_verify_pairs_with_one_same_pair_names_the_split_and_the_way_out(two_identities):
     tmp = two_identities
     pairs = write_pairs(tmp / "p1.csv", [[0, 1], [0, 4], [1, 5], [2, 6]])  # same from labels
-    res = runner.invoke(
-        app,
-        [
-            "verify",
-            "--data",
-            str(tmp / "d.npz"),
-            "--pairs",
-            str(pairs),
-            "--bootstrap",
-            "5",
-            "-o",
-            str(tmp / "v.json"),
-        ],
-    )
+    res = _verify(tmp, pairs, "--bootstrap", "5")
     assert res.exit_code == 1
     assert "1 same and 3 different" in res.output and "--calibrate" in res.output
     assert "half" in res.output and "Traceback" not in res.output
