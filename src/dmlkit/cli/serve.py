@@ -43,6 +43,7 @@ def register(app: typer.Typer) -> None:
             "labelled item's score passes this: similarity >= it (cosine, ip index) or, on "
             "an l2 index, squared distance <= it, as /search and /identify report scores."),
         max_batch: int = typer.Option(1024, "--max-batch", help="Most rows of one request."),
+        max_k: int = typer.Option(1000, "--max-k", help="Most neighbours per query (k)."),
         max_body_mb: float = typer.Option(8.0, "--max-body-mb", help="Largest request body."),
         rate: float = typer.Option(50.0, "--rate", help="Requests per second per key."),
         burst: int = typer.Option(100, "--burst"),
@@ -52,8 +53,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Serve /embed, /search, /verify, /identify, /items, /health and /metrics."""
         try:  # the settings first: before the index is opened (and locked)
-            check_settings(port=port, max_batch=max_batch, max_body_mb=max_body_mb, rate=rate,
-                           burst=burst, checkpoint_every=checkpoint_every,
+            check_settings(port=port, max_batch=max_batch, max_k=max_k, max_body_mb=max_body_mb,
+                           rate=rate, burst=burst, checkpoint_every=checkpoint_every,
                            verify_threshold=verify_threshold,
                            identify_threshold=identify_threshold)
             import uvicorn
@@ -79,7 +80,7 @@ def register(app: typer.Typer) -> None:
                     kit = Verifier.load(verifier)
                 config = ServiceConfig(
                     max_body_bytes=int(max_body_mb * (1 << 20)), max_batch=max_batch,
-                    rate=rate, burst=burst, verify_threshold=verify_threshold,
+                    max_k=max_k, rate=rate, burst=burst, verify_threshold=verify_threshold,
                     identify_threshold=identify_threshold)
                 application = create_app(store, keys, embedder, config, kit)
             except BaseException:
@@ -125,6 +126,7 @@ def register(app: typer.Typer) -> None:
 
 
 def check_settings(*, port: int, max_batch: int, max_body_mb: float, rate: float,
+                   max_k: int = 1000,
                    burst: int, checkpoint_every: int, verify_threshold: float | None,
                    identify_threshold: float | None) -> None:
     """Refuse ``dmlkit serve`` settings under which the server could not listen or would
@@ -139,6 +141,7 @@ def check_settings(*, port: int, max_batch: int, max_body_mb: float, rate: float
     )
 
     check_at_least_one(max_batch, name="--max-batch")
+    check_at_least_one(max_k, name="--max-k")
     check_at_least_one(burst, name="--burst")
     check_checkpoint_every(checkpoint_every, name="--checkpoint-every", rule=">= 1")
     if not math.isfinite(max_body_mb) or int(max_body_mb * (1 << 20)) < 1:

@@ -20,15 +20,18 @@ _HINT = "pip install 'dmlkit[audio]'"
 def _voice_encoder_class() -> type:
     """Import ``resemblyzer.VoiceEncoder``, or raise an ImportError naming the extra.
 
-    ``webrtcvad`` (imported by resemblyzer's own preprocessing, which dmlkit does not
-    call) imports ``pkg_resources``, gone from recent setuptools; when that import fails
-    an empty stand-in module is registered so the encoder itself still loads.
+    ``webrtcvad`` is imported by resemblyzer's own preprocessing, which dmlkit does not
+    call; where it is missing, or its import fails (it imports ``pkg_resources``, gone
+    from recent setuptools), an empty stand-in module is registered so the encoder itself
+    still loads.
     """
+    import importlib.util
+
+    if importlib.util.find_spec("resemblyzer") is None:
+        raise ImportError(f"the resemblyzer baseline needs resemblyzer: {_HINT}")
     try:
         import webrtcvad  # noqa: F401
-    except ModuleNotFoundError as e:
-        if e.name == "webrtcvad":
-            raise ImportError(f"the resemblyzer baseline needs webrtcvad: {_HINT}") from e
+    except ImportError:
         sys.modules.setdefault("webrtcvad", types.ModuleType("webrtcvad"))
     try:
         from resemblyzer import VoiceEncoder
