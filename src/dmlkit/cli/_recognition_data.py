@@ -46,6 +46,24 @@ def named_labels(arrays: dict[str, Any], source: str, key: str = "labels") -> An
     return np.where(labels < 0, unknown, names[np.clip(labels, 0, None)])
 
 
+def check_labels_alike(first: tuple[str, Any, dict[str, Any]],
+                       second: tuple[str, Any, dict[str, Any]]) -> None:
+    """Refuse two labelled inputs (``(source, labels, arrays)``, as :meth:`read` gives)
+    whose labels are names in one and numbers in the other because only one ``.npz``
+    carries ``class_names`` (:func:`named_labels`): the numbers could never match."""
+    import numpy as np
+
+    kinds = [np.asarray(labels).dtype.kind in "USO" for _, labels, _ in (first, second)]
+    if kinds[0] == kinds[1]:
+        return
+    named, plain = (first, second) if kinds[0] else (second, first)
+    if "class_names" in named[2] and "class_names" not in plain[2]:
+        raise ValueError(
+            f"{named[0]} names its classes (its class_names array) but {plain[0]} has none, "
+            "so its labels are numbers that no name matches: save the same class_names in "
+            "both files, or in neither")
+
+
 def refuse_unknown(labels: Any, what: str) -> None:
     """Raise a ``ValueError`` when ``labels`` hold the unknown identity (``-1``): items of
     a gallery, a support or a verification set need their identity."""

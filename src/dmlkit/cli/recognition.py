@@ -27,6 +27,7 @@ from dmlkit.cli._npz_keys import labels_key_option, x_key_option
 from dmlkit.cli._recognition_data import (
     UNKNOWN,
     DataReader,
+    check_labels_alike,
     data_model,
     named_labels,
     read_pairs,
@@ -205,6 +206,7 @@ def register(app: typer.Typer) -> None:
             check_same_model(gallery, query, "--gallery and --query")
             if yg is None or yq is None:
                 raise ValueError("gallery and query need labels (identities)")
+            check_labels_alike((f"--gallery {gallery}", yg, ag), (f"--query {query}", yq, aq))
             refuse_unknown(yg, f"--gallery {gallery}")
             if not closed_set and np.unique(np.asarray(yg)).size < 2:
                 raise ValueError(
@@ -319,11 +321,12 @@ def register(app: typer.Typer) -> None:
                             f"± {ci:.4f} (95% CI, {e} episodes)" if ci == ci else "(1 episode)"))
             else:
                 reader = DataReader(run_dir, x_key, labels_key)
-                xs, ys, _ = reader.read(support, "--support")
-                xq, yq, _ = reader.read(query, "--query")
+                xs, ys, a_s = reader.read(support, "--support")
+                xq, yq, aq = reader.read(query, "--query")
                 check_same_model(support, query, "--support and --query")
                 if ys is None or yq is None:
                     raise ValueError("--support and --query need labels")
+                check_labels_alike((f"--support {support}", ys, a_s), (f"--query {query}", yq, aq))
                 refuse_unknown(ys, f"--support {support}")
                 ys, yq = np.asarray(ys), np.asarray(yq)
                 if (ys.dtype.kind in "USO") != (yq.dtype.kind in "USO"):
