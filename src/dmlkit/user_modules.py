@@ -51,6 +51,27 @@ def absolute_entries(entries: Sequence[str], folder: Path) -> list[str]:
             else e for e in entries]
 
 
+def recorded_entries(entries: Sequence[str], folder: str | Path | None) -> list[str]:
+    """``entries`` as a run records them, after :func:`import_modules` imported them: a
+    module name that was found as a file in ``folder`` (the config file's), and not in
+    the working directory or on ``sys.path``, becomes that file's absolute path: a run's
+    saved config is read from the run's folder, where the module is not. A module found
+    by its name elsewhere keeps the name (portable: wherever it is importable)."""
+    if folder is None:
+        return list(entries)
+    base = Path(folder).resolve()
+    if base in {Path(p or ".").resolve() for p in [*sys.path, str(Path.cwd())]}:
+        return list(entries)
+    out = []
+    for entry in entries:
+        origin = getattr(sys.modules.get(entry), "__file__", None)
+        if (not is_file_entry(entry) and "." not in entry and origin is not None
+                and Path(origin).name == f"{entry}.py" and Path(origin).resolve().parent == base):
+            entry = str(Path(origin).resolve())
+        out.append(entry)
+    return out
+
+
 def import_modules(entries: Sequence[str], folder: str | Path | None = None,
                    source: str = "imports") -> None:
     """Import each entry (in order): a module name, or a ``.py`` file's path (relative
@@ -130,4 +151,5 @@ def _on_path(folders: list[str]) -> Iterator[None]:
                 sys.path.remove(f)
 
 
-__all__ = ["UserModuleError", "absolute_entries", "check_entries", "import_modules"]
+__all__ = ["UserModuleError", "absolute_entries", "check_entries", "import_modules",
+           "recorded_entries"]

@@ -284,13 +284,19 @@ class Config:
         if not isinstance(raw, dict):
             raise TypeError(f"a config must be a mapping, got {type(raw).__name__}")
         _reject_unknown("config", raw, cls)
-        from dmlkit.user_modules import absolute_entries, check_entries, import_modules
+        from dmlkit.user_modules import (
+            absolute_entries,
+            check_entries,
+            import_modules,
+            recorded_entries,
+        )
 
         kwargs: dict[str, Any] = {}
         if "imports" in raw:  # before any name is read: they register the parts it names
             base = Path.cwd() if folder is None else Path(folder)
             kwargs["imports"] = absolute_entries(check_entries(raw["imports"]), base)
             import_modules(kwargs["imports"], folder, source)
+            kwargs["imports"] = recorded_entries(kwargs["imports"], folder)
         for f in dataclasses.fields(cls):
             if f.name not in raw or f.name == "imports":
                 continue
