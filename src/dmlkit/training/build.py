@@ -113,9 +113,12 @@ def _check_given_shape(spec: dict[str, Any], params: set[str], example: Tensor) 
         if key == "image_size":  # a side, or (height, width)
             given = tuple(given) if isinstance(given, (list, tuple)) else (given, given)
         if given != have:
+            fit = (have[0] if have[0] == have[1] else f"[{have[0]},{have[1]}]"
+                   ) if key == "image_size" else have  # fmt: skip
             raise ValueError(
                 f"model.{key} is {spec[key]}, but the data's items have {have} (each item "
-                f"{tuple(example.shape)}); remove model.{key} to take it from the data")
+                f"{tuple(example.shape)}); set it to the data's (--set model.{key}={fit}), "
+                "or remove it from the config to take it from the data")
 
 
 def _saved_run_defaults(spec: dict[str, Any]) -> dict[str, Any]:
