@@ -9,27 +9,14 @@ import sys
 import pytest
 import yaml
 from typer.testing import CliRunner
+from user_parts import linear_parts
 
 from dmlkit.cli.main import app
 from dmlkit.registry import MODELS
 
 runner = CliRunner()
 
-PARTS = '''
-from torch import nn
-from dmlkit.registry import register_model
-
-
-@register_model("beside_mlp")
-class BesideMLP(nn.Module):
-    def __init__(self, in_features: int, dim: int = 8) -> None:
-        super().__init__()
-        self.in_features, self.dim = in_features, dim
-        self.net = nn.Linear(in_features, dim)
-
-    def forward(self, x):
-        return self.net(x.flatten(1).float())
-'''
+PARTS = linear_parts("beside_mlp", "BesideMLP")
 
 CONFIG = {"name": "beside", "imports": ["beside_parts"],
           "data": {"name": "digits", "max_per_class": 10, "max_heldout_per_class": 10},

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from typer.testing import CliRunner
+from user_parts import linear_parts
 
 from dmlkit import registry
 from dmlkit.cli.main import app
@@ -22,21 +23,7 @@ from dmlkit.registry import DISTANCES, LOSSES, MINERS, MODELS, SAMPLERS
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 
-PARTS = '''
-from torch import nn
-from dmlkit.registry import register_model
-
-
-@register_model("{name}")
-class PL6MLP(nn.Module):
-    def __init__(self, in_features: int, dim: int = 8) -> None:
-        super().__init__()
-        self.in_features, self.dim = in_features, dim
-        self.net = nn.Linear(in_features, dim)
-
-    def forward(self, x):
-        return self.net(x.flatten(1).float())
-'''
+PARTS = linear_parts("{name}", "PL6MLP")
 
 CONFIG = """
 name: own

@@ -251,9 +251,9 @@ def evaluate_metric(components: np.ndarray | None, splits: EmbeddedSplits,
     def scores(tr: np.ndarray, held: np.ndarray) -> dict[str, float]:
         ret = retrieval_metrics(held.astype(np.float32), splits.heldout_labels)
         out = {k: float(ret[k]) for k in EVAL_KEYS}
-        if vote_k < 1:
-            pass
-        elif same_rows:  # no held-out split: leave-one-out, as the retrieval scores are
+        if not votes_possible:
+            return out
+        if same_rows:  # no held-out split: leave-one-out, as the retrieval scores are
             knn = KNeighborsClassifier(n_neighbors=vote_k).fit(tr, splits.train_labels)
             rows = knn.kneighbors(n_neighbors=vote_k, return_distance=False)  # (n, k)
             # vote on codes 0..C-1 (any label values: negative, huge); codes keep the
@@ -262,7 +262,7 @@ def evaluate_metric(components: np.ndarray | None, splits: EmbeddedSplits,
             votes = codes.reshape(-1)[rows]  # (n, k)
             predicted = classes[[np.bincount(v).argmax() for v in votes]]  # (n,)
             out["knn_accuracy"] = float((predicted == splits.train_labels).mean())
-        elif np.isin(splits.heldout_labels, splits.train_labels).all():
+        else:
             knn = KNeighborsClassifier(n_neighbors=vote_k).fit(tr, splits.train_labels)
             out["knn_accuracy"] = float(knn.score(held, splits.heldout_labels))
         return out
@@ -274,12 +274,13 @@ def evaluate_metric(components: np.ndarray | None, splits: EmbeddedSplits,
                  and np.array_equal(splits.train_labels, splits.heldout_labels))
     others = splits.train.shape[0] - int(same_rows)  # the rows a held-out item can vote on
     vote_k = min(n_neighbors, others)
-    if not (same_rows or np.isin(splits.heldout_labels, splits.train_labels).all()):
-        pass  # (no k-NN accuracy: a held-out class never occurs in training)
-    elif vote_k < 1:
+    # (no k-NN accuracy where a held-out class never occurs in training)
+    classes_known = same_rows or bool(np.isin(splits.heldout_labels, splits.train_labels).all())
+    votes_possible = classes_known and vote_k >= 1
+    if classes_known and vote_k < 1:
         warnings.warn(f"no k-NN accuracy: {splits.train.shape[0]} training row(s) leave no "
                       "neighbour to vote; give more training rows", stacklevel=2)
-    elif vote_k < n_neighbors:
+    elif votes_possible and vote_k < n_neighbors:
         warnings.warn(f"k-NN accuracy is {vote_k}-NN, not {n_neighbors}-NN: there are only "
                       f"{others} training row(s) to vote"
                       + (" besides each item itself" if same_rows else ""), stacklevel=2)

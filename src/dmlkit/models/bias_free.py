@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from dmlkit.models.cnn import height_width
+from dmlkit.models.cnn import as_images, height_width
 from dmlkit.models.sizes import check_size, check_sizes
 from dmlkit.registry import register_model
 
@@ -93,14 +93,7 @@ class BiasFreeCNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         (h, w), c = self.image_size, self.in_channels
-        x = x.float()
-        if x.dim() == 2:
-            if x.shape[1] != c * h * w:  # (the message small_cnn gives for rows)
-                raise ValueError(f"flat input must have {c * h * w} features ({c} x {h} x {w}), "
-                                 f"got {x.shape[1]}")
-            x = x.view(-1, c, h, w)
-        elif x.dim() == 3:
-            x = x.unsqueeze(1)
+        x = as_images(x.float(), c, h, w)
         if tuple(x.shape[1:]) != (c, h, w):
             raise ValueError(f"expected images of shape {(c, h, w)}, got {tuple(x.shape[1:])}")
         return self.out(self.features(x).flatten(1))  # (n, dim)

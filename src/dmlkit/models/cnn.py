@@ -71,6 +71,17 @@ class GridMeans(nn.Module):
         return grid_means(x, self.grid)  # (n, c, grid, grid)
 
 
+def as_images(x: Tensor, c: int, h: int, w: int) -> Tensor:
+    """``x`` as ``(n, c, h, w)`` images where it is flat rows ``(n, c * h * w)`` (rows of
+    another width: a ``ValueError``) or grey images ``(n, h', w')``; else as it is."""
+    if x.dim() == 2:
+        if x.shape[1] != c * h * w:
+            raise ValueError(f"flat input must have {c * h * w} features ({c} x {h} x {w}), "
+                             f"got {x.shape[1]}")
+        return x.view(-1, c, h, w)
+    return x.unsqueeze(1) if x.dim() == 3 else x
+
+
 def height_width(image_size: int | Sequence[int], min_side: int = 4,
                  model: str | None = None) -> tuple[int, int]:
     """``(H, W)`` from an int side or an ``(H, W)`` pair (Python or numpy integers, not
@@ -165,15 +176,8 @@ class SmallCNN(nn.Module):
         return params["dim"]
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x.float()
         (h, w), c = self.hw, self.in_channels
-        if x.dim() == 2:
-            if x.shape[1] != c * h * w:
-                raise ValueError(f"flat input must have {c * h * w} features ({c} x {h} x {w}), "
-                                 f"got {x.shape[1]}")
-            x = x.view(-1, c, h, w)
-        elif x.dim() == 3:
-            x = x.unsqueeze(1)
+        x = as_images(x.float(), c, h, w)
         if x.dim() != 4 or x.shape[1] != c:
             raise ValueError(f"expected images of shape (n, {c}, H, W), got {tuple(x.shape)}")
         return self.head(self.body(x))  # (n, dim)
