@@ -125,7 +125,7 @@ def test_cli_train_and_evaluate_hierarchical(hier_npz, tmp_path):
     (_hier(3, 2, 5), True),
     (np.random.default_rng(2).random((30, 3)) < 0.5, True),
     (np.zeros((30, 0), np.int64), False),
-    (np.array([["a", "b"]] * 30), False),
+    (np.array([["a", "b"]] * 30), True),
 ])
 def test_cli_evaluate_embedding_files_with_label_rows(tmp_path, labels, ok):
     emb = np.random.default_rng(3).normal(size=(30, 4)).astype(np.float32)

@@ -74,8 +74,9 @@ def read_embeddings(path: Path, emb_key: str | None = None,
 
     Labels may be ``(n,)`` integers, returned as int64, or class names, returned as a
     ``(n,)`` str array (:func:`~dmlkit.evaluation.evaluate_embeddings` numbers them and
-    keys per-class results by name); ``(n, L)`` integer hierarchical labels, returned as
-    int64 (a single column, ``(n, 1)``, is class labels: returned as ``(n,)``); or
+    keys per-class results by name); ``(n, L)`` hierarchical labels, ids returned as
+    int64 and names as a str array (a single column, ``(n, 1)``, is class labels:
+    returned as ``(n,)``); or
     ``(n, C)`` bool multi-labels, returned as they are.
 
     Raises
@@ -106,19 +107,19 @@ def read_embeddings(path: Path, emb_key: str | None = None,
     check_real_inputs(emb, str(path), repr(emb_key),
                       hint="; name the embeddings array with --x-key")
     check_finite_rows(emb, f"{path}: {emb_key!r}")
-    if labels.ndim not in (1, 2) or len(labels) != len(emb) or (labels.ndim == 2 and (
-            labels.shape[1] == 0 or labels.dtype.kind in "USO")):
+    if labels.ndim not in (1, 2) or len(labels) != len(emb) or (
+            labels.ndim == 2 and labels.shape[1] == 0):
         raise ValueError(f"{path}: {labels_key!r} must hold one label per embedding row "
-                         f"({len(emb)}): (n,) class ids or names, (n, L) integer "
-                         f"hierarchical labels or (n, C) bool multi-labels, got shape "
+                         f"({len(emb)}): (n,) class ids or names, (n, L) hierarchical "
+                         f"ids or names or (n, C) bool multi-labels, got shape "
                          f"{labels.shape} of dtype {labels.dtype}")
     emb = emb if emb.dtype == np.float64 else emb.astype(np.float32)
     if labels.ndim == 2 and labels.dtype.kind == "b":  # multi-labels stay bool
         return emb, labels
-    if labels.dtype.kind in "USO":  # class names: kept, so results name the classes
-        return emb, labels.astype(str)
     if labels.ndim == 2 and labels.shape[1] == 1:  # one column: class labels
         labels = labels[:, 0]
+    if labels.dtype.kind in "USO":  # class names: kept, so results name the classes
+        return emb, labels.astype(str)
     if labels.dtype.kind == "f" and np.array_equal(labels, np.round(labels)):
         from dmlkit.evaluation.retrieval import check_int64_range
 

@@ -26,13 +26,21 @@ by reference index) on the keys the per-level metrics use (float64 up to
 
 from __future__ import annotations
 
+import re
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from dmlkit.evaluation.retrieval import check_chunk_size, parse_k, retrieval_metrics
+from dmlkit.evaluation.retrieval import (
+    TRIVIAL_WARNING,
+    check_chunk_size,
+    label_codes,
+    parse_k,
+    retrieval_metrics,
+)
 from dmlkit.functional.chunking import chunk_size_for, row_chunks
 from dmlkit.functional.hierarchy import shared_depth
 from dmlkit.functional.ranking_frame import ranking_frame
@@ -46,6 +54,9 @@ def _labels(x, name: str) -> Tensor:
         raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
     if x.dim() != 2:
         raise ValueError(f"{name} must be hierarchical labels (n, L), got shape {tuple(x.shape)}")
+    if x.shape[1] == 0:
+        raise ValueError(f"{name} has shape {tuple(x.shape)}: (n, L) hierarchical labels "
+                         "need at least one column (one per level)")
     if torch.is_floating_point(x) or x.dtype == torch.bool:
         raise TypeError(f"{name} must be integer labels, got dtype {x.dtype}")
     return x.long()
@@ -76,9 +87,11 @@ def hierarchical_retrieval_metrics(
     Parameters
     ----------
     query, query_labels : Tensor or ndarray
-        ``(n, d)`` embeddings and ``(n, L)`` labels, coarsest level first.
+        ``(n, d)`` embeddings and ``(n, L)`` labels, coarsest level first: integer ids
+        or class names per level (string or object arrays, lists of lists of names).
     reference, reference_labels : Tensor or ndarray, optional
-        ``(m, d)`` gallery and ``(m, L)`` labels; ``None`` = leave-one-out on ``query``.
+        ``(m, d)`` gallery and ``(m, L)`` labels (ids if the queries' are ids, names if
+        theirs are names); ``None`` = leave-one-out on ``query``.
     k : int or sequence of int, optional
         Cutoffs (default ``(1, 2, 4, 8)``) of Recall@K / Precision@K per level and of the
         hierarchical precision and nDCG.
@@ -101,6 +114,8 @@ def hierarchical_retrieval_metrics(
         ``num_queries`` and ``metric``.
     """
     query = _embeddings(query, "query")
+    # class names (string or object arrays, lists) as integer codes, as retrieval's
+    query_labels, reference_labels = label_codes(query_labels, reference_labels)
     query_labels = _labels(query_labels, "query_labels")
     if (reference is None) != (reference_labels is None):
         raise ValueError("pass reference and reference_labels together, or neither")
@@ -120,11 +135,14 @@ def hierarchical_retrieval_metrics(
     result: dict = {}
     for level in range(levels):
         ref_l = None if reference_labels is None else reference_labels[:, : level + 1]
-        per_level = retrieval_metrics(
-            query, query_labels[:, : level + 1], reference, ref_l, k=ks, metric=metric,
-            ref_includes_query=ref_includes_query, average_precision=full_ranking,
-            reciprocal_rank=full_ranking, chunk_size=chunk_size,
-        )
+        with warnings.catch_warnings():
+            if level < levels - 1:  # one top-level class is a hierarchy; one leaf is warned
+                warnings.filterwarnings("ignore", message=re.escape(TRIVIAL_WARNING))
+            per_level = retrieval_metrics(
+                query, query_labels[:, : level + 1], reference, ref_l, k=ks, metric=metric,
+                ref_includes_query=ref_includes_query, average_precision=full_ranking,
+                reciprocal_rank=full_ranking, chunk_size=chunk_size,
+            )
         for name, value in per_level.items():
             if name != "metric":
                 result[f"{name}_level_{level}"] = value

@@ -37,6 +37,7 @@ from dmlkit.functional.labels import check_labels
 from dmlkit.functional.retrieval import canonical_metric, retrieval_per_query
 
 DEFAULT_K = (1, 2, 4, 8)
+TRIVIAL_WARNING = "retrieval metrics are trivially 1.0"  # (how the warning begins)
 _RENAME = {"average_precision": "mean_average_precision",
            "reciprocal_rank": "mean_reciprocal_rank"}
 
@@ -175,9 +176,9 @@ def retrieval_metrics(
     per_class : bool
         Add ``"per_class": {label: {metric: value, "count": n}}``, the mean over the
         queries of each label: label = the class id, or its name when the labels are
-        names; the leaf tuple for ``(n, L)`` labels; for ``(n, C)`` bool multi-labels,
-        the column index, averaged over the queries holding that label (a query with
-        several labels counts in each).
+        names; the leaf tuple (of ids or of names) for ``(n, L)`` labels; for ``(n, C)``
+        bool multi-labels, the column index, averaged over the queries holding that
+        label (a query with several labels counts in each).
     chunk_size : int, optional
         Queries per chunk (``>= 1``; default: from a memory budget).
 
@@ -220,9 +221,9 @@ def retrieval_metrics(
 
 def _warn_degenerate(query_labels: Tensor, reference_labels: Tensor | None,
                      num_queries: int) -> None:
-    """Warn when the labels make the metrics meaningless: one class only (every
-    reference is relevant, so every metric is 1.0) or no query with a relevant
-    reference (every metric is NaN)."""
+    """Warn when the labels make the metrics meaningless: one class only, or one leaf
+    row of ``(n, L)`` labels (every reference is relevant, so every metric is 1.0), or
+    no query with a relevant reference (every metric is NaN)."""
     import warnings
 
     if num_queries == 0 and query_labels.shape[0] > 0:
@@ -231,25 +232,29 @@ def _warn_degenerate(query_labels: Tensor, reference_labels: Tensor | None,
             "relevant reference (every label occurs once?); evaluate on classes with at "
             "least two items", UserWarning, stacklevel=3)
         return
-    if query_labels.dim() != 1 or query_labels.shape[0] == 0 or (
-            reference_labels is not None and reference_labels.dim() != 1):
-        return
+    if query_labels.dtype == torch.bool or query_labels.shape[0] == 0 or (
+            reference_labels is not None and reference_labels.dim() != query_labels.dim()):
+        return  # (multi-labels: one distinct row need not relate every pair)
     labels = query_labels if reference_labels is None else torch.cat(
         [query_labels, reference_labels.to(query_labels.dtype)])
-    if int(torch.unique(labels).numel()) == 1:
+    # one class, or for (n, L) labels one leaf (every level then agrees too)
+    distinct = torch.unique(labels, dim=0) if labels.dim() == 2 else torch.unique(labels)
+    if int(distinct.shape[0]) == 1:
+        label = (int(labels[0]) if labels.dim() == 1
+                 else tuple(int(v) for v in labels[0].tolist()))
         warnings.warn(
-            f"retrieval metrics are trivially 1.0: all {labels.shape[0]} labels are "
-            f"{int(labels[0])}, so every reference is relevant; evaluate on at least two "
-            "classes", UserWarning, stacklevel=3)
+            f"{TRIVIAL_WARNING}: all {labels.shape[0]} labels are {label}, so every "
+            "reference is relevant; evaluate on at least two classes", UserWarning,
+            stacklevel=3)
 
 
 def _per_class(values: dict[str, Tensor], labels: Tensor, valid: Tensor,
                label_names: list[str] | None = None) -> dict:
     """Average each per-query value within each query label (lone queries left out):
-    per class id (its name when given), per leaf row of ``(n, L)`` labels, per column
-    of ``(n, C)`` bool multi-labels (a query counts in each of its labels). Memory is
-    linear in the queries, and in queries x labels only for multi-labels (their input
-    already is that size)."""
+    per class id (its name when given), per leaf row of ``(n, L)`` labels (a tuple of
+    ids, or of names when given), per column of ``(n, C)`` bool multi-labels (a query
+    counts in each of its labels). Memory is linear in the queries, and in queries x
+    labels only for multi-labels (their input already is that size)."""
     if labels.dtype == torch.bool:  # (n, C): each query in each of its labels
         cols = [int(c) for c in range(labels.shape[1]) if labels[:, c].any()]
         member = labels[:, cols] & valid[:, None]  # (n, C') bool, as the input
@@ -266,7 +271,8 @@ def _per_class(values: dict[str, Tensor], labels: Tensor, valid: Tensor,
             names = [int(v) if label_names is None else label_names[int(v)] for v in keys]
         else:
             keys, inverse = torch.unique(labels, dim=0, return_inverse=True)
-            names = [tuple(int(x) for x in row) for row in keys]
+            names = [tuple(int(x) if label_names is None else label_names[int(x)]
+                           for x in row) for row in keys]
         counts = torch.bincount(inverse[valid], minlength=len(names)).to(torch.float64)
 
         def means(val: Tensor) -> Tensor:

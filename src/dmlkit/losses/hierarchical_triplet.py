@@ -9,8 +9,10 @@ Representation" (CVPR 2016), whose margins depend on the tree distance between c
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -23,6 +25,24 @@ from dmlkit.losses._tuple_distances import pair_distances
 from dmlkit.losses.base import BaseMetricLoss, mean_nonzero
 from dmlkit.losses.weight_classifier import fused_chunk_sum
 from dmlkit.registry import register_loss
+
+
+def _margin_values(margins: object) -> tuple[float, ...]:
+    """``margins`` (a sequence, or a 1-D numpy array or tensor, of real numbers) as a
+    tuple of floats; anything else is a ``TypeError`` or ``ValueError`` naming it."""
+    if isinstance(margins, (np.ndarray, Tensor)):
+        if margins.ndim != 1:
+            raise ValueError(
+                f"margins must be 1-D, one value per level, got shape {tuple(margins.shape)}"
+            )
+        margins = margins.tolist()  # (Python floats or ints; bools and complex stay so)
+    if isinstance(margins, (str, bytes)) or not isinstance(margins, Sequence):
+        raise TypeError(f"margins must be a sequence of floats, got {margins!r}")
+    if len(margins) == 0:
+        raise ValueError("margins must have one value per level, got an empty sequence")
+    if not all(isinstance(m, numbers.Real) and not isinstance(m, bool) for m in margins):
+        raise TypeError(f"margins must hold one real number per level, got {list(margins)!r}")
+    return tuple(float(m) for m in margins)
 
 
 @register_loss("hierarchical_triplet")
@@ -47,7 +67,7 @@ class HierarchicalTripletLoss(BaseMetricLoss):
     margin : float
         Used when ``margins`` is None: ``m_s = margin * (L - s)``, proportional to the tree
         distance between the two classes (``margin`` for sibling classes).
-    margins : sequence of float, optional
+    margins : sequence of float, 1-D array or tensor, optional
         Explicit ``(m_0, ..., m_{L-1})``; ``m_s`` applies to negatives that share the first
         ``s`` levels (``m_0``: differ already at the coarsest level). Its length must be
         the labels' ``L``.
@@ -72,13 +92,7 @@ class HierarchicalTripletLoss(BaseMetricLoss):
     ) -> None:
         super().__init__(distance=distance)
         self.margin = float(margin)
-        if margins is not None:
-            if isinstance(margins, (str, bytes)) or not isinstance(margins, Sequence):
-                raise TypeError(f"margins must be a sequence of floats, got {margins!r}")
-            if len(margins) == 0:
-                raise ValueError("margins must have one value per level, got an empty sequence")
-            margins = tuple(float(m) for m in margins)
-        self.margins = margins
+        self.margins = None if margins is None else _margin_values(margins)
 
     def margin_table(self, levels: int) -> list[float]:
         """``[m_0, ..., m_{L-1}]`` for labels with ``levels`` levels."""
