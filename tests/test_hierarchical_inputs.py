@@ -194,3 +194,16 @@ def test_cli_evaluate_refuses_zero_columns_of_class_names(tmp_path) -> None:
     np.savez(path, embeddings=_emb(12), labels=np.zeros((12, 0), dtype="<U3"))
     res = CliRunner().invoke(app, ["evaluate", str(path), "--sections", "retrieval"])
     assert res.exit_code == 1 and "one label per embedding row" in res.output
+
+
+def test_evaluate_embeddings_keys_per_class_leaf_rows_by_names():
+    """Per-class results of (n, L) class names are keyed by the leaf's names, as those of
+    (n,) names are keyed by the class's name."""
+    from dmlkit.evaluation import evaluate_embeddings
+
+    x = np.random.default_rng(0).normal(size=(12, 4)).astype(np.float32)
+    names = np.array([["animal", "cat"], ["animal", "dog"], ["vehicle", "car"]] * 4)
+    result = evaluate_embeddings(x, names, sections=["retrieval"], per_class=True)
+    assert set(result["retrieval"]["per_class"]) == {
+        ("animal", "cat"), ("animal", "dog"), ("vehicle", "car")}
+    assert all(v["count"] == 4 for v in result["retrieval"]["per_class"].values())

@@ -126,9 +126,10 @@ def evaluate_embeddings(
             result["retrieval"] = retrieval_metrics(
                 x, y, ref_embeddings, ref_labels, k=k, metric=metric, per_class=per_class,
                 average_precision=full_ranking, reciprocal_rank=full_ranking)
-            if per_class and label_names is not None and y.dim() == 1:
+            if per_class and label_names is not None:  # keyed by names (leaf rows: tuples)
                 result["retrieval"]["per_class"] = {
-                    label_names[code]: v for code, v in result["retrieval"]["per_class"].items()}
+                    _named(code, label_names): v
+                    for code, v in result["retrieval"]["per_class"].items()}
         if y.dim() == 2 and y.dtype != torch.bool:  # hierarchical: every level, graded
             with _section(log, f"hierarchical retrieval ({y.shape[1]} levels)"):
                 result["hierarchical"] = hierarchical_retrieval_metrics(
@@ -151,6 +152,11 @@ def evaluate_embeddings(
     if out is not None:
         write_json(result, out)
     return result
+
+
+def _named(code: int | tuple[int, ...], names: list[str]) -> str | tuple[str, ...]:
+    """A per-class key of codes as names: a class's name, or a leaf row's tuple of names."""
+    return tuple(names[c] for c in code) if isinstance(code, tuple) else names[code]
 
 
 def _check_settings(seed: int, n_folds: int, episodes: int,
