@@ -13,6 +13,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from dmlkit._checks import first_few
+
 
 def leaf_ids(labels: Tensor) -> Tensor:
     """The class of each item as one id, ``(n,)`` or ``(n, L)`` -> ``(n,)`` int64.
@@ -25,6 +27,30 @@ def leaf_ids(labels: Tensor) -> Tensor:
         return labels
     _, inverse = torch.unique(labels, dim=0, return_inverse=True)  # (n,)
     return inverse.reshape(-1).long()
+
+
+#: the largest finite float32 value
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def check_float32_range(x: Tensor) -> None:
+    """Refuse finite values of ``x`` beyond float32's range (about 3.4e38): as float32,
+    the type inputs are held in, they would become infinite. NaN and infinite values
+    pass here (the input checks name their rows)."""
+    if x.dtype != torch.float64 or x.numel() == 0:
+        return
+    flat = x.reshape(x.shape[0], -1) if x.dim() >= 1 else x.reshape(1, -1)  # (n, d)
+    big = (flat.abs() > FLOAT32_MAX) & torch.isfinite(flat)  # (n, d)
+    rows = big.any(dim=1)  # (n,)
+    if not bool(rows.any()):
+        return
+    bad = rows.nonzero().flatten().tolist()
+    peak = float(flat[big].abs().max())
+    raise ValueError(
+        f"x holds values up to |x| = {peak:.3g} in {len(bad)} of {flat.shape[0]} items "
+        f"({'row' if len(bad) == 1 else 'rows'} {first_few(bad)}): they exceed float32's "
+        f"range ({FLOAT32_MAX:.2g}), in which inputs are held; rescale them (standardize, "
+        "or divide by a large constant) before loading")
 
 
 class LabelledItems:
@@ -74,6 +100,7 @@ class ArrayDataset(LabelledItems, Dataset):
     ) -> None:
         x_t = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x)
         if x_t.is_floating_point():
+            check_float32_range(x_t)
             x_t = x_t.float()
         if not isinstance(labels, Tensor) and np.asarray(labels).dtype.kind in "USO":
             raise TypeError("labels must be integer class ids; map class names to ids, e.g. "
@@ -128,4 +155,4 @@ class ArrayDataset(LabelledItems, Dataset):
         )
 
 
-__all__ = ["ArrayDataset", "LabelledItems", "leaf_ids"]
+__all__ = ["FLOAT32_MAX", "ArrayDataset", "LabelledItems", "check_float32_range", "leaf_ids"]

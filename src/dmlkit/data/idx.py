@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dmlkit.data.checks import check_inputs
 from dmlkit.data.dataset import ArrayDataset
 
 _IDX_TYPES = {
@@ -80,11 +81,24 @@ def load_idx(
     labels: str | Path,
     class_names: list[str] | None = None,
 ) -> ArrayDataset:
-    """An image IDX file and its label IDX file as ``(n, 1, H, W)`` float32 in ``[0, 1]``.
+    """An image IDX file and its label IDX file as ``(n, 1, H, W)`` float32 (8-bit
+    pixels scaled to ``[0, 1]``, other types as stored), checked as every labelled input
+    is (:func:`~dmlkit.data.checks.check_inputs`).
 
     Files that do not fit together (other counts of images and labels) or labels that
-    are no class ids are a ``ValueError`` naming the files.
+    are no class ids (negative, or floats that are not whole numbers) are a
+    ``ValueError`` naming the files.
     """
+    return check_inputs(read_idx_pair(images, labels, class_names), f"{images}")
+
+
+def read_idx_pair(
+    images: str | Path,
+    labels: str | Path,
+    class_names: list[str] | None = None,
+) -> ArrayDataset:
+    """:func:`load_idx` without its input checks (:func:`~dmlkit.data.load.load_dataset`
+    checks what every source gives once)."""
     x = read_idx(images)
     y = read_idx(labels)
     if x.ndim and y.ndim and x.shape[0] != y.shape[0]:
@@ -96,7 +110,7 @@ def load_idx(
     scale = 255.0 if x.dtype == np.uint8 else 1.0  # 8-bit pixels -> [0, 1]
     x = x.astype(np.float32) / scale
     try:
-        return ArrayDataset(x, y.astype(np.int64), class_names)
+        return ArrayDataset(x, y, class_names)  # (float labels: whole numbers only)
     except (TypeError, ValueError) as err:
         raise type(err)(f"{images}, {labels}: {err}") from None
 
@@ -107,14 +121,26 @@ def load_idx_dir(
     class_names: list[str] | None = None,
     install_hint: str = "",
 ) -> ArrayDataset:
-    """A part (``"train"``, ``"test"`` or ``"all"``) of an MNIST-format directory.
+    """A part (``"train"``, ``"test"`` or ``"all"``) of an MNIST-format directory,
+    checked as every labelled input is (:func:`~dmlkit.data.checks.check_inputs`).
 
     Looks for ``train-images-idx3-ubyte[.gz]`` / ``train-labels-idx1-ubyte[.gz]`` and the
     ``t10k-*`` files of the test part.
     """
+    return check_inputs(read_idx_dir(directory, part, class_names, install_hint),
+                        str(directory))
+
+
+def read_idx_dir(
+    directory: str | Path,
+    part: str = "train",
+    class_names: list[str] | None = None,
+    install_hint: str = "",
+) -> ArrayDataset:
+    """:func:`load_idx_dir` without its input checks."""
     directory = Path(directory)
     if part == "all":
-        parts = [load_idx_dir(directory, p, class_names, install_hint) for p in ("train", "test")]
+        parts = [read_idx_dir(directory, p, class_names, install_hint) for p in ("train", "test")]
         return ArrayDataset(
             np.concatenate([p.x.numpy() for p in parts]),
             np.concatenate([p.labels.numpy() for p in parts]),
@@ -129,21 +155,29 @@ def load_idx_dir(
         raise FileNotFoundError(
             f"IDX files {missing} (optionally .gz) not found in {directory}. {install_hint}".strip()
         )
-    return load_idx(found[0], found[1], class_names)  # type: ignore[arg-type]
+    return read_idx_pair(found[0], found[1], class_names)  # type: ignore[arg-type]
 
 
 def load_fashion_mnist(part: str = "train", directory: str | Path | None = None) -> ArrayDataset:
     """Fashion-MNIST (Xiao et al. 2017): 28x28 grayscale clothes, 10 classes.
 
     Read from Debian's ``dataset-fashion-mnist`` package by default
-    (``/usr/share/datasets/fashion-mnist``) or from ``directory``.
+    (``/usr/share/datasets/fashion-mnist``) or from ``directory``, checked as every
+    labelled input is (:func:`~dmlkit.data.checks.check_inputs`).
     """
+    return check_inputs(read_fashion_mnist(part, directory),
+                        str(directory or FASHION_MNIST_DIR))
+
+
+def read_fashion_mnist(part: str = "train", directory: str | Path | None = None
+                       ) -> ArrayDataset:
+    """:func:`load_fashion_mnist` without its input checks."""
     hint = (
         "Install it with `apt-get update && apt-get install -y dataset-fashion-mnist` "
         f"(files go to {FASHION_MNIST_DIR}), or put the four IDX files in a directory "
         "and give its path."
     )
-    return load_idx_dir(directory or FASHION_MNIST_DIR, part, FASHION_MNIST_NAMES, hint)
+    return read_idx_dir(directory or FASHION_MNIST_DIR, part, FASHION_MNIST_NAMES, hint)
 
 
 __all__ = [
@@ -151,6 +185,9 @@ __all__ = [
     "load_idx",
     "load_idx_dir",
     "load_fashion_mnist",
+    "read_fashion_mnist",
+    "read_idx_dir",
+    "read_idx_pair",
     "FASHION_MNIST_DIR",
     "FASHION_MNIST_NAMES",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections import Counter
 from collections.abc import Collection, Sequence
@@ -11,6 +12,7 @@ from typing import Literal
 import numpy as np
 
 from dmlkit._checks import first_few, is_int
+from dmlkit.data.checks import check_inputs
 from dmlkit.data.dataset import ArrayDataset
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
@@ -56,20 +58,49 @@ def is_color(image) -> bool:  # noqa: ANN001 - PIL type
 SIXTEEN_BIT_I_FORMATS = frozenset({"PPM", "PNG"})
 
 
-def _grey_top(image, a: np.ndarray) -> float:  # noqa: ANN001 - PIL type
-    """The value that is white in a 16/32-bit or float grey image ``image`` (pixels ``a``):
-    from the file's declared bit depth where Pillow gives it, else from the pixels."""
+def _grey_top(image) -> float | None:  # noqa: ANN001 - PIL type
+    """The value that is white in a 16-bit grey image (``65535``: the file declares its
+    bit depth, or Pillow decodes it on a 16-bit scale); ``None`` for the grey images whose
+    scale no header gives: float (``"F"``) and 32-bit integer (``"I"``) images
+    (:func:`is_raw_grey`)."""
     if image.mode.startswith("I;16") or (
             image.mode == "I" and image.format in SIXTEEN_BIT_I_FORMATS):
         return 65535.0
-    if image.mode == "F":
-        return max(float(a.max()), 1e-12) if a.max() > 1 else 1.0
-    return 65535.0 if a.max() > 255 else 255.0  # "I" of unknown depth (32-bit TIFF)
+    return None
+
+
+def is_raw_grey(image) -> bool:  # noqa: ANN001 - PIL type
+    """Whether a PIL image is a float (``"F"``) or 32-bit integer (``"I"``, not of a
+    16-bit format) grey image: read as stored values (:func:`read_image`), not as
+    8-bit pixels."""
+    return image.mode == "F" or (image.mode == "I" and _grey_top(image) is None)
+
+
+def integer_scale(lo: float, hi: float, source: str | Path) -> float:
+    """The value that becomes 1.0 in 32-bit integer grey images whose pixels, all of
+    them read together (a folder), range over ``[lo, hi]``: ``255`` when every value
+    fits 8 bits (0..255), ``65535`` when it fits 16 bits; values beyond (or below 0) are
+    a ``ValueError`` naming ``source``: no bit depth says what their white is."""
+    if lo >= 0 and hi <= 255:
+        return 255.0
+    if lo >= 0 and hi <= 65535:
+        return 65535.0
+    raise ValueError(
+        f"{source}: 32-bit integer (mode I) images hold values in [{lo:g}, {hi:g}], beyond "
+        "16-bit pixels (0..65535); integer images are scaled by their bit depth (all of "
+        "a folder's alike: 0..255 as 8-bit, 0..65535 as 16-bit): save them as 8- or "
+        "16-bit images, or as float (mode F) images, whose values are kept as stored")
 
 
 def to_mode(image, color: Color):  # noqa: ANN001, ANN201 - PIL types
     """Convert a PIL image to 8-bit grayscale (``"L"``) or ``"RGB"``; ``"auto"``: ``"RGB"``
-    for a colour image (:func:`is_color`), else ``"L"``."""
+    for a colour image (:func:`is_color`), else ``"L"``.
+
+    16-bit grey images are scaled from 0..65535; 32-bit integer ones by the bit depth
+    their values fit (:func:`integer_scale`); float ones are taken as values in
+    ``[0, 1]`` (clipped). :func:`read_image` keeps float images' values instead, and
+    scales 32-bit ones without rounding them to 8 bits.
+    """
     if color not in ("auto", "grayscale", "rgb"):
         raise ValueError(f"color must be 'auto', 'grayscale' or 'rgb', got {color!r}")
     if color == "auto":
@@ -77,7 +108,11 @@ def to_mode(image, color: Color):  # noqa: ANN001, ANN201 - PIL types
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16/32-bit grey: Pillow's
         # convert("L") clips to 255 instead of scaling, so rescale to 8 bits first
         a = np.asarray(image, dtype=np.float64)
-        top = _grey_top(image, a)
+        top = _grey_top(image)
+        if top is None:
+            top = 1.0 if image.mode == "F" else integer_scale(
+                float(a.min()) if a.size else 0.0, float(a.max()) if a.size else 0.0,
+                getattr(image, "filename", "") or "image")
         grey = np.clip(np.rint(a / top * 255.0), 0, 255).astype(np.uint8)
         image = _pillow().fromarray(grey, mode="L")
     return image.convert("L" if color == "grayscale" else "RGB")
@@ -100,20 +135,41 @@ def to_array(image) -> np.ndarray:  # noqa: ANN001 - PIL type
 def read_image(
     path: str | Path, color: Color = "rgb",
     image_size: int | tuple[int, int] | None = None,
+    integer_top: float | None = None,
 ) -> np.ndarray:
-    """One image file as a float32 ``(C, H, W)`` array in ``[0, 1]`` (``color="auto"``:
-    ``C`` is 3 for a colour image, 1 for a grey one).
+    """One image file as a float32 ``(C, H, W)`` array (``color="auto"``: ``C`` is 3 for
+    a colour image, 1 for a grey one).
+
+    Integer images are scaled to ``[0, 1]`` by their bit depth: 8-bit by ``1/255``,
+    16-bit by ``1/65535``, 32-bit (``"I"``) ones by ``1 / integer_top`` (the scale of the
+    set of images read together, :func:`integer_scale`), else by the depth this image's
+    values fit. Float (``"F"``) images keep their stored values.
 
     A file Pillow cannot decode (corrupt, truncated, not an image) is a ``ValueError``
     naming it.
     """
+    a, span = _decode(path, color, image_size)
+    if span is None:
+        return a
+    return a / np.float32(integer_top if integer_top is not None else integer_scale(*span, path))
+
+
+def _decode(
+    path: str | Path, color: Color, image_size: int | tuple[int, int] | None,
+) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """``(array, span)``: an image file as float32 ``(C, H, W)``; ``span`` is ``None``
+    where the array is final, else the ``(min, max)`` pixel of a 32-bit integer grey image
+    whose array holds its stored values, for the caller to scale (:func:`integer_scale`)
+    by the span of every image read together."""
     image = _pillow()
     try:
         with image.open(path) as img:
+            if is_raw_grey(img):
+                return _raw_grey(img, color, image_size)
             img = to_mode(img, color)
             if image_size is not None:
                 img = resize(img, image_size)
-            return to_array(img)
+            return to_array(img), None
     except image.DecompressionBombError as err:
         raise too_large(path, err) from None
     except (OSError, SyntaxError) as err:  # PIL.UnidentifiedImageError is an OSError
@@ -121,6 +177,50 @@ def read_image(
             f"cannot read image {path} ({err}); the file is corrupt or not an image: "
             "replace or remove it"
         ) from None
+
+
+def _raw_grey(img, color: Color, image_size: int | tuple[int, int] | None,  # noqa: ANN001
+              ) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """A float or 32-bit integer grey image (:func:`is_raw_grey`) as its stored values,
+    float32 ``(C, H, W)`` (``C`` 3 for ``color="rgb"``), with the ``(min, max)`` of a
+    32-bit integer one (``None`` for a float one)."""
+    if color not in ("auto", "grayscale", "rgb"):
+        raise ValueError(f"color must be 'auto', 'grayscale' or 'rgb', got {color!r}")
+    span = None
+    if img.mode == "I":
+        lo, hi = img.getextrema()
+        span = (float(lo), float(hi))
+    img = img.convert("F")  # (exact for 32-bit values up to 2**24)
+    if image_size is not None:
+        img = resize(img, image_size)
+    a = np.asarray(img, dtype=np.float32)[None]  # (1, H, W)
+    return (np.repeat(a, 3, axis=0) if color == "rgb" else a), span
+
+
+def folder_integer_top(files: Sequence[tuple[int, Path]], others: Sequence[Path],
+                       root: str | Path) -> float | None:
+    """The one scale (:func:`integer_scale`) of the 32-bit integer grey images among an
+    image folder's ``files`` and ``others`` (listed, not decoded) together; ``None`` when
+    it holds none. Only those images are decoded here; the others' headers are read."""
+    spans = [span for span in map(integer_span, [f for _, f in files] + list(others))
+             if span is not None]
+    if not spans:
+        return None
+    return integer_scale(min(lo for lo, _ in spans), max(hi for _, hi in spans), root)
+
+
+def integer_span(file: str | Path) -> tuple[float, float] | None:
+    """The ``(min, max)`` pixel of a 32-bit integer grey image file, ``None`` for any
+    other image or a file that cannot be read (one that is listed, not decoded)."""
+    image = _pillow()
+    try:
+        with image.open(file) as img:
+            if img.mode == "I" and _grey_top(img) is None:
+                lo, hi = img.getextrema()
+                return float(lo), float(hi)
+    except (OSError, SyntaxError, ValueError, image.DecompressionBombError):
+        return None
+    return None
 
 
 #: folders that archive tools add beside the content, never a class
@@ -136,10 +236,22 @@ def class_folders(root: Path) -> list[Path]:
 
 def image_files(class_dir: Path) -> list[Path]:
     """The image files under one class folder, sorted; hidden files and folders skipped,
-    and entries that are no files (a folder named ``x.png``)."""
-    return sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
-                  and not any(part.startswith(".") for part in p.relative_to(class_dir).parts)
-                  and p.is_file())
+    and entries that are no files (a folder named ``x.png``). Linked sub-folders are
+    followed, each folder once (a link back to a folder already listed is not)."""
+    found: list[Path] = []
+    seen = {os.path.realpath(class_dir)}
+    for folder, dirs, names in os.walk(class_dir, followlinks=True):
+        keep = []
+        for name in sorted(dirs):
+            real = os.path.realpath(os.path.join(folder, name))
+            if not name.startswith(".") and real not in seen:
+                seen.add(real)
+                keep.append(name)
+        dirs[:] = keep  # (os.walk descends into these only)
+        found.extend(Path(folder) / name for name in names
+                     if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES
+                     and (Path(folder) / name).is_file())
+    return sorted(found)
 
 
 def image_header(file: str | Path) -> tuple[tuple[int, int], bool]:
@@ -235,13 +347,21 @@ def load_image_folder(
     color: Color = "auto",
     keep_classes: Collection[int] | None = None,
 ) -> ArrayDataset:
-    """Every image under ``root/<class_name>/`` as ``(n, C, H, W)`` float32 in ``[0, 1]``.
+    """Every image under ``root/<class_name>/`` as ``(n, C, H, W)`` float32, checked as
+    every labelled input is (:func:`~dmlkit.data.checks.check_inputs`).
 
     Class ids follow the sorted sub-folder names (``class_names`` keeps them); hidden
-    folders and files (``.git``, ``.ipynb_checkpoints``) are skipped; a class folder
-    without images is a ``ValueError`` (:func:`folder_images`). Without ``image_size``
-    all images must share one size. 16-bit grey images are scaled to ``[0, 1]`` from
-    their 16-bit range.
+    folders and files (``.git``, ``.ipynb_checkpoints``) are skipped, linked sub-folders
+    followed (:func:`image_files`); a class folder without images is a ``ValueError``
+    (:func:`folder_images`). Without ``image_size`` all images must share one size.
+
+    Pixel values follow one rule, the same for every image of the folder and never
+    depending on an image's other pixels: integer images are scaled to ``[0, 1]`` by
+    their type's range (8-bit by ``1/255``, 16-bit by ``1/65535``); 32-bit integer grey
+    images (Pillow mode ``"I"``, e.g. 32-bit TIFF), whose type does not say their white,
+    by ``1/255`` when every value of all such images of the folder fits 0..255, else by
+    ``1/65535`` when all fit 0..65535; values beyond (or negative) are a ``ValueError``
+    naming the folder. Float grey images (mode ``"F"``) keep their stored values.
 
     ``color``: ``"auto"`` (default) reads 3 channels (RGB) when any image of the folder
     is colour (its Pillow mode is not a grey one, :func:`is_color`; grey images then
@@ -249,12 +369,24 @@ def load_image_folder(
     force 1 or 3 channels.
 
     ``keep_classes``: class ids whose images are read; the other classes' images are
-    listed, not decoded (with ``color="auto"`` their headers still count, so the items
-    read are the whole folder's items of those classes, with the same ids, class names
-    and paths; a header that cannot be read counts as grey). An id that is not a class
-    of the folder, or classes without images, are a ``ValueError``; a non-integer (a
-    name, ``1.0``, ``True``) a ``TypeError``.
+    listed, not decoded (with ``color="auto"`` their headers still count, and so do
+    the values of their 32-bit integer images, so the items read are the whole folder's
+    items of those classes, with the same values, ids, class names and paths; a header
+    that cannot be read counts as grey). An id that is not a class of the folder, or
+    classes without images, are a ``ValueError``; a non-integer (a name, ``1.0``,
+    ``True``) a ``TypeError``.
     """
+    return check_inputs(read_image_folder(root, image_size, color, keep_classes), str(root))
+
+
+def read_image_folder(
+    root: str | Path,
+    image_size: int | tuple[int, int] | None = None,
+    color: Color = "auto",
+    keep_classes: Collection[int] | None = None,
+) -> ArrayDataset:
+    """:func:`load_image_folder` without its input checks
+    (:func:`~dmlkit.data.load.load_dataset` checks what every source gives once)."""
     names, files = folder_images(root)
     _pillow()
     others: list[Path] = []  # listed, not decoded
@@ -272,7 +404,8 @@ def load_image_folder(
         if not files:
             raise ValueError(f"keep_classes {sorted(keep)} hold no images under {root}")
     # "auto": each image in its own mode, then grey ones repeated to RGB if any is colour
-    arrays = [read_image(file, color, image_size) for _, file in files]
+    top = folder_integer_top(files, others, root)  # (32-bit images: one scale)
+    arrays = [read_image(file, color, image_size, top) for _, file in files]
     if color == "auto" and (any(a.shape[0] == 3 for a in arrays)
                             or any(header_colour(file) for file in others)):
         arrays = [np.repeat(a, 3, axis=0) if a.shape[0] == 1 else a for a in arrays]
@@ -307,7 +440,8 @@ def size_list(shapes: Sequence[tuple[int, ...]], files: Sequence[str | Path],
             listed_files([(first[s], s) for s in order], most))
 
 
-__all__ = ["MixedSizesError", "load_image_folder", "folder_images", "header_colour",
+__all__ = ["MixedSizesError", "load_image_folder", "read_image_folder", "folder_images",
+           "folder_integer_top", "header_colour", "integer_scale", "integer_span", "is_raw_grey",
            "read_image", "to_mode", "resize", "to_array", "IMAGE_SUFFIXES", "GREY_MODES",
            "class_folders", "image_files", "is_color", "image_header", "folder_color",
            "listed_files", "size_list"]

@@ -13,9 +13,9 @@ from dmlkit.config.schema import DataConfig
 from dmlkit.data.checks import check_inputs
 from dmlkit.data.dataset import ArrayDataset, leaf_ids
 from dmlkit.data.digits import load_digits
-from dmlkit.data.idx import FASHION_MNIST_NAMES, IDX_PARTS, load_fashion_mnist, load_idx_dir
-from dmlkit.data.image_folder import class_folders, folder_images, load_image_folder
-from dmlkit.data.npz import load_npz
+from dmlkit.data.idx import FASHION_MNIST_NAMES, IDX_PARTS, read_fashion_mnist, read_idx_dir
+from dmlkit.data.image_folder import class_folders, folder_images, read_image_folder
+from dmlkit.data.npz import npz_class_names, read_npz
 from dmlkit.data.splits import class_split, limit_per_class, select_classes, stratified_split
 
 
@@ -29,22 +29,25 @@ def data_config(spec: DataConfig | dict[str, Any] | str | Path) -> DataConfig:
     a ``.yaml`` config whose ``data`` section is used.
     """
     if isinstance(spec, DataConfig):
-        return spec
+        return home_expanded(spec)
     if isinstance(spec, dict):
         from dmlkit.config.schema import _section
 
-        return _section("data", DataConfig, spec)
+        return home_expanded(_section("data", DataConfig, spec))
     if not isinstance(spec, (str, Path)):
         raise TypeError(f"a data spec must be a DataConfig, dict or string, got {type(spec)}")
-    text = str(spec)
-    name, _, part = text.partition(":")
-    if name in ("digits", "fashion_mnist") and not Path(text).exists():
-        return DataConfig(name=name, part=part or "train")
-    path = Path(text)
+    text, part = split_part(str(spec))
+    if text in ("digits", "fashion_mnist") and not Path(text).exists():
+        return DataConfig(name=text, part=part or "train")
+    name, colon, other = text.partition(":")
+    if colon and name in ("digits", "fashion_mnist") and not Path(text).expanduser().exists():
+        return DataConfig(name=name, part=other)  # (refuses the part, naming the choices)
+    path = Path(text).expanduser()
     if path.suffix.lower() in (".yaml", ".yml"):
         from dmlkit.config.schema import Config
 
-        return Config.from_yaml(path).data
+        data = home_expanded(Config.from_yaml(path).data)
+        return data if part is None else dataclasses.replace(data, part=part)
     if not path.exists():
         raise FileNotFoundError(
             f"data {text!r} is neither a known dataset (digits, fashion_mnist[:train|test]) "
@@ -53,7 +56,7 @@ def data_config(spec: DataConfig | dict[str, Any] | str | Path) -> DataConfig:
         )
     if path.is_file():
         if path.suffix.lower() == ".npz":
-            return DataConfig(name="npz", path=str(path))
+            return DataConfig(name="npz", path=str(path), part=part or "train")
         if path.suffix.lower() == ".wav":
             raise ValueError(
                 f"{path} is one recording, not a dataset: give the folder that holds one "
@@ -75,8 +78,35 @@ def data_config(spec: DataConfig | dict[str, Any] | str | Path) -> DataConfig:
                 f"{path} holds both images and .wav files in its class folders: name what "
                 "to read with a data config (data: {name: image_folder, path: ...} or "
                 "{name: audio_folder, path: ...})")
-        return DataConfig(name="audio_folder", path=str(path))
-    return DataConfig(name="image_folder", path=str(path))
+        return DataConfig(name="audio_folder", path=str(path), part=part or "train")
+    return DataConfig(name="image_folder", path=str(path), part=part or "train")
+
+
+#: the official parts a ``SOURCE:part`` spec may name
+PARTS = ("train", "test", "all")
+#: the data settings that name files (``~`` expanded)
+PATH_KEYS = ("path", "tuples", "features")
+
+
+def split_part(text: str) -> tuple[str, str | None]:
+    """``(source, part)`` of a spec string ``SOURCE[:part]``: the text after the last
+    ``:`` is a part only when it is one of :data:`PARTS` and the text before it names
+    a bundled dataset or an existing path, while the whole text names none (a folder
+    ``runs/10:00``, a drive ``C:\\data`` stay whole)."""
+    source, colon, part = text.rpartition(":")
+    if not colon or part not in PARTS or Path(text).expanduser().exists():
+        return text, None
+    if source in ("digits", "fashion_mnist") or Path(source).expanduser().exists():
+        return source, part
+    return text, None
+
+
+def home_expanded(cfg: DataConfig) -> DataConfig:
+    """``cfg`` with ``~`` in its file settings (:data:`PATH_KEYS`) expanded to the home
+    folder, as the other file settings of dmlkit are; ``cfg`` itself when none has one."""
+    changes = {key: str(Path(value).expanduser()) for key in PATH_KEYS
+               if isinstance(value := getattr(cfg, key), str) and value.startswith("~")}
+    return dataclasses.replace(cfg, **changes) if changes else cfg
 
 
 def load_dataset(
@@ -96,16 +126,17 @@ def load_dataset(
 
 
 def _load(cfg: DataConfig, part: str) -> ArrayDataset:
+    check_part(cfg.name, part)
     if cfg.name == "digits":
         return load_digits()
     if cfg.name == "fashion_mnist":
-        return load_fashion_mnist(part, cfg.path)
+        return read_fashion_mnist(part, cfg.path)
     if cfg.name == "idx":
-        return load_idx_dir(cfg.path, part)  # type: ignore[arg-type]
+        return read_idx_dir(cfg.path, part)  # type: ignore[arg-type]
     if cfg.name == "npz":
-        return load_npz(cfg.path, cfg.x_key, cfg.labels_key)  # type: ignore[arg-type]
+        return read_npz(cfg.path, cfg.x_key, cfg.labels_key)  # type: ignore[arg-type]
     if cfg.name == "image_folder":
-        return load_image_folder(cfg.path, cfg.image_size, cfg.color)  # type: ignore[arg-type]
+        return read_image_folder(cfg.path, cfg.image_size, cfg.color)  # type: ignore[arg-type]
     if cfg.name == "audio_folder":
         from dmlkit.data.audio import load_audio_folder
 
@@ -137,7 +168,9 @@ def split_dataset(
     if data.labels.dim() == 2:
         return _split_hierarchical(data, cfg)
     if cfg.heldout_part is not None and cfg.heldout_part != cfg.part:
+        check_heldout_part(cfg)  # (only IDX datasets have other parts)
         other = load_dataset(cfg, part=cfg.heldout_part)
+        check_part_shapes(data, other, cfg)
         heldout = (class_split(other, cfg.train_classes, cfg.test_classes)[1]  # type: ignore[arg-type]
                    if cfg.split == "classes" else other)
     elif cfg.split == "classes":
@@ -197,17 +230,48 @@ def _image_classes(cfg: DataConfig) -> ArrayDataset:
     listing = ArrayDataset(np.zeros((len(files), 1), dtype=np.float32), labels, names,
                            [str(file) for _, file in files])
     keep = class_split(listing, cfg.train_classes, cfg.test_classes)[0].classes  # type: ignore[arg-type]
-    return load_image_folder(cfg.path, cfg.image_size, cfg.color,  # type: ignore[arg-type]
+    return read_image_folder(cfg.path, cfg.image_size, cfg.color,  # type: ignore[arg-type]
                              keep_classes=keep)
+
+
+def check_part_shapes(train: ArrayDataset, heldout: ArrayDataset, cfg: DataConfig) -> None:
+    """Refuse a held-out part (``data.heldout_part``) whose items differ in shape from
+    the training part's: a model takes one input shape, so the run would train and then
+    fail (or score inputs of another size) on the held-out part."""
+    if tuple(train.x.shape[1:]) == tuple(heldout.x.shape[1:]):
+        return
+    raise ValueError(
+        f"data.heldout_part {cfg.heldout_part!r} of {cfg.path or cfg.name} holds items of "
+        f"shape {tuple(heldout.x.shape[1:])}, but data.part {cfg.part!r} (the training "
+        f"items) holds items of shape {tuple(train.x.shape[1:])}; a model takes one input "
+        "shape: give both parts items of one shape, or remove data.heldout_part to split "
+        "the training part as data.split says")
+
+
+def check_part(name: str, part: str) -> None:
+    """Refuse a part other than ``"train"`` (the default) of a source without official
+    parts (all but ``idx`` and ``fashion_mnist``): every part of it would be all of its
+    items, the training items included."""
+    if part == "train" or name in ("idx", "fashion_mnist"):
+        return
+    raise ValueError(
+        f"data.part {part!r} names an official part of an IDX dataset (idx, fashion_mnist), "
+        f"but a {name!r} source has no parts: that part would be all of its items, the "
+        "training items included. Remove data.part (or the ':part' of the data spec); "
+        "held-out items are split off as data.split says (stratified: data.test_fraction "
+        "of each class; classes: data.test_classes)")
 
 
 def check_training_data(cfg: DataConfig) -> None:
     """Refuse data settings a new run must not train with (a saved run's config is not
-    checked again: its data are rebuilt as they were trained):
-    :func:`check_heldout_part`, a ``path`` on the bundled ``digits`` source, which
-    reads no file (the run would train on the digits, not on the file), and an
-    ``image_size`` on a source that reads no image files (:func:`check_image_size`)."""
+    checked again: its data are rebuilt as they were trained): a ``data.part`` of a
+    source without parts (:func:`check_part`), :func:`check_heldout_part`, a ``path``
+    on the bundled ``digits`` source, which reads no file (the run would train on the
+    digits, not on the file), and an ``image_size`` on a source that reads no image files
+    (:func:`check_image_size`)."""
     check_heldout_part(cfg)
+    if cfg.tuples is None:  # (a tuple file's items are not read by part)
+        check_part(cfg.name, cfg.part)
     check_image_size(cfg)
     if cfg.name == "digits" and cfg.path:
         raise ValueError(
@@ -343,7 +407,7 @@ def class_names(spec: DataConfig | dict[str, Any] | str | Path) -> list[str] | N
 
             with np.load(cfg.path, allow_pickle=False) as archive:
                 if "class_names" in getattr(archive, "files", ()):
-                    return [str(n) for n in archive["class_names"]]
+                    return npz_class_names(archive["class_names"], cfg.path)
         if cfg.name == "fashion_mnist":
             return list(FASHION_MNIST_NAMES)
     except (OSError, ValueError):
@@ -362,6 +426,6 @@ def describe(cfg: DataConfig) -> str:
 
 
 __all__ = ["data_config", "load_dataset", "split_dataset", "training_dataset",
-           "check_heldout", "check_heldout_part", "check_image_size",
-           "check_training_data",
+           "check_heldout", "check_heldout_part", "check_image_size", "check_part",
+           "check_part_shapes", "check_training_data", "home_expanded", "split_part",
            "check_training_classes", "class_names", "describe", "select_classes"]

@@ -6,24 +6,30 @@ import unicodedata
 import warnings
 import zipfile
 import zlib
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
 
 from dmlkit._checks import check_real_inputs  # the one rule, re-exported here
+from dmlkit.data.checks import check_inputs
 from dmlkit.data.dataset import ArrayDataset
 
 
-def read_arrays(path: str | Path) -> dict[str, np.ndarray]:
-    """Every array of an ``.npz`` file (or the one array of an ``.npy``, under ``"x"``),
-    read without pickle.
+def read_arrays(path: str | Path, keys: Collection[str] | None = None
+                ) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` file (or the one array of an ``.npy``, under ``"x"``),
+    read without pickle: every array, or only those of ``keys`` that the file holds
+    (the others are not decompressed, so an unused array of Python objects is no error).
 
     An empty, truncated or foreign file is a ``ValueError`` naming it, never numpy's
-    ``EOFError`` / ``BadZipFile``.
+    ``EOFError`` / ``BadZipFile``; so is a requested array of Python objects (it names
+    the array; ``class_names``: convert it with ``.astype(str)``).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"file not found: {path}")
+    key = None
     try:
         if path.suffix.lower() == ".npy":
             return {"x": np.load(path, allow_pickle=False)}
@@ -31,14 +37,38 @@ def read_arrays(path: str | Path) -> dict[str, np.ndarray]:
         if not isinstance(loaded, np.lib.npyio.NpzFile):
             raise ValueError("a single .npy array, not an .npz archive")
         with loaded as archive:
-            return {key: archive[key] for key in archive.files}
+            wanted = archive.files if keys is None else [k for k in keys if k in archive.files]
+            out = {}
+            for key in wanted:
+                out[key] = archive[key]
+            return out
     except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as err:
         size = path.stat().st_size
+        if key is not None and "pickle" in str(err):
+            fix = ("convert it to strings with .astype(str) before saving" if key ==
+                   "class_names" else "store it as a plain numeric array")
+            raise ValueError(f"{path}: {key!r} is an array of Python objects (reading it "
+                             f"would need unpickling, which dmlkit never does); {fix}, "
+                             "then write the file again with np.savez") from None
         what = ("is empty (0 bytes)" if size == 0 else
                 "is not a numpy array file (reading it would need unpickling, which dmlkit "
                 "never does)" if "pickle" in str(err) else f"cannot be read ({err})")
         raise ValueError(f"{path} {what}; write it again with numpy "
                          f"(np.{'save' if path.suffix.lower() == '.npy' else 'savez'})") from None
+
+
+def npz_class_names(names: np.ndarray, path: str | Path) -> list[str]:
+    """An ``.npz`` file's ``class_names`` array as a list of strings: bytes (``S``
+    arrays, as h5py writes them) decoded as UTF-8; an array that is not 1-D (one name
+    per class id) is a ``ValueError`` naming the file."""
+    if names.ndim != 1:
+        raise ValueError(
+            f"{path}: 'class_names' has shape {names.shape}, but it must be 1-D (one name "
+            "per class id, class_names[label]); write it again as a 1-D array of strings "
+            "(or drop it)")
+    if names.dtype.kind == "S":
+        return [bytes(n).decode("utf-8", errors="replace") for n in names]
+    return [str(n) for n in names]
 
 
 #: integer dtypes read as image pixels, and the pixel value that becomes 1.0
@@ -90,7 +120,9 @@ def check_unique_names(names: list[str], path: str | Path) -> None:
 
 
 def load_npz(path: str | Path, x_key: str = "x", labels_key: str = "labels") -> ArrayDataset:
-    """Load ``x`` and ``labels`` arrays from an ``.npz`` file.
+    """Load ``x`` and ``labels`` arrays from an ``.npz`` file, checked as every labelled
+    input is (:func:`~dmlkit.data.checks.check_inputs`: 1-D inputs and rows holding NaN
+    or infinite values refused, inputs beyond ``|x| > 1e4`` warned about).
 
     ``labels`` are ``(n,)`` integer class ids or ``(n, L)`` integer hierarchical labels
     (coarsest level first, ``L >= 2``).
@@ -99,21 +131,35 @@ def load_npz(path: str | Path, x_key: str = "x", labels_key: str = "labels") -> 
     ``[0, 1]`` by ``1/255`` and ``uint16`` by ``1/65535`` (image pixels; ``(n, H, W)``
     arrays of either become ``(n, 1, H, W)``); every other integer dtype becomes float32
     unscaled, with a warning when it holds images (``ndim >= 3``) with values above 1.
-    Floats are kept (as float32). An optional ``class_names`` array of strings is read
-    when present; it is indexed by label (``class_names[label]``), so one shorter than
-    the largest label + 1 is a ``ValueError``. Complex or non-numeric ``x`` (strings) is
-    a ``TypeError`` naming the file and the array; every other refusal of the arrays
-    names the file too.
+    Floats are kept (as float32; finite values beyond float32's range are refused). Only
+    ``x``, ``labels`` and an optional ``class_names`` array are read; other arrays of the
+    file are ignored. ``class_names`` (strings, or bytes decoded as UTF-8; 1-D) is
+    indexed by label (``class_names[label]``), so one shorter than the largest label + 1
+    is a ``ValueError``. Complex or non-numeric ``x`` (strings) is a ``TypeError`` naming
+    the file and the array; every other refusal of the arrays names the file too.
     """
+    return check_inputs(read_npz(path, x_key, labels_key), str(path))
+
+
+def array_names(path: str | Path) -> list[str]:
+    """The names of the arrays of an ``.npz`` file (``["x"]`` for an ``.npy`` file)."""
+    if Path(path).suffix.lower() == ".npy":
+        return ["x"]
+    with np.load(path, allow_pickle=False) as archive:
+        return list(archive.files)
+
+
+def read_npz(path: str | Path, x_key: str = "x", labels_key: str = "labels") -> ArrayDataset:
+    """:func:`load_npz` without its input checks (:func:`~dmlkit.data.load.load_dataset`
+    checks what every source gives once)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f".npz file not found: {path}")
-    archive = read_arrays(path)
-    keys = list(archive)
+    archive = read_arrays(path, (x_key, labels_key, "class_names"))
     for key in (x_key, labels_key):
         if key not in archive:
             raise KeyError(
-                f"{path} has no array {key!r}; arrays present: {keys}. "
+                f"{path} has no array {key!r}; arrays present: {array_names(path)}. "
                 "Set x_key / labels_key in the data config."
             )
     x = archive[x_key]
@@ -121,7 +167,7 @@ def load_npz(path: str | Path, x_key: str = "x", labels_key: str = "labels") -> 
                       hint="; name the inputs array with data.x_key in a config, --x-key "
                            "where a command has it")
     labels = archive[labels_key]
-    names = [str(n) for n in archive["class_names"]] if "class_names" in archive else None
+    names = npz_class_names(archive["class_names"], path) if "class_names" in archive else None
     if x.dtype in PIXEL_SCALES and x.ndim == 3:
         x = x[:, None]  # (n, 1, H, W)
     x = integer_inputs(x, str(path))
@@ -149,5 +195,5 @@ def load_npz(path: str | Path, x_key: str = "x", labels_key: str = "labels") -> 
         raise type(err)(f"{path}: {err}") from None
 
 
-__all__ = ["PIXEL_SCALES", "check_real_inputs", "check_unique_names", "integer_inputs",
-           "load_npz", "read_arrays"]
+__all__ = ["PIXEL_SCALES", "array_names", "check_real_inputs", "check_unique_names",
+           "integer_inputs", "load_npz", "npz_class_names", "read_arrays", "read_npz"]

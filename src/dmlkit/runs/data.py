@@ -89,7 +89,7 @@ def run_data(
                                   labels_key=labels_key or cfg.labels_key)
     if cfg.name == "npz" and cfg.path is not None:
         check_npz_keys(cfg.path, cfg.x_key, cfg.labels_key)
-    as_trained = by_path and cfg.name in READ_AS_TRAINED and Path(text).is_dir()
+    as_trained = by_path and cfg.name in READ_AS_TRAINED and Path(text).expanduser().is_dir()
     if as_trained:
         trained = {k: getattr(run.config.data, k) for k in READ_AS_TRAINED[cfg.name]}
         if "color" in trained:  # "auto": the channels the model was trained on
@@ -180,7 +180,7 @@ def unlabelled_inputs(run: Run, path: str | Path, *, x_key: str | None = None,
     if path.suffix.lower() == ".npz":
         check_npz_keys(path, x_key or "x")
     key = "x" if path.suffix.lower() == ".npy" else x_key or "x"
-    x = read_arrays(path)[key]
+    x = read_arrays(path, (key,))[key]  # (the file's other arrays are not read)
     check_finite_rows(x, str(path) if path.suffix.lower() == ".npy" else f"{path}: {key!r}")
     return torch.from_numpy(prepare_inputs(x, run_input_spec(run), str(path)))
 
