@@ -165,12 +165,14 @@ def split_dataset(
     """
     cfg = data_config(spec)
     data = load_dataset(cfg)
-    if data.labels.dim() == 2:
-        return _split_hierarchical(data, cfg)
+    other = None
     if cfg.heldout_part is not None and cfg.heldout_part != cfg.part:
         check_heldout_part(cfg)  # (only IDX datasets have other parts)
         other = load_dataset(cfg, part=cfg.heldout_part)
         check_part_shapes(data, other, cfg)
+    if data.labels.dim() == 2:
+        return _split_hierarchical(data, cfg, other)
+    if other is not None:
         heldout = (class_split(other, cfg.train_classes, cfg.test_classes)[1]  # type: ignore[arg-type]
                    if cfg.split == "classes" else other)
     elif cfg.split == "classes":
@@ -196,7 +198,7 @@ def training_dataset(spec: DataConfig | dict[str, Any] | str | Path) -> ArrayDat
         return _capped(check_inputs(_image_classes(cfg), cfg.path), cfg)  # (its classes only)
     data = load_dataset(cfg)
     if data.labels.dim() == 2:
-        return _split_hierarchical(data, cfg)[0]
+        return _split_hierarchical(data, cfg, None)[0]
     return _training_side(data, cfg)
 
 
@@ -375,22 +377,37 @@ def _class_label(data: ArrayDataset, cls: Any) -> str:
     return str(cls)
 
 
-def _split_hierarchical(data: ArrayDataset, cfg: DataConfig) -> tuple[ArrayDataset, ArrayDataset]:
+def _split_hierarchical(data: ArrayDataset, cfg: DataConfig, other: ArrayDataset | None,
+                        ) -> tuple[ArrayDataset, ArrayDataset]:
     """:func:`split_dataset` for ``(n, L)`` labels: stratified by leaf class (label row),
-    the caps per leaf class."""
+    the caps per leaf class. With a held-out part (``data.heldout_part``, read as
+    ``other`` where the caller needs it) the training side is all of ``data`` and the
+    held-out side ``other`` (``data`` again, unused, where ``other`` is None)."""
     if cfg.split == "classes":
         raise ValueError(
             "data.split 'classes' holds out (n,) class ids, but the labels are hierarchical "
             f"{tuple(data.labels.shape)}; use split: stratified (each leaf class, i.e. "
             "distinct label row, on both sides)")
-    # the (n,) splits run on item positions labelled by leaf id
-    leaves = ArrayDataset(torch.arange(len(data))[:, None], leaf_ids(data.labels))  # (n, 1)
-    train, heldout = stratified_split(leaves, cfg.test_fraction, cfg.seed)
+    if other is not None and tuple(other.labels.shape[1:]) != tuple(data.labels.shape[1:]):
+        raise ValueError(
+            f"data.heldout_part {cfg.heldout_part!r} holds labels of shape "
+            f"{tuple(other.labels.shape[1:])} per item, but data.part {cfg.part!r} holds "
+            f"{tuple(data.labels.shape[1:])}: give both parts labels of one hierarchy")
+
+    def positions(part: ArrayDataset) -> ArrayDataset:  # the (n,) splits run on item
+        return ArrayDataset(torch.arange(len(part))[:, None], leaf_ids(part.labels))  # rows
+
+    if cfg.heldout_part is not None and cfg.heldout_part != cfg.part:
+        train = positions(data)  # the held-out side is another part
+        heldout = positions(data if other is None else other)
+    else:
+        train, heldout = stratified_split(positions(data), cfg.test_fraction, cfg.seed)
+        other = data
     if cfg.max_per_class is not None:
         train = limit_per_class(train, cfg.max_per_class, cfg.seed)
     if cfg.max_heldout_per_class is not None:
         heldout = limit_per_class(heldout, cfg.max_heldout_per_class, cfg.seed + 1)
-    return data.subset(train.x[:, 0]), data.subset(heldout.x[:, 0])
+    return data.subset(train.x[:, 0]), (data if other is None else other).subset(heldout.x[:, 0])
 
 
 def class_names(spec: DataConfig | dict[str, Any] | str | Path) -> list[str] | None:

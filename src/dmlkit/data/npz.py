@@ -182,6 +182,12 @@ def read_npz(path: str | Path, x_key: str = "x", labels_key: str = "labels") -> 
             f"{path}: {x_key!r} has {x.shape[0]} rows but {labels_key!r} has "
             f"{labels.shape[0]}; every item needs one label: write the file again with "
             "arrays of one length")
+    if names is not None and labels.ndim == 2:
+        warnings.warn(
+            f"{path}: 'class_names' is not used: it names (n,) class ids, and {labels_key!r} "
+            f"holds (n, L) hierarchical labels {labels.shape}, whose classes are label rows; "
+            "drop it from the file", UserWarning, stacklevel=2)
+        names = None
     if names is not None:
         check_unique_names(names, path)
     if names is not None and labels.ndim == 1 and labels.size and len(names) <= labels.max():
