@@ -1,5 +1,6 @@
 """Checks of a ``.npz`` read by a command: embeddings handed where a run's model would embed
-raw inputs, and rows of NaN or infinite values, named by file and row before any work."""
+raw inputs, and rows of NaN or infinite values, named by file and row before any work; a
+text file handed to ``dmlkit embed`` of a text run."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Any
 
 #: the array ``dmlkit embed`` writes its embeddings to
 EMBEDDINGS = "embeddings"
+#: the files of sentences that ``dmlkit text embed`` reads
+TEXT_FILE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".txt")
 
 
 def _array_names(path: Path) -> list[str]:
@@ -55,6 +58,26 @@ def refuse_embeddings(spec: str | Path | None, x_key: str | None = None,
                      f"again: {fix}, or give raw inputs as an 'x' array")
 
 
+def refuse_text_files(spec: str | Path | None, run_dir: Path, out: Path) -> None:
+    """A ``ValueError`` pointing to ``dmlkit text embed`` when the ``--data`` ``spec`` of
+    ``dmlkit embed`` is a text data file (``.csv``, ``.tsv``, ``.jsonl``, ``.txt``) and
+    ``run_dir`` a text run, whose model embeds the sentences that command reads. Anything
+    else passes (a run that cannot be read: for the run loader to name)."""
+    if spec is None or Path(spec).suffix.lower() not in TEXT_FILE_SUFFIXES:
+        return
+    from dmlkit.config.schema import TEXT_SOURCES
+    from dmlkit.training.run_dir import saved_run_config
+
+    try:
+        config = saved_run_config(Path(run_dir))
+    except (OSError, ValueError, TypeError, KeyError):
+        return
+    if config is None or config.data.name not in TEXT_SOURCES:
+        return
+    raise ValueError(f"{spec} is a file of sentences and {run_dir} a text run: embed them "
+                     f"with dmlkit text embed {spec} --run {run_dir} -o {out}")
+
+
 def check_finite_inputs(x: Any, path: Path, key: str) -> None:
     """A ``ValueError`` naming the file, the array and the rows (numbered as in the file)
     when array ``key`` of ``path`` holds NaN or infinite values."""
@@ -63,4 +86,5 @@ def check_finite_inputs(x: Any, path: Path, key: str) -> None:
     check_finite_rows(x, str(path) if path.suffix.lower() == ".npy" else f"{path}: {key!r}")
 
 
-__all__ = ["EMBEDDINGS", "check_finite_inputs", "refuse_embeddings"]
+__all__ = ["EMBEDDINGS", "TEXT_FILE_SUFFIXES", "check_finite_inputs", "refuse_embeddings",
+           "refuse_text_files"]

@@ -352,9 +352,10 @@ def embed(
             check_output_dir(out)
         else:
             check_output_file(out, ".npz file")
-        from dmlkit.cli._embedding_inputs import refuse_embeddings
+        from dmlkit.cli._embedding_inputs import refuse_embeddings, refuse_text_files
 
         refuse_embeddings(data, x_key, fix="they are embeddings already: use the file as it is")
+        refuse_text_files(data, run_dir, out)
         run = load_run(run_dir, device=device)
         if run.weights != MODEL_FILE:  # an unfinished run: its last checkpoint's weights
             typer.echo(f"note: {run_dir} has no {MODEL_FILE}: embedding with the weights of "

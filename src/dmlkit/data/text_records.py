@@ -71,7 +71,10 @@ def _numbered_records(path: Path) -> list[tuple[int, dict]]:
         if not line.strip():                       # hold U+2028 and other breaks)
             continue
         try:
-            row = json.loads(line)
+            row = json.loads(line, object_pairs_hook=_unique_keys)
+        except _DuplicateKey as err:
+            raise ValueError(f"{path}:{n}: the object names the key {err.args[0]!r} twice; "
+                             "keep one") from None
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}:{n} is not JSON: {err}") from None
         if not isinstance(row, dict):
@@ -110,19 +113,20 @@ def _delimited_records(path: Path, text: str, comma: bool) -> list[tuple[int, di
     else:
         reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t",
                                 quoting=csv.QUOTE_NONE)
+    try:
+        _check_header(path, reader.fieldnames or [], reader.line_num)
+    except csv.Error as err:
+        raise _quoting_error(path, 1, err) from None
     records: list[tuple[int, dict]] = []
     rows = iter(reader)
     while True:
-        done = records[-1][0] if records else 1  # the last line read whole (1: the header)
+        done = records[-1][0] if records else reader.line_num  # the last line read whole
         try:
             row = next(rows)
         except StopIteration:
             break
         except csv.Error as err:
-            raise ValueError(f"{path}:{done + 1}: a field is not quoted as CSV wants ({err}): "
-                             "a quote opened there is never closed, or a quote inside a "
-                             'quoted field is not doubled; write it as "" or quote the '
-                             "whole field") from None
+            raise _quoting_error(path, done + 1, err) from None
         header = len(reader.fieldnames or ())
         extra = row.get(None)
         if extra is not None:
@@ -133,6 +137,38 @@ def _delimited_records(path: Path, text: str, comma: bool) -> list[tuple[int, di
                              f"the header names {header}; {fix}")
         records.append((reader.line_num, row))
     return records
+
+
+def _check_header(path: Path, names: Sequence[str], line: int) -> None:
+    """Refuse a header row (ending on ``line``) naming a column twice: a reader would keep
+    one of the two silently."""
+    first: dict[str, int] = {}
+    for i, name in enumerate(names, 1):
+        if name in first:
+            raise ValueError(f"{path}:{line}: the header names the column {name!r} twice "
+                             f"(fields {first[name]} and {i}); rename one")
+        first[name] = i
+
+
+def _quoting_error(path: Path, line: int, err: csv.Error) -> ValueError:
+    return ValueError(f"{path}:{line}: a field is not quoted as CSV wants ({err}): a quote "
+                      "opened there is never closed, or a quote inside a quoted field is "
+                      'not doubled; write it as "" or quote the whole field')
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object from its ``(key, value)`` pairs, refusing a key given twice (which
+    ``json.loads`` would keep the last of silently)."""
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+class _DuplicateKey(ValueError):
+    """A JSON object naming a key twice (its ``args[0]``)."""
 
 
 _JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean",

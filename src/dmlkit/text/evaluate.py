@@ -16,6 +16,8 @@ from dmlkit.models.modes import eval_mode
 
 RETRIEVAL_KEYS = ("precision_at_1", "r_precision", "map_at_r",
                   "recall_at_1", "recall_at_2", "recall_at_4", "recall_at_8")
+#: the fewest scored pairs whose Spearman / Pearson correlation :func:`sts_spearman` gives
+MIN_STS_PAIRS = 3
 
 
 def embed_texts(model: nn.Module, texts: Sequence[str], batch_size: int = 64) -> Tensor:
@@ -41,8 +43,8 @@ def sts_spearman(
     """
     from scipy.stats import pearsonr, spearmanr
 
-    if len(pairs) < 3:
-        raise ValueError(f"STS needs at least 3 scored pairs, got {len(pairs)}")
+    if len(pairs) < MIN_STS_PAIRS:
+        raise ValueError(f"STS needs at least {MIN_STS_PAIRS} scored pairs, got {len(pairs)}")
     if model is not None:
         both = embed_texts(model, pairs.first + pairs.second)  # (2n, dim)
         first, second = both[: len(pairs)], both[len(pairs) :]
@@ -138,4 +140,4 @@ def text_metrics_table(metrics: dict[str, Any]) -> str:
 
 __all__ = ["embed_texts", "evaluate_text_run", "sts_spearman", "text_heldout_metrics",
            "triplet_accuracy",
-           "text_metrics_table", "RETRIEVAL_KEYS"]
+           "text_metrics_table", "MIN_STS_PAIRS", "RETRIEVAL_KEYS"]

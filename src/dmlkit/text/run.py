@@ -39,7 +39,7 @@ from dmlkit.data.text import (
     read_text_triplets,
 )
 from dmlkit.evaluation.evaluate import write_json
-from dmlkit.text.evaluate import text_heldout_metrics
+from dmlkit.text.evaluate import MIN_STS_PAIRS, text_heldout_metrics
 from dmlkit.training.build import resolve_config
 from dmlkit.training.checkpoint import atomic_save
 from dmlkit.training.class_rows import run_class_ids
@@ -72,6 +72,11 @@ def build_text_splits(config: Config) -> tuple[TextData, TextData]:
         held_part = dc.heldout_part or "test"
         if held_part == "all" or dc.part == "all":
             raise ValueError("STS-B parts are 'train' and 'test' (part / heldout_part)")
+        if held_part == dc.part:  # (its held-out scores would be of the pairs trained on)
+            raise ValueError(
+                f"data.part and data.heldout_part are both {held_part!r} (heldout_part "
+                "defaults to 'test'): the held-out pairs would be the training pairs; set "
+                "data.heldout_part to another part (train on 'train', hold out 'test')")
         return (load_stsb(dc.part, dc.path, min_score), load_stsb(held_part, dc.path, min_score))
     min_score = 1.0 if dc.min_score is None else dc.min_score
     rng = np.random.default_rng(dc.seed)
@@ -84,6 +89,11 @@ def build_text_splits(config: Config) -> tuple[TextData, TextData]:
         if not 0 < n_test < len(tuples):
             raise ValueError(f"{len(tuples)} {dc.kind} cannot be split with test_fraction "
                              f"{dc.test_fraction}")
+        if dc.kind == "pairs" and n_test < MIN_STS_PAIRS:  # (Spearman of the held-out)
+            raise ValueError(
+                f"data.test_fraction {dc.test_fraction} holds out {n_test} of {len(tuples)} "
+                f"pairs of {dc.path}; scoring them needs at least {MIN_STS_PAIRS}: raise "
+                "data.test_fraction, or add pairs")
         return tuples.subset(order[n_test:]), tuples.subset(order[:n_test])
     if dc.kind != "labels":
         raise ValueError(f"text data.kind must be 'labels', 'pairs' or 'triplets', got "
