@@ -439,12 +439,14 @@ def load_module(
     """
     import torch
 
+    from dmlkit.models.modes import saved_state_follows
     from dmlkit.registry import MODELS, build_from_config
 
     if not isinstance(config, dict) or not isinstance(config.get("name"), str):
         raise IndexFormatError(f"{path}: the saved model config {config!r} is not a config")
     try:
-        model = build_from_config(MODELS, config)
+        with saved_state_follows():  # (its whole state is loaded below, strictly)
+            model = build_from_config(MODELS, config)
     except (TypeError, ValueError) as err:
         raise IndexFormatError(f"{path}: the saved model config does not build: {err}") from None
     start = len(prefix) + 1

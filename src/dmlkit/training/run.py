@@ -33,6 +33,7 @@ from dmlkit.data.load import (
     training_dataset,
 )
 from dmlkit.data.splits import stratified_split
+from dmlkit.models.modes import saved_state_follows
 from dmlkit.training.best_epoch import scored_best
 from dmlkit.training.build import build_model, channel_last_problem, resolve_config
 from dmlkit.training.checkpoint import (
@@ -432,7 +433,9 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", *,
     run_dir = check_run_dir(run_dir)
     config_path = run_dir / CONFIG_FILE
     config = saved_config_as_run(Config.from_yaml(config_path))  # (saved before a setting)
-    model = build_model(config)
+    saved = any((run_dir / name).is_file() for name in (MODEL_FILE, CHECKPOINT))
+    with saved_state_follows(saved):  # (no pretrained weights file needed: the state has them)
+        model = build_model(config)
     check_device(device)
     weights = MODEL_FILE
     if (run_dir / MODEL_FILE).is_file():

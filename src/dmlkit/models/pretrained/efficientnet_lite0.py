@@ -34,6 +34,7 @@ from dmlkit._checks import is_int
 from dmlkit.functional.distances import l2_normalize
 from dmlkit.models.cnn import grid_means, height_width
 from dmlkit.models.heads import EmbeddingHead, L2Normalize
+from dmlkit.models.modes import building_for_saved_state
 from dmlkit.models.pretrained.efficientnet_lite import (
     FEATURE_DIM,
     NUM_BLOCKS,
@@ -44,8 +45,10 @@ from dmlkit.models.pretrained.efficientnet_lite import (
 from dmlkit.models.pretrained.lite0_settings import (
     MIN_RESOLUTION,
     check_grid,
+    check_lr_scale,
     check_pixels,
     check_scales,
+    flat_input_problem,
 )
 from dmlkit.models.pretrained.resize import antialias_weights, resize_images
 from dmlkit.models.pretrained.weights import efficientnet_lite0_weights_path
@@ -255,8 +258,7 @@ class EfficientNetLite0Embedder(nn.Module):
             raise ValueError(
                 f"trainable_blocks must be in 0..{NUM_BLOCKS} or None, got {trainable_blocks}"
             )
-        if backbone_lr_scale <= 0:
-            raise ValueError(f"backbone_lr_scale must be > 0, got {backbone_lr_scale}")
+        check_lr_scale(backbone_lr_scale)
         if dim < 1:
             raise ValueError(f"dim must be >= 1, got {dim}")
         if not isinstance(antialias, bool):
@@ -282,7 +284,8 @@ class EfficientNetLite0Embedder(nn.Module):
         self.sides = {r: self.backbone.map_sides(r) for r in self.resolutions}
         self.map_sides = self.sides[resolution]
         check_grid(grid, self.grid_taps, self.sides)
-        load_efficientnet_lite0_weights(self.backbone, efficientnet_lite0_weights_path(weights))
+        if not building_for_saved_state():  # (a saved state dict overwrites them all)
+            load_efficientnet_lite0_weights(self.backbone, efficientnet_lite0_weights_path(weights))
         self.backbone.requires_grad_(False)
         if mode == "finetune":
             first = 0 if trainable_blocks is None else NUM_BLOCKS - trainable_blocks
@@ -402,10 +405,7 @@ class EfficientNetLite0Embedder(nn.Module):
         if x.dim() == 2:
             hw, c = self.hw, self.in_channels
             if hw is None or x.shape[1] != c * hw[0] * hw[1]:
-                raise ValueError(
-                    f"flat input of {x.shape[1]} values: expected {self.feature_dim} cached "
-                    f"features or {c} x H x W pixels (image_size={self.image_size})"
-                )
+                raise ValueError(flat_input_problem(x.shape[1], c, self.feature_dim, hw))
             x = x.view(-1, c, *hw)
         elif x.dim() == 3:
             x = x.unsqueeze(1)

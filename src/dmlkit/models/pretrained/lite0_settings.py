@@ -1,9 +1,12 @@
-"""Checks of ``efficientnet_lite0``'s resize and pooling settings at every resolution it
-embeds images at (``resolution`` and the extra ``scales``): one-line ``ValueError``\\ s
-naming the setting and what to do."""
+"""Checks of ``efficientnet_lite0``'s settings: its resize and pooling at every resolution
+it embeds images at (``resolution`` and the extra ``scales``), the backbone's learning-rate
+scale, and flat inputs it cannot reshape: one-line ``ValueError``\\ s naming the setting
+and what to do."""
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -72,4 +75,33 @@ def check_grid(grid: int, grid_taps: Sequence[int], sides: dict[int, list[int]])
             f"or other grid_taps")
 
 
-__all__ = ["MIN_RESOLUTION", "check_grid", "check_pixels", "check_scales"]
+def check_lr_scale(scale: Any) -> None:
+    """Refuse a ``backbone_lr_scale`` that is not a finite number > 0 (NaN or infinity
+    would make the backbone's learning rate, and then its weights, non-finite)."""
+    if (isinstance(scale, bool) or not isinstance(scale, numbers.Real)
+            or not (math.isfinite(scale) and scale > 0)):
+        raise ValueError(f"backbone_lr_scale must be a finite number > 0 (the backbone's "
+                         f"learning rate over the head's, e.g. 0.1), got {scale!r}")
+
+
+def flat_input_problem(values: int, channels: int, feature_dim: int,
+                       hw: tuple[int, int] | None) -> str:
+    """Why a flat input row of ``values`` values is neither ``feature_dim`` cached features
+    nor ``channels x H x W`` pixels of the model's image size ``hw`` (``None``: not set),
+    and how to give the image size (as the shape check of a new run's config words it)."""
+    side = math.isqrt(values // channels)
+    example = (f"e.g. --set model.image_size={side} for {channels} x {side} x {side} images"
+               if values == channels * side * side and side >= 8 else
+               "--set model.image_size=[height,width]")
+    fix = (f"set model.image_size to the images' side or [height, width] ({example}), or "
+           "store the rows as (n, C, H, W) images")
+    if hw is None:
+        return (f"flat input of {values} values: expected {feature_dim} cached features or "
+                f"{channels} x H x W pixels, and model.image_size is not set; {fix}")
+    return (f"flat input of {values} values: expected {feature_dim} cached features or "
+            f"{channels} x {hw[0]} x {hw[1]} = {channels * hw[0] * hw[1]} pixels "
+            f"(model.image_size={list(hw)}); {fix}")
+
+
+__all__ = ["MIN_RESOLUTION", "check_grid", "check_lr_scale", "check_pixels", "check_scales",
+           "flat_input_problem"]

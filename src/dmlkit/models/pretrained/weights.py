@@ -34,6 +34,11 @@ def efficientnet_lite0_weights_path(weights: str | None = None) -> Path:
     """
     if weights is not None:
         path = Path(weights).expanduser()
+        if path.is_dir():
+            raise MissingWeightsError(
+                f"EfficientNet-Lite0 weights path {str(path)!r} is a folder, not a state-dict "
+                f"file; give the weights file in it, or leave weights unset and "
+                f"{PRETRAINED_INSTALL}")
         if not path.is_file():
             raise MissingWeightsError(
                 f"EfficientNet-Lite0 weights file {str(path)!r} does not exist; "
