@@ -42,4 +42,9 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'dmlkit' has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    """The module's names and its subpackages (listed, not imported)."""
+    return sorted(set(globals()) | _SUBMODULES)
+
+
 __all__ = sorted(_SUBMODULES) + ["__version__"]

@@ -14,7 +14,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from dmlkit.models.cnn import as_images, height_width
+from dmlkit.models.cnn import as_images, height_width, image_shape_error
+from dmlkit.models.inputs import check_batch, check_rows
 from dmlkit.models.sizes import check_size, check_sizes
 from dmlkit.registry import register_model
 
@@ -40,12 +41,15 @@ class BiasFreeMLP(nn.Module):
         layers: list[nn.Module] = []
         width = in_features
         for h in hidden:
-            layers += [nn.Linear(width, h, bias=False), nn.BatchNorm1d(h, eps=1e-4, affine=False),
-                       nn.LeakyReLU(0.1)]
+            layers += [
+                nn.Linear(width, h, bias=False),
+                nn.BatchNorm1d(h, eps=1e-4, affine=False),
+                nn.LeakyReLU(0.1),
+            ]
             width = h
         layers.append(nn.Linear(width, dim, bias=False))
         self.net = nn.Sequential(*layers)
-        self.in_features, self.dim = in_features, dim
+        self.in_features, self.dim, self.hidden = in_features, dim, hidden
 
     @classmethod
     def dim_from_config(cls, params: dict[str, Any]) -> int:
@@ -53,10 +57,8 @@ class BiasFreeMLP(nn.Module):
         return params["dim"]
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x.flatten(1).float()  # (n, in_features)
-        if x.shape[1] != self.in_features:
-            raise ValueError(f"expected {self.in_features} input features, got {x.shape[1]}")
-        return self.net(x)  # (n, dim)
+        x = check_rows(x, "bias_free_mlp", self.in_features)  # (n, in_features)
+        return self.net(x.to(self.net[-1].weight.dtype))  # (n, dim)
 
 
 @register_model("bias_free_cnn")
@@ -66,7 +68,8 @@ class BiasFreeCNN(nn.Module):
     Two 5x5 convolutions (8 and 4 channels) with non-affine batch norm, leaky ReLU and 2x2
     max pooling, then a bias-free linear map to ``dim``. Flat inputs ``(n, C*H*W)`` are
     reshaped with ``in_channels`` and ``image_size`` (an int for square images or
-    ``(H, W)``).
+    ``(H, W)``); grey images ``(n, H, W)`` take ``in_channels == 1``. Inputs are cast to
+    the parameters' dtype.
     """
 
     def __init__(
@@ -79,9 +82,12 @@ class BiasFreeCNN(nn.Module):
         self.in_channels, self.image_size, self.dim = in_channels, (h, w), dim
 
         def block(c_in: int, c_out: int) -> list[nn.Module]:
-            return [nn.Conv2d(c_in, c_out, 5, padding=2, bias=False),
-                    nn.BatchNorm2d(c_out, eps=1e-4, affine=False), nn.LeakyReLU(0.1),
-                    nn.MaxPool2d(2)]
+            return [
+                nn.Conv2d(c_in, c_out, 5, padding=2, bias=False),
+                nn.BatchNorm2d(c_out, eps=1e-4, affine=False),
+                nn.LeakyReLU(0.1),
+                nn.MaxPool2d(2),
+            ]
 
         self.features = nn.Sequential(*block(in_channels, 8), *block(8, 4))
         self.out = nn.Linear(4 * (h // 4) * (w // 4), dim, bias=False)
@@ -93,10 +99,12 @@ class BiasFreeCNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         (h, w), c = self.image_size, self.in_channels
-        x = as_images(x.float(), c, h, w)
-        if tuple(x.shape[1:]) != (c, h, w):
-            raise ValueError(f"expected images of shape {(c, h, w)}, got {tuple(x.shape[1:])}")
-        return self.out(self.features(x).flatten(1))  # (n, dim)
+        expected = f"(n, {c}, {h}, {w})"
+        x = check_batch(x, "bias_free_cnn", expected)
+        images = as_images(x.to(self.out.weight.dtype), c, h, w)  # (n, c, h, w)
+        if images.dim() != 4 or tuple(images.shape[1:]) != (c, h, w):
+            raise image_shape_error(expected, tuple(x.shape), c)
+        return self.out(self.features(images).flatten(1))  # (n, dim)
 
 
 __all__ = ["BiasFreeMLP", "BiasFreeCNN"]

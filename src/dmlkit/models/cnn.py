@@ -12,7 +12,8 @@ from torch import Tensor, nn
 
 from dmlkit._checks import is_int
 from dmlkit.models.heads import EmbeddingHead
-from dmlkit.models.sizes import check_rate, check_size
+from dmlkit.models.inputs import check_batch
+from dmlkit.models.sizes import check_bool, check_rate, check_size
 from dmlkit.registry import register_model
 
 
@@ -63,7 +64,7 @@ class GridMeans(nn.Module):
 
     def __init__(self, grid: int) -> None:
         super().__init__()
-        self.grid = grid
+        self.grid = check_size("GridMeans", "grid", grid)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.grid == 1:  # global pooling, which ONNX export takes at any size
@@ -73,31 +74,57 @@ class GridMeans(nn.Module):
 
 def as_images(x: Tensor, c: int, h: int, w: int) -> Tensor:
     """``x`` as ``(n, c, h, w)`` images where it is flat rows ``(n, c * h * w)`` (rows of
-    another width: a ``ValueError``) or grey images ``(n, h', w')``; else as it is."""
+    another width: a ``ValueError``) or, for one channel (``c == 1``), grey images
+    ``(n, h', w')``; else as it is (a 3-D input of ``c > 1`` channels stays 3-D, for the
+    caller's shape check to refuse)."""
     if x.dim() == 2:
         if x.shape[1] != c * h * w:
-            raise ValueError(f"flat input must have {c * h * w} features ({c} x {h} x {w}), "
-                             f"got {x.shape[1]}")
+            raise ValueError(
+                f"flat input must have {c * h * w} features ({c} x {h} x {w}), got {x.shape[1]}"
+            )
         return x.view(-1, c, h, w)
-    return x.unsqueeze(1) if x.dim() == 3 else x
+    return x.unsqueeze(1) if x.dim() == 3 and c == 1 else x
 
 
-def height_width(image_size: int | Sequence[int], min_side: int = 4,
-                 model: str | None = None) -> tuple[int, int]:
+def image_shape_error(expected: str, given: tuple[int, ...], c: int) -> ValueError:
+    """The error for images of shape ``given`` (as the caller passed them) where a model
+    of ``c`` channels takes ``expected``; a 3-D input of ``c > 1`` channels is taken for
+    one image without its batch dimension."""
+    hint = ""
+    if len(given) == 3 and c > 1:
+        hint = "; for one image add a batch dimension (x.unsqueeze(0))"
+    elif len(given) == 4 and c > 1 and given[1] != c and given[-1] == c:
+        hint = "; for channels-last images use x.permute(0, 3, 1, 2)"
+    return ValueError(f"expected images of shape {expected}, got {given}{hint}")
+
+
+def height_width(
+    image_size: int | Sequence[int], min_side: int = 4, model: str | None = None
+) -> tuple[int, int]:
     """``(H, W)`` from an int side or an ``(H, W)`` pair (Python or numpy integers, not
     bools), each >= ``min_side`` (``model`` names the model taking it in the message)."""
     if is_int(image_size):
         hw = (int(image_size), int(image_size))
-    elif (isinstance(image_size, Sequence) and not isinstance(image_size, str)
-          and len(image_size) == 2 and all(is_int(v) for v in image_size)):
+    elif (
+        isinstance(image_size, Sequence)
+        and not isinstance(image_size, str)
+        and len(image_size) == 2
+        and all(is_int(v) for v in image_size)
+    ):
         hw = (int(image_size[0]), int(image_size[1]))
     else:
-        raise TypeError(f"{model + ': ' if model else ''}image_size must be an int or "
-                        f"(height, width), got {image_size!r}")
+        raise TypeError(
+            f"{model + ': ' if model else ''}image_size must be an int or "
+            f"(height, width), got {image_size!r}"
+        )
     if min(hw) < min_side:
         who = f"{model} takes images of side" if model else "image_size must be"
-        fix = ("; enlarge smaller images (an image folder's data.image_size resizes them "
-               "as they are read)") if model else ""
+        fix = ""
+        if model:
+            fix = (
+                "; enlarge smaller images (an image folder's data.image_size resizes them "
+                "as they are read)"
+            )
         raise ValueError(f"{who} >= {min_side} on each side, got {image_size}{fix}")
     return hw
 
@@ -110,7 +137,9 @@ class SmallCNN(nn.Module):
     convolutions and the grid pooling (:func:`grid_means`) take any ``H, W >= 4``; give
     ``image_size`` as ``(H, W)`` for flat inputs of non-square images. Accepts
     ``(n, H, W)`` and flat ``(n, C*H*W)`` inputs too (reshaped with ``in_channels`` and
-    ``image_size``). Images whose shorter side is >= 16 get a third pooled block.
+    ``image_size``; ``(n, H, W)`` only where ``in_channels == 1``). Inputs are cast to the
+    parameters' dtype. Images whose shorter side is >= 16 get a third (unpooled) conv
+    block, doubling the channels.
     ``grid=1`` is global average pooling; ``grid=k`` average-pools the last feature map
     to a ``k x k`` grid and flattens it (``channels * k * k`` features), so the embedding
     keeps where in the image a pattern is, which transfers better to unseen classes.
@@ -151,6 +180,7 @@ class SmallCNN(nn.Module):
         width = check_size("small_cnn", "width", width)
         grid = check_size("small_cnn", "grid", grid)
         dropout = check_rate("small_cnn", "dropout", dropout)
+        normalize = check_bool("small_cnn", "normalize", normalize)
         self.in_channels = in_channels
         self.image_size = image_size if isinstance(image_size, int) else hw
         self.hw = hw  # (H, W)
@@ -177,7 +207,9 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         (h, w), c = self.hw, self.in_channels
-        x = as_images(x.float(), c, h, w)
-        if x.dim() != 4 or x.shape[1] != c:
-            raise ValueError(f"expected images of shape (n, {c}, H, W), got {tuple(x.shape)}")
-        return self.head(self.body(x))  # (n, dim)
+        expected = f"(n, {c}, H, W)"
+        x = check_batch(x, "small_cnn", expected)
+        images = as_images(x.to(self.head.linear.weight.dtype), c, h, w)  # (n, c, H, W)
+        if images.dim() != 4 or images.shape[1] != c:
+            raise image_shape_error(expected, tuple(x.shape), c)
+        return self.head(self.body(images))  # (n, dim)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from dmlkit.functional.distances import l2_normalize
+from dmlkit.models.sizes import check_bool, check_size
 
 
 class L2Normalize(nn.Module):
@@ -20,16 +21,20 @@ class EmbeddingHead(nn.Module):
     Parameters
     ----------
     in_features : int
+        Width of the features, >= 1.
     dim : int
-        Embedding dimension.
+        Embedding dimension, >= 1.
     normalize : bool
         End with :class:`L2Normalize` (embeddings on the unit sphere).
     """
 
     def __init__(self, in_features: int, dim: int, normalize: bool = True) -> None:
         super().__init__()
+        in_features = check_size("EmbeddingHead", "in_features", in_features)
+        dim = check_size("EmbeddingHead", "dim", dim)
+        normalize = check_bool("EmbeddingHead", "normalize", normalize)
         self.linear = nn.Linear(in_features, dim)
-        self.normalize = bool(normalize)
+        self.normalize = normalize
         self.norm = L2Normalize() if normalize else nn.Identity()
 
     def fingerprint_settings(self) -> dict[str, bool]:

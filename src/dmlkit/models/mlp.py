@@ -8,7 +8,8 @@ from typing import Any
 from torch import Tensor, nn
 
 from dmlkit.models.heads import EmbeddingHead
-from dmlkit.models.sizes import check_rate, check_size, check_sizes
+from dmlkit.models.inputs import check_rows
+from dmlkit.models.sizes import check_bool, check_rate, check_size, check_sizes
 from dmlkit.registry import register_model
 
 
@@ -16,7 +17,9 @@ from dmlkit.registry import register_model
 class MLPEmbedder(nn.Module):
     """``(n, in_features) -> (n, dim)``: Linear-BatchNorm-ReLU blocks, then an embedding head.
 
-    Inputs with more than two dimensions are flattened after the batch dimension.
+    Inputs with more than two dimensions are flattened after the batch dimension; inputs
+    of any dtype (integer pixels too) are cast to the parameters' dtype (float32 unless the
+    model was converted, e.g. with ``.double()``).
 
     Parameters
     ----------
@@ -43,6 +46,7 @@ class MLPEmbedder(nn.Module):
         dim = check_size("mlp", "dim", dim)
         hidden = check_sizes("mlp", "hidden", hidden)
         dropout = check_rate("mlp", "dropout", dropout)
+        normalize = check_bool("mlp", "normalize", normalize)
         layers: list[nn.Module] = []
         width = in_features
         for h in hidden:
@@ -54,6 +58,9 @@ class MLPEmbedder(nn.Module):
         self.head = EmbeddingHead(width, dim, normalize=normalize)
         self.in_features = in_features
         self.dim = dim
+        self.hidden = hidden
+        self.dropout = dropout
+        self.normalize = normalize
 
     @classmethod
     def dim_from_config(cls, params: dict[str, Any]) -> int:
@@ -61,7 +68,6 @@ class MLPEmbedder(nn.Module):
         return params["dim"]
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x.flatten(1).float()  # (n, in_features)
-        if x.shape[1] != self.in_features:
-            raise ValueError(f"expected {self.in_features} input features, got {x.shape[1]}")
+        x = check_rows(x, "mlp", self.in_features)  # (n, in_features)
+        x = x.to(self.head.linear.weight.dtype)
         return self.head(self.body(x))  # (n, dim)
