@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -71,13 +72,18 @@ def _item(run: Any, spec: str, shape: Any, splits: Any = None) -> tuple[Any, str
         row = data.labels[int(index)]  # () class id, or (L,) hierarchical label row
         label = row.tolist() if row.dim() else int(row)
         return data.x[int(index)], f"{spec} ({_class_text(label, data.class_names)})"
-    match = re.fullmatch(r"(.+\.npy):(\d+)", spec)
+    match = re.fullmatch(r"(.+\.npy):(\d+)", spec, flags=re.IGNORECASE)
     path, row = (Path(match[1]), int(match[2])) if match else (Path(spec), None)
     if path.suffix.lower() != ".npy":
         raise ValueError(f"item {spec!r}: give heldout:N, train:N, or a .npy file (FILE.npy:N "
                          "for row N of a file of several items)")
     from dmlkit.data.npz import read_arrays
-    from dmlkit.runs.queries import check_input_shape, input_fit, prepare_inputs
+    from dmlkit.runs.queries import (
+        check_input_range,
+        check_input_shape,
+        input_fit,
+        prepare_inputs,
+    )
 
     x = read_arrays(path)["x"]  # (a missing file: FileNotFoundError naming it)
     if x.size == 0:
@@ -90,7 +96,7 @@ def _item(run: Any, spec: str, shape: Any, splits: Any = None) -> tuple[Any, str
             check_input_shape(x.shape[1:], shape, f"{spec} (a row of {path})")  # says why
         if row >= x.shape[0]:
             raise ValueError(f"{spec!r}: {path} has rows 0..{x.shape[0] - 1}")
-        x = x[row]
+        whole, x = x, x[row]
     elif shape is not None and input_fit(x.shape, shape) is None:
         rows = x.ndim > len(shape.shape)  # a stack of items, going by its axes
         if x.ndim >= 2 and input_fit(x.shape[1:], shape) is not None:
@@ -101,8 +107,24 @@ def _item(run: Any, spec: str, shape: Any, splits: Any = None) -> tuple[Any, str
             x = x[0]
         else:
             check_input_shape(x.shape[1:] if rows else x.shape, shape, str(path))  # why
-    item = prepare_inputs(x[None], shape, str(path))[0]  # shaped and scaled as in training
+    if row is None:
+        item = prepare_inputs(x[None], shape, str(path))[0]  # shaped and scaled as in training
+        return torch.from_numpy(item), spec
+    with warnings.catch_warnings():  # the range rule runs on the whole file below, so
+        warnings.filterwarnings("ignore", message=".*inputs range over")  # every row of it
+        item = prepare_inputs(x[None], shape, str(path))[0]  # gets one and the same hint
+    check_input_range(_file_values(whole, str(path)), shape, str(path))
     return torch.from_numpy(item), spec
+
+
+def _file_values(x: Any, source: str) -> Any:
+    """The finite values of a file's raw inputs, scaled as the loaders scale them."""
+    import numpy as np
+
+    from dmlkit.data.npz import integer_inputs
+
+    x = integer_inputs(x, source) if x.dtype.kind in "iu" else x.astype(np.float32)
+    return x[np.isfinite(x)]
 
 
 def _data_inputs(run_dir: Path) -> dict[str, Path | None]:

@@ -106,7 +106,8 @@ def _scores(za: Tensor, zb: Tensor, metric: str) -> Tensor:
 def similarity(model: nn.Module, a: Tensor, b: Tensor, metric: str = "cosine") -> Tensor:
     """Row-wise similarity of the embeddings of ``a`` and ``b`` (``(n, ...)`` each)."""
     _check_metric(metric)
-    return _scores(model(a), model(b), metric)  # (n,)
+    with eval_mode(model):  # (the mode the maps explain; the caller's is restored)
+        return _scores(model(a), model(b), metric)  # (n,)
 
 
 #: input values (steps x values of an item) of one batch of integrated-gradient steps:
