@@ -16,6 +16,7 @@ from dmlkit.evaluation import indexed_pair_scores, pairs_from_labels, retrieval_
 from dmlkit.functional.verification import equal_error_rate, roc_curve
 from dmlkit.report.metrics_file import check_metrics
 from dmlkit.report.projection import PROJECTIONS, check_projection, project_2d
+from dmlkit.report.svg import downscale
 from dmlkit.runs import build_splits, embed, load_run
 
 #: the metric of every section of the report: the run's held-out metrics (metrics.json)
@@ -108,7 +109,9 @@ def _verification(z: torch.Tensor, labels: torch.Tensor, seed: int,
 
 
 def _thumbnail(x: np.ndarray) -> list[list[Any]] | None:
-    """An image row as ``(H, W)`` or ``(H, W, 3)`` floats in [0, 1], else None."""
+    """An image row as ``(H, W)`` or ``(H, W, 3)`` floats in [0, 1], at most
+    :data:`~dmlkit.report.svg.THUMBNAIL_PX` pixels along its longer side (a larger image
+    area-averaged down to it, :func:`~dmlkit.report.svg.downscale`), else None."""
     if x.ndim == 3 and x.shape[0] in (1, 3):
         img = x[0] if x.shape[0] == 1 else np.transpose(x, (1, 2, 0))
     elif x.ndim == 2:
@@ -116,7 +119,8 @@ def _thumbnail(x: np.ndarray) -> list[list[Any]] | None:
     else:
         return None
     lo, hi = float(img.min()), float(img.max())
-    return ((img - lo) / (hi - lo if hi > lo else 1.0)).round(3).tolist()
+    img = downscale((img - lo) / (hi - lo if hi > lo else 1.0))
+    return np.asarray(img).round(3).tolist()
 
 
 def _gallery(z: torch.Tensor, labels: torch.Tensor, x: np.ndarray, n_queries: int, k: int,

@@ -14,7 +14,8 @@ body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1100px}
 h1{font-size:22px}h2{font-size:17px;border-bottom:1px solid #ddd;padding-bottom:4px}
 .row{display:flex;flex-wrap:wrap;gap:16px}table{border-collapse:collapse;font-size:13px}
 td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}th{background:#f3f3f3}
-.gallery td{text-align:center}.note{color:#555;font-size:13px}
+.gallery td{text-align:center;overflow-wrap:anywhere}.note{color:#555;font-size:13px}
+.gallery-box{max-width:100%;overflow-x:auto}.gallery .item{display:inline-block;padding:2px 4px}
 """
 # marks the page as fully rendered; a script error leaves data-errors for tests to read
 SCRIPT = """
@@ -77,23 +78,26 @@ def _gallery(gallery: list[dict[str, Any]], names: dict[int, str],
     for g in gallery:
         name = names.get(g["label"], str(g["label"]))
         tip = f"query: held-out item {g['query']}: {name}"
-        cells = [f"<td>{_item(g['image'], '#333', tip)}<br>{escape(name)}</td>"]
+        cells = [f"<td>{_item(g['image'], '#333', tip, g['query'])}<br>{escape(name)}</td>"]
         for n in g["neighbours"]:
             mark = "#2ca02c" if n["correct"] else "#d62728"
             label = names.get(n["label"], str(n["label"]))
             tip = (f"held-out item {n['item']}: {label} "
                    f"({'right' if n['correct'] else 'wrong'})")
-            cells.append(f"<td>{_item(n['image'], mark, tip)}<br>{escape(label)} "
+            cells.append(f"<td>{_item(n['image'], mark, tip, n['item'])}<br>{escape(label)} "
                          f"{'&#10003;' if n['correct'] else '&#10007;'}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    return (f'<table class="gallery"><tr><th>query</th><th colspan="99">nearest '
-            f'{escape(among)} (green: same class, red: other class)</th></tr>'
-            + "".join(rows) + "</table>")
+    return (f'<div class="gallery-box"><table class="gallery"><tr><th>query</th>'
+            f'<th colspan="99">nearest {escape(among)} (green: same class, red: other '
+            "class)</th></tr>" + "".join(rows) + "</table></div>")
 
 
-def _item(image: Any, border: str, tip: str) -> str:
+def _item(image: Any, border: str, tip: str, item: int) -> str:
+    """Held-out item ``item`` in a gallery cell: its thumbnail, or (an item that is no
+    image) a short "item N", the whole ``tip`` on hover."""
     if image is None:
-        return f'<span title="{escape(tip)}" style="border:3px solid {border}">{escape(tip)}</span>'
+        return (f'<span class="item" title="{escape(tip)}" style="border:3px solid {border}">'
+                f"item {int(item)}</span>")
     return svg.image_tag(image, border, tip=tip)
 
 

@@ -19,6 +19,17 @@ W, H, PAD = 480, 300, 44
 #: most classes named in a chart's legend; the rest are counted
 MAX_LEGEND = 20
 LEGEND_W = 190
+#: a gallery thumbnail's longest side, in stored pixels (twice the 56 px it is drawn at):
+#: larger images are downscaled to it, smaller ones kept as they are
+THUMBNAIL_PX = 112
+#: the width of a character, in ems (a text of ``n`` characters at ``size`` px spans
+#: about ``CHAR_EM * size * n`` px)
+CHAR_EM = 0.6
+
+
+def text_px(text: str, size: float) -> float:
+    """About how many pixels ``text`` spans at font size ``size`` (:data:`CHAR_EM`)."""
+    return CHAR_EM * size * len(text)
 
 
 def colour(i: int, n: int = len(PALETTE)) -> str:
@@ -132,14 +143,17 @@ def scatter(xs: Sequence[float], ys: Sequence[float], groups: Sequence[int],
         style = f'fill="white" stroke="{c}"' if ring else f'fill="{c}"'
         body.append(f'<circle cx="{fx(x):.1f}" cy="{fy(y):.1f}" r="3" {style}>'
                     f"<title>{escape(text)}</title></circle>")
-    body.append(_legend(kinds, groups, hollow, names or {}))
-    return _frame("".join(body), title, "dimension 1", "dimension 2", xr, yr, LEGEND_W)
+    legend, legend_w = _legend(kinds, groups, hollow, names or {})
+    body.append(legend)
+    return _frame("".join(body), title, "dimension 1", "dimension 2", xr, yr, legend_w)
 
 
 def _legend(kinds: list[int], groups: Sequence[int], hollow: Sequence[bool],
-            names: dict[int, str]) -> str:
+            names: dict[int, str]) -> tuple[str, int]:
     """The scatter's legend, right of the plot: one row per group, largest first when
-    there are more than :data:`MAX_LEGEND`."""
+    there are more than :data:`MAX_LEGEND`; and its width (at least :data:`LEGEND_W`,
+    wider when its longest row needs it, by :func:`text_px`)."""
+    import math
     from collections import Counter
 
     sizes = Counter(groups)
@@ -148,6 +162,8 @@ def _legend(kinds: list[int], groups: Sequence[int], hollow: Sequence[bool],
         sorted(kinds, key=lambda g: -sizes[g])[: MAX_LEGEND - 1])
     rows = ['<g class="legend">']
     step = min(14.0, (H - PAD - 20) / (len(shown) + 1))
+    size = round(min(11, step))
+    width = float(LEGEND_W)
     for r, g in enumerate(shown):
         c = colour(kinds.index(g), len(kinds))
         y = 18 + r * step
@@ -155,13 +171,16 @@ def _legend(kinds: list[int], groups: Sequence[int], hollow: Sequence[bool],
         name = str(names.get(g, g))
         label = short_name(name, 20) + (" (unseen)" if ring[g] else "")
         rows.append(f'<circle cx="{W + 4}" cy="{y:.1f}" r="4" {style}/>'
-                    f'<text x="{W + 12}" y="{y + 4:.1f}" font-size="{min(11, step):.0f}">'
+                    f'<text x="{W + 12}" y="{y + 4:.1f}" font-size="{size}">'
                     f"{escape(label)}<title>{escape(name)}</title></text>")
+        width = max(width, 12 + text_px(label, size) + 4)
     if len(shown) < len(kinds):
         y = 18 + len(shown) * step
+        more = f"+{len(kinds) - len(shown)} more classes (hover)"
         rows.append(f'<text x="{W - 2}" y="{y + 4:.1f}" font-size="11" fill="#555">'
-                    f"+{len(kinds) - len(shown)} more classes (hover)</text>")
-    return "".join(rows) + "</g>"
+                    f"{more}</text>")
+        width = max(width, -2 + text_px(more, 11) + 4)
+    return "".join(rows) + "</g>", math.ceil(width)
 
 
 def bars(groups: dict[str, Sequence[float]], categories: Sequence[str], title: str,
@@ -192,7 +211,7 @@ def bars(groups: dict[str, Sequence[float]], categories: Sequence[str], title: s
         body.append(f'<text x="{PAD + 8}" y="{26 + 14 * s}" font-size="11" '
                     f'fill="{colour(s)}">{escape(name)}</text>')
     ticks = [short_name(str(c), 12) for c in categories]
-    label_px = 0.6 * 9 * max(map(len, ticks), default=1) + 6  # 9 px type, a gap
+    label_px = text_px(max(ticks, key=len, default="x"), 9) + 6  # 9 px type, a gap
     every = max(1, math.ceil(label_px / slot))  # every k-th name, so none overlap
     for c in range(0, len(ticks), every):
         x = PAD + (c + 0.5) * slot
@@ -202,14 +221,45 @@ def bars(groups: dict[str, Sequence[float]], categories: Sequence[str], title: s
     return _frame("".join(body), title, "class", ylabel, None, yr)
 
 
-def image_tag(pixels: Any, border: str = "#999", size: int = 56, tip: str = "") -> str:
-    """An inline PNG (data URI) of a ``(H, W)`` or ``(H, W, 3)`` image in [0, 1], drawn
-    ``size`` pixels along its longer side (its aspect ratio kept)."""
+def _area_weights(n_in: int, n_out: int) -> Any:
+    """``(n_out, n_in)`` weights averaging each output pixel's span of input pixels (by
+    how much of each input pixel it covers); rows sum to one."""
     import numpy as np
 
-    arr = (np.clip(np.asarray(pixels, dtype=float), 0, 1) * 255).astype(np.uint8)
-    h, w = arr.shape[:2]
+    step = n_in / n_out
+    lo = np.arange(n_out)[:, None] * step  # (n_out, 1)
+    start = np.arange(n_in)[None, :]  # (1, n_in)
+    cover = np.clip(np.minimum(lo + step, start + 1) - np.maximum(lo, start), 0, None)
+    return cover / cover.sum(axis=1, keepdims=True)  # (n_out, n_in)
+
+
+def downscale(pixels: Any, most: int = THUMBNAIL_PX) -> Any:
+    """A ``(H, W)`` or ``(H, W, 3)`` image with its longer side at most ``most`` pixels,
+    its aspect ratio kept, each pixel the area average of those it covers; an image that
+    fits is returned as it is (the browser scales it up)."""
+    import numpy as np
+
+    img = np.asarray(pixels, dtype=float)
+    h, w = img.shape[:2]
+    if max(h, w) <= most:
+        return pixels
+    scale = most / max(h, w)
+    rows = _area_weights(h, max(1, round(h * scale)))  # (h', h)
+    cols = _area_weights(w, max(1, round(w * scale)))  # (w', w)
+    img = np.tensordot(rows, img, axes=(1, 0))  # (h', w[, 3])
+    return np.tensordot(cols, img, axes=(1, 1)).swapaxes(0, 1)  # (h', w'[, 3])
+
+
+def image_tag(pixels: Any, border: str = "#999", size: int = 56, tip: str = "") -> str:
+    """An inline PNG (data URI) of a ``(H, W)`` or ``(H, W, 3)`` image in [0, 1], drawn
+    ``size`` pixels along its longer side (its aspect ratio kept) and stored at most
+    :data:`THUMBNAIL_PX` pixels along it (:func:`downscale`)."""
+    import numpy as np
+
+    pixels = np.asarray(pixels, dtype=float)
+    h, w = pixels.shape[:2]
     width, height = (max(1, round(size * side / max(h, w, 1))) for side in (w, h))
+    arr = (np.clip(downscale(pixels), 0, 1) * 255).astype(np.uint8)
     png = _png(arr)
     data = base64.b64encode(png).decode()
     return (f'<img src="data:image/png;base64,{data}" width="{width}" height="{height}" '
