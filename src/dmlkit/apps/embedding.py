@@ -168,7 +168,7 @@ def embed_inputs(embedder: Any, X: Any, *, batch_size: int = 1024) -> torch.Tens
     and returning ``(n, dim)`` array-likes.
     """
     batch_size = check_int_param("batch_size", batch_size)
-    x = torch.as_tensor(np.asarray(X, dtype=np.float32))
+    x = torch.as_tensor(np.ascontiguousarray(X, dtype=np.float32))  # (views: copied)
     if embedder is None:  # a copy: a float32 array is wrapped in place, not copied
         return x.flatten(1).clone(memory_format=torch.contiguous_format)
     if isinstance(embedder, (str, Path)):

@@ -318,7 +318,10 @@ class CMLRecommender(BaseEstimator):
         return out
 
     def place_items(self, features: Any) -> np.ndarray:
-        """Embeddings ``(n, dim)`` of cold-start items from their features."""
+        """Embeddings ``(n, dim)`` of cold-start items from their features: the feature
+        network's direction at the known items' median length. (Its output, fitted by
+        squared error onto the items' positions, is shrunk toward their mean, so taken
+        as it is a new item would lie near every user and top everyone's list.)"""
         check_is_fitted(self, "item_embeddings_")
         if self.feature_net_ is None:
             raise ValueError("cold-start placement needs item_features at fit time")
@@ -330,7 +333,10 @@ class CMLRecommender(BaseEstimator):
             raise ValueError(f"features must have {width} columns, as the item_features "
                              f"given to fit, got {x.shape[1]}")
         with torch.no_grad():
-            z = self.feature_net_(torch.from_numpy(x))
+            z = self.feature_net_(torch.from_numpy(x))  # (n, dim)
+            length = self.item_embeddings_.norm(dim=1).median()  # () the items' typical
+            norms = z.norm(dim=1, keepdim=True)  # (n, 1)
+            z = torch.where(norms > 0, z * (length / norms.clamp_min(1e-12)), z)
             _clip(z, float(self.max_norm))
         return z.numpy()
 
