@@ -32,6 +32,9 @@ MIN_SECONDS = 0.025
 MAX_CROP_SAMPLES = 1 << 22
 #: a crop may loop the longest recording at most this many times
 MAX_CROP_LOOPS = 10.0
+#: the sample rates a WAV header may give, Hz (others are damaged headers: resampling
+#: from 2 Hz to 16 kHz would allocate 8000 times the file)
+MIN_FILE_RATE, MAX_FILE_RATE = 1000, 768_000
 
 
 _PCM, _FLOAT, _EXTENSIBLE = 0x0001, 0x0003, 0xFFFE  # WAV format tags
@@ -87,6 +90,12 @@ def _wav_format(path: Path, fmt: bytes) -> tuple[int, int, int]:
                          "audio?); convert it to 16-bit PCM, e.g. "
                          f"sox {path.name} -b 16 -e signed-integer out.wav")
     width = (bits + 7) // 8  # (a 20-bit sample sits, left-justified, in 3 bytes)
+    if rate and not MIN_FILE_RATE <= rate <= MAX_FILE_RATE:  # (before any resampling)
+        raise ValueError(
+            f"{path}: its header gives a sample rate of {rate} Hz, outside the "
+            f"{MIN_FILE_RATE}-{MAX_FILE_RATE} Hz of audio recordings (a damaged header?); "
+            "replace or remove it"
+        )
     if n_ch < 1 or rate < 1 or width not in (1, 2, 3, 4):
         raise ValueError(f"{path}: unsupported PCM WAV format ({n_ch} channels, {rate} Hz, "
                          f"{bits} bits per sample); read_wav reads 8/16/24/32-bit PCM with "
@@ -99,7 +108,9 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
 
     Supports 8-bit unsigned and 16/24/32-bit signed PCM, with a plain or a
     WAVE_FORMAT_EXTENSIBLE header (as sox and ffmpeg write 24/32-bit and multichannel
-    files). A file cut inside a frame is read up to its last whole frame.
+    files). A file cut inside a frame is read up to its last whole frame. A header
+    sample rate outside :data:`MIN_FILE_RATE` to :data:`MAX_FILE_RATE` Hz is refused,
+    naming the file.
     """
     path = Path(path)
     if not path.is_file():
@@ -412,7 +423,8 @@ def load_audio_folder(
     input of :class:`~dmlkit.models.SpeakerEncoder`. This is the ``audio_folder`` data
     source of configs (``data: {name: audio_folder, path: ...}``).
 
-    Crops of more than :data:`MAX_CROP_SAMPLES` samples, or much longer than every
+    Crops shorter than :data:`MIN_SECONDS` (one analysis window) are refused before any
+    file is read. Crops of more than :data:`MAX_CROP_SAMPLES` samples, or much longer than every
     recording, are refused, and crops longer than most recordings warned of
     (:func:`check_crop_length`).
     """
@@ -421,6 +433,12 @@ def load_audio_folder(
     if not 0 < crop_seconds < inf:  # (NaN too)
         raise ValueError(f"crop_seconds must be a finite number > 0, got {crop_seconds}")
     length = int(round(crop_seconds * sample_rate))
+    if crop_seconds < MIN_SECONDS or length < 1:
+        raise ValueError(
+            f"data.crop_seconds {crop_seconds:g} at {sample_rate} Hz makes crops of {length} "
+            f"samples, shorter than one {MIN_SECONDS * 1000:g} ms analysis window; set "
+            f"data.crop_seconds to at least {MIN_SECONDS:g} (speaker models train on crops "
+            "of a few seconds, e.g. 2)")
     if length > MAX_CROP_SAMPLES:
         raise ValueError(
             f"crop_seconds {crop_seconds:g} at {sample_rate} Hz makes crops of {length} "

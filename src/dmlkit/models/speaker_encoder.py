@@ -54,6 +54,8 @@ class LogMel(nn.Module):
     over time per utterance (cepstral mean normalization in the log-mel domain).
 
     Pre-emphasis 0.97, Hamming window of ``win_ms``, hop ``hop_ms``, power spectrum.
+    ``n_fft`` grows to the next power of two that holds the window where the window is
+    longer (25 ms above 20480 Hz: 2048 points at 44.1 and 48 kHz).
     """
 
     def __init__(
@@ -68,8 +70,14 @@ class LogMel(nn.Module):
         super().__init__()
         self.win = int(sample_rate * win_ms / 1000)
         self.hop = int(sample_rate * hop_ms / 1000)
-        if not 0 < self.win <= n_fft:
-            raise ValueError(f"window of {self.win} samples must fit n_fft={n_fft}")
+        if self.win < 1:
+            raise ValueError(
+                f"window of {win_ms:g} ms at {sample_rate} Hz holds no sample; "
+                "raise win_ms or sample_rate"
+            )
+        # (a window longer than n_fft: the FFT grows to the next power of two that holds
+        # it, so rates above 20480 Hz work; at 16 kHz the 400-sample window fits 512)
+        n_fft = max(n_fft, 1 << (self.win - 1).bit_length())
         self.n_fft, self.sample_rate, self.n_mels = n_fft, sample_rate, n_mels
         self.normalize = normalize
         self.register_buffer("window", torch.hamming_window(self.win), persistent=False)

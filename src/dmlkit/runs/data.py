@@ -50,8 +50,9 @@ def run_data(
         ``"heldout"`` or ``"train"`` (the run's own splits), or any spec of
         :func:`~dmlkit.data.load_dataset`: a dataset name, a ``.npz`` file, an IDX,
         image or audio folder, a ``.yaml`` config or a data block. Folders named by path
-        are read with the run's image size and colour (or sample rate and crop), as its
-        training data was; a data block is read as it says.
+        are read as the run's training data was: as its image or audio folder source
+        (:func:`folder_config`), with its image size and colour (or sample rate and
+        crop); a data block is read as it says.
     x_key, labels_key : str, optional
         Names of the inputs and labels arrays of a ``.npz`` file (default ``"x"`` and
         ``"labels"``); only for a ``.npz`` ``data``.
@@ -79,7 +80,7 @@ def run_data(
                              f"{str(data)!r} is the run's own split")
         train, heldout = build_splits(run.config)
         return heldout if str(data) == "heldout" else train
-    cfg = data_config(data)
+    cfg = folder_config(run, data) if by_path else data_config(data)
     text = str(data) if by_path else str(cfg.path or cfg.name)
     if keyed:
         if not by_path or cfg.name != "npz" or Path(text).suffix.lower() != ".npz":
@@ -102,6 +103,27 @@ def run_data(
             raise
         raise ValueError(mixed_sizes_message(err, run, cfg)) from None
     return fit_to_run(dataset, run, text)
+
+
+def folder_config(run: Run, data: str | Path) -> DataConfig:
+    """The data config of a ``--data`` spec string: a folder of class sub-folders is read
+    as the run's own data source where that is an image or audio folder (a folder holding
+    both images and ``.wav`` files too, as training read it), not as its files suggest;
+    any other spec (and an IDX folder) as :func:`~dmlkit.data.load.data_config` reads it.
+    """
+    from dmlkit.data.load import data_config, split_part
+
+    kind = run.config.data.name
+    text, part = split_part(str(data))
+    if kind not in READ_AS_TRAINED or not Path(text).expanduser().is_dir():
+        return data_config(data)
+    try:
+        guessed = data_config(data)
+    except ValueError:  # (images and recordings side by side: the run's kind decides)
+        guessed = None
+    if guessed is not None and guessed.name not in READ_AS_TRAINED:
+        return guessed  # (IDX files)
+    return DataConfig(name=kind, path=str(Path(text).expanduser()), part=part or "train")
 
 
 def mixed_sizes_message(err: MixedSizesError, run: Run, cfg: DataConfig) -> str:
@@ -223,5 +245,5 @@ def describe(data: Any, x_key: str | None = None, labels_key: str | None = None)
     return f"{data} ({', '.join(keys)})" if keys else str(data)
 
 
-__all__ = ["SPLITS", "check_npz_keys", "describe", "fit_to_run", "has_labels",
+__all__ = ["SPLITS", "check_npz_keys", "describe", "fit_to_run", "folder_config", "has_labels",
            "mixed_sizes_message", "npz_arrays", "run_data", "unlabelled_inputs"]

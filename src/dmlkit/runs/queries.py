@@ -397,6 +397,7 @@ def read_images(paths: list[Path], image_size: Any, color: str,
     from dmlkit.data.image_folder import _pillow, read_image
     from dmlkit.data.image_folder import listed_files as listed
 
+    check_not_recordings(paths)
     _pillow()
     arrays = [read_image(p, color, image_size) for p in paths]
     if spec is not None:
@@ -421,8 +422,22 @@ def read_images(paths: list[Path], image_size: Any, color: str,
     return np.stack(arrays)
 
 
+def check_not_recordings(paths: list[Path]) -> None:
+    """Refuse ``.wav`` query files, pointing to ``dmlkit embed``: queries are images or
+    arrays, and a recording's embeddings come from the run's reading of audio folders
+    (its sample rate, trimming and crops)."""
+    wavs = [p for p in paths if p.suffix.lower() == ".wav"]
+    if wavs:
+        raise ValueError(
+            f"{wavs[0]} is a recording, and queries are image files or a .npy/.npz file: "
+            "embed recordings with the run, dmlkit embed RUN --data FOLDER --out q.npz "
+            "(FOLDER: one sub-folder of .wav files per speaker), then search with -q q.npz"
+        )
+
+
 def expand_queries(queries: list[Path]) -> list[Path]:
-    """Query arguments with directories replaced by the image files inside them."""
+    """Query arguments with directories replaced by the image files inside them
+    (``.wav`` recordings refused: :func:`check_not_recordings`)."""
     from dmlkit.data.image_folder import IMAGE_SUFFIXES
 
     out: list[Path] = []
@@ -436,6 +451,7 @@ def expand_queries(queries: list[Path]) -> list[Path]:
             raise FileNotFoundError(f"query file not found: {q}")
         else:
             out.append(q)
+    check_not_recordings(out)
     arrays = [q for q in out if q.suffix.lower() in (".npy", ".npz")]
     if arrays and len(out) > 1:
         raise ValueError(f"give one .npy/.npz query file, or image files; got {len(out)} "
@@ -444,6 +460,7 @@ def expand_queries(queries: list[Path]) -> list[Path]:
 
 
 __all__ = ["QUERY_KINDS", "InputSpec", "check_input_range", "check_input_shape",
+           "check_not_recordings",
            "expand_queries", "input_fit", "input_spec", "prepare_inputs", "read_images",
            "read_query_array", "recorded_input_spec", "resizes_inputs", "run_color",
            "run_input_spec"]

@@ -14,7 +14,7 @@ from dmlkit.config.field_rules import label_free_miner, memory_with_miner
 from dmlkit.functional.tuples import as_index_tuple, check_indices
 from dmlkit.models.modes import eval_mode
 from dmlkit.training.batches import fetch_items
-from dmlkit.training.preflight_sizes import check_loss_sizes
+from dmlkit.training.preflight_sizes import check_batch_of_one, check_loss_sizes
 from dmlkit.training.rng import rng_scope
 from dmlkit.training.sampler_batches import check_sampler_length
 
@@ -344,9 +344,12 @@ def check_batch_negatives(trainer: Any, labels: Any, given: dict[str, Any] | Non
     a copy of the loss, as in :func:`check_trainable`.
 
     Also checks the sampler's first batch against a loss that reads classes from the
-    batch's layout (:func:`check_block_groups`)."""
+    batch's layout (:func:`check_block_groups`), and refuses batches of one item for a
+    model with batch norms that train
+    (:func:`~dmlkit.training.preflight_sizes.check_batch_of_one`)."""
     from dmlkit.losses.cross_batch_memory import CrossBatchMemory
 
+    check_batch_of_one(trainer, given_sampler=(given or {}).get("sampler") is not None)
     check_sampler_length(trainer.sampler)  # (named as the epochs name it)
     check_block_groups(trainer, labels, given)
     asked = getattr(trainer.sampler, "classes_per_batch", None)

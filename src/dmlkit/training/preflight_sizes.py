@@ -1,6 +1,6 @@
 """The size checks of the preflight (:func:`~dmlkit.training.preflight.check_trainable`):
 a loss's embedding width against the model's, its number of classes (or proxies)
-against the labels'."""
+against the labels', and batches of one item for a model with batch norms."""
 
 from __future__ import annotations
 
@@ -78,4 +78,54 @@ def check_loss_sizes(loss: Any, names: dict[str, Any], dim: int, labels: Tensor)
                 )
 
 
-__all__ = ["check_loss_sizes"]
+def check_batch_of_one(trainer: Any, given_sampler: bool = False) -> None:
+    """Refuse a sampler whose batches hold one item when the model has batch norms that
+    train: one item has no batch statistics, and the first batch would stop the run with
+    torch's message. ``given_sampler``: the sampler was passed ready-made (no setting of
+    the config sizes it).
+
+    Only samplers of a fixed ``batch_size`` are checked. :class:`~dmlkit.training.batches.
+    RandomBatchSampler` (no ``sampler`` section) drops a last incomplete batch, so its
+    batches hold one item only at ``training.batch_size`` 1 or with one training item;
+    a configured sampler's own ``batch_size`` replaces ``training.batch_size``."""
+    from dmlkit.training.grad_cache import training_batch_norms
+
+    sampler = trainer.sampler
+    size = getattr(sampler, "batch_size", None)
+    if hasattr(sampler, "batch_multiple") or not isinstance(size, int) or size != 1:
+        return
+    if not any(p.requires_grad for p in trainer.model.parameters()) and not any(
+        p.requires_grad for p in trainer.loss.parameters()
+    ):
+        return  # (nothing trains: epochs only validate, in eval mode)
+    norms = training_batch_norms(trainer.model)
+    if not norms:
+        return
+    name = trainer.config.model.get("name") or type(trainer.model).__name__
+    layers = f"{', '.join(norms[:3])}{', ...' if len(norms) > 3 else ''}"
+    why = (
+        f"but model {name!r} has batch norm layers ({layers}), which cannot normalize a "
+        "single item in training mode"
+    )
+    requested = getattr(sampler, "requested_batch_size", size)
+    if given_sampler:
+        raise ValueError(
+            f"the sampler makes batches of one item, {why}: give it a batch size of at least 2"
+        )
+    if trainer.config.sampler is not None:
+        raise ValueError(
+            f"sampler.batch_size 1 makes batches of one item, {why}: set sampler.batch_size "
+            "to at least 2"
+        )
+    if requested != 1:  # (one training item: every batch is that item)
+        raise ValueError(
+            f"the training data holds a single item, so every batch holds one, {why}: "
+            "train on at least 2 items"
+        )
+    raise ValueError(
+        f"training.batch_size 1 makes batches of one item, {why}: set training.batch_size "
+        "to at least 2"
+    )
+
+
+__all__ = ["check_batch_of_one", "check_loss_sizes"]
