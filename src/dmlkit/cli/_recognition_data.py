@@ -89,11 +89,13 @@ class DataReader:
     ``x_key`` and ``labels_key`` name the arrays of every ``.npz`` read (``--x-key``,
     ``--labels-key``); by default the inputs are ``'x'`` (else ``'embeddings'``) and the
     labels ``'labels'`` (a file without it is unlabelled). A named array a file lacks is
-    a ``ValueError`` listing the arrays it has."""
+    a ``ValueError`` listing the arrays it has. A run is loaded on ``device``
+    (``--device``), where :meth:`embed` runs its model."""
 
     def __init__(self, run_dir: Path | None, x_key: str | None = None,
-                 labels_key: str | None = None) -> None:
+                 labels_key: str | None = None, device: str = "cpu") -> None:
         self.run_dir = run_dir
+        self.device = device
         self.x_key = x_key
         self.labels_key = labels_key
         self._run: Any = None
@@ -104,8 +106,23 @@ class DataReader:
         if self._run is None:
             from dmlkit.runs import load_run
 
-            self._run = load_run(self.run_dir)
+            self._run = load_run(self.run_dir, self.device)
         return self._run
+
+    def embed(self, x: Any) -> Any:
+        """``(n, dim)`` float32 CPU numpy embeddings of the inputs ``x`` (as :meth:`read`
+        gives them), by the run's model on its device; ``x`` as they are without a run."""
+        import numpy as np
+
+        if self.run_dir is None:
+            return np.array(x, dtype=np.float32).reshape(len(x), -1)
+        from dmlkit._checks import check_finite_rows
+        from dmlkit.runs import embed
+
+        z, _ = embed(self.run.model, np.asarray(x, dtype=np.float32), device=self.device)
+        z = z.numpy()
+        check_finite_rows(z, "the embedder's output")
+        return z
 
     def _inputs(self, x: Any, source: str) -> Any:
         from dmlkit.runs.queries import prepare_inputs, run_input_spec

@@ -18,6 +18,32 @@ def metric_option(default: str = "cosine") -> Any:
     return typer.Option(default, "--metric", help=METRIC_HELP)
 
 
+#: how ``--device`` is spelled in the help of the commands whose run's model embeds on
+#: the CPU only
+DEVICE_HELP = ("Device of the run's model: cpu (it embeds there only; another name is "
+               "refused, as dmlkit evaluate refuses one it cannot use).")
+
+
+def device_option(help: str = DEVICE_HELP) -> Any:
+    """The ``--device`` option of a command that embeds with a run's model (default cpu)."""
+    return typer.Option("cpu", "--device", help=help)
+
+
+def cli_device(device: str, cpu_only: str | None = None) -> str:
+    """``device`` checked as ``dmlkit evaluate`` checks ``--device``
+    (:func:`~dmlkit.training.device.check_device`), as its torch name; a ``ValueError``
+    for a name that is no usable device here. ``cpu_only``, when given, names the command
+    whose run's model embeds on the CPU only: another device is then refused, never
+    silently ignored."""
+    from dmlkit.training.device import check_device
+
+    dev = check_device(device, "--device")
+    if cpu_only is not None and dev.type != "cpu":
+        raise ValueError(f"--device {device}: {cpu_only} embeds with the run's model on the "
+                         "CPU only; give --device cpu (or leave it out)")
+    return str(dev)
+
+
 def cli_metric(metric: str, option: str = "--metric") -> str:
     """``metric`` as ``"cosine"``, ``"euclidean"`` or ``"dot"``: the names and aliases
     ``dmlkit evaluate`` takes (:func:`~dmlkit.functional.retrieval.canonical_metric`:
@@ -87,5 +113,6 @@ def check_detector_options(contamination: float | None, k: int | None) -> None:
     check_count(k, "--k", "neighbours of the knn score")
 
 
-__all__ = ["METRIC_HELP", "check_count", "check_detector_options", "check_identify_options",
-           "check_rate", "check_verify_options", "cli_metric", "metric_option"]
+__all__ = ["DEVICE_HELP", "METRIC_HELP", "check_count", "check_detector_options",
+           "check_identify_options", "check_rate", "check_verify_options", "cli_device",
+           "cli_metric", "device_option", "metric_option"]

@@ -8,6 +8,7 @@ from typing import Any
 import typer
 
 from dmlkit._checks import is_number_text
+from dmlkit.cli._recognition_options import device_option
 
 #: the array of --data that marks its anomalous rows (1 anomaly, 0 normal) by default;
 #: another one (class labels are not anomaly marks) only when named with --truth-key
@@ -248,6 +249,7 @@ def register(app: typer.Typer) -> None:
                                   "this directory (reuse it with --detector)."),
         detector: Path = typer.Option(None, "--detector", help="Score with a detector saved "
                                       "by --save instead of fitting one on --normal."),
+        device: str = device_option(),
     ) -> None:
         """Score how anomalous each row of --data is, relative to --normal.
 
@@ -267,11 +269,13 @@ def register(app: typer.Typer) -> None:
         from dmlkit.apps.persistence import run_embedder
         from dmlkit.cli._outputs import check_output_path
         from dmlkit.cli._recognition_data import data_model
-        from dmlkit.cli._recognition_options import check_detector_options
+        from dmlkit.cli._recognition_options import check_detector_options, cli_device
         from dmlkit.evaluation import write_json
         from dmlkit.index.provenance import check_same_model
 
         try:
+            cli_device(device, None if run_dir is None and detector is None
+                       else "dmlkit detect-anomalies")
             if (normal is None) == (detector is None):
                 raise ValueError("pass --normal (data to fit a detector on) or --detector (a "
                                  "saved one), not both or neither")

@@ -35,7 +35,7 @@ from dmlkit.cli._recognition_data import (
     split_pairs,
     split_rows,
 )
-from dmlkit.cli._recognition_options import cli_metric, metric_option
+from dmlkit.cli._recognition_options import cli_device, cli_metric, device_option, metric_option
 
 ERRORS = (FileNotFoundError, FileExistsError, ValueError, TypeError, KeyError, ImportError,
           NotImplementedError)
@@ -99,6 +99,7 @@ def register(app: typer.Typer) -> None:
                                  "and the bootstrap."),
         out: Path = typer.Option(Path("verify.json"), "--out", "-o"),
         save: Path = typer.Option(None, "--save", help="Also save the fitted Verifier here."),
+        device: str = device_option(),
     ) -> None:
         """Fit a same/different threshold and report EER, TAR@FAR (95% intervals), AUC."""
         import numpy as np
@@ -110,10 +111,11 @@ def register(app: typer.Typer) -> None:
         from dmlkit.index.provenance import check_same_model
         from dmlkit.training.rng import check_seed
 
-        reader = DataReader(run_dir, x_key, labels_key)
         split: dict[str, Any] = {}
         try:
             check_seed(seed, "--seed")  # (the seed rule of every command)
+            device = cli_device(device, None if run_dir is None else "dmlkit verify")
+            reader = DataReader(run_dir, x_key, labels_key, device)
             metric = cli_metric(metric)
             check_verify_options(target_far, calibration, max_pairs, bootstrap)
             _check_out(out, run_dir, {"--data": data, "--calibrate": calibrate,
@@ -185,6 +187,7 @@ def register(app: typer.Typer) -> None:
                                        "of one identity and camera."),
         out: Path = typer.Option(Path("identify.json"), "--out", "-o"),
         save: Path = typer.Option(None, "--save", help="Also save the fitted Identifier here."),
+        device: str = device_option(),
     ) -> None:
         """Enroll a gallery, identify queries, reject unknowns: CMC, mAP, DIR@FAR."""
         import numpy as np
@@ -194,9 +197,10 @@ def register(app: typer.Typer) -> None:
         from dmlkit.cli._recognition_options import check_identify_options
         from dmlkit.index.provenance import check_same_model
 
-        reader = DataReader(run_dir, x_key, labels_key)
         reid = None
         try:
+            device = cli_device(device, None if run_dir is None else "dmlkit identify")
+            reader = DataReader(run_dir, x_key, labels_key, device)
             metric = cli_metric(metric)
             check_identify_options(mode, index, nprobe, ef_search,
                                    None if closed_set else target_far, multi_shot)
@@ -270,6 +274,8 @@ def register(app: typer.Typer) -> None:
                                                     "--episodes"),
         seed: int = typer.Option(0, "--seed", help="Seed of the episodes."),
         out: Path = typer.Option(Path("fewshot.json"), "--out", "-o"),
+        device: str = device_option("Device of the run's model: cpu, or cuda with "
+                                    "--episodes (--support and --query embed on cpu only)."),
     ) -> None:
         """Classify queries from a support set, or report N-way K-shot episode accuracy."""
         import numpy as np
@@ -291,6 +297,9 @@ def register(app: typer.Typer) -> None:
         try:
             check_seed(seed, "--seed")  # (the seed rule of every command)
             check_sources(support, query, episodes_data)
+            device = cli_device(device, None if run_dir is None or episodes_data is not None
+                                else "dmlkit fewshot --support/--query")
+            reader = DataReader(run_dir, x_key, labels_key, device)
             ways, shots, n_episodes, n_query = episode_settings(
                 episodes_data, ways, shots, n_episodes, n_query)
             metric = cli_metric(metric)
@@ -302,14 +311,12 @@ def register(app: typer.Typer) -> None:
             way_list, shot_list = check_ways(ways, shots)  # all read before any runs
             check_episodes(n_episodes, "--n-episodes")
             if episodes_data is not None:
-                from dmlkit.apps.embedding import embed_inputs
                 from dmlkit.cli._fewshot_checks import check_episode_sizes
 
-                x, y, _ = DataReader(run_dir, x_key, labels_key).read(episodes_data,
-                                                                   "--episodes")
+                x, y, _ = reader.read(episodes_data, "--episodes")
                 refuse_unknown(y, f"--episodes {episodes_data}")
                 check_episode_sizes(y, way_list, shot_list, n_query, episodes_data)
-                x = embed_inputs(embedder, x).numpy()  # once for every setting
+                x = reader.embed(x)  # once for every setting, on --device
                 clf.set_params(embedder=None)
                 for n in way_list:
                     for k in shot_list:
@@ -320,7 +327,6 @@ def register(app: typer.Typer) -> None:
                         typer.echo(f"{n}-way {k}-shot: {r['accuracy']:.4f} " + (
                             f"± {ci:.4f} (95% CI, {e} episodes)" if ci == ci else "(1 episode)"))
             else:
-                reader = DataReader(run_dir, x_key, labels_key)
                 xs, ys, a_s = reader.read(support, "--support")
                 xq, yq, aq = reader.read(query, "--query")
                 check_same_model(support, query, "--support and --query")

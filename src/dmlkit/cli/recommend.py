@@ -181,7 +181,7 @@ def evaluate(
     min_rating: float = typer.Option(None, "--min-rating",
                                      help="Keep ratings >= this (default: the value the "
                                           "model was trained with)."),
-    k: int = typer.Option(10, "-k", help="Cut-off (at most the catalogue's size: a larger "
+    k: int = typer.Option(10, "--k", "-k", help="Cut-off (at most the catalogue's size: a larger "
                           "one is lowered to it, with a note)."),
     out: Path = typer.Option(None, "--out", "-o", help="JSON file (default MODEL_DIR.json; "
                              "never the --data file or a file inside a saved model)."),
@@ -257,7 +257,7 @@ def evaluate(
 def top(
     model_dir: Path = typer.Argument(..., help="Directory written by 'recommend train'."),
     user: list[str] = typer.Option(..., "--user", "-u", help="User id (repeatable)."),
-    k: int = typer.Option(10, "-k"),
+    k: int = typer.Option(10, "--k", "-k", help="Items per user."),
 ) -> None:
     """The top-k unseen items of each user, nearest first."""
     from dmlkit.apps import CMLRecommender

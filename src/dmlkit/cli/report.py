@@ -13,6 +13,7 @@ import typer
 
 from dmlkit.cli._errors import one_line
 from dmlkit.cli._outputs import check_output_file, check_output_folder, check_outside_saved
+from dmlkit.cli._recognition_options import device_option
 
 ITEM_HELP = ("heldout:N or train:N (row N of the run's data), or a .npy file of one item "
              "(FILE.npy:N for row N of a file of several).")
@@ -234,10 +235,12 @@ def register(app: typer.Typer) -> None:
                                       "verification and per-class results of at most this "
                                       "many held-out items (a random sample of them when "
                                       "there are more; at least 20)."),
+        device: str = device_option(),
     ) -> None:
         """One self-contained HTML report: curves, map, gallery, verification, per class."""
         import importlib.util
 
+        from dmlkit.cli._recognition_options import cli_device
         from dmlkit.report import collect, write_report
         from dmlkit.report.collect import MIN_ITEMS, check_projection
         from dmlkit.report.html import check_report_path
@@ -246,6 +249,7 @@ def register(app: typer.Typer) -> None:
 
         target = out or run_dir / "report.html"
         try:  # everything that can be checked before the work
+            cli_device(device, "dmlkit report")
             check_run_dir(run_dir)  # (before the default --out inside it)
             check_projection(projection)
             if max_items < MIN_ITEMS:  # (collect's rule, with the option's name)
@@ -298,12 +302,15 @@ def register(app: typer.Typer) -> None:
                                    "similarity explained and the nearest centroids' "
                                    "measure (default: the run's metric, euclidean, as "
                                    "dmlkit report and evaluate measure it)."),
+        device: str = device_option(),
     ) -> None:
         """Which parts of A and B drive their similarity (integrated gradients, occlusion)."""
         from dmlkit.cli._explain_figures import explain_metric
+        from dmlkit.cli._recognition_options import cli_device
         from dmlkit.runs.export import is_text_run
 
         try:
+            device = cli_device(device, "dmlkit explain")
             _check_output_folder(out, "--out", run_dir, "explain")  # never the run itself
             for name, value in (("--steps", steps), ("--patch", patch), ("--stride", stride)):
                 if value is not None and value < 1:
@@ -313,7 +320,7 @@ def register(app: typer.Typer) -> None:
             metric = explain_metric(metric)
             if is_text_run(run_dir):
                 raise ValueError(TEXT_EXPLAIN)
-            _, lines = _explain(run_dir, a, b, out, steps, patch, stride, metric)
+            _, lines = _explain(run_dir, a, b, out, steps, patch, stride, metric, device)
         except (ValueError, TypeError, OSError) as err:
             typer.echo(f"error: {one_line(err)}", err=True)
             raise typer.Exit(1) from None
@@ -342,10 +349,11 @@ def _check_stride(patch: int, stride: int) -> None:
 
 
 def _explain(run_dir: Path, a: str, b: str, out: Path, steps: int, patch: int | None,
-             stride: int | None, metric: str = "euclidean") -> tuple[dict[str, Any], list[str]]:
+             stride: int | None, metric: str = "euclidean",
+             device: str = "cpu") -> tuple[dict[str, Any], list[str]]:
     """Compute and write the explanation of ``a`` and ``b`` under ``metric`` (the
-    similarity explained, the nearest centroids' measure); the summary and the lines to
-    print."""
+    similarity explained, the nearest centroids' measure), with the run's model on
+    ``device``; the summary and the lines to print."""
     import json
 
     import torch
@@ -364,7 +372,7 @@ def _explain(run_dir: Path, a: str, b: str, out: Path, steps: int, patch: int | 
     from dmlkit.runs import build_splits, embed, load_run
     from dmlkit.runs.queries import run_input_spec
     say = _Progress("explain")
-    run = load_run(run_dir, metrics=False)  # (never shown: a damaged metrics.json is no matter)
+    run = load_run(run_dir, device, metrics=False)  # (a damaged metrics.json is no matter)
     standing_in = weights_note(run_dir, "this explanation", run.weights)
     if standing_in is not None:
         typer.echo(f"note: {standing_in}", err=True)
@@ -424,7 +432,7 @@ def _explain(run_dir: Path, a: str, b: str, out: Path, steps: int, patch: int | 
         typer.echo(f"note: no nearest training class centroids: {one_line(err)}", err=True)
     else:
         say(f"embedding {len(train.labels)} training items")
-        ref, _ = embed(run.model, train.x)  # once, for both items
+        ref, _ = embed(run.model, train.x, device=device)  # once, for both items
         for side, x in (("a", xa), ("b", xb)):
             protos[side] = [{**p, "name": _class_name(p["label"], train.class_names)}
                             for p in nearest_prototypes(run.model, x, None, train.labels,

@@ -158,6 +158,8 @@ def torch_load(path: str | Path, map_location: str | torch.device = "cpu",
     if not path.is_file():
         raise FileNotFoundError(f"no file at {path}")
     size = path.stat().st_size
+    if isinstance(map_location, (str, torch.device)) and torch.device(map_location).type == "cpu":
+        map_location = "cpu"  # (torch cannot restore onto an indexed "cpu:0")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # (junk bytes reach the unpickler as KeyError, IndexError, ...)
