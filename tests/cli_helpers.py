@@ -24,3 +24,19 @@ def only_error_line(res: Any, *words: str) -> str:
     line = error_line(res, *words)
     assert [s for s in res.stderr.splitlines() if s.strip()] == [line], res.stderr
     return line
+
+
+#: a small interactions table (user, item, rating, time): 5 users x 4 of 6 items
+INTERACTIONS = "".join(f"u{u},i{(u + t) % 6},{1 + (u * t) % 5},{t}\n"
+                       for u in range(5) for t in range(4))
+
+
+def trained_recommender(runner: Any, app: Any, tmp_path: Any) -> tuple[Any, Any]:
+    """``(data file, model directory)`` of ``dmlkit recommend train`` on
+    :data:`INTERACTIONS` (1 epoch, 4-d)."""
+    data = tmp_path / "t.csv"
+    data.write_text(INTERACTIONS)
+    res = runner.invoke(app, ["recommend", "train", str(data), "--out", str(tmp_path / "m"),
+                              "--epochs", "1", "--dim", "4"])
+    assert res.exit_code == 0, res.output
+    return data, tmp_path / "m"

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_helpers import only_error_line
+from cli_helpers import INTERACTIONS, only_error_line, trained_recommender
 from typer.testing import CliRunner
 
 from dmlkit.cli.main import app
@@ -139,17 +139,12 @@ def test_device_is_checked_without_a_run(tmp_path):
     assert res.exit_code == 0, res.output
 
 
-ROWS = "".join(f"u{u},i{(u + t) % 6},{1 + (u * t) % 5},{t}\n" for u in range(5) for t in range(4))
+ROWS = INTERACTIONS
 
 
 @pytest.fixture
 def recommender(tmp_path):
-    data = tmp_path / "t.csv"
-    data.write_text(ROWS)
-    res = runner.invoke(app, ["recommend", "train", str(data), "--out", str(tmp_path / "m"),
-                              "--epochs", "1", "--dim", "4"])
-    assert res.exit_code == 0, res.output
-    return data, tmp_path / "m"
+    return trained_recommender(runner, app, tmp_path)
 
 
 @pytest.mark.parametrize("spelling", ["-k", "--k"])

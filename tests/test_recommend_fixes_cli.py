@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from cli_helpers import only_error_line
+from cli_helpers import INTERACTIONS, only_error_line, trained_recommender
 from typer.testing import CliRunner
 
 from dmlkit.apps import CMLRecommender, MetricOutlierDetector
@@ -15,7 +15,7 @@ from dmlkit.cli.main import app
 
 runner = CliRunner()
 
-ROWS = "".join(f"u{u},i{(u + t) % 6},{1 + (u * t) % 5},{t}\n" for u in range(5) for t in range(4))
+ROWS = INTERACTIONS
 
 
 _error_line = only_error_line
@@ -23,12 +23,7 @@ _error_line = only_error_line
 
 @pytest.fixture
 def trained(tmp_path):
-    data = tmp_path / "t.csv"
-    data.write_text(ROWS)
-    res = runner.invoke(app, ["recommend", "train", str(data), "--out", str(tmp_path / "m"),
-                              "--epochs", "1", "--dim", "4"])
-    assert res.exit_code == 0, res.output
-    return data, tmp_path / "m"
+    return trained_recommender(runner, app, tmp_path)
 
 
 def _evaluate(model, data, out):
