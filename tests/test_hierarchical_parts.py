@@ -65,3 +65,13 @@ def test_npz_class_names_beside_hierarchical_labels_warn_they_are_unused(tmp_pat
     with pytest.warns(UserWarning, match="'class_names' is not used"):
         data = load_npz(path)
     assert data.class_names is None
+
+
+def test_class_ids_beside_a_hierarchical_heldout_part_are_refused(tmp_path):
+    rng = np.random.default_rng(3)
+    _write_idx(tmp_path / "train-images-idx3-ubyte", rng.integers(0, 255, (8, 4, 4)))
+    _write_idx(tmp_path / "train-labels-idx1-ubyte", np.arange(8) % 2)
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte", rng.integers(0, 255, (8, 4, 4)))
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.stack([np.arange(8) % 2] * 2, 1))
+    with pytest.raises(ValueError, match="labels of one hierarchy"):
+        split_dataset({"name": "idx", "path": str(tmp_path), "heldout_part": "test"})

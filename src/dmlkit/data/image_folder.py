@@ -237,14 +237,20 @@ def class_folders(root: Path) -> list[Path]:
 def image_files(class_dir: Path) -> list[Path]:
     """The image files under one class folder, sorted; hidden files and folders skipped,
     and entries that are no files (a folder named ``x.png``). Linked sub-folders are
-    followed, each folder once (a link back to a folder already listed is not)."""
+    followed, each folder once (a link back to a folder already listed is not), except
+    links into the rest of the dataset (another class, or the dataset folder or one above
+    it), whose images would be listed under this class too."""
     found: list[Path] = []
-    seen = {os.path.realpath(class_dir)}
+    top = os.path.realpath(class_dir)
+    root = os.path.realpath(Path(class_dir).parent)
+    seen = {top}
     for folder, dirs, names in os.walk(class_dir, followlinks=True):
         keep = []
         for name in sorted(dirs):
             real = os.path.realpath(os.path.join(folder, name))
-            if not name.startswith(".") and real not in seen:
+            other_class = _inside(real, root) and not _inside(real, top)
+            if not (name.startswith(".") or real in seen or other_class
+                    or _inside(root, real)):
                 seen.add(real)
                 keep.append(name)
         dirs[:] = keep  # (os.walk descends into these only)
@@ -252,6 +258,11 @@ def image_files(class_dir: Path) -> list[Path]:
                      if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES
                      and (Path(folder) / name).is_file())
     return sorted(found)
+
+
+def _inside(path: str, folder: str) -> bool:
+    """Whether real path ``path`` is ``folder`` or lies under it."""
+    return os.path.commonpath([path, folder]) == folder
 
 
 def image_header(file: str | Path) -> tuple[tuple[int, int], bool]:

@@ -237,9 +237,16 @@ def _image_classes(cfg: DataConfig) -> ArrayDataset:
 
 
 def check_part_shapes(train: ArrayDataset, heldout: ArrayDataset, cfg: DataConfig) -> None:
-    """Refuse a held-out part (``data.heldout_part``) whose items differ in shape from
-    the training part's: a model takes one input shape, so the run would train and then
-    fail (or score inputs of another size) on the held-out part."""
+    """Refuse a held-out part (``data.heldout_part``) whose items or labels differ in
+    shape from the training part's: a model takes one input shape, so the run would train
+    and then fail (or score inputs of another size) on the held-out part, and its
+    metrics compare labels of one kind (class ids, or rows of one hierarchy)."""
+    if tuple(train.labels.shape[1:]) != tuple(heldout.labels.shape[1:]):
+        raise ValueError(
+            f"data.heldout_part {cfg.heldout_part!r} holds labels of shape "
+            f"{tuple(heldout.labels.shape[1:])} per item, but data.part {cfg.part!r} holds "
+            f"{tuple(train.labels.shape[1:])}: give both parts labels of one hierarchy "
+            "(or both one class id per item)")
     if tuple(train.x.shape[1:]) == tuple(heldout.x.shape[1:]):
         return
     raise ValueError(
@@ -248,6 +255,11 @@ def check_part_shapes(train: ArrayDataset, heldout: ArrayDataset, cfg: DataConfi
         f"items) holds items of shape {tuple(train.x.shape[1:])}; a model takes one input "
         "shape: give both parts items of one shape, or remove data.heldout_part to split "
         "the training part as data.split says")
+
+
+#: the sources read by :func:`load_dataset` that have no official parts (every part of
+#: them would be all of their items)
+PARTLESS_SOURCES = ("digits", "npz", "image_folder", "audio_folder")
 
 
 def check_part(name: str, part: str) -> None:
@@ -388,12 +400,6 @@ def _split_hierarchical(data: ArrayDataset, cfg: DataConfig, other: ArrayDataset
             "data.split 'classes' holds out (n,) class ids, but the labels are hierarchical "
             f"{tuple(data.labels.shape)}; use split: stratified (each leaf class, i.e. "
             "distinct label row, on both sides)")
-    if other is not None and tuple(other.labels.shape[1:]) != tuple(data.labels.shape[1:]):
-        raise ValueError(
-            f"data.heldout_part {cfg.heldout_part!r} holds labels of shape "
-            f"{tuple(other.labels.shape[1:])} per item, but data.part {cfg.part!r} holds "
-            f"{tuple(data.labels.shape[1:])}: give both parts labels of one hierarchy")
-
     def positions(part: ArrayDataset) -> ArrayDataset:  # the (n,) splits run on item
         return ArrayDataset(torch.arange(len(part))[:, None], leaf_ids(part.labels))  # rows
 
@@ -444,5 +450,6 @@ def describe(cfg: DataConfig) -> str:
 
 __all__ = ["data_config", "load_dataset", "split_dataset", "training_dataset",
            "check_heldout", "check_heldout_part", "check_image_size", "check_part",
-           "check_part_shapes", "check_training_data", "home_expanded", "split_part",
+           "check_part_shapes", "check_training_data", "PARTLESS_SOURCES", "home_expanded",
+           "split_part",
            "check_training_classes", "class_names", "describe", "select_classes"]

@@ -365,21 +365,30 @@ def check_resume(config: Any, out_dir: Path) -> dict[str, Any]:
 def saved_config_as_run(saved: Any) -> Any:
     """A saved run's config (its ``config.yaml``, or its checkpoint's) as the run has it:
     a copy with the model settings it lacks, having been saved before they existed, set
-    as its model had them (:func:`~dmlkit.training.build.saved_run_params`); ``saved``
-    itself when it lacks none (or names a model this dmlkit does not know, which the
-    resume reports)."""
+    as its model had them (:func:`~dmlkit.training.build.saved_run_params`), and a
+    ``data.part`` of a source without parts (read whole) set to ``"train"``; ``saved``
+    itself when neither applies (or it names a model this dmlkit does not know, which
+    the resume reports)."""
     import copy
 
+    from dmlkit.data.load import PARTLESS_SOURCES
     from dmlkit.training.build import saved_run_params
 
+    data = getattr(saved, "data", None)
+    # a part of a source without parts, saved before it was refused: that source was read
+    # whole whatever the part said, so it is read whole again
+    whole = (getattr(data, "name", None) in PARTLESS_SOURCES
+             and getattr(data, "part", "train") != "train")
     try:
         missing = saved_run_params(saved.model)
     except (ValueError, KeyError, TypeError):
-        return saved
-    if not missing:
+        missing = {}
+    if not missing and not whole:
         return saved
     saved = copy.deepcopy(saved)
     saved.model.update(missing)
+    if whole:
+        saved.data.part = "train"
     return saved
 
 
