@@ -242,3 +242,18 @@ def test_a_recording_query_points_to_embed_then_search(run_44k, tmp_path):
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["search", str(tmp_path / "idx"), "-q", str(tmp_path / "q.npz")])
     assert res.exit_code == 0, res.output
+
+
+def test_one_weak_tuple_per_batch_still_trains(tmp_path):
+    """``training.batch_size`` of a weak run counts tuples: one triplet is three items,
+    which batch norms can normalize."""
+    from pathlib import Path
+
+    shipped = Path(__file__).resolve().parents[1] / "configs" / "weak_triplets_digits.yaml"
+    config = yaml.safe_load(shipped.read_text())
+    config["training"].update(batch_size=1, epochs=1, num_threads=1, progress=False)
+    config["data"]["num_tuples"] = 20
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    res = CliRunner().invoke(app, ["train", str(path), "--out", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output

@@ -41,7 +41,8 @@ def _class_text(label: Any, names: Any) -> str:
     return f"class {_class_name(label, names)}"
 
 
-def _item(run: Any, spec: str, shape: Any, splits: Any = None) -> tuple[Any, str]:
+def _item(run: Any, spec: str, shape: Any, splits: Any = None,
+          checked: set[Path] | None = None) -> tuple[Any, str]:
     """One input of ``run``'s model, shaped as its training inputs, and its name.
 
     ``spec`` is ``heldout:N`` / ``train:N`` (a row of the run's data), ``FILE.npy`` (one
@@ -114,7 +115,10 @@ def _item(run: Any, spec: str, shape: Any, splits: Any = None) -> tuple[Any, str
     with warnings.catch_warnings():  # the range rule runs on the whole file below, so
         warnings.filterwarnings("ignore", message=".*inputs range over")  # every row of it
         item = prepare_inputs(x[None], shape, str(path))[0]  # gets one and the same hint
-    check_input_range(_file_values(whole, str(path)), shape, str(path))
+    if checked is None or path.resolve() not in checked:  # (once per file)
+        check_input_range(_file_values(whole, str(path)), shape, str(path))
+        if checked is not None:
+            checked.add(path.resolve())
     return torch.from_numpy(item), spec
 
 
@@ -384,8 +388,9 @@ def _explain(run_dir: Path, a: str, b: str, out: Path, steps: int, patch: int | 
         return cache["splits"]
 
     shape = run_input_spec(run)
-    xa, name_a = _item(run, a, shape, splits)
-    xb, name_b = _item(run, b, shape, splits)
+    checked: set[Path] = set()  # (item files whose range was checked)
+    xa, name_a = _item(run, a, shape, splits, checked)
+    xb, name_b = _item(run, b, shape, splits, checked)
     if xa.shape != xb.shape:  # (a model that resizes takes both, one at a time)
         raise ValueError(f"{name_a} has shape {tuple(xa.shape)} and {name_b} "
                          f"{tuple(xb.shape)}; explain two items of one shape")

@@ -94,6 +94,8 @@ def check_batch_of_one(trainer: Any, given_sampler: bool = False) -> None:
     size = getattr(sampler, "batch_size", None)
     if hasattr(sampler, "batch_multiple") or not isinstance(size, int) or size != 1:
         return
+    if getattr(trainer.config.data, "kind", "labels") != "labels":
+        return  # (a batch of weak pairs / triplets holds 2 / 3 items per tuple)
     if not any(p.requires_grad for p in trainer.model.parameters()) and not any(
         p.requires_grad for p in trainer.loss.parameters()
     ):
