@@ -197,15 +197,16 @@ def _raw_grey(img, color: Color, image_size: int | tuple[int, int] | None,  # no
     return (np.repeat(a, 3, axis=0) if color == "rgb" else a), span
 
 
-def folder_integer_top(spans: Sequence[tuple[float, float] | None],
+def folder_integer_top(files: Sequence[tuple[int, Path]], others: Sequence[Path],
                        root: str | Path) -> float | None:
-    """The one scale (:func:`integer_scale`) of the 32-bit integer grey images of a
-    folder, from their ``(min, max)`` pixels (``None`` entries: other images); ``None``
-    when it holds none."""
-    found = [span for span in spans if span is not None]
-    if not found:
+    """The one scale (:func:`integer_scale`) of the 32-bit integer grey images among an
+    image folder's ``files`` and ``others`` (listed, not decoded) together; ``None`` when
+    it holds none. Only those images are decoded here; the others' headers are read."""
+    spans = [span for span in map(integer_span, [f for _, f in files] + list(others))
+             if span is not None]
+    if not spans:
         return None
-    return integer_scale(min(lo for lo, _ in found), max(hi for _, hi in found), root)
+    return integer_scale(min(lo for lo, _ in spans), max(hi for _, hi in spans), root)
 
 
 def integer_span(file: str | Path) -> tuple[float, float] | None:
@@ -414,11 +415,8 @@ def read_image_folder(
         if not files:
             raise ValueError(f"keep_classes {sorted(keep)} hold no images under {root}")
     # "auto": each image in its own mode, then grey ones repeated to RGB if any is colour
-    decoded = [_decode(file, color, image_size) for _, file in files]  # (array, span)
-    # 32-bit images: one scale for the folder (the others' pixels read, not kept)
-    top = folder_integer_top([span for _, span in decoded] + [integer_span(f) for f in others],
-                             root)
-    arrays = [a if span is None else a / np.float32(top) for a, span in decoded]
+    top = folder_integer_top(files, others, root)  # (32-bit images: one scale)
+    arrays = [read_image(file, color, image_size, top) for _, file in files]
     if color == "auto" and (any(a.shape[0] == 3 for a in arrays)
                             or any(header_colour(file) for file in others)):
         arrays = [np.repeat(a, 3, axis=0) if a.shape[0] == 1 else a for a in arrays]
