@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 optuna = pytest.importorskip("optuna")
+sqlalchemy = pytest.importorskip("sqlalchemy")
 
 from dmlkit.config import Config  # noqa: E402
 from dmlkit.training import train_run  # noqa: E402
@@ -130,9 +131,12 @@ def test_resume_after_kill_9_fails_the_zombie_and_completes_the_count(tmp_path: 
     try:
         while time.time() < deadline and worker.poll() is None:
             time.sleep(0.05)
+            if not (out / "study.db").is_file():  # the worker has not started the study
+                continue
             try:
                 trials = load(tmp_path).trials
-            except KeyError:  # the worker has not created the study yet
+            except (KeyError, optuna.exceptions.StorageInternalError,
+                    sqlalchemy.exc.OperationalError):  # (nor created it yet)
                 continue
             done = [t for t in trials if t.state.name != "RUNNING"]
             running = [t for t in trials if t.state.name == "RUNNING"]

@@ -40,6 +40,7 @@ from dmlkit.tuning.space import check_parts, check_space, trial_config
 from dmlkit.tuning.storage import absolute_storage, check_storage
 from dmlkit.tuning.workers import (
     Heartbeat,
+    ask_as_worker,
     counts_toward_total,
     fail_stale_trials,
     require_optuna,
@@ -302,8 +303,7 @@ def _tune(config: Config, trials: int, out_dir: Path, url: str, name: str, resum
         guard.check()  # (between storage operations)
         if sum(map(counts_toward_total, study.get_trials(deepcopy=False))) >= trials:
             break
-        trial = study.ask()
-        trial.set_user_attr("worker", worker_id())
+        trial = ask_as_worker(study)
         earlier = [
             t for t in study.get_trials(deepcopy=False)
             if t.number < trial.number and counts_toward_total(t)

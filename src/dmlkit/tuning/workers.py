@@ -32,6 +32,33 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def ask_as_worker(study: Any) -> Any:
+    """``study.ask()`` whose trial carries this worker (``user_attrs["worker"]``) from the
+    write that creates it: a worker killed right after asking leaves no RUNNING trial
+    without its worker, which no one could tell from a live one until the grace period."""
+    optuna = require_optuna()
+    if not all(hasattr(study, a) for a in ("_storage", "_study_id", "_pop_waiting_trial_id")):
+        trial = study.ask()  # (an Optuna without these: its worker in a second write)
+        trial.set_user_attr("worker", worker_id())
+        return trial
+    local = getattr(study, "_thread_local", None)
+    if local is not None:  # (what ask() does: the sampler reads the storage afresh)
+        local.cached_all_trials = None
+    waiting = study._pop_waiting_trial_id()  # a trial enqueued by the Python API first
+    if waiting is not None:  # (already created: its worker follows in a second write)
+        trial = optuna.Trial(study, waiting)
+        trial.set_user_attr("worker", worker_id())
+        return trial
+    template = optuna.trial.FrozenTrial(
+        number=0, state=optuna.trial.TrialState.RUNNING, value=None, values=None,
+        datetime_start=datetime.datetime.now(), datetime_complete=None, params={},
+        distributions={}, user_attrs={"worker": worker_id()}, system_attrs={},
+        intermediate_values={}, trial_id=0,
+    )  # fmt: skip
+    trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
+    return optuna.Trial(study, trial_id)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
