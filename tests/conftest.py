@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-# keep the suite fast and reproducible on small CI machines
-torch.set_num_threads(int(os.environ.get("DMLKIT_TEST_THREADS", "2")))
+# keep the suite fast and reproducible on small CI machines: one thread per process when
+# pytest-xdist runs the files in several processes (one per core), else two
+_THREADS = "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2"
+torch.set_num_threads(int(os.environ.get("DMLKIT_TEST_THREADS", _THREADS)))
 
 
 @pytest.fixture
@@ -134,3 +136,17 @@ def loads_during_saves(tmp_path, writer: str, args: list, load, which, seconds: 
         stop.touch()
         out, _ = proc.communicate(timeout=60)
     return int(out.strip() or 0), loads, mixed, errors
+
+
+# the files that start torchrun jobs (two training processes each) run one after another
+# in one pytest-xdist process; every other file runs whole in one process (its
+# module-scoped fixtures built once)
+TORCHRUN_FILES = {"test_ddp6_torchrun_failures.py", "test_distributed.py",
+                  "test_offline_mining_batches.py", "test_resume_paths_distributed.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        name = item.path.name
+        item.add_marker(pytest.mark.xdist_group("torchrun" if name in TORCHRUN_FILES
+                                                else name))
