@@ -79,7 +79,9 @@ def test_a_refused_run_directory_ends_the_job_quickly(tmp_path):
     took = time.monotonic() - start
     assert res.returncode != 0 and "already holds a run" in res.stderr
     assert "forcefully exiting" not in res.stderr
-    assert took < 20, f"{took:.0f} s"
+    # a rank 1 left for the SIGKILL would take 30 s after the SIGTERM, on top of rank 0's
+    # start and refusal: under 30 s in all is the SIGTERM's work, however loaded the machine
+    assert took < 30, f"{took:.0f} s"
 
 
 @pytest.mark.filterwarnings("ignore:m_per_class with m=1")
