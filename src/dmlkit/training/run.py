@@ -11,7 +11,6 @@ raw inputs as they are under ``"baseline_unnormalized"``; the per-epoch records 
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import time
@@ -51,6 +50,7 @@ from dmlkit.training.frozen_features import FeatureData, backbone_inputs, frozen
 from dmlkit.training.heldout import METRIC_KEYS, heldout_metrics, metrics_table
 from dmlkit.training.optim import check_warmup
 from dmlkit.training.positives import warn_single_items
+from dmlkit.training.resumed_session import earlier_seconds, retire_finished_outputs
 from dmlkit.training.rng import check_seed
 from dmlkit.training.run_dir import (
     check_resume,
@@ -86,7 +86,8 @@ class Run:
 
 @dataclass
 class RunResult:
-    """What :func:`train_run` produced."""
+    """What :func:`train_run` produced; ``seconds`` (``train_seconds`` in the metrics) is
+    the run's total training time, a resumed run's earlier sessions included."""
 
     run_dir: Path
     metrics: dict[str, Any]
@@ -357,12 +358,15 @@ def _train_labelled(config: Config, out_dir: Path, checkpoint: dict[str, Any] | 
            if config.training.val_classes is not None else "")
     )
     warn_single_items(trainer, train.labels)
+    start -= earlier_seconds(checkpoint)  # (the total: before fit empties the checkpoint)
+    if is_main_process():  # new epochs outdate a finished run's model.pt and metrics.json
+        retire_finished_outputs(out_dir, checkpoint, resolved.training.epochs)
     history = trainer.fit(resume=resume, checkpoint=checkpoint)
     if not is_main_process():  # rank 0 writes the weights and metrics
         return RunResult(out_dir, {}, history, time.perf_counter() - start)
     atomic_save(trainer.model.state_dict(), out_dir / MODEL_FILE)
     metrics = heldout_metrics(trainer.model, heldout, device=trainer.device, log=log)
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - start  # (with the epochs of earlier sessions)
     metrics["train_seconds"] = round(seconds, 2)
     if val is not None:  # the per-epoch validation curve and the epoch kept
         best = scored_best(trainer)
@@ -375,7 +379,9 @@ def _train_labelled(config: Config, out_dir: Path, checkpoint: dict[str, Any] | 
             "best_map_at_r": best[0] if best else None,
         }
     metrics["history"] = history
-    atomic_write_text(json.dumps(metrics, indent=2) + "\n", out_dir / METRICS_FILE)
+    from dmlkit.evaluation.evaluate import write_json
+
+    write_json(metrics, out_dir / METRICS_FILE)  # (atomic; an undefined metric is null)
     return RunResult(out_dir, metrics, history, seconds)
 
 

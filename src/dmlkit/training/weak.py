@@ -47,6 +47,7 @@ from dmlkit.training.build import resolve_config
 from dmlkit.training.checkpoint import atomic_save, atomic_write_text
 from dmlkit.training.checks import check_patience
 from dmlkit.training.data_fingerprint import LazyFingerprint, check_resume_data
+from dmlkit.training.resumed_session import earlier_seconds, retire_finished_outputs
 from dmlkit.training.run import (
     CONFIG_FILE,
     METRICS_FILE,
@@ -361,6 +362,9 @@ def train_weak_run(
         if fresh:
             shutil.rmtree(out_dir, ignore_errors=True)
         raise
+    start -= earlier_seconds(checkpoint)  # (the total: before fit empties the checkpoint)
+    # new epochs outdate a finished run's model.pt and metrics.json
+    retire_finished_outputs(out_dir, checkpoint, resolved.training.epochs)
     history = trainer.fit(resume=resume, checkpoint=checkpoint)
     atomic_save(trainer.model.state_dict(), out_dir / MODEL_FILE)
     if splits.heldout is not None:
@@ -373,7 +377,7 @@ def train_weak_run(
             warnings.simplefilter("ignore", UserWarning)
             metrics["baseline"] = tuple_metrics(None, held, distance)
         metrics["num_tuples"] = len(held)
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - start  # (with the epochs of earlier sessions)
     metrics["train_seconds"] = round(seconds, 2)
     if splits.val is not None:  # the per-epoch validation curve and the epoch kept
         best = scored_best(trainer)
