@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,8 @@ def register(app: typer.Typer) -> None:
     @app.command("serve", help=(
         "Serve /embed, /search, /verify, /identify, /items, /health and /metrics.\n\n"
         f"SIGTERM or Ctrl-C stops it: requests in flight get up to {GRACEFUL_SHUTDOWN_S} "
-        "seconds to finish, then the index is checkpointed."))
+        "seconds to finish, then the index is checkpointed (exit status 130 after Ctrl-C, 0 "
+        "after SIGTERM)."))
     def serve(
         run: Path = typer.Option(None, "--run", help="Run directory (its model embeds inputs "
                                  "with torch; not with --onnx)."),
@@ -56,7 +58,7 @@ def register(app: typer.Typer) -> None:
             check_settings(port=port, max_batch=max_batch, max_k=max_k, max_body_mb=max_body_mb,
                            rate=rate, burst=burst, checkpoint_every=checkpoint_every,
                            verify_threshold=verify_threshold,
-                           identify_threshold=identify_threshold)
+                           identify_threshold=identify_threshold, verifier=verifier)
             import uvicorn
 
             from dmlkit.service import (
@@ -114,6 +116,8 @@ def register(app: typer.Typer) -> None:
             except RuntimeError as err:  # InconsistentIndexError: nothing corrupt is saved
                 typer.echo(f"error: {err}", err=True)
                 raise typer.Exit(1) from None
+        if server.started and signal.SIGINT in server.signals:  # Ctrl-C, after a clean stop
+            raise typer.Exit(130)
         if not server.started:
             if interrupted:
                 raise typer.Exit(130)
@@ -128,9 +132,14 @@ def register(app: typer.Typer) -> None:
 def check_settings(*, port: int, max_batch: int, max_body_mb: float, rate: float,
                    max_k: int = 1000,
                    burst: int, checkpoint_every: int, verify_threshold: float | None,
-                   identify_threshold: float | None) -> None:
+                   identify_threshold: float | None, verifier: Path | None = None) -> None:
     """Refuse ``dmlkit serve`` settings under which the server could not listen or would
-    refuse every request, with a one-line ``ValueError`` naming the option."""
+    refuse every request, or that contradict each other, with a one-line ``ValueError``
+    naming the option."""
+    if verifier is not None and verify_threshold is not None:
+        raise ValueError("--verify-threshold would be ignored with --verifier (the verifier "
+                         "decides with the threshold it was fitted with): drop "
+                         "--verify-threshold, or drop --verifier to use it")
     if not 0 <= port <= 65535:
         raise ValueError(f"--port must be 0..65535 (0 picks a free port), got {port}")
     from dmlkit.service.limits import (  # the service's own rules, under the option names
@@ -161,6 +170,12 @@ def _server(uvicorn: Any, application: Any, host: str, port: int,
     (``server.started``), with the port it bound (``--port 0`` picks a free one)."""
 
     class _Server(uvicorn.Server):
+        signals: list[int]  # the signals that stopped it (SIGINT: Ctrl-C)
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            self.signals.append(sig)
+            super().handle_exit(sig, frame)
+
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets)
             if self.started:
@@ -169,5 +184,7 @@ def _server(uvicorn: Any, application: Any, host: str, port: int,
                 at = bound[0][1] if bound else port
                 announce(f"http://{host}:{at}")
 
-    return _Server(uvicorn.Config(application, host=host, port=port, log_level="warning",
-                                  timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S))
+    server = _Server(uvicorn.Config(application, host=host, port=port, log_level="warning",
+                                    timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S))
+    server.signals = []
+    return server

@@ -1,18 +1,19 @@
 """The HTTP service: embed, search, verify, identify and manage items of one index.
 
 Every route but ``/health`` needs an API key (``Authorization: Bearer KEY`` or
-``X-API-Key: KEY``) and is rate limited per key; that includes the OpenAPI schema
-(``GET /openapi.json``), and there is no browsable ``/docs`` page (a browser cannot send
-the key). Bodies, batches and responses (rows times ``k`` hits) are bounded; every bad
-request is a 4xx with a message (never an echo of a large input) and the server keeps
-serving. Bodies are JSON and must say so (``Content-Type: application/json``; else a 415
-that says it). The index and the verifier must belong to the served model
-(:mod:`dmlkit.service.provenance`): the service refuses to start otherwise.
+``X-API-Key: KEY``), checked from the headers before any of the body is read (without
+a key, a request is a 401 whatever its body), and is rate limited per key; that includes
+the OpenAPI schema (``GET /openapi.json``), and there is no browsable ``/docs`` page (a
+browser cannot send the key). Bodies, batches and responses (rows times ``k`` hits) are
+bounded; every bad request is a 4xx with a message (never an echo of a large input) and
+the server keeps serving. Bodies are JSON and must say so (``Content-Type:
+application/json``; else a 415 that says it). The index and the verifier must belong to
+the served model (:mod:`dmlkit.service.provenance`): the service refuses to start
+otherwise.
 """
 
 from __future__ import annotations
 
-import math
 import re
 import time
 from dataclasses import dataclass
@@ -20,19 +21,29 @@ from typing import Annotated, Any
 
 import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from dmlkit.service.body_limit import BodyLimit
-from dmlkit.service.errors import metadata_problem, validation_detail
+from dmlkit.service.errors import (
+    ECHO_CHARS,
+    MAX_ROWS_DEPTH,
+    TOO_DEEP,
+    depth_over,
+    echo,
+    metadata_problem,
+    validation_detail,
+)
 from dmlkit.service.limits import check_at_least_one, check_rate, check_threshold
 from dmlkit.service.metrics import Metrics
 from dmlkit.service.openapi import API_KEY_HEADER, BEARER, refusals
 from dmlkit.service.provenance import VerifierScorer, check_index_source
-from dmlkit.service.security import ApiKeys, RateLimiter
+from dmlkit.service.security import DIGEST, UNAUTHORIZED, ApiKeys, KeyGate, RateLimiter
 from dmlkit.service.store import DurableIndex
 
 
@@ -70,11 +81,14 @@ class Batch(BaseModel):
     embeddings: Annotated[list[list[Any]], Field(fail_fast=True)] | None = None
 
 
-K_DOC = "neighbours per query: at most the service's limit (--max-k; 1000 by default)"
+#: neighbours per query of a search that leaves ``k`` out (the limit, where it is lower)
+DEFAULT_K = 5
+K_DOC = ("neighbours per query: at most the service's limit (--max-k; 1000 by default); "
+         f"left out, {DEFAULT_K} or the limit where it is lower")
 
 
 class SearchRequest(Batch):
-    k: StrictInt = Field(5, ge=1, description=K_DOC)  # not true, 5.0 or "5"
+    k: StrictInt = Field(DEFAULT_K, ge=1, description=K_DOC)  # not true, 5.0 or "5"
 
 
 class ItemsRequest(Batch):
@@ -103,6 +117,7 @@ def create_app(store: DurableIndex, keys: ApiKeys, embedder: Any = None,
                   "learned metric.", version="1", docs_url=None, redoc_url=None,
                   openapi_url=None)  # the schema is served below, behind the key
     metric = store.index.metric
+    default_k = min(DEFAULT_K, cfg.max_k)
     if embedder is not None and int(embedder.dim) != store.index.dim:
         raise ValueError(f"the model embeds into {embedder.dim} dimensions but the index holds "
                          f"{store.index.dim}-dimensional vectors: build the index with this "
@@ -123,18 +138,11 @@ def create_app(store: DurableIndex, keys: ApiKeys, embedder: Any = None,
     def auth(request: Request,
              _bearer: HTTPAuthorizationCredentials | None = Depends(BEARER),
              _header: str | None = Depends(API_KEY_HEADER)) -> bytes:
-        # (the two security dependencies put the key in the schema; it is read here)
-        header = request.headers.get("authorization", "")
-        key = header[7:].strip() if header.lower().startswith("bearer ") else None
-        key = key or request.headers.get("x-api-key")
-        digest = keys.check(key)
+        # (the two security dependencies put the key in the schema; the key and its rate
+        # limit were checked from the headers by the KeyGate, before the body was read)
+        digest = request.scope.get(DIGEST)
         if digest is None:
-            raise HTTPException(401, "missing or wrong API key (Authorization: Bearer KEY)",
-                                headers={"WWW-Authenticate": "Bearer"})
-        wait = limiter.take(digest)
-        if wait > 0:
-            raise HTTPException(429, "rate limit exceeded for this key; retry later",
-                                headers={"Retry-After": str(max(1, math.ceil(wait)))})
+            raise HTTPException(401, UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
         return digest
 
     def vectors(batch: Batch, what: str = "") -> np.ndarray:
@@ -156,17 +164,25 @@ def create_app(store: DurableIndex, keys: ApiKeys, embedder: Any = None,
                                 "takes numeric rows" + ("" if embedder is None else
                                 f" of {embedder.n_features} values") + "; send a list of rows "
                                 "of numbers, or serve a text run")
+        field = "inputs" if batch.inputs is not None else "embeddings"
+        too_deep = HTTPException(422, f"{what}{field} nest lists more than {MAX_ROWS_DEPTH} "
+                                 "levels deep; send rows of numbers (flat, or shaped as the "
+                                 "model's input)")
+        if _first_depth(rows) > MAX_ROWS_DEPTH:
+            raise too_deep
         found, bad = _non_number(rows)
         if found:
             raise HTTPException(422, f"{what}rows must hold numbers only; found "
-                                f"{type(bad).__name__} {bad!r} (send numbers, not strings or "
-                                "booleans)")
+                                f"{type(bad).__name__} {echo(bad)} (send numbers, not strings "
+                                "or booleans)")
         try:
             x = np.asarray(rows, dtype=np.float64)
         except OverflowError:  # a JSON integer of hundreds of digits
             raise HTTPException(422, f"{what}a number is too large for a 64-bit float; send "
                                 "numbers of at most about 1e308") from None
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, RecursionError):
+            if depth_over(rows, MAX_ROWS_DEPTH):  # (a ragged row nested deep)
+                raise too_deep from None
             raise HTTPException(422, f"{what}rows must be equal-length numbers") from None
         if not np.isfinite(x).all():
             raise HTTPException(422, f"{what}NaN or infinite values")
@@ -245,6 +261,7 @@ def create_app(store: DurableIndex, keys: ApiKeys, embedder: Any = None,
         schema = app.openapi()  # (built once, then kept)
         k = schema["components"]["schemas"]["SearchRequest"]["properties"]["k"]
         k["maximum"] = cfg.max_k  # this service's bound; a larger k gets the message below
+        k["default"] = default_k
         for operation in (op for path in schema["paths"].values() for op in path.values()):
             for code, answer in operation["responses"].items():
                 content = answer.get("content", {})  # refusals are JSON on a text route too
@@ -265,14 +282,15 @@ def create_app(store: DurableIndex, keys: ApiKeys, embedder: Any = None,
 
     @app.post("/search", responses=refusals(413, 415, 422))
     def search(req: SearchRequest, _: bytes = Depends(auth)) -> dict[str, Any]:
-        if req.k > cfg.max_k:
-            raise HTTPException(422, f"k={req.k} is over the limit of {cfg.max_k}")
+        k = req.k if "k" in req.model_fields_set else default_k
+        if k > cfg.max_k:
+            raise HTTPException(422, f"k={k} is over the limit of {cfg.max_k}")
         rows = req.inputs if req.inputs is not None else req.embeddings
-        if rows and len(rows) * req.k > cfg.max_results:
-            raise HTTPException(413, f"{len(rows)} rows times k={req.k} is "
-                                f"{len(rows) * req.k} hits; one response holds at most "
+        if rows and len(rows) * k > cfg.max_results:
+            raise HTTPException(413, f"{len(rows)} rows times k={k} is "
+                                f"{len(rows) * k} hits; one response holds at most "
                                 f"{cfg.max_results}: send fewer rows or a smaller k")
-        scores, ids, meta = store.search(vectors(req), req.k)
+        scores, ids, meta = store.search(vectors(req), k)
         results = [[{"id": int(i), "score": float(s), "metadata": m}
                     for s, i, m in zip(srow, irow, mrow, strict=True) if i >= 0]
                    for srow, irow, mrow in zip(scores, ids, meta, strict=True)]
@@ -292,7 +310,7 @@ def create_app(store: DurableIndex, keys: ApiKeys, embedder: Any = None,
         try:
             ids = store.add(x, payloads=req.metadata, labels=req.labels)
         except ValueError as err:  # the index refused these items before keeping any
-            raise HTTPException(422, str(err)) from None
+            raise HTTPException(422, str(err)[:2 * ECHO_CHARS]) from None
         return {"ids": ids.tolist()}
 
     @app.delete("/items/{item_id}", responses=refusals(404, 409, 422))
@@ -352,12 +370,29 @@ def create_app(store: DurableIndex, keys: ApiKeys, embedder: Any = None,
                                 status_code=415)
         return JSONResponse({"detail": validation_detail(err.errors())}, status_code=422)
 
-    def refused_body(scope: dict, seconds: float) -> None:  # a 413 the app never saw
-        route = next((r for r in app.router.routes
-                      if r.matches(scope)[0] == Match.FULL), None)
-        metrics.observe(getattr(route, "path", "unmatched"), 413, seconds)
+    @app.exception_handler(StarletteHTTPException)
+    async def refused(request: Request, err: StarletteHTTPException) -> Any:
+        if err.status_code == 400 and isinstance(err.__cause__, RecursionError):
+            # (a body nested deeper than the JSON parser follows: not a server error)
+            return JSONResponse({"detail": TOO_DEEP}, status_code=422)
+        return await http_exception_handler(request, err)
 
-    return BodyLimit(app, cfg.max_body_bytes, refused_body)  # type: ignore[return-value]
+    def route_of(scope: dict) -> Any:
+        """The route ``scope`` asks for (the path matches; the method may not), or None."""
+        return next((r for r in app.router.routes
+                     if r.matches(scope)[0] != Match.NONE), None)
+
+    def needs_key(scope: dict) -> bool:
+        route = route_of(scope)
+        return route is not None and getattr(route, "path", None) != "/health"
+
+    def refused_early(scope: dict, status: int, seconds: float) -> None:
+        # (a 401, 429 or 413 the app never saw)
+        metrics.observe(getattr(route_of(scope), "path", "unmatched"), status, seconds)
+
+    limited = BodyLimit(app, cfg.max_body_bytes,
+                        lambda scope, seconds: refused_early(scope, 413, seconds))
+    return KeyGate(limited, keys, limiter, needs_key, refused_early)  # type: ignore[return-value]
 
 
 NUMBER_TYPES = frozenset({int, float})
@@ -384,6 +419,16 @@ def _is_json(content_type: str) -> bool:
     media = content_type.split(";", 1)[0].strip().lower()
     return media == "application/json" or (media.startswith("application/")
                                            and media.endswith("+json"))
+
+
+def _first_depth(rows: list[Any]) -> int:
+    """How deep lists nest along the first element of each level (a batch of flat rows:
+    2), counted without recursion and no deeper than one level past the limit."""
+    depth, item = 0, rows
+    while isinstance(item, list) and depth <= MAX_ROWS_DEPTH:
+        depth += 1
+        item = item[0] if item else None
+    return depth
 
 
 def _non_number(rows: list[Any]) -> tuple[bool, Any]:

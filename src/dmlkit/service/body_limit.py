@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -31,7 +32,14 @@ class BodyLimit:
         chunks: list[bytes] = []
         seen, more = 0, True
         while more:
-            message = await receive()
+            try:
+                message = await receive()
+            except asyncio.CancelledError:  # a stopping server gave up on this body
+                task = asyncio.current_task()
+                if task is not None:  # answered and ended here, on purpose
+                    task.uncancel()
+                await self._stopping(send)
+                return
             if message["type"] != "http.request":  # the client went away
                 break
             chunks.append(message.get("body", b""))
@@ -50,6 +58,20 @@ class BodyLimit:
             return await receive()
 
         await self.app(scope, buffered, send)
+
+    @staticmethod
+    async def _stopping(send: Any) -> None:
+        """A 503 to a client whose body had not arrived when the server stopped (the
+        request ends here, answered, so the server logs no traceback for it)."""
+        body = b'{"detail":"the server is stopping and the request body was not received; '
+        body += b'send the request again"}'
+        try:
+            await send({"type": "http.response.start", "status": 503,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"connection", b"close")]})
+            await send({"type": "http.response.body", "body": body})
+        except (OSError, RuntimeError):  # the connection is already gone
+            pass
 
     async def _reject(self, scope: dict, send: Any, start: float) -> None:
         body = f'{{"detail":"request body over {self.limit} bytes"}}'.encode()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import reprlib
 from typing import Any
 
 #: most validation errors one 422 lists (the rest are counted)
@@ -15,6 +16,23 @@ ECHO_CHARS = 200
 _PLAIN = (str, int, bool, type(None))
 #: deepest nesting of lists and objects one item's metadata may have
 MAX_METADATA_DEPTH = 32
+#: deepest nesting of lists one batch of rows may have (a batch of images: 4)
+MAX_ROWS_DEPTH = 32
+#: what a body nested deeper than the JSON parser follows is told (a 422)
+TOO_DEEP = ("the body nests lists or objects too deeply to be read; rows are lists of "
+            f"numbers (at most {MAX_ROWS_DEPTH} levels deep): flatten it")
+
+
+def echo(value: Any) -> str:
+    """``repr(value)`` cut to about :data:`ECHO_CHARS` characters (``...`` says where), so
+    a refusal that names a value never sends a large input back."""
+    text = _REPR.repr(value)
+    return text if len(text) <= ECHO_CHARS else text[:ECHO_CHARS] + "..."
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = ECHO_CHARS
+_REPR.maxlevel = 3
 
 
 def validation_detail(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -104,5 +122,5 @@ def metadata_problem(value: Any) -> str | None:
     return None
 
 
-__all__ = ["ECHO_CHARS", "MAX_METADATA_DEPTH", "SHOWN_ERRORS", "depth_over",
-           "metadata_problem", "non_finite_at", "validation_detail"]
+__all__ = ["ECHO_CHARS", "MAX_METADATA_DEPTH", "MAX_ROWS_DEPTH", "SHOWN_ERRORS", "TOO_DEEP",
+           "depth_over", "echo", "metadata_problem", "non_finite_at", "validation_detail"]
