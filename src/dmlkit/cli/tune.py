@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import typer
@@ -55,24 +60,24 @@ def tune(
     _refuse_torchrun("tune", "; to run trials in parallel, start more workers on the same "
                      "study with --resume (same config and --out, or --storage)")
     from dmlkit.cli._errors import one_line
-    from dmlkit.cli._outputs import check_output_dir
-    from dmlkit.config import load_config
-    from dmlkit.tuning import tune as run_tune
-    from dmlkit.tuning.study import default_out_dir, redact, safe_storage
 
     cfg = None
     if storage is not None and not storage.strip():
         raise _fail("--storage is empty: give a SQLAlchemy URL (e.g. sqlite:///study.db), "
                     "or leave it out for study.db in --out")
     try:
-        cfg = load_config(config)
-        out_dir = out if out is not None else default_out_dir(cfg, study, RUNS_DIR)
-        try:  # (before the folds are checked, which reads the data)
-            check_output_dir(out_dir, "--out" if out is not None else "the study folder")
-        except ValueError as err:
-            raise ValueError(f"{err} (tune writes its best.yaml, and its study.db unless "
-                             "--storage names one, into a directory): choose another "
-                             "--out") from None
+        with _ctrl_c_deferred():  # (the modules load and the config is read: seconds)
+            from dmlkit.config import load_config
+            from dmlkit.tuning import tune as run_tune
+            from dmlkit.tuning.study import default_out_dir
+
+            cfg = load_config(config)
+            out_dir = out if out is not None else default_out_dir(cfg, study, RUNS_DIR)
+            # (before the folds are checked, which reads the data)
+            _check_out(out_dir, "--out" if out is not None else "the study folder")
+            url = storage or (cfg.tune.storage if cfg.tune is not None else None)
+            if url:
+                _check_storage_folder(url, "--storage" if storage else "tune.storage")
         summary = run_tune(
             cfg, trials, out_dir, resume=resume, storage=storage, study_name=study, log=typer.echo
         )
@@ -85,6 +90,8 @@ def tune(
     except Exception as err:  # e.g. SQLAlchemy: a storage URL it cannot open
         if type(err).__module__.split(".")[0] != "sqlalchemy":
             raise
+        from dmlkit.tuning.study import redact, safe_storage
+
         url = storage or (cfg.tune.storage if cfg is not None and cfg.tune is not None
                           else None) or ""
         reason = str(getattr(err, "orig", None) or err).strip().splitlines()
@@ -103,6 +110,97 @@ def tune(
         f"best: trial {summary.best_trial}, mean fold MAP@R {summary.best_value:.4f}; "
         f"config written to {summary.best_config}"
     )
+
+
+@contextmanager
+def _ctrl_c_deferred() -> Iterator[None]:
+    """A Ctrl-C while the command loads its modules and reads its config is recorded and
+    raised as ``KeyboardInterrupt`` when the block ends (one that stopped an import
+    halfway would leave the module broken: the next import of it fails with an error
+    and a traceback of its own); a second Ctrl-C raises at once, and an error raised
+    after the first (an import it broke) is the interrupt. The trials run under
+    :class:`dmlkit.tuning.interrupt.SigintGuard` (importing it is part of the loading).
+    Outside the main thread, or where SIGINT is ignored, nothing is installed."""
+    requested = False
+
+    def record(signum: int, frame: FrameType | None) -> None:  # noqa: ARG001
+        nonlocal requested
+        if requested:
+            raise KeyboardInterrupt
+        requested = True
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.getsignal(signal.SIGINT)
+        if previous in (signal.SIG_IGN, None):
+            previous = None
+        else:
+            signal.signal(signal.SIGINT, record)
+    try:
+        yield
+    except Exception as err:
+        if requested:
+            raise KeyboardInterrupt from err
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if requested:
+        raise KeyboardInterrupt
+
+
+def _check_out(out_dir: Path, option: str) -> None:
+    """Refuse a study folder that cannot become a folder, is a run directory or a saved
+    directory (an index, a kit) or lies inside one (:func:`check_output_folder`): the
+    next save there (``dmlkit index build --out``) would delete tune's files."""
+    from dmlkit.cli._outputs import check_output_dir, check_output_folder
+    from dmlkit.runs.run_files import is_run_dir
+
+    try:
+        check_output_dir(out_dir, option)
+    except ValueError as err:
+        raise ValueError(f"{err} (tune writes its best.yaml, and its study.db unless "
+                         "--storage names one, into a directory): choose another "
+                         "--out") from None
+    if is_run_dir(out_dir):
+        raise ValueError(f"{option} {out_dir} is a run directory; its outputs would be "
+                         "written among the run's own files: give another folder (e.g. "
+                         f"{out_dir / 'tune'})")
+    check_output_folder(out_dir, option)
+
+
+def _check_storage_folder(url: str, option: str) -> None:
+    """Refuse a SQLite study file (``url``, given as ``option``) whose folder is a run
+    directory or a saved directory, or lies inside a saved directory, as
+    :func:`_check_out` refuses ``--out``; other databases pass."""
+    from dmlkit.cli._outputs import check_output_folder
+    from dmlkit.runs.run_files import is_run_dir
+
+    path = _sqlite_file(url)
+    if path is None:
+        return
+    folder = path.parent
+    what = f"the folder of {option}"
+    if is_run_dir(folder):
+        raise ValueError(f"{what} {folder} is a run directory; its outputs would be written "
+                         f"among the run's own files: give another folder (e.g. "
+                         f"{folder / 'tune' / path.name})")
+    check_output_folder(folder, what)
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite storage URL on this machine (absolute), or ``None`` for
+    another database, an in-memory one or a SQLite URI (``sqlite:///file:...``)."""
+    from urllib.parse import unquote
+
+    from dmlkit.tuning.storage import absolute_storage, in_memory
+
+    scheme, sep, _ = url.partition("://")
+    if not sep or scheme.partition("+")[0].lower() != "sqlite" or in_memory(url):
+        return None
+    _, _, rest = absolute_storage(url).partition(":///")  # sqlite:////abs/path: a file
+    database = unquote(rest.partition("?")[0])
+    return Path(database) if database.startswith("/") else None
 
 
 #: SQLAlchemy dialect -> the package its driver comes in

@@ -16,7 +16,8 @@
         training.epochs: {low: 2, high: 6}
 
 A parameter is ``{choices: [...]}`` (categorical: numbers, strings, null, or whole
-component mappings) or ``{low, high}`` with optional ``log`` and ``step`` (integers when
+component mappings; a string that is a number, as YAML leaves ``1e-3``, is that number,
+in ``when`` too) or ``{low, high}`` with optional ``log`` and ``step`` (integers when
 ``low``, ``high`` and ``step`` all are, except for a setting that takes fractional
 numbers, e.g. ``model.dropout: {low: 0, high: 0.5}``: its type says so, and it is
 sampled as ``{low: 0.0, high: 0.5}``). ``when: {path: value or [values]}`` samples it only when
@@ -34,6 +35,7 @@ from __future__ import annotations
 import copy
 import inspect
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,14 +143,32 @@ class TuneConfig:
 
 
 def _number(path: str, key: str, value: Any) -> int | float:
-    if isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
+    parsed = _parsed_number(value)
+    if parsed is not None:
+        return parsed
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"tune.space[{path!r}].{key} must be a number, got {value!r}")
     return value
+
+
+def _parsed_number(value: Any) -> float | None:
+    """The number a string holds that YAML left a string (YAML 1.1 reads ``1e-4``, without
+    a dot, as one), read as ``low`` and ``high`` are; ``None`` for anything else (a name,
+    and ``nan`` or ``inf``, which no range or choice means)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _choice_value(value: Any) -> Any:
+    """A choice (or a ``when`` value) as the config will hold it: a string that is a
+    number (:func:`_parsed_number`) becomes that number; anything else is kept."""
+    parsed = _parsed_number(value)
+    return value if parsed is None else parsed
 
 
 def _check_spec(path: str, spec: Any) -> dict[str, Any]:
@@ -184,6 +204,7 @@ def _check_spec(path: str, spec: Any) -> dict[str, Any]:
         choices = spec["choices"]
         if not isinstance(choices, list) or not choices:
             raise ValueError(f"tune.space[{path!r}].choices must be a non-empty list")
+        choices = spec["choices"] = [_choice_value(c) for c in choices]  # 1e-3: a number
         if key == "name" and any(isinstance(c, (dict, list)) for c in choices):
             hint = (f"; a {section} with its parameters is a choice of the whole "
                     f"component: {section}: {{choices: [name, {{name: ..., key: value}}]}}"
@@ -214,6 +235,10 @@ def _check_spec(path: str, spec: Any) -> dict[str, Any]:
     when = spec.get("when")
     if when is not None and not isinstance(when, dict):
         raise TypeError(f"tune.space[{path!r}].when must map paths to values, got {when!r}")
+    if when is not None:  # its values match the choices, numbers read alike
+        spec["when"] = {
+            cond: [_choice_value(v) for v in wanted] if isinstance(wanted, list)
+            else _choice_value(wanted) for cond, wanted in when.items()}
     return spec
 
 

@@ -103,7 +103,9 @@ def fingerprint(config: Config) -> str:
 
 
 def open_study(config: Config, storage: Any, study_name: str, resume: bool) -> tuple[Any, bool]:
-    """Create the study, or join it with ``resume``; ``(study, created)``."""
+    """Create the study, or join it with ``resume``; ``(study, created)``. With ``resume``
+    a study not there yet is created (workers started together all pass it), and
+    ``created`` says so: :func:`tune` then logs that no such study was found."""
     optuna = require_optuna()
     tune = config.tune
     if tune is None:
@@ -246,23 +248,24 @@ def tune(
         On Ctrl-C (SIGINT, :class:`~dmlkit.tuning.interrupt.SigintGuard`): the running
         trial ends FAIL and does not count; ``resume`` goes on with the study.
     """
-    optuna = require_optuna()
-
     if config.tune is None or not config.tune.space:
         raise ValueError("the config has no tune: section with a space to search")
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise ValueError(f"trials must be an int >= 1, got {trials!r}")
-    config = absolute_data_paths(config)  # trials and best.yaml read these files anywhere
-    out_dir = Path(out_dir)
-    url = storage or storage_url(config, out_dir)
-    check_storage(url)  # (in-memory SQLite: a study no one else sees, gone at the end)
-    url = absolute_storage(url)  # a SQLite file by its absolute path, from any directory
-    if config.tune is not None and config.tune.storage:
-        config.tune.storage = absolute_storage(config.tune.storage)
-    name = study_name_of(config, study_name)
-    check_best_owner(out_dir, name, url)  # another study's best files: refused at once
-    with SigintGuard() as guard:  # Ctrl-C: the running trial fails, the worker stops
+    # Ctrl-C: the running trial fails, the worker stops (one while optuna is imported:
+    # raised once it is, not in the middle of the import)
+    with SigintGuard() as guard:
         try:
+            optuna = require_optuna()
+            config = absolute_data_paths(config)  # trials and best.yaml read these anywhere
+            out_dir = Path(out_dir)
+            url = storage or storage_url(config, out_dir)
+            check_storage(url)  # (in-memory SQLite: a study no one else sees, gone at the end)
+            url = absolute_storage(url)  # a SQLite file by its absolute path, from anywhere
+            if config.tune is not None and config.tune.storage:
+                config.tune.storage = absolute_storage(config.tune.storage)
+            name = study_name_of(config, study_name)
+            check_best_owner(out_dir, name, url)  # another study's best files: refused
             with guard.interruptible():  # (reads the data, builds the parts: no storage)
                 _check_folds(config)  # before out_dir is made: a refused study leaves
             guard.check()  # (nothing behind, nor one a Ctrl-C during an import stopped)
@@ -295,8 +298,12 @@ def _tune(config: Config, trials: int, out_dir: Path, url: str, name: str, resum
         raise ValueError("the config has no tune: section")
     rdb = open_storage(url, tc.heartbeat_seconds)
     study, created = open_study(config, rdb, name, resume)
-    verb = "created" if created else "joined"
-    log(f"{verb} study {name!r} in {_safe(rdb)} (worker {worker_id()})")
+    if created and resume:  # (a typo of --study or --storage starts a new study too)
+        log(f"no study {name!r} in {_safe(rdb)} to resume: created study {name!r} "
+            f"(worker {worker_id()})")
+    else:
+        verb = "created" if created else "joined"
+        log(f"{verb} study {name!r} in {_safe(rdb)} (worker {worker_id()})")
     fail_stale_trials(study, 4 * tc.heartbeat_seconds, log)
     states = optuna.trial.TrialState
     while True:
