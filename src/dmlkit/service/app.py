@@ -351,7 +351,7 @@ def create_app(store: DurableIndex, keys: ApiKeys, embedder: Any = None,
     @app.post("/identify", responses=refusals(413, 415, 422))
     def identify(req: IdentifyRequest, _: bytes = Depends(auth)) -> dict[str, Any]:
         out = []
-        for s, i, label in store.nearest_labelled(vectors(req)):
+        for s, i, label in store.nearest_labelled(vectors(req), max_results=cfg.max_results):
             if i < 0:
                 out.append({"known": False, "label": None, "id": None, "score": None})
                 continue

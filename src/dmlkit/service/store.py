@@ -3,13 +3,16 @@
 Every write (add, delete) is applied to the index in memory, then appended to
 ``INDEX_DIR.wal`` as one line, flushed and fsynced *before* it is acknowledged; a write
 the index refuses (a bad label, a delete an HNSW graph cannot do) is never logged, and a
-write whose logging fails is undone. A line is ``CRC32 JSON`` of the record, so a line
-torn by a crash is recognised and dropped on replay (it was never acknowledged); a record
-that cannot be applied on replay is skipped with a warning instead of stopping the
-service from starting. Every ``checkpoint_every`` writes, and on shutdown, the index is saved
-atomically (:meth:`~dmlkit.index.BaseIndex.save`) and the log emptied. Replay is
-idempotent (an add whose ids are present, or a delete of absent ids, is skipped), so a
-crash between the checkpoint and the log truncation loses and duplicates nothing.
+write whose logging fails is undone. A line is ``CRC32 JSON`` of the record
+(:mod:`dmlkit.service.wal`), so a last line torn by a crash is recognised and dropped on
+replay (it was never acknowledged), while a bad record with records after it stops the
+start (:class:`~dmlkit.service.wal.CorruptLogError`, the log left as it is) rather than
+losing the acknowledged writes after it; a record that cannot be applied on replay is
+skipped with a warning instead of stopping the service from starting. Every
+``checkpoint_every`` writes, and on shutdown, the index is saved atomically
+(:meth:`~dmlkit.index.BaseIndex.save`) and the log emptied. Replay is idempotent (an
+add whose ids are present, or a delete of absent ids, is skipped), so a crash between
+the checkpoint and the log truncation loses and duplicates nothing.
 
 Readers (searches) share a read lock and writers take it exclusively, so no search sees
 an index in the middle of an update.
@@ -38,11 +41,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
 import os
 import sys
 import threading
-import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -53,6 +54,11 @@ import numpy as np
 from dmlkit.index import load_index
 from dmlkit.index.base import InconsistentIndexError  # (re-exported) a refused save
 from dmlkit.service.limits import check_checkpoint_every
+from dmlkit.service.wal import CorruptLogError, read_records
+from dmlkit.service.wal import encode as _encode
+
+#: the service's default most hits in one response (rows x k), ``ServiceConfig.max_results``
+MAX_RESULTS = 100_000
 
 try:
     import fcntl
@@ -100,11 +106,6 @@ class RWLock:
             with self._cond:
                 self._writer = False
                 self._cond.notify_all()
-
-
-def _encode(record: dict[str, Any]) -> bytes:
-    body = json.dumps(record, separators=(",", ":"), allow_nan=False)  # always valid JSON
-    return f"{zlib.crc32(body.encode()):08x} {body}\n".encode()
 
 
 def _open_lock_file(path: Path) -> tuple[Any, bool]:
@@ -166,17 +167,6 @@ def check_not_served(index_dir: str | Path) -> None:
         raise _in_use(path, lock_path) from None
     finally:
         os.close(fd)  # (releases the lock, when taken)
-
-
-def _decode(line: bytes) -> dict[str, Any] | None:
-    try:
-        text = line.decode()
-        crc, body = text.rstrip("\n").split(" ", 1)
-        if not text.endswith("\n") or int(crc, 16) != zlib.crc32(body.encode()):
-            return None
-        return json.loads(body)
-    except (UnicodeDecodeError, ValueError):
-        return None
 
 
 class DurableIndex:
@@ -265,21 +255,19 @@ class DurableIndex:
         if not self.wal_path.exists():
             return 0, 0
         applied, skipped, good_bytes = 0, 0, 0
-        with open(self.wal_path, "rb") as f:
-            for number, line in enumerate(f, 1):
-                record = _decode(line)
-                if record is None:  # a torn tail: never acknowledged
-                    break
-                try:
-                    changed = self._apply(record)
-                except (KeyError, TypeError, ValueError, NotImplementedError) as err:
-                    print(f"warning: {self.wal_path}: record {number} "
-                          f"({record.get('op')!r}) cannot be applied and is skipped: {err}",
-                          file=sys.stderr)
-                    changed = False
-                applied += changed
-                skipped += not changed
-                good_bytes += len(line)
+        # a torn last line (never acknowledged) is left out; a bad line before others
+        # raises CorruptLogError, the log untouched
+        for number, record, size in read_records(self.wal_path):
+            try:
+                changed = self._apply(record)
+            except (KeyError, TypeError, ValueError, NotImplementedError) as err:
+                print(f"warning: {self.wal_path}: record {number} "
+                      f"({record.get('op')!r}) cannot be applied and is skipped: {err}",
+                      file=sys.stderr)
+                changed = False
+            applied += changed
+            skipped += not changed
+            good_bytes += size
         if good_bytes != self.wal_path.stat().st_size:
             self._torn_at = good_bytes  # cut before the first write appends after it
         return applied, skipped
@@ -349,28 +337,37 @@ class DurableIndex:
             meta = [self.index.metadata(row) for row in ids]
         return scores, ids, meta
 
-    def nearest_labelled(self, q: np.ndarray,
-                         first_depth: int = 32) -> list[tuple[float, int, int | None]]:
-        """``(score, id, label)`` of each query's nearest *labelled* item (``id`` -1 and
-        ``label`` None when the index holds none); searched deeper until one is found."""
+    def nearest_labelled(self, q: np.ndarray, first_depth: int = 32, *,
+                         max_results: int = MAX_RESULTS,
+                         ) -> list[tuple[float, int, int | None]]:
+        """``(score, id, label)`` of each query's nearest *labelled* item.
+
+        The rows still without one are searched deeper (4 times deeper each round) up to
+        ``max_results // len(q)`` neighbours per row, so no search holds more than
+        ``max_results`` hits whatever the share of unlabelled items; a row whose nearest
+        labelled item is not within that depth gets ``(nan, -1, None)``, as when the index
+        holds no labelled item.
+        """
         with self.lock.read():
-            labelled = self.index.num_labelled
             out: list[tuple[float, int, int | None]] = [(float("nan"), -1, None)] * len(q)
-            todo = np.arange(len(q)) if labelled else np.arange(0)
-            depth = min(first_depth, self.index.ntotal)
-            while todo.size:
-                scores, ids = self.index.search(q[todo], depth)
+            if not len(q) or not self.index.num_labelled:
+                return out
+            cap = min(max(1, max_results // len(q)), self.index.ntotal)
+            todo = np.arange(len(q))
+            depth = min(first_depth, cap)
+            while True:
+                scores, ids = self.index.search(q[todo], depth)  # (rows, depth)
                 labels = self.index.labels_of(ids.reshape(-1)).reshape(ids.shape)
                 hit = (labels >= 0) & (ids >= 0)
-                for row in np.flatnonzero(hit.any(1)):
+                found = hit.any(1)
+                for row in np.flatnonzero(found):
                     col = int(hit[row].argmax())
                     out[todo[row]] = (float(scores[row, col]), int(ids[row, col]),
                                       int(labels[row, col]))
-                todo = todo[~hit.any(1)]
-                if depth >= self.index.ntotal:
-                    break
-                depth = min(4 * depth, self.index.ntotal)
-        return out
+                todo = todo[~found]
+                if not todo.size or depth >= cap:
+                    return out
+                depth = min(4 * depth, cap)
 
     @property
     def ntotal(self) -> int:
@@ -439,5 +436,5 @@ class DurableIndex:
         return os.fstat(self._wal.fileno()).st_size
 
 
-__all__ = ["DurableIndex", "InconsistentIndexError", "IndexInUseError", "RWLock",
-           "check_not_served"]
+__all__ = ["MAX_RESULTS", "CorruptLogError", "DurableIndex", "InconsistentIndexError",
+           "IndexInUseError", "RWLock", "check_not_served"]
