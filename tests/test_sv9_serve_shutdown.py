@@ -24,7 +24,8 @@ def test_server_config_bounds_the_graceful_shutdown():
     assert 1 <= serve.GRACEFUL_SHUTDOWN_S <= 60
 
 
-def test_a_half_sent_body_does_not_keep_a_stopping_server_alive(tmp_path, monkeypatch):
+def test_a_half_sent_body_does_not_keep_a_stopping_server_alive(tmp_path, monkeypatch,
+                                                                 capfd):
     from dmlkit.cli import serve
     from dmlkit.index import ExactIndex
     from dmlkit.service import ApiKeys, DurableIndex, create_app
@@ -57,3 +58,6 @@ def test_a_half_sent_body_does_not_keep_a_stopping_server_alive(tmp_path, monkey
         thread.join(10)
         store.close()
     assert server.started
+    err = capfd.readouterr().err  # (the cut-off request answered: no traceback logged)
+    assert "Traceback" not in err and "CancelledError" not in err, err
+    assert len([line for line in err.splitlines() if line.strip()]) <= 1, err
