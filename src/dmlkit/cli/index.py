@@ -293,12 +293,15 @@ def _query_embeddings(queries: list[Path], index: Any, run_dir: Path | None, dev
     queries = expand_queries(queries)
     own_run = run_dir is None or ("run_dir" in index.info
                                   and Path(index.info["run_dir"]) == run_dir.resolve())
+    if run_dir is None and "run_dir" in index.info and not Path(index.info["run_dir"]).is_dir():
+        recorded = index.info["run_dir"]  # (moved or deleted since the build)
+        load_run = _recorded_run_missing(recorded, where)
+    else:
+        from dmlkit.training import load_run
     run_dir = run_dir or (Path(index.info["run_dir"]) if "run_dir" in index.info else None)
     spec = InputSpec.from_info(index.info) if own_run else None
     run = None
     if run_dir is not None and spec is None:
-        from dmlkit.training import load_run
-
         run = load_run(run_dir, device=device)
         spec = run_input_spec(run)
     if queries[0].suffix.lower() in (".npy", ".npz"):
@@ -319,8 +322,6 @@ def _query_embeddings(queries: list[Path], index: Any, run_dir: Path | None, dev
         names, source, x = [str(q) for q in queries], "query images", None
     if run_dir is None:
         raise ValueError(f"{source} holds raw inputs, which need a model: pass --run RUN_DIR")
-    from dmlkit.training import load_run
-
     run = run or load_run(run_dir, device=device)
     _check_run_matches(index, run_dir, run, where)
     if x is not None:
@@ -340,6 +341,18 @@ def _query_embeddings(queries: list[Path], index: Any, run_dir: Path | None, dev
     for rows, emb in parts:
         out[rows] = emb
     return out, names
+
+
+def _recorded_run_missing(recorded: str, where: str) -> Any:
+    """A stand-in for ``load_run`` that refuses the run ``where`` recorded at build and that
+    is no longer there (only raw queries need it: files of embeddings do not)."""
+
+    def load_run(*_: Any, **__: Any) -> Any:
+        raise ValueError(f"the run of {where}, recorded at build as {recorded}, no longer "
+                         "exists there (moved or deleted): pass --run DIR, the run's folder "
+                         "now")
+
+    return load_run
 
 
 def _embed_inputs(run: Any, x: Any, spec: Any, source: str, device: str) -> Any:
@@ -425,6 +438,7 @@ def search(
         scores, ids = index.search(x, k)
     except ERRORS as err:
         raise _fail(one_line(err) if isinstance(err, OSError) else str(err)) from None
+    _note_short_results(index, ids, k)
     report = []
     for name, row_s, row_i in zip(names, scores, ids, strict=True):
         hits = [{"rank": r + 1, "score": float(s), **(index.metadata([i])[0] or {"id": -1})}
@@ -444,6 +458,25 @@ def search(
                 + [json.dumps(h["payload"])] * (h["payload"] is not None))
             typer.echo(f"  {h['rank']:>4}  {h['id']:>8}  {h['score']:>10.4f}  {label!s:>5}  "
                        f"{extra}")
+
+
+def _note_short_results(index: Any, ids: Any, k: int) -> None:
+    """One note on stderr when -k is more than the index holds, and one when queries got
+    fewer neighbours than ``min(k, ntotal)`` (the lists an IVF index searched held fewer)."""
+    n = int(index.ntotal)
+    if k > n:
+        typer.echo(f"note: -k {k} is more than the index holds: it holds {n} items, so a "
+                   f"query gets at most {n} neighbours", err=True)
+    found = (ids >= 0).sum(axis=1)
+    short = found < min(k, n)
+    if not short.any():
+        return
+    factory = str(getattr(index, "factory", ""))
+    hint = ("raise --nprobe to search more IVF lists" if "IVF" in factory or "IMI" in factory
+            else "raise --ef-search" if "HNSW" in factory else "rebuild with another factory")
+    typer.echo(f"note: {int(short.sum())} of {len(ids)} queries got fewer than "
+               f"{min(k, n)} neighbours (the fewest: {int(found.min())}), as the searched "
+               f"part of the index held fewer: {hint}", err=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -19,8 +19,8 @@ or the new, retrying while the save swaps them), never the files of two.
 Writes go to a temporary sibling directory that is renamed into place, one save of a
 directory at a time (from any thread or process: :mod:`dmlkit.index.swap`); an existing
 ``path`` is replaced only when it is empty or holds an earlier save of the same format
-(and, for saved objects other than indexes, of the same kind: :func:`check_replaceable`),
-never another directory's files.
+(and, for saved objects other than indexes, of the same kind: :func:`check_replaceable`)
+with no entry its manifest does not list, never another directory's files.
 """
 
 from __future__ import annotations
@@ -137,7 +137,8 @@ def check_replaceable(path: str | Path, format_name: str = FORMAT,
     """Refuse (``FileExistsError``) to replace ``path`` unless it is missing, an empty
     directory, or a directory saved in ``format_name`` (an earlier save of the same
     format; with ``kind``, also of that manifest ``kind``, so that a fitted recommender
-    never replaces a saved anomaly detector): anything else there (an embedding store, a
+    never replaces a saved anomaly detector) holding only the files its manifest lists:
+    anything else there (an embedding store, a
     run, other files, another kind of model) would be deleted.
 
     A save of ``path`` running meanwhile is waited for (:func:`save_lock`), so that the
@@ -172,6 +173,7 @@ def _check_replaceable(path: Path, format_name: str, kind: str | None) -> None:
         if found == format_name:
             held = manifest.get("kind")
             if kind is None or held == kind:
+                _check_only_saved_files(path, manifest)
                 return
             raise FileExistsError(
                 f"{path} holds a saved {held}, not {with_article(kind)}; saving there would "
@@ -182,6 +184,26 @@ def _check_replaceable(path: Path, format_name: str, kind: str | None) -> None:
         f"{path} exists and does not hold {what} ({seen}, not {format_name}: an "
         "embedding store, a run or other files); writing there would delete its files: "
         "choose another path or remove it first")
+
+
+#: extra entries a refusal names, at most
+_NAMED_EXTRAS = 3
+
+
+def _check_only_saved_files(path: Path, manifest: dict[str, Any]) -> None:
+    """Refuse to replace ``path`` when it holds entries its manifest does not list (a
+    save writes only those files and its manifest inside the directory; its temporary,
+    set-aside and lock files are siblings), as a replacement would delete them."""
+    listed = manifest.get("files")
+    listed = set(listed) if isinstance(listed, dict) else set()
+    extra = sorted(e.name + ("/" if e.is_dir() else "") for e in path.iterdir()
+                   if e.name != MANIFEST and e.name not in listed)
+    if extra:
+        shown = ", ".join(extra[:_NAMED_EXTRAS]) + (
+            f" and {len(extra) - _NAMED_EXTRAS} more" if len(extra) > _NAMED_EXTRAS else "")
+        raise FileExistsError(
+            f"{path} holds files that are not part of its saved index ({shown}); replacing "
+            "it would delete them: move them out or choose another --out")
 
 
 def read_manifest(
