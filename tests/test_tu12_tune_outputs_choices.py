@@ -95,6 +95,16 @@ def _run_dir(path: Path) -> Path:
 # -- where the study's files go ------------------------------------------------------
 
 
+def _saved_folders_and_config(tmp_path: Path) -> tuple[Path, Path, Path, dict]:
+    """A saved index ``idx``, a run directory ``run``, a tune config, and what the two
+    folders hold (to check that a refusal left them as they were)."""
+    idx = _saved_index(tmp_path / "idx")
+    run = _run_dir(tmp_path / "run")
+    config = tmp_path / "tiny.yaml"
+    config.write_text(_config_text())
+    return idx, run, config, {p: sorted(q.name for q in p.iterdir()) for p in (idx, run)}
+
+
 @needs_optuna
 @pytest.mark.parametrize(
     ("where", "expected"),
@@ -107,11 +117,7 @@ def _run_dir(path: Path) -> Path:
 def test_out_is_never_a_saved_or_run_directory(
     tmp_path: Path, scored: list[Any], where: str, expected: str
 ) -> None:
-    idx = _saved_index(tmp_path / "idx")
-    run = _run_dir(tmp_path / "run")
-    before = {p: sorted(q.name for q in p.iterdir()) for p in (idx, run)}
-    config = tmp_path / "tiny.yaml"
-    config.write_text(_config_text())
+    idx, run, config, before = _saved_folders_and_config(tmp_path)
     out = tmp_path / where
     result = _invoke(config, "-n", "1", "--out", out)
     assert result.exit_code == 1, result.output
@@ -134,11 +140,7 @@ def test_out_is_never_a_saved_or_run_directory(
 def test_a_sqlite_storage_file_is_never_put_in_a_saved_or_run_directory(
     tmp_path: Path, scored: list[Any], where: str, expected: str
 ) -> None:
-    idx = _saved_index(tmp_path / "idx")
-    run = _run_dir(tmp_path / "run")
-    before = {p: sorted(q.name for q in p.iterdir()) for p in (idx, run)}
-    config = tmp_path / "tiny.yaml"
-    config.write_text(_config_text())
+    idx, run, config, before = _saved_folders_and_config(tmp_path)
     url = f"sqlite:///{tmp_path / where / 'study.db'}"
     result = _invoke(config, "-n", "1", "--out", tmp_path / "out", "--storage", url)
     assert result.exit_code == 1, result.output

@@ -293,16 +293,22 @@ def _query_embeddings(queries: list[Path], index: Any, run_dir: Path | None, dev
     queries = expand_queries(queries)
     own_run = run_dir is None or ("run_dir" in index.info
                                   and Path(index.info["run_dir"]) == run_dir.resolve())
-    if run_dir is None and "run_dir" in index.info and not Path(index.info["run_dir"]).is_dir():
-        recorded = index.info["run_dir"]  # (moved or deleted since the build)
-        load_run = _recorded_run_missing(recorded, where)
-    else:
-        from dmlkit.training import load_run
+    recorded = run_dir is None and "run_dir" in index.info  # the run the build recorded
     run_dir = run_dir or (Path(index.info["run_dir"]) if "run_dir" in index.info else None)
+
+    def open_run(path: Path) -> Any:
+        if recorded and not path.is_dir():  # (moved or deleted since the build)
+            raise ValueError(f"the run of {where}, recorded at build as {path}, no longer "
+                             "exists there (moved or deleted): pass --run DIR, the run's "
+                             "folder now")
+        from dmlkit.training import load_run
+
+        return load_run(path, device=device)
+
     spec = InputSpec.from_info(index.info) if own_run else None
     run = None
     if run_dir is not None and spec is None:
-        run = load_run(run_dir, device=device)
+        run = open_run(run_dir)
         spec = run_input_spec(run)
     if queries[0].suffix.lower() in (".npy", ".npz"):
         x, kind = read_query_array(queries[0], index.dim, spec, kind)
@@ -322,7 +328,7 @@ def _query_embeddings(queries: list[Path], index: Any, run_dir: Path | None, dev
         names, source, x = [str(q) for q in queries], "query images", None
     if run_dir is None:
         raise ValueError(f"{source} holds raw inputs, which need a model: pass --run RUN_DIR")
-    run = run or load_run(run_dir, device=device)
+    run = run or open_run(run_dir)
     _check_run_matches(index, run_dir, run, where)
     if x is not None:
         return _embed_inputs(run, x, spec, source, device), names
@@ -341,18 +347,6 @@ def _query_embeddings(queries: list[Path], index: Any, run_dir: Path | None, dev
     for rows, emb in parts:
         out[rows] = emb
     return out, names
-
-
-def _recorded_run_missing(recorded: str, where: str) -> Any:
-    """A stand-in for ``load_run`` that refuses the run ``where`` recorded at build and that
-    is no longer there (only raw queries need it: files of embeddings do not)."""
-
-    def load_run(*_: Any, **__: Any) -> Any:
-        raise ValueError(f"the run of {where}, recorded at build as {recorded}, no longer "
-                         "exists there (moved or deleted): pass --run DIR, the run's folder "
-                         "now")
-
-    return load_run
 
 
 def _embed_inputs(run: Any, x: Any, spec: Any, source: str, device: str) -> Any:
