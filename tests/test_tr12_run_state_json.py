@@ -13,7 +13,7 @@ import torch
 
 from dmlkit.config import Config
 from dmlkit.runs import load_run
-from dmlkit.training import train_run
+from dmlkit.training import metrics_table, train_run
 from dmlkit.training.checkpoint import atomic_save, load_checkpoint
 
 
@@ -57,11 +57,17 @@ def test_interrupted_resume_of_a_finished_run_loads_its_checkpoint(tmp_path, kin
     out = tmp_path / "run"
     train_run(_config(2, kind), out, log=_quiet)
     assert (out / "model.pt").is_file() and (out / "metrics.json").is_file()
+    # what evaluate / report made of the 2-epoch weights goes with them
+    (out / "evaluation.json").write_text("{}")
+    (out / "report.html").write_text("<html></html>")
+    (out / "notes.txt").write_text("the user's own")
     with pytest.raises(KeyboardInterrupt):
         train_run(_config(4, kind), out, resume=True, log=_quiet, callbacks=(_stop_after(3),))
     # no final weights or metrics of the 2-epoch run beside the epoch-3 checkpoint
     assert not (out / "model.pt").exists()
     assert not (out / "metrics.json").exists()
+    assert not (out / "evaluation.json").exists() and not (out / "report.html").exists()
+    assert (out / "notes.txt").read_text() == "the user's own"
     run = load_run(out)
     assert run.weights.startswith("checkpoint of epoch 3 of 4")
     assert run.metrics is None
@@ -110,6 +116,12 @@ def test_labelled_metrics_json_writes_undefined_metrics_as_null(tmp_path):
     assert metrics["map_at_r"] is None
     assert np.isnan(result.metrics["map_at_r"])  # (in memory: NaN, as before)
     assert load_run(tmp_path / "run").metrics["map_at_r"] is None
+    # the table prints undefined metrics, in memory or read back, as n/a
+    for shown in (metrics_table(result.metrics),
+                  metrics_table(load_run(tmp_path / "run").metrics)):
+        row = next(line for line in shown.splitlines() if line.startswith("MAP@R"))
+        assert row.split()[-1] == "n/a", shown
+        assert "P@1" in shown
 
 
 def test_number_strings_in_component_parameters_are_numbers():

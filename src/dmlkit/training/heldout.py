@@ -3,6 +3,7 @@ inputs' baselines, and the table the command line prints of them."""
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
@@ -74,14 +75,22 @@ def metrics_table(metrics: dict[str, Any]) -> str:
         "recall_at_1": "Recall@1", "recall_at_2": "Recall@2",
         "recall_at_4": "Recall@4", "recall_at_8": "Recall@8",
     }  # fmt: skip
-    plain = metrics.get("baseline_unnormalized")  # absent from older runs
+    plain = metrics.get("baseline_unnormalized") or {}  # absent from older runs
     rows = [f"{'metric':<12} {'raw (L2-normed)':>15} {'raw (as is)':>11} {'learned':>8}"]
     for key, label in names.items():
-        as_is = f"{plain[key]:>11.4f}" if plain else f"{'-':>11}"
-        rows.append(f"{label:<12} {metrics['baseline'][key]:>15.4f} {as_is} "
-                    f"{metrics[key]:>8.4f}")
+        rows.append(f"{label:<12} {_cell(metrics.get('baseline') or {}, key, 15)} "
+                    f"{_cell(plain, key, 11)} {_cell(metrics, key, 8)}")
     rows.append("raw = the flattened held-out inputs; L2-normed = each scaled to unit length")
     return "\n".join(rows)
+
+
+def _cell(metrics: dict[str, Any], key: str, width: int) -> str:
+    """One metric right-aligned in ``width``: ``-`` when the file has none, ``n/a`` when it
+    is undefined (NaN in memory, null in a metrics.json read back)."""
+    value = metrics.get(key)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return f"{'n/a' if key in metrics else '-':>{width}}"
+    return f"{'n/a':>{width}}" if math.isnan(value) else f"{value:>{width}.4f}"
 
 
 __all__ = ["METRIC_KEYS", "heldout_metrics", "metrics_table"]

@@ -1,8 +1,9 @@
 """What a resumed run carries over from its earlier sessions, and what it retires.
 
 A resume that trains new epochs of a finished run makes the run's ``model.pt`` and
-``metrics.json`` (the final state of its earlier epochs) out of date as soon as the first
-new epoch is checkpointed. They are removed before training starts
+``metrics.json`` (the final state of its earlier epochs), and the ``evaluation.json`` and
+``report.html`` made from them, out of date as soon as the first new epoch is
+checkpointed. They are removed before training starts
 (:func:`retire_finished_outputs`), so that a run stopped part-way holds one state: its
 checkpoint, which the loaders use for a run without ``model.pt`` (as for a first run
 stopped part-way). Nothing is lost: until the first new epoch the checkpoint holds the
@@ -19,8 +20,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-#: the files of a finished run that a resume training new epochs makes out of date
-FINISHED_OUTPUTS = ("metrics.json", "model.pt")
+#: the files of a finished run that a resume training new epochs makes out of date: its
+#: final weights and metrics, and what ``dmlkit evaluate`` / ``dmlkit report`` made of them
+FINISHED_OUTPUTS = ("metrics.json", "model.pt", "evaluation.json", "report.html")
 
 
 def trains_new_epochs(checkpoint: dict[str, Any] | None, epochs: int) -> bool:
@@ -32,7 +34,7 @@ def trains_new_epochs(checkpoint: dict[str, Any] | None, epochs: int) -> bool:
 
 
 def retire_finished_outputs(out_dir: Path, checkpoint: dict[str, Any] | None, epochs: int) -> None:
-    """Remove ``out_dir``'s ``metrics.json`` and ``model.pt`` when resuming from
+    """Remove ``out_dir``'s :data:`FINISHED_OUTPUTS` when resuming from
     ``checkpoint`` trains new epochs (:func:`trains_new_epochs`); keep them otherwise.
 
     Each removal is atomic; at every point the files left agree with the checkpoint
