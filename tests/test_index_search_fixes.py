@@ -292,6 +292,29 @@ def test_a_faiss_error_at_search_is_one_line(tmp_path, monkeypatch):
     assert _error(res) == "error: faiss cannot search 'Flat': 'k > 0' failed"
 
 
+@pytest.mark.parametrize("factory, unit", [
+    ("LSHrt", "hamming"), ("LSHrt,RFlat", "sq_l2"), ("Flat", "sq_l2")])
+def test_search_names_the_unit_its_scores_are_in(tmp_path, factory, unit):
+    pytest.importorskip("faiss")
+    from dmlkit.index import BaseIndex
+
+    x = np.random.default_rng(0).normal(size=(60, 8)).astype(np.float32)
+    np.savez(tmp_path / "e.npz", embeddings=x)
+    res = runner.invoke(app, ["index", "build", str(tmp_path / "e.npz"), "--out",
+                              str(tmp_path / "ix"), "--factory", factory])
+    assert res.exit_code == 0, res.output
+    index = BaseIndex.load(tmp_path / "ix")
+    assert index.score_unit == unit
+    scores, _ = index.search(x[:3], 4)
+    if unit == "hamming":  # whole numbers of differing bits, not squared distances
+        assert np.array_equal(scores, np.round(scores)) and scores.max() >= 1
+    np.save(tmp_path / "q.npy", x[:2])
+    res = runner.invoke(app, ["search", str(tmp_path / "ix"), "-q", str(tmp_path / "q.npy")])
+    assert res.exit_code == 0, res.output
+    header = next(line for line in res.output.splitlines() if "rank" in line)
+    assert header.split()[2] == unit
+
+
 @pytest.mark.parametrize("factory, says, not_says", [
     ("PQ2x4", "16 centroids per PQ sub-quantizer of 4 bits", "IVF"),
     ("IVF64,Flat", "64 IVF lists", "PQ"),

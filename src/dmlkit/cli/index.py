@@ -441,7 +441,7 @@ def search(
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
-    score_name = "sq_l2" if index.metric == "l2" else "similarity"
+    score_name = index.score_unit
     for item in report:
         typer.echo(f"{item['query']}:")
         typer.echo(f"  {'rank':>4}  {'id':>8}  {score_name:>10}  {'label':>5}  path / payload")

@@ -238,6 +238,12 @@ class BaseIndex:
         return self._next_id
 
     @property
+    def score_unit(self) -> str:
+        """What :meth:`search` scores are: ``"sq_l2"`` (squared L2, lower is closer) or
+        ``"similarity"`` (higher is closer); an LSH index without refinement: ``"hamming"``."""
+        return "sq_l2" if self.metric == "l2" else "similarity"
+
+    @property
     def num_labelled(self) -> int:
         """How many stored items have a label."""
         return int((self._labels >= 0).sum())
@@ -321,7 +327,8 @@ class BaseIndex:
         Returns
         -------
         scores : float32 ``(n, k)``
-            Squared L2 distances (``"l2"``) or similarities; ``inf`` / ``-inf`` where padded.
+            Squared L2 distances (``"l2"``) or similarities (:attr:`score_unit`);
+            ``inf`` / ``-inf`` where padded.
         ids : int64 ``(n, k)``
             Neighbour ids in ranking order, ``-1`` where fewer than ``k`` items exist.
 

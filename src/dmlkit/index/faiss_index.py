@@ -160,6 +160,15 @@ class FaissIndex(BaseIndex):
         return refine_stage(import_faiss(), self.index) is not None
 
     @property
+    def score_unit(self) -> str:
+        """As :attr:`BaseIndex.score_unit`; ``"hamming"`` (bits that differ between binary
+        codes, lower is closer) for an LSH index without a refine stage."""
+        faiss = import_faiss()
+        if not self.has_refine and any(s.kind == "LSH" for s in stages(faiss, self.index)):
+            return "hamming"
+        return super().score_unit
+
+    @property
     def is_trained(self) -> bool:
         return bool(self.index.is_trained)
 
