@@ -223,7 +223,13 @@ class AugmentPolicy:
         return self.brightness > 0 or self.contrast > 0 or self.saturation > 0
 
     def check_channels(self, channels: int) -> None:
-        """Refuse ``saturation`` for grey (1-channel) images: it would have no effect."""
+        """Refuse colour jitter for images other than grey or 3-channel ones, and
+        ``saturation`` for grey (1-channel) images: it would have no effect."""
+        if self.colour and channels not in (1, 3):
+            raise ValueError(
+                f"data.augment colour jitter (brightness, contrast, saturation) needs grey "
+                f"(1-channel) or 3-channel images, the data has {channels} channels; remove "
+                "those settings (the geometric ones apply to any channels)")
         if channels == 1 and self.saturation > 0:
             raise ValueError(
                 f"data.augment.saturation ({self.saturation}) has no effect on grey "
@@ -242,7 +248,7 @@ class AugmentPolicy:
                 size=(images.shape[2], images.shape[3]),
             )  # fmt: skip
             out = warp(out, theta)  # (n, C, H, W)
-        if self.colour and images.shape[1] in (1, 3) and images.shape[0] > 0:
+        if self.colour and images.shape[0] > 0:
             out = color_jitter(out, generator, self.brightness, self.contrast, self.saturation)
         return out if out is not images else images.clone()
 

@@ -26,9 +26,10 @@ def check_inputs(data: ArrayDataset, source: str) -> ArrayDataset:
     Raises
     ------
     ValueError
-        ``x`` is 1-D (one value per item: a feature axis is missing), or holds NaN or
-        infinite values (the message counts the items and names the first few rows, as
-        :func:`~dmlkit.apps.embedding.check_finite_rows` does for arrays handed in).
+        ``x`` holds no items, is 1-D (one value per item: a feature axis is missing), or
+        holds NaN or infinite values (the message counts the items and names the first
+        few rows, as :func:`~dmlkit.apps.embedding.check_finite_rows` does for arrays
+        handed in).
 
     Warns
     -----
@@ -43,6 +44,9 @@ def check_inputs(data: ArrayDataset, source: str) -> ArrayDataset:
             f"{source}: x has shape {tuple(x.shape)}, one value per item; inputs need a "
             "feature axis: (n, features) or images (n, C, H, W) (reshape a single feature "
             "to (n, 1))")
+    if x.shape[0] == 0:
+        raise ValueError(f"{source} holds no items (x has shape {tuple(x.shape)}): nothing to "
+                         "learn from or evaluate")
     if x.numel() == 0 or x.dtype == torch.bool or x.is_complex():
         return data
     if x.is_floating_point():

@@ -7,6 +7,7 @@ sizes, then the values in C order (LeCun et al., the MNIST database).
 from __future__ import annotations
 
 import gzip
+import math
 import zlib
 from pathlib import Path
 
@@ -54,8 +55,11 @@ def read_idx(path: str | Path) -> np.ndarray:
         raise ValueError(f"{path} is not an IDX file (bad magic number {raw[:4]!r})")
     dtype, ndim = _IDX_TYPES[raw[2]], raw[3]
     header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise ValueError(f"{path} is cut inside its header: {ndim} dimensions need "
+                         f"{header} bytes, the file holds {len(raw)}")
     shape = tuple(int(s) for s in np.frombuffer(raw[4:header], dtype=">i4"))
-    count = int(np.prod(shape)) if shape else 1
+    count = math.prod(shape)  # (a Python int: no overflow for huge headers)
     if len(raw) - header != count * dtype.itemsize:
         raise ValueError(
             f"{path}: header says shape {shape} ({count * dtype.itemsize} bytes of data), "

@@ -405,10 +405,18 @@ def _trainer(resolved: Config, train: Any, val: Any, out_dir: Path, log: Any,
         from dmlkit.training.distributed import DistributedTrainer
 
         trainer_cls = DistributedTrainer
-    return trainer_cls(resolved, train, val_data=val, out_dir=out_dir, log=log,
-                       callbacks=callbacks, data_fingerprint=fingerprint,
-                       model=features.model, model_rng=features.model_rng,
-                       class_ids=class_ids)
+    try:
+        return trainer_cls(resolved, train, val_data=val, out_dir=out_dir, log=log,
+                           callbacks=callbacks, data_fingerprint=fingerprint,
+                           model=features.model, model_rng=features.model_rng,
+                           class_ids=class_ids)
+    except ValueError as err:  # e.g. a sampler wanting more classes than validation left
+        if val is None or resolved.training.val_classes is None or "classes" not in str(err):
+            raise
+        held, left = val.num_classes, train.num_classes
+        raise ValueError(f"{err} (training.val_classes held out {held} of the {held + left} "
+                         f"training classes for validation, leaving {left} to train on)"
+                         ) from None
 
 
 def check_run_dir(run_dir: str | Path) -> Path:
