@@ -105,14 +105,24 @@ def _pml_distance(sim):
     return pml_dist.CosineSimilarity() if sim else pml_dist.LpDistance()
 
 
+def _margins(distance, pos_margin, neg_margin):
+    """Contrastive margins for a distance, swapped for a similarity (ours refuses a
+    similarity's pos_margin < neg_margin: negatives would never cost)."""
+    sim = getattr(distance, "is_similarity", getattr(distance, "is_inverted", False))
+    return (neg_margin, pos_margin) if sim else (pos_margin, neg_margin)
+
+
 @pytest.mark.parametrize("sim", [False, True])
 @pytest.mark.parametrize(
     "ours,theirs",
     [
-        (lambda d: ContrastiveLoss(distance=d), lambda d: pml_losses.ContrastiveLoss(distance=d)),
         (
-            lambda d: ContrastiveLoss(0.2, 0.7, distance=d),
-            lambda d: pml_losses.ContrastiveLoss(0.2, 0.7, distance=d),
+            lambda d: ContrastiveLoss(*_margins(d, 0.0, 1.0), distance=d),
+            lambda d: pml_losses.ContrastiveLoss(*_margins(d, 0.0, 1.0), distance=d),
+        ),
+        (
+            lambda d: ContrastiveLoss(*_margins(d, 0.2, 0.7), distance=d),
+            lambda d: pml_losses.ContrastiveLoss(*_margins(d, 0.2, 0.7), distance=d),
         ),
         (
             lambda d: TripletMarginLoss(distance=d),

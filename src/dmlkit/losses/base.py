@@ -67,6 +67,7 @@ class BaseMetricLoss(nn.Module):
 
     def __init__(self, distance: BaseDistance | None = None) -> None:
         super().__init__()
+        check_distance(type(self).__name__, distance)
         self.distance = distance if distance is not None else self.default_distance()
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -136,6 +137,10 @@ class BaseMetricLoss(nn.Module):
             embeddings = embeddings.float()
         if ref_embeddings is not None and ref_embeddings.dtype in (torch.float16, torch.bfloat16):
             ref_embeddings = ref_embeddings.float()
+        if ref_embeddings is not None and ref_embeddings.dtype != embeddings.dtype:
+            # fp32 queries against an fp64 memory bank (or the reverse): the wider dtype
+            common = torch.promote_types(embeddings.dtype, ref_embeddings.dtype)
+            embeddings, ref_embeddings = embeddings.to(common), ref_embeddings.to(common)
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
             return self.compute_loss(embeddings, labels, indices, ref_embeddings, ref_labels)
 
@@ -157,6 +162,19 @@ class BaseMetricLoss(nn.Module):
         return zero
 
 
+def check_distance(owner: str, distance: object) -> None:
+    """Refuse a ``distance`` that is not a dmlkit distance object (``None`` is the default).
+
+    A name or a config dict is converted by the config path
+    (:func:`dmlkit.registry.build_from_config`), not by the Python constructors.
+    """
+    if distance is not None and not isinstance(distance, BaseDistance):
+        raise TypeError(
+            f"{owner}: distance must be a dmlkit distance object, e.g. "
+            f"dmlkit.distances.CosineSimilarity(), got {distance!r}"
+        )
+
+
 def mean_nonzero(values: Tensor, like: Tensor) -> Tensor:
     """Mean of the strictly positive entries of ``values`` (0 if there are none).
 
@@ -169,4 +187,4 @@ def mean_nonzero(values: Tensor, like: Tensor) -> Tensor:
     return values.sum() / count.clamp_min(1)
 
 
-__all__ = ["BaseMetricLoss", "mean_nonzero"]
+__all__ = ["BaseMetricLoss", "check_distance", "mean_nonzero"]

@@ -64,6 +64,8 @@ class CircleLoss(BaseMetricLoss):
                 "CircleLoss needs a similarity (e.g. CosineSimilarity), "
                 f"got {type(self.distance).__name__}"
             )
+        if gamma <= 0:
+            raise ValueError(f"CircleLoss: gamma must be > 0, got {gamma}")
         self.m = float(m)
         self.gamma = float(gamma)
         self.detach_weights = detach_weights

@@ -44,6 +44,18 @@ class ContrastiveLoss(BaseMetricLoss):
         distance: BaseDistance | None = None,
     ) -> None:
         super().__init__(distance=distance)
+        # positives must be asked to be at least as close as negatives are pushed away;
+        # otherwise a band of values costs nothing for either kind of pair
+        if self.distance.is_similarity and pos_margin < neg_margin:
+            raise ValueError(
+                f"{type(self).__name__}: with a similarity, pos_margin ({pos_margin}) must be "
+                f">= neg_margin ({neg_margin}) (e.g. pos_margin=1, neg_margin=0)"
+            )
+        if not self.distance.is_similarity and pos_margin > neg_margin:
+            raise ValueError(
+                f"{type(self).__name__}: with a distance, pos_margin ({pos_margin}) must be "
+                f"<= neg_margin ({neg_margin})"
+            )
         self.pos_margin = float(pos_margin)
         self.neg_margin = float(neg_margin)
 

@@ -91,8 +91,14 @@ class HierarchicalTripletLoss(BaseMetricLoss):
         distance: BaseDistance | None = None,
     ) -> None:
         super().__init__(distance=distance)
+        if margin < 0:
+            raise ValueError(f"HierarchicalTripletLoss: margin must be >= 0, got {margin}")
         self.margin = float(margin)
         self.margins = None if margins is None else _margin_values(margins)
+        if self.margins is not None and any(m < 0 for m in self.margins):
+            raise ValueError(
+                f"HierarchicalTripletLoss: margins must all be >= 0, got {list(self.margins)}"
+            )
 
     def margin_table(self, levels: int) -> list[float]:
         """``[m_0, ..., m_{L-1}]`` for labels with ``levels`` levels."""

@@ -48,6 +48,8 @@ class InstanceLoss(BaseMetricLoss):
         if distance is not None and not isinstance(distance, CosineSimilarity):
             raise TypeError(f"InstanceLoss needs a CosineSimilarity, got {type(distance).__name__}")
         super().__init__(distance=distance)
+        if gamma <= 0:
+            raise ValueError(f"InstanceLoss: gamma must be > 0, got {gamma}")
         self.gamma = float(gamma)
 
     @staticmethod

@@ -22,6 +22,12 @@ class _LiftedBase(BaseMetricLoss):
         distance: BaseDistance | None = None,
     ) -> None:
         super().__init__(distance=distance)
+        if not self.distance.is_similarity:  # distances are >= 0: so are their margins
+            for name, value in (("neg_margin", neg_margin), ("pos_margin", pos_margin)):
+                if value < 0:
+                    raise ValueError(
+                        f"{type(self).__name__}: {name} must be >= 0 for a distance, got {value}"
+                    )
         self.neg_margin = float(neg_margin)
         self.pos_margin = float(pos_margin)
 

@@ -82,6 +82,8 @@ class MarginLoss(BaseMetricLoss):
             )
         if num_classes is not None and num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if margin < 0:
+            raise ValueError(f"MarginLoss: margin (alpha) must be >= 0, got {margin}")
         self.margin = float(margin)
         self.nu = float(nu)
         self.triplets_per_anchor = triplets_per_anchor

@@ -54,6 +54,8 @@ class NCALoss(BaseMetricLoss):
 
     def __init__(self, softmax_scale: float = 1.0, distance: BaseDistance | None = None) -> None:
         super().__init__(distance=distance)
+        if softmax_scale <= 0:
+            raise ValueError(f"NCALoss: softmax_scale must be > 0, got {softmax_scale}")
         self.softmax_scale = float(softmax_scale)
 
     @staticmethod

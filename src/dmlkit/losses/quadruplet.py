@@ -61,6 +61,9 @@ class QuadrupletLoss(BaseMetricLoss):
         self, margin: float = 0.2, margin2: float = 0.1, distance: BaseDistance | None = None
     ) -> None:
         super().__init__(distance=distance)
+        for name, value in (("margin", margin), ("margin2", margin2)):
+            if value < 0:
+                raise ValueError(f"QuadrupletLoss: {name} must be >= 0, got {value}")
         self.margin = float(margin)
         self.margin2 = float(margin2)
 

@@ -3,8 +3,6 @@ Metric Learning", CVPR 2019)."""
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 from torch import Tensor
 
@@ -67,7 +65,9 @@ class RankedListLoss(BaseMetricLoss):
 
     Notes
     -----
-    Anchors are walked in chunks: memory O(chunk * m), not O(n * m).
+    Anchors are walked in chunks: memory O(chunk * m), not O(n * m). The weights are
+    computed relative to each row's largest, so no temperature or margin overflows them
+    (large ``Tn`` / ``Tp`` tend to the hardest violator's gap).
     """
 
     requires_labels = True
@@ -85,11 +85,6 @@ class RankedListLoss(BaseMetricLoss):
         super().__init__(distance=distance)
         if not 0.0 <= imbalance <= 1.0:
             raise ValueError(f"imbalance must be in [0, 1], got {imbalance}")
-        if Tp > 5 or Tn > 5:
-            warnings.warn(
-                f"Tp={Tp} or Tn={Tn} above 5: the exponential weights may overflow",
-                stacklevel=2,
-            )
         self.margin = float(margin)
         self.Tn = float(Tn)
         self.imbalance = float(imbalance)
@@ -122,16 +117,32 @@ class RankedListLoss(BaseMetricLoss):
             neg = neg & (d < neg_bound) & (d > 0)  # (c, m): violating negatives
             pos_gap = torch.where(pos, d - pos_bound, 0.0)  # (c, m)
             neg_gap = torch.where(neg, neg_bound - d, 0.0)  # (c, m)
-            w_pos = torch.where(pos, torch.exp(self.Tp * pos_gap), 0.0)  # (c, m)
-            w_neg = torch.where(neg, torch.exp(self.Tn * neg_gap), 0.0)  # (c, m)
             eps = WEIGHT_EPS * m
-            loss_p = (w_pos * pos_gap).sum(dim=1) / (w_pos.sum(dim=1) + eps)  # (c,)
-            loss_n = (w_neg * neg_gap).sum(dim=1) / (w_neg.sum(dim=1) + eps)  # (c,)
+            loss_p = weighted_gap_mean(pos, pos_gap, self.Tp, eps)  # (c,)
+            loss_n = weighted_gap_mean(neg, neg_gap, self.Tn, eps)  # (c,)
             loss = (1.0 - self.imbalance) * loss_p + self.imbalance * loss_n  # (c,)
             return pack(loss.sum(), pos.sum() + neg.sum())
 
         total, _ = sum_over_chunks(chunk_terms, n, 6 * m, x, ref)
         return total / n
+
+
+def weighted_gap_mean(valid: Tensor, gap: Tensor, temperature: float, eps: float) -> Tensor:
+    r"""Per row, :math:`\sum_j w_j g_j / (\sum_j w_j + \epsilon)` over the ``valid``
+    entries, :math:`w_j = e^{T g_j}`, without overflow.
+
+    ``valid``, ``gap`` are ``(c, m)``. Every term is scaled by :math:`e^{-M}`, ``M`` the
+    row's largest :math:`T g_j` over its valid entries (clamped at 0, so rows that could
+    not overflow, and rows with no valid entry, are computed as written): the ratio is
+    unchanged, ``eps`` included (scaled alike). Returns ``(c,)``; 0 for a row with no
+    valid entry.
+    """
+    logits = temperature * gap  # (c, m)
+    shift = torch.where(valid, logits, 0.0).amax(dim=1, keepdim=True).clamp_min(0.0)  # (c, 1)
+    shift = shift.detach()  # the ratio does not depend on it
+    w = torch.where(valid, torch.exp(torch.where(valid, logits - shift, 0.0)), 0.0)  # (c, m)
+    denom = w.sum(dim=1) + eps * torch.exp(-shift.squeeze(1))  # (c,)
+    return (w * gap).sum(dim=1) / denom  # (c,)
 
 
 __all__ = ["RankedListLoss", "WEIGHT_EPS"]

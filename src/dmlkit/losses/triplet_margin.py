@@ -77,6 +77,8 @@ class TripletMarginLoss(BaseMetricLoss):
                 f"triplets_per_anchor={triplets_per_anchor!r} is not supported; "
                 "use 'all' and a miner (e.g. TripletMarginMiner) to select triplets"
             )
+        if margin < 0:
+            raise ValueError(f"TripletMarginLoss: margin must be >= 0, got {margin}")
         self.margin = float(margin)
         self.swap = swap
         self.smooth_loss = smooth_loss

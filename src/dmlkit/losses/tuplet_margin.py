@@ -69,6 +69,8 @@ class TupletMarginLoss(BaseMetricLoss):
                 f"TupletMarginLoss needs a CosineSimilarity, got {type(distance).__name__}"
             )
         super().__init__(distance=distance)
+        if scale <= 0:
+            raise ValueError(f"TupletMarginLoss: scale must be > 0, got {scale}")
         self.margin = float(margin)
         self.scale = float(scale)
 

@@ -55,6 +55,8 @@ class AngularMiner(BaseMiner):
                 "AngularMiner accepts only EuclideanDistance(squared=False, "
                 f"normalize_embeddings=True), got {d!r}"
             )
+        if angle <= 0 or angle >= 90:
+            raise ValueError(f"AngularMiner: angle must be in (0, 90) degrees, got {angle}")
         self.angle = float(angle)
 
     def mine(

@@ -53,6 +53,11 @@ class BaseMiner(nn.Module):
 
     def __init__(self, distance: BaseDistance | None = None) -> None:
         super().__init__()
+        if distance is not None and not isinstance(distance, BaseDistance):
+            raise TypeError(
+                f"{type(self).__name__}: distance must be a dmlkit distance object, e.g. "
+                f"dmlkit.distances.CosineSimilarity(), got {distance!r}"
+            )
         self.distance = distance if distance is not None else EuclideanDistance()
 
     def __setattr__(self, name: str, value: object) -> None:
