@@ -178,6 +178,14 @@ def test_cli_crossval_prints_the_fold_scores_and_train_rejects_bad_val_classes(t
     assert result.exit_code == 0, result.output
     score = cross_validate(cfg, 2, seed=0).score
     assert f"mean MAP@R over 2 class-disjoint folds: {score:.6f} (objective final;" in result.output
+    assert "is not used" not in result.output
+    # a val_classes of the config is replaced by the folds, and says so
+    with_val = CliRunner().invoke(app, ["crossval", str(path), "--folds", "2", "--set",
+                                        "training.val_classes=0.5"])
+    assert with_val.exit_code == 0, with_val.output
+    assert ("note: training.val_classes (0.5) is not used: each fold validates on its own "
+            "classes") in with_val.stderr
+    assert f"class-disjoint folds: {score:.6f}" in with_val.output
     cfg.training.val_classes = [0]
     cfg.to_yaml(path)
     result = CliRunner().invoke(app, ["train", str(path), "--out", str(tmp_path / "r")])

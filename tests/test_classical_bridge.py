@@ -134,7 +134,7 @@ def test_cli_fit_and_evaluate_npz(tmp_path):
     res = runner.invoke(app, ["classical", "evaluate", str(tmp_path / "e.npz"), "--metric",
                               str(out), "--json"])
     assert res.exit_code == 0, res.output
-    assert json.loads(res.output)["learned"]["knn_accuracy"] > 0.9
+    assert json.loads(res.stdout)["learned"]["knn_accuracy"] > 0.9
     bad = runner.invoke(app, ["classical", "fit", str(tmp_path / "e.npz"), "--method", "x",
                               "--out", str(out)])
     assert bad.exit_code == 1 and "unknown method" in bad.output

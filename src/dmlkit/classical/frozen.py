@@ -135,6 +135,9 @@ def fit_on_embeddings(
     check_one_label_per_row(lab, method)
     if method == "mlkr":  # kernel regression of the one-hot class indicators, not of ids
         classes, inverse = np.unique(lab, return_inverse=True)
+        if len(classes) < 2:  # (the refusal of the other learners, in their words)
+            raise ValueError(f"metric learning from labels needs at least 2 classes, got "
+                             f"{len(classes)} class(es): {classes[:5].tolist()}")
         lab = np.eye(len(classes))[inverse]  # (n, C)
     return make_learner(method, params).fit(emb, lab)
 

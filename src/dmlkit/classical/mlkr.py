@@ -76,6 +76,19 @@ def mlkr_loss_grad(
     return loss, finish_pair_grad(g, col_sums, X, Z)
 
 
+def check_targets_vary(y: np.ndarray) -> None:
+    """A ``ValueError`` unless the targets ``y`` ``(n,)`` or ``(n, T)`` take at least 2
+    distinct values (rows): constant targets (one class) leave nothing to regress, and
+    the solver would stop at once with ``L`` unchanged."""
+    distinct = np.unique(y, axis=0) if y.ndim == 2 else np.unique(y)
+    if distinct.shape[0] < 2:
+        shown = distinct[:5].tolist()
+        raise ValueError(
+            f"MLKR needs targets y with at least 2 distinct values (for class labels: at "
+            f"least 2 classes), got {distinct.shape[0]} distinct value(s): {shown}; "
+            "constant targets leave nothing to regress")
+
+
 class MLKR(MahalanobisMixin):
     """Metric Learning for Kernel Regression (Weinberger & Tesauro, 2007).
 
@@ -134,6 +147,7 @@ class MLKR(MahalanobisMixin):
         X, y = _validate_data(self, X, y, dtype=np.float64, y_numeric=True,
                               ensure_min_samples=2, multi_output=True, order="C")
         y = np.asarray(y, dtype=np.float64)
+        check_targets_vary(y)
         max_iter, tol = check_solver_params(self.max_iter, self.tol)
         k = check_n_components(self.n_components, X.shape[1])
         device = resolve_device(self.device)

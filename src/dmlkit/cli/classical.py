@@ -161,6 +161,18 @@ class _SolverProgress:
             self.held = None
 
 
+def _warn_no_heldout(splits: Any, source: Path, x_key: str | None, labels_key: str | None,
+                     shown: str = "table") -> None:
+    """Say on stderr when ``source`` has no held-out items, so that the ``shown`` output
+    (the table, or the JSON) scores the metric on the training items."""
+    if splits.heldout is splits.train or (splits.heldout.shape == splits.train.shape and bool(
+            (splits.heldout == splits.train).all())):
+        typer.echo(f"warning: {source} has no held-out items (heldout_"
+                   f"{x_key or 'embeddings'} / heldout_{labels_key or 'labels'}): the {shown} "
+                   "below scores the metric on the items it was fitted on, which flatters it",
+                   err=True)
+
+
 def _fit(splits: Any, method: str, params: dict[str, Any], source: Path) -> Any:
     """Fit ``method`` on the train split, saying on stderr what is fitted and, where the
     learner has a ``verbose`` option, the solver's progress (its own lines, thinned to one
@@ -235,12 +247,7 @@ def fit(
         raise typer.Exit(1) from err
     typer.echo(f"{method}: fit on {splits.train.shape[0]} x {splits.train.shape[1]} in "
                f"{seconds:.2f} s -> {out}")
-    if splits.heldout is splits.train or (splits.heldout.shape == splits.train.shape and bool(
-            (splits.heldout == splits.train).all())):
-        typer.echo(f"warning: {source} has no held-out items (heldout_"
-                   f"{x_key or 'embeddings'} / heldout_{labels_key or 'labels'}): the table "
-                   "below scores the metric on the items it was fitted on, which flatters it",
-                   err=True)
+    _warn_no_heldout(splits, source, x_key, labels_key)
     typer.echo(_table(result))
 
 
@@ -288,6 +295,7 @@ def evaluate(
     except (ValueError, TypeError, OSError) as err:  # TypeError: non-numeric arrays
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from err
+    _warn_no_heldout(splits, source, x_key, labels_key, "JSON" if as_json else "table")
     typer.echo(to_json(result) if as_json else _table(result))
 
 

@@ -251,12 +251,19 @@ def crossval(
     try:
         if seed is not None:
             check_seed(seed, "--seed")  # (the seed rule of every command)
+        if folds is not None and folds < 2:  # (the library's message names its k)
+            raise ValueError(f"--folds must be >= 2, got {folds}")
         cfg = load_config(config)
         if overrides:
             cfg = apply_overrides(cfg, overrides)
         k = folds if folds is not None else (cfg.tune.folds if cfg.tune is not None else None)
         s = seed if seed is not None else (cfg.tune.seed if cfg.tune is not None else 0)
         obj = objective or (cfg.tune.objective if cfg.tune is not None else "final")
+        held = {"val_classes": cfg.training.val_classes, "val_fraction": cfg.training.val_fraction}
+        for key, value in held.items():
+            if value not in (None, 0, 0.0):  # (each fold sets its own)
+                typer.echo(f"note: training.{key} ({value}) is not used: each fold "
+                           "validates on its own classes", err=True)
         result = cross_validate(cfg, k, seed=s, objective=obj, log=typer.echo)
     except (FileNotFoundError, ValueError, TypeError, FloatingPointError) as err:
         raise _fail(str(err)) from None

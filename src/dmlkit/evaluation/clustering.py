@@ -6,20 +6,43 @@ and pytorch-metric-learning's ``AccuracyCalculator``.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
+from dmlkit._checks import check_finite_rows, is_int
 from dmlkit.functional.distances import l2_normalize
 
 #: largest ``random_state`` scikit-learn's k-means takes
 _MAX_STATE = 2**32 - 1
 
 
+def check_seed(seed: int) -> None:
+    """A ``ValueError`` naming ``seed`` unless it is an integer ``>= 0``."""
+    if not is_int(seed) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+
+
+def warn_trivial_clustering(labels: np.ndarray) -> None:
+    """Warn when the ``(n,)`` labels make clustering meaningless: one class (one cluster
+    holds everything) or every item its own class (one cluster per item): NMI and AMI
+    are trivially perfect or undefined, whatever the embeddings."""
+    n, classes = int(labels.shape[0]), int(np.unique(labels).size)
+    if classes == 1 or classes == n:
+        what = (f"all {n} labels are one class" if classes == 1 else
+                f"each of the {n} labels occurs once (one cluster per item)")
+        warnings.warn(f"clustering metrics are trivial: {what}, so k-means has nothing to "
+                      "find; evaluate on at least two classes with at least two items each",
+                      UserWarning, stacklevel=3)
+
+
 def kmeans_state(seed: int) -> int:
     """scikit-learn's ``random_state`` for ``seed``: the seed itself up to ``2**32 - 1``,
     larger seeds (any integer ``>= 0`` is a seed) mixed down to 32 bits."""
+    check_seed(seed)
     seed = int(seed)
-    if 0 <= seed <= _MAX_STATE:
+    if seed <= _MAX_STATE:
         return seed
     return int(np.random.SeedSequence(seed).generate_state(1)[0])
 
@@ -62,7 +85,7 @@ def clustering_metrics(
     n_clusters : int, optional
         Default: the number of distinct labels.
     seed : int
-        k-means seed, an integer ``>= 0`` (:func:`kmeans_state`).
+        k-means seed, an integer ``>= 0`` (:func:`kmeans_state`; else a ``ValueError``).
     normalize : bool
         L2-normalize before clustering (k-means then follows cosine geometry).
 
@@ -70,11 +93,24 @@ def clustering_metrics(
     -------
     dict
         ``nmi``, ``ami`` (floats) and ``n_clusters``.
+
+    Raises
+    ------
+    ValueError
+        A negative or non-integer ``seed``, embeddings with NaN or infinite values, or
+        labels that are not one per row. Labels of one class, or one class per item
+        (NMI and AMI are then trivial), are warned about.
     """
+    check_seed(seed)  # (before k-means: numpy's own message does not name it)
     x = embeddings if isinstance(embeddings, torch.Tensor) else torch.as_tensor(embeddings)
+    values = x.detach().cpu()
+    check_finite_rows((values if values.dtype in (torch.float32, torch.float64)
+                       or not values.is_floating_point() else values.float()).numpy(),
+                      "embeddings")
     y = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
     if y.ndim != 1 or y.shape[0] != x.shape[0]:
         raise ValueError(f"labels must have shape ({x.shape[0]},), got {y.shape}")
+    warn_trivial_clustering(y)
     if normalize:  # (float64 stays float64: float32 overflows huge values, flushes tiny)
         x = l2_normalize(x if x.dtype in (torch.float32, torch.float64) else x.float())
     n_clusters = int(np.unique(y).size) if n_clusters is None else int(n_clusters)

@@ -58,7 +58,8 @@ def evaluate_embeddings(
     Parameters
     ----------
     embeddings, labels : Tensor or ndarray
-        ``(n, d)`` query embeddings and their labels: ``(n,)`` class ids, ``(n, L)``
+        ``(n, d)`` query embeddings (integer ones are read as float32, for every
+        section) and their labels: ``(n,)`` class ids, ``(n, L)``
         hierarchical labels (coarsest level first) or ``(n, C)`` bool multi-labels.
         Retrieval and verification treat an item's full label row as its class (the
         leaf, for hierarchical labels); clustering and few-shot need ``(n,)`` labels.
@@ -138,8 +139,6 @@ def evaluate_embeddings(
     flat_labels = y.dim() == 1
     if "clustering" in sections:
         with _section(log, "clustering (k-means)"):
-            if flat_labels:
-                _warn_trivial_clustering(y)
             result["clustering"] = (
                 clustering_metrics(x, y, seed=seed, normalize=metric == "cosine")
                 if flat_labels else {"skipped": "clustering needs (n,) class labels"})
@@ -191,19 +190,26 @@ def _check_inputs(embeddings, labels, ref_embeddings, ref_labels) -> tuple:
     (:func:`_check_embeddings`), one label row per embedding (:func:`check_labels`), and
     a gallery of embeddings and labels given together, of one width and one label row
     each. Any of these is a one-line ``ValueError`` (``TypeError`` for a wrong dtype)."""
-    x = torch.as_tensor(embeddings)
+    x = _as_float(torch.as_tensor(embeddings))
     _check_embeddings(x, "embeddings")
     y = _label_tensor(labels, x.shape[0], "labels", "embeddings")
     if (ref_embeddings is None) != (ref_labels is None):
         raise ValueError("pass ref_embeddings and ref_labels together, or neither")
     if ref_embeddings is None:
         return x, y, None, None
-    ref = torch.as_tensor(ref_embeddings)
+    ref = _as_float(torch.as_tensor(ref_embeddings))
     _check_embeddings(ref, "ref_embeddings")
     if ref.shape[1] != x.shape[1]:
         raise ValueError(f"embeddings have dim {x.shape[1]} but ref_embeddings have dim "
                          f"{ref.shape[1]}")
     return x, y, ref, _label_tensor(ref_labels, ref.shape[0], "ref_labels", "ref_embeddings")
+
+
+def _as_float(x: torch.Tensor) -> torch.Tensor:
+    """Integer (or bool) embeddings as float32, as ``dmlkit evaluate`` reads them from a
+    ``.npz``: every section then computes on the same values (float tensors, and complex
+    ones, which :func:`_check_embeddings` refuses, are returned as they are)."""
+    return x if x.is_floating_point() or x.is_complex() else x.float()
 
 
 def _check_embeddings(x: torch.Tensor, name: str) -> None:
@@ -231,21 +237,6 @@ def _check_magnitude(x: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} reach {biggest:.3g}: their squared distances overflow "
                          f"{str(x.dtype).removeprefix('torch.')} (values must stay below "
                          f"{limit:.3g}); rescale them, e.g. divide by {biggest:.0e}")
-
-
-def _warn_trivial_clustering(y: torch.Tensor) -> None:
-    """Warn when the labels make clustering meaningless: one class (one cluster holds
-    everything) or every item its own class (one cluster per item): NMI and AMI are
-    trivially perfect or undefined, whatever the embeddings."""
-    import warnings
-
-    n, classes = int(y.shape[0]), int(torch.unique(y).numel())
-    if classes == 1 or classes == n:
-        what = (f"all {n} labels are one class" if classes == 1 else
-                f"each of the {n} labels occurs once (one cluster per item)")
-        warnings.warn(f"clustering metrics are trivial: {what}, so k-means has nothing to "
-                      "find; evaluate on at least two classes with at least two items each",
-                      UserWarning, stacklevel=3)
 
 
 @contextmanager

@@ -164,7 +164,8 @@ def retrieval_metrics(
     reference, reference_labels : Tensor or ndarray, optional
         ``(m, d)`` gallery and labels; ``None`` = leave-one-out on ``query``.
     k : int or sequence of int, optional
-        Cutoffs of Recall@K and Precision@K (default ``(1, 2, 4, 8)``).
+        Cutoffs of Recall@K and Precision@K (default ``(1, 2, 4, 8)``). Cutoffs asked
+        for beyond the references a query is ranked against are warned about (once).
     metric : str
         ``"euclidean"`` (default, as ``AccuracyCalculator``), ``"cosine"`` or ``"dot"``.
     ref_includes_query : bool
@@ -214,6 +215,10 @@ def retrieval_metrics(
     result["num_queries"] = int(valid.sum())
     result["metric"] = metric
     _warn_degenerate(query_labels, reference_labels, result["num_queries"])
+    if k is not None and ks != DEFAULT_K:  # (the default cutoffs: reported for any gallery)
+        n_refs = (query.shape[0] if reference is None else reference.shape[0]) - int(
+            reference is None or ref_includes_query)  # (a query is not its own reference)
+        _warn_k_beyond(ks, n_refs)
     if per_class:
         result["per_class"] = _per_class(values, query_labels, valid, label_names)
     return result
@@ -246,6 +251,22 @@ def _warn_degenerate(query_labels: Tensor, reference_labels: Tensor | None,
             f"{TRIVIAL_WARNING}: all {labels.shape[0]} labels are {label}, so every "
             "reference is relevant; evaluate on at least two classes", UserWarning,
             stacklevel=3)
+
+
+def _warn_k_beyond(ks: tuple[int, ...], n_refs: int) -> None:
+    """Warn once when a cutoff asked for exceeds the ``n_refs`` references a query is
+    ranked against: Recall@K then counts a hit anywhere, and Precision@K still divides
+    by ``k``, so it cannot reach 1."""
+    import warnings
+
+    beyond = [c for c in ks if c > n_refs]
+    if beyond:
+        big = beyond[-1]
+        warnings.warn(
+            f"k={beyond if len(beyond) > 1 else big} exceeds the {n_refs} reference(s) each "
+            f"query is ranked against: recall_at_{big} counts a relevant item anywhere in "
+            f"them, and precision_at_{big} is still relevant / {big} (at most "
+            f"{n_refs}/{big}); ask for k <= {n_refs}", UserWarning, stacklevel=3)
 
 
 def _per_class(values: dict[str, Tensor], labels: Tensor, valid: Tensor,
