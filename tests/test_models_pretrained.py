@@ -104,6 +104,18 @@ def test_grey_images_equal_repeated_rgb_and_any_size_works():
         assert torch.allclose(flat(grey.flatten(1)), a, atol=1e-6)
 
 
+def test_feature_wide_rows_of_a_dataset_are_refused_as_what_they_are():
+    model = EfficientNetLite0Embedder(dim=16, resolution=32, in_channels=1).eval()
+    rows = torch.rand(2, model.feature_dim)
+    with pytest.raises(ValueError) as err:
+        model.prepare(rows)  # (as the feature cache reads a dataset's rows)
+    message = str(err.value)
+    assert f"{model.feature_dim} values, as wide as the backbone's features" in message
+    assert "expected" not in message and "model.image_size" in message
+    with torch.no_grad():  # the model itself still takes such rows as cached features
+        assert model(rows).shape == (2, 16)
+
+
 def test_non_square_image_size_reshapes_flat_inputs_and_is_resolved_from_the_data():
     from dmlkit.training.build import model_shape_params
 

@@ -95,6 +95,11 @@ def flat_input_problem(values: int, channels: int, feature_dim: int,
                "--set model.image_size=[height,width]")
     fix = (f"set model.image_size to the images' side or [height, width] ({example}), or "
            "store the rows as (n, C, H, W) images")
+    if values == feature_dim:  # (forward takes such rows; data to train on are images)
+        return (f"flat input of {values} values, as wide as the backbone's features: the "
+                "model reads a dataset's rows as images and computes (and caches) their "
+                "features itself, so a dataset of feature rows is not one it takes; give "
+                f"the images, and for flat pixel rows {fix}")
     if hw is None:
         return (f"flat input of {values} values: expected {feature_dim} cached features or "
                 f"{channels} x H x W pixels, and model.image_size is not set; {fix}")
