@@ -325,20 +325,24 @@ class Config:
 
     @classmethod
     def from_yaml(cls, source: str | Path) -> Config:
-        """Parse YAML text, or read a ``.yaml`` / ``.yml`` file given as a path (a key
-        given twice in a mapping is refused)."""
-        from dmlkit.config.yaml_text import load_config_text
+        """Parse YAML text, or read a config file given as a path: a ``Path``, or a string
+        of one line naming an existing file or ending in ``.yaml`` / ``.yml`` (any case).
+        A key given twice in a mapping is refused; a file must be UTF-8 (a BOM allowed)."""
+        from dmlkit.config.yaml_text import is_file_name, load_config_text, read_config_file
 
-        is_path = isinstance(source, Path) or (
-            "\n" not in source and source.strip().endswith((".yaml", ".yml"))
-        )
+        one_line = isinstance(source, str) and "\n" not in source
+        is_path = isinstance(source, Path) or ("\n" not in source and (
+            source.strip().lower().endswith((".yaml", ".yml")) or is_file_name(source)))
         if is_path:
             path = Path(source)
             if not path.is_file():
                 raise FileNotFoundError(f"config file not found: {path}")
-            source = path.read_text()
+            source = read_config_file(path)  # (not UTF-8: an error naming the file)
         where = str(path) if is_path else "config text"
         raw = load_config_text(source, where)  # (a key given twice refused)
+        if one_line and not is_path and raw is not None and not isinstance(raw, dict):
+            raise ValueError(f"{str(source)[:80]!r} is neither a config file (no file of that "
+                             "name) nor YAML text of a mapping (settings: `key: value`)")
         if raw is None:
             raise ValueError(f"{where} is empty; write the settings to use (see "
                              "configs/digits.yaml), or run `dmlkit train` without a config "

@@ -8,6 +8,7 @@ lines of both; :func:`load_config_text` turns any YAML error into one line.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -56,4 +57,27 @@ def load_config_text(text: str, where: str) -> Any:
                          "(an example: configs/digits.yaml)") from None
 
 
-__all__ = ["DuplicateKeyError", "UniqueKeyLoader", "load_config_text"]
+def is_file_name(text: str) -> bool:
+    """Whether ``text`` names an existing file (False for what cannot be a path)."""
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):  # (a name too long, a NUL byte)
+        return False
+
+
+def read_config_file(path: Path) -> str:
+    """The text of the config file ``path``, UTF-8 (a BOM allowed); a ``ValueError``
+    naming the file, the line and the byte offset where it is not UTF-8."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        utf16 = " (it looks like UTF-16)" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        raise ValueError(
+            f"{path} is not UTF-8 text{utf16}: byte 0x{data[err.start]:02x} at line {line} "
+            f"(byte offset {err.start}) cannot be decoded; save the file as UTF-8") from None
+
+
+__all__ = ["DuplicateKeyError", "UniqueKeyLoader", "is_file_name", "load_config_text",
+           "read_config_file"]

@@ -30,6 +30,7 @@ import math
 import os
 import sys
 import tempfile
+import uuid
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,6 +44,7 @@ from dmlkit.data.tuples import load_features
 from dmlkit.index.store import model_fingerprint
 from dmlkit.runs.queries import InputSpec, recorded_input_spec, run_input_spec
 from dmlkit.runs.run_files import RUN_FILES, check_not_run_file, is_run_dir
+from dmlkit.training.checkpoint import WriteError, interrupts_deferred, write_error
 from dmlkit.training.run import MODEL_FILE, build_splits, load_run
 from dmlkit.training.trainer import CHECKPOINT
 
@@ -227,6 +229,11 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "onnx",
     ExportError
         When the model has an operation the format cannot express; ``detail`` holds
         the exporter's output.
+    OSError
+        A :class:`~dmlkit.training.checkpoint.WriteError` naming ``out`` or ``out.json``
+        when either cannot be written (disk full): both are written to temporary files
+        first and published together, so a failure leaves neither (nor, under ``force``,
+        touches the old pair).
     """
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {list(FORMATS)}, got {fmt!r}")
@@ -251,20 +258,23 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "onnx",
     example = torch.rand(4, n_features, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         dim = int(module(example).shape[1])
-    out = Path(out)
+    out, json_out = Path(out), Path(f"{out}.json")
+    made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]  # (failed: gone)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
+    temps: list[Path] = []
     diff: float | None = None
     tolerance: float | None = None
+    published = False
     try:
-        with warnings.catch_warnings():
+        with _naming(out), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer notes on shape checks inside models
+            tmp = _temp_beside(out, temps)
             if fmt == "onnx":
                 _export_onnx(module, example, tmp)
-            else:
-                torch.jit.save(torch.jit.trace(module, (example,)), str(tmp))
+            else:  # (through a buffer: torch's file writer aborts when the disk fills)
+                buffer = io.BytesIO()
+                torch.jit.save(torch.jit.trace(module, (example,)), buffer)
+                _write_synced(tmp, buffer.getvalue())
         described = input_description(run, shape, spec)  # (its range: the check's rows)
         if check:
             checked = _check_export(module, tmp, fmt, n_features, described["input_range"])
@@ -272,29 +282,98 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "onnx",
                 diff, tolerance, scale = checked
                 if diff > tolerance:
                     raise RuntimeError(_mismatch(fmt, diff, tolerance, scale))
-        file_sha = file_checksum(tmp)
-        publish_mode(tmp)
-        os.replace(tmp, out)
+        info: dict[str, Any] = {
+            "format": fmt, "input_shape": list(shape), "n_features": n_features, "dim": dim,
+            "input_name": "inputs", "output_name": "embeddings",
+            "run_dir": str(Path(run_dir).resolve()),
+            # which weights the export holds: the service checks an index against it
+            "model_sha256": model_fingerprint(run.model),
+            # which file of the run the weights are from: model.pt, or its checkpoint
+            "weights": MODEL_FILE if run.weights == MODEL_FILE else CHECKPOINT,
+            # the exported file itself: dmlkit serve --onnx checks it is the one described
+            "file_sha256": file_checksum(tmp),
+            "max_difference": diff, "tolerance": tolerance}
+        if run.weights != MODEL_FILE:
+            info["weights_note"] = run.weights
+        info.update(described)
+        if check and diff is None:
+            info["not_verified"] = NOT_VERIFIED
+        with _naming(json_out):
+            json_tmp = _temp_beside(json_out, temps)
+            _write_synced(json_tmp, json.dumps(info, indent=2).encode("utf-8"))
+        with interrupts_deferred():  # (both files written: publish them as one)
+            _publish([(json_tmp, json_out), (tmp, out)])
+        published = True
     finally:
-        tmp.unlink(missing_ok=True)
-    info: dict[str, Any] = {
-        "format": fmt, "input_shape": list(shape), "n_features": n_features, "dim": dim,
-        "input_name": "inputs", "output_name": "embeddings",
-        "run_dir": str(Path(run_dir).resolve()),
-        # which weights the export holds: the service checks an index against it
-        "model_sha256": model_fingerprint(run.model),
-        # which file of the run the weights are from: model.pt, or its checkpoint
-        "weights": MODEL_FILE if run.weights == MODEL_FILE else CHECKPOINT,
-        # the exported file itself: dmlkit serve --onnx checks it is the one described
-        "file_sha256": file_sha,
-        "max_difference": diff, "tolerance": tolerance}
-    if run.weights != MODEL_FILE:
-        info["weights_note"] = run.weights
-    info.update(described)
-    if check and diff is None:
-        info["not_verified"] = NOT_VERIFIED
-    Path(f"{out}.json").write_text(json.dumps(info, indent=2))
+        for path in temps:
+            path.unlink(missing_ok=True)
+        for folder in made if not published else ():
+            with contextlib.suppress(OSError):
+                folder.rmdir()
     return info
+
+
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """Raise a failure to write ``path`` (or its temporary file) as one
+    :class:`~dmlkit.training.checkpoint.WriteError` naming ``path``."""
+    try:
+        yield
+    except Exception as err:
+        failure = write_error(err, path)
+        if failure is None:
+            raise
+        if failure is err:
+            failure = WriteError(failure.errno, failure.strerror, str(path))
+        raise failure from err
+
+
+def _temp_beside(path: Path, temps: list[Path]) -> Path:
+    """A new temporary file beside ``path`` (a plain ``open``'s mode), added to ``temps``."""
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    temps.append(Path(name))
+    publish_mode(name)
+    return Path(name)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` and flush it to disk."""
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _publish(pairs: list[tuple[Path, Path]]) -> None:
+    """Rename each ``(temporary, target)`` over its target, all or none: on a failure the
+    targets replaced get their old files back (kept as hard links) or are removed."""
+    done: list[tuple[Path, Path | None]] = []
+    backups: list[Path] = []
+    try:
+        for tmp, target in pairs:
+            backup: Path | None = None
+            if target.exists():
+                backup = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.old")
+                try:
+                    os.link(target, backup)
+                    backups.append(backup)
+                except OSError:
+                    backup = None
+            with _naming(target):
+                os.replace(tmp, target)
+            done.append((target, backup))
+    except BaseException:
+        for target, backup in reversed(done):
+            with contextlib.suppress(OSError):
+                if backup is not None:
+                    os.replace(backup, target)
+                else:
+                    target.unlink(missing_ok=True)
+        raise
+    finally:
+        for backup in backups:
+            backup.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -343,6 +422,8 @@ def _export_onnx(module: nn.Module, example: Tensor, path: Path) -> None:
             return
         except Exception as err:  # noqa: BLE001 - an operator ONNX lacks
             failure = err
+    if write_error(failure, path) is not None:  # (disk full, no permission: an I/O
+        raise failure  # error, reported as one by the caller, not the format's limit)
     reason = str(failure).strip().splitlines()[:1] or [""]
     detail = "".join(printed).rstrip() + f"\n{type(failure).__name__}: {failure}"
     raise ExportError(

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import re
 from pathlib import Path
 from typing import Any
 
@@ -409,7 +410,21 @@ def part_modules(config: Config) -> list[str]:
 
 
 def build_model(config: Config) -> nn.Module:
-    return build_from_config(MODELS, config.model)
+    """The configured model; one too large to build (a huge ``dim``) is a ValueError."""
+    try:
+        return build_from_config(MODELS, config.model)
+    except (RuntimeError, MemoryError, OverflowError, TypeError) as err:
+        text = str(err).strip()  # (torch's C++ frames after its first line: dropped)
+        if isinstance(err, (RuntimeError, TypeError)) and not re.search(
+                r"allocat|out of memory|overflow", text, re.I):
+            raise  # (a bug, a parameter the model lacks: its own message)
+        sizes = {k: v for k, v in dict(config.model).items() if is_int(v)}  # (a dict)
+        found = re.search(r"allocate (\d+) bytes", text)
+        why = (f"can't allocate {found[1]} bytes" if found else "sizes overflow 64-bit"
+               if "overflow" in text.lower() else (text.splitlines() or ["no memory"])[0])
+        settings = ", ".join(f"{k}={v}" for k, v in sizes.items())
+        raise ValueError(f"model {config.model.get('name')!r} with {settings} cannot be built: "
+                         f"{why}; lower model.{max(sizes, key=sizes.get, default='dim')}") from None
 
 
 def build_loss(config: Config) -> nn.Module:
