@@ -10,8 +10,10 @@ tied similarities highest index first, so by inner product or cosine the order a
 ties can differ from that index's. Euclidean ranking uses
 ``|r|^2 - 2 q.r`` (the squared distance minus the query's own constant ``|q|^2``, one
 matrix product), never a square root, which could merge distinct values into new ties.
-Exact ties (e.g. integer-valued embeddings) are reproduced exactly, copies of one vector
-included. Sets of up to ``FLOAT64_MAX_PAIRS`` query-reference pairs are ranked by float64
+Exact ties of the keys (e.g. integer-valued embeddings by Euclidean distance or dot
+product) are reproduced exactly, copies of one vector included. By cosine the vectors
+are scaled to unit length first, so parallel vectors of different lengths, tied in exact
+arithmetic, can differ in the last bit and rank in either order. Sets of up to ``FLOAT64_MAX_PAIRS`` query-reference pairs are ranked by float64
 keys; larger ones by float32 keys, where two references whose distances differ by less
 than float32 rounding may come out in either order (faiss's matrix products round
 differently again). Each such swap across a relevance boundary moves a top-R metric by
