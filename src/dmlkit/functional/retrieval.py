@@ -13,8 +13,9 @@ matrix product), never a square root, which could merge distinct values into new
 Exact ties of the keys (e.g. integer-valued embeddings by Euclidean distance or dot
 product) are reproduced exactly, copies of one vector included. By cosine the vectors
 are scaled to unit length first, so parallel vectors of different lengths, tied in exact
-arithmetic, can differ in the last bit and rank in either order. Sets of up to ``FLOAT64_MAX_PAIRS`` query-reference pairs are ranked by float64
-keys; larger ones by float32 keys, where two references whose distances differ by less
+arithmetic, can differ in the last bit and rank in either order. Sets of up to
+``FLOAT64_MAX_PAIRS`` query-reference pairs are ranked by float64 keys; larger ones by
+float32 keys, where two references whose distances differ by less
 than float32 rounding may come out in either order (faiss's matrix products round
 differently again). Each such swap across a relevance boundary moves a top-R metric by
 ``1 / (n R)`` (about 1e-5 on a thousand queries), so on large real-valued sets the
