@@ -294,7 +294,10 @@ def register(app: typer.Typer) -> None:
                                  "(not the run directory itself, nor inside the run's "
                                  "data); an earlier explanation's files there are "
                                  "replaced."),
-        steps: int = typer.Option(64, "--steps", help="Integrated-gradients steps."),
+        steps: int = typer.Option(64, "--steps", help="Integrated-gradients steps; "
+                                  "explain.json gives each map's completeness (its sum "
+                                  "against the similarity's change from the all-zero "
+                                  "input), and a miss over 5% is warned of."),
         patch: int = typer.Option(None, "--patch", help="Occlusion patch size (default: 2 "
                                   "on images; on 1-D inputs of n values max(2, n // 100): "
                                   "n - 1 windows up to 200 values, about 200 to 400 "
@@ -352,6 +355,24 @@ def _check_stride(patch: int, stride: int) -> None:
                          "patch")
 
 
+def _warn_incomplete(completeness: dict[str, Any], steps: int) -> None:
+    """Record the completeness tolerance with the per-side gaps and say, in one
+    ``warning:`` line, which sides' integrated gradients miss it."""
+    from dmlkit.explain.attribution import IG_COMPLETENESS_TOLERANCE, incomplete
+
+    sides = [side for side in ("a", "b") if incomplete(completeness[side])]
+    completeness["tolerance"] = IG_COMPLETENESS_TOLERANCE
+    if sides:
+        gaps = "; ".join(f"{side}'s map sums to {completeness[side]['sum']:.4g} where the "
+                         f"similarity changes by {completeness[side]['difference']:.4g} "
+                         f"({completeness[side]['relative_error']:.0%} off)" for side in sides)
+        typer.echo(f"warning: integrated gradients are incomplete (over the "
+                   f"{IG_COMPLETENESS_TOLERANCE:.0%} tolerance): {gaps} from the all-zero "
+                   f"input; raise --steps (now {steps}), or read the occlusion maps, which "
+                   "need no baseline (explain.json gives each side's completeness)",
+                   err=True)
+
+
 def _explain(run_dir: Path, a: str, b: str, out: Path, steps: int, patch: int | None,
              stride: int | None, metric: str = "euclidean",
              device: str = "cpu") -> tuple[dict[str, Any], list[str]]:
@@ -400,7 +421,11 @@ def _explain(run_dir: Path, a: str, b: str, out: Path, steps: int, patch: int | 
         auto_stride = stride_for_patch(tuple(xa.shape), patch)
     stride = stride or auto_stride
     _check_stride(patch, stride)  # before the integrated gradients
-    from dmlkit.explain.attribution import occlusion_window
+    from dmlkit.explain.attribution import (
+        IncompleteAttributionWarning,
+        ig_completeness,
+        occlusion_window,
+    )
 
     used = occlusion_window(tuple(xa.shape), patch, stride)  # (cut to the input)
     if used != (patch, stride):
@@ -411,17 +436,23 @@ def _explain(run_dir: Path, a: str, b: str, out: Path, steps: int, patch: int | 
         sim = float(similarity(run.model, xa[None], xb[None], metric))
         cos = sim if metric == "cosine" else float(similarity(run.model, xa[None], xb[None]))
     maps: dict[str, Any] = {}
-    notes: dict[str, str] = {}
+    notes: dict[str, Any] = {}
     try:
         for side, x, other in (("a", xa, xb), ("b", xb, xa)):
             say(f"integrated gradients of {side}")
-            maps[f"{side}_integrated_gradients"] = integrated_gradients(
-                run.model, x, other, steps=steps, metric=metric,
-                progress=say.counter(f"integrated gradients of {side}, steps"))
+            with warnings.catch_warnings():  # (said below, once, in the CLI's words)
+                warnings.simplefilter("ignore", IncompleteAttributionWarning)
+                maps[f"{side}_integrated_gradients"] = integrated_gradients(
+                    run.model, x, other, steps=steps, metric=metric,
+                    progress=say.counter(f"integrated gradients of {side}, steps"))
+            notes.setdefault("completeness", {})[side] = ig_completeness(
+                run.model, x, other, maps[f"{side}_integrated_gradients"], metric=metric)
     except NoInputGradientError as err:  # a frozen backbone: occlusion only
         maps.clear()
-        notes["integrated_gradients_skipped"] = str(err)
+        notes = {"integrated_gradients_skipped": str(err)}
         typer.echo(f"note: occlusion maps only: {err}", err=True)
+    if "completeness" in notes:
+        _warn_incomplete(notes["completeness"], steps)
     for side, x, other in (("a", xa, xb), ("b", xb, xa)):
         maps[f"{side}_occlusion"] = occlusion(
             run.model, x, other, patch=patch, stride=stride, metric=metric,

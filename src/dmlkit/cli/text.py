@@ -162,6 +162,11 @@ def similarity(
     """Cosine similarity of a sentence to others, most similar first."""
     from dmlkit.text import embed_texts
 
+    for place, text in enumerate([first, *others], 1):
+        if not text.strip():
+            which = "the first sentence" if place == 1 else f"sentence {place}"
+            raise _fail(f"{which} (argument {place}) is {'blank' if text else 'empty'}: "
+                        f"{text!r}; give a text to compare")
     try:
         emb = embed_texts(_model(run_dir, "cpu"), [first, *others])
     except (FileNotFoundError, ValueError, TypeError, ImportError) as err:

@@ -43,17 +43,24 @@ _PCM, _FLOAT, _EXTENSIBLE = 0x0001, 0x0003, 0xFFFE  # WAV format tags
 _SUBTYPE_GUID_TAIL = bytes.fromhex("0000" "0000" "1000" "800000aa00389b71")
 
 
-def _wav_chunks(blob: bytes) -> dict[bytes, bytes]:
+#: the size a streaming writer leaves in a chunk header it could not go back to fill in
+_UNKNOWN_SIZE = 0xFFFFFFFF
+
+
+def _wav_chunks(blob: bytes, sizes: dict[bytes, int] | None = None) -> dict[bytes, bytes]:
     """The chunks of a RIFF/WAVE file, ``{id: body}`` (the first of each id).
 
     A chunk whose stated size runs past the end of the file (a truncated file, or a
-    stream's 0xFFFFFFFF placeholder) holds what is there.
+    stream's 0xFFFFFFFF placeholder) holds what is there; ``sizes``, when given, gets
+    each such chunk's stated size.
     """
     chunks: dict[bytes, bytes] = {}
     pos = 12  # after "RIFF", the RIFF size and "WAVE"
     while pos + 8 <= len(blob):
         cid = blob[pos : pos + 4]
         size = int.from_bytes(blob[pos + 4 : pos + 8], "little")
+        if cid not in chunks and pos + 8 + size > len(blob) and sizes is not None:
+            sizes[cid] = size
         chunks.setdefault(cid, blob[pos + 8 : pos + 8 + size])
         pos += 8 + size + (size & 1)  # chunks are padded to an even length
     return chunks
@@ -108,9 +115,11 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
 
     Supports 8-bit unsigned and 16/24/32-bit signed PCM, with a plain or a
     WAVE_FORMAT_EXTENSIBLE header (as sox and ffmpeg write 24/32-bit and multichannel
-    files). A file cut inside a frame is read up to its last whole frame. A header
-    sample rate outside :data:`MIN_FILE_RATE` to :data:`MAX_FILE_RATE` Hz is refused,
-    naming the file.
+    files). A file cut inside a frame is read up to its last whole frame; one holding
+    fewer frames than its header declares is read as far as it goes, with a
+    ``UserWarning`` naming it and both counts (a stream's 0xFFFFFFFF size is no
+    declaration). A header sample rate outside :data:`MIN_FILE_RATE` to
+    :data:`MAX_FILE_RATE` Hz is refused, naming the file.
     """
     path = Path(path)
     if not path.is_file():
@@ -120,7 +129,8 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
         why = ("the file is empty" if not blob else
                f"it starts with {blob[:4]!r}, not a RIFF/WAVE header")
         raise ValueError(f"{path} is not a PCM WAV file ({why}); replace or remove it")
-    chunks = _wav_chunks(blob)
+    stated: dict[bytes, int] = {}  # (sizes of chunks cut short)
+    chunks = _wav_chunks(blob, stated)
     for cid in (b"fmt ", b"data"):
         if cid not in chunks:
             raise ValueError(f"{path} is not a PCM WAV file (no {cid.decode()!r} chunk: "
@@ -131,6 +141,11 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
     if whole == 0:
         raise ValueError(f"{path} holds no audio frames; replace or remove it")
     raw = raw[:whole]
+    if stated.get(b"data", _UNKNOWN_SIZE) != _UNKNOWN_SIZE:
+        frame = width * n_ch
+        warnings.warn(f"{path} holds {whole // frame} of the {stated[b'data'] // frame} "
+                      "frames its header declares; the file may be cut short (reading "
+                      "what is there)", stacklevel=2)
     if width == 1:
         x = (np.frombuffer(raw, np.uint8).astype(np.float32) - 128.0) / 128.0
     elif width == 2:

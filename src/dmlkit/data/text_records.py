@@ -25,7 +25,8 @@ def read_utf8(path: str | Path) -> str:
     "Unicode" text).
 
     A file in another encoding raises ``ValueError`` naming the file, the line and the
-    byte that is not UTF-8.
+    byte that is not UTF-8; one whose NUL bytes fall as UTF-16 or UTF-32 puts them (a
+    file saved in one of those without its byte-order mark) names that encoding.
     """
     path = Path(path)
     raw = path.read_bytes()
@@ -39,6 +40,12 @@ def read_utf8(path: str | Path) -> str:
                     f"not {encoding.upper()} text (offset {err.start}: {err.reason}); "
                     f"re-encode the file as UTF-8 (iconv -f {encoding} -t utf-8 "
                     f"{path.name} > utf8_{path.name})") from None
+    wide = _wide_without_bom(raw) if b"\x00" in raw else None
+    if wide is not None:
+        raise ValueError(
+            f"{path} looks like {wide} text without a byte-order mark (NUL bytes between "
+            f"its characters), not UTF-8; re-encode the file as UTF-8 (iconv -f {wide} -t "
+            f"UTF-8 {path.name} > utf8_{path.name})")
     start = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
     try:
         return raw[start:].decode("utf-8")
@@ -49,6 +56,25 @@ def read_utf8(path: str | Path) -> str:
             f"{path}:{line} is not UTF-8 text (byte {raw[at]:#04x} at offset "
             f"{at}); re-encode the file as UTF-8 (from Latin-1, for example: "
             f"iconv -f latin1 -t utf-8 {path.name} > utf8_{path.name})") from None
+
+
+def _wide_without_bom(raw: bytes) -> str | None:
+    """``"UTF-32LE"`` / ``"UTF-32BE"`` / ``"UTF-16LE"`` / ``"UTF-16BE"`` where the NUL bytes
+    of ``raw`` fall as that encoding puts them in mostly-Latin text (the zero high bytes
+    of each character), else None."""
+    def nul_share(offset: int, step: int) -> float:
+        part = raw[offset::step]
+        return part.count(0) / len(part) if part else 0.0
+
+    if len(raw) >= 4:
+        for name, zeros, data in (("UTF-32LE", (2, 3), 0), ("UTF-32BE", (0, 1), 3)):
+            if all(nul_share(i, 4) == 1.0 for i in zeros) and nul_share(data, 4) < 0.5:
+                return name
+    if len(raw) >= 2:
+        for name, zeros, data in (("UTF-16LE", 1, 0), ("UTF-16BE", 0, 1)):
+            if nul_share(zeros, 2) >= 0.5 and nul_share(data, 2) < 0.5:
+                return name
+    return None
 
 
 def _numbered_records(path: Path) -> list[tuple[int, dict]]:

@@ -5,7 +5,9 @@ embeddings (or ``-||f(a) - f(b)||^2`` with ``metric="euclidean"``).
 
 - :func:`integrated_gradients` (Sundararajan et al., ICML 2017): the path integral of
   ``ds/da`` from a baseline ``a0`` (zeros by default) to ``a``, times ``a - a0``; its sum
-  over the input equals ``s(a, b) - s(a0, b)`` (completeness), up to the Riemann error.
+  over the input equals ``s(a, b) - s(a0, b)`` (completeness), up to the Riemann error;
+  :func:`ig_completeness` measures that gap, and
+  :func:`integrated_gradients` warns when it exceeds :data:`IG_COMPLETENESS_TOLERANCE`.
 - :func:`occlusion` (Zeiler and Fergus, ECCV 2014): how much the similarity drops when a
   square patch of ``a`` is replaced by ``fill``; one value per patch position, spread
   back over the pixels it covers.
@@ -17,6 +19,7 @@ Each function runs the model in eval mode and gives it back in the mode it was i
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -115,6 +118,19 @@ def similarity(model: nn.Module, a: Tensor, b: Tensor, metric: str = "cosine") -
 IG_CHUNK_VALUES = 1 << 20
 
 
+#: the largest relative completeness error of integrated gradients,
+#: ``|sum(attributions) - (s(a, b) - s(a0, b))| / |s(a, b) - s(a0, b)|``, that passes
+#: without a warning (5%): beyond it the ``steps`` path points miss where the similarity
+#: changes (a log front end near a zero baseline changes it almost all at once)
+IG_COMPLETENESS_TOLERANCE = 0.05
+
+
+class IncompleteAttributionWarning(UserWarning):
+    """Integrated gradients whose sum misses ``s(a, b) - s(a0, b)`` by more than
+    :data:`IG_COMPLETENESS_TOLERANCE` of it: too few steps for the path, or a baseline
+    near which the similarity changes sharply."""
+
+
 def integrated_gradients(model: nn.Module, a: Any, b: Any, *, baseline: Any = None,
                          steps: int = 32, metric: str = "cosine", batch_size: int = 64,
                          progress: Callable[[int, int], None] | None = None) -> Tensor:
@@ -125,6 +141,10 @@ def integrated_gradients(model: nn.Module, a: Any, b: Any, *, baseline: Any = No
     gradients summed batch by batch, so memory does not grow with ``steps`` (the
     result is the one of a single batch, up to float rounding). ``progress(done,
     total)`` is called after each batch of steps.
+
+    Warns with :class:`IncompleteAttributionWarning` (a ``UserWarning``) when the
+    attributions' sum misses ``s(a, b) - s(baseline, b)`` by more than
+    :data:`IG_COMPLETENESS_TOLERANCE` of it (:func:`ig_completeness` gives the gap).
 
     Raises
     ------
@@ -137,8 +157,58 @@ def integrated_gradients(model: nn.Module, a: Any, b: Any, *, baseline: Any = No
     _check_metric(metric)
     _check_finite(a=a, b=b, baseline=baseline)
     with eval_mode(model):
-        return _integrated_gradients(model, a, b, baseline, steps, metric, batch_size,
-                                     progress)
+        attributions = _integrated_gradients(model, a, b, baseline, steps, metric,
+                                             batch_size, progress)
+        gap = _completeness(model, a, b, baseline, attributions, metric)
+    if incomplete(gap):
+        warnings.warn(f"{completeness_text(gap)}; raise steps (now {steps}) or give "
+                      "another baseline", IncompleteAttributionWarning, stacklevel=2)
+    return attributions
+
+
+def ig_completeness(model: nn.Module, a: Any, b: Any, attributions: Tensor, *,
+                    baseline: Any = None, metric: str = "cosine") -> dict[str, float]:
+    """How complete the :func:`integrated_gradients` ``attributions`` of ``a`` (against
+    ``b``, from ``baseline``) are: ``{"sum": sum of the attributions, "difference":
+    s(a, b) - s(baseline, b), "relative_error": |sum - difference| / |difference|}``
+    (0 when both are within float rounding of each other, as when ``a`` is the
+    baseline); :func:`incomplete` says whether it exceeds the tolerance."""
+    _check_metric(metric)
+    _check_finite(a=a, b=b, baseline=baseline)
+    with eval_mode(model):
+        return _completeness(model, a, b, baseline, torch.as_tensor(attributions), metric)
+
+
+def _completeness(model: nn.Module, a: Any, b: Any, baseline: Any, attributions: Tensor,
+                  metric: str) -> dict[str, float]:
+    """The completeness gap of ``attributions`` (the model is in eval mode)."""
+    xa, xb = _as_batch(a), _as_batch(b)
+    x0 = torch.zeros_like(xa) if baseline is None else _as_batch(baseline).to(xa)
+    with torch.no_grad():  # (one item a call, as the path's batches could be)
+        zb = model(xb)  # (1, d)
+        s_a, s_0 = (float(_scores(model(x), zb, metric)[0]) for x in (xa, x0))
+    total, difference = float(attributions.double().sum()), s_a - s_0
+    gap = abs(total - difference)
+    rounding = 1e-5 * max(1.0, abs(s_a), abs(s_0))  # (float32 sums and similarities)
+    error = 0.0 if gap <= rounding else gap / max(abs(difference), 1e-12)
+    return {"sum": total, "difference": difference, "relative_error": error}
+
+
+def incomplete(completeness: dict[str, float],
+               tolerance: float = IG_COMPLETENESS_TOLERANCE) -> bool:
+    """Whether a completeness of :func:`ig_completeness` misses
+    by more than ``tolerance`` (relative)."""
+    return completeness["relative_error"] > tolerance
+
+
+def completeness_text(completeness: dict[str, float]) -> str:
+    """One clause saying how incomplete integrated gradients are."""
+    return (f"integrated gradients are incomplete: the attributions sum to "
+            f"{completeness['sum']:.4g} but the similarity changes by "
+            f"{completeness['difference']:.4g} from the baseline (relative error "
+            f"{completeness['relative_error']:.0%}, over the "
+            f"{IG_COMPLETENESS_TOLERANCE:.0%} tolerance): the path's steps miss where the "
+            "similarity changes")
 
 
 def _integrated_gradients(model: nn.Module, a: Any, b: Any, baseline: Any, steps: int,
@@ -297,6 +367,9 @@ def nearest_prototypes(model: nn.Module, item: Any, reference: Any, labels: Any,
             for i in order]
 
 
-__all__ = ["IG_CHUNK_VALUES", "NoInputGradientError", "integrated_gradients", "occlusion",
+__all__ = ["IG_CHUNK_VALUES", "IG_COMPLETENESS_TOLERANCE", "IncompleteAttributionWarning",
+           "NoInputGradientError", "integrated_gradients",
+           "ig_completeness", "incomplete", "completeness_text",
+           "occlusion",
            "similarity", "nearest_prototypes", "default_occlusion_window", "occlusion_window",
            "stride_for_patch"]

@@ -234,6 +234,7 @@ class SentenceEncoder(nn.Module):
         """``(n, dim)`` float32 embeddings of ``texts``, in eval mode, without gradients.
 
         Texts are embedded in order of length (less padding); rows follow ``texts``.
+        An empty or whitespace-only text raises ``ValueError`` naming its index.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -243,6 +244,9 @@ class SentenceEncoder(nn.Module):
         for i, t in enumerate(texts):  # (named by their place here, not in a sorted batch)
             if isinstance(t, str):
                 check_unicode(t, f"texts[{i}]")
+                if not t or t.isspace():
+                    raise ValueError(f"texts[{i}] is {'blank' if t else 'empty'} ({t!r}): "
+                                     "it has no words to embed; drop it or give a text")
         order = np.argsort([-len(t) if isinstance(t, str) else 0 for t in texts], kind="stable")
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         with eval_mode(self):
