@@ -13,6 +13,7 @@ prototypes), ``"euclidean"`` the negated squared distance, ``"dot"`` the inner p
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -156,7 +157,15 @@ class FewShotClassifier(ClassifierMixin, BaseEstimator):
         from scipy.optimize import minimize_scalar
 
         usable = counts[codes] >= 2
-        if not usable.any() or self.classes_.size < 2:
+        if self.classes_.size < 2:  # (one class: its probability is 1 at any temperature)
+            return float(self.temperature)
+        if not usable.any():
+            warnings.warn(
+                f"scale='learned' cannot learn the temperature: every one of the "
+                f"{self.classes_.size} support classes has one item, and it is learned from "
+                "items scored against their own class without themselves (a class of 2 or "
+                f"more items); the fixed temperature={self.temperature!r} is used",
+                UserWarning, stacklevel=3)
             return float(self.temperature)
         if self.method == "prototype":  # own prototype without the item itself
             scores = self._sim(z, self.prototypes_)

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from dmlkit.evaluation.verification import pairs_needed, resolvable
+from dmlkit.evaluation.verification import _warn_unresolvable, pairs_needed, resolvable
 from dmlkit.functional.retrieval import canonical_metric
 from dmlkit.functional.verification import check_far
 
@@ -58,6 +58,20 @@ def far_threshold(impostor_scores: Any, far: float) -> float:
     far = check_far(far)
     allowed = int(np.floor(far * s.size))  # false accepts we may make
     return float(np.nextafter(s[min(allowed, s.size - 1)], np.inf))
+
+
+def calibration_threshold(impostor_scores: Any, far: float) -> float:
+    """:func:`far_threshold` of a kit's calibration scores, with the warning of
+    :meth:`~dmlkit.evaluation.ThresholdCalibrator.fit` where too few of them resolve
+    ``far``: the threshold then lies just above the highest of them."""
+    m = np.asarray(impostor_scores).size
+    if m and not resolvable(check_far(far), m):
+        _warn_unresolvable(
+            f"the calibration set cannot resolve target_far={far:g}: its", m, far, "that FAR",
+            ", so the threshold rejects all of them (FAR 0 here, unmeasured below "
+            f"{1.0 / m:.3g}): calibrate on more items (a larger gallery or "
+            "calibration_size, or more unknown queries)")
+    return far_threshold(impostor_scores, far)
 
 
 def dir_at_far(

@@ -25,7 +25,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from dmlkit._checks import check_int_param, check_random_state_seed, check_target_far
 from dmlkit.apps.embedding import embed_inputs, kit_embedder, validate_inputs
-from dmlkit.apps.identification_metrics import check_fars, far_threshold, open_set_metrics
+from dmlkit.apps.identification_metrics import calibration_threshold, check_fars, open_set_metrics
 from dmlkit.apps.metric_names import INDEX_METRIC, app_metric
 from dmlkit.apps.persistence import load_kit, load_kit_index, save_kit
 from dmlkit.apps.search_breadth import free_knob, tune, widen
@@ -391,7 +391,7 @@ class Identifier(ClassifierMixin, BaseEstimator):
                     "of the gallery), so no impostor score can be measured for them; raise "
                     "nprobe / ef_search (or leave them unset to have them chosen), or use "
                     "index='exact'")
-        self.threshold_ = far_threshold(impostor, far)
+        self.threshold_ = calibration_threshold(impostor, far)
 
     # -- evaluation ---------------------------------------------------------------------
     def evaluate(self, X: Any, y: Any, *, fars: float | tuple[float, ...] = (1e-2,),

@@ -31,6 +31,7 @@ carries its recorded fingerprint as ``model_sha256_`` (``None``: none recorded).
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 import stat
 import tempfile
@@ -246,15 +247,21 @@ def save_kit(
     elif model_sha256 is not None:
         header[FINGERPRINT] = model_sha256
     path = Path(path)
-    with tempfile.TemporaryDirectory(dir=path.parent if path.parent.exists() else None) as tmp:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # the index is saved first into a temporary named like the kit's own (.NAME.tmp-PID-*),
+    # so that one left by a killed save is removed by the next save's stale-temp cleanup
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-{os.getpid()}-"))
+    try:
         writers = {}
         if index is not None:
-            index_dir = Path(tmp) / "index"
+            index_dir = tmp / "index"
             index.save(index_dir)
             for f in sorted(index_dir.iterdir()):
                 writers[INDEX_PREFIX + f.name] = lambda dst, src=f: shutil.copyfile(src, dst)
         return write_index_dir(path, header, arrays, {STATE: state}, writers,
                                format_name=KIT_FORMAT, version=KIT_VERSION)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _parse_kit(path: Path, cls: type, manifest: dict[str, Any],

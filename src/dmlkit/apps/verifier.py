@@ -28,7 +28,7 @@ from dmlkit._checks import (
 from dmlkit.apps.embedding import embed_inputs, kit_embedder, validate_inputs
 from dmlkit.apps.metric_names import app_metric
 from dmlkit.apps.persistence import load_kit, save_kit
-from dmlkit.apps.targets import check_targets
+from dmlkit.apps.targets import check_targets, label_text
 from dmlkit.apps.verification_stats import bootstrap_intervals, verification_curves
 from dmlkit.evaluation.verification import (
     ThresholdCalibrator,
@@ -165,7 +165,8 @@ class Verifier(BaseEstimator):
                 raise ValueError("pass labels y (pairs are drawn from them) or pairs")
             if np.unique(labels).size < 2:
                 raise ValueError(
-                    f"a calibration set needs at least two identities; y has only {labels[0]!r}")
+                    "a calibration set needs at least two identities; y has only "
+                    + label_text(labels[0]))
             i, j, same = pairs_from_labels(labels, max_pairs=self.max_pairs,
                                            seed=check_random_state_seed(self.random_state))
             if same.all() or not same.any():

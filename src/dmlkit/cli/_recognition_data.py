@@ -133,9 +133,16 @@ class DataReader:
 
     def read(self, spec: str, option: str) -> tuple[Any, Any, dict[str, Any]]:
         """``(x, labels or None, every array of a .npz)`` of the data ``option`` names."""
+        from dmlkit.apps.targets import check_label_values
+
         x, labels, arrays = self._read(spec, option)
         if len(x) == 0:
             raise ValueError(f"{option} {spec} holds no items")
+        if labels is not None:
+            try:
+                check_label_values(labels, "labels")  # (0.5, NaN: not class ids)
+            except ValueError as err:
+                raise ValueError(f"{option} {spec}: {err}") from None
         return x, labels, arrays
 
     def _keys(self, arrays: dict[str, Any], path: Path) -> str:
