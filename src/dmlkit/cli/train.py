@@ -162,7 +162,9 @@ def train(
     ),
     progress: bool | None = typer.Option(
         None, "--progress/--no-progress",
-        help="Progress bar (default: the config's training.progress)."),
+        help="Progress bar: --progress shows it on a terminal and also where stderr is "
+             "not one (a log file: updated every 20 s); --no-progress hides it. Default: "
+             "the config's training.progress, on terminals only."),
     overrides: list[str] | None = typer.Option(
         None, "--set",
         help="Override any config value: KEY=VALUE with a dotted key and a YAML value, "
@@ -263,7 +265,14 @@ def train(
             # named with the run's first message: a setting refused before then (a bad
             # model size) leaves no directory behind, so none is announced
             log = _announcing(say, f"{'resuming' if resume else 'run directory'}: {out}")
-            result = runner(cfg, out, resume=resume, log=log)
+            from dmlkit.training.trainer import FORCE_PROGRESS
+
+            # asked for: a bar in a log file too (the first process's, as it prints)
+            forced = FORCE_PROGRESS.set(bool(progress) and rank == 0)
+            try:
+                result = runner(cfg, out, resume=resume, log=log)
+            finally:
+                FORCE_PROGRESS.reset(forced)
     except (FileNotFoundError, FileExistsError, ValueError, TypeError, KeyError,
             FloatingPointError, ImportError) as err:  # (a non-finite loss: the config's
         # fault too; a missing optional package: its error names the pip command)

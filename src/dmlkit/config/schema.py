@@ -179,7 +179,13 @@ class OptimizerConfig:
 
 @dataclass
 class ScheduleConfig:
-    """Learning-rate schedule, stepped every batch: cosine / step / none, linear warmup."""
+    """Learning-rate schedule, stepped every batch: cosine / step / none, linear warmup.
+
+    ``cosine`` decays from ``optimizer.lr`` after the warmup to ``min_lr_ratio`` times it
+    one step after the last (the last step's rate is slightly above). ``step``'s
+    ``step_size`` epochs count from step 0, not from the warmup's end: warmup and decay
+    overlap (:func:`~dmlkit.training.optim.lr_factor`).
+    """
 
     name: str = "cosine"
     warmup_epochs: float = 0.0

@@ -17,8 +17,9 @@ from dmlkit.config.schema import Config
 #: the end of :func:`~dmlkit.functional.distances.check_embeddings`'s message for
 #: embeddings with NaN or infinite entries
 NON_FINITE = "contains NaN or infinite values"
-#: what a diverging run should change
-_ADVICE = "lower optimizer.lr, or check the data and the loss's settings"
+#: what a diverging run should change: in a new run, as a resume keeps the run's settings
+_ADVICE = ("lower optimizer.lr in a new run (another --out, or this run removed: a resume "
+           "keeps the run's settings), or check the data and the loss's settings")
 
 
 def check_model_settings(config: Config) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from dmlkit.training.run_dir import resume_command
 from dmlkit.training.stop_message import stop_message
 
 
@@ -52,8 +53,15 @@ def interrupt_reason(err: BaseException) -> str:
 def stop_line(trainer: Any, err: BaseException, trained: int | None) -> str:
     """:func:`~dmlkit.training.stop_message.stop_message`, an interrupt named in words
     (``(terminated (SIGTERM))``, ``(interrupted)``) instead of its exception's empty
-    text (``(KeyboardInterrupt: )``)."""
+    text (``(KeyboardInterrupt: )``). A run that diverged (``FloatingPointError``: a
+    non-finite loss, embeddings or weights) is not offered a resume, which would go on
+    with the same settings (another rate is refused) to the same end."""
     line = stop_message(trainer, err, trained)
+    if isinstance(err, FloatingPointError) and trainer.out_dir is not None:
+        resume = f"; continue with: {resume_command(trainer.out_dir)}"
+        if line.endswith(resume):
+            return line[: -len(resume)] + ("; a resume (same settings) would diverge again: "
+                                           "train a new run")
     if not isinstance(err, KeyboardInterrupt):
         return line
     text = str(err).strip().splitlines()

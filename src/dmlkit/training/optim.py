@@ -43,9 +43,15 @@ def build_optimizer(
 def lr_factor(config: ScheduleConfig, step: int, steps_per_epoch: int, epochs: int) -> float:
     """Multiplier of the base learning rate at (0-based) batch ``step``.
 
-    Linear warmup over ``warmup_epochs``, then cosine decay to ``min_lr_ratio`` at the
-    last step (``cosine``), a factor ``gamma`` every ``step_size`` epochs (``step``), or
-    constant (``none``).
+    Linear warmup over ``warmup_epochs`` (``(step + 1) / warmup_steps``), then
+
+    - ``cosine``: cosine decay from 1 over the ``total - warmup_steps`` steps left, to
+      ``min_lr_ratio`` one step after the last (as torch's ``CosineAnnealingLR`` with
+      ``T_max`` the decay steps): the last step's factor is slightly above it;
+    - ``step``: a factor ``gamma`` every ``step_size`` epochs, counted from step 0, not
+      from the warmup's end: warmup and decay overlap (a warmup of ``step_size`` epochs
+      or more ends on an already decayed rate);
+    - ``none``: constant.
     """
     total = max(1, steps_per_epoch * epochs)
     warmup = int(round(config.warmup_epochs * steps_per_epoch))
@@ -59,6 +65,19 @@ def lr_factor(config: ScheduleConfig, step: int, steps_per_epoch: int, epochs: i
     if config.name == "step":
         return config.gamma ** (step // (config.step_size * steps_per_epoch))
     return 1.0
+
+
+def restore_rates(scheduler: torch.optim.lr_scheduler.LambdaLR) -> None:
+    """Set the rates of ``scheduler``'s optimizer (a resume loaded both) to the schedule as
+    configured now at the step reached: the same values as saved when the epochs are
+    unchanged; on the new curve when ``training.epochs`` was raised (the saved rates are
+    the old schedule's end, 0 for cosine)."""
+    step = scheduler.last_epoch
+    rates = [base * fn(step) for fn, base in zip(scheduler.lr_lambdas, scheduler.base_lrs,
+                                                 strict=True)]
+    for group, rate in zip(scheduler.optimizer.param_groups, rates, strict=True):
+        group["lr"] = rate
+    scheduler._last_lr = list(rates)
 
 
 def check_warmup(config: ScheduleConfig, epochs: int) -> None:
@@ -83,4 +102,4 @@ def build_scheduler(
     )
 
 
-__all__ = ["build_optimizer", "build_scheduler", "check_warmup", "lr_factor"]
+__all__ = ["build_optimizer", "build_scheduler", "check_warmup", "lr_factor", "restore_rates"]

@@ -336,14 +336,9 @@ def check_resume(config: Any, out_dir: Path) -> dict[str, Any]:
         raise no_checkpoint_error(out_dir)
     state = load_checkpoint(out_dir / CHECKPOINT,
                             map_location=resolve_device(config.training.device))
+    if saved is None:  # (config.yaml deleted: the checkpoint's settings)
+        check_trained_config(config, state, out_dir, f" (its {CONFIG_FILE} is missing)")
     trained = _checkpoint_config(state)
-    if saved is None and trained is not None:  # (config.yaml deleted: the checkpoint's)
-        changes = config_changes(config, saved_config_as_run(trained), RESUMABLE)
-        if changes:
-            raise ValueError(
-                f"resuming {out_dir} (its {CONFIG_FILE} is missing) with other settings "
-                f"than its {CHECKPOINT} trained with: {'; '.join(changes)}; resume with "
-                "the checkpoint's settings, or train a new run (another out_dir)")
     if saved is not None and trained is not None:
         changes = config_changes(saved, saved_config_as_run(trained), RESUMABLE)
         if changes:
@@ -360,6 +355,24 @@ def check_resume(config: Any, out_dir: Path) -> dict[str, Any]:
             f"{config.training.epochs} would shorten it (use --epochs >= {done} to "
             "extend it, or train a new run)")
     return state
+
+
+def check_trained_config(config: Any, checkpoint: dict[str, Any], out_dir: Path,
+                         note: str = "") -> None:
+    """Refuse to resume ``out_dir`` with ``config`` when it differs from the config its
+    ``checkpoint`` trained with (a checkpoint without one: nothing to compare), as
+    :func:`check_resume` does; ``note`` follows ``out_dir`` in the error."""
+    from dmlkit.config.compare import config_changes
+    from dmlkit.training.trainer import CHECKPOINT
+
+    trained = _checkpoint_config(checkpoint)
+    changes = ([] if trained is None else
+               config_changes(config, saved_config_as_run(trained), RESUMABLE))
+    if changes:
+        raise ValueError(
+            f"resuming {out_dir}{note} with other settings than its {CHECKPOINT} trained "
+            f"with: {'; '.join(changes)}; resume with the checkpoint's settings, or train a "
+            "new run (another out_dir)")
 
 
 def saved_config_as_run(saved: Any) -> Any:
@@ -478,6 +491,7 @@ def restore_log(path: Path, history: list[dict[str, Any]]) -> None:
 
 
 __all__ = ["LOCK_FILE", "RunInUseError", "append_log_line", "check_resume",
-           "checkpoint_weights", "claim_run_dir", "created_here", "epoch_line",
-           "no_checkpoint_error", "read_metrics", "remove_stale_temps", "restore_log",
-           "resume_command", "resumed_config", "saved_config_as_run", "saved_run_config"]
+           "check_trained_config", "checkpoint_weights", "claim_run_dir", "created_here",
+           "epoch_line", "no_checkpoint_error", "read_metrics", "remove_stale_temps",
+           "restore_log", "resume_command", "resumed_config", "saved_config_as_run",
+           "saved_run_config"]

@@ -7,6 +7,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -37,16 +38,20 @@ from dmlkit.training.data_fingerprint import Fingerprint, check_same_data, finge
 from dmlkit.training.device import check_device, resolve_device
 from dmlkit.training.grad_cache import cached_embeddings, check_grad_cache
 from dmlkit.training.interrupts import stop_line
-from dmlkit.training.optim import build_optimizer, build_scheduler
+from dmlkit.training.optim import build_optimizer, build_scheduler, restore_rates
 from dmlkit.training.preflight import check_batch_negatives, check_mined, check_trainable
 from dmlkit.training.regularizers import regularization
 from dmlkit.training.rng import get_rng_state, rng_scope, set_rng_state
-from dmlkit.training.run_dir import append_log_line, epoch_line, restore_log
+from dmlkit.training.run_dir import append_log_line, check_trained_config, epoch_line, restore_log
 from dmlkit.training.sampler_batches import checked_batches
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "train.log"
 Callback = Callable[["Trainer", dict[str, Any]], None]
+#: set (``dmlkit train --progress``): the progress bar also where stderr is no terminal (a
+#: log file), refreshed there every ``PROGRESS_LOG_SECONDS`` (else only on terminals)
+FORCE_PROGRESS: ContextVar[bool] = ContextVar("force_progress", default=False)
+PROGRESS_LOG_SECONDS = 20.0
 
 
 class Trainer:
@@ -226,9 +231,7 @@ class Trainer:
         labels = as_rows(batch[1], self.class_ids)
         if len(batch) == 2:
             return batch[0], labels, None
-        indices = batch[2]
-        if isinstance(indices, list):
-            indices = tuple(indices)
+        indices = tuple(batch[2]) if isinstance(batch[2], list) else batch[2]
         return batch[0], labels, None if indices is None else as_index_tuple(indices)
 
     def batch_loss(self, batch: Any) -> Tensor:
@@ -288,10 +291,12 @@ class Trainer:
             self.sampler.set_epoch(epoch)
         total, count, start = 0.0, 0, time.perf_counter()
         lr = self.optimizer.param_groups[0]["lr"]  # the rate of the epoch's first step
-        bar = tqdm(
-            total=len(self.sampler), desc=f"epoch {epoch + 1}/{tc.epochs}", leave=False,
-            # a live bar on terminals only; logs and pipes get the per-epoch lines
-            disable=not tc.progress or not sys.stderr.isatty(), dynamic_ncols=True,
+        tty = sys.stderr.isatty()  # a live bar on terminals; logs and pipes get the
+        bar = tqdm(  # per-epoch lines, and a bar every PROGRESS_LOG_SECONDS if FORCE_PROGRESS
+            total=len(self.sampler), desc=f"epoch {epoch + 1}/{tc.epochs}", leave=not tty,
+            disable=not tc.progress or not (tty or FORCE_PROGRESS.get()), dynamic_ncols=True,
+            mininterval=0.1 if tty else PROGRESS_LOG_SECONDS,
+            maxinterval=10.0 if tty else PROGRESS_LOG_SECONDS,
         )  # fmt: skip
         try:
             for step, indices in enumerate(checked_batches(self.sampler, epoch, self.trainable)):
@@ -312,7 +317,7 @@ class Trainer:
                 total += value
                 count += 1
                 bar.update(1)
-                bar.set_postfix(loss=f"{total / count:.4f}")
+                bar.set_postfix(loss=f"{total / count:.4f}", refresh=tty)  # (logs: throttled)
         finally:
             bar.close()
         return {
@@ -447,7 +452,9 @@ class Trainer:
 
     def load(self, path: str | Path, *, checkpoint: dict[str, Any] | None = None) -> None:
         """Restore everything :meth:`state_dict` holds (the caller keeps its config) from
-        the checkpoint at ``path``, refused when its data fingerprint differs.
+        the checkpoint at ``path``, refused when its data fingerprint differs or the
+        trainer's config differs from the one it trained with (in a setting a resume keeps,
+        :func:`~dmlkit.training.run_dir.check_trained_config`).
 
         ``checkpoint``: that checkpoint as the caller loaded it already, on the trainer's
         device (:func:`~dmlkit.training.run_dir.check_resume`), its data checked
@@ -456,6 +463,7 @@ class Trainer:
         """
         if checkpoint is None:
             state = load_checkpoint(path, map_location=self.device)
+            check_trained_config(self.config, state, Path(path).parent)
             check_same_data(state.get("data"), self.data_fingerprint, Path(path).parent)
         else:
             state = dict(checkpoint)
@@ -472,15 +480,7 @@ class Trainer:
             self.miner.load_state_dict(state["miner"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        # the rates of the schedule as configured now, at the step reached: the same values
-        # as saved when the epochs are unchanged; on the new curve when --epochs was raised
-        # (the saved rates are the old schedule's end, 0 for cosine)
-        step = self.scheduler.last_epoch
-        rates = [base * fn(step) for fn, base in zip(self.scheduler.lr_lambdas,
-                                                     self.scheduler.base_lrs, strict=True)]
-        for group, rate in zip(self.optimizer.param_groups, rates, strict=True):
-            group["lr"] = rate
-        self.scheduler._last_lr = list(rates)
+        restore_rates(self.scheduler)  # (the schedule as configured now, at the step reached)
         self.scaler.load_state_dict(state["scaler"])
         self.epoch = self.saved_epoch = int(state["epoch"])
         self.best_metric = float(state["best_metric"])
@@ -496,4 +496,4 @@ class Trainer:
         set_rng_state(state["rng"])
 
 
-__all__ = ["Trainer", "regularization", "resolve_device", "CHECKPOINT", "LOG"]
+__all__ = ["Trainer", "regularization", "resolve_device", "CHECKPOINT", "FORCE_PROGRESS", "LOG"]
