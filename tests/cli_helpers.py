@@ -3,7 +3,36 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+#: a small CNN run on a few digits (explain, report)
+SMALL_CNN = """
+name: small
+data: {name: digits, max_per_class: 10, max_heldout_per_class: 10}
+model: {name: small_cnn, dim: 8, width: 8}
+loss: {name: triplet_margin, margin: 0.2}
+sampler: {name: m_per_class, m: 2, batch_size: 10}
+training: {epochs: 1, num_threads: 1}
+"""
+#: a small MLP run on a few digits (export)
+SMALL_MLP = """
+name: small
+data: {name: digits, max_per_class: 6, max_heldout_per_class: 4}
+model: {name: mlp, dim: 4, hidden: [8]}
+loss: {name: triplet_margin, margin: 0.2}
+training: {epochs: 1, num_threads: 1, progress: false}
+"""
+
+
+def train_small(root: Path, config_text: str) -> Path:
+    """Train the YAML ``config_text`` quietly into ``root / "run"`` and return the run."""
+    from dmlkit.config import load_config
+    from dmlkit.training import train_run
+
+    (root / "small.yaml").write_text(config_text)
+    train_run(load_config(root / "small.yaml"), root / "run", log=lambda *a: None)
+    return root / "run"
 
 
 def error_line(res: Any, *words: str) -> str:

@@ -10,29 +10,16 @@ import os
 from pathlib import Path
 
 import pytest
+from cli_helpers import SMALL_MLP, train_small
 from typer.testing import CliRunner
 
 from dmlkit.cli.main import app
 from dmlkit.config import Config
 
-SMALL = """
-name: small
-data: {name: digits, max_per_class: 6, max_heldout_per_class: 4}
-model: {name: mlp, dim: 4, hidden: [8]}
-loss: {name: triplet_margin, margin: 0.2}
-training: {epochs: 1, num_threads: 1, progress: false}
-"""
-
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    from dmlkit.config import load_config
-    from dmlkit.training import train_run
-
-    root = tmp_path_factory.mktemp("edges")
-    (root / "small.yaml").write_text(SMALL)
-    train_run(load_config(root / "small.yaml"), root / "run", log=lambda *a: None)
-    return root / "run"
+    return train_small(tmp_path_factory.mktemp("edges"), SMALL_MLP)
 
 
 def _disk_full_on(monkeypatch, suffix: str) -> None:
@@ -109,7 +96,7 @@ def test_a_model_too_large_to_build_is_one_value_error(dim):
 
 
 def test_train_with_a_model_too_large_says_so_in_one_line(tmp_path):
-    (tmp_path / "c.yaml").write_text(SMALL)
+    (tmp_path / "c.yaml").write_text(SMALL_MLP)
     res = CliRunner().invoke(app, ["train", str(tmp_path / "c.yaml"), "--out",
                                    str(tmp_path / "run"), "--set", "model.dim=1000000000000"])
     assert res.exit_code == 1

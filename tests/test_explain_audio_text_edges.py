@@ -13,7 +13,7 @@ import wave
 import numpy as np
 import pytest
 import torch
-from cli_helpers import only_error_line
+from cli_helpers import SMALL_CNN, only_error_line, train_small
 from torch import nn
 from typer.testing import CliRunner
 
@@ -105,25 +105,11 @@ def test_complete_integrated_gradients_pass_without_a_warning():
     assert same == {"sum": 0.0, "difference": 0.0, "relative_error": 0.0}
 
 
-SMALL = """
-name: small
-data: {name: digits, max_per_class: 10, max_heldout_per_class: 10}
-model: {name: small_cnn, dim: 8, width: 8}
-loss: {name: triplet_margin, margin: 0.2}
-sampler: {name: m_per_class, m: 2, batch_size: 10}
-training: {epochs: 1, num_threads: 1}
-"""
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from dmlkit.config import load_config
-    from dmlkit.training import train_run
-
-    root = tmp_path_factory.mktemp("explain_completeness")
-    (root / "small.yaml").write_text(SMALL)
-    train_run(load_config(root / "small.yaml"), root / "run", log=lambda *a: None)
-    return root / "run"
+    return train_small(tmp_path_factory.mktemp("explain_completeness"), SMALL_CNN)
 
 
 def _explain(run_dir, out, steps: int = 64):

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from cli_helpers import error_line
+from cli_helpers import SMALL_MLP, error_line, train_small
 from torch import nn
 from typer.testing import CliRunner
 
@@ -19,24 +19,11 @@ from dmlkit.cli.main import app
 
 runner = CliRunner()
 
-SMALL = """
-name: small
-data: {name: digits, max_per_class: 6, max_heldout_per_class: 4}
-model: {name: mlp, dim: 4, hidden: [8]}
-loss: {name: triplet_margin, margin: 0.2}
-training: {epochs: 1, num_threads: 1, progress: false}
-"""
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    from dmlkit.config import load_config
-    from dmlkit.training import train_run
-
-    root = tmp_path_factory.mktemp("export_safety")
-    (root / "small.yaml").write_text(SMALL)
-    train_run(load_config(root / "small.yaml"), root / "run", log=lambda *a: None)
-    return root / "run"
+    return train_small(tmp_path_factory.mktemp("export_safety"), SMALL_MLP)
 
 
 def _export(*args: str):
