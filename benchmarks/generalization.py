@@ -41,8 +41,10 @@ datasets).
 from __future__ import annotations
 
 import argparse
+import atexit
 import copy
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -322,6 +324,7 @@ def main() -> None:
     for pname, data in protocols(args.validate, args.per_class, args.protocols,
                                  args.heldout_per_class, args.splits).items():
         cache = tempfile.mkdtemp(prefix="dmlkit-features-")  # cold cache per protocol
+        atexit.register(shutil.rmtree, cache, ignore_errors=True)  # (removed at exit)
         base_p = copy.deepcopy(base)
         if base_p["model"]["name"] == "efficientnet_lite0":
             base_p["model"]["cache_dir"] = cache

@@ -12,6 +12,8 @@ recipe (``configs/unseen_classes.yaml``). Only training classes are used.
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -57,6 +59,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     base = yaml.safe_load(Path(args.config).read_text())
     base["model"]["cache_dir"] = tempfile.mkdtemp(prefix="dmlkit-features-")
+    atexit.register(shutil.rmtree, base["model"]["cache_dir"], ignore_errors=True)
     print("protocol | held out | untrained | no anchor | default")
     for source in ("fashion_mnist", "digits"):
         for classes in (LOW, HIGH):
