@@ -8,18 +8,26 @@ on CPU, losses computed in fp32) and prints held-out MAP@R, P@1 and the time of 
 
 from __future__ import annotations
 
-import json
+import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from dmlkit.config import load_config
-from dmlkit.training import train_run
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_json  # noqa: E402
+
+from dmlkit.config import load_config  # noqa: E402
+from dmlkit.training import train_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="amp_digits.json",
+                        help="file in benchmarks/results (an absolute path is used as is)")
+    args = parser.parse_args()
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for amp in (False, True):
@@ -35,8 +43,7 @@ def main() -> None:
                   f"{rows[name]['precision_at_1']:.4f}  {rows[name]['seconds']:.0f} s", flush=True)
     diff = rows["fp32"]["map_at_r"] - rows["bf16 autocast"]["map_at_r"]
     print(f"MAP@R difference fp32 - bf16: {diff:+.4f}")
-    out = Path(__file__).parent / "results" / "amp_digits.json"
-    out.write_text(json.dumps(rows, indent=2))
+    print(f"wrote {write_json(args.out, rows)}")
 
 
 if __name__ == "__main__":

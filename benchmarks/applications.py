@@ -218,12 +218,15 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=0, help="Only the scale check of an "
                         "Identifier with this many gallery items, added to the results file.")
     parser.add_argument("--scale-index", default="Flat", help="exact or a faiss factory.")
+    parser.add_argument("--out", default=RESULTS.name,
+                        help="file in benchmarks/results (an absolute path is used as is)")
     args = parser.parse_args()
+    out = RESULTS.parent / args.out
     if args.scale:
-        report = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+        report = json.loads(out.read_text()) if out.is_file() else {}
         report.setdefault("scale", {})[args.scale_index] = scale_check(args.scale,
                                                                        args.scale_index)
-        write_json(report, RESULTS)
+        write_json(report, out)
         return
     report: dict = {"far": FAR, "bootstrap": args.bootstrap, "episodes": args.episodes,
                     "command": " ".join(["python", "benchmarks/applications.py", *sys.argv[1:]])}
@@ -243,10 +246,10 @@ def main() -> None:
             print(f"{name} / {rep}: {time.time() - t:.1f} s", flush=True)
         if not args.skip_cli:
             report[name]["cli"] = cli_jobs(run_dir, x, y, fit, test, args)
-        write_json(report, RESULTS)
+        write_json(report, out)
     print_tables(report)
-    write_json(report, RESULTS)
-    print(f"wrote {RESULTS}")
+    write_json(report, out)
+    print(f"wrote {out}")
 
 
 def print_tables(report: dict) -> None:

@@ -169,7 +169,11 @@ def main() -> None:
                         help="run only the labelled-normal protocol (own results file)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (small models run fastest on one)")
+    parser.add_argument("--out", default=RESULTS.name,
+                        help="file in benchmarks/results (an absolute path is used as is); "
+                        "--only-labelled writes its stem + '_labelled.json' beside it")
     args = parser.parse_args()
+    results = RESULTS.parent / args.out
     import torch
 
     torch.set_num_threads(args.threads)
@@ -178,7 +182,8 @@ def main() -> None:
         print("Fashion-MNIST, nine labelled normal classes, the tenth anomalous")
         result["per_class"] = args.per_class
         result["fashion_mnist_labelled_normal"] = labelled_normal(args.classes, args.per_class)
-        out = RESULTS.with_name(RESULTS.stem + "_labelled.json")
+        out = results.with_name(results.stem + "_labelled.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2))
         print(f"wrote {out}")
         return
@@ -189,9 +194,9 @@ def main() -> None:
     if not args.skip_labelled:
         print("Fashion-MNIST, nine labelled normal classes, the tenth anomalous")
         result["fashion_mnist_labelled_normal"] = labelled_normal(args.classes, args.per_class)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2))
-    print(f"wrote {RESULTS}")
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(result, indent=2))
+    print(f"wrote {results}")
 
 
 if __name__ == "__main__":

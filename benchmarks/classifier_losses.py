@@ -110,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--order", choices=["dmlkit-first", "pml-first"], default="dmlkit-first")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--mem-cap-gb", type=float, default=12.0)
+    ap.add_argument("--out", default="classifier_losses.json",
+                    help="file in benchmarks/results (an absolute path is used as is)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
@@ -151,8 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     headers = ["loss", "value dmlkit", "value pml", "ms dmlkit", "ms pml", "time ratio",
                "peak MB dmlkit", "peak MB pml", "mem ratio"]
     print("\n" + format_table(rows, headers))
-    path = write_json("classifier_losses.json", {"machine": info, "args": vars(args),
-                                                 "results": records})
+    path = write_json(args.out, {"machine": info, "args": vars(args), "results": records})
     print(f"\nwrote {path}")
     return 0
 

@@ -26,7 +26,7 @@ import statistics
 import time
 
 import torch
-from _common import format_table, machine_info, write_json
+from _common import RESULTS_DIR, format_table, machine_info, write_json
 
 #: size -> number of classes
 CLASSES = {1_000: 10, 10_000: 100, 50_000: 500, 100_000: 1000, 300_000: 1000}
@@ -125,7 +125,7 @@ def main() -> None:
     headers = ["n", "queries", "classes", "dmlkit s", "pml s", "pml/dmlkit", "P@1 dmlkit",
                "P@1 pml", "RP dmlkit", "RP pml", "MAP@R dmlkit", "MAP@R pml", "max |diff|"]
     print(format_table(rows, headers))
-    print(f"wrote benchmarks/results/{args.out}")
+    print(f"wrote {RESULTS_DIR / args.out}")
 
 
 if __name__ == "__main__":

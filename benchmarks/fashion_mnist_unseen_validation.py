@@ -82,13 +82,18 @@ def run_fold(cand: dict, fold: str, per_class: int, val_per_class: int, epochs: 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
-    p.add_argument("--folds", default="ab")
+    p.add_argument("--folds", default="ab", help=f"fold letters, from {''.join(FOLDS)}")
     p.add_argument("--per-class", type=int, default=1000)
     p.add_argument("--val-per-class", type=int, default=500)
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default="benchmarks/results/fashion_mnist_unseen_validation.jsonl")
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"
+                                        / "fashion_mnist_unseen_validation.jsonl"))
     args = p.parse_args()
+    bad = sorted(set(args.folds) - set(FOLDS))
+    if bad:
+        p.error(f"--folds {args.folds!r}: unknown fold(s) {''.join(bad)!r}; "
+                f"valid letters are {', '.join(FOLDS)}")
     torch.set_num_threads(args.threads)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     for name in args.candidates:

@@ -107,8 +107,8 @@ def flat_comparison(args, gallery: np.ndarray, queries: np.ndarray) -> None:
               f"identical ids {same:.5f}", flush=True)
     print(format_table(rows, ["metric", "exact s", "faiss s", "exact/faiss (medians)",
                               "median pair ratio", "min", "max", "identical ids"]))
-    path = write_json("index_flat.json", {"machine": machine_info(args.threads),
-                                          "args": vars(args), "results": records})
+    path = write_json(args.out, {"machine": machine_info(args.threads),
+                                 "args": vars(args), "results": records})
     print(f"wrote {path}")
 
 
@@ -125,7 +125,12 @@ def main() -> None:
                         help="only ExactIndex vs faiss's flat index, interleaved")
     parser.add_argument("--metrics", nargs="+", default=["l2"], choices=["l2", "ip", "cosine"],
                         help="metrics of --flat-only")
+    parser.add_argument("--out", default=None,
+                        help="file in benchmarks/results (an absolute path is used as is); "
+                        "default index.json, index_flat.json with --flat-only")
     args = parser.parse_args()
+    if args.out is None:
+        args.out = "index_flat.json" if args.flat_only else "index.json"
     torch.set_num_threads(args.threads)
     import faiss
 
@@ -163,8 +168,8 @@ def main() -> None:
                   flush=True)
         del index
     print(format_table(rows, ["index", "params", "build s", "queries/s", "recall@10"]))
-    path = write_json("index.json", {"machine": machine_info(args.threads), "args": vars(args),
-                                     "results": records})
+    path = write_json(args.out, {"machine": machine_info(args.threads), "args": vars(args),
+                                 "results": records})
     print(f"wrote {path}")
 
 

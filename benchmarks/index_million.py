@@ -173,6 +173,8 @@ def main() -> None:
                    help="nprobe:k_factor pairs (k_factor 0 = not set).")
     p.add_argument("--workdir", default="/tmp/dmlkit_index_million")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="index_million.json",
+                   help="file in benchmarks/results (an absolute path is used as is)")
     args = p.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -196,7 +198,7 @@ def main() -> None:
               + (f", {out[name]['seconds']:.1f} s" if "seconds" in out[name] else ""))
     print(f"IVF256-Flat nprobe=1 recall@10 on a 100k slice: "
           f"{out['exact']['ivf_flat_nprobe1_recall']:.3f} (below 1: clusters overlap)")
-    write_json("index_million.json", out)
+    print(f"wrote {write_json(args.out, out)}")
 
 
 if __name__ == "__main__":

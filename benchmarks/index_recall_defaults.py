@@ -12,6 +12,7 @@ a ratio to the untuned index in the same run.
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 import warnings
@@ -56,6 +57,10 @@ def timed_search(index: FaissIndex, q: np.ndarray, k: int, repeats: int = 5
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="index_recall_defaults.json",
+                        help="file in benchmarks/results (an absolute path is used as is)")
+    args = parser.parse_args()
     rows, records = [], []
     for name, x in datasets().items():
         x = np.ascontiguousarray(x, dtype=np.float32)
@@ -87,7 +92,7 @@ def main() -> None:
     headers = ["data", "factory", "faiss default", "recall@10", "tuned", "recall@10 (calib.)",
                "recall@10 (check)", "query time x"]
     print(format_table(rows, headers))
-    write_json("index_recall_defaults.json", {"rows": records})
+    print(f"wrote {write_json(args.out, {'rows': records})}")
 
 
 if __name__ == "__main__":

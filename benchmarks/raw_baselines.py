@@ -15,6 +15,7 @@ Writes ``benchmarks/results/raw_baselines.json``.
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import torch
@@ -42,6 +43,10 @@ def baselines(x: torch.Tensor, labels: torch.Tensor) -> dict[str, dict[str, floa
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="raw_baselines.json",
+                        help="file in benchmarks/results (an absolute path is used as is)")
+    args = parser.parse_args()
     sets = {}
     for name in ("digits", "fashion_mnist_unseen"):
         _, heldout = build_splits(load_config(CONFIGS / f"{name}.yaml"))
@@ -59,7 +64,7 @@ def main() -> None:
         print(f"{name}: done", flush=True)
     print(format_table(rows, ["protocol", "n", "P@1 L2-normed", "RP L2-normed",
                               "MAP@R L2-normed", "P@1 as is", "RP as is", "MAP@R as is"]))
-    print(f"wrote {write_json('raw_baselines.json', {'results': results})}")
+    print(f"wrote {write_json(args.out, {'results': results})}")
 
 
 if __name__ == "__main__":

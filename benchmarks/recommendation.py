@@ -76,6 +76,8 @@ def main() -> None:
                         help="score on each user's second-latest training interaction instead "
                              "of the test one (the held-out test interactions are not read)")
     parser.add_argument("--only", nargs="*", default=None, help="method names to run")
+    parser.add_argument("--out", default=RESULTS.name,
+                        help="file in benchmarks/results (an absolute path is used as is)")
     args = parser.parse_args()
 
     data = read_interactions(movielens_100k_path())
@@ -115,9 +117,10 @@ def main() -> None:
         print(f"{name:16s} {row}  ({table[name]['seconds']['mean']:.0f} s/seed)", flush=True)
     if args.validate or args.only:
         return  # model selection / partial runs do not replace the results file
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"args": vars(args), "results": table}, indent=2))
-    print(f"wrote {RESULTS}")
+    out = RESULTS.parent / args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"args": vars(args), "results": table}, indent=2))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

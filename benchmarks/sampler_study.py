@@ -40,7 +40,7 @@ import time
 
 import numpy as np
 import torch
-from _common import format_table, machine_info, write_json
+from _common import RESULTS_DIR, format_table, machine_info, write_json
 
 from dmlkit.evaluation import retrieval_metrics
 from dmlkit.models.cnn import SmallCNN
@@ -226,7 +226,7 @@ def main() -> None:
         keys = list(next(iter(stats.values())))
         print(format_table([[k, *[stats[s][k] for s in stats]] for k in keys],
                            ["", *stats]))
-    print(f"wrote benchmarks/results/{args.out}")
+    print(f"wrote {RESULTS_DIR / args.out}")
 
 
 if __name__ == "__main__":

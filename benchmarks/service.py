@@ -115,6 +115,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="*", default=[1, 8, 32])
     parser.add_argument("--factory", default="Flat",
                         help="faiss factory of the gallery index ('exact': dmlkit's ExactIndex)")
+    parser.add_argument("--out", default=RESULTS.name,
+                        help="file in benchmarks/results (an absolute path is used as is)")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="dmlkit-service-bench-"))
     try:
@@ -157,10 +159,11 @@ def main() -> None:
         speed = embed_speed(root / "run", root / "m.onnx")
         print(f"embed {speed['rows']} rows: torch {speed['torch_ms']:.1f} ms, onnxruntime "
               f"{speed['onnx_ms']:.1f} ms ({speed['onnx_speedup']:.2f}x)")
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps({"args": vars(args), "search": rows, "embed": speed},
-                                      indent=2))
-        print(f"wrote {RESULTS}")
+        out = RESULTS.parent / args.out
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"args": vars(args), "search": rows, "embed": speed},
+                                  indent=2))
+        print(f"wrote {out}")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
