@@ -96,3 +96,16 @@ def _check_2d(x: Tensor, y: Tensor | None) -> None:
         raise ValueError(f"embeddings must have shape (n, dim), got {shapes}")
     if y is not None and x.shape[1] != y.shape[1]:
         raise ValueError(f"dimension mismatch: {x.shape[1]} vs {y.shape[1]}")
+
+
+def check_distance(owner: str, distance: object) -> None:
+    """Refuse a ``distance`` that is not a dmlkit distance object (``None`` is the default).
+
+    A name or a config dict is converted by the config path
+    (:func:`dmlkit.registry.build_from_config`), not by the Python constructors.
+    """
+    if distance is not None and not isinstance(distance, BaseDistance):
+        raise TypeError(
+            f"{owner}: distance must be a dmlkit distance object, e.g. "
+            f"dmlkit.distances.CosineSimilarity(), got {distance!r}"
+        )

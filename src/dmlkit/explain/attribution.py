@@ -133,7 +133,8 @@ class IncompleteAttributionWarning(UserWarning):
 
 def integrated_gradients(model: nn.Module, a: Any, b: Any, *, baseline: Any = None,
                          steps: int = 32, metric: str = "cosine", batch_size: int = 64,
-                         progress: Callable[[int, int], None] | None = None) -> Tensor:
+                         progress: Callable[[int, int], None] | None = None,
+                         check_completeness: bool = True) -> Tensor:
     """Attribution of ``s(a, b)`` to each value of ``a`` (same shape as ``a``).
 
     The ``steps`` points of the path (midpoint rule) go through the model in batches of
@@ -144,7 +145,9 @@ def integrated_gradients(model: nn.Module, a: Any, b: Any, *, baseline: Any = No
 
     Warns with :class:`IncompleteAttributionWarning` (a ``UserWarning``) when the
     attributions' sum misses ``s(a, b) - s(baseline, b)`` by more than
-    :data:`IG_COMPLETENESS_TOLERANCE` of it (:func:`ig_completeness` gives the gap).
+    :data:`IG_COMPLETENESS_TOLERANCE` of it (:func:`ig_completeness` gives the gap);
+    ``check_completeness=False`` skips that check, for a caller that measures the gap
+    itself with :func:`ig_completeness`.
 
     Raises
     ------
@@ -159,6 +162,8 @@ def integrated_gradients(model: nn.Module, a: Any, b: Any, *, baseline: Any = No
     with eval_mode(model):
         attributions = _integrated_gradients(model, a, b, baseline, steps, metric,
                                              batch_size, progress)
+        if not check_completeness:
+            return attributions
         gap = _completeness(model, a, b, baseline, attributions, metric)
     if incomplete(gap):
         warnings.warn(f"{completeness_text(gap)}; raise steps (now {steps}) or give "

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from dmlkit._finite import check_finite
-from dmlkit.distances.base import BaseDistance
+from dmlkit.distances.base import BaseDistance, check_distance
 from dmlkit.distances.euclidean import EuclideanDistance
 from dmlkit.functional.distances import check_embeddings
 from dmlkit.functional.labels import check_labels
@@ -162,19 +162,6 @@ class BaseMetricLoss(nn.Module):
         return zero
 
 
-def check_distance(owner: str, distance: object) -> None:
-    """Refuse a ``distance`` that is not a dmlkit distance object (``None`` is the default).
-
-    A name or a config dict is converted by the config path
-    (:func:`dmlkit.registry.build_from_config`), not by the Python constructors.
-    """
-    if distance is not None and not isinstance(distance, BaseDistance):
-        raise TypeError(
-            f"{owner}: distance must be a dmlkit distance object, e.g. "
-            f"dmlkit.distances.CosineSimilarity(), got {distance!r}"
-        )
-
-
 def mean_nonzero(values: Tensor, like: Tensor) -> Tensor:
     """Mean of the strictly positive entries of ``values`` (0 if there are none).
 
@@ -187,4 +174,4 @@ def mean_nonzero(values: Tensor, like: Tensor) -> Tensor:
     return values.sum() / count.clamp_min(1)
 
 
-__all__ = ["BaseMetricLoss", "check_distance", "mean_nonzero"]
+__all__ = ["BaseMetricLoss", "mean_nonzero"]

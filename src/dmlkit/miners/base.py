@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from dmlkit._finite import check_finite
 from dmlkit.distances import matrix_memo as memo
-from dmlkit.distances.base import BaseDistance
+from dmlkit.distances.base import BaseDistance, check_distance
 from dmlkit.distances.euclidean import EuclideanDistance
 from dmlkit.functional.chunking import chunk_size_for, row_chunks
 from dmlkit.functional.distances import check_embeddings
@@ -53,11 +53,7 @@ class BaseMiner(nn.Module):
 
     def __init__(self, distance: BaseDistance | None = None) -> None:
         super().__init__()
-        if distance is not None and not isinstance(distance, BaseDistance):
-            raise TypeError(
-                f"{type(self).__name__}: distance must be a dmlkit distance object, e.g. "
-                f"dmlkit.distances.CosineSimilarity(), got {distance!r}"
-            )
+        check_distance(type(self).__name__, distance)
         self.distance = distance if distance is not None else EuclideanDistance()
 
     def __setattr__(self, name: str, value: object) -> None:
