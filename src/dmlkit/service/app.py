@@ -37,6 +37,8 @@ from dmlkit.service.errors import (
     depth_over,
     echo,
     metadata_problem,
+    not_stored,
+    unreadable_body,
     validation_detail,
 )
 from dmlkit.service.limits import check_at_least_one, check_rate, check_threshold
@@ -196,6 +198,9 @@ def create_app(store: DurableIndex, keys: ApiKeys, embedder: Any = None,
         if batch.inputs is not None and not np.isfinite(x.astype(np.float32)).all():
             raise HTTPException(422, f"{what}input values too large for 32-bit floats")
         x = x.astype(np.float32)
+        if batch.embeddings is not None and metric == "cosine":
+            zero_rows(x, what, "embeddings", "a cosine index compares directions, and a "
+                      "zero-length vector has none; send a nonzero embedding")
         if batch.inputs is not None:
             if embedder is None:
                 raise HTTPException(422, f"{what}this service has no model: send embeddings")
@@ -228,11 +233,23 @@ def create_app(store: DurableIndex, keys: ApiKeys, embedder: Any = None,
                                 f"{str(err)[:300]}") from None
 
     def finite_output(x: np.ndarray, what: str) -> None:
-        """A 422 when the model's embeddings are not finite (inputs far out of range)."""
+        """A 422 when the model's embeddings are not finite, or on a cosine index have zero
+        length (inputs far out of range: a normalized output whose norm overflowed)."""
         if not np.isfinite(x).all():
             raise HTTPException(422, f"{what}the model's embeddings of these inputs contain "
                                 "NaN or infinite values; scale the inputs as the run's "
                                 "training data")
+        if metric == "cosine":  # (elsewhere a zero vector can be a model's true output)
+            zero_rows(x, what, "the model's embedding of inputs", "a cosine index compares "
+                      "directions; scale the inputs as the run's training data")
+
+    def zero_rows(x: np.ndarray, what: str, name: str, fix: str) -> None:
+        """A 422 naming the first all-zero row of ``x`` (a vector with no direction)."""
+        zero = ~x.reshape(len(x), -1).any(1)
+        if zero.any():
+            row = int(np.flatnonzero(zero)[0])
+            raise HTTPException(422, f"{what}{name}[{row}] is all zeros (a zero-length "
+                                f"vector); {fix}")
 
     def indexable(x: np.ndarray, what: str) -> np.ndarray:
         """``x`` if its rows have the index's dimension (else a 422)."""
@@ -296,7 +313,7 @@ def create_app(store: DurableIndex, keys: ApiKeys, embedder: Any = None,
                    for srow, irow, mrow in zip(scores, ids, meta, strict=True)]
         return {"results": results}
 
-    @app.post("/items", responses=refusals(413, 415, 422))
+    @app.post("/items", responses=refusals(413, 415, 422, 503))
     def add_items(req: ItemsRequest, _: bytes = Depends(auth)) -> dict[str, Any]:
         x = vectors(req)
         for name, values in (("metadata", req.metadata), ("labels", req.labels)):
@@ -311,9 +328,11 @@ def create_app(store: DurableIndex, keys: ApiKeys, embedder: Any = None,
             ids = store.add(x, payloads=req.metadata, labels=req.labels)
         except ValueError as err:  # the index refused these items before keeping any
             raise HTTPException(422, str(err)[:2 * ECHO_CHARS]) from None
+        except OSError as err:  # the log could not be written: nothing was kept
+            raise HTTPException(503, not_stored("these items were not added", err)) from None
         return {"ids": ids.tolist()}
 
-    @app.delete("/items/{item_id}", responses=refusals(404, 409, 422))
+    @app.delete("/items/{item_id}", responses=refusals(404, 409, 422, 503))
     def delete_item(item_id: str, _: bytes = Depends(auth)) -> dict[str, Any]:
         if not re.fullmatch(r"[0-9]{1,19}", item_id) or int(item_id) >= 1 << 63:
             raise HTTPException(422, f"item ids are non-negative integers (as /items "
@@ -321,8 +340,11 @@ def create_app(store: DurableIndex, keys: ApiKeys, embedder: Any = None,
         number = int(item_id)
         try:
             deleted = store.delete(number)
-        except NotImplementedError as err:  # e.g. an HNSW graph; nothing was logged
+        except NotImplementedError as err:  # e.g. an HNSW graph; its record is cut from the log
             raise HTTPException(409, str(err)) from None
+        except OSError as err:  # the log could not be written: the item is still there
+            raise HTTPException(503, not_stored(f"item {number} was not deleted",
+                                                err)) from None
         if not deleted:
             raise HTTPException(404, f"no item with id {number}")
         return {"deleted": number}
@@ -375,6 +397,9 @@ def create_app(store: DurableIndex, keys: ApiKeys, embedder: Any = None,
         if err.status_code == 400 and isinstance(err.__cause__, RecursionError):
             # (a body nested deeper than the JSON parser follows: not a server error)
             return JSONResponse({"detail": TOO_DEEP}, status_code=422)
+        if err.status_code == 400 and isinstance(err.__cause__, ValueError):
+            # (bytes that are not UTF-8, an integer of more digits than Python converts)
+            return JSONResponse({"detail": unreadable_body(err.__cause__)}, status_code=422)
         return await http_exception_handler(request, err)
 
     def route_of(scope: dict) -> Any:

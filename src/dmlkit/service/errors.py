@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import reprlib
+import sys
 from typing import Any
 
 #: most validation errors one 422 lists (the rest are counted)
@@ -21,6 +22,26 @@ MAX_ROWS_DEPTH = 32
 #: what a body nested deeper than the JSON parser follows is told (a 422)
 TOO_DEEP = ("the body nests lists or objects too deeply to be read; rows are lists of "
             f"numbers (at most {MAX_ROWS_DEPTH} levels deep): flatten it")
+
+
+def unreadable_body(err: ValueError) -> str:
+    """What a JSON body the parser could not read is told (a 422), from its error."""
+    if isinstance(err, UnicodeDecodeError):
+        return (f"the body is not valid UTF-8 JSON ({str(err)[:ECHO_CHARS]}); send the JSON "
+                "text encoded as UTF-8")
+    text = str(err)
+    if "digits" in text and "integer" in text:
+        limit = getattr(sys, "get_int_max_str_digits", lambda: 4300)()  # (3.10.7+)
+        return (f"a number in the body has more than {limit} digits; send numbers of at most "
+                "about 1e308 (written with an exponent)")
+    return f"the body cannot be read as JSON ({text[:ECHO_CHARS]}); send a JSON object"
+
+
+def not_stored(what: str, err: OSError) -> str:
+    """What a write the service could not log is told (a 503): nothing was changed."""
+    return (f"{what}: the write was not stored, as the server could not write its log "
+            f"({str(err)[:ECHO_CHARS]}); nothing changed, retry once the server's disk is "
+            "fixed")
 
 
 def echo(value: Any) -> str:
@@ -123,4 +144,5 @@ def metadata_problem(value: Any) -> str | None:
 
 
 __all__ = ["ECHO_CHARS", "MAX_METADATA_DEPTH", "MAX_ROWS_DEPTH", "SHOWN_ERRORS", "TOO_DEEP",
-           "depth_over", "echo", "metadata_problem", "non_finite_at", "validation_detail"]
+           "depth_over", "echo", "metadata_problem", "non_finite_at", "not_stored",
+           "unreadable_body", "validation_detail"]

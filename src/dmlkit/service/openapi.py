@@ -43,8 +43,11 @@ REFUSALS: dict[int, str] = {
     "verification threshold)",
     413: "the body, the batch or the response (rows times k) is over the service's limit",
     415: "the body is not sent as JSON (Content-Type: application/json)",
-    422: "the request is invalid (the detail says what is wrong)",
+    422: "the request is invalid (the detail says what is wrong), or its body cannot be "
+    "read as JSON (not UTF-8, an integer of over 4300 digits, nested too deeply)",
     429: "rate limit exceeded for this key; the Retry-After header says when to retry",
+    503: "the write was not stored (the server could not write its log, e.g. a full "
+    "disk); nothing changed, retry later",
 }
 
 

@@ -1,9 +1,11 @@
 """A durable, concurrently readable index for the service: write-ahead log + checkpoints.
 
-Every write (add, delete) is applied to the index in memory, then appended to
-``INDEX_DIR.wal`` as one line, flushed and fsynced *before* it is acknowledged; a write
-the index refuses (a bad label, a delete an HNSW graph cannot do) is never logged, and a
-write whose logging fails is undone. A line is ``CRC32 JSON`` of the record
+Every write (add, delete) is appended to ``INDEX_DIR.wal`` as one line and fsynced,
+then applied to the index in memory, *before* it is acknowledged. A write whose logging
+fails (a full disk: the ``OSError`` reaches the caller) or that the index then refuses (a
+bad label, a delete an HNSW graph cannot do) has its bytes cut from the log again and
+leaves the index in memory as it was, whatever the index kind, so neither a checkpoint
+nor a replay after a crash brings it back. A line is ``CRC32 JSON`` of the record
 (:mod:`dmlkit.service.wal`), so a last line torn by a crash is recognised and dropped on
 replay (it was never acknowledged), while a bad record with records after it stops the
 start (:class:`~dmlkit.service.wal.CorruptLogError`, the log left as it is) rather than
@@ -204,7 +206,9 @@ class DurableIndex:
             #: a delete of absent ids, or a record the index refuses)
             self.replayed, self.skipped = self._replay()
             self._made_wal = not self.wal_path.exists()
-            self._wal = open(self.wal_path, "ab")  # noqa: SIM115 - held for the service's life
+            # unbuffered: a failed write leaves no bytes behind in a buffer to reach the
+            # log later, and cutting the log back is one ftruncate
+            self._wal = open(self.wal_path, "ab", buffering=0)  # noqa: SIM115 - held for life
         except BaseException:
             self._give_up_lock()
             raise
@@ -290,45 +294,76 @@ class DurableIndex:
             return self.index.remove(ids) > 0
         raise ValueError(f"unknown operation {record['op']!r}")
 
-    def _log(self, record: dict[str, Any]) -> None:
+    def _log(self, record: dict[str, Any]) -> int:
+        """Append ``record`` to the log and fsync it; returns the log's size before it.
+        When any step fails the log is cut back to that size (and the error raised), so
+        no part of an unacknowledged write stays in it for a replay to bring back."""
+        try:  # a record JSON cannot hold raises before anything is written
+            line = _encode(record)
+        except ValueError as err:  # (NaN or an infinity among the payloads, as the index says)
+            raise ValueError(f"payloads must be plain JSON with finite numbers (use null or a "
+                             f"string for NaN or infinity): {err}") from None
+        fd = self._wal.fileno()
         if self._torn_at is not None:
-            self._wal.truncate(self._torn_at)
+            os.ftruncate(fd, self._torn_at)
             self._torn_at = None
-        self._wal.write(_encode(record))
-        self._wal.flush()
-        os.fsync(self._wal.fileno())
+        start = os.fstat(fd).st_size
+        try:
+            view = memoryview(line)
+            while view:
+                view = view[self._wal.write(view) or 0:]
+            os.fsync(fd)
+        except BaseException:
+            self._cut_log(start)
+            raise
+        return start
+
+    def _cut_log(self, size: int) -> None:
+        """Cut the log back to ``size`` bytes (a write not acknowledged); when even that
+        fails, the next write cuts it first."""
+        try:
+            os.ftruncate(self._wal.fileno(), size)
+            os.fsync(self._wal.fileno())
+        except OSError:
+            self._torn_at = size
 
     # -- operations -----------------------------------------------------------------------
     def add(self, x: np.ndarray, *, payloads: list[Any] | None = None,
             labels: list[int] | None = None) -> np.ndarray:
-        """Add rows ``x`` ``(n, dim)``; durable when this returns their ids."""
+        """Add rows ``x`` ``(n, dim)``; durable when this returns their ids.
+
+        Logged first, then applied: a failed log write (``OSError``) changes nothing, and
+        an add the index refuses (a bad label, non-JSON payloads) is cut from the log."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         with self.lock.write():
             ids = np.arange(self._next_id, self._next_id + len(x), dtype=np.int64)
             record = {"op": "add", "ids": ids.tolist(),
                       "vectors": base64.b64encode(x.tobytes()).decode(),
                       "payloads": payloads, "labels": labels}
-            # a write the index refuses (non-JSON payloads, NaN and infinities among them,
-            # before it changes anything) is neither logged nor applied
-            self._apply(record)
-            try:
-                self._log(record)
-            except BaseException:
-                self.index.remove(ids)  # not durable: not acknowledged, not kept
-                raise
+            self._log_then_apply(record)
             self._after_write()
         return ids
 
     def delete(self, item_id: int) -> bool:
-        """Delete one item; False (nothing logged) when the id is unknown."""
+        """Delete one item; False (nothing logged) when the id is unknown. Logged first,
+        then applied: an index that cannot remove (an HNSW graph) raises
+        ``NotImplementedError`` and the record is cut from the log."""
         with self.lock.write():
             if not np.isin(item_id, self.index.ids):
                 return False
-            record = {"op": "delete", "ids": [int(item_id)]}
-            self._apply(record)  # an index that cannot remove raises before anything is logged
-            self._log(record)
+            self._log_then_apply({"op": "delete", "ids": [int(item_id)]})
             self._after_write()
         return True
+
+    def _log_then_apply(self, record: dict[str, Any]) -> None:
+        start = self._log(record)  # (an OSError here: nothing changed anywhere)
+        next_id = self._next_id
+        try:
+            self._apply(record)  # an index refuses before it changes anything
+        except BaseException:
+            self._next_id = next_id
+            self._cut_log(start)
+            raise
 
     def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, list[list[Any]]]:
         """``(scores, ids, metadata)`` of the ``k`` nearest items of each query."""
