@@ -130,7 +130,7 @@ def test_cli_k_factor_on_build_and_search(data, tmp_path):
     assert [h["id"] for h in json.loads(res.output)[0]["neighbours"]][0] >= 0
     res = runner.invoke(app, ["search", str(tmp_path / "idx"), "-q", str(tmp_path / "q.npz"),
                               "--k-factor", "0.5"])
-    assert res.exit_code != 0 and "k_factor must be a number >= 1" in res.output
+    assert res.exit_code != 0 and "--k-factor must be a number >= 1" in res.output
     res = runner.invoke(app, ["index", "build", str(tmp_path / "x.npy"), "--out",
                               str(tmp_path / "ex"), "--k-factor", "4"])
     assert res.exit_code != 0 and "not to the exact index" in res.output

@@ -12,7 +12,12 @@ from dmlkit.cli._errors import one_line
 from dmlkit.cli._index_build import build_from_store, echo_built, echo_recall
 from dmlkit.cli._index_checks import check_embeddings as _check_embeddings
 from dmlkit.cli._index_checks import check_queries
-from dmlkit.cli._index_options import check_search_options, index_metric
+from dmlkit.cli._index_options import (
+    check_query_kind,
+    check_search_options,
+    index_metric,
+    search_options_named,
+)
 from dmlkit.cli._npz_keys import LABELS_KEY, X_KEY
 
 #: the recall@10 an approximate index's default search breadth is tuned to reach
@@ -175,9 +180,10 @@ def build(
                                  "by definition")
         target_recall = DEFAULT_TARGET_RECALL if target_recall is None else target_recall
         if (source / "manifest.json").is_file() and not (source / "config.yaml").exists():
-            return build_from_store(source, out, factory, metric,
-                                    {"nprobe": nprobe, "ef_search": ef_search,
-                                     "k_factor": k_factor}, target_recall)
+            with search_options_named():
+                return build_from_store(source, out, factory, metric,
+                                        {"nprobe": nprobe, "ef_search": ef_search,
+                                         "k_factor": k_factor}, target_recall)
         if source.is_file():
             from dmlkit.index.provenance import EMBEDDINGS_MODEL_KEY, embeddings_fingerprint
 
@@ -216,9 +222,10 @@ def build(
                     "model_sha256": model_fingerprint(run.model)}
         emb = _check_embeddings(source, emb)
         dim = int(emb.shape[1])
-        index = (ExactIndex(dim, metric) if factory == "exact"
-                 else FaissIndex(dim, metric, factory, nprobe=nprobe, ef_search=ef_search,
-                                 k_factor=k_factor))
+        with search_options_named():
+            index = (ExactIndex(dim, metric) if factory == "exact"
+                     else FaissIndex(dim, metric, factory, nprobe=nprobe,
+                                     ef_search=ef_search, k_factor=k_factor))
         try:
             index.add(emb, labels=labels, paths=paths, payloads=payloads)
         except (ValueError, TypeError) as err:  # say which input it is about
@@ -406,6 +413,7 @@ def search(
     try:
         queries = [*query, *(more or [])]
         check_search_options(k, nprobe, ef_search)
+        check_query_kind(kind)
         if not queries:
             raise ValueError("no query given: --query FILE (images, a folder, or a .npy/.npz)")
         index = load_index(index_dir)
@@ -419,7 +427,8 @@ def search(
                 raise ValueError("--nprobe / --ef-search / --k-factor apply to faiss indexes only")
             for key, value in given.items():
                 setattr(index, key, getattr(index, key) if value is None else value)
-            index._apply_search_params()
+            with search_options_named():
+                index._apply_search_params()
         x, names = _query_embeddings(queries, index, run_dir, device, kind,
                                      f"the index {index_dir}")
         check_queries(queries[0], x)

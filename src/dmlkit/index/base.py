@@ -20,6 +20,7 @@ import numpy as np
 
 from dmlkit._checks import FLOAT32_MAX, check_real_inputs, first_few
 from dmlkit._checks import check_float32_range as check_range
+from dmlkit.index.checks import per_item
 from dmlkit.index.io import (
     IndexFormatError,
     load_array,
@@ -279,8 +280,9 @@ class BaseIndex:
         if np.unique(ids).size != n or np.isin(ids, self._ids).any():
             raise ValueError("ids must be unique and not already in the index")
         lab = np.full(n, -1, dtype=np.int64) if labels is None else _as_labels(labels, n)
-        paths = [None] * n if paths is None else [None if p is None else str(p) for p in paths]
-        payloads = [None] * n if payloads is None else list(payloads)
+        paths = [None] * n if paths is None else [None if p is None else str(p)
+                                                  for p in per_item(paths, "paths")]
+        payloads = [None] * n if payloads is None else list(per_item(payloads, "payloads"))
         if len(paths) != n or len(payloads) != n:
             raise ValueError(f"paths and payloads must have {n} entries")
         # stored as a copy, as saving and loading would give them: the caller's later edits
@@ -367,7 +369,8 @@ class BaseIndex:
         if self._row_of is None:
             self._row_of = {int(i): r for r, i in enumerate(self._ids)}
         out: list[dict[str, Any] | None] = []
-        for i in np.asarray(ids).reshape(-1).tolist():
+        ids = np.asarray(_plain_ints(ids))  # integers, as add(ids=) and remove take them
+        for i in _as_ids(ids.reshape(-1), ids.size).tolist():
             r = self._row_of.get(int(i))
             if r is None:
                 out.append(None)

@@ -18,6 +18,7 @@ from dmlkit.functional.retrieval import (
     ranking_keys,
 )
 from dmlkit.index.base import BaseIndex, to_numpy_2d
+from dmlkit.index.checks import finite_number, positive_int
 from dmlkit.index.io import IndexFormatError, load_array, require_files
 
 _TORCH_METRIC = {"l2": "euclidean", "ip": "dot", "cosine": "cosine"}
@@ -89,10 +90,8 @@ class ExactIndex(BaseIndex):
         self, dim: int, metric: str = "l2", *, query_chunk: int = 1024, ref_chunk: int = 1 << 16
     ) -> None:
         super().__init__(dim, metric)
-        if query_chunk < 1 or ref_chunk < 1:
-            raise ValueError(f"chunks must be >= 1, got {query_chunk}, {ref_chunk}")
-        self.query_chunk = int(query_chunk)
-        self.ref_chunk = int(ref_chunk)
+        self.query_chunk = positive_int(query_chunk, "query_chunk")
+        self.ref_chunk = positive_int(ref_chunk, "ref_chunk")
         self._parts: list[torch.Tensor] = []
         self._data = torch.zeros((0, self.dim), dtype=torch.float32)
         #: the stored vectors prepared for small searches; dropped whenever they change
@@ -285,7 +284,7 @@ class ExactIndex(BaseIndex):
         """
         is_torch = isinstance(q, torch.Tensor)
         qa = to_numpy_2d(q, self.dim, "q")
-        threshold = float(threshold)
+        threshold = finite_number(threshold, "threshold")
         metric = _TORCH_METRIC[self.metric]
         gallery, center, prepared = self._snapshot(prepared=True)
         m = gallery.shape[0]

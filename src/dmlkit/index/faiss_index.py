@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from dmlkit.index.base import BaseIndex, _is_tensor, to_numpy_2d
+from dmlkit.index.checks import finite_number
 from dmlkit.index.faiss_stages import (
     POINTS_PER_CENTROID,
     check_stages,
@@ -253,6 +254,7 @@ class FaissIndex(BaseIndex):
         """
         is_torch = _is_tensor(q)
         qa = self._prep(to_numpy_2d(q, self.dim, "q"))
+        threshold = finite_number(threshold, "threshold")
         if not self.ntotal:  # an empty index (an untrained IVF cannot even be asked)
             empty = np.zeros(0, np.float32), np.zeros(0, np.int64)
             lims, scores, ids = np.zeros(qa.shape[0] + 1, np.int64), *empty
@@ -312,11 +314,25 @@ class FaissIndex(BaseIndex):
                 f"{path}: faiss.index searches by "
                 f"{held.get(int(index.metric_type), f'metric type {index.metric_type}')} "
                 f"but the manifest says metric {self.metric!r}; rebuild the index")
-        problem = check_stages(stages(faiss, index))
+        found = stages(faiss, index)
+        problem = check_stages(found)
         if problem is not None:
             raise IndexFormatError(f"{path}: faiss.index cannot be searched: {problem}")
+        built = stages(faiss, self.index)  # what the manifest's factory builds
+        if found != built:
+            raise IndexFormatError(
+                f"{path}: faiss.index is {_described(found)}, but the manifest says factory "
+                f"{self.factory!r} ({_described(built)}); the manifest was edited or belongs "
+                "to another index: rebuild the index")
         self.index = index
         self._apply_search_params()
+
+
+def _described(found: list[Any]) -> str:
+    """Stages for messages: ``"IVF4"``, ``"HNSW32"``, ``"IVF16, PQ8x4"``; ``"flat"``."""
+    parts = [s.kind + (str(s.size) if s.size else "") + (f"x{s.bits}" if s.bits else "")
+             for s in found]
+    return ", ".join(parts) or "flat (no IVF, graph or codes)"
 
 
 class _Captured:

@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from dmlkit._files import file_checksum, publish_mode
+from dmlkit.index.checks import json_text
 from dmlkit.index.swap import (
     recover_set_aside,
     remove_stale_temps,
@@ -77,6 +78,12 @@ def write_index_dir(
     # an index may be rebuilt as another kind of index; any other saved object (a kit)
     # is one estimator, replaced only by another save of the same kind
     kind = None if format_name == FORMAT else header.get("kind")
+    # JSON checked before anything is created; an index's strict (no NaN), as it always
+    # was for its payloads (a kit's state keeps the NaN its parameters may hold)
+    loose = format_name != FORMAT
+    for key, value in header.items():
+        json_text(value, key, allow_nan=loose)
+    texts = {name: json_text(obj, name, allow_nan=loose) for name, obj in json_files.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     with save_lock(path):  # one save of path at a time, from any thread or process
         _check_replaceable(path, format_name, kind)  # before any work: nothing else deleted
@@ -85,7 +92,7 @@ def write_index_dir(
                                     prefix=f".{path.name}.tmp-{os.getpid()}-"))
         try:
             publish_mode(tmp)
-            _write_files(tmp, arrays, json_files, writers,
+            _write_files(tmp, arrays, texts, writers,
                          {"format": format_name, "version": version, **header})
             _check_replaceable(path, format_name, kind)
             swap_in(tmp, path)
@@ -95,23 +102,25 @@ def write_index_dir(
     return path
 
 
-def _write_files(tmp: Path, arrays: dict[str, np.ndarray], json_files: dict[str, Any],
+def _write_files(tmp: Path, arrays: dict[str, np.ndarray], json_files: dict[str, str],
                  writers: dict[str, Callable[[Path], None]] | None,
                  header: dict[str, Any]) -> None:
-    """Write the files of a save into ``tmp``, then its manifest, all flushed to disk."""
+    """Write the files of a save into ``tmp`` (``json_files``: their JSON text), then its
+    manifest, all flushed to disk."""
     names: list[str] = []
     for name, arr in arrays.items():
         np.save(tmp / f"{name}.npy", np.ascontiguousarray(arr), allow_pickle=False)
         names.append(f"{name}.npy")
-    for name, obj in json_files.items():
-        (tmp / name).write_text(json.dumps(obj))
+    for name, text in json_files.items():
+        (tmp / name).write_text(text)
         names.append(name)
     for name, write in (writers or {}).items():
         write(tmp / name)
         names.append(name)
     files = {n: {"sha256": file_checksum(tmp / n), "bytes": (tmp / n).stat().st_size}
              for n in names}
-    (tmp / MANIFEST).write_text(json.dumps({**header, "files": files}, indent=2))
+    (tmp / MANIFEST).write_text(json_text({**header, "files": files}, MANIFEST,
+                                          allow_nan=True, indent=2))  # (checked before)
     for n in [*names, MANIFEST]:  # flush file contents before the rename publishes them
         fd = os.open(tmp / n, os.O_RDONLY)
         try:
