@@ -62,6 +62,8 @@ def tune(
     from dmlkit.cli._errors import one_line
 
     cfg = None
+    if trials < 1:  # (the library's message names its argument, trials)
+        raise _fail(f"--trials must be >= 1, got {trials}")
     if storage is not None and not storage.strip():
         raise _fail("--storage is empty: give a SQLAlchemy URL (e.g. sqlite:///study.db), "
                     "or leave it out for study.db in --out")
@@ -175,8 +177,9 @@ def _check_storage_folder(url: str, option: str) -> None:
     :func:`_check_out` refuses ``--out``; other databases pass."""
     from dmlkit.cli._outputs import check_output_folder
     from dmlkit.runs.run_files import is_run_dir
+    from dmlkit.tuning.storage import sqlite_file
 
-    path = _sqlite_file(url)
+    path = sqlite_file(url)
     if path is None:
         return
     folder = path.parent
@@ -188,23 +191,24 @@ def _check_storage_folder(url: str, option: str) -> None:
     check_output_folder(folder, what)
 
 
-def _sqlite_file(url: str) -> Path | None:
-    """The file of a SQLite storage URL on this machine (absolute), or ``None`` for
-    another database, an in-memory one or a SQLite URI (``sqlite:///file:...``)."""
-    from urllib.parse import unquote
+#: SQLAlchemy driver (a URL's ``+driver``, else its dialect's default) -> its pip package
+_DRIVERS = {"psycopg2": "psycopg2-binary", "psycopg": "'psycopg[binary]'", "pg8000": "pg8000",
+            "asyncpg": "asyncpg", "mysqldb": "mysqlclient", "pymysql": "pymysql",
+            "mysqlconnector": "mysql-connector-python", "mariadbconnector": "mariadb",
+            "pyodbc": "pyodbc", "pymssql": "pymssql", "oracledb": "oracledb",
+            "cx_oracle": "cx_Oracle"}
+#: a dialect's default driver -> another driver its URL can name instead (``+driver``)
+_OTHER_DRIVER = {"psycopg": "psycopg2", "mysqldb": "pymysql"}
 
-    from dmlkit.tuning.storage import absolute_storage, in_memory
 
-    scheme, sep, _ = url.partition("://")
-    if not sep or scheme.partition("+")[0].lower() != "sqlite" or in_memory(url):
+def _driver(url: str) -> str | None:
+    """The driver SQLAlchemy uses for ``url`` (``mysql://``: mysqldb), or ``None``."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).get_dialect().driver
+    except Exception:  # noqa: BLE001 - an unknown dialect or a URL it cannot read
         return None
-    _, _, rest = absolute_storage(url).partition(":///")  # sqlite:////abs/path: a file
-    database = unquote(rest.partition("?")[0])
-    return Path(database) if database.startswith("/") else None
-
-
-#: SQLAlchemy dialect -> the package its driver comes in
-_DRIVERS = {"postgresql": "psycopg2-binary", "mysql": "pymysql"}
 
 
 def _import_error(err: ImportError, storage: str | None, cfg: Any) -> str:
@@ -218,10 +222,16 @@ def _import_error(err: ImportError, storage: str | None, cfg: Any) -> str:
                       else None)
     if url and "DB access module" in str(err):
         dialect = url.split(":", 1)[0].split("+", 1)[0]
-        package = _DRIVERS.get(dialect)
-        return (f"the study storage {safe_storage(url)} needs a database driver for "
-                f"{dialect!r} that is not installed"
-                + (f": pip install {package}" if package else "") + " (or use sqlite:///FILE)")
+        driver = _driver(url)
+        package = _DRIVERS.get(driver or "")
+        needed = f"the driver {driver!r} of {dialect!r}" if driver else (
+            f"a database driver for {dialect!r}")
+        other = _OTHER_DRIVER.get(driver or "") if "+" not in url.split(":", 1)[0] else None
+        instead = (f"pip install {_DRIVERS[other]} and write {dialect}+{other}://..., or "
+                   if other else "")
+        return (f"the study storage {safe_storage(url)} needs {needed}, which is not installed"
+                + (f": pip install {package}" if package else "")
+                + f" (or {instead}use sqlite:///FILE)")
     return one_line(err)
 
 

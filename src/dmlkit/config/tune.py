@@ -17,7 +17,8 @@
 
 A parameter is ``{choices: [...]}`` (categorical: numbers, strings, null, or whole
 component mappings; a string that is a number, as YAML leaves ``1e-3``, is that number,
-in ``when`` too) or ``{low, high}`` with optional ``log`` and ``step`` (integers when
+in ``when`` too; ``true``/``false`` not among numbers) or ``{low, high}`` with optional
+``log`` or ``step`` (a step divides ``high - low``, so that ``high`` is sampled; integers when
 ``low``, ``high`` and ``step`` all are, except for a setting that takes fractional
 numbers, e.g. ``model.dropout: {low: 0, high: 0.5}``: its type says so, and it is
 sampled as ``{low: 0.0, high: 0.5}``). ``when: {path: value or [values]}`` samples it only when
@@ -37,6 +38,7 @@ import inspect
 import json
 import math
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from dmlkit._suggest import did_you_mean
@@ -213,6 +215,13 @@ def _check_spec(path: str, spec: Any) -> dict[str, Any]:
             raise ValueError(
                 f"tune.space[{path!r}].choices holds {_first_mapping(choices)!r}, but "
                 f"{path!r} takes names only (strings){hint}")
+        numbers = [c for c in choices if isinstance(c, (int, float))]
+        if any(isinstance(c, bool) for c in numbers) and not all(
+                isinstance(c, bool) for c in numbers):  # (True == 1: one choice of two)
+            raise TypeError(
+                f"tune.space[{path!r}].choices mixes true/false with numbers: {choices}; "
+                "true and false are not numbers (true would be taken for 1, false for 0): "
+                "give numbers only, or true and false only")
         labels = [choice_label(c) for c in choices]
         if len(set(labels)) != len(labels):
             raise ValueError(f"tune.space[{path!r}].choices repeats a value: {choices}")
@@ -227,9 +236,8 @@ def _check_spec(path: str, spec: Any) -> dict[str, Any]:
         if spec.get("log") and low <= 0:
             raise ValueError(f"tune.space[{path!r}] log range needs low > 0, got {low}")
         if "step" in spec:
-            spec["step"] = _number(path, "step", spec["step"])
-            if spec["step"] <= 0 or spec.get("log"):
-                raise ValueError(f"tune.space[{path!r}].step must be > 0 and without log")
+            spec["step"] = _check_step(path, low, high, _number(path, "step", spec["step"]),
+                                       bool(spec.get("log")))
     else:
         raise ValueError(f"tune.space[{path!r}] needs choices, or low and high")
     when = spec.get("when")
@@ -240,6 +248,35 @@ def _check_spec(path: str, spec: Any) -> dict[str, Any]:
             cond: [_choice_value(v) for v in wanted] if isinstance(wanted, list)
             else _choice_value(wanted) for cond, wanted in when.items()}
     return spec
+
+
+def _check_step(path: str, low: float, high: float, step: float, log: bool) -> float:
+    """Refuse a ``step`` that is not positive, comes with ``log``, or does not divide
+    ``high - low`` (Optuna would then replace ``high`` by the last multiple below it, with
+    a warning in every trial: ``high`` never sampled). Numbers are compared as the decimals
+    they are written as, as Optuna does (``0.3 - 0.1`` is ``0.2``, twice ``0.1``)."""
+    if step <= 0:
+        raise ValueError(f"tune.space[{path!r}].step must be > 0, got {step}")
+    if log:
+        raise ValueError(
+            f"tune.space[{path!r}].step cannot be used with log: true (a log range is "
+            "sampled without a grid): drop step or log")
+    lo, size = Decimal(str(low)), Decimal(str(step))
+    width = Decimal(str(high)) - lo
+    if width % size:
+        below = lo + (width // size) * size
+        fits = [b for b in (below, below + size) if b > lo]
+        raise ValueError(
+            f"tune.space[{path!r}]: (high - low) = {_plain(width)} is not a multiple of step "
+            f"{_plain(size)}: use high: {' or '.join(_plain(b) for b in fits)} (or a step "
+            "that divides it), so that every sampled value lies on the grid and high is "
+            "one of them")
+    return step
+
+
+def _plain(number: Decimal) -> str:
+    """A decimal as written in a config: ``0.25``, ``14``, ``0.0001`` (no exponent)."""
+    return format(number.normalize(), "f")
 
 
 def _first_mapping(choices: list[Any]) -> Any:

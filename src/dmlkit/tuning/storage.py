@@ -69,6 +69,16 @@ def absolute_storage(url: str, base: Path | None = None) -> str:
     return f"{scheme}:///{text}" + (f"?{query}" if query else "")
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite storage URL on this machine (absolute), or ``None`` for
+    another database, an in-memory one or a SQLite URI (``sqlite:///file:...``)."""
+    if _sqlite(url) is None or in_memory(url):
+        return None
+    _, _, rest = absolute_storage(url).partition(":///")  # sqlite:////abs/path: a file
+    database = unquote(rest.partition("?")[0])
+    return Path(database) if database.startswith("/") else None
+
+
 def same_storage(a: Any, b: Any) -> bool:
     """Whether two storage URLs name the same study storage (SQLite files compared by
     their absolute paths)."""
@@ -76,4 +86,4 @@ def same_storage(a: Any, b: Any) -> bool:
         absolute_storage(a) == absolute_storage(b))
 
 
-__all__ = ["absolute_storage", "check_storage", "in_memory", "same_storage"]
+__all__ = ["absolute_storage", "check_storage", "in_memory", "same_storage", "sqlite_file"]

@@ -37,7 +37,7 @@ from dmlkit.tuning.best import (
 )
 from dmlkit.tuning.interrupt import SigintGuard
 from dmlkit.tuning.space import check_parts, check_space, trial_config
-from dmlkit.tuning.storage import absolute_storage, check_storage
+from dmlkit.tuning.storage import absolute_storage, check_storage, sqlite_file
 from dmlkit.tuning.workers import (
     Heartbeat,
     ask_as_worker,
@@ -269,16 +269,20 @@ def tune(
             with guard.interruptible():  # (reads the data, builds the parts: no storage)
                 _check_folds(config)  # before out_dir is made: a refused study leaves
             guard.check()  # (nothing behind, nor one a Ctrl-C during an import stopped)
-            made = [d for d in (out_dir, *out_dir.parents) if not d.exists()]
+            db = sqlite_file(url)  # a SQLite file's folder is made as out_dir is
+            folders = [out_dir] if db is None else [out_dir, db.parent]
+            made = [d for f in folders for d in (f.absolute(), *f.absolute().parents)
+                    if not d.exists()]
             out_dir.mkdir(parents=True, exist_ok=True)
             optuna.logging.set_verbosity(optuna.logging.WARNING)
             try:
+                folders[-1].mkdir(parents=True, exist_ok=True)
                 with warnings.catch_warnings():  # heartbeats outside Study.optimize: by design
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                     warnings.filterwarnings("ignore", message="Heartbeat of storage")
                     return _tune(config, trials, out_dir, url, name, resume, log, guard)
             except BaseException:  # e.g. a storage that cannot be opened: no empty --out
-                for folder in made:  # (innermost first)
+                for folder in sorted(set(made), key=lambda d: -len(d.parts)):  # innermost
                     if folder.is_dir() and not any(folder.iterdir()):
                         folder.rmdir()
                 raise
