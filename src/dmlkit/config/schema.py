@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -420,6 +421,10 @@ def _reject_unknown(section: str, raw: dict[str, Any], cls: type) -> None:
 
 def _section(name: str, cls: type, value: Any) -> Any:
     if value is None:  # the defaults; but no schedule is what `schedule: null` says
+        if cls is DataConfig:  # (a data block emptied to be replaced, not yet filled in)
+            warnings.warn(f"'data:' is empty, so the run uses the default data "
+                          f"({DataConfig().name!r}); give your own data block (see the README) "
+                          "or leave the key out", stacklevel=2)
         return ScheduleConfig(name="none") if cls is ScheduleConfig else cls()
     if isinstance(value, cls):
         return value
