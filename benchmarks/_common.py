@@ -91,3 +91,19 @@ def write_json(name: str, payload: dict[str, Any]) -> Path:
     path = RESULTS_DIR / name
     path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
     return path
+
+
+def run_main(main: Any) -> None:
+    """Run a benchmark's ``main()``; data or a package it needs and cannot find (an error
+    whose message says what to install) is one line on stderr and exit status 2, not a
+    traceback. Any other error keeps its traceback."""
+    import sys
+
+    try:
+        status = main()
+    except (ImportError, FileNotFoundError) as err:
+        if "pip install" not in str(err) and "apt-get install" not in str(err):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(status)

@@ -294,4 +294,6 @@ def print_tables(report: dict) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from _common import run_main
+
+    run_main(main)

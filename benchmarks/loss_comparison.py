@@ -183,4 +183,6 @@ def _line(r: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from _common import run_main
+
+    run_main(main)

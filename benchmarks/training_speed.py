@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import sys
 import time
 from itertools import islice
 from pathlib import Path
@@ -287,4 +286,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from _common import run_main
+
+    run_main(main)
