@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from dmlkit._checks import check_int_param, check_real, check_real_inputs, is_int
+from dmlkit.evaluation.recommendation import id_key
 
 #: the largest integer seed (that of ``--seed``, which torch's generators take)
 MAX_SEED = 2**63 - 1
@@ -47,14 +48,6 @@ def check_seed_param(random_state: Any) -> None:
     if not ok:
         raise ValueError(f"random_state must be None, an integer in [0, 2**63) or a numpy "
                          f"RandomState, got {random_state!r} ({type(random_state).__name__})")
-
-
-def id_key(value: Any) -> str:
-    """The key an id is looked up by: its text, a float of integral value as the integer
-    (``0.0`` and ``0`` name one user, as a float column read from integers holds them)."""
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        return str(int(value))
-    return str(value)
 
 
 def ids(values: Any, name: str) -> np.ndarray:

@@ -10,6 +10,14 @@ import numpy as np
 from dmlkit._checks import check_int_param, is_int
 
 
+def id_key(value: Any) -> str:
+    """The key an id is looked up by: its text, a float of integral value as the integer
+    (``0.0`` and ``0`` name one user, as a float column read from integers holds them)."""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def recommendation_metrics(
     recommended: np.ndarray,
     relevant: Sequence[Any],
@@ -25,7 +33,9 @@ def recommendation_metrics(
     recommended : array (n_users, K)
         Item ids per user, best first (the first ``k`` are scored).
     relevant : sequence of n_users collections
-        Each user's held-out items.
+        Each user's held-out items. Ids match by their text, an integral float as the
+        integer (``17``, ``17.0`` and ``"17"`` name one item), as the recommender looks
+        them up.
     n_items : int
         Catalogue size, for coverage.
     k : int
@@ -60,8 +70,14 @@ def recommendation_metrics(
     if pad is None:
         pad = "" if recommended.dtype.kind in "USO" else -1
     filled = top != pad  # (n_users, k)
-    for row, keep in zip(top, filled, strict=True):
-        items = row[keep].tolist()
+    # ids compared by their key, as the recommender looks them up: 17, 17.0 and "17" are
+    # one item
+    keys = [
+        [id_key(item) if keep else None for item, keep in zip(row, kept, strict=True)]
+        for row, kept in zip(top.tolist(), filled.tolist(), strict=True)
+    ]  # (n_users, k)
+    for row, row_keys in zip(top, keys, strict=True):
+        items = [key for key in row_keys if key is not None]
         if len(set(items)) != len(items):
             raise ValueError(
                 f"a user's recommendations repeat an item ({row.tolist()}): each item may "
@@ -69,13 +85,11 @@ def recommendation_metrics(
             )
     discounts = 1.0 / np.log2(np.arange(2, k + 2))  # (k,)
     recalls, ndcgs = [], []
-    for row, rel in zip(top, relevant, strict=False):
-        rel = set(np.asarray(list(rel)).tolist())
+    for row_keys, rel in zip(keys, relevant, strict=False):
+        rel = {id_key(item) for item in np.asarray(list(rel), dtype=object).tolist()}
         if not rel:
             continue
-        hits = np.array(
-            [item != pad and item in rel for item in row.tolist()], dtype=float
-        )  # (k,)
+        hits = np.array([key is not None and key in rel for key in row_keys], dtype=float)  # (k,)
         recalls.append(hits.sum() / len(rel))
         ideal = discounts[: min(len(rel), k)].sum()
         ndcgs.append((hits * discounts).sum() / ideal)
@@ -84,9 +98,9 @@ def recommendation_metrics(
     return {
         f"recall_at_{k}": float(np.mean(recalls)),
         f"ndcg_at_{k}": float(np.mean(ndcgs)),
-        f"coverage_at_{k}": float(len(np.unique(top[filled])) / n_items),
+        f"coverage_at_{k}": float(len({key for row in keys for key in row} - {None}) / n_items),
         "users": len(recalls),
     }
 
 
-__all__ = ["recommendation_metrics"]
+__all__ = ["id_key", "recommendation_metrics"]

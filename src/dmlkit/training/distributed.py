@@ -11,8 +11,11 @@ batch: N processes train like one process with the same global batch.
 
 All processes draw the same batches from the same seeded sampler and take interleaved
 slices of each; checkpoints, logs and metrics are written by rank 0 only, and a
-checkpoint resumes on any number of processes. Batch norm uses each process's own
-batch statistics (as DistributedDataParallel does by default).
+checkpoint resumes on any number of processes that divides its batch size (the batch
+size is the checkpoint's; a resume on another count is refused with the counts that
+work). Offline mining (``offline_hard_negative``) tops each batch up to a multiple of the
+process count, so its runs differ slightly from one process. Batch norm uses each
+process's own batch statistics (as DistributedDataParallel does by default).
 """
 
 from __future__ import annotations
@@ -203,19 +206,11 @@ class DistributedTrainer(Trainer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
-        if hasattr(self.sampler, "batch_multiple"):  # batches of varying size (offline
-            self.sampler.batch_multiple = self.world  # mining) are topped up to split evenly
+        topped_up = hasattr(self.sampler, "batch_multiple")
+        if topped_up:  # batches of varying size (offline mining) are topped up to split
+            self.sampler.batch_multiple = self.world  # evenly
         else:  # a fixed batch size that cannot split: refused before any epoch starts
-            size = getattr(self.sampler, "batch_size", None)
-            if isinstance(size, int) and size % self.world:
-                asked = getattr(self.sampler, "requested_batch_size", size)
-                capped = (f" (the {asked} asked for, capped at the {size} training items: "
-                          "a batch holds each item at most once)" if asked != size else "")
-                raise ValueError(
-                    f"the batch size {size}{capped} does not split evenly over {self.world} "
-                    f"processes: make it a multiple of {self.world} (sampler.batch_size or "
-                    "training.batch_size)" + (", at most the number of training items"
-                                              if capped else ""))
+            self._check_split()
         self._check_share()
         for module in (self.model, self.loss):
             for p in module.parameters():
@@ -223,6 +218,45 @@ class DistributedTrainer(Trainer):
                     p.register_post_accumulate_grad_hook(self._average)
         if self.rank != 0:
             self.log = lambda _msg: None
+        if topped_up and self.world > 1:
+            self.log(
+                "offline mining: each batch is topped up with other items to a "
+                f"multiple of the {self.world} processes, so this run differs slightly "
+                "from one process"
+            )
+
+    def _check_split(self) -> None:
+        """Refuse a fixed batch size that does not split evenly over the processes. A run
+        with a checkpoint (a resume) keeps the batch size it trained with: the message then
+        lists the process counts that split it."""
+        size = getattr(self.sampler, "batch_size", None)
+        if not isinstance(size, int) or not size % self.world:
+            return
+        asked = getattr(self.sampler, "requested_batch_size", size)
+        capped = (
+            f" (the {asked} asked for, capped at the {size} training items: a batch "
+            "holds each item at most once)"
+            if asked != size
+            else ""
+        )
+        start = f"the batch size {size}{capped} does not split evenly over {self.world} processes"
+        checkpoint = self.checkpoint_path if self.out_dir is not None else None
+        if checkpoint is None or not checkpoint.is_file():
+            raise ValueError(
+                f"{start}: make it a multiple of {self.world} (sampler.batch_size or "
+                "training.batch_size)"
+                + (", at most the number of training items" if capped else "")
+            )
+        # each process needs 2 items when batch norms train (_check_share)
+        least = 2 if training_batch_norms(self.model) else 1
+        counts = [str(n) for n in range(1, size + 1) if not size % n and size // n >= least]
+        counts = counts or ["1"]
+        listed = ", ".join(counts[:-1]) + f" or {counts[-1]}" if len(counts) > 1 else counts[0]
+        raise ValueError(
+            f"{start}, and the run's checkpoint ({checkpoint}) fixes its batch size: resume "
+            f"it on {listed} processes (a new run in another directory may take another "
+            "batch size)"
+        )
 
     def _check_share(self) -> None:
         """Refuse a fixed batch size that gives each process one item when the model has
