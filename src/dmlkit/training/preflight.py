@@ -3,8 +3,10 @@ that its model, miner and loss can train on the data at all."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -405,6 +407,31 @@ def check_batch_negatives(trainer: Any, labels: Any, given: dict[str, Any] | Non
             "proxy_anchor, arcface, ...)")
 
 
+@contextlib.contextmanager
+def warnings_unless_refused() -> Iterator[None]:
+    """Hold the warnings raised inside (a sampler's about its batches) and give them out
+    when the block ends normally: a check in the block that refuses the run says the same
+    thing once, as an error, without the warning before it."""
+    with warnings.catch_warnings(record=True) as held:
+        warnings.simplefilter("always")
+        yield
+    for w in held:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+
+
+def checked_sampler(trainer: Any, sampler: Any, labels: Any, rows: Any, loss: Any) -> Any:
+    """The trainer's batch sampler (``sampler``, else the config's, built), refused by
+    :func:`check_batch_negatives` when its batches leave the loss nothing to learn; the
+    sampler's own warning about such batches is given only when the run goes on."""
+    from dmlkit.training.build import build_sampler
+
+    with warnings_unless_refused():
+        trainer.sampler = sampler if sampler is not None else build_sampler(
+            trainer.config, labels, len(trainer.train_data), trainer.train_data, trainer.model)
+        check_batch_negatives(trainer, rows, given={"sampler": sampler, "loss": loss})
+    return trainer.sampler
+
+
 def check_block_groups(trainer: Any, labels: Any, given: dict[str, Any] | None = None
                        ) -> None:
     """Refuse, before any epoch, a loss that groups a batch in consecutive blocks (Smooth-AP
@@ -453,6 +480,7 @@ def check_block_groups(trainer: Any, labels: Any, given: dict[str, Any] | None =
             "class with as many rows per class as classes")
 
 
-__all__ = ["check_trainable", "check_batch_negatives", "check_block_groups",
+__all__ = ["check_trainable", "check_batch_negatives", "checked_sampler",
+           "warnings_unless_refused", "check_block_groups",
            "check_distances", "check_loss_gradient", "check_loss_sizes", "check_loss_value",
            "check_mined", "check_tuple_gradient", "checked_embeddings"]

@@ -22,7 +22,6 @@ from dmlkit.training.build import (
     build_loss,
     build_miner,
     build_model,
-    build_sampler,
     embedding_dim,
     loss_shape_params,
 )
@@ -39,7 +38,7 @@ from dmlkit.training.device import check_device, resolve_device
 from dmlkit.training.grad_cache import cached_embeddings, check_grad_cache
 from dmlkit.training.interrupts import stop_line
 from dmlkit.training.optim import build_optimizer, build_scheduler, restore_rates
-from dmlkit.training.preflight import check_batch_negatives, check_mined, check_trainable
+from dmlkit.training.preflight import check_mined, check_trainable, checked_sampler
 from dmlkit.training.regularizers import regularization
 from dmlkit.training.rng import get_rng_state, rng_scope, set_rng_state
 from dmlkit.training.run_dir import append_log_line, check_trained_config, epoch_line, restore_log
@@ -191,9 +190,7 @@ class Trainer:
         check_trainable(self, rows, given={"model": model if model_rng is None else None,
                                            "miner": miner, "loss": loss})
         check_grad_cache(self.model, config.training.grad_cache_chunk)
-        self.sampler = sampler if sampler is not None else build_sampler(
-            config, labels, len(train_data), train_data, self.model)
-        check_batch_negatives(self, rows, given={"sampler": sampler, "loss": loss})
+        self.sampler = checked_sampler(self, sampler, labels, rows, loss)
         self.callbacks = list(callbacks)
         self.log = log or (lambda _msg: None)
         self.optimizer = build_optimizer(config.optimizer, self.model, self.loss)
