@@ -41,6 +41,9 @@ class Registry(Generic[T]):
         self.family = family
         self.package = package
         self._entries: dict[str, type[T]] = {}
+        #: names a class of one's own took with replace=True (a built-in registered
+        #: after it leaves it there)
+        self._replaced: set[str] = set()
 
     def register(self, name: str, *, replace: bool = False) -> Callable[[type[T]], type[T]]:
         """A class decorator that registers the class under ``name``.
@@ -53,14 +56,23 @@ class Registry(Generic[T]):
             raise ValueError(f"{self.family} name must be a non-empty string, got {name!r}")
 
         def decorator(cls: type[T]) -> type[T]:
+            builtin = _is_builtin(cls)
+            if not builtin:  # the built-ins first, whatever was imported before: a clash
+                importlib.import_module(self.package)  # is then always the user's class's
             existing = self._entries.get(name)
-            if existing is not None and not replace and _where(existing) != _where(cls):
-                raise ValueError(
-                    f"{self.family} {name!r} is already registered to {_where(existing)}, "
-                    f"so {_where(cls)} cannot take the name: register it under another "
-                    f"name, or pass replace=True to replace it "
-                    f"(@register_{self.family}({name!r}, replace=True))")
+            if existing is not None and _where(existing) != _where(cls):
+                if builtin and name in self._replaced:  # a class of one's own replaced it
+                    return cls  # on purpose: it keeps the name
+                if not replace:
+                    ours, theirs = (existing, cls) if builtin else (cls, existing)
+                    raise ValueError(
+                        f"{self.family} {name!r} is already registered to {_where(theirs)}, "
+                        f"so {_where(ours)} cannot take the name: register it under another "
+                        f"name, or pass replace=True to replace it "
+                        f"(@register_{self.family}({name!r}, replace=True))")
             self._entries[name] = cls
+            if replace and not builtin:
+                self._replaced.add(name)
             cls.registry_name = name  # type: ignore[attr-defined]
             return cls
 
@@ -114,6 +126,11 @@ class Registry(Generic[T]):
     def __contains__(self, name: object) -> bool:
         self._load()
         return name in self._entries
+
+
+def _is_builtin(cls: type) -> bool:
+    """Whether ``cls`` is one of dmlkit's own classes (not a user's)."""
+    return cls.__module__.partition(".")[0] == "dmlkit"
 
 
 def _where(cls: type) -> str:
