@@ -96,6 +96,8 @@ def trainer_data(train_data: Any, val_data: Any) -> tuple[Tensor | None, Any]:
     labels = getattr(train_data, "labels", None)
     if labels is None:
         labels = _tensor_dataset_labels(train_data, "train_data")
+    elif not isinstance(labels, Tensor):
+        labels = _label_tensor(labels)
     if val_data is not None and not (hasattr(val_data, "x") and hasattr(val_data, "labels")):
         val_labels = _tensor_dataset_labels(val_data, "val_data")
         if val_labels is None:
@@ -105,6 +107,27 @@ def trainer_data(train_data: Any, val_data: Any) -> tuple[Tensor | None, Any]:
                 f"labels); got a {type(val_data).__name__}")
         val_data = (val_data.tensors[0], val_labels)
     return labels, val_data
+
+
+def _label_tensor(labels: Any) -> Any:
+    """A dataset's ``.labels`` that are not a tensor (a list, a numpy array) as one, so
+    that the checks before the first epoch see them; names instead of class ids are a
+    ``TypeError`` saying how to map them (the batches' labels would not collate)."""
+    import numpy as np
+
+    try:
+        arr = np.asarray(labels)
+    except (TypeError, ValueError):  # (ragged rows: left for the dataset's own batches)
+        return labels
+    if arr.dtype.kind in "iub" and arr.ndim in (1, 2):
+        return torch.as_tensor(arr.astype(np.int64) if arr.dtype.kind in "iu" else arr)
+    if arr.dtype.kind in "USO" and arr.size:
+        raise TypeError(
+            f"train_data.labels must be integer class ids, got values such as "
+            f"{arr.flat[0]!r}: map names to ids (names, ids = numpy.unique(labels, "
+            "return_inverse=True)) and have the dataset give the ids, in .labels and in "
+            "its items")
+    return labels
 
 
 def _tensor_dataset_labels(data: Any, what: str) -> Tensor | None:

@@ -312,9 +312,11 @@ def _failure(part: str, name: Any, module: Any, kind: str, blame_labels: bool,
         return (f"loss {name!r} cannot train on the miner's tuples: {err}; it takes no "
                 "mined tuples: remove the miner (miner: null, or --set miner=null)")
     if blame_labels:
+        takers = ("multi_similarity, contrastive, triplet_margin" if kind.startswith("multi")
+                  else "multi_similarity, hierarchical_triplet")
         return (f"{part} {name!r} cannot train on this data's {kind}: {err}; pair and tuple "
-                "losses (e.g. multi_similarity, hierarchical_triplet) take them; classifier "
-                "and proxy losses need one class per item")
+                f"losses (e.g. {takers}) take them; classifier and proxy losses need one "
+                "class per item")
     if not getattr(module, "takes_labels", True):
         return (f"{part} {name!r} cannot train on this data's {kind}: {err}; see its "
                 "documentation for the data it needs")
