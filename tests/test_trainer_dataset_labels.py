@@ -62,3 +62,22 @@ def test_a_loss_refusing_multi_labels_suggests_losses_that_take_them():
     text = str(err.value)
     assert "multi_similarity, contrastive, triplet_margin" in text
     assert "e.g. multi_similarity, hierarchical_triplet" not in text
+
+
+class SixWide(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(6, 6)
+
+    def forward(self, x):
+        return self.linear(x)
+
+
+def test_a_ready_made_models_width_fills_a_left_out_embedding_size():
+    x, y = torch.randn(16, 6), torch.arange(16) % 4
+    loss = {"name": "proxy_anchor", "num_classes": 4}
+    trainer = Trainer(_config(loss), TensorDataset(x, y), model=SixWide(), log=None)
+    assert trainer.loss.embedding_size == 6
+    with pytest.raises(ValueError, match="set embedding_size to 6, or leave it out"):
+        Trainer(_config({**loss, "embedding_size": 8}), TensorDataset(x, y), model=SixWide(),
+                log=None)

@@ -189,7 +189,9 @@ def test_a_sqlite_file_in_a_new_folder_is_made_as_the_hint_says(
     tmp_path: Path, monkeypatch, scored: list[Any]
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    config = _write(tmp_path)
+    # (a continuous space: a second trial never repeats the first's config, which would be
+    # taken from it unscored)
+    config = _write(tmp_path, "optimizer.lr: {low: 0.001, high: 0.01, log: true}")
     result = _invoke(config, "--trials", 1, "--out", "o", "--storage", "sqlite:///runs/study.db")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "runs" / "study.db").is_file() and len(scored) == 1

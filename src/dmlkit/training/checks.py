@@ -109,6 +109,19 @@ def trainer_data(train_data: Any, val_data: Any) -> tuple[Tensor | None, Any]:
     return labels, val_data
 
 
+def given_model_width(model: Any, train_data: Any) -> int | None:
+    """The embedding width of a model given to the trainer ready-made: its ``dim``, else
+    its output's width on the first training item's input (None when neither tells)."""
+    from dmlkit.training.build import model_output_dim
+
+    try:
+        item = train_data[0]
+    except Exception:  # (a dataset that cannot be indexed: its batches will tell)
+        item = None
+    example = item[0] if isinstance(item, (tuple, list)) and item else None
+    return model_output_dim(model, example if isinstance(example, Tensor) else None)
+
+
 def _label_tensor(labels: Any) -> Any:
     """A dataset's ``.labels`` that are not a tensor (a list, a numpy array) as one, so
     that the checks before the first epoch see them; names instead of class ids are a

@@ -30,6 +30,7 @@ from dmlkit.training.checks import (
     check_finite_weights,
     check_loss_value,
     finite_embeddings,
+    given_model_width,
     trainer_data,
 )
 from dmlkit.training.class_rows import CLASS_IDS_KEY, as_class_ids, as_rows, resumed_class_ids
@@ -173,10 +174,12 @@ class Trainer:
             self.model = (model if model is not None else build_model(config)).to(self.device)
             if model_rng is not None:  # (the loss's draws follow the model's, as built here)
                 set_rng_state(model_rng)
-            dim = getattr(self.model, "dim", None)
-            if loss is None and isinstance(dim, int) and embedding_dim(config.model) is None:
-                # a model whose width only its weights know (a pretrained text encoder):
-                # the loss's embedding size comes from the built model
+            dim = (given_model_width(self.model, train_data) if model is not None
+                   else getattr(self.model, "dim", None))
+            if loss is None and isinstance(dim, int) and (
+                    model is not None or embedding_dim(config.model) is None):
+                # a model given ready-made, or one whose width only its weights know (a
+                # pretrained text encoder): the loss's embedding size comes from the model
                 config = copy.copy(config)
                 config.loss = loss_shape_params(config.loss, None, dim)
                 self.config = config
