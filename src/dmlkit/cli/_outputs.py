@@ -139,10 +139,13 @@ def existing_inputs(specs: Mapping[str, str | Path | None]) -> dict[str, Path | 
 
 
 def check_output_folder(path: Path, option: str = "--out",
-                        inputs: Mapping[str, Path | None] | None = None) -> None:
+                        inputs: Mapping[str, Path | None] | None = None, *,
+                        own_format: str | None = None, example: str = "explain") -> None:
     """Refuse an output folder ``path`` that cannot become a folder
     (:func:`check_output_dir`), is one of ``inputs`` (or lies inside one), a run
-    directory, a saved directory, or lies inside a saved directory."""
+    directory (``example`` naming a folder to suggest in it), a saved directory (but one
+    of ``own_format``: the command's own earlier output, which it continues or
+    replaces), or lies inside a saved directory."""
     from dmlkit.runs.run_files import is_run_dir
 
     check_output_dir(Path(path), option)
@@ -150,9 +153,9 @@ def check_output_folder(path: Path, option: str = "--out",
     if is_run_dir(path):
         raise ValueError(f"{option} {path} is a run directory; its outputs would be written "
                          f"among the run's own files: give another folder (e.g. "
-                         f"{Path(path) / 'explain'})")
+                         f"{Path(path) / example})")
     found = saved_format(path)
-    if found is not None:
+    if found is not None and found != own_format:
         raise ValueError(f"{option} {path} is a saved {found} directory whose files are "
                          f"checked against its {MANIFEST}; writing there would break it: "
                          "give another folder")

@@ -52,7 +52,7 @@ def _item(run: Any, spec: str, shape: Any, splits: Any = None,
     """
     import torch
 
-    from dmlkit.runs import build_splits
+    from dmlkit.runs.recorded_splits import run_splits
 
     part, sep, index = spec.partition(":")
     if sep and part in ("heldout", "train"):
@@ -63,7 +63,7 @@ def _item(run: Any, spec: str, shape: Any, splits: Any = None,
                 "pick from; give the items as arrays: --a FILE.npy:N --b FILE.npy:N (row N "
                 "of a .npy file of items), or --a FILE.npy for a file of one item")
         try:
-            train, heldout = splits() if splits is not None else build_splits(run.config)
+            train, heldout = splits() if splits is not None else run_splits(run, part)
         except (OSError, ValueError) as err:
             raise ValueError(f"{spec!r} is a row of the run's data, which cannot be read: "
                              f"{one_line(err)}; restore the data, or give the item as a "
@@ -394,8 +394,9 @@ def _explain(run_dir: Path, a: str, b: str, out: Path, steps: int, patch: int | 
         stride_for_patch,
     )
     from dmlkit.report.collect import weights_note
-    from dmlkit.runs import build_splits, embed, load_run
+    from dmlkit.runs import embed, load_run
     from dmlkit.runs.queries import run_input_spec
+    from dmlkit.runs.recorded_splits import run_splits
     say = _Progress("explain")
     run = load_run(run_dir, device, metrics=False)  # (a damaged metrics.json is no matter)
     standing_in = weights_note(run_dir, "this explanation", run.weights)
@@ -405,7 +406,7 @@ def _explain(run_dir: Path, a: str, b: str, out: Path, steps: int, patch: int | 
 
     def splits() -> Any:
         if "splits" not in cache:
-            cache["splits"] = build_splits(run.config)
+            cache["splits"] = run_splits(run)  # (warns when not the run's held-out items)
         return cache["splits"]
 
     shape = run_input_spec(run)

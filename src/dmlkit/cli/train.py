@@ -13,7 +13,12 @@ import typer
 
 from dmlkit.cli._errors import one_line
 from dmlkit.cli._npz_keys import LABELS_KEY, X_KEY
-from dmlkit.cli._outputs import check_output_dir, check_output_file
+from dmlkit.cli._outputs import (
+    check_output_dir,
+    check_output_folder,
+    check_output_path,
+    existing_inputs,
+)
 
 RUNS_DIR = Path("runs")
 
@@ -357,10 +362,15 @@ def embed(
         for option, value in (("--batch-size", batch_size), ("--chunk-size", chunk_size)):
             if value < 1:  # (before the run is loaded)
                 raise ValueError(f"{option} must be an integer >= 1, got {value}")
-        if store:
-            check_output_dir(out)
+        # never one of its inputs (the run, the --data file or folder), a run's own file,
+        # a run directory itself, or inside a saved directory: before any work
+        inputs = existing_inputs({"the run directory": run_dir, "the --data input": data})
+        if store:  # (an earlier store of its own there: continued, as the help says)
+            from dmlkit.index.store import FORMAT
+
+            check_output_folder(out, "--out", inputs, own_format=FORMAT, example="store")
         else:
-            check_output_file(out, ".npz file")
+            check_output_path(out, "--out", inputs, what=".npz file", run_dir=run_dir)
         from dmlkit.cli._embedding_inputs import refuse_embeddings, refuse_text_files
 
         refuse_embeddings(data, x_key, fix="they are embeddings already: use the file as it is")
@@ -401,7 +411,6 @@ def embed(
             typer.echo(f"stored {done.rows_done} embeddings of dim {done.dim} in {out}/")
             return
         emb = embed_data(run.model, x, batch_size=batch_size, device=device)[0]
-        out.parent.mkdir(parents=True, exist_ok=True)
         arrays = {} if labels is None else {"labels": labels}
         if names is not None:
             arrays["class_names"] = names
@@ -410,7 +419,10 @@ def embed(
 
         # the model that embedded them: dmlkit search refuses them for another model's index
         arrays[EMBEDDINGS_MODEL_KEY] = np.asarray(model_fingerprint(run.model))
-        np.savez(out, embeddings=emb.numpy(), **arrays)
+        from dmlkit.training.checkpoint import atomic_write
+
+        # through a temporary file beside it: a failure leaves no half-written .npz
+        atomic_write(out, lambda f: np.savez(f, embeddings=emb.numpy(), **arrays))
     except (OSError, ValueError, TypeError, KeyError) as err:
         raise _fail(one_line(err)) from None
     typer.echo(f"wrote {emb.shape[0]} embeddings of dim {emb.shape[1]} to {out}")

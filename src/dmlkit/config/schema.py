@@ -342,6 +342,10 @@ class Config:
             source.strip().lower().endswith((".yaml", ".yml")) or is_file_name(source)))
         if is_path:
             path = Path(source)
+            if path.is_dir():  # (a run directory: its config.yaml, when it has one)
+                hint = (f": give {path / 'config.yaml'}" if (path / "config.yaml").is_file()
+                        else "")
+                raise ValueError(f"{path} is a directory; a YAML config file is expected{hint}")
             if not path.is_file():
                 raise FileNotFoundError(f"config file not found: {path}")
             source = read_config_file(path)  # (not UTF-8: an error naming the file)
@@ -354,10 +358,16 @@ class Config:
             raise ValueError(f"{where} is empty; write the settings to use (see "
                              "configs/digits.yaml), or run `dmlkit train` without a config "
                              "for the default digits job")
-        if not is_path or not isinstance(raw, dict) or "imports" not in raw:
+        if not is_path:
             return cls.from_dict(raw)
-        folder = path.resolve().parent  # (.py files named from the file's folder)
-        return cls.from_dict(raw, folder=folder, source=f"imports: of {path}")
+        imports = isinstance(raw, dict) and "imports" in raw  # (.py files: from its folder)
+        beside = {"folder": path.resolve().parent, "source": f"imports: of {path}"}
+        try:
+            return cls.from_dict(raw, **(beside if imports else {}))
+        except ValueError as err:  # (a file of other YAML: name it)
+            if str(err).startswith("unknown key"):
+                raise ValueError(f"{path}: {err}") from None
+            raise
 
     def check(self) -> None:
         """Resolve component names and parameters against the registries (clear errors),

@@ -17,7 +17,8 @@ from dmlkit.functional.verification import equal_error_rate, roc_curve
 from dmlkit.report.metrics_file import check_metrics
 from dmlkit.report.projection import PROJECTIONS, check_projection, project_2d
 from dmlkit.report.svg import downscale
-from dmlkit.runs import build_splits, embed, load_run
+from dmlkit.runs import embed, load_run
+from dmlkit.runs.recorded_splits import run_splits
 
 #: the metric of every section of the report: the run's held-out metrics (metrics.json)
 #: and ``dmlkit evaluate`` (by default) measure Euclidean distances between embeddings
@@ -213,7 +214,7 @@ def collect(run_dir: str | Path, *, max_items: int = 2000, projection: str = "au
             "without class labels")
     metrics = run_metrics(run)  # metrics.json as load_run read it, of the report's shape
     say("loading data")
-    train, heldout = build_splits(run.config)
+    train, heldout = run_splits(run)  # (warns when not the run's held-out items)
     notes = [n for n in [_weights_note(run_dir, run.weights), _size_note(len(heldout.labels))] if n]
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(len(heldout.labels), size=min(max_items, len(heldout.labels)),

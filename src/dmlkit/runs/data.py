@@ -23,7 +23,8 @@ from dmlkit.runs.queries import (
     run_color,
     run_input_spec,
 )
-from dmlkit.training.run import Run, build_splits
+from dmlkit.runs.recorded_splits import run_splits
+from dmlkit.training.run import Run
 
 SPLITS = ("heldout", "train")
 # what a folder of files is read with: the run's own settings (as search reads images)
@@ -78,7 +79,8 @@ def run_data(
         if keyed:
             raise ValueError(f"array names (x_key / labels_key) are for a .npz file; "
                              f"{str(data)!r} is the run's own split")
-        train, heldout = build_splits(run.config)
+        # (checked against the data the run recorded: an edited data section warns)
+        train, heldout = run_splits(run, str(data))
         return heldout if str(data) == "heldout" else train
     cfg = folder_config(run, data) if by_path else data_config(data)
     text = str(data) if by_path else str(cfg.path or cfg.name)
@@ -131,8 +133,11 @@ def mixed_sizes_message(err: MixedSizesError, run: Run, cfg: DataConfig) -> str:
     with the run's settings (no ``data.image_size``): give ``--data`` a ``.yaml`` file
     whose data section reads the folder at one size (the run's training image size)."""
     size = run.config.model.get("image_size")
-    if size is None:
-        spec = recorded_input_spec(run.config.model, any_size=False)
+    if size is None:  # the run's training inputs' (an MLP's (1, 8, 8) digits: 8)
+        try:
+            spec = run_input_spec(run)
+        except (OSError, ValueError):  # (its data is gone and no shape recorded)
+            spec = recorded_input_spec(run.config.model, any_size=False)
         size = list(spec.shape[-2:]) if spec is not None and len(spec.shape) == 3 else 32
     if isinstance(size, (list, tuple)) and len(size) == 2 and size[0] == size[1]:
         size = size[0]
