@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tune_helpers import scored_at_once
 
 from dmlkit.config import Config
 
@@ -44,30 +45,10 @@ def _config_text(space: str = LR_RANGE) -> str:
     return CONFIG.format(space=space)
 
 
-def _result() -> Any:
-    from dmlkit.training.cross_validation import CrossValResult, FoldResult
-
-    folds = [
-        FoldResult([0, 1, 2], [3, 4, 5], 0.5, 0.5, 0.4, 1, [0.5]),
-        FoldResult([3, 4, 5], [0, 1, 2], 0.5, 0.5, 0.4, 1, [0.5]),
-    ]
-    return CrossValResult(0.5, 0.5, 0.5, 0.4, "final", folds, [0.5], 0.1)
-
-
 @pytest.fixture
 def scored(monkeypatch) -> list[Any]:
     """Trials scored at once (no training); the list holds each trial's config."""
-    from dmlkit.training import cross_validation
-
-    calls: list[Any] = []
-
-    def fake(cfg: Any, k: Any, *, on_epoch: Any, **_: Any) -> Any:
-        calls.append(cfg)
-        on_epoch(1, 0.5)
-        return _result()
-
-    monkeypatch.setattr(cross_validation, "cross_validate", fake)
-    return calls
+    return scored_at_once(monkeypatch)
 
 
 def _invoke(*args: str) -> Any:

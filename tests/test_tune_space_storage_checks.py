@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tune_helpers import scored_at_once
 
 from dmlkit.config import Config
 
@@ -152,22 +153,7 @@ def test_choices_equal_in_value_and_kind_still_repeat(choices: str) -> None:
 @pytest.fixture
 def scored(monkeypatch) -> list[Any]:
     """Trials scored at once (no training); the list holds each trial's config."""
-    from dmlkit.training import cross_validation
-    from dmlkit.training.cross_validation import CrossValResult, FoldResult
-
-    calls: list[Any] = []
-
-    def fake(cfg: Any, k: Any, *, on_epoch: Any, **_: Any) -> Any:
-        calls.append(cfg)
-        on_epoch(1, 0.5)
-        folds = [
-            FoldResult([0, 1, 2], [3, 4, 5], 0.5, 0.5, 0.4, 1, [0.5]),
-            FoldResult([3, 4, 5], [0, 1, 2], 0.5, 0.5, 0.4, 1, [0.5]),
-        ]
-        return CrossValResult(0.5, 0.5, 0.5, 0.4, "final", folds, [0.5], 0.1)
-
-    monkeypatch.setattr(cross_validation, "cross_validate", fake)
-    return calls
+    return scored_at_once(monkeypatch)
 
 
 def _invoke(*args: Any) -> Any:
