@@ -89,6 +89,10 @@ def check_one_label_per_row(labels: Any, source: str, name: str = "labels",
     kind = np.asarray(labels).dtype.kind if len(shape) == 2 else ""
     what = {"b": "(n, C) multi-labels", "i": "hierarchical (n, L) labels",
             "u": "hierarchical (n, L) labels"}.get(kind, "labels")
+    if kind == "b":  # (no column of multi-labels is a class per item)
+        hint = ("an item of several classes has no one class to give them; train a deep "
+                "metric with a pair or tuple loss instead (dmlkit train, loss "
+                "multi_similarity, contrastive or triplet_margin take (n, C) labels)")
     raise ValueError(f"{source}: {name} are {shape} {what}, but classical metric learners "
                      f"take one class label per item, (n,): {hint}")
 

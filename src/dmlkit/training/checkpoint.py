@@ -124,6 +124,9 @@ def torch_reason(err: BaseException, limit: int = 120) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
         return type(err).__name__
+    if isinstance(err, (KeyError, IndexError)) and text.strip("'\"").lstrip("-").isdigit():
+        # (junk bytes: the unpickler looked up a number, which says nothing to a reader)
+        return f"not a PyTorch file ({type(err).__name__} {text} in its unpickler)"
     first = lines[0]
     if len(first) <= limit:
         return first
