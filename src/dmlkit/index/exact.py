@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dmlkit._checks import check_int, check_real
 from dmlkit.functional.chunking import row_chunks
 from dmlkit.functional.retrieval import (
     knn,
@@ -18,7 +19,6 @@ from dmlkit.functional.retrieval import (
     ranking_keys,
 )
 from dmlkit.index.base import BaseIndex, to_numpy_2d
-from dmlkit.index.checks import finite_number, positive_int
 from dmlkit.index.io import IndexFormatError, load_array, require_files
 
 _TORCH_METRIC = {"l2": "euclidean", "ip": "dot", "cosine": "cosine"}
@@ -90,8 +90,8 @@ class ExactIndex(BaseIndex):
         self, dim: int, metric: str = "l2", *, query_chunk: int = 1024, ref_chunk: int = 1 << 16
     ) -> None:
         super().__init__(dim, metric)
-        self.query_chunk = positive_int(query_chunk, "query_chunk")
-        self.ref_chunk = positive_int(ref_chunk, "ref_chunk")
+        self.query_chunk = check_int("query_chunk", query_chunk)
+        self.ref_chunk = check_int("ref_chunk", ref_chunk)
         self._parts: list[torch.Tensor] = []
         self._data = torch.zeros((0, self.dim), dtype=torch.float32)
         #: the stored vectors prepared for small searches; dropped whenever they change
@@ -284,7 +284,8 @@ class ExactIndex(BaseIndex):
         """
         is_torch = isinstance(q, torch.Tensor)
         qa = to_numpy_2d(q, self.dim, "q")
-        threshold = finite_number(threshold, "threshold")
+        threshold = check_real("threshold", threshold, -math.inf, math.inf, low_open=True,
+                               high_open=True)
         metric = _TORCH_METRIC[self.metric]
         gallery, center, prepared = self._snapshot(prepared=True)
         m = gallery.shape[0]

@@ -7,6 +7,7 @@ when a :class:`FaissIndex` is built or loaded.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import sys
@@ -17,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from dmlkit._checks import check_real
 from dmlkit.index.base import BaseIndex, _is_tensor, to_numpy_2d
-from dmlkit.index.checks import finite_number
 from dmlkit.index.faiss_stages import (
     POINTS_PER_CENTROID,
     check_stages,
@@ -254,7 +255,8 @@ class FaissIndex(BaseIndex):
         """
         is_torch = _is_tensor(q)
         qa = self._prep(to_numpy_2d(q, self.dim, "q"))
-        threshold = finite_number(threshold, "threshold")
+        threshold = check_real("threshold", threshold, -math.inf, math.inf, low_open=True,
+                               high_open=True)
         if not self.ntotal:  # an empty index (an untrained IVF cannot even be asked)
             empty = np.zeros(0, np.float32), np.zeros(0, np.int64)
             lims, scores, ids = np.zeros(qa.shape[0] + 1, np.int64), *empty
