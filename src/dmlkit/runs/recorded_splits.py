@@ -11,7 +11,12 @@ import warnings
 from typing import Any
 
 from dmlkit.data.dataset import ArrayDataset
-from dmlkit.training.data_fingerprint import CHECKPOINT_KEY, data_changes, data_fingerprint
+from dmlkit.training.data_fingerprint import (
+    data_changes,
+    data_fingerprint,
+    parts_differ,
+    saved_fingerprint,
+)
 from dmlkit.training.run import Run, build_splits
 
 #: the fingerprint parts of each split, as training names them
@@ -19,24 +24,6 @@ SPLIT_PARTS = {
     "heldout": ("the held-out split",),
     "train": ("the training items", "the training labels"),
 }
-
-
-def recorded_fingerprint(run: Run) -> dict[str, str] | None:
-    """The data fingerprint ``run``'s checkpoint holds, read without loading its tensors
-    into memory; ``None`` for a run without a checkpoint or fingerprint (older runs)."""
-    import torch
-
-    from dmlkit.training.trainer import CHECKPOINT
-
-    path = run.run_dir / CHECKPOINT
-    if not path.is_file():
-        return None
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # (unreadable: nothing to compare with; loading it says why elsewhere)
-        return None
-    saved = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None
-    return saved if isinstance(saved, dict) and saved else None
 
 
 def split_parts(split: str, train: ArrayDataset, heldout: ArrayDataset) -> dict[str, Any]:
@@ -53,15 +40,14 @@ def warn_if_not_recorded(
     """Warn (``UserWarning``, once) when ``split`` of ``run`` as rebuilt now differs from
     the one its checkpoint recorded; returns the parts that differ. Hashes only where the
     run recorded a fingerprint of the split; says nothing for a run without one."""
-    saved = recorded_fingerprint(run)
+    saved = saved_fingerprint(run.run_dir)
     if saved is None or not any(part in saved for part in SPLIT_PARTS[split]):
         return []
     current = data_fingerprint(split_parts(split, train, heldout))
     changed = data_changes({k: v for k, v in saved.items() if k in current}, current)
     if changed:
-        one = len(changed) == 1 and not changed[0].endswith("s")
         warnings.warn(
-            f"{run.run_dir}: {', '.join(changed)} {'differs' if one else 'differ'} from "
+            f"{run.run_dir}: {parts_differ(changed)} from "
             "what the run was trained and evaluated with (its config.yaml's data section "
             "was edited, or the data file changed since), so results on its "
             f"{'held-out' if split == 'heldout' else 'training'} split are not the run's; "
@@ -85,7 +71,6 @@ def run_splits(run: Run, split: str = "heldout") -> tuple[ArrayDataset, ArrayDat
 
 __all__ = [
     "SPLIT_PARTS",
-    "recorded_fingerprint",
     "run_splits",
     "split_parts",
     "warn_if_not_recorded",

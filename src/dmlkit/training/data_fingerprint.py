@@ -97,6 +97,33 @@ def data_changes(saved: dict[str, str], current: dict[str, str]) -> list[str]:
             and not (name in LATER_PARTS and name not in saved)]
 
 
+def parts_differ(changed: list[str]) -> str:
+    """The changed parts with a verb that agrees: "the held-out split differs", "the
+    training items differ", "the training items, the held-out split differ"."""
+    one = len(changed) == 1 and not changed[0].endswith("s")
+    return f"{', '.join(changed)} {'differs' if one else 'differ'}"
+
+
+def saved_fingerprint(run_dir: str | Path,
+                      checkpoint: dict[str, Any] | None = None) -> dict[str, str] | None:
+    """The data fingerprint of the checkpoint in ``run_dir`` (``checkpoint``: as the caller
+    loaded it already; else read without loading its tensors); ``None`` for a run without
+    a checkpoint or fingerprint (older runs), or one that cannot be read (loading it for
+    its weights says what is wrong)."""
+    if checkpoint is None:
+        from dmlkit.training.trainer import CHECKPOINT
+
+        path = Path(run_dir) / CHECKPOINT
+        if not path.is_file():
+            return None
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:
+            return None
+    saved = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None
+    return saved if isinstance(saved, dict) and saved else None
+
+
 def check_same_data(saved: Any, current: Fingerprint | None, where: str | Path) -> None:
     """Refuse to resume the run at ``where`` when its checkpoint's fingerprint ``saved``
     differs from ``current`` (the data as loaded now; a function computing it is called
@@ -106,12 +133,9 @@ def check_same_data(saved: Any, current: Fingerprint | None, where: str | Path) 
         return
     changed = data_changes(saved, fingerprint_value(current) or {})
     if changed:
-        # the verb agrees with the parts: "the held-out split differs", "the training
-        # items differ", "the training items, the held-out split differ"
-        one = len(changed) == 1 and not changed[0].endswith("s")
         raise ValueError(
             f"cannot resume {where}: the data changed since the run started: "
-            f"{', '.join(changed)} {'differs' if one else 'differ'} from what its "
+            f"{parts_differ(changed)} from what its "
             "checkpoint was trained on (a file "
             "edited, rows added or deleted, or another file at the same path); restore the "
             "data it started with to resume, or train a new run (another --out)")
@@ -145,15 +169,7 @@ def check_resume_data(out_dir: Path, current: Fingerprint | None,
 def _refusal(out_dir: Path, current: Fingerprint | None,
              checkpoint: dict[str, Any] | None) -> str | None:
     """The message of :func:`check_same_data`'s refusal, or ``None`` when it passes."""
-    if checkpoint is None:
-        from dmlkit.training.trainer import CHECKPOINT
-
-        try:
-            checkpoint = torch.load(Path(out_dir) / CHECKPOINT, map_location="cpu",
-                                    weights_only=True, mmap=True)
-        except Exception:  # (unreadable: resuming loads it again and says what is wrong)
-            return None
-    saved = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None
+    saved = saved_fingerprint(out_dir, checkpoint)
     try:
         check_same_data(saved, current, out_dir)
     except ValueError as err:
@@ -162,4 +178,5 @@ def _refusal(out_dir: Path, current: Fingerprint | None,
 
 
 __all__ = ["CHECKPOINT_KEY", "Fingerprint", "LazyFingerprint", "check_resume_data",
-           "check_same_data", "data_changes", "data_fingerprint", "fingerprint_value"]
+           "check_same_data", "data_changes", "data_fingerprint", "fingerprint_value",
+           "parts_differ", "saved_fingerprint"]
