@@ -9,33 +9,20 @@ import json
 import numpy as np
 import pytest
 import torch
-from cli_helpers import error_line
+from cli_helpers import SMALL_CNN, error_line, train_small
 from typer.testing import CliRunner
 
 from dmlkit.cli.main import app
 
 runner = CliRunner()
 
-SMALL = """
-name: small
-data: {name: digits, max_per_class: 10, max_heldout_per_class: 10}
-model: {name: small_cnn, dim: 8, width: 8}
-loss: {name: triplet_margin, margin: 0.2}
-sampler: {name: m_per_class, m: 2, batch_size: 10}
-training: {epochs: 1, num_threads: 1}
-"""
-
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     """A small_cnn run on the 8x8 digits (its model takes (n, 1, H, W) of any H, W) and an
     index of its held-out items."""
-    from dmlkit.config import load_config
-    from dmlkit.training import train_run
-
     root = tmp_path_factory.mktemp("inputs")
-    (root / "small.yaml").write_text(SMALL)
-    train_run(load_config(root / "small.yaml"), root / "run", log=lambda *a: None)
+    train_small(root, SMALL_CNN)
     res = runner.invoke(app, ["index", "build", str(root / "run"), "--out", str(root / "idx")])
     assert res.exit_code == 0, res.output
     return root

@@ -31,7 +31,7 @@ def unreadable_body(err: ValueError) -> str:
                 "text encoded as UTF-8")
     text = str(err)
     if "digits" in text and "integer" in text:
-        limit = getattr(sys, "get_int_max_str_digits", lambda: 4300)()  # (3.10.7+)
+        limit = sys.get_int_max_str_digits()
         return (f"a number in the body has more than {limit} digits; send numbers of at most "
                 "about 1e308 (written with an exponent)")
     return f"the body cannot be read as JSON ({text[:ECHO_CHARS]}); send a JSON object"
