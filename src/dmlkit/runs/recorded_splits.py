@@ -40,20 +40,28 @@ def warn_if_not_recorded(
     """Warn (``UserWarning``, once) when ``split`` of ``run`` as rebuilt now differs from
     the one its checkpoint recorded; returns the parts that differ. Hashes only where the
     run recorded a fingerprint of the split; says nothing for a run without one."""
-    saved = saved_fingerprint(run.run_dir)
-    if saved is None or not any(part in saved for part in SPLIT_PARTS[split]):
+    if split not in SPLIT_PARTS:
+        raise ValueError(f"split must be one of {sorted(SPLIT_PARTS)}, got {split!r}")
+    return warn_if_parts_changed(run.run_dir, split_parts(split, train, heldout), split)
+
+
+def warn_if_parts_changed(run_dir: Any, parts: dict[str, Any], split: str) -> list[str]:
+    """:func:`warn_if_not_recorded` for the named ``parts`` of a split (as training
+    fingerprints them, image or text runs alike), against the checkpoint in ``run_dir``."""
+    saved = saved_fingerprint(run_dir)
+    if saved is None or not any(part in saved for part in parts):
         return []
-    current = data_fingerprint(split_parts(split, train, heldout))
+    current = data_fingerprint(parts)
     changed = data_changes({k: v for k, v in saved.items() if k in current}, current)
     if changed:
         warnings.warn(
-            f"{run.run_dir}: {parts_differ(changed)} from "
+            f"{run_dir}: {parts_differ(changed)} from "
             "what the run was trained and evaluated with (its config.yaml's data section "
             "was edited, or the data file changed since), so results on its "
             f"{'held-out' if split == 'heldout' else 'training'} split are not the run's; "
             "restore the data section (and data) it was trained with to reproduce them",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
     return changed
 
@@ -74,4 +82,5 @@ __all__ = [
     "run_splits",
     "split_parts",
     "warn_if_not_recorded",
+    "warn_if_parts_changed",
 ]

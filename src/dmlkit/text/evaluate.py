@@ -105,13 +105,16 @@ def evaluate_text_run(run_dir: str | Path, data: Any = None, *, out: str | Path 
     ``data``: ``"heldout"`` (default) or ``"train"``, the run's splits.
     """
     from dmlkit.evaluation.evaluate import evaluate_embeddings, write_json
-    from dmlkit.text.run import build_text_splits
+    from dmlkit.runs.recorded_splits import warn_if_parts_changed
+    from dmlkit.text.run import build_text_splits, text_parts
     from dmlkit.training.run import load_run
 
     run = load_run(run_dir, device=device)
     if data not in (None, "heldout", "train"):
         raise ValueError(f"text runs evaluate on 'heldout' or 'train', got {data!r}")
     train, heldout = build_text_splits(run.config)
+    split = "train" if data == "train" else "heldout"
+    warn_if_parts_changed(run_dir, text_parts(train, heldout, split), split)
     dataset = train if data == "train" else heldout
     if isinstance(dataset, TextPairDataset):
         result: dict[str, Any] = {"sts": sts_spearman(run.model, dataset),

@@ -211,13 +211,22 @@ def train_text_run(
 def text_fingerprint(train: TextData, heldout: TextData) -> LazyFingerprint:
     """The checksums of a text run's data as loaded (:func:`build_text_splits`), kept in
     its checkpoints (:mod:`~dmlkit.training.data_fingerprint`); hashed when first used."""
+    return LazyFingerprint(text_parts(train, heldout))
+
+
+def text_parts(train: TextData, heldout: TextData, split: str | None = None) -> dict[str, Any]:
+    """The named parts of a text run's data that :func:`text_fingerprint` hashes: all, or
+    those of ``split`` (``"train"`` or ``"heldout"``)."""
     if isinstance(train, TextDataset):
-        return LazyFingerprint({"the training texts": train.texts,
-                                "the training labels": train.labels,
-                                "the held-out split": _columns(heldout)})
-    kind = "pairs" if isinstance(train, TextPairDataset) else "triplets"
-    return LazyFingerprint({f"the training {kind}": _columns(train),
-                            f"the held-out {kind}": _columns(heldout)})
+        parts = {"the training texts": train.texts, "the training labels": train.labels,
+                 "the held-out split": _columns(heldout)}
+    else:
+        kind = "pairs" if isinstance(train, TextPairDataset) else "triplets"
+        parts = {f"the training {kind}": _columns(train),
+                 f"the held-out {kind}": _columns(heldout)}
+    if split is None:
+        return parts
+    return {k: v for k, v in parts.items() if ("held-out" in k) == (split == "heldout")}
 
 
 def _columns(data: TextData) -> list[Any]:
@@ -328,4 +337,4 @@ def _summary(metrics: dict[str, Any]) -> str:
     return ", ".join(f"{k} {metrics[k]:.4f}" for k in keys if k in metrics)
 
 
-__all__ = ["build_text_splits", "text_fingerprint", "train_text_run", "BASELINE_FILE"]
+__all__ = ["build_text_splits", "text_fingerprint", "text_parts", "train_text_run", "BASELINE_FILE"]
