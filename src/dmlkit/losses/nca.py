@@ -93,9 +93,11 @@ class NCALoss(BaseMetricLoss):
             valid = pos.any(dim=1)  # (c,)
             sum_pos = (e * pos).sum(dim=1)  # (c,)
             log_all = torch.log(e.sum(dim=1))  # (c,), relative to the peak
-            safe = torch.where(sum_pos > 0, sum_pos, 1.0)
-            log_pos = torch.log(safe)  # (c,)
-            lost = valid & (sum_pos == 0)  # positives underflowed below the peak
+            # a sum below the smallest normal number (0, or subnormal: its reciprocal, the
+            # gradient of its log, overflows) is taken again as a log-sum-exp
+            normal = sum_pos >= torch.finfo(sum_pos.dtype).tiny  # (c,)
+            log_pos = torch.log(torch.where(normal, sum_pos, 1.0))  # (c,)
+            lost = valid & ~normal  # positives underflowed below the peak
             if bool(lost.any()):
                 log_pos = torch.where(lost, masked_logsumexp(logits, pos) - peak[:, 0], log_pos)
             loss = torch.where(valid, log_all - log_pos, 0.0) * w[start:stop]  # (c,)
