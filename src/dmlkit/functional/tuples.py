@@ -148,8 +148,11 @@ def as_index_tuple(indices: tuple) -> IndexTuple:
         return Triplets(*indices)
     if isinstance(indices, tuple) and len(indices) == 4:
         return Pairs(*indices)
+    got = (f"a {len(indices)}-tuple" if isinstance(indices, tuple)
+           else type(indices).__name__)
     raise TypeError(
-        f"indices must be Pairs, Triplets, Quadruplets or a 3/4-tuple, got {type(indices)}"
+        f"indices must be Pairs, Triplets, Quadruplets or a 3/4-tuple (anchor, positive, "
+        f"negative) / (anchor, positive, anchor, negative), got {got}"
     )
 
 
