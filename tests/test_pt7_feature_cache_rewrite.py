@@ -73,7 +73,12 @@ def test_a_failed_write_removes_its_temporary_file_and_names_the_entry(model, tm
         raise PermissionError(13, "Permission denied", str(dst))
 
     monkeypatch.setattr(os, "replace", refuse)
-    with pytest.raises(ValueError, match="feature cache file .*\\.pt cannot be written "
-                                         "\\(Permission denied\\)"):
-        feature_cache.cached_features(model, _images(), cache_dir=tmp_path)
+    monkeypatch.setattr(feature_cache, "_WARNED", set())
+    with pytest.warns(UserWarning, match=r"feature cache folder .* cannot be written "
+                                         r"\(Permission denied\)"):
+        feature_cache.cached_features(model, _images(), cache_dir=tmp_path)  # (still used)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match=r"feature cache file .*\.pt cannot be written "
+                                         r"\(Permission denied\)"):
+        feature_cache.write_entry(tmp_path / "e.pt", torch.zeros(2, 3))  # names the entry
     assert list(tmp_path.iterdir()) == []

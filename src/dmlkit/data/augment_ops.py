@@ -202,9 +202,12 @@ class AugmentPolicy:
             return cls()
         if isinstance(spec, AugmentPolicy):
             return spec
-        if not isinstance(spec, dict):
-            raise TypeError(f"data.augment must be a mapping, got {type(spec).__name__}")
         known = set(cls.__dataclass_fields__)
+        if not isinstance(spec, dict):
+            raise TypeError(f"data.augment must be a mapping of augmentation settings, got "
+                            f"{spec!r} ({type(spec).__name__}); its keys: "
+                            f"{', '.join(cls.__dataclass_fields__)}; e.g. data.augment: "
+                            "{crop_scale: [0.7, 1.0], hflip: true}")
         unknown = sorted(set(spec) - known)
         if unknown:
             raise ValueError(f"unknown data.augment key(s) {unknown}; known: {sorted(known)}")

@@ -140,6 +140,17 @@ def compute_features(model: nn.Module, x: Tensor, batch_size: int = 256,
     return torch.cat(parts) if parts else torch.empty(0, model.feature_dim)
 
 
+class CacheWriteError(ValueError):
+    """A feature cache folder or file that cannot be written although it is where it
+    should be (permission denied, a read-only file system, a full disk): features are then
+    used without being stored (:func:`cached_features`). ``folder`` and ``reason`` (the
+    operating system's words) name it."""
+
+    def __init__(self, message: str, folder: Path, reason: str) -> None:
+        super().__init__(message)
+        self.folder, self.reason = folder, reason
+
+
 def check_cache_dir(cache_dir: Path) -> None:
     """Create the feature cache folder ``cache_dir`` and check that files can be written
     in it.
@@ -147,8 +158,11 @@ def check_cache_dir(cache_dir: Path) -> None:
     Raises
     ------
     ValueError
-        When it cannot be created (it or a folder above it is a file) or written in,
-        naming the folder, the reason and the setting to change.
+        When it cannot be created because it or a folder above it is a file (a mistake in
+        the setting), naming the folder and the setting to change.
+    CacheWriteError
+        (a ``ValueError``) when it cannot be created or written in for another reason
+        (permissions, a read-only file system, a full disk), naming the folder and reason.
     """
     fix = "set model.cache_dir (or DMLKIT_CACHE) to a folder that can be created and written"
     if cache_dir.exists() and not cache_dir.is_dir():
@@ -162,8 +176,65 @@ def check_cache_dir(cache_dir: Path) -> None:
         with tempfile.TemporaryFile(dir=cache_dir):
             pass
     except OSError as err:
-        raise ValueError(f"the feature cache folder {cache_dir} cannot be used "
-                         f"({err.strerror or err}); {fix}") from None
+        reason = err.strerror or str(err)
+        raise CacheWriteError(f"the feature cache folder {cache_dir} cannot be used "
+                              f"({reason}); {fix}", cache_dir, reason) from None
+
+
+_WARNED: set[str] = set()  # cache folders already said to be unwritable (once a process)
+
+
+def _write_problem(cache_dir: Path) -> str | None:
+    """Why files cannot be written in ``cache_dir`` (the OS's words), ``None`` where they
+    can; a folder that is a file, or under one, raises (:func:`check_cache_dir`)."""
+    try:
+        check_cache_dir(cache_dir)
+    except CacheWriteError as err:
+        return err.reason
+    return None
+
+
+def _warn_not_stored(folder: Path, reason: str, also: str = "") -> None:
+    """Say once per folder that features are used without being stored there."""
+    if str(folder) in _WARNED:
+        return
+    _WARNED.add(str(folder))
+    warnings.warn(f"the feature cache folder {folder} cannot be written ({reason}){also}: "
+                  "the backbone features are computed and used without being stored; to "
+                  "store them, set DMLKIT_CACHE (or model.cache_dir, when training) to a "
+                  "folder that can be written", stacklevel=3)
+
+
+def _cache_folders(model: nn.Module, cache_dir: str | Path | None) -> tuple[Path, Path | None]:
+    """The cache folder to use and, where that is not ``DMLKIT_CACHE``'s and the variable
+    is set, ``$DMLKIT_CACHE/features``: where features are cached when the first folder
+    cannot be written (e.g. the folder a moved or shared run saved)."""
+    env = os.environ.get("DMLKIT_CACHE")
+    env_dir = Path(env).expanduser() / "features" if env else None
+    if cache_dir is None:
+        cache_dir = getattr(model, "cache_dir", None)
+    if cache_dir is None:
+        return env_dir or DEFAULT_CACHE.expanduser(), None
+    folder = Path(cache_dir).expanduser()
+    return folder, (env_dir if env_dir is not None and env_dir != folder else None)
+
+
+def _lookup(path: Path, shape: tuple[int, int],
+            log: Callable[[str], None] | None) -> tuple[Tensor | None, bool]:  # fmt: skip
+    """The features cached in ``path`` (else ``None``), and whether a file is there."""
+    if not path.is_file():
+        return None, False
+    features, problem = _read_cached(path, shape)
+    if features is not None:
+        if log is not None:
+            log(f"backbone features of {shape[0]} items read from {path}")
+        return features, True
+    message = f"cached features in {path} {problem}; computing them again"
+    if log is not None:
+        log(message)
+    else:  # e.g. a frozen model embedding a large batch: still say so
+        warnings.warn(message, stacklevel=3)
+    return None, True
 
 
 def cached_features(model: nn.Module, x: Tensor, cache_dir: str | Path | None = None,
@@ -188,40 +259,50 @@ def cached_features(model: nn.Module, x: Tensor, cache_dir: str | Path | None = 
     -------
     Tensor of shape (n, feature_dim), float32.
 
+    A folder that cannot be written (permission denied, a read-only file system, a full
+    disk) does not stop the features being used: where ``model.cache_dir`` (or the
+    ``cache_dir`` given) is such a folder and ``DMLKIT_CACHE`` is set, they are looked up
+    and stored in ``$DMLKIT_CACHE/features`` instead; else they are computed and used
+    without being stored, with a warning (once per folder) naming the folder, the reason
+    and how to choose another.
+
     Raises
     ------
     ValueError
-        When a file is to be written and the cache folder cannot be used, or something
-        other than a file stands where the entry goes, naming it.
+        When a file is to be written and the cache folder is a file or under one, or
+        something other than a file stands where the entry goes, naming it.
     """
-    if cache_dir is None:
-        cache_dir = getattr(model, "cache_dir", None)
-    if cache_dir is None:
-        env = os.environ.get("DMLKIT_CACHE")
-        cache_dir = Path(env) / "features" if env else DEFAULT_CACHE
-    cache_dir = Path(cache_dir).expanduser()
+    folder, fallback = _cache_folders(model, cache_dir)
     key = hashlib.sha256((tensor_checksum(x) + backbone_checksum(model)
                           + input_key(model, x) + resize_key(model, x)).encode()).hexdigest()
-    path = cache_dir / f"{key[:32]}.pt"
-    damaged = path.is_file()
-    if damaged:
-        features, problem = _read_cached(path, (x.shape[0], model.feature_dim))
-        if features is not None:
-            if log is not None:
-                log(f"backbone features of {x.shape[0]} items read from {path}")
-            return features
-        message = f"cached features in {path} {problem}; computing them again"
-        if log is not None:
-            log(message)
-        else:  # e.g. a frozen model embedding a large batch: still say so
-            warnings.warn(message, stacklevel=2)
+    name, shape = f"{key[:32]}.pt", (x.shape[0], model.feature_dim)
+    features, damaged = _lookup(folder / name, shape, log)
+    if features is not None:
+        return features
     if not (store or damaged):
         return compute_features(model, x, log=log)
-    check_cache_dir(cache_dir)  # before the slow computation, not after it
+    reason, also = _write_problem(folder), ""  # before the slow computation, not after it
+    if reason is not None and fallback is not None:  # e.g. a moved run's folder
+        features, _ = _lookup(fallback / name, shape, log)
+        if features is not None:
+            return features
+        other = _write_problem(fallback)
+        if other is None:
+            folder, reason = fallback, None
+        else:
+            also = f", nor can DMLKIT_CACHE's {fallback} ({other})"
+    if reason is not None:
+        _warn_not_stored(folder, reason, also)
+        return compute_features(model, x, log=log)
+    path = folder / name
     check_entry_path(path)
     start = time.perf_counter()
     features = compute_features(model, x, log=log)
-    write_entry(path, features)
+    try:
+        write_entry(path, features)
+    except CacheWriteError as err:  # e.g. the disk filled up while writing
+        _warn_not_stored(folder, err.reason)
+        return features
     if log is not None:
         log(f"backbone features of {x.shape[0]} items computed in "
             f"{time.perf_counter() - start:.1f} s, cached in {path}")  # fmt: skip
@@ -241,16 +322,17 @@ def check_entry_path(path: Path) -> None:
 
 def write_entry(path: Path, features: Tensor) -> None:
     """Write ``features`` and their checksum to ``path`` atomically (a temporary file
-    renamed over it); on failure the temporary file is removed and a ``ValueError``
-    names ``path``."""
+    renamed over it); on failure the temporary file is removed and a
+    :class:`CacheWriteError` (a ``ValueError``) names ``path`` and the reason."""
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     try:
         torch.save({"features": features, "checksum": features_checksum(features)}, tmp)
         os.replace(tmp, path)
     except OSError as err:
         tmp.unlink(missing_ok=True)
-        raise ValueError(f"the feature cache file {path} cannot be written "
-                         f"({err.strerror or err}); {_CACHE_FIX}") from None
+        reason = err.strerror or str(err)
+        raise CacheWriteError(f"the feature cache file {path} cannot be written ({reason}); "
+                              f"{_CACHE_FIX}", path.parent, reason) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -266,6 +348,7 @@ __all__ = [
     "compute_features",
     "cached_features",
     "check_cache_dir",
+    "CacheWriteError",
     "check_entry_path",
     "write_entry",
 ]
