@@ -82,8 +82,12 @@ def choose_val_classes(
                 f"val_classes must be a fraction or a list of class ids, got {val_classes!r}"
             )
         chosen = sorted(int(c) for c in val_classes)
-        if len(set(chosen)) != len(chosen):
-            raise ValueError(f"val_classes {list(val_classes)} repeats a class")
+        repeated = sorted({c for c in chosen if chosen.count(c) > 1})
+        if repeated:
+            times = ", ".join(f"{named_ids([c], class_names)[1:-1]} is listed "
+                              f"{chosen.count(c)} times" for c in repeated)
+            raise ValueError(f"val_classes {named_ids(list(val_classes), class_names)} "
+                             f"repeats a class: {times}; list each class once")
         missing = sorted(set(chosen) - set(present))
         if missing:
             raise ValueError(f"val_classes {named_ids(missing, class_names)} are not among "

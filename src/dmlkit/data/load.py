@@ -359,8 +359,10 @@ def check_training_classes(train: ArrayDataset, cfg: DataConfig) -> None:
 
 def check_heldout(heldout: ArrayDataset, train: ArrayDataset, cfg: DataConfig) -> None:
     """Refuse an empty held-out split before a run trains: the run evaluates on it, so it
-    would train and then have nothing to report. Says why it is empty and what to set."""
+    would train and then have nothing to report. Says why it is empty and what to set.
+    A held-out split of one class is warned about (:func:`warn_one_heldout_class`)."""
     if len(heldout):
+        warn_one_heldout_class(heldout, cfg)
         return
     source = cfg.path or cfg.name
     if cfg.heldout_part is not None and cfg.heldout_part != cfg.part:
@@ -380,6 +382,36 @@ def check_heldout(heldout: ArrayDataset, train: ArrayDataset, cfg: DataConfig) -
                "data.test_classes")
     raise ValueError(f"the held-out split of {source} is empty: {why}; there would be "
                      f"nothing to evaluate the run on: {fix}")
+
+
+def warn_one_heldout_class(heldout: ArrayDataset, cfg: DataConfig) -> None:
+    """Warn, before a run trains, when its held-out split holds a single class: every
+    held-out item is then a positive of every other, so the held-out retrieval metrics
+    are trivially 1.0 (NaN for a single item) and say nothing of the learned metric.
+    A warning, not a refusal:
+    the model still trains on two or more classes (:func:`check_training_classes`), and
+    its embeddings of the held-out items remain of use (a report, a search index)."""
+    labels = heldout.labels
+    if labels.dtype == torch.bool or torch.unique(leaf_ids(labels)).numel() != 1:
+        return
+    import warnings
+
+    if cfg.heldout_part is not None and cfg.heldout_part != cfg.part:
+        fix = "name a data.heldout_part that holds items of two or more classes"
+    elif cfg.split == "classes":
+        fix = ("list at least 2 classes in data.test_classes" if cfg.test_classes is not
+               None else "hold out at least 2 classes (those not in data.train_classes): "
+               "train on fewer classes, or give data of more classes")
+    else:
+        fix = ("give two or more classes at least 2 items each (data.split stratified "
+               "holds out a share of each class of two or more items)")
+    which, n = _class_label(heldout, heldout.classes[0]), len(heldout)
+    what = (f"one class ({which}, {n} items): each held-out item is a positive of every "
+            "other, so the run's held-out retrieval metrics will be trivially 1.0" if n > 1
+            else f"a single item (class {which}): it has no positive to retrieve, so the "
+            "run's held-out retrieval metrics will be NaN")
+    warnings.warn(f"the held-out split of {cfg.path or cfg.name} holds {what} and say nothing "
+                  f"of the learned metric; {fix}", UserWarning, stacklevel=3)
 
 
 def _class_label(data: ArrayDataset, cls: Any) -> str:
@@ -452,4 +484,5 @@ __all__ = ["data_config", "load_dataset", "split_dataset", "training_dataset",
            "check_heldout", "check_heldout_part", "check_image_size", "check_part",
            "check_part_shapes", "check_training_data", "PARTLESS_SOURCES", "home_expanded",
            "split_part",
-           "check_training_classes", "class_names", "describe", "select_classes"]
+           "check_training_classes", "class_names", "describe", "select_classes",
+           "warn_one_heldout_class"]

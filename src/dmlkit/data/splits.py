@@ -109,7 +109,9 @@ def check_folder_ids(data: ArrayDataset, classes: Sequence[int | str], key: str)
     ``classes`` is ambiguous where a folder is named ``c`` but its id is not ``c`` (the
     id picks another folder, or ``c`` is no id at all): a ``ValueError`` names the folder
     each such id is and shows the list written with folder names (the folder ``c`` for an
-    ambiguous ``c``, the folder an unambiguous id denotes), which reads as intended.
+    ambiguous ``c``, the folder an unambiguous id denotes), which reads as intended; where
+    the folder ``c`` is no class of ``data`` (``training.val_classes`` picks among the
+    training classes) but id ``c`` is, the list shows the folder the id picks.
     Integers no folder is named after are ids (folders ``19``, ``26``, ``27``, ``103``:
     id 0 is the folder ``103``). Other data (``.npz`` ``class_names`` are given per
     label) pass.
@@ -129,14 +131,25 @@ def check_folder_ids(data: ArrayDataset, classes: Sequence[int | str], key: str)
     if not odd:
         return
 
+    present = set(data.classes) if data.labels.dim() == 1 else None
+
+    def id_only(c: object) -> bool:  # an ambiguous c whose folder is no class of the data
+        return (ambiguous(c) and present is not None and 0 <= int(c) < len(names)
+                and int(c) in present and names.index(str(c)) not in present)
+
     def as_name(c: int | str) -> str:
-        if isinstance(c, str) or ambiguous(c):
+        if isinstance(c, str) or (ambiguous(c) and not id_only(c)):
             return f'"{c}"'  # the folder named so
         if isinstance(c, numbers.Integral) and 0 <= c < len(names):
             return f'"{names[int(c)]}"'  # the folder the id denotes
         return repr(c)
 
     shown = ", ".join(odd[:3]) + (f" and {len(odd) - 3} more" if len(odd) > 3 else "")
+    absent = [repr(str(c)) for c in dict.fromkeys(int(c) for c in classes if id_only(c))]
+    if absent:  # the example writes what the ids pick: the folders named so are no choice
+        among = "training" if key.startswith("training.") else "data's"
+        shown += (f" (the folder{'s' if len(absent) > 1 else ''} {', '.join(absent)} "
+                  f"{'are' if len(absent) > 1 else 'is'} not among the {among} classes)")
     strings = ", ".join(as_name(c) for c in classes[:8]) + (", ..." if len(classes) > 8 else "")
     raise ValueError(
         f"{key} {classes}: class ids follow the sorted folder names "

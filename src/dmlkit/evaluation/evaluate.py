@@ -123,7 +123,9 @@ def evaluate_embeddings(
                               "seed": seed}
     if "retrieval" in sections:
         gallery = "leave-one-out" if ref_embeddings is None else f"{len(ref_embeddings)} references"
-        with _section(log, f"retrieval ({x.shape[0]} queries, {gallery})"):
+        queries = query_count(y, ref_labels)
+        with _section(log, f"retrieval ({queries} queries, {gallery})",
+                      left_out_queries(x.shape[0], queries, ref_labels is None)):
             result["retrieval"] = retrieval_metrics(
                 x, y, ref_embeddings, ref_labels, k=k, metric=metric, per_class=per_class,
                 average_precision=full_ranking, reciprocal_rank=full_ranking)
@@ -151,6 +153,43 @@ def evaluate_embeddings(
     if out is not None:
         write_json(result, out)
     return result
+
+
+def query_count(labels: torch.Tensor, ref_labels: torch.Tensor | None = None) -> int:
+    """How many items of ``labels`` are retrieval queries, as ``num_queries`` counts them:
+    those with a relevant reference (``same_label``): another item of their class in
+    leave-one-out (``ref_labels`` None), else a reference of their class. Labels are
+    ``(n,)``, ``(n, L)`` (a class is a whole row) or ``(n, C)`` bool (sharing any label);
+    counted per class, in ``O(n)`` memory. Labels of two kinds or widths: every item (the
+    metrics refuse them)."""
+    if ref_labels is not None and (ref_labels.shape[1:] != labels.shape[1:]
+                                   or (ref_labels.dtype == torch.bool)
+                                   != (labels.dtype == torch.bool)):
+        return int(labels.shape[0])
+    if labels.dtype == torch.bool:  # multi-label: some label of the row held by another
+        counts = (labels if ref_labels is None else ref_labels).sum(0)  # (C,)
+        held = counts >= (2 if ref_labels is None else 1)  # (C,)
+        return int((labels & held[None, :]).any(1).sum())
+    if ref_labels is None:
+        _, group, counts = torch.unique(labels, dim=0, return_inverse=True, return_counts=True)
+        return int((counts[group.reshape(-1)] >= 2).sum())
+    both = torch.cat([labels, ref_labels.to(labels.dtype)])  # (n + m, ...)
+    group = torch.unique(both, dim=0, return_inverse=True)[1].reshape(-1)  # (n + m,)
+    n = labels.shape[0]
+    return int(torch.isin(group[:n], group[n:]).sum())
+
+
+def left_out_queries(n: int, queries: int, leave_one_out: bool = True) -> str:
+    """``"; 1 of the 61 items is not a query: ..."`` (how many of ``n`` items are not among
+    the ``queries`` and why), or ``""`` when every item is a query."""
+    left = n - queries
+    if left <= 0:
+        return ""
+    one = left == 1
+    why = ((f"{'its class has' if one else 'their classes have'} no other item, so "
+            f"{'it has' if one else 'they have'} no positive to retrieve") if leave_one_out
+           else f"no reference is of {'its class' if one else 'their classes'}")
+    return f"; {left} of the {n} items {'is not a query' if one else 'are not queries'}: {why}"
 
 
 def _named(code: int | tuple[int, ...], names: list[str]) -> str | tuple[str, ...]:
@@ -240,11 +279,13 @@ def _check_magnitude(x: torch.Tensor, name: str) -> None:
 
 
 @contextmanager
-def _section(log: Callable[[str], None] | None, name: str) -> Iterator[None]:
-    """Report the start and the duration of one section to ``log``."""
+def _section(log: Callable[[str], None] | None, name: str, note: str = "",
+             ) -> Iterator[None]:
+    """Report the start (with ``note``, e.g. ``"; ..."``, inside the closing parenthesis
+    of ``name``) and the duration of one section to ``log``."""
     start = time.perf_counter()
     if log is not None:
-        log(f"{name} ...")
+        log(f"{name[:-1]}{note}) ..." if note and name.endswith(")") else f"{name}{note} ...")
     yield
     if log is not None:
         log(f"{name}: {time.perf_counter() - start:.1f} s")
@@ -309,4 +350,5 @@ def write_json(result: dict[str, Any], path: str | Path) -> Path:
     return write_text(json.dumps(_plain(result), indent=2, allow_nan=False), path)
 
 
-__all__ = ["SECTIONS", "evaluate_embeddings", "write_json", "write_text"]
+__all__ = ["SECTIONS", "evaluate_embeddings", "left_out_queries", "query_count", "write_json",
+           "write_text"]

@@ -35,12 +35,7 @@ from dmlkit.data.splits import stratified_split
 from dmlkit.models.modes import saved_state_follows
 from dmlkit.training.best_epoch import scored_best
 from dmlkit.training.build import build_model, channel_last_problem, resolve_config
-from dmlkit.training.checkpoint import (
-    atomic_save,
-    atomic_write_text,
-    load_checkpoint,
-    torch_load,
-)
+from dmlkit.training.checkpoint import atomic_save, atomic_write_text, load_checkpoint, torch_load
 from dmlkit.training.checks import check_model_settings, check_patience, check_training_inputs
 from dmlkit.training.class_rows import run_class_ids
 from dmlkit.training.data_fingerprint import LazyFingerprint, check_resume_data
@@ -350,9 +345,12 @@ def _train_labelled(config: Config, out_dir: Path, checkpoint: dict[str, Any] | 
         if fresh and is_main_process():
             shutil.rmtree(out_dir, ignore_errors=True)
         raise
+    from dmlkit.evaluation.evaluate import left_out_queries, query_count
+
     log(
         f"training on {len(train)} items ({train.num_classes} classes), "
-        f"held out {len(heldout)} items ({heldout.num_classes} classes)"
+        f"held out {len(heldout)} items ({heldout.num_classes} classes"
+        f"{left_out_queries(len(heldout), query_count(heldout.labels))})"
         + (f", validating on {len(val)}" if val is not None else "")
         + (f" of classes {_named_classes(val, config)}"
            if config.training.val_classes is not None else "")
