@@ -126,7 +126,7 @@ def test_check_targets_names_one_odd_label():
 
 def test_one_identity_message_prints_a_plain_label():
     x, _ = blobs()
-    with pytest.raises(ValueError, match=r"y has only 0$") as err:
+    with pytest.raises(ValueError, match=r"y has only one identity \(0\): pass items") as err:
         Verifier().fit(x, np.zeros(len(x), dtype=np.int64))
     assert "np.int64" not in str(err.value)
 
@@ -162,10 +162,10 @@ def test_commands_refuse_nan_labels_naming_the_file(tmp_path):
 
 def test_identifier_warns_when_calibration_cannot_resolve_target_far():
     x, y = blobs(n_classes=4, per_class=2)  # 8 impostor scores: FAR 1/8 at best
-    with pytest.warns(UserWarning, match=r"cannot resolve target_far=0\.01: its 8 different "
-                                         r"\(negative\) pairs .* needs at least 100"):
+    with pytest.warns(UserWarning, match=r"cannot resolve target_far=0\.01: its 8 impostor "
+                                         r"scores .* needs at least 100 impostor scores"):
         ident = Identifier(target_far=0.01).fit(x, y)
-    with pytest.warns(UserWarning, match=r"its 3 different"):
+    with pytest.warns(UserWarning, match=r"its 3 impostor scores"):
         ident.calibrate(x[:3])  # three unknown queries
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from dmlkit.evaluation.verification import _warn_unresolvable, pairs_needed, resolvable
+from dmlkit.evaluation.verification import pairs_needed, resolvable
 from dmlkit.functional.retrieval import canonical_metric
 from dmlkit.functional.verification import check_far
 
@@ -61,16 +61,21 @@ def far_threshold(impostor_scores: Any, far: float) -> float:
 
 
 def calibration_threshold(impostor_scores: Any, far: float) -> float:
-    """:func:`far_threshold` of a kit's calibration scores, with the warning of
-    :meth:`~dmlkit.evaluation.ThresholdCalibrator.fit` where too few of them resolve
-    ``far``: the threshold then lies just above the highest of them."""
+    """:func:`far_threshold` of a kit's calibration (impostor) scores, with a warning
+    where too few of them resolve ``far`` (as
+    :meth:`~dmlkit.evaluation.ThresholdCalibrator.fit` warns of too few different pairs),
+    attributed to the caller of :meth:`Identifier.fit` / ``calibrate``: the threshold
+    then lies just above the highest of them."""
     m = np.asarray(impostor_scores).size
     if m and not resolvable(check_far(far), m):
-        _warn_unresolvable(
-            f"the calibration set cannot resolve target_far={far:g}: its", m, far, "that FAR",
-            ", so the threshold rejects all of them (FAR 0 here, unmeasured below "
-            f"{1.0 / m:.3g}): calibrate on more items (a larger gallery or "
-            "calibration_size, or more unknown queries)")
+        warnings.warn(
+            f"the calibration set cannot resolve target_far={far:g}: its {m} impostor "
+            "scores (each item's best score against an identity other than its own) "
+            f"resolve no FAR between 0 and 1/{m} = {1.0 / m:.3g}, so the threshold rejects "
+            f"all of them (FAR 0 here, unmeasured below {1.0 / m:.3g}); that FAR needs at "
+            f"least {pairs_needed(far)} impostor scores: calibrate on more items (a larger "
+            "gallery or calibration_size, or more unknown queries)", UserWarning,
+            stacklevel=4)  # (the caller of Identifier.fit / calibrate)
     return far_threshold(impostor_scores, far)
 
 

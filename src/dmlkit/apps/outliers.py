@@ -15,14 +15,16 @@ As in scikit-learn, ``score_samples`` is higher for more normal points,
 returns ``+1`` (inlier) / ``-1`` (outlier). ``offset_`` is the ``contamination``
 quantile of *held-out* scores of the training points, each scored by a model that did
 not see it, so that on new normal data about a ``contamination`` fraction is flagged
-(see :mod:`dmlkit.apps.outlier_scores`): ``"knn"`` and ``"prototype"`` leave each point
-out exactly (its own neighbours without it; its own class mean without it, a point
-alone in its class scored against the other classes), ``"mahalanobis"`` scores
-class-stratified folds out of fold (10 folds, class means and covariance fitted on the
-other nine). A training point has only ``n - 1`` others, so ``"knn"`` averages
-``min(n_neighbors, n - 1)`` neighbours for new points too (``n_neighbors_``), with a
-warning when that is fewer than asked for. The model that scores new points is always
-fitted on all the normal data.
+(see :mod:`dmlkit.apps.outlier_scores`): ``"knn"`` and labelled ``"prototype"`` leave
+each point out exactly (its own neighbours without it; its own class mean without it, a
+point alone in its class scored against the other classes), unlabelled ``"prototype"``
+scores 10 seeded folds against k-means centres fitted on the other nine, and
+``"mahalanobis"`` scores class-stratified folds out of fold (10 folds, class means and
+covariance fitted on the other nine). A training point has only ``n - 1`` others, so
+``"knn"`` averages ``min(n_neighbors, n - 1)`` neighbours for new points too
+(``n_neighbors_``), with a warning when that is fewer than asked for. The model that
+scores new points is always fitted on all the normal data (unlabelled ``"prototype"``:
+its k-means centres of all of it).
 
 A metric learned on the normal data (``embedder="learn"``) pulls those very points
 together, so their held-out scores in it are still too good (a ``contamination`` of 0.1
@@ -51,6 +53,8 @@ from dmlkit._checks import check_int_param, check_random_state_seed
 from dmlkit.apps.embedding import embed_inputs, kit_embedder, learn_embedder, validate_inputs
 from dmlkit.apps.outlier_scores import (
     class_means,
+    kmeans_centres,
+    kmeans_oof_sq,
     knn_distance,
     mahalanobis_oof_sq,
     prototype_loo_sq,
@@ -94,8 +98,9 @@ class MetricOutlierDetector(OutlierMixin, BaseEstimator):
         L2-normalize the (embedded) vectors first, so that distances are cosine-like.
     contamination : float in (0, 0.5]
         Expected fraction of outliers; sets ``offset_`` from held-out training scores
-        (leave-one-out for ``"knn"`` and ``"prototype"``, 10-fold out-of-fold for
-        ``"mahalanobis"``; with ``embedder="learn"`` in metrics cross-fitted over
+        (leave-one-out for ``"knn"`` and labelled ``"prototype"``, 10-fold out-of-fold
+        for ``"mahalanobis"`` and for unlabelled ``"prototype"``, whose k-means is fitted
+        again on each fold's complement; with ``embedder="learn"`` in metrics cross-fitted over
         ``calibration_folds``).
     embedder : None, "learn", torch.nn.Module, callable or path
         ``None``: score the features as they are. A module or callable maps a float32
@@ -114,7 +119,7 @@ class MetricOutlierDetector(OutlierMixin, BaseEstimator):
     batch_size : int
         Rows embedded at a time.
     random_state : int, numpy RandomState or None
-        Seed of k-means, of the folds of ``"mahalanobis"``'s threshold and of metric
+        Seed of k-means, of the folds of the out-of-fold thresholds and of metric
         learning (a RandomState or None gives one seed drawn at ``fit``).
 
     Attributes
@@ -219,7 +224,7 @@ class MetricOutlierDetector(OutlierMixin, BaseEstimator):
                 f"is scored with its {self.n_neighbors_} nearest normal neighbours; pass "
                 f"n_neighbors <= {len(z) - 1} (or more normal data) to silence this",
                 UserWarning, stacklevel=2)
-        train_scores = self._held_out_scores(z) if held_out is None else held_out
+        train_scores = self._held_out_scores(z, labels) if held_out is None else held_out
         self.offset_ = float(np.quantile(train_scores, float(self.contamination)))
         return train_scores
 
@@ -243,7 +248,7 @@ class MetricOutlierDetector(OutlierMixin, BaseEstimator):
                                                self._seed)
             z = self._embed(X)  # (n, d) in a metric that never saw the rows of fold f
             self._fit_scores(z, labels)
-            scores[held] = self._held_out_scores(z)[held]
+            scores[held] = self._held_out_scores(z, labels)[held]
         return scores
 
     @property
@@ -271,14 +276,9 @@ class MetricOutlierDetector(OutlierMixin, BaseEstimator):
             self.precision_ = shrunk_precision(z, centres, inv)
 
     def _kmeans(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from sklearn.cluster import KMeans
-
         if self.method == "mahalanobis":  # one Gaussian of all normal data
             return torch.zeros(len(z), dtype=torch.long), z.mean(0, keepdim=True)
-        k = min(int(self.n_prototypes), len(z))
-        km = KMeans(n_clusters=k, n_init=3, random_state=self._seed).fit(z.numpy())
-        return (torch.from_numpy(km.labels_.astype(np.int64)),
-                torch.from_numpy(km.cluster_centers_).float())
+        return kmeans_centres(z, self.n_prototypes, self._seed)
 
     # -- scoring ------------------------------------------------------------------------
     def _validate(self, X: Any, reset: bool) -> np.ndarray:
@@ -301,12 +301,16 @@ class MetricOutlierDetector(OutlierMixin, BaseEstimator):
             dist = d2.min(1).values.sqrt()  # (n,)
         return (-dist).numpy()
 
-    def _held_out_scores(self, z: torch.Tensor) -> np.ndarray:
-        """``(n,)`` scores of the training rows ``z`` (the reference), each from a model
-        that did not see it: leave-one-out for ``"knn"`` and ``"prototype"``,
-        class-stratified out-of-fold for ``"mahalanobis"``."""
+    def _held_out_scores(self, z: torch.Tensor, labels: np.ndarray | None) -> np.ndarray:
+        """``(n,)`` scores of the training rows ``z`` (the reference; class ``labels`` or
+        None), each from a model that did not see it: leave-one-out for ``"knn"`` and
+        labelled ``"prototype"``, out-of-fold for ``"prototype"`` without labels (k-means
+        fitted again without the fold) and class-stratified out-of-fold for
+        ``"mahalanobis"``."""
         if self.method == "knn":
             dist = knn_distance(z, None, self.n_neighbors_)  # (n,) each row without itself
+        elif self.method == "prototype" and labels is None:
+            dist = kmeans_oof_sq(z, self.n_prototypes, seed=self._seed).sqrt()
         elif self.method == "prototype":
             dist = prototype_loo_sq(z, self.prototypes_, self.assignment_).sqrt()
         else:

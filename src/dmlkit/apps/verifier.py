@@ -164,9 +164,12 @@ class Verifier(BaseEstimator):
             if labels is None:
                 raise ValueError("pass labels y (pairs are drawn from them) or pairs")
             if np.unique(labels).size < 2:
+                use = ("fit draws the pairs that set the threshold" if reset else
+                       "evaluate draws the pairs it measures")
                 raise ValueError(
-                    "a calibration set needs at least two identities; y has only "
-                    + label_text(labels[0]))
+                    f"{use} from y; different-identity pairs need at least two "
+                    f"identities, but y has only one identity ({label_text(labels[0])}): "
+                    "pass items of two or more identities, or pairs with is_same")
             i, j, same = pairs_from_labels(labels, max_pairs=self.max_pairs,
                                            seed=check_random_state_seed(self.random_state))
             if same.all() or not same.any():

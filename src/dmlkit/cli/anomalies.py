@@ -212,6 +212,15 @@ def warn_input_range(run_dir: Path | str, *inputs: tuple[Any, str]) -> None:
         typer.echo(f"warning: {w.message}", err=True)
 
 
+def option_words(message: str) -> str:
+    """A detector's message with its parameter ``n_neighbors`` named as this command's
+    option ``--k`` (``n_neighbors=1000`` reads ``--k 1000``)."""
+    import re
+
+    message = re.sub(r"(?<![\w/.-])n_neighbors=", "--k ", message)
+    return re.sub(r"(?<![\w/.-])n_neighbors\b", "--k", message)
+
+
 def summary_file(out: Path) -> Path:
     """The JSON summary written beside the scores ``out`` (``x.json`` for ``x.csv``;
     ``x.summary.json`` when ``out`` itself ends in ``.json``)."""
@@ -263,6 +272,8 @@ def register(app: typer.Typer) -> None:
         embedded --normal (as dmlkit embed writes it), and a saved detector refuses --data
         embedded by another model.
         """
+        import warnings
+
         import numpy as np
 
         from dmlkit.apps import detectors
@@ -334,9 +345,13 @@ def register(app: typer.Typer) -> None:
                     check_same_width(x_normal, normal, x, data)
                 if save is not None:  # before the fitting, which may take long
                     check_save(save, detectors.detector_kind(method))
-                det = detectors.fit_detector(x_normal, y_normal, method, contamination,
-                                             n_neighbors, run_dir,
-                                             log=lambda line: typer.echo(line, err=True))
+                with warnings.catch_warnings(record=True) as caught:
+                    det = detectors.fit_detector(x_normal, y_normal, method, contamination,
+                                                 n_neighbors, run_dir,
+                                                 log=lambda line: typer.echo(line, err=True))
+                for w in caught:  # the library's parameter names as this command's options
+                    warnings.showwarning(option_words(str(w.message)), w.category,
+                                         w.filename, w.lineno)
                 embedded_by = data_model(run_dir, str(normal), str(data))
             if save is not None:
                 det.save(save, model_sha256=detectors.fitted_model(det, embedded_by))

@@ -70,6 +70,35 @@ def _print(title: str, metrics: dict[str, Any]) -> None:
             typer.echo(f"  {key:24s} {value}")
 
 
+def _after_threshold(result: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``result`` with the keys of ``extra`` placed right after its ``threshold``."""
+    out: dict[str, Any] = {}
+    for key, value in result.items():
+        if key not in extra:
+            out[key] = value
+        if key == "threshold":
+            out.update(extra)
+    return {**out, **extra} if "threshold" not in result else out
+
+
+def _verify_note(split: dict[str, Any], target_far: float | None) -> str:
+    """Where ``dmlkit verify``'s threshold was set, beside what it is measured on."""
+    goal = ("for the best accuracy" if target_far is None
+            else f"for target_far {target_far:g}")
+    if split.get("protocol") == "identities":
+        where = (f"on pairs of {split['fit_identities']} identities of --data, other than "
+                 f"the {split['test_identities']} it is evaluated on", "other identities")
+    elif split.get("protocol") == "pairs":
+        where = ("on the other half of the --pairs, not on the pairs it is evaluated on",
+                 "other pairs")
+    else:
+        where = ("on pairs of --calibrate, not on the --data it is evaluated on", "other data")
+    return (f"the threshold was calibrated {goal} {where[0]}: calibration_far / "
+            "calibration_tar are its rates on the calibration pairs, far_at_threshold / "
+            "tar_at_threshold its rates on the evaluation pairs (a gap between them is how "
+            f"the threshold carries over to {where[1]})")
+
+
 def _write(result: dict[str, Any], out: Path) -> None:
     from dmlkit.evaluation import write_json
 
@@ -156,10 +185,15 @@ def register(app: typer.Typer) -> None:
                 v.save(save, model_sha256=data_model(run_dir, calibrate, data))
         except ERRORS as err:  # (the Verifier's max_pairs is --max-pairs here)
             raise _fail(re.sub(r"(?<![\w/.-])max_pairs\b", "--max-pairs", str(err))) from None
-        result = {"command": "verify", "run_dir": str(run_dir) if run_dir else None,
-                  "data": data, "pairs": str(pairs) if pairs else None, **split,
-                  "fit_pairs": v.n_pairs_, **result}
+        note = _verify_note(split, target_far)
+        result = _after_threshold(
+            {"command": "verify", "run_dir": str(run_dir) if run_dir else None,
+             "data": data, "pairs": str(pairs) if pairs else None, **split,
+             "fit_pairs": v.n_pairs_, **result},
+            {"target_far": target_far, "calibration_far": v.far_,
+             "calibration_tar": v.tar_, "threshold_note": note})
         _print(f"verification ({result['num_pairs']} pairs, {result['num_same']} same)", result)
+        typer.echo(f"  note: {note}")
         _write(result, out)
 
     @app.command("identify")
@@ -241,12 +275,25 @@ def register(app: typer.Typer) -> None:
                 ident.save(save, model_sha256=data_model(run_dir, gallery, query))
         except ERRORS as err:
             raise _fail(str(err)) from None
+        note = None
+        if not closed_set:
+            note = (f"the threshold was calibrated for target_far {target_far:g} on the "
+                    "--gallery (each item scored against the other enrolled "
+                    "identities), not on the unknown identities of --query: far_at_threshold "
+                    f"is its false-alarm rate on the {result['num_unknown']} unknown queries "
+                    "(a gap from target_far is how the threshold carries over to identities "
+                    "it was not calibrated on)")
         result = {"command": "identify", "run_dir": str(run_dir) if run_dir else None,
                   "gallery": gallery, "query": query, "gallery_size": len(yg),
                   "open_set": not closed_set, **result,
                   **({} if reid is None else {"map": reid["map"], "reid": reid})}
+        if note is not None:
+            result = _after_threshold(result, {"target_far": target_far,
+                                               "threshold_note": note})
         _print(f"{'closed' if closed_set else 'open'}-set identification "
                f"({result['num_known']} known, {result['num_unknown']} unknown queries)", result)
+        if note is not None:
+            typer.echo(f"  note: {note}")
         if reid is not None:
             _print("item ranking" + (" (re-id protocol)" if camera_key else ""),
                    {k: reid[k] for k in ("rank1", "rank5", "map", "num_queries", "num_skipped")})
