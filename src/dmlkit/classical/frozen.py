@@ -133,11 +133,14 @@ def fit_on_embeddings(
     MLKR regresses the one-hot class indicators ``(n, C)`` (class ids are not numbers
     whose distances mean anything).
     """
+    from dmlkit.classical.mahalanobis import check_label_types
+
     emb = np.asarray(embeddings.detach().cpu() if hasattr(embeddings, "detach") else embeddings,
                      dtype=np.float64)
     lab = np.asarray(labels.cpu() if hasattr(labels, "cpu") else labels)
     check_one_label_per_row(lab, method)
     if method == "mlkr":  # kernel regression of the one-hot class indicators, not of ids
+        check_label_types(lab, method)
         classes, inverse = np.unique(lab, return_inverse=True)
         if len(classes) < 2:  # (the refusal of the other learners, in their words)
             raise ValueError(f"metric learning from labels needs at least 2 classes, got "
@@ -242,9 +245,13 @@ def evaluate_metric(components: np.ndarray | None, splits: EmbeddedSplits,
                     n_neighbors: int = 3) -> dict[str, Any]:
     """Raw embeddings vs ``x -> L x`` on the held-out split.
 
-    Leave-one-out retrieval (P@1, R-Precision, MAP@R) on the held-out embeddings, and,
-    when every held-out class occurs in training, ``n_neighbors``-NN accuracy of held-out
-    items against the training items (leave-one-out when both are the same rows).
+    Leave-one-out retrieval (P@1, R-Precision, MAP@R) on the held-out embeddings, and
+    ``n_neighbors``-NN accuracy of held-out items against the training items
+    (leave-one-out when both are the same rows): ``knn_accuracy`` when every held-out
+    class occurs in training, else ``knn_accuracy_seen_classes`` over the held-out items
+    whose class does (k-NN against the training items cannot name a class they lack;
+    retrieval among the held-out items measures those), and none when no held-out class
+    occurs in training; a warning says which and how many items.
     ``components=None`` evaluates raw embeddings only. With fewer training rows than
     ``n_neighbors`` (other than the item itself, leave-one-out) the vote takes as many as
     there are, and with none k-NN accuracy is left out; either is said by a warning.
@@ -271,7 +278,7 @@ def evaluate_metric(components: np.ndarray | None, splits: EmbeddedSplits,
             out["knn_accuracy"] = float((predicted == splits.train_labels).mean())
         else:
             knn = KNeighborsClassifier(n_neighbors=vote_k).fit(tr, splits.train_labels)
-            out["knn_accuracy"] = float(knn.score(held, splits.heldout_labels))
+            out[knn_key] = float(knn.score(held[known], splits.heldout_labels[known]))
         return out
 
     # one set of rows on both sides (a file without held-out arrays): an item must not
@@ -281,8 +288,13 @@ def evaluate_metric(components: np.ndarray | None, splits: EmbeddedSplits,
                  and np.array_equal(splits.train_labels, splits.heldout_labels))
     others = splits.train.shape[0] - int(same_rows)  # the rows a held-out item can vote on
     vote_k = min(n_neighbors, others)
-    # (no k-NN accuracy where a held-out class never occurs in training)
-    classes_known = same_rows or bool(np.isin(splits.heldout_labels, splits.train_labels).all())
+    # k-NN accuracy only over held-out items whose class occurs in training
+    known = (np.ones(splits.heldout_labels.shape[0], dtype=bool) if same_rows
+             else np.isin(splits.heldout_labels, splits.train_labels))  # (m,)
+    classes_known = bool(known.any())
+    knn_key = "knn_accuracy" if known.all() else "knn_accuracy_seen_classes"
+    if not known.all():
+        _warn_unseen_classes(splits, known)
     votes_possible = classes_known and vote_k >= 1
     if classes_known and vote_k < 1:
         warnings.warn(f"no k-NN accuracy: {splits.train.shape[0]} training row(s) leave no "
@@ -297,6 +309,29 @@ def evaluate_metric(components: np.ndarray | None, splits: EmbeddedSplits,
         L = np.asarray(components, dtype=np.float64)
         result["learned"] = scores(splits.train @ L.T, splits.heldout @ L.T)
     return result
+
+
+def _warn_unseen_classes(splits: EmbeddedSplits, known: np.ndarray) -> None:
+    """Say why k-NN accuracy leaves out the held-out items of classes (``~known``) that
+    never occur in training, and how many items it is over."""
+    import warnings
+
+    unseen = np.unique(splits.heldout_labels[~known])
+    if splits.classes is not None:  # (codes -> the labels as given)
+        unseen = splits.classes[unseen]
+    names = f"{unseen[:5].tolist()}{' ...' if unseen.size > 5 else ''}"
+    m, n_known = known.size, int(known.sum())
+    why = ("k-NN classification against the training items cannot name a class they "
+           "never include; precision_at_1, r_precision and map_at_r (retrieval among the "
+           "held-out items) are the measure for unseen classes")
+    if n_known == 0:
+        warnings.warn(f"no k-NN accuracy: none of the {m} held-out items' {unseen.size} "
+                      f"class(es) {names} occurs in training; {why}", stacklevel=3)
+    else:
+        warnings.warn(f"knn_accuracy_seen_classes is k-NN accuracy over the {n_known} of "
+                      f"{m} held-out items whose class occurs in training, not all of them: "
+                      f"the other {m - n_known} are of {unseen.size} class(es) never seen in "
+                      f"training {names}; {why}", stacklevel=3)
 
 
 def _jsonable(value: Any) -> Any:

@@ -15,8 +15,10 @@ from dmlkit._checks import check_int_param, check_real
 from dmlkit.classical.mahalanobis import (
     MahalanobisMixin,
     _validate_data,
+    check_label_types,
     check_n_components,
     check_pairs,
+    check_y_given,
     components_from_metric,
     encode_labels,
     warn_no_convergence,
@@ -203,6 +205,9 @@ class ITML(MahalanobisMixin):
         """Fit on ``pairs (n_pairs, 2, n_features)`` with ``y (n_pairs,)`` in {+1, -1}."""
         self._check_params()
         pairs = check_pairs(pairs)
+        check_y_given(y, self, "the pair labels, one per pair: +1 similar, -1 dissimilar")
+        check_label_types(y, what="pair labels",
+                          hint="pair labels must be +1 (similar) or -1 (dissimilar)")
         y = np.asarray(y)
         if y.ndim == 2 and y.shape[1] == 1:  # a column vector: one label per pair still
             y = y.ravel()
@@ -342,6 +347,7 @@ class ITMLSupervised(ITML):
         self._check_params()
         if self.n_constraints is not None:
             check_int_param("n_constraints", self.n_constraints, 1)
+        check_y_given(y, self)
         X, y = _validate_data(self, X, y, dtype=np.float64, ensure_min_samples=2, order="C")
         codes = encode_labels(y)
         n_classes = int(codes.max()) + 1

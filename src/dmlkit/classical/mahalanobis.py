@@ -15,12 +15,14 @@ and gradient).
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
+import scipy.sparse
 import torch
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.exceptions import ConvergenceWarning
@@ -108,7 +110,14 @@ def solver_threads(device: torch.device, work: int) -> Iterator[None]:
 
 
 def check_pairs(pairs: Any, n_features: int | None = None) -> np.ndarray:
-    """Validate a ``(n, 2, d)`` array of pairs (finite, float64)."""
+    """Validate a ``(n, 2, d)`` array of pairs (finite, float64); sparse input is a
+    ``TypeError`` (a sparse matrix is 2-d, and pairs are densified to solve anyway)."""
+    if scipy.sparse.issparse(pairs):
+        raise TypeError(
+            f"pairs: sparse input is not supported, got a {pairs.shape[0]} x "
+            f"{pairs.shape[1]} {type(pairs).__name__}; densify it with .toarray() and give "
+            "pairs of shape (n_pairs, 2, n_features) (to learn from points X (n, "
+            "n_features) and class labels, use ITMLSupervised)")
     arr = np.asarray(pairs)
     if arr.ndim != 3 or arr.shape[1] != 2:
         raise ValueError(f"pairs must have shape (n_pairs, 2, n_features), got {arr.shape}")
@@ -120,8 +129,39 @@ def check_pairs(pairs: Any, n_features: int | None = None) -> np.ndarray:
     return flat.reshape(arr.shape)
 
 
+def check_label_types(y: Any, name: str = "y", what: str = "class labels",
+                      hint: str = "give all numbers or all strings") -> None:
+    """A ``ValueError`` when the values of an object array ``y`` mix kinds (numbers and
+    strings, say), which no sort or label encoder can order; ``hint`` says what to give."""
+    arr = np.asarray(y)
+    if arr.dtype != object or arr.size == 0:
+        return
+    seen: dict[str, Any] = {}
+    for value in arr.ravel():
+        if isinstance(value, (str, bytes, np.str_, np.bytes_)):
+            kind = "string"
+        elif isinstance(value, (numbers.Number, np.number, np.bool_)):
+            kind = "number"
+        else:
+            kind = type(value).__name__
+        seen.setdefault(kind, value)
+    if len(seen) > 1:
+        examples = ", ".join(f"{kind} {value!r}" for kind, value in seen.items())
+        raise ValueError(f"{name} ({what}) mix types: {examples}; {hint}")
+
+
+def check_y_given(y: Any, estimator: Any, what: str = "class labels, one per row of X") -> None:
+    """A ``ValueError`` when ``fit`` got no ``y`` (``None``), naming what ``y`` holds (in
+    words that scikit-learn's ``check_requires_y_none`` reads as a clear refusal)."""
+    if y is None:
+        raise ValueError(f"{type(estimator).__name__}.fit requires y to be passed, but the "
+                         f"target y is None: give y ({what})")
+
+
 def encode_labels(y: np.ndarray, min_classes: int = 2) -> np.ndarray:
-    """Classification targets -> int64 codes ``0..C-1``; too few classes is a ValueError."""
+    """Classification targets -> int64 codes ``0..C-1``; too few classes is a ValueError,
+    and so are labels mixing numbers and strings (:func:`check_label_types`)."""
+    check_label_types(y)
     check_classification_targets(y)
     codes = LabelEncoder().fit_transform(y).astype(np.int64)
     n_classes = int(codes.max()) + 1 if codes.size else 0
@@ -230,6 +270,14 @@ def init_components(
 
         if y is None:
             raise ValueError("init='lda' needs class labels")
+        n_classes = len(np.unique(y))
+        if n_components > min(d, n_classes - 1):
+            raise ValueError(
+                f"init='lda' gives at most min(n_features, n_classes - 1) = "
+                f"{min(d, n_classes - 1)} components here ({d} features, {n_classes} "
+                f"classes), got n_components={n_components}; use init='pca' or 'auto', or "
+                f"n_components <= {min(d, n_classes - 1)}"
+            )
         lda = LinearDiscriminantAnalysis(n_components=n_components).fit(X, y)
         L = lda.scalings_.T[:n_components]
         if L.shape[0] < n_components:
@@ -393,6 +441,7 @@ class MahalanobisMixin(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
 
     # -- validation ----------------------------------------------------------------------
     def _validate_xy(self, X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+        check_y_given(y, self)
         X, y = _validate_data(self, X, y, dtype=np.float64, ensure_min_samples=2, order="C")
         return X, encode_labels(y)
 

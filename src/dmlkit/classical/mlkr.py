@@ -13,8 +13,10 @@ from dmlkit.classical.mahalanobis import (
     MahalanobisMixin,
     _validate_data,
     center,
+    check_label_types,
     check_n_components,
     check_scale,
+    check_y_given,
     finish_pair_grad,
     init_components,
     lbfgs,
@@ -144,6 +146,9 @@ class MLKR(MahalanobisMixin):
     def fit(self, X: Any, y: Any) -> MLKR:
         """Fit on ``X (n_samples, n_features)`` with real targets ``y (n_samples,)`` or
         ``(n_samples, n_targets)`` (e.g. one-hot class indicators)."""
+        check_y_given(y, self, "real targets, one row per row of X")
+        check_label_types(y, what="targets", hint="MLKR regresses real-valued targets: give "
+                          "numbers (for class labels, their one-hot indicators)")
         X, y = _validate_data(self, X, y, dtype=np.float64, y_numeric=True,
                               ensure_min_samples=2, multi_output=True, order="C")
         y = np.asarray(y, dtype=np.float64)

@@ -47,7 +47,8 @@ def _params(items: list[str]) -> dict[str, Any]:
 
 def _scores(components: Any, splits: Any) -> dict[str, Any]:
     """:func:`~dmlkit.classical.frozen.evaluate_metric`, its warnings (a k-NN vote over
-    fewer rows) printed once each as ``warning:`` lines on stderr."""
+    fewer rows, held-out classes never seen in training) printed once each as
+    ``warning:`` lines on stderr."""
     import warnings
 
     from dmlkit.classical.frozen import evaluate_metric
@@ -64,10 +65,11 @@ def _table(result: dict[str, Any]) -> str:
     """The held-out metrics of the inputs as given (``raw`` in the JSON: a run's own
     embeddings, or an array's rows) beside the learned metric's."""
     keys = list(result["raw"])
-    rows = [f"{'metric':<16} {'inputs':>8}"
+    width = max([16, *map(len, keys)])  # (knn_accuracy_seen_classes is longer)
+    rows = [f"{'metric':<{width}} {'inputs':>8}"
             + (f" {'learned':>8}" if "learned" in result else "")]
     for key in keys:
-        row = f"{key:<16} {result['raw'][key]:>8.4f}"
+        row = f"{key:<{width}} {result['raw'][key]:>8.4f}"
         if "learned" in result:
             row += f" {result['learned'][key]:>8.4f}"
         rows.append(row)
