@@ -99,7 +99,9 @@ def to_mode(image, color: Color):  # noqa: ANN001, ANN201 - PIL types
     16-bit grey images are scaled from 0..65535; 32-bit integer ones by the bit depth
     their values fit (:func:`integer_scale`); float ones are taken as values in
     ``[0, 1]`` (clipped). :func:`read_image` keeps float images' values instead, and
-    scales 32-bit ones without rounding them to 8 bits.
+    scales 32-bit ones without rounding them to 8 bits. An alpha channel (RGBA, LA,
+    transparent palettes) is dropped: transparent pixels keep the colour stored under
+    them, as most image loaders of the field read them.
     """
     if color not in ("auto", "grayscale", "rgb"):
         raise ValueError(f"color must be 'auto', 'grayscale' or 'rgb', got {color!r}")
