@@ -176,9 +176,9 @@ def read_npz(path: str | Path, x_key: str = "x", labels_key: str = "labels") -> 
                 "return_inverse=True), then np.savez(..., labels=ids, class_names=names)"
                 if labels.dtype.kind in "USO" else
                 "; (n, C) bool multi-labels are trained through the Python API "
-                "(dmlkit.training.Trainer with a dataset holding them, e.g. TensorDataset(x, y)) and "
-                "evaluated by `dmlkit evaluate` on an .npz of embeddings; a run's data "
-                "section reads (n,) or (n, L) integer labels" if labels.dtype.kind == "b"
+                "(dmlkit.training.Trainer with a dataset holding them, e.g. "
+                "TensorDataset(x, y)) and evaluated by `dmlkit evaluate` on an .npz of "
+                "embeddings; a run's data section reads (n,) or (n, L) integer labels" if labels.dtype.kind == "b"
                 and labels.ndim == 2 else "")
         raise ValueError(f"{path}: {labels_key!r} must hold integer labels, got "
                          f"{labels.dtype}{hint}")
