@@ -172,14 +172,15 @@ def read_npz(path: str | Path, x_key: str = "x", labels_key: str = "labels") -> 
         x = x[:, None]  # (n, 1, H, W)
     x = integer_inputs(x, str(path))
     if labels.dtype.kind not in "iu":
-        hint = ("; map class names to ids before saving: names, ids = np.unique(labels, "
-                "return_inverse=True), then np.savez(..., labels=ids, class_names=names)"
-                if labels.dtype.kind in "USO" else
-                "; (n, C) bool multi-labels are trained through the Python API "
-                "(dmlkit.training.Trainer with a dataset holding them, e.g. "
-                "TensorDataset(x, y)) and evaluated by `dmlkit evaluate` on an .npz of "
-                "embeddings; a run's data section reads (n,) or (n, L) integer labels" if labels.dtype.kind == "b"
-                and labels.ndim == 2 else "")
+        hint = ""
+        if labels.dtype.kind in "USO":
+            hint = ("; map class names to ids before saving: names, ids = np.unique(labels, "
+                    "return_inverse=True), then np.savez(..., labels=ids, class_names=names)")
+        elif labels.dtype.kind == "b" and labels.ndim == 2:
+            hint = ("; (n, C) bool multi-labels are trained through the Python API "
+                    "(dmlkit.training.Trainer with a dataset holding them, e.g. "
+                    "TensorDataset(x, y)) and evaluated by `dmlkit evaluate` on an .npz of "
+                    "embeddings; a run's data section reads (n,) or (n, L) integer labels")
         raise ValueError(f"{path}: {labels_key!r} must hold integer labels, got "
                          f"{labels.dtype}{hint}")
     if x.ndim and labels.ndim and x.shape[0] != labels.shape[0]:
