@@ -47,6 +47,45 @@ def side_text(patch: int | tuple[int, int]) -> str:
     return "x".join(map(str, patch)) if isinstance(patch, tuple) else str(patch)
 
 
+def display_input(x: Any) -> Any:
+    """An input as its heatmap's "input" panel draws it: a 3-channel ``(3, H, W)`` image
+    as ``(H, W, 3)`` colour scaled to [0, 1]; other ``(C, H, W)`` images as the mean of
+    their channels (grey); ``(H, W)`` images and 1-D inputs as they are."""
+    import numpy as np
+
+    if x.dim() == 3 and x.shape[0] == 3:
+        rgb = x.permute(1, 2, 0).numpy().astype(np.float64)  # (H, W, 3)
+        lo, hi = float(rgb.min()), float(rgb.max())
+        return (rgb - lo) / (hi - lo if hi > lo else 1.0)
+    return (x.mean(0) if x.dim() == 3 else x).numpy()
+
+
+def conventions(metric: str, shape: tuple[int, ...], gradients: bool = True) -> dict[str, str]:
+    """What explain.json's maps are, for items of ``shape`` explained under ``metric``:
+    the similarity explained, each map's shape and the sign of its values, and what the
+    heatmaps draw (``gradients``: whether integrated gradients were computed)."""
+    spatial = tuple(shape[-2:] if len(shape) >= 2 else shape)  # (H, W), or (n,) 1-D
+    similarity = ("-d^2, the negated squared Euclidean distance between the embeddings"
+                  if metric == "euclidean" else "the cosine of the embeddings")
+    out = {
+        "similarity": f"the similarity explained is {similarity} (--metric {metric})",
+        "occlusion": (f"*_occlusion.npy has shape {spatial}: one value per "
+                      + ("pixel, its channels hidden together" if len(shape) >= 2
+                         else "value") + "; a positive value is the (mean) drop in "
+                      "similarity when a patch covering it is hidden (set to 0), a "
+                      "negative one a rise"),
+        "heatmaps": ("*.png draw each map beside its input on a diverging scale centred at "
+                     "0 (red: positive, blue: negative); integrated gradients are summed "
+                     "over channels there"),
+    }
+    if gradients:
+        out["integrated_gradients"] = (
+            f"*_integrated_gradients.npy has the input's shape {tuple(shape)}: one value per "
+            "input value; a positive value raises the similarity, a negative one lowers it "
+            "(from the all-zero input; the values sum to the similarity's change from it)")
+    return out
+
+
 def heatmaps(maps: dict[str, Any], xa: Any, xb: Any, out: Path) -> dict[str, Any]:
     """Save each signed map as ``NAME.npy`` and, with matplotlib, ``NAME.png`` (the input
     beside the map in a diverging colour map centred at 0, with a colour bar: red raises
@@ -67,8 +106,7 @@ def heatmaps(maps: dict[str, Any], xa: Any, xb: Any, out: Path) -> dict[str, Any
     figures = {}
     for name, m in maps.items():
         img = (m.sum(0) if m.dim() == 3 else m).numpy()  # signed: channels summed
-        src = xa if name.startswith("a_") else xb
-        base = (src.mean(0) if src.dim() == 3 else src).numpy()
+        base = display_input(xa if name.startswith("a_") else xb)
         lim = float(np.abs(img).max()) or 1e-12
         fig, axes = plt.subplots(1, 2, figsize=(7, 3))
         if base.ndim == 1:
@@ -80,7 +118,7 @@ def heatmaps(maps: dict[str, Any], xa: Any, xb: Any, out: Path) -> dict[str, Any
                                    aspect="auto", interpolation="nearest")
             axes[1].set_yticks([])
         else:
-            axes[0].imshow(base, cmap="gray")
+            axes[0].imshow(base, cmap="gray" if base.ndim == 2 else None)  # (RGB: colour)
             shown = axes[1].imshow(img, cmap="RdBu_r", vmin=-lim, vmax=lim)
         fig.colorbar(shown, ax=axes[1], label="similarity contribution")
         axes[0].set_title("input")
@@ -92,4 +130,25 @@ def heatmaps(maps: dict[str, Any], xa: Any, xb: Any, out: Path) -> dict[str, Any
     return {"arrays": arrays, "figures": figures}
 
 
-__all__ = ["centroid_text", "explain_metric", "heatmaps", "side_text", "similarity_line"]
+def warn_incomplete(completeness: dict[str, Any], steps: int) -> None:
+    """Record the completeness tolerance with the per-side gaps and say, in one
+    ``warning:`` line, which sides' integrated gradients miss it."""
+    import typer
+
+    from dmlkit.explain.attribution import IG_COMPLETENESS_TOLERANCE, incomplete
+
+    sides = [side for side in ("a", "b") if incomplete(completeness[side])]
+    completeness["tolerance"] = IG_COMPLETENESS_TOLERANCE
+    if sides:
+        gaps = "; ".join(f"{side}'s map sums to {completeness[side]['sum']:.4g} where the "
+                         f"similarity changes by {completeness[side]['difference']:.4g} "
+                         f"({completeness[side]['relative_error']:.0%} off)" for side in sides)
+        typer.echo(f"warning: integrated gradients are incomplete (over the "
+                   f"{IG_COMPLETENESS_TOLERANCE:.0%} tolerance): {gaps} from the all-zero "
+                   f"input; raise --steps (now {steps}), or read the occlusion maps, which "
+                   "need no baseline (explain.json gives each side's completeness)",
+                   err=True)
+
+
+__all__ = ["centroid_text", "conventions", "display_input", "explain_metric", "heatmaps",
+           "side_text", "similarity_line", "warn_incomplete"]

@@ -272,8 +272,9 @@ def register(app: typer.Typer) -> None:
                 raise ValueError(TEXT_REPORT)
             data = collect(run_dir, max_items=max_items, projection=projection,
                            log=lambda m: typer.echo(f"report: {m}", err=True))
-            for note in data["notes"]:
-                typer.echo(f"note: {note}", err=True)
+            for note in data["notes"]:  # (those already warned of are not said again)
+                if note not in data["warned"]:
+                    typer.echo(f"note: {note}", err=True)
             if "skipped" in data["verification"]:
                 typer.echo(f"note: verification skipped: {data['verification']['skipped']}",
                            err=True)
@@ -355,24 +356,6 @@ def _check_stride(patch: int, stride: int) -> None:
                          "patch")
 
 
-def _warn_incomplete(completeness: dict[str, Any], steps: int) -> None:
-    """Record the completeness tolerance with the per-side gaps and say, in one
-    ``warning:`` line, which sides' integrated gradients miss it."""
-    from dmlkit.explain.attribution import IG_COMPLETENESS_TOLERANCE, incomplete
-
-    sides = [side for side in ("a", "b") if incomplete(completeness[side])]
-    completeness["tolerance"] = IG_COMPLETENESS_TOLERANCE
-    if sides:
-        gaps = "; ".join(f"{side}'s map sums to {completeness[side]['sum']:.4g} where the "
-                         f"similarity changes by {completeness[side]['difference']:.4g} "
-                         f"({completeness[side]['relative_error']:.0%} off)" for side in sides)
-        typer.echo(f"warning: integrated gradients are incomplete (over the "
-                   f"{IG_COMPLETENESS_TOLERANCE:.0%} tolerance): {gaps} from the all-zero "
-                   f"input; raise --steps (now {steps}), or read the occlusion maps, which "
-                   "need no baseline (explain.json gives each side's completeness)",
-                   err=True)
-
-
 def _explain(run_dir: Path, a: str, b: str, out: Path, steps: int, patch: int | None,
              stride: int | None, metric: str = "euclidean",
              device: str = "cpu") -> tuple[dict[str, Any], list[str]]:
@@ -383,7 +366,14 @@ def _explain(run_dir: Path, a: str, b: str, out: Path, steps: int, patch: int | 
 
     import torch
 
-    from dmlkit.cli._explain_figures import centroid_text, heatmaps, side_text, similarity_line
+    from dmlkit.cli._explain_figures import (
+        centroid_text,
+        conventions,
+        heatmaps,
+        side_text,
+        similarity_line,
+        warn_incomplete,
+    )
     from dmlkit.explain import (
         NoInputGradientError,
         default_occlusion_window,
@@ -394,19 +384,21 @@ def _explain(run_dir: Path, a: str, b: str, out: Path, steps: int, patch: int | 
         stride_for_patch,
     )
     from dmlkit.report.collect import weights_note
+    from dmlkit.report.split_notes import splits_with_notes
     from dmlkit.runs import embed, load_run
     from dmlkit.runs.queries import run_input_spec
-    from dmlkit.runs.recorded_splits import run_splits
     say = _Progress("explain")
     run = load_run(run_dir, device, metrics=False)  # (a damaged metrics.json is no matter)
     standing_in = weights_note(run_dir, "this explanation", run.weights)
     if standing_in is not None:
         typer.echo(f"note: {standing_in}", err=True)
     cache: dict[str, Any] = {}
+    data_notes: list[str] = []  # (what reading the run's splits warned of)
 
     def splits() -> Any:
-        if "splits" not in cache:
-            cache["splits"] = run_splits(run)  # (warns when not the run's held-out items)
+        if "splits" not in cache:  # (warns when not the run's held-out items)
+            *cache["splits"], warned = splits_with_notes(run)
+            data_notes.extend(warned)
         return cache["splits"]
 
     shape = run_input_spec(run)
@@ -448,7 +440,7 @@ def _explain(run_dir: Path, a: str, b: str, out: Path, steps: int, patch: int | 
         notes = {"integrated_gradients_skipped": str(err)}
         typer.echo(f"note: occlusion maps only: {err}", err=True)
     if "completeness" in notes:
-        _warn_incomplete(notes["completeness"], steps)
+        warn_incomplete(notes["completeness"], steps)
     for side, x, other in (("a", xa, xb), ("b", xb, xa)):
         maps[f"{side}_occlusion"] = occlusion(
             run.model, x, other, patch=patch, stride=stride, metric=metric,
@@ -480,7 +472,9 @@ def _explain(run_dir: Path, a: str, b: str, out: Path, steps: int, patch: int | 
                "similarity": sim, "cosine_similarity": cos,
                **({"euclidean_distance": max(-sim, 0.0) ** 0.5} if metric == "euclidean" else {}),
                "nearest_training_prototypes": protos, "maps": sorted(maps),
-               "occlusion": window, **files, **notes}
+               "occlusion": window, **files, **notes, "notes": data_notes,
+               "conventions": conventions(metric, tuple(xa.shape),
+                                          "integrated_gradients_skipped" not in notes)}
     (out / "explain.json").write_text(json.dumps(summary, indent=2))
     lines = [similarity_line(metric, name_a, name_b, sim)]
     for side in protos:

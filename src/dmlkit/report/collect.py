@@ -16,9 +16,9 @@ from dmlkit.evaluation import indexed_pair_scores, pairs_from_labels, retrieval_
 from dmlkit.functional.verification import equal_error_rate, roc_curve
 from dmlkit.report.metrics_file import check_metrics
 from dmlkit.report.projection import PROJECTIONS, check_projection, project_2d
+from dmlkit.report.split_notes import REPORT_SPLIT_NOTE, splits_with_notes
 from dmlkit.report.svg import downscale
 from dmlkit.runs import embed, load_run
-from dmlkit.runs.recorded_splits import run_splits
 
 #: the metric of every section of the report: the run's held-out metrics (metrics.json)
 #: and ``dmlkit evaluate`` (by default) measure Euclidean distances between embeddings
@@ -191,8 +191,11 @@ def collect(run_dir: str | Path, *, max_items: int = 2000, projection: str = "au
     when the retrieval metrics are trivially 1.0); ``per_class`` values give each
     class's ``items`` and evaluable
     ``count``; ``notes`` are what the report should say about the run (e.g. that its
-    checkpoint's weights stand in for a missing ``model.pt``, or that the map is not the
-    projection asked for). Every section measures :data:`METRIC` (``metric``).
+    checkpoint's weights stand in for a missing ``model.pt``, that the held-out split
+    rebuilt from an edited ``config.yaml`` is not the run's own, which is also warned of
+    and listed in ``warned``, that the weights evaluated are of the best validated epoch,
+    ``kept_epoch``, or that the map is not the projection asked for). Every section
+    measures :data:`METRIC` (``metric``).
 
     Raises
     ------
@@ -214,8 +217,10 @@ def collect(run_dir: str | Path, *, max_items: int = 2000, projection: str = "au
             "without class labels")
     metrics = run_metrics(run)  # metrics.json as load_run read it, of the report's shape
     say("loading data")
-    train, heldout = run_splits(run)  # (warns when not the run's held-out items)
-    notes = [n for n in [_weights_note(run_dir, run.weights), _size_note(len(heldout.labels))] if n]
+    train, heldout, warned = splits_with_notes(run)  # (warns: not the run's held-out items)
+    warned = [n + REPORT_SPLIT_NOTE if "held-out split" in n else n for n in warned]
+    notes = [n for n in [_weights_note(run_dir, run.weights), *warned, _kept_epoch_note(metrics),
+                         _size_note(len(heldout.labels))] if n]
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(len(heldout.labels), size=min(max_items, len(heldout.labels)),
                               replace=False))
@@ -237,6 +242,8 @@ def collect(run_dir: str | Path, *, max_items: int = 2000, projection: str = "au
         # (one: every held-out item is a match of every other; retrieval is trivially 1.0)
         "heldout_classes": int(len(torch.unique(heldout.labels, dim=0))),
         "notes": notes, "metric": METRIC,
+        "warned": warned,  # (notes already given as warnings: the CLI does not repeat them)
+        "kept_epoch": kept_epoch(metrics),  # (the epoch whose weights are evaluated, or None)
         "history": metrics.get("history") or _history_from_log(run_dir),
         "map": {"method": method, "x": xy[:, 0].tolist(), "y": xy[:, 1].tolist(),
                 "labels": labels.tolist(), "items": rows.tolist(),
@@ -258,6 +265,29 @@ def run_metrics(run: Any) -> dict[str, Any]:
 
     return check_metrics(run.metrics, Path(run.run_dir) / METRICS_FILE,
                          f"rewrite it with: {resume_command(run.run_dir)} (or delete the file)")
+
+
+def kept_epoch(metrics: dict[str, Any]) -> int | None:
+    """The epoch whose weights a run trained with validation kept (``model.pt``: its best
+    by validation MAP@R, ``metrics.json``'s ``validation.best_epoch``), or None (no
+    validation, or no epoch scored: the last epoch's weights)."""
+    validation = metrics.get("validation")
+    best = validation.get("best_epoch") if isinstance(validation, dict) else None
+    return best if isinstance(best, int) and not isinstance(best, bool) and best > 0 else None
+
+
+def _kept_epoch_note(metrics: dict[str, Any]) -> str | None:
+    """The note naming the epoch whose weights the report evaluates, for a run trained
+    with validation (None for one without, or whose best epoch is its last)."""
+    best = kept_epoch(metrics)
+    epochs = [h.get("epoch") for h in metrics.get("history") or []]
+    last = max((e for e in epochs if isinstance(e, (int, float))), default=None)
+    if best is None or last is None or best >= last:
+        return None
+    return (f"the run kept the weights of epoch {best} of {int(last)}, its best by "
+            "validation MAP@R (model.pt holds them): the held-out metrics, map, gallery, "
+            "verification and per-class results are of those weights, not of the last "
+            "epoch's; the curves run over every epoch trained (the best one marked)")
 
 
 def _size_note(n: int) -> str | None:
@@ -294,4 +324,4 @@ def _history_from_log(run_dir: Path) -> list[dict[str, Any]]:
 
 
 __all__ = ["collect", "project_2d", "check_projection", "PROJECTIONS", "METRIC", "MIN_ITEMS",
-           "run_metrics", "weights_note"]
+           "kept_epoch", "run_metrics", "weights_note"]

@@ -110,6 +110,9 @@ def write_figures(data: dict[str, Any], out_dir: str | Path) -> list[Path]:
         for key in val_keys:
             ax.plot([h["epoch"] for h in hist], [h[key] for h in hist], label=key,
                     marker=_marker(hist))
+        if data.get("kept_epoch") is not None:  # (as the HTML marks it)
+            ax.axvline(data["kept_epoch"], color="k", linestyle="--", linewidth=1,
+                       label=f"weights kept: epoch {data['kept_epoch']}")
         ax.set_xlabel("epoch")
         ax.legend()
         save(fig, "curves.png")
@@ -122,12 +125,14 @@ def write_figures(data: dict[str, Any], out_dir: str | Path) -> list[Path]:
         save(fig, "learning_rate.png")
     mp = data["map"]
     fig, ax = plt.subplots(figsize=(5, 4.5))
-    for c in sorted(set(mp["labels"])):
-        idx = [i for i, v in enumerate(mp["labels"]) if v == c]
+    kinds = sorted(set(mp["labels"]))
+    for i, c in enumerate(kinds):
+        idx = [j for j, v in enumerate(mp["labels"]) if v == c]
         unseen = mp["unseen"][idx[0]]
-        ax.scatter([mp["x"][i] for i in idx], [mp["y"][i] for i in idx], s=6,
+        ax.scatter([mp["x"][j] for j in idx], [mp["y"][j] for j in idx], s=6,
                    label=names.get(int(c), str(c)) + (" (unseen)" if unseen else ""),
-                   marker="o" if not unseen else "x")
+                   marker="o" if not unseen else "x",
+                   color=mpl_colour(i, len(kinds)))  # (the HTML map's colours: all distinct)
     ax.set_title(f"{mp['method']} of held-out embeddings{of}", fontsize=9 if of else None)
     if len(set(mp["labels"])) <= 30:  # a legend of more classes hides the map
         ax.legend(fontsize=6, markerscale=2)
@@ -160,6 +165,21 @@ def write_figures(data: dict[str, Any], out_dir: str | Path) -> list[Path]:
     ax.legend()
     save(fig, "per_class.png")
     return paths
+
+
+def mpl_colour(i: int, n: int) -> tuple[float, float, float]:
+    """Colour ``i`` of ``n`` as an RGB triple for matplotlib: the HTML map's colour
+    (:func:`~dmlkit.report.svg.colour`: its palette, or ``n`` distinct hues past it)."""
+    import colorsys
+    import re
+
+    from dmlkit.report.svg import colour
+
+    c = colour(i, n)
+    if c.startswith("#"):
+        return tuple(int(c[k : k + 2], 16) / 255 for k in (1, 3, 5))  # type: ignore[return-value]
+    hue, sat, light = (float(v) for v in re.findall(r"[\d.]+", c))  # hsl(H,S%,L%)
+    return colorsys.hls_to_rgb(hue / 360, light / 100, sat / 100)
 
 
 def _marker(points: list[Any]) -> str | None:

@@ -52,18 +52,26 @@ def loss_points(history: list[dict[str, Any]]) -> tuple[list[float], list[float]
     return [float(h["epoch"]) for h in kept], [float(h["loss"]) for h in kept]
 
 
-def _curves(history: list[dict[str, Any]]) -> str:
+#: the name of the mark at the epoch whose weights the run kept
+KEPT_MARK = "weights kept: epoch"
+
+
+def _curves(history: list[dict[str, Any]], kept: int | None = None) -> str:
+    """The loss, validation and learning-rate curves; ``kept`` (the epoch whose weights
+    the run kept, by validation) is marked on the first two."""
     if not history:
         return '<p class="note">no per-epoch history recorded</p>'
     epochs = [float(h["epoch"]) for h in history]
+    marks = {KEPT_MARK: float(kept)} if kept is not None else None
     loss_epochs, losses = loss_points(history)
-    parts = [svg.lines({"train loss": (loss_epochs, losses)}, "training loss", "epoch", "loss")
+    parts = [svg.lines({"train loss": (loss_epochs, losses)}, "training loss", "epoch", "loss",
+                       marks=marks)
              if losses else '<p class="note">training loss: - (no epoch trained a batch: '
              "nothing to train, e.g. a frozen model with head_type: none)</p>"]
     val = {k: (epochs, [float(h[k]) for h in history]) for k in history[0]
            if k.startswith("val_") and all(k in h for h in history)}
     if val:
-        parts.append(svg.lines(val, "validation metrics", "epoch", "value"))
+        parts.append(svg.lines(val, "validation metrics", "epoch", "value", marks=marks))
     if all("lr" in h for h in history):
         parts.append(svg.lines({"learning rate": (epochs, [float(h["lr"]) for h in history])},
                                "learning rate", "epoch", "lr"))
@@ -228,7 +236,7 @@ def render(data: dict[str, Any]) -> str:
 &middot; loss {escape(str(data['config']['loss']))}</p>{_metric(data)}{_notes(data)}
 <h2>Held-out retrieval (leave-one-out)</h2>{_metrics_table(data['metrics'])}{on_all}
 {_trivial(data)}
-<h2>Training</h2>{_curves(data['history'])}
+<h2>Training</h2>{_curves(data['history'], data.get('kept_epoch'))}
 <h2>Embedding map</h2>{sampled}<div class="row">{scatter}</div>
 <p class="note">{len(mp['x'])} held-out items; {unseen} from classes unseen in training (rings).
 Hover a point for its item.</p>
