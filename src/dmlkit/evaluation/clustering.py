@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from dmlkit._checks import check_finite_rows, is_int
-from dmlkit.functional.distances import l2_normalize
+from dmlkit.evaluation.embedding_checks import float64_array
+from dmlkit.functional.distances import unit_rows
 
 #: largest ``random_state`` scikit-learn's k-means takes
 _MAX_STATE = 2**32 - 1
@@ -50,9 +51,9 @@ def kmeans_state(seed: int) -> int:
 def kmeans_labels(
     embeddings, n_clusters: int, *, seed: int = 0, n_init: int = 3, max_iter: int = 300
 ) -> np.ndarray:
-    """Seeded k-means cluster ids ``(n,)`` of ``(n, d)`` embeddings (scikit-learn)."""
-    x = embeddings.detach().cpu().numpy() if isinstance(embeddings, torch.Tensor) else embeddings
-    x = np.asarray(x, dtype=np.float64)
+    """Seeded k-means cluster ids ``(n,)`` of ``(n, d)`` embeddings (scikit-learn), of any
+    float dtype (bfloat16 included), clustered in float64."""
+    x = float64_array(embeddings)
     if x.ndim != 2:
         raise ValueError(f"embeddings must have shape (n, d), got {x.shape}")
     if not 1 <= n_clusters <= x.shape[0]:
@@ -87,7 +88,9 @@ def clustering_metrics(
     seed : int
         k-means seed, an integer ``>= 0`` (:func:`kmeans_state`; else a ``ValueError``).
     normalize : bool
-        L2-normalize before clustering (k-means then follows cosine geometry).
+        L2-normalize before clustering (k-means then follows cosine geometry); rows of
+        any norm, tiny or huge, are normalized
+        (:func:`~dmlkit.functional.distances.unit_rows`).
 
     Returns
     -------
@@ -111,8 +114,8 @@ def clustering_metrics(
     if y.ndim != 1 or y.shape[0] != x.shape[0]:
         raise ValueError(f"labels must have shape ({x.shape[0]},), got {y.shape}")
     warn_trivial_clustering(y)
-    if normalize:  # (float64 stays float64: float32 overflows huge values, flushes tiny)
-        x = l2_normalize(x if x.dtype in (torch.float32, torch.float64) else x.float())
+    if normalize:  # (float64 stays float64; each row scaled by a power of two first)
+        x = unit_rows(x if x.dtype in (torch.float32, torch.float64) else x.float())
     n_clusters = int(np.unique(y).size) if n_clusters is None else int(n_clusters)
     from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
 

@@ -18,6 +18,7 @@ import torch
 from dmlkit._checks import check_finite_rows, is_int
 from dmlkit._files import publish_mode
 from dmlkit.evaluation.clustering import clustering_metrics
+from dmlkit.evaluation.embedding_checks import check_magnitude
 from dmlkit.evaluation.few_shot import NotEnoughClassesError, few_shot_accuracy
 from dmlkit.evaluation.hierarchical import hierarchical_retrieval_metrics
 from dmlkit.evaluation.retrieval import _as_tensor, label_codes, parse_k, retrieval_metrics
@@ -27,7 +28,7 @@ from dmlkit.evaluation.verification import (
     pairs_from_labels,
     verification_metrics,
 )
-from dmlkit.functional.distances import check_dim
+from dmlkit.functional.distances import check_dim, peak_scaled
 from dmlkit.functional.labels import check_labels
 from dmlkit.functional.retrieval import canonical_metric
 
@@ -40,6 +41,7 @@ def evaluate_embeddings(
     ref_embeddings=None,
     ref_labels=None,
     *,
+    ref_includes_query: bool = False,
     metric: str = "euclidean",
     k: Sequence[int] = (1, 2, 4, 8),
     sections: Sequence[str] = SECTIONS,
@@ -65,10 +67,19 @@ def evaluate_embeddings(
         leaf, for hierarchical labels); clustering and few-shot need ``(n,)`` labels.
     ref_embeddings, ref_labels : optional
         A separate gallery for retrieval (default: leave-one-out on ``embeddings``).
+        Queries that appear verbatim in it (each would retrieve itself first) are warned
+        about, unless ``ref_includes_query``.
+    ref_includes_query : bool
+        The gallery's first ``n`` rows are the ``n`` query embeddings, with their labels
+        (e.g. ``evaluate_embeddings(x[:50], y[:50], x, y, ref_includes_query=True)``):
+        each query skips its own row, as in leave-one-out
+        (:func:`~dmlkit.evaluation.retrieval_metrics`; a ``ValueError`` when the first
+        rows are not the queries).
     metric : str
         ``"euclidean"``, ``"cosine"`` or ``"dot"`` (or an alias, in any case: the result
         names the canonical one); verification scores are the matching similarity
-        (negated distance for euclidean).
+        (negated distance for euclidean). Cosine holds at any scale of the embeddings
+        (rows of any norm, tiny or huge, are normalized in every section).
     sections : sequence of str
         Subset of ``("retrieval", "clustering", "verification", "few_shot")``.
     seed : int
@@ -102,11 +113,12 @@ def evaluate_embeddings(
     ------
     ValueError
         Before any section runs: embeddings that are not a non-empty ``(n, d >= 1)``
-        matrix of finite values (small enough that squared distances do not overflow),
-        labels that are not one row per embedding (the same for
+        matrix of finite values (for ``"euclidean"`` and ``"dot"``, small enough that
+        squared distances do not overflow), labels that are not one row per embedding (the same for
         the gallery, of the embeddings' width, given with its labels), an unknown section
         or metric, a bad ``k``, a negative ``seed``, ``n_folds < 2``, ``episodes < 1``,
-        ``max_pairs < 1`` or a bad few-shot setting. Labels that make a
+        ``max_pairs < 1`` or a bad few-shot setting; ``ref_includes_query`` with a
+        gallery whose first rows are not the queries. Labels that make a
         section trivial (one class; every item its own class) are warned about.
     """
     unknown = set(sections) - set(SECTIONS)
@@ -118,17 +130,24 @@ def evaluate_embeddings(
     # class names as integer codes (per-class results are keyed by the names again)
     labels, ref_labels, label_names = label_codes(labels, ref_labels, return_names=True)
     x, y, ref_embeddings, ref_labels = _check_inputs(embeddings, labels, ref_embeddings,
-                                                     ref_labels)
+                                                     ref_labels, metric)
+    # cosine: each row scaled by a power of two (exact; direction kept bit for bit), so
+    # the float64 norms of verification and few-shot neither underflow nor overflow
+    scored = peak_scaled(x) if metric == "cosine" else x
     result: dict[str, Any] = {"num_embeddings": int(x.shape[0]), "metric": metric,
                               "seed": seed}
     if "retrieval" in sections:
-        gallery = "leave-one-out" if ref_embeddings is None else f"{len(ref_embeddings)} references"
-        queries = query_count(y, ref_labels)
+        gallery = ("leave-one-out" if ref_embeddings is None else
+                   f"{len(ref_embeddings)} references"
+                   + (", the queries first" if ref_includes_query else ""))
+        queries = query_count(y, ref_labels, ref_includes_query=ref_includes_query)
         with _section(log, f"retrieval ({queries} queries, {gallery})",
-                      left_out_queries(x.shape[0], queries, ref_labels is None)):
+                      left_out_queries(x.shape[0], queries,
+                                       ref_labels is None or ref_includes_query)):
             result["retrieval"] = retrieval_metrics(
                 x, y, ref_embeddings, ref_labels, k=k, metric=metric, per_class=per_class,
-                average_precision=full_ranking, reciprocal_rank=full_ranking)
+                ref_includes_query=ref_includes_query, average_precision=full_ranking,
+                reciprocal_rank=full_ranking)
             if per_class and label_names is not None:  # keyed by names (leaf rows: tuples)
                 result["retrieval"]["per_class"] = {
                     _named(code, label_names): v
@@ -137,7 +156,7 @@ def evaluate_embeddings(
             with _section(log, f"hierarchical retrieval ({y.shape[1]} levels)"):
                 result["hierarchical"] = hierarchical_retrieval_metrics(
                     x, y, ref_embeddings, ref_labels, k=k, metric=metric,
-                    full_ranking=full_ranking)
+                    ref_includes_query=ref_includes_query, full_ranking=full_ranking)
     flat_labels = y.dim() == 1
     if "clustering" in sections:
         with _section(log, "clustering (k-means)"):
@@ -146,19 +165,23 @@ def evaluate_embeddings(
                 if flat_labels else {"skipped": "clustering needs (n,) class labels"})
     if "verification" in sections:
         with _section(log, "verification"):
-            result["verification"] = _verification(x, y, metric, max_pairs, n_folds, seed)
+            result["verification"] = _verification(scored, y, metric, max_pairs, n_folds,
+                                                   seed)
     if "few_shot" in sections:
         with _section(log, f"few-shot ({episodes} episodes per setting)"):
-            result["few_shot"] = _few_shot(x, y, flat_labels, few_shot, episodes, metric, seed)
+            result["few_shot"] = _few_shot(scored, y, flat_labels, few_shot, episodes, metric,
+                                           seed)
     if out is not None:
         write_json(result, out)
     return result
 
 
-def query_count(labels: torch.Tensor, ref_labels: torch.Tensor | None = None) -> int:
+def query_count(labels: torch.Tensor, ref_labels: torch.Tensor | None = None, *,
+                ref_includes_query: bool = False) -> int:
     """How many items of ``labels`` are retrieval queries, as ``num_queries`` counts them:
     those with a relevant reference (``same_label``): another item of their class in
-    leave-one-out (``ref_labels`` None), else a reference of their class. Labels are
+    leave-one-out (``ref_labels`` None), else a reference of their class (another one
+    than the query's own row, with ``ref_includes_query``). Labels are
     ``(n,)``, ``(n, L)`` (a class is a whole row) or ``(n, C)`` bool (sharing any label);
     counted per class, in ``O(n)`` memory. Labels of two kinds or widths: every item (the
     metrics refuse them)."""
@@ -166,9 +189,10 @@ def query_count(labels: torch.Tensor, ref_labels: torch.Tensor | None = None) ->
                                    or (ref_labels.dtype == torch.bool)
                                    != (labels.dtype == torch.bool)):
         return int(labels.shape[0])
+    need = 2 if ref_labels is None or ref_includes_query else 1  # (the query's own row)
     if labels.dtype == torch.bool:  # multi-label: some label of the row held by another
         counts = (labels if ref_labels is None else ref_labels).sum(0)  # (C,)
-        held = counts >= (2 if ref_labels is None else 1)  # (C,)
+        held = counts >= need  # (C,)
         return int((labels & held[None, :]).any(1).sum())
     if ref_labels is None:
         _, group, counts = torch.unique(labels, dim=0, return_inverse=True, return_counts=True)
@@ -176,7 +200,8 @@ def query_count(labels: torch.Tensor, ref_labels: torch.Tensor | None = None) ->
     both = torch.cat([labels, ref_labels.to(labels.dtype)])  # (n + m, ...)
     group = torch.unique(both, dim=0, return_inverse=True)[1].reshape(-1)  # (n + m,)
     n = labels.shape[0]
-    return int(torch.isin(group[:n], group[n:]).sum())
+    in_ref = torch.bincount(group[n:], minlength=int(group.max()) + 1)  # (classes,)
+    return int((in_ref[group[:n]] >= need).sum())
 
 
 def left_out_queries(n: int, queries: int, leave_one_out: bool = True) -> str:
@@ -223,21 +248,23 @@ def _label_tensor(labels, n: int, name: str, of: str) -> torch.Tensor:
     return check_labels(_as_tensor(labels, name, labels=True), n, name)
 
 
-def _check_inputs(embeddings, labels, ref_embeddings, ref_labels) -> tuple:
+def _check_inputs(embeddings, labels, ref_embeddings, ref_labels,
+                  metric: str = "euclidean") -> tuple:
     """``(embeddings, labels, ref_embeddings, ref_labels)`` as tensors (the gallery None
     when not given), checked once for every section: embeddings
-    (:func:`_check_embeddings`), one label row per embedding (:func:`check_labels`), and
+    (:func:`_check_embeddings` under ``metric``), one label row per embedding
+    (:func:`check_labels`), and
     a gallery of embeddings and labels given together, of one width and one label row
     each. Any of these is a one-line ``ValueError`` (``TypeError`` for a wrong dtype)."""
     x = _as_float(torch.as_tensor(embeddings))
-    _check_embeddings(x, "embeddings")
+    _check_embeddings(x, "embeddings", metric)
     y = _label_tensor(labels, x.shape[0], "labels", "embeddings")
     if (ref_embeddings is None) != (ref_labels is None):
         raise ValueError("pass ref_embeddings and ref_labels together, or neither")
     if ref_embeddings is None:
         return x, y, None, None
     ref = _as_float(torch.as_tensor(ref_embeddings))
-    _check_embeddings(ref, "ref_embeddings")
+    _check_embeddings(ref, "ref_embeddings", metric)
     if ref.shape[1] != x.shape[1]:
         raise ValueError(f"embeddings have dim {x.shape[1]} but ref_embeddings have dim "
                          f"{ref.shape[1]}")
@@ -251,10 +278,12 @@ def _as_float(x: torch.Tensor) -> torch.Tensor:
     return x if x.is_floating_point() or x.is_complex() else x.float()
 
 
-def _check_embeddings(x: torch.Tensor, name: str) -> None:
+def _check_embeddings(x: torch.Tensor, name: str, metric: str = "euclidean") -> None:
     """A one-line ``ValueError`` unless ``x`` is a non-empty ``(n, d >= 1)`` matrix of
     finite values (NaN would otherwise reach k-means and sklearn's own message), checked
-    in their own precision (float64 values beyond float32's range are finite)."""
+    in their own precision (float64 values beyond float32's range are finite), whose
+    squared distances do not overflow (:func:`check_magnitude`; not for ``"cosine"``,
+    which every section computes on rows scaled to a safe range)."""
     if x.dim() != 2 or x.shape[0] == 0:
         raise ValueError(f"{name} must be a non-empty (n, d) array, got shape "
                          f"{tuple(x.shape)}")
@@ -264,18 +293,8 @@ def _check_embeddings(x: torch.Tensor, name: str) -> None:
         if values.dtype not in (torch.float32, torch.float64):  # (numpy has no bfloat16)
             values = values.float()
         check_finite_rows(values.numpy(), name)
-        _check_magnitude(values, name)
-
-
-def _check_magnitude(x: torch.Tensor, name: str) -> None:
-    """A one-line ``ValueError`` when squared distances of ``x`` (up to ``4 d max|x|^2``)
-    overflow its dtype: every distance-based section would report garbage."""
-    biggest = float(x.abs().max()) if x.numel() else 0.0
-    limit = math.sqrt(torch.finfo(x.dtype).max / (4 * x.shape[1]))
-    if biggest > limit:
-        raise ValueError(f"{name} reach {biggest:.3g}: their squared distances overflow "
-                         f"{str(x.dtype).removeprefix('torch.')} (values must stay below "
-                         f"{limit:.3g}); rescale them, e.g. divide by {biggest:.0e}")
+        if metric != "cosine":
+            check_magnitude(values, name)
 
 
 @contextmanager

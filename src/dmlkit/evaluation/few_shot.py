@@ -2,11 +2,12 @@
 
 Each seeded episode draws ``n_way`` classes, ``k_shot`` support and ``n_query`` query
 items per class (disjoint), and classifies queries by the nearest class prototype (mean
-support embedding; Snell et al. 2017, "Prototypical Networks") or by the nearest support
-item. The interval half-width is ``1.96 * std / sqrt(episodes)`` with the sample standard
-deviation of the episode accuracies (``ddof=1``: the standard error of their mean, as
-the usual few-shot evaluation code reports it); NaN for a single episode, whose spread
-is unknown.
+support embedding; Snell et al. 2017, "Prototypical Networks"; with ``metric="cosine"``
+the mean of the L2-normalized support embeddings, compared by cosine) or by the nearest
+support item. The interval half-width is ``1.96 * std / sqrt(episodes)`` with the
+sample standard deviation of the episode accuracies (``ddof=1``: the standard error of
+their mean, as the usual few-shot evaluation code reports it); NaN for a single episode,
+whose spread is unknown.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import numpy as np
 import torch
 
 from dmlkit._checks import is_int
+from dmlkit.evaluation.embedding_checks import float64_array
+from dmlkit.functional.distances import unit_rows
 from dmlkit.functional.retrieval import canonical_metric
 
 CLASSIFIERS = ("prototype", "nearest_neighbor")
@@ -84,22 +87,23 @@ def few_shot_accuracy(
             raise ValueError(f"{name} must be {what}, got {v!r}{hint}")
     n_way, k_shot, n_query, episodes = int(n_way), int(k_shot), int(n_query), int(episodes)
     metric = canonical_metric(metric)
-    x = embeddings.detach().cpu().numpy() if isinstance(embeddings, torch.Tensor) else embeddings
-    x = np.asarray(x, dtype=np.float64)
+    x = float64_array(embeddings)  # (any float dtype, bfloat16 included)
     y = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
     if x.ndim != 2 or y.ndim != 1 or y.shape[0] != x.shape[0]:
         raise ValueError(f"need embeddings (n, d) and labels (n,), got {x.shape}, {y.shape}")
     if not np.isfinite(x).all():
         bad = int((~np.isfinite(x).all(axis=1)).sum())
         raise ValueError(f"embeddings contain NaN or infinite values ({bad} of {len(x)} rows)")
-    if metric == "cosine":
-        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    if metric == "cosine":  # (unit rows at any magnitude: tiny and huge ones alike)
+        x = unit_rows(torch.from_numpy(x)).numpy()
     uniq, counts = np.unique(y, return_counts=True)
     eligible = uniq[counts >= k_shot + n_query]
     if eligible.size < n_way:
         raise NotEnoughClassesError(
-            f"only {eligible.size} classes have >= {k_shot + n_query} items; "
-            f"{n_way}-way episodes need {n_way}"
+            f"{n_way}-way episodes need {n_way} classes with at least {k_shot + n_query} "
+            f"items each (k_shot={k_shot} support + n_query={n_query} queries), but only "
+            f"{eligible.size} of the {uniq.size} classes have that many; lower n_way, "
+            "k_shot or n_query (or pass more items per class)"
         )
     rng = np.random.default_rng(seed)
     truth = np.repeat(np.arange(n_way), n_query)  # (n_way * n_query,)

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from dmlkit._checks import is_int
+from dmlkit.evaluation.embedding_checks import check_magnitude, warn_queries_in_reference
 from dmlkit.functional.distances import check_embeddings
 from dmlkit.functional.labels import check_labels
 from dmlkit.functional.retrieval import canonical_metric, retrieval_per_query
@@ -168,8 +169,14 @@ def retrieval_metrics(
         for beyond the references a query is ranked against are warned about (once).
     metric : str
         ``"euclidean"`` (default, as ``AccuracyCalculator``), ``"cosine"`` or ``"dot"``.
+        Euclidean and cosine rankings hold at any scale of the embeddings (cosine
+        normalizes rows of any norm, tiny ones included); ``"dot"`` refuses embeddings
+        whose inner products overflow their dtype.
     ref_includes_query : bool
-        The first ``n`` reference rows are the queries; each query skips its own row.
+        The first ``n`` reference rows are the queries (their labels the query labels);
+        each query skips its own row. Checked: a ``ValueError`` when they are not. When
+        False, queries that appear verbatim in the reference (each would retrieve itself
+        first) are warned about.
     average_precision, reciprocal_rank : bool
         Also compute ``mean_average_precision`` (over the full ranking) and
         ``mean_reciprocal_rank``. Off by default: each needs a pass over every
@@ -190,6 +197,14 @@ def retrieval_metrics(
         ``precision_at_{k}`` (floats, NaN when no query has a relevant reference),
         ``num_queries`` (queries with at least one relevant reference) and ``metric``;
         ``mean_average_precision`` and ``mean_reciprocal_rank`` when asked for.
+
+    Raises
+    ------
+    ValueError
+        Embeddings that are not a finite ``(n, d)`` float matrix, labels that are not one
+        row per embedding, a bad ``k``, ``metric`` or ``chunk_size``, ``"dot"`` on
+        embeddings whose inner products overflow, or ``ref_includes_query=True`` with a
+        reference whose first ``n`` rows (or labels) are not the queries'.
     """
     query_labels, reference_labels, label_names = label_codes(
         query_labels, reference_labels, return_names=True)
@@ -201,6 +216,12 @@ def retrieval_metrics(
     metric = canonical_metric(metric)
     ks = parse_k(k)
     check_chunk_size(chunk_size)
+    if metric == "dot":  # (Euclidean keys are rescaled, cosine rows normalized: any scale)
+        check_magnitude(query, "query")
+        if reference is not None:
+            check_magnitude(reference, "reference")
+    if reference is not None and not ref_includes_query:
+        warn_queries_in_reference(query, reference, query_labels, reference_labels)
     with torch.no_grad():
         values = retrieval_per_query(
             query, query_labels, reference, reference_labels, metric=metric, k=ks,

@@ -29,6 +29,29 @@ def l2_normalize(x: Tensor, eps: float = _EPS) -> Tensor:
     return x / x.norm(p=2, dim=-1, keepdim=True).clamp_min(eps)
 
 
+def peak_scaled(x: Tensor) -> Tensor:
+    """Each row of ``x (n, d)`` multiplied by the power of two that brings its largest
+    absolute entry into ``[0.5, 1)`` (zero rows stay zero). Powers of two scale exactly,
+    so every row keeps its direction bit for bit, and its squared norm can neither
+    underflow nor overflow (or fall below :func:`l2_normalize`'s ``eps``)."""
+    peak = x.detach().abs().amax(dim=-1, keepdim=True)  # (n, 1)
+    _, exp = torch.frexp(peak)  # peak = m * 2**exp, m in [0.5, 1); 0 for a zero row
+    dtype = x.dtype if x.is_floating_point() else torch.float32
+    e = -exp.to(dtype)  # (n, 1)
+    half = torch.trunc(e / 2)  # (two factors: 2**e alone can lie beyond the dtype's range)
+    return x * torch.exp2(half) * torch.exp2(e - half)  # (n, d)
+
+
+def unit_rows(x: Tensor) -> Tensor:
+    """Each row of ``x (n, d)`` at unit L2 norm whatever its magnitude (zero rows stay
+    zero): :func:`l2_normalize` of :func:`peak_scaled`. Rows of ordinary size give
+    :func:`l2_normalize`'s values bit for bit; rows whose norm is below its ``eps``, or
+    whose squares underflow or overflow, are normalized too, so cosine similarities of
+    them are exact rather than dot products or ties. Used where embeddings are ranked
+    and scored by cosine (evaluation, indexes); losses keep :func:`l2_normalize`."""
+    return l2_normalize(peak_scaled(x))
+
+
 #: squared distances at most this fraction of the pair's mean squared norm are zero
 ZERO_DISTANCE_RATIO = 1e-12
 
@@ -159,6 +182,8 @@ def check_embeddings(x: Tensor, name: str = "embeddings") -> None:
 
 __all__ = [
     "l2_normalize",
+    "peak_scaled",
+    "unit_rows",
     "safe_sqrt",
     "cut_sqrt",
     "cut_zeros_",

@@ -12,8 +12,9 @@ ties can differ from that index's. Euclidean ranking uses
 matrix product), never a square root, which could merge distinct values into new ties.
 Exact ties of the keys (e.g. integer-valued embeddings by Euclidean distance or dot
 product) are reproduced exactly, copies of one vector included. By cosine the vectors
-are scaled to unit length first, so parallel vectors of different lengths, tied in exact
-arithmetic, can differ in the last bit and rank in either order. Sets of up to
+are scaled to unit length first (:func:`~dmlkit.functional.distances.unit_rows`: of any
+magnitude, tiny or huge rows included), so parallel vectors of different lengths, tied in
+exact arithmetic, can differ in the last bit and rank in either order. Sets of up to
 ``FLOAT64_MAX_PAIRS`` query-reference pairs are ranked by float64 keys; larger ones by
 float32 keys, where two references whose distances differ by less
 than float32 rounding may come out in either order (faiss's matrix products round
@@ -38,7 +39,7 @@ import torch
 from torch import Tensor
 
 from dmlkit.functional.chunking import chunk_size_for, row_chunks
-from dmlkit.functional.distances import l2_normalize
+from dmlkit.functional.distances import unit_rows
 from dmlkit.functional.labels import same_label
 from dmlkit.functional.ranking_frame import ranking_frame
 from dmlkit.functional.relevant_ranks import ClassMembers, relevant_ranks
@@ -75,11 +76,12 @@ def canonical_metric(metric: str) -> str:
 
 
 def prepare_vectors(x: Tensor, metric: str) -> tuple[Tensor, Tensor | None]:
-    """``(vectors, squared norms or None)``: float, L2-normalized for ``"cosine"``."""
+    """``(vectors, squared norms or None)``: float, L2-normalized for ``"cosine"``
+    (:func:`~dmlkit.functional.distances.unit_rows`: whatever the rows' magnitude)."""
     metric = canonical_metric(metric)
     x = x if x.dtype in (torch.float32, torch.float64) else x.float()
     if metric == "cosine":
-        return l2_normalize(x), None
+        return unit_rows(x), None
     if metric == "euclidean":
         return x, (x * x).sum(dim=1)  # (n,)
     return x, None
@@ -239,6 +241,47 @@ def knn(
     return out_keys, out_idx
 
 
+#: relative tolerance of :func:`check_reference_includes_queries` (of each row's largest
+#: entry): the queries embedded apart from the reference may differ by rounding
+INCLUDED_QUERY_RTOL = 1e-5
+
+
+def check_reference_includes_queries(
+    query: Tensor, query_labels: Tensor, reference: Tensor, reference_labels: Tensor
+) -> None:
+    """A ``ValueError`` unless the first ``n`` rows of ``reference`` are the ``n`` queries
+    (each entry within :data:`INCLUDED_QUERY_RTOL` of the row's largest entry, at any
+    scale) and the first ``n`` reference labels are the query labels, as
+    ``ref_includes_query=True`` states (pytorch-metric-learning's ``AccuracyCalculator``
+    checks the same): otherwise query ``i`` would skip an unrelated reference row ``i``."""
+    n = query.shape[0]
+    if reference.shape[0] < n:
+        raise ValueError(f"the reference ({reference.shape[0]} rows) cannot include all {n} "
+                         "queries")
+    dtype = torch.promote_types(query.dtype, reference.dtype)
+    dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+    q, r = query.detach().to(dtype), reference[:n].detach().to(dtype)  # (n, d)
+    peak = torch.maximum(q.abs().amax(dim=1), r.abs().amax(dim=1))  # (n,)
+    rows_ok = ((q - r).abs() <= INCLUDED_QUERY_RTOL * peak[:, None]).all(dim=1)  # (n,)
+    ql, rl = query_labels, reference_labels[:n]
+    if ql.shape == rl.shape:
+        labels_ok = (ql == rl.to(ql.dtype)).reshape(n, -1).all(dim=1)  # (n,)
+    else:
+        labels_ok = torch.zeros(n, dtype=torch.bool, device=ql.device)
+    for ok, what in ((rows_ok, "embedding"), (labels_ok, "label")):
+        bad = (~ok).nonzero().flatten()
+        if len(bad):
+            i = int(bad[0])
+            shown = (f"has label {rl[i].tolist()} but query {i} has {ql[i].tolist()}"
+                     if what == "label" else f"is not query {i}")
+            raise ValueError(
+                f"ref_includes_query=True says the reference's first {n} rows are the "
+                f"queries, but {len(bad)} of them differ from the queries in their {what} "
+                f"(e.g. reference row {i} {shown}); put the queries first in the "
+                "reference, in order, with their labels, or pass ref_includes_query=False "
+                "for a reference that does not contain them")
+
+
 def retrieval_per_query(
     query: Tensor,
     query_labels: Tensor,
@@ -256,7 +299,8 @@ def retrieval_per_query(
 
     With ``reference=None`` the reference set is ``query`` itself and each query's own
     row is excluded (leave-one-out); ``ref_includes_query=True`` means the same for a
-    reference whose first ``n`` rows are the queries. Relevance is
+    reference whose first ``n`` rows are the queries, and their labels the query labels
+    (:func:`check_reference_includes_queries`: else a ``ValueError``). Relevance is
     ``same_label(query_labels, reference_labels)``, so multi-label and hierarchical labels
     work (class labels take an equivalent faster path). ``R`` is the number of relevant
     references of a query.
@@ -279,6 +323,8 @@ def retrieval_per_query(
     m = n if reference is None else reference.shape[0]
     if exclude_self and m < n:
         raise ValueError(f"the reference ({m} rows) cannot include all {n} queries")
+    if reference is not None and ref_includes_query:
+        check_reference_includes_queries(query, query_labels, reference, reference_labels)
     # Euclidean: one common shift (and power-of-two scale) keeps float32 keys of embeddings
     # far from the origin accurate; float64 keys on small sets
     wide = torch.float64 if n * m <= FLOAT64_MAX_PAIRS else None
@@ -440,5 +486,6 @@ __all__ = [
     "topk_lexicographic",
     "prepare_reference",
     "knn",
+    "check_reference_includes_queries",
     "retrieval_per_query",
 ]
