@@ -160,7 +160,8 @@ class NCA(MahalanobisMixin):
         ``"auto"`` (CUDA if available), ``"cpu"`` or ``"cuda"``.
     precision : {'float32', 'float64'}
         Arithmetic of the ``O(n^2 k)`` products, the softmax and the gradient.
-        ``'float32'`` (default) is 2-3x faster on CPUs (more on most GPUs); the
+        ``'float32'`` (default) is as fast as float64 or up to 2-3x faster on CPUs,
+        depending on the CPU (more on most GPUs); the
         objective is still summed in float64 and L-BFGS runs in float64, but the
         gradient carries ~1e-6 relative error, so the solver may stop at a slightly
         different point (on iris and digits: the same iterations, objective within
