@@ -72,7 +72,10 @@ def tune(
             from dmlkit.config import load_config
             from dmlkit.tuning import tune as run_tune
             from dmlkit.tuning.study import default_out_dir
+            from dmlkit.tuning.study_name import check_study_name
 
+            if study is not None:  # (it names the default --out: runs/<study>-tune)
+                check_study_name(study, "--study")
             cfg = load_config(config)
             out_dir = out if out is not None else default_out_dir(cfg, study, RUNS_DIR)
             # (before the folds are checked, which reads the data)

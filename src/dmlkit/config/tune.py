@@ -77,12 +77,19 @@ class TuneConfig:
     algorithm : {"tpe", "random"}
         Optuna's sampler: tree-structured Parzen estimator or random search.
     startup_trials : int
-        Random trials before TPE models the results, and trials before pruning starts.
+        Random trials before TPE models the results, and complete trials before pruning
+        starts.
     pruner : {"median", "none"}
-        Stop a trial whose per-epoch mean fold MAP@R is below the median of earlier
-        trials at the same epoch.
+        ``median`` stops a trial after an epoch ``e`` when it is strictly below the median
+        of the study's complete trials' mean fold MAP@R at epoch ``e``. What is compared
+        follows ``objective``: with ``final`` the trial's mean fold MAP@R at epoch ``e``
+        itself (a trial that falls below the median is stopped, however well it began);
+        with ``best_epoch`` its best one at epochs ``1..e`` (Optuna's MedianPruner: a
+        fall after a good epoch does not stop it, the good epoch is its score).
+        ``none`` never stops a trial early.
     warmup_epochs : int
-        Epochs of every trial that are never pruned.
+        Epochs of every trial that are never pruned (the first pruned can be epoch
+        ``warmup_epochs + 1``; the last epoch never is, its trial is complete).
     storage : str, optional
         SQLAlchemy URL of the study (default: a SQLite file in the tuning directory); a
         SQLite file is recorded by its absolute path, in-memory SQLite is refused.

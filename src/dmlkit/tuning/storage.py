@@ -9,9 +9,12 @@ worker ends, is refused. Other SQLAlchemy URLs are kept as given.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
+
+_URL = re.compile(r"[\w+]+://")
 
 
 def _sqlite(url: str) -> tuple[str, str | None, str] | None:
@@ -43,8 +46,15 @@ def check_storage(url: str) -> None:
     Raises
     ------
     ValueError
-        For an in-memory SQLite database, saying what to give instead.
+        For an in-memory SQLite database, or a text that is no URL (a bare file path),
+        saying what to give instead.
     """
+    if not _URL.match(url):  # (SQLAlchemy's own rule: a URL starts with name://)
+        shown = url.split("@")[-1]  # (no part that may be a password)
+        raise ValueError(
+            f"cannot open the study storage {shown}: it is not a SQLAlchemy URL "
+            f"(dialect://...); write sqlite:///{shown} (a SQLite file) or another "
+            "SQLAlchemy URL, e.g. postgresql://user@host/db")
     if in_memory(url):
         raise ValueError(
             f"the study storage {url} is an in-memory SQLite database: the study would be "

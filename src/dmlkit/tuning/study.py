@@ -2,13 +2,14 @@
 
 Each trial samples a config (:func:`~dmlkit.tuning.space.trial_config`), scores it by
 :func:`~dmlkit.training.cross_validation.cross_validate` (mean MAP@R over class-disjoint
-folds of the *training* classes; the held-out classes are never read), reports the
-per-epoch mean so the pruner can stop a poor trial early, and ends COMPLETE, PRUNED or
-FAIL (an invalid or diverging config, with its ``error``). ``trials`` is the size of the
-whole study: workers started on the same storage and study share the count, and a worker
-that was killed leaves a RUNNING trial that the next worker (or ``resume``) marks FAIL
-without counting it. After every completed trial the best config is written as a YAML
-that ``dmlkit train`` runs and ``dmlkit crossval`` re-scores.
+folds of the *training* classes; no test class is trained or scored), reports the
+per-epoch mean so the pruner (:mod:`~dmlkit.tuning.pruning`) can stop a poor trial
+early, and ends COMPLETE, PRUNED or FAIL (an invalid or diverging config, with its
+``error``). ``trials`` is the size of the whole study: workers started on the same
+storage and study share the count, and a worker that was killed leaves a RUNNING trial
+that the next worker (or ``resume``) marks FAIL without counting it. After every
+completed trial the best config is written as a YAML that ``dmlkit train`` runs and
+``dmlkit crossval`` re-scores.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from dmlkit.tuning.best import (
 from dmlkit.tuning.interrupt import SigintGuard
 from dmlkit.tuning.space import check_parts, check_space, trial_config
 from dmlkit.tuning.storage import absolute_storage, check_storage, sqlite_file
+from dmlkit.tuning.study_name import default_out_dir, study_name_of
 from dmlkit.tuning.workers import (
     Heartbeat,
     ask_as_worker,
@@ -110,14 +112,9 @@ def open_study(config: Config, storage: Any, study_name: str, resume: bool) -> t
     tune = config.tune
     if tune is None:
         raise ValueError("the config has no tune: section")
-    pruner = (
-        optuna.pruners.MedianPruner(
-            # epochs are reported 1-based and the pruner spares steps < n_warmup_steps
-            n_startup_trials=tune.startup_trials, n_warmup_steps=tune.warmup_epochs + 1
-        )
-        if tune.pruner == "median"
-        else optuna.pruners.NopPruner()
-    )
+    from dmlkit.tuning.pruning import make_pruner
+
+    pruner = make_pruner(tune.pruner, tune.objective, tune.startup_trials, tune.warmup_epochs)
 
     def sampler(seed: int) -> Any:
         if tune.algorithm == "random":
@@ -143,7 +140,7 @@ def open_study(config: Config, storage: Any, study_name: str, resume: bool) -> t
     study = optuna.load_study(
         study_name=study_name, storage=storage, sampler=sampler(seed), pruner=pruner
     )
-    saved = study.user_attrs.get("config")
+    saved = _saved_fingerprint(study)
     changes = _config_changes(saved, config) if saved is not None else []
     if changes:
         raise ValueError(
@@ -153,6 +150,23 @@ def open_study(config: Config, storage: Any, study_name: str, resume: bool) -> t
             "study (--study, --out)"
         )
     return study, False
+
+
+#: how long a worker joining a study with no saved config and no trial waits for it
+FINGERPRINT_WAIT_S = 10.0
+
+
+def _saved_fingerprint(study: Any) -> str | None:
+    """The study's saved :func:`fingerprint`. Its creator saves it just after creating
+    the study: one found without it and without trials is read again until it appears,
+    for at most :data:`FINGERPRINT_WAIT_S` (a creator that died in between leaves none)."""
+    deadline = time.monotonic() + FINGERPRINT_WAIT_S
+    while True:
+        saved = study.user_attrs.get("config")
+        if saved is not None or time.monotonic() > deadline or study.get_trials(
+                deepcopy=False):
+            return saved
+        time.sleep(0.05)
 
 
 def _config_changes(saved: str, config: Config) -> list[str]:
@@ -196,21 +210,6 @@ def redact(text: str, url: str | None = None) -> str:
     if url:
         text = text.replace(url, safe_storage(url))
     return _CREDENTIALS.sub(r"\1***@", text)
-
-
-def study_name_of(config: Config, study_name: str | None = None) -> str:
-    """The study a worker joins: ``study_name``, else ``tune.study_name``, else the
-    config's ``name``."""
-    return study_name or (config.tune.study_name if config.tune is not None else None) \
-        or config.name
-
-
-def default_out_dir(config: Config, study_name: str | None = None,
-                    runs_dir: Path = Path("runs")) -> Path:
-    """``runs/<name>-tune`` for the config's own study (``name`` the config's), else
-    ``runs/<study>-tune``: one folder of best files per study."""
-    study = study_name_of(config, study_name)
-    return runs_dir / f"{config.name if study == study_name_of(config) else study}-tune"
 
 
 def tune(
@@ -309,10 +308,13 @@ def _tune(config: Config, trials: int, out_dir: Path, url: str, name: str, resum
         verb = "created" if created else "joined"
         log(f"{verb} study {name!r} in {_safe(rdb)} (worker {worker_id()})")
     fail_stale_trials(study, 4 * tc.heartbeat_seconds, log)
-    states = optuna.trial.TrialState
+    states, ran = optuna.trial.TrialState, False
     while True:
         guard.check()  # (between storage operations)
-        if sum(map(counts_toward_total, study.get_trials(deepcopy=False))) >= trials:
+        held = sum(map(counts_toward_total, study.get_trials(deepcopy=False)))
+        if held >= trials:
+            if not ran:  # (a --resume of a study already that large: say why)
+                log(_FULL.format(name=name, held=held, trials=trials, more=held + trials))
             break
         trial = ask_as_worker(study)
         earlier = [
@@ -324,6 +326,7 @@ def _tune(config: Config, trials: int, out_dir: Path, url: str, name: str, resum
             study.tell(trial, state=states.FAIL)
             break
         _run_trial(study, trial, config, trials, rdb, log, cross_validate, guard)
+        ran = True
         write_best(study, config, out_dir, url)
         fail_stale_trials(study, 4 * tc.heartbeat_seconds, log)
     best_path = write_best(study, config, out_dir, url)
@@ -332,6 +335,11 @@ def _tune(config: Config, trials: int, out_dir: Path, url: str, name: str, resum
         name, _safe(rdb), state_counts(study),
         None if best is None else best.value, None if best is None else best.number, best_path,
     )  # fmt: skip
+
+
+_FULL = ("study {name!r} already holds {held} counted trials (finished, or running in "
+         "another worker), at least the {trials} asked for: no trial was run (trials is the "
+         "size of the whole study); to run more, ask for more, e.g. --trials {more}")
 
 
 def _check_folds(config: Config) -> None:
