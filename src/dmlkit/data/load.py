@@ -17,6 +17,7 @@ from dmlkit.data.idx import FASHION_MNIST_NAMES, IDX_PARTS, read_fashion_mnist, 
 from dmlkit.data.image_folder import class_folders, folder_images, read_image_folder
 from dmlkit.data.npz import npz_class_names, read_npz
 from dmlkit.data.splits import class_split, limit_per_class, select_classes, stratified_split
+from dmlkit.data.tuple_specs import refuse_tuple_data
 
 
 def data_config(spec: DataConfig | dict[str, Any] | str | Path) -> DataConfig:
@@ -26,14 +27,18 @@ def data_config(spec: DataConfig | dict[str, Any] | str | Path) -> DataConfig:
     its part), a ``.npz`` file, a directory (MNIST-format IDX files, else a folder with one
     sub-folder per class of WAV files (``audio_folder``: a speaker folder as
     :func:`dmlkit.data.audio.speaker_files` lists it, WAVs at any depth) or of images), or
-    a ``.yaml`` config whose ``data`` section is used.
+    a ``.yaml`` config whose ``data`` section is used. A ``.yaml`` config or data block of
+    tuple data (``kind`` pairs / triplets with ``tuples``) is refused: it names no
+    labelled dataset (:func:`~dmlkit.data.tuple_specs.refuse_tuple_data`).
     """
     if isinstance(spec, DataConfig):
         return home_expanded(spec)
     if isinstance(spec, dict):
         from dmlkit.config.schema import _section
 
-        return home_expanded(_section("data", DataConfig, spec))
+        data = home_expanded(_section("data", DataConfig, spec))
+        refuse_tuple_data(data)
+        return data
     if not isinstance(spec, (str, Path)):
         raise TypeError(f"a data spec must be a DataConfig, dict or string, got {type(spec)}")
     text, part = split_part(str(spec))
@@ -47,6 +52,7 @@ def data_config(spec: DataConfig | dict[str, Any] | str | Path) -> DataConfig:
         from dmlkit.config.schema import Config
 
         data = home_expanded(Config.from_yaml(path).data)
+        refuse_tuple_data(data, path)
         return data if part is None else dataclasses.replace(data, part=part)
     if not path.exists():
         raise FileNotFoundError(
@@ -122,6 +128,7 @@ def load_dataset(
         Official part of IDX datasets; default ``spec.part``.
     """
     cfg = data_config(spec)
+    refuse_tuple_data(cfg)  # (a DataConfig of tuple data: no labelled dataset to read)
     return check_inputs(_load(cfg, part or cfg.part), cfg.path or cfg.name)
 
 

@@ -96,6 +96,9 @@ class TupleDataset(Dataset):
         Required for pairs: 1 for a similar pair, 0 for a dissimilar one.
     image_size : int, optional
         Resize side for image files; ``color`` is ``"grayscale"`` or ``"rgb"``.
+    lines : array-like (T,) of int, optional
+        Where each tuple was read (the CSV line numbers :func:`read_tuples_csv` records),
+        for messages that name tuples; ``None``: tuples are named by position.
 
     Attributes
     ----------
@@ -113,6 +116,7 @@ class TupleDataset(Dataset):
         similar: Tensor | np.ndarray | Sequence[int] | None = None,
         image_size: int | None = None,
         color: Literal["grayscale", "rgb"] = "grayscale",
+        lines: Sequence[int] | np.ndarray | None = None,
     ) -> None:
         t = _item_ids(tuples)
         if t.dim() != 2 or t.shape[1] not in (2, 3):
@@ -142,6 +146,10 @@ class TupleDataset(Dataset):
                 raise ValueError("similar flags are only for pairs")
             self.similar = None
         self.tuples = t
+        self.lines = None if lines is None else np.asarray(lines, dtype=np.int64).reshape(-1)
+        if self.lines is not None and len(self.lines) != len(t):
+            raise ValueError(f"lines must hold one line number per tuple ({len(t)}), got "
+                             f"{len(self.lines)}")
         self.image_size = image_size
         self.color = color
 
@@ -197,6 +205,7 @@ class TupleDataset(Dataset):
             None if self.similar is None else self.similar[idx],
             self.image_size,
             self.color,
+            None if self.lines is None else self.lines[idx.numpy()],
         )
 
     def __repr__(self) -> str:
@@ -314,6 +323,21 @@ def _check_image_files(
     return color
 
 
+def _check_header(header: list[str], columns: tuple[str, ...], kind: str, path: Path) -> None:
+    """Refuse a CSV ``header`` (its first row, names stripped) that lacks one of
+    ``columns``; a first row of entries only (no header line) is said to be one."""
+    missing = [c for c in columns if c not in header]
+    if not missing:
+        return
+    need = f"{kind} need the header line {','.join(columns)}"
+    if header and all(_is_integer(name) or Path(name).suffix for name in header[:2]):
+        raise ValueError(f"{path} has no header line: its first row ({','.join(header)}) "
+                         f"was read as the header, which lacks column(s) {missing}; {need} "
+                         "as the first line, above the rows")
+    raise ValueError(f"{path} lacks column(s) {missing} (its header: {','.join(header)}); "
+                     f"{need}")
+
+
 def read_tuples_csv(
     path: str | Path,
     kind: TupleKind,
@@ -342,11 +366,9 @@ def read_tuples_csv(
         if not header:
             raise ValueError(f"{path} is empty; write a header {','.join(columns)} and "
                              f"one row per {kind[:-1]}")
-        missing = [c for c in columns if c not in header]
-        if missing:
-            raise ValueError(
-                f"{path} lacks column(s) {missing}; {kind} need a header {','.join(columns)}"
-            )
+        header = [name.strip() if name is not None else name for name in header]
+        reader.fieldnames = header  # (" positive" is the column positive, as entries)
+        _check_header(header, columns, kind, path)
         records, lines = [], []
         for row in reader:
             line = reader.line_num
@@ -384,7 +406,7 @@ def read_tuples_csv(
                              f"of {features} ({len(items)} rows, 0 to {len(items) - 1}); fix "
                              "the entry or drop the row, or set data.features to the array "
                              "the entries index")
-        return TupleDataset(tuples, items, similar)
+        return TupleDataset(tuples, items, similar, lines=lines)
     if all(_is_integer(v) for row in refs for v in row):
         raise ValueError(f"{path}: the entries are integers, rows of a feature array: set "
                          "data.features to the .npy / .npz that holds them (without it they "
@@ -403,7 +425,7 @@ def read_tuples_csv(
             tuples[r, c] = ids[file]
     files = list(ids)
     color = _check_image_files(files, first_line, first_ref, path, image_size, color)
-    return TupleDataset(tuples, files, similar, image_size, color)
+    return TupleDataset(tuples, files, similar, image_size, color, lines)
 
 
 def write_tuples_csv(path: str | Path, tuples: Tensor | np.ndarray, similar: Any = None) -> Path:

@@ -24,7 +24,8 @@ class MPerClassSampler(Sampler[list[int]]):
     epoch; with fewer, each batch is an independent uniform draw of ``batch_size // m``
     distinct classes, so classes are balanced only in expectation and their counts in
     one epoch can differ widely. Within a class, items are drawn without
-    replacement while enough remain (with replacement for classes smaller than ``m``).
+    replacement while enough remain (with replacement for classes smaller than ``m``,
+    which a warning names at construction).
     Deterministic given ``seed`` and the epoch set by :meth:`set_epoch`. Use as
     ``DataLoader(ds, batch_sampler=sampler)``.
 
@@ -90,6 +91,7 @@ class MPerClassSampler(Sampler[list[int]]):
         order = np.argsort(inverse, kind="stable")
         bounds = np.cumsum(np.bincount(inverse, minlength=len(self.classes)))[:-1]
         self._members = np.split(order, bounds)  # one index array per class
+        _warn_small_classes(self.classes, [len(idx) for idx in self._members], m)
         self.m = m
         self.batch_size = batch_size
         self.num_batches = (
@@ -132,3 +134,25 @@ class MPerClassSampler(Sampler[list[int]]):
                 batch.extend(pool[cursors[c] : cursors[c] + self.m].tolist())
                 cursors[c] += self.m
             yield batch
+
+
+def _warn_small_classes(classes: np.ndarray, sizes: Sequence[int], m: int) -> None:
+    """Warn, once, when classes hold fewer than ``m`` items: their ``m`` places in a batch
+    are filled by independent draws with replacement, so a batch holds some of their items
+    twice or more, and a class of one item holds ``m`` copies of it (no positive pair)."""
+    counts = np.asarray(sizes)
+    small = np.flatnonzero(counts < m)
+    if not len(small):
+        return
+    least = int(small[np.argmin(counts[small])])
+    cls = classes[least].item() if hasattr(classes[least], "item") else classes[least]
+    copies = ("a class of one item fills its places with copies of that item: no positive "
+              "pair" if counts[least] == 1 else
+              "pairs of an item with itself are positive pairs at distance 0")
+    warnings.warn(
+        f"m_per_class with m={m}: {len(small)} of {len(counts)} classes have fewer than "
+        f"{m} items (the smallest: class {cls!r}, {int(counts[least])} item"
+        f"{'s' if counts[least] != 1 else ''}); their {m} places in a batch are drawn with "
+        f"replacement, so items repeat ({copies}); give each class at least {m} items, "
+        "or lower sampler.m (to at most the smallest class's size, and at least 2)",
+        UserWarning, stacklevel=3)

@@ -71,43 +71,88 @@ class WeakSplits:
     heldout_tuples: TupleDataset | None = None
 
 
+def _named(rows: np.ndarray, tuples: TupleDataset, most: int = 3) -> str:
+    """The first ``most`` of the tuples at positions ``rows``, by their CSV line where the
+    tuples were read from one (``lines 3, 7 and 2 more``), else by position (``tuple 0``,
+    counted from 0 as the tuples' other messages count)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    lines = tuples.lines
+    names = ([str(int(lines[r])) for r in rows[:most]] if lines is not None
+             else [str(int(r)) for r in rows[:most]])
+    word = ("line" if lines is not None else "tuple") + ("s" if len(rows) > 1 else "")
+    more = f" and {len(rows) - most} more" if len(rows) > most else ""
+    return f"{word} {', '.join(names)}{more}"
+
+
+def _first_rows(keys: np.ndarray) -> np.ndarray:
+    """``(T,)`` position of the first row equal to each row of ``keys (T, k)``."""
+    _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    return first[inverse.reshape(-1)]
+
+
+def _both_ways(keys: np.ndarray, side: np.ndarray) -> list[tuple[int, int]]:
+    """For each group of equal ``keys (T, k)`` rows holding both values of the bool
+    ``side (T,)``: the first row of each side (the lower first), sorted by it."""
+    if not len(keys):
+        return []
+    _, group = np.unique(keys, axis=0, return_inverse=True)  # (T,) group id
+    group = group.reshape(-1)
+    pair_keys = np.stack([group, side.astype(np.int64)], axis=1)  # (T, 2)
+    uniq, firsts = np.unique(pair_keys, axis=0, return_index=True)  # sorted by group, side
+    both = np.flatnonzero(uniq[1:, 0] == uniq[:-1, 0])  # a group's side 0 then side 1
+    found = [(int(min(firsts[i], firsts[i + 1])), int(max(firsts[i], firsts[i + 1])))
+             for i in both]
+    return sorted(found)
+
+
 def _warn_repeated(tuples: TupleDataset, path: Any) -> None:
     """Warn about repeated tuples (a held-out copy of a training tuple scores as if seen),
-    tuples whose items repeat (an anchor that is its own positive or negative), pairs
-    listed with contradicting ``similar`` flags and triplets that contradict each other
-    (``(a, p, n)`` and ``(a, n, p)``). Pairs are unordered: ``(b, a)`` repeats
+    tuples whose items repeat (a pair of an item with itself; an anchor that is its own
+    positive or negative, a positive that is also the negative), pairs listed with
+    contradicting ``similar`` flags and triplets that contradict each other
+    (``(a, p, n)`` and ``(a, n, p)``), each naming the first few tuples (by CSV line
+    where they were read from a file). Pairs are unordered: ``(b, a)`` repeats
     ``(a, b)``."""
-    import warnings
-
     t = tuples.tuples.numpy()
+    if not len(t):
+        return
     ordered = np.sort(t, axis=1)
-    self_tuples = int((ordered[:, 1:] == ordered[:, :-1]).any(axis=1).sum())
-    contradicting = 0
-    if tuples.similar is not None:  # pairs: (a, b) is (b, a)
-        flags = tuples.similar.numpy().astype(np.int64)[:, None]  # (T, 1)
-        repeats = len(t) - len(np.unique(np.hstack([ordered, flags]), axis=0))
-        kinds = np.unique(np.hstack([ordered, flags]), axis=0)[:, :2]  # distinct (pair, flag)
-        contradicting = len(kinds) - len(np.unique(kinds, axis=0))
+    selfish = np.flatnonzero((ordered[:, 1:] == ordered[:, :-1]).any(axis=1))
+    pairs = tuples.similar is not None
+    if pairs:  # (a, b) is (b, a)
+        flags = tuples.similar.numpy()  # type: ignore[union-attr]
+        first = _first_rows(np.hstack([ordered, flags.astype(np.int64)[:, None]]))
+        against = _both_ways(ordered, flags)  # one pair, both flags
     else:
-        repeats = len(t) - len(np.unique(t, axis=0))
+        first = _first_rows(t)
         # (a, p, n) against (a, n, p): one anchor, the same two items, either order
-        kinds = np.unique(t[t[:, 1] != t[:, 2]], axis=0)  # distinct triplets, p != n
-        pairs = np.stack([kinds[:, 0], kinds[:, 1:].min(1), kinds[:, 1:].max(1)], axis=1)
-        contradicting = len(pairs) - len(np.unique(pairs, axis=0))
-    if repeats:
-        warnings.warn(f"{path}: {repeats} of {len(t)} tuples repeat others; held-out copies "
-                      "of training tuples make the held-out score optimistic", UserWarning,
-                      stacklevel=3)
-    if self_tuples:
-        warnings.warn(f"{path}: {self_tuples} tuples name one item twice (e.g. an anchor "
-                      "that is its own positive)", UserWarning, stacklevel=3)
-    if contradicting and tuples.similar is not None:
-        warnings.warn(f"{path}: {contradicting} pairs are listed both as similar and as "
-                      "dissimilar; fix or drop the wrong rows", UserWarning, stacklevel=3)
-    elif contradicting:
-        warnings.warn(f"{path}: {contradicting} triplets are contradicted by another with "
-                      "positive and negative swapped ((a, p, n) and (a, n, p)); fix or drop "
-                      "the wrong rows", UserWarning, stacklevel=3)
+        keep = np.flatnonzero(t[:, 1] != t[:, 2])
+        keys = np.stack([t[keep, 0], t[keep, 1:].min(1), t[keep, 1:].max(1)], axis=1)
+        against = [(int(keep[a]), int(keep[b]))
+                   for a, b in _both_ways(keys, t[keep, 1] < t[keep, 2])]
+    repeats = np.flatnonzero(first != np.arange(len(t)))
+    if len(repeats):
+        shown = "; ".join(f"{_named(r[None], tuples)} repeats {_named(first[r][None], tuples)}"
+                          for r in repeats[:3])
+        warnings.warn(f"{path}: {len(repeats)} of {len(t)} tuples repeat others ({shown}"
+                      f"{'; ...' if len(repeats) > 3 else ''}); held-out copies of training "
+                      "tuples make the held-out score optimistic", UserWarning, stacklevel=3)
+    if len(selfish):
+        what = (f"{len(selfish)} pairs pair an item with itself (item_a = item_b; its "
+                "distance is 0, so a similar self-pair is trivial and a dissimilar one "
+                "impossible)" if pairs else
+                f"{len(selfish)} tuples name one item twice (an anchor that is its own "
+                "positive or negative, or a positive that is also the negative)")
+        warnings.warn(f"{path}: {what}: {_named(selfish, tuples)}; fix or drop them",
+                      UserWarning, stacklevel=3)
+    if against:
+        shown = "; ".join(f"{_named(np.array(ab), tuples)}" for ab in against[:3])
+        what = ("pairs are listed both as similar and as dissimilar" if pairs else
+                "triplets are contradicted by another with positive and negative swapped "
+                "((a, p, n) and (a, n, p))")
+        warnings.warn(f"{path}: {len(against)} {what} ({shown}"
+                      f"{'; ...' if len(against) > 3 else ''}); fix or drop the wrong rows",
+                      UserWarning, stacklevel=3)
 
 
 def _check_both_kinds(pairs: TupleDataset, what: str, fix: str = "add some") -> None:
