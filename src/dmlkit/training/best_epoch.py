@@ -18,4 +18,11 @@ def scored_best(trainer: Trainer) -> tuple[float, int] | None:
     return None
 
 
-__all__ = ["scored_best"]
+def early_stop_line(patience: int, best_epoch: int, best_metric: float) -> str:
+    """What a run stopped early by ``training.patience`` says: the stop, and the epoch
+    whose weights it keeps (``model.pt``, the held-out metrics)."""
+    return (f"early stop: no val MAP@R gain for {patience} epochs; the weights of epoch "
+            f"{best_epoch} (val MAP@R {best_metric:.4f}, the best) are kept")
+
+
+__all__ = ["early_stop_line", "scored_best"]

@@ -18,15 +18,16 @@ def check_device(device: str | torch.device, where: str = "device") -> torch.dev
     Parameters
     ----------
     device : str or torch.device
-        ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"`` ...
+        ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"`` ..., or ``"auto"``
+        (:func:`resolve_device`: CUDA where available, else the CPU).
     where : str
         Where the name came from (``"training.device"``, ``"--device"``), for the message.
     """
     try:
-        dev = torch.device(device)
+        dev = resolve_device(device) if device == "auto" else torch.device(device)
     except (RuntimeError, TypeError) as err:
-        raise ValueError(f"{where} {device!r} is not a device name ({err}); use 'cpu' or "
-                         "'cuda'") from None
+        raise ValueError(f"{where} {device!r} is not a device name ({err}); use 'cpu', 'cuda' "
+                         "or 'auto'") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(

@@ -18,6 +18,7 @@ from torch.utils.data import Dataset, default_collate
 from dmlkit.config.schema import Config
 from dmlkit.functional.tuples import IndexTuple, as_index_tuple
 from dmlkit.training.batches import fetch_items
+from dmlkit.training.best_epoch import early_stop_line
 from dmlkit.training.build import (
     build_loss,
     build_miner,
@@ -360,7 +361,7 @@ class Trainer:
                     stop = self._after_epoch(record)
                     trained = None
                     if stop:
-                        self.log(f"early stop: no val MAP@R gain for {tc.patience} epochs")
+                        self.log(early_stop_line(tc.patience, self.best_epoch, self.best_metric))
                         break
             except BaseException as err:
                 self.log(stop_line(self, err, trained))
