@@ -165,7 +165,9 @@ class DataConfig:
 
 @dataclass
 class OptimizerConfig:
-    """``name`` in adam / adamw / sgd; ``loss_lr`` is the rate of loss parameters (proxies)."""
+    """``name`` in adam / adamw / sgd; ``loss_lr`` is the rate of loss parameters (proxies;
+    default ``lr``); ``weight_decay`` applies to them too. The ``lr`` of ``train.log`` and
+    the history is the model's (first) group's."""
 
     name: str = "adam"
     lr: float = 1e-3

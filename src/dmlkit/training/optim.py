@@ -15,7 +15,8 @@ def build_optimizer(
 ) -> torch.optim.Optimizer:
     """Adam / AdamW / SGD over the model's parameters and the loss's (proxies, class weights).
 
-    Loss parameters form a second group with learning rate ``loss_lr`` (default ``lr``).
+    Loss parameters form a second group with learning rate ``loss_lr`` (default ``lr``)
+    and the same ``weight_decay`` as the model's; the schedule scales both.
     A model with ``param_groups(lr)`` (pretrained backbones) gives its own groups.
     """
     param_groups = getattr(model, "param_groups", None)  # e.g. a lower backbone rate
