@@ -35,6 +35,28 @@ def train_small(root: Path, config_text: str) -> Path:
     return root / "run"
 
 
+def train_tiny_images(root: Path, channels: int, epochs: int) -> Path:
+    """A quiet MLP run (dim 4) on 40 8 x 8 images ``(channels, 8, 8)`` of 4 classes saved
+    as ``root / "data.npz"``; returns ``root / "run"``."""
+    import numpy as np
+
+    from dmlkit.config import Config
+    from dmlkit.training import train_run
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 10)
+    x = (rng.normal(size=(40, channels, 8, 8)) + labels[:, None, None, None])
+    np.savez(root / "data.npz", x=x.astype(np.float32), labels=labels)
+    train_run(Config.from_dict({
+        "name": "x", "data": {"name": "npz", "path": str(root / "data.npz")},
+        "model": {"name": "mlp", "dim": 4, "hidden": [8]},
+        "loss": {"name": "triplet_margin", "margin": 0.2},
+        "sampler": {"name": "m_per_class", "m": 2, "batch_size": 4},
+        "training": {"epochs": epochs, "num_threads": 1, "progress": False}}), root / "run",
+        log=lambda *a: None)
+    return root / "run"
+
+
 def error_line(res: Any, *words: str) -> str:
     """The one ``error: `` line a refused command printed on stderr (warnings may stand
     beside it), with no traceback; it holds each of ``words``."""

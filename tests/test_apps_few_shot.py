@@ -1,7 +1,10 @@
 """FewShotClassifier against loops and few_shot_accuracy; scikit-learn checks of the kits."""
 
+from functools import partial
+
 import numpy as np
 import pytest
+from blob_helpers import labelled_blobs
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
@@ -10,12 +13,7 @@ from dmlkit.evaluation import few_shot_accuracy
 from dmlkit.evaluation.few_shot import sample_episode
 from dmlkit.index import IndexFormatError
 
-
-def blobs(n_classes=6, per_class=5, d=4, noise=0.8, seed=0):
-    rng = np.random.default_rng(seed)
-    centers = rng.normal(size=(n_classes, d))
-    y = np.repeat(np.arange(n_classes), per_class)
-    return centers[y] + noise * rng.normal(size=(y.size, d)), y
+blobs = partial(labelled_blobs, n_classes=6, per_class=5, d=4, noise=0.8, float32=False)
 
 
 def test_defaults_fit_predict_on_any_array():

@@ -1,19 +1,17 @@
 """Identifier: ranking against loops, incremental galleries, calibration, persistence."""
 
+from functools import partial
+
 import numpy as np
 import pytest
+from blob_helpers import labelled_blobs
 from sklearn.exceptions import NotFittedError
 
 from dmlkit.apps import Identifier
 from dmlkit.apps.identification_metrics import far_threshold
 from dmlkit.index import IndexFormatError
 
-
-def blobs(n_classes=8, per_class=6, d=5, noise=0.7, seed=0):
-    rng = np.random.default_rng(seed)
-    centers = rng.normal(size=(n_classes, d))
-    y = np.repeat(np.arange(n_classes), per_class)
-    return (centers[y] + noise * rng.normal(size=(y.size, d))).astype(np.float32), y
+blobs = partial(labelled_blobs, n_classes=8, per_class=6, d=5, noise=0.7)
 
 
 def sim(q, g, metric):

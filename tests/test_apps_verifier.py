@@ -1,8 +1,11 @@
 """Verifier: thresholds, calibration, intervals, curves, persistence and bad input."""
 
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
+from blob_helpers import labelled_blobs
 from sklearn.exceptions import NotFittedError
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
@@ -20,12 +23,7 @@ from dmlkit.evaluation import ThresholdCalibrator, pairs_from_labels, verificati
 from dmlkit.functional.verification import equal_error_rate, roc_curve, tar_at_far
 from dmlkit.index import IndexFormatError
 
-
-def blobs(n_classes=12, per_class=8, d=6, noise=0.6, seed=0):
-    rng = np.random.default_rng(seed)
-    centers = rng.normal(size=(n_classes, d))
-    y = np.repeat(np.arange(n_classes), per_class)
-    return centers[y] + noise * rng.normal(size=(y.size, d)), y
+blobs = partial(labelled_blobs, n_classes=12, per_class=8, d=6, noise=0.6, float32=False)
 
 
 def cosine_pair_scores(x, i, j):

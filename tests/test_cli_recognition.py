@@ -1,9 +1,11 @@
 """``dmlkit verify / identify / fewshot`` on saved arrays: metrics printed and written."""
 
 import json
+from functools import partial
 
 import numpy as np
 import pytest
+from blob_helpers import labelled_blobs
 from typer.testing import CliRunner
 
 from dmlkit.apps import FewShotClassifier, Identifier, Verifier
@@ -12,11 +14,7 @@ from dmlkit.cli.main import app
 runner = CliRunner()
 
 
-def blobs(n_classes=6, per_class=20, d=5, noise=0.4, seed=0):
-    rng = np.random.default_rng(seed)
-    centers = rng.normal(size=(n_classes, d)) * 2
-    y = np.repeat(np.arange(n_classes), per_class)
-    return (centers[y] + noise * rng.normal(size=(y.size, d))).astype(np.float32), y
+blobs = partial(labelled_blobs, n_classes=6, per_class=20, d=5, noise=0.4, spread=2.0)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from cli_helpers import SMALL_MLP, train_small
+from cli_helpers import SMALL_MLP, train_small, train_tiny_images
 from typer.testing import CliRunner
 
 from dmlkit.cli.main import app
@@ -165,22 +165,7 @@ def test_explain_heatmap_draws_an_rgb_input_in_colour(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def rgb_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 1-epoch MLP run on 8 x 8 colour images (3, 8, 8) of 4 classes."""
-    from dmlkit.config import Config
-    from dmlkit.training import train_run
-
-    root = tmp_path_factory.mktemp("r2rgb")
-    rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(4), 10)
-    x = (rng.normal(size=(40, 3, 8, 8)) + labels[:, None, None, None]).astype(np.float32)
-    np.savez(root / "data.npz", x=x, labels=labels)
-    train_run(Config.from_dict({
-        "name": "x", "data": {"name": "npz", "path": str(root / "data.npz")},
-        "model": {"name": "mlp", "dim": 4, "hidden": [8]},
-        "loss": {"name": "triplet_margin", "margin": 0.2},
-        "sampler": {"name": "m_per_class", "m": 2, "batch_size": 4},
-        "training": {"epochs": 1, "num_threads": 1, "progress": False}}), root / "run",
-        log=lambda *a: None)
-    return root / "run"
+    return train_tiny_images(tmp_path_factory.mktemp("r2rgb"), 3, 1)
 
 
 @pytest.mark.parametrize("which", ["grey", "rgb"])

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_helpers import train_tiny_images
 from torch import nn
 from typer.testing import CliRunner
 
@@ -23,22 +24,7 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     """A 2-epoch MLP run on 8 x 8 grey images (1, 8, 8) of 4 classes."""
-    from dmlkit.config import Config
-    from dmlkit.training import train_run
-
-    root = tmp_path_factory.mktemp("rx9")
-    rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(4), 10)
-    x = (rng.normal(size=(40, 1, 8, 8)) + labels[:, None, None, None]).astype(np.float32)
-    np.savez(root / "data.npz", x=x, labels=labels)
-    train_run(Config.from_dict({
-        "name": "x", "data": {"name": "npz", "path": str(root / "data.npz")},
-        "model": {"name": "mlp", "dim": 4, "hidden": [8]},
-        "loss": {"name": "triplet_margin", "margin": 0.2},
-        "sampler": {"name": "m_per_class", "m": 2, "batch_size": 4},
-        "training": {"epochs": 2, "num_threads": 1, "progress": False}}), root / "run",
-        log=lambda *a: None)
-    return root / "run"
+    return train_tiny_images(tmp_path_factory.mktemp("rx9"), 1, 2)
 
 
 def _copy(run_dir: Path, to: Path) -> Path:
