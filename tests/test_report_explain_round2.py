@@ -23,6 +23,21 @@ runner = CliRunner()
 DIFFERS = "the held-out split differs"
 
 
+def drawn_figures(monkeypatch: pytest.MonkeyPatch) -> dict:
+    """``{file name: matplotlib Figure}`` of every figure saved from now on."""
+    from matplotlib.figure import Figure
+
+    drawn: dict = {}
+    save = Figure.savefig
+
+    def keep(fig, path, *args, **kwargs):  # noqa: ANN001, ANN202
+        drawn[Path(path).name] = fig
+        return save(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    return drawn
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_small(tmp_path_factory.mktemp("r2"), SMALL_MLP)
@@ -90,7 +105,6 @@ def test_explain_of_an_edited_run_records_the_rebuilt_split(run_dir: Path,
 def test_png_map_gives_every_class_its_own_colour(tmp_path: Path, monkeypatch) -> None:
     pytest.importorskip("matplotlib")
     from matplotlib.colors import to_rgb
-    from matplotlib.figure import Figure
 
     from dmlkit.report.figures import write_figures
 
@@ -106,14 +120,7 @@ def test_png_map_gives_every_class_its_own_colour(tmp_path: Path, monkeypatch) -
                 "items": list(range(len(labels))),
                 "unseen": [c >= n - 2 for c in labels]},  # (two drawn as crosses)
     }
-    drawn: dict[str, Figure] = {}
-    save = Figure.savefig
-
-    def keep(fig: Figure, path, *args, **kwargs):  # noqa: ANN001, ANN202
-        drawn[Path(path).name] = fig
-        return save(fig, path, *args, **kwargs)
-
-    monkeypatch.setattr(Figure, "savefig", keep)
+    drawn = drawn_figures(monkeypatch)
     write_figures(data, tmp_path)
     collections = drawn["map.png"].axes[0].collections
     assert len(collections) == n
@@ -251,20 +258,12 @@ def test_report_of_a_run_whose_best_epoch_is_its_last_says_nothing_of_it(
 
 def test_png_curves_mark_the_kept_epoch(val_run: Path, tmp_path: Path, monkeypatch) -> None:
     pytest.importorskip("matplotlib")
-    from matplotlib.figure import Figure
 
     from dmlkit.report import collect, write_figures
 
     data = collect(val_run, projection="pca")
     data["kept_epoch"] = 1
-    drawn: dict[str, Figure] = {}
-    save = Figure.savefig
-
-    def keep(fig: Figure, path, *args, **kwargs):  # noqa: ANN001, ANN202
-        drawn[Path(path).name] = fig
-        return save(fig, path, *args, **kwargs)
-
-    monkeypatch.setattr(Figure, "savefig", keep)
+    drawn = drawn_figures(monkeypatch)
     write_figures(data, tmp_path / "figs")
     labels = [line.get_label() for line in drawn["curves.png"].axes[0].lines]
     assert "weights kept: epoch 1" in labels
