@@ -26,9 +26,10 @@ from sklearn.utils.validation import check_is_fitted
 from dmlkit._checks import check_int_param, check_random_state_seed, check_target_far
 from dmlkit.apps.embedding import embed_inputs, kit_embedder, validate_inputs
 from dmlkit.apps.identification_metrics import calibration_threshold, check_fars, open_set_metrics
+from dmlkit.apps.impostor_scores import gallery_impostor_scores
 from dmlkit.apps.metric_names import INDEX_METRIC, app_metric
 from dmlkit.apps.persistence import load_kit, load_kit_index, save_kit
-from dmlkit.apps.search_breadth import free_knob, tune, widen
+from dmlkit.apps.search_breadth import free_knob, tune
 from dmlkit.apps.targets import check_targets
 
 MODES = ("nearest", "prototype")
@@ -82,6 +83,9 @@ class Identifier(ClassifierMixin, BaseEstimator):
         Enrolled identities, sorted.
     threshold_ : float
         Queries with top score below it are unknown (``-inf`` in closed-set use).
+    calibration_far_ : float or None
+        The fraction of the calibration impostor scores at or above ``threshold_`` (the
+        false-alarm rate reached where it was calibrated; ``None`` in closed-set use).
     index_ : BaseIndex
         Gallery items (``"nearest"``, id per item, label = identity code) or prototypes
         (``"prototype"``, id = identity code).
@@ -349,7 +353,7 @@ class Identifier(ClassifierMixin, BaseEstimator):
     def _calibrate(self, z: np.ndarray, y: np.ndarray | None, seed: int | None = None) -> None:
         far = check_target_far(self.target_far)
         if far is None:
-            self.threshold_ = -np.inf
+            self.threshold_, self.calibration_far_ = -np.inf, None
             return
         if y is None:
             impostor = self._search(z, 1)[1][:, 0]
@@ -359,39 +363,9 @@ class Identifier(ClassifierMixin, BaseEstimator):
                     "open-set calibration needs at least two enrolled identities, got "
                     f"{('zero', 'one class')[enrolled]}; pass target_far=None for a closed set (on "
                     "the command line: dmlkit identify --closed-set), or enroll more")
-            own = self._codes(y, create=False)
-            rng = np.random.default_rng(
-                check_random_state_seed(self.random_state) if seed is None else seed)
-            pick = rng.permutation(z.shape[0])[: int(self.calibration_size)]
-            codes, scores = self._search(z[pick], 2)
-            other = np.where(codes[:, 0] != own[pick], 0, 1)  # best identity not its own
-            impostor = scores[np.arange(pick.size), other]
-            # an item of an identity with more than search_depth items may see only its
-            # own identity that deep: search those again, deeper, up to the whole gallery
-            depth = int(self.search_depth)
-            while self.mode == "nearest" and depth < self.index_.ntotal:
-                short = np.flatnonzero(np.isneginf(impostor))
-                if not short.size:
-                    break
-                depth = min(4 * depth, self.index_.ntotal)
-                codes, scores = self._search(z[pick[short]], 2, depth=depth)
-                other = np.where(codes[:, 0] != own[pick[short]], 0, 1)
-                impostor[short] = scores[np.arange(short.size), other]
-            # an approximate index may visit only the item's own identity: widen it
-            short = np.flatnonzero(np.isneginf(impostor))
-            while short.size and widen(self.index_, self._knob()):
-                codes, scores = self._search(z[pick[short]], 2, depth=self.index_.ntotal)
-                other = np.where(codes[:, 0] != own[pick[short]], 0, 1)
-                impostor[short] = scores[np.arange(short.size), other]
-                short = short[np.isneginf(impostor[short])]
-            if short.size:
-                raise ValueError(
-                    f"calibration: {short.size} of {pick.size} gallery items find no other "
-                    f"identity through the index {self.index!r} (its search visits too little "
-                    "of the gallery), so no impostor score can be measured for them; raise "
-                    "nprobe / ef_search (or leave them unset to have them chosen), or use "
-                    "index='exact'")
+            impostor = gallery_impostor_scores(self, z, y, seed)
         self.threshold_ = calibration_threshold(impostor, far)
+        self.calibration_far_ = float((impostor >= self.threshold_).mean())
 
     # -- evaluation ---------------------------------------------------------------------
     def evaluate(self, X: Any, y: Any, *, fars: float | tuple[float, ...] = (1e-2,),
@@ -455,7 +429,8 @@ class Identifier(ClassifierMixin, BaseEstimator):
         return save_kit(path, self, arrays={"identities": self.identities_,
                                             "counts": self.counts_, "sums": self.sums_,
                                             "item_codes": self.item_codes_},
-                        state={"threshold_": float(self.threshold_)},
+                        state={"threshold_": float(self.threshold_),
+                               "calibration_far_": getattr(self, "calibration_far_", None)},
                         count=self.index_.ntotal, index=self.index_,
                         model_sha256=model_sha256)
 
@@ -468,6 +443,8 @@ class Identifier(ClassifierMixin, BaseEstimator):
         ident, state, arrays = load_kit(path, cls, index_files=index_files)
         try:
             ident.threshold_ = float(state["threshold_"])
+            far = state.get("calibration_far_")  # (None: closed set, or saved without it)
+            ident.calibration_far_ = None if far is None else float(far)
             ident.identities_, ident.counts_ = arrays["identities"], arrays["counts"]
             ident.sums_, ident.item_codes_ = arrays["sums"], arrays["item_codes"]
         except (KeyError, TypeError, ValueError) as err:

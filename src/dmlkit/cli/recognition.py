@@ -279,8 +279,10 @@ def register(app: typer.Typer) -> None:
         if not closed_set:
             note = (f"the threshold was calibrated for target_far {target_far:g} on the "
                     "--gallery (each item scored against the other enrolled "
-                    "identities), not on the unknown identities of --query: far_at_threshold "
-                    f"is its false-alarm rate on the {result['num_unknown']} unknown queries "
+                    "identities), not on the unknown identities of --query: calibration_far "
+                    "is its false-alarm rate on those gallery impostor scores, "
+                    "far_at_threshold its false-alarm rate on the "
+                    f"{result['num_unknown']} unknown queries "
                     "(a gap from target_far is how the threshold carries over to identities "
                     "it was not calibrated on)")
         result = {"command": "identify", "run_dir": str(run_dir) if run_dir else None,
@@ -289,6 +291,7 @@ def register(app: typer.Typer) -> None:
                   **({} if reid is None else {"map": reid["map"], "reid": reid})}
         if note is not None:
             result = _after_threshold(result, {"target_far": target_far,
+                                               "calibration_far": ident.calibration_far_,
                                                "threshold_note": note})
         _print(f"{'closed' if closed_set else 'open'}-set identification "
                f"({result['num_known']} known, {result['num_unknown']} unknown queries)", result)
